@@ -1,0 +1,123 @@
+"""A backend on a local directory: every object written temp + fsync + link, so none is torn."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from casnap.backends.base import Backend, check_key
+from casnap.constants import TEMP_PREFIX
+from casnap.errors import IntegrityError, ObjectMissing, from_oserror
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link inside path durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class LocalBackend(Backend):
+    """Objects as files under root; keys map to relative paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        final = self._path(key)
+        if final.exists():
+            return False
+        tmp = final.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, final)  # atomic and never overwrites: put-if-absent
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                os.replace(tmp, final)  # filesystem without hard links: same content, same name
+            fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise from_oserror(exc, f"writing {final}") from None
+        finally:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                data = f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise ObjectMissing(f"{key} is missing from the repository") from None
+        except IsADirectoryError:
+            raise IntegrityError(f"{key} is a directory, expected a file") from None
+        except OSError as exc:
+            raise from_oserror(exc, f"reading {path}") from None
+        if length is not None and len(data) != length:
+            raise IntegrityError(
+                f"{key} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
+            )
+        return data
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        folder = self.root / prefix.rstrip("/") if prefix else self.root
+        if not folder.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                try:
+                    size = os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    continue
+                yield key, size
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise from_oserror(exc, f"deleting {path}") from None
+        fsync_dir(path.parent)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def temp_files(self) -> list[Path]:
+        """Leftover temp files of interrupted writes (safe to remove when no writer runs)."""
+        return [p for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]

@@ -1,0 +1,52 @@
+"""An in-memory backend: fast tests, and the base that fault-injecting wrappers are tried on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from casnap.backends.base import Backend, check_key
+from casnap.errors import IntegrityError, ObjectMissing
+
+
+class MemoryBackend(Backend):
+    """Objects in a dict; thread-safe."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        return f"memory:{id(self):x}"
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        check_key(key)
+        with self._lock:
+            if key in self.objects:
+                return False
+            self.objects[key] = bytes(data)
+            return True
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        with self._lock:
+            data = self.objects.get(check_key(key))
+        if data is None:
+            raise ObjectMissing(f"{key} is missing from the repository")
+        out = data[offset:] if length is None else data[offset : offset + length]
+        if length is not None and len(out) != length:
+            raise IntegrityError(f"{key} is truncated: wanted {length} bytes at offset {offset}")
+        return out
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        with self._lock:
+            items = sorted((k, len(v)) for k, v in self.objects.items() if k.startswith(prefix))
+        yield from items
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(check_key(key), None)
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return check_key(key) in self.objects

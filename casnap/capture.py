@@ -1,0 +1,201 @@
+"""Consistent reads of the data dir: what to store, SQLite via its backup API, stat fingerprints.
+
+Knows nothing of the repository: it finds files, tells SQLite databases by their header, and
+produces a consistent image of each database in a fresh temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import sqlite3
+import stat
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from casnap.constants import (
+    SKIP_NAMES,
+    SQLITE_BUSY_TIMEOUT,
+    SQLITE_SIDE_SUFFIXES,
+    TEMP_PREFIX,
+)
+from casnap.errors import DatabaseBusy, SourceError, from_oserror
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file of the data dir to snapshot."""
+
+    path: str  # relative, POSIX
+    abspath: Path
+    kind: str  # "file" or "sqlite"
+
+
+def is_sqlite(path: Path) -> bool:
+    """True when the file starts with SQLite's 16-byte header."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
+    """True when rel (or its file name, or a folder above it) matches an exclude glob."""
+    parts = rel.split("/")
+    for pattern in excludes:
+        pattern = pattern.rstrip("/")
+        for i in range(len(parts)):
+            if fnmatch.fnmatchcase("/".join(parts[: i + 1]), pattern):
+                return True
+            if fnmatch.fnmatchcase(parts[i], pattern):
+                return True
+    return False
+
+
+def is_ignored_name(name: str) -> bool:
+    """OS litter and casnap's own temp files, skipped everywhere."""
+    return name in SKIP_NAMES or name.startswith(TEMP_PREFIX)
+
+
+def side_file_base(name: str) -> str | None:
+    """For `x.db-wal` (or -shm, -journal) the base name `x.db`; None for other names."""
+    for suffix in SQLITE_SIDE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def normalize_paths(data_dir: Path, paths: Sequence[str]) -> tuple[str, ...]:
+    """Relative POSIX paths inside data_dir for user-given paths; SourceError when outside."""
+    root = data_dir.resolve()
+    out: set[str] = set()
+    for p in paths:
+        candidate = Path(p)
+        if not candidate.is_absolute() and not (root / candidate).exists() and candidate.exists():
+            candidate = candidate.resolve()  # given relative to the working directory
+        full = candidate if candidate.is_absolute() else root / candidate
+        full = Path(os.path.normpath(full))
+        try:
+            rel = full.relative_to(root).as_posix()
+        except ValueError:
+            raise SourceError(f"{p} is outside the data dir {data_dir}") from None
+        if not full.exists():
+            raise SourceError(f"{p} does not exist in the data dir {data_dir}")
+        if rel == ".":
+            return ()
+        out.add(rel)
+    # a path inside another given path adds nothing
+    kept = sorted(p for p in out if not any(p.startswith(q + "/") for q in out if q != p))
+    return tuple(kept)
+
+
+def in_scope(rel: str, paths: Sequence[str]) -> bool:
+    """True when rel lies within the committed paths (all of the dir when paths is empty)."""
+    return not paths or any(rel == p or rel.startswith(p + "/") for p in paths)
+
+
+def scan(
+    data_dir: Path, paths: Sequence[str] = (), excludes: Sequence[str] = ()
+) -> list[SourceFile]:
+    """Every file to snapshot under data_dir (within paths), sorted by path.
+
+    Symbolic links and special files are skipped; SQLite side files are skipped when their
+    database is present, because the backup API captures their content.
+    """
+    if not data_dir.is_dir():
+        raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
+    found: list[SourceFile] = []
+    roots = [data_dir / p for p in paths] if paths else [data_dir]
+
+    def visit(full: Path) -> None:
+        rel = full.relative_to(data_dir).as_posix()
+        if is_ignored_name(full.name) or is_excluded(rel, excludes):
+            return
+        try:
+            st = full.lstat()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise from_oserror(exc, f"reading {full}") from None
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                children = sorted(os.listdir(full))
+            except OSError as exc:
+                raise from_oserror(exc, f"listing {full}") from None
+            for name in children:
+                visit(full / name)
+        elif stat.S_ISREG(st.st_mode):
+            base = side_file_base(full.name)
+            if base is not None and is_sqlite(full.parent / base):
+                return
+            kind = "sqlite" if is_sqlite(full) else "file"
+            found.append(SourceFile(rel, full, kind))
+
+    for root in roots:
+        visit(root)
+    found.sort(key=lambda s: s.path)
+    return found
+
+
+def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
+    """size, mtime, ctime and inode of a file (and of a database's -wal); None when missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    fp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if kind == "sqlite":
+        try:
+            w = os.stat(str(path) + "-wal")
+            fp += (w.st_size, w.st_mtime_ns, w.st_ctime_ns, w.st_ino)
+        except FileNotFoundError:
+            fp += (0, 0, 0, 0)
+    return fp
+
+
+def _ro_uri(path: Path) -> str:
+    """A read-only SQLite URI for path, quoted so any file name is safe."""
+    return f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+
+
+@contextlib.contextmanager
+def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
+    """A consistent copy of the database at path, made by SQLite's online backup API.
+
+    The copy goes into a fresh file (backups into a fresh file are deterministic), taken in one
+    step under one read transaction, so a writer in WAL mode never tears it. Deleted afterwards.
+    """
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    dest = tmp_dir / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.db"
+    try:
+        try:
+            with (
+                contextlib.closing(
+                    sqlite3.connect(_ro_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT)
+                ) as src,
+                contextlib.closing(sqlite3.connect(dest)) as dst,
+            ):
+                src.backup(dst)
+        except sqlite3.OperationalError as exc:
+            msg = str(exc)
+            if "locked" in msg or "busy" in msg:
+                raise DatabaseBusy(f"{path}: database is locked ({msg})") from None
+            raise SourceError(f"{path}: cannot read database ({msg})") from None
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"{path}: not a readable SQLite database ({exc})") from None
+        for suffix in SQLITE_SIDE_SUFFIXES:
+            leftover = Path(str(dest) + suffix)
+            if leftover.exists():
+                leftover.unlink()
+        yield dest
+    finally:
+        for p in (dest, *(Path(str(dest) + s) for s in SQLITE_SIDE_SUFFIXES)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()

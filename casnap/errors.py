@@ -1,0 +1,116 @@
+"""One error hierarchy for casnap; each class carries the exit code the CLI returns for it.
+
+The CLI maps these to one line on stderr in a single place (`casnap.cli.main`). The exit codes are
+part of the interface and are documented in README.md.
+"""
+
+from __future__ import annotations
+
+
+class CasnapError(Exception):
+    """Base of every error casnap reports to a user."""
+
+    exit_code = 1
+
+
+class RepositoryError(CasnapError):
+    """The repository is missing, is not a casnap repository, or cannot be used."""
+
+    exit_code = 3
+
+
+class RepositoryNotFound(RepositoryError):
+    """No repository at the given location."""
+
+
+class NotARepository(RepositoryError):
+    """The location exists and holds something that is not a casnap repository."""
+
+
+class UnsupportedFormat(RepositoryError):
+    """The repository was written by a newer casnap (format version too high)."""
+
+
+class SnapshotNotFound(CasnapError):
+    """An id, prefix or tag names no snapshot, or more than one."""
+
+    exit_code = 4
+
+
+class AmbiguousSnapshot(SnapshotNotFound):
+    """A prefix or tag names more than one snapshot."""
+
+
+class IntegrityError(CasnapError):
+    """Stored data does not match its hash, or cannot be parsed: the repository is damaged."""
+
+    exit_code = 5
+
+
+class HostileManifest(IntegrityError):
+    """A manifest names a path outside the target (absolute, `..`, duplicate, through a symlink)."""
+
+
+class LockError(CasnapError):
+    """The repository is locked by another process, or a database is in use."""
+
+    exit_code = 6
+
+
+class DatabaseBusy(LockError):
+    """A SQLite database is locked or open for writing by another process."""
+
+
+class SourceError(CasnapError):
+    """The data to snapshot cannot be read consistently (missing, changing while read)."""
+
+    exit_code = 7
+
+
+class StorageFull(CasnapError):
+    """A write failed because the disk is full or over quota."""
+
+    exit_code = 8
+
+
+class AccessDenied(CasnapError):
+    """A file or directory cannot be read or written for lack of permission."""
+
+    exit_code = 8
+
+
+class CheckFailed(CasnapError):
+    """A restored file failed a smoke check, or verify found problems."""
+
+    exit_code = 9
+
+
+EXIT_CODES: dict[str, int] = {
+    "ok": 0,
+    "error": CasnapError.exit_code,
+    "usage": 2,
+    "repository": RepositoryError.exit_code,
+    "not-found": SnapshotNotFound.exit_code,
+    "integrity": IntegrityError.exit_code,
+    "locked": LockError.exit_code,
+    "source": SourceError.exit_code,
+    "storage": StorageFull.exit_code,
+    "check-failed": CheckFailed.exit_code,
+    "interrupted": 130,
+}
+
+
+class ObjectMissing(IntegrityError):
+    """An object the repository refers to is not in the backend."""
+
+
+def from_oserror(exc: OSError, what: str) -> CasnapError:
+    """Turn an OSError into the CasnapError a user should see, naming what was being done."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"{what}: no space left on device")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AccessDenied(f"{what}: {reason}")
+    return CasnapError(f"{what}: {reason}")

@@ -1,0 +1,61 @@
+"""ObjectId: the BLAKE3-256 name of every stored object, and the hashing helpers around it."""
+
+from __future__ import annotations
+
+import blake3
+
+ID_SIZE = 32
+
+
+class ObjectId(bytes):
+    """32 raw bytes of BLAKE3; prints as 64 lowercase hex digits."""
+
+    __slots__ = ()
+
+    def __new__(cls, raw: bytes) -> ObjectId:
+        if len(raw) != ID_SIZE:
+            raise ValueError(f"an object id has {ID_SIZE} bytes, not {len(raw)}")
+        return super().__new__(cls, raw)
+
+    @classmethod
+    def from_hex(cls, text: str) -> ObjectId:
+        """Parse 64 hex digits; ValueError otherwise."""
+        if len(text) != 2 * ID_SIZE:
+            raise ValueError(f"not an object id: {text!r}")
+        return cls(bytes.fromhex(text))
+
+    def __str__(self) -> str:
+        return self.hex()
+
+    def __repr__(self) -> str:
+        return f"ObjectId({self.hex()[:12]}…)"
+
+    @property
+    def short(self) -> str:
+        """The first 8 hex digits, as shown in listings."""
+        return self.hex()[:8]
+
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> ObjectId:
+    """BLAKE3 of data; releases the GIL for large inputs."""
+    return ObjectId(blake3.blake3(data, max_threads=1).digest())
+
+
+class Hasher:
+    """Incremental BLAKE3 over a stream of pieces (whole-file hashes)."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self) -> None:
+        self._h = blake3.blake3(max_threads=1)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._h.update(data)
+
+    def digest(self) -> ObjectId:
+        return ObjectId(self._h.digest())
+
+
+def is_hex_prefix(text: str) -> bool:
+    """True when text could be (a prefix of) an object id."""
+    return 0 < len(text) <= 2 * ID_SIZE and all(c in "0123456789abcdef" for c in text)

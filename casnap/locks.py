@@ -1,0 +1,144 @@
+"""Repository locks: shared for commit/checkout, exclusive for gc and prune.
+
+A lock is an object `locks/<random>` naming its holder. To take one, a process writes its own lock
+first and then looks at the others; on conflict it removes its own and waits. Both sides of a race
+therefore see each other and neither proceeds alone. A lock whose holder is a dead process on this
+host is stale and removed by whoever finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from casnap.backends.base import Backend
+from casnap.constants import LOCK_WAIT_SECONDS
+from casnap.errors import CasnapError, LockError
+
+
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start: int | None) -> bool:
+    """True when process pid runs and (where known) is the same process that took the lock."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start is not None:
+        now = process_start_time(pid)
+        if now is not None and now != start:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a lock."""
+
+    key: str
+    host: str
+    pid: int
+    start: int | None
+    exclusive: bool
+    operation: str
+    time: float
+
+    def describe(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        return (
+            f"{kind} lock held by {self.operation} (pid {self.pid} on {self.host}, since {since})"
+        )
+
+    def stale(self) -> bool:
+        return self.host == socket.gethostname() and not pid_alive(self.pid, self.start)
+
+
+def _read(backend: Backend, key: str) -> LockInfo | None:
+    try:
+        d = json.loads(backend.get(key))
+        return LockInfo(
+            key,
+            str(d["host"]),
+            int(d["pid"]),
+            d.get("start"),
+            bool(d["exclusive"]),
+            str(d.get("operation", "?")),
+            float(d.get("time", 0)),
+        )
+    except CasnapError:
+        return None  # removed meanwhile
+    except (ValueError, KeyError, TypeError):
+        # a torn or foreign lock file: treat as held by an unknown process, exclusive
+        return LockInfo(key, "?", -1, None, True, "unknown", 0.0)
+
+
+def holders(backend: Backend) -> list[LockInfo]:
+    """Every lock currently present (stale ones included)."""
+    out = []
+    for key, _ in backend.list("locks/"):
+        info = _read(backend, key)
+        if info is not None:
+            out.append(info)
+    return out
+
+
+@contextlib.contextmanager
+def locked(
+    backend: Backend, operation: str, exclusive: bool, wait: float = LOCK_WAIT_SECONDS
+) -> Iterator[None]:
+    """Hold a repository lock for the duration of the block."""
+    key = f"locks/{uuid.uuid4().hex}"
+    pid = os.getpid()
+    body = json.dumps(
+        {
+            "host": socket.gethostname(),
+            "pid": pid,
+            "start": process_start_time(pid),
+            "exclusive": exclusive,
+            "operation": operation,
+            "time": time.time(),
+        }
+    ).encode()
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        backend.put(key, body)
+        conflict = None
+        for info in holders(backend):
+            if info.key == key:
+                continue
+            if info.stale():
+                backend.delete(info.key)
+                continue
+            if exclusive or info.exclusive:
+                conflict = info
+                break
+        if conflict is None:
+            break
+        backend.delete(key)
+        if time.monotonic() >= deadline:
+            raise LockError(f"repository {backend.location} is locked: {conflict.describe()}")
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        backend.delete(key)

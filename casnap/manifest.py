@@ -1,0 +1,232 @@
+"""Snapshot and FileEntry values, their canonical encoding, and chunk lists.
+
+A snapshot manifest is canonical JSON (sorted keys, no spaces); its id is the BLAKE3 of those bytes
+and it is stored zstd-compressed under `snapshots/<id>`. A file's chunk list is stored as TREE
+blobs in the chunk store, cut where chunk ids say so, so unchanged files and unchanged runs of a
+changed file reuse the same list blobs and cost a snapshot nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import zstandard
+
+from casnap.errors import HostileManifest, IntegrityError
+from casnap.ids import ID_SIZE, ObjectId, hash_bytes
+
+MANIFEST_VERSION = 1
+
+_REF = struct.Struct("<32sI")  # chunk id, plain length
+# A chunk list is cut after a chunk whose id ends in a byte of zero low bits (1 in 64), so list
+# pieces are ~64 refs (~2.3 KiB) on average and resynchronise after a change; at most 1024 refs.
+LIST_CUT_MASK = 0x3F
+LIST_MAX_REFS = 1024
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a snapshot."""
+
+    path: str
+    kind: str  # "file" or "sqlite" (captured through SQLite's backup API)
+    size: int
+    mode: int
+    mtime_ns: int
+    hash: str  # BLAKE3 of the whole file, hex
+    chunker: dict[str, Any]
+    lists: tuple[str, ...]  # TREE blob ids holding the chunk list, hex
+    chunks: int
+    source: tuple[int, ...] | None = None  # stat fingerprint of the source, for the stat cache
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lists"] = list(self.lists)
+        d["source"] = list(self.source) if self.source is not None else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> FileEntry:
+        try:
+            entry = cls(
+                path=_str(d["path"]),
+                kind=_str(d["kind"]),
+                size=_int(d["size"]),
+                mode=_int(d["mode"]),
+                mtime_ns=_int(d["mtime_ns"]),
+                hash=_hex(d["hash"]),
+                chunker=dict(d["chunker"]),
+                lists=tuple(_hex(x) for x in d["lists"]),
+                chunks=_int(d["chunks"]),
+                source=None if d.get("source") is None else tuple(_int(x) for x in d["source"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"malformed file entry in manifest: {exc}") from None
+        if entry.kind not in ("file", "sqlite"):
+            raise IntegrityError(f"unknown file kind {entry.kind!r} in manifest")
+        check_path(entry.path)
+        return entry
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot manifest: when, what, and every file with its chunk list."""
+
+    time: str  # ISO 8601, UTC
+    host: str
+    user: str
+    source: str  # the data dir committed, absolute
+    paths: tuple[str, ...]  # what was committed inside it; () means all of it
+    excludes: tuple[str, ...]
+    message: str
+    tags: tuple[str, ...]
+    parent: str | None
+    files: tuple[FileEntry, ...]
+    stats: dict[str, int] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def encode(self) -> bytes:
+        """Canonical JSON bytes; the snapshot id is their BLAKE3."""
+        d = {
+            "version": self.version,
+            "time": self.time,
+            "host": self.host,
+            "user": self.user,
+            "source": self.source,
+            "paths": list(self.paths),
+            "excludes": list(self.excludes),
+            "message": self.message,
+            "tags": list(self.tags),
+            "parent": self.parent,
+            "files": [f.to_json() for f in self.files],
+            "stats": self.stats,
+        }
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def id(self) -> ObjectId:
+        return hash_bytes(self.encode())
+
+    @property
+    def logical_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @classmethod
+    def decode(cls, raw: bytes, name: str = "manifest") -> Snapshot:
+        """Parse and validate canonical JSON; IntegrityError/HostileManifest when malformed."""
+        try:
+            d = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IntegrityError(f"{name}: not valid JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise IntegrityError(f"{name}: not a manifest object")
+        version = d.get("version")
+        if version != MANIFEST_VERSION:
+            raise IntegrityError(f"{name}: unsupported manifest version {version!r}")
+        try:
+            files = tuple(FileEntry.from_json(f) for f in d["files"])
+            snap = cls(
+                time=_str(d["time"]),
+                host=_str(d["host"]),
+                user=_str(d["user"]),
+                source=_str(d["source"]),
+                paths=tuple(_str(p) for p in d["paths"]),
+                excludes=tuple(_str(p) for p in d["excludes"]),
+                message=_str(d["message"]),
+                tags=tuple(_str(t) for t in d["tags"]),
+                parent=None if d["parent"] is None else _hex(d["parent"]),
+                files=files,
+                stats={_str(k): _int(v) for k, v in dict(d["stats"]).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{name}: malformed manifest ({exc})") from None
+        check_paths([f.path for f in files])
+        return snap
+
+
+def compress_manifest(raw: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=9).compress(raw)
+
+
+def decompress_manifest(blob: bytes, name: str) -> bytes:
+    try:
+        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 30)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{name}: corrupt manifest ({exc})") from None
+
+
+# -- chunk lists -----------------------------------------------------------------------------------
+
+
+def split_chunk_list(refs: Sequence[tuple[ObjectId, int]]) -> Iterator[bytes]:
+    """Encode a file's (chunk id, length) list as TREE blob bodies, cut by content."""
+    piece: list[bytes] = []
+    for cid, length in refs:
+        piece.append(_REF.pack(cid, length))
+        if (cid[-1] & LIST_CUT_MASK) == 0 or len(piece) >= LIST_MAX_REFS:
+            yield b"".join(piece)
+            piece = []
+    if piece:
+        yield b"".join(piece)
+
+
+def parse_chunk_list(body: bytes, name: str = "chunk list") -> list[tuple[ObjectId, int]]:
+    """Decode a TREE blob body; IntegrityError when its length is not a whole number of refs."""
+    if len(body) % _REF.size:
+        raise IntegrityError(f"{name}: malformed chunk list")
+    return [(ObjectId(cid), n) for cid, n in _REF.iter_unpack(body)]
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def check_path(path: str) -> str:
+    """A manifest path must be relative, normalised and inside the target."""
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or (len(path) >= 2 and path[1] == ":")
+    ):
+        raise HostileManifest(f"manifest holds an unsafe path: {path!r}")
+    return path
+
+
+def check_paths(paths: Sequence[str]) -> None:
+    """Reject duplicate paths and a path that is also a folder of another."""
+    seen: set[str] = set()
+    for p in paths:
+        check_path(p)
+        if p in seen:
+            raise HostileManifest(f"manifest holds the path {p!r} twice")
+        seen.add(p)
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise HostileManifest(f"manifest holds {'/'.join(parts[:i])!r} as file and folder")
+
+
+def _str(x: Any) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"expected a string, got {type(x).__name__}")
+    return x
+
+
+def _int(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"expected an integer, got {type(x).__name__}")
+    return x
+
+
+def _hex(x: Any) -> str:
+    s = _str(x)
+    if len(s) != 2 * ID_SIZE or any(c not in "0123456789abcdef" for c in s):
+        raise ValueError(f"not an object id: {s[:80]!r}")
+    return s

@@ -1,0 +1,790 @@
+"""Repository: init/open, commit, checkout, and the snapshot list. The Python API the CLI calls."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+import stat
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from casnap import capture, compression, locks
+from casnap.backends.base import Backend
+from casnap.backends.local import LocalBackend, fsync_dir
+from casnap.chunking import Chunker, choose_chunker, make_chunker
+from casnap.constants import (
+    BATCH_BYTES,
+    CDC_AVG,
+    CDC_MAX,
+    CDC_MIN,
+    FORMAT_VERSION,
+    PACK_TARGET_SIZE,
+    RACY_WINDOW_NS,
+    SOURCE_RETRIES,
+    SQLITE_SIDE_SUFFIXES,
+    TEMP_PREFIX,
+    ZSTD_LEVEL,
+)
+from casnap.errors import (
+    AmbiguousSnapshot,
+    CasnapError,
+    DatabaseBusy,
+    HostileManifest,
+    IntegrityError,
+    NotARepository,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    SourceError,
+    UnsupportedFormat,
+    from_oserror,
+)
+from casnap.ids import Hasher, ObjectId, hash_bytes, is_hex_prefix
+from casnap.manifest import (
+    FileEntry,
+    Snapshot,
+    compress_manifest,
+    decompress_manifest,
+    parse_chunk_list,
+    split_chunk_list,
+)
+from casnap.store import DATA, TREE, PackWriter, Store
+
+PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
+SAFETY_TAG = "pre-checkout"
+
+
+def default_config() -> dict[str, Any]:
+    """The config a new repository gets."""
+    return {
+        "casnap_format": FORMAT_VERSION,
+        "id": uuid.uuid4().hex,
+        "created": _now_iso(),
+        "chunker": {"default": {"name": "fastcdc", "min": CDC_MIN, "avg": CDC_AVG, "max": CDC_MAX}},
+        "pack_target": PACK_TARGET_SIZE,
+        "zstd_level": ZSTD_LEVEL,
+    }
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """The datetime of a snapshot time string."""
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+def _is_placeholder_dir(path: Path) -> bool:
+    """True when path is missing or holds nothing but README.md / .gitkeep."""
+    if not path.exists():
+        return True
+    return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
+
+
+@dataclass
+class CommitResult:
+    """What a commit did, as `commit --json` prints it."""
+
+    id: str
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    logical_bytes: int = 0
+    chunks_new: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CheckoutResult:
+    """What a checkout did."""
+
+    id: str
+    target: str
+    files_written: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    bytes_written: int = 0
+    safety_snapshot: str | None = None
+    seconds: float = 0.0
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Planned:
+    entry: FileEntry
+    dest: Path
+    tmp: Path | None = None
+
+
+class Repository:
+    """A casnap repository on a backend."""
+
+    def __init__(self, backend: Backend, config: dict[str, Any], tmp_dir: Path) -> None:
+        self.backend = backend
+        self.config = config
+        self.tmp_dir = tmp_dir
+        self.store = Store(backend, int(config["pack_target"]))
+        self.zstd_level = int(config["zstd_level"])
+        self._snapshots: dict[ObjectId, Snapshot] | None = None
+        self._index_loaded = False
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, location: Path | str, config: dict[str, Any] | None = None) -> Repository:
+        """Create a repository in an empty or missing directory."""
+        root = Path(location)
+        if (root / "config").exists():
+            raise NotARepository(f"{root} already holds a casnap repository")
+        if root.exists() and not root.is_dir():
+            raise NotARepository(f"{root} is not a directory")
+        if not _is_placeholder_dir(root):
+            raise NotARepository(
+                f"{root} is not empty and not a casnap repository; not touching it"
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {root}") from None
+        return cls.init_backend(LocalBackend(root), config, root / "tmp")
+
+    @classmethod
+    def init_backend(
+        cls, backend: Backend, config: dict[str, Any] | None = None, tmp_dir: Path | None = None
+    ) -> Repository:
+        """Create a repository on any backend."""
+        cfg = config or default_config()
+        if not backend.put("config", json.dumps(cfg, indent=2, sort_keys=True).encode() + b"\n"):
+            raise NotARepository(f"{backend.location} already holds a casnap repository")
+        return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")))
+
+    @classmethod
+    def open(cls, location: Path | str) -> Repository:
+        """Open the repository in a local directory."""
+        root = Path(location)
+        if not (root / "config").is_file():
+            if _is_placeholder_dir(root):
+                raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
+            raise NotARepository(f"{root} is not a casnap repository")
+        return cls.open_backend(LocalBackend(root), root / "tmp")
+
+    @classmethod
+    def open_backend(cls, backend: Backend, tmp_dir: Path | None = None) -> Repository:
+        """Open a repository on any backend."""
+        try:
+            raw = backend.get("config")
+        except IntegrityError:
+            raise RepositoryNotFound(f"no casnap repository at {backend.location}") from None
+        try:
+            cfg = json.loads(raw)
+            version = cfg["casnap_format"]
+            if not isinstance(version, int):
+                raise TypeError("format version is not an integer")
+            if version > FORMAT_VERSION:
+                raise UnsupportedFormat(
+                    f"repository {backend.location} has format {version}; this casnap reads up to "
+                    f"{FORMAT_VERSION}: upgrade casnap"
+                )
+            make_chunker(cfg["chunker"]["default"])
+            int(cfg["pack_target"])
+            int(cfg["zstd_level"])
+        except CasnapError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{backend.location}/config is damaged: {exc}") from None
+        return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")))
+
+    @classmethod
+    def open_or_init(cls, location: Path | str) -> Repository:
+        """Open the repository, creating it when the directory is missing or empty."""
+        root = Path(location)
+        if not (root / "config").exists() and _is_placeholder_dir(root):
+            return cls.init(root)
+        return cls.open(root)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lock(self, operation: str, exclusive: bool = False) -> contextlib.AbstractContextManager:
+        """Take the repository lock (shared unless exclusive) for a block."""
+        return locks.locked(self.backend, operation, exclusive)
+
+    def _ensure_index(self) -> None:
+        if not self._index_loaded:
+            self.store.load_index()
+            self._index_loaded = True
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def load_snapshot(self, sid: ObjectId) -> Snapshot:
+        """Read, verify and parse one manifest."""
+        key = f"snapshots/{sid.hex()}"
+        raw = decompress_manifest(self.backend.get(key), key)
+        if hash_bytes(raw) != sid:
+            raise IntegrityError(f"{key} does not match its id (damaged)")
+        return Snapshot.decode(raw, key)
+
+    def snapshots(self) -> list[tuple[ObjectId, Snapshot]]:
+        """Every snapshot, oldest first."""
+        if self._snapshots is None:
+            found: dict[ObjectId, Snapshot] = {}
+            for key, _ in self.backend.list("snapshots/"):
+                name = key.rsplit("/", 1)[-1]
+                try:
+                    sid = ObjectId.from_hex(name)
+                except ValueError:
+                    continue
+                found[sid] = self.load_snapshot(sid)
+            self._snapshots = found
+        return sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
+
+    def manifest_size(self, sid: ObjectId) -> int:
+        key = f"snapshots/{sid.hex()}"
+        return next((s for k, s in self.backend.list("snapshots/") if k == key), 0)
+
+    def resolve(self, ref: str) -> ObjectId:
+        """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest)."""
+        snaps = self.snapshots()
+        if not snaps:
+            raise SnapshotNotFound("the repository holds no snapshots")
+        if ref == "latest":
+            return snaps[-1][0]
+        ref_l = ref.lower()
+        if is_hex_prefix(ref_l) and len(ref_l) >= 4:
+            matches = [sid for sid, _ in snaps if sid.hex().startswith(ref_l)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                listed = ", ".join(m.short for m in matches[:5])
+                raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots ({listed})")
+        tagged = [sid for sid, s in snaps if ref in s.tags]
+        if tagged:
+            return tagged[-1]
+        if is_hex_prefix(ref_l) and len(ref_l) < 4:
+            raise SnapshotNotFound(f"{ref!r}: give at least 4 hex digits of a snapshot id")
+        raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+
+    def chunk_refs(self, entry: FileEntry) -> list[tuple[ObjectId, int]]:
+        """The (chunk id, length) list of a file entry, read from its TREE blobs."""
+        self._ensure_index()
+        refs: list[tuple[ObjectId, int]] = []
+        for lid in entry.lists:
+            cid = ObjectId.from_hex(lid)
+            refs.extend(parse_chunk_list(self.store.get(cid), f"chunk list {lid}"))
+        return refs
+
+    # -- commit --------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        data_dir: Path | str,
+        paths: Sequence[str] = (),
+        *,
+        excludes: Sequence[str] = (),
+        message: str = "",
+        tags: Sequence[str] = (),
+    ) -> CommitResult:
+        """Snapshot data_dir (or paths inside it); returns what was stored."""
+        with self.lock("commit"):
+            return self._commit(Path(data_dir), paths, excludes, message, tags)
+
+    def _commit(
+        self,
+        data_dir: Path,
+        paths: Sequence[str],
+        excludes: Sequence[str],
+        message: str,
+        tags: Sequence[str],
+    ) -> CommitResult:
+        t0 = time.perf_counter()
+        start_ns = time.time_ns()
+        self._ensure_index()
+        if not data_dir.is_dir():
+            raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
+        rel_paths = capture.normalize_paths(data_dir, paths)
+        sources = capture.scan(data_dir, rel_paths, excludes)
+        source_dir = str(data_dir.resolve())
+        parent_id, parent = self._parent(source_dir, rel_paths)
+        parent_files = {f.path: f for f in parent.files} if parent else {}
+        result = CommitResult(id="")
+        writer = self.store.writer()
+        entries: list[FileEntry] = []
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            for src in sources:
+                old = parent_files.get(src.path)
+                entry = self._reuse(src, old)
+                if entry is None:
+                    entry, read = self._capture(src, writer, pool, start_ns)
+                    result.bytes_read += read
+                    if old is None:
+                        result.files_new += 1
+                    elif old.hash == entry.hash:
+                        result.files_unchanged += 1
+                    else:
+                        result.files_changed += 1
+                else:
+                    result.files_unchanged += 1
+                entries.append(entry)
+        result.files_removed = len(set(parent_files) - {e.path for e in entries})
+        result.chunks_new = len(writer.new) + len(writer.pending)
+        added = writer.finish()
+        user = _user()
+        snap = Snapshot(
+            time=_now_iso(),
+            host=socket.gethostname(),
+            user=user,
+            source=source_dir,
+            paths=rel_paths,
+            excludes=tuple(excludes),
+            message=message,
+            tags=tuple(dict.fromkeys(tags)),
+            parent=parent_id.hex() if parent_id else None,
+            files=tuple(entries),
+            stats={
+                "files_new": result.files_new,
+                "files_changed": result.files_changed,
+                "files_unchanged": result.files_unchanged,
+                "files_removed": result.files_removed,
+                "bytes_read": result.bytes_read,
+                "bytes_added": added,
+                "chunks_new": result.chunks_new,
+            },
+        )
+        raw = snap.encode()
+        sid = hash_bytes(raw)
+        blob = compress_manifest(raw)
+        self.backend.put(f"snapshots/{sid.hex()}", blob)  # written last: the commit point
+        if self._snapshots is not None:
+            self._snapshots[sid] = snap
+        result.id = sid.hex()
+        result.bytes_added = added + len(blob)
+        result.logical_bytes = snap.logical_bytes
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _parent(
+        self, source: str, paths: tuple[str, ...]
+    ) -> tuple[ObjectId | None, Snapshot | None]:
+        """The newest snapshot of the same dir and paths: its files feed the stat cache."""
+        for sid, snap in reversed(self.snapshots()):
+            if snap.source == source and snap.paths == paths:
+                return sid, snap
+        return None, None
+
+    def _reuse(self, src: capture.SourceFile, old: FileEntry | None) -> FileEntry | None:
+        """The parent's entry when the file's stat fingerprint is unchanged and its data present."""
+        if old is None or old.source is None or old.kind != src.kind:
+            return None
+        if capture.fingerprint(src.abspath, src.kind) != old.source:
+            return None
+        if not all(ObjectId.from_hex(lid) in self.store for lid in old.lists):
+            return None
+        return old
+
+    def _capture(
+        self, src: capture.SourceFile, writer: PackWriter, pool: ThreadPoolExecutor, start_ns: int
+    ) -> tuple[FileEntry, int]:
+        """Read one file consistently into the store; returns its entry and bytes read."""
+        read_total = 0
+        for _attempt in range(max(1, SOURCE_RETRIES)):
+            before = capture.fingerprint(src.abspath, src.kind)
+            if before is None:
+                raise SourceError(f"{src.abspath} vanished while committing")
+            try:
+                st = os.stat(src.abspath)
+                if src.kind == "sqlite":
+                    with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
+                        entry, n = self._ingest_path(src, image, st, writer, pool)
+                else:
+                    entry, n = self._ingest_path(src, src.abspath, st, writer, pool)
+            except FileNotFoundError:
+                raise SourceError(f"{src.abspath} vanished while committing") from None
+            except OSError as exc:
+                raise from_oserror(exc, f"reading {src.abspath}") from None
+            read_total += n
+            after = capture.fingerprint(src.abspath, src.kind)
+            if src.kind == "sqlite":
+                # the image is consistent whatever happened meanwhile; cache only a quiet file
+                racy = before != after or before[1] >= start_ns - RACY_WINDOW_NS
+                return _with_source(entry, None if racy else before), read_total
+            if after == before:
+                racy = before[1] >= start_ns - RACY_WINDOW_NS
+                return _with_source(entry, None if racy else before), read_total
+        raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
+
+    def _ingest_path(
+        self,
+        src: capture.SourceFile,
+        path: Path,
+        st: os.stat_result,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+    ) -> tuple[FileEntry, int]:
+        with open(path, "rb") as f:
+            header = f.read(4096)
+            f.seek(0)
+            chunker = choose_chunker(header, self.config["chunker"])
+            refs, whole, size = self._ingest_stream(f, chunker, writer, pool)
+        lists = []
+        for body in split_chunk_list(refs):
+            lid = hash_bytes(body)
+            if not writer.known(lid):
+                writer.add(lid, TREE, compression.encode(body, self.zstd_level), len(body))
+            lists.append(lid.hex())
+        entry = FileEntry(
+            path=src.path,
+            kind=src.kind,
+            size=size,
+            mode=stat.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            hash=whole.hex(),
+            chunker=chunker.describe(),
+            lists=tuple(lists),
+            chunks=len(refs),
+        )
+        return entry, size
+
+    def _ingest_stream(
+        self, stream: BinaryIO, chunker: Chunker, writer: PackWriter, pool: ThreadPoolExecutor
+    ) -> tuple[list[tuple[ObjectId, int]], ObjectId, int]:
+        """Chunk, hash and compress a stream on the worker threads; add new chunks in order."""
+        hasher = Hasher()
+        refs: list[tuple[ObjectId, int]] = []
+        inflight: deque[Future[list[tuple[ObjectId, bytes | None, int]]]] = deque()
+        level = self.zstd_level
+        size = 0
+
+        def encode_batch(batch: list[bytes]) -> list[tuple[ObjectId, bytes | None, int]]:
+            out = []
+            for piece in batch:
+                cid = hash_bytes(piece)
+                encoded = None if writer.known(cid) else compression.encode(piece, level)
+                out.append((cid, encoded, len(piece)))
+            return out
+
+        def drain_one() -> None:
+            for cid, encoded, n in inflight.popleft().result():
+                if encoded is not None:
+                    writer.add(cid, DATA, encoded, n)
+                refs.append((cid, n))
+
+        batch: list[bytes] = []
+        batch_bytes = 0
+        for piece in chunker.split(stream):
+            hasher.update(piece)
+            size += len(piece)
+            batch.append(bytes(piece))
+            batch_bytes += len(piece)
+            if batch_bytes >= BATCH_BYTES:
+                inflight.append(pool.submit(encode_batch, batch))
+                batch, batch_bytes = [], 0
+                while len(inflight) > 4:
+                    drain_one()
+        if batch:
+            inflight.append(pool.submit(encode_batch, batch))
+        while inflight:
+            drain_one()
+        return refs, hasher.digest(), size
+
+    # -- checkout ------------------------------------------------------------------------------
+
+    def checkout(
+        self,
+        ref: str,
+        target: Path | str,
+        paths: Sequence[str] = (),
+        *,
+        safety_snapshot: bool = True,
+        force: bool = False,
+    ) -> CheckoutResult:
+        """Restore a snapshot into target, verified and swapped in atomically per file."""
+        with self.lock("checkout"):
+            return self._checkout(ref, Path(target), paths, safety_snapshot, force)
+
+    def _checkout(
+        self, ref: str, target: Path, paths: Sequence[str], safety: bool, force: bool
+    ) -> CheckoutResult:
+        t0 = time.perf_counter()
+        sid = self.resolve(ref)
+        snap = self.load_snapshot(sid)
+        self._ensure_index()
+        result = CheckoutResult(id=sid.hex(), target=str(target))
+        wanted = _select(snap, paths)
+        if target.exists() and not target.is_dir():
+            raise SourceError(f"checkout target {target} is not a directory")
+        target_real = target.resolve()
+
+        plan: list[_Planned] = []
+        unsaved: list[str] = []  # target files that no snapshot holds and this checkout replaces
+        held = None
+        for entry in wanted:
+            dest = _safe_dest(target, target_real, entry.path)
+            needs = True
+            dirty_side = entry.kind == "sqlite" and _has_live_side_files(dest)
+            if dest.is_file() and not dest.is_symlink():
+                if not dirty_side and dest.stat().st_size == entry.size:
+                    current = _hash_file(dest)
+                    needs = current.hex() != entry.hash
+                else:
+                    current = _hash_file(dest)
+                if needs:
+                    held = held if held is not None else self._held_hashes()
+                    if dirty_side or current.hex() not in held:
+                        unsaved.append(entry.path)
+            elif dest.exists() or dest.is_symlink():
+                raise SourceError(f"cannot restore {entry.path}: {dest} exists and is not a file")
+            if needs:
+                plan.append(_Planned(entry, dest))
+            else:
+                result.files_unchanged += 1
+                _restore_attrs(dest, entry)
+
+        removals: list[Path] = []
+        if not paths and target.is_dir():
+            keep = {e.path for e in snap.files}
+            for src in capture.scan(target, (), snap.excludes):
+                if capture.in_scope(src.path, snap.paths) and src.path not in keep:
+                    removals.append(src.abspath)
+                    held = held if held is not None else self._held_hashes()
+                    if _hash_file(src.abspath).hex() not in held:
+                        unsaved.append(src.path)
+
+        for item in plan:
+            if item.entry.kind == "sqlite" and not force:
+                _refuse_if_open(item.dest)
+
+        if unsaved and safety and target.is_dir():
+            saved = self._commit(
+                target,
+                (),
+                (),
+                f"before checkout of {sid.short} (saved {len(unsaved)} file(s))",
+                (SAFETY_TAG,),
+            )
+            result.safety_snapshot = saved.id
+
+        created_dirs: list[Path] = []
+        try:
+            with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+                for item in plan:
+                    created_dirs.extend(_make_dirs(item.dest.parent, target))
+                    item.tmp = item.dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+                    result.bytes_written += self._write_verified(item.entry, item.tmp, pool)
+        except BaseException:
+            for item in plan:
+                if item.tmp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        item.tmp.unlink()
+            for d in reversed(created_dirs):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
+
+        # every file is staged and verified: swap them in, one atomic rename each
+        touched_dirs: set[Path] = set()
+        for item in plan:
+            assert item.tmp is not None
+            if item.entry.kind == "sqlite":
+                _remove_side_files(item.dest)  # a stale WAL would be replayed over the new file
+            os.replace(item.tmp, item.dest)
+            touched_dirs.add(item.dest.parent)
+            result.written.append(item.entry.path)
+        for path in removals:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            if capture.is_sqlite(path):
+                _remove_side_files(path)
+            touched_dirs.add(path.parent)
+            result.removed.append(path.relative_to(target).as_posix())
+        for d in touched_dirs:
+            fsync_dir(d)
+        result.files_written = len(plan)
+        result.files_removed = len(removals)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _held_hashes(self) -> set[str]:
+        """Whole-file hashes held by any snapshot."""
+        return {f.hash for _, s in self.snapshots() for f in s.files}
+
+    def _write_verified(self, entry: FileEntry, tmp: Path, pool: ThreadPoolExecutor) -> int:
+        """Write a file's chunks to tmp, every chunk and the whole file verified; fsync."""
+        refs = self.chunk_refs(entry)
+        hasher = Hasher()
+        size = 0
+        try:
+            with open(tmp, "xb") as f:
+                for cid, data in _ordered(pool, self.store.get, (c for c, _ in refs), window=16):
+                    hasher.update(data)
+                    f.write(data)
+                    size += len(data)
+                    del cid
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise from_oserror(exc, f"writing {tmp.parent}") from None
+        except IntegrityError as exc:
+            raise IntegrityError(f"{entry.path}: {exc}") from None
+        if size != entry.size or hasher.digest().hex() != entry.hash:
+            raise IntegrityError(f"{entry.path}: restored file does not match its recorded hash")
+        _restore_attrs(tmp, entry)
+        return size
+
+
+def _with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:
+    return FileEntry(**{**entry.__dict__, "source": source})
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _ordered(
+    pool: ThreadPoolExecutor, fn: Callable[[ObjectId], bytes], ids: Iterable[ObjectId], window: int
+) -> Iterator[tuple[ObjectId, bytes]]:
+    """fn over ids on the pool, results in order, at most `window` in flight."""
+    inflight: deque[tuple[ObjectId, Future[bytes]]] = deque()
+    for cid in ids:
+        inflight.append((cid, pool.submit(fn, cid)))
+        if len(inflight) >= window:
+            c, fut = inflight.popleft()
+            yield c, fut.result()
+    while inflight:
+        c, fut = inflight.popleft()
+        yield c, fut.result()
+
+
+def _select(snap: Snapshot, paths: Sequence[str]) -> list[FileEntry]:
+    """The entries of snap under the given paths (all when none); SnapshotNotFound for a miss."""
+    if not paths:
+        return list(snap.files)
+    out: dict[str, FileEntry] = {}
+    for p in paths:
+        norm = p.strip("/")
+        hits = [f for f in snap.files if f.path == norm or f.path.startswith(norm + "/")]
+        if not hits:
+            raise SnapshotNotFound(f"{p} is not in snapshot")
+        out.update((f.path, f) for f in hits)
+    return [out[k] for k in sorted(out)]
+
+
+def _safe_dest(target: Path, target_real: Path, rel: str) -> Path:
+    """target/rel, refusing a path that would leave target through a symbolic link."""
+    dest = target / rel
+    cur = target
+    for part in rel.split("/")[:-1]:
+        cur = cur / part
+        if cur.is_symlink():
+            raise HostileManifest(f"refusing to restore {rel}: {cur} is a symbolic link")
+    if dest.exists() and not os.path.realpath(dest).startswith(str(target_real) + os.sep):
+        raise HostileManifest(f"refusing to restore {rel}: it resolves outside {target}")
+    return dest
+
+
+def _make_dirs(folder: Path, stop: Path) -> list[Path]:
+    """mkdir -p folder, returning the folders created (outermost first)."""
+    missing = []
+    cur = folder
+    while not cur.exists():
+        missing.append(cur)
+        if cur == stop or cur.parent == cur:
+            break
+        cur = cur.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {d}") from None
+        created.append(d)
+    return created
+
+
+def _hash_file(path: Path) -> ObjectId:
+    h = Hasher()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as exc:
+        raise from_oserror(exc, f"reading {path}") from None
+    return h.digest()
+
+
+def _restore_attrs(path: Path, entry: FileEntry) -> None:
+    with contextlib.suppress(OSError):
+        os.chmod(path, entry.mode)
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _has_live_side_files(db: Path) -> bool:
+    """True when a -wal or -journal beside db holds data (it changes what db means)."""
+    for suffix in ("-wal", "-journal"):
+        side = Path(str(db) + suffix)
+        with contextlib.suppress(OSError):
+            if side.is_file() and side.stat().st_size > 0:
+                return True
+    return False
+
+
+def _remove_side_files(db: Path) -> None:
+    for suffix in SQLITE_SIDE_SUFFIXES:
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(db) + suffix).unlink()
+
+
+def _refuse_if_open(db: Path) -> None:
+    """DatabaseBusy when another process has db (or its side files) open."""
+    names = {str(db.absolute())} | {str(db.absolute()) + s for s in SQLITE_SIDE_SUFFIXES}
+    if not any(os.path.exists(n) for n in names):
+        return
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link in names:
+                raise DatabaseBusy(f"{db} is open in process {pid}; stop it first or use --force")
