@@ -545,25 +545,18 @@ class Repository:
         held = None
         for entry in wanted:
             dest = _safe_dest(target, target_real, entry.path)
-            needs = True
-            dirty_side = entry.kind == "sqlite" and _has_live_side_files(dest)
             if dest.is_file() and not dest.is_symlink():
-                if not dirty_side and dest.stat().st_size == entry.size:
-                    current = _hash_file(dest)
-                    needs = current.hex() != entry.hash
-                else:
-                    current = _hash_file(dest)
-                if needs:
-                    held = held if held is not None else self._held_hashes()
-                    if dirty_side or current.hex() not in held:
-                        unsaved.append(entry.path)
+                current = self._current_hash(dest)
+                if current == entry.hash:
+                    result.files_unchanged += 1
+                    _restore_attrs(dest, entry)
+                    continue
+                held = held if held is not None else self._held_hashes()
+                if current not in held:
+                    unsaved.append(entry.path)
             elif dest.exists() or dest.is_symlink():
                 raise SourceError(f"cannot restore {entry.path}: {dest} exists and is not a file")
-            if needs:
-                plan.append(_Planned(entry, dest))
-            else:
-                result.files_unchanged += 1
-                _restore_attrs(dest, entry)
+            plan.append(_Planned(entry, dest))
 
         removals: list[Path] = []
         if not paths and target.is_dir():
@@ -572,7 +565,7 @@ class Repository:
                 if capture.in_scope(src.path, snap.paths) and src.path not in keep:
                     removals.append(src.abspath)
                     held = held if held is not None else self._held_hashes()
-                    if _hash_file(src.abspath).hex() not in held:
+                    if self._current_hash(src.abspath) not in held:
                         unsaved.append(src.path)
 
         for item in plan:
@@ -628,6 +621,16 @@ class Repository:
         result.files_removed = len(removals)
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _current_hash(self, path: Path) -> str:
+        """Hash of a target file as a snapshot would record it (a database: its backup image)."""
+        if capture.is_sqlite(path):
+            try:
+                with capture.sqlite_image(path, self.tmp_dir) as image:
+                    return _hash_file(image).hex()
+            except CasnapError:
+                pass  # unreadable as a database: compare its raw bytes
+        return _hash_file(path).hex()
 
     def _held_hashes(self) -> set[str]:
         """Whole-file hashes held by any snapshot."""
@@ -746,16 +749,6 @@ def _restore_attrs(path: Path, entry: FileEntry) -> None:
     with contextlib.suppress(OSError):
         os.chmod(path, entry.mode)
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def _has_live_side_files(db: Path) -> bool:
-    """True when a -wal or -journal beside db holds data (it changes what db means)."""
-    for suffix in ("-wal", "-journal"):
-        side = Path(str(db) + suffix)
-        with contextlib.suppress(OSError):
-            if side.is_file() and side.stat().st_size > 0:
-                return True
-    return False
 
 
 def _remove_side_files(db: Path) -> None:
