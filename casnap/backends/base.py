@@ -1,13 +1,19 @@
 """The backend interface: everything casnap stores goes through these few calls.
 
 Keys are relative POSIX paths ("packs/ab/ab12…"). Behaviour such as fault injection is added by
-wrapping a backend, never by changing the layers above.
+wrapping a backend, never by changing the layers above. Backends report failures as CasnapError:
+an OSError escaping a backend operation is turned into one (a full disk into StorageFull) by the
+base class, so no layer above ever sees a raw OSError or mislabels it.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from casnap.errors import from_oserror
 
 
 def check_key(key: str) -> str:
@@ -18,8 +24,46 @@ def check_key(key: str) -> str:
     return key
 
 
+_VERBS = {"put": "writing", "get": "reading", "delete": "deleting", "list": "listing"}
+
+
+def convert_oserrors(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn with OSError turned into the CasnapError from_oserror gives, naming key and backend."""
+    verb = _VERBS[name]
+
+    def what(self: Backend, key: str) -> str:
+        return f"{verb} {key} in {self.location}"
+
+    if name == "list":
+
+        @functools.wraps(fn)
+        def listing(self: Backend, prefix: str) -> Iterator[tuple[str, int]]:
+            try:
+                yield from fn(self, prefix)
+            except OSError as exc:
+                raise from_oserror(exc, what(self, prefix)) from None
+
+        return listing
+
+    @functools.wraps(fn)
+    def call(self: Backend, key: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, key, *args, **kwargs)
+        except OSError as exc:
+            raise from_oserror(exc, what(self, key)) from None
+
+    return call
+
+
 class Backend(ABC):
     """A flat namespace of immutable objects."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _VERBS:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "__isabstractmethod__", False):
+                setattr(cls, name, convert_oserrors(name, fn))
 
     @property
     @abstractmethod
