@@ -100,6 +100,19 @@ def holders(backend: Backend) -> list[LockInfo]:
     return out
 
 
+def _conflict(backend: Backend, own: str, exclusive: bool) -> LockInfo | None:
+    """The first live lock that conflicts with ours; stale locks found on the way are removed."""
+    for info in holders(backend):
+        if info.key == own:
+            continue
+        if info.stale():
+            backend.delete(info.key)
+            continue
+        if exclusive or info.exclusive:
+            return info
+    return None
+
+
 @contextlib.contextmanager
 def locked(
     backend: Backend, operation: str, exclusive: bool, wait: float = LOCK_WAIT_SECONDS
@@ -121,16 +134,13 @@ def locked(
     delay = 0.05
     while True:
         backend.put(key, body)
-        conflict = None
-        for info in holders(backend):
-            if info.key == key:
-                continue
-            if info.stale():
-                backend.delete(info.key)
-                continue
-            if exclusive or info.exclusive:
-                conflict = info
-                break
+        try:
+            conflict = _conflict(backend, key, exclusive)
+        except BaseException:
+            # never leave our own lock behind: this process lives on and would block gc forever
+            with contextlib.suppress(CasnapError):
+                backend.delete(key)
+            raise
         if conflict is None:
             break
         backend.delete(key)
@@ -141,4 +151,17 @@ def locked(
     try:
         yield
     finally:
-        backend.delete(key)
+        _release(backend, key)
+
+
+def _release(backend: Backend, key: str, tries: int = 3) -> None:
+    """Remove our lock, retrying a failed delete: the work it guarded is done, and a lock left
+    by a live process blocks every gc until that process exits."""
+    for attempt in range(tries):
+        try:
+            backend.delete(key)
+            return
+        except CasnapError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
