@@ -379,7 +379,7 @@ class Repository:
         raw = snap.encode()
         sid = hash_bytes(raw)
         blob = compress_manifest(raw)
-        self.backend.put(f"snapshots/{sid.hex()}", blob)  # written last: the commit point
+        self.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
         if self._snapshots is not None:
             self._snapshots[sid] = snap
         result.id = sid.hex()

@@ -33,6 +33,9 @@ _DIR_ENTRY = struct.Struct("<32sBIII")  # id, type, offset, length, plain size
 _TRAILER = struct.Struct("<I16s8s")  # directory length, BLAKE3 prefix of directory, end magic
 
 INDEX_MAGIC = b"CASNIDX1"
+
+# Bytes read back from the end of every object just written: a write that landed short fails it.
+_VERIFY_TAIL = 64
 _INDEX_ENTRY = struct.Struct("<32sIBIII")  # id, pack number, type, offset, length, plain size
 
 
@@ -167,7 +170,10 @@ class Store:
     def get(self, cid: ObjectId) -> bytes:
         """The plain bytes of a chunk, verified against its id."""
         e = self.entry(cid)
-        encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
+        try:
+            encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
+        except IntegrityError as exc:  # a missing or truncated pack: say which chunk it cost
+            raise type(exc)(f"chunk {cid.hex()}: {exc}") from None
         return self.decode_verified(cid, e, encoded)
 
     @staticmethod
@@ -204,8 +210,33 @@ class Store:
         """Store an index file for entries; returns its key and size."""
         blob = encode_index(entries.items())
         key = index_key(hash_bytes(blob))
-        self.backend.put(key, blob)
+        self.put_verified(key, blob)
         return key, len(blob)
+
+    def put_verified(self, key: str, data: bytes) -> bool:
+        """Put an object whose key names its content, and make sure the stored copy is whole.
+
+        A fresh write is read back at its tail (a write that landed short fails that read); an
+        object already stored under the key is read back whole and must equal data, or it is a
+        damaged leftover (a torn earlier write) that would poison every later reference to it.
+        A bad copy is deleted and written again; IntegrityError naming it after the second try.
+        """
+        for _attempt in range(2):
+            written = self.backend.put(key, data)
+            try:
+                if written:
+                    tail = max(0, len(data) - _VERIFY_TAIL)
+                    intact = self.backend.get(key, tail, len(data) - tail) == data[tail:]
+                else:
+                    intact = self.backend.get(key) == data
+            except IntegrityError:
+                intact = False
+            if intact:
+                return written
+            self.backend.delete(key)
+        raise IntegrityError(
+            f"{key} did not land intact in {self.backend.location} after two writes"
+        )
 
 
 class PackWriter:
@@ -250,7 +281,7 @@ class PackWriter:
         trailer = _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
         data = b"".join([*p.parts, directory, trailer])
         pack = hash_bytes(data)
-        self.store.backend.put(pack_key(pack), data)
+        self.store.put_verified(pack_key(pack), data)
         for cid, btype, offset, length, plain in p.records:
             self.new[cid] = IndexEntry(pack, btype, offset, length, plain)
             self.pending.discard(cid)
