@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from casnap import capture, compression, locks
+from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend, fsync_dir
 from casnap.chunking import Chunker, choose_chunker, make_chunker
@@ -166,7 +167,7 @@ class Repository:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise from_oserror(exc, f"creating {root}") from None
-        return cls.init_backend(LocalBackend(root), config, root / "tmp")
+        return cls.init_backend(_local_backend(root), config, root / "tmp")
 
     @classmethod
     def init_backend(
@@ -186,7 +187,7 @@ class Repository:
             if _is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
             raise NotARepository(f"{root} is not a casnap repository")
-        return cls.open_backend(LocalBackend(root), root / "tmp")
+        return cls.open_backend(_local_backend(root), root / "tmp")
 
     @classmethod
     def open_backend(cls, backend: Backend, tmp_dir: Path | None = None) -> Repository:
@@ -658,6 +659,11 @@ class Repository:
             raise IntegrityError(f"{entry.path}: restored file does not match its recorded hash")
         _restore_attrs(tmp, entry)
         return size
+
+
+def _local_backend(root: Path) -> Backend:
+    """The backend of a repository directory (with the test-only faults of CASNAP_TEST_FAULTS)."""
+    return faulty.install_from_env(LocalBackend(root))
 
 
 def _with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:

@@ -1,0 +1,263 @@
+"""Fault-injecting backends for tests: wrap a real backend and make chosen operations go wrong.
+
+Restic style: behaviour is added by wrapping the narrow Backend interface, never by changing the
+layers above. A `Fault` watches one operation (put, get, list, delete) on keys under a prefix,
+counts the matching calls and acts on the nth one (and on every later one when `times` is None):
+it raises an I/O error, reports a full disk, lands a write truncated, flips a byte of what a read
+returns, calls a test hook, or SIGKILLs the whole process.
+
+`FaultyBackend` is the wrapper tests build by hand. `install_from_env` is for crash tests that run
+the real CLI as a subprocess: when the test-only variable `CASNAP_TEST_FAULTS` is set, the backend
+a casnap process opens gets the faults it lists (see `parse_spec`); unset, nothing changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import types
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from casnap.backends.base import Backend, convert_oserrors
+
+ENV_VAR = "CASNAP_TEST_FAULTS"
+
+OPS = ("put", "get", "list", "delete", "replace")
+ACTIONS = ("fail", "enospc", "truncate", "flip", "kill", "call")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Act on the nth call of `op` whose key starts with `prefix` (1-based), `times` times.
+
+    Actions: "fail" raises OSError(EIO) instead of the call, "enospc" raises OSError(ENOSPC)
+    instead of a put, "truncate" stores the first half of a put's data, "flip" inverts the middle
+    byte of what a get returns, "kill" SIGKILLs the process once the call has completed, "call"
+    runs `hook(key)` once the call has completed. times=None keeps acting on every later call.
+    The op "replace" (only through `install_from_env`) counts os.replace calls, i.e. the renames
+    that swap restored files into place.
+    """
+
+    op: str
+    action: str
+    nth: int = 1
+    prefix: str = ""
+    times: int | None = 1
+    hook: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS or self.action not in ACTIONS or self.nth < 1:
+            raise ValueError(f"invalid fault {self.op}:{self.action}:{self.nth}")
+        if self.action == "call" and self.hook is None:
+            raise ValueError("a 'call' fault needs a hook")
+
+    def describe(self) -> str:
+        where = f" under {self.prefix}" if self.prefix else ""
+        every = " and every later one" if self.times is None else ""
+        return f"{self.action} at {self.op} #{self.nth}{where}{every}"
+
+
+def fail(op: str, nth: int = 1, prefix: str = "", times: int | None = 1) -> Fault:
+    """The nth matching call raises OSError(EIO) and does nothing."""
+    return Fault(op, "fail", nth, prefix, times)
+
+
+def no_space(nth: int = 1, prefix: str = "") -> Fault:
+    """From the nth matching put on, every put raises OSError(ENOSPC): the disk stays full."""
+    return Fault("put", "enospc", nth, prefix, None)
+
+
+def truncate_put(nth: int = 1, prefix: str = "", times: int | None = 1) -> Fault:
+    """The nth matching put stores only the first half of its data and reports success."""
+    return Fault("put", "truncate", nth, prefix, times)
+
+
+def flip_on_get(nth: int = 1, prefix: str = "", times: int | None = 1) -> Fault:
+    """The nth matching get returns its bytes with the middle one inverted (storage is intact)."""
+    return Fault("get", "flip", nth, prefix, times)
+
+
+def kill_after(op: str, nth: int, prefix: str = "") -> Fault:
+    """SIGKILL this process right after the nth matching call completed."""
+    return Fault(op, "kill", nth, prefix, 1)
+
+
+def call_after(op: str, nth: int, hook: Callable[[str], None], prefix: str = "") -> Fault:
+    """Run hook(key) right after the nth matching call completed."""
+    return Fault(op, "call", nth, prefix, 1, hook)
+
+
+class FaultPlan:
+    """Counts calls per fault and applies the faults; thread-safe (checkout reads in parallel)."""
+
+    def __init__(self, faults: Iterable[Fault]) -> None:
+        self.faults = list(faults)
+        self.counts = [0] * len(self.faults)
+        self.fired: list[tuple[Fault, str]] = []
+        self._lock = threading.Lock()
+
+    def due(self, op: str, key: str) -> list[Fault]:
+        """Count this call against every matching fault; the faults that act on it."""
+        acting = []
+        with self._lock:
+            for i, f in enumerate(self.faults):
+                if f.op != op or not key.startswith(f.prefix):
+                    continue
+                self.counts[i] += 1
+                n = self.counts[i]
+                if n >= f.nth and (f.times is None or n < f.nth + f.times):
+                    acting.append(f)
+                    self.fired.append((f, key))
+        return acting
+
+    @staticmethod
+    def before(faults: list[Fault], key: str) -> None:
+        """Raise for the faults that replace the call."""
+        for f in faults:
+            if f.action == "fail":
+                raise OSError(errno.EIO, f"injected I/O error ({f.describe()})", key)
+            if f.action == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
+
+    @staticmethod
+    def after(faults: list[Fault], key: str) -> None:
+        """Run the faults that act once the call has completed."""
+        for f in faults:
+            if f.action == "call" and f.hook is not None:
+                f.hook(key)
+            elif f.action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- the wrapped operations ----------------------------------------------------------------
+
+    def put(self, inner: Callable[[str, bytes | memoryview], bool], key: str, data: bytes) -> bool:
+        faults = self.due("put", key)
+        self.before(faults, key)
+        if any(f.action == "truncate" for f in faults):
+            data = bytes(data)[: len(data) // 2]
+        written = inner(key, data)
+        self.after(faults, key)
+        return written
+
+    def get(
+        self,
+        inner: Callable[[str, int, int | None], bytes],
+        key: str,
+        offset: int,
+        length: int | None,
+    ) -> bytes:
+        faults = self.due("get", key)
+        self.before(faults, key)
+        data = inner(key, offset, length)
+        if data and any(f.action == "flip" for f in faults):
+            b = bytearray(data)
+            b[len(b) // 2] ^= 0xFF
+            data = bytes(b)
+        self.after(faults, key)
+        return data
+
+    def list(
+        self, inner: Callable[[str], Iterator[tuple[str, int]]], prefix: str
+    ) -> Iterator[tuple[str, int]]:
+        faults = self.due("list", prefix)
+        self.before(faults, prefix)
+        items = list(inner(prefix))
+        self.after(faults, prefix)
+        yield from items
+
+    def delete(self, inner: Callable[[str], None], key: str) -> None:
+        faults = self.due("delete", key)
+        self.before(faults, key)
+        inner(key)
+        self.after(faults, key)
+
+
+class FaultyBackend(Backend):
+    """A backend that forwards to `inner`, injecting the given faults."""
+
+    def __init__(self, inner: Backend, faults: Iterable[Fault] = ()) -> None:
+        self.inner = inner
+        self.plan = FaultPlan(faults)
+
+    @property
+    def fired(self) -> list[tuple[Fault, str]]:
+        """(fault, key) for every call a fault acted on, in order."""
+        return self.plan.fired
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        return self.plan.put(self.inner.put, key, data)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.plan.get(self.inner.get, key, offset, length)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return self.plan.list(self.inner.list, prefix)
+
+    def delete(self, key: str) -> None:
+        self.plan.delete(self.inner.delete, key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def parse_spec(spec: str) -> list[Fault]:
+    """Faults from `op:action:nth[:prefix]` items separated by commas (hooks cannot be given).
+
+    Example: `put:kill:7` SIGKILLs the process after its 7th backend put; `get:kill:40:packs/`
+    after its 40th pack read; `replace:kill:2` after the 2nd file swapped into place by a
+    checkout; `put:enospc:3:packs/` makes the 3rd pack write and all later ones find a full disk.
+    """
+    faults = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        parts = item.split(":", 3)
+        if len(parts) < 3 or not parts[2].isdigit():
+            raise ValueError(f"{ENV_VAR}: cannot parse {item!r} (want op:action:nth[:prefix])")
+        op, action, nth = parts[0], parts[1], int(parts[2])
+        prefix = parts[3] if len(parts) == 4 else ""
+        times = None if action in ("enospc", "flip") else 1
+        faults.append(Fault(op, action, nth, prefix, times))
+    return faults
+
+
+def install_from_env(backend: Backend) -> Backend:
+    """Apply the faults of the test-only `CASNAP_TEST_FAULTS` variable to backend, in place.
+
+    Unset, this returns backend untouched. Set, the instance's own methods are wrapped (so its type
+    stays what it is for code that asks), and a "replace" fault wraps os.replace in this process.
+    """
+    spec = os.environ.get(ENV_VAR)
+    if not spec:
+        return backend
+    plan = FaultPlan(parse_spec(spec))
+    put, get, lst, delete = backend.put, backend.get, backend.list, backend.delete
+    wrapped: dict[str, Callable[..., Any]] = {
+        "put": lambda _self, key, data: plan.put(put, key, data),
+        "get": lambda _self, key, offset=0, length=None: plan.get(get, key, offset, length),
+        "list": lambda _self, prefix: plan.list(lst, prefix),
+        "delete": lambda _self, key: plan.delete(delete, key),
+    }
+    for name, fn in wrapped.items():
+        setattr(backend, name, types.MethodType(convert_oserrors(name, fn), backend))
+    if any(f.op == "replace" for f in plan.faults) and not hasattr(os.replace, "_casnap_fault"):
+        real_replace = os.replace
+
+        def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+            faults = plan.due("replace", os.fspath(dst))
+            plan.before(faults, os.fspath(dst))
+            real_replace(src, dst)
+            plan.after(faults, os.fspath(dst))
+
+        replace._casnap_fault = True  # type: ignore[attr-defined]
+        os.replace = replace  # type: ignore[assignment]
+    return backend

@@ -1,0 +1,329 @@
+"""Injected backend faults: every operation succeeds or fails with a clear CasnapError, and the
+healthy repository afterwards verifies, keeps every snapshot and takes the next commit.
+
+One scenario table runs against LocalBackend and MemoryBackend alike (restic style: faults come
+from wrapping the backend, `casnap.backends.faulty`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from casnap import locks
+from casnap.backends import Backend, LocalBackend, MemoryBackend
+from casnap.backends import faulty as F
+from casnap.errors import CasnapError, IntegrityError, ObjectMissing, StorageFull
+from casnap.repository import Repository
+from tests.conftest import evolve_app
+from tests.helpers_reliability import (
+    Ledger,
+    check_healthy,
+    small_app,
+    small_config,
+    temp_files,
+)
+from tests.util import raw_tree, snapshot_tree
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault and what each operation may answer to it: OK, or (error class, message regex)."""
+
+    name: str
+    fault: F.Fault
+    outcome: dict[str, object]  # operation -> OK | (class, pattern) | None (does not apply)
+
+
+def _err(cls: type[CasnapError], pattern: str) -> tuple[type[CasnapError], str]:
+    return (cls, pattern)
+
+
+IO = _err(CasnapError, r"injected I/O error")
+FULL = _err(StorageFull, r"no space left on device")
+NOT_INTACT = _err(IntegrityError, r"packs/\w\w/[0-9a-f]{64} did not land intact")
+CHUNK = _err(IntegrityError, r"chunk [0-9a-f]{64} in pack [0-9a-f]{64}")
+
+# Operations: commit of changed data; checkout of an older snapshot over the data dir holding
+# unsaved changes (so it first writes a safety snapshot); checkout into a new folder (reads only).
+OPS = ("commit", "checkout", "checkout-new")
+
+
+def _all(outcome: object) -> dict[str, object]:
+    return dict.fromkeys(OPS, outcome)
+
+
+def _commit_only(outcome: object) -> dict[str, object]:
+    """Faults on a later pack: only a commit of changed data writes that many."""
+    return {"commit": outcome, "checkout": None, "checkout-new": None}
+
+
+def _writing(outcome: object) -> dict[str, object]:
+    """Faults on pack/index/manifest writes: only operations that store a snapshot meet them."""
+    return {"commit": outcome, "checkout": outcome, "checkout-new": None}
+
+
+SCENARIOS = [
+    Scenario("put-fails-lock", F.fail("put", 1, "locks/"), _all(IO)),
+    Scenario("put-fails-pack-1", F.fail("put", 1, "packs/"), _writing(IO)),
+    Scenario("put-fails-pack-3", F.fail("put", 3, "packs/"), _commit_only(IO)),
+    Scenario("put-fails-index", F.fail("put", 1, "index/"), _writing(IO)),
+    Scenario("put-fails-manifest", F.fail("put", 1, "snapshots/"), _writing(IO)),
+    Scenario("enospc-at-once", F.no_space(1), _all(FULL)),
+    Scenario("enospc-pack-2", F.no_space(2, "packs/"), _commit_only(FULL)),
+    Scenario("enospc-manifest", F.no_space(1, "snapshots/"), _writing(FULL)),
+    # a write that lands short is caught by the read-back and written again
+    Scenario("truncate-pack-1", F.truncate_put(1, "packs/"), _writing(OK)),
+    Scenario("truncate-pack-3", F.truncate_put(3, "packs/"), _commit_only(OK)),
+    Scenario("truncate-index", F.truncate_put(1, "index/"), _writing(OK)),
+    Scenario("truncate-manifest", F.truncate_put(1, "snapshots/"), _writing(OK)),
+    Scenario("truncate-every-pack", F.truncate_put(1, "packs/", None), _writing(NOT_INTACT)),
+    # a byte flipped on the way back from storage
+    Scenario(
+        "flip-pack-read-1",
+        F.flip_on_get(1, "packs/"),
+        {"commit": OK, "checkout": OK, "checkout-new": CHUNK},
+    ),
+    Scenario(
+        "flip-pack-read-9",
+        F.flip_on_get(9, "packs/"),
+        {"commit": None, "checkout": CHUNK, "checkout-new": CHUNK},
+    ),
+    Scenario(
+        "flip-every-pack-read",
+        F.flip_on_get(1, "packs/", None),
+        {"commit": NOT_INTACT, "checkout": NOT_INTACT, "checkout-new": CHUNK},
+    ),
+    Scenario(
+        "flip-index-read",
+        F.flip_on_get(1, "index/"),
+        _all(_err(IntegrityError, r"index/[0-9a-f]{64}: index file does not match its name")),
+    ),
+    Scenario(
+        "flip-manifest-read",
+        F.flip_on_get(1, "snapshots/"),
+        _all(
+            _err(
+                IntegrityError, r"snapshots/[0-9a-f]{64}(: corrupt manifest| does not match its id)"
+            )
+        ),
+    ),
+    Scenario(
+        "flip-config-read", F.flip_on_get(1, "config"), _all(_err(IntegrityError, "config is"))
+    ),
+    Scenario("flip-lock-read", F.flip_on_get(1, "locks/"), _all(OK)),
+    Scenario("get-fails-pack", F.fail("get", 1, "packs/"), _all(IO)),
+    Scenario("get-fails-index", F.fail("get", 1, "index/"), _all(IO)),
+    Scenario("list-fails-first", F.fail("list", 1), _all(IO)),
+    Scenario("list-fails-locks", F.fail("list", 1, "locks/"), _all(IO)),
+    Scenario("list-fails-snapshots", F.fail("list", 1, "snapshots/"), _all(IO)),
+    Scenario("list-fails-index", F.fail("list", 1, "index/"), _all(IO)),
+    Scenario("delete-fails-lock-once", F.fail("delete", 1, "locks/"), _all(OK)),
+    Scenario("delete-fails-lock-always", F.fail("delete", 1, "locks/", None), _all(IO)),
+]
+
+BACKENDS = ("local", "memory")
+
+CASES = [
+    pytest.param(kind, op, sc, id=f"{kind}-{op}-{sc.name}")
+    for kind in BACKENDS
+    for op in OPS
+    for sc in SCENARIOS
+    if sc.outcome[op] is not None
+]
+
+
+def make_backend(kind: str, tmp_path: Path) -> Backend:
+    if kind == "local":
+        return LocalBackend(tmp_path / "repo")
+    return MemoryBackend()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Callable[[str], tuple[Backend, Ledger, Path]]:
+    """A repository with two snapshots of a small real data dir."""
+
+    def build(kind: str) -> tuple[Backend, Ledger, Path]:
+        backend = make_backend(kind, tmp_path)
+        repo = Repository.init_backend(backend, small_config(), tmp_path / "tmp")
+        data = small_app(tmp_path / "data")
+        ledger = Ledger()
+        ledger.commit(repo, data, message="s0")
+        evolve_app(data, 1)
+        ledger.commit(repo, data, message="s1")
+        return backend, ledger, data
+
+    return build
+
+
+@pytest.mark.parametrize(("kind", "op", "sc"), CASES)
+def test_operation_under_fault(
+    kind: str, op: str, sc: Scenario, world: Callable, tmp_path: Path
+) -> None:
+    backend, ledger, data = world(kind)
+    wrapped = F.FaultyBackend(backend, [sc.fault])
+    expected = sc.outcome[op]
+    before_tree = snapshot_tree(data)
+    target = data if op != "checkout-new" else tmp_path / "out"
+    target_before = None
+    try:
+        if op == "checkout":
+            (data / "notes.txt").write_text("unsaved: no snapshot holds this")
+            before_tree = snapshot_tree(data)
+        if op == "commit":
+            evolve_app(data, 2)
+            before_tree = snapshot_tree(data)
+        if op == "checkout-new":
+            target.mkdir()
+        target_before = raw_tree(target)
+        repo = Repository.open_backend(wrapped, tmp_path / "tmp")
+        first = next(iter(ledger.trees))
+        if op == "commit":
+            result = repo.commit(data, message="under fault").id
+        else:
+            result = repo.checkout(first, target, safety_snapshot=(op == "checkout")).id
+        outcome: object = OK
+    except CasnapError as exc:
+        outcome = exc
+    assert wrapped.fired, f"{sc.fault.describe()} never fired during {op}"
+
+    if expected == OK:
+        assert outcome == OK, f"expected success, got {outcome!r}"
+    else:
+        cls, pattern = expected  # type: ignore[misc]
+        assert isinstance(outcome, cls), f"expected {cls.__name__}, got {outcome!r}"
+        assert re.search(pattern, str(outcome)), str(outcome)
+        assert "\n" not in str(outcome)
+
+    late = sc.name == "delete-fails-lock-always"  # fails after the work is done
+    if op == "commit" and (outcome == OK or late):
+        sid = result if outcome == OK else Repository.open_backend(backend).resolve("latest").hex()
+        ledger.record(sid, before_tree)
+    if op != "commit":
+        if outcome == OK or late:
+            assert snapshot_tree(target) == ledger.trees[first]
+        else:
+            assert raw_tree(target) == target_before, "a failed checkout touched the target"
+        assert not temp_files(target)
+    if late:
+        # the lock could not be released: a live process keeps it until it exits, when it is
+        # stale and the next casnap removes it; nothing but that lock is left
+        (left,) = locks.holders(backend)
+        assert left.key == wrapped.fired[0][1] and left.pid == os.getpid()
+        backend.delete(left.key)
+    check_healthy(backend, ledger, tmp_path / "check", data)
+
+
+# -- the fault wrappers themselves -----------------------------------------------------------------
+
+
+def test_enospc_surfaces_as_storage_full_naming_the_object(tmp_path: Path) -> None:
+    backend = F.FaultyBackend(LocalBackend(tmp_path / "r"), [F.no_space(2)])
+    assert backend.put("a/x", b"1")
+    with pytest.raises(StorageFull, match=r"writing a/y in .*: no space left on device"):
+        backend.put("a/y", b"2")
+    with pytest.raises(StorageFull):  # a full disk stays full
+        backend.put("a/z", b"3")
+    assert [k for k, _ in backend.list("a/")] == ["a/x"]
+    err = F.FaultyBackend(MemoryBackend(), [F.no_space(1)])
+    with pytest.raises(StorageFull) as info:
+        err.put("k", b"v")
+    assert info.value.exit_code == 8
+
+
+def test_raw_oserror_of_any_backend_becomes_a_casnap_error() -> None:
+    class Broken(MemoryBackend):
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            raise OSError(errno.EIO, "device gone")
+
+        def list(self, prefix: str):
+            raise PermissionError(errno.EACCES, "no")
+            yield  # pragma: no cover
+
+    b = Broken()
+    with pytest.raises(CasnapError, match=r"reading k in memory:\w+: device gone"):
+        b.get("k")
+    with pytest.raises(CasnapError, match="listing packs/") as info:
+        list(b.list("packs/"))
+    assert info.value.exit_code == 8  # permission denied
+
+
+def test_damaged_pack_under_its_own_name_is_replaced_not_indexed(tmp_path: Path) -> None:
+    """A torn leftover of an earlier write sits under the very name a new pack gets: put-if-absent
+    answers "exists", so the store must compare and replace it, or the new index points into a
+    damaged pack and poisons this and every later snapshot that shares its chunks."""
+    backend = MemoryBackend()
+    repo = Repository.init_backend(backend, small_config(), tmp_path / "t")
+    data = small_app(tmp_path / "data")
+    repo.commit(data)
+    packs = [k for k, _ in backend.list("packs/")]
+    good = {k: backend.get(k) for k in packs}
+    for key in [k for k, _ in backend.list("")]:
+        if key != "config":
+            backend.delete(key)  # as if that commit had died before writing its index
+    for key, blob in good.items():
+        backend.put(key, blob[: len(blob) // 3])  # torn leftovers under the right names
+    ledger = Ledger()
+    sid = ledger.commit(Repository.open_backend(backend, tmp_path / "t"), data)
+    assert all(backend.get(k) == blob for k, blob in good.items())
+    assert ledger.check(Repository.open_backend(backend, tmp_path / "t"), tmp_path) == 1
+    check_healthy(backend, ledger, tmp_path / "c", data)
+    assert sid in ledger.trees
+
+
+def test_truncated_pack_from_an_old_write_fails_naming_the_chunk(tmp_path: Path) -> None:
+    """Damage after the write (bit rot, an older casnap) is found on read, naming the object."""
+    backend = MemoryBackend()
+    repo = Repository.init_backend(backend, small_config(), tmp_path / "t")
+    data = small_app(tmp_path / "data")
+    sid = repo.commit(data).id
+    key, _ = next(iter(backend.list("packs/")))
+    blob = backend.get(key)
+    backend.delete(key)
+    backend.put(key, blob[: len(blob) // 2])
+    fresh = Repository.open_backend(backend, tmp_path / "t")
+    with pytest.raises(IntegrityError) as info:
+        fresh.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    assert re.search(r"chunk [0-9a-f]{64}: " + key + " is truncated", str(info.value))
+    assert not temp_files(tmp_path / "out")
+    backend.delete(key)
+    with pytest.raises(ObjectMissing, match=r"chunk [0-9a-f]{64}: " + key + " is missing"):
+        fresh.checkout(sid, tmp_path / "out2", safety_snapshot=False)
+
+
+def test_every_scenario_is_tried_on_both_backends() -> None:
+    per_backend = {k: sum(1 for c in CASES if c.values[0] == k) for k in BACKENDS}
+    assert per_backend["local"] == per_backend["memory"] == len(CASES) // 2
+
+
+def test_env_spec_parses_and_rejects_garbage() -> None:
+    faults = F.parse_spec("put:kill:7, get:flip:2:packs/,replace:kill:1")
+    assert [(f.op, f.action, f.nth, f.prefix) for f in faults] == [
+        ("put", "kill", 7, ""),
+        ("get", "flip", 2, "packs/"),
+        ("replace", "kill", 1, ""),
+    ]
+    for bad in ("put:kill:x", "explode:kill:1", "put:kill", "put:melt:1"):
+        with pytest.raises(ValueError):
+            F.parse_spec(bad)
+
+
+def test_env_faults_keep_the_backend_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    plain = LocalBackend(tmp_path / "a")
+    monkeypatch.delenv(F.ENV_VAR, raising=False)
+    assert F.install_from_env(plain) is plain and "put" not in vars(plain)
+    monkeypatch.setenv(F.ENV_VAR, "put:enospc:2:packs/")
+    b = F.install_from_env(LocalBackend(tmp_path / "b"))
+    assert isinstance(b, LocalBackend)  # code that asks for the type still gets it
+    assert b.put("packs/x", b"1") and b.put("index/y", b"2")
+    with pytest.raises(StorageFull, match="writing packs/z"):
+        b.put("packs/z", b"3")
+    assert not temp_files(tmp_path / "b")
