@@ -12,7 +12,6 @@ import os
 import sqlite3
 import stat
 import urllib.parse
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from casnap.constants import (
     TEMP_PREFIX,
 )
 from casnap.errors import DatabaseBusy, SourceError, from_oserror
+from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -173,7 +173,7 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
     step under one read transaction, so a writer in WAL mode never tears it. Deleted afterwards.
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    dest = tmp_dir / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.db"
+    dest = tmp_dir / temp_name(".db")
     try:
         try:
             with (

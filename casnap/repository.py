@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from casnap import capture, compression, locks
+from casnap import capture, compression, locks, tempfiles
 from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend, fsync_dir
@@ -33,7 +33,6 @@ from casnap.constants import (
     RACY_WINDOW_NS,
     SOURCE_RETRIES,
     SQLITE_SIDE_SUFFIXES,
-    TEMP_PREFIX,
     ZSTD_LEVEL,
 )
 from casnap.errors import (
@@ -328,6 +327,9 @@ class Repository:
         self._ensure_index()
         if not data_dir.is_dir():
             raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
+        # what a killed casnap left: database images in tmp/, staged files in the data dir
+        tempfiles.remove_stale(self.tmp_dir, recursive=False)
+        tempfiles.remove_stale(data_dir)
         rel_paths = capture.normalize_paths(data_dir, paths)
         sources = capture.scan(data_dir, rel_paths, excludes)
         source_dir = str(data_dir.resolve())
@@ -539,6 +541,7 @@ class Repository:
         wanted = _select(snap, paths)
         if target.exists() and not target.is_dir():
             raise SourceError(f"checkout target {target} is not a directory")
+        tempfiles.remove_stale(target)  # staged files of a checkout that was killed
         target_real = target.resolve()
 
         plan: list[_Planned] = []
@@ -588,7 +591,7 @@ class Repository:
             with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
                 for item in plan:
                     created_dirs.extend(_make_dirs(item.dest.parent, target))
-                    item.tmp = item.dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+                    item.tmp = item.dest.parent / tempfiles.temp_name()
                     result.bytes_written += self._write_verified(item.entry, item.tmp, pool)
         except BaseException:
             for item in plan:
@@ -662,7 +665,12 @@ class Repository:
 
 
 def _local_backend(root: Path) -> Backend:
-    """The backend of a repository directory (with the test-only faults of CASNAP_TEST_FAULTS)."""
+    """The backend of a repository directory (with the test-only faults of CASNAP_TEST_FAULTS).
+
+    Lock files half-written by a process that was killed are removed here: no gc may touch
+    locks/ while other processes take locks, and the next casnap to open the repository can.
+    """
+    tempfiles.remove_stale(root / "locks", recursive=False)
     return faulty.install_from_env(LocalBackend(root))
 
 

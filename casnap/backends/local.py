@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from casnap.backends.base import Backend, check_key
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
+from casnap.tempfiles import temp_name
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,7 +44,7 @@ class LocalBackend(Backend):
         final = self._path(key)
         if final.exists():
             return False
-        tmp = final.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        tmp = final.parent / temp_name()
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as f:

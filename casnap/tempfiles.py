@@ -1,0 +1,69 @@
+"""casnap's temporary files: names that tell who made them, and removing those of dead processes.
+
+A temp file is named `.casnap-tmp-<pid>-<host tag>-<random>`: a process killed while it wrote
+one (a commit's SQLite image, a checkout's staged file) leaves it behind, and the next casnap on
+the same host removes it once that pid no longer runs. A file whose process still runs, or that
+another host made, is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+import zlib
+from pathlib import Path
+
+from casnap.constants import TEMP_PREFIX
+
+HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def temp_name(suffix: str = "") -> str:
+    """A fresh temp file name owned by this process."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex}{suffix}"
+
+
+def _owner(name: str) -> int | None:
+    """The pid that made a temp file on this host; None for other names and other hosts."""
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    parts = name[len(TEMP_PREFIX) :].split("-", 2)
+    if len(parts) < 3 or not parts[0].isdigit() or parts[1] != HOST_TAG:
+        return None
+    return int(parts[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def left_by_dead_process(name: str) -> bool:
+    """True for a temp file made on this host by a process that no longer runs."""
+    pid = _owner(name)
+    return pid is not None and pid != os.getpid() and not _running(pid)
+
+
+def remove_stale(root: Path, recursive: bool = True) -> list[Path]:
+    """Remove the temp files dead processes left in root (and below it when recursive)."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):  # symbolic links are not followed
+        if not recursive:
+            dirnames.clear()
+        for name in filenames:
+            if left_by_dead_process(name):
+                path = Path(dirpath, name)
+                try:
+                    path.unlink()
+                except OSError:
+                    continue  # gone already, or not ours to fix here (a read-only target)
+                removed.append(path)
+    return removed
