@@ -89,6 +89,7 @@ class Ledger:
         """Every recorded snapshot is listed and restores byte-identically; returns how many."""
         listed = {sid.hex() for sid, _ in repo.snapshots()}
         wanted = list(self.trees) if only is None else list(only)
+        scratch.mkdir(parents=True, exist_ok=True)
         missing = [s for s in wanted if s not in listed]
         assert not missing, f"snapshots lost: {missing}"
         for sid in wanted:

@@ -1,0 +1,283 @@
+"""SIGKILL the real CLI (`python -m casnap`) at many points of a commit and of a checkout.
+
+Kill points come two ways: deterministic ones from the test-only hook CASNAP_TEST_FAULTS (the
+process SIGKILLs itself right after its nth backend put, nth backend get, or nth file swapped into
+place), and spread ones (SIGKILL from outside at fractions of the measured run time, counted from
+the moment the process holds its repository lock). After every kill: the repository verifies,
+every earlier snapshot restores byte for byte, the next commit succeeds, no file of an interrupted
+checkout is torn (each is its old or its new version), rerunning the checkout completes it, the
+data the checkout replaced is still held by a snapshot, and no temp file outlives the next run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from casnap.backends import LocalBackend
+from casnap.backends import faulty as F
+from casnap.repository import SAFETY_TAG, Repository
+from tests.conftest import evolve_app
+from tests.helpers_reliability import (
+    ROOT,
+    Ledger,
+    casnap_env,
+    file_hashes,
+    small_app,
+    small_config,
+    temp_files,
+    verify_repository,
+)
+from tests.util import snapshot_tree
+
+PACK = 8 * 1024  # ~20 pack writes per commit of the data below
+GC_CLEANS = {"packs", "index", "snapshots"}  # folders whose leftover temp files gc removes
+SPREAD = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05)  # fractions of the measured run time
+# Deterministic kill points: the nth call, n at these fractions of the calls the operation makes.
+SPAN = tuple(i / 12 for i in range(1, 13))
+
+
+def nth(frac: float, total: int) -> int:
+    """The call a fraction of the way through `total` calls (1-based)."""
+    return max(1, min(total, round(frac * total)))
+
+
+@dataclass
+class Base:
+    """A repository with snapshots s0, s1 and a data dir changed since (step 2, not committed)."""
+
+    root: Path
+    ledger: Ledger
+    first: str  # s0
+    old: dict[str, str]  # file hashes of the data dir before the operation
+    old_tree: dict[str, bytes]
+    new: dict[str, str]  # file hashes of s0 (what a checkout writes)
+    commit_puts: int
+    checkout_puts: int
+    checkout_gets: int
+    checkout_swaps: int
+    commit_seconds: float
+    checkout_seconds: float
+
+    def copy(self, dest: Path) -> tuple[Path, Path]:
+        shutil.copytree(self.root / "repo", dest / "repo")
+        shutil.copytree(self.root / "data", dest / "data")
+        return dest / "repo", dest / "data"
+
+
+def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str) -> list[int]:
+    """Backend puts and gets an operation makes (on a throwaway copy)."""
+    shutil.copytree(repo_dir, scratch / "repo")
+    shutil.copytree(data, scratch / "data")
+    backend = F.FaultyBackend(
+        LocalBackend(scratch / "repo"), [F.fail("put", 10**9), F.fail("get", 10**9)]
+    )
+    repo = Repository.open_backend(backend, scratch / "repo" / "tmp")
+    if op == "commit":
+        repo.commit(scratch / "data")
+    else:
+        repo.checkout(ref, scratch / "data")
+    return backend.plan.counts
+
+
+def _timed(args: list[str], repo_dir: Path) -> float:
+    """Seconds the CLI holds its repository lock: the span in which a kill hits real work."""
+    proc = subprocess.Popen([sys.executable, "-m", "casnap", *args], env=casnap_env(), cwd=ROOT)
+    locks = repo_dir / "locks"
+    while proc.poll() is None and not any(locks.iterdir()):
+        time.sleep(0.0002)
+    t0 = time.perf_counter()
+    while proc.poll() is None and any(locks.iterdir()):
+        time.sleep(0.0002)
+    held = time.perf_counter() - t0
+    assert proc.wait(timeout=60) == 0
+    return held
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
+    root = tmp_path_factory.mktemp("kill-base")
+    data = small_app(root / "data", rows=600, vectors=2000)
+    repo = Repository.init(root / "repo", small_config(PACK))
+    ledger = Ledger()
+    first = ledger.commit(repo, data, message="s0")
+    evolve_app(data, 1)
+    ledger.commit(repo, data, message="s1")
+    evolve_app(data, 2)
+    (data / "notes.txt").write_text("written after the last snapshot")
+    new = {f.path: f.hash for f in repo.load_snapshot(repo.resolve(first)).files}
+    puts, _ = _counts(root / "repo", data, root / "count-commit", "commit", first)
+    checkout_puts, gets = _counts(root / "repo", data, root / "count-checkout", "checkout", first)
+    old = file_hashes(data)
+    swaps = sum(1 for p, h in new.items() if old.get(p) != h)
+    timing = root / "timing"
+    r, d = Base(root, ledger, first, old, {}, new, 0, 0, 0, 0, 0, 0).copy(timing)
+    commit_s = _timed(["--repo", str(r), "--data", str(d), "commit"], r)
+    checkout_s = _timed(["--repo", str(r), "--data", str(d), "checkout", first], r)
+    return Base(
+        root,
+        ledger,
+        first,
+        old,
+        snapshot_tree(data),
+        new,
+        puts,
+        checkout_puts,
+        gets,
+        swaps,
+        commit_s,
+        checkout_s,
+    )
+
+
+def run_killed(args: list[str], repo_dir: Path, faults: str = "", delay: float | None = None):
+    """Run the CLI; SIGKILLed by the fault hook, or from outside `delay` s after it locks."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casnap", *args],
+        env=casnap_env(**({F.ENV_VAR: faults} if faults else {})),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if delay is not None:
+        locks = repo_dir / "locks"
+        while proc.poll() is None and not (locks.is_dir() and any(locks.iterdir())):
+            time.sleep(0.0005)
+        time.sleep(delay)
+        proc.kill()
+    _out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err
+    return proc.returncode
+
+
+def after_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -> Repository:
+    """The repository verifies and every snapshot of the ledger restores byte for byte."""
+    repo = Repository.open(repo_dir)
+    verify_repository(repo)
+    base.ledger.check(repo, scratch)
+    return repo
+
+
+# -- commit ----------------------------------------------------------------------------------------
+
+
+def check_commit_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -> None:
+    tree = snapshot_tree(data)
+    repo = after_kill(base, repo_dir, data, scratch)
+    extra = [sid.hex() for sid, _ in repo.snapshots() if sid.hex() not in base.ledger.trees]
+    assert len(extra) <= 1
+    ledger = Ledger(dict(base.ledger.trees))
+    for sid in extra:  # the killed commit got as far as its manifest: it must be whole
+        ledger.record(sid, tree)
+    ledger.check(repo, scratch, extra)
+    leftover = temp_files(repo_dir / "tmp", data)
+    # the next commit runs, verifies, and cleans what the killed one left in tmp/
+    sid = ledger.commit(Repository.open(repo_dir), data, message="after kill")
+    ledger.check(Repository.open(repo_dir), scratch, [sid])
+    assert not temp_files(repo_dir / "tmp", data), f"left behind: {leftover}"
+    assert not list((repo_dir / "locks").iterdir())
+    # a put killed half-way leaves its temp file beside the object: only gc may remove those
+    assert {p.relative_to(repo_dir).parts[0] for p in temp_files(repo_dir)} <= GC_CLEANS
+
+
+@pytest.mark.parametrize("frac", SPAN, ids=lambda f: f"put-at-{f:.2f}")
+def test_commit_killed_after_put(base: Base, frac: float, tmp_path: Path) -> None:
+    n = nth(frac, base.commit_puts)  # 1 is the lock, then packs, the index file, the manifest
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(
+        ["--repo", str(repo_dir), "--data", str(data), "commit"], repo_dir, f"put:kill:{n}"
+    )
+    assert rc == -9
+    check_commit_kill(base, repo_dir, data, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("frac", SPREAD, ids=lambda f: f"at-{f:.2f}")
+def test_commit_killed_at_a_spread_moment(base: Base, frac: float, tmp_path: Path) -> None:
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(
+        ["--repo", str(repo_dir), "--data", str(data), "commit"],
+        repo_dir,
+        delay=frac * base.commit_seconds,
+    )
+    assert rc in (0, -9)
+    check_commit_kill(base, repo_dir, data, tmp_path / "scratch")
+
+
+# -- checkout --------------------------------------------------------------------------------------
+
+
+def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -> None:
+    now = file_hashes(data)
+    for path in set(base.old) | set(base.new):
+        allowed = {base.old.get(path), base.new.get(path)}  # None: absent
+        assert now.get(path) in allowed, f"{path} is torn: neither its old nor its new version"
+    repo = after_kill(base, repo_dir, data, scratch)
+    # rerun the checkout: it completes, and removes what the killed one staged
+    Repository.open(repo_dir).checkout(base.first, data)
+    assert file_hashes(data) == base.new
+    assert not temp_files(data), "staged files of the killed checkout are left in the target"
+    # nothing lost: the data the checkout replaced is held by a pre-checkout snapshot
+    repo = Repository.open(repo_dir)
+    saved = [sid for sid, s in repo.snapshots() if SAFETY_TAG in s.tags]
+    assert saved, "the replaced data was not saved"
+    trees = []
+    for sid in saved:
+        out = scratch / f"saved-{sid.short}"
+        repo.checkout(sid.hex(), out, safety_snapshot=False)
+        trees.append(snapshot_tree(out))
+    assert base.old_tree in trees, "the data the checkout replaced is lost"
+    verify_repository(Repository.open(repo_dir))
+    assert not temp_files(repo_dir / "tmp")
+
+
+def checkout_args(repo_dir: Path, data: Path, base: Base) -> list[str]:
+    return ["--repo", str(repo_dir), "--data", str(data), "checkout", base.first]
+
+
+@pytest.mark.parametrize("n", range(1, 6), ids=lambda n: f"after-swap-{n}")
+def test_checkout_killed_between_file_swaps(base: Base, n: int, tmp_path: Path) -> None:
+    assert base.checkout_swaps == 5  # app.db, two indexes and their sidecars change
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"replace:kill:{n}")
+    assert rc == -9
+    swapped = [p for p, h in file_hashes(data).items() if base.new.get(p) == h != base.old.get(p)]
+    assert len(swapped) == n  # half restored on purpose: n files new, the rest old
+    check_checkout_kill(base, repo_dir, data, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("frac", SPAN, ids=lambda f: f"get-at-{f:.2f}")
+def test_checkout_killed_after_get(base: Base, frac: float, tmp_path: Path) -> None:
+    n = nth(frac, base.checkout_gets)
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"get:kill:{n}")
+    assert rc == -9
+    check_checkout_kill(base, repo_dir, data, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("frac", SPAN[::2], ids=lambda f: f"put-at-{f:.2f}")
+def test_checkout_killed_while_saving_the_replaced_data(
+    base: Base, frac: float, tmp_path: Path
+) -> None:
+    n = nth(frac, base.checkout_puts)  # the lock, then the pre-checkout snapshot's objects
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"put:kill:{n}")
+    assert rc == -9
+    assert file_hashes(data) == base.old  # nothing is swapped before the safety snapshot
+    check_checkout_kill(base, repo_dir, data, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("frac", SPREAD, ids=lambda f: f"at-{f:.2f}")
+def test_checkout_killed_at_a_spread_moment(base: Base, frac: float, tmp_path: Path) -> None:
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(
+        checkout_args(repo_dir, data, base), repo_dir, delay=frac * base.checkout_seconds
+    )
+    assert rc in (0, -9)
+    check_checkout_kill(base, repo_dir, data, tmp_path / "scratch")
