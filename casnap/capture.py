@@ -11,6 +11,7 @@ import fnmatch
 import os
 import sqlite3
 import stat
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from casnap.constants import (
     SKIP_NAMES,
     SQLITE_BUSY_TIMEOUT,
     SQLITE_SIDE_SUFFIXES,
+    STAT_SETTLE_NS,
     TEMP_PREFIX,
 )
 from casnap.errors import DatabaseBusy, SourceError, from_oserror
@@ -158,6 +160,45 @@ def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
         except FileNotFoundError:
             fp += (0, 0, 0, 0)
     return fp
+
+
+def settled_fingerprint(path: Path, kind: str) -> tuple[tuple[int, ...] | None, bool]:
+    """The fingerprint of a file before reading it, and whether its last change is old enough
+    that any write during the read must show in the fingerprint afterwards.
+
+    File timestamps come from the kernel's coarse clock (one tick, 1-10 ms): a file written
+    within the current tick can be rewritten in place during the read with size, mtime and
+    ctime all unchanged. So a plain file changed less than STAT_SETTLE_NS ago is waited for once;
+    if it changed again meanwhile it is not settled and the read must not be trusted. A database
+    is read through its backup API, consistent whatever happens, and is never waited for.
+    """
+    fp = fingerprint(path, kind)
+    if kind != "file":
+        return fp, True
+    for _ in range(2):
+        if fp is None:
+            return None, False
+        wait = fp[2] + STAT_SETTLE_NS - time.time_ns()  # fp[2] is the ctime
+        if wait <= 0:
+            return fp, True
+        time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
+        fp = fingerprint(path, kind)
+    return fp, False
+
+
+def wait_for_truncate(fd: int) -> None:
+    """Return once no truncate of the open file is in flight.
+
+    Shrinking a file (every in-place rewrite starts with O_TRUNC) shows the new size and content
+    before the new ctime: Linux sets the times last, ~27 ms later for a 128 MiB file. A read and
+    both stats inside that window agree on a file that is being rewritten. A truncate holds the
+    inode lock throughout, and lseek(SEEK_HOLE) takes that lock on ext4, xfs, btrfs and tmpfs,
+    so the stat taken after this call sees any truncate that overlapped the read.
+    """
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_hole is not None:
+        with contextlib.suppress(OSError):
+            os.lseek(fd, 0, seek_hole)
 
 
 def _ro_uri(path: Path) -> str:

@@ -38,6 +38,12 @@ BATCH_BYTES = 4 * 1024 * 1024
 # commit fails naming it.
 SOURCE_RETRIES = 3
 
+# A plain file changed less than this long before casnap reads it is waited for first: file
+# timestamps tick with the kernel's coarse clock (1-10 ms), so a file rewritten in place within
+# one tick keeps its size, mtime and ctime, and only an older last change makes a rewrite during
+# the read visible in the stat taken after it.
+STAT_SETTLE_NS = 20_000_000
+
 # Files written within this window before a commit started are re-read next time even if their
 # stat is unchanged: a write in the same timestamp tick would otherwise go unnoticed ("racy" files).
 RACY_WINDOW_NS = 2_000_000_000

@@ -416,7 +416,7 @@ class Repository:
         """Read one file consistently into the store; returns its entry and bytes read."""
         read_total = 0
         for _attempt in range(max(1, SOURCE_RETRIES)):
-            before = capture.fingerprint(src.abspath, src.kind)
+            before, settled = capture.settled_fingerprint(src.abspath, src.kind)
             if before is None:
                 raise SourceError(f"{src.abspath} vanished while committing")
             try:
@@ -436,7 +436,7 @@ class Repository:
                 # the image is consistent whatever happened meanwhile; cache only a quiet file
                 racy = before != after or before[1] >= start_ns - RACY_WINDOW_NS
                 return _with_source(entry, None if racy else before), read_total
-            if after == before:
+            if after == before and settled:
                 racy = before[1] >= start_ns - RACY_WINDOW_NS
                 return _with_source(entry, None if racy else before), read_total
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
@@ -454,6 +454,7 @@ class Repository:
             f.seek(0)
             chunker = choose_chunker(header, self.config["chunker"])
             refs, whole, size = self._ingest_stream(f, chunker, writer, pool)
+            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
         lists = []
         for body in split_chunk_list(refs):
             lid = hash_bytes(body)
