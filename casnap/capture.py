@@ -24,7 +24,7 @@ from casnap.constants import (
     STAT_SETTLE_NS,
     TEMP_PREFIX,
 )
-from casnap.errors import DatabaseBusy, SourceError, from_oserror
+from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, from_oserror
 from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -228,9 +228,13 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
             msg = str(exc)
             if "locked" in msg or "busy" in msg:
                 raise DatabaseBusy(f"{path}: database is locked ({msg})") from None
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in msg:
+                raise StorageFull(
+                    f"copying {path} into {tmp_dir}: no space left on device"
+                ) from None
             raise SourceError(f"{path}: cannot read database ({msg})") from None
         except sqlite3.DatabaseError as exc:
-            raise SourceError(f"{path}: not a readable SQLite database ({exc})") from None
+            raise NotADatabase(f"{path}: not a readable SQLite database ({exc})") from None
         for suffix in SQLITE_SIDE_SUFFIXES:
             leftover = Path(str(dest) + suffix)
             if leftover.exists():

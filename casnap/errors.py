@@ -67,6 +67,10 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class NotADatabase(SourceError):
+    """A file starts like a SQLite database, but SQLite cannot read it (damaged, or not one)."""
+
+
 class StorageFull(CasnapError):
     """A write failed because the disk is full or over quota."""
 

@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,6 +41,7 @@ from casnap.errors import (
     DatabaseBusy,
     HostileManifest,
     IntegrityError,
+    NotADatabase,
     NotARepository,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -426,6 +427,9 @@ class Repository:
                         entry, n = self._ingest_path(src, image, st, writer, pool)
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, writer, pool)
+            except NotADatabase:
+                # starts like a database but SQLite cannot read it: keep its bytes as they are
+                return self._capture(replace(src, kind="file"), writer, pool, start_ns)
             except FileNotFoundError:
                 raise SourceError(f"{src.abspath} vanished while committing") from None
             except OSError as exc:
