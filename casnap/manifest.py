@@ -68,6 +68,10 @@ class FileEntry:
             raise IntegrityError(f"malformed file entry in manifest: {exc}") from None
         if entry.kind not in ("file", "sqlite"):
             raise IntegrityError(f"unknown file kind {entry.kind!r} in manifest")
+        if not (0 <= entry.size and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):
+            raise IntegrityError(f"file entry {entry.path!r} has out-of-range size, mode or chunks")
+        if not -(1 << 63) <= entry.mtime_ns < 1 << 63:
+            raise IntegrityError(f"file entry {entry.path!r} has an out-of-range mtime")
         check_path(entry.path)
         return entry
 
@@ -122,6 +126,8 @@ class Snapshot:
             d = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise IntegrityError(f"{name}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise IntegrityError(f"{name}: not a manifest (nested too deeply)") from None
         if not isinstance(d, dict):
             raise IntegrityError(f"{name}: not a manifest object")
         version = d.get("version")

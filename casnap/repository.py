@@ -60,6 +60,8 @@ from casnap.manifest import (
 )
 from casnap.store import DATA, TREE, PackWriter, Store
 
+# zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
+MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
 PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 SAFETY_TAG = "pre-checkout"
 
@@ -206,12 +208,17 @@ class Repository:
                     f"repository {backend.location} has format {version}; this casnap reads up to "
                     f"{FORMAT_VERSION}: upgrade casnap"
                 )
-            make_chunker(cfg["chunker"]["default"])
-            int(cfg["pack_target"])
-            int(cfg["zstd_level"])
+            chunker = cfg["chunker"]["default"]
+            if not isinstance(chunker, dict):
+                raise TypeError("the default chunker is not an object")
+            make_chunker(chunker)
+            if int(cfg["pack_target"]) < 1:
+                raise ValueError("pack_target must be positive")
+            if not MIN_ZSTD_LEVEL <= int(cfg["zstd_level"]) <= MAX_ZSTD_LEVEL:
+                raise ValueError(f"zstd_level {cfg['zstd_level']} is out of range")
         except CasnapError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"{backend.location}/config is damaged: {exc}") from None
         return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")))
 
@@ -766,7 +773,7 @@ def _hash_file(path: Path) -> ObjectId:
 
 def _restore_attrs(path: Path, entry: FileEntry) -> None:
     with contextlib.suppress(OSError):
-        os.chmod(path, entry.mode)
+        os.chmod(path, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
