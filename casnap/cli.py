@@ -95,7 +95,7 @@ def emit_json(obj: Any) -> None:
     envvar="CASNAP_REPO",
     default="./backups",
     show_default=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     help="Repository directory (env CASNAP_REPO).",
 )
 @click.option(
@@ -103,7 +103,7 @@ def emit_json(obj: Any) -> None:
     envvar="CASNAP_DATA",
     default="./data",
     show_default=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     help="Data directory to snapshot and restore (env CASNAP_DATA).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but results and errors.")
@@ -162,7 +162,7 @@ def commit(
 @click.option(
     "--to",
     "target",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     default=None,
     help="Restore into DIR instead of the data dir.",
 )
