@@ -51,7 +51,8 @@ RACY_WINDOW_NS = 2_000_000_000
 # Seconds to wait for a busy SQLite source database before failing.
 SQLITE_BUSY_TIMEOUT = 30.0
 
-# Seconds to wait for a conflicting repository lock before failing with the holder's name.
+# Seconds to wait for a conflicting repository lock before failing with the holder's name
+# (CASNAP_LOCK_WAIT overrides it: 0 fails at once, for scripts that must not queue).
 LOCK_WAIT_SECONDS = 60.0
 
 # Names skipped in every data dir: OS litter and casnap's own temporary files.

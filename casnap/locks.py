@@ -113,11 +113,23 @@ def _conflict(backend: Backend, own: str, exclusive: bool) -> LockInfo | None:
     return None
 
 
+def lock_wait() -> float:
+    """Seconds to wait for a conflicting lock: CASNAP_LOCK_WAIT when set, else the default."""
+    text = os.environ.get("CASNAP_LOCK_WAIT", "")
+    try:
+        return max(0.0, float(text)) if text else LOCK_WAIT_SECONDS
+    except ValueError:
+        raise CasnapError(f"CASNAP_LOCK_WAIT={text!r} is not a number of seconds") from None
+
+
 @contextlib.contextmanager
 def locked(
-    backend: Backend, operation: str, exclusive: bool, wait: float = LOCK_WAIT_SECONDS
+    backend: Backend, operation: str, exclusive: bool, wait: float | None = None
 ) -> Iterator[None]:
-    """Hold a repository lock for the duration of the block."""
+    """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
+    a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS)."""
+    if wait is None:
+        wait = lock_wait()
     key = f"locks/{uuid.uuid4().hex}"
     pid = os.getpid()
     body = json.dumps(
