@@ -185,10 +185,10 @@ def kill_after(args: list[str], delay: float, env: dict[str, str] | None = None)
     return proc.returncode
 
 
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
+def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.01) -> None:
     """Poll until predicate() is true (a condition, not a timing assertion)."""
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+        time.sleep(interval)

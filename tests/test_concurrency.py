@@ -1,0 +1,196 @@
+"""Concurrent casnap processes: no lost snapshot, no deadlock, a clear message naming the holder
+of a lock that makes a process give up, and locks of killed processes recovered."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from casnap import locks
+from casnap.backends import LocalBackend
+from casnap.repository import Repository
+from tests.conftest import evolve_app
+from tests.helpers_reliability import (
+    ROOT,
+    Ledger,
+    casnap_env,
+    small_app,
+    small_config,
+    temp_files,
+    verify_repository,
+    wait_for,
+)
+from tests.util import snapshot_tree
+
+HOLDER = r"""
+import sys
+from casnap import locks
+from casnap.backends import LocalBackend
+with locks.locked(LocalBackend(sys.argv[1]), sys.argv[2], exclusive=sys.argv[3] == "x"):
+    print("locked", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+class Holder:
+    """A live process holding a repository lock until told to let go (or killed)."""
+
+    def __init__(self, repo: Path, operation: str, exclusive: bool) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(repo), operation, "x" if exclusive else "s"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=casnap_env(),
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "released"
+        self.close()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        self.proc.wait(timeout=30)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+def start(repo: Path, data: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=casnap_env(**env),
+        cwd=ROOT,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)  # a deadlock fails here
+    assert "Traceback" not in err
+    return proc.returncode, out, err
+
+
+def test_concurrent_commits_and_checkouts_lose_nothing(tmp_path: Path) -> None:
+    """Four commits of different data dirs and two checkouts run at once, twice over."""
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir, small_config(16 * 1024))
+    dirs = [small_app(tmp_path / f"data{i}", seed=i, rows=300, vectors=1200) for i in range(4)]
+    ledger = Ledger()
+    first = ledger.commit(repo, dirs[0], message="base")
+    for round_ in range(2):
+        trees = {}
+        procs = []
+        for i, d in enumerate(dirs):
+            evolve_app(d, 10 * round_ + i)
+            trees[i] = snapshot_tree(d)
+            procs.append(start(repo_dir, d, "commit", "-m", f"r{round_}-{i}"))
+        outs = [tmp_path / f"out{round_}-{k}" for k in range(2)]
+        readers = [start(repo_dir, dirs[0], "checkout", first, "--to", str(o)) for o in outs]
+        for i, p in enumerate(procs):
+            code, out, err = finish(p)
+            assert code == 0, err
+            ledger.record(out.strip(), trees[i])
+        for p in readers:
+            assert finish(p)[0] == 0
+        for o in outs:
+            assert snapshot_tree(o) == ledger.trees[first]
+    fresh = Repository.open(repo_dir)
+    assert ledger.check(fresh, tmp_path / "check") == 9
+    verify_repository(fresh)
+    assert not temp_files(repo_dir) and not list((repo_dir / "locks").iterdir())
+
+
+def test_a_process_that_gives_up_names_the_lock_holder(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    Repository.init(repo_dir, small_config()).commit(data)
+    holder = Holder(repo_dir, "gc", exclusive=True)
+    try:
+        code, _out, err = finish(start(repo_dir, data, "commit", CASNAP_LOCK_WAIT="0.3"))
+        assert code == 6
+        (line,) = err.splitlines()
+        pattern = (
+            rf"casnap: error: repository .*repo is locked: exclusive lock held by gc "
+            rf"\(pid {holder.proc.pid} on {re.escape(socket.gethostname())}, since .*\)"
+        )
+        assert re.fullmatch(pattern, line), line
+        # a checkout gives up the same way, and neither left its own lock behind
+        code, _out, err = finish(
+            start(
+                repo_dir,
+                data,
+                "checkout",
+                "latest",
+                "--to",
+                str(tmp_path / "o"),
+                **{"CASNAP_LOCK_WAIT": "0"},
+            )
+        )
+        assert code == 6 and "held by gc" in err
+        assert [h.pid for h in locks.holders(LocalBackend(repo_dir))] == [holder.proc.pid]
+    finally:
+        holder.release()
+    assert len(Repository.open(repo_dir).snapshots()) == 1
+
+
+def test_a_waiting_commit_proceeds_once_the_holder_lets_go(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    Repository.init(repo_dir, small_config()).commit(data)
+    holder = Holder(repo_dir, "gc", exclusive=True)
+    waiting = start(repo_dir, data, "commit", "-m", "waited")
+    backend = LocalBackend(repo_dir)
+    try:
+        # the commit reaches the lock and keeps trying: its own lock comes and goes
+        wait_for(lambda: any(h.pid == waiting.pid for h in locks.holders(backend)), interval=0)
+        assert waiting.poll() is None
+        assert len(Repository.open(repo_dir).snapshots()) == 1
+    finally:
+        holder.release()
+    code, out, err = finish(waiting)
+    assert code == 0, err
+    assert Repository.open(repo_dir).resolve("latest").hex() == out.strip()
+    assert locks.holders(backend) == []
+
+
+def test_lock_of_a_killed_process_is_recovered(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    Repository.init(repo_dir, small_config()).commit(data)
+    backend = LocalBackend(repo_dir)
+    holder = Holder(repo_dir, "gc", exclusive=True)
+    pid = holder.proc.pid
+    holder.kill()
+    assert [h.pid for h in locks.holders(backend)] == [pid]  # left behind, holder dead
+    evolve_app(data, 1)
+    code, _out, err = finish(start(repo_dir, data, "commit", CASNAP_LOCK_WAIT="0"))
+    assert code == 0, err  # no waiting: the dead holder's lock is stale and removed
+    assert locks.holders(backend) == []
+
+    # the same for a real casnap commit SIGKILLed right after taking its lock
+    evolve_app(data, 2)
+    proc = start(repo_dir, data, "commit", CASNAP_TEST_FAULTS="put:kill:1:locks/")
+    assert finish(proc)[0] == -signal.SIGKILL
+    (stale,) = locks.holders(backend)
+    assert stale.operation == "commit" and stale.pid == proc.pid and stale.stale()
+    with locks.locked(backend, "gc", exclusive=True, wait=0):  # exclusive: conflicts with any
+        assert [h.pid for h in locks.holders(backend)] == [os.getpid()]
+    assert len(Repository.open(repo_dir).snapshots()) == 2
