@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from casnap.errors import CasnapError, from_oserror
+from casnap.errors import CasnapError, SmokeCheckFailed, from_oserror
+from casnap.progress import ProgressFn
 from casnap.repository import Repository, parse_time
 
 INTERNAL_ERROR = 70
@@ -85,6 +88,57 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+class ProgressBar:
+    """A (bytes done, total) callback drawing click's progress bar with size, rate and ETA."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.last = 0
+        self.t0 = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.t0 = time.monotonic()
+            self.bar = click.progressbar(
+                length=max(total, 1),
+                label=self.label,
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+                width=24,
+                item_show_func=self._text,
+            )
+            self.bar.__enter__()
+        self.bar.update(max(0, done - self.last), current_item=(done, total))
+        self.last = max(self.last, done)
+
+    def _text(self, item: tuple[int, int] | None) -> str:
+        if item is None:
+            return ""
+        done, total = item
+        rate = done / max(time.monotonic() - self.t0, 1e-6)
+        return f"{human(done)} / {human(total)}  {human(rate)}/s"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@contextlib.contextmanager
+def progress_bar(c: Context, label: str) -> Iterator[ProgressFn | None]:
+    """A progress callback drawing a bar on stderr; None (no output) with -q or off a terminal."""
+    if c.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    bar = ProgressBar(label)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -127,6 +181,12 @@ def init(c: Context) -> None:
 @click.option("-m", "--message", default="", help="Message stored with the snapshot.")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option("--exclude", "excludes", multiple=True, help="Skip files matching GLOB (repeatable).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse to commit (exit 9) when a FAISS index has no .meta.json sidecar or its "
+    "sidecar's ntotal disagrees with the index.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def commit(
@@ -135,6 +195,7 @@ def commit(
     message: str,
     tags: tuple[str, ...],
     excludes: tuple[str, ...],
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
@@ -142,9 +203,26 @@ def commit(
     SQLite databases are captured through SQLite's online backup API (consistent while the app
     writes); files unchanged since the last snapshot of the same paths are not read again. The
     repository is created on first use when --repo is missing or empty.
+
+    Each FAISS index is checked against its .meta.json sidecar (header bytes only): a missing
+    sidecar or a different ntotal is a warning on stderr, one line per problem, or with --strict
+    an error. Prints the new snapshot id.
+
+    Example: casnap commit -m "before migration" --tag pre-migration
     """
     repo = Repository.open_or_init(c.repo_path)
-    r = repo.commit(c.data, paths, excludes=excludes, message=message, tags=tags)
+    with progress_bar(c, "commit") as progress:
+        r = repo.commit(
+            c.data,
+            paths,
+            excludes=excludes,
+            message=message,
+            tags=tags,
+            strict=strict,
+            progress=progress,
+        )
+    for w in r.warnings:
+        click.echo(f"casnap: warning: {w}", err=True)
     if as_json:
         emit_json(r.to_json())
         return
@@ -172,6 +250,18 @@ def commit(
     help="Do not save target files that no snapshot holds before replacing them.",
 )
 @click.option("--force", is_flag=True, help="Restore a database even while a process has it open.")
+@click.option(
+    "--no-smoke",
+    is_flag=True,
+    help="Skip the smoke checks (SQLite integrity, FAISS read/search); hashes are still verified.",
+)
+@click.option(
+    "--smoke-cmd",
+    metavar="CMD",
+    default=None,
+    help="Also run CMD through the shell with the restored files in $CASNAP_STAGED_DIR; a "
+    "non-zero exit aborts the checkout.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def checkout(
@@ -181,17 +271,36 @@ def checkout(
     target: Path | None,
     no_safety_snapshot: bool,
     force: bool,
+    no_smoke: bool,
+    smoke_cmd: str | None,
     as_json: bool,
 ) -> None:
     """Restore SNAPSHOT (id, unique prefix, `latest` or a tag) into the data dir.
 
-    Every chunk and every file is verified before anything is swapped in; each file is replaced
-    atomically. Files absent from the snapshot are removed (full checkout only). Data that no
-    snapshot holds is first saved as a snapshot tagged `pre-checkout`.
+    Files are restored into a staging dir inside the target, every chunk and file hash verified,
+    then smoke-checked there: each SQLite database passes PRAGMA integrity_check (quick_check
+    above 256 MiB) and has its tables listed; each FAISS index is read, its ntotal compared with
+    its .meta.json sidecar, and searched once; then --smoke-cmd, if given, runs. Only when all
+    pass is each file swapped in with an atomic rename; otherwise the target is left untouched
+    and the failed check and file are named (exit 9). Files absent from the snapshot are removed
+    (full checkout only). Data that no snapshot holds is first saved as a snapshot tagged
+    `pre-checkout`. With PATHS, only those files are restored (and checked).
+
+    Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
     repo = c.open()
     dest = target if target is not None else c.data
-    r = repo.checkout(snapshot, dest, paths, safety_snapshot=not no_safety_snapshot, force=force)
+    with progress_bar(c, "restore") as progress:
+        r = repo.checkout(
+            snapshot,
+            dest,
+            paths,
+            safety_snapshot=not no_safety_snapshot,
+            force=force,
+            smoke=not no_smoke,
+            smoke_cmd=smoke_cmd,
+            progress=progress,
+        )
     if as_json:
         emit_json(r.to_json())
         return
@@ -200,6 +309,159 @@ def checkout(
     c.say(
         f"restored snapshot {r.id[:8]} into {dest}: {r.files_written} written, "
         f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
+    )
+    if r.smoke is not None:
+        c.say(_smoke_summary(r.smoke))
+
+
+def _smoke_summary(report: dict[str, Any]) -> str:
+    checks = report["checks"]
+    files = {ch["path"] for ch in checks if ch["path"]}
+    cmd = any(ch["check"] == "smoke-cmd" for ch in checks)
+    state = "passed" if report["ok"] else "FAILED"
+    return f"smoke checks {state}: {len(checks)} checks on {len(files)} files" + (
+        ", smoke command included" if cmd else ""
+    )
+
+
+def _print_checks(report: dict[str, Any]) -> None:
+    for ch in report["checks"]:
+        mark = "ok  " if ch["ok"] else "FAIL"
+        where = ch["path"] or "-"
+        click.echo(f"  {mark} {ch['check']:<17} {where:<28} {ch['detail']}")
+
+
+@cli.command()
+@click.argument("snapshot", default="latest")
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Restore SNAPSHOT into a temporary staging dir and run the smoke checks there.",
+)
+@click.option(
+    "--smoke-cmd",
+    metavar="CMD",
+    default=None,
+    help="With --smoke, also run CMD with the staged files in $CASNAP_STAGED_DIR.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@pass_ctx
+def verify(c: Context, snapshot: str, smoke: bool, smoke_cmd: str | None, as_json: bool) -> None:
+    """Restore SNAPSHOT (default `latest`) into a temporary dir, verifying every hash.
+
+    With --smoke, the restored files are also smoke-checked exactly as checkout would check them
+    (SQLite integrity and tables, FAISS read, ntotal and a sample search, --smoke-cmd). The data
+    dir is never touched and the temporary dir is removed. Exit 9 when a check fails.
+
+    Example: casnap verify --smoke latest
+    """
+    repo = c.open()
+    with progress_bar(c, "verify") as progress:
+        r = repo.smoke_verify(
+            snapshot,
+            smoke_checks=smoke,
+            smoke_cmd=smoke_cmd if smoke else None,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(r.to_json())
+    else:
+        click.echo(
+            f"snapshot {r.id[:8]}: {r.files} files, {human(r.bytes_verified)} restored, "
+            "every hash verified"
+        )
+        if r.smoke is not None:
+            _print_checks(r.smoke)
+            click.echo(_smoke_summary(r.smoke))
+    if r.smoke is not None and not r.ok:
+        bad = [ch for ch in r.smoke["checks"] if not ch["ok"]]
+        listed = "; ".join(
+            f"{ch['check']}" + (f" on {ch['path']}" if ch["path"] else "") + f": {ch['detail']}"
+            for ch in bad[:3]
+        )
+        raise SmokeCheckFailed(f"snapshot {r.id[:8]} failed smoke checks: {listed}", bad)
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+@pass_ctx
+def diff(c: Context, a: str, b: str | None, as_json: bool) -> None:
+    """Show what changed from snapshot A to snapshot B, or to the data dir as it is now.
+
+    Files added (A), removed (D) and changed (M), with the bytes and chunks the new side shares
+    with A and the new ones; for SQLite databases the tables whose rows or schema changed (+rows
+    added -rows removed, rows updated); for FAISS indexes the index type and the change of ntotal.
+    Without B, the data dir is read the way commit reads it (within A's paths and excludes) and
+    chunked with the repository's chunker; nothing is written to the repository.
+
+    Example: casnap diff pre-migration latest
+    """
+    from casnap.diff import diff as run_diff
+
+    repo = c.open()
+    result = run_diff(repo, a, b, data_dir=c.data if b is None else None)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    _print_diff(result.to_json())
+
+
+def _signed(n: int | None) -> str:
+    return "?" if n is None else f"{n:+d}"
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+def _print_diff(d: dict[str, Any]) -> None:
+    right = d["b"]["id"][:8] if "id" in d["b"] else f"data dir {d['b']['data_dir']}"
+    click.echo(f"diff {d['a']['id'][:8]} -> {right}")
+    marks = {"added": "A", "removed": "D", "changed": "M"}
+    for f in d["files"]:
+        if f["status"] == "unchanged":
+            continue
+        size = (
+            f"{human(f['size_b'])}"
+            if f["size_a"] is None
+            else f"{human(f['size_a'])}"
+            if f["size_b"] is None
+            else f"{human(f['size_a'])} -> {human(f['size_b'])}"
+        )
+        line = f"  {marks[f['status']]} {f['path']:<30} {size}"
+        if f["status"] != "removed":
+            line += (
+                f"  (shared {human(f['bytes_shared'])}, new {human(f['bytes_new'])} "
+                f"in {f['chunks_new']} chunks)"
+            )
+        click.echo(line)
+        for t in f["tables"]:
+            if t["status"] == "changed":
+                rows = f"{t['rows_a']} -> {t['rows_b']} rows"
+                if t["added"] is not None:
+                    rows += f" (+{t['added']} -{t['removed']}"
+                    rows += f", {t['updated']} updated)" if t["updated"] is not None else ")"
+                schema = ", schema changed" if t["schema_changed"] else ""
+                click.echo(f"      table {t['name']}: {rows}{schema}")
+            else:
+                n = t["rows_b"] if t["status"] == "added" else t["rows_a"]
+                click.echo(f"      table {t['name']}: {t['status']} ({n} rows)")
+        ix = f["index"]
+        if ix is not None:
+            kind = ix["type_b"] or ix["type_a"]
+            if ix["type_a"] and ix["type_b"] and ix["type_a"] != ix["type_b"]:
+                kind = f"{ix['type_a']} -> {ix['type_b']}"
+            click.echo(
+                f"      index {kind}: ntotal {_count(ix['ntotal_a'])} -> {_count(ix['ntotal_b'])} "
+                f"({_signed(ix['ntotal_delta'])})"
+            )
+    s = d["summary"]
+    click.echo(
+        f"{s['files_changed']} changed, {s['files_added']} added, {s['files_removed']} removed, "
+        f"{s['files_unchanged']} unchanged; {human(s['bytes_new'])} new in {s['chunks_new']} "
+        f"chunks, {human(s['bytes_shared'])} shared"
     )
 
 

@@ -85,6 +85,21 @@ class CheckFailed(CasnapError):
     exit_code = 9
 
 
+class SmokeCheckFailed(CheckFailed):
+    """A smoke check of restored files failed; nothing was swapped in.
+
+    `checks` holds the failed checks as JSON-ready dicts (check, path, ok, detail, info).
+    """
+
+    def __init__(self, message: str, checks: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.checks = list(checks or [])
+
+
+class InconsistentData(CheckFailed):
+    """A FAISS index and its sidecar disagree (or the sidecar is missing) under --strict."""
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "error": CasnapError.exit_code,
