@@ -412,6 +412,10 @@ def _signed(n: int | None) -> str:
     return "?" if n is None else f"{n:+d}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _count(n: int | None) -> str:
     return "-" if n is None else str(n)
 
@@ -434,7 +438,7 @@ def _print_diff(d: dict[str, Any]) -> None:
         if f["status"] != "removed":
             line += (
                 f"  (shared {human(f['bytes_shared'])}, new {human(f['bytes_new'])} "
-                f"in {f['chunks_new']} chunks)"
+                f"in {_plural(f['chunks_new'], 'chunk')})"
             )
         click.echo(line)
         for t in f["tables"]:
@@ -460,8 +464,8 @@ def _print_diff(d: dict[str, Any]) -> None:
     s = d["summary"]
     click.echo(
         f"{s['files_changed']} changed, {s['files_added']} added, {s['files_removed']} removed, "
-        f"{s['files_unchanged']} unchanged; {human(s['bytes_new'])} new in {s['chunks_new']} "
-        f"chunks, {human(s['bytes_shared'])} shared"
+        f"{s['files_unchanged']} unchanged; {human(s['bytes_new'])} new in "
+        f"{_plural(s['chunks_new'], 'chunk')}, {human(s['bytes_shared'])} shared"
     )
 
 

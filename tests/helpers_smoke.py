@@ -15,6 +15,7 @@ from casnap.errors import EXIT_CODES
 DIM = 8
 DOCS = 60
 VECTORS = 300
+FLAT_VECTORS = 4000  # 125 KiB: enough chunks that an append leaves most of them shared
 CHECK_FAILED = EXIT_CODES["check-failed"]
 
 
@@ -43,7 +44,7 @@ def make_app(data: Path, seed: int = 7) -> Path:
     fdir.mkdir(exist_ok=True)
     x = rng.standard_normal((VECTORS, DIM)).astype("float32")
     flat = faiss.IndexFlatL2(DIM)
-    flat.add(x)
+    flat.add(rng.standard_normal((FLAT_VECTORS, DIM)).astype("float32"))
     write_index(flat, fdir / "flat.index")
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(DIM), DIM, 4)
     ivf.cp.min_points_per_centroid = 1
