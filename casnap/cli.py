@@ -160,7 +160,12 @@ def emit_json(obj: Any) -> None:
     type=click.Path(path_type=Path),
     help="Data directory to snapshot and restore (env CASNAP_DATA).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but results and errors.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing but results, warnings and errors (no progress bar).",
+)
 @click.version_option(package_name="casnap")
 @click.pass_context
 def cli(ctx: click.Context, repo: Path, data: Path, quiet: bool) -> None:
@@ -171,7 +176,13 @@ def cli(ctx: click.Context, repo: Path, data: Path, quiet: bool) -> None:
 @cli.command()
 @pass_ctx
 def init(c: Context) -> None:
-    """Create an empty repository at --repo (a missing or empty directory)."""
+    """Create an empty repository at --repo (a missing or empty directory).
+
+    Optional: commit creates the repository on first use. A directory holding anything but a
+    README.md or .gitkeep is refused, so nothing else is ever overwritten.
+
+    Example: casnap --repo /backups/app init
+    """
     repo = Repository.init(c.repo_path)
     c.say(f"created casnap repository {repo.config['id'][:8]} at {c.repo_path}")
 
@@ -473,7 +484,14 @@ def _print_diff(d: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as a JSON list.")
 @pass_ctx
 def log(c: Context, as_json: bool) -> None:
-    """List snapshots, newest first."""
+    """List snapshots, newest first.
+
+    One line per snapshot: id prefix, local time, file count, total size, bytes the snapshot added
+    to the repository, tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
+    snapshot in the other commands.
+
+    Example: casnap log --json
+    """
     repo = c.open()
     rows = []
     for sid, s in reversed(repo.snapshots()):
@@ -511,7 +529,13 @@ def log(c: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 @pass_ctx
 def show(c: Context, snapshot: str, as_json: bool) -> None:
-    """Show one snapshot: its metadata and files with sizes and hashes."""
+    """Show one snapshot: its metadata and files with sizes and hashes.
+
+    SNAPSHOT is an id, a unique prefix of 4+ hex digits, `latest` or a tag. Lists every file with
+    its size, chunk count, kind (`sqlite` when captured through the backup API) and BLAKE3 hash.
+
+    Example: casnap show latest
+    """
     repo = c.open()
     sid = repo.resolve(snapshot)
     s = repo.load_snapshot(sid)
@@ -539,7 +563,13 @@ def show(c: Context, snapshot: str, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated sample data.")
 @click.pass_context
 def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
-    """Generate sample data into an empty data dir, commit, change it, commit again, show log."""
+    """Generate sample data into an empty data dir, commit, change it, commit again, show log.
+
+    The sample is a SQLite app.db and FAISS Flat, IVF and HNSW indexes with .meta.json sidecars;
+    the second commit shows how little an evolving data dir adds to the repository.
+
+    Example: casnap demo --size-mb 40
+    """
     from casnap import sample
 
     c: Context = ctx.obj

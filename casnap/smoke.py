@@ -292,13 +292,16 @@ def check_sqlite(path: Path, rel: str) -> list[Check]:
             if messages != ["ok"]:
                 detail = f"PRAGMA {pragma}: " + "; ".join(messages[:3])
                 return [Check("sqlite-integrity", rel, False, detail, {"pragma": pragma})]
-            integrity = Check("sqlite-integrity", rel, True, f"PRAGMA {pragma}: ok")
+            integrity = Check(
+                "sqlite-integrity", rel, True, f"PRAGMA {pragma}: ok", {"pragma": pragma}
+            )
             try:
                 tables = list_tables(conn, count_rows=size <= SMOKE_ROWCOUNT_MAX)
             except sqlite3.Error as exc:
                 return [integrity, Check("sqlite-tables", rel, False, f"listing tables: {exc}")]
     except sqlite3.Error as exc:
-        return [Check("sqlite-integrity", rel, False, f"cannot be opened as SQLite: {exc}")]
+        detail = f"cannot be opened as SQLite: {exc}"
+        return [Check("sqlite-integrity", rel, False, detail, {"pragma": pragma})]
     listed = {t.name: t.rows for t in tables.values()}
     shown = ", ".join(
         f"{n} ({r} rows)" if r is not None else n for n, r in list(listed.items())[:6]
