@@ -264,7 +264,8 @@ def commit(
 @click.option(
     "--no-smoke",
     is_flag=True,
-    help="Skip the smoke checks (SQLite integrity, FAISS read/search); hashes are still verified.",
+    help="Skip the built-in smoke checks (SQLite integrity, FAISS read/search); hashes are "
+    "still verified and --smoke-cmd still runs.",
 )
 @click.option(
     "--smoke-cmd",
@@ -353,7 +354,7 @@ def _print_checks(report: dict[str, Any]) -> None:
     "--smoke-cmd",
     metavar="CMD",
     default=None,
-    help="With --smoke, also run CMD with the staged files in $CASNAP_STAGED_DIR.",
+    help="Also run CMD with the staged files in $CASNAP_STAGED_DIR (alone without --smoke).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
@@ -371,7 +372,7 @@ def verify(c: Context, snapshot: str, smoke: bool, smoke_cmd: str | None, as_jso
         r = repo.smoke_verify(
             snapshot,
             smoke_checks=smoke,
-            smoke_cmd=smoke_cmd if smoke else None,
+            smoke_cmd=smoke_cmd,
             progress=progress,
         )
     if as_json:

@@ -66,8 +66,9 @@ from casnap.store import DATA, TREE, PackWriter, Store
 
 PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 SAFETY_TAG = "pre-checkout"
-# Checkout stages files in `<target>/.casnap-tmp-stage-<pid>-<random>/` (same filesystem as the
-# target, so the swap is a rename; skipped by every scan as a casnap temp name).
+# Checkout stages files in `.casnap-tmp-stage-<pid>-<random>/` beside the target (inside it when
+# the parent is another filesystem or not writable): the swap is then a rename, and the name is
+# skipped by every scan as a casnap temp name.
 STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
 
 
@@ -588,8 +589,9 @@ class Repository:
     ) -> CheckoutResult:
         """Restore a snapshot into target: staged and verified beside it, smoke-checked, then
         swapped in atomically per file. A failed check raises SmokeCheckFailed and leaves target
-        untouched. smoke=False skips the checks (hashes are still verified); smoke_cmd is a shell
-        command run with the staged dir in CASNAP_STAGED_DIR; progress gets (bytes, total).
+        untouched. smoke=False skips the built-in checks (hashes are still verified); smoke_cmd is
+        a shell command run with the staged dir in CASNAP_STAGED_DIR (also when smoke=False);
+        progress gets (bytes done, bytes total).
         """
         with self.lock("checkout"):
             return self._checkout(
@@ -654,12 +656,13 @@ class Repository:
         # databases (checked as consistent copies, not live files) and, for a smoke command,
         # every unchanged file, so the command sees the whole restored data dir.
         staged = list(plan)
-        if smoke_on:
-            staged += [u for u in unchanged if smoke_cmd or u.entry.kind == "sqlite"]
+        staged += [u for u in unchanged if smoke_cmd or (smoke_on and u.entry.kind == "sqlite")]
 
         created_dirs = _make_dirs(target, Path(target.absolute().anchor))
-        _remove_stale_stages(target)
-        stage = target / f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        stage_parent = _stage_parent(target)
+        for place in {target, stage_parent}:
+            _remove_stale_stages(place)
+        stage = stage_parent / f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
             try:
                 stage.mkdir()
@@ -673,9 +676,17 @@ class Repository:
                     self._write_verified(item.entry, item.tmp, pool, bar.add)
             bar.finish()
             result.bytes_written = sum(item.entry.size for item in plan)
-            if smoke_on:
+            if smoke_on or smoke_cmd:
                 report = self._smoke_staged(
-                    sid, snap, target, stage, wanted, staged, unchanged, removals, smoke_cmd
+                    sid,
+                    target,
+                    stage,
+                    wanted,
+                    staged,
+                    unchanged,
+                    removals,
+                    smoke_cmd,
+                    builtin=smoke_on,
                 )
                 report.raise_if_failed(f"nothing restored, {target} untouched")
                 result.smoke = report.to_json()
@@ -708,9 +719,10 @@ class Repository:
         for item in unchanged:
             _restore_attrs(item.dest, item.entry)
         for path in removals:
+            was_db = capture.is_sqlite(path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            if capture.is_sqlite(path):
+            if was_db:
                 _remove_side_files(path)
             touched_dirs.add(path.parent)
             result.removed.append(path.relative_to(target).as_posix())
@@ -725,7 +737,6 @@ class Repository:
     def _smoke_staged(
         self,
         sid: ObjectId,
-        snap: Snapshot,
         target: Path,
         stage: Path,
         wanted: list[FileEntry],
@@ -733,6 +744,7 @@ class Repository:
         unchanged: list[_Planned],
         removals: list[Path],
         smoke_cmd: str | None,
+        builtin: bool = True,
     ) -> smoke.SmokeReport:
         """Smoke-check the restored files in the staging dir; the command sees the whole result."""
         view: dict[str, Path] = {}
@@ -761,6 +773,7 @@ class Repository:
             smoke_cmd=smoke_cmd,
             env=env,
             databases=[e.path for e in wanted if e.kind == "sqlite"],
+            builtin=builtin,
         )
         changed = sorted(p for p in staged_paths if _fingerprint(stage / p) != before[p])
         if changed:
@@ -825,6 +838,7 @@ class Repository:
                         smoke_cmd=smoke_cmd,
                         env={"CASNAP_SNAPSHOT": sid.hex()},
                         databases=[e.path for e in snap.files if e.kind == "sqlite"],
+                        builtin=smoke_checks,
                     )
             finally:
                 _remove_tree(stage)
@@ -965,6 +979,19 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, onexc=retry)
     else:
         shutil.rmtree(path, onerror=retry)
+
+
+def _stage_parent(target: Path) -> Path:
+    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
+    when that is the same filesystem and writable; else inside target."""
+    parent = target.absolute().parent
+    try:
+        same_fs = parent != target.absolute() and os.stat(parent).st_dev == os.stat(target).st_dev
+    except OSError:
+        return target
+    if same_fs and os.access(parent, os.W_OK | os.X_OK):
+        return parent
+    return target
 
 
 def _remove_stale_stages(target: Path) -> None:

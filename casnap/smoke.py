@@ -483,15 +483,16 @@ def smoke_check(
     smoke_cmd: str | None = None,
     env: Mapping[str, str] | None = None,
     databases: Iterable[str] | None = None,
+    builtin: bool = True,
 ) -> SmokeReport:
     """Check `files` (relative paths, each found at view[path]); then run smoke_cmd, if any.
 
     `view` maps every file of the data dir as it will be after the restore to where it is now
     (sidecars are looked up there). `databases` names the files to check as SQLite (a snapshot
     knows which files it captured as databases); None tells them by their header. The command
-    runs only when every file check passed.
+    runs only when every file check passed; builtin=False runs the command alone.
     """
-    wanted = sorted(set(files))
+    wanted = sorted(set(files)) if builtin else []
     if databases is None:
         dbs = {rel for rel in wanted if is_sqlite_file(view[rel])}
     else:

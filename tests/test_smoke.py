@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -67,13 +68,15 @@ def test_unreadable_index_aborts_checkout_and_leaves_target_untouched(
 ) -> None:
     _, broken = commit_broken(repo, app, name, how)
     before = raw_tree(app)
+    dir_mtimes = [p.stat().st_mtime_ns for p in (app, app / "faiss")]
     with pytest.raises(SmokeCheckFailed) as err:
         repo.checkout(broken, app)
     assert f"faiss-read on faiss/{name}" in str(err.value)
     assert err.value.checks[0]["check"] == "faiss-read"
     assert err.value.checks[0]["path"] == f"faiss/{name}"
     assert raw_tree(app) == before
-    assert leftovers(app) == []
+    assert [p.stat().st_mtime_ns for p in (app, app / "faiss")] == dir_mtimes
+    assert leftovers(app.parent) == []
     assert len(repo.snapshots()) == 2  # no safety snapshot taken for a checkout that never ran
 
 
@@ -90,7 +93,7 @@ def test_cli_checkout_of_unreadable_index_exits_9_naming_check(app: Path, tmp_pa
     assert code == CHECK_FAILED
     assert "faiss-read on faiss/ivf.index" in err and "untouched" in err
     assert len(err.strip().splitlines()) == 1
-    assert raw_tree(app) == before and leftovers(app) == []
+    assert raw_tree(app) == before and leftovers(app.parent) == []
 
 
 def test_index_already_in_place_is_checked_too(app: Path, repo: Repository) -> None:
@@ -111,6 +114,15 @@ def test_no_smoke_restores_anyway(app: Path, repo: Repository) -> None:
         faiss.read_index(str(app / "faiss" / "ivf.index"))
 
 
+def test_no_smoke_still_runs_the_smoke_command(app: Path, repo: Repository) -> None:
+    _, broken = commit_broken(repo, app, "ivf.index", "truncate")
+    with pytest.raises(SmokeCheckFailed) as err:
+        repo.checkout(broken, app, smoke=False, smoke_cmd="exit 4")
+    assert [c["check"] for c in err.value.checks] == ["smoke-cmd"]
+    r = repo.checkout(broken, app, smoke=False, smoke_cmd="true")
+    assert [c["check"] for c in r.smoke["checks"]] == ["smoke-cmd"] and r.files_written == 1
+
+
 def test_smoke_command_failure_leaves_target_untouched(app: Path, repo: Repository) -> None:
     first = repo.commit(app).id
     evolve_app(app)
@@ -120,7 +132,7 @@ def test_smoke_command_failure_leaves_target_untouched(app: Path, repo: Reposito
         repo.checkout(first, app, smoke_cmd="echo 'search returned nothing' >&2; exit 1")
     assert "smoke-cmd" in str(err.value) and "exit code 1" in str(err.value)
     assert "search returned nothing" in str(err.value)
-    assert raw_tree(app) == before and leftovers(app) == []
+    assert raw_tree(app) == before and leftovers(app.parent) == []
 
 
 def test_smoke_command_sees_whole_staged_dir(app: Path, repo: Repository, tmp_path: Path) -> None:
@@ -137,7 +149,7 @@ def test_smoke_command_sees_whole_staged_dir(app: Path, repo: Repository, tmp_pa
     assert r.smoke["checks"][-1]["check"] == "smoke-cmd"
     listed = seen.read_text().split()
     assert "./faiss/hnsw.index" in listed and "./app.db" in listed  # unchanged files included
-    assert leftovers(app) == []
+    assert leftovers(app.parent) == []
 
 
 def test_smoke_command_sees_other_files_on_partial_checkout(
@@ -149,7 +161,7 @@ def test_smoke_command_sees_other_files_on_partial_checkout(
     pair = ["faiss/ivf.index", "faiss/ivf.meta.json"]
     r = repo.checkout(first, app, pair, smoke_cmd=cmd, safety_snapshot=False)
     assert r.written == pair
-    assert leftovers(app) == []
+    assert leftovers(app.parent) == []
 
 
 def test_partial_checkout_of_index_without_its_sidecar_fails(app: Path, repo: Repository):
@@ -237,11 +249,17 @@ def test_stale_staging_dir_of_dead_process_is_removed(app: Path, repo: Repositor
     sid = repo.commit(app).id
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    stale = app / f".casnap-tmp-stage-{proc.pid}-deadbeef"
-    (stale / "faiss").mkdir(parents=True)
-    (stale / "faiss" / "x.index").write_bytes(b"half")
+    stale = [
+        app / f".casnap-tmp-stage-{proc.pid}-dead",
+        app.parent / f".casnap-tmp-stage-{proc.pid}-x",
+    ]
+    for d in stale:
+        (d / "faiss").mkdir(parents=True)
+        (d / "faiss" / "x.index").write_bytes(b"half")
+    live = app / f".casnap-tmp-stage-{os.getpid() + 0}-mine"  # this process runs: kept
+    live.mkdir()
     repo.checkout(sid, app)
-    assert not stale.exists()
+    assert not any(d.exists() for d in stale) and live.exists()
 
 
 def test_verify_smoke_reports_without_touching_data(app: Path, tmp_path: Path) -> None:
@@ -259,7 +277,7 @@ def test_verify_smoke_reports_without_touching_data(app: Path, tmp_path: Path) -
     assert {c["check"] for c in report["smoke"]["checks"]} >= {"sqlite-integrity", "faiss-search"}
     code, _, _ = run(repo_dir, app, "verify", "--smoke", good, "--smoke-cmd", "exit 3")
     assert code == CHECK_FAILED
-    assert raw_tree(app) == before and leftovers(app) == []
+    assert raw_tree(app) == before and leftovers(app.parent) == []
     assert leftovers(repo_dir) == []
 
 
