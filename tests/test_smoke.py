@@ -256,7 +256,7 @@ def test_stale_staging_dir_of_dead_process_is_removed(app: Path, repo: Repositor
     for d in stale:
         (d / "faiss").mkdir(parents=True)
         (d / "faiss" / "x.index").write_bytes(b"half")
-    live = app / f".casnap-tmp-stage-{os.getpid() + 0}-mine"  # this process runs: kept
+    live = app / f".casnap-tmp-stage-{os.getpid()}-mine"  # this process runs: kept
     live.mkdir()
     repo.checkout(sid, app)
     assert not any(d.exists() for d in stale) and live.exists()
