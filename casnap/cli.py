@@ -210,6 +210,7 @@ def log(c: Context, as_json: bool) -> None:
     """List snapshots, newest first."""
     repo = c.open()
     rows = []
+    sizes = repo.manifest_sizes()
     for sid, s in reversed(repo.snapshots()):
         rows.append(
             {
@@ -221,7 +222,7 @@ def log(c: Context, as_json: bool) -> None:
                 "host": s.host,
                 "files": len(s.files),
                 "logical_bytes": s.logical_bytes,
-                "bytes_added": s.stats.get("bytes_added", 0) + repo.manifest_size(sid),
+                "bytes_added": s.stats.get("bytes_added", 0) + sizes.get(sid.hex(), 0),
             }
         )
     if as_json:

@@ -264,9 +264,9 @@ class Repository:
             self._snapshots = found
         return sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
 
-    def manifest_size(self, sid: ObjectId) -> int:
-        key = f"snapshots/{sid.hex()}"
-        return next((s for k, s in self.backend.list("snapshots/") if k == key), 0)
+    def manifest_sizes(self) -> dict[str, int]:
+        """Stored size of every manifest, by snapshot id (hex)."""
+        return {k.rsplit("/", 1)[-1]: s for k, s in self.backend.list("snapshots/")}
 
     def resolve(self, ref: str) -> ObjectId:
         """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest)."""
@@ -541,6 +541,7 @@ class Repository:
         target_real = target.resolve()
 
         plan: list[_Planned] = []
+        unchanged: list[tuple[Path, FileEntry]] = []  # attributes restored only after the swap
         unsaved: list[str] = []  # target files that no snapshot holds and this checkout replaces
         held = None
         for entry in wanted:
@@ -549,7 +550,7 @@ class Repository:
                 current = self._current_hash(dest)
                 if current == entry.hash:
                     result.files_unchanged += 1
-                    _restore_attrs(dest, entry)
+                    unchanged.append((dest, entry))
                     continue
                 held = held if held is not None else self._held_hashes()
                 if current not in held:
@@ -615,6 +616,8 @@ class Repository:
                 _remove_side_files(path)
             touched_dirs.add(path.parent)
             result.removed.append(path.relative_to(target).as_posix())
+        for dest, entry in unchanged:
+            _restore_attrs(dest, entry)
         for d in touched_dirs:
             fsync_dir(d)
         result.files_written = len(plan)
