@@ -20,10 +20,13 @@ from typing import Any
 
 from casnap.backends.local import LocalBackend
 from casnap.errors import IntegrityError
-from casnap.ids import ObjectId
+from casnap.ids import ID_SIZE, ObjectId
 from casnap.reachability import Reach, walk
 from casnap.repository import Repository
 from casnap.store import (
+    DIR_ENTRY_SIZE,
+    INDEX_ENTRY_SIZE,
+    INDEX_MAGIC,
     IndexEntry,
     PackWriter,
     Store,
@@ -37,7 +40,6 @@ from casnap.store import (
 # a pack is cheaper to keep than to move.
 DEFAULT_MAX_UNUSED = 5.0
 
-_DIR_ENTRY_SIZE = 49  # bytes per record in a pack directory (store._DIR_ENTRY)
 
 KEEP, REPACK, DELETE, UNINDEXED = "keep", "repack", "delete", "unindexed"
 
@@ -244,9 +246,9 @@ def plan(
             fate = PackFate(pack, size, 0, 0, size, DELETE)
         else:
             try:
-                dir_len = len(repo.store.read_pack_directory(pack, size)) * _DIR_ENTRY_SIZE
+                dir_len = len(repo.store.read_pack_directory(pack, size)) * DIR_ENTRY_SIZE
             except IntegrityError:
-                dir_len = named[pack] * _DIR_ENTRY_SIZE  # damaged tail: estimate from the index
+                dir_len = named[pack] * DIR_ENTRY_SIZE  # damaged tail: estimate from the index
             unused = max(0, size - pack_overhead(dir_len) - used_bytes)
             action = REPACK if unused * 100.0 > max_unused * size else KEEP
             fate = PackFate(pack, size, len(used), used_bytes, unused, action)
@@ -268,18 +270,25 @@ def plan(
         moved_blobs = sum(f.used_blobs for f in moved)
         report.packs_written = max(1, -(-moved_bytes // repo.store.pack_target))
         report.pack_bytes_written = (
-            moved_bytes + moved_blobs * _DIR_ENTRY_SIZE + report.packs_written * pack_overhead(0)
+            moved_bytes + moved_blobs * DIR_ENTRY_SIZE + report.packs_written * pack_overhead(0)
         )
     report.packs = list(fates.values())
     temp = _temp_files(repo)
     report.temp_files_removed = len(temp)
-    report.temp_bytes_removed = sum(_size(p) for p in temp)
+    report.temp_bytes_removed = sum(_file_size(p) for p in temp)
     rewrite = _needs_new_index(index_keys, current, keep, fates)
     if rewrite:
         report.index_files_removed = len(index_keys)
         report.index_bytes_removed = sum(s for _, s in index_keys)
         report.index_files_written = 1
+        packs_after = sum(f.action == KEEP for f in fates.values()) + report.packs_written
+        report.index_bytes_written = index_size_estimate(packs_after, len(referenced))
     return GcPlan(report, fates, keep, index_keys, current, temp)
+
+
+def index_size_estimate(packs: int, entries: int) -> int:
+    """An upper bound of an index file's size (ids barely compress)."""
+    return len(INDEX_MAGIC) + 8 + packs * ID_SIZE + entries * INDEX_ENTRY_SIZE
 
 
 def _needs_new_index(
@@ -308,7 +317,12 @@ def _execute(repo: Repository, p: GcPlan) -> None:
         data = backend.get(pack_key(fate.pack))
         for cid, e in sorted(p.keep[fate.pack], key=lambda item: item[1].offset):
             encoded = data[e.offset : e.offset + e.length]
-            Store.decode_verified(cid, e, encoded)  # never copy damage into a new pack
+            try:
+                Store.decode_verified(cid, e, encoded)  # never copy damage into a new pack
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"gc stopped before deleting anything: {exc}; run `casnap verify --read-data`"
+                ) from None
             writer.add(cid, e.type, encoded, e.plain)
     writer.flush()
     new_packs = {e.pack for e in writer.new.values()}
@@ -354,7 +368,7 @@ def _temp_files(repo: Repository) -> list[Path]:
     return sorted(p for p in backend.temp_files() if locks_dir not in p.parents)
 
 
-def _size(path: Path) -> int:
+def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except FileNotFoundError:

@@ -34,6 +34,8 @@ _TRAILER = struct.Struct("<I16s8s")  # directory length, BLAKE3 prefix of direct
 
 INDEX_MAGIC = b"CASNIDX1"
 _INDEX_ENTRY = struct.Struct("<32sIBIII")  # id, pack number, type, offset, length, plain size
+DIR_ENTRY_SIZE = _DIR_ENTRY.size  # bytes per chunk in a pack directory
+INDEX_ENTRY_SIZE = _INDEX_ENTRY.size  # bytes per chunk in an index file (before compression)
 
 
 class IndexEntry(NamedTuple):

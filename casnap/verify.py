@@ -148,6 +148,7 @@ class _Checker:
         self.bad: dict[tuple[ObjectId, IndexEntry], str] = {}  # damaged copies and why
         self.checked: set[tuple[ObjectId, IndexEntry]] = set()
         self.unindexed: dict[ObjectId, ObjectId] = {}  # blob -> an unindexed pack holding it
+        self.bad_directory: set[ObjectId] = set()
 
     def problem(self, kind: str, message: str, pack: ObjectId | None = None) -> None:
         self.report.problems.append(Problem(kind, message, pack=pack.hex() if pack else None))
@@ -270,6 +271,7 @@ class _Checker:
                 records = self.repo.store.read_pack_directory(pack, size)
             except CasnapError as exc:
                 self.problem("pack", f"pack {pack.hex()[:12]}: {exc}", pack)
+                self.bad_directory.add(pack)
                 continue
             described = {r[0]: r for r in records}
             disagree = 0
@@ -330,7 +332,7 @@ class _Checker:
             self.report.bytes_read += len(data)
             intact = hash_bytes(data) == pack
             where = ""
-            if not intact:
+            if not intact and pack not in self.bad_directory:
                 try:
                     parse_pack_directory(key, data)
                 except IntegrityError as exc:

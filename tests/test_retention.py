@@ -1,4 +1,4 @@
-"""Retention: restic's keep rules as pure functions (table-driven), and prune/forget on a repository."""
+"""Retention: restic keep rules as pure functions (table-driven); prune and forget on a repo."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers_gc import copy_state, evolve, make_data, same_content
 
 from casnap import gc, repository, retention, verify
 from casnap.cli import cli
 from casnap.errors import InvalidPolicy
 from casnap.repository import Repository
 from casnap.retention import Duration, Item, Policy, apply_policy, normalize_group_paths
+from tests.helpers_gc import copy_state, evolve, make_data, same_content
 
 UTC = dt.UTC
 
@@ -302,8 +302,9 @@ def utc_zone():
 
 
 def run(*args: str) -> tuple[int, str]:
+    """Exit code and output (stdout alone with --json, else stdout and stderr together)."""
     result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> None:
