@@ -473,6 +473,8 @@ def prune(
         out["gc"] = gc_report.to_json() if gc_report else None
         emit_json(out)
         return
+    if group is not None and not r.groups:
+        c.say(f"no snapshots were committed with the paths {' '.join(group) or '.'}")
     _print_groups(r)
     verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
     c.say(f"{verbs[0]} {len(r.removed)} snapshot(s), {verbs[1]} {r.kept} ({r.policy})")
@@ -536,7 +538,9 @@ def verify_cmd(
 
     Without options the structure is checked: manifests, index files, pack directories and chunk
     lists. --read-data also reads every pack and verifies every chunk's hash. Exits 9 when
-    anything is wrong, naming the damaged chunks and the snapshots and files they break.
+    anything is wrong, naming the damaged chunks and the snapshots and files they break. With
+    SNAPSHOTS, only their chunks are followed and only packs holding them are read; manifests,
+    index and pack directories are always checked whole.
     """
     subset = None if read_data else read_data_subset
     r = verify.verify(c.open(), snapshots, read_data=read_data, subset_pct=subset)

@@ -142,18 +142,13 @@ def collect(
             report = plan(repo, max_unused=max_unused, exclude=assume_forgotten).report
     else:
         with repo.lock("gc", exclusive=True):
-            report = collect_locked(repo, max_unused=max_unused)
+            repo.refresh()
+            p = plan(repo, max_unused=max_unused)
+            _execute(repo, p)
+            repo.refresh()
+            report = p.report
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def collect_locked(repo: Repository, *, max_unused: float = DEFAULT_MAX_UNUSED) -> GcReport:
-    """gc for a caller that already holds the exclusive lock."""
-    repo.refresh()
-    p = plan(repo, max_unused=max_unused)
-    _execute(repo, p)
-    repo.refresh()
-    return p.report
 
 
 def plan(
@@ -195,12 +190,25 @@ def plan(
     report.packs_before = len(packs)
     report.pack_bytes_before = sum(packs.values())
 
-    def valid(e: IndexEntry) -> bool:
-        return e.pack in packs and e.offset + e.length <= packs[e.pack]
+    # each pack's own directory, to trust only index entries it confirms (None: unreadable)
+    directories: dict[ObjectId, dict[ObjectId, tuple[ObjectId, int, int, int, int]] | None] = {}
+    for pack in {e.pack for entries in current.values() for e in entries}:
+        if pack in packs:
+            try:
+                records = repo.store.read_pack_directory(pack, packs[pack])
+                directories[pack] = {r[0]: r for r in records}
+            except IntegrityError:
+                directories[pack] = None
+
+    def valid(cid: ObjectId, e: IndexEntry) -> bool:
+        if e.pack not in packs or e.offset + e.length > packs[e.pack]:
+            return False
+        described = directories.get(e.pack)
+        return described is None or described.get(cid) == (cid, e.type, e.offset, e.length, e.plain)
 
     chosen: dict[ObjectId, IndexEntry] = {}
     for cid, entries in current.items():
-        good = sorted((e for e in entries if valid(e)), key=lambda e: (e.pack, e.offset))
+        good = sorted((e for e in entries if valid(cid, e)), key=lambda e: (e.pack, e.offset))
         if good:
             chosen[cid] = good[0]
 
@@ -245,10 +253,9 @@ def plan(
         elif not used:
             fate = PackFate(pack, size, 0, 0, size, DELETE)
         else:
-            try:
-                dir_len = len(repo.store.read_pack_directory(pack, size)) * DIR_ENTRY_SIZE
-            except IntegrityError:
-                dir_len = named[pack] * DIR_ENTRY_SIZE  # damaged tail: estimate from the index
+            described = directories.get(pack)
+            # a damaged directory: estimate its size from the index
+            dir_len = (len(described) if described is not None else named[pack]) * DIR_ENTRY_SIZE
             unused = max(0, size - pack_overhead(dir_len) - used_bytes)
             action = REPACK if unused * 100.0 > max_unused * size else KEEP
             fate = PackFate(pack, size, len(used), used_bytes, unused, action)

@@ -373,3 +373,23 @@ def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
     assert packs_before <= pack_files(root)  # at most new, unindexed packs were added
     report = verify.verify(Repository.open(root), read_data=True)
     assert {p.blob for p in report.problems if p.kind == "chunk"} == {cid.hex()}
+
+
+def test_gc_keeps_the_index_entry_its_pack_confirms(tmp_path: Path) -> None:
+    """A wrong index entry (as a damaged or foreign index could hold) is never carried over."""
+    repo, _, states = build_history(tmp_path, 2)
+    root = tmp_path / "repo"
+    repo.store.load_index()
+    cid, e = max(
+        ((c, x) for c, x in repo.store.index.items() if x.type == DATA and x.offset > 64),
+        key=lambda item: item[1].length,
+    )
+    repo.store.write_index({cid: e._replace(offset=e.offset - 1)})  # sorts before the right one
+    r = gc.collect(Repository.open(root))
+    assert r.index_files_written == 1
+    fresh = Repository.open(root)
+    fresh.store.load_index()
+    assert fresh.store.index[cid] == e
+    assert verify.verify(fresh, read_data=True).ok
+    fresh.checkout("latest", tmp_path / "out", safety_snapshot=False)
+    assert same_content(tmp_path / "out", states[-1])

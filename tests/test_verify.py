@@ -210,3 +210,20 @@ def test_repair_index_goes_on_past_a_damaged_pack(tmp_path: Path) -> None:
     final = verify.verify(Repository.open(root))
     assert not final.ok
     assert any(p.blob == cid.hex() and "not in the index" in p.message for p in final.problems)
+
+
+def test_index_entry_disagreeing_with_its_pack(tmp_path: Path) -> None:
+    """A wrong second index entry is reported; the intact copy means no file is broken."""
+    repo, _, _ = build_history(tmp_path, 2)
+    root = tmp_path / "repo"
+    cid, e, _ = data_chunk_of(repo, "app.db")
+    repo.store.write_index({cid: e._replace(offset=e.offset + 1)})
+    structure = verify.verify(Repository.open(root))
+    assert [p.kind for p in structure.problems] == ["pack"]
+    assert "disagree" in structure.problems[0].message
+    full = verify.verify(Repository.open(root), read_data=True)
+    chunk = [p for p in full.problems if p.kind == "chunk"]
+    assert len(chunk) == 1 and chunk[0].blob == cid.hex()
+    assert "another copy is intact" in chunk[0].message and chunk[0].affected == ()
+    assert full.damaged == {}
+    assert "no snapshot is affected" in full.summary()
