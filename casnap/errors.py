@@ -79,6 +79,12 @@ class AccessDenied(CasnapError):
     exit_code = 8
 
 
+class InvalidPolicy(CasnapError):
+    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
+
+    exit_code = 2
+
+
 class CheckFailed(CasnapError):
     """A restored file failed a smoke check, or verify found problems."""
 

@@ -240,6 +240,33 @@ class Repository:
             self.store.load_index()
             self._index_loaded = True
 
+    def refresh(self, *, only_if_changed: bool = False) -> None:
+        """Drop the cached snapshot list and index so they are read again from the backend.
+
+        With only_if_changed, drop each only when another process changed it (an index file or a
+        snapshot added or removed, as gc and prune do): a long-lived Repository then never trusts
+        an index entry whose pack gc has deleted. Call it while holding a lock.
+        """
+        if not only_if_changed:
+            self._index_loaded = False
+            self._snapshots = None
+            return
+        if self._index_loaded:
+            present = {k for k, _ in self.backend.list("index/")}
+            if present != set(self.store.index_files):
+                self._index_loaded = False
+        if self._snapshots is not None:
+            names = (k.rsplit("/", 1)[-1] for k, _ in self.backend.list("snapshots/"))
+            present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
+            if present != {sid.hex() for sid in self._snapshots}:
+                self._snapshots = None
+
+    def remove_snapshot(self, sid: ObjectId) -> None:
+        """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
+        self.backend.delete(f"snapshots/{sid.hex()}")
+        if self._snapshots is not None:
+            self._snapshots.pop(sid, None)
+
     # -- snapshots -----------------------------------------------------------------------------
 
     def load_snapshot(self, sid: ObjectId) -> Snapshot:
@@ -312,6 +339,7 @@ class Repository:
     ) -> CommitResult:
         """Snapshot data_dir (or paths inside it); returns what was stored."""
         with self.lock("commit"):
+            self.refresh(only_if_changed=True)
             return self._commit(Path(data_dir), paths, excludes, message, tags)
 
     def _commit(
@@ -525,6 +553,7 @@ class Repository:
     ) -> CheckoutResult:
         """Restore a snapshot into target, verified and swapped in atomically per file."""
         with self.lock("checkout"):
+            self.refresh(only_if_changed=True)
             return self._checkout(ref, Path(target), paths, safety_snapshot, force)
 
     def _checkout(
