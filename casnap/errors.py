@@ -67,6 +67,10 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class NotADatabase(SourceError):
+    """A file carries SQLite's header but SQLite cannot read it; it is stored as plain bytes."""
+
+
 class StorageFull(CasnapError):
     """A write failed because the disk is full or over quota."""
 

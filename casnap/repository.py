@@ -41,6 +41,7 @@ from casnap.errors import (
     DatabaseBusy,
     HostileManifest,
     IntegrityError,
+    NotADatabase,
     NotARepository,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -447,8 +448,13 @@ class Repository:
             try:
                 st = os.stat(src.abspath)
                 if src.kind == "sqlite":
-                    with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
-                        entry, n = self._ingest_path(src, image, st, writer, pool)
+                    try:
+                        with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
+                            entry, n = self._ingest_path(src, image, st, writer, pool)
+                    except NotADatabase:
+                        # SQLite's header but not a database SQLite can read: keep its bytes
+                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, writer, pool)
             except FileNotFoundError:
