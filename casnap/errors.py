@@ -67,6 +67,10 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class NotADatabase(SourceError):
+    """A file carries SQLite's header but SQLite cannot read it; it is stored as plain bytes."""
+
+
 class StorageFull(CasnapError):
     """A write failed because the disk is full or over quota."""
 
@@ -77,6 +81,12 @@ class AccessDenied(CasnapError):
     """A file or directory cannot be read or written for lack of permission."""
 
     exit_code = 8
+
+
+class InvalidPolicy(CasnapError):
+    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
+
+    exit_code = 2
 
 
 class CheckFailed(CasnapError):

@@ -45,6 +45,7 @@ from casnap.errors import (
     HostileManifest,
     InconsistentData,
     IntegrityError,
+    NotADatabase,
     NotARepository,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -267,6 +268,33 @@ class Repository:
             self.store.load_index()
             self._index_loaded = True
 
+    def refresh(self, *, only_if_changed: bool = False) -> None:
+        """Drop the cached snapshot list and index so they are read again from the backend.
+
+        With only_if_changed, drop each only when another process changed it (an index file or a
+        snapshot added or removed, as gc and prune do): a long-lived Repository then never trusts
+        an index entry whose pack gc has deleted. Call it while holding a lock.
+        """
+        if not only_if_changed:
+            self._index_loaded = False
+            self._snapshots = None
+            return
+        if self._index_loaded:
+            present = {k for k, _ in self.backend.list("index/")}
+            if present != set(self.store.index_files):
+                self._index_loaded = False
+        if self._snapshots is not None:
+            names = (k.rsplit("/", 1)[-1] for k, _ in self.backend.list("snapshots/"))
+            present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
+            if present != {sid.hex() for sid in self._snapshots}:
+                self._snapshots = None
+
+    def remove_snapshot(self, sid: ObjectId) -> None:
+        """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
+        self.backend.delete(f"snapshots/{sid.hex()}")
+        if self._snapshots is not None:
+            self._snapshots.pop(sid, None)
+
     # -- snapshots -----------------------------------------------------------------------------
 
     def load_snapshot(self, sid: ObjectId) -> Snapshot:
@@ -291,9 +319,9 @@ class Repository:
             self._snapshots = found
         return sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
 
-    def manifest_size(self, sid: ObjectId) -> int:
-        key = f"snapshots/{sid.hex()}"
-        return next((s for k, s in self.backend.list("snapshots/") if k == key), 0)
+    def manifest_sizes(self) -> dict[str, int]:
+        """Stored size of every manifest, by snapshot id (hex)."""
+        return {k.rsplit("/", 1)[-1]: s for k, s in self.backend.list("snapshots/")}
 
     def resolve(self, ref: str) -> ObjectId:
         """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest)."""
@@ -346,6 +374,7 @@ class Repository:
         (InconsistentData) and nothing is committed. progress gets (bytes done, bytes total).
         """
         with self.lock("commit"):
+            self.refresh(only_if_changed=True)
             warnings = self.consistency_warnings(Path(data_dir), paths, excludes)
             if strict and warnings:
                 raise InconsistentData(
@@ -479,8 +508,13 @@ class Repository:
             try:
                 st = os.stat(src.abspath)
                 if src.kind == "sqlite":
-                    with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
-                        entry, n = self._ingest_path(src, image, st, writer, pool)
+                    try:
+                        with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
+                            entry, n = self._ingest_path(src, image, st, writer, pool)
+                    except NotADatabase:
+                        # SQLite's header but not a database SQLite can read: keep its bytes
+                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, writer, pool)
             except FileNotFoundError:
@@ -594,6 +628,7 @@ class Repository:
         progress gets (bytes done, bytes total).
         """
         with self.lock("checkout"):
+            self.refresh(only_if_changed=True)
             return self._checkout(
                 ref, Path(target), paths, safety_snapshot, force, smoke, smoke_cmd, progress
             )
@@ -620,7 +655,7 @@ class Repository:
         target_real = target.resolve()
 
         plan: list[_Planned] = []
-        unchanged: list[_Planned] = []
+        unchanged: list[_Planned] = []  # attributes restored only after the swap
         touched_dirs: set[Path] = set()
         unsaved: list[str] = []  # target files that no snapshot holds and this checkout replaces
         held = None

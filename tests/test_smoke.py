@@ -273,8 +273,10 @@ def test_verify_smoke_reports_without_touching_data(app: Path, tmp_path: Path) -
     assert "faiss-read on faiss/hnsw.index" in err
     code, out, _ = run(repo_dir, app, "verify", "--smoke", good, "--json")
     report = json.loads(out)
-    assert code == 0 and report["ok"] and report["files"] == 7
-    assert {c["check"] for c in report["smoke"]["checks"]} >= {"sqlite-integrity", "faiss-search"}
+    assert code == 0 and report["ok"]
+    (smoked,) = report["smoke"]
+    assert smoked["id"] == good and smoked["ok"] and smoked["files"] == 7
+    assert {c["check"] for c in smoked["smoke"]["checks"]} >= {"sqlite-integrity", "faiss-search"}
     code, _, _ = run(repo_dir, app, "verify", "--smoke", good, "--smoke-cmd", "exit 3")
     assert code == CHECK_FAILED
     assert raw_tree(app) == before and leftovers(app.parent) == []
