@@ -225,6 +225,7 @@ def diff(
     if b_ref is None and data_dir is None:
         raise ValueError("diff needs a second snapshot or a data dir")
     with repo.lock("diff"), _scratch(repo) as scratch:
+        repo.refresh(only_if_changed=True)
         a_id = repo.resolve(a_ref)
         a_snap = repo.load_snapshot(a_id)
         a = _snapshot_side(repo, a_snap, scratch)

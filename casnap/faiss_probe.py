@@ -10,6 +10,7 @@ index i is read, then {"done": i, "ok": bool, "check": str, "detail": str, "ntot
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -19,6 +20,8 @@ def _short(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if "Error: " in text:
         text = text.rsplit("Error: ", 1)[1]
+    else:
+        text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text, flags=re.S)
     return " ".join(text.split())[:300]
 
 

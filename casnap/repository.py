@@ -844,6 +844,7 @@ class Repository:
         """Restore a snapshot into a temporary staging dir (every chunk and file hash verified),
         smoke-check it there like a checkout would, and delete it; no data dir is touched."""
         with self.lock("verify"):
+            self.refresh(only_if_changed=True)
             t0 = time.perf_counter()
             sid = self.resolve(ref)
             snap = self.load_snapshot(sid)

@@ -132,3 +132,25 @@ def test_diff_reports_schema_changes_and_new_tables(app: Path, repo: Repository)
     tags = tables["tags"]  # WITHOUT ROWID: rows matched by primary key
     assert not tags["schema_changed"]
     assert (tags["added"], tags["removed"], tags["updated"]) == (0, 1, 2)
+
+
+def test_diff_of_evolving_sample_app(tmp_path: Path) -> None:
+    from casnap import sample
+
+    data = tmp_path / "data"
+    sample.generate(data, size_mb=3, seed=5)
+    repo = Repository.init(tmp_path / "repo")
+    a = repo.commit(data).id
+    changes = sample.evolve(data, 1, seed=5)
+    b = repo.commit(data).id
+    files = by_path(diff(repo, a, b).to_json())
+    tables = {t["name"]: t for t in files["app.db"]["tables"]}
+    docs = tables["documents"]
+    assert docs["added"] == changes["docs_inserted"]
+    assert docs["rows_b"] - docs["rows_a"] == docs["added"] - docs["removed"]
+    changed_indexes = [f for f in files.values() if f["kind"] == "faiss" and f["index"]]
+    assert len(changed_indexes) == changes["indexes_changed"]
+    for f in changed_indexes:
+        meta = json.loads((data / f["path"]).with_suffix(".meta.json").read_text())
+        assert f["index"]["ntotal_b"] == meta["ntotal"]
+        assert f["index"]["ntotal_delta"] == f["index"]["ntotal_b"] - f["index"]["ntotal_a"] > 0

@@ -346,3 +346,22 @@ def test_check_sqlite_reports_rows_and_rejects_junk(tmp_path: Path) -> None:
     junk.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
     bad = check_sqlite(junk, "junk.db")
     assert len(bad) == 1 and not bad[0].ok and bad[0].check == "sqlite-integrity"
+
+
+def test_sample_app_with_random_bytes_in_an_index(tmp_path: Path) -> None:
+    from casnap import sample
+
+    data = tmp_path / "data"
+    sample.generate(data, size_mb=3, seed=4)
+    repo = Repository.init(tmp_path / "repo")
+    good = repo.commit(data).id
+    victim = data / "faiss" / "shard_001.index"
+    victim.write_bytes(np.random.default_rng(9).bytes(victim.stat().st_size))  # no FAISS header
+    broken = repo.commit(data).id
+    repo.checkout(good, data)
+    before = raw_tree(data)
+    with pytest.raises(SmokeCheckFailed, match="faiss-read on faiss/shard_001.index"):
+        repo.checkout(broken, data)
+    with pytest.raises(SmokeCheckFailed, match="smoke-cmd"):
+        repo.checkout(good, data, smoke_cmd='test ! -f "$CASNAP_STAGED_DIR/app.db"')
+    assert raw_tree(data) == before and leftovers(tmp_path) == []
