@@ -327,12 +327,35 @@ class FaissTarget:
 
 
 def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
-    """Read and search each (path, binary) index in one child process; one result dict each.
+    """Read and search each (path, binary) index in a child process; one result dict each.
 
-    A child that dies (crash, memory limit, timeout) fails the index it was reading.
+    A child that dies (crash, memory limit, timeout) fails the index it was reading; the indexes
+    after it are probed again in a fresh child.
     """
-    if not paths:
-        return []
+    out: dict[int, dict[str, Any]] = {}
+    todo = list(range(len(paths)))
+    while todo:
+        results, started, why = _run_probe([paths[i] for i in todo])
+        for j, i in enumerate(todo):
+            if j in results:
+                out[i] = results[j]
+        blamed = [todo[j] for j in started if j not in results]
+        for i in blamed:
+            out[i] = {"ok": False, "check": "faiss-read", "detail": f"cannot be read: {why}"}
+        rest = [i for i in todo if i not in out]
+        if rest and not blamed:  # died before reading anything: do not loop
+            for i in rest:
+                out[i] = {"ok": False, "check": "faiss-read", "detail": f"not checked: {why}"}
+            rest = []
+        todo = rest
+    return [out[i] for i in range(len(paths))]
+
+
+def _run_probe(
+    paths: Sequence[tuple[Path, bool]],
+) -> tuple[dict[int, dict[str, Any]], list[int], str]:
+    """One child over paths: its results by position, the positions it started, and why it
+    stopped early ("" when it did not)."""
     largest = max((p.stat().st_size for p, _ in paths), default=0)
     limit = FAISS_PROBE_MEMORY + 4 * largest
     payload = json.dumps([{"path": str(p), "binary": b} for p, b in paths])
@@ -340,8 +363,6 @@ def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH", "")) if x)
     cmd = [sys.executable, "-m", "casnap.faiss_probe", str(limit)]
-    results: dict[int, dict[str, Any]] = {}
-    started: list[int] = []
     why = ""
     try:
         proc = subprocess.run(
@@ -358,6 +379,8 @@ def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
         why = f"the FAISS reader did not finish within {FAISS_PROBE_TIMEOUT:.0f} s"
     except OSError as exc:
         raise SmokeCheckFailed(f"cannot start the FAISS checker: {exc}") from None
+    results: dict[int, dict[str, Any]] = {}
+    started: list[int] = []
     for line in stdout.decode(errors="replace").splitlines():
         try:
             msg = json.loads(line)
@@ -367,7 +390,7 @@ def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
             started.append(int(msg["start"]))
         elif "done" in msg:
             results[int(msg["done"])] = msg
-    if not why:
+    if not why and len(results) < len(paths):
         if code is not None and code < 0:
             why = f"the FAISS reader crashed (signal {-code})"
         elif code:
@@ -375,15 +398,7 @@ def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
             why = f"the FAISS reader failed (exit {code}) {tail[0][:200]}".rstrip()
         else:
             why = "the FAISS reader stopped early"
-    out = []
-    for i in range(len(paths)):
-        if i in results:
-            out.append(results[i])
-        elif i in started:
-            out.append({"ok": False, "check": "faiss-read", "detail": f"cannot be read: {why}"})
-        else:
-            out.append({"ok": False, "check": "faiss-read", "detail": f"not checked: {why}"})
-    return out
+    return results, started, why
 
 
 def check_faiss(targets: Sequence[FaissTarget]) -> list[Check]:

@@ -365,3 +365,18 @@ def test_sample_app_with_random_bytes_in_an_index(tmp_path: Path) -> None:
     with pytest.raises(SmokeCheckFailed, match="smoke-cmd"):
         repo.checkout(good, data, smoke_cmd='test ! -f "$CASNAP_STAGED_DIR/app.db"')
     assert raw_tree(data) == before and leftovers(tmp_path) == []
+
+
+def test_faiss_reader_that_does_not_finish_fails_the_check(
+    app: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casnap import smoke
+
+    first = repo.commit(app).id
+    evolve_app(app)
+    before = raw_tree(app)
+    monkeypatch.setattr(smoke, "FAISS_PROBE_TIMEOUT", 0.001)  # the child cannot even start
+    with pytest.raises(SmokeCheckFailed, match="did not finish") as err:
+        repo.checkout(first, app, safety_snapshot=False)
+    assert {c["check"] for c in err.value.checks} == {"faiss-read"}
+    assert raw_tree(app) == before and leftovers(app.parent) == []
