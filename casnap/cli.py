@@ -124,6 +124,7 @@ class ProgressBar:
         return f"{human(done)} / {human(total)}  {human(rate)}/s"
 
     def close(self) -> None:
+        """Finish the bar (a final redraw and a newline), if one was drawn."""
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None

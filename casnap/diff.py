@@ -56,6 +56,7 @@ class IndexDiff:
 
     @property
     def ntotal_delta(self) -> int | None:
+        """Vectors added (negative: removed); an absent side counts as 0, None when both are."""
         if self.ntotal_a is None and self.ntotal_b is None:
             return None
         return (self.ntotal_b or 0) - (self.ntotal_a or 0)

@@ -193,6 +193,7 @@ class Check:
     info: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
+        """`check on path: detail`, as error messages name a failed check."""
         where = f" on {self.path}" if self.path else ""
         return f"{self.check}{where}: {self.detail}"
 
@@ -214,10 +215,12 @@ class SmokeReport:
 
     @property
     def ok(self) -> bool:
+        """Every check passed."""
         return all(c.ok for c in self.checks)
 
     @property
     def failures(self) -> list[Check]:
+        """The checks that failed, in the order run."""
         return [c for c in self.checks if not c.ok]
 
     def to_json(self) -> dict[str, Any]:
@@ -249,6 +252,7 @@ class TableInfo:
 
 
 def quote_ident(name: str) -> str:
+    """An SQL identifier quoted for any name (embedded quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -483,6 +487,7 @@ def run_command(cmd: str, staged_dir: Path, env: Mapping[str, str] | None = None
 
 
 def is_sqlite_file(path: Path) -> bool:
+    """True when the file starts with SQLite's 16-byte header."""
     try:
         with open(path, "rb") as f:
             return f.read(16) == SQLITE_MAGIC
