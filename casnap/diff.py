@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from casnap import capture
-from casnap.chunking import choose_chunker
 from casnap.constants import FAISS_HEADER_BYTES
 from casnap.errors import IntegrityError, from_oserror
-from casnap.ids import Hasher, ObjectId, hash_bytes
+from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
 from casnap.smoke import FaissHeader, TableInfo, faiss_header, list_tables, quote_ident
@@ -192,28 +191,9 @@ def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) 
             local = keep
         else:
             local = src.abspath
-        refs, whole, size = _chunk_file(repo, local)
+        refs, whole, size = repo.chunk_file(local)
         side.files[src.path] = _File(src.path, src.kind, size, whole, refs, local=local)
     return side
-
-
-def _chunk_file(repo: Repository, path: Path) -> tuple[Refs, str, int]:
-    """Chunk ids, whole-file hash and size of a file, cut by the chunker commit would use."""
-    hasher = Hasher()
-    refs: Refs = []
-    size = 0
-    try:
-        with open(path, "rb") as f:
-            header = f.read(4096)
-            f.seek(0)
-            chunker = choose_chunker(header, repo.config["chunker"])
-            for piece in chunker.split(f):
-                hasher.update(piece)
-                refs.append((hash_bytes(piece), len(piece)))
-                size += len(piece)
-    except OSError as exc:
-        raise from_oserror(exc, f"reading {path}") from None
-    return refs, hasher.digest().hex(), size
 
 
 # -- comparing -------------------------------------------------------------------------------------

@@ -565,6 +565,25 @@ class Repository:
         )
         return entry, size
 
+    def chunk_file(self, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:
+        """Chunk ids, whole-file hash and size of a file cut as commit would cut it (the same
+        chunker choice); nothing is stored. `diff` compares the live data dir with it."""
+        hasher = Hasher()
+        refs: list[tuple[ObjectId, int]] = []
+        size = 0
+        try:
+            with open(path, "rb") as f:
+                header = f.read(4096)
+                f.seek(0)
+                chunker = choose_chunker(header, self.config["chunker"])
+                for piece in chunker.split(f):
+                    hasher.update(piece)
+                    refs.append((hash_bytes(piece), len(piece)))
+                    size += len(piece)
+        except OSError as exc:
+            raise from_oserror(exc, f"reading {path}") from None
+        return refs, hasher.digest().hex(), size
+
     def _ingest_stream(
         self, stream: BinaryIO, chunker: Chunker, writer: PackWriter, pool: ThreadPoolExecutor
     ) -> tuple[list[tuple[ObjectId, int]], ObjectId, int]:
