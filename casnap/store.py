@@ -37,6 +37,8 @@ INDEX_MAGIC = b"CASNIDX1"
 # Bytes read back from the end of every object just written: a write that landed short fails it.
 _VERIFY_TAIL = 64
 _INDEX_ENTRY = struct.Struct("<32sIBIII")  # id, pack number, type, offset, length, plain size
+DIR_ENTRY_SIZE = _DIR_ENTRY.size  # bytes per chunk in a pack directory
+INDEX_ENTRY_SIZE = _INDEX_ENTRY.size  # bytes per chunk in an index file (before compression)
 
 
 class IndexEntry(NamedTuple):
@@ -71,7 +73,13 @@ def parse_pack_directory(key: str, data: bytes) -> list[tuple[ObjectId, int, int
     dir_start = len(data) - _TRAILER.size - dir_len
     if dir_start < len(PACK_HEADER) or dir_len % _DIR_ENTRY.size:
         raise IntegrityError(f"{key}: pack directory out of bounds")
-    directory = data[dir_start : dir_start + dir_len]
+    return _parse_directory(key, data[dir_start : dir_start + dir_len], dir_hash, dir_start)
+
+
+def _parse_directory(
+    key: str, directory: bytes, dir_hash: bytes, dir_start: int
+) -> list[tuple[ObjectId, int, int, int, int]]:
+    """Check a pack directory against its trailer checksum and bounds; its records."""
     if bytes(hash_bytes(directory))[:16] != dir_hash:
         raise IntegrityError(f"{key}: pack directory checksum mismatch")
     records = []
@@ -80,6 +88,23 @@ def parse_pack_directory(key: str, data: bytes) -> list[tuple[ObjectId, int, int
             raise IntegrityError(f"{key}: pack directory entry out of bounds")
         records.append((ObjectId(raw_id), btype, offset, length, plain))
     return records
+
+
+def pack_overhead(dir_len: int) -> int:
+    """Bytes of a pack that are not chunk data: header, directory and trailer."""
+    return len(PACK_HEADER) + dir_len + _TRAILER.size
+
+
+def pack_id_of(key: str) -> ObjectId | None:
+    """The pack id a `packs/xx/<hex>` key names; None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "packs":
+        return None
+    try:
+        pack = ObjectId.from_hex(parts[2])
+    except ValueError:
+        return None
+    return pack if parts[1] == parts[2][:2] else None
 
 
 def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
@@ -194,17 +219,79 @@ class Store:
     def writer(self) -> PackWriter:
         return PackWriter(self)
 
-    def rebuild_index_from_packs(self) -> dict[ObjectId, IndexEntry]:
-        """Read every pack's own directory: the index as the packs alone describe it."""
+    def rebuild_index_from_packs(
+        self, skipped: list[tuple[str, str]] | None = None
+    ) -> dict[ObjectId, IndexEntry]:
+        """Read every pack's own directory: the index as the packs alone describe it.
+
+        Without `skipped`, the first damaged pack raises IntegrityError. With it, damage is
+        recorded there as (pack key, what happened) and the rebuild goes on: a pack whose hash
+        does not match its name keeps the chunks that still decode to their own hash, a pack whose
+        directory is unreadable is left out.
+        """
         index: dict[ObjectId, IndexEntry] = {}
         for key, _size in self.backend.list("packs/"):
-            data = self.backend.get(key)
-            pack = ObjectId.from_hex(key.rsplit("/", 1)[-1])
-            if hash_bytes(data) != pack:
+            pack = pack_id_of(key)
+            if pack is None:
+                if skipped is None:
+                    raise IntegrityError(f"{key}: not a pack name")
+                skipped.append((key, "not a pack name; left out"))
+                continue
+            try:
+                data = self.backend.get(key)
+                records = parse_pack_directory(key, data)
+            except IntegrityError as exc:
+                if skipped is None:
+                    raise
+                skipped.append((key, f"{exc}; left out"))
+                continue
+            intact = hash_bytes(data) == pack
+            if not intact and skipped is None:
                 raise IntegrityError(f"{key}: pack does not match its name (damaged)")
-            for cid, btype, offset, length, plain in parse_pack_directory(key, data):
-                index[cid] = IndexEntry(pack, btype, offset, length, plain)
+            bad = 0
+            for cid, btype, offset, length, plain in records:
+                entry = IndexEntry(pack, btype, offset, length, plain)
+                if not intact:
+                    try:
+                        self.decode_verified(cid, entry, data[offset : offset + length])
+                    except IntegrityError:
+                        bad += 1
+                        continue
+                index.setdefault(cid, entry)
+            if not intact and skipped is not None:
+                skipped.append(
+                    (
+                        key,
+                        f"pack does not match its name (damaged); {len(records) - bad} of "
+                        f"{len(records)} chunks verified and kept",
+                    )
+                )
         return index
+
+    def load_index_file(self, key: str) -> list[tuple[ObjectId, IndexEntry]]:
+        """The entries of one index file, checked against its name; IntegrityError otherwise."""
+        blob = self.backend.get(key)
+        if hash_bytes(blob).hex() != key.rsplit("/", 1)[-1]:
+            raise IntegrityError(f"{key}: index file does not match its name (damaged)")
+        return list(decode_index(key, blob))
+
+    def read_pack_directory(
+        self, pack: ObjectId, size: int
+    ) -> list[tuple[ObjectId, int, int, int, int]]:
+        """A pack's directory read from its tail alone (two ranged reads), bounds-checked."""
+        key = pack_key(pack)
+        if size < len(PACK_HEADER) + _TRAILER.size:
+            raise IntegrityError(f"{key}: too short to be a pack ({size} bytes)")
+        dir_len, dir_hash, end = _TRAILER.unpack(
+            self.backend.get(key, size - _TRAILER.size, _TRAILER.size)
+        )
+        if end != PACK_END:
+            raise IntegrityError(f"{key}: not a casnap pack (bad trailer)")
+        dir_start = size - _TRAILER.size - dir_len
+        if dir_start < len(PACK_HEADER) or dir_len % _DIR_ENTRY.size:
+            raise IntegrityError(f"{key}: pack directory out of bounds")
+        directory = self.backend.get(key, dir_start, dir_len)
+        return _parse_directory(key, directory, dir_hash, dir_start)
 
     def write_index(self, entries: dict[ObjectId, IndexEntry]) -> tuple[str, int]:
         """Store an index file for entries; returns its key and size."""

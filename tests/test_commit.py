@@ -137,3 +137,17 @@ def test_commit_while_a_writer_inserts_in_wal_mode(tmp_path: Path) -> None:
         assert count % 2 == 0 and count == top
         counts.append(count)
     assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_file_with_sqlite_header_but_no_database_is_kept_as_bytes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    body = b"SQLite format 3\x00" + bytes(range(256)) * 10
+    (data / "fake.db").write_bytes(body)
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    assert [(f.path, f.kind) for f in repo.load_snapshot(repo.resolve(sid)).files] == [
+        ("fake.db", "file")
+    ]
+    repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    assert (tmp_path / "out" / "fake.db").read_bytes() == body

@@ -82,7 +82,7 @@ def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str) -> lis
     if op == "commit":
         repo.commit(scratch / "data")
     else:
-        repo.checkout(ref, scratch / "data")
+        repo.checkout(ref, scratch / "data", smoke=False)
     return backend.plan.counts
 
 
@@ -220,7 +220,7 @@ def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -
         assert now.get(path) in allowed, f"{path} is torn: neither its old nor its new version"
     repo = after_kill(base, repo_dir, data, scratch)
     # rerun the checkout: it completes, and removes what the killed one staged
-    Repository.open(repo_dir).checkout(base.first, data)
+    Repository.open(repo_dir).checkout(base.first, data, smoke=False)
     assert file_hashes(data) == base.new
     assert not temp_files(data), "staged files of the killed checkout are left in the target"
     # nothing lost: the data the checkout replaced is held by a pre-checkout snapshot
@@ -230,7 +230,7 @@ def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -
     trees = []
     for sid in saved:
         out = scratch / f"saved-{sid.short}"
-        repo.checkout(sid.hex(), out, safety_snapshot=False)
+        repo.checkout(sid.hex(), out, safety_snapshot=False, smoke=False)
         trees.append(snapshot_tree(out))
     assert base.old_tree in trees, "the data the checkout replaced is lost"
     verify_repository(Repository.open(repo_dir))

@@ -74,7 +74,7 @@ def test_wal_writer_throughout_repeated_commits(tmp_path: Path) -> None:
     counts = []
     for sid in ids:
         target = tmp_path / f"out-{sid[:8]}"
-        repo.checkout(sid, target, safety_snapshot=False)
+        repo.checkout(sid, target, safety_snapshot=False, smoke=False)
         assert not (target / "app.db-wal").exists()
         with contextlib.closing(sqlite3.connect(target / "app.db")) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -153,7 +153,7 @@ def test_index_rewritten_during_the_read_is_read_again(tmp_path: Path) -> None:
     (entry,) = repo.load_snapshot(repo.resolve(result.id)).files
     assert entry.hash == hash_bytes(rewriter.versions[1]).hex()  # the version after the rewrite
     out = tmp_path / "out"
-    repo.checkout(result.id, out, safety_snapshot=False)
+    repo.checkout(result.id, out, safety_snapshot=False, smoke=False)
     assert (out / "faiss" / "ivf.index").read_bytes() == rewriter.versions[1]
 
 
@@ -221,7 +221,7 @@ def test_index_rewritten_by_a_live_writer_never_lands_torn(
             (entry,) = snap.files
             assert entry.hash in whole, "a torn index file was stored"
             out = tmp_path / f"out-{sid[:8]}"
-            repo.checkout(sid, out, safety_snapshot=False)
+            repo.checkout(sid, out, safety_snapshot=False, smoke=False)
             assert faiss.read_index(str(out / "faiss" / "ivf.index")).ntotal == 2000
             shutil.rmtree(out)
             outcomes.append("whole")
