@@ -20,9 +20,10 @@ from pathlib import Path
 from casnap import locks
 from casnap.backends import Backend, LocalBackend
 from casnap.constants import TEMP_PREFIX
-from casnap.ids import Hasher, ObjectId, hash_bytes
+from casnap.gc import collect
+from casnap.ids import Hasher
 from casnap.repository import Repository, default_config
-from casnap.store import IndexEntry, parse_pack_directory
+from casnap.verify import VerifyReport, verify
 from tests.conftest import evolve_app, make_app
 from tests.util import snapshot_tree
 
@@ -101,34 +102,18 @@ class Ledger:
         return len(wanted)
 
 
-def verify_repository(repo: Repository) -> int:
-    """Every pack matches its name and describes itself, every index entry points at a record of
-    a pack, every manifest parses, and every chunk a snapshot references decodes to its hash
-    (what `verify --read-data` checks); returns the number of chunks read."""
-    store = repo.store
-    records = set()
-    for key, _size in repo.backend.list("packs/"):
-        data = repo.backend.get(key)
-        pack = ObjectId.from_hex(key.rsplit("/", 1)[-1])
-        assert hash_bytes(data) == pack, f"{key} does not match its name"
-        for cid, btype, offset, length, plain in parse_pack_directory(key, data):
-            records.add((cid, IndexEntry(pack, btype, offset, length, plain)))
-    store.load_index()
-    for cid, entry in store.index.items():
-        assert (cid, entry) in records, f"index entry of {cid.hex()} points at nothing"
-    read = 0
-    for _sid, snap in repo.snapshots():
-        for f in snap.files:
-            for cid, _n in repo.chunk_refs(f):
-                store.get(cid)
-                read += 1
-    return read
+def verify_repository(repo: Repository) -> VerifyReport:
+    """casnap verify --read-data finds nothing wrong (its problems are the failure message)."""
+    report = verify(repo, read_data=True)
+    assert report.ok, "\n".join([report.summary(), *(p.line() for p in report.problems)])
+    return report
 
 
 def check_healthy(
     backend: Backend, ledger: Ledger, scratch: Path, data: Path | None = None, step: int = 90
 ) -> Repository:
-    """A fresh open of the healthy backend verifies, keeps every snapshot, takes a new commit."""
+    """A fresh open of the healthy backend verifies and restores every snapshot of the ledger;
+    with data, the next commit and a gc succeed and leave it all verifying."""
     scratch.mkdir(parents=True, exist_ok=True)
     repo = Repository.open_backend(backend, scratch / "tmp")
     verify_repository(repo)
@@ -136,7 +121,10 @@ def check_healthy(
     if data is not None:
         evolve_app(data, step)
         sid = ledger.commit(repo, data, message="after the fault")
-        ledger.check(Repository.open_backend(backend, scratch / "tmp"), scratch, [sid])
+        collect(Repository.open_backend(backend, scratch / "tmp"), max_unused=0.0)
+        repo = Repository.open_backend(backend, scratch / "tmp")
+        verify_repository(repo)
+        ledger.check(repo, scratch, [sid])
     assert not [h for h in locks.holders(backend) if h.pid == os.getpid()], "lock left behind"
     if isinstance(backend, LocalBackend):
         assert not temp_files(backend.root), "temp files left in the repository"

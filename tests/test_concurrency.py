@@ -194,3 +194,51 @@ def test_lock_of_a_killed_process_is_recovered(tmp_path: Path) -> None:
     with locks.locked(backend, "gc", exclusive=True, wait=0):  # exclusive: conflicts with any
         assert [h.pid for h in locks.holders(backend)] == [os.getpid()]
     assert len(Repository.open(repo_dir).snapshots()) == 2
+
+
+def test_commits_during_gc_and_prune_lose_nothing(tmp_path: Path) -> None:
+    """gc and prune (exclusive) race commits and a checkout (shared), three rounds: whoever waits,
+    every snapshot the policy keeps restores and the repository verifies."""
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir, small_config(16 * 1024))
+    data = small_app(tmp_path / "data", rows=300, vectors=1200)
+    other = small_app(tmp_path / "other", seed=7, rows=300, vectors=1200)
+    ledger = Ledger()
+    first = ledger.commit(repo, other, message="kept by its own group")
+    for round_ in range(3):
+        evolve_app(data, round_)
+        tree = snapshot_tree(data)
+        procs = [
+            start(repo_dir, data, "commit", "-m", f"round {round_}"),
+            start(repo_dir, data, "gc", "--max-unused", "0"),
+            start(repo_dir, data, "prune", "--keep-last", "2"),
+            start(repo_dir, data, "checkout", first, "--to", str(tmp_path / f"o{round_}")),
+        ]
+        results = [finish(p) for p in procs]
+        assert [r[0] for r in results] == [0, 0, 0, 0], [r[2] for r in results]
+        ledger.record(results[0][1].strip(), tree)
+        assert snapshot_tree(tmp_path / f"o{round_}") == ledger.trees[first]
+    fresh = Repository.open(repo_dir)
+    listed = {sid.hex() for sid, _ in fresh.snapshots()}
+    newest = list(ledger.trees)[-2:]  # the data dir's group keeps its last two
+    assert set(newest) <= listed and first in listed
+    assert ledger.check(fresh, tmp_path / "check", [first, *newest]) == 3
+    verify_repository(fresh)
+    assert not temp_files(repo_dir) and not list((repo_dir / "locks").iterdir())
+
+
+def test_a_killed_gc_does_not_block_the_next_commit(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir, small_config())
+    repo.commit(data)
+    backend = LocalBackend(repo_dir)
+    proc = start(repo_dir, data, "gc", CASNAP_TEST_FAULTS="put:kill:1:locks/")
+    assert finish(proc)[0] == -signal.SIGKILL
+    (stale,) = locks.holders(backend)
+    assert stale.operation == "gc" and stale.exclusive and stale.pid == proc.pid
+    evolve_app(data, 1)
+    code, out, err = finish(start(repo_dir, data, "commit", CASNAP_LOCK_WAIT="0"))
+    assert code == 0, err
+    assert locks.holders(backend) == []
+    assert Repository.open(repo_dir).resolve("latest").hex() == out.strip()

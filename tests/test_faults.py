@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from casnap import locks
+from casnap import gc, locks, retention, verify
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
 from casnap.errors import CasnapError, IntegrityError, ObjectMissing, StorageFull
@@ -32,102 +32,114 @@ from tests.helpers_reliability import (
 from tests.util import raw_tree, snapshot_tree
 
 OK = "ok"
+NA = None  # the operation never makes the call the fault waits for
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """A fault and what each operation may answer to it: OK, or (error class, message regex)."""
+    """A fault and what each operation must answer to it: OK, (error class, message regex), or
+    for verify ("report", regex): a report that names the damage it read."""
 
     name: str
     fault: F.Fault
-    outcome: dict[str, object]  # operation -> OK | (class, pattern) | None (does not apply)
+    outcome: dict[str, object]  # operation -> OK | (class, pattern) | ("report", pattern) | NA
 
 
 def _err(cls: type[CasnapError], pattern: str) -> tuple[type[CasnapError], str]:
     return (cls, pattern)
 
 
+def _report(pattern: str) -> tuple[str, str]:
+    return ("report", pattern)
+
+
 IO = _err(CasnapError, r"injected I/O error")
 FULL = _err(StorageFull, r"no space left on device")
 NOT_INTACT = _err(IntegrityError, r"packs/\w\w/[0-9a-f]{64} did not land intact")
 CHUNK = _err(IntegrityError, r"chunk [0-9a-f]{64} in pack [0-9a-f]{64}")
+INDEX = _err(IntegrityError, r"index/[0-9a-f]{64}: index file does not match its name")
+MANIFEST = _err(
+    IntegrityError, r"snapshots/[0-9a-f]{64}(: corrupt manifest| does not match its id)"
+)
+CONFIG = _err(IntegrityError, "config is damaged")
+GC_STOP = _err(IntegrityError, "gc stopped before changing anything")
 
 # Operations: commit of changed data; checkout of an older snapshot over the data dir holding
-# unsaved changes (so it first writes a safety snapshot); checkout into a new folder (reads only).
-OPS = ("commit", "checkout", "checkout-new")
+# unsaved changes (so it also saves a pre-checkout snapshot); checkout into a new folder; gc after
+# forgetting a snapshot (every pack repacked or deleted); prune keeping the last snapshot; verify
+# reading all data.
+OPS = ("commit", "checkout", "checkout-new", "gc", "prune", "verify")
 
 
-def _all(outcome: object) -> dict[str, object]:
-    return dict.fromkeys(OPS, outcome)
+OUTCOMES: dict[str, object] = {
+    "OK": OK,
+    "-": NA,
+    "IO": IO,
+    "FULL": FULL,
+    "SHORT": NOT_INTACT,
+    "CHUNK": CHUNK,
+    "INDEX": INDEX,
+    "MANIF": MANIFEST,
+    "CONFIG": CONFIG,
+    "GCSTOP": GC_STOP,
+    "R:pack": _report(r"packs/\w\w/[0-9a-f]{64}"),
+    "R:index": _report(r"index/[0-9a-f]{64}"),
+    "R:manif": _report(r"snapshots/[0-9a-f]{64}"),
+    "R:io-pack": _report(r"reading packs/.*injected I/O error"),
+    "R:io-index": _report(r"reading index/.*injected I/O error"),
+}
 
 
-def _commit_only(outcome: object) -> dict[str, object]:
-    """Faults on a later pack: only a commit of changed data writes that many."""
-    return {"commit": outcome, "checkout": None, "checkout-new": None}
+def S(name: str, fault: F.Fault, spec: str) -> Scenario:
+    """A scenario row: one outcome name per operation, in the order of OPS (- : never met)."""
+    names = spec.split()
+    assert len(names) == len(OPS), name
+    return Scenario(name, fault, {op: OUTCOMES[n] for op, n in zip(OPS, names, strict=True)})
 
 
-def _writing(outcome: object) -> dict[str, object]:
-    """Faults on pack/index/manifest writes: only operations that store a snapshot meet them."""
-    return {"commit": outcome, "checkout": outcome, "checkout-new": None}
-
-
+# outcome per operation: commit, checkout, checkout-new, gc, prune, verify
 SCENARIOS = [
-    Scenario("put-fails-lock", F.fail("put", 1, "locks/"), _all(IO)),
-    Scenario("put-fails-pack-1", F.fail("put", 1, "packs/"), _writing(IO)),
-    Scenario("put-fails-pack-3", F.fail("put", 3, "packs/"), _commit_only(IO)),
-    Scenario("put-fails-index", F.fail("put", 1, "index/"), _writing(IO)),
-    Scenario("put-fails-manifest", F.fail("put", 1, "snapshots/"), _writing(IO)),
-    Scenario("enospc-at-once", F.no_space(1), _all(FULL)),
-    Scenario("enospc-pack-2", F.no_space(2, "packs/"), _commit_only(FULL)),
-    Scenario("enospc-manifest", F.no_space(1, "snapshots/"), _writing(FULL)),
+    S("put-fails-lock", F.fail("put", 1, "locks/"), "IO IO IO IO IO IO"),
+    S("put-fails-pack-1", F.fail("put", 1, "packs/"), "IO IO - IO - -"),
+    S("put-fails-pack-3", F.fail("put", 3, "packs/"), "IO - - - - -"),
+    S("put-fails-index", F.fail("put", 1, "index/"), "IO IO - IO - -"),
+    S("put-fails-manifest", F.fail("put", 1, "snapshots/"), "IO IO - - - -"),
+    S("enospc-at-once", F.no_space(1), "FULL FULL FULL FULL FULL FULL"),
+    S("enospc-pack-2", F.no_space(2, "packs/"), "FULL - - - - -"),
+    S("enospc-manifest", F.no_space(1, "snapshots/"), "FULL FULL - - - -"),
     # a write that lands short is caught by the read-back and written again
-    Scenario("truncate-pack-1", F.truncate_put(1, "packs/"), _writing(OK)),
-    Scenario("truncate-pack-3", F.truncate_put(3, "packs/"), _commit_only(OK)),
-    Scenario("truncate-index", F.truncate_put(1, "index/"), _writing(OK)),
-    Scenario("truncate-manifest", F.truncate_put(1, "snapshots/"), _writing(OK)),
-    Scenario("truncate-every-pack", F.truncate_put(1, "packs/", None), _writing(NOT_INTACT)),
-    # a byte flipped on the way back from storage
-    Scenario(
-        "flip-pack-read-1",
-        F.flip_on_get(1, "packs/"),
-        {"commit": OK, "checkout": CHUNK, "checkout-new": CHUNK},
-    ),
-    Scenario(
-        "flip-pack-read-9",
-        F.flip_on_get(9, "packs/"),
-        {"commit": None, "checkout": CHUNK, "checkout-new": CHUNK},
-    ),
-    Scenario(
+    S("truncate-pack-1", F.truncate_put(1, "packs/"), "OK OK - OK - -"),
+    S("truncate-pack-3", F.truncate_put(3, "packs/"), "OK - - - - -"),
+    S("truncate-index", F.truncate_put(1, "index/"), "OK OK - OK - -"),
+    S("truncate-manifest", F.truncate_put(1, "snapshots/"), "OK OK - - - -"),
+    S("truncate-every-pack", F.truncate_put(1, "packs/", None), "SHORT SHORT - SHORT - -"),
+    # a byte flipped on the way back from storage (the stored copy is intact)
+    S("flip-pack-read-1", F.flip_on_get(1, "packs/"), "OK CHUNK CHUNK OK - R:pack"),
+    S("flip-pack-read-9", F.flip_on_get(9, "packs/"), "- CHUNK CHUNK OK - R:pack"),
+    S(
         "flip-every-pack-read",
         F.flip_on_get(1, "packs/", None),
-        {"commit": NOT_INTACT, "checkout": CHUNK, "checkout-new": CHUNK},
+        "SHORT CHUNK CHUNK GCSTOP - R:pack",
     ),
-    Scenario(
-        "flip-index-read",
-        F.flip_on_get(1, "index/"),
-        _all(_err(IntegrityError, r"index/[0-9a-f]{64}: index file does not match its name")),
-    ),
-    Scenario(
+    S("flip-index-read", F.flip_on_get(1, "index/"), "INDEX INDEX INDEX GCSTOP - R:index"),
+    S(
         "flip-manifest-read",
         F.flip_on_get(1, "snapshots/"),
-        _all(
-            _err(
-                IntegrityError, r"snapshots/[0-9a-f]{64}(: corrupt manifest| does not match its id)"
-            )
-        ),
+        "MANIF MANIF MANIF MANIF MANIF R:manif",
     ),
-    Scenario(
-        "flip-config-read", F.flip_on_get(1, "config"), _all(_err(IntegrityError, "config is"))
-    ),
-    Scenario("flip-lock-read", F.flip_on_get(1, "locks/"), _all(OK)),
-    Scenario("get-fails-pack", F.fail("get", 1, "packs/"), _all(IO)),
-    Scenario("get-fails-index", F.fail("get", 1, "index/"), _all(IO)),
-    Scenario("list-fails-first", F.fail("list", 1), _all(IO)),
-    Scenario("list-fails-locks", F.fail("list", 1, "locks/"), _all(IO)),
-    Scenario("list-fails-snapshots", F.fail("list", 1, "snapshots/"), _all(IO)),
-    Scenario("list-fails-index", F.fail("list", 1, "index/"), _all(IO)),
-    Scenario("delete-fails-lock-once", F.fail("delete", 1, "locks/"), _all(OK)),
-    Scenario("delete-fails-lock-always", F.fail("delete", 1, "locks/", None), _all(IO)),
+    S("flip-config-read", F.flip_on_get(1, "config"), "CONFIG CONFIG CONFIG CONFIG CONFIG CONFIG"),
+    S("flip-lock-read", F.flip_on_get(1, "locks/"), "OK OK OK OK OK OK"),
+    S("get-fails-pack", F.fail("get", 1, "packs/"), "IO IO IO IO - R:io-pack"),
+    S("get-fails-index", F.fail("get", 1, "index/"), "IO IO IO IO - R:io-index"),
+    S("list-fails-first", F.fail("list", 1), "IO IO IO IO IO IO"),
+    S("list-fails-locks", F.fail("list", 1, "locks/"), "IO IO IO IO IO IO"),
+    S("list-fails-snapshots", F.fail("list", 1, "snapshots/"), "IO IO IO IO IO IO"),
+    S("list-fails-index", F.fail("list", 1, "index/"), "IO IO IO IO - IO"),
+    S("delete-fails-index", F.fail("delete", 1, "index/"), "- - - IO - -"),
+    S("delete-fails-pack-2", F.fail("delete", 2, "packs/"), "- - - IO - -"),
+    S("delete-fails-manifest", F.fail("delete", 1, "snapshots/"), "- - - - IO -"),
+    S("delete-fails-lock-once", F.fail("delete", 1, "locks/"), "OK OK OK OK OK OK"),
+    S("delete-fails-lock-always", F.fail("delete", 1, "locks/", None), "IO IO IO IO IO IO"),
 ]
 
 BACKENDS = ("local", "memory")
@@ -137,7 +149,7 @@ CASES = [
     for kind in BACKENDS
     for op in OPS
     for sc in SCENARIOS
-    if sc.outcome[op] is not None
+    if sc.outcome[op] is not NA
 ]
 
 
@@ -164,41 +176,52 @@ def world(tmp_path: Path) -> Callable[[str], tuple[Backend, Ledger, Path]]:
     return build
 
 
+def _run(op: str, repo: Repository, data: Path, target: Path, first: str) -> object:
+    """Run one operation; its result (OK for a verify that found nothing)."""
+    if op == "commit":
+        return repo.commit(data, message="under fault").id
+    if op in ("checkout", "checkout-new"):
+        return repo.checkout(first, target, safety_snapshot=(op == "checkout"), smoke=False).id
+    if op == "gc":
+        return gc.collect(repo, max_unused=0.0)
+    if op == "prune":
+        return retention.prune(repo, retention.Policy(last=1))
+    report = verify.verify(repo, read_data=True)
+    return report if not report.ok else OK
+
+
 @pytest.mark.parametrize(("kind", "op", "sc"), CASES)
 def test_operation_under_fault(
     kind: str, op: str, sc: Scenario, world: Callable, tmp_path: Path
 ) -> None:
     backend, ledger, data = world(kind)
+    first = next(iter(ledger.trees))
+    target = tmp_path / "out" if op == "checkout-new" else data
+    if op == "commit":
+        evolve_app(data, 2)
+    elif op == "checkout":
+        (data / "notes.txt").write_text("unsaved: no snapshot holds this")
+    elif op == "checkout-new":
+        target.mkdir()
+    elif op == "gc":  # s0 forgotten: gc has data to reclaim and packs to rewrite
+        retention.forget(Repository.open_backend(backend, tmp_path / "tmp"), [first])
+        del ledger.trees[first]
+    before_tree = snapshot_tree(data)
+    target_before = raw_tree(target)
     wrapped = F.FaultyBackend(backend, [sc.fault])
     expected = sc.outcome[op]
-    before_tree = snapshot_tree(data)
-    target = data if op != "checkout-new" else tmp_path / "out"
-    target_before = None
     try:
-        if op == "checkout":
-            (data / "notes.txt").write_text("unsaved: no snapshot holds this")
-            before_tree = snapshot_tree(data)
-        if op == "commit":
-            evolve_app(data, 2)
-            before_tree = snapshot_tree(data)
-        if op == "checkout-new":
-            target.mkdir()
-        target_before = raw_tree(target)
-        repo = Repository.open_backend(wrapped, tmp_path / "tmp")
-        first = next(iter(ledger.trees))
-        if op == "commit":
-            result = repo.commit(data, message="under fault").id
-        else:
-            result = repo.checkout(
-                first, target, safety_snapshot=(op == "checkout"), smoke=False
-            ).id
-        outcome: object = OK
+        result = _run(op, Repository.open_backend(wrapped, tmp_path / "tmp"), data, target, first)
+        outcome: object = OK if result == OK or op != "verify" else result
     except CasnapError as exc:
         outcome = exc
     assert wrapped.fired, f"{sc.fault.describe()} never fired during {op}"
 
     if expected == OK:
         assert outcome == OK, f"expected success, got {outcome!r}"
+    elif expected[0] == "report":  # type: ignore[index]
+        assert isinstance(outcome, verify.VerifyReport), f"expected a report, got {outcome!r}"
+        assert any(re.search(expected[1], p.line()) for p in outcome.problems), outcome.summary()  # type: ignore[index]
     else:
         cls, pattern = expected  # type: ignore[misc]
         assert isinstance(outcome, cls), f"expected {cls.__name__}, got {outcome!r}"
@@ -206,10 +229,13 @@ def test_operation_under_fault(
         assert "\n" not in str(outcome)
 
     late = sc.name == "delete-fails-lock-always"  # fails after the work is done
+    healthy = Repository.open_backend(backend, tmp_path / "tmp")
     if op == "commit" and (outcome == OK or late):
-        sid = result if outcome == OK else Repository.open_backend(backend).resolve("latest").hex()
+        sid = result if outcome == OK else healthy.resolve("latest").hex()
         ledger.record(sid, before_tree)
-    if op != "commit":
+    if op == "prune" and first not in {s.hex() for s, _ in healthy.snapshots()}:
+        del ledger.trees[first]  # removed as asked; every other snapshot must still be there
+    if op in ("checkout", "checkout-new"):
         if outcome == OK or late:
             assert snapshot_tree(target) == ledger.trees[first]
         else:

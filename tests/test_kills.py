@@ -20,15 +20,20 @@ from pathlib import Path
 
 import pytest
 
+from casnap import retention
 from casnap.backends import LocalBackend
 from casnap.backends import faulty as F
+from casnap.constants import TEMP_PREFIX
+from casnap.gc import collect
 from casnap.repository import SAFETY_TAG, Repository
+from casnap.tempfiles import HOST_TAG
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,
     Ledger,
     casnap_env,
     file_hashes,
+    run_casnap,
     small_app,
     small_config,
     temp_files,
@@ -71,16 +76,20 @@ class Base:
         return dest / "repo", dest / "data"
 
 
-def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str) -> list[int]:
-    """Backend puts and gets an operation makes (on a throwaway copy)."""
+def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str = "") -> list[int]:
+    """Backend puts, gets and deletes an operation makes (on a throwaway copy)."""
     shutil.copytree(repo_dir, scratch / "repo")
     shutil.copytree(data, scratch / "data")
-    backend = F.FaultyBackend(
-        LocalBackend(scratch / "repo"), [F.fail("put", 10**9), F.fail("get", 10**9)]
-    )
+    counting = [F.fail(op, 10**9) for op in ("put", "get", "delete")]
+    backend = F.FaultyBackend(LocalBackend(scratch / "repo"), counting)
     repo = Repository.open_backend(backend, scratch / "repo" / "tmp")
     if op == "commit":
         repo.commit(scratch / "data")
+    elif op == "gc":
+        collect(repo, max_unused=0.0)
+    elif op == "prune":
+        retention.prune(repo, retention.Policy(last=1))
+        collect(repo)
     else:
         repo.checkout(ref, scratch / "data", smoke=False)
     return backend.plan.counts
@@ -112,8 +121,10 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     evolve_app(data, 2)
     (data / "notes.txt").write_text("written after the last snapshot")
     new = {f.path: f.hash for f in repo.load_snapshot(repo.resolve(first)).files}
-    puts, _ = _counts(root / "repo", data, root / "count-commit", "commit", first)
-    checkout_puts, gets = _counts(root / "repo", data, root / "count-checkout", "checkout", first)
+    puts, _, _ = _counts(root / "repo", data, root / "count-commit", "commit", first)
+    checkout_puts, gets, _ = _counts(
+        root / "repo", data, root / "count-checkout", "checkout", first
+    )
     old = file_hashes(data)
     swaps = sum(1 for p, h in new.items() if old.get(p) != h)
     timing = root / "timing"
@@ -183,8 +194,11 @@ def check_commit_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -> 
     ledger.check(Repository.open(repo_dir), scratch, [sid])
     assert not temp_files(repo_dir / "tmp", data), f"left behind: {leftover}"
     assert not list((repo_dir / "locks").iterdir())
-    # a put killed half-way leaves its temp file beside the object: only gc may remove those
+    # a put killed half-way leaves its temp file beside the object: gc removes those
     assert {p.relative_to(repo_dir).parts[0] for p in temp_files(repo_dir)} <= GC_CLEANS
+    collect(Repository.open(repo_dir))
+    assert not temp_files(repo_dir)
+    ledger.check(Repository.open(repo_dir), scratch)
 
 
 @pytest.mark.parametrize("frac", SPAN, ids=lambda f: f"put-at-{f:.2f}")
@@ -281,3 +295,124 @@ def test_checkout_killed_at_a_spread_moment(base: Base, frac: float, tmp_path: P
     )
     assert rc in (0, -9)
     check_checkout_kill(base, repo_dir, data, tmp_path / "scratch")
+
+
+# -- gc and prune ----------------------------------------------------------------------------------
+
+GC = ["gc", "--max-unused", "0"]  # rewrite every pack that holds anything unreferenced
+PRUNE = ["prune", "--keep-last", "1"]  # forget all but the newest snapshot, then gc
+
+
+@dataclass
+class GcBase:
+    """A repository with s1 and s2, s0 forgotten (gc has data to reclaim and packs to rewrite),
+    and the leftovers of killed writers: a half-written pack and a database image."""
+
+    root: Path
+    ledger: Ledger
+    counts: dict[str, list[int]]  # operation -> [puts, gets, deletes]
+    seconds: dict[str, float]
+
+    def copy(self, dest: Path) -> tuple[Path, Path]:
+        shutil.copytree(self.root / "repo", dest / "repo")
+        shutil.copytree(self.root / "data", dest / "data")
+        return dest / "repo", dest / "data"
+
+
+def dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def gc_base(tmp_path_factory: pytest.TempPathFactory) -> GcBase:
+    root = tmp_path_factory.mktemp("gc-base")
+    data = small_app(root / "data", rows=600, vectors=2000)
+    repo = Repository.init(root / "repo", small_config(PACK))
+    ledger = Ledger()
+    s0 = ledger.commit(repo, data, message="s0")
+    for step in (1, 2):
+        evolve_app(data, step)
+        ledger.commit(repo, data, message=f"s{step}")
+    retention.forget(repo, [s0])
+    del ledger.trees[s0]
+    pid = dead_pid()
+    for folder, name in (("packs/00", ""), ("tmp", ".db")):
+        (root / "repo" / folder).mkdir(parents=True, exist_ok=True)
+        leftover = f"{TEMP_PREFIX}{pid}-{HOST_TAG}-{'0' * 32}{name}"
+        (root / "repo" / folder / leftover).write_bytes(b"half-written" * 1000)
+    counts = {op: _counts(root / "repo", data, root / f"count-{op}", op) for op in ("gc", "prune")}
+    seconds = {}
+    for name, args in (("gc", GC), ("prune", PRUNE)):
+        r, d = GcBase(root, ledger, {}, {}).copy(root / f"timing-{name}")
+        seconds[name] = _timed(["--repo", str(r), "--data", str(d), *args], r)
+    return GcBase(root, ledger, counts, seconds)
+
+
+def check_gc_kill(gc_base: GcBase, repo_dir: Path, data: Path, scratch: Path, op: str) -> None:
+    repo = Repository.open(repo_dir)
+    verify_repository(repo)
+    ledger = Ledger(dict(gc_base.ledger.trees))
+    if op == "prune":  # prune was told to forget all but the newest: those may be gone
+        listed = {sid.hex() for sid, _ in repo.snapshots()}
+        newest = list(ledger.trees)[-1]
+        assert newest in listed, "prune lost the snapshot it keeps"
+        ledger.trees = {s: t for s, t in ledger.trees.items() if s in listed}
+    ledger.check(repo, scratch)
+    # the next commit succeeds; rerunning the operation finishes it and leaves nothing behind
+    sid = ledger.commit(Repository.open(repo_dir), data, message="after kill")
+    args = GC if op == "gc" else PRUNE
+    proc = run_casnap(["--repo", str(repo_dir), "--data", str(data), *args])
+    assert proc.returncode == 0, proc.stderr
+    if op == "prune":  # one per group: the copy's data dir is a new group (another source)
+        newest = list(gc_base.ledger.trees)[-1]
+        ledger.trees = {s: ledger.trees[s] for s in (newest, sid)}
+    repo = Repository.open(repo_dir)
+    verify_repository(repo)
+    ledger.check(repo, scratch)
+    assert {s.hex() for s, _ in repo.snapshots()} == set(ledger.trees)
+    assert not temp_files(repo_dir), "gc left temp files behind"
+    assert not list((repo_dir / "locks").iterdir())
+
+
+@pytest.mark.parametrize("frac", SPAN[1::2], ids=lambda f: f"put-at-{f:.2f}")
+def test_gc_killed_after_put(gc_base: GcBase, frac: float, tmp_path: Path) -> None:
+    n = nth(frac, gc_base.counts["gc"][0])  # the lock, the repacked packs, the new index
+    repo_dir, data = gc_base.copy(tmp_path)
+    rc = run_killed(["--repo", str(repo_dir), "--data", str(data), *GC], repo_dir, f"put:kill:{n}")
+    assert rc == -9
+    check_gc_kill(gc_base, repo_dir, data, tmp_path / "scratch", "gc")
+
+
+@pytest.mark.parametrize("frac", SPAN[1::2], ids=lambda f: f"delete-at-{f:.2f}")
+def test_gc_killed_after_delete(gc_base: GcBase, frac: float, tmp_path: Path) -> None:
+    n = nth(frac, gc_base.counts["gc"][2])  # old index files, then old packs, then the lock
+    repo_dir, data = gc_base.copy(tmp_path)
+    args = ["--repo", str(repo_dir), "--data", str(data), *GC]
+    rc = run_killed(args, repo_dir, f"delete:kill:{n}")
+    assert rc == -9
+    check_gc_kill(gc_base, repo_dir, data, tmp_path / "scratch", "gc")
+
+
+@pytest.mark.parametrize("frac", SPREAD, ids=lambda f: f"at-{f:.2f}")
+def test_gc_killed_at_a_spread_moment(gc_base: GcBase, frac: float, tmp_path: Path) -> None:
+    repo_dir, data = gc_base.copy(tmp_path)
+    args = ["--repo", str(repo_dir), "--data", str(data), *GC]
+    rc = run_killed(args, repo_dir, delay=frac * gc_base.seconds["gc"])
+    assert rc in (0, -9)
+    check_gc_kill(gc_base, repo_dir, data, tmp_path / "scratch", "gc")
+
+
+@pytest.mark.parametrize("frac", SPAN[2::3], ids=lambda f: f"delete-at-{f:.2f}")
+def test_prune_killed_after_delete(gc_base: GcBase, frac: float, tmp_path: Path) -> None:
+    n = nth(frac, gc_base.counts["prune"][2])  # the forgotten manifest, then gc's deletes
+    repo_dir, data = gc_base.copy(tmp_path)
+    args = ["--repo", str(repo_dir), "--data", str(data), *PRUNE]
+    rc = run_killed(args, repo_dir, f"delete:kill:{n}")
+    assert rc == -9
+    check_gc_kill(gc_base, repo_dir, data, tmp_path / "scratch", "prune")
