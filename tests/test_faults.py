@@ -20,6 +20,7 @@ from casnap import gc, locks, retention, verify
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
 from casnap.errors import CasnapError, IntegrityError, ObjectMissing, StorageFull
+from casnap.repair import repair_index
 from casnap.repository import Repository
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
@@ -325,6 +326,44 @@ def test_truncated_pack_from_an_old_write_fails_naming_the_chunk(tmp_path: Path)
     backend.delete(key)
     with pytest.raises(ObjectMissing, match=r"chunk [0-9a-f]{64}: " + key + " is missing"):
         fresh.checkout(sid, tmp_path / "out2", safety_snapshot=False, smoke=False)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_bit_rot_is_reported_and_repair_keeps_later_commits_whole(
+    tmp_path: Path, damage: str
+) -> None:
+    """A pack damaged after it was written keeps its index entries, and a commit of the same
+    data would only point at the damage again: verify names it, repair-index drops the entries
+    that no longer decode, and the next commit stores those chunks afresh (healing the old
+    snapshot too, as it used the same chunks)."""
+    backend = MemoryBackend()
+    repo = Repository.init_backend(backend, small_config(), tmp_path / "t")
+    data = small_app(tmp_path / "data")
+    old = repo.commit(data).id
+    key, _ = max(backend.list("packs/"), key=lambda kv: kv[1])
+    blob = bytearray(backend.get(key))
+    if damage == "flipped":
+        blob[len(blob) // 3] ^= 0xFF
+    else:
+        del blob[len(blob) // 2 :]
+    backend.delete(key)
+    backend.put(key, bytes(blob))
+    report = verify.verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
+    pack = key.rsplit("/", 1)[-1]
+    assert not report.ok and any(pack[:12] in p.line() for p in report.problems), [
+        p.line() for p in report.problems
+    ]
+    assert old in report.damaged
+    repair_index(Repository.open_backend(backend, tmp_path / "t"))
+    tree = snapshot_tree(data)
+    ledger = Ledger()
+    ledger.record(Repository.open_backend(backend, tmp_path / "t").commit(data).id, tree)
+    ledger.check(Repository.open_backend(backend, tmp_path / "t"), tmp_path / "check")
+    report = verify.verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
+    # the chunks stored afresh also heal the old snapshot, which used the same ones
+    assert report.damaged == {}, report.summary()
+    ledger.record(old, tree)
+    ledger.check(Repository.open_backend(backend, tmp_path / "t"), tmp_path / "check")
 
 
 def test_every_scenario_is_tried_on_both_backends() -> None:
