@@ -416,8 +416,9 @@ class Repository:
         self._ensure_index()
         if not data_dir.is_dir():
             raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
-        # what a killed casnap left: database images in tmp/, staged files in the data dir
+        # what a killed casnap left: database images in tmp/, temp files in the data dir
         tempfiles.remove_stale(self.tmp_dir, recursive=False)
+        _remove_stale_stages(self.tmp_dir)  # and restores of a killed verify --smoke
         tempfiles.remove_stale(data_dir)
         rel_paths = capture.normalize_paths(data_dir, paths)
         sources = capture.scan(data_dir, rel_paths, excludes)
@@ -882,6 +883,7 @@ class Repository:
             snap = self.load_snapshot(sid)
             self._ensure_index()
             _mkdir_in(self.tmp_dir)
+            _remove_stale_stages(self.tmp_dir)  # left by a verify that was killed
             try:
                 stage = Path(
                     tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=self.tmp_dir)
