@@ -27,6 +27,7 @@ from casnap.constants import TEMP_PREFIX
 from casnap.gc import collect
 from casnap.repository import SAFETY_TAG, Repository
 from casnap.tempfiles import HOST_TAG
+from casnap.verify import verify
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,
@@ -416,3 +417,32 @@ def test_prune_killed_after_delete(gc_base: GcBase, frac: float, tmp_path: Path)
     rc = run_killed(args, repo_dir, f"delete:kill:{n}")
     assert rc == -9
     check_gc_kill(gc_base, repo_dir, data, tmp_path / "scratch", "prune")
+
+
+def _smoke_verify_gets(repo_dir: Path, ref: str, scratch: Path) -> tuple[int, int]:
+    """Backend gets of `verify --smoke ref`: (structure check, then the staged restore)."""
+    shutil.copytree(repo_dir, scratch)
+    backend = F.FaultyBackend(LocalBackend(scratch), [F.fail("get", 10**9)])
+    repo = Repository.open_backend(backend, scratch / "tmp")
+    verify(repo, [ref])
+    checked = backend.plan.counts[0]
+    repo.smoke_verify(ref)
+    return checked, backend.plan.counts[0] - checked
+
+
+@pytest.mark.parametrize("frac", SPAN[2::3], ids=lambda f: f"get-at-{f:.2f}")
+def test_smoke_verify_killed_after_get(base: Base, frac: float, tmp_path: Path) -> None:
+    """verify --smoke restores a snapshot into a staging dir inside the repository; killed while
+    restoring, it leaves that dir behind, and the next run removes it."""
+    repo_dir, data = base.copy(tmp_path)
+    checked, restoring = _smoke_verify_gets(repo_dir, base.first, tmp_path / "count")
+    n = checked + nth(frac, restoring)
+    args = ["--repo", str(repo_dir), "--data", str(data), "verify", "--smoke", base.first]
+    assert run_killed(args, repo_dir, f"get:kill:{n}") == -9
+    assert temp_files(repo_dir / "tmp"), "nothing staged when killed"
+    before = file_hashes(data)
+    after_kill(base, repo_dir, data, tmp_path / "scratch")
+    proc = run_casnap(args)
+    assert proc.returncode == 0, proc.stderr
+    assert not temp_files(repo_dir), "the killed verify's staging dir is left behind"
+    assert file_hashes(data) == before  # the data dir is never touched

@@ -65,11 +65,15 @@ def test_kill_points_per_operation_match_the_text() -> None:
         if "_killed_" in name:
             per_op[name.split("_")[1]] += _params(getattr(test_kills, name))
     text = (ROOT / "docs" / "RELIABILITY.md").read_text()
-    stated = re.search(r"commit (\d+) points,\s+checkout (\d+), gc (\d+), prune (\d+)", text)
+    stated = re.search(
+        r"commit (\d+) points,\s+checkout (\d+), gc (\d+), prune (\d+), verify --smoke (\d+)",
+        text,
+    )
     assert stated is not None
     assert [int(x) for x in stated.groups()] == [
         per_op["commit"],
         per_op["checkout"],
         per_op["gc"],
         per_op["prune"],
+        per_op["smoke"],
     ]
