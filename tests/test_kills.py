@@ -25,7 +25,7 @@ from casnap.backends import LocalBackend
 from casnap.backends import faulty as F
 from casnap.constants import TEMP_PREFIX
 from casnap.gc import collect
-from casnap.repository import SAFETY_TAG, Repository
+from casnap.repository import SAFETY_TAG, STAGE_PREFIX, Repository
 from casnap.tempfiles import HOST_TAG
 from casnap.verify import verify
 from tests.conftest import evolve_app
@@ -249,7 +249,10 @@ def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -
         trees.append(snapshot_tree(out))
     assert base.old_tree in trees, "the data the checkout replaced is lost"
     verify_repository(Repository.open(repo_dir))
-    assert not temp_files(repo_dir / "tmp")
+    # the killed checkout staged beside the target: the rerun removed that staging dir
+    assert not [p for p in temp_files(data.parent) if p.name.startswith(STAGE_PREFIX)]
+    collect(Repository.open(repo_dir))
+    assert not temp_files(repo_dir), "gc left temp files behind"
 
 
 def checkout_args(repo_dir: Path, data: Path, base: Base) -> list[str]:
