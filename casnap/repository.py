@@ -416,10 +416,9 @@ class Repository:
         self._ensure_index()
         if not data_dir.is_dir():
             raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
-        # what a killed casnap left: database images in tmp/, temp files in the data dir
+        # what a killed casnap left in tmp/: database images, restores of a verify --smoke
         tempfiles.remove_stale(self.tmp_dir, recursive=False)
-        _remove_stale_stages(self.tmp_dir)  # and restores of a killed verify --smoke
-        tempfiles.remove_stale(data_dir)
+        _remove_stale_stages(self.tmp_dir)
         rel_paths = capture.normalize_paths(data_dir, paths)
         sources = capture.scan(data_dir, rel_paths, excludes)
         source_dir = str(data_dir.resolve())
@@ -684,7 +683,6 @@ class Repository:
         wanted = _select(snap, paths)
         if target.exists() and not target.is_dir():
             raise SourceError(f"checkout target {target} is not a directory")
-        tempfiles.remove_stale(target)  # staged files of a checkout that was killed
         target_real = target.resolve()
 
         plan: list[_Planned] = []

@@ -1,9 +1,9 @@
 """casnap's temporary files: names that tell who made them, and removing those of dead processes.
 
 A temp file is named `.casnap-tmp-<pid>-<host tag>-<random>`: a process killed while it wrote
-one (a commit's SQLite image, a checkout's staged file) leaves it behind, and the next casnap on
-the same host removes it once that pid no longer runs. A file whose process still runs, or that
-another host made, is never touched.
+one (a commit's SQLite image, an object or a lock being put) leaves it behind, and the next casnap
+on the same host removes it once that pid no longer runs. A file whose process still runs, or
+that another host made, is never touched.
 """
 
 from __future__ import annotations
