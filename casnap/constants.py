@@ -6,8 +6,9 @@ init, so changing a default here never changes how an existing repository dedupl
 
 from __future__ import annotations
 
-# On-disk format version written to `config`; a repository with a higher version is refused.
-FORMAT_VERSION = 1
+# On-disk format version written to `config`; a repository of another version is refused.
+# 2: packs hold frames of several chunks, columnar index files, chunk lists as deltas (FORMAT.md).
+FORMAT_VERSION = 2
 
 # FastCDC parameters. pyfastcdc's real mean chunk is about avg + min (~10 KiB here). Measured on
 # FAISS IVF files, CDC dedup is 96% at 4 KiB, 94% at 8 KiB, 90% at 16 KiB and 68% at 64 KiB, while
@@ -15,6 +16,37 @@ FORMAT_VERSION = 1
 CDC_MIN = 2 * 1024
 CDC_AVG = 8 * 1024
 CDC_MAX = 64 * 1024
+
+# FAISS files are cut at their arrays' boundaries, in fixed blocks measured from each array's start
+# (chunking/faiss.py). Measured over 10 evolving steps of the sample app (docs/TUNING.md):
+# Flat vectors are append-only, so any block size re-stores only the tail block; 64 KiB keeps
+# chunk counts low. IVF inverted lists grow at their ends: 2 KiB blocks stored 7.5 MiB against
+# 9.7 (4 KiB) and 13.9 (8 KiB). HNSW neighbour arrays change in place everywhere: 1 KiB blocks
+# stored 5.6 MiB against 7.5 (2 KiB) and 9.4 (16 KiB), for a few thousand chunks.
+FAISS_VECTOR_BLOCK = 64 * 1024
+FAISS_LIST_BLOCK = 2 * 1024
+FAISS_GRAPH_BLOCK = 1024
+FAISS_IDS_BLOCK = 64 * 1024
+
+# New chunks that follow each other in a file are compressed together in one frame of up to this
+# many plain bytes (up to 128 SQLite pages). Over 10 steps of the sample app, frames of 512 KiB
+# stored 52.1 MiB of increments against 53.3 (256 KiB) and 51.9 (1 MiB); the first snapshot
+# 4% less than 256 KiB frames and 8% less than one frame per chunk. Restoring one chunk decodes
+# its whole frame, so frames stay well below a pack.
+FRAME_TARGET = 512 * 1024
+
+# Decoded frames kept while restoring or reading chunk by chunk, so a frame whose chunks are
+# used out of order (pages moved by VACUUM) is decoded once.
+FRAME_CACHE_BYTES = 64 * 1024 * 1024
+
+# Compress float32 vector data with its bytes grouped by position (sign/exponent bytes apart):
+# 6% smaller than plain zstd on the sample's embeddings (docs/TUNING.md).
+GROUP_FLOATS = True
+
+# A file's chunk list is stored as a delta against its previous version (chunklist.py) unless the
+# chain of deltas grows past this many or past the size of a full list; restoring applies them in
+# turn, so the bound keeps that cheap.
+LIST_MAX_DELTAS = 16
 
 # Pack files collect many compressed chunks so the file count stays low with small chunks.
 # 32 MiB keeps a 1 GiB data dir to ~30 files while a pack still fits comfortably in memory.
