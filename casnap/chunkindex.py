@@ -10,6 +10,7 @@ decode without a per-entry loop.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -82,38 +83,59 @@ def _keys(ids: np.ndarray) -> np.ndarray:
 
 
 class ChunkIndex(Mapping[ObjectId, IndexEntry]):
-    """Chunk id -> IndexEntry, as sorted arrays; also a read-only Mapping for simple callers."""
+    """Chunk id -> IndexEntry, as sorted arrays; also a read-only Mapping for simple callers.
+
+    Lookups may run on several threads at once; rows returned by lookup stay valid until the
+    next add.
+    """
 
     def __init__(self) -> None:
         self.packs: list[ObjectId] = []
         self._pack_no: dict[bytes, int] = {}
-        self._keys = np.zeros(0, dtype=np.uint64)
-        self._ids = np.zeros((0, ID_SIZE), dtype=np.uint8)
-        self._fields = np.zeros(0, dtype=FIELD_DTYPE)
+        # sorted keys, ids (n, 32) and fields, swapped together so a reader never mixes versions
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros(0, dtype=np.uint64),
+            np.zeros((0, ID_SIZE), dtype=np.uint8),
+            np.zeros(0, dtype=FIELD_DTYPE),
+        )
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
 
     # -- building --------------------------------------------------------------------------
 
     def add(self, parts: Iterable[tuple[Sequence[ObjectId], np.ndarray, np.ndarray]]) -> None:
-        """Merge (pack table, ids (n, 32), fields) parts whose pack numbers index their table."""
-        ids_list, fields_list = [self._ids], [self._fields]
-        for packs, ids, fields in parts:
-            if len(ids) != len(fields):
-                raise ValueError("ids and fields differ in length")
-            if len(fields) and int(fields["pack"].max()) >= len(packs):
-                raise IntegrityError("index entry names a pack outside its pack table")
-            mapping = np.array([self._pack_number(p) for p in packs], dtype=np.uint32)
-            fields = fields.copy()
-            if len(fields):
-                fields["pack"] = mapping[fields["pack"]]
-            ids_list.append(np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE))
-            fields_list.append(fields)
-        ids = np.concatenate(ids_list) if len(ids_list) > 1 else self._ids
-        fields = np.concatenate(fields_list) if len(fields_list) > 1 else self._fields
-        keys = _keys(ids)
-        order = np.argsort(keys, kind="stable")
-        self._keys = keys[order]
-        self._ids = ids[order]
-        self._fields = fields[order]
+        """Merge (pack table, ids (n, 32), fields) parts whose pack numbers index their table.
+
+        The arrays are re-sorted on the next lookup, not now: a commit that adds its entries
+        last and exits never pays for the sort.
+        """
+        with self._lock:
+            for packs, ids, fields in parts:
+                if len(ids) != len(fields):
+                    raise ValueError("ids and fields differ in length")
+                if len(fields) and int(fields["pack"].max()) >= len(packs):
+                    raise IntegrityError("index entry names a pack outside its pack table")
+                mapping = np.array([self._pack_number(p) for p in packs], dtype=np.uint32)
+                fields = fields.copy()
+                if len(fields):
+                    fields["pack"] = mapping[fields["pack"]]
+                ids = np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+                self._pending.append((ids, fields))
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The sorted arrays, with pending parts merged in."""
+        if not self._pending:
+            return self._arrays
+        with self._lock:
+            if self._pending:
+                _, ids0, fields0 = self._arrays
+                ids = np.concatenate([ids0, *(i for i, _ in self._pending)])
+                fields = np.concatenate([fields0, *(f for _, f in self._pending)])
+                keys = _keys(ids)
+                order = np.argsort(keys, kind="stable")
+                self._arrays = (keys[order], ids[order], fields[order])
+                self._pending = []
+            return self._arrays
 
     def add_entries(self, entries: Iterable[tuple[ObjectId, IndexEntry]]) -> None:
         """Merge entries given one by one (small amounts: tests, tools)."""
@@ -138,24 +160,25 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id of an (m, 32) array in this index, -1 where absent."""
+        keys, stored, _ = self._state()
         m = len(ids)
         out = np.full(m, -1, dtype=np.int64)
-        n = len(self._keys)
+        n = len(keys)
         if m == 0 or n == 0:
             return out
         q = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
         qk = _keys(q)
-        pos = np.minimum(np.searchsorted(self._keys, qk), n - 1)
-        hit = self._keys[pos] == qk
+        pos = np.minimum(np.searchsorted(keys, qk), n - 1)
+        hit = keys[pos] == qk
         same = hit.copy()
         if hit.any():
-            same[hit] = (self._ids[pos[hit]] == q[hit]).all(axis=1)
+            same[hit] = (stored[pos[hit]] == q[hit]).all(axis=1)
         out[same] = pos[same]
         # the same 8-byte key with another id (a prefix collision): look at its neighbours
         for j in np.nonzero(hit & ~same)[0]:
             i = int(pos[j])
-            while i < n and self._keys[i] == qk[j]:
-                if (self._ids[i] == q[j]).all():
+            while i < n and keys[i] == qk[j]:
+                if (stored[i] == q[j]).all():
                     out[j] = i
                     break
                 i += 1
@@ -167,10 +190,10 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
 
     def fields(self, rows: np.ndarray) -> np.ndarray:
         """The field records of the given rows (as returned by lookup)."""
-        return self._fields[rows]
+        return self._state()[2][rows]
 
     def entry_at(self, row: int) -> IndexEntry:
-        f = self._fields[row]
+        f = self._state()[2][row]
         return IndexEntry(
             self.packs[int(f["pack"])],
             int(f["type"]),
@@ -182,7 +205,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
         )
 
     def id_at(self, row: int) -> ObjectId:
-        return ObjectId(self._ids[row].tobytes())
+        return ObjectId(self._state()[1][row].tobytes())
 
     # -- Mapping ---------------------------------------------------------------------------
 
@@ -202,21 +225,22 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
         return self.get(cid) is not None
 
     def __iter__(self) -> Iterator[ObjectId]:
+        ids = self._state()[1]
         seen: set[bytes] = set()
-        for row in range(len(self._keys)):
-            raw = self._ids[row].tobytes()
+        for row in range(len(ids)):
+            raw = ids[row].tobytes()
             if raw not in seen:
                 seen.add(raw)
                 yield ObjectId(raw)
 
     def __len__(self) -> int:
         """Number of entries (an id stored twice, e.g. by two concurrent commits, counts twice)."""
-        return len(self._keys)
+        return len(self._arrays[0]) + sum(len(i) for i, _ in self._pending)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays."""
-        return self._keys.nbytes + self._ids.nbytes + self._fields.nbytes
+        return sum(a.nbytes for a in self._state())
 
 
 # -- index files -------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+import numpy as np
+
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId
 
@@ -88,41 +90,71 @@ def encode_delta(base: bytes, new: bytes) -> bytes:
     """A delta body turning the refs `base` into the refs `new`.
 
     Runs of refs found in base (at any position: VACUUM moves pages) become COPY operations,
-    everything else LITERAL refs.
+    everything else LITERAL refs. Matching is done on whole arrays; Python only walks the runs.
     """
     nb, nn = len(base) // REF_SIZE, len(new) // REF_SIZE
-    first: dict[bytes, int] = {}
-    for j in range(nb - 1, -1, -1):
-        first[base[j * REF_SIZE : (j + 1) * REF_SIZE]] = j
     out = bytearray([TAG_DELTA])
     _uvarint(nb, out)
     _uvarint(nn, out)
+    if nn == 0:
+        return bytes(out)
+    m = _positions(base, new)
+    is_copy = m >= 0
+    brk = np.ones(nn, dtype=bool)
+    brk[1:] = (is_copy[1:] != is_copy[:-1]) | (is_copy[1:] & (m[1:] != m[:-1] + 1))
+    starts = np.nonzero(brk)[0].tolist()
+    ends = [*starts[1:], nn]
+    m_list = m.tolist()
     expected = 0
-    lit_start = -1
-    i = 0
-    while i < nn:
-        rec = new[i * REF_SIZE : (i + 1) * REF_SIZE]
-        # a run usually continues where the previous copy ended
-        p = expected if expected < nb and base_at(base, expected) == rec else first.get(rec)
-        if p is None:
-            if lit_start < 0:
-                lit_start = i
-            i += 1
+    for i, j in zip(starts, ends, strict=True):
+        p = m_list[i]
+        if p < 0:
+            _literal(new, i, j, out)
             continue
-        if lit_start >= 0:
-            _literal(new, lit_start, i, out)
-            lit_start = -1
-        k = 1
-        while i + k < nn and p + k < nb and base_at(base, p + k) == base_at(new, i + k):
-            k += 1
-        _uvarint(k << 1, out)
+        _uvarint((j - i) << 1, out)
         d = p - expected
         _uvarint((d << 1) if d >= 0 else ((-d << 1) - 1), out)
-        expected = p + k
-        i += k
-    if lit_start >= 0:
-        _literal(new, lit_start, nn, out)
+        expected = p + (j - i)
     return bytes(out)
+
+
+def _positions(base: bytes, new: bytes) -> np.ndarray:
+    """For each ref of new, a position in base holding the same ref, or -1.
+
+    The first occurrence is taken, except that a ref equal to the one after the previous ref's
+    match continues that run (repeated refs, such as zeroed pages, stay in one COPY).
+    """
+    nb, nn = len(base) // REF_SIZE, len(new) // REF_SIZE
+    m = np.full(nn, -1, dtype=np.int64)
+    if nb == 0:
+        return m
+    b = np.frombuffer(base, dtype=np.uint8).reshape(nb, REF_SIZE)
+    n = np.frombuffer(new, dtype=np.uint8).reshape(nn, REF_SIZE)
+    bkey = np.ascontiguousarray(b[:, :8]).view("<u8").ravel()
+    nkey = np.ascontiguousarray(n[:, :8]).view("<u8").ravel()
+    order = np.argsort(bkey, kind="stable")  # equal keys keep base order: first occurrence first
+    sk = bkey[order]
+    pos = np.minimum(np.searchsorted(sk, nkey), nb - 1)
+    cand = order[pos]
+    key_hit = sk[pos] == nkey
+    same = key_hit & (b[cand] == n).all(axis=1)
+    m[same] = cand[same]
+    for i in np.nonzero(key_hit & ~same)[0].tolist():  # another ref with the same 8-byte key
+        k = int(pos[i])
+        while k < nb and sk[k] == nkey[i]:
+            if base_at(base, int(order[k])) == base_at(new, i):
+                m[i] = order[k]
+                break
+            k += 1
+    # continue runs through repeated refs
+    prev = m[:-1]
+    nxt = np.minimum(prev + 1, nb - 1)
+    cont = (prev >= 0) & (prev + 1 < nb) & (m[1:] != prev + 1) & (b[nxt] == n[1:]).all(axis=1)
+    for i in (np.nonzero(cont)[0] + 1).tolist():
+        j = int(m[i - 1]) + 1
+        if j < nb and base_at(base, j) == base_at(new, i):
+            m[i] = j
+    return m
 
 
 def base_at(refs: bytes, i: int) -> bytes:

@@ -15,7 +15,6 @@ the file is put in place (a mismatch is traced to the damaged chunk).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -38,6 +37,9 @@ assert REF_DTYPE.itemsize == REF_SIZE
 
 # Largest single read of adjacent frames during a checkout.
 MAX_READ = 4 * 1024 * 1024
+# Output bytes a checkout worker task produces: large enough that writing and hashing it releases
+# the GIL and costs one call, small enough to keep a few tasks per worker in flight.
+TASK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Ingest:
         workers: int,
         *,
         level: int,
+        float_level: int,
         frame_target: int,
         group_floats: bool,
         read_block: int = READ_BLOCK,
@@ -82,6 +85,7 @@ class Ingest:
         self.pool = pool
         self.workers = max(1, workers)
         self.level = level
+        self.float_level = float_level
         self.frame_target = frame_target
         self.group_floats = group_floats
         self.read_block = read_block
@@ -173,8 +177,10 @@ class Ingest:
             payload: bytes | memoryview = data[first : first + fbytes]
         else:
             payload = b"".join(data[s : s + n] for s, n in spans)
-        grouped = kind == FLOAT32 and self.group_floats
-        encoded = compression.encode(payload, self.level, grouped=grouped)
+        if kind == FLOAT32:
+            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
+        else:
+            encoded = compression.encode(payload, self.level)
         return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
 
 
@@ -281,31 +287,50 @@ def find_damaged(store: Store, refs: bytes) -> None:
         store.get(ObjectId(cid))
 
 
+def fetch_many(store: Store, reads: list[_Read]) -> bytes | memoryview:
+    """Worker: the bytes several consecutive reads contribute, joined into one buffer so the
+    writing thread makes one large write and hash update (which release the GIL) per task."""
+    views = [v for r in reads for v in fetch(store, r)]
+    return views[0] if len(views) == 1 else b"".join(views)
+
+
+def plan_tasks(store: Store, refs: bytes) -> list[list[_Read]]:
+    """Reads grouped into worker tasks of about TASK_BYTES of output each, in file order."""
+    tasks: list[list[_Read]] = []
+    cur: list[_Read] = []
+    size = 0
+    for r in plan_reads(store, refs):
+        cur.append(r)
+        size += sum(n for _, _, _, ranges in r.frames for _, n in ranges)
+        if size >= TASK_BYTES:
+            tasks.append(cur)
+            cur, size = [], 0
+    if cur:
+        tasks.append(cur)
+    return tasks
+
+
 def restore(
     store: Store, refs: bytes, out: BinaryIO, pool: ThreadPoolExecutor, window: int
 ) -> tuple[int, ObjectId]:
     """Write the chunks of refs to out in order; (bytes written, BLAKE3 of what was written)."""
     hasher = Hasher()
     size = 0
-    for bufs in _ordered(pool, store, plan_reads(store, refs), window):
-        for buf in bufs:
-            out.write(buf)
-            hasher.update(buf)
-            size += len(buf)
-    return size, hasher.digest()
-
-
-def _ordered(
-    pool: ThreadPoolExecutor, store: Store, reads: list[_Read], window: int
-) -> Iterator[list[memoryview]]:
-    inflight: deque[Future[list[memoryview]]] = deque()
+    inflight: deque[Future[bytes | memoryview]] = deque()
     try:
-        for r in reads:
-            inflight.append(pool.submit(fetch, store, r))
+        for task in plan_tasks(store, refs):
+            inflight.append(pool.submit(fetch_many, store, task))
             if len(inflight) >= window:
-                yield inflight.popleft().result()
+                size += _write(inflight.popleft().result(), out, hasher)
         while inflight:
-            yield inflight.popleft().result()
+            size += _write(inflight.popleft().result(), out, hasher)
     finally:
         for fut in inflight:
             fut.cancel()
+    return size, hasher.digest()
+
+
+def _write(buf: bytes | memoryview, out: BinaryIO, hasher: Hasher) -> int:
+    out.write(buf)
+    hasher.update(buf)
+    return len(buf)

@@ -29,6 +29,7 @@ from casnap.constants import (
     FAISS_IDS_BLOCK,
     FAISS_LIST_BLOCK,
     FAISS_VECTOR_BLOCK,
+    FLOAT_ZSTD_LEVEL,
     FORMAT_VERSION,
     FRAME_TARGET,
     GROUP_FLOATS,
@@ -83,6 +84,7 @@ def default_config() -> dict[str, Any]:
         },
         "pack_target": PACK_TARGET_SIZE,
         "zstd_level": ZSTD_LEVEL,
+        "float_level": FLOAT_ZSTD_LEVEL,
         "frame_target": FRAME_TARGET,
         "group_floats": GROUP_FLOATS,
     }
@@ -158,6 +160,7 @@ class Repository:
         self.tmp_dir = tmp_dir
         self.store = Store(backend, int(config["pack_target"]))
         self.zstd_level = int(config["zstd_level"])
+        self.float_level = int(config.get("float_level", self.zstd_level))
         self.frame_target = int(config.get("frame_target", 0))
         self.group_floats = bool(config.get("group_floats", False))
         self._snapshots: dict[ObjectId, Snapshot] | None = None
@@ -233,6 +236,7 @@ class Repository:
             int(cfg["pack_target"])
             int(cfg["zstd_level"])
             int(cfg.get("frame_target", 0))
+            int(cfg.get("float_level", 0))
         except CasnapError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
@@ -500,6 +504,7 @@ class Repository:
             pool,
             _workers(),
             level=self.zstd_level,
+            float_level=self.float_level,
             frame_target=self.frame_target,
             group_floats=self.group_floats,
         )
@@ -625,11 +630,19 @@ class Repository:
 
         created_dirs: list[Path] = []
         try:
-            with ThreadPoolExecutor(max_workers=_workers()) as pool:
+            # files are fsynced on their own thread while the next one is restored
+            with (
+                ThreadPoolExecutor(max_workers=_workers()) as pool,
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
+            ):
+                synced = []
                 for item in plan:
                     created_dirs.extend(_make_dirs(item.dest.parent, target))
                     item.tmp = item.dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
                     result.bytes_written += self._write_verified(item.entry, item.tmp, pool)
+                    synced.append(syncer.submit(_fsync_file, item.tmp))
+                for fut in synced:
+                    fut.result()
         except BaseException:
             for item in plan:
                 if item.tmp is not None:
@@ -668,16 +681,14 @@ class Repository:
         return {f.hash for _, s in self.snapshots() for f in s.files}
 
     def _write_verified(self, entry: FileEntry, tmp: Path, pool: ThreadPoolExecutor) -> int:
-        """Write a file's chunks to tmp and fsync it, its BLAKE3 checked against the manifest's."""
+        """Write a file's chunks to tmp, its BLAKE3 checked against the manifest's (the caller
+        fsyncs it)."""
         refs = self.file_refs(entry)
         try:
             with open(tmp, "xb") as f:
                 size, whole = pipeline.restore(self.store, refs, f, pool, window=2 * _workers() + 2)
-                if size != entry.size or whole.hex() != entry.hash:
-                    pipeline.find_damaged(self.store, refs)  # names the damaged chunk if one is
-                else:
-                    f.flush()
-                    os.fsync(f.fileno())
+            if size != entry.size or whole.hex() != entry.hash:
+                pipeline.find_damaged(self.store, refs)  # names the damaged chunk if one is
         except OSError as exc:
             raise from_oserror(exc, f"writing {tmp.parent}") from None
         except IntegrityError as exc:
@@ -686,6 +697,18 @@ class Repository:
             raise IntegrityError(f"{entry.path}: restored file does not match its recorded hash")
         _restore_attrs(tmp, entry)
         return size
+
+
+def _fsync_file(path: Path) -> None:
+    """Make a written file durable (fsync works through any descriptor of the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"writing {path}") from None
 
 
 def _with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:

@@ -296,11 +296,10 @@ def _verified(cid: ObjectId, e: IndexEntry, plain: bytes) -> bytes:
 
 
 class _OpenPack:
-    __slots__ = ("parts", "size", "records")
+    __slots__ = ("data", "records")
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = [PACK_HEADER]
-        self.size = len(PACK_HEADER)
+        self.data = bytearray(PACK_HEADER)  # grows in place: no second copy when written
         self.records = bytearray()
 
 
@@ -356,16 +355,15 @@ class PackWriter:
         if self._pack is None:
             self._pack = _OpenPack()
         p = self._pack
-        offset = p.size
+        offset = len(p.data)
         pack_rec = _DIR_RECORD.pack
         for cid, inner, plain in fresh:
             p.records += pack_rec(cid, btype, offset, len(encoded), plain, inner, frame_plain)
             self.seen.add(bytes(cid))
-        p.parts.append(encoded)
-        p.size += len(encoded)
+        p.data += encoded
         self.chunks_added += len(fresh)
         self.bytes_by_type[btype] += len(encoded)
-        if p.size >= self.store.pack_target:
+        if len(p.data) >= self.store.pack_target:
             self.flush()
         return len(fresh)
 
@@ -385,13 +383,14 @@ class PackWriter:
         records = bytes(p.records)
         directory = zstandard.ZstdCompressor(level=3).compress(records)
         trailer = _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
-        p.parts += [directory, trailer]
-        data = b"".join(p.parts)
-        p.parts.clear()
+        data = p.data
+        data += directory
+        data += trailer
         pack = hash_bytes(data)
-        self.store.backend.put(pack_key(pack), data)
+        self.store.backend.put(pack_key(pack), memoryview(data))
         self.bytes_added += len(data)
         self.packs_written += 1
+        p.data = bytearray()
         return pack, records
 
     def _collect(self, fut: Future[tuple[ObjectId, bytes]]) -> None:
