@@ -23,7 +23,7 @@ from casnap.constants import (
     SQLITE_SIDE_SUFFIXES,
     TEMP_PREFIX,
 )
-from casnap.errors import DatabaseBusy, SourceError, from_oserror
+from casnap.errors import DatabaseBusy, NotADatabase, SourceError, from_oserror
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -192,7 +192,7 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
                 raise DatabaseBusy(f"{path}: database is locked ({msg})") from None
             raise SourceError(f"{path}: cannot read database ({msg})") from None
         except sqlite3.DatabaseError as exc:
-            raise SourceError(f"{path}: not a readable SQLite database ({exc})") from None
+            raise NotADatabase(f"{path}: not a readable SQLite database ({exc})") from None
         for suffix in SQLITE_SIDE_SUFFIXES:
             leftover = Path(str(dest) + suffix)
             if leftover.exists():

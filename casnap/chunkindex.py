@@ -63,6 +63,14 @@ class IndexEntry(NamedTuple):
         """Plain size of the whole frame."""
         return self.frame_plain or self.plain
 
+    @property
+    def stored(self) -> int:
+        """Stored bytes attributed to this chunk: its frame's, shared in proportion to plain size
+        when the frame holds several chunks."""
+        if not self.frame_plain:
+            return self.length
+        return self.length * self.plain // self.frame_plain
+
 
 def id_matrix(ids: bytes | bytearray | memoryview | Sequence[bytes]) -> np.ndarray:
     """(n, 32) uint8 array of ids given as concatenated bytes or a sequence of 32-byte ids."""

@@ -223,6 +223,35 @@ def resolve(bodies: Sequence[bytes], name: str = "chunk list") -> tuple[bytes, i
     return bytes(refs), deltas
 
 
-def ids_of(refs: bytes) -> list[bytes]:
-    """The chunk ids of packed refs, in order."""
-    return [refs[i : i + ID_SIZE] for i in range(0, len(refs), REF_SIZE)]
+def ids_packed(refs: bytes) -> bytes:
+    """The chunk ids of packed refs, in order, as 32-byte ids back to back."""
+    if not refs:
+        return b""
+    return np.frombuffer(refs, dtype=np.uint8).reshape(-1, REF_SIZE)[:, :ID_SIZE].tobytes()
+
+
+def named_refs(body: bytes, name: str = "chunk list") -> bytes:
+    """The packed refs one TREE body names itself: all of a piece's, a delta's literals."""
+    if not body:
+        raise IntegrityError(f"{name}: empty list blob")
+    if body[0] == TAG_PIECE:
+        if (len(body) - 1) % REF_SIZE:
+            raise IntegrityError(f"{name}: malformed chunk list piece")
+        return body[1:]
+    if body[0] != TAG_DELTA:
+        raise IntegrityError(f"{name}: unknown chunk list blob tag {body[0]}")
+    out = bytearray()
+    _nb, pos = _read_uvarint(body, 1, name)
+    _nn, pos = _read_uvarint(body, pos, name)
+    while pos < len(body):
+        head, pos = _read_uvarint(body, pos, name)
+        count = head >> 1
+        if head & 1:
+            end = pos + count * REF_SIZE
+            if end > len(body):
+                raise IntegrityError(f"{name}: truncated delta")
+            out += body[pos:end]
+            pos = end
+        else:
+            _z, pos = _read_uvarint(body, pos, name)
+    return bytes(out)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from casnap.errors import CasnapError, from_oserror
+from casnap import gc as collector
+from casnap import repair, retention, stats, verify
+from casnap.errors import CasnapError, CheckFailed, SmokeCheckFailed, from_oserror
+from casnap.ids import ObjectId
+from casnap.progress import ProgressFn
 from casnap.repository import Repository, parse_time
 
 INTERNAL_ERROR = 70
@@ -85,6 +91,58 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+class ProgressBar:
+    """A (bytes done, total) callback drawing click's progress bar with size, rate and ETA."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.last = 0
+        self.t0 = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.t0 = time.monotonic()
+            self.bar = click.progressbar(
+                length=max(total, 1),
+                label=self.label,
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+                width=24,
+                item_show_func=self._text,
+            )
+            self.bar.__enter__()
+        self.bar.update(max(0, done - self.last), current_item=(done, total))
+        self.last = max(self.last, done)
+
+    def _text(self, item: tuple[int, int] | None) -> str:
+        if item is None:
+            return ""
+        done, total = item
+        rate = done / max(time.monotonic() - self.t0, 1e-6)
+        return f"{human(done)} / {human(total)}  {human(rate)}/s"
+
+    def close(self) -> None:
+        """Finish the bar (a final redraw and a newline), if one was drawn."""
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@contextlib.contextmanager
+def progress_bar(c: Context, label: str) -> Iterator[ProgressFn | None]:
+    """A progress callback drawing a bar on stderr; None (no output) with -q or off a terminal."""
+    if c.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    bar = ProgressBar(label)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -106,7 +164,12 @@ def emit_json(obj: Any) -> None:
     type=click.Path(path_type=Path),
     help="Data directory to snapshot and restore (env CASNAP_DATA).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but results and errors.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing but results, warnings and errors (no progress bar).",
+)
 @click.version_option(package_name="casnap")
 @click.pass_context
 def cli(ctx: click.Context, repo: Path, data: Path, quiet: bool) -> None:
@@ -117,7 +180,13 @@ def cli(ctx: click.Context, repo: Path, data: Path, quiet: bool) -> None:
 @cli.command()
 @pass_ctx
 def init(c: Context) -> None:
-    """Create an empty repository at --repo (a missing or empty directory)."""
+    """Create an empty repository at --repo (a missing or empty directory).
+
+    Optional: commit creates the repository on first use. A directory holding anything but a
+    README.md or .gitkeep is refused, so nothing else is ever overwritten.
+
+    Example: casnap --repo /backups/app init
+    """
     repo = Repository.init(c.repo_path)
     c.say(f"created casnap repository {repo.config['id'][:8]} at {c.repo_path}")
 
@@ -127,6 +196,12 @@ def init(c: Context) -> None:
 @click.option("-m", "--message", default="", help="Message stored with the snapshot.")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option("--exclude", "excludes", multiple=True, help="Skip files matching GLOB (repeatable).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse to commit (exit 9) when a FAISS index has no .meta.json sidecar or its "
+    "sidecar's ntotal disagrees with the index.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def commit(
@@ -135,6 +210,7 @@ def commit(
     message: str,
     tags: tuple[str, ...],
     excludes: tuple[str, ...],
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
@@ -142,9 +218,26 @@ def commit(
     SQLite databases are captured through SQLite's online backup API (consistent while the app
     writes); files unchanged since the last snapshot of the same paths are not read again. The
     repository is created on first use when --repo is missing or empty.
+
+    Each FAISS index is checked against its .meta.json sidecar (header bytes only): a missing
+    sidecar or a different ntotal is a warning on stderr, one line per problem, or with --strict
+    an error. Prints the new snapshot id.
+
+    Example: casnap commit -m "before migration" --tag pre-migration
     """
     repo = Repository.open_or_init(c.repo_path)
-    r = repo.commit(c.data, paths, excludes=excludes, message=message, tags=tags)
+    with progress_bar(c, "commit") as progress:
+        r = repo.commit(
+            c.data,
+            paths,
+            excludes=excludes,
+            message=message,
+            tags=tags,
+            strict=strict,
+            progress=progress,
+        )
+    for w in r.warnings:
+        click.echo(f"casnap: warning: {w}", err=True)
     if as_json:
         emit_json(r.to_json())
         return
@@ -172,6 +265,19 @@ def commit(
     help="Do not save target files that no snapshot holds before replacing them.",
 )
 @click.option("--force", is_flag=True, help="Restore a database even while a process has it open.")
+@click.option(
+    "--no-smoke",
+    is_flag=True,
+    help="Skip the built-in smoke checks (SQLite integrity, FAISS read/search); hashes are "
+    "still verified and --smoke-cmd still runs.",
+)
+@click.option(
+    "--smoke-cmd",
+    metavar="CMD",
+    default=None,
+    help="Also run CMD through the shell with the restored files in $CASNAP_STAGED_DIR; a "
+    "non-zero exit aborts the checkout.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def checkout(
@@ -181,17 +287,36 @@ def checkout(
     target: Path | None,
     no_safety_snapshot: bool,
     force: bool,
+    no_smoke: bool,
+    smoke_cmd: str | None,
     as_json: bool,
 ) -> None:
     """Restore SNAPSHOT (id, unique prefix, `latest` or a tag) into the data dir.
 
-    Every chunk and every file is verified before anything is swapped in; each file is replaced
-    atomically. Files absent from the snapshot are removed (full checkout only). Data that no
-    snapshot holds is first saved as a snapshot tagged `pre-checkout`.
+    Files are restored into a staging dir inside the target, every chunk and file hash verified,
+    then smoke-checked there: each SQLite database passes PRAGMA integrity_check (quick_check
+    above 256 MiB) and has its tables listed; each FAISS index is read, its ntotal compared with
+    its .meta.json sidecar, and searched once; then --smoke-cmd, if given, runs. Only when all
+    pass is each file swapped in with an atomic rename; otherwise the target is left untouched
+    and the failed check and file are named (exit 9). Files absent from the snapshot are removed
+    (full checkout only). Data that no snapshot holds is first saved as a snapshot tagged
+    `pre-checkout`. With PATHS, only those files are restored (and checked).
+
+    Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
     repo = c.open()
     dest = target if target is not None else c.data
-    r = repo.checkout(snapshot, dest, paths, safety_snapshot=not no_safety_snapshot, force=force)
+    with progress_bar(c, "restore") as progress:
+        r = repo.checkout(
+            snapshot,
+            dest,
+            paths,
+            safety_snapshot=not no_safety_snapshot,
+            force=force,
+            smoke=not no_smoke,
+            smoke_cmd=smoke_cmd,
+            progress=progress,
+        )
     if as_json:
         emit_json(r.to_json())
         return
@@ -201,15 +326,129 @@ def checkout(
         f"restored snapshot {r.id[:8]} into {dest}: {r.files_written} written, "
         f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
     )
+    if r.smoke is not None:
+        c.say(_smoke_summary(r.smoke))
+
+
+def _smoke_summary(report: dict[str, Any]) -> str:
+    checks = report["checks"]
+    files = {ch["path"] for ch in checks if ch["path"]}
+    cmd = any(ch["check"] == "smoke-cmd" for ch in checks)
+    state = "passed" if report["ok"] else "FAILED"
+    return f"smoke checks {state}: {len(checks)} checks on {len(files)} files" + (
+        ", smoke command included" if cmd else ""
+    )
+
+
+def _print_checks(report: dict[str, Any]) -> None:
+    for ch in report["checks"]:
+        mark = "ok  " if ch["ok"] else "FAIL"
+        where = ch["path"] or "-"
+        click.echo(f"  {mark} {ch['check']:<17} {where:<28} {ch['detail']}")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+@pass_ctx
+def diff(c: Context, a: str, b: str | None, as_json: bool) -> None:
+    """Show what changed from snapshot A to snapshot B, or to the data dir as it is now.
+
+    Files added (A), removed (D) and changed (M), with the bytes and chunks the new side shares
+    with A and the new ones; for SQLite databases the tables whose rows or schema changed (+rows
+    added -rows removed, rows updated); for FAISS indexes the index type and the change of ntotal.
+    Without B, the data dir is read the way commit reads it (within A's paths and excludes) and
+    chunked with the repository's chunker; nothing is written to the repository.
+
+    Example: casnap diff pre-migration latest
+    """
+    from casnap.diff import diff as run_diff
+
+    repo = c.open()
+    result = run_diff(repo, a, b, data_dir=c.data if b is None else None)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    _print_diff(result.to_json())
+
+
+def _signed(n: int | None) -> str:
+    return "?" if n is None else f"{n:+d}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+def _print_diff(d: dict[str, Any]) -> None:
+    right = d["b"]["id"][:8] if "id" in d["b"] else f"data dir {d['b']['data_dir']}"
+    click.echo(f"diff {d['a']['id'][:8]} -> {right}")
+    marks = {"added": "A", "removed": "D", "changed": "M"}
+    for f in d["files"]:
+        if f["status"] == "unchanged":
+            continue
+        size = (
+            f"{human(f['size_b'])}"
+            if f["size_a"] is None
+            else f"{human(f['size_a'])}"
+            if f["size_b"] is None
+            else f"{human(f['size_a'])} -> {human(f['size_b'])}"
+        )
+        line = f"  {marks[f['status']]} {f['path']:<30} {size}"
+        if f["status"] != "removed":
+            line += (
+                f"  (shared {human(f['bytes_shared'])}, new {human(f['bytes_new'])} "
+                f"in {_plural(f['chunks_new'], 'chunk')})"
+            )
+        click.echo(line)
+        for t in f["tables"]:
+            if t["status"] == "changed":
+                rows = f"{t['rows_a']} -> {t['rows_b']} rows"
+                if t["added"] is not None:
+                    rows += f" (+{t['added']} -{t['removed']}"
+                    rows += f", {t['updated']} updated)" if t["updated"] is not None else ")"
+                schema = ", schema changed" if t["schema_changed"] else ""
+                click.echo(f"      table {t['name']}: {rows}{schema}")
+            else:
+                n = t["rows_b"] if t["status"] == "added" else t["rows_a"]
+                click.echo(f"      table {t['name']}: {t['status']} ({n} rows)")
+        ix = f["index"]
+        if ix is not None:
+            kind = ix["type_b"] or ix["type_a"]
+            if ix["type_a"] and ix["type_b"] and ix["type_a"] != ix["type_b"]:
+                kind = f"{ix['type_a']} -> {ix['type_b']}"
+            click.echo(
+                f"      index {kind}: ntotal {_count(ix['ntotal_a'])} -> {_count(ix['ntotal_b'])} "
+                f"({_signed(ix['ntotal_delta'])})"
+            )
+    s = d["summary"]
+    click.echo(
+        f"{s['files_changed']} changed, {s['files_added']} added, {s['files_removed']} removed, "
+        f"{s['files_unchanged']} unchanged; {human(s['bytes_new'])} new in "
+        f"{_plural(s['chunks_new'], 'chunk')}, {human(s['bytes_shared'])} shared"
+    )
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as a JSON list.")
 @pass_ctx
 def log(c: Context, as_json: bool) -> None:
-    """List snapshots, newest first."""
+    """List snapshots, newest first.
+
+    One line per snapshot: id prefix, local time, file count, total size, bytes the snapshot added
+    to the repository, tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
+    snapshot in the other commands.
+
+    Example: casnap log --json
+    """
     repo = c.open()
     rows = []
+    sizes = repo.manifest_sizes()
     for sid, s in reversed(repo.snapshots()):
         rows.append(
             {
@@ -221,7 +460,7 @@ def log(c: Context, as_json: bool) -> None:
                 "host": s.host,
                 "files": len(s.files),
                 "logical_bytes": s.logical_bytes,
-                "bytes_added": s.stats.get("bytes_added", 0) + repo.manifest_size(sid),
+                "bytes_added": s.stats.get("bytes_added", 0) + sizes.get(sid.hex(), 0),
             }
         )
     if as_json:
@@ -245,7 +484,13 @@ def log(c: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 @pass_ctx
 def show(c: Context, snapshot: str, as_json: bool) -> None:
-    """Show one snapshot: its metadata and files with sizes and hashes."""
+    """Show one snapshot: its metadata and files with sizes and hashes.
+
+    SNAPSHOT is an id, a unique prefix of 4+ hex digits, `latest` or a tag. Lists every file with
+    its size, chunk count, kind (`sqlite` when captured through the backup API) and BLAKE3 hash.
+
+    Example: casnap show latest
+    """
     repo = c.open()
     sid = repo.resolve(snapshot)
     s = repo.load_snapshot(sid)
@@ -273,7 +518,13 @@ def show(c: Context, snapshot: str, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated sample data.")
 @click.pass_context
 def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
-    """Generate sample data into an empty data dir, commit, change it, commit again, show log."""
+    """Generate sample data into an empty data dir, commit, change it, commit again, show log.
+
+    The sample is a SQLite app.db and FAISS Flat, IVF and HNSW indexes with .meta.json sidecars;
+    the second commit shows how little an evolving data dir adds to the repository.
+
+    Example: casnap demo --size-mb 40
+    """
     from casnap import sample
 
     c: Context = ctx.obj
@@ -292,6 +543,389 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
         f"{human(second.bytes_added)} added for {human(second.logical_bytes)} of data"
     )
     ctx.invoke(log)
+
+
+# -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
+
+
+def _print_gc(c: Context, r: collector.GcReport) -> None:
+    would = "would " if r.dry_run else ""
+    c.say(
+        f"gc: {r.snapshots} snapshots reference {r.referenced_blobs} blobs; "
+        f"{r.packs_before} packs ({human(r.pack_bytes_before)})"
+    )
+    c.say(
+        f"gc: {would}delete {r.packs_deleted + r.packs_unindexed} pack(s) "
+        f"({r.packs_unindexed} named by no index), {would}repack {r.packs_repacked} into "
+        f"{r.packs_written}, {would}drop {r.index_entries_dropped} index entries, "
+        f"{would}remove {r.temp_files_removed} temp file(s)"
+    )
+    click.echo(f"{'would free' if r.dry_run else 'freed'} {human(r.bytes_freed)}")
+
+
+max_unused_option = click.option(
+    "--max-unused",
+    type=click.FloatRange(0, 100),
+    default=collector.DEFAULT_MAX_UNUSED,
+    show_default=True,
+    metavar="PCT",
+    help="Repack a pack when more than PCT% of it is unreferenced.",
+)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be freed; change nothing.")
+@max_unused_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
+    """Delete data no snapshot references and repack mostly-unused packs.
+
+    Takes the exclusive lock: waits for running commits and checkouts, and they wait for it.
+    Also removes packs and temp files left by interrupted commits.
+    """
+    r = collector.collect(c.open(), dry_run=dry_run, max_unused=max_unused)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    _print_gc(c, r)
+
+
+def _print_groups(report: retention.PruneReport) -> None:
+    for g in report.groups:
+        keep = sum(d.keep for d in g.decisions)
+        click.echo(f"{g.key.describe()}: keep {keep}, remove {len(g.decisions) - keep} snapshot(s)")
+        for d in g.decisions:
+            label = " ".join(f"[{t}]" for t in d.item.tags)
+            why = ", ".join(d.reasons)
+            when = d.item.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            verb = "keep  " if d.keep else "remove"
+            click.echo(f"  {verb} {d.item.id[:8]}  {when}  {why:<24} {label}".rstrip())
+
+
+@cli.command()
+@click.option(
+    "--keep-last",
+    type=click.IntRange(min=-1),
+    default=0,
+    metavar="N",
+    help="Keep the N newest snapshots (-1: all).",
+)
+@click.option(
+    "--keep-hourly",
+    type=click.IntRange(min=-1),
+    default=0,
+    metavar="N",
+    help="Keep the newest snapshot of each of the last N hours with one.",
+)
+@click.option(
+    "--keep-daily",
+    type=click.IntRange(min=-1),
+    default=0,
+    metavar="N",
+    help="Keep the newest snapshot of each of the last N days with one.",
+)
+@click.option(
+    "--keep-weekly",
+    type=click.IntRange(min=-1),
+    default=0,
+    metavar="N",
+    help="Keep the newest snapshot of each of the last N ISO weeks with one.",
+)
+@click.option(
+    "--keep-monthly",
+    type=click.IntRange(min=-1),
+    default=0,
+    metavar="N",
+    help="Keep the newest snapshot of each of the last N months with one.",
+)
+@click.option(
+    "--keep-yearly",
+    type=click.IntRange(min=-1),
+    default=0,
+    metavar="N",
+    help="Keep the newest snapshot of each of the last N years with one.",
+)
+@click.option(
+    "--keep-within",
+    default=None,
+    metavar="DURATION",
+    help="Keep snapshots newer than the group's newest minus DURATION (2d, 1w, 1y2m3h).",
+)
+@click.option(
+    "--keep-tag",
+    "keep_tags",
+    multiple=True,
+    metavar="TAG[,TAG]",
+    help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them).",
+)
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    help="Only the group of snapshots committed with exactly these paths (repeatable; "
+    "`.` for whole-dir snapshots).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be kept and removed; change nothing."
+)
+@click.option("--no-gc", is_flag=True, help="Forget snapshots but do not run gc afterwards.")
+@max_unused_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def prune(
+    c: Context,
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_within: str | None,
+    keep_tags: tuple[str, ...],
+    paths: tuple[str, ...],
+    dry_run: bool,
+    no_gc: bool,
+    max_unused: float,
+    as_json: bool,
+) -> None:
+    """Forget snapshots a retention policy does not keep, then gc.
+
+    Rules work as in restic, per group of snapshots with the same data dir and paths: each
+    --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
+    periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
+    """
+    policy = retention.Policy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+        within=retention.Duration.parse(keep_within) if keep_within else None,
+        tags=tuple(tuple(t for t in tag.split(",") if t) for tag in keep_tags),
+    )
+    group = retention.normalize_group_paths(paths, c.data) if paths else None
+    repo = c.open()
+    r = retention.prune(repo, policy, paths=group, dry_run=dry_run)
+    gc_report = None
+    if dry_run:
+        gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
+        gc_report = collector.collect(
+            repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
+        )
+    elif not no_gc:
+        gc_report = collector.collect(repo, max_unused=max_unused)
+    if as_json:
+        out = r.to_json()
+        out["gc"] = gc_report.to_json() if gc_report else None
+        emit_json(out)
+        return
+    if group is not None and not r.groups:
+        c.say(f"no snapshots were committed with the paths {' '.join(group) or '.'}")
+    _print_groups(r)
+    verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
+    c.say(f"{verbs[0]} {len(r.removed)} snapshot(s), {verbs[1]} {r.kept} ({r.policy})")
+    if gc_report is not None:
+        _print_gc(c, gc_report)
+
+
+@cli.command()
+@click.argument("snapshots", nargs=-1, required=True)
+@click.option("--prune", "run_gc", is_flag=True, help="Run gc afterwards to free the space.")
+@click.option("--dry-run", is_flag=True, help="Show what would be forgotten; change nothing.")
+@max_unused_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def forget(
+    c: Context,
+    snapshots: tuple[str, ...],
+    run_gc: bool,
+    dry_run: bool,
+    max_unused: float,
+    as_json: bool,
+) -> None:
+    """Forget SNAPSHOTS (ids, unique prefixes or tags); their data goes at the next gc."""
+    repo = c.open()
+    r = retention.forget(repo, snapshots, dry_run=dry_run)
+    gc_report = None
+    if run_gc and not dry_run:
+        gc_report = collector.collect(repo, max_unused=max_unused)
+    if as_json:
+        out = r.to_json()
+        out["gc"] = gc_report.to_json() if gc_report else None
+        emit_json(out)
+        return
+    for sid in r.removed:
+        click.echo(sid)
+    c.say(f"{'would forget' if dry_run else 'forgot'} {len(r.removed)} snapshot(s)")
+    if gc_report is not None:
+        _print_gc(c, gc_report)
+
+
+@cli.command(name="verify")
+@click.argument("snapshots", nargs=-1)
+@click.option("--read-data", is_flag=True, help="Read every pack and re-hash every chunk.")
+@click.option(
+    "--read-data-subset",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    metavar="PCT",
+    help="Read a random PCT% of the packs.",
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Also restore SNAPSHOTS (default `latest`) into a temporary staging dir and run the "
+    "smoke checks there (SQLite integrity, FAISS read/ntotal/search).",
+)
+@click.option(
+    "--smoke-cmd",
+    metavar="CMD",
+    default=None,
+    help="Also run CMD on each restored snapshot with it in $CASNAP_STAGED_DIR.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def verify_cmd(
+    c: Context,
+    snapshots: tuple[str, ...],
+    read_data: bool,
+    read_data_subset: float | None,
+    smoke: bool,
+    smoke_cmd: str | None,
+    as_json: bool,
+) -> None:
+    """Check that the repository (or SNAPSHOTS) is whole; report every problem.
+
+    Without options the structure is checked: manifests, index files, pack directories and chunk
+    lists. --read-data also reads every pack and verifies every chunk's hash. Exits 9 when
+    anything is wrong, naming the damaged chunks and the snapshots and files they break. With
+    SNAPSHOTS, only their chunks are followed and only packs holding them are read; manifests,
+    index and pack directories are always checked whole.
+
+    --smoke then restores each of SNAPSHOTS (default `latest`) into a temporary dir, every hash
+    verified, and runs the checkout smoke checks on it; --smoke-cmd runs a command there with
+    $CASNAP_STAGED_DIR set. The data dir is never touched.
+
+    Example: casnap verify --smoke latest
+    """
+    subset = None if read_data else read_data_subset
+    repo = c.open()
+    r = verify.verify(repo, snapshots, read_data=read_data, subset_pct=subset)
+    smoked = []
+    if (smoke or smoke_cmd) and r.ok:
+        for ref in snapshots or ("latest",):
+            with progress_bar(c, "verify") as progress:
+                smoked.append(
+                    repo.smoke_verify(
+                        ref, smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
+                    )
+                )
+    if as_json:
+        out = r.to_json()
+        if smoke or smoke_cmd:
+            out["smoke"] = [s.to_json() for s in smoked] if r.ok else None
+        emit_json(out)
+    else:
+        for p in r.problems:
+            click.echo(p.line())
+        for note in r.notes:
+            c.say(f"note: {note}")
+        if r.ok:
+            click.echo(f"verify: {r.summary()}")
+        elif smoke or smoke_cmd:
+            c.say("smoke checks not run: the repository has the problems above")
+        for s in smoked:
+            click.echo(
+                f"snapshot {s.id[:8]}: {s.files} files, {human(s.bytes_verified)} restored, "
+                "every hash verified"
+            )
+            if s.smoke is not None:
+                _print_checks(s.smoke)
+                click.echo(_smoke_summary(s.smoke))
+    if not r.ok:
+        raise CheckFailed(f"verify: {r.summary()}")
+    bad = [(s.id, ch) for s in smoked if s.smoke for ch in s.smoke["checks"] if not ch["ok"]]
+    if bad:
+        listed = "; ".join(
+            f"{sid[:8]} {ch['check']}"
+            + (f" on {ch['path']}" if ch["path"] else "")
+            + f": {ch['detail']}"
+            for sid, ch in bad[:3]
+        )
+        raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
+
+
+@cli.command(name="repair-index")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def repair_index(c: Context, as_json: bool) -> None:
+    """Rebuild the index from the packs alone (after index files were lost or damaged).
+
+    Damaged packs are salvaged chunk by chunk or skipped, and reported. Takes the exclusive lock.
+    """
+    r = repair.repair_index(c.open())
+    if as_json:
+        emit_json(r.to_json())
+        return
+    for key, reason in r.skipped:
+        click.echo(f"{key}: {reason}")
+    c.say(
+        f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
+        f"{len(r.skipped)} pack(s) damaged, {r.index_files_removed} old index file(s) removed"
+    )
+    if r.missing:
+        raise CheckFailed(
+            f"repair-index: {r.missing} blob(s) the snapshots need are in no intact pack; "
+            "run `casnap verify` to see which files they break"
+        )
+
+
+@cli.command(name="stats")
+@click.argument("snapshot", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
+@pass_ctx
+def stats_cmd(c: Context, snapshot: str | None, as_json: bool) -> None:
+    """Show sizes, dedup and compression; with SNAPSHOT, the new bytes of each of its files."""
+    repo = c.open()
+    if snapshot is not None:
+        s = stats.snapshot_stats(repo, snapshot)
+        if as_json:
+            emit_json(s.to_json())
+            return
+        click.echo(
+            f"snapshot {s.id[:8]} ({local_time(s.time)}): {human(s.logical_bytes)} of files, "
+            f"{human(s.new_bytes)} new against {s.older_snapshots} older snapshot(s)"
+        )
+        click.echo(f"{'NEW':>10} {'NEW PLAIN':>10} {'CHUNKS':>13} {'SIZE':>10}  PATH")
+        for f in s.files:
+            click.echo(
+                f"{human(f.new_bytes):>10} {human(f.new_plain_bytes):>10} "
+                f"{f'{f.new_chunks}/{f.chunks}':>13} {human(f.size):>10}  {f.path}"
+            )
+        return
+    r = stats.repository_stats(repo)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    click.echo(f"snapshots          {r.snapshots} ({r.files} files)")
+    click.echo(f"logical bytes      {human(r.logical_bytes)}")
+    click.echo(f"unique chunk bytes {human(r.unique_bytes)} in {r.unique_chunks} chunks")
+    click.echo(
+        f"stored bytes       {human(r.stored_bytes)} (packs {human(r.pack_bytes)}, index "
+        f"{human(r.index_bytes)}, manifests {human(r.manifest_bytes)})"
+    )
+    click.echo(f"dedup ratio        {r.dedup_ratio:.2f}x (logical / unique)")
+    click.echo(f"compression ratio  {r.compression_ratio:.2f}x (unique / stored in packs)")
+    click.echo("")
+    click.echo(f"{'ID':<9} {'TIME':<19} {'SIZE':>10} {'ADDED':>10}  PATHS / TAGS")
+    for a in r.snapshots_added:
+        label = " ".join([*(a.paths or ("(all)",)), *(f"[{t}]" for t in a.tags)])
+        click.echo(
+            f"{a.id[:8]:<9} {local_time(a.time):<19} {human(a.logical_bytes):>10} "
+            f"{human(a.added_bytes + a.manifest_bytes):>10}  {label}"
+        )
 
 
 def main() -> None:

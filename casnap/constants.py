@@ -90,3 +90,22 @@ TEMP_PREFIX = ".casnap-tmp-"
 
 # SQLite side files that are never stored as files: the backup API captures their content.
 SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+# Smoke checks of restored files (casnap/smoke.py). A database up to this size gets PRAGMA
+# integrity_check, which also cross-checks every index entry against its table row and is several
+# times slower than quick_check; above it, quick_check (every page, b-tree and freelist is still
+# read) keeps a checkout of a large database to about one sequential read of it.
+SMOKE_QUICK_CHECK_ABOVE = 256 * 1024 * 1024
+
+# Row counts (SELECT count(*) per table, a read of each table's smallest b-tree) are listed for
+# databases up to this size; above it tables are listed without counts.
+SMOKE_ROWCOUNT_MAX = 1024 * 1024 * 1024
+
+# FAISS indexes are read and searched in a child process, so a damaged file that crashes the FAISS
+# reader or asks it for absurd allocations fails a check instead of the casnap process. The child
+# may use this much address space plus four times the largest index it reads, and this long.
+FAISS_PROBE_MEMORY = 4 * 1024 * 1024 * 1024
+FAISS_PROBE_TIMEOUT = 600.0
+
+# Bytes read from the start of a file to recognise a FAISS index and read its vector count.
+FAISS_HEADER_BYTES = 64

@@ -67,6 +67,10 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class NotADatabase(SourceError):
+    """A file carries SQLite's header but SQLite cannot read it; it is stored as plain bytes."""
+
+
 class StorageFull(CasnapError):
     """A write failed because the disk is full or over quota."""
 
@@ -79,10 +83,31 @@ class AccessDenied(CasnapError):
     exit_code = 8
 
 
+class InvalidPolicy(CasnapError):
+    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
+
+    exit_code = 2
+
+
 class CheckFailed(CasnapError):
     """A restored file failed a smoke check, or verify found problems."""
 
     exit_code = 9
+
+
+class SmokeCheckFailed(CheckFailed):
+    """A smoke check of restored files failed; nothing was swapped in.
+
+    `checks` holds the failed checks as JSON-ready dicts (check, path, ok, detail, info).
+    """
+
+    def __init__(self, message: str, checks: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.checks = list(checks or [])
+
+
+class InconsistentData(CheckFailed):
+    """A FAISS index and its sidecar disagree (or the sidecar is missing) under --strict."""
 
 
 EXIT_CODES: dict[str, int] = {

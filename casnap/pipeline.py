@@ -15,6 +15,7 @@ the file is put in place (a mismatch is traced to the damaged chunk).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -311,26 +312,35 @@ def plan_tasks(store: Store, refs: bytes) -> list[list[_Read]]:
 
 
 def restore(
-    store: Store, refs: bytes, out: BinaryIO, pool: ThreadPoolExecutor, window: int
+    store: Store,
+    refs: bytes,
+    out: BinaryIO,
+    pool: ThreadPoolExecutor,
+    window: int,
+    tick: Callable[[int], None] | None = None,
 ) -> tuple[int, ObjectId]:
-    """Write the chunks of refs to out in order; (bytes written, BLAKE3 of what was written)."""
+    """Write the chunks of refs to out in order; (bytes written, BLAKE3 of what was written).
+
+    tick, when given, is called with the size of every buffer written (progress)."""
     hasher = Hasher()
     size = 0
     inflight: deque[Future[bytes | memoryview]] = deque()
+
+    def write(buf: bytes | memoryview) -> int:
+        out.write(buf)
+        hasher.update(buf)
+        if tick is not None:
+            tick(len(buf))
+        return len(buf)
+
     try:
         for task in plan_tasks(store, refs):
             inflight.append(pool.submit(fetch_many, store, task))
             if len(inflight) >= window:
-                size += _write(inflight.popleft().result(), out, hasher)
+                size += write(inflight.popleft().result())
         while inflight:
-            size += _write(inflight.popleft().result(), out, hasher)
+            size += write(inflight.popleft().result())
     finally:
         for fut in inflight:
             fut.cancel()
     return size, hasher.digest()
-
-
-def _write(buf: bytes | memoryview, out: BinaryIO, hasher: Hasher) -> int:
-    out.write(buf)
-    hasher.update(buf)
-    return len(buf)

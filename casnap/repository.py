@@ -7,17 +7,20 @@ import datetime as dt
 import getpass
 import json
 import os
+import shutil
 import socket
 import stat
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from casnap import capture, chunklist, compression, locks, pipeline
+from casnap import capture, chunklist, compression, locks, pipeline, smoke
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend, fsync_dir
 from casnap.chunking import HEADER_BYTES, choose_chunker, make_chunker
@@ -46,7 +49,9 @@ from casnap.errors import (
     CasnapError,
     DatabaseBusy,
     HostileManifest,
+    InconsistentData,
     IntegrityError,
+    NotADatabase,
     NotARepository,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -56,10 +61,15 @@ from casnap.errors import (
 )
 from casnap.ids import Hasher, ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
+from casnap.progress import ByteProgress, ProgressFn
 from casnap.store import TREE, PackWriter, Store
 
 PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 SAFETY_TAG = "pre-checkout"
+# Checkout stages files in `.casnap-tmp-stage-<pid>-<random>/` beside the target (inside it when
+# the parent is another filesystem or not writable): the swap is then a rename, and the name is
+# skipped by every scan as a casnap temp name.
+STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
 
 
 def default_config() -> dict[str, Any]:
@@ -120,6 +130,7 @@ class CommitResult:
     logical_bytes: int = 0
     chunks_new: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -139,6 +150,22 @@ class CheckoutResult:
     seconds: float = 0.0
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    smoke: dict[str, Any] | None = None  # the smoke report ({"ok", "checks"}); None when skipped
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyResult:
+    """What `smoke_verify` found: every hash verified, and the smoke report when checks ran."""
+
+    id: str
+    files: int
+    bytes_verified: int
+    smoke: dict[str, Any] | None
+    ok: bool
+    seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -165,6 +192,7 @@ class Repository:
         self.group_floats = bool(config.get("group_floats", False))
         self._snapshots: dict[ObjectId, Snapshot] | None = None
         self._index_loaded = False
+        self._read_tick: Callable[[int], None] | None = None  # progress of the commit under way
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -269,6 +297,33 @@ class Repository:
             self.store.load_index()
             self._index_loaded = True
 
+    def refresh(self, *, only_if_changed: bool = False) -> None:
+        """Drop the cached snapshot list and index so they are read again from the backend.
+
+        With only_if_changed, drop each only when another process changed it (an index file or a
+        snapshot added or removed, as gc and prune do): a long-lived Repository then never trusts
+        an index entry whose pack gc has deleted. Call it while holding a lock.
+        """
+        if not only_if_changed:
+            self._index_loaded = False
+            self._snapshots = None
+            return
+        if self._index_loaded:
+            present = {k for k, _ in self.backend.list("index/")}
+            if present != set(self.store.index_files):
+                self._index_loaded = False
+        if self._snapshots is not None:
+            names = (k.rsplit("/", 1)[-1] for k, _ in self.backend.list("snapshots/"))
+            present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
+            if present != {sid.hex() for sid in self._snapshots}:
+                self._snapshots = None
+
+    def remove_snapshot(self, sid: ObjectId) -> None:
+        """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
+        self.backend.delete(f"snapshots/{sid.hex()}")
+        if self._snapshots is not None:
+            self._snapshots.pop(sid, None)
+
     # -- snapshots -----------------------------------------------------------------------------
 
     def load_snapshot(self, sid: ObjectId) -> Snapshot:
@@ -293,9 +348,9 @@ class Repository:
             self._snapshots = found
         return sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
 
-    def manifest_size(self, sid: ObjectId) -> int:
-        key = f"snapshots/{sid.hex()}"
-        return next((s for k, s in self.backend.list("snapshots/") if k == key), 0)
+    def manifest_sizes(self) -> dict[str, int]:
+        """Stored size of every manifest, by snapshot id (hex)."""
+        return {k.rsplit("/", 1)[-1]: s for k, s in self.backend.list("snapshots/")}
 
     def resolve(self, ref: str) -> ObjectId:
         """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest)."""
@@ -347,10 +402,35 @@ class Repository:
         excludes: Sequence[str] = (),
         message: str = "",
         tags: Sequence[str] = (),
+        strict: bool = False,
+        progress: ProgressFn | None = None,
     ) -> CommitResult:
-        """Snapshot data_dir (or paths inside it); returns what was stored."""
+        """Snapshot data_dir (or paths inside it); returns what was stored.
+
+        FAISS indexes without a `.meta.json` sidecar, or whose sidecar's ntotal disagrees with the
+        index header, are listed in the result's warnings; with strict they are an error
+        (InconsistentData) and nothing is committed. progress gets (bytes done, bytes total).
+        """
         with self.lock("commit"):
-            return self._commit(Path(data_dir), paths, excludes, message, tags)
+            self.refresh(only_if_changed=True)
+            warnings = self.consistency_warnings(Path(data_dir), paths, excludes)
+            if strict and warnings:
+                raise InconsistentData(
+                    f"{len(warnings)} consistency problem(s), nothing committed (--strict): "
+                    + "; ".join(warnings)
+                )
+            result = self._commit(Path(data_dir), paths, excludes, message, tags, progress)
+            result.warnings = warnings
+            return result
+
+    def consistency_warnings(
+        self, data_dir: Path, paths: Sequence[str] = (), excludes: Sequence[str] = ()
+    ) -> list[str]:
+        """Problems between FAISS indexes and their sidecars among the files a commit would take."""
+        if not data_dir.is_dir():
+            return []  # the commit itself reports the missing data dir
+        sources = capture.scan(data_dir, capture.normalize_paths(data_dir, paths), excludes)
+        return smoke.consistency_warnings(data_dir, [s.path for s in sources])
 
     def _commit(
         self,
@@ -359,6 +439,7 @@ class Repository:
         excludes: Sequence[str],
         message: str,
         tags: Sequence[str],
+        progress: ProgressFn | None = None,
     ) -> CommitResult:
         t0 = time.perf_counter()
         start_ns = time.time_ns()
@@ -372,9 +453,15 @@ class Repository:
         result = CommitResult(id="")
         writer = self.store.writer()
         entries: list[FileEntry] = []
+        sizes = [_estimated_size(src) for src in sources]
+        bar = ByteProgress(sum(sizes), progress)
+        self._read_tick = bar.add if progress is not None else None
         try:
-            with ThreadPoolExecutor(max_workers=_workers()) as pool:
-                for src in sources:
+            with contextlib.ExitStack() as stack:
+                stack.callback(setattr, self, "_read_tick", None)
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=_workers()))
+                for src, estimate in zip(sources, sizes, strict=True):
+                    file_start = bar.done
                     old = parent_files.get(src.path)
                     entry = self._reuse(src, old)
                     if entry is None:
@@ -389,6 +476,8 @@ class Repository:
                     else:
                         result.files_unchanged += 1
                     entries.append(entry)
+                    bar.advance_to(file_start + estimate)
+            bar.finish()
             result.files_removed = len(set(parent_files) - {e.path for e in entries})
             result.chunks_new = writer.chunks_added
             added = writer.finish()
@@ -469,8 +558,13 @@ class Repository:
             try:
                 st = os.stat(src.abspath)
                 if src.kind == "sqlite":
-                    with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
-                        entry, n = self._ingest_path(src, image, st, writer, pool, old)
+                    try:
+                        with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
+                            entry, n = self._ingest_path(src, image, st, writer, pool, old)
+                    except NotADatabase:
+                        # SQLite's header but not a database SQLite can read: keep its bytes
+                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, writer, pool, old)
             except FileNotFoundError:
@@ -512,7 +606,8 @@ class Repository:
             header = f.read(HEADER_BYTES)
             f.seek(0)
             chunker = choose_chunker(header, self.config["chunker"])
-            done = ingest.run(f, chunker)
+            stream = f if self._read_tick is None else _CountingReader(f, self._read_tick)
+            done = ingest.run(stream, chunker)
         entry = FileEntry(
             path=src.path,
             kind=src.kind,
@@ -551,6 +646,25 @@ class Repository:
             writer.add(lid, TREE, compression.encode(body, self.zstd_level), len(body))
         return lid.hex()
 
+    def chunk_file(self, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:
+        """Chunk ids, whole-file hash and size of a file cut as commit would cut it (the same
+        chunker choice); nothing is stored. `diff` compares the live data dir with it."""
+        hasher = Hasher()
+        refs: list[tuple[ObjectId, int]] = []
+        size = 0
+        try:
+            with open(path, "rb") as f:
+                header = f.read(4096)
+                f.seek(0)
+                chunker = choose_chunker(header, self.config["chunker"])
+                for piece in chunker.split(f):
+                    hasher.update(piece)
+                    refs.append((hash_bytes(piece), len(piece)))
+                    size += len(piece)
+        except OSError as exc:
+            raise from_oserror(exc, f"reading {path}") from None
+        return refs, hasher.digest().hex(), size
+
     # -- checkout ------------------------------------------------------------------------------
 
     def checkout(
@@ -561,13 +675,32 @@ class Repository:
         *,
         safety_snapshot: bool = True,
         force: bool = False,
+        smoke: bool = True,
+        smoke_cmd: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> CheckoutResult:
-        """Restore a snapshot into target, verified and swapped in atomically per file."""
+        """Restore a snapshot into target: staged and verified beside it, smoke-checked, then
+        swapped in atomically per file. A failed check raises SmokeCheckFailed and leaves target
+        untouched. smoke=False skips the built-in checks (hashes are still verified); smoke_cmd is
+        a shell command run with the staged dir in CASNAP_STAGED_DIR (also when smoke=False);
+        progress gets (bytes done, bytes total).
+        """
         with self.lock("checkout"):
-            return self._checkout(ref, Path(target), paths, safety_snapshot, force)
+            self.refresh(only_if_changed=True)
+            return self._checkout(
+                ref, Path(target), paths, safety_snapshot, force, smoke, smoke_cmd, progress
+            )
 
     def _checkout(
-        self, ref: str, target: Path, paths: Sequence[str], safety: bool, force: bool
+        self,
+        ref: str,
+        target: Path,
+        paths: Sequence[str],
+        safety: bool,
+        force: bool,
+        smoke_on: bool = True,
+        smoke_cmd: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> CheckoutResult:
         t0 = time.perf_counter()
         sid = self.resolve(ref)
@@ -580,29 +713,23 @@ class Repository:
         target_real = target.resolve()
 
         plan: list[_Planned] = []
+        unchanged: list[_Planned] = []  # attributes restored only after the swap
+        touched_dirs: set[Path] = set()
         unsaved: list[str] = []  # target files that no snapshot holds and this checkout replaces
         held = None
         for entry in wanted:
             dest = _safe_dest(target, target_real, entry.path)
-            needs = True
-            dirty_side = entry.kind == "sqlite" and _has_live_side_files(dest)
             if dest.is_file() and not dest.is_symlink():
-                if not dirty_side and dest.stat().st_size == entry.size:
-                    current = _hash_file(dest)
-                    needs = current.hex() != entry.hash
-                else:
-                    current = _hash_file(dest)
-                if needs:
-                    held = held if held is not None else self._held_hashes()
-                    if dirty_side or current.hex() not in held:
-                        unsaved.append(entry.path)
+                current = self._current_hash(dest)
+                if current == entry.hash:
+                    unchanged.append(_Planned(entry, dest))
+                    continue
+                held = held if held is not None else self._held_hashes()
+                if current not in held:
+                    unsaved.append(entry.path)
             elif dest.exists() or dest.is_symlink():
                 raise SourceError(f"cannot restore {entry.path}: {dest} exists and is not a file")
-            if needs:
-                plan.append(_Planned(entry, dest))
-            else:
-                result.files_unchanged += 1
-                _restore_attrs(dest, entry)
+            plan.append(_Planned(entry, dest))
 
         removals: list[Path] = []
         if not paths and target.is_dir():
@@ -611,84 +738,252 @@ class Repository:
                 if capture.in_scope(src.path, snap.paths) and src.path not in keep:
                     removals.append(src.abspath)
                     held = held if held is not None else self._held_hashes()
-                    if _hash_file(src.abspath).hex() not in held:
+                    if self._current_hash(src.abspath) not in held:
                         unsaved.append(src.path)
 
         for item in plan:
             if item.entry.kind == "sqlite" and not force:
                 _refuse_if_open(item.dest)
 
-        if unsaved and safety and target.is_dir():
-            saved = self._commit(
-                target,
-                (),
-                (),
-                f"before checkout of {sid.short} (saved {len(unsaved)} file(s))",
-                (SAFETY_TAG,),
-            )
-            result.safety_snapshot = saved.id
+        # What goes into the staging dir: every file to write; with checks on, also unchanged
+        # databases (checked as consistent copies, not live files) and, for a smoke command,
+        # every unchanged file, so the command sees the whole restored data dir.
+        staged = list(plan)
+        staged += [u for u in unchanged if smoke_cmd or (smoke_on and u.entry.kind == "sqlite")]
 
-        created_dirs: list[Path] = []
+        created_dirs = _make_dirs(target, Path(target.absolute().anchor))
+        stage_parent = _stage_parent(target)
+        for place in {target, stage_parent}:
+            _remove_stale_stages(place)
+        stage = stage_parent / f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
+            try:
+                stage.mkdir()
+            except OSError as exc:
+                raise from_oserror(exc, f"creating {stage}") from None
+            bar = ByteProgress(sum(item.entry.size for item in staged), progress)
             # files are fsynced on their own thread while the next one is restored
             with (
                 ThreadPoolExecutor(max_workers=_workers()) as pool,
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
             ):
                 synced = []
-                for item in plan:
-                    created_dirs.extend(_make_dirs(item.dest.parent, target))
-                    item.tmp = item.dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-                    result.bytes_written += self._write_verified(item.entry, item.tmp, pool)
+                for item in staged:
+                    item.tmp = stage / item.entry.path
+                    _mkdir_in(item.tmp.parent)
+                    self._write_verified(item.entry, item.tmp, pool, bar.add)
                     synced.append(syncer.submit(_fsync_file, item.tmp))
                 for fut in synced:
                     fut.result()
-        except BaseException:
+            bar.finish()
+            result.bytes_written = sum(item.entry.size for item in plan)
+            if smoke_on or smoke_cmd:
+                report = self._smoke_staged(
+                    sid,
+                    target,
+                    stage,
+                    wanted,
+                    staged,
+                    unchanged,
+                    removals,
+                    smoke_cmd,
+                    builtin=smoke_on,
+                )
+                report.raise_if_failed(f"nothing restored, {target} untouched")
+                result.smoke = report.to_json()
+            if unsaved and safety and target.is_dir():
+                saved = self._commit(
+                    target,
+                    (),
+                    (),
+                    f"before checkout of {sid.short} (saved {len(unsaved)} file(s))",
+                    (SAFETY_TAG,),
+                )
+                result.safety_snapshot = saved.id
+
+            # every file is staged, verified and checked: swap them in, one atomic rename each
             for item in plan:
-                if item.tmp is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        item.tmp.unlink()
+                assert item.tmp is not None
+                created_dirs.extend(_make_dirs(item.dest.parent, target))
+                if item.entry.kind == "sqlite":
+                    _remove_side_files(item.dest)  # a stale WAL would be replayed over the new file
+                os.replace(item.tmp, item.dest)
+                touched_dirs.add(item.dest.parent)
+                result.written.append(item.entry.path)
+        except BaseException:
+            _remove_tree(stage)
             for d in reversed(created_dirs):
                 with contextlib.suppress(OSError):
                     d.rmdir()
             raise
-
-        # every file is staged and verified: swap them in, one atomic rename each
-        touched_dirs: set[Path] = set()
-        for item in plan:
-            assert item.tmp is not None
-            if item.entry.kind == "sqlite":
-                _remove_side_files(item.dest)  # a stale WAL would be replayed over the new file
-            os.replace(item.tmp, item.dest)
-            touched_dirs.add(item.dest.parent)
-            result.written.append(item.entry.path)
+        _remove_tree(stage)
+        for item in unchanged:
+            _restore_attrs(item.dest, item.entry)
         for path in removals:
+            was_db = capture.is_sqlite(path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            if capture.is_sqlite(path):
+            if was_db:
                 _remove_side_files(path)
             touched_dirs.add(path.parent)
             result.removed.append(path.relative_to(target).as_posix())
         for d in touched_dirs:
             fsync_dir(d)
         result.files_written = len(plan)
+        result.files_unchanged = len(unchanged)
         result.files_removed = len(removals)
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _smoke_staged(
+        self,
+        sid: ObjectId,
+        target: Path,
+        stage: Path,
+        wanted: list[FileEntry],
+        staged: list[_Planned],
+        unchanged: list[_Planned],
+        removals: list[Path],
+        smoke_cmd: str | None,
+        builtin: bool = True,
+    ) -> smoke.SmokeReport:
+        """Smoke-check the restored files in the staging dir; the command sees the whole result."""
+        view: dict[str, Path] = {}
+        staged_paths = {item.entry.path for item in staged}
+        selected = {e.path for e in wanted}
+        removed = set(removals)
+        if target.is_dir():
+            for src in capture.scan(target):
+                if src.path in selected or src.abspath in removed:
+                    continue
+                if smoke_cmd:  # the data dir's other files, copied so the command sees them
+                    _copy_into(src, stage / src.path)
+                    view[src.path] = stage / src.path
+                else:
+                    view[src.path] = src.abspath
+        for item in unchanged:
+            view[item.entry.path] = item.dest
+        for item in staged:
+            view[item.entry.path] = stage / item.entry.path
+        before = {p: _fingerprint(stage / p) for p in staged_paths}
+        env = {"CASNAP_TARGET_DIR": str(target.absolute()), "CASNAP_SNAPSHOT": sid.hex()}
+        report = smoke.smoke_check(
+            view,
+            sorted(selected),
+            staged_dir=stage,
+            smoke_cmd=smoke_cmd,
+            env=env,
+            databases=[e.path for e in wanted if e.kind == "sqlite"],
+            builtin=builtin,
+        )
+        changed = sorted(p for p in staged_paths if _fingerprint(stage / p) != before[p])
+        if changed:
+            detail = (
+                f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
+                "as verified"
+            )
+            extra = smoke.Check("staged-unchanged", changed[0], False, detail)
+            report = smoke.SmokeReport((*report.checks, extra))
+        return report
+
+    # -- restoring without touching a data dir ---------------------------------------------------
+
+    def restore_entry(
+        self, entry: FileEntry, dest: Path | str, progress: ProgressFn | None = None
+    ) -> int:
+        """Write one file of a snapshot to dest (which must not exist), every hash verified."""
+        self._ensure_index()
+        bar = ByteProgress(entry.size, progress)
+        with ThreadPoolExecutor(max_workers=_workers()) as pool:
+            size = self._write_verified(entry, Path(dest), pool, bar.add)
+        _fsync_file(Path(dest))
+        bar.finish()
+        return size
+
+    def smoke_verify(
+        self,
+        ref: str,
+        *,
+        smoke_checks: bool = True,
+        smoke_cmd: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> VerifyResult:
+        """Restore a snapshot into a temporary staging dir (every chunk and file hash verified),
+        smoke-check it there like a checkout would, and delete it; no data dir is touched."""
+        with self.lock("verify"):
+            self.refresh(only_if_changed=True)
+            t0 = time.perf_counter()
+            sid = self.resolve(ref)
+            snap = self.load_snapshot(sid)
+            self._ensure_index()
+            _mkdir_in(self.tmp_dir)
+            try:
+                stage = Path(
+                    tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=self.tmp_dir)
+                )
+            except OSError as exc:
+                raise from_oserror(exc, f"creating a staging dir in {self.tmp_dir}") from None
+            try:
+                bar = ByteProgress(snap.logical_bytes, progress)
+                with ThreadPoolExecutor(max_workers=_workers()) as pool:
+                    for entry in snap.files:
+                        dest = stage / entry.path
+                        _mkdir_in(dest.parent)
+                        self._write_verified(entry, dest, pool, bar.add)
+                bar.finish()
+                report = None
+                if smoke_checks or smoke_cmd:
+                    view = {e.path: stage / e.path for e in snap.files}
+                    report = smoke.smoke_check(
+                        view,
+                        list(view),
+                        staged_dir=stage,
+                        smoke_cmd=smoke_cmd,
+                        env={"CASNAP_SNAPSHOT": sid.hex()},
+                        databases=[e.path for e in snap.files if e.kind == "sqlite"],
+                        builtin=smoke_checks,
+                    )
+            finally:
+                _remove_tree(stage)
+            return VerifyResult(
+                id=sid.hex(),
+                files=len(snap.files),
+                bytes_verified=snap.logical_bytes,
+                smoke=report.to_json() if report is not None else None,
+                ok=report is None or report.ok,
+                seconds=time.perf_counter() - t0,
+            )
+
+    def _current_hash(self, path: Path) -> str:
+        """Hash of a target file as a snapshot would record it (a database: its backup image)."""
+        if capture.is_sqlite(path):
+            try:
+                with capture.sqlite_image(path, self.tmp_dir) as image:
+                    return _hash_file(image).hex()
+            except CasnapError:
+                pass  # unreadable as a database: compare its raw bytes
+        return _hash_file(path).hex()
 
     def _held_hashes(self) -> set[str]:
         """Whole-file hashes held by any snapshot."""
         return {f.hash for _, s in self.snapshots() for f in s.files}
 
-    def _write_verified(self, entry: FileEntry, tmp: Path, pool: ThreadPoolExecutor) -> int:
-        """Write a file's chunks to tmp, its BLAKE3 checked against the manifest's (the caller
-        fsyncs it)."""
+    def _write_verified(
+        self,
+        entry: FileEntry,
+        tmp: Path,
+        pool: ThreadPoolExecutor,
+        tick: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write a file's chunks to tmp (not fsynced: callers that keep it do), its BLAKE3
+        checked against the manifest's; a mismatch names the damaged chunk."""
         refs = self.file_refs(entry)
         try:
             with open(tmp, "xb") as f:
-                size, whole = pipeline.restore(self.store, refs, f, pool, window=2 * _workers() + 2)
+                window = 2 * _workers() + 2
+                size, whole = pipeline.restore(self.store, refs, f, pool, window, tick)
             if size != entry.size or whole.hex() != entry.hash:
-                pipeline.find_damaged(self.store, refs)  # names the damaged chunk if one is
+                pipeline.find_damaged(self.store, refs)
         except OSError as exc:
             raise from_oserror(exc, f"writing {tmp.parent}") from None
         except IntegrityError as exc:
@@ -697,6 +992,126 @@ class Repository:
             raise IntegrityError(f"{entry.path}: restored file does not match its recorded hash")
         _restore_attrs(tmp, entry)
         return size
+
+
+def _estimated_size(src: capture.SourceFile) -> int:
+    """Bytes a commit will read for a file: its size, plus its -wal for a database (the backup
+    image holds the pages of both, so this bounds it from above)."""
+    total = 0
+    files = [src.abspath]
+    if src.kind == "sqlite":
+        files.append(Path(str(src.abspath) + "-wal"))
+    for p in files:
+        with contextlib.suppress(OSError):
+            total += os.stat(p).st_size
+    return total
+
+
+class _CountingReader:
+    """A binary stream that reports the bytes read through it (commit progress)."""
+
+    def __init__(self, stream: BinaryIO, tick: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._tick = tick
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._tick(len(data))
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        n = self._stream.readinto(buf)
+        self._tick(n or 0)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _mkdir_in(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {folder}") from None
+
+
+def _fingerprint(path: Path) -> tuple[int, ...] | None:
+    """size, mtime, ctime and inode: any write to the file changes one of them."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _copy_into(src: capture.SourceFile, dest: Path) -> None:
+    """A copy of a data-dir file at dest; a database is copied through the backup API."""
+    _mkdir_in(dest.parent)
+    try:
+        if src.kind == "sqlite":
+            try:
+                with capture.sqlite_image(src.abspath, dest.parent) as image:
+                    os.replace(image, dest)
+                return
+            except CasnapError:
+                pass  # not readable as a database: copy its bytes as they are
+        shutil.copy2(src.abspath, dest)
+    except OSError as exc:
+        raise from_oserror(exc, f"copying {src.abspath} into the staging dir") from None
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory tree casnap made, including read-only files a smoke command left."""
+
+    def retry(func: Callable[..., Any], p: str, *_: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+            func(p)
+
+    if not path.exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
+
+
+def _stage_parent(target: Path) -> Path:
+    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
+    when that is the same filesystem and writable; else inside target."""
+    parent = target.absolute().parent
+    try:
+        same_fs = parent != target.absolute() and os.stat(parent).st_dev == os.stat(target).st_dev
+    except OSError:
+        return target
+    if same_fs and os.access(parent, os.W_OK | os.X_OK):
+        return parent
+    return target
+
+
+def _remove_stale_stages(target: Path) -> None:
+    """Remove staging dirs left in target by a checkout whose process no longer runs."""
+    try:
+        names = [n for n in os.listdir(target) if n.startswith(STAGE_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            pid = int(name[len(STAGE_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running: its checkout may be under way
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # exists under another user
+        _remove_tree(target / name)
 
 
 def _fsync_file(path: Path) -> None:
@@ -790,16 +1205,6 @@ def _restore_attrs(path: Path, entry: FileEntry) -> None:
     with contextlib.suppress(OSError):
         os.chmod(path, entry.mode)
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def _has_live_side_files(db: Path) -> bool:
-    """True when a -wal or -journal beside db holds data (it changes what db means)."""
-    for suffix in ("-wal", "-journal"):
-        side = Path(str(db) + suffix)
-        with contextlib.suppress(OSError):
-            if side.is_file() and side.stat().st_size > 0:
-                return True
-    return False
 
 
 def _remove_side_files(db: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -28,6 +28,7 @@ from casnap.chunkindex import (
     BLOB_TYPES,
     DATA,
     FIELD_DTYPE,
+    INDEX_MAGIC,
     TREE,
     ChunkIndex,
     IndexEntry,
@@ -43,6 +44,9 @@ from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 __all__ = [
     "BLOB_TYPES",
     "DATA",
+    "DIR_ENTRY_SIZE",
+    "INDEX_ENTRY_SIZE",
+    "INDEX_MAGIC",
     "TREE",
     "ChunkIndex",
     "IndexEntry",
@@ -51,7 +55,10 @@ __all__ = [
     "decode_index",
     "encode_index",
     "index_key",
+    "entry_of",
+    "pack_id_of",
     "pack_key",
+    "pack_overhead",
     "parse_pack_directory",
 ]
 
@@ -74,6 +81,8 @@ DIR_DTYPE = np.dtype(
     ]
 )
 assert DIR_DTYPE.itemsize == _DIR_RECORD.size
+DIR_ENTRY_SIZE = DIR_DTYPE.itemsize  # bytes per chunk in a pack directory (before compression)
+INDEX_ENTRY_SIZE = ID_SIZE + FIELD_DTYPE.itemsize  # bytes per chunk in an index file (same)
 # compressed directory length, BLAKE3 prefix of the compressed directory, end magic
 _TRAILER = struct.Struct("<I16s8s")
 # Packs queued for writing at once: bounds memory to about (1 + this) x pack_target.
@@ -90,6 +99,23 @@ def index_key(index_id: ObjectId) -> str:
     return f"index/{index_id.hex()}"
 
 
+def pack_id_of(key: str) -> ObjectId | None:
+    """The pack id a `packs/xx/<hex>` key names; None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "packs":
+        return None
+    try:
+        pack = ObjectId.from_hex(parts[2])
+    except ValueError:
+        return None
+    return pack if parts[1] == parts[2][:2] else None
+
+
+def pack_overhead(dir_len: int) -> int:
+    """Bytes of a pack that are not frames: header, directory and trailer."""
+    return len(PACK_HEADER) + dir_len + _TRAILER.size
+
+
 def parse_pack_directory_array(key: str, data: bytes) -> np.ndarray:
     """The directory records of a whole pack as a DIR_DTYPE array, bounds-checked."""
     if len(data) < len(PACK_HEADER) + _TRAILER.size or not data.startswith(PACK_MAGIC):
@@ -102,12 +128,16 @@ def parse_pack_directory_array(key: str, data: bytes) -> np.ndarray:
     dir_start = len(data) - _TRAILER.size - dir_len
     if dir_start < len(PACK_HEADER):
         raise IntegrityError(f"{key}: pack directory out of bounds")
-    packed = data[dir_start : dir_start + dir_len]
+    return _parse_directory(key, data[dir_start : dir_start + dir_len], dir_hash, dir_start)
+
+
+def _parse_directory(key: str, packed: bytes, dir_hash: bytes, dir_start: int) -> np.ndarray:
+    """Check a compressed pack directory against its trailer checksum and the frames' bounds."""
     if bytes(hash_bytes(packed))[:16] != dir_hash:
         raise IntegrityError(f"{key}: pack directory checksum mismatch")
     try:
         directory = zstandard.ZstdDecompressor().decompress(
-            packed, max_output_size=max(1 << 16, 64 * len(data))
+            packed, max_output_size=max(1 << 16, 64 * (dir_start + len(packed)))
         )
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{key}: corrupt pack directory ({exc})") from None
@@ -130,8 +160,17 @@ def parse_pack_directory_array(key: str, data: bytes) -> np.ndarray:
 def parse_pack_directory(
     key: str, data: bytes
 ) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
-    """The (id, type, offset, length, plain, inner, frame_plain) records a whole pack describes."""
-    rec = parse_pack_directory_array(key, data)
+    """The (id, type, offset, length, plain, inner, frame_plain) records a whole pack describes;
+    the fields after the id are those of IndexEntry."""
+    return _records(parse_pack_directory_array(key, data))
+
+
+def entry_of(pack: ObjectId, record: tuple[ObjectId, int, int, int, int, int, int]) -> IndexEntry:
+    """The index entry a pack directory record stands for."""
+    return IndexEntry(pack, *record[1:])
+
+
+def _records(rec: np.ndarray) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
     return [
         (
             ObjectId(r["id"].tobytes()),
@@ -252,24 +291,150 @@ class Store:
             raise IntegrityError(f"chunk {cid.hex()} in pack {e.pack.hex()}: {exc}") from None
         return _verified(cid, e, frame[e.inner : e.inner + e.plain])
 
+    @staticmethod
+    def frame_damage(
+        encoded: bytes, members: Sequence[tuple[ObjectId, IndexEntry]]
+    ) -> list[str | None]:
+        """Decode one stored frame once and check each listed chunk of it: per chunk None when
+        it matches its id, else why not."""
+        e0 = members[0][1]
+        if any(e.offset != e0.offset or e.frame_size != e0.frame_size for _, e in members):
+            raise ValueError("frame_damage needs chunks of one frame")
+        try:
+            frame = compression.decode(encoded, e0.frame_size)
+        except IntegrityError as exc:
+            return [f"chunk {cid.hex()} in pack {e.pack.hex()}: {exc}" for cid, e in members]
+        out: list[str | None] = []
+        for cid, e in members:
+            try:
+                _verified(cid, e, frame[e.inner : e.inner + e.plain])
+                out.append(None)
+            except IntegrityError as exc:
+                out.append(str(exc))
+        return out
+
+    @staticmethod
+    def verify_frame(encoded: bytes, members: Sequence[tuple[ObjectId, IndexEntry]]) -> None:
+        """IntegrityError naming the first listed chunk of a stored frame that is damaged."""
+        for why in Store.frame_damage(encoded, members):
+            if why is not None:
+                raise IntegrityError(why)
+
+    @staticmethod
+    def rewrite_frame(
+        encoded: bytes,
+        members: Sequence[tuple[ObjectId, IndexEntry]],
+        level: int,
+        float_level: int,
+    ) -> tuple[bytes, int, list[tuple[bytes, int, int]]]:
+        """A stored frame reduced to the listed chunks, every one verified first: (encoded frame,
+        frame plain size or 0 for one chunk, [(id, offset in frame, plain size)]).
+
+        A frame the chunks fill is returned as it is; otherwise their bytes are compressed again
+        with the frame's own codec, so gc reclaims the space of the chunks no snapshot needs.
+        """
+        cid0, e0 = members[0]
+        try:
+            frame = compression.decode(encoded, e0.frame_size)
+        except IntegrityError as exc:
+            raise IntegrityError(f"chunk {cid0.hex()} in pack {e0.pack.hex()}: {exc}") from None
+        ordered = sorted(members, key=lambda m: m[1].inner)
+        for cid, e in ordered:
+            _verified(cid, e, frame[e.inner : e.inner + e.plain])
+        if sum(e.plain for _, e in ordered) == e0.frame_size:
+            return encoded, e0.frame_plain, [(cid, e.inner, e.plain) for cid, e in ordered]
+        out: list[tuple[bytes, int, int]] = []
+        parts = []
+        pos = 0
+        for cid, e in ordered:
+            parts.append(frame[e.inner : e.inner + e.plain])
+            out.append((cid, pos, e.plain))
+            pos += e.plain
+        payload = b"".join(parts)
+        grouped = encoded[0] == compression.ZSTD_GROUPED4
+        fresh = compression.encode(payload, float_level if grouped else level, grouped=grouped)
+        return fresh, (pos if len(out) > 1 else 0), out
+
     # -- writing -------------------------------------------------------------------------------
 
     def writer(self) -> PackWriter:
         return PackWriter(self)
 
-    def rebuild_index_from_packs(self) -> ChunkIndex:
-        """Read every pack's own directory: the index as the packs alone describe it."""
-        parts = []
+    def rebuild_index_from_packs(
+        self, skipped: list[tuple[str, str]] | None = None
+    ) -> dict[ObjectId, IndexEntry]:
+        """Read every pack's own directory: the index as the packs alone describe it.
+
+        Without `skipped`, the first damaged pack raises IntegrityError. With it, damage is
+        recorded there as (pack key, what happened) and the rebuild goes on: a pack whose hash
+        does not match its name keeps the chunks that still decode to their own hash, a pack whose
+        directory is unreadable is left out.
+        """
+        index: dict[ObjectId, IndexEntry] = {}
         for key, _size in self.backend.list("packs/"):
-            data = self.backend.get(key)
-            pack = ObjectId.from_hex(key.rsplit("/", 1)[-1])
-            if hash_bytes(data) != pack:
+            pack = pack_id_of(key)
+            if pack is None:
+                if skipped is None:
+                    raise IntegrityError(f"{key}: not a pack name")
+                skipped.append((key, "not a pack name; left out"))
+                continue
+            try:
+                data = self.backend.get(key)
+                records = parse_pack_directory(key, data)
+            except IntegrityError as exc:
+                if skipped is None:
+                    raise
+                skipped.append((key, f"{exc}; left out"))
+                continue
+            intact = hash_bytes(data) == pack
+            if not intact and skipped is None:
                 raise IntegrityError(f"{key}: pack does not match its name (damaged)")
-            rec = parse_pack_directory_array(key, data)
-            parts.append(([pack], rec["id"], _directory_fields(rec, 0)))
-        index = ChunkIndex()
-        index.add(parts)
+            bad = 0
+            for rec in records:
+                entry = entry_of(pack, rec)
+                if not intact:
+                    try:
+                        raw = data[entry.offset : entry.offset + entry.length]
+                        self.decode_verified(rec[0], entry, raw)
+                    except IntegrityError:
+                        bad += 1
+                        continue
+                index.setdefault(rec[0], entry)
+            if not intact and skipped is not None:
+                skipped.append(
+                    (
+                        key,
+                        f"pack does not match its name (damaged); {len(records) - bad} of "
+                        f"{len(records)} chunks verified and kept",
+                    )
+                )
         return index
+
+    def load_index_file(self, key: str) -> list[tuple[ObjectId, IndexEntry]]:
+        """The entries of one index file, checked against its name; IntegrityError otherwise."""
+        blob = self.backend.get(key)
+        if hash_bytes(blob).hex() != key.rsplit("/", 1)[-1]:
+            raise IntegrityError(f"{key}: index file does not match its name (damaged)")
+        return list(decode_index(key, blob))
+
+    def read_pack_directory(
+        self, pack: ObjectId, size: int
+    ) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
+        """A pack's directory read from its tail alone (two ranged reads), bounds-checked; the
+        records of parse_pack_directory."""
+        key = pack_key(pack)
+        if size < len(PACK_HEADER) + _TRAILER.size:
+            raise IntegrityError(f"{key}: too short to be a pack ({size} bytes)")
+        dir_len, dir_hash, end = _TRAILER.unpack(
+            self.backend.get(key, size - _TRAILER.size, _TRAILER.size)
+        )
+        if end != PACK_END:
+            raise IntegrityError(f"{key}: not a casnap pack (bad trailer)")
+        dir_start = size - _TRAILER.size - dir_len
+        if dir_start < len(PACK_HEADER):
+            raise IntegrityError(f"{key}: pack directory out of bounds")
+        packed = self.backend.get(key, dir_start, dir_len)
+        return _records(_parse_directory(key, packed, dir_hash, dir_start))
 
     def write_index(self, entries: Mapping[ObjectId, IndexEntry]) -> tuple[str, int]:
         """Store an index file for entries; returns its key and size."""
@@ -396,6 +561,17 @@ class PackWriter:
     def _collect(self, fut: Future[tuple[ObjectId, bytes]]) -> None:
         self._done.append(fut.result())
 
+    @property
+    def new(self) -> dict[ObjectId, IndexEntry]:
+        """Entries of the chunks in packs handed to the writing thread (waits for them)."""
+        while self._inflight:
+            self._collect(self._inflight.popleft())
+        out: dict[ObjectId, IndexEntry] = {}
+        for pack, records in self._done:
+            for rec in _records(np.frombuffer(records, dtype=DIR_DTYPE)):
+                out.setdefault(rec[0], entry_of(pack, rec))
+        return out
+
     def _drain(self) -> None:
         try:
             while self._inflight:
@@ -404,6 +580,12 @@ class PackWriter:
             if self._io is not None:
                 self._io.shutdown(wait=True)
                 self._io = None
+
+    def close(self) -> None:
+        """Write the open pack and wait for every pack to be durable, without an index file (for
+        callers that write their own index from `new`, such as gc)."""
+        self.flush()
+        self._drain()
 
     def abort(self) -> None:
         """Stop after a failure: wait for packs being written, drop the rest (no index file)."""
@@ -436,9 +618,3 @@ class PackWriter:
             self.store.index_files.append(key)
             self._done = []
         return self.bytes_added + self.index_bytes
-
-
-def iter_index_entries(index: ChunkIndex) -> Iterable[tuple[ObjectId, IndexEntry]]:
-    """Every (id, entry) of an index, for tools that walk all of it."""
-    for row in range(len(index)):
-        yield index.id_at(row), index.entry_at(row)

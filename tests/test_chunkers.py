@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import faiss
-import helpers_chunking as h
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,6 +25,7 @@ from casnap.chunking import (
 )
 from casnap.chunking.faiss import LISTS, layout_sections
 from casnap.repository import default_config
+from tests import helpers_chunking as h
 
 CONFIG = default_config()["chunker"]
 

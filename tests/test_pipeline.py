@@ -8,7 +8,6 @@ import shutil
 import time
 from pathlib import Path
 
-import helpers_chunking as h
 import numpy as np
 import pytest
 
@@ -16,6 +15,7 @@ from casnap import compression
 from casnap.backends.memory import MemoryBackend
 from casnap.errors import IntegrityError, UnsupportedFormat
 from casnap.repository import Repository, default_config
+from tests import helpers_chunking as h
 
 SQLITE_HEADER_MASK = [(24, 28), (40, 44), (92, 100)]
 

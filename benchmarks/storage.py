@@ -1,0 +1,1012 @@
+"""Storage-savings benchmark: casnap against full copies, tar+zstd, restic and borg.
+
+What: generate a sample data dir (SQLite ``app.db`` plus FAISS indexes under ``faiss/``) with
+``casnap.sample``, evolve it for a number of steps, and snapshot every step with each tool.
+For every snapshot the script records wall-clock seconds, the peak resident memory of the
+snapshot process(es) and the bytes the tool's repository occupies on disk. After the last step it
+restores each tool's last snapshot into an empty directory, times that, and checks the result byte
+for byte against the live data dir.
+
+Why: the point of a content-addressed, deduplicating store is that a series of snapshots of a
+slowly changing data dir costs little more than one copy. This script puts a number on that claim
+next to the obvious alternatives (full copies, one compressed archive per snapshot) and the
+established deduplicating backup tools, all fed the same data on the same machine in the same
+run.
+
+Usage::
+
+    python benchmarks/storage.py [--size-mb 350] [--steps 10] [--seed 0]
+        [--out benchmarks/results] [--tools casnap,copy,tarzstd,restic,borg,borg-fine]
+
+A tool whose binary is missing is skipped with a note. Results go to ``<out>/storage.json`` and
+``<out>/storage.png``; see ``benchmarks/README.md`` for what the columns mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TOOLS = ("casnap", "copy", "tarzstd", "restic", "borg", "borg-fine")
+MIB = 1024 * 1024
+CHUNK = MIB
+# SQLite header fields that the online backup API rewrites in the destination database:
+# file change counter (24-27), schema cookie (40-43), version-valid-for and
+# SQLITE_VERSION_NUMBER (92-99). Byte ranges are half-open.
+SQLITE_VOLATILE = ((24, 28), (40, 44), (92, 100))
+SQLITE_FILES = frozenset({"app.db"})
+RESTIC_PASSWORD = "casnap-benchmark"
+TAIL_CHARS = 2000
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring subprocesses
+# --------------------------------------------------------------------------------------------
+
+
+class ToolError(RuntimeError):
+    """A tool's command exited with a non-zero status."""
+
+
+@dataclass
+class Measured:
+    """Wall-clock seconds, peak RSS (bytes) and stdout of one or more commands."""
+
+    seconds: float
+    rss: int
+    stdout: str = ""
+
+    def then(self, other: Measured) -> Measured:
+        """Combine with a command that ran after this one: times add, peak RSS is the max."""
+        return Measured(self.seconds + other.seconds, max(self.rss, other.rss), other.stdout)
+
+
+# Each measured command runs under this minimal launcher (a bare ``python -I -S``, started
+# afresh), which spawns the command, reaps it with ``os.wait4`` and writes the seconds and the
+# peak RSS of that one process to a report file. Spawning the command straight from this script
+# would not do: the kernel carries the RSS high-water mark of the forking process over into the
+# child's ``ru_maxrss``, and this script has numpy and FAISS loaded (~80 MiB). The launcher's own
+# footprint (a few MiB) is the floor of what can be measured; ``rss_floor`` reports it.
+LAUNCHER = """
+import os, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+try:
+    pid = os.posix_spawnp(argv[0], argv, os.environ)
+except OSError as exc:
+    sys.stderr.write(f"cannot run {argv[0]}: {exc}\\n")
+    sys.exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(report, "w") as fh:
+    fh.write(f"{seconds!r} {usage.ru_maxrss}\\n")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run(
+    *pipeline: Sequence[str | Path],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Measured:
+    """Run one command, or several joined by pipes, and measure it.
+
+    Seconds run from spawning to reaping the command (for a pipeline: its slowest process).
+    Peak RSS is the ``ru_maxrss`` of the command's own process; the processes of a pipeline run
+    concurrently, so their peaks are summed.
+    """
+    argvs = [[str(a) for a in argv] for argv in pipeline]
+    with (
+        tempfile.TemporaryDirectory(prefix="casnap-bench-run-") as tmp,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        reports = [Path(tmp) / f"stage{i}" for i in range(len(argvs))]
+        launched = [
+            [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *argv]
+            for report, argv in zip(reports, argvs, strict=True)
+        ]
+        procs = _spawn_pipeline(launched, out, err, cwd, env)
+        codes = [proc.wait() for proc in procs]
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+        if any(codes):
+            shown = " | ".join(" ".join(a) for a in argvs)
+            raise ToolError(f"{shown} exited with {codes}: {stderr[-TAIL_CHARS:].strip()}")
+        stages = [report.read_text().split() for report in reports]
+    seconds = max(float(sec) for sec, _ in stages)
+    rss = sum(int(kib) * 1024 for _, kib in stages)  # ru_maxrss is in KiB on Linux
+    return Measured(seconds, rss, stdout)
+
+
+def _spawn_pipeline(
+    argvs: list[list[str]],
+    out: Any,
+    err: Any,
+    cwd: Path | None,
+    env: dict[str, str] | None,
+) -> list[subprocess.Popen[bytes]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    stdin: Any = subprocess.DEVNULL
+    for i, argv in enumerate(argvs):
+        last = i == len(argvs) - 1
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            stdout=out if last else subprocess.PIPE,
+            stderr=err,
+        )
+        if procs and procs[-1].stdout is not None:
+            procs[-1].stdout.close()  # the next process owns the read end now
+        stdin = proc.stdout
+        procs.append(proc)
+    return procs
+
+
+def rss_floor() -> int:
+    """Peak RSS the launcher reports for a command that does nothing (``true``)."""
+    return run(["true"]).rss
+
+
+def capture(argv: Sequence[str | Path]) -> str:
+    """First line of a command's output, or an empty string if it fails (for versions)."""
+    try:
+        done = subprocess.run(
+            [str(a) for a in argv], capture_output=True, text=True, timeout=60, check=False
+        )
+    except OSError:
+        return ""
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+# --------------------------------------------------------------------------------------------
+# File-tree helpers
+# --------------------------------------------------------------------------------------------
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every regular file and symlink below ``root``, as paths relative to it."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            yield (Path(dirpath) / name).relative_to(root)
+
+
+def tree_size(root: Path) -> int:
+    """Sum of the sizes of the files below ``root`` (0 if it does not exist)."""
+    if not root.exists():
+        return 0
+    return sum((root / rel).lstat().st_size for rel in walk_files(root))
+
+
+def _mask(buf: bytes, offset: int) -> bytes:
+    """``buf`` (which starts at file ``offset``) with the volatile SQLite header bytes zeroed."""
+    out = bytearray(buf)
+    for lo, hi in SQLITE_VOLATILE:
+        a, b = max(lo - offset, 0), min(hi - offset, len(out))
+        if a < b:
+            out[a:b] = bytes(b - a)
+    return bytes(out)
+
+
+def compare_file(expected: Path, actual: Path, *, sqlite: bool) -> str | None:
+    """``None`` if equal, ``"masked"`` if equal only outside the SQLite header, else a reason."""
+    if expected.is_symlink() or actual.is_symlink():
+        same = os.readlink(expected) == os.readlink(actual) if actual.is_symlink() else False
+        return None if same else "symlink differs"
+    if expected.stat().st_size != actual.stat().st_size:
+        return f"size {actual.stat().st_size} != {expected.stat().st_size}"
+    masked = False
+    offset = 0
+    with expected.open("rb") as fe, actual.open("rb") as fa:
+        while chunk_e := fe.read(CHUNK):
+            chunk_a = fa.read(CHUNK)
+            if chunk_e != chunk_a:
+                if not sqlite or _mask(chunk_e, offset) != _mask(chunk_a, offset):
+                    return f"content differs in bytes {offset}..{offset + len(chunk_e)}"
+                masked = True
+            offset += len(chunk_e)
+    return "masked" if masked else None
+
+
+@dataclass
+class Comparison:
+    ok: bool
+    exact: bool
+    problems: list[str] = field(default_factory=list)
+
+
+def compare_trees(expected: Path, actual: Path) -> Comparison:
+    """Compare every file below two directories: same names, same bytes.
+
+    Files named in ``SQLITE_FILES`` at the top level may differ in the volatile header bytes
+    only; ``exact`` tells whether that allowance was needed.
+    """
+    want = set(walk_files(expected))
+    have = set(walk_files(actual)) if actual.is_dir() else set()
+    problems = [f"missing: {p}" for p in sorted(want - have)]
+    problems += [f"unexpected: {p}" for p in sorted(have - want)]
+    exact = True
+    for rel in sorted(want & have):
+        verdict = compare_file(expected / rel, actual / rel, sqlite=str(rel) in SQLITE_FILES)
+        if verdict == "masked":
+            exact = False
+        elif verdict is not None:
+            problems.append(f"{rel}: {verdict}")
+    return Comparison(ok=not problems, exact=exact and not problems, problems=problems)
+
+
+def empty_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------
+
+
+class Tool(ABC):
+    """One way of snapshotting the data dir, with its own repository under the work dir."""
+
+    name: str = ""
+    binaries: tuple[str, ...] = ()
+
+    def __init__(self, work: Path) -> None:
+        self.repo = work / "repos" / self.name
+        self.home = work / "home" / self.name
+
+    def missing(self) -> str | None:
+        """Why the tool cannot run here, or ``None``."""
+        absent = [b for b in self.binaries if self.locate(b) is None]
+        return f"{', '.join(absent)} not found" if absent else None
+
+    def locate(self, binary: str) -> str | None:
+        return shutil.which(binary)
+
+    def version(self) -> str:
+        return capture([self.binaries[0], "--version"]) if self.binaries else ""
+
+    def init(self) -> Measured:
+        """Create an empty repository (not counted as snapshot time)."""
+        self.repo.mkdir(parents=True)
+        return Measured(0.0, 0)
+
+    @abstractmethod
+    def snapshot(self, data: Path, step: int) -> Measured:
+        """Store the data dir as snapshot number ``step``."""
+
+    @abstractmethod
+    def restore(self, data: Path, step: int, target: Path) -> Measured:
+        """Restore snapshot ``step`` into the existing empty directory ``target``."""
+
+    def stored_bytes(self) -> int:
+        return tree_size(self.repo)
+
+    def cache_bytes(self) -> int:
+        """Bytes the tool keeps outside its repository (local caches); not counted as stored."""
+        return tree_size(self.home)
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def details(self, measured: Measured) -> dict[str, Any] | None:
+        """Tool-specific facts about a snapshot, kept in the JSON rows."""
+        return None
+
+
+class CopyTool(Tool):
+    """The seed procedure: ``cp app.db`` plus ``rsync -a faiss/`` into stamped names."""
+
+    name = "copy"
+    binaries = ("cp",)
+
+    @staticmethod
+    def stamp(step: int) -> str:
+        return f"step{step:03d}"
+
+    def _copy_dir(self, src: Path, dst: Path) -> Measured:
+        if shutil.which("rsync"):
+            return run(["rsync", "-a", f"{src}/", f"{dst}/"])
+        return run(["cp", "-a", src, dst])  # same result as rsync -a into a new directory
+
+    def snapshot(self, data: Path, step: int) -> Measured:
+        stamp = self.stamp(step)
+        db = run(["cp", data / "app.db", self.repo / f"app_{stamp}.db"])
+        return db.then(self._copy_dir(data / "faiss", self.repo / f"faiss_{stamp}"))
+
+    def restore(self, data: Path, step: int, target: Path) -> Measured:
+        stamp = self.stamp(step)
+        db = run(["cp", self.repo / f"app_{stamp}.db", target / "app.db"])
+        return db.then(self._copy_dir(self.repo / f"faiss_{stamp}", target / "faiss"))
+
+    def version(self) -> str:
+        cp = capture(["cp", "--version"])
+        rsync = capture(["rsync", "--version"]) if shutil.which("rsync") else "rsync absent, cp -a"
+        return f"{cp}; {rsync}"
+
+
+class TarZstdTool(Tool):
+    """One ``tar | zstd -3`` archive per snapshot (python tarfile+zstandard without the CLI)."""
+
+    name = "tarzstd"
+    binaries = ("tar",)
+
+    def archive(self, step: int) -> Path:
+        return self.repo / f"step{step:03d}.tar.zst"
+
+    def missing(self) -> str | None:
+        if shutil.which("tar") and shutil.which("zstd"):
+            return None
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            return "neither tar+zstd nor the zstandard module found"
+        return None
+
+    def version(self) -> str:
+        if shutil.which("tar") and shutil.which("zstd"):
+            return f"{capture(['tar', '--version'])}; {capture(['zstd', '--version'])}"
+        import zstandard
+
+        return f"python tarfile + zstandard {zstandard.__version__}"
+
+    def snapshot(self, data: Path, step: int) -> Measured:
+        archive = self.archive(step)
+        if shutil.which("tar") and shutil.which("zstd"):
+            return run(
+                ["tar", "-cf", "-", "-C", data, "."],
+                ["zstd", "-3", "-q", "-f", "-o", archive],
+            )
+        return run(helper_argv("create", data, archive))
+
+    def restore(self, data: Path, step: int, target: Path) -> Measured:
+        archive = self.archive(step)
+        if shutil.which("tar") and shutil.which("zstd"):
+            return run(["zstd", "-d", "-q", "-c", archive], ["tar", "-xf", "-", "-C", target])
+        return run(helper_argv("extract", archive, target))
+
+
+class ResticTool(Tool):
+    """restic with a local repository (format v2, compression ``auto``)."""
+
+    name = "restic"
+    binaries = ("restic",)
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RESTIC_PASSWORD": RESTIC_PASSWORD,
+            "RESTIC_CACHE_DIR": str(self.home / "cache"),
+        }
+
+    def version(self) -> str:
+        return capture(["restic", "version"])
+
+    def init(self) -> Measured:
+        self.repo.parent.mkdir(parents=True, exist_ok=True)
+        return run(["restic", "-r", self.repo, "init", "-q"], env=self.env())
+
+    def snapshot(self, data: Path, step: int) -> Measured:
+        argv = ["restic", "-r", self.repo, "backup", "-q", "--host", "bench"]
+        return run([*argv, "--tag", f"step{step}", "."], cwd=data, env=self.env())
+
+    def restore(self, data: Path, step: int, target: Path) -> Measured:
+        argv = ["restic", "-r", self.repo, "restore", "latest", "-q", "--target", target]
+        return run(argv, env=self.env())
+
+
+class BorgTool(Tool):
+    """borg 1.x, unencrypted local repository, ``zstd,3`` compression, default chunker."""
+
+    name = "borg"
+    binaries = ("borg",)
+    chunker_params: tuple[str, ...] = ()
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "BORG_BASE_DIR": str(self.home),
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+
+    def init(self) -> Measured:
+        self.repo.parent.mkdir(parents=True, exist_ok=True)
+        return run(["borg", "init", "--encryption=none", self.repo], env=self.env())
+
+    def snapshot(self, data: Path, step: int) -> Measured:
+        argv = ["borg", "create", "--compression", "zstd,3", *self.chunker_params]
+        return run([*argv, f"{self.repo}::step{step}", "."], cwd=data, env=self.env())
+
+    def restore(self, data: Path, step: int, target: Path) -> Measured:
+        return run(["borg", "extract", f"{self.repo}::step{step}"], cwd=target, env=self.env())
+
+
+class BorgFineTool(BorgTool):
+    """borg with smaller chunks: buzhash, 16 KiB min, 1 MiB max, 64 KiB average target."""
+
+    name = "borg-fine"
+    chunker_params = ("--chunker-params", "buzhash,14,20,16,4095")
+
+
+class CasnapTool(Tool):
+    """casnap itself: ``commit --json`` and ``checkout``."""
+
+    name = "casnap"
+    binaries = ("casnap",)
+
+    def locate(self, binary: str) -> str | None:
+        for candidate in (Path(sys.executable).parent / binary, ROOT / ".venv" / "bin" / binary):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        return shutil.which(binary)
+
+    @property
+    def exe(self) -> str:
+        found = self.locate("casnap")
+        if found is None:
+            raise ToolError("casnap not found")
+        return found
+
+    def version(self) -> str:
+        return capture([self.exe, "--version"])
+
+    def init(self) -> Measured:
+        self.repo.parent.mkdir(parents=True, exist_ok=True)  # commit creates the repository
+        return Measured(0.0, 0)
+
+    def snapshot(self, data: Path, step: int) -> Measured:
+        return run([self.exe, "--repo", self.repo, "--data", data, "commit", "--json"])
+
+    def restore(self, data: Path, step: int, target: Path) -> Measured:
+        argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", "latest"]
+        return run([*argv, "--to", target, "--no-safety-snapshot"])
+
+    def details(self, measured: Measured) -> dict[str, Any] | None:
+        try:
+            report = json.loads(measured.stdout)
+        except json.JSONDecodeError:
+            return {"unparsed_stdout": measured.stdout[-TAIL_CHARS:]}
+        keys = ("id", "files_new", "files_changed", "files_unchanged", "bytes_read", "bytes_added")
+        return {k: report[k] for k in keys if k in report}
+
+
+TOOLS: dict[str, type[Tool]] = {
+    cls.name: cls for cls in (CasnapTool, CopyTool, TarZstdTool, ResticTool, BorgTool, BorgFineTool)
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Python fallback for tar+zstd (runs as a subprocess of this script so it is measured the same)
+# --------------------------------------------------------------------------------------------
+
+HELPER_FLAG = "--tarzstd-helper"
+
+
+def helper_argv(mode: str, src: Path, dst: Path) -> list[str | Path]:
+    return [sys.executable, Path(__file__).resolve(), HELPER_FLAG, mode, src, dst]
+
+
+def tarzstd_helper(mode: str, src: Path, dst: Path) -> None:
+    import zstandard
+
+    if mode == "create":
+        compressor = zstandard.ZstdCompressor(level=3)
+        with (
+            dst.open("wb") as raw,
+            compressor.stream_writer(raw) as zfh,
+            tarfile.open(fileobj=zfh, mode="w|") as tar,
+        ):
+            tar.add(src, arcname=".")
+    elif mode == "extract":
+        decompressor = zstandard.ZstdDecompressor()
+        with (
+            src.open("rb") as raw,
+            decompressor.stream_reader(raw) as zfh,
+            tarfile.open(fileobj=zfh, mode="r|") as tar,
+        ):
+            tar.extractall(dst, filter="data")
+    else:
+        raise SystemExit(f"unknown helper mode {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepRow:
+    tool: str
+    step: int
+    seconds: float
+    stored_total: int
+    stored_added: int
+    rss: int
+    details: dict[str, Any] | None = None
+
+
+@dataclass
+class ToolState:
+    tool: Tool
+    rows: list[StepRow] = field(default_factory=list)
+    init_seconds: float = 0.0
+    error: str | None = None
+    restore: Measured | None = None
+    comparison: Comparison | None = None
+
+
+@dataclass
+class Summary:
+    tool: str
+    first_bytes: int | None
+    total_bytes: int | None
+    incr_bytes: int | None
+    first_seconds: float | None
+    mean_incr_seconds: float | None
+    median_incr_seconds: float | None
+    restore_seconds: float | None
+    peak_rss: int | None
+    restore_ok: bool
+    restore_exact: bool
+    cache_bytes: int
+    error: str | None
+    ratio_vs_casnap: float | None = None
+    ratio_vs_copy: float | None = None
+
+
+class Log:
+    """Progress output: stdout normally, stderr when stdout carries the JSON result."""
+
+    def __init__(self, to_stderr: bool) -> None:
+        self.stream = sys.stderr if to_stderr else sys.stdout
+
+    def __call__(self, message: str = "") -> None:
+        print(message, file=self.stream, flush=True)
+
+
+def load_sample() -> ModuleType:
+    try:
+        from casnap import sample
+    except ImportError:
+        sys.path.insert(0, str(ROOT))
+        from casnap import sample
+    return sample
+
+
+def mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / MIB:.1f}"
+
+
+def settle() -> None:
+    """Flush dirty pages so one tool's deferred writes are not charged to the next."""
+    os.sync()
+
+
+def select_tools(names: list[str], work: Path, log: Log) -> tuple[list[ToolState], list[str]]:
+    states: list[ToolState] = []
+    notes: list[str] = []
+    for name in names:
+        tool = TOOLS[name](work)
+        reason = tool.missing()
+        if reason:
+            note = f"{name}: skipped ({reason})"
+            log(f"note: {note}")
+            notes.append(note)
+        else:
+            states.append(ToolState(tool))
+    return states, notes
+
+
+def init_tools(states: list[ToolState], log: Log) -> None:
+    for state in states:
+        try:
+            state.init_seconds = state.tool.init().seconds
+        except (ToolError, OSError) as exc:
+            state.error = f"init failed: {exc}"
+            log(f"  {state.tool.name}: {state.error}")
+
+
+def snapshot_all(states: list[ToolState], data: Path, step: int, log: Log) -> None:
+    for state in states:
+        if state.error:
+            continue
+        tool = state.tool
+        try:
+            measured = tool.snapshot(data, step)
+        except (ToolError, OSError) as exc:
+            state.error = f"snapshot {step} failed: {exc}"
+            log(f"  {tool.name:<10} {state.error}")
+            continue
+        settle()
+        total = tool.stored_bytes()
+        previous = state.rows[-1].stored_total if state.rows else 0
+        row = StepRow(
+            tool.name,
+            step,
+            measured.seconds,
+            total,
+            total - previous,
+            measured.rss,
+            tool.details(measured),
+        )
+        state.rows.append(row)
+        log(
+            f"  {tool.name:<10} {row.seconds:8.2f} s   +{mib(row.stored_added):>9} MiB   "
+            f"total {mib(total):>9} MiB   rss {mib(row.rss):>7} MiB"
+        )
+
+
+def restore_all(states: list[ToolState], data: Path, work: Path, log: Log) -> None:
+    for state in states:
+        if state.error or not state.rows:
+            continue
+        tool = state.tool
+        target = empty_dir(work / "restore" / tool.name)
+        try:
+            state.restore = tool.restore(data, state.rows[-1].step, target)
+        except (ToolError, OSError) as exc:
+            state.error = f"restore failed: {exc}"
+            log(f"  {tool.name:<10} {state.error}")
+            continue
+        settle()
+        state.comparison = compare_trees(data, target)
+        verdict = "ok" if state.comparison.ok else "MISMATCH"
+        if state.comparison.ok and not state.comparison.exact:
+            verdict += " (SQLite header bytes differ, as allowed)"
+        log(f"  {tool.name:<10} {state.restore.seconds:8.2f} s   {verdict}")
+        for problem in state.comparison.problems[:10]:
+            log(f"      {problem}")
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def summarize(state: ToolState) -> Summary:
+    rows = state.rows
+    first = rows[0] if rows else None
+    last = rows[-1] if rows else None
+    incr = [r.seconds for r in rows[1:]]
+    comparison = state.comparison
+    return Summary(
+        tool=state.tool.name,
+        first_bytes=first.stored_total if first else None,
+        total_bytes=last.stored_total if last else None,
+        incr_bytes=(last.stored_total - first.stored_total) if first and last else None,
+        first_seconds=first.seconds if first else None,
+        mean_incr_seconds=statistics.fmean(incr) if incr else None,
+        median_incr_seconds=statistics.median(incr) if incr else None,
+        restore_seconds=state.restore.seconds if state.restore else None,
+        peak_rss=max(r.rss for r in rows) if rows else None,
+        restore_ok=bool(comparison and comparison.ok),
+        restore_exact=bool(comparison and comparison.exact),
+        cache_bytes=state.tool.cache_bytes(),
+        error=state.error,
+    )
+
+
+def add_ratios(summaries: list[Summary]) -> None:
+    by_name = {s.tool: s for s in summaries}
+    for ref, attr in (("casnap", "ratio_vs_casnap"), ("copy", "ratio_vs_copy")):
+        base = by_name.get(ref)
+        if base is None or not base.incr_bytes or base.error:
+            continue
+        for s in summaries:
+            if s.incr_bytes is not None:
+                setattr(s, attr, s.incr_bytes / base.incr_bytes)
+
+
+def run_benchmark(args: argparse.Namespace, work: Path, log: Log) -> dict[str, Any]:
+    sample = load_sample()
+    data = work / "data"
+    started = time.perf_counter()
+    log(f"work dir: {work}")
+    states, notes = select_tools(args.tools, work, log)
+    versions = {s.tool.name: s.tool.version() for s in states}
+    for name, version in versions.items():
+        log(f"  {name:<10} {version}")
+    floor = rss_floor()
+    log(f"peak RSS measurement floor (launcher of a no-op command): {mib(floor)} MiB")
+
+    t0 = time.perf_counter()
+    sample.generate(data, size_mb=args.size_mb, seed=args.seed)
+    settle()
+    log(f"generated {mib(tree_size(data))} MiB in {time.perf_counter() - t0:.1f} s")
+    init_tools(states, log)
+
+    data_sizes: list[dict[str, Any]] = []
+    for step in range(args.steps + 1):
+        changes = sample.evolve(data, step, seed=args.seed) if step else {}
+        settle()
+        size = tree_size(data)
+        data_sizes.append({"step": step, "data_bytes": size, "changes": changes})
+        shown = ", ".join(f"{k}={v}" for k, v in changes.items())
+        log(f"step {step}: data {mib(size)} MiB{'  (' + shown + ')' if shown else ''}")
+        snapshot_all(states, data, step, log)
+
+    log("restore of the last snapshot:")
+    restore_all(states, data, work, log)
+
+    summaries = [summarize(s) for s in states]
+    add_ratios(summaries)
+    return {
+        "config": {
+            "size_mb": args.size_mb,
+            "steps": args.steps,
+            "seed": args.seed,
+            "tools": args.tools,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "versions": versions,
+        "rss_floor": floor,
+        "notes": notes,
+        "data_sizes": data_sizes,
+        "init_seconds": {s.tool.name: s.init_seconds for s in states},
+        "steps": [asdict(r) for s in states for r in s.rows],
+        "restore": {
+            s.tool.name: {
+                "seconds": s.restore.seconds if s.restore else None,
+                "rss": s.restore.rss if s.restore else None,
+                "problems": s.comparison.problems if s.comparison else None,
+            }
+            for s in states
+        },
+        "summary": [asdict(s) for s in summaries],
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+COLUMNS = (
+    "tool",
+    "first MiB",
+    "total MiB",
+    "incr MiB",
+    "incr vs casnap",
+    "incr vs copy",
+    "first s",
+    "incr s mean",
+    "incr s median",
+    "restore s",
+    "peak RSS MiB",
+    "restore_ok",
+)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ratio(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt) + "x"
+
+
+def rss_cell(rss: int | None, floor: int) -> str:
+    """Peak RSS in MiB, or ``<=floor`` when the command used no more than the launcher."""
+    if rss is not None and rss <= floor * 1.05:
+        return f"<={mib(floor)}"
+    return mib(rss)
+
+
+def table_rows(summaries: list[dict[str, Any]], floor: int) -> list[list[str]]:
+    rows = []
+    for s in summaries:
+        ok = "error" if s["error"] else ("yes" if s["restore_ok"] else "NO")
+        rows.append(
+            [
+                s["tool"],
+                mib(s["first_bytes"]),
+                mib(s["total_bytes"]),
+                mib(s["incr_bytes"]),
+                _ratio(s["ratio_vs_casnap"], ".2f"),
+                _ratio(s["ratio_vs_copy"], ".3f"),
+                _num(s["first_seconds"], ".2f"),
+                _num(s["mean_incr_seconds"], ".2f"),
+                _num(s["median_incr_seconds"], ".2f"),
+                _num(s["restore_seconds"], ".2f"),
+                rss_cell(s["peak_rss"], floor),
+                ok,
+            ]
+        )
+    return rows
+
+
+def format_table(summaries: list[dict[str, Any]], floor: int) -> str:
+    """A Markdown table, aligned so it also reads well in a terminal."""
+    rows = [list(COLUMNS), *table_rows(summaries, floor)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            ":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)
+        )
+        + "|"
+    )
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+PLOT_COLORS = {
+    "casnap": "tab:red",
+    "copy": "tab:gray",
+    "tarzstd": "tab:brown",
+    "restic": "tab:blue",
+    "borg": "tab:green",
+    "borg-fine": "tab:olive",
+}
+
+
+def write_plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    sizes = result["data_sizes"]
+    steps = [d["step"] for d in sizes]
+    left.plot(steps, [d["data_bytes"] / MIB for d in sizes], "k--", label="data dir (live)")
+    for name in dict.fromkeys(r["tool"] for r in result["steps"]):
+        rows = [r for r in result["steps"] if r["tool"] == name]
+        xs = [r["step"] for r in rows]
+        style = {
+            "marker": "o",
+            "ms": 3,
+            "label": name,
+            "color": PLOT_COLORS.get(name),
+            "lw": 2.5 if name == "casnap" else 1.5,
+        }
+        left.plot(xs, [r["stored_total"] / MIB for r in rows], **style)
+        right.plot(xs, [max(r["stored_added"], 1) / MIB for r in rows], **style)
+    cfg = result["config"]
+    left.set_title(f"Cumulative stored size ({cfg['size_mb']:g} MiB sample, seed {cfg['seed']})")
+    right.set_title("Stored bytes added by each snapshot")
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("snapshot (step)")
+        ax.set_ylabel("MiB (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)  # the right panel uses the same colours
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(result: dict[str, Any], args: argparse.Namespace, log: Log) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "storage.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    log()
+    sizes = ", ".join(mib(d["data_bytes"]) for d in result["data_sizes"])
+    log(f"data size per step (MiB): {sizes}")
+    log()
+    log(format_table(result["summary"], result["rss_floor"]))
+    for s in result["summary"]:
+        if s["error"]:
+            log(f"{s['tool']}: {s['error'][:TAIL_CHARS]}")
+    for note in result["notes"]:
+        log(f"note: {note}")
+    log(f"\nwall time {result['wall_seconds']:.1f} s; wrote {json_path}")
+    if not (args.no_plot or args.json_only):
+        png = args.out / "storage.png"
+        write_plot(result, png)
+        log(f"wrote {png}")
+    if args.json_only:
+        print(json.dumps(result, indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def tool_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown tool(s) {unknown}; choose from {list(TOOLS)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Stored bytes, snapshot time, memory and restore of casnap vs other tools.",
+    )
+    p.add_argument("--size-mb", type=float, default=350.0, help="sample data size (default 350)")
+    p.add_argument("--steps", type=int, default=10, help="evolution steps after the first")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample data")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results",
+        help="directory for storage.json and storage.png",
+    )
+    p.add_argument(
+        "--tools",
+        type=tool_list,
+        default=list(DEFAULT_TOOLS),
+        help=f"comma-separated subset of {','.join(DEFAULT_TOOLS)}",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="parent of the scratch dir (default: the system temp dir)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the scratch dir afterwards")
+    p.add_argument("--no-plot", action="store_true", help="do not write storage.png")
+    p.add_argument(
+        "--json-only",
+        action="store_true",
+        help="print the JSON result on stdout (progress on stderr), no plot",
+    )
+    args = p.parse_args(argv)
+    if args.steps < 0 or args.size_mb <= 0:
+        p.error("--steps must be >= 0 and --size-mb > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [HELPER_FLAG]:
+        tarzstd_helper(argv[1], Path(argv[2]), Path(argv[3]))
+        return 0
+    args = parse_args(argv)
+    log = Log(to_stderr=args.json_only)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="casnap-storage-bench-", dir=args.work))
+    try:
+        result = run_benchmark(args, work, log)
+    finally:
+        if args.keep:
+            log(f"kept work dir {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    report(result, args, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""What changed between two snapshots, or between a snapshot and the live data dir.
+
+Files are compared by hash and by chunk ids (the data-dir side is chunked with the repository's
+own chunker and never stored), databases by their tables (row counts, rows added, removed and
+updated, schema), FAISS indexes by type and vector count. Nothing is written to the repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from casnap import capture
+from casnap.constants import FAISS_HEADER_BYTES
+from casnap.errors import IntegrityError, from_oserror
+from casnap.ids import ObjectId
+from casnap.manifest import FileEntry, Snapshot
+from casnap.repository import Repository
+from casnap.smoke import FaissHeader, TableInfo, faiss_header, list_tables, quote_ident
+
+Refs = list[tuple[ObjectId, int]]
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    """How one table differs: rows before and after, rows added/removed/updated, schema."""
+
+    name: str
+    status: str  # "added", "removed" or "changed"
+    rows_a: int | None
+    rows_b: int | None
+    added: int | None  # rows whose key is new (None when rows cannot be matched by key)
+    removed: int | None
+    updated: int | None  # rows with the same key and different values
+    schema_changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class IndexDiff:
+    """A FAISS index before and after: its class and vector count (None when unreadable)."""
+
+    type_a: str | None
+    type_b: str | None
+    ntotal_a: int | None
+    ntotal_b: int | None
+
+    @property
+    def ntotal_delta(self) -> int | None:
+        """Vectors added (negative: removed); an absent side counts as 0, None when both are."""
+        if self.ntotal_a is None and self.ntotal_b is None:
+            return None
+        return (self.ntotal_b or 0) - (self.ntotal_a or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "ntotal_delta": self.ntotal_delta}
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    """One file: its status and what its new side shares with, or adds to, the old side."""
+
+    path: str
+    status: str  # "added", "removed", "changed" or "unchanged"
+    kind: str  # "sqlite", "faiss" or "file"
+    size_a: int | None
+    size_b: int | None
+    chunks_a: int | None
+    chunks_b: int | None
+    chunks_shared: int = 0  # distinct chunks of the new side found anywhere in the old side
+    chunks_new: int = 0  # distinct chunks of the new side the old side does not hold
+    bytes_shared: int = 0
+    bytes_new: int = 0
+    tables: tuple[TableDiff, ...] = ()
+    index: IndexDiff | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["tables"] = [t.to_json() for t in self.tables]
+        d["index"] = self.index.to_json() if self.index is not None else None
+        return d
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """The whole comparison of side A (a snapshot) with side B (a snapshot or the data dir)."""
+
+    a: dict[str, Any]
+    b: dict[str, Any]
+    files: tuple[FileDiff, ...]
+    summary: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "files": [f.to_json() for f in self.files],
+            "summary": self.summary,
+        }
+
+
+# -- the two sides ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _File:
+    """One file of a side: enough to compare it and, on demand, to read it."""
+
+    path: str
+    kind: str  # "sqlite" or "file"
+    size: int
+    hash: str
+    refs: Refs
+    entry: FileEntry | None = None  # snapshot side
+    local: Path | None = None  # data-dir side: a readable copy (a database: its backup image)
+    head: bytes = b""
+
+
+class _Side:
+    """The files of a snapshot, or of the data dir read the way commit reads it."""
+
+    def __init__(self, repo: Repository, scratch: Path) -> None:
+        self.repo = repo
+        self.scratch = scratch
+        self.files: dict[str, _File] = {}
+
+    def db_copy(self, f: _File) -> Path:
+        """A file nobody writes holding this side's version of a database."""
+        if f.local is not None:
+            return f.local
+        assert f.entry is not None
+        dest = Path(tempfile.mkdtemp(dir=self.scratch)) / "db"
+        self.repo.restore_entry(f.entry, dest)
+        f.local = dest
+        return dest
+
+    def head(self, f: _File) -> bytes:
+        """The first bytes of this side's version of a file."""
+        if f.head:
+            return f.head
+        if f.local is not None:
+            with open(f.local, "rb") as fh:
+                f.head = fh.read(FAISS_HEADER_BYTES)
+            return f.head
+        out = b""
+        for cid, _ in f.refs:
+            out += self.repo.store.get(cid)
+            if len(out) >= FAISS_HEADER_BYTES:
+                break
+        f.head = out[:FAISS_HEADER_BYTES]
+        return f.head
+
+
+def _snapshot_side(repo: Repository, snap: Snapshot, scratch: Path) -> _Side:
+    side = _Side(repo, scratch)
+    for e in snap.files:
+        side.files[e.path] = _File(e.path, e.kind, e.size, e.hash, repo.chunk_refs(e), entry=e)
+    return side
+
+
+def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) -> _Side:
+    """The data dir within the paths and excludes of `like`; a file whose stat fingerprint
+    matches like's record is taken from it unread, the rest is read and chunked (not stored)."""
+    side = _Side(repo, scratch)
+    same_source = str(data_dir.resolve()) == like.source
+    recorded = {e.path: e for e in like.files} if same_source else {}
+    for src in capture.scan(data_dir, like.paths, like.excludes):
+        old = recorded.get(src.path)
+        if (
+            old is not None
+            and old.source is not None
+            and old.kind == src.kind
+            and capture.fingerprint(src.abspath, src.kind) == old.source
+        ):
+            side.files[src.path] = _File(
+                src.path, old.kind, old.size, old.hash, repo.chunk_refs(old), entry=old
+            )
+            continue
+        if src.kind == "sqlite":
+            keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
+            with capture.sqlite_image(src.abspath, scratch) as image:
+                image.replace(keep)
+            local = keep
+        else:
+            local = src.abspath
+        refs, whole, size = repo.chunk_file(local)
+        side.files[src.path] = _File(src.path, src.kind, size, whole, refs, local=local)
+    return side
+
+
+# -- comparing -------------------------------------------------------------------------------------
+
+
+def diff(
+    repo: Repository, a_ref: str, b_ref: str | None = None, data_dir: Path | str | None = None
+) -> DiffResult:
+    """Compare snapshot a_ref with snapshot b_ref, or (b_ref None) with data_dir as it is now."""
+    if b_ref is None and data_dir is None:
+        raise ValueError("diff needs a second snapshot or a data dir")
+    with repo.lock("diff"), _scratch(repo) as scratch:
+        repo.refresh(only_if_changed=True)
+        a_id = repo.resolve(a_ref)
+        a_snap = repo.load_snapshot(a_id)
+        a = _snapshot_side(repo, a_snap, scratch)
+        if b_ref is not None:
+            b_id = repo.resolve(b_ref)
+            b_snap = repo.load_snapshot(b_id)
+            b = _snapshot_side(repo, b_snap, scratch)
+            b_info: dict[str, Any] = {"id": b_id.hex(), "time": b_snap.time}
+        else:
+            assert data_dir is not None
+            root = Path(data_dir)
+            b = _data_side(repo, root, a_snap, scratch)
+            b_info = {"data_dir": str(root.resolve())}
+        files, summary = _compare(a, b)
+        return DiffResult({"id": a_id.hex(), "time": a_snap.time}, b_info, tuple(files), summary)
+
+
+@contextlib.contextmanager
+def _scratch(repo: Repository) -> Iterator[Path]:
+    """A temporary dir for database copies: in the repository's tmp dir when it already exists
+    (same disk as the data), else the system's; removed afterwards."""
+    parent = repo.tmp_dir if repo.tmp_dir.is_dir() else None
+    try:
+        with tempfile.TemporaryDirectory(prefix=".casnap-tmp-diff-", dir=parent) as d:
+            yield Path(d)
+    except OSError as exc:
+        raise from_oserror(exc, "creating a scratch dir for diff") from None
+
+
+def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
+    a_chunks: dict[ObjectId, int] = {}
+    for f in a.files.values():
+        a_chunks.update(f.refs)
+    b_chunks: dict[ObjectId, int] = {}
+    seen_new: set[ObjectId] = set()
+    files: list[FileDiff] = []
+    counts = {"added": 0, "removed": 0, "changed": 0, "unchanged": 0}
+    for path in sorted(set(a.files) | set(b.files)):
+        fa, fb = a.files.get(path), b.files.get(path)
+        if fb is None:
+            assert fa is not None
+            status = "removed"
+        elif fa is None:
+            status = "added"
+        else:
+            status = "unchanged" if fa.hash == fb.hash else "changed"
+        counts[status] += 1
+        shared = new = shared_bytes = new_bytes = 0
+        if fb is not None:
+            for cid, n in dict(fb.refs).items():
+                b_chunks[cid] = n
+                if cid in a_chunks:
+                    shared, shared_bytes = shared + 1, shared_bytes + n
+                elif cid not in seen_new:
+                    seen_new.add(cid)
+                    new, new_bytes = new + 1, new_bytes + n
+        kind = "sqlite" if "sqlite" in (fa and fa.kind, fb and fb.kind) else "file"
+        tables: tuple[TableDiff, ...] = ()
+        index = None
+        if status != "unchanged":
+            if kind == "sqlite":
+                tables = _table_diffs(a, fa, b, fb, path)
+            else:
+                ha = faiss_header(a.head(fa)) if fa is not None else None
+                hb = faiss_header(b.head(fb)) if fb is not None else None
+                if ha is not None or hb is not None:
+                    kind = "faiss"
+                    index = _index_diff(ha, hb)
+        elif faiss_header(b.head(fb) if fb is not None else b"") is not None:
+            kind = "faiss"
+        files.append(
+            FileDiff(
+                path=path,
+                status=status,
+                kind=kind,
+                size_a=fa.size if fa else None,
+                size_b=fb.size if fb else None,
+                chunks_a=len(fa.refs) if fa else None,
+                chunks_b=len(fb.refs) if fb else None,
+                chunks_shared=shared,
+                chunks_new=new,
+                bytes_shared=shared_bytes,
+                bytes_new=new_bytes,
+                tables=tables,
+                index=index,
+            )
+        )
+    dropped = {cid: n for cid, n in a_chunks.items() if cid not in b_chunks}
+    shared_all = {cid: n for cid, n in b_chunks.items() if cid in a_chunks}
+    summary = {
+        "files_added": counts["added"],
+        "files_removed": counts["removed"],
+        "files_changed": counts["changed"],
+        "files_unchanged": counts["unchanged"],
+        "chunks_new": len(seen_new),
+        "bytes_new": sum(b_chunks[c] for c in seen_new),
+        "chunks_shared": len(shared_all),
+        "bytes_shared": sum(shared_all.values()),
+        "chunks_dropped": len(dropped),
+        "bytes_dropped": sum(dropped.values()),
+    }
+    return files, summary
+
+
+def _index_diff(ha: FaissHeader | None, hb: FaissHeader | None) -> IndexDiff:
+    return IndexDiff(
+        type_a=ha.type if ha else None,
+        type_b=hb.type if hb else None,
+        ntotal_a=ha.ntotal if ha else None,
+        ntotal_b=hb.ntotal if hb else None,
+    )
+
+
+def _table_diffs(
+    a: _Side, fa: _File | None, b: _Side, fb: _File | None, path: str
+) -> tuple[TableDiff, ...]:
+    """The tables that differ between two versions of a database (either may be absent)."""
+    with contextlib.closing(sqlite3.connect("file::memory:", uri=True)) as conn:
+        try:
+            for alias, side, f in (("a", a, fa), ("b", b, fb)):
+                if f is not None and f.kind == "sqlite":
+                    uri = f"file:{urllib.parse.quote(str(side.db_copy(f).absolute()))}?immutable=1"
+                    conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
+            attached = {row[1] for row in conn.execute("PRAGMA database_list")}
+            ta = list_tables(conn, schema="a") if "a" in attached else {}
+            tb = list_tables(conn, schema="b") if "b" in attached else {}
+            out = []
+            for name in sorted(set(ta) | set(tb)):
+                d = _table_diff(conn, ta.get(name), tb.get(name))
+                if d is not None:
+                    out.append(d)
+            return tuple(out)
+        except sqlite3.Error as exc:
+            raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from None
+
+
+def _table_diff(
+    conn: sqlite3.Connection, ta: TableInfo | None, tb: TableInfo | None
+) -> TableDiff | None:
+    if ta is None or tb is None:
+        t = ta or tb
+        assert t is not None
+        return TableDiff(
+            name=t.name,
+            status="added" if ta is None else "removed",
+            rows_a=ta.rows if ta else None,
+            rows_b=tb.rows if tb else None,
+            added=tb.rows if tb else None,
+            removed=ta.rows if ta else None,
+            updated=0,
+            schema_changed=True,
+        )
+    schema_changed = " ".join(ta.sql.split()) != " ".join(tb.sql.split())
+    added = removed = updated = None
+    if not ta.virtual and not tb.virtual:
+        added, removed, updated = _row_changes(conn, ta.name)
+    changed = schema_changed or ta.rows != tb.rows or bool(added) or bool(removed) or bool(updated)
+    if not changed:
+        return None
+    return TableDiff(ta.name, "changed", ta.rows, tb.rows, added, removed, updated, schema_changed)
+
+
+def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[tuple[str, int]]:
+    """(name, primary-key position) of each column."""
+    rows = conn.execute(f"PRAGMA {schema}.table_info({quote_ident(table)})").fetchall()
+    return [(str(r[1]), int(r[5])) for r in rows]
+
+
+def _row_changes(conn: sqlite3.Connection, table: str) -> tuple[int | None, ...]:
+    """Rows added, removed and updated between a.table and b.table, matched by rowid (by primary
+    key for a WITHOUT ROWID table); updated is None when the columns differ."""
+    t = quote_ident(table)
+    cols_a, cols_b = _columns(conn, "a", table), _columns(conn, "b", table)
+    try:
+        conn.execute(f"SELECT rowid FROM a.{t} LIMIT 1").fetchall()
+        conn.execute(f"SELECT rowid FROM b.{t} LIMIT 1").fetchall()
+        keys = ["rowid"]
+    except sqlite3.OperationalError:  # WITHOUT ROWID: match by primary key
+        pk_a = [n for n, pk in sorted(cols_a, key=lambda c: c[1]) if pk]
+        pk_b = [n for n, pk in sorted(cols_b, key=lambda c: c[1]) if pk]
+        if not pk_a or pk_a != pk_b:
+            return None, None, None
+        keys = [quote_ident(k) for k in pk_a]
+    join = " AND ".join(f"x.{k} = y.{k}" for k in keys)
+    added = conn.execute(
+        f"SELECT count(*) FROM b.{t} AS y WHERE NOT EXISTS (SELECT 1 FROM a.{t} AS x WHERE {join})"
+    ).fetchone()[0]
+    removed = conn.execute(
+        f"SELECT count(*) FROM a.{t} AS x WHERE NOT EXISTS (SELECT 1 FROM b.{t} AS y WHERE {join})"
+    ).fetchone()[0]
+    updated = None
+    names_a = [n for n, _ in cols_a]
+    if names_a and names_a == [n for n, _ in cols_b]:
+        differ = " OR ".join(f"x.{quote_ident(n)} IS NOT y.{quote_ident(n)}" for n in names_a)
+        updated = conn.execute(
+            f"SELECT count(*) FROM a.{t} AS x JOIN b.{t} AS y ON {join} WHERE {differ}"
+        ).fetchone()[0]
+    return int(added), int(removed), None if updated is None else int(updated)

@@ -1,0 +1,103 @@
+"""Read and search FAISS indexes in a child process: `python -m casnap.faiss_probe`.
+
+A damaged index can make the FAISS reader crash or ask for absurd allocations; run here, that
+fails one smoke check instead of the casnap process. The optional argument is a limit in bytes on
+the child's address space. Input on stdin: a JSON list of
+{"path": str, "binary": bool}. Output on stdout: one JSON object per line, {"start": i} before
+index i is read, then {"done": i, "ok": bool, "check": str, "detail": str, "ntotal", "d", "type"}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+
+def _short(exc: BaseException) -> str:
+    """FAISS error text without the C++ function signature and source location."""
+    text = str(exc).strip() or type(exc).__name__
+    if "Error: " in text:
+        text = text.rsplit("Error: ", 1)[1]
+    else:
+        text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text, flags=re.S)
+    return " ".join(text.split())[:300]
+
+
+def _query(index: Any, faiss: Any, np: Any, binary: bool) -> Any:
+    """A query vector: a stored vector when the index can reconstruct one, else a centroid of a
+    non-empty inverted list (IVF), else zeros."""
+    try:
+        return index.reconstruct(0).reshape(1, -1)
+    except Exception:  # noqa: BLE001 - many index types cannot reconstruct
+        pass
+    if binary:
+        return np.zeros((1, index.code_size), dtype="uint8")
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.d == index.d:
+        for list_no in range(ivf.nlist):
+            if ivf.invlists.list_size(list_no) > 0:
+                try:
+                    return ivf.quantizer.reconstruct(list_no).reshape(1, -1)
+                except Exception:  # noqa: BLE001 - a quantizer that cannot reconstruct
+                    break
+    return np.zeros((1, index.d), dtype="float32")
+
+
+def probe(path: str, binary: bool) -> dict[str, Any]:
+    """Read one index and run one k=1 search on it; the outcome as a JSON-ready dict."""
+    import faiss
+    import numpy as np
+
+    try:
+        index = faiss.read_index_binary(path) if binary else faiss.read_index(path)
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - any reader failure is the answer
+        return {"ok": False, "check": "faiss-read", "detail": f"cannot be read: {_short(exc)}"}
+    out: dict[str, Any] = {"ntotal": int(index.ntotal), "d": int(index.d)}
+    out["type"] = type(index).__name__
+    if index.ntotal == 0:
+        return {**out, "ok": True, "check": "faiss-search", "detail": "empty index (ntotal 0)"}
+    try:
+        query = _query(index, faiss, np, binary)
+        _, ids = index.search(query, 1)
+        if ids[0][0] < 0:
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:  # the probed lists were empty: search them all
+                ivf.nprobe = ivf.nlist
+                _, ids = index.search(query, 1)
+    except (Exception, MemoryError) as exc:  # noqa: BLE001
+        return {**out, "ok": False, "check": "faiss-search", "detail": f"search: {_short(exc)}"}
+    if ids[0][0] < 0:
+        detail = f"a k=1 search over {index.ntotal} vectors returned no result"
+        return {**out, "ok": False, "check": "faiss-search", "detail": detail}
+    found = f"k=1 search found id {ids[0][0]}"
+    return {**out, "ok": True, "check": "faiss-search", "detail": found}
+
+
+def _limit_memory(limit: int) -> None:
+    """Cap the address space, so a damaged size field fails an allocation instead of the machine."""
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # no resource limits on this platform: the timeout still bounds the child
+
+
+def main() -> None:
+    """Probe every index named on stdin, reporting progress line by line."""
+    if len(sys.argv) > 1:
+        _limit_memory(int(sys.argv[1]))
+    items = json.load(sys.stdin)
+    for i, item in enumerate(items):
+        print(json.dumps({"start": i}), flush=True)
+        result = probe(str(item["path"]), bool(item.get("binary", False)))
+        print(json.dumps({"done": i, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

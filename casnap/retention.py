@@ -1,0 +1,372 @@
+"""Retention: which snapshots a keep policy keeps, and forgetting the others.
+
+The policy is restic's: snapshots are taken newest first; each bucket rule (last, hourly, daily,
+weekly, monthly, yearly) keeps the newest snapshot of each of its N most recent distinct buckets;
+keep-within keeps everything newer than the newest snapshot minus a duration; keep-tag keeps what
+carries the tags. A snapshot is kept when any rule keeps it. The decision functions are pure, over
+(id, time, tags); `prune` and `forget` apply them to a repository, group by group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from casnap.errors import InvalidPolicy
+from casnap.ids import ObjectId
+from casnap.manifest import Snapshot
+from casnap.repository import Repository, parse_time
+
+UNLIMITED = -1  # a bucket count that keeps one snapshot in every bucket
+
+
+# -- durations -------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+)([ymwdh])")
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A calendar duration for keep-within: years, months, days and hours (a week is 7 days)."""
+
+    years: int = 0
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        """Parse `1y2m3d4h` style text (units y, m, w, d, h, each at most once, in any order)."""
+        s = text.strip().lower()
+        parts = _DURATION.findall(s)
+        if not s or "".join(n + u for n, u in parts) != s:
+            raise InvalidPolicy(
+                f"invalid duration {text!r}: use numbers with units y, m, w, d, h (e.g. 2d, 1y2m)"
+            )
+        units = [u for _, u in parts]
+        if len(set(units)) != len(units):
+            raise InvalidPolicy(f"invalid duration {text!r}: a unit is given twice")
+        v = {u: int(n) for n, u in parts}
+        return cls(v.get("y", 0), v.get("m", 0), v.get("w", 0) * 7 + v.get("d", 0), v.get("h", 0))
+
+    @property
+    def zero(self) -> bool:
+        return not (self.years or self.months or self.days or self.hours)
+
+    def before(self, t: dt.datetime) -> dt.datetime:
+        """t minus this duration, calendar fields normalised the way Go's AddDate does."""
+        months = t.year * 12 + (t.month - 1) - self.years * 12 - self.months
+        try:
+            first = t.replace(year=months // 12, month=months % 12 + 1, day=1)
+            return first + dt.timedelta(days=t.day - 1 - self.days, hours=-self.hours)
+        except (ValueError, OverflowError):  # before year 1: everything is within
+            return dt.datetime.min.replace(tzinfo=t.tzinfo)
+
+    def __str__(self) -> str:
+        out = "".join(
+            f"{n}{u}"
+            for n, u in ((self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h"))
+            if n
+        )
+        return out or "0h"
+
+
+# -- the pure policy -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """What retention needs to know of a snapshot."""
+
+    id: str
+    time: dt.datetime  # timezone-aware
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Keep rules; counts are numbers of buckets (UNLIMITED for all), 0 = rule unused."""
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    within: Duration | None = None
+    tags: tuple[tuple[str, ...], ...] = ()  # keep a snapshot carrying all tags of any one entry
+
+    def __post_init__(self) -> None:
+        for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+            if getattr(self, name) < UNLIMITED:
+                raise InvalidPolicy(f"keep-{name} must be a count >= 0 (or {UNLIMITED}: all)")
+
+    @property
+    def empty(self) -> bool:
+        """True when no rule would keep anything."""
+        counts = (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly)
+        return not any(counts) and (self.within is None or self.within.zero) and not any(self.tags)
+
+    def describe(self) -> str:
+        parts = [
+            f"keep-{name} {'all' if n == UNLIMITED else n}"
+            for name, n in (
+                ("last", self.last),
+                ("hourly", self.hourly),
+                ("daily", self.daily),
+                ("weekly", self.weekly),
+                ("monthly", self.monthly),
+                ("yearly", self.yearly),
+            )
+            if n
+        ]
+        if self.within is not None and not self.within.zero:
+            parts.append(f"keep-within {self.within}")
+        parts.extend(f"keep-tag {','.join(t)}" for t in self.tags if t)
+        return ", ".join(parts) or "no rule"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether one snapshot is kept, and by which rules."""
+
+    item: Item
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+def _local(t: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    return t.astimezone(tz) if tz is not None else t.astimezone()
+
+
+def _hour(t: dt.datetime) -> int:
+    return ((t.year * 100 + t.month) * 100 + t.day) * 100 + t.hour
+
+
+def _day(t: dt.datetime) -> int:
+    return (t.year * 100 + t.month) * 100 + t.day
+
+
+def _week(t: dt.datetime) -> int:
+    iso = t.isocalendar()  # ISO 8601: weeks start on Monday, week 1 holds the first Thursday
+    return iso.year * 100 + iso.week
+
+
+def _month(t: dt.datetime) -> int:
+    return t.year * 100 + t.month
+
+
+def _year(t: dt.datetime) -> int:
+    return t.year
+
+
+_BUCKETS: tuple[tuple[str, Callable[[dt.datetime], int]], ...] = (
+    ("hourly", _hour),
+    ("daily", _day),
+    ("weekly", _week),
+    ("monthly", _month),
+    ("yearly", _year),
+)
+
+
+def newest_first(items: Iterable[Item]) -> list[Item]:
+    """Items sorted newest first; equal times are ordered by id so the result is deterministic."""
+    return sorted(items, key=lambda i: (i.time, i.id), reverse=True)
+
+
+def apply_policy(
+    items: Iterable[Item], policy: Policy, tz: dt.tzinfo | None = dt.UTC
+) -> list[Decision]:
+    """Decide every item, newest first. Buckets are computed in tz (None: the local zone)."""
+    ordered = newest_first(items)
+    if not ordered:
+        return []
+    cutoff = None
+    if policy.within is not None and not policy.within.zero:
+        cutoff = policy.within.before(ordered[0].time)
+    counts = {"last": policy.last} | {name: getattr(policy, name) for name, _ in _BUCKETS}
+    last_seen: dict[str, int | None] = dict.fromkeys(counts)
+    out = []
+    for nr, item in enumerate(ordered):
+        reasons: list[str] = []
+        for wanted in policy.tags:
+            if wanted and all(t in item.tags for t in wanted):
+                reasons.append(f"tag {','.join(wanted)}")
+        if cutoff is not None and item.time > cutoff:
+            reasons.append(f"within {policy.within}")
+        local = _local(item.time, tz)
+        for name, bucket in (("last", lambda _t, n=nr: n), *_BUCKETS):
+            left = counts[name]
+            if left == 0:
+                continue
+            value = bucket(local)
+            if value != last_seen[name]:
+                last_seen[name] = value
+                if left > 0:
+                    counts[name] = left - 1
+                reasons.append(name)
+        out.append(Decision(item, bool(reasons), tuple(reasons)))
+    return out
+
+
+# -- groups ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """Snapshots are pruned per data dir and committed paths (() = the whole dir)."""
+
+    source: str
+    paths: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
+
+
+def group_snapshots(
+    snaps: Iterable[tuple[ObjectId, Snapshot]],
+) -> dict[GroupKey, list[tuple[ObjectId, Snapshot]]]:
+    """Snapshots by (source dir, paths), each group oldest first, groups sorted."""
+    groups: dict[GroupKey, list[tuple[ObjectId, Snapshot]]] = {}
+    for sid, snap in snaps:
+        groups.setdefault(GroupKey(snap.source, snap.paths), []).append((sid, snap))
+    return dict(sorted(groups.items()))
+
+
+def normalize_group_paths(paths: Sequence[str], data_dir: Path | None = None) -> tuple[str, ...]:
+    """The committed-paths tuple that user-given --path values name (as commit normalises them).
+
+    Paths are relative to the data dir (an absolute path inside data_dir is made relative);
+    `.` names the whole-dir group. The paths need not exist any more.
+    """
+    root = str(data_dir.resolve()) if data_dir is not None else None
+    out: set[str] = set()
+    for p in paths:
+        text = p
+        if os.path.isabs(text):
+            if root is None or os.path.commonpath([root, os.path.abspath(text)]) != root:
+                raise InvalidPolicy(f"--path {p}: give a path relative to the data dir")
+            text = os.path.relpath(os.path.abspath(text), root)
+        rel = posixpath.normpath(text.replace(os.sep, "/"))
+        if rel.startswith("../") or rel == "..":
+            raise InvalidPolicy(f"--path {p} is outside the data dir")
+        if rel == ".":
+            return ()
+        out.add(rel)
+    return tuple(sorted(p for p in out if not any(p.startswith(q + "/") for q in out)))
+
+
+# -- applying it -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """The decisions for one group, newest first."""
+
+    key: GroupKey
+    decisions: tuple[Decision, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        def row(d: Decision) -> dict[str, Any]:
+            return {
+                "id": d.item.id,
+                "time": d.item.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "tags": list(d.item.tags),
+                "reasons": list(d.reasons),
+            }
+
+        return {
+            "source": self.key.source,
+            "paths": list(self.key.paths),
+            "keep": [row(d) for d in self.decisions if d.keep],
+            "remove": [row(d) for d in self.decisions if not d.keep],
+        }
+
+
+@dataclass
+class PruneReport:
+    """What prune or forget removed (or, with dry_run, would remove)."""
+
+    dry_run: bool
+    policy: str
+    groups: list[GroupResult] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "policy": self.policy,
+            "groups": [g.to_json() for g in self.groups],
+            "removed": list(self.removed),
+            "kept": self.kept,
+            "seconds": self.seconds,
+        }
+
+
+def item_of(sid: ObjectId, snap: Snapshot) -> Item:
+    return Item(sid.hex(), parse_time(snap.time), snap.tags)
+
+
+def prune(
+    repo: Repository,
+    policy: Policy,
+    *,
+    paths: tuple[str, ...] | None = None,
+    dry_run: bool = False,
+    tz: dt.tzinfo | None = None,
+) -> PruneReport:
+    """Forget the snapshots policy does not keep, in every group (or the groups with `paths`).
+
+    Refuses an empty policy: a prune that keeps nothing is always a mistake. Buckets use tz
+    (None: the local time zone, as restic does). Data is reclaimed by gc afterwards.
+    """
+    if policy.empty:
+        raise InvalidPolicy(
+            "prune needs at least one keep rule (--keep-last, --keep-hourly, --keep-daily, "
+            "--keep-weekly, --keep-monthly, --keep-yearly, --keep-within or --keep-tag); "
+            "to drop named snapshots use `casnap forget`"
+        )
+    t0 = time.perf_counter()
+    report = PruneReport(dry_run=dry_run, policy=policy.describe())
+    with repo.lock("prune", exclusive=not dry_run):
+        repo.refresh()
+        for key, members in group_snapshots(repo.snapshots()).items():
+            if paths is not None and key.paths != paths:
+                continue
+            decisions = apply_policy((item_of(s, snap) for s, snap in members), policy, tz)
+            report.groups.append(GroupResult(key, tuple(decisions)))
+            report.kept += sum(d.keep for d in decisions)
+            report.removed.extend(d.item.id for d in decisions if not d.keep)
+        if not dry_run:
+            for hex_id in report.removed:
+                repo.remove_snapshot(ObjectId.from_hex(hex_id))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def forget(repo: Repository, refs: Sequence[str], *, dry_run: bool = False) -> PruneReport:
+    """Forget the named snapshots (ids, unique prefixes, tags as resolve() reads them).
+
+    Every name is resolved before anything is removed, so one bad name removes nothing.
+    """
+    t0 = time.perf_counter()
+    report = PruneReport(dry_run=dry_run, policy="forget " + " ".join(refs))
+    with repo.lock("forget", exclusive=not dry_run):
+        repo.refresh()
+        targets = list(dict.fromkeys(repo.resolve(r) for r in refs))
+        report.removed = [sid.hex() for sid in targets]
+        report.kept = len(repo.snapshots()) - len(targets)
+        if not dry_run:
+            for sid in targets:
+                repo.remove_snapshot(sid)
+    report.seconds = time.perf_counter() - t0
+    return report

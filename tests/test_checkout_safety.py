@@ -1,0 +1,135 @@
+"""Checkout never loses data: verification before swap, safety snapshots, stale WAL, busy DB."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casnap.errors import DatabaseBusy, IntegrityError
+from casnap.repository import SAFETY_TAG, Repository
+from tests.conftest import evolve_app
+from tests.util import raw_tree, snapshot_tree
+
+
+def flip_byte_in_packs(repo_dir: Path) -> None:
+    """Flip one byte in the first frame of every pack (app.db's first pages: files are committed
+    in path order, and every test here restores app.db)."""
+    for pack in (repo_dir / "packs").rglob("*"):
+        if pack.is_file():
+            data = bytearray(pack.read_bytes())
+            data[40] ^= 0xFF
+            pack.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("into_existing", [False, True])
+def test_corrupt_pack_fails_checkout_and_leaves_target_untouched(
+    app: Path, tmp_path: Path, into_existing: bool
+) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(app).id
+    target = tmp_path / "target"
+    if into_existing:
+        shutil.copytree(app, target)
+        evolve_app(target, 1)  # different content, so files would be replaced
+    else:
+        target.mkdir()
+    before = raw_tree(target)
+    flip_byte_in_packs(tmp_path / "repo")
+    with pytest.raises(IntegrityError) as err:
+        Repository.open(tmp_path / "repo").checkout(sid, target, safety_snapshot=False)
+    assert "chunk" in str(err.value)
+    assert raw_tree(target) == before
+    assert not [p for p in target.rglob("*") if p.name.startswith(".casnap-tmp-")]
+
+
+def test_checkout_saves_unsaved_data_first(app: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    first = repo.commit(app).id
+    evolve_app(app, 1)
+    (app / "notes.txt").write_text("written after the last snapshot")
+    unsaved = snapshot_tree(app)
+    r = repo.checkout(first, app)
+    assert r.safety_snapshot is not None
+    safety = repo.load_snapshot(repo.resolve(r.safety_snapshot))
+    assert SAFETY_TAG in safety.tags
+    assert not (app / "notes.txt").exists()
+    repo.checkout(SAFETY_TAG, app)  # the tag names the newest safety snapshot
+    assert snapshot_tree(app) == unsaved
+
+
+def test_no_safety_snapshot_when_everything_is_held(app: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    first = repo.commit(app).id
+    evolve_app(app, 1)
+    repo.commit(app)
+    r = repo.checkout(first, app)
+    assert r.safety_snapshot is None and r.files_written > 0
+    assert len(repo.snapshots()) == 2
+
+
+def test_stale_wal_is_removed_on_checkout(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db_path = data / "app.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t(x)")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+        db.commit()
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    # the app writes more rows; keep a copy of its WAL before it is checkpointed away
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100, 400)])
+        db.commit()
+        stale = (data / "app.db-wal").read_bytes()
+    assert len(stale) > 0
+    (data / "app.db-wal").write_bytes(stale)  # a WAL left over beside the database
+    r = repo.checkout(sid, data)
+    assert r.safety_snapshot is not None  # the 300 rows in the WAL were saved first
+    assert not (data / "app.db-wal").exists()
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    saved = tmp_path / "saved"
+    repo.checkout(r.safety_snapshot, saved, safety_snapshot=False)
+    with contextlib.closing(sqlite3.connect(saved / "app.db")) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 400
+
+
+HOLDER = r"""
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1])
+db.execute("INSERT INTO docs(title, body) VALUES ('x', 'y')")
+db.commit()
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_checkout_refuses_a_database_open_elsewhere(app: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(app).id
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(app / "app.db")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        before = raw_tree(app)
+        with pytest.raises(DatabaseBusy, match="open in process"):
+            repo.checkout(sid, app)
+        assert raw_tree(app) == before
+        r = repo.checkout(sid, app, force=True)
+        assert r.written == ["app.db"]
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,0 +1,153 @@
+"""Commit: stat cache, paths and excludes, SQLite side files, a writer running meanwhile."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from casnap.errors import SourceError
+from casnap.repository import Repository
+
+
+def age(root: Path, seconds: int = 60) -> None:
+    """Set every file's mtime in the past, so the stat cache may trust it."""
+    past = time.time() - seconds
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (past, past))
+
+
+def repo_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_unchanged_commit_reads_nothing_and_adds_under_one_percent(
+    app: Path, tmp_path: Path
+) -> None:
+    age(app)
+    repo = Repository.init(tmp_path / "repo")
+    first = repo.commit(app)
+    assert first.files_new == 7 and first.bytes_read > 0
+    size_before = repo_bytes(tmp_path / "repo")
+    second = repo.commit(app)
+    assert second.files_unchanged == 7
+    assert second.bytes_read == 0
+    data_size = sum(p.stat().st_size for p in app.rglob("*") if p.is_file())
+    assert repo_bytes(tmp_path / "repo") - size_before < 0.01 * data_size
+
+
+def test_changed_file_is_read_again(app: Path, tmp_path: Path) -> None:
+    age(app)
+    repo = Repository.init(tmp_path / "repo")
+    repo.commit(app)
+    with open(app / "faiss" / "hnsw.index", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x01\x02")
+    r = repo.commit(app)
+    assert r.files_changed == 1 and r.files_unchanged == 6
+
+
+def test_paths_and_excludes(app: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    (app / ".DS_Store").write_bytes(b"junk")
+    only_db = repo.commit(app, ["app.db"])
+    snap = repo.load_snapshot(repo.resolve(only_db.id))
+    assert [f.path for f in snap.files] == ["app.db"] and snap.paths == ("app.db",)
+    no_meta = repo.commit(app, excludes=["*.meta.json"])
+    names = [f.path for f in repo.load_snapshot(repo.resolve(no_meta.id)).files]
+    assert names == ["app.db", "faiss/hnsw.index", "faiss/ivf.index", "faiss/shard_000.index"]
+    with pytest.raises(SourceError):
+        repo.commit(app, ["missing.db"])
+    with pytest.raises(SourceError):
+        repo.commit(app, ["../outside"])
+
+
+def test_sqlite_detected_by_header_and_side_files_not_stored(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "store.bin")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("CREATE TABLE t(x)")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(500)])
+        db.commit()
+        assert (data / "store.bin-wal").exists()
+        repo = Repository.init(tmp_path / "repo")
+        sid = repo.commit(data).id
+    files = repo.load_snapshot(repo.resolve(sid)).files
+    assert [(f.path, f.kind) for f in files] == [("store.bin", "sqlite")]
+    out = tmp_path / "out"
+    repo.checkout(sid, out, safety_snapshot=False)
+    with contextlib.closing(sqlite3.connect(out / "store.bin")) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 500  # rows from the WAL
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+WRITER = r"""
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE IF NOT EXISTS log(id INTEGER PRIMARY KEY, pad TEXT)")
+db.commit()
+print("ready", flush=True)
+i = 0
+deadline = time.time() + 60
+while time.time() < deadline:
+    with db:
+        db.execute("INSERT INTO log(pad) VALUES (?)", ("x" * 300,))
+        db.execute("INSERT INTO log(pad) VALUES (?)", ("y" * 300,))
+    i += 1
+"""
+
+
+def test_commit_while_a_writer_inserts_in_wal_mode(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db_path = data / "app.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        repo = Repository.init(tmp_path / "repo")
+        ids = []
+        for _ in range(4):
+            time.sleep(0.2)
+            ids.append(repo.commit(data).id)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    counts = []
+    for n, sid in enumerate(ids):
+        out = tmp_path / f"out{n}"
+        repo.checkout(sid, out, force=True, safety_snapshot=False)
+        with contextlib.closing(sqlite3.connect(out / "app.db")) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            count, top = db.execute("SELECT count(*), max(id) FROM log").fetchone()
+        # each transaction inserts two rows: a committed state has an even, gapless count
+        assert count % 2 == 0 and count == top
+        counts.append(count)
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_file_with_sqlite_header_but_no_database_is_kept_as_bytes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    body = b"SQLite format 3\x00" + bytes(range(256)) * 10
+    (data / "fake.db").write_bytes(body)
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    assert [(f.path, f.kind) for f in repo.load_snapshot(repo.resolve(sid)).files] == [
+        ("fake.db", "file")
+    ]
+    repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    assert (tmp_path / "out" / "fake.db").read_bytes() == body

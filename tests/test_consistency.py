@@ -1,0 +1,71 @@
+"""Commit checks each FAISS index against its .meta.json sidecar: warnings, or --strict errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from casnap.errors import InconsistentData
+from casnap.repository import Repository
+from tests.helpers_smoke import CHECK_FAILED, make_app, write_index
+
+
+def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--repo", str(repo), "--data", str(data), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    return make_app(tmp_path / "data")
+
+
+def test_consistent_data_gives_no_warnings(app: Path, tmp_path: Path) -> None:
+    r = Repository.init(tmp_path / "repo").commit(app, strict=True)
+    assert r.warnings == []
+
+
+def test_missing_sidecar_warns_and_strict_refuses(app: Path, tmp_path: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    (app / "faiss" / "hnsw.meta.json").unlink()
+    index = faiss.read_index(str(app / "faiss" / "ivf.index"))
+    write_index(index, app / "faiss" / "ivf.index", ntotal=299)
+    code, out, err = run(repo_dir, app, "commit", "--strict")
+    assert code == CHECK_FAILED and "nothing committed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (repo_dir / "snapshots").exists() or not list((repo_dir / "snapshots").iterdir())
+    code, out, err = run(repo_dir, app, "commit", "--json")
+    assert code == 0
+    warnings = json.loads(out)["warnings"]
+    assert warnings == [
+        "faiss/hnsw.index: FAISS index has no hnsw.meta.json sidecar",
+        "faiss/ivf.index: faiss/ivf.meta.json says ntotal 299 but the index holds 300",
+    ]
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"casnap: warning: {w}" for w in warnings
+    ]
+
+
+def test_strict_checks_only_the_committed_paths(app: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    (app / "faiss" / "hnsw.meta.json").unlink()
+    r = repo.commit(app, ["faiss/flat.index"], strict=True)  # its sidecar is outside the paths
+    assert r.warnings == []
+    with pytest.raises(InconsistentData, match="hnsw.index"):
+        repo.commit(app, ["faiss"], strict=True)
+    assert len(repo.snapshots()) == 1
+
+
+def test_unreadable_index_header_is_a_warning(app: Path, tmp_path: Path) -> None:
+    path = app / "faiss" / "flat.index"
+    path.write_bytes(b"IxF2" + bytes(100))
+    r = Repository.init(tmp_path / "repo").commit(app)
+    assert r.warnings == [
+        "faiss/flat.index: cannot read the vector count from its header "
+        "(faiss/flat.meta.json says ntotal 4000)"
+    ]

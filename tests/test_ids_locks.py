@@ -1,0 +1,99 @@
+"""Snapshot references (ids, prefixes, tags) and repository locks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casnap import locks
+from casnap.backends import MemoryBackend
+from casnap.errors import AmbiguousSnapshot, LockError, SnapshotNotFound
+from casnap.manifest import compress_manifest
+from casnap.repository import Repository
+
+
+def test_resolve_full_prefix_latest_and_tag(app: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    a = repo.commit(app, tags=["nightly"]).id
+    (app / "x.txt").write_text("x")
+    b = repo.commit(app, tags=["nightly"]).id
+    assert repo.resolve(a).hex() == a
+    assert repo.resolve(a[:6]).hex() == a
+    assert repo.resolve(a[:6].upper()).hex() == a
+    assert repo.resolve("latest").hex() == b
+    assert repo.resolve("nightly").hex() == b  # a tag names its newest snapshot
+    with pytest.raises(SnapshotNotFound, match="at least 4"):
+        repo.resolve(a[:3])
+    with pytest.raises(SnapshotNotFound, match="no snapshot"):
+        repo.resolve("0" * 64 if not a.startswith("0") else "1" * 64)
+    with pytest.raises(SnapshotNotFound, match="no snapshot"):
+        repo.resolve("no-such-tag")
+
+
+def test_ambiguous_prefix(app: Path, tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    repo = Repository.init_backend(backend, tmp_dir=tmp_path / "t")
+    base = repo.load_snapshot(repo.resolve(repo.commit(app).id))
+    seen: dict[str, int] = {}
+    n = 0
+    while True:  # two real manifests whose ids share 4 hex digits (birthday bound: ~300 tries)
+        n += 1
+        snap = dataclasses.replace(base, message=f"m{n}")
+        prefix = snap.id.hex()[:4]
+        if prefix in seen:
+            break
+        seen[prefix] = n
+    for m in (seen[prefix], n):
+        s = dataclasses.replace(base, message=f"m{m}")
+        backend.put(f"snapshots/{s.id.hex()}", compress_manifest(s.encode()))
+    fresh = Repository.open_backend(backend, tmp_path / "t")
+    with pytest.raises(AmbiguousSnapshot, match="matches 2 snapshots"):
+        fresh.resolve(prefix)
+
+
+def test_empty_repository_has_no_latest(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    with pytest.raises(SnapshotNotFound, match="no snapshots"):
+        repo.resolve("latest")
+
+
+def test_exclusive_lock_conflicts_name_the_holder() -> None:
+    backend = MemoryBackend()
+    with locks.locked(backend, "gc", exclusive=True):
+        with pytest.raises(LockError, match=r"exclusive lock held by gc \(pid"):
+            with locks.locked(backend, "commit", exclusive=False, wait=0.2):
+                pass
+    with locks.locked(backend, "commit", exclusive=False):
+        with locks.locked(backend, "checkout", exclusive=False, wait=0):
+            assert len(locks.holders(backend)) == 2  # shared locks coexist
+    assert locks.holders(backend) == []
+
+
+def test_stale_lock_of_dead_process_is_cleared(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(proc.stdout)
+    backend = MemoryBackend()
+    import socket
+
+    body = {
+        "host": socket.gethostname(),
+        "pid": dead_pid,
+        "start": None,
+        "exclusive": True,
+        "operation": "gc",
+        "time": 0,
+    }
+    backend.put("locks/deadbeef", json.dumps(body).encode())
+    with locks.locked(backend, "commit", exclusive=False, wait=0):
+        assert [h.key for h in locks.holders(backend)] != ["locks/deadbeef"]
+    assert not backend.exists("locks/deadbeef")

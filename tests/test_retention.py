@@ -1,0 +1,443 @@
+"""Retention: restic keep rules as pure functions (table-driven); prune and forget on a repo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap import gc, repository, retention, verify
+from casnap.cli import cli
+from casnap.errors import InvalidPolicy
+from casnap.repository import Repository
+from casnap.retention import Duration, Item, Policy, apply_policy, normalize_group_paths
+from tests.helpers_gc import copy_state, evolve, make_data, same_content
+
+UTC = dt.UTC
+
+
+def t(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+
+
+def items(*specs: str | tuple[str, str, tuple[str, ...]]) -> list[Item]:
+    """Items named s0, s1, ... from times (or (id, time, tags) tuples)."""
+    out = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, tuple):
+            out.append(Item(spec[0], t(spec[1]), spec[2]))
+        else:
+            out.append(Item(f"s{i}", t(spec)))
+    return out
+
+
+def kept(decisions: list[retention.Decision]) -> list[str]:
+    return [d.item.id for d in decisions if d.keep]
+
+
+# (name, policy, snapshots, ids kept, newest first)
+CASES = [
+    (
+        "keep-last 2 of 5",
+        Policy(last=2),
+        items(
+            "2024-01-01 10:00",
+            "2024-01-02 10:00",
+            "2024-01-03 10:00",
+            "2024-01-04 10:00",
+            "2024-01-05 10:00",
+        ),
+        ["s4", "s3"],
+    ),
+    (
+        "keep-last counts snapshots with equal times separately, ordered by id",
+        Policy(last=2),
+        items(
+            ("a", "2024-01-01 10:00", ()),
+            ("c", "2024-01-02 10:00", ()),
+            ("b", "2024-01-02 10:00", ()),
+        ),
+        ["c", "b"],
+    ),
+    (
+        "keep-last 1 with a tie keeps the larger id",
+        Policy(last=1),
+        items(("b", "2024-01-02 10:00", ()), ("c", "2024-01-02 10:00", ())),
+        ["c"],
+    ),
+    (
+        "keep-last larger than the list keeps all",
+        Policy(last=10),
+        items("2024-01-01 10:00", "2024-01-02 10:00"),
+        ["s1", "s0"],
+    ),
+    (
+        "keep-daily keeps the newest of each day; midnight starts a new day",
+        Policy(daily=3),
+        items(
+            "2024-01-01 08:00",
+            "2024-01-01 20:00",
+            "2024-01-02 09:00",
+            "2024-01-03 23:59",
+            "2024-01-04 00:00",
+        ),
+        ["s4", "s3", "s2"],
+    ),
+    (
+        "keep-daily counts days that have a snapshot, not calendar days",
+        Policy(daily=2),
+        items("2024-01-01 10:00", "2024-01-05 10:00", "2024-01-09 10:00"),
+        ["s2", "s1"],
+    ),
+    (
+        "keep-hourly",
+        Policy(hourly=2),
+        items("2024-01-01 10:05", "2024-01-01 10:55", "2024-01-01 11:10", "2024-01-01 12:00"),
+        ["s3", "s2"],
+    ),
+    (
+        "keep-weekly uses ISO weeks: Mon 2024-12-30 is in 2025-W01 with Sun 2025-01-05",
+        Policy(weekly=2),
+        items(
+            "2024-12-29 12:00",  # Sunday, 2024-W52
+            "2024-12-30 12:00",  # Monday, 2025-W01
+            "2025-01-05 12:00",  # Sunday, 2025-W01
+            "2025-01-06 12:00",  # Monday, 2025-W02
+        ),
+        ["s3", "s2"],
+    ),
+    (
+        "keep-weekly 3 reaches back into the previous ISO year",
+        Policy(weekly=3),
+        items("2024-12-29 12:00", "2024-12-30 12:00", "2025-01-05 12:00", "2025-01-06 12:00"),
+        ["s3", "s2", "s0"],
+    ),
+    (
+        "keep-monthly",
+        Policy(monthly=2),
+        items("2024-01-31 23:00", "2024-02-01 01:00", "2024-02-28 10:00", "2024-03-01 00:00"),
+        ["s3", "s2"],
+    ),
+    (
+        "keep-yearly",
+        Policy(yearly=2),
+        items("2022-06-01 10:00", "2023-01-01 00:00", "2023-12-31 23:59", "2024-01-01 00:00"),
+        ["s3", "s2"],
+    ),
+    (
+        "unlimited daily keeps one per day for every day",
+        Policy(daily=retention.UNLIMITED),
+        items("2024-01-01 08:00", "2024-01-01 09:00", "2024-01-02 08:00", "2024-01-03 08:00"),
+        ["s3", "s2", "s1"],
+    ),
+    (
+        "keep-within is measured from the newest snapshot, strictly after the cutoff",
+        Policy(within=Duration.parse("2d")),
+        items("2024-03-08 11:59", "2024-03-08 12:00", "2024-03-08 12:01", "2024-03-10 12:00"),
+        ["s3", "s2"],
+    ),
+    (
+        "keep-within 1w is seven days",
+        Policy(within=Duration.parse("1w")),
+        items("2024-03-02 12:00", "2024-03-03 12:01", "2024-03-10 12:00"),
+        ["s2", "s1"],
+    ),
+    (
+        "keep-within 1m from Mar 31 reaches to Mar 2 (Feb 31 normalised)",
+        Policy(within=Duration.parse("1m")),
+        items("2024-03-01 23:00", "2024-03-02 00:01", "2024-03-31 00:00"),
+        ["s2", "s1"],
+    ),
+    (
+        "keep-tag keeps tagged snapshots only",
+        Policy(tags=(("keep",),)),
+        items(
+            ("a", "2024-01-01 10:00", ("keep",)),
+            ("b", "2024-01-02 10:00", ()),
+            ("c", "2024-01-03 10:00", ("other",)),
+        ),
+        ["a"],
+    ),
+    (
+        "keep-tag with a comma list needs all of them",
+        Policy(tags=(("x", "y"),)),
+        items(
+            ("a", "2024-01-01 10:00", ("x",)),
+            ("b", "2024-01-02 10:00", ("x", "y")),
+            ("c", "2024-01-03 10:00", ("y",)),
+        ),
+        ["b"],
+    ),
+    (
+        "pre-checkout snapshots follow the same rules",
+        Policy(last=1),
+        items(
+            ("a", "2024-01-01 10:00", ()),
+            ("p", "2024-01-02 10:00", ("pre-checkout",)),
+            ("b", "2024-01-03 10:00", ()),
+        ),
+        ["b"],
+    ),
+    (
+        "rules combine: kept when any rule keeps",
+        Policy(last=1, daily=2, tags=(("pin",),)),
+        items(
+            ("a", "2024-01-01 10:00", ("pin",)),
+            ("b", "2024-01-02 10:00", ()),
+            ("c", "2024-01-03 09:00", ()),
+            ("d", "2024-01-03 10:00", ()),
+        ),
+        ["d", "b", "a"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "policy", "snaps", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_apply_policy(name: str, policy: Policy, snaps: list[Item], expected: list[str]) -> None:
+    decisions = apply_policy(snaps, policy, tz=UTC)
+    assert kept(decisions) == expected
+    assert [d.item.id for d in decisions] == [i.id for i in retention.newest_first(snaps)]
+    for d in decisions:
+        assert d.keep == bool(d.reasons)
+
+
+def test_reasons_name_every_rule_that_kept() -> None:
+    decisions = apply_policy(
+        items("2024-01-01 10:00", "2024-01-02 10:00"),
+        Policy(last=1, daily=5, weekly=1, within=Duration.parse("1h")),
+        tz=UTC,
+    )
+    by_id = {d.item.id: d.reasons for d in decisions}
+    assert by_id["s1"] == ("within 1h", "last", "daily", "weekly")
+    assert by_id["s0"] == ("daily",)
+
+
+def test_buckets_follow_the_time_zone() -> None:
+    # 23:30 and 00:30 UTC fall on the same day at UTC+2 but on two days at UTC
+    snaps = items("2024-01-01 21:30", "2024-01-01 23:30", "2024-01-02 00:30")
+    assert kept(apply_policy(snaps, Policy(daily=5), tz=UTC)) == ["s2", "s1"]
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    assert kept(apply_policy(snaps, Policy(daily=5), tz=plus2)) == ["s2", "s0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2d", Duration(days=2)),
+        ("1w", Duration(days=7)),
+        ("3h", Duration(hours=3)),
+        ("1y2m", Duration(years=1, months=2)),
+        ("1y2m1w3d4h", Duration(1, 2, 10, 4)),
+        ("4h1d", Duration(days=1, hours=4)),
+    ],
+)
+def test_duration_parse(text: str, expected: Duration) -> None:
+    assert Duration.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "d", "2x", "1d1d", "-1d", "1.5d", "2 d"])
+def test_duration_rejects(text: str) -> None:
+    with pytest.raises(InvalidPolicy):
+        Duration.parse(text)
+
+
+def test_duration_before_normalises_like_go() -> None:
+    assert Duration.parse("1m").before(t("2024-03-31 00:00")) == t("2024-03-02 00:00")
+    assert Duration.parse("1y").before(t("2024-02-29 12:00")) == t("2023-03-01 12:00")
+    assert Duration.parse("1d2h").before(t("2024-01-01 01:00")) == t("2023-12-30 23:00")
+    assert Duration.parse("9999y").before(t("2024-01-01 00:00")).year == 1
+
+
+def test_empty_policy() -> None:
+    assert Policy().empty
+    assert Policy(within=Duration()).empty
+    assert not Policy(tags=(("x",),)).empty
+    with pytest.raises(InvalidPolicy):
+        Policy(last=-2)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["app.db"], ("app.db",)),
+        (["./faiss/"], ("faiss",)),
+        (["faiss", "faiss/ivf.index"], ("faiss",)),
+        (["faiss", "app.db"], ("app.db", "faiss")),
+        (["."], ()),
+    ],
+)
+def test_normalize_group_paths(given: list[str], expected: tuple[str, ...]) -> None:
+    assert normalize_group_paths(given) == expected
+
+
+def test_normalize_group_paths_absolute_and_outside(tmp_path: Path) -> None:
+    assert normalize_group_paths([str(tmp_path / "faiss")], tmp_path) == ("faiss",)
+    with pytest.raises(InvalidPolicy):
+        normalize_group_paths(["../elsewhere"], tmp_path)
+    with pytest.raises(InvalidPolicy):
+        normalize_group_paths(["/elsewhere"], tmp_path)
+
+
+# -- on a repository -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def utc_zone():
+    """Run with the local time zone set to UTC (the CLI buckets in local time, as restic does)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def run(*args: str) -> tuple[int, str]:
+    """Exit code and output (stdout alone with --json, else stdout and stderr together)."""
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout if "--json" in args else result.output
+
+
+def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> None:
+    """`commit app.db` twice a day and `commit faiss` daily for a week, then the seed's policy:
+    keep-daily 5 for app.db, keep-last 3 for faiss; each group pruned on its own."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    clock = {"now": "2024-05-01T00:00:00.000000Z"}
+    monkeypatch.setattr(repository, "_now_iso", lambda: clock["now"])
+    repo = Repository.init(root)
+    db_states: dict[str, Path] = {}
+    for day in range(1, 8):
+        for hour in (2, 14):
+            evolve(data, day * 100 + hour, faiss_too=False)
+            clock["now"] = f"2024-05-0{day}T{hour:02d}:00:00.000000Z"
+            sid = repo.commit(data, ["app.db"]).id
+            db_states[sid] = copy_state(data, tmp_path / f"db-{day}-{hour}")
+        clock["now"] = f"2024-05-0{day}T03:00:00.000000Z"
+        repo.commit(data, ["faiss"])
+    base = ["--repo", str(root), "--data", str(data)]
+
+    code, out = run(*base, "prune", "--keep-daily", "5", "--path", "app.db", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert [g["paths"] for g in report["groups"]] == [["app.db"]]
+    keep = report["groups"][0]["keep"]
+    assert [k["time"][:13] for k in keep] == [f"2024-05-0{d}T14" for d in (7, 6, 5, 4, 3)]
+    assert all(k["reasons"] == ["daily"] for k in keep)
+    assert len(report["removed"]) == 9
+    assert report["gc"]["bytes_freed"] > 0
+
+    code, out = run(*base, "prune", "--keep-last", "3", "--path", "faiss", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert len(report["removed"]) == 4
+    assert [k["time"][:10] for k in report["groups"][0]["keep"]] == [
+        "2024-05-07",
+        "2024-05-06",
+        "2024-05-05",
+    ]
+
+    repo = Repository.open(root)
+    groups = retention.group_snapshots(repo.snapshots())
+    assert {k.paths: len(v) for k, v in groups.items()} == {("app.db",): 5, ("faiss",): 3}
+    assert verify.verify(repo, read_data=True).ok
+    for sid, snap in repo.snapshots():
+        if snap.paths == ("app.db",):
+            out_dir = tmp_path / f"out-{sid.short}"
+            repo.checkout(sid.hex(), out_dir, safety_snapshot=False)
+            state = db_states[sid.hex()]
+            expected = tmp_path / f"exp-{sid.short}"
+            expected.mkdir()
+            shutil.copy2(state / "app.db", expected / "app.db")
+            assert same_content(out_dir, expected)
+
+
+def test_prune_refuses_without_rules(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    repo.commit(data)
+    code, out = run("--repo", str(tmp_path / "repo"), "--data", str(data), "prune")
+    assert code == InvalidPolicy.exit_code == 2
+    assert "at least one keep rule" in out
+    with pytest.raises(InvalidPolicy):
+        retention.prune(repo, Policy(within=Duration()))
+    assert len(Repository.open(tmp_path / "repo").snapshots()) == 1
+
+
+def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(4):
+        evolve(data, step + 1)
+        repo.commit(data, tags=("pin",) if step == 0 else ())
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pin", "--dry-run")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert sum(line.strip().startswith("keep ") for line in lines) == 2
+    assert sum(line.strip().startswith("remove ") for line in lines) == 2
+    assert any("tag pin" in line and "[pin]" in line for line in lines)
+    assert "would free" in out
+    assert len(Repository.open(root).snapshots()) == 4
+    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pin", "--no-gc", "--json")
+    report = json.loads(out)
+    assert len(report["removed"]) == 2 and report["gc"] is None
+    assert len(Repository.open(root).snapshots()) == 2
+
+
+def test_pre_checkout_snapshots_follow_the_rules(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    first = repo.commit(data).id
+    evolve(data, 1)
+    repo.commit(data)
+    evolve(data, 2)  # unsaved: checkout saves it first
+    result = repo.checkout(first, data)
+    assert result.safety_snapshot is not None
+    evolve(data, 3)
+    newest = repo.commit(data).id
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", "--keep-last", "1", "--dry-run", "--json")
+    assert json.loads(out)["groups"][0]["keep"][0]["id"] == newest
+    assert result.safety_snapshot in json.loads(out)["removed"]
+    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pre-checkout", "--json")
+    assert code == 0, out
+    kept_ids = {k["id"] for k in json.loads(out)["groups"][0]["keep"]}
+    assert kept_ids == {newest, result.safety_snapshot}
+    repo = Repository.open(root)
+    assert {s.hex() for s, _ in repo.snapshots()} == kept_ids
+    assert verify.verify(repo, read_data=True).ok
+
+
+def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    ids = []
+    for step in range(4):
+        evolve(data, step + 1)
+        ids.append(repo.commit(data, tags=("nightly",) if step == 2 else ()).id)
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "forget", ids[0][:10], "nosuchsnapshot")
+    assert code == 4, out
+    assert len(Repository.open(root).snapshots()) == 4  # one bad name: nothing forgotten
+    code, out = run(*base, "forget", ids[0][:10], "nightly", "--prune", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert sorted(report["removed"]) == sorted([ids[0], ids[2]])
+    assert report["gc"]["packs_repacked"] + report["gc"]["packs_deleted"] > 0
+    repo = Repository.open(root)
+    assert [s.hex() for s, _ in repo.snapshots()] == [ids[1], ids[3]]
+    assert verify.verify(repo, read_data=True).ok
+    assert gc.collect(repo).packs_deleted == 0  # forget --prune already collected

@@ -1,0 +1,382 @@
+"""Staged, smoke-checked checkout: a restore that fails a check leaves the target untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from casnap.errors import SmokeCheckFailed
+from casnap.repository import Repository
+from casnap.smoke import (
+    check_sqlite,
+    faiss_header,
+    probe_faiss,
+    sidecar_of,
+    smoke_check,
+)
+from tests.helpers_smoke import (
+    CHECK_FAILED,
+    DIM,
+    break_index,
+    evolve_app,
+    leftovers,
+    make_app,
+    raw_tree,
+    write_index,
+)
+
+
+def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--repo", str(repo), "--data", str(data), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    return make_app(tmp_path / "data")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(tmp_path / "repo")
+
+
+def commit_broken(repo: Repository, app: Path, name: str, how: str) -> tuple[str, str]:
+    """(good, broken) snapshot ids: the broken one holds an index FAISS cannot read; the data
+    dir is back to the good state afterwards."""
+    good = repo.commit(app).id
+    break_index(app / "faiss" / name, how)
+    broken = repo.commit(app).id
+    repo.checkout(good, app)
+    return good, broken
+
+
+@pytest.mark.parametrize(("name", "how"), [("ivf.index", "truncate"), ("flat.index", "garbage")])
+def test_unreadable_index_aborts_checkout_and_leaves_target_untouched(
+    app: Path, repo: Repository, name: str, how: str
+) -> None:
+    _, broken = commit_broken(repo, app, name, how)
+    before = raw_tree(app)
+    dir_mtimes = [p.stat().st_mtime_ns for p in (app, app / "faiss")]
+    with pytest.raises(SmokeCheckFailed) as err:
+        repo.checkout(broken, app)
+    assert f"faiss-read on faiss/{name}" in str(err.value)
+    assert err.value.checks[0]["check"] == "faiss-read"
+    assert err.value.checks[0]["path"] == f"faiss/{name}"
+    assert raw_tree(app) == before
+    assert [p.stat().st_mtime_ns for p in (app, app / "faiss")] == dir_mtimes
+    assert leftovers(app.parent) == []
+    assert len(repo.snapshots()) == 2  # no safety snapshot taken for a checkout that never ran
+
+
+def test_cli_checkout_of_unreadable_index_exits_9_naming_check(app: Path, tmp_path: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    code, good, _ = run(repo_dir, app, "commit")
+    assert code == 0
+    break_index(app / "faiss" / "ivf.index", "garbage")
+    code, broken, _ = run(repo_dir, app, "commit")
+    assert code == 0
+    assert run(repo_dir, app, "checkout", good.strip())[0] == 0
+    before = raw_tree(app)
+    code, _, err = run(repo_dir, app, "checkout", broken.strip())
+    assert code == CHECK_FAILED
+    assert "faiss-read on faiss/ivf.index" in err and "untouched" in err
+    assert len(err.strip().splitlines()) == 1
+    assert raw_tree(app) == before and leftovers(app.parent) == []
+
+
+def test_index_already_in_place_is_checked_too(app: Path, repo: Repository) -> None:
+    repo.commit(app)
+    break_index(app / "faiss" / "ivf.index", "truncate")
+    broken = repo.commit(app).id
+    before = raw_tree(app)
+    with pytest.raises(SmokeCheckFailed, match="faiss-read on faiss/ivf.index"):
+        repo.checkout(broken, app)  # nothing to write, but the result would not pass
+    assert raw_tree(app) == before
+
+
+def test_no_smoke_restores_anyway(app: Path, repo: Repository) -> None:
+    _, broken = commit_broken(repo, app, "ivf.index", "truncate")
+    r = repo.checkout(broken, app, smoke=False)
+    assert r.smoke is None and r.files_written == 1
+    with pytest.raises(RuntimeError):
+        faiss.read_index(str(app / "faiss" / "ivf.index"))
+
+
+def test_no_smoke_still_runs_the_smoke_command(app: Path, repo: Repository) -> None:
+    _, broken = commit_broken(repo, app, "ivf.index", "truncate")
+    with pytest.raises(SmokeCheckFailed) as err:
+        repo.checkout(broken, app, smoke=False, smoke_cmd="exit 4")
+    assert [c["check"] for c in err.value.checks] == ["smoke-cmd"]
+    r = repo.checkout(broken, app, smoke=False, smoke_cmd="true")
+    assert [c["check"] for c in r.smoke["checks"]] == ["smoke-cmd"] and r.files_written == 1
+
+
+def test_smoke_command_failure_leaves_target_untouched(app: Path, repo: Repository) -> None:
+    first = repo.commit(app).id
+    evolve_app(app)
+    repo.commit(app)
+    before = raw_tree(app)
+    with pytest.raises(SmokeCheckFailed) as err:
+        repo.checkout(first, app, smoke_cmd="echo 'search returned nothing' >&2; exit 1")
+    assert "smoke-cmd" in str(err.value) and "exit code 1" in str(err.value)
+    assert "search returned nothing" in str(err.value)
+    assert raw_tree(app) == before and leftovers(app.parent) == []
+
+
+def test_smoke_command_sees_whole_staged_dir(app: Path, repo: Repository, tmp_path: Path) -> None:
+    first = repo.commit(app).id
+    evolve_app(app)  # app.db and two indexes change; hnsw and its sidecar do not
+    repo.commit(app)
+    seen = tmp_path / "seen.txt"
+    cmd = (
+        'test -d "$CASNAP_STAGED_DIR" && test -f "$CASNAP_STAGED_DIR/app.db" && '
+        f'(cd "$CASNAP_STAGED_DIR" && find . -type f | sort) > {seen}'
+    )
+    r = repo.checkout(first, app, smoke_cmd=cmd)
+    assert r.smoke is not None and r.smoke["ok"]
+    assert r.smoke["checks"][-1]["check"] == "smoke-cmd"
+    listed = seen.read_text().split()
+    assert "./faiss/hnsw.index" in listed and "./app.db" in listed  # unchanged files included
+    assert leftovers(app.parent) == []
+
+
+def test_smoke_command_sees_other_files_on_partial_checkout(
+    app: Path, repo: Repository, tmp_path: Path
+) -> None:
+    first = repo.commit(app).id
+    evolve_app(app)
+    cmd = 'test -f "$CASNAP_STAGED_DIR/app.db" && test -f "$CASNAP_STAGED_DIR/faiss/ivf.index"'
+    pair = ["faiss/ivf.index", "faiss/ivf.meta.json"]
+    r = repo.checkout(first, app, pair, smoke_cmd=cmd, safety_snapshot=False)
+    assert r.written == pair
+    assert leftovers(app.parent) == []
+
+
+def test_partial_checkout_of_index_without_its_sidecar_fails(app: Path, repo: Repository):
+    first = repo.commit(app).id
+    evolve_app(app)  # ivf.index and its sidecar now say 307
+    before = raw_tree(app)
+    with pytest.raises(SmokeCheckFailed, match="ntotal 300 but faiss/ivf.meta.json says 307"):
+        repo.checkout(first, app, ["faiss/ivf.index"], safety_snapshot=False)
+    assert raw_tree(app) == before
+
+
+def test_smoke_command_that_modifies_a_staged_file_fails(app: Path, repo: Repository) -> None:
+    first = repo.commit(app).id
+    evolve_app(app)
+    repo.commit(app)
+    before = raw_tree(app)
+    cmd = 'echo extra >> "$CASNAP_STAGED_DIR/faiss/flat.index"'
+    with pytest.raises(SmokeCheckFailed, match="staged-unchanged"):
+        repo.checkout(first, app, smoke_cmd=cmd)
+    assert raw_tree(app) == before
+
+
+def test_sidecar_ntotal_mismatch_fails(app: Path, repo: Repository) -> None:
+    good = repo.commit(app).id
+    index = faiss.read_index(str(app / "faiss" / "flat.index"))
+    write_index(index, app / "faiss" / "flat.index", ntotal=index.ntotal + 3)
+    bad = repo.commit(app)
+    assert any("says ntotal 4003 but the index holds 4000" in w for w in bad.warnings)
+    repo.checkout(good, app)
+    before = raw_tree(app)
+    with pytest.raises(SmokeCheckFailed) as err:
+        repo.checkout(bad.id, app)
+    assert "faiss-ntotal on faiss/flat.index" in str(err.value)
+    assert "ntotal 4000 but faiss/flat.meta.json says 4003" in str(err.value)
+    assert raw_tree(app) == before
+
+
+def test_corrupt_database_fails_integrity_check(app: Path, repo: Repository) -> None:
+    good = repo.commit(app).id
+    db = app / "app.db"
+    raw = bytearray(db.read_bytes())
+    page = int.from_bytes(raw[16:18], "big")
+    for off in range(page + 100, 2 * page - 8):  # scribble over page 2 (a table b-tree page)
+        raw[off] = 0x55
+    db.write_bytes(bytes(raw))
+    bad = repo.commit(app).id
+    repo.checkout(good, app)
+    before = raw_tree(app)
+    with pytest.raises(SmokeCheckFailed, match="sqlite-integrity on app.db"):
+        repo.checkout(bad, app)
+    assert raw_tree(app) == before
+
+
+def test_partial_checkout_checks_only_what_it_restores(app: Path, repo: Repository) -> None:
+    _, broken = commit_broken(repo, app, "ivf.index", "garbage")
+    evolve_app(app)
+    repo.commit(app)
+    with pytest.raises(SmokeCheckFailed, match="faiss/ivf.index"):
+        repo.checkout(broken, app, ["faiss/ivf.index"])
+    r = repo.checkout(broken, app, ["app.db"])
+    assert r.written == ["app.db"]
+    assert {c["path"] for c in r.smoke["checks"]} == {"app.db"}
+
+
+def test_checkout_reports_checks_and_tables(app: Path, repo: Repository, tmp_path: Path) -> None:
+    sid = repo.commit(app).id
+    r = repo.checkout(sid, tmp_path / "fresh")
+    checks = {(c["check"], c["path"]): c for c in r.smoke["checks"]}
+    assert checks[("sqlite-tables", "app.db")]["info"]["tables"] == {"documents": 60, "tags": 10}
+    for name in ("flat", "ivf", "hnsw"):
+        assert checks[("faiss-search", f"faiss/{name}.index")]["ok"]
+        assert checks[("faiss-ntotal", f"faiss/{name}.index")]["ok"]
+    assert checks[("faiss-read", "faiss/ivf.index")]["info"]["type"] == "IndexIVFFlat"
+
+
+def test_failed_checkout_into_new_dir_leaves_nothing(app: Path, repo: Repository, tmp_path: Path):
+    _, broken = commit_broken(repo, app, "flat.index", "truncate")
+    target = tmp_path / "new" / "place"
+    with pytest.raises(SmokeCheckFailed):
+        repo.checkout(broken, target)
+    assert not (tmp_path / "new").exists()
+
+
+def test_stale_staging_dir_of_dead_process_is_removed(app: Path, repo: Repository) -> None:
+    sid = repo.commit(app).id
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale = [
+        app / f".casnap-tmp-stage-{proc.pid}-dead",
+        app.parent / f".casnap-tmp-stage-{proc.pid}-x",
+    ]
+    for d in stale:
+        (d / "faiss").mkdir(parents=True)
+        (d / "faiss" / "x.index").write_bytes(b"half")
+    live = app / f".casnap-tmp-stage-{os.getpid()}-mine"  # this process runs: kept
+    live.mkdir()
+    repo.checkout(sid, app)
+    assert not any(d.exists() for d in stale) and live.exists()
+
+
+def test_verify_smoke_reports_without_touching_data(app: Path, tmp_path: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir)
+    good, broken = commit_broken(repo, app, "hnsw.index", "garbage")
+    before = raw_tree(app)
+    code, out, err = run(repo_dir, app, "verify", "--smoke", broken)
+    assert code == CHECK_FAILED
+    assert "FAIL faiss-read" in out and "faiss/hnsw.index" in out
+    assert "faiss-read on faiss/hnsw.index" in err
+    code, out, _ = run(repo_dir, app, "verify", "--smoke", good, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"]
+    (smoked,) = report["smoke"]
+    assert smoked["id"] == good and smoked["ok"] and smoked["files"] == 7
+    assert {c["check"] for c in smoked["smoke"]["checks"]} >= {"sqlite-integrity", "faiss-search"}
+    code, _, _ = run(repo_dir, app, "verify", "--smoke", good, "--smoke-cmd", "exit 3")
+    assert code == CHECK_FAILED
+    assert raw_tree(app) == before and leftovers(app.parent) == []
+    assert leftovers(repo_dir) == []
+
+
+def test_faiss_header_recognises_indexes_by_content(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).standard_normal((50, DIM)).astype("float32")
+    indexes = {
+        "IndexFlatIP": faiss.IndexFlatIP(DIM),
+        "IndexHNSWFlat": faiss.IndexHNSWFlat(DIM, 4),
+        "IndexScalarQuantizer": faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit),
+        "IndexIDMap": faiss.IndexIDMap(faiss.IndexFlatL2(DIM)),
+    }
+    for name, index in indexes.items():
+        index.train(x)
+        if name == "IndexIDMap":
+            index.add_with_ids(x, np.arange(50, dtype="int64"))
+        else:
+            index.add(x)
+        path = tmp_path / f"{name}.bin"  # no .index suffix: recognised by content
+        faiss.write_index(index, str(path))
+        header = faiss_header(path.read_bytes()[:64])
+        assert header is not None and header.type == name and header.ntotal == 50, name
+    binary = faiss.IndexBinaryFlat(64)
+    binary.add(np.zeros((3, 8), dtype="uint8"))
+    faiss.write_index_binary(binary, str(tmp_path / "b.bin"))
+    header = faiss_header((tmp_path / "b.bin").read_bytes()[:64])
+    assert header is not None and header.binary and header.ntotal == 3
+    garbage = faiss_header(b"IxF2" + bytes(range(60)))
+    assert garbage is not None and garbage.ntotal is None
+    assert faiss_header(b"Introduction to the data dir\n" * 3) is None
+    assert faiss_header(b"SQLite format 3\x00" + bytes(48)) is None
+
+
+def test_probe_passes_empty_and_binary_indexes(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.index"
+    faiss.write_index(faiss.IndexFlatL2(DIM), str(empty))
+    binary = tmp_path / "bin.index"
+    index = faiss.IndexBinaryFlat(64)
+    index.add(np.arange(80, dtype="uint8").reshape(10, 8))
+    faiss.write_index_binary(index, str(binary))
+    r_empty, r_bin = probe_faiss([(empty, False), (binary, True)])
+    assert r_empty["ok"] and r_empty["ntotal"] == 0
+    assert r_bin["ok"] and r_bin["ntotal"] == 10 and r_bin["type"] == "IndexBinaryFlat"
+
+
+def test_index_without_header_but_with_sidecar_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "a.index").write_bytes(b"")
+    (tmp_path / "a.meta.json").write_text(json.dumps({"ntotal": 5}))
+    (tmp_path / "notes.index").write_bytes(b"plain text, no sidecar")
+    view = {p.name: p for p in tmp_path.iterdir()}
+    report = smoke_check(view, view)
+    assert [(c.check, c.path, c.ok) for c in report.checks] == [("faiss-read", "a.index", False)]
+    assert sidecar_of("faiss/shard_000.index") == "faiss/shard_000.meta.json"
+
+
+def test_check_sqlite_reports_rows_and_rejects_junk(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE t(a)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(7)])
+        conn.commit()
+    ok = check_sqlite(db, "x.db")
+    assert [c.ok for c in ok] == [True, True] and ok[1].info["tables"] == {"t": 7}
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    bad = check_sqlite(junk, "junk.db")
+    assert len(bad) == 1 and not bad[0].ok and bad[0].check == "sqlite-integrity"
+
+
+def test_sample_app_with_random_bytes_in_an_index(tmp_path: Path) -> None:
+    from casnap import sample
+
+    data = tmp_path / "data"
+    sample.generate(data, size_mb=3, seed=4)
+    repo = Repository.init(tmp_path / "repo")
+    good = repo.commit(data).id
+    victim = data / "faiss" / "shard_001.index"
+    victim.write_bytes(np.random.default_rng(9).bytes(victim.stat().st_size))  # no FAISS header
+    broken = repo.commit(data).id
+    repo.checkout(good, data)
+    before = raw_tree(data)
+    with pytest.raises(SmokeCheckFailed, match="faiss-read on faiss/shard_001.index"):
+        repo.checkout(broken, data)
+    with pytest.raises(SmokeCheckFailed, match="smoke-cmd"):
+        repo.checkout(good, data, smoke_cmd='test ! -f "$CASNAP_STAGED_DIR/app.db"')
+    assert raw_tree(data) == before and leftovers(tmp_path) == []
+
+
+def test_faiss_reader_that_does_not_finish_fails_the_check(
+    app: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casnap import smoke
+
+    first = repo.commit(app).id
+    evolve_app(app)
+    before = raw_tree(app)
+    monkeypatch.setattr(smoke, "FAISS_PROBE_TIMEOUT", 0.001)  # the child cannot even start
+    with pytest.raises(SmokeCheckFailed, match="did not finish") as err:
+        repo.checkout(first, app, safety_snapshot=False)
+    assert {c["check"] for c in err.value.checks} == {"faiss-read"}
+    assert raw_tree(app) == before and leftovers(app.parent) == []

@@ -1,0 +1,36 @@
+"""Comparison helpers shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Header fields SQLite's backup API may set differently from the live source file: file change
+# counter (24-27), schema cookie (40-43), version-valid-for (92-99). Nothing else may differ.
+SQLITE_VOLATILE = [(24, 28), (40, 44), (92, 100)]
+
+
+def mask_sqlite(data: bytes) -> bytes:
+    if not data.startswith(b"SQLite format 3\x00"):
+        return data
+    b = bytearray(data)
+    for lo, hi in SQLITE_VOLATILE:
+        b[lo:hi] = bytes(hi - lo)
+    return bytes(b)
+
+
+def snapshot_tree(root: Path) -> dict[str, bytes]:
+    """Files under root (SQLite side files left out), SQLite headers masked."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith(("-wal", "-shm", "-journal")):
+            out[p.relative_to(root).as_posix()] = mask_sqlite(p.read_bytes())
+    return out
+
+
+def raw_tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Exact bytes and mtime of every file under root (to prove nothing was touched)."""
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
