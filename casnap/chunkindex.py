@@ -90,6 +90,75 @@ def _keys(ids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(ids[:, :8]).view("<u8").reshape(-1)
 
 
+def _find(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row of each id of an (m, 32) array among sorted (keys, stored ids), -1 where absent."""
+    m = len(ids)
+    out = np.full(m, -1, dtype=np.int64)
+    n = len(keys)
+    if m == 0 or n == 0:
+        return out
+    q = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+    qk = _keys(q)
+    pos = np.minimum(np.searchsorted(keys, qk), n - 1)
+    hit = keys[pos] == qk
+    same = hit.copy()
+    if hit.any():
+        same[hit] = (stored[pos[hit]] == q[hit]).all(axis=1)
+    out[same] = pos[same]
+    # the same 8-byte key with another id (a prefix collision): look at its neighbours
+    for j in np.nonzero(hit & ~same)[0]:
+        i = int(pos[j])
+        while i < n and keys[i] == qk[j]:
+            if (stored[i] == q[j]).all():
+                out[j] = i
+                break
+            i += 1
+    return out
+
+
+class IdSet:
+    """A growing set of chunk ids in a few sorted arrays (~40 bytes per id), tested in batches.
+
+    Adding sorts only the new ids and merges runs of similar size, so n ids cost O(n log n) in
+    all however they arrive. Membership tests may run on other threads while ids are added.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, ids), largest first
+        self._lock = threading.Lock()
+
+    def add(self, ids: np.ndarray) -> None:
+        """Add an (n, 32) array of ids."""
+        ids = np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+        if not len(ids):
+            return
+        keys = _keys(ids)
+        order = np.argsort(keys, kind="stable")
+        with self._lock:
+            runs = [*self._runs, (keys[order], ids[order])]
+            while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
+                (k2, i2), (k1, i1) = runs.pop(), runs.pop()
+                keys, ids = np.concatenate([k1, k2]), np.concatenate([i1, i2])
+                order = np.argsort(keys, kind="stable")  # two sorted runs: a linear merge
+                runs.append((keys[order], ids[order]))
+            self._runs = runs
+
+    def contains_many(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean array: which ids of an (m, 32) array are in the set."""
+        out = np.zeros(len(ids), dtype=bool)
+        for keys, stored in self._runs:
+            out |= _find(keys, stored, ids) >= 0
+        return out
+
+    def __contains__(self, cid: object) -> bool:
+        if not isinstance(cid, bytes) or len(cid) != ID_SIZE:
+            return False
+        return bool(self.contains_many(id_matrix(cid))[0])
+
+    def __len__(self) -> int:
+        return sum(len(k) for k, _ in self._runs)
+
+
 class ChunkIndex(Mapping[ObjectId, IndexEntry]):
     """Chunk id -> IndexEntry, as sorted arrays; also a read-only Mapping for simple callers.
 
@@ -169,28 +238,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id of an (m, 32) array in this index, -1 where absent."""
         keys, stored, _ = self._state()
-        m = len(ids)
-        out = np.full(m, -1, dtype=np.int64)
-        n = len(keys)
-        if m == 0 or n == 0:
-            return out
-        q = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
-        qk = _keys(q)
-        pos = np.minimum(np.searchsorted(keys, qk), n - 1)
-        hit = keys[pos] == qk
-        same = hit.copy()
-        if hit.any():
-            same[hit] = (stored[pos[hit]] == q[hit]).all(axis=1)
-        out[same] = pos[same]
-        # the same 8-byte key with another id (a prefix collision): look at its neighbours
-        for j in np.nonzero(hit & ~same)[0]:
-            i = int(pos[j])
-            while i < n and keys[i] == qk[j]:
-                if (stored[i] == q[j]).all():
-                    out[j] = i
-                    break
-                i += 1
-        return out
+        return _find(keys, stored, ids)
 
     def contains_many(self, ids: np.ndarray) -> np.ndarray:
         """Boolean array: which ids of an (m, 32) array are in the index."""
@@ -257,18 +305,17 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
 def encode_index_arrays(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray) -> bytes:
     """An index file: magic, pack table, ids, then each field as its own column; zstd."""
     n = len(ids)
-    cols = [np.ascontiguousarray(fields[name]).tobytes() for name in FIELDS]
-    body = b"".join(
-        [
-            INDEX_MAGIC,
-            struct.pack("<I", len(packs)),
-            *(bytes(p) for p in packs),
-            struct.pack("<I", n),
-            np.ascontiguousarray(ids, dtype=np.uint8).tobytes(),
-            *cols,
-        ]
-    )
-    return zstandard.ZstdCompressor(level=3).compress(body)
+    table = [bytes(p) for p in packs]
+    head = b"".join([INDEX_MAGIC, struct.pack("<I", len(packs)), *table, struct.pack("<I", n)])
+    parts = [np.ascontiguousarray(ids, dtype=np.uint8)]
+    parts += [np.ascontiguousarray(fields[name]) for name in FIELDS]
+    total = len(head) + sum(p.nbytes for p in parts)
+    # streamed, so the uncompressed body never exists in memory as a whole
+    cobj = zstandard.ZstdCompressor(level=3).compressobj(size=total)
+    out = [cobj.compress(head)]
+    out += [cobj.compress(memoryview(p).cast("B")) for p in parts]
+    out.append(cobj.flush())
+    return b"".join(out)
 
 
 def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ followed by count raw refs (LITERAL). A piece body: tag byte 0 then raw refs.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -47,12 +47,15 @@ def ref_count(refs: bytes | memoryview) -> int:
     return len(refs) // REF_SIZE
 
 
-def pieces(refs: bytes) -> list[bytes]:
-    """A full list as piece bodies (one empty piece for an empty file)."""
+def pieces(refs: bytes) -> Iterator[bytes]:
+    """A full list as piece bodies, one at a time (one empty piece for an empty file)."""
     step = LIST_PIECE_REFS * REF_SIZE
     if not refs:
-        return [bytes([TAG_PIECE])]
-    return [bytes([TAG_PIECE]) + refs[i : i + step] for i in range(0, len(refs), step)]
+        yield bytes([TAG_PIECE])
+        return
+    view = memoryview(refs)
+    for i in range(0, len(refs), step):
+        yield b"".join((bytes([TAG_PIECE]), view[i : i + step]))
 
 
 def is_delta(body: bytes) -> bool:

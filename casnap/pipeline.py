@@ -136,8 +136,7 @@ class Ingest:
         idm = id_matrix(b"".join(ids))
         rec["id"] = idm
         rec["length"] = lengths
-        stored = self.store.index.contains_many(idm)
-        seen = self.writer.seen
+        stored = self.writer.known_many(ids)
         local: set[bytes] = set()
         frames: list[_Frame] = []
         members: list[tuple[bytes, int, int]] = []
@@ -150,7 +149,7 @@ class Ingest:
             start = pos
             pos += n
             cid = ids[i]
-            if stored[i] or cid in seen or cid in local:
+            if stored[i] or cid in local:
                 continue
             local.add(cid)
             kind = kinds[i] if kinds is not None else 0

@@ -31,11 +31,13 @@ from casnap.chunkindex import (
     INDEX_MAGIC,
     TREE,
     ChunkIndex,
+    IdSet,
     IndexEntry,
     decode_index,
     decode_index_arrays,
     encode_index,
     encode_index_arrays,
+    id_matrix,
 )
 from casnap.constants import FRAME_CACHE_BYTES
 from casnap.errors import IntegrityError
@@ -478,7 +480,8 @@ class PackWriter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.seen: set[bytes] = set()  # ids added by this writer, written or not
+        self.pending: set[bytes] = set()  # ids in the open pack and in packs being written
+        self.written = IdSet()  # ids in this writer's durable packs (compact: 40 bytes each)
         self._pack: _OpenPack | None = None
         self._inflight: deque[Future[tuple[ObjectId, bytes]]] = deque()
         self._done: list[tuple[ObjectId, bytes]] = []  # (pack, directory records)
@@ -491,7 +494,18 @@ class PackWriter:
 
     def known(self, cid: bytes) -> bool:
         """True when the chunk is stored already or queued in this writer."""
-        return cid in self.seen or cid in self.store.index
+        return cid in self.pending or cid in self.written or cid in self.store.index
+
+    def known_many(self, ids: Sequence[bytes]) -> np.ndarray:
+        """Boolean array: which of ids are stored or queued; callable from any thread.
+
+        `pending` is read before `written`: an id moving from one to the other (its pack became
+        durable) is then found in one of them.
+        """
+        pending = self.pending
+        found = np.fromiter((cid in pending for cid in ids), dtype=bool, count=len(ids))
+        matrix = id_matrix(b"".join(ids))
+        return found | self.written.contains_many(matrix) | self.store.index.contains_many(matrix)
 
     def add(self, cid: ObjectId, btype: int, encoded: bytes, plain: int) -> bool:
         """Queue one encoded chunk as its own frame unless known; True when it was new."""
@@ -509,12 +523,15 @@ class PackWriter:
         """Queue a frame holding members (id, offset in frame, plain size); returns how many of
         them were new. frame_plain is the frame's plain size, 0 for a frame of one chunk.
 
-        Callers check the store's index beforehand (in batches, see ChunkIndex.lookup); members
-        this writer has already queued keep their first copy, and a frame with no new member is
+        Callers check the store's index beforehand (in batches, see known_many); members this
+        writer has already queued keep their first copy, and a frame with no new member is
         dropped.
         """
-        seen = self.seen
-        fresh = [m for m in members if m[0] not in seen]
+        pending = self.pending
+        fresh = [m for m in members if m[0] not in pending]
+        if fresh and len(self.written):
+            done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
+            fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
         if not fresh:
             return 0
         if self._pack is None:
@@ -524,7 +541,7 @@ class PackWriter:
         pack_rec = _DIR_RECORD.pack
         for cid, inner, plain in fresh:
             p.records += pack_rec(cid, btype, offset, len(encoded), plain, inner, frame_plain)
-            self.seen.add(bytes(cid))
+            pending.add(bytes(cid))
         p.data += encoded
         self.chunks_added += len(fresh)
         self.bytes_by_type[btype] += len(encoded)
@@ -559,7 +576,13 @@ class PackWriter:
         return pack, records
 
     def _collect(self, fut: Future[tuple[ObjectId, bytes]]) -> None:
-        self._done.append(fut.result())
+        """A pack is durable: its ids move from `pending` to the compact `written` set."""
+        pack, records = fut.result()
+        self._done.append((pack, records))
+        ids = np.frombuffer(records, dtype=DIR_DTYPE)["id"]
+        self.written.add(ids)  # first, so a concurrent check always finds them in one place
+        for i in range(len(ids)):
+            self.pending.discard(ids[i].tobytes())
 
     @property
     def new(self) -> dict[ObjectId, IndexEntry]:

@@ -13,6 +13,7 @@ from casnap import chunklist, compression
 from casnap.backends.memory import MemoryBackend
 from casnap.chunkindex import (
     ChunkIndex,
+    IdSet,
     IndexEntry,
     decode_index,
     decode_index_arrays,
@@ -54,7 +55,7 @@ def test_resolve_applies_pieces_then_deltas(monkeypatch) -> None:
     v1 = chunklist.pack_refs([(ALPHABET[i], i + 1) for i in range(8)])
     v2 = chunklist.pack_refs([(ALPHABET[i], i + 1) for i in (0, 1, 9, 3, 4, 5, 6, 7, 7)])
     v3 = chunklist.pack_refs([(ALPHABET[i], i + 1) for i in (7, 0, 1)])
-    pieces = chunklist.pieces(v1)
+    pieces = list(chunklist.pieces(v1))
     assert len(pieces) == 3
     d2 = chunklist.encode_delta(v1, v2)
     d3 = chunklist.encode_delta(v2, v3)
@@ -80,7 +81,7 @@ def test_resolve_applies_pieces_then_deltas(monkeypatch) -> None:
 def test_malformed_deltas_are_integrity_errors(body: bytes) -> None:
     base = chunklist.pack_refs([(ALPHABET[0], 5)])
     with pytest.raises(IntegrityError):
-        chunklist.resolve([chunklist.pieces(base)[0], body])
+        chunklist.resolve([next(chunklist.pieces(base)), body])
 
 
 # -- the index ---------------------------------------------------------------------------------
@@ -153,3 +154,20 @@ def test_store_index_equals_rebuild_from_packs(tmp_path) -> None:
     damaged[-30] ^= 1  # inside the directory checksum
     with pytest.raises(IntegrityError):
         parse_pack_directory(key, bytes(damaged))
+
+
+def test_id_set_grows_in_runs_and_answers_in_batches() -> None:
+    rng = np.random.default_rng(5)
+    added = [rng.integers(0, 256, (n, 32), dtype=np.uint8) for n in (500, 7, 300, 1, 2000, 40)]
+    twin = added[0][:1].copy()
+    twin[0, 8:] ^= 0xFF  # same 8-byte key as an added id, another id
+    s = IdSet()
+    for batch in added:
+        s.add(batch)
+    everything = np.concatenate(added)
+    assert len(s) == len(everything)
+    assert s.contains_many(everything).all()
+    assert not s.contains_many(rng.integers(0, 256, (100, 32), dtype=np.uint8)).any()
+    assert not s.contains_many(twin)[0]
+    assert bytes(everything[42]) in s and bytes(twin[0]) not in s
+    assert len(s._runs) <= 4  # runs are merged, not piled up

@@ -263,3 +263,22 @@ def test_checkout_of_a_file_whose_frames_are_used_out_of_order(tmp_path: Path) -
     repo.checkout("latest", out, safety_snapshot=False)
     same_tree(db.parent, out)
     shutil.rmtree(out)
+
+
+def test_repeated_content_is_stored_once_across_blocks_and_packs(tmp_path: Path) -> None:
+    cfg = default_config()
+    cfg["pack_target"] = 256 * 1024  # many packs: repeats meet chunks already written
+    repo = Repository.init_backend(MemoryBackend(), cfg, tmp_path / "tmp")
+    data = tmp_path / "d"
+    data.mkdir()
+    pattern = np.random.default_rng(7).bytes(1 << 20)
+    (data / "repeats.bin").write_bytes(pattern * 12)  # 12 MiB: three read blocks and more
+    res = repo.commit(data)
+    assert res.bytes_added < 1.2 * (1 << 20)  # one copy of the pattern (raw: it is random)
+    entry = repo.load_snapshot(repo.resolve("latest")).files[0]
+    ids = [cid for cid, _ in repo.chunk_refs(entry)]
+    assert res.chunks_new == len(set(ids)) + len(entry.lists)  # + the chunk list
+    assert len(set(ids)) < len(ids) // 6
+    out = tmp_path / "out"
+    repo.checkout("latest", out, safety_snapshot=False)
+    assert (out / "repeats.bin").read_bytes() == pattern * 12
