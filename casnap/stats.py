@@ -116,7 +116,8 @@ def repository_stats(repo: Repository) -> RepositoryStats:
     out = RepositoryStats()
     with repo.lock("stats"):
         snaps, reach = _load(repo)
-        index = repo.store.index
+        referenced = reach.referenced()
+        index = repo.store.index.entries(referenced)  # one batch lookup
         out.snapshots = len(snaps)
         out.files = sum(len(s.files) for _, s in snaps)
         out.logical_bytes = sum(s.logical_bytes for _, s in snaps)
@@ -124,7 +125,7 @@ def repository_stats(repo: Repository) -> RepositoryStats:
         out.manifest_bytes = sum(sizes.values())
         out.pack_bytes = sum(s for _, s in repo.backend.list("packs/"))
         out.index_bytes = sum(s for _, s in repo.backend.list("index/"))
-        for blob in reach.referenced():
+        for blob in referenced:
             e = index.get(blob)
             if e is None:
                 out.missing_blobs += 1
@@ -175,9 +176,9 @@ def snapshot_stats(repo: Repository, ref: str) -> SnapshotStats:
         position = next(i for i, (s, _) in enumerate(snaps) if s == sid)
         older, snap = snaps[:position], snaps[position][1]
         repo.store.load_index()
-        index = repo.store.index
         seen = walk(older, repo.store.get).referenced()
         mine = walk([(sid, snap)], repo.store.get)
+        index = repo.store.index.entries(mine.referenced() - seen)  # one batch lookup
         out = SnapshotStats(sid.hex(), snap.time, snap.logical_bytes, older_snapshots=len(older))
         for use, entry in zip(mine.files, snap.files, strict=True):
             new = plain = encoded = 0
