@@ -223,6 +223,9 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
                 ) as src,
                 contextlib.closing(sqlite3.connect(dest)) as dst,
             ):
+                # the image is a scratch file read once: fsyncing it would only cost time (it
+                # halves the backup of a 127 MB database); the bytes are the same either way
+                dst.execute("PRAGMA synchronous = OFF")
                 src.backup(dst)
         except sqlite3.OperationalError as exc:
             msg = str(exc)

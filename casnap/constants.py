@@ -6,8 +6,9 @@ init, so changing a default here never changes how an existing repository dedupl
 
 from __future__ import annotations
 
-# On-disk format version written to `config`; a repository with a higher version is refused.
-FORMAT_VERSION = 1
+# On-disk format version written to `config`; a repository of another version is refused.
+# 2: packs hold frames of several chunks, columnar index files, chunk lists as deltas (FORMAT.md).
+FORMAT_VERSION = 2
 
 # FastCDC parameters. pyfastcdc's real mean chunk is about avg + min (~10 KiB here). Measured on
 # FAISS IVF files, CDC dedup is 96% at 4 KiB, 94% at 8 KiB, 90% at 16 KiB and 68% at 64 KiB, while
@@ -16,23 +17,59 @@ CDC_MIN = 2 * 1024
 CDC_AVG = 8 * 1024
 CDC_MAX = 64 * 1024
 
-# Pack files collect many compressed chunks so the file count stays low with small chunks.
-# 32 MiB keeps a 1 GiB data dir to ~30 files while a pack still fits comfortably in memory.
-PACK_TARGET_SIZE = 32 * 1024 * 1024
+# FAISS files are cut at their arrays' boundaries, in fixed blocks measured from each array's start
+# (chunking/faiss.py). Measured over 10 evolving steps of the sample app (docs/TUNING.md):
+# Flat vectors are append-only, so any block size re-stores only the tail block; 64 KiB keeps
+# chunk counts low. IVF inverted lists grow at their ends: 2 KiB blocks stored 7.5 MiB against
+# 9.7 (4 KiB) and 13.9 (8 KiB). HNSW neighbour arrays change in place everywhere: 1 KiB blocks
+# stored 5.6 MiB against 7.5 (2 KiB) and 9.4 (16 KiB), for a few thousand chunks.
+FAISS_VECTOR_BLOCK = 64 * 1024
+FAISS_LIST_BLOCK = 2 * 1024
+FAISS_GRAPH_BLOCK = 1024
+FAISS_IDS_BLOCK = 64 * 1024
+
+# New chunks that follow each other in a file are compressed together in one frame of up to this
+# many plain bytes (up to 128 SQLite pages). Over 10 steps of the sample app, frames of 512 KiB
+# stored 52.1 MiB of increments against 53.3 (256 KiB) and 51.9 (1 MiB); the first snapshot
+# 4% less than 256 KiB frames and 8% less than one frame per chunk. Restoring one chunk decodes
+# its whole frame, so frames stay well below a pack.
+FRAME_TARGET = 512 * 1024
+
+# Decoded frames kept while restoring or reading chunk by chunk, so a frame whose chunks are
+# used out of order (pages moved by VACUUM) is decoded once.
+FRAME_CACHE_BYTES = 64 * 1024 * 1024
+
+# Compress float32 vector data with its bytes grouped by position (sign/exponent bytes apart):
+# 6% smaller than plain zstd on the sample's embeddings (docs/TUNING.md).
+GROUP_FLOATS = True
+
+# A file's chunk list is stored as a delta against its previous version (chunklist.py) unless the
+# chain of deltas grows past this many or past the size of a full list; restoring applies them in
+# turn, so the bound keeps that cheap.
+LIST_MAX_DELTAS = 16
+
+# Pack files collect many compressed frames so the file count stays low with small chunks. A pack
+# is built in memory and one more may wait to be written, so this bounds a commit's memory by
+# about twice its size; 16 MiB (restic's choice too) keeps a 1 GiB repository to ~60 files and
+# the peak RSS of a commit of a 2 GB database well under 300 MB.
+PACK_TARGET_SIZE = 16 * 1024 * 1024
 
 # zstd level 3 (zstd's default) compresses SQLite pages 2.7x against 2.5x at level 1, at about half
 # the speed (~180 vs ~340 MB/s); stored per repository, so it can be tuned without breaking dedup.
 ZSTD_LEVEL = 3
 
+# float32 vectors barely compress (1.08x); byte-grouped they reach 1.19-1.25x, at level 1 as well
+# as at level 3 (slightly better, even) and faster to compress and decompress (docs/TUNING.md).
+FLOAT_ZSTD_LEVEL = 1
+
 # Store a chunk raw unless compression saves at least this fraction (float vectors barely compress,
 # and raw chunks restore faster).
 MIN_COMPRESSION_GAIN = 0.03
 
-# Bytes read per step when streaming a file through a chunker: bounds memory per file.
-READ_BLOCK = 8 * 1024 * 1024
-
-# Chunks handed to the worker threads per batch (hash + compress), bounded in bytes.
-BATCH_BYTES = 4 * 1024 * 1024
+# Bytes read per step when streaming a file through a chunker, and the unit of work of a commit's
+# worker threads (hash, frame, compress): a few blocks in flight keep every core busy and bound
+# memory whatever the file size (8 MiB blocks cost more memory and were no faster on 2 cores).
+READ_BLOCK = 4 * 1024 * 1024
 
 # A file whose size or mtime changes while it is read is read again this many times, then the
 # commit fails naming it.

@@ -191,7 +191,7 @@ def plan(
     report.pack_bytes_before = sum(packs.values())
 
     # each pack's own directory, to trust only index entries it confirms (None: unreadable)
-    directories: dict[ObjectId, dict[ObjectId, tuple[ObjectId, int, int, int, int]] | None] = {}
+    directories: dict[ObjectId, dict[ObjectId, tuple[Any, ...]] | None] = {}
     for pack in {e.pack for entries in current.values() for e in entries}:
         if pack in packs:
             try:
@@ -204,7 +204,7 @@ def plan(
         if e.pack not in packs or e.offset + e.length > packs[e.pack]:
             return False
         described = directories.get(e.pack)
-        return described is None or described.get(cid) == (cid, e.type, e.offset, e.length, e.plain)
+        return described is None or described.get(cid) == (cid, *e[1:])
 
     chosen: dict[ObjectId, IndexEntry] = {}
     for cid, entries in current.items():
@@ -247,7 +247,7 @@ def plan(
     fates: dict[ObjectId, PackFate] = {}
     for pack, size in sorted(packs.items()):
         used = keep.get(pack, [])
-        used_bytes = sum(e.length for _, e in used)
+        used_bytes = sum(e.stored for _, e in used)  # a frame's share per chunk it holds
         if pack not in named:
             fate = PackFate(pack, size, 0, 0, size, UNINDEXED)
         elif not used:
@@ -322,16 +322,24 @@ def _execute(repo: Repository, p: GcPlan) -> None:
         if fate.action != REPACK:
             continue
         data = backend.get(pack_key(fate.pack))
-        for cid, e in sorted(p.keep[fate.pack], key=lambda item: item[1].offset):
-            encoded = data[e.offset : e.offset + e.length]
-            try:
-                Store.decode_verified(cid, e, encoded)  # never copy damage into a new pack
+        # a frame keeps only its needed chunks: copied as it is when they fill it, else
+        # compressed again from their (verified) bytes
+        frames: dict[int, list[tuple[ObjectId, IndexEntry]]] = {}
+        for cid, e in p.keep[fate.pack]:
+            frames.setdefault(e.offset, []).append((cid, e))
+        for offset in sorted(frames):
+            members = frames[offset]
+            e0 = members[0][1]
+            try:  # never copy damage into a new pack
+                encoded, frame_plain, placed = Store.rewrite_frame(
+                    data[offset : offset + e0.length], members, repo.zstd_level, repo.float_level
+                )
             except IntegrityError as exc:
                 raise IntegrityError(
                     f"gc stopped before deleting anything: {exc}; run `casnap verify --read-data`"
                 ) from None
-            writer.add(cid, e.type, encoded, e.plain)
-    writer.flush()
+            writer.add_frame(e0.type, encoded, frame_plain, placed)
+    writer.close()
     new_packs = {e.pack for e in writer.new.values()}
     report.packs_written = len(new_packs)
     report.pack_bytes_written = writer.bytes_added

@@ -2,15 +2,14 @@
 
 A snapshot manifest is canonical JSON (sorted keys, no spaces); its id is the BLAKE3 of those bytes
 and it is stored zstd-compressed under `snapshots/<id>`. A file's chunk list is stored as TREE
-blobs in the chunk store, cut where chunk ids say so, so unchanged files and unchanged runs of a
-changed file reuse the same list blobs and cost a snapshot nothing.
+blobs in the chunk store (chunklist.py): a FileEntry names every TREE blob its list needs, so an
+unchanged file reuses its blobs and a changed one usually adds a single small delta.
 """
 
 from __future__ import annotations
 
 import json
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,12 +19,6 @@ from casnap.errors import HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
 MANIFEST_VERSION = 1
-
-_REF = struct.Struct("<32sI")  # chunk id, plain length
-# A chunk list is cut after a chunk whose id ends in a byte of zero low bits (1 in 64), so list
-# pieces are ~64 refs (~2.3 KiB) on average and resynchronise after a change; at most 1024 refs.
-LIST_CUT_MASK = 0x3F
-LIST_MAX_REFS = 1024
 
 
 @dataclass(frozen=True)
@@ -163,28 +156,6 @@ def decompress_manifest(blob: bytes, name: str) -> bytes:
         return zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 30)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{name}: corrupt manifest ({exc})") from None
-
-
-# -- chunk lists -----------------------------------------------------------------------------------
-
-
-def split_chunk_list(refs: Sequence[tuple[ObjectId, int]]) -> Iterator[bytes]:
-    """Encode a file's (chunk id, length) list as TREE blob bodies, cut by content."""
-    piece: list[bytes] = []
-    for cid, length in refs:
-        piece.append(_REF.pack(cid, length))
-        if (cid[-1] & LIST_CUT_MASK) == 0 or len(piece) >= LIST_MAX_REFS:
-            yield b"".join(piece)
-            piece = []
-    if piece:
-        yield b"".join(piece)
-
-
-def parse_chunk_list(body: bytes, name: str = "chunk list") -> list[tuple[ObjectId, int]]:
-    """Decode a TREE blob body; IntegrityError when its length is not a whole number of refs."""
-    if len(body) % _REF.size:
-        raise IntegrityError(f"{name}: malformed chunk list")
-    return [(ObjectId(cid), n) for cid, n in _REF.iter_unpack(body)]
 
 
 # -- validation ------------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 Shared by gc (what must be kept), verify (what a damaged chunk breaks) and stats (what each
 snapshot added). Reading a TREE blob is left to the caller, so each can choose where it comes from.
+
+A file's chunk list is a chain of TREE blobs (chunklist.py): pieces, then deltas against the list
+they describe. Chains are resolved file by file, so a file reaches exactly the chunks of its own
+version, not those its older versions had and a delta replaced.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from casnap import chunklist
 from casnap.errors import IntegrityError
-from casnap.ids import ObjectId
-from casnap.manifest import Snapshot, parse_chunk_list
+from casnap.ids import ID_SIZE, ObjectId
+from casnap.manifest import Snapshot
 
 
 @dataclass(frozen=True)
@@ -28,25 +33,42 @@ class Reach:
     """The blobs a set of snapshots reaches, file by file."""
 
     files: list[FileUse] = field(default_factory=list)
-    # every TREE blob reached -> its (chunk id, plain length) refs; None when it could not be read
+    # every TREE blob reached -> the (chunk id, plain length) refs it names itself (a piece: all
+    # of its refs; a delta: the refs it adds); None when it could not be read
     trees: dict[ObjectId, list[tuple[ObjectId, int]] | None] = field(default_factory=dict)
     tree_errors: dict[ObjectId, str] = field(default_factory=dict)
+    # each distinct chain of TREE blobs -> the chunk ids of the list it resolves to, packed (32
+    # bytes each); None when some blob of the chain is unreadable or the chain does not resolve
+    resolved: dict[tuple[ObjectId, ...], bytes | None] = field(default_factory=dict)
+
+    def chunks_of(self, use: FileUse) -> list[ObjectId]:
+        """The data chunks one file needs, in order (those its readable blobs name when its chain
+        does not resolve)."""
+        ids = self.resolved.get(use.lists)
+        if ids is not None:
+            return [ObjectId(ids[i : i + ID_SIZE]) for i in range(0, len(ids), ID_SIZE)]
+        out: list[ObjectId] = []
+        for lid in use.lists:
+            out.extend(cid for cid, _ in self.trees.get(lid) or ())
+        return out
 
     def referenced(self) -> set[ObjectId]:
-        """Every blob reached: TREE blobs and the data chunks of the readable ones."""
+        """Every blob reached: TREE blobs and the data chunks of the files."""
         out: set[ObjectId] = set(self.trees)
-        for refs in self.trees.values():
-            if refs:
-                out.update(cid for cid, _ in refs)
+        for lists, ids in self.resolved.items():
+            if ids is not None:
+                out.update(ObjectId(ids[i : i + ID_SIZE]) for i in range(0, len(ids), ID_SIZE))
+            else:
+                for lid in lists:
+                    out.update(cid for cid, _ in self.trees.get(lid) or ())
         return out
 
     def blobs_of(self, use: FileUse) -> Iterator[tuple[ObjectId, bool]]:
         """(blob id, is TREE) for every blob one file needs, TREE blobs first, in order."""
         for lid in use.lists:
             yield lid, True
-        for lid in use.lists:
-            for cid, _ in self.trees.get(lid) or ():
-                yield cid, False
+        for cid in self.chunks_of(use):
+            yield cid, False
 
     def users(self, blobs: set[ObjectId]) -> dict[ObjectId, list[FileUse]]:
         """For each of blobs, the files (of any walked snapshot) that need it."""
@@ -68,21 +90,30 @@ def walk(
     *,
     strict: bool = True,
 ) -> Reach:
-    """Read every file's chunk list once per distinct TREE blob.
+    """Read every file's chunk list, each distinct TREE blob once, and resolve each chain once.
 
     read_tree returns a TREE blob's verified plain bytes. When strict, the first unreadable TREE
-    blob raises IntegrityError naming the file; otherwise it is recorded in `tree_errors`.
+    blob (or a chain that does not resolve) raises IntegrityError naming the file; otherwise it is
+    recorded in `tree_errors`.
     """
     reach = Reach()
+    bodies: dict[ObjectId, bytes] = {}
+    last: dict[str, tuple[tuple[ObjectId, ...], bytes]] = {}  # path -> its last resolved chain
     for sid, snap in snapshots:
         for f in snap.files:
             use = FileUse(sid, f.path, tuple(ObjectId.from_hex(h) for h in f.lists))
             reach.files.append(use)
+            if use.lists in reach.resolved:
+                continue
+            readable = True
             for lid in use.lists:
                 if lid in reach.trees:
+                    readable = readable and reach.trees[lid] is not None
                     continue
                 try:
-                    reach.trees[lid] = parse_chunk_list(read_tree(lid), f"chunk list {lid.hex()}")
+                    body = read_tree(lid)
+                    reach.trees[lid] = chunklist.unpack_refs(chunklist.named_refs(body))
+                    bodies[lid] = body
                 except IntegrityError as exc:
                     if strict:
                         raise IntegrityError(
@@ -90,4 +121,39 @@ def walk(
                         ) from None
                     reach.trees[lid] = None
                     reach.tree_errors[lid] = str(exc)
+                    readable = False
+            refs = None
+            if readable:
+                try:
+                    refs = _resolve(use.lists, bodies, last.get(f.path), f.path)
+                except IntegrityError as exc:
+                    if strict:
+                        raise IntegrityError(
+                            f"chunk list of {f.path} in snapshot {sid.short} is unreadable: {exc}"
+                        ) from None
+                    reach.tree_errors.setdefault(use.lists[-1], str(exc))
+            if refs is not None:
+                last[f.path] = (use.lists, refs)
+                reach.resolved[use.lists] = chunklist.ids_packed(refs)
+            else:
+                reach.resolved[use.lists] = None
     return reach
+
+
+def _resolve(
+    lists: tuple[ObjectId, ...],
+    bodies: dict[ObjectId, bytes],
+    previous: tuple[tuple[ObjectId, ...], bytes] | None,
+    path: str,
+) -> bytes:
+    """Packed refs of a chain, reusing the previous version's when this chain extends it."""
+    name = f"chunk list of {path}"
+    if previous is not None:
+        chain, refs = previous
+        if lists[: len(chain)] == chain and all(
+            chunklist.is_delta(bodies[lid]) for lid in lists[len(chain) :]
+        ):
+            for lid in lists[len(chain) :]:
+                refs = chunklist.apply_delta(refs, bodies[lid], name)
+            return refs
+    return chunklist.resolve([bodies[lid] for lid in lists], name)[0]

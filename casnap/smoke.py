@@ -17,6 +17,7 @@ import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -518,10 +519,13 @@ def smoke_check(
     else:
         dbs = set(databases) & set(wanted)
     checks: list[Check] = []
-    for rel in wanted:
-        if rel in dbs:
-            checks.extend(check_sqlite(view[rel], rel))
-    checks.extend(check_faiss(faiss_targets(view, wanted)))
+    # the FAISS probe runs in a child process: let it work while the databases are checked here
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-faiss-probe") as pool:
+        faiss_checks = pool.submit(check_faiss, faiss_targets(view, wanted))
+        for rel in wanted:
+            if rel in dbs:
+                checks.extend(check_sqlite(view[rel], rel))
+        checks.extend(faiss_checks.result())
     if smoke_cmd and all(c.ok for c in checks):
         if staged_dir is None:
             raise ValueError("a smoke command needs the staged dir")

@@ -116,7 +116,8 @@ def repository_stats(repo: Repository) -> RepositoryStats:
     out = RepositoryStats()
     with repo.lock("stats"):
         snaps, reach = _load(repo)
-        index = repo.store.index
+        referenced = reach.referenced()
+        index = repo.store.index.entries(referenced)  # one batch lookup
         out.snapshots = len(snaps)
         out.files = sum(len(s.files) for _, s in snaps)
         out.logical_bytes = sum(s.logical_bytes for _, s in snaps)
@@ -124,17 +125,17 @@ def repository_stats(repo: Repository) -> RepositoryStats:
         out.manifest_bytes = sum(sizes.values())
         out.pack_bytes = sum(s for _, s in repo.backend.list("packs/"))
         out.index_bytes = sum(s for _, s in repo.backend.list("index/"))
-        for blob in reach.referenced():
+        for blob in referenced:
             e = index.get(blob)
             if e is None:
                 out.missing_blobs += 1
             elif blob in reach.trees:
                 out.tree_blobs += 1
-                out.tree_bytes += e.length
+                out.tree_bytes += e.stored
             else:
                 out.unique_chunks += 1
                 out.unique_bytes += e.plain
-                out.stored_chunk_bytes += e.length
+                out.stored_chunk_bytes += e.stored
         seen: set[ObjectId] = set()
         by_snapshot: dict[ObjectId, list[int]] = {sid: [0, 0] for sid, _ in snaps}
         for use in reach.files:
@@ -146,7 +147,7 @@ def repository_stats(repo: Repository) -> RepositoryStats:
                 e = index.get(blob)
                 if e is not None:
                     acc[0] += 1
-                    acc[1] += e.length
+                    acc[1] += e.stored
         for sid, s in snaps:
             new_blobs, added = by_snapshot[sid]
             out.snapshots_added.append(
@@ -175,9 +176,9 @@ def snapshot_stats(repo: Repository, ref: str) -> SnapshotStats:
         position = next(i for i, (s, _) in enumerate(snaps) if s == sid)
         older, snap = snaps[:position], snaps[position][1]
         repo.store.load_index()
-        index = repo.store.index
         seen = walk(older, repo.store.get).referenced()
         mine = walk([(sid, snap)], repo.store.get)
+        index = repo.store.index.entries(mine.referenced() - seen)  # one batch lookup
         out = SnapshotStats(sid.hex(), snap.time, snap.logical_bytes, older_snapshots=len(older))
         for use, entry in zip(mine.files, snap.files, strict=True):
             new = plain = encoded = 0
@@ -188,7 +189,7 @@ def snapshot_stats(repo: Repository, ref: str) -> SnapshotStats:
                 e = index.get(blob)
                 if e is None:
                     continue
-                encoded += e.length
+                encoded += e.stored
                 if not is_tree:
                     new += 1
                     plain += e.plain

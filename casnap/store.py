@@ -1,54 +1,97 @@
 """Packs and index: put a chunk once, get it back verified.
 
-A pack holds many encoded chunks followed by a directory describing them, so the index can always
-be rebuilt from the packs alone. Index files map chunk id -> (pack, offset, length, plain size);
-lookups use the index and never scan packs. Write order is packs, then the index file that names
-them, and only then the snapshot that references them: a crash leaves unreferenced data, never a
-reference to missing data.
+A pack holds frames followed by a directory describing every chunk in them, so the index can
+always be rebuilt from the packs alone. A frame is one encoded blob (codec byte + payload, see
+compression.py) holding one chunk or several consecutive new chunks compressed together: SQLite
+pages compress far better in runs than one 4 KiB page at a time. Index files map chunk id ->
+(pack, frame offset, frame length, chunk plain size, chunk offset in the frame, frame plain size);
+lookups use the index and never scan packs.
+
+Write order is packs, then the index file that names them, and only then the snapshot that
+references them: a crash leaves unreferenced data, never a reference to missing data.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import NamedTuple
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import zstandard
 
 from casnap import compression
 from casnap.backends.base import Backend
+from casnap.chunkindex import (
+    BLOB_TYPES,
+    DATA,
+    FIELD_DTYPE,
+    INDEX_MAGIC,
+    TREE,
+    ChunkIndex,
+    IdSet,
+    IndexEntry,
+    decode_index,
+    decode_index_arrays,
+    encode_index,
+    encode_index_arrays,
+    id_matrix,
+)
+from casnap.constants import FRAME_CACHE_BYTES
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
-DATA = 0  # file content
-TREE = 1  # a list of chunk references (a file's chunk list, split in pieces)
-BLOB_TYPES = {DATA: "data", TREE: "tree"}
+__all__ = [
+    "BLOB_TYPES",
+    "DATA",
+    "DIR_ENTRY_SIZE",
+    "INDEX_ENTRY_SIZE",
+    "INDEX_MAGIC",
+    "TREE",
+    "ChunkIndex",
+    "IndexEntry",
+    "PackWriter",
+    "Store",
+    "decode_index",
+    "encode_index",
+    "index_key",
+    "entry_of",
+    "pack_id_of",
+    "pack_key",
+    "pack_overhead",
+    "parse_pack_directory",
+]
 
 PACK_MAGIC = b"CASNPACK"
 PACK_END = b"CASNPEND"
-PACK_VERSION = 1
+PACK_VERSION = 2
 PACK_HEADER = PACK_MAGIC + bytes([PACK_VERSION]) + bytes(7)
-_DIR_ENTRY = struct.Struct("<32sBIII")  # id, type, offset, length, plain size
-_TRAILER = struct.Struct("<I16s8s")  # directory length, BLAKE3 prefix of directory, end magic
-
-INDEX_MAGIC = b"CASNIDX1"
+# One directory record per chunk: id, type, frame offset, frame length, chunk plain size, chunk
+# offset in the decoded frame, frame plain size (0 when the frame holds this chunk alone).
+_DIR_RECORD = struct.Struct("<32sBIIIII")
+DIR_DTYPE = np.dtype(
+    [
+        ("id", "u1", (ID_SIZE,)),
+        ("type", "u1"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("plain", "<u4"),
+        ("inner", "<u4"),
+        ("frame_plain", "<u4"),
+    ]
+)
+assert DIR_DTYPE.itemsize == _DIR_RECORD.size
+DIR_ENTRY_SIZE = DIR_DTYPE.itemsize  # bytes per chunk in a pack directory (before compression)
+INDEX_ENTRY_SIZE = ID_SIZE + FIELD_DTYPE.itemsize  # bytes per chunk in an index file (same)
+# compressed directory length, BLAKE3 prefix of the compressed directory, end magic
+_TRAILER = struct.Struct("<I16s8s")
+# Packs queued for writing at once: bounds memory to about (1 + this) x pack_target.
+_PACKS_IN_FLIGHT = 1
 
 # Bytes read back from the end of every object just written: a write that landed short fails it.
 _VERIFY_TAIL = 64
-_INDEX_ENTRY = struct.Struct("<32sIBIII")  # id, pack number, type, offset, length, plain size
-DIR_ENTRY_SIZE = _DIR_ENTRY.size  # bytes per chunk in a pack directory
-INDEX_ENTRY_SIZE = _INDEX_ENTRY.size  # bytes per chunk in an index file (before compression)
-
-
-class IndexEntry(NamedTuple):
-    """Where one encoded chunk lives."""
-
-    pack: ObjectId
-    type: int
-    offset: int
-    length: int
-    plain: int
 
 
 def pack_key(pack: ObjectId) -> str:
@@ -59,40 +102,6 @@ def pack_key(pack: ObjectId) -> str:
 
 def index_key(index_id: ObjectId) -> str:
     return f"index/{index_id.hex()}"
-
-
-def parse_pack_directory(key: str, data: bytes) -> list[tuple[ObjectId, int, int, int, int]]:
-    """The (id, type, offset, length, plain) records a whole pack describes, bounds-checked."""
-    if len(data) < len(PACK_HEADER) + _TRAILER.size or not data.startswith(PACK_MAGIC):
-        raise IntegrityError(f"{key}: not a casnap pack (bad header)")
-    if data[8] != PACK_VERSION:
-        raise IntegrityError(f"{key}: unknown pack version {data[8]}")
-    dir_len, dir_hash, end = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
-    if end != PACK_END:
-        raise IntegrityError(f"{key}: not a casnap pack (bad trailer)")
-    dir_start = len(data) - _TRAILER.size - dir_len
-    if dir_start < len(PACK_HEADER) or dir_len % _DIR_ENTRY.size:
-        raise IntegrityError(f"{key}: pack directory out of bounds")
-    return _parse_directory(key, data[dir_start : dir_start + dir_len], dir_hash, dir_start)
-
-
-def _parse_directory(
-    key: str, directory: bytes, dir_hash: bytes, dir_start: int
-) -> list[tuple[ObjectId, int, int, int, int]]:
-    """Check a pack directory against its trailer checksum and bounds; its records."""
-    if bytes(hash_bytes(directory))[:16] != dir_hash:
-        raise IntegrityError(f"{key}: pack directory checksum mismatch")
-    records = []
-    for raw_id, btype, offset, length, plain in _DIR_ENTRY.iter_unpack(directory):
-        if offset < len(PACK_HEADER) or offset + length > dir_start or btype not in BLOB_TYPES:
-            raise IntegrityError(f"{key}: pack directory entry out of bounds")
-        records.append((ObjectId(raw_id), btype, offset, length, plain))
-    return records
-
-
-def pack_overhead(dir_len: int) -> int:
-    """Bytes of a pack that are not chunk data: header, directory and trailer."""
-    return len(PACK_HEADER) + dir_len + _TRAILER.size
 
 
 def pack_id_of(key: str) -> ObjectId | None:
@@ -107,51 +116,86 @@ def pack_id_of(key: str) -> ObjectId | None:
     return pack if parts[1] == parts[2][:2] else None
 
 
-def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
-    """Serialize index entries: pack table, then fixed-size records; zstd-compressed."""
-    packs: dict[ObjectId, int] = {}
-    records = []
-    for cid, e in entries:
-        n = packs.setdefault(e.pack, len(packs))
-        records.append(_INDEX_ENTRY.pack(cid, n, e.type, e.offset, e.length, e.plain))
-    body = b"".join(
-        [INDEX_MAGIC, struct.pack("<I", len(packs)), *packs.keys(), struct.pack("<I", len(records))]
-        + records
-    )
-    return zstandard.ZstdCompressor(level=3).compress(body)
+def pack_overhead(dir_len: int) -> int:
+    """Bytes of a pack that are not frames: header, directory and trailer."""
+    return len(PACK_HEADER) + dir_len + _TRAILER.size
 
 
-def decode_index(key: str, blob: bytes) -> Iterator[tuple[ObjectId, IndexEntry]]:
-    """Parse an index file; IntegrityError naming it when anything is off."""
+def parse_pack_directory_array(key: str, data: bytes) -> np.ndarray:
+    """The directory records of a whole pack as a DIR_DTYPE array, bounds-checked."""
+    if len(data) < len(PACK_HEADER) + _TRAILER.size or not data.startswith(PACK_MAGIC):
+        raise IntegrityError(f"{key}: not a casnap pack (bad header)")
+    if data[8] != PACK_VERSION:
+        raise IntegrityError(f"{key}: unknown pack version {data[8]}")
+    dir_len, dir_hash, end = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    if end != PACK_END:
+        raise IntegrityError(f"{key}: not a casnap pack (bad trailer)")
+    dir_start = len(data) - _TRAILER.size - dir_len
+    if dir_start < len(PACK_HEADER):
+        raise IntegrityError(f"{key}: pack directory out of bounds")
+    return _parse_directory(key, data[dir_start : dir_start + dir_len], dir_hash, dir_start)
+
+
+def _parse_directory(key: str, packed: bytes, dir_hash: bytes, dir_start: int) -> np.ndarray:
+    """Check a compressed pack directory against its trailer checksum and the frames' bounds."""
+    if bytes(hash_bytes(packed))[:16] != dir_hash:
+        raise IntegrityError(f"{key}: pack directory checksum mismatch")
     try:
-        body = zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 31)
+        directory = zstandard.ZstdDecompressor().decompress(
+            packed, max_output_size=max(1 << 16, 64 * (dir_start + len(packed)))
+        )
     except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{key}: corrupt index file ({exc})") from None
-    try:
-        if not body.startswith(INDEX_MAGIC):
-            raise IntegrityError(f"{key}: not a casnap index file")
-        pos = len(INDEX_MAGIC)
-        (npacks,) = struct.unpack_from("<I", body, pos)
-        pos += 4
-        packs = [ObjectId(body[pos + i * ID_SIZE : pos + (i + 1) * ID_SIZE]) for i in range(npacks)]
-        pos += npacks * ID_SIZE
-        (n,) = struct.unpack_from("<I", body, pos)
-        pos += 4
-        if len(body) != pos + n * _INDEX_ENTRY.size:
-            raise IntegrityError(f"{key}: index file has the wrong length")
-        for raw_id, pn, btype, offset, length, plain in _INDEX_ENTRY.iter_unpack(body[pos:]):
-            if pn >= npacks or btype not in BLOB_TYPES:
-                raise IntegrityError(f"{key}: index entry out of range")
-            yield ObjectId(raw_id), IndexEntry(packs[pn], btype, offset, length, plain)
-    except (struct.error, ValueError):
-        raise IntegrityError(f"{key}: truncated index file") from None
+        raise IntegrityError(f"{key}: corrupt pack directory ({exc})") from None
+    if len(directory) % DIR_DTYPE.itemsize:
+        raise IntegrityError(f"{key}: pack directory has the wrong length")
+    rec = np.frombuffer(directory, dtype=DIR_DTYPE)
+    ends = rec["offset"].astype(np.int64) + rec["length"]
+    frame = np.where(rec["frame_plain"] == 0, rec["plain"], rec["frame_plain"]).astype(np.int64)
+    bad = (
+        (rec["offset"] < len(PACK_HEADER))
+        | (ends > dir_start)
+        | (rec["type"] > TREE)
+        | (rec["inner"].astype(np.int64) + rec["plain"] > frame)
+    )
+    if bad.any():
+        raise IntegrityError(f"{key}: pack directory entry out of bounds")
+    return rec
 
 
-@dataclass
-class _OpenPack:
-    parts: list[bytes]
-    size: int
-    records: list[tuple[ObjectId, int, int, int, int]]
+def parse_pack_directory(
+    key: str, data: bytes
+) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
+    """The (id, type, offset, length, plain, inner, frame_plain) records a whole pack describes;
+    the fields after the id are those of IndexEntry."""
+    return _records(parse_pack_directory_array(key, data))
+
+
+def entry_of(pack: ObjectId, record: tuple[ObjectId, int, int, int, int, int, int]) -> IndexEntry:
+    """The index entry a pack directory record stands for."""
+    return IndexEntry(pack, *record[1:])
+
+
+def _records(rec: np.ndarray) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
+    return [
+        (
+            ObjectId(r["id"].tobytes()),
+            int(r["type"]),
+            int(r["offset"]),
+            int(r["length"]),
+            int(r["plain"]),
+            int(r["inner"]),
+            int(r["frame_plain"]),
+        )
+        for r in rec
+    ]
+
+
+def _directory_fields(rec: np.ndarray, pack_no: int) -> np.ndarray:
+    fields = np.zeros(len(rec), dtype=FIELD_DTYPE)
+    fields["pack"] = pack_no
+    for name in ("type", "offset", "length", "plain", "inner", "frame_plain"):
+        fields[name] = rec[name]
+    return fields
 
 
 class Store:
@@ -160,21 +204,26 @@ class Store:
     def __init__(self, backend: Backend, pack_target: int) -> None:
         self.backend = backend
         self.pack_target = pack_target
-        self.index: dict[ObjectId, IndexEntry] = {}
+        self.index = ChunkIndex()
         self.index_files: list[str] = []
+        self._frames: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._frames_bytes = 0
+        self._frames_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------------
 
     def load_index(self) -> None:
         """Read every index file into memory."""
-        index: dict[ObjectId, IndexEntry] = {}
+        parts = []
         files = []
         for key, _size in self.backend.list("index/"):
             blob = self.backend.get(key)
             if hash_bytes(blob).hex() != key.rsplit("/", 1)[-1]:
                 raise IntegrityError(f"{key}: index file does not match its name (damaged)")
-            index.update(decode_index(key, blob))
+            parts.append(decode_index_arrays(key, blob))
             files.append(key)
+        index = ChunkIndex()
+        index.add(parts)
         self.index = index
         self.index_files = files
 
@@ -188,31 +237,131 @@ class Store:
         return e
 
     def read_raw(self, cid: ObjectId) -> bytes:
-        """The encoded bytes of a chunk as stored in its pack."""
+        """The encoded frame holding a chunk, as stored in its pack (see IndexEntry)."""
         e = self.entry(cid)
         return self.backend.get(pack_key(e.pack), e.offset, e.length)
+
+    def read_frame(self, e: IndexEntry) -> bytes:
+        """The decoded frame an entry points into (not verified: callers check chunk hashes).
+
+        Recently decoded frames are cached, so reading the chunks of a frame one by one decodes
+        it once.
+        """
+        key = (bytes(e.pack), e.offset)
+        frame = self.cached_frame(e.pack, e.offset)
+        if frame is not None:
+            return frame
+        encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
+        try:
+            frame = compression.decode(encoded, e.frame_size)
+        except IntegrityError as exc:
+            raise IntegrityError(f"frame at {e.offset} in pack {e.pack.hex()}: {exc}") from None
+        self.cache_frame(key, frame)
+        return frame
+
+    def cached_frame(self, pack: bytes, offset: int) -> bytes | None:
+        """A decoded frame from the cache, or None."""
+        key = (bytes(pack), offset)
+        with self._frames_lock:
+            frame = self._frames.get(key)
+            if frame is not None:
+                self._frames.move_to_end(key)
+            return frame
+
+    def cache_frame(self, key: tuple[bytes, int], frame: bytes) -> None:
+        """Remember a decoded frame (least recently used ones leave past FRAME_CACHE_BYTES)."""
+        if len(frame) > FRAME_CACHE_BYTES // 4:
+            return
+        with self._frames_lock:
+            if key in self._frames:
+                return
+            self._frames[key] = frame
+            self._frames_bytes += len(frame)
+            while self._frames_bytes > FRAME_CACHE_BYTES:
+                _, old = self._frames.popitem(last=False)
+                self._frames_bytes -= len(old)
 
     def get(self, cid: ObjectId) -> bytes:
         """The plain bytes of a chunk, verified against its id."""
         e = self.entry(cid)
         try:
-            encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
-        except IntegrityError as exc:  # a missing or truncated pack: say which chunk it cost
+            frame = self.read_frame(e)
+        except IntegrityError as exc:  # a missing, truncated or garbled pack: name the chunk
             raise type(exc)(f"chunk {cid.hex()}: {exc}") from None
-        return self.decode_verified(cid, e, encoded)
+        return _verified(cid, e, frame[e.inner : e.inner + e.plain])
 
     @staticmethod
     def decode_verified(cid: ObjectId, e: IndexEntry, encoded: bytes) -> bytes:
-        """Decode an encoded chunk and check its BLAKE3; IntegrityError naming chunk and pack."""
+        """Decode the frame stored at e and return the chunk, checking its BLAKE3."""
         try:
-            plain = compression.decode(encoded, e.plain)
+            frame = compression.decode(encoded, e.frame_size)
         except IntegrityError as exc:
             raise IntegrityError(f"chunk {cid.hex()} in pack {e.pack.hex()}: {exc}") from None
-        if hash_bytes(plain) != cid:
-            raise IntegrityError(
-                f"chunk {cid.hex()} in pack {e.pack.hex()} does not match its hash (damaged)"
-            )
-        return plain
+        return _verified(cid, e, frame[e.inner : e.inner + e.plain])
+
+    @staticmethod
+    def frame_damage(
+        encoded: bytes, members: Sequence[tuple[ObjectId, IndexEntry]]
+    ) -> list[str | None]:
+        """Decode one stored frame once and check each listed chunk of it: per chunk None when
+        it matches its id, else why not."""
+        e0 = members[0][1]
+        if any(e.offset != e0.offset or e.frame_size != e0.frame_size for _, e in members):
+            raise ValueError("frame_damage needs chunks of one frame")
+        try:
+            frame = compression.decode(encoded, e0.frame_size)
+        except IntegrityError as exc:
+            return [f"chunk {cid.hex()} in pack {e.pack.hex()}: {exc}" for cid, e in members]
+        out: list[str | None] = []
+        for cid, e in members:
+            try:
+                _verified(cid, e, frame[e.inner : e.inner + e.plain])
+                out.append(None)
+            except IntegrityError as exc:
+                out.append(str(exc))
+        return out
+
+    @staticmethod
+    def verify_frame(encoded: bytes, members: Sequence[tuple[ObjectId, IndexEntry]]) -> None:
+        """IntegrityError naming the first listed chunk of a stored frame that is damaged."""
+        for why in Store.frame_damage(encoded, members):
+            if why is not None:
+                raise IntegrityError(why)
+
+    @staticmethod
+    def rewrite_frame(
+        encoded: bytes,
+        members: Sequence[tuple[ObjectId, IndexEntry]],
+        level: int,
+        float_level: int,
+    ) -> tuple[bytes, int, list[tuple[bytes, int, int]]]:
+        """A stored frame reduced to the listed chunks, every one verified first: (encoded frame,
+        frame plain size or 0 for one chunk, [(id, offset in frame, plain size)]).
+
+        A frame the chunks fill is returned as it is; otherwise their bytes are compressed again
+        with the frame's own codec, so gc reclaims the space of the chunks no snapshot needs.
+        """
+        cid0, e0 = members[0]
+        try:
+            frame = compression.decode(encoded, e0.frame_size)
+        except IntegrityError as exc:
+            raise IntegrityError(f"chunk {cid0.hex()} in pack {e0.pack.hex()}: {exc}") from None
+        ordered = sorted(members, key=lambda m: m[1].inner)
+        for cid, e in ordered:
+            _verified(cid, e, frame[e.inner : e.inner + e.plain])
+        if sum(e.plain for _, e in ordered) == e0.frame_size:
+            return encoded, e0.frame_plain, [(cid, e.inner, e.plain) for cid, e in ordered]
+        out: list[tuple[bytes, int, int]] = []
+        parts = []
+        pos = 0
+        for cid, e in ordered:
+            parts.append(frame[e.inner : e.inner + e.plain])
+            out.append((cid, pos, e.plain))
+            pos += e.plain
+        payload = b"".join(parts)
+        grouped = encoded[0] == compression.ZSTD_GROUPED4
+        fresh = compression.encode(payload, float_level if grouped else level, grouped=grouped)
+        return fresh, (pos if len(out) > 1 else 0), out
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -249,15 +398,16 @@ class Store:
             if not intact and skipped is None:
                 raise IntegrityError(f"{key}: pack does not match its name (damaged)")
             bad = 0
-            for cid, btype, offset, length, plain in records:
-                entry = IndexEntry(pack, btype, offset, length, plain)
+            for rec in records:
+                entry = entry_of(pack, rec)
                 if not intact:
                     try:
-                        self.decode_verified(cid, entry, data[offset : offset + length])
+                        raw = data[entry.offset : entry.offset + entry.length]
+                        self.decode_verified(rec[0], entry, raw)
                     except IntegrityError:
                         bad += 1
                         continue
-                index.setdefault(cid, entry)
+                index.setdefault(rec[0], entry)
             if not intact and skipped is not None:
                 skipped.append(
                     (
@@ -277,8 +427,9 @@ class Store:
 
     def read_pack_directory(
         self, pack: ObjectId, size: int
-    ) -> list[tuple[ObjectId, int, int, int, int]]:
-        """A pack's directory read from its tail alone (two ranged reads), bounds-checked."""
+    ) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
+        """A pack's directory read from its tail alone (two ranged reads), bounds-checked; the
+        records of parse_pack_directory."""
         key = pack_key(pack)
         if size < len(PACK_HEADER) + _TRAILER.size:
             raise IntegrityError(f"{key}: too short to be a pack ({size} bytes)")
@@ -288,19 +439,27 @@ class Store:
         if end != PACK_END:
             raise IntegrityError(f"{key}: not a casnap pack (bad trailer)")
         dir_start = size - _TRAILER.size - dir_len
-        if dir_start < len(PACK_HEADER) or dir_len % _DIR_ENTRY.size:
+        if dir_start < len(PACK_HEADER):
             raise IntegrityError(f"{key}: pack directory out of bounds")
-        directory = self.backend.get(key, dir_start, dir_len)
-        return _parse_directory(key, directory, dir_hash, dir_start)
+        packed = self.backend.get(key, dir_start, dir_len)
+        return _records(_parse_directory(key, packed, dir_hash, dir_start))
 
-    def write_index(self, entries: dict[ObjectId, IndexEntry]) -> tuple[str, int]:
+    def write_index(self, entries: Mapping[ObjectId, IndexEntry]) -> tuple[str, int]:
         """Store an index file for entries; returns its key and size."""
-        blob = encode_index(entries.items())
+        return self._put_index(encode_index(entries.items()))
+
+    def write_index_arrays(
+        self, packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray
+    ) -> tuple[str, int]:
+        """Store an index file for entries given as arrays; returns its key and size."""
+        return self._put_index(encode_index_arrays(packs, ids, fields))
+
+    def _put_index(self, blob: bytes) -> tuple[str, int]:
         key = index_key(hash_bytes(blob))
         self.put_verified(key, blob)
         return key, len(blob)
 
-    def put_verified(self, key: str, data: bytes) -> bool:
+    def put_verified(self, key: str, data: bytes | memoryview) -> bool:
         """Put an object whose key names its content, and make sure the stored copy is whole.
 
         A fresh write is read back at its tail (a write that landed short fails that read); an
@@ -326,63 +485,190 @@ class Store:
         )
 
 
-class PackWriter:
-    """Collects new chunks into packs; `finish` writes the last pack and the index file.
+def _verified(cid: ObjectId, e: IndexEntry, plain: bytes) -> bytes:
+    if len(plain) != e.plain or hash_bytes(plain) != cid:
+        raise IntegrityError(
+            f"chunk {cid.hex()} in pack {e.pack.hex()} does not match its hash (damaged)"
+        )
+    return plain
 
-    Not thread-safe: workers encode chunks, one thread adds them here.
+
+class _OpenPack:
+    __slots__ = ("data", "records")
+
+    def __init__(self) -> None:
+        self.data = bytearray(PACK_HEADER)  # grows in place: no second copy when written
+        self.records = bytearray()
+
+
+class PackWriter:
+    """Collects new frames into packs; `finish` writes the last pack and the index file.
+
+    Packs are written by a background thread (at most _PACKS_IN_FLIGHT queued), so hashing and
+    fsyncing a pack overlaps with reading and compressing the next. Not thread-safe: workers
+    encode frames, one thread adds them here.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.new: dict[ObjectId, IndexEntry] = {}
-        self.pending: set[ObjectId] = set()
+        self.pending: set[bytes] = set()  # ids in the open pack and in packs being written
+        self.written = IdSet()  # ids in this writer's durable packs (compact: 40 bytes each)
         self._pack: _OpenPack | None = None
-        self.bytes_added = 0  # encoded bytes written in packs
+        self._inflight: deque[Future[tuple[ObjectId, bytes]]] = deque()
+        self._done: list[tuple[ObjectId, bytes]] = []  # (pack, directory records)
+        self._io: ThreadPoolExecutor | None = None
+        self.bytes_added = 0  # bytes of packs written
         self.packs_written = 0
+        self.chunks_added = 0
+        self.bytes_by_type = [0] * len(BLOB_TYPES)  # encoded bytes of frames added, per type
+        self.index_bytes = 0
 
-    def known(self, cid: ObjectId) -> bool:
+    def known(self, cid: bytes) -> bool:
         """True when the chunk is stored already or queued in this writer."""
-        return cid in self.store.index or cid in self.pending or cid in self.new
+        return cid in self.pending or cid in self.written or cid in self.store.index
+
+    def known_many(self, ids: Sequence[bytes]) -> np.ndarray:
+        """Boolean array: which of ids are stored or queued; callable from any thread.
+
+        `pending` is read before `written`: an id moving from one to the other (its pack became
+        durable) is then found in one of them.
+        """
+        pending = self.pending
+        found = np.fromiter((cid in pending for cid in ids), dtype=bool, count=len(ids))
+        matrix = id_matrix(b"".join(ids))
+        return found | self.written.contains_many(matrix) | self.store.index.contains_many(matrix)
 
     def add(self, cid: ObjectId, btype: int, encoded: bytes, plain: int) -> bool:
-        """Queue an encoded chunk unless known; True when it was new."""
+        """Queue one encoded chunk as its own frame unless known; True when it was new."""
         if self.known(cid):
             return False
+        return self.add_frame(btype, encoded, 0, [(cid, 0, plain)]) == 1
+
+    def add_frame(
+        self,
+        btype: int,
+        encoded: bytes,
+        frame_plain: int,
+        members: Sequence[tuple[bytes, int, int]],
+    ) -> int:
+        """Queue a frame holding members (id, offset in frame, plain size); returns how many of
+        them were new. frame_plain is the frame's plain size, 0 for a frame of one chunk.
+
+        Callers check the store's index beforehand (in batches, see known_many); members this
+        writer has already queued keep their first copy, and a frame with no new member is
+        dropped.
+        """
+        pending = self.pending
+        fresh = [m for m in members if m[0] not in pending]
+        if fresh and len(self.written):
+            done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
+            fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
+        if not fresh:
+            return 0
         if self._pack is None:
-            self._pack = _OpenPack([PACK_HEADER], len(PACK_HEADER), [])
+            self._pack = _OpenPack()
         p = self._pack
-        p.records.append((cid, btype, p.size, len(encoded), plain))
-        p.parts.append(encoded)
-        p.size += len(encoded)
-        self.pending.add(cid)
-        if p.size >= self.store.pack_target:
+        offset = len(p.data)
+        pack_rec = _DIR_RECORD.pack
+        for cid, inner, plain in fresh:
+            p.records += pack_rec(cid, btype, offset, len(encoded), plain, inner, frame_plain)
+            pending.add(bytes(cid))
+        p.data += encoded
+        self.chunks_added += len(fresh)
+        self.bytes_by_type[btype] += len(encoded)
+        if len(p.data) >= self.store.pack_target:
             self.flush()
-        return True
+        return len(fresh)
 
     def flush(self) -> None:
-        """Write the open pack to the backend (durable before its chunks are indexed)."""
+        """Hand the open pack to the writing thread (its chunks are indexed once it is durable)."""
         p = self._pack
+        self._pack = None
         if p is None or not p.records:
             return
-        directory = b"".join(_DIR_ENTRY.pack(*r) for r in p.records)
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-pack")
+        while len(self._inflight) >= _PACKS_IN_FLIGHT:
+            self._collect(self._inflight.popleft())
+        self._inflight.append(self._io.submit(self._write_pack, p))
+
+    def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes]:
+        records = bytes(p.records)
+        directory = zstandard.ZstdCompressor(level=3).compress(records)
         trailer = _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
-        data = b"".join([*p.parts, directory, trailer])
+        data = p.data
+        data += directory
+        data += trailer
         pack = hash_bytes(data)
-        self.store.put_verified(pack_key(pack), data)
-        for cid, btype, offset, length, plain in p.records:
-            self.new[cid] = IndexEntry(pack, btype, offset, length, plain)
-            self.pending.discard(cid)
+        self.store.put_verified(pack_key(pack), memoryview(data))
         self.bytes_added += len(data)
         self.packs_written += 1
+        p.data = bytearray()
+        return pack, records
+
+    def _collect(self, fut: Future[tuple[ObjectId, bytes]]) -> None:
+        """A pack is durable: its ids move from `pending` to the compact `written` set."""
+        pack, records = fut.result()
+        self._done.append((pack, records))
+        ids = np.frombuffer(records, dtype=DIR_DTYPE)["id"]
+        self.written.add(ids)  # first, so a concurrent check always finds them in one place
+        for i in range(len(ids)):
+            self.pending.discard(ids[i].tobytes())
+
+    @property
+    def new(self) -> dict[ObjectId, IndexEntry]:
+        """Entries of the chunks in packs handed to the writing thread (waits for them)."""
+        while self._inflight:
+            self._collect(self._inflight.popleft())
+        out: dict[ObjectId, IndexEntry] = {}
+        for pack, records in self._done:
+            for rec in _records(np.frombuffer(records, dtype=DIR_DTYPE)):
+                out.setdefault(rec[0], entry_of(pack, rec))
+        return out
+
+    def _drain(self) -> None:
+        try:
+            while self._inflight:
+                self._collect(self._inflight.popleft())
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
+
+    def close(self) -> None:
+        """Write the open pack and wait for every pack to be durable, without an index file (for
+        callers that write their own index from `new`, such as gc)."""
+        self.flush()
+        self._drain()
+
+    def abort(self) -> None:
+        """Stop after a failure: wait for packs being written, drop the rest (no index file)."""
         self._pack = None
+        while self._inflight:
+            fut = self._inflight.popleft()
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001 - the first failure is being reported already
+                pass
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
 
     def finish(self) -> int:
         """Flush, write one index file for everything added, and merge it; returns bytes written."""
         self.flush()
-        written = 0
-        if self.new:
-            key, written = self.store.write_index(self.new)
-            self.store.index.update(self.new)
+        self._drain()
+        if self._done:
+            packs = [pack for pack, _ in self._done]
+            ids_parts, field_parts = [], []
+            for n, (_pack, records) in enumerate(self._done):
+                rec = np.frombuffer(records, dtype=DIR_DTYPE)
+                ids_parts.append(rec["id"])
+                field_parts.append(_directory_fields(rec, n))
+            ids = np.concatenate(ids_parts)
+            fields = np.concatenate(field_parts)
+            key, self.index_bytes = self.store.write_index_arrays(packs, ids, fields)
+            self.store.index.add([(packs, ids, fields)])
             self.store.index_files.append(key)
-        self.new = {}
-        return self.bytes_added + written
+            self._done = []
+        return self.bytes_added + self.index_bytes

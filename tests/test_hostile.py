@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casnap import compression, manifest, store
+from casnap import chunklist, compression, manifest, store
 from casnap.backends import LocalBackend, MemoryBackend
 from casnap.errors import EXIT_CODES, CasnapError, HostileManifest
 from casnap.ids import ObjectId, hash_bytes
@@ -66,8 +67,11 @@ def only_casnap_errors(fn, *args) -> None:
 def test_fuzz_raw_bytes(blob: bytes, plain: int) -> None:
     only_casnap_errors(compression.decode, blob, plain)
     only_casnap_errors(store.decode_index, "index/x", blob)
+    only_casnap_errors(store.decode_index_arrays, "index/x", blob)
     only_casnap_errors(store.parse_pack_directory, "packs/x", blob)
-    only_casnap_errors(manifest.parse_chunk_list, blob)
+    only_casnap_errors(store.parse_pack_directory_array, "packs/x", blob)
+    only_casnap_errors(chunklist.resolve, [blob])
+    only_casnap_errors(chunklist.named_refs, blob)
     only_casnap_errors(manifest.Snapshot.decode, blob)
 
 
@@ -76,18 +80,44 @@ def test_fuzz_raw_bytes(blob: bytes, plain: int) -> None:
     body=st.binary(max_size=600),
     magic=st.sampled_from([b"", store.INDEX_MAGIC]),
     mid=st.binary(max_size=200),
+    records=st.integers(0, 6),
 )
-def test_fuzz_structured_index_and_pack(body: bytes, magic: bytes, mid: bytes) -> None:
-    import zstandard
+def test_fuzz_structured_index_and_pack(
+    body: bytes, magic: bytes, mid: bytes, records: int
+) -> None:
+    cctx = zstandard.ZstdCompressor()
+    only_casnap_errors(store.decode_index, "index/x", cctx.compress(magic + body))
+    # a pack whose directory is a valid zstd frame of whole (random) records, checksummed right
+    raw = (mid * (1 + records * store.DIR_ENTRY_SIZE // max(1, len(mid))))[
+        : records * store.DIR_ENTRY_SIZE
+    ]
+    for directory in (mid, cctx.compress(raw)):
+        trailer = (
+            len(directory).to_bytes(4, "little")
+            + bytes(hash_bytes(directory))[:16]
+            + store.PACK_END
+        )
+        only_casnap_errors(
+            store.parse_pack_directory, "packs/x", store.PACK_HEADER + body + directory + trailer
+        )
 
-    only_casnap_errors(
-        store.decode_index, "index/x", zstandard.ZstdCompressor().compress(magic + body)
-    )
-    trailer = len(mid).to_bytes(4, "little") + bytes(hash_bytes(mid))[:16] + store.PACK_END
-    only_casnap_errors(store.parse_pack_directory, "packs/x", store.PACK_HEADER + body + trailer)
-    only_casnap_errors(
-        store.parse_pack_directory, "packs/x", store.PACK_HEADER + body + mid + trailer
-    )
+
+@FUZZ
+@given(
+    bodies=st.lists(
+        st.tuples(st.sampled_from([b"\x00", b"\x01", b"\x02"]), st.binary(max_size=120)).map(
+            lambda t: t[0] + t[1]
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    base=st.binary(max_size=108),
+)
+def test_fuzz_chunk_lists(bodies: list[bytes], base: bytes) -> None:
+    """Chunk lists: pieces, deltas against a base, and garbage tags."""
+    only_casnap_errors(chunklist.resolve, bodies)
+    only_casnap_errors(chunklist.apply_delta, base, bodies[0])
+    only_casnap_errors(chunklist.named_refs, bodies[-1])
 
 
 @FUZZ
@@ -341,11 +371,11 @@ DAMAGE = {
     "pack-flipped": (lambda r: _flip(_first(r / "packs"), 0.3), r"chunk [0-9a-f]{64} in pack"),
     "pack-truncated": (
         lambda r: _first(r / "packs").write_bytes(_first(r / "packs").read_bytes()[:100]),
-        r"chunk [0-9a-f]{64}: packs/\w\w/[0-9a-f]{64} is truncated",
+        r"packs/\w\w/[0-9a-f]{64} is truncated",
     ),
     "pack-missing": (
         lambda r: [p.unlink() for p in (r / "packs").rglob("*") if p.is_file()],
-        r"chunk [0-9a-f]{64}: packs/\w\w/[0-9a-f]{64} is missing",
+        r"packs/\w\w/[0-9a-f]{64} is missing",
     ),
     "index-flipped": (
         lambda r: _flip(_first(r / "index")),
@@ -566,6 +596,7 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
     naming what is full, leave no temp file, and the earlier snapshot still restores."""
     small = tmp_path / "small"
     data = small_app(tmp_path / "data")
+    (data / "faiss" / "extra.bin").write_bytes(os.urandom(1200 << 10))  # fills most of the disk
     seed = tmp_path / "seed"
     sid = Repository.init(seed, small_config(256 * 1024)).commit(data).id
     (data / "faiss" / "big.index").write_bytes(os.urandom(3 << 20))  # incompressible

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from casnap.chunking.base import Chunker, FixedChunker
+from casnap.chunking.base import FLOAT32, GENERIC, Block, Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
-from casnap.chunking.select import choose_chunker, make_chunker
+from casnap.chunking.faiss import FaissChunker, faiss_kind
+from casnap.chunking.select import HEADER_BYTES, choose_chunker, make_chunker
+from casnap.chunking.sqlite import SQLitePageChunker, sqlite_page_size
 
-__all__ = ["Chunker", "FastCDCChunker", "FixedChunker", "choose_chunker", "make_chunker"]
+__all__ = [
+    "FLOAT32",
+    "GENERIC",
+    "HEADER_BYTES",
+    "Block",
+    "Chunker",
+    "FaissChunker",
+    "FastCDCChunker",
+    "FixedChunker",
+    "SQLitePageChunker",
+    "choose_chunker",
+    "faiss_kind",
+    "make_chunker",
+    "sqlite_page_size",
+]

@@ -4,21 +4,41 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from casnap.constants import READ_BLOCK
+
+# What a piece holds, as far as its chunker knows; lets the store pick a codec without guessing.
+GENERIC = 0
+FLOAT32 = 1  # little-endian float32 words starting at the piece's first byte
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive whole pieces of a stream: `data` starts at stream offset `offset`.
+
+    `kinds` holds one byte per piece (GENERIC, FLOAT32) or is None when every piece is GENERIC.
+    """
+
+    data: memoryview
+    offset: int
+    lengths: list[int]
+    kinds: bytes | None = None
 
 
 class Chunker(ABC):
     """Splits a stream into consecutive pieces; equal content gives equal pieces.
 
-    Subclasses implement `cut`, which sees a buffer and says where its pieces end. Streaming with
-    bounded memory is handled here: the last piece of a buffer is carried into the next read unless
-    the stream has ended, so a chunker never needs more than READ_BLOCK + its maximum piece size.
+    Subclasses implement `cut` (stateless chunkers) or `pieces` (chunkers that follow a file's
+    layout and need the stream offset). Streaming with bounded memory is handled here: the last
+    piece of a buffer is carried into the next read unless the stream has ended, so a chunker
+    never holds more than READ_BLOCK plus the piece it carries. A chunker may keep state across
+    the buffers of one stream: build a new one (make_chunker) for every file.
     """
 
     name: str = ""
-    #: Largest piece cut() can return; bounds the carried tail.
+    #: Largest piece the chunker returns; bounds the carried tail.
     max_size: int = 0
 
     @abstractmethod
@@ -29,35 +49,81 @@ class Chunker(ABC):
     def cut(self, buf: memoryview) -> list[int]:
         """Lengths of consecutive pieces covering all of buf (the last may be a partial piece)."""
 
-    def split(self, stream: BinaryIO, block: int = READ_BLOCK) -> Iterator[memoryview]:
-        """Yield the pieces of a stream in order; each view is valid until the next is requested."""
+    def pieces(self, buf: memoryview, offset: int, final: bool) -> tuple[list[int], bytes | None]:
+        """Lengths (and kinds) of the pieces of buf, which starts at stream offset `offset`.
+
+        `final` is True when buf ends the stream. Unless final, the caller carries the last piece
+        into the next call, so a chunker may return an undecided tail as one last piece.
+        """
+        return self.cut(buf), None
+
+    def blocks(self, stream: BinaryIO, block: int = READ_BLOCK) -> Iterator[Block]:
+        """The pieces of a stream in blocks of about `block` bytes, in order."""
         carry = b""
+        offset = 0
         while True:
-            data = stream.read(block)
-            eof = not data
-            buf = memoryview(carry + data) if carry else memoryview(data)
-            if not buf:
+            buf = bytearray(len(carry) + block)
+            buf[: len(carry)] = carry
+            view = memoryview(buf)
+            got = _read_into(stream, view[len(carry) :])
+            final = got < block
+            if got < block:
+                view = view[: len(carry) + got]
+            if not view:
                 return
-            lengths = self.cut(buf)
-            if not eof and len(lengths) > 0:
-                lengths_out, tail = lengths[:-1], lengths[-1]
+            lengths, kinds = self.pieces(view, offset, final)
+            if not final and len(lengths) > 0:
+                tail = lengths[-1]
+                lengths = lengths[:-1]
+                kinds = kinds[:-1] if kinds is not None else None
             else:
-                lengths_out, tail = lengths, 0
-            pos = 0
-            for n in lengths_out:
-                yield buf[pos : pos + n]
-                pos += n
-            carry = bytes(buf[pos : pos + tail]) if tail else b""
-            if eof:
+                tail = 0
+            used = len(view) - tail
+            if lengths:
+                yield Block(view[:used], offset, lengths, kinds)
+            carry = bytes(view[used:]) if tail else b""
+            offset += used
+            if final:
                 return
+
+    def split(self, stream: BinaryIO, block: int = READ_BLOCK) -> Iterator[memoryview]:
+        """Yield the pieces of a stream in order."""
+        for b in self.blocks(stream, block):
+            pos = 0
+            for n in b.lengths:
+                yield b.data[pos : pos + n]
+                pos += n
 
     def describe(self) -> dict[str, Any]:
         """Name and parameters, as recorded per file in a manifest."""
         return {"name": self.name, **self.params()}
 
 
+def _read_into(stream: BinaryIO, view: memoryview) -> int:
+    """Fill view from stream as far as the stream goes; the number of bytes read."""
+    got = 0
+    readinto = getattr(stream, "readinto", None)
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = stream.read(len(view) - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    return got
+
+
+def fixed_lengths(total: int, size: int) -> list[int]:
+    """Pieces of `size` bytes covering `total` bytes, the last one shorter if need be."""
+    full, rest = divmod(total, size)
+    return [size] * full + ([rest] if rest else [])
+
+
 class FixedChunker(Chunker):
-    """Fixed-size pieces: database pages and append-only files, where positions are stable."""
+    """Fixed-size pieces: append-only files, where positions are stable."""
 
     name = "fixed"
 
@@ -71,5 +137,4 @@ class FixedChunker(Chunker):
         return {"size": self.size}
 
     def cut(self, buf: memoryview) -> list[int]:
-        full, rest = divmod(len(buf), self.size)
-        return [self.size] * full + ([rest] if rest else [])
+        return fixed_lengths(len(buf), self.size)

@@ -1,0 +1,391 @@
+"""The chunk index: chunk id -> where its bytes live, held as sorted numpy arrays.
+
+SQLite databases are stored page by page, so a repository holds ~256k chunks per GiB. A dict of
+Python objects would cost ~300 bytes and a few microseconds of decoding per entry; these arrays
+cost ~65 bytes per entry, load with a handful of numpy calls, and answer a whole batch of
+lookups at once. Index files are columnar (all ids, then each field) so they compress well and
+decode without a per-entry loop.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import zstandard
+
+from casnap.errors import IntegrityError
+from casnap.ids import ID_SIZE, ObjectId
+
+INDEX_MAGIC = b"CASNIDX2"
+DATA = 0  # file content
+TREE = 1  # a file's chunk list, or a piece or delta of one
+BLOB_TYPES = {DATA: "data", TREE: "tree"}
+# Per entry: pack number (into the file's pack table), blob type, frame offset in the pack,
+# frame length, plain size of the chunk, offset of the chunk in the decoded frame, plain size of
+# the whole frame (0: the frame holds this chunk alone).
+FIELDS = ("pack", "type", "offset", "length", "plain", "inner", "frame_plain")
+FIELD_DTYPE = np.dtype(
+    [
+        ("pack", "<u4"),
+        ("type", "u1"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("plain", "<u4"),
+        ("inner", "<u4"),
+        ("frame_plain", "<u4"),
+    ]
+)
+MAX_INDEX_BYTES = 1 << 32  # decompression bound of one index file
+
+
+class IndexEntry(NamedTuple):
+    """Where one chunk lives: the frame (offset, length) in a pack, and its place in that frame.
+
+    A frame is one encoded blob in a pack; it holds one chunk, or several consecutive new chunks
+    compressed together. `inner` and `frame_plain` locate the chunk in the decoded frame;
+    frame_plain == 0 means the frame holds this chunk alone.
+    """
+
+    pack: ObjectId
+    type: int
+    offset: int
+    length: int
+    plain: int
+    inner: int = 0
+    frame_plain: int = 0
+
+    @property
+    def frame_size(self) -> int:
+        """Plain size of the whole frame."""
+        return self.frame_plain or self.plain
+
+    @property
+    def stored(self) -> int:
+        """Stored bytes attributed to this chunk: its frame's, shared in proportion to plain size
+        when the frame holds several chunks."""
+        if not self.frame_plain:
+            return self.length
+        return self.length * self.plain // self.frame_plain
+
+
+def id_matrix(ids: bytes | bytearray | memoryview | Sequence[bytes]) -> np.ndarray:
+    """(n, 32) uint8 array of ids given as concatenated bytes or a sequence of 32-byte ids."""
+    if isinstance(ids, bytes | bytearray | memoryview):
+        raw = ids
+    else:
+        raw = b"".join(ids)
+    if len(raw) % ID_SIZE:
+        raise ValueError("ids must be whole 32-byte ids")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, ID_SIZE)
+
+
+def _keys(ids: np.ndarray) -> np.ndarray:
+    """The sort key of each id: its first 8 bytes as an integer (ids are uniformly random)."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return np.ascontiguousarray(ids[:, :8]).view("<u8").reshape(-1)
+
+
+def _find(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row of each id of an (m, 32) array among sorted (keys, stored ids), -1 where absent."""
+    m = len(ids)
+    out = np.full(m, -1, dtype=np.int64)
+    n = len(keys)
+    if m == 0 or n == 0:
+        return out
+    q = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+    qk = _keys(q)
+    pos = np.minimum(np.searchsorted(keys, qk), n - 1)
+    hit = keys[pos] == qk
+    same = hit.copy()
+    if hit.any():
+        same[hit] = (stored[pos[hit]] == q[hit]).all(axis=1)
+    out[same] = pos[same]
+    # the same 8-byte key with another id (a prefix collision): look at its neighbours
+    for j in np.nonzero(hit & ~same)[0]:
+        i = int(pos[j])
+        while i < n and keys[i] == qk[j]:
+            if (stored[i] == q[j]).all():
+                out[j] = i
+                break
+            i += 1
+    return out
+
+
+class IdSet:
+    """A growing set of chunk ids in a few sorted arrays (~40 bytes per id), tested in batches.
+
+    Adding sorts only the new ids and merges runs of similar size, so n ids cost O(n log n) in
+    all however they arrive. Membership tests may run on other threads while ids are added.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, ids), largest first
+        self._lock = threading.Lock()
+
+    def add(self, ids: np.ndarray) -> None:
+        """Add an (n, 32) array of ids."""
+        ids = np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+        if not len(ids):
+            return
+        keys = _keys(ids)
+        order = np.argsort(keys, kind="stable")
+        with self._lock:
+            runs = [*self._runs, (keys[order], ids[order])]
+            while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
+                (k2, i2), (k1, i1) = runs.pop(), runs.pop()
+                keys, ids = np.concatenate([k1, k2]), np.concatenate([i1, i2])
+                order = np.argsort(keys, kind="stable")  # two sorted runs: a linear merge
+                runs.append((keys[order], ids[order]))
+            self._runs = runs
+
+    def contains_many(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean array: which ids of an (m, 32) array are in the set."""
+        out = np.zeros(len(ids), dtype=bool)
+        for keys, stored in self._runs:
+            out |= _find(keys, stored, ids) >= 0
+        return out
+
+    def __contains__(self, cid: object) -> bool:
+        if not isinstance(cid, bytes) or len(cid) != ID_SIZE:
+            return False
+        return bool(self.contains_many(id_matrix(cid))[0])
+
+    def __len__(self) -> int:
+        return sum(len(k) for k, _ in self._runs)
+
+
+class ChunkIndex(Mapping[ObjectId, IndexEntry]):
+    """Chunk id -> IndexEntry, as sorted arrays; also a read-only Mapping for simple callers.
+
+    Lookups may run on several threads at once; rows returned by lookup stay valid until the
+    next add.
+    """
+
+    def __init__(self) -> None:
+        self.packs: list[ObjectId] = []
+        self._pack_no: dict[bytes, int] = {}
+        # sorted keys, ids (n, 32) and fields, swapped together so a reader never mixes versions
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros(0, dtype=np.uint64),
+            np.zeros((0, ID_SIZE), dtype=np.uint8),
+            np.zeros(0, dtype=FIELD_DTYPE),
+        )
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    # -- building --------------------------------------------------------------------------
+
+    def add(self, parts: Iterable[tuple[Sequence[ObjectId], np.ndarray, np.ndarray]]) -> None:
+        """Merge (pack table, ids (n, 32), fields) parts whose pack numbers index their table.
+
+        The arrays are re-sorted on the next lookup, not now: a commit that adds its entries
+        last and exits never pays for the sort.
+        """
+        with self._lock:
+            for packs, ids, fields in parts:
+                if len(ids) != len(fields):
+                    raise ValueError("ids and fields differ in length")
+                if len(fields) and int(fields["pack"].max()) >= len(packs):
+                    raise IntegrityError("index entry names a pack outside its pack table")
+                mapping = np.array([self._pack_number(p) for p in packs], dtype=np.uint32)
+                fields = fields.copy()
+                if len(fields):
+                    fields["pack"] = mapping[fields["pack"]]
+                ids = np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+                self._pending.append((ids, fields))
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The sorted arrays, with pending parts merged in."""
+        if not self._pending:
+            return self._arrays
+        with self._lock:
+            if self._pending:
+                _, ids0, fields0 = self._arrays
+                ids = np.concatenate([ids0, *(i for i, _ in self._pending)])
+                fields = np.concatenate([fields0, *(f for _, f in self._pending)])
+                keys = _keys(ids)
+                order = np.argsort(keys, kind="stable")
+                self._arrays = (keys[order], ids[order], fields[order])
+                self._pending = []
+            return self._arrays
+
+    def add_entries(self, entries: Iterable[tuple[ObjectId, IndexEntry]]) -> None:
+        """Merge entries given one by one (small amounts: tests, tools)."""
+        packs: dict[bytes, int] = {}
+        ids: list[bytes] = []
+        rows: list[tuple[int, ...]] = []
+        for cid, e in entries:
+            n = packs.setdefault(bytes(e.pack), len(packs))
+            ids.append(bytes(cid))
+            rows.append((n, e.type, e.offset, e.length, e.plain, e.inner, e.frame_plain))
+        fields = np.array(rows, dtype=FIELD_DTYPE) if rows else np.zeros(0, FIELD_DTYPE)
+        self.add([([ObjectId(p) for p in packs], id_matrix(ids), fields)])
+
+    def _pack_number(self, pack: bytes) -> int:
+        n = self._pack_no.get(bytes(pack))
+        if n is None:
+            n = self._pack_no[bytes(pack)] = len(self.packs)
+            self.packs.append(ObjectId(bytes(pack)))
+        return n
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id of an (m, 32) array in this index, -1 where absent."""
+        keys, stored, _ = self._state()
+        return _find(keys, stored, ids)
+
+    def contains_many(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean array: which ids of an (m, 32) array are in the index."""
+        return self.lookup(ids) >= 0
+
+    def entries(self, ids: Iterable[bytes]) -> dict[ObjectId, IndexEntry]:
+        """The entries of many ids at once (absent ids left out): one batch lookup instead of
+        one lookup per id, for callers that walk many chunks."""
+        wanted = [ObjectId(bytes(cid)) for cid in ids]
+        if not wanted:
+            return {}
+        rows = self.lookup(id_matrix(wanted)).tolist()
+        return {cid: self.entry_at(row) for cid, row in zip(wanted, rows, strict=True) if row >= 0}
+
+    def fields(self, rows: np.ndarray) -> np.ndarray:
+        """The field records of the given rows (as returned by lookup)."""
+        return self._state()[2][rows]
+
+    def entry_at(self, row: int) -> IndexEntry:
+        f = self._state()[2][row]
+        return IndexEntry(
+            self.packs[int(f["pack"])],
+            int(f["type"]),
+            int(f["offset"]),
+            int(f["length"]),
+            int(f["plain"]),
+            int(f["inner"]),
+            int(f["frame_plain"]),
+        )
+
+    def id_at(self, row: int) -> ObjectId:
+        return ObjectId(self._state()[1][row].tobytes())
+
+    # -- Mapping ---------------------------------------------------------------------------
+
+    def get(self, cid: object, default: IndexEntry | None = None) -> IndexEntry | None:  # type: ignore[override]
+        if not isinstance(cid, bytes) or len(cid) != ID_SIZE:
+            return default
+        row = int(self.lookup(id_matrix(cid))[0])
+        return default if row < 0 else self.entry_at(row)
+
+    def __getitem__(self, cid: ObjectId) -> IndexEntry:
+        e = self.get(cid)
+        if e is None:
+            raise KeyError(cid)
+        return e
+
+    def __contains__(self, cid: object) -> bool:
+        return self.get(cid) is not None
+
+    def __iter__(self) -> Iterator[ObjectId]:
+        ids = self._state()[1]
+        seen: set[bytes] = set()
+        for row in range(len(ids)):
+            raw = ids[row].tobytes()
+            if raw not in seen:
+                seen.add(raw)
+                yield ObjectId(raw)
+
+    def __len__(self) -> int:
+        """Number of entries (an id stored twice, e.g. by two concurrent commits, counts twice)."""
+        return len(self._arrays[0]) + sum(len(i) for i, _ in self._pending)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays."""
+        return sum(a.nbytes for a in self._state())
+
+
+# -- index files -------------------------------------------------------------------------------
+
+
+def encode_index_arrays(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray) -> bytes:
+    """An index file: magic, pack table, ids, then each field as its own column; zstd."""
+    n = len(ids)
+    table = [bytes(p) for p in packs]
+    head = b"".join([INDEX_MAGIC, struct.pack("<I", len(packs)), *table, struct.pack("<I", n)])
+    parts = [np.ascontiguousarray(ids, dtype=np.uint8)]
+    parts += [np.ascontiguousarray(fields[name]) for name in FIELDS]
+    total = len(head) + sum(p.nbytes for p in parts)
+    # streamed, so the uncompressed body never exists in memory as a whole
+    cobj = zstandard.ZstdCompressor(level=3).compressobj(size=total)
+    out = [cobj.compress(head)]
+    out += [cobj.compress(memoryview(p).cast("B")) for p in parts]
+    out.append(cobj.flush())
+    return b"".join(out)
+
+
+def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+    """Parse an index file into (pack table, ids (n, 32), fields); IntegrityError naming it."""
+    try:
+        body = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_INDEX_BYTES)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{key}: corrupt index file ({exc})") from None
+    if not body.startswith(INDEX_MAGIC):
+        raise IntegrityError(f"{key}: not a casnap index file (or one of an older format)")
+    try:
+        pos = len(INDEX_MAGIC)
+        (npacks,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        packs = [ObjectId(body[pos + i * ID_SIZE : pos + (i + 1) * ID_SIZE]) for i in range(npacks)]
+        pos += npacks * ID_SIZE
+        (n,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+    except (struct.error, ValueError):
+        raise IntegrityError(f"{key}: truncated index file") from None
+    if len(body) != pos + n * (ID_SIZE + FIELD_DTYPE.itemsize):
+        raise IntegrityError(f"{key}: index file has the wrong length")
+    ids = np.frombuffer(body, dtype=np.uint8, count=n * ID_SIZE, offset=pos).reshape(-1, ID_SIZE)
+    pos += n * ID_SIZE
+    fields = np.zeros(n, dtype=FIELD_DTYPE)
+    for name in FIELDS:
+        dt = FIELD_DTYPE[name]
+        fields[name] = np.frombuffer(body, dtype=dt, count=n, offset=pos)
+        pos += n * dt.itemsize
+    if n and (int(fields["pack"].max()) >= npacks or int(fields["type"].max()) > TREE):
+        raise IntegrityError(f"{key}: index entry out of range")
+    return packs, ids, fields
+
+
+def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
+    """An index file for entries given one by one."""
+    packs: dict[bytes, int] = {}
+    ids: list[bytes] = []
+    rows: list[tuple[int, ...]] = []
+    for cid, e in entries:
+        n = packs.setdefault(bytes(e.pack), len(packs))
+        ids.append(bytes(cid))
+        rows.append((n, e.type, e.offset, e.length, e.plain, e.inner, e.frame_plain))
+    fields = np.array(rows, dtype=FIELD_DTYPE) if rows else np.zeros(0, FIELD_DTYPE)
+    return encode_index_arrays([ObjectId(p) for p in packs], id_matrix(ids), fields)
+
+
+def decode_index(key: str, blob: bytes) -> Iterator[tuple[ObjectId, IndexEntry]]:
+    """The entries of an index file one by one (for tools; the store uses the arrays)."""
+    packs, ids, fields = decode_index_arrays(key, blob)
+    for i in range(len(ids)):
+        f = fields[i]
+        yield (
+            ObjectId(ids[i].tobytes()),
+            IndexEntry(
+                packs[int(f["pack"])],
+                int(f["type"]),
+                int(f["offset"]),
+                int(f["length"]),
+                int(f["plain"]),
+                int(f["inner"]),
+                int(f["frame_plain"]),
+            ),
+        )

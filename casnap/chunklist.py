@@ -1,0 +1,260 @@
+"""A file's chunk list: how its (chunk id, length) refs are stored as TREE blobs.
+
+A list is kept as packed 36-byte refs (32-byte id, u32 little-endian length) in memory. On disk
+a file entry names a sequence of TREE blobs: first zero or more *pieces* (refs, at most
+LIST_PIECE_REFS each, concatenated in order), then zero or more *deltas*, each rewriting the list
+the blobs before it describe. A new version of a file is normally stored as one delta against
+its previous version: a SQLite database whose pages change here and there (or move in a VACUUM)
+costs a few dozen KiB of list per snapshot instead of a full list of ~36 bytes per page
+(1 MiB per 100 MiB of database). The chain is cut (a full list written again) when it grows too
+long or too large, which bounds what a restore has to apply.
+
+A delta body: tag byte 1, uvarint refs in its base, uvarint refs in its result, then operations
+until the end: uvarint (count << 1) followed by a zigzag varint offset of the base position from
+the end of the previous copy (COPY count refs from the base), or uvarint (count << 1 | 1)
+followed by count raw refs (LITERAL). A piece body: tag byte 0 then raw refs.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from casnap.errors import IntegrityError
+from casnap.ids import ID_SIZE, ObjectId
+
+REF = struct.Struct("<32sI")
+REF_SIZE = REF.size
+TAG_PIECE = 0
+TAG_DELTA = 1
+# Refs per piece of a full list (~576 KiB): bounds the size of one TREE blob.
+LIST_PIECE_REFS = 16384
+
+
+def pack_refs(refs: Sequence[tuple[bytes, int]]) -> bytes:
+    """Packed refs from (id, length) pairs."""
+    return b"".join(REF.pack(cid, n) for cid, n in refs)
+
+
+def unpack_refs(refs: bytes | memoryview) -> list[tuple[ObjectId, int]]:
+    """(ObjectId, length) pairs of packed refs."""
+    return [(ObjectId(cid), n) for cid, n in REF.iter_unpack(refs)]
+
+
+def ref_count(refs: bytes | memoryview) -> int:
+    return len(refs) // REF_SIZE
+
+
+def pieces(refs: bytes) -> Iterator[bytes]:
+    """A full list as piece bodies, one at a time (one empty piece for an empty file)."""
+    step = LIST_PIECE_REFS * REF_SIZE
+    if not refs:
+        yield bytes([TAG_PIECE])
+        return
+    view = memoryview(refs)
+    for i in range(0, len(refs), step):
+        yield b"".join((bytes([TAG_PIECE]), view[i : i + step]))
+
+
+def is_delta(body: bytes) -> bool:
+    return len(body) > 0 and body[0] == TAG_DELTA
+
+
+# -- varints -----------------------------------------------------------------------------------
+
+
+def _uvarint(n: int, out: bytearray) -> None:
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _read_uvarint(buf: bytes, pos: int, name: str) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise IntegrityError(f"{name}: truncated or malformed delta")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+# -- deltas ------------------------------------------------------------------------------------
+
+
+def encode_delta(base: bytes, new: bytes) -> bytes:
+    """A delta body turning the refs `base` into the refs `new`.
+
+    Runs of refs found in base (at any position: VACUUM moves pages) become COPY operations,
+    everything else LITERAL refs. Matching is done on whole arrays; Python only walks the runs.
+    """
+    nb, nn = len(base) // REF_SIZE, len(new) // REF_SIZE
+    out = bytearray([TAG_DELTA])
+    _uvarint(nb, out)
+    _uvarint(nn, out)
+    if nn == 0:
+        return bytes(out)
+    m = _positions(base, new)
+    is_copy = m >= 0
+    brk = np.ones(nn, dtype=bool)
+    brk[1:] = (is_copy[1:] != is_copy[:-1]) | (is_copy[1:] & (m[1:] != m[:-1] + 1))
+    starts = np.nonzero(brk)[0].tolist()
+    ends = [*starts[1:], nn]
+    m_list = m.tolist()
+    expected = 0
+    for i, j in zip(starts, ends, strict=True):
+        p = m_list[i]
+        if p < 0:
+            _literal(new, i, j, out)
+            continue
+        _uvarint((j - i) << 1, out)
+        d = p - expected
+        _uvarint((d << 1) if d >= 0 else ((-d << 1) - 1), out)
+        expected = p + (j - i)
+    return bytes(out)
+
+
+def _positions(base: bytes, new: bytes) -> np.ndarray:
+    """For each ref of new, a position in base holding the same ref, or -1.
+
+    The first occurrence is taken, except that a ref equal to the one after the previous ref's
+    match continues that run (repeated refs, such as zeroed pages, stay in one COPY).
+    """
+    nb, nn = len(base) // REF_SIZE, len(new) // REF_SIZE
+    m = np.full(nn, -1, dtype=np.int64)
+    if nb == 0:
+        return m
+    b = np.frombuffer(base, dtype=np.uint8).reshape(nb, REF_SIZE)
+    n = np.frombuffer(new, dtype=np.uint8).reshape(nn, REF_SIZE)
+    bkey = np.ascontiguousarray(b[:, :8]).view("<u8").ravel()
+    nkey = np.ascontiguousarray(n[:, :8]).view("<u8").ravel()
+    order = np.argsort(bkey, kind="stable")  # equal keys keep base order: first occurrence first
+    sk = bkey[order]
+    pos = np.minimum(np.searchsorted(sk, nkey), nb - 1)
+    cand = order[pos]
+    key_hit = sk[pos] == nkey
+    same = key_hit & (b[cand] == n).all(axis=1)
+    m[same] = cand[same]
+    for i in np.nonzero(key_hit & ~same)[0].tolist():  # another ref with the same 8-byte key
+        k = int(pos[i])
+        while k < nb and sk[k] == nkey[i]:
+            if base_at(base, int(order[k])) == base_at(new, i):
+                m[i] = order[k]
+                break
+            k += 1
+    # continue runs through repeated refs
+    prev = m[:-1]
+    nxt = np.minimum(prev + 1, nb - 1)
+    cont = (prev >= 0) & (prev + 1 < nb) & (m[1:] != prev + 1) & (b[nxt] == n[1:]).all(axis=1)
+    for i in (np.nonzero(cont)[0] + 1).tolist():
+        j = int(m[i - 1]) + 1
+        if j < nb and base_at(base, j) == base_at(new, i):
+            m[i] = j
+    return m
+
+
+def base_at(refs: bytes, i: int) -> bytes:
+    return refs[i * REF_SIZE : (i + 1) * REF_SIZE]
+
+
+def _literal(new: bytes, start: int, stop: int, out: bytearray) -> None:
+    _uvarint(((stop - start) << 1) | 1, out)
+    out += new[start * REF_SIZE : stop * REF_SIZE]
+
+
+def apply_delta(base: bytes, body: bytes, name: str = "chunk list") -> bytes:
+    """The refs a delta body makes of `base`; IntegrityError when it does not fit."""
+    if not is_delta(body):
+        raise IntegrityError(f"{name}: not a chunk-list delta")
+    nb, pos = _read_uvarint(body, 1, name)
+    nn, pos = _read_uvarint(body, pos, name)
+    if nb * REF_SIZE != len(base):
+        raise IntegrityError(
+            f"{name}: delta expects {nb} refs in its base, found {ref_count(base)}"
+        )
+    out = bytearray()
+    limit = nn * REF_SIZE
+    expected = 0
+    while pos < len(body):
+        head, pos = _read_uvarint(body, pos, name)
+        count = head >> 1
+        if count == 0 or len(out) + count * REF_SIZE > limit:
+            raise IntegrityError(f"{name}: delta operation out of range")
+        if head & 1:
+            end = pos + count * REF_SIZE
+            if end > len(body):
+                raise IntegrityError(f"{name}: truncated delta")
+            out += body[pos:end]
+            pos = end
+        else:
+            z, pos = _read_uvarint(body, pos, name)
+            start = expected + ((z >> 1) if not z & 1 else -((z + 1) >> 1))
+            if start < 0 or start + count > nb:
+                raise IntegrityError(f"{name}: delta copies outside its base")
+            out += base[start * REF_SIZE : (start + count) * REF_SIZE]
+            expected = start + count
+    if len(out) != limit:
+        raise IntegrityError(f"{name}: delta yields {ref_count(out)} refs, expected {nn}")
+    return bytes(out)
+
+
+def resolve(bodies: Sequence[bytes], name: str = "chunk list") -> tuple[bytes, int]:
+    """The packed refs a sequence of TREE bodies describes, and how many of them are deltas."""
+    refs = bytearray()
+    deltas = 0
+    for body in bodies:
+        if not body:
+            raise IntegrityError(f"{name}: empty list blob")
+        if body[0] == TAG_PIECE:
+            if deltas:
+                raise IntegrityError(f"{name}: list piece after a delta")
+            if (len(body) - 1) % REF_SIZE:
+                raise IntegrityError(f"{name}: malformed chunk list piece")
+            refs += memoryview(body)[1:]
+        elif body[0] == TAG_DELTA:
+            refs = bytearray(apply_delta(bytes(refs), body, name))
+            deltas += 1
+        else:
+            raise IntegrityError(f"{name}: unknown chunk list blob tag {body[0]}")
+    return bytes(refs), deltas
+
+
+def ids_packed(refs: bytes) -> bytes:
+    """The chunk ids of packed refs, in order, as 32-byte ids back to back."""
+    if not refs:
+        return b""
+    return np.frombuffer(refs, dtype=np.uint8).reshape(-1, REF_SIZE)[:, :ID_SIZE].tobytes()
+
+
+def named_refs(body: bytes, name: str = "chunk list") -> bytes:
+    """The packed refs one TREE body names itself: all of a piece's, a delta's literals."""
+    if not body:
+        raise IntegrityError(f"{name}: empty list blob")
+    if body[0] == TAG_PIECE:
+        if (len(body) - 1) % REF_SIZE:
+            raise IntegrityError(f"{name}: malformed chunk list piece")
+        return body[1:]
+    if body[0] != TAG_DELTA:
+        raise IntegrityError(f"{name}: unknown chunk list blob tag {body[0]}")
+    out = bytearray()
+    _nb, pos = _read_uvarint(body, 1, name)
+    _nn, pos = _read_uvarint(body, pos, name)
+    while pos < len(body):
+        head, pos = _read_uvarint(body, pos, name)
+        count = head >> 1
+        if head & 1:
+            end = pos + count * REF_SIZE
+            if end > len(body):
+                raise IntegrityError(f"{name}: truncated delta")
+            out += body[pos:end]
+            pos = end
+        else:
+            _z, pos = _read_uvarint(body, pos, name)
+    return bytes(out)
