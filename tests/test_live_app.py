@@ -16,7 +16,7 @@ import pytest
 
 from casnap.backends import MemoryBackend
 from casnap.backends import faulty as F
-from casnap.constants import SOURCE_RETRIES
+from casnap.constants import SOURCE_RETRIES, STAT_SETTLE_NS
 from casnap.errors import SourceError
 from casnap.ids import hash_bytes
 from casnap.repository import CommitResult, Repository
@@ -171,17 +171,19 @@ from pathlib import Path
 path, stop = Path(sys.argv[1]), Path(sys.argv[2])
 burst, pause = float(sys.argv[3]), float(sys.argv[4])
 versions = [Path(p).read_bytes() for p in sys.argv[5:]]
-i = 0
+i, stalled = 0, 0
 print("ready", flush=True)
 while not stop.exists():
     end = time.monotonic() + burst
     while time.monotonic() < end:
         with open(path, "r+b") as f:
+            t0 = time.monotonic_ns()
             f.truncate(0)
             f.write(versions[i % len(versions)])
+            stalled = max(stalled, time.monotonic_ns() - t0)  # the file stood empty this long
         i += 1
     time.sleep(pause)
-print(i, flush=True)
+print(i, stalled, flush=True)
 """
 
 
@@ -207,7 +209,8 @@ def test_index_rewritten_by_a_live_writer_never_lands_torn(
         text=True,
     )
     repo = Repository.init_backend(MemoryBackend(), small_config(), tmp_path / "t")
-    outcomes = []
+    outcomes: list[str] = []
+    torn: list[int] = []
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
         for _ in range(6):
@@ -219,7 +222,9 @@ def test_index_rewritten_by_a_live_writer_never_lands_torn(
                 continue
             snap = repo.load_snapshot(repo.resolve(sid))
             (entry,) = snap.files
-            assert entry.hash in whole, "a torn index file was stored"
+            if entry.hash not in whole:
+                torn.append(entry.size)
+                continue
             out = tmp_path / f"out-{sid[:8]}"
             repo.checkout(sid, out, safety_snapshot=False, smoke=False)
             assert faiss.read_index(str(out / "faiss" / "ivf.index")).ntotal == 2000
@@ -228,5 +233,9 @@ def test_index_rewritten_by_a_live_writer_never_lands_torn(
     finally:
         stop.touch()
         out_text, _ = writer.communicate(timeout=60)
-    assert int(out_text.split()[-1]) > 6  # the writer really rewrote the file meanwhile
-    assert len(outcomes) == 6
+    rewrites, stalled = (int(x) for x in out_text.split()[-2:])
+    assert rewrites > 6  # the writer really rewrote the file meanwhile
+    # a writer descheduled between truncate and write leaves a truly empty file on disk for that
+    # long (a documented limit): only a stall past the settle window may excuse an empty file
+    assert not torn or (set(torn) == {0} and stalled > STAT_SETTLE_NS), (torn, stalled)
+    assert len(outcomes) + len(torn) == 6
