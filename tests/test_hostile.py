@@ -590,10 +590,14 @@ def in_small_tmpfs(mount: Path, script: str, *args: str) -> dict:
     if unshare is None:
         pytest.skip("unshare (util-linux) is missing: cannot mount a small filesystem")
     ns = [unshare, "-m", "--propagation", "private"] if os.geteuid() == 0 else [unshare, "-rm"]
-    probe = subprocess.run([*ns, "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot create a mount namespace here ({probe.stderr.strip()})")
     mount.mkdir()
+    probe = subprocess.run(
+        [*ns, "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "{mount}"'],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace ({probe.stderr.strip()})")
     cmd = f'mount -t tmpfs -o size=2m tmpfs "{mount}" && exec "$0" "$@"'
     proc = subprocess.run(
         [*ns, "sh", "-c", cmd, sys.executable, "-c", script, *args],
