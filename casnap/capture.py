@@ -103,6 +103,12 @@ def in_scope(rel: str, paths: Sequence[str]) -> bool:
     return not paths or any(rel == p or rel.startswith(p + "/") for p in paths)
 
 
+def require_data_dir(data_dir: Path) -> None:
+    """SourceError unless data_dir is an existing directory."""
+    if not data_dir.is_dir():
+        raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
+
+
 def scan(
     data_dir: Path, paths: Sequence[str] = (), excludes: Sequence[str] = ()
 ) -> list[SourceFile]:
@@ -111,8 +117,7 @@ def scan(
     Symbolic links and special files are skipped; SQLite side files are skipped when their
     database is present, because the backup API captures their content.
     """
-    if not data_dir.is_dir():
-        raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
+    require_data_dir(data_dir)
     found: list[SourceFile] = []
     roots = [data_dir / p for p in paths] if paths else [data_dir]
 

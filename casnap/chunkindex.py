@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import zstandard
 
+from casnap.compression import decompress_object
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId
 
@@ -329,10 +330,7 @@ def encode_index_arrays(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.n
 
 def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
     """Parse an index file into (pack table, ids (n, 32), fields); IntegrityError naming it."""
-    try:
-        body = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_INDEX_BYTES)
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{key}: corrupt index file ({exc})") from None
+    body = decompress_object(blob, f"{key}: corrupt index file", limit=MAX_INDEX_BYTES)
     if not body.startswith(INDEX_MAGIC):
         raise IntegrityError(f"{key}: not a casnap index file (or one of an older format)")
     try:

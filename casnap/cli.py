@@ -225,7 +225,7 @@ def commit(
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
-    repo = Repository.open_or_init(c.repo_path)
+    repo = Repository.open_or_init(c.repo_path, c.data)
     with progress_bar(c, "commit") as progress:
         r = repo.commit(
             c.data,

@@ -76,6 +76,26 @@ def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = Fa
     return b"".join((bytes([codec]), payload))
 
 
+# Whole objects (manifests, index files, pack directories) are mostly ids and hashes, which do
+# not compress: none expands more than this. A frame declaring more is damaged or hostile, and is
+# refused before anything is allocated for it.
+MAX_OBJECT_RATIO = 256
+
+
+def decompress_object(blob: bytes, label: str, limit: int | None = None) -> bytes:
+    """zstd-decompress a whole stored object, bounded; IntegrityError "<label> (<why>)" if bad."""
+    bound = MAX_OBJECT_RATIO * len(blob) + (1 << 20)
+    if limit is not None:
+        bound = min(bound, limit)
+    try:
+        declared = zstandard.frame_content_size(blob)
+        if declared > bound:
+            raise IntegrityError(f"{label} (declares {declared} bytes in {len(blob)} stored)")
+        return _decompressor().decompress(blob, max_output_size=bound)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{label} ({exc})") from None
+
+
 def decode(blob: bytes | memoryview, plain_size: int) -> bytes | bytearray:
     """Decode one encoded frame of known plain size; IntegrityError on any malformed input."""
     if len(blob) < 1:
@@ -86,6 +106,9 @@ def decode(blob: bytes | memoryview, plain_size: int) -> bytes | bytearray:
         if codec == RAW:
             out = bytes(payload)
         elif codec in (ZSTD, ZSTD_GROUPED4):
+            declared = zstandard.frame_content_size(payload)
+            if declared not in (-1, plain_size):  # refused before allocating what it declares
+                raise IntegrityError(f"frame declares {declared} bytes, expected {plain_size}")
             out = _decompressor().decompress(payload, max_output_size=plain_size)
             if codec == ZSTD_GROUPED4:
                 out = ungroup4(out)

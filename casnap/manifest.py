@@ -15,6 +15,7 @@ from typing import Any
 
 import zstandard
 
+from casnap.compression import decompress_object
 from casnap.errors import HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
@@ -152,10 +153,7 @@ def compress_manifest(raw: bytes) -> bytes:
 
 
 def decompress_manifest(blob: bytes, name: str) -> bytes:
-    try:
-        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 30)
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{name}: corrupt manifest ({exc})") from None
+    return decompress_object(blob, f"{name}: corrupt manifest", limit=1 << 30)
 
 
 # -- validation ------------------------------------------------------------------------------------

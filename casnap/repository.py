@@ -281,8 +281,14 @@ class Repository:
         return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")))
 
     @classmethod
-    def open_or_init(cls, location: Path | str) -> Repository:
-        """Open the repository, creating it when the directory is missing or empty."""
+    def open_or_init(cls, location: Path | str, data_dir: Path | str | None = None) -> Repository:
+        """Open the repository, creating it when the directory is missing or empty.
+
+        With data_dir, a missing data dir is reported first, so a failing first commit creates
+        no repository.
+        """
+        if data_dir is not None:
+            capture.require_data_dir(Path(data_dir))
         root = Path(location)
         if not (root / "config").exists() and _is_placeholder_dir(root):
             return cls.init(root)
@@ -452,8 +458,7 @@ class Repository:
     ) -> CommitResult:
         t0 = time.perf_counter()
         start_ns = time.time_ns()
-        if not data_dir.is_dir():
-            raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
+        capture.require_data_dir(data_dir)
         # what a killed casnap left in tmp/: database images, restores of a verify --smoke
         tempfiles.remove_stale(self.tmp_dir, recursive=False)
         _remove_stale_stages(self.tmp_dir)

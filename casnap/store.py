@@ -39,6 +39,7 @@ from casnap.chunkindex import (
     encode_index_arrays,
     id_matrix,
 )
+from casnap.compression import decompress_object
 from casnap.constants import FRAME_CACHE_BYTES
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
@@ -140,12 +141,7 @@ def _parse_directory(key: str, packed: bytes, dir_hash: bytes, dir_start: int) -
     """Check a compressed pack directory against its trailer checksum and the frames' bounds."""
     if bytes(hash_bytes(packed))[:16] != dir_hash:
         raise IntegrityError(f"{key}: pack directory checksum mismatch")
-    try:
-        directory = zstandard.ZstdDecompressor().decompress(
-            packed, max_output_size=max(1 << 16, 64 * (dir_start + len(packed)))
-        )
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{key}: corrupt pack directory ({exc})") from None
+    directory = decompress_object(packed, f"{key}: corrupt pack directory")
     if len(directory) % DIR_DTYPE.itemsize:
         raise IntegrityError(f"{key}: pack directory has the wrong length")
     rec = np.frombuffer(directory, dtype=DIR_DTYPE)

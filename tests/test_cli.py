@@ -94,6 +94,7 @@ def test_errors_are_one_line_with_documented_exit_code(
 def test_missing_data_dir_is_a_source_error(tmp_path: Path) -> None:
     code, _, err = run(tmp_path / "repo", tmp_path / "nope", "commit")
     assert code == EXIT_CODES["source"] and "does not exist" in err
+    assert not (tmp_path / "repo").exists()  # a failed first commit creates no repository
 
 
 def test_every_command_has_help() -> None:

@@ -653,3 +653,17 @@ def test_damaged_database_in_the_data_dir_is_kept_as_bytes(tmp_path: Path, cut: 
     out = tmp_path / "out"
     repo.checkout(sid, out, safety_snapshot=False, smoke=False)
     assert (out / "broken.db").read_bytes() == (data / "broken.db").read_bytes()
+
+
+def test_small_frames_declaring_huge_sizes_are_refused_before_allocating() -> None:
+    import zstandard
+
+    from casnap import compression
+    from casnap.errors import IntegrityError
+
+    bomb = zstandard.ZstdCompressor().compress(bytes(64 << 20))  # 64 MiB of zeros in ~2 KiB
+    assert len(bomb) < 1 << 16
+    with pytest.raises(IntegrityError, match="declares"):
+        compression.decompress_object(bomb, "snapshots/x: corrupt manifest")
+    with pytest.raises(IntegrityError, match="declares"):
+        compression.decode(bytes([compression.ZSTD]) + bomb, 4096)
