@@ -59,6 +59,14 @@ def test_reliability_figures_match_the_suites() -> None:
     assert {k: int(v) for k, v in table.items()} == _figures()
 
 
+def test_readme_reliability_section_states_the_same_figures() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Reliability") :]
+    section = section[: section.index("\n## ", 1)]
+    table = dict(re.findall(r"^\| ([^|]+?) \| (\d+) \|$", section, re.M))
+    assert {k: int(v) for k, v in table.items()} == _figures()
+
+
 def test_kill_points_per_operation_match_the_text() -> None:
     per_op: Counter[str] = Counter()
     for name in dir(test_kills):
