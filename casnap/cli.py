@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -603,49 +603,24 @@ def _print_groups(report: retention.PruneReport) -> None:
             click.echo(f"  {verb} {d.item.id[:8]}  {when}  {why:<24} {label}".rstrip())
 
 
+def keep_option(period: str, text: str) -> Callable[[Any], Any]:
+    """A `--keep-<period> N` option of prune."""
+    return click.option(
+        f"--keep-{period}",
+        type=click.IntRange(min=-1),
+        default=0,
+        metavar="N",
+        help=f"Keep {text} (-1: all).",
+    )
+
+
 @cli.command()
-@click.option(
-    "--keep-last",
-    type=click.IntRange(min=-1),
-    default=0,
-    metavar="N",
-    help="Keep the N newest snapshots (-1: all).",
-)
-@click.option(
-    "--keep-hourly",
-    type=click.IntRange(min=-1),
-    default=0,
-    metavar="N",
-    help="Keep the newest snapshot of each of the last N hours with one.",
-)
-@click.option(
-    "--keep-daily",
-    type=click.IntRange(min=-1),
-    default=0,
-    metavar="N",
-    help="Keep the newest snapshot of each of the last N days with one.",
-)
-@click.option(
-    "--keep-weekly",
-    type=click.IntRange(min=-1),
-    default=0,
-    metavar="N",
-    help="Keep the newest snapshot of each of the last N ISO weeks with one.",
-)
-@click.option(
-    "--keep-monthly",
-    type=click.IntRange(min=-1),
-    default=0,
-    metavar="N",
-    help="Keep the newest snapshot of each of the last N months with one.",
-)
-@click.option(
-    "--keep-yearly",
-    type=click.IntRange(min=-1),
-    default=0,
-    metavar="N",
-    help="Keep the newest snapshot of each of the last N years with one.",
-)
+@keep_option("last", "the N newest snapshots")
+@keep_option("hourly", "the newest snapshot of each of the last N hours with one")
+@keep_option("daily", "the newest snapshot of each of the last N days with one")
+@keep_option("weekly", "the newest snapshot of each of the last N ISO weeks with one")
+@keep_option("monthly", "the newest snapshot of each of the last N months with one")
+@keep_option("yearly", "the newest snapshot of each of the last N years with one")
 @click.option(
     "--keep-within",
     default=None,

@@ -21,31 +21,7 @@ from dataclasses import dataclass
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_WAIT_SECONDS
 from casnap.errors import CasnapError, LockError
-
-
-def process_start_time(pid: int) -> int | None:
-    """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, start: int | None) -> bool:
-    """True when process pid runs and (where known) is the same process that took the lock."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if start is not None:
-        now = process_start_time(pid)
-        if now is not None and now != start:
-            return False
-    return True
+from casnap.procs import pid_alive, process_start_time
 
 
 @dataclass(frozen=True)

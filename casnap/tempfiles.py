@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from casnap.constants import TEMP_PREFIX
+from casnap.procs import pid_alive
 
 HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 
@@ -34,20 +35,10 @@ def _owner(name: str) -> int | None:
     return int(parts[0])
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def left_by_dead_process(name: str) -> bool:
     """True for a temp file made on this host by a process that no longer runs."""
     pid = _owner(name)
-    return pid is not None and pid != os.getpid() and not _running(pid)
+    return pid is not None and pid != os.getpid() and not pid_alive(pid)
 
 
 def remove_stale(root: Path, recursive: bool = True) -> list[Path]:

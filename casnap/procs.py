@@ -1,0 +1,30 @@
+"""Is a process still running? Used to tell stale locks and leftover temp files from live ones."""
+
+from __future__ import annotations
+
+import os
+
+
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """True when process pid runs and (where start is known) is the process that started then."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start is not None:
+        now = process_start_time(pid)
+        if now is not None and now != start:
+            return False
+    return True
