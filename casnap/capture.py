@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import shutil
 import sqlite3
 import stat
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from casnap.constants import (
     SKIP_NAMES,
+    SOURCE_RETRIES,
     SQLITE_BUSY_TIMEOUT,
     SQLITE_SIDE_SUFFIXES,
     STAT_SETTLE_NS,
@@ -211,20 +213,69 @@ def _ro_uri(path: Path) -> str:
     return f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
 
 
+def _idle_wal_database(path: Path) -> bool:
+    """True for a WAL-mode database that no connection has open (its -wal or -shm is missing).
+
+    Opening such a database, even read-only, creates the missing side files beside it; casnap
+    must not leave files behind in a data dir it only reads.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    wal_mode = len(header) == 20 and header[18] == 2 and header[19] == 2
+    both = all(os.path.exists(str(path) + s) for s in ("-wal", "-shm"))
+    return wal_mode and not both
+
+
+def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
+    """Copy an idle database (and its -wal) into tmp_dir, checked unchanged meanwhile; None when
+    it kept changing (someone opened it: then it is read in place, like any live database)."""
+    sides = [path, Path(str(path) + "-wal")]
+    for _ in range(SOURCE_RETRIES):
+        before = [fingerprint(p, "file") for p in sides]
+        copy = tmp_dir / temp_name(".db")
+        try:
+            shutil.copyfile(path, copy)
+            if before[1] is not None:
+                shutil.copyfile(sides[1], Path(str(copy) + "-wal"))
+        except FileNotFoundError:
+            _remove_with_sides(copy)
+            continue
+        except OSError as exc:
+            _remove_with_sides(copy)
+            raise from_oserror(exc, f"copying {path} into {tmp_dir}") from None
+        if [fingerprint(p, "file") for p in sides] == before:
+            return copy
+        _remove_with_sides(copy)
+    return None
+
+
+def _remove_with_sides(db: Path) -> None:
+    for p in (db, *(Path(str(db) + s) for s in SQLITE_SIDE_SUFFIXES)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
 @contextlib.contextmanager
 def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
     """A consistent copy of the database at path, made by SQLite's online backup API.
 
     The copy goes into a fresh file (backups into a fresh file are deterministic), taken in one
     step under one read transaction, so a writer in WAL mode never tears it. Deleted afterwards.
+    A WAL database that nobody has open is first copied aside, so reading it creates no -wal or
+    -shm in the data dir.
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     dest = tmp_dir / temp_name(".db")
+    private = _private_copy(path, tmp_dir) if _idle_wal_database(path) else None
+    source = private or path
     try:
         try:
             with (
                 contextlib.closing(
-                    sqlite3.connect(_ro_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT)
+                    sqlite3.connect(_ro_uri(source), uri=True, timeout=SQLITE_BUSY_TIMEOUT)
                 ) as src,
                 contextlib.closing(sqlite3.connect(dest)) as dst,
             ):
@@ -249,6 +300,6 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
                 leftover.unlink()
         yield dest
     finally:
-        for p in (dest, *(Path(str(dest) + s) for s in SQLITE_SIDE_SUFFIXES)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        _remove_with_sides(dest)
+        if private is not None:
+            _remove_with_sides(private)

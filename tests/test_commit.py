@@ -151,3 +151,24 @@ def test_file_with_sqlite_header_but_no_database_is_kept_as_bytes(tmp_path: Path
     ]
     repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
     assert (tmp_path / "out" / "fake.db").read_bytes() == body
+
+
+def test_reading_an_idle_wal_database_leaves_no_side_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "app.db")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t(x)")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(300)])
+        db.commit()
+    assert sorted(p.name for p in data.iterdir()) == ["app.db"]  # closed: -wal/-shm gone
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    assert sorted(p.name for p in data.iterdir()) == ["app.db"]
+    r = repo.checkout(sid, data)  # hashes the database in place to compare it
+    assert r.files_written == 0
+    assert sorted(p.name for p in data.iterdir()) == ["app.db"]
+    out = tmp_path / "out"
+    repo.checkout(sid, out, safety_snapshot=False)
+    with contextlib.closing(sqlite3.connect(out / "app.db")) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 300
