@@ -47,8 +47,12 @@ class CasnapGroup(click.Group):
             code = rv if isinstance(rv, int) else 0
         except click.exceptions.Exit as exc:
             code = exc.exit_code
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "casnap"
+            click.echo(f"casnap: error: {exc.format_message()} (see '{where} --help')", err=True)
+            code = exc.exit_code
         except click.ClickException as exc:
-            exc.show()
+            click.echo(f"casnap: error: {exc.format_message()}", err=True)
             code = exc.exit_code
         except click.Abort:
             click.echo("casnap: interrupted", err=True)
@@ -514,7 +518,13 @@ def show(c: Context, snapshot: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--size-mb", default=40.0, show_default=True, help="Size of generated sample data.")
+@click.option(
+    "--size-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=40.0,
+    show_default=True,
+    help="Size of generated sample data.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated sample data.")
 @click.pass_context
 def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
@@ -531,6 +541,11 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
     if sample.is_empty(c.data):
         c.say(f"generating {size_mb:.0f} MB of sample data (SQLite + FAISS) into {c.data}")
         sample.generate(c.data, size_mb=size_mb, seed=seed)
+    elif not sample.is_sample(c.data):
+        raise click.UsageError(
+            f"{c.data} holds data demo did not generate, and demo changes only its own sample "
+            "data: point --data at an empty dir, or use `casnap commit`"
+        )
     repo = Repository.open_or_init(c.repo_path)
     step = len(repo.snapshots()) + 1
     first = repo.commit(c.data, message="demo: current data")
@@ -785,7 +800,9 @@ def verify_cmd(
 
     Example: casnap verify --smoke latest
     """
-    subset = None if read_data else read_data_subset
+    if read_data and read_data_subset is not None:
+        raise click.UsageError("--read-data and --read-data-subset exclude each other")
+    subset = read_data_subset
     repo = c.open()
     r = verify.verify(repo, snapshots, read_data=read_data, subset_pct=subset)
     smoked = []

@@ -108,6 +108,9 @@ _METRICS: dict[str, tuple[float, float]] = {
 _RATIO_METRICS = frozenset({"recall_at_10", "cache_hit_ratio"})
 
 
+# Written by generate; evolve (and `casnap demo`) change only a data dir that holds it.
+SAMPLE_MARKER = ".casnap-sample.json"
+
 # --------------------------------------------------------------------------------------------
 # Public API
 
@@ -120,6 +123,11 @@ def is_empty(data_dir: Path) -> bool:
     if not data_dir.is_dir():
         return False
     return all(p.name in _PLACEHOLDER_NAMES or p.name.startswith(".") for p in data_dir.iterdir())
+
+
+def is_sample(data_dir: Path) -> bool:
+    """True when data_dir was made by generate (it holds the sample marker)."""
+    return (Path(data_dir) / SAMPLE_MARKER).is_file()
 
 
 def generate(data_dir: Path, *, size_mb: float = 40.0, seed: int = 0) -> None:
@@ -138,6 +146,8 @@ def generate(data_dir: Path, *, size_mb: float = 40.0, seed: int = 0) -> None:
     text = _Text(seed)
     _generate_db(data_dir / DB_NAME, db_bytes, text, _rng(seed, _S_DB))
     _generate_faiss(data_dir / FAISS_DIR, int(total) - db_bytes, _Embedder(seed, _S_VECTORS))
+    marker = {"generator": "casnap.sample", "seed": seed, "size_mb": size_mb}
+    (data_dir / SAMPLE_MARKER).write_text(json.dumps(marker) + "\n")
 
 
 def evolve(data_dir: Path, step: int, *, seed: int = 0) -> dict[str, int]:
@@ -153,6 +163,8 @@ def evolve(data_dir: Path, step: int, *, seed: int = 0) -> dict[str, int]:
     db_path, faiss_dir = data_dir / DB_NAME, data_dir / FAISS_DIR
     if not db_path.is_file() or not faiss_dir.is_dir():
         raise FileNotFoundError(f"{data_dir} holds no sample data; run generate first")
+    if not is_sample(data_dir):
+        raise ValueError(f"{data_dir} was not made by generate; evolve changes only sample data")
     counts = _evolve_db(db_path, step, _Text(seed), _rng(seed, _S_EVOLVE_DB, step))
     counts.update(_evolve_faiss(faiss_dir, step, _Embedder(seed, _S_EVOLVE_VECTORS, step)))
     return counts

@@ -102,3 +102,21 @@ def test_every_command_has_help() -> None:
         assert command.help and len(command.help) > 20, name
         result = CliRunner().invoke(cli, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        ["commit", "--no-such-option"],
+        ["checkout"],
+        ["gc", "--max-unused", "150"],
+        ["demo", "--size-mb", "-3"],
+        ["verify", "--read-data", "--read-data-subset", "10"],
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path, args: list[str]) -> None:
+    code, _, err = run(tmp_path / "repo", tmp_path / "data", *args)
+    assert code == EXIT_CODES["usage"]
+    assert len(err.strip().splitlines()) == 1 and err.startswith("casnap: error: ")
+    assert not (tmp_path / "data").exists()

@@ -78,7 +78,7 @@ def test_database_is_valid_and_complete(generated: Path) -> None:
     assert pragma(generated, "integrity_check") == "ok"
     assert pragma(generated, "page_size") == 4096
     assert pragma(generated, "journal_mode") == "delete"
-    assert sorted(p.name for p in generated.iterdir()) == ["app.db", "faiss"]
+    assert sorted(p.name for p in generated.iterdir()) == [".casnap-sample.json", "app.db", "faiss"]
     with closing(sqlite3.connect(generated / "app.db")) as conn:
         indexed = {
             r[0] for r in conn.execute("SELECT tbl_name FROM sqlite_master WHERE type='index'")
@@ -170,7 +170,7 @@ def test_evolve_changes_db_and_some_indexes_only(tmp_path: Path) -> None:
     assert after_db["documents"] != before_db["documents"]
     assert after_db["chunks"] != before_db["chunks"]
     assert pragma(data_dir, "integrity_check") == "ok"
-    assert sorted(p.name for p in data_dir.iterdir()) == ["app.db", "faiss"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [".casnap-sample.json", "app.db", "faiss"]
 
     after_files = faiss_bytes(data_dir)
     assert after_files.keys() == before_files.keys()  # no temporary files left behind
@@ -275,3 +275,13 @@ def test_generate_refuses_existing_data_and_evolve_needs_data(tmp_path: Path) ->
         sample.evolve(tmp_path / "missing", 1)
     with pytest.raises(ValueError):
         sample.generate(tmp_path / "zero", size_mb=0)
+
+
+def test_evolve_refuses_data_it_did_not_generate(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    sample.generate(data_dir, size_mb=2, seed=3)
+    (data_dir / sample.SAMPLE_MARKER).unlink()  # now it looks like someone's own data
+    before = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="not made by generate"):
+        sample.evolve(data_dir, 1)
+    assert {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()} == before
