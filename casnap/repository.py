@@ -459,9 +459,7 @@ class Repository:
         t0 = time.perf_counter()
         start_ns = time.time_ns()
         capture.require_data_dir(data_dir)
-        # what a killed casnap left in tmp/: database images, restores of a verify --smoke
-        tempfiles.remove_stale(self.tmp_dir, recursive=False)
-        _remove_stale_stages(self.tmp_dir)
+        self._clean_scratch()
         rel_paths = capture.normalize_paths(data_dir, paths)
         sources = capture.scan(data_dir, rel_paths, excludes)
         source_dir = str(data_dir.resolve())
@@ -536,6 +534,11 @@ class Repository:
         result.logical_bytes = snap.logical_bytes
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _clean_scratch(self) -> None:
+        """Remove what a killed casnap left in tmp/: database images, verify --smoke restores."""
+        tempfiles.remove_stale(self.tmp_dir, recursive=False)
+        _remove_stale_stages(self.tmp_dir)
 
     def _parent(
         self, source: str, paths: tuple[str, ...]
@@ -724,6 +727,7 @@ class Repository:
         sid = self.resolve(ref)
         snap = self.load_snapshot(sid)
         self._ensure_index()
+        self._clean_scratch()
         result = CheckoutResult(id=sid.hex(), target=str(target))
         wanted = _select(snap, paths)
         if target.exists() and not target.is_dir():

@@ -133,3 +133,22 @@ def test_checkout_refuses_a_database_open_elsewhere(app: Path, tmp_path: Path) -
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_checkout_removes_database_images_a_killed_run_left(app: Path, tmp_path: Path) -> None:
+    from casnap.tempfiles import HOST_TAG
+
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(app).id
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    scratch = tmp_path / "repo" / "tmp"
+    scratch.mkdir(exist_ok=True)
+    left = scratch / f".casnap-tmp-{int(dead.stdout)}-{HOST_TAG}-abc.db"
+    left.write_bytes(b"image of a killed checkout")
+    repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    assert not left.exists()
