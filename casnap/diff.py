@@ -55,10 +55,10 @@ class IndexDiff:
 
     @property
     def ntotal_delta(self) -> int | None:
-        """Vectors added (negative: removed); an absent side counts as 0, None when both are."""
-        if self.ntotal_a is None and self.ntotal_b is None:
+        """Vectors added (negative: removed); None when a side cannot be read."""
+        if self.ntotal_a is None or self.ntotal_b is None:
             return None
-        return (self.ntotal_b or 0) - (self.ntotal_a or 0)
+        return self.ntotal_b - self.ntotal_a
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "ntotal_delta": self.ntotal_delta}
@@ -274,7 +274,7 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
                 hb = faiss_header(b.head(fb)) if fb is not None else None
                 if ha is not None or hb is not None:
                     kind = "faiss"
-                    index = _index_diff(ha, hb)
+                    index = _index_diff(ha, hb, fa is None, fb is None)
         elif faiss_header(b.head(fb) if fb is not None else b"") is not None:
             kind = "faiss"
         files.append(
@@ -311,12 +311,15 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
     return files, summary
 
 
-def _index_diff(ha: FaissHeader | None, hb: FaissHeader | None) -> IndexDiff:
+def _index_diff(
+    ha: FaissHeader | None, hb: FaissHeader | None, a_absent: bool, b_absent: bool
+) -> IndexDiff:
+    """An absent side holds 0 vectors; a present side that cannot be read, an unknown count."""
     return IndexDiff(
         type_a=ha.type if ha else None,
         type_b=hb.type if hb else None,
-        ntotal_a=ha.ntotal if ha else None,
-        ntotal_b=hb.ntotal if hb else None,
+        ntotal_a=ha.ntotal if ha else (0 if a_absent else None),
+        ntotal_b=hb.ntotal if hb else (0 if b_absent else None),
     )
 
 

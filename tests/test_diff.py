@@ -94,7 +94,8 @@ def test_diff_against_data_dir_writes_nothing_to_repository(
     assert files["notes.txt"]["bytes_new"] == len("new file")
     assert files["faiss/hnsw.index"]["status"] == "removed"
     assert files["faiss/hnsw.index"]["index"]["ntotal_a"] == 100
-    assert files["faiss/hnsw.index"]["index"]["ntotal_b"] is None
+    assert files["faiss/hnsw.index"]["index"]["ntotal_b"] == 0  # removed: no vectors left
+    assert files["faiss/hnsw.index"]["index"]["ntotal_delta"] == -100
     assert files["faiss/ivf.index"]["index"]["ntotal_delta"] == 7
     (docs,) = files["app.db"]["tables"]
     assert (docs["added"], docs["removed"], docs["updated"]) == (5, 1, 1)
@@ -154,3 +155,12 @@ def test_diff_of_evolving_sample_app(tmp_path: Path) -> None:
         meta = json.loads((data / f["path"]).with_suffix(".meta.json").read_text())
         assert f["index"]["ntotal_b"] == meta["ntotal"]
         assert f["index"]["ntotal_delta"] == f["index"]["ntotal_b"] - f["index"]["ntotal_a"] > 0
+
+
+def test_unreadable_index_has_no_ntotal_delta(app: Path, repo: Repository) -> None:
+    a = repo.commit(app).id
+    (app / "faiss" / "hnsw.index").write_bytes(b"IHNf" + bytes(range(200)))  # garbled
+    files = by_path(diff(repo, a, data_dir=app).to_json())
+    index = files["faiss/hnsw.index"]["index"]
+    assert index["ntotal_a"] == 100 and index["ntotal_b"] is None
+    assert index["ntotal_delta"] is None
