@@ -112,12 +112,15 @@ def require_data_dir(data_dir: Path) -> None:
 
 
 def scan(
-    data_dir: Path, paths: Sequence[str] = (), excludes: Sequence[str] = ()
+    data_dir: Path,
+    paths: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+    skipped: list[str] | None = None,
 ) -> list[SourceFile]:
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
-    Symbolic links and special files are skipped; SQLite side files are skipped when their
-    database is present, because the backup API captures their content.
+    Symbolic links and special files are skipped (their paths go to `skipped` when given); SQLite
+    side files are skipped when their database is present: the backup API captures their content.
     """
     require_data_dir(data_dir)
     found: list[SourceFile] = []
@@ -146,6 +149,9 @@ def scan(
                 return
             kind = "sqlite" if is_sqlite(full) else "file"
             found.append(SourceFile(rel, full, kind))
+        elif skipped is not None:
+            what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
+            skipped.append(f"{rel}: {what} not stored (casnap stores regular files)")
 
     for root in roots:
         visit(root)

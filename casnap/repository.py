@@ -435,7 +435,7 @@ class Repository:
                     + "; ".join(warnings)
                 )
             result = self._commit(Path(data_dir), paths, excludes, message, tags, progress)
-            result.warnings = warnings
+            result.warnings = warnings + result.warnings
             return result
 
     def consistency_warnings(
@@ -461,11 +461,12 @@ class Repository:
         capture.require_data_dir(data_dir)
         self._clean_scratch()
         rel_paths = capture.normalize_paths(data_dir, paths)
-        sources = capture.scan(data_dir, rel_paths, excludes)
+        skipped: list[str] = []
+        sources = capture.scan(data_dir, rel_paths, excludes, skipped)
         source_dir = str(data_dir.resolve())
         parent_id, parent = self._parent(source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
-        result = CommitResult(id="")
+        result = CommitResult(id="", warnings=skipped)
         writer = self.store.writer()
         entries: list[FileEntry] = []
         sizes = [_estimated_size(src) for src in sources]

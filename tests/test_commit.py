@@ -172,3 +172,13 @@ def test_reading_an_idle_wal_database_leaves_no_side_files(tmp_path: Path) -> No
     repo.checkout(sid, out, safety_snapshot=False)
     with contextlib.closing(sqlite3.connect(out / "app.db")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+
+
+def test_symbolic_links_are_skipped_with_a_warning(app: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "vectors.index").write_bytes(b"x" * 100)
+    (app / "linked").symlink_to(outside, target_is_directory=True)
+    r = Repository.init(tmp_path / "repo").commit(app)
+    assert any(w.startswith("linked: symbolic link not stored") for w in r.warnings)
+    assert r.files_new == 7  # the seven regular files, nothing through the link
