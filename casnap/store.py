@@ -238,7 +238,7 @@ class Store:
         self.pack_target = pack_target
         self.index = ChunkIndex()
         self.index_files: list[str] = []
-        self._frames: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._frames: OrderedDict[tuple[bytes, int], compression.Frame] = OrderedDict()
         self._frames_bytes = 0
         self._frames_lock = threading.Lock()
 
@@ -273,25 +273,24 @@ class Store:
         e = self.entry(cid)
         return self.backend.get(pack_key(e.pack), e.offset, e.length)
 
-    def read_frame(self, e: IndexEntry) -> bytes:
+    def read_frame(self, e: IndexEntry) -> compression.Frame:
         """The decoded frame an entry points into (not verified: callers check chunk hashes).
 
         Recently decoded frames are cached, so reading the chunks of a frame one by one decodes
         it once.
         """
-        key = (bytes(e.pack), e.offset)
         frame = self.cached_frame(e.pack, e.offset)
         if frame is not None:
             return frame
         encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
         try:
-            frame = compression.decode(encoded, e.frame_size)
+            frame = compression.decode_frame(encoded, e.frame_size)
         except IntegrityError as exc:
             raise IntegrityError(f"frame at {e.offset} in pack {e.pack.hex()}: {exc}") from None
-        self.cache_frame(key, frame)
+        self.cache_frame((bytes(e.pack), e.offset), frame)
         return frame
 
-    def cached_frame(self, pack: bytes, offset: int) -> bytes | None:
+    def cached_frame(self, pack: bytes, offset: int) -> compression.Frame | None:
         """A decoded frame from the cache, or None."""
         key = (bytes(pack), offset)
         with self._frames_lock:
@@ -300,7 +299,7 @@ class Store:
                 self._frames.move_to_end(key)
             return frame
 
-    def cache_frame(self, key: tuple[bytes, int], frame: bytes) -> None:
+    def cache_frame(self, key: tuple[bytes, int], frame: compression.Frame) -> None:
         """Remember a decoded frame (least recently used ones leave past FRAME_CACHE_BYTES)."""
         if len(frame) > FRAME_CACHE_BYTES // 4:
             return
@@ -320,7 +319,8 @@ class Store:
             frame = self.read_frame(e)
         except IntegrityError as exc:  # a missing, truncated or garbled pack: name the chunk
             raise type(exc)(f"chunk {cid.hex()}: {exc}") from None
-        return _verified(cid, e, frame[e.inner : e.inner + e.plain])
+        fits = e.inner + e.plain <= len(frame)  # else it fails verification as damaged
+        return _verified(cid, e, frame.read(e.inner, e.plain) if fits else b"")
 
     @staticmethod
     def decode_verified(cid: ObjectId, e: IndexEntry, encoded: bytes) -> bytes:
