@@ -486,6 +486,12 @@ class CasnapTool(Tool):
         argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", "latest"]
         return run([*argv, "--to", target, "--no-safety-snapshot"])
 
+    def restore_unchecked(self, data: Path, step: int, target: Path) -> Measured:
+        """The restore without casnap's smoke checks (every hash is still verified): what
+        restic and borg do, which check nothing."""
+        argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", "latest"]
+        return run([*argv, "--to", target, "--no-safety-snapshot", "--no-smoke"])
+
     def details(self, measured: Measured) -> dict[str, Any] | None:
         try:
             report = json.loads(measured.stdout)
@@ -558,6 +564,9 @@ class ToolState:
     error: str | None = None
     restore: Measured | None = None
     comparison: Comparison | None = None
+    # casnap only: the same restore without its smoke checks
+    restore_unchecked: Measured | None = None
+    comparison_unchecked: Comparison | None = None
 
 
 @dataclass
@@ -570,6 +579,7 @@ class Summary:
     mean_incr_seconds: float | None
     median_incr_seconds: float | None
     restore_seconds: float | None
+    restore_unchecked_seconds: float | None
     peak_rss: int | None
     restore_ok: bool
     restore_exact: bool
@@ -682,6 +692,28 @@ def restore_all(states: list[ToolState], data: Path, work: Path, log: Log) -> No
         for problem in state.comparison.problems[:10]:
             log(f"      {problem}")
         shutil.rmtree(target, ignore_errors=True)
+        if isinstance(tool, CasnapTool):
+            restore_unchecked(state, data, work, log)
+
+
+def restore_unchecked(state: ToolState, data: Path, work: Path, log: Log) -> None:
+    """casnap's restore again without its smoke checks, like for like with restic and borg."""
+    tool = state.tool
+    assert isinstance(tool, CasnapTool)
+    target = empty_dir(work / "restore" / f"{tool.name}-no-smoke")
+    try:
+        state.restore_unchecked = tool.restore_unchecked(data, state.rows[-1].step, target)
+    except (ToolError, OSError) as exc:
+        state.error = f"restore --no-smoke failed: {exc}"
+        log(f"  {tool.name:<10} {state.error}")
+        return
+    settle()
+    state.comparison_unchecked = compare_trees(data, target)
+    verdict = "ok" if state.comparison_unchecked.ok else "MISMATCH"
+    log(f"  {tool.name + ' --no-smoke':<10} {state.restore_unchecked.seconds:8.2f} s   {verdict}")
+    for problem in state.comparison_unchecked.problems[:10]:
+        log(f"      {problem}")
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def summarize(state: ToolState) -> Summary:
@@ -699,8 +731,12 @@ def summarize(state: ToolState) -> Summary:
         mean_incr_seconds=statistics.fmean(incr) if incr else None,
         median_incr_seconds=statistics.median(incr) if incr else None,
         restore_seconds=state.restore.seconds if state.restore else None,
+        restore_unchecked_seconds=(
+            state.restore_unchecked.seconds if state.restore_unchecked else None
+        ),
         peak_rss=max(r.rss for r in rows) if rows else None,
-        restore_ok=bool(comparison and comparison.ok),
+        restore_ok=bool(comparison and comparison.ok)
+        and (state.comparison_unchecked is None or state.comparison_unchecked.ok),
         restore_exact=bool(comparison and comparison.exact),
         cache_bytes=state.tool.cache_bytes(),
         error=state.error,
@@ -774,6 +810,17 @@ def run_benchmark(args: argparse.Namespace, work: Path, log: Log) -> dict[str, A
                 "seconds": s.restore.seconds if s.restore else None,
                 "rss": s.restore.rss if s.restore else None,
                 "problems": s.comparison.problems if s.comparison else None,
+                **(
+                    {
+                        "no_smoke_seconds": s.restore_unchecked.seconds,
+                        "no_smoke_rss": s.restore_unchecked.rss,
+                        "no_smoke_problems": (
+                            s.comparison_unchecked.problems if s.comparison_unchecked else None
+                        ),
+                    }
+                    if s.restore_unchecked
+                    else {}
+                ),
             }
             for s in states
         },
@@ -797,6 +844,7 @@ COLUMNS = (
     "incr s mean",
     "incr s median",
     "restore s",
+    "restore s no smoke",
     "peak RSS MiB",
     "restore_ok",
 )
@@ -833,6 +881,7 @@ def table_rows(summaries: list[dict[str, Any]], floor: int) -> list[list[str]]:
                 _num(s["mean_incr_seconds"], ".2f"),
                 _num(s["median_incr_seconds"], ".2f"),
                 _num(s["restore_seconds"], ".2f"),
+                _num(s.get("restore_unchecked_seconds"), ".2f"),
                 rss_cell(s["peak_rss"], floor),
                 ok,
             ]

@@ -1,10 +1,13 @@
-"""Read and search FAISS indexes in a child process: `python -m casnap.faiss_probe`.
+"""Read and search FAISS indexes in a child process: `python -P .../casnap/faiss_probe.py`.
 
-A damaged index can make the FAISS reader crash or ask for absurd allocations; run here, that
-fails one smoke check instead of the casnap process. The optional argument is a limit in bytes on
-the child's address space. Input on stdin: a JSON list of
-{"path": str, "binary": bool}. Output on stdout: one JSON object per line, {"start": i} before
-index i is read, then {"done": i, "ok": bool, "check": str, "detail": str, "ntotal", "d", "type"}.
+Run as a script it imports nothing of casnap (only the standard library and FAISS), so the child
+starts fast. A damaged index can make the FAISS reader crash or ask for absurd allocations; run
+here, that fails one smoke check instead of the casnap process. Input on stdin: one JSON object
+per line, {"path": str, "binary": bool, "limit": int (optional)}, read as it arrives (a checkout
+hands over each index as soon as it is restored) until end of input; `limit` caps the child's
+address space in bytes while that index is read. Output on stdout: one JSON object per line:
+{"ready": true} once FAISS is loaded, {"start": i} before the i-th index (from 0) is read, then
+{"done": i, "ok": bool, "check": str, "detail": str, "ntotal", "d", "type"}.
 """
 
 from __future__ import annotations
@@ -89,14 +92,26 @@ def _limit_memory(limit: int) -> None:
 
 
 def main() -> None:
-    """Probe every index named on stdin, reporting progress line by line."""
-    if len(sys.argv) > 1:
-        _limit_memory(int(sys.argv[1]))
-    items = json.load(sys.stdin)
-    for i, item in enumerate(items):
+    """Probe every index named on stdin as it arrives, reporting progress line by line."""
+    try:  # load FAISS while the first index is still being restored
+        import faiss  # noqa: F401
+    except ImportError:
+        pass  # each probe then fails with the reason
+    print(json.dumps({"ready": True}), flush=True)
+    limit = 0
+    i = 0
+    while line := sys.stdin.buffer.readline():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        wanted = int(item.get("limit") or 0)
+        if wanted and wanted != limit:
+            _limit_memory(wanted)
+            limit = wanted
         print(json.dumps({"start": i}), flush=True)
         result = probe(str(item["path"]), bool(item.get("binary", False)))
         print(json.dumps({"done": i, **result}), flush=True)
+        i += 1
 
 
 if __name__ == "__main__":

@@ -14,22 +14,30 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from casnap.backends.local import LocalBackend
+from casnap.chunkindex import EntryTable, merge_parts, stored_bytes
 from casnap.errors import IntegrityError
-from casnap.ids import ID_SIZE, ObjectId
+from casnap.ids import ObjectId, hash_bytes
 from casnap.reachability import Reach, walk
 from casnap.repository import Repository
 from casnap.store import (
+    DIR_DTYPE,
     DIR_ENTRY_SIZE,
-    INDEX_ENTRY_SIZE,
-    INDEX_MAGIC,
+    PACK_HEADER,
+    ChunkIndex,
     IndexEntry,
     PackWriter,
     Store,
+    directory_agrees,
+    directory_size,
+    encode_index_arrays,
     pack_id_of,
     pack_key,
     pack_overhead,
@@ -94,7 +102,9 @@ class GcReport:
 
     @property
     def bytes_freed(self) -> int:
-        """Net bytes the repository shrinks by (an estimate for index files on a dry run)."""
+        """Net bytes the repository shrinks by. A dry run estimates the packs and index file it
+        would write by laying them out (only frames compressed again are guessed, at their
+        chunks' share of the frame)."""
         return (
             self.pack_bytes_removed
             - self.pack_bytes_written
@@ -110,16 +120,62 @@ class GcReport:
         return d
 
 
+class _Keep(Mapping[ObjectId, list[tuple[ObjectId, IndexEntry]]]):
+    """pack -> the needed blobs in it with the entry chosen for each, made on demand from the
+    plan's arrays (a list of objects for every blob would cost ~200 bytes each)."""
+
+    def __init__(
+        self,
+        packs: list[ObjectId],
+        ids: np.ndarray,
+        fields: np.ndarray,
+        spans: dict[ObjectId, tuple[int, int]],
+    ) -> None:
+        self.packs = packs  # pack numbers of fields index this table
+        self.ids = ids
+        self.fields = fields
+        self._spans = spans
+
+    def rows(self, pack: ObjectId) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, fields) of the needed blobs in pack, in frame and chunk order."""
+        lo, hi = self._spans[pack]
+        return self.ids[lo:hi], self.fields[lo:hi]
+
+    def __getitem__(self, pack: ObjectId) -> list[tuple[ObjectId, IndexEntry]]:
+        ids, fields = self.rows(pack)
+        return [
+            (ObjectId(i.tobytes()), _entry(self.packs, f)) for i, f in zip(ids, fields, strict=True)
+        ]
+
+    def __iter__(self) -> Iterator[ObjectId]:
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+
+def _entry(packs: list[ObjectId], f: np.void) -> IndexEntry:
+    return IndexEntry(
+        packs[int(f["pack"])],
+        int(f["type"]),
+        int(f["offset"]),
+        int(f["length"]),
+        int(f["plain"]),
+        int(f["inner"]),
+        int(f["frame_plain"]),
+    )
+
+
 @dataclass
 class GcPlan:
     """A decided gc: the fate of every pack and the blobs to keep; nothing changed yet."""
 
     report: GcReport
     fates: dict[ObjectId, PackFate]
-    keep: dict[ObjectId, list[tuple[ObjectId, IndexEntry]]]  # pack -> needed blobs in it
+    keep: _Keep  # pack -> needed blobs in it
     index_keys: list[tuple[str, int]]
-    current: dict[ObjectId, set[IndexEntry]]
     temp_files: list[Path]
+    rewrite: bool  # a new index file is needed even if no pack is rewritten
 
 
 def collect(
@@ -162,6 +218,7 @@ def plan(
     `exclude` names snapshots to treat as already forgotten (prune --dry-run estimates with it).
     Raises IntegrityError, before anything is deleted, when a blob some snapshot needs has no
     index entry pointing into an existing pack: deleting on a damaged index could lose data.
+    Every index entry is held in arrays (EntryTable), not as objects.
     """
     if not 0.0 <= max_unused <= 100.0:
         raise ValueError("max_unused is a percentage between 0 and 100")
@@ -172,16 +229,16 @@ def plan(
 
     # listing order matters for a shared-lock dry run: snapshots, then index, then packs
     index_keys = list(backend.list("index/"))
-    current: dict[ObjectId, set[IndexEntry]] = {}
+    parts = []
     for key, _size in index_keys:
         try:
-            entries = repo.store.load_index_file(key)
+            parts.append(repo.store.load_index_file_arrays(key))
         except IntegrityError as exc:
             raise IntegrityError(
                 f"gc stopped before changing anything: {exc}; run `casnap repair-index`"
             ) from None
-        for cid, e in entries:
-            current.setdefault(cid, set()).add(e)
+    table = EntryTable(parts)
+    del parts
     packs: dict[ObjectId, int] = {}
     for key, size in backend.list("packs/"):
         pack = pack_id_of(key)
@@ -190,27 +247,38 @@ def plan(
     report.packs_before = len(packs)
     report.pack_bytes_before = sum(packs.values())
 
-    # each pack's own directory, to trust only index entries it confirms (None: unreadable)
-    directories: dict[ObjectId, dict[ObjectId, tuple[Any, ...]] | None] = {}
-    for pack in {e.pack for entries in current.values() for e in entries}:
-        if pack in packs:
-            try:
-                records = repo.store.read_pack_directory(pack, packs[pack])
-                directories[pack] = {r[0]: r for r in records}
-            except IntegrityError:
-                directories[pack] = None
+    # an entry is trusted when it lies inside an existing pack and the pack's own directory
+    # (read from its tail) confirms it; an unreadable directory confirms nothing and denies nothing
+    f = table.fields
+    number = {bytes(p): n for n, p in enumerate(table.packs)}
+    psize = np.array([packs.get(p, -1) for p in table.packs], dtype=np.int64)
+    size_of = psize[f["pack"]]
+    valid = (size_of >= 0) & (f["offset"].astype(np.int64) + f["length"] <= size_of)
+    described: dict[int, int | None] = {}  # pack number -> distinct ids its directory names
+    for n, rows in table.by_pack().items():
+        if psize[n] < 0:
+            continue
+        try:
+            rec = repo.store.read_pack_directory_array(table.packs[n], int(psize[n]))
+        except IntegrityError:
+            described[n] = None
+            continue
+        described[n], agrees = directory_agrees(rec, table.ids[rows], f[rows])
+        valid[rows] &= agrees
 
-    def valid(cid: ObjectId, e: IndexEntry) -> bool:
-        if e.pack not in packs or e.offset + e.length > packs[e.pack]:
-            return False
-        described = directories.get(e.pack)
-        return described is None or described.get(cid) == (cid, *e[1:])
-
-    chosen: dict[ObjectId, IndexEntry] = {}
-    for cid, entries in current.items():
-        good = sorted((e for e in entries if valid(cid, e)), key=lambda e: (e.pack, e.offset))
-        if good:
-            chosen[cid] = good[0]
+    # one entry per blob: of its trusted entries, the one in the lowest pack id, lowest offset
+    rank = np.zeros(len(table.packs), dtype=np.int64)
+    rank[sorted(range(len(table.packs)), key=lambda n: bytes(table.packs[n]))] = np.arange(
+        len(table.packs)
+    )
+    group, distinct = table.id_groups()
+    trusted = np.nonzero(valid)[0]
+    order = np.lexsort((f["offset"][trusted], rank[f["pack"][trusted]], group[trusted]))
+    trusted = trusted[order]
+    first = np.ones(len(trusted), dtype=bool)
+    first[1:] = group[trusted][1:] != group[trusted][:-1]
+    chosen = ChunkIndex()
+    chosen.add([(table.packs, table.ids[trusted[first]], f[trusted[first]])])
 
     def read_tree(lid: ObjectId) -> bytes:
         e = chosen.get(lid)
@@ -219,46 +287,54 @@ def plan(
         return Store.decode_verified(lid, e, backend.get(pack_key(e.pack), e.offset, e.length))
 
     try:
-        reach: Reach = walk(snaps, read_tree, strict=True)
+        reach: Reach = walk(snaps, read_tree, strict=True, keep_lists=False)
     except IntegrityError as exc:
         raise IntegrityError(
             f"gc stopped before changing anything: {exc}; run `casnap verify`"
         ) from None
-    referenced = reach.referenced()
+    referenced = reach.referenced_ids()
+    del reach
     report.referenced_blobs = len(referenced)
-    missing = [cid for cid in referenced if cid not in chosen]
-    if missing:
+    rows = chosen.lookup(referenced)
+    missing = np.nonzero(rows < 0)[0]
+    if len(missing):
         raise IntegrityError(
             f"gc stopped before changing anything: {len(missing)} chunk(s) that snapshots need "
-            f"have no index entry in an existing pack (first: {missing[0].hex()}); run "
-            "`casnap verify`, then `casnap repair-index`"
+            "have no index entry in an existing pack (first: "
+            f"{referenced[missing[0]].tobytes().hex()}); run `casnap verify`, then "
+            "`casnap repair-index`"
         )
-
-    keep: dict[ObjectId, list[tuple[ObjectId, IndexEntry]]] = {}
-    for cid in referenced:
-        e = chosen[cid]
-        keep.setdefault(e.pack, []).append((cid, e))
-    named: dict[ObjectId, int] = {}  # pack -> index entries naming it
-    for entries in current.values():
-        for e in entries:
-            named[e.pack] = named.get(e.pack, 0) + 1
-    report.index_entries_dropped = sum(len(v) for v in current.values()) - len(referenced)
+    kf = chosen.fields(rows)
+    order = np.lexsort((kf["inner"], kf["offset"], kf["pack"]))
+    kids, kf = referenced[order], kf[order]
+    del referenced, rows
+    npacks = len(table.packs)
+    named = np.bincount(f["pack"], minlength=npacks)  # index entries naming each pack
+    used_blobs = np.bincount(kf["pack"], minlength=npacks)
+    used_bytes = np.zeros(npacks, dtype=np.int64)
+    np.add.at(used_bytes, kf["pack"].astype(np.int64), stored_bytes(kf))  # a frame's share
+    starts = np.searchsorted(kf["pack"], np.arange(npacks), "left")
+    stops = np.searchsorted(kf["pack"], np.arange(npacks), "right")
+    spans = {
+        table.packs[n]: (int(starts[n]), int(stops[n])) for n in range(npacks) if used_blobs[n]
+    }
+    report.index_entries_dropped = len(table) - len(kids)
 
     fates: dict[ObjectId, PackFate] = {}
     for pack, size in sorted(packs.items()):
-        used = keep.get(pack, [])
-        used_bytes = sum(e.stored for _, e in used)  # a frame's share per chunk it holds
-        if pack not in named:
+        n = number.get(bytes(pack))
+        if n is None:
             fate = PackFate(pack, size, 0, 0, size, UNINDEXED)
-        elif not used:
+        elif not used_blobs[n]:
             fate = PackFate(pack, size, 0, 0, size, DELETE)
         else:
-            described = directories.get(pack)
             # a damaged directory: estimate its size from the index
-            dir_len = (len(described) if described is not None else named[pack]) * DIR_ENTRY_SIZE
-            unused = max(0, size - pack_overhead(dir_len) - used_bytes)
+            dir_count = described.get(n)
+            dir_len = (dir_count if dir_count is not None else int(named[n])) * DIR_ENTRY_SIZE
+            used = int(used_bytes[n])
+            unused = max(0, size - pack_overhead(dir_len) - used)
             action = REPACK if unused * 100.0 > max_unused * size else KEEP
-            fate = PackFate(pack, size, len(used), used_bytes, unused, action)
+            fate = PackFate(pack, size, int(used_blobs[n]), used, unused, action)
         fates[pack] = fate
 
     for fate in fates.values():
@@ -271,44 +347,113 @@ def plan(
             report.packs_unindexed += 1
         else:
             report.packs_repacked += 1
-    moved = [f for f in fates.values() if f.action == REPACK]
-    if moved:
-        moved_bytes = sum(f.used_bytes for f in moved)
-        moved_blobs = sum(f.used_blobs for f in moved)
-        report.packs_written = max(1, -(-moved_bytes // repo.store.pack_target))
-        report.pack_bytes_written = (
-            moved_bytes + moved_blobs * DIR_ENTRY_SIZE + report.packs_written * pack_overhead(0)
-        )
+    keep = _Keep(table.packs, kids, kf, spans)
+    moved = _simulate_repack(keep, fates, repo.store.pack_target)
+    report.packs_written = len(moved.packs)
+    report.pack_bytes_written = moved.pack_bytes
     report.packs = list(fates.values())
     temp = _temp_files(repo)
     report.temp_files_removed = len(temp)
     report.temp_bytes_removed = sum(_file_size(p) for p in temp)
-    rewrite = _needs_new_index(index_keys, current, keep, fates)
+    rewrite = (
+        any(f.action in (REPACK, DELETE) for f in fates.values())
+        or len(index_keys) != 1
+        or len(kids) != distinct  # an entry no snapshot needs
+        or len(table) != distinct  # a blob with several entries
+    )
+    p = GcPlan(report, fates, keep, index_keys, temp, rewrite)
     if rewrite:
         report.index_files_removed = len(index_keys)
         report.index_bytes_removed = sum(s for _, s in index_keys)
         report.index_files_written = 1
-        packs_after = sum(f.action == KEEP for f in fates.values()) + report.packs_written
-        report.index_bytes_written = index_size_estimate(packs_after, len(referenced))
-    return GcPlan(report, fates, keep, index_keys, current, temp)
+        # the index a real gc writes, with the repacked blobs where the simulation put them
+        report.index_bytes_written = len(encode_index_arrays(*_new_index(p, moved.parts)))
+    return p
 
 
-def index_size_estimate(packs: int, entries: int) -> int:
-    """An upper bound of an index file's size (ids barely compress)."""
-    return len(INDEX_MAGIC) + 8 + packs * ID_SIZE + entries * INDEX_ENTRY_SIZE
+@dataclass
+class _Moved:
+    """Where repacking would put the blobs it moves (an estimate: a frame of which only some
+    chunks are kept is compressed again, to about their share of its bytes)."""
+
+    packs: list[ObjectId]
+    pack_bytes: int
+    parts: list[tuple[list[ObjectId], np.ndarray, np.ndarray]]
 
 
-def _needs_new_index(
-    index_keys: list[tuple[str, int]],
-    current: dict[ObjectId, set[IndexEntry]],
-    keep: dict[ObjectId, list[tuple[ObjectId, IndexEntry]]],
-    fates: dict[ObjectId, PackFate],
-) -> bool:
-    """False when the one index file already names exactly the needed blobs, once each."""
-    if any(f.action in (REPACK, DELETE) for f in fates.values()) or len(index_keys) != 1:
-        return True
-    needed = sum(len(v) for v in keep.values())
-    return needed != len(current) or any(len(v) != 1 for v in current.values())
+def _simulate_repack(keep: _Keep, fates: dict[ObjectId, PackFate], pack_target: int) -> _Moved:
+    """Lay the needed blobs of the packs to repack into new packs as _execute does, without
+    reading them: frames in the same order, a pack closed once it reaches pack_target."""
+    packs: list[ObjectId] = []
+    total = 0
+    ids_out: list[np.ndarray] = []
+    fields_out: list[np.ndarray] = []
+    pos = len(PACK_HEADER)
+    cur_ids: list[np.ndarray] = []
+    cur_rec: list[np.ndarray] = []
+
+    def close() -> None:
+        nonlocal pos, total
+        if not cur_rec:
+            return
+        rec = np.zeros(sum(len(r) for r in cur_rec), dtype=DIR_DTYPE)
+        rec["id"] = np.concatenate(cur_ids)
+        fields = np.concatenate(cur_rec)
+        for name in ("type", "offset", "length", "plain", "inner", "frame_plain"):
+            rec[name] = fields[name]
+        fields["pack"] = len(packs)
+        packs.append(ObjectId(hash_bytes(b"gc estimate %d" % len(packs))))
+        total += pos - len(PACK_HEADER) + pack_overhead(directory_size(rec))
+        ids_out.append(rec["id"])
+        fields_out.append(fields)
+        cur_ids.clear()
+        cur_rec.clear()
+        pos = len(PACK_HEADER)
+
+    for fate in fates.values():
+        if fate.action != REPACK:
+            continue
+        ids, fields = keep.rows(fate.pack)
+        cuts = np.nonzero(np.diff(fields["offset"]))[0] + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(fields)], strict=True):
+            frame = fields[lo:hi].copy()
+            whole = int(frame["frame_plain"][0]) or int(frame["plain"][0])
+            plain = frame["plain"].astype(np.int64)
+            if int(plain.sum()) != whole:  # compressed again from the kept chunks
+                frame["length"] = max(1, int(stored_bytes(frame).sum()))
+                frame["inner"] = np.concatenate([[0], np.cumsum(plain)[:-1]])
+                frame["frame_plain"] = int(plain.sum()) if len(frame) > 1 else 0
+            frame["offset"] = pos
+            pos += int(frame["length"][0])
+            cur_ids.append(ids[lo:hi])
+            cur_rec.append(frame)
+            if pos >= pack_target:
+                close()
+    close()
+    parts = []
+    if fields_out:
+        parts.append((packs, np.concatenate(ids_out), np.concatenate(fields_out)))
+    return _Moved(packs, total, parts)
+
+
+def _new_index(
+    p: GcPlan, moved: list[tuple[list[ObjectId], np.ndarray, np.ndarray]]
+) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+    """The one index file gc leaves: the needed blobs of the kept packs and those moved, in
+    pack and frame order (it compresses as well as a commit's index files)."""
+    packs = p.keep.packs
+    kept = np.array(
+        [
+            n < len(packs)
+            and p.fates.get(packs[n]) is not None
+            and p.fates[packs[n]].action == KEEP
+            for n in range(len(packs))
+        ],
+        dtype=bool,
+    )
+    ids, fields = p.keep.ids, p.keep.fields
+    mask = kept[fields["pack"]] if len(fields) else np.zeros(0, dtype=bool)
+    return merge_parts([(packs, ids[mask], fields[mask]), *moved])
 
 
 def _execute(repo: Repository, p: GcPlan) -> None:
@@ -324,34 +469,35 @@ def _execute(repo: Repository, p: GcPlan) -> None:
         data = backend.get(pack_key(fate.pack))
         # a frame keeps only its needed chunks: copied as it is when they fill it, else
         # compressed again from their (verified) bytes
-        frames: dict[int, list[tuple[ObjectId, IndexEntry]]] = {}
-        for cid, e in p.keep[fate.pack]:
-            frames.setdefault(e.offset, []).append((cid, e))
-        for offset in sorted(frames):
-            members = frames[offset]
-            e0 = members[0][1]
+        members = p.keep[fate.pack]  # in frame and chunk order
+        start = 0
+        while start < len(members):
+            e0 = members[start][1]
+            stop = start + 1
+            while stop < len(members) and members[stop][1].offset == e0.offset:
+                stop += 1
             try:  # never copy damage into a new pack
                 encoded, frame_plain, placed = Store.rewrite_frame(
-                    data[offset : offset + e0.length], members, repo.zstd_level, repo.float_level
+                    data[e0.offset : e0.offset + e0.length],
+                    members[start:stop],
+                    repo.zstd_level,
+                    repo.float_level,
                 )
             except IntegrityError as exc:
                 raise IntegrityError(
                     f"gc stopped before deleting anything: {exc}; run `casnap verify --read-data`"
                 ) from None
             writer.add_frame(e0.type, encoded, frame_plain, placed)
+            start = stop
     writer.close()
-    new_packs = {e.pack for e in writer.new.values()}
+    moved = writer.new_arrays()
+    new_packs = set(moved[0])
     report.packs_written = len(new_packs)
     report.pack_bytes_written = writer.bytes_added
 
     # 2. one index naming exactly the needed blobs, then 3. drop the old index files
-    if _needs_new_index(p.index_keys, p.current, p.keep, p.fates) or writer.new:
-        entries: dict[ObjectId, IndexEntry] = {}
-        for pack, blobs in p.keep.items():
-            if p.fates[pack].action == KEEP:
-                entries.update(blobs)
-        entries.update(writer.new)
-        new_key, new_size = repo.store.write_index(dict(sorted(entries.items())))
+    if p.rewrite or len(moved[1]):
+        new_key, new_size = repo.store.write_index_arrays(*_new_index(p, [moved]))
         report.index_files_written = 1
         report.index_bytes_written = new_size
         report.index_files_removed = 0

@@ -15,7 +15,7 @@ the file is put in place (a mismatch is traced to the damaged chunk).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -200,6 +200,9 @@ class _Read:
         self.frames: list[tuple[int, int, int, list[tuple[int, int]]]] = []
 
 
+_Task = tuple[list[_Read], int]  # reads, bytes of output
+
+
 def plan_reads(store: Store, refs: bytes) -> list[_Read]:
     """Locate refs in the index and group them into reads of adjacent frames, in file order.
 
@@ -247,16 +250,10 @@ def plan_reads(store: Store, refs: bytes) -> list[_Read]:
     return reads
 
 
-def fetch(store: Store, read: _Read) -> list[memoryview]:
-    """Worker: the bytes one read contributes to the file, in order.
-
-    Chunks are not hashed one by one here: the caller checks the whole-file BLAKE3, which covers
-    every byte (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large runs does not).
-    A mismatch is then traced to its chunk by find_damaged.
-    """
+def _frames(store: Store, read: _Read) -> Iterator[tuple[compression.Frame, list[tuple[int, int]]]]:
+    """The decoded frames of one read with the (start, length) ranges wanted from each."""
     pack = store.index.packs[read.pack]
     key = pack_key(pack)
-    out: list[memoryview] = []
     raw: memoryview | None = None
     for o, ln, fp, ranges in read.frames:
         frame = store.cached_frame(pack, o)
@@ -268,17 +265,14 @@ def fetch(store: Store, read: _Read) -> list[memoryview]:
                     raw = memoryview(store.backend.get(key, read.start, read.stop - read.start))
                 encoded = raw[o - read.start : o - read.start + ln]
             try:
-                frame = compression.decode(encoded, fp)
+                frame = compression.decode_frame(encoded, fp)
             except IntegrityError as exc:
                 raise IntegrityError(f"frame at {o} in pack {pack.hex()}: {exc}") from None
             if sum(n for _, n in ranges) < fp:  # other chunks of it may be wanted later
                 store.cache_frame((bytes(pack), o), frame)
-        view = memoryview(frame)
-        for start, n in ranges:
-            if start + n > len(view):
-                raise IntegrityError(f"frame at {o} in pack {pack.hex()} is shorter than indexed")
-            out.append(view[start : start + n])
-    return out
+        if any(start + n > len(frame) for start, n in ranges):
+            raise IntegrityError(f"frame at {o} in pack {pack.hex()} is shorter than indexed")
+        yield frame, ranges
 
 
 def find_damaged(store: Store, refs: bytes) -> None:
@@ -287,26 +281,46 @@ def find_damaged(store: Store, refs: bytes) -> None:
         store.get(ObjectId(cid))
 
 
-def fetch_many(store: Store, reads: list[_Read]) -> bytes | memoryview:
-    """Worker: the bytes several consecutive reads contribute, joined into one buffer so the
-    writing thread makes one large write and hash update (which release the GIL) per task."""
-    views = [v for r in reads for v in fetch(store, r)]
-    return views[0] if len(views) == 1 else b"".join(views)
+def fetch_many(store: Store, task: _Task) -> memoryview | np.ndarray:
+    """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
+    thread makes one large write and hash update (which release the GIL) per task.
+
+    Each range is copied from its frame straight into the buffer with numpy (which releases the
+    GIL, unlike bytes.join), byte-grouped float frames put back in order on the way. Chunks are
+    not hashed one by one here: the caller checks the whole-file BLAKE3, which covers every byte
+    (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large runs does not); a
+    mismatch is then traced to its chunk by find_damaged.
+    """
+    reads, size = task
+    out: np.ndarray | None = None
+    pos = 0
+    for read in reads:
+        for frame, ranges in _frames(store, read):
+            if out is None:
+                if len(ranges) == len(reads) == len(read.frames) == 1 and not frame.grouped:
+                    start, n = ranges[0]  # one piece of a plain frame: no copy at all
+                    return memoryview(frame.data)[start : start + n]
+                out = np.empty(size, dtype=np.uint8)
+            for start, n in ranges:
+                frame.into(start, out[pos : pos + n])
+                pos += n
+    return out if out is not None else np.empty(0, dtype=np.uint8)
 
 
-def plan_tasks(store: Store, refs: bytes) -> list[list[_Read]]:
-    """Reads grouped into worker tasks of about TASK_BYTES of output each, in file order."""
-    tasks: list[list[_Read]] = []
+def plan_tasks(store: Store, refs: bytes) -> list[_Task]:
+    """Reads grouped into worker tasks of about TASK_BYTES of output each, in file order, with
+    the bytes each task yields."""
+    tasks: list[_Task] = []
     cur: list[_Read] = []
     size = 0
     for r in plan_reads(store, refs):
         cur.append(r)
         size += sum(n for _, _, _, ranges in r.frames for _, n in ranges)
         if size >= TASK_BYTES:
-            tasks.append(cur)
+            tasks.append((cur, size))
             cur, size = [], 0
     if cur:
-        tasks.append(cur)
+        tasks.append((cur, size))
     return tasks
 
 
@@ -323,9 +337,9 @@ def restore(
     tick, when given, is called with the size of every buffer written (progress)."""
     hasher = Hasher()
     size = 0
-    inflight: deque[Future[bytes | memoryview]] = deque()
+    inflight: deque[Future[memoryview | np.ndarray]] = deque()
 
-    def write(buf: bytes | memoryview) -> int:
+    def write(buf: memoryview | np.ndarray) -> int:
         out.write(buf)
         hasher.update(buf)
         if tick is not None:

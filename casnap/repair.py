@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from casnap.chunkindex import IdSet, id_matrix, merge_parts
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
@@ -46,13 +47,14 @@ def repair_index(repo: Repository) -> RepairReport:
     with repo.lock("repair-index", exclusive=True):
         repo.refresh()
         report.packs = sum(1 for _ in backend.list("packs/"))
-        index = repo.store.rebuild_index_from_packs(report.skipped)
-        report.chunks_indexed = len(index)
+        rebuilt = repo.store.rebuild_index_arrays(report.skipped)
+        report.chunks_indexed = len(rebuilt[1])
         old = [key for key, _ in backend.list("index/")]
         new_key = None
-        if index:
-            new_key, _size = repo.store.write_index(dict(sorted(index.items())))
+        if report.chunks_indexed:
+            new_key, _size = repo.store.write_index_arrays(*merge_parts([rebuilt]))
             report.index_written = new_key
+        del rebuilt
         for key in old:
             if key != new_key:
                 backend.delete(key)
@@ -66,9 +68,12 @@ def repair_index(repo: Repository) -> RepairReport:
                 snaps.append((sid, repo.load_snapshot(sid)))
             except (ValueError, CasnapError):
                 report.damaged_manifests += 1
-        reach = walk(snaps, repo.store.get, strict=False)
-        report.missing = len(reach.tree_errors) + sum(
-            1 for b in reach.referenced() if b not in repo.store.index and b not in reach.trees
+        reach = walk(snaps, repo.store.get, strict=False, keep_lists=False)
+        needed = reach.referenced_ids()
+        trees = IdSet()
+        trees.add(id_matrix(list(reach.trees)))
+        report.missing = len(reach.tree_errors) + int(
+            (~repo.store.index.contains_many(needed) & ~trees.contains_many(needed)).sum()
         )
     report.seconds = time.perf_counter() - t0
     return report

@@ -785,35 +785,45 @@ class Repository:
             except OSError as exc:
                 raise from_oserror(exc, f"creating {stage}") from None
             bar = ByteProgress(sum(item.entry.size for item in staged), progress)
-            # files are fsynced on their own thread while the next one is restored
-            with (
-                ThreadPoolExecutor(max_workers=_workers()) as pool,
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
-            ):
-                synced = []
-                for item in staged:
-                    item.tmp = stage / item.entry.path
-                    _mkdir_in(item.tmp.parent)
-                    self._write_verified(item.entry, item.tmp, pool, bar.add)
-                    synced.append(syncer.submit(_fsync_file, item.tmp))
-                for fut in synced:
-                    fut.result()
-            bar.finish()
-            result.bytes_written = sum(item.entry.size for item in plan)
-            if smoke_on or smoke_cmd:
-                report = self._smoke_staged(
-                    sid,
-                    target,
-                    stage,
-                    wanted,
-                    staged,
-                    unchanged,
-                    removals,
-                    smoke_cmd,
-                    builtin=smoke_on,
-                )
-                report.raise_if_failed(f"nothing restored, {target} untouched")
-                result.smoke = report.to_json()
+            # files are fsynced on their own thread while the next one is restored, and the
+            # smoke checks of each file start as soon as it is staged
+            with smoke.SmokeSession(
+                databases=[e.path for e in wanted if e.kind == "sqlite"],
+                builtin=smoke_on,
+                expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in staged),
+            ) as checks:
+                before: dict[str, tuple[int, ...] | None] = {}
+                with (
+                    ThreadPoolExecutor(max_workers=_workers()) as pool,
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
+                ):
+                    synced = []
+                    for item in staged:
+                        item.tmp = stage / item.entry.path
+                        _mkdir_in(item.tmp.parent)
+                        self._write_verified(item.entry, item.tmp, pool, bar.add)
+                        synced.append(syncer.submit(_fsync_file, item.tmp))
+                        before[item.entry.path] = _fingerprint(item.tmp)
+                        checks.staged(item.entry.path, item.tmp)
+                    for fut in synced:
+                        fut.result()
+                bar.finish()
+                result.bytes_written = sum(item.entry.size for item in plan)
+                if smoke_on or smoke_cmd:
+                    report = self._smoke_staged(
+                        sid,
+                        target,
+                        stage,
+                        wanted,
+                        staged,
+                        unchanged,
+                        removals,
+                        smoke_cmd,
+                        checks,
+                        before,
+                    )
+                    report.raise_if_failed(f"nothing restored, {target} untouched")
+                    result.smoke = report.to_json()
             if unsaved and safety and target.is_dir():
                 saved = self._commit(
                     target,
@@ -868,9 +878,13 @@ class Repository:
         unchanged: list[_Planned],
         removals: list[Path],
         smoke_cmd: str | None,
-        builtin: bool = True,
+        checks: smoke.SmokeSession,
+        before: dict[str, tuple[int, ...] | None],
     ) -> smoke.SmokeReport:
-        """Smoke-check the restored files in the staging dir; the command sees the whole result."""
+        """Smoke-check the restored files in the staging dir; the command sees the whole result.
+
+        checks holds the checks started while files were staged; before, the fingerprint of each
+        staged file when it was written (no check may change it)."""
         view: dict[str, Path] = {}
         staged_paths = {item.entry.path for item in staged}
         selected = {e.path for e in wanted}
@@ -888,16 +902,9 @@ class Repository:
             view[item.entry.path] = item.dest
         for item in staged:
             view[item.entry.path] = stage / item.entry.path
-        before = {p: _fingerprint(stage / p) for p in staged_paths}
         env = {"CASNAP_TARGET_DIR": str(target.absolute()), "CASNAP_SNAPSHOT": sid.hex()}
-        report = smoke.smoke_check(
-            view,
-            sorted(selected),
-            staged_dir=stage,
-            smoke_cmd=smoke_cmd,
-            env=env,
-            databases=[e.path for e in wanted if e.kind == "sqlite"],
-            builtin=builtin,
+        report = checks.finish(
+            view, sorted(selected), staged_dir=stage, smoke_cmd=smoke_cmd, env=env
         )
         changed = sorted(p for p in staged_paths if _fingerprint(stage / p) != before[p])
         if changed:
@@ -949,24 +956,32 @@ class Repository:
                 raise from_oserror(exc, f"creating a staging dir in {self.tmp_dir}") from None
             try:
                 bar = ByteProgress(snap.logical_bytes, progress)
-                with ThreadPoolExecutor(max_workers=_workers()) as pool:
+                # each file's smoke checks start once it is restored, while the next one is
+                with (
+                    smoke.SmokeSession(
+                        databases=[e.path for e in snap.files if e.kind == "sqlite"],
+                        builtin=smoke_checks,
+                        expect_faiss=smoke_checks
+                        and any(smoke.may_be_faiss(e.path, e.chunker) for e in snap.files),
+                    ) as checks,
+                    ThreadPoolExecutor(max_workers=_workers()) as pool,
+                ):
                     for entry in snap.files:
                         dest = stage / entry.path
                         _mkdir_in(dest.parent)
                         self._write_verified(entry, dest, pool, bar.add)
-                bar.finish()
-                report = None
-                if smoke_checks or smoke_cmd:
-                    view = {e.path: stage / e.path for e in snap.files}
-                    report = smoke.smoke_check(
-                        view,
-                        list(view),
-                        staged_dir=stage,
-                        smoke_cmd=smoke_cmd,
-                        env={"CASNAP_SNAPSHOT": sid.hex()},
-                        databases=[e.path for e in snap.files if e.kind == "sqlite"],
-                        builtin=smoke_checks,
-                    )
+                        checks.staged(entry.path, dest)
+                    bar.finish()
+                    report = None
+                    if smoke_checks or smoke_cmd:
+                        view = {e.path: stage / e.path for e in snap.files}
+                        report = checks.finish(
+                            view,
+                            list(view),
+                            staged_dir=stage,
+                            smoke_cmd=smoke_cmd,
+                            env={"CASNAP_SNAPSHOT": sid.hex()},
+                        )
             finally:
                 _remove_tree(stage)
             return VerifyResult(

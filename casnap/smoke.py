@@ -15,9 +15,12 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -107,6 +110,8 @@ _NO_COMMON_HEADER = frozenset({"IxLa", "IS48", "IS44", "ISVD"})
 _HEADER = struct.Struct("<4siqqq")  # fourcc, d, ntotal, dummy, dummy (dummy == 1 << 20)
 _BINARY_HEADER = struct.Struct("<4siiq")  # fourcc, d, code_size, ntotal
 _DUMMY = 1 << 20
+_PROBE_SCRIPT = Path(__file__).resolve().with_name("faiss_probe.py")
+_CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
 _MAX_DIM = 1 << 20  # the largest d FAISS accepts when it reads a header
 
 
@@ -287,12 +292,23 @@ def list_tables(
     return out
 
 
-def check_sqlite(path: Path, rel: str) -> list[Check]:
-    """integrity_check (quick_check for a large file) and the table list of one database."""
+def check_sqlite(
+    path: Path, rel: str, cancel: threading.Event | None = None, *, private: bool = False
+) -> list[Check]:
+    """integrity_check (quick_check for a large file) and the table list of one database.
+
+    Setting `cancel` interrupts a check under way (it then fails; for a checkout given up).
+    private: nobody else can truncate the file (a staged copy), so SQLite may read it through
+    a memory map (a quarter less CPU than read calls; on a shared file a truncation would kill
+    the process)."""
     size = path.stat().st_size
     pragma = "quick_check" if size > SMOKE_QUICK_CHECK_ABOVE else "integrity_check"
     try:
         with contextlib.closing(open_immutable(path)) as conn:
+            if cancel is not None:
+                conn.set_progress_handler(cancel.is_set, _CANCEL_EVERY)
+            if private:
+                conn.execute(f"PRAGMA mmap_size={size}")
             messages = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
             if messages != ["ok"]:
                 detail = f"PRAGMA {pragma}: " + "; ".join(messages[:3])
@@ -331,6 +347,40 @@ class FaissTarget:
     sidecar_error: str | None = None
 
 
+def _not_read(detail: str) -> dict[str, Any]:
+    return {"ok": False, "check": "faiss-read", "detail": detail}
+
+
+def _settle(
+    todo: Sequence[int],
+    positions: Sequence[int | None],
+    results: Mapping[int, dict[str, Any]],
+    started: Sequence[int],
+    why: str,
+    out: dict[int, dict[str, Any]],
+) -> list[int]:
+    """Record into out what one child reported on the indexes todo[k], handed to it at position
+    positions[k] (None: never handed over); return those to probe again in a fresh child.
+
+    The index the child was reading when it died fails; when it died before reading any, the
+    rest are not checked (no endless retries of a child that cannot start).
+    """
+    at = {p: i for i, p in zip(todo, positions, strict=True) if p is not None}
+    for p, i in at.items():
+        if p in results:
+            out[i] = results[p]
+    blamed = [p for p in started if p not in results]
+    for p in blamed:
+        if p in at:
+            out[at[p]] = _not_read(f"cannot be read: {why}")
+    rest = [i for i in todo if i not in out]
+    if rest and not blamed:  # died before reading anything: do not loop
+        for i in rest:
+            out[i] = _not_read(f"not checked: {why}")
+        rest = []
+    return rest
+
+
 def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
     """Read and search each (path, binary) index in a child process; one result dict each.
 
@@ -340,75 +390,172 @@ def probe_faiss(paths: Sequence[tuple[Path, bool]]) -> list[dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     todo = list(range(len(paths)))
     while todo:
-        results, started, why = _run_probe([paths[i] for i in todo])
-        for j, i in enumerate(todo):
-            if j in results:
-                out[i] = results[j]
-        blamed = [todo[j] for j in started if j not in results]
-        for i in blamed:
-            out[i] = {"ok": False, "check": "faiss-read", "detail": f"cannot be read: {why}"}
-        rest = [i for i in todo if i not in out]
-        if rest and not blamed:  # died before reading anything: do not loop
-            for i in rest:
-                out[i] = {"ok": False, "check": "faiss-read", "detail": f"not checked: {why}"}
-            rest = []
-        todo = rest
+        child = _ProbeChild()
+        for i in todo:
+            if not child.send(*paths[i]):
+                break
+        positions = [k if k < child.sent else None for k in range(len(todo))]
+        todo = _settle(todo, positions, *child.finish(), out)
     return [out[i] for i in range(len(paths))]
 
 
-def _run_probe(
-    paths: Sequence[tuple[Path, bool]],
-) -> tuple[dict[int, dict[str, Any]], list[int], str]:
-    """One child over paths: its results by position, the positions it started, and why it
-    stopped early ("" when it did not)."""
-    largest = max((p.stat().st_size for p, _ in paths), default=0)
-    limit = FAISS_PROBE_MEMORY + 4 * largest
-    payload = json.dumps([{"path": str(p), "binary": b} for p, b in paths])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH", "")) if x)
-    cmd = [sys.executable, "-m", "casnap.faiss_probe", str(limit)]
-    why = ""
-    try:
-        proc = subprocess.run(
-            cmd,
-            input=payload.encode(),
-            capture_output=True,
-            timeout=FAISS_PROBE_TIMEOUT,
-            env=env,
-            check=False,
-        )
-        stdout, code, stderr = proc.stdout, proc.returncode, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        stdout, code, stderr = exc.stdout or b"", None, b""
-        why = f"the FAISS reader did not finish within {FAISS_PROBE_TIMEOUT:.0f} s"
-    except OSError as exc:
-        raise SmokeCheckFailed(f"cannot start the FAISS checker: {exc}") from None
-    results: dict[int, dict[str, Any]] = {}
-    started: list[int] = []
-    for line in stdout.decode(errors="replace").splitlines():
+class _ProbeChild:
+    """A `casnap.faiss_probe` child that takes indexes one at a time, as they become ready.
+
+    A watchdog kills it when it falls behind: it must load FAISS, finish each index, and exit
+    once its input is closed, each within FAISS_PROBE_TIMEOUT (while it waits for the next index
+    no clock runs). Its address space is capped at FAISS_PROBE_MEMORY plus four times the largest
+    index handed to it so far.
+    """
+
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self._stderr = tempfile.TemporaryFile()
         try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "start" in msg:
-            started.append(int(msg["start"]))
-        elif "done" in msg:
-            results[int(msg["done"])] = msg
-    if not why and len(results) < len(paths):
-        if code is not None and code < 0:
-            why = f"the FAISS reader crashed (signal {-code})"
-        elif code:
-            tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            why = f"the FAISS reader failed (exit {code}) {tail[0][:200]}".rstrip()
-        else:
-            why = "the FAISS reader stopped early"
-    return results, started, why
+            self.proc = subprocess.Popen(
+                # run as a script, not `-m casnap.faiss_probe`: importing the casnap package
+                # would load all of casnap (~0.15 s) in a child that needs none of it
+                [sys.executable, "-P", str(_PROBE_SCRIPT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=env,
+            )
+        except OSError as exc:
+            self._stderr.close()
+            raise SmokeCheckFailed(f"cannot start the FAISS checker: {exc}") from None
+        self.sent = 0
+        self.results: dict[int, dict[str, Any]] = {}
+        self.started: list[int] = []
+        self.why = ""
+        self._limit = 0
+        self._refused = False  # an index could not be handed over (the child was gone)
+        self._cond = threading.Condition()
+        self._ready = False
+        self._closed = False
+        self._eof = False
+        self._clock = time.monotonic()  # since when the child owes an answer
+        self._threads = [
+            threading.Thread(target=self._read, name="casnap-faiss-read", daemon=True),
+            threading.Thread(target=self._watch, name="casnap-faiss-watch", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _busy(self) -> bool:
+        return not self._ready or len(self.results) < self.sent or self._closed
+
+    def send(self, path: Path, binary: bool) -> bool:
+        """Hand one index to the child; False when the child is gone (the index is not probed)."""
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        self._limit = max(self._limit, FAISS_PROBE_MEMORY + 4 * size)
+        line = json.dumps({"path": str(path), "binary": binary, "limit": self._limit})
+        with self._cond:
+            if self._eof or self._closed:
+                self._refused = True
+                return False
+            idle = not self._busy()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            self._refused = True
+            return False
+        with self._cond:
+            if idle:
+                self._clock = time.monotonic()
+            self.sent += 1
+            self._cond.notify_all()
+        return True
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if not isinstance(msg, dict):
+                continue
+            with self._cond:
+                if "ready" in msg:
+                    self._ready = True
+                    self._clock = time.monotonic()
+                elif "start" in msg:
+                    self.started.append(int(msg["start"]))
+                elif "done" in msg:
+                    self.results[int(msg["done"])] = msg
+                    self._clock = time.monotonic()
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._eof:
+                if not self._busy():
+                    self._cond.wait()
+                    continue
+                left = self._clock + FAISS_PROBE_TIMEOUT - time.monotonic()
+                if left <= 0:
+                    self.why = f"the FAISS reader did not finish within {FAISS_PROBE_TIMEOUT:.0f} s"
+                    self.proc.kill()
+                    return
+                self._cond.wait(left)
+
+    def finish(self) -> tuple[dict[int, dict[str, Any]], list[int], str]:
+        """Close the child's input and wait for it: its results by position, the positions it
+        started, and why it stopped early ("" when it did not)."""
+        with self._cond:
+            if not self._busy():
+                self._clock = time.monotonic()
+            self._closed = True
+            self._cond.notify_all()
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        for t in self._threads:
+            t.join()
+        code = self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        why = self.why
+        if not why and (len(self.results) < self.sent or self._refused):
+            if code < 0:
+                why = f"the FAISS reader crashed (signal {-code})"
+            elif code:
+                self._stderr.seek(0)
+                lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+                tail = lines[-1:] or [""]
+                why = f"the FAISS reader failed (exit {code}) {tail[0][:200]}".rstrip()
+            else:
+                why = "the FAISS reader stopped early"
+        self._stderr.close()
+        return dict(self.results), list(self.started), why
+
+    def kill(self) -> None:
+        """Stop the child at once (a checkout that fails before its checks finish)."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.finish()
 
 
 def check_faiss(targets: Sequence[FaissTarget]) -> list[Check]:
     """faiss-read, faiss-ntotal (against the sidecar) and faiss-search for each index."""
-    probed = probe_faiss([(t.path, bool(t.header and t.header.binary)) for t in targets])
+    return faiss_checks(targets, probe_faiss([(t.path, _binary(t)) for t in targets]))
+
+
+def _binary(t: FaissTarget) -> bool:
+    return bool(t.header and t.header.binary)
+
+
+def faiss_checks(targets: Sequence[FaissTarget], probed: Sequence[dict[str, Any]]) -> list[Check]:
+    """The checks of each index from what the probe child reported on it."""
     checks: list[Check] = []
     for t, r in zip(targets, probed, strict=True):
         r = {**r, "detail": str(r.get("detail", "")).replace(str(t.path), t.rel)}
@@ -513,24 +660,143 @@ def smoke_check(
     knows which files it captured as databases); None tells them by their header. The command
     runs only when every file check passed; builtin=False runs the command alone.
     """
-    wanted = sorted(set(files)) if builtin else []
-    if databases is None:
-        dbs = {rel for rel in wanted if is_sqlite_file(view[rel])}
-    else:
-        dbs = set(databases) & set(wanted)
-    checks: list[Check] = []
-    # the FAISS probe runs in a child process: let it work while the databases are checked here
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-faiss-probe") as pool:
-        faiss_checks = pool.submit(check_faiss, faiss_targets(view, wanted))
-        for rel in wanted:
-            if rel in dbs:
-                checks.extend(check_sqlite(view[rel], rel))
-        checks.extend(faiss_checks.result())
-    if smoke_cmd and all(c.ok for c in checks):
-        if staged_dir is None:
-            raise ValueError("a smoke command needs the staged dir")
-        checks.append(run_command(smoke_cmd, staged_dir, env))
-    return SmokeReport(tuple(checks))
+    with SmokeSession(databases=databases, builtin=builtin) as session:
+        return session.finish(view, files, staged_dir=staged_dir, smoke_cmd=smoke_cmd, env=env)
+
+
+def may_be_faiss(rel: str, chunker: Mapping[str, Any]) -> bool:
+    """Whether a file about to be restored will likely be checked as a FAISS index (it was cut
+    as one, or is named like one): worth loading FAISS in a child before it arrives."""
+    return chunker.get("name") == "faiss" or rel.endswith(".index")
+
+
+class SmokeSession:
+    """Smoke checks that start file by file while a restore is still under way.
+
+    The restore calls `staged(rel, path)` once a file is written and verified: a database gets
+    its integrity check on a thread, a FAISS index goes to the probe child (a separate process),
+    so the checks of one file overlap the restore of the next. `finish` checks what was not
+    checked yet and gives the report smoke_check would give for the same files; `close` stops
+    what still runs (also when the restore fails).
+    """
+
+    def __init__(
+        self,
+        *,
+        databases: Iterable[str] | None = None,
+        builtin: bool = True,
+        expect_faiss: bool = False,
+    ) -> None:
+        self.builtin = builtin
+        self.databases = None if databases is None else set(databases)
+        self._cancel = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._sqlite: dict[str, tuple[Path, Future[list[Check]]]] = {}
+        self._child: _ProbeChild | None = None
+        self._sent: dict[tuple[Path, bool], int] = {}  # index handed to the child -> position
+        if builtin and expect_faiss:
+            with contextlib.suppress(SmokeCheckFailed):  # reported by finish, if ever needed
+                self._child = _ProbeChild()
+
+    def __enter__(self) -> SmokeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _is_database(self, rel: str, path: Path) -> bool:
+        if self.databases is not None:
+            return rel in self.databases
+        return is_sqlite_file(path)
+
+    def staged(self, rel: str, path: Path) -> None:
+        """A file is in place at path, in a staging dir of the caller's own that nobody else
+        writes, as it will be checked: start the checks it needs."""
+        if not self.builtin:
+            return
+        if self._is_database(rel, path):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-smoke")
+            check = self._pool.submit(check_sqlite, path, rel, self._cancel, private=True)
+            self._sqlite[rel] = (path, check)
+        header = read_faiss_header(path)
+        if header is not None:
+            self._send(path, header.binary)
+
+    def _send(self, path: Path, binary: bool) -> None:
+        if (path, binary) in self._sent:
+            return
+        if self._child is None:
+            self._child = _ProbeChild()
+        position = self._child.sent
+        if self._child.send(path, binary):
+            self._sent[(path, binary)] = position
+
+    def finish(
+        self,
+        view: Mapping[str, Path],
+        files: Iterable[str],
+        *,
+        staged_dir: Path | None = None,
+        smoke_cmd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> SmokeReport:
+        """Check `files` as smoke_check does (view, databases and the command alike), using the
+        checks already started on staged files that are still at the same path."""
+        wanted = sorted(set(files)) if self.builtin else []
+        if self.databases is None:
+            dbs = {rel for rel in wanted if is_sqlite_file(view[rel])}
+        else:
+            dbs = self.databases & set(wanted)
+        checks: list[Check] = []
+        if wanted:
+            targets = faiss_targets(view, wanted)
+            for t in targets:  # the indexes not handed over yet go to the child now
+                self._send(t.path, _binary(t))
+            child, self._child = self._child, None
+            for rel in wanted:  # meanwhile the child reads the indexes
+                if rel not in dbs:
+                    continue
+                early = self._sqlite.get(rel)
+                if early is not None and early[0] == view[rel]:
+                    checks.extend(early[1].result())
+                else:
+                    checks.extend(check_sqlite(view[rel], rel))
+            checks.extend(faiss_checks(targets, self._probed(child, targets)))
+        if smoke_cmd and all(c.ok for c in checks):
+            if staged_dir is None:
+                raise ValueError("a smoke command needs the staged dir")
+            checks.append(run_command(smoke_cmd, staged_dir, env))
+        return SmokeReport(tuple(checks))
+
+    def _probed(
+        self, child: _ProbeChild | None, targets: Sequence[FaissTarget]
+    ) -> list[dict[str, Any]]:
+        """What the child reported on each target; those it could not read are retried in fresh
+        children as probe_faiss does."""
+        if not targets:
+            if child is not None:
+                child.kill()
+            return []
+        assert child is not None  # _send started one for the targets
+        out: dict[int, dict[str, Any]] = {}
+        todo = list(range(len(targets)))
+        positions = [self._sent.get((t.path, _binary(t))) for t in targets]
+        rest = _settle(todo, positions, *child.finish(), out)
+        if rest:
+            again = probe_faiss([(targets[i].path, _binary(targets[i])) for i in rest])
+            out.update(zip(rest, again, strict=True))
+        return [out[i] for i in range(len(targets))]
+
+    def close(self) -> None:
+        """Stop the checks still running (interrupting a database check) and the child."""
+        self._cancel.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._child is not None:
+            self._child.kill()
+            self._child = None
 
 
 def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:

@@ -31,8 +31,12 @@ from casnap.chunkindex import (
     INDEX_MAGIC,
     TREE,
     ChunkIndex,
+    EntryTable,
     IdSet,
     IndexEntry,
+    _find,
+    _keys,
+    _void,
     decode_index,
     decode_index_arrays,
     encode_index,
@@ -52,6 +56,8 @@ __all__ = [
     "INDEX_MAGIC",
     "TREE",
     "ChunkIndex",
+    "EntryTable",
+    "IdSet",
     "IndexEntry",
     "PackWriter",
     "Store",
@@ -88,6 +94,7 @@ DIR_ENTRY_SIZE = DIR_DTYPE.itemsize  # bytes per chunk in a pack directory (befo
 INDEX_ENTRY_SIZE = ID_SIZE + FIELD_DTYPE.itemsize  # bytes per chunk in an index file (same)
 # compressed directory length, BLAKE3 prefix of the compressed directory, end magic
 _TRAILER = struct.Struct("<I16s8s")
+_DIRECTORY_LEVEL = 3  # zstd level of pack directories
 # Packs queued for writing at once: bounds memory to about (1 + this) x pack_target.
 _PACKS_IN_FLIGHT = 1
 
@@ -186,6 +193,31 @@ def _records(rec: np.ndarray) -> list[tuple[ObjectId, int, int, int, int, int, i
     ]
 
 
+def directory_size(rec: np.ndarray) -> int:
+    """Bytes the directory of a pack holding these DIR_DTYPE records takes (compressed)."""
+    return len(zstandard.ZstdCompressor(level=_DIRECTORY_LEVEL).compress(rec.tobytes()))
+
+
+def directory_agrees(
+    rec: np.ndarray, ids: np.ndarray, fields: np.ndarray
+) -> tuple[int, np.ndarray]:
+    """Check index entries (ids, FIELD_DTYPE fields) of one pack against its directory records:
+    (number of distinct ids the directory describes, whether each entry matches the directory's
+    record of its id exactly). When the directory names an id twice, its last record counts."""
+    if not len(rec):
+        return 0, np.zeros(len(ids), dtype=bool)
+    last = rec[::-1][np.unique(_void(rec["id"][::-1]), return_index=True)[1]]
+    keys = _keys(last["id"])
+    order = np.argsort(keys, kind="stable")
+    last = last[order]
+    pos = _find(keys[order], np.ascontiguousarray(last["id"]), ids)
+    r = last[np.maximum(pos, 0)]
+    same = pos >= 0
+    for name in ("type", "offset", "length", "plain", "inner", "frame_plain"):
+        same &= r[name] == fields[name]
+    return len(last), same
+
+
 def _directory_fields(rec: np.ndarray, pack_no: int) -> np.ndarray:
     fields = np.zeros(len(rec), dtype=FIELD_DTYPE)
     fields["pack"] = pack_no
@@ -202,7 +234,7 @@ class Store:
         self.pack_target = pack_target
         self.index = ChunkIndex()
         self.index_files: list[str] = []
-        self._frames: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._frames: OrderedDict[tuple[bytes, int], compression.Frame] = OrderedDict()
         self._frames_bytes = 0
         self._frames_lock = threading.Lock()
 
@@ -237,25 +269,24 @@ class Store:
         e = self.entry(cid)
         return self.backend.get(pack_key(e.pack), e.offset, e.length)
 
-    def read_frame(self, e: IndexEntry) -> bytes:
+    def read_frame(self, e: IndexEntry) -> compression.Frame:
         """The decoded frame an entry points into (not verified: callers check chunk hashes).
 
         Recently decoded frames are cached, so reading the chunks of a frame one by one decodes
         it once.
         """
-        key = (bytes(e.pack), e.offset)
         frame = self.cached_frame(e.pack, e.offset)
         if frame is not None:
             return frame
         encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
         try:
-            frame = compression.decode(encoded, e.frame_size)
+            frame = compression.decode_frame(encoded, e.frame_size)
         except IntegrityError as exc:
             raise IntegrityError(f"frame at {e.offset} in pack {e.pack.hex()}: {exc}") from None
-        self.cache_frame(key, frame)
+        self.cache_frame((bytes(e.pack), e.offset), frame)
         return frame
 
-    def cached_frame(self, pack: bytes, offset: int) -> bytes | None:
+    def cached_frame(self, pack: bytes, offset: int) -> compression.Frame | None:
         """A decoded frame from the cache, or None."""
         key = (bytes(pack), offset)
         with self._frames_lock:
@@ -264,7 +295,7 @@ class Store:
                 self._frames.move_to_end(key)
             return frame
 
-    def cache_frame(self, key: tuple[bytes, int], frame: bytes) -> None:
+    def cache_frame(self, key: tuple[bytes, int], frame: compression.Frame) -> None:
         """Remember a decoded frame (least recently used ones leave past FRAME_CACHE_BYTES)."""
         if len(frame) > FRAME_CACHE_BYTES // 4:
             return
@@ -284,7 +315,8 @@ class Store:
             frame = self.read_frame(e)
         except IntegrityError as exc:  # a missing, truncated or garbled pack: name the chunk
             raise type(exc)(f"chunk {cid.hex()}: {exc}") from None
-        return _verified(cid, e, frame[e.inner : e.inner + e.plain])
+        fits = e.inner + e.plain <= len(frame)  # else it fails verification as damaged
+        return _verified(cid, e, frame.read(e.inner, e.plain) if fits else b"")
 
     @staticmethod
     def decode_verified(cid: ObjectId, e: IndexEntry, encoded: bytes) -> bytes:
@@ -367,14 +399,26 @@ class Store:
     def rebuild_index_from_packs(
         self, skipped: list[tuple[str, str]] | None = None
     ) -> dict[ObjectId, IndexEntry]:
-        """Read every pack's own directory: the index as the packs alone describe it.
+        """The index as the packs alone describe it, entry by entry (see rebuild_index_arrays)."""
+        packs, ids, fields = self.rebuild_index_arrays(skipped)
+        index = ChunkIndex()
+        index.add([(packs, ids, fields)])
+        return {index.id_at(row): index.entry_at(row) for row in range(len(index))}
+
+    def rebuild_index_arrays(
+        self, skipped: list[tuple[str, str]] | None = None
+    ) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+        """Read every pack's own directory: the index as the packs alone describe it, as (pack
+        table, ids, fields), one entry per chunk (the first pack listed that holds it).
 
         Without `skipped`, the first damaged pack raises IntegrityError. With it, damage is
         recorded there as (pack key, what happened) and the rebuild goes on: a pack whose hash
         does not match its name keeps the chunks that still decode to their own hash, a pack whose
         directory is unreadable is left out.
         """
-        index: dict[ObjectId, IndexEntry] = {}
+        packs: list[ObjectId] = []
+        ids_parts: list[np.ndarray] = []
+        field_parts: list[np.ndarray] = []
         for key, _size in self.backend.list("packs/"):
             pack = pack_id_of(key)
             if pack is None:
@@ -384,7 +428,7 @@ class Store:
                 continue
             try:
                 data = self.backend.get(key)
-                records = parse_pack_directory(key, data)
+                rec = parse_pack_directory_array(key, data)
             except IntegrityError as exc:
                 if skipped is None:
                     raise
@@ -393,26 +437,35 @@ class Store:
             intact = hash_bytes(data) == pack
             if not intact and skipped is None:
                 raise IntegrityError(f"{key}: pack does not match its name (damaged)")
-            bad = 0
-            for rec in records:
-                entry = entry_of(pack, rec)
-                if not intact:
+            if not intact:
+                good = np.ones(len(rec), dtype=bool)
+                for i, r in enumerate(_records(rec)):
+                    entry = entry_of(pack, r)
                     try:
-                        raw = data[entry.offset : entry.offset + entry.length]
-                        self.decode_verified(rec[0], entry, raw)
+                        self.decode_verified(
+                            r[0], entry, data[entry.offset : entry.offset + entry.length]
+                        )
                     except IntegrityError:
-                        bad += 1
-                        continue
-                index.setdefault(rec[0], entry)
-            if not intact and skipped is not None:
-                skipped.append(
-                    (
-                        key,
-                        f"pack does not match its name (damaged); {len(records) - bad} of "
-                        f"{len(records)} chunks verified and kept",
+                        good[i] = False
+                if skipped is not None:
+                    skipped.append(
+                        (
+                            key,
+                            f"pack does not match its name (damaged); {int(good.sum())} of "
+                            f"{len(rec)} chunks verified and kept",
+                        )
                     )
-                )
-        return index
+                rec = rec[good]
+            ids_parts.append(rec["id"])
+            field_parts.append(_directory_fields(rec, len(packs)))
+            packs.append(pack)
+        if not ids_parts:
+            return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
+        ids = np.concatenate(ids_parts)
+        fields = np.concatenate(field_parts)
+        _, first = np.unique(ids.view(np.dtype((np.void, ID_SIZE))).reshape(-1), return_index=True)
+        keep = np.sort(first)  # a chunk several packs hold: the first pack listed
+        return packs, ids[keep], fields[keep]
 
     def load_index_file(self, key: str) -> list[tuple[ObjectId, IndexEntry]]:
         """The entries of one index file, checked against its name; IntegrityError otherwise."""
@@ -421,11 +474,23 @@ class Store:
             raise IntegrityError(f"{key}: index file does not match its name (damaged)")
         return list(decode_index(key, blob))
 
+    def load_index_file_arrays(self, key: str) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+        """One index file as (pack table, ids, fields), checked against its name."""
+        blob = self.backend.get(key)
+        if hash_bytes(blob).hex() != key.rsplit("/", 1)[-1]:
+            raise IntegrityError(f"{key}: index file does not match its name (damaged)")
+        return decode_index_arrays(key, blob)
+
     def read_pack_directory(
         self, pack: ObjectId, size: int
     ) -> list[tuple[ObjectId, int, int, int, int, int, int]]:
         """A pack's directory read from its tail alone (two ranged reads), bounds-checked; the
         records of parse_pack_directory."""
+        return _records(self.read_pack_directory_array(pack, size))
+
+    def read_pack_directory_array(self, pack: ObjectId, size: int) -> np.ndarray:
+        """A pack's directory read from its tail alone (two ranged reads), bounds-checked, as a
+        DIR_DTYPE array."""
         key = pack_key(pack)
         if size < len(PACK_HEADER) + _TRAILER.size:
             raise IntegrityError(f"{key}: too short to be a pack ({size} bytes)")
@@ -438,7 +503,7 @@ class Store:
         if dir_start < len(PACK_HEADER):
             raise IntegrityError(f"{key}: pack directory out of bounds")
         packed = self.backend.get(key, dir_start, dir_len)
-        return _records(_parse_directory(key, packed, dir_hash, dir_start))
+        return _parse_directory(key, packed, dir_hash, dir_start)
 
     def write_index(self, entries: Mapping[ObjectId, IndexEntry]) -> tuple[str, int]:
         """Store an index file for entries; returns its key and size."""
@@ -590,7 +655,7 @@ class PackWriter:
 
     def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes]:
         records = bytes(p.records)
-        directory = zstandard.ZstdCompressor(level=3).compress(records)
+        directory = zstandard.ZstdCompressor(level=_DIRECTORY_LEVEL).compress(records)
         trailer = _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
         data = p.data
         data += directory
@@ -621,6 +686,21 @@ class PackWriter:
             for rec in _records(np.frombuffer(records, dtype=DIR_DTYPE)):
                 out.setdefault(rec[0], entry_of(pack, rec))
         return out
+
+    def new_arrays(self) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+        """(pack table, ids, fields) of the chunks in packs handed to the writing thread (waits
+        for them), as an index file holds them."""
+        while self._inflight:
+            self._collect(self._inflight.popleft())
+        packs = [pack for pack, _ in self._done]
+        ids_parts, field_parts = [], []
+        for n, (_pack, records) in enumerate(self._done):
+            rec = np.frombuffer(records, dtype=DIR_DTYPE)
+            ids_parts.append(rec["id"])
+            field_parts.append(_directory_fields(rec, n))
+        if not ids_parts:
+            return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
+        return packs, np.concatenate(ids_parts), np.concatenate(field_parts)
 
     def _drain(self) -> None:
         try:
@@ -655,14 +735,7 @@ class PackWriter:
         self.flush()
         self._drain()
         if self._done:
-            packs = [pack for pack, _ in self._done]
-            ids_parts, field_parts = [], []
-            for n, (_pack, records) in enumerate(self._done):
-                rec = np.frombuffer(records, dtype=DIR_DTYPE)
-                ids_parts.append(rec["id"])
-                field_parts.append(_directory_fields(rec, n))
-            ids = np.concatenate(ids_parts)
-            fields = np.concatenate(field_parts)
+            packs, ids, fields = self.new_arrays()
             key, self.index_bytes = self.store.write_index_arrays(packs, ids, fields)
             self.store.index.add([(packs, ids, fields)])
             self.store.index_files.append(key)

@@ -18,14 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.ids import ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import Snapshot
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
 from casnap.store import (
+    EntryTable,
+    IdSet,
     IndexEntry,
     Store,
+    directory_agrees,
     pack_id_of,
     pack_key,
     parse_pack_directory,
@@ -136,17 +141,19 @@ def verify(
 
 
 class _Checker:
-    """One verify run: gathers findings, then turns them into problems with affected files."""
+    """One verify run: gathers findings, then turns them into problems with affected files.
+
+    Every index entry is a row of an EntryTable (arrays); findings are kept by row."""
 
     def __init__(self, repo: Repository, read_data: bool) -> None:
         self.repo = repo
         self.backend = repo.backend
         self.report = VerifyReport(read_data=read_data)
-        self.locations: dict[ObjectId, list[IndexEntry]] = {}
-        self.by_pack: dict[ObjectId, list[tuple[ObjectId, IndexEntry]]] = {}
+        self.table = EntryTable([])
+        self.rows_by_pack: dict[ObjectId, np.ndarray] = {}  # named pack -> its entries' rows
         self.packs: dict[ObjectId, int] = {}
-        self.bad: dict[tuple[ObjectId, IndexEntry], str] = {}  # damaged copies and why
-        self.checked: set[tuple[ObjectId, IndexEntry]] = set()
+        self.bad: dict[int, str] = {}  # damaged copies (rows) and why
+        self.checked = np.zeros(0, dtype=bool)  # copies (rows) read and found intact
         self.unindexed: dict[ObjectId, ObjectId] = {}  # blob -> an unindexed pack holding it
         self.bad_directory: set[ObjectId] = set()
 
@@ -160,12 +167,12 @@ class _Checker:
         # listing order: snapshots, index, packs, so a commit running meanwhile shows up whole
         self._index()
         self._packs()
-        reach = walk(selected, self._read_tree, strict=False)
-        needed = reach.referenced()
+        reach = walk(selected, self._read_tree, strict=False, keep_lists=False)
+        needed = reach.referenced_ids()
         self.report.blobs_checked = len(needed)
         if self.report.read_data:
             self._read_data(needed if refs else None, subset_pct, seed)
-        self._conclude(reach, needed)
+        self._conclude(selected, reach, needed)
         return self.report
 
     # -- manifests ---------------------------------------------------------------------------------
@@ -210,18 +217,17 @@ class _Checker:
     # -- index and packs ---------------------------------------------------------------------------
 
     def _index(self) -> None:
+        parts = []
         for key, _ in self.backend.list("index/"):
             self.report.index_files += 1
             try:
-                entries = self.repo.store.load_index_file(key)
+                parts.append(self.repo.store.load_index_file_arrays(key))
             except CasnapError as exc:
                 self.problem("index", f"{key}: {exc}")
-                continue
-            for cid, e in entries:
-                copies = self.locations.setdefault(cid, [])
-                if e not in copies:
-                    copies.append(e)
-                    self.by_pack.setdefault(e.pack, []).append((cid, e))
+        self.table = EntryTable(parts)
+        self.checked = np.zeros(len(self.table), dtype=bool)
+        packs = self.table.packs
+        self.rows_by_pack = {packs[n]: rows for n, rows in self.table.by_pack().items()}
 
     def _packs(self) -> None:
         for key, size in self.backend.list("packs/"):
@@ -232,7 +238,7 @@ class _Checker:
             self.packs[pack] = size
         self.report.packs = len(self.packs)
         for pack, size in sorted(self.packs.items()):
-            if pack not in self.by_pack:
+            if pack not in self.rows_by_pack:
                 try:
                     for rec in self.repo.store.read_pack_directory(pack, size):
                         self.unindexed.setdefault(rec[0], pack)
@@ -242,46 +248,50 @@ class _Checker:
                     f"pack {pack.hex()[:12]} is named by no index (left by an interrupted commit "
                     "or gc; the next gc removes it, repair-index would index it)"
                 )
-        for pack, entries in sorted(self.by_pack.items()):
+        fields = self.table.fields
+        for pack, rows in sorted(self.rows_by_pack.items()):
             size = self.packs.get(pack)
             if size is None:
                 self.problem(
                     "pack",
-                    f"pack {pack.hex()[:12]} is missing: the index names {len(entries)} chunk(s) "
+                    f"pack {pack.hex()[:12]} is missing: the index names {len(rows)} chunk(s) "
                     "in it",
                     pack,
                 )
-                for cid, e in entries:
-                    self.bad[(cid, e)] = f"its pack {pack.hex()[:12]} is missing"
+                for row in rows.tolist():
+                    self.bad[row] = f"its pack {pack.hex()[:12]} is missing"
                 continue
-            beyond = [(cid, e) for cid, e in entries if e.offset + e.length > size]
-            if beyond:
+            f = fields[rows]
+            beyond = np.nonzero(f["offset"].astype(np.int64) + f["length"] > size)[0]
+            if len(beyond):
                 self.problem(
                     "pack",
-                    f"pack {pack.hex()[:12]} is truncated: {len(beyond)} of {len(entries)} "
+                    f"pack {pack.hex()[:12]} is truncated: {len(beyond)} of {len(rows)} "
                     f"chunk(s) the index names end past its {size} bytes",
                     pack,
                 )
-                for cid, e in beyond:
-                    self.bad[(cid, e)] = (
-                        f"it lies at {e.offset}+{e.length}, past the end of pack "
+                for i in beyond.tolist():
+                    offset, length = int(f["offset"][i]), int(f["length"][i])
+                    self.bad[int(rows[i])] = (
+                        f"it lies at {offset}+{length}, past the end of pack "
                         f"{pack.hex()[:12]} ({size} bytes; truncated)"
                     )
             try:
-                records = self.repo.store.read_pack_directory(pack, size)
+                rec = self.repo.store.read_pack_directory_array(pack, size)
             except CasnapError as exc:
                 self.problem("pack", f"pack {pack.hex()[:12]}: {exc}", pack)
                 self.bad_directory.add(pack)
                 continue
             # a disagreement is reported for the pack; whether the chunk itself is readable (a
             # restore uses the index entry) is for --read-data to tell
-            described = {r[0]: r for r in records}
-            disagree = [cid for cid, e in entries if described.get(cid) != (cid, *e[1:])]
-            if disagree:
+            _, agrees = directory_agrees(rec, self.table.ids[rows], f)
+            disagree = rows[~agrees]
+            if len(disagree):
+                first = self.table.id_at(int(disagree[0]))
                 self.problem(
                     "pack",
                     f"pack {pack.hex()[:12]}: {len(disagree)} index entr(y/ies) disagree with the "
-                    f"pack's own directory (first: chunk {disagree[0].hex()[:16]})",
+                    f"pack's own directory (first: chunk {first.hex()[:16]})",
                     pack,
                 )
 
@@ -290,33 +300,38 @@ class _Checker:
     def _read_tree(self, lid: ObjectId) -> bytes:
         """A TREE blob from the first copy that verifies; marks the copies that do not."""
         reasons = []
-        for e in self.locations.get(lid, []):
-            if (lid, e) in self.bad:
-                reasons.append(self.bad[(lid, e)])
+        for row in self.table.rows_of(lid).tolist():
+            if row in self.bad:
+                reasons.append(self.bad[row])
                 continue
+            e = self.table.entry(row)
             try:
                 raw = self.backend.get(pack_key(e.pack), e.offset, e.length)
                 plain = Store.decode_verified(lid, e, raw)
             except CasnapError as exc:
-                self.bad[(lid, e)] = _reason(exc)
-                reasons.append(self.bad[(lid, e)])
+                self.bad[row] = _reason(exc)
+                reasons.append(self.bad[row])
                 continue
-            self.checked.add((lid, e))
+            self.checked[row] = True
             return plain
         if not reasons:
             raise IntegrityError("not in the index")
         raise IntegrityError("; ".join(reasons))
 
     def _read_data(
-        self, needed: set[ObjectId] | None, subset_pct: float | None, seed: int | None
+        self, needed: np.ndarray | None, subset_pct: float | None, seed: int | None
     ) -> None:
-        candidates = sorted(p for p in self.by_pack if p in self.packs)
+        candidates = sorted(p for p in self.rows_by_pack if p in self.packs)
         if needed is not None:
-            holding = {e.pack for b in needed for e in self.locations.get(b, [])}
+            wanted = IdSet()
+            wanted.add(needed)
+            numbers = np.unique(self.table.fields["pack"][wanted.contains_many(self.table.ids)])
+            holding = {self.table.packs[n] for n in numbers.tolist()}
             candidates = [p for p in candidates if p in holding]
         if subset_pct is not None and candidates:
             n = max(1, math.ceil(len(candidates) * subset_pct / 100.0))
             candidates = sorted(random.Random(seed).sample(candidates, min(n, len(candidates))))
+        bad_rows = np.array(sorted(self.bad), dtype=np.int64)
         for pack in candidates:
             key = pack_key(pack)
             try:
@@ -333,24 +348,25 @@ class _Checker:
                     parse_pack_directory(key, data)
                 except IntegrityError as exc:
                     where = f"; {exc}"
-            bad_here = 0
-            frames: dict[tuple[int, int], list[tuple[ObjectId, IndexEntry]]] = {}
-            for cid, e in self.by_pack[pack]:
-                if (cid, e) in self.bad:
-                    bad_here += 1
-                    continue
-                if (cid, e) in self.checked:
-                    continue
-                frames.setdefault((e.offset, e.length), []).append((cid, e))
-            for (offset, length), members in sorted(frames.items()):
+            rows = self.rows_by_pack[pack]
+            known_bad = np.isin(rows, bad_rows)
+            bad_here = int(known_bad.sum())
+            rows = rows[~known_bad & ~self.checked[rows]]
+            f = self.table.fields[rows]
+            order = np.lexsort((f["length"], f["offset"]))  # stable: by frame, then as seen
+            rows, f = rows[order], f[order]
+            cuts = np.nonzero((np.diff(f["offset"]) != 0) | (np.diff(f["length"]) != 0))[0] + 1
+            for frame in np.split(rows, cuts) if len(rows) else []:
+                members = [(self.table.id_at(r), self.table.entry(r)) for r in frame.tolist()]
                 # each frame is decoded once, whatever number of chunks it holds
-                found = Store.frame_damage(data[offset : offset + length], members)
-                for (cid, e), why in zip(members, found, strict=True):
+                e0 = members[0][1]
+                found = Store.frame_damage(data[e0.offset : e0.offset + e0.length], members)
+                for row, (_cid, _e), why in zip(frame.tolist(), members, found, strict=True):
                     if why is not None:
-                        self.bad[(cid, e)] = _reason(IntegrityError(why))
+                        self.bad[row] = _reason(IntegrityError(why))
                         bad_here += 1
                         continue
-                    self.checked.add((cid, e))
+                    self.checked[row] = True
                     self.report.chunks_read += 1
             if not intact:
                 tail = (
@@ -366,11 +382,23 @@ class _Checker:
 
     # -- conclusions -------------------------------------------------------------------------------
 
-    def _conclude(self, reach: Reach, needed: set[ObjectId]) -> None:
+    def _conclude(
+        self, selected: list[tuple[ObjectId, Snapshot]], reach: Reach, needed: np.ndarray
+    ) -> None:
+        # the needed blobs with a problem: no entry at all, or a damaged copy
+        suspects = {needed[i].tobytes() for i in np.nonzero(self.table.first_rows(needed) < 0)[0]}
+        if self.bad:
+            wanted = IdSet()
+            wanted.add(needed)
+            rows = sorted(self.bad)
+            hit = wanted.contains_many(self.table.ids[rows])
+            suspects.update(
+                self.table.ids[r].tobytes() for r, h in zip(rows, hit, strict=True) if h
+            )
         broken: set[ObjectId] = set()
         lines: list[tuple[ObjectId, str, IndexEntry | None]] = []
-        for blob in sorted(needed):
-            copies = self.locations.get(blob, [])
+        for blob in sorted(ObjectId(b) for b in suspects):
+            copies = self.table.rows_of(blob).tolist()
             if not copies:
                 hint = ""
                 if blob in self.unindexed:
@@ -381,11 +409,13 @@ class _Checker:
                 lines.append((blob, f"is not in the index{hint}", None))
                 broken.add(blob)
                 continue
-            bad = [e for e in copies if (blob, e) in self.bad]
-            for e in bad:
-                lines.append((blob, self.bad[(blob, e)], e))
+            bad = [row for row in copies if row in self.bad]
+            for row in bad:
+                lines.append((blob, self.bad[row], self.table.entry(row)))
             if bad and len(bad) == len(copies):
                 broken.add(blob)
+        if broken:  # which files they break: walk again, this time keeping every chunk list
+            reach = walk(selected, self._read_tree, strict=False)
         users: dict[ObjectId, list[FileUse]] = reach.users(broken)
         for blob, why, e in lines:
             kind = "tree" if blob in reach.trees else "data"
