@@ -217,15 +217,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
 
     def add_entries(self, entries: Iterable[tuple[ObjectId, IndexEntry]]) -> None:
         """Merge entries given one by one (small amounts: tests, tools)."""
-        packs: dict[bytes, int] = {}
-        ids: list[bytes] = []
-        rows: list[tuple[int, ...]] = []
-        for cid, e in entries:
-            n = packs.setdefault(bytes(e.pack), len(packs))
-            ids.append(bytes(cid))
-            rows.append((n, e.type, e.offset, e.length, e.plain, e.inner, e.frame_plain))
-        fields = np.array(rows, dtype=FIELD_DTYPE) if rows else np.zeros(0, FIELD_DTYPE)
-        self.add([([ObjectId(p) for p in packs], id_matrix(ids), fields)])
+        self.add([entries_to_arrays(entries)])
 
     def _pack_number(self, pack: bytes) -> int:
         n = self._pack_no.get(bytes(pack))
@@ -357,8 +349,10 @@ def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarr
     return packs, ids, fields
 
 
-def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
-    """An index file for entries given one by one."""
+def entries_to_arrays(
+    entries: Iterable[tuple[ObjectId, IndexEntry]],
+) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+    """(pack table, ids (n, 32), fields) for entries given one by one."""
     packs: dict[bytes, int] = {}
     ids: list[bytes] = []
     rows: list[tuple[int, ...]] = []
@@ -367,7 +361,12 @@ def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
         ids.append(bytes(cid))
         rows.append((n, e.type, e.offset, e.length, e.plain, e.inner, e.frame_plain))
     fields = np.array(rows, dtype=FIELD_DTYPE) if rows else np.zeros(0, FIELD_DTYPE)
-    return encode_index_arrays([ObjectId(p) for p in packs], id_matrix(ids), fields)
+    return [ObjectId(p) for p in packs], id_matrix(ids), fields
+
+
+def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
+    """An index file for entries given one by one."""
+    return encode_index_arrays(*entries_to_arrays(entries))
 
 
 def decode_index(key: str, blob: bytes) -> Iterator[tuple[ObjectId, IndexEntry]]:
