@@ -428,24 +428,16 @@ class Repository:
         """
         with self.lock("commit"):
             self.refresh(only_if_changed=True)
-            warnings = self.consistency_warnings(Path(data_dir), paths, excludes)
-            if strict and warnings:
-                raise InconsistentData(
-                    f"{len(warnings)} consistency problem(s), nothing committed (--strict): "
-                    + "; ".join(warnings)
-                )
-            result = self._commit(Path(data_dir), paths, excludes, message, tags, progress)
-            result.warnings = warnings + result.warnings
-            return result
-
-    def consistency_warnings(
-        self, data_dir: Path, paths: Sequence[str] = (), excludes: Sequence[str] = ()
-    ) -> list[str]:
-        """Problems between FAISS indexes and their sidecars among the files a commit would take."""
-        if not data_dir.is_dir():
-            return []  # the commit itself reports the missing data dir
-        sources = capture.scan(data_dir, capture.normalize_paths(data_dir, paths), excludes)
-        return smoke.consistency_warnings(data_dir, [s.path for s in sources])
+            return self._commit(
+                Path(data_dir),
+                paths,
+                excludes,
+                message,
+                tags,
+                progress,
+                check_pairs=True,
+                strict=strict,
+            )
 
     def _commit(
         self,
@@ -455,6 +447,8 @@ class Repository:
         message: str,
         tags: Sequence[str],
         progress: ProgressFn | None = None,
+        check_pairs: bool = False,
+        strict: bool = False,
     ) -> CommitResult:
         t0 = time.perf_counter()
         start_ns = time.time_ns()
@@ -463,10 +457,19 @@ class Repository:
         rel_paths = capture.normalize_paths(data_dir, paths)
         skipped: list[str] = []
         sources = capture.scan(data_dir, rel_paths, excludes, skipped)
+        # FAISS indexes against their .meta.json sidecars, before anything is read or stored
+        pairs = (
+            smoke.consistency_warnings(data_dir, [s.path for s in sources]) if check_pairs else []
+        )
+        if strict and pairs:
+            raise InconsistentData(
+                f"{len(pairs)} consistency problem(s), nothing committed (--strict): "
+                + "; ".join(pairs)
+            )
         source_dir = str(data_dir.resolve())
         parent_id, parent = self._parent(source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
-        result = CommitResult(id="", warnings=skipped)
+        result = CommitResult(id="", warnings=pairs + skipped)
         writer = self.store.writer()
         entries: list[FileEntry] = []
         sizes = [_estimated_size(src) for src in sources]
