@@ -252,15 +252,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
 
     def entry_at(self, row: int) -> IndexEntry:
         f = self._state()[2][row]
-        return IndexEntry(
-            self.packs[int(f["pack"])],
-            int(f["type"]),
-            int(f["offset"]),
-            int(f["length"]),
-            int(f["plain"]),
-            int(f["inner"]),
-            int(f["frame_plain"]),
-        )
+        return entry_of(self.packs, f)
 
     def id_at(self, row: int) -> ObjectId:
         return ObjectId(self._state()[1][row].tobytes())
@@ -376,15 +368,7 @@ def decode_index(key: str, blob: bytes) -> Iterator[tuple[ObjectId, IndexEntry]]
         f = fields[i]
         yield (
             ObjectId(ids[i].tobytes()),
-            IndexEntry(
-                packs[int(f["pack"])],
-                int(f["type"]),
-                int(f["offset"]),
-                int(f["length"]),
-                int(f["plain"]),
-                int(f["inner"]),
-                int(f["frame_plain"]),
-            ),
+            entry_of(packs, f),
         )
 
 
@@ -556,15 +540,20 @@ class EntryTable:
 
     def entry(self, row: int) -> IndexEntry:
         f = self.fields[row]
-        return IndexEntry(
-            self.packs[int(f["pack"])],
-            int(f["type"]),
-            int(f["offset"]),
-            int(f["length"]),
-            int(f["plain"]),
-            int(f["inner"]),
-            int(f["frame_plain"]),
-        )
+        return entry_of(self.packs, f)
+
+
+def entry_of(packs: list[ObjectId], f: np.void) -> IndexEntry:
+    """The IndexEntry of one field record, its pack number resolved through the pack table."""
+    return IndexEntry(
+        packs[int(f["pack"])],
+        int(f["type"]),
+        int(f["offset"]),
+        int(f["length"]),
+        int(f["plain"]),
+        int(f["inner"]),
+        int(f["frame_plain"]),
+    )
 
 
 def stored_bytes(fields: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from casnap.backends.local import LocalBackend
-from casnap.chunkindex import EntryTable, merge_parts, stored_bytes
+from casnap.chunkindex import EntryTable, entry_of, merge_parts, stored_bytes
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId, hash_bytes
 from casnap.reachability import Reach, walk
@@ -143,27 +143,14 @@ class _Keep(Mapping[ObjectId, list[tuple[ObjectId, IndexEntry]]]):
 
     def __getitem__(self, pack: ObjectId) -> list[tuple[ObjectId, IndexEntry]]:
         ids, fields = self.rows(pack)
-        return [
-            (ObjectId(i.tobytes()), _entry(self.packs, f)) for i, f in zip(ids, fields, strict=True)
-        ]
+        pairs = zip(ids, fields, strict=True)
+        return [(ObjectId(i.tobytes()), entry_of(self.packs, f)) for i, f in pairs]
 
     def __iter__(self) -> Iterator[ObjectId]:
         return iter(self._spans)
 
     def __len__(self) -> int:
         return len(self._spans)
-
-
-def _entry(packs: list[ObjectId], f: np.void) -> IndexEntry:
-    return IndexEntry(
-        packs[int(f["pack"])],
-        int(f["type"]),
-        int(f["offset"]),
-        int(f["length"]),
-        int(f["plain"]),
-        int(f["inner"]),
-        int(f["frame_plain"]),
-    )
 
 
 @dataclass
