@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from casnap.checkout import CheckoutResult
 from casnap.errors import CasnapError
-from casnap.repository import CheckoutResult, CommitResult, Repository
+from casnap.repository import CommitResult, Repository
 
 __all__ = ["CasnapError", "CheckoutResult", "CommitResult", "Repository"]
 __version__ = "0.1.0"

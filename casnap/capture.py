@@ -14,11 +14,13 @@ import sqlite3
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from casnap.constants import (
+    RACY_WINDOW_FINE_NS,
+    RACY_WINDOW_NS,
     SKIP_NAMES,
     SOURCE_RETRIES,
     SQLITE_BUSY_TIMEOUT,
@@ -26,7 +28,14 @@ from casnap.constants import (
     STAT_SETTLE_NS,
     TEMP_PREFIX,
 )
-from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, from_oserror
+from casnap.errors import (
+    CasnapError,
+    DatabaseBusy,
+    NotADatabase,
+    SourceError,
+    StorageFull,
+    from_oserror,
+)
 from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -111,11 +120,28 @@ def require_data_dir(data_dir: Path) -> None:
         raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
 
 
+@dataclass
+class ScanOptions:
+    """What a scan leaves out and what it reports besides the files.
+
+    prune: absolute, resolved folders never entered (the repository when it lies in the data
+    dir); skipped: gets "<path>: why" for links and special files; dirs: gets the mode and owner
+    of every folder visited ("." for the data dir) and of the folders above the given paths;
+    unreadable: when given, folders that cannot be listed are added to it instead of failing.
+    """
+
+    prune: Sequence[Path] = ()
+    skipped: list[str] | None = None
+    dirs: dict[str, tuple[int, int, int]] | None = None
+    unreadable: list[str] | None = None
+
+
 def scan(
     data_dir: Path,
     paths: Sequence[str] = (),
     excludes: Sequence[str] = (),
     skipped: list[str] | None = None,
+    options: ScanOptions | None = None,
 ) -> list[SourceFile]:
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
@@ -123,24 +149,40 @@ def scan(
     side files are skipped when their database is present: the backup API captures their content.
     """
     require_data_dir(data_dir)
+    opts = options or ScanOptions()
+    if skipped is not None:
+        opts.skipped = skipped
+    pruned = {str(p) for p in opts.prune}
     found: list[SourceFile] = []
     roots = [data_dir / p for p in paths] if paths else [data_dir]
+    if opts.dirs is not None:
+        for rel in {"."} | {q for p in paths for q in _ancestors(p)}:
+            with contextlib.suppress(OSError):
+                st = os.lstat(data_dir / rel)
+                opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
     def visit(full: Path) -> None:
         rel = full.relative_to(data_dir).as_posix()
-        if is_ignored_name(full.name) or is_excluded(rel, excludes):
+        if is_ignored_name(full.name) or is_excluded(rel, excludes) or str(full) in pruned:
             return
         try:
             st = full.lstat()
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise from_oserror(exc, f"reading {full}") from None
+            raise from_oserror(exc, f"reading {full}") from exc
         if stat.S_ISDIR(st.st_mode):
+            if opts.dirs is not None:
+                opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
             try:
                 children = sorted(os.listdir(full))
+            except PermissionError as exc:
+                if opts.unreadable is None:
+                    raise from_oserror(exc, f"listing {full}") from exc
+                opts.unreadable.append(rel)
+                return
             except OSError as exc:
-                raise from_oserror(exc, f"listing {full}") from None
+                raise from_oserror(exc, f"listing {full}") from exc
             for name in children:
                 visit(full / name)
         elif stat.S_ISREG(st.st_mode):
@@ -149,14 +191,69 @@ def scan(
                 return
             kind = "sqlite" if is_sqlite(full) else "file"
             found.append(SourceFile(rel, full, kind))
-        elif skipped is not None:
+        elif opts.skipped is not None:
             what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
-            skipped.append(f"{rel}: {what} not stored (casnap stores regular files)")
+            opts.skipped.append(f"{rel}: {what} not stored (casnap stores regular files)")
 
     for root in roots:
         visit(root)
     found.sort(key=lambda s: s.path)
     return found
+
+
+def _ancestors(rel: str) -> list[str]:
+    """The folders above rel inside the data dir ("a", "a/b" for "a/b/c")."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """True when path is folder or lies below it (both absolute and resolved)."""
+    return path == folder or folder in path.parents
+
+
+def open_source(path: Path) -> int:
+    """A descriptor for reading a data-dir file, never through a symbolic link swapped in since
+    the scan (its last component)."""
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def busy_timeout() -> float:
+    """Seconds to wait for a locked SQLite database: CASNAP_BUSY_TIMEOUT, else the default."""
+    text = os.environ.get("CASNAP_BUSY_TIMEOUT", "")
+    try:
+        return max(0.0, float(text)) if text else SQLITE_BUSY_TIMEOUT
+    except ValueError:
+        raise CasnapError(f"CASNAP_BUSY_TIMEOUT={text!r} is not a number of seconds") from None
+
+
+class _BusyWait:
+    """The backup API's progress callback: gives up on a locked source database once the busy
+    timeout has passed (SQLite's backup retries a locked source forever), and says once what it
+    waits for."""
+
+    def __init__(self, path: Path, on_wait: Callable[[str], None] | None) -> None:
+        self.path = path
+        self.on_wait = on_wait
+        self.timeout = busy_timeout()
+        self.deadline: float | None = None
+
+    def __call__(self, status: int, _remaining: int, _total: int) -> None:
+        if status not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.timeout
+            if self.on_wait is not None and self.timeout > 0:
+                self.on_wait(
+                    f"waiting up to {self.timeout:.0f} s for {self.path}: another process holds "
+                    "a lock on it"
+                )
+        if now >= self.deadline:
+            raise DatabaseBusy(
+                f"{self.path}: database is locked by another process (waited "
+                f"{self.timeout:.0f} s, CASNAP_BUSY_TIMEOUT); try again when it is idle"
+            )
 
 
 def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
@@ -173,6 +270,21 @@ def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
         except FileNotFoundError:
             fp += (0, 0, 0, 0)
     return fp
+
+
+def is_racy(fp: tuple[int, ...], start_ns: int) -> bool:
+    """True when a fingerprint is too fresh to vouch for the file next time: its last write
+    (mtime, and the -wal's for a database) lies within the racy window before the commit began,
+    so a later write in the same timestamp tick could leave size and times unchanged.
+
+    A filesystem whose ctimes carry nanoseconds stamps times with the kernel's coarse clock (one
+    tick, 1-10 ms): RACY_WINDOW_FINE_NS is ten of the slowest ticks. One with whole-second
+    timestamps (FAT, some network filesystems) needs RACY_WINDOW_NS.
+    """
+    wal = len(fp) > 6 and fp[4] > 0
+    coarse = all(c % 1_000_000_000 == 0 for c in ([fp[2], fp[6]] if wal else [fp[2]]))
+    window = RACY_WINDOW_NS if coarse else RACY_WINDOW_FINE_NS
+    return max([fp[1], fp[5]] if wal else [fp[1]]) >= start_ns - window
 
 
 def settled_fingerprint(path: Path, kind: str) -> tuple[tuple[int, ...] | None, bool]:
@@ -265,13 +377,16 @@ def _remove_with_sides(db: Path) -> None:
 
 
 @contextlib.contextmanager
-def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
+def sqlite_image(
+    path: Path, tmp_dir: Path, on_wait: Callable[[str], None] | None = None
+) -> Iterator[Path]:
     """A consistent copy of the database at path, made by SQLite's online backup API.
 
     The copy goes into a fresh file (backups into a fresh file are deterministic), taken in one
     step under one read transaction, so a writer in WAL mode never tears it. Deleted afterwards.
     A WAL database that nobody has open is first copied aside, so reading it creates no -wal or
-    -shm in the data dir.
+    -shm in the data dir. A database locked by a writer is waited for at most the busy timeout
+    (on_wait hears about the wait once), then DatabaseBusy.
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     dest = tmp_dir / temp_name(".db")
@@ -279,16 +394,18 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
     source = private or path
     try:
         try:
+            wait = _BusyWait(path, on_wait)
             with (
                 contextlib.closing(
-                    sqlite3.connect(_ro_uri(source), uri=True, timeout=SQLITE_BUSY_TIMEOUT)
+                    # no busy handler: the backup loop retries, bounded by wait
+                    sqlite3.connect(_ro_uri(source), uri=True, timeout=0)
                 ) as src,
                 contextlib.closing(sqlite3.connect(dest)) as dst,
             ):
                 # the image is a scratch file read once: fsyncing it would only cost time (it
                 # halves the backup of a 127 MB database); the bytes are the same either way
                 dst.execute("PRAGMA synchronous = OFF")
-                src.backup(dst)
+                src.backup(dst, progress=wait)
         except sqlite3.OperationalError as exc:
             msg = str(exc)
             if "locked" in msg or "busy" in msg:

@@ -81,9 +81,13 @@ SOURCE_RETRIES = 3
 # the read visible in the stat taken after it.
 STAT_SETTLE_NS = 20_000_000
 
-# Files written within this window before a commit started are re-read next time even if their
-# stat is unchanged: a write in the same timestamp tick would otherwise go unnoticed ("racy" files).
+# Files changed within this window before a commit started are re-read next time even if their
+# stat is unchanged: a write in the same timestamp tick would otherwise go unnoticed ("racy"
+# files). 2 s covers filesystems with whole-second timestamps (FAT has 2 s); on a filesystem
+# whose timestamps carry nanoseconds the tick is the kernel's coarse clock (1-10 ms), and 100 ms
+# is ten ticks of the slowest one, so a commit right after the data was written still caches it.
 RACY_WINDOW_NS = 2_000_000_000
+RACY_WINDOW_FINE_NS = 100_000_000
 
 # Seconds to wait for a busy SQLite source database before failing.
 SQLITE_BUSY_TIMEOUT = 30.0

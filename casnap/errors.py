@@ -83,10 +83,14 @@ class AccessDenied(CasnapError):
     exit_code = 8
 
 
-class InvalidPolicy(CasnapError):
-    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
+class UsageError(CasnapError):
+    """An argument the library cannot act on (a checkout into the repository itself)."""
 
     exit_code = 2
+
+
+class InvalidPolicy(UsageError):
+    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
 
 
 class CheckFailed(CasnapError):

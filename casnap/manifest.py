@@ -20,6 +20,8 @@ from casnap.errors import HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
 MANIFEST_VERSION = 1
+# Fields written only when set, so a manifest without them encodes to the same bytes as before.
+OPTIONAL_FILE_FIELDS = ("uid", "gid", "link")
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,17 @@ class FileEntry:
     lists: tuple[str, ...]  # TREE blob ids holding the chunk list, hex
     chunks: int
     source: tuple[int, ...] | None = None  # stat fingerprint of the source, for the stat cache
+    uid: int | None = None  # owner, restored when checkout runs as root
+    gid: int | None = None
+    link: str | None = None  # a hard link of this earlier path of the snapshot (same content)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["lists"] = list(self.lists)
         d["source"] = list(self.source) if self.source is not None else None
+        for key in OPTIONAL_FILE_FIELDS:  # absent when unset: older manifests encode as before
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -57,6 +65,9 @@ class FileEntry:
                 lists=tuple(_hex(x) for x in d["lists"]),
                 chunks=_int(d["chunks"]),
                 source=None if d.get("source") is None else tuple(_int(x) for x in d["source"]),
+                uid=None if d.get("uid") is None else _int(d["uid"]),
+                gid=None if d.get("gid") is None else _int(d["gid"]),
+                link=None if d.get("link") is None else _str(d["link"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed file entry in manifest: {exc}") from None
@@ -66,7 +77,12 @@ class FileEntry:
             raise IntegrityError(f"file entry {entry.path!r} has out-of-range size, mode or chunks")
         if not -(1 << 63) <= entry.mtime_ns < 1 << 63:
             raise IntegrityError(f"file entry {entry.path!r} has an out-of-range mtime")
+        for owner in (entry.uid, entry.gid):
+            if owner is not None and not 0 <= owner < 1 << 32:
+                raise IntegrityError(f"file entry {entry.path!r} has an out-of-range owner")
         check_path(entry.path)
+        if entry.link is not None:
+            check_path(entry.link)
         return entry
 
 
@@ -86,6 +102,10 @@ class Snapshot:
     files: tuple[FileEntry, ...]
     stats: dict[str, int] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    # mode, uid and gid of the data dir (".") and of the folders below it, so a checkout that
+    # creates them never makes them more open than they were
+    dirs: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()  # files left out because they could not be read
 
     def encode(self) -> bytes:
         """Canonical JSON bytes; the snapshot id is their BLAKE3."""
@@ -103,6 +123,10 @@ class Snapshot:
             "files": [f.to_json() for f in self.files],
             "stats": self.stats,
         }
+        if self.dirs:  # written only when present: older manifests keep their bytes and ids
+            d["dirs"] = {k: list(v) for k, v in self.dirs.items()}
+        if self.skipped:
+            d["skipped"] = list(self.skipped)
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     @property
@@ -141,10 +165,13 @@ class Snapshot:
                 parent=None if d["parent"] is None else _hex(d["parent"]),
                 files=files,
                 stats={_str(k): _int(v) for k, v in dict(d["stats"]).items()},
+                dirs=_dirs(d.get("dirs", {})),
+                skipped=tuple(_str(p) for p in d.get("skipped", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{name}: malformed manifest ({exc})") from None
         check_paths([f.path for f in files])
+        check_links(files)
         return snap
 
 
@@ -186,6 +213,29 @@ def check_paths(paths: Sequence[str]) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in seen:
                 raise HostileManifest(f"manifest holds {'/'.join(parts[:i])!r} as file and folder")
+
+
+def check_links(files: Sequence[FileEntry]) -> None:
+    """A hard link names an earlier file of the snapshot that is no link itself, same content."""
+    by_path = {f.path: f for f in files}
+    for f in files:
+        if f.link is None:
+            continue
+        primary = by_path.get(f.link)
+        if primary is None or primary.link is not None or primary.hash != f.hash:
+            raise HostileManifest(f"manifest links {f.path!r} to {f.link!r}, which it cannot be")
+
+
+def _dirs(raw: Any) -> dict[str, tuple[int, int, int]]:
+    out: dict[str, tuple[int, int, int]] = {}
+    for rel, value in dict(raw).items():
+        if rel != ".":
+            check_path(_str(rel))
+        mode, uid, gid = (_int(x) for x in value)
+        if not (0 <= mode <= 0o7777 and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32):
+            raise ValueError(f"folder {rel!r} has an out-of-range mode or owner")
+        out[rel] = (mode, uid, gid)
+    return out
 
 
 def _str(x: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import getpass
 import json
@@ -18,12 +19,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from casnap import capture, chunklist, compression, locks, pipeline, smoke, tempfiles
+from casnap import restored as restored_files
 from casnap.backends import faulty
 from casnap.backends.base import Backend
-from casnap.backends.local import LocalBackend, fsync_dir
+from casnap.backends.local import LocalBackend
 from casnap.chunking import HEADER_BYTES, choose_chunker, make_chunker
 from casnap.constants import (
     CDC_AVG,
@@ -39,17 +41,13 @@ from casnap.constants import (
     GROUP_FLOATS,
     LIST_MAX_DELTAS,
     PACK_TARGET_SIZE,
-    RACY_WINDOW_NS,
     SOURCE_RETRIES,
-    SQLITE_SIDE_SUFFIXES,
-    TEMP_PREFIX,
     ZSTD_LEVEL,
 )
 from casnap.errors import (
+    AccessDenied,
     AmbiguousSnapshot,
     CasnapError,
-    DatabaseBusy,
-    HostileManifest,
     InconsistentData,
     IntegrityError,
     NotADatabase,
@@ -65,14 +63,12 @@ from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_m
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.store import TREE, PackWriter, Store
 
+if TYPE_CHECKING:
+    from casnap.checkout import CheckoutResult
+
 # zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
 PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
-SAFETY_TAG = "pre-checkout"
-# Checkout stages files in `.casnap-tmp-stage-<pid>-<random>/` beside the target (inside it when
-# the parent is another filesystem or not writable): the swap is then a rename, and the name is
-# skipped by every scan as a casnap temp name.
-STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
 
 
 def default_config() -> dict[str, Any]:
@@ -134,26 +130,8 @@ class CommitResult:
     chunks_new: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class CheckoutResult:
-    """What a checkout did."""
-
-    id: str
-    target: str
-    files_written: int = 0
-    files_unchanged: int = 0
-    files_removed: int = 0
-    bytes_written: int = 0
-    safety_snapshot: str | None = None
-    seconds: float = 0.0
-    written: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    smoke: dict[str, Any] | None = None  # the smoke report ({"ok", "checks"}); None when skipped
+    notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
+    skipped: list[str] = field(default_factory=list)  # left out: could not be read
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,18 +152,16 @@ class VerifyResult:
         return dict(self.__dict__)
 
 
-@dataclass
-class _Planned:
-    entry: FileEntry
-    dest: Path
-    tmp: Path | None = None
-
-
 class Repository:
     """A casnap repository on a backend."""
 
-    def __init__(self, backend: Backend, config: dict[str, Any], tmp_dir: Path) -> None:
+    def __init__(
+        self, backend: Backend, config: dict[str, Any], tmp_dir: Path, root: Path | None = None
+    ) -> None:
         self.backend = backend
+        self.root = root  # the repository's directory, for a local repository
+        # told about waits (a locked database, a lock another process holds); None: silent
+        self.notify: Callable[[str], None] | None = None
         self.config = config
         self.tmp_dir = tmp_dir
         self.store = Store(backend, int(config["pack_target"]))
@@ -202,7 +178,7 @@ class Repository:
     @classmethod
     def init(cls, location: Path | str, config: dict[str, Any] | None = None) -> Repository:
         """Create a repository in an empty or missing directory."""
-        root = Path(location)
+        root = Path(location).resolve()  # a symbolic link to the repository is followed once
         if (root / "config").exists():
             raise NotARepository(f"{root} already holds a casnap repository")
         if root.exists() and not root.is_dir():
@@ -215,30 +191,36 @@ class Repository:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise from_oserror(exc, f"creating {root}") from None
-        return cls.init_backend(_local_backend(root), config, root / "tmp")
+        return cls.init_backend(_local_backend(root), config, root / "tmp", root=root)
 
     @classmethod
     def init_backend(
-        cls, backend: Backend, config: dict[str, Any] | None = None, tmp_dir: Path | None = None
+        cls,
+        backend: Backend,
+        config: dict[str, Any] | None = None,
+        tmp_dir: Path | None = None,
+        root: Path | None = None,
     ) -> Repository:
         """Create a repository on any backend."""
         cfg = config or default_config()
         if not backend.put("config", json.dumps(cfg, indent=2, sort_keys=True).encode() + b"\n"):
             raise NotARepository(f"{backend.location} already holds a casnap repository")
-        return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")))
+        return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")), root)
 
     @classmethod
     def open(cls, location: Path | str) -> Repository:
         """Open the repository in a local directory."""
-        root = Path(location)
+        root = Path(location).resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").is_file():
             if _is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
             raise NotARepository(f"{root} is not a casnap repository")
-        return cls.open_backend(_local_backend(root), root / "tmp")
+        return cls.open_backend(_local_backend(root), root / "tmp", root=root)
 
     @classmethod
-    def open_backend(cls, backend: Backend, tmp_dir: Path | None = None) -> Repository:
+    def open_backend(
+        cls, backend: Backend, tmp_dir: Path | None = None, root: Path | None = None
+    ) -> Repository:
         """Open a repository on any backend."""
         try:
             raw = backend.get("config")
@@ -278,7 +260,7 @@ class Repository:
             raise
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"{backend.location}/config is damaged: {exc}") from None
-        return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")))
+        return cls(backend, cfg, tmp_dir or Path(os.environ.get("TMPDIR", "/tmp")), root)
 
     @classmethod
     def open_or_init(cls, location: Path | str, data_dir: Path | str | None = None) -> Repository:
@@ -289,10 +271,15 @@ class Repository:
         """
         if data_dir is not None:
             capture.require_data_dir(Path(data_dir))
-        root = Path(location)
+        root = Path(location).resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").exists() and _is_placeholder_dir(root):
             return cls.init(root)
         return cls.open(root)
+
+    @property
+    def id(self) -> str:
+        """The repository's random id (from its config)."""
+        return str(self.config["id"])
 
     def close(self) -> None:
         self.backend.close()
@@ -419,12 +406,17 @@ class Repository:
         tags: Sequence[str] = (),
         strict: bool = False,
         progress: ProgressFn | None = None,
+        allow_empty: bool = False,
+        skip_unreadable: bool = False,
     ) -> CommitResult:
         """Snapshot data_dir (or paths inside it); returns what was stored.
 
         FAISS indexes without a `.meta.json` sidecar, or whose sidecar's ntotal disagrees with the
         index header, are listed in the result's warnings; with strict they are an error
         (InconsistentData) and nothing is committed. progress gets (bytes done, bytes total).
+        A commit that would store no file where the last snapshot of the same paths had some is
+        refused unless allow_empty; with skip_unreadable, files and folders that cannot be read
+        for lack of permission are left out (listed in the result and the snapshot).
         """
         with self.lock("commit"):
             self.refresh(only_if_changed=True)
@@ -435,8 +427,12 @@ class Repository:
                 message,
                 tags,
                 progress,
-                check_pairs=True,
-                strict=strict,
+                options=_CommitOptions(
+                    check_pairs=True,
+                    strict=strict,
+                    allow_empty=allow_empty,
+                    skip_unreadable=skip_unreadable,
+                ),
             )
 
     def _commit(
@@ -447,31 +443,54 @@ class Repository:
         message: str,
         tags: Sequence[str],
         progress: ProgressFn | None = None,
-        check_pairs: bool = False,
-        strict: bool = False,
+        options: _CommitOptions | None = None,
     ) -> CommitResult:
+        opts = options or _CommitOptions(allow_empty=True)
         t0 = time.perf_counter()
         start_ns = time.time_ns()
         capture.require_data_dir(data_dir)
+        data_dir = data_dir.resolve()  # a data dir reached through a symbolic link is stored
+        prune = self._inside_data_dir(data_dir)
         self._clean_scratch()
         rel_paths = capture.normalize_paths(data_dir, paths)
         skipped: list[str] = []
-        sources = capture.scan(data_dir, rel_paths, excludes, skipped)
+        dirs: dict[str, tuple[int, int, int]] = {}
+        unreadable: list[str] = []
+        scan = capture.ScanOptions(
+            prune=prune,
+            skipped=skipped,
+            dirs=dirs,
+            unreadable=unreadable if opts.skip_unreadable else None,
+        )
+        sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
         # FAISS indexes against their .meta.json sidecars, before anything is read or stored
         pairs = (
-            smoke.consistency_warnings(data_dir, [s.path for s in sources]) if check_pairs else []
+            smoke.consistency_warnings(data_dir, [s.path for s in sources])
+            if opts.check_pairs
+            else []
         )
-        if strict and pairs:
+        if opts.strict and pairs:
             raise InconsistentData(
                 f"{len(pairs)} consistency problem(s), nothing committed (--strict): "
                 + "; ".join(pairs)
             )
-        source_dir = str(data_dir.resolve())
+        source_dir = str(data_dir)
         parent_id, parent = self._parent(source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
+        if not sources and parent_files and not opts.allow_empty:
+            raise SourceError(
+                f"nothing to store in {data_dir}, while the last snapshot of these paths "
+                f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
+                "refusing an empty snapshot"
+            )
         result = CommitResult(id="", warnings=pairs + skipped)
+        result.notes = [
+            f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
+        ]
+        restored = self._restored(source_dir)
         writer = self.store.writer()
         entries: list[FileEntry] = []
+        links: dict[tuple[int, int], FileEntry] = {}
         sizes = [_estimated_size(src) for src in sources]
         bar = ByteProgress(sum(sizes), progress)
         self._read_tick = bar.add if progress is not None else None
@@ -481,19 +500,36 @@ class Repository:
                 pool = stack.enter_context(ThreadPoolExecutor(max_workers=_workers()))
                 for src, estimate in zip(sources, sizes, strict=True):
                     file_start = bar.done
-                    old = parent_files.get(src.path)
-                    entry = self._reuse(src, old)
-                    if entry is None:
-                        entry, read = self._capture(src, writer, pool, start_ns, old)
-                        result.bytes_read += read
-                        if old is None:
-                            result.files_new += 1
-                        elif old.hash == entry.hash:
-                            result.files_unchanged += 1
-                        else:
-                            result.files_changed += 1
+                    try:
+                        st = os.lstat(src.abspath)
+                    except FileNotFoundError:
+                        raise SourceError(f"{src.abspath} vanished while committing") from None
+                    except OSError as exc:
+                        raise from_oserror(exc, f"reading {src.abspath}") from exc
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in links:
+                        entry = _linked(links[key], src.path)
+                        read = 0
                     else:
+                        try:
+                            entry, read = self._entry(
+                                src, writer, pool, start_ns, parent_files, restored
+                            )
+                        except AccessDenied:
+                            if not opts.skip_unreadable:
+                                raise
+                            unreadable.append(src.path)
+                            continue
+                        if st.st_nlink > 1:
+                            links[key] = entry
+                    old = parent_files.get(src.path)
+                    result.bytes_read += read
+                    if old is None:
+                        result.files_new += 1
+                    elif old.hash == entry.hash:
                         result.files_unchanged += 1
+                    else:
+                        result.files_changed += 1
                     entries.append(entry)
                     bar.advance_to(file_start + estimate)
             bar.finish()
@@ -503,6 +539,8 @@ class Repository:
         except BaseException:
             writer.abort()
             raise
+        result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
+        result.skipped = sorted(unreadable)
         user = _user()
         snap = Snapshot(
             time=_now_iso(),
@@ -526,6 +564,8 @@ class Repository:
                 "list_bytes": writer.bytes_by_type[TREE],
                 "index_bytes": writer.index_bytes,
             },
+            dirs=dirs,
+            skipped=tuple(result.skipped),
         )
         raw = snap.encode()
         sid = hash_bytes(raw)
@@ -533,16 +573,69 @@ class Repository:
         self.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
         if self._snapshots is not None:
             self._snapshots[sid] = snap
+        if restored:
+            restored_files.drop(self.id, source_dir)  # the new snapshot's fingerprints serve
         result.id = sid.hex()
         result.bytes_added = added + len(blob)
         result.logical_bytes = snap.logical_bytes
         result.seconds = time.perf_counter() - t0
         return result
 
+    def _inside_data_dir(self, data_dir: Path) -> list[Path]:
+        """The repository, when it lies inside data_dir (never stored); SourceError when the
+        data dir lies inside the repository."""
+        if self.root is None:
+            return []
+        root = self.root.resolve()
+        if capture.inside(data_dir, root):
+            raise SourceError(f"the data dir {data_dir} lies inside the repository {root}")
+        return [root] if capture.inside(root, data_dir) else []
+
+    def _restored(self, source: str) -> dict[str, FileEntry]:
+        """Entries of the files a checkout restored into source, by path, with the fingerprint
+        recorded after the swap as their `source` (see restored.py)."""
+        record = restored_files.load(self.id, source)
+        if record is None:
+            return {}
+        snaps = dict(self.snapshots())
+        out: dict[str, FileEntry] = {}
+        for path, (fp, sid_hex) in record.files.items():
+            try:
+                snap = snaps.get(ObjectId.from_hex(sid_hex))
+            except ValueError:
+                continue
+            if snap is None:
+                continue  # forgotten since: gc may have removed its chunks
+            entry = next((f for f in snap.files if f.path == path), None)
+            if entry is not None:
+                out[path] = _with_source(entry, fp)
+        return out
+
+    def _entry(
+        self,
+        src: capture.SourceFile,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        start_ns: int,
+        parent_files: dict[str, FileEntry],
+        restored: dict[str, FileEntry],
+    ) -> tuple[FileEntry, int]:
+        """The entry of one source file and the bytes read for it: reused from the parent
+        snapshot or from the last checkout when its fingerprint is unchanged, else read."""
+        old = parent_files.get(src.path)
+        fp = capture.fingerprint(src.abspath, src.kind)
+        for known in (old, restored.get(src.path)):
+            if known is not None and known.source is not None and known.kind == src.kind:
+                if fp == known.source:
+                    # neither the file nor the index is read: the chunks are present, because
+                    # gc cannot run while a commit holds its lock
+                    return known, 0
+        return self._capture(src, writer, pool, start_ns, old)
+
     def _clean_scratch(self) -> None:
         """Remove what a killed casnap left in tmp/: database images, verify --smoke restores."""
         tempfiles.remove_stale(self.tmp_dir, recursive=False)
-        _remove_stale_stages(self.tmp_dir)
+        tempfiles.remove_stale_stages(self.tmp_dir)
 
     def _parent(
         self, source: str, paths: tuple[str, ...]
@@ -552,18 +645,6 @@ class Repository:
             if snap.source == source and snap.paths == paths:
                 return sid, snap
         return None, None
-
-    def _reuse(self, src: capture.SourceFile, old: FileEntry | None) -> FileEntry | None:
-        """The parent's entry when the file's stat fingerprint is unchanged.
-
-        Neither the file nor the index is read: the parent's chunks are present, because gc
-        cannot run while a commit holds its lock.
-        """
-        if old is None or old.source is None or old.kind != src.kind:
-            return None
-        if capture.fingerprint(src.abspath, src.kind) != old.source:
-            return None
-        return old
 
     def _capture(
         self,
@@ -580,10 +661,10 @@ class Repository:
             if before is None:
                 raise SourceError(f"{src.abspath} vanished while committing")
             try:
-                st = os.stat(src.abspath)
+                st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     try:
-                        with capture.sqlite_image(src.abspath, self.tmp_dir) as image:
+                        with capture.sqlite_image(src.abspath, self.tmp_dir, self.notify) as image:
                             entry, n = self._ingest_path(src, image, st, writer, pool, old)
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
@@ -594,15 +675,15 @@ class Repository:
             except FileNotFoundError:
                 raise SourceError(f"{src.abspath} vanished while committing") from None
             except OSError as exc:
-                raise from_oserror(exc, f"reading {src.abspath}") from None
+                raise from_oserror(exc, f"reading {src.abspath}") from exc
             read_total += n
             after = capture.fingerprint(src.abspath, src.kind)
             if src.kind == "sqlite":
                 # the image is consistent whatever happened meanwhile; cache only a quiet file
-                racy = before != after or before[1] >= start_ns - RACY_WINDOW_NS
+                racy = before != after or capture.is_racy(before, start_ns)
                 return _with_source(entry, None if racy else before), read_total
             if after == before and settled:
-                racy = before[1] >= start_ns - RACY_WINDOW_NS
+                racy = capture.is_racy(before, start_ns)
                 return _with_source(entry, None if racy else before), read_total
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
 
@@ -626,7 +707,9 @@ class Repository:
             frame_target=self.frame_target,
             group_floats=self.group_floats,
         )
-        with open(path, "rb") as f:
+        # a data-dir file is opened without following a link swapped in since the scan
+        fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
             header = f.read(HEADER_BYTES)
             f.seek(0)
             chunker = choose_chunker(header, self.config["chunker"])
@@ -643,6 +726,8 @@ class Repository:
             chunker=chunker.describe(),
             lists=self._store_list(done.refs, old, writer),
             chunks=chunklist.ref_count(done.refs),
+            uid=st.st_uid,
+            gid=st.st_gid,
         )
         return entry, done.size
 
@@ -703,221 +788,27 @@ class Repository:
         smoke: bool = True,
         smoke_cmd: str | None = None,
         progress: ProgressFn | None = None,
+        all_paths: bool = False,
     ) -> CheckoutResult:
         """Restore a snapshot into target: staged and verified beside it, smoke-checked, then
-        swapped in atomically per file. A failed check raises SmokeCheckFailed and leaves target
-        untouched. smoke=False skips the built-in checks (hashes are still verified); smoke_cmd is
-        a shell command run with the staged dir in CASNAP_STAGED_DIR (also when smoke=False);
-        progress gets (bytes done, bytes total).
+        swapped in atomically per file (see checkout.py). A failed check raises SmokeCheckFailed
+        and leaves target untouched. smoke=False skips the built-in checks (hashes are still
+        verified); smoke_cmd is a shell command run with the staged dir in CASNAP_STAGED_DIR
+        (also when smoke=False); progress gets (bytes done, bytes total). With all_paths, the
+        newest snapshot of each group of snapshots committed with the same paths (of the data
+        dir ref was taken of) is restored at once, a newer one winning where they overlap.
         """
+        from casnap import checkout as co
+
+        options = co.CheckoutOptions(
+            safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
+        )
         with self.lock("checkout"):
             self.refresh(only_if_changed=True)
-            return self._checkout(
-                ref, Path(target), paths, safety_snapshot, force, smoke, smoke_cmd, progress
-            )
-
-    def _checkout(
-        self,
-        ref: str,
-        target: Path,
-        paths: Sequence[str],
-        safety: bool,
-        force: bool,
-        smoke_on: bool = True,
-        smoke_cmd: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> CheckoutResult:
-        t0 = time.perf_counter()
-        sid = self.resolve(ref)
-        snap = self.load_snapshot(sid)
-        self._ensure_index()
-        self._clean_scratch()
-        result = CheckoutResult(id=sid.hex(), target=str(target))
-        wanted = _select(snap, paths)
-        if target.exists() and not target.is_dir():
-            raise SourceError(f"checkout target {target} is not a directory")
-        target_real = target.resolve()
-
-        plan: list[_Planned] = []
-        unchanged: list[_Planned] = []  # attributes restored only after the swap
-        touched_dirs: set[Path] = set()
-        unsaved: list[str] = []  # target files that no snapshot holds and this checkout replaces
-        held = None
-        for entry in wanted:
-            dest = _safe_dest(target, target_real, entry.path)
-            if dest.is_file() and not dest.is_symlink():
-                current = self._current_hash(dest)
-                if current == entry.hash:
-                    unchanged.append(_Planned(entry, dest))
-                    continue
-                held = held if held is not None else self._held_hashes()
-                if current not in held:
-                    unsaved.append(entry.path)
-            elif dest.exists() or dest.is_symlink():
-                raise SourceError(f"cannot restore {entry.path}: {dest} exists and is not a file")
-            plan.append(_Planned(entry, dest))
-
-        removals: list[Path] = []
-        if not paths and target.is_dir():
-            keep = {e.path for e in snap.files}
-            for src in capture.scan(target, (), snap.excludes):
-                if capture.in_scope(src.path, snap.paths) and src.path not in keep:
-                    removals.append(src.abspath)
-                    held = held if held is not None else self._held_hashes()
-                    if self._current_hash(src.abspath) not in held:
-                        unsaved.append(src.path)
-
-        for item in plan:
-            if item.entry.kind == "sqlite" and not force:
-                _refuse_if_open(item.dest)
-
-        # What goes into the staging dir: every file to write; with checks on, also unchanged
-        # databases (checked as consistent copies, not live files) and, for a smoke command,
-        # every unchanged file, so the command sees the whole restored data dir.
-        staged = list(plan)
-        staged += [u for u in unchanged if smoke_cmd or (smoke_on and u.entry.kind == "sqlite")]
-
-        created_dirs = _make_dirs(target, Path(target.absolute().anchor))
-        stage_parent = _stage_parent(target)
-        for place in {target, stage_parent}:
-            _remove_stale_stages(place)
-        stage = stage_parent / f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        try:
-            try:
-                stage.mkdir()
-            except OSError as exc:
-                raise from_oserror(exc, f"creating {stage}") from None
-            bar = ByteProgress(sum(item.entry.size for item in staged), progress)
-            # files are fsynced on their own thread while the next one is restored, and the
-            # smoke checks of each file start as soon as it is staged
-            with smoke.SmokeSession(
-                databases=[e.path for e in wanted if e.kind == "sqlite"],
-                builtin=smoke_on,
-                expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in staged),
-            ) as checks:
-                before: dict[str, tuple[int, ...] | None] = {}
-                with (
-                    ThreadPoolExecutor(max_workers=_workers()) as pool,
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
-                ):
-                    synced = []
-                    for item in staged:
-                        item.tmp = stage / item.entry.path
-                        _mkdir_in(item.tmp.parent)
-                        self._write_verified(item.entry, item.tmp, pool, bar.add)
-                        synced.append(syncer.submit(_fsync_file, item.tmp))
-                        before[item.entry.path] = _fingerprint(item.tmp)
-                        checks.staged(item.entry.path, item.tmp)
-                    for fut in synced:
-                        fut.result()
-                bar.finish()
-                result.bytes_written = sum(item.entry.size for item in plan)
-                if smoke_on or smoke_cmd:
-                    report = self._smoke_staged(
-                        sid,
-                        target,
-                        stage,
-                        wanted,
-                        staged,
-                        unchanged,
-                        removals,
-                        smoke_cmd,
-                        checks,
-                        before,
-                    )
-                    report.raise_if_failed(f"nothing restored, {target} untouched")
-                    result.smoke = report.to_json()
-            if unsaved and safety and target.is_dir():
-                saved = self._commit(
-                    target,
-                    (),
-                    (),
-                    f"before checkout of {sid.short} (saved {len(unsaved)} file(s))",
-                    (SAFETY_TAG,),
-                )
-                result.safety_snapshot = saved.id
-
-            # every file is staged, verified and checked: swap them in, one atomic rename each
-            for item in plan:
-                assert item.tmp is not None
-                created_dirs.extend(_make_dirs(item.dest.parent, target))
-                if item.entry.kind == "sqlite":
-                    _remove_side_files(item.dest)  # a stale WAL would be replayed over the new file
-                os.replace(item.tmp, item.dest)
-                touched_dirs.add(item.dest.parent)
-                result.written.append(item.entry.path)
-        except BaseException:
-            _remove_tree(stage)
-            for d in reversed(created_dirs):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            raise
-        _remove_tree(stage)
-        for item in unchanged:
-            _restore_attrs(item.dest, item.entry)
-        for path in removals:
-            was_db = capture.is_sqlite(path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            if was_db:
-                _remove_side_files(path)
-            touched_dirs.add(path.parent)
-            result.removed.append(path.relative_to(target).as_posix())
-        for d in touched_dirs:
-            fsync_dir(d)
-        result.files_written = len(plan)
-        result.files_unchanged = len(unchanged)
-        result.files_removed = len(removals)
-        result.seconds = time.perf_counter() - t0
-        return result
-
-    def _smoke_staged(
-        self,
-        sid: ObjectId,
-        target: Path,
-        stage: Path,
-        wanted: list[FileEntry],
-        staged: list[_Planned],
-        unchanged: list[_Planned],
-        removals: list[Path],
-        smoke_cmd: str | None,
-        checks: smoke.SmokeSession,
-        before: dict[str, tuple[int, ...] | None],
-    ) -> smoke.SmokeReport:
-        """Smoke-check the restored files in the staging dir; the command sees the whole result.
-
-        checks holds the checks started while files were staged; before, the fingerprint of each
-        staged file when it was written (no check may change it)."""
-        view: dict[str, Path] = {}
-        staged_paths = {item.entry.path for item in staged}
-        selected = {e.path for e in wanted}
-        removed = set(removals)
-        if target.is_dir():
-            for src in capture.scan(target):
-                if src.path in selected or src.abspath in removed:
-                    continue
-                if smoke_cmd:  # the data dir's other files, copied so the command sees them
-                    _copy_into(src, stage / src.path)
-                    view[src.path] = stage / src.path
-                else:
-                    view[src.path] = src.abspath
-        for item in unchanged:
-            view[item.entry.path] = item.dest
-        for item in staged:
-            view[item.entry.path] = stage / item.entry.path
-        env = {"CASNAP_TARGET_DIR": str(target.absolute()), "CASNAP_SNAPSHOT": sid.hex()}
-        report = checks.finish(
-            view, sorted(selected), staged_dir=stage, smoke_cmd=smoke_cmd, env=env
-        )
-        changed = sorted(p for p in staged_paths if _fingerprint(stage / p) != before[p])
-        if changed:
-            detail = (
-                f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
-                "as verified"
-            )
-            extra = smoke.Check("staged-unchanged", changed[0], False, detail)
-            report = smoke.SmokeReport((*report.checks, extra))
-        return report
+            sid = self.resolve(ref)
+            snap = self.load_snapshot(sid)
+            sources = co.newest_per_group(self, snap.source) if all_paths else [(sid, snap)]
+            return co.checkout(self, sources, Path(target), paths, options, progress)
 
     # -- restoring without touching a data dir ---------------------------------------------------
 
@@ -950,10 +841,12 @@ class Repository:
             snap = self.load_snapshot(sid)
             self._ensure_index()
             _mkdir_in(self.tmp_dir)
-            _remove_stale_stages(self.tmp_dir)  # left by a verify that was killed
+            tempfiles.remove_stale_stages(self.tmp_dir)  # left by a verify that was killed
             try:
                 stage = Path(
-                    tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=self.tmp_dir)
+                    tempfile.mkdtemp(
+                        prefix=f"{tempfiles.STAGE_PREFIX}{os.getpid()}-", dir=self.tmp_dir
+                    )
                 )
             except OSError as exc:
                 raise from_oserror(exc, f"creating a staging dir in {self.tmp_dir}") from None
@@ -995,20 +888,6 @@ class Repository:
                 ok=report is None or report.ok,
                 seconds=time.perf_counter() - t0,
             )
-
-    def _current_hash(self, path: Path) -> str:
-        """Hash of a target file as a snapshot would record it (a database: its backup image)."""
-        if capture.is_sqlite(path):
-            try:
-                with capture.sqlite_image(path, self.tmp_dir) as image:
-                    return _hash_file(image).hex()
-            except CasnapError:
-                pass  # unreadable as a database: compare its raw bytes
-        return _hash_file(path).hex()
-
-    def _held_hashes(self) -> set[str]:
-        """Whole-file hashes held by any snapshot."""
-        return {f.hash for _, s in self.snapshots() for f in s.files}
 
     def _write_verified(
         self,
@@ -1091,31 +970,6 @@ def _mkdir_in(folder: Path) -> None:
         raise from_oserror(exc, f"creating {folder}") from None
 
 
-def _fingerprint(path: Path) -> tuple[int, ...] | None:
-    """size, mtime, ctime and inode: any write to the file changes one of them."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def _copy_into(src: capture.SourceFile, dest: Path) -> None:
-    """A copy of a data-dir file at dest; a database is copied through the backup API."""
-    _mkdir_in(dest.parent)
-    try:
-        if src.kind == "sqlite":
-            try:
-                with capture.sqlite_image(src.abspath, dest.parent) as image:
-                    os.replace(image, dest)
-                return
-            except CasnapError:
-                pass  # not readable as a database: copy its bytes as they are
-        shutil.copy2(src.abspath, dest)
-    except OSError as exc:
-        raise from_oserror(exc, f"copying {src.abspath} into the staging dir") from None
-
-
 def _remove_tree(path: Path) -> None:
     """Remove a directory tree casnap made, including read-only files a smoke command left."""
 
@@ -1134,42 +988,6 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=retry)
 
 
-def _stage_parent(target: Path) -> Path:
-    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
-    when that is the same filesystem and writable; else inside target."""
-    parent = target.absolute().parent
-    try:
-        same_fs = parent != target.absolute() and os.stat(parent).st_dev == os.stat(target).st_dev
-    except OSError:
-        return target
-    if same_fs and os.access(parent, os.W_OK | os.X_OK):
-        return parent
-    return target
-
-
-def _remove_stale_stages(target: Path) -> None:
-    """Remove staging dirs left in target by a checkout whose process no longer runs."""
-    try:
-        names = [n for n in os.listdir(target) if n.startswith(STAGE_PREFIX)]
-    except OSError:
-        return
-    for name in names:
-        try:
-            pid = int(name[len(STAGE_PREFIX) :].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # still running: its checkout may be under way
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue  # exists under another user
-        _remove_tree(target / name)
-
-
 def _fsync_file(path: Path) -> None:
     """Make a written file durable (fsync works through any descriptor of the file)."""
     try:
@@ -1183,7 +1001,22 @@ def _fsync_file(path: Path) -> None:
 
 
 def _with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:
-    return FileEntry(**{**entry.__dict__, "source": source})
+    return dataclasses.replace(entry, source=source)
+
+
+def _linked(primary: FileEntry, path: str) -> FileEntry:
+    """The entry of a hard link to primary's file found at path: the same content and chunks."""
+    return dataclasses.replace(primary, path=path, link=primary.path)
+
+
+@dataclass(frozen=True)
+class _CommitOptions:
+    """How one commit behaves beyond what it stores (see Repository.commit)."""
+
+    check_pairs: bool = False
+    strict: bool = False
+    allow_empty: bool = False
+    skip_unreadable: bool = False
 
 
 def _workers() -> int:
@@ -1196,54 +1029,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def _select(snap: Snapshot, paths: Sequence[str]) -> list[FileEntry]:
-    """The entries of snap under the given paths (all when none); SnapshotNotFound for a miss."""
-    if not paths:
-        return list(snap.files)
-    out: dict[str, FileEntry] = {}
-    for p in paths:
-        norm = p.strip("/")
-        hits = [f for f in snap.files if f.path == norm or f.path.startswith(norm + "/")]
-        if not hits:
-            raise SnapshotNotFound(f"{p} is not in snapshot")
-        out.update((f.path, f) for f in hits)
-    return [out[k] for k in sorted(out)]
-
-
-def _safe_dest(target: Path, target_real: Path, rel: str) -> Path:
-    """target/rel, refusing a path that would leave target through a symbolic link."""
-    dest = target / rel
-    cur = target
-    for part in rel.split("/")[:-1]:
-        cur = cur / part
-        if cur.is_symlink():
-            raise HostileManifest(f"refusing to restore {rel}: {cur} is a symbolic link")
-    if dest.exists() and not os.path.realpath(dest).startswith(str(target_real) + os.sep):
-        raise HostileManifest(f"refusing to restore {rel}: it resolves outside {target}")
-    return dest
-
-
-def _make_dirs(folder: Path, stop: Path) -> list[Path]:
-    """mkdir -p folder, returning the folders created (outermost first)."""
-    missing = []
-    cur = folder
-    while not cur.exists():
-        missing.append(cur)
-        if cur == stop or cur.parent == cur:
-            break
-        cur = cur.parent
-    created = []
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise from_oserror(exc, f"creating {d}") from None
-        created.append(d)
-    return created
 
 
 def _hash_file(path: Path) -> ObjectId:
@@ -1261,35 +1046,3 @@ def _restore_attrs(path: Path, entry: FileEntry) -> None:
     with contextlib.suppress(OSError):
         os.chmod(path, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def _remove_side_files(db: Path) -> None:
-    for suffix in SQLITE_SIDE_SUFFIXES:
-        with contextlib.suppress(FileNotFoundError):
-            Path(str(db) + suffix).unlink()
-
-
-def _refuse_if_open(db: Path) -> None:
-    """DatabaseBusy when another process has db (or its side files) open."""
-    names = {str(db.absolute())} | {str(db.absolute()) + s for s in SQLITE_SIDE_SUFFIXES}
-    if not any(os.path.exists(n) for n in names):
-        return
-    me = os.getpid()
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return
-    for pid in pids:
-        if pid == me:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link in names:
-                raise DatabaseBusy(f"{db} is open in process {pid}; stop it first or use --force")

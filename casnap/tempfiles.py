@@ -8,6 +8,7 @@ that another host made, is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -15,9 +16,14 @@ import zlib
 from pathlib import Path
 
 from casnap.constants import TEMP_PREFIX
+from casnap.errors import CasnapError
+from casnap.fsdir import Dir, remove_tree
 from casnap.procs import pid_alive
 
 HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+# A checkout (or `verify --smoke`) stages files in `.casnap-tmp-stage-<pid>-<random>/`: skipped
+# by every scan as a casnap temp name, removed by the next run once that pid is gone.
+STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
 
 
 def temp_name(suffix: str = "") -> str:
@@ -58,3 +64,25 @@ def remove_stale(root: Path, recursive: bool = True) -> list[Path]:
                     continue  # gone already, or not ours to fix here (a read-only target)
                 removed.append(path)
     return removed
+
+
+def remove_stale_stages_in(d: Dir) -> None:
+    """Remove the staging dirs in d whose process no longer runs (never following a link)."""
+    for name in d.names():
+        if not name.startswith(STAGE_PREFIX):
+            continue
+        try:
+            pid = int(name[len(STAGE_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError, CasnapError):
+            remove_tree(d, name)
+
+
+def remove_stale_stages(folder: Path) -> None:
+    """remove_stale_stages_in for a folder given by path (one casnap made or was given)."""
+    with contextlib.suppress(CasnapError):
+        with Dir.open(folder) as d:
+            remove_stale_stages_in(d)

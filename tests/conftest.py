@@ -90,3 +90,11 @@ def app(tmp_path: Path) -> Path:
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
     return Repository.init(tmp_path / "repo")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """casnap's user cache dir (checkout's record of restored files) inside the test's tmp."""
+    monkeypatch.setenv("CASNAP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

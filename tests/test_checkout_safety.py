@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from casnap.checkout import SAFETY_TAG
 from casnap.errors import DatabaseBusy, IntegrityError
-from casnap.repository import SAFETY_TAG, Repository
+from casnap.repository import Repository
 from tests.conftest import evolve_app
 from tests.util import raw_tree, snapshot_tree
 

@@ -23,10 +23,11 @@ import pytest
 from casnap import retention
 from casnap.backends import LocalBackend
 from casnap.backends import faulty as F
+from casnap.checkout import SAFETY_TAG
 from casnap.constants import TEMP_PREFIX
 from casnap.gc import collect
-from casnap.repository import SAFETY_TAG, STAGE_PREFIX, Repository
-from casnap.tempfiles import HOST_TAG
+from casnap.repository import Repository
+from casnap.tempfiles import HOST_TAG, STAGE_PREFIX
 from casnap.verify import verify
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (

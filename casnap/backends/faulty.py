@@ -252,10 +252,12 @@ def install_from_env(backend: Backend) -> Backend:
     if any(f.op == "replace" for f in plan.faults) and not hasattr(os.replace, "_casnap_fault"):
         real_replace = os.replace
 
-        def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        def replace(
+            src: str | os.PathLike[str], dst: str | os.PathLike[str], **kwargs: Any
+        ) -> None:
             faults = plan.due("replace", os.fspath(dst))
             plan.before(faults, os.fspath(dst))
-            real_replace(src, dst)
+            real_replace(src, dst, **kwargs)
             plan.after(faults, os.fspath(dst))
 
         replace._casnap_fault = True  # type: ignore[attr-defined]

@@ -14,15 +14,14 @@ from casnap.tempfiles import temp_name
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename or link inside path durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
+    """Make a rename, link or new entry inside path durable; an I/O error is raised (a
+    filesystem that cannot sync a directory, EINVAL, is not an error)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 

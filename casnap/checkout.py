@@ -1,0 +1,798 @@
+"""Checkout: restore snapshots into a dir: plan, stage, verify, smoke-check, save, swap.
+
+Every file to write is restored into a private staging dir (0700) beside the target, each byte
+verified against its BLAKE3, then smoke-checked there; only when everything passed is what the
+target holds and no snapshot does saved as a `pre-checkout` snapshot, and each file renamed into
+place. The target is reached only through directory descriptors opened without following
+symbolic links (fsdir.py), so a folder swapped for a link between check and use cannot redirect
+a write or a removal; the repository, when it lies inside the target, is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from casnap import capture, inuse, smoke
+from casnap import restored as restored_files
+from casnap.capture import SQLITE_MAGIC
+from casnap.constants import SQLITE_SIDE_SUFFIXES, STAT_SETTLE_NS
+from casnap.errors import (
+    CasnapError,
+    DatabaseBusy,
+    HostileManifest,
+    SnapshotNotFound,
+    SourceError,
+    UsageError,
+    from_oserror,
+)
+from casnap.fsdir import Dir, Tree, remove_tree, split
+from casnap.ids import Hasher, ObjectId
+from casnap.manifest import FileEntry, Snapshot
+from casnap.progress import ByteProgress, ProgressFn
+from casnap.tempfiles import STAGE_PREFIX, remove_stale_stages, remove_stale_stages_in
+
+if TYPE_CHECKING:
+    from casnap.repository import Repository
+
+SAFETY_TAG = "pre-checkout"
+
+
+@dataclass(frozen=True)
+class CheckoutOptions:
+    """How a checkout behaves (see `checkout`)."""
+
+    safety_snapshot: bool = True
+    force: bool = False
+    smoke: bool = True
+    smoke_cmd: str | None = None
+
+
+@dataclass
+class CheckoutResult:
+    """What a checkout did."""
+
+    id: str
+    target: str
+    files_written: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    bytes_written: int = 0
+    safety_snapshot: str | None = None
+    seconds: float = 0.0
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    smoke: dict[str, Any] | None = None  # the smoke report ({"ok", "checks"}); None when skipped
+    sources: list[dict[str, Any]] = field(default_factory=list)  # snapshot, paths, files
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Item:
+    entry: FileEntry
+    sid: ObjectId  # the snapshot the entry comes from
+    replaces_db: bool = False  # the target holds a SQLite database (or its side files) there
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The files a checkout restores, by path, with the snapshot each comes from, and the
+    scopes (paths, excludes) inside which a target file no snapshot lists is removed."""
+
+    sources: tuple[tuple[ObjectId, Snapshot], ...]
+    entries: dict[str, tuple[FileEntry, ObjectId]]
+    dirs: dict[str, tuple[int, int, int]]
+
+    @classmethod
+    def of(cls, sources: Sequence[tuple[ObjectId, Snapshot]]) -> Selection:
+        """Oldest first: a newer snapshot covering a path decides whether and how it exists."""
+        ordered = sorted(sources, key=lambda s: (s[1].time, s[0].hex()))
+        entries: dict[str, tuple[FileEntry, ObjectId]] = {}
+        dirs: dict[str, tuple[int, int, int]] = {}
+        for sid, snap in ordered:
+            for path in [p for p in entries if covers(snap, p)]:
+                del entries[path]
+            entries.update((f.path, (f, sid)) for f in snap.files)
+            dirs.update(snap.dirs)
+        return cls(tuple(ordered), entries, dirs)
+
+    def covers(self, path: str) -> bool:
+        return any(covers(snap, path) for _, snap in self.sources)
+
+    def excludes(self) -> set[str]:
+        return {x for _, snap in self.sources for x in snap.excludes}
+
+
+def covers(snap: Snapshot, path: str) -> bool:
+    """True when snap was taken of path's place: inside its paths and not excluded."""
+    return capture.in_scope(path, snap.paths) and not capture.is_excluded(path, snap.excludes)
+
+
+def newest_per_group(
+    repo: Repository, source: str | None = None
+) -> list[tuple[ObjectId, Snapshot]]:
+    """The newest snapshot of each group of snapshots committed with the same paths (of one
+    data dir: source, or that of the newest snapshot), newest first."""
+    snaps = repo.snapshots()
+    if not snaps:
+        raise SnapshotNotFound("the repository holds no snapshots")
+    source = source if source is not None else snaps[-1][1].source
+    newest: dict[tuple[str, ...], tuple[ObjectId, Snapshot]] = {}
+    for sid, snap in snaps:  # oldest first: the last one seen per group wins
+        if snap.source == source and SAFETY_TAG not in snap.tags:
+            newest[snap.paths] = (sid, snap)
+    return sorted(newest.values(), key=lambda s: s[1].time, reverse=True)
+
+
+def checkout(
+    repo: Repository,
+    sources: Sequence[tuple[ObjectId, Snapshot]],
+    target: Path,
+    paths: Sequence[str] = (),
+    options: CheckoutOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> CheckoutResult:
+    """Restore the selection of sources (usually one snapshot) into target; the caller holds
+    the repository lock. With paths, only those files (no removals)."""
+    selection = Selection.of(sources)
+    return _Checkout(repo, selection, target, paths, options or CheckoutOptions(), progress).run()
+
+
+class _Checkout:
+    """One checkout run: the state shared by its phases."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        selection: Selection,
+        target: Path,
+        paths: Sequence[str],
+        options: CheckoutOptions,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.repo = repo
+        self.sel = selection
+        self.paths = tuple(paths)
+        self.opts = options
+        self.progress = progress
+        self.target = Path(os.path.realpath(target))
+        self.shown_target = target
+        last = selection.sources[-1][0]
+        self.result = CheckoutResult(id=last.hex(), target=str(self.target))
+        self.result.sources = [
+            {"id": sid.hex(), "paths": list(snap.paths), "time": snap.time}
+            for sid, snap in selection.sources
+        ]
+        self.protected = self._protected()
+        self._held: set[str] | None = None
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> CheckoutResult:
+        t0 = time.perf_counter()
+        repo = self.repo
+        repo._ensure_index()
+        repo._clean_scratch()
+        wanted = self._wanted()
+        if self.target.exists() and not self.target.is_dir():
+            raise SourceError(f"checkout target {self.shown_target} is not a directory")
+        created_root = _make_target(self.target, self.sel.dirs.get("."))
+        try:
+            root = Dir.open(self.target)
+        except BaseException:
+            _undo_target(created_root)
+            raise
+        with root, Tree(root, self._dir_mode) as tree:
+            try:
+                self._run(tree, wanted)
+            except BaseException:
+                tree.undo_created()
+                _undo_target(created_root)
+                raise
+        self.result.seconds = time.perf_counter() - t0
+        return self.result
+
+    def _run(self, tree: Tree, wanted: list[_Item]) -> None:
+        plan, unchanged, unsaved = self._plan(tree, wanted)
+        removals = self._removals(tree, unsaved)
+        for item in plan:
+            if item.replaces_db:
+                self._check_db(tree, item.entry.path)
+        for rel in removals:
+            if self._is_db_place(tree, rel):
+                self._check_db(tree, rel)
+        with _Stage(self.target) as stage:
+            self._stage(stage, plan, wanted, unchanged, removals)
+            if unsaved and self.opts.safety_snapshot:
+                what = ", ".join(sid.short for sid, _ in self.sel.sources)
+                saved = self.repo._commit(
+                    self.target,
+                    (),
+                    (),
+                    f"before checkout of {what} (saved {len(unsaved)} file(s))",
+                    (SAFETY_TAG,),
+                )
+                self.result.safety_snapshot = saved.id
+            touched = self._swap(tree, stage, plan)
+        for item in unchanged:
+            self._restore_attrs(tree, item.entry)
+        for rel in removals:
+            parent, name = tree.parent_of(rel)
+            if parent is None:
+                continue
+            was_db = _is_sqlite(parent, name)
+            parent.unlink(name)
+            if was_db:
+                for suffix in SQLITE_SIDE_SUFFIXES:
+                    parent.unlink(name + suffix)
+            touched.add(split(rel)[0])
+            self.result.removed.append(rel)
+        for rel in sorted(touched):
+            d = tree.dir(rel)
+            if d is not None:
+                d.fsync()
+        self.result.files_written = len(plan)
+        self.result.files_unchanged = len(unchanged)
+        self.result.files_removed = len(removals)
+        self._record(tree, plan + unchanged)
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def _protected(self) -> str | None:
+        """The repository's path relative to the target when it lies inside it; UsageError when
+        the target is the repository or lies inside it."""
+        if self.repo.root is None:
+            return None
+        repo_root = self.repo.root.resolve()
+        if capture.inside(self.target, repo_root):
+            raise UsageError(
+                f"refusing to check out into {self.shown_target}: it is the repository or lies "
+                "inside it"
+            )
+        if capture.inside(repo_root, self.target):
+            return repo_root.relative_to(self.target).as_posix()
+        return None
+
+    def _in_repo(self, rel: str) -> bool:
+        p = self.protected
+        return p is not None and (rel == p or rel.startswith(p + "/"))
+
+    def _wanted(self) -> list[_Item]:
+        """The entries to restore (all, or those under the given paths), repository excluded."""
+        entries = self.sel.entries
+        if self.paths:
+            chosen: dict[str, tuple[FileEntry, ObjectId]] = {}
+            for p in self.paths:
+                norm = p.strip("/")
+                hits = {k: v for k, v in entries.items() if k == norm or k.startswith(norm + "/")}
+                if not hits:
+                    raise SnapshotNotFound(f"{p} is not in snapshot")
+                chosen.update(hits)
+            entries = chosen
+        items = []
+        for path in sorted(entries):
+            entry, sid = entries[path]
+            if self._in_repo(path):
+                self.result.warnings.append(
+                    f"{path}: lies inside the repository, which a checkout never touches; skipped"
+                )
+                continue
+            items.append(_Item(entry, sid))
+        return items
+
+    def _plan(self, tree: Tree, wanted: list[_Item]) -> tuple[list[_Item], list[_Item], list[str]]:
+        """(items to write, items already in place, paths of target data no snapshot holds that
+        this checkout replaces)."""
+        plan: list[_Item] = []
+        unchanged: list[_Item] = []
+        unsaved: list[str] = []
+        places: dict[str, tuple[int, int] | None] = {}
+        for item in wanted:
+            rel = item.entry.path
+            parent, name = tree.parent_of(rel)
+            st = parent.lstat(name) if parent is not None else None
+            places[rel] = (st.st_dev, st.st_ino) if st is not None else None
+            if st is None:
+                if parent is not None and any(parent.lstat(name + s) for s in SQLITE_SIDE_SUFFIXES):
+                    item.replaces_db = True
+                plan.append(item)
+                continue
+            if stat.S_ISLNK(st.st_mode) and (self.target / rel).exists():
+                raise HostileManifest(
+                    f"refusing to restore {rel}: {self.target / rel} is a symbolic link"
+                )
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(
+                    f"cannot restore {rel}: {self.target / rel} exists and is not a file"
+                )
+            assert parent is not None
+            item.replaces_db = _is_sqlite(parent, name) or any(
+                parent.lstat(name + s) for s in SQLITE_SIDE_SUFFIXES
+            )
+            if item.replaces_db:
+                holder = inuse.sqlite_lock(parent, name)
+                if holder is not None:  # being written: do not even wait to read it
+                    self._check_db(tree, rel)
+            current = self._current_hash(parent, name)
+            if current == item.entry.hash:
+                unchanged.append(item)
+                continue
+            if current not in self._held_hashes():
+                unsaved.append(rel)
+            plan.append(item)
+        # a hard link is in place only when it is the same file as its primary, in place too
+        in_place = {i.entry.path for i in unchanged}
+        for item in list(unchanged):
+            link = item.entry.link
+            if link is not None and (
+                link not in in_place or places.get(link) != places.get(item.entry.path)
+            ):
+                unchanged.remove(item)
+                plan.append(item)
+        return sorted(plan, key=_link_order), unchanged, unsaved
+
+    def _removals(self, tree: Tree, unsaved: list[str]) -> list[str]:
+        """Target files the snapshots' scopes cover but do not hold (full checkouts only)."""
+        if self.paths:
+            return []
+        keep = set(self.sel.entries)
+        excludes = self.sel.excludes()
+        out = []
+
+        def skip(rel: str, name: str) -> bool:
+            return (
+                capture.is_ignored_name(name)
+                or self._in_repo(rel)
+                or capture.is_excluded(rel, excludes)
+            )
+
+        for rel, st in tree.walk(skip=skip):
+            if not stat.S_ISREG(st.st_mode) or rel in keep or not self.sel.covers(rel):
+                continue
+            parent, name = tree.parent_of(rel)
+            assert parent is not None
+            base = capture.side_file_base(name)
+            if base is not None and _is_sqlite(parent, base):
+                continue  # removed with its database, or kept with it
+            out.append(rel)
+            if self._current_hash(parent, name) not in self._held_hashes():
+                unsaved.append(rel)
+        return out
+
+    def _is_db_place(self, tree: Tree, rel: str) -> bool:
+        parent, name = tree.parent_of(rel)
+        return parent is not None and _is_sqlite(parent, name)
+
+    def _check_db(self, tree: Tree, rel: str) -> None:
+        parent, name = tree.parent_of(rel)
+        if parent is not None:
+            inuse.refuse_if_in_use(parent, name, str(self.target / rel), self.opts.force)
+
+    def _held_hashes(self) -> set[str]:
+        if self._held is None:
+            self._held = {f.hash for _, s in self.repo.snapshots() for f in s.files}
+        return self._held
+
+    def _current_hash(self, parent: Dir, name: str) -> str:
+        """Hash of a target file as a snapshot would record it (a database: its backup image)."""
+        fd = parent.open_file(name)
+        with os.fdopen(fd, "rb") as f:
+            try:
+                if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                    with contextlib.suppress(CasnapError):  # unreadable as a database: raw bytes
+                        with capture.sqlite_image(
+                            parent.proc(name), self.repo.tmp_dir, self.repo.notify
+                        ) as image:
+                            return _hash_path(image)
+                f.seek(0)
+                h = Hasher()
+                while block := f.read(1 << 20):
+                    h.update(block)
+            except OSError as exc:
+                raise from_oserror(exc, f"reading {parent.path / name}") from exc
+        return h.digest().hex()
+
+    def _dir_mode(self, rel: str) -> int:
+        """Mode of a folder checkout creates: as recorded, else that of the folder above it."""
+        rec = self.sel.dirs.get(rel)
+        if rec is not None:
+            return rec[0]
+        head = split(rel)[0] or "."
+        rec = self.sel.dirs.get(head)
+        if rec is not None:
+            return rec[0]
+        try:
+            return stat.S_IMODE(os.stat(self.target / head).st_mode)
+        except OSError:
+            return 0o700
+
+    # -- stage -----------------------------------------------------------------------------
+
+    def _stage(
+        self,
+        stage: _Stage,
+        plan: list[_Item],
+        wanted: list[_Item],
+        unchanged: list[_Item],
+        removals: list[str],
+    ) -> None:
+        """Write every planned file (and, for the checks, unchanged databases or, for a smoke
+        command, every unchanged file) into the stage, verified; then smoke-check it."""
+        opts = self.opts
+        staged = list(plan)
+        staged += [
+            u for u in unchanged if opts.smoke_cmd or (opts.smoke and u.entry.kind == "sqlite")
+        ]
+        staged.sort(key=_link_order)
+        bar = ByteProgress(sum(i.entry.size for i in staged), self.progress)
+        repo = self.repo
+        as_root = os.geteuid() == 0
+        before: dict[str, tuple[int, ...] | None] = {}
+        staged_paths: set[str] = set()
+        with smoke.SmokeSession(
+            databases=[i.entry.path for i in wanted if i.entry.kind == "sqlite"],
+            builtin=opts.smoke,
+            expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in staged),
+        ) as checks:
+            with (
+                ThreadPoolExecutor(max_workers=_workers()) as pool,
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
+            ):
+                synced = []
+                for item in staged:
+                    entry = item.entry
+                    dest = stage.path / entry.path
+                    _mkdirs(dest.parent)
+                    if entry.link is not None and entry.link in staged_paths:
+                        try:
+                            os.link(stage.path / entry.link, dest, follow_symlinks=False)
+                        except OSError as exc:
+                            raise from_oserror(exc, f"linking {dest}") from exc
+                        bar.add(entry.size)
+                    else:
+                        repo._write_verified(entry, dest, pool, bar.add)
+                        if as_root and entry.uid is not None and entry.gid is not None:
+                            _chown(dest, entry)
+                        synced.append(syncer.submit(_fsync_path, dest))
+                    staged_paths.add(entry.path)
+                    before[entry.path] = _fingerprint(dest)
+                    checks.staged(entry.path, dest)
+                for fut in synced:
+                    fut.result()
+            bar.finish()
+            self.result.bytes_written = sum(i.entry.size for i in plan)
+            if opts.smoke or opts.smoke_cmd:
+                report = self._smoke(stage, wanted, staged, unchanged, removals, checks, before)
+                report.raise_if_failed(f"nothing restored, {self.shown_target} untouched")
+                self.result.smoke = report.to_json()
+
+    def _smoke(
+        self,
+        stage: _Stage,
+        wanted: list[_Item],
+        staged: list[_Item],
+        unchanged: list[_Item],
+        removals: list[str],
+        checks: smoke.SmokeSession,
+        before: dict[str, tuple[int, ...] | None],
+    ) -> smoke.SmokeReport:
+        """Smoke-check the restored files in the stage; the command sees the whole result."""
+        view: dict[str, Path] = {}
+        staged_paths = {i.entry.path for i in staged}
+        selected = {i.entry.path for i in wanted}
+        removed = set(removals)
+        if self.target.is_dir():
+            for src in capture.scan(self.target):
+                if src.path in selected or src.path in removed or self._in_repo(src.path):
+                    continue
+                if self.opts.smoke_cmd:  # the data dir's other files, so the command sees them
+                    _copy_into(src, stage.path / src.path)
+                    view[src.path] = stage.path / src.path
+                else:
+                    view[src.path] = src.abspath
+        for item in unchanged:
+            view[item.entry.path] = self.target / item.entry.path
+        for item in staged:
+            view[item.entry.path] = stage.path / item.entry.path
+        env = {"CASNAP_TARGET_DIR": str(self.target), "CASNAP_SNAPSHOT": self.result.id}
+        report = checks.finish(
+            view, sorted(selected), staged_dir=stage.path, smoke_cmd=self.opts.smoke_cmd, env=env
+        )
+        changed = sorted(p for p in staged_paths if _fingerprint(stage.path / p) != before[p])
+        if changed:
+            detail = (
+                f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
+                "as verified"
+            )
+            extra = smoke.Check("staged-unchanged", changed[0], False, detail)
+            report = smoke.SmokeReport((*report.checks, extra))
+        return report
+
+    # -- swap ------------------------------------------------------------------------------
+
+    def _swap(self, tree: Tree, stage: _Stage, plan: list[_Item]) -> set[str]:
+        """Rename every staged file of the plan into place; returns the folders touched.
+
+        Databases about to be replaced are locked the way SQLite locks them first, all before
+        the first rename, so no app starts a transaction on one meanwhile (and one that holds a
+        lock stops the checkout before anything changed)."""
+        touched: set[str] = set()
+        with contextlib.ExitStack() as held:
+            for item in plan:
+                if item.replaces_db:
+                    parent, name = tree.parent_of(item.entry.path)
+                    if parent is not None:
+                        if not self.opts.force:
+                            self._check_db(tree, item.entry.path)
+                        held.enter_context(
+                            _sqlite_locked(parent, name, self.target / item.entry.path)
+                        )
+            with Tree(stage.dir) as staged:
+                for item in plan:
+                    rel = item.entry.path
+                    head, name = split(rel)
+                    parent = tree.dir(head, create=True)
+                    source = staged.dir(head)
+                    assert parent is not None and source is not None
+                    if item.replaces_db:
+                        for suffix in SQLITE_SIDE_SUFFIXES:  # a stale WAL would be replayed
+                            parent.unlink(name + suffix)
+                    source.rename(name, parent, name)
+                    touched.add(head)
+                    self.result.written.append(rel)
+        return touched
+
+    def _restore_attrs(self, tree: Tree, entry: FileEntry) -> None:
+        """Mode, mtime (and owner, as root) of a file left in place, through its descriptor."""
+        parent, name = tree.parent_of(entry.path)
+        if parent is None:
+            return
+        with contextlib.suppress(OSError, CasnapError):
+            fd = parent.open_file(name)
+            try:
+                os.chmod(fd, entry.mode & 0o777)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                if os.geteuid() == 0 and entry.uid is not None and entry.gid is not None:
+                    os.chown(fd, entry.uid, entry.gid)
+            finally:
+                os.close(fd)
+
+    def _record(self, tree: Tree, items: list[_Item]) -> None:
+        """Remember the fingerprint of every file now in place (see restored.py), once any later
+        write to one of them must change it: after the settle time of the last rename."""
+        if not items:
+            return
+        time.sleep(STAT_SETTLE_NS / 1e9)
+        now = time.time_ns()
+        files: dict[str, tuple[tuple[int, ...], str]] = {}
+        for item in items:
+            entry = item.entry
+            fp = capture.fingerprint(self.target / entry.path, entry.kind)
+            if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
+                continue
+            files[entry.path] = (fp, item.sid.hex())
+        restored_files.save(self.repo.id, restored_files.Restored(str(self.target), files))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+class _Stage:
+    """The private staging dir (0700), reached through its descriptor (`path` goes through
+    /proc, so moving the folder or swapping its parent cannot redirect a write)."""
+
+    def __init__(self, target: Path) -> None:
+        self.parent_path = _stage_parent(target)
+        self.parent = Dir.open(self.parent_path)
+        try:
+            remove_stale_stages_in(self.parent)
+            if self.parent_path != target:
+                remove_stale_stages(target)
+            self.name = f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            try:
+                os.mkdir(self.name, 0o700, dir_fd=self.parent.fd)
+            except OSError as exc:
+                raise from_oserror(exc, f"creating {self.parent_path / self.name}") from exc
+            dir_ = self.parent.sub(self.name)
+            assert dir_ is not None
+            self.dir = dir_
+        except BaseException:
+            self.parent.close()
+            raise
+        proc = Path(f"/proc/{os.getpid()}/fd/{self.dir.fd}")
+        self.path = proc if proc.is_dir() else self.parent_path / self.name
+
+    def __enter__(self) -> _Stage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dir.close()
+        try:
+            remove_tree(self.parent, self.name)
+        except (OSError, CasnapError):
+            pass  # removed by the next checkout as a stale stage
+        finally:
+            self.parent.close()
+
+
+def _stage_parent(target: Path) -> Path:
+    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
+    when that is the same filesystem and writable; else inside target."""
+    parent = target.parent
+    try:
+        same_fs = parent != target and os.stat(parent).st_dev == os.stat(target).st_dev
+    except OSError:
+        return target
+    if same_fs and os.access(parent, os.W_OK | os.X_OK):
+        return parent
+    return target
+
+
+def _make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Path]:
+    """Create the target and its missing parents; the target gets the data dir's recorded mode
+    (and owner, as root). Returns the folders created, outermost first."""
+    missing = []
+    cur = target
+    while not cur.exists() and cur.parent != cur:
+        missing.append(cur)
+        cur = cur.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            _undo_target(created)
+            raise from_oserror(exc, f"creating {d}") from exc
+        created.append(d)
+        with contextlib.suppress(OSError):
+            fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    if created and created[-1] == target and recorded is not None:
+        with contextlib.suppress(OSError):
+            os.chmod(target, recorded[0])
+            if os.geteuid() == 0:
+                os.chown(target, recorded[1], recorded[2])
+    return created
+
+
+def _undo_target(created: list[Path]) -> None:
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _is_sqlite(parent: Dir, name: str) -> bool:
+    try:
+        fd = parent.open_file(name)
+    except CasnapError:
+        return False
+    try:
+        return os.pread(fd, len(SQLITE_MAGIC), 0) == SQLITE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+_LOCK_RANGES = ((0x40000000, 512), (120, 9))  # a database's lock bytes; its -shm's locks
+
+
+@contextlib.contextmanager
+def _sqlite_locked(parent: Dir, name: str, shown: Path) -> Iterator[None]:
+    """Hold write locks on the lock bytes of the live database (and of its -shm) as SQLite
+    takes them, so no connection starts a transaction while it is replaced; DatabaseBusy when a
+    connection holds one. Closing the descriptors releases them."""
+    fds = []
+    try:
+        for fname, (start, length) in zip((name, name + "-shm"), _LOCK_RANGES, strict=True):
+            if parent.lstat(fname) is None:
+                continue
+            try:
+                fd = parent.open_file(fname, os.O_RDWR)
+            except CasnapError:
+                continue  # not writable by us: the rename still replaces it
+            fds.append(fd)
+            lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLK, lock)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    raise DatabaseBusy(
+                        f"{shown} is in use: a process holds a SQLite lock on it; stop the app "
+                        "first"
+                    ) from exc
+                raise from_oserror(exc, f"locking {shown}") from exc
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _link_order(item: _Item) -> tuple[int, str]:
+    """Hard links after the files they link to, then by path."""
+    return (item.entry.link is not None, item.entry.path)
+
+
+def _mkdirs(folder: Path) -> None:
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {folder}") from exc
+
+
+def _chown(path: Path, entry: FileEntry) -> None:
+    assert entry.uid is not None and entry.gid is not None
+    try:
+        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+    except OSError as exc:
+        raise from_oserror(exc, f"setting the owner of {path}") from exc
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"writing {path}") from exc
+
+
+def _fingerprint(path: Path) -> tuple[int, ...] | None:
+    """size, mtime, ctime and inode: any write to the file changes one of them."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _copy_into(src: capture.SourceFile, dest: Path) -> None:
+    """A copy of a data-dir file at dest; a database is copied through the backup API."""
+    _mkdirs(dest.parent)
+    try:
+        if src.kind == "sqlite":
+            try:
+                with capture.sqlite_image(src.abspath, dest.parent) as image:
+                    os.replace(image, dest)
+                return
+            except CasnapError:
+                pass  # not readable as a database: copy its bytes as they are
+        with open(capture.open_source(src.abspath), "rb") as fsrc, open(dest, "xb") as fdst:
+            shutil.copyfileobj(fsrc, fdst)
+    except OSError as exc:
+        raise from_oserror(exc, f"copying {src.abspath} into the staging dir") from exc
+
+
+def _hash_path(path: Path) -> str:
+    h = Hasher()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest().hex()
+
+
+def _workers() -> int:
+    """Worker threads for restoring: one per core, at least two."""
+    return max(2, os.cpu_count() or 2)

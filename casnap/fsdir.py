@@ -1,0 +1,277 @@
+"""Directories held open by descriptor, so no path component can be swapped between check and use.
+
+A checkout target may belong to another user than the one running casnap (root restoring an app's
+data dir). Every directory below the target is opened relative to its parent's descriptor with
+O_NOFOLLOW, files are created, renamed and removed relative to those descriptors, so a directory
+swapped for a symbolic link after it was checked can never redirect a write or a removal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from casnap.errors import CasnapError, HostileManifest, from_oserror
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directories kept open at once; others are opened again (still component by component) on use.
+_MAX_OPEN = 256
+
+
+def fsync_fd(fd: int, what: str) -> None:
+    """fsync, turning a failure into a CasnapError; EINVAL (a filesystem that cannot sync a
+    directory) is not a failure."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise from_oserror(exc, f"syncing {what}") from exc
+
+
+class Dir:
+    """One open directory; names given to its methods are single path components."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path  # for messages only: never used to reach the directory
+
+    @classmethod
+    def open(cls, path: Path) -> Dir:
+        """Open an existing directory by path; its last component must not be a symbolic link."""
+        try:
+            return cls(os.open(path, _DIR_FLAGS), path)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise HostileManifest(f"{path} is not a directory") from exc
+            raise from_oserror(exc, f"opening {path}") from exc
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Dir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def proc(self, name: str = "") -> Path:
+        """A path that reaches name inside this very directory (for libraries that take paths)."""
+        base = Path(f"/proc/self/fd/{self.fd}")
+        return base / name if name else base
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """lstat of name, None when absent."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise from_oserror(exc, f"reading {self.path / name}") from exc
+
+    def sub(self, name: str) -> Dir | None:
+        """The subdirectory name, None when absent; HostileManifest when it is anything but a
+        real directory (a symbolic link above all)."""
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise HostileManifest(
+                    f"{self.path / name} is a symbolic link or not a directory"
+                ) from exc
+            raise from_oserror(exc, f"opening {self.path / name}") from exc
+        return Dir(fd, self.path / name)
+
+    def mkdir(self, name: str, mode: int) -> None:
+        """Create a subdirectory with exactly mode (whatever the umask), durable in this dir."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=self.fd)
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {self.path / name}") from exc
+        with Dir(os.open(name, _DIR_FLAGS, dir_fd=self.fd), self.path / name) as d:
+            try:
+                os.chmod(d.fd, mode & 0o7777)
+            except OSError as exc:
+                raise from_oserror(exc, f"creating {d.path}") from exc
+        self.fsync()
+
+    def open_file(self, name: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+        """A descriptor of the file name (never through a symbolic link)."""
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except OSError as exc:
+            raise from_oserror(exc, f"opening {self.path / name}") from exc
+
+    def unlink(self, name: str, missing_ok: bool = True) -> bool:
+        """Remove the file name; True when something was removed."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+            return True
+        except FileNotFoundError:
+            if missing_ok:
+                return False
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"removing {self.path / name}") from exc
+
+    def rmdir(self, name: str) -> None:
+        os.rmdir(name, dir_fd=self.fd)
+
+    def rename(self, name: str, dest: Dir, new_name: str) -> None:
+        """Atomically move name in this dir to new_name in dest (replacing a file there)."""
+        try:
+            os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=dest.fd)
+        except OSError as exc:
+            raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
+
+    def link(self, name: str, dest: Dir, new_name: str) -> None:
+        """A hard link new_name in dest to the file name in this dir."""
+        try:
+            os.link(name, new_name, src_dir_fd=self.fd, dst_dir_fd=dest.fd, follow_symlinks=False)
+        except OSError as exc:
+            raise from_oserror(exc, f"linking {dest.path / new_name}") from exc
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.fd))
+        except OSError as exc:
+            raise from_oserror(exc, f"listing {self.path}") from exc
+
+    def fsync(self) -> None:
+        fsync_fd(self.fd, str(self.path))
+
+
+def split(rel: str) -> tuple[str, str]:
+    """("a/b", "c") for "a/b/c"; ("", "c") for "c"."""
+    head, _, name = rel.rpartition("/")
+    return head, name
+
+
+class Tree:
+    """Directories below one held root, opened on demand component by component.
+
+    Missing directories can be created (mode chosen per relative path by `dir_mode`); the ones
+    created are remembered so a failed operation can remove them again, innermost first.
+    """
+
+    def __init__(self, root: Dir, dir_mode: Callable[[str], int] | None = None) -> None:
+        self.root = root
+        self.dir_mode = dir_mode or (lambda _rel: 0o700)
+        self.created: list[str] = []
+        self._open: OrderedDict[str, Dir] = OrderedDict()
+
+    def close(self) -> None:
+        for d in self._open.values():
+            d.close()
+        self._open.clear()
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def dir(self, rel: str, create: bool = False) -> Dir | None:
+        """The directory rel ("" for the root); None when missing and not created."""
+        if not rel:
+            return self.root
+        cached = self._open.get(rel)
+        if cached is not None:
+            self._open.move_to_end(rel)
+            return cached
+        head, name = split(rel)
+        parent = self.dir(head, create)
+        if parent is None:
+            return None
+        found = parent.sub(name)
+        if found is None:
+            if not create:
+                return None
+            parent.mkdir(name, self.dir_mode(rel))
+            self.created.append(rel)
+            found = parent.sub(name)
+            if found is None:
+                raise CasnapError(f"{parent.path / name} vanished as it was created")
+        self._open[rel] = found
+        while len(self._open) > _MAX_OPEN:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return found
+
+    def parent_of(self, rel: str, create: bool = False) -> tuple[Dir | None, str]:
+        """(the directory holding rel, its last component)."""
+        head, name = split(rel)
+        return self.dir(head, create), name
+
+    def undo_created(self) -> None:
+        """Remove the directories this tree created (those still empty), innermost first."""
+        for rel in reversed(self.created):
+            parent, name = self.parent_of(rel)
+            if parent is not None:
+                self._open.pop(rel, None)
+                with contextlib.suppress(OSError):
+                    parent.rmdir(name)
+        self.created.clear()
+
+    def walk(
+        self, rel: str = "", skip: Callable[[str, str], bool] | None = None
+    ) -> Iterator[tuple[str, os.stat_result]]:
+        """(relative path, lstat) of every entry below rel, sorted, without following symbolic
+        links; a directory comes before what it holds. skip(path, name) leaves an entry out
+        (and, for a directory, all it holds)."""
+        d = self.dir(rel)
+        if d is not None:
+            yield from _walk(d, rel, skip)
+
+
+def _walk(
+    d: Dir, rel: str, skip: Callable[[str, str], bool] | None
+) -> Iterator[tuple[str, os.stat_result]]:
+    for name in d.names():
+        path = f"{rel}/{name}" if rel else name
+        if skip is not None and skip(path, name):
+            continue
+        st = d.lstat(name)
+        if st is None:
+            continue
+        yield path, st
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = d.sub(name)
+            except HostileManifest:
+                continue  # swapped for a link meanwhile: not ours to follow
+            if sub is not None:
+                with sub:
+                    yield from _walk(sub, path, skip)
+
+
+def remove_tree(parent: Dir, name: str) -> None:
+    """Remove the folder name in parent and all it holds, never following a symbolic link;
+    folders made read-only inside it (by a smoke command) are made writable first."""
+    try:
+        d = parent.sub(name)
+    except HostileManifest:
+        parent.unlink(name)
+        return
+    if d is None:
+        return
+    with d:
+        with contextlib.suppress(OSError):
+            os.chmod(d.fd, 0o700)
+        for child in d.names():
+            st = d.lstat(child)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                remove_tree(d, child)
+            else:
+                d.unlink(child)
+    parent.rmdir(name)

@@ -1,0 +1,88 @@
+"""What a checkout restored, so the next commit of that data dir need not read it all again.
+
+A checkout renames new files into place: their inode and ctime differ from any fingerprint a
+snapshot recorded, so the stat cache would distrust every file. After the swap, checkout records
+the fingerprint of each file it restored (or found unchanged) with the snapshot holding it, in
+the user's cache dir (`$CASNAP_CACHE_DIR`, else `$XDG_CACHE_HOME/casnap`, else `~/.cache/casnap`),
+under `<repository id>/restored/<key>.json`. A commit of that dir reuses such a file's
+entry from that snapshot while the fingerprint still matches and the snapshot still exists (so
+gc has kept its chunks). Only the manifest's own entry is trusted, never anything in this file
+but the fingerprint; losing the file costs one full read, nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from casnap.ids import hash_bytes
+from casnap.tempfiles import temp_name
+
+
+def cache_dir() -> Path:
+    """casnap's folder in the user's cache dir (safe to delete at any time)."""
+    explicit = os.environ.get("CASNAP_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "casnap"
+
+
+def _path(repo_id: str, source: str) -> Path:
+    name = f"{hash_bytes(source.encode()).hex()[:32]}.json"
+    return cache_dir() / repo_id / "restored" / name
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Per relative path: (fingerprint, id of the snapshot whose entry the file holds)."""
+
+    source: str
+    files: dict[str, tuple[tuple[int, ...], str]]
+
+
+def save(repo_id: str, record: Restored) -> None:
+    """Write the record atomically (temp, fsync, rename); a failure only costs a later read."""
+    path = _path(repo_id, record.source)
+    body = json.dumps(
+        {
+            "source": record.source,
+            "files": {p: [list(fp), sid] for p, (fp, sid) in sorted(record.files.items())},
+        },
+        sort_keys=True,
+    ).encode()
+    with contextlib.suppress(OSError):
+        path.parent.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in (path.parent.parent, path.parent):
+            folder.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.parent / temp_name(".json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+
+def load(repo_id: str, source: str) -> Restored | None:
+    """The record for source, or None when there is none or it cannot be parsed."""
+    try:
+        d = json.loads(_path(repo_id, source).read_bytes())
+        if d["source"] != source:
+            return None
+        files = {
+            str(p): (tuple(int(x) for x in fp), str(sid)) for p, (fp, sid) in d["files"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Restored(source, files)
+
+
+def drop(repo_id: str, source: str) -> None:
+    """Forget the record (a commit of the dir made it redundant)."""
+    with contextlib.suppress(OSError):
+        _path(repo_id, source).unlink()
