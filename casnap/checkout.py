@@ -197,7 +197,7 @@ class _Checkout:
         except BaseException:
             _undo_target(created_root)
             raise
-        with root, Tree(root, self._dir_mode) as tree:
+        with root, Tree(root, self._dir_attrs) as tree:
             try:
                 self._run(tree, wanted)
             except BaseException:
@@ -407,19 +407,20 @@ class _Checkout:
                 raise from_oserror(exc, f"reading {parent.path / name}") from exc
         return h.digest().hex()
 
-    def _dir_mode(self, rel: str) -> int:
-        """Mode of a folder checkout creates: as recorded, else that of the folder above it."""
+    def _dir_attrs(self, rel: str) -> tuple[int, tuple[int, int] | None]:
+        """Mode and owner (as root) of a folder checkout creates: as recorded, else the mode of
+        the folder above it (never more open than that) and no owner change."""
         rec = self.sel.dirs.get(rel)
         if rec is not None:
-            return rec[0]
+            return rec[0], (rec[1], rec[2]) if os.geteuid() == 0 else None
         head = split(rel)[0] or "."
-        rec = self.sel.dirs.get(head)
-        if rec is not None:
-            return rec[0]
+        above = self.sel.dirs.get(head)
+        if above is not None:
+            return above[0], None
         try:
-            return stat.S_IMODE(os.stat(self.target / head).st_mode)
+            return stat.S_IMODE(os.stat(self.target / head).st_mode), None
         except OSError:
-            return 0o700
+            return 0o700, None
 
     # -- stage -----------------------------------------------------------------------------
 
@@ -464,6 +465,7 @@ class _Checkout:
                         except OSError as exc:
                             raise from_oserror(exc, f"linking {dest}") from exc
                         bar.add(entry.size)
+                        before[entry.link] = _fingerprint(dest)  # a link changes the ctime
                     else:
                         repo._write_verified(entry, dest, pool, bar.add)
                         if as_root and entry.uid is not None and entry.gid is not None:

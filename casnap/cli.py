@@ -15,7 +15,15 @@ import click
 
 from casnap import gc as collector
 from casnap import repair, retention, stats, verify
-from casnap.errors import CasnapError, CheckFailed, SmokeCheckFailed, from_oserror
+from casnap.checkout import newest_per_group
+from casnap.errors import (
+    AccessDenied,
+    CasnapError,
+    CheckFailed,
+    EmptySnapshot,
+    SmokeCheckFailed,
+    from_oserror,
+)
 from casnap.ids import ObjectId
 from casnap.progress import ProgressFn
 from casnap.repository import Repository, parse_time
@@ -84,12 +92,22 @@ class Context:
         self.quiet = quiet
 
     def open(self) -> Repository:
-        return Repository.open(self.repo_path)
+        return self.listen(Repository.open(self.repo_path))
+
+    def listen(self, repo: Repository) -> Repository:
+        """Let the repository say what it waits for (a lock, a locked database) on a terminal."""
+        repo.notify = self.notice
+        return repo
 
     def say(self, text: str) -> None:
         """A human message on stderr, unless -q."""
         if not self.quiet:
             click.echo(text, err=True)
+
+    def notice(self, text: str) -> None:
+        """A passing remark on stderr (a wait under way), on a terminal and unless -q."""
+        if not self.quiet and sys.stderr.isatty():
+            click.echo(f"casnap: {text}", err=True)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -206,6 +224,17 @@ def init(c: Context) -> None:
     help="Refuse to commit (exit 9) when a FAISS index has no .meta.json sidecar or its "
     "sidecar's ntotal disagrees with the index.",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Store a snapshot with no files even where the last snapshot of the same paths had some.",
+)
+@click.option(
+    "--skip-unreadable",
+    is_flag=True,
+    help="Leave out files and folders that cannot be read for lack of permission (listed in the "
+    "summary and recorded in the snapshot) instead of failing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def commit(
@@ -215,6 +244,8 @@ def commit(
     tags: tuple[str, ...],
     excludes: tuple[str, ...],
     strict: bool,
+    allow_empty: bool,
+    skip_unreadable: bool,
     as_json: bool,
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
@@ -229,17 +260,26 @@ def commit(
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
-    repo = Repository.open_or_init(c.repo_path, c.data)
+    repo = c.listen(Repository.open_or_init(c.repo_path, c.data))
     with progress_bar(c, "commit") as progress:
-        r = repo.commit(
-            c.data,
-            paths,
-            excludes=excludes,
-            message=message,
-            tags=tags,
-            strict=strict,
-            progress=progress,
-        )
+        try:
+            r = repo.commit(
+                c.data,
+                paths,
+                excludes=excludes,
+                message=message,
+                tags=tags,
+                strict=strict,
+                progress=progress,
+                allow_empty=allow_empty,
+                skip_unreadable=skip_unreadable,
+            )
+        except AccessDenied as exc:
+            raise AccessDenied(f"{exc} (--skip-unreadable leaves such files out)") from exc
+        except EmptySnapshot as exc:
+            raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
+    for note in r.notes:
+        c.say(f"casnap: note: {note}")
     for w in r.warnings:
         click.echo(f"casnap: warning: {w}", err=True)
     if as_json:
@@ -282,6 +322,13 @@ def commit(
     help="Also run CMD through the shell with the restored files in $CASNAP_STAGED_DIR; a "
     "non-zero exit aborts the checkout.",
 )
+@click.option(
+    "--all-paths",
+    is_flag=True,
+    help="Restore the newest snapshot of each group of snapshots committed with the same paths "
+    "(e.g. `commit app.db` and `commit faiss` on their own schedules) at once; the plan is "
+    "printed first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def checkout(
@@ -293,23 +340,31 @@ def checkout(
     force: bool,
     no_smoke: bool,
     smoke_cmd: str | None,
+    all_paths: bool,
     as_json: bool,
 ) -> None:
     """Restore SNAPSHOT (id, unique prefix, `latest` or a tag) into the data dir.
 
-    Files are restored into a staging dir inside the target, every chunk and file hash verified,
-    then smoke-checked there: each SQLite database passes PRAGMA integrity_check (quick_check
-    above 256 MiB) and has its tables listed; each FAISS index is read, its ntotal compared with
-    its .meta.json sidecar, and searched once; then --smoke-cmd, if given, runs. Only when all
-    pass is each file swapped in with an atomic rename; otherwise the target is left untouched
-    and the failed check and file are named (exit 9). Files absent from the snapshot are removed
-    (full checkout only). Data that no snapshot holds is first saved as a snapshot tagged
-    `pre-checkout`. With PATHS, only those files are restored (and checked).
+    Files are restored into a private staging dir beside the target (0700), every chunk and
+    file hash verified, then smoke-checked there: each SQLite database passes PRAGMA
+    integrity_check (quick_check above 256 MiB) and has its tables listed; each FAISS index is
+    read, its ntotal compared with its .meta.json sidecar, and searched once; then --smoke-cmd,
+    if given, runs. Only when all pass is each file swapped in with an atomic rename; otherwise
+    the target is left untouched and the failed check and file are named (exit 9). Files absent
+    from the snapshot are removed (full checkout only). Data that no snapshot holds is first
+    saved as a snapshot tagged `pre-checkout`. With PATHS, only those files are restored (and
+    checked). A database in use is refused (exit 6): --force overrides open descriptors, never
+    a SQLite lock. A repository inside the target is never touched; a target inside the
+    repository is refused.
 
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
     repo = c.open()
     dest = target if target is not None else c.data
+    if all_paths and not as_json:
+        for sid, snap in newest_per_group(repo, repo.load_snapshot(repo.resolve(snapshot)).source):
+            what = " ".join(snap.paths) or "(all)"
+            c.say(f"plan: {what} from snapshot {sid.short} ({local_time(snap.time)})")
     with progress_bar(c, "restore") as progress:
         r = repo.checkout(
             snapshot,
@@ -320,7 +375,10 @@ def checkout(
             smoke=not no_smoke,
             smoke_cmd=smoke_cmd,
             progress=progress,
+            all_paths=all_paths,
         )
+    for w in r.warnings:
+        click.echo(f"casnap: warning: {w}", err=True)
     if as_json:
         emit_json(r.to_json())
         return

@@ -172,7 +172,8 @@ def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) 
     side = _Side(repo, scratch)
     same_source = str(data_dir.resolve()) == like.source
     recorded = {e.path: e for e in like.files} if same_source else {}
-    for src in capture.scan(data_dir, like.paths, like.excludes):
+    prune = capture.ScanOptions(prune=repo.nested_repository(data_dir.resolve()))
+    for src in capture.scan(data_dir, like.paths, like.excludes, options=prune):
         old = recorded.get(src.path)
         if (
             old is not None
@@ -186,7 +187,7 @@ def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) 
             continue
         if src.kind == "sqlite":
             keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
-            with capture.sqlite_image(src.abspath, scratch) as image:
+            with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
                 image.replace(keep)
             local = keep
         else:

@@ -67,6 +67,10 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class EmptySnapshot(SourceError):
+    """A commit would store no file where the last snapshot of the same paths held some."""
+
+
 class NotADatabase(SourceError):
     """A file carries SQLite's header but SQLite cannot read it; it is stored as plain bytes."""
 

@@ -92,14 +92,17 @@ class Dir:
             raise from_oserror(exc, f"opening {self.path / name}") from exc
         return Dir(fd, self.path / name)
 
-    def mkdir(self, name: str, mode: int) -> None:
-        """Create a subdirectory with exactly mode (whatever the umask), durable in this dir."""
+    def mkdir(self, name: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+        """Create a subdirectory with exactly mode (whatever the umask) and, when given, owner;
+        durable in this dir."""
         try:
             os.mkdir(name, 0o700, dir_fd=self.fd)
         except OSError as exc:
             raise from_oserror(exc, f"creating {self.path / name}") from exc
         with Dir(os.open(name, _DIR_FLAGS, dir_fd=self.fd), self.path / name) as d:
             try:
+                if owner is not None:
+                    os.chown(d.fd, *owner)
                 os.chmod(d.fd, mode & 0o7777)
             except OSError as exc:
                 raise from_oserror(exc, f"creating {d.path}") from exc
@@ -160,13 +163,17 @@ def split(rel: str) -> tuple[str, str]:
 class Tree:
     """Directories below one held root, opened on demand component by component.
 
-    Missing directories can be created (mode chosen per relative path by `dir_mode`); the ones
-    created are remembered so a failed operation can remove them again, innermost first.
+    Missing directories can be created (mode and owner chosen per relative path by `dir_attrs`);
+    the ones created are remembered so a failed operation can remove them again, innermost first.
     """
 
-    def __init__(self, root: Dir, dir_mode: Callable[[str], int] | None = None) -> None:
+    def __init__(
+        self,
+        root: Dir,
+        dir_attrs: Callable[[str], tuple[int, tuple[int, int] | None]] | None = None,
+    ) -> None:
         self.root = root
-        self.dir_mode = dir_mode or (lambda _rel: 0o700)
+        self.dir_attrs = dir_attrs or (lambda _rel: (0o700, None))
         self.created: list[str] = []
         self._open: OrderedDict[str, Dir] = OrderedDict()
 
@@ -197,7 +204,7 @@ class Tree:
         if found is None:
             if not create:
                 return None
-            parent.mkdir(name, self.dir_mode(rel))
+            parent.mkdir(name, *self.dir_attrs(rel))
             self.created.append(rel)
             found = parent.sub(name)
             if found is None:

@@ -15,7 +15,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from casnap.backends.base import Backend
@@ -100,10 +100,15 @@ def lock_wait() -> float:
 
 @contextlib.contextmanager
 def locked(
-    backend: Backend, operation: str, exclusive: bool, wait: float | None = None
+    backend: Backend,
+    operation: str,
+    exclusive: bool,
+    wait: float | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
-    a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS)."""
+    a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
+    notify hears once what it waits for."""
     if wait is None:
         wait = lock_wait()
     key = f"locks/{uuid.uuid4().hex}"
@@ -134,6 +139,9 @@ def locked(
         backend.delete(key)
         if time.monotonic() >= deadline:
             raise LockError(f"repository {backend.location} is locked: {conflict.describe()}")
+        if notify is not None:
+            notify(f"waiting up to {wait:.0f} s for the repository: {conflict.describe()}")
+            notify = None
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 1.0)
     try:

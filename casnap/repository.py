@@ -48,6 +48,7 @@ from casnap.errors import (
     AccessDenied,
     AmbiguousSnapshot,
     CasnapError,
+    EmptySnapshot,
     InconsistentData,
     IntegrityError,
     NotADatabase,
@@ -292,7 +293,7 @@ class Repository:
 
     def lock(self, operation: str, exclusive: bool = False) -> contextlib.AbstractContextManager:
         """Take the repository lock (shared unless exclusive) for a block."""
-        return locks.locked(self.backend, operation, exclusive)
+        return locks.locked(self.backend, operation, exclusive, notify=self.notify)
 
     def _ensure_index(self) -> None:
         if not self._index_loaded:
@@ -450,7 +451,7 @@ class Repository:
         start_ns = time.time_ns()
         capture.require_data_dir(data_dir)
         data_dir = data_dir.resolve()  # a data dir reached through a symbolic link is stored
-        prune = self._inside_data_dir(data_dir)
+        prune = self.nested_repository(data_dir)
         self._clean_scratch()
         rel_paths = capture.normalize_paths(data_dir, paths)
         skipped: list[str] = []
@@ -478,7 +479,7 @@ class Repository:
         parent_id, parent = self._parent(source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         if not sources and parent_files and not opts.allow_empty:
-            raise SourceError(
+            raise EmptySnapshot(
                 f"nothing to store in {data_dir}, while the last snapshot of these paths "
                 f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
                 "refusing an empty snapshot"
@@ -581,7 +582,7 @@ class Repository:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _inside_data_dir(self, data_dir: Path) -> list[Path]:
+    def nested_repository(self, data_dir: Path) -> list[Path]:
         """The repository, when it lies inside data_dir (never stored); SourceError when the
         data dir lies inside the repository."""
         if self.root is None:

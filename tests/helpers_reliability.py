@@ -136,7 +136,11 @@ def check_healthy(
 
 def casnap_env(**extra: str) -> dict[str, str]:
     """Environment for a `python -m casnap` subprocess running this checkout of casnap."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASNAP_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CASNAP_") or k == "CASNAP_CACHE_DIR"  # the test's private cache
+    }
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env

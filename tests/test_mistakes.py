@@ -1,0 +1,281 @@
+"""The mistakes users really make with their data dir and repository: nothing may be lost.
+
+A repository inside the data dir, a checkout into the repository, a data dir reached through a
+symbolic link, an empty commit after such a mistake, and a checkout racing the owner of the target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from casnap.backends.faulty import FaultyBackend, call_after
+from casnap.backends.local import LocalBackend
+from casnap.errors import EXIT_CODES
+from casnap.repository import Repository
+from tests.conftest import evolve_app
+from tests.helpers_reliability import (
+    Ledger,
+    casnap_env,
+    run_casnap,
+    small_app,
+    verify_repository,
+)
+from tests.test_hostile import one_line
+from tests.util import raw_tree
+
+
+def repo_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run from cwd, with no --repo/--data given unless args hold them."""
+    return subprocess.run(
+        [os.environ.get("PYTHON", os.sys.executable), "-m", "casnap", *args],
+        cwd=cwd,
+        env=casnap_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("layout", ["data-dot", "repo-in-data"])
+def test_a_repository_inside_the_data_dir_is_never_stored_or_touched(
+    tmp_path: Path, layout: str
+) -> None:
+    # data-dot: `casnap --data . commit` in a dir holding ./backups; repo-in-data: --repo data/.b
+    if layout == "data-dot":
+        home = small_app(tmp_path / "app")
+        args = ["--data", "."]
+        repo_dir = home / "backups"
+    else:
+        home = tmp_path
+        small_app(home / "data")
+        args = ["--repo", "data/.backups"]
+        repo_dir = home / "data" / ".backups"
+    data = home if layout == "data-dot" else home / "data"
+    first = run(home, *args, "commit")
+    assert first.returncode == 0, first.stderr
+    assert "inside the data dir" in first.stderr
+    size = repo_size(repo_dir)
+    second = run(home, *args, "commit", "--json")
+    assert second.returncode == 0, second.stderr
+    logical = sum(
+        p.stat().st_size for p in data.rglob("*") if p.is_file() and repo_dir not in p.parents
+    )
+    import json
+
+    assert json.loads(second.stdout)["bytes_added"] < 0.01 * logical
+    assert repo_size(repo_dir) - size < 0.01 * logical
+    repo = Repository.open(repo_dir)
+    for _sid, snap in repo.snapshots():
+        assert not [f.path for f in snap.files if "backups" in f.path], "repository stored"
+    evolve_app(data, 1)
+    before_repo = {p.relative_to(repo_dir) for p in repo_dir.rglob("*")}
+    out = run(home, *args, "checkout", first.stdout.strip())
+    assert out.returncode == 0, out.stderr
+    after_repo = {p.relative_to(repo_dir) for p in repo_dir.rglob("*")}
+    assert before_repo <= after_repo  # nothing of the repository removed
+    repo = Repository.open(repo_dir)
+    verify_repository(repo)
+    for sid, _snap in repo.snapshots():
+        restored = tmp_path / f"check-{sid.short}"
+        repo.checkout(sid.hex(), restored, safety_snapshot=False)
+        assert not (restored / "backups").exists() and not (restored / ".backups").exists()
+
+
+@pytest.mark.parametrize("where", [".", "packs", "snapshots", "deeper/new"])
+def test_checkout_into_the_repository_is_refused(tmp_path: Path, where: str) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "backups"
+    sid = Repository.init(repo_dir).commit(data).id
+    before = raw_tree(repo_dir)
+    target = repo_dir if where == "." else repo_dir / where
+    proc = run_casnap(
+        ["--repo", str(repo_dir), "--data", str(data), "checkout", sid, "--to", str(target)]
+    )
+    one_line(proc, EXIT_CODES["usage"], "repository")
+    assert raw_tree(repo_dir) == before
+    verify_repository(Repository.open(repo_dir))
+
+
+def test_a_checkout_into_a_folder_holding_the_repository_leaves_it_alone(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "backups"
+    sid = Repository.init(repo_dir).commit(data).id
+    before = raw_tree(repo_dir)
+    proc = run_casnap(["--repo", str(repo_dir), "checkout", sid, "--to", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    assert raw_tree(repo_dir) == before  # not "removed" as absent from the snapshot
+    assert (tmp_path / "app.db").is_file()
+    verify_repository(Repository.open(repo_dir))
+
+
+def test_a_symlinked_data_dir_is_stored(tmp_path: Path) -> None:
+    real = small_app(tmp_path / "realdata")
+    (tmp_path / "data").symlink_to(real)
+    proc = run(tmp_path, "commit", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    assert json.loads(proc.stdout)["files_new"] == 7
+    assert "symbolic link" not in proc.stderr
+
+
+def test_an_empty_commit_after_the_files_vanished_is_refused(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    base = ["--repo", str(repo_dir), "--data", str(data)]
+    assert run_casnap([*base, "commit"]).returncode == 0
+    for p in sorted(data.rglob("*"), reverse=True):
+        if p.is_file():
+            p.unlink()
+    snaps = sorted((repo_dir / "snapshots").iterdir())
+    one_line(run_casnap([*base, "commit"]), EXIT_CODES["source"], "allow-empty")
+    assert sorted((repo_dir / "snapshots").iterdir()) == snaps
+    assert run_casnap([*base, "commit", "--allow-empty"]).returncode == 0
+    assert len(list((repo_dir / "snapshots").iterdir())) == 2
+
+
+def test_the_target_swapped_for_a_link_while_staging_redirects_nothing(tmp_path: Path) -> None:
+    """The owner of the target swaps a folder for a symbolic link to a folder of root's once the
+    checkout has planned: no write, rename or removal may land outside the target."""
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    target = tmp_path / "target"
+    shutil.copytree(data, target)
+    evolve_app(target, 3)  # faiss/ivf.index and shard_000.index now differ: they are replaced
+    (target / "faiss" / "extra.txt").write_text("not in the snapshot: removed")
+    victims = tmp_path / "root-owned"
+    victims.mkdir()
+    for name in ("ivf.index", "shard_000.index", "extra.txt", "ivf.meta.json"):
+        (victims / name).write_text(f"{name} must stay")
+    before = raw_tree(victims)
+
+    def swap(_key: str) -> None:  # runs while the files are staged
+        (target / "faiss").rename(target / "faiss.moved")
+        (target / "faiss").symlink_to(victims)
+
+    backend = FaultyBackend(LocalBackend(tmp_path / "repo"), [call_after("get", 1, swap, "packs/")])
+    attacked = Repository.open_backend(backend, tmp_path / "repo" / "tmp", root=tmp_path / "repo")
+    try:
+        attacked.checkout(sid, target, safety_snapshot=False)
+    except Exception:  # noqa: BLE001 - refusing is fine; writing outside is not
+        pass
+    assert raw_tree(victims) == before
+    assert sorted(p.name for p in victims.iterdir()) == sorted(before)
+    assert (target / "faiss").is_symlink()
+
+
+def test_the_staging_dir_is_private(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    sid = Repository.init(repo_dir).commit(data).id
+    seen = tmp_path / "mode.txt"
+    cmd = f'stat -L -c %a "$CASNAP_STAGED_DIR" > {seen}'
+    proc = run_casnap(
+        [
+            "--repo",
+            str(repo_dir),
+            "checkout",
+            sid,
+            "--to",
+            str(tmp_path / "out"),
+            "--smoke-cmd",
+            cmd,
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert seen.read_text().strip() == "700"
+
+
+def test_checkout_never_widens_a_folder_mode(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    data.chmod(0o700)
+    (data / "faiss").chmod(0o750)
+    sid = Repository.init(tmp_path / "repo").commit(data).id
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        Repository.open(tmp_path / "repo").checkout(sid, out, safety_snapshot=False)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert (out / "faiss").stat().st_mode & 0o777 == 0o750
+
+
+def test_the_commit_after_a_checkout_reads_nothing(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    ledger = Ledger()
+    first = ledger.commit(repo, data)
+    evolve_app(data, 1)
+    ledger.commit(repo, data)
+    repo.checkout(first, data)  # a safety snapshot is not needed: all data is held
+    again = repo.commit(data)
+    assert again.bytes_read == 0 and again.files_new == 0
+    assert {f.hash for f in again_files(repo, again.id)} == {
+        f.hash for f in again_files(repo, first)
+    }
+
+
+def again_files(repo: Repository, sid: str) -> list:
+    return list(repo.load_snapshot(repo.resolve(sid)).files)
+
+
+def test_hard_links_are_restored_as_links(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    os.link(data / "faiss" / "ivf.index", data / "ivf-link.index")
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    snap = repo.load_snapshot(repo.resolve(sid))
+    linked = {f.path: f.link for f in snap.files if f.link}
+    assert linked == {"ivf-link.index": "faiss/ivf.index"}
+    out = tmp_path / "out"
+    repo.checkout(sid, out, safety_snapshot=False)
+    assert (out / "ivf-link.index").stat().st_ino == (out / "faiss" / "ivf.index").stat().st_ino
+    assert (out / "ivf-link.index").read_bytes() == (data / "ivf-link.index").read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to other owners")
+def test_owners_are_stored_and_restored_as_root(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    os.chown(data / "app.db", 1234, 5678)
+    os.chown(data / "faiss", 4321, 8765)
+    repo = Repository.init(tmp_path / "repo")
+    sid = repo.commit(data).id
+    out = tmp_path / "out"
+    repo.checkout(sid, out, safety_snapshot=False)
+    st = (out / "app.db").stat()
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    st = (out / "faiss").stat()
+    assert (st.st_uid, st.st_gid) == (4321, 8765)
+    assert (out / "faiss" / "ivf.index").stat().st_uid == 0
+
+
+def test_a_directory_fsync_error_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from casnap.errors import CasnapError
+
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    real = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(CasnapError, match="Input/output error"):
+        repo.commit(data)
