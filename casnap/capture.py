@@ -27,6 +27,7 @@ from casnap.constants import (
     TEMP_PREFIX,
 )
 from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, from_oserror
+from casnap.private import create_file, make_dirs
 from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -243,9 +244,9 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
         before = [fingerprint(p, "file") for p in sides]
         copy = tmp_dir / temp_name(".db")
         try:
-            shutil.copyfile(path, copy)
+            _private_copyfile(path, copy)
             if before[1] is not None:
-                shutil.copyfile(sides[1], Path(str(copy) + "-wal"))
+                _private_copyfile(sides[1], Path(str(copy) + "-wal"))
         except FileNotFoundError:
             _remove_with_sides(copy)
             continue
@@ -256,6 +257,12 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
             return copy
         _remove_with_sides(copy)
     return None
+
+
+def _private_copyfile(src: Path, dest: Path) -> None:
+    """Copy src to a fresh dest that only its owner can read (scratch space is private)."""
+    create_file(dest)
+    shutil.copyfile(src, dest)  # truncates and writes the file, keeping its 0600 mode
 
 
 def _remove_with_sides(db: Path) -> None:
@@ -273,11 +280,18 @@ def sqlite_image(path: Path, tmp_dir: Path) -> Iterator[Path]:
     A WAL database that nobody has open is first copied aside, so reading it creates no -wal or
     -shm in the data dir.
     """
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     dest = tmp_dir / temp_name(".db")
-    private = _private_copy(path, tmp_dir) if _idle_wal_database(path) else None
-    source = private or path
     try:
+        make_dirs(tmp_dir)
+        # SQLite would create the image 0644 (less the umask); it opens an existing empty file
+        # as a new database and gives its -journal, -wal and -shm the database file's mode
+        create_file(dest)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating a database image in {tmp_dir}") from exc
+    private: Path | None = None
+    try:
+        private = _private_copy(path, tmp_dir) if _idle_wal_database(path) else None
+        source = private or path
         try:
             with (
                 contextlib.closing(

@@ -8,6 +8,7 @@ updated, schema), FAISS indexes by type and vector count. Nothing is written to 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import tempfile
 import urllib.parse
@@ -21,6 +22,7 @@ from casnap.constants import FAISS_HEADER_BYTES
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
+from casnap.private import FILE_MODE
 from casnap.repository import Repository
 from casnap.smoke import FaissHeader, TableInfo, faiss_header, list_tables, quote_ident
 
@@ -139,6 +141,7 @@ class _Side:
         assert f.entry is not None
         dest = Path(tempfile.mkdtemp(dir=self.scratch)) / "db"
         self.repo.restore_entry(f.entry, dest)
+        os.chmod(dest, FILE_MODE)  # scratch space is private, whatever mode the snapshot records
         f.local = dest
         return dest
 
@@ -227,7 +230,7 @@ def diff(
 @contextlib.contextmanager
 def _scratch(repo: Repository) -> Iterator[Path]:
     """A temporary dir for database copies: in the repository's tmp dir when it already exists
-    (same disk as the data), else the system's; removed afterwards."""
+    (same disk as the data), else the system's; 0700 (tempfile makes it so), removed afterwards."""
     parent = repo.tmp_dir if repo.tmp_dir.is_dir() else None
     try:
         with tempfile.TemporaryDirectory(prefix=".casnap-tmp-diff-", dir=parent) as d:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from casnap import capture, chunklist, compression, locks, pipeline, smoke, tempfiles
+from casnap import capture, chunklist, compression, locks, pipeline, private, smoke, tempfiles
 from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend, fsync_dir
@@ -212,10 +212,16 @@ class Repository:
                 f"{root} is not empty and not a casnap repository; not touching it"
             )
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=private.DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise from_oserror(exc, f"creating {root}") from None
-        return cls.init_backend(_local_backend(root), config, root / "tmp")
+        # _local_backend makes an existing empty root private too
+        repo = cls.init_backend(_local_backend(root), config, root / "tmp")
+        try:
+            private.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
+        return repo
 
     @classmethod
     def init_backend(
@@ -1043,9 +1049,12 @@ class Repository:
 def _local_backend(root: Path) -> Backend:
     """The backend of a repository directory (with the test-only faults of CASNAP_TEST_FAULTS).
 
-    Lock files half-written by a process that was killed are removed here: no gc may touch
-    locks/ while other processes take locks, and the next casnap to open the repository can.
+    A root that group or others may enter (a repository made before casnap created everything
+    private) is closed here, when we own it. Lock files half-written by a process that was killed
+    are removed here: no gc may touch locks/ while other processes take locks, and the next
+    casnap to open the repository can.
     """
+    private.tighten_root(root)
     tempfiles.remove_stale(root / "locks", recursive=False)
     return faulty.install_from_env(LocalBackend(root))
 
