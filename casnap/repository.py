@@ -428,9 +428,10 @@ class Repository:
     ) -> CommitResult:
         """Snapshot data_dir (or paths inside it); returns what was stored.
 
-        FAISS indexes without a `.meta.json` sidecar, or whose sidecar's ntotal disagrees with the
-        index header, are listed in the result's warnings; with strict they are an error
-        (InconsistentData) and nothing is committed. progress gets (bytes done, bytes total).
+        FAISS indexes shorter than their header promises, without a `.meta.json` sidecar, or
+        whose sidecar's ntotal disagrees with the index header, are listed in the result's
+        warnings; with strict they are an error (InconsistentData) and nothing is committed.
+        progress gets (bytes done, bytes total).
         """
         with self.lock("commit"):
             self.refresh(only_if_changed=True)
@@ -463,7 +464,7 @@ class Repository:
         rel_paths = capture.normalize_paths(data_dir, paths)
         skipped: list[str] = []
         sources = capture.scan(data_dir, rel_paths, excludes, skipped)
-        # FAISS indexes against their .meta.json sidecars, before anything is read or stored
+        # FAISS indexes whole and against their sidecars, before anything is read or stored
         pairs = (
             smoke.consistency_warnings(data_dir, [s.path for s in sources]) if check_pairs else []
         )
