@@ -79,7 +79,8 @@ def test_commit_through_the_api_creates_a_private_repository(tmp_path: Path) -> 
     assert open_to_others(tmp_path / "new" / "backups") == []
 
 
-def _walk_modes(folder: Path) -> dict[str, int]:
+def modes_in(folder: Path) -> dict[str, int]:
+    """Name -> permission bits of everything in folder (not below it)."""
     return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
 
 
@@ -102,11 +103,11 @@ def test_database_images_in_tmp_are_private(tmp_path: Path, idle_wal: bool) -> N
     scratch = tmp_path / "repo" / "tmp"
     seen: dict[str, int] = {}
     with umask(0o022), capture.sqlite_image(db, scratch) as image:
-        seen = _walk_modes(scratch)
+        seen = modes_in(scratch)
         with contextlib.closing(sqlite3.connect(image)) as conn:  # a journal beside the image
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO t VALUES (1)")
-            seen.update(_walk_modes(scratch))
+            seen.update(modes_in(scratch))
             conn.rollback()
     assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
     assert len(seen) >= 2 and any(n.endswith(("-journal", "-wal")) for n in seen)
