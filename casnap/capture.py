@@ -36,6 +36,7 @@ from casnap.errors import (
     StorageFull,
     from_oserror,
 )
+from casnap.private import create_file, make_dirs
 from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -355,9 +356,9 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
         before = [fingerprint(p, "file") for p in sides]
         copy = tmp_dir / temp_name(".db")
         try:
-            shutil.copyfile(path, copy)
+            _private_copyfile(path, copy)
             if before[1] is not None:
-                shutil.copyfile(sides[1], Path(str(copy) + "-wal"))
+                _private_copyfile(sides[1], Path(str(copy) + "-wal"))
         except FileNotFoundError:
             _remove_with_sides(copy)
             continue
@@ -368,6 +369,12 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
             return copy
         _remove_with_sides(copy)
     return None
+
+
+def _private_copyfile(src: Path, dest: Path) -> None:
+    """Copy src to a fresh dest that only its owner can read (scratch space is private)."""
+    create_file(dest)
+    shutil.copyfile(src, dest)  # truncates and writes the file, keeping its 0600 mode
 
 
 def _remove_with_sides(db: Path) -> None:
@@ -388,11 +395,18 @@ def sqlite_image(
     -shm in the data dir. A database locked by a writer is waited for at most the busy timeout
     (on_wait hears about the wait once), then DatabaseBusy.
     """
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     dest = tmp_dir / temp_name(".db")
-    private = _private_copy(path, tmp_dir) if _idle_wal_database(path) else None
-    source = private or path
     try:
+        make_dirs(tmp_dir)
+        # SQLite would create the image 0644 (less the umask); it opens an existing empty file
+        # as a new database and gives its -journal, -wal and -shm the database file's mode
+        create_file(dest)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating a database image in {tmp_dir}") from exc
+    private: Path | None = None
+    try:
+        private = _private_copy(path, tmp_dir) if _idle_wal_database(path) else None
+        source = private or path
         try:
             wait = _BusyWait(path, on_wait)
             with (

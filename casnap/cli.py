@@ -221,8 +221,8 @@ def init(c: Context) -> None:
 @click.option(
     "--strict",
     is_flag=True,
-    help="Refuse to commit (exit 9) when a FAISS index has no .meta.json sidecar or its "
-    "sidecar's ntotal disagrees with the index.",
+    help="Refuse to commit (exit 9) when a FAISS index is shorter than its header promises, "
+    "has no .meta.json sidecar, or its sidecar's ntotal disagrees with the index.",
 )
 @click.option(
     "--allow-empty",
@@ -254,9 +254,9 @@ def commit(
     writes); files unchanged since the last snapshot of the same paths are not read again. The
     repository is created on first use when --repo is missing or empty.
 
-    Each FAISS index is checked against its .meta.json sidecar (header bytes only): a missing
-    sidecar or a different ntotal is a warning on stderr, one line per problem, or with --strict
-    an error. Prints the new snapshot id.
+    Each FAISS index is checked from its header fields alone: a file shorter than its header
+    promises (a write cut short), a missing .meta.json sidecar or a different ntotal is a warning
+    on stderr, one line per problem, or with --strict an error. Prints the new snapshot id.
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
@@ -488,6 +488,9 @@ def _print_diff(d: dict[str, Any]) -> None:
                 f"      index {kind}: ntotal {_count(ix['ntotal_a'])} -> {_count(ix['ntotal_b'])} "
                 f"({_signed(ix['ntotal_delta'])})"
             )
+            for side, problem in (("old", ix["problem_a"]), ("new", ix["problem_b"])):
+                if problem:
+                    click.echo(f"      {side} side {problem}")
     s = d["summary"]
     click.echo(
         f"{s['files_changed']} changed, {s['files_added']} added, {s['files_removed']} removed, "

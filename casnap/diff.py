@@ -2,12 +2,16 @@
 
 Files are compared by hash and by chunk ids (the data-dir side is chunked with the repository's
 own chunker and never stored), databases by their tables (row counts, rows added, removed and
-updated, schema), FAISS indexes by type and vector count. Nothing is written to the repository.
+updated, schema), FAISS indexes by type and vector count (none for an index shorter than its header
+promises). Nothing is written to the repository.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
+import os
 import sqlite3
 import tempfile
 import urllib.parse
@@ -17,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from casnap import capture
+from casnap.chunking.faiss import file_shortfall, shortfall
 from casnap.constants import FAISS_HEADER_BYTES
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
+from casnap.private import FILE_MODE
 from casnap.repository import Repository
 from casnap.smoke import FaissHeader, TableInfo, faiss_header, list_tables, quote_ident
 
@@ -46,12 +52,15 @@ class TableDiff:
 
 @dataclass(frozen=True)
 class IndexDiff:
-    """A FAISS index before and after: its class and vector count (None when unreadable)."""
+    """A FAISS index before and after: its class and vector count (None when unreadable), and
+    why a side cannot be read (a file shorter than its header promises)."""
 
     type_a: str | None
     type_b: str | None
     ntotal_a: int | None
     ntotal_b: int | None
+    problem_a: str | None = None
+    problem_b: str | None = None
 
     @property
     def ntotal_delta(self) -> int | None:
@@ -139,8 +148,32 @@ class _Side:
         assert f.entry is not None
         dest = Path(tempfile.mkdtemp(dir=self.scratch)) / "db"
         self.repo.restore_entry(f.entry, dest)
+        os.chmod(dest, FILE_MODE)  # scratch space is private, whatever mode the snapshot records
         f.local = dest
         return dest
+
+    def shortfall(self, f: _File) -> str | None:
+        """Why this side's version of a FAISS index is shorter than its header promises (None
+        when it is not), from its header fields alone: a few chunks, never the whole file."""
+        if f.local is not None:
+            return file_shortfall(f.local)
+        starts = list(itertools.accumulate((n for _, n in f.refs), initial=0))
+        cache: dict[int, bytes] = {}
+
+        def read_at(offset: int, n: int) -> bytes:
+            out = bytearray()
+            i = bisect.bisect_right(starts, offset) - 1
+            while len(out) < n and 0 <= i < len(f.refs):
+                if i not in cache:
+                    if len(cache) >= 4:
+                        cache.clear()
+                    cache[i] = self.repo.store.get(f.refs[i][0])
+                at = offset + len(out) - starts[i]
+                out += cache[i][at : at + n - len(out)]
+                i += 1
+            return bytes(out)
+
+        return shortfall(read_at, f.size)
 
     def head(self, f: _File) -> bytes:
         """The first bytes of this side's version of a file."""
@@ -228,7 +261,7 @@ def diff(
 @contextlib.contextmanager
 def _scratch(repo: Repository) -> Iterator[Path]:
     """A temporary dir for database copies: in the repository's tmp dir when it already exists
-    (same disk as the data), else the system's; removed afterwards."""
+    (same disk as the data), else the system's; 0700 (tempfile makes it so), removed afterwards."""
     parent = repo.tmp_dir if repo.tmp_dir.is_dir() else None
     try:
         with tempfile.TemporaryDirectory(prefix=".casnap-tmp-diff-", dir=parent) as d:
@@ -275,7 +308,9 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
                 hb = faiss_header(b.head(fb)) if fb is not None else None
                 if ha is not None or hb is not None:
                     kind = "faiss"
-                    index = _index_diff(ha, hb, fa is None, fb is None)
+                    pa = a.shortfall(fa) if ha is not None and fa is not None else None
+                    pb = b.shortfall(fb) if hb is not None and fb is not None else None
+                    index = _index_diff(ha, hb, fa is None, fb is None, pa, pb)
         elif faiss_header(b.head(fb) if fb is not None else b"") is not None:
             kind = "faiss"
         files.append(
@@ -313,14 +348,22 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
 
 
 def _index_diff(
-    ha: FaissHeader | None, hb: FaissHeader | None, a_absent: bool, b_absent: bool
+    ha: FaissHeader | None,
+    hb: FaissHeader | None,
+    a_absent: bool,
+    b_absent: bool,
+    problem_a: str | None = None,
+    problem_b: str | None = None,
 ) -> IndexDiff:
-    """An absent side holds 0 vectors; a present side that cannot be read, an unknown count."""
+    """An absent side holds 0 vectors; a present side that cannot be read (no header, or fewer
+    bytes than its header promises), an unknown count."""
     return IndexDiff(
         type_a=ha.type if ha else None,
         type_b=hb.type if hb else None,
-        ntotal_a=ha.ntotal if ha else (0 if a_absent else None),
-        ntotal_b=hb.ntotal if hb else (0 if b_absent else None),
+        ntotal_a=ha.ntotal if ha and problem_a is None else (0 if a_absent else None),
+        ntotal_b=hb.ntotal if hb and problem_b is None else (0 if b_absent else None),
+        problem_a=problem_a,
+        problem_b=problem_b,
     )
 
 

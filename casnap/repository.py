@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from casnap import capture, chunklist, compression, locks, pipeline, smoke, tempfiles
+from casnap import capture, chunklist, compression, locks, pipeline, private, smoke, tempfiles
 from casnap import restored as restored_files
 from casnap.backends import faulty
 from casnap.backends.base import Backend
@@ -189,10 +189,16 @@ class Repository:
                 f"{root} is not empty and not a casnap repository; not touching it"
             )
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=private.DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise from_oserror(exc, f"creating {root}") from None
-        return cls.init_backend(_local_backend(root), config, root / "tmp", root=root)
+        # _local_backend makes an existing empty root private too
+        repo = cls.init_backend(_local_backend(root), config, root / "tmp", root=root)
+        try:
+            private.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
+        return repo
 
     @classmethod
     def init_backend(
@@ -412,12 +418,13 @@ class Repository:
     ) -> CommitResult:
         """Snapshot data_dir (or paths inside it); returns what was stored.
 
-        FAISS indexes without a `.meta.json` sidecar, or whose sidecar's ntotal disagrees with the
-        index header, are listed in the result's warnings; with strict they are an error
-        (InconsistentData) and nothing is committed. progress gets (bytes done, bytes total).
-        A commit that would store no file where the last snapshot of the same paths had some is
-        refused unless allow_empty; with skip_unreadable, files and folders that cannot be read
-        for lack of permission are left out (listed in the result and the snapshot).
+        FAISS indexes shorter than their header promises, without a `.meta.json` sidecar, or
+        whose sidecar's ntotal disagrees with the index header, are listed in the result's
+        warnings; with strict they are an error (InconsistentData) and nothing is committed.
+        progress gets (bytes done, bytes total). A commit that would store no file where the
+        last snapshot of the same paths had some is refused unless allow_empty; with
+        skip_unreadable, files and folders that cannot be read for lack of permission are left
+        out (listed in the result and the snapshot).
         """
         with self.lock("commit"):
             self.refresh(only_if_changed=True)
@@ -464,7 +471,7 @@ class Repository:
             unreadable=unreadable if opts.skip_unreadable else None,
         )
         sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
-        # FAISS indexes against their .meta.json sidecars, before anything is read or stored
+        # FAISS indexes whole and against their sidecars, before anything is read or stored
         pairs = (
             smoke.consistency_warnings(data_dir, [s.path for s in sources])
             if opts.check_pairs
@@ -923,9 +930,12 @@ class Repository:
 def _local_backend(root: Path) -> Backend:
     """The backend of a repository directory (with the test-only faults of CASNAP_TEST_FAULTS).
 
-    Lock files half-written by a process that was killed are removed here: no gc may touch
-    locks/ while other processes take locks, and the next casnap to open the repository can.
+    A root that group or others may enter (a repository made before casnap created everything
+    private) is closed here, when we own it. Lock files half-written by a process that was killed
+    are removed here: no gc may touch locks/ while other processes take locks, and the next
+    casnap to open the repository can.
     """
+    private.tighten_root(root)
     tempfiles.remove_stale(root / "locks", recursive=False)
     return faulty.install_from_env(LocalBackend(root))
 

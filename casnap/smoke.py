@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from casnap.chunking.faiss import file_shortfall
 from casnap.constants import (
     FAISS_HEADER_BYTES,
     FAISS_PROBE_MEMORY,
@@ -800,13 +801,17 @@ class SmokeSession:
 
 
 def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
-    """One line per FAISS index among `files` (relative to root) without a `.meta.json` sidecar,
-    or whose sidecar's `ntotal` disagrees with the count in the index header (first bytes only)."""
+    """One line per FAISS index among `files` (relative to root) shorter than its header fields
+    promise (a write cut short), without a `.meta.json` sidecar, or whose sidecar's `ntotal`
+    disagrees with the count in the index header (header fields only, never the arrays)."""
     problems = []
     for rel in sorted(set(files)):
         header = read_faiss_header(root / rel)
         if header is None and not rel.endswith(".index"):
             continue
+        short = file_shortfall(root / rel) if header is not None else None
+        if short is not None:
+            problems.append(f"{rel}: FAISS index is {short}")
         side = sidecar_of(rel)
         side_path = root / side
         if not side_path.is_file():

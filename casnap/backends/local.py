@@ -1,4 +1,8 @@
-"""A backend on a local directory: every object written temp + fsync + link, so none is torn."""
+"""A backend on a local directory: every object written temp + fsync + link, so none is torn.
+
+Every folder is created 0700 and every object 0600 (casnap/private.py): the repository is
+private to its owner.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from casnap.backends.base import Backend, check_key
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
+from casnap.private import make_dirs, opener
 from casnap.tempfiles import temp_name
 
 
@@ -63,8 +68,8 @@ class LocalBackend(Backend):
             return False
         tmp = final.parent / temp_name()
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as f:
+            make_dirs(final.parent)
+            with open(tmp, "xb", opener=opener) as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

@@ -10,15 +10,18 @@ inverted list. Fixed blocks also keep float32 words aligned, which the byte-grou
 The layout is read from the stream as it passes (a small parser driven by the bytes, never a seek),
 so memory stays bounded. Types the parser does not know, and anything after a parse failure, are
 cut by content (FastCDC) like any other file; a misparse can only cost dedup, never correctness.
+The same parser, driven by seeks over the arrays, tells how long an index should be
+(expected_end): commit and diff use it to spot an index that a write left short.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyfastcdc import FastCDC
 
@@ -342,3 +345,70 @@ def layout_sections(data: bytes | memoryview) -> tuple[list[tuple[int, int, str]
     layout.feed(view, 0)
     complete = not layout.active and layout.pos == len(view) and layout.completed
     return [(a, b, k) for a, b, k, _ in layout.sections], complete
+
+
+# -- how long an index should be -----------------------------------------------------------------
+
+
+class LayoutEnd(NamedTuple):
+    """Where a FAISS file's layout ends by its own header fields and array lengths."""
+
+    end: int  # exact when `exact`; else a lower bound (the file stopped before a field)
+    exact: bool
+
+
+def expected_end(read_at: Callable[[int, int], bytes], size: int) -> LayoutEnd | None:
+    """How many bytes the layout parser finds a FAISS file of `size` bytes promises, reading only
+    its header fields through read_at(offset, length) and stepping over its arrays; None for a
+    layout the parser does not know (an unknown index type, a field over MAX_FIELD bytes).
+
+    A field that lies past the end of the file cannot be read: the end is then a lower bound, the
+    first offset the file would need, which already exceeds `size`.
+    """
+    parser = _index()
+    pos = 0
+    value: bytes | None = None
+    try:
+        while True:
+            request = parser.send(value)
+            if isinstance(request, _Section):
+                pos += request.length
+                value = None
+                continue
+            if pos + request.n > size:
+                return LayoutEnd(pos + request.n, exact=False)
+            value = bytes(read_at(pos, request.n))
+            if len(value) < request.n:  # shorter than size said: it shrank meanwhile
+                return LayoutEnd(pos + request.n, exact=False)
+            pos += request.n
+    except StopIteration:
+        return LayoutEnd(pos, exact=True)
+    except _Unsupported:
+        return None
+    finally:
+        parser.close()
+
+
+def shortfall(read_at: Callable[[int, int], bytes], size: int) -> str | None:
+    """Why a FAISS file of `size` bytes is shorter than its header promises (a write cut short, a
+    truncated copy); None when it is long enough or its layout is unknown."""
+    end = expected_end(read_at, size)
+    if end is None or end.end <= size:
+        return None
+    promise = f"{end.end}" if end.exact else f"at least {end.end}"
+    return f"truncated: its header promises {promise} bytes, the file holds {size}"
+
+
+def file_shortfall(path: str | os.PathLike[str]) -> str | None:
+    """shortfall() of a file on disk, read with a few small preads; None when it cannot be
+    opened (whoever reads it next reports that)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        return shortfall(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
