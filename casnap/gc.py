@@ -352,9 +352,12 @@ def plan(
     if rewrite:
         report.index_files_removed = len(index_keys)
         report.index_bytes_removed = sum(s for _, s in index_keys)
-        report.index_files_written = 1
-        # the index a real gc writes, with the repacked blobs where the simulation put them
-        report.index_bytes_written = len(encode_index_arrays(*_new_index(p, moved.parts)))
+        # the index a real gc writes, with the repacked blobs where the simulation put them;
+        # none when no snapshot needs anything
+        new_index = _new_index(p, moved.parts)
+        if len(new_index[1]):
+            report.index_files_written = 1
+            report.index_bytes_written = len(encode_index_arrays(*new_index))
     return p
 
 
@@ -484,9 +487,13 @@ def _execute(repo: Repository, p: GcPlan) -> None:
 
     # 2. one index naming exactly the needed blobs, then 3. drop the old index files
     if p.rewrite or len(moved[1]):
-        new_key, new_size = repo.store.write_index_arrays(*_new_index(p, [moved]))
-        report.index_files_written = 1
-        report.index_bytes_written = new_size
+        new_index = _new_index(p, [moved])
+        new_key = None  # no snapshot needs anything: no index file at all
+        report.index_files_written = report.index_bytes_written = 0
+        if len(new_index[1]):
+            new_key, new_size = repo.store.write_index_arrays(*new_index)
+            report.index_files_written = 1
+            report.index_bytes_written = new_size
         report.index_files_removed = 0
         report.index_bytes_removed = 0
         for key, size in p.index_keys:
