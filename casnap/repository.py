@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from casnap import capture, chunklist, compression, locks, pipeline, smoke, tempfiles
+from casnap import capture, chunklist, compression, locks, pipeline, rollback, smoke, tempfiles
 from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend, fsync_dir
@@ -196,6 +196,8 @@ class Repository:
         self._snapshots: dict[ObjectId, Snapshot] | None = None
         self._index_loaded = False
         self._read_tick: Callable[[int], None] | None = None  # progress of the commit under way
+        self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
+        self._unindexed: list[ObjectId] = []  # packs of a failed commit, for rollback
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -291,7 +293,11 @@ class Repository:
             capture.require_data_dir(Path(data_dir))
         root = Path(location)
         if not (root / "config").exists() and _is_placeholder_dir(root):
-            return cls.init(root)
+            made_dir = not root.exists()
+            found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
+            repo = cls.init(root)
+            repo.created = rollback.NewRepository(root, made_dir, found)
+            return repo
         return cls.open(root)
 
     def close(self) -> None:
@@ -426,18 +432,28 @@ class Repository:
         index header, are listed in the result's warnings; with strict they are an error
         (InconsistentData) and nothing is committed. progress gets (bytes done, bytes total).
         """
-        with self.lock("commit"):
-            self.refresh(only_if_changed=True)
-            return self._commit(
-                Path(data_dir),
-                paths,
-                excludes,
-                message,
-                tags,
-                progress,
-                check_pairs=True,
-                strict=strict,
-            )
+        try:
+            with self.lock("commit"):
+                if not self.backend.exists("config"):  # taken back by a failed first commit
+                    raise RepositoryNotFound(f"no casnap repository at {self.backend.location}")
+                self.refresh(only_if_changed=True)
+                result = self._commit(
+                    Path(data_dir),
+                    paths,
+                    excludes,
+                    message,
+                    tags,
+                    progress,
+                    check_pairs=True,
+                    strict=strict,
+                )
+                self.created = None  # in use now: never taken back
+                return result
+        except BaseException:
+            # without the lock: the packs it wrote and never indexed, the repository it created
+            rollback.after_failed_commit(self.backend, self._unindexed, self.created)
+            self._unindexed = []
+            raise
 
     def _commit(
         self,
@@ -501,7 +517,7 @@ class Repository:
             result.chunks_new = writer.chunks_added
             added = writer.finish()
         except BaseException:
-            writer.abort()
+            self._unindexed = writer.abort()
             raise
         user = _user()
         snap = Snapshot(

@@ -584,6 +584,7 @@ class PackWriter:
         self._done: list[tuple[ObjectId, bytes]] = []  # (pack, directory records)
         # packs this writer made (not those it found stored already) and their sizes
         self.created: list[tuple[ObjectId, int]] = []
+        self._unindexed: list[ObjectId] = []  # of those, the ones its index file does not name
         self._io: ThreadPoolExecutor | None = None
         self.bytes_added = 0  # bytes of packs written
         self.packs_written = 0
@@ -680,6 +681,7 @@ class PackWriter:
         self._done.append((pack, records))
         if made:
             self.created.append((pack, size))
+            self._unindexed.append(pack)
         ids = np.frombuffer(records, dtype=DIR_DTYPE)["id"]
         self.written.add(ids)  # first, so a concurrent check always finds them in one place
         for i in range(len(ids)):
@@ -726,18 +728,24 @@ class PackWriter:
         self.flush()
         self._drain()
 
-    def abort(self) -> None:
-        """Stop after a failure: wait for packs being written, drop the rest (no index file)."""
+    def abort(self) -> list[ObjectId]:
+        """Stop after a failure: wait for packs being written, drop the rest (no index file).
+
+        Returns the packs this writer made and `finish` did not index: nothing refers to them
+        (unless another writer made the very same pack meanwhile; see rollback.py before deleting
+        any). A pack that was stored already when this writer put it is not listed.
+        """
         self._pack = None
         while self._inflight:
             fut = self._inflight.popleft()
             try:
-                fut.result()
+                self._collect(fut)
             except BaseException:  # noqa: BLE001 - the first failure is being reported already
                 pass
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
+        return list(self._unindexed)
 
     def finish(self) -> int:
         """Flush, write one index file for everything added, and merge it; returns bytes written."""
@@ -746,6 +754,7 @@ class PackWriter:
         if self._done:
             packs, ids, fields = self.new_arrays()
             key, self.index_bytes = self.store.write_index_arrays(packs, ids, fields)
+            self._unindexed = []
             self.store.index.add([(packs, ids, fields)])
             self.store.index_files.append(key)
             self._done = []
