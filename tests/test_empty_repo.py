@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from casnap.chunkindex import FIELD_DTYPE, decode_index_arrays, encode_index_arrays
 from casnap.cli import cli
 from casnap.repository import Repository
 from tests.conftest import evolve_app
@@ -109,3 +111,12 @@ def test_forget_latest_prune_of_the_last_snapshot(tmp_path: Path) -> None:
     assert code == 4, out  # nothing left to forget
     code, out = run(root, data, "commit")
     assert code == 0, out
+
+
+def test_an_index_without_entries_encodes_and_decodes() -> None:
+    packs, ids, fields = decode_index_arrays("index/x", encode_index_arrays([], *_empty()))
+    assert packs == [] and ids.shape == (0, 32) and len(fields) == 0
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 32), np.uint8), np.zeros(0, FIELD_DTYPE)
