@@ -22,6 +22,7 @@ from casnap.repository import Repository
 from casnap.store import pack_key
 from tests.conftest import evolve_app
 from tests.helpers_reliability import Ledger, check_healthy, small_app, small_config
+from tests.test_hostile import in_small_tmpfs
 
 
 def unindexed_packs(backend: Backend) -> set[str]:
@@ -196,3 +197,53 @@ def test_a_commit_that_waited_for_a_removed_repository_refuses(tmp_path: Path) -
     with pytest.raises(CasnapError, match="no casnap repository"):
         repo.commit(data)
     assert not (tmp_path / "repo" / "packs").exists()
+
+
+REAL_DISK = r"""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+from casnap.chunkindex import decode_index_arrays
+from casnap.repository import Repository
+from tests.helpers_reliability import small_config
+small, data = Path(sys.argv[1]), Path(sys.argv[2])
+repo = small / "repo"
+def run(*args):
+    p = subprocess.run([sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data),
+                        *args], capture_output=True, text=True)
+    return [p.returncode, p.stderr]
+def unindexed():
+    named = set()
+    for p in (repo / "index").iterdir():
+        named |= {x.hex() for x in decode_index_arrays(p.name, p.read_bytes())[0]}
+    packs = [p.name for p in (repo / "packs").rglob("*") if p.is_file()]
+    return sorted(p for p in packs if p not in named)
+res = {"first": run("commit")}  # does not fit: 3 MiB of incompressible data
+res["left_by_first"] = sorted(str(p) for p in small.rglob("*"))
+(data / "big.bin").unlink()
+shutil.rmtree(repo, ignore_errors=True)  # (nothing to remove, unless the first commit left it)
+Repository.init(repo, small_config(256 * 1024))
+res["second"] = run("commit")
+(data / "big.bin").write_bytes(os.urandom(1900 << 10))
+res["third"] = run("commit")  # fills the disk halfway through
+res["unindexed"] = unindexed()
+(data / "big.bin").write_bytes(os.urandom(300 << 10))
+res["fourth"] = run("commit")  # fits, unless the third commit's packs were left behind
+res["snapshots"] = len(list((repo / "snapshots").iterdir()))
+print(json.dumps(res))
+"""
+
+
+def test_full_disk_for_real(tmp_path: Path) -> None:
+    """On a 2 MiB filesystem: a first commit that does not fit leaves no repository; a later one
+    that fills the disk halfway takes its packs back, so the next commit that fits succeeds."""
+    data = small_app(tmp_path / "data")
+    (data / "big.bin").write_bytes(os.urandom(3 << 20))
+    res = in_small_tmpfs(tmp_path / "small", REAL_DISK, str(tmp_path / "small"), str(data))
+    assert res["first"][0] == 8 and "no space left on device" in res["first"][1], res
+    left_by_first = res.pop("left_by_first")
+    assert res["second"][0] == 0, res
+    assert res["third"][0] == 8, res
+    assert res["unindexed"] == [], res
+    assert res["fourth"][0] == 0, res
+    assert res["snapshots"] == 2
+    assert left_by_first == []
