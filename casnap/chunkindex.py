@@ -307,7 +307,8 @@ def encode_index_arrays(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.n
     # streamed, so the uncompressed body never exists in memory as a whole
     cobj = zstandard.ZstdCompressor(level=3).compressobj(size=total)
     out = [cobj.compress(head)]
-    out += [cobj.compress(memoryview(p).cast("B")) for p in parts]
+    # (a zero-length view cannot be cast: an empty column adds nothing anyway)
+    out += [cobj.compress(memoryview(p).cast("B")) for p in parts if p.nbytes]
     out.append(cobj.flush())
     return b"".join(out)
 

@@ -624,7 +624,9 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
 
 
-def _print_gc(c: Context, r: collector.GcReport) -> None:
+def _print_gc(c: Context, r: collector.GcReport, manifests: int = 0) -> None:
+    """gc's report; manifests: bytes of the snapshot manifests prune or forget deleted first,
+    counted in what was freed."""
     would = "would " if r.dry_run else ""
     c.say(
         f"gc: {r.snapshots} snapshots reference {r.referenced_blobs} blobs; "
@@ -634,9 +636,17 @@ def _print_gc(c: Context, r: collector.GcReport) -> None:
         f"gc: {would}delete {r.packs_deleted + r.packs_unindexed} pack(s) "
         f"({r.packs_unindexed} named by no index), {would}repack {r.packs_repacked} into "
         f"{r.packs_written}, {would}drop {r.index_entries_dropped} index entries, "
+        f"{would}replace {r.index_files_removed} index file(s) with {r.index_files_written}, "
         f"{would}remove {r.temp_files_removed} temp file(s)"
     )
-    click.echo(f"{'would free' if r.dry_run else 'freed'} {human(r.bytes_freed)}")
+    freed, deleted, wrote = ("freed", "deleted", "wrote")
+    if r.dry_run:
+        freed, deleted, wrote = ("would free", "would delete", "would write")
+    detail = f"{deleted} {human(r.bytes_deleted + manifests)}"
+    detail += f", {human(manifests)} of it snapshot manifests;" if manifests else ","
+    click.echo(
+        f"{freed} {human(r.bytes_freed + manifests)} ({detail} {wrote} {human(r.bytes_written)})"
+    )
 
 
 max_unused_option = click.option(
@@ -768,17 +778,26 @@ def prune(
     elif not no_gc:
         gc_report = collector.collect(repo, max_unused=max_unused)
     if as_json:
-        out = r.to_json()
-        out["gc"] = gc_report.to_json() if gc_report else None
-        emit_json(out)
+        emit_json(_forget_json(r, gc_report))
         return
     if group is not None and not r.groups:
         c.say(f"no snapshots were committed with the paths {' '.join(group) or '.'}")
     _print_groups(r)
     verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
-    c.say(f"{verbs[0]} {len(r.removed)} snapshot(s), {verbs[1]} {r.kept} ({r.policy})")
+    c.say(
+        f"{verbs[0]} {len(r.removed)} snapshot(s) ({human(r.manifest_bytes_removed)} of "
+        f"manifests), {verbs[1]} {r.kept} ({r.policy})"
+    )
     if gc_report is not None:
-        _print_gc(c, gc_report)
+        _print_gc(c, gc_report, r.manifest_bytes_removed)
+
+
+def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None) -> dict[str, Any]:
+    """prune's or forget's report with the gc that followed, and the bytes both freed."""
+    out = r.to_json()
+    out["gc"] = gc_report.to_json() if gc_report else None
+    out["bytes_freed"] = r.manifest_bytes_removed + (gc_report.bytes_freed if gc_report else 0)
+    return out
 
 
 @cli.command()
@@ -800,18 +819,24 @@ def forget(
     repo = c.open()
     r = retention.forget(repo, snapshots, dry_run=dry_run)
     gc_report = None
-    if run_gc and not dry_run:
+    if run_gc and dry_run:
+        gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
+        gc_report = collector.collect(
+            repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
+        )
+    elif run_gc:
         gc_report = collector.collect(repo, max_unused=max_unused)
     if as_json:
-        out = r.to_json()
-        out["gc"] = gc_report.to_json() if gc_report else None
-        emit_json(out)
+        emit_json(_forget_json(r, gc_report))
         return
     for sid in r.removed:
         click.echo(sid)
-    c.say(f"{'would forget' if dry_run else 'forgot'} {len(r.removed)} snapshot(s)")
+    c.say(
+        f"{'would forget' if dry_run else 'forgot'} {len(r.removed)} snapshot(s) "
+        f"({human(r.manifest_bytes_removed)} of manifests)"
+    )
     if gc_report is not None:
-        _print_gc(c, gc_report)
+        _print_gc(c, gc_report, r.manifest_bytes_removed)
 
 
 @cli.command(name="verify")

@@ -12,7 +12,6 @@ docs/FORMAT.md ("Garbage collection") gives the full argument.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,16 +27,14 @@ from casnap.ids import ObjectId, hash_bytes
 from casnap.reachability import Reach, walk
 from casnap.repository import Repository
 from casnap.store import (
-    DIR_DTYPE,
     DIR_ENTRY_SIZE,
-    PACK_HEADER,
     ChunkIndex,
     IndexEntry,
     PackWriter,
     Store,
     directory_agrees,
-    directory_size,
     encode_index_arrays,
+    index_key,
     pack_id_of,
     pack_key,
     pack_overhead,
@@ -101,20 +98,26 @@ class GcReport:
     packs: list[PackFate] = field(default_factory=list)
 
     @property
+    def bytes_deleted(self) -> int:
+        """Bytes of the files gc deleted: packs, index files, temp files."""
+        return self.pack_bytes_removed + self.index_bytes_removed + self.temp_bytes_removed
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the files gc created: new packs and the new index file (an object found
+        stored already under its name is not written again, and not counted)."""
+        return self.pack_bytes_written + self.index_bytes_written
+
+    @property
     def bytes_freed(self) -> int:
-        """Net bytes the repository shrinks by. A dry run estimates the packs and index file it
-        would write by laying them out (only frames compressed again are guessed, at their
-        chunks' share of the frame)."""
-        return (
-            self.pack_bytes_removed
-            - self.pack_bytes_written
-            + self.index_bytes_removed
-            - self.index_bytes_written
-            + self.temp_bytes_removed
-        )
+        """Net bytes the repository shrank by: exactly its size before gc minus after. A dry run
+        builds the same packs and index in memory, so it reports what gc would free exactly."""
+        return self.bytes_deleted - self.bytes_written
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "packs"}
+        d["bytes_deleted"] = self.bytes_deleted
+        d["bytes_written"] = self.bytes_written
         d["bytes_freed"] = self.bytes_freed
         d["packs"] = [p.to_json() for p in self.packs if p.action != KEEP]
         return d
@@ -163,6 +166,7 @@ class GcPlan:
     index_keys: list[tuple[str, int]]
     temp_files: list[Path]
     rewrite: bool  # a new index file is needed even if no pack is rewritten
+    pack_sizes: dict[ObjectId, int]  # every pack listed, with its size
 
 
 def collect(
@@ -182,14 +186,15 @@ def collect(
     if dry_run:
         with repo.lock("gc --dry-run"):
             repo.refresh()
-            report = plan(repo, max_unused=max_unused, exclude=assume_forgotten).report
+            p = plan(repo, max_unused=max_unused, exclude=assume_forgotten)
+            _carry_out(repo, p, dry_run=True)
     else:
         with repo.lock("gc", exclusive=True):
             repo.refresh()
             p = plan(repo, max_unused=max_unused)
-            _execute(repo, p)
+            _carry_out(repo, p, dry_run=False)
             repo.refresh()
-            report = p.report
+    report = p.report
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -325,102 +330,21 @@ def plan(
         fates[pack] = fate
 
     for fate in fates.values():
-        if fate.action == KEEP:
-            continue
-        report.pack_bytes_removed += fate.size
         if fate.action == DELETE:
             report.packs_deleted += 1
         elif fate.action == UNINDEXED:
             report.packs_unindexed += 1
-        else:
+        elif fate.action == REPACK:
             report.packs_repacked += 1
-    keep = _Keep(table.packs, kids, kf, spans)
-    moved = _simulate_repack(keep, fates, repo.store.pack_target)
-    report.packs_written = len(moved.packs)
-    report.pack_bytes_written = moved.pack_bytes
     report.packs = list(fates.values())
-    temp = _temp_files(repo)
-    report.temp_files_removed = len(temp)
-    report.temp_bytes_removed = sum(_file_size(p) for p in temp)
     rewrite = (
         any(f.action in (REPACK, DELETE) for f in fates.values())
         or len(index_keys) != 1
         or len(kids) != distinct  # an entry no snapshot needs
         or len(table) != distinct  # a blob with several entries
     )
-    p = GcPlan(report, fates, keep, index_keys, temp, rewrite)
-    if rewrite:
-        report.index_files_removed = len(index_keys)
-        report.index_bytes_removed = sum(s for _, s in index_keys)
-        report.index_files_written = 1
-        # the index a real gc writes, with the repacked blobs where the simulation put them
-        report.index_bytes_written = len(encode_index_arrays(*_new_index(p, moved.parts)))
-    return p
-
-
-@dataclass
-class _Moved:
-    """Where repacking would put the blobs it moves (an estimate: a frame of which only some
-    chunks are kept is compressed again, to about their share of its bytes)."""
-
-    packs: list[ObjectId]
-    pack_bytes: int
-    parts: list[tuple[list[ObjectId], np.ndarray, np.ndarray]]
-
-
-def _simulate_repack(keep: _Keep, fates: dict[ObjectId, PackFate], pack_target: int) -> _Moved:
-    """Lay the needed blobs of the packs to repack into new packs as _execute does, without
-    reading them: frames in the same order, a pack closed once it reaches pack_target."""
-    packs: list[ObjectId] = []
-    total = 0
-    ids_out: list[np.ndarray] = []
-    fields_out: list[np.ndarray] = []
-    pos = len(PACK_HEADER)
-    cur_ids: list[np.ndarray] = []
-    cur_rec: list[np.ndarray] = []
-
-    def close() -> None:
-        nonlocal pos, total
-        if not cur_rec:
-            return
-        rec = np.zeros(sum(len(r) for r in cur_rec), dtype=DIR_DTYPE)
-        rec["id"] = np.concatenate(cur_ids)
-        fields = np.concatenate(cur_rec)
-        for name in ("type", "offset", "length", "plain", "inner", "frame_plain"):
-            rec[name] = fields[name]
-        fields["pack"] = len(packs)
-        packs.append(ObjectId(hash_bytes(b"gc estimate %d" % len(packs))))
-        total += pos - len(PACK_HEADER) + pack_overhead(directory_size(rec))
-        ids_out.append(rec["id"])
-        fields_out.append(fields)
-        cur_ids.clear()
-        cur_rec.clear()
-        pos = len(PACK_HEADER)
-
-    for fate in fates.values():
-        if fate.action != REPACK:
-            continue
-        ids, fields = keep.rows(fate.pack)
-        cuts = np.nonzero(np.diff(fields["offset"]))[0] + 1
-        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(fields)], strict=True):
-            frame = fields[lo:hi].copy()
-            whole = int(frame["frame_plain"][0]) or int(frame["plain"][0])
-            plain = frame["plain"].astype(np.int64)
-            if int(plain.sum()) != whole:  # compressed again from the kept chunks
-                frame["length"] = max(1, int(stored_bytes(frame).sum()))
-                frame["inner"] = np.concatenate([[0], np.cumsum(plain)[:-1]])
-                frame["frame_plain"] = int(plain.sum()) if len(frame) > 1 else 0
-            frame["offset"] = pos
-            pos += int(frame["length"][0])
-            cur_ids.append(ids[lo:hi])
-            cur_rec.append(frame)
-            if pos >= pack_target:
-                close()
-    close()
-    parts = []
-    if fields_out:
-        parts.append((packs, np.concatenate(ids_out), np.concatenate(fields_out)))
-    return _Moved(packs, total, parts)
+    keep = _Keep(table.packs, kids, kf, spans)
+    return GcPlan(report, fates, keep, index_keys, _temp_files(repo), rewrite, packs)
 
 
 def _new_index(
@@ -443,68 +367,118 @@ def _new_index(
     return merge_parts([(packs, ids[mask], fields[mask]), *moved])
 
 
-def _execute(repo: Repository, p: GcPlan) -> None:
-    """Carry out a plan in crash-safe order: new packs, new index, old index, old packs."""
+def _carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:
+    """Carry out a plan in crash-safe order: new packs, new index, old index, old packs, temp
+    files; counting exactly the bytes deleted and written.
+
+    A dry run does the same work in memory (packs read one at a time, frames verified and
+    compressed again, each new pack built to learn its size and id, the index encoded) but
+    stores and deletes nothing, so it reports what gc would do to the byte.
+    """
     report = p.report
-    report.dry_run = False
+    report.dry_run = dry_run
     backend = repo.backend
-    fresh = Store(backend, repo.store.pack_target)  # empty index: every chunk is written again
-    writer = PackWriter(fresh)
-    for fate in p.fates.values():
-        if fate.action != REPACK:
-            continue
-        data = backend.get(pack_key(fate.pack))
-        # a frame keeps only its needed chunks: copied as it is when they fill it, else
-        # compressed again from their (verified) bytes
-        members = p.keep[fate.pack]  # in frame and chunk order
-        start = 0
-        while start < len(members):
-            e0 = members[start][1]
-            stop = start + 1
-            while stop < len(members) and members[stop][1].offset == e0.offset:
-                stop += 1
-            try:  # never copy damage into a new pack
-                encoded, frame_plain, placed = Store.rewrite_frame(
-                    data[e0.offset : e0.offset + e0.length],
-                    members[start:stop],
-                    repo.zstd_level,
-                    repo.float_level,
-                )
-            except IntegrityError as exc:
-                raise IntegrityError(
-                    f"gc stopped before deleting anything: {exc}; run `casnap verify --read-data`"
-                ) from None
-            writer.add_frame(e0.type, encoded, frame_plain, placed)
-            start = stop
-    writer.close()
-    moved = writer.new_arrays()
+    # 1. new packs: a pack found stored already under its name is neither written nor deleted
+    moved, created = _repack(repo, p, dry_run)
     new_packs = set(moved[0])
-    report.packs_written = len(new_packs)
-    report.pack_bytes_written = writer.bytes_added
+    report.packs_written = len(created)
+    report.pack_bytes_written = sum(size for _, size in created)
 
     # 2. one index naming exactly the needed blobs, then 3. drop the old index files
     if p.rewrite or len(moved[1]):
-        new_key, new_size = repo.store.write_index_arrays(*_new_index(p, [moved]))
-        report.index_files_written = 1
-        report.index_bytes_written = new_size
-        report.index_files_removed = 0
-        report.index_bytes_removed = 0
+        new_key = _write_index(repo, p, moved, dry_run)
         for key, size in p.index_keys:
             if key != new_key:
-                backend.delete(key)
+                if not dry_run:
+                    backend.delete(key)
                 report.index_files_removed += 1
                 report.index_bytes_removed += size
-    else:
-        report.index_files_written = report.index_files_removed = 0
-        report.index_bytes_written = report.index_bytes_removed = 0
 
-    # 4. packs no index names any more
+    # 4. packs no index names any more, then leftover temp files
     for fate in p.fates.values():
         if fate.action != KEEP and fate.pack not in new_packs:
-            backend.delete(pack_key(fate.pack))
+            if not dry_run:
+                backend.delete(pack_key(fate.pack))
+            report.pack_bytes_removed += fate.size
     for path in p.temp_files:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        try:
+            size = path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        report.temp_files_removed += 1
+        report.temp_bytes_removed += size
+
+
+def _repack(
+    repo: Repository, p: GcPlan, dry_run: bool
+) -> tuple[tuple[list[ObjectId], np.ndarray, np.ndarray], list[tuple[ObjectId, int]]]:
+    """Write the needed blobs of the packs to repack into new packs, reading one pack at a time:
+    ((pack table, ids, fields) of the new packs, [(pack, size)] of those actually created).
+
+    A frame whose chunks are all needed is copied as it is; any other is compressed again from
+    its needed (verified) chunks, so the space of the others is reclaimed. A dry run puts no
+    pack: it only asks whether one of that name is stored already.
+    """
+    backend = repo.backend
+    fresh = Store(backend, repo.store.pack_target)  # empty index: every chunk is written again
+    put = (lambda key, _data: pack_id_of(key) not in p.pack_sizes) if dry_run else None
+    writer = PackWriter(fresh, put)
+    try:
+        for fate in p.fates.values():
+            if fate.action != REPACK:
+                continue
+            data = backend.get(pack_key(fate.pack))
+            members = p.keep[fate.pack]  # in frame and chunk order
+            start = 0
+            while start < len(members):
+                e0 = members[start][1]
+                stop = start + 1
+                while stop < len(members) and members[stop][1].offset == e0.offset:
+                    stop += 1
+                try:  # never copy damage into a new pack
+                    encoded, frame_plain, placed = Store.rewrite_frame(
+                        data[e0.offset : e0.offset + e0.length],
+                        members[start:stop],
+                        repo.zstd_level,
+                        repo.float_level,
+                    )
+                except IntegrityError as exc:
+                    stopped = "gc --dry-run stopped" if dry_run else "gc stopped before deleting"
+                    raise IntegrityError(
+                        f"{stopped} anything: {exc}; run `casnap verify --read-data`"
+                    ) from None
+                writer.add_frame(e0.type, encoded, frame_plain, placed)
+                start = stop
+            del data, members
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.new_arrays(), writer.created
+
+
+def _write_index(
+    repo: Repository,
+    p: GcPlan,
+    moved: tuple[list[ObjectId], np.ndarray, np.ndarray],
+    dry_run: bool,
+) -> str | None:
+    """Store the one index file gc leaves (none when no snapshot needs anything); its key."""
+    packs, ids, fields = _new_index(p, [moved])
+    if not len(ids):
+        return None
+    blob = encode_index_arrays(packs, ids, fields)
+    key = index_key(hash_bytes(blob))
+    if dry_run:
+        made = key not in {k for k, _ in p.index_keys}
+    else:
+        made = repo.store.put_verified(key, blob)
+    if made:
+        p.report.index_files_written = 1
+        p.report.index_bytes_written = len(blob)
+    return key
 
 
 def _temp_files(repo: Repository) -> list[Path]:
@@ -514,10 +488,3 @@ def _temp_files(repo: Repository) -> list[Path]:
         return []
     locks_dir = backend.root / "locks"
     return sorted(p for p in backend.temp_files() if locks_dir not in p.parents)
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0

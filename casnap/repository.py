@@ -21,7 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from casnap import capture, chunklist, compression, locks, pipeline, private, smoke, tempfiles
+from casnap import (
+    capture,
+    chunklist,
+    compression,
+    locks,
+    pipeline,
+    private,
+    rollback,
+    smoke,
+    tempfiles,
+)
 from casnap import restored as restored_files
 from casnap.backends import faulty
 from casnap.backends.base import Backend
@@ -173,6 +183,8 @@ class Repository:
         self._snapshots: dict[ObjectId, Snapshot] | None = None
         self._index_loaded = False
         self._read_tick: Callable[[int], None] | None = None  # progress of the commit under way
+        self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
+        self._unindexed: list[ObjectId] = []  # packs of a failed commit, for rollback
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -280,7 +292,11 @@ class Repository:
             capture.require_data_dir(Path(data_dir))
         root = Path(location).resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").exists() and _is_placeholder_dir(root):
-            return cls.init(root)
+            made_dir = not root.exists()
+            found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
+            repo = cls.init(root)
+            repo.created = rollback.NewRepository(root, made_dir, found)
+            return repo
         return cls.open(root)
 
     @property
@@ -426,22 +442,32 @@ class Repository:
         skip_unreadable, files and folders that cannot be read for lack of permission are left
         out (listed in the result and the snapshot).
         """
-        with self.lock("commit"):
-            self.refresh(only_if_changed=True)
-            return self._commit(
-                Path(data_dir),
-                paths,
-                excludes,
-                message,
-                tags,
-                progress,
-                options=_CommitOptions(
-                    check_pairs=True,
-                    strict=strict,
-                    allow_empty=allow_empty,
-                    skip_unreadable=skip_unreadable,
-                ),
-            )
+        try:
+            with self.lock("commit"):
+                if not self.backend.exists("config"):  # taken back by a failed first commit
+                    raise RepositoryNotFound(f"no casnap repository at {self.backend.location}")
+                self.refresh(only_if_changed=True)
+                result = self._commit(
+                    Path(data_dir),
+                    paths,
+                    excludes,
+                    message,
+                    tags,
+                    progress,
+                    options=_CommitOptions(
+                        check_pairs=True,
+                        strict=strict,
+                        allow_empty=allow_empty,
+                        skip_unreadable=skip_unreadable,
+                    ),
+                )
+                self.created = None  # in use now: never taken back
+                return result
+        except BaseException:
+            # without the lock: the packs it wrote and never indexed, the repository it created
+            rollback.after_failed_commit(self.backend, self._unindexed, self.created)
+            self._unindexed = []
+            raise
 
     def _commit(
         self,
@@ -545,7 +571,7 @@ class Repository:
             result.chunks_new = writer.chunks_added
             added = writer.finish()
         except BaseException:
-            writer.abort()
+            self._unindexed = writer.abort()
             raise
         result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
         result.skipped = sorted(unreadable)

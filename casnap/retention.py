@@ -299,6 +299,7 @@ class PruneReport:
     groups: list[GroupResult] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: int = 0
+    manifest_bytes_removed: int = 0  # stored size of the manifests removed (their data: gc)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -308,6 +309,7 @@ class PruneReport:
             "groups": [g.to_json() for g in self.groups],
             "removed": list(self.removed),
             "kept": self.kept,
+            "manifest_bytes_removed": self.manifest_bytes_removed,
             "seconds": self.seconds,
         }
 
@@ -346,9 +348,7 @@ def prune(
             report.groups.append(GroupResult(key, tuple(decisions)))
             report.kept += sum(d.keep for d in decisions)
             report.removed.extend(d.item.id for d in decisions if not d.keep)
-        if not dry_run:
-            for hex_id in report.removed:
-                repo.remove_snapshot(ObjectId.from_hex(hex_id))
+        _remove(repo, report, dry_run)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -365,8 +365,16 @@ def forget(repo: Repository, refs: Sequence[str], *, dry_run: bool = False) -> P
         targets = list(dict.fromkeys(repo.resolve(r) for r in refs))
         report.removed = [sid.hex() for sid in targets]
         report.kept = len(repo.snapshots()) - len(targets)
-        if not dry_run:
-            for sid in targets:
-                repo.remove_snapshot(sid)
+        _remove(repo, report, dry_run)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _remove(repo: Repository, report: PruneReport, dry_run: bool) -> None:
+    """Delete the manifests of report.removed (a dry run only counts them), adding up their
+    stored size."""
+    sizes = repo.manifest_sizes()
+    for hex_id in report.removed:
+        report.manifest_bytes_removed += sizes.get(hex_id, 0)
+        if not dry_run:
+            repo.remove_snapshot(ObjectId.from_hex(hex_id))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -568,15 +568,23 @@ class PackWriter:
     Packs are written by a background thread (at most _PACKS_IN_FLIGHT queued), so hashing and
     fsyncing a pack overlaps with reading and compressing the next. Not thread-safe: workers
     encode frames, one thread adds them here.
+
+    `put` stores a finished pack under its key and says whether it made the object (False: the
+    same pack was stored already); by default Store.put_verified. gc's dry run passes one that
+    stores nothing, to learn the exact packs a repack would write.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, put: Callable[[str, memoryview], bool] | None = None) -> None:
         self.store = store
+        self._put = put if put is not None else store.put_verified
         self.pending: set[bytes] = set()  # ids in the open pack and in packs being written
         self.written = IdSet()  # ids in this writer's durable packs (compact: 40 bytes each)
         self._pack: _OpenPack | None = None
-        self._inflight: deque[Future[tuple[ObjectId, bytes]]] = deque()
+        self._inflight: deque[Future[tuple[ObjectId, bytes, int, bool]]] = deque()
         self._done: list[tuple[ObjectId, bytes]] = []  # (pack, directory records)
+        # packs this writer made (not those it found stored already) and their sizes
+        self.created: list[tuple[ObjectId, int]] = []
+        self._unindexed: list[ObjectId] = []  # of those, the ones its index file does not name
         self._io: ThreadPoolExecutor | None = None
         self.bytes_added = 0  # bytes of packs written
         self.packs_written = 0
@@ -653,7 +661,7 @@ class PackWriter:
             self._collect(self._inflight.popleft())
         self._inflight.append(self._io.submit(self._write_pack, p))
 
-    def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes]:
+    def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
         records = bytes(p.records)
         directory = zstandard.ZstdCompressor(level=_DIRECTORY_LEVEL).compress(records)
         trailer = _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
@@ -661,16 +669,19 @@ class PackWriter:
         data += directory
         data += trailer
         pack = hash_bytes(data)
-        self.store.put_verified(pack_key(pack), memoryview(data))
+        made = self._put(pack_key(pack), memoryview(data))
         self.bytes_added += len(data)
         self.packs_written += 1
         p.data = bytearray()
-        return pack, records
+        return pack, records, len(data), made
 
-    def _collect(self, fut: Future[tuple[ObjectId, bytes]]) -> None:
+    def _collect(self, fut: Future[tuple[ObjectId, bytes, int, bool]]) -> None:
         """A pack is durable: its ids move from `pending` to the compact `written` set."""
-        pack, records = fut.result()
+        pack, records, size, made = fut.result()
         self._done.append((pack, records))
+        if made:
+            self.created.append((pack, size))
+            self._unindexed.append(pack)
         ids = np.frombuffer(records, dtype=DIR_DTYPE)["id"]
         self.written.add(ids)  # first, so a concurrent check always finds them in one place
         for i in range(len(ids)):
@@ -717,18 +728,24 @@ class PackWriter:
         self.flush()
         self._drain()
 
-    def abort(self) -> None:
-        """Stop after a failure: wait for packs being written, drop the rest (no index file)."""
+    def abort(self) -> list[ObjectId]:
+        """Stop after a failure: wait for packs being written, drop the rest (no index file).
+
+        Returns the packs this writer made and `finish` did not index: nothing refers to them
+        (unless another writer made the very same pack meanwhile; see rollback.py before deleting
+        any). A pack that was stored already when this writer put it is not listed.
+        """
         self._pack = None
         while self._inflight:
             fut = self._inflight.popleft()
             try:
-                fut.result()
+                self._collect(fut)
             except BaseException:  # noqa: BLE001 - the first failure is being reported already
                 pass
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
+        return list(self._unindexed)
 
     def finish(self) -> int:
         """Flush, write one index file for everything added, and merge it; returns bytes written."""
@@ -737,6 +754,7 @@ class PackWriter:
         if self._done:
             packs, ids, fields = self.new_arrays()
             key, self.index_bytes = self.store.write_index_arrays(packs, ids, fields)
+            self._unindexed = []
             self.store.index.add([(packs, ids, fields)])
             self.store.index_files.append(key)
             self._done = []

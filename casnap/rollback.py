@@ -1,0 +1,116 @@
+"""Take back what a failed commit stored: the packs it wrote but never indexed, and the repository
+it created for itself.
+
+A commit writes its packs, then the index file naming them, then its manifest. Failing before the
+index file (a full disk, most often), it leaves packs nothing refers to; left there until a gc,
+they hold the very space the next commit needs, so that one fails too. They are not deleted under
+the commit's own shared lock: a concurrent commit of the same data may have made the very same
+pack (same content, same name), found it stored and be about to index it. So once the failed
+commit has released its lock, they are deleted under the exclusive lock, taken without waiting
+(busy: they are left to gc, which removes unindexed packs), and only those no index file names
+(an index file may have landed before the commit failed). Under the exclusive lock no commit
+runs, which is what makes an unindexed pack garbage (docs/FORMAT.md, "Garbage collection").
+
+A first commit that created the repository (commit on a missing or empty directory) and failed
+takes the repository back too, when it holds no snapshot and nothing but what casnap put there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from casnap import locks
+from casnap.backends.base import Backend
+from casnap.chunkindex import decode_index_arrays
+from casnap.constants import TEMP_PREFIX
+from casnap.errors import CasnapError
+from casnap.ids import ObjectId
+from casnap.store import pack_key
+
+
+@dataclass(frozen=True)
+class NewRepository:
+    """A repository directory a commit created: `made_dir` when the directory itself did not
+    exist; `placeholders`, the files it held already (README.md, .gitkeep)."""
+
+    root: Path
+    made_dir: bool
+    placeholders: frozenset[str]
+
+
+def after_failed_commit(
+    backend: Backend, packs: Sequence[ObjectId], created: NewRepository | None
+) -> None:
+    """Delete the unindexed packs of a failed commit, and the repository it created when that
+    holds nothing else. Call it without holding a lock. Best effort: an error here is not
+    reported (the commit's own is), and whatever stays is gc's."""
+    if not packs and created is None:
+        return
+    removed = False
+    try:
+        with locks.locked(backend, "commit rollback", exclusive=True, wait=0):
+            discard_packs(backend, packs)
+            if created is not None:
+                removed = _empty_new_repository(backend, created)
+    except (CasnapError, OSError):
+        return
+    if removed and created is not None:
+        _remove_folders(created)
+
+
+def discard_packs(backend: Backend, packs: Sequence[ObjectId]) -> int:
+    """Delete the packs no index file names; returns how many. Hold the exclusive lock.
+
+    An index file that cannot be read raises (CasnapError) before anything is deleted: it might
+    name one of them.
+    """
+    if not packs:
+        return 0
+    named: set[bytes] = set()
+    for key, _size in backend.list("index/"):
+        named.update(bytes(p) for p in decode_index_arrays(key, backend.get(key))[0])
+    count = 0
+    for pack in packs:
+        if bytes(pack) not in named:
+            backend.delete(pack_key(pack))
+            count += 1
+    return count
+
+
+def _empty_new_repository(backend: Backend, new: NewRepository) -> bool:
+    """Under the exclusive lock: delete the objects of a repository that holds no snapshot, then
+    its config when nothing but casnap's own files was left; True when it did."""
+    if next(iter(backend.list("snapshots/")), None) is not None:
+        return False  # another commit succeeded meanwhile: the repository is in use
+    for prefix in ("packs/", "index/"):  # no snapshot: nobody needs any of them
+        for key, _size in backend.list(prefix):
+            backend.delete(key)
+    for path in sorted(new.root.rglob("*")):
+        rel = path.relative_to(new.root)
+        if path.is_dir() or rel.parts[0] == "locks" or rel.as_posix() == "config":
+            continue
+        if path.name.startswith(TEMP_PREFIX):  # no writer runs: an interrupted write's
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        if len(rel.parts) == 1 and path.name in new.placeholders:
+            continue
+        return False  # something casnap did not put there: keep the repository
+    backend.delete("config")
+    return True
+
+
+def _remove_folders(new: NewRepository) -> None:
+    """Remove the emptied folders of a taken-back repository (a folder something was written
+    into meanwhile stays), and the repository directory when the commit made it."""
+    for dirpath, _dirs, _files in os.walk(new.root, topdown=False):
+        if Path(dirpath) != new.root:
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+    if new.made_dir:
+        with contextlib.suppress(OSError):
+            new.root.rmdir()
