@@ -76,30 +76,6 @@ def side_file_base(name: str) -> str | None:
     return None
 
 
-def normalize_paths(data_dir: Path, paths: Sequence[str]) -> tuple[str, ...]:
-    """Relative POSIX paths inside data_dir for user-given paths; SourceError when outside."""
-    root = data_dir.resolve()
-    out: set[str] = set()
-    for p in paths:
-        candidate = Path(p)
-        if not candidate.is_absolute() and not (root / candidate).exists() and candidate.exists():
-            candidate = candidate.resolve()  # given relative to the working directory
-        full = candidate if candidate.is_absolute() else root / candidate
-        full = Path(os.path.normpath(full))
-        try:
-            rel = full.relative_to(root).as_posix()
-        except ValueError:
-            raise SourceError(f"{p} is outside the data dir {data_dir}") from None
-        if not full.exists():
-            raise SourceError(f"{p} does not exist in the data dir {data_dir}")
-        if rel == ".":
-            return ()
-        out.add(rel)
-    # a path inside another given path adds nothing
-    kept = sorted(p for p in out if not any(p.startswith(q + "/") for q in out if q != p))
-    return tuple(kept)
-
-
 def in_scope(rel: str, paths: Sequence[str]) -> bool:
     """True when rel lies within the committed paths (all of the dir when paths is empty)."""
     return not paths or any(rel == p or rel.startswith(p + "/") for p in paths)

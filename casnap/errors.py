@@ -83,10 +83,14 @@ class AccessDenied(CasnapError):
     exit_code = 8
 
 
-class InvalidPolicy(CasnapError):
-    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
+class InvalidArgument(CasnapError):
+    """A user-given argument cannot be used: a path outside the data dir, a repository URL."""
 
     exit_code = 2
+
+
+class InvalidPolicy(InvalidArgument):
+    """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
 
 
 class CheckFailed(CasnapError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from casnap import capture, chunklist, compression, locks, pipeline, smoke, tempfiles
+from casnap import capture, chunklist, compression, locks, pipeline, selection, smoke, tempfiles
 from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend, fsync_dir
@@ -46,7 +46,6 @@ from casnap.constants import (
     ZSTD_LEVEL,
 )
 from casnap.errors import (
-    AmbiguousSnapshot,
     CasnapError,
     DatabaseBusy,
     HostileManifest,
@@ -62,6 +61,7 @@ from casnap.errors import (
 )
 from casnap.ids import Hasher, ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
+from casnap.paths import commit_paths, normalize_paths, snapshot_holds
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.store import TREE, PackWriter, Store
 
@@ -367,27 +367,16 @@ class Repository:
         """Stored size of every manifest, by snapshot id (hex)."""
         return {k.rsplit("/", 1)[-1]: s for k, s in self.backend.list("snapshots/")}
 
-    def resolve(self, ref: str) -> ObjectId:
-        """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest)."""
-        snaps = self.snapshots()
-        if not snaps:
-            raise SnapshotNotFound("the repository holds no snapshots")
-        if ref == "latest":
-            return snaps[-1][0]
-        ref_l = ref.lower()
-        if is_hex_prefix(ref_l) and len(ref_l) >= 4:
-            matches = [sid for sid, _ in snaps if sid.hex().startswith(ref_l)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                listed = ", ".join(m.short for m in matches[:5])
-                raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots ({listed})")
-        tagged = [sid for sid, s in snaps if ref in s.tags]
-        if tagged:
-            return tagged[-1]
-        if is_hex_prefix(ref_l) and len(ref_l) < 4:
-            raise SnapshotNotFound(f"{ref!r}: give at least 4 hex digits of a snapshot id")
-        raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+    def resolve(
+        self, ref: str, paths: Sequence[str] | None = None, tags: Sequence[str] = ()
+    ) -> ObjectId:
+        """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest); with
+        paths (data-dir relative, normalised) or tags (`a,b`: both), only among the snapshots
+        committed with those paths and carrying those tags (see selection.py)."""
+        flt = selection.SnapshotFilter(
+            None if paths is None else tuple(paths), selection.parse_tags(tags)
+        )
+        return selection.resolve(self.snapshots(), ref, flt).id
 
     def chunk_refs(self, entry: FileEntry) -> list[tuple[ObjectId, int]]:
         """The (chunk id, length) list of a file entry, read from its TREE blobs."""
@@ -454,7 +443,7 @@ class Repository:
         start_ns = time.time_ns()
         capture.require_data_dir(data_dir)
         self._clean_scratch()
-        rel_paths = capture.normalize_paths(data_dir, paths)
+        rel_paths = commit_paths(paths, data_dir)
         skipped: list[str] = []
         sources = capture.scan(data_dir, rel_paths, excludes, skipped)
         # FAISS indexes against their .meta.json sidecars, before anything is read or stored
@@ -1199,17 +1188,18 @@ def _user() -> str:
 
 
 def _select(snap: Snapshot, paths: Sequence[str]) -> list[FileEntry]:
-    """The entries of snap under the given paths (all when none); SnapshotNotFound for a miss."""
+    """The entries of snap under the given paths (all when none); SnapshotNotFound for a miss.
+
+    Paths are read as paths.normalize_paths reads them, against the data dir the snapshot was
+    taken of; each must name a file or folder of the snapshot (not of any data dir)."""
     if not paths:
         return list(snap.files)
-    out: dict[str, FileEntry] = {}
-    for p in paths:
-        norm = p.strip("/")
-        hits = [f for f in snap.files if f.path == norm or f.path.startswith(norm + "/")]
-        if not hits:
-            raise SnapshotNotFound(f"{p} is not in snapshot")
-        out.update((f.path, f) for f in hits)
-    return [out[k] for k in sorted(out)]
+    holds = snapshot_holds(snap)
+    wanted = normalize_paths(paths, Path(snap.source), exists=holds)
+    for rel in wanted:
+        if not holds(rel):
+            raise SnapshotNotFound(f"{rel} is not in snapshot")
+    return [f for f in snap.files if capture.in_scope(f.path, wanted)]
 
 
 def _safe_dest(target: Path, target_real: Path, rel: str) -> Path:

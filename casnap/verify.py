@@ -25,6 +25,7 @@ from casnap.ids import ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import Snapshot
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
+from casnap.selection import SnapshotFilter, resolve
 from casnap.store import (
     EntryTable,
     IdSet,
@@ -127,15 +128,17 @@ def verify(
     read_data: bool = False,
     subset_pct: float | None = None,
     seed: int | None = None,
+    select: SnapshotFilter | None = None,
 ) -> VerifyReport:
-    """Check the repository (or the snapshots refs name) under the shared lock; never raises for
-    damage it finds: every problem goes into the report."""
+    """Check the repository (or the snapshots refs name, among those select matches) under the
+    shared lock; never raises for damage it finds: every problem goes into the report."""
     if subset_pct is not None and not 0.0 < subset_pct <= 100.0:
         raise ValueError("the read-data subset is a percentage in (0, 100]")
     t0 = time.perf_counter()
     with repo.lock("verify"):
         repo.refresh()
-        report = _Checker(repo, read_data or subset_pct is not None).run(refs, subset_pct, seed)
+        checker = _Checker(repo, read_data or subset_pct is not None, select)
+        report = checker.run(refs, subset_pct, seed)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -145,8 +148,11 @@ class _Checker:
 
     Every index entry is a row of an EntryTable (arrays); findings are kept by row."""
 
-    def __init__(self, repo: Repository, read_data: bool) -> None:
+    def __init__(
+        self, repo: Repository, read_data: bool, select: SnapshotFilter | None = None
+    ) -> None:
         self.repo = repo
+        self.select = select or SnapshotFilter()
         self.backend = repo.backend
         self.report = VerifyReport(read_data=read_data)
         self.table = EntryTable([])
@@ -199,8 +205,9 @@ class _Checker:
     ) -> list[tuple[ObjectId, Snapshot]]:
         """The snapshots refs name, read from the manifests that parsed (as resolve() reads)."""
         if not any(p.kind == "manifest" for p in self.report.problems):
-            wanted = {self.repo.resolve(r) for r in refs}
+            wanted = {resolve(snaps, r, self.select).id for r in refs}
             return [kv for kv in snaps if kv[0] in wanted]
+        snaps = self.select.select(snaps)
         chosen: dict[ObjectId, Snapshot] = {}
         for ref in refs:
             low = ref.lower()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from casnap.errors import SourceError
+from casnap.errors import InvalidArgument, SourceError
 from casnap.repository import Repository
 
 
@@ -65,7 +65,7 @@ def test_paths_and_excludes(app: Path, tmp_path: Path) -> None:
     assert names == ["app.db", "faiss/hnsw.index", "faiss/ivf.index", "faiss/shard_000.index"]
     with pytest.raises(SourceError):
         repo.commit(app, ["missing.db"])
-    with pytest.raises(SourceError):
+    with pytest.raises(InvalidArgument):  # a usage error (exit 2), not a source error
         repo.commit(app, ["../outside"])
 
 

@@ -9,11 +9,18 @@ from typing import Any
 import click
 
 from casnap import gc as collector
-from casnap import repair, retention, stats, verify
+from casnap import repair, retention, selection, stats, verify
 from casnap.cli.main import Context, cli, pass_ctx
-from casnap.cli.output import emit_json, human, local_time, progress_bar
-from casnap.cli.snapshots import _print_checks, _smoke_summary
-from casnap.errors import CheckFailed, SmokeCheckFailed
+from casnap.cli.options import (
+    PATH_FILTER_HELP,
+    TAG_FILTER_HELP,
+    filter_options,
+    resolve_ref,
+    snapshot_filter,
+)
+from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
+from casnap.cli.snapshots import _print_checks, _smoke_summary, paths_label
+from casnap.errors import CheckFailed, SmokeCheckFailed, SnapshotNotFound
 from casnap.ids import ObjectId
 
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
@@ -109,8 +116,9 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     "--path",
     "paths",
     multiple=True,
-    help="Only the group of snapshots committed with exactly these paths (repeatable; "
-    "`.` for whole-dir snapshots).",
+    metavar="P",
+    help="Only snapshots committed with path P (data-dir relative, ./P, or a path to it; "
+    "repeatable: with all of them; `.`: whole-dir snapshots). Exit 4 when none is.",
 )
 @click.option(
     "--dry-run", is_flag=True, help="List what would be kept and removed; change nothing."
@@ -149,11 +157,13 @@ def prune(
         monthly=keep_monthly,
         yearly=keep_yearly,
         within=retention.Duration.parse(keep_within) if keep_within else None,
-        tags=tuple(tuple(t for t in tag.split(",") if t) for tag in keep_tags),
+        tags=selection.parse_tags(keep_tags),
     )
-    group = retention.normalize_group_paths(paths, c.data) if paths else None
     repo = c.open()
-    r = retention.prune(repo, policy, paths=group, dry_run=dry_run)
+    select = snapshot_filter(c, repo, paths, ()) if paths else None
+    r = retention.prune(repo, policy, select=select, dry_run=dry_run)
+    if select is not None and not r.groups:
+        raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing pruned")
     gc_report = None
     if dry_run:
         gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
@@ -167,8 +177,6 @@ def prune(
         out["gc"] = gc_report.to_json() if gc_report else None
         emit_json(out)
         return
-    if group is not None and not r.groups:
-        c.say(f"no snapshots were committed with the paths {' '.join(group) or '.'}")
     _print_groups(r)
     verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
     c.say(f"{verbs[0]} {len(r.removed)} snapshot(s), {verbs[1]} {r.kept} ({r.policy})")
@@ -177,7 +185,14 @@ def prune(
 
 
 @cli.command()
-@click.argument("snapshots", nargs=-1, required=True)
+@click.argument("snapshots", nargs=-1)
+@filter_options(
+    "Forget every snapshot committed with path P (data-dir relative, ./P, or a path to it; "
+    "repeatable: with all of them; `.`: whole-dir snapshots); with SNAPSHOTS, only they may be "
+    "named.",
+    "Forget every snapshot carrying tag T (repeatable: any of them; `a,b`: both); with "
+    "SNAPSHOTS, only they may be named.",
+)
 @click.option("--prune", "run_gc", is_flag=True, help="Run gc afterwards to free the space.")
 @click.option("--dry-run", is_flag=True, help="Show what would be forgotten; change nothing.")
 @max_unused_option
@@ -186,14 +201,30 @@ def prune(
 def forget(
     c: Context,
     snapshots: tuple[str, ...],
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
     run_gc: bool,
     dry_run: bool,
     max_unused: float,
     as_json: bool,
 ) -> None:
-    """Forget SNAPSHOTS (ids, unique prefixes or tags); their data goes at the next gc."""
+    """Forget SNAPSHOTS, or every snapshot --tag / --path select; the data goes at the next gc.
+
+    A snapshot named by tag is the newest carrying it (as everywhere): `forget nightly` forgets
+    one snapshot, `forget --tag nightly` every snapshot tagged nightly. Names are resolved before
+    anything is forgotten, so one bad name forgets nothing. Filters that select nothing exit 4.
+
+    Example: casnap forget --tag pre-checkout --prune
+    """
+    if not snapshots and not filter_paths and not filter_tags:
+        raise click.UsageError("name SNAPSHOTS to forget, or select them with --tag or --path")
     repo = c.open()
-    r = retention.forget(repo, snapshots, dry_run=dry_run)
+    select = snapshot_filter(c, repo, filter_paths, filter_tags)
+    r = retention.forget(repo, snapshots, select=select, dry_run=dry_run)
+    for note in r.notes:
+        click.echo(f"casnap: warning: {note}", err=True)
+    if not r.removed:
+        raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
     gc_report = None
     if run_gc and not dry_run:
         gc_report = collector.collect(repo, max_unused=max_unused)
@@ -231,6 +262,7 @@ def forget(
     default=None,
     help="Also run CMD on each restored snapshot with it in $CASNAP_STAGED_DIR.",
 )
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_ctx
 def verify_cmd(
@@ -240,6 +272,8 @@ def verify_cmd(
     read_data_subset: float | None,
     smoke: bool,
     smoke_cmd: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Check that the repository (or SNAPSHOTS) is whole; report every problem.
@@ -260,14 +294,16 @@ def verify_cmd(
         raise click.UsageError("--read-data and --read-data-subset exclude each other")
     subset = read_data_subset
     repo = c.open()
-    r = verify.verify(repo, snapshots, read_data=read_data, subset_pct=subset)
+    select = snapshot_filter(c, repo, filter_paths, filter_tags)
+    r = verify.verify(repo, snapshots, read_data=read_data, subset_pct=subset, select=select)
     smoked = []
     if (smoke or smoke_cmd) and r.ok:
         for ref in snapshots or ("latest",):
+            sid = resolve_ref(c, repo, ref, filter_paths, filter_tags)
             with progress_bar(c, "verify") as progress:
                 smoked.append(
                     repo.smoke_verify(
-                        ref, smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
+                        sid.hex(), smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
                     )
                 )
     if as_json:
@@ -332,13 +368,31 @@ def repair_index(c: Context, as_json: bool) -> None:
 
 @cli.command(name="stats")
 @click.argument("snapshot", required=False)
+@filter_options(
+    PATH_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
+    TAG_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
 @pass_ctx
-def stats_cmd(c: Context, snapshot: str | None, as_json: bool) -> None:
-    """Show sizes, dedup and compression; with SNAPSHOT, the new bytes of each of its files."""
+def stats_cmd(
+    c: Context,
+    snapshot: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show sizes, dedup and compression; with SNAPSHOT, the new bytes of each of its files.
+
+    The per-snapshot table's ADDED is what `log` shows: the bytes the snapshot's commit added to
+    the repository (packs, index and manifest). With SNAPSHOT, NEW is what its files hold that no
+    older snapshot still in the repository holds.
+
+    Example: casnap stats --path app.db
+    """
     repo = c.open()
     if snapshot is not None:
-        s = stats.snapshot_stats(repo, snapshot)
+        sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
+        s = stats.snapshot_stats(repo, sid.hex())
         if as_json:
             emit_json(s.to_json())
             return
@@ -350,10 +404,12 @@ def stats_cmd(c: Context, snapshot: str | None, as_json: bool) -> None:
         for f in s.files:
             click.echo(
                 f"{human(f.new_bytes):>10} {human(f.new_plain_bytes):>10} "
-                f"{f'{f.new_chunks}/{f.chunks}':>13} {human(f.size):>10}  {f.path}"
+                f"{f'{f.new_chunks}/{f.chunks}':>13} {human(f.size):>10}  {printable(f.path)}"
             )
         return
+    select = snapshot_filter(c, repo, filter_paths, filter_tags)
     r = stats.repository_stats(repo)
+    r.snapshots_added = [a for a in r.snapshots_added if select.accepts(a.paths, a.tags)]
     if as_json:
         emit_json(r.to_json())
         return
@@ -367,10 +423,12 @@ def stats_cmd(c: Context, snapshot: str | None, as_json: bool) -> None:
     click.echo(f"dedup ratio        {r.dedup_ratio:.2f}x (logical / unique)")
     click.echo(f"compression ratio  {r.compression_ratio:.2f}x (unique / stored in packs)")
     click.echo("")
+    if select.active:
+        click.echo(f"snapshots {select.describe()}:")
     click.echo(f"{'ID':<9} {'TIME':<19} {'SIZE':>10} {'ADDED':>10}  PATHS / TAGS")
     for a in r.snapshots_added:
-        label = " ".join([*(a.paths or ("(all)",)), *(f"[{t}]" for t in a.tags)])
+        label = " ".join([paths_label(a.paths), *(f"[{printable(t)}]" for t in a.tags)])
         click.echo(
             f"{a.id[:8]:<9} {local_time(a.time):<19} {human(a.logical_bytes):>10} "
-            f"{human(a.added_bytes + a.manifest_bytes):>10}  {label}"
+            f"{human(a.bytes_added):>10}  {label}"
         )

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,35 @@ def human(n: float) -> str:
 
 def local_time(iso: str) -> str:
     return parse_time(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# control and format characters (a newline, an escape sequence, a right-to-left override), lone
+# surrogates (bytes of a name that is not UTF-8), line and paragraph separators
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def printable(text: str, backslash: bool = True) -> str:
+    """text for a terminal: control characters escaped as Python writes them (`\\n`, `\\x1b`),
+    and the bytes of a name that is not UTF-8 as `\\xNN`, so one name stays on one line and
+    cannot move the cursor; with backslash, `\\` too, so the escaped form is unambiguous (as
+    `ls -b` does). JSON output keeps names exact."""
+    if text.isprintable() and not (backslash and "\\" in text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\" if backslash else ch)
+        elif ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(ch) in _UNPRINTABLE:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class ProgressBar:

@@ -4,13 +4,17 @@ demo."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from casnap import stats
 from casnap.cli.main import Context, cli, pass_ctx
-from casnap.cli.output import emit_json, human, local_time, progress_bar
+from casnap.cli.options import filter_options, resolve_ref, snapshot_filter
+from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
+from casnap.paths import normalize_paths, snapshot_holds
 from casnap.repository import Repository
 
 
@@ -115,6 +119,7 @@ def commit(
     help="Also run CMD through the shell with the restored files in $CASNAP_STAGED_DIR; a "
     "non-zero exit aborts the checkout.",
 )
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def checkout(
@@ -126,6 +131,8 @@ def checkout(
     force: bool,
     no_smoke: bool,
     smoke_cmd: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Restore SNAPSHOT (id, unique prefix, `latest` or a tag) into the data dir.
@@ -142,10 +149,13 @@ def checkout(
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
     repo = c.open()
-    dest = target if target is not None else c.data
+    sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
+    if paths:  # read against the data dir; each must name a file or folder of the snapshot
+        paths = normalize_paths(paths, c.data, snapshot_holds(repo.load_snapshot(sid)))
+    dest = (target if target is not None else c.data).absolute()
     with progress_bar(c, "restore") as progress:
         r = repo.checkout(
-            snapshot,
+            sid.hex(),
             dest,
             paths,
             safety_snapshot=not no_safety_snapshot,
@@ -187,9 +197,17 @@ def _print_checks(report: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("a")
 @click.argument("b", required=False)
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
 @pass_ctx
-def diff(c: Context, a: str, b: str | None, as_json: bool) -> None:
+def diff(
+    c: Context,
+    a: str,
+    b: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Show what changed from snapshot A to snapshot B, or to the data dir as it is now.
 
     Files added (A), removed (D) and changed (M), with the bytes and chunks the new side shares
@@ -203,6 +221,9 @@ def diff(c: Context, a: str, b: str | None, as_json: bool) -> None:
     from casnap.diff import diff as run_diff
 
     repo = c.open()
+    a = resolve_ref(c, repo, a, filter_paths, filter_tags).hex()
+    if b is not None:
+        b = resolve_ref(c, repo, b, filter_paths, filter_tags).hex()
     result = run_diff(repo, a, b, data_dir=c.data if b is None else None)
     if as_json:
         emit_json(result.to_json())
@@ -223,7 +244,7 @@ def _count(n: int | None) -> str:
 
 
 def _print_diff(d: dict[str, Any]) -> None:
-    right = d["b"]["id"][:8] if "id" in d["b"] else f"data dir {d['b']['data_dir']}"
+    right = d["b"]["id"][:8] if "id" in d["b"] else f"data dir {printable(d['b']['data_dir'])}"
     click.echo(f"diff {d['a']['id'][:8]} -> {right}")
     marks = {"added": "A", "removed": "D", "changed": "M"}
     for f in d["files"]:
@@ -236,7 +257,7 @@ def _print_diff(d: dict[str, Any]) -> None:
             if f["size_b"] is None
             else f"{human(f['size_a'])} -> {human(f['size_b'])}"
         )
-        line = f"  {marks[f['status']]} {f['path']:<30} {size}"
+        line = f"  {marks[f['status']]} {printable(f['path']):<30} {size}"
         if f["status"] != "removed":
             line += (
                 f"  (shared {human(f['bytes_shared'])}, new {human(f['bytes_new'])} "
@@ -250,10 +271,10 @@ def _print_diff(d: dict[str, Any]) -> None:
                     rows += f" (+{t['added']} -{t['removed']}"
                     rows += f", {t['updated']} updated)" if t["updated"] is not None else ")"
                 schema = ", schema changed" if t["schema_changed"] else ""
-                click.echo(f"      table {t['name']}: {rows}{schema}")
+                click.echo(f"      table {printable(t['name'])}: {rows}{schema}")
             else:
                 n = t["rows_b"] if t["status"] == "added" else t["rows_a"]
-                click.echo(f"      table {t['name']}: {t['status']} ({n} rows)")
+                click.echo(f"      table {printable(t['name'])}: {t['status']} ({n} rows)")
         ix = f["index"]
         if ix is not None:
             kind = ix["type_b"] or ix["type_a"]
@@ -271,22 +292,36 @@ def _print_diff(d: dict[str, Any]) -> None:
     )
 
 
+def paths_label(paths: Sequence[str]) -> str:
+    """A snapshot's committed paths for a table: `(all)` for a whole-dir snapshot."""
+    return " ".join(printable(p) for p in paths) if paths else "(all)"
+
+
 @cli.command()
+@filter_options(
+    "List only snapshots committed with path P (repeatable: with all of them; `.`: whole-dir "
+    "snapshots).",
+    "List only snapshots carrying tag T (repeatable: any of them; `a,b`: both).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as a JSON list.")
 @pass_ctx
-def log(c: Context, as_json: bool) -> None:
+def log(
+    c: Context, filter_paths: tuple[str, ...], filter_tags: tuple[str, ...], as_json: bool
+) -> None:
     """List snapshots, newest first.
 
-    One line per snapshot: id prefix, local time, file count, total size, bytes the snapshot added
-    to the repository, tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
+    One line per snapshot: id prefix, local time, file count, total size, bytes its commit added
+    to the repository (packs, index and manifest), the paths it was committed with (`(all)`: the
+    whole data dir), tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
     snapshot in the other commands.
 
-    Example: casnap log --json
+    Example: casnap log --path app.db
     """
     repo = c.open()
     rows = []
     sizes = repo.manifest_sizes()
-    for sid, s in reversed(repo.snapshots()):
+    flt = snapshot_filter(c, repo, filter_paths, filter_tags)
+    for sid, s in reversed(flt.select(repo.snapshots())):
         rows.append(
             {
                 "id": sid.hex(),
@@ -297,39 +332,53 @@ def log(c: Context, as_json: bool) -> None:
                 "host": s.host,
                 "files": len(s.files),
                 "logical_bytes": s.logical_bytes,
-                "bytes_added": s.stats.get("bytes_added", 0) + sizes.get(sid.hex(), 0),
+                "bytes_added": stats.commit_added(s, sizes.get(sid.hex(), 0)),
             }
         )
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        c.say("no snapshots")
+        c.say(f"no snapshots {flt.describe()}" if flt.active else "no snapshots")
         return
-    click.echo(f"{'ID':<9} {'TIME':<19} {'FILES':>5} {'SIZE':>10} {'ADDED':>10}  TAGS / MESSAGE")
-    for r in rows:
-        label = " ".join(f"[{t}]" for t in r["tags"])
-        text = " ".join(x for x in (label, r["message"]) if x)
+    labels = [paths_label(r["paths"]) for r in rows]
+    width = min(max(len("PATHS"), *(len(x) for x in labels)), 32)
+    click.echo(
+        f"{'ID':<9} {'TIME':<19} {'FILES':>5} {'SIZE':>10} {'ADDED':>10}  {'PATHS':<{width}}  "
+        "TAGS / MESSAGE"
+    )
+    for r, where in zip(rows, labels, strict=True):
+        label = " ".join(f"[{printable(t)}]" for t in r["tags"])
+        text = " ".join(x for x in (label, printable(r["message"])) if x)
         click.echo(
             f"{r['id'][:8]:<9} {local_time(r['time']):<19} {r['files']:>5} "
-            f"{human(r['logical_bytes']):>10} {human(r['bytes_added']):>10}  {text}"
+            f"{human(r['logical_bytes']):>10} {human(r['bytes_added']):>10}  "
+            f"{where:<{width}}  {text}".rstrip()
         )
 
 
 @cli.command()
 @click.argument("snapshot")
+@filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 @pass_ctx
-def show(c: Context, snapshot: str, as_json: bool) -> None:
+def show(
+    c: Context,
+    snapshot: str,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Show one snapshot: its metadata and files with sizes and hashes.
 
     SNAPSHOT is an id, a unique prefix of 4+ hex digits, `latest` or a tag. Lists every file with
     its size, chunk count, kind (`sqlite` when captured through the backup API) and BLAKE3 hash.
+    Control characters in names are shown escaped (`\\n`, `\\x1b`); --json keeps them exact.
 
-    Example: casnap show latest
+    Example: casnap show latest --path app.db
     """
     repo = c.open()
-    sid = repo.resolve(snapshot)
+    sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     s = repo.load_snapshot(sid)
     if as_json:
         d = json.loads(s.encode())
@@ -338,16 +387,19 @@ def show(c: Context, snapshot: str, as_json: bool) -> None:
         return
     click.echo(f"snapshot {sid.hex()}")
     click.echo(f"  time     {local_time(s.time)}  ({s.user}@{s.host})")
-    click.echo(f"  source   {s.source}" + (f"  paths: {' '.join(s.paths)}" if s.paths else ""))
+    click.echo(f"  source   {printable(s.source)}")
+    click.echo(f"  paths    {paths_label(s.paths)}")
     if s.message:
-        click.echo(f"  message  {s.message}")
+        click.echo(f"  message  {printable(s.message)}")
     if s.tags:
-        click.echo(f"  tags     {', '.join(s.tags)}")
+        click.echo(f"  tags     {', '.join(printable(t) for t in s.tags)}")
     click.echo(f"  files    {len(s.files)}, {human(s.logical_bytes)}")
     click.echo("")
     click.echo(f"{'SIZE':>10} {'CHUNKS':>7}  {'KIND':<6} {'BLAKE3':<16}  PATH")
     for f in s.files:
-        click.echo(f"{human(f.size):>10} {f.chunks:>7}  {f.kind:<6} {f.hash[:16]}  {f.path}")
+        click.echo(
+            f"{human(f.size):>10} {f.chunks:>7}  {f.kind:<6} {f.hash[:16]}  {printable(f.path)}"
+        )
 
 
 @cli.command()
