@@ -196,6 +196,10 @@ class Repository:
         self._snapshots: dict[ObjectId, Snapshot] | None = None
         self._index_loaded = False
         self._read_tick: Callable[[int], None] | None = None  # progress of the commit under way
+        # reading a repository that cannot be written: shared locks are skipped with no_lock, or
+        # when on_unwritable is set and a lock cannot be written (it is told why, in one line)
+        self.no_lock = False
+        self.on_unwritable: Callable[[str], None] | None = None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -305,7 +309,9 @@ class Repository:
 
     def lock(self, operation: str, exclusive: bool = False) -> contextlib.AbstractContextManager:
         """Take the repository lock (shared unless exclusive) for a block."""
-        return locks.locked(self.backend, operation, exclusive)
+        if self.no_lock and not exclusive:
+            return contextlib.nullcontext()
+        return locks.locked(self.backend, operation, exclusive, unwritable=self.on_unwritable)
 
     def _ensure_index(self) -> None:
         if not self._index_loaded:

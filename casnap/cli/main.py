@@ -4,14 +4,17 @@ where errors become a line on stderr and an exit code."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from casnap.errors import CasnapError, from_oserror
+from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
+from casnap.paths import repository_dir
 from casnap.repository import Repository
 
 INTERNAL_ERROR = 70
@@ -59,51 +62,129 @@ class CasnapGroup(click.Group):
 class Context:
     """Global options, passed to every command."""
 
-    def __init__(self, repo: Path, data: Path, quiet: bool) -> None:
+    def __init__(self, repo: Path, data: Path, quiet: bool, no_lock: bool = False) -> None:
         self.repo_path = repo
         self.data = data
         self.quiet = quiet
+        self.no_lock = no_lock
+        self._private_tmp: Path | None = None
+        self._noted: set[str] = set()
 
-    def open(self) -> Repository:
-        return Repository.open(self.repo_path)
+    def open(self, reading: bool = False) -> Repository:
+        """The repository at --repo. A command that only reads passes reading: it then runs
+        without a lock under --no-lock, or (saying so) when a lock cannot be written, and keeps
+        its scratch files in a private temp dir when the repository is not writable."""
+        if self.no_lock and not reading:
+            raise click.UsageError(
+                "--no-lock is only for commands that only read the repository (log, show, diff, "
+                "stats, verify, check, checkout)"
+            )
+        try:
+            repo = Repository.open(self.repo_path)
+        except RepositoryNotFound as exc:
+            raise RepositoryNotFound(
+                f"no casnap repository at {self.repo_path.absolute()}; give --repo DIR or set "
+                "CASNAP_REPO (casnap init creates one)"
+            ) from exc
+        if reading:
+            repo.no_lock = self.no_lock
+            repo.on_unwritable = self.note_once
+            if not _writable(repo.tmp_dir):
+                repo.tmp_dir = self.private_tmp()
+        return repo
+
+    def private_tmp(self) -> Path:
+        """A temp dir of this process outside the repository, removed when the command ends."""
+        if self._private_tmp is None:
+            tmp = Path(tempfile.mkdtemp(prefix="casnap-"))
+            click.get_current_context().call_on_close(lambda: shutil.rmtree(tmp, True))
+            self._private_tmp = tmp
+        return self._private_tmp
 
     def say(self, text: str) -> None:
         """A human message on stderr, unless -q."""
         if not self.quiet:
             click.echo(text, err=True)
 
+    def note_once(self, text: str) -> None:
+        """A remark on stderr, unless -q or already made: `casnap: note: ...`."""
+        if text not in self._noted:
+            self._noted.add(text)
+            self.say(f"casnap: note: {text}")
+
+
+def _writable(folder: Path) -> bool:
+    """True when files can be made in folder (or, while it is missing, in its parent)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(cls=CasnapGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def _quiet_after_command(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Context).quiet = True  # type: ignore[union-attr]
+
+
+QUIET_HELP = "Print nothing but results, warnings and errors (no progress bar)."
+
+
+class CommandGroup(CasnapGroup):
+    """The casnap group: every command also takes -q/--quiet after its name."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(p.name == "quiet" for p in cmd.params):
+            cmd.params.append(
+                click.Option(
+                    ["-q", "--quiet"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_quiet_after_command,
+                    help=QUIET_HELP + " Also accepted before the command.",
+                )
+            )
+        super().add_command(cmd, name)
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--repo",
     envvar="CASNAP_REPO",
     default="./backups",
     show_default=True,
-    type=click.Path(path_type=Path, readable=False),
-    help="Repository directory (env CASNAP_REPO).",
+    metavar="DIR",
+    help="Repository directory (env CASNAP_REPO). URLs (s3://...) are not supported.",
 )
 @click.option(
     "--data",
     envvar="CASNAP_DATA",
     default="./data",
     show_default=True,
+    metavar="DIR",
     type=click.Path(path_type=Path, readable=False),
     help="Data directory to snapshot and restore (env CASNAP_DATA).",
 )
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.option(
-    "-q",
-    "--quiet",
+    "--no-lock",
     is_flag=True,
-    help="Print nothing but results, warnings and errors (no progress bar).",
+    help="Read the repository without taking a lock (log, show, diff, stats, verify, checkout): "
+    "for a read-only repository; nothing may write to it meanwhile.",
 )
 @click.version_option(package_name="casnap")
 @click.pass_context
-def cli(ctx: click.Context, repo: Path, data: Path, quiet: bool) -> None:
+def cli(ctx: click.Context, repo: str, data: Path, quiet: bool, no_lock: bool) -> None:
     """casnap: deduplicating, verified snapshots of a SQLite + FAISS data directory."""
-    ctx.obj = Context(repo, data, quiet)
+    try:
+        repo_path = repository_dir(repo)
+    except InvalidArgument as exc:
+        source = ctx.get_parameter_source("repo")
+        if source == click.core.ParameterSource.ENVIRONMENT:
+            raise InvalidArgument(f"CASNAP_REPO: {exc}") from exc
+        raise
+    ctx.obj = Context(repo_path, data, quiet, no_lock)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from casnap import gc as collector
-from casnap import repair, retention, selection, stats, verify
+from casnap import locks, repair, retention, selection, stats, verify
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import (
     PATH_FILTER_HELP,
@@ -293,7 +293,7 @@ def verify_cmd(
     if read_data and read_data_subset is not None:
         raise click.UsageError("--read-data and --read-data-subset exclude each other")
     subset = read_data_subset
-    repo = c.open()
+    repo = c.open(reading=True)
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     r = verify.verify(repo, snapshots, read_data=read_data, subset_pct=subset, select=select)
     smoked = []
@@ -341,6 +341,17 @@ def verify_cmd(
         raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
 
 
+cli.add_command(
+    click.Command(
+        "check",
+        params=verify_cmd.params,
+        callback=verify_cmd.callback,
+        help="The same as `casnap verify` (restic's name for it).\n\n" + (verify_cmd.help or ""),
+        short_help="The same as verify: check that the repository is whole.",
+    )
+)
+
+
 @cli.command(name="repair-index")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_ctx
@@ -366,6 +377,42 @@ def repair_index(c: Context, as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove locks whose process may still run (on another host, or alive here): only "
+    "when you know it is gone.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def unlock(c: Context, force: bool, as_json: bool) -> None:
+    """Remove stale locks: those of processes of this host that no longer run, and lock files
+    that cannot be read. Prints each lock removed and why.
+
+    A lock of another host's process cannot be checked from here, so it is kept (and named)
+    unless --force, which removes every lock: a commit or gc still running would then lose its
+    protection. Takes no lock itself.
+
+    Example: casnap unlock
+    """
+    repo = c.open()
+    removed, kept = locks.unlock(repo.backend, force=force)
+    if as_json:
+        emit_json(
+            {
+                "removed": [info.to_json() | {"reason": why} for info, why in removed],
+                "kept": [info.to_json() for info in kept],
+            }
+        )
+        return
+    for info, why in removed:
+        click.echo(f"removed {info.key}: {info.describe()} ({why})")
+    for info in kept:
+        c.say(f"kept {info.key}: {info.describe()} (--force removes it)")
+    c.say(f"removed {len(removed)} lock(s)")
+
+
 @cli.command(name="stats")
 @click.argument("snapshot", required=False)
 @filter_options(
@@ -389,7 +436,7 @@ def stats_cmd(
 
     Example: casnap stats --path app.db
     """
-    repo = c.open()
+    repo = c.open(reading=True)
     if snapshot is not None:
         sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
         s = stats.snapshot_stats(repo, sid.hex())

@@ -10,17 +10,19 @@ from typing import Any
 
 import click
 
-from casnap import stats
+from casnap import capture, stats
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
+from casnap.errors import NotARepository, RepositoryNotFound
 from casnap.paths import normalize_paths, snapshot_holds
 from casnap.repository import Repository
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
-def init(c: Context) -> None:
+def init(c: Context, as_json: bool) -> None:
     """Create an empty repository at --repo (a missing or empty directory).
 
     Optional: commit creates the repository on first use. A directory holding anything but a
@@ -29,7 +31,31 @@ def init(c: Context) -> None:
     Example: casnap --repo /backups/app init
     """
     repo = Repository.init(c.repo_path)
-    c.say(f"created casnap repository {repo.config['id'][:8]} at {c.repo_path}")
+    where = c.repo_path.absolute()
+    if as_json:
+        emit_json(
+            {"id": repo.config["id"], "path": str(where), "format": repo.config["casnap_format"]}
+        )
+        return
+    c.say(f"created casnap repository {repo.config['id'][:8]} at {where}")
+
+
+def open_or_create(c: Context) -> Repository:
+    """The repository at --repo, created (and said so) when the directory is missing or empty;
+    a missing data dir is reported first, so a failing first commit creates nothing."""
+    capture.require_data_dir(c.data)
+    try:
+        return Repository.open(c.repo_path)
+    except RepositoryNotFound:
+        pass
+    try:
+        repo = Repository.init(c.repo_path)
+    except NotARepository:
+        if not (c.repo_path / "config").exists():
+            raise
+        return Repository.open(c.repo_path)  # another commit created it meanwhile
+    c.say(f"created repository at {c.repo_path.absolute()}")
+    return repo
 
 
 @cli.command()
@@ -66,7 +92,7 @@ def commit(
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
-    repo = Repository.open_or_init(c.repo_path, c.data)
+    repo = open_or_create(c)
     with progress_bar(c, "commit") as progress:
         r = repo.commit(
             c.data,
@@ -148,7 +174,7 @@ def checkout(
 
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
-    repo = c.open()
+    repo = c.open(reading=True)
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     if paths:  # read against the data dir; each must name a file or folder of the snapshot
         paths = normalize_paths(paths, c.data, snapshot_holds(repo.load_snapshot(sid)))
@@ -220,7 +246,7 @@ def diff(
     """
     from casnap.diff import diff as run_diff
 
-    repo = c.open()
+    repo = c.open(reading=True)
     a = resolve_ref(c, repo, a, filter_paths, filter_tags).hex()
     if b is not None:
         b = resolve_ref(c, repo, b, filter_paths, filter_tags).hex()
@@ -317,7 +343,7 @@ def log(
 
     Example: casnap log --path app.db
     """
-    repo = c.open()
+    repo = c.open(reading=True)
     rows = []
     sizes = repo.manifest_sizes()
     flt = snapshot_filter(c, repo, filter_paths, filter_tags)
@@ -377,7 +403,7 @@ def show(
 
     Example: casnap show latest --path app.db
     """
-    repo = c.open()
+    repo = c.open(reading=True)
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     s = repo.load_snapshot(sid)
     if as_json:
@@ -431,7 +457,7 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
             f"{c.data} holds data demo did not generate, and demo changes only its own sample "
             "data: point --data at an empty dir, or use `casnap commit`"
         )
-    repo = Repository.open_or_init(c.repo_path)
+    repo = open_or_create(c)
     step = len(repo.snapshots()) + 1
     first = repo.commit(c.data, message="demo: current data")
     c.say(f"commit 1: snapshot {first.id[:8]}, {human(first.bytes_added)} added")
