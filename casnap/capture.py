@@ -26,7 +26,15 @@ from casnap.constants import (
     STAT_SETTLE_NS,
     TEMP_PREFIX,
 )
-from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, from_oserror
+from casnap.errors import (
+    DatabaseBusy,
+    HostileManifest,
+    NotADatabase,
+    SourceError,
+    StorageFull,
+    from_oserror,
+)
+from casnap.manifest import check_path
 from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -95,7 +103,8 @@ def scan(
 ) -> list[SourceFile]:
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
-    Symbolic links and special files are skipped (their paths go to `skipped` when given); SQLite
+    Symbolic links, special files and files whose names a manifest refuses (a backslash, a drive
+    letter's colon) are skipped (their paths go to `skipped` when given); SQLite
     side files are skipped when their database is present: the backup API captures their content.
     """
     require_data_dir(data_dir)
@@ -120,6 +129,16 @@ def scan(
             for name in children:
                 visit(full / name)
         elif stat.S_ISREG(st.st_mode):
+            try:
+                check_path(rel)
+            except HostileManifest:
+                # a manifest holding it could not be read back: every later command would fail
+                if skipped is not None:
+                    skipped.append(
+                        f"{rel}: not stored (a backslash, or a drive letter's colon, in a name is "
+                        "refused in manifests)"
+                    )
+                return
             base = side_file_base(full.name)
             if base is not None and is_sqlite(full.parent / base):
                 return
