@@ -295,12 +295,20 @@ def verify_cmd(
     subset = read_data_subset
     repo = c.open(reading=True)
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
-    r = verify.verify(repo, snapshots, read_data=read_data, subset_pct=subset, select=select)
+    with progress_bar(c, "verify", "read data") as progress:
+        r = verify.verify(
+            repo,
+            snapshots,
+            read_data=read_data,
+            subset_pct=subset,
+            select=select,
+            progress=progress,
+        )
     smoked = []
     if (smoke or smoke_cmd) and r.ok:
         for ref in snapshots or ("latest",):
             sid = resolve_ref(c, repo, ref, filter_paths, filter_tags)
-            with progress_bar(c, "verify") as progress:
+            with progress_bar(c, f"restore {sid.short}") as progress:
                 smoked.append(
                     repo.smoke_verify(
                         sid.hex(), smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress

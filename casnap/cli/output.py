@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import time
 import unicodedata
@@ -62,51 +63,91 @@ def printable(text: str, backslash: bool = True) -> str:
 
 
 class ProgressBar:
-    """A (bytes done, total) callback drawing click's progress bar with size, rate and ETA."""
+    """A (bytes done, total) callback drawing one line on stderr: label, bar, percent, bytes,
+    rate and ETA, fitted to the terminal's width (read at each redraw): the rate, the bytes, the
+    label and the ETA are left out in turn, and the bar shortened, until the line fits.
 
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.bar: Any = None
-        self.last = 0
-        self.t0 = time.monotonic()
+    A new run (the count going back, or another total) ends the line and starts a new bar,
+    labelled with the next of the labels given (verify: the structure check, then the data)."""
+
+    MIN_BAR, MAX_BAR = 8, 30
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, label: str, *more: str, width: int | None = None, file: Any = None) -> None:
+        self.labels = (label, *more)
+        self.width = width  # None: the terminal's (COLUMNS when set)
+        self.file = file
+        self.run = -1
+        self.total = 0
+        self.done = 0
+        self.t0 = 0.0
+        self.drawn_at = 0.0
+        self.drawn = False
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.t0 = time.monotonic()
-            self.bar = click.progressbar(
-                length=max(total, 1),
-                label=self.label,
-                file=sys.stderr,
-                show_eta=True,
-                show_percent=True,
-                width=24,
-                item_show_func=self._text,
-            )
-            self.bar.__enter__()
-        self.bar.update(max(0, done - self.last), current_item=(done, total))
-        self.last = max(self.last, done)
+        now = time.monotonic()
+        if self.run < 0 or total != self.total or done < self.done:
+            if self.drawn:
+                self._write("\n")
+            self.run += 1
+            self.total, self.t0, self.drawn = total, now, False
+        self.done = done
+        if not self.drawn or done >= total or now - self.drawn_at >= self.REDRAW_SECONDS:
+            columns = self.width if self.width is not None else shutil.get_terminal_size().columns
+            self._write("\r" + self.line(columns - 1, now))
+            self.drawn, self.drawn_at = True, now
 
-    def _text(self, item: tuple[int, int] | None) -> str:
-        if item is None:
-            return ""
-        done, total = item
-        rate = done / max(time.monotonic() - self.t0, 1e-6)
-        return f"{human(done)} / {human(total)}  {human(rate)}/s"
+    def line(self, room: int, now: float | None = None) -> str:
+        """The status line in at most room characters (padded to room, so a redraw covers the
+        longer line it replaces)."""
+        now = time.monotonic() if now is None else now
+        done, total = self.done, self.total
+        elapsed = max(now - self.t0, 1e-6)
+        label = self.labels[min(self.run, len(self.labels) - 1)]
+        pct = f"{100 * done // total if total else 100:>3d}%"
+        amount = f"{human(done)} / {human(total)}"
+        rate = f"{human(done / elapsed)}/s"
+        eta = ""
+        if 0 < done < total:
+            left = int(elapsed * (total - done) / done)
+            eta = f"ETA {left // 60}:{left % 60:02d}"
+        for parts in (
+            (label, "BAR", pct, amount, rate, eta),
+            (label, "BAR", pct, amount, eta),
+            (label, "BAR", pct, eta),
+            ("BAR", pct, eta),
+            ("BAR", pct),
+        ):
+            words = [p for p in parts if p]
+            fixed = sum(len(w) for w in words if w != "BAR") + len(words) - 1 + 2
+            width = min(self.MAX_BAR, room - fixed)
+            if width >= self.MIN_BAR:
+                filled = width * done // total if total else width
+                bar = "[" + "#" * filled + "-" * (width - filled) + "]"
+                text = " ".join(bar if w == "BAR" else w for w in words)
+                return text.ljust(room)
+        return pct.strip()[:room].ljust(room)
+
+    def _write(self, text: str) -> None:
+        out = self.file if self.file is not None else sys.stderr
+        out.write(text)
+        out.flush()
 
     def close(self) -> None:
-        """Finish the bar (a final redraw and a newline), if one was drawn."""
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        """End the line, if a bar was drawn."""
+        if self.drawn:
+            self._write("\n")
+            self.drawn = False
 
 
 @contextlib.contextmanager
-def progress_bar(c: Context, label: str) -> Iterator[ProgressFn | None]:
-    """A progress callback drawing a bar on stderr; None (no output) with -q or off a terminal."""
+def progress_bar(c: Context, label: str, *more: str) -> Iterator[ProgressFn | None]:
+    """A progress callback drawing a bar on stderr; None (no output) with -q or off a terminal.
+    More labels name the runs that follow the first (see ProgressBar)."""
     if c.quiet or not sys.stderr.isatty():
         yield None
         return
-    bar = ProgressBar(label)
+    bar = ProgressBar(label, *more)
     try:
         yield bar
     finally:
