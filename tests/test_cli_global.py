@@ -105,3 +105,49 @@ def test_init_json(tmp_path: Path) -> None:
         "format": config["casnap_format"],
     }
     assert os.path.isabs(info["path"])
+
+
+def test_log_and_stats_agree_on_bytes_added(tmp_path: Path) -> None:
+    """One definition: what the snapshot's commit added to the repository, manifest included."""
+    from tests.helpers_smoke import evolve_app
+
+    data = make_app(tmp_path / "data")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    committed = {}
+    for step in range(3):
+        info = json.loads(invoke(*base, "commit", "--json")[1])
+        committed[info["id"]] = info["bytes_added"]
+        evolve_app(data, step + 1)
+    first = next(iter(committed))
+    assert invoke(*base, "forget", first)[0] == 0  # later figures must not move
+    del committed[first]
+    log = {r["id"]: r["bytes_added"] for r in json.loads(invoke(*base, "log", "--json")[1])}
+    stats = json.loads(invoke(*base, "stats", "--json")[1])["snapshots_added"]
+    assert log == committed
+    assert {s["id"]: s["bytes_added"] for s in stats} == committed
+    text = invoke(*base, "stats")[1]
+    for sid in committed:
+        row = next(line for line in text.splitlines() if line.startswith(sid[:8]))
+        log_row = next(line for line in invoke(*base, "log")[1].splitlines() if sid[:8] in line)
+        assert row.split()[5:7] == log_row.split()[6:8]  # the same ADDED column
+
+
+def test_json_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_app(tmp_path / "data")
+    base = ["--repo", "repo", "--data", "data"]
+    assert invoke(*base, "commit")[0] == 0
+    code, out, err = invoke(*base, "checkout", "latest", "--to", "out", "--json")
+    assert code == 0, err
+    assert json.loads(out)["target"] == str(tmp_path / "out")
+    code, out, err = invoke(*base, "diff", "latest", "--json")
+    assert code == 0 and json.loads(out)["b"]["data_dir"] == str(tmp_path / "data")
+
+
+def test_an_error_stays_on_one_line(tmp_path: Path) -> None:
+    data = make_app(tmp_path / "data")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    assert invoke(*base, "commit")[0] == 0
+    code, _, err = invoke(*base, "checkout", "latest", "no\nsuch\x07", "--to", str(tmp_path))
+    assert code == EXIT_CODES["not-found"]
+    assert err.count("\n") == 1 and "\x07" not in err and "no\\nsuch\\x07" in err

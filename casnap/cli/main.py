@@ -13,12 +13,23 @@ from typing import Any
 
 import click
 
+from casnap.cli.output import printable
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
 from casnap.paths import repository_dir
 from casnap.repository import Repository
 
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
+
+
+def say_error(message: str) -> None:
+    """`casnap: error: <message>` on stderr, always one line (control characters escaped)."""
+    click.echo(printable(f"casnap: error: {message}", backslash=False), err=True)
+
+
+def warn(message: str) -> None:
+    """`casnap: warning: <message>` on stderr, one line; printed even with -q."""
+    click.echo(printable(f"casnap: warning: {message}", backslash=False), err=True)
 
 
 class CasnapGroup(click.Group):
@@ -33,28 +44,30 @@ class CasnapGroup(click.Group):
             code = exc.exit_code
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "casnap"
-            click.echo(f"casnap: error: {exc.format_message()} (see '{where} --help')", err=True)
+            say_error(f"{exc.format_message()} (see '{where} --help')")
             code = exc.exit_code
         except click.ClickException as exc:
-            click.echo(f"casnap: error: {exc.format_message()}", err=True)
+            say_error(exc.format_message())
             code = exc.exit_code
         except click.Abort:
             click.echo("casnap: interrupted", err=True)
             code = INTERRUPTED
         except CasnapError as exc:
-            click.echo(f"casnap: error: {exc}", err=True)
+            say_error(str(exc))
             code = exc.exit_code
         except KeyboardInterrupt:
             click.echo("casnap: interrupted", err=True)
             code = INTERRUPTED
         except OSError as exc:
             err = from_oserror(exc, exc.filename or "I/O")
-            click.echo(f"casnap: error: {err}", err=True)
+            say_error(str(err))
             code = err.exit_code
         except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for a user
             if os.environ.get("CASNAP_DEBUG"):
                 raise
-            click.echo(f"casnap: internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(
+                printable(f"casnap: internal error: {type(exc).__name__}: {exc}", False), err=True
+            )
             code = INTERNAL_ERROR
         sys.exit(code)
 

@@ -10,7 +10,7 @@ import click
 
 from casnap import gc as collector
 from casnap import locks, repair, retention, selection, stats, verify
-from casnap.cli.main import Context, cli, pass_ctx
+from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
@@ -72,7 +72,8 @@ def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
 def _print_groups(report: retention.PruneReport) -> None:
     for g in report.groups:
         keep = sum(d.keep for d in g.decisions)
-        click.echo(f"{g.key.describe()}: keep {keep}, remove {len(g.decisions) - keep} snapshot(s)")
+        where = printable(g.key.describe(), backslash=False)
+        click.echo(f"{where}: keep {keep}, remove {len(g.decisions) - keep} snapshot(s)")
         for d in g.decisions:
             label = " ".join(f"[{t}]" for t in d.item.tags)
             why = ", ".join(d.reasons)
@@ -222,7 +223,7 @@ def forget(
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     r = retention.forget(repo, snapshots, select=select, dry_run=dry_run)
     for note in r.notes:
-        click.echo(f"casnap: warning: {note}", err=True)
+        warn(note)
     if not r.removed:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
     gc_report = None
@@ -321,7 +322,7 @@ def verify_cmd(
         emit_json(out)
     else:
         for p in r.problems:
-            click.echo(p.line())
+            click.echo(printable(p.line(), backslash=False))
         for note in r.notes:
             c.say(f"note: {note}")
         if r.ok:
@@ -373,7 +374,7 @@ def repair_index(c: Context, as_json: bool) -> None:
         emit_json(r.to_json())
         return
     for key, reason in r.skipped:
-        click.echo(f"{key}: {reason}")
+        click.echo(printable(f"{key}: {reason}", backslash=False))
     c.say(
         f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
         f"{len(r.skipped)} pack(s) damaged, {r.index_files_removed} old index file(s) removed"

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from casnap import capture, stats
-from casnap.cli.main import Context, cli, pass_ctx
+from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.errors import NotARepository, RepositoryNotFound
@@ -104,7 +104,7 @@ def commit(
             progress=progress,
         )
     for w in r.warnings:
-        click.echo(f"casnap: warning: {w}", err=True)
+        warn(w)
     if as_json:
         emit_json(r.to_json())
         return
