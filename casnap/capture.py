@@ -103,8 +103,8 @@ def scan(
 ) -> list[SourceFile]:
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
-    Symbolic links, special files and files whose names a manifest refuses (a backslash, a drive
-    letter's colon) are skipped (their paths go to `skipped` when given); SQLite
+    Symbolic links, special files and files whose paths a manifest refuses (a backslash, a leading
+    drive letter) are skipped (their paths go to `skipped` when given); SQLite
     side files are skipped when their database is present: the backup API captures their content.
     """
     require_data_dir(data_dir)
@@ -135,8 +135,8 @@ def scan(
                 # a manifest holding it could not be read back: every later command would fail
                 if skipped is not None:
                     skipped.append(
-                        f"{rel}: not stored (a backslash, or a drive letter's colon, in a name is "
-                        "refused in manifests)"
+                        f"{rel}: not stored (manifests refuse a path with a backslash or one "
+                        "starting with a drive letter)"
                     )
                 return
             base = side_file_base(full.name)

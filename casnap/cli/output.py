@@ -62,6 +62,14 @@ def printable(text: str, backslash: bool = True) -> str:
     return "".join(out)
 
 
+def _clock(seconds: float) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour on)."""
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
 class ProgressBar:
     """A (bytes done, total) callback drawing one line on stderr: label, bar, percent, bytes,
     rate and ETA, fitted to the terminal's width (read at each redraw): the rate, the bytes, the
@@ -105,12 +113,16 @@ class ProgressBar:
         elapsed = max(now - self.t0, 1e-6)
         label = self.labels[min(self.run, len(self.labels) - 1)]
         pct = f"{100 * done // total if total else 100:>3d}%"
-        amount = f"{human(done)} / {human(total)}"
-        rate = f"{human(done / elapsed)}/s"
-        eta = ""
-        if 0 < done < total:
-            left = int(elapsed * (total - done) / done)
-            eta = f"ETA {left // 60}:{left % 60:02d}"
+        # fixed widths, so the bar keeps its length from one redraw to the next
+        amount = f"{human(done):>10} / {human(total)}"
+        rate = f"{human(done / elapsed) + '/s':>12}"
+        if done >= total:
+            eta = f"in {_clock(elapsed)}"
+        elif done > 0:
+            eta = f"ETA {_clock(elapsed * (total - done) / done)}"
+        else:
+            eta = "ETA -:--"
+        eta = eta.ljust(8)
         for parts in (
             (label, "BAR", pct, amount, rate, eta),
             (label, "BAR", pct, amount, eta),

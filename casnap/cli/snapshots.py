@@ -60,9 +60,17 @@ def open_or_create(c: Context) -> Repository:
 
 @cli.command()
 @click.argument("paths", nargs=-1)
-@click.option("-m", "--message", default="", help="Message stored with the snapshot.")
-@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
-@click.option("--exclude", "excludes", multiple=True, help="Skip files matching GLOB (repeatable).")
+@click.option(
+    "-m", "--message", default="", metavar="MSG", help="Message stored with the snapshot."
+)
+@click.option("--tag", "tags", multiple=True, metavar="T", help="Tag the snapshot (repeatable).")
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip files matching GLOB (repeatable).",
+)
 @click.option(
     "--strict",
     is_flag=True,
@@ -122,6 +130,7 @@ def commit(
 @click.option(
     "--to",
     "target",
+    metavar="DIR",
     type=click.Path(path_type=Path, readable=False),
     default=None,
     help="Restore into DIR instead of the data dir.",
@@ -432,11 +441,14 @@ def show(
 @click.option(
     "--size-mb",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
     default=40.0,
     show_default=True,
     help="Size of generated sample data.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the generated sample data.")
+@click.option(
+    "--seed", default=0, show_default=True, metavar="S", help="Seed of the generated sample data."
+)
 @click.pass_context
 def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
     """Generate sample data into an empty data dir, commit, change it, commit again, show log.
