@@ -40,22 +40,25 @@ def init(c: Context, as_json: bool) -> None:
     c.say(f"created casnap repository {repo.config['id'][:8]} at {where}")
 
 
-def open_or_create(c: Context) -> Repository:
-    """The repository at --repo, created (and said so) when the directory is missing or empty;
-    a missing data dir is reported first, so a failing first commit creates nothing."""
+def open_or_create(c: Context) -> tuple[Repository, bool]:
+    """The repository at --repo, and whether it was created here because the directory was
+    missing or empty; a missing data dir is reported first, so that creates nothing."""
     capture.require_data_dir(c.data)
     try:
-        return Repository.open(c.repo_path)
+        return Repository.open(c.repo_path), False
     except RepositoryNotFound:
         pass
     try:
-        repo = Repository.init(c.repo_path)
+        return Repository.init(c.repo_path), True
     except NotARepository:
         if not (c.repo_path / "config").exists():
             raise
-        return Repository.open(c.repo_path)  # another commit created it meanwhile
+        return Repository.open(c.repo_path), False  # another commit created it meanwhile
+
+
+def say_created(c: Context) -> None:
+    """The message for a repository commit created: a mistyped --repo must not pass unseen."""
     c.say(f"created repository at {c.repo_path.absolute()}")
-    return repo
 
 
 @cli.command()
@@ -100,7 +103,7 @@ def commit(
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
-    repo = open_or_create(c)
+    repo, created = open_or_create(c)
     with progress_bar(c, "commit") as progress:
         r = repo.commit(
             c.data,
@@ -111,6 +114,8 @@ def commit(
             strict=strict,
             progress=progress,
         )
+    if created:  # said once the commit succeeded, so a failed one prints its error alone
+        say_created(c)
     for w in r.warnings:
         warn(w)
     if as_json:
@@ -469,7 +474,9 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
             f"{c.data} holds data demo did not generate, and demo changes only its own sample "
             "data: point --data at an empty dir, or use `casnap commit`"
         )
-    repo = open_or_create(c)
+    repo, created = open_or_create(c)
+    if created:
+        say_created(c)
     step = len(repo.snapshots()) + 1
     first = repo.commit(c.data, message="demo: current data")
     c.say(f"commit 1: snapshot {first.id[:8]}, {human(first.bytes_added)} added")
