@@ -31,11 +31,13 @@ from casnap.constants import (
 from casnap.errors import (
     CasnapError,
     DatabaseBusy,
+    HostileManifest,
     NotADatabase,
     SourceError,
     StorageFull,
     from_oserror,
 )
+from casnap.manifest import check_path
 from casnap.private import create_file, make_dirs
 from casnap.tempfiles import temp_name
 
@@ -86,30 +88,6 @@ def side_file_base(name: str) -> str | None:
     return None
 
 
-def normalize_paths(data_dir: Path, paths: Sequence[str]) -> tuple[str, ...]:
-    """Relative POSIX paths inside data_dir for user-given paths; SourceError when outside."""
-    root = data_dir.resolve()
-    out: set[str] = set()
-    for p in paths:
-        candidate = Path(p)
-        if not candidate.is_absolute() and not (root / candidate).exists() and candidate.exists():
-            candidate = candidate.resolve()  # given relative to the working directory
-        full = candidate if candidate.is_absolute() else root / candidate
-        full = Path(os.path.normpath(full))
-        try:
-            rel = full.relative_to(root).as_posix()
-        except ValueError:
-            raise SourceError(f"{p} is outside the data dir {data_dir}") from None
-        if not full.exists():
-            raise SourceError(f"{p} does not exist in the data dir {data_dir}")
-        if rel == ".":
-            return ()
-        out.add(rel)
-    # a path inside another given path adds nothing
-    kept = sorted(p for p in out if not any(p.startswith(q + "/") for q in out if q != p))
-    return tuple(kept)
-
-
 def in_scope(rel: str, paths: Sequence[str]) -> bool:
     """True when rel lies within the committed paths (all of the dir when paths is empty)."""
     return not paths or any(rel == p or rel.startswith(p + "/") for p in paths)
@@ -146,7 +124,8 @@ def scan(
 ) -> list[SourceFile]:
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
-    Symbolic links and special files are skipped (their paths go to `skipped` when given); SQLite
+    Symbolic links, special files and files whose paths a manifest refuses (a backslash, a leading
+    drive letter) are skipped (their paths go to `skipped` when given); SQLite
     side files are skipped when their database is present: the backup API captures their content.
     """
     require_data_dir(data_dir)
@@ -187,6 +166,16 @@ def scan(
             for name in children:
                 visit(full / name)
         elif stat.S_ISREG(st.st_mode):
+            try:
+                check_path(rel)
+            except HostileManifest:
+                # a manifest holding it could not be read back: every later command would fail
+                if skipped is not None:
+                    skipped.append(
+                        f"{rel}: not stored (manifests refuse a path with a backslash or one "
+                        "starting with a drive letter)"
+                    )
+                return
             base = side_file_base(full.name)
             if base is not None and is_sqlite(full.parent / base):
                 return

@@ -19,7 +19,7 @@ import stat
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +33,15 @@ from casnap.errors import (
     CasnapError,
     DatabaseBusy,
     HostileManifest,
+    InvalidArgument,
     SnapshotNotFound,
     SourceError,
-    UsageError,
     from_oserror,
 )
 from casnap.fsdir import Dir, Tree, remove_tree, split
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
+from casnap.paths import normalize_paths
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.tempfiles import STAGE_PREFIX, remove_stale_stages, remove_stale_stages_in
 
@@ -254,13 +255,13 @@ class _Checkout:
     # -- plan ------------------------------------------------------------------------------
 
     def _protected(self) -> str | None:
-        """The repository's path relative to the target when it lies inside it; UsageError when
+        """The repository's path relative to the target when it lies inside it; InvalidArgument when
         the target is the repository or lies inside it."""
         if self.repo.root is None:
             return None
         repo_root = self.repo.root.resolve()
         if capture.inside(self.target, repo_root):
-            raise UsageError(
+            raise InvalidArgument(
                 f"refusing to check out into {self.shown_target}: it is the repository or lies "
                 "inside it"
             )
@@ -276,14 +277,15 @@ class _Checkout:
         """The entries to restore (all, or those under the given paths), repository excluded."""
         entries = self.sel.entries
         if self.paths:
-            chosen: dict[str, tuple[FileEntry, ObjectId]] = {}
-            for p in self.paths:
-                norm = p.strip("/")
-                hits = {k: v for k, v in entries.items() if k == norm or k.startswith(norm + "/")}
-                if not hits:
-                    raise SnapshotNotFound(f"{p} is not in snapshot")
-                chosen.update(hits)
-            entries = chosen
+            # read as every command reads paths, against the data dir the snapshot was taken of;
+            # each must name a file or folder of the snapshot (not of any data dir)
+            holds = _holds(entries)
+            source = Path(self.sel.sources[-1][1].source)
+            wanted = normalize_paths(self.paths, source, exists=holds)
+            for rel in wanted:
+                if not holds(rel):
+                    raise SnapshotNotFound(f"{rel} is not in snapshot")
+            entries = {k: v for k, v in entries.items() if capture.in_scope(k, wanted)}
         items = []
         for path in sorted(entries):
             entry, sid = entries[path]
@@ -728,6 +730,12 @@ def _sqlite_locked(parent: Dir, name: str, shown: Path) -> Iterator[None]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _holds(entries: dict[str, tuple[FileEntry, ObjectId]]) -> Callable[[str], bool]:
+    """Whether a relative path is one of the files or a folder above one."""
+    folders = {"/".join(p.split("/")[:i]) for p in entries for i in range(1, p.count("/") + 1)}
+    return lambda rel: rel in entries or rel in folders
 
 
 def _link_order(item: _Item) -> tuple[int, str]:

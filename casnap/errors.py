@@ -87,13 +87,14 @@ class AccessDenied(CasnapError):
     exit_code = 8
 
 
-class UsageError(CasnapError):
-    """An argument the library cannot act on (a checkout into the repository itself)."""
+class InvalidArgument(CasnapError):
+    """A user-given argument cannot be used: a path outside the data dir, a repository URL, a
+    checkout into the repository itself."""
 
     exit_code = 2
 
 
-class InvalidPolicy(UsageError):
+class InvalidPolicy(InvalidArgument):
     """A retention policy is missing, empty or malformed (a prune that would keep nothing)."""
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_WAIT_SECONDS
-from casnap.errors import CasnapError, LockError
+from casnap.errors import AccessDenied, CasnapError, LockError
 from casnap.procs import pid_alive, process_start_time
 
 
@@ -35,8 +35,11 @@ class LockInfo:
     exclusive: bool
     operation: str
     time: float
+    readable: bool = True  # False: the file is not a lock casnap can read (damaged or foreign)
 
     def describe(self) -> str:
+        if not self.readable:
+            return f"lock file {self.key} cannot be read (damaged, or not written by casnap)"
         kind = "exclusive" if self.exclusive else "shared"
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
         return (
@@ -44,7 +47,35 @@ class LockInfo:
         )
 
     def stale(self) -> bool:
-        return self.host == socket.gethostname() and not pid_alive(self.pid, self.start)
+        """True for the lock of a process of this host that no longer runs."""
+        return (
+            self.readable
+            and self.host == socket.gethostname()
+            and not pid_alive(self.pid, self.start)
+        )
+
+    def conflict_message(self, location: str) -> str:
+        """Why a repository is locked, and what to do if the holder is gone."""
+        if not self.readable:
+            return (
+                f"repository {location} is locked: lock file {location}/{self.key} cannot be "
+                "read (damaged, or not written by casnap); `casnap unlock` removes it"
+            )
+        hint = ""
+        if self.host != socket.gethostname():
+            hint = "; if that process no longer runs, `casnap unlock --force` removes the lock"
+        return f"repository {location} is locked: {self.describe()}{hint}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "readable": self.readable,
+            "host": self.host if self.readable else None,
+            "pid": self.pid if self.readable else None,
+            "operation": self.operation if self.readable else None,
+            "exclusive": self.exclusive,
+            "time": self.time if self.readable else None,
+        }
 
 
 def _read(backend: Backend, key: str) -> LockInfo | None:
@@ -63,7 +94,7 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
         return None  # removed meanwhile
     except (ValueError, KeyError, TypeError):
         # a torn or foreign lock file: treat as held by an unknown process, exclusive
-        return LockInfo(key, "?", -1, None, True, "unknown", 0.0)
+        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
 
 
 def holders(backend: Backend) -> list[LockInfo]:
@@ -104,11 +135,15 @@ def locked(
     operation: str,
     exclusive: bool,
     wait: float | None = None,
+    unwritable: Callable[[str], None] | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
-    notify hears once what it waits for."""
+    notify hears once what it waits for.
+
+    With unwritable, a shared lock that cannot be written for lack of permission or on a
+    read-only filesystem is skipped: unwritable is told so in one line and the block runs."""
     if wait is None:
         wait = lock_wait()
     key = f"locks/{uuid.uuid4().hex}"
@@ -126,7 +161,15 @@ def locked(
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
-        backend.put(key, body)
+        try:
+            backend.put(key, body)
+        except AccessDenied as exc:
+            if unwritable is None or exclusive:
+                raise
+            reason = str(exc).rsplit(": ", 1)[-1]  # "Read-only file system", "Permission denied"
+            unwritable(f"cannot write a lock in {backend.location} ({reason}); reading without one")
+            yield
+            return
         try:
             conflict = _conflict(backend, key, exclusive)
         except BaseException:
@@ -138,7 +181,7 @@ def locked(
             break
         backend.delete(key)
         if time.monotonic() >= deadline:
-            raise LockError(f"repository {backend.location} is locked: {conflict.describe()}")
+            raise LockError(conflict.conflict_message(backend.location))
         if notify is not None:
             notify(f"waiting up to {wait:.0f} s for the repository: {conflict.describe()}")
             notify = None
@@ -161,3 +204,28 @@ def _release(backend: Backend, key: str, tries: int = 3) -> None:
             if attempt == tries - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def unlock(
+    backend: Backend, force: bool = False
+) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
+    """Remove stale locks: those of processes of this host that no longer run, and lock files
+    that cannot be read; with force, every lock. Returns (removed, why) pairs and the locks kept.
+
+    Only force removes a lock whose holder may be running (here, or on another host: its pid
+    cannot be checked from here): a running commit or gc would then lose its protection."""
+    removed: list[tuple[LockInfo, str]] = []
+    kept: list[LockInfo] = []
+    for info in holders(backend):
+        if not info.readable:
+            why = "cannot be read"
+        elif info.stale():
+            why = "its process no longer runs"
+        elif force:
+            why = "forced"
+        else:
+            kept.append(info)
+            continue
+        backend.delete(info.key)  # a lock removed meanwhile is no error
+        removed.append((info, why))
+    return removed, kept

@@ -29,6 +29,7 @@ from casnap import (
     pipeline,
     private,
     rollback,
+    selection,
     smoke,
     tempfiles,
 )
@@ -56,7 +57,6 @@ from casnap.constants import (
 )
 from casnap.errors import (
     AccessDenied,
-    AmbiguousSnapshot,
     CasnapError,
     EmptySnapshot,
     InconsistentData,
@@ -64,13 +64,13 @@ from casnap.errors import (
     NotADatabase,
     NotARepository,
     RepositoryNotFound,
-    SnapshotNotFound,
     SourceError,
     UnsupportedFormat,
     from_oserror,
 )
 from casnap.ids import Hasher, ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
+from casnap.paths import commit_paths
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.store import TREE, PackWriter, Store
 
@@ -185,6 +185,10 @@ class Repository:
         self._read_tick: Callable[[int], None] | None = None  # progress of the commit under way
         self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
         self._unindexed: list[ObjectId] = []  # packs of a failed commit, for rollback
+        # reading a repository that cannot be written: shared locks are skipped with no_lock, or
+        # when on_unwritable is set and a lock cannot be written (it is told why, in one line)
+        self.no_lock = False
+        self.on_unwritable: Callable[[str], None] | None = None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -315,7 +319,15 @@ class Repository:
 
     def lock(self, operation: str, exclusive: bool = False) -> contextlib.AbstractContextManager:
         """Take the repository lock (shared unless exclusive) for a block."""
-        return locks.locked(self.backend, operation, exclusive, notify=self.notify)
+        if self.no_lock and not exclusive:
+            return contextlib.nullcontext()
+        return locks.locked(
+            self.backend,
+            operation,
+            exclusive,
+            unwritable=self.on_unwritable,
+            notify=self.notify,
+        )
 
     def _ensure_index(self) -> None:
         if not self._index_loaded:
@@ -377,27 +389,16 @@ class Repository:
         """Stored size of every manifest, by snapshot id (hex)."""
         return {k.rsplit("/", 1)[-1]: s for k, s in self.backend.list("snapshots/")}
 
-    def resolve(self, ref: str) -> ObjectId:
-        """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest)."""
-        snaps = self.snapshots()
-        if not snaps:
-            raise SnapshotNotFound("the repository holds no snapshots")
-        if ref == "latest":
-            return snaps[-1][0]
-        ref_l = ref.lower()
-        if is_hex_prefix(ref_l) and len(ref_l) >= 4:
-            matches = [sid for sid, _ in snaps if sid.hex().startswith(ref_l)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                listed = ", ".join(m.short for m in matches[:5])
-                raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots ({listed})")
-        tagged = [sid for sid, s in snaps if ref in s.tags]
-        if tagged:
-            return tagged[-1]
-        if is_hex_prefix(ref_l) and len(ref_l) < 4:
-            raise SnapshotNotFound(f"{ref!r}: give at least 4 hex digits of a snapshot id")
-        raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+    def resolve(
+        self, ref: str, paths: Sequence[str] | None = None, tags: Sequence[str] = ()
+    ) -> ObjectId:
+        """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest); with
+        paths (data-dir relative, normalised) or tags (`a,b`: both), only among the snapshots
+        committed with those paths and carrying those tags (see selection.py)."""
+        flt = selection.SnapshotFilter(
+            None if paths is None else tuple(paths), selection.parse_tags(tags)
+        )
+        return selection.resolve(self.snapshots(), ref, flt).id
 
     def chunk_refs(self, entry: FileEntry) -> list[tuple[ObjectId, int]]:
         """The (chunk id, length) list of a file entry, read from its TREE blobs."""
@@ -486,7 +487,7 @@ class Repository:
         data_dir = data_dir.resolve()  # a data dir reached through a symbolic link is stored
         prune = self.nested_repository(data_dir)
         self._clean_scratch()
-        rel_paths = capture.normalize_paths(data_dir, paths)
+        rel_paths = commit_paths(paths, data_dir)
         skipped: list[str] = []
         dirs: dict[str, tuple[int, int, int]] = {}
         unreadable: list[str] = []

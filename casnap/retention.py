@@ -10,19 +10,18 @@ carries the tags. A snapshot is kept when any rule keeps it. The decision functi
 from __future__ import annotations
 
 import datetime as dt
-import os
-import posixpath
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from casnap.errors import InvalidPolicy
+from casnap import selection
+from casnap.errors import InvalidArgument, InvalidPolicy
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
 from casnap.repository import Repository, parse_time
+from casnap.selection import SnapshotFilter
 
 UNLIMITED = -1  # a bucket count that keeps one snapshot in every bucket
 
@@ -240,29 +239,6 @@ def group_snapshots(
     return dict(sorted(groups.items()))
 
 
-def normalize_group_paths(paths: Sequence[str], data_dir: Path | None = None) -> tuple[str, ...]:
-    """The committed-paths tuple that user-given --path values name (as commit normalises them).
-
-    Paths are relative to the data dir (an absolute path inside data_dir is made relative);
-    `.` names the whole-dir group. The paths need not exist any more.
-    """
-    root = str(data_dir.resolve()) if data_dir is not None else None
-    out: set[str] = set()
-    for p in paths:
-        text = p
-        if os.path.isabs(text):
-            if root is None or os.path.commonpath([root, os.path.abspath(text)]) != root:
-                raise InvalidPolicy(f"--path {p}: give a path relative to the data dir")
-            text = os.path.relpath(os.path.abspath(text), root)
-        rel = posixpath.normpath(text.replace(os.sep, "/"))
-        if rel.startswith("../") or rel == "..":
-            raise InvalidPolicy(f"--path {p} is outside the data dir")
-        if rel == ".":
-            return ()
-        out.add(rel)
-    return tuple(sorted(p for p in out if not any(p.startswith(q + "/") for q in out)))
-
-
 # -- applying it -----------------------------------------------------------------------------------
 
 
@@ -301,6 +277,7 @@ class PruneReport:
     kept: int = 0
     manifest_bytes_removed: int = 0  # stored size of the manifests removed (their data: gc)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # for stderr, not part of the JSON
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -322,11 +299,12 @@ def prune(
     repo: Repository,
     policy: Policy,
     *,
-    paths: tuple[str, ...] | None = None,
+    select: SnapshotFilter | None = None,
     dry_run: bool = False,
     tz: dt.tzinfo | None = None,
 ) -> PruneReport:
-    """Forget the snapshots policy does not keep, in every group (or the groups with `paths`).
+    """Forget the snapshots policy does not keep, in every group (or the groups whose snapshots
+    select matches: with paths, those committed with all of them; see selection.py).
 
     Refuses an empty policy: a prune that keeps nothing is always a mistake. Buckets use tz
     (None: the local time zone, as restic does). Data is reclaimed by gc afterwards.
@@ -342,8 +320,10 @@ def prune(
     with repo.lock("prune", exclusive=not dry_run):
         repo.refresh()
         for key, members in group_snapshots(repo.snapshots()).items():
-            if paths is not None and key.paths != paths:
-                continue
+            if select is not None:
+                members = select.select(members)
+                if not members:
+                    continue
             decisions = apply_policy((item_of(s, snap) for s, snap in members), policy, tz)
             report.groups.append(GroupResult(key, tuple(decisions)))
             report.kept += sum(d.keep for d in decisions)
@@ -353,18 +333,46 @@ def prune(
     return report
 
 
-def forget(repo: Repository, refs: Sequence[str], *, dry_run: bool = False) -> PruneReport:
-    """Forget the named snapshots (ids, unique prefixes, tags as resolve() reads them).
+def forget(
+    repo: Repository,
+    refs: Sequence[str],
+    *,
+    select: SnapshotFilter | None = None,
+    dry_run: bool = False,
+) -> PruneReport:
+    """Forget the named snapshots (ids, unique prefixes, `latest`, tags: their newest snapshot,
+    as resolve() reads them), or without names every snapshot select matches. Names resolve only
+    among the snapshots select matches.
 
-    Every name is resolved before anything is removed, so one bad name removes nothing.
+    Every name is resolved before anything is removed, so one bad name removes nothing. A tag
+    named that more snapshots carry gets a note in the report's notes.
     """
+    select = select or SnapshotFilter()
+    if not refs and not select.active:
+        raise InvalidArgument("forget needs snapshots to forget, or a filter (tags, paths)")
     t0 = time.perf_counter()
-    report = PruneReport(dry_run=dry_run, policy="forget " + " ".join(refs))
+    named = " ".join(refs)
+    how = " ".join(x for x in (named, select.describe()) if x)
+    report = PruneReport(dry_run=dry_run, policy=f"forget {how}")
     with repo.lock("forget", exclusive=not dry_run):
         repo.refresh()
-        targets = list(dict.fromkeys(repo.resolve(r) for r in refs))
+        snaps = repo.snapshots()
+        if refs:
+            targets: list[ObjectId] = []
+            for ref in refs:
+                hit = selection.resolve(snaps, ref, select)
+                targets.append(hit.id)
+                carrying = selection.carrying(snaps, ref, select)
+                if hit.by == "tag" and carrying > 1:
+                    report.notes.append(
+                        f"{carrying} snapshots carry the tag {ref}; forgetting only the newest "
+                        f"({hit.id.short}): --tag {ref} selects them all"
+                    )
+            targets = list(dict.fromkeys(targets))
+        else:
+            targets = [sid for sid, _ in select.select(snaps)]
         report.removed = [sid.hex() for sid in targets]
-        report.kept = len(repo.snapshots()) - len(targets)
+        report.kept = len(snaps) - len(targets)
         _remove(repo, report, dry_run)
     report.seconds = time.perf_counter() - t0
     return report

@@ -27,8 +27,9 @@ class SnapshotAdded:
     tags: tuple[str, ...]
     logical_bytes: int
     new_blobs: int
-    added_bytes: int  # encoded bytes of the blobs it introduced
+    added_bytes: int  # encoded bytes of the blobs no older snapshot still present reaches
     manifest_bytes: int
+    bytes_added: int = 0  # what its commit added (commit_added): the figure log shows
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -160,6 +161,7 @@ def repository_stats(repo: Repository) -> RepositoryStats:
                     new_blobs,
                     added,
                     sizes.get(f"snapshots/{sid.hex()}", 0),
+                    commit_added(s, sizes.get(f"snapshots/{sid.hex()}", 0)),
                 )
             )
     out.seconds = time.perf_counter() - t0
@@ -206,3 +208,9 @@ def _load(repo: Repository) -> tuple[list[tuple[ObjectId, Snapshot]], Reach]:
     snaps = repo.snapshots()
     repo.store.load_index()
     return snaps, walk(snaps, repo.store.get)
+
+
+def commit_added(snap: Snapshot, manifest_bytes: int) -> int:
+    """The bytes a snapshot's commit added to the repository: the packs and index file it wrote
+    plus its manifest. Fixed when the snapshot is taken; forgetting others does not change it."""
+    return int(snap.stats.get("bytes_added", 0)) + manifest_bytes

@@ -23,8 +23,10 @@ import numpy as np
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.ids import ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import Snapshot
+from casnap.progress import ByteProgress, ProgressFn
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
+from casnap.selection import SnapshotFilter, resolve
 from casnap.store import (
     EntryTable,
     IdSet,
@@ -127,15 +129,21 @@ def verify(
     read_data: bool = False,
     subset_pct: float | None = None,
     seed: int | None = None,
+    select: SnapshotFilter | None = None,
+    progress: ProgressFn | None = None,
 ) -> VerifyReport:
-    """Check the repository (or the snapshots refs name) under the shared lock; never raises for
-    damage it finds: every problem goes into the report."""
+    """Check the repository (or the snapshots refs name, among those select matches) under the
+    shared lock; never raises for damage it finds: every problem goes into the report.
+
+    progress is told of two runs (see progress.py), each in pack bytes: the pack directories
+    checked, then (with read_data) the packs read."""
     if subset_pct is not None and not 0.0 < subset_pct <= 100.0:
         raise ValueError("the read-data subset is a percentage in (0, 100]")
     t0 = time.perf_counter()
     with repo.lock("verify"):
         repo.refresh()
-        report = _Checker(repo, read_data or subset_pct is not None).run(refs, subset_pct, seed)
+        checker = _Checker(repo, read_data or subset_pct is not None, select, progress)
+        report = checker.run(refs, subset_pct, seed)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -145,8 +153,16 @@ class _Checker:
 
     Every index entry is a row of an EntryTable (arrays); findings are kept by row."""
 
-    def __init__(self, repo: Repository, read_data: bool) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        read_data: bool,
+        select: SnapshotFilter | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
         self.repo = repo
+        self.select = select or SnapshotFilter()
+        self.progress = progress
         self.backend = repo.backend
         self.report = VerifyReport(read_data=read_data)
         self.table = EntryTable([])
@@ -199,8 +215,9 @@ class _Checker:
     ) -> list[tuple[ObjectId, Snapshot]]:
         """The snapshots refs name, read from the manifests that parsed (as resolve() reads)."""
         if not any(p.kind == "manifest" for p in self.report.problems):
-            wanted = {self.repo.resolve(r) for r in refs}
+            wanted = {resolve(snaps, r, self.select).id for r in refs}
             return [kv for kv in snaps if kv[0] in wanted]
+        snaps = self.select.select(snaps)
         chosen: dict[ObjectId, Snapshot] = {}
         for ref in refs:
             low = ref.lower()
@@ -237,8 +254,10 @@ class _Checker:
                 continue
             self.packs[pack] = size
         self.report.packs = len(self.packs)
+        bar = ByteProgress(sum(self.packs.values()), self.progress)
         for pack, size in sorted(self.packs.items()):
             if pack not in self.rows_by_pack:
+                bar.add(size)
                 try:
                     for rec in self.repo.store.read_pack_directory(pack, size):
                         self.unindexed.setdefault(rec[0], pack)
@@ -261,6 +280,7 @@ class _Checker:
                 for row in rows.tolist():
                     self.bad[row] = f"its pack {pack.hex()[:12]} is missing"
                 continue
+            bar.add(size)
             f = fields[rows]
             beyond = np.nonzero(f["offset"].astype(np.int64) + f["length"] > size)[0]
             if len(beyond):
@@ -294,6 +314,7 @@ class _Checker:
                     f"pack's own directory (first: chunk {first.hex()[:16]})",
                     pack,
                 )
+        bar.finish()
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -332,7 +353,11 @@ class _Checker:
             n = max(1, math.ceil(len(candidates) * subset_pct / 100.0))
             candidates = sorted(random.Random(seed).sample(candidates, min(n, len(candidates))))
         bad_rows = np.array(sorted(self.bad), dtype=np.int64)
+        bar = ByteProgress(sum(self.packs[p] for p in candidates), self.progress)
+        before = 0  # bytes of the packs before this one, all read
         for pack in candidates:
+            bar.advance_to(before)
+            before += self.packs[pack]
             key = pack_key(pack)
             try:
                 data = self.backend.get(key)
@@ -379,6 +404,7 @@ class _Checker:
                     f"pack {pack.hex()[:12]} does not match its name (damaged){where}; {tail}",
                     pack,
                 )
+        bar.finish()
 
     # -- conclusions -------------------------------------------------------------------------------
 

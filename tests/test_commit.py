@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from casnap.errors import SourceError
+from casnap.errors import InvalidArgument, SourceError
 from casnap.repository import Repository
 
 
@@ -65,7 +65,7 @@ def test_paths_and_excludes(app: Path, tmp_path: Path) -> None:
     assert names == ["app.db", "faiss/hnsw.index", "faiss/ivf.index", "faiss/shard_000.index"]
     with pytest.raises(SourceError):
         repo.commit(app, ["missing.db"])
-    with pytest.raises(SourceError):
+    with pytest.raises(InvalidArgument):  # a usage error (exit 2), not a source error
         repo.commit(app, ["../outside"])
 
 
@@ -182,3 +182,14 @@ def test_symbolic_links_are_skipped_with_a_warning(app: Path, tmp_path: Path) ->
     r = Repository.init(tmp_path / "repo").commit(app)
     assert any(w.startswith("linked: symbolic link not stored") for w in r.warnings)
     assert r.files_new == 7  # the seven regular files, nothing through the link
+
+
+def test_names_a_manifest_refuses_are_skipped_with_a_warning(app: Path, tmp_path: Path) -> None:
+    """A stored manifest must read back: a name it would refuse is skipped, as a link is."""
+    (app / "back\\slash.txt").write_bytes(b"x")
+    (app / "c:notes.txt").write_bytes(b"y")
+    repo = Repository.init(tmp_path / "repo")
+    r = repo.commit(app)
+    assert r.files_new == 7
+    assert sum("not stored" in w for w in r.warnings) == 2
+    assert [len(s.files) for _, s in Repository.open(tmp_path / "repo").snapshots()] == [7]

@@ -28,6 +28,35 @@ def test_every_command_has_help_and_a_usage_section() -> None:
         assert f"casnap {name}" in docs, f"{name} is not described in README.md or docs/USAGE.md"
 
 
+def readme_rows() -> dict[str, str]:
+    """The command cell of each row of README's command table, by command name."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        match = re.match(r"\| `casnap ([a-z-]+)[^`]*` \|", line)
+        if match:
+            rows[match.group(1)] = match.group(0)
+    return rows
+
+
+def test_the_readme_table_lists_every_command_and_option() -> None:
+    rows = readme_rows()
+    for name, command in cli.commands.items():
+        assert name in rows, f"README's command table has no row for {name}"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                if param.name == "quiet":
+                    continue  # a global option, also taken after the command
+                found = any(re.search(rf"{re.escape(o)}(?![\w-])", rows[name]) for o in param.opts)
+                assert found, f"README's row for {name} does not list {'/'.join(param.opts)}"
+            elif isinstance(param, click.Argument):
+                assert param.name.upper() in rows[name], f"{name} {param.name.upper()}"
+    readme = (ROOT / "README.md").read_text()
+    globals_text = readme[readme.index("Global options") :][:1200]
+    for param in cli.params:
+        if isinstance(param, click.Option) and param.name not in ("help", "version"):
+            assert param.opts[-1] in globals_text, f"global option {param.opts[-1]}"
+
+
 def json_section(command: str) -> str:
     text = (ROOT / "docs" / "JSON.md").read_text()
     match = re.search(rf"## [^\n]*`casnap {command} --json`[^\n]*\n(.*?)(?=\n## |\Z)", text, re.S)
@@ -42,9 +71,12 @@ def test_every_command_with_json_has_a_section() -> None:
 
 
 JSON_RUNS = {
+    "init": ["--repo", "NEWREPO", "init"],
     "commit": ["commit"],
     "checkout": ["checkout", "FIRST", "--to", "OUT"],
     "verify": ["verify", "--smoke"],
+    "check": ["check", "--read-data"],
+    "unlock": ["unlock"],
     "diff": ["diff", "FIRST"],
     "log": ["log"],
     "show": ["show", "FIRST"],
@@ -59,13 +91,13 @@ JSON_RUNS = {
 
 @pytest.mark.parametrize("run", sorted(JSON_RUNS))
 def test_every_json_field_is_documented(run: str, tmp_path: Path) -> None:
-    command = JSON_RUNS[run][0]
+    command = next(a for a in JSON_RUNS[run] if a[0].isalpha() and a.islower())
     data = make_app(tmp_path / "data")
     base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
     first = CliRunner().invoke(cli, [*base, "commit"]).stdout.strip()
     evolve_app(data)
     CliRunner().invoke(cli, [*base, "commit"])
-    swap = {"FIRST": first, "OUT": str(tmp_path / "out")}
+    swap = {"FIRST": first, "OUT": str(tmp_path / "out"), "NEWREPO": str(tmp_path / "new")}
     args = [swap.get(a, a) for a in JSON_RUNS[run]]
     result = CliRunner().invoke(cli, [*base, *args, "--json"])
     assert result.exit_code == 0, result.stderr

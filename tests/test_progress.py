@@ -79,7 +79,8 @@ def test_cli_prints_no_progress_off_a_terminal(app: Path, tmp_path: Path) -> Non
     base = ["--repo", str(tmp_path / "repo"), "--data", str(app)]
     result = CliRunner().invoke(cli, [*base, "commit"])
     assert result.exit_code == 0
-    assert len(result.stderr.splitlines()) == 1 and "saved" in result.stderr
+    lines = result.stderr.splitlines()  # the first commit creates the repository
+    assert len(lines) == 2 and lines[0].startswith("created repository at") and "saved" in lines[1]
     sid = result.stdout.strip()
     result = CliRunner().invoke(cli, [*base, "checkout", sid, "--to", str(tmp_path / "o")])
     assert result.exit_code == 0 and "%" not in result.stderr and "\r" not in result.stderr
@@ -109,3 +110,24 @@ def test_progress_bar_shows_bytes_rate_and_percent_on_a_terminal(
     assert "restore" in out and "100%" in out and "4.0 MiB / 4.0 MiB" in out and "/s" in out
     with progress_bar(Context(Path("r"), Path("d"), quiet=True), "restore") as bar:
         assert bar is None
+
+
+def test_verify_reports_structure_then_data_progress(app: Path, tmp_path: Path) -> None:
+    from casnap import verify
+
+    repo = Repository.init(tmp_path / "repo")
+    repo.commit(app)
+    evolve_app(app)
+    repo.commit(app)
+    packs = sum(size for _, size in repo.backend.list("packs/"))
+    rec = Recorder()
+    assert verify.verify(repo, progress=rec).ok
+    rec.assert_complete(packs)  # one run: the pack directories
+    rec = Recorder()
+    assert verify.verify(repo, read_data=True, progress=rec).ok
+    runs = [i for i, (done, _) in enumerate(rec.calls) if done == 0]
+    assert len(runs) == 2  # the directories, then the packs read
+    first, second = Recorder(), Recorder()
+    first.calls, second.calls = rec.calls[: runs[1]], rec.calls[runs[1] :]
+    first.assert_complete(packs)
+    second.assert_complete(packs)

@@ -16,7 +16,7 @@ from casnap import gc, repository, retention, verify
 from casnap.cli import cli
 from casnap.errors import InvalidPolicy
 from casnap.repository import Repository
-from casnap.retention import Duration, Item, Policy, apply_policy, normalize_group_paths
+from casnap.retention import Duration, Item, Policy, apply_policy
 from tests.helpers_gc import copy_state, evolve, make_data, same_content
 
 UTC = dt.UTC
@@ -260,28 +260,6 @@ def test_empty_policy() -> None:
     assert not Policy(tags=(("x",),)).empty
     with pytest.raises(InvalidPolicy):
         Policy(last=-2)
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        (["app.db"], ("app.db",)),
-        (["./faiss/"], ("faiss",)),
-        (["faiss", "faiss/ivf.index"], ("faiss",)),
-        (["faiss", "app.db"], ("app.db", "faiss")),
-        (["."], ()),
-    ],
-)
-def test_normalize_group_paths(given: list[str], expected: tuple[str, ...]) -> None:
-    assert normalize_group_paths(given) == expected
-
-
-def test_normalize_group_paths_absolute_and_outside(tmp_path: Path) -> None:
-    assert normalize_group_paths([str(tmp_path / "faiss")], tmp_path) == ("faiss",)
-    with pytest.raises(InvalidPolicy):
-        normalize_group_paths(["../elsewhere"], tmp_path)
-    with pytest.raises(InvalidPolicy):
-        normalize_group_paths(["/elsewhere"], tmp_path)
 
 
 # -- on a repository -------------------------------------------------------------------------------

@@ -1,0 +1,10 @@
+"""The casnap command line: parse, call the Repository API, print. Errors are mapped in one place
+(main.CasnapGroup.main); each module holds one group of commands."""
+
+from __future__ import annotations
+
+from casnap.cli import maintenance, snapshots  # noqa: F401 - registers the commands
+from casnap.cli.main import CasnapGroup, Context, cli, main
+from casnap.cli.output import ProgressBar, human, progress_bar
+
+__all__ = ["CasnapGroup", "Context", "ProgressBar", "cli", "human", "main", "progress_bar"]

@@ -1,0 +1,215 @@
+"""The casnap command group: global options, the context every command gets, and the one place
+where errors become a line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from casnap.cli.output import printable
+from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
+from casnap.paths import repository_dir
+from casnap.repository import Repository
+
+INTERNAL_ERROR = 70
+INTERRUPTED = 130
+
+
+def say_error(message: str) -> None:
+    """`casnap: error: <message>` on stderr, always one line (control characters escaped)."""
+    click.echo(printable(f"casnap: error: {message}", backslash=False), err=True)
+
+
+def warn(message: str) -> None:
+    """`casnap: warning: <message>` on stderr, one line; printed even with -q."""
+    click.echo(printable(f"casnap: warning: {message}", backslash=False), err=True)
+
+
+class CasnapGroup(click.Group):
+    """A click group that turns every error into one line on stderr and its exit code."""
+
+    def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(args, **kwargs)
+            code = rv if isinstance(rv, int) else 0
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "casnap"
+            say_error(f"{exc.format_message()} (see '{where} --help')")
+            code = exc.exit_code
+        except click.ClickException as exc:
+            say_error(exc.format_message())
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("casnap: interrupted", err=True)
+            code = INTERRUPTED
+        except CasnapError as exc:
+            say_error(str(exc))
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            click.echo("casnap: interrupted", err=True)
+            code = INTERRUPTED
+        except OSError as exc:
+            err = from_oserror(exc, exc.filename or "I/O")
+            say_error(str(err))
+            code = err.exit_code
+        except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for a user
+            if os.environ.get("CASNAP_DEBUG"):
+                raise
+            click.echo(
+                printable(f"casnap: internal error: {type(exc).__name__}: {exc}", False), err=True
+            )
+            code = INTERNAL_ERROR
+        sys.exit(code)
+
+
+class Context:
+    """Global options, passed to every command."""
+
+    def __init__(self, repo: Path, data: Path, quiet: bool, no_lock: bool = False) -> None:
+        self.repo_path = repo
+        self.data = data
+        self.quiet = quiet
+        self.no_lock = no_lock
+        self._private_tmp: Path | None = None
+        self._noted: set[str] = set()
+
+    def open(self, reading: bool = False) -> Repository:
+        """The repository at --repo. A command that only reads passes reading: it then runs
+        without a lock under --no-lock, or (saying so) when a lock cannot be written, and keeps
+        its scratch files in a private temp dir when the repository is not writable."""
+        if self.no_lock and not reading:
+            raise click.UsageError(
+                "--no-lock is only for commands that only read the repository (log, show, diff, "
+                "stats, verify, check, checkout)"
+            )
+        try:
+            repo = Repository.open(self.repo_path)
+        except RepositoryNotFound as exc:
+            raise RepositoryNotFound(
+                f"no casnap repository at {self.repo_path.absolute()}; give --repo DIR or set "
+                "CASNAP_REPO (casnap init creates one)"
+            ) from exc
+        if reading:
+            repo.no_lock = self.no_lock
+            repo.on_unwritable = self.note_once
+            if not _writable(repo.tmp_dir):
+                repo.tmp_dir = self.private_tmp()
+        return self.listen(repo)
+
+    def listen(self, repo: Repository) -> Repository:
+        """Let the repository say what it waits for (a lock, a locked database) on a terminal."""
+        repo.notify = self.notice
+        return repo
+
+    def notice(self, text: str) -> None:
+        """A passing remark on stderr (a wait under way), on a terminal and unless -q."""
+        if not self.quiet and sys.stderr.isatty():
+            click.echo(f"casnap: {text}", err=True)
+
+    def private_tmp(self) -> Path:
+        """A temp dir of this process outside the repository, removed when the command ends."""
+        if self._private_tmp is None:
+            tmp = Path(tempfile.mkdtemp(prefix="casnap-"))
+            click.get_current_context().call_on_close(lambda: shutil.rmtree(tmp, True))
+            self._private_tmp = tmp
+        return self._private_tmp
+
+    def say(self, text: str) -> None:
+        """A human message on stderr, unless -q."""
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def note_once(self, text: str) -> None:
+        """A remark on stderr, unless -q or already made: `casnap: note: ...`."""
+        if text not in self._noted:
+            self._noted.add(text)
+            self.say(f"casnap: note: {text}")
+
+
+def _writable(folder: Path) -> bool:
+    """True when files can be made in folder (or, while it is missing, in its parent)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _quiet_after_command(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Context).quiet = True  # type: ignore[union-attr]
+
+
+QUIET_HELP = "Print nothing but results, warnings and errors (no progress bar)."
+
+
+class CommandGroup(CasnapGroup):
+    """The casnap group: every command also takes -q/--quiet after its name."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(p.name == "quiet" for p in cmd.params):
+            cmd.params.append(
+                click.Option(
+                    ["-q", "--quiet"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_quiet_after_command,
+                    help=QUIET_HELP + " Also accepted before the command.",
+                )
+            )
+        super().add_command(cmd, name)
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo",
+    envvar="CASNAP_REPO",
+    default="./backups",
+    show_default=True,
+    metavar="DIR",
+    help="Repository directory (env CASNAP_REPO). URLs (s3://...) are not supported.",
+)
+@click.option(
+    "--data",
+    envvar="CASNAP_DATA",
+    default="./data",
+    show_default=True,
+    metavar="DIR",
+    type=click.Path(path_type=Path, readable=False),
+    help="Data directory to snapshot and restore (env CASNAP_DATA).",
+)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
+@click.option(
+    "--no-lock",
+    is_flag=True,
+    help="Read the repository without taking a lock (log, show, diff, stats, verify, checkout): "
+    "for a read-only repository; nothing may write to it meanwhile.",
+)
+@click.version_option(package_name="casnap")
+@click.pass_context
+def cli(ctx: click.Context, repo: str, data: Path, quiet: bool, no_lock: bool) -> None:
+    """casnap: deduplicating, verified snapshots of a SQLite + FAISS data directory."""
+    try:
+        repo_path = repository_dir(repo)
+    except InvalidArgument as exc:
+        source = ctx.get_parameter_source("repo")
+        if source == click.core.ParameterSource.ENVIRONMENT:
+            raise InvalidArgument(f"CASNAP_REPO: {exc}") from exc
+        raise
+    ctx.obj = Context(repo_path, data, quiet, no_lock)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="casnap")

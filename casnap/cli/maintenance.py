@@ -1,0 +1,515 @@
+"""Commands that maintain and check the repository: gc, prune, forget, verify, repair-index,
+stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from casnap import gc as collector
+from casnap import locks, repair, retention, selection, stats, verify
+from casnap.cli.main import Context, cli, pass_ctx, warn
+from casnap.cli.options import (
+    PATH_FILTER_HELP,
+    TAG_FILTER_HELP,
+    filter_options,
+    resolve_ref,
+    snapshot_filter,
+)
+from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
+from casnap.cli.snapshots import _print_checks, _smoke_summary, paths_label
+from casnap.errors import CheckFailed, SmokeCheckFailed, SnapshotNotFound
+from casnap.ids import ObjectId
+
+# -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
+
+
+def _print_gc(c: Context, r: collector.GcReport, manifests: int = 0) -> None:
+    """gc's report; manifests: bytes of the snapshot manifests prune or forget deleted first,
+    counted in what was freed."""
+    would = "would " if r.dry_run else ""
+    c.say(
+        f"gc: {r.snapshots} snapshots reference {r.referenced_blobs} blobs; "
+        f"{r.packs_before} packs ({human(r.pack_bytes_before)})"
+    )
+    c.say(
+        f"gc: {would}delete {r.packs_deleted + r.packs_unindexed} pack(s) "
+        f"({r.packs_unindexed} named by no index), {would}repack {r.packs_repacked} into "
+        f"{r.packs_written}, {would}drop {r.index_entries_dropped} index entries, "
+        f"{would}replace {r.index_files_removed} index file(s) with {r.index_files_written}, "
+        f"{would}remove {r.temp_files_removed} temp file(s)"
+    )
+    freed, deleted, wrote = ("freed", "deleted", "wrote")
+    if r.dry_run:
+        freed, deleted, wrote = ("would free", "would delete", "would write")
+    detail = f"{deleted} {human(r.bytes_deleted + manifests)}"
+    detail += f", {human(manifests)} of it snapshot manifests;" if manifests else ","
+    click.echo(
+        f"{freed} {human(r.bytes_freed + manifests)} ({detail} {wrote} {human(r.bytes_written)})"
+    )
+
+
+def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None) -> dict[str, Any]:
+    """prune's or forget's report with the gc that followed, and the bytes both freed."""
+    out = r.to_json()
+    out["gc"] = gc_report.to_json() if gc_report else None
+    out["bytes_freed"] = r.manifest_bytes_removed + (gc_report.bytes_freed if gc_report else 0)
+    return out
+
+
+max_unused_option = click.option(
+    "--max-unused",
+    type=click.FloatRange(0, 100),
+    default=collector.DEFAULT_MAX_UNUSED,
+    show_default=True,
+    metavar="PCT",
+    help="Repack a pack when more than PCT% of it is unreferenced.",
+)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be freed; change nothing.")
+@max_unused_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
+    """Delete data no snapshot references and repack mostly-unused packs.
+
+    Takes the exclusive lock: waits for running commits and checkouts, and they wait for it.
+    Also removes packs and temp files left by interrupted commits.
+    """
+    r = collector.collect(c.open(), dry_run=dry_run, max_unused=max_unused)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    _print_gc(c, r)
+
+
+def _print_groups(report: retention.PruneReport) -> None:
+    for g in report.groups:
+        keep = sum(d.keep for d in g.decisions)
+        where = printable(g.key.describe(), backslash=False)
+        click.echo(f"{where}: keep {keep}, remove {len(g.decisions) - keep} snapshot(s)")
+        for d in g.decisions:
+            label = " ".join(f"[{t}]" for t in d.item.tags)
+            why = ", ".join(d.reasons)
+            when = d.item.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            verb = "keep  " if d.keep else "remove"
+            click.echo(f"  {verb} {d.item.id[:8]}  {when}  {why:<24} {label}".rstrip())
+
+
+def keep_option(period: str, text: str) -> Callable[[Any], Any]:
+    """A `--keep-<period> N` option of prune."""
+    return click.option(
+        f"--keep-{period}",
+        type=click.IntRange(min=-1),
+        default=0,
+        metavar="N",
+        help=f"Keep {text} (-1: all).",
+    )
+
+
+@cli.command()
+@keep_option("last", "the N newest snapshots")
+@keep_option("hourly", "the newest snapshot of each of the last N hours with one")
+@keep_option("daily", "the newest snapshot of each of the last N days with one")
+@keep_option("weekly", "the newest snapshot of each of the last N ISO weeks with one")
+@keep_option("monthly", "the newest snapshot of each of the last N months with one")
+@keep_option("yearly", "the newest snapshot of each of the last N years with one")
+@click.option(
+    "--keep-within",
+    default=None,
+    metavar="DURATION",
+    help="Keep snapshots newer than the group's newest minus DURATION (2d, 1w, 1y2m3h).",
+)
+@click.option(
+    "--keep-tag",
+    "keep_tags",
+    multiple=True,
+    metavar="TAG[,TAG]",
+    help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them).",
+)
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="P",
+    help="Only snapshots committed with path P (data-dir relative, ./P, or a path to it; "
+    "repeatable: with all of them; `.`: whole-dir snapshots). Exit 4 when none is.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be kept and removed; change nothing."
+)
+@click.option("--no-gc", is_flag=True, help="Forget snapshots but do not run gc afterwards.")
+@max_unused_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def prune(
+    c: Context,
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_within: str | None,
+    keep_tags: tuple[str, ...],
+    paths: tuple[str, ...],
+    dry_run: bool,
+    no_gc: bool,
+    max_unused: float,
+    as_json: bool,
+) -> None:
+    """Forget snapshots a retention policy does not keep, then gc.
+
+    Rules work as in restic, per group of snapshots with the same data dir and paths: each
+    --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
+    periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
+    """
+    policy = retention.Policy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+        within=retention.Duration.parse(keep_within) if keep_within else None,
+        tags=selection.parse_tags(keep_tags),
+    )
+    repo = c.open()
+    select = snapshot_filter(c, repo, paths, ()) if paths else None
+    r = retention.prune(repo, policy, select=select, dry_run=dry_run)
+    if select is not None and not r.groups:
+        raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing pruned")
+    gc_report = None
+    if dry_run:
+        gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
+        gc_report = collector.collect(
+            repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
+        )
+    elif not no_gc:
+        gc_report = collector.collect(repo, max_unused=max_unused)
+    if as_json:
+        emit_json(_forget_json(r, gc_report))
+        return
+    _print_groups(r)
+    verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
+    c.say(
+        f"{verbs[0]} {len(r.removed)} snapshot(s) ({human(r.manifest_bytes_removed)} of "
+        f"manifests), {verbs[1]} {r.kept} ({r.policy})"
+    )
+    if gc_report is not None:
+        _print_gc(c, gc_report, r.manifest_bytes_removed)
+
+
+@cli.command()
+@click.argument("snapshots", nargs=-1)
+@filter_options(
+    "Forget every snapshot committed with path P (data-dir relative, ./P, or a path to it; "
+    "repeatable: with all of them; `.`: whole-dir snapshots); with SNAPSHOTS, only they may be "
+    "named.",
+    "Forget every snapshot carrying tag T (repeatable: any of them; `a,b`: both); with "
+    "SNAPSHOTS, only they may be named.",
+)
+@click.option("--prune", "run_gc", is_flag=True, help="Run gc afterwards to free the space.")
+@click.option("--dry-run", is_flag=True, help="Show what would be forgotten; change nothing.")
+@max_unused_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def forget(
+    c: Context,
+    snapshots: tuple[str, ...],
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    run_gc: bool,
+    dry_run: bool,
+    max_unused: float,
+    as_json: bool,
+) -> None:
+    """Forget SNAPSHOTS, or every snapshot --tag / --path select; the data goes at the next gc.
+
+    A snapshot named by tag is the newest carrying it (as everywhere): `forget nightly` forgets
+    one snapshot, `forget --tag nightly` every snapshot tagged nightly. Names are resolved before
+    anything is forgotten, so one bad name forgets nothing. Filters that select nothing exit 4.
+
+    Example: casnap forget --tag pre-checkout --prune
+    """
+    if not snapshots and not filter_paths and not filter_tags:
+        raise click.UsageError("name SNAPSHOTS to forget, or select them with --tag or --path")
+    repo = c.open()
+    select = snapshot_filter(c, repo, filter_paths, filter_tags)
+    r = retention.forget(repo, snapshots, select=select, dry_run=dry_run)
+    for note in r.notes:
+        warn(note)
+    if not r.removed:
+        raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
+    gc_report = None
+    if run_gc and dry_run:
+        gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
+        gc_report = collector.collect(
+            repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
+        )
+    elif run_gc:
+        gc_report = collector.collect(repo, max_unused=max_unused)
+    if as_json:
+        emit_json(_forget_json(r, gc_report))
+        return
+    for sid in r.removed:
+        click.echo(sid)
+    c.say(
+        f"{'would forget' if dry_run else 'forgot'} {len(r.removed)} snapshot(s) "
+        f"({human(r.manifest_bytes_removed)} of manifests)"
+    )
+    if gc_report is not None:
+        _print_gc(c, gc_report, r.manifest_bytes_removed)
+
+
+@cli.command(name="verify")
+@click.argument("snapshots", nargs=-1)
+@click.option("--read-data", is_flag=True, help="Read every pack and re-hash every chunk.")
+@click.option(
+    "--read-data-subset",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    metavar="PCT",
+    help="Read a random PCT% of the packs.",
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Also restore SNAPSHOTS (default `latest`) into a temporary staging dir and run the "
+    "smoke checks there (SQLite integrity, FAISS read/ntotal/search).",
+)
+@click.option(
+    "--smoke-cmd",
+    metavar="CMD",
+    default=None,
+    help="Also run CMD on each restored snapshot with it in $CASNAP_STAGED_DIR.",
+)
+@filter_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def verify_cmd(
+    c: Context,
+    snapshots: tuple[str, ...],
+    read_data: bool,
+    read_data_subset: float | None,
+    smoke: bool,
+    smoke_cmd: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Check that the repository (or SNAPSHOTS) is whole; report every problem.
+
+    Without options the structure is checked: manifests, index files, pack directories and chunk
+    lists. --read-data also reads every pack and verifies every chunk's hash. Exits 9 when
+    anything is wrong, naming the damaged chunks and the snapshots and files they break. With
+    SNAPSHOTS, only their chunks are followed and only packs holding them are read; manifests,
+    index and pack directories are always checked whole.
+
+    --smoke then restores each of SNAPSHOTS (default `latest`) into a temporary dir, every hash
+    verified, and runs the checkout smoke checks on it; --smoke-cmd runs a command there with
+    $CASNAP_STAGED_DIR set. The data dir is never touched.
+
+    Example: casnap verify --smoke latest
+    """
+    if read_data and read_data_subset is not None:
+        raise click.UsageError("--read-data and --read-data-subset exclude each other")
+    subset = read_data_subset
+    repo = c.open(reading=True)
+    select = snapshot_filter(c, repo, filter_paths, filter_tags)
+    with progress_bar(c, "verify", "read data") as progress:
+        r = verify.verify(
+            repo,
+            snapshots,
+            read_data=read_data,
+            subset_pct=subset,
+            select=select,
+            progress=progress,
+        )
+    smoked = []
+    if (smoke or smoke_cmd) and r.ok:
+        for ref in snapshots or ("latest",):
+            sid = resolve_ref(c, repo, ref, filter_paths, filter_tags)
+            with progress_bar(c, f"restore {sid.short}") as progress:
+                smoked.append(
+                    repo.smoke_verify(
+                        sid.hex(), smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
+                    )
+                )
+    if as_json:
+        out = r.to_json()
+        if smoke or smoke_cmd:
+            out["smoke"] = [s.to_json() for s in smoked] if r.ok else None
+        emit_json(out)
+    else:
+        for p in r.problems:
+            click.echo(printable(p.line(), backslash=False))
+        for note in r.notes:
+            c.say(f"note: {note}")
+        if r.ok:
+            click.echo(f"verify: {r.summary()}")
+        elif smoke or smoke_cmd:
+            c.say("smoke checks not run: the repository has the problems above")
+        for s in smoked:
+            click.echo(
+                f"snapshot {s.id[:8]}: {s.files} files, {human(s.bytes_verified)} restored, "
+                "every hash verified"
+            )
+            if s.smoke is not None:
+                _print_checks(s.smoke)
+                click.echo(_smoke_summary(s.smoke))
+    if not r.ok:
+        raise CheckFailed(f"verify: {r.summary()}")
+    bad = [(s.id, ch) for s in smoked if s.smoke for ch in s.smoke["checks"] if not ch["ok"]]
+    if bad:
+        listed = "; ".join(
+            f"{sid[:8]} {ch['check']}"
+            + (f" on {ch['path']}" if ch["path"] else "")
+            + f": {ch['detail']}"
+            for sid, ch in bad[:3]
+        )
+        raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
+
+
+cli.add_command(
+    click.Command(
+        "check",
+        params=verify_cmd.params,
+        callback=verify_cmd.callback,
+        help="The same as `casnap verify` (restic's name for it).\n\n" + (verify_cmd.help or ""),
+        short_help="The same as verify: check that the repository is whole.",
+    )
+)
+
+
+@cli.command(name="repair-index")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def repair_index(c: Context, as_json: bool) -> None:
+    """Rebuild the index from the packs alone (after index files were lost or damaged).
+
+    Damaged packs are salvaged chunk by chunk or skipped, and reported. Takes the exclusive lock.
+    """
+    r = repair.repair_index(c.open())
+    if as_json:
+        emit_json(r.to_json())
+        return
+    for key, reason in r.skipped:
+        click.echo(printable(f"{key}: {reason}", backslash=False))
+    c.say(
+        f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
+        f"{len(r.skipped)} pack(s) damaged, {r.index_files_removed} old index file(s) removed"
+    )
+    if r.missing:
+        raise CheckFailed(
+            f"repair-index: {r.missing} blob(s) the snapshots need are in no intact pack; "
+            "run `casnap verify` to see which files they break"
+        )
+
+
+@cli.command()
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove locks whose process may still run (on another host, or alive here): only "
+    "when you know it is gone.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_ctx
+def unlock(c: Context, force: bool, as_json: bool) -> None:
+    """Remove stale locks: those of processes of this host that no longer run, and lock files
+    that cannot be read. Prints each lock removed and why.
+
+    A lock of another host's process cannot be checked from here, so it is kept (and named)
+    unless --force, which removes every lock: a commit or gc still running would then lose its
+    protection. Takes no lock itself.
+
+    Example: casnap unlock
+    """
+    repo = c.open()
+    removed, kept = locks.unlock(repo.backend, force=force)
+    if as_json:
+        emit_json(
+            {
+                "removed": [info.to_json() | {"reason": why} for info, why in removed],
+                "kept": [info.to_json() for info in kept],
+            }
+        )
+        return
+    for info, why in removed:
+        click.echo(f"removed {info.key}: {info.describe()} ({why})")
+    for info in kept:
+        c.say(f"kept {info.key}: {info.describe()} (--force removes it)")
+    c.say(f"removed {len(removed)} lock(s)")
+
+
+@cli.command(name="stats")
+@click.argument("snapshot", required=False)
+@filter_options(
+    PATH_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
+    TAG_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
+@pass_ctx
+def stats_cmd(
+    c: Context,
+    snapshot: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show sizes, dedup and compression; with SNAPSHOT, the new bytes of each of its files.
+
+    The per-snapshot table's ADDED is what `log` shows: the bytes the snapshot's commit added to
+    the repository (packs, index and manifest). With SNAPSHOT, NEW is what its files hold that no
+    older snapshot still in the repository holds.
+
+    Example: casnap stats --path app.db
+    """
+    repo = c.open(reading=True)
+    if snapshot is not None:
+        sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
+        s = stats.snapshot_stats(repo, sid.hex())
+        if as_json:
+            emit_json(s.to_json())
+            return
+        click.echo(
+            f"snapshot {s.id[:8]} ({local_time(s.time)}): {human(s.logical_bytes)} of files, "
+            f"{human(s.new_bytes)} new against {s.older_snapshots} older snapshot(s)"
+        )
+        click.echo(f"{'NEW':>10} {'NEW PLAIN':>10} {'CHUNKS':>13} {'SIZE':>10}  PATH")
+        for f in s.files:
+            click.echo(
+                f"{human(f.new_bytes):>10} {human(f.new_plain_bytes):>10} "
+                f"{f'{f.new_chunks}/{f.chunks}':>13} {human(f.size):>10}  {printable(f.path)}"
+            )
+        return
+    select = snapshot_filter(c, repo, filter_paths, filter_tags)
+    r = stats.repository_stats(repo)
+    r.snapshots_added = [a for a in r.snapshots_added if select.accepts(a.paths, a.tags)]
+    if as_json:
+        emit_json(r.to_json())
+        return
+    click.echo(f"snapshots          {r.snapshots} ({r.files} files)")
+    click.echo(f"logical bytes      {human(r.logical_bytes)}")
+    click.echo(f"unique chunk bytes {human(r.unique_bytes)} in {r.unique_chunks} chunks")
+    click.echo(
+        f"stored bytes       {human(r.stored_bytes)} (packs {human(r.pack_bytes)}, index "
+        f"{human(r.index_bytes)}, manifests {human(r.manifest_bytes)})"
+    )
+    click.echo(f"dedup ratio        {r.dedup_ratio:.2f}x (logical / unique)")
+    click.echo(f"compression ratio  {r.compression_ratio:.2f}x (unique / stored in packs)")
+    click.echo("")
+    if select.active:
+        click.echo(f"snapshots {select.describe()}:")
+    click.echo(f"{'ID':<9} {'TIME':<19} {'SIZE':>10} {'ADDED':>10}  PATHS / TAGS")
+    for a in r.snapshots_added:
+        label = " ".join([paths_label(a.paths), *(f"[{printable(t)}]" for t in a.tags)])
+        click.echo(
+            f"{a.id[:8]:<9} {local_time(a.time):<19} {human(a.logical_bytes):>10} "
+            f"{human(a.bytes_added):>10}  {label}"
+        )

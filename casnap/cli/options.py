@@ -1,0 +1,57 @@
+"""Options several commands share: the --path / --tag snapshot filters and how a snapshot
+reference is resolved through them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from casnap import selection
+from casnap.cli.main import Context
+from casnap.errors import CasnapError
+from casnap.ids import ObjectId
+from casnap.repository import Repository
+
+PATH_FILTER_HELP = (
+    "Only snapshots committed with path P (data-dir relative, ./P, or a path to it) may be "
+    "named; `latest` is then the newest of them (repeatable: with all of them; `.`: whole-dir "
+    "snapshots)."
+)
+TAG_FILTER_HELP = (
+    "Only snapshots carrying tag T may be named (repeatable: any of them; `a,b`: both)."
+)
+
+
+def filter_options(
+    path_help: str = PATH_FILTER_HELP, tag_help: str = TAG_FILTER_HELP
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add `--path P` and `--tag T` (as filter_paths and filter_tags) to a command."""
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--tag", "filter_tags", multiple=True, metavar="T[,T]", help=tag_help)(f)
+        return click.option("--path", "filter_paths", multiple=True, metavar="P", help=path_help)(f)
+
+    return add
+
+
+def snapshot_filter(
+    c: Context, repo: Repository, paths: tuple[str, ...], tags: tuple[str, ...]
+) -> selection.SnapshotFilter:
+    """The filter the --path and --tag values give, paths read against the data dir."""
+    if not paths and not tags:
+        return selection.SnapshotFilter()
+    try:
+        snaps = repo.snapshots() if paths else []
+    except CasnapError:
+        snaps = []  # a damaged manifest (verify reports it): read paths against the data dir
+    return selection.make_filter(snaps, c.data, paths, tags)
+
+
+def resolve_ref(
+    c: Context, repo: Repository, ref: str, paths: tuple[str, ...], tags: tuple[str, ...]
+) -> ObjectId:
+    """The snapshot ref names among those the filters let through."""
+    flt = snapshot_filter(c, repo, paths, tags)
+    return repo.resolve(ref, flt.paths, tags)

@@ -1,0 +1,130 @@
+"""Paths a user gives on the command line: data-dir paths (commit, checkout, --path filters) and the
+repository location. One reading for every command, so `./app.db`, `data/app.db` and
+`/srv/app/data/app.db` name the same file wherever a path is taken.
+
+A data-dir path is relative to the data dir (`./x` too). A path that, read from the working
+directory, lies inside the data dir (an absolute path, or `data/app.db` run beside `data/`) is
+turned into its data-dir-relative form. `.` and the data dir itself mean all of it. When both
+readings of a relative path lie inside the data dir, the one naming something that exists wins
+(the caller says what exists: the data dir on disk, a snapshot's files); the data-dir reading
+first. A path outside the data dir (absolute, `../x`, or a relative path that names nothing
+inside it but a file beside the working dir outside it) is an InvalidArgument naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from casnap.errors import InvalidArgument, SourceError
+from casnap.manifest import Snapshot
+
+ALL = "."  # the whole data dir
+# a URL scheme (RFC 3986) followed by `//`: `s3://bucket/x`, `sftp://host/dir`, `file://...`
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def repository_dir(text: str) -> Path:
+    """The local directory a repository location names; a URL is refused (no backend for one),
+    checked on the raw text, before any path conversion collapses `//`."""
+    if _URL.match(text):
+        scheme = text.split(":", 1)[0]
+        raise InvalidArgument(
+            f"repository {text!r}: {scheme}:// repositories are not supported; give a local "
+            "directory"
+        )
+    if not text:
+        raise InvalidArgument("the repository location is empty; give a local directory")
+    return Path(text)
+
+
+def _inside(full: str, data_dir: Path) -> str | None:
+    """full (an absolute path) relative to data_dir as a POSIX path, `.` for data_dir itself;
+    None when it lies outside. Symbolic links in data_dir or in full's parents are followed;
+    the last component of full is not (it may be a link inside the data dir)."""
+    full = os.path.normpath(full)
+    roots = dict.fromkeys((os.path.abspath(data_dir), os.path.realpath(data_dir)))
+    forms = [full]
+    if full != os.path.dirname(full):  # not `/`
+        forms.append(os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)))
+    for form in forms:
+        for root in roots:
+            if form == root:
+                return ALL
+            if form.startswith(root.rstrip(os.sep) + os.sep):
+                return Path(os.path.relpath(form, root)).as_posix()
+    return None
+
+
+def _one(given: str, data_dir: Path, exists: Callable[[str], bool]) -> str:
+    """The data-dir-relative form of one user-given path (ALL for the whole dir)."""
+    if not given:
+        raise InvalidArgument("an empty path names nothing; give `.` for the whole data dir")
+    if os.path.isabs(given):
+        rel = _inside(given, data_dir)
+        if rel is None:
+            raise InvalidArgument(f"{given} is outside the data dir {data_dir}")
+        return rel
+    in_dir: str | None = posixpath.normpath(given.replace(os.sep, "/"))
+    if in_dir == ".." or str(in_dir).startswith("../"):
+        in_dir = None
+    from_cwd = _inside(os.path.abspath(given), data_dir)
+    for rel in (in_dir, from_cwd):
+        if rel is not None and (rel == ALL or exists(rel)):
+            return rel
+    if os.path.lexists(given):  # names something beside the working dir: that is what is meant
+        if from_cwd is None:
+            raise InvalidArgument(f"{given} is outside the data dir {data_dir}")
+        return from_cwd
+    if in_dir is not None:
+        return in_dir
+    if from_cwd is not None:
+        return from_cwd
+    raise InvalidArgument(f"{given} is outside the data dir {data_dir}")
+
+
+def normalize_paths(
+    given: Iterable[str], data_dir: Path | str, exists: Callable[[str], bool] | None = None
+) -> tuple[str, ...]:
+    """Sorted data-dir-relative POSIX paths for user-given paths; () means the whole data dir.
+
+    exists(rel) tells whether a reading names something (default: it exists in the data dir on
+    disk). A path inside another given path adds nothing and is dropped.
+    """
+    root = Path(data_dir)
+    if exists is None:
+
+        def exists(rel: str) -> bool:
+            return os.path.lexists(root / rel)
+
+    out: set[str] = set()
+    for p in given:
+        rel = _one(p, root, exists)
+        if rel == ALL:
+            return ()
+        out.add(rel)
+    return tuple(sorted(p for p in out if not any(p.startswith(q + "/") for q in out)))
+
+
+def commit_paths(given: Sequence[str], data_dir: Path) -> tuple[str, ...]:
+    """normalize_paths for commit: each path must exist in the data dir (SourceError if not)."""
+    rels = normalize_paths(given, data_dir)
+    for rel in rels:
+        if not os.path.lexists(data_dir / rel):
+            raise SourceError(f"{rel} does not exist in the data dir {data_dir}")
+    return rels
+
+
+def snapshot_holds(snap: Snapshot) -> Callable[[str], bool]:
+    """exists() for paths of a snapshot: rel is one of its files or a folder above one."""
+    names = {f.path for f in snap.files}
+    folders: set[str] = set()
+    for name in names:
+        folder = posixpath.dirname(name)
+        while folder and folder not in folders:
+            folders.add(folder)
+            folder = posixpath.dirname(folder)
+    return lambda rel: rel in names or rel in folders

@@ -1,0 +1,140 @@
+"""Which snapshots a reference and a filter name: `latest`, an id or unique prefix, a tag; and the
+--path / --tag filters that restrict them (as restic's `latest --path`).
+
+A filter's paths select snapshots committed with every one of them (`()` selects whole-dir
+snapshots); its tags select snapshots carrying every tag of any one group (`--tag a,b --tag c`:
+both a and b, or c). Every command that takes a snapshot reference resolves it here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from casnap.errors import AmbiguousSnapshot, SnapshotNotFound
+from casnap.ids import ObjectId, is_hex_prefix
+from casnap.manifest import Snapshot
+from casnap.paths import normalize_paths
+
+Snaps = Sequence[tuple[ObjectId, Snapshot]]
+
+
+def parse_tags(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """`--tag` values as tag groups: `a,b` is one group (all of them), each value another."""
+    groups = (tuple(dict.fromkeys(t.strip() for t in v.split(",") if t.strip())) for v in values)
+    return tuple(g for g in groups if g)
+
+
+@dataclass(frozen=True)
+class SnapshotFilter:
+    """Restricts which snapshots a reference may name; the default matches every snapshot."""
+
+    paths: tuple[str, ...] | None = None  # None: any; (): whole-dir snapshots only
+    tags: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.paths is not None or bool(self.tags)
+
+    def matches(self, snap: Snapshot) -> bool:
+        return self.accepts(snap.paths, snap.tags)
+
+    def accepts(self, paths: Sequence[str], tags: Sequence[str]) -> bool:
+        """True for a snapshot committed with paths and carrying tags."""
+        if self.paths is not None:
+            if not self.paths:
+                if paths:
+                    return False
+            elif not set(self.paths) <= set(paths):
+                return False
+        return not self.tags or any(all(t in tags for t in g) for g in self.tags)
+
+    def select(self, snaps: Snaps) -> list[tuple[ObjectId, Snapshot]]:
+        """The snapshots that match, in the order given."""
+        return [(sid, s) for sid, s in snaps if self.matches(s)]
+
+    def describe(self) -> str:
+        """The filter in words, e.g. `committed with app.db, tagged nightly`."""
+        parts = []
+        if self.paths is not None:
+            parts.append(
+                f"committed with {' '.join(self.paths)}" if self.paths else "of the whole data dir"
+            )
+        if self.tags:
+            parts.append("tagged " + " or ".join(",".join(g) for g in self.tags))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a reference resolved to, and how: `latest`, `id` (full or prefix) or `tag`."""
+
+    id: ObjectId
+    by: str
+
+
+def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolved:
+    """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest snapshot),
+    among snaps (oldest first) that match flt."""
+    flt = flt or SnapshotFilter()
+    where = f" {flt.describe()}" if flt.active else ""
+    if not snaps:
+        raise SnapshotNotFound("the repository holds no snapshots")
+    pool = flt.select(snaps)
+    if ref == "latest":
+        if not pool:
+            raise SnapshotNotFound(f"no snapshot{where}")
+        return Resolved(pool[-1][0], "latest")
+    ref_l = ref.lower()
+    if is_hex_prefix(ref_l) and len(ref_l) >= 4:
+        matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)]
+        if len(matches) == 1:
+            return Resolved(matches[0], "id")
+        if len(matches) > 1:
+            listed = ", ".join(m.short for m in matches[:5])
+            raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots{where} ({listed})")
+    tagged = [sid for sid, s in pool if ref in s.tags]
+    if tagged:
+        return Resolved(tagged[-1], "tag")
+    if is_hex_prefix(ref_l) and len(ref_l) < 4:
+        raise SnapshotNotFound(f"{ref!r}: give at least 4 hex digits of a snapshot id")
+    if flt.active:
+        resolve(snaps, ref)  # a ref that names nothing at all is reported as such
+        raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")
+    raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+
+
+def carrying(snaps: Snaps, tag: str, flt: SnapshotFilter | None = None) -> int:
+    """How many snapshots (matching flt) carry tag."""
+    flt = flt or SnapshotFilter()
+    return sum(1 for _, s in snaps if tag in s.tags and flt.matches(s))
+
+
+def newest_per_path_group(
+    snaps: Snaps, source: str | None = None
+) -> dict[tuple[str, ...], tuple[ObjectId, Snapshot]]:
+    """For each set of committed paths (() for whole-dir snapshots), its newest snapshot; only
+    snapshots of the data dir `source` (its absolute path, as manifests record it) when given."""
+    out: dict[tuple[str, ...], tuple[ObjectId, Snapshot]] = {}
+    for sid, snap in snaps:  # oldest first: the last one seen is the newest
+        if source is None or snap.source == source:
+            out[snap.paths] = (sid, snap)
+    return dict(sorted(out.items()))
+
+
+def make_filter(
+    snaps: Snaps, data_dir: Path, paths: Sequence[str] = (), tags: Sequence[str] = ()
+) -> SnapshotFilter:
+    """The filter --path and --tag values give. Paths are read as paths.normalize_paths reads
+    them; a reading exists when a snapshot was committed with it or it exists in data_dir."""
+    rels = None
+    if paths:
+        committed = {p for _, s in snaps for p in s.paths}
+
+        def exists(rel: str) -> bool:
+            return rel in committed or os.path.lexists(data_dir / rel)
+
+        rels = normalize_paths(paths, data_dir, exists)
+    return SnapshotFilter(rels, parse_tags(tags))

@@ -1,0 +1,96 @@
+"""What the command line draws and prints: a progress bar that fits the terminal, names with
+control characters escaped (JSON exact)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import ProgressBar, cli
+from casnap.cli.output import printable
+from tests.helpers_smoke import make_app
+
+MIB = 1024 * 1024
+
+
+def draw(bar: ProgressBar, total: int = 300 * MIB, steps: int = 7) -> list[str]:
+    """Feed a bar a run and return the lines it drew (each redraw, as the terminal shows it)."""
+    for i in range(steps + 1):
+        bar(total * i // steps, total)
+        bar.drawn_at = 0.0  # every call redraws
+    bar.close()
+    return [seg.rstrip("\n") for seg in bar.file.getvalue().split("\r") if seg]
+
+
+@pytest.mark.parametrize("columns", [12, 20, 40, 60, 80, 100, 200])
+def test_the_bar_fits_the_terminal(columns: int) -> None:
+    lines = draw(ProgressBar("restore", width=columns, file=io.StringIO()))
+    assert len(lines) == 8
+    assert all(len(line) <= columns - 1 for line in lines), (columns, lines)
+    assert all("%" in line for line in lines)
+    if columns >= 80:
+        assert "restore" in lines[3] and "MiB / 300.0 MiB" in lines[3] and "/s" in lines[3]
+        assert "ETA" in lines[3] and "[" in lines[3]
+    if columns >= 40:
+        assert "[" in lines[3]
+    assert "100%" in lines[-1]
+
+
+def test_the_bar_reads_the_width_from_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "50")
+    lines = draw(ProgressBar("restore", file=io.StringIO()))
+    assert max(len(line) for line in lines) == 49
+
+
+def test_a_new_run_starts_a_new_line_with_the_next_label() -> None:
+    bar = ProgressBar("verify", "read data", width=80, file=io.StringIO())
+    bar(0, 10)
+    bar(10, 10)
+    bar(0, 20)
+    bar(20, 20)
+    bar.close()
+    lines = bar.file.getvalue().split("\n")
+    assert lines[0].lstrip("\r").startswith("verify") and "100%" in lines[0]
+    assert lines[1].split("\r")[-1].startswith("read data") and "100%" in lines[1]
+
+
+NAMES = {
+    "two\nlines.db": "two\\nlines.db",
+    "tab\there.txt": "tab\\there.txt",
+    "esc\x1b[2J.txt": "esc\\x1b[2J.txt",
+    "ünïcode.txt": "ünïcode.txt",
+}
+
+
+def test_printable_escapes_what_would_break_a_line() -> None:
+    for name, shown in NAMES.items():
+        assert printable(name) == shown
+    assert printable("back\\slash") == "back\\\\slash"  # unambiguous, as ls -b
+    assert printable("bad\udcff") == "bad\\xff"
+    assert printable("rtl\u202eevil") == "rtl\\u202eevil"
+
+
+def test_show_escapes_names_and_json_keeps_them(tmp_path: Path) -> None:
+    data = make_app(tmp_path / "data")
+    for name in NAMES:
+        (data / name).write_bytes(b"x")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    result = CliRunner().invoke(cli, [*base, "commit", "-m", "multi\nline"])
+    assert result.exit_code == 0, result.stderr
+    result = CliRunner().invoke(cli, [*base, "show", "latest"])
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    for shown in NAMES.values():
+        assert sum(line.endswith("  " + shown) for line in lines) == 1, shown
+    assert "\x1b" not in result.stdout and "\t" not in result.stdout
+    assert "message  multi\\nline" in result.stdout
+    table = lines[lines.index("") + 2 :]
+    assert len(table) == 7 + len(NAMES)  # one line per file
+    out = json.loads(CliRunner().invoke(cli, [*base, "show", "latest", "--json"]).stdout)
+    assert set(NAMES) <= {f["path"] for f in out["files"]}
+    result = CliRunner().invoke(cli, [*base, "log"])
+    assert len(result.stdout.splitlines()) == 2 and "multi\\nline" in result.stdout

@@ -1,0 +1,155 @@
+"""One reading of user-given paths for every command: relative to the data dir, `./x`, paths
+relative to the working dir or absolute inside the data dir; outside it is a usage error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from casnap.errors import EXIT_CODES, InvalidArgument, SourceError
+from casnap.paths import commit_paths, normalize_paths, repository_dir
+from tests.helpers_smoke import make_app
+from tests.util import snapshot_tree
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path/data with app.db and faiss/*; the working dir is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return make_app(tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["app.db"], ("app.db",)),
+        (["./app.db"], ("app.db",)),
+        (["data/app.db"], ("app.db",)),
+        (["./data/faiss/"], ("faiss",)),
+        (["faiss", "faiss/ivf.index"], ("faiss",)),
+        (["faiss", "app.db"], ("app.db", "faiss")),
+        (["."], ()),
+        (["data"], ()),
+        (["app.db", "."], ()),
+    ],
+)
+def test_relative_paths(data: Path, given: list[str], expected: tuple[str, ...]) -> None:
+    assert normalize_paths(given, Path("data")) == expected
+    assert normalize_paths(given, data) == expected  # the data dir given absolute
+
+
+def test_absolute_paths_and_the_data_dir_itself(data: Path) -> None:
+    assert normalize_paths([str(data / "app.db")], Path("data")) == ("app.db",)
+    assert normalize_paths([str(data / "faiss") + "/"], data) == ("faiss",)
+    assert normalize_paths([str(data)], Path("data")) == ()
+    link = data.parent / "link"
+    link.symlink_to(data)
+    assert normalize_paths([str(data / "app.db")], link) == ("app.db",)
+    assert normalize_paths([str(link / "app.db")], data) == ("app.db",)
+
+
+@pytest.mark.parametrize("given", ["../elsewhere", "/etc/passwd", "data/../../x", "..", ""])
+def test_outside_is_a_usage_error_naming_the_path(data: Path, given: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        normalize_paths([given], Path("data"))
+    assert info.value.exit_code == EXIT_CODES["usage"]
+    if given:
+        assert given in str(info.value)
+
+
+def test_from_inside_the_data_dir(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(data / "faiss")
+    root = data.parent / "data"
+    assert normalize_paths(["ivf.index"], root) == ("faiss/ivf.index",)
+    assert normalize_paths(["../app.db"], root) == ("app.db",)
+    assert normalize_paths(["app.db"], root) == ("app.db",)  # the data-dir reading exists
+    assert normalize_paths(["."], root) == ()
+
+
+def test_the_reading_that_exists_wins(data: Path) -> None:
+    (data / "data").mkdir()
+    (data / "data" / "app.db").write_bytes(b"x")
+    # both readings exist: the data-dir one first
+    assert normalize_paths(["data/app.db"], Path("data")) == ("data/app.db",)
+    # what exists is the caller's: in a snapshot holding app.db only, the cwd reading wins
+    assert normalize_paths(["data/app.db"], Path("data"), exists={"app.db"}.__contains__) == (
+        "app.db",
+    )
+    # neither exists: the data-dir reading (commit then says it does not exist)
+    assert normalize_paths(["nope/x"], Path("data")) == ("nope/x",)
+
+
+def test_commit_paths_must_exist(data: Path) -> None:
+    assert commit_paths(["data/app.db"], Path("data")) == ("app.db",)
+    with pytest.raises(SourceError, match="does not exist"):
+        commit_paths(["missing.db"], Path("data"))
+
+
+@pytest.mark.parametrize("text", ["s3://bucket/x", "sftp://host/dir", "file:///srv/backups"])
+def test_repository_urls_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        repository_dir(text)
+    assert repository_dir("./backups") == Path("backups")
+    assert repository_dir("weird:name") == Path("weird:name")  # no `//`: a local name
+
+
+# -- through the CLI, from the data dir's parent ------------------------------------------------
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--repo", "repo", "--data", "data", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def committed_paths() -> list[list[str]]:
+    return [r["paths"] for r in json.loads(run("log", "--json")[1])]
+
+
+@pytest.mark.parametrize("form", ["app.db", "./app.db", "data/app.db", "ABS"])
+def test_commit_and_checkout_accept_every_form(data: Path, tmp_path: Path, form: str) -> None:
+    given = str(data / "app.db") if form == "ABS" else form
+    code, _, err = run("commit", given)
+    assert code == 0, err
+    assert committed_paths() == [["app.db"]]
+    state = snapshot_tree(data)
+    code, _, err = run("checkout", "latest", given, "--to", "out")
+    assert code == 0, err
+    assert snapshot_tree(tmp_path / "out") == {"app.db": state["app.db"]}
+
+
+def test_checkout_path_need_only_exist_in_the_snapshot(data: Path, tmp_path: Path) -> None:
+    assert run("commit")[0] == 0
+    state = snapshot_tree(data)
+    (data / "faiss" / "ivf.index").unlink()
+    code, _, err = run("checkout", "latest", "data/faiss/ivf.index", "--no-safety-snapshot")
+    assert code == 0, err
+    assert (data / "faiss" / "ivf.index").read_bytes() == state["faiss/ivf.index"]
+    code, _, err = run("checkout", "latest", "faiss/nope.index")
+    assert code == EXIT_CODES["not-found"] and "not in snapshot" in err
+
+
+@pytest.mark.parametrize("command", ["commit", "checkout latest", "prune --keep-last 1 --path"])
+def test_a_path_outside_the_data_dir_is_a_usage_error(data: Path, command: str) -> None:
+    assert run("commit")[0] == 0
+    (data.parent / "other.db").write_bytes(b"x")
+    code, _, err = run(*command.split(), "other.db")
+    assert code == EXIT_CODES["usage"], err
+    assert "other.db is outside the data dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_prune_path_in_any_form_selects_the_group(data: Path) -> None:
+    for _ in range(2):
+        assert run("commit", "app.db")[0] == 0
+        assert run("commit", "faiss")[0] == 0
+    for form in ("data/app.db", str(data / "app.db"), "./app.db"):
+        code, out, err = run("prune", "--keep-last", "2", "--path", form, "--dry-run", "--json")
+        assert code == 0, err
+        assert [g["paths"] for g in json.loads(out)["groups"]] == [["app.db"]]
+    code, out, err = run("prune", "--keep-last", "1", "--path", "data/app.db", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["removed"]) == 1
+    assert sorted(map(tuple, committed_paths())) == [("app.db",), ("faiss",), ("faiss",)]
