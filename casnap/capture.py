@@ -170,8 +170,8 @@ def scan(
                 check_path(rel)
             except HostileManifest:
                 # a manifest holding it could not be read back: every later command would fail
-                if skipped is not None:
-                    skipped.append(
+                if opts.skipped is not None:
+                    opts.skipped.append(
                         f"{rel}: not stored (manifests refuse a path with a backslash or one "
                         "starting with a drive letter)"
                     )
