@@ -18,6 +18,7 @@ import numpy as np
 import zstandard
 
 from casnap.compression import decompress_object
+from casnap.constants import MAX_CHUNK_SIZE, MAX_FRAME_LENGTH, MAX_FRAME_SIZE, MAX_PACK_SIZE
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId
 
@@ -71,6 +72,28 @@ class IndexEntry(NamedTuple):
         if not self.frame_plain:
             return self.length
         return self.length * self.plain // self.frame_plain
+
+
+def past_limits(rec: np.ndarray) -> str | None:
+    """Why the first of these entries (index fields or pack directory records) is past casnap's
+    size limits (constants.py), or None when none is. Checked wherever entries are read, so
+    nothing is ever allocated or read for a size past them."""
+    if not len(rec):
+        return None
+    plain = rec["plain"].astype(np.int64)
+    frame = np.where(rec["frame_plain"] == 0, plain, rec["frame_plain"].astype(np.int64))
+    end = rec["offset"].astype(np.int64) + rec["length"]
+    checks = (
+        ("a chunk of {} bytes", plain, MAX_CHUNK_SIZE),
+        ("a frame of {} bytes", frame, MAX_FRAME_SIZE),
+        ("a stored frame of {} bytes", rec["length"].astype(np.int64), MAX_FRAME_LENGTH),
+        ("a frame ending at byte {} of its pack", end, MAX_PACK_SIZE),
+    )
+    for what, values, limit in checks:
+        over = np.flatnonzero(values > limit)
+        if len(over):
+            return f"{what.format(int(values[over[0]]))}, past the limit of {limit}"
+    return None
 
 
 def id_matrix(ids: bytes | bytearray | memoryview | Sequence[bytes]) -> np.ndarray:
@@ -339,6 +362,9 @@ def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarr
         pos += n * dt.itemsize
     if n and (int(fields["pack"].max()) >= npacks or int(fields["type"].max()) > TREE):
         raise IntegrityError(f"{key}: index entry out of range")
+    why = past_limits(fields)
+    if why is not None:
+        raise IntegrityError(f"{key}: index entry of {why}")
     return packs, ids, fields
 
 

@@ -1,7 +1,9 @@
 """Codec framing for stored chunks: zstd, raw, or byte-grouped float32 + zstd.
 
 An encoded chunk is one codec byte followed by the payload. Decoding is bounded by the expected
-plain size (from the index), so a corrupt frame can never make casnap allocate unbounded memory.
+plain size (from the index, itself at most MAX_FRAME_SIZE): a zstd frame that declares no size is
+decoded as a stream into a buffer of exactly that size, and one that holds more is damaged, so a
+corrupt or hostile frame can never make casnap allocate more than the index claims.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import threading
 import numpy as np
 import zstandard
 
-from casnap.constants import MIN_COMPRESSION_GAIN, ZSTD_LEVEL
+from casnap.constants import MAX_FRAME_SIZE, MIN_COMPRESSION_GAIN, ZSTD_LEVEL
 from casnap.errors import IntegrityError
 
 RAW = 0
@@ -33,11 +35,48 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
+# Output a streaming decode produces per step: a frame that declares no size is decoded this
+# much at a time, never further than the bytes asked for.
+DECODE_STEP = 1024 * 1024
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor. Its window is capped at MAX_FRAME_SIZE: no frame casnap
+    writes needs more (a window never exceeds the content), and a hostile frame declaring a
+    larger one would make zstd allocate it."""
     dctx = getattr(_local, "dctx", None)
     if dctx is None:
-        dctx = _local.dctx = zstandard.ZstdDecompressor()
+        dctx = _local.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_FRAME_SIZE)
     return dctx
+
+
+def _inflate(payload: bytes | memoryview, size: int) -> bytes | bytearray:
+    """The `size` plain bytes of one zstd frame; IntegrityError when it holds more or fewer.
+
+    A frame that declares its size (all casnap writes) is decoded in one call after the
+    declared size is checked; one that declares none is decoded as a stream, DECODE_STEP at a
+    time, into a buffer of exactly `size` bytes, and one byte more means it is damaged.
+    """
+    declared = zstandard.frame_content_size(payload)
+    dctx = _decompressor()
+    if declared == size:
+        return dctx.decompress(payload)
+    if declared != -1:  # refused before allocating what it declares
+        raise IntegrityError(f"frame declares {declared} bytes, expected {size}")
+    out = bytearray(size)
+    view = memoryview(out)
+    got = 0
+    with dctx.stream_reader(payload, read_across_frames=False) as reader:
+        while got < size:
+            n = reader.readinto(view[got : got + DECODE_STEP])
+            if not n:
+                break
+            got += n
+        if got == size and reader.read(1):
+            raise IntegrityError(f"frame decodes past its {size} bytes")
+    if got != size:
+        raise IntegrityError(f"chunk decodes to {got} bytes, expected {size}")
+    return out
 
 
 def group4(data: bytes | memoryview) -> bytes:
@@ -121,17 +160,19 @@ def decode_frame(blob: bytes | memoryview, plain_size: int) -> Frame:
     """decode, but a byte-grouped frame is left grouped (see Frame)."""
     if len(blob) < 1:
         raise IntegrityError("empty encoded chunk")
+    if not 0 <= plain_size <= MAX_FRAME_SIZE:
+        raise IntegrityError(f"frame of {plain_size} bytes is past the limit of {MAX_FRAME_SIZE}")
     codec = blob[0]
-    payload = memoryview(blob)[1:]
+    payload = memoryview(blob)[1:]  # no copy of the compressed bytes
     try:
         if codec == RAW:
-            out: bytes = bytes(payload)
+            out: bytes | bytearray = bytes(payload)
         elif codec in (ZSTD, ZSTD_GROUPED4):
-            out = _decompressor().decompress(payload, max_output_size=plain_size)
+            out = _inflate(payload, plain_size)
         else:
             raise IntegrityError(f"unknown codec {codec}")
     except zstandard.ZstdError as exc:
-        raise IntegrityError(f"corrupt compressed chunk: {exc}") from None
+        raise IntegrityError(f"corrupt compressed chunk: {exc}") from exc
     if len(out) != plain_size:
         raise IntegrityError(f"chunk decodes to {len(out)} bytes, expected {plain_size}")
     return Frame(out, codec == ZSTD_GROUPED4)
@@ -160,7 +201,11 @@ MAX_OBJECT_RATIO = 256
 
 
 def decompress_object(blob: bytes, label: str, limit: int | None = None) -> bytes:
-    """zstd-decompress a whole stored object, bounded; IntegrityError "<label> (<why>)" if bad."""
+    """zstd-decompress a whole stored object, bounded; IntegrityError "<label> (<why>)" if bad.
+
+    An object that declares its size gets one allocation of that size; one that declares none
+    is decoded as a stream that stops at the bound, so memory follows what it really holds.
+    """
     bound = MAX_OBJECT_RATIO * len(blob) + (1 << 20)
     if limit is not None:
         bound = min(bound, limit)
@@ -168,31 +213,22 @@ def decompress_object(blob: bytes, label: str, limit: int | None = None) -> byte
         declared = zstandard.frame_content_size(blob)
         if declared > bound:
             raise IntegrityError(f"{label} (declares {declared} bytes in {len(blob)} stored)")
-        return _decompressor().decompress(blob, max_output_size=bound)
+        if declared >= 0:
+            return _decompressor().decompress(blob)
+        parts = []
+        total = 0
+        with _decompressor().stream_reader(blob, read_across_frames=False) as reader:
+            while part := reader.read(min(DECODE_STEP, bound + 1 - total)):
+                parts.append(part)
+                total += len(part)
+                if total > bound:
+                    raise IntegrityError(f"{label} (decodes past {bound} bytes)")
+        return b"".join(parts)
     except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{label} ({exc})") from None
+        raise IntegrityError(f"{label} ({exc})") from exc
 
 
 def decode(blob: bytes | memoryview, plain_size: int) -> bytes | bytearray:
     """Decode one encoded frame of known plain size; IntegrityError on any malformed input."""
-    if len(blob) < 1:
-        raise IntegrityError("empty encoded chunk")
-    codec = blob[0]
-    payload = memoryview(blob)[1:]  # no copy of the compressed bytes
-    try:
-        if codec == RAW:
-            out = bytes(payload)
-        elif codec in (ZSTD, ZSTD_GROUPED4):
-            declared = zstandard.frame_content_size(payload)
-            if declared not in (-1, plain_size):  # refused before allocating what it declares
-                raise IntegrityError(f"frame declares {declared} bytes, expected {plain_size}")
-            out = _decompressor().decompress(payload, max_output_size=plain_size)
-            if codec == ZSTD_GROUPED4:
-                out = ungroup4(out)
-        else:
-            raise IntegrityError(f"unknown codec {codec}")
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"corrupt compressed chunk: {exc}") from None
-    if len(out) != plain_size:
-        raise IntegrityError(f"chunk decodes to {len(out)} bytes, expected {plain_size}")
-    return out
+    frame = decode_frame(blob, plain_size)
+    return ungroup4(frame.data) if frame.grouped else frame.data

@@ -54,6 +54,48 @@ LIST_MAX_DELTAS = 16
 # the peak RSS of a commit of a 2 GB database well under 300 MB.
 PACK_TARGET_SIZE = 16 * 1024 * 1024
 
+# -- Limits on sizes read from a repository ------------------------------------------------------
+# A repository is input like any other: the sizes in its config, index files and pack directories
+# decide what casnap allocates, so one past these limits is an integrity error, refused before
+# anything is allocated for it (docs/FORMAT.md, "Limits"). Each limit admits with a wide margin
+# everything casnap writes itself, and keeps the memory of any one object a small share of the
+# ~300 MB a commit, checkout or verify may use.
+
+# Smallest size a chunker parameter (FastCDC min/avg/max, fixed size, FAISS blocks) may have:
+# SQLite's smallest page. Below it the per-chunk costs (36-byte ref, 53-byte directory record,
+# ~65 bytes of index in memory) outweigh the data, and a 1-byte chunker makes a commit hold
+# dozens of bytes of bookkeeping per byte read.
+MIN_CHUNKER_SIZE = 512
+
+# Plain size of one chunk (a data chunk, or a chunk-list blob): 256x the largest chunk the default
+# chunkers emit (64 KiB: CDC_MAX, FAISS_VECTOR_BLOCK, SQLite's largest page), and FastCDC's own
+# largest maximum. Also the largest chunker parameter a config may set, and the largest chunk
+# list delta a commit writes (a longer one is stored as a full list, in pieces of 576 KiB).
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+
+# Plain size of one frame: 32x FRAME_TARGET. A frame holds chunks up to frame_target bytes, or
+# one chunk larger than that, so a config's frame_target may not exceed it either. A restore or
+# verify decodes one frame per worker at a time, and caches frames up to this size.
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+# An encoded frame is its codec byte and at most its plain bytes (a frame that does not compress
+# by MIN_COMPRESSION_GAIN is stored raw), so its stored length is at most MAX_FRAME_SIZE + 1.
+MAX_FRAME_LENGTH = MAX_FRAME_SIZE + 1
+
+# pack_target a config may set: 4x PACK_TARGET_SIZE. A commit holds about two packs in memory
+# (the open one and one being written), so this keeps its packs under ~130 MB.
+MAX_PACK_TARGET = 64 * 1024 * 1024
+
+# A pack's directory is written once its uncompressed records reach this many bytes, whatever
+# pack_target says (only packs of ~300k chunks reach it: a 16 MiB pack of 4 KiB pages holds 4k).
+MAX_PACK_DIRECTORY = 16 * 1024 * 1024
+
+# Size of one pack file. A pack is closed once its frames reach pack_target (at most
+# MAX_PACK_TARGET) or its directory MAX_PACK_DIRECTORY, so it holds at most MAX_PACK_TARGET plus
+# one frame plus a directory of about MAX_PACK_DIRECTORY: under 100 MiB. `verify --read-data`
+# and repair-index read a pack whole, so a larger one is refused unread.
+MAX_PACK_SIZE = 128 * 1024 * 1024
+
 # zstd level 3 (zstd's default) compresses SQLite pages 2.7x against 2.5x at level 1, at about half
 # the speed (~180 vs ~340 MB/s); stored per repository, so it can be tuned without breaking dedup.
 ZSTD_LEVEL = 3

@@ -14,6 +14,7 @@ the file is put in place (a mismatch is traced to the damaged chunk).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,8 +40,20 @@ assert REF_DTYPE.itemsize == REF_SIZE
 # Largest single read of adjacent frames during a checkout.
 MAX_READ = 4 * 1024 * 1024
 # Output bytes a checkout worker task produces: large enough that writing and hashing it releases
-# the GIL and costs one call, small enough to keep a few tasks per worker in flight.
+# the GIL and costs one call, small enough to keep a few tasks per worker in flight. A task
+# outputs less than twice this, whatever the file's size and however often its chunks repeat.
 TASK_BYTES = 1024 * 1024
+# Tasks whose output may wait to be written at once (on top of the window the caller asks for):
+# bounds a restore's buffers to ~128 MiB on any number of cores.
+MAX_TASKS_IN_FLIGHT = 64
+# Refs located in the index and planned at a time: the plan's memory does not grow with the file.
+PLAN_REFS = 1 << 16
+# Zero-filled blocks of this size, aligned in the file, are restored as holes (a seek, no write).
+HOLE_BLOCK = 64 * 1024
+_ZEROS = bytes(TASK_BYTES)  # hashed in place of the zero runs that are not written
+# Bytes between the samples that rule a block out as a hole before all of it is looked at (a
+# prime, so no page or record structure of the data lines up with it).
+_SAMPLE_STRIDE = 4093
 
 
 @dataclass(frozen=True)
@@ -196,22 +209,50 @@ class _Read:
         self.pack = pack
         self.start = start
         self.stop = start
-        # per frame: offset, length, plain size, [(start, length) in the decoded frame]
-        self.frames: list[tuple[int, int, int, list[tuple[int, int]]]] = []
+        # per frame: [offset, length, plain size, [(start, length) in the decoded frame], keep]
+        # where keep says a later read needs the frame again (so it is cached once decoded)
+        self.frames: list[list] = []
 
 
-_Task = tuple[list[_Read], int]  # reads, bytes of output
+class _Task:
+    """One worker's share of a file: reads whose output (size bytes) starts at file offset
+    `offset`; at most 2 x TASK_BYTES whatever the file's size or repetition."""
+
+    __slots__ = ("reads", "size", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.reads: list[_Read] = []
+        self.size = 0
+        self.offset = offset
 
 
-def plan_reads(store: Store, refs: bytes) -> list[_Read]:
-    """Locate refs in the index and group them into reads of adjacent frames, in file order.
+def plan_tasks(store: Store, refs: bytes) -> Iterator[_Task]:
+    """The worker tasks that restore refs, in file order, planned PLAN_REFS refs at a time.
+
+    Planning in slices bounds its memory whatever the file's size; each task's output is bounded
+    by TASK_BYTES (and a range of TASK_BYTES at most), so however often a chunk repeats, no task
+    builds a buffer for more than a few of its copies.
+    """
+    view = memoryview(refs)
+    n = len(refs) // REF_SIZE
+    offset = 0
+    for lo in range(0, n, PLAN_REFS):
+        hi = min(n, lo + PLAN_REFS)
+        for task in _plan_slice(store, view[lo * REF_SIZE : hi * REF_SIZE], offset):
+            offset += task.size
+            yield task
+
+
+def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
+    """Locate refs (whose bytes start at file offset `offset`) in the index and group them into
+    tasks of reads of adjacent frames.
 
     Consecutive refs that sit next to each other in the same frame become one byte range, so the
-    Python work is per range, not per chunk.
+    Python work is per range, not per chunk. A range longer than TASK_BYTES is cut in pieces. A
+    task takes the ranges that start in one TASK_BYTES-aligned stretch of the file, and those
+    after it up to the end of the frame it is in (so frames are not decoded by two tasks at once)
+    unless it holds TASK_BYTES already: it outputs less than 2 x TASK_BYTES.
     """
-    n = len(refs) // REF_SIZE
-    if n == 0:
-        return []
     rec = np.frombuffer(refs, dtype=REF_DTYPE)
     rows = store.index.lookup(rec["id"])
     missing = np.nonzero(rows < 0)[0]
@@ -222,32 +263,59 @@ def plan_reads(store: Store, refs: bytes) -> list[_Read]:
     if (f["plain"] != rec["length"]).any():
         raise IntegrityError("a chunk's stored size differs from its chunk list")
     pack = f["pack"].astype(np.int64)
-    offset = f["offset"].astype(np.int64)
+    frame_off = f["offset"].astype(np.int64)
     inner = f["inner"].astype(np.int64)
     plain = f["plain"].astype(np.int64)
-    new_frame = (pack[1:] != pack[:-1]) | (offset[1:] != offset[:-1])
+    new_frame = (pack[1:] != pack[:-1]) | (frame_off[1:] != frame_off[:-1])
     apart = inner[1:] != inner[:-1] + plain[:-1]
     starts = np.concatenate([[0], np.nonzero(new_frame | apart)[0] + 1])
-    seg_len = np.add.reduceat(plain, starts).tolist()
-    seg_new_frame = np.concatenate([[True], new_frame])[starts].tolist()
+    seg_len = np.add.reduceat(plain, starts)
+    seg_new = np.concatenate([[True], new_frame])[starts]
+    seg_inner = inner[starts]
+    pick = starts
+    pieces = np.maximum(1, -(-seg_len // TASK_BYTES))
+    if (pieces > 1).any():  # long ranges (of a large frame) in pieces of TASK_BYTES
+        which = np.repeat(np.arange(len(seg_len)), pieces)
+        nth = np.arange(len(which)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        seg_inner = seg_inner[which] + nth * TASK_BYTES
+        seg_len = np.minimum(seg_len[which] - nth * TASK_BYTES, TASK_BYTES)
+        seg_new = seg_new[which] & (nth == 0)
+        pick = starts[which]
+    at = offset + np.cumsum(seg_len) - seg_len  # file offset of each range
+    # does a later range need the same frame? (then it is cached once decoded)
+    key = pack[pick] << 32 | frame_off[pick]
+    _, first_rev, where = np.unique(key[::-1], return_index=True, return_inverse=True)
+    last_use = (len(key) - 1 - first_rev)[where[::-1]]
+    later = (last_use > np.arange(len(key))).tolist()
     frame_plain = np.where(f["frame_plain"] == 0, f["plain"], f["frame_plain"])
-    seg_pack, seg_off = pack[starts].tolist(), offset[starts].tolist()
-    seg_flen, seg_fp = f["length"][starts].tolist(), frame_plain[starts].tolist()
-    seg_inner = inner[starts].tolist()
-    reads: list[_Read] = []
+    seg_pack, seg_off = pack[pick].tolist(), frame_off[pick].tolist()
+    seg_flen, seg_fp = f["length"][pick].tolist(), frame_plain[pick].tolist()
+    seg_inner_l, seg_len_l = seg_inner.tolist(), seg_len.tolist()
+    seg_new_l, at_l = seg_new.tolist(), at.tolist()
+    tasks: list[_Task] = []
+    task = _Task(offset)
+    task_end = -1  # where the TASK_BYTES-aligned stretch of the file the task started in ends
     cur: _Read | None = None
-    ranges: list[tuple[int, int]] = []
-    for i in range(len(seg_len)):
-        if seg_new_frame[i]:
+    frame: list = []
+    for i in range(len(seg_len_l)):
+        # past its stretch, a task ends at the next frame, or at once when it is full already
+        if at_l[i] >= task_end and (seg_new_l[i] or task.size >= TASK_BYTES or not tasks):
+            task = _Task(at_l[i])
+            task_end = (at_l[i] // TASK_BYTES + 1) * TASK_BYTES
+            tasks.append(task)
+            cur = None
+        if seg_new_l[i] or cur is None:
             p, o, ln = seg_pack[i], seg_off[i], seg_flen[i]
             if cur is None or cur.pack != p or cur.stop != o or o + ln - cur.start > MAX_READ:
                 cur = _Read(p, o)
-                reads.append(cur)
-            ranges = []
-            cur.frames.append((o, ln, seg_fp[i], ranges))
+                task.reads.append(cur)
+            frame = [o, ln, seg_fp[i], [], False]
+            cur.frames.append(frame)
             cur.stop = o + ln
-        ranges.append((seg_inner[i], seg_len[i]))
-    return reads
+        frame[3].append((seg_inner_l[i], seg_len_l[i]))
+        frame[4] = later[i]
+        task.size += seg_len_l[i]
+    return tasks
 
 
 def _frames(store: Store, read: _Read) -> Iterator[tuple[compression.Frame, list[tuple[int, int]]]]:
@@ -255,7 +323,7 @@ def _frames(store: Store, read: _Read) -> Iterator[tuple[compression.Frame, list
     pack = store.index.packs[read.pack]
     key = pack_key(pack)
     raw: memoryview | None = None
-    for o, ln, fp, ranges in read.frames:
+    for o, ln, fp, ranges, keep in read.frames:
         frame = store.cached_frame(pack, o)
         if frame is None:
             if len(read.frames) == 1:
@@ -267,8 +335,8 @@ def _frames(store: Store, read: _Read) -> Iterator[tuple[compression.Frame, list
             try:
                 frame = compression.decode_frame(encoded, fp)
             except IntegrityError as exc:
-                raise IntegrityError(f"frame at {o} in pack {pack.hex()}: {exc}") from None
-            if sum(n for _, n in ranges) < fp:  # other chunks of it may be wanted later
+                raise IntegrityError(f"frame at {o} in pack {pack.hex()}: {exc}") from exc
+            if keep or sum(n for _, n in ranges) < fp:  # some of it is wanted again later
                 store.cache_frame((bytes(pack), o), frame)
         if any(start + n > len(frame) for start, n in ranges):
             raise IntegrityError(f"frame at {o} in pack {pack.hex()} is shorter than indexed")
@@ -281,9 +349,13 @@ def find_damaged(store: Store, refs: bytes) -> None:
         store.get(ObjectId(cid))
 
 
-def fetch_many(store: Store, task: _Task) -> memoryview | np.ndarray:
+_Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
+
+
+def fetch_many(store: Store, task: _Task) -> list[_Piece]:
     """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
-    thread makes one large write and hash update (which release the GIL) per task.
+    thread makes one large write and hash update (which release the GIL) per task; runs of
+    zeros come back as their length, to become holes in the file.
 
     Each range is copied from its frame straight into the buffer with numpy (which releases the
     GIL, unlike bytes.join), byte-grouped float frames put back in order on the way. Chunks are
@@ -291,37 +363,68 @@ def fetch_many(store: Store, task: _Task) -> memoryview | np.ndarray:
     (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large runs does not); a
     mismatch is then traced to its chunk by find_damaged.
     """
-    reads, size = task
+    reads = task.reads
     out: np.ndarray | None = None
     pos = 0
     for read in reads:
         for frame, ranges in _frames(store, read):
             if out is None:
-                if len(ranges) == len(reads) == len(read.frames) == 1 and not frame.grouped:
+                if (
+                    len(ranges) == len(reads) == len(read.frames) == 1
+                    and not frame.grouped
+                    and len(frame) <= 2 * TASK_BYTES  # a view keeps the whole frame alive
+                ):
                     start, n = ranges[0]  # one piece of a plain frame: no copy at all
-                    return memoryview(frame.data)[start : start + n]
-                out = np.empty(size, dtype=np.uint8)
+                    return _zero_runs(np.frombuffer(frame.data, np.uint8, n, start), task.offset)
+                out = np.empty(task.size, dtype=np.uint8)
             for start, n in ranges:
                 frame.into(start, out[pos : pos + n])
                 pos += n
-    return out if out is not None else np.empty(0, dtype=np.uint8)
+    return _zero_runs(out, task.offset) if out is not None else []
 
 
-def plan_tasks(store: Store, refs: bytes) -> list[_Task]:
-    """Reads grouped into worker tasks of about TASK_BYTES of output each, in file order, with
-    the bytes each task yields."""
-    tasks: list[_Task] = []
-    cur: list[_Read] = []
-    size = 0
-    for r in plan_reads(store, refs):
-        cur.append(r)
-        size += sum(n for _, _, _, ranges in r.frames for _, n in ranges)
-        if size >= TASK_BYTES:
-            tasks.append((cur, size))
-            cur, size = [], 0
-    if cur:
-        tasks.append((cur, size))
-    return tasks
+def _zero_runs(buf: np.ndarray, offset: int) -> list[_Piece]:
+    """buf, the file's bytes from `offset` on, as pieces to write and lengths of zero runs.
+
+    Every HOLE_BLOCK-aligned block of the file that holds only zeros is left to a seek; once one
+    is found, so are the zeros at the buffer's unaligned ends, so the runs of consecutive buffers
+    meet without a written gap. Blocks are ruled out by a few sampled bytes first, then looked
+    at whole (numpy max: a few microseconds per MiB).
+    """
+    n = len(buf)
+    head = min(n, -offset % HOLE_BLOCK)
+    count = (n - head) // HOLE_BLOCK
+    if count <= 0:
+        return [buf]
+    tail = head + count * HOLE_BLOCK
+    blocks = buf[head:tail].reshape(count, HOLE_BLOCK)
+    zero = blocks[:, ::_SAMPLE_STRIDE].max(axis=1) == 0  # a byte seen: surely not a hole
+    if not zero.any():
+        return [buf]
+    maybe = np.flatnonzero(zero)
+    zero[maybe] = blocks[maybe].max(axis=1) == 0
+    if not zero.any():
+        return [buf]
+    edges = [0, *(np.flatnonzero(zero[1:] != zero[:-1]) + 1).tolist(), count]
+    pieces: list[_Piece] = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        lo, hi = head + a * HOLE_BLOCK, head + b * HOLE_BLOCK
+        pieces.append(hi - lo if zero[a] else buf[lo:hi])
+    if head:
+        if buf[:head].max():
+            pieces.insert(0, buf[:head])
+        elif zero[0]:
+            pieces[0] = int(pieces[0]) + head
+        else:
+            pieces.insert(0, head)
+    if tail < n:
+        if buf[tail:].max():
+            pieces.append(buf[tail:])
+        elif zero[-1]:
+            pieces[-1] = int(pieces[-1]) + n - tail
+        else:
+            pieces.append(n - tail)
+    return pieces
 
 
 def restore(
@@ -334,17 +437,33 @@ def restore(
 ) -> tuple[int, ObjectId]:
     """Write the chunks of refs to out in order; (bytes written, BLAKE3 of what was written).
 
-    tick, when given, is called with the size of every buffer written (progress)."""
+    Runs of zeros are skipped with a seek (holes, where the filesystem has them) and the file is
+    truncated to its full size at the end; the hash still covers every byte. out must be a fresh
+    seekable file. tick, when given, is called with the size of every piece written (progress).
+    """
     hasher = Hasher()
     size = 0
-    inflight: deque[Future[memoryview | np.ndarray]] = deque()
+    holes = False
+    inflight: deque[Future[list[_Piece]]] = deque()
+    window = max(1, min(window, MAX_TASKS_IN_FLIGHT))
 
-    def write(buf: memoryview | np.ndarray) -> int:
-        out.write(buf)
-        hasher.update(buf)
+    def write(pieces: list[_Piece]) -> int:
+        nonlocal holes
+        done = 0
+        for piece in pieces:
+            if isinstance(piece, int):
+                out.seek(piece, os.SEEK_CUR)
+                holes = True
+                for k in range(0, piece, len(_ZEROS)):
+                    hasher.update(_ZEROS[: min(len(_ZEROS), piece - k)])
+                done += piece
+            else:
+                out.write(piece)
+                hasher.update(piece)
+                done += len(piece)
         if tick is not None:
-            tick(len(buf))
-        return len(buf)
+            tick(done)
+        return done
 
     try:
         for task in plan_tasks(store, refs):
@@ -353,6 +472,8 @@ def restore(
                 size += write(inflight.popleft().result())
         while inflight:
             size += write(inflight.popleft().result())
+        if holes:
+            out.truncate()  # at the current position: a file that ends in a hole gets its size
     finally:
         for fut in inflight:
             fut.cancel()

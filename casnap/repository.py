@@ -51,6 +51,9 @@ from casnap.constants import (
     FRAME_TARGET,
     GROUP_FLOATS,
     LIST_MAX_DELTAS,
+    MAX_CHUNK_SIZE,
+    MAX_FRAME_SIZE,
+    MAX_PACK_TARGET,
     PACK_TARGET_SIZE,
     SOURCE_RETRIES,
     ZSTD_LEVEL,
@@ -272,13 +275,17 @@ class Repository:
             choose_chunker(b"", cfg["chunker"])
             for sample in (b"SQLite format 3\x00\x10\x00", b"IxF2"):
                 choose_chunker(sample, cfg["chunker"])
-            if int(cfg["pack_target"]) < 1:
-                raise ValueError("pack_target must be positive")
+            sizes = {
+                "pack_target": (cfg["pack_target"], 1, MAX_PACK_TARGET),
+                "frame_target": (cfg.get("frame_target", 0), 0, MAX_FRAME_SIZE),
+            }
+            for name, (value, low, high) in sizes.items():
+                if not low <= int(value) <= high:
+                    raise ValueError(f"{name} {value} is outside the limits [{low}, {high}]")
             levels = {"zstd_level": cfg["zstd_level"], "float_level": cfg.get("float_level", 0)}
             for name, level in levels.items():
                 if not MIN_ZSTD_LEVEL <= int(level) <= MAX_ZSTD_LEVEL:
                     raise ValueError(f"{name} {level} is out of range")
-            int(cfg.get("frame_target", 0))
         except CasnapError:
             raise
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -781,7 +788,7 @@ class Repository:
                     return old.lists
                 if deltas < LIST_MAX_DELTAS:
                     body = chunklist.encode_delta(base, refs)
-                    if delta_bytes + len(body) <= len(refs):
+                    if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
                         return (*old.lists, self._put_tree(body, writer))
         return tuple(self._put_tree(body, writer) for body in chunklist.pieces(refs))
 

@@ -42,9 +42,10 @@ from casnap.chunkindex import (
     encode_index,
     encode_index_arrays,
     id_matrix,
+    past_limits,
 )
 from casnap.compression import decompress_object
-from casnap.constants import FRAME_CACHE_BYTES
+from casnap.constants import FRAME_CACHE_BYTES, MAX_PACK_DIRECTORY, MAX_PACK_SIZE
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
@@ -129,8 +130,15 @@ def pack_overhead(dir_len: int) -> int:
     return len(PACK_HEADER) + dir_len + _TRAILER.size
 
 
+def check_pack_size(key: str, size: int) -> None:
+    """IntegrityError for a pack larger than MAX_PACK_SIZE (before any of it is read whole)."""
+    if size > MAX_PACK_SIZE:
+        raise IntegrityError(f"{key}: pack of {size} bytes, past the limit of {MAX_PACK_SIZE}")
+
+
 def parse_pack_directory_array(key: str, data: bytes) -> np.ndarray:
     """The directory records of a whole pack as a DIR_DTYPE array, bounds-checked."""
+    check_pack_size(key, len(data))
     if len(data) < len(PACK_HEADER) + _TRAILER.size or not data.startswith(PACK_MAGIC):
         raise IntegrityError(f"{key}: not a casnap pack (bad header)")
     if data[8] != PACK_VERSION:
@@ -162,6 +170,9 @@ def _parse_directory(key: str, packed: bytes, dir_hash: bytes, dir_start: int) -
     )
     if bad.any():
         raise IntegrityError(f"{key}: pack directory entry out of bounds")
+    why = past_limits(rec)
+    if why is not None:
+        raise IntegrityError(f"{key}: pack directory entry of {why}")
     return rec
 
 
@@ -419,7 +430,7 @@ class Store:
         packs: list[ObjectId] = []
         ids_parts: list[np.ndarray] = []
         field_parts: list[np.ndarray] = []
-        for key, _size in self.backend.list("packs/"):
+        for key, size in self.backend.list("packs/"):
             pack = pack_id_of(key)
             if pack is None:
                 if skipped is None:
@@ -427,6 +438,7 @@ class Store:
                 skipped.append((key, "not a pack name; left out"))
                 continue
             try:
+                check_pack_size(key, size)
                 data = self.backend.get(key)
                 rec = parse_pack_directory_array(key, data)
             except IntegrityError as exc:
@@ -492,6 +504,7 @@ class Store:
         """A pack's directory read from its tail alone (two ranged reads), bounds-checked, as a
         DIR_DTYPE array."""
         key = pack_key(pack)
+        check_pack_size(key, size)
         if size < len(PACK_HEADER) + _TRAILER.size:
             raise IntegrityError(f"{key}: too short to be a pack ({size} bytes)")
         dir_len, dir_hash, end = _TRAILER.unpack(
@@ -645,7 +658,7 @@ class PackWriter:
         p.data += encoded
         self.chunks_added += len(fresh)
         self.bytes_by_type[btype] += len(encoded)
-        if len(p.data) >= self.store.pack_target:
+        if len(p.data) >= self.store.pack_target or len(p.records) >= MAX_PACK_DIRECTORY:
             self.flush()
         return len(fresh)
 

@@ -32,6 +32,7 @@ from casnap.store import (
     IdSet,
     IndexEntry,
     Store,
+    check_pack_size,
     directory_agrees,
     pack_id_of,
     pack_key,
@@ -172,6 +173,7 @@ class _Checker:
         self.checked = np.zeros(0, dtype=bool)  # copies (rows) read and found intact
         self.unindexed: dict[ObjectId, ObjectId] = {}  # blob -> an unindexed pack holding it
         self.bad_directory: set[ObjectId] = set()
+        self.oversized: set[ObjectId] = set()  # packs past MAX_PACK_SIZE: never read whole
 
     def problem(self, kind: str, message: str, pack: ObjectId | None = None) -> None:
         self.report.problems.append(Problem(kind, message, pack=pack.hex() if pack else None))
@@ -240,7 +242,8 @@ class _Checker:
             try:
                 parts.append(self.repo.store.load_index_file_arrays(key))
             except CasnapError as exc:
-                self.problem("index", f"{key}: {exc}")
+                why = str(exc)
+                self.problem("index", why if why.startswith(key) else f"{key}: {why}")
         self.table = EntryTable(parts)
         self.checked = np.zeros(len(self.table), dtype=bool)
         packs = self.table.packs
@@ -261,8 +264,8 @@ class _Checker:
                 try:
                     for rec in self.repo.store.read_pack_directory(pack, size):
                         self.unindexed.setdefault(rec[0], pack)
-                except CasnapError:
-                    pass
+                except CasnapError as exc:  # repair-index could not index it either
+                    self.problem("pack", f"pack {pack.hex()[:12]} (named by no index): {exc}", pack)
                 self.report.notes.append(
                     f"pack {pack.hex()[:12]} is named by no index (left by an interrupted commit "
                     "or gc; the next gc removes it, repair-index would index it)"
@@ -281,6 +284,14 @@ class _Checker:
                     self.bad[row] = f"its pack {pack.hex()[:12]} is missing"
                 continue
             bar.add(size)
+            try:
+                check_pack_size(pack_key(pack), size)
+            except IntegrityError as exc:
+                self.problem("pack", f"pack {pack.hex()[:12]}: {exc}", pack)
+                self.oversized.add(pack)
+                for row in rows.tolist():
+                    self.bad[row] = f"its pack {pack.hex()[:12]} is past the size limit"
+                continue
             f = fields[rows]
             beyond = np.nonzero(f["offset"].astype(np.int64) + f["length"] > size)[0]
             if len(beyond):
@@ -358,6 +369,8 @@ class _Checker:
         for pack in candidates:
             bar.advance_to(before)
             before += self.packs[pack]
+            if pack in self.oversized:  # reported already; never read whole
+                continue
             key = pack_key(pack)
             try:
                 data = self.backend.get(key)

@@ -8,34 +8,57 @@ from casnap.chunking.base import Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
 from casnap.chunking.faiss import FaissChunker, faiss_kind
 from casnap.chunking.sqlite import SQLitePageChunker, sqlite_page_size
+from casnap.constants import MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
 
 #: Bytes of a file's start that choose_chunker needs to see.
 HEADER_BYTES = 100
 
 
 def make_chunker(spec: dict[str, Any]) -> Chunker:
-    """Build the chunker a config or manifest describes; ValueError for an unknown one."""
+    """Build the chunker a config or manifest describes; ValueError for an unknown one, or for
+    sizes outside [MIN_CHUNKER_SIZE, MAX_CHUNK_SIZE] (a 1-byte chunker would make a commit hold
+    far more bookkeeping than data; a chunk past the limit is one no reader accepts)."""
     name = spec.get("name")
     try:
         if name == "fastcdc":
-            return FastCDCChunker(int(spec["min"]), int(spec["avg"]), int(spec["max"]))
+            sizes = _sizes(spec, "min", "avg", "max")
+            if not sizes["min"] <= sizes["avg"] <= sizes["max"]:
+                raise ValueError(f"chunker {name!r} needs min <= avg <= max")
+            return FastCDCChunker(sizes["min"], sizes["avg"], sizes["max"])
         if name == "fixed":
-            return FixedChunker(int(spec["size"]))
+            return FixedChunker(_sizes(spec, "size")["size"])
         if name == "sqlite":
             return SQLitePageChunker(int(spec["page_size"]))
         if name == "faiss":
+            sizes = _sizes(spec, "vectors", "lists", "graph", "ids", "min", "avg", "max")
+            if not sizes["min"] <= sizes["avg"] <= sizes["max"]:
+                raise ValueError(f"chunker {name!r} needs min <= avg <= max")
             return FaissChunker(
-                vectors=int(spec["vectors"]),
-                lists=int(spec["lists"]),
-                graph=int(spec["graph"]),
-                ids=int(spec["ids"]),
-                min_size=int(spec["min"]),
-                avg_size=int(spec["avg"]),
-                max_size=int(spec["max"]),
+                vectors=sizes["vectors"],
+                lists=sizes["lists"],
+                graph=sizes["graph"],
+                ids=sizes["ids"],
+                min_size=sizes["min"],
+                avg_size=sizes["avg"],
+                max_size=sizes["max"],
             )
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"chunker {name!r} lacks a parameter: {exc}") from None
+        raise ValueError(f"chunker {name!r} lacks a parameter: {exc}") from exc
     raise ValueError(f"unknown chunker {name!r}")
+
+
+def _sizes(spec: dict[str, Any], *names: str) -> dict[str, int]:
+    """The named size parameters of a chunker spec, each checked against the limits."""
+    out = {}
+    for name in names:
+        value = int(spec[name])
+        if not MIN_CHUNKER_SIZE <= value <= MAX_CHUNK_SIZE:
+            raise ValueError(
+                f"chunker {spec.get('name')!r}: {name} {value} is outside the limits "
+                f"[{MIN_CHUNKER_SIZE}, {MAX_CHUNK_SIZE}]"
+            )
+        out[name] = value
+    return out
 
 
 def choose_chunker(header: bytes, config: dict[str, Any]) -> Chunker:
