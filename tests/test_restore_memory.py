@@ -80,11 +80,11 @@ def test_one_block_repeated_restores_in_bounded_memory(tmp_path: Path) -> None:
     proc, peak = cli(repo, data, "checkout", "latest", "--to", str(out), "--no-smoke")
     ok(proc)
     assert streaming_hash(out / "repeated.bin") == streaming_hash(data / "repeated.bin")
-    assert peak < 200 * MB, f"checkout peaked at {peak / MB:.0f} MB"
+    assert peak < 300 * MB, f"checkout peaked at {peak / MB:.0f} MB"
     # verify --smoke restores through the same path into a temporary dir
     proc, peak = cli(repo, data, "verify", "--smoke")
     ok(proc)
-    assert peak < 200 * MB, f"verify --smoke peaked at {peak / MB:.0f} MB"
+    assert peak < 300 * MB, f"verify --smoke peaked at {peak / MB:.0f} MB"
 
 
 # -- the planner and the writer, in process ----------------------------------------------------
