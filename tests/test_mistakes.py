@@ -26,7 +26,7 @@ from tests.helpers_reliability import (
     verify_repository,
 )
 from tests.test_hostile import one_line
-from tests.util import raw_tree
+from tests.util import raw_tree, snapshot_tree
 
 
 def repo_size(root: Path) -> int:
@@ -279,3 +279,71 @@ def test_a_directory_fsync_error_is_reported(
     monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(CasnapError, match="Input/output error"):
         repo.commit(data)
+
+
+def test_checkout_all_paths_restores_the_newest_of_each_path_group(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    base = ["--repo", str(repo_dir), "--data", str(data)]
+    assert run_casnap([*base, "commit", "app.db"]).returncode == 0
+    assert run_casnap([*base, "commit", "faiss"]).returncode == 0
+    wanted = snapshot_tree(data)
+    evolve_app(data, 2)  # both groups change
+    (data / "notes.txt").write_text("in neither group: stays")
+    proc = run_casnap([*base, "checkout", "latest", "--all-paths"])
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "plan: app.db from snapshot" in proc.stderr and "plan: faiss from snapshot" in proc.stderr
+    )
+    restored = snapshot_tree(data)
+    assert {k: v for k, v in restored.items() if k != "notes.txt"} == wanted
+    assert (data / "notes.txt").read_text() == "in neither group: stays"
+    # `latest --path faiss` restores only that group: the database stays as it is now
+    evolve_app(data, 3)
+    db_now = (data / "app.db").read_bytes()
+    assert run_casnap([*base, "checkout", "latest", "--path", "faiss"]).returncode == 0
+    assert (data / "app.db").read_bytes() == db_now
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="needs setpriv")
+def test_skip_unreadable_leaves_out_what_cannot_be_read(tmp_path: Path) -> None:
+    from tests.test_hostile import unprivileged
+
+    prefix = unprivileged()
+    data = small_app(tmp_path / "data")
+    secret = data / "faiss" / "secret.bin"
+    secret.write_bytes(b"for root only")
+    secret.chmod(0)
+    repo_dir = tmp_path / "repo"
+    cmd = [*prefix, os.sys.executable, "-m", "casnap", "--repo", str(repo_dir), "--data", str(data)]
+
+    def run_as_user(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cmd, *args], env=casnap_env(), capture_output=True, text=True, timeout=120
+        )
+
+    one_line(run_as_user("commit"), EXIT_CODES["storage"], "skip-unreadable")
+    proc = run_as_user("commit", "--skip-unreadable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    out = json.loads(proc.stdout)
+    assert out["skipped"] == ["faiss/secret.bin"]
+    assert "faiss/secret.bin" in proc.stderr
+    snap = Repository.open(repo_dir).load_snapshot(Repository.open(repo_dir).resolve(out["id"]))
+    assert snap.skipped == ("faiss/secret.bin",)
+    assert "faiss/secret.bin" not in {f.path for f in snap.files}
+    assert len(snap.files) == 7
+
+
+def test_a_commit_right_after_writing_caches_what_it_read(tmp_path: Path) -> None:
+    """The racy window of a filesystem with fine timestamps is short: data written a moment before
+    a commit is not read again by the next one."""
+    import time
+
+    data = small_app(tmp_path / "data")
+    time.sleep(0.3)  # longer than the fine racy window, far shorter than whole-second timestamps
+    repo = Repository.init(tmp_path / "repo")
+    repo.commit(data)
+    again = repo.commit(data)
+    assert again.bytes_read == 0 and again.files_unchanged == 7
