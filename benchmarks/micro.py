@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from casnap import compression  # noqa: E402
 from casnap.chunkindex import FIELD_DTYPE, ChunkIndex  # noqa: E402
 from casnap.chunking import FaissChunker, FastCDCChunker, SQLitePageChunker  # noqa: E402
+from casnap.committer import commit  # noqa: E402
 from casnap.constants import (  # noqa: E402
     CDC_AVG,
     CDC_MAX,
@@ -51,6 +52,7 @@ from casnap.constants import (  # noqa: E402
     FRAME_TARGET,
 )
 from casnap.ids import ObjectId  # noqa: E402
+from casnap.restorer import checkout  # noqa: E402
 
 MB = 1_000_000
 GROUPS = ("chunk", "hash", "codec", "index", "pipeline")
@@ -256,17 +258,17 @@ def bench_pipeline(size_mb: float, repeats: int, work: Path) -> list[dict[str, A
         shutil.copytree(base, data)
         repo = Repository.init(work / f"repo{r}")
         t0 = time.perf_counter()
-        repo.commit(data)
+        commit(repo, data)
         firsts.append(time.perf_counter() - t0)
         time.sleep(0.01)
         sample.evolve(data, 1, seed=0)
         t0 = time.perf_counter()
-        res = repo.commit(data)
+        res = commit(repo, data)
         incs.append(time.perf_counter() - t0)
         inc_bytes.append(res.bytes_read)
         target = work / f"out{r}"
         t0 = time.perf_counter()
-        repo.checkout("latest", target, safety_snapshot=False, smoke=False)
+        checkout(repo, "latest", target, safety_snapshot=False, smoke=False)
         outs.append(time.perf_counter() - t0)
         shutil.rmtree(data)
         shutil.rmtree(target)

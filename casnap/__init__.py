@@ -1,10 +1,39 @@
-"""casnap: a content-addressed, deduplicating snapshot store for a SQLite + FAISS data directory."""
+"""casnap: a content-addressed, deduplicating snapshot store for a SQLite + FAISS data directory.
+
+The Python API: open or create a `Repository`, then call the operations on it, as the CLI does:
+
+    repo = Repository.open_or_init("backups")
+    result = commit(repo, "data", message="nightly", tags=["nightly"])
+    checkout(repo, result.id, "restore-test", safety_snapshot=False)
+"""
 
 from __future__ import annotations
 
-from casnap.checkout import CheckoutResult
+from casnap.committer import CommitResult, commit
+from casnap.diff import diff
 from casnap.errors import CasnapError
-from casnap.repository import CommitResult, Repository
+from casnap.gc import collect
+from casnap.repository import Repository
+from casnap.restorer import CheckoutResult, checkout
+from casnap.retention import forget, prune
+from casnap.staging import smoke_verify
+from casnap.stats import repository_stats, snapshot_stats
+from casnap.verify import verify
 
-__all__ = ["CasnapError", "CheckoutResult", "CommitResult", "Repository"]
+__all__ = [
+    "CasnapError",
+    "CheckoutResult",
+    "CommitResult",
+    "Repository",
+    "checkout",
+    "collect",
+    "commit",
+    "diff",
+    "forget",
+    "prune",
+    "repository_stats",
+    "smoke_verify",
+    "snapshot_stats",
+    "verify",
+]
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from casnap import fsutil
 from casnap.constants import (
     RACY_WINDOW_FINE_NS,
     RACY_WINDOW_NS,
@@ -29,7 +30,6 @@ from casnap.constants import (
     TEMP_PREFIX,
 )
 from casnap.errors import (
-    CasnapError,
     DatabaseBusy,
     HostileManifest,
     NotADatabase,
@@ -37,9 +37,8 @@ from casnap.errors import (
     StorageFull,
     from_oserror,
 )
+from casnap.fsutil import create_file, make_dirs, temp_name
 from casnap.manifest import check_path
-from casnap.private import create_file, make_dirs
-from casnap.tempfiles import temp_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -210,11 +209,7 @@ def open_source(path: Path) -> int:
 
 def busy_timeout() -> float:
     """Seconds to wait for a locked SQLite database: CASNAP_BUSY_TIMEOUT, else the default."""
-    text = os.environ.get("CASNAP_BUSY_TIMEOUT", "")
-    try:
-        return max(0.0, float(text)) if text else SQLITE_BUSY_TIMEOUT
-    except ValueError:
-        raise CasnapError(f"CASNAP_BUSY_TIMEOUT={text!r} is not a number of seconds") from None
+    return fsutil.seconds_from_env("CASNAP_BUSY_TIMEOUT", SQLITE_BUSY_TIMEOUT)
 
 
 class _BusyWait:

@@ -22,13 +22,15 @@ from typing import Any
 
 from casnap import capture
 from casnap.chunking.faiss import file_shortfall, shortfall
+from casnap.committer import chunk_file
 from casnap.constants import FAISS_HEADER_BYTES
 from casnap.errors import IntegrityError, from_oserror
+from casnap.fsutil import FILE_MODE
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
-from casnap.private import FILE_MODE
 from casnap.repository import Repository
 from casnap.smoke import FaissHeader, TableInfo, faiss_header, list_tables, quote_ident
+from casnap.staging import restore_entry
 
 Refs = list[tuple[ObjectId, int]]
 
@@ -147,7 +149,7 @@ class _Side:
             return f.local
         assert f.entry is not None
         dest = Path(tempfile.mkdtemp(dir=self.scratch)) / "db"
-        self.repo.restore_entry(f.entry, dest)
+        restore_entry(self.repo, f.entry, dest)
         os.chmod(dest, FILE_MODE)  # scratch space is private, whatever mode the snapshot records
         f.local = dest
         return dest
@@ -205,7 +207,7 @@ def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) 
     side = _Side(repo, scratch)
     same_source = str(data_dir.resolve()) == like.source
     recorded = {e.path: e for e in like.files} if same_source else {}
-    prune = capture.ScanOptions(prune=repo.nested_repository(data_dir.resolve()))
+    prune = capture.ScanOptions(prune=repo.nested_in(data_dir.resolve()))
     for src in capture.scan(data_dir, like.paths, like.excludes, options=prune):
         old = recorded.get(src.path)
         if (
@@ -225,7 +227,7 @@ def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) 
             local = keep
         else:
             local = src.abspath
-        refs, whole, size = repo.chunk_file(local)
+        refs, whole, size = chunk_file(repo, local)
         side.files[src.path] = _File(src.path, src.kind, size, whole, refs, local=local)
     return side
 

@@ -184,12 +184,12 @@ def collect(
         raise ValueError("assume_forgotten is for dry runs: forget the snapshots instead")
     t0 = time.perf_counter()
     if dry_run:
-        with repo.lock("gc --dry-run"):
+        with repo.lock("gc", dry_run=True):
             repo.refresh()
             p = plan(repo, max_unused=max_unused, exclude=assume_forgotten)
             _carry_out(repo, p, dry_run=True)
     else:
-        with repo.lock("gc", exclusive=True):
+        with repo.lock("gc"):
             repo.refresh()
             p = plan(repo, max_unused=max_unused)
             _carry_out(repo, p, dry_run=False)
@@ -441,8 +441,8 @@ def _repack(
                     encoded, frame_plain, placed = Store.rewrite_frame(
                         data[e0.offset : e0.offset + e0.length],
                         members[start:stop],
-                        repo.zstd_level,
-                        repo.float_level,
+                        int(repo.config["zstd_level"]),
+                        int(repo.config.get("float_level", repo.config["zstd_level"])),
                     )
                 except IntegrityError as exc:
                     stopped = "gc --dry-run stopped" if dry_run else "gc stopped before deleting"

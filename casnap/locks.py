@@ -21,7 +21,27 @@ from dataclasses import dataclass
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, LockError
+from casnap.fsutil import seconds_from_env
 from casnap.procs import pid_alive, process_start_time
+
+# The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
+# packs and a manifest, never removes), exclusive for what deletes (gc would otherwise remove a
+# pack a running commit is about to index). A dry run of a deleting operation only reads and takes
+# the shared lock (Repository.lock).
+EXCLUSIVE_OPERATIONS = frozenset({"gc", "prune", "forget", "repair-index", "commit rollback"})
+SHARED_OPERATIONS = frozenset({"commit", "checkout", "verify", "diff", "stats"})
+# Operations that never write to the repository: they may run without a lock on a repository
+# that cannot be written (--no-lock, or when the lock cannot be written).
+READ_ONLY_OPERATIONS = frozenset({"verify", "diff", "stats", "checkout", "log", "show"})
+
+
+def exclusive(operation: str) -> bool:
+    """Whether an operation takes the exclusive lock; ValueError for an undeclared one."""
+    if operation in EXCLUSIVE_OPERATIONS:
+        return True
+    if operation in SHARED_OPERATIONS:
+        return False
+    raise ValueError(f"operation {operation!r} declares no lock mode")
 
 
 @dataclass(frozen=True)
@@ -122,11 +142,7 @@ def _conflict(backend: Backend, own: str, exclusive: bool) -> LockInfo | None:
 
 def lock_wait() -> float:
     """Seconds to wait for a conflicting lock: CASNAP_LOCK_WAIT when set, else the default."""
-    text = os.environ.get("CASNAP_LOCK_WAIT", "")
-    try:
-        return max(0.0, float(text)) if text else LOCK_WAIT_SECONDS
-    except ValueError:
-        raise CasnapError(f"CASNAP_LOCK_WAIT={text!r} is not a number of seconds") from None
+    return seconds_from_env("CASNAP_LOCK_WAIT", LOCK_WAIT_SECONDS)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ def repair_index(repo: Repository) -> RepairReport:
     t0 = time.perf_counter()
     report = RepairReport()
     backend = repo.backend
-    with repo.lock("repair-index", exclusive=True):
+    with repo.lock("repair-index"):
         repo.refresh()
         report.packs = sum(1 for _ in backend.list("packs/"))
         rebuilt = repo.store.rebuild_index_arrays(report.skipped)

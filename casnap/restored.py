@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from casnap.fsutil import temp_name
 from casnap.ids import hash_bytes
-from casnap.tempfiles import temp_name
 
 
 def cache_dir() -> Path:

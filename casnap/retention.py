@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casnap import selection
+from casnap.config import parse_time
 from casnap.errors import InvalidArgument, InvalidPolicy
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
-from casnap.repository import Repository, parse_time
+from casnap.repository import Repository
 from casnap.selection import SnapshotFilter
 
 UNLIMITED = -1  # a bucket count that keeps one snapshot in every bucket
@@ -317,7 +318,7 @@ def prune(
         )
     t0 = time.perf_counter()
     report = PruneReport(dry_run=dry_run, policy=policy.describe())
-    with repo.lock("prune", exclusive=not dry_run):
+    with repo.lock("prune", dry_run=dry_run):
         repo.refresh()
         for key, members in group_snapshots(repo.snapshots()).items():
             if select is not None:
@@ -354,7 +355,7 @@ def forget(
     named = " ".join(refs)
     how = " ".join(x for x in (named, select.describe()) if x)
     report = PruneReport(dry_run=dry_run, policy=f"forget {how}")
-    with repo.lock("forget", exclusive=not dry_run):
+    with repo.lock("forget", dry_run=dry_run):
         repo.refresh()
         snaps = repo.snapshots()
         if refs:

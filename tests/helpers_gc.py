@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from casnap.backends.base import Backend
+from casnap.committer import commit
 from casnap.repository import Repository
 
 faiss.omp_set_num_threads(1)
@@ -134,7 +135,7 @@ def build_history(tmp: Path, states: int, seed: int = 0) -> tuple[Repository, Pa
         if step:
             evolve(data, step, seed)
         copies.append(copy_state(data, tmp / f"state{step}"))
-        repo.commit(data, message=f"step {step}")
+        commit(repo, data, message=f"step {step}")
     return repo, data, copies
 
 

@@ -19,10 +19,13 @@ from pathlib import Path
 
 from casnap import locks
 from casnap.backends import Backend, LocalBackend
+from casnap.committer import commit
+from casnap.config import default_config
 from casnap.constants import TEMP_PREFIX
 from casnap.gc import collect
 from casnap.ids import Hasher
-from casnap.repository import Repository, default_config
+from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.verify import VerifyReport, verify
 from tests.conftest import evolve_app, make_app
 from tests.util import snapshot_tree
@@ -79,7 +82,7 @@ class Ledger:
     def commit(self, repo: Repository, data: Path, **kwargs: object) -> str:
         """Commit data through repo and remember what the snapshot holds."""
         before = snapshot_tree(data)
-        sid = repo.commit(data, **kwargs).id  # type: ignore[arg-type]
+        sid = commit(repo, data, **kwargs).id  # type: ignore[arg-type]
         self.record(sid, before)
         return sid
 
@@ -96,7 +99,7 @@ class Ledger:
         for sid in wanted:
             out = scratch / f"check-{sid[:12]}"
             shutil.rmtree(out, ignore_errors=True)
-            repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+            checkout(repo, sid, out, safety_snapshot=False, smoke=False)
             assert snapshot_tree(out) == self.trees[sid], f"snapshot {sid[:8]} restores wrong"
             shutil.rmtree(out)
         return len(wanted)

@@ -17,6 +17,8 @@ from casnap import chunklist, compression
 from casnap.backends import LocalBackend, MemoryBackend
 from casnap.chunkindex import IndexEntry, decode_index_arrays, encode_index
 from casnap.chunking import SQLitePageChunker, make_chunker
+from casnap.committer import commit
+from casnap.config import default_config
 from casnap.constants import (
     MAX_CHUNK_SIZE,
     MAX_FRAME_LENGTH,
@@ -28,7 +30,8 @@ from casnap.constants import (
 from casnap.errors import EXIT_CODES, IntegrityError
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import compress_manifest, decompress_manifest
-from casnap.repository import Repository, default_config
+from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.store import DATA, TREE, Store, pack_key, parse_pack_directory_array
 from casnap.verify import verify
 from tests.helpers_memory import MB, run_measured
@@ -63,7 +66,7 @@ def seed_repo(root: Path, config: dict | None = None) -> tuple[Path, Path, str]:
     data.mkdir()
     (data / "seed.bin").write_bytes(b"seed")
     repo = Repository.init(root / "repo", config)
-    return root / "repo", data, repo.commit(data).id
+    return root / "repo", data, commit(repo, data).id
 
 
 def add_file(repo_dir: Path, sid: str, path: str, frame: bytes, claimed: int, n: int) -> str:
@@ -346,18 +349,18 @@ def test_a_pack_directory_is_written_before_it_grows_past_its_limit(monkeypatch)
 def test_a_chunk_list_delta_past_the_chunk_limit_is_stored_as_a_full_list(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr("casnap.repository.MAX_CHUNK_SIZE", 8)  # any delta is too long
+    monkeypatch.setattr("casnap.committer.MAX_CHUNK_SIZE", 8)  # any delta is too long
     data = tmp_path / "data"
     data.mkdir()
     body = bytearray(np.random.default_rng(1).bytes(300_000))
     (data / "f.bin").write_bytes(body)
     repo = Repository.init_backend(MemoryBackend(), tmp_dir=tmp_path / "tmp")
-    repo.commit(data)
+    commit(repo, data)
     body[1000:1010] = bytes(10)
     (data / "f.bin").write_bytes(body)
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     (entry,) = repo.load_snapshot(repo.resolve(sid)).files
     assert len(entry.lists) == 1  # one full piece, no delta
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+    checkout(repo, sid, out, safety_snapshot=False, smoke=False)
     assert (out / "f.bin").read_bytes() == body

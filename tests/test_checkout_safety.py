@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from casnap.checkout import SAFETY_TAG
+from casnap.committer import commit
 from casnap.errors import DatabaseBusy, IntegrityError
 from casnap.repository import Repository
+from casnap.restorer import SAFETY_TAG, checkout
 from tests.conftest import evolve_app
 from tests.util import raw_tree, snapshot_tree
 
@@ -33,7 +34,7 @@ def test_corrupt_pack_fails_checkout_and_leaves_target_untouched(
     app: Path, tmp_path: Path, into_existing: bool
 ) -> None:
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     target = tmp_path / "target"
     if into_existing:
         shutil.copytree(app, target)
@@ -43,7 +44,7 @@ def test_corrupt_pack_fails_checkout_and_leaves_target_untouched(
     before = raw_tree(target)
     flip_byte_in_packs(tmp_path / "repo")
     with pytest.raises(IntegrityError) as err:
-        Repository.open(tmp_path / "repo").checkout(sid, target, safety_snapshot=False)
+        checkout(Repository.open(tmp_path / "repo"), sid, target, safety_snapshot=False)
     assert "chunk" in str(err.value)
     assert raw_tree(target) == before
     assert not [p for p in target.rglob("*") if p.name.startswith(".casnap-tmp-")]
@@ -51,25 +52,25 @@ def test_corrupt_pack_fails_checkout_and_leaves_target_untouched(
 
 def test_checkout_saves_unsaved_data_first(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app, 1)
     (app / "notes.txt").write_text("written after the last snapshot")
     unsaved = snapshot_tree(app)
-    r = repo.checkout(first, app)
+    r = checkout(repo, first, app)
     assert r.safety_snapshot is not None
     safety = repo.load_snapshot(repo.resolve(r.safety_snapshot))
     assert SAFETY_TAG in safety.tags
     assert not (app / "notes.txt").exists()
-    repo.checkout(SAFETY_TAG, app)  # the tag names the newest safety snapshot
+    checkout(repo, SAFETY_TAG, app)  # the tag names the newest safety snapshot
     assert snapshot_tree(app) == unsaved
 
 
 def test_no_safety_snapshot_when_everything_is_held(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app, 1)
-    repo.commit(app)
-    r = repo.checkout(first, app)
+    commit(repo, app)
+    r = checkout(repo, first, app)
     assert r.safety_snapshot is None and r.files_written > 0
     assert len(repo.snapshots()) == 2
 
@@ -84,7 +85,7 @@ def test_stale_wal_is_removed_on_checkout(tmp_path: Path) -> None:
         db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
         db.commit()
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     # the app writes more rows; keep a copy of its WAL before it is checkpointed away
     with contextlib.closing(sqlite3.connect(db_path)) as db:
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -93,14 +94,14 @@ def test_stale_wal_is_removed_on_checkout(tmp_path: Path) -> None:
         stale = (data / "app.db-wal").read_bytes()
     assert len(stale) > 0
     (data / "app.db-wal").write_bytes(stale)  # a WAL left over beside the database
-    r = repo.checkout(sid, data)
+    r = checkout(repo, sid, data)
     assert r.safety_snapshot is not None  # the 300 rows in the WAL were saved first
     assert not (data / "app.db-wal").exists()
     with contextlib.closing(sqlite3.connect(db_path)) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 100
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     saved = tmp_path / "saved"
-    repo.checkout(r.safety_snapshot, saved, safety_snapshot=False)
+    checkout(repo, r.safety_snapshot, saved, safety_snapshot=False)
     with contextlib.closing(sqlite3.connect(saved / "app.db")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 400
 
@@ -117,7 +118,7 @@ time.sleep(60)
 
 def test_checkout_refuses_a_database_open_elsewhere(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(app / "app.db")], stdout=subprocess.PIPE, text=True
     )
@@ -125,9 +126,9 @@ def test_checkout_refuses_a_database_open_elsewhere(app: Path, tmp_path: Path) -
         assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
         before = raw_tree(app)
         with pytest.raises(DatabaseBusy, match="open in process"):
-            repo.checkout(sid, app)
+            checkout(repo, sid, app)
         assert raw_tree(app) == before
-        r = repo.checkout(sid, app, force=True)
+        r = checkout(repo, sid, app, force=True)
         assert r.written == ["app.db"]
     finally:
         proc.kill()
@@ -137,10 +138,10 @@ def test_checkout_refuses_a_database_open_elsewhere(app: Path, tmp_path: Path) -
 
 
 def test_checkout_removes_database_images_a_killed_run_left(app: Path, tmp_path: Path) -> None:
-    from casnap.tempfiles import HOST_TAG
+    from casnap.fsutil import HOST_TAG
 
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
@@ -151,5 +152,5 @@ def test_checkout_removes_database_images_a_killed_run_left(app: Path, tmp_path:
     scratch.mkdir(exist_ok=True)
     left = scratch / f".casnap-tmp-{int(dead.stdout)}-{HOST_TAG}-abc.db"
     left.write_bytes(b"image of a killed checkout")
-    repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert not left.exists()

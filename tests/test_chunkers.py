@@ -24,7 +24,7 @@ from casnap.chunking import (
     sqlite_page_size,
 )
 from casnap.chunking.faiss import LISTS, layout_sections
-from casnap.repository import default_config
+from casnap.config import default_config
 from tests import helpers_chunking as h
 
 CONFIG = default_config()["chunker"]

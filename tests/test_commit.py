@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from casnap.committer import commit
 from casnap.errors import InvalidArgument, SourceError
 from casnap.repository import Repository
+from casnap.restorer import checkout
 
 
 def age(root: Path, seconds: int = 60) -> None:
@@ -33,10 +35,10 @@ def test_unchanged_commit_reads_nothing_and_adds_under_one_percent(
 ) -> None:
     age(app)
     repo = Repository.init(tmp_path / "repo")
-    first = repo.commit(app)
+    first = commit(repo, app)
     assert first.files_new == 7 and first.bytes_read > 0
     size_before = repo_bytes(tmp_path / "repo")
-    second = repo.commit(app)
+    second = commit(repo, app)
     assert second.files_unchanged == 7
     assert second.bytes_read == 0
     data_size = sum(p.stat().st_size for p in app.rglob("*") if p.is_file())
@@ -46,27 +48,27 @@ def test_unchanged_commit_reads_nothing_and_adds_under_one_percent(
 def test_changed_file_is_read_again(app: Path, tmp_path: Path) -> None:
     age(app)
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(app)
+    commit(repo, app)
     with open(app / "faiss" / "hnsw.index", "r+b") as f:
         f.seek(100)
         f.write(b"\x01\x02")
-    r = repo.commit(app)
+    r = commit(repo, app)
     assert r.files_changed == 1 and r.files_unchanged == 6
 
 
 def test_paths_and_excludes(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
     (app / ".DS_Store").write_bytes(b"junk")
-    only_db = repo.commit(app, ["app.db"])
+    only_db = commit(repo, app, ["app.db"])
     snap = repo.load_snapshot(repo.resolve(only_db.id))
     assert [f.path for f in snap.files] == ["app.db"] and snap.paths == ("app.db",)
-    no_meta = repo.commit(app, excludes=["*.meta.json"])
+    no_meta = commit(repo, app, excludes=["*.meta.json"])
     names = [f.path for f in repo.load_snapshot(repo.resolve(no_meta.id)).files]
     assert names == ["app.db", "faiss/hnsw.index", "faiss/ivf.index", "faiss/shard_000.index"]
     with pytest.raises(SourceError):
-        repo.commit(app, ["missing.db"])
+        commit(repo, app, ["missing.db"])
     with pytest.raises(InvalidArgument):  # a usage error (exit 2), not a source error
-        repo.commit(app, ["../outside"])
+        commit(repo, app, ["../outside"])
 
 
 def test_sqlite_detected_by_header_and_side_files_not_stored(tmp_path: Path) -> None:
@@ -80,11 +82,11 @@ def test_sqlite_detected_by_header_and_side_files_not_stored(tmp_path: Path) -> 
         db.commit()
         assert (data / "store.bin-wal").exists()
         repo = Repository.init(tmp_path / "repo")
-        sid = repo.commit(data).id
+        sid = commit(repo, data).id
     files = repo.load_snapshot(repo.resolve(sid)).files
     assert [(f.path, f.kind) for f in files] == [("store.bin", "sqlite")]
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False)
+    checkout(repo, sid, out, safety_snapshot=False)
     with contextlib.closing(sqlite3.connect(out / "store.bin")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 500  # rows from the WAL
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -120,7 +122,7 @@ def test_commit_while_a_writer_inserts_in_wal_mode(tmp_path: Path) -> None:
         ids = []
         for _ in range(4):
             time.sleep(0.2)
-            ids.append(repo.commit(data).id)
+            ids.append(commit(repo, data).id)
     finally:
         proc.kill()
         proc.wait()
@@ -129,7 +131,7 @@ def test_commit_while_a_writer_inserts_in_wal_mode(tmp_path: Path) -> None:
     counts = []
     for n, sid in enumerate(ids):
         out = tmp_path / f"out{n}"
-        repo.checkout(sid, out, force=True, safety_snapshot=False)
+        checkout(repo, sid, out, force=True, safety_snapshot=False)
         with contextlib.closing(sqlite3.connect(out / "app.db")) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             count, top = db.execute("SELECT count(*), max(id) FROM log").fetchone()
@@ -145,11 +147,11 @@ def test_file_with_sqlite_header_but_no_database_is_kept_as_bytes(tmp_path: Path
     body = b"SQLite format 3\x00" + bytes(range(256)) * 10
     (data / "fake.db").write_bytes(body)
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     assert [(f.path, f.kind) for f in repo.load_snapshot(repo.resolve(sid)).files] == [
         ("fake.db", "file")
     ]
-    repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert (tmp_path / "out" / "fake.db").read_bytes() == body
 
 
@@ -163,13 +165,13 @@ def test_reading_an_idle_wal_database_leaves_no_side_files(tmp_path: Path) -> No
         db.commit()
     assert sorted(p.name for p in data.iterdir()) == ["app.db"]  # closed: -wal/-shm gone
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     assert sorted(p.name for p in data.iterdir()) == ["app.db"]
-    r = repo.checkout(sid, data)  # hashes the database in place to compare it
+    r = checkout(repo, sid, data)  # hashes the database in place to compare it
     assert r.files_written == 0
     assert sorted(p.name for p in data.iterdir()) == ["app.db"]
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False)
+    checkout(repo, sid, out, safety_snapshot=False)
     with contextlib.closing(sqlite3.connect(out / "app.db")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 300
 
@@ -179,7 +181,7 @@ def test_symbolic_links_are_skipped_with_a_warning(app: Path, tmp_path: Path) ->
     outside.mkdir()
     (outside / "vectors.index").write_bytes(b"x" * 100)
     (app / "linked").symlink_to(outside, target_is_directory=True)
-    r = Repository.init(tmp_path / "repo").commit(app)
+    r = commit(Repository.init(tmp_path / "repo"), app)
     assert any(w.startswith("linked: symbolic link not stored") for w in r.warnings)
     assert r.files_new == 7  # the seven regular files, nothing through the link
 
@@ -189,7 +191,7 @@ def test_names_a_manifest_refuses_are_skipped_with_a_warning(app: Path, tmp_path
     (app / "back\\slash.txt").write_bytes(b"x")
     (app / "c:notes.txt").write_bytes(b"y")
     repo = Repository.init(tmp_path / "repo")
-    r = repo.commit(app)
+    r = commit(repo, app)
     assert r.files_new == 7
     assert sum("not stored" in w for w in r.warnings) == 2
     assert [len(s.files) for _, s in Repository.open(tmp_path / "repo").snapshots()] == [7]

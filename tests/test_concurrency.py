@@ -15,6 +15,7 @@ import pytest
 
 from casnap import locks
 from casnap.backends import LocalBackend
+from casnap.committer import commit
 from casnap.repository import Repository
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
@@ -123,7 +124,7 @@ def test_concurrent_commits_and_checkouts_lose_nothing(tmp_path: Path) -> None:
 def test_a_process_that_gives_up_names_the_lock_holder(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "repo"
-    Repository.init(repo_dir, small_config()).commit(data)
+    commit(Repository.init(repo_dir, small_config()), data)
     holder = Holder(repo_dir, "gc", exclusive=True)
     try:
         code, _out, err = finish(start(repo_dir, data, "commit", CASNAP_LOCK_WAIT="0.3"))
@@ -156,7 +157,7 @@ def test_a_process_that_gives_up_names_the_lock_holder(tmp_path: Path) -> None:
 def test_a_waiting_commit_proceeds_once_the_holder_lets_go(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "repo"
-    Repository.init(repo_dir, small_config()).commit(data)
+    commit(Repository.init(repo_dir, small_config()), data)
     holder = Holder(repo_dir, "gc", exclusive=True)
     waiting = start(repo_dir, data, "commit", "-m", "waited")
     backend = LocalBackend(repo_dir)
@@ -182,7 +183,7 @@ def test_lock_of_a_killed_process_is_recovered(tmp_path: Path, who: str) -> None
     after locking, a casnap gc right after locking) blocks nobody: its lock is stale."""
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "repo"
-    Repository.init(repo_dir, small_config()).commit(data)
+    commit(Repository.init(repo_dir, small_config()), data)
     backend = LocalBackend(repo_dir)
     if who == "lock-holder":
         holder = Holder(repo_dir, "gc", exclusive=True)

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import InconsistentData
 from casnap.repository import Repository
 from tests.helpers_smoke import CHECK_FAILED, make_app, write_index
@@ -26,7 +27,7 @@ def app(tmp_path: Path) -> Path:
 
 
 def test_consistent_data_gives_no_warnings(app: Path, tmp_path: Path) -> None:
-    r = Repository.init(tmp_path / "repo").commit(app, strict=True)
+    r = commit(Repository.init(tmp_path / "repo"), app, strict=True)
     assert r.warnings == []
 
 
@@ -54,17 +55,17 @@ def test_missing_sidecar_warns_and_strict_refuses(app: Path, tmp_path: Path) -> 
 def test_strict_checks_only_the_committed_paths(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
     (app / "faiss" / "hnsw.meta.json").unlink()
-    r = repo.commit(app, ["faiss/flat.index"], strict=True)  # its sidecar is outside the paths
+    r = commit(repo, app, ["faiss/flat.index"], strict=True)  # its sidecar is outside the paths
     assert r.warnings == []
     with pytest.raises(InconsistentData, match="hnsw.index"):
-        repo.commit(app, ["faiss"], strict=True)
+        commit(repo, app, ["faiss"], strict=True)
     assert len(repo.snapshots()) == 1
 
 
 def test_unreadable_index_header_is_a_warning(app: Path, tmp_path: Path) -> None:
     path = app / "faiss" / "flat.index"
     path.write_bytes(b"IxF2" + bytes(100))
-    r = Repository.init(tmp_path / "repo").commit(app)
+    r = commit(Repository.init(tmp_path / "repo"), app)
     assert r.warnings == [
         "faiss/flat.index: cannot read the vector count from its header "
         "(faiss/flat.meta.json says ntotal 4000)"

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.diff import diff
 from casnap.repository import Repository
 from tests.helpers_smoke import evolve_app, listing, make_app
@@ -36,9 +37,9 @@ def by_path(result: dict) -> dict[str, dict]:
 
 
 def test_diff_of_two_snapshots_shows_row_and_ntotal_deltas(app: Path, repo: Repository) -> None:
-    a = repo.commit(app).id
+    a = commit(repo, app).id
     evolve_app(app)
-    b = repo.commit(app).id
+    b = commit(repo, app).id
     result = diff(repo, a, b).to_json()
     files = by_path(result)
     db = files["app.db"]
@@ -82,7 +83,7 @@ def test_cli_diff_text_names_tables_and_indexes(app: Path, tmp_path: Path) -> No
 def test_diff_against_data_dir_writes_nothing_to_repository(
     app: Path, repo: Repository, tmp_path: Path
 ) -> None:
-    a = repo.commit(app).id
+    a = commit(repo, app).id
     evolve_app(app)
     (app / "notes.txt").write_text("new file")
     (app / "faiss" / "hnsw.index").unlink()
@@ -101,7 +102,7 @@ def test_diff_against_data_dir_writes_nothing_to_repository(
     assert (docs["added"], docs["removed"], docs["updated"]) == (5, 1, 1)
     assert result["b"] == {"data_dir": str(app.resolve())}
     # the live side is chunked like a commit would: the snapshot of it agrees on every chunk
-    b = repo.commit(app).id
+    b = commit(repo, app).id
     stored = by_path(diff(repo, a, b).to_json())
     for path, f in files.items():
         keys = ("status", "chunks_b", "chunks_new", "bytes_new", "bytes_shared")
@@ -109,14 +110,14 @@ def test_diff_against_data_dir_writes_nothing_to_repository(
 
 
 def test_diff_of_unchanged_data_dir_reads_nothing_new(app: Path, repo: Repository) -> None:
-    a = repo.commit(app).id
+    a = commit(repo, app).id
     result = diff(repo, a, data_dir=app).to_json()
     assert {f["status"] for f in result["files"]} == {"unchanged"}
     assert result["summary"]["bytes_new"] == 0 and result["summary"]["chunks_dropped"] == 0
 
 
 def test_diff_reports_schema_changes_and_new_tables(app: Path, repo: Repository) -> None:
-    a = repo.commit(app).id
+    a = commit(repo, app).id
     with contextlib.closing(sqlite3.connect(app / "app.db")) as db:
         db.execute("ALTER TABLE documents ADD COLUMN lang TEXT")
         db.execute("CREATE TABLE audit(id INTEGER PRIMARY KEY, what TEXT)")
@@ -124,7 +125,7 @@ def test_diff_reports_schema_changes_and_new_tables(app: Path, repo: Repository)
         db.execute("UPDATE tags SET n = n + 100 WHERE name IN ('t1', 't2')")
         db.execute("DELETE FROM tags WHERE name = 't9'")
         db.commit()
-    b = repo.commit(app).id
+    b = commit(repo, app).id
     tables = {t["name"]: t for t in by_path(diff(repo, a, b).to_json())["app.db"]["tables"]}
     assert tables["audit"]["status"] == "added" and tables["audit"]["rows_b"] == 2
     docs = tables["documents"]
@@ -141,9 +142,9 @@ def test_diff_of_evolving_sample_app(tmp_path: Path) -> None:
     data = tmp_path / "data"
     sample.generate(data, size_mb=3, seed=5)
     repo = Repository.init(tmp_path / "repo")
-    a = repo.commit(data).id
+    a = commit(repo, data).id
     changes = sample.evolve(data, 1, seed=5)
-    b = repo.commit(data).id
+    b = commit(repo, data).id
     files = by_path(diff(repo, a, b).to_json())
     tables = {t["name"]: t for t in files["app.db"]["tables"]}
     docs = tables["documents"]
@@ -158,7 +159,7 @@ def test_diff_of_evolving_sample_app(tmp_path: Path) -> None:
 
 
 def test_unreadable_index_has_no_ntotal_delta(app: Path, repo: Repository) -> None:
-    a = repo.commit(app).id
+    a = commit(repo, app).id
     (app / "faiss" / "hnsw.index").write_bytes(b"IHNf" + bytes(range(200)))  # garbled
     files = by_path(diff(repo, a, data_dir=app).to_json())
     index = files["faiss/hnsw.index"]["index"]

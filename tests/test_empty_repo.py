@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from casnap.chunkindex import FIELD_DTYPE, decode_index_arrays, encode_index_arrays
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.repository import Repository
 from tests.conftest import evolve_app
 from tests.helpers_reliability import small_app, small_config
@@ -40,9 +41,9 @@ def _make(kind: str, tmp_path: Path) -> tuple[Path, Path]:
     repo = Repository.init(root, small_config())
     if kind == "fresh":
         return root, data
-    repo.commit(data)
+    commit(repo, data)
     evolve_app(data, 1)
-    repo.commit(data)
+    commit(repo, data)
     if kind == "orphan-packs":  # a first commit killed after its packs, before its index
         for folder in ("index", "snapshots"):
             for p in files_under(root, folder):

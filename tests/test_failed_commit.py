@@ -17,6 +17,7 @@ from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
 from casnap.chunkindex import decode_index_arrays
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import CasnapError, StorageFull
 from casnap.repository import Repository
 from casnap.store import pack_key
@@ -70,7 +71,7 @@ def test_failed_commit_leaves_no_unindexed_pack(kind: str, where: str, tmp_path:
     fault, indexed = FAULTS[where]
     wrapped = F.FaultyBackend(backend, [fault])
     with pytest.raises(StorageFull):
-        Repository.open_backend(wrapped, tmp_path / "tmp").commit(data)
+        commit(Repository.open_backend(wrapped, tmp_path / "tmp"), data)
     assert wrapped.fired
     assert not unindexed_packs(backend)
     if indexed:  # kept: the next commit finds the chunks stored already
@@ -106,16 +107,16 @@ def test_next_commit_fits_once_space_is_back_without_a_gc(tmp_path: Path) -> Non
     used = SmallDisk(root, 0).used()
     probe = tmp_path / "probe"
     shutil.copytree(root, probe)
-    Repository.open(probe).commit(data)
+    commit(Repository.open(probe), data)
     need = SmallDisk(probe, 0).used() - used
     assert need > 20_000  # several packs
     with pytest.raises(StorageFull):
-        Repository.open_backend(SmallDisk(root, used + need // 2), tmp_path / "tmp").commit(data)
+        commit(Repository.open_backend(SmallDisk(root, used + need // 2), tmp_path / "tmp"), data)
     assert SmallDisk(root, 0).used() <= used + 4096  # a lock at most
     evolve_app(data, 2)  # the app went on writing: the next commit stores other packs
     shutil.rmtree(probe)
     shutil.copytree(root, probe)
-    Repository.open(probe).commit(data)
+    commit(Repository.open(probe), data)
     need = SmallDisk(probe, 0).used() - used
     roomy = SmallDisk(root, used + need + 4096)
     ledger.commit(Repository.open_backend(roomy, tmp_path / "tmp"), data)
@@ -131,7 +132,7 @@ def test_failed_commit_leaves_its_packs_to_gc_while_another_holds_a_lock(tmp_pat
     wrapped = F.FaultyBackend(backend, [F.no_space(1, "index/")])
     with Repository.open(tmp_path / "repo").lock("checkout"):
         with pytest.raises(StorageFull):
-            Repository.open_backend(wrapped, tmp_path / "tmp").commit(data)
+            commit(Repository.open_backend(wrapped, tmp_path / "tmp"), data)
         left = unindexed_packs(backend)
         assert left
     report = gc.collect(Repository.open(tmp_path / "repo"))
@@ -195,7 +196,7 @@ def test_a_commit_that_waited_for_a_removed_repository_refuses(tmp_path: Path) -
     repo = Repository.init(tmp_path / "repo", small_config())
     (tmp_path / "repo" / "config").unlink()
     with pytest.raises(CasnapError, match="no casnap repository"):
-        repo.commit(data)
+        commit(repo, data)
     assert not (tmp_path / "repo" / "packs").exists()
 
 

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from casnap import gc, locks, retention, verify
+from casnap import gc, locks, retention
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
+from casnap.committer import commit
 from casnap.errors import CasnapError, IntegrityError, StorageFull
 from casnap.repair import repair_index
 from casnap.repository import Repository
+from casnap.restorer import checkout
+from casnap.verify import VerifyReport, verify
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     Ledger,
@@ -186,14 +189,14 @@ def world(tmp_path: Path) -> Callable[[str], tuple[Backend, Ledger, Path]]:
 def _run(op: str, repo: Repository, data: Path, target: Path, first: str) -> object:
     """Run one operation; its result (OK for a verify that found nothing)."""
     if op == "commit":
-        return repo.commit(data, message="under fault").id
+        return commit(repo, data, message="under fault").id
     if op in ("checkout", "checkout-new"):
-        return repo.checkout(first, target, safety_snapshot=(op == "checkout"), smoke=False).id
+        return checkout(repo, first, target, safety_snapshot=(op == "checkout"), smoke=False).id
     if op == "gc":
         return gc.collect(repo, max_unused=0.0)
     if op == "prune":
         return retention.prune(repo, retention.Policy(last=1))
-    report = verify.verify(repo, read_data=True)
+    report = verify(repo, read_data=True)
     return report if not report.ok else OK
 
 
@@ -227,7 +230,7 @@ def test_operation_under_fault(
     if expected == OK:
         assert outcome == OK, f"expected success, got {outcome!r}"
     elif expected[0] == "report":  # type: ignore[index]
-        assert isinstance(outcome, verify.VerifyReport), f"expected a report, got {outcome!r}"
+        assert isinstance(outcome, VerifyReport), f"expected a report, got {outcome!r}"
         assert any(re.search(expected[1], p.line()) for p in outcome.problems), outcome.summary()  # type: ignore[index]
     else:
         cls, pattern = expected  # type: ignore[misc]
@@ -298,7 +301,7 @@ def test_damaged_pack_under_its_own_name_is_replaced_not_indexed(tmp_path: Path)
     backend = MemoryBackend()
     repo = Repository.init_backend(backend, small_config(), tmp_path / "t")
     data = small_app(tmp_path / "data")
-    repo.commit(data)
+    commit(repo, data)
     packs = [k for k, _ in backend.list("packs/")]
     good = {k: backend.get(k) for k in packs}
     for key in [k for k, _ in backend.list("")]:
@@ -319,18 +322,18 @@ def test_truncated_pack_from_an_old_write_fails_naming_the_pack(tmp_path: Path) 
     backend = MemoryBackend()
     repo = Repository.init_backend(backend, small_config(), tmp_path / "t")
     data = small_app(tmp_path / "data")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     key, _ = max(backend.list("packs/"), key=lambda kv: kv[1])
     blob = backend.get(key)
     backend.delete(key)
     backend.put(key, blob[: len(blob) // 2])
     fresh = Repository.open_backend(backend, tmp_path / "t")
     with pytest.raises(IntegrityError, match=re.escape(key) + " is truncated"):
-        fresh.checkout(sid, tmp_path / "out", safety_snapshot=False, smoke=False)
+        checkout(fresh, sid, tmp_path / "out", safety_snapshot=False, smoke=False)
     assert not temp_files(tmp_path / "out")
     backend.delete(key)
     with pytest.raises(IntegrityError, match=re.escape(key) + " is missing"):
-        fresh.checkout(sid, tmp_path / "out2", safety_snapshot=False, smoke=False)
+        checkout(fresh, sid, tmp_path / "out2", safety_snapshot=False, smoke=False)
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated"])
@@ -344,7 +347,7 @@ def test_bit_rot_is_reported_and_repair_keeps_later_commits_whole(
     backend = MemoryBackend()
     repo = Repository.init_backend(backend, small_config(), tmp_path / "t")
     data = small_app(tmp_path / "data")
-    old = repo.commit(data).id
+    old = commit(repo, data).id
     key, _ = max(backend.list("packs/"), key=lambda kv: kv[1])
     blob = bytearray(backend.get(key))
     if damage == "flipped":
@@ -353,7 +356,7 @@ def test_bit_rot_is_reported_and_repair_keeps_later_commits_whole(
         del blob[len(blob) // 2 :]
     backend.delete(key)
     backend.put(key, bytes(blob))
-    report = verify.verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
+    report = verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
     pack = key.rsplit("/", 1)[-1]
     assert not report.ok and any(pack[:12] in p.line() for p in report.problems), [
         p.line() for p in report.problems
@@ -362,9 +365,9 @@ def test_bit_rot_is_reported_and_repair_keeps_later_commits_whole(
     repair_index(Repository.open_backend(backend, tmp_path / "t"))
     tree = snapshot_tree(data)
     ledger = Ledger()
-    ledger.record(Repository.open_backend(backend, tmp_path / "t").commit(data).id, tree)
+    ledger.record(commit(Repository.open_backend(backend, tmp_path / "t"), data).id, tree)
     ledger.check(Repository.open_backend(backend, tmp_path / "t"), tmp_path / "check")
-    report = verify.verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
+    report = verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
     # the chunks stored afresh also heal the old snapshot, which used the same ones
     assert report.damaged == {}, report.summary()
     ledger.record(old, tree)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from casnap import selection
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
 from tests.helpers_smoke import evolve_app, make_app
@@ -24,13 +25,13 @@ def mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     data = make_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
     ids = {}
-    ids["all1"] = repo.commit(data).id
-    ids["db1"] = repo.commit(data, ["app.db"]).id
-    ids["faiss1"] = repo.commit(data, ["faiss"], tags=["nightly"]).id
+    ids["all1"] = commit(repo, data).id
+    ids["db1"] = commit(repo, data, ["app.db"]).id
+    ids["faiss1"] = commit(repo, data, ["faiss"], tags=["nightly"]).id
     evolve_app(data)
-    ids["db2"] = repo.commit(data, ["app.db"], tags=["nightly", "keep"]).id
-    ids["all2"] = repo.commit(data).id
-    ids["faiss2"] = repo.commit(data, ["faiss"]).id
+    ids["db2"] = commit(repo, data, ["app.db"], tags=["nightly", "keep"]).id
+    ids["all2"] = commit(repo, data).id
+    ids["faiss2"] = commit(repo, data, ["faiss"]).id
     return ids
 
 
@@ -133,7 +134,7 @@ def test_forget_tag_takes_every_snapshot_carrying_it(mixed: dict[str, str]) -> N
 def test_forget_positional_tag_is_its_newest_and_says_so(tmp_path: Path) -> None:
     data = make_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    saved = [repo.commit(data, tags=["pre-checkout"]).id for _ in range(6)]
+    saved = [commit(repo, data, tags=["pre-checkout"]).id for _ in range(6)]
     base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
     result = CliRunner().invoke(cli, [*base, "forget", "pre-checkout"])
     assert result.exit_code == 0, result.stderr

@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, retention, verify
+from casnap import gc, retention
 from casnap.backends.local import LocalBackend
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, SnapshotNotFound
 from casnap.ids import hash_bytes
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.store import DATA, pack_key
+from casnap.verify import verify
 from tests.helpers_gc import (
     Crash,
     CrashingBackend,
@@ -58,7 +61,7 @@ def test_prune_keep_last_2_of_6_then_gc(tmp_path: Path) -> None:
     survivors = [sid.hex() for sid, _ in repo.snapshots()[-2:]]
     before = {}
     for sid in survivors:
-        repo.checkout(sid, tmp_path / f"before-{sid[:8]}", safety_snapshot=False)
+        checkout(repo, sid, tmp_path / f"before-{sid[:8]}", safety_snapshot=False)
         before[sid] = tree_bytes(tmp_path / f"before-{sid[:8]}")
     size_before = repo_bytes(root)
 
@@ -74,14 +77,14 @@ def test_prune_keep_last_2_of_6_then_gc(tmp_path: Path) -> None:
     assert [s.hex() for s, _ in repo.snapshots()] == survivors
     for sid, state in zip(survivors, states[-2:], strict=True):
         target = tmp_path / f"after-{sid[:8]}"
-        repo.checkout(sid, target, safety_snapshot=False)
+        checkout(repo, sid, target, safety_snapshot=False)
         assert tree_bytes(target) == before[sid]
         assert same_content(target, state)
 
     fresh_root = tmp_path / "fresh"
     fresh = Repository.init(fresh_root)
     for state in states[-2:]:
-        fresh.commit(state)
+        commit(fresh, state)
     pruned, reference = repo_bytes(root), repo_bytes(fresh_root)
     assert pruned <= 1.10 * reference, (pruned, reference)
     assert pruned < 0.75 * size_before
@@ -155,8 +158,8 @@ def test_gc_removes_leftovers_of_crashed_commits(tmp_path: Path) -> None:
     assert not (root / pack_key(orphan)).exists()
     assert not list(root.rglob(f"{TEMP_PREFIX}*"))
     repo = Repository.open(root)
-    assert verify.verify(repo, read_data=True).ok
-    repo.checkout("latest", tmp_path / "out", safety_snapshot=False)
+    assert verify(repo, read_data=True).ok
+    checkout(repo, "latest", tmp_path / "out", safety_snapshot=False)
     assert same_content(tmp_path / "out", states[-1])
 
 
@@ -209,13 +212,13 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
         if not backend.crashed:
             break
         repo = Repository.open(root)
-        assert verify.verify(repo, read_data=True).ok, n
+        assert verify(repo, read_data=True).ok, n
         for sid, state in kept.items():
             out = root.parent / f"out{n}-{sid[:8]}"
-            repo.checkout(sid, out, safety_snapshot=False)
+            checkout(repo, sid, out, safety_snapshot=False)
             assert same_content(out, state), (n, sid)
         gc.collect(repo)
-        assert verify.verify(repo, read_data=True).ok, n
+        assert verify(repo, read_data=True).ok, n
         again = gc.collect(repo, dry_run=True)
         assert again.bytes_freed == 0, n
         assert repo_bytes(root) == clean_size, n
@@ -248,14 +251,14 @@ def test_gc_waits_for_a_commit_in_progress(tmp_path: Path) -> None:
         thread.join(0.5)
         assert thread.is_alive()  # blocked by the running commit's lock
         packs_while_waiting = pack_files(root)
-        new_id = committer.commit(data).id  # shared locks coexist; gc keeps waiting
+        new_id = commit(committer, data).id  # shared locks coexist; gc keeps waiting
         assert thread.is_alive()
         assert pack_files(root) >= packs_while_waiting
     thread.join(120)
     assert not thread.is_alive() and "error" not in result
     repo = Repository.open(root)
-    assert verify.verify(repo, read_data=True).ok
-    repo.checkout(new_id, tmp_path / "out", safety_snapshot=False)
+    assert verify(repo, read_data=True).ok
+    checkout(repo, new_id, tmp_path / "out", safety_snapshot=False)
     assert same_content(tmp_path / "out", states[0])
 
 
@@ -278,7 +281,7 @@ def _commit_and_gc_together(root: Path, data: Path, use_process: bool) -> str:
                 ).stdout
                 commit_id.append(json.loads(out)["id"])
             else:
-                commit_id.append(Repository.open(root).commit(data).id)
+                commit_id.append(commit(Repository.open(root), data).id)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -306,13 +309,13 @@ def _concurrent_rounds(tmp_path: Path, use_process: bool) -> None:
         restore_state(data, states[rnd])  # a commit that needs exactly the garbage chunks
         new_id = _commit_and_gc_together(root, data, use_process)
         repo = Repository.open(root)
-        report = verify.verify(repo, read_data=True)
+        report = verify(repo, read_data=True)
         assert report.ok, [p.line() for p in report.problems]
         out = tmp_path / f"out{rnd}"
-        repo.checkout(new_id, out, safety_snapshot=False)
+        checkout(repo, new_id, out, safety_snapshot=False)
         assert same_content(out, states[rnd])
         for sid, _ in repo.snapshots():
-            repo.checkout(sid.hex(), tmp_path / f"all{rnd}-{sid.short}", safety_snapshot=False)
+            checkout(repo, sid.hex(), tmp_path / f"all{rnd}-{sid.short}", safety_snapshot=False)
 
 
 def test_commit_and_gc_started_together_threads(tmp_path: Path) -> None:
@@ -329,19 +332,19 @@ def test_long_lived_repository_sees_gc_of_another(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     old_id = repo.snapshots()[0][0].hex()
     stale = Repository.open(root)
-    stale.checkout("latest", tmp_path / "warm", safety_snapshot=False)  # caches index, snapshots
+    checkout(stale, "latest", tmp_path / "warm", safety_snapshot=False)  # caches index, snapshots
     other = Repository.open(root)
     retention.forget(other, [old_id])
     r = gc.collect(other)
     assert r.packs_repacked + r.packs_deleted > 0
     restore_state(data, states[0])
-    new_id = stale.commit(data).id  # would reuse deleted chunks with a stale index
+    new_id = commit(stale, data).id  # would reuse deleted chunks with a stale index
     fresh = Repository.open(root)
-    assert verify.verify(fresh, read_data=True).ok
-    fresh.checkout(new_id, tmp_path / "out", safety_snapshot=False)
+    assert verify(fresh, read_data=True).ok
+    checkout(fresh, new_id, tmp_path / "out", safety_snapshot=False)
     assert same_content(tmp_path / "out", states[0])
     with pytest.raises(SnapshotNotFound):
-        stale.checkout(old_id, tmp_path / "gone", safety_snapshot=False)
+        checkout(stale, old_id, tmp_path / "gone", safety_snapshot=False)
 
 
 def test_gc_cli_human_output(tmp_path: Path) -> None:
@@ -353,7 +356,7 @@ def test_gc_cli_human_output(tmp_path: Path) -> None:
     code, out = run(*base, "gc")
     assert code == 0 and "freed" in out and "would" not in out
     evolve(data, 9)
-    assert Repository.open(tmp_path / "repo").commit(data).files_changed > 0
+    assert commit(Repository.open(tmp_path / "repo"), data).files_changed > 0
 
 
 def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
@@ -371,7 +374,7 @@ def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
         gc.collect(Repository.open(root), max_unused=0)
     assert {p.name for p in (root / "index").iterdir()} == index_before
     assert packs_before <= pack_files(root)  # at most new, unindexed packs were added
-    report = verify.verify(Repository.open(root), read_data=True)
+    report = verify(Repository.open(root), read_data=True)
     assert {p.blob for p in report.problems if p.kind == "chunk"} == {cid.hex()}
 
 
@@ -390,6 +393,6 @@ def test_gc_keeps_the_index_entry_its_pack_confirms(tmp_path: Path) -> None:
     fresh = Repository.open(root)
     fresh.store.load_index()
     assert fresh.store.index[cid] == e
-    assert verify.verify(fresh, read_data=True).ok
-    fresh.checkout("latest", tmp_path / "out", safety_snapshot=False)
+    assert verify(fresh, read_data=True).ok
+    checkout(fresh, "latest", tmp_path / "out", safety_snapshot=False)
     assert same_content(tmp_path / "out", states[-1])

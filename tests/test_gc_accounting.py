@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, retention, verify
+from casnap import gc, retention
 from casnap.backends.local import LocalBackend
 from casnap.cli import cli, human
+from casnap.committer import commit
 from casnap.constants import TEMP_PREFIX
 from casnap.repository import Repository
+from casnap.verify import verify
 from tests.helpers_gc import Crash, CrashingBackend, build_history
 from tests.helpers_reliability import casnap_env, small_config
 
@@ -145,7 +147,7 @@ def test_gc_reports_exactly_what_it_freed_and_the_dry_run_predicts_it(
     assert d["bytes_written"] == d["pack_bytes_written"] + d["index_bytes_written"]
     assert counters(dry) == counters(real)
     assert not list(root.rglob(f"{TEMP_PREFIX}*"))
-    assert verify.verify(Repository.open(root), read_data=True).ok
+    assert verify(Repository.open(root), read_data=True).ok
     again = gc.collect(Repository.open(root), dry_run=True)
     assert again.bytes_freed == again.bytes_deleted == 0
 
@@ -242,11 +244,11 @@ def test_dry_run_holds_no_more_memory_than_gc(tmp_path: Path) -> None:
     blob = bytearray(rng.integers(0, 256, 40 << 20, dtype=np.uint8).tobytes())
     (data / "blob.bin").write_bytes(blob)
     repo = Repository.init(tmp_path / "repo", small_config(pack))
-    repo.commit(data)
+    commit(repo, data)
     for i in range(0, len(blob), 64 << 10):  # every pack loses a tenth of its chunks
         blob[i : i + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
     (data / "blob.bin").write_bytes(blob)
-    repo.commit(data)
+    commit(repo, data)
     forget(repo, 0)
     shutil.copytree(tmp_path / "repo", tmp_path / "copy")
     dry_peak, out = peak_rss_kib(["--repo", str(tmp_path / "copy"), "gc", "--dry-run", "--json"])

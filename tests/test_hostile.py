@@ -20,10 +20,13 @@ from hypothesis import strategies as st
 
 from casnap import chunklist, compression, manifest, store
 from casnap.backends import LocalBackend, MemoryBackend
+from casnap.committer import commit
+from casnap.config import default_config
 from casnap.errors import EXIT_CODES, CasnapError, HostileManifest
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import compress_manifest
-from casnap.repository import Repository, default_config
+from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,
@@ -228,7 +231,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path, str]:
     """A local repository with one snapshot of a small real data dir."""
     data = small_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo", small_config())
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     return tmp_path / "repo", data, sid
 
 
@@ -619,7 +622,7 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     (data / "faiss" / "extra.bin").write_bytes(os.urandom(1200 << 10))  # fills most of the disk
     seed = tmp_path / "seed"
-    sid = Repository.init(seed, small_config(256 * 1024)).commit(data).id
+    sid = commit(Repository.init(seed, small_config(256 * 1024)), data).id
     (data / "faiss" / "big.index").write_bytes(os.urandom(3 << 20))  # incompressible
     res = in_small_tmpfs(
         small, FULL_DISK, str(small), str(seed), str(data), sid, str(tmp_path / "out")
@@ -647,11 +650,11 @@ def test_damaged_database_in_the_data_dir_is_kept_as_bytes(tmp_path: Path, cut: 
     whole = (data / "app.db").read_bytes()
     (data / "broken.db").write_bytes(whole[:cut] + b"\xff" * 5000)
     repo = Repository.init_backend(MemoryBackend(), tmp_dir=tmp_path / "t")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     kinds = {f.path: f.kind for f in repo.load_snapshot(repo.resolve(sid)).files}
     assert kinds["broken.db"] == "file" and kinds["app.db"] == "sqlite"
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+    checkout(repo, sid, out, safety_snapshot=False, smoke=False)
     assert (out / "broken.db").read_bytes() == (data / "broken.db").read_bytes()
 
 

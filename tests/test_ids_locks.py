@@ -12,6 +12,7 @@ import pytest
 
 from casnap import locks
 from casnap.backends import MemoryBackend
+from casnap.committer import commit
 from casnap.errors import AmbiguousSnapshot, LockError, SnapshotNotFound
 from casnap.manifest import compress_manifest
 from casnap.repository import Repository
@@ -19,9 +20,9 @@ from casnap.repository import Repository
 
 def test_resolve_full_prefix_latest_and_tag(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    a = repo.commit(app, tags=["nightly"]).id
+    a = commit(repo, app, tags=["nightly"]).id
     (app / "x.txt").write_text("x")
-    b = repo.commit(app, tags=["nightly"]).id
+    b = commit(repo, app, tags=["nightly"]).id
     assert repo.resolve(a).hex() == a
     assert repo.resolve(a[:6]).hex() == a
     assert repo.resolve(a[:6].upper()).hex() == a
@@ -38,7 +39,7 @@ def test_resolve_full_prefix_latest_and_tag(app: Path, tmp_path: Path) -> None:
 def test_ambiguous_prefix(app: Path, tmp_path: Path) -> None:
     backend = MemoryBackend()
     repo = Repository.init_backend(backend, tmp_dir=tmp_path / "t")
-    base = repo.load_snapshot(repo.resolve(repo.commit(app).id))
+    base = repo.load_snapshot(repo.resolve(commit(repo, app).id))
     seen: dict[str, int] = {}
     n = 0
     while True:  # two real manifests whose ids share 4 hex digits (birthday bound: ~300 tries)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from casnap import locks
+from casnap.committer import commit
 from casnap.errors import EXIT_CODES, DatabaseBusy
 from casnap.repository import Repository
 from tests.conftest import evolve_app
@@ -72,9 +73,9 @@ def changed(tmp_path: Path) -> tuple[Path, Path, str]:
     """A repository with one snapshot of data, and data changed since (so checkout replaces)."""
     data = small_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     evolve_app(data, 1)
-    repo.commit(data)  # the changed state is held too: no safety snapshot needed
+    commit(repo, data)  # the changed state is held too: no safety snapshot needed
     return tmp_path / "repo", data, sid
 
 
@@ -133,7 +134,7 @@ def test_a_locked_database_is_announced_once(tmp_path: Path) -> None:
     os.environ["CASNAP_BUSY_TIMEOUT"] = "1"
     try:
         with app_holding(data / "app.db", "exclusive"), pytest.raises(DatabaseBusy):
-            repo.commit(data)
+            commit(repo, data)
     finally:
         del os.environ["CASNAP_BUSY_TIMEOUT"]
     assert len(heard) == 1 and "app.db" in heard[0] and "waiting up to 1 s" in heard[0]
@@ -142,7 +143,7 @@ def test_a_locked_database_is_announced_once(tmp_path: Path) -> None:
 def test_a_lock_wait_is_announced(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data)
+    commit(repo, data)
     held = threading.Event()
     release = threading.Event()
 
@@ -190,9 +191,9 @@ def test_an_app_of_another_user_is_detected(tmp_path: Path) -> None:
         home.chmod(0o755)
         data = small_app(home / "data")
         repo_dir = home / "repo"
-        sid = Repository.init(repo_dir).commit(data).id
+        sid = commit(Repository.init(repo_dir), data).id
         evolve_app(data, 1)
-        Repository.open(repo_dir).commit(data)
+        commit(Repository.open(repo_dir), data)
         for p in [home / "data", home / "repo", *(home / "data").rglob("*"), *repo_dir.rglob("*")]:
             os.chown(p, 65534, 65534)
         env = casnap_env(CASNAP_CACHE_DIR=str(home / "cache"))

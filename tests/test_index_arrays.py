@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from casnap import gc, repair, retention, verify
+from casnap import gc, repair, retention
 from casnap.chunkindex import (
     FIELD_DTYPE,
     EntryTable,
@@ -21,6 +21,7 @@ from casnap.chunkindex import (
 from casnap.ids import ObjectId, hash_bytes
 from casnap.reachability import walk
 from casnap.repository import Repository
+from casnap.verify import verify
 from tests.helpers_gc import build_history, repo_bytes
 
 
@@ -122,7 +123,7 @@ def test_dry_run_predicts_what_gc_frees(
     assert dry.index_bytes_written == real.index_bytes_written
     assert dry.pack_bytes_written == real.pack_bytes_written
     assert dry.packs_written == real.packs_written
-    assert verify.verify(repo, read_data=True).ok
+    assert verify(repo, read_data=True).ok
 
 
 def test_merging_index_files_alone_is_predicted_exactly_and_frees_bytes(tmp_path: Path) -> None:
@@ -154,4 +155,4 @@ def test_repair_index_writes_what_gc_writes(tmp_path: Path) -> None:
     report = repair.repair_index(Repository.open(copy))
     assert report.missing == 0 and report.index_files_removed == 0
     assert report.index_written == f"index/{written.name}"
-    assert verify.verify(Repository.open(copy), read_data=True).ok
+    assert verify(Repository.open(copy), read_data=True).ok

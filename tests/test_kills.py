@@ -23,11 +23,13 @@ import pytest
 from casnap import retention
 from casnap.backends import LocalBackend
 from casnap.backends import faulty as F
-from casnap.checkout import SAFETY_TAG
+from casnap.committer import commit
 from casnap.constants import TEMP_PREFIX
+from casnap.fsutil import HOST_TAG, STAGE_PREFIX
 from casnap.gc import collect
 from casnap.repository import Repository
-from casnap.tempfiles import HOST_TAG, STAGE_PREFIX
+from casnap.restorer import SAFETY_TAG, checkout
+from casnap.staging import smoke_verify
 from casnap.verify import verify
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
@@ -86,14 +88,14 @@ def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str = "") -
     backend = F.FaultyBackend(LocalBackend(scratch / "repo"), counting)
     repo = Repository.open_backend(backend, scratch / "repo" / "tmp")
     if op == "commit":
-        repo.commit(scratch / "data")
+        commit(repo, scratch / "data")
     elif op == "gc":
         collect(repo, max_unused=0.0)
     elif op == "prune":
         retention.prune(repo, retention.Policy(last=1))
         collect(repo)
     else:
-        repo.checkout(ref, scratch / "data", smoke=False)
+        checkout(repo, ref, scratch / "data", smoke=False)
     return backend.plan.counts
 
 
@@ -236,7 +238,7 @@ def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -
         assert now.get(path) in allowed, f"{path} is torn: neither its old nor its new version"
     repo = after_kill(base, repo_dir, data, scratch)
     # rerun the checkout: it completes, and removes what the killed one staged
-    Repository.open(repo_dir).checkout(base.first, data, smoke=False)
+    checkout(Repository.open(repo_dir), base.first, data, smoke=False)
     assert file_hashes(data) == base.new
     assert not temp_files(data), "staged files of the killed checkout are left in the target"
     # nothing lost: the data the checkout replaced is held by a pre-checkout snapshot
@@ -246,7 +248,7 @@ def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -
     trees = []
     for sid in saved:
         out = scratch / f"saved-{sid.short}"
-        repo.checkout(sid.hex(), out, safety_snapshot=False, smoke=False)
+        checkout(repo, sid.hex(), out, safety_snapshot=False, smoke=False)
         trees.append(snapshot_tree(out))
     assert base.old_tree in trees, "the data the checkout replaced is lost"
     verify_repository(Repository.open(repo_dir))
@@ -430,7 +432,7 @@ def _smoke_verify_gets(repo_dir: Path, ref: str, scratch: Path) -> tuple[int, in
     repo = Repository.open_backend(backend, scratch / "tmp")
     verify(repo, [ref])
     checked = backend.plan.counts[0]
-    repo.smoke_verify(ref)
+    smoke_verify(repo, ref)
     return checked, backend.plan.counts[0] - checked
 
 

@@ -16,10 +16,12 @@ import pytest
 
 from casnap.backends import MemoryBackend
 from casnap.backends import faulty as F
+from casnap.committer import CommitResult, commit
 from casnap.constants import SOURCE_RETRIES, STAT_SETTLE_NS
 from casnap.errors import SourceError
 from casnap.ids import hash_bytes
-from casnap.repository import CommitResult, Repository
+from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests.helpers_reliability import small_app, small_config, wait_for
 
 BATCH = 7  # rows per writer transaction: a count that is not a multiple was torn
@@ -66,7 +68,7 @@ def test_wal_writer_throughout_repeated_commits(tmp_path: Path) -> None:
         for _ in range(5):
             before = _rows(db_path)
             wait_for(lambda before=before: _rows(db_path) > before + 3 * BATCH)
-            ids.append(repo.commit(data).id)
+            ids.append(commit(repo, data).id)
     finally:
         stop.touch()
         out, _ = writer.communicate(timeout=60)
@@ -74,7 +76,7 @@ def test_wal_writer_throughout_repeated_commits(tmp_path: Path) -> None:
     counts = []
     for sid in ids:
         target = tmp_path / f"out-{sid[:8]}"
-        repo.checkout(sid, target, safety_snapshot=False, smoke=False)
+        checkout(repo, sid, target, safety_snapshot=False, smoke=False)
         assert not (target / "app.db-wal").exists()
         with contextlib.closing(sqlite3.connect(target / "app.db")) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -141,7 +143,7 @@ def _commit_while_rewritten(
     )
     repo = Repository.init_backend(backend, small_config(2048), tmp_path / "t")
     try:
-        return rewriter, repo.commit(data, ["faiss/ivf.index"]), repo
+        return rewriter, commit(repo, data, ["faiss/ivf.index"]), repo
     except SourceError as exc:
         return rewriter, exc, repo
 
@@ -153,7 +155,7 @@ def test_index_rewritten_during_the_read_is_read_again(tmp_path: Path) -> None:
     (entry,) = repo.load_snapshot(repo.resolve(result.id)).files
     assert entry.hash == hash_bytes(rewriter.versions[1]).hex()  # the version after the rewrite
     out = tmp_path / "out"
-    repo.checkout(result.id, out, safety_snapshot=False, smoke=False)
+    checkout(repo, result.id, out, safety_snapshot=False, smoke=False)
     assert (out / "faiss" / "ivf.index").read_bytes() == rewriter.versions[1]
 
 
@@ -215,7 +217,7 @@ def test_index_rewritten_by_a_live_writer_never_lands_torn(
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
         for _ in range(6):
             try:
-                sid = repo.commit(data, ["faiss/ivf.index"]).id
+                sid = commit(repo, data, ["faiss/ivf.index"]).id
             except SourceError as exc:
                 assert "faiss/ivf.index" in str(exc) and "kept changing" in str(exc)
                 outcomes.append("refused")
@@ -226,7 +228,7 @@ def test_index_rewritten_by_a_live_writer_never_lands_torn(
                 torn.append(entry.size)
                 continue
             out = tmp_path / f"out-{sid[:8]}"
-            repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+            checkout(repo, sid, out, safety_snapshot=False, smoke=False)
             assert faiss.read_index(str(out / "faiss" / "ivf.index")).ntotal == 2000
             shutil.rmtree(out)
             outcomes.append("whole")

@@ -15,8 +15,10 @@ import pytest
 
 from casnap.backends.faulty import FaultyBackend, call_after
 from casnap.backends.local import LocalBackend
+from casnap.committer import commit
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     Ledger,
@@ -86,7 +88,7 @@ def test_a_repository_inside_the_data_dir_is_never_stored_or_touched(
     verify_repository(repo)
     for sid, _snap in repo.snapshots():
         restored = tmp_path / f"check-{sid.short}"
-        repo.checkout(sid.hex(), restored, safety_snapshot=False)
+        checkout(repo, sid.hex(), restored, safety_snapshot=False)
         assert not (restored / "backups").exists() and not (restored / ".backups").exists()
 
 
@@ -94,7 +96,7 @@ def test_a_repository_inside_the_data_dir_is_never_stored_or_touched(
 def test_checkout_into_the_repository_is_refused(tmp_path: Path, where: str) -> None:
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "backups"
-    sid = Repository.init(repo_dir).commit(data).id
+    sid = commit(Repository.init(repo_dir), data).id
     before = raw_tree(repo_dir)
     target = repo_dir if where == "." else repo_dir / where
     proc = run_casnap(
@@ -108,7 +110,7 @@ def test_checkout_into_the_repository_is_refused(tmp_path: Path, where: str) -> 
 def test_a_checkout_into_a_folder_holding_the_repository_leaves_it_alone(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "backups"
-    sid = Repository.init(repo_dir).commit(data).id
+    sid = commit(Repository.init(repo_dir), data).id
     before = raw_tree(repo_dir)
     proc = run_casnap(["--repo", str(repo_dir), "checkout", sid, "--to", str(tmp_path)])
     assert proc.returncode == 0, proc.stderr
@@ -148,7 +150,7 @@ def test_the_target_swapped_for_a_link_while_staging_redirects_nothing(tmp_path:
     checkout has planned: no write, rename or removal may land outside the target."""
     data = small_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     target = tmp_path / "target"
     shutil.copytree(data, target)
     evolve_app(target, 3)  # faiss/ivf.index and shard_000.index now differ: they are replaced
@@ -166,7 +168,7 @@ def test_the_target_swapped_for_a_link_while_staging_redirects_nothing(tmp_path:
     backend = FaultyBackend(LocalBackend(tmp_path / "repo"), [call_after("get", 1, swap, "packs/")])
     attacked = Repository.open_backend(backend, tmp_path / "repo" / "tmp", root=tmp_path / "repo")
     try:
-        attacked.checkout(sid, target, safety_snapshot=False)
+        checkout(attacked, sid, target, safety_snapshot=False)
     except Exception:  # noqa: BLE001 - refusing is fine; writing outside is not
         pass
     assert raw_tree(victims) == before
@@ -177,7 +179,7 @@ def test_the_target_swapped_for_a_link_while_staging_redirects_nothing(tmp_path:
 def test_the_staging_dir_is_private(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "repo"
-    sid = Repository.init(repo_dir).commit(data).id
+    sid = commit(Repository.init(repo_dir), data).id
     seen = tmp_path / "mode.txt"
     cmd = f'stat -L -c %a "$CASNAP_STAGED_DIR" > {seen}'
     proc = run_casnap(
@@ -200,11 +202,11 @@ def test_checkout_never_widens_a_folder_mode(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     data.chmod(0o700)
     (data / "faiss").chmod(0o750)
-    sid = Repository.init(tmp_path / "repo").commit(data).id
+    sid = commit(Repository.init(tmp_path / "repo"), data).id
     old = os.umask(0o022)
     try:
         out = tmp_path / "out"
-        Repository.open(tmp_path / "repo").checkout(sid, out, safety_snapshot=False)
+        checkout(Repository.open(tmp_path / "repo"), sid, out, safety_snapshot=False)
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o700
@@ -218,8 +220,8 @@ def test_the_commit_after_a_checkout_reads_nothing(tmp_path: Path) -> None:
     first = ledger.commit(repo, data)
     evolve_app(data, 1)
     ledger.commit(repo, data)
-    repo.checkout(first, data)  # a safety snapshot is not needed: all data is held
-    again = repo.commit(data)
+    checkout(repo, first, data)  # a safety snapshot is not needed: all data is held
+    again = commit(repo, data)
     assert again.bytes_read == 0 and again.files_new == 0
     assert {f.hash for f in again_files(repo, again.id)} == {
         f.hash for f in again_files(repo, first)
@@ -234,12 +236,12 @@ def test_hard_links_are_restored_as_links(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     os.link(data / "faiss" / "ivf.index", data / "ivf-link.index")
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     snap = repo.load_snapshot(repo.resolve(sid))
     linked = {f.path: f.link for f in snap.files if f.link}
     assert linked == {"ivf-link.index": "faiss/ivf.index"}
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False)
+    checkout(repo, sid, out, safety_snapshot=False)
     assert (out / "ivf-link.index").stat().st_ino == (out / "faiss" / "ivf.index").stat().st_ino
     assert (out / "ivf-link.index").read_bytes() == (data / "ivf-link.index").read_bytes()
 
@@ -250,9 +252,9 @@ def test_owners_are_stored_and_restored_as_root(tmp_path: Path) -> None:
     os.chown(data / "app.db", 1234, 5678)
     os.chown(data / "faiss", 4321, 8765)
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False)
+    checkout(repo, sid, out, safety_snapshot=False)
     st = (out / "app.db").stat()
     assert (st.st_uid, st.st_gid) == (1234, 5678)
     st = (out / "faiss").stat()
@@ -278,7 +280,7 @@ def test_a_directory_fsync_error_is_reported(
 
     monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(CasnapError, match="Input/output error"):
-        repo.commit(data)
+        commit(repo, data)
 
 
 def test_checkout_all_paths_restores_the_newest_of_each_path_group(tmp_path: Path) -> None:
@@ -344,6 +346,6 @@ def test_a_commit_right_after_writing_caches_what_it_read(tmp_path: Path) -> Non
     data = small_app(tmp_path / "data")
     time.sleep(0.3)  # longer than the fine racy window, far shorter than whole-second timestamps
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data)
-    again = repo.commit(data)
+    commit(repo, data)
+    again = commit(repo, data)
     assert again.bytes_read == 0 and again.files_unchanged == 7

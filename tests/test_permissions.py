@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from casnap import capture
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.repository import Repository
 from tests.helpers_smoke import evolve_app, make_app
 
@@ -75,7 +76,7 @@ def test_commit_through_the_api_creates_a_private_repository(tmp_path: Path) -> 
     data = make_app(tmp_path / "data")
     with umask(0o002):
         repo = Repository.open_or_init(tmp_path / "new" / "backups", data)
-        repo.commit(data)
+        commit(repo, data)
     assert open_to_others(tmp_path / "new" / "backups") == []
 
 
@@ -117,7 +118,7 @@ def test_database_images_in_tmp_are_private(tmp_path: Path, idle_wal: bool) -> N
 def test_open_tightens_the_root_of_an_older_repository(tmp_path: Path) -> None:
     data = make_app(tmp_path / "data")
     root = tmp_path / "backups"
-    Repository.init(root).commit(data)
+    commit(Repository.init(root), data)
     os.chmod(root, 0o755)  # as a casnap without private modes left it
     os.chmod(root / "config", 0o644)
     Repository.open(root)

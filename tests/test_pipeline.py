@@ -13,8 +13,11 @@ import pytest
 
 from casnap import compression
 from casnap.backends.memory import MemoryBackend
+from casnap.committer import commit
+from casnap.config import default_config
 from casnap.errors import IntegrityError, UnsupportedFormat
-from casnap.repository import Repository, default_config
+from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests import helpers_chunking as h
 
 SQLITE_HEADER_MASK = [(24, 28), (40, 44), (92, 100)]
@@ -57,10 +60,10 @@ def same_tree(a: Path, b: Path) -> None:
 def test_round_trip_is_byte_identical(tmp_path: Path) -> None:
     data = make_app(tmp_path)
     repo = memory_repo(tmp_path)
-    res = repo.commit(data)
+    res = commit(repo, data)
     assert res.files_new == 6
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     same_tree(data, out)
     snap = repo.load_snapshot(repo.resolve("latest"))
     chunkers = {f.path: f.chunker["name"] for f in snap.files}
@@ -77,27 +80,27 @@ def test_round_trip_is_byte_identical(tmp_path: Path) -> None:
 def test_round_trip_through_a_local_repository_and_reopen(tmp_path: Path) -> None:
     data = make_app(tmp_path)
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data)
+    commit(repo, data)
     h.update_rows(data / "app.db", 5)
-    repo.commit(data)
+    commit(repo, data)
     again = Repository.open(tmp_path / "repo")
     out = tmp_path / "out"
-    again.checkout("latest", out, safety_snapshot=False)
+    checkout(again, "latest", out, safety_snapshot=False)
     same_tree(data, out)
 
 
 def test_few_updated_rows_add_few_pages(tmp_path: Path) -> None:
     data = make_app(tmp_path)
     repo = memory_repo(tmp_path)
-    repo.commit(data)
+    commit(repo, data)
     pages = (data / "app.db").stat().st_size // 4096
     h.update_rows(data / "app.db", 3)
-    res = repo.commit(data)
+    res = commit(repo, data)
     assert res.files_changed == 1
     assert res.chunks_new <= 3 * 3 + 4  # each row: its leaf page (+ maybe a split), page 1
     assert res.chunks_new < pages // 4
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     same_tree(data, out)
 
 
@@ -106,15 +109,15 @@ def test_vacuum_still_dedups_most_pages(tmp_path: Path) -> None:
     db.parent.mkdir()
     h.make_interleaved_db(db, rows=600)
     repo = memory_repo(tmp_path)
-    repo.commit(db.parent)
+    commit(repo, db.parent)
     docs_pages = db.stat().st_size // 4096 // 2
     h.drop_and_vacuum(db)
     moved = db.read_bytes()
-    res = repo.commit(db.parent)
+    res = commit(repo, db.parent)
     assert len(moved) // 4096 < 0.6 * 2 * docs_pages  # VACUUM did move and drop pages
     assert res.chunks_new < 0.2 * docs_pages
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     same_tree(db.parent, out)
 
 
@@ -124,21 +127,21 @@ def test_flat_index_with_one_percent_more_vectors_adds_about_one_percent(tmp_pat
     index = h.flat(20_000)
     h.write(index, data / "shard.index")
     repo = memory_repo(tmp_path)
-    repo.commit(data)
+    commit(repo, data)
     index.add(h.vectors(200, seed=5))
     h.write(index, data / "shard.index")
     size = (data / "shard.index").stat().st_size
-    res = repo.commit(data)
+    res = commit(repo, data)
     block = default_config()["chunker"]["faiss"]["vectors"]
     # the appended vectors, the tail block they complete, and the header piece
     assert res.bytes_added < 0.01 * size + 2 * block + 8192
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     same_tree(data, out)
 
 
 def test_chunk_lists_are_deltas_and_chains_are_cut(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("casnap.repository.LIST_MAX_DELTAS", 2)
+    monkeypatch.setattr("casnap.committer.LIST_MAX_DELTAS", 2)
     db = tmp_path / "d" / "app.db"
     db.parent.mkdir()
     h.make_db(db, rows=300)
@@ -147,7 +150,7 @@ def test_chunk_lists_are_deltas_and_chains_are_cut(tmp_path: Path, monkeypatch) 
     for step in range(4):
         if step:
             h.update_rows(db, 2, seed=step)
-        repo.commit(db.parent)
+        commit(repo, db.parent)
         lists.append(repo.load_snapshot(repo.resolve("latest")).files[0].lists)
     assert len(lists[0]) == 1  # one full piece
     assert lists[1][:1] == lists[0] and len(lists[1]) == 2  # + one delta
@@ -156,12 +159,12 @@ def test_chunk_lists_are_deltas_and_chains_are_cut(tmp_path: Path, monkeypatch) 
     for step_lists in lists:
         assert all(len(x) == 64 for x in step_lists)
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     same_tree(db.parent, out)
     # every snapshot still restores its own version through its chain
     first = repo.snapshots()[1][0]
     out1 = tmp_path / "out1"
-    repo.checkout(first.hex(), out1, safety_snapshot=False)
+    checkout(repo, first.hex(), out1, safety_snapshot=False)
     assert (out1 / "app.db").stat().st_size > 0
 
 
@@ -170,9 +173,9 @@ def test_unchanged_commit_needs_neither_index_nor_file_reads(tmp_path: Path) -> 
     for p in data.rglob("*"):  # older than the racy window: the stat cache may trust them
         os.utime(p, (time.time() - 3600, time.time() - 3600))
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data)
+    commit(repo, data)
     fresh = Repository.open(tmp_path / "repo")
-    res = fresh.commit(data)
+    res = commit(fresh, data)
     assert res.files_unchanged == 6 and res.bytes_read == 0
     assert len(fresh.store.index) == 0  # the index was never loaded
     assert not fresh.store.index_files
@@ -183,7 +186,7 @@ def test_frames_hold_several_chunks_and_each_reads_back(tmp_path: Path) -> None:
     db.parent.mkdir()
     h.make_db(db, rows=300)
     repo = memory_repo(tmp_path)
-    repo.commit(db.parent)
+    commit(repo, db.parent)
     entry = repo.load_snapshot(repo.resolve("latest")).files[0]
     refs = repo.chunk_refs(entry)
     shared = [cid for cid, _ in refs if repo.store.entry(cid).frame_plain]
@@ -193,7 +196,7 @@ def test_frames_hold_several_chunks_and_each_reads_back(tmp_path: Path) -> None:
     pieces = [fresh.store.get(cid) for cid, _ in refs]
     assert [len(p) for p in pieces] == [n for _, n in refs]
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     assert b"".join(pieces) == (out / "app.db").read_bytes()
 
 
@@ -201,7 +204,7 @@ def test_damaged_frame_is_detected_on_checkout(tmp_path: Path) -> None:
     data = make_app(tmp_path)
     backend = MemoryBackend()
     repo = Repository.init_backend(backend, tmp_dir=tmp_path / "tmp")
-    repo.commit(data)
+    commit(repo, data)
     pack_keys = [k for k in backend.objects if k.startswith("packs/")]
     for key in pack_keys:
         blob = bytearray(backend.objects[key])
@@ -209,7 +212,7 @@ def test_damaged_frame_is_detected_on_checkout(tmp_path: Path) -> None:
         backend.objects[key] = bytes(blob)
     fresh = Repository.open_backend(backend, tmp_path / "tmp")
     with pytest.raises(IntegrityError):
-        fresh.checkout("latest", tmp_path / "out", safety_snapshot=False)
+        checkout(fresh, "latest", tmp_path / "out", safety_snapshot=False)
     assert not (tmp_path / "out" / "app.db").exists()
 
 
@@ -220,14 +223,14 @@ def test_damaged_raw_chunk_is_named(tmp_path: Path) -> None:
     (data / "blob.bin").write_bytes(raw)
     backend = MemoryBackend()
     repo = Repository.init_backend(backend, tmp_dir=tmp_path / "tmp")
-    repo.commit(data)
+    commit(repo, data)
     (key,) = [k for k in backend.objects if k.startswith("packs/")]
     blob = bytearray(backend.objects[key])
     blob[5000] ^= 1  # a byte of a raw frame: decodes fine, content differs
     backend.objects[key] = bytes(blob)
     fresh = Repository.open_backend(backend, tmp_path / "tmp")
     with pytest.raises(IntegrityError, match="does not match its hash"):
-        fresh.checkout("latest", tmp_path / "out", safety_snapshot=False)
+        checkout(fresh, "latest", tmp_path / "out", safety_snapshot=False)
 
 
 def test_grouped_codec_round_trips() -> None:
@@ -256,11 +259,11 @@ def test_checkout_of_a_file_whose_frames_are_used_out_of_order(tmp_path: Path) -
     db.parent.mkdir()
     h.make_interleaved_db(db, rows=800)
     repo = memory_repo(tmp_path)
-    repo.commit(db.parent)
+    commit(repo, db.parent)
     h.drop_and_vacuum(db)
-    repo.commit(db.parent)
+    commit(repo, db.parent)
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     same_tree(db.parent, out)
     shutil.rmtree(out)
 
@@ -273,12 +276,12 @@ def test_repeated_content_is_stored_once_across_blocks_and_packs(tmp_path: Path)
     data.mkdir()
     pattern = np.random.default_rng(7).bytes(1 << 20)
     (data / "repeats.bin").write_bytes(pattern * 12)  # 12 MiB: three read blocks and more
-    res = repo.commit(data)
+    res = commit(repo, data)
     assert res.bytes_added < 1.2 * (1 << 20)  # one copy of the pattern (raw: it is random)
     entry = repo.load_snapshot(repo.resolve("latest")).files[0]
     ids = [cid for cid, _ in repo.chunk_refs(entry)]
     assert res.chunks_new == len(set(ids)) + len(entry.lists)  # + the chunk list
     assert len(set(ids)) < len(ids) // 6
     out = tmp_path / "out"
-    repo.checkout("latest", out, safety_snapshot=False)
+    checkout(repo, "latest", out, safety_snapshot=False)
     assert (out / "repeats.bin").read_bytes() == pattern * 12

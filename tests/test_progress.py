@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from casnap.cli import Context, cli, progress_bar
+from casnap.committer import commit
 from casnap.progress import REPORT_STEP, ByteProgress
 from casnap.repository import Repository
+from casnap.restorer import checkout
+from casnap.staging import smoke_verify
 from tests.helpers_smoke import evolve_app, make_app
 
 
@@ -40,23 +43,23 @@ def app(tmp_path: Path) -> Path:
 def test_commit_progress_counts_every_byte_to_the_total(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
     rec = Recorder()
-    r = repo.commit(app, progress=rec)
+    r = commit(repo, app, progress=rec)
     rec.assert_complete(r.logical_bytes)
     evolve_app(app)
     rec2 = Recorder()
-    r2 = repo.commit(app, progress=rec2)  # unchanged files count as done without being read
+    r2 = commit(repo, app, progress=rec2)  # unchanged files count as done without being read
     rec2.assert_complete(r2.logical_bytes)
 
 
 def test_checkout_and_verify_progress_reach_the_total(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     rec = Recorder()
-    r = repo.checkout(sid, tmp_path / "out", progress=rec)
+    r = checkout(repo, sid, tmp_path / "out", progress=rec)
     rec.assert_complete(r.bytes_written)
     assert r.bytes_written == repo.load_snapshot(repo.resolve(sid)).logical_bytes
     rec = Recorder()
-    v = repo.smoke_verify(sid, progress=rec)
+    v = smoke_verify(repo, sid, progress=rec)
     rec.assert_complete(v.bytes_verified)
 
 
@@ -113,18 +116,18 @@ def test_progress_bar_shows_bytes_rate_and_percent_on_a_terminal(
 
 
 def test_verify_reports_structure_then_data_progress(app: Path, tmp_path: Path) -> None:
-    from casnap import verify
+    from casnap.verify import verify
 
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(app)
+    commit(repo, app)
     evolve_app(app)
-    repo.commit(app)
+    commit(repo, app)
     packs = sum(size for _, size in repo.backend.list("packs/"))
     rec = Recorder()
-    assert verify.verify(repo, progress=rec).ok
+    assert verify(repo, progress=rec).ok
     rec.assert_complete(packs)  # one run: the pack directories
     rec = Recorder()
-    assert verify.verify(repo, read_data=True, progress=rec).ok
+    assert verify(repo, read_data=True, progress=rec).ok
     runs = [i for i, (done, _) in enumerate(rec.calls) if done == 0]
     assert len(runs) == 2  # the directories, then the packs read
     first, second = Recorder(), Recorder()

@@ -10,7 +10,10 @@ import pytest
 
 from casnap import pipeline
 from casnap.backends.memory import MemoryBackend
-from casnap.repository import Repository, default_config
+from casnap.committer import commit
+from casnap.config import default_config
+from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests.helpers_memory import MB, run_measured, streaming_hash, supports_holes
 
 GiB = 1 << 30
@@ -111,14 +114,14 @@ def test_tasks_of_repeated_chunks_stay_small(tmp_path: Path, monkeypatch) -> Non
     block = np.random.default_rng(1).bytes(4096)
     (data / "rep.bin").write_bytes(block * (8 << 8))  # 8 MiB
     repo = memory_repo(tmp_path)
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     refs, tasks = planned(repo, sid, "rep.bin")
     assert len(refs) // 36 > 50  # several planning slices
     assert max(t.size for t in tasks) < 2 * pipeline.TASK_BYTES
     assert [t.offset for t in tasks] == list(np.cumsum([0] + [t.size for t in tasks[:-1]]))
     assert sum(t.size for t in tasks) == 8 * MiB
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+    checkout(repo, sid, out, safety_snapshot=False, smoke=False)
     assert (out / "rep.bin").read_bytes() == (data / "rep.bin").read_bytes()
 
 
@@ -134,14 +137,14 @@ def test_frames_larger_than_a_task_are_read_in_pieces(tmp_path: Path) -> None:
     data.mkdir()
     body = np.random.default_rng(2).bytes(20 * MiB + 12345)
     (data / "big.bin").write_bytes(body)
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     _, tasks = planned(repo, sid, "big.bin")
     frames = [f for t in tasks for r in t.reads for f in r.frames]
     assert max(f[2] for f in frames) == 6 * MiB  # frames of two chunks
     assert max(n for f in frames for _, n in f[3]) == pipeline.TASK_BYTES  # ranges cut
     assert max(t.size for t in tasks) <= 2 * pipeline.TASK_BYTES
     out = tmp_path / "out"
-    repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+    checkout(repo, sid, out, safety_snapshot=False, smoke=False)
     assert (out / "big.bin").read_bytes() == body
 
 
@@ -155,9 +158,9 @@ def test_zero_runs_become_holes_and_the_hash_covers_them(holes: Path) -> None:
         body[at : at + 5000] = rng.bytes(5000)
     (data / "holes.bin").write_bytes(body)
     repo = memory_repo(holes)
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     out = holes / "out"
-    repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+    checkout(repo, sid, out, safety_snapshot=False, smoke=False)
     restored = out / "holes.bin"
     assert restored.read_bytes() == body
     assert restored.stat().st_blocks * 512 < 2 * MiB

@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, repository, retention, verify
+from casnap import gc, retention
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import InvalidPolicy
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.retention import Duration, Item, Policy, apply_policy
+from casnap.verify import verify
 from tests.helpers_gc import copy_state, evolve, make_data, same_content
 
 UTC = dt.UTC
@@ -291,17 +294,17 @@ def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> N
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
     clock = {"now": "2024-05-01T00:00:00.000000Z"}
-    monkeypatch.setattr(repository, "_now_iso", lambda: clock["now"])
+    monkeypatch.setattr("casnap.committer.now_iso", lambda: clock["now"])
     repo = Repository.init(root)
     db_states: dict[str, Path] = {}
     for day in range(1, 8):
         for hour in (2, 14):
             evolve(data, day * 100 + hour, faiss_too=False)
             clock["now"] = f"2024-05-0{day}T{hour:02d}:00:00.000000Z"
-            sid = repo.commit(data, ["app.db"]).id
+            sid = commit(repo, data, ["app.db"]).id
             db_states[sid] = copy_state(data, tmp_path / f"db-{day}-{hour}")
         clock["now"] = f"2024-05-0{day}T03:00:00.000000Z"
-        repo.commit(data, ["faiss"])
+        commit(repo, data, ["faiss"])
     base = ["--repo", str(root), "--data", str(data)]
 
     code, out = run(*base, "prune", "--keep-daily", "5", "--path", "app.db", "--json")
@@ -327,11 +330,11 @@ def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> N
     repo = Repository.open(root)
     groups = retention.group_snapshots(repo.snapshots())
     assert {k.paths: len(v) for k, v in groups.items()} == {("app.db",): 5, ("faiss",): 3}
-    assert verify.verify(repo, read_data=True).ok
+    assert verify(repo, read_data=True).ok
     for sid, snap in repo.snapshots():
         if snap.paths == ("app.db",):
             out_dir = tmp_path / f"out-{sid.short}"
-            repo.checkout(sid.hex(), out_dir, safety_snapshot=False)
+            checkout(repo, sid.hex(), out_dir, safety_snapshot=False)
             state = db_states[sid.hex()]
             expected = tmp_path / f"exp-{sid.short}"
             expected.mkdir()
@@ -342,7 +345,7 @@ def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> N
 def test_prune_refuses_without_rules(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data)
+    commit(repo, data)
     code, out = run("--repo", str(tmp_path / "repo"), "--data", str(data), "prune")
     assert code == InvalidPolicy.exit_code == 2
     assert "at least one keep rule" in out
@@ -357,7 +360,7 @@ def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     repo = Repository.init(root)
     for step in range(4):
         evolve(data, step + 1)
-        repo.commit(data, tags=("pin",) if step == 0 else ())
+        commit(repo, data, tags=("pin",) if step == 0 else ())
     base = ["--repo", str(root), "--data", str(data)]
     code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pin", "--dry-run")
     assert code == 0, out
@@ -377,14 +380,14 @@ def test_pre_checkout_snapshots_follow_the_rules(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
     repo = Repository.init(root)
-    first = repo.commit(data).id
+    first = commit(repo, data).id
     evolve(data, 1)
-    repo.commit(data)
+    commit(repo, data)
     evolve(data, 2)  # unsaved: checkout saves it first
-    result = repo.checkout(first, data)
+    result = checkout(repo, first, data)
     assert result.safety_snapshot is not None
     evolve(data, 3)
-    newest = repo.commit(data).id
+    newest = commit(repo, data).id
     base = ["--repo", str(root), "--data", str(data)]
     code, out = run(*base, "prune", "--keep-last", "1", "--dry-run", "--json")
     assert json.loads(out)["groups"][0]["keep"][0]["id"] == newest
@@ -395,7 +398,7 @@ def test_pre_checkout_snapshots_follow_the_rules(tmp_path: Path) -> None:
     assert kept_ids == {newest, result.safety_snapshot}
     repo = Repository.open(root)
     assert {s.hex() for s, _ in repo.snapshots()} == kept_ids
-    assert verify.verify(repo, read_data=True).ok
+    assert verify(repo, read_data=True).ok
 
 
 def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
@@ -405,7 +408,7 @@ def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
     ids = []
     for step in range(4):
         evolve(data, step + 1)
-        ids.append(repo.commit(data, tags=("nightly",) if step == 2 else ()).id)
+        ids.append(commit(repo, data, tags=("nightly",) if step == 2 else ()).id)
     base = ["--repo", str(root), "--data", str(data)]
     code, out = run(*base, "forget", ids[0][:10], "nosuchsnapshot")
     assert code == 4, out
@@ -417,5 +420,5 @@ def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
     assert report["gc"]["packs_repacked"] + report["gc"]["packs_deleted"] > 0
     repo = Repository.open(root)
     assert [s.hex() for s, _ in repo.snapshots()] == [ids[1], ids[3]]
-    assert verify.verify(repo, read_data=True).ok
+    assert verify(repo, read_data=True).ok
     assert gc.collect(repo).packs_deleted == 0  # forget --prune already collected

@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casnap.backends import MemoryBackend
+from casnap.committer import commit
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests.conftest import evolve_app
 from tests.util import snapshot_tree
 
@@ -38,10 +40,10 @@ def test_arbitrary_files_round_trip(files: dict[str, bytes]) -> None:
             (data / name).parent.mkdir(parents=True, exist_ok=True)
             (data / name).write_bytes(body)
         repo = Repository.init_backend(MemoryBackend(), tmp_dir=Path(tmp, "t"))
-        sid = repo.commit(data).id
+        sid = commit(repo, data).id
         # arbitrary bytes may start like a FAISS index or a database and fail its smoke check;
         # this test is about bytes, so the checks are off
-        repo.checkout(sid, out, safety_snapshot=False, smoke=False)
+        checkout(repo, sid, out, safety_snapshot=False, smoke=False)
         restored = {
             p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
         }
@@ -54,14 +56,14 @@ def test_evolving_app_every_snapshot_restores_exactly(app: Path, tmp_path: Path)
     for step in range(4):
         if step:
             evolve_app(app, step)
-        sid = repo.commit(app, message=f"step {step}").id
+        sid = commit(repo, app, message=f"step {step}").id
         copy = tmp_path / f"state{step}"
         shutil.copytree(app, copy)
         states.append((sid, snapshot_tree(app), copy))
     assert len({s for s, _, _ in states}) == 4
     for sid, expected, copy in states:
         out = tmp_path / f"out-{sid[:8]}"
-        repo.checkout(sid, out, safety_snapshot=False)
+        checkout(repo, sid, out, safety_snapshot=False)
         assert snapshot_tree(out) == expected
         # the same search gives the same answer on the restored index
         q = np.random.default_rng(5).standard_normal((3, 16)).astype("float32")
@@ -76,23 +78,23 @@ def test_evolving_app_every_snapshot_restores_exactly(app: Path, tmp_path: Path)
 
 def test_checkout_into_existing_data_switches_state(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     before = snapshot_tree(app)
     evolve_app(app, 1)
     (app / "extra.txt").write_text("new file")
-    second = repo.commit(app).id
+    second = commit(repo, app).id
     after = snapshot_tree(app)
-    repo.checkout(first, app)
+    checkout(repo, first, app)
     assert snapshot_tree(app) == before  # extra.txt removed, db and indexes back
-    repo.checkout(second, app)
+    checkout(repo, second, app)
     assert snapshot_tree(app) == after
 
 
 def test_identical_files_are_not_rewritten(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     ino = os.stat(app / "faiss" / "hnsw.index").st_ino
-    r = repo.checkout(sid, app)
+    r = checkout(repo, sid, app)
     assert r.files_written == 0
     assert r.files_unchanged == len(repo.load_snapshot(repo.resolve(sid)).files)
     assert os.stat(app / "faiss" / "hnsw.index").st_ino == ino
@@ -100,8 +102,8 @@ def test_identical_files_are_not_rewritten(app: Path, tmp_path: Path) -> None:
 
 def test_partial_checkout_restores_only_paths(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     out = tmp_path / "out"
-    r = repo.checkout(sid, out, ["faiss/ivf.index"], safety_snapshot=False)
+    r = checkout(repo, sid, out, ["faiss/ivf.index"], safety_snapshot=False)
     assert r.written == ["faiss/ivf.index"]
     assert [p.name for p in out.rglob("*") if p.is_file()] == ["ivf.index"]

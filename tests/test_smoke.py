@@ -16,8 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import SmokeCheckFailed
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.smoke import (
     check_sqlite,
     faiss_header,
@@ -55,10 +57,10 @@ def repo(tmp_path: Path) -> Repository:
 def commit_broken(repo: Repository, app: Path, name: str, how: str) -> tuple[str, str]:
     """(good, broken) snapshot ids: the broken one holds an index FAISS cannot read; the data
     dir is back to the good state afterwards."""
-    good = repo.commit(app).id
+    good = commit(repo, app).id
     break_index(app / "faiss" / name, how)
-    broken = repo.commit(app).id
-    repo.checkout(good, app)
+    broken = commit(repo, app).id
+    checkout(repo, good, app)
     return good, broken
 
 
@@ -70,7 +72,7 @@ def test_unreadable_index_aborts_checkout_and_leaves_target_untouched(
     before = raw_tree(app)
     dir_mtimes = [p.stat().st_mtime_ns for p in (app, app / "faiss")]
     with pytest.raises(SmokeCheckFailed) as err:
-        repo.checkout(broken, app)
+        checkout(repo, broken, app)
     assert f"faiss-read on faiss/{name}" in str(err.value)
     assert err.value.checks[0]["check"] == "faiss-read"
     assert err.value.checks[0]["path"] == f"faiss/{name}"
@@ -97,18 +99,18 @@ def test_cli_checkout_of_unreadable_index_exits_9_naming_check(app: Path, tmp_pa
 
 
 def test_index_already_in_place_is_checked_too(app: Path, repo: Repository) -> None:
-    repo.commit(app)
+    commit(repo, app)
     break_index(app / "faiss" / "ivf.index", "truncate")
-    broken = repo.commit(app).id
+    broken = commit(repo, app).id
     before = raw_tree(app)
     with pytest.raises(SmokeCheckFailed, match="faiss-read on faiss/ivf.index"):
-        repo.checkout(broken, app)  # nothing to write, but the result would not pass
+        checkout(repo, broken, app)  # nothing to write, but the result would not pass
     assert raw_tree(app) == before
 
 
 def test_no_smoke_restores_anyway(app: Path, repo: Repository) -> None:
     _, broken = commit_broken(repo, app, "ivf.index", "truncate")
-    r = repo.checkout(broken, app, smoke=False)
+    r = checkout(repo, broken, app, smoke=False)
     assert r.smoke is None and r.files_written == 1
     with pytest.raises(RuntimeError):
         faiss.read_index(str(app / "faiss" / "ivf.index"))
@@ -117,34 +119,34 @@ def test_no_smoke_restores_anyway(app: Path, repo: Repository) -> None:
 def test_no_smoke_still_runs_the_smoke_command(app: Path, repo: Repository) -> None:
     _, broken = commit_broken(repo, app, "ivf.index", "truncate")
     with pytest.raises(SmokeCheckFailed) as err:
-        repo.checkout(broken, app, smoke=False, smoke_cmd="exit 4")
+        checkout(repo, broken, app, smoke=False, smoke_cmd="exit 4")
     assert [c["check"] for c in err.value.checks] == ["smoke-cmd"]
-    r = repo.checkout(broken, app, smoke=False, smoke_cmd="true")
+    r = checkout(repo, broken, app, smoke=False, smoke_cmd="true")
     assert [c["check"] for c in r.smoke["checks"]] == ["smoke-cmd"] and r.files_written == 1
 
 
 def test_smoke_command_failure_leaves_target_untouched(app: Path, repo: Repository) -> None:
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app)
-    repo.commit(app)
+    commit(repo, app)
     before = raw_tree(app)
     with pytest.raises(SmokeCheckFailed) as err:
-        repo.checkout(first, app, smoke_cmd="echo 'search returned nothing' >&2; exit 1")
+        checkout(repo, first, app, smoke_cmd="echo 'search returned nothing' >&2; exit 1")
     assert "smoke-cmd" in str(err.value) and "exit code 1" in str(err.value)
     assert "search returned nothing" in str(err.value)
     assert raw_tree(app) == before and leftovers(app.parent) == []
 
 
 def test_smoke_command_sees_whole_staged_dir(app: Path, repo: Repository, tmp_path: Path) -> None:
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app)  # app.db and two indexes change; hnsw and its sidecar do not
-    repo.commit(app)
+    commit(repo, app)
     seen = tmp_path / "seen.txt"
     cmd = (
         'test -d "$CASNAP_STAGED_DIR" && test -f "$CASNAP_STAGED_DIR/app.db" && '
         f'(cd "$CASNAP_STAGED_DIR" && find . -type f | sort) > {seen}'
     )
-    r = repo.checkout(first, app, smoke_cmd=cmd)
+    r = checkout(repo, first, app, smoke_cmd=cmd)
     assert r.smoke is not None and r.smoke["ok"]
     assert r.smoke["checks"][-1]["check"] == "smoke-cmd"
     listed = seen.read_text().split()
@@ -155,80 +157,80 @@ def test_smoke_command_sees_whole_staged_dir(app: Path, repo: Repository, tmp_pa
 def test_smoke_command_sees_other_files_on_partial_checkout(
     app: Path, repo: Repository, tmp_path: Path
 ) -> None:
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app)
     cmd = 'test -f "$CASNAP_STAGED_DIR/app.db" && test -f "$CASNAP_STAGED_DIR/faiss/ivf.index"'
     pair = ["faiss/ivf.index", "faiss/ivf.meta.json"]
-    r = repo.checkout(first, app, pair, smoke_cmd=cmd, safety_snapshot=False)
+    r = checkout(repo, first, app, pair, smoke_cmd=cmd, safety_snapshot=False)
     assert r.written == pair
     assert leftovers(app.parent) == []
 
 
 def test_partial_checkout_of_index_without_its_sidecar_fails(app: Path, repo: Repository):
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app)  # ivf.index and its sidecar now say 307
     before = raw_tree(app)
     with pytest.raises(SmokeCheckFailed, match="ntotal 300 but faiss/ivf.meta.json says 307"):
-        repo.checkout(first, app, ["faiss/ivf.index"], safety_snapshot=False)
+        checkout(repo, first, app, ["faiss/ivf.index"], safety_snapshot=False)
     assert raw_tree(app) == before
 
 
 def test_smoke_command_that_modifies_a_staged_file_fails(app: Path, repo: Repository) -> None:
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app)
-    repo.commit(app)
+    commit(repo, app)
     before = raw_tree(app)
     cmd = 'echo extra >> "$CASNAP_STAGED_DIR/faiss/flat.index"'
     with pytest.raises(SmokeCheckFailed, match="staged-unchanged"):
-        repo.checkout(first, app, smoke_cmd=cmd)
+        checkout(repo, first, app, smoke_cmd=cmd)
     assert raw_tree(app) == before
 
 
 def test_sidecar_ntotal_mismatch_fails(app: Path, repo: Repository) -> None:
-    good = repo.commit(app).id
+    good = commit(repo, app).id
     index = faiss.read_index(str(app / "faiss" / "flat.index"))
     write_index(index, app / "faiss" / "flat.index", ntotal=index.ntotal + 3)
-    bad = repo.commit(app)
+    bad = commit(repo, app)
     assert any("says ntotal 4003 but the index holds 4000" in w for w in bad.warnings)
-    repo.checkout(good, app)
+    checkout(repo, good, app)
     before = raw_tree(app)
     with pytest.raises(SmokeCheckFailed) as err:
-        repo.checkout(bad.id, app)
+        checkout(repo, bad.id, app)
     assert "faiss-ntotal on faiss/flat.index" in str(err.value)
     assert "ntotal 4000 but faiss/flat.meta.json says 4003" in str(err.value)
     assert raw_tree(app) == before
 
 
 def test_corrupt_database_fails_integrity_check(app: Path, repo: Repository) -> None:
-    good = repo.commit(app).id
+    good = commit(repo, app).id
     db = app / "app.db"
     raw = bytearray(db.read_bytes())
     page = int.from_bytes(raw[16:18], "big")
     for off in range(page + 100, 2 * page - 8):  # scribble over page 2 (a table b-tree page)
         raw[off] = 0x55
     db.write_bytes(bytes(raw))
-    bad = repo.commit(app).id
-    repo.checkout(good, app)
+    bad = commit(repo, app).id
+    checkout(repo, good, app)
     before = raw_tree(app)
     with pytest.raises(SmokeCheckFailed, match="sqlite-integrity on app.db"):
-        repo.checkout(bad, app)
+        checkout(repo, bad, app)
     assert raw_tree(app) == before
 
 
 def test_partial_checkout_checks_only_what_it_restores(app: Path, repo: Repository) -> None:
     _, broken = commit_broken(repo, app, "ivf.index", "garbage")
     evolve_app(app)
-    repo.commit(app)
+    commit(repo, app)
     with pytest.raises(SmokeCheckFailed, match="faiss/ivf.index"):
-        repo.checkout(broken, app, ["faiss/ivf.index"])
-    r = repo.checkout(broken, app, ["app.db"])
+        checkout(repo, broken, app, ["faiss/ivf.index"])
+    r = checkout(repo, broken, app, ["app.db"])
     assert r.written == ["app.db"]
     assert {c["path"] for c in r.smoke["checks"]} == {"app.db"}
 
 
 def test_checkout_reports_checks_and_tables(app: Path, repo: Repository, tmp_path: Path) -> None:
-    sid = repo.commit(app).id
-    r = repo.checkout(sid, tmp_path / "fresh")
+    sid = commit(repo, app).id
+    r = checkout(repo, sid, tmp_path / "fresh")
     checks = {(c["check"], c["path"]): c for c in r.smoke["checks"]}
     assert checks[("sqlite-tables", "app.db")]["info"]["tables"] == {"documents": 60, "tags": 10}
     for name in ("flat", "ivf", "hnsw"):
@@ -241,12 +243,12 @@ def test_failed_checkout_into_new_dir_leaves_nothing(app: Path, repo: Repository
     _, broken = commit_broken(repo, app, "flat.index", "truncate")
     target = tmp_path / "new" / "place"
     with pytest.raises(SmokeCheckFailed):
-        repo.checkout(broken, target)
+        checkout(repo, broken, target)
     assert not (tmp_path / "new").exists()
 
 
 def test_stale_staging_dir_of_dead_process_is_removed(app: Path, repo: Repository) -> None:
-    sid = repo.commit(app).id
+    sid = commit(repo, app).id
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     stale = [
@@ -258,7 +260,7 @@ def test_stale_staging_dir_of_dead_process_is_removed(app: Path, repo: Repositor
         (d / "faiss" / "x.index").write_bytes(b"half")
     live = app / f".casnap-tmp-stage-{os.getpid()}-mine"  # this process runs: kept
     live.mkdir()
-    repo.checkout(sid, app)
+    checkout(repo, sid, app)
     assert not any(d.exists() for d in stale) and live.exists()
 
 
@@ -354,16 +356,16 @@ def test_sample_app_with_random_bytes_in_an_index(tmp_path: Path) -> None:
     data = tmp_path / "data"
     sample.generate(data, size_mb=3, seed=4)
     repo = Repository.init(tmp_path / "repo")
-    good = repo.commit(data).id
+    good = commit(repo, data).id
     victim = data / "faiss" / "shard_001.index"
     victim.write_bytes(np.random.default_rng(9).bytes(victim.stat().st_size))  # no FAISS header
-    broken = repo.commit(data).id
-    repo.checkout(good, data)
+    broken = commit(repo, data).id
+    checkout(repo, good, data)
     before = raw_tree(data)
     with pytest.raises(SmokeCheckFailed, match="faiss-read on faiss/shard_001.index"):
-        repo.checkout(broken, data)
+        checkout(repo, broken, data)
     with pytest.raises(SmokeCheckFailed, match="smoke-cmd"):
-        repo.checkout(good, data, smoke_cmd='test ! -f "$CASNAP_STAGED_DIR/app.db"')
+        checkout(repo, good, data, smoke_cmd='test ! -f "$CASNAP_STAGED_DIR/app.db"')
     assert raw_tree(data) == before and leftovers(tmp_path) == []
 
 
@@ -372,11 +374,11 @@ def test_faiss_reader_that_does_not_finish_fails_the_check(
 ) -> None:
     from casnap import smoke
 
-    first = repo.commit(app).id
+    first = commit(repo, app).id
     evolve_app(app)
     before = raw_tree(app)
     monkeypatch.setattr(smoke, "FAISS_PROBE_TIMEOUT", 0.001)  # the child cannot even start
     with pytest.raises(SmokeCheckFailed, match="did not finish") as err:
-        repo.checkout(first, app, safety_snapshot=False)
+        checkout(repo, first, app, safety_snapshot=False)
     assert {c["check"] for c in err.value.checks} == {"faiss-read"}
     assert raw_tree(app) == before and leftovers(app.parent) == []

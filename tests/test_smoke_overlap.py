@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from casnap import smoke
+from casnap.committer import commit
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.smoke import SmokeSession, check_sqlite, smoke_check
+from casnap.staging import smoke_verify
 from tests.helpers_smoke import break_index, make_app
 
 
@@ -88,14 +91,14 @@ def test_a_probe_child_that_dies_between_indexes_fails_the_rest(tmp_path: Path) 
 def test_checkout_with_overlapped_checks_reports_every_file(tmp_path: Path) -> None:
     app = make_app(tmp_path / "app")
     repo = Repository.init(tmp_path / "repo")
-    sid = repo.commit(app).id
-    result = repo.checkout(sid, tmp_path / "out", safety_snapshot=False)
+    sid = commit(repo, app).id
+    result = checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert result.smoke is not None and result.smoke["ok"]
     checked = {(c["check"], c["path"]) for c in result.smoke["checks"]}
     for rel in ("faiss/flat.index", "faiss/ivf.index", "faiss/hnsw.index"):
         assert {("faiss-read", rel), ("faiss-ntotal", rel), ("faiss-search", rel)} <= checked
     assert {("sqlite-integrity", "app.db"), ("sqlite-tables", "app.db")} <= checked
-    verified = repo.smoke_verify(sid)
+    verified = smoke_verify(repo, sid)
     assert verified.ok and verified.smoke == result.smoke
 
 

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from casnap import gc, retention, stats
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.repository import Repository
 from tests.helpers_gc import build_history, evolve, make_data
 
@@ -26,7 +27,7 @@ def folder_bytes(root: Path, name: str) -> int:
 def test_repository_totals(tmp_path: Path) -> None:
     repo, data, _ = build_history(tmp_path, 4)
     root = tmp_path / "repo"
-    unchanged = repo.commit(data).id  # nothing changed: adds no chunk
+    unchanged = commit(repo, data).id  # nothing changed: adds no chunk
     r = stats.repository_stats(repo)
     snaps = repo.snapshots()
     assert r.snapshots == 5
@@ -52,9 +53,9 @@ def test_repository_totals(tmp_path: Path) -> None:
 def test_snapshot_stats_show_what_made_it_big(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data)
+    commit(repo, data)
     evolve(data, 1, faiss_too=False)  # only the database changes
-    sid = repo.commit(data).id
+    sid = commit(repo, data).id
     s = stats.snapshot_stats(repo, sid[:8])
     assert s.older_snapshots == 1
     assert s.files[0].path == "app.db" and s.files[0].new_bytes > 0

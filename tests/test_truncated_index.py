@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from casnap.chunking.faiss import expected_end, shortfall
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.repository import Repository
 from tests.helpers_chunking import BUILDERS, index_bytes
 from tests.helpers_smoke import CHECK_FAILED, make_app
@@ -91,7 +92,7 @@ def test_commit_warns_about_a_truncated_index_and_strict_refuses(
 
 
 def test_intact_indexes_give_no_truncation_warning(app: Path, tmp_path: Path) -> None:
-    r = Repository.init(tmp_path / "repo").commit(app, strict=True)
+    r = commit(Repository.init(tmp_path / "repo"), app, strict=True)
     assert r.warnings == []
 
 

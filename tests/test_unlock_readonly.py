@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
 from tests.helpers_smoke import evolve_app, make_app
@@ -32,9 +33,9 @@ def invoke(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
 def repo_data(tmp_path: Path) -> tuple[Path, Path]:
     data = make_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    repo.commit(data, tags=["first"])
+    commit(repo, data, tags=["first"])
     evolve_app(data)
-    repo.commit(data)
+    commit(repo, data)
     return tmp_path / "repo", data
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from casnap import repair, verify
+from casnap import repair
 from casnap.cli import cli
 from casnap.errors import CheckFailed
 from casnap.ids import ObjectId
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from casnap.store import DATA, IndexEntry, pack_key
+from casnap.verify import verify
 from tests.helpers_gc import build_history, flip_byte, same_content
 
 
@@ -78,7 +80,7 @@ def test_flipped_byte_names_chunk_snapshots_and_files(tmp_path: Path) -> None:
     assert any("does not match its name" in line for line in lines)
     assert "damaged snapshot" in lines[-1] and "faiss/ivf.index" in lines[-1]
 
-    report = verify.verify(Repository.open(root), read_data=True)
+    report = verify(Repository.open(root), read_data=True)
     assert not report.ok
     assert set(report.damaged) == sids
     assert all(files == ["faiss/ivf.index"] for files in report.damaged.values())
@@ -142,7 +144,7 @@ def test_damaged_manifest_and_missing_pack(tmp_path: Path) -> None:
     flip_byte(root / "snapshots" / sid, 10)
     cid, e, _ = data_chunk_of(repo, "faiss/flat.index")
     os.remove(root / pack_key(e.pack))
-    report = verify.verify(Repository.open(root))
+    report = verify(Repository.open(root))
     kinds = {p.kind for p in report.problems}
     assert {"manifest", "pack", "chunk"} <= kinds
     assert sid in report.damaged
@@ -153,10 +155,10 @@ def test_verify_one_snapshot_and_subset(tmp_path: Path) -> None:
     repo, data, _ = build_history(tmp_path, 4)
     root = tmp_path / "repo"
     first = repo.snapshots()[0][0].hex()
-    report = verify.verify(repo, [first[:8]], read_data=True)
+    report = verify(repo, [first[:8]], read_data=True)
     assert report.ok and report.snapshots_checked == 1
     assert report.packs_read == 1  # the first snapshot's chunks all live in the first pack
-    half = verify.verify(repo, subset_pct=50, seed=1)
+    half = verify(repo, subset_pct=50, seed=1)
     assert half.ok and half.packs_read == math.ceil(4 * 0.5)
     code, out = run(
         "--repo", str(root), "--data", str(data), "verify", "--read-data-subset", "25", "--json"
@@ -180,10 +182,10 @@ def test_deleted_index_is_rebuilt_from_packs(tmp_path: Path) -> None:
     assert len(list((root / "index").iterdir())) == 1
 
     repo = Repository.open(root)
-    assert verify.verify(repo, read_data=True).ok
+    assert verify(repo, read_data=True).ok
     for (sid, _), state in zip(repo.snapshots(), states, strict=True):
         out_dir = tmp_path / f"out-{sid.short}"
-        repo.checkout(sid.hex(), out_dir, safety_snapshot=False)
+        checkout(repo, sid.hex(), out_dir, safety_snapshot=False)
         assert same_content(out_dir, state)
 
 
@@ -209,7 +211,7 @@ def test_repair_index_goes_on_past_a_damaged_pack(tmp_path: Path) -> None:
 
     code, out = run("--repo", str(root), "--data", str(data), "repair-index")
     assert code == 9 and "damaged" in out
-    final = verify.verify(Repository.open(root))
+    final = verify(Repository.open(root))
     assert not final.ok
     assert any(p.blob == cid.hex() and "not in the index" in p.message for p in final.problems)
 
@@ -220,10 +222,10 @@ def test_index_entry_disagreeing_with_its_pack(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     cid, e, _ = data_chunk_of(repo, "app.db")
     repo.store.write_index({cid: e._replace(offset=e.offset + 1)})
-    structure = verify.verify(Repository.open(root))
+    structure = verify(Repository.open(root))
     assert [p.kind for p in structure.problems] == ["pack"]
     assert "disagree" in structure.problems[0].message
-    full = verify.verify(Repository.open(root), read_data=True)
+    full = verify(Repository.open(root), read_data=True)
     chunk = [p for p in full.problems if p.kind == "chunk"]
     assert len(chunk) == 1 and chunk[0].blob == cid.hex()
     assert "another copy is intact" in chunk[0].message and chunk[0].affected == ()

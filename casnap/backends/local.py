@@ -14,8 +14,7 @@ from pathlib import Path
 from casnap.backends.base import Backend, check_key
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
-from casnap.private import make_dirs, opener
-from casnap.tempfiles import temp_name
+from casnap.fsutil import make_dirs, opener, temp_name
 
 
 def fsync_dir(path: Path) -> None:

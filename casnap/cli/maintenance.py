@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from casnap import gc as collector
-from casnap import locks, repair, retention, selection, stats, verify
+from casnap import locks, repair, retention, selection, stats
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
@@ -22,6 +22,8 @@ from casnap.cli.output import emit_json, human, local_time, printable, progress_
 from casnap.cli.snapshots import _print_checks, _smoke_summary, paths_label
 from casnap.errors import CheckFailed, SmokeCheckFailed, SnapshotNotFound
 from casnap.ids import ObjectId
+from casnap.staging import smoke_verify
+from casnap.verify import verify
 
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
 
@@ -322,7 +324,7 @@ def verify_cmd(
     repo = c.open(reading=True)
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     with progress_bar(c, "verify", "read data") as progress:
-        r = verify.verify(
+        r = verify(
             repo,
             snapshots,
             read_data=read_data,
@@ -336,8 +338,8 @@ def verify_cmd(
             sid = resolve_ref(c, repo, ref, filter_paths, filter_tags)
             with progress_bar(c, f"restore {sid.short}") as progress:
                 smoked.append(
-                    repo.smoke_verify(
-                        sid.hex(), smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
+                    smoke_verify(
+                        repo, sid.hex(), smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
                     )
                 )
     if as_json:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from casnap.config import parse_time
 from casnap.progress import ProgressFn
-from casnap.repository import parse_time
 
 if TYPE_CHECKING:
     from casnap.cli.main import Context

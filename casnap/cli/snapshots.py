@@ -11,13 +11,15 @@ from typing import Any
 import click
 
 from casnap import stats
-from casnap.checkout import newest_per_group
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
+from casnap.committer import commit as commit_snapshot
 from casnap.errors import AccessDenied, EmptySnapshot, NotARepository
 from casnap.paths import normalize_paths, snapshot_holds
 from casnap.repository import Repository
+from casnap.restorer import checkout as checkout_snapshot
+from casnap.restorer import newest_per_group
 
 
 @cli.command()
@@ -118,7 +120,8 @@ def commit(
     repo, created = open_or_create(c)
     with progress_bar(c, "commit") as progress:
         try:
-            r = repo.commit(
+            r = commit_snapshot(
+                repo,
                 c.data,
                 paths,
                 excludes=excludes,
@@ -230,7 +233,8 @@ def checkout(
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
     with progress_bar(c, "restore") as progress:
-        r = repo.checkout(
+        r = checkout_snapshot(
+            repo,
             sid.hex(),
             dest,
             paths,
@@ -520,11 +524,11 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
     if created:
         say_created(c)
     step = len(repo.snapshots()) + 1
-    first = repo.commit(c.data, message="demo: current data")
+    first = commit_snapshot(repo, c.data, message="demo: current data")
     c.say(f"commit 1: snapshot {first.id[:8]}, {human(first.bytes_added)} added")
     changes = sample.evolve(c.data, step, seed=seed)
     c.say("changed the data: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
-    second = repo.commit(c.data, message=f"demo: after change step {step}")
+    second = commit_snapshot(repo, c.data, message=f"demo: after change step {step}")
     c.say(
         f"commit 2: snapshot {second.id[:8]}, {human(second.bytes_read)} read, "
         f"{human(second.bytes_added)} added for {human(second.logical_bytes)} of data"

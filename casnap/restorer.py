@@ -18,16 +18,15 @@ import shutil
 import stat
 import struct
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from casnap import capture, inuse, smoke
+from casnap import capture, fsutil, inuse, smoke
 from casnap import restored as restored_files
 from casnap.capture import SQLITE_MAGIC
+from casnap.committer import CommitOptions, Committer
 from casnap.constants import SQLITE_SIDE_SUFFIXES, STAT_SETTLE_NS
 from casnap.errors import (
     CasnapError,
@@ -38,15 +37,13 @@ from casnap.errors import (
     SourceError,
     from_oserror,
 )
-from casnap.fsdir import Dir, Tree, remove_tree, split
+from casnap.fsdir import Dir, Tree, split
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
-from casnap.progress import ByteProgress, ProgressFn
-from casnap.tempfiles import STAGE_PREFIX, remove_stale_stages, remove_stale_stages_in
-
-if TYPE_CHECKING:
-    from casnap.repository import Repository
+from casnap.progress import ProgressFn
+from casnap.repository import Repository
+from casnap.staging import Stage, fingerprint, stage_files
 
 SAFETY_TAG = "pre-checkout"
 
@@ -142,6 +139,38 @@ def newest_per_group(
 
 def checkout(
     repo: Repository,
+    ref: str,
+    target: Path | str,
+    paths: Sequence[str] = (),
+    *,
+    safety_snapshot: bool = True,
+    force: bool = False,
+    smoke: bool = True,
+    smoke_cmd: str | None = None,
+    progress: ProgressFn | None = None,
+    all_paths: bool = False,
+) -> CheckoutResult:
+    """Restore a snapshot into target: staged and verified beside it, smoke-checked, then
+    swapped in atomically per file. A failed check raises SmokeCheckFailed and leaves target
+    untouched. smoke=False skips the built-in checks (hashes are still verified); smoke_cmd is a
+    shell command run with the staged dir in CASNAP_STAGED_DIR (also when smoke=False);
+    progress gets (bytes done, bytes total). With all_paths, the newest snapshot of each group of
+    snapshots committed with the same paths (of the data dir ref was taken of) is restored at
+    once, a newer one winning where they overlap.
+    """
+    options = CheckoutOptions(
+        safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
+    )
+    with repo.lock("checkout"):
+        repo.refresh(only_if_changed=True)
+        sid = repo.resolve(ref)
+        snap = repo.load_snapshot(sid)
+        sources = newest_per_group(repo, snap.source) if all_paths else [(sid, snap)]
+        return restore(repo, sources, Path(target), paths, options, progress)
+
+
+def restore(
+    repo: Repository,
     sources: Sequence[tuple[ObjectId, Snapshot]],
     target: Path,
     paths: Sequence[str] = (),
@@ -187,8 +216,8 @@ class _Checkout:
     def run(self) -> CheckoutResult:
         t0 = time.perf_counter()
         repo = self.repo
-        repo._ensure_index()
-        repo._clean_scratch()
+        repo.ensure_index()
+        repo.clean_scratch()
         wanted = self._wanted()
         if self.target.exists() and not self.target.is_dir():
             raise SourceError(f"checkout target {self.shown_target} is not a directory")
@@ -217,17 +246,17 @@ class _Checkout:
         for rel in removals:
             if self._is_db_place(tree, rel):
                 self._check_db(tree, rel)
-        with _Stage(self.target) as stage:
+        with Stage(_stage_parent(self.target), also_clean=self.target) as stage:
             self._stage(stage, plan, wanted, unchanged, removals)
             if unsaved and self.opts.safety_snapshot:
                 what = ", ".join(sid.short for sid, _ in self.sel.sources)
-                saved = self.repo._commit(
-                    self.target,
-                    (),
-                    (),
-                    f"before checkout of {what} (saved {len(unsaved)} file(s))",
-                    (SAFETY_TAG,),
+                safety = CommitOptions(
+                    message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
+                    tags=(SAFETY_TAG,),
+                    check_pairs=False,
+                    allow_empty=True,
                 )
+                saved = Committer(self.repo, safety).run(self.target, ())
                 self.result.safety_snapshot = saved.id
             touched = self._swap(tree, stage, plan)
         for item in unchanged:
@@ -400,7 +429,7 @@ class _Checkout:
                         with capture.sqlite_image(
                             parent.proc(name), self.repo.tmp_dir, self.repo.notify
                         ) as image:
-                            return _hash_path(image)
+                            return fsutil.hash_file(image).hex()
                 f.seek(0)
                 h = Hasher()
                 while block := f.read(1 << 20):
@@ -428,7 +457,7 @@ class _Checkout:
 
     def _stage(
         self,
-        stage: _Stage,
+        stage: Stage,
         plan: list[_Item],
         wanted: list[_Item],
         unchanged: list[_Item],
@@ -441,44 +470,12 @@ class _Checkout:
         staged += [
             u for u in unchanged if opts.smoke_cmd or (opts.smoke and u.entry.kind == "sqlite")
         ]
-        staged.sort(key=_link_order)
-        bar = ByteProgress(sum(i.entry.size for i in staged), self.progress)
-        repo = self.repo
-        as_root = os.geteuid() == 0
-        before: dict[str, tuple[int, ...] | None] = {}
-        staged_paths: set[str] = set()
         with smoke.SmokeSession(
             databases=[i.entry.path for i in wanted if i.entry.kind == "sqlite"],
             builtin=opts.smoke,
             expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in staged),
         ) as checks:
-            with (
-                ThreadPoolExecutor(max_workers=_workers()) as pool,
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
-            ):
-                synced = []
-                for item in staged:
-                    entry = item.entry
-                    dest = stage.path / entry.path
-                    _mkdirs(dest.parent)
-                    if entry.link is not None and entry.link in staged_paths:
-                        try:
-                            os.link(stage.path / entry.link, dest, follow_symlinks=False)
-                        except OSError as exc:
-                            raise from_oserror(exc, f"linking {dest}") from exc
-                        bar.add(entry.size)
-                        before[entry.link] = _fingerprint(dest)  # a link changes the ctime
-                    else:
-                        repo._write_verified(entry, dest, pool, bar.add)
-                        if as_root and entry.uid is not None and entry.gid is not None:
-                            _chown(dest, entry)
-                        synced.append(syncer.submit(_fsync_path, dest))
-                    staged_paths.add(entry.path)
-                    before[entry.path] = _fingerprint(dest)
-                    checks.staged(entry.path, dest)
-                for fut in synced:
-                    fut.result()
-            bar.finish()
+            before = stage_files(self.repo, stage, [i.entry for i in staged], checks, self.progress)
             self.result.bytes_written = sum(i.entry.size for i in plan)
             if opts.smoke or opts.smoke_cmd:
                 report = self._smoke(stage, wanted, staged, unchanged, removals, checks, before)
@@ -487,7 +484,7 @@ class _Checkout:
 
     def _smoke(
         self,
-        stage: _Stage,
+        stage: Stage,
         wanted: list[_Item],
         staged: list[_Item],
         unchanged: list[_Item],
@@ -517,7 +514,7 @@ class _Checkout:
         report = checks.finish(
             view, sorted(selected), staged_dir=stage.path, smoke_cmd=self.opts.smoke_cmd, env=env
         )
-        changed = sorted(p for p in staged_paths if _fingerprint(stage.path / p) != before[p])
+        changed = sorted(p for p in staged_paths if fingerprint(stage.path / p) != before[p])
         if changed:
             detail = (
                 f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
@@ -529,7 +526,7 @@ class _Checkout:
 
     # -- swap ------------------------------------------------------------------------------
 
-    def _swap(self, tree: Tree, stage: _Stage, plan: list[_Item]) -> set[str]:
+    def _swap(self, tree: Tree, stage: Stage, plan: list[_Item]) -> set[str]:
         """Rename every staged file of the plan into place; returns the folders touched.
 
         Databases about to be replaced are locked the way SQLite locks them first, all before
@@ -594,44 +591,6 @@ class _Checkout:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-class _Stage:
-    """The private staging dir (0700), reached through its descriptor (`path` goes through
-    /proc, so moving the folder or swapping its parent cannot redirect a write)."""
-
-    def __init__(self, target: Path) -> None:
-        self.parent_path = _stage_parent(target)
-        self.parent = Dir.open(self.parent_path)
-        try:
-            remove_stale_stages_in(self.parent)
-            if self.parent_path != target:
-                remove_stale_stages(target)
-            self.name = f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            try:
-                os.mkdir(self.name, 0o700, dir_fd=self.parent.fd)
-            except OSError as exc:
-                raise from_oserror(exc, f"creating {self.parent_path / self.name}") from exc
-            dir_ = self.parent.sub(self.name)
-            assert dir_ is not None
-            self.dir = dir_
-        except BaseException:
-            self.parent.close()
-            raise
-        proc = Path(f"/proc/{os.getpid()}/fd/{self.dir.fd}")
-        self.path = proc if proc.is_dir() else self.parent_path / self.name
-
-    def __enter__(self) -> _Stage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.dir.close()
-        try:
-            remove_tree(self.parent, self.name)
-        except (OSError, CasnapError):
-            pass  # removed by the next checkout as a stale stage
-        finally:
-            self.parent.close()
 
 
 def _stage_parent(target: Path) -> Path:
@@ -743,44 +702,12 @@ def _link_order(item: _Item) -> tuple[int, str]:
     return (item.entry.link is not None, item.entry.path)
 
 
-def _mkdirs(folder: Path) -> None:
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_oserror(exc, f"creating {folder}") from exc
-
-
-def _chown(path: Path, entry: FileEntry) -> None:
-    assert entry.uid is not None and entry.gid is not None
-    try:
-        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
-    except OSError as exc:
-        raise from_oserror(exc, f"setting the owner of {path}") from exc
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise from_oserror(exc, f"writing {path}") from exc
-
-
-def _fingerprint(path: Path) -> tuple[int, ...] | None:
-    """size, mtime, ctime and inode: any write to the file changes one of them."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
 def _copy_into(src: capture.SourceFile, dest: Path) -> None:
     """A copy of a data-dir file at dest; a database is copied through the backup API."""
-    _mkdirs(dest.parent)
+    try:
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {dest.parent}") from exc
     try:
         if src.kind == "sqlite":
             try:
@@ -793,16 +720,3 @@ def _copy_into(src: capture.SourceFile, dest: Path) -> None:
             shutil.copyfileobj(fsrc, fdst)
     except OSError as exc:
         raise from_oserror(exc, f"copying {src.abspath} into the staging dir") from exc
-
-
-def _hash_path(path: Path) -> str:
-    h = Hasher()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.digest().hex()
-
-
-def _workers() -> int:
-    """Worker threads for restoring: one per core, at least two."""
-    return max(2, os.cpu_count() or 2)

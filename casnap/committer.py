@@ -1,0 +1,535 @@
+"""Commit: one consistent snapshot of a data dir into a repository.
+
+scan -> capture (SQLite through its backup API) -> chunk, hash, dedup and compress (pipeline.py)
+-> packs, index file -> chunk lists (deltas against the previous version) -> manifest, written
+last: the commit point. A file whose stat fingerprint matches the parent snapshot's (or what the
+last checkout put in place) is not read. A commit that fails takes back the packs it wrote and,
+when it created the repository, the repository (rollback.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from casnap import capture, chunklist, compression, pipeline, rollback, smoke
+from casnap import restored as restored_files
+from casnap.chunking import HEADER_BYTES, choose_chunker
+from casnap.config import now_iso
+from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SOURCE_RETRIES
+from casnap.errors import (
+    AccessDenied,
+    EmptySnapshot,
+    InconsistentData,
+    IntegrityError,
+    NotADatabase,
+    RepositoryNotFound,
+    SourceError,
+    from_oserror,
+)
+from casnap.ids import Hasher, ObjectId, hash_bytes
+from casnap.manifest import FileEntry, Snapshot, compress_manifest
+from casnap.paths import commit_paths
+from casnap.progress import ByteProgress, ProgressFn
+from casnap.repository import Repository
+from casnap.store import TREE, PackWriter
+
+
+@dataclass(frozen=True)
+class CommitOptions:
+    """What a commit records and how it behaves (see `commit`)."""
+
+    message: str = ""
+    tags: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    check_pairs: bool = True  # FAISS indexes against their sidecars and their own headers
+    strict: bool = False
+    allow_empty: bool = False
+    skip_unreadable: bool = False
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """How new chunks are compressed, from the repository config."""
+
+    zstd: int
+    floats: int
+    frame_target: int
+    group_floats: bool
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> _Levels:
+        zstd = int(config["zstd_level"])
+        return cls(
+            zstd,
+            int(config.get("float_level", zstd)),
+            int(config.get("frame_target", 0)),
+            bool(config.get("group_floats", False)),
+        )
+
+
+@dataclass
+class CommitResult:
+    """What a commit did, as `commit --json` prints it."""
+
+    id: str
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    logical_bytes: int = 0
+    chunks_new: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
+    skipped: list[str] = field(default_factory=list)  # left out: could not be read
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _estimated_size(src: capture.SourceFile) -> int:
+    """Bytes a commit will read for a file: its size, plus its -wal for a database (the backup
+    image holds the pages of both, so this bounds it from above)."""
+    total = 0
+    files = [src.abspath]
+    if src.kind == "sqlite":
+        files.append(Path(str(src.abspath) + "-wal"))
+    for p in files:
+        with contextlib.suppress(OSError):
+            total += os.stat(p).st_size
+    return total
+
+
+class _CountingReader:
+    """A binary stream that reports the bytes read through it (commit progress)."""
+
+    def __init__(self, stream: BinaryIO, tick: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._tick = tick
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._tick(len(data))
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        n = self._stream.readinto(buf)
+        self._tick(n or 0)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:
+    return dataclasses.replace(entry, source=source)
+
+
+def _linked(primary: FileEntry, path: str) -> FileEntry:
+    """The entry of a hard link to primary's file found at path: the same content and chunks."""
+    return dataclasses.replace(primary, path=path, link=primary.path)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def commit(
+    repo: Repository,
+    data_dir: Path | str,
+    paths: Sequence[str] = (),
+    *,
+    excludes: Sequence[str] = (),
+    message: str = "",
+    tags: Sequence[str] = (),
+    strict: bool = False,
+    progress: ProgressFn | None = None,
+    allow_empty: bool = False,
+    skip_unreadable: bool = False,
+) -> CommitResult:
+    """Snapshot data_dir (or paths inside it) into repo; returns what was stored.
+
+    FAISS indexes shorter than their header promises, without a `.meta.json` sidecar, or whose
+    sidecar's ntotal disagrees with the index header, are listed in the result's warnings; with
+    strict they are an error (InconsistentData) and nothing is committed. progress gets (bytes
+    done, bytes total). A commit that would store no file where the last snapshot of the same
+    paths had some is refused unless allow_empty; with skip_unreadable, files and folders that
+    cannot be read for lack of permission are left out (listed in the result and the snapshot).
+    """
+    options = CommitOptions(
+        message=message,
+        tags=tuple(tags),
+        excludes=tuple(excludes),
+        strict=strict,
+        allow_empty=allow_empty,
+        skip_unreadable=skip_unreadable,
+    )
+    committer = Committer(repo, options, progress)
+    try:
+        with repo.lock("commit"):
+            if not repo.backend.exists("config"):  # taken back by a failed first commit
+                raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
+            repo.refresh(only_if_changed=True)
+            result = committer.run(Path(data_dir), paths)
+            repo.created = None  # in use now: never taken back
+            return result
+    except BaseException:
+        # without the lock: the packs it wrote and never indexed, the repository it created
+        rollback.after_failed_commit(repo.backend, committer.unindexed, repo.created)
+        raise
+
+
+class Committer:
+    """One commit run over a repository: the state its steps share. The caller holds the lock
+    (`commit` does; checkout's safety snapshot runs under checkout's)."""
+
+    def __init__(
+        self, repo: Repository, options: CommitOptions, progress: ProgressFn | None = None
+    ) -> None:
+        self.repo = repo
+        self.opts = options
+        self.progress = progress
+        self.levels = _Levels.of(repo.config)
+        self.unindexed: list[ObjectId] = []  # packs of a failed run, for rollback
+        self._read_tick: Callable[[int], None] | None = None  # progress of the file being read
+
+    def run(self, data_dir: Path, paths: Sequence[str]) -> CommitResult:
+        """Store data_dir (or paths inside it) and its manifest; the caller holds the lock."""
+        opts = self.opts
+        excludes = opts.excludes
+        t0 = time.perf_counter()
+        start_ns = time.time_ns()
+        capture.require_data_dir(data_dir)
+        data_dir = data_dir.resolve()  # a data dir reached through a symbolic link is stored
+        prune = self.repo.nested_in(data_dir)
+        self.repo.clean_scratch()
+        rel_paths = commit_paths(paths, data_dir)
+        skipped: list[str] = []
+        dirs: dict[str, tuple[int, int, int]] = {}
+        unreadable: list[str] = []
+        scan = capture.ScanOptions(
+            prune=prune,
+            skipped=skipped,
+            dirs=dirs,
+            unreadable=unreadable if opts.skip_unreadable else None,
+        )
+        sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
+        # FAISS indexes whole and against their sidecars, before anything is read or stored
+        pairs = (
+            smoke.consistency_warnings(data_dir, [s.path for s in sources])
+            if opts.check_pairs
+            else []
+        )
+        if opts.strict and pairs:
+            raise InconsistentData(
+                f"{len(pairs)} consistency problem(s), nothing committed (--strict): "
+                + "; ".join(pairs)
+            )
+        source_dir = str(data_dir)
+        parent_id, parent = self._parent(source_dir, rel_paths)
+        parent_files = {f.path: f for f in parent.files} if parent else {}
+        if not sources and parent_files and not opts.allow_empty:
+            raise EmptySnapshot(
+                f"nothing to store in {data_dir}, while the last snapshot of these paths "
+                f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
+                "refusing an empty snapshot"
+            )
+        result = CommitResult(id="", warnings=pairs + skipped)
+        result.notes = [
+            f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
+        ]
+        restored = self._restored(source_dir)
+        writer = self.repo.store.writer()
+        entries: list[FileEntry] = []
+        links: dict[tuple[int, int], FileEntry] = {}
+        sizes = [_estimated_size(src) for src in sources]
+        bar = ByteProgress(sum(sizes), self.progress)
+        self._read_tick = bar.add if self.progress is not None else None
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.callback(setattr, self, "_read_tick", None)
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=_workers()))
+                for src, estimate in zip(sources, sizes, strict=True):
+                    file_start = bar.done
+                    try:
+                        st = os.lstat(src.abspath)
+                    except FileNotFoundError:
+                        raise SourceError(f"{src.abspath} vanished while committing") from None
+                    except OSError as exc:
+                        raise from_oserror(exc, f"reading {src.abspath}") from exc
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in links:
+                        entry = _linked(links[key], src.path)
+                        read = 0
+                    else:
+                        try:
+                            entry, read = self._entry(
+                                src, writer, pool, start_ns, parent_files, restored
+                            )
+                        except AccessDenied:
+                            if not opts.skip_unreadable:
+                                raise
+                            unreadable.append(src.path)
+                            continue
+                        if st.st_nlink > 1:
+                            links[key] = entry
+                    old = parent_files.get(src.path)
+                    result.bytes_read += read
+                    if old is None:
+                        result.files_new += 1
+                    elif old.hash == entry.hash:
+                        result.files_unchanged += 1
+                    else:
+                        result.files_changed += 1
+                    entries.append(entry)
+                    bar.advance_to(file_start + estimate)
+            bar.finish()
+            result.files_removed = len(set(parent_files) - {e.path for e in entries})
+            result.chunks_new = writer.chunks_added
+            added = writer.finish()
+        except BaseException:
+            self.unindexed = writer.abort()
+            raise
+        result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
+        result.skipped = sorted(unreadable)
+        user = _user()
+        snap = Snapshot(
+            time=now_iso(),
+            host=socket.gethostname(),
+            user=user,
+            source=source_dir,
+            paths=rel_paths,
+            excludes=tuple(excludes),
+            message=opts.message,
+            tags=tuple(dict.fromkeys(opts.tags)),
+            parent=parent_id.hex() if parent_id else None,
+            files=tuple(entries),
+            stats={
+                "files_new": result.files_new,
+                "files_changed": result.files_changed,
+                "files_unchanged": result.files_unchanged,
+                "files_removed": result.files_removed,
+                "bytes_read": result.bytes_read,
+                "bytes_added": added,
+                "chunks_new": result.chunks_new,
+                "list_bytes": writer.bytes_by_type[TREE],
+                "index_bytes": writer.index_bytes,
+            },
+            dirs=dirs,
+            skipped=tuple(result.skipped),
+        )
+        raw = snap.encode()
+        sid = hash_bytes(raw)
+        blob = compress_manifest(raw)
+        self.repo.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
+        self.repo.remember_snapshot(sid, snap)
+        if restored:
+            restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve
+        result.id = sid.hex()
+        result.bytes_added = added + len(blob)
+        result.logical_bytes = snap.logical_bytes
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _restored(self, source: str) -> dict[str, FileEntry]:
+        """Entries of the files a checkout restored into source, by path, with the fingerprint
+        recorded after the swap as their `source` (see restored.py)."""
+        record = restored_files.load(self.repo.id, source)
+        if record is None:
+            return {}
+        snaps = dict(self.repo.snapshots())
+        out: dict[str, FileEntry] = {}
+        for path, (fp, sid_hex) in record.files.items():
+            try:
+                snap = snaps.get(ObjectId.from_hex(sid_hex))
+            except ValueError:
+                continue
+            if snap is None:
+                continue  # forgotten since: gc may have removed its chunks
+            entry = next((f for f in snap.files if f.path == path), None)
+            if entry is not None:
+                out[path] = with_source(entry, fp)
+        return out
+
+    def _entry(
+        self,
+        src: capture.SourceFile,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        start_ns: int,
+        parent_files: dict[str, FileEntry],
+        restored: dict[str, FileEntry],
+    ) -> tuple[FileEntry, int]:
+        """The entry of one source file and the bytes read for it: reused from the parent
+        snapshot or from the last checkout when its fingerprint is unchanged, else read."""
+        old = parent_files.get(src.path)
+        fp = capture.fingerprint(src.abspath, src.kind)
+        for known in (old, restored.get(src.path)):
+            if known is not None and known.source is not None and known.kind == src.kind:
+                if fp == known.source:
+                    # neither the file nor the index is read: the chunks are present, because
+                    # gc cannot run while a commit holds its lock
+                    return known, 0
+        return self._capture(src, writer, pool, start_ns, old)
+
+    def _parent(
+        self, source: str, paths: tuple[str, ...]
+    ) -> tuple[ObjectId | None, Snapshot | None]:
+        """The newest snapshot of the same dir and paths: its files feed the stat cache."""
+        for sid, snap in reversed(self.repo.snapshots()):
+            if snap.source == source and snap.paths == paths:
+                return sid, snap
+        return None, None
+
+    def _capture(
+        self,
+        src: capture.SourceFile,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        start_ns: int,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        """Read one file consistently into the store; returns its entry and bytes read."""
+        read_total = 0
+        for _attempt in range(max(1, SOURCE_RETRIES)):
+            before, settled = capture.settled_fingerprint(src.abspath, src.kind)
+            if before is None:
+                raise SourceError(f"{src.abspath} vanished while committing")
+            try:
+                st = os.lstat(src.abspath)
+                if src.kind == "sqlite":
+                    try:
+                        with capture.sqlite_image(
+                            src.abspath, self.repo.tmp_dir, self.repo.notify
+                        ) as image:
+                            entry, n = self._ingest_path(src, image, st, writer, pool, old)
+                    except NotADatabase:
+                        # SQLite's header but not a database SQLite can read: keep its bytes
+                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        continue
+                else:
+                    entry, n = self._ingest_path(src, src.abspath, st, writer, pool, old)
+            except FileNotFoundError:
+                raise SourceError(f"{src.abspath} vanished while committing") from None
+            except OSError as exc:
+                raise from_oserror(exc, f"reading {src.abspath}") from exc
+            read_total += n
+            after = capture.fingerprint(src.abspath, src.kind)
+            if src.kind == "sqlite":
+                # the image is consistent whatever happened meanwhile; cache only a quiet file
+                racy = before != after or capture.is_racy(before, start_ns)
+                return with_source(entry, None if racy else before), read_total
+            if after == before and settled:
+                racy = capture.is_racy(before, start_ns)
+                return with_source(entry, None if racy else before), read_total
+        raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
+
+    def _ingest_path(
+        self,
+        src: capture.SourceFile,
+        path: Path,
+        st: os.stat_result,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        self.repo.ensure_index()
+        ingest = pipeline.Ingest(
+            self.repo.store,
+            writer,
+            pool,
+            _workers(),
+            level=self.levels.zstd,
+            float_level=self.levels.floats,
+            frame_target=self.levels.frame_target,
+            group_floats=self.levels.group_floats,
+        )
+        # a data-dir file is opened without following a link swapped in since the scan
+        fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            header = f.read(HEADER_BYTES)
+            f.seek(0)
+            chunker = choose_chunker(header, self.repo.config["chunker"])
+            stream = f if self._read_tick is None else _CountingReader(f, self._read_tick)
+            done = ingest.run(stream, chunker)
+            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        entry = FileEntry(
+            path=src.path,
+            kind=src.kind,
+            size=done.size,
+            mode=stat.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            hash=done.hash.hex(),
+            chunker=chunker.describe(),
+            lists=self._store_list(done.refs, old, writer),
+            chunks=chunklist.ref_count(done.refs),
+            uid=st.st_uid,
+            gid=st.st_gid,
+        )
+        return entry, done.size
+
+    def _store_list(
+        self, refs: bytes, old: FileEntry | None, writer: PackWriter
+    ) -> tuple[str, ...]:
+        """TREE blobs for a file's chunk list: a delta against the previous version when that
+        keeps the chain short and smaller than one full list, else the full list."""
+        if old is not None and old.lists:
+            try:
+                base, deltas, delta_bytes = self.repo.resolve_lists(old)
+            except IntegrityError:
+                base = None  # a damaged previous list must not block a new snapshot
+            if base is not None:
+                if base == refs:
+                    return old.lists
+                if deltas < LIST_MAX_DELTAS:
+                    body = chunklist.encode_delta(base, refs)
+                    if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
+                        return (*old.lists, self._put_tree(body, writer))
+        return tuple(self._put_tree(body, writer) for body in chunklist.pieces(refs))
+
+    def _put_tree(self, body: bytes, writer: PackWriter) -> str:
+        lid = hash_bytes(body)
+        if not writer.known(lid):
+            writer.add(lid, TREE, compression.encode(body, self.levels.zstd), len(body))
+        return lid.hex()
+
+
+def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:
+    """Chunk ids, whole-file hash and size of a file cut as commit would cut it (the same
+    chunker choice); nothing is stored. `diff` compares the live data dir with it."""
+    hasher = Hasher()
+    refs: list[tuple[ObjectId, int]] = []
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            header = f.read(HEADER_BYTES)
+            f.seek(0)
+            chunker = choose_chunker(header, repo.config["chunker"])
+            for piece in chunker.split(f):
+                hasher.update(piece)
+                refs.append((hash_bytes(piece), len(piece)))
+                size += len(piece)
+    except OSError as exc:
+        raise from_oserror(exc, f"reading {path}") from exc
+    return refs, hasher.digest().hex(), size
+
+
+def _workers() -> int:
+    """Worker threads for hashing and compressing: one per core, at least two."""
+    return max(2, os.cpu_count() or 2)

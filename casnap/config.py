@@ -1,0 +1,124 @@
+"""The repository config: what a new repository gets, and the checks every opened one passes.
+
+The config fixes how a repository stores data (chunker parameters, pack and frame sizes, zstd
+levels), so an existing repository keeps deduplicating whatever the defaults of a later casnap.
+Every value is checked against the limits in constants.py when a repository is opened: a damaged
+or hostile config is an IntegrityError before anything is read or written with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from casnap.chunking import choose_chunker, make_chunker
+from casnap.constants import (
+    CDC_AVG,
+    CDC_MAX,
+    CDC_MIN,
+    FAISS_GRAPH_BLOCK,
+    FAISS_IDS_BLOCK,
+    FAISS_LIST_BLOCK,
+    FAISS_VECTOR_BLOCK,
+    FLOAT_ZSTD_LEVEL,
+    FORMAT_VERSION,
+    FRAME_TARGET,
+    GROUP_FLOATS,
+    MAX_FRAME_SIZE,
+    MAX_PACK_TARGET,
+    PACK_TARGET_SIZE,
+    ZSTD_LEVEL,
+)
+from casnap.errors import CasnapError, IntegrityError, UnsupportedFormat
+
+# zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
+MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
+
+
+def now_iso() -> str:
+    """The current time as snapshots and configs record it (UTC, microseconds)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """The datetime of a snapshot time string."""
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+def default_config() -> dict[str, Any]:
+    """The config a new repository gets."""
+    return {
+        "casnap_format": FORMAT_VERSION,
+        "id": uuid.uuid4().hex,
+        "created": now_iso(),
+        "chunker": {
+            "default": {"name": "fastcdc", "min": CDC_MIN, "avg": CDC_AVG, "max": CDC_MAX},
+            "sqlite": {"name": "sqlite"},
+            "faiss": {
+                "name": "faiss",
+                "vectors": FAISS_VECTOR_BLOCK,
+                "lists": FAISS_LIST_BLOCK,
+                "graph": FAISS_GRAPH_BLOCK,
+                "ids": FAISS_IDS_BLOCK,
+                "min": CDC_MIN,
+                "avg": CDC_AVG,
+                "max": CDC_MAX,
+            },
+        },
+        "pack_target": PACK_TARGET_SIZE,
+        "zstd_level": ZSTD_LEVEL,
+        "float_level": FLOAT_ZSTD_LEVEL,
+        "frame_target": FRAME_TARGET,
+        "group_floats": GROUP_FLOATS,
+    }
+
+
+def encode_config(cfg: dict[str, Any]) -> bytes:
+    """The stored form of a config (indented JSON, keys sorted)."""
+    return json.dumps(cfg, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def parse_config(raw: bytes, location: str) -> dict[str, Any]:
+    """The config stored at location, checked: UnsupportedFormat for another format version,
+    IntegrityError for a damaged one or a value past the limits."""
+    try:
+        cfg = json.loads(raw)
+        version = cfg["casnap_format"]
+        if not isinstance(version, int):
+            raise TypeError("format version is not an integer")
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository {location} has format {version}; this casnap reads up to "
+                f"{FORMAT_VERSION}: upgrade casnap"
+            )
+        if version < FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository {location} has format {version}, written by a pre-release casnap; "
+                f"this casnap reads format {FORMAT_VERSION}: create a new repository and commit "
+                "again"
+            )
+        chunker = cfg["chunker"]["default"]
+        if not isinstance(chunker, dict):
+            raise TypeError("the default chunker is not an object")
+        make_chunker(chunker)
+        choose_chunker(b"", cfg["chunker"])
+        for sample in (b"SQLite format 3\x00\x10\x00", b"IxF2"):
+            choose_chunker(sample, cfg["chunker"])
+        sizes = {
+            "pack_target": (cfg["pack_target"], 1, MAX_PACK_TARGET),
+            "frame_target": (cfg.get("frame_target", 0), 0, MAX_FRAME_SIZE),
+        }
+        for name, (value, low, high) in sizes.items():
+            if not low <= int(value) <= high:
+                raise ValueError(f"{name} {value} is outside the limits [{low}, {high}]")
+        levels = {"zstd_level": cfg["zstd_level"], "float_level": cfg.get("float_level", 0)}
+        for name, level in levels.items():
+            if not MIN_ZSTD_LEVEL <= int(level) <= MAX_ZSTD_LEVEL:
+                raise ValueError(f"{name} {level} is out of range")
+    except CasnapError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise IntegrityError(f"{location}/config is damaged: {exc}") from exc
+    return cfg

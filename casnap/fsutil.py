@@ -1,0 +1,196 @@
+"""casnap's own files on disk: private modes, durable writes, and temp files of dead processes.
+
+Every folder casnap creates in a repository is 0700 and every file 0600, the mode given when it is
+created (never chmod afterwards), so a umask can only narrow it: a repository holds copies of
+files the data dir may hide from other users. Writes that must survive a crash are fsynced, their
+folder too. A temp file is named `.casnap-tmp-<pid>-<host tag>-<random>`: a process killed while it
+wrote one (a commit's SQLite image, an object or a lock being put) leaves it behind, and the next
+casnap on the same host removes it once that pid no longer runs; a file whose process still runs,
+or that another host made, is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import uuid
+import zlib
+from pathlib import Path
+
+from casnap.constants import TEMP_PREFIX
+from casnap.errors import CasnapError, from_oserror
+from casnap.fsdir import Dir, remove_tree
+from casnap.ids import Hasher, ObjectId
+from casnap.procs import pid_alive
+
+FILE_MODE = 0o600  # every file casnap writes into a repository (objects, locks, scratch files)
+DIR_MODE = 0o700  # every folder, the repository root included
+
+
+def opener(path: str, flags: int) -> int:
+    """An `opener` for open(): a file it creates is 0600."""
+    return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+
+
+def create_file(path: Path) -> None:
+    """Create an empty 0600 file at a fresh path (FileExistsError when it exists), for a writer
+    that opens the path itself (SQLite, shutil.copyfile) and then keeps that mode."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p path, every folder it creates 0700 and durable in its parent (fsynced);
+    existing folders are left as they are."""
+    missing = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, DIR_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue
+        fd = os.open(folder.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # a filesystem that cannot sync a folder
+                raise
+        finally:
+            os.close(fd)
+
+
+def tighten_root(root: Path) -> bool:
+    """Take group and other access away from a repository root we own: one stat and at most one
+    chmod close everything below it, whatever modes an older casnap gave those files. A root
+    owned by another user, or that cannot be changed (a read-only mount), is left as it is.
+    True when the mode was changed."""
+    try:
+        st = os.stat(root)
+        if not st.st_mode & 0o077 or st.st_uid != os.geteuid():
+            return False
+        os.chmod(root, st.st_mode & 0o700)
+    except OSError:
+        return False
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename, link or new entry inside path durable; an I/O error is raised (a
+    filesystem that cannot sync a directory, EINVAL, is not an error)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Make a written file durable (fsync works through any descriptor of the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"writing {path}") from exc
+
+
+def hash_file(path: Path) -> ObjectId:
+    """BLAKE3 of a whole file, read in 1 MiB blocks."""
+    h = Hasher()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as exc:
+        raise from_oserror(exc, f"reading {path}") from exc
+    return h.digest()
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A wait in seconds set by environment variable name (a number >= 0), else default."""
+    text = os.environ.get(name, "")
+    try:
+        return max(0.0, float(text)) if text else default
+    except ValueError as exc:
+        raise CasnapError(f"{name}={text!r} is not a number of seconds") from exc
+
+
+HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+# A checkout (or `verify --smoke`) stages files in `.casnap-tmp-stage-<pid>-<random>/`: skipped
+# by every scan as a casnap temp name, removed by the next run once that pid is gone.
+STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
+
+
+def temp_name(suffix: str = "") -> str:
+    """A fresh temp file name owned by this process."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex}{suffix}"
+
+
+def _owner(name: str) -> int | None:
+    """The pid that made a temp file on this host; None for other names and other hosts."""
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    parts = name[len(TEMP_PREFIX) :].split("-", 2)
+    if len(parts) < 3 or not parts[0].isdigit() or parts[1] != HOST_TAG:
+        return None
+    return int(parts[0])
+
+
+def left_by_dead_process(name: str) -> bool:
+    """True for a temp file made on this host by a process that no longer runs."""
+    pid = _owner(name)
+    return pid is not None and pid != os.getpid() and not pid_alive(pid)
+
+
+def remove_stale(root: Path, recursive: bool = True) -> list[Path]:
+    """Remove the temp files dead processes left in root (and below it when recursive)."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):  # symbolic links are not followed
+        if not recursive:
+            dirnames.clear()
+        for name in filenames:
+            if left_by_dead_process(name):
+                path = Path(dirpath, name)
+                try:
+                    path.unlink()
+                except OSError:
+                    continue  # gone already, or not ours to fix here (a read-only target)
+                removed.append(path)
+    return removed
+
+
+def remove_stale_stages_in(d: Dir) -> None:
+    """Remove the staging dirs in d whose process no longer runs (never following a link)."""
+    for name in d.names():
+        if not name.startswith(STAGE_PREFIX):
+            continue
+        try:
+            pid = int(name[len(STAGE_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError, CasnapError):
+            remove_tree(d, name)
+
+
+def remove_stale_stages(folder: Path) -> None:
+    """remove_stale_stages_in for a folder given by path (one casnap made or was given)."""
+    with contextlib.suppress(CasnapError):
+        with Dir.open(folder) as d:
+            remove_stale_stages_in(d)

@@ -1,0 +1,245 @@
+"""Staging: restore snapshot files into a private dir, every hash verified, checks starting as each
+file lands. Checkout stages beside its target and then swaps the files in; `verify --smoke`
+stages into the repository's scratch space, checks, and deletes it. Both use `Stage` and
+`stage_files`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from casnap import fsutil, pipeline, smoke
+from casnap.errors import CasnapError, IntegrityError, from_oserror
+from casnap.fsdir import Dir, remove_tree
+from casnap.fsutil import STAGE_PREFIX
+from casnap.manifest import FileEntry
+from casnap.progress import ByteProgress, ProgressFn
+from casnap.repository import Repository
+
+Fingerprint = tuple[int, ...] | None
+
+
+class Stage:
+    """A private staging dir (0700) made in `parent`, reached through its descriptor: `path`
+    goes through /proc, so moving the folder or swapping its parent cannot redirect a write.
+    Staging dirs that killed runs left in parent (and in `also_clean`) are removed first."""
+
+    def __init__(self, parent: Path, also_clean: Path | None = None) -> None:
+        self.parent_path = parent
+        self.parent = Dir.open(parent)
+        try:
+            fsutil.remove_stale_stages_in(self.parent)
+            if also_clean is not None and also_clean != parent:
+                fsutil.remove_stale_stages(also_clean)
+            self.name = f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            try:
+                os.mkdir(self.name, 0o700, dir_fd=self.parent.fd)
+            except OSError as exc:
+                raise from_oserror(exc, f"creating {parent / self.name}") from exc
+            made = self.parent.sub(self.name)
+            if made is None:
+                raise CasnapError(f"{parent / self.name} vanished as it was created")
+            self.dir = made
+        except BaseException:
+            self.parent.close()
+            raise
+        proc = Path(f"/proc/{os.getpid()}/fd/{self.dir.fd}")
+        self.path = proc if proc.is_dir() else parent / self.name
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dir.close()
+        try:
+            remove_tree(self.parent, self.name)
+        except (OSError, CasnapError):
+            pass  # removed by the next run as a stale stage
+        finally:
+            self.parent.close()
+
+
+def stage_files(
+    repo: Repository,
+    stage: Stage,
+    entries: Sequence[FileEntry],
+    checks: smoke.SmokeSession,
+    progress: ProgressFn | None = None,
+) -> dict[str, Fingerprint]:
+    """Restore entries into the stage, each verified against its BLAKE3 and fsynced (on a
+    thread, while the next is written), owners restored as root, hard links linked to their
+    file staged before them; each file's smoke checks start as soon as it is staged. Returns
+    the fingerprint of every staged file (a smoke command must not change one)."""
+    repo.ensure_index()
+    ordered = sorted(entries, key=lambda e: (e.link is not None, e.path))
+    bar = ByteProgress(sum(e.size for e in ordered), progress)
+    as_root = os.geteuid() == 0
+    before: dict[str, Fingerprint] = {}
+    with (
+        ThreadPoolExecutor(max_workers=workers()) as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
+    ):
+        synced = []
+        for entry in ordered:
+            dest = stage.path / entry.path
+            _mkdirs(dest.parent)
+            if entry.link is not None and entry.link in before:
+                try:
+                    os.link(stage.path / entry.link, dest, follow_symlinks=False)
+                except OSError as exc:
+                    raise from_oserror(exc, f"linking {dest}") from exc
+                bar.add(entry.size)
+                before[entry.link] = fingerprint(dest)  # a link changes the ctime
+            else:
+                write_verified(repo, entry, dest, pool, bar.add)
+                if as_root and entry.uid is not None and entry.gid is not None:
+                    try:
+                        os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
+                    except OSError as exc:
+                        raise from_oserror(exc, f"setting the owner of {dest}") from exc
+                synced.append(syncer.submit(fsutil.fsync_file, dest))
+            before[entry.path] = fingerprint(dest)
+            checks.staged(entry.path, dest)
+        for fut in synced:
+            fut.result()
+    bar.finish()
+    return before
+
+
+def write_verified(
+    repo: Repository,
+    entry: FileEntry,
+    dest: Path,
+    pool: ThreadPoolExecutor,
+    tick: Callable[[int], None] | None = None,
+) -> int:
+    """Write a file's chunks to dest (new; not fsynced: callers that keep it do), its BLAKE3
+    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set."""
+    refs = repo.file_refs(entry)
+    try:
+        with open(dest, "xb") as f:
+            window = 2 * workers() + 2
+            size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick)
+        if size != entry.size or whole.hex() != entry.hash:
+            pipeline.find_damaged(repo.store, refs)
+    except OSError as exc:
+        raise from_oserror(exc, f"writing {dest.parent}") from exc
+    except IntegrityError as exc:
+        raise IntegrityError(f"{entry.path}: {exc}") from exc
+    if size != entry.size or whole.hex() != entry.hash:
+        # every chunk verified when read again: a read went wrong, or the manifest did
+        raise IntegrityError(
+            f"{entry.path}: restored file does not match its recorded hash, yet each of its "
+            "chunks verifies when read again (a failing read, or a damaged manifest)"
+        )
+    with contextlib.suppress(OSError):
+        os.chmod(dest, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
+        os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+    return size
+
+
+def restore_entry(
+    repo: Repository, entry: FileEntry, dest: Path | str, progress: ProgressFn | None = None
+) -> int:
+    """Write one file of a snapshot to dest (which must not exist), every hash verified."""
+    repo.ensure_index()
+    bar = ByteProgress(entry.size, progress)
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
+        size = write_verified(repo, entry, Path(dest), pool, bar.add)
+    fsutil.fsync_file(Path(dest))
+    bar.finish()
+    return size
+
+
+@dataclass
+class VerifyResult:
+    """What `smoke_verify` found: every hash verified, and the smoke report when checks ran."""
+
+    id: str
+    files: int
+    bytes_verified: int
+    smoke: dict[str, Any] | None
+    ok: bool
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def smoke_verify(
+    repo: Repository,
+    ref: str,
+    *,
+    smoke_checks: bool = True,
+    smoke_cmd: str | None = None,
+    progress: ProgressFn | None = None,
+) -> VerifyResult:
+    """Restore a snapshot into a staging dir in the repository's scratch space (every chunk and
+    file hash verified), smoke-check it there as a checkout would, and delete it; no data dir is
+    touched."""
+    with repo.lock("verify"):
+        repo.refresh(only_if_changed=True)
+        t0 = time.perf_counter()
+        sid = repo.resolve(ref)
+        snap = repo.load_snapshot(sid)
+        try:
+            fsutil.make_dirs(repo.tmp_dir)
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
+        report = None
+        with (
+            Stage(repo.tmp_dir) as stage,
+            smoke.SmokeSession(
+                databases=[e.path for e in snap.files if e.kind == "sqlite"],
+                builtin=smoke_checks,
+                expect_faiss=smoke_checks
+                and any(smoke.may_be_faiss(e.path, e.chunker) for e in snap.files),
+            ) as checks,
+        ):
+            stage_files(repo, stage, snap.files, checks, progress)
+            if smoke_checks or smoke_cmd:
+                view = {e.path: stage.path / e.path for e in snap.files}
+                report = checks.finish(
+                    view,
+                    list(view),
+                    staged_dir=stage.path,
+                    smoke_cmd=smoke_cmd,
+                    env={"CASNAP_SNAPSHOT": sid.hex()},
+                )
+        return VerifyResult(
+            id=sid.hex(),
+            files=len(snap.files),
+            bytes_verified=snap.logical_bytes,
+            smoke=report.to_json() if report is not None else None,
+            ok=report is None or report.ok,
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """size, mtime, ctime and inode: any write to the file changes one of them."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def workers() -> int:
+    """Worker threads for restoring: one per core, at least two."""
+    return max(2, os.cpu_count() or 2)
+
+
+def _mkdirs(folder: Path) -> None:
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {folder}") from exc
