@@ -163,3 +163,6 @@ FAISS_PROBE_TIMEOUT = 600.0
 
 # Bytes read from the start of a file to recognise a FAISS index and read its vector count.
 FAISS_HEADER_BYTES = 64
+
+# The tag of the snapshot a checkout takes of target data no snapshot holds before replacing it.
+SAFETY_TAG = "pre-checkout"

@@ -11,14 +11,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from casnap.constants import SQLITE_SIDE_SUFFIXES
-from casnap.errors import DatabaseBusy
+from casnap.errors import CasnapError, DatabaseBusy, from_oserror
 from casnap.fsdir import Dir
 
 # SQLite's lock bytes (os_unix.c): PENDING_BYTE, then RESERVED, then 510 SHARED bytes; a WAL
@@ -194,3 +197,34 @@ def refuse_if_in_use(parent: Dir, name: str, shown: str, force: bool) -> None:
             f"cannot tell whether {shown} is in use: {use.unseen} process(es) of other users "
             "could not be inspected; run as root or as the app's user, or use --force"
         )
+
+
+@contextlib.contextmanager
+def held_sqlite_locks(parent: Dir, name: str, shown: Path) -> Iterator[None]:
+    """Hold write locks on the lock bytes of the live database (and of its -shm) as SQLite
+    takes them, so no connection starts a transaction while it is replaced; DatabaseBusy when a
+    connection holds one. Closing the descriptors releases them."""
+    fds = []
+    try:
+        for fname, (start, length) in ((name, _DB_LOCKS), (name + "-shm", _SHM_LOCKS)):
+            if parent.lstat(fname) is None:
+                continue
+            try:
+                fd = parent.open_file(fname, os.O_RDWR)
+            except CasnapError:
+                continue  # not writable by us: the rename still replaces it
+            fds.append(fd)
+            lock = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLK, lock)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    raise DatabaseBusy(
+                        f"{shown} is in use: a process holds a SQLite lock on it; stop the app "
+                        "first"
+                    ) from exc
+                raise from_oserror(exc, f"locking {shown}") from exc
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -11,26 +11,21 @@ a write or a removal; the repository, when it lies inside the target, is never t
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
-import shutil
 import stat
-import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, fsutil, inuse, smoke
+from casnap import capture, fsutil, inuse, selection, smoke
 from casnap import restored as restored_files
 from casnap.capture import SQLITE_MAGIC
 from casnap.committer import CommitOptions, Committer
-from casnap.constants import SQLITE_SIDE_SUFFIXES, STAT_SETTLE_NS
+from casnap.constants import SAFETY_TAG, SQLITE_SIDE_SUFFIXES, STAT_SETTLE_NS
 from casnap.errors import (
     CasnapError,
-    DatabaseBusy,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
@@ -43,9 +38,15 @@ from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
 from casnap.progress import ProgressFn
 from casnap.repository import Repository
-from casnap.staging import Stage, fingerprint, stage_files
-
-SAFETY_TAG = "pre-checkout"
+from casnap.staging import (
+    Stage,
+    copy_into,
+    fingerprint,
+    make_target,
+    stage_files,
+    stage_parent,
+    undo_target,
+)
 
 
 @dataclass(frozen=True)
@@ -87,56 +88,6 @@ class _Item:
     replaces_db: bool = False  # the target holds a SQLite database (or its side files) there
 
 
-@dataclass(frozen=True)
-class Selection:
-    """The files a checkout restores, by path, with the snapshot each comes from, and the
-    scopes (paths, excludes) inside which a target file no snapshot lists is removed."""
-
-    sources: tuple[tuple[ObjectId, Snapshot], ...]
-    entries: dict[str, tuple[FileEntry, ObjectId]]
-    dirs: dict[str, tuple[int, int, int]]
-
-    @classmethod
-    def of(cls, sources: Sequence[tuple[ObjectId, Snapshot]]) -> Selection:
-        """Oldest first: a newer snapshot covering a path decides whether and how it exists."""
-        ordered = sorted(sources, key=lambda s: (s[1].time, s[0].hex()))
-        entries: dict[str, tuple[FileEntry, ObjectId]] = {}
-        dirs: dict[str, tuple[int, int, int]] = {}
-        for sid, snap in ordered:
-            for path in [p for p in entries if covers(snap, p)]:
-                del entries[path]
-            entries.update((f.path, (f, sid)) for f in snap.files)
-            dirs.update(snap.dirs)
-        return cls(tuple(ordered), entries, dirs)
-
-    def covers(self, path: str) -> bool:
-        return any(covers(snap, path) for _, snap in self.sources)
-
-    def excludes(self) -> set[str]:
-        return {x for _, snap in self.sources for x in snap.excludes}
-
-
-def covers(snap: Snapshot, path: str) -> bool:
-    """True when snap was taken of path's place: inside its paths and not excluded."""
-    return capture.in_scope(path, snap.paths) and not capture.is_excluded(path, snap.excludes)
-
-
-def newest_per_group(
-    repo: Repository, source: str | None = None
-) -> list[tuple[ObjectId, Snapshot]]:
-    """The newest snapshot of each group of snapshots committed with the same paths (of one
-    data dir: source, or that of the newest snapshot), newest first."""
-    snaps = repo.snapshots()
-    if not snaps:
-        raise SnapshotNotFound("the repository holds no snapshots")
-    source = source if source is not None else snaps[-1][1].source
-    newest: dict[tuple[str, ...], tuple[ObjectId, Snapshot]] = {}
-    for sid, snap in snaps:  # oldest first: the last one seen per group wins
-        if snap.source == source and SAFETY_TAG not in snap.tags:
-            newest[snap.paths] = (sid, snap)
-    return sorted(newest.values(), key=lambda s: s[1].time, reverse=True)
-
-
 def checkout(
     repo: Repository,
     ref: str,
@@ -165,7 +116,11 @@ def checkout(
         repo.refresh(only_if_changed=True)
         sid = repo.resolve(ref)
         snap = repo.load_snapshot(sid)
-        sources = newest_per_group(repo, snap.source) if all_paths else [(sid, snap)]
+        sources = (
+            selection.newest_of_groups(repo.snapshots(), snap.source)
+            if all_paths
+            else [(sid, snap)]
+        )
         return restore(repo, sources, Path(target), paths, options, progress)
 
 
@@ -179,8 +134,8 @@ def restore(
 ) -> CheckoutResult:
     """Restore the selection of sources (usually one snapshot) into target; the caller holds
     the repository lock. With paths, only those files (no removals)."""
-    selection = Selection.of(sources)
-    return _Checkout(repo, selection, target, paths, options or CheckoutOptions(), progress).run()
+    chosen = selection.Selection.of(sources)
+    return _Checkout(repo, chosen, target, paths, options or CheckoutOptions(), progress).run()
 
 
 class _Checkout:
@@ -189,24 +144,24 @@ class _Checkout:
     def __init__(
         self,
         repo: Repository,
-        selection: Selection,
+        chosen: selection.Selection,
         target: Path,
         paths: Sequence[str],
         options: CheckoutOptions,
         progress: ProgressFn | None,
     ) -> None:
         self.repo = repo
-        self.sel = selection
+        self.sel = chosen
         self.paths = tuple(paths)
         self.opts = options
         self.progress = progress
         self.target = Path(os.path.realpath(target))
         self.shown_target = target
-        last = selection.sources[-1][0]
+        last = chosen.sources[-1][0]
         self.result = CheckoutResult(id=last.hex(), target=str(self.target))
         self.result.sources = [
             {"id": sid.hex(), "paths": list(snap.paths), "time": snap.time}
-            for sid, snap in selection.sources
+            for sid, snap in chosen.sources
         ]
         self.protected = self._protected()
         self._held: set[str] | None = None
@@ -221,18 +176,18 @@ class _Checkout:
         wanted = self._wanted()
         if self.target.exists() and not self.target.is_dir():
             raise SourceError(f"checkout target {self.shown_target} is not a directory")
-        created_root = _make_target(self.target, self.sel.dirs.get("."))
+        created_root = make_target(self.target, self.sel.dirs.get("."))
         try:
             root = Dir.open(self.target)
         except BaseException:
-            _undo_target(created_root)
+            undo_target(created_root)
             raise
         with root, Tree(root, self._dir_attrs) as tree:
             try:
                 self._run(tree, wanted)
             except BaseException:
                 tree.undo_created()
-                _undo_target(created_root)
+                undo_target(created_root)
                 raise
         self.result.seconds = time.perf_counter() - t0
         return self.result
@@ -246,7 +201,7 @@ class _Checkout:
         for rel in removals:
             if self._is_db_place(tree, rel):
                 self._check_db(tree, rel)
-        with Stage(_stage_parent(self.target), also_clean=self.target) as stage:
+        with Stage(stage_parent(self.target), also_clean=self.target) as stage:
             self._stage(stage, plan, wanted, unchanged, removals)
             if unsaved and self.opts.safety_snapshot:
                 what = ", ".join(sid.short for sid, _ in self.sel.sources)
@@ -308,7 +263,7 @@ class _Checkout:
         if self.paths:
             # read as every command reads paths, against the data dir the snapshot was taken of;
             # each must name a file or folder of the snapshot (not of any data dir)
-            holds = _holds(entries)
+            holds = selection.holds(entries)
             source = Path(self.sel.sources[-1][1].source)
             wanted = normalize_paths(self.paths, source, exists=holds)
             for rel in wanted:
@@ -502,7 +457,7 @@ class _Checkout:
                 if src.path in selected or src.path in removed or self._in_repo(src.path):
                     continue
                 if self.opts.smoke_cmd:  # the data dir's other files, so the command sees them
-                    _copy_into(src, stage.path / src.path)
+                    copy_into(src, stage.path / src.path)
                     view[src.path] = stage.path / src.path
                 else:
                     view[src.path] = src.abspath
@@ -541,7 +496,7 @@ class _Checkout:
                         if not self.opts.force:
                             self._check_db(tree, item.entry.path)
                         held.enter_context(
-                            _sqlite_locked(parent, name, self.target / item.entry.path)
+                            inuse.held_sqlite_locks(parent, name, self.target / item.entry.path)
                         )
             with Tree(stage.dir) as staged:
                 for item in plan:
@@ -593,57 +548,6 @@ class _Checkout:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _stage_parent(target: Path) -> Path:
-    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
-    when that is the same filesystem and writable; else inside target."""
-    parent = target.parent
-    try:
-        same_fs = parent != target and os.stat(parent).st_dev == os.stat(target).st_dev
-    except OSError:
-        return target
-    if same_fs and os.access(parent, os.W_OK | os.X_OK):
-        return parent
-    return target
-
-
-def _make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Path]:
-    """Create the target and its missing parents; the target gets the data dir's recorded mode
-    (and owner, as root). Returns the folders created, outermost first."""
-    missing = []
-    cur = target
-    while not cur.exists() and cur.parent != cur:
-        missing.append(cur)
-        cur = cur.parent
-    created = []
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            _undo_target(created)
-            raise from_oserror(exc, f"creating {d}") from exc
-        created.append(d)
-        with contextlib.suppress(OSError):
-            fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    if created and created[-1] == target and recorded is not None:
-        with contextlib.suppress(OSError):
-            os.chmod(target, recorded[0])
-            if os.geteuid() == 0:
-                os.chown(target, recorded[1], recorded[2])
-    return created
-
-
-def _undo_target(created: list[Path]) -> None:
-    for d in reversed(created):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
 def _is_sqlite(parent: Dir, name: str) -> bool:
     try:
         fd = parent.open_file(name)
@@ -657,66 +561,6 @@ def _is_sqlite(parent: Dir, name: str) -> bool:
         os.close(fd)
 
 
-_LOCK_RANGES = ((0x40000000, 512), (120, 9))  # a database's lock bytes; its -shm's locks
-
-
-@contextlib.contextmanager
-def _sqlite_locked(parent: Dir, name: str, shown: Path) -> Iterator[None]:
-    """Hold write locks on the lock bytes of the live database (and of its -shm) as SQLite
-    takes them, so no connection starts a transaction while it is replaced; DatabaseBusy when a
-    connection holds one. Closing the descriptors releases them."""
-    fds = []
-    try:
-        for fname, (start, length) in zip((name, name + "-shm"), _LOCK_RANGES, strict=True):
-            if parent.lstat(fname) is None:
-                continue
-            try:
-                fd = parent.open_file(fname, os.O_RDWR)
-            except CasnapError:
-                continue  # not writable by us: the rename still replaces it
-            fds.append(fd)
-            lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETLK, lock)
-            except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EAGAIN):
-                    raise DatabaseBusy(
-                        f"{shown} is in use: a process holds a SQLite lock on it; stop the app "
-                        "first"
-                    ) from exc
-                raise from_oserror(exc, f"locking {shown}") from exc
-        yield
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _holds(entries: dict[str, tuple[FileEntry, ObjectId]]) -> Callable[[str], bool]:
-    """Whether a relative path is one of the files or a folder above one."""
-    folders = {"/".join(p.split("/")[:i]) for p in entries for i in range(1, p.count("/") + 1)}
-    return lambda rel: rel in entries or rel in folders
-
-
 def _link_order(item: _Item) -> tuple[int, str]:
     """Hard links after the files they link to, then by path."""
     return (item.entry.link is not None, item.entry.path)
-
-
-def _copy_into(src: capture.SourceFile, dest: Path) -> None:
-    """A copy of a data-dir file at dest; a database is copied through the backup API."""
-    try:
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_oserror(exc, f"creating {dest.parent}") from exc
-    try:
-        if src.kind == "sqlite":
-            try:
-                with capture.sqlite_image(src.abspath, dest.parent) as image:
-                    os.replace(image, dest)
-                return
-            except CasnapError:
-                pass  # not readable as a database: copy its bytes as they are
-        with open(capture.open_source(src.abspath), "rb") as fsrc, open(dest, "xb") as fdst:
-            shutil.copyfileobj(fsrc, fdst)
-    except OSError as exc:
-        raise from_oserror(exc, f"copying {src.abspath} into the staging dir") from exc

@@ -3,19 +3,23 @@
 
 A filter's paths select snapshots committed with every one of them (`()` selects whole-dir
 snapshots); its tags select snapshots carrying every tag of any one group (`--tag a,b --tag c`:
-both a and b, or c). Every command that takes a snapshot reference resolves it here.
+both a and b, or c). Every command that takes a snapshot reference resolves it here. A checkout
+of several path groups at once restores a `Selection`: per file, the newest snapshot whose scope
+covers it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from casnap import capture
+from casnap.constants import SAFETY_TAG
 from casnap.errors import AmbiguousSnapshot, SnapshotNotFound
 from casnap.ids import ObjectId, is_hex_prefix
-from casnap.manifest import Snapshot
+from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
 
 Snaps = Sequence[tuple[ObjectId, Snapshot]]
@@ -138,3 +142,51 @@ def make_filter(
 
         rels = normalize_paths(paths, data_dir, exists)
     return SnapshotFilter(rels, parse_tags(tags))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The files a checkout restores, by path, with the snapshot each comes from, and the
+    scopes (paths, excludes) inside which a target file no snapshot lists is removed."""
+
+    sources: tuple[tuple[ObjectId, Snapshot], ...]
+    entries: dict[str, tuple[FileEntry, ObjectId]]
+    dirs: dict[str, tuple[int, int, int]]
+
+    @classmethod
+    def of(cls, sources: Sequence[tuple[ObjectId, Snapshot]]) -> Selection:
+        """Oldest first: a newer snapshot covering a path decides whether and how it exists."""
+        ordered = sorted(sources, key=lambda s: (s[1].time, s[0].hex()))
+        entries: dict[str, tuple[FileEntry, ObjectId]] = {}
+        dirs: dict[str, tuple[int, int, int]] = {}
+        for sid, snap in ordered:
+            for path in [p for p in entries if covers(snap, p)]:
+                del entries[path]
+            entries.update((f.path, (f, sid)) for f in snap.files)
+            dirs.update(snap.dirs)
+        return cls(tuple(ordered), entries, dirs)
+
+    def covers(self, path: str) -> bool:
+        return any(covers(snap, path) for _, snap in self.sources)
+
+    def excludes(self) -> set[str]:
+        return {x for _, snap in self.sources for x in snap.excludes}
+
+
+def covers(snap: Snapshot, path: str) -> bool:
+    """True when snap was taken of path's place: inside its paths and not excluded."""
+    return capture.in_scope(path, snap.paths) and not capture.is_excluded(path, snap.excludes)
+
+
+def newest_of_groups(snaps: Snaps, source: str) -> list[tuple[ObjectId, Snapshot]]:
+    """The newest snapshot of each path group of the data dir source (checkout's safety
+    snapshots left out: they record a target, not a schedule), newest first."""
+    kept = [(sid, snap) for sid, snap in snaps if SAFETY_TAG not in snap.tags]
+    groups = newest_per_path_group(kept, source)
+    return sorted(groups.values(), key=lambda s: s[1].time, reverse=True)
+
+
+def holds(entries: dict[str, tuple[FileEntry, ObjectId]]) -> Callable[[str], bool]:
+    """Whether a relative path is one of the files or a folder above one."""
+    folders = {"/".join(p.split("/")[:i]) for p in entries for i in range(1, p.count("/") + 1)}
+    return lambda rel: rel in entries or rel in folders

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from casnap import fsutil, pipeline, smoke
+from casnap import capture, fsutil, pipeline, smoke
 from casnap.errors import CasnapError, IntegrityError, from_oserror
 from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
@@ -243,3 +244,74 @@ def _mkdirs(folder: Path) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise from_oserror(exc, f"creating {folder}") from exc
+
+
+def stage_parent(target: Path) -> Path:
+    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
+    when that is the same filesystem and writable; else inside target."""
+    parent = target.parent
+    try:
+        same_fs = parent != target and os.stat(parent).st_dev == os.stat(target).st_dev
+    except OSError:
+        return target
+    if same_fs and os.access(parent, os.W_OK | os.X_OK):
+        return parent
+    return target
+
+
+def make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Path]:
+    """Create the target and its missing parents; the target gets the data dir's recorded mode
+    (and owner, as root). Returns the folders created, outermost first."""
+    missing = []
+    cur = target
+    while not cur.exists() and cur.parent != cur:
+        missing.append(cur)
+        cur = cur.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            undo_target(created)
+            raise from_oserror(exc, f"creating {d}") from exc
+        created.append(d)
+        with contextlib.suppress(OSError):
+            fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    if created and created[-1] == target and recorded is not None:
+        with contextlib.suppress(OSError):
+            os.chmod(target, recorded[0])
+            if os.geteuid() == 0:
+                os.chown(target, recorded[1], recorded[2])
+    return created
+
+
+def undo_target(created: list[Path]) -> None:
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def copy_into(src: capture.SourceFile, dest: Path) -> None:
+    """A copy of a data-dir file at dest; a database is copied through the backup API."""
+    try:
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {dest.parent}") from exc
+    try:
+        if src.kind == "sqlite":
+            try:
+                with capture.sqlite_image(src.abspath, dest.parent) as image:
+                    os.replace(image, dest)
+                return
+            except CasnapError:
+                pass  # not readable as a database: copy its bytes as they are
+        with open(capture.open_source(src.abspath), "rb") as fsrc, open(dest, "xb") as fdst:
+            shutil.copyfileobj(fsrc, fdst)
+    except OSError as exc:
+        raise from_oserror(exc, f"copying {src.abspath} into the staging dir") from exc

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from casnap import stats
+from casnap import selection, stats
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
@@ -19,7 +19,6 @@ from casnap.errors import AccessDenied, EmptySnapshot, NotARepository
 from casnap.paths import normalize_paths, snapshot_holds
 from casnap.repository import Repository
 from casnap.restorer import checkout as checkout_snapshot
-from casnap.restorer import newest_per_group
 
 
 @cli.command()
@@ -229,7 +228,8 @@ def checkout(
         paths = normalize_paths(paths, c.data, snapshot_holds(repo.load_snapshot(sid)))
     dest = (target if target is not None else c.data).absolute()
     if all_paths and not as_json:
-        for group_id, snap in newest_per_group(repo, repo.load_snapshot(sid).source):
+        source = repo.load_snapshot(sid).source
+        for group_id, snap in selection.newest_of_groups(repo.snapshots(), source):
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
     with progress_bar(c, "restore") as progress:
