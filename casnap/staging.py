@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from casnap import capture, fsutil, pipeline, smoke
-from casnap.errors import CasnapError, IntegrityError, from_oserror
+from casnap.errors import CasnapError, IntegrityError, SmokeCheckFailed, from_oserror
 from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
 from casnap.manifest import FileEntry
@@ -223,6 +223,19 @@ def smoke_verify(
             ok=report is None or report.ok,
             seconds=time.perf_counter() - t0,
         )
+
+
+def raise_if_smoke_failed(results: Sequence[VerifyResult]) -> None:
+    """SmokeCheckFailed naming the first few failed checks of smoke_verify results, if any."""
+    bad = [(r.id, ch) for r in results if r.smoke for ch in r.smoke["checks"] if not ch["ok"]]
+    if bad:
+        listed = "; ".join(
+            f"{sid[:8]} {ch['check']}"
+            + (f" on {ch['path']}" if ch["path"] else "")
+            + f": {ch['detail']}"
+            for sid, ch in bad[:3]
+        )
+        raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
 
 
 def fingerprint(path: Path) -> Fingerprint:

@@ -15,6 +15,7 @@ from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
 from casnap.reachability import Reach, walk
 from casnap.repository import Repository
+from casnap.selection import SnapshotFilter
 
 
 @dataclass(frozen=True)
@@ -214,3 +215,26 @@ def commit_added(snap: Snapshot, manifest_bytes: int) -> int:
     """The bytes a snapshot's commit added to the repository: the packs and index file it wrote
     plus its manifest. Fixed when the snapshot is taken; forgetting others does not change it."""
     return int(snap.stats.get("bytes_added", 0)) + manifest_bytes
+
+
+def log_rows(repo: Repository, select: SnapshotFilter | None = None) -> list[dict[str, Any]]:
+    """What `casnap log` lists: the snapshots select matches (all by default), newest first, as
+    JSON-ready rows (id, time, message, tags, paths, host, files, logical_bytes, bytes_added)."""
+    snaps = repo.snapshots()
+    if select is not None:
+        snaps = select.select(snaps)
+    sizes = repo.manifest_sizes()
+    return [
+        {
+            "id": sid.hex(),
+            "time": s.time,
+            "message": s.message,
+            "tags": list(s.tags),
+            "paths": list(s.paths),
+            "host": s.host,
+            "files": len(s.files),
+            "logical_bytes": s.logical_bytes,
+            "bytes_added": commit_added(s, sizes.get(sid.hex(), 0)),
+        }
+        for sid, s in reversed(snaps)
+    ]

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from casnap import locks
 from casnap.cli.output import printable
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
 from casnap.paths import repository_dir
@@ -83,10 +84,13 @@ class Context:
         self._private_tmp: Path | None = None
         self._noted: set[str] = set()
 
-    def open(self, reading: bool = False) -> Repository:
-        """The repository at --repo. A command that only reads passes reading: it then runs
-        without a lock under --no-lock, or (saying so) when a lock cannot be written, and keeps
-        its scratch files in a private temp dir when the repository is not writable."""
+    def open(self) -> Repository:
+        """The repository at --repo, for the command running. A command whose operation only
+        reads (locks.READ_ONLY_OPERATIONS) then runs without a lock under --no-lock, or (saying
+        so) when a lock cannot be written, and keeps its scratch files in a private temp dir
+        when the repository is not writable."""
+        command = click.get_current_context().info_name or ""
+        reading = command in locks.READ_ONLY_OPERATIONS or command == "check"
         if self.no_lock and not reading:
             raise click.UsageError(
                 "--no-lock is only for commands that only read the repository (log, show, diff, "

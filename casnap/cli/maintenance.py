@@ -20,9 +20,9 @@ from casnap.cli.options import (
 )
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.cli.snapshots import _print_checks, _smoke_summary, paths_label
-from casnap.errors import CheckFailed, SmokeCheckFailed, SnapshotNotFound
+from casnap.errors import CheckFailed, SnapshotNotFound
 from casnap.ids import ObjectId
-from casnap.staging import smoke_verify
+from casnap.staging import raise_if_smoke_failed, smoke_verify
 from casnap.verify import verify
 
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
@@ -321,7 +321,7 @@ def verify_cmd(
     if read_data and read_data_subset is not None:
         raise click.UsageError("--read-data and --read-data-subset exclude each other")
     subset = read_data_subset
-    repo = c.open(reading=True)
+    repo = c.open()
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     with progress_bar(c, "verify", "read data") as progress:
         r = verify(
@@ -366,15 +366,7 @@ def verify_cmd(
                 click.echo(_smoke_summary(s.smoke))
     if not r.ok:
         raise CheckFailed(f"verify: {r.summary()}")
-    bad = [(s.id, ch) for s in smoked if s.smoke for ch in s.smoke["checks"] if not ch["ok"]]
-    if bad:
-        listed = "; ".join(
-            f"{sid[:8]} {ch['check']}"
-            + (f" on {ch['path']}" if ch["path"] else "")
-            + f": {ch['detail']}"
-            for sid, ch in bad[:3]
-        )
-        raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
+    raise_if_smoke_failed(smoked)
 
 
 cli.add_command(
@@ -472,7 +464,7 @@ def stats_cmd(
 
     Example: casnap stats --path app.db
     """
-    repo = c.open(reading=True)
+    repo = c.open()
     if snapshot is not None:
         sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
         s = stats.snapshot_stats(repo, sid.hex())

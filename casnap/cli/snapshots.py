@@ -222,7 +222,7 @@ def checkout(
 
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
-    repo = c.open(reading=True)
+    repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     if paths:  # read against the data dir; each must name a file or folder of the snapshot
         paths = normalize_paths(paths, c.data, snapshot_holds(repo.load_snapshot(sid)))
@@ -303,7 +303,7 @@ def diff(
     """
     from casnap.diff import diff as run_diff
 
-    repo = c.open(reading=True)
+    repo = c.open()
     a = resolve_ref(c, repo, a, filter_paths, filter_tags).hex()
     if b is not None:
         b = resolve_ref(c, repo, b, filter_paths, filter_tags).hex()
@@ -403,24 +403,9 @@ def log(
 
     Example: casnap log --path app.db
     """
-    repo = c.open(reading=True)
-    rows = []
-    sizes = repo.manifest_sizes()
+    repo = c.open()
     flt = snapshot_filter(c, repo, filter_paths, filter_tags)
-    for sid, s in reversed(flt.select(repo.snapshots())):
-        rows.append(
-            {
-                "id": sid.hex(),
-                "time": s.time,
-                "message": s.message,
-                "tags": list(s.tags),
-                "paths": list(s.paths),
-                "host": s.host,
-                "files": len(s.files),
-                "logical_bytes": s.logical_bytes,
-                "bytes_added": stats.commit_added(s, sizes.get(sid.hex(), 0)),
-            }
-        )
+    rows = stats.log_rows(repo, flt)
     if as_json:
         emit_json(rows)
         return
@@ -463,7 +448,7 @@ def show(
 
     Example: casnap show latest --path app.db
     """
-    repo = c.open(reading=True)
+    repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     s = repo.load_snapshot(sid)
     if as_json:
