@@ -1,0 +1,109 @@
+"""The shape of the code: modules a newcomer can read, dependencies that point one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import casnap
+
+PACKAGE = Path(casnap.__file__).resolve().parent
+MAX_LINES = 600
+CORE = PACKAGE / "repository.py"
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of tree outside `if TYPE_CHECKING:` blocks (imports for annotations only)."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+    return out
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The package modules a module imports at run time, anywhere in it (functions included)."""
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in known)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    mods = modules()
+    graph = {name: imports(path, set(mods)) - {name} for name, path in mods.items()}
+    # the package's __init__ re-exports the API: it may import anything, nothing imports it
+    graph.pop("casnap")
+    for deps in graph.values():
+        deps.discard("casnap")
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for dep in sorted(graph.get(name, ())):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep) :] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_the_repository_core_imports_no_operation() -> None:
+    mods = modules()
+    operations = {
+        "casnap.committer",
+        "casnap.restorer",
+        "casnap.staging",
+        "casnap.gc",
+        "casnap.collect",
+        "casnap.verify",
+        "casnap.retention",
+        "casnap.stats",
+        "casnap.diff",
+        "casnap.cli",
+    }
+    assert not imports(CORE, set(mods)) & operations
+    # commit never needs checkout (checkout uses commit for its safety snapshot)
+    assert not imports(mods["casnap.committer"], set(mods)) & {"casnap.restorer", "casnap.staging"}
+
+
+def test_modules_stay_readable() -> None:
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+    assert len(CORE.read_text().splitlines()) <= 450
