@@ -247,7 +247,7 @@ def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    fp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    fp: tuple[int, ...] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if kind == "sqlite":
         try:
             w = os.stat(str(path) + "-wal")

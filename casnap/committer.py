@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
+import io
 import os
 import socket
 import stat
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from casnap import capture, chunklist, compression, pipeline, rollback, smoke
 from casnap import restored as restored_files
@@ -116,7 +117,7 @@ def _estimated_size(src: capture.SourceFile) -> int:
 class _CountingReader:
     """A binary stream that reports the bytes read through it (commit progress)."""
 
-    def __init__(self, stream: BinaryIO, tick: Callable[[int], None]) -> None:
+    def __init__(self, stream: io.BufferedReader, tick: Callable[[int], None]) -> None:
         self._stream = stream
         self._tick = tick
 
@@ -466,7 +467,9 @@ class Committer:
             header = f.read(HEADER_BYTES)
             f.seek(0)
             chunker = choose_chunker(header, self.repo.config["chunker"])
-            stream = f if self._read_tick is None else _CountingReader(f, self._read_tick)
+            stream: BinaryIO = f
+            if self._read_tick is not None:
+                stream = cast(BinaryIO, _CountingReader(f, self._read_tick))
             done = ingest.run(stream, chunker)
             capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
         entry = FileEntry(

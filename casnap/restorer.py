@@ -337,7 +337,7 @@ class _Checkout:
         if self.paths:
             return []
         keep = set(self.sel.entries)
-        excludes = self.sel.excludes()
+        excludes = sorted(self.sel.excludes())
         out = []
 
         def skip(rel: str, name: str) -> bool:

@@ -280,7 +280,7 @@ def make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Pat
     while not cur.exists() and cur.parent != cur:
         missing.append(cur)
         cur = cur.parent
-    created = []
+    created: list[Path] = []
     for d in reversed(missing):
         try:
             d.mkdir()
