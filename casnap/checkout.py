@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from casnap import capture, inuse, smoke
 from casnap import restored as restored_files
-from casnap.capture import SQLITE_MAGIC
-from casnap.constants import SQLITE_SIDE_SUFFIXES, STAT_SETTLE_NS
+from casnap.constants import SNIFF_BYTES, STAT_SETTLE_NS
 from casnap.errors import (
     CasnapError,
     DatabaseBusy,
@@ -38,6 +37,7 @@ from casnap.errors import (
     SourceError,
     from_oserror,
 )
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header, sqlite_lock_ranges
 from casnap.fsdir import Dir, Tree, remove_tree, split
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
@@ -395,7 +395,7 @@ class _Checkout:
         fd = parent.open_file(name)
         with os.fdopen(fd, "rb") as f:
             try:
-                if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                if is_sqlite_header(f.read(SNIFF_BYTES)):
                     with contextlib.suppress(CasnapError):  # unreadable as a database: raw bytes
                         with capture.sqlite_image(
                             parent.proc(name), self.repo.tmp_dir, self.repo.notify
@@ -691,14 +691,11 @@ def _is_sqlite(parent: Dir, name: str) -> bool:
     except CasnapError:
         return False
     try:
-        return os.pread(fd, len(SQLITE_MAGIC), 0) == SQLITE_MAGIC
+        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
     except OSError:
         return False
     finally:
         os.close(fd)
-
-
-_LOCK_RANGES = ((0x40000000, 512), (120, 9))  # a database's lock bytes; its -shm's locks
 
 
 @contextlib.contextmanager
@@ -708,7 +705,7 @@ def _sqlite_locked(parent: Dir, name: str, shown: Path) -> Iterator[None]:
     connection holds one. Closing the descriptors releases them."""
     fds = []
     try:
-        for fname, (start, length) in zip((name, name + "-shm"), _LOCK_RANGES, strict=True):
+        for fname, start, length in sqlite_lock_ranges(name):
             if parent.lstat(fname) is None:
                 continue
             try:

@@ -37,7 +37,7 @@ from casnap import restored as restored_files
 from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend
-from casnap.chunking import HEADER_BYTES, choose_chunker, make_chunker
+from casnap.chunking import choose_chunker, make_chunker
 from casnap.constants import (
     CDC_AVG,
     CDC_MAX,
@@ -55,6 +55,7 @@ from casnap.constants import (
     MAX_FRAME_SIZE,
     MAX_PACK_TARGET,
     PACK_TARGET_SIZE,
+    SNIFF_BYTES,
     SOURCE_RETRIES,
     ZSTD_LEVEL,
 )
@@ -71,6 +72,8 @@ from casnap.errors import (
     UnsupportedFormat,
     from_oserror,
 )
+from casnap.formats.faiss import FAISS_SAMPLE_HEADER
+from casnap.formats.sqlite import SQLITE_SAMPLE_HEADER
 from casnap.ids import Hasher, ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
 from casnap.paths import commit_paths
@@ -273,7 +276,7 @@ class Repository:
                 raise TypeError("the default chunker is not an object")
             make_chunker(chunker)
             choose_chunker(b"", cfg["chunker"])
-            for sample in (b"SQLite format 3\x00\x10\x00", b"IxF2"):
+            for sample in (SQLITE_SAMPLE_HEADER, FAISS_SAMPLE_HEADER):
                 choose_chunker(sample, cfg["chunker"])
             sizes = {
                 "pack_target": (cfg["pack_target"], 1, MAX_PACK_TARGET),
@@ -752,7 +755,7 @@ class Repository:
         # a data-dir file is opened without following a link swapped in since the scan
         fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
-            header = f.read(HEADER_BYTES)
+            header = f.read(SNIFF_BYTES)
             f.seek(0)
             chunker = choose_chunker(header, self.config["chunker"])
             stream = f if self._read_tick is None else _CountingReader(f, self._read_tick)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -25,165 +24,28 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from casnap.chunking.faiss import file_shortfall
 from casnap.constants import (
-    FAISS_HEADER_BYTES,
     FAISS_PROBE_MEMORY,
     FAISS_PROBE_TIMEOUT,
     SMOKE_QUICK_CHECK_ABOVE,
     SMOKE_ROWCOUNT_MAX,
 )
 from casnap.errors import SmokeCheckFailed
+from casnap.formats import sniff
+from casnap.formats.faiss import (
+    FaissHeader,
+    faiss_header,
+    file_shortfall,
+    read_faiss_header,
+    read_sidecar,
+    sidecar_ntotal,
+    sidecar_of,
+)
+from casnap.formats.sqlite import is_sqlite_header
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-SIDECAR_SUFFIX = ".meta.json"
 STAGED_DIR_ENV = "CASNAP_STAGED_DIR"
-
-# FAISS fourcc codes (faiss/impl/index_write.cpp) and the classes they stand for. Every one but
-# the lattice and SVS codes is followed by the common index header that holds ntotal.
-FOURCC_TYPES: dict[str, str] = {
-    "IxFI": "IndexFlatIP",
-    "IxF2": "IndexFlatL2",
-    "IxFl": "IndexFlat",
-    "IxHe": "IndexLSH",
-    "IxPq": "IndexPQ",
-    "IxRq": "IndexResidualQuantizer",
-    "IxLS": "IndexLocalSearchQuantizer",
-    "IxPR": "IndexProductResidualQuantizer",
-    "IxPL": "IndexProductLocalSearchQuantizer",
-    "ILfs": "IndexLocalSearchQuantizerFastScan",
-    "IRfs": "IndexResidualQuantizerFastScan",
-    "IPLf": "IndexProductLocalSearchQuantizerFastScan",
-    "IPRf": "IndexProductResidualQuantizerFastScan",
-    "IVLf": "IndexIVFLocalSearchQuantizerFastScan",
-    "IVRf": "IndexIVFResidualQuantizerFastScan",
-    "NPLf": "IndexIVFProductLocalSearchQuantizerFastScan",
-    "NPRf": "IndexIVFProductResidualQuantizerFastScan",
-    "ImRQ": "ResidualCoarseQuantizer",
-    "Ix2L": "Index2Layer",
-    "IxSQ": "IndexScalarQuantizer",
-    "IxLa": "IndexLattice",
-    "IwFd": "IndexIVFFlatDedup",
-    "IwFl": "IndexIVFFlat",
-    "IwSq": "IndexIVFScalarQuantizer",
-    "IwLS": "IndexIVFLocalSearchQuantizer",
-    "IwRQ": "IndexIVFResidualQuantizer",
-    "IwPL": "IndexIVFProductLocalSearchQuantizer",
-    "IwPR": "IndexIVFProductResidualQuantizer",
-    "IwSh": "IndexIVFSpectralHash",
-    "IwQR": "IndexIVFPQR",
-    "IwPQ": "IndexIVFPQ",
-    "IwIQ": "IndexIVFIndependentQuantizer",
-    "IxPT": "IndexPreTransform",
-    "Imiq": "MultiIndexQuantizer",
-    "IxRF": "IndexRefine",
-    "IxM2": "IndexIDMap2",
-    "IxMp": "IndexIDMap",
-    "IHNf": "IndexHNSWFlat",
-    "IHNp": "IndexHNSWPQ",
-    "IHNs": "IndexHNSWSQ",
-    "IHN2": "IndexHNSW2Level",
-    "IHc2": "IndexHNSWCagra",
-    "INSf": "IndexNSGFlat",
-    "INSp": "IndexNSGPQ",
-    "INSs": "IndexNSGSQ",
-    "INNf": "IndexNNDescentFlat",
-    "IPfs": "IndexPQFastScan",
-    "IwPf": "IndexIVFPQFastScan",
-    "IRMf": "IndexRowwiseMinMax",
-    "IRMh": "IndexRowwiseMinMaxFP16",
-    "Ixrq": "IndexRaBitQ",
-    "Iwrq": "IndexIVFRaBitQ",
-    "IS48": "IndexSVSLVQ4x8",
-    "IS44": "IndexSVSLVQ4x4",
-    "ISVD": "IndexSVS",
-    # binary indexes: a header of their own (d, code_size, ntotal)
-    "IBxF": "IndexBinaryFlat",
-    "IBwF": "IndexBinaryIVF",
-    "IBFf": "IndexBinaryFromFloat",
-    "IBHf": "IndexBinaryHNSW",
-    "IBM2": "IndexBinaryIDMap2",
-    "IBMp": "IndexBinaryIDMap",
-    "IBHh": "IndexBinaryHash",
-    "IBHm": "IndexBinaryMultiHash",
-}
-_NO_COMMON_HEADER = frozenset({"IxLa", "IS48", "IS44", "ISVD"})
-_HEADER = struct.Struct("<4siqqq")  # fourcc, d, ntotal, dummy, dummy (dummy == 1 << 20)
-_BINARY_HEADER = struct.Struct("<4siiq")  # fourcc, d, code_size, ntotal
-_DUMMY = 1 << 20
 _PROBE_SCRIPT = Path(__file__).resolve().with_name("faiss_probe.py")
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
-_MAX_DIM = 1 << 20  # the largest d FAISS accepts when it reads a header
-
-
-@dataclass(frozen=True)
-class FaissHeader:
-    """What the first bytes of a FAISS index say: its class, dimension and vector count."""
-
-    fourcc: str
-    type: str
-    binary: bool
-    d: int | None  # None when the header is damaged or not the common one
-    ntotal: int | None
-
-
-def faiss_header(head: bytes) -> FaissHeader | None:
-    """Parse the start of a file as a FAISS index header; None when it is not one.
-
-    A known fourcc is enough to recognise an index (so a damaged one is still checked, and fails);
-    an unknown fourcc counts only when the common header follows it with its two marker fields.
-    """
-    if len(head) < 4:
-        return None
-    try:
-        fourcc = head[:4].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    known = fourcc in FOURCC_TYPES
-    binary = fourcc.startswith("IB")
-    d = ntotal = None
-    if binary and len(head) >= _BINARY_HEADER.size:
-        _, dd, code_size, nt = _BINARY_HEADER.unpack_from(head)
-        if 0 < dd <= _MAX_DIM and 0 < code_size <= dd and nt >= 0:
-            d, ntotal = dd, nt
-    elif not binary and fourcc not in _NO_COMMON_HEADER and len(head) >= _HEADER.size:
-        _, dd, nt, dummy1, dummy2 = _HEADER.unpack_from(head)
-        if 0 <= dd <= _MAX_DIM and nt >= 0 and dummy1 == _DUMMY and dummy2 == _DUMMY:
-            d, ntotal = dd, nt
-    if not known and (ntotal is None or not fourcc.isalnum() or not fourcc.startswith("I")):
-        return None
-    return FaissHeader(fourcc, FOURCC_TYPES.get(fourcc, fourcc), binary, d, ntotal)
-
-
-def read_faiss_header(path: Path) -> FaissHeader | None:
-    """The FAISS header of a file, or None when it is not a FAISS index (or unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            return faiss_header(f.read(FAISS_HEADER_BYTES))
-    except OSError:
-        return None
-
-
-def sidecar_of(rel: str) -> str:
-    """The relative path of an index's sidecar: `faiss/a.index` -> `faiss/a.meta.json`."""
-    return PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX).as_posix()
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """The JSON object of a sidecar; ValueError when it is not one."""
-    try:
-        meta = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path.name} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path.name} is not a JSON object")
-    return meta
-
-
-def sidecar_ntotal(meta: Mapping[str, Any]) -> int | None:
-    """The vector count a sidecar states (its `ntotal` key), None when it states none."""
-    value = meta.get("ntotal")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -580,13 +442,14 @@ def faiss_checks(targets: Sequence[FaissTarget], probed: Sequence[dict[str, Any]
     return checks
 
 
-def faiss_targets(view: Mapping[str, Path], files: Iterable[str]) -> list[FaissTarget]:
-    """The files to check as FAISS indexes: a FAISS header, or a `.index` file with a sidecar
-    stating `ntotal` (an index damaged beyond recognition is then still checked, and fails)."""
+def faiss_targets(view: Mapping[str, Path], heads: Mapping[str, bytes]) -> list[FaissTarget]:
+    """The files to check as FAISS indexes among `heads` (each file's first bytes, by relative
+    path): a FAISS header, or a `.index` file with a sidecar stating `ntotal` (an index damaged
+    beyond recognition is then still checked, and fails)."""
     targets = []
-    for rel in files:
+    for rel, head in heads.items():
         path = view[rel]
-        header = read_faiss_header(path)
+        header = faiss_header(head)
         side = sidecar_of(rel)
         side_path = view.get(side)
         meta: dict[str, Any] | None = None
@@ -633,15 +496,6 @@ def run_command(cmd: str, staged_dir: Path, env: Mapping[str, str] | None = None
 
 
 # -- everything ------------------------------------------------------------------------------------
-
-
-def is_sqlite_file(path: Path) -> bool:
-    """True when the file starts with SQLite's 16-byte header."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) == SQLITE_MAGIC
-    except OSError:
-        return False
 
 
 def smoke_check(
@@ -705,22 +559,24 @@ class SmokeSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _is_database(self, rel: str, path: Path) -> bool:
+    def _is_database(self, rel: str, head: bytes) -> bool:
+        """Whether to check a file as SQLite: the snapshot says so, or else its first bytes."""
         if self.databases is not None:
             return rel in self.databases
-        return is_sqlite_file(path)
+        return is_sqlite_header(head)
 
     def staged(self, rel: str, path: Path) -> None:
         """A file is in place at path, in a staging dir of the caller's own that nobody else
         writes, as it will be checked: start the checks it needs."""
         if not self.builtin:
             return
-        if self._is_database(rel, path):
+        head = sniff(path)
+        if self._is_database(rel, head):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-smoke")
             check = self._pool.submit(check_sqlite, path, rel, self._cancel, private=True)
             self._sqlite[rel] = (path, check)
-        header = read_faiss_header(path)
+        header = faiss_header(head)
         if header is not None:
             self._send(path, header.binary)
 
@@ -745,13 +601,11 @@ class SmokeSession:
         """Check `files` as smoke_check does (view, databases and the command alike), using the
         checks already started on staged files that are still at the same path."""
         wanted = sorted(set(files)) if self.builtin else []
-        if self.databases is None:
-            dbs = {rel for rel in wanted if is_sqlite_file(view[rel])}
-        else:
-            dbs = self.databases & set(wanted)
+        heads = {rel: sniff(view[rel]) for rel in wanted}
+        dbs = {rel for rel in wanted if self._is_database(rel, heads[rel])}
         checks: list[Check] = []
         if wanted:
-            targets = faiss_targets(view, wanted)
+            targets = faiss_targets(view, heads)
             for t in targets:  # the indexes not handed over yet go to the child now
                 self._send(t.path, _binary(t))
             child, self._child = self._child, None

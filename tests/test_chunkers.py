@@ -19,11 +19,10 @@ from casnap.chunking import (
     FixedChunker,
     SQLitePageChunker,
     choose_chunker,
-    faiss_kind,
     make_chunker,
-    sqlite_page_size,
 )
-from casnap.chunking.faiss import LISTS, layout_sections
+from casnap.formats.faiss import LISTS, faiss_kind, layout_sections
+from casnap.formats.sqlite import sqlite_page_size
 from casnap.repository import default_config
 from tests import helpers_chunking as h
 

@@ -17,14 +17,9 @@ from click.testing import CliRunner
 
 from casnap.cli import cli
 from casnap.errors import SmokeCheckFailed
+from casnap.formats.faiss import faiss_header, sidecar_of
 from casnap.repository import Repository
-from casnap.smoke import (
-    check_sqlite,
-    faiss_header,
-    probe_faiss,
-    sidecar_of,
-    smoke_check,
-)
+from casnap.smoke import check_sqlite, probe_faiss, smoke_check
 from tests.helpers_smoke import (
     CHECK_FAILED,
     DIM,
