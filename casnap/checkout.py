@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from casnap import capture, inuse, smoke
+from casnap import capture, inuse, smoke, smoke_report
 from casnap import restored as restored_files
 from casnap.constants import SNIFF_BYTES, STAT_SETTLE_NS
 from casnap.errors import (
@@ -494,7 +494,7 @@ class _Checkout:
         removals: list[str],
         checks: smoke.SmokeSession,
         before: dict[str, tuple[int, ...] | None],
-    ) -> smoke.SmokeReport:
+    ) -> smoke_report.SmokeReport:
         """Smoke-check the restored files in the stage; the command sees the whole result."""
         view: dict[str, Path] = {}
         staged_paths = {i.entry.path for i in staged}
@@ -523,8 +523,8 @@ class _Checkout:
                 f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
                 "as verified"
             )
-            extra = smoke.Check("staged-unchanged", changed[0], False, detail)
-            report = smoke.SmokeReport((*report.checks, extra))
+            extra = smoke_report.Check("staged-unchanged", changed[0], False, detail)
+            report = smoke_report.SmokeReport((*report.checks, extra))
         return report
 
     # -- swap ------------------------------------------------------------------------------

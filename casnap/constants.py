@@ -142,10 +142,10 @@ LOCK_WAIT_SECONDS = 60.0
 SKIP_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 TEMP_PREFIX = ".casnap-tmp-"
 
-# Smoke checks of restored files (casnap/smoke.py). A database up to this size gets PRAGMA
-# integrity_check, which also cross-checks every index entry against its table row and is several
-# times slower than quick_check; above it, quick_check (every page, b-tree and freelist is still
-# read) keeps a checkout of a large database to about one sequential read of it.
+# Smoke checks of restored databases (casnap/smoke_sqlite.py). A database up to this size gets
+# PRAGMA integrity_check, which also cross-checks every index entry against its table row and is
+# several times slower than quick_check; above it, quick_check (every page, b-tree and freelist is
+# still read) keeps a checkout of a large database to about one sequential read of it.
 SMOKE_QUICK_CHECK_ABOVE = 256 * 1024 * 1024
 
 # Row counts (SELECT count(*) per table, a read of each table's smallest b-tree) are listed for

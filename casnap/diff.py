@@ -28,7 +28,7 @@ from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.private import FILE_MODE
 from casnap.repository import Repository
-from casnap.smoke import TableInfo, list_tables, quote_ident
+from casnap.smoke_sqlite import TableInfo, list_tables, quote_ident
 
 Refs = list[tuple[ObjectId, int]]
 

@@ -25,6 +25,7 @@ from casnap import (
     capture,
     chunklist,
     compression,
+    consistency,
     locks,
     pipeline,
     private,
@@ -510,7 +511,7 @@ class Repository:
         sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
         # FAISS indexes whole and against their sidecars, before anything is read or stored
         pairs = (
-            smoke.consistency_warnings(data_dir, [s.path for s in sources])
+            consistency.consistency_warnings(data_dir, [s.path for s in sources])
             if opts.check_pairs
             else []
         )
