@@ -17,9 +17,16 @@ import pytest
 
 import casnap
 from casnap.chunking import choose_chunker
+from casnap.chunking.faiss import _Layout
 from casnap.constants import SNIFF_BYTES
 from casnap.formats import sniff
-from casnap.formats.faiss import FOURCC_TYPES, faiss_header, faiss_kind, read_faiss_header
+from casnap.formats.faiss import (
+    FOURCC_TYPES,
+    faiss_header,
+    faiss_kind,
+    layout_sections,
+    read_faiss_header,
+)
 from casnap.formats.sqlite import (
     SQLITE_HEADER_SIZE,
     SQLITE_MAGIC,
@@ -30,6 +37,7 @@ from casnap.formats.sqlite import (
     wal_mode,
 )
 from casnap.repository import default_config
+from tests import helpers_chunking as h
 
 PACKAGE = Path(casnap.__file__).parent
 
@@ -107,3 +115,18 @@ def test_sqlite_lock_ranges_name_the_database_and_its_shm() -> None:
         ("app.db", 0x40000000, 512),
         ("app.db-shm", 120, 9),
     )
+
+
+@pytest.mark.parametrize("name", sorted(h.BUILDERS))
+def test_the_chunker_streams_the_layout_the_format_describes(name: str) -> None:
+    # the chunker's streaming driver and layout_sections walk the same parser: same arrays,
+    # whatever the buffer sizes and wherever the file was cut short
+    data = h.index_bytes(h.BUILDERS[name][1](200))
+    for end in (len(data), len(data) - 1, len(data) // 2, 60, 3):
+        cut = data[:end]
+        expected, _ = layout_sections(cut)
+        for block in (7, 1000, len(cut) + 1):
+            layout = _Layout()
+            for at in range(0, len(cut), block):
+                layout.feed(memoryview(cut)[at : at + block], at)
+            assert [(a, b, k) for a, b, k, _ in layout.sections] == expected, (end, block)

@@ -168,7 +168,12 @@ def faiss_kind(header: bytes) -> str | None:
     return None
 
 
-# The chunker drives it over a stream as buffers arrive; expected_end drives it with seeks.
+# -- the layout parser -------------------------------------------------------------------------
+# A generator that yields requests and receives the bytes it asked for:
+#   Read(n)    -> the next n bytes of the file (a header field)
+#   Section(k) -> the next `length` bytes form one array of kind k (the parser never sees them)
+# The chunker drives it over a stream as buffers arrive; layout_sections over a whole file;
+# expected_end with reads at offsets, stepping over the arrays.
 
 # Section kinds: the chunker gives each its own block size (FaissChunker parameters).
 VECTORS = "vectors"  # float32 vectors: Flat codes, HNSW storage, IVF centroids
@@ -181,12 +186,6 @@ IDS = "ids"  # id maps and direct maps
 # may hold.
 MAX_FIELD = 16 * 1024 * 1024
 _INDEX_HEADER = struct.Struct("<iqqq?i")  # d, ntotal, dummy, dummy, is_trained, metric_type
-
-
-# -- the layout parser -------------------------------------------------------------------------
-# A generator that yields requests and receives the bytes it asked for:
-#   Read(n)    -> the next n bytes of the file (a header field)
-#   Section(k) -> the next `length` bytes form one array of kind k (the parser never sees them)
 
 
 class Unsupported(Exception):
