@@ -25,7 +25,6 @@ from casnap.constants import (
     SKIP_NAMES,
     SOURCE_RETRIES,
     SQLITE_BUSY_TIMEOUT,
-    SQLITE_SIDE_SUFFIXES,
     STAT_SETTLE_NS,
     TEMP_PREFIX,
 )
@@ -37,10 +36,10 @@ from casnap.errors import (
     StorageFull,
     from_oserror,
 )
+from casnap.formats import sniff
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite, wal_mode
 from casnap.fsutil import create_file, make_dirs, temp_name
 from casnap.manifest import check_path
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,6 @@ class SourceFile:
     path: str  # relative, POSIX
     abspath: Path
     kind: str  # "file" or "sqlite"
-
-
-def is_sqlite(path: Path) -> bool:
-    """True when the file starts with SQLite's 16-byte header."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) == SQLITE_MAGIC
-    except OSError:
-        return False
 
 
 def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
@@ -322,14 +312,9 @@ def _idle_wal_database(path: Path) -> bool:
     Opening such a database, even read-only, creates the missing side files beside it; casnap
     must not leave files behind in a data dir it only reads.
     """
-    try:
-        with open(path, "rb") as f:
-            header = f.read(20)
-    except OSError:
+    if not wal_mode(sniff(path)):
         return False
-    wal_mode = len(header) == 20 and header[18] == 2 and header[19] == 2
-    both = all(os.path.exists(str(path) + s) for s in ("-wal", "-shm"))
-    return wal_mode and not both
+    return not all(os.path.exists(str(path) + s) for s in ("-wal", "-shm"))
 
 
 def _private_copy(path: Path, tmp_dir: Path) -> Path | None:

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from casnap import capture, chunklist, compression, pipeline, rollback, smoke
+from casnap import capture, chunklist, compression, consistency, pipeline, rollback
 from casnap import restored as restored_files
-from casnap.chunking import HEADER_BYTES, choose_chunker
+from casnap.chunking import choose_chunker
 from casnap.config import now_iso
-from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SOURCE_RETRIES
+from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
     AccessDenied,
     EmptySnapshot,
@@ -233,7 +233,7 @@ class Committer:
         sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
         # FAISS indexes whole and against their sidecars, before anything is read or stored
         pairs = (
-            smoke.consistency_warnings(data_dir, [s.path for s in sources])
+            consistency.consistency_warnings(data_dir, [s.path for s in sources])
             if opts.check_pairs
             else []
         )
@@ -464,7 +464,7 @@ class Committer:
         # a data-dir file is opened without following a link swapped in since the scan
         fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
-            header = f.read(HEADER_BYTES)
+            header = f.read(SNIFF_BYTES)
             f.seek(0)
             chunker = choose_chunker(header, self.repo.config["chunker"])
             stream: BinaryIO = f
@@ -521,7 +521,7 @@ def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]]
     size = 0
     try:
         with open(path, "rb") as f:
-            header = f.read(HEADER_BYTES)
+            header = f.read(SNIFF_BYTES)
             f.seek(0)
             chunker = choose_chunker(header, repo.config["chunker"])
             for piece in chunker.split(f):

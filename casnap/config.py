@@ -32,6 +32,8 @@ from casnap.constants import (
     ZSTD_LEVEL,
 )
 from casnap.errors import CasnapError, IntegrityError, UnsupportedFormat
+from casnap.formats.faiss import FAISS_SAMPLE_HEADER
+from casnap.formats.sqlite import SQLITE_SAMPLE_HEADER
 
 # zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
@@ -104,7 +106,7 @@ def parse_config(raw: bytes, location: str) -> dict[str, Any]:
             raise TypeError("the default chunker is not an object")
         make_chunker(chunker)
         choose_chunker(b"", cfg["chunker"])
-        for sample in (b"SQLite format 3\x00\x10\x00", b"IxF2"):
+        for sample in (SQLITE_SAMPLE_HEADER, FAISS_SAMPLE_HEADER):
             choose_chunker(sample, cfg["chunker"])
         sizes = {
             "pack_target": (cfg["pack_target"], 1, MAX_PACK_TARGET),

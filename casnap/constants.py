@@ -142,13 +142,10 @@ LOCK_WAIT_SECONDS = 60.0
 SKIP_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 TEMP_PREFIX = ".casnap-tmp-"
 
-# SQLite side files that are never stored as files: the backup API captures their content.
-SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
-
-# Smoke checks of restored files (casnap/smoke.py). A database up to this size gets PRAGMA
-# integrity_check, which also cross-checks every index entry against its table row and is several
-# times slower than quick_check; above it, quick_check (every page, b-tree and freelist is still
-# read) keeps a checkout of a large database to about one sequential read of it.
+# Smoke checks of restored databases (casnap/smoke_sqlite.py). A database up to this size gets
+# PRAGMA integrity_check, which also cross-checks every index entry against its table row and is
+# several times slower than quick_check; above it, quick_check (every page, b-tree and freelist is
+# still read) keeps a checkout of a large database to about one sequential read of it.
 SMOKE_QUICK_CHECK_ABOVE = 256 * 1024 * 1024
 
 # Row counts (SELECT count(*) per table, a read of each table's smallest b-tree) are listed for
@@ -161,8 +158,11 @@ SMOKE_ROWCOUNT_MAX = 1024 * 1024 * 1024
 FAISS_PROBE_MEMORY = 4 * 1024 * 1024 * 1024
 FAISS_PROBE_TIMEOUT = 600.0
 
-# Bytes read from the start of a file to recognise a FAISS index and read its vector count.
-FAISS_HEADER_BYTES = 64
+# Bytes read from the start of a file to tell what it is (casnap/formats/): every question about
+# a file's type is answered from one read of this many bytes. 100 is SQLite's database header (its
+# magic, page size and WAL mode bytes), the longest header any question needs; a FAISS index
+# header (fourcc, dimension, vector count, two marker fields) is 32 bytes.
+SNIFF_BYTES = 100
 
 # The tag of the snapshot a checkout takes of target data no snapshot holds before replacing it.
 SAFETY_TAG = "pre-checkout"

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from casnap import capture
-from casnap.chunking.faiss import file_shortfall, shortfall
 from casnap.committer import chunk_file
-from casnap.constants import FAISS_HEADER_BYTES
+from casnap.constants import SNIFF_BYTES
 from casnap.errors import IntegrityError, from_oserror
+from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
 from casnap.fsutil import FILE_MODE
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
-from casnap.smoke import FaissHeader, TableInfo, faiss_header, list_tables, quote_ident
+from casnap.smoke_sqlite import TableInfo, list_tables, quote_ident
 from casnap.staging import restore_entry
 
 Refs = list[tuple[ObjectId, int]]
@@ -183,14 +183,14 @@ class _Side:
             return f.head
         if f.local is not None:
             with open(f.local, "rb") as fh:
-                f.head = fh.read(FAISS_HEADER_BYTES)
+                f.head = fh.read(SNIFF_BYTES)
             return f.head
         out = b""
         for cid, _ in f.refs:
             out += self.repo.store.get(cid)
-            if len(out) >= FAISS_HEADER_BYTES:
+            if len(out) >= SNIFF_BYTES:
                 break
-        f.head = out[:FAISS_HEADER_BYTES]
+        f.head = out[:SNIFF_BYTES]
         return f.head
 
 

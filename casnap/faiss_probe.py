@@ -1,5 +1,7 @@
 """Read and search FAISS indexes in a child process: `python -P .../casnap/faiss_probe.py`.
 
+casnap/faiss_child.py starts the child, feeds it and watches it; this is the script it runs.
+
 Run as a script it imports nothing of casnap (only the standard library and FAISS), so the child
 starts fast. A damaged index can make the FAISS reader crash or ask for absurd allocations; run
 here, that fails one smoke check instead of the casnap process. Input on stdin: one JSON object

@@ -20,14 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from casnap.constants import SQLITE_SIDE_SUFFIXES
 from casnap.errors import CasnapError, DatabaseBusy, from_oserror
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, sqlite_lock_ranges
 from casnap.fsdir import Dir
 
-# SQLite's lock bytes (os_unix.c): PENDING_BYTE, then RESERVED, then 510 SHARED bytes; a WAL
-# database's -shm holds its 8 lock slots at 120 and the "dead man switch" byte at 128.
-_DB_LOCKS = (0x40000000, 512)
-_SHM_LOCKS = (120, 9)
 _FLOCK = "hhqqi4x"  # struct flock on Linux (x86_64 and aarch64): type, whence, start, len, pid
 
 
@@ -55,7 +51,7 @@ def lock_holder(fd: int, start: int, length: int) -> int | None:
 
 def sqlite_lock(parent: Dir, name: str) -> int | None:
     """A process holding a SQLite lock on the database name in parent (or on its -shm)."""
-    for fname, (start, length) in ((name, _DB_LOCKS), (name + "-shm", _SHM_LOCKS)):
+    for fname, start, length in sqlite_lock_ranges(name):
         if parent.lstat(fname) is None:
             continue
         try:
@@ -206,7 +202,7 @@ def held_sqlite_locks(parent: Dir, name: str, shown: Path) -> Iterator[None]:
     connection holds one. Closing the descriptors releases them."""
     fds = []
     try:
-        for fname, (start, length) in ((name, _DB_LOCKS), (name + "-shm", _SHM_LOCKS)):
+        for fname, start, length in sqlite_lock_ranges(name):
             if parent.lstat(fname) is None:
                 continue
             try:

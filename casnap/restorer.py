@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, fsutil, inuse, selection, smoke
+from casnap import capture, fsutil, inuse, selection, smoke, smoke_report
 from casnap import restored as restored_files
-from casnap.capture import SQLITE_MAGIC
 from casnap.committer import CommitOptions, Committer
-from casnap.constants import SAFETY_TAG, SQLITE_SIDE_SUFFIXES, STAT_SETTLE_NS
+from casnap.constants import SAFETY_TAG, SNIFF_BYTES, STAT_SETTLE_NS
 from casnap.errors import (
     CasnapError,
     HostileManifest,
@@ -32,6 +31,7 @@ from casnap.errors import (
     SourceError,
     from_oserror,
 )
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
 from casnap.fsdir import Dir, Tree, split
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
@@ -379,7 +379,7 @@ class _Checkout:
         fd = parent.open_file(name)
         with os.fdopen(fd, "rb") as f:
             try:
-                if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                if is_sqlite_header(f.read(SNIFF_BYTES)):
                     with contextlib.suppress(CasnapError):  # unreadable as a database: raw bytes
                         with capture.sqlite_image(
                             parent.proc(name), self.repo.tmp_dir, self.repo.notify
@@ -446,7 +446,7 @@ class _Checkout:
         removals: list[str],
         checks: smoke.SmokeSession,
         before: dict[str, tuple[int, ...] | None],
-    ) -> smoke.SmokeReport:
+    ) -> smoke_report.SmokeReport:
         """Smoke-check the restored files in the stage; the command sees the whole result."""
         view: dict[str, Path] = {}
         staged_paths = {i.entry.path for i in staged}
@@ -475,8 +475,8 @@ class _Checkout:
                 f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
                 "as verified"
             )
-            extra = smoke.Check("staged-unchanged", changed[0], False, detail)
-            report = smoke.SmokeReport((*report.checks, extra))
+            extra = smoke_report.Check("staged-unchanged", changed[0], False, detail)
+            report = smoke_report.SmokeReport((*report.checks, extra))
         return report
 
     # -- swap ------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ def _is_sqlite(parent: Dir, name: str) -> bool:
     except CasnapError:
         return False
     try:
-        return os.pread(fd, len(SQLITE_MAGIC), 0) == SQLITE_MAGIC
+        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
     except OSError:
         return False
     finally:

@@ -19,12 +19,11 @@ from casnap.chunking import (
     FixedChunker,
     SQLitePageChunker,
     choose_chunker,
-    faiss_kind,
     make_chunker,
-    sqlite_page_size,
 )
-from casnap.chunking.faiss import LISTS, layout_sections
 from casnap.config import default_config
+from casnap.formats.faiss import LISTS, faiss_kind, layout_sections
+from casnap.formats.sqlite import sqlite_page_size
 from tests import helpers_chunking as h
 
 CONFIG = default_config()["chunker"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from casnap import sample
+from casnap import sample, sample_faiss
 
 TABLES = ("documents", "chunks", "audit_log", "metrics")
 SIZE_MB = 2.0
@@ -121,7 +121,7 @@ def test_indexes_are_readable_and_match_sidecars(generated: Path) -> None:
         meta = read_meta(path)
         assert isinstance(index, expected.get(path.stem, faiss.IndexFlatL2)), path.name
         assert index.ntotal == meta["ntotal"] > 0
-        assert index.d == meta["dim"] == sample.DIM
+        assert index.d == meta["dim"] == sample_faiss.DIM
         assert meta["type"] == type(index).__name__
         assert index.is_trained
     capacity = read_meta(shards(generated)[0])["capacity"]

@@ -18,15 +18,12 @@ from click.testing import CliRunner
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import SmokeCheckFailed
+from casnap.faiss_child import probe_faiss
+from casnap.formats.faiss import faiss_header, sidecar_of
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.smoke import (
-    check_sqlite,
-    faiss_header,
-    probe_faiss,
-    sidecar_of,
-    smoke_check,
-)
+from casnap.smoke import smoke_check
+from casnap.smoke_sqlite import check_sqlite
 from tests.helpers_smoke import (
     CHECK_FAILED,
     DIM,
@@ -372,12 +369,12 @@ def test_sample_app_with_random_bytes_in_an_index(tmp_path: Path) -> None:
 def test_faiss_reader_that_does_not_finish_fails_the_check(
     app: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from casnap import smoke
+    from casnap import faiss_child
 
     first = commit(repo, app).id
     evolve_app(app)
     before = raw_tree(app)
-    monkeypatch.setattr(smoke, "FAISS_PROBE_TIMEOUT", 0.001)  # the child cannot even start
+    monkeypatch.setattr(faiss_child, "FAISS_PROBE_TIMEOUT", 0.001)  # the child cannot even start
     with pytest.raises(SmokeCheckFailed, match="did not finish") as err:
         checkout(repo, first, app, safety_snapshot=False)
     assert {c["check"] for c in err.value.checks} == {"faiss-read"}

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from casnap import smoke
+from casnap import faiss_child, smoke_report
 from casnap.committer import commit
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.smoke import SmokeSession, check_sqlite, smoke_check
+from casnap.smoke import SmokeSession, smoke_check
+from casnap.smoke_sqlite import check_sqlite
 from casnap.staging import smoke_verify
 from tests.helpers_smoke import break_index, make_app
 
@@ -35,7 +36,7 @@ def staged_copy(app: Path, stage: Path) -> dict[str, Path]:
     return view
 
 
-def outcome(report: smoke.SmokeReport) -> list[tuple[str, str, bool, str]]:
+def outcome(report: smoke_report.SmokeReport) -> list[tuple[str, str, bool, str]]:
     return [(c.check, c.path, c.ok, c.detail) for c in report.checks]
 
 
@@ -104,7 +105,7 @@ def test_checkout_with_overlapped_checks_reports_every_file(tmp_path: Path) -> N
 
 def test_probe_child_loads_faiss_without_casnap(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-P", "-X", "importtime", str(smoke._PROBE_SCRIPT)],
+        [sys.executable, "-P", "-X", "importtime", str(faiss_child.PROBE_SCRIPT)],
         input=b"",
         capture_output=True,
         check=True,

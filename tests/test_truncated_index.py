@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap.chunking.faiss import expected_end, shortfall
 from casnap.cli import cli
 from casnap.committer import commit
+from casnap.formats.faiss import expected_end, shortfall
 from casnap.repository import Repository
 from tests.helpers_chunking import BUILDERS, index_bytes
 from tests.helpers_smoke import CHECK_FAILED, make_app

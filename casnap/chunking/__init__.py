@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from casnap.chunking.base import FLOAT32, GENERIC, Block, Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
-from casnap.chunking.faiss import FaissChunker, faiss_kind
-from casnap.chunking.select import HEADER_BYTES, choose_chunker, make_chunker
-from casnap.chunking.sqlite import SQLitePageChunker, sqlite_page_size
+from casnap.chunking.faiss import FaissChunker
+from casnap.chunking.select import choose_chunker, make_chunker
+from casnap.chunking.sqlite import SQLitePageChunker
 
 __all__ = [
     "FLOAT32",
     "GENERIC",
-    "HEADER_BYTES",
     "Block",
     "Chunker",
     "FaissChunker",
@@ -19,7 +18,5 @@ __all__ = [
     "FixedChunker",
     "SQLitePageChunker",
     "choose_chunker",
-    "faiss_kind",
     "make_chunker",
-    "sqlite_page_size",
 ]

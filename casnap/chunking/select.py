@@ -6,12 +6,11 @@ from typing import Any
 
 from casnap.chunking.base import Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
-from casnap.chunking.faiss import FaissChunker, faiss_kind
-from casnap.chunking.sqlite import SQLitePageChunker, sqlite_page_size
+from casnap.chunking.faiss import FaissChunker
+from casnap.chunking.sqlite import SQLitePageChunker
 from casnap.constants import MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
-
-#: Bytes of a file's start that choose_chunker needs to see.
-HEADER_BYTES = 100
+from casnap.formats.faiss import faiss_kind
+from casnap.formats.sqlite import sqlite_page_size
 
 
 def make_chunker(spec: dict[str, Any]) -> Chunker:
@@ -62,7 +61,8 @@ def _sizes(spec: dict[str, Any], *names: str) -> dict[str, int]:
 
 
 def choose_chunker(header: bytes, config: dict[str, Any]) -> Chunker:
-    """A fresh chunker for a file whose first bytes are `header`, under the repository's config.
+    """A fresh chunker for a file whose first bytes (SNIFF_BYTES of them) are `header`, under the
+    repository's config.
 
     The choice looks at content only, never at file names: a SQLite header gets page-sized
     pieces, a FAISS index gets layout-aware pieces, anything else the default (FastCDC). A config
