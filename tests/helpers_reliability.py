@@ -19,8 +19,8 @@ from pathlib import Path
 
 from casnap import locks
 from casnap.backends import Backend, LocalBackend
+from casnap.collect import collect
 from casnap.constants import TEMP_PREFIX
-from casnap.gc import collect
 from casnap.ids import Hasher
 from casnap.repository import Repository, default_config
 from casnap.verify import VerifyReport, verify

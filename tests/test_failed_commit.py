@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc
+from casnap import collect
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
 from casnap.chunkindex import decode_index_arrays
@@ -134,7 +134,7 @@ def test_failed_commit_leaves_its_packs_to_gc_while_another_holds_a_lock(tmp_pat
             Repository.open_backend(wrapped, tmp_path / "tmp").commit(data)
         left = unindexed_packs(backend)
         assert left
-    report = gc.collect(Repository.open(tmp_path / "repo"))
+    report = collect.collect(Repository.open(tmp_path / "repo"))
     assert report.packs_unindexed == len(left)
     assert not unindexed_packs(backend) and keys(backend) == before
     check_healthy(backend, ledger, tmp_path / "check", data)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from casnap import gc, locks, retention, verify
+from casnap import collect, locks, retention, verify
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
 from casnap.errors import CasnapError, IntegrityError, StorageFull
@@ -190,7 +190,7 @@ def _run(op: str, repo: Repository, data: Path, target: Path, first: str) -> obj
     if op in ("checkout", "checkout-new"):
         return repo.checkout(first, target, safety_snapshot=(op == "checkout"), smoke=False).id
     if op == "gc":
-        return gc.collect(repo, max_unused=0.0)
+        return collect.collect(repo, max_unused=0.0)
     if op == "prune":
         return retention.prune(repo, retention.Policy(last=1))
     report = verify.verify(repo, read_data=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, retention, verify
+from casnap import collect, retention, verify
 from casnap.backends.local import LocalBackend
 from casnap.cli import cli
 from casnap.constants import TEMP_PREFIX
@@ -118,10 +118,10 @@ def test_gc_dry_run_changes_no_file(tmp_path: Path) -> None:
 def test_second_gc_finds_nothing_to_do(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 3)
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
-    first = gc.collect(repo)
+    first = collect.collect(repo)
     assert first.packs_repacked + first.packs_deleted > 0
     before = listing(tmp_path / "repo")
-    second = gc.collect(repo)
+    second = collect.collect(repo)
     assert second.bytes_freed == 0
     assert second.index_files_written == 0 and second.packs_written == 0
     assert {k: v for k, v in listing(tmp_path / "repo").items() if "locks" not in k} == before
@@ -130,12 +130,12 @@ def test_second_gc_finds_nothing_to_do(tmp_path: Path) -> None:
 def test_max_unused_threshold(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 3)
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
-    lazy = gc.collect(repo, dry_run=True, max_unused=100)
+    lazy = collect.collect(repo, dry_run=True, max_unused=100)
     assert lazy.packs_repacked == 0
-    eager = gc.collect(repo, dry_run=True, max_unused=0)
+    eager = collect.collect(repo, dry_run=True, max_unused=0)
     assert eager.packs_repacked > 0
     for fate in eager.packs:
-        if fate.action == gc.REPACK:
+        if fate.action == collect.REPACK:
             assert fate.unused_bytes > 0
 
 
@@ -150,7 +150,7 @@ def test_gc_removes_leftovers_of_crashed_commits(tmp_path: Path) -> None:
     (root / "tmp").mkdir(exist_ok=True)
     (root / "tmp" / f"{TEMP_PREFIX}123-abc.db").write_bytes(b"half a database")
     (root / "index" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"torn")
-    r = gc.collect(Repository.open(root))
+    r = collect.collect(Repository.open(root))
     assert r.packs_unindexed == 1 and r.temp_files_removed == 2
     assert not (root / pack_key(orphan)).exists()
     assert not list(root.rglob(f"{TEMP_PREFIX}*"))
@@ -167,7 +167,7 @@ def test_gc_refuses_when_a_needed_chunk_is_not_indexed(tmp_path: Path) -> None:
         p.unlink()
     before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped before changing anything"):
-        gc.collect(Repository.open(root))
+        collect.collect(Repository.open(root))
     assert pack_files(root) == before
 
 
@@ -180,7 +180,7 @@ def test_gc_refuses_on_a_damaged_chunk_list(tmp_path: Path) -> None:
     flip_byte(root / pack_key(e.pack), e.offset + e.length // 2)
     before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped"):
-        gc.collect(Repository.open(root))
+        collect.collect(Repository.open(root))
     assert pack_files(root) == before
 
 
@@ -194,7 +194,7 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
     kept = {sid.hex(): states[i] for i, (sid, _) in enumerate(snaps) if i not in (0, 2)}
     clean = tmp_path / "clean"
     shutil.copytree(tpl_root, clean)
-    gc.collect(Repository.open(clean))
+    collect.collect(Repository.open(clean))
     clean_size = repo_bytes(clean)
 
     crashes = 0
@@ -203,7 +203,7 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
         shutil.copytree(tpl_root, root)
         backend = CrashingBackend(LocalBackend(root), n)
         try:
-            gc.collect(Repository.open_backend(backend, root / "tmp"))
+            collect.collect(Repository.open_backend(backend, root / "tmp"))
         except Crash:
             crashes += 1
         if not backend.crashed:
@@ -214,9 +214,9 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
             out = root.parent / f"out{n}-{sid[:8]}"
             repo.checkout(sid, out, safety_snapshot=False)
             assert same_content(out, state), (n, sid)
-        gc.collect(repo)
+        collect.collect(repo)
         assert verify.verify(repo, read_data=True).ok, n
-        again = gc.collect(repo, dry_run=True)
+        again = collect.collect(repo, dry_run=True)
         assert again.bytes_freed == 0, n
         assert repo_bytes(root) == clean_size, n
         shutil.rmtree(root)
@@ -237,7 +237,7 @@ def test_gc_waits_for_a_commit_in_progress(tmp_path: Path) -> None:
     def run_gc() -> None:
         started.set()
         try:
-            result["gc"] = gc.collect(Repository.open(root))
+            result["gc"] = collect.collect(Repository.open(root))
         except Exception as exc:  # noqa: BLE001 - handed to the main thread
             result["error"] = exc
 
@@ -285,7 +285,7 @@ def _commit_and_gc_together(root: Path, data: Path, use_process: bool) -> str:
     def do_gc() -> None:
         try:
             barrier.wait()
-            gc.collect(Repository.open(root))
+            collect.collect(Repository.open(root))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -332,7 +332,7 @@ def test_long_lived_repository_sees_gc_of_another(tmp_path: Path) -> None:
     stale.checkout("latest", tmp_path / "warm", safety_snapshot=False)  # caches index, snapshots
     other = Repository.open(root)
     retention.forget(other, [old_id])
-    r = gc.collect(other)
+    r = collect.collect(other)
     assert r.packs_repacked + r.packs_deleted > 0
     restore_state(data, states[0])
     new_id = stale.commit(data).id  # would reuse deleted chunks with a stale index
@@ -361,14 +361,14 @@ def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 3)
     root = tmp_path / "repo"
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
-    plan = gc.plan(Repository.open(root), max_unused=0)
-    pack = next(f.pack for f in plan.report.packs if f.action == gc.REPACK)
+    plan = collect.plan(Repository.open(root), max_unused=0)
+    pack = next(f.pack for f in plan.report.packs if f.action == collect.REPACK)
     cid, e = max(plan.keep[pack], key=lambda item: item[1].length)
     flip_byte(root / pack_key(pack), e.offset + e.length // 2)
     index_before = {p.name for p in (root / "index").iterdir()}
     packs_before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped before deleting anything"):
-        gc.collect(Repository.open(root), max_unused=0)
+        collect.collect(Repository.open(root), max_unused=0)
     assert {p.name for p in (root / "index").iterdir()} == index_before
     assert packs_before <= pack_files(root)  # at most new, unindexed packs were added
     report = verify.verify(Repository.open(root), read_data=True)
@@ -385,7 +385,7 @@ def test_gc_keeps_the_index_entry_its_pack_confirms(tmp_path: Path) -> None:
         key=lambda item: item[1].length,
     )
     repo.store.write_index({cid: e._replace(offset=e.offset - 1)})  # sorts before the right one
-    r = gc.collect(Repository.open(root))
+    r = collect.collect(Repository.open(root))
     assert r.index_files_written == 1
     fresh = Repository.open(root)
     fresh.store.load_index()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from casnap import gc, repair, retention, verify
+from casnap import collect, repair, retention, verify
 from casnap.chunkindex import (
     FIELD_DTYPE,
     EntryTable,
@@ -113,9 +113,9 @@ def test_dry_run_predicts_what_gc_frees(
     repo, _, _ = build_history(tmp_path, states)
     snaps = repo.snapshots()
     retention.forget(repo, [snaps[i][0].hex() for i in forget])
-    dry = gc.collect(repo, dry_run=True)
+    dry = collect.collect(repo, dry_run=True)
     before = repo_bytes(tmp_path / "repo")
-    real = gc.collect(repo)
+    real = collect.collect(repo)
     assert real.packs_repacked > 0 and real.bytes_freed > 0
     assert real.bytes_freed == before - repo_bytes(tmp_path / "repo")
     assert dry.bytes_freed == real.bytes_freed
@@ -132,21 +132,21 @@ def test_merging_index_files_alone_is_predicted_exactly_and_frees_bytes(tmp_path
     repo, _, _ = build_history(tmp_path, 5)
     root = tmp_path / "repo"
     assert len(list((root / "index").iterdir())) == 5
-    dry = gc.collect(repo, dry_run=True)
+    dry = collect.collect(repo, dry_run=True)
     before = repo_bytes(root)
-    real = gc.collect(repo)
+    real = collect.collect(repo)
     assert real.packs_repacked == real.packs_deleted == 0
     assert real.index_files_removed == 5 and real.index_files_written == 1
     assert dry.index_bytes_written == real.index_bytes_written
     assert dry.bytes_freed == real.bytes_freed == before - repo_bytes(root)
     assert real.bytes_freed >= 0
-    assert gc.collect(repo, dry_run=True).bytes_freed == 0
+    assert collect.collect(repo, dry_run=True).bytes_freed == 0
 
 
 def test_repair_index_writes_what_gc_writes(tmp_path: Path) -> None:
     """Both rebuild one index in pack order: from the same packs, the same file."""
     repo, _, _ = build_history(tmp_path, 3)
-    gc.collect(repo)
+    collect.collect(repo)
     root = tmp_path / "repo"
     (written,) = (root / "index").iterdir()
     copy = tmp_path / "copy"

@@ -24,8 +24,8 @@ from casnap import retention
 from casnap.backends import LocalBackend
 from casnap.backends import faulty as F
 from casnap.checkout import SAFETY_TAG
+from casnap.collect import collect
 from casnap.constants import TEMP_PREFIX
-from casnap.gc import collect
 from casnap.repository import Repository
 from casnap.tempfiles import HOST_TAG, STAGE_PREFIX
 from casnap.verify import verify

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, repository, retention, verify
+from casnap import collect, repository, retention, verify
 from casnap.cli import cli
 from casnap.errors import InvalidPolicy
 from casnap.repository import Repository
@@ -418,4 +418,4 @@ def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
     repo = Repository.open(root)
     assert [s.hex() for s, _ in repo.snapshots()] == [ids[1], ids[3]]
     assert verify.verify(repo, read_data=True).ok
-    assert gc.collect(repo).packs_deleted == 0  # forget --prune already collected
+    assert collect.collect(repo).packs_deleted == 0  # forget --prune already collected

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from casnap import gc as collector
+from casnap import collect as collector
 from casnap import locks, repair, retention, selection, stats, verify
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
