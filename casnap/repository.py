@@ -37,6 +37,7 @@ from casnap import restored as restored_files
 from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend
+from casnap.chunkindex import TREE
 from casnap.chunking import HEADER_BYTES, choose_chunker, make_chunker
 from casnap.constants import (
     CDC_AVG,
@@ -73,9 +74,10 @@ from casnap.errors import (
 )
 from casnap.ids import Hasher, ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
+from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
 from casnap.progress import ByteProgress, ProgressFn
-from casnap.store import TREE, PackWriter, Store
+from casnap.store import Store
 
 if TYPE_CHECKING:
     from casnap.checkout import CheckoutResult
@@ -530,7 +532,7 @@ class Repository:
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
         ]
         restored = self._restored(source_dir)
-        writer = self.store.writer()
+        writer = PackWriter(self.store)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
         sizes = [_estimated_size(src) for src in sources]

@@ -355,9 +355,9 @@ def test_bit_rot_is_reported_and_repair_keeps_later_commits_whole(
     backend.put(key, bytes(blob))
     report = verify.verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
     pack = key.rsplit("/", 1)[-1]
-    assert not report.ok and any(pack[:12] in p.line() for p in report.problems), [
-        p.line() for p in report.problems
-    ]
+    assert not report.ok and any(
+        p.pack == pack and pack[:12] in p.line() for p in report.problems
+    ), [p.line() for p in report.problems]
     assert old in report.damaged
     repair_index(Repository.open_backend(backend, tmp_path / "t"))
     tree = snapshot_tree(data)

@@ -15,12 +15,14 @@ from click.testing import CliRunner
 
 from casnap import collect, retention, verify
 from casnap.backends.local import LocalBackend
+from casnap.chunkindex import DATA
 from casnap.cli import cli
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, SnapshotNotFound
 from casnap.ids import hash_bytes
+from casnap.packs import pack_key
+from casnap.packwriter import PackWriter
 from casnap.repository import Repository
-from casnap.store import DATA, pack_key
 from tests.helpers_gc import (
     Crash,
     CrashingBackend,
@@ -32,6 +34,7 @@ from tests.helpers_gc import (
     same_content,
     tree_bytes,
 )
+from tests.util import write_entries
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -143,10 +146,10 @@ def test_gc_removes_leftovers_of_crashed_commits(tmp_path: Path) -> None:
     repo, data, states = build_history(tmp_path, 2)
     root = tmp_path / "repo"
     # a commit that died after writing a pack and before its index: the pack is named nowhere
-    writer = repo.store.writer()
+    writer = PackWriter(repo.store)
     writer.add(hash_bytes(b"never indexed"), DATA, b"\x00never indexed", len(b"never indexed"))
     writer.flush()
-    orphan = next(iter(writer.new.values())).pack
+    (orphan,), _ids, _fields = writer.new_entries()
     (root / "tmp").mkdir(exist_ok=True)
     (root / "tmp" / f"{TEMP_PREFIX}123-abc.db").write_bytes(b"half a database")
     (root / "index" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"torn")
@@ -384,7 +387,7 @@ def test_gc_keeps_the_index_entry_its_pack_confirms(tmp_path: Path) -> None:
         ((c, x) for c, x in repo.store.index.items() if x.type == DATA and x.offset > 64),
         key=lambda item: item[1].length,
     )
-    repo.store.write_index({cid: e._replace(offset=e.offset - 1)})  # sorts before the right one
+    write_entries(repo.store, {cid: e._replace(offset=e.offset - 1)})  # sorts before the right one
     r = collect.collect(Repository.open(root))
     assert r.index_files_written == 1
     fresh = Repository.open(root)

@@ -22,6 +22,7 @@ from casnap import collect, retention, verify
 from casnap.backends.local import LocalBackend
 from casnap.cli import cli, human
 from casnap.constants import TEMP_PREFIX
+from casnap.packwriter import PackWriter
 from casnap.repository import Repository
 from tests.helpers_gc import Crash, CrashingBackend, build_history
 from tests.helpers_reliability import casnap_env, small_config
@@ -69,7 +70,7 @@ def _repack_everything(repo: Repository, root: Path) -> float:
 def _leftovers(repo: Repository, root: Path) -> float:
     """Temp files of interrupted writes, and a pack a killed commit wrote but never indexed."""
     forget(repo, 1)
-    writer = repo.store.writer()
+    writer = PackWriter(repo.store)
     writer.add(b"\x01" * 32, 0, b"\x00" + b"x" * 5000, 5000)
     writer.close()
     (root / "tmp").mkdir(exist_ok=True)

@@ -13,8 +13,8 @@ from casnap import collect, repair, retention, verify
 from casnap.chunkindex import (
     FIELD_DTYPE,
     EntryTable,
-    decode_index_arrays,
-    encode_index_arrays,
+    decode_index,
+    encode_index,
     merge_parts,
     unique_ids,
 )
@@ -80,7 +80,7 @@ def test_merge_parts_writes_pack_then_frame_order_and_only_packs_in_use() -> Non
     assert table == sorted([packs[0], packs[2]])  # packs[1] holds nothing: left out
     order = [(table[int(f["pack"])], int(f["offset"]), int(f["inner"])) for f in out_fields]
     assert order == sorted(order)
-    back = decode_index_arrays("index/x", encode_index_arrays(table, out_ids, out_fields))
+    back = decode_index("index/x", encode_index(table, out_ids, out_fields))
     got = {
         (bytes(i), back[0][int(f["pack"])], int(f["offset"]))
         for i, f in zip(*back[1:], strict=True)
