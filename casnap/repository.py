@@ -78,6 +78,7 @@ from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.store import Store
+from casnap.verify import SmokeVerifyResult
 
 if TYPE_CHECKING:
     from casnap.checkout import CheckoutResult
@@ -148,21 +149,6 @@ class CommitResult:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
     skipped: list[str] = field(default_factory=list)  # left out: could not be read
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class VerifyResult:
-    """What `smoke_verify` found: every hash verified, and the smoke report when checks ran."""
-
-    id: str
-    files: int
-    bytes_verified: int
-    smoke: dict[str, Any] | None
-    ok: bool
-    seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -875,7 +861,7 @@ class Repository:
         smoke_checks: bool = True,
         smoke_cmd: str | None = None,
         progress: ProgressFn | None = None,
-    ) -> VerifyResult:
+    ) -> SmokeVerifyResult:
         """Restore a snapshot into a temporary staging dir (every chunk and file hash verified),
         smoke-check it there like a checkout would, and delete it; no data dir is touched."""
         with self.lock("verify"):
@@ -924,7 +910,7 @@ class Repository:
                         )
             finally:
                 _remove_tree(stage)
-            return VerifyResult(
+            return SmokeVerifyResult(
                 id=sid.hex(),
                 files=len(snap.files),
                 bytes_verified=snap.logical_bytes,

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -32,9 +32,11 @@ from casnap.packs import (
 )
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.reachability import FileUse, Reach, walk
-from casnap.repository import Repository
 from casnap.selection import SnapshotFilter, resolve
 from casnap.store import ChunkDamaged, Store
+
+if TYPE_CHECKING:  # repository.py returns SmokeVerifyResult: it imports this module
+    from casnap.repository import Repository
 
 
 class Affected(NamedTuple):
@@ -132,6 +134,22 @@ class VerifyReport:
         d["problems"] = [p.to_json() for p in self.problems]
         d["summary"] = self.summary()
         return d
+
+
+@dataclass
+class SmokeVerifyResult:
+    """What `Repository.smoke_verify` found: one snapshot restored into a temporary dir with
+    every hash verified, and the smoke report when checks ran (`smoke[]` of verify --json)."""
+
+    id: str
+    files: int
+    bytes_verified: int
+    smoke: dict[str, Any] | None
+    ok: bool
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def verify(
