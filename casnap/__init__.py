@@ -9,16 +9,16 @@ The Python API: open or create a `Repository`, then call the operations on it, a
 
 from __future__ import annotations
 
+from casnap.changes import diff
+from casnap.checker import verify
+from casnap.collector import collect
 from casnap.committer import CommitResult, commit
-from casnap.diff import diff
 from casnap.errors import CasnapError
-from casnap.gc import collect
 from casnap.repository import Repository
 from casnap.restorer import CheckoutResult, checkout
 from casnap.retention import forget, prune
 from casnap.staging import smoke_verify
 from casnap.stats import repository_stats, snapshot_stats
-from casnap.verify import verify
 
 __all__ = [
     "CasnapError",

@@ -107,14 +107,14 @@ def id_matrix(ids: bytes | bytearray | memoryview | Sequence[bytes]) -> np.ndarr
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, ID_SIZE)
 
 
-def _keys(ids: np.ndarray) -> np.ndarray:
+def id_keys(ids: np.ndarray) -> np.ndarray:
     """The sort key of each id: its first 8 bytes as an integer (ids are uniformly random)."""
     if len(ids) == 0:
         return np.zeros(0, dtype=np.uint64)
     return np.ascontiguousarray(ids[:, :8]).view("<u8").reshape(-1)
 
 
-def _find(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def find_rows(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Row of each id of an (m, 32) array among sorted (keys, stored ids), -1 where absent."""
     m = len(ids)
     out = np.full(m, -1, dtype=np.int64)
@@ -122,7 +122,7 @@ def _find(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if m == 0 or n == 0:
         return out
     q = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
-    qk = _keys(q)
+    qk = id_keys(q)
     pos = np.minimum(np.searchsorted(keys, qk), n - 1)
     hit = keys[pos] == qk
     same = hit.copy()
@@ -156,7 +156,7 @@ class IdSet:
         ids = np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
         if not len(ids):
             return
-        keys = _keys(ids)
+        keys = id_keys(ids)
         order = np.argsort(keys, kind="stable")
         with self._lock:
             runs = [*self._runs, (keys[order], ids[order])]
@@ -171,7 +171,7 @@ class IdSet:
         """Boolean array: which ids of an (m, 32) array are in the set."""
         out = np.zeros(len(ids), dtype=bool)
         for keys, stored in self._runs:
-            out |= _find(keys, stored, ids) >= 0
+            out |= find_rows(keys, stored, ids) >= 0
         return out
 
     def __contains__(self, cid: object) -> bool:
@@ -232,15 +232,11 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
                 _, ids0, fields0 = self._arrays
                 ids = np.concatenate([ids0, *(i for i, _ in self._pending)])
                 fields = np.concatenate([fields0, *(f for _, f in self._pending)])
-                keys = _keys(ids)
+                keys = id_keys(ids)
                 order = np.argsort(keys, kind="stable")
                 self._arrays = (keys[order], ids[order], fields[order])
                 self._pending = []
             return self._arrays
-
-    def add_entries(self, entries: Iterable[tuple[ObjectId, IndexEntry]]) -> None:
-        """Merge entries given one by one (small amounts: tests, tools)."""
-        self.add([entries_to_arrays(entries)])
 
     def _pack_number(self, pack: bytes) -> int:
         n = self._pack_no.get(bytes(pack))
@@ -254,7 +250,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id of an (m, 32) array in this index, -1 where absent."""
         keys, stored, _ = self._state()
-        return _find(keys, stored, ids)
+        return find_rows(keys, stored, ids)
 
     def contains_many(self, ids: np.ndarray) -> np.ndarray:
         """Boolean array: which ids of an (m, 32) array are in the index."""
@@ -319,7 +315,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
 # -- index files -------------------------------------------------------------------------------
 
 
-def encode_index_arrays(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray) -> bytes:
+def encode_index(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray) -> bytes:
     """An index file: magic, pack table, ids, then each field as its own column; zstd."""
     n = len(ids)
     table = [bytes(p) for p in packs]
@@ -336,7 +332,7 @@ def encode_index_arrays(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.n
     return b"".join(out)
 
 
-def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+def decode_index(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
     """Parse an index file into (pack table, ids (n, 32), fields); IntegrityError naming it."""
     body = decompress_object(blob, f"{key}: corrupt index file", limit=MAX_INDEX_BYTES)
     if not body.startswith(INDEX_MAGIC):
@@ -349,8 +345,8 @@ def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarr
         pos += npacks * ID_SIZE
         (n,) = struct.unpack_from("<I", body, pos)
         pos += 4
-    except (struct.error, ValueError):
-        raise IntegrityError(f"{key}: truncated index file") from None
+    except (struct.error, ValueError) as exc:
+        raise IntegrityError(f"{key}: truncated index file") from exc
     if len(body) != pos + n * (ID_SIZE + FIELD_DTYPE.itemsize):
         raise IntegrityError(f"{key}: index file has the wrong length")
     ids = np.frombuffer(body, dtype=np.uint8, count=n * ID_SIZE, offset=pos).reshape(-1, ID_SIZE)
@@ -368,41 +364,10 @@ def decode_index_arrays(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarr
     return packs, ids, fields
 
 
-def entries_to_arrays(
-    entries: Iterable[tuple[ObjectId, IndexEntry]],
-) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
-    """(pack table, ids (n, 32), fields) for entries given one by one."""
-    packs: dict[bytes, int] = {}
-    ids: list[bytes] = []
-    rows: list[tuple[int, ...]] = []
-    for cid, e in entries:
-        n = packs.setdefault(bytes(e.pack), len(packs))
-        ids.append(bytes(cid))
-        rows.append((n, e.type, e.offset, e.length, e.plain, e.inner, e.frame_plain))
-    fields = np.array(rows, dtype=FIELD_DTYPE) if rows else np.zeros(0, FIELD_DTYPE)
-    return [ObjectId(p) for p in packs], id_matrix(ids), fields
-
-
-def encode_index(entries: Iterable[tuple[ObjectId, IndexEntry]]) -> bytes:
-    """An index file for entries given one by one."""
-    return encode_index_arrays(*entries_to_arrays(entries))
-
-
-def decode_index(key: str, blob: bytes) -> Iterator[tuple[ObjectId, IndexEntry]]:
-    """The entries of an index file one by one (for tools; the store uses the arrays)."""
-    packs, ids, fields = decode_index_arrays(key, blob)
-    for i in range(len(ids)):
-        f = fields[i]
-        yield (
-            ObjectId(ids[i].tobytes()),
-            entry_of(packs, f),
-        )
-
-
 # -- every entry, for the tools that check or rewrite the index ---------------------------------
 
 
-def _void(ids: np.ndarray) -> np.ndarray:
+def void_ids(ids: np.ndarray) -> np.ndarray:
     """Each 32-byte id as one opaque value, which numpy sorts bytewise (as ObjectIds sort)."""
     ids = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
     return ids.view(np.dtype((np.void, ID_SIZE))).reshape(-1)
@@ -412,7 +377,7 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
     """The distinct ids of an (n, 32) array, sorted bytewise (the order of sorted ObjectIds)."""
     if not len(ids):
         return np.zeros((0, ID_SIZE), dtype=np.uint8)
-    return np.unique(_void(ids)).view(np.uint8).reshape(-1, ID_SIZE)
+    return np.unique(void_ids(ids)).view(np.uint8).reshape(-1, ID_SIZE)
 
 
 def merge_parts(
@@ -499,7 +464,7 @@ class EntryTable:
         ids = np.concatenate(ids_parts) if ids_parts else np.zeros((0, ID_SIZE), np.uint8)
         fields = np.concatenate(field_parts) if field_parts else np.zeros(0, FIELD_DTYPE)
         del ids_parts, field_parts
-        keys = _keys(ids)
+        keys = id_keys(ids)
         order = np.argsort(keys, kind="stable")  # an id's entries: adjacent, first seen first
         sorted_keys = keys[order]
         del keys
@@ -513,7 +478,7 @@ class EntryTable:
                 renumber = np.cumsum(keep) - 1
                 order = renumber[order[keep[order]]]
                 ids, fields = ids[keep], fields[keep]
-                sorted_keys = _keys(ids)[order]
+                sorted_keys = id_keys(ids)[order]
         self.ids: np.ndarray = ids
         self.fields: np.ndarray = fields
         self._order = order
@@ -540,7 +505,7 @@ class EntryTable:
     def rows_of(self, cid: bytes) -> np.ndarray:
         """The rows of every entry of one id, in the order first seen."""
         q = id_matrix(bytes(cid))
-        k = _keys(q)[0]
+        k = id_keys(q)[0]
         lo, hi = np.searchsorted(self._keys, k, "left"), np.searchsorted(self._keys, k, "right")
         same = (self._sorted[lo:hi] == q).all(axis=1)
         return self._order[lo:hi][same]
@@ -549,7 +514,7 @@ class EntryTable:
         """Row of the first entry of each id of an (m, 32) array, -1 where it has none."""
         if not len(self.ids):
             return np.full(len(ids), -1, dtype=np.int64)
-        pos = _find(self._keys, self._sorted, ids)
+        pos = find_rows(self._keys, self._sorted, ids)
         return np.where(pos >= 0, self._order[np.maximum(pos, 0)], -1)
 
     def by_pack(self) -> dict[int, np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, cast
 
 from casnap import capture, chunklist, compression, consistency, pipeline, rollback
 from casnap import restored as restored_files
+from casnap.chunkindex import TREE
 from casnap.chunking import choose_chunker
 from casnap.config import now_iso
 from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SNIFF_BYTES, SOURCE_RETRIES
@@ -40,10 +41,10 @@ from casnap.errors import (
 )
 from casnap.ids import Hasher, ObjectId, hash_bytes
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
+from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
-from casnap.store import TREE, PackWriter
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class Committer:
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
         ]
         restored = self._restored(source_dir)
-        writer = self.repo.store.writer()
+        writer = PackWriter(self.repo.store)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
         sizes = [_estimated_size(src) for src in sources]

@@ -25,14 +25,16 @@ import blake3
 import numpy as np
 
 from casnap import compression
-from casnap.chunkindex import id_matrix
+from casnap.chunkindex import DATA, id_matrix
 from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
 from casnap.constants import READ_BLOCK
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
-from casnap.store import DATA, PackWriter, Store, pack_key
+from casnap.packs import pack_key
+from casnap.packwriter import PackWriter
+from casnap.store import Store
 
 REF_DTYPE = np.dtype([("id", "u1", (ID_SIZE,)), ("length", "<u4")])
 assert REF_DTYPE.itemsize == REF_SIZE

@@ -47,12 +47,12 @@ def repair_index(repo: Repository) -> RepairReport:
     with repo.lock("repair-index"):
         repo.refresh()
         report.packs = sum(1 for _ in backend.list("packs/"))
-        rebuilt = repo.store.rebuild_index_arrays(report.skipped)
+        rebuilt = repo.store.rebuild_index(report.skipped)
         report.chunks_indexed = len(rebuilt[1])
         old = [key for key, _ in backend.list("index/")]
         new_key = None
         if report.chunks_indexed:
-            new_key, _size = repo.store.write_index_arrays(*merge_parts([rebuilt]))
+            new_key, _size = repo.store.write_index(*merge_parts([rebuilt]))
             report.index_written = new_key
         del rebuilt
         for key in old:

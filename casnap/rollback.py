@@ -25,11 +25,11 @@ from pathlib import Path
 
 from casnap import locks
 from casnap.backends.base import Backend
-from casnap.chunkindex import decode_index_arrays
+from casnap.chunkindex import decode_index
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
-from casnap.store import pack_key
+from casnap.packs import pack_key
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def discard_packs(backend: Backend, packs: Sequence[ObjectId]) -> int:
         return 0
     named: set[bytes] = set()
     for key, _size in backend.list("index/"):
-        named.update(bytes(p) for p in decode_index_arrays(key, backend.get(key))[0])
+        named.update(bytes(p) for p in decode_index(key, backend.get(key))[0])
     count = 0
     for pack in packs:
         if bytes(pack) not in named:

@@ -13,11 +13,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from casnap import capture, fsutil, pipeline, smoke
+from casnap.checker import SmokeVerifyResult
 from casnap.errors import CasnapError, IntegrityError, SmokeCheckFailed, from_oserror
 from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
@@ -160,21 +159,6 @@ def restore_entry(
     return size
 
 
-@dataclass
-class VerifyResult:
-    """What `smoke_verify` found: every hash verified, and the smoke report when checks ran."""
-
-    id: str
-    files: int
-    bytes_verified: int
-    smoke: dict[str, Any] | None
-    ok: bool
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 def smoke_verify(
     repo: Repository,
     ref: str,
@@ -182,7 +166,7 @@ def smoke_verify(
     smoke_checks: bool = True,
     smoke_cmd: str | None = None,
     progress: ProgressFn | None = None,
-) -> VerifyResult:
+) -> SmokeVerifyResult:
     """Restore a snapshot into a staging dir in the repository's scratch space (every chunk and
     file hash verified), smoke-check it there as a checkout would, and delete it; no data dir is
     touched."""
@@ -215,7 +199,7 @@ def smoke_verify(
                     smoke_cmd=smoke_cmd,
                     env={"CASNAP_SNAPSHOT": sid.hex()},
                 )
-        return VerifyResult(
+        return SmokeVerifyResult(
             id=sid.hex(),
             files=len(snap.files),
             bytes_verified=snap.logical_bytes,
@@ -225,7 +209,7 @@ def smoke_verify(
         )
 
 
-def raise_if_smoke_failed(results: Sequence[VerifyResult]) -> None:
+def raise_if_smoke_failed(results: Sequence[SmokeVerifyResult]) -> None:
     """SmokeCheckFailed naming the first few failed checks of smoke_verify results, if any."""
     bad = [(r.id, ch) for r in results if r.smoke for ch in r.smoke["checks"] if not ch["ok"]]
     if bad:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from casnap import locks
 from casnap.backends import Backend, LocalBackend
+from casnap.checker import VerifyReport, verify
+from casnap.collector import collect
 from casnap.committer import commit
 from casnap.config import default_config
 from casnap.constants import TEMP_PREFIX
-from casnap.gc import collect
 from casnap.ids import Hasher
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.verify import VerifyReport, verify
 from tests.conftest import evolve_app, make_app
 from tests.util import snapshot_tree
 

@@ -86,12 +86,11 @@ def test_the_repository_core_imports_no_operation() -> None:
         "casnap.committer",
         "casnap.restorer",
         "casnap.staging",
-        "casnap.gc",
-        "casnap.collect",
-        "casnap.verify",
+        "casnap.collector",
+        "casnap.checker",
         "casnap.retention",
         "casnap.stats",
-        "casnap.diff",
+        "casnap.changes",
         "casnap.cli",
     }
     assert not imports(CORE, set(mods)) & operations

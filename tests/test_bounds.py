@@ -15,7 +15,8 @@ import zstandard
 
 from casnap import chunklist, compression
 from casnap.backends import LocalBackend, MemoryBackend
-from casnap.chunkindex import IndexEntry, decode_index_arrays, encode_index
+from casnap.checker import verify
+from casnap.chunkindex import DATA, FIELD_DTYPE, TREE, decode_index, encode_index
 from casnap.chunking import SQLitePageChunker, make_chunker
 from casnap.committer import commit
 from casnap.config import default_config
@@ -30,10 +31,11 @@ from casnap.constants import (
 from casnap.errors import EXIT_CODES, IntegrityError
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import compress_manifest, decompress_manifest
+from casnap.packs import pack_key, parse_pack_directory, read_pack_directory
+from casnap.packwriter import PackWriter
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.store import DATA, TREE, Store, pack_key, parse_pack_directory_array
-from casnap.verify import verify
+from casnap.store import Store
 from tests.helpers_memory import MB, run_measured
 
 FOUR_GIB = (1 << 32) - 1  # the largest size an index entry can claim
@@ -79,7 +81,7 @@ def add_file(repo_dir: Path, sid: str, path: str, frame: bytes, claimed: int, n:
     cid = zeros_id(n)
     body = bytes([chunklist.TAG_PIECE]) + chunklist.REF.pack(cid, claimed)
     lid = hash_bytes(body)
-    writer = repo.store.writer()
+    writer = PackWriter(repo.store)
     writer.add_frame(DATA, frame, 0, [(cid, 0, claimed)])
     writer.add(lid, TREE, compression.encode(body), len(body))
     writer.finish()
@@ -252,10 +254,14 @@ def test_config_values_past_the_limits_are_integrity_errors(field: str, value: i
         Repository.open_backend(_backend_with(cfg))
 
 
-def _entry(**change: int) -> IndexEntry:
-    fields = {"type": DATA, "offset": 16, "length": 100, "plain": 4096, "inner": 0}
-    fields.update(change)
-    return IndexEntry(ObjectId(bytes(32)), **fields)
+def _index_file(cid: ObjectId, **change: int) -> bytes:
+    """An index file of one entry (in pack 0 of a one-pack table), its fields changed."""
+    values = {"type": DATA, "offset": 16, "length": 100, "plain": 4096, "inner": 0}
+    values.update(change)
+    fields = np.zeros(1, dtype=FIELD_DTYPE)
+    for name, value in values.items():
+        fields[name] = value
+    return encode_index([ObjectId(bytes(32))], np.frombuffer(cid, np.uint8).reshape(1, 32), fields)
 
 
 @pytest.mark.parametrize(
@@ -269,25 +275,25 @@ def _entry(**change: int) -> IndexEntry:
     ids=["chunk", "frame", "stored-frame", "offset"],
 )
 def test_index_entries_past_the_limits_are_refused(change: dict) -> None:
-    blob = encode_index([(ObjectId(bytes([1]) * 32), _entry(**change))])
+    blob = _index_file(ObjectId(bytes([1]) * 32), **change)
     with pytest.raises(IntegrityError, match=r"index/x: index entry of .* past the limit"):
-        decode_index_arrays("index/x", blob)
-    assert decode_index_arrays("index/x", encode_index([(ObjectId(bytes(32)), _entry())]))
+        decode_index("index/x", blob)
+    assert decode_index("index/x", _index_file(ObjectId(bytes(32))))
 
 
 def test_pack_directory_records_past_the_limits_are_refused() -> None:
     backend = MemoryBackend()
     store = Store(backend, 1 << 20)
-    writer = store.writer()
+    writer = PackWriter(store)
     frame = compression.encode(bytes(4096))
     writer.add_frame(DATA, frame, 0, [(hash_bytes(bytes(4096)), 0, MAX_CHUNK_SIZE + 1)])
     writer.close()
-    ((pack, _records),) = writer._done
+    (pack,), _ids, _fields = writer.new_entries()
     data = backend.get(pack_key(pack))
     with pytest.raises(IntegrityError, match="pack directory entry of a chunk of 16777217"):
-        parse_pack_directory_array(pack_key(pack), data)
+        parse_pack_directory(pack_key(pack), data)
     with pytest.raises(IntegrityError, match="past the limit"):
-        store.read_pack_directory_array(pack, len(data))
+        read_pack_directory(backend, pack, len(data))
 
 
 def test_a_pack_past_the_size_limit_is_reported_unread(tmp_path: Path) -> None:
@@ -302,11 +308,14 @@ def test_a_pack_past_the_size_limit_is_reported_unread(tmp_path: Path) -> None:
     assert report.packs_read == 0 and report.bytes_read == 0
     lines = [p.line() for p in report.problems]
     assert any(
-        re.search(rf"pack {pack.name[:12]}: .*pack of {MAX_PACK_SIZE + 1} bytes", x) for x in lines
+        re.search(rf"pack {pack.name[:12]}: .*pack of {MAX_PACK_SIZE + 1} bytes", p.line())
+        and p.fault == "too-large"
+        and p.pack == pack.name
+        for p in report.problems
     ), lines
     assert report.damaged == {sid: ["seed.bin"]}
     skipped: list[tuple[str, str]] = []
-    packs, _ids, _fields = repo.store.rebuild_index_arrays(skipped)
+    packs, _ids, _fields = repo.store.rebuild_index(skipped)
     assert not packs and "past the limit" in skipped[0][1]
 
 
@@ -336,9 +345,9 @@ def test_objects_without_a_declared_size_are_decoded_within_their_bound() -> Non
 
 
 def test_a_pack_directory_is_written_before_it_grows_past_its_limit(monkeypatch) -> None:
-    monkeypatch.setattr("casnap.store.MAX_PACK_DIRECTORY", 10 * 53)
+    monkeypatch.setattr("casnap.packwriter.MAX_PACK_DIRECTORY", 10 * 53)
     store = Store(MemoryBackend(), 1 << 30)
-    writer = store.writer()
+    writer = PackWriter(store)
     for i in range(25):
         body = i.to_bytes(4, "little") * 1000
         writer.add(hash_bytes(body), DATA, compression.encode(body), len(body))

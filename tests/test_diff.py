@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from casnap.changes import diff
 from casnap.cli import cli
 from casnap.committer import commit
-from casnap.diff import diff
 from casnap.repository import Repository
 from tests.helpers_smoke import evolve_app, listing, make_app
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casnap.chunkindex import FIELD_DTYPE, decode_index_arrays, encode_index_arrays
+from casnap.chunkindex import FIELD_DTYPE, decode_index, encode_index
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.repository import Repository
@@ -115,7 +115,7 @@ def test_forget_latest_prune_of_the_last_snapshot(tmp_path: Path) -> None:
 
 
 def test_an_index_without_entries_encodes_and_decodes() -> None:
-    packs, ids, fields = decode_index_arrays("index/x", encode_index_arrays([], *_empty()))
+    packs, ids, fields = decode_index("index/x", encode_index([], *_empty()))
     assert packs == [] and ids.shape == (0, 32) and len(fields) == 0
 
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc
+from casnap import collector
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
-from casnap.chunkindex import decode_index_arrays
+from casnap.chunkindex import decode_index
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import CasnapError, StorageFull
+from casnap.packs import pack_key
 from casnap.repository import Repository
-from casnap.store import pack_key
 from tests.conftest import evolve_app
 from tests.helpers_reliability import Ledger, check_healthy, small_app, small_config
 from tests.test_hostile import in_small_tmpfs
@@ -30,7 +30,7 @@ def unindexed_packs(backend: Backend) -> set[str]:
     """Keys of the packs no index file names."""
     named: set[str] = set()
     for key, _ in backend.list("index/"):
-        named |= {pack_key(p) for p in decode_index_arrays(key, backend.get(key))[0]}
+        named |= {pack_key(p) for p in decode_index(key, backend.get(key))[0]}
     return {k for k, _ in backend.list("packs/")} - named
 
 
@@ -135,7 +135,7 @@ def test_failed_commit_leaves_its_packs_to_gc_while_another_holds_a_lock(tmp_pat
             commit(Repository.open_backend(wrapped, tmp_path / "tmp"), data)
         left = unindexed_packs(backend)
         assert left
-    report = gc.collect(Repository.open(tmp_path / "repo"))
+    report = collector.collect(Repository.open(tmp_path / "repo"))
     assert report.packs_unindexed == len(left)
     assert not unindexed_packs(backend) and keys(backend) == before
     check_healthy(backend, ledger, tmp_path / "check", data)
@@ -203,7 +203,7 @@ def test_a_commit_that_waited_for_a_removed_repository_refuses(tmp_path: Path) -
 REAL_DISK = r"""
 import json, os, shutil, subprocess, sys
 from pathlib import Path
-from casnap.chunkindex import decode_index_arrays
+from casnap.chunkindex import decode_index
 from casnap.repository import Repository
 from tests.helpers_reliability import small_config
 small, data = Path(sys.argv[1]), Path(sys.argv[2])
@@ -215,7 +215,7 @@ def run(*args):
 def unindexed():
     named = set()
     for p in (repo / "index").iterdir():
-        named |= {x.hex() for x in decode_index_arrays(p.name, p.read_bytes())[0]}
+        named |= {x.hex() for x in decode_index(p.name, p.read_bytes())[0]}
     packs = [p.name for p in (repo / "packs").rglob("*") if p.is_file()]
     return sorted(p for p in packs if p not in named)
 res = {"first": run("commit")}  # does not fit: 3 MiB of incompressible data

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from casnap import gc, locks, retention
+from casnap import collector, locks, retention
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends import faulty as F
+from casnap.checker import VerifyReport, verify
 from casnap.committer import commit
 from casnap.errors import CasnapError, IntegrityError, StorageFull
 from casnap.repair import repair_index
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.verify import VerifyReport, verify
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     Ledger,
@@ -193,7 +193,7 @@ def _run(op: str, repo: Repository, data: Path, target: Path, first: str) -> obj
     if op in ("checkout", "checkout-new"):
         return checkout(repo, first, target, safety_snapshot=(op == "checkout"), smoke=False).id
     if op == "gc":
-        return gc.collect(repo, max_unused=0.0)
+        return collector.collect(repo, max_unused=0.0)
     if op == "prune":
         return retention.prune(repo, retention.Policy(last=1))
     report = verify(repo, read_data=True)
@@ -358,9 +358,9 @@ def test_bit_rot_is_reported_and_repair_keeps_later_commits_whole(
     backend.put(key, bytes(blob))
     report = verify(Repository.open_backend(backend, tmp_path / "t"), read_data=True)
     pack = key.rsplit("/", 1)[-1]
-    assert not report.ok and any(pack[:12] in p.line() for p in report.problems), [
-        p.line() for p in report.problems
-    ]
+    assert not report.ok and any(
+        p.pack == pack and pack[:12] in p.line() for p in report.problems
+    ), [p.line() for p in report.problems]
     assert old in report.damaged
     repair_index(Repository.open_backend(backend, tmp_path / "t"))
     tree = snapshot_tree(data)

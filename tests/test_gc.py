@@ -13,17 +13,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, retention
+from casnap import checker, collector, retention
 from casnap.backends.local import LocalBackend
+from casnap.checker import verify
+from casnap.chunkindex import DATA
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, SnapshotNotFound
 from casnap.ids import hash_bytes
+from casnap.packs import pack_key
+from casnap.packwriter import PackWriter
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.store import DATA, pack_key
-from casnap.verify import verify
 from tests.helpers_gc import (
     Crash,
     CrashingBackend,
@@ -35,6 +37,7 @@ from tests.helpers_gc import (
     same_content,
     tree_bytes,
 )
+from tests.util import write_entries
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -121,10 +124,10 @@ def test_gc_dry_run_changes_no_file(tmp_path: Path) -> None:
 def test_second_gc_finds_nothing_to_do(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 3)
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
-    first = gc.collect(repo)
+    first = collector.collect(repo)
     assert first.packs_repacked + first.packs_deleted > 0
     before = listing(tmp_path / "repo")
-    second = gc.collect(repo)
+    second = collector.collect(repo)
     assert second.bytes_freed == 0
     assert second.index_files_written == 0 and second.packs_written == 0
     assert {k: v for k, v in listing(tmp_path / "repo").items() if "locks" not in k} == before
@@ -133,12 +136,12 @@ def test_second_gc_finds_nothing_to_do(tmp_path: Path) -> None:
 def test_max_unused_threshold(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 3)
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
-    lazy = gc.collect(repo, dry_run=True, max_unused=100)
+    lazy = collector.collect(repo, dry_run=True, max_unused=100)
     assert lazy.packs_repacked == 0
-    eager = gc.collect(repo, dry_run=True, max_unused=0)
+    eager = collector.collect(repo, dry_run=True, max_unused=0)
     assert eager.packs_repacked > 0
     for fate in eager.packs:
-        if fate.action == gc.REPACK:
+        if fate.action == collector.REPACK:
             assert fate.unused_bytes > 0
 
 
@@ -146,14 +149,14 @@ def test_gc_removes_leftovers_of_crashed_commits(tmp_path: Path) -> None:
     repo, data, states = build_history(tmp_path, 2)
     root = tmp_path / "repo"
     # a commit that died after writing a pack and before its index: the pack is named nowhere
-    writer = repo.store.writer()
+    writer = PackWriter(repo.store)
     writer.add(hash_bytes(b"never indexed"), DATA, b"\x00never indexed", len(b"never indexed"))
     writer.flush()
-    orphan = next(iter(writer.new.values())).pack
+    (orphan,), _ids, _fields = writer.new_entries()
     (root / "tmp").mkdir(exist_ok=True)
     (root / "tmp" / f"{TEMP_PREFIX}123-abc.db").write_bytes(b"half a database")
     (root / "index" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"torn")
-    r = gc.collect(Repository.open(root))
+    r = collector.collect(Repository.open(root))
     assert r.packs_unindexed == 1 and r.temp_files_removed == 2
     assert not (root / pack_key(orphan)).exists()
     assert not list(root.rglob(f"{TEMP_PREFIX}*"))
@@ -170,7 +173,7 @@ def test_gc_refuses_when_a_needed_chunk_is_not_indexed(tmp_path: Path) -> None:
         p.unlink()
     before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped before changing anything"):
-        gc.collect(Repository.open(root))
+        collector.collect(Repository.open(root))
     assert pack_files(root) == before
 
 
@@ -183,7 +186,7 @@ def test_gc_refuses_on_a_damaged_chunk_list(tmp_path: Path) -> None:
     flip_byte(root / pack_key(e.pack), e.offset + e.length // 2)
     before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped"):
-        gc.collect(Repository.open(root))
+        collector.collect(Repository.open(root))
     assert pack_files(root) == before
 
 
@@ -197,7 +200,7 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
     kept = {sid.hex(): states[i] for i, (sid, _) in enumerate(snaps) if i not in (0, 2)}
     clean = tmp_path / "clean"
     shutil.copytree(tpl_root, clean)
-    gc.collect(Repository.open(clean))
+    collector.collect(Repository.open(clean))
     clean_size = repo_bytes(clean)
 
     crashes = 0
@@ -206,7 +209,7 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
         shutil.copytree(tpl_root, root)
         backend = CrashingBackend(LocalBackend(root), n)
         try:
-            gc.collect(Repository.open_backend(backend, root / "tmp"))
+            collector.collect(Repository.open_backend(backend, root / "tmp"))
         except Crash:
             crashes += 1
         if not backend.crashed:
@@ -217,9 +220,9 @@ def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -
             out = root.parent / f"out{n}-{sid[:8]}"
             checkout(repo, sid, out, safety_snapshot=False)
             assert same_content(out, state), (n, sid)
-        gc.collect(repo)
-        assert verify(repo, read_data=True).ok, n
-        again = gc.collect(repo, dry_run=True)
+        collector.collect(repo)
+        assert checker.verify(repo, read_data=True).ok, n
+        again = collector.collect(repo, dry_run=True)
         assert again.bytes_freed == 0, n
         assert repo_bytes(root) == clean_size, n
         shutil.rmtree(root)
@@ -240,7 +243,7 @@ def test_gc_waits_for_a_commit_in_progress(tmp_path: Path) -> None:
     def run_gc() -> None:
         started.set()
         try:
-            result["gc"] = gc.collect(Repository.open(root))
+            result["gc"] = collector.collect(Repository.open(root))
         except Exception as exc:  # noqa: BLE001 - handed to the main thread
             result["error"] = exc
 
@@ -288,7 +291,7 @@ def _commit_and_gc_together(root: Path, data: Path, use_process: bool) -> str:
     def do_gc() -> None:
         try:
             barrier.wait()
-            gc.collect(Repository.open(root))
+            collector.collect(Repository.open(root))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -335,7 +338,7 @@ def test_long_lived_repository_sees_gc_of_another(tmp_path: Path) -> None:
     checkout(stale, "latest", tmp_path / "warm", safety_snapshot=False)  # caches index, snapshots
     other = Repository.open(root)
     retention.forget(other, [old_id])
-    r = gc.collect(other)
+    r = collector.collect(other)
     assert r.packs_repacked + r.packs_deleted > 0
     restore_state(data, states[0])
     new_id = commit(stale, data).id  # would reuse deleted chunks with a stale index
@@ -364,14 +367,14 @@ def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 3)
     root = tmp_path / "repo"
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
-    plan = gc.plan(Repository.open(root), max_unused=0)
-    pack = next(f.pack for f in plan.report.packs if f.action == gc.REPACK)
+    plan = collector.plan(Repository.open(root), max_unused=0)
+    pack = next(f.pack for f in plan.report.packs if f.action == collector.REPACK)
     cid, e = max(plan.keep[pack], key=lambda item: item[1].length)
     flip_byte(root / pack_key(pack), e.offset + e.length // 2)
     index_before = {p.name for p in (root / "index").iterdir()}
     packs_before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped before deleting anything"):
-        gc.collect(Repository.open(root), max_unused=0)
+        collector.collect(Repository.open(root), max_unused=0)
     assert {p.name for p in (root / "index").iterdir()} == index_before
     assert packs_before <= pack_files(root)  # at most new, unindexed packs were added
     report = verify(Repository.open(root), read_data=True)
@@ -387,8 +390,8 @@ def test_gc_keeps_the_index_entry_its_pack_confirms(tmp_path: Path) -> None:
         ((c, x) for c, x in repo.store.index.items() if x.type == DATA and x.offset > 64),
         key=lambda item: item[1].length,
     )
-    repo.store.write_index({cid: e._replace(offset=e.offset - 1)})  # sorts before the right one
-    r = gc.collect(Repository.open(root))
+    write_entries(repo.store, {cid: e._replace(offset=e.offset - 1)})  # sorts before the right one
+    r = collector.collect(Repository.open(root))
     assert r.index_files_written == 1
     fresh = Repository.open(root)
     fresh.store.load_index()

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, retention
+from casnap import checker, collector, retention
 from casnap.backends.local import LocalBackend
 from casnap.cli import cli, human
 from casnap.committer import commit
 from casnap.constants import TEMP_PREFIX
+from casnap.packwriter import PackWriter
 from casnap.repository import Repository
-from casnap.verify import verify
 from tests.helpers_gc import Crash, CrashingBackend, build_history
 from tests.helpers_reliability import casnap_env, small_config
 
@@ -34,7 +34,7 @@ def disk_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def counters(report: gc.GcReport) -> dict[str, object]:
+def counters(report: collector.GcReport) -> dict[str, object]:
     """Everything a gc report says about bytes and files (not whether it was a dry run, nor how
     long it took)."""
     out = report.to_json()
@@ -50,17 +50,17 @@ def forget(repo: Repository, *positions: int) -> None:
 
 def _forget_oldest(repo: Repository, root: Path) -> float:
     forget(repo, 0)
-    return gc.DEFAULT_MAX_UNUSED
+    return collector.DEFAULT_MAX_UNUSED
 
 
 def _forget_middle(repo: Repository, root: Path) -> float:
     forget(repo, 2)
-    return gc.DEFAULT_MAX_UNUSED
+    return collector.DEFAULT_MAX_UNUSED
 
 
 def _forget_all(repo: Repository, root: Path) -> float:
     forget(repo, *range(len(repo.snapshots())))
-    return gc.DEFAULT_MAX_UNUSED
+    return collector.DEFAULT_MAX_UNUSED
 
 
 def _repack_everything(repo: Repository, root: Path) -> float:
@@ -71,7 +71,7 @@ def _repack_everything(repo: Repository, root: Path) -> float:
 def _leftovers(repo: Repository, root: Path) -> float:
     """Temp files of interrupted writes, and a pack a killed commit wrote but never indexed."""
     forget(repo, 1)
-    writer = repo.store.writer()
+    writer = PackWriter(repo.store)
     writer.add(b"\x01" * 32, 0, b"\x00" + b"x" * 5000, 5000)
     writer.close()
     (root / "tmp").mkdir(exist_ok=True)
@@ -79,7 +79,7 @@ def _leftovers(repo: Repository, root: Path) -> float:
     (root / "index" / f"{TEMP_PREFIX}99999-abcd-y").write_bytes(b"torn index" * 70)
     sub = next(p for p in (root / "packs").iterdir() if p.is_dir())
     (sub / f"{TEMP_PREFIX}99999-abcd-z").write_bytes(b"torn pack" * 1234)
-    return gc.DEFAULT_MAX_UNUSED
+    return collector.DEFAULT_MAX_UNUSED
 
 
 def _crashed_after_new_index(repo: Repository, root: Path) -> float:
@@ -88,10 +88,10 @@ def _crashed_after_new_index(repo: Repository, root: Path) -> float:
     forget(repo, 0, 2)
     probe = root.parent / "probe"
     shutil.copytree(root, probe)
-    written = gc.collect(Repository.open(probe), max_unused=0.0).packs_written
+    written = collector.collect(Repository.open(probe), max_unused=0.0).packs_written
     backend = CrashingBackend(LocalBackend(root), written + 1)  # new packs, new index, then die
     with pytest.raises(Crash):
-        gc.collect(Repository.open_backend(backend, root / "tmp"), max_unused=0.0)
+        collector.collect(Repository.open_backend(backend, root / "tmp"), max_unused=0.0)
     return 0.0
 
 
@@ -101,17 +101,17 @@ def _crashed_before_new_index(repo: Repository, root: Path) -> float:
     forget(repo, 0, 2)
     probe = root.parent / "probe"
     shutil.copytree(root, probe)
-    written = gc.collect(Repository.open(probe), max_unused=0.0).packs_written
+    written = collector.collect(Repository.open(probe), max_unused=0.0).packs_written
     assert written
     backend = CrashingBackend(LocalBackend(root), written)
     with pytest.raises(Crash):
-        gc.collect(Repository.open_backend(backend, root / "tmp"), max_unused=0.0)
+        collector.collect(Repository.open_backend(backend, root / "tmp"), max_unused=0.0)
     return 0.0
 
 
 def _nothing_to_do(repo: Repository, root: Path) -> float:
-    gc.collect(repo)
-    return gc.DEFAULT_MAX_UNUSED
+    collector.collect(repo)
+    return collector.DEFAULT_MAX_UNUSED
 
 
 SCENARIOS: dict[str, Callable[[Repository, Path], float]] = {
@@ -133,9 +133,9 @@ def test_gc_reports_exactly_what_it_freed_and_the_dry_run_predicts_it(
     repo, _, _ = build_history(tmp_path, 5)
     root = tmp_path / "repo"
     max_unused = SCENARIOS[name](repo, root)
-    dry = gc.collect(Repository.open(root), dry_run=True, max_unused=max_unused)
+    dry = collector.collect(Repository.open(root), dry_run=True, max_unused=max_unused)
     before = disk_bytes(root)
-    real = gc.collect(Repository.open(root), max_unused=max_unused)
+    real = collector.collect(Repository.open(root), max_unused=max_unused)
     after = disk_bytes(root)
     assert dry.dry_run and not real.dry_run
     assert real.bytes_freed == before - after
@@ -147,8 +147,8 @@ def test_gc_reports_exactly_what_it_freed_and_the_dry_run_predicts_it(
     assert d["bytes_written"] == d["pack_bytes_written"] + d["index_bytes_written"]
     assert counters(dry) == counters(real)
     assert not list(root.rglob(f"{TEMP_PREFIX}*"))
-    assert verify(Repository.open(root), read_data=True).ok
-    again = gc.collect(Repository.open(root), dry_run=True)
+    assert checker.verify(Repository.open(root), read_data=True).ok
+    again = collector.collect(Repository.open(root), dry_run=True)
     assert again.bytes_freed == again.bytes_deleted == 0
 
 

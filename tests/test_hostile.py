@@ -18,7 +18,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casnap import chunklist, compression, manifest, store
+from casnap import chunkindex, chunklist, compression, manifest, packs
 from casnap.backends import LocalBackend, MemoryBackend
 from casnap.committer import commit
 from casnap.config import default_config
@@ -70,10 +70,8 @@ def only_casnap_errors(fn, *args) -> None:
 @given(blob=st.binary(max_size=400), plain=st.integers(min_value=-3, max_value=1 << 20))
 def test_fuzz_raw_bytes(blob: bytes, plain: int) -> None:
     only_casnap_errors(compression.decode, blob, plain)
-    only_casnap_errors(store.decode_index, "index/x", blob)
-    only_casnap_errors(store.decode_index_arrays, "index/x", blob)
-    only_casnap_errors(store.parse_pack_directory, "packs/x", blob)
-    only_casnap_errors(store.parse_pack_directory_array, "packs/x", blob)
+    only_casnap_errors(chunkindex.decode_index, "index/x", blob)
+    only_casnap_errors(packs.parse_pack_directory, "packs/x", blob)
     only_casnap_errors(chunklist.resolve, [blob])
     only_casnap_errors(chunklist.named_refs, blob)
     only_casnap_errors(manifest.Snapshot.decode, blob)
@@ -82,7 +80,7 @@ def test_fuzz_raw_bytes(blob: bytes, plain: int) -> None:
 @FUZZ
 @given(
     body=st.binary(max_size=600),
-    magic=st.sampled_from([b"", store.INDEX_MAGIC]),
+    magic=st.sampled_from([b"", chunkindex.INDEX_MAGIC]),
     mid=st.binary(max_size=200),
     records=st.integers(0, 6),
 )
@@ -90,19 +88,19 @@ def test_fuzz_structured_index_and_pack(
     body: bytes, magic: bytes, mid: bytes, records: int
 ) -> None:
     cctx = zstandard.ZstdCompressor()
-    only_casnap_errors(store.decode_index, "index/x", cctx.compress(magic + body))
+    only_casnap_errors(chunkindex.decode_index, "index/x", cctx.compress(magic + body))
     # a pack whose directory is a valid zstd frame of whole (random) records, checksummed right
-    raw = (mid * (1 + records * store.DIR_ENTRY_SIZE // max(1, len(mid))))[
-        : records * store.DIR_ENTRY_SIZE
+    raw = (mid * (1 + records * packs.DIR_ENTRY_SIZE // max(1, len(mid))))[
+        : records * packs.DIR_ENTRY_SIZE
     ]
     for directory in (mid, cctx.compress(raw)):
         trailer = (
             len(directory).to_bytes(4, "little")
             + bytes(hash_bytes(directory))[:16]
-            + store.PACK_END
+            + packs.PACK_END
         )
         only_casnap_errors(
-            store.parse_pack_directory, "packs/x", store.PACK_HEADER + body + directory + trailer
+            packs.parse_pack_directory, "packs/x", packs.PACK_HEADER + body + directory + trailer
         )
 
 

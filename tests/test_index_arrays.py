@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from casnap import gc, repair, retention
+from casnap import collector, repair, retention
+from casnap.checker import verify
 from casnap.chunkindex import (
     FIELD_DTYPE,
     EntryTable,
-    decode_index_arrays,
-    encode_index_arrays,
+    decode_index,
+    encode_index,
     merge_parts,
     unique_ids,
 )
 from casnap.ids import ObjectId, hash_bytes
 from casnap.reachability import walk
 from casnap.repository import Repository
-from casnap.verify import verify
 from tests.helpers_gc import build_history, repo_bytes
 
 
@@ -81,7 +81,7 @@ def test_merge_parts_writes_pack_then_frame_order_and_only_packs_in_use() -> Non
     assert table == sorted([packs[0], packs[2]])  # packs[1] holds nothing: left out
     order = [(table[int(f["pack"])], int(f["offset"]), int(f["inner"])) for f in out_fields]
     assert order == sorted(order)
-    back = decode_index_arrays("index/x", encode_index_arrays(table, out_ids, out_fields))
+    back = decode_index("index/x", encode_index(table, out_ids, out_fields))
     got = {
         (bytes(i), back[0][int(f["pack"])], int(f["offset"]))
         for i, f in zip(*back[1:], strict=True)
@@ -114,9 +114,9 @@ def test_dry_run_predicts_what_gc_frees(
     repo, _, _ = build_history(tmp_path, states)
     snaps = repo.snapshots()
     retention.forget(repo, [snaps[i][0].hex() for i in forget])
-    dry = gc.collect(repo, dry_run=True)
+    dry = collector.collect(repo, dry_run=True)
     before = repo_bytes(tmp_path / "repo")
-    real = gc.collect(repo)
+    real = collector.collect(repo)
     assert real.packs_repacked > 0 and real.bytes_freed > 0
     assert real.bytes_freed == before - repo_bytes(tmp_path / "repo")
     assert dry.bytes_freed == real.bytes_freed
@@ -133,21 +133,21 @@ def test_merging_index_files_alone_is_predicted_exactly_and_frees_bytes(tmp_path
     repo, _, _ = build_history(tmp_path, 5)
     root = tmp_path / "repo"
     assert len(list((root / "index").iterdir())) == 5
-    dry = gc.collect(repo, dry_run=True)
+    dry = collector.collect(repo, dry_run=True)
     before = repo_bytes(root)
-    real = gc.collect(repo)
+    real = collector.collect(repo)
     assert real.packs_repacked == real.packs_deleted == 0
     assert real.index_files_removed == 5 and real.index_files_written == 1
     assert dry.index_bytes_written == real.index_bytes_written
     assert dry.bytes_freed == real.bytes_freed == before - repo_bytes(root)
     assert real.bytes_freed >= 0
-    assert gc.collect(repo, dry_run=True).bytes_freed == 0
+    assert collector.collect(repo, dry_run=True).bytes_freed == 0
 
 
 def test_repair_index_writes_what_gc_writes(tmp_path: Path) -> None:
     """Both rebuild one index in pack order: from the same packs, the same file."""
     repo, _, _ = build_history(tmp_path, 3)
-    gc.collect(repo)
+    collector.collect(repo)
     root = tmp_path / "repo"
     (written,) = (root / "index").iterdir()
     copy = tmp_path / "copy"

@@ -23,14 +23,14 @@ import pytest
 from casnap import retention
 from casnap.backends import LocalBackend
 from casnap.backends import faulty as F
+from casnap.checker import verify
+from casnap.collector import collect
 from casnap.committer import commit
-from casnap.constants import TEMP_PREFIX
+from casnap.constants import SAFETY_TAG, TEMP_PREFIX
 from casnap.fsutil import HOST_TAG, STAGE_PREFIX
-from casnap.gc import collect
 from casnap.repository import Repository
-from casnap.restorer import SAFETY_TAG, checkout
+from casnap.restorer import checkout
 from casnap.staging import smoke_verify
-from casnap.verify import verify
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,

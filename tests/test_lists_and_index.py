@@ -1,4 +1,5 @@
-"""Chunk-list deltas, the array index and its files, and pack directories."""
+"""Chunk-list deltas, the array index and its files, pack directories and index entries checked
+against them, damaged chunks."""
 
 from __future__ import annotations
 
@@ -12,17 +13,23 @@ from hypothesis import strategies as st
 from casnap import chunklist, compression
 from casnap.backends.memory import MemoryBackend
 from casnap.chunkindex import (
+    DATA,
+    TREE,
     ChunkIndex,
     IdSet,
     IndexEntry,
     decode_index,
-    decode_index_arrays,
     encode_index,
+    entry_of,
     id_matrix,
 )
+from casnap.constants import MAX_PACK_SIZE
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId, hash_bytes
-from casnap.store import DATA, TREE, Store, parse_pack_directory
+from casnap.packs import check_pack_entries, pack_key, parse_pack_directory
+from casnap.packwriter import PackWriter
+from casnap.store import HASH_MISMATCH, ChunkDamaged, Store
+from tests.util import as_arrays
 
 # -- chunk lists -------------------------------------------------------------------------------
 
@@ -96,8 +103,8 @@ def test_lookup_handles_prefix_collisions_and_duplicates() -> None:
     b = ObjectId(b"\x01" * 8 + b"b" * 24)  # same first 8 bytes
     c = ObjectId(os.urandom(32))
     idx = ChunkIndex()
-    idx.add_entries([(b, entry(1, 2)), (a, entry(1, 1))])
-    idx.add_entries([(a, entry(2, 1)), (c, entry(2, 3))])  # a again, from another index file
+    idx.add([as_arrays([(b, entry(1, 2)), (a, entry(1, 1))])])
+    idx.add([as_arrays([(a, entry(2, 1)), (c, entry(2, 3))])])  # a again, from another file
     missing = ObjectId(b"\x01" * 8 + b"z" * 24)
     rows = idx.lookup(id_matrix([a, b, c, missing]))
     assert (rows[:3] >= 0).all() and rows[3] == -1
@@ -111,20 +118,21 @@ def test_lookup_handles_prefix_collisions_and_duplicates() -> None:
 
 def test_index_files_round_trip_and_reject_damage() -> None:
     entries = [(hash_bytes(os.urandom(8)), entry(i % 3, i)) for i in range(50)]
-    blob = encode_index(entries)
-    assert list(decode_index("index/x", blob)) == entries
-    packs, ids, fields = decode_index_arrays("index/x", blob)
+    blob = encode_index(*as_arrays(entries))
+    packs, ids, fields = decode_index("index/x", blob)
+    decoded = [(ObjectId(ids[i].tobytes()), entry_of(packs, fields[i])) for i in range(len(ids))]
+    assert decoded == entries
     assert len(packs) == 3 and len(ids) == 50
     with pytest.raises(IntegrityError):
-        decode_index_arrays("index/x", blob[:-5])
+        decode_index("index/x", blob[:-5])
     with pytest.raises(IntegrityError):
-        decode_index_arrays("index/x", compression.encode(b"CASNIDX1" + bytes(40))[1:])
+        decode_index("index/x", compression.encode(b"CASNIDX1" + bytes(40))[1:])
 
 
 def test_store_index_equals_rebuild_from_packs(tmp_path) -> None:
     backend = MemoryBackend()
     store = Store(backend, pack_target=4000)  # several packs
-    writer = store.writer()
+    writer = PackWriter(store)
     rng = np.random.default_rng(0)
     chunks = [rng.bytes(int(n)) for n in rng.integers(100, 2000, 40)]
     ids = [hash_bytes(c) for c in chunks]
@@ -141,7 +149,8 @@ def test_store_index_equals_rebuild_from_packs(tmp_path) -> None:
     assert writer.packs_written > 1
     fresh = Store(backend, pack_target=4000)
     fresh.load_index()
-    rebuilt = fresh.rebuild_index_from_packs()
+    rebuilt = ChunkIndex()
+    rebuilt.add([fresh.rebuild_index()])
     assert dict(rebuilt.items()) == dict(fresh.index.items())
     for cid, c in zip(ids, chunks, strict=True):
         assert fresh.get(cid) == c
@@ -149,11 +158,79 @@ def test_store_index_equals_rebuild_from_packs(tmp_path) -> None:
     assert fresh.get(hash_bytes(tree)) == tree
     key = next(k for k in backend.objects if k.startswith("packs/"))
     records = parse_pack_directory(key, backend.objects[key])
-    assert all(r[1] in (DATA, TREE) for r in records)
+    assert all(t in (DATA, TREE) for t in records["type"].tolist())
     damaged = bytearray(backend.objects[key])
     damaged[-30] ^= 1  # inside the directory checksum
     with pytest.raises(IntegrityError):
         parse_pack_directory(key, bytes(damaged))
+
+
+def _one_pack(chunks: list[bytes]) -> tuple[MemoryBackend, Store]:
+    """A store holding chunks in one pack, each its own frame, its index file written."""
+    backend = MemoryBackend()
+    store = Store(backend, pack_target=1 << 20)
+    writer = PackWriter(store)
+    for c in chunks:
+        writer.add(hash_bytes(c), DATA, compression.encode(c), len(c))
+    writer.finish()
+    return backend, store
+
+
+def test_index_entries_are_checked_against_their_pack() -> None:
+    """The one check gc and verify share: an entry is trusted inside an existing pack whose own
+    directory holds the same record; a damaged directory confirms and denies nothing."""
+    chunks = [bytes([i]) * 3000 for i in range(4)]
+    backend, store = _one_pack(chunks)
+    (key,) = store.index_files
+    (pack,), ids, fields = store.load_index_file(key)
+    size = len(backend.objects[pack_key(pack)])
+
+    whole = check_pack_entries(backend, pack, size, ids, fields)
+    assert whole.trusted.all() and whole.agrees.all() and whole.described == 4
+    assert whole.unreadable is None and whole.too_large is None
+
+    wrong = fields.copy()
+    wrong["offset"][1] += 1  # disagrees with the directory, still inside the pack
+    wrong["length"][2] = size  # ends past the pack's end
+    check = check_pack_entries(backend, pack, size, ids, wrong)
+    assert check.beyond.tolist() == [False, False, True, False]
+    assert check.agrees.tolist() == [True, False, False, True]
+    assert check.trusted.tolist() == [True, False, False, True]
+
+    missing = check_pack_entries(backend, pack, None, ids, fields)
+    assert missing.size is None and not missing.trusted.any()
+
+    large = check_pack_entries(backend, pack, MAX_PACK_SIZE + 1, ids, fields)
+    assert "past the limit" in str(large.too_large) and large.agrees is None
+    assert large.trusted.all()  # not read: the size alone denies nothing
+
+    damaged = bytearray(backend.objects[pack_key(pack)])
+    damaged[-30] ^= 1  # inside the directory checksum
+    backend.objects[pack_key(pack)] = bytes(damaged)
+    unread = check_pack_entries(backend, pack, size, ids, wrong)
+    assert isinstance(unread.unreadable, IntegrityError) and unread.agrees is None
+    assert unread.described is None
+    assert unread.trusted.tolist() == [True, True, False, True]
+
+
+def test_damaged_chunks_name_chunk_pack_and_reason_apart() -> None:
+    plain = np.random.default_rng(3).bytes(3000)
+    backend, store = _one_pack([plain])
+    cid = hash_bytes(plain)
+    e = store.entry(cid)
+    encoded = bytearray(backend.get(pack_key(e.pack), e.offset, e.length))
+    assert encoded[0] == compression.RAW  # random bytes: stored raw, a flip decodes
+    encoded[100] ^= 1
+    (damage,) = Store.frame_damage(bytes(encoded), [(cid, e)])
+    assert isinstance(damage, ChunkDamaged) and isinstance(damage, IntegrityError)
+    assert (damage.chunk, damage.pack, damage.reason) == (cid, e.pack, HASH_MISMATCH)
+    assert str(damage) == f"chunk {cid.hex()} in pack {e.pack.hex()} does not match its hash " + (
+        "(damaged)"
+    )
+    with pytest.raises(ChunkDamaged) as caught:
+        Store.decode_verified(cid, e, b"\x01garbage")
+    assert caught.value.reason.startswith("corrupt compressed chunk")
+    assert str(caught.value) == f"chunk {cid.hex()} in pack {e.pack.hex()}: {caught.value.reason}"
 
 
 def test_id_set_grows_in_runs_and_answers_in_batches() -> None:

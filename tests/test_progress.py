@@ -116,7 +116,7 @@ def test_progress_bar_shows_bytes_rate_and_percent_on_a_terminal(
 
 
 def test_verify_reports_structure_then_data_progress(app: Path, tmp_path: Path) -> None:
-    from casnap.verify import verify
+    from casnap.checker import verify
 
     repo = Repository.init(tmp_path / "repo")
     commit(repo, app)

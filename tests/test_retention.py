@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import gc, retention
+from casnap import checker, collector, retention
+from casnap.checker import verify
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import InvalidPolicy
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from casnap.retention import Duration, Item, Policy, apply_policy
-from casnap.verify import verify
 from tests.helpers_gc import copy_state, evolve, make_data, same_content
 
 UTC = dt.UTC
@@ -420,5 +420,5 @@ def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
     assert report["gc"]["packs_repacked"] + report["gc"]["packs_deleted"] > 0
     repo = Repository.open(root)
     assert [s.hex() for s, _ in repo.snapshots()] == [ids[1], ids[3]]
-    assert verify(repo, read_data=True).ok
-    assert gc.collect(repo).packs_deleted == 0  # forget --prune already collected
+    assert checker.verify(repo, read_data=True).ok
+    assert collector.collect(repo).packs_deleted == 0  # forget --prune already collected

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from casnap import gc, retention, stats
+from casnap import collector, retention, stats
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.repository import Repository
@@ -46,7 +46,7 @@ def test_repository_totals(tmp_path: Path) -> None:
     # every stored blob is charged to exactly one snapshot
     assert sum(a.added_bytes for a in r.snapshots_added) == r.stored_chunk_bytes + r.tree_bytes
     # with nothing to collect, the blobs fill the packs up to their headers and directories
-    assert gc.collect(repo, dry_run=True).pack_bytes_removed == 0
+    assert collector.collect(repo, dry_run=True).pack_bytes_removed == 0
     assert r.stored_chunk_bytes + r.tree_bytes < r.pack_bytes
 
 
@@ -74,7 +74,7 @@ def test_stats_after_prune_count_only_survivors(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 4)
     before = stats.repository_stats(repo)
     retention.prune(repo, retention.Policy(last=1))
-    gc.collect(repo)
+    collector.collect(repo)
     after = stats.repository_stats(repo)
     assert after.snapshots == 1
     assert after.logical_bytes == repo.snapshots()[0][1].logical_bytes

@@ -10,15 +10,17 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from casnap import repair
+from casnap import checker, repair
+from casnap.checker import verify
+from casnap.chunkindex import DATA, IndexEntry
 from casnap.cli import cli
 from casnap.errors import CheckFailed
 from casnap.ids import ObjectId
+from casnap.packs import pack_key
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from casnap.store import DATA, IndexEntry, pack_key
-from casnap.verify import verify
 from tests.helpers_gc import build_history, flip_byte, same_content
+from tests.util import write_entries
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -130,6 +132,7 @@ def test_truncated_pack_and_every_problem_reported(tmp_path: Path) -> None:
     assert {(a["snapshot"], a["path"]) for a in flipped[0]["affected"]} == {
         (s, "faiss/hnsw.index") for s in other_sids
     }
+    assert set(problems[0]) == {"kind", "message", "blob", "pack", "affected"}  # as before
     cut = [p for p in problems if p["pack"] == e.pack.hex() and p["kind"] == "chunk"]
     assert cut and all("truncated" in p["message"] for p in cut)
     assert any(a["path"] == "app.db" for p in cut for a in p["affected"])
@@ -148,7 +151,14 @@ def test_damaged_manifest_and_missing_pack(tmp_path: Path) -> None:
     kinds = {p.kind for p in report.problems}
     assert {"manifest", "pack", "chunk"} <= kinds
     assert sid in report.damaged
-    assert any("missing" in p.message for p in report.problems if p.kind == "pack")
+    (manifest,) = [p for p in report.problems if p.kind == "manifest"]
+    assert manifest.snapshot == sid and manifest.key == f"snapshots/{sid}"
+    assert manifest.fault == "damaged"
+    assert any(
+        p.fault == "missing" and p.pack == e.pack.hex() and "missing" in p.message
+        for p in report.problems
+        if p.kind == "pack"
+    )
 
 
 def test_verify_one_snapshot_and_subset(tmp_path: Path) -> None:
@@ -213,7 +223,13 @@ def test_repair_index_goes_on_past_a_damaged_pack(tmp_path: Path) -> None:
     assert code == 9 and "damaged" in out
     final = verify(Repository.open(root))
     assert not final.ok
-    assert any(p.blob == cid.hex() and "not in the index" in p.message for p in final.problems)
+    assert any(
+        p.blob == cid.hex()
+        and p.kind == "missing"
+        and p.fault == "not-indexed"
+        and "not in the index" in p.message
+        for p in final.problems
+    )
 
 
 def test_index_entry_disagreeing_with_its_pack(tmp_path: Path) -> None:
@@ -221,11 +237,13 @@ def test_index_entry_disagreeing_with_its_pack(tmp_path: Path) -> None:
     repo, _, _ = build_history(tmp_path, 2)
     root = tmp_path / "repo"
     cid, e, _ = data_chunk_of(repo, "app.db")
-    repo.store.write_index({cid: e._replace(offset=e.offset + 1)})
-    structure = verify(Repository.open(root))
+    write_entries(repo.store, {cid: e._replace(offset=e.offset + 1)})
+    structure = checker.verify(Repository.open(root))
     assert [p.kind for p in structure.problems] == ["pack"]
     assert "disagree" in structure.problems[0].message
-    full = verify(Repository.open(root), read_data=True)
+    assert structure.problems[0].fault == "disagrees"
+    assert structure.problems[0].pack == e.pack.hex()
+    full = checker.verify(Repository.open(root), read_data=True)
     chunk = [p for p in full.problems if p.kind == "chunk"]
     assert len(chunk) == 1 and chunk[0].blob == cid.hex()
     assert "another copy is intact" in chunk[0].message and chunk[0].affected == ()

@@ -1,8 +1,15 @@
-"""Comparison helpers shared by the tests."""
+"""Comparison helpers shared by the tests, and index entries written by hand."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
+
+from casnap.chunkindex import FIELD_DTYPE, IndexEntry, id_matrix
+from casnap.ids import ObjectId
+from casnap.store import Store
 
 # Header fields SQLite's backup API may set differently from the live source file: file change
 # counter (24-27), schema cookie (40-43), version-valid-for (92-99). Nothing else may differ.
@@ -34,3 +41,21 @@ def raw_tree(root: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def as_arrays(
+    entries: Iterable[tuple[ObjectId, IndexEntry]],
+) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+    """(pack table, ids, fields) of entries given one by one, as an index file holds them."""
+    entries = list(entries)
+    packs: dict[bytes, int] = {}
+    fields = np.zeros(len(entries), dtype=FIELD_DTYPE)
+    for row, (_cid, e) in enumerate(entries):
+        fields[row] = (packs.setdefault(bytes(e.pack), len(packs)), *e[1:])
+    return [ObjectId(p) for p in packs], id_matrix([bytes(cid) for cid, _ in entries]), fields
+
+
+def write_entries(store: Store, entries: dict[ObjectId, IndexEntry]) -> str:
+    """Store an index file holding these entries (a wrong or extra copy of a chunk); its key."""
+    key, _size = store.write_index(*as_arrays(entries.items()))
+    return key

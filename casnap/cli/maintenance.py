@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from casnap import gc as collector
-from casnap import locks, repair, retention, selection, stats
+from casnap import collector, locks, repair, retention, selection, stats
+from casnap.checker import verify
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
@@ -23,7 +23,6 @@ from casnap.cli.snapshots import _print_checks, _smoke_summary, paths_label
 from casnap.errors import CheckFailed, SnapshotNotFound
 from casnap.ids import ObjectId
 from casnap.staging import raise_if_smoke_failed, smoke_verify
-from casnap.verify import verify
 
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
 

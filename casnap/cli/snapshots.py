@@ -301,7 +301,7 @@ def diff(
 
     Example: casnap diff pre-migration latest
     """
-    from casnap.diff import diff as run_diff
+    from casnap.changes import diff as run_diff
 
     repo = c.open()
     a = resolve_ref(c, repo, a, filter_paths, filter_tags).hex()

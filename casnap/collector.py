@@ -21,24 +21,29 @@ from typing import Any
 import numpy as np
 
 from casnap.backends.local import LocalBackend
-from casnap.chunkindex import EntryTable, entry_of, merge_parts, stored_bytes
+from casnap.chunkindex import (
+    ChunkIndex,
+    EntryTable,
+    IndexEntry,
+    encode_index,
+    entry_of,
+    merge_parts,
+    stored_bytes,
+)
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId, hash_bytes
-from casnap.reachability import Reach, walk
-from casnap.repository import Repository
-from casnap.store import (
+from casnap.packs import (
     DIR_ENTRY_SIZE,
-    ChunkIndex,
-    IndexEntry,
-    PackWriter,
-    Store,
-    directory_agrees,
-    encode_index_arrays,
+    check_pack_entries,
     index_key,
     pack_id_of,
     pack_key,
     pack_overhead,
 )
+from casnap.packwriter import PackWriter
+from casnap.reachability import Reach, walk
+from casnap.repository import Repository
+from casnap.store import Store
 
 # Repack a pack when more than this share of its bytes is unreferenced (restic's default
 # --max-unused is 5%): rewriting a pack costs reading and writing all of it, so a little waste in
@@ -224,11 +229,11 @@ def plan(
     parts = []
     for key, _size in index_keys:
         try:
-            parts.append(repo.store.load_index_file_arrays(key))
+            parts.append(repo.store.load_index_file(key))
         except IntegrityError as exc:
             raise IntegrityError(
                 f"gc stopped before changing anything: {exc}; run `casnap repair-index`"
-            ) from None
+            ) from exc
     table = EntryTable(parts)
     del parts
     packs: dict[ObjectId, int] = {}
@@ -240,23 +245,21 @@ def plan(
     report.pack_bytes_before = sum(packs.values())
 
     # an entry is trusted when it lies inside an existing pack and the pack's own directory
-    # (read from its tail) confirms it; an unreadable directory confirms nothing and denies nothing
+    # (read from its tail) confirms it; a damaged directory confirms nothing and denies nothing,
+    # a directory that cannot be read (an I/O error) stops gc
     f = table.fields
     number = {bytes(p): n for n, p in enumerate(table.packs)}
-    psize = np.array([packs.get(p, -1) for p in table.packs], dtype=np.int64)
-    size_of = psize[f["pack"]]
-    valid = (size_of >= 0) & (f["offset"].astype(np.int64) + f["length"] <= size_of)
+    valid = np.zeros(len(table), dtype=bool)
     described: dict[int, int | None] = {}  # pack number -> distinct ids its directory names
     for n, rows in table.by_pack().items():
-        if psize[n] < 0:
+        pack = table.packs[n]
+        check = check_pack_entries(backend, pack, packs.get(pack), table.ids[rows], f[rows])
+        valid[rows] = check.trusted
+        if check.size is None:  # missing: none of its entries is trusted
             continue
-        try:
-            rec = repo.store.read_pack_directory_array(table.packs[n], int(psize[n]))
-        except IntegrityError:
-            described[n] = None
-            continue
-        described[n], agrees = directory_agrees(rec, table.ids[rows], f[rows])
-        valid[rows] &= agrees
+        if check.unreadable is not None and not isinstance(check.unreadable, IntegrityError):
+            raise check.unreadable
+        described[n] = check.described
 
     # one entry per blob: of its trusted entries, the one in the lowest pack id, lowest offset
     rank = np.zeros(len(table.packs), dtype=np.int64)
@@ -283,7 +286,7 @@ def plan(
     except IntegrityError as exc:
         raise IntegrityError(
             f"gc stopped before changing anything: {exc}; run `casnap verify`"
-        ) from None
+        ) from exc
     referenced = reach.referenced_ids()
     del reach
     report.referenced_blobs = len(referenced)
@@ -448,7 +451,7 @@ def _repack(
                     stopped = "gc --dry-run stopped" if dry_run else "gc stopped before deleting"
                     raise IntegrityError(
                         f"{stopped} anything: {exc}; run `casnap verify --read-data`"
-                    ) from None
+                    ) from exc
                 writer.add_frame(e0.type, encoded, frame_plain, placed)
                 start = stop
             del data, members
@@ -456,7 +459,7 @@ def _repack(
     except BaseException:
         writer.abort()
         raise
-    return writer.new_arrays(), writer.created
+    return writer.new_entries(), writer.created
 
 
 def _write_index(
@@ -469,7 +472,7 @@ def _write_index(
     packs, ids, fields = _new_index(p, [moved])
     if not len(ids):
         return None
-    blob = encode_index_arrays(packs, ids, fields)
+    blob = encode_index(packs, ids, fields)
     key = index_key(hash_bytes(blob))
     if dry_run:
         made = key not in {k for k, _ in p.index_keys}

@@ -12,53 +12,64 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from casnap.chunkindex import EntryTable, IdSet, IndexEntry
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.ids import ObjectId, hash_bytes, is_hex_prefix
 from casnap.manifest import Snapshot
+from casnap.packs import (
+    check_pack_entries,
+    pack_id_of,
+    pack_key,
+    parse_pack_directory,
+    read_pack_directory,
+)
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
 from casnap.selection import SnapshotFilter, resolve
-from casnap.store import (
-    EntryTable,
-    IdSet,
-    IndexEntry,
-    Store,
-    check_pack_size,
-    directory_agrees,
-    pack_id_of,
-    pack_key,
-    parse_pack_directory,
-)
+from casnap.store import ChunkDamaged, Store
 
-_CHUNK_PREFIX = re.compile(r"^chunk [0-9a-f]{64} in pack [0-9a-f]{64}: ")
+
+class Affected(NamedTuple):
+    """One file of one snapshot that a problem breaks."""
+
+    snapshot: str  # snapshot id (hex)
+    path: str
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing found wrong; `affected` lists the (snapshot id, file path) it breaks."""
+    """One thing found wrong: what it names as typed fields, and `message`, its text.
 
-    kind: str  # manifest | index | pack | chunk | missing | object
+    kind: manifest | index | pack | chunk | missing | object (docs/JSON.md). fault says what is
+    wrong with it: manifest and index: damaged | unreadable; object: bad-name; pack: missing |
+    too-large | truncated | bad-directory | disagrees | unreadable | damaged; chunk: damaged (a
+    copy of the blob cannot be read intact); missing: not-indexed.
+    """
+
+    kind: str
     message: str
-    blob: str | None = None
-    pack: str | None = None
-    affected: tuple[tuple[str, str], ...] = ()
+    blob: str | None = None  # the chunk or chunk list (hex): chunk, missing
+    pack: str | None = None  # the pack (hex): pack, and chunk when the copy has an entry
+    affected: tuple[Affected, ...] = ()  # the files it breaks
+    fault: str | None = None
+    key: str | None = None  # the object it names: manifest, index, object
+    snapshot: str | None = None  # the snapshot (hex) whose manifest is damaged: manifest
 
     def line(self) -> str:
         """The problem as one line of text, with the files it breaks."""
         if not self.affected:
             return self.message
         by_file: dict[str, list[str]] = {}
-        for sid, path in self.affected:
-            by_file.setdefault(path, []).append(sid[:8])
+        for a in self.affected:
+            by_file.setdefault(a.path, []).append(a.snapshot[:8])
         parts = [f"{path} ({', '.join(sids)})" for path, sids in sorted(by_file.items())]
         return f"{self.message}; breaks {'; '.join(parts)}"
 
@@ -68,7 +79,7 @@ class Problem:
             "message": self.message,
             "blob": self.blob,
             "pack": self.pack,
-            "affected": [{"snapshot": s, "path": p} for s, p in self.affected],
+            "affected": [{"snapshot": a.snapshot, "path": a.path} for a in self.affected],
         }
 
 
@@ -123,6 +134,22 @@ class VerifyReport:
         return d
 
 
+@dataclass
+class SmokeVerifyResult:
+    """What `staging.smoke_verify` found: one snapshot restored into a temporary dir with
+    every hash verified, and the smoke report when checks ran (`smoke[]` of verify --json)."""
+
+    id: str
+    files: int
+    bytes_verified: int
+    smoke: dict[str, Any] | None
+    ok: bool
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def verify(
     repo: Repository,
     refs: Sequence[str] = (),
@@ -175,8 +202,8 @@ class _Checker:
         self.bad_directory: set[ObjectId] = set()
         self.oversized: set[ObjectId] = set()  # packs past MAX_PACK_SIZE: never read whole
 
-    def problem(self, kind: str, message: str, pack: ObjectId | None = None) -> None:
-        self.report.problems.append(Problem(kind, message, pack=pack.hex() if pack else None))
+    def pack_problem(self, pack: ObjectId, fault: str, message: str) -> None:
+        self.report.problems.append(Problem("pack", message, pack=pack.hex(), fault=fault))
 
     def run(self, refs: Sequence[str], subset_pct: float | None, seed: int | None) -> VerifyReport:
         snaps = self._manifests()
@@ -202,12 +229,22 @@ class _Checker:
             try:
                 sid = ObjectId.from_hex(name)
             except ValueError:
-                self.report.problems.append(Problem("object", f"{key}: not a snapshot name"))
+                self.report.problems.append(
+                    Problem("object", f"{key}: not a snapshot name", fault="bad-name", key=key)
+                )
                 continue
             try:
                 good.append((sid, self.repo.load_snapshot(sid)))
             except CasnapError as exc:
-                self.report.problems.append(Problem("manifest", f"{key}: {exc}"))
+                self.report.problems.append(
+                    Problem(
+                        "manifest",
+                        f"{key}: {exc}",
+                        fault=_fault(exc),
+                        key=key,
+                        snapshot=sid.hex(),
+                    )
+                )
                 self.report.damaged[sid.hex()] = []
         good.sort(key=lambda kv: (kv[1].time, kv[0].hex()))
         return good
@@ -240,10 +277,11 @@ class _Checker:
         for key, _ in self.backend.list("index/"):
             self.report.index_files += 1
             try:
-                parts.append(self.repo.store.load_index_file_arrays(key))
+                parts.append(self.repo.store.load_index_file(key))
             except CasnapError as exc:
                 why = str(exc)
-                self.problem("index", why if why.startswith(key) else f"{key}: {why}")
+                message = why if why.startswith(key) else f"{key}: {why}"
+                self.report.problems.append(Problem("index", message, fault=_fault(exc), key=key))
         self.table = EntryTable(parts)
         self.checked = np.zeros(len(self.table), dtype=bool)
         packs = self.table.packs
@@ -253,7 +291,9 @@ class _Checker:
         for key, size in self.backend.list("packs/"):
             pack = pack_id_of(key)
             if pack is None:
-                self.report.problems.append(Problem("object", f"{key}: not a pack name"))
+                self.report.problems.append(
+                    Problem("object", f"{key}: not a pack name", fault="bad-name", key=key)
+                )
                 continue
             self.packs[pack] = size
         self.report.packs = len(self.packs)
@@ -262,68 +302,67 @@ class _Checker:
             if pack not in self.rows_by_pack:
                 bar.add(size)
                 try:
-                    for rec in self.repo.store.read_pack_directory(pack, size):
-                        self.unindexed.setdefault(rec[0], pack)
+                    for cid in read_pack_directory(self.backend, pack, size)["id"]:
+                        self.unindexed.setdefault(ObjectId(cid.tobytes()), pack)
                 except CasnapError as exc:  # repair-index could not index it either
-                    self.problem("pack", f"pack {pack.hex()[:12]} (named by no index): {exc}", pack)
+                    self.pack_problem(
+                        pack, "bad-directory", f"pack {pack.hex()[:12]} (named by no index): {exc}"
+                    )
                 self.report.notes.append(
                     f"pack {pack.hex()[:12]} is named by no index (left by an interrupted commit "
                     "or gc; the next gc removes it, repair-index would index it)"
                 )
         fields = self.table.fields
         for pack, rows in sorted(self.rows_by_pack.items()):
-            size = self.packs.get(pack)
-            if size is None:
-                self.problem(
-                    "pack",
-                    f"pack {pack.hex()[:12]} is missing: the index names {len(rows)} chunk(s) "
-                    "in it",
+            short = pack.hex()[:12]
+            f = fields[rows]
+            check = check_pack_entries(
+                self.backend, pack, self.packs.get(pack), self.table.ids[rows], f
+            )
+            if check.size is None:
+                self.pack_problem(
                     pack,
+                    "missing",
+                    f"pack {short} is missing: the index names {len(rows)} chunk(s) in it",
                 )
                 for row in rows.tolist():
-                    self.bad[row] = f"its pack {pack.hex()[:12]} is missing"
+                    self.bad[row] = f"its pack {short} is missing"
                 continue
-            bar.add(size)
-            try:
-                check_pack_size(pack_key(pack), size)
-            except IntegrityError as exc:
-                self.problem("pack", f"pack {pack.hex()[:12]}: {exc}", pack)
+            bar.add(check.size)
+            if check.too_large is not None:
+                self.pack_problem(pack, "too-large", f"pack {short}: {check.too_large}")
                 self.oversized.add(pack)
                 for row in rows.tolist():
-                    self.bad[row] = f"its pack {pack.hex()[:12]} is past the size limit"
+                    self.bad[row] = f"its pack {short} is past the size limit"
                 continue
-            f = fields[rows]
-            beyond = np.nonzero(f["offset"].astype(np.int64) + f["length"] > size)[0]
+            beyond = np.nonzero(check.beyond)[0]
             if len(beyond):
-                self.problem(
-                    "pack",
-                    f"pack {pack.hex()[:12]} is truncated: {len(beyond)} of {len(rows)} "
-                    f"chunk(s) the index names end past its {size} bytes",
+                self.pack_problem(
                     pack,
+                    "truncated",
+                    f"pack {short} is truncated: {len(beyond)} of {len(rows)} chunk(s) the "
+                    f"index names end past its {check.size} bytes",
                 )
                 for i in beyond.tolist():
                     offset, length = int(f["offset"][i]), int(f["length"][i])
                     self.bad[int(rows[i])] = (
-                        f"it lies at {offset}+{length}, past the end of pack "
-                        f"{pack.hex()[:12]} ({size} bytes; truncated)"
+                        f"it lies at {offset}+{length}, past the end of pack {short} "
+                        f"({check.size} bytes; truncated)"
                     )
-            try:
-                rec = self.repo.store.read_pack_directory_array(pack, size)
-            except CasnapError as exc:
-                self.problem("pack", f"pack {pack.hex()[:12]}: {exc}", pack)
+            if check.agrees is None:  # its directory could not be read
+                self.pack_problem(pack, "bad-directory", f"pack {short}: {check.unreadable}")
                 self.bad_directory.add(pack)
                 continue
             # a disagreement is reported for the pack; whether the chunk itself is readable (a
             # restore uses the index entry) is for --read-data to tell
-            _, agrees = directory_agrees(rec, self.table.ids[rows], f)
-            disagree = rows[~agrees]
+            disagree = rows[~check.agrees]
             if len(disagree):
                 first = self.table.id_at(int(disagree[0]))
-                self.problem(
-                    "pack",
-                    f"pack {pack.hex()[:12]}: {len(disagree)} index entr(y/ies) disagree with the "
-                    f"pack's own directory (first: chunk {first.hex()[:16]})",
+                self.pack_problem(
                     pack,
+                    "disagrees",
+                    f"pack {short}: {len(disagree)} index entr(y/ies) disagree with the pack's "
+                    f"own directory (first: chunk {first.hex()[:16]})",
                 )
         bar.finish()
 
@@ -341,7 +380,7 @@ class _Checker:
                 raw = self.backend.get(pack_key(e.pack), e.offset, e.length)
                 plain = Store.decode_verified(lid, e, raw)
             except CasnapError as exc:
-                self.bad[row] = _reason(exc)
+                self.bad[row] = exc.reason if isinstance(exc, ChunkDamaged) else str(exc)
                 reasons.append(self.bad[row])
                 continue
             self.checked[row] = True
@@ -375,7 +414,7 @@ class _Checker:
             try:
                 data = self.backend.get(key)
             except CasnapError as exc:
-                self.problem("pack", f"pack {pack.hex()[:12]}: {exc}", pack)
+                self.pack_problem(pack, "unreadable", f"pack {pack.hex()[:12]}: {exc}")
                 continue
             self.report.packs_read += 1
             self.report.bytes_read += len(data)
@@ -399,9 +438,9 @@ class _Checker:
                 # each frame is decoded once, whatever number of chunks it holds
                 e0 = members[0][1]
                 found = Store.frame_damage(data[e0.offset : e0.offset + e0.length], members)
-                for row, (_cid, _e), why in zip(frame.tolist(), members, found, strict=True):
-                    if why is not None:
-                        self.bad[row] = _reason(IntegrityError(why))
+                for row, damage in zip(frame.tolist(), found, strict=True):
+                    if damage is not None:
+                        self.bad[row] = damage.reason
                         bad_here += 1
                         continue
                     self.checked[row] = True
@@ -412,10 +451,10 @@ class _Checker:
                     if bad_here
                     else "every chunk the index names in it is intact (the damage is elsewhere)"
                 )
-                self.problem(
-                    "pack",
-                    f"pack {pack.hex()[:12]} does not match its name (damaged){where}; {tail}",
+                self.pack_problem(
                     pack,
+                    "damaged",
+                    f"pack {pack.hex()[:12]} does not match its name (damaged){where}; {tail}",
                 )
         bar.finish()
 
@@ -459,10 +498,10 @@ class _Checker:
         for blob, why, e in lines:
             kind = "tree" if blob in reach.trees else "data"
             where = f" in pack {e.pack.hex()[:12]}" if e is not None else ""
-            affected: tuple[tuple[str, str], ...] = ()
+            affected: tuple[Affected, ...] = ()
             note = ""
             if blob in broken:
-                affected = tuple((u.snapshot.hex(), u.path) for u in users.get(blob, []))
+                affected = tuple(Affected(u.snapshot.hex(), u.path) for u in users.get(blob, []))
             else:
                 note = " (another copy is intact)"
             if blob in reach.tree_errors and blob in broken:
@@ -474,6 +513,7 @@ class _Checker:
                     blob=blob.hex(),
                     pack=e.pack.hex() if e is not None else None,
                     affected=affected,
+                    fault="not-indexed" if e is None else "damaged",
                 )
             )
             for sid, path in affected:
@@ -484,9 +524,6 @@ class _Checker:
             files.sort()
 
 
-def _reason(exc: CasnapError) -> str:
-    """The part of a store error worth repeating on a line that already names chunk and pack."""
-    text = _CHUNK_PREFIX.sub("", str(exc))
-    if "does not match its hash" in text:
-        return "does not match its hash (damaged)"
-    return text
+def _fault(exc: CasnapError) -> str:
+    """The fault of an object that could not be loaded: damaged, or unreadable (I/O)."""
+    return "damaged" if isinstance(exc, IntegrityError) else "unreadable"

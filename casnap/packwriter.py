@@ -1,0 +1,215 @@
+"""PackWriter: collect new frames into packs, write them, then the index file naming them.
+
+Write order is packs, then the index file that names them, and only then the snapshot that
+references them: a crash leaves unreferenced data, never a reference to missing data.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from casnap.chunkindex import BLOB_TYPES, FIELD_DTYPE, IdSet, id_matrix
+from casnap.constants import MAX_PACK_DIRECTORY
+from casnap.ids import ID_SIZE, ObjectId, hash_bytes
+from casnap.packs import DIR_DTYPE, DIR_RECORD, PACK_HEADER, directory_fields, pack_key, seal_pack
+from casnap.store import Store
+
+# Packs queued for writing at once: bounds memory to about (1 + this) x pack_target.
+_PACKS_IN_FLIGHT = 1
+
+
+class _OpenPack:
+    __slots__ = ("data", "records")
+
+    def __init__(self) -> None:
+        self.data = bytearray(PACK_HEADER)  # grows in place: no second copy when written
+        self.records = bytearray()
+
+
+class PackWriter:
+    """Collects new frames into packs; `finish` writes the last pack and the index file.
+
+    Packs are written by a background thread (at most _PACKS_IN_FLIGHT queued), so hashing and
+    fsyncing a pack overlaps with reading and compressing the next. Not thread-safe: workers
+    encode frames, one thread adds them here.
+
+    `put` stores a finished pack under its key and says whether it made the object (False: the
+    same pack was stored already); by default Store.put_verified. gc's dry run passes one that
+    stores nothing, to learn the exact packs a repack would write.
+    """
+
+    def __init__(self, store: Store, put: Callable[[str, memoryview], bool] | None = None) -> None:
+        self.store = store
+        self._put = put if put is not None else store.put_verified
+        self.pending: set[bytes] = set()  # ids in the open pack and in packs being written
+        self.written = IdSet()  # ids in this writer's durable packs (compact: 40 bytes each)
+        self._pack: _OpenPack | None = None
+        self._inflight: deque[Future[tuple[ObjectId, bytes, int, bool]]] = deque()
+        self._done: list[tuple[ObjectId, bytes]] = []  # (pack, directory records)
+        # packs this writer made (not those it found stored already) and their sizes
+        self.created: list[tuple[ObjectId, int]] = []
+        self._unindexed: list[ObjectId] = []  # of those, the ones its index file does not name
+        self._io: ThreadPoolExecutor | None = None
+        self.bytes_added = 0  # bytes of packs written
+        self.packs_written = 0
+        self.chunks_added = 0
+        self.bytes_by_type = [0] * len(BLOB_TYPES)  # encoded bytes of frames added, per type
+        self.index_bytes = 0
+
+    def known(self, cid: bytes) -> bool:
+        """True when the chunk is stored already or queued in this writer."""
+        return cid in self.pending or cid in self.written or cid in self.store.index
+
+    def known_many(self, ids: Sequence[bytes]) -> np.ndarray:
+        """Boolean array: which of ids are stored or queued; callable from any thread.
+
+        `pending` is read before `written`: an id moving from one to the other (its pack became
+        durable) is then found in one of them.
+        """
+        pending = self.pending
+        found = np.fromiter((cid in pending for cid in ids), dtype=bool, count=len(ids))
+        matrix = id_matrix(b"".join(ids))
+        return found | self.written.contains_many(matrix) | self.store.index.contains_many(matrix)
+
+    def add(self, cid: ObjectId, btype: int, encoded: bytes, plain: int) -> bool:
+        """Queue one encoded chunk as its own frame unless known; True when it was new."""
+        if self.known(cid):
+            return False
+        return self.add_frame(btype, encoded, 0, [(cid, 0, plain)]) == 1
+
+    def add_frame(
+        self,
+        btype: int,
+        encoded: bytes,
+        frame_plain: int,
+        members: Sequence[tuple[bytes, int, int]],
+    ) -> int:
+        """Queue a frame holding members (id, offset in frame, plain size); returns how many of
+        them were new. frame_plain is the frame's plain size, 0 for a frame of one chunk.
+
+        Callers check the store's index beforehand (in batches, see known_many); members this
+        writer has already queued keep their first copy, and a frame with no new member is
+        dropped.
+        """
+        pending = self.pending
+        fresh = [m for m in members if m[0] not in pending]
+        if fresh and len(self.written):
+            done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
+            fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
+        if not fresh:
+            return 0
+        if self._pack is None:
+            self._pack = _OpenPack()
+        p = self._pack
+        offset = len(p.data)
+        pack_rec = DIR_RECORD.pack
+        for cid, inner, plain in fresh:
+            p.records += pack_rec(cid, btype, offset, len(encoded), plain, inner, frame_plain)
+            pending.add(bytes(cid))
+        p.data += encoded
+        self.chunks_added += len(fresh)
+        self.bytes_by_type[btype] += len(encoded)
+        if len(p.data) >= self.store.pack_target or len(p.records) >= MAX_PACK_DIRECTORY:
+            self.flush()
+        return len(fresh)
+
+    def flush(self) -> None:
+        """Hand the open pack to the writing thread (its chunks are indexed once it is durable)."""
+        p = self._pack
+        self._pack = None
+        if p is None or not p.records:
+            return
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-pack")
+        while len(self._inflight) >= _PACKS_IN_FLIGHT:
+            self._collect(self._inflight.popleft())
+        self._inflight.append(self._io.submit(self._write_pack, p))
+
+    def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
+        records = bytes(p.records)
+        data = p.data
+        seal_pack(data, records)
+        pack = hash_bytes(data)
+        made = self._put(pack_key(pack), memoryview(data))
+        self.bytes_added += len(data)
+        self.packs_written += 1
+        p.data = bytearray()
+        return pack, records, len(data), made
+
+    def _collect(self, fut: Future[tuple[ObjectId, bytes, int, bool]]) -> None:
+        """A pack is durable: its ids move from `pending` to the compact `written` set."""
+        pack, records, size, made = fut.result()
+        self._done.append((pack, records))
+        if made:
+            self.created.append((pack, size))
+            self._unindexed.append(pack)
+        ids = np.frombuffer(records, dtype=DIR_DTYPE)["id"]
+        self.written.add(ids)  # first, so a concurrent check always finds them in one place
+        for i in range(len(ids)):
+            self.pending.discard(ids[i].tobytes())
+
+    def new_entries(self) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+        """(pack table, ids, fields) of the chunks in packs handed to the writing thread (waits
+        for them), as an index file holds them."""
+        while self._inflight:
+            self._collect(self._inflight.popleft())
+        packs = [pack for pack, _ in self._done]
+        ids_parts, field_parts = [], []
+        for n, (_pack, records) in enumerate(self._done):
+            rec = np.frombuffer(records, dtype=DIR_DTYPE)
+            ids_parts.append(rec["id"])
+            field_parts.append(directory_fields(rec, n))
+        if not ids_parts:
+            return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
+        return packs, np.concatenate(ids_parts), np.concatenate(field_parts)
+
+    def _drain(self) -> None:
+        try:
+            while self._inflight:
+                self._collect(self._inflight.popleft())
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
+
+    def close(self) -> None:
+        """Write the open pack and wait for every pack to be durable, without an index file (for
+        callers that write their own index from `new_entries`, such as gc)."""
+        self.flush()
+        self._drain()
+
+    def abort(self) -> list[ObjectId]:
+        """Stop after a failure: wait for packs being written, drop the rest (no index file).
+
+        Returns the packs this writer made and `finish` did not index: nothing refers to them
+        (unless another writer made the very same pack meanwhile; see rollback.py before deleting
+        any). A pack that was stored already when this writer put it is not listed.
+        """
+        self._pack = None
+        while self._inflight:
+            fut = self._inflight.popleft()
+            try:
+                self._collect(fut)
+            except BaseException:  # noqa: BLE001 - the first failure is being reported already
+                pass
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+        return list(self._unindexed)
+
+    def finish(self) -> int:
+        """Flush, write one index file for everything added, and merge it; returns bytes written."""
+        self.flush()
+        self._drain()
+        if self._done:
+            packs, ids, fields = self.new_entries()
+            key, self.index_bytes = self.store.write_index(packs, ids, fields)
+            self._unindexed = []
+            self.store.index.add([(packs, ids, fields)])
+            self.store.index_files.append(key)
+            self._done = []
+        return self.bytes_added + self.index_bytes
