@@ -34,7 +34,6 @@ from casnap import (
     tempfiles,
 )
 from casnap import restored as restored_files
-from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend
 from casnap.chunking import HEADER_BYTES, choose_chunker, make_chunker
@@ -962,7 +961,7 @@ class Repository:
 
 
 def _local_backend(root: Path) -> Backend:
-    """The backend of a repository directory (with the test-only faults of CASNAP_TEST_FAULTS).
+    """The backend of a repository directory.
 
     A root that group or others may enter (a repository made before casnap created everything
     private) is closed here, when we own it. Lock files half-written by a process that was killed
@@ -971,7 +970,7 @@ def _local_backend(root: Path) -> Backend:
     """
     private.tighten_root(root)
     tempfiles.remove_stale(root / "locks", recursive=False)
-    return faulty.install_from_env(LocalBackend(root))
+    return LocalBackend(root)
 
 
 def _estimated_size(src: capture.SourceFile) -> int:
