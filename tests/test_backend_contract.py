@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from casnap.errors import AccessDenied, CasnapError, IntegrityError, ObjectMissi
 from casnap.private import make_dirs
 from casnap.tempfiles import temp_name
 from tests.helpers_reliability import ROOT, casnap_env, temp_files
-from tests.test_hostile import unprivileged
+from tests.test_hostile import in_small_tmpfs, unprivileged
 
 
 def _blob(seed: int, size: int) -> bytes:
@@ -410,16 +409,18 @@ def test_close(kit: Kit, backend: Backend) -> None:
 # -- the local backend against real failures ------------------------------------------------------
 
 PROBE = r"""
-import json, sys
+import json, subprocess, sys
 from pathlib import Path
 from casnap.backends import LocalBackend
 from casnap.errors import CasnapError
 
-b = LocalBackend(Path(sys.argv[1]))
-calls = {
+root, size = Path(sys.argv[1]), int(sys.argv[3])
+b = LocalBackend(root)
+steps = {
     "setup": lambda: b.put("packs/00/old", b"old") and b.put("config", b"{}"),
-    "put": lambda: b.put("packs/00/new", bytes(int(sys.argv[3]))),
-    "put-new-folder": lambda: b.put("packs/ff/new", bytes(int(sys.argv[3]))),
+    "read-only": lambda: subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True),
+    "put": lambda: b.put("packs/00/new", bytes(size)),
+    "put-new-folder": lambda: b.put("packs/ff/new", bytes(size)),
     "get": lambda: b.get("packs/00/old"),
     "list": lambda: list(b.list("packs/")),
     "delete": lambda: b.delete("packs/00/old"),
@@ -427,19 +428,42 @@ calls = {
 out = {}
 for name in sys.argv[2].split(","):
     try:
-        calls[name]()
+        steps[name]()
         out[name] = "ok"
     except CasnapError as exc:
-        cause = type(exc.__cause__).__name__
-        out[name] = f"{type(exc).__name__}({cause}): {exc}"
+        out[name] = f"{type(exc).__name__}({type(exc.__cause__).__name__}): {exc}"
+out["files"] = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 print(json.dumps(out))
 """
 
 
-def _probe(prefix: list[str], root: Path, calls: str, size: int = 10) -> dict[str, str]:
-    """Run LocalBackend calls on root in a subprocess started through prefix; outcome by call."""
+def test_local_full_disk_is_storage_full(tmp_path: Path) -> None:
+    """A put into a really full filesystem (a 2 MiB tmpfs) is StorageFull naming the object,
+    leaves no temp file, and the objects already there stay readable and deletable."""
+    root = tmp_path / "small"
+    calls = "setup,put,get,list,delete"
+    outcome = in_small_tmpfs(root, PROBE, str(root), calls, str(3 << 20))
+    assert outcome["put"].startswith("StorageFull(OSError): writing "), outcome
+    assert "packs/00/new" in outcome["put"] and "no space left on device" in outcome["put"]
+    assert outcome["get"] == outcome["list"] == outcome["delete"] == "ok"
+    assert outcome["files"] == ["config"]  # the old object deleted, nothing half-written left
+
+
+def test_local_read_only_filesystem_is_access_denied(tmp_path: Path) -> None:
+    root = tmp_path / "small"
+    calls = "setup,read-only,put,put-new-folder,get,list,delete"
+    outcome = in_small_tmpfs(root, PROBE, str(root), calls, "10")
+    for call in ("put", "put-new-folder", "delete"):
+        assert outcome[call].startswith("AccessDenied(OSError): "), outcome
+    assert "Read-only file system" in outcome["put"]
+    assert outcome["get"] == outcome["list"] == "ok"
+    assert outcome["files"] == ["config", "packs/00/old"]
+
+
+def _probe(prefix: list[str], root: Path, calls: str) -> dict[str, str]:
+    """Run PROBE's calls on a LocalBackend at root in a subprocess started through prefix."""
     proc = subprocess.run(
-        [*prefix, sys.executable, "-c", PROBE, str(root), calls, str(size)],
+        [*prefix, sys.executable, "-c", PROBE, str(root), calls, "10"],
         env=casnap_env(),
         capture_output=True,
         text=True,
@@ -447,75 +471,7 @@ def _probe(prefix: list[str], root: Path, calls: str, size: int = 10) -> dict[st
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
-def _namespace(tmp_path: Path) -> list[str]:
-    """unshare's prefix for a private mount namespace (in a user namespace unless root)."""
-    prefix = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--user", "--map-root-user"])
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare (util-linux) to mount a small tmpfs")
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    done = subprocess.run(
-        [*prefix, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(probe)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a private namespace here ({done.stderr.strip()})")
-    return prefix
-
-
-def _on_tmpfs(
-    tmp_path: Path, root: Path, between: str, calls: str, size: int = 10
-) -> tuple[dict[str, str], list[str]]:
-    """In a private mount namespace: mount a 64 KiB tmpfs on root, put the probe's first objects
-    there, run the shell command `between` ($1 is root), then the probe's calls. Their outcomes,
-    and the files left on the tmpfs (it vanishes with the namespace)."""
-    prefix = _namespace(tmp_path)
-    root.mkdir()
-    script = (
-        'mount -t tmpfs -o size=64k,mode=700 tmpfs "$1" && '
-        '"$0" -c "$PROBE" "$1" setup 0 >/dev/null && '
-        f"{between} && "
-        '"$0" -c "$PROBE" "$1" "$2" "$3" && find "$1" -type f'
-    )
-    proc = subprocess.run(
-        [*prefix, "sh", "-c", script, sys.executable, str(root), calls, str(size)],
-        env={**casnap_env(), "PROBE": PROBE},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out, *files = proc.stdout.splitlines()
-    return json.loads(out), sorted(Path(f).relative_to(root).as_posix() for f in files)
-
-
-def test_local_full_disk_is_storage_full(tmp_path: Path) -> None:
-    """A put into a really full filesystem (a 64 KiB tmpfs) is StorageFull naming the object,
-    leaves no temp file, and the objects already there stay readable."""
-    root = tmp_path / "repo"
-    outcome, files = _on_tmpfs(tmp_path, root, "true", "put,get,list,delete", 1_000_000)
-    assert outcome["put"].startswith("StorageFull(OSError): writing "), outcome
-    assert "packs/00/new" in outcome["put"] and "no space left on device" in outcome["put"]
-    assert outcome["get"] == outcome["list"] == outcome["delete"] == "ok"
-    assert files == ["config"]  # the old object deleted, nothing half-written left
-
-
-def test_local_read_only_filesystem_is_access_denied(tmp_path: Path) -> None:
-    root = tmp_path / "repo"
-    outcome, files = _on_tmpfs(
-        tmp_path, root, 'mount -o remount,ro "$1"', "put,put-new-folder,get,list,delete"
-    )
-    for call in ("put", "put-new-folder", "delete"):
-        assert outcome[call].startswith("AccessDenied(OSError): "), outcome
-    assert "Read-only file system" in outcome["put"]
-    assert outcome["get"] == outcome["list"] == "ok"
-    assert files == ["config", "packs/00/old"]
+    return json.loads(proc.stdout)
 
 
 def test_local_permission_denied_is_access_denied(tmp_path: Path) -> None:
@@ -523,7 +479,7 @@ def test_local_permission_denied_is_access_denied(tmp_path: Path) -> None:
     listing never passes over a folder it cannot read as if it were empty)."""
     prefix = unprivileged()
     root = tmp_path / "repo"
-    assert _probe([], root, "setup") == {"setup": "ok"}
+    assert _probe([], root, "setup")["setup"] == "ok"
     packs = root / "packs"
     (packs / "00").chmod(0o500)  # may read, may not add or remove
     (packs / "00" / "old").chmod(0)
