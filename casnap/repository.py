@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from casnap import capture, chunklist, fsutil, locks, rollback, selection
-from casnap.backends import faulty
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend
 from casnap.config import default_config, encode_config, parse_config
@@ -298,4 +297,4 @@ def _local_backend(root: Path) -> Backend:
     """
     fsutil.tighten_root(root)
     fsutil.remove_stale(root / "locks", recursive=False)
-    return faulty.install_from_env(LocalBackend(root))
+    return LocalBackend(root)

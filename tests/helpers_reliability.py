@@ -149,12 +149,20 @@ def casnap_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def casnap_command(args: list[str], faults: str = "") -> list[str]:
+    """The command line running the casnap CLI on args: `python -m casnap`, or with faults (a
+    tests.faults spec such as "put:kill:3") `python -m tests.faulty_cli`, which injects them."""
+    if faults:
+        return [sys.executable, "-m", "tests.faulty_cli", faults, *args]
+    return [sys.executable, "-m", "casnap", *args]
+
+
 def run_casnap(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120, faults: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Run the casnap CLI in a subprocess; output captured as text."""
+    """Run the casnap CLI in a subprocess (under faults, when given); output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "casnap", *args],
+        casnap_command(args, faults),
         env=env or casnap_env(),
         capture_output=True,
         text=True,

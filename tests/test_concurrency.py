@@ -21,6 +21,7 @@ from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,
     Ledger,
+    casnap_command,
     casnap_env,
     small_app,
     small_config,
@@ -74,9 +75,11 @@ class Holder:
                 f.close()
 
 
-def start(repo: Path, data: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+def start(
+    repo: Path, data: Path, *args: str, faults: str = "", **env: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data), *args],
+        casnap_command(["--repo", str(repo), "--data", str(data), *args], faults),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -190,7 +193,7 @@ def test_lock_of_a_killed_process_is_recovered(tmp_path: Path, who: str) -> None
         pid, operation = holder.proc.pid, "gc"
         holder.kill()
     else:
-        proc = start(repo_dir, data, who, CASNAP_TEST_FAULTS="put:kill:1:locks/")
+        proc = start(repo_dir, data, who, faults="put:kill:1:locks/")
         assert finish(proc)[0] == -signal.SIGKILL
         pid, operation = proc.pid, who
     (stale,) = locks.holders(backend)  # left behind, its holder dead

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 
 from casnap import collector
 from casnap.backends import Backend, LocalBackend, MemoryBackend
-from casnap.backends import faulty as F
 from casnap.chunkindex import decode_index
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import CasnapError, StorageFull
 from casnap.packs import pack_key
 from casnap.repository import Repository
+from tests import faults as F
 from tests.conftest import evolve_app
 from tests.helpers_reliability import Ledger, check_healthy, small_app, small_config
 from tests.test_hostile import in_small_tmpfs
@@ -155,36 +155,32 @@ def test_failed_first_commit_leaves_no_repository(
     if placeholder:
         root.mkdir()
         (root / placeholder).write_text("backups of the app\n")
-    monkeypatch.setenv(F.ENV_VAR, "put:enospc:2:packs/")
     # small packs, so the commit writes several
     monkeypatch.setattr("casnap.repository.default_config", small_config)
-    code, out = _commit(root, data)
+    with F.faulty_local_backends("put:enospc:2:packs/"):
+        code, out = _commit(root, data)
     assert code == 8, out
     if placeholder:
         assert sorted(p.name for p in root.iterdir()) == [placeholder]
     else:
         assert not root.exists()
-    monkeypatch.delenv(F.ENV_VAR)
     code, out = _commit(root, data)
     assert code == 0, out
     assert len(Repository.open(root).snapshots()) == 1
 
 
-def test_failed_first_commit_into_an_initialised_repository_keeps_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_first_commit_into_an_initialised_repository_keeps_it(tmp_path: Path) -> None:
     """`casnap init` made the repository: the failed commit takes back its packs, not the
     repository."""
     data = small_app(tmp_path / "data", rows=400)
     root = tmp_path / "backups"
     Repository.init(root, small_config())
-    monkeypatch.setenv(F.ENV_VAR, "put:enospc:2:packs/")
-    code, out = _commit(root, data)
+    with F.faulty_local_backends("put:enospc:2:packs/"):
+        code, out = _commit(root, data)
     assert code == 8, out
     assert (root / "config").is_file()
     assert not unindexed_packs(LocalBackend(root))
     assert not [p for p in (root / "packs").rglob("*") if p.is_file()]
-    monkeypatch.delenv(F.ENV_VAR)
     code, out = _commit(root, data)
     assert code == 0, out
 

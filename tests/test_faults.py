@@ -2,7 +2,7 @@
 healthy repository afterwards verifies, keeps every snapshot and takes the next commit.
 
 One scenario table runs against LocalBackend and MemoryBackend alike (restic style: faults come
-from wrapping the backend, `casnap.backends.faulty`).
+from wrapping the backend, `tests/faults.py`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pytest
 
 from casnap import collector, locks, retention
 from casnap.backends import Backend, LocalBackend, MemoryBackend
-from casnap.backends import faulty as F
 from casnap.checker import VerifyReport, verify
 from casnap.committer import commit
 from casnap.errors import CasnapError, IntegrityError, StorageFull
 from casnap.repair import repair_index
 from casnap.repository import Repository
 from casnap.restorer import checkout
+from tests import faults as F
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     Ledger,
@@ -379,7 +379,7 @@ def test_every_scenario_is_tried_on_both_backends() -> None:
     assert per_backend["local"] == per_backend["memory"] == len(CASES) // 2
 
 
-def test_env_spec_parses_and_rejects_garbage() -> None:
+def test_spec_parses_and_rejects_garbage() -> None:
     faults = F.parse_spec("put:kill:7, get:flip:2:packs/,replace:kill:1")
     assert [(f.op, f.action, f.nth, f.prefix) for f in faults] == [
         ("put", "kill", 7, ""),
@@ -391,14 +391,33 @@ def test_env_spec_parses_and_rejects_garbage() -> None:
             F.parse_spec(bad)
 
 
-def test_env_faults_keep_the_backend_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_spec_faults_keep_the_backend_type(tmp_path: Path) -> None:
     plain = LocalBackend(tmp_path / "a")
-    monkeypatch.delenv(F.ENV_VAR, raising=False)
-    assert F.install_from_env(plain) is plain and "put" not in vars(plain)
-    monkeypatch.setenv(F.ENV_VAR, "put:enospc:2:packs/")
-    b = F.install_from_env(LocalBackend(tmp_path / "b"))
+    assert F.install(plain, "") is plain and "put" not in vars(plain)
+    b = F.install(LocalBackend(tmp_path / "b"), "put:enospc:2:packs/")
     assert isinstance(b, LocalBackend)  # code that asks for the type still gets it
     assert b.put("packs/x", b"1") and b.put("index/y", b"2")
     with pytest.raises(StorageFull, match="writing packs/z"):
         b.put("packs/z", b"3")
     assert not temp_files(tmp_path / "b")
+
+
+def test_faulty_local_backends_act_only_while_active(tmp_path: Path) -> None:
+    """Each LocalBackend made inside gets the spec's faults, counted afresh; outside, LocalBackend
+    and os.replace are untouched (a fault never leaks into another test)."""
+    real_replace = os.replace
+    with F.faulty_local_backends("put:enospc:2:packs/,replace:fail:1"):
+        for name in ("a", "b"):
+            b = LocalBackend(tmp_path / name)
+            assert b.put("packs/x", b"1")
+            with pytest.raises(StorageFull):
+                b.put("packs/y", b"2")
+        (tmp_path / "src").write_bytes(b"s")
+        with pytest.raises(OSError, match="injected I/O error"):
+            os.replace(tmp_path / "src", tmp_path / "dst")
+    assert os.replace is real_replace
+    c = LocalBackend(tmp_path / "c")
+    assert "put" not in vars(c)
+    assert c.put("packs/x", b"1") and c.put("packs/y", b"2")
+    os.replace(tmp_path / "src", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == b"s"

@@ -220,8 +220,8 @@ def one_line(proc: subprocess.CompletedProcess[str], code: int, pattern: str) ->
     return lines[0]
 
 
-def cli(repo: Path, data: Path, *args: str, env: dict[str, str] | None = None):
-    return run_casnap(["--repo", str(repo), "--data", str(data), *args], env=env)
+def cli(repo: Path, data: Path, *args: str, faults: str = ""):
+    return run_casnap(["--repo", str(repo), "--data", str(data), *args], faults=faults)
 
 
 @pytest.fixture
@@ -469,8 +469,8 @@ def test_missing_data_dir(setup: tuple[Path, Path, str], tmp_path: Path) -> None
 def test_full_disk_from_the_backend(setup: tuple[Path, Path, str], tmp_path: Path) -> None:
     repo_dir, data, sid = setup
     (data / "new.bin").write_bytes(os.urandom(50_000))
-    env = casnap_env(CASNAP_TEST_FAULTS="put:enospc:1:packs/")
-    one_line(cli(repo_dir, data, "commit", env=env), 8, r"packs/.*no space left on device")
+    faults = "put:enospc:1:packs/"
+    one_line(cli(repo_dir, data, "commit", faults=faults), 8, r"packs/.*no space left on device")
     no_temp_files(repo_dir, data)
     assert cli(repo_dir, data, "checkout", sid, "--to", str(tmp_path / "o")).returncode == 0
 

@@ -1,12 +1,13 @@
 """SIGKILL the real CLI (`python -m casnap`) at many points of a commit and of a checkout.
 
-Kill points come two ways: deterministic ones from the test-only hook CASNAP_TEST_FAULTS (the
-process SIGKILLs itself right after its nth backend put, nth backend get, or nth file swapped into
-place), and spread ones (SIGKILL from outside at fractions of the measured run time, counted from
-the moment the process holds its repository lock). After every kill: the repository verifies,
-every earlier snapshot restores byte for byte, the next commit succeeds, no file of an interrupted
-checkout is torn (each is its old or its new version), rerunning the checkout completes it, the
-data the checkout replaced is still held by a snapshot, and no temp file outlives the next run.
+Kill points come two ways: deterministic ones from faults injected by running the CLI through
+`python -m tests.faulty_cli` (the process SIGKILLs itself right after its nth backend put, nth
+backend get, or nth file swapped into place), and spread ones (SIGKILL from outside at fractions
+of the measured run time, counted from the moment the process holds its repository lock). After
+every kill: the repository verifies, every earlier snapshot restores byte for byte, the next
+commit succeeds, no file of an interrupted checkout is torn (each is its old or its new version),
+rerunning the checkout completes it, the data the checkout replaced is still held by a snapshot,
+and no temp file outlives the next run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import pytest
 
 from casnap import retention
 from casnap.backends import LocalBackend
-from casnap.backends import faulty as F
 from casnap.checker import verify
 from casnap.collector import collect
 from casnap.committer import commit
@@ -31,10 +31,12 @@ from casnap.fsutil import HOST_TAG, STAGE_PREFIX
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from casnap.staging import smoke_verify
+from tests import faults as F
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,
     Ledger,
+    casnap_command,
     casnap_env,
     file_hashes,
     run_casnap,
@@ -154,8 +156,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
 def run_killed(args: list[str], repo_dir: Path, faults: str = "", delay: float | None = None):
     """Run the CLI; SIGKILLed by the fault hook, or from outside `delay` s after it locks."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "casnap", *args],
-        env=casnap_env(**({F.ENV_VAR: faults} if faults else {})),
+        casnap_command(args, faults),
+        env=casnap_env(),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

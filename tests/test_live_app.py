@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from casnap.backends import MemoryBackend
-from casnap.backends import faulty as F
 from casnap.committer import CommitResult, commit
 from casnap.constants import SOURCE_RETRIES, STAT_SETTLE_NS
 from casnap.errors import SourceError
 from casnap.ids import hash_bytes
 from casnap.repository import Repository
 from casnap.restorer import checkout
+from tests import faults as F
 from tests.helpers_reliability import small_app, small_config, wait_for
 
 BATCH = 7  # rows per writer transaction: a count that is not a multiple was torn

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from casnap.backends.faulty import FaultyBackend, call_after
 from casnap.backends.local import LocalBackend
 from casnap.committer import commit
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests.conftest import evolve_app
+from tests.faults import FaultyBackend, call_after
 from tests.helpers_reliability import (
     Ledger,
     casnap_env,

@@ -1,9 +1,20 @@
 """The backend interface: everything casnap stores goes through these few calls.
 
-Keys are relative POSIX paths ("packs/ab/ab12…"). Behaviour such as fault injection is added by
-wrapping a backend, never by changing the layers above. Backends report failures as CasnapError:
-an OSError escaping a backend operation is turned into one (a full disk into StorageFull) by the
-base class, so no layer above ever sees a raw OSError or mislabels it.
+The contract every backend keeps (tests/test_backend_contract.py holds each backend to it):
+
+- Keys are relative POSIX paths of non-empty components, none "." or ".." ("packs/ab/ab12…");
+  any other key is a caller's bug and raises ValueError before anything is touched. A key never
+  names a folder of another key (casnap never stores both "a" and "a/b").
+- Objects are immutable: put never overwrites, and an object is whole once put returns. A put
+  that fails or is interrupted leaves no object under its key (a local put may leave a temp file,
+  which no call ever lists or reads).
+- Failures are CasnapErrors: an OSError escaping put, get, list or delete is turned into one (a
+  full disk into StorageFull, a lack of permission into AccessDenied) by this base class, naming
+  the key and the backend, with the OSError as its cause; no layer above sees a raw OSError.
+- Calls may come from several threads at once.
+
+Behaviour such as fault injection is added by wrapping a backend, never by changing the layers
+above.
 """
 
 from __future__ import annotations
@@ -17,11 +28,29 @@ from casnap.errors import from_oserror
 
 
 def check_key(key: str) -> str:
-    """Reject keys that could escape the repository root."""
+    """Reject keys that could escape the repository root (ValueError); the key otherwise."""
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid backend key {key!r}")
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Reject list prefixes other than "" and a valid folder ending in "/" (ValueError)."""
+    if prefix and (not prefix.endswith("/") or prefix == "/"):
+        raise ValueError(f"invalid backend list prefix {prefix!r} (want '' or a folder/)")
+    if prefix:
+        try:
+            check_key(prefix[:-1])
+        except ValueError as exc:
+            raise ValueError(f"invalid backend list prefix {prefix!r}") from exc
+    return prefix
+
+
+def check_range(offset: int, length: int | None) -> None:
+    """Reject a negative offset or length (ValueError): a caller's bug, not damage."""
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"invalid range: offset {offset}, length {length}")
 
 
 _VERBS = {"put": "writing", "get": "reading", "delete": "deleting", "list": "listing"}
@@ -41,7 +70,7 @@ def convert_oserrors(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 yield from fn(self, prefix)
             except OSError as exc:
-                raise from_oserror(exc, what(self, prefix)) from None
+                raise from_oserror(exc, what(self, prefix)) from exc
 
         return listing
 
@@ -50,13 +79,13 @@ def convert_oserrors(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(self, key, *args, **kwargs)
         except OSError as exc:
-            raise from_oserror(exc, what(self, key)) from None
+            raise from_oserror(exc, what(self, key)) from exc
 
     return call
 
 
 class Backend(ABC):
-    """A flat namespace of immutable objects."""
+    """A flat namespace of immutable objects under keys (see the module docstring)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -68,29 +97,57 @@ class Backend(ABC):
     @property
     @abstractmethod
     def location(self) -> str:
-        """Where the objects live, for messages."""
+        """Where the objects live, for messages (a folder, a bucket URL)."""
 
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> bool:
-        """Store data under key unless key exists; True when written. Durable when it returns."""
+        """Store data under key unless key exists: True when this call stored it, False (and the
+        stored object unchanged) when key was already there.
+
+        Atomic: of writers racing for one key exactly one gets True, and the object is all of its
+        bytes. Durable when it returns. The backend keeps its own copy (the caller may reuse its
+        buffer). A failed put leaves no object under key. Raises ValueError for an invalid key,
+        StorageFull when the storage is full, AccessDenied without permission, CasnapError for
+        any other failure.
+        """
 
     @abstractmethod
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Bytes of key from offset (all when length is None); ObjectMissing when absent,
-        IntegrityError when the object is shorter than the range asked for."""
+        """Bytes of key from offset: exactly length of them, or all to the end when length is None.
+
+        Raises ObjectMissing when key is not stored, IntegrityError when the object does not hold
+        the range (it ends before offset + length, or before offset: a truncated object is damage,
+        never a short read), ValueError for an invalid key or a negative offset or length,
+        AccessDenied without permission, CasnapError for any other failure.
+        """
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object whose key starts with prefix (a folder such as "packs/")."""
+        """(key, size in bytes) of every object in the folder prefix and below it, each once, in no
+        promised order; prefix is "" (every object) or a folder ending in "/" ("packs/").
+
+        Only whole objects are listed: never a temp file or an object still being put. A folder
+        that does not exist lists nothing; one that cannot be read is an error, never passed over
+        as empty. The iterator raises ValueError for an invalid prefix, AccessDenied without
+        permission, CasnapError for any other failure.
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:
-        """Remove key; removing an absent key is not an error."""
+        """Remove key, durably when it returns; removing an absent key is not an error.
+
+        Raises ValueError for an invalid key, AccessDenied without permission, CasnapError for any
+        other failure.
+        """
 
     def exists(self, key: str) -> bool:
-        """True when key is stored."""
+        """True when key is stored (a folder of other keys is not). Raises ValueError for an
+        invalid key; the default lists key's folder, backends answer it more cheaply."""
+        check_key(key)
         folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
         return any(k == key for k, _ in self.list(folder))
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
-        """Release resources; the default holds none."""
+        """Release what the backend holds (connections, handles); calling it again is harmless,
+        and no other call is made after it. What was stored stays stored. The default holds
+        nothing."""

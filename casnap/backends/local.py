@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from casnap.backends.base import Backend, check_key
+from casnap.backends.base import Backend, check_key, check_prefix, check_range
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
 from casnap.fsutil import make_dirs, opener, temp_name
@@ -47,6 +47,13 @@ def _pread(fd: int, length: int, offset: int, whole: bool = True) -> bytes:
     return b"".join(parts)
 
 
+def _unreadable(exc: OSError) -> None:
+    """os.walk's error hook: a folder that cannot be read fails the listing (passing over it
+    would list its objects as gone); one removed while the walk ran has nothing to list."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
+
+
 class LocalBackend(Backend):
     """Objects as files under root; keys map to relative paths."""
 
@@ -66,9 +73,11 @@ class LocalBackend(Backend):
         if final.exists():
             return False
         tmp = final.parent / temp_name()
+        made = False
         try:
             make_dirs(final.parent)
             with open(tmp, "xb", opener=opener) as f:
+                made = True
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -83,33 +92,42 @@ class LocalBackend(Backend):
             fsync_dir(final.parent)
             return True
         except OSError as exc:
-            raise from_oserror(exc, f"writing {final}") from None
+            raise from_oserror(exc, f"writing {final}") from exc
         finally:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
+            if made:  # never unlink a name this call did not create (nor fail on a read-only fs)
+                try:
+                    tmp.unlink()
+                except FileNotFoundError:
+                    pass
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         # os.open and pread on a str path: a restore makes thousands of small ranged reads, and
         # pathlib plus a buffered file object cost more than the read itself
         path = os.path.join(self._root, check_key(key))
+        check_range(offset, length)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
+                if not length:  # to the end, or nothing: a short read cannot show damage
+                    size = os.fstat(fd).st_size
+                    if offset > size:
+                        raise IntegrityError(
+                            f"{key} is truncated: wanted bytes from offset {offset}, "
+                            f"it holds {size}"
+                        )
                 if length is None:
-                    data = _pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
+                    data = _pread(fd, size - offset, offset)
                     data += _pread(fd, 1 << 20, offset + len(data), whole=False)  # grown since
                 else:
                     data = _pread(fd, length, offset)
             finally:
                 os.close(fd)
-        except FileNotFoundError:
-            raise ObjectMissing(f"{key} is missing from the repository") from None
-        except IsADirectoryError:
-            raise IntegrityError(f"{key} is a directory, expected a file") from None
+        except (FileNotFoundError, NotADirectoryError) as exc:  # not there, or below an object
+            raise ObjectMissing(f"{key} is missing from the repository") from exc
+        except IsADirectoryError as exc:
+            raise IntegrityError(f"{key} is a directory, expected a file") from exc
         except OSError as exc:
-            raise from_oserror(exc, f"reading {path}") from None
+            raise from_oserror(exc, f"reading {path}") from exc
         if length is not None and len(data) != length:
             raise IntegrityError(
                 f"{key} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
@@ -117,10 +135,10 @@ class LocalBackend(Backend):
         return data
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        folder = self.root / prefix.rstrip("/") if prefix else self.root
+        folder = self.root / check_prefix(prefix).rstrip("/") if prefix else self.root
         if not folder.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in sorted(filenames):
@@ -137,10 +155,10 @@ class LocalBackend(Backend):
         path = self._path(key)
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # absent, or below an object: not there
             return
         except OSError as exc:
-            raise from_oserror(exc, f"deleting {path}") from None
+            raise from_oserror(exc, f"deleting {path}") from exc
         fsync_dir(path.parent)
 
     def exists(self, key: str) -> bool:

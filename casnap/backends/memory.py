@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from casnap.backends.base import Backend, check_key
+from casnap.backends.base import Backend, check_key, check_prefix, check_range
 from casnap.errors import IntegrityError, ObjectMissing
 
 
@@ -29,16 +29,23 @@ class MemoryBackend(Backend):
             return True
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_key(key)
+        check_range(offset, length)
         with self._lock:
-            data = self.objects.get(check_key(key))
+            data = self.objects.get(key)
         if data is None:
             raise ObjectMissing(f"{key} is missing from the repository")
+        if offset > len(data):
+            raise IntegrityError(
+                f"{key} is truncated: wanted bytes from offset {offset}, it holds {len(data)}"
+            )
         out = data[offset:] if length is None else data[offset : offset + length]
         if length is not None and len(out) != length:
             raise IntegrityError(f"{key} is truncated: wanted {length} bytes at offset {offset}")
         return out
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        check_prefix(prefix)
         with self._lock:
             items = sorted((k, len(v)) for k, v in self.objects.items() if k.startswith(prefix))
         yield from items

@@ -1,4 +1,4 @@
-"""Fault-injecting backends for tests: wrap a real backend and make chosen operations go wrong.
+"""Fault-injecting backends: wrap a real backend and make chosen operations go wrong.
 
 Restic style: behaviour is added by wrapping the narrow Backend interface, never by changing the
 layers above. A `Fault` watches one operation (put, get, list, delete) on keys under a prefix,
@@ -6,9 +6,10 @@ counts the matching calls and acts on the nth one (and on every later one when `
 it raises an I/O error, reports a full disk, lands a write truncated, flips a byte of what a read
 returns, calls a test hook, or SIGKILLs the whole process.
 
-`FaultyBackend` is the wrapper tests build by hand. `install_from_env` is for crash tests that run
-the real CLI as a subprocess: when the test-only variable `CASNAP_TEST_FAULTS` is set, the backend
-a casnap process opens gets the faults it lists (see `parse_spec`); unset, nothing changes.
+`FaultyBackend` is the wrapper tests build by hand. `faulty_local_backends` gives every
+LocalBackend opened while it is active the faults of a spec (see `parse_spec`): tests use it around
+the CLI in-process, and `python -m tests.faulty_cli SPEC ARGS` runs the real CLI under it in a
+subprocess for crash tests. casnap itself has no test hook: the faults come from outside.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import signal
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from casnap.backends.base import Backend, convert_oserrors
-
-ENV_VAR = "CASNAP_TEST_FAULTS"
+from casnap.backends.local import LocalBackend
 
 OPS = ("put", "get", "list", "delete", "replace")
 ACTIONS = ("fail", "enospc", "truncate", "flip", "kill", "call")
@@ -38,8 +39,8 @@ class Fault:
     instead of a put, "truncate" stores the first half of a put's data, "flip" inverts the middle
     byte of what a get returns, "kill" SIGKILLs the process once the call has completed, "call"
     runs `hook(key)` once the call has completed. times=None keeps acting on every later call.
-    The op "replace" (only through `install_from_env`) counts os.replace calls, i.e. the renames
-    that swap restored files into place.
+    The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
+    restored files into place.
     """
 
     op: str
@@ -222,7 +223,7 @@ def parse_spec(spec: str) -> list[Fault]:
     for item in filter(None, (s.strip() for s in spec.split(","))):
         parts = item.split(":", 3)
         if len(parts) < 3 or not parts[2].isdigit():
-            raise ValueError(f"{ENV_VAR}: cannot parse {item!r} (want op:action:nth[:prefix])")
+            raise ValueError(f"fault spec: cannot parse {item!r} (want op:action:nth[:prefix])")
         op, action, nth = parts[0], parts[1], int(parts[2])
         prefix = parts[3] if len(parts) == 4 else ""
         times = None if action in ("enospc", "flip") else 1
@@ -230,13 +231,13 @@ def parse_spec(spec: str) -> list[Fault]:
     return faults
 
 
-def install_from_env(backend: Backend) -> Backend:
-    """Apply the faults of the test-only `CASNAP_TEST_FAULTS` variable to backend, in place.
+def install(backend: Backend, spec: str) -> Backend:
+    """Apply the faults of spec (see `parse_spec`) to backend, in place; backend is returned.
 
-    Unset, this returns backend untouched. Set, the instance's own methods are wrapped (so its type
-    stays what it is for code that asks), and a "replace" fault wraps os.replace in this process.
+    An empty spec leaves backend untouched. Otherwise the instance's own methods are wrapped (so
+    its type stays what it is for code that asks, such as gc's test for a local repository), and
+    a "replace" fault wraps os.replace in this process (once: the first backend's plan counts).
     """
-    spec = os.environ.get(ENV_VAR)
     if not spec:
         return backend
     plan = FaultPlan(parse_spec(spec))
@@ -263,3 +264,23 @@ def install_from_env(backend: Backend) -> Backend:
         replace._casnap_fault = True  # type: ignore[attr-defined]
         os.replace = replace  # type: ignore[assignment]
     return backend
+
+
+@contextmanager
+def faulty_local_backends(spec: str) -> Iterator[None]:
+    """While active, every LocalBackend made (the one a casnap command opens on its repository)
+    gets the faults of spec, counted afresh for each backend; on exit LocalBackend and os.replace
+    are as they were."""
+    real_init = LocalBackend.__init__
+    real_replace = os.replace
+
+    def init(self: LocalBackend, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        install(self, spec)
+
+    LocalBackend.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LocalBackend.__init__ = real_init  # type: ignore[method-assign]
+        os.replace = real_replace
