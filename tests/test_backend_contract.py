@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from casnap.private import make_dirs
-from casnap.tempfiles import temp_name
 
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, ObjectMissing, StorageFull
+from casnap.fsutil import make_dirs, temp_name
 from tests.helpers_reliability import ROOT, casnap_env, temp_files
 from tests.test_hostile import in_small_tmpfs, unprivileged
 
