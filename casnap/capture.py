@@ -93,12 +93,14 @@ class ScanOptions:
     """What a scan leaves out and what it reports besides the files.
 
     prune: absolute, resolved folders never entered (the repository when it lies in the data
-    dir); skipped: gets "<path>: why" for links and special files; dirs: gets the mode and owner
-    of every folder visited ("." for the data dir) and of the folders above the given paths;
+    dir), and prune_ids the same folders by identity (reached another way: a bind mount);
+    skipped: gets "<path>: why" for links and special files; dirs: gets the mode and owner of
+    every folder visited ("." for the data dir) and of the folders above the given paths;
     unreadable: when given, folders that cannot be listed are added to it instead of failing.
     """
 
     prune: Sequence[Path] = ()
+    prune_ids: frozenset[tuple[int, int]] = frozenset()  # (device, inode) of folders to skip
     skipped: list[str] | None = None
     dirs: dict[str, tuple[int, int, int]] | None = None
     unreadable: list[str] | None = None
@@ -141,6 +143,8 @@ def scan(
         except OSError as exc:
             raise from_oserror(exc, f"reading {full}") from exc
         if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in opts.prune_ids:
+                return
             if opts.dirs is not None:
                 opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
             try:

@@ -34,6 +34,7 @@ from casnap.errors import (
     EmptySnapshot,
     InconsistentData,
     IntegrityError,
+    InvalidArgument,
     NotADatabase,
     RepositoryNotFound,
     SourceError,
@@ -222,11 +223,18 @@ class Committer:
         prune = self.repo.nested_in(data_dir)
         self.repo.clean_scratch()
         rel_paths = commit_paths(paths, data_dir)
+        for rel in rel_paths:
+            if self.repo.holds_path(data_dir / rel):
+                raise InvalidArgument(
+                    f"{rel} lies inside the repository {self.repo.root}: a repository is never "
+                    "stored in itself"
+                )
         skipped: list[str] = []
         dirs: dict[str, tuple[int, int, int]] = {}
         unreadable: list[str] = []
         scan = capture.ScanOptions(
             prune=prune,
+            prune_ids=self.repo.folder_ids(),
             skipped=skipped,
             dirs=dirs,
             unreadable=unreadable if opts.skip_unreadable else None,

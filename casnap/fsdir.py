@@ -231,25 +231,23 @@ class Tree:
         self.created.clear()
 
     def walk(
-        self, rel: str = "", skip: Callable[[str, str], bool] | None = None
+        self, rel: str = "", skip: Callable[[str, str, os.stat_result], bool] | None = None
     ) -> Iterator[tuple[str, os.stat_result]]:
         """(relative path, lstat) of every entry below rel, sorted, without following symbolic
-        links; a directory comes before what it holds. skip(path, name) leaves an entry out
-        (and, for a directory, all it holds)."""
+        links; a directory comes before what it holds. skip(path, name, lstat) leaves an entry
+        out (and, for a directory, all it holds)."""
         d = self.dir(rel)
         if d is not None:
             yield from _walk(d, rel, skip)
 
 
 def _walk(
-    d: Dir, rel: str, skip: Callable[[str, str], bool] | None
+    d: Dir, rel: str, skip: Callable[[str, str, os.stat_result], bool] | None
 ) -> Iterator[tuple[str, os.stat_result]]:
     for name in d.names():
         path = f"{rel}/{name}" if rel else name
-        if skip is not None and skip(path, name):
-            continue
         st = d.lstat(name)
-        if st is None:
+        if st is None or (skip is not None and skip(path, name, st)):
             continue
         yield path, st
         if stat.S_ISDIR(st.st_mode):

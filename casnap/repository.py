@@ -8,6 +8,7 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -201,6 +202,33 @@ class Repository:
         """Remove what a killed casnap left in tmp/: database images, verify --smoke restores."""
         fsutil.remove_stale(self.tmp_dir, recursive=False)
         fsutil.remove_stale_stages(self.tmp_dir)
+
+    def folder_ids(self) -> frozenset[tuple[int, int]]:
+        """(device, inode) of the repository's folders: a folder reached by another path (a
+        bind mount, a hard-linked view) is still recognised as the repository's."""
+        if self.root is None:
+            return frozenset()
+        ids = set()
+        for folder, _dirs, _files in os.walk(self.root):  # links are not followed
+            with contextlib.suppress(OSError):
+                st = os.stat(folder)
+                ids.add((st.st_dev, st.st_ino))
+        return frozenset(ids)
+
+    def holds_path(self, path: Path) -> bool:
+        """True when path is one of the repository's folders or lies below one (by path, or by
+        the identity of the folders it passes through)."""
+        if self.root is None:
+            return False
+        if capture.inside(path.absolute(), self.root.resolve()):
+            return True
+        ids = self.folder_ids()
+        for folder in (path, *path.parents):
+            with contextlib.suppress(OSError):
+                st = os.stat(folder)
+                if (st.st_dev, st.st_ino) in ids:
+                    return True
+        return False
 
     def nested_in(self, data_dir: Path) -> list[Path]:
         """The repository, when it lies inside data_dir (resolved): a commit never stores it, a

@@ -163,6 +163,7 @@ class _Checkout:
             {"id": sid.hex(), "paths": list(snap.paths), "time": snap.time}
             for sid, snap in chosen.sources
         ]
+        self.repo_ids = repo.folder_ids()
         self.protected = self._protected()
         self._held: set[str] | None = None
 
@@ -244,7 +245,7 @@ class _Checkout:
         if self.repo.root is None:
             return None
         repo_root = self.repo.root.resolve()
-        if capture.inside(self.target, repo_root):
+        if self.repo.holds_path(self.target):
             raise InvalidArgument(
                 f"refusing to check out into {self.shown_target}: it is the repository or lies "
                 "inside it"
@@ -253,9 +254,13 @@ class _Checkout:
             return repo_root.relative_to(self.target).as_posix()
         return None
 
-    def _in_repo(self, rel: str) -> bool:
+    def _in_repo(self, rel: str, st: os.stat_result | None = None) -> bool:
+        """Whether rel lies in the repository: by path, or (given its lstat) a folder of the
+        repository reached another way, such as a bind mount."""
         p = self.protected
-        return p is not None and (rel == p or rel.startswith(p + "/"))
+        if p is not None and (rel == p or rel.startswith(p + "/")):
+            return True
+        return st is not None and (st.st_dev, st.st_ino) in self.repo_ids
 
     def _wanted(self) -> list[_Item]:
         """The entries to restore (all, or those under the given paths), repository excluded."""
@@ -291,6 +296,11 @@ class _Checkout:
         for item in wanted:
             rel = item.entry.path
             parent, name = tree.parent_of(rel)
+            if parent is not None and self._in_repo(rel, os.fstat(parent.fd)):
+                self.result.warnings.append(
+                    f"{rel}: lies inside the repository, which a checkout never touches; skipped"
+                )
+                continue
             st = parent.lstat(name) if parent is not None else None
             places[rel] = (st.st_dev, st.st_ino) if st is not None else None
             if st is None:
@@ -340,10 +350,10 @@ class _Checkout:
         excludes = sorted(self.sel.excludes())
         out = []
 
-        def skip(rel: str, name: str) -> bool:
+        def skip(rel: str, name: str, st: os.stat_result) -> bool:
             return (
                 capture.is_ignored_name(name)
-                or self._in_repo(rel)
+                or self._in_repo(rel, st)
                 or capture.is_excluded(rel, excludes)
             )
 
@@ -453,7 +463,10 @@ class _Checkout:
         selected = {i.entry.path for i in wanted}
         removed = set(removals)
         if self.target.is_dir():
-            for src in capture.scan(self.target):
+            seen = capture.ScanOptions(
+                prune=self.repo.nested_in(self.target), prune_ids=self.repo_ids
+            )
+            for src in capture.scan(self.target, options=seen):
                 if src.path in selected or src.path in removed or self._in_repo(src.path):
                     continue
                 if self.opts.smoke_cmd:  # the data dir's other files, so the command sees them

@@ -83,6 +83,7 @@ def stage_files(
     bar = ByteProgress(sum(e.size for e in ordered), progress)
     as_root = os.geteuid() == 0
     before: dict[str, Fingerprint] = {}
+    names: dict[str, list[str]] = {}  # a staged file -> every name it has in the stage
     with (
         ThreadPoolExecutor(max_workers=workers()) as pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
@@ -97,7 +98,10 @@ def stage_files(
                 except OSError as exc:
                     raise from_oserror(exc, f"linking {dest}") from exc
                 bar.add(entry.size)
-                before[entry.link] = fingerprint(dest)  # a link changes the ctime
+                group = names.setdefault(entry.link, [entry.link])
+                group.append(entry.path)
+                for name in group:  # a new link changes the ctime every name shows
+                    before[name] = fingerprint(dest)
             else:
                 write_verified(repo, entry, dest, pool, bar.add)
                 if as_root and entry.uid is not None and entry.gid is not None:

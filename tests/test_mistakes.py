@@ -349,3 +349,66 @@ def test_a_commit_right_after_writing_caches_what_it_read(tmp_path: Path) -> Non
     commit(repo, data)
     again = commit(repo, data)
     assert again.bytes_read == 0 and again.files_unchanged == 7
+
+
+def test_a_file_with_many_hard_links_checks_out(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    (data / "a.txt").write_text("one file, four names")
+    for name in ("b.txt", "c.txt", "faiss/d.txt"):
+        os.link(data / "a.txt", data / name)
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    out = tmp_path / "out"
+    checkout(repo, sid, out, safety_snapshot=False)  # smoke checks on
+    inodes = {(out / n).stat().st_ino for n in ("a.txt", "b.txt", "c.txt", "faiss/d.txt")}
+    assert len(inodes) == 1
+    assert (out / "c.txt").read_text() == "one file, four names"
+
+
+def test_naming_the_repository_as_a_commit_path_is_refused(tmp_path: Path) -> None:
+    home = tmp_path
+    small_app(home / "data")
+    base = ["--repo", "data/.backups"]
+    assert run(home, *base, "commit").returncode == 0
+    for inside in ("data/.backups", "data/.backups/packs", "data/.backups/config"):
+        one_line(run(home, *base, "commit", inside), EXIT_CODES["usage"], "inside the repository")
+    assert len(list((home / "data" / ".backups" / "snapshots").iterdir())) == 1
+
+
+def bind_mount_available() -> bool:
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        return False
+    probe = subprocess.run([unshare, "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not bind_mount_available(), reason="needs root and unshare for a bind mount")
+def test_the_repository_reached_through_a_bind_mount_is_never_a_target(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "backups"
+    sid = commit(Repository.init(repo_dir), data).id
+    view = tmp_path / "view"
+    view.mkdir()
+    (tmp_path / "outer").mkdir()
+    before = raw_tree(repo_dir)
+    casnap = [os.sys.executable, "-m", "casnap", "--repo", str(repo_dir), "--data", str(data)]
+    for target, inner in ((view, ""), (view / "packs", ""), (tmp_path / "outer", "view")):
+        script = (
+            f"mount --bind {repo_dir} {view} && "
+            + (
+                f"mkdir -p {target}/{inner} && mount --bind {repo_dir} {target}/{inner} && "
+                if inner
+                else ""
+            )
+            + " ".join(f"'{a}'" for a in [*casnap, "checkout", sid, "--to", str(target)])
+        )
+        proc = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script], env=casnap_env(), capture_output=True, text=True
+        )
+        if inner:  # the repository inside the target: left alone, the rest restored
+            assert proc.returncode == 0, proc.stderr
+        else:
+            one_line(proc, EXIT_CODES["usage"], "repository")
+        assert raw_tree(repo_dir) == before
+    verify_repository(Repository.open(repo_dir))
