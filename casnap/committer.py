@@ -194,7 +194,13 @@ def commit(
             return result
     except BaseException:
         # without the lock: the packs it wrote and never indexed, the repository it created
-        rollback.after_failed_commit(repo.backend, committer.unindexed, repo.created)
+        rollback.after_failed_commit(
+            repo.backend,
+            committer.unindexed,
+            repo.created,
+            committer.written_index,
+            committer.snapshots_before,
+        )
         raise
 
 
@@ -210,6 +216,8 @@ class Committer:
         self.progress = progress
         self.levels = _Levels.of(repo.config)
         self.unindexed: list[ObjectId] = []  # packs of a failed run, for rollback
+        self.written_index: str | None = None  # its index file, when only the manifest failed
+        self.snapshots_before: frozenset[str] = frozenset()
         self._read_tick: Callable[[int], None] | None = None  # progress of the file being read
 
     def run(self, data_dir: Path, paths: Sequence[str]) -> CommitResult:
@@ -252,6 +260,7 @@ class Committer:
                 + "; ".join(pairs)
             )
         source_dir = str(data_dir)
+        self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
         parent_id, parent = self._parent(source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         if not sources and parent_files and not opts.allow_empty:
@@ -315,6 +324,7 @@ class Committer:
             added = writer.finish()
         except BaseException:
             self.unindexed = writer.abort()
+            self.written_index = writer.index_key  # when the failure came after it was written
             raise
         result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
         result.skipped = sorted(unreadable)
@@ -347,7 +357,12 @@ class Committer:
         raw = snap.encode()
         sid = hash_bytes(raw)
         blob = compress_manifest(raw)
-        self.repo.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
+        try:
+            self.repo.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
+        except BaseException:
+            self.written_index = writer.index_key
+            self.unindexed = [pack for pack, _size in writer.created]
+            raise
         self.repo.remember_snapshot(sid, snap)
         if restored:
             restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve

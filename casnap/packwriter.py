@@ -12,10 +12,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from casnap.chunkindex import BLOB_TYPES, FIELD_DTYPE, IdSet, id_matrix
+from casnap.chunkindex import BLOB_TYPES, FIELD_DTYPE, IdSet, encode_index, id_matrix
 from casnap.constants import MAX_PACK_DIRECTORY
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
-from casnap.packs import DIR_DTYPE, DIR_RECORD, PACK_HEADER, directory_fields, pack_key, seal_pack
+from casnap.packs import (
+    DIR_DTYPE,
+    DIR_RECORD,
+    PACK_HEADER,
+    directory_fields,
+    index_key,
+    pack_key,
+    seal_pack,
+)
 from casnap.store import Store
 
 # Packs queued for writing at once: bounds memory to about (1 + this) x pack_target.
@@ -59,6 +67,7 @@ class PackWriter:
         self.chunks_added = 0
         self.bytes_by_type = [0] * len(BLOB_TYPES)  # encoded bytes of frames added, per type
         self.index_bytes = 0
+        self.index_key: str | None = None  # the index file finish wrote
 
     def known(self, cid: bytes) -> bool:
         """True when the chunk is stored already or queued in this writer."""
@@ -207,7 +216,10 @@ class PackWriter:
         self._drain()
         if self._done:
             packs, ids, fields = self.new_entries()
-            key, self.index_bytes = self.store.write_index(packs, ids, fields)
+            blob = encode_index(packs, ids, fields)
+            key = self.index_key = index_key(hash_bytes(blob))  # known to a rollback at once
+            self.store.put_verified(key, blob)
+            self.index_bytes = len(blob)
             self._unindexed = []
             self.store.index.add([(packs, ids, fields)])
             self.store.index_files.append(key)

@@ -43,16 +43,30 @@ class NewRepository:
 
 
 def after_failed_commit(
-    backend: Backend, packs: Sequence[ObjectId], created: NewRepository | None
+    backend: Backend,
+    packs: Sequence[ObjectId],
+    created: NewRepository | None,
+    index_key: str | None = None,
+    snapshots_before: frozenset[str] = frozenset(),
 ) -> None:
     """Delete the unindexed packs of a failed commit, and the repository it created when that
     holds nothing else. Call it without holding a lock. Best effort: an error here is not
-    reported (the commit's own is), and whatever stays is gc's."""
+    reported (the commit's own is), and whatever stays is gc's.
+
+    A commit that failed after its index file landed (writing its manifest) names that file in
+    index_key: it is deleted too, with the packs it names, when the snapshots are still exactly
+    snapshots_before. Another commit could have used its chunks only after loading it, and would
+    have finished (with a manifest of its own) before this rollback got the exclusive lock.
+    """
     if not packs and created is None:
         return
     removed = False
     try:
         with locks.locked(backend, "commit rollback", exclusive=True, wait=0):
+            if index_key is not None:
+                now = frozenset(k.rsplit("/", 1)[-1] for k, _ in backend.list("snapshots/"))
+                if now == snapshots_before:
+                    backend.delete(index_key)
             discard_packs(backend, packs)
             if created is not None:
                 removed = _empty_new_repository(backend, created)

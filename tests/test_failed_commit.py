@@ -57,9 +57,10 @@ FAULTS = {
     "second-pack": (F.no_space(2, "packs/"), False),
     "fourth-pack": (F.no_space(4, "packs/"), False),
     "index": (F.no_space(1, "index/"), False),
-    # the index file landed, then the commit failed: its packs are named and must stay
-    "after-index": (F.call_after("put", 1, _raise_enospc, "index/"), True),
-    "manifest": (F.no_space(1, "snapshots/"), True),
+    # the index file landed, then the commit failed: no other snapshot came meanwhile, so
+    # nothing can use its chunks, and the index file goes with its packs
+    "after-index": (F.call_after("put", 1, _raise_enospc, "index/"), False),
+    "manifest": (F.no_space(1, "snapshots/"), False),
 }
 
 
