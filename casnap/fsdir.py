@@ -44,13 +44,27 @@ class Dir:
 
     @classmethod
     def open(cls, path: Path) -> Dir:
-        """Open an existing directory by path; its last component must not be a symbolic link."""
+        """Open an existing directory by its absolute path, component by component from `/`,
+        none of them followed if it is a symbolic link (resolve_trusted first, to follow the
+        links a user may rely on)."""
         try:
-            return cls(os.open(path, _DIR_FLAGS), path)
+            fd = os.open("/", _DIR_FLAGS)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise HostileManifest(f"{path} is not a directory") from exc
-            raise from_oserror(exc, f"opening {path}") from exc
+            raise from_oserror(exc, "opening /") from exc
+        for part in Path(os.path.abspath(path)).parts[1:]:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise HostileManifest(
+                        f"{path} is not a directory reached without symbolic links (a folder "
+                        "on the way was replaced)"
+                    ) from exc
+                raise from_oserror(exc, f"opening {path}") from exc
+            os.close(fd)
+            fd = nxt
+        return cls(fd, path)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -152,6 +166,49 @@ class Dir:
 
     def fsync(self) -> None:
         fsync_fd(self.fd, str(self.path))
+
+
+def resolve_trusted(path: Path) -> Path:
+    """The absolute path path names, its symbolic links followed only when they belong to the
+    user running casnap or to root: a link another user placed on the way (in a folder they
+    own) could otherwise redirect a checkout run as root into any folder. HostileManifest
+    names such a link."""
+    me = os.geteuid()
+    todo = list(Path(os.path.abspath(path)).parts[1:])
+    resolved = Path("/")
+    hops = 0
+    while todo:
+        name = todo.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            resolved = resolved.parent
+            continue
+        candidate = resolved / name
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            return candidate.joinpath(*todo)
+        except OSError as exc:
+            raise from_oserror(exc, f"reading {candidate}") from exc
+        if not stat.S_ISLNK(st.st_mode):
+            resolved = candidate
+            continue
+        if st.st_uid not in (0, me):
+            raise HostileManifest(
+                f"{candidate} is a symbolic link owned by another user (uid {st.st_uid}); "
+                "give the folder it points to instead"
+            )
+        hops += 1
+        if hops > 40:
+            raise HostileManifest(f"{path}: too many levels of symbolic links")
+        link = Path(os.readlink(candidate))
+        if link.is_absolute():
+            resolved = Path("/")
+            todo = list(link.parts[1:]) + todo
+        else:
+            todo = list(link.parts) + todo
+    return resolved
 
 
 def split(rel: str) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
-from casnap.fsdir import Dir, Tree, split
+from casnap.fsdir import Dir, Tree, resolve_trusted, split
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
@@ -155,7 +155,7 @@ class _Checkout:
         self.paths = tuple(paths)
         self.opts = options
         self.progress = progress
-        self.target = Path(os.path.realpath(target))
+        self.target = resolve_trusted(Path(target))
         self.shown_target = target
         last = chosen.sources[-1][0]
         self.result = CheckoutResult(id=last.hex(), target=str(self.target))

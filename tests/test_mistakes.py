@@ -412,3 +412,28 @@ def test_the_repository_reached_through_a_bind_mount_is_never_a_target(tmp_path:
             one_line(proc, EXIT_CODES["usage"], "repository")
         assert raw_tree(repo_dir) == before
     verify_repository(Repository.open(repo_dir))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a link owned by another user")
+def test_a_target_behind_another_users_link_is_refused(tmp_path: Path) -> None:
+    """The owner of the target's parent swaps the target for a link to a folder of root's: a
+    checkout run as root follows no link that user made."""
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    victim = tmp_path / "root-owned"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("must stay")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    (home / "target").symlink_to(victim)
+    os.lchown(home / "target", 65534, 65534)
+    before = raw_tree(victim)
+    proc = run_casnap(
+        ["--repo", str(tmp_path / "repo"), "checkout", sid, "--to", str(home / "target")]
+    )
+    one_line(proc, EXIT_CODES["integrity"], "symbolic link owned by another user")
+    assert raw_tree(victim) == before
+    os.lchown(home / "target", 0, 0)  # root's own link is followed, as a user expects
+    assert checkout(repo, sid, home / "target", safety_snapshot=False).files_written == 7

@@ -20,6 +20,7 @@ from casnap.paths import repository_dir
 from casnap.repository import Repository
 
 INTERNAL_ERROR = 70
+ENVIRONMENT = click.core.ParameterSource.ENVIRONMENT
 INTERRUPTED = 130
 
 
@@ -190,7 +191,6 @@ class CommandGroup(CasnapGroup):
     default="./data",
     show_default=True,
     metavar="DIR",
-    type=click.Path(path_type=Path, readable=False),
     help="Data directory to snapshot and restore (env CASNAP_DATA).",
 )
 @click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
@@ -202,16 +202,19 @@ class CommandGroup(CasnapGroup):
 )
 @click.version_option(package_name="casnap")
 @click.pass_context
-def cli(ctx: click.Context, repo: str, data: Path, quiet: bool, no_lock: bool) -> None:
+def cli(ctx: click.Context, repo: str, data: str, quiet: bool, no_lock: bool) -> None:
     """casnap: deduplicating, verified snapshots of a SQLite + FAISS data directory."""
+    if not data:  # Path("") would be the working directory: never what an empty value meant
+        where = "CASNAP_DATA" if ctx.get_parameter_source("data") == ENVIRONMENT else "--data"
+        raise InvalidArgument(f"{where} is empty; give the data directory")
     try:
         repo_path = repository_dir(repo)
     except InvalidArgument as exc:
         source = ctx.get_parameter_source("repo")
-        if source == click.core.ParameterSource.ENVIRONMENT:
+        if source == ENVIRONMENT:
             raise InvalidArgument(f"CASNAP_REPO: {exc}") from exc
         raise
-    ctx.obj = Context(repo_path, data, quiet, no_lock)
+    ctx.obj = Context(repo_path, Path(data), quiet, no_lock)
 
 
 def main() -> None:
