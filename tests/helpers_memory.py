@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import blake3
@@ -19,28 +17,15 @@ MB = 1_000_000
 def run_measured(
     args: list[str], timeout: float = 300
 ) -> tuple[subprocess.CompletedProcess[str], int]:
-    """Run `python -m casnap ARGS`; (its result, the child's peak RSS in bytes).
-
-    The peak comes from wait4 on the child itself (ru_maxrss, KiB on Linux), so other processes
-    of the test run do not count.
-    """
-    cmd = [sys.executable, "-m", "casnap", *args]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, env=casnap_env(), stdout=out, stderr=err, cwd=ROOT)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        code = os.waitstatus_to_exitcode(status)
-        proc.returncode = code  # reaped here: Popen must not wait for it again
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(
-            cmd, code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    """Run `python -m casnap ARGS`; (its result, its peak resident memory in bytes), as the
+    process itself saw it (tests/peak_cli.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak"
+        cmd = [sys.executable, "-m", "tests.peak_cli", str(peak), *args]
+        result = subprocess.run(
+            cmd, env=casnap_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT
         )
-    return result, usage.ru_maxrss * 1024
+        return result, int(peak.read_text()) if peak.exists() else 0
 
 
 def streaming_hash(path: Path) -> str:
