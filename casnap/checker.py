@@ -308,6 +308,7 @@ class _Checker:
                     self.pack_problem(
                         pack, "bad-directory", f"pack {pack.hex()[:12]} (named by no index): {exc}"
                     )
+                    continue
                 self.report.notes.append(
                     f"pack {pack.hex()[:12]} is named by no index (left by an interrupted commit "
                     "or gc; the next gc removes it, repair-index would index it)"

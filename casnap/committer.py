@@ -38,6 +38,7 @@ from casnap.errors import (
     NotADatabase,
     RepositoryNotFound,
     SourceError,
+    UnreadableSource,
     from_oserror,
 )
 from casnap.ids import Hasher, ObjectId, hash_bytes
@@ -175,6 +176,12 @@ def commit(
     paths had some is refused unless allow_empty; with skip_unreadable, files and folders that
     cannot be read for lack of permission are left out (listed in the result and the snapshot).
     """
+    for tag in tags:
+        if not tag or "," in tag or not tag.isprintable():
+            raise InvalidArgument(
+                f"tag {tag!r}: a tag is a non-empty name without commas or control characters "
+                "(`--tag a,b` selects snapshots carrying both a and b)"
+            )
     options = CommitOptions(
         message=message,
         tags=tuple(tags),
@@ -247,7 +254,10 @@ class Committer:
             dirs=dirs,
             unreadable=unreadable if opts.skip_unreadable else None,
         )
-        sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
+        try:
+            sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
+        except AccessDenied as exc:
+            raise UnreadableSource(str(exc)) from exc
         # FAISS indexes whole and against their sidecars, before anything is read or stored
         pairs = (
             consistency.consistency_warnings(data_dir, [s.path for s in sources])
@@ -301,9 +311,9 @@ class Committer:
                             entry, read = self._entry(
                                 src, writer, pool, start_ns, parent_files, restored
                             )
-                        except AccessDenied:
+                        except AccessDenied as exc:
                             if not opts.skip_unreadable:
-                                raise
+                                raise UnreadableSource(str(exc)) from exc
                             unreadable.append(src.path)
                             continue
                         if st.st_nlink > 1:

@@ -87,6 +87,11 @@ class AccessDenied(CasnapError):
     exit_code = 8
 
 
+class UnreadableSource(AccessDenied):
+    """A file or folder of the data dir cannot be read for lack of permission (a commit can be
+    told to leave such files out)."""
+
+
 class InvalidArgument(CasnapError):
     """A user-given argument cannot be used: a path outside the data dir, a repository URL, a
     checkout into the repository itself."""

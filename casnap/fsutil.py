@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 import uuid
@@ -20,7 +21,7 @@ import zlib
 from pathlib import Path
 
 from casnap.constants import TEMP_PREFIX
-from casnap.errors import CasnapError, from_oserror
+from casnap.errors import CasnapError, InvalidArgument, from_oserror
 from casnap.fsdir import Dir, remove_tree
 from casnap.ids import Hasher, ObjectId
 from casnap.procs import pid_alive
@@ -120,12 +121,18 @@ def hash_file(path: Path) -> ObjectId:
 
 
 def seconds_from_env(name: str, default: float) -> float:
-    """A wait in seconds set by environment variable name (a number >= 0), else default."""
+    """A wait in seconds set by environment variable name (a finite number >= 0), else
+    default; InvalidArgument for anything else."""
     text = os.environ.get(name, "")
+    if not text:
+        return default
     try:
-        return max(0.0, float(text)) if text else default
+        value = float(text)
     except ValueError as exc:
-        raise CasnapError(f"{name}={text!r} is not a number of seconds") from exc
+        raise InvalidArgument(f"{name}={text!r} is not a number of seconds") from exc
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name}={text!r} is not a finite number of seconds")
+    return max(0.0, value)
 
 
 HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"

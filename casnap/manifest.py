@@ -143,9 +143,9 @@ class Snapshot:
         try:
             d = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IntegrityError(f"{name}: not valid JSON ({exc})") from None
-        except RecursionError:
-            raise IntegrityError(f"{name}: not a manifest (nested too deeply)") from None
+            raise IntegrityError(f"{name}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise IntegrityError(f"{name}: not a manifest (nested too deeply)") from exc
         if not isinstance(d, dict):
             raise IntegrityError(f"{name}: not a manifest object")
         version = d.get("version")
@@ -168,10 +168,14 @@ class Snapshot:
                 dirs=_dirs(d.get("dirs", {})),
                 skipped=tuple(_str(p) for p in d.get("skipped", ())),
             )
+            check_paths([f.path for f in files])
+            check_links(files)
+        except HostileManifest as exc:
+            raise HostileManifest(f"{name}: {exc}") from exc
+        except IntegrityError as exc:
+            raise IntegrityError(f"{name}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"{name}: malformed manifest ({exc})") from None
-        check_paths([f.path for f in files])
-        check_links(files)
+            raise IntegrityError(f"{name}: malformed manifest ({exc})") from exc
         return snap
 
 

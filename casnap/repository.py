@@ -205,11 +205,14 @@ class Repository:
 
     def folder_ids(self) -> frozenset[tuple[int, int]]:
         """(device, inode) of the repository's folders: a folder reached by another path (a
-        bind mount, a hard-linked view) is still recognised as the repository's."""
+        bind mount) is still recognised as the repository's. What tmp/ holds is left out: those
+        folders come and go, and a number freed there may be given to a new folder elsewhere."""
         if self.root is None:
             return frozenset()
         ids = set()
-        for folder, _dirs, _files in os.walk(self.root):  # links are not followed
+        for folder, dirs, _files in os.walk(self.root):  # links are not followed
+            if Path(folder) == self.root / "tmp":
+                dirs.clear()
             with contextlib.suppress(OSError):
                 st = os.stat(folder)
                 ids.add((st.st_dev, st.st_ino))

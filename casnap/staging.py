@@ -17,7 +17,13 @@ from pathlib import Path
 
 from casnap import capture, fsutil, pipeline, smoke
 from casnap.checker import SmokeVerifyResult
-from casnap.errors import CasnapError, IntegrityError, SmokeCheckFailed, from_oserror
+from casnap.errors import (
+    CasnapError,
+    CheckFailed,
+    IntegrityError,
+    SmokeCheckFailed,
+    from_oserror,
+)
 from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
 from casnap.manifest import FileEntry
@@ -193,7 +199,10 @@ def smoke_verify(
                 and any(smoke.may_be_faiss(e.path, e.chunker) for e in snap.files),
             ) as checks,
         ):
-            stage_files(repo, stage, snap.files, checks, progress)
+            try:
+                stage_files(repo, stage, snap.files, checks, progress)
+            except IntegrityError as exc:  # verify's verdict on a snapshot that does not restore
+                raise CheckFailed(f"snapshot {sid.short} does not restore: {exc}") from exc
             if smoke_checks or smoke_cmd:
                 view = {e.path: stage.path / e.path for e in snap.files}
                 report = checks.finish(

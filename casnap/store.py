@@ -253,7 +253,7 @@ class Store:
             except IntegrityError as exc:
                 if skipped is None:
                     raise
-                skipped.append((key, f"{exc}; left out"))
+                skipped.append((key, f"{str(exc).removeprefix(key + ': ')}; left out"))
                 continue
             intact = hash_bytes(data) == pack
             if not intact and skipped is None:

@@ -92,11 +92,8 @@ class Context:
         when the repository is not writable."""
         command = click.get_current_context().info_name or ""
         reading = command in locks.READ_ONLY_OPERATIONS or command == "check"
-        if self.no_lock and not reading:
-            raise click.UsageError(
-                "--no-lock is only for commands that only read the repository (log, show, diff, "
-                "stats, verify, check, checkout)"
-            )
+        if not reading:
+            self.refuse_no_lock()
         try:
             repo = Repository.open(self.repo_path)
         except RepositoryNotFound as exc:
@@ -120,6 +117,14 @@ class Context:
         """A passing remark on stderr (a wait under way), on a terminal and unless -q."""
         if not self.quiet and sys.stderr.isatty():
             click.echo(f"casnap: {text}", err=True)
+
+    def refuse_no_lock(self) -> None:
+        """--no-lock is for commands that only read the repository; a usage error otherwise."""
+        if self.no_lock:
+            raise click.UsageError(
+                "--no-lock is only for commands that only read the repository (log, show, diff, "
+                "stats, verify, check, checkout)"
+            )
 
     def private_tmp(self) -> Path:
         """A temp dir of this process outside the repository, removed when the command ends."""

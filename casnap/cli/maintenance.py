@@ -14,6 +14,7 @@ from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
+    Number,
     filter_options,
     resolve_ref,
     snapshot_filter,
@@ -62,7 +63,7 @@ def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None)
 
 max_unused_option = click.option(
     "--max-unused",
-    type=click.FloatRange(0, 100),
+    type=Number(0, 100),
     default=collector.DEFAULT_MAX_UNUSED,
     show_default=True,
     metavar="PCT",
@@ -272,7 +273,7 @@ def forget(
 @click.option("--read-data", is_flag=True, help="Read every pack and re-hash every chunk.")
 @click.option(
     "--read-data-subset",
-    type=click.FloatRange(0, 100, min_open=True),
+    type=Number(0, 100, min_open=True),
     default=None,
     metavar="PCT",
     help="Read a random PCT% of the packs.",

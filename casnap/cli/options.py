@@ -3,6 +3,7 @@ reference is resolved through them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -55,3 +56,13 @@ def resolve_ref(
     """The snapshot ref names among those the filters let through."""
     flt = snapshot_filter(c, repo, paths, tags)
     return repo.resolve(ref, flt.paths, tags)
+
+
+class Number(click.FloatRange):
+    """A float range that refuses nan (which passes every range comparison) and infinities."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number

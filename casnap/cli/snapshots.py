@@ -12,10 +12,10 @@ import click
 
 from casnap import selection, stats
 from casnap.cli.main import Context, cli, pass_ctx, warn
-from casnap.cli.options import filter_options, resolve_ref, snapshot_filter
+from casnap.cli.options import Number, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.committer import commit as commit_snapshot
-from casnap.errors import AccessDenied, EmptySnapshot, NotARepository
+from casnap.errors import EmptySnapshot, NotARepository, UnreadableSource
 from casnap.paths import normalize_paths, snapshot_holds
 from casnap.repository import Repository
 from casnap.restorer import checkout as checkout_snapshot
@@ -46,6 +46,7 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
     """The repository at --repo, and whether it was created here because the directory was
     missing or empty (a failed first commit then takes it back); a missing data dir is reported
     first, so that creates nothing."""
+    c.refuse_no_lock()
     try:
         repo = Repository.open_or_init(c.repo_path, c.data)
     except NotARepository:
@@ -131,8 +132,8 @@ def commit(
                 allow_empty=allow_empty,
                 skip_unreadable=skip_unreadable,
             )
-        except AccessDenied as exc:
-            raise AccessDenied(f"{exc} (--skip-unreadable leaves such files out)") from exc
+        except UnreadableSource as exc:
+            raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
         except EmptySnapshot as exc:
             raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
     if created:  # said once the commit succeeded, so a failed one prints its error alone
@@ -476,7 +477,7 @@ def show(
 @cli.command()
 @click.option(
     "--size-mb",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     metavar="N",
     default=40.0,
     show_default=True,

@@ -1,0 +1,105 @@
+"""Edges a user reaches by accident: empty and non-numeric values, misplaced options, odd tags."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from casnap.committer import commit
+from casnap.errors import EXIT_CODES
+from casnap.repository import Repository
+from tests.helpers_gc import flip_byte
+from tests.helpers_reliability import casnap_env, run_casnap, small_app
+from tests.test_hostile import one_line
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[list[str], Path]:
+    data = small_app(tmp_path / "data")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    assert run_casnap([*base, "commit"]).returncode == 0
+    return base, tmp_path
+
+
+def test_an_empty_data_dir_option_is_a_usage_error(world: tuple[list[str], Path]) -> None:
+    base, _ = world
+    one_line(run_casnap([base[0], base[1], "--data", "", "commit"]), 2, "--data is empty")
+
+
+@pytest.mark.parametrize(
+    "args", [["gc", "--max-unused", "nan"], ["verify", "--read-data-subset", "nan"]]
+)
+def test_nan_is_not_a_percentage(world: tuple[list[str], Path], args: list[str]) -> None:
+    base, _ = world
+    one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "not a finite number")
+
+
+@pytest.mark.parametrize("value", ["abc", "inf", "nan"])
+def test_a_wait_that_is_not_a_number_is_a_usage_error(
+    world: tuple[list[str], Path], value: str
+) -> None:
+    base, tmp = world
+    (tmp / "data" / "app.db").touch()  # the database is read again: the busy wait is set up
+    for var in ("CASNAP_BUSY_TIMEOUT", "CASNAP_LOCK_WAIT"):
+        proc = run_casnap([*base, "commit"], env=casnap_env(**{var: value}))
+        one_line(proc, EXIT_CODES["usage"], var)
+
+
+@pytest.mark.parametrize("tag", ["", "a,b", "bell\x07"])
+def test_a_tag_no_filter_could_select_is_refused(world: tuple[list[str], Path], tag: str) -> None:
+    base, tmp = world
+    one_line(run_casnap([*base, "commit", "--tag", tag]), EXIT_CODES["usage"], "tag")
+    assert len(list((tmp / "repo" / "snapshots").iterdir())) == 1
+
+
+def test_no_lock_is_refused_for_commit(world: tuple[list[str], Path]) -> None:
+    base, _ = world
+    one_line(run_casnap(["--no-lock", *base, "commit"]), EXIT_CODES["usage"], "--no-lock")
+
+
+def test_the_unreadable_hint_is_only_for_data(world: tuple[list[str], Path]) -> None:
+    """A repository casnap may not write is not something --skip-unreadable would help with."""
+    from tests.test_hostile import cli_unprivileged
+
+    base, tmp = world
+    repo_dir = tmp / "repo"
+    (repo_dir / "locks").chmod(0o500)
+    try:
+        proc = cli_unprivileged(repo_dir, tmp / "data", "commit")
+    finally:
+        (repo_dir / "locks").chmod(0o700)
+    one_line(proc, EXIT_CODES["storage"], "Permission denied")
+    assert "skip-unreadable" not in proc.stderr
+
+
+def test_verify_smoke_of_a_snapshot_that_does_not_restore_is_a_failed_check(
+    world: tuple[list[str], Path],
+) -> None:
+    base, tmp = world
+    repo = Repository.open(tmp / "repo")
+    sid = commit(repo, tmp / "data").id
+    pack = max((tmp / "repo" / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    flip_byte(pack, pack.stat().st_size // 3)
+    proc = run_casnap([*base, "verify", "--smoke", sid])
+    assert proc.returncode == EXIT_CODES["check-failed"], proc.stderr
+
+
+def test_a_hostile_manifest_is_named(world: tuple[list[str], Path]) -> None:
+    from casnap.ids import hash_bytes
+    from casnap.manifest import Snapshot, compress_manifest
+
+    base, tmp = world
+    repo = Repository.open(tmp / "repo")
+    sid, snap = repo.snapshots()[0]
+    d = json.loads(snap.encode())
+    d["files"][0]["path"] = "../escape.txt"
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    bad = hash_bytes(raw).hex()
+    (tmp / "repo" / "snapshots" / bad).write_bytes(compress_manifest(raw))
+    line = one_line(run_casnap([*base, "log"]), EXIT_CODES["integrity"], "unsafe path")
+    assert bad in line
+    assert Snapshot  # the type read back above
+    os.unlink(tmp / "repo" / "snapshots" / bad)
