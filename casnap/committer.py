@@ -179,8 +179,8 @@ def commit(
     for tag in tags:
         if not tag or "," in tag or not tag.isprintable():
             raise InvalidArgument(
-                f"tag {tag!r}: a tag is a non-empty name without commas or control characters "
-                "(`--tag a,b` selects snapshots carrying both a and b)"
+                f"tag {tag!r}: a tag is a non-empty name without commas (they join the tags a "
+                "filter requires together) or control characters"
             )
     options = CommitOptions(
         message=message,
@@ -266,8 +266,7 @@ class Committer:
         )
         if opts.strict and pairs:
             raise InconsistentData(
-                f"{len(pairs)} consistency problem(s), nothing committed (--strict): "
-                + "; ".join(pairs)
+                f"{len(pairs)} consistency problem(s), nothing committed: " + "; ".join(pairs)
             )
         source_dir = str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())

@@ -58,7 +58,14 @@ class LockError(CasnapError):
 
 
 class DatabaseBusy(LockError):
-    """A SQLite database is locked or open for writing by another process."""
+    """A SQLite database is locked or open for writing by another process.
+
+    `overridable`: what stops the checkout is an open descriptor (or one casnap cannot rule
+    out), which the caller may choose to override; a SQLite lock is never overridable."""
+
+    def __init__(self, message: str, overridable: bool = False) -> None:
+        super().__init__(message)
+        self.overridable = overridable
 
 
 class SourceError(CasnapError):

@@ -174,24 +174,22 @@ def refuse_if_in_use(parent: Dir, name: str, shown: str, force: bool) -> None:
         who = f"process {use.sqlite_lock_pid}" if use.sqlite_lock_pid else "another process"
         raise DatabaseBusy(
             f"{shown} is in use: {who} holds a SQLite lock on it (a transaction, or a "
-            "connection to a WAL database); stop the app first (--force does not override "
-            "SQLite's locks)"
+            "connection to a WAL database); stop the app first"
         )
     if force:
         return
     if use.open_in is not None:
-        raise DatabaseBusy(
-            f"{shown} is open in process {use.open_in}; stop it first or use --force"
-        )
+        raise DatabaseBusy(f"{shown} is open in process {use.open_in}; stop it first", True)
     if use.unseen and use.lease is False:
         raise DatabaseBusy(
-            f"{shown} is open in a process casnap cannot inspect (another user's); stop it first "
-            "or use --force"
+            f"{shown} is open in a process casnap cannot inspect (another user's); stop it first",
+            True,
         )
     if use.unseen and use.lease is None:
         raise DatabaseBusy(
             f"cannot tell whether {shown} is in use: {use.unseen} process(es) of other users "
-            "could not be inspected; run as root or as the app's user, or use --force"
+            "could not be inspected; run as root or as the app's user",
+            True,
         )
 
 

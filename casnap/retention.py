@@ -278,7 +278,9 @@ class PruneReport:
     kept: int = 0
     manifest_bytes_removed: int = 0  # stored size of the manifests removed (their data: gc)
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)  # for stderr, not part of the JSON
+    # tags named as snapshots that more snapshots carry: (tag, how many carry it, the newest's
+    # id, the one forgotten); for stderr, not part of the JSON
+    tags_named: list[tuple[str, int, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -365,10 +367,7 @@ def forget(
                 targets.append(hit.id)
                 carrying = selection.carrying(snaps, ref, select)
                 if hit.by == "tag" and carrying > 1:
-                    report.notes.append(
-                        f"{carrying} snapshots carry the tag {ref}; forgetting only the newest "
-                        f"({hit.id.short}): --tag {ref} selects them all"
-                    )
+                    report.tags_named.append((ref, carrying, hit.id.hex()))
             targets = list(dict.fromkeys(targets))
         else:
             targets = [sid for sid, _ in select.select(snaps)]

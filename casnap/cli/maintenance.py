@@ -243,8 +243,11 @@ def forget(
     repo = c.open()
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     r = retention.forget(repo, snapshots, select=select, dry_run=dry_run)
-    for note in r.notes:
-        warn(note)
+    for tag, carrying, newest in r.tags_named:
+        warn(
+            f"{carrying} snapshots carry the tag {tag}; forgetting only the newest "
+            f"({newest[:8]}): --tag {tag} selects them all"
+        )
     if not r.removed:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
     gc_report = None

@@ -15,7 +15,13 @@ from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import Number, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.committer import commit as commit_snapshot
-from casnap.errors import EmptySnapshot, NotARepository, UnreadableSource
+from casnap.errors import (
+    DatabaseBusy,
+    EmptySnapshot,
+    InconsistentData,
+    NotARepository,
+    UnreadableSource,
+)
 from casnap.paths import normalize_paths, snapshot_holds
 from casnap.repository import Repository
 from casnap.restorer import checkout as checkout_snapshot
@@ -136,6 +142,8 @@ def commit(
             raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
         except EmptySnapshot as exc:
             raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
+        except InconsistentData as exc:
+            raise InconsistentData(f"{exc} (--strict)") from exc
     if created:  # said once the commit succeeded, so a failed one prints its error alone
         say_created(c)
     for note in r.notes:
@@ -234,18 +242,22 @@ def checkout(
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
     with progress_bar(c, "restore") as progress:
-        r = checkout_snapshot(
-            repo,
-            sid.hex(),
-            dest,
-            paths,
-            safety_snapshot=not no_safety_snapshot,
-            force=force,
-            smoke=not no_smoke,
-            smoke_cmd=smoke_cmd,
-            progress=progress,
-            all_paths=all_paths,
-        )
+        try:
+            r = checkout_snapshot(
+                repo,
+                sid.hex(),
+                dest,
+                paths,
+                safety_snapshot=not no_safety_snapshot,
+                force=force,
+                smoke=not no_smoke,
+                smoke_cmd=smoke_cmd,
+                progress=progress,
+                all_paths=all_paths,
+            )
+        except DatabaseBusy as exc:
+            hint = "or use --force" if exc.overridable else "(--force does not override that)"
+            raise DatabaseBusy(f"{exc} {hint}", exc.overridable) from exc
     for w in r.warnings:
         warn(w)
     if as_json:
