@@ -337,7 +337,7 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
             continue
         except OSError as exc:
             _remove_with_sides(copy)
-            raise from_oserror(exc, f"copying {path} into {tmp_dir}") from None
+            raise from_oserror(exc, f"copying {path} into {tmp_dir}") from exc
         if [fingerprint(p, "file") for p in sides] == before:
             return copy
         _remove_with_sides(copy)
@@ -396,14 +396,14 @@ def sqlite_image(
         except sqlite3.OperationalError as exc:
             msg = str(exc)
             if "locked" in msg or "busy" in msg:
-                raise DatabaseBusy(f"{path}: database is locked ({msg})") from None
+                raise DatabaseBusy(f"{path}: database is locked ({msg})") from exc
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in msg:
                 raise StorageFull(
                     f"copying {path} into {tmp_dir}: no space left on device"
-                ) from None
-            raise SourceError(f"{path}: cannot read database ({msg})") from None
+                ) from exc
+            raise SourceError(f"{path}: cannot read database ({msg})") from exc
         except sqlite3.DatabaseError as exc:
-            raise NotADatabase(f"{path}: not a readable SQLite database ({exc})") from None
+            raise NotADatabase(f"{path}: not a readable SQLite database ({exc})") from exc
         for suffix in SQLITE_SIDE_SUFFIXES:
             leftover = Path(str(dest) + suffix)
             if leftover.exists():

@@ -269,7 +269,7 @@ def _scratch(repo: Repository) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix=".casnap-tmp-diff-", dir=parent) as d:
             yield Path(d)
     except OSError as exc:
-        raise from_oserror(exc, "creating a scratch dir for diff") from None
+        raise from_oserror(exc, "creating a scratch dir for diff") from exc
 
 
 def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
@@ -389,7 +389,7 @@ def _table_diffs(
                     out.append(d)
             return tuple(out)
         except sqlite3.Error as exc:
-            raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from None
+            raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from exc
 
 
 def _table_diff(

@@ -327,7 +327,7 @@ def encode_index(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray)
     cobj = zstandard.ZstdCompressor(level=3).compressobj(size=total)
     out = [cobj.compress(head)]
     # (a zero-length view cannot be cast: an empty column adds nothing anyway)
-    out += [cobj.compress(memoryview(p).cast("B")) for p in parts if p.nbytes]
+    out += [cobj.compress(p.data.cast("B")) for p in parts if p.nbytes]
     out.append(cobj.flush())
     return b"".join(out)
 

@@ -43,7 +43,7 @@ def unpack_refs(refs: bytes | memoryview) -> list[tuple[ObjectId, int]]:
     return [(ObjectId(cid), n) for cid, n in REF.iter_unpack(refs)]
 
 
-def ref_count(refs: bytes | memoryview) -> int:
+def ref_count(refs: bytes | bytearray | memoryview) -> int:
     return len(refs) // REF_SIZE
 
 

@@ -317,19 +317,19 @@ def plan(
 
     fates: dict[ObjectId, PackFate] = {}
     for pack, size in sorted(packs.items()):
-        n = number.get(bytes(pack))
-        if n is None:
+        row = number.get(bytes(pack))
+        if row is None:
             fate = PackFate(pack, size, 0, 0, size, UNINDEXED)
-        elif not used_blobs[n]:
+        elif not used_blobs[row]:
             fate = PackFate(pack, size, 0, 0, size, DELETE)
         else:
             # a damaged directory: estimate its size from the index
-            dir_count = described.get(n)
-            dir_len = (dir_count if dir_count is not None else int(named[n])) * DIR_ENTRY_SIZE
-            used = int(used_bytes[n])
+            dir_count = described.get(row)
+            dir_len = (dir_count if dir_count is not None else int(named[row])) * DIR_ENTRY_SIZE
+            used = int(used_bytes[row])
             unused = max(0, size - pack_overhead(dir_len) - used)
             action = REPACK if unused * 100.0 > max_unused * size else KEEP
-            fate = PackFate(pack, size, int(used_blobs[n]), used, unused, action)
+            fate = PackFate(pack, size, int(used_blobs[row]), used, unused, action)
         fates[pack] = fate
 
     for fate in fates.values():

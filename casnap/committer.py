@@ -297,8 +297,8 @@ class Committer:
                     file_start = bar.done
                     try:
                         st = os.lstat(src.abspath)
-                    except FileNotFoundError:
-                        raise SourceError(f"{src.abspath} vanished while committing") from None
+                    except FileNotFoundError as exc:
+                        raise SourceError(f"{src.abspath} vanished while committing") from exc
                     except OSError as exc:
                         raise from_oserror(exc, f"reading {src.abspath}") from exc
                     key = (st.st_dev, st.st_ino)
@@ -459,8 +459,8 @@ class Committer:
                         continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, writer, pool, old)
-            except FileNotFoundError:
-                raise SourceError(f"{src.abspath} vanished while committing") from None
+            except FileNotFoundError as exc:
+                raise SourceError(f"{src.abspath} vanished while committing") from exc
             except OSError as exc:
                 raise from_oserror(exc, f"reading {src.abspath}") from exc
             read_total += n

@@ -67,7 +67,7 @@ def probe(path: str, binary: bool) -> dict[str, Any]:
         query = _query(index, faiss, np, binary)
         _, ids = index.search(query, 1)
         if ids[0][0] < 0:
-            ivf = faiss.try_extract_index_ivf(index)
+            ivf = faiss.try_extract_index_ivf(index)  # type: ignore[arg-type]  # float only
             if ivf is not None:  # the probed lists were empty: search them all
                 ivf.nprobe = ivf.nlist
                 _, ids = index.search(query, 1)

@@ -70,7 +70,7 @@ class FileEntry:
                 link=None if d.get("link") is None else _str(d["link"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"malformed file entry in manifest: {exc}") from None
+            raise IntegrityError(f"malformed file entry in manifest: {exc}") from exc
         if entry.kind not in ("file", "sqlite"):
             raise IntegrityError(f"unknown file kind {entry.kind!r} in manifest")
         if not (0 <= entry.size and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):

@@ -460,9 +460,10 @@ def restore(
                     hasher.update(_ZEROS[: min(len(_ZEROS), piece - k)])
                 done += piece
             else:
-                out.write(piece)
-                hasher.update(piece)
-                done += len(piece)
+                view = piece if isinstance(piece, memoryview) else piece.data
+                out.write(view)
+                hasher.update(view)
+                done += len(view)
         if tick is not None:
             tick(done)
         return done

@@ -158,7 +158,7 @@ def walk(
                     if strict:
                         raise IntegrityError(
                             f"chunk list of {f.path} in snapshot {sid.short} is unreadable: {exc}"
-                        ) from None
+                        ) from exc
                     reach.trees[lid] = None
                     reach.tree_errors[lid] = str(exc)
                     readable = False
@@ -170,7 +170,7 @@ def walk(
                     if strict:
                         raise IntegrityError(
                             f"chunk list of {f.path} in snapshot {sid.short} is unreadable: {exc}"
-                        ) from None
+                        ) from exc
                     reach.tree_errors.setdefault(use.lists[-1], str(exc))
             if refs is not None:
                 last[f.path] = (use.lists, refs)

@@ -202,7 +202,11 @@ def apply_policy(
         if cutoff is not None and item.time > cutoff:
             reasons.append(f"within {policy.within}")
         local = _local(item.time, tz)
-        for name, bucket in (("last", lambda _t, n=nr: n), *_BUCKETS):
+
+        def serial(_t: dt.datetime, n: int = nr) -> int:
+            return n  # every snapshot its own bucket
+
+        for name, bucket in (("last", serial), *_BUCKETS):
             left = counts[name]
             if left == 0:
                 continue

@@ -264,7 +264,9 @@ def evolve_db(path: Path, step: int, text: Text, rng: np.random.Generator) -> di
         next_embedding = _count(conn, "SELECT max(embedding_id) FROM chunks") + 1
 
         n_delete = min(n_docs, max(1, round(n_docs * _DELETE_RATE)))
-        deleted = np.sort(rng.choice(doc_ids, size=n_delete, replace=False)) if n_delete else []
+        deleted: np.ndarray | list[int] = (
+            np.sort(rng.choice(doc_ids, size=n_delete, replace=False)) if n_delete else []
+        )
         live_chunks = chunk_rows[~np.isin(chunk_rows[:, 1], deleted), 0]
         live_docs = doc_ids[~np.isin(doc_ids, deleted)]
         n_update = max(1, round((n_docs + n_chunks) * _UPDATE_RATE))

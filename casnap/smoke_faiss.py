@@ -47,7 +47,7 @@ def faiss_checks(targets: Sequence[FaissTarget], probed: Sequence[dict[str, Any]
     checks: list[Check] = []
     for t, r in zip(targets, probed, strict=True):
         r = {**r, "detail": str(r.get("detail", "")).replace(str(t.path), t.rel)}
-        info = {k: r[k] for k in ("ntotal", "d", "type") if k in r}
+        info: dict[str, Any] = {k: r[k] for k in ("ntotal", "d", "type") if k in r}
         if "ntotal" not in r:  # not readable
             checks.append(Check("faiss-read", t.rel, False, str(r.get("detail", "")), info))
             continue

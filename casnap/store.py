@@ -319,7 +319,7 @@ class Store:
         )
 
 
-def _verified(cid: ObjectId, e: IndexEntry, plain: bytes) -> bytes:
+def _verified(cid: ObjectId, e: IndexEntry, plain: bytes | bytearray) -> bytes:
     if len(plain) != e.plain or hash_bytes(plain) != cid:
         raise ChunkDamaged(cid, e.pack, HASH_MISMATCH)
-    return plain
+    return plain if isinstance(plain, bytes) else bytes(plain)

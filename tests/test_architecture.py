@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import casnap
@@ -106,3 +107,21 @@ def test_modules_stay_readable() -> None:
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
     assert len(CORE.read_text().splitlines()) <= 450
+
+
+def test_the_architecture_page_names_every_module_and_only_those() -> None:
+    page = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", page))
+    present = {
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
+    }
+    present -= {"__main__.py"}
+    bare = {p.split("/")[-1] for p in present}
+    missing = {p for p in present if p not in named and p.split("/")[-1] not in named}
+    assert not missing, f"modules the page does not place: {sorted(missing)}"
+    stale = {
+        n
+        for n in named
+        if n not in present and n not in bare and not n.startswith(("tests/", "casnap/__init__"))
+    }
+    assert not stale, f"the page names modules that do not exist: {sorted(stale)}"

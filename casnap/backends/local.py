@@ -6,6 +6,7 @@ private to its owner.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 from collections.abc import Iterator
@@ -164,6 +165,6 @@ class LocalBackend(Backend):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def temp_files(self) -> list[Path]:
+    def temp_files(self) -> builtins.list[Path]:
         """Leftover temp files of interrupted writes (safe to remove when no writer runs)."""
         return [p for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
