@@ -1,0 +1,269 @@
+"""RAG-store benchmark: what a history of snapshots of Chroma, LangChain and LlamaIndex costs.
+
+What: for each framework, build a store of N documents (seeded embeddings, no model), snapshot it
+with every tool, then apply R rounds of +3% / 1% updated / 0.5% deleted through the framework's
+own API and snapshot after each round. Record the bytes each round adds to each tool's repository
+and the seconds each snapshot takes. After the last round, restore every tool's last snapshot,
+reopen it in its framework and compare the top-5 results of fixed queries with the live store's.
+With `--live`, also snapshot a Chroma store while another process keeps adding to it, restore
+each snapshot and check that its `chroma.sqlite3` passes `PRAGMA integrity_check` and reopens.
+
+Why: these are the stores RAG apps actually write. Deletions compact FAISS arrays and Chroma
+rewrites its HNSW segment; the bytes a tool adds per round show whether its chunking survives
+that, and the live test whether its snapshots of a database being written are usable at all.
+
+Usage::
+
+    python benchmarks/rag.py [--docs 30000] [--rounds 6] [--dim 384] [--seed 0]
+        [--stores chroma,langchain,llamaindex] [--tools casnap,borg-fine,restic] [--live]
+
+Needs the frameworks: `pip install -e '.[rag]'`. Results go to `<out>/rag.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rag_stores import (  # noqa: E402
+    STORES,
+    chroma_writer,
+    make_store,
+    query_in_child,
+    quiet_frameworks,
+)
+from tools import MIB, ROOT, TOOLS, Tool, ToolError, capture, empty_dir, tree_size  # noqa: E402
+
+DEFAULT_TOOLS = ("casnap", "borg-fine", "restic")
+
+
+def snapshot(tool: Tool, data: Path, step: int) -> dict[str, Any]:
+    before = tool.stored_bytes()
+    measured = tool.snapshot(data, step)
+    after = tool.stored_bytes()
+    return {"step": step, "seconds": measured.seconds, "added": after - before, "total": after}
+
+
+def run_store(name: str, args: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
+    """Build, evolve and snapshot one framework's store with every tool; restore and requery."""
+    base = work / name
+    data = base / "data"
+    store = make_store(name, data, args.dim, args.seed)
+    t0 = time.perf_counter()
+    store.build(args.docs)
+    log(f"{name}: built {args.docs} documents in {time.perf_counter() - t0:.1f} s")
+    tools = [TOOLS[t](base) for t in args.tools]
+    rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tools}
+    errors: dict[str, str] = {}
+    for tool in tools:
+        tool.init()
+    changes = []
+    for step in range(args.rounds + 1):
+        if step:
+            changes.append(store.change(step))
+        for tool in tools:
+            if tool.name in errors:
+                continue
+            try:
+                row = snapshot(tool, data, step)
+            except ToolError as exc:
+                errors[tool.name] = str(exc)
+                continue
+            rows[tool.name].append(row)
+            log(
+                f"{name} step {step}: {tool.name:<10} {row['seconds']:6.2f} s  "
+                f"+{row['added'] / MIB:8.1f} MiB"
+            )
+    store.close()
+    expected = query_in_child(name, data, args.dim, args.seed)
+    restored: dict[str, Any] = {}
+    for tool in tools:
+        if tool.name in errors:
+            continue
+        target = empty_dir(base / "restore" / tool.name)
+        try:
+            measured = tool.restore(data, args.rounds, target)
+            same = query_in_child(name, target, args.dim, args.seed) == expected
+            restored[tool.name] = {"seconds": measured.seconds, "same_results": same}
+        except Exception as exc:  # noqa: BLE001 - a tool's failure is a result, not a crash
+            restored[tool.name] = {"seconds": None, "same_results": False, "error": str(exc)}
+        log(f"{name} restore: {tool.name:<10} {restored[tool.name]}")
+    return {
+        "store": name,
+        "docs": args.docs,
+        "data_bytes": tree_size(data),
+        "changes": changes,
+        "rows": rows,
+        "restore": restored,
+        "errors": errors,
+    }
+
+
+def live_chroma(args: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
+    """Snapshots of a Chroma store another process keeps writing: do they restore usable?"""
+    base = work / "live"
+    data = base / "data"
+    store = make_store("chroma", data, args.dim, args.seed + 1)
+    store.build(min(args.docs, 5000))
+    tools = [TOOLS[t](base) for t in args.tools]
+    for tool in tools:
+        tool.init()
+    results: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tools}
+    with chroma_writer(data, args.dim, args.seed):
+        time.sleep(2)
+        for step in range(args.live_snapshots):
+            for tool in tools:
+                entry: dict[str, Any] = {"step": step}
+                try:
+                    try:
+                        tool.snapshot(data, step)
+                    except ToolError as exc:
+                        if not tool.name.startswith("borg") or "exited with [1]" not in str(exc):
+                            raise
+                        entry["warning"] = str(exc)[-200:]  # borg's exit 1: a warning, stored
+                    target = empty_dir(base / "restore" / f"{tool.name}-{step}")
+                    tool.restore(data, step, target)
+                    entry.update(check_chroma(target))
+                except ToolError as exc:
+                    entry.update({"ok": False, "error": str(exc)[-300:]})
+                results[tool.name].append(entry)
+                log(f"live chroma step {step}: {tool.name:<10} {entry}")
+            time.sleep(0.5)
+    return {"snapshots": args.live_snapshots, "results": results}
+
+
+def check_chroma(root: Path) -> dict[str, Any]:
+    """integrity_check of a restored chroma.sqlite3, and whether Chroma reopens it."""
+    db = root / "chroma.sqlite3"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.Error as exc:
+        integrity = f"error: {exc}"
+    try:
+        import chromadb
+
+        count = chromadb.PersistentClient(path=str(root)).get_collection("docs").count()
+        reopened = True
+    except Exception:  # noqa: BLE001 - a store that does not reopen is the finding
+        count, reopened = None, False
+    return {"ok": integrity == "ok" and reopened, "integrity": integrity, "count": count}
+
+
+def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per tool: first snapshot bytes, bytes the later rounds added, their ratio to casnap's."""
+    out = []
+    for tool, rows in result["rows"].items():
+        if not rows:
+            continue
+        later = rows[1:]
+        out.append(
+            {
+                "store": result["store"],
+                "tool": tool,
+                "first_bytes": rows[0]["total"],
+                "incr_bytes": sum(r["added"] for r in later),
+                "first_seconds": rows[0]["seconds"],
+                "median_incr_seconds": statistics.median(r["seconds"] for r in later)
+                if later
+                else None,
+                "restore": result["restore"].get(tool),
+            }
+        )
+    casnap = next((s["incr_bytes"] for s in out if s["tool"] == "casnap"), None)
+    for s in out:
+        s["casnap_vs_this"] = casnap / s["incr_bytes"] if casnap and s["incr_bytes"] else None
+    return out
+
+
+def table(summaries: Sequence[dict[str, Any]]) -> str:
+    head = (
+        "| store | tool | first MiB | added by later rounds MiB | casnap / this | first s "
+        "| median later s | restore s | same query results |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for s in summaries:
+        r = s["restore"] or {}
+        ratio = f"{s['casnap_vs_this']:.2f}x" if s["casnap_vs_this"] else "-"
+        median = f"{s['median_incr_seconds']:.2f}" if s["median_incr_seconds"] else "-"
+        restore = f"{r['seconds']:.2f}" if r.get("seconds") is not None else "-"
+        lines.append(
+            f"| {s['store']} | {s['tool']} | {s['first_bytes'] / MIB:.1f} | "
+            f"{s['incr_bytes'] / MIB:.1f} | {ratio} | {s['first_seconds']:.2f} | {median} | "
+            f"{restore} | {'yes' if r.get('same_results') else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=30000, help="documents in each store")
+    p.add_argument("--rounds", type=int, default=6, help="rounds of change after the first")
+    p.add_argument("--dim", type=int, default=384, help="embedding dimension")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stores", default=",".join(STORES))
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS))
+    p.add_argument("--live", action="store_true", help="also the live-write Chroma test")
+    p.add_argument("--live-snapshots", type=int, default=4)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--keep", action="store_true")
+    args = p.parse_args(argv)
+    args.tools = [t for t in args.tools.split(",") if t]
+    quiet_frameworks()
+    work = Path(tempfile.mkdtemp(prefix="casnap-rag-bench-", dir=args.work))
+    missing = {t: TOOLS[t](work).missing() for t in args.tools}
+    args.tools = [t for t in args.tools if missing[t] is None]
+    notes = [f"{t}: {why}" for t, why in missing.items() if why]
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        results = [run_store(s, args, work, log) for s in args.stores.split(",") if s]
+        live = live_chroma(args, work, log) if args.live else None
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    summaries = [s for r in results for s in summarize(r)]
+    report = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "versions": {
+            t: capture([t, "version" if t == "restic" else "--version"])
+            for t in args.tools
+            if t != "borg-fine"
+        },
+        "notes": notes,
+        "stores": results,
+        "summary": summaries,
+        "live": live,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rag.json").write_text(json.dumps(report, indent=2))
+    print(table(summaries))
+    if live:
+        for tool, entries in live["results"].items():
+            ok = sum(1 for e in entries if e.get("ok"))
+            print(f"live Chroma writes, {tool}: {ok} of {len(entries)} snapshots restore usable")
+    print(f"wall time {report['wall_seconds']:.0f} s; wrote {args.out / 'rag.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
