@@ -80,6 +80,7 @@ JSON_RUNS = {
     "diff": ["diff", "FIRST"],
     "log": ["log"],
     "show": ["show", "FIRST"],
+    "ls": ["ls", "FIRST"],
     "gc": ["gc", "--dry-run"],
     "prune": ["prune", "--keep-last", "1"],
     "forget": ["forget", "FIRST", "--prune"],

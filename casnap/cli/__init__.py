@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from casnap.cli import maintenance, snapshots  # noqa: F401 - registers the commands
+from casnap.cli import browse, maintenance, snapshots  # noqa: F401 - registers the commands
 from casnap.cli.main import CasnapGroup, Context, cli, main
 from casnap.cli.output import ProgressBar, human, progress_bar
 
