@@ -291,4 +291,3 @@ def test_ls_mode_of_a_file_with_special_bits_is_shown_as_recorded(
     code, out, _ = run(repo_dir, app, "ls", "latest", "app.db", "-l")
     st = os.stat(app / "app.db")
     assert out.decode().split()[0] == stat.filemode(st.st_mode)
-
