@@ -31,7 +31,7 @@ from casnap import capture, fsutil
 from casnap.committer import commit
 from casnap.config import iso_time
 from casnap.errors import HostileManifest, InvalidArgument, SourceError, from_oserror
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite
+from casnap.formats.sqlite import is_sqlite
 from casnap.fsutil import STAGE_PREFIX
 from casnap.manifest import check_path
 from casnap.progress import ProgressFn
@@ -160,6 +160,9 @@ def plan(
     now = dt.datetime.now(dt.UTC)
     for entry in sorted(os.listdir(folder)):
         full = folder / entry
+        if full.resolve() == data_dir:
+            result.skipped.append({"name": entry, "reason": "the data dir itself (commit it)"})
+            continue
         item, reason = _classify(full, names, repo)
         if item is None:
             if reason:
@@ -200,7 +203,7 @@ def _classify(
     if capture.is_ignored_name(name) or name.startswith("."):
         return None, ""
     if capture.side_file_base(name) is not None:
-        return None, ""  # a database's -wal or -journal: imported with it
+        return None, ""  # a database's side file: its -wal is imported with it
     try:
         st = os.lstat(full)
     except OSError as exc:
@@ -315,10 +318,9 @@ def _staged(
             _link_tree(copy, dest, item.name, warnings)
         else:
             _link(copy, dest)
-            for suffix in SQLITE_SIDE_SUFFIXES:
-                side = Path(str(copy) + suffix)
-                if side.exists() and suffix != "-shm":  # -shm is rebuilt from the -wal
-                    _link(side, Path(str(dest) + suffix))
+            wal = Path(f"{copy}-wal")  # committed transactions a WAL copy may still hold
+            if wal.is_file():
+                _link(wal, Path(f"{dest}-wal"))
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # names only: the copies stay as they were

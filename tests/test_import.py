@@ -323,3 +323,7 @@ def test_import_refuses_the_repository_and_missing_folders(
     CliRunner().invoke(cli, ["--repo", str(inner), "init"])
     result = plan(Repository.open(tmp_path / "repo"), backups, data)
     assert {"name": "casnap-repo", "reason": "a casnap repository"} in result.skipped
+    # the folder holding the data dir: the data dir is no copy of itself
+    result = plan(Repository.open(tmp_path / "repo"), tmp_path, data)
+    assert {"name": "data", "reason": "the data dir itself (commit it)"} in result.skipped
+    assert "repo" in {s["name"] for s in result.skipped}

@@ -203,8 +203,7 @@ class CommandGroup(CasnapGroup):
     "--no-lock",
     is_flag=True,
     help="Read the repository without taking a lock (log, show, ls, cat, diff, stats, verify, "
-    "checkout): "
-    "for a read-only repository; nothing may write to it meanwhile.",
+    "checkout): for a read-only repository; nothing may write to it meanwhile.",
 )
 @click.version_option(package_name="casnap")
 @click.pass_context
