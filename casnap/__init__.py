@@ -13,7 +13,9 @@ from casnap.changes import diff
 from casnap.checker import verify
 from casnap.collector import collect
 from casnap.committer import CommitResult, commit
+from casnap.contents import dump
 from casnap.errors import CasnapError
+from casnap.importer import import_copies
 from casnap.repository import Repository
 from casnap.restorer import CheckoutResult, checkout
 from casnap.retention import forget, prune
@@ -29,7 +31,9 @@ __all__ = [
     "collect",
     "commit",
     "diff",
+    "dump",
     "forget",
+    "import_copies",
     "prune",
     "repository_stats",
     "smoke_verify",

@@ -2,8 +2,8 @@
 
 Files are compared by hash and by chunk ids (the data-dir side is chunked with the repository's
 own chunker and never stored), databases by their tables (row counts, rows added, removed and
-updated, schema), FAISS indexes by type and vector count (none for an index shorter than its header
-promises). Nothing is written to the repository.
+updated matched by primary key, schema: table_changes.py), FAISS indexes by type and vector
+count (none for an index shorter than its header promises). Nothing is written to the repository.
 """
 
 from __future__ import annotations
@@ -29,27 +29,10 @@ from casnap.fsutil import FILE_MODE
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
-from casnap.smoke_sqlite import TableInfo, list_tables, quote_ident
 from casnap.staging import restore_entry
+from casnap.table_changes import TableDiff, compare_tables
 
 Refs = list[tuple[ObjectId, int]]
-
-
-@dataclass(frozen=True)
-class TableDiff:
-    """How one table differs: rows before and after, rows added/removed/updated, schema."""
-
-    name: str
-    status: str  # "added", "removed" or "changed"
-    rows_a: int | None
-    rows_b: int | None
-    added: int | None  # rows whose key is new (None when rows cannot be matched by key)
-    removed: int | None
-    updated: int | None  # rows with the same key and different values
-    schema_changed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -380,77 +363,6 @@ def _table_diffs(
                     uri = f"file:{urllib.parse.quote(str(side.db_copy(f).absolute()))}?immutable=1"
                     conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
             attached = {row[1] for row in conn.execute("PRAGMA database_list")}
-            ta = list_tables(conn, schema="a") if "a" in attached else {}
-            tb = list_tables(conn, schema="b") if "b" in attached else {}
-            out = []
-            for name in sorted(set(ta) | set(tb)):
-                d = _table_diff(conn, ta.get(name), tb.get(name))
-                if d is not None:
-                    out.append(d)
-            return tuple(out)
+            return compare_tables(conn, "a" in attached, "b" in attached)
         except sqlite3.Error as exc:
             raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from exc
-
-
-def _table_diff(
-    conn: sqlite3.Connection, ta: TableInfo | None, tb: TableInfo | None
-) -> TableDiff | None:
-    if ta is None or tb is None:
-        t = ta or tb
-        assert t is not None
-        return TableDiff(
-            name=t.name,
-            status="added" if ta is None else "removed",
-            rows_a=ta.rows if ta else None,
-            rows_b=tb.rows if tb else None,
-            added=tb.rows if tb else None,
-            removed=ta.rows if ta else None,
-            updated=0,
-            schema_changed=True,
-        )
-    schema_changed = " ".join(ta.sql.split()) != " ".join(tb.sql.split())
-    added = removed = updated = None
-    if not ta.virtual and not tb.virtual:
-        added, removed, updated = _row_changes(conn, ta.name)
-    changed = schema_changed or ta.rows != tb.rows or bool(added) or bool(removed) or bool(updated)
-    if not changed:
-        return None
-    return TableDiff(ta.name, "changed", ta.rows, tb.rows, added, removed, updated, schema_changed)
-
-
-def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[tuple[str, int]]:
-    """(name, primary-key position) of each column."""
-    rows = conn.execute(f"PRAGMA {schema}.table_info({quote_ident(table)})").fetchall()
-    return [(str(r[1]), int(r[5])) for r in rows]
-
-
-def _row_changes(conn: sqlite3.Connection, table: str) -> tuple[int | None, ...]:
-    """Rows added, removed and updated between a.table and b.table, matched by rowid (by primary
-    key for a WITHOUT ROWID table); updated is None when the columns differ."""
-    t = quote_ident(table)
-    cols_a, cols_b = _columns(conn, "a", table), _columns(conn, "b", table)
-    try:
-        conn.execute(f"SELECT rowid FROM a.{t} LIMIT 1").fetchall()
-        conn.execute(f"SELECT rowid FROM b.{t} LIMIT 1").fetchall()
-        keys = ["rowid"]
-    except sqlite3.OperationalError:  # WITHOUT ROWID: match by primary key
-        pk_a = [n for n, pk in sorted(cols_a, key=lambda c: c[1]) if pk]
-        pk_b = [n for n, pk in sorted(cols_b, key=lambda c: c[1]) if pk]
-        if not pk_a or pk_a != pk_b:
-            return None, None, None
-        keys = [quote_ident(k) for k in pk_a]
-    join = " AND ".join(f"x.{k} = y.{k}" for k in keys)
-    added = conn.execute(
-        f"SELECT count(*) FROM b.{t} AS y WHERE NOT EXISTS (SELECT 1 FROM a.{t} AS x WHERE {join})"
-    ).fetchone()[0]
-    removed = conn.execute(
-        f"SELECT count(*) FROM a.{t} AS x WHERE NOT EXISTS (SELECT 1 FROM b.{t} AS y WHERE {join})"
-    ).fetchone()[0]
-    updated = None
-    names_a = [n for n, _ in cols_a]
-    if names_a and names_a == [n for n, _ in cols_b]:
-        differ = " OR ".join(f"x.{quote_ident(n)} IS NOT y.{quote_ident(n)}" for n in names_a)
-        updated = conn.execute(
-            f"SELECT count(*) FROM a.{t} AS x JOIN b.{t} AS y ON {join} WHERE {differ}"
-        ).fetchone()[0]
-    return int(added), int(removed), None if updated is None else int(updated)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import getpass
 import io
 import os
@@ -27,7 +28,7 @@ from casnap import capture, chunklist, compression, consistency, pipeline, rollb
 from casnap import restored as restored_files
 from casnap.chunkindex import TREE
 from casnap.chunking import choose_chunker
-from casnap.config import now_iso
+from casnap.config import iso_time, now_iso
 from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
     AccessDenied,
@@ -60,6 +61,8 @@ class CommitOptions:
     strict: bool = False
     allow_empty: bool = False
     skip_unreadable: bool = False
+    time: str | None = None  # recorded instead of now (an import of an old copy)
+    source: str | None = None  # recorded as the data dir instead of the dir read (an import)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ def commit(
     progress: ProgressFn | None = None,
     allow_empty: bool = False,
     skip_unreadable: bool = False,
+    time: dt.datetime | None = None,
+    source: Path | str | None = None,
 ) -> CommitResult:
     """Snapshot data_dir (or paths inside it) into repo; returns what was stored.
 
@@ -175,7 +180,12 @@ def commit(
     done, bytes total). A commit that would store no file where the last snapshot of the same
     paths had some is refused unless allow_empty; with skip_unreadable, files and folders that
     cannot be read for lack of permission are left out (listed in the result and the snapshot).
+    time (naive: local time; never in the future) is recorded instead of now, and source as the
+    data dir instead of data_dir: a copy kept elsewhere is imported as the snapshot it was.
     """
+    when = iso_time(time) if time is not None else None
+    if when is not None and when > now_iso():
+        raise InvalidArgument(f"snapshot time {when} lies in the future")
     for tag in tags:
         if not tag or "," in tag or not tag.isprintable():
             raise InvalidArgument(
@@ -189,6 +199,8 @@ def commit(
         strict=strict,
         allow_empty=allow_empty,
         skip_unreadable=skip_unreadable,
+        time=when,
+        source=str(Path(source).resolve()) if source is not None else None,
     )
     committer = Committer(repo, options, progress)
     try:
@@ -268,7 +280,7 @@ class Committer:
             raise InconsistentData(
                 f"{len(pairs)} consistency problem(s), nothing committed: " + "; ".join(pairs)
             )
-        source_dir = str(data_dir)
+        source_dir = opts.source or str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
         parent_id, parent = self._parent(source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
@@ -282,7 +294,7 @@ class Committer:
         result.notes = [
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
         ]
-        restored = self._restored(source_dir)
+        restored = self._restored(source_dir) if opts.source is None else {}
         writer = PackWriter(self.repo.store)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
@@ -339,7 +351,7 @@ class Committer:
         result.skipped = sorted(unreadable)
         user = _user()
         snap = Snapshot(
-            time=now_iso(),
+            time=opts.time or now_iso(),
             host=socket.gethostname(),
             user=user,
             source=source_dir,

@@ -41,7 +41,12 @@ MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
 
 def now_iso() -> str:
     """The current time as snapshots and configs record it (UTC, microseconds)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_time(dt.datetime.now(dt.UTC))
+
+
+def iso_time(t: dt.datetime) -> str:
+    """A time as snapshots record it (UTC, microseconds); a naive time is local time."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text: str) -> dt.datetime:

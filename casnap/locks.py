@@ -29,10 +29,14 @@ from casnap.procs import pid_alive, process_start_time
 # pack a running commit is about to index). A dry run of a deleting operation only reads and takes
 # the shared lock (Repository.lock).
 EXCLUSIVE_OPERATIONS = frozenset({"gc", "prune", "forget", "repair-index", "commit rollback"})
-SHARED_OPERATIONS = frozenset({"commit", "checkout", "verify", "diff", "stats", "log", "show"})
+SHARED_OPERATIONS = frozenset(
+    {"commit", "checkout", "verify", "diff", "stats", "log", "show", "ls", "cat"}
+)
 # Operations that never write to the repository: they may run without a lock on a repository
 # that cannot be written (--no-lock, or when the lock cannot be written).
-READ_ONLY_OPERATIONS = frozenset({"verify", "diff", "stats", "checkout", "log", "show"})
+READ_ONLY_OPERATIONS = frozenset(
+    {"verify", "diff", "stats", "checkout", "log", "show", "ls", "cat"}
+)
 
 
 def exclusive(operation: str) -> bool:

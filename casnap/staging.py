@@ -14,9 +14,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from casnap import capture, fsutil, pipeline, smoke
 from casnap.checker import SmokeVerifyResult
+from casnap.chunklist import REF
 from casnap.errors import (
     CasnapError,
     CheckFailed,
@@ -26,6 +28,7 @@ from casnap.errors import (
 )
 from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
+from casnap.ids import hash_bytes
 from casnap.manifest import FileEntry
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
@@ -154,6 +157,98 @@ def write_verified(
         os.chmod(dest, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
         os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
     return size
+
+
+class _VerifiedStream:
+    """What pipeline.restore writes into, for a stream (a pipe): each chunk goes on to out only
+    once its bytes hash to its id, so a damaged chunk stops the stream before any of its bytes
+    are written; runs of zeros restore would seek over are written as zeros. Holds at most one
+    chunk that arrived in pieces."""
+
+    def __init__(self, out: BinaryIO, refs: bytes) -> None:
+        self.out = out
+        self.refs = REF.iter_unpack(refs)
+        self.pending = bytearray()
+        self.want: tuple[bytes, int] | None = next(self.refs, None)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view) or (self.want is not None and self.want[1] == 0):
+            if self.want is None:
+                raise IntegrityError("the file holds more bytes than its chunk list")
+            cid, n = self.want
+            take = view[pos : pos + n - len(self.pending)]
+            pos += len(take)
+            if not self.pending and len(take) == n:
+                self._emit(cid, take)
+            else:
+                self.pending += take
+                if len(self.pending) == n:
+                    self._emit(cid, memoryview(self.pending))
+                    self.pending = bytearray()
+        return len(view)
+
+    def _emit(self, cid: bytes, chunk: memoryview) -> None:
+        if hash_bytes(chunk) != cid:
+            raise IntegrityError(f"chunk {cid.hex()} is damaged: its bytes do not match its id")
+        self.out.write(chunk)
+        self.want = next(self.refs, None)
+
+    def seek(self, n: int, whence: int) -> int:
+        """A run of n zeros (pipeline.restore seeks over them in a file)."""
+        if whence != os.SEEK_CUR:
+            raise ValueError("a stream only moves forward")
+        for k in range(0, n, len(_ZEROS)):
+            self.write(_ZEROS[: min(len(_ZEROS), n - k)])
+        return n
+
+    def truncate(self) -> None:
+        """Nothing to do: every zero was written."""
+
+    def finish(self) -> None:
+        if self.want is not None or self.pending:
+            raise IntegrityError("the file ended before its last chunk")
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def write_verified_stream(
+    repo: Repository,
+    entry: FileEntry,
+    out: BinaryIO,
+    pool: ThreadPoolExecutor,
+    tick: Callable[[int], None] | None = None,
+) -> int:
+    """write_verified for a stream that cannot seek or be taken back (stdout): the file's bytes
+    in order, each chunk checked against its id before it is written (a damaged chunk raises
+    IntegrityError with the bytes before it written), then the whole-file BLAKE3 and size
+    against the manifest's (IntegrityError after every byte was written). Memory stays bounded
+    whatever the file's size: the restore pipeline's window of tasks, plus one chunk."""
+    refs = repo.file_refs(entry)
+    sink = _VerifiedStream(out, refs)
+    try:
+        size, whole = pipeline.restore(
+            repo.store, refs, cast(BinaryIO, sink), pool, 2 * workers() + 2, tick
+        )
+        sink.finish()
+    except IntegrityError as exc:
+        raise IntegrityError(f"{entry.path}: {exc}") from exc
+    if size != entry.size or whole.hex() != entry.hash:
+        raise IntegrityError(
+            f"{entry.path}: the bytes written do not match its recorded hash, yet each of its "
+            "chunks verified (a damaged manifest)"
+        )
+    return size
+
+
+def stream_entry(repo: Repository, entry: FileEntry, out: BinaryIO) -> int:
+    """Write one file of a snapshot to a stream, every chunk and the whole-file hash verified
+    (see write_verified_stream); returns its size."""
+    repo.ensure_index()
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
+        return write_verified_stream(repo, entry, out, pool)
 
 
 def restore_entry(

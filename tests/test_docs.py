@@ -80,6 +80,8 @@ JSON_RUNS = {
     "diff": ["diff", "FIRST"],
     "log": ["log"],
     "show": ["show", "FIRST"],
+    "ls": ["ls", "FIRST"],
+    "import": ["import", "COPIES"],
     "gc": ["gc", "--dry-run"],
     "prune": ["prune", "--keep-last", "1"],
     "forget": ["forget", "FIRST", "--prune"],
@@ -97,7 +99,15 @@ def test_every_json_field_is_documented(run: str, tmp_path: Path) -> None:
     first = CliRunner().invoke(cli, [*base, "commit"]).stdout.strip()
     evolve_app(data)
     CliRunner().invoke(cli, [*base, "commit"])
-    swap = {"FIRST": first, "OUT": str(tmp_path / "out"), "NEWREPO": str(tmp_path / "new")}
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    (copies / "app_20250101_120000.db").write_bytes((data / "app.db").read_bytes())
+    swap = {
+        "FIRST": first,
+        "OUT": str(tmp_path / "out"),
+        "NEWREPO": str(tmp_path / "new"),
+        "COPIES": str(copies),
+    }
     args = [swap.get(a, a) for a in JSON_RUNS[run]]
     result = CliRunner().invoke(cli, [*base, *args, "--json"])
     assert result.exit_code == 0, result.stderr

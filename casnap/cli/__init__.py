@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from casnap.cli import maintenance, snapshots  # noqa: F401 - registers the commands
+from casnap.cli import (  # noqa: F401 - registers the commands
+    browse,
+    importing,
+    maintenance,
+    snapshots,
+)
 from casnap.cli.main import CasnapGroup, Context, cli, main
 from casnap.cli.output import ProgressBar, human, progress_bar
 

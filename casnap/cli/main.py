@@ -122,8 +122,8 @@ class Context:
         """--no-lock is for commands that only read the repository; a usage error otherwise."""
         if self.no_lock:
             raise click.UsageError(
-                "--no-lock is only for commands that only read the repository (log, show, diff, "
-                "stats, verify, check, checkout)"
+                "--no-lock is only for commands that only read the repository (log, show, ls, cat, "
+                "diff, stats, verify, check, checkout)"
             )
 
     def private_tmp(self) -> Path:
@@ -202,8 +202,8 @@ class CommandGroup(CasnapGroup):
 @click.option(
     "--no-lock",
     is_flag=True,
-    help="Read the repository without taking a lock (log, show, diff, stats, verify, checkout): "
-    "for a read-only repository; nothing may write to it meanwhile.",
+    help="Read the repository without taking a lock (log, show, ls, cat, diff, stats, verify, "
+    "checkout): for a read-only repository; nothing may write to it meanwhile.",
 )
 @click.version_option(package_name="casnap")
 @click.pass_context

@@ -3,6 +3,7 @@ reference is resolved through them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable
 from typing import Any
@@ -66,3 +67,27 @@ class Number(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+class SnapshotTime(click.ParamType):
+    """A point in time as ISO 8601 (`2025-01-01T12:00:00Z`, `+02:00`) or `YYYY-MM-DD HH:MM:SS`;
+    without an offset it is local time. Refuses times in the future."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, dt.datetime):
+            return value
+        try:
+            t = dt.datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a time: give ISO 8601 (2025-01-01T12:00:00Z) or "
+                "YYYY-MM-DD HH:MM:SS (local time)",
+                param,
+                ctx,
+            )
+        aware = t if t.tzinfo is not None else t.astimezone()
+        if aware > dt.datetime.now(dt.UTC):
+            self.fail(f"{value!r} lies in the future", param, ctx)
+        return aware

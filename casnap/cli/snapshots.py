@@ -3,6 +3,7 @@ demo."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import click
 
 from casnap import selection, stats
 from casnap.cli.main import Context, cli, pass_ctx, warn
-from casnap.cli.options import Number, filter_options, resolve_ref, snapshot_filter
+from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.committer import commit as commit_snapshot
 from casnap.errors import (
@@ -97,6 +98,15 @@ def say_created(c: Context) -> None:
     help="Leave out files and folders that cannot be read for lack of permission (listed in the "
     "summary and recorded in the snapshot) instead of failing.",
 )
+@click.option(
+    "--time",
+    "when",
+    type=SnapshotTime(),
+    default=None,
+    metavar="T",
+    help="Record T as the snapshot's time instead of now (importing an old copy): ISO 8601 or "
+    "'YYYY-MM-DD HH:MM:SS' (local time without an offset); log, latest and prune order by it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def commit(
@@ -108,6 +118,7 @@ def commit(
     strict: bool,
     allow_empty: bool,
     skip_unreadable: bool,
+    when: dt.datetime | None,
     as_json: bool,
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
@@ -137,6 +148,7 @@ def commit(
                 progress=progress,
                 allow_empty=allow_empty,
                 skip_unreadable=skip_unreadable,
+                time=when,
             )
         except UnreadableSource as exc:
             raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc

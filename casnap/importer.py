@@ -1,0 +1,360 @@
+"""Import the copies an older backup procedure left (`cp app.db backups/app_<stamp>.db`, `rsync
+data/faiss/ backups/faiss/`, dated folders) as snapshots with their original times, so `log`,
+`latest` and retention are right from the first day.
+
+A copy's time is read from its name (`20250101_120000`, `2025-01-01T12-00-00`, `20250101`: local
+time), else taken from its mtime (a folder: its newest file's), and said so. Its place in the data
+dir drops the stamp (`app_20250101_120000.db` -> `app.db`, `faiss_20250101/` -> `faiss`); a folder
+named like the data dir (or by a date alone) is a copy of the whole data dir. Each copy becomes
+one snapshot, committed in time order (so each one's chunk lists are deltas against the one
+before) through a stage of hard links that gives it its data-dir name; it is recorded as a
+snapshot of the data dir, tagged `imported`, its message naming the copy. A copy already imported
+(same data dir, message and time) is skipped, so importing a folder twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from casnap import capture, fsutil
+from casnap.committer import commit
+from casnap.config import iso_time
+from casnap.errors import HostileManifest, InvalidArgument, SourceError, from_oserror
+from casnap.formats.sqlite import is_sqlite
+from casnap.fsutil import STAGE_PREFIX
+from casnap.manifest import check_path
+from casnap.progress import ProgressFn
+from casnap.repository import Repository
+
+IMPORTED_TAG = "imported"
+MESSAGE = "imported from {name}"
+# A date (YYYYMMDD or YYYY-MM-DD) and optionally a time (HHMM[SS], separators - : or .), not
+# part of a longer run of digits.
+_STAMP = re.compile(
+    r"(?<![0-9])(?P<y>(?:19|20)[0-9]{2})(?P<ds>-?)(?P<mo>[0-9]{2})(?P=ds)(?P<d>[0-9]{2})"
+    r"(?:[T_ -]?(?P<h>[0-9]{2})(?P<ts>[-:.]?)(?P<mi>[0-9]{2})(?:(?P=ts)(?P<s>[0-9]{2}))?)?"
+    r"(?![0-9])"
+)
+_LATEST = re.compile(r"^(?P<base>.+?)[_-]latest(?P<ext>(?:\.[A-Za-z0-9]+)*)$", re.IGNORECASE)
+_ARCHIVES = (".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
+
+
+@dataclass
+class ImportItem:
+    """One copy and the snapshot it becomes."""
+
+    name: str  # its name in the folder imported
+    kind: str  # "file", "folder" or "data dir"
+    path: str | None  # its place in the data dir; None: the whole data dir
+    time: str  # the snapshot time (UTC, as manifests record it)
+    time_from: str  # "name", or "mtime" when the name holds no date
+    status: str = "planned"  # "planned" (dry run), "imported" or "already imported"
+    snapshot: str | None = None  # the snapshot it became (or had become)
+    files: int = 0
+    bytes_added: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ImportResult:
+    """What an import planned and did, as `import --json` prints it."""
+
+    source: str
+    data_dir: str
+    dry_run: bool
+    items: list[ImportItem] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # name, reason
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def imported(self) -> int:
+        return sum(1 for i in self.items if i.status == "imported")
+
+    @property
+    def already(self) -> int:
+        return sum(1 for i in self.items if i.status == "already imported")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "data_dir": self.data_dir,
+            "dry_run": self.dry_run,
+            "items": [i.to_json() for i in self.items],
+            "skipped": self.skipped,
+            "warnings": self.warnings,
+            "imported": self.imported,
+            "already_imported": self.already,
+            "seconds": self.seconds,
+        }
+
+
+def stamp_of(name: str) -> tuple[dt.datetime, str] | None:
+    """The local time a name carries and the name without it (`app_20250101_120000.db` ->
+    `app.db`); None when it holds no valid date."""
+    for m in _STAMP.finditer(name):
+        try:
+            t = dt.datetime(
+                int(m["y"]),
+                int(m["mo"]),
+                int(m["d"]),
+                int(m["h"] or 0),
+                int(m["mi"] or 0),
+                int(m["s"] or 0),
+            )
+        except ValueError:
+            continue  # 2025-13-45: not a date
+        head = name[: m.start()].rstrip("_-. ")
+        tail = name[m.end() :]
+        if not tail.startswith("."):
+            tail = tail.lstrip("_- ")
+            if head and tail:
+                tail = "_" + tail
+        return t.astimezone(), head + tail
+    return None
+
+
+def _newest_mtime(folder: Path) -> int | None:
+    """The newest mtime (ns) of the regular files under folder; None when it holds none."""
+    newest = None
+    for dirpath, _dirs, files in os.walk(folder):  # links are not followed
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode):
+                    newest = max(newest or 0, st.st_mtime_ns)
+    return newest
+
+
+def _from_ns(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+
+
+def plan(
+    repo: Repository | None, folder: Path, data_dir: Path, data_names: Sequence[str] = ()
+) -> ImportResult:
+    """What importing folder would do: one item per copy, oldest first, each marked `already
+    imported` when a snapshot of data_dir holds it; names that are no copy are listed skipped.
+    repo None: a repository not created yet (nothing imported)."""
+    folder = folder.resolve()
+    if not folder.is_dir():
+        raise SourceError(f"{folder} does not exist or is not a directory")
+    if repo is not None and repo.holds_path(folder):
+        raise InvalidArgument(f"{folder} lies inside the repository: nothing there is a copy")
+    data_dir = data_dir.resolve()
+    names = set(data_names) or {data_dir.name}
+    result = ImportResult(str(folder), str(data_dir), dry_run=True)
+    now = dt.datetime.now(dt.UTC)
+    for entry in sorted(os.listdir(folder)):
+        full = folder / entry
+        if full.resolve() == data_dir:
+            result.skipped.append({"name": entry, "reason": "the data dir itself (commit it)"})
+            continue
+        item, reason = _classify(full, names, repo)
+        if item is None:
+            if reason:
+                result.skipped.append({"name": entry, "reason": reason})
+            continue
+        if item.path is not None:
+            try:
+                check_path(item.path)
+            except HostileManifest:
+                result.skipped.append({"name": entry, "reason": "its data-dir name is refused"})
+                continue
+        if item.time > iso_time(now):
+            result.skipped.append({"name": entry, "reason": "its time lies in the future"})
+            continue
+        result.items.append(item)
+    result.items.sort(key=lambda i: (i.time, i.name))
+    done = {
+        (s.message, s.time, s.paths): sid.hex()
+        for sid, s in (repo.snapshots() if repo is not None else [])
+        if IMPORTED_TAG in s.tags and s.source == str(data_dir)
+    }
+    for item in result.items:
+        key = (MESSAGE.format(name=item.name), item.time, _paths(item))
+        if key in done:
+            item.status, item.snapshot = "already imported", done[key]
+    return result
+
+
+def _paths(item: ImportItem) -> tuple[str, ...]:
+    return () if item.path is None else (item.path,)
+
+
+def _classify(
+    full: Path, data_names: set[str], repo: Repository | None
+) -> tuple[ImportItem | None, str]:
+    """The copy a folder entry is, or (None, why not; "" to pass over it silently)."""
+    name = full.name
+    if capture.is_ignored_name(name) or name.startswith("."):
+        return None, ""
+    if capture.side_file_base(name) is not None:
+        return None, ""  # a database's side file: its -wal is imported with it
+    try:
+        st = os.lstat(full)
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        if (repo is not None and repo.holds_path(full)) or _is_repository(full):
+            return None, "a casnap repository"
+        newest = _newest_mtime(full)
+        if newest is None:
+            return None, "holds no file"
+        stamped = stamp_of(name)
+        base = stamped[1] if stamped else name
+        whole = not base or base in data_names
+        t, source = (stamped[0], "name") if stamped else (_from_ns(newest), "mtime")
+        return ImportItem(
+            name=name,
+            kind="data dir" if whole else "folder",
+            path=None if whole else base,
+            time=iso_time(t),
+            time_from=source,
+        ), ""
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file or folder"
+    if name.lower().endswith(_ARCHIVES):
+        return None, "an archive: unpack it and import the folder"
+    stamped = stamp_of(name)
+    if stamped is not None:
+        base = stamped[1]
+        if not base or base.startswith("."):
+            return None, "its name holds a date but no file name (name it like app_<date>.db)"
+        return ImportItem(name, "file", base, iso_time(stamped[0]), "name"), ""
+    latest = _LATEST.match(name)
+    if latest is not None:
+        base = latest["base"] + latest["ext"]
+        return ImportItem(name, "file", base, iso_time(_from_ns(st.st_mtime_ns)), "mtime"), ""
+    if is_sqlite(full):
+        return ImportItem(name, "file", name, iso_time(_from_ns(st.st_mtime_ns)), "mtime"), ""
+    return None, "no date in its name, and not a database"
+
+
+def _is_repository(folder: Path) -> bool:
+    """True for a folder holding a casnap repository (any: not only the one imported into)."""
+    try:
+        with open(folder / "config", "rb") as f:
+            return b'"casnap_format"' in f.read(64 << 10)
+    except OSError:
+        return False
+
+
+def import_copies(
+    repo: Repository,
+    folder: Path | str,
+    data_dir: Path | str,
+    *,
+    data_names: Sequence[str] = (),
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+) -> ImportResult:
+    """Commit each copy in folder not yet imported as a snapshot of data_dir at the copy's time,
+    oldest first (see the module docstring); with dry_run, only the plan."""
+    t0 = time.perf_counter()
+    result = plan(repo, Path(folder), Path(data_dir), data_names)
+    result.dry_run = dry_run
+    if dry_run:
+        result.seconds = time.perf_counter() - t0
+        return result
+    source = Path(result.source)
+    parent = source if os.access(source, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    fsutil.remove_stale_stages(parent)  # left by an import that was killed
+    for item in result.items:
+        if item.status != "planned":
+            continue
+        copy = source / item.name
+        with _staged(copy, item, parent, Path(result.data_dir), result.warnings) as root:
+            r = commit(
+                repo,
+                root,
+                _paths(item),
+                message=MESSAGE.format(name=item.name),
+                tags=[IMPORTED_TAG],
+                time=dt.datetime.fromisoformat(item.time),
+                source=result.data_dir,
+                progress=progress,
+            )
+        item.status, item.snapshot = "imported", r.id
+        item.files = r.files_new + r.files_changed + r.files_unchanged
+        item.bytes_added = r.bytes_added
+        result.warnings += [f"{item.name}: {w}" for w in r.warnings]
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@contextlib.contextmanager
+def _staged(
+    copy: Path, item: ImportItem, parent: Path, data_dir: Path, warnings: list[str]
+) -> Iterator[Path]:
+    """The dir to commit a copy from: the copy itself for a whole data dir, else a stage in
+    parent holding the copy under its data-dir name (hard links; copies across filesystems)."""
+    if item.path is None:
+        yield copy
+        return
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise from_oserror(exc, f"creating a staging dir in {parent}") from exc
+    try:
+        like = data_dir if data_dir.is_dir() else copy.parent
+        with contextlib.suppress(OSError):  # the mode a checkout gives a data dir it creates
+            os.chmod(stage, stat.S_IMODE(os.stat(like).st_mode))
+        dest = stage / item.path
+        if item.kind == "folder":
+            _link_tree(copy, dest, item.name, warnings)
+        else:
+            _link(copy, dest)
+            wal = Path(f"{copy}-wal")  # committed transactions a WAL copy may still hold
+            if wal.is_file():
+                _link(wal, Path(f"{dest}-wal"))
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # names only: the copies stay as they were
+
+
+def _link(src: Path, dest: Path) -> None:
+    """dest as a second name of src (same inode, mode, mtime), or a copy keeping its mode and
+    mtime where a link cannot be made (another filesystem)."""
+    try:
+        os.link(src, dest, follow_symlinks=False)
+        return
+    except OSError:
+        pass
+    try:
+        shutil.copy2(src, dest, follow_symlinks=False)
+    except OSError as exc:
+        raise from_oserror(exc, f"staging {src}") from exc
+
+
+def _link_tree(src: Path, dest: Path, name: str, warnings: list[str]) -> None:
+    """A folder copy's tree at dest: folders with their modes, regular files linked."""
+    for dirpath, dirs, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        target = dest / rel
+        try:
+            target.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(target, stat.S_IMODE(os.stat(dirpath).st_mode))
+        except OSError as exc:
+            raise from_oserror(exc, f"staging {dirpath}") from exc
+        for entry in sorted(dirs + files):
+            full = Path(dirpath, entry)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                _link(full, target / entry)
+            elif not stat.S_ISDIR(st.st_mode):
+                what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
+                warnings.append(f"{name}/{(rel / entry).as_posix()}: {what} not imported")

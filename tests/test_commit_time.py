@@ -1,0 +1,145 @@
+"""commit --time T records T as the snapshot's time (importing old backups): log, `latest` and
+retention then order by it; the manifest keeps its time format."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from casnap.committer import commit
+from casnap.errors import InvalidArgument
+from casnap.repository import Repository
+
+MANIFEST_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "notes.txt").write_text("first")
+    return d
+
+
+@pytest.fixture
+def kolkata(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is UTC+05:30 (no daylight saving) for the test."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def run(tmp_path: Path, data: Path, *args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, ["--repo", str(tmp_path / "repo"), "--data", str(data), *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_library_commit_records_the_given_time(data: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    when = dt.datetime(2024, 3, 1, 12, 30, 15, 250000, tzinfo=dt.UTC)
+    sid = commit(repo, data, time=when).id
+    snap = repo.load_snapshot(repo.resolve(sid))
+    assert snap.time == "2024-03-01T12:30:15.250000Z"
+    # a later commit without a time is newer: `latest` is it, and its parent the old one
+    (data / "notes.txt").write_text("second")
+    now_id = commit(repo, data).id
+    assert repo.resolve("latest").hex() == now_id
+    assert repo.load_snapshot(repo.resolve(now_id)).parent == sid
+
+
+def test_a_naive_time_is_local_time(data: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    naive = dt.datetime(2023, 7, 4, 8, 0, 0)
+    sid = commit(repo, data, time=naive).id
+    expected = naive.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert repo.load_snapshot(repo.resolve(sid)).time == expected
+
+
+def test_local_time_is_the_local_zone(data: Path, tmp_path: Path, kolkata: None) -> None:
+    code, out, err = run(tmp_path, data, "commit", "--time", "2024-01-02 03:04:05", "--json")
+    assert code == 0, err
+    repo = Repository.open(tmp_path / "repo")
+    snap = repo.load_snapshot(repo.resolve(json.loads(out)["id"]))
+    assert snap.time == "2024-01-01T21:34:05.000000Z"
+    code, out, _ = run(tmp_path, data, "log")
+    assert "2024-01-02 03:04:05" in out  # shown back in local time
+    sid = commit(repo, data, time=dt.datetime(2024, 1, 3, 5, 30)).id
+    assert repo.load_snapshot(repo.resolve(sid)).time == "2024-01-03T00:00:00.000000Z"
+
+
+def test_a_time_in_the_future_is_refused(data: Path, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    with pytest.raises(InvalidArgument, match="future"):
+        commit(repo, data, time=later)
+    assert repo.snapshots() == []
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2024-01-02T03:04:05Z", "2024-01-02T03:04:05.000000Z"),
+        ("2024-01-02T03:04:05+02:00", "2024-01-02T01:04:05.000000Z"),
+        ("2024-01-02T03:04:05.5-01:00", "2024-01-02T04:04:05.500000Z"),
+        (
+            "2024-01-02 03:04:05",  # local time
+            dt.datetime(2024, 1, 2, 3, 4, 5).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        ),
+        (
+            "2024-01-02",  # local midnight
+            dt.datetime(2024, 1, 2).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        ),
+    ],
+)
+def test_cli_time_forms(data: Path, tmp_path: Path, given: str, expected: str) -> None:
+    code, out, err = run(tmp_path, data, "commit", "--time", given, "--json")
+    assert code == 0, err
+    sid = json.loads(out)["id"]
+    code, out, _ = run(tmp_path, data, "show", sid, "--json")
+    shown = json.loads(out)["time"]
+    assert shown == expected and MANIFEST_TIME.match(shown)
+
+
+@pytest.mark.parametrize("given", ["yesterday", "2024-13-01 00:00:00", "3000-01-01 00:00:00"])
+def test_cli_bad_times_are_usage_errors(data: Path, tmp_path: Path, given: str) -> None:
+    code, _, err = run(tmp_path, data, "commit", "--time", given)
+    assert code == 2, err
+    assert "--time" in err and "Traceback" not in err
+    assert not (tmp_path / "repo" / "snapshots").exists() or not list(
+        (tmp_path / "repo" / "snapshots").iterdir()
+    )
+
+
+def test_log_and_prune_order_by_the_recorded_time(data: Path, tmp_path: Path) -> None:
+    # committed out of order: log lists them newest first by recorded time
+    days = ["2024-05-03 10:00:00", "2024-05-01 10:00:00", "2024-05-02 09:00:00"]
+    ids = {}
+    for i, day in enumerate(days):
+        (data / "notes.txt").write_text(f"version {i}")
+        code, out, err = run(tmp_path, data, "commit", "--time", day, "-m", day)
+        assert code == 0, err
+        ids[day] = out.strip()
+    (data / "notes.txt").write_text("same day, later")
+    code, out, _ = run(tmp_path, data, "commit", "--time", "2024-05-02 18:00:00")
+    ids["2024-05-02 18:00:00"] = out.strip()
+    code, out, _ = run(tmp_path, data, "log", "--json")
+    order = [r["id"] for r in json.loads(out)]
+    newest_first = sorted(ids, reverse=True)
+    assert order == [ids[d] for d in newest_first]
+    code, out, _ = run(tmp_path, data, "log")
+    assert "2024-05-03 10:00:00" in out.splitlines()[1]  # local time, as given
+    # keep-daily 2: the newest of each of the two newest days
+    code, out, err = run(tmp_path, data, "prune", "--keep-daily", "2", "--json")
+    assert code == 0, err
+    removed = set(json.loads(out)["removed"])
+    assert removed == {ids["2024-05-01 10:00:00"], ids["2024-05-02 09:00:00"]}
