@@ -18,7 +18,7 @@ from casnap.errors import CasnapError
 from casnap.importer import import_copies
 from casnap.repository import Repository
 from casnap.restorer import CheckoutResult, checkout
-from casnap.retention import forget, prune
+from casnap.retention import Policy, forget, prune
 from casnap.staging import smoke_verify
 from casnap.stats import repository_stats, snapshot_stats
 
@@ -26,6 +26,7 @@ __all__ = [
     "CasnapError",
     "CheckoutResult",
     "CommitResult",
+    "Policy",
     "Repository",
     "checkout",
     "collect",

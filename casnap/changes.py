@@ -23,7 +23,7 @@ from typing import Any
 from casnap import capture
 from casnap.committer import chunk_file
 from casnap.constants import SNIFF_BYTES
-from casnap.errors import IntegrityError, from_oserror
+from casnap.errors import IntegrityError, InvalidArgument, from_oserror
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
 from casnap.fsutil import FILE_MODE
 from casnap.ids import ObjectId
@@ -223,7 +223,7 @@ def diff(
 ) -> DiffResult:
     """Compare snapshot a_ref with snapshot b_ref, or (b_ref None) with data_dir as it is now."""
     if b_ref is None and data_dir is None:
-        raise ValueError("diff needs a second snapshot or a data dir")
+        raise InvalidArgument("diff needs a second snapshot or a data dir")
     with repo.lock("diff"), _scratch(repo) as scratch:
         repo.refresh(only_if_changed=True)
         a_id = repo.resolve(a_ref)
@@ -236,7 +236,7 @@ def diff(
             b_info: dict[str, Any] = {"id": b_id.hex(), "time": b_snap.time}
         else:
             assert data_dir is not None
-            root = Path(data_dir)
+            root = Path(data_dir).resolve()
             b = _data_side(repo, root, a_snap, scratch)
             b_info = {"data_dir": str(root.resolve())}
         files, summary = _compare(a, b)

@@ -239,7 +239,7 @@ class _Checker:
                 self.report.problems.append(
                     Problem(
                         "manifest",
-                        f"{key}: {exc}",
+                        str(exc) if str(exc).startswith(key) else f"{key}: {exc}",
                         fault=_fault(exc),
                         key=key,
                         snapshot=sid.hex(),

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from casnap.errors import CasnapError, HostileManifest, from_oserror
+from casnap.constants import TEMP_PREFIX
+from casnap.errors import CasnapError, HostileManifest, SourceError, from_oserror
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Directories kept open at once; others are opened again (still component by component) on use.
@@ -89,6 +90,8 @@ class Dir:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # a side file of a name near NAME_MAX
+                return None
             raise from_oserror(exc, f"reading {self.path / name}") from exc
 
     def sub(self, name: str) -> Dir | None:
@@ -100,9 +103,10 @@ class Dir:
             return None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise HostileManifest(
-                    f"{self.path / name} is a symbolic link or not a directory"
-                ) from exc
+                st = self.lstat(name)
+                if st is None or stat.S_ISLNK(st.st_mode):  # O_DIRECTORY may say ENOTDIR for one
+                    raise HostileManifest(f"{self.path / name} is a symbolic link") from exc
+                raise SourceError(f"{self.path / name} exists and is not a folder") from exc
             raise from_oserror(exc, f"opening {self.path / name}") from exc
         return Dir(fd, self.path / name)
 
@@ -139,17 +143,50 @@ class Dir:
                 return False
             raise
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG and missing_ok:  # cannot exist
+                return False
             raise from_oserror(exc, f"removing {self.path / name}") from exc
 
     def rmdir(self, name: str) -> None:
         os.rmdir(name, dir_fd=self.fd)
 
     def rename(self, name: str, dest: Dir, new_name: str) -> None:
-        """Atomically move name in this dir to new_name in dest (replacing a file there)."""
+        """Atomically move name in this dir to new_name in dest (replacing a file there).
+
+        Across mount points (a bind mount, a filesystem mounted on a folder of the target) a
+        rename fails with EXDEV: the file is then copied into dest under a temp name, made
+        durable, and renamed within dest, which is atomic there too."""
         try:
             os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=dest.fd)
         except OSError as exc:
-            raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
+            if exc.errno != errno.EXDEV:
+                raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
+            self._copy_across(name, dest, new_name)
+
+    def _copy_across(self, name: str, dest: Dir, new_name: str) -> None:
+        tmp = f"{TEMP_PREFIX}{os.getpid()}-move-{new_name[:80]}"
+        src = self.open_file(name)
+        try:
+            st = os.fstat(src)
+            out = dest.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                offset = 0
+                while sent := os.sendfile(out, src, offset, 1 << 24):
+                    offset += sent
+                os.fchmod(out, stat.S_IMODE(st.st_mode))
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                if os.geteuid() == 0:
+                    os.fchown(out, st.st_uid, st.st_gid)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, new_name, src_dir_fd=dest.fd, dst_dir_fd=dest.fd)
+        except OSError as exc:
+            dest.unlink(tmp)
+            raise from_oserror(exc, f"copying into {dest.path / new_name}") from exc
+        finally:
+            os.close(src)
+        self.unlink(name)
 
     def link(self, name: str, dest: Dir, new_name: str) -> None:
         """A hard link new_name in dest to the file name in this dir."""
@@ -310,8 +347,8 @@ def _walk(
         if stat.S_ISDIR(st.st_mode):
             try:
                 sub = d.sub(name)
-            except HostileManifest:
-                continue  # swapped for a link meanwhile: not ours to follow
+            except (HostileManifest, SourceError):
+                continue  # swapped for a link or a file meanwhile: not ours to follow
             if sub is not None:
                 with sub:
                     yield from _walk(sub, path, skip)
@@ -322,7 +359,7 @@ def remove_tree(parent: Dir, name: str) -> None:
     folders made read-only inside it (by a smoke command) are made writable first."""
     try:
         d = parent.sub(name)
-    except HostileManifest:
+    except (HostileManifest, SourceError):
         parent.unlink(name)
         return
     if d is None:

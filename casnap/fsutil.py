@@ -130,9 +130,9 @@ def seconds_from_env(name: str, default: float) -> float:
         value = float(text)
     except ValueError as exc:
         raise InvalidArgument(f"{name}={text!r} is not a number of seconds") from exc
-    if not math.isfinite(value):
-        raise InvalidArgument(f"{name}={text!r} is not a finite number of seconds")
-    return max(0.0, value)
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"{name}={text!r} is not a number of seconds >= 0")
+    return value
 
 
 HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"

@@ -274,7 +274,14 @@ class Repository:
                     sid = ObjectId.from_hex(name)
                 except ValueError:
                     continue
-                found[sid] = self.load_snapshot(sid)
+                try:
+                    found[sid] = self.load_snapshot(sid)
+                except IntegrityError as exc:
+                    raise type(exc)(
+                        f"{exc} (every command that lists snapshots stops here, so that gc never "
+                        f"takes it for a forgotten one; remove {self.backend.location}/{key} to "
+                        "go on without that snapshot: `casnap verify` lists the files it held)"
+                    ) from exc
             self._snapshots = found
         return sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
 

@@ -24,11 +24,13 @@ from casnap import restored as restored_files
 from casnap.committer import CommitOptions, Committer
 from casnap.constants import SAFETY_TAG, SNIFF_BYTES, STAT_SETTLE_NS
 from casnap.errors import (
+    AccessDenied,
     CasnapError,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
     SourceError,
+    StorageFull,
     from_oserror,
 )
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
@@ -212,7 +214,11 @@ class _Checkout:
                     check_pairs=False,
                     allow_empty=True,
                 )
-                saved = Committer(self.repo, safety).run(self.target, ())
+                try:
+                    saved = Committer(self.repo, safety).run(self.target, ())
+                except (AccessDenied, StorageFull) as exc:
+                    exc.add_note("safety-snapshot")  # the CLI names the option that skips it
+                    raise
                 self.result.safety_snapshot = saved.id
             touched = self._swap(tree, stage, plan)
         for item in unchanged:
@@ -361,7 +367,8 @@ class _Checkout:
             if not stat.S_ISREG(st.st_mode) or rel in keep or not self.sel.covers(rel):
                 continue
             parent, name = tree.parent_of(rel)
-            assert parent is not None
+            if parent is None:
+                continue  # its folder was moved away meanwhile: nothing of ours to remove
             base = capture.side_file_base(name)
             if base is not None and _is_sqlite(parent, base):
                 continue  # removed with its database, or kept with it
@@ -517,7 +524,8 @@ class _Checkout:
                     head, name = split(rel)
                     parent = tree.dir(head, create=True)
                     source = staged.dir(head)
-                    assert parent is not None and source is not None
+                    if parent is None or source is None:
+                        raise SourceError(f"{self.target / head} vanished during the checkout")
                     if item.replaces_db:
                         for suffix in SQLITE_SIDE_SUFFIXES:  # a stale WAL would be replayed
                             parent.unlink(name + suffix)

@@ -125,3 +125,28 @@ def test_the_architecture_page_names_every_module_and_only_those() -> None:
         if n not in present and n not in bare and not n.startswith(("tests/", "casnap/__init__"))
     }
     assert not stale, f"the page names modules that do not exist: {sorted(stale)}"
+
+
+def layers() -> dict[str, int]:
+    """Module -> its layer's position in docs/ARCHITECTURE.md (tables in page order; the CLI
+    paragraph after them is the last layer)."""
+    page = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    body = page.split("## The dependency rule")[0]
+    out: dict[str, int] = {}
+    for n, section in enumerate(re.split(r"\n\*\*", body)):
+        for name in re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", section):
+            out.setdefault("casnap." + name[:-3].replace("/", "."), n)
+    return out
+
+
+def test_imports_point_down_the_documented_layers() -> None:
+    mods = modules()
+    layer = layers()
+    wrong = []
+    for name, path in mods.items():
+        if name not in layer:
+            continue
+        for dep in imports(path, set(mods)):
+            if dep in layer and layer[dep] > layer[name]:
+                wrong.append(f"{name} imports {dep}")
+    assert not wrong, wrong

@@ -103,3 +103,40 @@ def test_a_hostile_manifest_is_named(world: tuple[list[str], Path]) -> None:
     assert bad in line
     assert Snapshot  # the type read back above
     os.unlink(tmp / "repo" / "snapshots" / bad)
+
+
+def test_a_damaged_manifest_says_how_to_go_on(world: tuple[list[str], Path]) -> None:
+    base, tmp = world
+    bad = tmp / "repo" / "snapshots" / ("ab" * 32)
+    bad.write_bytes(b"not a manifest")
+    line = one_line(run_casnap([*base, "log"]), EXIT_CODES["integrity"], "remove")
+    assert str(bad) in line and "casnap verify" in line
+    proc = run_casnap([*base, "verify"])
+    assert proc.stdout.count(f"snapshots/{'ab' * 32}") == 1  # named once per problem line
+
+
+def test_a_failed_safety_snapshot_names_the_option_that_skips_it(
+    world: tuple[list[str], Path],
+) -> None:
+    from tests.test_hostile import cli_unprivileged
+
+    base, tmp = world
+    data = tmp / "data"
+    (data / "notes.txt").write_text("no snapshot holds this")
+    packs = tmp / "repo" / "packs"
+    folders = [packs, *(p for p in packs.iterdir())]
+    for p in folders:
+        p.chmod(0o500)
+    try:
+        proc = cli_unprivileged(tmp / "repo", data, "checkout", "latest")
+    finally:
+        for p in folders:
+            p.chmod(0o700)
+    assert proc.returncode == EXIT_CODES["storage"], proc.stderr
+    assert "--no-safety-snapshot" in proc.stderr
+
+
+def test_the_api_exports_the_policy() -> None:
+    import casnap
+
+    assert casnap.Policy(last=1).last == 1

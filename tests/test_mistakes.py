@@ -437,3 +437,53 @@ def test_a_target_behind_another_users_link_is_refused(tmp_path: Path) -> None:
     assert raw_tree(victim) == before
     os.lchown(home / "target", 0, 0)  # root's own link is followed, as a user expects
     assert checkout(repo, sid, home / "target", safety_snapshot=False).files_written == 7
+
+
+@pytest.mark.parametrize("length", [247, 251, 255])
+def test_names_near_the_file_name_limit_check_out(tmp_path: Path, length: int) -> None:
+    """A side file of such a name (`-journal`, `-wal`) would be past NAME_MAX: it cannot exist."""
+    data = small_app(tmp_path / "data")
+    (data / ("b" * length)).write_text("a long name")
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    out = tmp_path / "out"
+    checkout(repo, sid, out, safety_snapshot=False)
+    assert (out / ("b" * length)).read_text() == "a long name"
+    (data / ("b" * length)).write_text("changed")
+    checkout(repo, sid, data)  # in place, where the long name exists already
+    assert (data / ("b" * length)).read_text() == "a long name"
+
+
+def test_a_file_where_the_snapshot_has_a_folder_is_a_source_problem(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    sid = commit(Repository.init(tmp_path / "repo"), data).id
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "faiss").write_text("a file in the way")
+    proc = run_casnap(["--repo", str(tmp_path / "repo"), "checkout", sid, "--to", str(target)])
+    one_line(proc, EXIT_CODES["source"], "exists and is not a folder")
+    assert (target / "faiss").read_text() == "a file in the way"
+
+
+@pytest.mark.skipif(not bind_mount_available(), reason="needs root and unshare for a bind mount")
+def test_a_target_across_mount_points_checks_out(tmp_path: Path) -> None:
+    """A bind-mounted target, and a filesystem mounted on a folder of the target: a rename
+    across them fails (EXDEV), so those files are copied in and renamed where they land."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    sid = commit(Repository.init(repo_dir), data).id
+    real, view = tmp_path / "real", tmp_path / "view"
+    real.mkdir()
+    view.mkdir()
+    (real / "faiss").mkdir()
+    casnap = [os.sys.executable, "-m", "casnap", "--repo", str(repo_dir)]
+    script = (
+        f"mount --bind {real} {view} && mount -t tmpfs tmpfs {view}/faiss && "
+        + " ".join(f"'{a}'" for a in [*casnap, "checkout", sid, "--to", str(view)])
+        + f" && cmp {view}/faiss/ivf.index {data}/faiss/ivf.index"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], env=casnap_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (real / "app.db").is_file()  # through the bind mount, into the real folder

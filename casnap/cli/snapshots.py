@@ -17,10 +17,12 @@ from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.committer import commit as commit_snapshot
 from casnap.errors import (
+    AccessDenied,
     DatabaseBusy,
     EmptySnapshot,
     InconsistentData,
     NotARepository,
+    StorageFull,
     UnreadableSource,
 )
 from casnap.paths import normalize_paths, snapshot_holds
@@ -270,6 +272,13 @@ def checkout(
         except DatabaseBusy as exc:
             hint = "or use --force" if exc.overridable else "(--force does not override that)"
             raise DatabaseBusy(f"{exc} {hint}", exc.overridable) from exc
+        except (AccessDenied, StorageFull) as exc:
+            if "safety-snapshot" not in getattr(exc, "__notes__", ()):
+                raise
+            raise type(exc)(
+                f"saving the data this checkout replaces failed: {exc} "
+                "(--no-safety-snapshot replaces it without saving)"
+            ) from exc
     for w in r.warnings:
         warn(w)
     if as_json:
@@ -278,7 +287,7 @@ def checkout(
     if r.safety_snapshot:
         c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
     c.say(
-        f"restored snapshot {r.id[:8]} into {dest}: {r.files_written} written, "
+        f"restored snapshot {r.id[:8]} into {r.target}: {r.files_written} written, "
         f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
     )
     if r.smoke is not None:
