@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from casnap.cli import cli
 from tests.helpers_rag import (
     CHROMA_DIR,
+    COLLECTION,
     LANGCHAIN_DIR,
     LAYOUTS,
     LLAMAINDEX_DIR,
@@ -183,6 +185,35 @@ def test_damage_is_warned_at_commit_and_refused_at_checkout(case: str, tmp_path:
     assert code == CHECK_FAILED
     failed = [c["check"] for c in json.loads(out)["smoke"][0]["smoke"]["checks"] if not c["ok"]]
     assert check in failed
+
+
+def test_a_smoke_command_may_open_the_staged_chroma_store(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build("chroma", data)
+    assert run(repo, data, "commit")[0] == 0
+    script = tmp_path / "open_chroma.py"
+    script.write_text(
+        "import os, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import chromadb\n"
+        "path = os.path.join(os.environ['CASNAP_STAGED_DIR'], 'chroma')\n"
+        "client = chromadb.PersistentClient(path=path, settings=chromadb.Settings("
+        "anonymized_telemetry=False))\n"
+        f"col = client.get_collection({COLLECTION!r}, embedding_function=None)\n"
+        "n = col.count()\n"
+        "col.add(ids=['written-by-the-check'], embeddings=[[0.0] * 16])\n"
+        "print(n)\n"
+        "sys.exit(0 if n > 600 else 1)\n"
+    )
+    cmd = f"{sys.executable} {script}"
+    before = raw_tree(data / CHROMA_DIR)
+    code, out, err = run(repo, data, "checkout", "latest", "--smoke-cmd", cmd, "--json")
+    assert code == 0, err
+    assert checks_of(out)["smoke-cmd"][0]["ok"]
+    assert raw_tree(data / CHROMA_DIR) == before  # the command wrote to a copy, not the stage
+    code, _, err = run(repo, data, "verify", "--smoke-cmd", cmd)
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".casnap")] == []
 
 
 def test_a_pickle_that_would_run_code_is_reported_and_never_run(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from tests.helpers_smoke import (
     raw_tree,
     write_index,
 )
+from tests.util import snapshot_tree
 
 
 def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
@@ -172,15 +173,24 @@ def test_partial_checkout_of_index_without_its_sidecar_fails(app: Path, repo: Re
     assert raw_tree(app) == before
 
 
-def test_smoke_command_that_modifies_a_staged_file_fails(app: Path, repo: Repository) -> None:
+def test_a_smoke_command_that_writes_changes_only_its_copy(
+    app: Path, repo: Repository, tmp_path: Path
+) -> None:
     first = commit(repo, app).id
+    expected = snapshot_tree(app)
     evolve_app(app)
     commit(repo, app)
-    before = raw_tree(app)
-    cmd = 'echo extra >> "$CASNAP_STAGED_DIR/faiss/flat.index"'
-    with pytest.raises(SmokeCheckFailed, match="staged-unchanged"):
-        checkout(repo, first, app, smoke_cmd=cmd)
-    assert raw_tree(app) == before
+    seen = tmp_path / "seen"
+    cmd = (
+        'echo extra >> "$CASNAP_STAGED_DIR/faiss/flat.index" && '
+        'rm "$CASNAP_STAGED_DIR/app.db" && echo "$CASNAP_STAGED_DIR" > ' + str(seen)
+    )
+    r = checkout(repo, first, app, smoke_cmd=cmd)
+    assert r.smoke is not None and [c["check"] for c in r.smoke["checks"]][-1] == "smoke-cmd"
+    assert snapshot_tree(app) == expected  # what was verified, not what the command wrote
+    copy = Path(seen.read_text().strip())
+    assert copy.parent == app.parent and not copy.exists()  # beside the stage, then removed
+    assert leftovers(app.parent) == []
 
 
 def test_a_stale_sidecar_is_a_warning_at_commit_and_at_checkout_alike(
