@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from casnap.formats import Finding, StoreLayout
-from casnap.formats.faiss import FaissHeader, read_faiss_header
+from casnap.formats.faiss import IDMAP_FOURCCS, FaissHeader, read_faiss_header
 
 DOCSTORE = "docstore.json"
 INDEX_STORE = "index_store.json"
 ID_MAP = "id_map.json"
 _MARKERS = (DOCSTORE, INDEX_STORE)
-_IDMAP_FOURCCS = ("IxM2", "IxMp")
 
 
 def find(files: Collection[str]) -> list[StoreLayout]:
@@ -111,7 +110,7 @@ def _vector_nodes(value: Any) -> list[dict[str, Any]]:
 def idmap_ids(path: Path, header: FaissHeader) -> list[int] | None:
     """The ids an IndexIDMap/IndexIDMap2 holds: its last array (a u64 count, then the ids);
     None when the file does not end that way."""
-    if header.fourcc not in _IDMAP_FOURCCS or header.ntotal is None:
+    if header.fourcc.encode() not in IDMAP_FOURCCS or header.ntotal is None:
         return None
     n = header.ntotal
     try:
