@@ -136,16 +136,27 @@ class _Walker:
     def step(self, name: str, arg: Any) -> None:
         """Replay one opcode on the stack (one branch per opcode family)."""
         stack = self.stack
+        # the memo and plain values first: most of a large pickle's opcodes
+        if name == "MEMOIZE":
+            self.memo[len(self.memo)] = stack[-1]
+        elif name in _GETS:
+            stack.append(self.memo[arg])
+        elif name in _TEXTS:
+            stack.append(Text(len(arg)) if len(arg) > KEEP_TEXT else arg)
+        elif name in _SCALARS:
+            stack.append(arg)
+        else:
+            self._structure(name, arg)
+
+    def _structure(self, name: str, arg: Any) -> None:
+        """Replay an opcode that builds containers, names globals or calls them."""
+        stack = self.stack
         if name in ("PROTO", "FRAME", "READONLY_BUFFER"):
             return
         if name in _REFUSED:
             raise PickleProblem(f"uses {_REFUSED[name]}, which {self.what} never does")
         if name in _CONSTANTS:
             stack.append(_CONSTANTS[name])
-        elif name in _SCALARS:
-            stack.append(arg)
-        elif name in _TEXTS:
-            stack.append(Text(len(arg)) if len(arg) > KEEP_TEXT else arg)
         elif name == "MARK":
             self.marks.append(stack)
             self.stack = []
@@ -194,10 +205,6 @@ class _Walker:
             _target(self.stack[-1], set).update(items)
         elif name in _PUTS:
             self.memo[arg] = stack[-1]
-        elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = stack[-1]
-        elif name in _GETS:
-            stack.append(self.memo[arg])
         elif name == "POP":
             if stack:
                 stack.pop()
