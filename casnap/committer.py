@@ -100,6 +100,8 @@ class CommitResult:
     chunks_new: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # the warnings about files a checkout's smoke checks refuse (said even with -q)
+    damage: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
     skipped: list[str] = field(default_factory=list)  # left out: could not be read
 
@@ -174,14 +176,16 @@ def commit(
 ) -> CommitResult:
     """Snapshot data_dir (or paths inside it) into repo; returns what was stored.
 
-    FAISS indexes shorter than their header promises, without a `.meta.json` sidecar, or whose
-    sidecar's ntotal disagrees with the index header, are listed in the result's warnings; with
-    strict they are an error (InconsistentData) and nothing is committed. progress gets (bytes
-    done, bytes total). A commit that would store no file where the last snapshot of the same
-    paths had some is refused unless allow_empty; with skip_unreadable, files and folders that
-    cannot be read for lack of permission are left out (listed in the result and the snapshot).
-    time (naive: local time; never in the future) is recorded instead of now, and source as the
-    data dir instead of data_dir: a copy kept elsewhere is imported as the snapshot it was.
+    What a checkout's smoke checks would find wrong with the files (consistency.py: FAISS
+    indexes shorter than their header promises, framework stores whose files disagree, sidecars
+    stating another ntotal) is listed in the result's warnings (those a checkout refuses in
+    `damage` too); with strict they are an error (InconsistentData) and nothing is committed.
+    progress gets (bytes done, bytes total). A commit that would store no file where the last
+    snapshot of the same paths had some is refused unless allow_empty; with skip_unreadable,
+    files and folders that cannot be read for lack of permission are left out (listed in the
+    result and the snapshot). time (naive: local time; never in the future) is recorded instead
+    of now, and source as the data dir instead of data_dir: a copy kept elsewhere is imported as
+    the snapshot it was.
     """
     when = iso_time(time) if time is not None else None
     if when is not None and when > now_iso():
@@ -270,12 +274,13 @@ class Committer:
             sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
         except AccessDenied as exc:
             raise UnreadableSource(str(exc)) from exc
-        # FAISS indexes whole and against their sidecars, before anything is read or stored
-        pairs = (
-            consistency.consistency_warnings(data_dir, [s.path for s in sources])
+        # FAISS indexes and framework stores, before anything is read or stored
+        problems = (
+            consistency.consistency_problems(data_dir, [s.path for s in sources])
             if opts.check_pairs
             else []
         )
+        pairs = [p.text for p in problems]
         if opts.strict and pairs:
             raise InconsistentData(
                 f"{len(pairs)} consistency problem(s), nothing committed: " + "; ".join(pairs)
@@ -291,6 +296,7 @@ class Committer:
                 "refusing an empty snapshot"
             )
         result = CommitResult(id="", warnings=pairs + skipped)
+        result.damage = [p.text for p in problems if p.refused]
         result.notes = [
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
         ]

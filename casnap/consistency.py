@@ -1,15 +1,28 @@
-"""Commit-time consistency of FAISS indexes: truncated files and sidecars that disagree.
+"""Commit-time consistency of FAISS indexes and of the framework stores a data dir holds.
 
-A commit warns (and with --strict refuses) when an index is shorter than its header promises,
-has no `.meta.json` sidecar, or holds another vector count than its sidecar states. Header
-fields only: a commit never loads an index.
+A commit reports, before it reads anything else, what a checkout's smoke checks would find wrong
+with the files it is about to store, so both judge a snapshot alike:
+
+- refused: a FAISS index shorter than its header promises (a write cut short); a store of a
+  known layout (formats/layouts.py) whose files are damaged or whose counts disagree (Chroma's
+  HNSW segments against chroma.sqlite3, LangChain's index against its pickled docstore,
+  LlamaIndex's index against its id map). A checkout refuses such a snapshot (exit 9), so the
+  commit says so even with -q.
+- warned: a `.meta.json` sidecar (an application's convention, not a format casnap owns) that
+  is not JSON or states another `ntotal` than its index holds. A checkout of the pair warns too.
+
+An index without a sidecar is nothing to report. With --strict either kind refuses the commit.
+Headers, metadata and counts only: a commit never loads an index nor unpickles anything.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 
+from casnap.formats import layouts
 from casnap.formats.faiss import (
     file_shortfall,
     read_faiss_header,
@@ -19,37 +32,60 @@ from casnap.formats.faiss import (
 )
 
 
-def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
-    """One line per FAISS index among `files` (relative to root) shorter than its header fields
-    promise (a write cut short), without a `.meta.json` sidecar, or whose sidecar's `ntotal`
-    disagrees with the count in the index header (header fields only, never the arrays)."""
-    problems = []
-    for rel in sorted(set(files)):
-        header = read_faiss_header(root / rel)
-        if header is None and not rel.endswith(".index"):
-            continue
-        short = file_shortfall(root / rel) if header is not None else None
-        if short is not None:
-            problems.append(f"{rel}: FAISS index is {short}")
-        side = sidecar_of(rel)
-        side_path = root / side
-        if not side_path.is_file():
-            problems.append(f"{rel}: FAISS index has no {PurePosixPath(side).name} sidecar")
-            continue
+@dataclass(frozen=True)
+class Problem:
+    """One consistency problem: its line (`<path>: ...`), and whether a checkout's smoke checks
+    refuse a snapshot holding it (else they warn of it)."""
+
+    text: str
+    refused: bool
+
+
+def consistency_problems(root: Path, files: Iterable[str]) -> list[Problem]:
+    """The problems of the FAISS indexes and framework stores among `files` (relative to root),
+    from header fields, metadata and counts."""
+    rels = sorted(set(files))
+    problems = [p for rel in rels for p in _faiss_problems(root, rel)]
+    view = {rel: root / rel for rel in rels}
+    for store in layouts.find_stores(rels):
         try:
-            expected = sidecar_ntotal(read_sidecar(side_path))
-        except ValueError as exc:
-            problems.append(f"{rel}: sidecar {side}: {exc}")
+            found = layouts.check_store(store, view, deep=False, private=False)
+        except (OSError, sqlite3.Error) as exc:  # a file that changed under the check
+            problems.append(Problem(f"{store.root or '.'}: cannot be checked: {exc}", True))
             continue
-        if expected is None:
-            continue
-        if header is None or header.ntotal is None:
-            problems.append(
-                f"{rel}: cannot read the vector count from its header ({side} says ntotal "
-                f"{expected})"
-            )
-        elif header.ntotal != expected:
-            problems.append(
-                f"{rel}: {side} says ntotal {expected} but the index holds {header.ntotal}"
-            )
+        problems += [Problem(f"{f.path}: {f.detail}", True) for f in found if not f.ok]
+    return problems
+
+
+def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
+    """consistency_problems as lines."""
+    return [p.text for p in consistency_problems(root, files)]
+
+
+def _faiss_problems(root: Path, rel: str) -> list[Problem]:
+    """A FAISS index shorter than its header promises; a sidecar beside it that disagrees."""
+    header = read_faiss_header(root / rel)
+    if header is None and not rel.endswith(".index"):
+        return []
+    problems = []
+    short = file_shortfall(root / rel) if header is not None else None
+    if short is not None:
+        problems.append(Problem(f"{rel}: FAISS index is {short}", True))
+    side = sidecar_of(rel)
+    if side == rel or not (root / side).is_file():
+        return problems
+    try:
+        expected = sidecar_ntotal(read_sidecar(root / side))
+    except ValueError as exc:
+        return [*problems, Problem(f"{rel}: sidecar {side}: {exc}", False)]
+    if expected is None:
+        return problems
+    if header is None or header.ntotal is None:
+        text = (
+            f"{rel}: cannot read the vector count from its header ({side} says ntotal {expected})"
+        )
+        problems.append(Problem(text, True))
+    elif header.ntotal != expected:
+        text = f"{rel}: {side} says ntotal {expected} but the index holds {header.ntotal}"
+        problems.append(Problem(text, False))
     return problems

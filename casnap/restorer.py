@@ -45,6 +45,7 @@ from casnap.staging import (
     copy_into,
     fingerprint,
     make_target,
+    run_smoke_cmd,
     stage_files,
     stage_parent,
     undo_target,
@@ -486,9 +487,9 @@ class _Checkout:
         for item in staged:
             view[item.entry.path] = stage.path / item.entry.path
         env = {"CASNAP_TARGET_DIR": str(self.target), "CASNAP_SNAPSHOT": self.result.id}
-        report = checks.finish(
-            view, sorted(selected), staged_dir=stage.path, smoke_cmd=self.opts.smoke_cmd, env=env
-        )
+        report = checks.finish(view, sorted(selected), staged_dir=stage.path)
+        if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
+            report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
         changed = sorted(p for p in staged_paths if fingerprint(stage.path / p) != before[p])
         if changed:
             detail = (

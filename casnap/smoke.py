@@ -3,8 +3,10 @@
 Each SQLite database gets `PRAGMA integrity_check` (quick_check above SMOKE_QUICK_CHECK_ABOVE) and
 its tables listed with row counts (smoke_sqlite); each FAISS index (recognised by its header
 bytes) is read, its `ntotal` compared with its `.meta.json` sidecar, and searched once
-(smoke_faiss, in a child process: faiss_child); an optional user command runs with the staged dir
-in CASNAP_STAGED_DIR (smoke_cmd). Knows nothing of repositories: the checkout calls it.
+(smoke_faiss, in a child process: faiss_child); each Chroma, LangChain or LlamaIndex store is
+read file by file and its counts compared (smoke_layouts); an optional user command runs with
+the staged dir in CASNAP_STAGED_DIR (smoke_cmd). Knows nothing of repositories: the checkout
+calls it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from casnap.formats.faiss import faiss_header
 from casnap.formats.sqlite import is_sqlite_header
 from casnap.smoke_cmd import run_command
 from casnap.smoke_faiss import FaissTarget, faiss_checks, faiss_targets
+from casnap.smoke_layouts import layout_checks
 from casnap.smoke_report import Check, SmokeReport
 from casnap.smoke_sqlite import check_sqlite
 
@@ -147,6 +150,7 @@ class SmokeSession:
                 else:
                     checks.extend(check_sqlite(view[rel], rel))
             checks.extend(faiss_checks(targets, self._probed(child, targets)))
+            checks.extend(layout_checks(view, wanted, staged_dir))
         if smoke_cmd and all(c.ok for c in checks):
             if staged_dir is None:
                 raise ValueError("a smoke command needs the staged dir")

@@ -1,5 +1,9 @@
 """Smoke checks of FAISS indexes: each is read and searched once (in the probe child), and its
 vector count compared with its `.meta.json` sidecar.
+
+A sidecar is the application's convention: when the snapshot being restored holds both files,
+a disagreement is what its commit warned of, and the check warns too (it passes); when the
+restore would pair an index with a sidecar from elsewhere (a partial checkout), it fails.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class FaissTarget:
     sidecar: str | None  # relative path of its sidecar when one exists
     expected: int | None  # the sidecar's ntotal
     sidecar_error: str | None = None
+    sidecar_restored: bool = False  # the sidecar is restored with the index (same snapshot)
 
     @property
     def binary(self) -> bool:
@@ -53,24 +58,24 @@ def faiss_checks(targets: Sequence[FaissTarget], probed: Sequence[dict[str, Any]
             continue
         desc = f"{r['type']}, d={r['d']}, ntotal={r['ntotal']}"
         checks.append(Check("faiss-read", t.rel, True, desc, info))
+        warn = t.sidecar_restored  # the snapshot's own pair: its commit warned of it
         if t.sidecar_error is not None:
-            checks.append(Check("faiss-ntotal", t.rel, False, t.sidecar_error, info))
+            checks.append(Check("faiss-ntotal", t.rel, warn, t.sidecar_error, info, warn))
         elif t.expected is not None:
-            ok = t.expected == r["ntotal"]
-            detail = (
-                f"ntotal {r['ntotal']} matches {t.sidecar}"
-                if ok
-                else f"index holds ntotal {r['ntotal']} but {t.sidecar} says {t.expected}"
-            )
-            checks.append(Check("faiss-ntotal", t.rel, ok, detail, info))
+            if t.expected == r["ntotal"]:
+                detail = f"ntotal {r['ntotal']} matches {t.sidecar}"
+                checks.append(Check("faiss-ntotal", t.rel, True, detail, info))
+            else:
+                detail = f"index holds ntotal {r['ntotal']} but {t.sidecar} says {t.expected}"
+                checks.append(Check("faiss-ntotal", t.rel, warn, detail, info, warn))
         checks.append(Check("faiss-search", t.rel, bool(r["ok"]), str(r.get("detail", "")), info))
     return checks
 
 
 def faiss_targets(view: Mapping[str, Path], heads: Mapping[str, bytes]) -> list[FaissTarget]:
     """The files to check as FAISS indexes among `heads` (each file's first bytes, by relative
-    path): a FAISS header, or a `.index` file with a sidecar stating `ntotal` (an index damaged
-    beyond recognition is then still checked, and fails)."""
+    path; the files restored): a FAISS header, or a `.index` file with a sidecar stating
+    `ntotal` (an index damaged beyond recognition is then still checked, and fails)."""
     targets = []
     for rel, head in heads.items():
         path = view[rel]
@@ -87,7 +92,6 @@ def faiss_targets(view: Mapping[str, Path], heads: Mapping[str, bytes]) -> list[
         expected = sidecar_ntotal(meta) if meta is not None else None
         if header is None and not (rel.endswith(".index") and expected is not None):
             continue
-        targets.append(
-            FaissTarget(rel, path, header, side if side_path is not None else None, expected, error)
-        )
+        where = side if side_path is not None else None
+        targets.append(FaissTarget(rel, path, header, where, expected, error, side in heads))
     return targets

@@ -21,6 +21,8 @@ class Check:
     ok: bool
     detail: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    # passed, but the detail names a disagreement a checkout does not refuse (a stale sidecar)
+    warning: bool = False
 
     def describe(self) -> str:
         """`check on path: detail`, as error messages name a failed check."""
@@ -34,6 +36,7 @@ class Check:
             "ok": self.ok,
             "detail": self.detail,
             "info": self.info,
+            "warning": self.warning,
         }
 
 
@@ -47,6 +50,11 @@ class SmokeReport:
     def ok(self) -> bool:
         """Every check passed."""
         return all(c.ok for c in self.checks)
+
+    @property
+    def warnings(self) -> list[Check]:
+        """The checks that passed with a warning, in the order run."""
+        return [c for c in self.checks if c.warning]
 
     @property
     def failures(self) -> list[Check]:

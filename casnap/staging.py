@@ -1,17 +1,19 @@
 """Staging: restore snapshot files into a private dir, every hash verified, checks starting as each
 file lands. Checkout stages beside its target and then swaps the files in; `verify --smoke`
 stages into the repository's scratch space, checks, and deletes it. Both use `Stage` and
-`stage_files`.
+`stage_files`, and run a smoke command on a disposable copy of the stage (`run_smoke_cmd`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import stat
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -32,6 +34,8 @@ from casnap.ids import hash_bytes
 from casnap.manifest import FileEntry
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
+from casnap.smoke_cmd import run_command
+from casnap.smoke_report import SmokeReport
 
 Fingerprint = tuple[int, ...] | None
 
@@ -300,13 +304,9 @@ def smoke_verify(
                 raise CheckFailed(f"snapshot {sid.short} does not restore: {exc}") from exc
             if smoke_checks or smoke_cmd:
                 view = {e.path: stage.path / e.path for e in snap.files}
-                report = checks.finish(
-                    view,
-                    list(view),
-                    staged_dir=stage.path,
-                    smoke_cmd=smoke_cmd,
-                    env={"CASNAP_SNAPSHOT": sid.hex()},
-                )
+                report = checks.finish(view, list(view), staged_dir=stage.path)
+                if smoke_cmd:
+                    report = run_smoke_cmd(stage, smoke_cmd, {"CASNAP_SNAPSHOT": sid.hex()}, report)
         return SmokeVerifyResult(
             id=sid.hex(),
             files=len(snap.files),
@@ -315,6 +315,75 @@ def smoke_verify(
             ok=report is None or report.ok,
             seconds=time.perf_counter() - t0,
         )
+
+
+def run_smoke_cmd(
+    stage: Stage, cmd: str, env: Mapping[str, str], report: SmokeReport
+) -> SmokeReport:
+    """report with the user's smoke command appended, when every check passed: the command
+    runs on a disposable copy of the stage, made beside it, so it may write (Chroma writes to
+    a store it opens) and the staged files stay as verified."""
+    if not report.ok:
+        return report
+    with Stage(stage.parent_path) as scratch:
+        copy_tree(stage.path, scratch.path)
+        check = run_command(cmd, scratch.parent_path / scratch.name, env)
+    return SmokeReport((*report.checks, check))
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy every folder and file under src into dest (an empty folder), modes and mtimes
+    kept, hard links linked; each file is cloned where the filesystem can (a reflink costs no
+    space), else copied in the kernel, else read and written."""
+    linked: dict[tuple[int, int], Path] = {}
+    try:
+        for folder, dirs, files in os.walk(src):
+            rel = Path(folder).relative_to(src)
+            for name in dirs:
+                st = os.lstat(Path(folder) / name)
+                os.mkdir(dest / rel / name, 0o700)
+                os.chmod(dest / rel / name, stat.S_IMODE(st.st_mode) | 0o700)
+            for name in files:
+                source, target = Path(folder) / name, dest / rel / name
+                st = os.lstat(source)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in linked:
+                    os.link(linked[key], target)
+                    continue
+                _clone(source, target)
+                os.chmod(target, stat.S_IMODE(st.st_mode))
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+                linked[key] = target
+    except OSError as exc:
+        raise from_oserror(
+            exc, f"copying the staged files for the smoke command into {dest}"
+        ) from exc
+
+
+_FICLONE = 0x40049409  # Linux ioctl: make dest share src's extents (btrfs, XFS, bcachefs)
+
+
+def _clone(src: Path, dest: Path) -> None:
+    """dest as a copy of src: a reflink, else copy_file_range, else a plain copy."""
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        left = os.fstat(fin.fileno()).st_size
+        try:
+            while left > 0:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), left)
+                if n == 0:
+                    break
+                left -= n
+        except OSError:
+            pass  # not between these filesystems: copy what is left by hand
+        fin.seek(fout.seek(0, os.SEEK_END))
+        shutil.copyfileobj(fin, fout)
 
 
 def raise_if_smoke_failed(results: Sequence[SmokeVerifyResult]) -> None:

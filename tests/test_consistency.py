@@ -1,4 +1,5 @@
-"""Commit checks each FAISS index against its .meta.json sidecar: warnings, or --strict errors."""
+"""Commit checks each FAISS index against its header and its .meta.json sidecar, where it has one:
+warnings (kept by -q when a checkout would refuse the data), or --strict errors."""
 
 from __future__ import annotations
 
@@ -31,30 +32,52 @@ def test_consistent_data_gives_no_warnings(app: Path, tmp_path: Path) -> None:
     assert r.warnings == []
 
 
-def test_missing_sidecar_warns_and_strict_refuses(app: Path, tmp_path: Path) -> None:
+def test_a_missing_sidecar_is_nothing_and_a_stale_one_warns(app: Path, tmp_path: Path) -> None:
     repo_dir = tmp_path / "repo"
     (app / "faiss" / "hnsw.meta.json").unlink()
+    code, _, err = run(repo_dir, app, "commit", "--strict")
+    assert code == 0 and "warning" not in err
     index = faiss.read_index(str(app / "faiss" / "ivf.index"))
     write_index(index, app / "faiss" / "ivf.index", ntotal=299)
     code, out, err = run(repo_dir, app, "commit", "--strict")
     assert code == CHECK_FAILED and "nothing committed" in err
     assert len(err.strip().splitlines()) == 1
-    assert not (repo_dir / "snapshots").exists() or not list((repo_dir / "snapshots").iterdir())
+    assert len(list((repo_dir / "snapshots").iterdir())) == 1
     code, out, err = run(repo_dir, app, "commit", "--json")
     assert code == 0
     warnings = json.loads(out)["warnings"]
     assert warnings == [
-        "faiss/hnsw.index: FAISS index has no hnsw.meta.json sidecar",
-        "faiss/ivf.index: faiss/ivf.meta.json says ntotal 299 but the index holds 300",
+        "faiss/ivf.index: faiss/ivf.meta.json says ntotal 299 but the index holds 300"
     ]
+    assert json.loads(out)["damage"] == []  # a checkout warns of it too, and restores it
     assert [line for line in err.splitlines() if "warning" in line] == [
         f"casnap: warning: {w}" for w in warnings
     ]
 
 
+def test_quiet_keeps_only_the_warnings_of_data_a_checkout_refuses(
+    app: Path, tmp_path: Path
+) -> None:
+    repo_dir = tmp_path / "repo"
+    index = faiss.read_index(str(app / "faiss" / "ivf.index"))
+    write_index(index, app / "faiss" / "ivf.index", ntotal=299)  # stale: a checkout warns
+    flat = app / "faiss" / "flat.index"
+    flat.write_bytes(flat.read_bytes()[:5000])  # truncated: a checkout refuses
+    (app / "link").symlink_to("app.db")  # not stored: a remark
+    code, out, err = run(repo_dir, app, "commit", "-q")
+    assert code == 0 and len(out.strip()) == 64
+    assert err.splitlines() == [
+        "casnap: warning: faiss/flat.index: FAISS index is truncated: its header promises "
+        "128045 bytes, the file holds 5000"
+    ]
+    code, out, err = run(repo_dir, app, "commit")
+    assert len([line for line in err.splitlines() if "warning" in line]) == 3
+
+
 def test_strict_checks_only_the_committed_paths(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
-    (app / "faiss" / "hnsw.meta.json").unlink()
+    index = faiss.read_index(str(app / "faiss" / "hnsw.index"))
+    write_index(index, app / "faiss" / "hnsw.index", ntotal=1)
     r = commit(repo, app, ["faiss/flat.index"], strict=True)  # its sidecar is outside the paths
     assert r.warnings == []
     with pytest.raises(InconsistentData, match="hnsw.index"):

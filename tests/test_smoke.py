@@ -34,6 +34,7 @@ from tests.helpers_smoke import (
     raw_tree,
     write_index,
 )
+from tests.util import snapshot_tree
 
 
 def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
@@ -172,30 +173,53 @@ def test_partial_checkout_of_index_without_its_sidecar_fails(app: Path, repo: Re
     assert raw_tree(app) == before
 
 
-def test_smoke_command_that_modifies_a_staged_file_fails(app: Path, repo: Repository) -> None:
+def test_a_smoke_command_that_writes_changes_only_its_copy(
+    app: Path, repo: Repository, tmp_path: Path
+) -> None:
     first = commit(repo, app).id
+    expected = snapshot_tree(app)
     evolve_app(app)
     commit(repo, app)
-    before = raw_tree(app)
-    cmd = 'echo extra >> "$CASNAP_STAGED_DIR/faiss/flat.index"'
-    with pytest.raises(SmokeCheckFailed, match="staged-unchanged"):
-        checkout(repo, first, app, smoke_cmd=cmd)
-    assert raw_tree(app) == before
+    seen = tmp_path / "seen"
+    cmd = (
+        'echo extra >> "$CASNAP_STAGED_DIR/faiss/flat.index" && '
+        'rm "$CASNAP_STAGED_DIR/app.db" && echo "$CASNAP_STAGED_DIR" > ' + str(seen)
+    )
+    r = checkout(repo, first, app, smoke_cmd=cmd)
+    assert r.smoke is not None and [c["check"] for c in r.smoke["checks"]][-1] == "smoke-cmd"
+    assert snapshot_tree(app) == expected  # what was verified, not what the command wrote
+    copy = Path(seen.read_text().strip())
+    assert copy.parent == app.parent and not copy.exists()  # beside the stage, then removed
+    assert leftovers(app.parent) == []
 
 
-def test_sidecar_ntotal_mismatch_fails(app: Path, repo: Repository) -> None:
-    good = commit(repo, app).id
+def test_a_stale_sidecar_is_a_warning_at_commit_and_at_checkout_alike(
+    app: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    assert run(repo, app, "commit")[0] == 0
     index = faiss.read_index(str(app / "faiss" / "flat.index"))
     write_index(index, app / "faiss" / "flat.index", ntotal=index.ntotal + 3)
-    bad = commit(repo, app)
-    assert any("says ntotal 4003 but the index holds 4000" in w for w in bad.warnings)
-    checkout(repo, good, app)
-    before = raw_tree(app)
-    with pytest.raises(SmokeCheckFailed) as err:
-        checkout(repo, bad.id, app)
-    assert "faiss-ntotal on faiss/flat.index" in str(err.value)
-    assert "ntotal 4000 but faiss/flat.meta.json says 4003" in str(err.value)
-    assert raw_tree(app) == before
+    code, out, err = run(repo, app, "commit", "--json", "--tag", "stale")
+    assert code == 0 and json.loads(out)["damage"] == []
+    assert "says ntotal 4003 but the index holds 4000" in err
+    assert run(repo, app, "commit", "--strict")[0] == CHECK_FAILED
+    code, out, err = run(repo, app, "checkout", "stale", "--to", str(tmp_path / "o"), "--json")
+    assert code == 0, err
+    (warned,) = [c for c in json.loads(out)["smoke"]["checks"] if c["warning"]]
+    assert (warned["check"], warned["path"], warned["ok"]) == (
+        "faiss-ntotal",
+        "faiss/flat.index",
+        True,
+    )
+    assert err == (
+        "casnap: warning: faiss-ntotal on faiss/flat.index: index holds ntotal 4000 but "
+        "faiss/flat.meta.json says 4003\n"
+    )
+    code, out, err = run(repo, app, "-q", "checkout", "stale", "--to", str(tmp_path / "q"))
+    assert code == 0 and err == ""  # -q: a warning of nothing a checkout refuses is silenced
+    code, out, _ = run(repo, app, "verify", "--smoke", "stale")
+    assert code == 0 and "  warn faiss-ntotal" in out
 
 
 def test_corrupt_database_fails_integrity_check(app: Path, repo: Repository) -> None:

@@ -29,8 +29,13 @@ def say_error(message: str) -> None:
     click.echo(printable(f"casnap: error: {message}", backslash=False), err=True)
 
 
-def warn(message: str) -> None:
-    """`casnap: warning: <message>` on stderr, one line; printed even with -q."""
+def warn(message: str, *, always: bool = False) -> None:
+    """`casnap: warning: <message>` on stderr, one line; -q silences it unless `always` (a
+    problem that is an error elsewhere: data a checkout would refuse)."""
+    ctx = click.get_current_context(silent=True)
+    c = ctx.find_object(Context) if ctx is not None else None
+    if c is not None and c.quiet and not always:
+        return
     click.echo(printable(f"casnap: warning: {message}", backslash=False), err=True)
 
 
@@ -161,7 +166,10 @@ def _quiet_after_command(ctx: click.Context, _param: click.Parameter, value: boo
         ctx.find_object(Context).quiet = True  # type: ignore[union-attr]
 
 
-QUIET_HELP = "Print nothing but results, warnings and errors (no progress bar)."
+QUIET_HELP = (
+    "Print nothing but results and errors (no progress bar, no warnings but those of data a "
+    "checkout would refuse)."
+)
 
 
 class CommandGroup(CasnapGroup):

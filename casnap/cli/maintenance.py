@@ -285,13 +285,14 @@ def forget(
     "--smoke",
     is_flag=True,
     help="Also restore SNAPSHOTS (default `latest`) into a temporary staging dir and run the "
-    "smoke checks there (SQLite integrity, FAISS read/ntotal/search).",
+    "smoke checks there (SQLite integrity, FAISS read/ntotal/search, framework stores).",
 )
 @click.option(
     "--smoke-cmd",
     metavar="CMD",
     default=None,
-    help="Also run CMD on each restored snapshot with it in $CASNAP_STAGED_DIR.",
+    help="Also run CMD on each restored snapshot, with $CASNAP_STAGED_DIR naming a disposable "
+    "copy of it (CMD may write there).",
 )
 @filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -316,8 +317,8 @@ def verify_cmd(
     index and pack directories are always checked whole.
 
     --smoke then restores each of SNAPSHOTS (default `latest`) into a temporary dir, every hash
-    verified, and runs the checkout smoke checks on it; --smoke-cmd runs a command there with
-    $CASNAP_STAGED_DIR set. The data dir is never touched.
+    verified, and runs the checkout smoke checks on it; --smoke-cmd runs a command on a
+    disposable copy of it, named by $CASNAP_STAGED_DIR. The data dir is never touched.
 
     Example: casnap verify --smoke latest
     """

@@ -86,8 +86,8 @@ def say_created(c: Context) -> None:
 @click.option(
     "--strict",
     is_flag=True,
-    help="Refuse to commit (exit 9) when a FAISS index is shorter than its header promises, "
-    "has no .meta.json sidecar, or its sidecar's ntotal disagrees with the index.",
+    help="Refuse to commit (exit 9) when a FAISS index is shorter than its header promises, a "
+    "framework store's files disagree, or a .meta.json sidecar's ntotal disagrees with its index.",
 )
 @click.option(
     "--allow-empty",
@@ -129,10 +129,13 @@ def commit(
     writes); files unchanged since the last snapshot of the same paths are not read again. The
     repository is created on first use when --repo is missing or empty.
 
-    Each FAISS index is checked from its header fields alone: a file shorter than its header
-    promises (a write cut short), a missing .meta.json sidecar or a different ntotal is a warning
-    on stderr, one line per problem, or with --strict an error. A repository inside the data dir
-    is never stored. Prints the new snapshot id.
+    What a checkout's smoke checks would find is checked first, from headers, metadata and
+    counts (nothing is loaded or unpickled): a FAISS index shorter than its header promises, a
+    Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree (a
+    checkout refuses these: warned of even with -q), a .meta.json sidecar stating another ntotal
+    (a checkout warns too). One warning line per problem on stderr; with --strict an error and
+    nothing is committed. A repository inside the data dir is never stored. Prints the new
+    snapshot id.
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
@@ -163,7 +166,7 @@ def commit(
     for note in r.notes:
         c.note_once(note)
     for w in r.warnings:
-        warn(w)
+        warn(w, always=w in r.damage)
     if as_json:
         emit_json(r.to_json())
         return
@@ -195,15 +198,16 @@ def commit(
 @click.option(
     "--no-smoke",
     is_flag=True,
-    help="Skip the built-in smoke checks (SQLite integrity, FAISS read/search); hashes are "
-    "still verified and --smoke-cmd still runs.",
+    help="Skip the built-in smoke checks (SQLite integrity, FAISS read/search, framework "
+    "stores); hashes are still verified and --smoke-cmd still runs.",
 )
 @click.option(
     "--smoke-cmd",
     metavar="CMD",
     default=None,
-    help="Also run CMD through the shell with the restored files in $CASNAP_STAGED_DIR; a "
-    "non-zero exit aborts the checkout.",
+    help="Also run CMD through the shell with $CASNAP_STAGED_DIR naming a disposable copy of "
+    "the restored files (CMD may write there, as Chroma does when it opens a store: the files "
+    "swapped in are the verified ones); a non-zero exit aborts the checkout.",
 )
 @click.option(
     "--all-paths",
@@ -234,9 +238,12 @@ def checkout(
     Files are restored into a private staging dir beside the target (0700), every chunk and
     file hash verified, then smoke-checked there: each SQLite database passes PRAGMA
     integrity_check (quick_check above 256 MiB) and has its tables listed; each FAISS index is
-    read, its ntotal compared with its .meta.json sidecar, and searched once; then --smoke-cmd,
-    if given, runs. Only when all pass is each file swapped in with an atomic rename; otherwise
-    the target is left untouched and the failed check and file are named (exit 9). Files absent
+    read, its ntotal compared with its .meta.json sidecar (a disagreement the snapshot itself
+    holds is a warning, as its commit said), and searched once; each Chroma, LangChain or
+    LlamaIndex store is read file by file (pickles walked, never loaded) and its counts
+    compared; then --smoke-cmd, if given, runs on a disposable copy of the staged dir. Only when
+    all pass is each file swapped in with an atomic rename; otherwise the target is left
+    untouched and the failed check and file are named (exit 9). Files absent
     from the snapshot are removed (full checkout only). Data that no snapshot holds is first
     saved as a snapshot tagged `pre-checkout`. With PATHS, only those files are restored (and
     checked). A database in use is refused (exit 6): --force overrides open descriptors, never
@@ -281,6 +288,9 @@ def checkout(
             ) from exc
     for w in r.warnings:
         warn(w)
+    for ch in (r.smoke or {}).get("checks", []):
+        if ch.get("warning"):
+            warn(f"{ch['check']} on {ch['path']}: {ch['detail']}")
     if as_json:
         emit_json(r.to_json())
         return
@@ -306,7 +316,7 @@ def _smoke_summary(report: dict[str, Any]) -> str:
 
 def _print_checks(report: dict[str, Any]) -> None:
     for ch in report["checks"]:
-        mark = "ok  " if ch["ok"] else "FAIL"
+        mark = "FAIL" if not ch["ok"] else "warn" if ch.get("warning") else "ok  "
         where = ch["path"] or "-"
         click.echo(f"  {mark} {ch['check']:<17} {where:<28} {ch['detail']}")
 

@@ -1,13 +1,18 @@
-"""The file formats casnap recognises by content: SQLite databases and FAISS indexes.
+"""The file formats casnap recognises by content, and the stores frameworks lay out in a data dir.
 
 One module per format owns its magic numbers, header layout and "is this a database / an index"
-questions (formats/sqlite.py, formats/faiss.py); every other module asks them. They answer from a
-file's first SNIFF_BYTES, which sniff() reads once for all of them.
+questions (formats/sqlite.py, formats/faiss.py); one module per framework layout knows which
+files make up one of its stores and how their counts must agree (formats/chroma.py,
+formats/langchain.py, formats/llamaindex.py, found by formats/layouts.py); every other module
+asks them. They answer from a file's first SNIFF_BYTES, which sniff() reads once for all of them,
+or from what a layout module reads of a store; a Finding is one answer about one file.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 from casnap.constants import SNIFF_BYTES
 
@@ -19,3 +24,30 @@ def sniff(path: str | os.PathLike[str]) -> bytes:
             return f.read(SNIFF_BYTES)
     except OSError:
         return b""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check of one file (or folder) of a store: its name, the relative path, whether it
+    passed, and what was found (one line, and the figures behind it)."""
+
+    check: str
+    path: str
+    ok: bool
+    detail: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """The files of one store a framework keeps in the data dir: its kind (`chroma`,
+    `langchain`, `llamaindex`), its folder (relative, "" for the data dir itself) and the files
+    the layout knows, relative to the data dir."""
+
+    kind: str
+    root: str
+    files: tuple[str, ...]
+
+    def rel(self, name: str) -> str:
+        """The relative path of a file of the store's folder."""
+        return f"{self.root}/{name}" if self.root else name

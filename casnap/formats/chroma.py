@@ -1,0 +1,333 @@
+"""Chroma's persistent dir, as `chromadb.PersistentClient(path)` writes it.
+
+`chroma.sqlite3` holds the collections, their segments, every record's id and metadata (the
+metadata segment's `embeddings` table) and a write-ahead queue of operations
+(`embeddings_queue`: add 0, update 1, upsert 2, delete 3, by sequence number). Each collection's
+vectors live in an HNSW segment: a folder named by the segment's id beside the database, holding
+hnswlib's four files (formats/hnsw.py) and `index_metadata.pickle`, a pickled dict (or, in older
+versions, a `PersistentData` object) whose `id_to_label` maps each live record id to its HNSW
+label. Chroma persists the HNSW segment every few hundred operations and records up to which
+sequence number in `max_seq_id`; the operations after it stay queued and are replayed on open.
+So the ids of a segment, with the queued operations after its sequence number replayed, must be
+the ids of the collection's metadata segment with those after its own number replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import urllib.parse
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from casnap.formats import Finding, StoreLayout, hnsw
+from casnap.formats.pickles import Global, PickleProblem, state_of, walk
+
+DATABASE = "chroma.sqlite3"
+METADATA = "index_metadata.pickle"
+SEGMENT_FILES = (*hnsw.FILES, METADATA)
+_PERSISTENT_DATA = Global("chromadb.segment.impl.vector.local_persistent_hnsw", "PersistentData")
+_ADD, _UPDATE, _UPSERT, _DELETE = 0, 1, 2, 3
+
+
+def find(files: Collection[str]) -> list[StoreLayout]:
+    """Every `chroma.sqlite3` among files, with the segment files in the folders beside it."""
+    stores = []
+    for rel in sorted(files):
+        p = PurePosixPath(rel)
+        if p.name != DATABASE:
+            continue
+        root = "" if p.parent.as_posix() == "." else p.parent.as_posix()
+        prefix = f"{root}/" if root else ""
+        segs = []
+        for other in files:
+            if not other.startswith(prefix):
+                continue
+            parts = other[len(prefix) :].split("/")
+            if len(parts) == 2 and parts[1] in SEGMENT_FILES:
+                segs.append(other)
+        stores.append(StoreLayout("chroma", root, (rel, *sorted(segs))))
+    return stores
+
+
+def segments(store: StoreLayout) -> dict[str, str]:
+    """The segment folders of a store: segment id -> relative folder."""
+    out = {}
+    for rel in store.files[1:]:
+        folder = PurePosixPath(rel).parent
+        out[folder.name] = folder.as_posix()
+    return out
+
+
+# -- index_metadata.pickle -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentIds:
+    """What index_metadata.pickle says: each live record id's label, and labels handed out."""
+
+    labels: dict[str, int]
+    added: int | None
+
+
+def read_metadata(data: bytes) -> SegmentIds:
+    """The id -> label map of an index_metadata.pickle, from its opcodes alone; PickleProblem
+    when it is not Chroma's metadata, or names anything but Chroma's PersistentData class."""
+    found = walk(data, lambda g: g == _PERSISTENT_DATA, "Chroma's index_metadata.pickle")
+    value = state_of(found.value)
+    if not isinstance(value, dict) or not isinstance(value.get("id_to_label"), dict):
+        raise PickleProblem("not Chroma's HNSW metadata: no id_to_label map")
+    labels = value["id_to_label"]
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in labels.items()):
+        raise PickleProblem("not Chroma's HNSW metadata: id_to_label is not str -> int")
+    back = value.get("label_to_id")
+    if isinstance(back, dict) and len(back) != len(labels):
+        raise PickleProblem(
+            f"id_to_label holds {len(labels)} ids but label_to_id {len(back)} labels"
+        )
+    added = value.get("total_elements_added")
+    return SegmentIds(dict(labels), added if isinstance(added, int) else None)
+
+
+# -- chroma.sqlite3 ------------------------------------------------------------------------------
+
+
+@dataclass
+class CollectionRecord:
+    """One collection as chroma.sqlite3 records it: its segments, their sequence numbers, the
+    ids of its metadata segment and the queued operations."""
+
+    id: str
+    name: str
+    dimension: int | None
+    vector: str | None = None
+    metadata: str | None = None
+    seq: dict[str, int] = field(default_factory=dict)
+    ids: set[str] = field(default_factory=set)
+    queue: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def _seq(value: Any) -> int:
+    """A sequence number: an integer, or (older versions) 8 big-endian bytes."""
+    if isinstance(value, bytes):
+        return int.from_bytes(value, "big")
+    return int(value or 0)
+
+
+def read_database(path: Path, private: bool) -> list[CollectionRecord]:
+    """The collections of a chroma.sqlite3, read only (private: a copy nobody else writes, read
+    as immutable). sqlite3.Error when it is not Chroma's schema."""
+    mode = "immutable=1" if private else "mode=ro"
+    uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?{mode}"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        cols = {
+            r[0]: CollectionRecord(r[0], r[1], r[2])
+            for r in db.execute("SELECT id, name, dimension FROM collections")
+        }
+        for sid, scope, coll in db.execute("SELECT id, scope, collection FROM segments"):
+            rec = cols.get(coll)
+            if rec is not None and scope == "VECTOR":
+                rec.vector = sid
+            elif rec is not None and scope == "METADATA":
+                rec.metadata = sid
+        seqs = {
+            sid: _seq(seq) for sid, seq in db.execute("SELECT segment_id, seq_id FROM max_seq_id")
+        }
+        topics = [t for (t,) in db.execute("SELECT DISTINCT topic FROM embeddings_queue")]
+        for rec in cols.values():
+            rec.seq = {s: seqs.get(s, 0) for s in (rec.vector, rec.metadata) if s is not None}
+            if rec.metadata is not None:
+                rec.ids = {
+                    i
+                    for (i,) in db.execute(
+                        "SELECT embedding_id FROM embeddings WHERE segment_id = ?", (rec.metadata,)
+                    )
+                }
+            floor = min(rec.seq.values(), default=0)
+            for topic in topics:
+                if str(topic).rsplit("/", 1)[-1] == rec.id:
+                    rec.queue += db.execute(
+                        "SELECT seq_id, operation, id FROM embeddings_queue "
+                        "WHERE topic = ? AND seq_id > ? ORDER BY seq_id",
+                        (topic, floor),
+                    ).fetchall()
+    return list(cols.values())
+
+
+def replay(ids: Iterable[str], queue: Iterable[tuple[int, int, str]], after: int) -> set[str]:
+    """The ids after the queued operations numbered above `after` (adds and upserts add an id,
+    deletes remove it, updates keep the set as it is)."""
+    out = set(ids)
+    for seq, op, rid in queue:
+        if seq <= after:
+            continue
+        if op in (_ADD, _UPSERT):
+            out.add(rid)
+        elif op == _DELETE:
+            out.discard(rid)
+    return out
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    """What the checks of one segment folder found, for the counts that follow."""
+
+    header: hnsw.HnswHeader | None = None
+    ids: SegmentIds | None = None
+    level0: hnsw.Level0 | None = None
+    ok: bool = True
+
+
+def check(store: StoreLayout, view: Mapping[str, Path], deep: bool, private: bool) -> list[Finding]:
+    """Each HNSW segment's files (hnsw-header, hnsw-data, hnsw-links, hnsw-metadata), then each
+    collection's ids against chroma.sqlite3 (chroma-counts). deep: also read every element of
+    data_level0.bin (deleted marks, labels, neighbour ids) and every upper-level list."""
+    found: list[Finding] = []
+    segs: dict[str, _Segment] = {}
+    for sid, folder in segments(store).items():
+        seg = _Segment()
+        found += _check_segment(folder, view, deep, seg)
+        segs[sid] = seg
+    db_rel = store.files[0]
+    try:
+        records = read_database(Path(view[db_rel]), private)
+    except sqlite3.OperationalError as exc:
+        if not private and "locked" in str(exc):
+            return found  # Chroma is writing: its snapshot is counted when restored
+        found.append(Finding("chroma-counts", db_rel, False, f"cannot read Chroma's tables: {exc}"))
+        return found
+    except sqlite3.Error as exc:
+        found.append(Finding("chroma-counts", db_rel, False, f"cannot read Chroma's tables: {exc}"))
+        return found
+    for rec in records:
+        mine = segs.get(rec.vector or "")
+        if mine is not None and not mine.ok:
+            continue  # its files already failed: counting them would say the same again
+        found.append(_counts(db_rel, rec, mine))
+    return found
+
+
+def _check_segment(
+    folder: str, view: Mapping[str, Path], deep: bool, seg: _Segment
+) -> list[Finding]:
+    """The hnsw-* findings of one segment folder; fills seg for the counts."""
+    rel = {name: f"{folder}/{name}" for name in SEGMENT_FILES}
+    paths = {name: (Path(view[r]) if r in view else None) for name, r in rel.items()}
+    header_path = paths[hnsw.HEADER]
+    if header_path is None:
+        seg.ok = False
+        return [Finding("hnsw-header", rel[hnsw.HEADER], False, "header.bin is missing")]
+    try:
+        header = hnsw.read_header(header_path)
+    except ValueError as exc:
+        seg.ok = False
+        return [Finding("hnsw-header", rel[hnsw.HEADER], False, str(exc))]
+    seg.header = header
+    info = {"elements": header.elements, "d": header.dim}
+    found = [Finding("hnsw-header", rel[hnsw.HEADER], True, header.describe(), info)]
+    problems = hnsw.size_problems(header, hnsw.file_sizes(paths))
+    if not problems and deep:
+        data = paths[hnsw.DATA]
+        assert data is not None
+        try:
+            seg.level0 = hnsw.scan_level0(data, header)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    if problems:
+        seg.ok = False
+        found.append(Finding("hnsw-data", rel[hnsw.DATA], False, "; ".join(problems), info))
+    else:
+        detail = f"{header.elements} elements of {header.element_size} bytes"
+        if seg.level0 is not None:
+            detail += f", {seg.level0.deleted} marked deleted, every neighbour id in range"
+        found.append(Finding("hnsw-data", rel[hnsw.DATA], True, detail, info))
+    found.append(_check_links(rel[hnsw.LINKS], paths[hnsw.LINKS], header, deep, seg))
+    meta_path = paths[METADATA]
+    if meta_path is not None:
+        found.append(_check_metadata(rel[METADATA], meta_path, seg))
+    elif header.elements:
+        seg.ok = False
+        detail = f"index_metadata.pickle is missing, yet the segment holds {header.elements}"
+        found.append(Finding("hnsw-metadata", rel[METADATA], False, detail + " elements"))
+    return found
+
+
+def _check_links(
+    rel: str, path: Path | None, header: hnsw.HnswHeader, deep: bool, seg: _Segment
+) -> Finding:
+    """hnsw-links: link_lists.bin walked element by element."""
+    if path is None:
+        seg.ok = False
+        return Finding("hnsw-links", rel, False, "link_lists.bin is missing")
+    try:
+        used, top = hnsw.walk_links(header, path.read_bytes(), deep)
+    except (OSError, ValueError) as exc:
+        seg.ok = False
+        return Finding("hnsw-links", rel, False, str(exc))
+    if header.elements and top != header.max_level:
+        seg.ok = False
+        detail = f"the highest level found is {top}, header.bin says {header.max_level}"
+        return Finding("hnsw-links", rel, False, detail)
+    return Finding("hnsw-links", rel, True, f"{header.elements} elements' lists in {used} bytes")
+
+
+def _check_metadata(rel: str, path: Path, seg: _Segment) -> Finding:
+    """hnsw-metadata: the pickle read without running it; with a scan, its labels against the
+    live elements of data_level0.bin."""
+    try:
+        ids = read_metadata(path.read_bytes())
+    except OSError as exc:
+        seg.ok = False
+        return Finding("hnsw-metadata", rel, False, f"cannot be read: {exc}")
+    except PickleProblem as exc:
+        seg.ok = False
+        return Finding("hnsw-metadata", rel, False, str(exc))
+    seg.ids = ids
+    info = {"ids": len(ids.labels)}
+    detail = f"pickle read without running it: {len(ids.labels)} ids"
+    if seg.level0 is not None:
+        labels = set(ids.labels.values())
+        if labels != seg.level0.live_labels:
+            seg.ok = False
+            detail = (
+                f"{len(ids.labels)} ids but data_level0.bin holds {len(seg.level0.live_labels)} "
+                f"live elements ({len(labels - seg.level0.live_labels)} labels not among them)"
+            )
+            return Finding("hnsw-metadata", rel, False, detail, info)
+        detail += ", the labels of the live elements"
+    return Finding("hnsw-metadata", rel, True, detail, info)
+
+
+def _counts(db_rel: str, rec: CollectionRecord, seg: _Segment | None) -> Finding:
+    """chroma-counts of one collection: its segment's ids against its embeddings, each with the
+    queued operations after its own sequence number replayed."""
+    labels = seg.ids.labels if seg is not None and seg.ids is not None else {}
+    vseq = rec.seq.get(rec.vector or "", 0)
+    mseq = rec.seq.get(rec.metadata or "", 0)
+    in_segment = replay(labels, rec.queue, vseq)
+    in_db = replay(rec.ids, rec.queue, mseq)
+    info = {"collection": rec.name, "segment": len(in_segment), "embeddings": len(in_db)}
+    queued = sum(1 for s, _, _ in rec.queue if s > min(vseq, mseq))
+    what = f"collection {rec.name!r}"
+    if seg is not None and seg.header is not None and rec.dimension is not None:
+        if seg.header.elements and seg.header.dim != rec.dimension:
+            detail = (
+                f"{what}: its segment holds d={seg.header.dim}, the collection d={rec.dimension}"
+            )
+            return Finding("chroma-counts", db_rel, False, detail, info)
+    if in_segment != in_db:
+        detail = (
+            f"{what}: its HNSW segment holds {len(in_segment)} ids, chroma.sqlite3 "
+            f"{len(in_db)} ({len(in_db - in_segment)} missing from the segment, "
+            f"{len(in_segment - in_db)} only in it; {queued} queued operations replayed)"
+        )
+        return Finding("chroma-counts", db_rel, False, detail, info)
+    detail = f"{what}: {len(in_db)} ids agree in its HNSW segment and chroma.sqlite3"
+    if queued:
+        detail += f" ({queued} queued operations replayed)"
+    return Finding("chroma-counts", db_rel, True, detail, info)

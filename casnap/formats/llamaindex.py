@@ -1,0 +1,223 @@
+"""LlamaIndex's persist dir, as `StorageContext.persist(folder)` writes it.
+
+JSON files in one folder: `docstore.json` (the nodes, under `docstore/data`), `index_store.json`
+(each index's struct: a vector index's `nodes_dict` maps vector-store ids to node ids),
+`graph_store.json`, and a vector store per namespace, `<namespace>__vector_store.json`. With a
+FAISS vector store that file is not JSON but a FAISS index; `FaissMapVectorStore` (an
+IndexIDMap2) writes `id_map.json` beside it: `faiss_id_to_node_id_map` holds exactly the ids the
+index holds, `node_id_to_faiss_id_map` one entry per node. LlamaIndex reuses a FAISS id after a
+deletion (the new id is the index's ntotal), so ntotal may exceed the distinct ids: what must
+agree are the id sets, and the nodes of the id map, the index struct and the docstore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from casnap.formats import Finding, StoreLayout
+from casnap.formats.faiss import IDMAP_FOURCCS, FaissHeader, read_faiss_header
+
+DOCSTORE = "docstore.json"
+INDEX_STORE = "index_store.json"
+ID_MAP = "id_map.json"
+_MARKERS = (DOCSTORE, INDEX_STORE)
+
+
+def find(files: Collection[str]) -> list[StoreLayout]:
+    """Every folder holding a `docstore.json` or `index_store.json`, with the JSON files (and
+    FAISS vector stores named `.json`) directly in it."""
+    folders: dict[str, list[str]] = {}
+    for rel in files:
+        p = PurePosixPath(rel)
+        parent = "" if p.parent.as_posix() == "." else p.parent.as_posix()
+        if p.suffix == ".json":
+            folders.setdefault(parent, []).append(rel)
+    stores = []
+    for root, rels in sorted(folders.items()):
+        names = {PurePosixPath(r).name for r in rels}
+        if any(m in names for m in _MARKERS):
+            stores.append(StoreLayout("llamaindex", root, tuple(sorted(rels))))
+    return stores
+
+
+def _load(path: Path) -> Any:
+    """A JSON file's value; ValueError naming why it is not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"is not valid JSON ({exc})") from exc
+
+
+def _describe(value: Any) -> str:
+    """What a parsed file holds, in a few words: its nodes, indexes or ids where it has them."""
+    if not isinstance(value, dict):
+        return f"valid JSON ({type(value).__name__})"
+    nodes = _docstore_ids(value) or set()
+    structs = sum(
+        len(v) for k, v in value.items() if str(k).endswith("/data") and isinstance(v, dict)
+    )
+    if "index_store/data" in value:
+        return f"valid JSON: {structs} index struct(s)"
+    if nodes:
+        return f"valid JSON: {len(nodes)} nodes"
+    ids = value.get("faiss_id_to_node_id_map")
+    if isinstance(ids, dict):
+        return f"valid JSON: {len(ids)} FAISS ids mapped to nodes"
+    return f"valid JSON: {len(value)} keys"
+
+
+def _docstore_ids(value: Any) -> set[str] | None:
+    """The node ids a docstore holds (its `<namespace>/data` objects)."""
+    if not isinstance(value, dict):
+        return None
+    ids: set[str] = set()
+    for key, entries in value.items():
+        if str(key).endswith("/data") and isinstance(entries, dict):
+            ids.update(entries)
+    return ids
+
+
+def _vector_nodes(value: Any) -> list[dict[str, Any]]:
+    """The `nodes_dict` of each vector index in an index store (each struct's `__data__` is
+    itself a JSON text)."""
+    out: list[dict[str, Any]] = []
+    if not isinstance(value, dict):
+        return out
+    for key, structs in value.items():
+        if not str(key).endswith("/data") or not isinstance(structs, dict):
+            continue
+        for struct in structs.values():
+            if not isinstance(struct, dict) or struct.get("__type__") != "vector_store":
+                continue
+            data = struct.get("__data__")
+            try:
+                parsed = json.loads(data) if isinstance(data, str) else data
+            except json.JSONDecodeError:
+                parsed = None
+            nodes = parsed.get("nodes_dict") if isinstance(parsed, dict) else None
+            out.append(nodes if isinstance(nodes, dict) else {})
+    return out
+
+
+def idmap_ids(path: Path, header: FaissHeader) -> list[int] | None:
+    """The ids an IndexIDMap/IndexIDMap2 holds: its last array (a u64 count, then the ids);
+    None when the file does not end that way."""
+    if header.fourcc.encode() not in IDMAP_FOURCCS or header.ntotal is None:
+        return None
+    n = header.ntotal
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = size - 8 * n - 8
+            if start < 0:
+                return None
+            f.seek(start)
+            tail = f.read(8 * n + 8)
+    except OSError:
+        return None
+    if len(tail) != 8 * n + 8 or int.from_bytes(tail[:8], "little") != n:
+        return None
+    return np.frombuffer(tail, dtype="<i8", offset=8).tolist()
+
+
+def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
+    """Each JSON file parsed (llamaindex-json), then the FAISS vector store's ids against the
+    id map, and the id map's nodes against the index struct and the docstore (llamaindex-counts)."""
+    found: list[Finding] = []
+    values: dict[str, Any] = {}
+    faiss_stores: list[tuple[str, FaissHeader]] = []
+    for rel in store.files:
+        header = read_faiss_header(view[rel])
+        if header is not None:  # a FAISS vector store: the FAISS checks read it
+            faiss_stores.append((rel, header))
+            continue
+        try:
+            values[PurePosixPath(rel).name] = value = _load(Path(view[rel]))
+        except ValueError as exc:
+            found.append(Finding("llamaindex-json", rel, False, f"{PurePosixPath(rel).name} {exc}"))
+            continue
+        found.append(Finding("llamaindex-json", rel, True, _describe(value)))
+    if any(not f.ok for f in found):
+        return found
+    counts = _counts(store, view, values, faiss_stores)
+    if counts is not None:
+        found.append(counts)
+    return found
+
+
+def _counts(
+    store: StoreLayout,
+    view: Mapping[str, Path],
+    values: Mapping[str, Any],
+    faiss_stores: list[tuple[str, FaissHeader]],
+) -> Finding | None:
+    """The llamaindex-counts finding of a persist dir with one FAISS vector store; None when
+    there is nothing to compare."""
+    if len(faiss_stores) != 1:
+        return None
+    rel, header = faiss_stores[0]
+    problems: list[str] = []
+    said: list[str] = []
+    info: dict[str, Any] = {"ntotal": header.ntotal}
+    nodes: set[str] | None = None
+    id_map = values.get(ID_MAP)
+    if id_map is not None:
+        f2n = id_map.get("faiss_id_to_node_id_map") if isinstance(id_map, dict) else None
+        n2f = id_map.get("node_id_to_faiss_id_map") if isinstance(id_map, dict) else None
+        if not isinstance(f2n, dict) or not isinstance(n2f, dict):
+            return Finding(
+                "llamaindex-counts", store.rel(ID_MAP), False, "id_map.json holds no id maps"
+            )
+        nodes = set(n2f)
+        info.update(ids=len(f2n), nodes=len(n2f))
+        ids = idmap_ids(Path(view[rel]), header)
+        if ids is None:
+            problems.append(f"{PurePosixPath(rel).name} is not an IndexIDMap ending in its ids")
+        else:
+            held = set(ids)
+            try:
+                mapped = {int(k) for k in f2n}
+            except ValueError:
+                mapped = set()
+            if held != mapped:
+                problems.append(
+                    f"the index holds {len(held)} distinct ids, id_map.json maps {len(mapped)} "
+                    f"({len(held - mapped)} unmapped, {len(mapped - held)} not in the index)"
+                )
+            else:
+                said.append(f"{len(held)} ids match id_map.json")
+    structs = _vector_nodes(values.get(INDEX_STORE))
+    if len(structs) == 1:
+        in_index = set(structs[0])
+        info["index_nodes"] = len(in_index)
+        if nodes is not None and in_index != nodes:
+            problems.append(
+                f"id_map.json maps {len(nodes)} nodes, index_store.json {len(in_index)}"
+            )
+        elif nodes is None and header.ntotal is not None and len(in_index) != header.ntotal:
+            problems.append(
+                f"the index holds {header.ntotal} vectors, index_store.json {len(in_index)}"
+            )
+        else:
+            said.append(f"{len(in_index)} nodes in index_store.json")
+        stored = _docstore_ids(values.get(DOCSTORE))
+        if stored is not None and DOCSTORE in values:
+            missing = sum(1 for n in structs[0].values() if n not in stored)
+            info["documents"] = len(stored)
+            if missing:
+                problems.append(f"{missing} node(s) of index_store.json missing from docstore.json")
+            else:
+                said.append("each in docstore.json")
+    if problems:
+        return Finding("llamaindex-counts", rel, False, "; ".join(problems), info)
+    if not said:
+        return None
+    return Finding("llamaindex-counts", rel, True, ", ".join(said), info)

@@ -1,0 +1,231 @@
+"""The stores real RAG apps write (Chroma, LangChain FAISS, LlamaIndex FAISS), built and reopened
+with the frameworks themselves: committed without a warning, restored so that each reopens with
+the same query results, smoke-checked file by file, refused when damaged, never unpickled."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from tests.helpers_rag import (
+    CHROMA_DIR,
+    COLLECTION,
+    LANGCHAIN_DIR,
+    LAYOUTS,
+    LLAMAINDEX_DIR,
+    Runs,
+)
+from tests.helpers_smoke import CHECK_FAILED
+from tests.util import raw_tree
+
+
+def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--repo", str(repo), "--data", str(data), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def build(name: str, data: Path, rounds: int = 1) -> None:
+    make, evolve, _ = LAYOUTS[name]
+    make(data)
+    for r in range(1, rounds + 1):
+        evolve(data, r)
+
+
+def checks_of(out: str) -> dict[str, list[dict[str, object]]]:
+    """The smoke checks of a checkout --json, by check name."""
+    by: dict[str, list[dict[str, object]]] = {}
+    for ch in json.loads(out)["smoke"]["checks"]:
+        by.setdefault(ch["check"], []).append(ch)
+    return by
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_a_clean_commit_of_each_layout_warns_of_nothing(name: str, tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build(name, data)
+    code, _, err = run(repo, data, "commit")
+    assert code == 0 and "warning" not in err, err
+    LAYOUTS[name][1](data, 2)
+    code, out, err = run(repo, data, "commit", "--strict", "--json")
+    assert code == 0 and "warning" not in err, err
+    assert json.loads(out)["warnings"] == [] and json.loads(out)["damage"] == []
+
+
+EXPECTED_CHECKS = {
+    "chroma": {"hnsw-header", "hnsw-data", "hnsw-links", "hnsw-metadata", "hnsw-load"},
+    "langchain": {"faiss-read", "langchain-docstore", "langchain-counts"},
+    "llamaindex": {"faiss-read", "llamaindex-json", "llamaindex-counts"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_each_layout_restores_and_reopens_with_the_same_results(name: str, tmp_path: Path) -> None:
+    _, evolve, query = LAYOUTS[name]
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build(name, data)
+    results, ids = [], []
+    for r in range(2, 4):
+        results.append(query(data))
+        ids.append(json.loads(run(repo, data, "commit", "--json")[1])["id"])
+        evolve(data, r)
+    for i, (sid, expected) in enumerate(zip(ids, results, strict=True)):
+        target = tmp_path / f"restored{i}"
+        code, out, err = run(repo, data, "checkout", sid, "--to", str(target), "--json")
+        assert code == 0, err
+        assert "warning" not in err
+        found = checks_of(out)
+        assert EXPECTED_CHECKS[name] <= set(found), sorted(found)
+        assert all(ch["ok"] for group in found.values() for ch in group)
+        assert query(target) == expected
+    code, _, err = run(repo, data, "checkout", ids[0])  # into the data dir itself
+    assert code == 0, err
+    assert query(data) == results[0]
+    smoke = [line for line in err.splitlines() if line.startswith("smoke checks passed")]
+    files = int(smoke[0].split(" on ")[1].split()[0])
+    assert files >= {"chroma": 5, "langchain": 3, "llamaindex": 6}[name], smoke
+
+
+def test_chroma_counts_replay_the_queued_operations(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build("chroma", data, rounds=2)  # the last operations are queued, not yet in the segment
+    code, out, err = run(repo, data, "commit", "--json")
+    assert code == 0
+    code, out, err = run(repo, data, "checkout", "latest", "--to", str(tmp_path / "o"), "--json")
+    counts = checks_of(out)["chroma-counts"]
+    assert len(counts) == 1 and counts[0]["ok"]
+    assert "queued operations replayed" in str(counts[0]["detail"])
+    assert counts[0]["info"]["segment"] == counts[0]["info"]["embeddings"] > 600
+
+
+def segment_file(data: Path, name: str) -> Path:
+    (path,) = (data / CHROMA_DIR).glob(f"*/{name}")
+    return path
+
+
+def truncate_level0(data: Path) -> None:
+    path = segment_file(data, "data_level0.bin")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 3])
+
+
+def lose_an_embedding(data: Path) -> None:
+    """chroma.sqlite3 loses a record its HNSW segment still holds."""
+    db = sqlite3.connect(data / CHROMA_DIR / "chroma.sqlite3")
+    with db:
+        db.execute("DELETE FROM embedding_metadata WHERE id = (SELECT min(id) FROM embeddings)")
+        db.execute("DELETE FROM embeddings WHERE id = (SELECT min(id) FROM embeddings)")
+    db.close()
+
+
+def garble_pickle(data: Path) -> None:
+    path = data / LANGCHAIN_DIR / "index.pkl"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def swap_faiss_index(data: Path) -> None:
+    """index.faiss from a store of other size: the pickle maps other positions."""
+    import faiss
+    import numpy as np
+
+    index = faiss.IndexFlatL2(16)
+    index.add(np.random.default_rng(3).standard_normal((500, 16)).astype("float32"))
+    faiss.write_index(index, str(data / LANGCHAIN_DIR / "index.faiss"))
+
+
+def break_docstore_json(data: Path) -> None:
+    path = data / LLAMAINDEX_DIR / "docstore.json"
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def drop_from_id_map(data: Path) -> None:
+    path = data / LLAMAINDEX_DIR / "id_map.json"
+    maps = json.loads(path.read_text())
+    key = sorted(maps["faiss_id_to_node_id_map"])[0]
+    del maps["faiss_id_to_node_id_map"][key]
+    path.write_text(json.dumps(maps))
+
+
+DAMAGE = {
+    "chroma-truncated-level0": ("chroma", truncate_level0, "hnsw-data"),
+    "chroma-counts": ("chroma", lose_an_embedding, "chroma-counts"),
+    "langchain-corrupt-pickle": ("langchain", garble_pickle, "langchain-docstore"),
+    "langchain-counts": ("langchain", swap_faiss_index, "langchain-counts"),
+    "llamaindex-not-json": ("llamaindex", break_docstore_json, "llamaindex-json"),
+    "llamaindex-counts": ("llamaindex", drop_from_id_map, "llamaindex-counts"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damage_is_warned_at_commit_and_refused_at_checkout(case: str, tmp_path: Path) -> None:
+    name, damage, check = DAMAGE[case]
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build(name, data)
+    code, out, _ = run(repo, data, "commit", "--json")
+    good = json.loads(out)["id"]
+    damage(data)
+    code, _, err = run(repo, data, "commit", "--strict")
+    assert code == CHECK_FAILED and "nothing committed" in err
+    code, out, err = run(repo, data, "-q", "commit", "--tag", "bad")  # -q keeps these warnings
+    assert code == 0 and err.startswith("casnap: warning: "), err
+    assert run(repo, data, "checkout", good)[0] == 0
+    before = raw_tree(data)
+    code, _, err = run(repo, data, "checkout", "bad")
+    assert code == CHECK_FAILED, err
+    assert f"{check} on " in err and "nothing restored" in err
+    assert raw_tree(data) == before
+    code, out, _ = run(repo, data, "verify", "--smoke", "bad", "--json")
+    assert code == CHECK_FAILED
+    failed = [c["check"] for c in json.loads(out)["smoke"][0]["smoke"]["checks"] if not c["ok"]]
+    assert check in failed
+
+
+def test_a_smoke_command_may_open_the_staged_chroma_store(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build("chroma", data)
+    assert run(repo, data, "commit")[0] == 0
+    script = tmp_path / "open_chroma.py"
+    script.write_text(
+        "import os, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import chromadb\n"
+        "path = os.path.join(os.environ['CASNAP_STAGED_DIR'], 'chroma')\n"
+        "client = chromadb.PersistentClient(path=path, settings=chromadb.Settings("
+        "anonymized_telemetry=False))\n"
+        f"col = client.get_collection({COLLECTION!r}, embedding_function=None)\n"
+        "n = col.count()\n"
+        "col.add(ids=['written-by-the-check'], embeddings=[[0.0] * 16])\n"
+        "print(n)\n"
+        "sys.exit(0 if n > 600 else 1)\n"
+    )
+    cmd = f"{sys.executable} {script}"
+    before = raw_tree(data / CHROMA_DIR)
+    code, out, err = run(repo, data, "checkout", "latest", "--smoke-cmd", cmd, "--json")
+    assert code == 0, err
+    assert checks_of(out)["smoke-cmd"][0]["ok"]
+    assert raw_tree(data / CHROMA_DIR) == before  # the command wrote to a copy, not the stage
+    code, _, err = run(repo, data, "verify", "--smoke-cmd", cmd)
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".casnap")] == []
+
+
+def test_a_pickle_that_would_run_code_is_reported_and_never_run(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build("langchain", data)
+    assert run(repo, data, "commit")[0] == 0
+    marker = tmp_path / "ran"
+    (data / LANGCHAIN_DIR / "index.pkl").write_bytes(pickle.dumps((Runs(marker), {0: "d0"})))
+    code, _, err = run(repo, data, "-q", "commit", "--tag", "hostile")
+    assert code == 0 and "posix.system" in err and "nothing was run" in err
+    code, _, err = run(repo, data, "checkout", "hostile", "--to", str(tmp_path / "o"))
+    assert code == CHECK_FAILED and "langchain-docstore" in err
+    code, _, _ = run(repo, data, "verify", "--smoke", "hostile")
+    assert code == CHECK_FAILED
+    assert not marker.exists()
