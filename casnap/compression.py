@@ -178,13 +178,38 @@ def decode_frame(blob: bytes | memoryview, plain_size: int) -> Frame:
     return Frame(out, codec == ZSTD_GROUPED4)
 
 
+# A grouped frame of at least this many bytes gets one zstd block (or more) per byte plane: zstd
+# codes its input in blocks of up to 128 KiB with their own entropy tables, and a block that
+# mixes the sign/exponent plane with mantissa planes codes both badly. Frames of 0.5-256 KiB
+# come out 8-9% smaller (512 KiB frames whose planes fill whole blocks gain nothing); below
+# 512 bytes the extra block headers cost more than they save.
+PLANE_BLOCKS_MIN = 512
+
+
+def _compress_grouped(data: bytes | memoryview, level: int) -> bytes:
+    """zstd frame of group4(data), each byte plane ending a block (one frame, size declared)."""
+    grouped = group4(data)
+    if len(data) < PLANE_BLOCKS_MIN:
+        return _compressor(level).compress(grouped)
+    plane = len(data) // 4
+    stream = _compressor(level).compressobj(size=len(grouped))
+    parts = []
+    for k in range(4):
+        end = (k + 1) * plane if k < 3 else len(grouped)  # the <4-byte tail goes with plane 3
+        parts.append(stream.compress(grouped[k * plane : end]))
+        if k < 3:
+            parts.append(stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+    parts.append(stream.flush())
+    return b"".join(parts)
+
+
 def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = False) -> bytes:
     """Compress data with the best of the allowed codecs; raw when compression does not pay."""
     size = len(data)
     if size == 0:
         return bytes([RAW])
     if grouped and size >= 64:
-        payload = _compressor(level).compress(group4(data))
+        payload = _compress_grouped(data, level)
         codec = ZSTD_GROUPED4
     else:
         payload = _compressor(level).compress(data)
