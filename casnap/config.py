@@ -18,6 +18,10 @@ from casnap.constants import (
     CDC_AVG,
     CDC_MAX,
     CDC_MIN,
+    FAISS_CDC_GRAPH,
+    FAISS_CDC_IDS,
+    FAISS_CDC_LISTS,
+    FAISS_CDC_VECTORS,
     FAISS_GRAPH_BLOCK,
     FAISS_IDS_BLOCK,
     FAISS_LIST_BLOCK,
@@ -54,6 +58,20 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
 
 
+def fixed_faiss_chunker() -> dict[str, Any]:
+    """The `faiss` chunker of repositories made before `faiss-cdc`: fixed blocks in arrays."""
+    return {
+        "name": "faiss",
+        "vectors": FAISS_VECTOR_BLOCK,
+        "lists": FAISS_LIST_BLOCK,
+        "graph": FAISS_GRAPH_BLOCK,
+        "ids": FAISS_IDS_BLOCK,
+        "min": CDC_MIN,
+        "avg": CDC_AVG,
+        "max": CDC_MAX,
+    }
+
+
 def default_config() -> dict[str, Any]:
     """The config a new repository gets."""
     return {
@@ -64,11 +82,11 @@ def default_config() -> dict[str, Any]:
             "default": {"name": "fastcdc", "min": CDC_MIN, "avg": CDC_AVG, "max": CDC_MAX},
             "sqlite": {"name": "sqlite"},
             "faiss": {
-                "name": "faiss",
-                "vectors": FAISS_VECTOR_BLOCK,
-                "lists": FAISS_LIST_BLOCK,
-                "graph": FAISS_GRAPH_BLOCK,
-                "ids": FAISS_IDS_BLOCK,
+                "name": "faiss-cdc",
+                "vectors": list(FAISS_CDC_VECTORS),
+                "lists": list(FAISS_CDC_LISTS),
+                "ids": list(FAISS_CDC_IDS),
+                "graph": list(FAISS_CDC_GRAPH),
                 "min": CDC_MIN,
                 "avg": CDC_AVG,
                 "max": CDC_MAX,

@@ -28,6 +28,22 @@ FAISS_LIST_BLOCK = 2 * 1024
 FAISS_GRAPH_BLOCK = 1024
 FAISS_IDS_BLOCK = 64 * 1024
 
+# The `faiss-cdc` chunker (new repositories; repositories made before it keep `faiss` and the
+# blocks above): [min, avg, max] bytes per kind of array, rounded to whole elements; equal values
+# give fixed element blocks. Measured on evolving indexes (benchmarks/faiss_chunking.py,
+# docs/TUNING.md). Vectors are cut by content, since remove_ids moves every later vector down:
+# a LangChain-like store (30k vectors of d=384, 5 rounds of +3%, 1% updated, 0.5% deleted) added
+# 28.1 MiB with 8 KiB pieces against FastCDC's 36.7 and fixed blocks' 197.7; 4 KiB pieces 20.7,
+# for twice the chunks of every index and dearer appends; 16 KiB 47.6. A minimum of half the
+# average re-synchronised best.
+# Inverted lists keep fixed blocks: FAISS appends to them and removes by moving a list's last
+# entry into the hole, so their positions never shift. Id arrays (id maps, direct maps, a list's
+# ids) are cut by content like vectors. HNSW graph arrays change in place: fixed blocks.
+FAISS_CDC_VECTORS = (4 * 1024, 8 * 1024, 32 * 1024)
+FAISS_CDC_LISTS = (2 * 1024, 2 * 1024, 2 * 1024)
+FAISS_CDC_IDS = (512, 1024, 4 * 1024)
+FAISS_CDC_GRAPH = (1024, 1024, 1024)
+
 # New chunks that follow each other in a file are compressed together in one frame of up to this
 # many plain bytes (up to 128 SQLite pages). Over 10 steps of the sample app, frames of 512 KiB
 # stored 52.1 MiB of increments against 53.3 (256 KiB) and 51.9 (1 MiB); the first snapshot

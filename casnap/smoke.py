@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from casnap.chunking.select import FAISS_CHUNKERS
 from casnap.errors import SmokeCheckFailed
 from casnap.faiss_child import ProbeChild, probe_faiss, settle
 from casnap.formats import sniff
@@ -54,7 +55,7 @@ def smoke_check(
 def may_be_faiss(rel: str, chunker: Mapping[str, Any]) -> bool:
     """Whether a file about to be restored will likely be checked as a FAISS index (it was cut
     as one, or is named like one): worth loading FAISS in a child before it arrives."""
-    return chunker.get("name") == "faiss" or rel.endswith(".index")
+    return chunker.get("name") in FAISS_CHUNKERS or rel.endswith(".index")
 
 
 class SmokeSession:

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from casnap.chunking import (
     FLOAT32,
+    Chunker,
+    FaissCDCChunker,
     FaissChunker,
     FastCDCChunker,
     FixedChunker,
@@ -22,7 +24,7 @@ from casnap.chunking import (
     make_chunker,
 )
 from casnap.config import default_config
-from casnap.formats.faiss import LISTS, faiss_kind, layout_sections
+from casnap.formats.faiss import LIST_IDS, LISTS, faiss_kind, layout_sections
 from casnap.formats.sqlite import sqlite_page_size
 from tests import helpers_chunking as h
 
@@ -81,7 +83,7 @@ def test_choice_is_by_content_never_by_name(tmp_path: Path) -> None:
     assert choose_chunker(db.read_bytes()[:100], CONFIG).name == "sqlite"
     idx = tmp_path / "app.db"
     h.write(h.flat(10), idx)
-    assert choose_chunker(idx.read_bytes()[:100], CONFIG).name == "faiss"
+    assert choose_chunker(idx.read_bytes()[:100], CONFIG).name == "faiss-cdc"
     assert choose_chunker(b"plain text file", CONFIG).name == "fastcdc"
 
 
@@ -102,7 +104,7 @@ def test_faiss_types_are_detected_and_parsed_to_the_end(tmp_path: Path, name: st
     data = path.read_bytes()
     assert data == h.index_bytes(build(300))  # write_index is deterministic
     assert faiss_kind(data[:100]) == kind
-    assert choose_chunker(data[:100], CONFIG).name == "faiss"
+    assert choose_chunker(data[:100], CONFIG).name == "faiss-cdc"
     sections, complete = layout_sections(data)
     assert complete, f"{name}: the layout parser did not reach the end of the file"
     assert sections, name
@@ -148,7 +150,8 @@ def test_ivf_is_cut_at_every_inverted_list_boundary() -> None:
     cuts = boundaries(pieces) | {0}
     assert expected <= cuts
     sections, _ = layout_sections(data)
-    assert sum(1 for s in sections if s[2] == LISTS) == 2 * sum(1 for n in sizes if n)
+    assert sum(1 for s in sections if s[2] == LISTS) == sum(1 for n in sizes if n)
+    assert sum(1 for s in sections if s[2] == LIST_IDS) == sum(1 for n in sizes if n)
 
 
 def test_ivf_growth_keeps_the_start_of_every_list() -> None:
@@ -180,11 +183,19 @@ def test_truncated_faiss_file_is_still_cut_completely() -> None:
 
 # -- every chunker: streaming, bounds, determinism ---------------------------------------------
 
+
+def small_faiss_cdc() -> Chunker:
+    sizes = {"vectors": (512, 1024, 4096), "lists": (512, 1024, 2048)}
+    sizes |= {"ids": (512, 1024, 2048), "graph": (512, 512, 512)}
+    return FaissCDCChunker(sizes, min_size=64, avg_size=256, max_size=1024)
+
+
 CHUNKERS = {
     "fastcdc": lambda: FastCDCChunker(64, 256, 1024),
     "fixed": lambda: FixedChunker(100),
     "sqlite": lambda: SQLitePageChunker(512),
     "faiss": small_faiss,
+    "faiss-cdc": small_faiss_cdc,
 }
 
 
@@ -207,18 +218,19 @@ def test_pieces_cover_the_input_within_bounds_whatever_the_reads(
     assert all(0 < len(p) <= limit for p in whole)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     name=st.sampled_from(sorted(h.BUILDERS)),
     n=st.integers(min_value=1, max_value=400),
     block=st.integers(min_value=7, max_value=5000),
+    make=st.sampled_from([small_faiss, small_faiss_cdc]),
 )
-def test_real_faiss_files_stream_like_whole_buffers(name: str, n: int, block: int) -> None:
+def test_real_faiss_files_stream_like_whole_buffers(name: str, n: int, block: int, make) -> None:
     data = h.index_bytes(h.BUILDERS[name][1](n))
-    whole = cut_all(small_faiss(), data, block=len(data) + 1)
+    whole = cut_all(make(), data, block=len(data) + 1)
     assert b"".join(whole) == data
-    assert cut_all(small_faiss(), data, block=block) == whole
-    assert all(len(p) <= small_faiss().max_size for p in whole)
+    assert cut_all(make(), data, block=block) == whole
+    assert all(len(p) <= make().max_size for p in whole)
 
 
 def test_huge_declared_field_is_not_parsed() -> None:

@@ -40,7 +40,8 @@ def keys(backend: Backend) -> set[str]:
 
 def make_world(kind: str, tmp_path: Path) -> tuple[Backend, Ledger, Path]:
     backend: Backend = LocalBackend(tmp_path / "repo") if kind == "local" else MemoryBackend()
-    repo = Repository.init_backend(backend, small_config(), tmp_path / "tmp")
+    # packs of 4 KiB: the commit of the evolved data writes more than four of them
+    repo = Repository.init_backend(backend, small_config(4096), tmp_path / "tmp")
     data = small_app(tmp_path / "data")
     ledger = Ledger()
     ledger.commit(repo, data, message="s0")
@@ -221,7 +222,7 @@ res["left_by_first"] = sorted(str(p) for p in small.rglob("*"))
 shutil.rmtree(repo, ignore_errors=True)  # (nothing to remove, unless the first commit left it)
 Repository.init(repo, small_config(256 * 1024))
 res["second"] = run("commit")
-(data / "big.bin").write_bytes(os.urandom(1900 << 10))
+(data / "big.bin").write_bytes(os.urandom(2000 << 10))  # more than is free
 res["third"] = run("commit")  # fills the disk halfway through
 res["unindexed"] = unindexed()
 (data / "big.bin").write_bytes(os.urandom(300 << 10))

@@ -73,7 +73,7 @@ def test_the_header_questions_need_no_more_than_one_sniff() -> None:
     header = faiss_header(data[:SNIFF_BYTES])
     assert header is not None and header.ntotal == 3 and header.d == 8
     assert faiss_kind(data[:SNIFF_BYTES]) == "flat"
-    assert choose_chunker(data[:SNIFF_BYTES], default_config()["chunker"]).name == "faiss"
+    assert choose_chunker(data[:SNIFF_BYTES], default_config()["chunker"]).name == "faiss-cdc"
 
 
 def _database(path: Path, journal_mode: str) -> Path:
@@ -129,4 +129,4 @@ def test_the_chunker_streams_the_layout_the_format_describes(name: str) -> None:
             layout = _Layout()
             for at in range(0, len(cut), block):
                 layout.feed(memoryview(cut)[at : at + block], at)
-            assert [(a, b, k) for a, b, k, _ in layout.sections] == expected, (end, block)
+            assert [s[:3] for s in layout.sections] == expected, (end, block)

@@ -10,10 +10,11 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casnap import checker, collector, retention
+from casnap import checker, collector, compression, retention
 from casnap.backends.local import LocalBackend
 from casnap.checker import verify
 from casnap.chunkindex import DATA
@@ -21,7 +22,7 @@ from casnap.cli import cli
 from casnap.committer import commit
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, SnapshotNotFound
-from casnap.ids import hash_bytes
+from casnap.ids import ObjectId, hash_bytes
 from casnap.packs import pack_key
 from casnap.packwriter import PackWriter
 from casnap.repository import Repository
@@ -362,6 +363,29 @@ def test_gc_cli_human_output(tmp_path: Path) -> None:
     assert commit(Repository.open(tmp_path / "repo"), data).files_changed > 0
 
 
+def damage_one_kept_chunk(path: Path, kept: list) -> ObjectId:
+    """Flip a byte of a frame in the pack at path so that it still decodes but one needed
+    chunk, and only that one, reads back wrong (a frame holds several chunks, not all of them
+    needed); the chunk's id."""
+    raw = path.read_bytes()
+    for cid, e in sorted(kept, key=lambda item: -item[1].length):
+        frame = raw[e.offset : e.offset + e.length]
+        good = np.frombuffer(compression.decode(frame, e.frame_size), dtype=np.uint8)
+        middle = len(frame) // 2
+        for at in sorted(range(1, len(frame)), key=lambda i: abs(i - middle))[:4000]:
+            bad = bytearray(frame)
+            bad[at] ^= 0xFF
+            try:
+                out = np.frombuffer(compression.decode(bytes(bad), e.frame_size), dtype=np.uint8)
+            except IntegrityError:
+                continue
+            diff = np.flatnonzero(out != good)
+            if len(diff) and e.inner <= diff[0] and diff[-1] < e.inner + e.plain:
+                flip_byte(path, e.offset + at)
+                return cid
+    raise AssertionError("no byte of these frames damages exactly one needed chunk")
+
+
 def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
     """A needed chunk that fails its hash while being repacked stops gc before any deletion."""
     repo, _, _ = build_history(tmp_path, 3)
@@ -369,8 +393,7 @@ def test_gc_never_copies_a_damaged_chunk(tmp_path: Path) -> None:
     retention.forget(repo, [repo.snapshots()[0][0].hex()])
     plan = collector.plan(Repository.open(root), max_unused=0)
     pack = next(f.pack for f in plan.report.packs if f.action == collector.REPACK)
-    cid, e = max(plan.keep[pack], key=lambda item: item[1].length)
-    flip_byte(root / pack_key(pack), e.offset + e.length // 2)
+    cid = damage_one_kept_chunk(root / pack_key(pack), plan.keep[pack])
     index_before = {p.name for p in (root / "index").iterdir()}
     packs_before = pack_files(root)
     with pytest.raises(IntegrityError, match="gc stopped before deleting anything"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from casnap.chunking.base import FLOAT32, GENERIC, Block, Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
-from casnap.chunking.faiss import FaissChunker
+from casnap.chunking.faiss import FaissCDCChunker, FaissChunker
 from casnap.chunking.select import choose_chunker, make_chunker
 from casnap.chunking.sqlite import SQLitePageChunker
 
@@ -13,6 +13,7 @@ __all__ = [
     "GENERIC",
     "Block",
     "Chunker",
+    "FaissCDCChunker",
     "FaissChunker",
     "FastCDCChunker",
     "FixedChunker",

@@ -1,10 +1,14 @@
-"""The FAISS chunker: pieces that follow an index file's own layout (casnap/formats/faiss.py).
+"""The FAISS chunkers: pieces that follow an index file's own layout (casnap/formats/faiss.py).
 
-A FAISS file is a header followed by a few large arrays. Adding vectors appends to each array, so
-every array after the first one shifts. Cutting at array boundaries and in fixed blocks measured
-from each array's start keeps every unchanged block byte-identical: a Flat shard with 1% more
-vectors re-stores one block, an IVF index only the tail block of each inverted list. Fixed blocks
-also keep float32 words aligned, which the byte-grouped codec needs.
+A FAISS file is a header followed by a few large arrays of equal-sized elements (vectors, codes,
+ids, graph entries). Both chunkers cut at every array boundary; they differ inside an array:
+
+- `faiss` (repositories made before `faiss-cdc`): fixed blocks measured from each array's start.
+  Appends cost only the tail block, but a deletion (`remove_ids` moves every later element down)
+  shifts every later block, so the whole rest of the array is stored again.
+- `faiss-cdc`: cuts chosen by the elements' content, only between elements (chunking/elements.py),
+  so after a deletion the pieces re-synchronise right after it; arrays that only grow or change
+  in place can keep fixed element blocks (equal min, avg and max).
 
 The layout is read from the stream as it passes (the format's parser driven by the bytes, never a
 seek), so memory stays bounded. Types the parser does not know, and anything after a parse
@@ -14,15 +18,18 @@ correctness.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyfastcdc import FastCDC
 
 from casnap.chunking.base import FLOAT32, GENERIC, Chunker
+from casnap.chunking.elements import ElementCutter
 from casnap.formats.faiss import (
     GRAPH,
     IDS,
+    LIST_IDS,
     LISTS,
     VECTORS,
     Parser,
@@ -33,6 +40,16 @@ from casnap.formats.faiss import (
 )
 
 
+class Array(NamedTuple):
+    """One array of the file, as the parser declared it: bytes [start, stop)."""
+
+    start: int
+    stop: int
+    kind: str
+    float32: bool
+    item: int  # bytes per element
+
+
 class _Layout:
     """Runs the parser over the stream as buffers arrive; collects the sections it declares."""
 
@@ -41,7 +58,7 @@ class _Layout:
         self.pos = 0  # where the parser's next request starts
         self.request: Read | Section | None = None
         self.acc = bytearray()  # bytes gathered for a Read that straddles buffers
-        self.sections: deque[tuple[int, int, str, bool]] = deque()  # start, end, kind, float32
+        self.sections: deque[Array] = deque()
         self._advance(None)
 
     @property
@@ -77,7 +94,8 @@ class _Layout:
                 if req.length and self.pos >= end:
                     return
                 if req.length and req.kind is not None:
-                    self.sections.append((self.pos, self.pos + req.length, req.kind, req.float32))
+                    end_at = self.pos + req.length
+                    self.sections.append(Array(self.pos, end_at, req.kind, req.float32, req.item))
                 self.pos += req.length
                 self._advance(None)
                 continue
@@ -101,41 +119,22 @@ class _Layout:
             self._advance(data)
 
 
-class FaissChunker(Chunker):
-    """Cuts a FAISS index at its arrays' boundaries, in fixed blocks inside each array.
+class _LayoutChunker(Chunker):
+    """Walks the arrays the layout parser finds; subclasses say how to cut inside one.
 
-    Block sizes per kind of array are parameters (see docs/TUNING.md for how they were chosen);
-    header fields and unknown parts are cut by FastCDC with the given min/avg/max.
+    Header fields and unknown parts are cut by FastCDC with the given min/avg/max.
     """
 
-    name = "faiss"
-
-    def __init__(
-        self,
-        vectors: int,
-        lists: int,
-        graph: int,
-        ids: int,
-        min_size: int,
-        avg_size: int,
-        max_size: int,
-    ) -> None:
-        self.block = {VECTORS: vectors, LISTS: lists, GRAPH: graph, IDS: ids}
-        for kind, size in self.block.items():
-            if size <= 0 or size % 8:
-                raise ValueError(f"faiss {kind} block must be a positive multiple of 8")
+    def __init__(self, min_size: int, avg_size: int, max_size: int) -> None:
         self.min_size, self.avg_size, self.cdc_max = min_size, avg_size, max_size
-        self.max_size = max(max_size, *self.block.values())
         self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size)
         self._layout = _Layout()
 
-    def params(self) -> dict[str, Any]:
-        return {
-            **self.block,
-            "min": self.min_size,
-            "avg": self.avg_size,
-            "max": self.cdc_max,
-        }
+    @abstractmethod
+    def _array_pieces(self, view: memoryview, rel: int, array: Array, complete: bool) -> list[int]:
+        """Lengths of pieces covering view, the bytes of `array` from `rel` bytes into it (always
+        a cut); `complete` when view reaches the array's end or the stream's. Otherwise the last
+        piece may be an undecided rest, which the caller carries into the next call."""
 
     def cut(self, buf: memoryview) -> list[int]:
         """Pieces of a whole file held in buf (a fresh chunker per file)."""
@@ -151,26 +150,25 @@ class FaissChunker(Chunker):
         # merged into one undecided tail, which the caller carries into the next call.
         undecided = layout.pos if layout.active and layout.pos < end else end
         sections = layout.sections
-        while sections and sections[0][1] <= offset:
+        while sections and sections[0].stop <= offset:
             sections.popleft()
         lengths: list[int] = []
         kinds = bytearray()
         pos = offset
-        for start, stop, kind, float32 in sections:
-            if start >= end:
+        for array in sections:
+            if array.start >= end:
                 break
-            if start > pos:
-                self._cdc_pieces(buf[pos - offset : start - offset], lengths, kinds)
-                pos = start
-            size = self.block[kind]
-            piece_kind = FLOAT32 if float32 else GENERIC
-            # blocks are measured from the section start; pos is always on a block boundary
-            stop_here = min(stop, end)
-            while pos < stop_here:
-                n = min(size - (pos - start) % size, stop_here - pos)
-                lengths.append(n)
-                kinds.append(piece_kind)
-                pos += n
+            if array.start > pos:
+                self._cdc_pieces(buf[pos - offset : array.start - offset], lengths, kinds)
+                pos = array.start
+            stop_here = min(array.stop, end)
+            if pos < stop_here:
+                view = buf[pos - offset : stop_here - offset]
+                complete = stop_here == array.stop or final
+                cut = self._array_pieces(view, pos - array.start, array, complete)
+                lengths += cut
+                kinds += bytes([FLOAT32 if array.float32 else GENERIC]) * len(cut)
+                pos = stop_here
         if pos < end:
             self._cdc_pieces(buf[pos - offset :], lengths, kinds)
         if undecided < end:
@@ -181,6 +179,90 @@ class FaissChunker(Chunker):
         for c in self._cdc.cut_buf(view):
             lengths.append(c.length)
             kinds.append(GENERIC)
+
+
+class FaissChunker(_LayoutChunker):
+    """Cuts a FAISS index at its arrays' boundaries, in fixed blocks inside each array.
+
+    Block sizes per kind of array are parameters (see docs/TUNING.md for how they were chosen);
+    an inverted list's ids take the `lists` block like its codes.
+    """
+
+    name = "faiss"
+
+    def __init__(
+        self,
+        vectors: int,
+        lists: int,
+        graph: int,
+        ids: int,
+        min_size: int,
+        avg_size: int,
+        max_size: int,
+    ) -> None:
+        super().__init__(min_size, avg_size, max_size)
+        self.block = {VECTORS: vectors, LISTS: lists, GRAPH: graph, IDS: ids}
+        for kind, size in self.block.items():
+            if size <= 0 or size % 8:
+                raise ValueError(f"faiss {kind} block must be a positive multiple of 8")
+        self.max_size = max(max_size, *self.block.values())
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **self.block,
+            "min": self.min_size,
+            "avg": self.avg_size,
+            "max": self.cdc_max,
+        }
+
+    def _array_pieces(self, view: memoryview, rel: int, array: Array, complete: bool) -> list[int]:
+        size = self.block[LISTS if array.kind == LIST_IDS else array.kind]
+        first = min(size - rel % size, len(view))
+        full, rest = divmod(len(view) - first, size)
+        return [first] + [size] * full + ([rest] if rest else [])
+
+
+#: The kinds of array whose pieces `faiss-cdc` sizes apart (an inverted list's ids go with "ids").
+CDC_KINDS = (VECTORS, LISTS, IDS, GRAPH)
+
+
+class FaissCDCChunker(_LayoutChunker):
+    """Cuts a FAISS index at its arrays' boundaries and, inside each array, between elements
+    where their content says (min/avg/max bytes per kind of array, rounded to whole elements;
+    equal sizes give fixed element blocks). See docs/TUNING.md for the chosen sizes.
+    """
+
+    name = "faiss-cdc"
+
+    def __init__(
+        self, sizes: dict[str, tuple[int, int, int]], min_size: int, avg_size: int, max_size: int
+    ) -> None:
+        super().__init__(min_size, avg_size, max_size)
+        for kind in CDC_KINDS:
+            low, avg, high = sizes[kind]
+            if not 0 < low <= avg <= high or high % 8:
+                raise ValueError(
+                    f"faiss-cdc {kind} needs 0 < min <= avg <= max, max a multiple of 8"
+                )
+        self.sizes = {kind: tuple(sizes[kind]) for kind in CDC_KINDS}
+        self.max_size = max(max_size, *(s[2] for s in self.sizes.values()))
+        self._cutters: dict[tuple[str, int], ElementCutter] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **{kind: list(self.sizes[kind]) for kind in CDC_KINDS},
+            "min": self.min_size,
+            "avg": self.avg_size,
+            "max": self.cdc_max,
+        }
+
+    def _array_pieces(self, view: memoryview, rel: int, array: Array, complete: bool) -> list[int]:
+        kind = IDS if array.kind == LIST_IDS else array.kind
+        key = (kind, array.item)
+        cutter = self._cutters.get(key)
+        if cutter is None:
+            cutter = self._cutters[key] = ElementCutter(array.item, *self.sizes[kind])
+        return cutter.lengths(view, rel, complete)
 
 
 def _merge_tail(

@@ -6,7 +6,7 @@ from typing import Any
 
 from casnap.chunking.base import Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
-from casnap.chunking.faiss import FaissChunker
+from casnap.chunking.faiss import CDC_KINDS, FaissCDCChunker, FaissChunker
 from casnap.chunking.sqlite import SQLitePageChunker
 from casnap.constants import MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
 from casnap.formats.faiss import faiss_kind
@@ -41,6 +41,12 @@ def make_chunker(spec: dict[str, Any]) -> Chunker:
                 avg_size=sizes["avg"],
                 max_size=sizes["max"],
             )
+        if name == "faiss-cdc":
+            sizes = _sizes(spec, "min", "avg", "max")
+            if not sizes["min"] <= sizes["avg"] <= sizes["max"]:
+                raise ValueError(f"chunker {name!r} needs min <= avg <= max")
+            arrays = {kind: _triple(spec, kind) for kind in CDC_KINDS}
+            return FaissCDCChunker(arrays, sizes["min"], sizes["avg"], sizes["max"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"chunker {name!r} lacks a parameter: {exc}") from exc
     raise ValueError(f"unknown chunker {name!r}")
@@ -48,16 +54,35 @@ def make_chunker(spec: dict[str, Any]) -> Chunker:
 
 def _sizes(spec: dict[str, Any], *names: str) -> dict[str, int]:
     """The named size parameters of a chunker spec, each checked against the limits."""
-    out = {}
-    for name in names:
-        value = int(spec[name])
-        if not MIN_CHUNKER_SIZE <= value <= MAX_CHUNK_SIZE:
-            raise ValueError(
-                f"chunker {spec.get('name')!r}: {name} {value} is outside the limits "
-                f"[{MIN_CHUNKER_SIZE}, {MAX_CHUNK_SIZE}]"
-            )
-        out[name] = value
-    return out
+    return {name: _size(spec, name, spec[name]) for name in names}
+
+
+def _size(spec: dict[str, Any], label: str, raw: Any) -> int:
+    """One size parameter, within [MIN_CHUNKER_SIZE, MAX_CHUNK_SIZE]."""
+    value = int(raw)
+    if not MIN_CHUNKER_SIZE <= value <= MAX_CHUNK_SIZE:
+        raise ValueError(
+            f"chunker {spec.get('name')!r}: {label} {value} is outside the limits "
+            f"[{MIN_CHUNKER_SIZE}, {MAX_CHUNK_SIZE}]"
+        )
+    return value
+
+
+def _triple(spec: dict[str, Any], name: str) -> tuple[int, int, int]:
+    """A [min, avg, max] size parameter: each within the limits, in order, max a multiple of 8."""
+    value = spec[name]
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"chunker {spec.get('name')!r}: {name} must be [min, avg, max]")
+    low, avg, high = (_size(spec, name, v) for v in value)
+    if not low <= avg <= high or high % 8:
+        raise ValueError(
+            f"chunker {spec.get('name')!r}: {name} needs min <= avg <= max, max a multiple of 8"
+        )
+    return low, avg, high
+
+
+#: The chunkers a config's "faiss" entry may name.
+FAISS_CHUNKERS = ("faiss", "faiss-cdc")
 
 
 def choose_chunker(header: bytes, config: dict[str, Any]) -> Chunker:
@@ -65,12 +90,16 @@ def choose_chunker(header: bytes, config: dict[str, Any]) -> Chunker:
     repository's config.
 
     The choice looks at content only, never at file names: a SQLite header gets page-sized
-    pieces, a FAISS index gets layout-aware pieces, anything else the default (FastCDC). A config
-    without a "sqlite" or "faiss" entry keeps the default for those files too.
+    pieces, a FAISS index gets layout-aware pieces (`faiss-cdc` in new repositories, `faiss` in
+    those made before it), anything else the default (FastCDC). A config without a "sqlite" or
+    "faiss" entry keeps the default for those files too.
     """
     page_size = sqlite_page_size(header)
     if page_size is not None and "sqlite" in config:
         return SQLitePageChunker(page_size)
     if faiss_kind(header) is not None and "faiss" in config:
-        return make_chunker({**config["faiss"], "name": "faiss"})
+        spec = {"name": "faiss", **config["faiss"]}
+        if spec["name"] not in FAISS_CHUNKERS:
+            raise ValueError(f"the faiss entry names chunker {spec['name']!r}")
+        return make_chunker(spec)
     return make_chunker(config["default"])

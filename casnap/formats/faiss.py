@@ -171,13 +171,15 @@ def faiss_kind(header: bytes) -> str | None:
 # -- the layout parser -------------------------------------------------------------------------
 # A generator that yields requests and receives the bytes it asked for:
 #   Read(n)    -> the next n bytes of the file (a header field)
-#   Section(k) -> the next `length` bytes form one array of kind k (the parser never sees them)
+#   Section(k) -> the next `length` bytes form one array of kind k, made of elements of `item`
+#                 bytes (a vector, a code, an id); the parser never sees them
 # The chunker drives it over a stream as buffers arrive; layout_sections over a whole file;
 # expected_end with reads at offsets, stepping over the arrays.
 
-# Section kinds: the chunker gives each its own block size (FaissChunker parameters).
+# Section kinds: the chunkers give each its own piece sizes (chunking/faiss.py parameters).
 VECTORS = "vectors"  # float32 vectors: Flat codes, HNSW storage, IVF centroids
-LISTS = "lists"  # one inverted list's codes, or its ids
+LISTS = "lists"  # one inverted list's codes
+LIST_IDS = "list_ids"  # one inverted list's ids
 GRAPH = "graph"  # HNSW levels, offsets and neighbour arrays
 IDS = "ids"  # id maps and direct maps
 
@@ -202,11 +204,14 @@ class Read:
 
 @dataclass(frozen=True)
 class Section:
-    """The next `length` bytes are one array of kind `kind`, stepped over unseen."""
+    """The next `length` bytes are one array of kind `kind`, stepped over unseen: elements of
+    `item` bytes each (a vector, a code, an id, a graph entry), which the `faiss-cdc` chunker
+    cuts between, never inside (unless one is larger than its largest piece)."""
 
     kind: str | None  # None: small metadata, cut by content with the header fields around it
     length: int
     float32: bool = False
+    item: int = 1
 
 
 Parser = Generator[Read | Section, bytes | None, Any]
@@ -226,27 +231,33 @@ def _u64() -> Parser:
     return struct.unpack("<Q", (yield from _read(8)))[0]
 
 
-def _vector(item: int, kind: str | None = None, float32: bool = False) -> Parser:
-    """A std::vector as FAISS writes it: a u64 element count, then the elements."""
+def _vector(
+    word: int, kind: str | None = None, float32: bool = False, item: int | None = None
+) -> Parser:
+    """A std::vector as FAISS writes it: a u64 count of `word`-byte values, then the values,
+    which form elements of `item` bytes (a vector of d floats; by default one value)."""
     n = yield from _u64()
-    yield Section(kind, n * item, float32)
+    yield Section(kind, n * word, float32, item or word)
     return n
 
 
 def _index_header() -> Parser:
-    """The common index header after a fourcc (d, ntotal, markers, is_trained, metric)."""
+    """The common index header after a fourcc (d, ntotal, markers, is_trained, metric); returns
+    d."""
     raw = yield from _read(_INDEX_HEADER.size)
-    metric = _INDEX_HEADER.unpack(raw)[5]
+    d, _, _, _, _, metric = _INDEX_HEADER.unpack(raw)
     if metric > 1:
         yield from _read(4)  # metric_arg
+    return d
 
 
 def parse_index() -> Parser:
     """One index, recursively (an IVF's quantizer and an HNSW's storage are indexes too)."""
     fourcc = yield from _read(4)
     if fourcc in FLAT_FOURCCS:
-        yield from _index_header()
-        yield from _vector(4, VECTORS, float32=True)  # codes: count of 4-byte words
+        d = yield from _index_header()
+        # codes: a count of 4-byte words, d of them per vector
+        yield from _vector(4, VECTORS, float32=True, item=4 * d if d > 0 else 4)
     elif fourcc in IVF_FOURCCS:
         yield from _index_header()
         yield from _read(16)  # nlist, nprobe
@@ -254,7 +265,7 @@ def parse_index() -> Parser:
         direct_map = (yield from _read(1))[0]
         yield from _vector(8, IDS)
         if direct_map == 2:  # hashtable direct map: (id, offset) pairs
-            yield from _vector(16, IDS)
+            yield from _vector(16, IDS)  # one element per pair
         if fourcc == b"IwSq":
             yield from _read(28)  # qtype, rangestat, rangestat_arg, d, code_size
             yield from _vector(4)  # trained
@@ -298,8 +309,8 @@ def _inverted_lists(float32: bool) -> Parser:
     aligned = float32 and code_size % 4 == 0
     for n in sizes:
         if n:
-            yield Section(LISTS, n * code_size, aligned)
-            yield Section(LISTS, n * 8)
+            yield Section(LISTS, n * code_size, aligned, max(code_size, 1))
+            yield Section(LIST_IDS, n * 8, item=8)
 
 
 def layout_sections(data: bytes | memoryview) -> tuple[list[tuple[int, int, str]], bool]:
