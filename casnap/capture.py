@@ -36,8 +36,15 @@ from casnap.errors import (
     StorageFull,
     from_oserror,
 )
-from casnap.formats import sniff
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite, wal_mode
+from casnap.formats import hnsw, sniff
+from casnap.formats.sqlite import (
+    SQLITE_HEADER_SIZE,
+    SQLITE_SIDE_SUFFIXES,
+    is_sqlite,
+    sqlite_page_size,
+    unused_page_ranges,
+    wal_mode,
+)
 from casnap.fsutil import create_file, make_dirs, temp_name
 from casnap.manifest import check_path
 
@@ -201,6 +208,27 @@ def open_source(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def record_layout(path: Path) -> tuple[int, int] | None:
+    """(record size, head size) of a file its folder describes as fixed-size records: hnswlib's
+    data_level0.bin beside a header.bin that parses. The header is read without following a
+    link and only if it is a small regular file; None otherwise. The answer only steers how the
+    file is chunked (dedup), never what is stored."""
+    if path.name != hnsw.DATA:
+        return None
+    try:
+        fd = os.open(path.parent / hnsw.HEADER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            raw = f.read(hnsw.HEADER_SIZE + 1)
+        except OSError:
+            return None
+    return hnsw.level0_records(raw)
+
+
 def busy_timeout() -> float:
     """Seconds to wait for a locked SQLite database: CASNAP_BUSY_TIMEOUT, else the default."""
     return fsutil.seconds_from_env("CASNAP_BUSY_TIMEOUT", SQLITE_BUSY_TIMEOUT)
@@ -356,6 +384,28 @@ def _remove_with_sides(db: Path) -> None:
             p.unlink()
 
 
+def clear_unused_pages(image: Path) -> int:
+    """Zero the bytes of a database image that its freelist leaves unused (leaf pages, the tails
+    of trunk pages); the number of pages touched. SQLite never reads them, so the database is the
+    same to it, while what deleted rows left behind is not stored, and a page freed again holds
+    the same zeros as the last time: an emptied queue table costs nothing per snapshot."""
+    with open(image, "r+b") as f:
+        head = f.read(SQLITE_HEADER_SIZE)
+        page_size = sqlite_page_size(head)
+        if page_size is None:
+            return 0
+        pages = os.fstat(f.fileno()).st_size // page_size
+
+        def read_page(n: int) -> bytes:
+            return os.pread(f.fileno(), page_size, (n - 1) * page_size)
+
+        ranges = unused_page_ranges(head, pages, read_page) or []
+        zeros = bytes(page_size)
+        for n, start in ranges:
+            os.pwrite(f.fileno(), zeros[start:], (n - 1) * page_size + start)
+    return len(ranges)
+
+
 @contextlib.contextmanager
 def sqlite_image(
     path: Path, tmp_dir: Path, on_wait: Callable[[str], None] | None = None
@@ -408,6 +458,10 @@ def sqlite_image(
             leftover = Path(str(dest) + suffix)
             if leftover.exists():
                 leftover.unlink()
+        try:
+            clear_unused_pages(dest)
+        except OSError as exc:
+            raise from_oserror(exc, f"clearing free pages of the image of {path}") from exc
         yield dest
     finally:
         _remove_with_sides(dest)

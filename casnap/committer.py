@@ -517,7 +517,8 @@ class Committer:
         with os.fdopen(fd, "rb") as f:
             header = f.read(SNIFF_BYTES)
             f.seek(0)
-            chunker = choose_chunker(header, self.repo.config["chunker"])
+            layout = capture.record_layout(src.abspath)
+            chunker = choose_chunker(header, self.repo.config["chunker"], layout)
             stream: BinaryIO = f
             if self._read_tick is not None:
                 stream = cast(BinaryIO, _CountingReader(f, self._read_tick))
@@ -574,7 +575,8 @@ def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]]
         with open(path, "rb") as f:
             header = f.read(SNIFF_BYTES)
             f.seek(0)
-            chunker = choose_chunker(header, repo.config["chunker"])
+            layout = capture.record_layout(path)
+            chunker = choose_chunker(header, repo.config["chunker"], layout)
             for piece in chunker.split(f):
                 hasher.update(piece)
                 refs.append((hash_bytes(piece), len(piece)))

@@ -37,6 +37,7 @@ from casnap.constants import (
 )
 from casnap.errors import CasnapError, IntegrityError, UnsupportedFormat
 from casnap.formats.faiss import FAISS_SAMPLE_HEADER
+from casnap.formats.hnsw import HNSW_SAMPLE_RECORDS
 from casnap.formats.sqlite import SQLITE_SAMPLE_HEADER
 
 # zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
@@ -91,6 +92,7 @@ def default_config() -> dict[str, Any]:
                 "avg": CDC_AVG,
                 "max": CDC_MAX,
             },
+            "hnsw": {"name": "records", "max": CDC_MAX},
         },
         "pack_target": PACK_TARGET_SIZE,
         "zstd_level": ZSTD_LEVEL,
@@ -131,6 +133,7 @@ def parse_config(raw: bytes, location: str) -> dict[str, Any]:
         choose_chunker(b"", cfg["chunker"])
         for sample in (SQLITE_SAMPLE_HEADER, FAISS_SAMPLE_HEADER):
             choose_chunker(sample, cfg["chunker"])
+        choose_chunker(b"", cfg["chunker"], HNSW_SAMPLE_RECORDS)
         sizes = {
             "pack_target": (cfg["pack_target"], 1, MAX_PACK_TARGET),
             "frame_target": (cfg.get("frame_target", 0), 0, MAX_FRAME_SIZE),

@@ -57,13 +57,13 @@ class Runs:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _vectors(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.standard_normal((n, DIM)).astype("float32")
+def _vectors(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    return rng.standard_normal((n, dim)).astype("float32")
 
 
-def query_vectors() -> np.ndarray:
+def query_vectors(dim: int = DIM) -> np.ndarray:
     """The fixed query vectors every query_* uses."""
-    return _vectors(np.random.default_rng(4242), QUERIES)
+    return _vectors(np.random.default_rng(4242), QUERIES, dim)
 
 
 def _round_sizes(live: int) -> tuple[int, int, int]:
@@ -90,8 +90,8 @@ def _chroma(data: Path) -> Any:
         return chromadb.PersistentClient(path=str(data / CHROMA_DIR), settings=settings)
 
 
-def make_chroma(data: Path, n: int = 600, seed: int = 0) -> None:
-    """A Chroma store of n documents in data/chroma."""
+def make_chroma(data: Path, n: int = 600, seed: int = 0, dim: int = DIM) -> None:
+    """A Chroma store of n documents of `dim`-dimension vectors in data/chroma."""
     rng = np.random.default_rng(seed)
     with quiet():
         client = _chroma(data)
@@ -101,7 +101,7 @@ def make_chroma(data: Path, n: int = 600, seed: int = 0) -> None:
             metadata={"hnsw:space": "l2", "hnsw:sync_threshold": 100, "hnsw:batch_size": 50},
         )
         ids = [f"d{i}" for i in range(n)]
-        vecs = _vectors(rng, n)
+        vecs = _vectors(rng, n, dim)
         for s in range(0, n, 250):
             col.add(
                 ids=ids[s : s + 250],
@@ -111,7 +111,7 @@ def make_chroma(data: Path, n: int = 600, seed: int = 0) -> None:
         client.clear_system_cache()
 
 
-def evolve_chroma(data: Path, round_no: int, seed: int = 0) -> None:
+def evolve_chroma(data: Path, round_no: int, seed: int = 0, dim: int = DIM) -> None:
     """One round of change through Chroma's API."""
     rng = np.random.default_rng([seed, round_no])
     with quiet():
@@ -120,19 +120,19 @@ def evolve_chroma(data: Path, round_no: int, seed: int = 0) -> None:
         live = sorted(col.get(include=[])["ids"])
         add, upd, dele = _round_sizes(len(live))
         new = [f"r{round_no}-{i}" for i in range(add)]
-        col.add(ids=new, embeddings=_vectors(rng, add), documents=[f"new {i}" for i in new])
+        col.add(ids=new, embeddings=_vectors(rng, add, dim), documents=[f"new {i}" for i in new])
         changed = _pick(rng, live, upd)
-        col.update(ids=changed, embeddings=_vectors(rng, upd), documents=["updated"] * upd)
+        col.update(ids=changed, embeddings=_vectors(rng, upd, dim), documents=["updated"] * upd)
         col.delete(ids=_pick(rng, sorted(set(live) - set(changed)), dele))
         client.clear_system_cache()
 
 
-def query_chroma(data: Path) -> list[list[str]]:
+def query_chroma(data: Path, dim: int = DIM) -> list[list[str]]:
     """Top-K ids of the fixed queries, from the store reopened by Chroma."""
     with quiet():
         client = _chroma(data)
         col = client.get_collection(COLLECTION, embedding_function=None)
-        found = col.query(query_embeddings=query_vectors(), n_results=K, include=[])["ids"]
+        found = col.query(query_embeddings=query_vectors(dim), n_results=K, include=[])["ids"]
         client.clear_system_cache()
     return [list(row) for row in found]
 

@@ -17,7 +17,7 @@ from casnap import chunklist, compression
 from casnap.backends import LocalBackend, MemoryBackend
 from casnap.checker import verify
 from casnap.chunkindex import DATA, FIELD_DTYPE, TREE, decode_index, encode_index
-from casnap.chunking import SQLitePageChunker, make_chunker
+from casnap.chunking import SQLitePageChunker, choose_chunker
 from casnap.committer import commit
 from casnap.config import default_config
 from casnap.constants import (
@@ -29,6 +29,9 @@ from casnap.constants import (
     MAX_PACK_TARGET,
 )
 from casnap.errors import EXIT_CODES, IntegrityError
+from casnap.formats.faiss import FAISS_SAMPLE_HEADER
+from casnap.formats.hnsw import HNSW_SAMPLE_RECORDS
+from casnap.formats.sqlite import SQLITE_SAMPLE_HEADER
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import compress_manifest, decompress_manifest
 from casnap.packs import pack_key, parse_pack_directory, read_pack_directory
@@ -214,7 +217,17 @@ def test_casnap_writes_nothing_past_its_own_limits() -> None:
     """The defaults sit well inside the limits: the largest chunk each default chunker can cut,
     the frame and pack targets."""
     cfg = default_config()
-    largest = max(make_chunker(spec).max_size for spec in cfg["chunker"].values() if len(spec) > 1)
+    chosen = [
+        choose_chunker(header, cfg["chunker"], records)
+        for header, records in (
+            (b"", None),
+            (SQLITE_SAMPLE_HEADER, None),
+            (FAISS_SAMPLE_HEADER, None),
+            (b"", HNSW_SAMPLE_RECORDS),
+        )
+    ]
+    assert len({c.name for c in chosen}) == len(chosen) == len(cfg["chunker"])
+    largest = max(c.max_size for c in chosen)
     assert largest * 64 <= MAX_CHUNK_SIZE
     assert SQLitePageChunker(65536).max_size * 64 <= MAX_CHUNK_SIZE  # SQLite's largest page
     assert cfg["frame_target"] * 16 <= MAX_FRAME_SIZE
@@ -240,6 +253,8 @@ def _backend_with(cfg: dict) -> MemoryBackend:
         ("faiss.vectors", 1 << 30),
         ("faiss.min", 64),
         ("default.max", MAX_CHUNK_SIZE * 2),
+        ("hnsw.max", MAX_CHUNK_SIZE * 2),
+        ("hnsw.max", 100),
         ("default.min", 1 << 20),  # min > avg
     ],
 )

@@ -7,6 +7,7 @@ from typing import Any
 from casnap.chunking.base import Chunker, FixedChunker
 from casnap.chunking.cdc import FastCDCChunker
 from casnap.chunking.faiss import CDC_KINDS, FaissCDCChunker, FaissChunker
+from casnap.chunking.records import RecordChunker
 from casnap.chunking.sqlite import SQLitePageChunker
 from casnap.constants import MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
 from casnap.formats.faiss import faiss_kind
@@ -47,6 +48,9 @@ def make_chunker(spec: dict[str, Any]) -> Chunker:
                 raise ValueError(f"chunker {name!r} needs min <= avg <= max")
             arrays = {kind: _triple(spec, kind) for kind in CDC_KINDS}
             return FaissCDCChunker(arrays, sizes["min"], sizes["avg"], sizes["max"])
+        if name == "records":
+            high = _size(spec, "max", spec["max"])
+            return RecordChunker(int(spec["size"]), int(spec["split"]), high)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"chunker {name!r} lacks a parameter: {exc}") from exc
     raise ValueError(f"unknown chunker {name!r}")
@@ -85,14 +89,22 @@ def _triple(spec: dict[str, Any], name: str) -> tuple[int, int, int]:
 FAISS_CHUNKERS = ("faiss", "faiss-cdc")
 
 
-def choose_chunker(header: bytes, config: dict[str, Any]) -> Chunker:
+#: The smallest record body worth a piece of its own: below it, records are cut by content.
+MIN_RECORD_BODY = 512
+
+
+def choose_chunker(
+    header: bytes, config: dict[str, Any], records: tuple[int, int] | None = None
+) -> Chunker:
     """A fresh chunker for a file whose first bytes (SNIFF_BYTES of them) are `header`, under the
     repository's config.
 
-    The choice looks at content only, never at file names: a SQLite header gets page-sized
-    pieces, a FAISS index gets layout-aware pieces (`faiss-cdc` in new repositories, `faiss` in
-    those made before it), anything else the default (FastCDC). A config without a "sqlite" or
-    "faiss" entry keeps the default for those files too.
+    The choice looks at content: a SQLite header gets page-sized pieces, a FAISS index gets
+    layout-aware pieces (`faiss-cdc` in new repositories, `faiss` in those made before it),
+    anything else the default (FastCDC). A file without a header of its own but whose folder
+    describes it as records of (size, split) bytes (hnswlib's data_level0.bin, described by its
+    header.bin) gets the `records` chunker when its bodies are big enough. A config without a
+    "sqlite", "faiss" or "hnsw" entry keeps the default for those files too.
     """
     page_size = sqlite_page_size(header)
     if page_size is not None and "sqlite" in config:
@@ -102,4 +114,11 @@ def choose_chunker(header: bytes, config: dict[str, Any]) -> Chunker:
         if spec["name"] not in FAISS_CHUNKERS:
             raise ValueError(f"the faiss entry names chunker {spec['name']!r}")
         return make_chunker(spec)
+    if records is not None and "hnsw" in config:
+        spec = {"name": "records", **config["hnsw"]}
+        if spec["name"] != "records":
+            raise ValueError(f"the hnsw entry names chunker {spec['name']!r}")
+        size, split = records
+        if size - split >= MIN_RECORD_BODY:
+            return make_chunker({**spec, "size": size, "split": split})
     return make_chunker(config["default"])

@@ -92,6 +92,22 @@ def parse_header(data: bytes) -> HnswHeader:
     return h
 
 
+def level0_records(data: bytes) -> tuple[int, int] | None:
+    """(bytes per element, bytes of its level-0 neighbour list) of the data_level0.bin that a
+    header.bin holding `data` describes; None when `data` is no header.bin."""
+    try:
+        h = parse_header(data)
+    except (ValueError, struct.error):
+        return None
+    return h.element_size, h.data_offset
+
+
+#: Bytes of a header.bin (format version 1).
+HEADER_SIZE = _HEADER.size
+#: Records like those of a 384-dimension index with M=16: lets a repository's config be checked.
+HNSW_SAMPLE_RECORDS = (16 * 2 * 4 + 4 + 384 * 4 + 8, 16 * 2 * 4 + 4)
+
+
 def read_header(path: Path) -> HnswHeader:
     """parse_header of a header.bin file; ValueError (also when it cannot be read)."""
     try:

@@ -7,6 +7,7 @@ fields come from SQLite's file format description (fileformat2), the lock bytes 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from casnap.formats import sniff
 
@@ -32,6 +33,7 @@ _SHM_LOCKS = (120, 9)
 _PAGE_SIZE_AT = 16  # big-endian u16; 1 stands for 65536
 _WRITE_VERSION_AT, _READ_VERSION_AT = 18, 19  # 2 in both: WAL mode
 _WAL = 2
+_FREELIST_TRUNK_AT, _FREELIST_COUNT_AT = 32, 36  # big-endian u32 each
 
 
 def is_sqlite_header(head: bytes) -> bool:
@@ -76,3 +78,44 @@ def sqlite_lock_ranges(name: str) -> tuple[tuple[str, int, int], ...]:
     """The byte ranges SQLite locks for database `name`: (file name, start, length) for the
     database itself and for its -shm (in WAL mode)."""
     return ((name, *_DB_LOCKS), (name + "-shm", *_SHM_LOCKS))
+
+
+def unused_page_ranges(
+    head: bytes, page_count: int, read_page: Callable[[int], bytes]
+) -> list[tuple[int, int]] | None:
+    """Where a database's freelist holds bytes SQLite never reads: (page number, first unused
+    byte) for every leaf page (from 0: a leaf holds no information) and every trunk page (past its
+    list of leaves). What deleted rows left there survives in the file until the page is reused.
+
+    Walks the trunk chain from the header; None when it does not add up (a page out of range or
+    seen twice, a count past what a trunk can hold, a total other than the header's), so a
+    caller clears nothing it is not sure of. read_page(n) returns page n (1-based).
+    """
+    page_size = sqlite_page_size(head)
+    if page_size is None or len(head) < SQLITE_HEADER_SIZE:
+        return None
+    trunk = int.from_bytes(head[_FREELIST_TRUNK_AT : _FREELIST_TRUNK_AT + 4], "big")
+    total = int.from_bytes(head[_FREELIST_COUNT_AT : _FREELIST_COUNT_AT + 4], "big")
+    seen: set[int] = set()
+    out: list[tuple[int, int]] = []
+    per_trunk = page_size // 4 - 2
+    while trunk:
+        if not 2 <= trunk <= page_count or trunk in seen or len(seen) >= total:
+            return None
+        seen.add(trunk)
+        page = read_page(trunk)
+        if len(page) != page_size:
+            return None
+        nxt = int.from_bytes(page[0:4], "big")
+        count = int.from_bytes(page[4:8], "big")
+        if count > per_trunk:
+            return None
+        out.append((trunk, 8 + 4 * count))
+        for i in range(count):
+            leaf = int.from_bytes(page[8 + 4 * i : 12 + 4 * i], "big")
+            if not 2 <= leaf <= page_count or leaf in seen:
+                return None
+            seen.add(leaf)
+            out.append((leaf, 0))
+        trunk = nxt
+    return out if len(seen) == total else None
