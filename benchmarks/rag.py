@@ -3,8 +3,11 @@
 What: for each framework, build a store of N documents (seeded embeddings, no model), snapshot it
 with every tool, then apply R rounds of +3% / 1% updated / 0.5% deleted through the framework's
 own API and snapshot after each round. Record the bytes each round adds to each tool's repository
-and the seconds each snapshot takes. After the last round, restore every tool's last snapshot,
-reopen it in its framework and compare the top-5 results of fixed queries with the live store's.
+and the seconds each snapshot takes, and the store's query results when each was taken (from a
+fresh process, on a copy of the files). After the last round, restore every tool's last
+snapshot, reopen it in its framework and compare its results with those recorded; restore every
+casnap snapshot by id the same way, and check that `ls` lists exactly the restored files and
+`cat` streams each with the hash the restored file has. casnap's commit warnings are counted.
 With `--live`, also snapshot a Chroma store while another process keeps adding to it, restore
 each snapshot and check that its `chroma.sqlite3` passes `PRAGMA integrity_check` and reopens.
 
@@ -45,7 +48,17 @@ from rag_stores import (  # noqa: E402
     query_in_child,
     quiet_frameworks,
 )
-from tools import MIB, ROOT, TOOLS, Tool, ToolError, capture, empty_dir, tree_size  # noqa: E402
+from tools import (  # noqa: E402
+    MIB,
+    ROOT,
+    TOOLS,
+    CasnapTool,
+    Tool,
+    ToolError,
+    capture,
+    empty_dir,
+    tree_size,
+)
 
 DEFAULT_TOOLS = ("casnap", "borg-fine", "restic")
 
@@ -54,7 +67,63 @@ def snapshot(tool: Tool, data: Path, step: int) -> dict[str, Any]:
     before = tool.stored_bytes()
     measured = tool.snapshot(data, step)
     after = tool.stored_bytes()
-    return {"step": step, "seconds": measured.seconds, "added": after - before, "total": after}
+    row = {"step": step, "seconds": measured.seconds, "added": after - before, "total": after}
+    if isinstance(tool, CasnapTool):
+        row["id"] = json.loads(measured.stdout)["id"]
+        row["warnings"] = [ln for ln in measured.stderr.splitlines() if "warning" in ln]
+    return row
+
+
+def recorded_results(name: str, data: Path, scratch: Path, args: argparse.Namespace) -> Any:
+    """The store's query results as a fresh process finds them in a copy of its files taken now
+    (a framework may write when it opens a store: the live one is left alone)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(data, scratch, symlinks=True)
+    try:
+        return query_in_child(name, scratch, args.dim, args.seed)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_every_snapshot(
+    name: str,
+    tool: CasnapTool,
+    data: Path,
+    rows: list[dict[str, Any]],
+    expected: list[Any],
+    base: Path,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Restore each of casnap's snapshots by id, reopen it in its framework and compare the
+    results with those recorded when it was taken; `ls` lists exactly the restored files and
+    `cat` streams each of them with the hash `ls` gives and the restored file has."""
+    import blake3
+
+    out = []
+    for row in rows:
+        target = empty_dir(base / "restore" / f"casnap-{row['step']}")
+        entry: dict[str, Any] = {"step": row["step"], "id": row["id"]}
+        try:
+            entry["seconds"] = tool.restore(data, row["step"], target, ref=row["id"]).seconds
+            on_disk = {  # before the framework opens the store (Chroma writes when it does)
+                p.relative_to(target).as_posix(): blake3.blake3(p.read_bytes()).hexdigest()
+                for p in target.rglob("*")
+                if p.is_file()
+            }
+            listed = {f["path"]: f["hash"] for f in tool.listing(data, row["id"])}
+            entry["ls_matches"] = listed == on_disk
+            entry["cat_matches"] = all(
+                tool.cat_hash(data, row["id"], path) == digest for path, digest in listed.items()
+            )
+            entry["same_results"] = (
+                query_in_child(name, target, args.dim, args.seed) == expected[row["step"]]
+            )
+        except (ToolError, RuntimeError) as exc:
+            entry["error"] = str(exc)[-500:]
+        entry["ok"] = all(entry.get(k) for k in ("same_results", "ls_matches", "cat_matches"))
+        shutil.rmtree(target, ignore_errors=True)
+        out.append(entry)
+    return out
 
 
 def run_store(name: str, args: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
@@ -71,9 +140,11 @@ def run_store(name: str, args: argparse.Namespace, work: Path, log: Any) -> dict
     for tool in tools:
         tool.init()
     changes = []
+    expected = []
     for step in range(args.rounds + 1):
         if step:
             changes.append(store.change(step))
+        expected.append(recorded_results(name, data, base / "recorded", args))
         for tool in tools:
             if tool.name in errors:
                 continue
@@ -83,24 +154,29 @@ def run_store(name: str, args: argparse.Namespace, work: Path, log: Any) -> dict
                 errors[tool.name] = str(exc)
                 continue
             rows[tool.name].append(row)
+            warned = f"  {len(row['warnings'])} warnings" if row.get("warnings") else ""
             log(
                 f"{name} step {step}: {tool.name:<10} {row['seconds']:6.2f} s  "
-                f"+{row['added'] / MIB:8.1f} MiB"
+                f"+{row['added'] / MIB:8.1f} MiB{warned}"
             )
     store.close()
-    expected = query_in_child(name, data, args.dim, args.seed)
     restored: dict[str, Any] = {}
+    every: list[dict[str, Any]] = []
     for tool in tools:
         if tool.name in errors:
             continue
         target = empty_dir(base / "restore" / tool.name)
         try:
             measured = tool.restore(data, args.rounds, target)
-            same = query_in_child(name, target, args.dim, args.seed) == expected
+            same = query_in_child(name, target, args.dim, args.seed) == expected[-1]
             restored[tool.name] = {"seconds": measured.seconds, "same_results": same}
         except Exception as exc:  # noqa: BLE001 - a tool's failure is a result, not a crash
             restored[tool.name] = {"seconds": None, "same_results": False, "error": str(exc)}
         log(f"{name} restore: {tool.name:<10} {restored[tool.name]}")
+        if isinstance(tool, CasnapTool):
+            every = check_every_snapshot(name, tool, data, rows[tool.name], expected, base, args)
+            good = sum(1 for e in every if e["ok"])
+            log(f"{name}: {good} of {len(every)} casnap snapshots restore, reopen and list right")
     return {
         "store": name,
         "docs": args.docs,
@@ -108,6 +184,7 @@ def run_store(name: str, args: argparse.Namespace, work: Path, log: Any) -> dict
         "changes": changes,
         "rows": rows,
         "restore": restored,
+        "every_casnap_snapshot": every,
         "errors": errors,
     }
 
@@ -257,6 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rag.json").write_text(json.dumps(report, indent=2))
     print(table(summaries))
+    for r in results:
+        every = r["every_casnap_snapshot"]
+        warned = sum(len(row.get("warnings", [])) for row in r["rows"].get("casnap", []))
+        if every:
+            good = sum(1 for e in every if e["ok"])
+            print(
+                f"{r['store']}: {good} of {len(every)} casnap snapshots restore by id, reopen "
+                f"with the results recorded when taken, and ls/cat match; "
+                f"{warned} warnings at commit"
+            )
     if live:
         for tool, entries in live["results"].items():
             ok = sum(1 for e in entries if e.get("ok"))

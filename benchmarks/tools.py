@@ -44,15 +44,17 @@ class ToolError(RuntimeError):
 
 @dataclass
 class Measured:
-    """Wall-clock seconds, peak RSS (bytes) and stdout of one or more commands."""
+    """Wall-clock seconds, peak RSS (bytes), stdout and stderr of one or more commands."""
 
     seconds: float
     rss: int
     stdout: str = ""
+    stderr: str = ""
 
     def then(self, other: Measured) -> Measured:
         """Combine with a command that ran after this one: times add, peak RSS is the max."""
-        return Measured(self.seconds + other.seconds, max(self.rss, other.rss), other.stdout)
+        rss = max(self.rss, other.rss)
+        return Measured(self.seconds + other.seconds, rss, other.stdout, self.stderr + other.stderr)
 
 
 # Each measured command runs under this minimal launcher (a bare ``python -I -S``, started
@@ -113,7 +115,7 @@ def run(
         stages = [report.read_text().split() for report in reports]
     seconds = max(float(sec) for sec, _ in stages)
     rss = sum(int(kib) * 1024 for _, kib in stages)  # ru_maxrss is in KiB on Linux
-    return Measured(seconds, rss, stdout)
+    return Measured(seconds, rss, stdout, stderr)
 
 
 def _spawn_pipeline(
@@ -466,9 +468,30 @@ class CasnapTool(Tool):
     def snapshot(self, data: Path, step: int) -> Measured:
         return run([self.exe, "--repo", self.repo, "--data", data, "commit", "--json"])
 
-    def restore(self, data: Path, step: int, target: Path) -> Measured:
-        argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", "latest"]
+    def restore(self, data: Path, step: int, target: Path, ref: str = "latest") -> Measured:
+        argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", ref]
         return run([*argv, "--to", target, "--no-safety-snapshot"])
+
+    def listing(self, data: Path, ref: str) -> list[dict[str, Any]]:
+        """`ls --json` of a snapshot: its entries."""
+        argv = [self.exe, "--repo", self.repo, "--data", data, "ls", ref, "--json"]
+        found: list[dict[str, Any]] = json.loads(run(argv).stdout)["files"]
+        return found
+
+    def cat_hash(self, data: Path, ref: str, path: str) -> str:
+        """BLAKE3 of what `cat` streams for one file of a snapshot."""
+        import blake3
+
+        argv = [self.exe, "--repo", self.repo, "--data", data, "cat", ref, path]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        hasher = blake3.blake3()
+        for block in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+            hasher.update(block)
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise ToolError(f"casnap cat {ref} {path} exited {proc.returncode}: {err!r}")
+        return hasher.hexdigest()
 
     def restore_unchecked(self, data: Path, step: int, target: Path) -> Measured:
         """The restore without casnap's smoke checks (every hash is still verified): what
