@@ -21,7 +21,7 @@ import numpy as np
 
 from casnap.chunkindex import EntryTable, IdSet, IndexEntry
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
-from casnap.ids import ObjectId, hash_bytes, is_hex_prefix
+from casnap.ids import ObjectId, is_hex_prefix
 from casnap.manifest import Snapshot
 from casnap.packs import (
     check_pack_entries,
@@ -34,7 +34,7 @@ from casnap.progress import ByteProgress, ProgressFn
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
 from casnap.selection import SnapshotFilter, resolve
-from casnap.store import ChunkDamaged, Store
+from casnap.store import ChunkDamaged
 
 
 class Affected(NamedTuple):
@@ -379,7 +379,7 @@ class _Checker:
             e = self.table.entry(row)
             try:
                 raw = self.backend.get(pack_key(e.pack), e.offset, e.length)
-                plain = Store.decode_verified(lid, e, raw)
+                plain = self.repo.store.decode_verified(lid, e, raw)
             except CasnapError as exc:
                 self.bad[row] = exc.reason if isinstance(exc, ChunkDamaged) else str(exc)
                 reasons.append(self.bad[row])
@@ -419,7 +419,7 @@ class _Checker:
                 continue
             self.report.packs_read += 1
             self.report.bytes_read += len(data)
-            intact = hash_bytes(data) == pack
+            intact = self.repo.ids(data) == pack
             where = ""
             if not intact and pack not in self.bad_directory:
                 try:
@@ -438,7 +438,9 @@ class _Checker:
                 members = [(self.table.id_at(r), self.table.entry(r)) for r in frame.tolist()]
                 # each frame is decoded once, whatever number of chunks it holds
                 e0 = members[0][1]
-                found = Store.frame_damage(data[e0.offset : e0.offset + e0.length], members)
+                found = self.repo.store.frame_damage(
+                    data[e0.offset : e0.offset + e0.length], members
+                )
                 for row, damage in zip(frame.tolist(), found, strict=True):
                     if damage is not None:
                         self.bad[row] = damage.reason

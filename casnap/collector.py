@@ -31,7 +31,7 @@ from casnap.chunkindex import (
     stored_bytes,
 )
 from casnap.errors import IntegrityError
-from casnap.ids import ObjectId, hash_bytes
+from casnap.ids import ObjectId
 from casnap.packs import (
     DIR_ENTRY_SIZE,
     check_pack_entries,
@@ -279,7 +279,7 @@ def plan(
         e = chosen.get(lid)
         if e is None:
             raise IntegrityError(f"chunk {lid.hex()} is not in the index")
-        return Store.decode_verified(lid, e, backend.get(pack_key(e.pack), e.offset, e.length))
+        return repo.store.decode_verified(lid, e, backend.get(pack_key(e.pack), e.offset, e.length))
 
     try:
         reach: Reach = walk(snaps, read_tree, strict=True, keep_lists=False)
@@ -425,7 +425,9 @@ def _repack(
     pack: it only asks whether one of that name is stored already.
     """
     backend = repo.backend
-    fresh = Store(backend, repo.store.pack_target)  # empty index: every chunk is written again
+    fresh = Store(
+        backend, repo.store.pack_target, repo.ids
+    )  # empty index: every chunk is written again
     put = (lambda key, _data: pack_id_of(key) not in p.pack_sizes) if dry_run else None
     writer = PackWriter(fresh, put)
     try:
@@ -441,7 +443,7 @@ def _repack(
                 while stop < len(members) and members[stop][1].offset == e0.offset:
                     stop += 1
                 try:  # never copy damage into a new pack
-                    encoded, frame_plain, placed = Store.rewrite_frame(
+                    encoded, frame_plain, placed = fresh.rewrite_frame(
                         data[e0.offset : e0.offset + e0.length],
                         members[start:stop],
                         int(repo.config["zstd_level"]),
@@ -473,7 +475,7 @@ def _write_index(
     if not len(ids):
         return None
     blob = encode_index(packs, ids, fields)
-    key = index_key(hash_bytes(blob))
+    key = index_key(repo.ids(blob))
     if dry_run:
         made = key not in {k for k, _ in p.index_keys}
     else:
@@ -486,7 +488,7 @@ def _write_index(
 
 def _temp_files(repo: Repository) -> list[Path]:
     """Leftover temp files of interrupted writes; lock attempts of waiting processes excluded."""
-    backend = repo.backend
+    backend = repo.raw_backend
     if not isinstance(backend, LocalBackend):
         return []
     locks_dir = backend.root / "locks"

@@ -42,7 +42,7 @@ from casnap.errors import (
     UnreadableSource,
     from_oserror,
 )
-from casnap.ids import Hasher, ObjectId, hash_bytes
+from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
@@ -382,7 +382,7 @@ class Committer:
             skipped=tuple(result.skipped),
         )
         raw = snap.encode()
-        sid = hash_bytes(raw)
+        sid = self.repo.ids(raw)
         blob = compress_manifest(raw)
         try:
             self.repo.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
@@ -559,7 +559,7 @@ class Committer:
         return tuple(self._put_tree(body, writer) for body in chunklist.pieces(refs))
 
     def _put_tree(self, body: bytes, writer: PackWriter) -> str:
-        lid = hash_bytes(body)
+        lid = self.repo.ids(body)
         if not writer.known(lid):
             writer.add(lid, TREE, compression.encode(body, self.levels.zstd), len(body))
         return lid.hex()
@@ -579,7 +579,7 @@ def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]]
             chunker = choose_chunker(header, repo.config["chunker"], layout)
             for piece in chunker.split(f):
                 hasher.update(piece)
-                refs.append((hash_bytes(piece), len(piece)))
+                refs.append((repo.ids(piece), len(piece)))
                 size += len(piece)
     except OSError as exc:
         raise from_oserror(exc, f"reading {path}") from exc

@@ -131,6 +131,13 @@ class InconsistentData(CheckFailed):
     """A FAISS index and its sidecar disagree (or the sidecar is missing) under --strict."""
 
 
+class PasswordError(CasnapError):
+    """An encrypted repository's password is missing, or no key of the repository opens with it
+    (a wrong password, or a key file not of this repository)."""
+
+    exit_code = 10
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "error": CasnapError.exit_code,
@@ -142,6 +149,7 @@ EXIT_CODES: dict[str, int] = {
     "source": SourceError.exit_code,
     "storage": StorageFull.exit_code,
     "check-failed": CheckFailed.exit_code,
+    "password": PasswordError.exit_code,
     "interrupted": 130,
 }
 

@@ -16,6 +16,8 @@ import errno
 import math
 import os
 import socket
+import stat
+import tempfile
 import uuid
 import zlib
 from pathlib import Path
@@ -179,6 +181,24 @@ def remove_stale(root: Path, recursive: bool = True) -> list[Path]:
                     continue  # gone already, or not ours to fix here (a read-only target)
                 removed.append(path)
     return removed
+
+
+def private_scratch() -> Path:
+    """This user's scratch folder outside every repository, `$TMPDIR/casnap-<uid>` (0700): an
+    encrypted repository keeps no plaintext database image inside itself, even for a moment."""
+    path = Path(tempfile.gettempdir()) / f"casnap-{os.getuid()}"
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {path}") from exc
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise CasnapError(
+            f"{path} is not a private folder of this user; set TMPDIR to a folder of your own"
+        )
+    return path
 
 
 def remove_stale_stages_in(d: Dir) -> None:

@@ -41,6 +41,37 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> ObjectId:
     return ObjectId(blake3.blake3(data, max_threads=1).digest())
 
 
+class IdHasher:
+    """Names objects by their content: plain BLAKE3 in a plain repository, keyed BLAKE3 (a key
+    derived from the master key) in an encrypted one, so an id there reveals nothing of the
+    content while equal content still gets equal ids (dedup inside the repository is unchanged).
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is not None and len(key) != 32:
+            raise ValueError("a BLAKE3 key has 32 bytes")
+        self.key = key
+
+    @property
+    def keyed(self) -> bool:
+        return self.key is not None
+
+    def __call__(self, data: bytes | bytearray | memoryview) -> ObjectId:
+        """The id of data; releases the GIL for large inputs."""
+        return ObjectId(self.digest(data))
+
+    def digest(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The 32 raw bytes of data's id (the hot path of chunking: no ObjectId made)."""
+        if self.key is None:
+            return blake3.blake3(data, max_threads=1).digest()
+        return blake3.blake3(data, key=self.key, max_threads=1).digest()
+
+
+PLAIN_IDS = IdHasher()
+
+
 class Hasher:
     """Incremental BLAKE3 over a stream of pieces (whole-file hashes)."""
 

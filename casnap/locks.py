@@ -28,9 +28,24 @@ from casnap.procs import pid_alive, process_start_time
 # packs and a manifest, never removes), exclusive for what deletes (gc would otherwise remove a
 # pack a running commit is about to index). A dry run of a deleting operation only reads and takes
 # the shared lock (Repository.lock).
-EXCLUSIVE_OPERATIONS = frozenset({"gc", "prune", "forget", "repair-index", "commit rollback"})
+EXCLUSIVE_OPERATIONS = frozenset(
+    {"gc", "prune", "forget", "repair-index", "commit rollback", "key passwd", "key remove"}
+)
 SHARED_OPERATIONS = frozenset(
-    {"commit", "checkout", "verify", "diff", "stats", "log", "show", "ls", "cat"}
+    {
+        "commit",
+        "checkout",
+        "verify",
+        "diff",
+        "stats",
+        "log",
+        "show",
+        "ls",
+        "cat",
+        "key list",
+        "key add",
+        "key export",
+    }
 )
 # Operations that never write to the repository: they may run without a lock on a repository
 # that cannot be written (--no-lock, or when the lock cannot be written).

@@ -14,7 +14,7 @@ import numpy as np
 
 from casnap.chunkindex import BLOB_TYPES, FIELD_DTYPE, IdSet, encode_index, id_matrix
 from casnap.constants import MAX_PACK_DIRECTORY
-from casnap.ids import ID_SIZE, ObjectId, hash_bytes
+from casnap.ids import ID_SIZE, ObjectId
 from casnap.packs import (
     DIR_DTYPE,
     DIR_RECORD,
@@ -142,7 +142,7 @@ class PackWriter:
         records = bytes(p.records)
         data = p.data
         seal_pack(data, records)
-        pack = hash_bytes(data)
+        pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
         self.bytes_added += len(data)
         self.packs_written += 1
@@ -217,7 +217,7 @@ class PackWriter:
         if self._done:
             packs, ids, fields = self.new_entries()
             blob = encode_index(packs, ids, fields)
-            key = self.index_key = index_key(hash_bytes(blob))  # known to a rollback at once
+            key = self.index_key = index_key(self.store.ids(blob))  # known to a rollback at once
             self.store.put_verified(key, blob)
             self.index_bytes = len(blob)
             self._unindexed = []

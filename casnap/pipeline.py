@@ -21,7 +21,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import blake3
 import numpy as np
 
 from casnap import compression
@@ -141,11 +140,11 @@ class Ingest:
         data = block.data
         lengths = block.lengths
         kinds = block.kinds
-        h = blake3.blake3
+        h = self.store.ids.digest
         ids: list[bytes] = []
         pos = 0
         for n in lengths:
-            ids.append(h(data[pos : pos + n]).digest())
+            ids.append(h(data[pos : pos + n]))
             pos += n
         rec = np.empty(len(ids), dtype=REF_DTYPE)
         idm = id_matrix(b"".join(ids))

@@ -14,22 +14,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, chunklist, fsutil, locks, rollback, selection
+from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, selection
 from casnap.backends.base import Backend
+from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.local import LocalBackend
-from casnap.config import default_config, encode_config, parse_config
+from casnap.config import default_config, encode_config, now_iso, parse_config
 from casnap.errors import (
     IntegrityError,
+    InvalidArgument,
     NotARepository,
+    PasswordError,
     RepositoryNotFound,
     SourceError,
     from_oserror,
 )
-from casnap.ids import ObjectId, hash_bytes, is_hex_prefix
+from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
+from casnap.keys import PasswordSource
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.store import Store
 
 PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
+ENCRYPTIONS = ("none", "repokey")
 
 
 def _is_placeholder_dir(path: Path) -> bool:
@@ -39,17 +44,38 @@ def _is_placeholder_dir(path: Path) -> bool:
     return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
 
 
+class Unlocked:
+    """What opening an encrypted repository yields: the key file the password opened and the
+    master key it sealed."""
+
+    def __init__(self, keyfile: keys.KeyFile, master: crypto.MasterKey) -> None:
+        self.keyfile = keyfile
+        self.master = master
+
+
 class Repository:
     """A casnap repository on a backend."""
 
     def __init__(
-        self, backend: Backend, config: dict[str, Any], tmp_dir: Path, root: Path | None = None
+        self,
+        backend: Backend,
+        config: dict[str, Any],
+        tmp_dir: Path,
+        root: Path | None = None,
+        unlocked: Unlocked | None = None,
     ) -> None:
+        # an encrypted repository: backend seals every object, raw_backend is what lies below
+        self.raw_backend = backend
+        self.unlocked = unlocked
+        self.ids: IdHasher = PLAIN_IDS
+        if unlocked is not None:
+            backend = EncryptedBackend(backend, crypto.Sealer(unlocked.master.encryption_key))
+            self.ids = IdHasher(unlocked.master.id_key)
         self.backend = backend
         self.root = root  # the repository's directory, for a local repository
         self.config = config
         self.tmp_dir = tmp_dir  # scratch space: database images, verify --smoke restores
-        self.store = Store(backend, int(config["pack_target"]))
+        self.store = Store(backend, int(config["pack_target"]), self.ids)
         # told about waits (a locked database, a lock another process holds); None: silent
         self.notify: Callable[[str], None] | None = None
         self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
@@ -62,9 +88,19 @@ class Repository:
 
     # -- opening -------------------------------------------------------------------------------
 
+    @property
+    def encrypted(self) -> bool:
+        return self.unlocked is not None
+
     @classmethod
-    def init(cls, location: Path | str, config: dict[str, Any] | None = None) -> Repository:
-        """Create a repository in an empty or missing directory."""
+    def init(
+        cls,
+        location: Path | str,
+        config: dict[str, Any] | None = None,
+        password: PasswordSource | None = None,
+    ) -> Repository:
+        """Create a repository in an empty or missing directory; encrypted (repokey) when a
+        password is given."""
         root = Path(location).resolve()  # a symbolic link to the repository is followed once
         if (root / "config").exists():
             raise NotARepository(f"{root} already holds a casnap repository")
@@ -79,7 +115,8 @@ class Repository:
         except OSError as exc:
             raise from_oserror(exc, f"creating {root}") from exc
         # _local_backend makes an existing empty root private too
-        repo = cls.init_backend(_local_backend(root), config, root / "tmp", root=root)
+        tmp = root / "tmp" if password is None else fsutil.private_scratch()
+        repo = cls.init_backend(_local_backend(root), config, tmp, root=root, password=password)
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
         except OSError as exc:
@@ -93,53 +130,105 @@ class Repository:
         config: dict[str, Any] | None = None,
         tmp_dir: Path | None = None,
         root: Path | None = None,
+        password: PasswordSource | None = None,
     ) -> Repository:
-        """Create a repository on any backend."""
+        """Create a repository on any backend; encrypted (repokey) when a password is given:
+        a random master key, sealed by the password in a key file written before the config."""
         cfg = config or default_config()
-        if not backend.put("config", encode_config(cfg)):
+        if password is None:
+            if not backend.put("config", encode_config(cfg)):
+                raise NotARepository(f"{backend.location} already holds a casnap repository")
+            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+        if backend.exists("config"):
             raise NotARepository(f"{backend.location} already holds a casnap repository")
-        return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+        master = crypto.MasterKey.generate()
+        keyfile = keys.make_key_file(master, password(), now_iso())
+        backend.put(keyfile.key, keyfile.encode())
+        repo = cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
+        if not repo.backend.put("config", encode_config(cfg)):
+            backend.delete(keyfile.key)
+            raise NotARepository(f"{backend.location} already holds a casnap repository")
+        return repo
 
     @classmethod
-    def open(cls, location: Path | str) -> Repository:
-        """Open the repository in a local directory."""
+    def open(cls, location: Path | str, password: PasswordSource | None = None) -> Repository:
+        """Open the repository in a local directory (password: asked for only when it is
+        encrypted)."""
         root = Path(location).resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").is_file():
             if _is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
             raise NotARepository(f"{root} is not a casnap repository")
-        return cls.open_backend(_local_backend(root), root / "tmp", root=root)
+        return cls.open_backend(_local_backend(root), root / "tmp", root=root, password=password)
 
     @classmethod
     def open_backend(
-        cls, backend: Backend, tmp_dir: Path | None = None, root: Path | None = None
+        cls,
+        backend: Backend,
+        tmp_dir: Path | None = None,
+        root: Path | None = None,
+        password: PasswordSource | None = None,
     ) -> Repository:
-        """Open a repository on any backend; its config is checked first (config.py)."""
+        """Open a repository on any backend; its config is checked first (config.py). An
+        encrypted one is opened with the first key file the password opens (PasswordError when
+        none does, or when it has no password); a plain config beside key files is tampering."""
         try:
             raw = backend.get("config")
         except IntegrityError as exc:
             raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
-        cfg = parse_config(raw, backend.location)
-        return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+        if not crypto.is_sealed(raw):
+            if next(iter(backend.list(keys.KEYS)), None) is not None:
+                raise IntegrityError(
+                    f"{backend.location}/config is not encrypted but the repository holds key "
+                    "files: the config was replaced (tampered with); not using it"
+                )
+            cfg = parse_config(raw, backend.location)
+            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+        crypto.parse_header(f"{backend.location}/config", raw)  # an unknown scheme: stop here
+        if password is None:
+            raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
+        keyfile, master = keys.unlock(backend, password())
+        try:
+            plain = crypto.Sealer(master.encryption_key).open("config", raw)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{backend.location}/config does not open with key {keyfile.id[:8]}: the config "
+                "is damaged or tampered with, or the key file is another repository's"
+            ) from exc
+        cfg = parse_config(plain, backend.location)
+        if root is not None and tmp_dir == root / "tmp":
+            tmp_dir = fsutil.private_scratch()  # no plaintext scratch file inside the repository
+        return cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
 
     @classmethod
-    def open_or_init(cls, location: Path | str, data_dir: Path | str | None = None) -> Repository:
+    def open_or_init(
+        cls,
+        location: Path | str,
+        data_dir: Path | str | None = None,
+        password: PasswordSource | None = None,
+        encryption: str = "none",
+    ) -> Repository:
         """Open the repository, creating it when the directory is missing or empty (`created`
-        then says so, for a failed first commit to take it back).
+        then says so, for a failed first commit to take it back); a new one is encrypted when
+        encryption is "repokey" (with password).
 
         With data_dir, a missing data dir is reported first, so a failing first commit creates
         no repository.
         """
+        if encryption not in ENCRYPTIONS:
+            raise InvalidArgument(f"unknown encryption {encryption!r} (want none or repokey)")
+        if encryption == "repokey" and password is None:
+            raise InvalidArgument("repokey encryption needs a password")
         if data_dir is not None:
             capture.require_data_dir(Path(data_dir))
         root = Path(location).resolve()
         if not (root / "config").exists() and _is_placeholder_dir(root):
             made_dir = not root.exists()
             found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
-            repo = cls.init(root)
+            repo = cls.init(root, password=password if encryption == "repokey" else None)
             repo.created = rollback.NewRepository(root, made_dir, found)
             return repo
-        return cls.open(root)
+        return cls.open(root, password)
 
     @property
     def id(self) -> str:
@@ -260,7 +349,7 @@ class Repository:
         """Read, verify and parse one manifest."""
         key = f"snapshots/{sid.hex()}"
         raw = decompress_manifest(self.backend.get(key), key)
-        if hash_bytes(raw) != sid:
+        if self.ids(raw) != sid:
             raise IntegrityError(f"{key} does not match its id (damaged)")
         return Snapshot.decode(raw, key)
 

@@ -105,7 +105,7 @@ def _empty_new_repository(backend: Backend, new: NewRepository) -> bool:
             backend.delete(key)
     for path in sorted(new.root.rglob("*")):
         rel = path.relative_to(new.root)
-        if path.is_dir() or rel.parts[0] == "locks" or rel.as_posix() == "config":
+        if path.is_dir() or rel.parts[0] in ("locks", "keys") or rel.as_posix() == "config":
             continue
         if path.name.startswith(TEMP_PREFIX):  # no writer runs: an interrupted write's
             with contextlib.suppress(FileNotFoundError):
@@ -115,6 +115,8 @@ def _empty_new_repository(backend: Backend, new: NewRepository) -> bool:
             continue
         return False  # something casnap did not put there: keep the repository
     backend.delete("config")
+    for key, _size in backend.list("keys/"):  # after the config: a repository is never keyless
+        backend.delete(key)
     return True
 
 

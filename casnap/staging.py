@@ -30,7 +30,7 @@ from casnap.errors import (
 )
 from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
-from casnap.ids import hash_bytes
+from casnap.ids import IdHasher
 from casnap.manifest import FileEntry
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
@@ -169,8 +169,9 @@ class _VerifiedStream:
     are written; runs of zeros restore would seek over are written as zeros. Holds at most one
     chunk that arrived in pieces."""
 
-    def __init__(self, out: BinaryIO, refs: bytes) -> None:
+    def __init__(self, out: BinaryIO, refs: bytes, ids: IdHasher) -> None:
         self.out = out
+        self.ids = ids
         self.refs = REF.iter_unpack(refs)
         self.pending = bytearray()
         self.want: tuple[bytes, int] | None = next(self.refs, None)
@@ -194,7 +195,7 @@ class _VerifiedStream:
         return len(view)
 
     def _emit(self, cid: bytes, chunk: memoryview) -> None:
-        if hash_bytes(chunk) != cid:
+        if self.ids(chunk) != cid:
             raise IntegrityError(f"chunk {cid.hex()} is damaged: its bytes do not match its id")
         self.out.write(chunk)
         self.want = next(self.refs, None)
@@ -231,7 +232,7 @@ def write_verified_stream(
     against the manifest's (IntegrityError after every byte was written). Memory stays bounded
     whatever the file's size: the restore pipeline's window of tasks, plus one chunk."""
     refs = repo.file_refs(entry)
-    sink = _VerifiedStream(out, refs)
+    sink = _VerifiedStream(out, refs, repo.ids)
     try:
         size, whole = pipeline.restore(
             repo.store, refs, cast(BinaryIO, sink), pool, 2 * workers() + 2, tick

@@ -123,10 +123,11 @@ def repository_stats(repo: Repository) -> RepositoryStats:
         out.snapshots = len(snaps)
         out.files = sum(len(s.files) for _, s in snaps)
         out.logical_bytes = sum(s.logical_bytes for _, s in snaps)
-        sizes = {k: s for k, s in repo.backend.list("snapshots/")}
+        stored = repo.raw_backend  # bytes as stored: sealed sizes in an encrypted repository
+        sizes = {k: s for k, s in stored.list("snapshots/")}
         out.manifest_bytes = sum(sizes.values())
-        out.pack_bytes = sum(s for _, s in repo.backend.list("packs/"))
-        out.index_bytes = sum(s for _, s in repo.backend.list("index/"))
+        out.pack_bytes = sum(s for _, s in stored.list("packs/"))
+        out.index_bytes = sum(s for _, s in stored.list("index/"))
         for blob in referenced:
             e = index.get(blob)
             if e is None:

@@ -28,7 +28,7 @@ from casnap.chunkindex import (
 )
 from casnap.constants import FRAME_CACHE_BYTES
 from casnap.errors import IntegrityError
-from casnap.ids import ID_SIZE, ObjectId, hash_bytes
+from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
     check_pack_size,
     directory_fields,
@@ -58,8 +58,9 @@ class ChunkDamaged(IntegrityError):
 class Store:
     """Content-addressed chunk store over a backend."""
 
-    def __init__(self, backend: Backend, pack_target: int) -> None:
+    def __init__(self, backend: Backend, pack_target: int, ids: IdHasher = PLAIN_IDS) -> None:
         self.backend = backend
+        self.ids = ids  # names chunks, lists, packs and index files (keyed when encrypted)
         self.pack_target = pack_target
         self.index = ChunkIndex()
         self.index_files: list[str] = []
@@ -84,7 +85,7 @@ class Store:
     def load_index_file(self, key: str) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
         """One index file as (pack table, ids, fields), checked against its name."""
         blob = self.backend.get(key)
-        if hash_bytes(blob).hex() != key.rsplit("/", 1)[-1]:
+        if self.ids(blob).hex() != key.rsplit("/", 1)[-1]:
             raise IntegrityError(f"{key}: index file does not match its name (damaged)")
         return decode_index(key, blob)
 
@@ -93,7 +94,7 @@ class Store:
     ) -> tuple[str, int]:
         """Store an index file for (pack table, ids, fields); returns its key and size."""
         blob = encode_index(packs, ids, fields)
-        key = index_key(hash_bytes(blob))
+        key = index_key(self.ids(blob))
         self.put_verified(key, blob)
         return key, len(blob)
 
@@ -155,20 +156,18 @@ class Store:
         except IntegrityError as exc:  # a missing, truncated or garbled pack: name the chunk
             raise type(exc)(f"chunk {cid.hex()}: {exc}") from exc
         fits = e.inner + e.plain <= len(frame)  # else it fails verification as damaged
-        return _verified(cid, e, frame.read(e.inner, e.plain) if fits else b"")
+        return _verified(self.ids, cid, e, frame.read(e.inner, e.plain) if fits else b"")
 
-    @staticmethod
-    def decode_verified(cid: ObjectId, e: IndexEntry, encoded: bytes) -> bytes:
+    def decode_verified(self, cid: ObjectId, e: IndexEntry, encoded: bytes) -> bytes:
         """Decode the frame stored at e and return the chunk, checking its BLAKE3."""
         try:
             frame = compression.decode(encoded, e.frame_size)
         except IntegrityError as exc:
             raise ChunkDamaged(cid, e.pack, str(exc)) from exc
-        return _verified(cid, e, frame[e.inner : e.inner + e.plain])
+        return _verified(self.ids, cid, e, frame[e.inner : e.inner + e.plain])
 
-    @staticmethod
     def frame_damage(
-        encoded: bytes, members: Sequence[tuple[ObjectId, IndexEntry]]
+        self, encoded: bytes, members: Sequence[tuple[ObjectId, IndexEntry]]
     ) -> list[ChunkDamaged | None]:
         """Decode one stored frame once and check each listed chunk of it: per chunk None when
         it matches its id, else what is wrong with it."""
@@ -182,14 +181,14 @@ class Store:
         out: list[ChunkDamaged | None] = []
         for cid, e in members:
             try:
-                _verified(cid, e, frame[e.inner : e.inner + e.plain])
+                _verified(self.ids, cid, e, frame[e.inner : e.inner + e.plain])
                 out.append(None)
             except ChunkDamaged as exc:
                 out.append(exc)
         return out
 
-    @staticmethod
     def rewrite_frame(
+        self,
         encoded: bytes,
         members: Sequence[tuple[ObjectId, IndexEntry]],
         level: int,
@@ -208,7 +207,7 @@ class Store:
             raise ChunkDamaged(cid0, e0.pack, str(exc)) from exc
         ordered = sorted(members, key=lambda m: m[1].inner)
         for cid, e in ordered:
-            _verified(cid, e, frame[e.inner : e.inner + e.plain])
+            _verified(self.ids, cid, e, frame[e.inner : e.inner + e.plain])
         if sum(e.plain for _, e in ordered) == e0.frame_size:
             return encoded, e0.frame_plain, [(cid, e.inner, e.plain) for cid, e in ordered]
         out: list[tuple[bytes, int, int]] = []
@@ -255,7 +254,7 @@ class Store:
                     raise
                 skipped.append((key, f"{str(exc).removeprefix(key + ': ')}; left out"))
                 continue
-            intact = hash_bytes(data) == pack
+            intact = self.ids(data) == pack
             if not intact and skipped is None:
                 raise IntegrityError(f"{key}: pack does not match its name (damaged)")
             if not intact:
@@ -319,7 +318,7 @@ class Store:
         )
 
 
-def _verified(cid: ObjectId, e: IndexEntry, plain: bytes | bytearray) -> bytes:
-    if len(plain) != e.plain or hash_bytes(plain) != cid:
+def _verified(ids: IdHasher, cid: ObjectId, e: IndexEntry, plain: bytes | bytearray) -> bytes:
+    if len(plain) != e.plain or ids(plain) != cid:
         raise ChunkDamaged(cid, e.pack, HASH_MISMATCH)
     return plain if isinstance(plain, bytes) else bytes(plain)

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from casnap.backends import Backend, LocalBackend, MemoryBackend
+from casnap.backends.encrypted import EncryptedBackend
+from casnap.crypto import Sealer
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, ObjectMissing, StorageFull
 from casnap.fsutil import make_dirs, temp_name
 from tests.helpers_reliability import ROOT, casnap_env, temp_files
@@ -52,6 +54,14 @@ def _memory_reopen(backend: Backend) -> Backend:
     return again
 
 
+SEALER = Sealer(bytes(range(32)))
+
+
+def _encrypted_leftover(backend: Backend, key: str, data: bytes) -> None:
+    assert isinstance(backend, EncryptedBackend)
+    _local_leftover(backend.inner, key, data)
+
+
 @dataclass(frozen=True)
 class Kit:
     """One backend under contract: its class, how to make one on fresh storage under a folder,
@@ -73,6 +83,13 @@ KITS = [
         _local_leftover,
     ),
     Kit("memory", MemoryBackend, lambda cls, tmp: cls(), _memory_reopen, lambda b, k, d: None),
+    Kit(
+        "encrypted",
+        EncryptedBackend,
+        lambda cls, tmp: cls(LocalBackend(tmp / "repo"), SEALER),  # type: ignore[call-arg]
+        lambda b: EncryptedBackend(LocalBackend(b.inner.root), SEALER),  # type: ignore[attr-defined]
+        _encrypted_leftover,
+    ),
 ]
 
 

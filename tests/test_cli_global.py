@@ -103,6 +103,7 @@ def test_init_json(tmp_path: Path) -> None:
         "id": config["id"],
         "path": str(tmp_path / "r"),
         "format": config["casnap_format"],
+        "encryption": "none",
     }
     assert os.path.isabs(info["path"])
 

@@ -221,14 +221,14 @@ def test_damaged_chunks_name_chunk_pack_and_reason_apart() -> None:
     encoded = bytearray(backend.get(pack_key(e.pack), e.offset, e.length))
     assert encoded[0] == compression.RAW  # random bytes: stored raw, a flip decodes
     encoded[100] ^= 1
-    (damage,) = Store.frame_damage(bytes(encoded), [(cid, e)])
+    (damage,) = Store(MemoryBackend(), 1 << 20).frame_damage(bytes(encoded), [(cid, e)])
     assert isinstance(damage, ChunkDamaged) and isinstance(damage, IntegrityError)
     assert (damage.chunk, damage.pack, damage.reason) == (cid, e.pack, HASH_MISMATCH)
     assert str(damage) == f"chunk {cid.hex()} in pack {e.pack.hex()} does not match its hash " + (
         "(damaged)"
     )
     with pytest.raises(ChunkDamaged) as caught:
-        Store.decode_verified(cid, e, b"\x01garbage")
+        Store(MemoryBackend(), 1 << 20).decode_verified(cid, e, b"\x01garbage")
     assert caught.value.reason.startswith("corrupt compressed chunk")
     assert str(caught.value) == f"chunk {cid.hex()} in pack {e.pack.hex()}: {caught.value.reason}"
 

@@ -19,18 +19,22 @@ def _existing(c: Context) -> Repository | None:
     once there is something to import)."""
     c.refuse_no_lock()
     try:
-        return c.listen(Repository.open(c.repo_path))
+        return c.listen(Repository.open(c.repo_path, c.passwords))
     except RepositoryNotFound:
         return None
 
 
 def _create(c: Context) -> Repository:
     try:
-        repo = Repository.open_or_init(c.repo_path)
+        repo = Repository.open_or_init(
+            c.repo_path,
+            password=c.passwords,
+            encryption="repokey" if c.passwords.given() else "none",
+        )
     except NotARepository:
         if not (c.repo_path / "config").exists():
             raise
-        repo = Repository.open(c.repo_path)  # another command created it meanwhile
+        repo = Repository.open(c.repo_path, c.passwords)  # another command created it meanwhile
     return c.listen(repo)
 
 

@@ -15,6 +15,7 @@ import click
 
 from casnap import locks
 from casnap.cli.output import printable
+from casnap.cli.passwords import Passwords
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
 from casnap.paths import repository_dir
 from casnap.repository import Repository
@@ -82,8 +83,16 @@ class CasnapGroup(click.Group):
 class Context:
     """Global options, passed to every command."""
 
-    def __init__(self, repo: Path, data: Path, quiet: bool, no_lock: bool = False) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        data: Path,
+        quiet: bool,
+        no_lock: bool = False,
+        passwords: Passwords | None = None,
+    ) -> None:
         self.repo_path = repo
+        self.passwords = passwords or Passwords(None, None, repo)
         self.data = data
         self.quiet = quiet
         self.no_lock = no_lock
@@ -100,7 +109,7 @@ class Context:
         if not reading:
             self.refuse_no_lock()
         try:
-            repo = Repository.open(self.repo_path)
+            repo = Repository.open(self.repo_path, self.passwords)
         except RepositoryNotFound as exc:
             raise RepositoryNotFound(
                 f"no casnap repository at {self.repo_path.absolute()}; give --repo DIR or set "
@@ -114,8 +123,11 @@ class Context:
         return self.listen(repo)
 
     def listen(self, repo: Repository) -> Repository:
-        """Let the repository say what it waits for (a lock, a locked database) on a terminal."""
+        """Let the repository say what it waits for (a lock, a locked database) on a terminal;
+        say once when a password was given for a repository that is not encrypted."""
         repo.notify = self.notice
+        if not repo.encrypted and self.passwords.given():
+            self.note_once(f"repository {repo.backend.location} is not encrypted; no password used")
         return repo
 
     def notice(self, text: str) -> None:
@@ -206,6 +218,19 @@ class CommandGroup(CasnapGroup):
     metavar="DIR",
     help="Data directory to snapshot and restore (env CASNAP_DATA).",
 )
+@click.option(
+    "--password-file",
+    envvar="CASNAP_PASSWORD_FILE",
+    metavar="FILE",
+    help="Read the password of an encrypted repository from FILE (env CASNAP_PASSWORD_FILE; "
+    "then CASNAP_PASSWORD, --password-command, a prompt on a terminal).",
+)
+@click.option(
+    "--password-command",
+    envvar="CASNAP_PASSWORD_COMMAND",
+    metavar="CMD",
+    help="Run CMD (no shell) and use what it prints as the password (env CASNAP_PASSWORD_COMMAND).",
+)
 @click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.option(
     "--no-lock",
@@ -215,7 +240,15 @@ class CommandGroup(CasnapGroup):
 )
 @click.version_option(package_name="casnap")
 @click.pass_context
-def cli(ctx: click.Context, repo: str, data: str, quiet: bool, no_lock: bool) -> None:
+def cli(
+    ctx: click.Context,
+    repo: str,
+    data: str,
+    password_file: str | None,
+    password_command: str | None,
+    quiet: bool,
+    no_lock: bool,
+) -> None:
     """casnap: deduplicating, verified snapshots of a SQLite + FAISS data directory."""
     if not data:  # Path("") would be the working directory: never what an empty value meant
         where = "CASNAP_DATA" if ctx.get_parameter_source("data") == ENVIRONMENT else "--data"
@@ -227,7 +260,8 @@ def cli(ctx: click.Context, repo: str, data: str, quiet: bool, no_lock: bool) ->
         if source == ENVIRONMENT:
             raise InvalidArgument(f"CASNAP_REPO: {exc}") from exc
         raise
-    ctx.obj = Context(repo_path, Path(data), quiet, no_lock)
+    passwords = Passwords(password_file, password_command, repo_path)
+    ctx.obj = Context(repo_path, Path(data), quiet, no_lock, passwords)
 
 
 def main() -> None:

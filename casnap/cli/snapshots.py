@@ -26,29 +26,51 @@ from casnap.errors import (
     UnreadableSource,
 )
 from casnap.paths import normalize_paths, snapshot_holds
-from casnap.repository import Repository
+from casnap.repository import ENCRYPTIONS, Repository
 from casnap.restorer import checkout as checkout_snapshot
 
 
 @cli.command()
+@click.option(
+    "--encryption",
+    type=click.Choice(ENCRYPTIONS),
+    default="none",
+    show_default=True,
+    help="repokey: every object encrypted and authenticated, the master key stored in the "
+    "repository sealed by the password (see docs/FORMAT.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
-def init(c: Context, as_json: bool) -> None:
+def init(c: Context, encryption: str, as_json: bool) -> None:
     """Create an empty repository at --repo (a missing or empty directory).
 
-    Optional: commit creates the repository on first use. A directory holding anything but a
-    README.md or .gitkeep is refused, so nothing else is ever overwritten.
+    Optional: commit creates the repository on first use (encrypted when a password source is
+    set). A directory holding anything but a README.md or .gitkeep is refused, so nothing else
+    is ever overwritten.
 
-    Example: casnap --repo /backups/app init
+    Example: CASNAP_PASSWORD_FILE=~/.casnap-pw casnap --repo /backups/app init --encryption repokey
     """
-    repo = Repository.init(c.repo_path)
+    c.passwords.creating = True
+    password = c.passwords if encryption == "repokey" else None
+    repo = Repository.init(c.repo_path, password=password)
     where = c.repo_path.absolute()
     if as_json:
         emit_json(
-            {"id": repo.config["id"], "path": str(where), "format": repo.config["casnap_format"]}
+            {
+                "id": repo.config["id"],
+                "path": str(where),
+                "format": repo.config["casnap_format"],
+                "encryption": encryption,
+            }
         )
         return
-    c.say(f"created casnap repository {repo.config['id'][:8]} at {where}")
+    kind = "encrypted " if repo.encrypted else ""
+    c.say(f"created {kind}casnap repository {repo.config['id'][:8]} at {where}")
+    if repo.encrypted:
+        c.say(
+            "keep the password safe: without it the repository cannot be read "
+            "(`casnap key export FILE` keeps a copy of the key apart from the repository)"
+        )
 
 
 def open_or_create(c: Context) -> tuple[Repository, bool]:
@@ -57,17 +79,23 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
     first, so that creates nothing."""
     c.refuse_no_lock()
     try:
-        repo = Repository.open_or_init(c.repo_path, c.data)
+        repo = Repository.open_or_init(
+            c.repo_path,
+            c.data,
+            password=c.passwords,
+            encryption="repokey" if c.passwords.given() else "none",
+        )
     except NotARepository:
         if not (c.repo_path / "config").exists():
             raise
-        repo = Repository.open(c.repo_path)  # another commit created it meanwhile
+        repo = Repository.open(c.repo_path, c.passwords)  # another commit created it meanwhile
     return c.listen(repo), repo.created is not None
 
 
-def say_created(c: Context) -> None:
+def say_created(c: Context, repo: Repository) -> None:
     """The message for a repository commit created: a mistyped --repo must not pass unseen."""
-    c.say(f"created repository at {c.repo_path.absolute()}")
+    kind = "encrypted repository (repokey)" if repo.encrypted else "repository"
+    c.say(f"created {kind} at {c.repo_path.absolute()}")
 
 
 @cli.command()
@@ -162,7 +190,7 @@ def commit(
         except InconsistentData as exc:
             raise InconsistentData(f"{exc} (--strict)") from exc
     if created:  # said once the commit succeeded, so a failed one prints its error alone
-        say_created(c)
+        say_created(c, repo)
     for note in r.notes:
         c.note_once(note)
     for w in r.warnings:
@@ -551,7 +579,7 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
         )
     repo, created = open_or_create(c)
     if created:
-        say_created(c)
+        say_created(c, repo)
     step = len(repo.snapshots()) + 1
     first = commit_snapshot(repo, c.data, message="demo: current data")
     c.say(f"commit 1: snapshot {first.id[:8]}, {human(first.bytes_added)} added")

@@ -1,0 +1,113 @@
+"""A backend that seals every object it stores (crypto.py) in another backend.
+
+Names, listing and deletes pass through; what an object holds and its exact size do not. Key
+files (`keys/...`) pass through unsealed: they are sealed by a password, not by the master key
+they carry. Sizes listed are plaintext sizes, so the layers above see the same numbers as on a
+plain repository. Ranged reads open only the segments they cover; the header of each object
+read in part is kept (objects are immutable), and read again once when a segment fails to open
+(the object may have been deleted and stored again meanwhile, with a new salt).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from casnap.backends.base import Backend, check_key, check_range
+from casnap.crypto import (
+    HEADER_SIZE,
+    SEGMENT,
+    Header,
+    Sealer,
+    parse_header,
+    plain_size,
+    segment_span,
+)
+from casnap.errors import IntegrityError
+
+KEYS_PREFIX = "keys/"
+_HEADERS_KEPT = 1 << 16  # ~6 MB at most: every pack of a large repository
+
+
+class EncryptedBackend(Backend):
+    """Objects of inner, sealed with sealer (see the module docstring)."""
+
+    def __init__(self, inner: Backend, sealer: Sealer) -> None:
+        self.inner = inner
+        self.sealer = sealer
+        self._headers: OrderedDict[str, Header] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        if check_key(key).startswith(KEYS_PREFIX):
+            return self.inner.put(key, data)
+        return self.inner.put(key, self.sealer.seal(key, data))
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        if check_key(key).startswith(KEYS_PREFIX):
+            return self.inner.get(key, offset, length)
+        if offset == 0 and length is None:
+            return self._whole(key)
+        try:
+            return self._range(key, offset, length, self._header(key))
+        except IntegrityError:
+            with self._lock:
+                if self._headers.pop(key, None) is None:
+                    raise
+            return self._range(key, offset, length, self._header(key))
+
+    def _whole(self, key: str) -> bytes:
+        data = self.inner.get(key)
+        plain = self.sealer.open(key, data)
+        self._remember(key, parse_header(key, data))
+        return plain
+
+    def _range(self, key: str, offset: int, length: int | None, header: Header) -> bytes:
+        end = header.length if length is None else offset + length
+        if end > header.length or offset > header.length:
+            raise IntegrityError(
+                f"{key} is truncated: wanted bytes up to {end}, it holds {header.length}"
+            )
+        if end == offset:
+            return b""
+        first, start, size = segment_span(header, offset, end - offset)
+        plain = self.sealer.open_segments(key, header, first, self.inner.get(key, start, size))
+        skip = offset - first * SEGMENT
+        return plain[skip : skip + end - offset]
+
+    def _header(self, key: str) -> Header:
+        with self._lock:
+            header = self._headers.get(key)
+            if header is not None:
+                self._headers.move_to_end(key)
+                return header
+        header = parse_header(key, self.inner.get(key, 0, HEADER_SIZE))
+        self._remember(key, header)
+        return header
+
+    def _remember(self, key: str, header: Header) -> None:
+        with self._lock:
+            self._headers[key] = header
+            if len(self._headers) > _HEADERS_KEPT:
+                self._headers.popitem(last=False)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for key, size in self.inner.list(prefix):
+            yield key, size if key.startswith(KEYS_PREFIX) else plain_size(size)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._headers.pop(key, None)
+        self.inner.delete(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def close(self) -> None:
+        self.inner.close()

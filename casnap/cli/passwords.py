@@ -1,0 +1,123 @@
+"""Where a password comes from: the first of --password-file, CASNAP_PASSWORD_FILE,
+CASNAP_PASSWORD, --password-command / CASNAP_PASSWORD_COMMAND, else a no-echo prompt on a
+terminal. Without any of them and without a terminal: one line naming the options, never a wait.
+
+A password is read only when a repository turns out to be encrypted (or one is created), once
+per command. One trailing newline of a file or a command's output is not part of the password.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from casnap.errors import PasswordError
+
+SOURCES = "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command"
+NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
+
+
+def _strip_newline(text: str) -> str:
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+def _nonempty(password: str, where: str) -> str:
+    if not password:
+        raise PasswordError(f"{where} gives an empty password")
+    return password
+
+
+def read_password_file(path: str, what: str) -> str:
+    """The password in a file; PasswordError naming the file when it cannot be read."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise PasswordError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise PasswordError(f"{what} {path} is not UTF-8 text") from exc
+    return _nonempty(_strip_newline(text), f"{what} {path}")
+
+
+def run_password_command(command: str) -> str:
+    """The password a command prints on stdout (its stderr and a terminal stay its own)."""
+    try:
+        args = shlex.split(command)
+    except ValueError as exc:
+        raise PasswordError(f"password command {command!r} cannot be parsed: {exc}") from exc
+    if not args:
+        raise PasswordError("the password command is empty")
+    try:
+        done = subprocess.run(args, stdout=subprocess.PIPE, check=False)
+    except OSError as exc:
+        raise PasswordError(
+            f"password command {args[0]!r} cannot be run: {exc.strerror or exc}"
+        ) from exc
+    if done.returncode != 0:
+        raise PasswordError(f"password command {args[0]!r} failed (exit {done.returncode})")
+    try:
+        text = done.stdout.decode()
+    except UnicodeDecodeError as exc:
+        raise PasswordError(f"password command {args[0]!r} printed no UTF-8 text") from exc
+    return _nonempty(_strip_newline(text), f"password command {args[0]!r}")
+
+
+def _prompt(text: str, confirm: bool) -> str:
+    password = click.prompt(
+        text, hide_input=True, confirmation_prompt=confirm, err=True, show_default=False
+    )
+    return _nonempty(str(password), "the prompt")
+
+
+class Passwords:
+    """The password of the repository at --repo, asked for at most once per command."""
+
+    def __init__(self, file: str | None, command: str | None, location: Path) -> None:
+        self.file = file
+        self.command = command or None
+        self.location = location
+        self._password: str | None = None
+        self.creating = False  # a new repository: a prompt asks twice
+
+    def given(self) -> bool:
+        """True when a source other than the prompt is set (commit then creates an encrypted
+        repository)."""
+        return bool(self.file or os.environ.get("CASNAP_PASSWORD") or self.command)
+
+    def __call__(self) -> str:
+        if self._password is None:
+            self._password = self._read()
+        return self._password
+
+    def _read(self) -> str:
+        if self.file:
+            return read_password_file(self.file, "password file")
+        env = os.environ.get("CASNAP_PASSWORD")
+        if env:
+            return env
+        if self.command:
+            return run_password_command(self.command)
+        if sys.stdin.isatty():
+            return _prompt(f"password for repository {self.location.absolute()}", self.creating)
+        raise PasswordError(
+            f"repository {self.location.absolute()} is encrypted: give its password with "
+            f"{SOURCES} (no terminal to ask on)"
+        )
+
+
+def new_password(file: str | None) -> str:
+    """A new password: --new-password-file, CASNAP_NEW_PASSWORD, else a prompt asked twice."""
+    if file:
+        return read_password_file(file, "new password file")
+    env = os.environ.get("CASNAP_NEW_PASSWORD")
+    if env:
+        return env
+    if sys.stdin.isatty():
+        return _prompt("new password", confirm=True)
+    raise PasswordError(f"give the new password with {NEW_SOURCES} (no terminal to ask on)")

@@ -1,0 +1,168 @@
+"""The passwords of an encrypted repository: list, add, change and remove key files, and keep a
+copy of one apart from the repository (export, import).
+
+Every operation here writes or removes key files only: the master key never changes, so no
+other object is rewritten. A new key file is stored before an old one is removed, so a crash in
+between leaves both passwords working, never none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from casnap import crypto, fsutil, keys
+from casnap.backends.base import Backend
+from casnap.backends.local import LocalBackend
+from casnap.config import now_iso
+from casnap.errors import (
+    CasnapError,
+    IntegrityError,
+    InvalidArgument,
+    NotARepository,
+    RepositoryNotFound,
+    from_oserror,
+)
+from casnap.keys import KeyFile, PasswordSource
+from casnap.repository import Repository, Unlocked
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key file, as `key list` shows it."""
+
+    id: str
+    created: str
+    kdf: str
+    current: bool  # the key the password of this command opened
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "created": self.created, "kdf": self.kdf, "current": self.current}
+
+
+def _unlocked(repo: Repository) -> Unlocked:
+    if repo.unlocked is None:
+        raise InvalidArgument(
+            f"repository {repo.backend.location} is not encrypted: it has no keys"
+        )
+    return repo.unlocked
+
+
+def list_keys(repo: Repository) -> list[KeyInfo]:
+    """Every key file, oldest first."""
+    current = _unlocked(repo).keyfile.id
+    out = []
+    for kf in keys.key_files(repo.raw_backend):
+        k = kf.kdf
+        kdf = f"argon2id m={k.memory_kib} KiB t={k.iterations} p={k.lanes}"
+        out.append(KeyInfo(kf.id, kf.created, kdf, kf.id == current))
+    return out
+
+
+def add_key(repo: Repository, password: str) -> KeyFile:
+    """A new key file sealing the master key with another password."""
+    kf = keys.make_key_file(_unlocked(repo).master, password, now_iso())
+    repo.raw_backend.put(kf.key, kf.encode())
+    return kf
+
+
+def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
+    """Replace the key file this command's password opened with one sealed by password: the
+    new one is stored first, then the old one removed. (old id, new key file)."""
+    u = _unlocked(repo)
+    new = add_key(repo, password)
+    repo.raw_backend.delete(u.keyfile.key)
+    old = u.keyfile.id
+    repo.unlocked = Unlocked(new, u.master)
+    return old, new
+
+
+def remove_key(repo: Repository, ref: str) -> str:
+    """Remove the key file whose id starts with ref; never the one in use (`key passwd`
+    changes that one), never the last one. The removed id."""
+    u = _unlocked(repo)
+    found = [kf for kf in keys.key_files(repo.raw_backend) if kf.id.startswith(ref.lower())]
+    if not ref or not found:
+        raise InvalidArgument(f"no key {ref!r} in repository {repo.backend.location}")
+    if len(found) > 1:
+        raise InvalidArgument(f"key prefix {ref!r} names {len(found)} keys; give more digits")
+    kf = found[0]
+    if kf.id == u.keyfile.id:
+        raise InvalidArgument(
+            f"key {kf.id[:8]} is the one this password opens; `casnap key passwd` changes it, "
+            "or remove it with another key's password"
+        )
+    repo.raw_backend.delete(kf.key)
+    return kf.id
+
+
+def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
+    """Write the key file in use to dest (0600, atomically): still sealed by its password, so
+    the master key can be kept apart from the repository. An existing dest is kept unless
+    force."""
+    u = _unlocked(repo)
+    doc = json.loads(u.keyfile.encode())
+    doc["id"] = u.keyfile.id
+    doc["repository"] = repo.id
+    body = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    if dest.exists() and not force:
+        raise InvalidArgument(f"{dest} exists; not overwriting it (give --force to replace it)")
+    if dest.is_dir():
+        raise InvalidArgument(f"{dest} is a directory; give a file name")
+    tmp = dest.parent / fsutil.temp_name()
+    try:
+        with open(tmp, "xb", opener=fsutil.opener) as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        fsutil.fsync_dir(dest.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise from_oserror(exc, f"writing {dest}") from exc
+    return u.keyfile
+
+
+def read_export(path: Path) -> KeyFile:
+    """The key file an export wrote (IntegrityError when path holds none)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise from_oserror(exc, f"reading {path}") from exc
+    try:
+        doc = json.loads(raw)
+        key_id = str(doc["id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{path} is not a casnap key export") from exc
+    return keys.parse_key_file(key_id, raw, str(path))
+
+
+def import_key(location: Path, path: Path, password: PasswordSource) -> tuple[KeyFile, bool]:
+    """Put an exported key file back into the encrypted repository at location (also when it
+    has no key file left): it must open with password and its master key must open the
+    repository's config. (key file, False when it was there already)."""
+    root = Path(location).resolve()
+    if not (root / "config").is_file():
+        raise RepositoryNotFound(f"no casnap repository at {root}")
+    backend: Backend = LocalBackend(root)
+    kf = read_export(path)
+    raw = backend.get("config")
+    if not crypto.is_sealed(raw):
+        raise NotARepository(f"repository {root} is not encrypted: it takes no key")
+    master = kf.unseal(password())
+    try:
+        crypto.Sealer(master.encryption_key).open("config", raw)
+    except CasnapError as exc:
+        raise InvalidArgument(
+            f"key {kf.id[:8]} in {path} is not a key of repository {root}"
+        ) from exc
+    if backend.exists(kf.key):
+        if backend.get(kf.key) == kf.encode():
+            return kf, False
+        backend.delete(kf.key)  # a damaged copy of the same key: the export replaces it
+    backend.put(kf.key, kf.encode())
+    return kf, True

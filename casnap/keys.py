@@ -1,0 +1,215 @@
+"""Key files: the master key of an encrypted repository, sealed by a password.
+
+A key file `keys/<id>` is JSON: when it was made, the KDF and its parameters (argon2id: memory,
+iterations, lanes, a random salt), and the master key sealed with AES-256-GCM under the key the
+KDF derives from the password (a random nonce; the key file's id bound as associated data, so a
+key file renamed is refused). Several key files may seal the same master key: each is one
+password. Changing a password writes a new key file and removes the old one; no other object
+changes. A key file's parameters are checked against limits before the KDF runs, so a hostile
+one cannot make casnap allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from casnap.backends.base import Backend
+from casnap.crypto import KEY_SIZE, MasterKey
+from casnap.errors import IntegrityError, PasswordError, UnsupportedFormat
+
+KEY_FORMAT = 1
+KEYS = "keys/"
+ID_HEX = 32  # a key file's id: 16 random bytes
+# argon2id at 64 MiB, one pass, one lane: stronger than OWASP's first choice (46 MiB, t=1) and
+# about 0.08 s on one core here, paid once per command (docs/FORMAT.md)
+KDF_MEMORY_KIB = 64 * 1024
+KDF_ITERATIONS = 1
+KDF_LANES = 1
+# limits a key file's parameters must keep: up to 1 GiB and 64 passes
+MAX_MEMORY_KIB = 1 << 20
+MAX_ITERATIONS = 64
+MAX_LANES = 16
+SALT_BYTES = 16
+# key files tried per open, oldest first (one KDF run each): a repository holding thousands
+# cannot stall every command (restic stops at 20)
+MAX_KEYS_TRIED = 32
+NONCE_BYTES = 12
+
+# A password: asked for only when a repository turns out to be encrypted.
+PasswordSource = Callable[[], str]
+
+
+@dataclass(frozen=True)
+class Kdf:
+    """argon2id parameters of one key file."""
+
+    salt: bytes
+    memory_kib: int = KDF_MEMORY_KIB
+    iterations: int = KDF_ITERATIONS
+    lanes: int = KDF_LANES
+
+    def derive(self, password: str) -> bytes:
+        return Argon2id(
+            salt=self.salt,
+            length=KEY_SIZE,
+            iterations=self.iterations,
+            lanes=self.lanes,
+            memory_cost=self.memory_kib,
+        ).derive(password.encode())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": "argon2id",
+            "memory_kib": self.memory_kib,
+            "iterations": self.iterations,
+            "lanes": self.lanes,
+            "salt": _b64(self.salt),
+        }
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """A parsed key file (its master key still sealed)."""
+
+    id: str
+    created: str
+    kdf: Kdf
+    nonce: bytes
+    sealed: bytes
+
+    @property
+    def key(self) -> str:
+        return KEYS + self.id
+
+    def encode(self) -> bytes:
+        doc = {
+            "casnap_key": KEY_FORMAT,
+            "created": self.created,
+            "kdf": self.kdf.to_json(),
+            "cipher": "aes-256-gcm",
+            "nonce": _b64(self.nonce),
+            "sealed": _b64(self.sealed),
+        }
+        return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+    def unseal(self, password: str) -> MasterKey:
+        """The master key; PasswordError when the password does not open this key file."""
+        try:
+            raw = AESGCM(self.kdf.derive(password)).decrypt(self.nonce, self.sealed, self._ad())
+        except InvalidTag as exc:
+            raise PasswordError(f"key {self.id[:8]}: wrong password") from exc
+        return MasterKey(raw)
+
+    def _ad(self) -> bytes:
+        return f"casnap key {self.id}".encode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("not a base64 string")
+    return base64.b64decode(text, validate=True)
+
+
+def make_key_file(
+    master: MasterKey, password: str, created: str, kdf: Kdf | None = None
+) -> KeyFile:
+    """A new key file (a fresh id, salt and nonce) sealing master with password."""
+    kdf = kdf or Kdf(os.urandom(SALT_BYTES))
+    key_id = os.urandom(ID_HEX // 2).hex()
+    nonce = os.urandom(NONCE_BYTES)
+    proto = KeyFile(key_id, created, kdf, nonce, b"")
+    sealed = AESGCM(kdf.derive(password)).encrypt(nonce, master.raw, proto._ad())
+    return KeyFile(key_id, created, kdf, nonce, sealed)
+
+
+def parse_key_file(key_id: str, raw: bytes, where: str) -> KeyFile:
+    """A key file's fields, checked against the limits; IntegrityError when damaged,
+    UnsupportedFormat for a newer key format or another KDF."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
+        if doc.get("casnap_key") != KEY_FORMAT:
+            raise UnsupportedFormat(
+                f"{where}: key format {doc.get('casnap_key')!r} is not known to this casnap"
+            )
+        k = doc["kdf"]
+        if k.get("name") != "argon2id" or doc.get("cipher") != "aes-256-gcm":
+            raise UnsupportedFormat(
+                f"{where}: key sealed with {k.get('name')!r} / {doc.get('cipher')!r}, "
+                "which this casnap does not know"
+            )
+        kdf = Kdf(_unb64(k["salt"]), int(k["memory_kib"]), int(k["iterations"]), int(k["lanes"]))
+        if not (
+            8 * kdf.lanes <= kdf.memory_kib <= MAX_MEMORY_KIB
+            and 1 <= kdf.iterations <= MAX_ITERATIONS
+            and 1 <= kdf.lanes <= MAX_LANES
+            and 8 <= len(kdf.salt) <= 64
+        ):
+            raise ValueError("KDF parameters outside the limits")
+        nonce, sealed = _unb64(doc["nonce"]), _unb64(doc["sealed"])
+        if len(nonce) != NONCE_BYTES or len(sealed) != KEY_SIZE + 16:
+            raise ValueError("sealed key of the wrong size")
+        created = str(doc["created"])
+    except (UnsupportedFormat, IntegrityError):
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise IntegrityError(f"{where} is damaged: {exc}") from exc
+    if len(key_id) != ID_HEX or any(c not in "0123456789abcdef" for c in key_id):
+        raise IntegrityError(f"{where}: not a key file name")
+    return KeyFile(key_id, created, kdf, nonce, sealed)
+
+
+def key_files(backend: Backend) -> list[KeyFile]:
+    """Every key file of the repository, oldest first; a damaged one is an IntegrityError."""
+    found = []
+    for key, _size in backend.list(KEYS):
+        key_id = key.removeprefix(KEYS)
+        found.append(parse_key_file(key_id, backend.get(key), f"{backend.location}/{key}"))
+    return sorted(found, key=lambda k: (k.created, k.id))
+
+
+def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
+    """The key file the password opens and the master key it seals; PasswordError when none
+    does (each key file tried costs one KDF run)."""
+    files: list[KeyFile] = []
+    damaged: list[str] = []
+    for key, _size in backend.list(KEYS):
+        try:
+            files.append(
+                parse_key_file(
+                    key.removeprefix(KEYS), backend.get(key), f"{backend.location}/{key}"
+                )
+            )
+        except IntegrityError as exc:
+            damaged.append(str(exc))
+    files.sort(key=lambda k: (k.created, k.id))
+    if not files and not damaged:
+        raise PasswordError(
+            f"repository {backend.location} is encrypted but holds no key file; "
+            "`casnap key import FILE` puts back an exported one"
+        )
+    for kf in files[:MAX_KEYS_TRIED]:
+        try:
+            return kf, kf.unseal(password)
+        except PasswordError:
+            continue
+    extra = f" ({len(damaged)} damaged key file(s) passed over)" if damaged else ""
+    if len(files) > MAX_KEYS_TRIED:
+        extra += f" (only the first {MAX_KEYS_TRIED} of {len(files)} key files were tried)"
+    raise PasswordError(
+        f"wrong password: no key of repository {backend.location} opens with it{extra}"
+    )
