@@ -60,7 +60,7 @@ from tools import (  # noqa: E402 - the benchmarks' own module, beside this scri
     tree_size,
 )
 
-DEFAULT_TOOLS = ("casnap", "copy", "tarzstd", "restic", "borg", "borg-fine")
+DEFAULT_TOOLS = ("casnap", "casnap-enc", "copy", "tarzstd", "restic", "borg", "borg-fine")
 # --------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------

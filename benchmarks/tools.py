@@ -466,16 +466,17 @@ class CasnapTool(Tool):
         return Measured(0.0, 0)
 
     def snapshot(self, data: Path, step: int) -> Measured:
-        return run([self.exe, "--repo", self.repo, "--data", data, "commit", "--json"])
+        argv = [self.exe, "--repo", self.repo, "--data", data, "commit", "--json"]
+        return run(argv, env=self.env())
 
     def restore(self, data: Path, step: int, target: Path, ref: str = "latest") -> Measured:
         argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", ref]
-        return run([*argv, "--to", target, "--no-safety-snapshot"])
+        return run([*argv, "--to", target, "--no-safety-snapshot"], env=self.env())
 
     def listing(self, data: Path, ref: str) -> list[dict[str, Any]]:
         """`ls --json` of a snapshot: its entries."""
         argv = [self.exe, "--repo", self.repo, "--data", data, "ls", ref, "--json"]
-        found: list[dict[str, Any]] = json.loads(run(argv).stdout)["files"]
+        found: list[dict[str, Any]] = json.loads(run(argv, env=self.env()).stdout)["files"]
         return found
 
     def cat_hash(self, data: Path, ref: str, path: str) -> str:
@@ -483,7 +484,9 @@ class CasnapTool(Tool):
         import blake3
 
         argv = [self.exe, "--repo", self.repo, "--data", data, "cat", ref, path]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env()
+        )
         assert proc.stdout is not None
         hasher = blake3.blake3()
         for block in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
@@ -497,7 +500,7 @@ class CasnapTool(Tool):
         """The restore without casnap's smoke checks (every hash is still verified): what
         restic and borg do, which check nothing."""
         argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", "latest"]
-        return run([*argv, "--to", target, "--no-safety-snapshot", "--no-smoke"])
+        return run([*argv, "--to", target, "--no-safety-snapshot", "--no-smoke"], env=self.env())
 
     def details(self, measured: Measured) -> dict[str, Any] | None:
         try:
@@ -508,8 +511,27 @@ class CasnapTool(Tool):
         return {k: report[k] for k in keys if k in report}
 
 
+class CasnapEncryptedTool(CasnapTool):
+    """casnap on an encrypted (repokey) repository: the first commit creates it, because a
+    password is set (a fixed one, as for restic)."""
+
+    name = "casnap-enc"
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CASNAP_PASSWORD="bench-password")
+
+
 TOOLS: dict[str, type[Tool]] = {
-    cls.name: cls for cls in (CasnapTool, CopyTool, TarZstdTool, ResticTool, BorgTool, BorgFineTool)
+    cls.name: cls
+    for cls in (
+        CasnapTool,
+        CasnapEncryptedTool,
+        CopyTool,
+        TarZstdTool,
+        ResticTool,
+        BorgTool,
+        BorgFineTool,
+    )
 }
 
 
