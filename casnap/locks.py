@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_WAIT_SECONDS
-from casnap.errors import AccessDenied, CasnapError, LockError
+from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
 from casnap.fsutil import seconds_from_env
 from casnap.procs import pid_alive, process_start_time
 
@@ -129,8 +129,12 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
             str(d.get("operation", "?")),
             float(d.get("time", 0)),
         )
-    except CasnapError:
+    except ObjectMissing:
         return None  # removed meanwhile
+    except IntegrityError:  # damaged, or a sealed lock that fails to open: held, as below
+        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
+    except CasnapError:
+        return None
     except (ValueError, KeyError, TypeError):
         # a torn or foreign lock file: treat as held by an unknown process, exclusive
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)

@@ -350,3 +350,17 @@ def test_plain_repositories_keep_plain_ids(app: Path, tmp_path: Path) -> None:
     for pack in _packs(enc):  # named by the keyed hash of the plaintext pack
         plain = opened.backend.get(f"packs/{pack.parent.name}/{pack.name}")
         assert hash_bytes(plain).hex() != pack.name == opened.ids(plain).hex()
+
+
+def test_a_lock_that_fails_to_open_counts_as_held(app: Path, tmp_path: Path) -> None:
+    """A lock file that does not open (damaged, or planted without the key) is a lock of an
+    unknown holder, as a damaged plain lock is: gc waits for it, `unlock` removes it."""
+    repo = tmp_path / "backups"
+    assert run(repo, app, "commit")[0] == 0
+    (repo / "locks").mkdir(exist_ok=True)
+    (repo / "locks" / "planted").write_bytes(b'{"host": "x", "pid": 1, "exclusive": true}')
+    code, _, err = run(repo, app, "gc", CASNAP_LOCK_WAIT="0")
+    assert code == EXIT_CODES["locked"] and "cannot be read" in err, err
+    code, out, err = run(repo, app, "unlock")
+    assert code == 0 and "planted" in out, err
+    assert run(repo, app, "gc")[0] == 0

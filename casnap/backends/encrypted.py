@@ -46,7 +46,11 @@ class EncryptedBackend(Backend):
     def put(self, key: str, data: bytes | memoryview) -> bool:
         if check_key(key).startswith(KEYS_PREFIX):
             return self.inner.put(key, data)
-        return self.inner.put(key, self.sealer.seal(key, data))
+        sealed = self.sealer.seal(key, data)
+        stored = self.inner.put(key, sealed)
+        if stored:  # a read back (put_verified's tail) then needs no header read
+            self._remember(key, parse_header(key, sealed[:HEADER_SIZE]))
+        return stored
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)
