@@ -82,6 +82,11 @@ class NotADatabase(SourceError):
     """A file carries SQLite's header but SQLite cannot read it; it is stored as plain bytes."""
 
 
+class TransientError(CasnapError):
+    """A storage request failed in a way a retry may fix: a timeout, a connection reset, a 5xx
+    answer, throttling (backends raise it; backends/retrying.py retries it)."""
+
+
 class StorageFull(CasnapError):
     """A write failed because the disk is full or over quota."""
 
