@@ -6,8 +6,8 @@ manifest, the commit point; a failure takes back the packs of the snapshot under
 (rollback.py). Between two repositories that name chunks alike (both plain: the same ids) every
 chunk is looked up before it is read, and the copied manifest is byte-identical, so the snapshot
 keeps its id. Otherwise each chunk is read, named with the destination's ids, chunk lists and
-manifest are rebuilt, and the manifest records `origin` (source repository and snapshot id), by
-which a later copy recognises the snapshot as copied already.
+manifest are rebuilt, and the manifest records `origin` (the repository and id the snapshot was
+first taken with), by which a later copy, in either direction, recognises it as copied already.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class _CopyRun:
         self.written_index: str | None = None
         self.snapshots_before: frozenset[str] = frozenset()
         self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
-        self._origins: dict[tuple[str, str], str] = {}  # (repository, snapshot) -> dst id
+        self._origins: dict[str, str] = {}  # snapshot id a copy came from -> its dst id
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -194,19 +194,18 @@ class _CopyRun:
     def _learn(self, dsid: str, snap: Snapshot) -> None:
         self._present[dsid] = snap
         if snap.origin is not None:
-            self._origins[snap.origin] = dsid
+            self._origins[snap.origin[1]] = dsid
 
     def _found(self, sid: str, snap: Snapshot | None) -> str | None:
         """The destination's id of source snapshot sid when the destination holds it: the same
-        id (ids carry over), a copy recording it as origin, or the snapshot it was copied from."""
-        if self.same_ids and sid in self._present:
-            return sid
-        if (self.src.id, sid) in self._origins:
-            return self._origins[(self.src.id, sid)]
-        if snap is not None and snap.origin is not None:
-            repository, origin = snap.origin
-            if repository == self.dst.id and origin in self._present:
-                return origin
+        snapshot, or a copy of it or of the snapshot it was copied from (by snapshot id alone:
+        a 256-bit id names one manifest, whichever repository it was seen in)."""
+        first = snap.origin[1] if snap is not None and snap.origin is not None else sid
+        for key in dict.fromkeys((sid, first)):
+            if key in self._present:
+                return key
+            if key in self._origins:
+                return self._origins[key]
         return None
 
     def _copy(self, sid: ObjectId, snap: Snapshot, bar: ByteProgress) -> SnapshotCopy:
@@ -243,9 +242,9 @@ class _CopyRun:
                 raise IntegrityError(f"{key} does not match its id (damaged)")
         else:
             parent = self._found(snap.parent, None) if snap.parent else None
-            raw = dataclasses.replace(
-                snap, files=tuple(files), parent=parent, origin=(src.id, sid.hex())
-            ).encode()
+            origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
+            new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
+            raw = new.encode()
         dsid = dst.ids(raw)
         blob = compress_manifest(raw)
         try:
