@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from casnap import Repository, copy_snapshots
 from casnap.cli import cli
 from casnap.errors import InvalidArgument
+from casnap.manifest import Snapshot
 from tests.conftest import evolve_app, make_app
 from tests.util import raw_tree, snapshot_tree
 
@@ -282,3 +283,26 @@ def test_python_api_and_usage_errors(tmp_path, history) -> None:
     assert run(src, data, "copy", "--to", "x", "--from", "y")[0] == 2
     assert run(src, data, "copy", "--to", str(src))[0] == 2
     assert run(src, data, "copy", "--to", "s3://bucket/x")[0] == 2
+
+
+def test_origin_is_written_only_when_present(tmp_path, history) -> None:
+    """A manifest without `origin` encodes as before (its id unchanged); one with it
+    round-trips, and a copy into a plain repository records it."""
+    data, src, ids, _trees = history
+    with Repository.open(src) as repo:
+        snap = repo.load_snapshot(repo.resolve(ids[0]))
+        assert snap.origin is None and b'"origin":' not in snap.encode()
+        assert repo.ids(snap.encode()).hex() == ids[0]
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD=PW_DST)[0] == 0
+    code, out, err = run(
+        back, data, "copy", "--from", str(enc), "--to-encryption", "none",
+        CASNAP_FROM_PASSWORD=PW_DST, CASNAP_PASSWORD=PW_SRC,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "not encrypted; no password used" in err
+    with Repository.open(back) as repo, Repository.open(src) as first:
+        origins = {s.origin for _sid, s in repo.snapshots()}
+        assert origins == {(first.id, sid) for sid in ids}
+        again = Snapshot.decode(next(iter(repo.snapshots()))[1].encode())
+        assert again.origin in origins
