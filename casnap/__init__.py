@@ -14,6 +14,7 @@ from casnap.checker import verify
 from casnap.collector import collect
 from casnap.committer import CommitResult, commit
 from casnap.contents import dump
+from casnap.copier import CopyResult, copy_snapshots
 from casnap.errors import CasnapError
 from casnap.importer import import_copies
 from casnap.repository import Repository
@@ -26,11 +27,13 @@ __all__ = [
     "CasnapError",
     "CheckoutResult",
     "CommitResult",
+    "CopyResult",
     "Policy",
     "Repository",
     "checkout",
     "collect",
     "commit",
+    "copy_snapshots",
     "diff",
     "dump",
     "forget",

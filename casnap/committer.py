@@ -542,27 +542,35 @@ class Committer:
     def _store_list(
         self, refs: bytes, old: FileEntry | None, writer: PackWriter
     ) -> tuple[str, ...]:
-        """TREE blobs for a file's chunk list: a delta against the previous version when that
-        keeps the chain short and smaller than one full list, else the full list."""
-        if old is not None and old.lists:
-            try:
-                base, deltas, delta_bytes = self.repo.resolve_lists(old)
-            except IntegrityError:
-                base = None  # a damaged previous list must not block a new snapshot
-            if base is not None:
-                if base == refs:
-                    return old.lists
-                if deltas < LIST_MAX_DELTAS:
-                    body = chunklist.encode_delta(base, refs)
-                    if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
-                        return (*old.lists, self._put_tree(body, writer))
-        return tuple(self._put_tree(body, writer) for body in chunklist.pieces(refs))
+        return store_list(self.repo, refs, old, writer, self.levels.zstd)
 
-    def _put_tree(self, body: bytes, writer: PackWriter) -> str:
-        lid = self.repo.ids(body)
+
+def store_list(
+    repo: Repository, refs: bytes, old: FileEntry | None, writer: PackWriter, level: int
+) -> tuple[str, ...]:
+    """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
+    of repo) when that keeps the chain short and smaller than one full list, else the full list.
+    New blobs go to writer, compressed at level; returns the ids the file entry names."""
+
+    def put_tree(body: bytes) -> str:
+        lid = repo.ids(body)
         if not writer.known(lid):
-            writer.add(lid, TREE, compression.encode(body, self.levels.zstd), len(body))
+            writer.add(lid, TREE, compression.encode(body, level), len(body))
         return lid.hex()
+
+    if old is not None and old.lists:
+        try:
+            base, deltas, delta_bytes = repo.resolve_lists(old)
+        except IntegrityError:
+            base = None  # a damaged previous list must not block a new snapshot
+        if base is not None:
+            if base == refs:
+                return old.lists
+            if deltas < LIST_MAX_DELTAS:
+                body = chunklist.encode_delta(base, refs)
+                if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
+                    return (*old.lists, put_tree(body))
+    return tuple(put_tree(body) for body in chunklist.pieces(refs))
 
 
 def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:

@@ -34,6 +34,7 @@ EXCLUSIVE_OPERATIONS = frozenset(
 SHARED_OPERATIONS = frozenset(
     {
         "commit",
+        "copy",  # on both repositories: it adds to one and reads the other
         "checkout",
         "verify",
         "diff",

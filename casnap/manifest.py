@@ -106,6 +106,8 @@ class Snapshot:
     # creates them never makes them more open than they were
     dirs: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()  # files left out because they could not be read
+    # (repository id, snapshot id) this snapshot was copied from, when the copy has another id
+    origin: tuple[str, str] | None = None
 
     def encode(self) -> bytes:
         """Canonical JSON bytes; the snapshot id is their BLAKE3."""
@@ -127,6 +129,8 @@ class Snapshot:
             d["dirs"] = {k: list(v) for k, v in self.dirs.items()}
         if self.skipped:
             d["skipped"] = list(self.skipped)
+        if self.origin is not None:
+            d["origin"] = {"repository": self.origin[0], "snapshot": self.origin[1]}
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     @property
@@ -167,6 +171,7 @@ class Snapshot:
                 stats={_str(k): _int(v) for k, v in dict(d["stats"]).items()},
                 dirs=_dirs(d.get("dirs", {})),
                 skipped=tuple(_str(p) for p in d.get("skipped", ())),
+                origin=_origin(d.get("origin")),
             )
             check_paths([f.path for f in files])
             check_links(files)
@@ -240,6 +245,17 @@ def _dirs(raw: Any) -> dict[str, tuple[int, int, int]]:
             raise ValueError(f"folder {rel!r} has an out-of-range mode or owner")
         out[rel] = (mode, uid, gid)
     return out
+
+
+def _origin(raw: Any) -> tuple[str, str] | None:
+    """The `origin` field: the repository id (hex) and snapshot id a copy was made from."""
+    if raw is None:
+        return None
+    repository = _str(raw["repository"])
+    hexdigits = all(c in "0123456789abcdef" for c in repository)
+    if not (0 < len(repository) <= 2 * ID_SIZE and hexdigits):
+        raise ValueError(f"not a repository id: {repository[:80]!r}")
+    return repository, _hex(raw["snapshot"])
 
 
 def _str(x: Any) -> str:

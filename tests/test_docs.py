@@ -82,6 +82,7 @@ JSON_RUNS = {
     "show": ["show", "FIRST"],
     "ls": ["ls", "FIRST"],
     "import": ["import", "COPIES"],
+    "copy": ["copy", "--to", "NEWREPO"],
     "gc": ["gc", "--dry-run"],
     "prune": ["prune", "--keep-last", "1"],
     "forget": ["forget", "FIRST", "--prune"],

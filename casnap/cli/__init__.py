@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from casnap.cli import (  # noqa: F401 - registers the commands
     browse,
+    copying,
     importing,
     keys,
     maintenance,

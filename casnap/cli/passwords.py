@@ -76,19 +76,31 @@ def _prompt(text: str, confirm: bool) -> str:
 
 
 class Passwords:
-    """The password of the repository at --repo, asked for at most once per command."""
+    """The password of the repository at --repo, asked for at most once per command.
 
-    def __init__(self, file: str | None, command: str | None, location: Path) -> None:
+    `env` names the variable holding the password itself and `sources` the options a missing
+    one is asked for: the other repository of `copy` has its own (see `other_passwords`)."""
+
+    def __init__(
+        self,
+        file: str | None,
+        command: str | None,
+        location: Path,
+        env: str = "CASNAP_PASSWORD",
+        sources: str = SOURCES,
+    ) -> None:
         self.file = file
         self.command = command or None
         self.location = location
+        self.env = env
+        self.sources = sources
         self._password: str | None = None
         self.creating = False  # a new repository: a prompt asks twice
 
     def given(self) -> bool:
         """True when a source other than the prompt is set (commit then creates an encrypted
         repository)."""
-        return bool(self.file or os.environ.get("CASNAP_PASSWORD") or self.command)
+        return bool(self.file or os.environ.get(self.env) or self.command)
 
     def __call__(self) -> str:
         if self._password is None:
@@ -98,7 +110,7 @@ class Passwords:
     def _read(self) -> str:
         if self.file:
             return read_password_file(self.file, "password file")
-        env = os.environ.get("CASNAP_PASSWORD")
+        env = os.environ.get(self.env)
         if env:
             return env
         if self.command:
@@ -107,8 +119,17 @@ class Passwords:
             return _prompt(f"password for repository {self.location.absolute()}", self.creating)
         raise PasswordError(
             f"repository {self.location.absolute()} is encrypted: give its password with "
-            f"{SOURCES} (no terminal to ask on)"
+            f"{self.sources} (no terminal to ask on)"
         )
+
+
+def other_passwords(role: str, file: str | None, command: str | None, location: Path) -> Passwords:
+    """The password of the repository `copy` names with --from or --to (role "from" or "to"):
+    --ROLE-password-file, CASNAP_ROLE_PASSWORD_FILE, CASNAP_ROLE_PASSWORD,
+    --ROLE-password-command / CASNAP_ROLE_PASSWORD_COMMAND, else a prompt on a terminal."""
+    env = f"CASNAP_{role.upper()}_PASSWORD"
+    sources = f"--{role}-password-file, {env}_FILE, {env} or --{role}-password-command"
+    return Passwords(file, command, location, env=env, sources=sources)
 
 
 def new_password(file: str | None) -> str:

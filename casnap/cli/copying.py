@@ -1,0 +1,183 @@
+"""`casnap copy`: snapshots from the repository at --repo to another (--to REPO), or from another
+into it (--from REPO). The other repository has its own password sources (--to-password-*,
+--from-password-*); a missing destination is created, as commit creates a missing repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from casnap.cli.main import Context, cli, pass_ctx
+from casnap.cli.options import filter_options, snapshot_filter
+from casnap.cli.output import emit_json, human, progress_bar
+from casnap.cli.passwords import Passwords, other_passwords
+from casnap.copier import CopyResult, copy_snapshots
+from casnap.errors import InvalidArgument, NotARepository, RepositoryNotFound
+from casnap.paths import repository_dir
+from casnap.repository import ENCRYPTIONS, Repository
+
+
+def other_location(text: str, option: str) -> Path:
+    """Where the REPO of --to or --from lies: read as --repo is (a local directory today; the
+    one place a repository URL will be told apart)."""
+    try:
+        return repository_dir(text)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{option}: {exc}") from exc
+
+
+def open_source(c: Context, location: Path, passwords: Passwords) -> Repository:
+    """The repository snapshots are copied from (it must exist)."""
+    try:
+        repo = Repository.open(location, passwords)
+    except RepositoryNotFound as exc:
+        raise RepositoryNotFound(f"{exc}; nothing to copy from") from exc
+    return _listen(c, repo, passwords)
+
+
+def open_destination(
+    c: Context, location: Path, passwords: Passwords, encryption: str | None
+) -> Repository:
+    """The repository snapshots are copied into, created when the directory is missing or
+    empty: encrypted (repokey) when asked, or by default when a password source is set."""
+    chosen = encryption or ("repokey" if passwords.given() else "none")
+    passwords.creating = not (location / "config").exists()  # a prompt then asks twice
+    try:
+        repo = Repository.open_or_init(location, password=passwords, encryption=chosen)
+    except NotARepository:
+        if not (location / "config").exists():
+            raise
+        repo = Repository.open(location, passwords)  # another process created it meanwhile
+    return _listen(c, repo, passwords)
+
+
+def _listen(c: Context, repo: Repository, passwords: Passwords) -> Repository:
+    repo.notify = c.notice
+    if not repo.encrypted and passwords.given():
+        c.note_once(f"repository {repo.backend.location} is not encrypted; no password used")
+    return repo
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+@cli.command()
+@click.argument("id", nargs=-1)
+@click.option("--to", "to_repo", metavar="REPO", help="Copy from --repo into REPO.")
+@click.option("--from", "from_repo", metavar="REPO", help="Copy from REPO into --repo.")
+@click.option(
+    "--from-password-file",
+    envvar="CASNAP_FROM_PASSWORD_FILE",
+    metavar="FILE",
+    help="The password of the --from repository, read from FILE (env CASNAP_FROM_PASSWORD_FILE; "
+    "then CASNAP_FROM_PASSWORD, --from-password-command, a prompt on a terminal).",
+)
+@click.option(
+    "--from-password-command",
+    envvar="CASNAP_FROM_PASSWORD_COMMAND",
+    metavar="CMD",
+    help="Run CMD (no shell) for the password of the --from repository "
+    "(env CASNAP_FROM_PASSWORD_COMMAND).",
+)
+@click.option(
+    "--to-password-file",
+    envvar="CASNAP_TO_PASSWORD_FILE",
+    metavar="FILE",
+    help="The password of the --to repository, read from FILE (env CASNAP_TO_PASSWORD_FILE; "
+    "then CASNAP_TO_PASSWORD, --to-password-command, a prompt on a terminal).",
+)
+@click.option(
+    "--to-password-command",
+    envvar="CASNAP_TO_PASSWORD_COMMAND",
+    metavar="CMD",
+    help="Run CMD (no shell) for the password of the --to repository "
+    "(env CASNAP_TO_PASSWORD_COMMAND).",
+)
+@click.option(
+    "--to-encryption",
+    type=click.Choice(ENCRYPTIONS),
+    default=None,
+    help="Encryption of a destination this copy creates (default: repokey when the "
+    "destination has a password source set, else none); an existing one keeps its own.",
+)
+@filter_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@pass_ctx
+def copy(
+    c: Context,
+    id: tuple[str, ...],
+    to_repo: str | None,
+    from_repo: str | None,
+    from_password_file: str | None,
+    from_password_command: str | None,
+    to_password_file: str | None,
+    to_password_command: str | None,
+    to_encryption: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Copy snapshots between two repositories, sending only the chunks the destination lacks.
+
+    With --to REPO the snapshots of --repo go into REPO; with --from REPO those of REPO go into
+    --repo. ID... names snapshots of the source (ids, prefixes, latest, tags, with --path/--tag);
+    none: every snapshot. A snapshot the destination holds already (the same id, or a copy made
+    before) is skipped, so running a copy again, or after it was interrupted, completes it. Each
+    snapshot is committed on its own (packs, index file, then its manifest); between two plain
+    repositories it keeps its id. A missing destination is created. Both repositories are held
+    under the shared lock.
+
+    Example: casnap --repo ./backups copy --to /mnt/offsite/backups latest
+    """
+    c.refuse_no_lock()
+    if (to_repo is None) == (from_repo is None):
+        raise click.UsageError("give one of --to REPO and --from REPO")
+    if to_repo is not None:
+        if from_password_file or from_password_command:
+            raise click.UsageError("--from-password-file/-command go with --from REPO")
+        other = other_location(to_repo, "--to")
+        if _same_place(other, c.repo_path):
+            raise InvalidArgument(f"--to {to_repo} is the repository at --repo")
+        passwords = other_passwords("to", to_password_file, to_password_command, other)
+        src = c.open()
+        dst = open_destination(c, other, passwords, to_encryption)
+    else:
+        assert from_repo is not None
+        if to_password_file or to_password_command:
+            raise click.UsageError("--to-password-file/-command go with --to REPO")
+        other = other_location(from_repo, "--from")
+        if _same_place(other, c.repo_path):
+            raise InvalidArgument(f"--from {from_repo} is the repository at --repo")
+        passwords = other_passwords("from", from_password_file, from_password_command, other)
+        src = open_source(c, other, passwords)
+        dst = open_destination(c, c.repo_path, c.passwords, to_encryption)
+    created = dst.created is not None
+    flt = snapshot_filter(c, src, filter_paths, filter_tags)
+    with progress_bar(c, "copy") as progress:
+        r = copy_snapshots(src, dst, id, select=flt, progress=progress)
+    if created:
+        kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
+        c.say(f"created {kind} at {dst.backend.location}")
+    if as_json:
+        emit_json(r.to_json())
+        return
+    _print(r)
+
+
+def _print(r: CopyResult) -> None:
+    for s in r.snapshots:
+        if s.copied:
+            click.echo(
+                f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent "
+                f"({human(s.bytes_written)}), {s.chunks_present} already there"
+            )
+        else:
+            click.echo(f"{s.source[:8]} already in {r.destination} as {s.destination[:8]}")
+    t = r.to_json()
+    click.echo(
+        f"{t['copied']} snapshot(s) copied, {t['present']} already there; "
+        f"{t['chunks_sent']} chunks sent, {human(t['bytes_written'])} written "
+        f"({r.seconds:.2f} s)"
+    )

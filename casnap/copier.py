@@ -1,0 +1,355 @@
+"""Copy: snapshots from one repository into another, sending only what the destination lacks.
+
+Each snapshot is copied as a commit would store it: its new chunks (read verified from the
+source, compressed with the destination's codecs) into packs, then one index file, then its
+manifest, the commit point; a failure takes back the packs of the snapshot under way
+(rollback.py). Between two repositories that name chunks alike (both plain: the same ids) every
+chunk is looked up before it is read, and the copied manifest is byte-identical, so the snapshot
+keeps its id. Otherwise each chunk is read, named with the destination's ids, chunk lists and
+manifest are rebuilt, and the manifest records `origin` (the repository and id the snapshot was
+first taken with), by which a later copy, in either direction, recognises it as copied already.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from casnap import chunklist, compression, rollback, selection
+from casnap.chunkindex import DATA, TREE, id_matrix
+from casnap.committer import store_list
+from casnap.errors import IntegrityError, InvalidArgument, RepositoryNotFound
+from casnap.ids import ObjectId
+from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
+from casnap.packwriter import PackWriter
+from casnap.progress import ByteProgress, ProgressFn
+from casnap.repository import Repository
+
+
+@dataclass
+class SnapshotCopy:
+    """What copying one snapshot did: `copied` False when the destination held it already."""
+
+    source: str  # the snapshot's id in the source
+    destination: str  # its id in the destination
+    copied: bool
+    chunks_sent: int = 0  # data chunks written to the destination
+    bytes_sent: int = 0  # their plain bytes
+    chunks_present: int = 0  # distinct data chunks the destination held already
+    lists_sent: int = 0  # chunk-list (TREE) blobs written
+    bytes_written: int = 0  # stored bytes: packs, index file and manifest
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CopyResult:
+    """What a copy did, snapshot by snapshot (oldest first), as `copy --json` prints it."""
+
+    source: str  # repository locations
+    destination: str
+    snapshots: list[SnapshotCopy] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        done = [s for s in self.snapshots if s.copied]
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "snapshots": [s.to_json() for s in self.snapshots],
+            "copied": len(done),
+            "present": len(self.snapshots) - len(done),
+            "chunks_sent": sum(s.chunks_sent for s in done),
+            "bytes_sent": sum(s.bytes_sent for s in done),
+            "chunks_present": sum(s.chunks_present for s in done),
+            "bytes_written": sum(s.bytes_written for s in done),
+            "seconds": self.seconds,
+        }
+
+
+def copy_snapshots(
+    src: Repository,
+    dst: Repository,
+    refs: Sequence[str] = (),
+    *,
+    select: selection.SnapshotFilter | None = None,
+    progress: ProgressFn | None = None,
+) -> CopyResult:
+    """Copy the snapshots of src that refs name (ids, prefixes, `latest`, tags; none: every
+    snapshot), among those select matches, into dst; oldest first, each one committed on its
+    own. Both repositories are held under the shared lock. progress gets (plain bytes done,
+    total) over the files of the snapshots not yet in dst."""
+    if src.id == dst.id:
+        raise InvalidArgument(
+            f"{src.backend.location} and {dst.backend.location} are the same repository"
+        )
+    t0 = time.perf_counter()
+    run = _CopyRun(src, dst, progress)
+    try:
+        with src.lock("copy"), dst.lock("copy"):
+            for repo in (src, dst):
+                if not repo.backend.exists("config"):  # taken back by a failed first commit
+                    raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
+                repo.refresh(only_if_changed=True)
+            chosen = _chosen(src.snapshots(), refs, select or selection.SnapshotFilter())
+            result = run.run(chosen)
+            dst.created = None  # in use now: never taken back
+    except BaseException:
+        # without the locks: the packs the snapshot under way wrote, a destination made for it
+        rollback.after_failed_commit(
+            dst.backend, run.unindexed, dst.created, run.written_index, run.snapshots_before
+        )
+        raise
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _chosen(
+    snaps: selection.Snaps, refs: Sequence[str], flt: selection.SnapshotFilter
+) -> list[tuple[ObjectId, Snapshot]]:
+    """The snapshots refs name (every one flt matches when none is given), oldest first, once."""
+    if not refs:
+        return flt.select(snaps)
+    wanted = {selection.resolve(snaps, ref, flt).id for ref in refs}
+    return [(sid, snap) for sid, snap in snaps if sid in wanted]
+
+
+class _Framer:
+    """Groups a file's new chunks into frames as a commit does (up to the destination's
+    frame_target plain bytes, float32 pieces apart), compressed with its levels."""
+
+    def __init__(self, writer: PackWriter, config: dict[str, Any]) -> None:
+        self.writer = writer
+        self.level = int(config["zstd_level"])
+        self.float_level = int(config.get("float_level", self.level))
+        self.target = int(config.get("frame_target", 0))
+        self.group_floats = bool(config.get("group_floats", False))
+        self.queued: set[bytes] = set()  # ids in the open frame
+        self._parts: list[bytes] = []
+        self._members: list[tuple[bytes, int, int]] = []
+        self._size = 0
+        self._floats = False
+
+    def add(self, cid: bytes, data: bytes, floats: bool) -> None:
+        if self._members and (self._size + len(data) > self.target or floats != self._floats):
+            self.flush()
+        self._floats = floats
+        self._members.append((cid, self._size, len(data)))
+        self._parts.append(data)
+        self._size += len(data)
+        self.queued.add(cid)
+
+    def flush(self) -> None:
+        if not self._members:
+            return
+        payload = b"".join(self._parts)
+        if self._floats:
+            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
+        else:
+            encoded = compression.encode(payload, self.level)
+        frame_plain = self._size if len(self._members) > 1 else 0
+        self.writer.add_frame(DATA, encoded, frame_plain, self._members)
+        self._parts, self._members, self._size = [], [], 0
+        self.queued.clear()
+
+
+class _CopyRun:
+    """One copy between two repositories: the state its snapshots share, and what a rollback
+    needs to know about the snapshot under way."""
+
+    def __init__(self, src: Repository, dst: Repository, progress: ProgressFn | None) -> None:
+        self.src = src
+        self.dst = dst
+        self.progress = progress
+        # both sides name chunks, lists and manifests alike: ids carry over unchanged
+        self.same_ids = src.ids.key == dst.ids.key
+        self.mapped: dict[bytes, ObjectId] = {}  # source chunk id -> destination chunk id
+        self.unindexed: list[ObjectId] = []
+        self.written_index: str | None = None
+        self.snapshots_before: frozenset[str] = frozenset()
+        self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
+        self._origins: dict[str, str] = {}  # snapshot id a copy came from -> its dst id
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def run(self, chosen: list[tuple[ObjectId, Snapshot]]) -> CopyResult:
+        result = CopyResult(str(self.src.backend.location), str(self.dst.backend.location))
+        for sid, snap in self.dst.snapshots():
+            self._learn(sid.hex(), snap)
+        todo = [(sid, snap) for sid, snap in chosen if self._found(sid.hex(), snap) is None]
+        bar = ByteProgress(sum(s.logical_bytes for _, s in todo), self.progress)
+        for sid, snap in chosen:
+            found = self._found(sid.hex(), snap)
+            if found is not None:
+                result.snapshots.append(SnapshotCopy(sid.hex(), found, copied=False))
+            else:
+                result.snapshots.append(self._copy(sid, snap, bar))
+        bar.finish()
+        return result
+
+    def _learn(self, dsid: str, snap: Snapshot) -> None:
+        self._present[dsid] = snap
+        if snap.origin is not None:
+            self._origins[snap.origin[1]] = dsid
+
+    def _found(self, sid: str, snap: Snapshot | None) -> str | None:
+        """The destination's id of source snapshot sid when the destination holds it: the same
+        snapshot, or a copy of it or of the snapshot it was copied from (by snapshot id alone:
+        a 256-bit id names one manifest, whichever repository it was seen in)."""
+        first = snap.origin[1] if snap is not None and snap.origin is not None else sid
+        for key in dict.fromkeys((sid, first)):
+            if key in self._present:
+                return key
+            if key in self._origins:
+                return self._origins[key]
+        return None
+
+    def _copy(self, sid: ObjectId, snap: Snapshot, bar: ByteProgress) -> SnapshotCopy:
+        """Store one snapshot in the destination: packs, index file, manifest (the commit
+        point), each read back before it counts as copied."""
+        src, dst = self.src, self.dst
+        src.ensure_index()
+        dst.ensure_index()
+        self.snapshots_before = frozenset(self._present)
+        out = SnapshotCopy(sid.hex(), "", copied=True)
+        writer = PackWriter(dst.store)
+        framer = _Framer(writer, dst.config)
+        base = self._base(snap)
+        lists: dict[tuple[str, ...], tuple[tuple[str, ...], bytes]] = {}
+        seen: set[bytes] = set()
+        files: list[FileEntry] = []
+        try:
+            for entry in snap.files:
+                if entry.lists not in lists:
+                    lists[entry.lists] = self._file(entry, writer, framer, base, seen, out)
+                    bar.add(entry.size)
+                files.append(dataclasses.replace(entry, lists=lists[entry.lists][0]))
+            framer.flush()
+            added = writer.finish()
+            self._check_lists(files, lists)
+        except BaseException:
+            self.unindexed = writer.abort()
+            self.written_index = writer.index_key  # when the failure came after it was written
+            raise
+        if self.same_ids:
+            key = f"snapshots/{sid.hex()}"
+            raw = decompress_manifest(src.backend.get(key), key)
+            if src.ids(raw) != sid:
+                raise IntegrityError(f"{key} does not match its id (damaged)")
+        else:
+            parent = self._found(snap.parent, None) if snap.parent else None
+            origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
+            new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
+            raw = new.encode()
+        dsid = dst.ids(raw)
+        blob = compress_manifest(raw)
+        try:
+            dst.store.put_verified(f"snapshots/{dsid.hex()}", blob)  # last: the commit point
+            copied = dst.load_snapshot(dsid)  # read back through the destination
+            if copied.encode() != raw:
+                raise IntegrityError(f"snapshot {dsid.hex()} reads back other than written")
+        except BaseException:
+            self.written_index = writer.index_key
+            self.unindexed = [pack for pack, _size in writer.created]
+            raise
+        self.unindexed, self.written_index = [], None
+        dst.remember_snapshot(dsid, copied)
+        self._learn(dsid.hex(), copied)
+        out.destination = dsid.hex()
+        out.chunks_sent = writer.chunks_added - out.lists_sent
+        out.bytes_written = added + len(blob)
+        return out
+
+    def _base(self, snap: Snapshot) -> dict[str, FileEntry]:
+        """Entries of the destination's newest snapshot of the same data dir and paths: chunk
+        lists rebuilt with destination ids are stored as deltas against them."""
+        if self.same_ids:
+            return {}
+        for _sid, other in reversed(self.dst.snapshots()):
+            if other.source == snap.source and other.paths == snap.paths:
+                return {f.path: f for f in other.files if f.link is None}
+        return {}
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _file(
+        self,
+        entry: FileEntry,
+        writer: PackWriter,
+        framer: _Framer,
+        base: dict[str, FileEntry],
+        seen: set[bytes],
+        out: SnapshotCopy,
+    ) -> tuple[tuple[str, ...], bytes]:
+        """Send a file's missing chunks and chunk list; returns the list's blob ids in the
+        destination and the refs they must resolve to."""
+        refs = self.src.file_refs(entry)  # its TREE blobs read and verified
+        if self.same_ids:
+            pairs = list(chunklist.REF.iter_unpack(refs))
+            stored = writer.known_many([cid for cid, _n in pairs])  # before any chunk is read
+            for (cid, n), there in zip(pairs, stored.tolist(), strict=True):
+                if cid in seen:  # sent or counted already (seen holds what this copy added)
+                    continue
+                seen.add(cid)
+                if there:
+                    out.chunks_present += 1
+                    continue
+                data, floats = self._read(ObjectId(cid))
+                framer.add(cid, data, floats)
+                out.bytes_sent += n
+            framer.flush()  # a file's chunks precede its list, as in a commit
+            for lid in entry.lists:
+                oid = ObjectId.from_hex(lid)
+                if not writer.known(oid):
+                    body = self.src.store.get(oid)
+                    writer.add(oid, TREE, compression.encode(body, framer.level), len(body))
+                    out.lists_sent += 1
+            return entry.lists, refs
+        mapped = bytearray()
+        for cid, n in chunklist.REF.iter_unpack(refs):
+            dcid = self.mapped.get(cid)
+            if dcid is None:
+                data, floats = self._read(ObjectId(cid))
+                dcid = self.mapped[cid] = self.dst.ids(data)
+                if not (writer.known(dcid) or dcid in framer.queued):
+                    framer.add(dcid, data, floats)
+                    out.bytes_sent += n
+                    seen.add(cid)
+            if cid not in seen:
+                seen.add(cid)
+                out.chunks_present += 1
+            mapped += chunklist.REF.pack(dcid, n)
+        framer.flush()
+        new_refs = bytes(mapped)
+        before = writer.chunks_added
+        ids = store_list(self.dst, new_refs, base.get(entry.path), writer, framer.level)
+        out.lists_sent += writer.chunks_added - before
+        return ids, new_refs
+
+    def _read(self, cid: ObjectId) -> tuple[bytes, bool]:
+        """A chunk's plain bytes from the source, verified, and whether the source stored it as
+        float32 words (a byte-grouped frame), so the destination compresses it alike."""
+        store = self.src.store
+        grouped = store.read_frame(store.entry(cid)).grouped  # decoded once: get reuses it
+        return store.get(cid), grouped
+
+    def _check_lists(
+        self,
+        files: list[FileEntry],
+        lists: dict[tuple[str, ...], tuple[tuple[str, ...], bytes]],
+    ) -> None:
+        """Read every copied chunk list back through the destination's index (each blob
+        verified) and check it resolves to the refs intended, every chunk of it indexed."""
+        by_lists = {f.lists: f for f in files}
+        for ids, refs in lists.values():
+            entry = by_lists[ids]
+            got = self.dst.file_refs(entry)
+            if got != refs:
+                raise IntegrityError(f"chunk list of {entry.path} reads back other than written")
+            known = self.dst.store.index.contains_many(id_matrix(chunklist.ids_packed(got)))
+            if not known.all():
+                raise IntegrityError(f"a chunk of {entry.path} is missing from the destination")

@@ -1,0 +1,308 @@
+"""casnap copy: snapshots between repositories, plain and encrypted, only missing chunks sent,
+idempotent, resumable after a kill, verified on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap import Repository, copy_snapshots
+from casnap.cli import cli
+from casnap.errors import InvalidArgument
+from casnap.manifest import Snapshot
+from tests.conftest import evolve_app, make_app
+from tests.util import raw_tree, snapshot_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+PW_SRC = "source password"
+PW_DST = "destination password"
+PASSWORD_VARS = [
+    f"CASNAP_{role}PASSWORD{tail}"
+    for role in ("", "FROM_", "TO_")
+    for tail in ("", "_FILE", "_COMMAND")
+]
+
+
+def run(repo: Path, data: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    full: dict[str, str | None] = dict.fromkeys(PASSWORD_VARS)
+    full.update(env)
+    result = CliRunner().invoke(cli, ["--repo", str(repo), "--data", str(data), *args], env=full)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def objects(repo: Path) -> dict[str, bytes]:
+    """Every stored object but locks: packs, index files, manifests, config, keys."""
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and p.relative_to(repo).parts[0] not in ("locks", "tmp")
+    }
+
+
+def log_ids(repo: Path, data: Path, **env: str) -> list[str]:
+    code, out, err = run(repo, data, "log", "--json", **env)
+    assert code == 0, err
+    return [row["id"] for row in json.loads(out)]
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, Path, list[str], list[dict[str, bytes]]]:
+    """A plain repository with three snapshots of an evolving app (the second tagged), and the
+    data dir's files at each."""
+    data, repo = tmp_path / "data", tmp_path / "src"
+    make_app(data, rows=150, vectors=300)
+    ids, trees = [], []
+    for step in range(3):
+        if step:
+            evolve_app(data, step)
+        tags = ["--tag", "nightly"] if step == 1 else []
+        code, out, err = run(repo, data, "commit", "-q", *tags)
+        assert code == 0, err
+        ids.append(out.strip())
+        trees.append(snapshot_tree(data))
+    return data, repo, ids, trees
+
+
+def check_restores(
+    repo: Path, data: Path, tmp: Path, pairs: list[tuple[str, dict[str, bytes]]], **env: str
+) -> None:
+    """Each snapshot checks out of repo byte-identical to the data it was taken of, and
+    verify --read-data passes."""
+    for n, (sid, tree) in enumerate(pairs):
+        out = tmp / f"out-{repo.name}-{n}"
+        code, _, err = run(repo, data, "checkout", sid, "--to", str(out), "--no-smoke", **env)
+        assert code == 0, err
+        assert snapshot_tree(out) == tree
+    code, out_text, err = run(repo, data, "verify", "--read-data", **env)
+    assert code == 0, out_text + err
+
+
+def test_plain_to_plain_keeps_ids_and_a_second_copy_writes_nothing(tmp_path, history) -> None:
+    data, src, ids, trees = history
+    dst = tmp_path / "dst"  # missing: the copy creates it
+    code, out, err = run(src, data, "copy", "--to", str(dst))
+    assert code == 0, err
+    assert "created repository" in err
+    assert sorted(log_ids(dst, data)) == sorted(ids)
+    for sid in ids:
+        assert (dst / "snapshots" / sid).read_bytes() == (src / "snapshots" / sid).read_bytes()
+        assert f"copied {sid[:8]} -> {sid[:8]}" in out
+    before = objects(dst)
+    code, out, err = run(src, data, "copy", "--to", str(dst))
+    assert code == 0, err
+    assert objects(dst) == before  # no pack, index file or manifest
+    for sid in ids:
+        assert f"{sid[:8]} already in" in out
+    assert "0 snapshot(s) copied, 3 already there" in out
+    check_restores(dst, data, tmp_path, list(zip(ids, trees, strict=True)))
+
+
+def test_plain_to_encrypted_and_back(tmp_path, history) -> None:
+    data, src, ids, trees = history
+    enc = tmp_path / "enc"
+    code, out, err = run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert "created encrypted repository" in err
+    assert Repository.open(enc, lambda: PW_DST).encrypted
+    copied = json.loads(
+        run(src, data, "copy", "--to", str(enc), "--json", CASNAP_TO_PASSWORD=PW_DST)[1]
+    )
+    assert copied["copied"] == 0 and copied["present"] == 3
+    mapping = {s["source"]: s["destination"] for s in copied["snapshots"]}
+    assert set(mapping) == set(ids) and not set(mapping.values()) & set(ids)
+    before = objects(enc)
+    run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD=PW_DST)
+    assert objects(enc) == before
+    pairs = [(mapping[sid], tree) for sid, tree in zip(ids, trees, strict=True)]
+    check_restores(enc, data, tmp_path, pairs, CASNAP_PASSWORD=PW_DST)
+
+    # encrypted -> plain: --repo is the destination, the encrypted source has --from passwords
+    back = tmp_path / "back"
+    code, out, err = run(back, data, "copy", "--from", str(enc), CASNAP_FROM_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert not Repository.open(back).encrypted
+    back_ids = log_ids(back, data)
+    assert len(back_ids) == 3
+    found = json.loads(
+        run(back, data, "copy", "--from", str(enc), "--json", CASNAP_FROM_PASSWORD=PW_DST)[1]
+    )
+    assert found["copied"] == 0
+    back_of = {s["source"]: s["destination"] for s in found["snapshots"]}
+    pairs = [(back_of[mapping[sid]], tree) for sid, tree in zip(ids, trees, strict=True)]
+    check_restores(back, data, tmp_path, pairs)
+    # copied back into the source, the snapshots are recognised as the ones they came from
+    code, out, err = run(src, data, "copy", "--from", str(back))
+    assert code == 0, err
+    assert "0 snapshot(s) copied, 3 already there" in out
+
+
+def test_encrypted_to_encrypted_with_another_key(tmp_path, history) -> None:
+    data, src, ids, trees = history
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run(one, data, "copy", "--from", str(src), CASNAP_PASSWORD=PW_SRC)[0] == 0
+    code, out, err = run(
+        one, data, "copy", "--to", str(two), CASNAP_PASSWORD=PW_SRC, CASNAP_TO_PASSWORD=PW_DST
+    )
+    assert code == 0, err
+    assert len(log_ids(two, data, CASNAP_PASSWORD=PW_DST)) == 3
+    code, _, err = run(two, data, "verify", "--read-data", CASNAP_PASSWORD=PW_DST)
+    assert code == 0, err
+
+
+def test_only_missing_chunks_are_sent(tmp_path, history) -> None:
+    """Copy snapshot 1, then all: the second copy sends what snapshots 2-3 added in the source,
+    exactly as many blobs as their commits stored, far fewer bytes than their data."""
+    data, src, ids, _trees = history
+    with Repository.open(src) as repo:
+        later = [repo.load_snapshot(repo.resolve(sid)) for sid in ids[1:]]
+    logical = sum(s.logical_bytes for s in later)
+    new_blobs = sum(s.stats["chunks_new"] for s in later)
+    sent = {}
+    for name, env in (("plain", {}), ("enc", {"CASNAP_TO_PASSWORD": PW_DST})):
+        dst = tmp_path / name
+        code, out, err = run(src, data, "copy", ids[0], "--to", str(dst), "--json", **env)
+        assert code == 0, err
+        assert [s["source"] for s in json.loads(out)["snapshots"]] == [ids[0]]
+        code, out, err = run(src, data, "copy", "--to", str(dst), "--json", **env)
+        assert code == 0, err
+        second = json.loads(out)
+        assert [s["copied"] for s in second["snapshots"]] == [False, True, True]
+        assert 0 < second["bytes_sent"] < logical / 2
+        assert 0 < second["bytes_written"] < logical / 2
+        assert all(s["chunks_present"] > 0 for s in second["snapshots"][1:])
+        sent[name] = second["chunks_sent"]
+        if name == "plain":
+            blobs = sum(s["chunks_sent"] + s["lists_sent"] for s in second["snapshots"])
+            assert blobs == new_blobs
+    assert sent["enc"] == sent["plain"]
+
+
+def test_selecting_by_id_prefix_tag_and_filter(tmp_path, history) -> None:
+    data, src, ids, _trees = history
+    dst = tmp_path / "dst"
+    code, out, err = run(src, data, "copy", "nightly", ids[2][:10], "--to", str(dst))
+    assert code == 0, err
+    assert sorted(log_ids(dst, data)) == sorted([ids[1], ids[2]])
+    dst2 = tmp_path / "dst2"
+    code, out, err = run(src, data, "copy", "--tag", "nightly", "--to", str(dst2))
+    assert code == 0, err
+    assert log_ids(dst2, data) == [ids[1]]
+    code, _, err = run(src, data, "copy", "nosuchtag", "--to", str(tmp_path / "dst3"))
+    assert code == 4, err
+    assert not (tmp_path / "dst3").exists()  # a destination made for nothing is taken back
+
+
+@pytest.mark.parametrize("spec", ["put:kill:1:packs/", "put:kill:2:packs/", "put:kill:2:index/"])
+def test_a_killed_copy_leaves_the_destination_intact_and_a_rerun_completes(
+    tmp_path, history, spec
+) -> None:
+    data, src, ids, trees = history
+    dst = tmp_path / "dst"
+    args = ["--repo", str(src), "--data", str(data), "copy", "--to", str(dst)]
+    env = {k: v for k, v in os.environ.items() if k not in PASSWORD_VARS}
+    env["CASNAP_TO_PASSWORD"] = PW_DST
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.faulty_cli", spec, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    kept = log_ids(dst, data, CASNAP_PASSWORD=PW_DST)
+    assert len(kept) < 3
+    code, out, err = run(dst, data, "verify", "--read-data", CASNAP_PASSWORD=PW_DST)
+    assert code == 0, out + err
+    code, out, err = run(src, data, "copy", "--to", str(dst), "--json", CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["present"] == len(kept) and result["copied"] == 3 - len(kept)
+    mapping = {s["source"]: s["destination"] for s in result["snapshots"]}
+    pairs = [(mapping[sid], tree) for sid, tree in zip(ids, trees, strict=True)]
+    check_restores(dst, data, tmp_path, pairs, CASNAP_PASSWORD=PW_DST)
+
+
+def test_a_failed_copy_takes_back_its_packs(tmp_path, history) -> None:
+    """A storage failure writing the second snapshot's manifest: the first snapshot stays, the
+    second one's packs and index file are taken back, and a rerun completes."""
+    data, src, ids, _trees = history
+    dst = tmp_path / "dst"
+    env = {k: v for k, v in os.environ.items() if k not in PASSWORD_VARS}
+    args = ["--repo", str(src), "--data", str(data), "copy", "--to", str(dst)]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.faulty_cli", "put:enospc:2:snapshots/", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+    )
+    assert done.returncode not in (0, 70) and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert log_ids(dst, data) == [ids[0]]
+    with Repository.open(dst) as repo:
+        repo.ensure_index()
+        assert len(repo.store.index_files) == 1  # the first snapshot's
+    assert len(list((dst / "packs").rglob("*"))) - len(list((dst / "packs").glob("*"))) == 1
+    code, out, err = run(src, data, "copy", "--to", str(dst))
+    assert code == 0, err
+    assert sorted(log_ids(dst, data)) == sorted(ids)
+    code, out, err = run(dst, data, "verify", "--read-data")
+    assert code == 0, out + err
+
+
+def test_wrong_destination_password_writes_nothing(tmp_path, history) -> None:
+    data, src, _ids, _trees = history
+    enc = tmp_path / "enc"
+    assert run(enc, data, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)[0] == 0
+    before = raw_tree(enc)
+    code, out, err = run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD="wrong")
+    assert code == 10, err
+    assert len(err.strip().splitlines()) == 1
+    assert raw_tree(enc) == before
+    code, out, err = run(src, data, "copy", "--to", str(enc))  # no password source at all
+    assert code == 10 and "--to-password-file" in err, err
+    assert raw_tree(enc) == before
+
+
+def test_python_api_and_usage_errors(tmp_path, history) -> None:
+    data, src, ids, _trees = history
+    with Repository.open(src) as a, Repository.open_or_init(tmp_path / "b") as b:
+        result = copy_snapshots(a, b, [ids[0]])
+        assert [s.destination for s in result.snapshots] == [ids[0]]
+        with pytest.raises(InvalidArgument, match="same repository"):
+            copy_snapshots(a, a)
+    assert run(src, data, "copy")[0] == 2
+    assert run(src, data, "copy", "--to", "x", "--from", "y")[0] == 2
+    assert run(src, data, "copy", "--to", str(src))[0] == 2
+    assert run(src, data, "copy", "--to", "s3://bucket/x")[0] == 2
+
+
+def test_origin_is_written_only_when_present(tmp_path, history) -> None:
+    """A manifest without `origin` encodes as before (its id unchanged); one with it
+    round-trips, and a copy into a plain repository records it."""
+    data, src, ids, _trees = history
+    with Repository.open(src) as repo:
+        snap = repo.load_snapshot(repo.resolve(ids[0]))
+        assert snap.origin is None and b'"origin":' not in snap.encode()
+        assert repo.ids(snap.encode()).hex() == ids[0]
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD=PW_DST)[0] == 0
+    code, out, err = run(
+        back, data, "copy", "--from", str(enc), "--to-encryption", "none",
+        CASNAP_FROM_PASSWORD=PW_DST, CASNAP_PASSWORD=PW_SRC,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "not encrypted; no password used" in err
+    with Repository.open(back) as repo, Repository.open(src) as first:
+        origins = {s.origin for _sid, s in repo.snapshots()}
+        assert origins == {(first.id, sid) for sid in ids}
+        again = Snapshot.decode(next(iter(repo.snapshots()))[1].encode())
+        assert again.origin in origins
