@@ -183,6 +183,16 @@ def remove_stale(root: Path, recursive: bool = True) -> list[Path]:
     return removed
 
 
+def cache_dir() -> Path:
+    """casnap's folder in the user's cache dir (safe to delete at any time): `$CASNAP_CACHE_DIR`,
+    else `$XDG_CACHE_HOME/casnap`, else `~/.cache/casnap`."""
+    explicit = os.environ.get("CASNAP_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "casnap"
+
+
 def private_scratch() -> Path:
     """This user's scratch folder outside every repository, `$TMPDIR/casnap-<uid>` (0700): an
     encrypted repository keeps no plaintext database image inside itself, even for a moment."""

@@ -105,20 +105,34 @@ def parse_pack_directory(key: str, data: bytes) -> np.ndarray:
 
 
 def read_pack_directory(backend: Backend, pack: ObjectId, size: int) -> np.ndarray:
-    """A pack's directory read from its tail alone (two ranged reads), bounds-checked, as a
-    DIR_DTYPE array."""
+    """A pack's directory read from its tail alone, bounds-checked, as a DIR_DTYPE array.
+
+    Two reads, each from an offset to the pack's end (the trailer, then directory and trailer):
+    such reads are the ones a CachingBackend keeps, so a pack's directory is fetched once.
+    """
     key = pack_key(pack)
     check_pack_size(key, size)
     if size < len(PACK_HEADER) + _TRAILER.size:
         raise IntegrityError(f"{key}: too short to be a pack ({size} bytes)")
-    dir_len, dir_hash, end = _TRAILER.unpack(backend.get(key, size - _TRAILER.size, _TRAILER.size))
+    dir_len, dir_hash, end = _TRAILER.unpack(_tail(backend, key, size, size - _TRAILER.size))
     if end != PACK_END:
         raise IntegrityError(f"{key}: not a casnap pack (bad trailer)")
     dir_start = size - _TRAILER.size - dir_len
     if dir_start < len(PACK_HEADER):
         raise IntegrityError(f"{key}: pack directory out of bounds")
-    packed = backend.get(key, dir_start, dir_len)
+    packed = _tail(backend, key, size, dir_start)[:dir_len]
     return _parse_directory(key, packed, dir_hash, dir_start)
+
+
+def _tail(backend: Backend, key: str, size: int, offset: int) -> bytes:
+    """The bytes of a pack of size from offset to its end; IntegrityError when the stored pack is
+    not of that size (it cannot be the pack its size was taken from)."""
+    data = backend.get(key, offset)
+    if len(data) != size - offset:
+        raise IntegrityError(
+            f"{key}: holds {offset + len(data)} bytes, expected {size} (truncated or replaced)"
+        )
+    return data
 
 
 def _parse_directory(key: str, packed: bytes, dir_hash: bytes, dir_start: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any
 
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, selection
 from casnap.backends.base import Backend
+from casnap.backends.cached import CachingBackend, cache_dir_for
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.local import LocalBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
@@ -168,10 +169,15 @@ class Repository:
         tmp_dir: Path | None = None,
         root: Path | None = None,
         password: PasswordSource | None = None,
+        cache: bool = False,
     ) -> Repository:
         """Open a repository on any backend; its config is checked first (config.py). An
         encrypted one is opened with the first key file the password opens (PasswordError when
-        none does, or when it has no password); a plain config beside key files is tampering."""
+        none does, or when it has no password); a plain config beside key files is tampering.
+
+        With cache, index files, manifests and pack directories are kept in the user's cache
+        dir (backends/cached.py), for a backend where each request costs: sealed, below the
+        encryption."""
         try:
             raw = backend.get("config")
         except IntegrityError as exc:
@@ -183,6 +189,8 @@ class Repository:
                     "files: the config was replaced (tampered with); not using it"
                 )
             cfg = parse_config(raw, backend.location)
+            if cache:
+                backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
             return cls(backend, cfg, tmp_dir or _system_tmp(), root)
         crypto.parse_header(f"{backend.location}/config", raw)  # an unknown scheme: stop here
         if password is None:
@@ -196,6 +204,8 @@ class Repository:
                 "is damaged or tampered with, or the key file is another repository's"
             ) from exc
         cfg = parse_config(plain, backend.location)
+        if cache:  # below the EncryptedBackend Repository puts on top: it keeps sealed bytes
+            backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
         if root is not None and tmp_dir == root / "tmp":
             tmp_dir = fsutil.private_scratch()  # no plaintext scratch file inside the repository
         return cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))

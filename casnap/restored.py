@@ -18,17 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from casnap.fsutil import temp_name
+from casnap.fsutil import cache_dir, temp_name
 from casnap.ids import hash_bytes
-
-
-def cache_dir() -> Path:
-    """casnap's folder in the user's cache dir (safe to delete at any time)."""
-    explicit = os.environ.get("CASNAP_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "casnap"
 
 
 def _path(repo_id: str, source: str) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from casnap.backends import Backend, LocalBackend, MemoryBackend
+from casnap.backends.cached import CachingBackend
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.crypto import Sealer
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, ObjectMissing, StorageFull
@@ -62,6 +63,11 @@ def _encrypted_leftover(backend: Backend, key: str, data: bytes) -> None:
     _local_leftover(backend.inner, key, data)
 
 
+def _cached_leftover(backend: Backend, key: str, data: bytes) -> None:
+    assert isinstance(backend, CachingBackend)
+    _local_leftover(backend.inner, key, data)
+
+
 @dataclass(frozen=True)
 class Kit:
     """One backend under contract: its class, how to make one on fresh storage under a folder,
@@ -89,6 +95,13 @@ KITS = [
         lambda cls, tmp: cls(LocalBackend(tmp / "repo"), SEALER),  # type: ignore[call-arg]
         lambda b: EncryptedBackend(LocalBackend(b.inner.root), SEALER),  # type: ignore[attr-defined]
         _encrypted_leftover,
+    ),
+    Kit(
+        "cached",
+        CachingBackend,
+        lambda cls, tmp: cls(LocalBackend(tmp / "repo"), tmp / "cache"),  # type: ignore[call-arg]
+        lambda b: CachingBackend(LocalBackend(b.inner.root), b.cache_dir),  # type: ignore[attr-defined]
+        _cached_leftover,
     ),
 ]
 

@@ -5,7 +5,9 @@ files (`keys/...`) pass through unsealed: they are sealed by a password, not by 
 they carry. Sizes listed are plaintext sizes, so the layers above see the same numbers as on a
 plain repository. Ranged reads open only the segments they cover; the header of each object
 read in part is kept (objects are immutable), and read again once when a segment fails to open
-(the object may have been deleted and stored again meanwhile, with a new salt).
+(the object may have been deleted and stored again meanwhile, with a new salt). A read that
+reaches an object's end asks the backend below for its sealed bytes to the end, as a pack
+directory's reads do (a CachingBackend below keeps those).
 """
 
 from __future__ import annotations
@@ -81,7 +83,16 @@ class EncryptedBackend(Backend):
         if end == offset:
             return b""
         first, start, size = segment_span(header, offset, end - offset)
-        plain = self.sealer.open_segments(key, header, first, self.inner.get(key, start, size))
+        if end == header.length:  # a read to the end (a CachingBackend keeps those of packs)
+            sealed = self.inner.get(key, start)
+            if len(sealed) != size:
+                raise IntegrityError(
+                    f"{key} is truncated or replaced: it holds {start + len(sealed)} stored "
+                    f"bytes, not {start + size}"
+                )
+        else:
+            sealed = self.inner.get(key, start, size)
+        plain = self.sealer.open_segments(key, header, first, sealed)
         skip = offset - first * SEGMENT
         return plain[skip : skip + end - offset]
 

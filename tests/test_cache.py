@@ -1,0 +1,348 @@
+"""The local cache of index files, manifests and pack directories (backends/cached.py): commands
+that only read metadata ask the backend for listings alone once the cache is warm."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casnap import Repository, checkout, collect, commit, diff, forget, verify
+from casnap.backends.base import Backend
+from casnap.backends.cached import CachingBackend, cache_dir_for
+from casnap.backends.encrypted import EncryptedBackend
+from casnap.backends.local import LocalBackend
+from casnap.backends.memory import MemoryBackend
+from casnap.errors import IntegrityError
+from casnap.stats import log_rows
+from tests.conftest import evolve_app, make_app
+
+PW = "correct horse battery staple"
+Call = tuple[str, str, int, int | None]  # verb, key, offset, length
+Calls = list[Call]  # named here: inside Counting, `list` is its method
+
+
+class Counting(Backend):
+    """A backend that records every request it passes on: (verb, key, offset, length)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls: Calls = []
+        self._lock = threading.Lock()
+
+    def _note(self, verb: str, key: str, offset: int = 0, length: int | None = None) -> None:
+        with self._lock:
+            self.calls.append((verb, key, offset, length))
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        self._note("put", key)
+        return self.inner.put(key, data)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        self._note("get", key, offset, length)
+        return self.inner.get(key, offset, length)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        self._note("list", prefix)
+        yield from self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._note("delete", key)
+        self.inner.delete(key)
+
+    def exists(self, key: str) -> bool:
+        self._note("exists", key)
+        return self.inner.exists(key)
+
+    def gets(self, *prefixes: str) -> Calls:
+        """The gets of keys under these prefixes, and forget every call recorded so far. The
+        read back of an object just put (a write is checked at the storage) is left out."""
+        with self._lock:
+            put = {c[1] for c in self.calls if c[0] == "put"}
+            out = [
+                c
+                for c in self.calls
+                if c[0] == "get" and c[1].startswith(prefixes) and c[1] not in put
+            ]
+            self.calls.clear()
+        return out
+
+    def tail_gets(self) -> Calls:
+        """The reads of packs from an offset to their end (their directory), and forget all."""
+        return [c for c in self.gets("packs/") if c[2] > 0 and c[3] is None]
+
+
+def open_counted(root: Path, password: str | None = None) -> tuple[Repository, Counting]:
+    """The repository at root over a counting backend, with the cache."""
+    counting = Counting(LocalBackend(root))
+    pw = None if password is None else (lambda: password)
+    repo = Repository.open_backend(counting, root / "tmp", root=root, password=pw, cache=True)
+    return repo, counting
+
+
+def two_snapshots(tmp_path: Path, password: str | None = None) -> tuple[Path, Path, list[str]]:
+    """A repository (encrypted when a password is given) with two snapshots of a real app."""
+    data, root = tmp_path / "data", tmp_path / "repo"
+    make_app(data)
+    pw = None if password is None else (lambda: password)
+    repo = Repository.open_or_init(
+        root, password=pw, encryption="none" if pw is None else "repokey"
+    )
+    ids = [commit(repo, data, message="first").id]
+    evolve_app(data, 1)
+    ids.append(commit(repo, data, message="second").id)
+    repo.close()
+    return data, root, ids
+
+
+def metadata_commands(repo: Repository, data: Path, ids: list[str]) -> None:
+    """log, show, diff of two snapshots and a commit that finds nothing new."""
+    assert len(log_rows(repo)) >= 2
+    assert len(repo.snapshots()) >= 2
+    assert repo.load_snapshot(repo.resolve(ids[0])).message == "first"
+    assert diff(repo, ids[0], ids[1]).files
+    commit(repo, data, message="again")
+
+
+def test_a_warm_cache_answers_metadata_reads_with_listings_alone(tmp_path: Path) -> None:
+    data, root, ids = two_snapshots(tmp_path)
+    repo, counting = open_counted(root)
+    assert isinstance(repo.backend, CachingBackend)
+    metadata_commands(repo, data, ids)
+    assert counting.gets("index/", "snapshots/")  # a cold cache fetches them once
+    repo.close()
+
+    for _ in range(2):  # each a new process's view: nothing kept in memory
+        repo, counting = open_counted(root)
+        assert len(log_rows(repo)) >= 2
+        assert counting.gets("index/", "snapshots/") == []
+        assert {c[0] for c in counting.calls} <= {"list"}
+        repo.close()
+    repo, counting = open_counted(root)
+    metadata_commands(repo, data, ids)
+    assert counting.gets("index/", "snapshots/") == []
+    repo.close()
+
+
+def test_pack_directories_are_read_once(tmp_path: Path) -> None:
+    _data, root, _ids = two_snapshots(tmp_path)
+    repo, counting = open_counted(root)
+    assert verify(repo).ok
+    assert counting.tail_gets()  # verify read each pack's directory from its tail
+    repo.close()
+    repo, counting = open_counted(root)
+    assert verify(repo).ok
+    assert counting.tail_gets() == []
+    assert collect(repo, dry_run=True) is not None
+    assert counting.tail_gets() == []
+    repo.close()
+
+
+def test_a_damaged_cache_file_is_fetched_again(tmp_path: Path) -> None:
+    data, root, ids = two_snapshots(tmp_path)
+    repo, _ = open_counted(root)
+    metadata_commands(repo, data, ids)
+    folder = cache_dir_for(repo.id)
+    repo.close()
+    manifests = sorted((folder / "snapshots").iterdir())
+    indexes = sorted((folder / "index").iterdir())
+    assert manifests and indexes
+    flipped = bytearray(manifests[0].read_bytes())
+    flipped[-1] ^= 1
+    manifests[0].write_bytes(bytes(flipped))
+    indexes[0].write_bytes(b"")  # cut short: not even a header
+    (folder / "snapshots" / "stray").write_bytes(b"junk")  # a key no listing names
+
+    repo, counting = open_counted(root)
+    assert len(log_rows(repo)) == 3
+    refetched = {c[1] for c in counting.gets("index/", "snapshots/")}
+    assert refetched == {f"snapshots/{manifests[0].name}"}
+    assert not (folder / "snapshots" / "stray").exists()  # dropped by the listing
+    repo.ensure_index()
+    assert {c[1] for c in counting.gets("index/", "snapshots/")} == {f"index/{indexes[0].name}"}
+    target = tmp_path / "out"
+    checkout(repo, ids[1], target, safety_snapshot=False)
+    repo.close()
+    # stored whole again: the next run reads nothing
+    repo, counting = open_counted(root)
+    repo.ensure_index()
+    assert len(log_rows(repo)) == 3
+    assert counting.gets("index/", "snapshots/") == []
+    repo.close()
+
+
+def test_deleting_the_cache_is_harmless(tmp_path: Path) -> None:
+    import shutil
+
+    data, root, ids = two_snapshots(tmp_path)
+    repo, _ = open_counted(root)
+    metadata_commands(repo, data, ids)
+    folder = cache_dir_for(repo.id)
+    repo.close()
+    assert folder.is_dir()
+    shutil.rmtree(folder)
+    repo, counting = open_counted(root)
+    metadata_commands(repo, data, ids)
+    assert counting.gets("snapshots/")  # a miss: fetched again
+    shutil.rmtree(folder)  # while it is open
+    assert verify(repo).ok
+    repo.close()
+
+
+def test_an_object_deleted_elsewhere_leaves_the_cache_at_the_next_listing(
+    tmp_path: Path,
+) -> None:
+    data, root, ids = two_snapshots(tmp_path)
+    repo, _ = open_counted(root)
+    metadata_commands(repo, data, ids)
+    assert verify(repo).ok  # pack directories kept too
+    folder = cache_dir_for(repo.id)
+    repo.close()
+    kept_packs = {p.name.split(".")[0] for p in (folder / "packs").rglob("*.tail")}
+    assert kept_packs
+
+    other = Repository.open(root)  # another process, without the cache, forgets and collects
+    forget(other, [ids[0]])
+    collect(other, max_unused=0.0)
+    other.close()
+    assert not (root / "snapshots" / ids[0]).exists()
+    assert (folder / "snapshots" / ids[0]).exists()
+
+    repo, counting = open_counted(root)
+    assert len(log_rows(repo)) == 2
+    assert not (folder / "snapshots" / ids[0]).exists()
+    listed = {p.name for p in (root / "snapshots").iterdir()}
+    assert {p.name for p in (folder / "snapshots").iterdir()} == listed
+    assert verify(repo).ok
+    assert counting.gets("snapshots/") == []
+    stored_index = {p.name for p in (root / "index").iterdir()}
+    assert {p.name for p in (folder / "index").iterdir()} <= stored_index
+    stored_packs = {p.name for p in (root / "packs").rglob("*") if p.is_file()}
+    assert {p.name.split(".")[0] for p in (folder / "packs").rglob("*.tail")} <= stored_packs
+    repo.close()
+
+
+def test_delete_through_the_cache_drops_its_copy(tmp_path: Path) -> None:
+    inner = Counting(MemoryBackend())
+    cached = CachingBackend(inner, tmp_path / "cache")
+    assert cached.put("snapshots/ab", b"manifest")  # what is stored is kept at once
+    assert cached.get("snapshots/ab") == b"manifest"
+    assert inner.inner.put("snapshots/cd", b"stored elsewhere")
+    assert cached.get("snapshots/cd") == b"stored elsewhere"  # a miss: fetched, then kept
+    assert cached.get("snapshots/cd") == b"stored elsewhere"
+    assert [c[1] for c in inner.gets("snapshots/")] == ["snapshots/cd"]
+    cached.delete("snapshots/ab")
+    assert not (tmp_path / "cache" / "snapshots" / "ab").exists()
+    assert cached.put("snapshots/ab", b"stored again")  # a new object under the same key
+    assert cached.get("snapshots/ab") == b"stored again"
+    # what is not kept passes through every time; nothing is written for it
+    assert inner.inner.put("config", b"cfg") and inner.inner.put("packs/cd/cdef", b"p" * 100)
+    for _ in range(2):
+        assert cached.get("config") == b"cfg"
+        assert cached.get("packs/cd/cdef") == b"p" * 100
+        assert cached.get("packs/cd/cdef", 10, 20) == b"p" * 20
+    assert len(inner.gets("config", "packs/")) == 6
+    assert not (tmp_path / "cache" / "config").exists()
+    assert not list((tmp_path / "cache").glob("packs/**/*.*"))
+
+
+def test_pack_tails_and_heads_serve_exactly_their_bytes(tmp_path: Path) -> None:
+    inner = Counting(MemoryBackend())
+    cached = CachingBackend(inner, tmp_path / "cache")
+    blob = bytes(range(256)) * 4
+    inner.inner.put("packs/ab/abcd", blob)
+    assert cached.get("packs/ab/abcd", 1000) == blob[1000:]
+    assert cached.get("packs/ab/abcd", 900) == blob[900:]  # a longer tail replaces it
+    assert cached.get("packs/ab/abcd", 0, 40) == blob[:40]
+    assert len(inner.gets("packs/")) == 3
+    assert cached.get("packs/ab/abcd", 1000) == blob[1000:]
+    assert cached.get("packs/ab/abcd", 950, 30) == blob[950:980]
+    assert cached.get("packs/ab/abcd", 1024) == b""
+    assert cached.get("packs/ab/abcd", 0, 16) == blob[:16]
+    assert inner.gets("packs/") == []
+    with pytest.raises(IntegrityError):  # past the end: the backend below answers (damage)
+        cached.get("packs/ab/abcd", 1020, 10)
+    assert inner.gets("packs/")
+
+
+def test_concurrent_gets_share_the_cache(tmp_path: Path) -> None:
+    inner = MemoryBackend()
+    cached = CachingBackend(inner, tmp_path / "cache")
+    blobs = {f"index/{i:04x}": os.urandom(3000 + i) for i in range(40)}
+    for k, v in blobs.items():
+        cached.put(k, v)
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        try:
+            for n in range(200):
+                k = f"index/{(seed * 7 + n) % 40:04x}"
+                assert cached.get(k) == blobs[k]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".casnap-tmp")]
+    assert leftovers == []
+
+
+def test_cache_files_are_private(tmp_path: Path) -> None:
+    inner = MemoryBackend()
+    cached = CachingBackend(inner, tmp_path / "cache" / "repos" / "x")
+    cached.put("index/ab", b"index")
+    cached.get("index/ab")
+    path = tmp_path / "cache" / "repos" / "x" / "index" / "ab"
+    assert path.stat().st_mode & 0o777 == 0o600
+    for folder in (path.parent, path.parent.parent, tmp_path / "cache"):
+        assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_cache_lives_in_the_user_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CASNAP_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir_for("0123abcd") == tmp_path / "c" / "repos" / "0123abcd"
+    escaped = cache_dir_for("../../etc")
+    assert escaped.parent == tmp_path / "c" / "repos" and ".." not in escaped.name
+
+
+def test_an_encrypted_repository_keeps_sealed_bytes_only(tmp_path: Path) -> None:
+    data, root, ids = two_snapshots(tmp_path, PW)
+    repo, counting = open_counted(root, PW)
+    assert isinstance(repo.backend, EncryptedBackend)
+    assert isinstance(repo.backend.inner, CachingBackend)
+    metadata_commands(repo, data, ids)
+    assert verify(repo).ok
+    folder = cache_dir_for(repo.id)
+    repo.close()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert any(p.name.endswith(".tail") for p in files)
+    assert any(p.parent.name == "snapshots" for p in files)
+    names = [b"app.db", b"shard_000.index", b"ivf.index", b"hnsw.index", b"first", b"docs"]
+    for p in files:
+        body = p.read_bytes()
+        assert not [n for n in names if n in body], p
+
+    repo, counting = open_counted(root, PW)
+    metadata_commands(repo, data, ids)
+    assert counting.gets("index/", "snapshots/") == []
+    assert verify(repo).ok
+    assert counting.tail_gets() == []
+    heads = [c for c in counting.gets("packs/") if c[2] == 0 and c[3] is not None and c[3] <= 64]
+    assert heads == []
+    target = tmp_path / "out"
+    checkout(repo, ids[1], target, safety_snapshot=False)
+    assert (target / "app.db").is_file()
+    repo.close()
