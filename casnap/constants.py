@@ -154,6 +154,27 @@ SQLITE_BUSY_TIMEOUT = 30.0
 # (CASNAP_LOCK_WAIT overrides it: 0 fails at once, for scripts that must not queue).
 LOCK_WAIT_SECONDS = 60.0
 
+# A lock holder writes its lock afresh this often (a new object with a new time, then the old one
+# deleted: objects are immutable), and a lock whose last refresh is older than LOCK_STALE is
+# stale whatever host wrote it: a pid on another host cannot be checked, and a host that crashed
+# or lost its network must not block every gc forever. Restic uses the same 5 and 30 minutes:
+# six missed refreshes before a live holder loses its lock ride out a slow storage endpoint,
+# while a dead host's lock blocks a gc for at most half an hour. Hosts' clocks must agree to well
+# within LOCK_STALE - LOCK_REFRESH (docs/FORMAT.md, "Locks").
+LOCK_REFRESH_SECONDS = 5 * 60.0
+LOCK_STALE_SECONDS = 30 * 60.0
+
+# Storage requests that fail transiently (TransientError: timeouts, resets, 5xx, throttling) are
+# tried this many times in all (backends/retrying.py), waiting a random time between 0 and
+# RETRY_BASE_DELAY * 2**n (at most RETRY_MAX_DELAY) before retry n+1 ("full jitter": many
+# hosts retrying at once spread out instead of hammering a throttled endpoint together). 8
+# attempts wait at most 0.5+1+2+4+8+16+30 = 61.5 s, about 31 s on average: a commit that has
+# uploaded for an hour rides out a minute-long outage or a burst of S3 "SlowDown" answers,
+# while a storage that stays down surfaces as one clear error within about a minute.
+RETRY_ATTEMPTS = 8
+RETRY_BASE_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
+
 # Names skipped in every data dir: OS litter and casnap's own temporary files.
 SKIP_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 TEMP_PREFIX = ".casnap-tmp-"

@@ -2,8 +2,12 @@
 
 A lock is an object `locks/<random>` naming its holder. To take one, a process writes its own lock
 first and then looks at the others; on conflict it removes its own and waits. Both sides of a race
-therefore see each other and neither proceeds alone. A lock whose holder is a dead process on this
-host is stale and removed by whoever finds it.
+therefore see each other and neither proceeds alone. Several hosts may share a repository: while
+the block runs, a thread writes the lock afresh every LOCK_REFRESH_SECONDS (a new object with the
+new time, then the old one deleted: objects are immutable). A lock not refreshed for
+LOCK_STALE_SECONDS is stale whatever its host, as is one of a dead process on this host; whoever
+finds a stale lock removes it. A holder whose own lock was removed meanwhile fails at the end of
+its block: its protection was gone (docs/FORMAT.md, "Locks").
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from casnap.backends.base import Backend
-from casnap.constants import LOCK_WAIT_SECONDS
+from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
 from casnap.fsutil import seconds_from_env
 from casnap.procs import pid_alive, process_start_time
@@ -74,25 +79,34 @@ class LockInfo:
     start: int | None
     exclusive: bool
     operation: str
-    time: float
+    time: float  # when this lock object was written: taken, or last refreshed
     readable: bool = True  # False: the file is not a lock casnap can read (damaged or foreign)
+    taken: float | None = None  # when the holder took the lock (None: written before refreshes)
 
     def describe(self) -> str:
         if not self.readable:
             return f"lock file {self.key} cannot be read (damaged, or not written by casnap)"
         kind = "exclusive" if self.exclusive else "shared"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken or self.time))
         return (
             f"{kind} lock held by {self.operation} (pid {self.pid} on {self.host}, since {since})"
         )
 
-    def stale(self) -> bool:
-        """True for the lock of a process of this host that no longer runs."""
-        return (
-            self.readable
-            and self.host == socket.gethostname()
-            and not pid_alive(self.pid, self.start)
-        )
+    def stale(self, stale_after: float = LOCK_STALE_SECONDS) -> bool:
+        """True for a lock not refreshed for stale_after seconds (any host), or of a process of
+        this host that no longer runs."""
+        return self.stale_reason(stale_after) is not None
+
+    def stale_reason(self, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
+        """Why the lock is stale (see stale), None when it is not."""
+        if not self.readable:
+            return None
+        if self.host == socket.gethostname() and not pid_alive(self.pid, self.start):
+            return "its process no longer runs"
+        age = time.time() - self.time
+        if age > stale_after:
+            return f"not refreshed for {_duration(age)}"
+        return None
 
     def conflict_message(self, location: str) -> str:
         """Why a repository is locked, and what to do if the holder is gone."""
@@ -103,7 +117,11 @@ class LockInfo:
             )
         hint = ""
         if self.host != socket.gethostname():
-            hint = "; if that process no longer runs, `casnap unlock --force` removes the lock"
+            hint = (
+                "; a lock its holder stops refreshing is stale after "
+                f"{_duration(LOCK_STALE_SECONDS)}: if that process no longer runs, "
+                "`casnap unlock --force` removes the lock now"
+            )
         return f"repository {location} is locked: {self.describe()}{hint}"
 
     def to_json(self) -> dict[str, object]:
@@ -118,6 +136,15 @@ class LockInfo:
         }
 
 
+def _duration(seconds: float) -> str:
+    """A duration for messages: "45 s", "31 min", "26 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
 def _read(backend: Backend, key: str) -> LockInfo | None:
     try:
         d = json.loads(backend.get(key))
@@ -129,6 +156,7 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
             bool(d["exclusive"]),
             str(d.get("operation", "?")),
             float(d.get("time", 0)),
+            taken=float(d["taken"]) if d.get("taken") is not None else None,
         )
     except ObjectMissing:
         return None  # removed meanwhile
@@ -151,12 +179,14 @@ def holders(backend: Backend) -> list[LockInfo]:
     return out
 
 
-def _conflict(backend: Backend, own: str, exclusive: bool) -> LockInfo | None:
+def _conflict(
+    backend: Backend, own: str, exclusive: bool, stale_after: float = LOCK_STALE_SECONDS
+) -> LockInfo | None:
     """The first live lock that conflicts with ours; stale locks found on the way are removed."""
     for info in holders(backend):
         if info.key == own:
             continue
-        if info.stale():
+        if info.stale(stale_after):
             backend.delete(info.key)
             continue
         if exclusive or info.exclusive:
@@ -169,6 +199,78 @@ def lock_wait() -> float:
     return seconds_from_env("CASNAP_LOCK_WAIT", LOCK_WAIT_SECONDS)
 
 
+class _Held:
+    """Our lock while its block runs: the key of its current object, written afresh every
+    `refresh` seconds by a daemon thread (put the new object, check the old one is still there,
+    delete it). A lock found removed, or not refreshed for `stale` seconds, is lost: refreshing
+    stops, and `lost` says why."""
+
+    def __init__(
+        self, backend: Backend, key: str, record: dict[str, object], refresh: float, stale: float
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.record = record
+        self.refresh = refresh
+        self.stale = stale
+        self.lost: str | None = None
+        self.leftovers: list[str] = []  # old objects of ours a failed delete left behind
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="casnap-lock-refresh", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh):
+            if not self._refresh_once():
+                return
+
+    def _refresh_once(self) -> bool:
+        """Write the lock afresh; False once it is lost."""
+        new = _new_key()
+        try:
+            self.backend.put(new, _body(self.record, time.time()))
+        except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
+            idle = time.monotonic() - self._last
+            if idle > self.stale:
+                self.lost = f"its lock could not be refreshed for {_duration(idle)} ({exc})"
+                return False
+            return True  # the old object stands; try again next time
+        try:
+            present = self.backend.exists(self.key)
+        except Exception:  # noqa: BLE001 - cannot tell: the new object is written, go on
+            present = True
+        if not present:
+            with contextlib.suppress(Exception):
+                self.backend.delete(new)
+            self.lost = "its lock was removed while it ran"
+            return False
+        old, self.key, self._last = self.key, new, time.monotonic()
+        try:
+            self.backend.delete(old)
+        except Exception:  # noqa: BLE001 - removed again at release
+            self.leftovers.append(old)
+        return True
+
+    def stop(self) -> str | None:
+        """Stop refreshing; why the lock was lost, None when it held to the end."""
+        self._stop.set()
+        self._thread.join()
+        if self.lost is None:
+            with contextlib.suppress(CasnapError):
+                if not self.backend.exists(self.key):
+                    self.lost = "its lock was removed while it ran"
+        return self.lost
+
+
+def _new_key() -> str:
+    return f"locks/{uuid.uuid4().hex}"
+
+
+def _body(record: dict[str, object], now: float) -> bytes:
+    return json.dumps({**record, "time": now}).encode()
+
+
 @contextlib.contextmanager
 def locked(
     backend: Backend,
@@ -177,32 +279,38 @@ def locked(
     wait: float | None = None,
     unwritable: Callable[[str], None] | None = None,
     notify: Callable[[str], None] | None = None,
+    refresh: float = LOCK_REFRESH_SECONDS,
+    stale: float = LOCK_STALE_SECONDS,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
     notify hears once what it waits for.
 
+    The lock is written afresh every `refresh` seconds while the block runs, and other locks not
+    refreshed for `stale` seconds are removed as stale. A block that ends normally after its
+    lock was removed (found stale, or `unlock --force`) raises LockError: a gc may have run.
+
     With unwritable, a shared lock that cannot be written for lack of permission or on a
     read-only filesystem is skipped: unwritable is told so in one line and the block runs."""
+    if not 0 < refresh < stale:
+        raise ValueError(f"lock refresh every {refresh} s must be > 0 and below stale {stale} s")
     if wait is None:
         wait = lock_wait()
-    key = f"locks/{uuid.uuid4().hex}"
+    key = _new_key()
     pid = os.getpid()
-    body = json.dumps(
-        {
-            "host": socket.gethostname(),
-            "pid": pid,
-            "start": process_start_time(pid),
-            "exclusive": exclusive,
-            "operation": operation,
-            "time": time.time(),
-        }
-    ).encode()
+    record: dict[str, object] = {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "start": process_start_time(pid),
+        "exclusive": exclusive,
+        "operation": operation,
+        "taken": time.time(),
+    }
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
         try:
-            backend.put(key, body)
+            backend.put(key, _body(record, time.time()))
         except AccessDenied as exc:
             if unwritable is None or exclusive:
                 raise
@@ -211,7 +319,7 @@ def locked(
             yield
             return
         try:
-            conflict = _conflict(backend, key, exclusive)
+            conflict = _conflict(backend, key, exclusive, stale)
         except BaseException:
             # never leave our own lock behind: this process lives on and would block gc forever
             with contextlib.suppress(CasnapError):
@@ -227,40 +335,55 @@ def locked(
             notify = None
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 1.0)
+    held = _Held(backend, key, record, refresh, stale)
     try:
         yield
-    finally:
-        _release(backend, key)
+    except BaseException:
+        held.stop()
+        _release(backend, [held.key, *held.leftovers])
+        raise
+    lost = held.stop()
+    _release(backend, [held.key, *held.leftovers])
+    if lost is not None:
+        raise LockError(
+            f"{operation} on {backend.location} finished, but {lost} (found stale by another "
+            "process, or removed by `casnap unlock --force`): a gc may have run meanwhile; run "
+            "`casnap verify`"
+        )
 
 
-def _release(backend: Backend, key: str, tries: int = 3) -> None:
+def _release(backend: Backend, keys: list[str], tries: int = 3) -> None:
     """Remove our lock, retrying a failed delete: the work it guarded is done, and a lock left
-    by a live process blocks every gc until that process exits."""
-    for attempt in range(tries):
-        try:
-            backend.delete(key)
-            return
-        except CasnapError:
-            if attempt == tries - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    by a live process blocks every gc until that process exits (or goes stale)."""
+    for key in keys:
+        for attempt in range(tries):
+            try:
+                backend.delete(key)
+                break
+            except CasnapError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
 
 def unlock(
-    backend: Backend, force: bool = False
+    backend: Backend, force: bool = False, stale: float = LOCK_STALE_SECONDS
 ) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
-    """Remove stale locks: those of processes of this host that no longer run, and lock files
-    that cannot be read; with force, every lock. Returns (removed, why) pairs and the locks kept.
+    """Remove stale locks: those not refreshed for `stale` seconds (on any host), those of
+    processes of this host that no longer run, and lock files that cannot be read; with force,
+    every lock. Returns (removed, why) pairs and the locks kept.
 
     Only force removes a lock whose holder may be running (here, or on another host: its pid
-    cannot be checked from here): a running commit or gc would then lose its protection."""
+    cannot be checked from here): a running commit or gc would then lose its protection, and
+    fails when it ends."""
     removed: list[tuple[LockInfo, str]] = []
     kept: list[LockInfo] = []
     for info in holders(backend):
+        reason = info.stale_reason(stale)
         if not info.readable:
             why = "cannot be read"
-        elif info.stale():
-            why = "its process no longer runs"
+        elif reason is not None:
+            why = reason
         elif force:
             why = "forced"
         else:

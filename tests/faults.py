@@ -4,7 +4,8 @@ Restic style: behaviour is added by wrapping the narrow Backend interface, never
 layers above. A `Fault` watches one operation (put, get, list, delete) on keys under a prefix,
 counts the matching calls and acts on the nth one (and on every later one when `times` is None):
 it raises an I/O error, reports a full disk, lands a write truncated, flips a byte of what a read
-returns, calls a test hook, or SIGKILLs the whole process.
+returns, fails transiently (before the call, or after it landed with its answer lost), calls a
+test hook, or SIGKILLs the whole process.
 
 `FaultyBackend` is the wrapper tests build by hand. `faulty_local_backends` gives every
 LocalBackend opened while it is active the faults of a spec (see `parse_spec`): tests use it around
@@ -26,9 +27,10 @@ from typing import Any
 
 from casnap.backends.base import Backend, convert_oserrors
 from casnap.backends.local import LocalBackend
+from casnap.errors import TransientError
 
 OPS = ("put", "get", "list", "delete", "replace")
-ACTIONS = ("fail", "enospc", "truncate", "flip", "kill", "call")
+ACTIONS = ("fail", "enospc", "truncate", "flip", "transient", "lost", "kill", "call")
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,11 @@ class Fault:
 
     Actions: "fail" raises OSError(EIO) instead of the call, "enospc" raises OSError(ENOSPC)
     instead of a put, "truncate" stores the first half of a put's data, "flip" inverts the middle
-    byte of what a get returns, "kill" SIGKILLs the process once the call has completed, "call"
-    runs `hook(key)` once the call has completed. times=None keeps acting on every later call.
+    byte of what a get returns, "transient" raises TransientError instead of the call (a list
+    yields the first half of its keys first), "lost" makes the call and then raises
+    TransientError (a put that landed, a delete that deleted, but whose answer never came back),
+    "kill" SIGKILLs the process once the call has completed, "call" runs `hook(key)` once the
+    call has completed. times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -82,6 +87,18 @@ def flip_on_get(nth: int = 1, prefix: str = "", times: int | None = 1) -> Fault:
     return Fault("get", "flip", nth, prefix, times)
 
 
+def transient(op: str, nth: int = 1, prefix: str = "", times: int | None = 1) -> Fault:
+    """The nth matching call raises TransientError without doing anything (a list: after
+    yielding the first half of its keys), as a timeout or a 503 answer would."""
+    return Fault(op, "transient", nth, prefix, times)
+
+
+def answer_lost(op: str, nth: int = 1, prefix: str = "", times: int | None = 1) -> Fault:
+    """The nth matching call is made and then raises TransientError: it landed, but its answer
+    was lost on the way back (a put stored its object, a delete deleted)."""
+    return Fault(op, "lost", nth, prefix, times)
+
+
 def kill_after(op: str, nth: int, prefix: str = "") -> Fault:
     """SIGKILL this process right after the nth matching call completed."""
     return Fault(op, "kill", nth, prefix, 1)
@@ -123,11 +140,15 @@ class FaultPlan:
                 raise OSError(errno.EIO, f"injected I/O error ({f.describe()})", key)
             if f.action == "enospc":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
+            if f.action == "transient":
+                raise TransientError(f"{key}: injected timeout ({f.describe()})")
 
     @staticmethod
     def after(faults: list[Fault], key: str) -> None:
         """Run the faults that act once the call has completed."""
         for f in faults:
+            if f.action == "lost":
+                raise TransientError(f"{key}: injected lost answer ({f.describe()})")
             if f.action == "call" and f.hook is not None:
                 f.hook(key)
             elif f.action == "kill":
@@ -165,8 +186,10 @@ class FaultPlan:
         self, inner: Callable[[str], Iterator[tuple[str, int]]], prefix: str
     ) -> Iterator[tuple[str, int]]:
         faults = self.due("list", prefix)
-        self.before(faults, prefix)
         items = list(inner(prefix))
+        if any(f.action == "transient" for f in faults):
+            yield from items[: len(items) // 2]  # a listing that breaks off part-way
+        self.before(faults, prefix)
         self.after(faults, prefix)
         yield from items
 

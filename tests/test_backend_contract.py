@@ -25,9 +25,11 @@ import pytest
 from casnap.backends import Backend, LocalBackend, MemoryBackend
 from casnap.backends.cached import CachingBackend
 from casnap.backends.encrypted import EncryptedBackend
+from casnap.backends.retrying import RetryingBackend
 from casnap.crypto import Sealer
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, ObjectMissing, StorageFull
 from casnap.fsutil import make_dirs, temp_name
+from tests import faults as F
 from tests.helpers_reliability import ROOT, casnap_env, temp_files
 from tests.test_hostile import in_small_tmpfs, unprivileged
 
@@ -68,6 +70,22 @@ def _cached_leftover(backend: Backend, key: str, data: bytes) -> None:
     _local_leftover(backend.inner, key, data)
 
 
+def _retrying(cls: type[Backend], tmp: Path) -> Backend:
+    """A local backend behind RetryingBackend, whose first call of each kind fails transiently
+    (a put and a delete after they landed, their answers lost): the contract holds through
+    retries."""
+    faults = [F.answer_lost("put"), F.transient("get"), F.transient("list")]
+    faults.append(F.answer_lost("delete"))
+    inner = F.FaultyBackend(LocalBackend(tmp / "repo"), faults)
+    return cls(inner, sleep=lambda _s: None)  # type: ignore[call-arg]
+
+
+def _retrying_local(backend: Backend) -> LocalBackend:
+    assert isinstance(backend, RetryingBackend) and isinstance(backend.inner, F.FaultyBackend)
+    assert isinstance(backend.inner.inner, LocalBackend)
+    return backend.inner.inner
+
+
 @dataclass(frozen=True)
 class Kit:
     """One backend under contract: its class, how to make one on fresh storage under a folder,
@@ -102,6 +120,13 @@ KITS = [
         lambda cls, tmp: cls(LocalBackend(tmp / "repo"), tmp / "cache"),  # type: ignore[call-arg]
         lambda b: CachingBackend(LocalBackend(b.inner.root), b.cache_dir),  # type: ignore[attr-defined]
         _cached_leftover,
+    ),
+    Kit(
+        "retrying",
+        RetryingBackend,
+        _retrying,
+        lambda b: RetryingBackend(LocalBackend(_retrying_local(b).root)),
+        lambda b, k, d: _local_leftover(_retrying_local(b), k, d),
     ),
 ]
 

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def lock_body(host: str, pid: int, operation: str = "gc") -> dict:
         "start": None,
         "exclusive": True,
         "operation": operation,
-        "time": 1_700_000_000,
+        "time": time.time(),  # refreshed just now: only its pid can make it stale
     }
 
 

@@ -413,18 +413,19 @@ def repair_index(c: Context, as_json: bool) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Also remove locks whose process may still run (on another host, or alive here): only "
-    "when you know it is gone.",
+    help="Also remove locks whose process may still run (refreshed lately on another host, or "
+    "alive here): only when you know it is gone.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_ctx
 def unlock(c: Context, force: bool, as_json: bool) -> None:
-    """Remove stale locks: those of processes of this host that no longer run, and lock files
-    that cannot be read. Prints each lock removed and why.
+    """Remove stale locks: those not refreshed for 30 minutes (their holder, on any host,
+    stopped), those of processes of this host that no longer run, and lock files that cannot be
+    read. Prints each lock removed and why.
 
-    A lock of another host's process cannot be checked from here, so it is kept (and named)
+    A lock another host refreshed lately cannot be checked from here, so it is kept (and named)
     unless --force, which removes every lock: a commit or gc still running would then lose its
-    protection. Takes no lock itself.
+    protection (and fail when it ends). Takes no lock itself.
 
     Example: casnap unlock
     """

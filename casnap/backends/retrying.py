@@ -1,0 +1,139 @@
+"""A backend that retries the calls of another one that fail transiently.
+
+Object storage answers some requests with a timeout, a reset connection, a 5xx or a throttling
+answer that the same request, sent again a little later, gets through. A backend raises
+TransientError for those (and only those); this wrapper tries such a call again, up to `attempts`
+times in all, sleeping a random time between 0 and base_delay * 2**n (at most max_delay) before
+retry n+1 ("full jitter": hosts retrying together spread out). Every other error passes at once:
+a missing or damaged object, a lack of permission, a full storage and a caller's bug are not
+fixed by asking again. After the last attempt the last TransientError is raised, saying how many
+attempts were made.
+
+Retrying must not change what a call means:
+- put is put-if-absent. A put whose answer was lost may have landed, and its retry then answers
+  "already stored". So a retry that answers False reads the object back: holding exactly our
+  bytes, it was our put that stored it (True); anything else is someone else's object (False).
+  A writer racing with the same bytes under the same key cannot be told apart from our lost
+  write; casnap's keys are content hashes or random lock names, so both answers mean the same.
+- A list that fails part-way is listed again from the start, and keys already yielded are
+  skipped: each key is still yielded once. Failures count against `attempts` only while the new
+  listing yields nothing new (a long listing that makes progress is never given up on).
+- delete of an absent key is no error, so a delete whose answer was lost is simply sent again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from casnap.backends.base import Backend, check_key
+from casnap.constants import RETRY_ATTEMPTS, RETRY_BASE_DELAY, RETRY_MAX_DELAY
+from casnap.errors import ObjectMissing, TransientError
+
+T = TypeVar("T")
+
+
+class RetryingBackend(Backend):
+    """Calls of inner, each retried on TransientError (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        attempts: int = RETRY_ATTEMPTS,
+        base_delay: float = RETRY_BASE_DELAY,
+        max_delay: float = RETRY_MAX_DELAY,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if attempts < 1 or base_delay < 0 or max_delay < 0:
+            raise ValueError(
+                f"invalid retry settings: attempts {attempts}, delays {base_delay}/{max_delay}"
+            )
+        self.inner = inner
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (0 for the first retry): full jitter."""
+        cap = min(self.max_delay, self.base_delay * 2.0**retry)
+        return self.rng.uniform(0.0, cap)
+
+    def _give_up(self, exc: TransientError) -> TransientError:
+        """The last failure, saying that retrying it did not help."""
+        return TransientError(f"{exc} (gave up after {self.attempts} attempts)")
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """fn(), tried up to `attempts` times while it raises TransientError."""
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except TransientError as exc:
+                if attempt == self.attempts - 1:
+                    raise self._give_up(exc) from exc
+            self.sleep(self.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        check_key(key)
+        failed = False
+        for attempt in range(self.attempts):
+            try:
+                stored = self.inner.put(key, data)
+            except TransientError as exc:
+                if attempt == self.attempts - 1:
+                    raise self._give_up(exc) from exc
+                failed = True
+                self.sleep(self.delay(attempt))
+                continue
+            if stored or not failed:
+                return stored
+            return self._landed(key, data)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _landed(self, key: str, data: bytes | memoryview) -> bool:
+        """After a failed put, a retry found key stored: True when it holds exactly data (the
+        failed attempt landed, only its answer was lost)."""
+        try:
+            return self.get(key) == bytes(data)
+        except ObjectMissing:
+            return False  # deleted meanwhile: it was there, so it was not ours to report
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._call(lambda: self.inner.get(key, offset, length))
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        seen: set[str] = set()
+        failures = 0
+        while True:
+            progress = False
+            try:
+                for key, size in self.inner.list(prefix):
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    progress = True
+                    yield key, size
+                return
+            except TransientError as exc:
+                failures = 1 if progress else failures + 1
+                if failures >= self.attempts:
+                    raise self._give_up(exc) from exc
+                self.sleep(self.delay(failures - 1))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self.inner.delete(key))
+
+    def exists(self, key: str) -> bool:
+        return self._call(lambda: self.inner.exists(key))
+
+    def close(self) -> None:
+        self.inner.close()

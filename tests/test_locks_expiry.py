@@ -1,0 +1,169 @@
+"""Locks shared by several hosts (casnap/locks.py, docs/FORMAT.md "Locks"): a holder refreshes its
+lock while it runs, a lock not refreshed for the stale age is stale whatever its host, and a
+holder whose lock was taken away says so when it ends.
+
+Small intervals are passed to `locked(...)`; "another host" is a lock object written with another
+host name, as a process there would write it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap import locks
+from casnap.backends import Backend, LocalBackend, MemoryBackend
+from casnap.cli import cli
+from casnap.errors import LockError
+from casnap.repository import Repository
+from tests.helpers_reliability import wait_for
+
+REFRESH = 0.05
+STALE = 1.0
+
+
+def remote_lock(
+    backend: Backend,
+    age: float,
+    exclusive: bool = False,
+    operation: str = "commit",
+    key: str = "locks/" + "e" * 32,
+) -> str:
+    """A lock of a process on another host, last refreshed `age` seconds ago; its key."""
+    now = time.time()
+    body = {
+        "host": "backup-host-2",
+        "pid": 4242,
+        "start": None,
+        "exclusive": exclusive,
+        "operation": operation,
+        "taken": now - age - 600,
+        "time": now - age,
+    }
+    backend.put(key, json.dumps(body).encode())
+    return key
+
+
+def refreshers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "casnap-lock-refresh"]
+
+
+def test_a_refreshed_lock_outlives_the_stale_age() -> None:
+    backend = MemoryBackend()
+    with locks.locked(backend, "commit", exclusive=False, refresh=REFRESH, stale=STALE):
+        (first,) = locks.holders(backend)
+        held_since = time.monotonic()
+        seen = {first.key}
+        while time.monotonic() - held_since < 2.5 * STALE:
+            seen.update(h.key for h in locks.holders(backend))
+            time.sleep(REFRESH)
+        # a gc of "another host" judging by the same stale age finds the lock alive
+        with pytest.raises(LockError, match=r"shared lock held by commit"):
+            with locks.locked(backend, "gc", exclusive=True, wait=0, refresh=REFRESH, stale=STALE):
+                pass
+        (now,) = locks.holders(backend)  # one object at a time: each old one is deleted
+        assert now.key != first.key and len(seen) > 3  # written afresh, again and again
+        assert now.time > first.time and now.taken == first.taken  # same holder, new time
+        assert not now.stale(STALE)
+    assert locks.holders(backend) == []
+    assert refreshers() == []  # the thread stopped with the block
+
+
+def test_an_unrefreshed_lock_of_another_host_is_removed_by_the_next_locker() -> None:
+    backend = MemoryBackend()
+    fresh = remote_lock(backend, age=0, exclusive=True, operation="gc")
+    with pytest.raises(LockError, match=r"pid 4242 on backup-host-2.*stale after 30 min"):
+        with locks.locked(backend, "commit", exclusive=False, wait=0):
+            pass
+    assert backend.exists(fresh)  # its pid cannot be checked from here: kept
+    backend.delete(fresh)
+    old = remote_lock(backend, age=2 * STALE, exclusive=True, operation="gc")
+    with locks.locked(backend, "commit", exclusive=False, wait=0, refresh=REFRESH, stale=STALE):
+        assert not backend.exists(old)  # stale whatever its host: removed by whoever finds it
+        assert [h.operation for h in locks.holders(backend)] == ["commit"]
+    assert locks.holders(backend) == []
+
+
+def test_unlock_removes_unrefreshed_locks_of_any_host_and_keeps_fresh_ones() -> None:
+    backend = MemoryBackend()
+    old = remote_lock(backend, age=2 * STALE)
+    fresh_key = remote_lock(backend, age=0, key="locks/" + "f" * 32)
+    removed, kept = locks.unlock(backend, stale=STALE)
+    assert [(i.key, why) for i, why in removed] == [(old, "not refreshed for 2 s")]
+    assert [i.key for i in kept] == [fresh_key]
+    removed, kept = locks.unlock(backend, force=True, stale=STALE)
+    assert [(i.key, why) for i, why in removed] == [(fresh_key, "forced")] and kept == []
+
+
+def test_unlock_cli_removes_a_lock_of_another_host_after_the_stale_age(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    data = tmp_path / "data"
+    data.mkdir()
+    key = remote_lock(repo.backend, age=31 * 60, exclusive=True, operation="prune")
+    result = CliRunner().invoke(cli, ["--repo", str(tmp_path / "repo"), "unlock"])
+    assert result.exit_code == 0, result.stderr
+    assert f"removed {key}" in result.stdout and "not refreshed for 31 min" in result.stdout
+    assert "backup-host-2" in result.stdout
+    assert not repo.backend.exists(key)
+
+
+def test_gc_waiting_for_a_commit_of_another_host_proceeds_once_its_lock_expires(
+    tmp_path: Path,
+) -> None:
+    """The commit's host stopped refreshing (it crashed, or lost the network): gc waits, and
+    proceeds once the lock is older than the stale age, removing it."""
+    backend = LocalBackend(tmp_path / "repo")
+    commit_lock = remote_lock(backend, age=STALE - 0.4)
+    heard: list[str] = []
+    with locks.locked(
+        backend, "gc", exclusive=True, wait=60, notify=heard.append, refresh=REFRESH, stale=STALE
+    ):
+        assert not backend.exists(commit_lock)
+        assert [h.operation for h in locks.holders(backend)] == ["gc"]
+    assert len(heard) == 1 and "shared lock held by commit (pid 4242 on backup-host-2" in heard[0]
+    assert locks.holders(backend) == []
+
+
+def test_a_holder_whose_lock_was_removed_fails_when_it_ends() -> None:
+    """`unlock --force` (or a host that judged the lock stale) took the lock away while the
+    block ran: its protection was gone, so the end of the block says so instead of success."""
+    backend = MemoryBackend()
+    with pytest.raises(LockError, match=r"commit on memory:\w+ finished, but its lock was removed"):
+        with locks.locked(backend, "commit", exclusive=False, refresh=REFRESH, stale=STALE):
+            locks.unlock(backend, force=True)
+            wait_for(lambda: refreshers() == [], timeout=30)  # refreshing noticed it and stopped
+    assert locks.holders(backend) == []
+    with pytest.raises(LockError, match="its lock was removed"):  # noticed at the end at least
+        with locks.locked(backend, "verify", exclusive=False):
+            locks.unlock(backend, force=True)
+
+
+def test_an_error_of_the_block_is_not_replaced_by_the_lost_lock() -> None:
+    backend = MemoryBackend()
+    with pytest.raises(KeyError):
+        with locks.locked(backend, "commit", exclusive=False):
+            locks.unlock(backend, force=True)
+            raise KeyError("the block's own error")
+    assert locks.holders(backend) == [] and refreshers() == []
+
+
+def test_lock_intervals_are_checked() -> None:
+    with pytest.raises(ValueError, match="refresh"):
+        with locks.locked(MemoryBackend(), "gc", exclusive=True, refresh=5, stale=5):
+            pass
+
+
+def test_a_lock_this_process_holds_carries_its_host_pid_and_times() -> None:
+    backend = MemoryBackend()
+    before = time.time()
+    with locks.locked(backend, "gc", exclusive=True):
+        (info,) = locks.holders(backend)
+        assert info.pid == os.getpid() and info.exclusive and info.operation == "gc"
+        assert info.taken is not None and before <= info.taken <= info.time
+        assert not info.stale()
