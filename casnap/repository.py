@@ -30,6 +30,7 @@ from casnap.errors import (
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource
+from casnap.locations import S3Url, as_location
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.store import Store
 
@@ -95,13 +96,17 @@ class Repository:
     @classmethod
     def init(
         cls,
-        location: Path | str,
+        location: Path | str | S3Url,
         config: dict[str, Any] | None = None,
         password: PasswordSource | None = None,
     ) -> Repository:
-        """Create a repository in an empty or missing directory; encrypted (repokey) when a
+        """Create a repository in an empty or missing directory, or under an S3 URL's prefix
+        holding nothing (the bucket is created when missing); encrypted (repokey) when a
         password is given."""
-        root = Path(location).resolve()  # a symbolic link to the repository is followed once
+        where = as_location(location)
+        if isinstance(where, S3Url):
+            return cls._init_s3(where, config, password)
+        root = where.resolve()  # a symbolic link to the repository is followed once
         if (root / "config").exists():
             raise NotARepository(f"{root} already holds a casnap repository")
         if root.exists() and not root.is_dir():
@@ -122,6 +127,28 @@ class Repository:
         except OSError as exc:
             raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
         return repo
+
+    @classmethod
+    def _init_s3(
+        cls, url: S3Url, config: dict[str, Any] | None, password: PasswordSource | None
+    ) -> Repository:
+        from casnap.backends.s3 import S3Backend
+
+        if password is not None:
+            password()  # asked for (or missing) before anything is created
+        backend = S3Backend(url)
+        try:
+            backend.ensure_bucket()
+            if backend.exists("config"):
+                raise NotARepository(f"{url} already holds a casnap repository")
+            if next(iter(backend.list("")), None) is not None:
+                raise NotARepository(
+                    f"{url} is not empty and not a casnap repository; not touching it"
+                )
+            return cls.init_backend(backend, config, fsutil.private_scratch(), password=password)
+        except BaseException:
+            backend.close()
+            raise
 
     @classmethod
     def init_backend(
@@ -151,15 +178,35 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, location: Path | str, password: PasswordSource | None = None) -> Repository:
-        """Open the repository in a local directory (password: asked for only when it is
-        encrypted)."""
-        root = Path(location).resolve()  # a symbolic link to the repository is followed once
+    def open(
+        cls, location: Path | str | S3Url, password: PasswordSource | None = None
+    ) -> Repository:
+        """Open the repository in a local directory or at an S3 URL (password: asked for only
+        when it is encrypted)."""
+        where = as_location(location)
+        if isinstance(where, S3Url):
+            return cls._open_s3(where, password)
+        root = where.resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").is_file():
             if _is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
             raise NotARepository(f"{root} is not a casnap repository")
         return cls.open_backend(_local_backend(root), root / "tmp", root=root, password=password)
+
+    @classmethod
+    def _open_s3(cls, url: S3Url, password: PasswordSource | None) -> Repository:
+        from casnap.backends.s3 import S3Backend
+
+        backend = S3Backend(url)
+        try:
+            if not backend.exists("config"):
+                if next(iter(backend.list("")), None) is None:
+                    raise RepositoryNotFound(f"no casnap repository at {url} (run `casnap init`)")
+                raise NotARepository(f"{url} is not a casnap repository")
+            return cls.open_backend(backend, fsutil.private_scratch(), password=password)
+        except BaseException:
+            backend.close()
+            raise
 
     @classmethod
     def open_backend(
@@ -203,14 +250,14 @@ class Repository:
     @classmethod
     def open_or_init(
         cls,
-        location: Path | str,
+        location: Path | str | S3Url,
         data_dir: Path | str | None = None,
         password: PasswordSource | None = None,
         encryption: str = "none",
     ) -> Repository:
-        """Open the repository, creating it when the directory is missing or empty (`created`
-        then says so, for a failed first commit to take it back); a new one is encrypted when
-        encryption is "repokey" (with password).
+        """Open the repository, creating it when the directory (or the S3 prefix) is missing or
+        empty (`created` then says so, for a failed first commit to take it back); a new one is
+        encrypted when encryption is "repokey" (with password).
 
         With data_dir, a missing data dir is reported first, so a failing first commit creates
         no repository.
@@ -221,7 +268,16 @@ class Repository:
             raise InvalidArgument("repokey encryption needs a password")
         if data_dir is not None:
             capture.require_data_dir(Path(data_dir))
-        root = Path(location).resolve()
+        where = as_location(location)
+        if isinstance(where, S3Url):
+            try:
+                return cls._open_s3(where, password)
+            except RepositoryNotFound:
+                pass
+            repo = cls._init_s3(where, None, password if encryption == "repokey" else None)
+            repo.created = rollback.NewRepository(None, False, frozenset())
+            return repo
+        root = where.resolve()
         if not (root / "config").exists() and _is_placeholder_dir(root):
             made_dir = not root.exists()
             found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()

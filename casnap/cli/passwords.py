@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from casnap.errors import PasswordError
+from casnap.locations import Location, describe
 
 SOURCES = "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command"
 NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
@@ -78,7 +79,7 @@ def _prompt(text: str, confirm: bool) -> str:
 class Passwords:
     """The password of the repository at --repo, asked for at most once per command."""
 
-    def __init__(self, file: str | None, command: str | None, location: Path) -> None:
+    def __init__(self, file: str | None, command: str | None, location: Location) -> None:
         self.file = file
         self.command = command or None
         self.location = location
@@ -104,9 +105,9 @@ class Passwords:
         if self.command:
             return run_password_command(self.command)
         if sys.stdin.isatty():
-            return _prompt(f"password for repository {self.location.absolute()}", self.creating)
+            return _prompt(f"password for repository {describe(self.location)}", self.creating)
         raise PasswordError(
-            f"repository {self.location.absolute()} is encrypted: give its password with "
+            f"repository {describe(self.location)} is encrypted: give its password with "
             f"{SOURCES} (no terminal to ask on)"
         )
 
