@@ -1,4 +1,5 @@
-"""Where a repository lives: a local directory or an S3 URL (`s3://BUCKET/PREFIX`).
+"""Where a repository lives: a local directory or an S3 URL (`s3://BUCKET/PREFIX`); the backend
+of a local one.
 
 One parser for the URL, used by the CLI and by Repository: the bucket must follow S3's naming
 rules (3-63 characters of lowercase letters, digits, `.` and `-`, starting and ending with a
@@ -13,6 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from casnap import fsutil
+from casnap.backends.base import Backend
+from casnap.backends.local import LocalBackend
 from casnap.errors import InvalidArgument
 
 S3_SCHEME = "s3://"
@@ -20,6 +24,7 @@ S3_SCHEME = "s3://"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 
 
 @dataclass(frozen=True)
@@ -104,3 +109,24 @@ def as_location(location: Path | str | S3Url) -> Location:
 def describe(location: Location) -> str:
     """location for messages: the absolute directory, or the URL."""
     return location.url if isinstance(location, S3Url) else str(location.absolute())
+
+
+def is_placeholder_dir(path: Path) -> bool:
+    """True when path is missing or holds nothing but README.md / .gitkeep (a repository may be
+    created there)."""
+    if not path.exists():
+        return True
+    return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
+
+
+def local_backend(root: Path) -> Backend:
+    """The backend of a repository directory.
+
+    A root that group or others may enter (a repository made before casnap created everything
+    private) is closed here, when we own it. Lock files half-written by a process that was killed
+    are removed here: no gc may touch locks/ while other processes take locks, and the next
+    casnap to open the repository can.
+    """
+    fsutil.tighten_root(root)
+    fsutil.remove_stale(root / "locks", recursive=False)
+    return LocalBackend(root)

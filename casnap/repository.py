@@ -17,7 +17,6 @@ from typing import Any
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, selection
 from casnap.backends.base import Backend
 from casnap.backends.encrypted import EncryptedBackend
-from casnap.backends.local import LocalBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
 from casnap.errors import (
     IntegrityError,
@@ -30,19 +29,11 @@ from casnap.errors import (
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource
-from casnap.locations import S3Url, as_location
+from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.store import Store
 
-PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 ENCRYPTIONS = ("none", "repokey")
-
-
-def _is_placeholder_dir(path: Path) -> bool:
-    """True when path is missing or holds nothing but README.md / .gitkeep."""
-    if not path.exists():
-        return True
-    return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
 
 
 class Unlocked:
@@ -105,13 +96,13 @@ class Repository:
         password is given."""
         where = as_location(location)
         if isinstance(where, S3Url):
-            return cls._init_s3(where, config, password)
+            return cls._on_s3(where, password, create=True, config=config)
         root = where.resolve()  # a symbolic link to the repository is followed once
         if (root / "config").exists():
             raise NotARepository(f"{root} already holds a casnap repository")
         if root.exists() and not root.is_dir():
             raise NotARepository(f"{root} is not a directory")
-        if not _is_placeholder_dir(root):
+        if not is_placeholder_dir(root):
             raise NotARepository(
                 f"{root} is not empty and not a casnap repository; not touching it"
             )
@@ -121,34 +112,12 @@ class Repository:
             raise from_oserror(exc, f"creating {root}") from exc
         # _local_backend makes an existing empty root private too
         tmp = root / "tmp" if password is None else fsutil.private_scratch()
-        repo = cls.init_backend(_local_backend(root), config, tmp, root=root, password=password)
+        repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
         except OSError as exc:
             raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
         return repo
-
-    @classmethod
-    def _init_s3(
-        cls, url: S3Url, config: dict[str, Any] | None, password: PasswordSource | None
-    ) -> Repository:
-        from casnap.backends.s3 import S3Backend
-
-        if password is not None:
-            password()  # asked for (or missing) before anything is created
-        backend = S3Backend(url)
-        try:
-            backend.ensure_bucket()
-            if backend.exists("config"):
-                raise NotARepository(f"{url} already holds a casnap repository")
-            if next(iter(backend.list("")), None) is not None:
-                raise NotARepository(
-                    f"{url} is not empty and not a casnap repository; not touching it"
-                )
-            return cls.init_backend(backend, config, fsutil.private_scratch(), password=password)
-        except BaseException:
-            backend.close()
-            raise
 
     @classmethod
     def init_backend(
@@ -185,24 +154,31 @@ class Repository:
         when it is encrypted)."""
         where = as_location(location)
         if isinstance(where, S3Url):
-            return cls._open_s3(where, password)
+            return cls._on_s3(where, password)
         root = where.resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").is_file():
-            if _is_placeholder_dir(root):
+            if is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
             raise NotARepository(f"{root} is not a casnap repository")
-        return cls.open_backend(_local_backend(root), root / "tmp", root=root, password=password)
+        return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
 
     @classmethod
-    def _open_s3(cls, url: S3Url, password: PasswordSource | None) -> Repository:
-        from casnap.backends.s3 import S3Backend
+    def _on_s3(
+        cls,
+        url: S3Url,
+        password: PasswordSource | None,
+        create: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> Repository:
+        """Open (or with create, make) the repository at an S3 URL; scratch space is private."""
+        from casnap.backends.s3 import repository_backend
 
-        backend = S3Backend(url)
+        if create and password is not None:
+            password()  # asked for (or missing) before anything is created
+        backend = repository_backend(url, create)
         try:
-            if not backend.exists("config"):
-                if next(iter(backend.list("")), None) is None:
-                    raise RepositoryNotFound(f"no casnap repository at {url} (run `casnap init`)")
-                raise NotARepository(f"{url} is not a casnap repository")
+            if create:
+                return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
             return cls.open_backend(backend, fsutil.private_scratch(), password=password)
         except BaseException:
             backend.close()
@@ -270,15 +246,13 @@ class Repository:
             capture.require_data_dir(Path(data_dir))
         where = as_location(location)
         if isinstance(where, S3Url):
-            try:
-                return cls._open_s3(where, password)
-            except RepositoryNotFound:
-                pass
-            repo = cls._init_s3(where, None, password if encryption == "repokey" else None)
+            with contextlib.suppress(RepositoryNotFound):
+                return cls._on_s3(where, password)
+            repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
             repo.created = rollback.NewRepository(None, False, frozenset())
             return repo
         root = where.resolve()
-        if not (root / "config").exists() and _is_placeholder_dir(root):
+        if not (root / "config").exists() and is_placeholder_dir(root):
             made_dir = not root.exists()
             found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
             repo = cls.init(root, password=password if encryption == "repokey" else None)
@@ -468,16 +442,3 @@ class Repository:
 
 def _system_tmp() -> Path:
     return Path(tempfile.gettempdir())
-
-
-def _local_backend(root: Path) -> Backend:
-    """The backend of a repository directory.
-
-    A root that group or others may enter (a repository made before casnap created everything
-    private) is closed here, when we own it. Lock files half-written by a process that was killed
-    are removed here: no gc may touch locks/ while other processes take locks, and the next
-    casnap to open the repository can.
-    """
-    fsutil.tighten_root(root)
-    fsutil.remove_stale(root / "locks", recursive=False)
-    return LocalBackend(root)

@@ -34,6 +34,7 @@ from casnap.errors import (
     AccessDenied,
     CasnapError,
     IntegrityError,
+    NotARepository,
     ObjectMissing,
     RepositoryError,
     RepositoryNotFound,
@@ -352,6 +353,30 @@ class S3Backend(Backend):
                 raise self._error(exc, "creating the bucket") from exc
             raise
         return True
+
+
+def repository_backend(url: S3Url, create: bool) -> S3Backend:
+    """The backend of the repository at url: one holding a config (RepositoryNotFound when the
+    bucket or the prefix holds nothing, NotARepository when it holds something else); with
+    create, one for a new repository: the bucket made when missing, the prefix holding nothing
+    (NotARepository otherwise)."""
+    backend = S3Backend(url)
+    try:
+        if create:
+            backend.ensure_bucket()
+        if backend.exists("config"):
+            if create:
+                raise NotARepository(f"{url} already holds a casnap repository")
+            return backend
+        if next(iter(backend.list("")), None) is not None:
+            what = "is not empty and not a casnap repository; not touching it"
+            raise NotARepository(f"{url} {what if create else 'is not a casnap repository'}")
+        if not create:
+            raise RepositoryNotFound(f"no casnap repository at {url} (run `casnap init`)")
+        return backend
+    except BaseException:
+        backend.close()
+        raise
 
 
 class _Closed:

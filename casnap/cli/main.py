@@ -143,8 +143,8 @@ class Context:
             repo = Repository.open(self.repo_path, self.passwords)
         except RepositoryNotFound as exc:
             raise RepositoryNotFound(
-                f"no casnap repository at {self.where}; give --repo DIR (or s3://BUCKET/PREFIX) "
-                "or set CASNAP_REPO (casnap init creates one)"
+                f"no casnap repository at {self.where}; give --repo DIR or set CASNAP_REPO "
+                "(casnap init creates one)"
             ) from exc
         if reading:
             repo.no_lock = self.no_lock
