@@ -195,7 +195,7 @@ class S3Backend(Backend):
                     if code == "NotImplemented" or status == 501:
                         self._conditional = False
                         return self._put_unconditional(name, body)
-                    if code != "ConditionalRequestConflict" and status != 409:
+                    if code != "ConditionalRequestConflict":
                         raise
                     time.sleep(0.05 * (attempt + 1))
             if self._head(name) is not None:
