@@ -27,6 +27,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.keys import KeyFile, PasswordSource
+from casnap.locations import S3Url
 from casnap.repository import Repository, Unlocked
 
 
@@ -141,14 +142,28 @@ def read_export(path: Path) -> KeyFile:
     return keys.parse_key_file(key_id, raw, str(path))
 
 
-def import_key(location: Path, path: Path, password: PasswordSource) -> tuple[KeyFile, bool]:
+def import_key(
+    location: Path | S3Url, path: Path, password: PasswordSource
+) -> tuple[KeyFile, bool]:
     """Put an exported key file back into the encrypted repository at location (also when it
     has no key file left): it must open with password and its master key must open the
     repository's config. (key file, False when it was there already)."""
+    if isinstance(location, S3Url):
+        from casnap.backends.s3 import S3Backend
+
+        with contextlib.closing(S3Backend(location)) as s3:
+            return _import_key(s3, location.url, path, password)
     root = Path(location).resolve()
     if not (root / "config").is_file():
         raise RepositoryNotFound(f"no casnap repository at {root}")
-    backend: Backend = LocalBackend(root)
+    return _import_key(LocalBackend(root), str(root), path, password)
+
+
+def _import_key(
+    backend: Backend, root: str, path: Path, password: PasswordSource
+) -> tuple[KeyFile, bool]:
+    if not backend.exists("config"):
+        raise RepositoryNotFound(f"no casnap repository at {root}")
     kf = read_export(path)
     raw = backend.get("config")
     if not crypto.is_sealed(raw):

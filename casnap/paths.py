@@ -1,6 +1,6 @@
-"""Paths a user gives on the command line: data-dir paths (commit, checkout, --path filters) and the
-repository location. One reading for every command, so `./app.db`, `data/app.db` and
-`/srv/app/data/app.db` name the same file wherever a path is taken.
+"""Paths a user gives on the command line: data-dir paths (commit, checkout, --path filters); the
+repository location is read by locations.py. One reading for every command, so `./app.db`,
+`data/app.db` and `/srv/app/data/app.db` name the same file wherever a path is taken.
 
 A data-dir path is relative to the data dir (`./x` too). A path that, read from the working
 directory, lies inside the data dir (an absolute path, or `data/app.db` run beside `data/`) is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -23,22 +22,6 @@ from casnap.errors import InvalidArgument, SourceError
 from casnap.manifest import Snapshot
 
 ALL = "."  # the whole data dir
-# a URL scheme (RFC 3986) followed by `//`: `s3://bucket/x`, `sftp://host/dir`, `file://...`
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def repository_dir(text: str) -> Path:
-    """The local directory a repository location names; a URL is refused (no backend for one),
-    checked on the raw text, before any path conversion collapses `//`."""
-    if _URL.match(text):
-        scheme = text.split(":", 1)[0]
-        raise InvalidArgument(
-            f"repository {text!r}: {scheme}:// repositories are not supported; give a local "
-            "directory"
-        )
-    if not text:
-        raise InvalidArgument("the repository location is empty; give a local directory")
-    return Path(text)
 
 
 def _inside(full: str, data_dir: Path) -> str | None:

@@ -18,7 +18,6 @@ from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, se
 from casnap.backends.base import Backend
 from casnap.backends.cached import CachingBackend, cache_dir_for
 from casnap.backends.encrypted import EncryptedBackend
-from casnap.backends.local import LocalBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
 from casnap.errors import (
     IntegrityError,
@@ -31,18 +30,11 @@ from casnap.errors import (
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource
+from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.store import Store
 
-PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 ENCRYPTIONS = ("none", "repokey")
-
-
-def _is_placeholder_dir(path: Path) -> bool:
-    """True when path is missing or holds nothing but README.md / .gitkeep."""
-    if not path.exists():
-        return True
-    return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
 
 
 class Unlocked:
@@ -96,18 +88,22 @@ class Repository:
     @classmethod
     def init(
         cls,
-        location: Path | str,
+        location: Path | str | S3Url,
         config: dict[str, Any] | None = None,
         password: PasswordSource | None = None,
     ) -> Repository:
-        """Create a repository in an empty or missing directory; encrypted (repokey) when a
+        """Create a repository in an empty or missing directory, or under an S3 URL's prefix
+        holding nothing (the bucket is created when missing); encrypted (repokey) when a
         password is given."""
-        root = Path(location).resolve()  # a symbolic link to the repository is followed once
+        where = as_location(location)
+        if isinstance(where, S3Url):
+            return cls._on_s3(where, password, create=True, config=config)
+        root = where.resolve()  # a symbolic link to the repository is followed once
         if (root / "config").exists():
             raise NotARepository(f"{root} already holds a casnap repository")
         if root.exists() and not root.is_dir():
             raise NotARepository(f"{root} is not a directory")
-        if not _is_placeholder_dir(root):
+        if not is_placeholder_dir(root):
             raise NotARepository(
                 f"{root} is not empty and not a casnap repository; not touching it"
             )
@@ -117,7 +113,7 @@ class Repository:
             raise from_oserror(exc, f"creating {root}") from exc
         # _local_backend makes an existing empty root private too
         tmp = root / "tmp" if password is None else fsutil.private_scratch()
-        repo = cls.init_backend(_local_backend(root), config, tmp, root=root, password=password)
+        repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
         except OSError as exc:
@@ -152,15 +148,42 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, location: Path | str, password: PasswordSource | None = None) -> Repository:
-        """Open the repository in a local directory (password: asked for only when it is
-        encrypted)."""
-        root = Path(location).resolve()  # a symbolic link to the repository is followed once
+    def open(
+        cls, location: Path | str | S3Url, password: PasswordSource | None = None
+    ) -> Repository:
+        """Open the repository in a local directory or at an S3 URL (password: asked for only
+        when it is encrypted)."""
+        where = as_location(location)
+        if isinstance(where, S3Url):
+            return cls._on_s3(where, password)
+        root = where.resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").is_file():
-            if _is_placeholder_dir(root):
+            if is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
             raise NotARepository(f"{root} is not a casnap repository")
-        return cls.open_backend(_local_backend(root), root / "tmp", root=root, password=password)
+        return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
+
+    @classmethod
+    def _on_s3(
+        cls,
+        url: S3Url,
+        password: PasswordSource | None,
+        create: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> Repository:
+        """Open (or with create, make) the repository at an S3 URL; scratch space is private."""
+        from casnap.backends.s3 import repository_backend
+
+        if create and password is not None:
+            password()  # asked for (or missing) before anything is created
+        backend = repository_backend(url, create)
+        try:
+            if create:
+                return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
+            return cls.open_backend(backend, fsutil.private_scratch(), password=password)
+        except BaseException:
+            backend.close()
+            raise
 
     @classmethod
     def open_backend(
@@ -213,14 +236,14 @@ class Repository:
     @classmethod
     def open_or_init(
         cls,
-        location: Path | str,
+        location: Path | str | S3Url,
         data_dir: Path | str | None = None,
         password: PasswordSource | None = None,
         encryption: str = "none",
     ) -> Repository:
-        """Open the repository, creating it when the directory is missing or empty (`created`
-        then says so, for a failed first commit to take it back); a new one is encrypted when
-        encryption is "repokey" (with password).
+        """Open the repository, creating it when the directory (or the S3 prefix) is missing or
+        empty (`created` then says so, for a failed first commit to take it back); a new one is
+        encrypted when encryption is "repokey" (with password).
 
         With data_dir, a missing data dir is reported first, so a failing first commit creates
         no repository.
@@ -231,8 +254,15 @@ class Repository:
             raise InvalidArgument("repokey encryption needs a password")
         if data_dir is not None:
             capture.require_data_dir(Path(data_dir))
-        root = Path(location).resolve()
-        if not (root / "config").exists() and _is_placeholder_dir(root):
+        where = as_location(location)
+        if isinstance(where, S3Url):
+            with contextlib.suppress(RepositoryNotFound):
+                return cls._on_s3(where, password)
+            repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
+            repo.created = rollback.NewRepository(None, False, frozenset())
+            return repo
+        root = where.resolve()
+        if not (root / "config").exists() and is_placeholder_dir(root):
             made_dir = not root.exists()
             found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
             repo = cls.init(root, password=password if encryption == "repokey" else None)
@@ -422,16 +452,3 @@ class Repository:
 
 def _system_tmp() -> Path:
     return Path(tempfile.gettempdir())
-
-
-def _local_backend(root: Path) -> Backend:
-    """The backend of a repository directory.
-
-    A root that group or others may enter (a repository made before casnap created everything
-    private) is closed here, when we own it. Lock files half-written by a process that was killed
-    are removed here: no gc may touch locks/ while other processes take locks, and the next
-    casnap to open the repository can.
-    """
-    fsutil.tighten_root(root)
-    fsutil.remove_stale(root / "locks", recursive=False)
-    return LocalBackend(root)

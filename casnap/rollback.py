@@ -35,9 +35,10 @@ from casnap.packs import pack_key
 @dataclass(frozen=True)
 class NewRepository:
     """A repository directory a commit created: `made_dir` when the directory itself did not
-    exist; `placeholders`, the files it held already (README.md, .gitkeep)."""
+    exist; `placeholders`, the files it held already (README.md, .gitkeep). root is None for a
+    repository in an object store (S3), where only objects are looked at."""
 
-    root: Path
+    root: Path | None
     made_dir: bool
     placeholders: frozenset[str]
 
@@ -103,26 +104,40 @@ def _empty_new_repository(backend: Backend, new: NewRepository) -> bool:
     for prefix in ("packs/", "index/"):  # no snapshot: nobody needs any of them
         for key, _size in backend.list(prefix):
             backend.delete(key)
-    for path in sorted(new.root.rglob("*")):
-        rel = path.relative_to(new.root)
-        if path.is_dir() or rel.parts[0] in ("locks", "keys") or rel.as_posix() == "config":
-            continue
-        if path.name.startswith(TEMP_PREFIX):  # no writer runs: an interrupted write's
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        if len(rel.parts) == 1 and path.name in new.placeholders:
-            continue
-        return False  # something casnap did not put there: keep the repository
+    if new.root is None:
+        for key, _size in backend.list(""):
+            if key.split("/", 1)[0] not in ("locks", "keys") and key != "config":
+                return False  # something casnap did not put there: keep the repository
+    elif not _only_casnap_files(new.root, new.placeholders):
+        return False
     backend.delete("config")
     for key, _size in backend.list("keys/"):  # after the config: a repository is never keyless
         backend.delete(key)
     return True
 
 
+def _only_casnap_files(root: Path, placeholders: frozenset[str]) -> bool:
+    """True when root holds nothing but casnap's own files (temp files of interrupted writes are
+    removed: no writer runs) and the placeholders it held before."""
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_dir() or rel.parts[0] in ("locks", "keys") or rel.as_posix() == "config":
+            continue
+        if path.name.startswith(TEMP_PREFIX):  # no writer runs: an interrupted write's
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        if len(rel.parts) == 1 and path.name in placeholders:
+            continue
+        return False  # something casnap did not put there: keep the repository
+    return True
+
+
 def _remove_folders(new: NewRepository) -> None:
     """Remove the emptied folders of a taken-back repository (a folder something was written
     into meanwhile stays), and the repository directory when the commit made it."""
+    if new.root is None:
+        return
     for dirpath, _dirs, _files in os.walk(new.root, topdown=False):
         if Path(dirpath) != new.root:
             with contextlib.suppress(OSError):

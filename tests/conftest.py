@@ -98,3 +98,7 @@ def private_cache(
 ) -> None:
     """casnap's user cache dir (checkout's record of restored files) inside the test's tmp."""
     monkeypatch.setenv("CASNAP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+# the S3 test server (a moto subprocess on 127.0.0.1) and its per-test environment and bucket
+from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: E402, F401

@@ -111,7 +111,7 @@ def test_modules_stay_readable() -> None:
 
 def test_the_architecture_page_names_every_module_and_only_those() -> None:
     page = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
-    named = set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", page))
+    named = set(re.findall(r"`((?:[a-z0-9_]+/)?[a-z0-9_]+\.py)`", page))
     present = {
         str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
     }
@@ -134,7 +134,7 @@ def layers() -> dict[str, int]:
     body = page.split("## The dependency rule")[0]
     out: dict[str, int] = {}
     for n, section in enumerate(re.split(r"\n\*\*", body)):
-        for name in re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", section):
+        for name in re.findall(r"`((?:[a-z0-9_]+/)?[a-z0-9_]+\.py)`", section):
             out.setdefault("casnap." + name[:-3].replace("/", "."), n)
     return out
 

@@ -10,6 +10,7 @@ failures: a full tmpfs, a read-only mount and folders it may not enter.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import random
@@ -31,6 +32,7 @@ from casnap.errors import AccessDenied, CasnapError, IntegrityError, ObjectMissi
 from casnap.fsutil import make_dirs, temp_name
 from tests import faults as F
 from tests.helpers_reliability import ROOT, casnap_env, temp_files
+from tests.s3server import have_s3, make_bucket
 from tests.test_hostile import in_small_tmpfs, unprivileged
 
 
@@ -86,6 +88,39 @@ def _retrying_local(backend: Backend) -> LocalBackend:
     return backend.inner.inner
 
 
+_S3_BUCKETS = itertools.count()
+
+
+def _s3_make(cls: type[Backend], tmp: Path) -> Backend:
+    """A backend on a fresh bucket of the test server (tests/s3server.py), under a prefix."""
+    from casnap.locations import S3Url
+
+    bucket = f"contract-{os.getpid()}-{next(_S3_BUCKETS)}"
+    make_bucket(bucket)
+    return cls(S3Url(bucket, "repo/x"))  # type: ignore[call-arg]
+
+
+def _s3_reopen(backend: Backend) -> Backend:
+    from casnap.backends.s3 import S3Backend
+
+    assert isinstance(backend, S3Backend)
+    return S3Backend(backend.url)
+
+
+def _s3_leftover(backend: Backend, key: str, data: bytes) -> None:
+    """What a put killed while uploading leaves on S3: a multipart upload never completed."""
+    from casnap.backends.s3 import S3Backend, make_client
+
+    assert isinstance(backend, S3Backend)
+    client = make_client()
+    name = f"{backend.url.prefix}/{key}"
+    upload = client.create_multipart_upload(Bucket=backend.bucket, Key=name)
+    client.upload_part(
+        Bucket=backend.bucket, Key=name, UploadId=upload["UploadId"], PartNumber=1, Body=data
+    )
+    client.close()
+
+
 @dataclass(frozen=True)
 class Kit:
     """One backend under contract: its class, how to make one on fresh storage under a folder,
@@ -129,10 +164,16 @@ KITS = [
         lambda b, k, d: _local_leftover(_retrying_local(b), k, d),
     ),
 ]
+if have_s3():
+    from casnap.backends.s3 import S3Backend
+
+    KITS.append(Kit("s3", S3Backend, _s3_make, _s3_reopen, _s3_leftover))
 
 
 @pytest.fixture(params=KITS, ids=lambda k: k.name)
 def kit(request: pytest.FixtureRequest) -> Kit:
+    if request.param.name == "s3":
+        request.getfixturevalue("s3_env")  # the test server, and this process pointed at it
     return request.param
 
 

@@ -20,8 +20,8 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("location", ["s3://bucket/x", "sftp://host/backups", "file:///srv/b"])
-def test_a_repository_url_is_a_usage_error(
+@pytest.mark.parametrize("location", ["gs://bucket/x", "sftp://host/backups", "file:///srv/b"])
+def test_a_repository_url_other_than_s3_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
 ) -> None:
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from casnap.cli import cli
 from casnap.errors import EXIT_CODES, InvalidArgument, SourceError
-from casnap.paths import commit_paths, normalize_paths, repository_dir
+from casnap.locations import S3Url, parse_location
+from casnap.paths import commit_paths, normalize_paths
 from tests.helpers_smoke import make_app
 from tests.util import snapshot_tree
 
@@ -89,12 +90,48 @@ def test_commit_paths_must_exist(data: Path) -> None:
         commit_paths(["missing.db"], Path("data"))
 
 
-@pytest.mark.parametrize("text", ["s3://bucket/x", "sftp://host/dir", "file:///srv/backups"])
-def test_repository_urls_are_refused(text: str) -> None:
-    with pytest.raises(InvalidArgument):
-        repository_dir(text)
-    assert repository_dir("./backups") == Path("backups")
-    assert repository_dir("weird:name") == Path("weird:name")  # no `//`: a local name
+@pytest.mark.parametrize("text", ["sftp://host/dir", "file:///srv/backups", "gs://bucket/x"])
+def test_other_repository_urls_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="not supported"):
+        parse_location(text)
+    assert parse_location("./backups") == Path("backups")
+    assert parse_location("weird:name") == Path("weird:name")  # no `//`: a local name
+
+
+def test_s3_urls_are_parsed_once() -> None:
+    """s3://BUCKET/PREFIX: the bucket by S3's naming rules, the prefix a clean relative path."""
+    assert parse_location("s3://my-bucket/app/backups") == S3Url("my-bucket", "app/backups")
+    assert parse_location("s3://my.bucket.1") == S3Url("my.bucket.1", "")
+    assert parse_location("s3://bkt/x/") == S3Url("bkt", "x")  # one trailing slash dropped
+    assert str(S3Url("bkt", "x/y")) == "s3://bkt/x/y"
+    assert str(S3Url("bkt")) == "s3://bkt"
+
+
+BAD_S3 = [
+    "s3://",
+    "s3:///x",
+    "s3://ab/x",  # too short
+    "s3://" + "a" * 64,
+    "s3://My-Bucket/x",
+    "s3://-bucket/x",
+    "s3://bucket-/x",
+    "s3://b..b/x",
+    "s3://192.168.1.1/x",
+    "s3://b_b_b/x",
+    "s3://bucket//x",
+    "s3://bucket/x//y",
+    "s3://bucket/x/../y",
+    "s3://bucket/..",
+    "s3://bucket/./x",
+    "s3://bucket/x//",
+    "s3://bucket/x\ny",
+]
+
+
+@pytest.mark.parametrize("text", BAD_S3)
+def test_bad_s3_urls_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="repository"):
+        parse_location(text)
 
 
 # -- through the CLI, from the data dir's parent ------------------------------------------------

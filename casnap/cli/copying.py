@@ -4,30 +4,27 @@ into it (--from REPO). The other repository has its own password sources (--to-p
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from casnap.cli.main import Context, cli, pass_ctx
+from casnap.cli.main import Context, cli, holds_config, pass_ctx
 from casnap.cli.options import filter_options, snapshot_filter
 from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
 from casnap.copier import CopyResult, copy_snapshots
 from casnap.errors import InvalidArgument, NotARepository, RepositoryNotFound
-from casnap.paths import repository_dir
+from casnap.locations import Location, S3Url, parse_location
 from casnap.repository import ENCRYPTIONS, Repository
 
 
-def other_location(text: str, option: str) -> Path:
-    """Where the REPO of --to or --from lies: read as --repo is (a local directory today; the
-    one place a repository URL will be told apart)."""
+def other_location(text: str, option: str) -> Location:
+    """Where the REPO of --to or --from lies, read as --repo is (a directory or an s3:// URL)."""
     try:
-        return repository_dir(text)
+        return parse_location(text)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{option}: {exc}") from exc
 
 
-def open_source(c: Context, location: Path, passwords: Passwords) -> Repository:
+def open_source(c: Context, location: Location, passwords: Passwords) -> Repository:
     """The repository snapshots are copied from (it must exist)."""
     try:
         repo = Repository.open(location, passwords)
@@ -37,16 +34,18 @@ def open_source(c: Context, location: Path, passwords: Passwords) -> Repository:
 
 
 def open_destination(
-    c: Context, location: Path, passwords: Passwords, encryption: str | None
+    c: Context, location: Location, passwords: Passwords, encryption: str | None
 ) -> Repository:
     """The repository snapshots are copied into, created when the directory is missing or
-    empty: encrypted (repokey) when asked, or by default when a password source is set."""
-    chosen = encryption or ("repokey" if passwords.given() else "none")
-    passwords.creating = not (location / "config").exists()  # a prompt then asks twice
+    empty: encrypted (repokey) when asked, or by default on S3 or when a password source is
+    set."""
+    on_s3 = isinstance(location, S3Url)
+    chosen = encryption or ("repokey" if on_s3 or passwords.given() else "none")
+    passwords.creating = not holds_config(location)  # a prompt then asks twice
     try:
         repo = Repository.open_or_init(location, password=passwords, encryption=chosen)
     except NotARepository:
-        if not (location / "config").exists():
+        if not holds_config(location):
             raise
         repo = Repository.open(location, passwords)  # another process created it meanwhile
     return _listen(c, repo, passwords)
@@ -59,7 +58,9 @@ def _listen(c: Context, repo: Repository, passwords: Passwords) -> Repository:
     return repo
 
 
-def _same_place(a: Path, b: Path) -> bool:
+def _same_place(a: Location, b: Location) -> bool:
+    if isinstance(a, S3Url) or isinstance(b, S3Url):
+        return a == b
     return a.resolve() == b.resolve()
 
 

@@ -27,12 +27,10 @@ def _existing(c: Context) -> Repository | None:
 def _create(c: Context) -> Repository:
     try:
         repo = Repository.open_or_init(
-            c.repo_path,
-            password=c.passwords,
-            encryption="repokey" if c.passwords.given() else "none",
+            c.repo_path, password=c.passwords, encryption=c.auto_encryption()
         )
     except NotARepository:
-        if not (c.repo_path / "config").exists():
+        if not c.holds_config():
             raise
         repo = Repository.open(c.repo_path, c.passwords)  # another command created it meanwhile
     return c.listen(repo)
@@ -91,7 +89,7 @@ def import_(
         with progress_bar(c, "import") as progress:
             result = import_copies(repo, folder, c.data, data_names=data_names, progress=progress)
         if created:  # said once a commit succeeded: a mistyped --repo must not pass unseen
-            c.say(f"created repository at {c.repo_path.absolute()}")
+            c.say(f"created repository at {c.where}")
     result.dry_run = dry_run
     for w in result.warnings:
         warn(w)

@@ -17,7 +17,7 @@ from casnap import locks
 from casnap.cli.output import printable
 from casnap.cli.passwords import Passwords
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
-from casnap.paths import repository_dir
+from casnap.locations import Location, S3Url, describe, parse_location
 from casnap.repository import Repository
 
 INTERNAL_ERROR = 70
@@ -85,19 +85,42 @@ class Context:
 
     def __init__(
         self,
-        repo: Path,
+        repo: Location,
         data: Path,
         quiet: bool,
         no_lock: bool = False,
         passwords: Passwords | None = None,
     ) -> None:
-        self.repo_path = repo
+        self.repo_path = repo  # a local directory or an S3 URL (casnap/locations.py)
         self.passwords = passwords or Passwords(None, None, repo)
         self.data = data
         self.quiet = quiet
         self.no_lock = no_lock
         self._private_tmp: Path | None = None
         self._noted: set[str] = set()
+
+    @property
+    def where(self) -> str:
+        """The repository location for messages: the absolute directory, or the URL."""
+        return describe(self.repo_path)
+
+    @property
+    def on_s3(self) -> bool:
+        return isinstance(self.repo_path, S3Url)
+
+    def default_encryption(self) -> str:
+        """What `init` makes without --encryption: repokey on S3 (a bucket is shared storage),
+        none for a local directory."""
+        return "repokey" if self.on_s3 else "none"
+
+    def auto_encryption(self) -> str:
+        """What a commit creating the repository makes: repokey on S3, or with a password
+        source set; none otherwise."""
+        return "repokey" if self.on_s3 or self.passwords.given() else "none"
+
+    def holds_config(self) -> bool:
+        """True when the repository location holds a config (another process created it)."""
+        return holds_config(self.repo_path)
 
     def open(self) -> Repository:
         """The repository at --repo, for the command running. A command whose operation only
@@ -112,8 +135,8 @@ class Context:
             repo = Repository.open(self.repo_path, self.passwords)
         except RepositoryNotFound as exc:
             raise RepositoryNotFound(
-                f"no casnap repository at {self.repo_path.absolute()}; give --repo DIR or set "
-                "CASNAP_REPO (casnap init creates one)"
+                f"no casnap repository at {self.where}; give --repo DIR or set CASNAP_REPO "
+                "(casnap init creates one)"
             ) from exc
         if reading:
             repo.no_lock = self.no_lock
@@ -163,6 +186,19 @@ class Context:
             self.say(f"casnap: note: {text}")
 
 
+def holds_config(location: Location) -> bool:
+    """True when a repository location holds a config (another process created it)."""
+    if isinstance(location, S3Url):
+        from casnap.backends.s3 import S3Backend
+
+        backend = S3Backend(location)
+        try:
+            return backend.exists("config")
+        finally:
+            backend.close()
+    return (location / "config").exists()
+
+
 def _writable(folder: Path) -> bool:
     """True when files can be made in folder (or, while it is missing, in its parent)."""
     while not folder.exists() and folder.parent != folder:
@@ -207,8 +243,9 @@ class CommandGroup(CasnapGroup):
     envvar="CASNAP_REPO",
     default="./backups",
     show_default=True,
-    metavar="DIR",
-    help="Repository directory (env CASNAP_REPO). URLs (s3://...) are not supported.",
+    metavar="DIR|URL",
+    help="Repository: a local directory or s3://BUCKET/PREFIX (env CASNAP_REPO; S3 needs "
+    "casnap[s3], see README).",
 )
 @click.option(
     "--data",
@@ -254,7 +291,7 @@ def cli(
         where = "CASNAP_DATA" if ctx.get_parameter_source("data") == ENVIRONMENT else "--data"
         raise InvalidArgument(f"{where} is empty; give the data directory")
     try:
-        repo_path = repository_dir(repo)
+        repo_path = parse_location(repo)
     except InvalidArgument as exc:
         source = ctx.get_parameter_source("repo")
         if source == ENVIRONMENT:

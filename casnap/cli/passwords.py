@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from casnap.errors import PasswordError
+from casnap.locations import Location, describe
 
 SOURCES = "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command"
 NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
@@ -85,7 +86,7 @@ class Passwords:
         self,
         file: str | None,
         command: str | None,
-        location: Path,
+        location: Location,
         env: str = "CASNAP_PASSWORD",
         sources: str = SOURCES,
     ) -> None:
@@ -116,14 +117,16 @@ class Passwords:
         if self.command:
             return run_password_command(self.command)
         if sys.stdin.isatty():
-            return _prompt(f"password for repository {self.location.absolute()}", self.creating)
+            return _prompt(f"password for repository {describe(self.location)}", self.creating)
         raise PasswordError(
-            f"repository {self.location.absolute()} is encrypted: give its password with "
+            f"repository {describe(self.location)} is encrypted: give its password with "
             f"{self.sources} (no terminal to ask on)"
         )
 
 
-def other_passwords(role: str, file: str | None, command: str | None, location: Path) -> Passwords:
+def other_passwords(
+    role: str, file: str | None, command: str | None, location: Location
+) -> Passwords:
     """The password of the repository `copy` names with --from or --to (role "from" or "to"):
     --ROLE-password-file, CASNAP_ROLE_PASSWORD_FILE, CASNAP_ROLE_PASSWORD,
     --ROLE-password-command / CASNAP_ROLE_PASSWORD_COMMAND, else a prompt on a terminal."""

@@ -34,31 +34,34 @@ from casnap.restorer import checkout as checkout_snapshot
 @click.option(
     "--encryption",
     type=click.Choice(ENCRYPTIONS),
-    default="none",
-    show_default=True,
+    default=None,
     help="repokey: every object encrypted and authenticated, the master key stored in the "
-    "repository sealed by the password (see docs/FORMAT.md).",
+    "repository sealed by the password (see docs/FORMAT.md). Default: repokey for an "
+    "s3:// repository, none for a local directory.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
-def init(c: Context, encryption: str, as_json: bool) -> None:
-    """Create an empty repository at --repo (a missing or empty directory).
+def init(c: Context, encryption: str | None, as_json: bool) -> None:
+    """Create an empty repository at --repo (a missing or empty directory, or an s3:// URL whose
+    prefix holds nothing; a missing bucket is created).
 
     Optional: commit creates the repository on first use (encrypted when a password source is
-    set). A directory holding anything but a README.md or .gitkeep is refused, so nothing else
-    is ever overwritten.
+    set, always on S3). A directory holding anything but a README.md or .gitkeep is refused, so
+    nothing else is ever overwritten.
 
     Example: CASNAP_PASSWORD_FILE=~/.casnap-pw casnap --repo /backups/app init --encryption repokey
     """
     c.passwords.creating = True
+    if encryption is None:
+        encryption = c.default_encryption()
     password = c.passwords if encryption == "repokey" else None
     repo = Repository.init(c.repo_path, password=password)
-    where = c.repo_path.absolute()
+    where = c.where
     if as_json:
         emit_json(
             {
                 "id": repo.config["id"],
-                "path": str(where),
+                "path": where,
                 "format": repo.config["casnap_format"],
                 "encryption": encryption,
             }
@@ -74,19 +77,16 @@ def init(c: Context, encryption: str, as_json: bool) -> None:
 
 
 def open_or_create(c: Context) -> tuple[Repository, bool]:
-    """The repository at --repo, and whether it was created here because the directory was
-    missing or empty (a failed first commit then takes it back); a missing data dir is reported
-    first, so that creates nothing."""
+    """The repository at --repo, and whether it was created here because the directory (or S3
+    prefix) was missing or empty (a failed first commit then takes it back); a missing data dir
+    is reported first, so that creates nothing."""
     c.refuse_no_lock()
     try:
         repo = Repository.open_or_init(
-            c.repo_path,
-            c.data,
-            password=c.passwords,
-            encryption="repokey" if c.passwords.given() else "none",
+            c.repo_path, c.data, password=c.passwords, encryption=c.auto_encryption()
         )
     except NotARepository:
-        if not (c.repo_path / "config").exists():
+        if not c.holds_config():
             raise
         repo = Repository.open(c.repo_path, c.passwords)  # another commit created it meanwhile
     return c.listen(repo), repo.created is not None
@@ -95,7 +95,7 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
 def say_created(c: Context, repo: Repository) -> None:
     """The message for a repository commit created: a mistyped --repo must not pass unseen."""
     kind = "encrypted repository (repokey)" if repo.encrypted else "repository"
-    c.say(f"created {kind} at {c.repo_path.absolute()}")
+    c.say(f"created {kind} at {c.where}")
 
 
 @cli.command()

@@ -1,0 +1,403 @@
+"""A backend on an S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...), through boto3.
+
+Objects live in one bucket under the repository's prefix: key `packs/ab/ab12…` of
+`s3://bucket/x` is the object `x/packs/ab/ab12…`. A PUT is atomic on S3 (an interrupted upload
+leaves no object), so no temp objects are ever written.
+
+put-if-absent is a conditional write, `PutObject` with `If-None-Match: *`: the store answers
+412 when the key exists (put returns False) and 409 while another conditional write of the key
+is under way (retried a few times, then decided by whether the key is there). A store that
+answers 501 (conditional writes not implemented) gets a HEAD then a PUT instead, for the rest of
+the backend's life: two writers racing for one key may then both get True. casnap stores
+content-addressed objects, where both writers put the same bytes, so only a lock file race (one
+lock taken twice) is lost; use a store with conditional writes when several hosts write.
+
+Credentials, region and endpoint come the standard AWS way (environment, ~/.aws/config and
+credentials, AWS_PROFILE); CASNAP_S3_ENDPOINT (else AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) names
+a non-AWS endpoint, which is then addressed path-style (`http://host:9000/bucket/key`).
+
+Errors: a missing key is ObjectMissing, a range past the end IntegrityError, no permission (or no
+credentials) AccessDenied, a missing bucket RepositoryNotFound; a timeout, a refused or reset
+connection, a 5xx answer or throttling is TransientError (botocore's own retries are off: the
+retrying wrapper decides); anything else a CasnapError naming the key and the bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from casnap.backends.base import Backend, check_key, check_prefix, check_range
+from casnap.errors import (
+    AccessDenied,
+    CasnapError,
+    IntegrityError,
+    NotARepository,
+    ObjectMissing,
+    RepositoryError,
+    RepositoryNotFound,
+    TransientError,
+)
+from casnap.locations import S3Url
+
+try:
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+except ImportError:  # the s3 extra is not installed: S3Backend says so when made
+    boto3 = None
+
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+READ_TIMEOUT = 60.0  # seconds without a byte from the store
+POOL_SIZE = 64  # connections: the restore pipeline reads ranges from many threads at once
+CONFLICT_TRIES = 5  # 409 ConditionalRequestConflict: another write of the key is under way
+ENDPOINT_VARS = ("CASNAP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+_MISSING = {"NoSuchKey", "NotFound", "404"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidToken",
+    "ExpiredToken",
+}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+
+
+def require_client() -> None:
+    """RepositoryError (one line) when boto3 is not installed."""
+    if boto3 is None:
+        raise RepositoryError(
+            "s3:// repositories need the S3 client: pip install 'casnap[s3]' (installs boto3)"
+        )
+
+
+def endpoint() -> str | None:
+    """The endpoint URL of a non-AWS store, from the environment; None for AWS itself."""
+    for var in ENDPOINT_VARS:
+        value = os.environ.get(var)
+        if value:
+            return value
+    return None
+
+
+def make_client() -> Any:
+    """An S3 client configured the standard AWS way, with timeouts, a connection pool for
+    parallel ranged reads, and no retries of its own."""
+    require_client()
+    session = boto3.session.Session()
+    url = endpoint()
+    config = botocore.config.Config(
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        max_pool_connections=POOL_SIZE,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path" if url else "auto"},
+        # the checksum of every upload is sent (and checked by the store); a download's is
+        # checked when the store sends one (casnap checks every object's hash anyway)
+        request_checksum_calculation="when_supported",
+        response_checksum_validation="when_supported",
+    )
+    return session.client(
+        "s3", endpoint_url=url, region_name=session.region_name or "us-east-1", config=config
+    )
+
+
+def _code(exc: Any) -> tuple[str, int]:
+    """The error code and HTTP status of a botocore ClientError."""
+    err = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return str(err.get("Code") or status), status
+
+
+class S3Backend(Backend):
+    """Objects in an S3 bucket under a prefix (see the module docstring)."""
+
+    def __init__(self, url: S3Url, client: Any | None = None) -> None:
+        require_client()
+        self.url = url
+        self.bucket = url.bucket
+        self._root = f"{url.prefix}/" if url.prefix else ""
+        self._client = client if client is not None else make_client()
+        self._conditional = True  # False once the store said it has no conditional writes
+
+    @property
+    def location(self) -> str:
+        return self.url.url
+
+    def _key(self, key: str) -> str:
+        return self._root + check_key(key)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _error(self, exc: Exception, what: str) -> CasnapError:
+        """The CasnapError for a failed request; what is "reading packs/00/x" and the like."""
+        where = f"{what} in {self.location}"
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code, status = _code(exc)
+            message = exc.response.get("Error", {}).get("Message") or code
+            if code in _MISSING or status == 404 and code != "NoSuchBucket":
+                return ObjectMissing(f"{what.split(' ', 1)[1]} is missing from the repository")
+            if code == "NoSuchBucket":
+                return RepositoryNotFound(
+                    f"{where}: bucket {self.bucket} does not exist"
+                    + (f" at {endpoint()}" if endpoint() else "")
+                )
+            if code in _DENIED or status == 403:
+                return AccessDenied(f"{where}: access denied ({code}: {message})")
+            if code in ("InvalidRange", "416") or status == 416:
+                return IntegrityError(f"{where}: the object does not hold the range ({message})")
+            if code in _TRANSIENT or status >= 500 or status == 429:
+                return TransientError(f"{where}: {code} (HTTP {status}): {message}")
+            return CasnapError(f"{where}: {code} (HTTP {status}): {message}")
+        if isinstance(exc, (botocore.exceptions.NoCredentialsError, *NoRegionErrors)):
+            return AccessDenied(f"{where}: {exc} (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
+        if isinstance(exc, TransientErrors):
+            return TransientError(f"{where}: {exc}")
+        return CasnapError(f"{where}: {type(exc).__name__}: {exc}")
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        name = self._key(key)
+        body = bytes(data)  # our own copy: the caller may reuse its buffer
+        try:
+            if not self._conditional:
+                return self._put_unconditional(name, body)
+            for attempt in range(CONFLICT_TRIES):
+                try:
+                    self._client.put_object(
+                        Bucket=self.bucket, Key=name, Body=body, IfNoneMatch="*"
+                    )
+                    return True
+                except botocore.exceptions.ClientError as exc:
+                    code, status = _code(exc)
+                    if code == "PreconditionFailed" or status == 412:
+                        return False
+                    if code == "NotImplemented" or status == 501:
+                        self._conditional = False
+                        return self._put_unconditional(name, body)
+                    if code != "ConditionalRequestConflict":
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+            if self._head(name) is not None:
+                return False
+            raise TransientError(
+                f"writing {key} in {self.location}: another write of it kept conflicting"
+            )
+        except CasnapError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, ClientErrors):
+                raise self._error(exc, f"writing {key}") from exc
+            raise
+
+    def _put_unconditional(self, name: str, body: bytes) -> bool:
+        """HEAD then PUT, for a store without conditional writes (racy: see the docstring)."""
+        if self._head(name) is not None:
+            return False
+        self._client.put_object(Bucket=self.bucket, Key=name, Body=body)
+        return True
+
+    def _head(self, name: str) -> int | None:
+        """The size of an object, None when absent."""
+        try:
+            answer = self._client.head_object(Bucket=self.bucket, Key=name)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _code(exc)
+            if code in _MISSING or status == 404:
+                if code == "NoSuchBucket":
+                    raise
+                return None
+            raise
+        return int(answer["ContentLength"])
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        name = self._key(key)
+        check_range(offset, length)
+        try:
+            return self._get(key, name, offset, length)
+        except CasnapError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, ClientErrors):
+                raise self._error(exc, f"reading {key}") from exc
+            raise
+
+    def _get(self, key: str, name: str, offset: int, length: int | None) -> bytes:
+        if length == 0 or (length is None and offset > 0):
+            size = self._head(name)  # no Range header asks for nothing, or for the end exactly
+            if size is None:
+                raise ObjectMissing(f"{key} is missing from the repository")
+            if offset > size:
+                raise IntegrityError(
+                    f"{key} is truncated: wanted bytes from offset {offset}, it holds {size}"
+                )
+            if length == 0 or offset == size:
+                return b""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+        if length is not None:
+            args["Range"] = f"bytes={offset}-{offset + length - 1}"
+        elif offset:
+            args["Range"] = f"bytes={offset}-"
+        try:
+            answer = self._client.get_object(**args)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _code(exc)
+            if code == "InvalidRange" or status == 416:
+                raise IntegrityError(
+                    f"{key} is truncated: wanted {length} bytes at offset {offset} "
+                    f"({self.location})"
+                ) from exc
+            raise
+        body = answer["Body"]
+        try:
+            data = body.read()
+        finally:
+            body.close()
+        if length is not None and len(data) != length:
+            raise IntegrityError(
+                f"{key} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
+            )
+        return bytes(data)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        check_prefix(prefix)
+        cut = len(self._root)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._root + prefix, PaginationConfig={"PageSize": 1000}
+        )
+        try:
+            for page in pages:  # one page (<= 1000 keys) in memory at a time
+                for item in page.get("Contents", ()):
+                    key = item["Key"][cut:]
+                    if key.endswith("/"):  # a folder marker another tool made
+                        continue
+                    yield key, int(item["Size"])
+        except Exception as exc:
+            if isinstance(exc, ClientErrors):
+                raise self._error(exc, f"listing {prefix}") from exc
+            raise
+
+    def delete(self, key: str) -> None:
+        name = self._key(key)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=name)
+        except Exception as exc:
+            if isinstance(exc, ClientErrors):
+                error = self._error(exc, f"deleting {key}")
+                if isinstance(error, ObjectMissing):
+                    return
+                raise error from exc
+            raise
+
+    def exists(self, key: str) -> bool:
+        name = self._key(key)
+        try:
+            return self._head(name) is not None
+        except Exception as exc:
+            if isinstance(exc, ClientErrors):
+                raise self._error(exc, f"reading {key}") from exc
+            raise
+
+    def close(self) -> None:
+        client, self._client = self._client, _Closed(self.location)
+        if not isinstance(client, _Closed):
+            client.close()
+
+    # -- the bucket ----------------------------------------------------------------------------
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket when it is missing (in the client's region); True when made."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return False
+        except Exception as exc:
+            if not isinstance(exc, ClientErrors):
+                raise
+            if isinstance(exc, botocore.exceptions.ClientError):
+                code, status = _code(exc)
+                if not (code in ("NoSuchBucket", "NotFound", "404") or status == 404):
+                    raise self._error(exc, "reading the bucket") from exc
+            else:
+                raise self._error(exc, "reading the bucket") from exc
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        region = self._client.meta.region_name
+        if region and region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(**args)
+        except Exception as exc:
+            if isinstance(exc, botocore.exceptions.ClientError):
+                if _code(exc)[0] in ("BucketAlreadyOwnedByYou",):
+                    return False
+            if isinstance(exc, ClientErrors):
+                raise self._error(exc, "creating the bucket") from exc
+            raise
+        return True
+
+
+def repository_backend(url: S3Url, create: bool) -> S3Backend:
+    """The backend of the repository at url: one holding a config (RepositoryNotFound when the
+    bucket or the prefix holds nothing, NotARepository when it holds something else); with
+    create, one for a new repository: the bucket made when missing, the prefix holding nothing
+    (NotARepository otherwise)."""
+    backend = S3Backend(url)
+    try:
+        if create:
+            backend.ensure_bucket()
+        if backend.exists("config"):
+            if create:
+                raise NotARepository(f"{url} already holds a casnap repository")
+            return backend
+        if next(iter(backend.list("")), None) is not None:
+            what = "is not empty and not a casnap repository; not touching it"
+            raise NotARepository(f"{url} {what if create else 'is not a casnap repository'}")
+        if not create:
+            raise RepositoryNotFound(f"no casnap repository at {url} (run `casnap init`)")
+        return backend
+    except BaseException:
+        backend.close()
+        raise
+
+
+class _Closed:
+    """The client of a closed backend: every call is a caller's bug."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def __getattr__(self, name: str) -> Any:
+        raise CasnapError(f"the S3 backend of {self.location} is closed")
+
+
+if boto3 is not None:
+    ClientErrors: tuple[type[Exception], ...] = (botocore.exceptions.BotoCoreError,)
+    ClientErrors += (botocore.exceptions.ClientError,)
+    TransientErrors: tuple[type[Exception], ...] = (
+        botocore.exceptions.ConnectionError,  # refused, unreachable, connect timeout
+        botocore.exceptions.HTTPClientError,  # read timeout, reset, closed
+        botocore.exceptions.IncompleteReadError,
+        botocore.exceptions.ResponseStreamingError,
+    )
+    NoRegionErrors: tuple[type[Exception], ...] = (botocore.exceptions.NoRegionError,)
+else:
+    ClientErrors = TransientErrors = NoRegionErrors = ()

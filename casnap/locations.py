@@ -1,0 +1,132 @@
+"""Where a repository lives: a local directory or an S3 URL (`s3://BUCKET/PREFIX`); the backend
+of a local one.
+
+One parser for the URL, used by the CLI and by Repository: the bucket must follow S3's naming
+rules (3-63 characters of lowercase letters, digits, `.` and `-`, starting and ending with a
+letter or digit, not an IP address, no `..`), and the prefix is a relative path of non-empty
+components, none `.` or `..` (one trailing `/` is dropped: `s3://b/x/` is `s3://b/x`). Any other
+scheme is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from casnap import fsutil
+from casnap.backends.base import Backend
+from casnap.backends.local import LocalBackend
+from casnap.errors import InvalidArgument
+
+S3_SCHEME = "s3://"
+# a URL scheme (RFC 3986) followed by `//`: `s3://bucket/x`, `sftp://host/dir`, `file://...`
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
+
+
+@dataclass(frozen=True)
+class S3Url:
+    """A repository in an S3 bucket, its objects under prefix ("" for the bucket's root)."""
+
+    bucket: str
+    prefix: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+Location = Path | S3Url
+
+
+def _check_bucket(bucket: str, text: str) -> None:
+    why = None
+    if not _BUCKET.match(bucket):
+        why = (
+            "a bucket name is 3-63 lowercase letters, digits, '.' or '-', starting and ending "
+            "with a letter or digit"
+        )
+    elif ".." in bucket or ".-" in bucket or "-." in bucket:
+        why = "a bucket name has no '..', '.-' or '-.'"
+    elif _IPV4.match(bucket):
+        why = "a bucket name is not an IP address"
+    if why:
+        raise InvalidArgument(f"repository {text!r}: invalid bucket {bucket!r} ({why})")
+
+
+def parse_s3_url(text: str) -> S3Url:
+    """The bucket and prefix of `s3://BUCKET[/PREFIX]`; InvalidArgument naming the fault."""
+    if not text.startswith(S3_SCHEME):
+        raise InvalidArgument(f"repository {text!r} is not an s3:// URL")
+    rest = text[len(S3_SCHEME) :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise InvalidArgument(f"repository {text!r} names no bucket (want s3://BUCKET/PREFIX)")
+    _check_bucket(bucket, text)
+    if prefix.endswith("/"):
+        prefix = prefix[:-1]
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise InvalidArgument(
+            f"repository {text!r}: the prefix must be a path of non-empty components, none "
+            "'.' or '..' (no leading, doubled or trailing '/')"
+        )
+    if any(ord(ch) < 32 or ch in "\\\x7f" for ch in prefix):
+        raise InvalidArgument(f"repository {text!r}: the prefix holds a control character or '\\'")
+    return S3Url(bucket, prefix)
+
+
+def parse_location(text: str) -> Location:
+    """A repository location given by a user: an S3Url for `s3://...`, else a local Path. Other
+    URL schemes are refused, checked on the raw text before any path conversion collapses `//`."""
+    if text.startswith(S3_SCHEME):
+        return parse_s3_url(text)
+    if _URL.match(text):
+        scheme = text.split(":", 1)[0]
+        raise InvalidArgument(
+            f"repository {text!r}: {scheme}:// repositories are not supported; give a local "
+            "directory or an s3://BUCKET/PREFIX URL"
+        )
+    if not text:
+        raise InvalidArgument("the repository location is empty; give a local directory")
+    return Path(text)
+
+
+def as_location(location: Path | str | S3Url) -> Location:
+    """location as a Path or an S3Url (a string starting with s3:// is parsed as a URL)."""
+    if isinstance(location, S3Url):
+        return location
+    if isinstance(location, str) and location.startswith(S3_SCHEME):
+        return parse_s3_url(location)
+    return Path(location)
+
+
+def describe(location: Location) -> str:
+    """location for messages: the absolute directory, or the URL."""
+    return location.url if isinstance(location, S3Url) else str(location.absolute())
+
+
+def is_placeholder_dir(path: Path) -> bool:
+    """True when path is missing or holds nothing but README.md / .gitkeep (a repository may be
+    created there)."""
+    if not path.exists():
+        return True
+    return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
+
+
+def local_backend(root: Path) -> Backend:
+    """The backend of a repository directory.
+
+    A root that group or others may enter (a repository made before casnap created everything
+    private) is closed here, when we own it. Lock files half-written by a process that was killed
+    are removed here: no gc may touch locks/ while other processes take locks, and the next
+    casnap to open the repository can.
+    """
+    fsutil.tighten_root(root)
+    fsutil.remove_stale(root / "locks", recursive=False)
+    return LocalBackend(root)

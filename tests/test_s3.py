@@ -1,0 +1,199 @@
+"""s3:// repositories end to end, through the CLI, against a real S3 HTTP server (moto on
+127.0.0.1, tests/s3server.py): commit, checkout, gc, prune, forget, verify, stats and log, plain
+and encrypted; no plaintext in any stored object; one line for a missing bucket or endpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from casnap.errors import EXIT_CODES
+from tests.conftest import evolve_app, make_app
+from tests.util import snapshot_tree
+
+PW = "correct horse battery staple"
+SECRET_NAME = "quarterly-secret-ledger.bin"
+
+
+def run(repo: str, data: Path, *args: str, password: str | None = None) -> tuple[int, str, str]:
+    env: dict[str, str | None] = {
+        "CASNAP_PASSWORD": password,
+        "CASNAP_PASSWORD_FILE": None,
+        "CASNAP_PASSWORD_COMMAND": None,
+    }
+    result = CliRunner().invoke(cli, ["--repo", repo, "--data", str(data), *args], env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def bucket_objects(bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket, whole (the s3_env fixture points the client at the server)."""
+    from casnap.backends.s3 import make_client
+
+    client = make_client()
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", ()):
+            out[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    client.close()
+    return out
+
+
+def common_blocks(secret: bytes, haystack: bytes) -> int:
+    """How many 32-byte blocks of secret at offsets 0, 32, 64, ... occur in haystack."""
+    blocks = {secret[i : i + 32] for i in range(0, len(secret) - 31, 32)}
+    return sum(haystack[i : i + 32] in blocks for i in range(len(haystack) - 31))
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_s3_repository_end_to_end(encrypted: bool, s3_bucket: str, tmp_path: Path) -> None:
+    """Commits of an evolving SQLite + FAISS data dir into s3://bucket/x, every snapshot checked
+    out byte-identical, then forget, prune, gc, verify --read-data, stats and log on S3."""
+    data = tmp_path / "data"
+    make_app(data, rows=150, vectors=240)
+    secret = random.Random(7).randbytes(40 * 1024)
+    (data / SECRET_NAME).write_bytes(secret)
+    repo = f"s3://{s3_bucket}/x"
+    pw = PW if encrypted else None
+    init = ["init", "--json"] + ([] if encrypted else ["--encryption", "none"])
+    code, out, err = run(repo, data, *init, password=pw)
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["path"] == repo
+    assert made["encryption"] == ("repokey" if encrypted else "none")
+
+    ids, states = [], []
+    for step in range(3):
+        if step:
+            evolve_app(data, step)
+            with open(data / SECRET_NAME, "ab") as f:
+                f.write(random.Random(step).randbytes(4096))
+        code, out, err = run(repo, data, "commit", "-q", "-m", f"step {step}", password=pw)
+        assert code == 0, err
+        ids.append(out.strip())
+        states.append(snapshot_tree(data))
+
+    for i, (sid, state) in enumerate(zip(ids, states, strict=True)):
+        target = tmp_path / f"out{i}"
+        code, _, err = run(repo, data, "checkout", sid, "--to", str(target), "-q", password=pw)
+        assert code == 0, err
+        assert snapshot_tree(target) == state
+
+    objects = bucket_objects(s3_bucket)
+    assert objects and all(k.startswith("x/") for k in objects)  # under the URL's prefix
+    assert "x/config" in objects
+    if encrypted:
+        assert any(k.startswith("x/keys/") for k in objects)
+        for key, body in objects.items():
+            assert SECRET_NAME.encode() not in body, key
+            assert b"app.db" not in body and b"shard_000" not in body, key
+            assert common_blocks(secret, body) == 0, key
+    else:
+        # the same scan finds the random file's blocks in a plain repository's packs
+        assert any(common_blocks(secret, b) for k, b in objects.items() if "/packs/" in k)
+
+    code, out, err = run(repo, data, "log", "--json", password=pw)
+    assert code == 0, err
+    assert sorted(s["id"] for s in json.loads(out)) == sorted(ids)
+    code, out, err = run(repo, data, "stats", "--json", password=pw)
+    assert code == 0, err
+    assert json.loads(out)["snapshots"] == 3
+
+    code, _, err = run(repo, data, "forget", ids[0], password=pw)
+    assert code == 0, err
+    code, _, err = run(repo, data, "gc", "-q", password=pw)
+    assert code == 0, err
+    code, _, err = run(repo, data, "prune", "--keep-last", "1", "-q", password=pw)
+    assert code == 0, err
+    code, out, err = run(repo, data, "log", "--json", password=pw)
+    assert [s["id"] for s in json.loads(out)] == ids[2:]
+    code, out, err = run(repo, data, "verify", "--read-data", "--json", password=pw)
+    assert code == 0, (out, err)
+    target = tmp_path / "after-gc"
+    code, _, err = run(repo, data, "checkout", "latest", "--to", str(target), "-q", password=pw)
+    assert code == 0, err
+    assert snapshot_tree(target) == states[-1]
+    assert len(bucket_objects(s3_bucket)) < len(objects)  # gc deleted what nothing used
+
+
+def test_commit_creates_an_encrypted_s3_repository(s3_bucket: str, tmp_path: Path) -> None:
+    """A first commit into a missing bucket creates bucket and repository, encrypted (repokey)
+    by default on S3; without a password it stops (exit 10) having created nothing."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=60)
+    repo = f"s3://{s3_bucket}/app"
+    code, _, err = run(repo, data, "commit")
+    assert code == EXIT_CODES["password"], err
+    assert err.count("\n") == 1 and "password" in err
+    code, out, err = run(repo, data, "commit", "-m", "first", password=PW)
+    assert code == 0, err
+    assert "created encrypted repository (repokey) at " + repo in err
+    code, _, err = run(repo, data, "log")
+    assert code == EXIT_CODES["password"] and "encrypted" in err
+    target = tmp_path / "back"
+    code, _, err = run(repo, data, "checkout", out.strip(), "--to", str(target), password=PW)
+    assert code == 0, err
+    assert snapshot_tree(target) == snapshot_tree(data)
+
+
+def test_missing_bucket_and_unreachable_endpoint_are_one_line(
+    s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A bucket that does not exist is "no casnap repository" (exit 3); an endpoint nothing
+    answers on is one line naming it (exit 1), never a traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
+    assert code == EXIT_CODES["repository"], err
+    assert err.count("\n") == 1 and "no casnap repository at s3://" in err
+
+    env = dict(s3_env, CASNAP_S3_ENDPOINT="http://127.0.0.1:9")  # the discard port: refused
+    done = subprocess.run(
+        [sys.executable, "-m", "casnap", "--repo", f"s3://{s3_bucket}/x", "log"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_CODES["error"], done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_s3_prefix_holding_other_objects_is_not_touched(s3_bucket: str, tmp_path: Path) -> None:
+    from tests.s3server import make_bucket
+
+    make_bucket(s3_bucket)
+    from casnap.backends.s3 import make_client
+
+    client = make_client()
+    client.put_object(Bucket=s3_bucket, Key="x/notes.txt", Body=b"mine")
+    client.close()
+    code, _, err = run(f"s3://{s3_bucket}/x", tmp_path, "init", "--encryption", "none")
+    assert code == EXIT_CODES["repository"], err
+    assert "not empty" in err
+    assert bucket_objects(s3_bucket) == {"x/notes.txt": b"mine"}
+
+
+def test_without_the_client_s3_fails_in_one_line(tmp_path: Path) -> None:
+    """When boto3 cannot be imported, an s3:// repository says which extra to install."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "boto3.py").write_text("raise ImportError('boto3 is not installed')\n")
+    env = {"PYTHONPATH": f"{blocker}:{Path(__file__).parents[1]}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "casnap", "--repo", "s3://some-bucket/x", "log"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == EXIT_CODES["repository"], done.stderr
+    assert done.stderr.count("\n") == 1 and "casnap[s3]" in done.stderr
