@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from casnap.backends.base import Backend
-from casnap.crypto import KEY_SIZE, MasterKey
+from casnap.crypto import KEY_SIZE, MasterKey, Sealer, is_sealed, parse_header
 from casnap.errors import IntegrityError, PasswordError, UnsupportedFormat
 
 KEY_FORMAT = 1
@@ -213,3 +213,30 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     raise PasswordError(
         f"wrong password: no key of repository {backend.location} opens with it{extra}"
     )
+
+
+def open_config(
+    backend: Backend, raw: bytes, password: PasswordSource | None
+) -> tuple[bytes, tuple[KeyFile, MasterKey] | None]:
+    """The plaintext of a repository's stored config, and for an encrypted one the key file the
+    password opened with its master key. A plain config beside key files is tampering (a
+    downgrade); an unknown scheme is UnsupportedFormat; no password is PasswordError."""
+    if not is_sealed(raw):
+        if next(iter(backend.list(KEYS)), None) is not None:
+            raise IntegrityError(
+                f"{backend.location}/config is not encrypted but the repository holds key "
+                "files: the config was replaced (tampered with); not using it"
+            )
+        return raw, None
+    parse_header(f"{backend.location}/config", raw)  # an unknown scheme: stop here
+    if password is None:
+        raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
+    keyfile, master = unlock(backend, password())
+    try:
+        plain = Sealer(master.encryption_key).open("config", raw)
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"{backend.location}/config does not open with key {keyfile.id[:8]}: the config "
+            "is damaged or tampered with, or the key file is another repository's"
+        ) from exc
+    return plain, (keyfile, master)

@@ -18,12 +18,12 @@ from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, se
 from casnap.backends.base import Backend
 from casnap.backends.cached import CachingBackend, cache_dir_for
 from casnap.backends.encrypted import EncryptedBackend
+from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
 from casnap.errors import (
     IntegrityError,
     InvalidArgument,
     NotARepository,
-    PasswordError,
     RepositoryNotFound,
     SourceError,
     from_oserror,
@@ -149,13 +149,16 @@ class Repository:
 
     @classmethod
     def open(
-        cls, location: Path | str | S3Url, password: PasswordSource | None = None
+        cls,
+        location: Path | str | S3Url,
+        password: PasswordSource | None = None,
+        cache: bool = True,
     ) -> Repository:
         """Open the repository in a local directory or at an S3 URL (password: asked for only
         when it is encrypted)."""
         where = as_location(location)
         if isinstance(where, S3Url):
-            return cls._on_s3(where, password)
+            return cls._on_s3(where, password, cache=cache)
         root = where.resolve()  # a symbolic link to the repository is followed once
         if not (root / "config").is_file():
             if is_placeholder_dir(root):
@@ -170,17 +173,21 @@ class Repository:
         password: PasswordSource | None,
         create: bool = False,
         config: dict[str, Any] | None = None,
+        cache: bool = True,
     ) -> Repository:
-        """Open (or with create, make) the repository at an S3 URL; scratch space is private."""
+        """Open (or with create, make) the repository at an S3 URL; scratch space is private.
+        Requests that fail transiently are retried; metadata is cached unless cache is False
+        (verify reads everything from the bucket)."""
         from casnap.backends.s3 import repository_backend
 
         if create and password is not None:
             password()  # asked for (or missing) before anything is created
-        backend = repository_backend(url, create)
+        backend: Backend = RetryingBackend(repository_backend(url, create))
         try:
             if create:
                 return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
-            return cls.open_backend(backend, fsutil.private_scratch(), password=password)
+            scratch = fsutil.private_scratch()
+            return cls.open_backend(backend, scratch, password=password, cache=cache)
         except BaseException:
             backend.close()
             raise
@@ -205,30 +212,13 @@ class Repository:
             raw = backend.get("config")
         except IntegrityError as exc:
             raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
-        if not crypto.is_sealed(raw):
-            if next(iter(backend.list(keys.KEYS)), None) is not None:
-                raise IntegrityError(
-                    f"{backend.location}/config is not encrypted but the repository holds key "
-                    "files: the config was replaced (tampered with); not using it"
-                )
-            cfg = parse_config(raw, backend.location)
-            if cache:
-                backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
-            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
-        crypto.parse_header(f"{backend.location}/config", raw)  # an unknown scheme: stop here
-        if password is None:
-            raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
-        keyfile, master = keys.unlock(backend, password())
-        try:
-            plain = crypto.Sealer(master.encryption_key).open("config", raw)
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"{backend.location}/config does not open with key {keyfile.id[:8]}: the config "
-                "is damaged or tampered with, or the key file is another repository's"
-            ) from exc
+        plain, opened = keys.open_config(backend, raw, password)
         cfg = parse_config(plain, backend.location)
         if cache:  # below the EncryptedBackend Repository puts on top: it keeps sealed bytes
             backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
+        if opened is None:
+            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+        keyfile, master = opened
         if root is not None and tmp_dir == root / "tmp":
             tmp_dir = fsutil.private_scratch()  # no plaintext scratch file inside the repository
         return cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))

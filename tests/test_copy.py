@@ -282,7 +282,7 @@ def test_python_api_and_usage_errors(tmp_path, history) -> None:
     assert run(src, data, "copy")[0] == 2
     assert run(src, data, "copy", "--to", "x", "--from", "y")[0] == 2
     assert run(src, data, "copy", "--to", str(src))[0] == 2
-    assert run(src, data, "copy", "--to", "s3://bucket/x")[0] == 2
+    assert run(src, data, "copy", "--to", "gs://bucket/x")[0] == 2
 
 
 def test_origin_is_written_only_when_present(tmp_path, history) -> None:

@@ -132,7 +132,9 @@ class Context:
         if not reading:
             self.refuse_no_lock()
         try:
-            repo = Repository.open(self.repo_path, self.passwords)
+            # verify reads every object from storage, never from the local cache
+            cache = command not in ("verify", "check")
+            repo = Repository.open(self.repo_path, self.passwords, cache=cache)
         except RepositoryNotFound as exc:
             raise RepositoryNotFound(
                 f"no casnap repository at {self.where}; give --repo DIR or set CASNAP_REPO "

@@ -1,0 +1,246 @@
+"""S3 benchmark: commit, checkout and copy against a local S3 server, casnap against restic.
+
+What: start moto's S3 server on 127.0.0.1 (nothing leaves the machine), generate the storage
+benchmark's sample data dir (``casnap.sample``), then for each tool snapshot it, evolve it K times
+snapshotting after each step, and restore the last snapshot into an empty dir, checked byte for
+byte. Tools: casnap on local disk (the baseline), casnap on S3, restic on S3; all encrypted
+(restic always is; casnap's S3 default is ``repokey``). Then ``casnap copy`` of the local
+repository to a fresh S3 prefix, twice: the second copy must send about nothing.
+
+Why: casnap on S3 should cost little more than on local disk (the targets: commit and checkout
+within 1.5x, faster than restic on the same server) and store the same bytes.
+
+Usage::
+
+    python benchmarks/s3.py [--size-mb 100] [--steps 3] [--seed 0] [--out benchmarks/results]
+
+Needs the s3 and dev extras (boto3 for listing, moto[server]); restic is skipped when missing.
+Results go to ``<out>/s3.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools import Measured, ToolError, compare_trees, empty_dir, run
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "casnap-bench"
+PASSWORD = "bench-password"
+MIB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("moto server did not start")
+
+
+def casnap_exe() -> str:
+    for candidate in (Path(sys.executable).parent / "casnap", ROOT / ".venv" / "bin" / "casnap"):
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("casnap")
+    if found is None:
+        raise SystemExit("casnap not found")
+    return found
+
+
+class Bench:
+    """The server, the environment every tool runs in, and the bucket's byte counts."""
+
+    def __init__(self, port: int, work: Path) -> None:
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.work = work
+        self.env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench-secret",
+            AWS_DEFAULT_REGION="us-east-1",
+            CASNAP_S3_ENDPOINT=self.endpoint,
+            CASNAP_PASSWORD=PASSWORD,
+            CASNAP_TO_PASSWORD=PASSWORD,
+            RESTIC_PASSWORD=PASSWORD,
+            RESTIC_CACHE_DIR=str(work / "restic-cache"),
+        )
+        import boto3
+
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench-secret",
+            region_name="us-east-1",
+        )
+        self.s3.create_bucket(Bucket=BUCKET)
+
+    def stored(self, prefix: str) -> int:
+        total = 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=prefix + "/"
+        ):
+            total += sum(o["Size"] for o in page.get("Contents", []))
+        return total
+
+
+def local_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def tools(bench: Bench, exe: str) -> dict[str, dict[str, Any]]:
+    """Per tool: how to snapshot, restore and measure it."""
+    local = bench.work / "local-repo"
+
+    def casnap(repo: str) -> dict[str, Any]:
+        return {
+            "init": [exe, "--repo", repo, "init", "--encryption", "repokey"],
+            "snapshot": lambda data: [exe, "--repo", repo, "--data", data, "commit", "-q"],
+            "restore": lambda data, target: [
+                *(exe, "--repo", repo, "--data", data, "checkout", "latest"),
+                *("--to", target, "--no-safety-snapshot", "-q"),
+            ],
+            "cwd": None,
+        }
+
+    found: dict[str, dict[str, Any]] = {
+        "casnap-local": {**casnap(str(local)), "stored": lambda: local_size(local)},
+        "casnap-s3": {**casnap(f"s3://{BUCKET}/casnap"), "stored": lambda: bench.stored("casnap")},
+    }
+    if shutil.which("restic"):
+        repo = f"s3:{bench.endpoint}/{BUCKET}/restic"
+        found["restic-s3"] = {
+            "init": ["restic", "-r", repo, "init", "-q"],
+            "snapshot": lambda data: ["restic", "-r", repo, "backup", "-q", "--host", "b", "."],
+            "restore": lambda data, target: [
+                *("restic", "-r", repo, "restore", "latest", "-q", "--target", target)
+            ],
+            "cwd": "data",
+            "stored": lambda: bench.stored("restic"),
+        }
+    return found
+
+
+def measure(argv: list[Any], bench: Bench, cwd: Path | None = None) -> Measured:
+    return run(argv, cwd=cwd, env=bench.env)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mb", type=float, default=100)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--work", type=Path, default=None)
+    args = p.parse_args()
+    from casnap import sample
+
+    t_start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="casnap-s3-bench-", dir=args.work))
+    port = free_port()
+    server = start_server(port)
+    result: dict[str, Any] = {"config": vars(args) | {"out": str(args.out)}, "tools": {}}
+    try:
+        bench = Bench(port, work)
+        data = work / "data"
+        exe = casnap_exe()
+        table = tools(bench, exe)
+        sample.generate(data, size_mb=args.size_mb, seed=args.seed)
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in table}
+        for t in table.values():
+            measure(t["init"], bench)
+        for step in range(args.steps + 1):
+            if step:
+                sample.evolve(data, step=step, seed=args.seed)
+            for name, t in table.items():
+                cwd = data if t["cwd"] == "data" else None
+                m = measure(t["snapshot"](data), bench, cwd)
+                rows[name].append({"step": step, "seconds": m.seconds, "stored": t["stored"]()})
+                stored = rows[name][-1]["stored"] / MIB
+                print(f"step {step}: {name:<13} {m.seconds:6.2f} s  {stored:8.1f} MiB", flush=True)
+        for name, t in table.items():
+            target = empty_dir(work / "restore" / name)
+            m = measure(t["restore"](data, target), bench)
+            ok = compare_trees(data, target).ok
+            first, later = rows[name][0], rows[name][1:]
+            result["tools"][name] = {
+                "rows": rows[name],
+                "first_seconds": first["seconds"],
+                "median_later_seconds": statistics.median(r["seconds"] for r in later)
+                if later
+                else None,
+                "stored_bytes": rows[name][-1]["stored"],
+                "restore_seconds": m.seconds,
+                "restore_ok": ok,
+            }
+            print(
+                f"restore: {name:<13} {m.seconds:6.2f} s  {'ok' if ok else 'MISMATCH'}", flush=True
+            )
+        copies = []
+        for n in range(2):
+            before = bench.stored("copy")
+            argv = [exe, "--repo", str(work / "local-repo"), "copy", "--to", f"s3://{BUCKET}/copy"]
+            m = measure([*argv, "-q"], bench)
+            copies.append({"seconds": m.seconds, "sent_bytes": bench.stored("copy") - before})
+            print(
+                f"copy {n + 1}: {m.seconds:6.2f} s  +{copies[-1]['sent_bytes'] / MIB:.1f} MiB",
+                flush=True,
+            )
+        result["copy"] = copies
+    except ToolError as exc:
+        result["error"] = str(exc)
+        print(f"error: {exc}", file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    result["wall_seconds"] = time.perf_counter() - t_start
+    print_table(result, print)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "s3.json").write_text(json.dumps(result, indent=2))
+
+
+def print_table(result: dict[str, Any], out: Callable[[str], None]) -> None:
+    out("| tool | stored MiB | first commit s | median later commit s | restore s | restore ok |")
+    out("|---|---:|---:|---:|---:|---|")
+    for name, r in result.get("tools", {}).items():
+        later = r["median_later_seconds"]
+        out(
+            f"| {name} | {r['stored_bytes'] / MIB:.1f} | {r['first_seconds']:.2f} | "
+            f"{'-' if later is None else f'{later:.2f}'} | {r['restore_seconds']:.2f} | "
+            f"{'yes' if r['restore_ok'] else 'NO'} |"
+        )
+    for n, c in enumerate(result.get("copy", []), 1):
+        out(f"copy {n}: {c['seconds']:.2f} s, {c['sent_bytes'] / MIB:.1f} MiB sent")
+
+
+if __name__ == "__main__":
+    main()
