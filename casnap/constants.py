@@ -203,3 +203,8 @@ SNIFF_BYTES = 100
 
 # The tag of the snapshot a checkout takes of target data no snapshot holds before replacing it.
 SAFETY_TAG = "pre-checkout"
+
+# Restore threads for a repository that is not a local directory (S3): they mostly wait for
+# ranged reads, so more of them than cores keep the connection pool (64) busy; each holds at most
+# two tasks of ~1 MiB (pipeline.TASK_BYTES), so 8 stay within ~40 MiB.
+REMOTE_WORKERS = 8

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, cast
 from casnap import capture, fsutil, pipeline, smoke
 from casnap.checker import SmokeVerifyResult
 from casnap.chunklist import REF
+from casnap.constants import REMOTE_WORKERS
 from casnap.errors import (
     CasnapError,
     CheckFailed,
@@ -98,7 +99,7 @@ def stage_files(
     before: dict[str, Fingerprint] = {}
     names: dict[str, list[str]] = {}  # a staged file -> every name it has in the stage
     with (
-        ThreadPoolExecutor(max_workers=workers()) as pool,
+        ThreadPoolExecutor(max_workers=workers(repo)) as pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
     ):
         synced = []
@@ -143,7 +144,7 @@ def write_verified(
     refs = repo.file_refs(entry)
     try:
         with open(dest, "xb") as f:
-            window = 2 * workers() + 2
+            window = 2 * workers(repo) + 2
             size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick)
         if size != entry.size or whole.hex() != entry.hash:
             pipeline.find_damaged(repo.store, refs)
@@ -235,7 +236,7 @@ def write_verified_stream(
     sink = _VerifiedStream(out, refs, repo.ids)
     try:
         size, whole = pipeline.restore(
-            repo.store, refs, cast(BinaryIO, sink), pool, 2 * workers() + 2, tick
+            repo.store, refs, cast(BinaryIO, sink), pool, 2 * workers(repo) + 2, tick
         )
         sink.finish()
     except IntegrityError as exc:
@@ -252,7 +253,7 @@ def stream_entry(repo: Repository, entry: FileEntry, out: BinaryIO) -> int:
     """Write one file of a snapshot to a stream, every chunk and the whole-file hash verified
     (see write_verified_stream); returns its size."""
     repo.ensure_index()
-    with ThreadPoolExecutor(max_workers=workers()) as pool:
+    with ThreadPoolExecutor(max_workers=workers(repo)) as pool:
         return write_verified_stream(repo, entry, out, pool)
 
 
@@ -262,7 +263,7 @@ def restore_entry(
     """Write one file of a snapshot to dest (which must not exist), every hash verified."""
     repo.ensure_index()
     bar = ByteProgress(entry.size, progress)
-    with ThreadPoolExecutor(max_workers=workers()) as pool:
+    with ThreadPoolExecutor(max_workers=workers(repo)) as pool:
         size = write_verified(repo, entry, Path(dest), pool, bar.add)
     fsutil.fsync_file(Path(dest))
     bar.finish()
@@ -409,9 +410,11 @@ def fingerprint(path: Path) -> Fingerprint:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def workers() -> int:
-    """Worker threads for restoring: one per core, at least two."""
-    return max(2, os.cpu_count() or 2)
+def workers(repo: Repository | None = None) -> int:
+    """Worker threads for restoring: one per core, at least two; for a repository that is not
+    a local directory (S3), at least REMOTE_WORKERS, since they mostly wait for requests."""
+    cores = max(2, os.cpu_count() or 2)
+    return max(cores, REMOTE_WORKERS) if repo is not None and repo.root is None else cores
 
 
 def _mkdirs(folder: Path) -> None:
