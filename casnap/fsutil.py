@@ -205,9 +205,11 @@ def private_scratch() -> Path:
         raise from_oserror(exc, f"creating {path}") from exc
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise CasnapError(
-            f"{path} is not a private folder of this user; set TMPDIR to a folder of your own"
-        )
+        # someone else's (or a link): never used; a folder of this process instead
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"casnap-{os.getuid()}-"))
+        except OSError as exc:
+            raise from_oserror(exc, f"creating a scratch folder in {path.parent}") from exc
     return path
 
 

@@ -23,6 +23,7 @@ from casnap.errors import (
     IntegrityError,
     InvalidArgument,
     NotARepository,
+    PasswordError,
     RepositoryNotFound,
     from_oserror,
 )
@@ -53,13 +54,17 @@ def _unlocked(repo: Repository) -> Unlocked:
 
 
 def list_keys(repo: Repository) -> list[KeyInfo]:
-    """Every key file, oldest first."""
+    """Every key file, oldest first; then those that cannot be used (damaged, or of a format
+    this casnap does not know), with why in place of their KDF."""
     current = _unlocked(repo).keyfile.id
+    usable, unusable = keys.scan_key_files(repo.raw_backend)
     out = []
-    for kf in keys.key_files(repo.raw_backend):
+    for kf in sorted(usable, key=lambda k: (k.created, k.id)):
         k = kf.kdf
         kdf = f"argon2id m={k.memory_kib} KiB t={k.iterations} p={k.lanes}"
         out.append(KeyInfo(kf.id, kf.created, kdf, kf.id == current))
+    for key_id, why in sorted(unusable):
+        out.append(KeyInfo(key_id, "", f"unusable: {why}", False))
     return out
 
 
@@ -85,19 +90,20 @@ def remove_key(repo: Repository, ref: str) -> str:
     """Remove the key file whose id starts with ref; never the one in use (`key passwd`
     changes that one), never the last one. The removed id."""
     u = _unlocked(repo)
-    found = [kf for kf in keys.key_files(repo.raw_backend) if kf.id.startswith(ref.lower())]
+    names = [key.removeprefix(keys.KEYS) for key, _ in repo.raw_backend.list(keys.KEYS)]
+    found = [n for n in names if n.startswith(ref.lower())]
     if not ref or not found:
         raise InvalidArgument(f"no key {ref!r} in repository {repo.backend.location}")
     if len(found) > 1:
         raise InvalidArgument(f"key prefix {ref!r} names {len(found)} keys; give more digits")
-    kf = found[0]
-    if kf.id == u.keyfile.id:
+    key_id = found[0]
+    if key_id == u.keyfile.id:
         raise InvalidArgument(
-            f"key {kf.id[:8]} is the one this password opens; `casnap key passwd` changes it, "
+            f"key {key_id[:8]} is the one this password opens; `casnap key passwd` changes it, "
             "or remove it with another key's password"
         )
-    repo.raw_backend.delete(kf.key)
-    return kf.id
+    repo.raw_backend.delete(keys.KEYS + key_id)
+    return key_id
 
 
 def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
@@ -168,13 +174,11 @@ def _import_key(
     raw = backend.get("config")
     if not crypto.is_sealed(raw):
         raise NotARepository(f"repository {root} is not encrypted: it takes no key")
-    master = kf.unseal(password())
+    master = kf.unseal(keys.read_password(password))
     try:
         crypto.Sealer(master.encryption_key).open("config", raw)
     except CasnapError as exc:
-        raise InvalidArgument(
-            f"key {kf.id[:8]} in {path} is not a key of repository {root}"
-        ) from exc
+        raise PasswordError(f"key {kf.id[:8]} in {path} is not a key of repository {root}") from exc
     if backend.exists(kf.key):
         if backend.get(kf.key) == kf.encode():
             return kf, False

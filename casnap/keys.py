@@ -34,18 +34,32 @@ ID_HEX = 32  # a key file's id: 16 random bytes
 KDF_MEMORY_KIB = 64 * 1024
 KDF_ITERATIONS = 1
 KDF_LANES = 2
-# limits a key file's parameters must keep: up to 1 GiB and 64 passes
+# limits a key file's parameters must keep: up to 1 GiB and 16 passes
 MAX_MEMORY_KIB = 1 << 20
-MAX_ITERATIONS = 64
+MAX_ITERATIONS = 16
 MAX_LANES = 16
 SALT_BYTES = 16
-# key files tried per open, oldest first (one KDF run each): a repository holding thousands
-# cannot stall every command (restic stops at 20)
-MAX_KEYS_TRIED = 32
+# the total KDF work (memory KiB x passes) one open may spend trying key files: 32 key files of
+# the default cost (~2.5 s); key files are tried cheapest first, so planted costly ones are
+# tried last, if at all (a storage attacker can still deny service, never read or forge)
+KDF_BUDGET = 32 * KDF_MEMORY_KIB * KDF_ITERATIONS
 NONCE_BYTES = 12
 
-# A password: asked for only when a repository turns out to be encrypted.
-PasswordSource = Callable[[], str]
+# A password, or a function asked for it only when a repository turns out to be encrypted.
+PasswordSource = Callable[[], str] | str
+
+
+def read_password(source: PasswordSource) -> str:
+    """The password a source gives (a function is called; bytes are taken as UTF-8, undecodable
+    bytes kept as they are); PasswordError for anything else or an empty one."""
+    value: object = source() if callable(source) else source
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if not isinstance(value, str):
+        raise PasswordError(f"a password is text, not {type(value).__name__}")
+    if not value:
+        raise PasswordError("the password is empty")
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,14 +71,21 @@ class Kdf:
     iterations: int = KDF_ITERATIONS
     lanes: int = KDF_LANES
 
+    @property
+    def cost(self) -> int:
+        """The work of one derivation, in KiB x passes (what the KDF budget counts)."""
+        return self.memory_kib * self.iterations
+
     def derive(self, password: str) -> bytes:
+        if not password:
+            raise PasswordError("the password is empty")
         return Argon2id(
             salt=self.salt,
             length=KEY_SIZE,
             iterations=self.iterations,
             lanes=self.lanes,
             memory_cost=self.memory_kib,
-        ).derive(password.encode())
+        ).derive(password.encode("utf-8", "surrogateescape"))  # bytes as the environment gave
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,50 +187,60 @@ def parse_key_file(key_id: str, raw: bytes, where: str) -> KeyFile:
         created = str(doc["created"])
     except (UnsupportedFormat, IntegrityError):
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
         raise IntegrityError(f"{where} is damaged: {exc}") from exc
     if len(key_id) != ID_HEX or any(c not in "0123456789abcdef" for c in key_id):
         raise IntegrityError(f"{where}: not a key file name")
     return KeyFile(key_id, created, kdf, nonce, sealed)
 
 
-def key_files(backend: Backend) -> list[KeyFile]:
-    """Every key file of the repository, oldest first; a damaged one is an IntegrityError."""
-    found = []
+def scan_key_files(backend: Backend) -> tuple[list[KeyFile], list[tuple[str, str]]]:
+    """The usable key files (cheapest KDF first, then by id) and the unusable ones as (id,
+    why): damaged, or of a format or KDF this casnap does not know. One unusable key file
+    never stops the others from being used."""
+    files: list[KeyFile] = []
+    unusable: list[tuple[str, str]] = []
     for key, _size in backend.list(KEYS):
         key_id = key.removeprefix(KEYS)
-        found.append(parse_key_file(key_id, backend.get(key), f"{backend.location}/{key}"))
-    return sorted(found, key=lambda k: (k.created, k.id))
+        try:
+            raw = backend.get(key)
+            files.append(parse_key_file(key_id, raw, f"{backend.location}/{key}"))
+        except (IntegrityError, UnsupportedFormat) as exc:
+            unusable.append((key_id, str(exc)))
+    # the order is the cost, never a field a key file states (its `created` is not trusted)
+    files.sort(key=lambda k: (k.kdf.cost, k.id))
+    return files, unusable
+
+
+def key_files(backend: Backend) -> list[KeyFile]:
+    """Every usable key file of the repository, oldest first."""
+    return sorted(scan_key_files(backend)[0], key=lambda k: (k.created, k.id))
 
 
 def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     """The key file the password opens and the master key it seals; PasswordError when none
-    does (each key file tried costs one KDF run)."""
-    files: list[KeyFile] = []
-    damaged: list[str] = []
-    for key, _size in backend.list(KEYS):
-        try:
-            files.append(
-                parse_key_file(
-                    key.removeprefix(KEYS), backend.get(key), f"{backend.location}/{key}"
-                )
-            )
-        except IntegrityError as exc:
-            damaged.append(str(exc))
-    files.sort(key=lambda k: (k.created, k.id))
-    if not files and not damaged:
+    does. Key files are tried cheapest first within a total KDF budget, so key files planted
+    with costly parameters cannot stall a command for long."""
+    files, unusable = scan_key_files(backend)
+    if not files and not unusable:
         raise PasswordError(
             f"repository {backend.location} is encrypted but holds no key file; "
             "`casnap key import FILE` puts back an exported one"
         )
-    for kf in files[:MAX_KEYS_TRIED]:
+    spent = 0
+    skipped = 0
+    for kf in files:
+        if spent + kf.kdf.cost > KDF_BUDGET:
+            skipped += 1
+            continue
+        spent += kf.kdf.cost
         try:
             return kf, kf.unseal(password)
         except PasswordError:
             continue
-    extra = f" ({len(damaged)} damaged key file(s) passed over)" if damaged else ""
-    if len(files) > MAX_KEYS_TRIED:
-        extra += f" (only the first {MAX_KEYS_TRIED} of {len(files)} key files were tried)"
+    extra = f" ({len(unusable)} unusable key file(s) passed over)" if unusable else ""
+    if skipped:
+        extra += f" ({skipped} key file(s) too costly to try within the KDF budget)"
     raise PasswordError(
         f"wrong password: no key of repository {backend.location} opens with it{extra}"
     )
@@ -231,7 +262,7 @@ def open_config(
     parse_header(f"{backend.location}/config", raw)  # an unknown scheme: stop here
     if password is None:
         raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
-    keyfile, master = unlock(backend, password())
+    keyfile, master = unlock(backend, read_password(password))
     try:
         plain = Sealer(master.encryption_key).open("config", raw)
     except IntegrityError as exc:

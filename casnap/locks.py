@@ -48,9 +48,7 @@ SHARED_OPERATIONS = frozenset(
         "show",
         "ls",
         "cat",
-        "key list",
         "key add",
-        "key export",
     }
 )
 # Operations that never write to the repository: they may run without a lock on a repository

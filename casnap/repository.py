@@ -139,7 +139,7 @@ class Repository:
         if backend.exists("config"):
             raise NotARepository(f"{backend.location} already holds a casnap repository")
         master = crypto.MasterKey.generate()
-        keyfile = keys.make_key_file(master, password(), now_iso())
+        keyfile = keys.make_key_file(master, keys.read_password(password), now_iso())
         backend.put(keyfile.key, keyfile.encode())
         repo = cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
         if not repo.backend.put("config", encode_config(cfg)):
@@ -163,6 +163,11 @@ class Repository:
         if not (root / "config").is_file():
             if is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
+            if (root / "keys").is_dir():
+                raise NotARepository(
+                    f"{root} holds key files but no config (an encrypted init interrupted?): "
+                    "not a casnap repository; remove it to start again"
+                )
             raise NotARepository(f"{root} is not a casnap repository")
         return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
 
@@ -181,7 +186,7 @@ class Repository:
         from casnap.backends.s3 import repository_backend
 
         if create and password is not None:
-            password()  # asked for (or missing) before anything is created
+            keys.read_password(password)  # asked for (or missing) before anything is made
         backend: Backend = RetryingBackend(repository_backend(url, create))
         try:
             if create:

@@ -222,7 +222,7 @@ def test_key_passwd_add_remove_export_import(app: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert run(other, app, "commit", password="second")[0] == 0
     code, _, err = run(other, app, "key", "import", str(export), password="second")
-    assert code == 2 and "not a key of repository" in err
+    assert code == 10 and "not a key of repository" in err
 
 
 def _packs(repo: Path) -> list[Path]:

@@ -9,7 +9,7 @@ import click
 
 from casnap import keyring
 from casnap.cli.main import Context, cli, pass_ctx
-from casnap.cli.output import emit_json, local_time
+from casnap.cli.output import emit_json, local_time, printable
 from casnap.cli.passwords import new_password
 
 NEW_PASSWORD_FILE = click.option(
@@ -39,14 +39,14 @@ def key_list(c: Context, as_json: bool) -> None:
     Example: casnap key list
     """
     repo = c.open()
-    with repo.lock("key list"):
-        found = keyring.list_keys(repo)
+    found = keyring.list_keys(repo)  # reads key files only: no lock, so a read-only copy works
     if as_json:
         emit_json([k.to_json() for k in found])
         return
     for k in found:
         mark = "*" if k.current else " "
-        click.echo(f"{mark} {k.id[:8]}  {local_time(k.created)}  {k.kdf}")
+        when = local_time(k.created) if k.created else "-" * 19
+        click.echo(f"{mark} {k.id[:8]}  {when}  {printable(k.kdf, backslash=False)}")
 
 
 @key_group.command(name="add")
@@ -117,8 +117,7 @@ def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:
     Example: casnap key export ~/casnap-key.json
     """
     repo = c.open()
-    with repo.lock("key export"):
-        kf = keyring.export_key(repo, dest, force)
+    kf = keyring.export_key(repo, dest, force)  # reads the key in use only: no lock
     if as_json:
         emit_json({"exported": kf.id, "path": str(dest)})
         return

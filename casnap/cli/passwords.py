@@ -12,7 +12,6 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 
@@ -21,6 +20,7 @@ from casnap.locations import Location, describe
 
 SOURCES = "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command"
 NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
+MAX_PASSWORD_FILE = 4096  # bytes: a password file, not a device or a large file by mistake
 
 
 def _strip_newline(text: str) -> str:
@@ -36,9 +36,12 @@ def _nonempty(password: str, where: str) -> str:
 def read_password_file(path: str, what: str) -> str:
     """The password in a file; PasswordError naming the file when it cannot be read."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PASSWORD_FILE + 1)
     except OSError as exc:
         raise PasswordError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_PASSWORD_FILE:
+        raise PasswordError(f"{what} {path} holds more than {MAX_PASSWORD_FILE} bytes")
     try:
         text = raw.decode()
     except UnicodeDecodeError as exc:
@@ -70,9 +73,12 @@ def run_password_command(command: str) -> str:
 
 
 def _prompt(text: str, confirm: bool) -> str:
-    password = click.prompt(
-        text, hide_input=True, confirmation_prompt=confirm, err=True, show_default=False
-    )
+    try:
+        password = click.prompt(
+            text, hide_input=True, confirmation_prompt=confirm, err=True, show_default=False
+        )
+    except UnicodeDecodeError as exc:
+        raise PasswordError("the password typed is not text in the terminal's encoding") from exc
     return _nonempty(str(password), "the prompt")
 
 
@@ -118,9 +124,10 @@ class Passwords:
             return run_password_command(self.command)
         if sys.stdin.isatty():
             return _prompt(f"password for repository {describe(self.location)}", self.creating)
+        what = "the new encrypted repository" if self.creating else "it"
         raise PasswordError(
-            f"repository {describe(self.location)} is encrypted: give its password with "
-            f"{self.sources} (no terminal to ask on)"
+            f"repository {describe(self.location)} is encrypted: give the password of {what} "
+            f"with {self.sources} (no terminal to ask on)"
         )
 
 

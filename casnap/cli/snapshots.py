@@ -69,6 +69,11 @@ def init(c: Context, encryption: str | None, as_json: bool) -> None:
         return
     kind = "encrypted " if repo.encrypted else ""
     c.say(f"created {kind}casnap repository {repo.config['id'][:8]} at {where}")
+    if not repo.encrypted and c.passwords.given():
+        warn(
+            "a password is set, but this repository is not encrypted (--encryption none); "
+            "`init --encryption repokey` makes an encrypted one"
+        )
     if repo.encrypted:
         c.say(
             "keep the password safe: without it the repository cannot be read "

@@ -1,0 +1,129 @@
+"""Key files and passwords under attack: unusable or costly planted key files, odd passwords."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casnap import Repository
+from casnap.crypto import MasterKey
+from casnap.errors import PasswordError
+from casnap.keys import Kdf, make_key_file
+from tests.conftest import make_app
+from tests.test_encryption import PW, run
+
+
+@pytest.fixture
+def enc_repo(tmp_path: Path) -> tuple[Path, Path]:
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    repo = tmp_path / "backups"
+    assert run(repo, data, "commit", "-q")[0] == 0
+    return repo, data
+
+
+def _plant(repo: Path, name: str, body: bytes) -> None:
+    (repo / "keys" / name).write_bytes(body)
+
+
+def _planted_key(memory_kib: int, iterations: int, created: str = "0000") -> tuple[str, bytes]:
+    kf = make_key_file(MasterKey.generate(), "attacker", created, Kdf(os.urandom(16), 8, 1, 1))
+    doc = json.loads(kf.encode())
+    doc["kdf"].update(memory_kib=memory_kib, iterations=iterations)
+    return kf.id, json.dumps(doc).encode()
+
+
+def test_unusable_key_files_are_passed_over_listed_and_removable(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    repo, data = enc_repo
+    real = json.loads((next((repo / "keys").iterdir())).read_text())
+    planted = {
+        "a" * 32: b'{"casnap_key": 2}',
+        "b" * 32: json.dumps(real | {"kdf": real["kdf"] | {"name": "scrypt"}}).encode(),
+        "c" * 32: json.dumps(real).replace('"memory_kib": 65536', '"memory_kib": 1e400').encode(),
+        "d" * 32: b"garbage",
+    }
+    for name, body in planted.items():
+        _plant(repo, name, body)
+    code, _, err = run(repo, data, "log")
+    assert code == 0, err
+    code, out, err = run(repo, data, "key", "list", "--json")
+    assert code == 0, err
+    listed = {k["id"]: k for k in json.loads(out)}
+    for name in planted:
+        assert listed[name]["kdf"].startswith("unusable"), listed[name]
+    code, _, err = run(repo, data, "key", "remove", "dddd")
+    assert code == 0, err
+    assert not (repo / "keys" / ("d" * 32)).exists()
+
+
+def test_costly_or_many_planted_keys_do_not_lock_the_real_one_out(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    repo, data = enc_repo
+    name, body = _planted_key(1 << 20, 16)  # the most a key file may ask for: ~1 min to try
+    _plant(repo, name, body)
+    for _ in range(40):  # cheap ones, dated before the real one
+        name, body = _planted_key(8, 1)
+        _plant(repo, name, body)
+    env = dict(os.environ, CASNAP_PASSWORD=PW)
+    done = subprocess.run(
+        [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data), "log"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_odd_passwords(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    repo = tmp_path / "r"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASNAP_PASSWORD")}
+    argv = [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data)]
+    raw_env = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    raw_env[b"CASNAP_PASSWORD"] = b"\xff\xfe not utf-8"
+    for args in (["commit", "-q"], ["log"]):
+        done = subprocess.run([*argv, *args], env=raw_env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [*argv, "--password-file", "/dev/zero", "log"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 10 and b"more than" in done.stderr
+    with pytest.raises(PasswordError):
+        Repository.init(tmp_path / "empty", password="")
+    made = Repository.init(tmp_path / "text", password="plain string")  # a str, not a function
+    assert made.encrypted
+    assert Repository.open(tmp_path / "text", password=lambda: b"plain string").encrypted  # type: ignore[arg-type,return-value]
+
+
+def test_init_says_when_a_password_is_set_but_nothing_is_encrypted(tmp_path: Path) -> None:
+    code, _, err = run(tmp_path / "r", tmp_path, "init")
+    assert code == 0 and "not encrypted" in err
+
+
+def test_an_interrupted_encrypted_init_is_named(enc_repo: tuple[Path, Path]) -> None:
+    repo, data = enc_repo
+    (repo / "config").unlink()
+    for sub in ("packs", "index", "snapshots", "locks"):
+        for p in sorted((repo / sub).rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        (repo / sub).rmdir()
+    code, _, err = run(repo, data, "log")
+    assert code == 3 and "key files but no config" in err
+
+
+def test_key_list_and_export_take_no_lock(enc_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    """So they work on a read-only copy: a lock held exclusively by another host does not
+    stop them."""
+    repo, data = enc_repo
+    assert run(repo, data, "key", "list")[0] == 0
+    assert run(repo, data, "key", "export", str(tmp_path / "k.json"))[0] == 0
+    assert not any((repo / "locks").iterdir())
