@@ -1,0 +1,105 @@
+"""Hostile and damaged files in the layouts of RAG frameworks' stores (Chroma, LangChain FAISS,
+LlamaIndex FAISS): each is warned of at commit (refused with --strict) and refused by a
+checkout's smoke checks with one line (exit 9, nothing swapped in), never a crash, a hang, a
+traceback, an internal error or unbounded memory. The CLI runs in a subprocess, so a crash
+fails the test instead of killing the test run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from tests.helpers_rag import make_chroma
+from tests.helpers_reliability import run_casnap
+from tests.helpers_smoke import CHECK_FAILED
+from tests.util import raw_tree
+
+
+def cli(
+    repo: Path, data: Path, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, on repo and data."""
+    return run_casnap(["--repo", str(repo), "--data", str(data), *args], timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """stderr of a refused run, checked to be one `casnap:` line with no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("casnap: warning")]
+    assert len(lines) == 1 and lines[0].startswith("casnap: "), result.stderr
+    return lines[0]
+
+
+def flat_index(path: Path, n: int = 2, d: int = 4) -> None:
+    """A small IndexFlatL2 written by FAISS."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index = faiss.IndexFlatL2(d)
+    index.add(np.random.default_rng(7).standard_normal((n, d)).astype("float32"))
+    faiss.write_index(index, str(path))
+
+
+def chroma_store(data: Path, n: int = 200) -> Path:
+    """A real Chroma store of n documents in data/chroma; its HNSW segment folder."""
+    make_chroma(data, n=n)
+    (segment,) = [p.parent for p in (data / "chroma").glob("*/header.bin")]
+    return segment
+
+
+def assert_refused_everywhere(repo: Path, data: Path, reason: str) -> None:
+    """Commit --strict refuses (exit 9); a plain commit warns even with -q; checkout and verify
+    --smoke of that snapshot fail with exit 9 and a one-line reason, nothing swapped in."""
+    strict = cli(repo, data, "commit", "--strict")
+    assert strict.returncode == CHECK_FAILED, strict.stderr
+    assert reason in one_line_error(strict)
+    done = cli(repo, data, "-q", "commit", "--tag", "bad")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("casnap: warning: ") and reason in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    before = raw_tree(data)
+    out = cli(repo, data, "checkout", "bad")
+    assert out.returncode == CHECK_FAILED, out.stderr
+    line = one_line_error(out)
+    assert "nothing restored" in line and reason in line, line
+    assert raw_tree(data) == before
+    target = data.parent / "elsewhere"
+    out = cli(repo, data, "checkout", "bad", "--to", str(target))
+    assert out.returncode == CHECK_FAILED and reason in one_line_error(out)
+    assert not target.exists() or not any(target.iterdir())
+    smoke = cli(repo, data, "verify", "--smoke", "bad")
+    assert smoke.returncode == CHECK_FAILED, smoke.stderr
+    assert "Traceback" not in smoke.stderr
+
+
+# -- a pickle nested a million deep ---------------------------------------------------------------
+
+#: A dict whose key is a tuple nested a million deep: `{1: ((((...2...))))}` in protocol 2.
+DEEP_PICKLE = b"\x80\x02}K\x01" + b"\x85" * 1_000_000 + b"K\x02s."
+
+
+def test_a_deeply_nested_langchain_pickle_is_refused_not_a_crash(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    flat_index(data / "fi" / "index.faiss")
+    (data / "fi" / "index.pkl").write_bytes(DEEP_PICKLE)
+    assert_refused_everywhere(repo, data, "nested deeper than")
+
+
+def test_a_deeply_nested_chroma_pickle_is_refused_not_a_crash(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    segment = chroma_store(data)
+    (segment / "index_metadata.pickle").write_bytes(DEEP_PICKLE)
+    assert_refused_everywhere(repo, data, "nested deeper than")
+
+
+def test_a_deeply_nested_pickle_is_refused_by_import(tmp_path: Path) -> None:
+    copies, repo = tmp_path / "copies", tmp_path / "repo"
+    copy = copies / "data_20250101"
+    flat_index(copy / "fi" / "index.faiss")
+    (copy / "fi" / "index.pkl").write_bytes(DEEP_PICKLE)
+    done = run_casnap(
+        ["--repo", str(repo), "--data", str(tmp_path / "data"), "import", str(copies)]
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nested deeper than" in done.stderr and "Traceback" not in done.stderr
