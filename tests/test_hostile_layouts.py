@@ -6,6 +6,7 @@ fails the test instead of killing the test run."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -103,3 +104,76 @@ def test_a_deeply_nested_pickle_is_refused_by_import(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "nested deeper than" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- chroma.sqlite3 that is not Chroma's ----------------------------------------------------------
+
+CHROMA_TABLES = (
+    "create table segments(id, scope, collection);"
+    "create table max_seq_id(segment_id, seq_id);"
+    "create table embeddings_queue(seq_id, operation, id, topic);"
+)
+
+
+def hostile_chroma(data: Path, script: str) -> None:
+    """data/chroma/chroma.sqlite3 made by script, with an (empty) segment folder beside it."""
+    (data / "chroma" / "seg").mkdir(parents=True)
+    db = sqlite3.connect(data / "chroma" / "chroma.sqlite3")
+    db.executescript(script)
+    db.commit()
+    db.close()
+
+
+def test_a_recursive_view_named_like_a_chroma_table_is_refused_not_a_hang(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    endless = (
+        "create view collections as with recursive c(x) as "
+        "(select 1 union all select x+1 from c) select 'c' id, 'n' name, 1 dimension from c;"
+    )
+    hostile_chroma(
+        data, endless + CHROMA_TABLES + "create table embeddings(embedding_id, segment_id);"
+    )
+    assert_refused_everywhere(repo, data, "not a Chroma database")
+
+
+def test_a_virtual_table_named_like_a_chroma_table_is_refused(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    script = (
+        "create table collections(id, name, dimension);"
+        + CHROMA_TABLES
+        + "create virtual table embeddings using fts5(embedding_id, segment_id);"
+    )
+    hostile_chroma(data, script)
+    assert_refused_everywhere(repo, data, "not a Chroma database")
+
+
+def test_chroma_tables_too_costly_to_read_are_refused_in_bounded_time(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    # a column computed by a long expression for each of many rows: billions of steps to read
+    term = "+".join(["embedding_id"] * 400)
+    costly = "max(" + ", ".join([term] * 100) + ")"
+    script = (
+        "create table collections(id, name, dimension);"
+        "insert into collections values ('c', 'n', 4);"
+        + CHROMA_TABLES
+        + "insert into segments values ('m', 'METADATA', 'c');"
+        + f"create table embeddings(embedding_id, segment_id as ({costly}));"
+        "with recursive r(x) as (select 1 union all select x + 1 from r limit 20000) "
+        "insert into embeddings(embedding_id) select x from r;"
+    )
+    hostile_chroma(data, script)
+    assert_refused_everywhere(repo, data, "could not be read in time")
+
+
+def test_text_for_a_chroma_sequence_number_is_refused(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    script = (
+        "create table collections(id, name, dimension);"
+        "insert into collections values ('c', 'n', 4);"
+        + CHROMA_TABLES
+        + "create table embeddings(embedding_id, segment_id);"
+        "insert into segments values ('m', 'METADATA', 'c');"
+        "insert into max_seq_id values ('m', 'not a number');"
+    )
+    hostile_chroma(data, script)
+    assert_refused_everywhere(repo, data, "sequence number")

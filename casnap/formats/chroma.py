@@ -15,6 +15,7 @@ the ids of the collection's metadata segment with those after its own number rep
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
@@ -109,50 +110,112 @@ class CollectionRecord:
     queue: list[tuple[int, int, str]] = field(default_factory=list)
 
 
+class NotChroma(ValueError):
+    """A chroma.sqlite3 that is not Chroma's schema, holds a value Chroma never writes, or
+    would take more work to read than its size allows."""
+
+
+#: The tables read_database reads: each must be a plain table (a view or a virtual table of
+#: that name could run any query, an endless one included).
+TABLES = ("collections", "segments", "max_seq_id", "embeddings_queue", "embeddings")
+#: Steps of SQLite's virtual machine a read may take: a fixed allowance plus some per byte of
+#: the database (every query reads each row once, a few steps a row); beyond it the read stops.
+STEPS_BASE = 10_000_000
+STEPS_PER_BYTE = 64
+_STEPS_CHECK = 10_000  # steps between two checks of the allowance
+
+
 def _seq(value: Any) -> int:
-    """A sequence number: an integer, or (older versions) 8 big-endian bytes."""
-    if isinstance(value, bytes):
+    """A sequence number: an integer, or (older versions) 8 big-endian bytes; NotChroma for
+    anything else."""
+    if value is None:
+        return 0
+    if isinstance(value, bytes) and len(value) <= 8:
         return int.from_bytes(value, "big")
-    return int(value or 0)
+    if isinstance(value, int):
+        return value
+    raise NotChroma(f"not a Chroma database: {str(value)[:40]!r} is no sequence number")
+
+
+def _database_size(path: Path) -> int:
+    """The bytes of a database with its write-ahead log (what a read may need to go through)."""
+    size = 0
+    for p in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            size += os.stat(p).st_size
+    return size
 
 
 def read_database(path: Path, private: bool) -> list[CollectionRecord]:
     """The collections of a chroma.sqlite3, read only (private: a copy nobody else writes, read
-    as immutable). sqlite3.Error when it is not Chroma's schema."""
+    as immutable), with bounded work: NotChroma when it is not Chroma's schema or takes more
+    steps than its size allows; sqlite3.Error when SQLite cannot read it."""
     mode = "immutable=1" if private else "mode=ro"
     uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?{mode}"
+    size = _database_size(Path(path))
+    budget = (STEPS_BASE + STEPS_PER_BYTE * size) // _STEPS_CHECK
+    spent = 0
+
+    def over_budget() -> bool:
+        nonlocal spent
+        spent += 1
+        return spent > budget
+
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        cols = {
-            r[0]: CollectionRecord(r[0], r[1], r[2])
-            for r in db.execute("SELECT id, name, dimension FROM collections")
-        }
-        for sid, scope, coll in db.execute("SELECT id, scope, collection FROM segments"):
-            rec = cols.get(coll)
-            if rec is not None and scope == "VECTOR":
-                rec.vector = sid
-            elif rec is not None and scope == "METADATA":
-                rec.metadata = sid
-        seqs = {
-            sid: _seq(seq) for sid, seq in db.execute("SELECT segment_id, seq_id FROM max_seq_id")
-        }
-        topics = [t for (t,) in db.execute("SELECT DISTINCT topic FROM embeddings_queue")]
-        for rec in cols.values():
-            rec.seq = {s: seqs.get(s, 0) for s in (rec.vector, rec.metadata) if s is not None}
-            if rec.metadata is not None:
-                rec.ids = {
-                    i
-                    for (i,) in db.execute(
-                        "SELECT embedding_id FROM embeddings WHERE segment_id = ?", (rec.metadata,)
-                    )
-                }
-            floor = min(rec.seq.values(), default=0)
-            for topic in topics:
-                if str(topic).rsplit("/", 1)[-1] == rec.id:
-                    rec.queue += db.execute(
-                        "SELECT seq_id, operation, id FROM embeddings_queue "
-                        "WHERE topic = ? AND seq_id > ? ORDER BY seq_id",
-                        (topic, floor),
-                    ).fetchall()
+        # no value longer than the file (a computed column could make one of a gigabyte)
+        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(size, 1 << 20))
+        db.set_progress_handler(over_budget, _STEPS_CHECK)
+        try:
+            return _read_tables(db)
+        except sqlite3.OperationalError as exc:
+            if spent > budget:
+                raise NotChroma(
+                    f"could not be read in time: over {budget * _STEPS_CHECK} steps "
+                    f"for its {size} bytes"
+                ) from exc
+            raise
+
+
+def _read_tables(db: sqlite3.Connection) -> list[CollectionRecord]:
+    """read_database's queries: each table read once, in one pass."""
+    kinds = dict(
+        db.execute(
+            "SELECT name, type = 'table' AND upper(sql) NOT LIKE 'CREATE VIRTUAL%' "
+            "FROM sqlite_master WHERE name IN (?, ?, ?, ?, ?)",
+            TABLES,
+        ).fetchall()
+    )
+    for name in TABLES:
+        if name not in kinds:
+            raise NotChroma(f"not a Chroma database: no table {name}")
+        if not kinds[name]:
+            raise NotChroma(f"not a Chroma database: {name} is not a plain table")
+    cols = {
+        r[0]: CollectionRecord(r[0], r[1], r[2])
+        for r in db.execute("SELECT id, name, dimension FROM collections")
+    }
+    by_segment: dict[Any, CollectionRecord] = {}
+    for sid, scope, coll in db.execute("SELECT id, scope, collection FROM segments"):
+        rec = cols.get(coll)
+        if rec is not None and scope == "VECTOR":
+            rec.vector = sid
+        elif rec is not None and scope == "METADATA":
+            rec.metadata = sid
+    seqs = {sid: _seq(seq) for sid, seq in db.execute("SELECT segment_id, seq_id FROM max_seq_id")}
+    for rec in cols.values():
+        rec.seq = {s: seqs.get(s, 0) for s in (rec.vector, rec.metadata) if s is not None}
+        if rec.metadata is not None:
+            by_segment[rec.metadata] = rec
+    for eid, sid in db.execute("SELECT embedding_id, segment_id FROM embeddings"):
+        owner = by_segment.get(sid)
+        if owner is not None:
+            owner.ids.add(eid)
+    floors = {rec.id: min(rec.seq.values(), default=0) for rec in cols.values()}
+    rows = db.execute("SELECT seq_id, operation, id, topic FROM embeddings_queue ORDER BY seq_id")
+    for seq, op, rid, topic in rows:
+        owner = cols.get(str(topic).rsplit("/", 1)[-1])
+        if owner is not None and _seq(seq) > floors[owner.id]:
+            owner.queue.append((_seq(seq), op, rid))
     return list(cols.values())
 
 
@@ -203,6 +266,9 @@ def check(store: StoreLayout, view: Mapping[str, Path], deep: bool, private: boo
         return found
     except sqlite3.Error as exc:
         found.append(Finding("chroma-counts", db_rel, False, f"cannot read Chroma's tables: {exc}"))
+        return found
+    except NotChroma as exc:
+        found.append(Finding("chroma-counts", db_rel, False, str(exc)))
         return found
     for rec in records:
         mine = segs.get(rec.vector or "")
