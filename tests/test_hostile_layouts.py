@@ -6,7 +6,9 @@ fails the test instead of killing the test run."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import struct
 import subprocess
 from pathlib import Path
 
@@ -177,3 +179,74 @@ def test_text_for_a_chroma_sequence_number_is_refused(tmp_path: Path) -> None:
     )
     hostile_chroma(data, script)
     assert_refused_everywhere(repo, data, "sequence number")
+
+
+# -- damaged values in LlamaIndex's JSON files and Chroma's header.bin ---------------------------
+
+
+def llamaindex_store(data: Path, index_store: object) -> Path:
+    """data/storage as LlamaIndex persists a FAISS vector store: the index under a `.json`
+    name, an empty docstore and the given index_store.json."""
+    folder = data / "storage"
+    flat_index(folder / "default__vector_store.json")
+    (folder / "docstore.json").write_text(json.dumps({"docstore/data": {"n1": {}}}))
+    (folder / "index_store.json").write_text(json.dumps(index_store))
+    return folder
+
+
+def vector_struct(data: str) -> dict[str, object]:
+    """An index_store.json holding one vector index whose `__data__` text is data."""
+    struct = {"__type__": "vector_store", "__data__": data}
+    return {"index_store/data": {"i1": struct}}
+
+
+def test_json_nested_too_deep_is_refused(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    (data / "storage").mkdir(parents=True)
+    (data / "storage" / "docstore.json").write_text("{}")
+    (data / "storage" / "x.json").write_text("[" * 100_000)
+    assert_refused_everywhere(repo, data, "x.json")
+
+
+def test_a_list_for_a_node_id_is_refused(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    llamaindex_store(data, vector_struct(json.dumps({"nodes_dict": {"0": ["n1"], "1": "n1"}})))
+    assert_refused_everywhere(repo, data, "index_store.json")
+
+
+def test_a_number_of_5000_digits_is_refused(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    llamaindex_store(data, vector_struct('{"nodes_dict": {"0": "n1"}, "x": ' + "9" * 5000 + "}"))
+    assert_refused_everywhere(repo, data, "index_store.json")
+
+
+def test_a_sidecar_nested_too_deep_is_warned_of(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    flat_index(data / "a.index")
+    (data / "a.meta.json").write_text("[" * 100_000)
+    done = cli(repo, data, "commit")
+    assert done.returncode == 0 and "a.meta.json" in done.stderr, done.stderr
+    strict = cli(repo, data, "commit", "--strict")
+    assert strict.returncode == CHECK_FAILED and "a.meta.json" in one_line_error(strict)
+    out = cli(repo, data, "checkout", "latest", "--to", str(tmp_path / "o"))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+
+
+HNSW_HEADER = struct.Struct("<iQQQQQQiiQQQdQ")
+
+
+def hnsw_header(elements: int, max_m0: int, dim: int = 4, capacity: int = 16) -> bytes:
+    """A header.bin whose offsets agree with max_m0 and dim, as hnswlib writes them."""
+    data_offset = max_m0 * 4 + 4
+    label_offset = data_offset + 4 * dim
+    fields = (1, 0, capacity, elements, label_offset + 8, label_offset, data_offset, 0, 0)
+    return HNSW_HEADER.pack(*fields, 16, max_m0, 16, 0.36, 100)
+
+
+def test_a_header_with_a_huge_neighbour_count_is_refused_not_allocated(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    segment = chroma_store(data)
+    (segment / "header.bin").write_bytes(hnsw_header(0, 1 << 40))
+    for name in ("data_level0.bin", "length.bin", "link_lists.bin"):
+        (segment / name).write_bytes(b"")
+    assert_refused_everywhere(repo, data, "header.bin")

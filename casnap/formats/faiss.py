@@ -427,7 +427,9 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     """The JSON object of a sidecar; ValueError when it is not one."""
     try:
         meta = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise ValueError(f"{path.name} is not valid JSON (nested too deep)") from exc
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or a number of too many digits
         raise ValueError(f"{path.name} is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise ValueError(f"{path.name} is not a JSON object")

@@ -29,6 +29,7 @@ VERSION = 1
 _HEADER = struct.Struct("<iQQQQQQiiQQQdQ")
 _DELETED = 0x01  # the deleted mark, in the third byte of an element's level-0 list header
 _SCAN_ELEMENTS = 8192  # elements read at a time when scanning data_level0.bin
+_MAX_COUNT = 0xFFFF  # a neighbour list's count is 16 bits: no list holds more
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,14 @@ def parse_header(data: bytes) -> HnswHeader:
     problems = []
     if h.offset_level0 != 0:
         problems.append(f"level-0 offset {h.offset_level0}")
-    if h.max_m0 == 0 or h.data_offset != h.max_m0 * 4 + 4:
+    if not 0 < h.max_m0 <= _MAX_COUNT or h.data_offset != h.max_m0 * 4 + 4:
         problems.append(f"vector offset {h.data_offset} for {h.max_m0} level-0 neighbours")
     if h.label_offset <= h.data_offset or (h.label_offset - h.data_offset) % 4:
         problems.append(f"label offset {h.label_offset}")
     if h.element_size != h.label_offset + 8:
         problems.append(f"element size {h.element_size}")
+    if h.max_m > _MAX_COUNT:
+        problems.append(f"{h.max_m} upper-level neighbours")
     if h.elements > h.capacity:
         problems.append(f"{h.elements} elements in room for {h.capacity}")
     if h.elements and not (0 <= h.entry_point < h.elements and h.max_level >= 0):

@@ -46,14 +46,24 @@ def find(files: Collection[str]) -> list[StoreLayout]:
     return stores
 
 
+def parse_json(text: str | bytes) -> Any:
+    """A JSON text's value; ValueError naming why it is not one that can be read (not JSON, a
+    number of more digits than Python converts, arrays or objects nested too deep)."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("is not valid JSON (nested too deep)") from exc
+    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and too many digits
+        raise ValueError(f"is not valid JSON ({exc})") from exc
+
+
 def _load(path: Path) -> Any:
     """A JSON file's value; ValueError naming why it is not JSON."""
     try:
-        return json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot be read: {exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"is not valid JSON ({exc})") from exc
+    return parse_json(raw)
 
 
 def _describe(value: Any) -> str:
@@ -85,10 +95,11 @@ def _docstore_ids(value: Any) -> set[str] | None:
     return ids
 
 
-def _vector_nodes(value: Any) -> list[dict[str, Any]]:
+def _vector_nodes(value: Any) -> list[dict[str, str]]:
     """The `nodes_dict` of each vector index in an index store (each struct's `__data__` is
-    itself a JSON text)."""
-    out: list[dict[str, Any]] = []
+    itself a JSON text): vector-store id -> node id. ValueError when one is not JSON or maps
+    to anything but node ids."""
+    out: list[dict[str, str]] = []
     if not isinstance(value, dict):
         return out
     for key, structs in value.items():
@@ -99,11 +110,15 @@ def _vector_nodes(value: Any) -> list[dict[str, Any]]:
                 continue
             data = struct.get("__data__")
             try:
-                parsed = json.loads(data) if isinstance(data, str) else data
-            except json.JSONDecodeError:
-                parsed = None
+                parsed = parse_json(data) if isinstance(data, str) else data
+            except ValueError as exc:
+                raise ValueError(f"a vector index's __data__ {exc}") from exc
             nodes = parsed.get("nodes_dict") if isinstance(parsed, dict) else None
-            out.append(nodes if isinstance(nodes, dict) else {})
+            if nodes is None:
+                nodes = {}
+            if not isinstance(nodes, dict) or not all(isinstance(n, str) for n in nodes.values()):
+                raise ValueError("a vector index's nodes_dict maps to something but node ids")
+            out.append(nodes)
     return out
 
 
@@ -147,7 +162,14 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
         found.append(Finding("llamaindex-json", rel, True, _describe(value)))
     if any(not f.ok for f in found):
         return found
-    counts = _counts(store, view, values, faiss_stores)
+    try:
+        structs = _vector_nodes(values.get(INDEX_STORE))
+    except ValueError as exc:
+        return [
+            *found,
+            Finding("llamaindex-json", store.rel(INDEX_STORE), False, f"{INDEX_STORE}: {exc}"),
+        ]
+    counts = _counts(store, view, values, structs, faiss_stores)
     if counts is not None:
         found.append(counts)
     return found
@@ -157,6 +179,7 @@ def _counts(
     store: StoreLayout,
     view: Mapping[str, Path],
     values: Mapping[str, Any],
+    structs: list[dict[str, str]],
     faiss_stores: list[tuple[str, FaissHeader]],
 ) -> Finding | None:
     """The llamaindex-counts finding of a persist dir with one FAISS vector store; None when
@@ -194,7 +217,6 @@ def _counts(
                 )
             else:
                 said.append(f"{len(held)} ids match id_map.json")
-    structs = _vector_nodes(values.get(INDEX_STORE))
     if len(structs) == 1:
         in_index = set(structs[0])
         info["index_nodes"] = len(in_index)
