@@ -14,7 +14,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 
+from casnap.formats import chroma, llamaindex
+from tests.helpers_memory import run_measured
 from tests.helpers_rag import make_chroma
 from tests.helpers_reliability import run_casnap
 from tests.helpers_smoke import CHECK_FAILED
@@ -243,10 +246,77 @@ def hnsw_header(elements: int, max_m0: int, dim: int = 4, capacity: int = 16) ->
     return HNSW_HEADER.pack(*fields, 16, max_m0, 16, 0.36, 100)
 
 
-def test_a_header_with_a_huge_neighbour_count_is_refused_not_allocated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_m0", [1 << 28, 1 << 40])
+def test_a_header_with_a_huge_neighbour_count_is_refused_not_allocated(
+    max_m0: int, tmp_path: Path
+) -> None:
     data, repo = tmp_path / "data", tmp_path / "repo"
     segment = chroma_store(data)
-    (segment / "header.bin").write_bytes(hnsw_header(0, 1 << 40))
+    (segment / "header.bin").write_bytes(hnsw_header(0, max_m0))
     for name in ("data_level0.bin", "length.bin", "link_lists.bin"):
         (segment / name).write_bytes(b"")
     assert_refused_everywhere(repo, data, "header.bin")
+    result, peak = run_measured(["--repo", str(repo), "--data", str(data), "verify", "--smoke"])
+    assert result.returncode == CHECK_FAILED and peak < 500_000_000, (result.stderr, peak)
+
+
+# -- memory: ids compared as arrays, header fields capped by file sizes ---------------------------
+
+
+def idmap2_bytes(ids: np.ndarray) -> bytes:
+    """An IndexIDMap2 over an IndexFlatL2 of d=1 (zero vectors) holding ids, as FAISS writes it
+    (built here directly: FAISS's own in-memory id map would cost the test far more)."""
+    head = struct.Struct("<iqqq?i")
+    n = len(ids)
+    common = head.pack(1, n, 1 << 20, 1 << 20, True, 1)
+    inner = b"IxF2" + common + struct.pack("<Q", n) + bytes(4 * n)
+    return b"IxM2" + common + inner + struct.pack("<Q", n) + ids.astype("<i8").tobytes()
+
+
+def test_idmap2_small_store_reads_as_faiss(tmp_path: Path) -> None:
+    path = tmp_path / "i.faiss"
+    path.write_bytes(idmap2_bytes(np.arange(5, 10)))
+    index = faiss.read_index(str(path))
+    assert index.ntotal == 5 and list(faiss.vector_to_array(index.id_map)) == [5, 6, 7, 8, 9]
+
+
+def idmap_store_peak(tmp_path: Path, n: int) -> int:
+    """Peak memory of committing a LlamaIndex store whose IndexIDMap2 holds n ids, only two of
+    which id_map.json maps (a commit that warns)."""
+    data, repo = tmp_path / f"data{n}", tmp_path / f"repo{n}"
+    folder = data / "storage"
+    folder.mkdir(parents=True)
+    (folder / "default__vector_store.json").write_bytes(idmap2_bytes(np.arange(n)))
+    maps = {"faiss_id_to_node_id_map": {"0": "n0", "1": "n1"}}
+    maps["node_id_to_faiss_id_map"] = {"n0": 0, "n1": 1}
+    (folder / "id_map.json").write_text(json.dumps(maps))
+    (folder / "docstore.json").write_text(json.dumps({"docstore/data": {"n0": {}, "n1": {}}}))
+    result, peak = run_measured(["--repo", str(repo), "--data", str(data), "commit"])
+    assert result.returncode == 0, result.stderr
+    assert f"the index holds {n} distinct ids" in result.stderr, result.stderr
+    return peak
+
+
+def test_idmap_ids_are_compared_in_arrays_not_python_objects(tmp_path: Path) -> None:
+    n = 4_000_000
+    small = idmap_store_peak(tmp_path, 10)
+    large = idmap_store_peak(tmp_path, n)
+    # the ids file holds 8 bytes per id; as Python ints in a list and a set they took ~120
+    assert large - small < 40 * n, (small, large)
+
+
+def test_ids_compared_as_arrays_count_what_sets_would() -> None:
+    held = np.array([1, 1, 2, 5, 9, 9], dtype=np.int64)
+    assert llamaindex._compare_ids(held, np.array([1, 2, 3], dtype=np.int64)) == (4, 2, 1)
+    assert llamaindex._compare_ids(held, np.array([1, 2, 5, 9], dtype=np.int64)) == (4, 0, 0)
+    assert llamaindex._compare_ids(held[:0], np.array([7], dtype=np.int64)) == (0, 0, 1)
+    assert llamaindex._mapped_ids(["3", "1", "x"]).size == 0
+    assert list(llamaindex._mapped_ids(["3", "1", "3"])) == [1, 3]
+
+
+def test_labels_compared_as_arrays_count_what_sets_would() -> None:
+    live = np.array([2, 4, 8], dtype=np.uint64)
+    assert chroma._compare_labels([2, 4, 8], live) == (3, 0)
+    assert chroma._compare_labels([2, 4, 4, 9], live) == (3, 1)
+    assert chroma._compare_labels([-1, 2, 1 << 70], live) == (3, 2)
+    assert chroma._compare_labels([5], live[:0]) == (1, 1)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from casnap.formats import Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
 
@@ -357,16 +359,29 @@ def _check_metadata(rel: str, path: Path, seg: _Segment) -> Finding:
     info = {"ids": len(ids.labels)}
     detail = f"pickle read without running it: {len(ids.labels)} ids"
     if seg.level0 is not None:
-        labels = set(ids.labels.values())
-        if labels != seg.level0.live_labels:
+        live = seg.level0.live_labels
+        distinct, stray = _compare_labels(list(ids.labels.values()), live)
+        if stray or distinct != live.size:
             seg.ok = False
             detail = (
-                f"{len(ids.labels)} ids but data_level0.bin holds {len(seg.level0.live_labels)} "
-                f"live elements ({len(labels - seg.level0.live_labels)} labels not among them)"
+                f"{len(ids.labels)} ids but data_level0.bin holds {live.size} "
+                f"live elements ({stray} labels not among them)"
             )
             return Finding("hnsw-metadata", rel, False, detail, info)
         detail += ", the labels of the live elements"
     return Finding("hnsw-metadata", rel, True, detail, info)
+
+
+def _compare_labels(labels: Collection[int], live: np.ndarray) -> tuple[int, int]:
+    """(distinct labels, how many of them are not in live) of the pickle's labels against the
+    sorted uint64 labels of data_level0.bin's live elements; arrays, not sets of ints."""
+    fits = [v for v in labels if 0 <= v < 1 << 64] if labels else []
+    beyond = len(labels) - len(fits)  # a negative label, or one over 64 bits: in no file
+    want = np.unique(np.fromiter(fits, dtype=np.uint64, count=len(fits)))
+    if not live.size:
+        return int(want.size) + beyond, int(want.size) + beyond
+    at = np.minimum(np.searchsorted(live, want), live.size - 1)
+    return int(want.size) + beyond, int(np.count_nonzero(live[at] != want)) + beyond
 
 
 def _counts(db_rel: str, rec: CollectionRecord, seg: _Segment | None) -> Finding:

@@ -177,7 +177,7 @@ class Level0:
     """What data_level0.bin's records hold: the deleted count and the labels of live elements."""
 
     deleted: int
-    live_labels: frozenset[int]
+    live_labels: np.ndarray  # sorted, distinct uint64 (8 bytes a label, however many)
 
 
 def scan_level0(path: Path, header: HnswHeader) -> Level0:
@@ -185,7 +185,7 @@ def scan_level0(path: Path, header: HnswHeader) -> Level0:
     neighbour count and ids are possible. ValueError naming the first record that is not."""
     size = header.element_size
     deleted = 0
-    labels: set[int] = set()
+    labels: list[np.ndarray] = []
     cols = np.arange(header.max_m0)[None, :]
     with open(path, "rb") as f:
         done = 0
@@ -205,9 +205,9 @@ def scan_level0(path: Path, header: HnswHeader) -> Level0:
             gone = (rec[:, 2] & _DELETED).astype(bool)
             deleted += int(gone.sum())
             lab = rec[:, header.label_offset : header.label_offset + 8].copy().view("<u8").ravel()
-            labels.update(lab[~gone].tolist())
+            labels.append(np.unique(lab[~gone]))
             done += n
-    return Level0(deleted, frozenset(labels))
+    return Level0(deleted, np.unique(np.concatenate(labels)) if labels else np.zeros(0, "<u8"))
 
 
 def file_sizes(paths: dict[str, Path | None]) -> dict[str, int | None]:
