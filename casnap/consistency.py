@@ -24,6 +24,7 @@ from pathlib import Path
 
 from casnap.formats import layouts
 from casnap.formats.faiss import (
+    file_count_problem,
     file_shortfall,
     read_faiss_header,
     read_sidecar,
@@ -71,6 +72,8 @@ def _faiss_problems(root: Path, rel: str) -> list[Problem]:
     short = file_shortfall(root / rel) if header is not None else None
     if short is not None:
         problems.append(Problem(f"{rel}: FAISS index is {short}", True))
+    elif header is not None and (miscount := file_count_problem(root / rel)) is not None:
+        problems.append(Problem(f"{rel}: FAISS index cannot be read: {miscount}", True))
     side = sidecar_of(rel)
     if side == rel or not (root / side).is_file():
         return problems

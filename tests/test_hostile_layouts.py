@@ -18,7 +18,7 @@ import pytest
 
 from casnap.formats import chroma, llamaindex
 from tests.helpers_memory import run_measured
-from tests.helpers_rag import make_chroma
+from tests.helpers_rag import evolve_chroma, make_chroma
 from tests.helpers_reliability import run_casnap
 from tests.helpers_smoke import CHECK_FAILED
 from tests.util import raw_tree
@@ -320,3 +320,39 @@ def test_labels_compared_as_arrays_count_what_sets_would() -> None:
     assert chroma._compare_labels([2, 4, 4, 9], live) == (3, 1)
     assert chroma._compare_labels([-1, 2, 1 << 70], live) == (3, 2)
     assert chroma._compare_labels([5], live[:0]) == (1, 1)
+
+
+# -- commit catches what checkout refuses ---------------------------------------------------------
+
+
+def test_a_stale_chroma_header_is_refused_at_commit(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    segment = chroma_store(data, n=600)
+    stale = (segment / "header.bin").read_bytes()
+    for round_no in range(1, 9):  # enough operations for Chroma to persist the segment again
+        evolve_chroma(data, round_no)
+    assert (segment / "header.bin").read_bytes() != stale
+    (segment / "header.bin").write_bytes(stale)
+    assert_refused_everywhere(repo, data, "data_level0.bin")
+
+
+def test_a_header_of_no_elements_beside_a_pickle_of_ids_is_refused_at_commit(
+    tmp_path: Path,
+) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    segment = chroma_store(data)
+    header = bytearray((segment / "header.bin").read_bytes())
+    header[20:28] = (0).to_bytes(8, "little")  # the element count
+    (segment / "header.bin").write_bytes(bytes(header))
+    assert_refused_everywhere(repo, data, "index_metadata.pickle")
+
+
+def test_a_flat_index_whose_ntotal_disagrees_with_its_vectors_is_refused_at_commit(
+    tmp_path: Path,
+) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    flat_index(data / "a.faiss", n=5)
+    raw = bytearray((data / "a.faiss").read_bytes())
+    raw[8:16] = (3).to_bytes(8, "little")  # ntotal, after the fourcc and d
+    (data / "a.faiss").write_bytes(bytes(raw))
+    assert_refused_everywhere(repo, data, "a.faiss")

@@ -250,8 +250,8 @@ class _Segment:
 
 def check(store: StoreLayout, view: Mapping[str, Path], deep: bool, private: bool) -> list[Finding]:
     """Each HNSW segment's files (hnsw-header, hnsw-data, hnsw-links, hnsw-metadata), then each
-    collection's ids against chroma.sqlite3 (chroma-counts). deep: also read every element of
-    data_level0.bin (deleted marks, labels, neighbour ids) and every upper-level list."""
+    collection's ids against chroma.sqlite3 (chroma-counts). Every element of data_level0.bin
+    is read (deleted marks, labels, neighbour ids); deep: also every upper-level list."""
     found: list[Finding] = []
     segs: dict[str, _Segment] = {}
     for sid, folder in segments(store).items():
@@ -299,7 +299,7 @@ def _check_segment(
     info = {"elements": header.elements, "d": header.dim}
     found = [Finding("hnsw-header", rel[hnsw.HEADER], True, header.describe(), info)]
     problems = hnsw.size_problems(header, hnsw.file_sizes(paths))
-    if not problems and deep:
+    if not problems:  # a numpy scan, cheap enough for a commit: a stale header.bin shows here
         data = paths[hnsw.DATA]
         assert data is not None
         try:
@@ -357,6 +357,11 @@ def _check_metadata(rel: str, path: Path, seg: _Segment) -> Finding:
         return Finding("hnsw-metadata", rel, False, str(exc))
     seg.ids = ids
     info = {"ids": len(ids.labels)}
+    elements = seg.header.elements if seg.header is not None else None
+    if elements is not None and len(ids.labels) > elements:
+        seg.ok = False
+        detail = f"{len(ids.labels)} ids but header.bin counts {elements} elements"
+        return Finding("hnsw-metadata", rel, False, detail, info)
     detail = f"pickle read without running it: {len(ids.labels)} ids"
     if seg.level0 is not None:
         live = seg.level0.live_labels
