@@ -12,7 +12,8 @@ with the files it is about to store, so both judge a snapshot alike:
   is not JSON or states another `ntotal` than its index holds. A checkout of the pair warns too.
 
 An index without a sidecar is nothing to report. With --strict either kind refuses the commit.
-Headers, metadata and counts only: a commit never loads an index nor unpickles anything.
+Headers, metadata and counts (and a numpy scan of Chroma's data_level0.bin, which shows a
+stale header.bin): a commit never loads an index nor unpickles anything.
 """
 
 from __future__ import annotations
