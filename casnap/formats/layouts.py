@@ -25,9 +25,9 @@ def check_store(
     store: StoreLayout, view: Mapping[str, Path], *, deep: bool, private: bool
 ) -> list[Finding]:
     """The checks of one store, its files found at view[rel]. deep: read every record (a
-    restored store); else headers, metadata, counts and cheap scans only (a commit). private: nobody else
-    writes the files (a staged copy). A value the checks of a layout did not foresee in a
-    damaged or hostile file is a failed check too, never an error of the program."""
+    restored store); else headers, metadata, counts and cheap scans only (a commit). private:
+    nobody else writes the files (a staged copy). A value the checks of a layout did not
+    foresee in a damaged or hostile file is a failed check too, never an error of the program."""
     try:
         if store.kind == "chroma":
             return chroma.check(store, view, deep, private)
