@@ -12,7 +12,8 @@ with the files it is about to store, so both judge a snapshot alike:
   is not JSON or states another `ntotal` than its index holds. A checkout of the pair warns too.
 
 An index without a sidecar is nothing to report. With --strict either kind refuses the commit.
-Headers, metadata and counts only: a commit never loads an index nor unpickles anything.
+Headers, metadata and counts (and a numpy scan of Chroma's data_level0.bin, which shows a
+stale header.bin): a commit never loads an index nor unpickles anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from casnap.formats import layouts
 from casnap.formats.faiss import (
+    file_count_problem,
     file_shortfall,
     read_faiss_header,
     read_sidecar,
@@ -71,6 +73,8 @@ def _faiss_problems(root: Path, rel: str) -> list[Problem]:
     short = file_shortfall(root / rel) if header is not None else None
     if short is not None:
         problems.append(Problem(f"{rel}: FAISS index is {short}", True))
+    elif header is not None and (miscount := file_count_problem(root / rel)) is not None:
+        problems.append(Problem(f"{rel}: FAISS index cannot be read: {miscount}", True))
     side = sidecar_of(rel)
     if side == rel or not (root / side).is_file():
         return problems

@@ -297,6 +297,11 @@ def test_checkout_all_paths_restores_the_newest_of_each_path_group(tmp_path: Pat
     assert (
         "plan: app.db from snapshot" in proc.stderr and "plan: faiss from snapshot" in proc.stderr
     )
+    plans = [x for x in proc.stderr.splitlines() if x.startswith("plan: ")]
+    ids = {x.split("from snapshot ")[1].split()[0].strip(":,") for x in plans}
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("restored "))
+    assert len(ids) == 2 and line.startswith("restored snapshots "), (plans, line)
+    assert all(i in line for i in ids), (ids, line)
     restored = snapshot_tree(data)
     assert {k: v for k, v in restored.items() if k != "notes.txt"} == wanted
     assert (data / "notes.txt").read_text() == "in neither group: stays"

@@ -329,8 +329,10 @@ def checkout(
         return
     if r.safety_snapshot:
         c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
+    ids = [src["id"][:8] for src in r.sources] or [r.id[:8]]
+    what = f"snapshots {', '.join(ids)}" if len(ids) > 1 else f"snapshot {ids[0]}"
     c.say(
-        f"restored snapshot {r.id[:8]} into {r.target}: {r.files_written} written, "
+        f"restored {what} into {r.target}: {r.files_written} written, "
         f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
     )
     if r.smoke is not None:

@@ -15,12 +15,15 @@ the ids of the collection's metadata segment with those after its own number rep
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import numpy as np
 
 from casnap.formats import Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
@@ -109,50 +112,112 @@ class CollectionRecord:
     queue: list[tuple[int, int, str]] = field(default_factory=list)
 
 
+class NotChroma(ValueError):
+    """A chroma.sqlite3 that is not Chroma's schema, holds a value Chroma never writes, or
+    would take more work to read than its size allows."""
+
+
+#: The tables read_database reads: each must be a plain table (a view or a virtual table of
+#: that name could run any query, an endless one included).
+TABLES = ("collections", "segments", "max_seq_id", "embeddings_queue", "embeddings")
+#: Steps of SQLite's virtual machine a read may take: a fixed allowance plus some per byte of
+#: the database (every query reads each row once, a few steps a row); beyond it the read stops.
+STEPS_BASE = 10_000_000
+STEPS_PER_BYTE = 64
+_STEPS_CHECK = 10_000  # steps between two checks of the allowance
+
+
 def _seq(value: Any) -> int:
-    """A sequence number: an integer, or (older versions) 8 big-endian bytes."""
-    if isinstance(value, bytes):
+    """A sequence number: an integer, or (older versions) 8 big-endian bytes; NotChroma for
+    anything else."""
+    if value is None:
+        return 0
+    if isinstance(value, bytes) and len(value) <= 8:
         return int.from_bytes(value, "big")
-    return int(value or 0)
+    if isinstance(value, int):
+        return value
+    raise NotChroma(f"not a Chroma database: {str(value)[:40]!r} is no sequence number")
+
+
+def _database_size(path: Path) -> int:
+    """The bytes of a database with its write-ahead log (what a read may need to go through)."""
+    size = 0
+    for p in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            size += os.stat(p).st_size
+    return size
 
 
 def read_database(path: Path, private: bool) -> list[CollectionRecord]:
     """The collections of a chroma.sqlite3, read only (private: a copy nobody else writes, read
-    as immutable). sqlite3.Error when it is not Chroma's schema."""
+    as immutable), with bounded work: NotChroma when it is not Chroma's schema or takes more
+    steps than its size allows; sqlite3.Error when SQLite cannot read it."""
     mode = "immutable=1" if private else "mode=ro"
     uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?{mode}"
+    size = _database_size(Path(path))
+    budget = (STEPS_BASE + STEPS_PER_BYTE * size) // _STEPS_CHECK
+    spent = 0
+
+    def over_budget() -> bool:
+        nonlocal spent
+        spent += 1
+        return spent > budget
+
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        cols = {
-            r[0]: CollectionRecord(r[0], r[1], r[2])
-            for r in db.execute("SELECT id, name, dimension FROM collections")
-        }
-        for sid, scope, coll in db.execute("SELECT id, scope, collection FROM segments"):
-            rec = cols.get(coll)
-            if rec is not None and scope == "VECTOR":
-                rec.vector = sid
-            elif rec is not None and scope == "METADATA":
-                rec.metadata = sid
-        seqs = {
-            sid: _seq(seq) for sid, seq in db.execute("SELECT segment_id, seq_id FROM max_seq_id")
-        }
-        topics = [t for (t,) in db.execute("SELECT DISTINCT topic FROM embeddings_queue")]
-        for rec in cols.values():
-            rec.seq = {s: seqs.get(s, 0) for s in (rec.vector, rec.metadata) if s is not None}
-            if rec.metadata is not None:
-                rec.ids = {
-                    i
-                    for (i,) in db.execute(
-                        "SELECT embedding_id FROM embeddings WHERE segment_id = ?", (rec.metadata,)
-                    )
-                }
-            floor = min(rec.seq.values(), default=0)
-            for topic in topics:
-                if str(topic).rsplit("/", 1)[-1] == rec.id:
-                    rec.queue += db.execute(
-                        "SELECT seq_id, operation, id FROM embeddings_queue "
-                        "WHERE topic = ? AND seq_id > ? ORDER BY seq_id",
-                        (topic, floor),
-                    ).fetchall()
+        # no value longer than the file (a computed column could make one of a gigabyte)
+        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(size, 1 << 20))
+        db.set_progress_handler(over_budget, _STEPS_CHECK)
+        try:
+            return _read_tables(db)
+        except sqlite3.OperationalError as exc:
+            if spent > budget:
+                raise NotChroma(
+                    f"could not be read in time: over {budget * _STEPS_CHECK} steps "
+                    f"for its {size} bytes"
+                ) from exc
+            raise
+
+
+def _read_tables(db: sqlite3.Connection) -> list[CollectionRecord]:
+    """read_database's queries: each table read once, in one pass."""
+    kinds = dict(
+        db.execute(
+            "SELECT name, type = 'table' AND upper(sql) NOT LIKE 'CREATE VIRTUAL%' "
+            "FROM sqlite_master WHERE name IN (?, ?, ?, ?, ?)",
+            TABLES,
+        ).fetchall()
+    )
+    for name in TABLES:
+        if name not in kinds:
+            raise NotChroma(f"not a Chroma database: no table {name}")
+        if not kinds[name]:
+            raise NotChroma(f"not a Chroma database: {name} is not a plain table")
+    cols = {
+        r[0]: CollectionRecord(r[0], r[1], r[2])
+        for r in db.execute("SELECT id, name, dimension FROM collections")
+    }
+    by_segment: dict[Any, CollectionRecord] = {}
+    for sid, scope, coll in db.execute("SELECT id, scope, collection FROM segments"):
+        rec = cols.get(coll)
+        if rec is not None and scope == "VECTOR":
+            rec.vector = sid
+        elif rec is not None and scope == "METADATA":
+            rec.metadata = sid
+    seqs = {sid: _seq(seq) for sid, seq in db.execute("SELECT segment_id, seq_id FROM max_seq_id")}
+    for rec in cols.values():
+        rec.seq = {s: seqs.get(s, 0) for s in (rec.vector, rec.metadata) if s is not None}
+        if rec.metadata is not None:
+            by_segment[rec.metadata] = rec
+    for eid, sid in db.execute("SELECT embedding_id, segment_id FROM embeddings"):
+        owner = by_segment.get(sid)
+        if owner is not None:
+            owner.ids.add(eid)
+    floors = {rec.id: min(rec.seq.values(), default=0) for rec in cols.values()}
+    rows = db.execute("SELECT seq_id, operation, id, topic FROM embeddings_queue ORDER BY seq_id")
+    for seq, op, rid, topic in rows:
+        owner = cols.get(str(topic).rsplit("/", 1)[-1])
+        if owner is not None and _seq(seq) > floors[owner.id]:
+            owner.queue.append((_seq(seq), op, rid))
     return list(cols.values())
 
 
@@ -185,8 +250,8 @@ class _Segment:
 
 def check(store: StoreLayout, view: Mapping[str, Path], deep: bool, private: bool) -> list[Finding]:
     """Each HNSW segment's files (hnsw-header, hnsw-data, hnsw-links, hnsw-metadata), then each
-    collection's ids against chroma.sqlite3 (chroma-counts). deep: also read every element of
-    data_level0.bin (deleted marks, labels, neighbour ids) and every upper-level list."""
+    collection's ids against chroma.sqlite3 (chroma-counts). Every element of data_level0.bin
+    is read (deleted marks, labels, neighbour ids); deep: also every upper-level list."""
     found: list[Finding] = []
     segs: dict[str, _Segment] = {}
     for sid, folder in segments(store).items():
@@ -203,6 +268,9 @@ def check(store: StoreLayout, view: Mapping[str, Path], deep: bool, private: boo
         return found
     except sqlite3.Error as exc:
         found.append(Finding("chroma-counts", db_rel, False, f"cannot read Chroma's tables: {exc}"))
+        return found
+    except NotChroma as exc:
+        found.append(Finding("chroma-counts", db_rel, False, str(exc)))
         return found
     for rec in records:
         mine = segs.get(rec.vector or "")
@@ -231,7 +299,7 @@ def _check_segment(
     info = {"elements": header.elements, "d": header.dim}
     found = [Finding("hnsw-header", rel[hnsw.HEADER], True, header.describe(), info)]
     problems = hnsw.size_problems(header, hnsw.file_sizes(paths))
-    if not problems and deep:
+    if not problems:  # a numpy scan, cheap enough for a commit: a stale header.bin shows here
         data = paths[hnsw.DATA]
         assert data is not None
         try:
@@ -289,18 +357,36 @@ def _check_metadata(rel: str, path: Path, seg: _Segment) -> Finding:
         return Finding("hnsw-metadata", rel, False, str(exc))
     seg.ids = ids
     info = {"ids": len(ids.labels)}
+    elements = seg.header.elements if seg.header is not None else None
+    if elements is not None and len(ids.labels) > elements:
+        seg.ok = False
+        detail = f"{len(ids.labels)} ids but header.bin counts {elements} elements"
+        return Finding("hnsw-metadata", rel, False, detail, info)
     detail = f"pickle read without running it: {len(ids.labels)} ids"
     if seg.level0 is not None:
-        labels = set(ids.labels.values())
-        if labels != seg.level0.live_labels:
+        live = seg.level0.live_labels
+        distinct, stray = _compare_labels(list(ids.labels.values()), live)
+        if stray or distinct != live.size:
             seg.ok = False
             detail = (
-                f"{len(ids.labels)} ids but data_level0.bin holds {len(seg.level0.live_labels)} "
-                f"live elements ({len(labels - seg.level0.live_labels)} labels not among them)"
+                f"{len(ids.labels)} ids but data_level0.bin holds {live.size} "
+                f"live elements ({stray} labels not among them)"
             )
             return Finding("hnsw-metadata", rel, False, detail, info)
         detail += ", the labels of the live elements"
     return Finding("hnsw-metadata", rel, True, detail, info)
+
+
+def _compare_labels(labels: Collection[int], live: np.ndarray) -> tuple[int, int]:
+    """(distinct labels, how many of them are not in live) of the pickle's labels against the
+    sorted uint64 labels of data_level0.bin's live elements; arrays, not sets of ints."""
+    fits = [v for v in labels if 0 <= v < 1 << 64] if labels else []
+    beyond = len(labels) - len(fits)  # a negative label, or one over 64 bits: in no file
+    want = np.unique(np.fromiter(fits, dtype=np.uint64, count=len(fits)))
+    if not live.size:
+        return int(want.size) + beyond, int(want.size) + beyond
+    at = np.minimum(np.searchsorted(live, want), live.size - 1)
+    return int(want.size) + beyond, int(np.count_nonzero(live[at] != want)) + beyond
 
 
 def _counts(db_rel: str, rec: CollectionRecord, seg: _Segment | None) -> Finding:

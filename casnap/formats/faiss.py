@@ -396,6 +396,51 @@ def shortfall(read_at: Callable[[int, int], bytes], size: int) -> str | None:
     return f"truncated: its header promises {promise} bytes, the file holds {size}"
 
 
+def count_problem(read_at: Callable[[int, int], bytes], size: int) -> str | None:
+    """Why the vector count in a Flat or IDMap index's header cannot be right: it disagrees
+    with the length of the vector array (or, in an IDMap, with the inner index's count or the
+    id array's); None when they agree or the layout is another. A few small reads."""
+    fourcc, d, ntotal, pos = _header_at(read_at, 0)
+    if fourcc in FLAT_FOURCCS:
+        return _flat_problem(read_at, d, ntotal, pos)
+    if fourcc not in IDMAP_FOURCCS or ntotal < 0:
+        return None
+    inner, inner_d, inner_n, inner_pos = _header_at(read_at, pos)
+    if inner_n != ntotal:
+        return f"its header counts {ntotal} vectors, the index inside it {inner_n}"
+    tail = size - 8 * ntotal - 8
+    if tail < 0 or int.from_bytes(read_at(tail, 8), "little") != ntotal:
+        return f"its header counts {ntotal} vectors, but the file does not end in as many ids"
+    if inner in FLAT_FOURCCS:
+        return _flat_problem(read_at, inner_d, inner_n, inner_pos)
+    return None
+
+
+def _header_at(read_at: Callable[[int, int], bytes], pos: int) -> tuple[bytes, int, int, int]:
+    """(fourcc, d, ntotal, where the fields after the header start) of the index at pos;
+    ntotal -1 when there is no common header."""
+    raw = read_at(pos, 4 + _INDEX_HEADER.size)
+    if len(raw) < 4 + _INDEX_HEADER.size:
+        return raw[:4], 0, -1, pos
+    d, ntotal, _, _, _, metric = _INDEX_HEADER.unpack(raw[4:])
+    return raw[:4], d, ntotal, pos + len(raw) + (4 if metric > 1 else 0)
+
+
+def _flat_problem(
+    read_at: Callable[[int, int], bytes], d: int, ntotal: int, pos: int
+) -> str | None:
+    """A Flat index's count against its vector array (a u64 count of floats, d a vector)."""
+    raw = read_at(pos, 8)
+    if len(raw) < 8 or ntotal < 0:
+        return None  # shorter than its header: shortfall() says so
+    floats = int.from_bytes(raw, "little")
+    if floats != ntotal * d:
+        return (
+            f"its header counts {ntotal} vectors of d={d}, its vector array holds {floats} floats"
+        )
+    return None
+
+
 def file_shortfall(path: str | os.PathLike[str]) -> str | None:
     """shortfall() of a file on disk, read with a few small preads; None when it cannot be
     opened (whoever reads it next reports that)."""
@@ -405,6 +450,20 @@ def file_shortfall(path: str | os.PathLike[str]) -> str | None:
         return None
     try:
         return shortfall(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def file_count_problem(path: str | os.PathLike[str]) -> str | None:
+    """count_problem() of a file on disk; None when it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        return count_problem(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
     except OSError:
         return None
     finally:
@@ -427,7 +486,9 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     """The JSON object of a sidecar; ValueError when it is not one."""
     try:
         meta = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise ValueError(f"{path.name} is not valid JSON (nested too deep)") from exc
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or a number of too many digits
         raise ValueError(f"{path.name} is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise ValueError(f"{path.name} is not a JSON object")

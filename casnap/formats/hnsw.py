@@ -29,6 +29,7 @@ VERSION = 1
 _HEADER = struct.Struct("<iQQQQQQiiQQQdQ")
 _DELETED = 0x01  # the deleted mark, in the third byte of an element's level-0 list header
 _SCAN_ELEMENTS = 8192  # elements read at a time when scanning data_level0.bin
+_MAX_COUNT = 0xFFFF  # a neighbour list's count is 16 bits: no list holds more
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,14 @@ def parse_header(data: bytes) -> HnswHeader:
     problems = []
     if h.offset_level0 != 0:
         problems.append(f"level-0 offset {h.offset_level0}")
-    if h.max_m0 == 0 or h.data_offset != h.max_m0 * 4 + 4:
+    if not 0 < h.max_m0 <= _MAX_COUNT or h.data_offset != h.max_m0 * 4 + 4:
         problems.append(f"vector offset {h.data_offset} for {h.max_m0} level-0 neighbours")
     if h.label_offset <= h.data_offset or (h.label_offset - h.data_offset) % 4:
         problems.append(f"label offset {h.label_offset}")
     if h.element_size != h.label_offset + 8:
         problems.append(f"element size {h.element_size}")
+    if h.max_m > _MAX_COUNT:
+        problems.append(f"{h.max_m} upper-level neighbours")
     if h.elements > h.capacity:
         problems.append(f"{h.elements} elements in room for {h.capacity}")
     if h.elements and not (0 <= h.entry_point < h.elements and h.max_level >= 0):
@@ -174,7 +177,7 @@ class Level0:
     """What data_level0.bin's records hold: the deleted count and the labels of live elements."""
 
     deleted: int
-    live_labels: frozenset[int]
+    live_labels: np.ndarray  # sorted, distinct uint64 (8 bytes a label, however many)
 
 
 def scan_level0(path: Path, header: HnswHeader) -> Level0:
@@ -182,7 +185,7 @@ def scan_level0(path: Path, header: HnswHeader) -> Level0:
     neighbour count and ids are possible. ValueError naming the first record that is not."""
     size = header.element_size
     deleted = 0
-    labels: set[int] = set()
+    labels: list[np.ndarray] = []
     cols = np.arange(header.max_m0)[None, :]
     with open(path, "rb") as f:
         done = 0
@@ -202,9 +205,9 @@ def scan_level0(path: Path, header: HnswHeader) -> Level0:
             gone = (rec[:, 2] & _DELETED).astype(bool)
             deleted += int(gone.sum())
             lab = rec[:, header.label_offset : header.label_offset + 8].copy().view("<u8").ravel()
-            labels.update(lab[~gone].tolist())
+            labels.append(np.unique(lab[~gone]))
             done += n
-    return Level0(deleted, frozenset(labels))
+    return Level0(deleted, np.unique(np.concatenate(labels)) if labels else np.zeros(0, "<u8"))
 
 
 def file_sizes(paths: dict[str, Path | None]) -> dict[str, int | None]:

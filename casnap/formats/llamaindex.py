@@ -46,14 +46,24 @@ def find(files: Collection[str]) -> list[StoreLayout]:
     return stores
 
 
+def parse_json(text: str | bytes) -> Any:
+    """A JSON text's value; ValueError naming why it is not one that can be read (not JSON, a
+    number of more digits than Python converts, arrays or objects nested too deep)."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("is not valid JSON (nested too deep)") from exc
+    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and too many digits
+        raise ValueError(f"is not valid JSON ({exc})") from exc
+
+
 def _load(path: Path) -> Any:
     """A JSON file's value; ValueError naming why it is not JSON."""
     try:
-        return json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot be read: {exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"is not valid JSON ({exc})") from exc
+    return parse_json(raw)
 
 
 def _describe(value: Any) -> str:
@@ -85,10 +95,11 @@ def _docstore_ids(value: Any) -> set[str] | None:
     return ids
 
 
-def _vector_nodes(value: Any) -> list[dict[str, Any]]:
+def _vector_nodes(value: Any) -> list[dict[str, str]]:
     """The `nodes_dict` of each vector index in an index store (each struct's `__data__` is
-    itself a JSON text)."""
-    out: list[dict[str, Any]] = []
+    itself a JSON text): vector-store id -> node id. ValueError when one is not JSON or maps
+    to anything but node ids."""
+    out: list[dict[str, str]] = []
     if not isinstance(value, dict):
         return out
     for key, structs in value.items():
@@ -99,17 +110,21 @@ def _vector_nodes(value: Any) -> list[dict[str, Any]]:
                 continue
             data = struct.get("__data__")
             try:
-                parsed = json.loads(data) if isinstance(data, str) else data
-            except json.JSONDecodeError:
-                parsed = None
+                parsed = parse_json(data) if isinstance(data, str) else data
+            except ValueError as exc:
+                raise ValueError(f"a vector index's __data__ {exc}") from exc
             nodes = parsed.get("nodes_dict") if isinstance(parsed, dict) else None
-            out.append(nodes if isinstance(nodes, dict) else {})
+            if nodes is None:
+                nodes = {}
+            if not isinstance(nodes, dict) or not all(isinstance(n, str) for n in nodes.values()):
+                raise ValueError("a vector index's nodes_dict maps to something but node ids")
+            out.append(nodes)
     return out
 
 
-def idmap_ids(path: Path, header: FaissHeader) -> list[int] | None:
-    """The ids an IndexIDMap/IndexIDMap2 holds: its last array (a u64 count, then the ids);
-    None when the file does not end that way."""
+def idmap_ids(path: Path, header: FaissHeader) -> np.ndarray | None:
+    """The ids an IndexIDMap/IndexIDMap2 holds, sorted, as an int64 array (8 bytes an id): its
+    last array (a u64 count, then the ids); None when the file does not end that way."""
     if header.fourcc.encode() not in IDMAP_FOURCCS or header.ntotal is None:
         return None
     n = header.ntotal
@@ -120,12 +135,37 @@ def idmap_ids(path: Path, header: FaissHeader) -> list[int] | None:
             if start < 0:
                 return None
             f.seek(start)
-            tail = f.read(8 * n + 8)
+            if int.from_bytes(f.read(8), "little") != n:
+                return None
+            ids = np.empty(n, dtype="<i8")
+            if f.readinto(ids.view(np.uint8)) != 8 * n:  # type: ignore[arg-type]
+                return None
     except OSError:
         return None
-    if len(tail) != 8 * n + 8 or int.from_bytes(tail[:8], "little") != n:
-        return None
-    return np.frombuffer(tail, dtype="<i8", offset=8).tolist()
+    ids.sort()
+    return ids
+
+
+def _mapped_ids(keys: Collection[str]) -> np.ndarray:
+    """The FAISS ids id_map.json maps, as a sorted int64 array of distinct ids (empty when one
+    is not an int64 id)."""
+    try:
+        return np.unique(np.fromiter((int(k) for k in keys), dtype=np.int64, count=len(keys)))
+    except (ValueError, OverflowError):
+        return np.zeros(0, dtype=np.int64)
+
+
+def _compare_ids(held: np.ndarray, mapped: np.ndarray) -> tuple[int, int, int]:
+    """(distinct ids held, held but not mapped, mapped but not held) of a sorted array of the
+    ids an index holds and a sorted array of distinct mapped ids; in place of sets of Python
+    ints, a few bytes an id."""
+    distinct = int(np.count_nonzero(held[1:] != held[:-1])) + 1 if held.size else 0
+    if held.size:
+        at = np.minimum(np.searchsorted(held, mapped), held.size - 1)
+        found = int(np.count_nonzero(held[at] == mapped))
+    else:
+        found = 0
+    return distinct, distinct - found, mapped.size - found
 
 
 def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
@@ -147,7 +187,14 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
         found.append(Finding("llamaindex-json", rel, True, _describe(value)))
     if any(not f.ok for f in found):
         return found
-    counts = _counts(store, view, values, faiss_stores)
+    try:
+        structs = _vector_nodes(values.get(INDEX_STORE))
+    except ValueError as exc:
+        return [
+            *found,
+            Finding("llamaindex-json", store.rel(INDEX_STORE), False, f"{INDEX_STORE}: {exc}"),
+        ]
+    counts = _counts(store, view, values, structs, faiss_stores)
     if counts is not None:
         found.append(counts)
     return found
@@ -157,6 +204,7 @@ def _counts(
     store: StoreLayout,
     view: Mapping[str, Path],
     values: Mapping[str, Any],
+    structs: list[dict[str, str]],
     faiss_stores: list[tuple[str, FaissHeader]],
 ) -> Finding | None:
     """The llamaindex-counts finding of a persist dir with one FAISS vector store; None when
@@ -182,19 +230,15 @@ def _counts(
         if ids is None:
             problems.append(f"{PurePosixPath(rel).name} is not an IndexIDMap ending in its ids")
         else:
-            held = set(ids)
-            try:
-                mapped = {int(k) for k in f2n}
-            except ValueError:
-                mapped = set()
-            if held != mapped:
+            mapped = _mapped_ids(f2n)
+            distinct, unmapped, absent = _compare_ids(ids, mapped)
+            if unmapped or absent:
                 problems.append(
-                    f"the index holds {len(held)} distinct ids, id_map.json maps {len(mapped)} "
-                    f"({len(held - mapped)} unmapped, {len(mapped - held)} not in the index)"
+                    f"the index holds {distinct} distinct ids, id_map.json maps {mapped.size} "
+                    f"({unmapped} unmapped, {absent} not in the index)"
                 )
             else:
-                said.append(f"{len(held)} ids match id_map.json")
-    structs = _vector_nodes(values.get(INDEX_STORE))
+                said.append(f"{distinct} ids match id_map.json")
     if len(structs) == 1:
         in_index = set(structs[0])
         info["index_nodes"] = len(in_index)

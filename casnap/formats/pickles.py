@@ -19,6 +19,10 @@ from typing import Any
 #: Texts longer than this are kept as their length only (documents' page content): the walk
 #: needs keys and counts, not the text, and must not hold a large file's text twice.
 KEEP_TEXT = 1024
+#: The deepest nesting of containers a walk builds. A framework's pickle is a few levels deep
+#: (a docstore of documents of metadata); a hostile one nested a million deep would overflow
+#: the C stack when its values are hashed, compared or freed.
+MAX_DEPTH = 100
 
 
 class PickleProblem(ValueError):
@@ -84,6 +88,9 @@ _REFUSED = {
 }
 
 
+_CONTAINERS = (tuple, list, dict, set, frozenset, Obj)
+
+
 def walk(data: bytes, expected: Callable[[Global], bool], what: str = "this file") -> Walk:
     """The value a pickle describes, built from its opcodes without importing or calling
     anything. PickleProblem when it is not a well-formed pickle, or names a global for which
@@ -117,6 +124,33 @@ class _Walker:
         self.memo: dict[int, Any] = {}
         self.seen: list[Global] = []
         self.opcodes = 0
+        # the depth of each container nested in another (by id; the value is kept so its id is
+        # never reused); a container of scalars only is not listed, its depth is 1
+        self.depths: dict[int, tuple[Any, int]] = {}
+
+    def depth(self, value: Any) -> int:
+        """How deep containers nest in a value the walk built (0: a scalar or a text)."""
+        if isinstance(value, _CONTAINERS):
+            known = self.depths.get(id(value))
+            return known[1] if known is not None else 1
+        return 0
+
+    def holding(self, container: Any, items: Any) -> Any:
+        """container, now known to hold items: its depth raised to theirs plus one."""
+        return self._record(container, self.deeper(items))
+
+    def deeper(self, items: Any) -> int:
+        """The depth of a container of items; PickleProblem beyond MAX_DEPTH (checked before
+        the items are hashed into a dict or a set)."""
+        deepest = max((self.depth(i) for i in items), default=0) + 1
+        if deepest > MAX_DEPTH:
+            raise PickleProblem(f"not a well-formed pickle: nested deeper than {MAX_DEPTH}")
+        return deepest
+
+    def _record(self, container: Any, depth: int) -> Any:
+        if depth > self.depth(container) and depth > 1:
+            self.depths[id(container)] = (container, depth)
+        return container
 
     def _global(self, module: Any, name: Any) -> Global:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -174,35 +208,37 @@ class _Walker:
                 raise PickleProblem("not a well-formed pickle: a tuple of missing items")
             last = tuple(stack[-n:])
             del stack[-n:]
-            stack.append(last)
+            stack.append(self.holding(last, last))
         elif name == "TUPLE":
             items = self._pop_mark()
-            self.stack.append(tuple(items))
+            self.stack.append(self.holding(tuple(items), items))
         elif name == "LIST":
             items = self._pop_mark()
-            self.stack.append(list(items))
+            self.stack.append(self.holding(list(items), items))
         elif name == "DICT":
             items = self._pop_mark()
-            self.stack.append(_pairs(items))
+            depth = self.deeper(items)
+            self.stack.append(self._record(_pairs(items), depth))
         elif name == "FROZENSET":
             items = self._pop_mark()
-            self.stack.append(frozenset(items))
+            depth = self.deeper(items)
+            self.stack.append(self._record(frozenset(items), depth))
         elif name == "APPEND":
             value = stack.pop()
-            _as_list(stack[-1]).append(value)
+            _as_list(self.holding(stack[-1], (value,))).append(value)
         elif name == "APPENDS":
             items = self._pop_mark()
-            _as_list(self.stack[-1]).extend(items)
+            _as_list(self.holding(self.stack[-1], items)).extend(items)
         elif name == "SETITEM":
             value = stack.pop()
             key = stack.pop()
-            _as_dict(stack[-1])[key] = value
+            _as_dict(self.holding(stack[-1], (key, value)))[key] = value
         elif name == "SETITEMS":
             items = self._pop_mark()
-            _as_dict(self.stack[-1]).update(_pairs(items))
+            _as_dict(self.holding(self.stack[-1], items)).update(_pairs(items))
         elif name == "ADDITEMS":
             items = self._pop_mark()
-            _target(self.stack[-1], set).update(items)
+            _target(self.holding(self.stack[-1], items), set).update(items)
         elif name in _PUTS:
             self.memo[arg] = stack[-1]
         elif name == "POP":
@@ -225,24 +261,24 @@ class _Walker:
             module, _, attr = str(arg).partition(" ")
             cls = self._global(module, attr)
             items = self._pop_mark()
-            self.stack.append(Obj(cls, tuple(items)))
+            self.stack.append(self.holding(Obj(cls, tuple(items)), items))
         elif name == "OBJ":
             items = self._pop_mark()
             if not items or not isinstance(items[0], Global):
                 raise PickleProblem("not a well-formed pickle: OBJ without a class")
-            self.stack.append(Obj(items[0], tuple(items[1:])))
+            self.stack.append(self.holding(Obj(items[0], tuple(items[1:])), items))
         elif name in ("REDUCE", "NEWOBJ"):
             args = stack.pop()
             func = stack.pop()
-            stack.append(Obj(_callable(func), args))
+            stack.append(self.holding(Obj(_callable(func), args), (args,)))
         elif name == "NEWOBJ_EX":
             kwargs = stack.pop()
             args = stack.pop()
             cls = stack.pop()
-            stack.append(Obj(_callable(cls), (args, kwargs)))
+            stack.append(self.holding(Obj(_callable(cls), (args, kwargs)), (args, kwargs)))
         elif name == "BUILD":
             state = stack.pop()
-            _target(stack[-1], Obj).state = state
+            _target(self.holding(stack[-1], (state,)), Obj).state = state
         else:
             raise PickleProblem(f"not a well-formed pickle: unexpected opcode {name}")
 
