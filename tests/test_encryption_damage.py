@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 from casnap import Repository, compression
+from casnap.backends.base import salvage
+from casnap.backends.cached import CachingBackend
+from casnap.backends.encrypted import EncryptedBackend
+from casnap.backends.memory import MemoryBackend
+from casnap.backends.retrying import RetryingBackend
 from casnap.crypto import HEADER_SIZE, SEALED_SEGMENT, SEGMENT, Sealer
 from casnap.errors import EXIT_CODES, IntegrityError
 from casnap.ids import ObjectId, hash_bytes
@@ -198,3 +203,21 @@ def test_salvage_zeroes_only_the_segments_that_fail() -> None:
     sealed[7] ^= 1
     with pytest.raises(IntegrityError):
         sealer.salvage("packs/ab/x", bytes(sealed))
+
+
+def test_salvage_is_found_through_wrapping_backends(tmp_path: Path) -> None:
+    """A damaged object below caching and retrying layers is still salvaged; a plain backend
+    has nothing to salvage."""
+    memory = MemoryBackend()
+    sealer = Sealer(bytes(range(32)))
+    plain = random.Random(6).randbytes(2 * SEGMENT)
+    sealed = bytearray(sealer.seal("packs/ab/y", plain))
+    sealed[-3] ^= 1  # the last segment's tag
+    memory.put("packs/ab/y", bytes(sealed))
+    stack = RetryingBackend(CachingBackend(EncryptedBackend(memory, sealer), tmp_path / "c"))
+    with pytest.raises(IntegrityError):
+        stack.get("packs/ab/y")
+    left = salvage(stack, "packs/ab/y")
+    assert left is not None and left.failed == [(SEGMENT, 2 * SEGMENT)]
+    assert left.data[:SEGMENT] == plain[:SEGMENT]
+    assert salvage(RetryingBackend(memory), "packs/ab/y") is None
