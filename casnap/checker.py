@@ -4,7 +4,9 @@ Structure (always): every manifest parses and matches its id; every index file m
 and parses; every index entry points into an existing pack, within its size, and agrees with that
 pack's own directory; every chunk list (TREE blob) the snapshots use decodes to its hash; every
 blob they need is in the index. With read_data, packs are read whole: each must hash to its name
-and every chunk the index names in it must decode to its own hash. Nothing stops at the first
+and every chunk the index names in it must decode to its own hash; a pack that cannot be read
+whole but can be salvaged (an encrypted one with a damaged segment: Store.read_pack) is checked
+chunk by chunk, the chunks in its unreadable bytes damaged. Nothing stops at the first
 problem: each one becomes a line naming the chunk, the pack, and the snapshots and files it breaks.
 """
 
@@ -412,20 +414,22 @@ class _Checker:
             if pack in self.oversized:  # reported already; never read whole
                 continue
             key = pack_key(pack)
+            short = pack.hex()[:12]
             try:
-                data = self.backend.get(key)
+                read = self.repo.store.read_pack(key)
             except CasnapError as exc:
-                self.pack_problem(pack, "unreadable", f"pack {pack.hex()[:12]}: {exc}")
+                self.pack_problem(pack, "unreadable", f"pack {short}: {exc}")
                 continue
+            data = read.data
             self.report.packs_read += 1
             self.report.bytes_read += len(data)
-            intact = self.repo.ids(data) == pack
-            where = ""
+            intact = read.damage is None and self.repo.ids(data) == pack
+            where = f" {read.describe()}" if read.damage is not None else ""
             if not intact and pack not in self.bad_directory:
                 try:
                     parse_pack_directory(key, data)
                 except IntegrityError as exc:
-                    where = f"; {exc}"
+                    where += f"; {exc}"
             rows = self.rows_by_pack[pack]
             known_bad = np.isin(rows, bad_rows)
             bad_here = int(known_bad.sum())
@@ -441,9 +445,16 @@ class _Checker:
                 found = self.repo.store.frame_damage(
                     data[e0.offset : e0.offset + e0.length], members
                 )
+                unreadable = any(
+                    e0.offset < end and e0.offset + e0.length > start for start, end in read.failed
+                )
                 for row, damage in zip(frame.tolist(), found, strict=True):
-                    if damage is not None:
-                        self.bad[row] = damage.reason
+                    if damage is not None:  # zeros where its frame could not be read: say so
+                        self.bad[row] = (
+                            f"its frame lies in unreadable bytes of pack {short} (damaged)"
+                            if unreadable
+                            else damage.reason
+                        )
                         bad_here += 1
                         continue
                     self.checked[row] = True
@@ -454,11 +465,8 @@ class _Checker:
                     if bad_here
                     else "every chunk the index names in it is intact (the damage is elsewhere)"
                 )
-                self.pack_problem(
-                    pack,
-                    "damaged",
-                    f"pack {pack.hex()[:12]} does not match its name (damaged){where}; {tail}",
-                )
+                what = "" if read.damage is not None else " does not match its name (damaged)"
+                self.pack_problem(pack, "damaged", f"pack {short}{what}{where}; {tail}")
         bar.finish()
 
     # -- conclusions -------------------------------------------------------------------------------

@@ -112,19 +112,37 @@ class Header:
 
 
 def parse_header(name: str, data: bytes) -> Header:
-    """The header at the start of data; IntegrityError when it is not one, UnsupportedFormat
-    for a scheme this casnap does not know."""
-    if len(data) < HEADER_SIZE or not is_sealed(data):
-        raise IntegrityError(
-            f"{name} is not an encrypted object (damaged or written by another tool)"
-        )
-    magic, scheme, salt, length = _HEADER.unpack_from(data)
+    """The header of the repository's config: IntegrityError when it is not one,
+    UnsupportedFormat for a scheme this casnap does not know (the config's scheme decides
+    whether this casnap can read the repository)."""
+    magic, scheme, salt, length = _unpack(name, data)
     if scheme not in SCHEMES:
         raise UnsupportedFormat(
             f"{name} is encrypted with scheme {scheme}, which this casnap does not know: "
             "upgrade casnap"
         )
     return Header(bytes(data[:HEADER_SIZE]), salt, length)
+
+
+def object_header(name: str, data: bytes) -> Header:
+    """The header of any object but the config: its config opened, so the repository's scheme
+    is known, and another scheme byte is damage (IntegrityError naming the object)."""
+    magic, scheme, salt, length = _unpack(name, data)
+    if scheme != SCHEME_AES256GCM:
+        raise IntegrityError(
+            f"{name} has scheme byte {scheme} where the repository's objects have "
+            f"{SCHEME_AES256GCM} (damaged)"
+        )
+    return Header(bytes(data[:HEADER_SIZE]), salt, length)
+
+
+def _unpack(name: str, data: bytes) -> tuple[bytes, int, bytes, int]:
+    if len(data) < HEADER_SIZE or not is_sealed(data):
+        raise IntegrityError(
+            f"{name} is not an encrypted object (damaged or written by another tool)"
+        )
+    magic, scheme, salt, length = _HEADER.unpack_from(data)
+    return magic, scheme, salt, length
 
 
 class Sealer:
@@ -176,7 +194,7 @@ class Sealer:
 
     def open(self, name: str, data: bytes) -> bytes:
         """The plaintext of a whole sealed object stored under name, authenticated."""
-        header = parse_header(name, data)
+        header = object_header(name, data)
         body = memoryview(data)[HEADER_SIZE:]
         if len(body) != sealed_size(header.length) - HEADER_SIZE:
             raise IntegrityError(
@@ -184,6 +202,38 @@ class Sealer:
                 f"{sealed_size(header.length)} (damaged)"
             )
         return self.open_segments(name, header, 0, body)
+
+    def salvage(self, name: str, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+        """What can be read of a damaged sealed object: its plaintext with every segment that
+        fails authentication replaced by zeros, and the [start, end) plaintext ranges of those
+        segments (adjacent ones merged). IntegrityError when the header is unusable or the
+        object holds fewer bytes than its header promises (a cut-off object, or a damaged
+        length, which fails every segment anyway)."""
+        header = object_header(name, data)
+        if len(data) < sealed_size(header.length):
+            raise IntegrityError(
+                f"{name} has {len(data)} bytes where its header promises "
+                f"{sealed_size(header.length)}: nothing to salvage segment by segment"
+            )
+        view = memoryview(data)
+        cipher = self._cipher(header.salt)
+        ad = header.raw + name.encode()
+        out = bytearray(header.length)
+        failed: list[tuple[int, int]] = []
+        for i in range(header.segments):
+            start = i * SEGMENT
+            size = min(SEGMENT, header.length - start)
+            at = HEADER_SIZE + i * SEALED_SEGMENT
+            try:
+                out[start : start + size] = cipher.decrypt(
+                    _nonce(i), view[at : at + size + TAG], ad
+                )
+            except InvalidTag:
+                if failed and failed[-1][1] == start:
+                    failed[-1] = (failed[-1][0], start + size)
+                else:
+                    failed.append((start, start + size))
+        return bytes(out), failed
 
 
 def segment_span(header: Header, offset: int, length: int) -> tuple[int, int, int]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from casnap import compression
-from casnap.backends.base import Backend
+from casnap.backends.base import Backend, salvage
 from casnap.chunkindex import (
     FIELD_DTYPE,
     ChunkIndex,
@@ -27,7 +28,7 @@ from casnap.chunkindex import (
     void_ids,
 )
 from casnap.constants import FRAME_CACHE_BYTES
-from casnap.errors import IntegrityError
+from casnap.errors import IntegrityError, ObjectMissing
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
     check_pack_size,
@@ -53,6 +54,24 @@ class ChunkDamaged(IntegrityError):
         self.chunk = chunk
         self.pack = pack
         self.reason = reason
+
+
+class PackRead(NamedTuple):
+    """A pack read whole: its bytes, or when the whole read failed as damaged and the backend
+    could salvage it (an encrypted repository), what is left, with why and where it failed."""
+
+    data: bytes
+    damage: str | None = None  # why the whole read failed; None when it did not
+    failed: tuple[tuple[int, int], ...] = ()  # [start, end) byte ranges read as zeros
+
+    def describe(self) -> str:
+        """The damage as one phrase, without the pack's key: what failed, and which bytes."""
+        if self.damage is None:
+            return ""
+        spans = ", ".join(f"{start}-{end}" for start, end in self.failed[:4])
+        more = f" and {len(self.failed) - 4} more" if len(self.failed) > 4 else ""
+        where = f"; bytes {spans}{more} unreadable" if self.failed else ""
+        return f"{self.damage}{where}"
 
 
 class Store:
@@ -222,6 +241,28 @@ class Store:
         fresh = compression.encode(payload, float_level if grouped else level, grouped=grouped)
         return fresh, (pos if len(out) > 1 else 0), out
 
+    def read_pack(self, key: str) -> PackRead:
+        """A whole pack. When the whole read fails as damaged and the backend can read it piece
+        by piece (backends.base.salvage), what is left of it, the unreadable bytes zeroed: each
+        chunk is checked against its id anyway, so the intact ones can still be used.
+        IntegrityError (the whole read's) when nothing can be salvaged."""
+        try:
+            return PackRead(self.backend.get(key))
+        except ObjectMissing:
+            raise
+        except IntegrityError as exc:
+            whole = exc
+        try:
+            left = salvage(self.backend, key)
+        except IntegrityError:
+            left = None
+        if left is None:
+            raise whole
+        why = str(whole)
+        for lead in (key + ": ", key + " "):  # the key is named once, by the caller
+            why = why.removeprefix(lead)
+        return PackRead(left.data, why, tuple(left.failed))
+
     # -- rebuilding the index from the packs -----------------------------------------------------
 
     def rebuild_index(
@@ -232,8 +273,8 @@ class Store:
 
         Without `skipped`, the first damaged pack raises IntegrityError. With it, damage is
         recorded there as (pack key, what happened) and the rebuild goes on: a pack whose hash
-        does not match its name keeps the chunks that still decode to their own hash, a pack whose
-        directory is unreadable is left out.
+        does not match its name, or that is salvaged (read_pack), keeps the chunks that still
+        decode to their own hash, a pack whose directory is unreadable is left out.
         """
         packs: list[ObjectId] = []
         ids_parts: list[np.ndarray] = []
@@ -247,16 +288,19 @@ class Store:
                 continue
             try:
                 check_pack_size(key, size)
-                data = self.backend.get(key)
+                read = self.read_pack(key)
+                data = read.data
                 rec = parse_pack_directory(key, data)
             except IntegrityError as exc:
                 if skipped is None:
                     raise
                 skipped.append((key, f"{str(exc).removeprefix(key + ': ')}; left out"))
                 continue
-            intact = self.ids(data) == pack
+            intact = read.damage is None and self.ids(data) == pack
             if not intact and skipped is None:
-                raise IntegrityError(f"{key}: pack does not match its name (damaged)")
+                raise IntegrityError(
+                    f"{key}: {read.describe() or 'pack does not match its name (damaged)'}"
+                )
             if not intact:
                 good = np.ones(len(rec), dtype=bool)
                 fields = directory_fields(rec, 0)
@@ -274,8 +318,8 @@ class Store:
                     skipped.append(
                         (
                             key,
-                            f"pack does not match its name (damaged); {int(good.sum())} of "
-                            f"{len(rec)} chunks verified and kept",
+                            f"{read.describe() or 'pack does not match its name (damaged)'}; "
+                            f"{int(good.sum())} of {len(rec)} chunks verified and kept",
                         )
                     )
                 rec = rec[good]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from casnap.errors import from_oserror
 
@@ -151,3 +151,31 @@ class Backend(ABC):
         """Release what the backend holds (connections, handles); calling it again is harmless,
         and no other call is made after it. What was stored stays stored. The default holds
         nothing."""
+
+
+class Salvaged(NamedTuple):
+    """What a damaged object still holds: its bytes with the unreadable ranges zeroed, and those
+    ranges as [start, end) offsets."""
+
+    data: bytes
+    failed: list[tuple[int, int]]
+
+
+@runtime_checkable
+class Salvaging(Protocol):
+    """A backend that can read what is left of an object a whole read rejects as damaged (one
+    that stores objects in independently checked pieces, as EncryptedBackend does)."""
+
+    def salvage(self, key: str) -> Salvaged: ...
+
+
+def salvage(backend: Backend, key: str) -> Salvaged | None:
+    """What is left of the damaged object key, from backend or the first backend it wraps
+    (`.inner`, through caching or retrying layers) that can salvage; None when none can: a
+    whole read that fails is then all there is. IntegrityError when nothing can be salvaged."""
+    layer: object = backend
+    while isinstance(layer, Backend):
+        if isinstance(layer, Salvaging):
+            return layer.salvage(key)
+        layer = getattr(layer, "inner", None)
+    return None

@@ -7,7 +7,9 @@ plain repository. Ranged reads open only the segments they cover; the header of 
 read in part is kept (objects are immutable), and read again once when a segment fails to open
 (the object may have been deleted and stored again meanwhile, with a new salt). A read that
 reaches an object's end asks the backend below for its sealed bytes to the end, as a pack
-directory's reads do (a CachingBackend below keeps those).
+directory's reads do (a CachingBackend below keeps those). A damaged object can be salvaged:
+read segment by segment, the ones that fail authentication zeroed and named, so a pack with one
+bad segment still gives up its other chunks (each checked against its id above).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from casnap.backends.base import Backend, check_key, check_range
+from casnap.backends.base import Backend, Salvaged, check_key, check_range
 from casnap.crypto import (
     HEADER_SIZE,
     SEGMENT,
     Header,
     Sealer,
-    parse_header,
+    object_header,
     plain_size,
     segment_span,
 )
@@ -51,7 +53,7 @@ class EncryptedBackend(Backend):
         sealed = self.sealer.seal(key, data)
         stored = self.inner.put(key, sealed)
         if stored:  # a read back (put_verified's tail) then needs no header read
-            self._remember(key, parse_header(key, sealed[:HEADER_SIZE]))
+            self._remember(key, object_header(key, sealed[:HEADER_SIZE]))
         return stored
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -71,7 +73,7 @@ class EncryptedBackend(Backend):
     def _whole(self, key: str) -> bytes:
         data = self.inner.get(key)
         plain = self.sealer.open(key, data)
-        self._remember(key, parse_header(key, data))
+        self._remember(key, object_header(key, data))
         return plain
 
     def _range(self, key: str, offset: int, length: int | None, header: Header) -> bytes:
@@ -96,13 +98,21 @@ class EncryptedBackend(Backend):
         skip = offset - first * SEGMENT
         return plain[skip : skip + end - offset]
 
+    def salvage(self, key: str) -> Salvaged:
+        """The object under key read segment by segment: the segments that fail authentication
+        are zeros, and named (see Sealer.salvage); IntegrityError when its header is unusable."""
+        if check_key(key).startswith(KEYS_PREFIX):
+            raise IntegrityError(f"{key} is a key file: it is not sealed in segments")
+        data, failed = self.sealer.salvage(key, self.inner.get(key))
+        return Salvaged(data, failed)
+
     def _header(self, key: str) -> Header:
         with self._lock:
             header = self._headers.get(key)
             if header is not None:
                 self._headers.move_to_end(key)
                 return header
-        header = parse_header(key, self.inner.get(key, 0, HEADER_SIZE))
+        header = object_header(key, self.inner.get(key, 0, HEADER_SIZE))
         self._remember(key, header)
         return header
 
