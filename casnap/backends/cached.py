@@ -134,16 +134,31 @@ class CachingBackend(Backend):
     def _tail(self, key: str, offset: int, length: int | None) -> bytes:
         """A ranged read of a pack from offset > 0: served from the kept tail when it covers the
         range; a read to the end that it does not cover is fetched and kept in its place."""
-        kept = self._load(key, _TAIL)
-        if kept is not None:
-            start, data = kept
-            rel = offset - start
-            if 0 <= rel <= len(data) and (length is None or rel + length <= len(data)):
-                return data[rel:] if length is None else data[rel : rel + length]
+        start = self._kept_start(key, _TAIL)  # the header alone: most reads are frames before it
+        if start is not None and offset >= start:
+            kept = self._load(key, _TAIL)
+            if kept is not None:
+                start, data = kept
+                rel = offset - start
+                if 0 <= rel <= len(data) and (length is None or rel + length <= len(data)):
+                    return data[rel:] if length is None else data[rel : rel + length]
         data = self.inner.get(key, offset, length)
-        if length is None and len(data) <= TAIL_MAX and (kept is None or offset < kept[0]):
+        if length is None and len(data) <= TAIL_MAX and (start is None or offset < start):
             self._store(key, _TAIL, offset, data)
         return data
+
+    def _kept_start(self, key: str, kind: int) -> int | None:
+        """The offset a kept copy starts at, from its file header alone (None: none kept); the
+        copy itself is checked when it is used."""
+        try:
+            with open(self._path(key, kind), "rb") as f:
+                head = f.read(_FILE_HEADER.size)
+        except OSError:
+            return None
+        if len(head) != _FILE_HEADER.size:
+            return None
+        magic, version, k, offset, _digest_ = _FILE_HEADER.unpack(head)
+        return int(offset) if (magic, version, k) == (_MAGIC, _VERSION, kind) else None
 
     # -- cache files ---------------------------------------------------------------------------
 
