@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from casnap import capture, chunklist, compression, consistency, pipeline, rollback
+from casnap import capture, chunklist, compression, consistency, pipeline, repair, rollback
 from casnap import restored as restored_files
 from casnap.chunkindex import TREE
 from casnap.chunking import choose_chunker
@@ -242,6 +242,7 @@ class Committer:
         self.written_index: str | None = None  # its index file, when only the manifest failed
         self.snapshots_before: frozenset[str] = frozenset()
         self._read_tick: Callable[[int], None] | None = None  # progress of the file being read
+        self.tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
 
     def run(self, data_dir: Path, paths: Sequence[str]) -> CommitResult:
         """Store data_dir (or paths inside it) and its manifest; the caller holds the lock."""
@@ -300,7 +301,10 @@ class Committer:
         result.notes = [
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
         ]
+        self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped
         restored = self._restored(source_dir) if opts.source is None else {}
+        if parent_id is not None and parent_id.hex() in self.tainted:
+            parent_files = {}  # read every file again: what it named may be gone
         writer = PackWriter(self.repo.store)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
@@ -310,7 +314,7 @@ class Committer:
         try:
             with contextlib.ExitStack() as stack:
                 stack.callback(setattr, self, "_read_tick", None)
-                pool = stack.enter_context(ThreadPoolExecutor(max_workers=_workers()))
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=pipeline.cpu_workers()))
                 for src, estimate in zip(sources, sizes, strict=True):
                     file_start = bar.done
                     try:
@@ -412,8 +416,8 @@ class Committer:
                 snap = snaps.get(ObjectId.from_hex(sid_hex))
             except ValueError:
                 continue
-            if snap is None:
-                continue  # forgotten since: gc may have removed its chunks
+            if snap is None or sid_hex in self.tainted:
+                continue  # forgotten since (gc may have removed its chunks), or repaired
             entry = next((f for f in snap.files if f.path == path), None)
             if entry is not None:
                 out[path] = with_source(entry, fp)
@@ -436,7 +440,7 @@ class Committer:
             if known is not None and known.source is not None and known.kind == src.kind:
                 if fp == known.source:
                     # neither the file nor the index is read: the chunks are present, because
-                    # gc cannot run while a commit holds its lock
+                    # gc cannot run while a commit holds its lock (repair-index: self.tainted)
                     return known, 0
         return self._capture(src, writer, pool, start_ns, old)
 
@@ -506,7 +510,7 @@ class Committer:
             self.repo.store,
             writer,
             pool,
-            _workers(),
+            pipeline.cpu_workers(),
             level=self.levels.zstd,
             float_level=self.levels.floats,
             frame_target=self.levels.frame_target,
@@ -592,8 +596,3 @@ def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]]
     except OSError as exc:
         raise from_oserror(exc, f"reading {path}") from exc
     return refs, hasher.digest().hex(), size
-
-
-def _workers() -> int:
-    """Worker threads for hashing and compressing: one per core, at least two."""
-    return max(2, os.cpu_count() or 2)

@@ -57,6 +57,11 @@ _ZEROS = bytes(TASK_BYTES)  # hashed in place of the zero runs that are not writ
 _SAMPLE_STRIDE = 4093
 
 
+def cpu_workers() -> int:
+    """Worker threads for hashing, compressing and decoding: one per core, at least two."""
+    return max(2, os.cpu_count() or 2)
+
+
 @dataclass(frozen=True)
 class Ingested:
     """What ingesting one stream produced."""

@@ -8,11 +8,14 @@ crash at any point leaves at least one usable index.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from casnap.chunkindex import IdSet, id_matrix, merge_parts
+from casnap.config import now_iso
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
@@ -75,5 +78,29 @@ def repair_index(repo: Repository) -> RepairReport:
         report.missing = len(reach.tree_errors) + int(
             (~repo.store.index.contains_many(needed) & ~trees.contains_many(needed)).sum()
         )
+        if report.missing:  # their files are read again by the next commit, which heals them
+            record_repair(repo, [sid.hex() for sid, _ in snaps])
     report.seconds = time.perf_counter() - t0
     return report
+
+
+REPAIRS = "repairs/"
+
+
+def record_repair(repo: Repository, snapshots: list[str]) -> None:
+    """Note that the snapshots may name chunks no pack holds any more: a commit then reads
+    their files again instead of reusing their entries by fingerprint (docs/FORMAT.md)."""
+    body = json.dumps({"time": now_iso(), "snapshots": sorted(snapshots)}).encode()
+    repo.backend.put(f"{REPAIRS}{uuid.uuid4().hex}", body)
+
+
+def repaired_snapshots(repo: Repository) -> frozenset[str]:
+    """Ids of the snapshots a repair-index found incomplete (a repair note that cannot be read
+    counts as naming every snapshot)."""
+    found: set[str] = set()
+    for key, _size in repo.backend.list(REPAIRS):
+        try:
+            found.update(str(s) for s in json.loads(repo.backend.get(key))["snapshots"])
+        except (CasnapError, ValueError, KeyError, TypeError, RecursionError):
+            found.update(sid.hex() for sid, _ in repo.snapshots())
+    return frozenset(found)

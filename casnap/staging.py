@@ -413,7 +413,7 @@ def fingerprint(path: Path) -> Fingerprint:
 def workers(repo: Repository | None = None) -> int:
     """Worker threads for restoring: one per core, at least two; for a repository that is not
     a local directory (S3), at least REMOTE_WORKERS, since they mostly wait for requests."""
-    cores = max(2, os.cpu_count() or 2)
+    cores = pipeline.cpu_workers()
     return max(cores, REMOTE_WORKERS) if repo is not None and repo.root is None else cores
 
 

@@ -18,7 +18,10 @@ import click
 from casnap.errors import PasswordError
 from casnap.locations import Location, describe
 
-SOURCES = "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command"
+SOURCES = (
+    "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command "
+    "(CASNAP_PASSWORD_COMMAND)"
+)
 NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
 MAX_PASSWORD_FILE = 4096  # bytes: a password file, not a device or a large file by mistake
 
@@ -124,10 +127,14 @@ class Passwords:
             return run_password_command(self.command)
         if sys.stdin.isatty():
             return _prompt(f"password for repository {describe(self.location)}", self.creating)
-        what = "the new encrypted repository" if self.creating else "it"
+        if self.creating:
+            raise PasswordError(
+                f"a new encrypted repository at {describe(self.location)} needs a password: give "
+                f"it with {self.sources} (no terminal to ask on)"
+            )
         raise PasswordError(
-            f"repository {describe(self.location)} is encrypted: give the password of {what} "
-            f"with {self.sources} (no terminal to ask on)"
+            f"repository {describe(self.location)} is encrypted: give its password with "
+            f"{self.sources} (no terminal to ask on)"
         )
 
 
@@ -138,7 +145,9 @@ def other_passwords(
     --ROLE-password-file, CASNAP_ROLE_PASSWORD_FILE, CASNAP_ROLE_PASSWORD,
     --ROLE-password-command / CASNAP_ROLE_PASSWORD_COMMAND, else a prompt on a terminal."""
     env = f"CASNAP_{role.upper()}_PASSWORD"
-    sources = f"--{role}-password-file, {env}_FILE, {env} or --{role}-password-command"
+    sources = (
+        f"--{role}-password-file, {env}_FILE, {env} or --{role}-password-command ({env}_COMMAND)"
+    )
     return Passwords(file, command, location, env=env, sources=sources)
 
 
