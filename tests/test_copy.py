@@ -128,6 +128,7 @@ def test_plain_to_encrypted_and_back(tmp_path, history) -> None:
     code, out, err = run(back, data, "copy", "--from", str(enc), CASNAP_FROM_PASSWORD=PW_DST)
     assert code == 0, err
     assert not Repository.open(back).encrypted
+    assert "into a new plain one" in err  # said, since the copy leaves the protection behind
     back_ids = log_ids(back, data)
     assert len(back_ids) == 3
     found = json.loads(

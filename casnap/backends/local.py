@@ -15,20 +15,7 @@ from pathlib import Path
 from casnap.backends.base import Backend, check_key, check_prefix, check_range
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
-from casnap.fsutil import make_dirs, opener, temp_name
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename, link or new entry inside path durable; an I/O error is raised (a
-    filesystem that cannot sync a directory, EINVAL, is not an error)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
+from casnap.fsutil import fsync_dir, make_dirs, opener, temp_name
 
 
 def _pread(fd: int, length: int, offset: int, whole: bool = True) -> bytes:

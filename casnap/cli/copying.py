@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from casnap.cli.main import Context, cli, holds_config, pass_ctx
+from casnap.cli.main import Context, cli, holds_config, pass_ctx, warn
 from casnap.cli.options import filter_options, snapshot_filter
 from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
@@ -155,6 +155,13 @@ def copy(
         src = open_source(c, other, passwords)
         dst = open_destination(c, c.repo_path, c.passwords, to_encryption)
     created = dst.created is not None
+    if created and src.encrypted and not dst.encrypted:
+        warn(
+            f"copying from an encrypted repository into a new plain one at "
+            f"{dst.backend.location} (--to-encryption repokey, or a --to-password source, "
+            "encrypts it)",
+            always=True,
+        )
     flt = snapshot_filter(c, src, filter_paths, filter_tags)
     with progress_bar(c, "copy") as progress:
         r = copy_snapshots(src, dst, id, select=flt, progress=progress)

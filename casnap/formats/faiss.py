@@ -441,33 +441,31 @@ def _flat_problem(
     return None
 
 
-def file_shortfall(path: str | os.PathLike[str]) -> str | None:
-    """shortfall() of a file on disk, read with a few small preads; None when it cannot be
-    opened (whoever reads it next reports that)."""
+def _on_file(
+    path: str | os.PathLike[str], check: Callable[[Callable[[int, int], bytes], int], str | None]
+) -> str | None:
+    """check(read, size) of a file on disk, read with a few small preads; None when it cannot
+    be opened or read (whoever reads it next reports that)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
-        return shortfall(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
+        return check(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def file_shortfall(path: str | os.PathLike[str]) -> str | None:
+    """shortfall() of a file on disk; None when it cannot be read."""
+    return _on_file(path, shortfall)
 
 
 def file_count_problem(path: str | os.PathLike[str]) -> str | None:
-    """count_problem() of a file on disk; None when it cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        return count_problem(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    """count_problem() of a file on disk; None when it cannot be read."""
+    return _on_file(path, count_problem)
 
 
 # -- sidecars ------------------------------------------------------------------------------------
