@@ -212,11 +212,6 @@ def scan_key_files(backend: Backend) -> tuple[list[KeyFile], list[tuple[str, str
     return files, unusable
 
 
-def key_files(backend: Backend) -> list[KeyFile]:
-    """Every usable key file of the repository, oldest first."""
-    return sorted(scan_key_files(backend)[0], key=lambda k: (k.created, k.id))
-
-
 def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     """The key file the password opens and the master key it seals; PasswordError when none
     does. Key files are tried cheapest first within a total KDF budget, so key files planted
