@@ -297,7 +297,8 @@ def plan(
             f"gc stopped before changing anything: {len(missing)} chunk(s) that snapshots need "
             "have no index entry in an existing pack (first: "
             f"{referenced[missing[0]].tobytes().hex()}); run `casnap verify`, then "
-            "`casnap repair-index`"
+            "`casnap repair-index`; a commit of the data then stores lost chunks again, and a "
+            "snapshot verify still names as broken can be dropped with `casnap forget`"
         )
     kf = chosen.fields(rows)
     order = np.lexsort((kf["inner"], kf["offset"], kf["pack"]))
@@ -434,7 +435,7 @@ def _repack(
         for fate in p.fates.values():
             if fate.action != REPACK:
                 continue
-            data = backend.get(pack_key(fate.pack))
+            data = repo.store.read_pack(pack_key(fate.pack)).data  # a damaged one: salvaged
             members = p.keep[fate.pack]  # in frame and chunk order
             start = 0
             while start < len(members):
