@@ -263,6 +263,19 @@ class _BusyWait:
             )
 
 
+def estimated_size(src: SourceFile) -> int:
+    """Bytes a commit will read for a file: its size, plus its -wal for a database (the backup
+    image holds the pages of both, so this bounds it from above)."""
+    total = 0
+    files = [src.abspath]
+    if src.kind == "sqlite":
+        files.append(Path(str(src.abspath) + "-wal"))
+    for p in files:
+        with contextlib.suppress(OSError):
+            total += os.stat(p).st_size
+    return total
+
+
 def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
     """size, mtime, ctime and inode of a file (and of a database's -wal); None when missing."""
     try:

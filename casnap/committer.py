@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from casnap import capture, chunklist, compression, consistency, pipeline, repair, rollback
+from casnap import (
+    capture,
+    chunklist,
+    compression,
+    consistency,
+    instants,
+    pipeline,
+    repair,
+    rollback,
+)
 from casnap import restored as restored_files
 from casnap.chunkindex import TREE
 from casnap.chunking import choose_chunker
@@ -107,19 +116,6 @@ class CommitResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _estimated_size(src: capture.SourceFile) -> int:
-    """Bytes a commit will read for a file: its size, plus its -wal for a database (the backup
-    image holds the pages of both, so this bounds it from above)."""
-    total = 0
-    files = [src.abspath]
-    if src.kind == "sqlite":
-        files.append(Path(str(src.abspath) + "-wal"))
-    for p in files:
-        with contextlib.suppress(OSError):
-            total += os.stat(p).st_size
-    return total
 
 
 class _CountingReader:
@@ -308,13 +304,14 @@ class Committer:
         writer = PackWriter(self.repo.store)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
-        sizes = [_estimated_size(src) for src in sources]
+        sizes = [capture.estimated_size(src) for src in sources]
         bar = ByteProgress(sum(sizes), self.progress)
         self._read_tick = bar.add if self.progress is not None else None
         try:
             with contextlib.ExitStack() as stack:
                 stack.callback(setattr, self, "_read_tick", None)
                 pool = stack.enter_context(ThreadPoolExecutor(max_workers=pipeline.cpu_workers()))
+                watched = instants.watch(sources)  # framework stores: read at one instant
                 for src, estimate in zip(sources, sizes, strict=True):
                     file_start = bar.done
                     try:
@@ -349,6 +346,11 @@ class Committer:
                         result.files_changed += 1
                     entries.append(entry)
                     bar.advance_to(file_start + estimate)
+                again, moving = instants.settle(
+                    watched, entries, lambda s: self._entry(s, writer, pool, start_ns, {}, {})
+                )
+                result.bytes_read += again
+                result.warnings += moving
             bar.finish()
             result.files_removed = len(set(parent_files) - {e.path for e in entries})
             result.chunks_new = writer.chunks_added

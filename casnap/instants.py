@@ -1,0 +1,88 @@
+"""Framework stores captured at one instant.
+
+A framework rewrites a store's files other than its database now and then, in step with the
+database: Chroma persists an HNSW segment every 1,000 adds, then moves the segment's sequence
+number in chroma.sqlite3 and purges its queue; LangChain's `save_local` rewrites `index.faiss`
+and `index.pkl`. A commit that reads such a store while that happens can hold files from before
+and a database from after (or the reverse), a pair the smoke checks refuse at checkout. Each
+database is captured at one instant by SQLite's backup API; the other files are watched from
+before the commit reads the store until after: when any of them changed, no such rewrite can be
+ruled out, so the store's files are all read again (a few times), and a store that keeps moving
+is named in a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from casnap.capture import SourceFile, fingerprint
+from casnap.formats import layouts
+from casnap.manifest import FileEntry
+
+# reads of a store whose files moved meanwhile, after the first: a framework rewrites them every
+# few seconds at most, so a second read almost always lands between two rewrites
+STORE_TRIES = 3
+
+Fingerprint = tuple[int, ...] | None
+
+
+@dataclass
+class Watched:
+    """One framework store of a commit: its files, and the fingerprints of those that move."""
+
+    root: str
+    sources: list[SourceFile]
+    moving: list[SourceFile]
+    before: list[Fingerprint] = field(default_factory=list)
+
+    def mark(self) -> None:
+        self.before = [fingerprint(s.abspath, s.kind) for s in self.moving]
+
+    def moved(self) -> bool:
+        return [fingerprint(s.abspath, s.kind) for s in self.moving] != self.before
+
+
+def watch(sources: Sequence[SourceFile]) -> list[Watched]:
+    """The framework stores among sources with files other than databases, fingerprinted now
+    (call it before the commit reads them)."""
+    by_path = {s.path: s for s in sources}
+    found = []
+    for store in layouts.find_stores(list(by_path)):
+        members = [by_path[f] for f in store.files if f in by_path]
+        moving = [s for s in members if s.kind != "sqlite"]
+        if moving:
+            w = Watched(store.root, members, moving)
+            w.mark()
+            found.append(w)
+    return found
+
+
+def settle(
+    watched: Sequence[Watched],
+    entries: list[FileEntry],
+    read_again: Callable[[SourceFile], tuple[FileEntry, int]],
+) -> tuple[int, list[str]]:
+    """Read again, in entries, the files of every store whose moving files changed since they
+    were fingerprinted; (bytes read, warnings for stores still moving after STORE_TRIES)."""
+    read = 0
+    warnings = []
+    for w in watched:
+        for _try in range(STORE_TRIES):
+            if not w.moved():
+                break
+            w.mark()
+            at = {e.path: i for i, e in enumerate(entries)}
+            for src in w.sources:
+                if src.path in at:
+                    entry, n = read_again(src)
+                    entries[at[src.path]] = entry
+                    read += n
+        else:
+            if w.moved():
+                warnings.append(
+                    f"{w.root or '.'}: its files kept changing while they were read; the "
+                    "snapshot may hold them from different moments (a checkout's smoke checks "
+                    "tell)"
+                )
+    return read, warnings
