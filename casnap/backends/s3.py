@@ -24,6 +24,7 @@ retrying wrapper decides); anything else a CasnapError naming the key and the bu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -174,12 +175,22 @@ class S3Backend(Backend):
             return TransientError(f"{where}: {exc}")
         return CasnapError(f"{where}: {type(exc).__name__}: {exc}")
 
+    @contextlib.contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        """The client's errors raised in the block become the CasnapError `_error` gives."""
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, ClientErrors):
+                raise self._error(exc, what) from exc
+            raise
+
     # -- the contract --------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes | memoryview) -> bool:
         name = self._key(key)
         body = bytes(data)  # our own copy: the caller may reuse its buffer
-        try:
+        with self._mapped(f"writing {key}"):
             if not self._conditional:
                 return self._put_unconditional(name, body)
             for attempt in range(CONFLICT_TRIES):
@@ -203,12 +214,6 @@ class S3Backend(Backend):
             raise TransientError(
                 f"writing {key} in {self.location}: another write of it kept conflicting"
             )
-        except CasnapError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, ClientErrors):
-                raise self._error(exc, f"writing {key}") from exc
-            raise
 
     def _put_unconditional(self, name: str, body: bytes) -> bool:
         """HEAD then PUT, for a store without conditional writes (racy: see the docstring)."""
@@ -233,14 +238,8 @@ class S3Backend(Backend):
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         name = self._key(key)
         check_range(offset, length)
-        try:
+        with self._mapped(f"reading {key}"):
             return self._get(key, name, offset, length)
-        except CasnapError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, ClientErrors):
-                raise self._error(exc, f"reading {key}") from exc
-            raise
 
     def _get(self, key: str, name: str, offset: int, length: int | None) -> bytes:
         if length == 0 or (length is None and offset > 0):
@@ -285,38 +284,26 @@ class S3Backend(Backend):
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._root + prefix, PaginationConfig={"PageSize": 1000}
         )
-        try:
+        with self._mapped(f"listing {prefix}"):
             for page in pages:  # one page (<= 1000 keys) in memory at a time
                 for item in page.get("Contents", ()):
                     key = item["Key"][cut:]
                     if key.endswith("/"):  # a folder marker another tool made
                         continue
                     yield key, int(item["Size"])
-        except Exception as exc:
-            if isinstance(exc, ClientErrors):
-                raise self._error(exc, f"listing {prefix}") from exc
-            raise
 
     def delete(self, key: str) -> None:
         name = self._key(key)
         try:
-            self._client.delete_object(Bucket=self.bucket, Key=name)
-        except Exception as exc:
-            if isinstance(exc, ClientErrors):
-                error = self._error(exc, f"deleting {key}")
-                if isinstance(error, ObjectMissing):
-                    return
-                raise error from exc
-            raise
+            with self._mapped(f"deleting {key}"):
+                self._client.delete_object(Bucket=self.bucket, Key=name)
+        except ObjectMissing:
+            return  # deleting an absent key is no error
 
     def exists(self, key: str) -> bool:
         name = self._key(key)
-        try:
+        with self._mapped(f"reading {key}"):
             return self._head(name) is not None
-        except Exception as exc:
-            if isinstance(exc, ClientErrors):
-                raise self._error(exc, f"reading {key}") from exc
-            raise
 
     def close(self) -> None:
         client, self._client = self._client, _Closed(self.location)

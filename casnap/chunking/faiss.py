@@ -130,6 +130,10 @@ class _LayoutChunker(Chunker):
         self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size)
         self._layout = _Layout()
 
+    def _fallback_params(self) -> dict[str, int]:
+        """The FastCDC sizes for what lies outside the arrays, as the config records them."""
+        return {"min": self.min_size, "avg": self.avg_size, "max": self.cdc_max}
+
     @abstractmethod
     def _array_pieces(self, view: memoryview, rel: int, array: Array, complete: bool) -> list[int]:
         """Lengths of pieces covering view, the bytes of `array` from `rel` bytes into it (always
@@ -208,12 +212,7 @@ class FaissChunker(_LayoutChunker):
         self.max_size = max(max_size, *self.block.values())
 
     def params(self) -> dict[str, Any]:
-        return {
-            **self.block,
-            "min": self.min_size,
-            "avg": self.avg_size,
-            "max": self.cdc_max,
-        }
+        return {**self.block, **self._fallback_params()}
 
     def _array_pieces(self, view: memoryview, rel: int, array: Array, complete: bool) -> list[int]:
         size = self.block[LISTS if array.kind == LIST_IDS else array.kind]
@@ -251,9 +250,7 @@ class FaissCDCChunker(_LayoutChunker):
     def params(self) -> dict[str, Any]:
         return {
             **{kind: list(self.sizes[kind]) for kind in CDC_KINDS},
-            "min": self.min_size,
-            "avg": self.avg_size,
-            "max": self.cdc_max,
+            **self._fallback_params(),
         }
 
     def _array_pieces(self, view: memoryview, rel: int, array: Array, complete: bool) -> list[int]:
