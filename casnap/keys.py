@@ -12,9 +12,10 @@ one cannot make casnap allocate gigabytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,14 +243,27 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     )
 
 
+def _open_kept(kept: Sequence[KeyFile], password: str) -> tuple[KeyFile, MasterKey] | None:
+    """The first of kept that the password opens, with its master key."""
+    for kf in kept:
+        with contextlib.suppress(PasswordError):
+            return kf, kf.unseal(password)
+    return None
+
+
 def open_config(
-    backend: Backend, raw: bytes, password: PasswordSource | None
+    backend: Backend,
+    raw: bytes,
+    password: PasswordSource | None,
+    trusted: bool = False,
+    kept: Sequence[KeyFile] = (),
 ) -> tuple[bytes, tuple[KeyFile, MasterKey] | None]:
     """The plaintext of a repository's stored config, and for an encrypted one the key file the
     password opened with its master key. A plain config beside key files is tampering (a
-    downgrade); an unknown scheme is UnsupportedFormat; no password is PasswordError."""
+    downgrade) unless trusted (one this host opened before); an unknown scheme is
+    UnsupportedFormat; no password is PasswordError. Key files in kept are tried first."""
     if not is_sealed(raw):
-        if next(iter(backend.list(KEYS)), None) is not None:
+        if not trusted and next(iter(backend.list(KEYS)), None) is not None:
             raise IntegrityError(
                 f"{backend.location}/config is not encrypted but the repository holds key "
                 "files: the config was replaced (tampered with); not using it"
@@ -258,7 +272,8 @@ def open_config(
     parse_header(f"{backend.location}/config", raw)  # an unknown scheme: stop here
     if password is None:
         raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
-    keyfile, master = unlock(backend, read_password(password))
+    secret = read_password(password)
+    keyfile, master = _open_kept(kept, secret) or unlock(backend, secret)
     try:
         plain = Sealer(master.encryption_key).open("config", raw)
     except IntegrityError as exc:

@@ -167,10 +167,12 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
 
 
-def holders(backend: Backend) -> list[LockInfo]:
-    """Every lock currently present (stale ones included)."""
+def holders(backend: Backend, own: str | None = None) -> list[LockInfo]:
+    """Every lock currently present (stale ones included) but own (not read: it is ours)."""
     out = []
     for key, _ in backend.list("locks/"):
+        if key == own:
+            continue
         info = _read(backend, key)
         if info is not None:
             out.append(info)
@@ -181,9 +183,7 @@ def _conflict(
     backend: Backend, own: str, exclusive: bool, stale_after: float = LOCK_STALE_SECONDS
 ) -> LockInfo | None:
     """The first live lock that conflicts with ours; stale locks found on the way are removed."""
-    for info in holders(backend):
-        if info.key == own:
-            continue
+    for info in holders(backend, own):
         if info.stale(stale_after):
             backend.delete(info.key)
             continue

@@ -26,8 +26,10 @@ from casnap.packs import (
 )
 from casnap.store import Store
 
-# Packs queued for writing at once: bounds memory to about (1 + this) x pack_target.
+# Packs queued for writing at once: bounds memory to about (1 + this) x pack_target. A remote
+# backend writes several at once, each upload waiting mostly on the network and the store.
 _PACKS_IN_FLIGHT = 1
+_REMOTE_PACKS_IN_FLIGHT = 3
 
 
 class _OpenPack:
@@ -41,9 +43,9 @@ class _OpenPack:
 class PackWriter:
     """Collects new frames into packs; `finish` writes the last pack and the index file.
 
-    Packs are written by a background thread (at most _PACKS_IN_FLIGHT queued), so hashing and
-    fsyncing a pack overlaps with reading and compressing the next. Not thread-safe: workers
-    encode frames, one thread adds them here.
+    Packs are written by background threads (at most _PACKS_IN_FLIGHT queued, more on a remote
+    backend), so hashing and fsyncing a pack overlaps with reading and compressing the next.
+    Not thread-safe: workers encode frames, one thread adds them here.
 
     `put` stores a finished pack under its key and says whether it made the object (False: the
     same pack was stored already); by default Store.put_verified. gc's dry run passes one that
@@ -132,9 +134,10 @@ class PackWriter:
         self._pack = None
         if p is None or not p.records:
             return
+        inflight = _REMOTE_PACKS_IN_FLIGHT if self.store.backend.remote else _PACKS_IN_FLIGHT
         if self._io is None:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-pack")
-        while len(self._inflight) >= _PACKS_IN_FLIGHT:
+            self._io = ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="casnap-pack")
+        while len(self._inflight) >= inflight:
             self._collect(self._inflight.popleft())
         self._inflight.append(self._io.submit(self._write_pack, p))
 
@@ -144,14 +147,14 @@ class PackWriter:
         seal_pack(data, records)
         pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
-        self.bytes_added += len(data)
-        self.packs_written += 1
         p.data = bytearray()
         return pack, records, len(data), made
 
     def _collect(self, fut: Future[tuple[ObjectId, bytes, int, bool]]) -> None:
         """A pack is durable: its ids move from `pending` to the compact `written` set."""
         pack, records, size, made = fut.result()
+        self.bytes_added += size
+        self.packs_written += 1
         self._done.append((pack, records))
         if made:
             self.created.append((pack, size))

@@ -28,11 +28,12 @@ from casnap.chunkindex import DATA, id_matrix
 from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
-from casnap.constants import READ_BLOCK
+from casnap.constants import READ_BLOCK, REMOTE_WORKERS
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
 from casnap.packwriter import PackWriter
+from casnap.spans import Spans
 from casnap.store import Store
 
 REF_DTYPE = np.dtype([("id", "u1", (ID_SIZE,)), ("length", "<u4")])
@@ -47,6 +48,9 @@ TASK_BYTES = 1024 * 1024
 # Tasks whose output may wait to be written at once (on top of the window the caller asks for):
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
+# Output bytes of the tasks whose reads are fetched as spans at once, on a remote backend: the
+# compressed bytes of about two such stretches are in memory (one written, one fetched ahead).
+SPAN_WINDOW = 32 * 1024 * 1024
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
 # Zero-filled blocks of this size, aligned in the file, are restored as holes (a seek, no write).
@@ -222,14 +226,16 @@ class _Read:
 
 class _Task:
     """One worker's share of a file: reads whose output (size bytes) starts at file offset
-    `offset`; at most 2 x TASK_BYTES whatever the file's size or repetition."""
+    `offset`; at most 2 x TASK_BYTES whatever the file's size or repetition. On a remote
+    backend, `spans` holds the bytes its reads are sliced from."""
 
-    __slots__ = ("reads", "size", "offset")
+    __slots__ = ("reads", "size", "offset", "spans")
 
     def __init__(self, offset: int) -> None:
         self.reads: list[_Read] = []
         self.size = 0
         self.offset = offset
+        self.spans: Spans | None = None
 
 
 def plan_tasks(store: Store, refs: bytes) -> Iterator[_Task]:
@@ -324,16 +330,46 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
     return tasks
 
 
-def _frames(store: Store, read: _Read) -> Iterator[tuple[compression.Frame, list[tuple[int, int]]]]:
+def _spans_ahead(
+    store: Store, tasks: Iterator[_Task], fetcher: ThreadPoolExecutor
+) -> Iterator[_Task]:
+    """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
+    ahead (when the first task of a stretch is asked for, the whole stretch starts fetching)."""
+    batch: list[_Task] = []
+    size = 0
+    for task in tasks:
+        batch.append(task)
+        size += task.size
+        if size >= SPAN_WINDOW:
+            yield from _with_spans(store, batch, fetcher)
+            batch, size = [], 0
+    yield from _with_spans(store, batch, fetcher)
+
+
+def _with_spans(store: Store, batch: list[_Task], fetcher: ThreadPoolExecutor) -> list[_Task]:
+    keys = store.index.packs
+    reads = [(pack_key(keys[r.pack]), r.start, r.stop) for task in batch for r in task.reads]
+    if len(reads) > 1:
+        spans = Spans(store.backend, fetcher, reads)
+        for task in batch:
+            task.spans = spans
+    return batch
+
+
+def _frames(
+    store: Store, read: _Read, spans: Spans | None
+) -> Iterator[tuple[compression.Frame, list[tuple[int, int]]]]:
     """The decoded frames of one read with the (start, length) ranges wanted from each."""
     pack = store.index.packs[read.pack]
     key = pack_key(pack)
-    raw: memoryview | None = None
+    raw: bytes | memoryview | None = None
     for o, ln, fp, ranges, keep in read.frames:
         frame = store.cached_frame(pack, o)
         if frame is None:
-            if len(read.frames) == 1:
-                encoded: bytes | memoryview = store.backend.get(key, o, ln)
+            if spans is not None:
+                encoded: bytes | memoryview = spans.get(key, o, ln)
+            elif len(read.frames) == 1:
+                encoded = store.backend.get(key, o, ln)
             else:
                 if raw is None:
                     raw = memoryview(store.backend.get(key, read.start, read.stop - read.start))
@@ -373,7 +409,7 @@ def fetch_many(store: Store, task: _Task) -> list[_Piece]:
     out: np.ndarray | None = None
     pos = 0
     for read in reads:
-        for frame, ranges in _frames(store, read):
+        for frame, ranges in _frames(store, read, task.spans):
             if out is None:
                 if (
                     len(ranges) == len(reads) == len(read.frames) == 1
@@ -472,8 +508,13 @@ def restore(
             tick(done)
         return done
 
+    fetcher = None
+    tasks = plan_tasks(store, refs)
+    if store.backend.remote:  # a request per read would cost more than the reading
+        fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
+        tasks = _spans_ahead(store, tasks, fetcher)
     try:
-        for task in plan_tasks(store, refs):
+        for task in tasks:
             inflight.append(pool.submit(fetch_many, store, task))
             if len(inflight) >= window:
                 size += write(inflight.popleft().result())
@@ -484,4 +525,6 @@ def restore(
     finally:
         for fut in inflight:
             fut.cancel()
+        if fetcher is not None:
+            fetcher.shutdown(wait=True, cancel_futures=True)
     return size, hasher.digest()

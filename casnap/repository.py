@@ -8,15 +8,20 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
-import os
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, selection
+from casnap import capture, chunklist, crypto, fsutil, keys, locks, placement, rollback, selection
 from casnap.backends.base import Backend
-from casnap.backends.cached import CachingBackend, cache_dir_for
+from casnap.backends.cached import (
+    CachingBackend,
+    cache_dir_for,
+    opened_cache,
+    opened_cache_dir,
+)
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
@@ -25,13 +30,14 @@ from casnap.errors import (
     InvalidArgument,
     NotARepository,
     RepositoryNotFound,
-    SourceError,
     from_oserror,
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
+from casnap.opening import confirm, read_config
+from casnap.spans import ListsAhead
 from casnap.store import Store
 
 ENCRYPTIONS = ("none", "repokey")
@@ -53,7 +59,7 @@ class Repository:
         self,
         backend: Backend,
         config: dict[str, Any],
-        tmp_dir: Path,
+        tmp_dir: Path | None,
         root: Path | None = None,
         unlocked: Unlocked | None = None,
     ) -> None:
@@ -67,8 +73,12 @@ class Repository:
         self.backend = backend
         self.root = root  # the repository's directory, for a local repository
         self.config = config
-        self.tmp_dir = tmp_dir  # scratch space: database images, verify --smoke restores
+        # scratch space: database images, verify --smoke restores
+        self.tmp_dir = tmp_dir or Path(tempfile.gettempdir())
         self.store = Store(backend, int(config["pack_target"]), self.ids)
+        self._ahead = ListsAhead()  # chunk lists read ahead from a remote backend
+        self._sizes: dict[str, int] | None = None  # manifest sizes, from the last listing
+        self.kept_config: CachingBackend | None = None  # set when the config came from the cache
         # told about waits (a locked database, a lock another process holds); None: silent
         self.notify: Callable[[str], None] | None = None
         self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
@@ -135,13 +145,13 @@ class Repository:
         if password is None:
             if not backend.put("config", encode_config(cfg)):
                 raise NotARepository(f"{backend.location} already holds a casnap repository")
-            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+            return cls(backend, cfg, tmp_dir, root)
         if backend.exists("config"):
             raise NotARepository(f"{backend.location} already holds a casnap repository")
         master = crypto.MasterKey.generate()
         keyfile = keys.make_key_file(master, keys.read_password(password), now_iso())
         backend.put(keyfile.key, keyfile.encode())
-        repo = cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
+        repo = cls(backend, cfg, tmp_dir, root, Unlocked(keyfile, master))
         if not repo.backend.put("config", encode_config(cfg)):
             backend.delete(keyfile.key)
             raise NotARepository(f"{backend.location} already holds a casnap repository")
@@ -187,9 +197,11 @@ class Repository:
 
         if create and password is not None:
             keys.read_password(password)  # asked for (or missing) before anything is made
-        backend: Backend = RetryingBackend(repository_backend(url, create))
+        kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
+        backend: Backend = RetryingBackend(repository_backend(url, create, check=not kept))
         try:
-            if create:
+            if create:  # what was cached of an earlier repository at url is not this one's
+                shutil.rmtree(opened_cache_dir(url.url), ignore_errors=True)
                 return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
             scratch = fsutil.private_scratch()
             return cls.open_backend(backend, scratch, password=password, cache=cache)
@@ -212,21 +224,17 @@ class Repository:
 
         With cache, index files, manifests and pack directories are kept in the user's cache
         dir (backends/cached.py), for a backend where each request costs: sealed, below the
-        encryption."""
-        try:
-            raw = backend.get("config")
-        except IntegrityError as exc:
-            raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
-        plain, opened = keys.open_config(backend, raw, password)
+        encryption; so are the config and the key file that opened it (opening.py)."""
+        kept = opened_cache(backend) if cache else None
+        plain, opened, from_kept = read_config(backend, password, kept)
         cfg = parse_config(plain, backend.location)
         if cache:  # below the EncryptedBackend Repository puts on top: it keeps sealed bytes
             backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
-        if opened is None:
-            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
-        keyfile, master = opened
-        if root is not None and tmp_dir == root / "tmp":
+        if opened is not None and root is not None and tmp_dir == root / "tmp":
             tmp_dir = fsutil.private_scratch()  # no plaintext scratch file inside the repository
-        return cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
+        repo = cls(backend, cfg, tmp_dir, root, Unlocked(*opened) if opened else None)
+        repo.kept_config = kept if from_kept else None
+        return repo
 
     @classmethod
     def open_or_init(
@@ -328,44 +336,16 @@ class Repository:
         fsutil.remove_stale_stages(self.tmp_dir)
 
     def folder_ids(self) -> frozenset[tuple[int, int]]:
-        """(device, inode) of the repository's folders: a folder reached by another path (a
-        bind mount) is still recognised as the repository's. What tmp/ holds is left out: those
-        folders come and go, and a number freed there may be given to a new folder elsewhere."""
-        if self.root is None:
-            return frozenset()
-        ids = set()
-        for folder, dirs, _files in os.walk(self.root):  # links are not followed
-            if Path(folder) == self.root / "tmp":
-                dirs.clear()
-            with contextlib.suppress(OSError):
-                st = os.stat(folder)
-                ids.add((st.st_dev, st.st_ino))
-        return frozenset(ids)
+        """(device, inode) of the repository's folders (placement.py)."""
+        return placement.folder_ids(self.root)
 
     def holds_path(self, path: Path) -> bool:
-        """True when path is one of the repository's folders or lies below one (by path, or by
-        the identity of the folders it passes through)."""
-        if self.root is None:
-            return False
-        if capture.inside(path.absolute(), self.root.resolve()):
-            return True
-        ids = self.folder_ids()
-        for folder in (path, *path.parents):
-            with contextlib.suppress(OSError):
-                st = os.stat(folder)
-                if (st.st_dev, st.st_ino) in ids:
-                    return True
-        return False
+        """True when path is one of the repository's folders or lies below one."""
+        return placement.holds_path(self.root, path)
 
     def nested_in(self, data_dir: Path) -> list[Path]:
-        """The repository, when it lies inside data_dir (resolved): a commit never stores it, a
-        checkout never touches it. SourceError when the data dir lies inside the repository."""
-        if self.root is None:
-            return []
-        root = self.root.resolve()
-        if capture.inside(data_dir, root):
-            raise SourceError(f"the data dir {data_dir} lies inside the repository {root}")
-        return [root] if capture.inside(root, data_dir) else []
+        """The repository, when it lies inside data_dir (SourceError when the reverse holds)."""
+        return placement.nested_in(self.root, data_dir)
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -386,13 +366,16 @@ class Repository:
         raw = decompress_manifest(self.backend.get(key), key)
         if self.ids(raw) != sid:
             raise IntegrityError(f"{key} does not match its id (damaged)")
-        return Snapshot.decode(raw, key)
+        return self._ahead.noted(Snapshot.decode(raw, key))
 
     def snapshots(self) -> list[tuple[ObjectId, Snapshot]]:
         """Every snapshot, oldest first."""
         if self._snapshots is None:
             found: dict[ObjectId, Snapshot] = {}
-            for key, _ in self.backend.list("snapshots/"):
+            self._sizes = dict(self.backend.list("snapshots/"))
+            if not self._sizes and self.kept_config is not None:  # none, or another repository?
+                confirm(self.raw_backend, self.kept_config)
+            for key in self._sizes:
                 name = key.rsplit("/", 1)[-1]
                 try:
                     sid = ObjectId.from_hex(name)
@@ -401,6 +384,8 @@ class Repository:
                 try:
                     found[sid] = self.load_snapshot(sid)
                 except IntegrityError as exc:
+                    if self.kept_config is not None:
+                        confirm(self.raw_backend, self.kept_config)
                     raise type(exc)(
                         f"{exc} (every command that lists snapshots stops here, so that gc never "
                         f"takes it for a forgotten one; remove {self.backend.location}/{key} to "
@@ -411,7 +396,8 @@ class Repository:
 
     def manifest_sizes(self) -> dict[str, int]:
         """Stored size of every manifest, by snapshot id (hex)."""
-        return {k.rsplit("/", 1)[-1]: s for k, s in self.backend.list("snapshots/")}
+        sizes = self._sizes if self._sizes is not None else self.backend.list("snapshots/")
+        return {k.rsplit("/", 1)[-1]: s for k, s in dict(sizes).items()}
 
     def resolve(
         self, ref: str, paths: Sequence[str] | None = None, tags: Sequence[str] = ()
@@ -435,15 +421,15 @@ class Repository:
         return self.resolve_lists(entry)[0]
 
     def resolve_lists(self, entry: FileEntry) -> tuple[bytes, int, int]:
-        """Packed refs of an entry, the number of deltas in its list chain and their bytes."""
+        """Packed refs of an entry, the number of deltas in its list chain and their bytes. On a
+        remote backend the lists of the files after it in its snapshot are read with it."""
         self.ensure_index()
-        bodies = [self.store.get(ObjectId.from_hex(lid)) for lid in entry.lists]
+        read: Mapping[ObjectId, bytes] = {}
+        if self.backend.remote:
+            read = self._ahead.bodies(self.store, entry, (self._snapshots or {}).values())
+        bodies = [read.get(i) or self.store.get(i) for i in map(ObjectId.from_hex, entry.lists)]
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
         delta_bytes = sum(len(b) for b in bodies if chunklist.is_delta(b))
         return refs, deltas, delta_bytes
-
-
-def _system_tmp() -> Path:
-    return Path(tempfile.gettempdir())

@@ -339,13 +339,16 @@ class Store:
     def put_verified(self, key: str, data: bytes | memoryview) -> bool:
         """Put an object whose key names its content, and make sure the stored copy is whole.
 
-        A fresh write is read back at its tail (a write that landed short fails that read); an
-        object already stored under the key is read back whole and must equal data, or it is a
-        damaged leftover (a torn earlier write) that would poison every later reference to it.
-        A bad copy is deleted and written again; IntegrityError naming it after the second try.
+        A fresh write is read back at its tail (a write that landed short fails that read) unless
+        the backend checked the bytes it stored (S3: a checksum with every upload); an object
+        already stored under the key is read back whole and must equal data, or it is a damaged
+        leftover (a torn earlier write) that would poison every later reference to it. A bad
+        copy is deleted and written again; IntegrityError naming it after the second try.
         """
         for _attempt in range(2):
             written = self.backend.put(key, data)
+            if written and self.backend.checked_puts:
+                return True
             try:
                 if written:
                     tail = max(0, len(data) - _VERIFY_TAIL)

@@ -4,6 +4,7 @@ that only read metadata ask the backend for listings alone once the cache is war
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from casnap.backends.cached import CachingBackend, cache_dir_for
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.local import LocalBackend
 from casnap.backends.memory import MemoryBackend
-from casnap.errors import IntegrityError
+from casnap.errors import CasnapError, IntegrityError, RepositoryNotFound
 from casnap.stats import log_rows
 from tests.conftest import evolve_app, make_app
 
@@ -345,4 +346,45 @@ def test_an_encrypted_repository_keeps_sealed_bytes_only(tmp_path: Path) -> None
     target = tmp_path / "out"
     checkout(repo, ids[1], target, safety_snapshot=False)
     assert (target / "app.db").is_file()
+    repo.close()
+
+
+@pytest.mark.parametrize("password", [None, PW], ids=["plain", "encrypted"])
+def test_a_warm_log_is_one_listing_and_nothing_else(tmp_path: Path, password: str | None) -> None:
+    """The config and the key file that opened it are kept too (opening.py): with a warm cache,
+    opening the repository and listing its snapshots is a single listing request."""
+    _data, root, ids = two_snapshots(tmp_path, password)
+    repo, counting = open_counted(root, password)
+    assert len(log_rows(repo)) == 2  # warms the cache
+    repo.close()
+    repo, counting = open_counted(root, password)
+    assert {row["id"] for row in log_rows(repo)} == set(ids)
+    assert counting.calls == [("list", "snapshots/", 0, None)]
+    repo.close()
+
+
+def test_a_repository_made_anew_where_a_cached_one_was_is_noticed(tmp_path: Path) -> None:
+    """A cached config is only trusted until the snapshot listing disagrees: a repository
+    deleted and made anew at the same location (another master key) is reported once, the
+    cached copies dropped, and the next open reads the new one."""
+    data, root, _ids = two_snapshots(tmp_path, PW)
+    repo, _ = open_counted(root, PW)
+    assert len(log_rows(repo)) == 2
+    repo.close()
+    shutil.rmtree(root)
+    fresh = Repository.open_or_init(root, password=lambda: PW, encryption="repokey")
+    new_id = commit(fresh, data, message="anew").id
+    fresh.close()
+    repo, _ = open_counted(root, PW)
+    with pytest.raises(CasnapError, match="made anew"):
+        log_rows(repo)
+    repo.close()
+    repo, _ = open_counted(root, PW)
+    assert [row["id"] for row in log_rows(repo)] == [new_id]
+    repo.close()
+    shutil.rmtree(root)
+    root.mkdir()
+    repo, _ = open_counted(root, PW)  # nothing there now: said so, not an empty log
+    with pytest.raises(RepositoryNotFound):
+        log_rows(repo)
     repo.close()

@@ -138,7 +138,6 @@ SCENARIOS = [
         "MANIF MANIF MANIF MANIF MANIF R:manif",
     ),
     S("flip-config-read", F.flip_on_get(1, "config"), "CONFIG CONFIG CONFIG CONFIG CONFIG CONFIG"),
-    S("flip-lock-read", F.flip_on_get(1, "locks/"), "OK OK OK OK OK OK"),
     S("get-fails-pack", F.fail("get", 1, "packs/"), "IO IO IO IO - R:io-pack"),
     S("get-fails-index", F.fail("get", 1, "index/"), "IO IO IO IO - R:io-index"),
     S("list-fails-first", F.fail("list", 1), "IO IO IO IO IO IO"),

@@ -94,6 +94,13 @@ class Backend(ABC):
             if fn is not None and not getattr(fn, "__isabstractmethod__", False):
                 setattr(cls, name, convert_oserrors(name, fn))
 
+    # True where each request costs a round trip (an object store): readers then ask for a few
+    # large ranges rather than many small ones (spans.py).
+    remote = False
+    # True where a put that returns True stored exactly the bytes given (the store checked their
+    # checksum and writes atomically): the write need not be read back.
+    checked_puts = False
+
     @property
     @abstractmethod
     def location(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,17 @@ def cache_dir_for(repo_id: str) -> Path:
     return fsutil.cache_dir() / "repos" / name
 
 
+def opened_cache(backend: Backend) -> CachingBackend:
+    """Where the config and key file an open of backend's location used are kept, so the next
+    open there fetches neither (see opening.py)."""
+    return CachingBackend(backend, opened_cache_dir(backend.location))
+
+
+def opened_cache_dir(location: str) -> Path:
+    """`locations/<hash of the location>` in the user's cache dir."""
+    return fsutil.cache_dir() / "locations" / hash_bytes(location.encode()).hex()[:32]
+
+
 def _digest(key: str, kind: int, offset: int, data: bytes | memoryview) -> bytes:
     h = Hasher()
     h.update(f"{kind}:{offset}:{key}\0".encode())
@@ -70,6 +82,14 @@ class CachingBackend(Backend):
     @property
     def location(self) -> str:
         return self.inner.location
+
+    @property
+    def remote(self) -> bool:  # type: ignore[override]
+        return self.inner.remote
+
+    @property
+    def checked_puts(self) -> bool:  # type: ignore[override]
+        return self.inner.checked_puts
 
     # -- the backend calls ---------------------------------------------------------------------
 
@@ -114,6 +134,23 @@ class CachingBackend(Backend):
         self.inner.close()
 
     # -- what is kept --------------------------------------------------------------------------
+
+    def kept(self, key: str) -> bytes | None:
+        """The copy of key kept whole (checked), or None."""
+        found = self._load(check_key(key), _WHOLE)
+        return found[1] if found is not None and found[0] == 0 else None
+
+    def keep(self, key: str, data: bytes) -> None:
+        """Keep a copy of key whole (for objects this class does not keep by itself)."""
+        self._store(check_key(key), _WHOLE, 0, data)
+
+    def kept_keys(self, prefix: str) -> set[str]:
+        """The keys with a copy kept under the folder prefix."""
+        return self._cached_keys(check_prefix(prefix))
+
+    def forget(self) -> None:
+        """Drop every copy kept (the cache folder removed)."""
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def _whole(self, key: str) -> bytes:
         kept = self._load(key, _WHOLE)

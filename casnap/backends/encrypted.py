@@ -47,6 +47,14 @@ class EncryptedBackend(Backend):
     def location(self) -> str:
         return self.inner.location
 
+    @property
+    def remote(self) -> bool:  # type: ignore[override]
+        return self.inner.remote
+
+    @property
+    def checked_puts(self) -> bool:  # type: ignore[override]
+        return self.inner.checked_puts
+
     def put(self, key: str, data: bytes | memoryview) -> bool:
         if check_key(key).startswith(KEYS_PREFIX):
             return self.inner.put(key, data)

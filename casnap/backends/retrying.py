@@ -62,6 +62,14 @@ class RetryingBackend(Backend):
     def location(self) -> str:
         return self.inner.location
 
+    @property
+    def remote(self) -> bool:  # type: ignore[override]
+        return self.inner.remote
+
+    @property
+    def checked_puts(self) -> bool:  # type: ignore[override]
+        return self.inner.checked_puts
+
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (0 for the first retry): full jitter."""
         cap = min(self.max_delay, self.base_delay * 2.0**retry)

@@ -140,6 +140,9 @@ class S3Backend(Backend):
         self._client = client if client is not None else make_client()
         self._conditional = True  # False once the store said it has no conditional writes
 
+    remote = True
+    checked_puts = True  # the checksum of every upload is checked by the store (make_client)
+
     @property
     def location(self) -> str:
         return self.url.url
@@ -342,12 +345,14 @@ class S3Backend(Backend):
         return True
 
 
-def repository_backend(url: S3Url, create: bool) -> S3Backend:
+def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backend:
     """The backend of the repository at url: one holding a config (RepositoryNotFound when the
     bucket or the prefix holds nothing, NotARepository when it holds something else); with
     create, one for a new repository: the bucket made when missing, the prefix holding nothing
-    (NotARepository otherwise)."""
+    (NotARepository otherwise). Without check (a config of url is cached), no request is made."""
     backend = S3Backend(url)
+    if not check and not create:
+        return backend
     try:
         if create:
             backend.ensure_bucket()

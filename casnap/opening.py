@@ -1,0 +1,72 @@
+"""Opening a repository: its config read, its key file found, and both kept for the next open.
+
+On object storage each request is a round trip, and every command opens the repository: a
+config, a listing of keys/ and a key file before any work. The config and the key file an open
+used are kept in the user's cache dir by location (backends/cached.py, `opened_cache`; checked
+on every read like every cache file), so the next open at that location makes no request. The
+cached config is the one this host opened before; should the repository at that location have
+been made anew (another config, another master key), the first sign is a snapshot listing that
+is empty or a manifest that does not open: `confirm` then reads the stored config, and when it
+differs drops the cached copies and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from casnap import keys
+from casnap.backends.base import Backend
+from casnap.backends.cached import CachingBackend
+from casnap.crypto import MasterKey
+from casnap.errors import (
+    IntegrityError,
+    NotARepository,
+    ObjectMissing,
+    RepositoryNotFound,
+    UnsupportedFormat,
+)
+from casnap.keys import KEYS, KeyFile, PasswordSource
+
+
+def read_config(
+    backend: Backend, password: PasswordSource | None, kept: CachingBackend | None
+) -> tuple[bytes, tuple[KeyFile, MasterKey] | None, bool]:
+    """(plain config, the key file that opened it with its master key, whether the config came
+    from kept). With kept, the config and key files an earlier open kept there are tried first,
+    and what this open used is kept."""
+    raw = kept.kept("config") if kept is not None else None
+    trusted = raw is not None
+    if raw is None:
+        try:
+            raw = backend.get("config")
+        except IntegrityError as exc:
+            raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
+    files: list[KeyFile] = []
+    for key in sorted(kept.kept_keys(KEYS)) if kept is not None and trusted else ():
+        blob = kept.kept(key) if kept is not None else None
+        with contextlib.suppress(IntegrityError, UnsupportedFormat):
+            if blob is not None:
+                files.append(keys.parse_key_file(key.removeprefix(KEYS), blob, key))
+    plain, opened = keys.open_config(backend, raw, password, trusted=trusted, kept=files)
+    if kept is not None:
+        if not trusted:
+            kept.keep("config", raw)
+        if opened is not None and opened[0].id not in {f.id for f in files}:
+            kept.keep(opened[0].key, opened[0].encode())
+    return plain, opened, trusted
+
+
+def confirm(backend: Backend, kept: CachingBackend) -> None:
+    """Check that the config kept from an earlier open is still the stored one: RepositoryNotFound
+    when none is stored, NotARepository (the kept copies dropped) when it differs."""
+    try:
+        stored = backend.get("config")
+    except (ObjectMissing, IntegrityError) as exc:
+        kept.forget()
+        raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
+    if stored != kept.kept("config"):
+        kept.forget()
+        raise NotARepository(
+            f"the repository at {backend.location} is not the one this host opened there before "
+            "(made anew?): its cached config was dropped; run the command again"
+        )

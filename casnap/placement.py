@@ -1,0 +1,55 @@
+"""Where a local repository lies against a data dir or a target: its folders by identity, paths
+inside it, a repository nested in a data dir (which commit skips and checkout never touches).
+A repository that is not a local directory (root None) lies nowhere on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from casnap import capture
+from casnap.errors import SourceError
+
+
+def folder_ids(root: Path | None) -> frozenset[tuple[int, int]]:
+    """(device, inode) of the repository's folders: a folder reached by another path (a
+    bind mount) is still recognised as the repository's. What tmp/ holds is left out: those
+    folders come and go, and a number freed there may be given to a new folder elsewhere."""
+    if root is None:
+        return frozenset()
+    ids = set()
+    for folder, dirs, _files in os.walk(root):  # links are not followed
+        if Path(folder) == root / "tmp":
+            dirs.clear()
+        with contextlib.suppress(OSError):
+            st = os.stat(folder)
+            ids.add((st.st_dev, st.st_ino))
+    return frozenset(ids)
+
+
+def holds_path(root: Path | None, path: Path) -> bool:
+    """True when path is one of the repository's folders or lies below one (by path, or by
+    the identity of the folders it passes through)."""
+    if root is None:
+        return False
+    if capture.inside(path.absolute(), root.resolve()):
+        return True
+    ids = folder_ids(root)
+    for folder in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in ids:
+                return True
+    return False
+
+
+def nested_in(root: Path | None, data_dir: Path) -> list[Path]:
+    """The repository, when it lies inside data_dir (resolved): a commit never stores it, a
+    checkout never touches it. SourceError when the data dir lies inside the repository."""
+    if root is None:
+        return []
+    root = root.resolve()
+    if capture.inside(data_dir, root):
+        raise SourceError(f"the data dir {data_dir} lies inside the repository {root}")
+    return [root] if capture.inside(root, data_dir) else []

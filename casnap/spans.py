@@ -1,0 +1,156 @@
+"""Spans: the ranges of packs a stretch of reads needs, fetched ahead in few large requests.
+
+On a remote backend (S3) a request costs a round trip and the client's own work per call,
+while a few hundred KiB more in one answer cost little. A file restored from a later snapshot
+reads from many packs in turn (its unchanged pages from the first commit's packs, the changed
+ones from each later commit's), so reads of adjacent frames alone make a request per few
+frames. Here the ranges wanted by a stretch of reads are grouped per pack, merged across gaps
+of up to SPAN_GAP bytes into spans of at most SPAN_MAX bytes, and every span is fetched at once
+on its own threads; reads then slice the span that holds them. Memory: the spans of a stretch
+live until its last read is done, and a stretch is bounded by its caller.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from casnap.backends.base import Backend
+from casnap.constants import REMOTE_WORKERS
+from casnap.errors import CasnapError
+from casnap.ids import ObjectId
+from casnap.manifest import FileEntry, Snapshot
+from casnap.packs import pack_key
+from casnap.store import Store
+
+# Bytes between two wanted ranges of one pack that are read rather than asked for separately: a
+# round trip to an object store (tens of ms) costs more than this much transfer.
+SPAN_GAP = 512 * 1024
+# Largest span asked for in one request: big enough that a pack read whole is a request or two,
+# small enough that a few spans per fetching thread stay in memory.
+SPAN_MAX = 16 * 1024 * 1024
+# Bytes of files whose chunk lists are read ahead at once (lists take ~1% of that).
+LISTS_AHEAD = 4 << 30
+
+
+class Spans:
+    """The spans covering a set of pack ranges, each fetched once in the background."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        pool: ThreadPoolExecutor,
+        ranges: Iterable[tuple[str, int, int]],
+        gap: int = SPAN_GAP,
+        limit: int = SPAN_MAX,
+    ) -> None:
+        """ranges: (object key, start, stop). Fetching starts at once, on pool's threads."""
+        by_key: dict[str, list[tuple[int, int]]] = {}
+        for key, start, stop in ranges:
+            by_key.setdefault(key, []).append((start, stop))
+        self._starts: dict[str, list[int]] = {}
+        self._spans: dict[str, list[tuple[int, int, Future[bytes]]]] = {}
+        for key, wanted in by_key.items():
+            merged = _merge(sorted(wanted), gap, limit)
+            self._starts[key] = [a for a, _ in merged]
+            self._spans[key] = [(a, b, pool.submit(backend.get, key, a, b - a)) for a, b in merged]
+
+    def get(self, key: str, start: int, length: int) -> memoryview:
+        """Bytes [start, start + length) of an object, from the span holding them (waits for
+        it; raises what fetching it raised)."""
+        spans = self._spans.get(key)
+        i = bisect.bisect_right(self._starts.get(key, []), start) - 1
+        if spans is None or i < 0 or not spans[i][0] <= start <= start + length <= spans[i][1]:
+            raise KeyError(f"{key}: range {start}+{length} is in no span")
+        a, _b, fut = spans[i]
+        return memoryview(fut.result())[start - a : start - a + length]
+
+    def cancel(self) -> None:
+        """Drop fetches not started yet (after a failure)."""
+        for spans in self._spans.values():
+            for _a, _b, fut in spans:
+                fut.cancel()
+
+
+def _merge(wanted: list[tuple[int, int]], gap: int, limit: int) -> list[tuple[int, int]]:
+    """Sorted (start, stop) ranges merged across gaps of at most `gap` bytes into spans of at
+    most `limit` bytes (a single range longer than limit stays one span)."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in wanted:
+        if merged:
+            a, b = merged[-1]
+            # overlapping ranges always merge (spans never overlap); near ones up to the limit
+            if start < b or (start <= b + gap and max(b, stop) - a <= limit):
+                merged[-1] = (a, max(b, stop))
+                continue
+        merged.append((start, stop))
+    return merged
+
+
+def read_chunks(
+    store: Store, cids: Sequence[ObjectId], pool: ThreadPoolExecutor
+) -> dict[ObjectId, bytes]:
+    """The plain bytes of chunks, each verified against its id, their frames fetched as spans
+    on pool's threads. A chunk that cannot be read here (not indexed, missing, damaged) is left
+    out: reading it alone with Store.get then reports it as it always does."""
+    entries = {}
+    for cid in set(cids):
+        with contextlib.suppress(CasnapError):
+            entries[cid] = store.entry(cid)
+    spans = Spans(
+        store.backend,
+        pool,
+        ((pack_key(e.pack), e.offset, e.offset + e.length) for e in entries.values()),
+    )
+    found: dict[ObjectId, bytes] = {}
+    try:
+        for cid, e in entries.items():
+            with contextlib.suppress(CasnapError):
+                found[cid] = store.decode_verified(
+                    cid, e, bytes(spans.get(pack_key(e.pack), e.offset, e.length))
+                )
+    finally:
+        spans.cancel()
+    return found
+
+
+class ListsAhead:
+    """Chunk lists of a remote repository read a batch at a time: when the list of one file of a
+    snapshot is wanted, those of the files after it (up to LISTS_AHEAD bytes of files) are read
+    with it, as spans, rather than one request per list blob later on."""
+
+    def __init__(self) -> None:
+        self._recent: deque[Snapshot] = deque(maxlen=8)  # snapshots loaded last
+        self._read: dict[ObjectId, bytes] = {}
+        self._lock = threading.Lock()
+
+    def noted(self, snap: Snapshot) -> Snapshot:
+        """snap, remembered as one whose files' lists may soon be wanted."""
+        self._recent.append(snap)
+        return snap
+
+    def bodies(
+        self, store: Store, entry: FileEntry, snapshots: Iterable[Snapshot]
+    ) -> Mapping[ObjectId, bytes]:
+        """List blobs read ahead, holding entry's when it belongs to a snapshot loaded lately or
+        to snapshots (else nothing: its blobs are read one by one)."""
+        with self._lock:
+            if all(ObjectId.from_hex(lid) in self._read for lid in entry.lists):
+                return self._read
+            for snap in (*reversed(self._recent), *snapshots):
+                k = next((k for k, e in enumerate(snap.files) if e is entry), None)
+                if k is None:
+                    continue
+                j, size = k, 0
+                while j < len(snap.files) and (j == k or size < LISTS_AHEAD):
+                    size += snap.files[j].size
+                    j += 1
+                ids = [ObjectId.from_hex(lid) for e in snap.files[k:j] for lid in e.lists]
+                with ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch") as pool:
+                    self._read = read_chunks(store, ids, pool)
+                return self._read
+            return {}
