@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
-import io
 import os
 import socket
 import stat
@@ -55,7 +54,7 @@ from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
-from casnap.progress import ByteProgress, ProgressFn
+from casnap.progress import ByteProgress, CountingReader, ProgressFn
 from casnap.repository import Repository
 
 
@@ -116,27 +115,6 @@ class CommitResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class _CountingReader:
-    """A binary stream that reports the bytes read through it (commit progress)."""
-
-    def __init__(self, stream: io.BufferedReader, tick: Callable[[int], None]) -> None:
-        self._stream = stream
-        self._tick = tick
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._tick(len(data))
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        n = self._stream.readinto(buf)
-        self._tick(n or 0)
-        return n
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:
@@ -527,7 +505,7 @@ class Committer:
             chunker = choose_chunker(header, self.repo.config["chunker"], layout)
             stream: BinaryIO = f
             if self._read_tick is not None:
-                stream = cast(BinaryIO, _CountingReader(f, self._read_tick))
+                stream = cast(BinaryIO, CountingReader(f, self._read_tick))
             done = ingest.run(stream, chunker)
             capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
         entry = FileEntry(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,13 +134,13 @@ class Repository:
         if password is None:
             if not backend.put("config", encode_config(cfg)):
                 raise NotARepository(f"{backend.location} already holds a casnap repository")
-            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+            return cls(backend, cfg, tmp_dir or fsutil.system_tmp(), root)
         if backend.exists("config"):
             raise NotARepository(f"{backend.location} already holds a casnap repository")
         master = crypto.MasterKey.generate()
         keyfile = keys.make_key_file(master, keys.read_password(password), now_iso())
         backend.put(keyfile.key, keyfile.encode())
-        repo = cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
+        repo = cls(backend, cfg, tmp_dir or fsutil.system_tmp(), root, Unlocked(keyfile, master))
         if not repo.backend.put("config", encode_config(cfg)):
             backend.delete(keyfile.key)
             raise NotARepository(f"{backend.location} already holds a casnap repository")
@@ -222,11 +221,11 @@ class Repository:
         if cache:  # below the EncryptedBackend Repository puts on top: it keeps sealed bytes
             backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
         if opened is None:
-            return cls(backend, cfg, tmp_dir or _system_tmp(), root)
+            return cls(backend, cfg, tmp_dir or fsutil.system_tmp(), root)
         keyfile, master = opened
         if root is not None and tmp_dir == root / "tmp":
             tmp_dir = fsutil.private_scratch()  # no plaintext scratch file inside the repository
-        return cls(backend, cfg, tmp_dir or _system_tmp(), root, Unlocked(keyfile, master))
+        return cls(backend, cfg, tmp_dir or fsutil.system_tmp(), root, Unlocked(keyfile, master))
 
     @classmethod
     def open_or_init(
@@ -443,7 +442,3 @@ class Repository:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
         delta_bytes = sum(len(b) for b in bodies if chunklist.is_delta(b))
         return refs, deltas, delta_bytes
-
-
-def _system_tmp() -> Path:
-    return Path(tempfile.gettempdir())
