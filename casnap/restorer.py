@@ -22,7 +22,7 @@ from typing import Any
 from casnap import capture, fsutil, inuse, selection, smoke, smoke_report
 from casnap import restored as restored_files
 from casnap.committer import CommitOptions, Committer
-from casnap.constants import SAFETY_TAG, SNIFF_BYTES, STAT_SETTLE_NS
+from casnap.constants import SAFETY_TAG, SNIFF_BYTES
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -242,7 +242,8 @@ class _Checkout:
         self.result.files_written = len(plan)
         self.result.files_unchanged = len(unchanged)
         self.result.files_removed = len(removals)
-        self._record(tree, plan + unchanged)
+        placed = [(i.entry, i.sid.hex()) for i in plan + unchanged]
+        restored_files.record(self.repo.id, self.target, placed)
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -549,22 +550,6 @@ class _Checkout:
                     os.chown(fd, entry.uid, entry.gid)
             finally:
                 os.close(fd)
-
-    def _record(self, tree: Tree, items: list[_Item]) -> None:
-        """Remember the fingerprint of every file now in place (see restored.py), once any later
-        write to one of them must change it: after the settle time of the last rename."""
-        if not items:
-            return
-        time.sleep(STAT_SETTLE_NS / 1e9)
-        now = time.time_ns()
-        files: dict[str, tuple[tuple[int, ...], str]] = {}
-        for item in items:
-            entry = item.entry
-            fp = capture.fingerprint(self.target / entry.path, entry.kind)
-            if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
-                continue
-            files[entry.path] = (fp, item.sid.hex())
-        restored_files.save(self.repo.id, restored_files.Restored(str(self.target), files))
 
 
 # -- helpers ---------------------------------------------------------------------------------------
