@@ -31,6 +31,7 @@ from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
+from casnap.phases import opening
 from casnap.store import Store
 
 ENCRYPTIONS = ("none", "repokey")
@@ -77,6 +78,7 @@ class Repository:
         self.on_unwritable: Callable[[str], None] | None = None
         self._snapshots: dict[ObjectId, Snapshot] | None = None
         self._index_loaded = False
+        self.opened_at: float | None = None  # perf_counter() when opening began (phases.py)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -120,6 +122,7 @@ class Repository:
         return repo
 
     @classmethod
+    @opening
     def init_backend(
         cls,
         backend: Backend,
@@ -171,6 +174,7 @@ class Repository:
         return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
 
     @classmethod
+    @opening
     def _on_s3(
         cls,
         url: S3Url,
@@ -197,6 +201,7 @@ class Repository:
             raise
 
     @classmethod
+    @opening
     def open_backend(
         cls,
         backend: Backend,
