@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from phase_report import LEGEND, median_phases, phase_table, phases_of
 from tools import Measured, ToolError, compare_trees, empty_dir, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,10 +124,12 @@ def tools(bench: Bench, exe: str) -> dict[str, dict[str, Any]]:
     def casnap(repo: str) -> dict[str, Any]:
         return {
             "init": [exe, "--repo", repo, "init", "--encryption", "repokey"],
-            "snapshot": lambda data: [exe, "--repo", repo, "--data", data, "commit", "-q"],
+            "snapshot": lambda data: [
+                *(exe, "--repo", repo, "--data", data, "commit", "-q", "--json")
+            ],
             "restore": lambda data, target: [
                 *(exe, "--repo", repo, "--data", data, "checkout", "latest"),
-                *("--to", target, "--no-safety-snapshot", "-q"),
+                *("--to", target, "--no-safety-snapshot", "-q", "--json"),
             ],
             "cwd": None,
         }
@@ -183,7 +186,14 @@ def main() -> None:
             for name, t in table.items():
                 cwd = data if t["cwd"] == "data" else None
                 m = measure(t["snapshot"](data), bench, cwd)
-                rows[name].append({"step": step, "seconds": m.seconds, "stored": t["stored"]()})
+                rows[name].append(
+                    {
+                        "step": step,
+                        "seconds": m.seconds,
+                        "stored": t["stored"](),
+                        "phases": phases_of(m.stdout),  # casnap's, from commit --json
+                    }
+                )
                 stored = rows[name][-1]["stored"] / MIB
                 print(f"step {step}: {name:<13} {m.seconds:6.2f} s  {stored:8.1f} MiB", flush=True)
         for name, t in table.items():
@@ -200,6 +210,9 @@ def main() -> None:
                 "stored_bytes": rows[name][-1]["stored"],
                 "restore_seconds": m.seconds,
                 "restore_ok": ok,
+                "commit_phases_first": first["phases"],
+                "commit_phases_median_later": median_phases([r["phases"] for r in later]),
+                "restore_phases": phases_of(m.stdout),
             }
             print(
                 f"restore: {name:<13} {m.seconds:6.2f} s  {'ok' if ok else 'MISMATCH'}", flush=True
@@ -240,6 +253,18 @@ def print_table(result: dict[str, Any], out: Callable[[str], None]) -> None:
         )
     for n, c in enumerate(result.get("copy", []), 1):
         out(f"copy {n}: {c['seconds']:.2f} s, {c['sent_bytes'] / MIB:.1f} MiB sent")
+    timed = {n: r for n, r in result.get("tools", {}).items() if r.get("commit_phases_first")}
+    if timed:
+        commits: list[tuple[str, float | None, dict[str, float] | None]] = []
+        for name, r in timed.items():
+            commits.append((f"{name} first", r["first_seconds"], r["commit_phases_first"]))
+            later = (r["median_later_seconds"], r["commit_phases_median_later"])
+            commits.append((f"{name} later (median)", *later))
+        restores = [(n, r["restore_seconds"], r["restore_phases"]) for n, r in timed.items()]
+        out(f"\nwhere casnap's time goes: {LEGEND}\n")
+        out(phase_table("commit", commits))
+        out("")
+        out(phase_table("checkout", restores))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from phase_report import (  # noqa: E402 - the benchmarks' own module, beside this script
+    LEGEND,
+    median_phases,
+    phase_table,
+    phases_of,
+)
 from tools import (  # noqa: E402 - the benchmarks' own module, beside this script
     HELPER_FLAG,
     MIB,
@@ -108,6 +114,11 @@ class Summary:
     error: str | None
     ratio_vs_casnap: float | None = None
     ratio_vs_copy: float | None = None
+    # casnap only: seconds per phase of the first commit, median of the later commits, restores
+    commit_phases_first: dict[str, float] | None = None
+    commit_phases_median: dict[str, float] | None = None
+    restore_phases: dict[str, float] | None = None
+    restore_unchecked_phases: dict[str, float] | None = None
 
 
 class Log:
@@ -245,6 +256,7 @@ def summarize(state: ToolState) -> Summary:
     last = rows[-1] if rows else None
     incr = [r.seconds for r in rows[1:]]
     comparison = state.comparison
+    phases = [(r.details or {}).get("phases") for r in rows]
     return Summary(
         tool=state.tool.name,
         first_bytes=first.stored_total if first else None,
@@ -263,6 +275,12 @@ def summarize(state: ToolState) -> Summary:
         restore_exact=bool(comparison and comparison.exact),
         cache_bytes=state.tool.cache_bytes(),
         error=state.error,
+        commit_phases_first=phases[0] if phases else None,
+        commit_phases_median=median_phases(phases[1:]),
+        restore_phases=phases_of(state.restore.stdout) if state.restore else None,
+        restore_unchecked_phases=(
+            phases_of(state.restore_unchecked.stdout) if state.restore_unchecked else None
+        ),
     )
 
 
@@ -434,6 +452,30 @@ def format_table(summaries: list[dict[str, Any]], floor: int) -> str:
     return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
 
 
+def phase_tables(summaries: list[dict[str, Any]], steps: int, log: Log) -> None:
+    """Where casnap's time went: its first commit, the median of its later commits (per phase)
+    and its restores, phase by phase, as its --json reports gave them."""
+    timed = [s for s in summaries if s.get("commit_phases_first") or s.get("restore_phases")]
+    if not timed:
+        return
+    commits: list[tuple[str, float | None, dict[str, float] | None]] = []
+    restores: list[tuple[str, float | None, dict[str, float] | None]] = []
+    for s in timed:
+        name = s["tool"]
+        commits.append((f"{name} first", s["first_seconds"], s["commit_phases_first"]))
+        later = f"{name} later (median of {steps})"
+        commits.append((later, s["median_incr_seconds"], s["commit_phases_median"]))
+        restores.append((name, s["restore_seconds"], s["restore_phases"]))
+        unchecked = s["restore_unchecked_seconds"]
+        restores.append((f"{name} --no-smoke", unchecked, s["restore_unchecked_phases"]))
+    log()
+    log(f"where casnap's time goes: {LEGEND}")
+    log()
+    log(phase_table("commit", commits))
+    log()
+    log(phase_table("checkout", restores))
+
+
 PLOT_COLORS = {
     "casnap": "tab:red",
     "copy": "tab:gray",
@@ -494,6 +536,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, log: Log) -> None:
     log(f"data size per step (MiB): {sizes}")
     log()
     log(format_table(result["summary"], result["rss_floor"]))
+    phase_tables(result["summary"], result["config"]["steps"], log)
     for s in result["summary"]:
         if s["error"]:
             log(f"{s['tool']}: {s['error'][:TAIL_CHARS]}")

@@ -440,7 +440,8 @@ class BorgFineTool(BorgTool):
 
 
 class CasnapTool(Tool):
-    """casnap itself: ``commit --json`` and ``checkout``."""
+    """casnap itself: ``commit --json`` and ``checkout --json`` (their reports carry the seconds
+    of each phase, see phase_report.py)."""
 
     name = "casnap"
     binaries = ("casnap",)
@@ -471,7 +472,7 @@ class CasnapTool(Tool):
 
     def restore(self, data: Path, step: int, target: Path, ref: str = "latest") -> Measured:
         argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", ref]
-        return run([*argv, "--to", target, "--no-safety-snapshot"], env=self.env())
+        return run([*argv, "--to", target, "--no-safety-snapshot", "--json"], env=self.env())
 
     def listing(self, data: Path, ref: str) -> list[dict[str, Any]]:
         """`ls --json` of a snapshot: its entries."""
@@ -500,14 +501,23 @@ class CasnapTool(Tool):
         """The restore without casnap's smoke checks (every hash is still verified): what
         restic and borg do, which check nothing."""
         argv = [self.exe, "--repo", self.repo, "--data", data, "checkout", "latest"]
-        return run([*argv, "--to", target, "--no-safety-snapshot", "--no-smoke"], env=self.env())
+        extra = ["--no-safety-snapshot", "--no-smoke", "--json"]
+        return run([*argv, "--to", target, *extra], env=self.env())
 
     def details(self, measured: Measured) -> dict[str, Any] | None:
         try:
             report = json.loads(measured.stdout)
         except json.JSONDecodeError:
             return {"unparsed_stdout": measured.stdout[-TAIL_CHARS:]}
-        keys = ("id", "files_new", "files_changed", "files_unchanged", "bytes_read", "bytes_added")
+        keys = (
+            "id",
+            "files_new",
+            "files_changed",
+            "files_unchanged",
+            "bytes_read",
+            "bytes_added",
+            "phases",
+        )
         return {k: report[k] for k in keys if k in report}
 
 

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
-import io
 import os
 import socket
 import stat
@@ -55,7 +54,8 @@ from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
-from casnap.progress import ByteProgress, ProgressFn
+from casnap.phases import COMMIT_PHASES, Phases
+from casnap.progress import ByteProgress, CountingReader, ProgressFn
 from casnap.repository import Repository
 
 
@@ -113,30 +113,10 @@ class CommitResult:
     damage: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
     skipped: list[str] = field(default_factory=list)  # left out: could not be read
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, and "wall"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class _CountingReader:
-    """A binary stream that reports the bytes read through it (commit progress)."""
-
-    def __init__(self, stream: io.BufferedReader, tick: Callable[[int], None]) -> None:
-        self._stream = stream
-        self._tick = tick
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._tick(len(data))
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        n = self._stream.readinto(buf)
-        self._tick(n or 0)
-        return n
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:
@@ -203,14 +183,17 @@ def commit(
         source=str(Path(source).resolve()) if source is not None else None,
     )
     committer = Committer(repo, options, progress)
+    phases = committer.phases = Phases.begin(repo)  # counts the opening of a fresh repo
     try:
         with repo.lock("commit"):
             if not repo.backend.exists("config"):  # taken back by a failed first commit
                 raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
             repo.refresh(only_if_changed=True)
+            phases.since("open", phases.start)
             result = committer.run(Path(data_dir), paths)
             repo.created = None  # in use now: never taken back
-            return result
+        result.phases = phases.report(COMMIT_PHASES)
+        return result
     except BaseException:
         # without the lock: the packs it wrote and never indexed, the repository it created
         rollback.after_failed_commit(
@@ -231,6 +214,7 @@ class Committer:
         self, repo: Repository, options: CommitOptions, progress: ProgressFn | None = None
     ) -> None:
         self.repo = repo
+        self.phases = Phases()  # where the time goes (phases.py)
         self.opts = options
         self.progress = progress
         self.levels = _Levels.of(repo.config)
@@ -301,12 +285,13 @@ class Committer:
         restored = self._restored(source_dir) if opts.source is None else {}
         if parent_id is not None and parent_id.hex() in self.tainted:
             parent_files = {}  # read every file again: what it named may be gone
-        writer = PackWriter(self.repo.store)
+        writer = PackWriter(self.repo.store, phases=self.phases)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
         sizes = [capture.estimated_size(src) for src in sources]
         bar = ByteProgress(sum(sizes), self.progress)
         self._read_tick = bar.add if self.progress is not None else None
+        self.phases.since("scan", t0)
         try:
             with contextlib.ExitStack() as stack:
                 stack.callback(setattr, self, "_read_tick", None)
@@ -359,6 +344,7 @@ class Committer:
             self.unindexed = writer.abort()
             self.written_index = writer.index_key  # when the failure came after it was written
             raise
+        manifest_start = time.perf_counter()
         result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
         result.skipped = sorted(unreadable)
         user = _user()
@@ -402,6 +388,7 @@ class Committer:
         result.id = sid.hex()
         result.bytes_added = added + len(blob)
         result.logical_bytes = snap.logical_bytes
+        self.phases.since("manifest", manifest_start)
         result.seconds = time.perf_counter() - t0
         return result
 
@@ -466,16 +453,18 @@ class Committer:
         """Read one file consistently into the store; returns its entry and bytes read."""
         read_total = 0
         for _attempt in range(max(1, SOURCE_RETRIES)):
-            before, settled = capture.settled_fingerprint(src.abspath, src.kind)
+            with self.phases.timed("capture"):  # a file written just now is waited for
+                before, settled = capture.settled_fingerprint(src.abspath, src.kind)
             if before is None:
                 raise SourceError(f"{src.abspath} vanished while committing")
             try:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     try:
-                        with capture.sqlite_image(
+                        image_of = capture.sqlite_image(
                             src.abspath, self.repo.tmp_dir, self.repo.notify
-                        ) as image:
+                        )
+                        with self.phases.entered("capture", image_of) as image:
                             entry, n = self._ingest_path(src, image, st, writer, pool, old)
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
@@ -507,7 +496,8 @@ class Committer:
         pool: ThreadPoolExecutor,
         old: FileEntry | None,
     ) -> tuple[FileEntry, int]:
-        self.repo.ensure_index()
+        with self.phases.timed("index"):
+            self.repo.ensure_index()
         ingest = pipeline.Ingest(
             self.repo.store,
             writer,
@@ -517,6 +507,7 @@ class Committer:
             float_level=self.levels.floats,
             frame_target=self.levels.frame_target,
             group_floats=self.levels.group_floats,
+            phases=self.phases,
         )
         # a data-dir file is opened without following a link swapped in since the scan
         fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
@@ -527,7 +518,7 @@ class Committer:
             chunker = choose_chunker(header, self.repo.config["chunker"], layout)
             stream: BinaryIO = f
             if self._read_tick is not None:
-                stream = cast(BinaryIO, _CountingReader(f, self._read_tick))
+                stream = cast(BinaryIO, CountingReader(f, self._read_tick))
             done = ingest.run(stream, chunker)
             capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
         entry = FileEntry(
@@ -548,7 +539,8 @@ class Committer:
     def _store_list(
         self, refs: bytes, old: FileEntry | None, writer: PackWriter
     ) -> tuple[str, ...]:
-        return store_list(self.repo, refs, old, writer, self.levels.zstd)
+        with self.phases.timed("manifest"):  # chunk lists are written with the manifest
+            return store_list(self.repo, refs, old, writer, self.levels.zstd)
 
 
 def store_list(

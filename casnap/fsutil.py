@@ -193,6 +193,11 @@ def cache_dir() -> Path:
     return Path(base) / "casnap"
 
 
+def system_tmp() -> Path:
+    """The system's temp dir (`$TMPDIR`, else /tmp)."""
+    return Path(tempfile.gettempdir())
+
+
 def private_scratch() -> Path:
     """This user's scratch folder outside every repository, `$TMPDIR/casnap-<uid>` (0700): an
     encrypted repository keeps no plaintext database image inside itself, even for a moment."""

@@ -6,6 +6,7 @@ references them: a crash leaves unreferenced data, never a reference to missing 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +25,7 @@ from casnap.packs import (
     pack_key,
     seal_pack,
 )
+from casnap.phases import Phases
 from casnap.store import Store
 
 # Packs queued for writing at once: bounds memory to about (1 + this) x pack_target. A remote
@@ -49,11 +51,18 @@ class PackWriter:
 
     `put` stores a finished pack under its key and says whether it made the object (False: the
     same pack was stored already); by default Store.put_verified. gc's dry run passes one that
-    stores nothing, to learn the exact packs a repack would write.
+    stores nothing, to learn the exact packs a repack would write. The writing thread's time
+    goes to the `write` phase of phases, the index file's to `index`.
     """
 
-    def __init__(self, store: Store, put: Callable[[str, memoryview], bool] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        put: Callable[[str, memoryview], bool] | None = None,
+        phases: Phases | None = None,
+    ) -> None:
         self.store = store
+        self.phases = phases or Phases()
         self._put = put if put is not None else store.put_verified
         self.pending: set[bytes] = set()  # ids in the open pack and in packs being written
         self.written = IdSet()  # ids in this writer's durable packs (compact: 40 bytes each)
@@ -142,11 +151,13 @@ class PackWriter:
         self._inflight.append(self._io.submit(self._write_pack, p))
 
     def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
+        start = time.perf_counter()
         records = bytes(p.records)
         data = p.data
         seal_pack(data, records)
         pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
+        self.phases.since("write", start)
         p.data = bytearray()
         return pack, records, len(data), made
 
@@ -218,6 +229,7 @@ class PackWriter:
         self.flush()
         self._drain()
         if self._done:
+            start = time.perf_counter()
             packs, ids, fields = self.new_entries()
             blob = encode_index(packs, ids, fields)
             key = self.index_key = index_key(self.store.ids(blob))  # known to a rollback at once
@@ -225,6 +237,7 @@ class PackWriter:
             self.index_bytes = len(blob)
             self._unindexed = []
             self.store.index.add([(packs, ids, fields)])
+            self.phases.since("index", start)
             self.store.index_files.append(key)
             self._done = []
         return self.bytes_added + self.index_bytes

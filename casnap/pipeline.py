@@ -15,6 +15,7 @@ the file is put in place (a mismatch is traced to the damaged chunk).
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
 from casnap.packwriter import PackWriter
+from casnap.phases import Phases
 from casnap.spans import Spans
 from casnap.store import Store
 
@@ -103,7 +105,9 @@ class Ingest:
         frame_target: int,
         group_floats: bool,
         read_block: int = READ_BLOCK,
+        phases: Phases | None = None,
     ) -> None:
+        self.phases = phases or Phases()  # chunk (reading, cutting, hashing), compress
         self.store = store
         self.writer = writer
         self.pool = pool
@@ -121,8 +125,9 @@ class Ingest:
         inflight: deque[Future[_Encoded]] = deque()
         size = 0
         try:
-            for block in chunker.blocks(stream, self.read_block):
-                hasher.update(block.data)
+            for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
+                with self.phases.timed("chunk"):
+                    hasher.update(block.data)
                 size += len(block.data)
                 inflight.append(self.pool.submit(self._encode, block))
                 while len(inflight) > self.workers:
@@ -146,6 +151,7 @@ class Ingest:
 
     def _encode(self, block: Block) -> _Encoded:
         """Worker: hash every piece of a block, frame and compress the new ones."""
+        start = time.perf_counter()
         data = block.data
         lengths = block.lengths
         kinds = block.kinds
@@ -160,6 +166,7 @@ class Ingest:
         rec["id"] = idm
         rec["length"] = lengths
         stored = self.writer.known_many(ids)
+        hashed = self.phases.since("chunk", start)
         local: set[bytes] = set()
         frames: list[_Frame] = []
         members: list[tuple[bytes, int, int]] = []
@@ -185,6 +192,7 @@ class Ingest:
             fbytes += n
         if members:
             frames.append(self._frame(data, members, spans, fbytes, fkind))
+        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
         return _Encoded(rec.tobytes(), frames)
 
     def _frame(
@@ -357,9 +365,10 @@ def _with_spans(store: Store, batch: list[_Task], fetcher: ThreadPoolExecutor) -
 
 
 def _frames(
-    store: Store, read: _Read, spans: Spans | None
+    store: Store, read: _Read, spans: Spans | None, timer: Phases
 ) -> Iterator[tuple[compression.Frame, list[tuple[int, int]]]]:
-    """The decoded frames of one read with the (start, length) ranges wanted from each."""
+    """The decoded frames of one read with the (start, length) ranges wanted from each; the
+    backend reads' time (or the wait for the span holding them) goes to timer's `read`."""
     pack = store.index.packs[read.pack]
     key = pack_key(pack)
     raw: bytes | memoryview | None = None
@@ -367,12 +376,15 @@ def _frames(
         frame = store.cached_frame(pack, o)
         if frame is None:
             if spans is not None:
-                encoded: bytes | memoryview = spans.get(key, o, ln)
+                with timer.timed("read"):
+                    encoded: bytes | memoryview = spans.get(key, o, ln)
             elif len(read.frames) == 1:
-                encoded = store.backend.get(key, o, ln)
+                with timer.timed("read"):
+                    encoded = store.backend.get(key, o, ln)
             else:
                 if raw is None:
-                    raw = memoryview(store.backend.get(key, read.start, read.stop - read.start))
+                    with timer.timed("read"):
+                        raw = memoryview(store.backend.get(key, read.start, read.stop - read.start))
                 encoded = raw[o - read.start : o - read.start + ln]
             try:
                 frame = compression.decode_frame(encoded, fp)
@@ -394,7 +406,7 @@ def find_damaged(store: Store, refs: bytes) -> None:
 _Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
 
 
-def fetch_many(store: Store, task: _Task) -> list[_Piece]:
+def fetch_many(store: Store, task: _Task, timer: Phases | None = None) -> list[_Piece]:
     """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
     thread makes one large write and hash update (which release the GIL) per task; runs of
     zeros come back as their length, to become holes in the file.
@@ -405,11 +417,12 @@ def fetch_many(store: Store, task: _Task) -> list[_Piece]:
     (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large runs does not); a
     mismatch is then traced to its chunk by find_damaged.
     """
+    timer = timer or Phases()
     reads = task.reads
     out: np.ndarray | None = None
     pos = 0
     for read in reads:
-        for frame, ranges in _frames(store, read, task.spans):
+        for frame, ranges in _frames(store, read, task.spans, timer):
             if out is None:
                 if (
                     len(ranges) == len(reads) == len(read.frames) == 1
@@ -423,6 +436,18 @@ def fetch_many(store: Store, task: _Task) -> list[_Piece]:
                 frame.into(start, out[pos : pos + n])
                 pos += n
     return _zero_runs(out, task.offset) if out is not None else []
+
+
+def _fetch_timed(store: Store, task: _Task, phases: Phases) -> list[_Piece]:
+    """Worker: fetch_many, its backend reads' seconds added to phases' `read` and the rest of
+    its seconds (decoding, copying, finding holes) to `decode`."""
+    timer = Phases()
+    start = time.perf_counter()
+    pieces = fetch_many(store, task, timer)
+    read = timer.seconds("read")
+    phases.add("read", read)
+    phases.add("decode", time.perf_counter() - start - read)
+    return pieces
 
 
 def _zero_runs(buf: np.ndarray, offset: int) -> list[_Piece]:
@@ -476,13 +501,16 @@ def restore(
     pool: ThreadPoolExecutor,
     window: int,
     tick: Callable[[int], None] | None = None,
+    phases: Phases | None = None,
 ) -> tuple[int, ObjectId]:
     """Write the chunks of refs to out in order; (bytes written, BLAKE3 of what was written).
 
     Runs of zeros are skipped with a seek (holes, where the filesystem has them) and the file is
     truncated to its full size at the end; the hash still covers every byte. out must be a fresh
     seekable file. tick, when given, is called with the size of every piece written (progress).
+    The time of each step goes to phases: plan, read, decode, verify (hashing) and write.
     """
+    phases = phases or Phases()
     hasher = Hasher()
     size = 0
     holes = False
@@ -496,13 +524,16 @@ def restore(
             if isinstance(piece, int):
                 out.seek(piece, os.SEEK_CUR)
                 holes = True
-                for k in range(0, piece, len(_ZEROS)):
-                    hasher.update(_ZEROS[: min(len(_ZEROS), piece - k)])
+                with phases.timed("verify"):
+                    for k in range(0, piece, len(_ZEROS)):
+                        hasher.update(_ZEROS[: min(len(_ZEROS), piece - k)])
                 done += piece
             else:
                 view = piece if isinstance(piece, memoryview) else piece.data
-                out.write(view)
-                hasher.update(view)
+                with phases.timed("write"):
+                    out.write(view)
+                with phases.timed("verify"):
+                    hasher.update(view)
                 done += len(view)
         if tick is not None:
             tick(done)
@@ -514,8 +545,8 @@ def restore(
         fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
         tasks = _spans_ahead(store, tasks, fetcher)
     try:
-        for task in tasks:
-            inflight.append(pool.submit(fetch_many, store, task))
+        for task in phases.iterate("plan", tasks):
+            inflight.append(pool.submit(_fetch_timed, store, task, phases))
             if len(inflight) >= window:
                 size += write(inflight.popleft().result())
         while inflight:

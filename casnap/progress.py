@@ -6,7 +6,9 @@ then non-decreasing counts, last (total, total). The CLI turns it into a progres
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from typing import Any
 
 ProgressFn = Callable[[int, int], None]
 
@@ -47,3 +49,24 @@ class ByteProgress:
         if self.callback is not None and self._reported != self.total:
             self.done = self._reported = self.total
             self.callback(self.total, self.total)
+
+
+class CountingReader:
+    """A binary stream that reports the bytes read through it (commit progress)."""
+
+    def __init__(self, stream: io.BufferedReader, tick: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._tick = tick
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._tick(len(data))
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        n = self._stream.readinto(buf)
+        self._tick(n or 0)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from casnap.keys import PasswordSource
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.opening import confirm, read_config
+from casnap.phases import opening
 from casnap.spans import ListsAhead
 from casnap.store import Store
 
@@ -74,7 +74,7 @@ class Repository:
         self.root = root  # the repository's directory, for a local repository
         self.config = config
         # scratch space: database images, verify --smoke restores
-        self.tmp_dir = tmp_dir or Path(tempfile.gettempdir())
+        self.tmp_dir = tmp_dir or fsutil.system_tmp()
         self.store = Store(backend, int(config["pack_target"]), self.ids)
         self._ahead = ListsAhead()  # chunk lists read ahead from a remote backend
         self._sizes: dict[str, int] | None = None  # manifest sizes, from the last listing
@@ -88,6 +88,7 @@ class Repository:
         self.on_unwritable: Callable[[str], None] | None = None
         self._snapshots: dict[ObjectId, Snapshot] | None = None
         self._index_loaded = False
+        self.opened_at: float | None = None  # perf_counter() when opening began (phases.py)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Repository:
         return repo
 
     @classmethod
+    @opening
     def init_backend(
         cls,
         backend: Backend,
@@ -182,6 +184,7 @@ class Repository:
         return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
 
     @classmethod
+    @opening
     def _on_s3(
         cls,
         url: S3Url,
@@ -210,6 +213,7 @@ class Repository:
             raise
 
     @classmethod
+    @opening
     def open_backend(
         cls,
         backend: Backend,

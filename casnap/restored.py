@@ -15,11 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from casnap import capture
+from casnap.constants import STAT_SETTLE_NS
 from casnap.fsutil import cache_dir, temp_name
 from casnap.ids import hash_bytes
+from casnap.manifest import FileEntry
 
 
 def _path(repo_id: str, source: str) -> Path:
@@ -57,6 +62,23 @@ def save(repo_id: str, record: Restored) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+
+
+def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) -> None:
+    """Save the fingerprint of every file a checkout put in place in target (its entry, and the
+    id of the snapshot holding it), once any later write to one of them must change it: after
+    the settle time of the last rename. A file whose fingerprint is too fresh is left out."""
+    if not placed:
+        return
+    time.sleep(STAT_SETTLE_NS / 1e9)
+    now = time.time_ns()
+    files: dict[str, tuple[tuple[int, ...], str]] = {}
+    for entry, sid in placed:
+        fp = capture.fingerprint(target / entry.path, entry.kind)
+        if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
+            continue
+        files[entry.path] = (fp, sid)
+    save(repo_id, Restored(str(target), files))
 
 
 def load(repo_id: str, source: str) -> Restored | None:

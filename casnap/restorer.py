@@ -22,7 +22,7 @@ from typing import Any
 from casnap import capture, fsutil, inuse, selection, smoke, smoke_report
 from casnap import restored as restored_files
 from casnap.committer import CommitOptions, Committer
-from casnap.constants import SAFETY_TAG, SNIFF_BYTES, STAT_SETTLE_NS
+from casnap.constants import SAFETY_TAG, SNIFF_BYTES
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -38,6 +38,7 @@ from casnap.fsdir import Dir, Tree, resolve_trusted, split
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
+from casnap.phases import CHECKOUT_PHASES, Phases
 from casnap.progress import ProgressFn
 from casnap.repository import Repository
 from casnap.staging import (
@@ -79,6 +80,7 @@ class CheckoutResult:
     smoke: dict[str, Any] | None = None  # the smoke report ({"ok", "checks"}); None when skipped
     sources: list[dict[str, Any]] = field(default_factory=list)  # snapshot, paths, files
     warnings: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, and "wall"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -115,6 +117,7 @@ def checkout(
     options = CheckoutOptions(
         safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
     )
+    phases = Phases.begin(repo)  # counts the opening of a fresh repo
     with repo.lock("checkout"):
         repo.refresh(only_if_changed=True)
         sid = repo.resolve(ref)
@@ -124,7 +127,10 @@ def checkout(
             if all_paths
             else [(sid, snap)]
         )
-        return restore(repo, sources, Path(target), paths, options, progress)
+        phases.since("open", phases.start)
+        result = restore(repo, sources, Path(target), paths, options, progress, phases)
+    result.phases = phases.report(CHECKOUT_PHASES)
+    return result
 
 
 def restore(
@@ -134,11 +140,14 @@ def restore(
     paths: Sequence[str] = (),
     options: CheckoutOptions | None = None,
     progress: ProgressFn | None = None,
+    phases: Phases | None = None,
 ) -> CheckoutResult:
     """Restore the selection of sources (usually one snapshot) into target; the caller holds
-    the repository lock. With paths, only those files (no removals)."""
+    the repository lock. With paths, only those files (no removals). The time of each step goes
+    to phases (CHECKOUT_PHASES but `open`)."""
     chosen = selection.Selection.of(sources)
-    return _Checkout(repo, chosen, target, paths, options or CheckoutOptions(), progress).run()
+    run = _Checkout(repo, chosen, target, paths, options or CheckoutOptions(), progress, phases)
+    return run.run()
 
 
 class _Checkout:
@@ -152,7 +161,10 @@ class _Checkout:
         paths: Sequence[str],
         options: CheckoutOptions,
         progress: ProgressFn | None,
+        phases: Phases | None = None,
     ) -> None:
+        self.phases = phases or Phases()
+        self.began = time.perf_counter()  # planning starts
         self.repo = repo
         self.sel = chosen
         self.paths = tuple(paths)
@@ -216,11 +228,13 @@ class _Checkout:
                     allow_empty=True,
                 )
                 try:
-                    saved = Committer(self.repo, safety).run(self.target, ())
+                    with self.phases.timed("save"):
+                        saved = Committer(self.repo, safety).run(self.target, ())
                 except (AccessDenied, StorageFull) as exc:
                     exc.add_note("safety-snapshot")  # the CLI names the option that skips it
                     raise
                 self.result.safety_snapshot = saved.id
+            swap_start = time.perf_counter()
             touched = self._swap(tree, stage, plan)
         for item in unchanged:
             self._restore_attrs(tree, item.entry)
@@ -242,7 +256,9 @@ class _Checkout:
         self.result.files_written = len(plan)
         self.result.files_unchanged = len(unchanged)
         self.result.files_removed = len(removals)
-        self._record(tree, plan + unchanged)
+        placed = [(i.entry, i.sid.hex()) for i in plan + unchanged]
+        restored_files.record(self.repo.id, self.target, placed)
+        self.phases.since("swap", swap_start)
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -443,15 +459,19 @@ class _Checkout:
         staged += [
             u for u in unchanged if opts.smoke_cmd or (opts.smoke and u.entry.kind == "sqlite")
         ]
+        smoke_start = self.phases.since("plan", self.began)
         with smoke.SmokeSession(
             databases=[i.entry.path for i in wanted if i.entry.kind == "sqlite"],
             builtin=opts.smoke,
             expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in staged),
         ) as checks:
-            before = stage_files(self.repo, stage, [i.entry for i in staged], checks, self.progress)
+            self.phases.since("smoke" if opts.smoke else "plan", smoke_start)  # FAISS probe child
+            entries = [i.entry for i in staged]
+            before = stage_files(self.repo, stage, entries, checks, self.progress, self.phases)
             self.result.bytes_written = sum(i.entry.size for i in plan)
             if opts.smoke or opts.smoke_cmd:
-                report = self._smoke(stage, wanted, staged, unchanged, removals, checks, before)
+                with self.phases.timed("smoke"):
+                    report = self._smoke(stage, wanted, staged, unchanged, removals, checks, before)
                 report.raise_if_failed(f"nothing restored, {self.shown_target} untouched")
                 self.result.smoke = report.to_json()
 
@@ -549,22 +569,6 @@ class _Checkout:
                     os.chown(fd, entry.uid, entry.gid)
             finally:
                 os.close(fd)
-
-    def _record(self, tree: Tree, items: list[_Item]) -> None:
-        """Remember the fingerprint of every file now in place (see restored.py), once any later
-        write to one of them must change it: after the settle time of the last rename."""
-        if not items:
-            return
-        time.sleep(STAT_SETTLE_NS / 1e9)
-        now = time.time_ns()
-        files: dict[str, tuple[tuple[int, ...], str]] = {}
-        for item in items:
-            entry = item.entry
-            fp = capture.fingerprint(self.target / entry.path, entry.kind)
-            if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
-                continue
-            files[entry.path] = (fp, item.sid.hex())
-        restored_files.save(self.repo.id, restored_files.Restored(str(self.target), files))
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from casnap.fsdir import Dir, remove_tree
 from casnap.fsutil import STAGE_PREFIX
 from casnap.ids import IdHasher
 from casnap.manifest import FileEntry
+from casnap.phases import Phases
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
 from casnap.smoke_cmd import run_command
@@ -87,11 +88,14 @@ def stage_files(
     entries: Sequence[FileEntry],
     checks: smoke.SmokeSession,
     progress: ProgressFn | None = None,
+    phases: Phases | None = None,
 ) -> dict[str, Fingerprint]:
     """Restore entries into the stage, each verified against its BLAKE3 and fsynced (on a
     thread, while the next is written), owners restored as root, hard links linked to their
     file staged before them; each file's smoke checks start as soon as it is staged. Returns
-    the fingerprint of every staged file (a smoke command must not change one)."""
+    the fingerprint of every staged file (a smoke command must not change one). The time of
+    each step goes to phases (see pipeline.restore; fsyncs to `write`)."""
+    phases = phases or Phases()
     repo.ensure_index()
     ordered = sorted(entries, key=lambda e: (e.link is not None, e.path))
     bar = ByteProgress(sum(e.size for e in ordered), progress)
@@ -117,13 +121,13 @@ def stage_files(
                 for name in group:  # a new link changes the ctime every name shows
                     before[name] = fingerprint(dest)
             else:
-                write_verified(repo, entry, dest, pool, bar.add)
+                write_verified(repo, entry, dest, pool, bar.add, phases)
                 if as_root and entry.uid is not None and entry.gid is not None:
                     try:
                         os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
                     except OSError as exc:
                         raise from_oserror(exc, f"setting the owner of {dest}") from exc
-                synced.append(syncer.submit(fsutil.fsync_file, dest))
+                synced.append(syncer.submit(phases.timing("write", fsutil.fsync_file), dest))
             before[entry.path] = fingerprint(dest)
             checks.staged(entry.path, dest)
         for fut in synced:
@@ -138,14 +142,18 @@ def write_verified(
     dest: Path,
     pool: ThreadPoolExecutor,
     tick: Callable[[int], None] | None = None,
+    phases: Phases | None = None,
 ) -> int:
     """Write a file's chunks to dest (new; not fsynced: callers that keep it do), its BLAKE3
-    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set."""
-    refs = repo.file_refs(entry)
+    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set;
+    reading its chunk list counts as `plan` in phases."""
+    phases = phases or Phases()
+    with phases.timed("plan"):
+        refs = repo.file_refs(entry)
     try:
         with open(dest, "xb") as f:
             window = 2 * workers(repo) + 2
-            size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick)
+            size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick, phases)
         if size != entry.size or whole.hex() != entry.hash:
             pipeline.find_damaged(repo.store, refs)
     except OSError as exc:
