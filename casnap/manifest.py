@@ -13,9 +13,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import zstandard
-
-from casnap.compression import decompress_object
 from casnap.errors import HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
@@ -185,10 +182,14 @@ class Snapshot:
 
 
 def compress_manifest(raw: bytes) -> bytes:
+    import zstandard  # here: a command that never writes a manifest does without it
+
     return zstandard.ZstdCompressor(level=9).compress(raw)
 
 
 def decompress_manifest(blob: bytes, name: str) -> bytes:
+    from casnap.compression import decompress_object
+
     return decompress_object(blob, f"{name}: corrupt manifest", limit=1 << 30)
 
 

@@ -8,11 +8,12 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, rollback, selection
 from casnap.backends.base import Backend
@@ -20,6 +21,7 @@ from casnap.backends.cached import CachingBackend, cache_dir_for
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
+from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     IntegrityError,
     InvalidArgument,
@@ -29,21 +31,12 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
-from casnap.keys import PasswordSource
+from casnap.keys import PasswordSource, Unlocked
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
-from casnap.store import Store
 
-ENCRYPTIONS = ("none", "repokey")
-
-
-class Unlocked:
-    """What opening an encrypted repository yields: the key file the password opened and the
-    master key it sealed."""
-
-    def __init__(self, keyfile: keys.KeyFile, master: crypto.MasterKey) -> None:
-        self.keyfile = keyfile
-        self.master = master
+if TYPE_CHECKING:
+    from casnap.store import Store
 
 
 class Repository:
@@ -68,7 +61,6 @@ class Repository:
         self.root = root  # the repository's directory, for a local repository
         self.config = config
         self.tmp_dir = tmp_dir  # scratch space: database images, verify --smoke restores
-        self.store = Store(backend, int(config["pack_target"]), self.ids)
         # told about waits (a locked database, a lock another process holds); None: silent
         self.notify: Callable[[str], None] | None = None
         self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
@@ -80,6 +72,14 @@ class Repository:
         self._index_loaded = False
 
     # -- opening -------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The chunk store, made on first use: a command that reads no chunk (log) does without
+        the index code (numpy)."""
+        from casnap.store import Store
+
+        return Store(self.backend, int(self.config["pack_target"]), self.ids)
 
     @property
     def encrypted(self) -> bool:
