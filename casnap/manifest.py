@@ -259,6 +259,11 @@ def _origin(raw: Any) -> tuple[str, str] | None:
     return repository, _hex(raw["snapshot"])
 
 
+# every entry names a few ids: checked as a set, in C (a generator over the characters took most
+# of the time a commit spends reading the snapshot list)
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def _str(x: Any) -> str:
     if not isinstance(x, str):
         raise TypeError(f"expected a string, got {type(x).__name__}")
@@ -273,6 +278,6 @@ def _int(x: Any) -> int:
 
 def _hex(x: Any) -> str:
     s = _str(x)
-    if len(s) != 2 * ID_SIZE or any(c not in "0123456789abcdef" for c in s):
+    if len(s) != 2 * ID_SIZE or not _HEX_DIGITS.issuperset(s):
         raise ValueError(f"not an object id: {s[:80]!r}")
     return s

@@ -1,13 +1,17 @@
-"""What starting a command loads: `import casnap`, `--help` and `log` of a local plain repository
-import none of the libraries they do not use (numpy and FAISS, the crypto and S3 libraries;
-zstandard too, but for `log`, which decompresses the manifests). Each runs the real command line
-in a child process and reads its sys.modules."""
+"""What starting a command loads: `import casnap`, `--help`, `log` of a local plain repository and
+a commit that finds nothing changed import none of the libraries they do not use (numpy and
+FAISS, the crypto and S3 libraries; zstandard too, but for `log`, which decompresses the
+manifests). Each runs the real command line in a child process and reads its sys.modules."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from casnap.committer import commit
@@ -64,3 +68,29 @@ def test_log_of_a_local_plain_repository_loads_no_heavy_library(tmp_path: Path) 
     proc, loaded = run_cli(tmp_path, "--repo", str(tmp_path / "repo"), "log")
     assert proc.returncode == 0 and sid[:8] in proc.stdout and "first" in proc.stdout
     assert (HEAVY - {"zstandard"}) & loaded == set()  # manifests are stored zstd-compressed
+
+
+def test_a_commit_that_finds_nothing_changed_loads_no_heavy_library(
+    app: Path, tmp_path: Path
+) -> None:
+    """The data dir of the fixture (a database, FAISS indexes with sidecars) and a WAL database
+    an application holds open: every entry comes from the parent snapshot, so neither the
+    index nor the data path (numpy) is loaded. zstandard writes the manifest."""
+    with contextlib.closing(sqlite3.connect(app / "live.db", isolation_level=None)) as live:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("CREATE TABLE t(x)")
+        live.execute("INSERT INTO t VALUES (1)")
+        past = time.time() - 60
+        for p in app.rglob("*"):
+            os.utime(p, (past, past))
+        repo_dir = tmp_path / "repo"
+        first = commit(Repository.init(repo_dir), app)
+        assert first.files_new == 8
+        proc, loaded = run_cli(
+            tmp_path, "--repo", str(repo_dir), "--data", str(app), "commit", "--json"
+        )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["files_unchanged"], result["bytes_read"]) == (8, 0)
+    assert result["id"] != first.id  # a new snapshot all the same, as always
+    assert (HEAVY - {"zstandard"}) & loaded == set()
