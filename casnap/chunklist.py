@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported where deltas are encoded: reading a list needs none
     import numpy as np
 
 REF = struct.Struct("<32sI")

@@ -57,7 +57,7 @@ from casnap.paths import commit_paths
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # made for the first file read (_storing)
     from concurrent.futures import ThreadPoolExecutor
 
     from casnap.packwriter import PackWriter

@@ -16,7 +16,7 @@ import zstandard
 from casnap.constants import MAX_FRAME_SIZE, MIN_COMPRESSION_GAIN, ZSTD_LEVEL
 from casnap.errors import IntegrityError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported by the byte-grouping functions: a manifest needs none
     import numpy as np
 
 RAW = 0

@@ -24,7 +24,7 @@ import blake3
 
 from casnap.errors import IntegrityError, UnsupportedFormat
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # cryptography is imported where objects are sealed or opened
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"casnapE"  # 7 bytes; then the scheme byte

@@ -35,7 +35,7 @@ from casnap.keys import PasswordSource, Unlocked
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the store (numpy) is made on first use
     from casnap.store import Store
 
 

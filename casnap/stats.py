@@ -16,7 +16,7 @@ from casnap.manifest import Snapshot
 from casnap.repository import Repository
 from casnap.selection import SnapshotFilter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # reachability (numpy) is imported by the statistics, not by log
     from casnap.reachability import Reach
 
 

@@ -38,7 +38,7 @@ from casnap.formats.faiss import (
     parse_index,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy's cutter is imported once an array is cut, not to check a config
     from casnap.chunking.elements import ElementCutter
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from casnap.formats import Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported where labels are compared: finding a store needs none
     import numpy as np
 
 DATABASE = "chroma.sqlite3"

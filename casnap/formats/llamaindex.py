@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from casnap.formats import Finding, StoreLayout
 from casnap.formats.faiss import IDMAP_FOURCCS, FaissHeader, read_faiss_header
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported where ids are compared: finding a store needs none
     import numpy as np
 
 DOCSTORE = "docstore.json"
