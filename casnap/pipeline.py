@@ -52,7 +52,7 @@ TASK_BYTES = 1024 * 1024
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
 # Output bytes of the tasks whose reads are fetched as spans at once, on a remote backend: the
-# compressed bytes of about two such stretches are in memory (one written, one fetched ahead).
+# compressed bytes of two or three such stretches are in memory (written, fetched ahead).
 SPAN_WINDOW = 32 * 1024 * 1024
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
@@ -341,15 +341,19 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:
 
 def spans_ahead(store: Store, tasks: Iterator[Task], fetcher: ThreadPoolExecutor) -> Iterator[Task]:
     """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
-    ahead (when the first task of a stretch is asked for, the whole stretch starts fetching)."""
+    ahead: a stretch starts fetching before the first task of the stretch before it is handed
+    out, so the requests of one overlap the decoding and writing of the other."""
+    started: list[Task] = []
     batch: list[Task] = []
     size = 0
     for task in tasks:
         batch.append(task)
         size += task.size
         if size >= SPAN_WINDOW:
-            yield from _with_spans(store, batch, fetcher)
+            started, previous = _with_spans(store, batch, fetcher), started
+            yield from previous
             batch, size = [], 0
+    yield from started
     yield from _with_spans(store, batch, fetcher)
 
 
