@@ -21,7 +21,6 @@ from typing import Any
 
 from casnap import capture, inuse, selection, smoke, smoke_report
 from casnap import restored as restored_files
-from casnap.committer import CommitOptions, Committer
 from casnap.constants import SAFETY_TAG
 from casnap.errors import (
     AccessDenied,
@@ -222,6 +221,9 @@ class _Checkout:
         with Stage(stage_parent(self.target), also_clean=self.target) as stage:
             self._stage(stage, plan, wanted, unchanged, removals)
             if unsaved and self.opts.safety_snapshot:
+                # the commit path (chunkers, capture): only when there is something to save
+                from casnap.committer import CommitOptions, Committer
+
                 what = ", ".join(sid.short for sid, _ in self.sel.sources)
                 safety = CommitOptions(
                     message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
