@@ -7,19 +7,18 @@ file's bytes in file order (BLAKE3 releases the GIL on such pieces) and plans th
 tasks while the workers are busy, so the pipeline never drains between files. A file is
 complete once its last task is hashed: its size and BLAKE3 are checked against its entry (a
 mismatch names the damaged chunk), its mode and mtime set, and `done` is called, so the caller
-can start the file's smoke checks while later files are still being written.
+can start the file's smoke checks while later files are still being written. The disk writes of
+what is written start every few MiB on a thread of their own (writeback.py).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import cast
 
 from casnap import pipeline
 from casnap.constants import REMOTE_WORKERS
@@ -29,6 +28,7 @@ from casnap.manifest import FileEntry
 from casnap.phases import Phases
 from casnap.repository import Repository
 from casnap.store import Store
+from casnap.writeback import STEP, Writeback
 
 Done = Callable[[FileEntry, Path], None]
 _ZEROS = bytes(pipeline.TASK_BYTES)  # hashed in place of the runs of zeros left as holes
@@ -37,39 +37,31 @@ _ZEROS = bytes(pipeline.TASK_BYTES)  # hashed in place of the runs of zeros left
 class _File:
     """One file being written: its descriptor, chunk list and the hash of its bytes so far."""
 
-    __slots__ = ("entry", "dest", "fd", "refs", "hasher", "size", "holes")
+    __slots__ = ("entry", "dest", "fd", "refs", "hasher", "size", "holes", "wb", "flushed")
 
-    def __init__(self, entry: FileEntry, dest: Path, refs: bytes) -> None:
+    def __init__(self, entry: FileEntry, dest: Path, refs: bytes, writeback: Writeback) -> None:
         self.entry = entry
         self.dest = dest
         self.refs = refs
         self.hasher = Hasher()
         self.size = 0
         self.holes = False
+        self.flushed = 0  # bytes whose writeback was started
         try:
             self.fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise from_oserror(exc, f"writing {dest.parent}") from exc
+        self.wb = writeback.open(self.fd)
 
-
-def _writeback_starter() -> Callable[[int, int, int], object] | None:
-    """sync_file_range(2) where libc has it: the kernel starts writing a range to disk at once
-    and returns, so a file's data is mostly on disk by the time its fsync comes (a restore's
-    disk writes overlap its decoding instead of following it, as a bare fsync at the end
-    would); None elsewhere."""
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError, ImportError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast(Callable[[int, int, int], object], lambda fd, pos, n: fn(fd, pos, n, _WRITE))
-
-
-_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of the range's dirty pages, do not wait
-_start_writeback = _writeback_starter() if sys.platform.startswith("linux") else None
+    def written(self, writeback: Writeback, last: bool = False) -> None:
+        """Every byte before `size` is written: start its writeback every STEP bytes, and for
+        the rest of the file once it is complete."""
+        if last or self.size - self.flushed >= STEP:
+            writeback.start(self.wb, self.flushed, self.size - self.flushed)
+            self.flushed = self.size
+        if last:
+            writeback.close(self.wb)
+            self.wb = -1
 
 
 def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
@@ -93,8 +85,6 @@ def _fetch_and_write(
         view = piece if isinstance(piece, memoryview) else piece.data
         _pwrite_all(fd, view, pos)
         pos += len(view)
-    if _start_writeback is not None:
-        _start_writeback(fd, task.offset, task.size)  # a failure only leaves it to the fsync
     phases.since("write", start)
     return pieces
 
@@ -118,6 +108,7 @@ def write_files(
     store = repo.store
     window = max(1, min(window, pipeline.MAX_TASKS_IN_FLIGHT))
     opened: list[_File] = []
+    writeback = Writeback()
     inflight: deque[tuple[_File, Future[list[pipeline.Piece]] | None]] = deque()
     fetcher = None
     if store.backend.remote:  # a request per read would cost more than the reading
@@ -125,7 +116,7 @@ def write_files(
 
     def tasks() -> Iterator[tuple[_File, pipeline.Task | None]]:
         for entry, dest in files:
-            f = _File(entry, dest, repo.file_refs(entry))
+            f = _File(entry, dest, repo.file_refs(entry), writeback)
             opened.append(f)
             planned = pipeline.plan_tasks(store, f.refs)
             if fetcher is not None:
@@ -139,7 +130,7 @@ def write_files(
         number of tasks it took off."""
         f, fut = inflight.popleft()
         if fut is None:
-            _finish(f, store, phases, done)
+            _finish(f, store, phases, done, writeback)
             return 0
         try:
             pieces = fut.result()
@@ -149,6 +140,7 @@ def write_files(
             raise IntegrityError(f"{f.entry.path}: {exc}") from exc
         with phases.timed("verify"):
             n = _hash(f, pieces)
+        f.written(writeback)
         if tick is not None:
             tick(n)
         return 1
@@ -171,8 +163,10 @@ def write_files(
             fut.cancel()
         wait(futures)  # none may write to a descriptor closed (and reused) below
         for f in opened:
+            writeback.close(f.wb)
             if f.fd >= 0:
                 os.close(f.fd)
+        writeback.stop()
         if fetcher is not None:
             fetcher.shutdown(wait=True, cancel_futures=True)
 
@@ -194,7 +188,9 @@ def _hash(f: _File, pieces: list[pipeline.Piece]) -> int:
     return n
 
 
-def _finish(f: _File, store: Store, phases: Phases, done: Done | None) -> None:
+def _finish(
+    f: _File, store: Store, phases: Phases, done: Done | None, writeback: Writeback
+) -> None:
     """A file whose every byte is written and hashed: its size (a file ending in a hole gets
     it here), hash, mode and mtime; then closed and handed to done."""
     entry = f.entry
@@ -219,6 +215,7 @@ def _finish(f: _File, store: Store, phases: Phases, done: Done | None) -> None:
         os.utime(f.fd, ns=(entry.mtime_ns, entry.mtime_ns))
     except OSError:
         pass
+    f.written(writeback, last=True)
     fd, f.fd, f.refs = f.fd, -1, b""
     os.close(fd)
     if done is not None:
