@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from casnap.cli import cli
 from casnap.committer import commit
+from casnap.errors import IntegrityError
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests.helpers_smoke import make_app
@@ -151,3 +152,31 @@ def test_many_files_through_one_pipeline_restore_byte_for_byte(tmp_path: Path) -
         assert (got.st_mode, got.st_mtime_ns) == (want.st_mode, want.st_mtime_ns), rel
     assert (out / "d0/f3.bin").stat().st_ino == (out / "d1/link.bin").stat().st_ino
     assert (out / "sparse/zeros.bin").stat().st_blocks * 512 < task  # holes, not zeros
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_checkout_leaves_no_descriptor_open_whether_it_succeeds_or_fails(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rng = np.random.default_rng(9)
+    for i, mib in enumerate([1, 1, 2, 3, 10]):  # the largest has its writeback started early
+        (data / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        body = rng.integers(0, 9, mib << 20, np.uint8).tobytes()
+        (data / f"d{i % 2}/f{i}.bin").write_bytes(body)
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    before = open_descriptors()
+    checkout(repo, sid, tmp_path / "out", safety_snapshot=False, smoke=False)
+    assert open_descriptors() == before
+    for pack in (tmp_path / "repo" / "packs").rglob("*"):  # a damaged frame in every pack
+        if pack.is_file():
+            body = bytearray(pack.read_bytes())
+            body[len(body) // 2] ^= 0xFF
+            pack.write_bytes(bytes(body))
+    with pytest.raises(IntegrityError):
+        checkout(repo, sid, tmp_path / "again", safety_snapshot=False, smoke=False)
+    assert open_descriptors() == before
+    assert not (tmp_path / "again").exists()
