@@ -26,8 +26,8 @@ from typing import Any, BinaryIO, cast
 from casnap import (
     capture,
     chunklist,
-    compression,
     consistency,
+    dbimage,
     instants,
     pipeline,
     repair,
@@ -37,12 +37,11 @@ from casnap import restored as restored_files
 from casnap.chunkindex import TREE
 from casnap.chunking import choose_chunker
 from casnap.config import iso_time, now_iso
-from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SNIFF_BYTES, SOURCE_RETRIES
+from casnap.constants import SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
     AccessDenied,
     EmptySnapshot,
     InconsistentData,
-    IntegrityError,
     InvalidArgument,
     NotADatabase,
     RepositoryNotFound,
@@ -50,6 +49,7 @@ from casnap.errors import (
     UnreadableSource,
     from_oserror,
 )
+from casnap.filelists import store_list
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.packwriter import PackWriter
@@ -461,11 +461,18 @@ class Committer:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     try:
-                        image_of = capture.sqlite_image(
-                            src.abspath, self.repo.tmp_dir, self.repo.notify
+                        image_of = dbimage.open_image(
+                            src.abspath,
+                            self.repo.tmp_dir,
+                            self.repo.notify,
+                            unlocked=_attempt < SOURCE_RETRIES - 1,  # at last, through SQLite
                         )
                         with self.phases.entered("capture", image_of) as image:
-                            entry, n = self._ingest_path(src, image, st, writer, pool, old)
+                            entry, n = self._ingest(src, image, st, writer, pool, old)
+                            intact = image.intact()
+                        if not intact:  # an idle database read without a lock changed
+                            read_total += n
+                            continue
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
                         src = capture.SourceFile(src.path, src.abspath, "file")
@@ -496,6 +503,22 @@ class Committer:
         pool: ThreadPoolExecutor,
         old: FileEntry | None,
     ) -> tuple[FileEntry, int]:
+        # a data-dir file is opened without following a link swapped in since the scan
+        with os.fdopen(capture.open_source(path), "rb") as f:
+            done = self._ingest(src, f, st, writer, pool, old)
+            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        return done
+
+    def _ingest(
+        self,
+        src: capture.SourceFile,
+        f: BinaryIO | dbimage.Image,
+        st: os.stat_result,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        """Chunk and store the stream f of src (the file, or its database image)."""
         with self.phases.timed("index"):
             self.repo.ensure_index()
         ingest = pipeline.Ingest(
@@ -509,18 +532,14 @@ class Committer:
             group_floats=self.levels.group_floats,
             phases=self.phases,
         )
-        # a data-dir file is opened without following a link swapped in since the scan
-        fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:
-            header = f.read(SNIFF_BYTES)
-            f.seek(0)
-            layout = capture.record_layout(src.abspath)
-            chunker = choose_chunker(header, self.repo.config["chunker"], layout)
-            stream: BinaryIO = f
-            if self._read_tick is not None:
-                stream = cast(BinaryIO, CountingReader(f, self._read_tick))
-            done = ingest.run(stream, chunker)
-            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        header = f.read(SNIFF_BYTES)
+        f.seek(0)
+        layout = capture.record_layout(src.abspath)
+        chunker = choose_chunker(header, self.repo.config["chunker"], layout)
+        stream = cast(BinaryIO, f)
+        if self._read_tick is not None:
+            stream = cast(BinaryIO, CountingReader(f, self._read_tick))  # type: ignore[arg-type]
+        done = ingest.run(stream, chunker)
         entry = FileEntry(
             path=src.path,
             kind=src.kind,
@@ -541,34 +560,6 @@ class Committer:
     ) -> tuple[str, ...]:
         with self.phases.timed("manifest"):  # chunk lists are written with the manifest
             return store_list(self.repo, refs, old, writer, self.levels.zstd)
-
-
-def store_list(
-    repo: Repository, refs: bytes, old: FileEntry | None, writer: PackWriter, level: int
-) -> tuple[str, ...]:
-    """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
-    of repo) when that keeps the chain short and smaller than one full list, else the full list.
-    New blobs go to writer, compressed at level; returns the ids the file entry names."""
-
-    def put_tree(body: bytes) -> str:
-        lid = repo.ids(body)
-        if not writer.known(lid):
-            writer.add(lid, TREE, compression.encode(body, level), len(body))
-        return lid.hex()
-
-    if old is not None and old.lists:
-        try:
-            base, deltas, delta_bytes = repo.resolve_lists(old)
-        except IntegrityError:
-            base = None  # a damaged previous list must not block a new snapshot
-        if base is not None:
-            if base == refs:
-                return old.lists
-            if deltas < LIST_MAX_DELTAS:
-                body = chunklist.encode_delta(base, refs)
-                if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
-                    return (*old.lists, put_tree(body))
-    return tuple(put_tree(body) for body in chunklist.pieces(refs))
 
 
 def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:

@@ -1,0 +1,41 @@
+"""The chunk lists a snapshot names for a file: a delta against the file's previous version when
+that keeps the chain short and small, else the full list in pieces (TREE blobs, chunklist.py).
+Commit and copy store them the same way."""
+
+from __future__ import annotations
+
+from casnap import chunklist, compression
+from casnap.chunkindex import TREE
+from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE
+from casnap.errors import IntegrityError
+from casnap.manifest import FileEntry
+from casnap.packwriter import PackWriter
+from casnap.repository import Repository
+
+
+def store_list(
+    repo: Repository, refs: bytes, old: FileEntry | None, writer: PackWriter, level: int
+) -> tuple[str, ...]:
+    """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
+    of repo) when that keeps the chain short and smaller than one full list, else the full list.
+    New blobs go to writer, compressed at level; returns the ids the file entry names."""
+
+    def put_tree(body: bytes) -> str:
+        lid = repo.ids(body)
+        if not writer.known(lid):
+            writer.add(lid, TREE, compression.encode(body, level), len(body))
+        return lid.hex()
+
+    if old is not None and old.lists:
+        try:
+            base, deltas, delta_bytes = repo.resolve_lists(old)
+        except IntegrityError:
+            base = None  # a damaged previous list must not block a new snapshot
+        if base is not None:
+            if base == refs:
+                return old.lists
+            if deltas < LIST_MAX_DELTAS:
+                body = chunklist.encode_delta(base, refs)
+                if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
+                    return (*old.lists, put_tree(body))
+    return tuple(put_tree(body) for body in chunklist.pieces(refs))
