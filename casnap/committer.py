@@ -28,6 +28,7 @@ from casnap import (
     chunklist,
     consistency,
     dbimage,
+    filelists,
     instants,
     pipeline,
     repair,
@@ -539,7 +540,9 @@ class Committer:
         stream = cast(BinaryIO, f)
         if self._read_tick is not None:
             stream = cast(BinaryIO, CountingReader(f, self._read_tick))  # type: ignore[arg-type]
-        done = ingest.run(stream, chunker)
+        with self.phases.timed("manifest"):  # the chunk list of the last version, read once
+            previous = filelists.previous_lists(self.repo, old)
+        done = ingest.run(stream, chunker, previous[0] if previous else None)
         entry = FileEntry(
             path=src.path,
             kind=src.kind,
@@ -548,7 +551,7 @@ class Committer:
             mtime_ns=st.st_mtime_ns,
             hash=done.hash.hex(),
             chunker=chunker.describe(),
-            lists=self._store_list(done.refs, old, writer),
+            lists=self._store_list(done.refs, old, writer, previous),
             chunks=chunklist.ref_count(done.refs),
             uid=st.st_uid,
             gid=st.st_gid,
@@ -556,10 +559,14 @@ class Committer:
         return entry, done.size
 
     def _store_list(
-        self, refs: bytes, old: FileEntry | None, writer: PackWriter
+        self,
+        refs: bytes,
+        old: FileEntry | None,
+        writer: PackWriter,
+        previous: filelists.Resolved | None,
     ) -> tuple[str, ...]:
         with self.phases.timed("manifest"):  # chunk lists are written with the manifest
-            return store_list(self.repo, refs, old, writer, self.levels.zstd)
+            return store_list(self.repo, refs, old, writer, self.levels.zstd, previous)
 
 
 def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:

@@ -118,18 +118,26 @@ class Ingest:
         self.group_floats = group_floats
         self.read_block = read_block
 
-    def run(self, stream: BinaryIO, chunker: Chunker) -> Ingested:
-        """Ingest a stream cut by chunker; new frames go to the writer in stream order."""
+    def run(self, stream: BinaryIO, chunker: Chunker, previous: bytes | None = None) -> Ingested:
+        """Ingest a stream cut by chunker; new frames go to the writer in stream order.
+
+        previous, the refs of the stream's last stored version when known, lets a piece equal
+        to the one at the same place there count as stored without an index lookup.
+        """
         hasher = Hasher()
         refs: list[bytes] = []
         inflight: deque[Future[_Encoded]] = deque()
         size = 0
+        pieces = 0
+        before = np.frombuffer(previous or b"", dtype=REF_DTYPE)
         try:
             for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
                 with self.phases.timed("chunk"):
                     hasher.update(block.data)
                 size += len(block.data)
-                inflight.append(self.pool.submit(self._encode, block))
+                at = before[pieces : pieces + len(block.lengths)]
+                pieces += len(block.lengths)
+                inflight.append(self.pool.submit(self._encode, block, at))
                 while len(inflight) > self.workers:
                     self._take(inflight.popleft(), refs)
             while inflight:
@@ -149,24 +157,48 @@ class Ingest:
         for f in done.frames:
             add(DATA, f.encoded, f.frame_plain, f.members)
 
-    def _encode(self, block: Block) -> _Encoded:
-        """Worker: hash every piece of a block, frame and compress the new ones."""
+    def _encode(self, block: Block, before: np.ndarray) -> _Encoded:
+        """Worker: hash every piece of a block, frame and compress the new ones. before holds the
+        refs at the same places in the stream's last stored version (maybe fewer, or none)."""
         start = time.perf_counter()
         data = block.data
         lengths = block.lengths
-        kinds = block.kinds
-        h = self.store.ids.digest
-        ids: list[bytes] = []
-        pos = 0
-        for n in lengths:
-            ids.append(h(data[pos : pos + n]))
-            pos += n
+        ids = self.store.ids.digests(data, lengths)
         rec = np.empty(len(ids), dtype=REF_DTYPE)
-        idm = id_matrix(b"".join(ids))
-        rec["id"] = idm
+        rec["id"] = id_matrix(b"".join(ids))
         rec["length"] = lengths
-        stored = self.writer.known_many(ids)
+        new = self._unknown(rec, ids, before)
         hashed = self.phases.since("chunk", start)
+        frames: list[_Frame] = []
+        if len(new):
+            ends = np.cumsum(rec["length"], dtype=np.int64)
+            frames = self._frames(
+                data, ids, new.tolist(), (ends - rec["length"])[new].tolist(), block
+            )
+        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
+        return _Encoded(rec.tobytes(), frames)
+
+    def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
+        """Positions of the pieces of rec the repository does not hold. A piece equal to the one
+        at its place in the last stored version is held (a database's unchanged pages): compared
+        in one pass over both arrays, no index lookup (whose random reads miss the cache)."""
+        held = np.zeros(len(rec), dtype=bool)
+        k = min(len(rec), len(before))
+        if k:
+            same = (before["id"][:k] == rec["id"][:k]).all(axis=1)
+            held[:k] = same & (before["length"][:k] == rec["length"][:k])
+        rest = np.flatnonzero(~held)
+        if len(rest):
+            rest = rest[~self.writer.known_many([ids[i] for i in rest.tolist()])]
+        return rest
+
+    def _frames(
+        self, data: memoryview, ids: list[bytes], new: list[int], starts: list[int], block: Block
+    ) -> list[_Frame]:
+        """The new pieces (their positions in the block and offsets in data) in frames of about
+        frame_target bytes, compressed; a piece repeated in the block is framed once."""
+        lengths = block.lengths
+        kinds = block.kinds
         local: set[bytes] = set()
         frames: list[_Frame] = []
         members: list[tuple[bytes, int, int]] = []
@@ -174,14 +206,12 @@ class Ingest:
         fbytes = 0
         fkind = 0
         target = self.frame_target
-        pos = 0
-        for i, n in enumerate(lengths):
-            start = pos
-            pos += n
+        for i, start in zip(new, starts, strict=True):
             cid = ids[i]
-            if stored[i] or cid in local:
+            if cid in local:
                 continue
             local.add(cid)
+            n = lengths[i]
             kind = kinds[i] if kinds is not None else 0
             if members and (fbytes + n > target or kind != fkind):
                 frames.append(self._frame(data, members, spans, fbytes, fkind))
@@ -192,8 +222,7 @@ class Ingest:
             fbytes += n
         if members:
             frames.append(self._frame(data, members, spans, fbytes, fkind))
-        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return _Encoded(rec.tobytes(), frames)
+        return frames
 
     def _frame(
         self,
