@@ -29,42 +29,24 @@ from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, 
 from casnap.fingerprints import fingerprint, open_source, wait_for_truncate
 from casnap.formats import sniff
 from casnap.formats.sqlite import (
+    PENDING_BYTE,
     SQLITE_HEADER_SIZE,
     SQLITE_SIDE_SUFFIXES,
+    backup_header,
+    declared_pages,
     sqlite_page_size,
     unused_page_ranges,
     wal_mode,
 )
 from casnap.fsutil import create_file, make_dirs, temp_name
 
-# Where SQLite's lock bytes live (os_unix.c PENDING_BYTE): the page holding this offset is never
-# used, and the backup API never copies it (a fresh image holds zeros there).
-_PENDING_BYTE = 0x40000000
-# Header fields the backup API sets in a fresh image (fileformat2): file change counter, database
-# size in pages, schema cookie, version-valid-for number, SQLITE_VERSION_NUMBER.
-_COUNTER_AT, _SIZE_AT, _SCHEMA_AT, _VALID_FOR_AT, _VERSION_AT = 24, 28, 40, 92, 96
+# SQLITE_VERSION_NUMBER of the library this process copies databases with
 _LIBRARY_VERSION = (
     sqlite3.sqlite_version_info[0] * 1_000_000
     + sqlite3.sqlite_version_info[1] * 1_000
     + sqlite3.sqlite_version_info[2]
 )
 _WAIT_STEP = 0.02  # seconds between tries of a locked database
-
-
-def image_header(head: bytes, pages: int) -> bytes:
-    """The first 100 bytes of the image of a database whose header is head and that has pages
-    pages: what the backup API writes into a fresh file (a change counter and a schema cookie of
-    1, the page count, this SQLite's version number)."""
-    out = bytearray(head[:SQLITE_HEADER_SIZE])
-    for at, value in (
-        (_COUNTER_AT, 1),
-        (_SIZE_AT, pages),
-        (_SCHEMA_AT, 1),
-        (_VALID_FOR_AT, 1),
-        (_VERSION_AT, _LIBRARY_VERSION),
-    ):
-        out[at : at + 4] = value.to_bytes(4, "big")
-    return bytes(out)
 
 
 class Image:
@@ -169,19 +151,17 @@ def _plan(fd: int, file_size: int) -> tuple[bytes, int, list[tuple[int, int]]] |
     if page_size is None or len(head) < SQLITE_HEADER_SIZE or file_size % page_size:
         return None
     pages = file_size // page_size
-    declared = int.from_bytes(head[_SIZE_AT : _SIZE_AT + 4], "big")
-    valid = head[_COUNTER_AT : _COUNTER_AT + 4] == head[_VALID_FOR_AT : _VALID_FOR_AT + 4]
-    if pages == 0 or (valid and declared not in (0, pages)):
+    if pages == 0 or declared_pages(head) not in (None, pages):
         return None
 
     def read_page(n: int) -> bytes:
         return os.pread(fd, page_size, (n - 1) * page_size)
 
     unused = unused_page_ranges(head, pages, read_page) or []
-    pending = _PENDING_BYTE // page_size + 1
+    pending = PENDING_BYTE // page_size + 1
     if pending <= pages and all(n != pending for n, _ in unused):
         unused.append((pending, 0))
-    return image_header(head, pages), page_size, unused
+    return backup_header(head, pages, _LIBRARY_VERSION), page_size, unused
 
 
 def _ro_uri(path: Path) -> str:

@@ -25,7 +25,7 @@ from typing import BinaryIO
 import numpy as np
 
 from casnap import compression
-from casnap.chunkindex import DATA, id_matrix
+from casnap.chunkindex import DATA, find_rows, id_keys, id_matrix
 from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
@@ -117,6 +117,8 @@ class Ingest:
         self.frame_target = frame_target
         self.group_floats = group_floats
         self.read_block = read_block
+        # the ids of the stream's last stored version, sorted by key (see _unknown)
+        self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
 
     def run(self, stream: BinaryIO, chunker: Chunker, previous: bytes | None = None) -> Ingested:
         """Ingest a stream cut by chunker; new frames go to the writer in stream order.
@@ -130,6 +132,8 @@ class Ingest:
         size = 0
         pieces = 0
         before = np.frombuffer(previous or b"", dtype=REF_DTYPE)
+        order = np.argsort(id_keys(before["id"]), kind="stable")
+        self._held = (id_keys(before["id"])[order], before["id"][order])
         try:
             for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
                 with self.phases.timed("chunk"):
@@ -179,15 +183,18 @@ class Ingest:
         return _Encoded(rec.tobytes(), frames)
 
     def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
-        """Positions of the pieces of rec the repository does not hold. A piece equal to the one
-        at its place in the last stored version is held (a database's unchanged pages): compared
-        in one pass over both arrays, no index lookup (whose random reads miss the cache)."""
+        """Positions of the pieces of rec the repository does not hold. A piece of the last
+        stored version is held: equal to the one at its place there (a database's unchanged
+        pages: one pass over both arrays), or found among its ids (moved: a lookup in that
+        file's few ids, which stay in the cache), before the index's lookup (whose random reads
+        over every chunk of the repository miss it)."""
         held = np.zeros(len(rec), dtype=bool)
         k = min(len(rec), len(before))
         if k:
-            same = (before["id"][:k] == rec["id"][:k]).all(axis=1)
-            held[:k] = same & (before["length"][:k] == rec["length"][:k])
+            held[:k] = (before["id"][:k] == rec["id"][:k]).all(axis=1)
         rest = np.flatnonzero(~held)
+        if len(rest) and len(self._held[0]):
+            rest = rest[find_rows(*self._held, rec["id"][rest]) < 0]
         if len(rest):
             rest = rest[~self.writer.known_many([ids[i] for i in rest.tolist()])]
         return rest
