@@ -48,6 +48,8 @@ _LIBRARY_VERSION = (
 )
 _WAIT_STEP = 0.02  # seconds between tries of a locked database
 
+Fingerprint = tuple[int, ...]
+
 
 class Image:
     """A read-only stream of a database image: the file read with os.preadv straight into the
@@ -55,7 +57,12 @@ class Image:
 
     `how` says how it was taken: "read" (in place) or "backup" (the private file `file`, which
     the backup API wrote). `intact()` is False when a database read without SQLite's lock changed
-    meanwhile (the read must then be taken again).
+    meanwhile (the read must then be taken again). `opened` is the database's fingerprint
+    (fingerprint(path, "sqlite")) once SQLite had it open, before the read: what a commit
+    records for the image when the database still has it afterwards (SQLite run as root gives a
+    database's -wal to the database's owner when it opens it, which moves the -wal's ctime
+    though nothing was written, so a fingerprint taken before the open would never match
+    again); None when it could not be taken then (a writer held the database).
     """
 
     def __init__(
@@ -68,11 +75,13 @@ class Image:
         how: str,
         check: Callable[[], bool] | None = None,
         file: Path | None = None,
+        opened: Fingerprint | None = None,
     ) -> None:
         self.fd = fd
         self.size = size
         self.how = how
         self.file = file  # the private file the backup API wrote, when it did
+        self.opened = opened
         self._short = False  # the file ended early (it changed under a read without a lock)
         self._head = head
         self._page_size = page_size
@@ -323,7 +332,7 @@ def open_image(
             try:
                 plan = _plan(fd, before[0])
                 if plan is not None:
-                    yield Image(fd, before[0], *plan, how="read", check=unchanged)
+                    yield Image(fd, before[0], *plan, "read", unchanged, opened=before)
                     return
             finally:
                 os.close(fd)
@@ -333,6 +342,7 @@ def open_image(
     fd = -1
     try:
         with _read_transaction(path, on_wait):
+            opened = fingerprint(path, "sqlite")  # SQLite has the database and its -wal open
             fd = _open(path)
             size = os.fstat(fd).st_size
             # with frames in a -wal (whatever the header says, SQLite opens a log it finds) the
@@ -340,7 +350,7 @@ def open_image(
             # file holds the snapshot and no checkpoint can write into it while it is held.
             plan = _plan(fd, size) if _log_size(path) == 0 else None
             if plan is not None:
-                yield Image(fd, size, *plan, how="read")
+                yield Image(fd, size, *plan, "read", opened=opened)
                 return
     finally:
         if fd >= 0:
@@ -363,13 +373,13 @@ def _backup_image(
     path: Path, tmp_dir: Path, on_wait: Callable[[str], None] | None
 ) -> Iterator[Image]:
     """The image made by SQLite's backup API in a private file of tmp_dir, as a stream."""
-    with backup_file(path, tmp_dir, on_wait) as image:
+    with backup_file(path, tmp_dir, on_wait) as (image, opened):
         fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             head = os.pread(fd, SQLITE_HEADER_SIZE, 0)
             page_size = sqlite_page_size(head) or 4096
-            yield Image(fd, size, head, page_size, [], how="backup", file=image)
+            yield Image(fd, size, head, page_size, [], "backup", file=image, opened=opened)
         finally:
             os.close(fd)
 
@@ -426,18 +436,20 @@ def _copy(image: Image, out: int) -> None:
             raise from_oserror(exc, "writing a database image") from exc
 
 
-def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
-    """Copy an idle database (and its -wal) into tmp_dir, checked unchanged meanwhile; None when
-    it kept changing (someone opened it: then it is read in place, like any live database)."""
+def _private_copy(path: Path, tmp_dir: Path) -> tuple[Path, Fingerprint] | None:
+    """Copy an idle database (and its -wal) into tmp_dir, checked unchanged meanwhile: the copy
+    and the database's fingerprint it holds; None when it kept changing (someone opened it: then
+    it is read in place, like any live database)."""
     import shutil
 
-    sides = [path, _side(path, "-wal")]
+    wal = _side(path, "-wal")
     for _ in range(SOURCE_RETRIES):
-        before = [fingerprint(p, "file") for p in sides]
+        before = fingerprint(path, "sqlite")
         copy = tmp_dir / temp_name(".db")
         try:
-            for src, dest in ((path, copy), (sides[1], _side(copy, "-wal"))):
-                if src == path or before[1] is not None:
+            for src, dest in ((path, copy), (wal, _side(copy, "-wal"))):
+                # a -wal that appears or goes meanwhile changes the fingerprint
+                if src == path or os.path.exists(wal):
                     create_file(dest)  # private: shutil.copyfile keeps the 0600 mode
                     shutil.copyfile(src, dest)
         except FileNotFoundError:
@@ -446,10 +458,21 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
         except OSError as exc:
             _remove_with_sides(copy)
             raise from_oserror(exc, f"copying {path} into {tmp_dir}") from exc
-        if [fingerprint(p, "file") for p in sides] == before:
-            return copy
+        if before is not None and fingerprint(path, "sqlite") == before:
+            return copy, before
         _remove_with_sides(copy)
     return None
+
+
+def _opened_fingerprint(conn: sqlite3.Connection, path: Path) -> Fingerprint | None:
+    """The fingerprint of the database conn reads, once conn has opened it and its -wal (a first
+    read does that); None when that read fails (a writer holds the database: the backup then
+    waits for it, and the image is not vouched for)."""
+    try:
+        conn.execute("PRAGMA schema_version").fetchall()
+    except sqlite3.Error:
+        return None
+    return fingerprint(path, "sqlite")
 
 
 def _remove_with_sides(db: Path) -> None:
@@ -483,12 +506,13 @@ def clear_unused_pages(image: Path) -> int:
 @contextlib.contextmanager
 def backup_file(
     path: Path, tmp_dir: Path, on_wait: Callable[[str], None] | None = None
-) -> Iterator[Path]:
+) -> Iterator[tuple[Path, Fingerprint | None]]:
     """The image of the database at path made by SQLite's online backup API in a fresh private
-    file of tmp_dir (backups into a fresh file are deterministic), free pages cleared; deleted
-    afterwards. Taken in one step under one read transaction, so a writer in WAL mode never
-    tears it. An idle WAL database is first copied aside, so reading it creates no -wal or -shm
-    in the data dir."""
+    file of tmp_dir (backups into a fresh file are deterministic), free pages cleared, deleted
+    afterwards; and the database's fingerprint once SQLite had it open (see Image.opened).
+    Taken in one step under one read transaction, so a writer in WAL mode never tears it. An
+    idle WAL database is first copied aside, so reading it creates no -wal or -shm in the data
+    dir."""
     dest = tmp_dir / temp_name(".db")
     try:
         make_dirs(tmp_dir)
@@ -498,8 +522,10 @@ def backup_file(
     except OSError as exc:
         raise from_oserror(exc, f"creating a database image in {tmp_dir}") from exc
     private: Path | None = None
+    opened: Fingerprint | None = None
     try:
-        private = _private_copy(path, tmp_dir) if idle_wal_database(path) else None
+        if idle_wal_database(path) and (copied := _private_copy(path, tmp_dir)) is not None:
+            private, opened = copied
         source = private or path
         with (
             _sqlite_errors(path, tmp_dir),
@@ -509,6 +535,8 @@ def backup_file(
             ) as src,
             contextlib.closing(sqlite3.connect(dest)) as dst,
         ):
+            if private is None:
+                opened = _opened_fingerprint(src, path)
             # the image is a scratch file read once: fsyncing it would only cost time; the
             # bytes are the same either way
             dst.execute("PRAGMA synchronous = OFF")
@@ -519,7 +547,7 @@ def backup_file(
             clear_unused_pages(dest)
         except OSError as exc:
             raise from_oserror(exc, f"clearing free pages of the image of {path}") from exc
-        yield dest
+        yield dest, opened
     finally:
         _remove_with_sides(dest)
         if private is not None:

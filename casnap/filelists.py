@@ -4,13 +4,16 @@ Commit and copy store them the same way."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from casnap import chunklist, compression
-from casnap.chunkindex import TREE
 from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE
 from casnap.errors import IntegrityError
 from casnap.manifest import FileEntry
-from casnap.packwriter import PackWriter
 from casnap.repository import Repository
+
+if TYPE_CHECKING:  # storing a list needs a writer: a commit that reads no file makes none
+    from casnap.packwriter import PackWriter
 
 #: A resolved chunk list: packed refs, the number of deltas in its chain and their bytes.
 Resolved = tuple[bytes, int, int]
@@ -39,6 +42,7 @@ def store_list(
     of repo; previous, its list when already resolved) when that keeps the chain short and
     smaller than one full list, else the full list. New blobs go to writer, compressed at level;
     returns the ids the file entry names."""
+    from casnap.chunkindex import TREE  # numpy: only once a list is stored
 
     def put_tree(body: bytes) -> str:
         lid = repo.ids(body)

@@ -1,10 +1,5 @@
-"""The data paths of commit and checkout: every core busy, memory bounded whatever the file size.
-
-Commit: the calling thread reads a file in blocks, lets its chunker cut them and feeds the
-whole-file hash; worker threads hash every piece, look a whole block's ids up in the index at once,
-group the new pieces into frames and compress them (BLAKE3, numpy and zstd release the GIL); the
-calling thread adds the frames to the pack writer in file order, which writes packs from its own
-thread. At most a few blocks are in flight.
+"""The data path of checkout (commit's is ingest.py): every core busy, memory bounded whatever
+the file size.
 
 Checkout: the refs of a file are located in the index in one batch and grouped into reads of
 adjacent frames; workers read and decode each frame once; the calling thread writes the bytes in
@@ -19,21 +14,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
 from casnap import compression
-from casnap.chunkindex import DATA, find_rows, id_keys, id_matrix
-from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
-from casnap.constants import READ_BLOCK, REMOTE_WORKERS
+from casnap.constants import REMOTE_WORKERS
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
-from casnap.packwriter import PackWriter
 from casnap.phases import Phases
 from casnap.spans import Spans
 from casnap.store import Store
@@ -51,7 +42,7 @@ TASK_BYTES = 1024 * 1024
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
 # Output bytes of the tasks whose reads are fetched as spans at once, on a remote backend: the
-# compressed bytes of about two such stretches are in memory (one written, one fetched ahead).
+# compressed bytes of two or three such stretches are in memory (written, fetched ahead).
 SPAN_WINDOW = 32 * 1024 * 1024
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
@@ -66,189 +57,6 @@ _SAMPLE_STRIDE = 4093
 def cpu_workers() -> int:
     """Worker threads for hashing, compressing and decoding: one per core, at least two."""
     return max(2, os.cpu_count() or 2)
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What ingesting one stream produced."""
-
-    refs: bytes  # packed (id, length) refs, see chunklist.py
-    hash: ObjectId  # BLAKE3 of the whole stream
-    size: int
-
-
-@dataclass(frozen=True)
-class _Frame:
-    encoded: bytes
-    frame_plain: int  # 0 for a frame of one chunk
-    members: list[tuple[bytes, int, int]]  # id, offset in the frame, plain size
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    refs: bytes
-    frames: list[_Frame]
-
-
-class Ingest:
-    """Stores streams into a pack writer: chunk, hash, dedup, frame and compress in parallel."""
-
-    def __init__(
-        self,
-        store: Store,
-        writer: PackWriter,
-        pool: ThreadPoolExecutor,
-        workers: int,
-        *,
-        level: int,
-        float_level: int,
-        frame_target: int,
-        group_floats: bool,
-        read_block: int = READ_BLOCK,
-        phases: Phases | None = None,
-    ) -> None:
-        self.phases = phases or Phases()  # chunk (reading, cutting, hashing), compress
-        self.store = store
-        self.writer = writer
-        self.pool = pool
-        self.workers = max(1, workers)
-        self.level = level
-        self.float_level = float_level
-        self.frame_target = frame_target
-        self.group_floats = group_floats
-        self.read_block = read_block
-        # the ids of the stream's last stored version, sorted by key (see _unknown)
-        self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
-
-    def run(self, stream: BinaryIO, chunker: Chunker, previous: bytes | None = None) -> Ingested:
-        """Ingest a stream cut by chunker; new frames go to the writer in stream order.
-
-        previous, the refs of the stream's last stored version when known, lets a piece equal
-        to the one at the same place there count as stored without an index lookup.
-        """
-        hasher = Hasher()
-        refs: list[bytes] = []
-        inflight: deque[Future[_Encoded]] = deque()
-        size = 0
-        pieces = 0
-        before = np.frombuffer(previous or b"", dtype=REF_DTYPE)
-        order = np.argsort(id_keys(before["id"]), kind="stable")
-        self._held = (id_keys(before["id"])[order], before["id"][order])
-        try:
-            for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
-                with self.phases.timed("chunk"):
-                    hasher.update(block.data)
-                size += len(block.data)
-                at = before[pieces : pieces + len(block.lengths)]
-                pieces += len(block.lengths)
-                inflight.append(self.pool.submit(self._encode, block, at))
-                while len(inflight) > self.workers:
-                    self._take(inflight.popleft(), refs)
-            while inflight:
-                self._take(inflight.popleft(), refs)
-        finally:
-            for fut in inflight:
-                fut.cancel()
-            for fut in inflight:
-                if not fut.cancelled():
-                    fut.exception()
-        return Ingested(b"".join(refs), hasher.digest(), size)
-
-    def _take(self, fut: Future[_Encoded], refs: list[bytes]) -> None:
-        done = fut.result()
-        refs.append(done.refs)
-        add = self.writer.add_frame
-        for f in done.frames:
-            add(DATA, f.encoded, f.frame_plain, f.members)
-
-    def _encode(self, block: Block, before: np.ndarray) -> _Encoded:
-        """Worker: hash every piece of a block, frame and compress the new ones. before holds the
-        refs at the same places in the stream's last stored version (maybe fewer, or none)."""
-        start = time.perf_counter()
-        data = block.data
-        lengths = block.lengths
-        ids = self.store.ids.digests(data, lengths)
-        rec = np.empty(len(ids), dtype=REF_DTYPE)
-        rec["id"] = id_matrix(b"".join(ids))
-        rec["length"] = lengths
-        new = self._unknown(rec, ids, before)
-        hashed = self.phases.since("chunk", start)
-        frames: list[_Frame] = []
-        if len(new):
-            ends = np.cumsum(rec["length"], dtype=np.int64)
-            frames = self._frames(
-                data, ids, new.tolist(), (ends - rec["length"])[new].tolist(), block
-            )
-        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return _Encoded(rec.tobytes(), frames)
-
-    def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
-        """Positions of the pieces of rec the repository does not hold. A piece of the last
-        stored version is held: equal to the one at its place there (a database's unchanged
-        pages: one pass over both arrays), or found among its ids (moved: a lookup in that
-        file's few ids, which stay in the cache), before the index's lookup (whose random reads
-        over every chunk of the repository miss it)."""
-        held = np.zeros(len(rec), dtype=bool)
-        k = min(len(rec), len(before))
-        if k:
-            held[:k] = (before["id"][:k] == rec["id"][:k]).all(axis=1)
-        rest = np.flatnonzero(~held)
-        if len(rest) and len(self._held[0]):
-            rest = rest[find_rows(*self._held, rec["id"][rest]) < 0]
-        if len(rest):
-            rest = rest[~self.writer.known_many([ids[i] for i in rest.tolist()])]
-        return rest
-
-    def _frames(
-        self, data: memoryview, ids: list[bytes], new: list[int], starts: list[int], block: Block
-    ) -> list[_Frame]:
-        """The new pieces (their positions in the block and offsets in data) in frames of about
-        frame_target bytes, compressed; a piece repeated in the block is framed once."""
-        lengths = block.lengths
-        kinds = block.kinds
-        local: set[bytes] = set()
-        frames: list[_Frame] = []
-        members: list[tuple[bytes, int, int]] = []
-        spans: list[tuple[int, int]] = []
-        fbytes = 0
-        fkind = 0
-        target = self.frame_target
-        for i, start in zip(new, starts, strict=True):
-            cid = ids[i]
-            if cid in local:
-                continue
-            local.add(cid)
-            n = lengths[i]
-            kind = kinds[i] if kinds is not None else 0
-            if members and (fbytes + n > target or kind != fkind):
-                frames.append(self._frame(data, members, spans, fbytes, fkind))
-                members, spans, fbytes = [], [], 0
-            fkind = kind
-            members.append((cid, fbytes, n))
-            spans.append((start, n))
-            fbytes += n
-        if members:
-            frames.append(self._frame(data, members, spans, fbytes, fkind))
-        return frames
-
-    def _frame(
-        self,
-        data: memoryview,
-        members: list[tuple[bytes, int, int]],
-        spans: list[tuple[int, int]],
-        fbytes: int,
-        kind: int,
-    ) -> _Frame:
-        first = spans[0][0]
-        if spans[-1][0] + spans[-1][1] - first == fbytes:  # adjacent pieces: no copy
-            payload: bytes | memoryview = data[first : first + fbytes]
-        else:
-            payload = b"".join(data[s : s + n] for s, n in spans)
-        if kind == FLOAT32:
-            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
-        else:
-            encoded = compression.encode(payload, self.level)
-        return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
 
 
 # -- checkout ----------------------------------------------------------------------------------
@@ -378,15 +186,19 @@ def _spans_ahead(
     store: Store, tasks: Iterator[_Task], fetcher: ThreadPoolExecutor
 ) -> Iterator[_Task]:
     """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
-    ahead (when the first task of a stretch is asked for, the whole stretch starts fetching)."""
+    ahead: a stretch starts fetching before the first task of the stretch before it is handed
+    out, so the requests of one overlap the decoding and writing of the other."""
+    started: list[_Task] = []
     batch: list[_Task] = []
     size = 0
     for task in tasks:
         batch.append(task)
         size += task.size
         if size >= SPAN_WINDOW:
-            yield from _with_spans(store, batch, fetcher)
+            started, previous = _with_spans(store, batch, fetcher), started
+            yield from previous
             batch, size = [], 0
+    yield from started
     yield from _with_spans(store, batch, fetcher)
 
 

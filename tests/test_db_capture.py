@@ -41,7 +41,7 @@ def rows(path: Path) -> tuple[str, list[tuple[int, bytes]]]:
 
 def backup_bytes(path: Path, scratch: Path) -> bytes:
     """The image as SQLite's backup API makes it into a fresh file (free pages cleared)."""
-    with dbimage.backup_file(path, scratch) as image:
+    with dbimage.backup_file(path, scratch) as (image, _opened):
         return image.read_bytes()
 
 
