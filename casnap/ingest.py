@@ -21,6 +21,7 @@ import numpy as np
 from casnap import compression
 from casnap.chunkindex import DATA, find_rows, id_keys, id_matrix
 from casnap.chunking import FLOAT32, Block, Chunker
+from casnap.chunking.base import Buffers
 from casnap.constants import READ_BLOCK
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packwriter import PackWriter
@@ -89,38 +90,46 @@ class Ingest:
         """
         hasher = Hasher()
         refs: list[bytes] = []
-        inflight: deque[Future[_Encoded]] = deque()
+        inflight: deque[tuple[Future[_Encoded], Block]] = deque()
+        buffers = Buffers(self.workers + 2)  # a block's buffer serves again once it is taken
         size = 0
         pieces = 0
         before = np.frombuffer(previous or b"", dtype=REF_DTYPE)
         order = np.argsort(id_keys(before["id"]), kind="stable")
         self._held = (id_keys(before["id"])[order], before["id"][order])
         try:
-            for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
+            blocks = chunker.blocks(stream, self.read_block, buffers)
+            for block in self.phases.iterate("chunk", blocks):
                 with self.phases.timed("chunk"):
                     hasher.update(block.data)
                 size += len(block.data)
                 at = before[pieces : pieces + len(block.lengths)]
                 pieces += len(block.lengths)
-                inflight.append(self.pool.submit(self._encode, block, at))
+                inflight.append((self.pool.submit(self._encode, block, at), block))
+                # more than one in flight (workers >= 1): the block the generator still reads
+                # its carried tail from is never the one taken
                 while len(inflight) > self.workers:
-                    self._take(inflight.popleft(), refs)
+                    self._take(*inflight.popleft(), refs, buffers)
             while inflight:
-                self._take(inflight.popleft(), refs)
+                self._take(*inflight.popleft(), refs, buffers)
         finally:
-            for fut in inflight:
+            for fut, _block in inflight:
                 fut.cancel()
-            for fut in inflight:
+            for fut, _block in inflight:
                 if not fut.cancelled():
                     fut.exception()
         return Ingested(b"".join(refs), hasher.digest(), size)
 
-    def _take(self, fut: Future[_Encoded], refs: list[bytes]) -> None:
+    def _take(
+        self, fut: Future[_Encoded], block: Block, refs: list[bytes], buffers: Buffers
+    ) -> None:
         done = fut.result()
         refs.append(done.refs)
         add = self.writer.add_frame
         for f in done.frames:
             add(DATA, f.encoded, f.frame_plain, f.members)
+        if isinstance(buf := block.data.obj, bytearray):  # no one reads it now: frames are copies
+            buffers.give(buf)
 
     def _encode(self, block: Block, before: np.ndarray) -> _Encoded:
         """Worker: hash every piece of a block, frame and compress the new ones. before holds the
