@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from casnap import (
     capture,
     chunklist,
-    compression,
     consistency,
+    dbimage,
+    filelists,
     instants,
     repair,
     rollback,
@@ -37,12 +38,11 @@ from casnap import restored as restored_files
 from casnap.backends.base import put_verified
 from casnap.chunking import choose_chunker
 from casnap.config import iso_time, now_iso
-from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SNIFF_BYTES, SOURCE_RETRIES
+from casnap.constants import SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
     AccessDenied,
     EmptySnapshot,
     InconsistentData,
-    IntegrityError,
     InvalidArgument,
     NotADatabase,
     RepositoryNotFound,
@@ -50,6 +50,7 @@ from casnap.errors import (
     UnreadableSource,
     from_oserror,
 )
+from casnap.filelists import store_list
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.paths import commit_paths
@@ -457,12 +458,19 @@ class Committer:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     try:
-                        image_of = capture.database_image(
-                            src.abspath, self.repo.tmp_dir, self.repo.notify
+                        image_of = dbimage.open_image(
+                            src.abspath,
+                            self.repo.tmp_dir,
+                            self.repo.notify,
+                            unlocked=_attempt < SOURCE_RETRIES - 1,  # at last, through SQLite
                         )
-                        with self.phases.entered("capture", image_of) as (image, opened):
-                            entry, n = self._ingest_path(src, image, st, old)
-                        before = opened  # as SQLite's open of it left it: that is what stays
+                        with self.phases.entered("capture", image_of) as image:
+                            entry, n = self._ingest(src, image, st, old)
+                            intact = image.intact()
+                        if not intact:  # an idle database read without a lock changed
+                            read_total += n
+                            continue
+                        before = image.opened  # as SQLite's open of it left it: what stays
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
                         src = capture.SourceFile(src.path, src.abspath, "file")
@@ -489,12 +497,27 @@ class Committer:
         st: os.stat_result,
         old: FileEntry | None,
     ) -> tuple[FileEntry, int]:
+        # a data-dir file is opened without following a link swapped in since the scan
+        with os.fdopen(capture.open_source(path), "rb") as f:
+            done = self._ingest(src, f, st, old)
+            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        return done
+
+    def _ingest(
+        self,
+        src: capture.SourceFile,
+        f: BinaryIO | dbimage.Image,
+        st: os.stat_result,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        """Chunk and store the stream f of src (the file, or its database image)."""
+        from casnap import ingest as ingesting
         from casnap import pipeline
 
         writer, pool = self._storing()
         with self.phases.timed("index"):
             self.repo.ensure_index()
-        ingest = pipeline.Ingest(
+        ingest = ingesting.Ingest(
             self.repo.store,
             writer,
             pool,
@@ -505,18 +528,16 @@ class Committer:
             group_floats=self.levels.group_floats,
             phases=self.phases,
         )
-        # a data-dir file is opened without following a link swapped in since the scan
-        fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:
-            header = f.read(SNIFF_BYTES)
-            f.seek(0)
-            layout = capture.record_layout(src.abspath)
-            chunker = choose_chunker(header, self.repo.config["chunker"], layout)
-            stream: BinaryIO = f
-            if self._read_tick is not None:
-                stream = cast(BinaryIO, CountingReader(f, self._read_tick))
-            done = ingest.run(stream, chunker)
-            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        header = f.read(SNIFF_BYTES)
+        f.seek(0)
+        layout = capture.record_layout(src.abspath)
+        chunker = choose_chunker(header, self.repo.config["chunker"], layout)
+        stream = cast(BinaryIO, f)
+        if self._read_tick is not None:
+            stream = cast(BinaryIO, CountingReader(f, self._read_tick))  # type: ignore[arg-type]
+        with self.phases.timed("manifest"):  # the chunk list of the last version, read once
+            previous = filelists.previous_lists(self.repo, old)
+        done = ingest.run(stream, chunker, previous[0] if previous else None)
         entry = FileEntry(
             path=src.path,
             kind=src.kind,
@@ -525,7 +546,7 @@ class Committer:
             mtime_ns=st.st_mtime_ns,
             hash=done.hash.hex(),
             chunker=chunker.describe(),
-            lists=self._store_list(done.refs, old, writer),
+            lists=self._store_list(done.refs, old, writer, previous),
             chunks=chunklist.ref_count(done.refs),
             uid=st.st_uid,
             gid=st.st_gid,
@@ -533,39 +554,14 @@ class Committer:
         return entry, done.size
 
     def _store_list(
-        self, refs: bytes, old: FileEntry | None, writer: PackWriter
+        self,
+        refs: bytes,
+        old: FileEntry | None,
+        writer: PackWriter,
+        previous: filelists.Resolved | None,
     ) -> tuple[str, ...]:
         with self.phases.timed("manifest"):  # chunk lists are written with the manifest
-            return store_list(self.repo, refs, old, writer, self.levels.zstd)
-
-
-def store_list(
-    repo: Repository, refs: bytes, old: FileEntry | None, writer: PackWriter, level: int
-) -> tuple[str, ...]:
-    """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
-    of repo) when that keeps the chain short and smaller than one full list, else the full list.
-    New blobs go to writer, compressed at level; returns the ids the file entry names."""
-    from casnap.chunkindex import TREE
-
-    def put_tree(body: bytes) -> str:
-        lid = repo.ids(body)
-        if not writer.known(lid):
-            writer.add(lid, TREE, compression.encode(body, level), len(body))
-        return lid.hex()
-
-    if old is not None and old.lists:
-        try:
-            base, deltas, delta_bytes = repo.resolve_lists(old)
-        except IntegrityError:
-            base = None  # a damaged previous list must not block a new snapshot
-        if base is not None:
-            if base == refs:
-                return old.lists
-            if deltas < LIST_MAX_DELTAS:
-                body = chunklist.encode_delta(base, refs)
-                if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
-                    return (*old.lists, put_tree(body))
-    return tuple(put_tree(body) for body in chunklist.pieces(refs))
+            return store_list(self.repo, refs, old, writer, self.levels.zstd, previous)
 
 
 def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:

@@ -1,10 +1,5 @@
-"""The data paths of commit and checkout: every core busy, memory bounded whatever the file size.
-
-Commit: the calling thread reads a file in blocks, lets its chunker cut them and feeds the
-whole-file hash; worker threads hash every piece, look a whole block's ids up in the index at once,
-group the new pieces into frames and compress them (BLAKE3, numpy and zstd release the GIL); the
-calling thread adds the frames to the pack writer in file order, which writes packs from its own
-thread. At most a few blocks are in flight.
+"""The data path of checkout (commit's is ingest.py): every core busy, memory bounded whatever
+the file size.
 
 Checkout: the refs of a file are located in the index in one batch and grouped into reads of
 adjacent frames; workers read and decode each frame once; the bytes' BLAKE3, computed in order,
@@ -20,21 +15,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
 from casnap import compression
-from casnap.chunkindex import DATA, id_matrix
-from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
-from casnap.constants import READ_BLOCK, REMOTE_WORKERS
+from casnap.constants import REMOTE_WORKERS
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
-from casnap.packwriter import PackWriter
 from casnap.phases import Phases
 from casnap.spans import Spans
 from casnap.store import Store
@@ -67,153 +58,6 @@ _SAMPLE_STRIDE = 4093
 def cpu_workers() -> int:
     """Worker threads for hashing, compressing and decoding: one per core, at least two."""
     return max(2, os.cpu_count() or 2)
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What ingesting one stream produced."""
-
-    refs: bytes  # packed (id, length) refs, see chunklist.py
-    hash: ObjectId  # BLAKE3 of the whole stream
-    size: int
-
-
-@dataclass(frozen=True)
-class _Frame:
-    encoded: bytes
-    frame_plain: int  # 0 for a frame of one chunk
-    members: list[tuple[bytes, int, int]]  # id, offset in the frame, plain size
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    refs: bytes
-    frames: list[_Frame]
-
-
-class Ingest:
-    """Stores streams into a pack writer: chunk, hash, dedup, frame and compress in parallel."""
-
-    def __init__(
-        self,
-        store: Store,
-        writer: PackWriter,
-        pool: ThreadPoolExecutor,
-        workers: int,
-        *,
-        level: int,
-        float_level: int,
-        frame_target: int,
-        group_floats: bool,
-        read_block: int = READ_BLOCK,
-        phases: Phases | None = None,
-    ) -> None:
-        self.phases = phases or Phases()  # chunk (reading, cutting, hashing), compress
-        self.store = store
-        self.writer = writer
-        self.pool = pool
-        self.workers = max(1, workers)
-        self.level = level
-        self.float_level = float_level
-        self.frame_target = frame_target
-        self.group_floats = group_floats
-        self.read_block = read_block
-
-    def run(self, stream: BinaryIO, chunker: Chunker) -> Ingested:
-        """Ingest a stream cut by chunker; new frames go to the writer in stream order."""
-        hasher = Hasher()
-        refs: list[bytes] = []
-        inflight: deque[Future[_Encoded]] = deque()
-        size = 0
-        try:
-            for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
-                with self.phases.timed("chunk"):
-                    hasher.update(block.data)
-                size += len(block.data)
-                inflight.append(self.pool.submit(self._encode, block))
-                while len(inflight) > self.workers:
-                    self._take(inflight.popleft(), refs)
-            while inflight:
-                self._take(inflight.popleft(), refs)
-        finally:
-            for fut in inflight:
-                fut.cancel()
-            for fut in inflight:
-                if not fut.cancelled():
-                    fut.exception()
-        return Ingested(b"".join(refs), hasher.digest(), size)
-
-    def _take(self, fut: Future[_Encoded], refs: list[bytes]) -> None:
-        done = fut.result()
-        refs.append(done.refs)
-        add = self.writer.add_frame
-        for f in done.frames:
-            add(DATA, f.encoded, f.frame_plain, f.members)
-
-    def _encode(self, block: Block) -> _Encoded:
-        """Worker: hash every piece of a block, frame and compress the new ones."""
-        start = time.perf_counter()
-        data = block.data
-        lengths = block.lengths
-        kinds = block.kinds
-        h = self.store.ids.digest
-        ids: list[bytes] = []
-        pos = 0
-        for n in lengths:
-            ids.append(h(data[pos : pos + n]))
-            pos += n
-        rec = np.empty(len(ids), dtype=REF_DTYPE)
-        idm = id_matrix(b"".join(ids))
-        rec["id"] = idm
-        rec["length"] = lengths
-        stored = self.writer.known_many(ids)
-        hashed = self.phases.since("chunk", start)
-        local: set[bytes] = set()
-        frames: list[_Frame] = []
-        members: list[tuple[bytes, int, int]] = []
-        spans: list[tuple[int, int]] = []
-        fbytes = 0
-        fkind = 0
-        target = self.frame_target
-        pos = 0
-        for i, n in enumerate(lengths):
-            start = pos
-            pos += n
-            cid = ids[i]
-            if stored[i] or cid in local:
-                continue
-            local.add(cid)
-            kind = kinds[i] if kinds is not None else 0
-            if members and (fbytes + n > target or kind != fkind):
-                frames.append(self._frame(data, members, spans, fbytes, fkind))
-                members, spans, fbytes = [], [], 0
-            fkind = kind
-            members.append((cid, fbytes, n))
-            spans.append((start, n))
-            fbytes += n
-        if members:
-            frames.append(self._frame(data, members, spans, fbytes, fkind))
-        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return _Encoded(rec.tobytes(), frames)
-
-    def _frame(
-        self,
-        data: memoryview,
-        members: list[tuple[bytes, int, int]],
-        spans: list[tuple[int, int]],
-        fbytes: int,
-        kind: int,
-    ) -> _Frame:
-        first = spans[0][0]
-        if spans[-1][0] + spans[-1][1] - first == fbytes:  # adjacent pieces: no copy
-            payload: bytes | memoryview = data[first : first + fbytes]
-        else:
-            payload = b"".join(data[s : s + n] for s, n in spans)
-        if kind == FLOAT32:
-            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
-        else:
-            encoded = compression.encode(payload, self.level)
-        return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
 
 
 # -- checkout ----------------------------------------------------------------------------------

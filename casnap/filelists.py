@@ -1,0 +1,61 @@
+"""The chunk lists a snapshot names for a file: a delta against the file's previous version when
+that keeps the chain short and small, else the full list in pieces (TREE blobs, chunklist.py).
+Commit and copy store them the same way."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from casnap import chunklist, compression
+from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE
+from casnap.errors import IntegrityError
+from casnap.manifest import FileEntry
+from casnap.repository import Repository
+
+if TYPE_CHECKING:  # storing a list needs a writer: a commit that reads no file makes none
+    from casnap.packwriter import PackWriter
+
+#: A resolved chunk list: packed refs, the number of deltas in its chain and their bytes.
+Resolved = tuple[bytes, int, int]
+
+
+def previous_lists(repo: Repository, old: FileEntry | None) -> Resolved | None:
+    """The resolved chunk list of old, an entry of repo; None when it has none or it is damaged
+    (a damaged previous list must not block a new snapshot)."""
+    if old is None or not old.lists:
+        return None
+    try:
+        return repo.resolve_lists(old)
+    except IntegrityError:
+        return None
+
+
+def store_list(
+    repo: Repository,
+    refs: bytes,
+    old: FileEntry | None,
+    writer: PackWriter,
+    level: int,
+    previous: Resolved | None = None,
+) -> tuple[str, ...]:
+    """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
+    of repo; previous, its list when already resolved) when that keeps the chain short and
+    smaller than one full list, else the full list. New blobs go to writer, compressed at level;
+    returns the ids the file entry names."""
+    from casnap.chunkindex import TREE  # numpy: only once a list is stored
+
+    def put_tree(body: bytes) -> str:
+        lid = repo.ids(body)
+        if not writer.known(lid):
+            writer.add(lid, TREE, compression.encode(body, level), len(body))
+        return lid.hex()
+
+    if old is not None and (previous := previous or previous_lists(repo, old)) is not None:
+        base, deltas, delta_bytes = previous
+        if base == refs:
+            return old.lists
+        if deltas < LIST_MAX_DELTAS:
+            body = chunklist.encode_delta(base, refs)
+            if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
+                return (*old.lists, put_tree(body))
+    return tuple(put_tree(body) for body in chunklist.pieces(refs))
