@@ -3,9 +3,10 @@
 What: take a work dir that ``storage.py --keep`` left (the data dir and every tool's repository),
 restore the last snapshot of each tool in it N times into an empty dir, the tools interleaved in
 every round, and report the median and lowest seconds of each, casnap's default checkout against
-restic and its ``--no-smoke`` checkout against ``zstd -d | tar -x``, and casnap's phases (median
-per phase). Every restore is measured as storage.py measures it (a launcher that spawns and reaps
-the command), after an ``os.sync()``.
+restic and its ``--no-smoke`` checkout against ``zstd -d | tar -x``, the CPU seconds each used
+(user + system, its child processes included: a busy machine stretches wall time far more than
+CPU time), and casnap's phases (median per phase). Every restore is measured as storage.py
+measures it (a launcher that spawns and reaps the command), after an ``os.sync()``.
 
 Why: storage.py restores once per tool; on a shared machine one run is noise. Interleaving the
 tools puts a busy spell on all of them, and the median of several rounds is what to quote.
@@ -66,16 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = {n: TOOLS[n](work) for n in ("casnap", "restic", "tarzstd")}
     runs = [r for r in RUNS if tools[r.split()[0]].repo.exists()]
     seconds: dict[str, list[float]] = {r: [] for r in runs}
+    cpu: dict[str, list[float]] = {r: [] for r in runs}
     phases: dict[str, list[dict[str, float] | None]] = {r: [] for r in runs}
     for k in range(args.repeat):
         for name in runs:
             measured = restore(name, tools, work, step)
             seconds[name].append(measured.seconds)
+            cpu[name].append(measured.cpu)
             phases[name].append(phases_of(measured.stdout) if name.startswith("casnap") else None)
         print(f"round {k + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f} s" for n in runs))
     result: dict[str, Any] = {"work": str(work), "step": step, "repeat": args.repeat, "runs": {}}
     for name in runs:
         result["runs"][name] = {"seconds": seconds[name], **summary(seconds[name])}
+        result["runs"][name]["cpu"] = cpu[name]
+        result["runs"][name]["cpu_median"] = statistics.median(cpu[name])
         result["runs"][name]["phases"] = median_phases(phases[name])
     med = {n: result["runs"][n]["median"] for n in runs}
     ratios = {}
@@ -85,11 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios["casnap --no-smoke / tarzstd"] = med["casnap --no-smoke"] / med["tarzstd"]
     result["ratios"] = ratios
     print()
-    print("| restore | median s | min s | max s |")
-    print("|:--|--:|--:|--:|")
+    print("| restore | median s | min s | max s | CPU s (median) |")
+    print("|:--|--:|--:|--:|--:|")
     for name in runs:
         r = result["runs"][name]
-        print(f"| {name} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} |")
+        row = f"{r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['cpu_median']:.2f}"
+        print(f"| {name} | {row} |")
     print()
     for label, ratio in ratios.items():
         print(f"{label}: {ratio:.2f}x (medians)")

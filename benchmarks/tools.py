@@ -44,17 +44,20 @@ class ToolError(RuntimeError):
 
 @dataclass
 class Measured:
-    """Wall-clock seconds, peak RSS (bytes), stdout and stderr of one or more commands."""
+    """Wall-clock seconds, peak RSS (bytes), stdout and stderr of one or more commands, and the
+    CPU seconds (user + system) they used."""
 
     seconds: float
     rss: int
     stdout: str = ""
     stderr: str = ""
+    cpu: float = 0.0
 
     def then(self, other: Measured) -> Measured:
         """Combine with a command that ran after this one: times add, peak RSS is the max."""
         rss = max(self.rss, other.rss)
-        return Measured(self.seconds + other.seconds, rss, other.stdout, self.stderr + other.stderr)
+        out, err = other.stdout, self.stderr + other.stderr
+        return Measured(self.seconds + other.seconds, rss, out, err, self.cpu + other.cpu)
 
 
 # Each measured command runs under this minimal launcher (a bare ``python -I -S``, started
@@ -75,7 +78,7 @@ except OSError as exc:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - start
 with open(report, "w") as fh:
-    fh.write(f"{seconds!r} {usage.ru_maxrss}\\n")
+    fh.write(f"{seconds!r} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime!r}\\n")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
@@ -90,7 +93,8 @@ def run(
 
     Seconds run from spawning to reaping the command (for a pipeline: its slowest process).
     Peak RSS is the ``ru_maxrss`` of the command's own process; the processes of a pipeline run
-    concurrently, so their peaks are summed.
+    concurrently, so their peaks are summed, as are their CPU seconds (those of any processes
+    the command waited for included).
     """
     argvs = [[str(a) for a in argv] for argv in pipeline]
     with (
@@ -113,9 +117,10 @@ def run(
             shown = " | ".join(" ".join(a) for a in argvs)
             raise ToolError(f"{shown} exited with {codes}: {stderr[-TAIL_CHARS:].strip()}")
         stages = [report.read_text().split() for report in reports]
-    seconds = max(float(sec) for sec, _ in stages)
-    rss = sum(int(kib) * 1024 for _, kib in stages)  # ru_maxrss is in KiB on Linux
-    return Measured(seconds, rss, stdout, stderr)
+    seconds = max(float(sec) for sec, _, _ in stages)
+    rss = sum(int(kib) * 1024 for _, kib, _ in stages)  # ru_maxrss is in KiB on Linux
+    cpu = sum(float(used) for _, _, used in stages)  # the processes of a pipeline add up
+    return Measured(seconds, rss, stdout, stderr, cpu)
 
 
 def _spawn_pipeline(
