@@ -445,8 +445,14 @@ class _Checkout:
         with smoke.SmokeSession(
             databases=[i.entry.path for i in wanted if i.entry.kind == "sqlite"],
             builtin=opts.smoke,
-            expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in staged),
+            expect_faiss=any(smoke.may_be_faiss(i.entry.path, i.entry.chunker) for i in wanted),
         ) as checks:
+            kept = {i.entry.path for i in unchanged} - {i.entry.path for i in staged}
+            for item in unchanged:  # indexes left in place are read while the rest is restored
+                if item.entry.path in kept and smoke.may_be_faiss(
+                    item.entry.path, item.entry.chunker
+                ):
+                    checks.present(self.target / item.entry.path)
             self.phases.since("smoke" if opts.smoke else "plan", smoke_start)  # FAISS probe child
             entries = [i.entry for i in staged]
             before = stage_files(self.repo, stage, entries, checks, self.progress, self.phases)

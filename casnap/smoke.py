@@ -113,6 +113,16 @@ class SmokeSession:
         if header is not None:
             self._send(path, header.binary, private=True)
 
+    def present(self, path: Path) -> None:
+        """A file the restore leaves where it is, outside the staging dir, that will be checked
+        as it is: a FAISS index goes to the child now, so it is read while the other files are
+        restored (read, not mapped: another process may write it)."""
+        if not self.builtin:
+            return
+        header = faiss_header(sniff(path))
+        if header is not None:
+            self._send(path, header.binary, private=False)
+
     def _send(self, path: Path, binary: bool, private: bool) -> None:
         if (path, binary) in self._sent:
             return

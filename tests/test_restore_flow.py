@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from casnap import faiss_child
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import IntegrityError
@@ -180,3 +181,37 @@ def test_a_checkout_leaves_no_descriptor_open_whether_it_succeeds_or_fails(tmp_p
         checkout(repo, sid, tmp_path / "again", safety_snapshot=False, smoke=False)
     assert open_descriptors() == before
     assert not (tmp_path / "again").exists()
+
+
+def test_indexes_left_in_place_are_checked_while_the_rest_is_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_app(tmp_path / "data")
+    rng = np.random.default_rng(4)
+    (data / "blob.bin").write_bytes(rng.integers(0, 256, 24 << 20, dtype=np.uint8).tobytes())
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    out = tmp_path / "out"
+    checkout(repo, sid, out, safety_snapshot=False, smoke=False)
+    (out / "blob.bin").write_bytes(b"changed")  # to restore again; the indexes stay in place
+
+    progress: list[tuple[int, int]] = [(0, 1)]
+    handed: dict[str, tuple[int, int]] = {}  # index -> progress when the checker process got it
+    send = faiss_child.ProbeChild.send
+
+    def watched(child: faiss_child.ProbeChild, path: Path, *args: object) -> bool:
+        handed.setdefault(str(path), progress[-1])
+        return send(child, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(faiss_child.ProbeChild, "send", watched)
+    result = checkout(
+        repo,
+        sid,
+        out,
+        safety_snapshot=False,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert result.written == ["blob.bin"] and "faiss/flat.index" in result.unchanged
+    assert result.smoke is not None and result.smoke["ok"]
+    done, total = handed[str(out / "faiss" / "flat.index")]
+    assert done < total, "the index in place was checked only once every file was written"
