@@ -13,6 +13,7 @@ what is written start every few MiB on a thread of their own (writeback.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
@@ -67,6 +68,8 @@ class _File:
 def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
     while len(view):
         n = os.pwrite(fd, view, pos)
+        if n <= 0:  # never for a regular file with room; no endless loop if it ever happens
+            raise OSError(errno.EIO, "the write wrote nothing")
         view, pos = view[n:], pos + n
 
 
