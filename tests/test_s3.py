@@ -197,3 +197,29 @@ def test_without_the_client_s3_fails_in_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == EXIT_CODES["repository"], done.stderr
     assert done.stderr.count("\n") == 1 and "casnap[s3]" in done.stderr
+
+
+def test_a_repository_deleted_after_its_config_was_cached_is_made_anew(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """The config kept in the cache from an earlier open does not make a deleted repository
+    look present: a first commit (or a copy) there creates it again."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=30)
+    repo = f"s3://{s3_bucket}/gone"
+    code, _, err = run(repo, data, "commit", "-q", password=PW)
+    assert code == 0, err
+    code, _, err = run(repo, data, "log", password=PW)  # the config and key are cached now
+    assert code == 0, err
+    from casnap.backends.s3 import make_client
+
+    client = make_client()
+    for key in bucket_objects(s3_bucket):
+        if key.startswith("gone/"):
+            client.delete_object(Bucket=s3_bucket, Key=key)
+    client.close()
+    code, out, err = run(repo, data, "commit", "-q", password=PW)
+    assert code == 0, err
+    code, out, err = run(repo, data, "log", "--json", password=PW)
+    assert code == 0, err
+    assert len(json.loads(out)) == 1

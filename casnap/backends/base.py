@@ -192,6 +192,24 @@ def salvage(backend: Backend, key: str) -> Salvaged | None:
 _VERIFY_TAIL = 64
 
 
+class Wrapper(Backend):
+    """A backend over another, `inner`: where it lives and how requests cost are inner's."""
+
+    inner: Backend
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    @property
+    def remote(self) -> bool:  # type: ignore[override]
+        return self.inner.remote
+
+    @property
+    def checked_puts(self) -> bool:  # type: ignore[override]
+        return self.inner.checked_puts
+
+
 def put_verified(backend: Backend, key: str, data: bytes | memoryview) -> bool:
     """Put an object whose key names its content, and make sure the stored copy is whole.
 

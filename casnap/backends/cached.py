@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from casnap import fsutil
-from casnap.backends.base import Backend, check_key, check_prefix, check_range
+from casnap.backends.base import Backend, Wrapper, check_key, check_prefix, check_range
 from casnap.constants import TEMP_PREFIX
 from casnap.ids import Hasher, hash_bytes
 
@@ -70,7 +70,7 @@ def _digest(key: str, kind: int, offset: int, data: bytes | memoryview) -> bytes
     return bytes(h.digest())
 
 
-class CachingBackend(Backend):
+class CachingBackend(Wrapper):
     """inner, with index files, manifests and pack directories kept in cache_dir (see the module
     docstring). Holds nothing in memory but its two arguments, so calls from several threads need
     no lock: each cache file is written to a temp file and renamed into place whole."""
@@ -78,18 +78,6 @@ class CachingBackend(Backend):
     def __init__(self, inner: Backend, cache_dir: Path) -> None:
         self.inner = inner
         self.cache_dir = Path(cache_dir)
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
-    def remote(self) -> bool:  # type: ignore[override]
-        return self.inner.remote
-
-    @property
-    def checked_puts(self) -> bool:  # type: ignore[override]
-        return self.inner.checked_puts
 
     # -- the backend calls ---------------------------------------------------------------------
 

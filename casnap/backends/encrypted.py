@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from casnap.backends.base import Backend, Salvaged, check_key, check_range
+from casnap.backends.base import Backend, Salvaged, Wrapper, check_key, check_range
 from casnap.crypto import (
     HEADER_SIZE,
     SEGMENT,
@@ -34,7 +34,7 @@ KEYS_PREFIX = "keys/"
 _HEADERS_KEPT = 1 << 16  # ~6 MB at most: every pack of a large repository
 
 
-class EncryptedBackend(Backend):
+class EncryptedBackend(Wrapper):
     """Objects of inner, sealed with sealer (see the module docstring)."""
 
     def __init__(self, inner: Backend, sealer: Sealer) -> None:
@@ -42,18 +42,6 @@ class EncryptedBackend(Backend):
         self.sealer = sealer
         self._headers: OrderedDict[str, Header] = OrderedDict()
         self._lock = threading.Lock()
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
-    def remote(self) -> bool:  # type: ignore[override]
-        return self.inner.remote
-
-    @property
-    def checked_puts(self) -> bool:  # type: ignore[override]
-        return self.inner.checked_puts
 
     def put(self, key: str, data: bytes | memoryview) -> bool:
         if check_key(key).startswith(KEYS_PREFIX):

@@ -28,14 +28,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from casnap.backends.base import Backend, check_key
+from casnap.backends.base import Backend, Wrapper, check_key
 from casnap.constants import RETRY_ATTEMPTS, RETRY_BASE_DELAY, RETRY_MAX_DELAY
 from casnap.errors import ObjectMissing, TransientError
 
 T = TypeVar("T")
 
 
-class RetryingBackend(Backend):
+class RetryingBackend(Wrapper):
     """Calls of inner, each retried on TransientError (see the module docstring)."""
 
     def __init__(
@@ -57,18 +57,6 @@ class RetryingBackend(Backend):
         self.max_delay = max_delay
         self.sleep = sleep
         self.rng = rng or random.Random()
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
-    def remote(self) -> bool:  # type: ignore[override]
-        return self.inner.remote
-
-    @property
-    def checked_puts(self) -> bool:  # type: ignore[override]
-        return self.inner.checked_puts
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (0 for the first retry): full jitter."""
