@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from casnap import capture, fsutil, pipeline, smoke
+from casnap import capture, fsutil, pipeline, smallstage, smoke
 from casnap.checker import SmokeVerifyResult
 from casnap.chunklist import REF
 from casnap.constants import REMOTE_WORKERS
+from casnap.durable import Durable
 from casnap.errors import (
     CasnapError,
     CheckFailed,
@@ -90,11 +91,12 @@ def stage_files(
     progress: ProgressFn | None = None,
     phases: Phases | None = None,
 ) -> dict[str, Fingerprint]:
-    """Restore entries into the stage, each verified against its BLAKE3 and fsynced (on a
-    thread, while the next is written), owners restored as root, hard links linked to their
-    file staged before them; each file's smoke checks start as soon as it is staged. Returns
-    the fingerprint of every staged file (a smoke command must not change one). The time of
-    each step goes to phases (see pipeline.restore; fsyncs to `write`)."""
+    """Restore entries into the stage, each verified against its BLAKE3, owners restored as
+    root, hard links linked to their file staged before them; small files a batch at a time
+    (smallstage.py), the others one by one; each file's smoke checks start as soon as it is
+    staged. Every file is durable when this returns (durable.py: synced in batches, or each
+    fsynced). Returns the fingerprint of every staged file (a smoke command must not change
+    one). The time of each step goes to phases (see pipeline.restore; syncs to `write`)."""
     phases = phases or Phases()
     repo.ensure_index()
     ordered = sorted(entries, key=lambda e: (e.link is not None, e.path))
@@ -104,10 +106,20 @@ def stage_files(
     names: dict[str, list[str]] = {}  # a staged file -> every name it has in the stage
     with (
         ThreadPoolExecutor(max_workers=workers(repo)) as pool,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
+        Durable(stage.dir.fd, str(stage.parent_path / stage.name), phases) as durable,
     ):
-        synced = []
-        for entry in ordered:
+
+        def staged(entry: FileEntry, dest: Path, fp: Fingerprint, head: bytes) -> None:
+            bar.add(entry.size)
+            durable.add(dest, entry.size)
+            before[entry.path] = fp
+            checks.staged(entry.path, dest, head)
+
+        window = 2 * workers(repo) + 2
+        small = [e for e in ordered if smallstage.fits(e)]
+        again = smallstage.stage_small(repo, stage.path, small, pool, window, staged, phases)
+        rest = sorted([e for e in ordered if not smallstage.fits(e)] + again, key=_link_order)
+        for entry in rest:
             dest = stage.path / entry.path
             _mkdirs(dest.parent)
             if entry.link is not None and entry.link in before:
@@ -127,13 +139,17 @@ def stage_files(
                         os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
                     except OSError as exc:
                         raise from_oserror(exc, f"setting the owner of {dest}") from exc
-                synced.append(syncer.submit(phases.timing("write", fsutil.fsync_file), dest))
-            before[entry.path] = fingerprint(dest)
+                durable.add(dest, entry.size)
+                before[entry.path] = fingerprint(dest)
             checks.staged(entry.path, dest)
-        for fut in synced:
-            fut.result()
+        durable.finish()
     bar.finish()
     return before
+
+
+def _link_order(entry: FileEntry) -> tuple[bool, str]:
+    """Hard links after the files they link to, then by path."""
+    return (entry.link is not None, entry.path)
 
 
 def write_verified(
