@@ -362,25 +362,26 @@ def _idle_wal_database(path: Path) -> bool:
     return not all(os.path.exists(str(path) + s) for s in ("-wal", "-shm"))
 
 
-def _private_copy(path: Path, tmp_dir: Path) -> Path | None:
-    """Copy an idle database (and its -wal) into tmp_dir, checked unchanged meanwhile; None when
-    it kept changing (someone opened it: then it is read in place, like any live database)."""
-    sides = [path, Path(str(path) + "-wal")]
+def _private_copy(path: Path, tmp_dir: Path) -> tuple[Path, tuple[int, ...]] | None:
+    """Copy an idle database (and its -wal) into tmp_dir, checked unchanged meanwhile: the copy
+    and the database's fingerprint it holds; None when it kept changing (someone opened it: then
+    it is read in place, like any live database)."""
+    wal = Path(str(path) + "-wal")
     for _ in range(SOURCE_RETRIES):
-        before = [fingerprint(p, "file") for p in sides]
+        before = fingerprint(path, "sqlite")
         copy = tmp_dir / temp_name(".db")
         try:
             _private_copyfile(path, copy)
-            if before[1] is not None:
-                _private_copyfile(sides[1], Path(str(copy) + "-wal"))
+            if os.path.exists(wal):  # one that appears or goes meanwhile changes the fingerprint
+                _private_copyfile(wal, Path(str(copy) + "-wal"))
         except FileNotFoundError:
             _remove_with_sides(copy)
             continue
         except OSError as exc:
             _remove_with_sides(copy)
             raise from_oserror(exc, f"copying {path} into {tmp_dir}") from exc
-        if [fingerprint(p, "file") for p in sides] == before:
-            return copy
+        if before is not None and fingerprint(path, "sqlite") == before:
+            return copy, before
         _remove_with_sides(copy)
     return None
 
@@ -431,6 +432,23 @@ def sqlite_image(
     -shm in the data dir. A database locked by a writer is waited for at most the busy timeout
     (on_wait hears about the wait once), then DatabaseBusy.
     """
+    with database_image(path, tmp_dir, on_wait) as (image, _opened):
+        yield image
+
+
+@contextlib.contextmanager
+def database_image(
+    path: Path, tmp_dir: Path, on_wait: Callable[[str], None] | None = None
+) -> Iterator[tuple[Path, tuple[int, ...] | None]]:
+    """sqlite_image, and the database's fingerprint (fingerprint(path, "sqlite")) taken once
+    SQLite had it open and before the copy began; None when it could not be taken then (a
+    writer held the database).
+
+    That fingerprint, not one taken before the open, is what a commit records for the image
+    when the database still has it afterwards: SQLite run as root gives a database's -wal to
+    the database's owner when it opens it (fchown), which moves the -wal's ctime even though
+    nothing was written, so a fingerprint taken before the open would never match again.
+    """
     dest = tmp_dir / temp_name(".db")
     try:
         make_dirs(tmp_dir)
@@ -440,8 +458,10 @@ def sqlite_image(
     except OSError as exc:
         raise from_oserror(exc, f"creating a database image in {tmp_dir}") from exc
     private: Path | None = None
+    opened: tuple[int, ...] | None = None
     try:
-        private = _private_copy(path, tmp_dir) if _idle_wal_database(path) else None
+        if _idle_wal_database(path) and (copied := _private_copy(path, tmp_dir)) is not None:
+            private, opened = copied
         source = private or path
         try:
             wait = _BusyWait(path, on_wait)
@@ -452,6 +472,8 @@ def sqlite_image(
                 ) as src,
                 contextlib.closing(sqlite3.connect(dest)) as dst,
             ):
+                if private is None:
+                    opened = _opened_fingerprint(src, path)
                 # the image is a scratch file read once: fsyncing it would only cost time (it
                 # halves the backup of a 127 MB database); the bytes are the same either way
                 dst.execute("PRAGMA synchronous = OFF")
@@ -475,8 +497,19 @@ def sqlite_image(
             clear_unused_pages(dest)
         except OSError as exc:
             raise from_oserror(exc, f"clearing free pages of the image of {path}") from exc
-        yield dest
+        yield dest, opened
     finally:
         _remove_with_sides(dest)
         if private is not None:
             _remove_with_sides(private)
+
+
+def _opened_fingerprint(conn: sqlite3.Connection, path: Path) -> tuple[int, ...] | None:
+    """The fingerprint of the database conn reads, once conn has opened it and its -wal (a first
+    read does that); None when that read fails (a writer holds the database: the backup then
+    waits for it, and the image is not vouched for)."""
+    try:
+        conn.execute("PRAGMA schema_version").fetchall()
+    except sqlite3.Error:
+        return None
+    return fingerprint(path, "sqlite")

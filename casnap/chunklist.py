@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId
+
+if TYPE_CHECKING:  # numpy is imported where deltas are encoded: reading a list needs none
+    import numpy as np
 
 REF = struct.Struct("<32sI")
 REF_SIZE = REF.size
@@ -101,6 +103,8 @@ def encode_delta(base: bytes, new: bytes) -> bytes:
     _uvarint(nn, out)
     if nn == 0:
         return bytes(out)
+    import numpy as np  # here: reading a list back never needs it
+
     m = _positions(base, new)
     is_copy = m >= 0
     brk = np.ones(nn, dtype=bool)
@@ -127,6 +131,8 @@ def _positions(base: bytes, new: bytes) -> np.ndarray:
     The first occurrence is taken, except that a ref equal to the one after the previous ref's
     match continues that run (repeated refs, such as zeroed pages, stay in one COPY).
     """
+    import numpy as np
+
     nb, nn = len(base) // REF_SIZE, len(new) // REF_SIZE
     m = np.full(nn, -1, dtype=np.int64)
     if nb == 0:
@@ -230,6 +236,8 @@ def ids_packed(refs: bytes) -> bytes:
     """The chunk ids of packed refs, in order, as 32-byte ids back to back."""
     if not refs:
         return b""
+    import numpy as np
+
     return np.frombuffer(refs, dtype=np.uint8).reshape(-1, REF_SIZE)[:, :ID_SIZE].tobytes()
 
 

@@ -30,6 +30,7 @@ from casnap.chunkindex import (
     merge_parts,
     stored_bytes,
 )
+from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId
 from casnap.packs import (
@@ -44,12 +45,6 @@ from casnap.packwriter import PackWriter
 from casnap.reachability import Reach, walk
 from casnap.repository import Repository
 from casnap.store import Store
-
-# Repack a pack when more than this share of its bytes is unreferenced (restic's default
-# --max-unused is 5%): rewriting a pack costs reading and writing all of it, so a little waste in
-# a pack is cheaper to keep than to move.
-DEFAULT_MAX_UNUSED = 5.0
-
 
 KEEP, REPACK, DELETE, UNINDEXED = "keep", "repack", "delete", "unindexed"
 

@@ -3,8 +3,9 @@
 scan -> capture (SQLite through its backup API) -> chunk, hash, dedup and compress (pipeline.py)
 -> packs, index file -> chunk lists (deltas against the previous version) -> manifest, written
 last: the commit point. A file whose stat fingerprint matches the parent snapshot's (or what the
-last checkout put in place) is not read. A commit that fails takes back the packs it wrote and,
-when it created the repository, the repository (rollback.py).
+last checkout put in place) is not read (statcache.py); the index, the pack writer and the data
+path (numpy) are loaded only for the first file that is. A commit that fails takes back the packs
+it wrote and, when it created the repository, the repository (rollback.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from casnap import (
     capture,
@@ -29,12 +29,12 @@ from casnap import (
     compression,
     consistency,
     instants,
-    pipeline,
     repair,
     rollback,
+    statcache,
 )
 from casnap import restored as restored_files
-from casnap.chunkindex import TREE
+from casnap.backends.base import put_verified
 from casnap.chunking import choose_chunker
 from casnap.config import iso_time, now_iso
 from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE, SNIFF_BYTES, SOURCE_RETRIES
@@ -52,11 +52,15 @@ from casnap.errors import (
 )
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
-from casnap.packwriter import PackWriter
 from casnap.paths import commit_paths
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, CountingReader, ProgressFn
 from casnap.repository import Repository
+
+if TYPE_CHECKING:  # made for the first file read (_storing)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from casnap.packwriter import PackWriter
 
 
 @dataclass(frozen=True)
@@ -117,10 +121,6 @@ class CommitResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def with_source(entry: FileEntry, source: tuple[int, ...] | None) -> FileEntry:
-    return dataclasses.replace(entry, source=source)
 
 
 def _linked(primary: FileEntry, path: str) -> FileEntry:
@@ -223,6 +223,10 @@ class Committer:
         self.snapshots_before: frozenset[str] = frozenset()
         self._read_tick: Callable[[int], None] | None = None  # progress of the file being read
         self.tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
+        # made for the first file that must be read (_storing); shut down when the run ends
+        self.writer: PackWriter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._stack = contextlib.ExitStack()
 
     def run(self, data_dir: Path, paths: Sequence[str]) -> CommitResult:
         """Store data_dir (or paths inside it) and its manifest; the caller holds the lock."""
@@ -268,7 +272,7 @@ class Committer:
             )
         source_dir = opts.source or str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
-        parent_id, parent = self._parent(source_dir, rel_paths)
+        parent_id, parent = statcache.parent(self.repo, source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         if not sources and parent_files and not opts.allow_empty:
             raise EmptySnapshot(
@@ -282,10 +286,11 @@ class Committer:
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
         ]
         self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped
-        restored = self._restored(source_dir) if opts.source is None else {}
+        restored: dict[str, FileEntry] = {}
+        if opts.source is None:  # an import's source is no data dir a checkout restored into
+            restored = statcache.restored_entries(self.repo, source_dir, self.tainted)
         if parent_id is not None and parent_id.hex() in self.tainted:
             parent_files = {}  # read every file again: what it named may be gone
-        writer = PackWriter(self.repo.store, phases=self.phases)
         entries: list[FileEntry] = []
         links: dict[tuple[int, int], FileEntry] = {}
         sizes = [capture.estimated_size(src) for src in sources]
@@ -295,7 +300,7 @@ class Committer:
         try:
             with contextlib.ExitStack() as stack:
                 stack.callback(setattr, self, "_read_tick", None)
-                pool = stack.enter_context(ThreadPoolExecutor(max_workers=pipeline.cpu_workers()))
+                self._stack = stack.enter_context(contextlib.ExitStack())  # the worker threads
                 watched = instants.watch(sources)  # framework stores: read at one instant
                 for src, estimate in zip(sources, sizes, strict=True):
                     file_start = bar.done
@@ -311,9 +316,7 @@ class Committer:
                         read = 0
                     else:
                         try:
-                            entry, read = self._entry(
-                                src, writer, pool, start_ns, parent_files, restored
-                            )
+                            entry, read = self._entry(src, start_ns, parent_files, restored)
                         except AccessDenied as exc:
                             if not opts.skip_unreadable:
                                 raise UnreadableSource(str(exc)) from exc
@@ -332,17 +335,17 @@ class Committer:
                     entries.append(entry)
                     bar.advance_to(file_start + estimate)
                 again, moving = instants.settle(
-                    watched, entries, lambda s: self._entry(s, writer, pool, start_ns, {}, {})
+                    watched, entries, lambda s: self._entry(s, start_ns, {}, {})
                 )
                 result.bytes_read += again
                 result.warnings += moving
             bar.finish()
             result.files_removed = len(set(parent_files) - {e.path for e in entries})
-            result.chunks_new = writer.chunks_added
-            added = writer.finish()
+            added, result.chunks_new, list_bytes, index_bytes = self._finish()
         except BaseException:
-            self.unindexed = writer.abort()
-            self.written_index = writer.index_key  # when the failure came after it was written
+            if self.writer is not None:
+                self.unindexed = self.writer.abort()
+                self.written_index = self.writer.index_key  # when the failure came after it
             raise
         manifest_start = time.perf_counter()
         result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
@@ -367,8 +370,8 @@ class Committer:
                 "bytes_read": result.bytes_read,
                 "bytes_added": added,
                 "chunks_new": result.chunks_new,
-                "list_bytes": writer.bytes_by_type[TREE],
-                "index_bytes": writer.index_bytes,
+                "list_bytes": list_bytes,
+                "index_bytes": index_bytes,
             },
             dirs=dirs,
             skipped=tuple(result.skipped),
@@ -377,10 +380,11 @@ class Committer:
         sid = self.repo.ids(raw)
         blob = compress_manifest(raw)
         try:
-            self.repo.store.put_verified(f"snapshots/{sid.hex()}", blob)  # last: the commit point
+            put_verified(self.repo.backend, f"snapshots/{sid.hex()}", blob)  # the commit point
         except BaseException:
-            self.written_index = writer.index_key
-            self.unindexed = [pack for pack, _size in writer.created]
+            if self.writer is not None:
+                self.written_index = self.writer.index_key
+                self.unindexed = [pack for pack, _size in self.writer.created]
             raise
         self.repo.remember_snapshot(sid, snap)
         if restored:
@@ -392,63 +396,55 @@ class Committer:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _restored(self, source: str) -> dict[str, FileEntry]:
-        """Entries of the files a checkout restored into source, by path, with the fingerprint
-        recorded after the swap as their `source` (see restored.py)."""
-        record = restored_files.load(self.repo.id, source)
-        if record is None:
-            return {}
-        snaps = dict(self.repo.snapshots())
-        out: dict[str, FileEntry] = {}
-        for path, (fp, sid_hex) in record.files.items():
-            try:
-                snap = snaps.get(ObjectId.from_hex(sid_hex))
-            except ValueError:
-                continue
-            if snap is None or sid_hex in self.tainted:
-                continue  # forgotten since (gc may have removed its chunks), or repaired
-            entry = next((f for f in snap.files if f.path == path), None)
-            if entry is not None:
-                out[path] = with_source(entry, fp)
-        return out
+    def _storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
+        """The pack writer and the worker threads, made when the first file must be read: a
+        commit that reuses every entry loads neither the index nor the data path (numpy)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from casnap import pipeline
+
+            workers = ThreadPoolExecutor(max_workers=pipeline.cpu_workers())
+            self._stack.callback(setattr, self, "_pool", None)
+            self._pool = self._stack.enter_context(workers)
+        if self.writer is None:
+            from casnap.packwriter import PackWriter
+
+            self.writer = PackWriter(self.repo.store, phases=self.phases)
+        return self.writer, self._pool
+
+    def _finish(self) -> tuple[int, int, int, int]:
+        """Write the last pack and the index file: (bytes added, chunks added, bytes of chunk
+        lists, bytes of the index file); all 0 when no file was read."""
+        if self.writer is None:
+            return 0, 0, 0, 0
+        from casnap.chunkindex import TREE
+
+        w = self.writer
+        added = w.finish()
+        return added, w.chunks_added, w.bytes_by_type[TREE], w.index_bytes
 
     def _entry(
         self,
         src: capture.SourceFile,
-        writer: PackWriter,
-        pool: ThreadPoolExecutor,
         start_ns: int,
         parent_files: dict[str, FileEntry],
         restored: dict[str, FileEntry],
     ) -> tuple[FileEntry, int]:
         """The entry of one source file and the bytes read for it: reused from the parent
-        snapshot or from the last checkout when its fingerprint is unchanged, else read."""
-        old = parent_files.get(src.path)
-        fp = capture.fingerprint(src.abspath, src.kind)
-        for known in (old, restored.get(src.path)):
-            if known is not None and known.source is not None and known.kind == src.kind:
-                if fp == known.source:
-                    # neither the file nor the index is read: the chunks are present, because
-                    # gc cannot run while a commit holds its lock (repair-index: self.tainted)
-                    return known, 0
-        return self._capture(src, writer, pool, start_ns, old)
+        snapshot or from the last checkout when its fingerprint is unchanged, else read.
 
-    def _parent(
-        self, source: str, paths: tuple[str, ...]
-    ) -> tuple[ObjectId | None, Snapshot | None]:
-        """The newest snapshot of the same dir and paths: its files feed the stat cache."""
-        for sid, snap in reversed(self.repo.snapshots()):
-            if snap.source == source and snap.paths == paths:
-                return sid, snap
-        return None, None
+        A reused entry costs neither a read of the file nor of the index: its chunks are
+        present, because gc cannot run while a commit holds its lock (repair-index:
+        self.tainted)."""
+        old = parent_files.get(src.path)
+        known = statcache.reusable(src, old, restored.get(src.path))
+        if known is not None:
+            return known, 0
+        return self._capture(src, start_ns, old)
 
     def _capture(
-        self,
-        src: capture.SourceFile,
-        writer: PackWriter,
-        pool: ThreadPoolExecutor,
-        start_ns: int,
-        old: FileEntry | None,
+        self, src: capture.SourceFile, start_ns: int, old: FileEntry | None
     ) -> tuple[FileEntry, int]:
         """Read one file consistently into the store; returns its entry and bytes read."""
         read_total = 0
@@ -461,30 +457,29 @@ class Committer:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     try:
-                        image_of = capture.sqlite_image(
+                        image_of = capture.database_image(
                             src.abspath, self.repo.tmp_dir, self.repo.notify
                         )
-                        with self.phases.entered("capture", image_of) as image:
-                            entry, n = self._ingest_path(src, image, st, writer, pool, old)
+                        with self.phases.entered("capture", image_of) as (image, opened):
+                            entry, n = self._ingest_path(src, image, st, old)
+                        before = opened  # as SQLite's open of it left it: that is what stays
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
                         src = capture.SourceFile(src.path, src.abspath, "file")
                         continue
                 else:
-                    entry, n = self._ingest_path(src, src.abspath, st, writer, pool, old)
+                    entry, n = self._ingest_path(src, src.abspath, st, old)
             except FileNotFoundError as exc:
                 raise SourceError(f"{src.abspath} vanished while committing") from exc
             except OSError as exc:
                 raise from_oserror(exc, f"reading {src.abspath}") from exc
             read_total += n
             after = capture.fingerprint(src.abspath, src.kind)
-            if src.kind == "sqlite":
-                # the image is consistent whatever happened meanwhile; cache only a quiet file
-                racy = before != after or capture.is_racy(before, start_ns)
-                return with_source(entry, None if racy else before), read_total
-            if after == before and settled:
-                racy = capture.is_racy(before, start_ns)
-                return with_source(entry, None if racy else before), read_total
+            if src.kind == "sqlite" or (after == before and settled):
+                # a database image is consistent whatever happened meanwhile (before: once
+                # SQLite had it open); the fingerprint is recorded only for a quiet file
+                source = statcache.vouched(before, after, start_ns)
+                return statcache.with_source(entry, source), read_total
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
 
     def _ingest_path(
@@ -492,10 +487,11 @@ class Committer:
         src: capture.SourceFile,
         path: Path,
         st: os.stat_result,
-        writer: PackWriter,
-        pool: ThreadPoolExecutor,
         old: FileEntry | None,
     ) -> tuple[FileEntry, int]:
+        from casnap import pipeline
+
+        writer, pool = self._storing()
         with self.phases.timed("index"):
             self.repo.ensure_index()
         ingest = pipeline.Ingest(
@@ -549,6 +545,7 @@ def store_list(
     """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
     of repo) when that keeps the chain short and smaller than one full list, else the full list.
     New blobs go to writer, compressed at level; returns the ids the file entry names."""
+    from casnap.chunkindex import TREE
 
     def put_tree(body: bytes) -> str:
         lid = repo.ids(body)

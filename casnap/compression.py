@@ -9,12 +9,15 @@ corrupt or hostile frame can never make casnap allocate more than the index clai
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-import numpy as np
 import zstandard
 
 from casnap.constants import MAX_FRAME_SIZE, MIN_COMPRESSION_GAIN, ZSTD_LEVEL
 from casnap.errors import IntegrityError
+
+if TYPE_CHECKING:  # numpy is imported by the byte-grouping functions: a manifest needs none
+    import numpy as np
 
 RAW = 0
 ZSTD = 1
@@ -81,6 +84,8 @@ def _inflate(payload: bytes | memoryview, size: int) -> bytes | bytearray:
 
 def group4(data: bytes | memoryview) -> bytes:
     """Group byte k of every 4-byte word together; a tail of <4 bytes stays last."""
+    import numpy as np
+
     n = len(data) - len(data) % 4
     words = np.frombuffer(data, dtype=np.uint8, count=n).reshape(-1, 4)
     return words.T.tobytes() + bytes(data[n:])
@@ -89,6 +94,8 @@ def group4(data: bytes | memoryview) -> bytes:
 def ungroup4(data: bytes | bytearray | memoryview) -> bytearray:
     """Inverse of group4, written straight into the result (strided copies: ~3x faster than a
     transposed copy, and no second copy of the output)."""
+    import numpy as np
+
     n = len(data) - len(data) % 4
     planes = np.frombuffer(data, dtype=np.uint8, count=n).reshape(4, -1)
     out = bytearray(len(data))
@@ -104,6 +111,8 @@ def ungroup_range(grouped: bytes | bytearray, start: int, out: np.ndarray) -> No
     array out, without ungrouping the rest: a restore then puts each range of a float frame in
     its place with one strided copy (numpy copies of any size release the GIL; building the
     whole frame first and copying it again took twice the memory traffic)."""
+    import numpy as np
+
     total = len(grouped)
     n4 = total - total % 4
     planes = np.frombuffer(grouped, dtype=np.uint8, count=n4).reshape(4, -1)
@@ -142,6 +151,8 @@ class Frame:
 
     def into(self, start: int, out: np.ndarray) -> None:
         """Copy plain bytes start..start+len(out) into the uint8 array out."""
+        import numpy as np
+
         if self.grouped:
             ungroup_range(self.data, start, out)
         else:
@@ -149,6 +160,8 @@ class Frame:
 
     def read(self, start: int, n: int) -> bytes:
         """Plain bytes start..start+n."""
+        import numpy as np
+
         if not self.grouped:
             return bytes(self.data[start : start + n])
         out = np.empty(n, dtype=np.uint8)

@@ -13,7 +13,6 @@ import json
 import uuid
 from typing import Any
 
-from casnap.chunking import choose_chunker, make_chunker
 from casnap.constants import (
     CDC_AVG,
     CDC_MAX,
@@ -36,9 +35,6 @@ from casnap.constants import (
     ZSTD_LEVEL,
 )
 from casnap.errors import CasnapError, IntegrityError, UnsupportedFormat
-from casnap.formats.faiss import FAISS_SAMPLE_HEADER
-from casnap.formats.hnsw import HNSW_SAMPLE_RECORDS
-from casnap.formats.sqlite import SQLITE_SAMPLE_HEADER
 
 # zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
@@ -110,6 +106,13 @@ def encode_config(cfg: dict[str, Any]) -> bytes:
 def parse_config(raw: bytes, location: str) -> dict[str, Any]:
     """The config stored at location, checked: UnsupportedFormat for another format version,
     IntegrityError for a damaged one or a value past the limits."""
+    # here, not at the top: the chunkers are only built to check them (a command that opens no
+    # repository, such as --help, never needs them)
+    from casnap.chunking import choose_chunker, make_chunker
+    from casnap.formats.faiss import FAISS_SAMPLE_HEADER
+    from casnap.formats.hnsw import HNSW_SAMPLE_RECORDS
+    from casnap.formats.sqlite import SQLITE_SAMPLE_HEADER
+
     try:
         cfg = json.loads(raw)
         version = cfg["casnap_format"]

@@ -214,3 +214,11 @@ SAFETY_TAG = "pre-checkout"
 # ranged reads, so more of them than cores keep the connection pool (64) busy; each holds at most
 # two tasks of ~1 MiB (pipeline.TASK_BYTES), so 8 stay within ~40 MiB.
 REMOTE_WORKERS = 8
+
+# Repack a pack when more than this share of its bytes is unreferenced (restic's default
+# --max-unused is 5%): rewriting a pack costs reading and writing all of it, so a little waste in
+# a pack is cheaper to keep than to move.
+DEFAULT_MAX_UNUSED = 5.0
+
+# The encryption a repository may be created with: none, or repokey (docs/FORMAT.md).
+ENCRYPTIONS = ("none", "repokey")

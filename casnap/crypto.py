@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from casnap.errors import IntegrityError, UnsupportedFormat
+
+if TYPE_CHECKING:  # cryptography is imported where objects are sealed or opened
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"casnapE"  # 7 bytes; then the scheme byte
 SCHEME_AES256GCM = 1
@@ -152,6 +154,8 @@ class Sealer:
         self._key = encryption_key
 
     def _cipher(self, salt: bytes) -> AESGCM:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         return AESGCM(blake3.blake3(salt, key=self._key).digest())
 
     def seal(self, name: str, data: bytes | memoryview) -> bytes:
@@ -170,6 +174,8 @@ class Sealer:
         self, name: str, header: Header, first: int, sealed: bytes | memoryview
     ) -> bytes:
         """The plaintext of consecutive sealed segments starting with segment first."""
+        from cryptography.exceptions import InvalidTag
+
         view = memoryview(sealed)
         cipher = self._cipher(header.salt)
         ad = header.raw + name.encode()
@@ -209,6 +215,8 @@ class Sealer:
         segments (adjacent ones merged). IntegrityError when the header is unusable or the
         object holds fewer bytes than its header promises (a cut-off object, or a damaged
         length, which fails every segment anyway)."""
+        from cryptography.exceptions import InvalidTag
+
         header = object_header(name, data)
         if len(data) < sealed_size(header.length):
             raise IntegrityError(

@@ -27,9 +27,9 @@ from casnap.errors import (
     RepositoryNotFound,
     from_oserror,
 )
-from casnap.keys import KeyFile, PasswordSource
+from casnap.keys import KeyFile, PasswordSource, Unlocked
 from casnap.locations import S3Url
-from casnap.repository import Repository, Unlocked
+from casnap.repository import Repository
 
 
 @dataclass(frozen=True)

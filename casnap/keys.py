@@ -17,11 +17,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from typing import Any, NamedTuple
 
 from casnap.backends.base import Backend
 from casnap.crypto import KEY_SIZE, MasterKey, Sealer, is_sealed, parse_header
@@ -79,6 +75,8 @@ class Kdf:
         return self.memory_kib * self.iterations
 
     def derive(self, password: str) -> bytes:
+        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
         if not password:
             raise PasswordError("the password is empty")
         return Argon2id(
@@ -126,6 +124,9 @@ class KeyFile:
 
     def unseal(self, password: str) -> MasterKey:
         """The master key; PasswordError when the password does not open this key file."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             raw = AESGCM(self.kdf.derive(password)).decrypt(self.nonce, self.sealed, self._ad())
         except InvalidTag as exc:
@@ -150,6 +151,8 @@ def make_key_file(
     master: MasterKey, password: str, created: str, kdf: Kdf | None = None
 ) -> KeyFile:
     """A new key file (a fresh id, salt and nonce) sealing master with password."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     kdf = kdf or Kdf(os.urandom(SALT_BYTES))
     key_id = os.urandom(ID_HEX // 2).hex()
     nonce = os.urandom(NONCE_BYTES)
@@ -212,6 +215,14 @@ def scan_key_files(backend: Backend) -> tuple[list[KeyFile], list[tuple[str, str
     # the order is the cost, never a field a key file states (its `created` is not trusted)
     files.sort(key=lambda k: (k.kdf.cost, k.id))
     return files, unusable
+
+
+class Unlocked(NamedTuple):
+    """What opening an encrypted repository yields: the key file the password opened and the
+    master key it sealed."""
+
+    keyfile: KeyFile
+    master: MasterKey
 
 
 def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from casnap import fsutil
-from casnap.backends.base import Backend
-from casnap.backends.local import LocalBackend
 from casnap.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from casnap.backends.base import Backend
 
 S3_SCHEME = "s3://"
 # a URL scheme (RFC 3986) followed by `//`: `s3://bucket/x`, `sftp://host/dir`, `file://...`
@@ -127,6 +128,9 @@ def local_backend(root: Path) -> Backend:
     are removed here: no gc may touch locks/ while other processes take locks, and the next
     casnap to open the repository can.
     """
+    from casnap import fsutil  # here: reading a location (every command) needs neither
+    from casnap.backends.local import LocalBackend
+
     fsutil.tighten_root(root)
     fsutil.remove_stale(root / "locks", recursive=False)
     return LocalBackend(root)

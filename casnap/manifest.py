@@ -13,9 +13,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import zstandard
-
-from casnap.compression import decompress_object
 from casnap.errors import HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
@@ -185,10 +182,14 @@ class Snapshot:
 
 
 def compress_manifest(raw: bytes) -> bytes:
+    import zstandard  # here: a command that never writes a manifest does without it
+
     return zstandard.ZstdCompressor(level=9).compress(raw)
 
 
 def decompress_manifest(blob: bytes, name: str) -> bytes:
+    from casnap.compression import decompress_object
+
     return decompress_object(blob, f"{name}: corrupt manifest", limit=1 << 30)
 
 
@@ -258,6 +259,11 @@ def _origin(raw: Any) -> tuple[str, str] | None:
     return repository, _hex(raw["snapshot"])
 
 
+# every entry names a few ids: checked as a set, in C (a generator over the characters took most
+# of the time a commit spends reading the snapshot list)
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def _str(x: Any) -> str:
     if not isinstance(x, str):
         raise TypeError(f"expected a string, got {type(x).__name__}")
@@ -272,6 +278,6 @@ def _int(x: Any) -> int:
 
 def _hex(x: Any) -> str:
     s = _str(x)
-    if len(s) != 2 * ID_SIZE or any(c not in "0123456789abcdef" for c in s):
+    if len(s) != 2 * ID_SIZE or not _HEX_DIGITS.issuperset(s):
         raise ValueError(f"not an object id: {s[:80]!r}")
     return s

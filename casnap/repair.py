@@ -14,12 +14,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from casnap.chunkindex import IdSet, id_matrix, merge_parts
 from casnap.config import now_iso
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
-from casnap.reachability import walk
 from casnap.repository import Repository
 
 
@@ -44,6 +42,10 @@ class RepairReport:
 
 def repair_index(repo: Repository) -> RepairReport:
     """Rebuild the index from the packs; report skipped packs and what snapshots still miss."""
+    # here: every commit reads the notes (repaired_snapshots) and must not pay for numpy
+    from casnap.chunkindex import IdSet, id_matrix, merge_parts
+    from casnap.reachability import walk
+
     t0 = time.perf_counter()
     report = RepairReport()
     backend = repo.backend

@@ -8,10 +8,11 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, placement, rollback, selection
 from casnap.backends.base import Backend
@@ -24,6 +25,7 @@ from casnap.backends.cached import (
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
+from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     IntegrityError,
     InvalidArgument,
@@ -32,24 +34,15 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
-from casnap.keys import PasswordSource
+from casnap.keys import PasswordSource, Unlocked
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.opening import confirm, read_config
 from casnap.phases import opening
 from casnap.spans import ListsAhead
-from casnap.store import Store
 
-ENCRYPTIONS = ("none", "repokey")
-
-
-class Unlocked:
-    """What opening an encrypted repository yields: the key file the password opened and the
-    master key it sealed."""
-
-    def __init__(self, keyfile: keys.KeyFile, master: crypto.MasterKey) -> None:
-        self.keyfile = keyfile
-        self.master = master
+if TYPE_CHECKING:  # the store (numpy) is made on first use
+    from casnap.store import Store
 
 
 class Repository:
@@ -75,7 +68,6 @@ class Repository:
         self.config = config
         # scratch space: database images, verify --smoke restores
         self.tmp_dir = tmp_dir or fsutil.system_tmp()
-        self.store = Store(backend, int(config["pack_target"]), self.ids)
         self._ahead = ListsAhead()  # chunk lists read ahead from a remote backend
         self._sizes: dict[str, int] | None = None  # manifest sizes, from the last listing
         self.kept_config: CachingBackend | None = None  # set when the config came from the cache
@@ -91,6 +83,14 @@ class Repository:
         self.opened_at: float | None = None  # perf_counter() when opening began (phases.py)
 
     # -- opening -------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The chunk store, made on first use: a command that reads no chunk (log) does without
+        the index code (numpy)."""
+        from casnap.store import Store
+
+        return Store(self.backend, int(self.config["pack_target"]), self.ids)
 
     @property
     def encrypted(self) -> bool:

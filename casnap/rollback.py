@@ -25,11 +25,9 @@ from pathlib import Path
 
 from casnap import locks
 from casnap.backends.base import Backend
-from casnap.chunkindex import decode_index
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
-from casnap.packs import pack_key
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,9 @@ def discard_packs(backend: Backend, packs: Sequence[ObjectId]) -> int:
     """
     if not packs:
         return 0
+    from casnap.chunkindex import decode_index  # numpy: only once there is something to take back
+    from casnap.packs import pack_key
+
     named: set[bytes] = set()
     for key, _size in backend.list("index/"):
         named.update(bytes(p) for p in decode_index(key, backend.get(key))[0])

@@ -18,14 +18,16 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from casnap.backends.base import Backend
 from casnap.constants import REMOTE_WORKERS
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
-from casnap.packs import pack_key
-from casnap.store import Store
+
+if TYPE_CHECKING:  # the store (numpy) is loaded by whoever reads chunks
+    from casnap.store import Store
 
 # Bytes between two wanted ranges of one pack that are read rather than asked for separately: a
 # round trip to an object store (tens of ms) costs more than this much transfer.
@@ -97,6 +99,8 @@ def read_chunks(
     """The plain bytes of chunks, each verified against its id, their frames fetched as spans
     on pool's threads. A chunk that cannot be read here (not indexed, missing, damaged) is left
     out: reading it alone with Store.get then reports it as it always does."""
+    from casnap.packs import pack_key
+
     entries = {}
     for cid in set(cids):
         with contextlib.suppress(CasnapError):

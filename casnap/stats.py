@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
-from casnap.reachability import Reach, walk
 from casnap.repository import Repository
 from casnap.selection import SnapshotFilter
+
+if TYPE_CHECKING:  # reachability (numpy) is imported by the statistics, not by log
+    from casnap.reachability import Reach
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ def repository_stats(repo: Repository) -> RepositoryStats:
 
 def snapshot_stats(repo: Repository, ref: str) -> SnapshotStats:
     """For one snapshot: the bytes each file added that no older snapshot holds, largest first."""
+    from casnap.reachability import walk  # numpy: here, so `log` does without it
+
     t0 = time.perf_counter()
     with repo.lock("stats"):
         repo.refresh()
@@ -206,6 +210,8 @@ def snapshot_stats(repo: Repository, ref: str) -> SnapshotStats:
 
 
 def _load(repo: Repository) -> tuple[list[tuple[ObjectId, Snapshot]], Reach]:
+    from casnap.reachability import walk
+
     repo.refresh()
     snaps = repo.snapshots()
     repo.store.load_index()

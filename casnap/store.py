@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from casnap import compression
-from casnap.backends.base import Backend, salvage
+from casnap.backends.base import Backend, put_verified, salvage
 from casnap.chunkindex import (
     FIELD_DTYPE,
     ChunkIndex,
@@ -39,8 +39,6 @@ from casnap.packs import (
     parse_pack_directory,
 )
 
-# Bytes read back from the end of every object just written: a write that landed short fails it.
-_VERIFY_TAIL = 64
 HASH_MISMATCH = "does not match its hash (damaged)"
 
 
@@ -337,32 +335,8 @@ class Store:
     # -- writing -------------------------------------------------------------------------------
 
     def put_verified(self, key: str, data: bytes | memoryview) -> bool:
-        """Put an object whose key names its content, and make sure the stored copy is whole.
-
-        A fresh write is read back at its tail (a write that landed short fails that read) unless
-        the backend checked the bytes it stored (S3: a checksum with every upload); an object
-        already stored under the key is read back whole and must equal data, or it is a damaged
-        leftover (a torn earlier write) that would poison every later reference to it. A bad
-        copy is deleted and written again; IntegrityError naming it after the second try.
-        """
-        for _attempt in range(2):
-            written = self.backend.put(key, data)
-            if written and self.backend.checked_puts:
-                return True
-            try:
-                if written:
-                    tail = max(0, len(data) - _VERIFY_TAIL)
-                    intact = self.backend.get(key, tail, len(data) - tail) == data[tail:]
-                else:
-                    intact = self.backend.get(key) == data
-            except IntegrityError:
-                intact = False
-            if intact:
-                return written
-            self.backend.delete(key)
-        raise IntegrityError(
-            f"{key} did not land intact in {self.backend.location} after two writes"
-        )
+        """backends.base.put_verified on this store's backend."""
+        return put_verified(self.backend, key, data)
 
 
 def _verified(ids: IdHasher, cid: ObjectId, e: IndexEntry, plain: bytes | bytearray) -> bytes:

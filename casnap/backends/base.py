@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from casnap.errors import from_oserror
+from casnap.errors import IntegrityError, from_oserror
 
 
 def check_key(key: str) -> str:
@@ -186,3 +186,34 @@ def salvage(backend: Backend, key: str) -> Salvaged | None:
             return layer.salvage(key)
         layer = getattr(layer, "inner", None)
     return None
+
+
+# Bytes read back from the end of every object just written: a write that landed short fails it.
+_VERIFY_TAIL = 64
+
+
+def put_verified(backend: Backend, key: str, data: bytes | memoryview) -> bool:
+    """Put an object whose key names its content, and make sure the stored copy is whole.
+
+    A fresh write is read back at its tail (a write that landed short fails that read) unless
+    the backend checked the bytes it stored (S3: a checksum with every upload); an object
+    already stored under the key is read back whole and must equal data, or it is a damaged
+    leftover (a torn earlier write) that would poison every later reference to it. A bad copy
+    is deleted and written again; IntegrityError naming it after the second try.
+    """
+    for _attempt in range(2):
+        written = backend.put(key, data)
+        if written and backend.checked_puts:
+            return True
+        try:
+            if written:
+                tail = max(0, len(data) - _VERIFY_TAIL)
+                intact = backend.get(key, tail, len(data) - tail) == data[tail:]
+            else:
+                intact = backend.get(key) == data
+        except IntegrityError:
+            intact = False
+        if intact:
+            return written
+        backend.delete(key)
+    raise IntegrityError(f"{key} did not land intact in {backend.location} after two writes")

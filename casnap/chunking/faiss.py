@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import deque
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyfastcdc import FastCDC
 
 from casnap.chunking.base import FLOAT32, GENERIC, Chunker
-from casnap.chunking.elements import ElementCutter
 from casnap.formats.faiss import (
     GRAPH,
     IDS,
@@ -38,6 +37,9 @@ from casnap.formats.faiss import (
     Unsupported,
     parse_index,
 )
+
+if TYPE_CHECKING:  # numpy's cutter is imported once an array is cut, not to check a config
+    from casnap.chunking.elements import ElementCutter
 
 
 class Array(NamedTuple):
@@ -258,6 +260,8 @@ class FaissCDCChunker(_LayoutChunker):
         key = (kind, array.item)
         cutter = self._cutters.get(key)
         if cutter is None:
+            from casnap.chunking.elements import ElementCutter  # numpy: only once cutting
+
             cutter = self._cutters[key] = ElementCutter(array.item, *self.sizes[kind])
         return cutter.lengths(view, rel, complete)
 

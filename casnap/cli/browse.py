@@ -8,7 +8,7 @@ import datetime as dt
 import os
 import stat
 import sys
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,17 +16,20 @@ from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import filter_options, resolve_ref
 from casnap.cli.output import emit_json, local_time, printable
 from casnap.config import iso_time
-from casnap.contents import dump, file_at, files_under
 from casnap.errors import CasnapError
-from casnap.manifest import FileEntry
-from casnap.paths import ALL, normalize_paths, snapshot_holds
+
+if TYPE_CHECKING:
+    from casnap.manifest import FileEntry, Snapshot
 
 
-def _read_path(c: Context, given: str | None, holds: Callable[[str], bool]) -> str:
-    """A user-given path read as every command reads paths (ALL when none is given)."""
+def _read_path(c: Context, given: str | None, snap: Snapshot) -> str:
+    """A user-given path read as every command reads paths, against what snap holds (ALL when
+    none is given)."""
+    from casnap.paths import ALL, normalize_paths, snapshot_holds
+
     if given is None:
         return ALL
-    rels = normalize_paths([given], c.data, holds)
+    rels = normalize_paths([given], c.data, snapshot_holds(snap))
     return rels[0] if rels else ALL
 
 
@@ -74,10 +77,12 @@ def ls(
 
     Example: casnap ls latest faiss -l
     """
+    from casnap.contents import files_under
+
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     snap = repo.load_snapshot(sid)
-    rel = _read_path(c, path, snapshot_holds(snap))
+    rel = _read_path(c, path, snap)
     entries = files_under(snap, rel, f"snapshot {sid.short}")
     if as_json:
         emit_json(
@@ -121,10 +126,12 @@ def cat(
 
     Example: casnap cat latest app.db > /tmp/app.db
     """
+    from casnap.contents import dump, file_at
+
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     snap = repo.load_snapshot(sid)
-    rel = _read_path(c, path, snapshot_holds(snap))
+    rel = _read_path(c, path, snap)
     file_at(snap, rel, f"snapshot {sid.short}")  # a folder or a missing file: before any output
     out = sys.stdout.buffer
     try:

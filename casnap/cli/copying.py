@@ -4,16 +4,21 @@ into it (--from REPO). The other repository has its own password sources (--to-p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from casnap.cli.main import Context, cli, holds_config, pass_ctx, warn
 from casnap.cli.options import filter_options, snapshot_filter
 from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
-from casnap.copier import CopyResult, copy_snapshots
+from casnap.constants import ENCRYPTIONS
 from casnap.errors import InvalidArgument, NotARepository, RepositoryNotFound
 from casnap.locations import Location, S3Url, parse_location
-from casnap.repository import ENCRYPTIONS, Repository
+
+if TYPE_CHECKING:
+    from casnap.copier import CopyResult
+    from casnap.repository import Repository
 
 
 def other_location(text: str, option: str) -> Location:
@@ -26,6 +31,8 @@ def other_location(text: str, option: str) -> Location:
 
 def open_source(c: Context, location: Location, passwords: Passwords) -> Repository:
     """The repository snapshots are copied from (it must exist)."""
+    from casnap.repository import Repository
+
     try:
         repo = Repository.open(location, passwords)
     except RepositoryNotFound as exc:
@@ -39,6 +46,8 @@ def open_destination(
     """The repository snapshots are copied into, created when the directory is missing or
     empty: encrypted (repokey) when asked, or by default on S3 or when a password source is
     set."""
+    from casnap.repository import Repository
+
     on_s3 = isinstance(location, S3Url)
     chosen = encryption or ("repokey" if on_s3 or passwords.given() else "none")
     passwords.creating = not holds_config(location)  # a prompt then asks twice
@@ -163,6 +172,8 @@ def copy(
             always=True,
         )
     flt = snapshot_filter(c, src, filter_paths, filter_tags)
+    from casnap.copier import copy_snapshots
+
     with progress_bar(c, "copy") as progress:
         r = copy_snapshots(src, dst, id, select=flt, progress=progress)
     if created:

@@ -4,19 +4,24 @@ original times."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.errors import NotARepository, RepositoryNotFound
-from casnap.importer import ImportItem, ImportResult, import_copies, plan
-from casnap.repository import Repository
+
+if TYPE_CHECKING:
+    from casnap.importer import ImportItem, ImportResult
+    from casnap.repository import Repository
 
 
 def _existing(c: Context) -> Repository | None:
     """The repository at --repo, or None while --repo is missing or empty (it is created only
     once there is something to import)."""
+    from casnap.repository import Repository
+
     c.refuse_no_lock()
     try:
         return c.listen(Repository.open(c.repo_path, c.passwords))
@@ -25,6 +30,8 @@ def _existing(c: Context) -> Repository | None:
 
 
 def _create(c: Context) -> Repository:
+    from casnap.repository import Repository
+
     try:
         repo = Repository.open_or_init(
             c.repo_path, password=c.passwords, encryption=c.auto_encryption()
@@ -79,6 +86,8 @@ def import_(
 
     Example: casnap --repo ./casnap-repo import ./backups --dry-run
     """
+    from casnap.importer import import_copies, plan
+
     repo = _existing(c)
     folder = dir  # the folder of copies
     result = plan(repo, folder, c.data, data_names)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from casnap import keyring
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.output import emit_json, local_time, printable
 from casnap.cli.passwords import new_password
@@ -38,6 +37,8 @@ def key_list(c: Context, as_json: bool) -> None:
 
     Example: casnap key list
     """
+    from casnap import keyring  # here: --help and the other commands do without it
+
     repo = c.open()
     found = keyring.list_keys(repo)  # reads key files only: no lock, so a read-only copy works
     if as_json:
@@ -58,6 +59,8 @@ def key_add(c: Context, new_password_file: str | None, as_json: bool) -> None:
 
     Example: CASNAP_NEW_PASSWORD=... casnap key add
     """
+    from casnap import keyring
+
     repo = c.open()
     password = new_password(new_password_file)
     with repo.lock("key add"):
@@ -77,6 +80,8 @@ def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None
 
     Example: casnap --password-file old.txt key passwd --new-password-file new.txt
     """
+    from casnap import keyring
+
     repo = c.open()
     password = new_password(new_password_file)
     with repo.lock("key passwd"):
@@ -96,6 +101,8 @@ def key_remove(c: Context, key_id: str, as_json: bool) -> None:
 
     Example: casnap key remove 3f2a9c1e
     """
+    from casnap import keyring
+
     repo = c.open()
     with repo.lock("key remove"):
         removed = keyring.remove_key(repo, key_id)
@@ -116,6 +123,8 @@ def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:
 
     Example: casnap key export ~/casnap-key.json
     """
+    from casnap import keyring
+
     repo = c.open()
     kf = keyring.export_key(repo, dest, force)  # reads the key in use only: no lock
     if as_json:
@@ -134,6 +143,8 @@ def key_import(c: Context, src: Path, as_json: bool) -> None:
 
     Example: casnap key import ~/casnap-key.json
     """
+    from casnap import keyring
+
     c.refuse_no_lock()
     kf, added = keyring.import_key(c.repo_path, src, c.passwords)
     if as_json:

@@ -9,16 +9,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap import locks
 from casnap.cli.output import printable
 from casnap.cli.passwords import Passwords
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
 from casnap.locations import Location, S3Url, describe, parse_location
-from casnap.repository import Repository
+
+if TYPE_CHECKING:  # imported by the commands that open one: --help does without it
+    from casnap.repository import Repository
 
 INTERNAL_ERROR = 70
 ENVIRONMENT = click.core.ParameterSource.ENVIRONMENT
@@ -127,6 +128,9 @@ class Context:
         reads (locks.READ_ONLY_OPERATIONS) then runs without a lock under --no-lock, or (saying
         so) when a lock cannot be written, and keeps its scratch files in a private temp dir
         when the repository is not writable."""
+        from casnap import locks
+        from casnap.repository import Repository
+
         command = click.get_current_context().info_name or ""
         reading = command in locks.READ_ONLY_OPERATIONS or command == "check"
         if not reading:

@@ -4,12 +4,10 @@ stats."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap import collector, locks, repair, retention, selection, stats
-from casnap.checker import verify
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
@@ -19,13 +17,22 @@ from casnap.cli.options import (
     resolve_ref,
     snapshot_filter,
 )
-from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
-from casnap.cli.snapshots import _print_checks, _smoke_summary, paths_label
+from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
+from casnap.cli.snapshots import _smoke_summary
+from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.errors import CheckFailed, SnapshotNotFound
-from casnap.ids import ObjectId
-from casnap.staging import raise_if_smoke_failed, smoke_verify
+
+if TYPE_CHECKING:  # the operations are imported by the command that runs them
+    from casnap import collector, retention
 
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
+
+
+def _print_checks(report: dict[str, Any]) -> None:
+    for ch in report["checks"]:
+        mark = "FAIL" if not ch["ok"] else "warn" if ch.get("warning") else "ok  "
+        where = ch["path"] or "-"
+        click.echo(f"  {mark} {ch['check']:<17} {where:<28} {ch['detail']}")
 
 
 def _print_gc(c: Context, r: collector.GcReport, manifests: int = 0) -> None:
@@ -64,7 +71,7 @@ def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None)
 max_unused_option = click.option(
     "--max-unused",
     type=Number(0, 100),
-    default=collector.DEFAULT_MAX_UNUSED,
+    default=DEFAULT_MAX_UNUSED,
     show_default=True,
     metavar="PCT",
     help="Repack a pack when more than PCT% of it is unreferenced.",
@@ -82,6 +89,8 @@ def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
     Takes the exclusive lock: waits for running commits and checkouts, and they wait for it.
     Also removes packs and temp files left by interrupted commits.
     """
+    from casnap import collector
+
     r = collector.collect(c.open(), dry_run=dry_run, max_unused=max_unused)
     if as_json:
         emit_json(r.to_json())
@@ -170,6 +179,9 @@ def prune(
     --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
     periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
     """
+    from casnap import collector, retention, selection
+    from casnap.ids import ObjectId
+
     policy = retention.Policy(
         last=keep_last,
         hourly=keep_hourly,
@@ -238,6 +250,9 @@ def forget(
 
     Example: casnap forget --tag pre-checkout --prune
     """
+    from casnap import collector, retention
+    from casnap.ids import ObjectId
+
     if not snapshots and not filter_paths and not filter_tags:
         raise click.UsageError("name SNAPSHOTS to forget, or select them with --tag or --path")
     repo = c.open()
@@ -322,6 +337,9 @@ def verify_cmd(
 
     Example: casnap verify --smoke latest
     """
+    from casnap.checker import verify
+    from casnap.staging import raise_if_smoke_failed, smoke_verify
+
     if read_data and read_data_subset is not None:
         raise click.UsageError("--read-data and --read-data-subset exclude each other")
     subset = read_data_subset
@@ -392,6 +410,8 @@ def repair_index(c: Context, as_json: bool) -> None:
 
     Damaged packs are salvaged chunk by chunk or skipped, and reported. Takes the exclusive lock.
     """
+    from casnap import repair
+
     r = repair.repair_index(c.open())
     if as_json:
         emit_json(r.to_json())
@@ -429,6 +449,8 @@ def unlock(c: Context, force: bool, as_json: bool) -> None:
 
     Example: casnap unlock
     """
+    from casnap import locks
+
     repo = c.open()
     removed, kept = locks.unlock(repo.backend, force=force)
     if as_json:
@@ -469,6 +491,8 @@ def stats_cmd(
 
     Example: casnap stats --path app.db
     """
+    from casnap import stats
+
     repo = c.open()
     if snapshot is not None:
         sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap import selection
 from casnap.cli.main import Context
 from casnap.errors import CasnapError
-from casnap.ids import ObjectId
-from casnap.repository import Repository
+
+if TYPE_CHECKING:
+    from casnap import selection
+    from casnap.ids import ObjectId
+    from casnap.repository import Repository
 
 PATH_FILTER_HELP = (
     "Only snapshots committed with path P (data-dir relative, ./P, or a path to it) may be "
@@ -42,6 +44,8 @@ def snapshot_filter(
     c: Context, repo: Repository, paths: tuple[str, ...], tags: tuple[str, ...]
 ) -> selection.SnapshotFilter:
     """The filter the --path and --tag values give, paths read against the data dir."""
+    from casnap import selection
+
     if not paths and not tags:
         return selection.SnapshotFilter()
     try:

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -60,6 +60,11 @@ def printable(text: str, backslash: bool = True) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def paths_label(paths: Sequence[str]) -> str:
+    """A snapshot's committed paths for a table: `(all)` for a whole-dir snapshot."""
+    return " ".join(printable(p) for p in paths) if paths else "(all)"
 
 
 def _clock(seconds: float) -> str:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap import selection, stats
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
-from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
-from casnap.committer import commit as commit_snapshot
+from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
+from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     AccessDenied,
     DatabaseBusy,
@@ -25,9 +23,9 @@ from casnap.errors import (
     StorageFull,
     UnreadableSource,
 )
-from casnap.paths import normalize_paths, snapshot_holds
-from casnap.repository import ENCRYPTIONS, Repository
-from casnap.restorer import checkout as checkout_snapshot
+
+if TYPE_CHECKING:  # each command imports the operations it runs
+    from casnap.repository import Repository
 
 
 @cli.command()
@@ -51,6 +49,8 @@ def init(c: Context, encryption: str | None, as_json: bool) -> None:
 
     Example: CASNAP_PASSWORD_FILE=~/.casnap-pw casnap --repo /backups/app init --encryption repokey
     """
+    from casnap.repository import Repository
+
     c.passwords.creating = True
     if encryption is None:
         encryption = c.default_encryption()
@@ -85,6 +85,8 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
     """The repository at --repo, and whether it was created here because the directory (or S3
     prefix) was missing or empty (a failed first commit then takes it back); a missing data dir
     is reported first, so that creates nothing."""
+    from casnap.repository import Repository
+
     c.refuse_no_lock()
     try:
         repo = Repository.open_or_init(
@@ -172,6 +174,8 @@ def commit(
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
+    from casnap.committer import commit as commit_snapshot
+
     repo, created = open_or_create(c)
     with progress_bar(c, "commit") as progress:
         try:
@@ -285,6 +289,10 @@ def checkout(
 
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
+    from casnap import selection
+    from casnap.paths import normalize_paths, snapshot_holds
+    from casnap.restorer import checkout as checkout_snapshot
+
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     if paths:  # read against the data dir; each must name a file or folder of the snapshot
@@ -347,13 +355,6 @@ def _smoke_summary(report: dict[str, Any]) -> str:
     return f"smoke checks {state}: {len(checks)} checks on {len(files)} files" + (
         ", smoke command included" if cmd else ""
     )
-
-
-def _print_checks(report: dict[str, Any]) -> None:
-    for ch in report["checks"]:
-        mark = "FAIL" if not ch["ok"] else "warn" if ch.get("warning") else "ok  "
-        where = ch["path"] or "-"
-        click.echo(f"  {mark} {ch['check']:<17} {where:<28} {ch['detail']}")
 
 
 @cli.command()
@@ -457,11 +458,6 @@ def _print_diff(d: dict[str, Any]) -> None:
     )
 
 
-def paths_label(paths: Sequence[str]) -> str:
-    """A snapshot's committed paths for a table: `(all)` for a whole-dir snapshot."""
-    return " ".join(printable(p) for p in paths) if paths else "(all)"
-
-
 @cli.command()
 @filter_options(
     "List only snapshots committed with path P (repeatable: with all of them; `.`: whole-dir "
@@ -482,6 +478,8 @@ def log(
 
     Example: casnap log --path app.db
     """
+    from casnap import stats
+
     repo = c.open()
     flt = snapshot_filter(c, repo, filter_paths, filter_tags)
     rows = stats.log_rows(repo, flt)
@@ -573,7 +571,7 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
 
     Example: casnap demo --size-mb 40
     """
-    from casnap import sample
+    from casnap import committer, sample
 
     c: Context = ctx.obj
     if sample.is_empty(c.data):
@@ -588,11 +586,11 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
     if created:
         say_created(c, repo)
     step = len(repo.snapshots()) + 1
-    first = commit_snapshot(repo, c.data, message="demo: current data")
+    first = committer.commit(repo, c.data, message="demo: current data")
     c.say(f"commit 1: snapshot {first.id[:8]}, {human(first.bytes_added)} added")
     changes = sample.evolve(c.data, step, seed=seed)
     c.say("changed the data: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
-    second = commit_snapshot(repo, c.data, message=f"demo: after change step {step}")
+    second = committer.commit(repo, c.data, message=f"demo: after change step {step}")
     c.say(
         f"commit 2: snapshot {second.id[:8]}, {human(second.bytes_read)} read, "
         f"{human(second.bytes_added)} added for {human(second.logical_bytes)} of data"

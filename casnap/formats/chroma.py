@@ -21,12 +21,13 @@ import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from casnap.formats import Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
+
+if TYPE_CHECKING:  # numpy is imported where labels are compared: finding a store needs none
+    import numpy as np
 
 DATABASE = "chroma.sqlite3"
 METADATA = "index_metadata.pickle"
@@ -380,6 +381,8 @@ def _check_metadata(rel: str, path: Path, seg: _Segment) -> Finding:
 def _compare_labels(labels: Collection[int], live: np.ndarray) -> tuple[int, int]:
     """(distinct labels, how many of them are not in live) of the pickle's labels against the
     sorted uint64 labels of data_level0.bin's live elements; arrays, not sets of ints."""
+    import numpy as np
+
     fits = [v for v in labels if 0 <= v < 1 << 64] if labels else []
     beyond = len(labels) - len(fits)  # a negative label, or one over 64 bits: in no file
     want = np.unique(np.fromiter(fits, dtype=np.uint64, count=len(fits)))

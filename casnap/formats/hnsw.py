@@ -16,8 +16,11 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the scans of a segment's records, where they run
+    import numpy as np
+
 
 HEADER = "header.bin"
 DATA = "data_level0.bin"
@@ -163,6 +166,8 @@ def walk_links(header: HnswHeader, data: bytes, deep: bool = False) -> tuple[int
 
 def _check_lists(raw: bytes, header: HnswHeader, element: int) -> None:
     """The upper-level lists of one element: counts within max_m, ids of existing elements."""
+    import numpy as np
+
     lists = np.frombuffer(raw, dtype="<u4").reshape(-1, header.max_m + 1)
     counts = lists[:, 0] & 0xFFFF
     if (counts > header.max_m).any():
@@ -183,6 +188,8 @@ class Level0:
 def scan_level0(path: Path, header: HnswHeader) -> Level0:
     """Read each element's record (in blocks): its deleted mark, its label, and that its
     neighbour count and ids are possible. ValueError naming the first record that is not."""
+    import numpy as np
+
     size = header.element_size
     deleted = 0
     labels: list[np.ndarray] = []

@@ -16,12 +16,13 @@ import json
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from casnap.formats import Finding, StoreLayout
 from casnap.formats.faiss import IDMAP_FOURCCS, FaissHeader, read_faiss_header
+
+if TYPE_CHECKING:  # numpy is imported where ids are compared: finding a store needs none
+    import numpy as np
 
 DOCSTORE = "docstore.json"
 INDEX_STORE = "index_store.json"
@@ -125,6 +126,8 @@ def _vector_nodes(value: Any) -> list[dict[str, str]]:
 def idmap_ids(path: Path, header: FaissHeader) -> np.ndarray | None:
     """The ids an IndexIDMap/IndexIDMap2 holds, sorted, as an int64 array (8 bytes an id): its
     last array (a u64 count, then the ids); None when the file does not end that way."""
+    import numpy as np
+
     if header.fourcc.encode() not in IDMAP_FOURCCS or header.ntotal is None:
         return None
     n = header.ntotal
@@ -149,6 +152,8 @@ def idmap_ids(path: Path, header: FaissHeader) -> np.ndarray | None:
 def _mapped_ids(keys: Collection[str]) -> np.ndarray:
     """The FAISS ids id_map.json maps, as a sorted int64 array of distinct ids (empty when one
     is not an int64 id)."""
+    import numpy as np
+
     try:
         return np.unique(np.fromiter((int(k) for k in keys), dtype=np.int64, count=len(keys)))
     except (ValueError, OverflowError):
@@ -159,6 +164,8 @@ def _compare_ids(held: np.ndarray, mapped: np.ndarray) -> tuple[int, int, int]:
     """(distinct ids held, held but not mapped, mapped but not held) of a sorted array of the
     ids an index holds and a sorted array of distinct mapped ids; in place of sets of Python
     ints, a few bytes an id."""
+    import numpy as np
+
     distinct = int(np.count_nonzero(held[1:] != held[:-1])) + 1 if held.size else 0
     if held.size:
         at = np.minimum(np.searchsorted(held, mapped), held.size - 1)

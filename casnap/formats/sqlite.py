@@ -7,6 +7,7 @@ fields come from SQLite's file format description (fileformat2), the lock bytes 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 from casnap.formats import sniff
@@ -72,6 +73,24 @@ def wal_mode(head: bytes) -> bool:
         and head[_WRITE_VERSION_AT] == _WAL
         and head[_READ_VERSION_AT] == _WAL
     )
+
+
+def hot_journal(path: str | os.PathLike[str]) -> bool:
+    """True when the rollback journal beside a database may hold a transaction to roll back: it
+    exists, is not empty and its header is not zeroed (SQLite zeroes it when a transaction ends
+    in PERSIST mode, truncates it in TRUNCATE mode, deletes it otherwise). The database file
+    alone then does not say what the database holds; only SQLite reading it does. A journal
+    that is not a regular file, or cannot be read, counts as hot."""
+    journal = os.fspath(path) + "-journal"
+    try:
+        st = os.lstat(journal)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    return st.st_size > 0 and sniff(journal)[:1] != b"\x00"
 
 
 def sqlite_lock_ranges(name: str) -> tuple[tuple[str, int, int], ...]:

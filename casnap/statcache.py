@@ -1,0 +1,93 @@
+"""The stat cache: which files a commit takes from an earlier snapshot without reading them.
+
+A file whose stat fingerprint (capture.fingerprint: size, mtime, ctime and inode, and those of a
+database's -wal) equals the one recorded with its entry in the parent snapshot (the newest of the
+same data dir and paths) or in the record of the last checkout into the data dir (restored.py)
+still holds what that entry names: the entry is reused, and neither the file nor the index is
+read. A SQLite database is no exception (its backup API is not run): a write to it moves the
+database file or its -wal, whatever the journal mode. Its -shm is left out, since every reader
+writes its marks there (a commit's own read too), and a rollback journal that may hold a
+transaction to roll back (formats/sqlite.hot_journal) means the file alone does not say what the
+database holds, so such a database is read again.
+
+A fingerprint is recorded with an entry only when it vouches for the content read (`vouched`):
+the file had it before and after the read, and its last write is old enough that a later write
+within the same timestamp tick could not leave the fingerprint as it was (capture.is_racy).
+Anything else is read again by the next commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+
+from casnap import capture
+from casnap import restored as restored_files
+from casnap.formats.sqlite import hot_journal
+from casnap.ids import ObjectId
+from casnap.manifest import FileEntry, Snapshot
+from casnap.repository import Repository
+
+Fingerprint = tuple[int, ...]
+
+
+def with_source(entry: FileEntry, source: Fingerprint | None) -> FileEntry:
+    """entry with the fingerprint that vouches for it (None: none does)."""
+    return dataclasses.replace(entry, source=source)
+
+
+def parent(
+    repo: Repository, source: str, paths: tuple[str, ...]
+) -> tuple[ObjectId | None, Snapshot | None]:
+    """The newest snapshot of the same dir and paths: its files feed the stat cache."""
+    for sid, snap in reversed(repo.snapshots()):
+        if snap.source == source and snap.paths == paths:
+            return sid, snap
+    return None, None
+
+
+def restored_entries(
+    repo: Repository, source: str, tainted: Collection[str]
+) -> dict[str, FileEntry]:
+    """Entries of the files a checkout restored into source, by path, with the fingerprint
+    recorded after the swap as their `source` (see restored.py); none from a snapshot forgotten
+    since (gc may have removed its chunks) or one a repair-index found incomplete (tainted)."""
+    record = restored_files.load(repo.id, source)
+    if record is None:
+        return {}
+    snaps = dict(repo.snapshots())
+    out: dict[str, FileEntry] = {}
+    for path, (fp, sid_hex) in record.files.items():
+        try:
+            snap = snaps.get(ObjectId.from_hex(sid_hex))
+        except ValueError:
+            continue
+        if snap is None or sid_hex in tainted:
+            continue
+        entry = next((f for f in snap.files if f.path == path), None)
+        if entry is not None:
+            out[path] = with_source(entry, fp)
+    return out
+
+
+def reusable(src: capture.SourceFile, *known: FileEntry | None) -> FileEntry | None:
+    """The first of the known entries of src (the parent's, the last checkout's) that the file
+    still holds by its fingerprint; None when it must be read."""
+    fp = capture.fingerprint(src.abspath, src.kind)
+    if fp is None or (src.kind == "sqlite" and hot_journal(src.abspath)):
+        return None
+    for entry in known:
+        if entry is not None and entry.kind == src.kind and entry.source == fp:
+            return entry
+    return None
+
+
+def vouched(
+    before: Fingerprint | None, after: Fingerprint | None, start_ns: int
+) -> Fingerprint | None:
+    """What to record with an entry just read: its fingerprint before the read (for a database:
+    once SQLite had it open, capture.database_image), when the file still had it after the read
+    and it is not racy against the commit's start; None otherwise."""
+    if before is None or after != before or capture.is_racy(before, start_ns):
+        return None
+    return before

@@ -1,0 +1,96 @@
+"""What starting a command loads: `import casnap`, `--help`, `log` of a local plain repository and
+a commit that finds nothing changed import none of the libraries they do not use (numpy and
+FAISS, the crypto and S3 libraries; zstandard too, but for `log`, which decompresses the
+manifests). Each runs the real command line in a child process and reads its sys.modules."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from casnap.committer import commit
+from casnap.repository import Repository
+
+HEAVY = {"numpy", "zstandard", "faiss", "boto3", "botocore", "cryptography"}
+ROOT = Path(__file__).resolve().parent.parent
+
+# runs the console script's main() with ARGS, then writes the top-level modules loaded to OUT
+CHILD = """
+import atexit, json, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["casnap", *sys.argv[2:]]
+from casnap.cli import main
+main()
+"""
+
+
+def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """The command's result and the top-level packages it imported."""
+    out = tmp_path / "modules.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    loaded = {name.split(".")[0] for name in json.loads(out.read_text())}
+    return proc, loaded
+
+
+def test_importing_the_package_loads_no_operation() -> None:
+    code = "import json, sys, casnap; print(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(proc.stdout)
+    assert HEAVY & {name.split(".")[0] for name in loaded} == set()
+    assert [m for m in loaded if m.startswith("casnap")] == ["casnap"]
+
+
+def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
+    proc, loaded = run_cli(tmp_path, "--help")
+    assert proc.returncode == 0 and "commit" in proc.stdout and "checkout" in proc.stdout
+    assert HEAVY & loaded == set()
+
+
+def test_log_of_a_local_plain_repository_loads_no_heavy_library(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("hello\n")
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data, message="first").id
+    proc, loaded = run_cli(tmp_path, "--repo", str(tmp_path / "repo"), "log")
+    assert proc.returncode == 0 and sid[:8] in proc.stdout and "first" in proc.stdout
+    assert (HEAVY - {"zstandard"}) & loaded == set()  # manifests are stored zstd-compressed
+
+
+def test_a_commit_that_finds_nothing_changed_loads_no_heavy_library(
+    app: Path, tmp_path: Path
+) -> None:
+    """The data dir of the fixture (a database, FAISS indexes with sidecars) and a WAL database
+    an application holds open: every entry comes from the parent snapshot, so neither the
+    index nor the data path (numpy) is loaded. zstandard writes the manifest."""
+    with contextlib.closing(sqlite3.connect(app / "live.db", isolation_level=None)) as live:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("CREATE TABLE t(x)")
+        live.execute("INSERT INTO t VALUES (1)")
+        past = time.time() - 60
+        for p in app.rglob("*"):
+            os.utime(p, (past, past))
+        repo_dir = tmp_path / "repo"
+        first = commit(Repository.init(repo_dir), app)
+        assert first.files_new == 8
+        proc, loaded = run_cli(
+            tmp_path, "--repo", str(repo_dir), "--data", str(app), "commit", "--json"
+        )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["files_unchanged"], result["bytes_read"]) == (8, 0)
+    assert result["id"] != first.id  # a new snapshot all the same, as always
+    assert (HEAVY - {"zstandard"}) & loaded == set()
