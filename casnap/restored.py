@@ -46,7 +46,7 @@ def save(repo_id: str, record: Restored) -> None:
     body = json.dumps(
         {
             "source": record.source,
-            "files": {p: [list(fp), sid] for p, (fp, sid) in sorted(record.files.items())},
+            "files": {p: [fp, sid] for p, (fp, sid) in record.files.items()},
         },
         sort_keys=True,
     ).encode()
@@ -73,8 +73,9 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     time.sleep(STAT_SETTLE_NS / 1e9)
     now = time.time_ns()
     files: dict[str, tuple[tuple[int, ...], str]] = {}
+    base = str(target)
     for entry, sid in placed:
-        fp = capture.fingerprint(target / entry.path, entry.kind)
+        fp = capture.fingerprint(os.path.join(base, entry.path), entry.kind)
         if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
             continue
         files[entry.path] = (fp, sid)

@@ -515,7 +515,8 @@ class _Checkout:
         report = checks.finish(view, sorted(selected), staged_dir=stage.path)
         if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
             report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
-        changed = sorted(p for p in staged_paths if fingerprint(stage.path / p) != before[p])
+        base = str(stage.path)
+        changed = sorted(p for p in staged_paths if fingerprint(f"{base}/{p}") != before[p])
         if changed:
             detail = (
                 f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "

@@ -18,8 +18,9 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NoReturn, cast
 
 import numpy as np
 
@@ -30,9 +31,10 @@ from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
-from casnap.pipeline import REF_DTYPE
+from casnap.pipeline import REF_DTYPE, find_damaged
 from casnap.pipeline import restore as restore_stream
 from casnap.repository import Repository
+from casnap.store import HASH_MISMATCH, ChunkDamaged
 
 Fingerprint = tuple[int, ...]
 # A file restored: its entry, where it is, its fingerprint and first bytes (for smoke checks).
@@ -43,6 +45,10 @@ BATCH_BYTES = 8 * 1024 * 1024  # a batch's bytes are in memory at once (two batc
 # Chunk-list bytes read for a batch at once, at most (a small file's list is a few refs; a
 # manifest naming larger lists has them read one file at a time, as large files do)
 LIST_BATCH_BYTES = 4 * 1024 * 1024
+WRITE_GROUP = 32  # files a worker task writes (a task per file cost more than the writing)
+MAX_OPEN_FOLDERS = 256
+WRITERS = 4  # threads creating files: mostly waiting for the kernel, which they overlap
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fits(entry: FileEntry) -> bool:
@@ -124,12 +130,13 @@ def chunk_lists(reader: _Reader, entries: Sequence[FileEntry]) -> list[bytes]:
         if sum(lengths) > LIST_BATCH_BYTES:  # lists far larger than small files need
             return [repo.file_refs(e) for e in entries]
         data = reader.read(rec.tobytes(), sum(lengths))
+        packs = store.index.fields(rows)["pack"].tolist()
         pos = 0
-        for lid, n in zip(lids, lengths, strict=True):
+        for lid, n, pack in zip(lids, lengths, packs, strict=True):
             body = data[pos : pos + n].tobytes()
             pos += n
             if repo.ids(body) != lid:
-                body = store.get(lid)  # read again, verified: names the damaged copy
+                raise ChunkDamaged(lid, store.index.packs[pack], HASH_MISMATCH)
             bodies[lid] = body
     out = []
     for entry in entries:
@@ -142,25 +149,37 @@ def chunk_lists(reader: _Reader, entries: Sequence[FileEntry]) -> list[bytes]:
     return out
 
 
-def _write(
-    path: Path, data: np.ndarray, entry: FileEntry, as_root: bool, phases: Phases
-) -> Fingerprint | None:
-    """Worker: create the file path holding data when data matches the entry's hash (None
-    when not: nothing is written), mode, mtime and owner (as root) set; its fingerprint."""
-    with phases.timed("verify"):
-        if hash_bytes(data.data).hex() != entry.hash:
+@dataclass(frozen=True)
+class _File:
+    """A file a worker writes: its entry, its folder's descriptor and name in it, its path (for
+    messages and callers) and bytes."""
+
+    entry: FileEntry
+    folder: int
+    name: str
+    path: str
+    data: np.ndarray
+    refs: bytes
+
+
+def _write(file: _File, as_root: bool, phases: Phases) -> Fingerprint | None:
+    """Worker: create the file holding its data when that matches the entry's hash (None when
+    not: nothing is written), mode, mtime and owner (as root) set; its fingerprint."""
+    with phases.timed("write"):  # the worker threads' share of a checkout: docs/JSON.md
+        if hash_bytes(file.data.data).hex() != file.entry.hash:
             return None
-    with phases.timed("write"):
-        return _create(path, data, entry, as_root)
+        return _create(file, as_root)
 
 
-def _create(path: Path, data: np.ndarray, entry: FileEntry, as_root: bool) -> Fingerprint:
+def _create(file: _File, as_root: bool) -> Fingerprint:
+    entry = file.entry
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(file.name, flags, 0o600, dir_fd=file.folder)
     except OSError as exc:
-        raise from_oserror(exc, f"writing {path.parent}") from exc
+        raise from_oserror(exc, f"writing {os.path.dirname(file.path)}") from exc
     try:
-        view = data.data
+        view = file.data.data
         while view:
             view = view[os.write(fd, view) :]
         with contextlib.suppress(OSError):
@@ -170,68 +189,174 @@ def _create(path: Path, data: np.ndarray, entry: FileEntry, as_root: bool) -> Fi
             try:
                 os.fchown(fd, entry.uid, entry.gid)
             except OSError as exc:
-                raise from_oserror(exc, f"setting the owner of {path}") from exc
+                raise from_oserror(exc, f"setting the owner of {file.path}") from exc
         st = os.fstat(fd)
     except OSError as exc:
-        raise from_oserror(exc, f"writing {path.parent}") from exc
+        raise from_oserror(exc, f"writing {os.path.dirname(file.path)}") from exc
     finally:
         os.close(fd)
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def _write_all(files: list[_File], as_root: bool, phases: Phases) -> list[Fingerprint | None]:
+    """Worker: _write each of a group of files (one task per group, not per file)."""
+    return [_write(f, as_root, phases) for f in files]
+
+
+class _Folders:
+    """The folders of a stage, created as needed and held open by descriptor (workers create
+    files relative to them: a path through /proc, looked up for every file, cost more than the
+    writing). At most MAX_OPEN_FOLDERS are open; one is closed only when no batch still being
+    written uses it."""
+
+    def __init__(self, stage: int, root: Path) -> None:
+        self.stage = stage
+        self.root = root
+        self.made: set[str] = set()
+        self.open: dict[str, tuple[int, int]] = {}  # folder -> (descriptor, batch last using it)
+
+    def fd(self, folder: str, batch: int) -> int:
+        held = self.open.get(folder)
+        if held is None:
+            self._make(folder)
+            try:
+                fd = os.open(folder or ".", _DIR_FLAGS, dir_fd=self.stage)
+            except OSError as exc:
+                raise from_oserror(exc, f"opening {self.root / folder}") from exc
+            held = (fd, batch)
+        self.open[folder] = (held[0], batch)
+        return held[0]
+
+    def _make(self, folder: str) -> None:
+        parts = folder.split("/") if folder else []
+        for i in range(len(parts)):
+            sub = "/".join(parts[: i + 1])
+            if sub in self.made:
+                continue
+            try:
+                os.mkdir(sub, 0o700, dir_fd=self.stage)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise from_oserror(exc, f"creating {self.root / sub}") from exc
+            self.made.add(sub)
+
+    def release(self, done: int) -> None:
+        """Close folders past the limit that no batch after `done` uses."""
+        if len(self.open) <= MAX_OPEN_FOLDERS:
+            return
+        for folder, (fd, last) in list(self.open.items()):
+            if last <= done:
+                os.close(fd)
+                del self.open[folder]
+
+    def close(self) -> None:
+        for fd, _ in self.open.values():
+            os.close(fd)
+        self.open.clear()
+
+
 def stage_small(
     repo: Repository,
+    stage: int,
     root: Path,
     entries: Sequence[FileEntry],
     pool: ThreadPoolExecutor,
     window: int,
     done: Done,
     phases: Phases,
-) -> list[FileEntry]:
-    """Restore entries (small files, see fits) below root, a batch at a time; done hears of
-    each file written. Returns the entries left to restore one by one: those whose chunks do
-    not add up to their size, or that did not match their hash (read again, the damage is
-    named there)."""
-    as_root = os.geteuid() == 0
-    made: set[Path] = set()
-    again: list[FileEntry] = []
-    pending: deque[list[tuple[FileEntry, Path, np.ndarray, Future[Fingerprint | None]]]] = deque()
+) -> tuple[list[FileEntry], IntegrityError | None]:
+    """Restore entries (small files, see fits) into the staging dir `stage` (a descriptor,
+    reached as root), a batch at a time, reading with pool's workers; done hears of each file
+    written; a file that does not match its hash raises IntegrityError naming the damaged chunk
+    (or a failing read). Returns the entries left to restore one by one (which names damage
+    there): those whose chunks do not add up to their size, and those of a batch whose frames
+    did not decode, with that first failure: raise it when they all restore (a read that
+    failed once still fails the checkout).
 
-    def collect(jobs: list[tuple[FileEntry, Path, np.ndarray, Future[Fingerprint | None]]]):
-        for entry, path, data, fut in jobs:
-            fp = fut.result()
-            if fp is None:
-                again.append(entry)
-            else:
-                done(entry, path, fp, data[:SNIFF_BYTES].tobytes())
+    Files are created by WRITERS threads of their own: creating a file is mostly the kernel's
+    work (the GIL is free meanwhile), and the next batch is read while one is written."""
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="casnap-create") as writers:
+        return _stage_small(repo, stage, root, entries, pool, writers, window, done, phases)
+
+
+def _stage_small(
+    repo: Repository,
+    stage: int,
+    root: Path,
+    entries: Sequence[FileEntry],
+    pool: ThreadPoolExecutor,
+    writers: ThreadPoolExecutor,
+    window: int,
+    done: Done,
+    phases: Phases,
+) -> tuple[list[FileEntry], IntegrityError | None]:
+    as_root = os.geteuid() == 0
+    base = str(root)
+    again: list[FileEntry] = []
+    failed: IntegrityError | None = None
+    Job = tuple[list[_File], Future[list[Fingerprint | None]]]
+    pending: deque[tuple[int, list[Job]]] = deque()
+    folders = _Folders(stage, root)
+
+    def collect(number: int, jobs: list[Job]) -> None:
+        for files, fut in jobs:
+            for f, fp in zip(files, fut.result(), strict=True):
+                if fp is None:
+                    unverified(repo, f.entry, f.refs)
+                done(f.entry, Path(f.path), fp, f.data[:SNIFF_BYTES].tobytes())
+        folders.release(number)
 
     reader = _Reader(repo, pool, window, phases)
-    for batch in batches(entries):
-        with phases.timed("plan"):
-            lists = chunk_lists(reader, batch)
-        sizes = [int(np.frombuffer(r, dtype=REF_DTYPE)["length"].sum()) for r in lists]
-        keep = [i for i, e in enumerate(batch) if sizes[i] == e.size]
-        again += [batch[i] for i in range(len(batch)) if sizes[i] != batch[i].size]
-        data = reader.read(b"".join(lists[i] for i in keep), sum(sizes[i] for i in keep))
-        jobs = []
-        pos = 0
-        for i in keep:
-            entry = batch[i]
-            path = root / entry.path
-            if path.parent not in made:
-                try:
-                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise from_oserror(exc, f"creating {path.parent}") from exc
-                made.add(path.parent)
-            view = data[pos : pos + entry.size]
-            pos += entry.size
-            jobs.append(
-                (entry, path, view, pool.submit(_write, path, view, entry, as_root, phases))
-            )
-        pending.append(jobs)
-        while len(pending) > 1:
-            collect(pending.popleft())
-    while pending:
-        collect(pending.popleft())
-    return again
+    try:
+        for number, batch in enumerate(batches(entries)):
+            with phases.timed("plan"):
+                lists = chunk_lists(reader, batch)
+            sizes = [int(np.frombuffer(r, dtype=REF_DTYPE)["length"].sum()) for r in lists]
+            keep = [i for i, e in enumerate(batch) if sizes[i] == e.size]
+            again += [batch[i] for i in range(len(batch)) if sizes[i] != batch[i].size]
+            try:
+                data = reader.read(b"".join(lists[i] for i in keep), sum(sizes[i] for i in keep))
+            except IntegrityError as exc:  # a frame that does not decode: which file's?
+                failed = failed or exc
+                again += [batch[i] for i in keep]  # each on its own names the damaged one
+                continue
+            files = []
+            pos = 0
+            for i in keep:
+                entry = batch[i]
+                folder, _, name = entry.path.rpartition("/")
+                view = data[pos : pos + entry.size]
+                pos += entry.size
+                path = f"{base}/{entry.path}"
+                fd = folders.fd(folder, number)
+                files.append(_File(entry, fd, name, path, view, lists[i]))
+            groups = [files[k : k + WRITE_GROUP] for k in range(0, len(files), WRITE_GROUP)]
+            jobs = [(g, writers.submit(_write_all, g, as_root, phases)) for g in groups]
+            pending.append((number, jobs))
+            while len(pending) > 1:
+                collect(*pending.popleft())
+        while pending:
+            collect(*pending.popleft())
+    finally:
+        for _number, jobs in pending:  # after a failure: nothing may still use a folder
+            for _files, fut in jobs:
+                fut.cancel()
+                if not fut.cancelled():
+                    fut.exception()
+        folders.close()
+    return again, failed
+
+
+def unverified(repo: Repository, entry: FileEntry, refs: bytes) -> NoReturn:
+    """The error for a restored file whose bytes do not match its hash: the damaged chunk,
+    found by reading each chunk again, or, when every one verifies, a failing read."""
+    try:
+        find_damaged(repo.store, refs)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{entry.path}: {exc}") from exc
+    # every chunk verified when read again: a read went wrong, or the manifest did
+    raise IntegrityError(
+        f"{entry.path}: restored file does not match its recorded hash, yet each of its "
+        "chunks verifies when read again (a failing read, or a damaged manifest)"
+    )

@@ -117,7 +117,9 @@ def stage_files(
 
         window = 2 * workers(repo) + 2
         small = [e for e in ordered if smallstage.fits(e)]
-        again = smallstage.stage_small(repo, stage.path, small, pool, window, staged, phases)
+        again, failed = smallstage.stage_small(
+            repo, stage.dir.fd, stage.path, small, pool, window, staged, phases
+        )
         rest = sorted([e for e in ordered if not smallstage.fits(e)] + again, key=_link_order)
         for entry in rest:
             dest = stage.path / entry.path
@@ -142,6 +144,8 @@ def stage_files(
                 durable.add(dest, entry.size)
                 before[entry.path] = fingerprint(dest)
             checks.staged(entry.path, dest)
+        if failed is not None:  # its files restored when read again: the read had failed
+            raise failed
         durable.finish()
     bar.finish()
     return before
@@ -170,18 +174,12 @@ def write_verified(
         with open(dest, "xb") as f:
             window = 2 * workers(repo) + 2
             size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick, phases)
-        if size != entry.size or whole.hex() != entry.hash:
-            pipeline.find_damaged(repo.store, refs)
     except OSError as exc:
         raise from_oserror(exc, f"writing {dest.parent}") from exc
     except IntegrityError as exc:
         raise IntegrityError(f"{entry.path}: {exc}") from exc
     if size != entry.size or whole.hex() != entry.hash:
-        # every chunk verified when read again: a read went wrong, or the manifest did
-        raise IntegrityError(
-            f"{entry.path}: restored file does not match its recorded hash, yet each of its "
-            "chunks verifies when read again (a failing read, or a damaged manifest)"
-        )
+        smallstage.unverified(repo, entry, refs)
     with contextlib.suppress(OSError):
         os.chmod(dest, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
         os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -425,7 +423,7 @@ def raise_if_smoke_failed(results: Sequence[SmokeVerifyResult]) -> None:
         raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
 
 
-def fingerprint(path: Path) -> Fingerprint:
+def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """size, mtime, ctime and inode: any write to the file changes one of them."""
     try:
         st = os.stat(path)
