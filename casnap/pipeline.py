@@ -85,7 +85,7 @@ class _Frame:
 
 
 @dataclass(frozen=True)
-class _Encoded:
+class Encoded:
     refs: bytes
     frames: list[_Frame]
 
@@ -122,14 +122,14 @@ class Ingest:
         """Ingest a stream cut by chunker; new frames go to the writer in stream order."""
         hasher = Hasher()
         refs: list[bytes] = []
-        inflight: deque[Future[_Encoded]] = deque()
+        inflight: deque[Future[Encoded]] = deque()
         size = 0
         try:
             for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
                 with self.phases.timed("chunk"):
                     hasher.update(block.data)
                 size += len(block.data)
-                inflight.append(self.pool.submit(self._encode, block))
+                inflight.append(self.pool.submit(self.encode_block, block))
                 while len(inflight) > self.workers:
                     self._take(inflight.popleft(), refs)
             while inflight:
@@ -142,15 +142,20 @@ class Ingest:
                     fut.exception()
         return Ingested(b"".join(refs), hasher.digest(), size)
 
-    def _take(self, fut: Future[_Encoded], refs: list[bytes]) -> None:
-        done = fut.result()
-        refs.append(done.refs)
+    def _take(self, fut: Future[Encoded], refs: list[bytes]) -> None:
+        refs.append(self.add(fut.result()))
+
+    def add(self, done: Encoded) -> bytes:
+        """The packed refs of an encoded block (encode_block), once its new frames are queued in
+        the writer (call it in the order the blocks were read)."""
         add = self.writer.add_frame
         for f in done.frames:
             add(DATA, f.encoded, f.frame_plain, f.members)
+        return done.refs
 
-    def _encode(self, block: Block) -> _Encoded:
-        """Worker: hash every piece of a block, frame and compress the new ones."""
+    def encode_block(self, block: Block) -> Encoded:
+        """Worker: hash every piece of a block, frame and compress the new ones (the pieces of
+        several small files back to back, too: new ones are framed together); then `add` it."""
         start = time.perf_counter()
         data = block.data
         lengths = block.lengths
@@ -193,7 +198,7 @@ class Ingest:
         if members:
             frames.append(self._frame(data, members, spans, fbytes, fkind))
         self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return _Encoded(rec.tobytes(), frames)
+        return Encoded(rec.tobytes(), frames)
 
     def _frame(
         self,

@@ -1,0 +1,87 @@
+"""The chunk lists a commit stores: TREE blobs naming each file's chunks (chunklist.py).
+
+A file whose previous version is known gets a delta against it when that keeps the chain short
+and smaller than a full list; any other file its full list. The lists of many small files new to
+the snapshot are stored together (`store_full_lists`): one batch check of which are stored
+already, each still a frame of its own, queued one after the other so a restore reads them with
+one read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from casnap import chunklist, compression
+from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE
+from casnap.errors import IntegrityError
+from casnap.manifest import FileEntry
+from casnap.repository import Repository
+
+if TYPE_CHECKING:
+    from casnap.packwriter import PackWriter
+
+
+def store_list(
+    repo: Repository, refs: bytes, old: FileEntry | None, writer: PackWriter, level: int
+) -> tuple[str, ...]:
+    """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
+    of repo) when that keeps the chain short and smaller than one full list, else the full list.
+    New blobs go to writer, compressed at level; returns the ids the file entry names."""
+    from casnap.chunkindex import TREE  # here: loads numpy, which a no-change commit never needs
+
+    def put_tree(body: bytes) -> str:
+        lid = repo.ids(body)
+        if not writer.known(lid):
+            writer.add(lid, TREE, compression.encode(body, level), len(body))
+        return lid.hex()
+
+    if old is not None and old.lists:
+        try:
+            base, deltas, delta_bytes = repo.resolve_lists(old)
+        except IntegrityError:
+            base = None  # a damaged previous list must not block a new snapshot
+        if base is not None:
+            if base == refs:
+                return old.lists
+            if deltas < LIST_MAX_DELTAS:
+                body = chunklist.encode_delta(base, refs)
+                if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
+                    return (*old.lists, put_tree(body))
+    return tuple(put_tree(body) for body in chunklist.pieces(refs))
+
+
+def store_full_lists(
+    repo: Repository, refs: Sequence[bytes], writer: PackWriter, level: int
+) -> list[tuple[str, ...]]:
+    """store_list for files without a previous version, many at once: each file's full list,
+    the blobs not stored yet queued together."""
+    from casnap.chunkindex import TREE
+
+    bodies = [list(chunklist.pieces(r)) for r in refs]
+    flat = [body for file_bodies in bodies for body in file_bodies]
+    lids = [repo.ids(body) for body in flat]
+    known = writer.known_many(lids).tolist() if lids else []
+    new = [
+        (lid, _encoded(body, level), len(body))
+        for lid, body, stored in zip(lids, flat, known, strict=True)
+        if not stored
+    ]
+    writer.add_many(TREE, new)
+    out = []
+    at = 0
+    for file_bodies in bodies:
+        out.append(tuple(lid.hex() for lid in lids[at : at + len(file_bodies)]))
+        at += len(file_bodies)
+    return out
+
+
+# A list of this many bytes or fewer (three refs) is stored raw without trying zstd: its ids do
+# not compress, and a frame's header would outweigh any gain.
+_RAW_LIST = 1 + 3 * chunklist.REF_SIZE
+
+
+def _encoded(body: bytes, level: int) -> bytes:
+    if len(body) <= _RAW_LIST:
+        return bytes([compression.RAW]) + body
+    return compression.encode(body, level)
