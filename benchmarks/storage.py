@@ -15,9 +15,12 @@ run.
 
 Usage::
 
-    python benchmarks/storage.py [--size-mb 350] [--steps 10] [--seed 0]
+    python benchmarks/storage.py [--size-mb 350] [--steps 10] [--seed 0] [--scale]
         [--out benchmarks/results] [--tools casnap,copy,tarzstd,restic,borg,borg-fine]
     python benchmarks/storage.py --many-files 20000 [--rounds 3] [--tools casnap,restic,borg]
+
+``--scale`` is the large run: a ~1.7 GB data dir and 3 later steps (unless --size-mb or
+--steps say otherwise), where what grows with the data's size shows.
 
 A tool whose binary is missing is skipped with a note. Results go to ``<out>/storage.json`` and
 ``<out>/storage.png``; see ``benchmarks/README.md`` for what the columns mean. With
@@ -72,6 +75,9 @@ from tools import (  # noqa: E402 - the benchmarks' own module, beside this scri
 )
 
 DEFAULT_TOOLS = ("casnap", "casnap-enc", "copy", "tarzstd", "restic", "borg", "borg-fine")
+# --scale: a data dir five times the default, where costs that grow with its size show
+SCALE_SIZE_MB = 1700.0
+SCALE_STEPS = 3
 # --------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------
@@ -300,8 +306,18 @@ def add_ratios(summaries: list[Summary]) -> None:
                 setattr(s, attr, s.incr_bytes / base.incr_bytes)
 
 
+def compile_casnap(sample: ModuleType) -> None:
+    """casnap's modules compiled to bytecode first, as installing a package compiles them: a
+    source tree never imported before (or PYTHONDONTWRITEBYTECODE set) would make every casnap
+    command compile each module it imports (~0.15 s), and the benchmark would time that."""
+    import compileall
+
+    compileall.compile_dir(str(Path(sample.__file__).resolve().parent), quiet=1)
+
+
 def run_benchmark(args: argparse.Namespace, work: Path, log: Log) -> dict[str, Any]:
     sample = load_sample()
+    compile_casnap(sample)
     data = work / "data"
     started = time.perf_counter()
     log(f"work dir: {work}")
@@ -573,8 +589,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Stored bytes, snapshot time, memory and restore of casnap vs other tools.",
     )
-    p.add_argument("--size-mb", type=float, default=350.0, help="sample data size (default 350)")
-    p.add_argument("--steps", type=int, default=10, help="evolution steps after the first")
+    p.add_argument(
+        "--size-mb", type=float, default=None, help="sample data size (default 350; --scale 1700)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="evolution steps after the first (default 10)"
+    )
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help=f"the large run: {SCALE_SIZE_MB:g} MiB and {SCALE_STEPS} steps unless set",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the sample data")
     p.add_argument(
         "--out",
@@ -618,6 +643,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="print the JSON result on stdout (progress on stderr), no plot",
     )
     args = p.parse_args(argv)
+    if args.size_mb is None:
+        args.size_mb = SCALE_SIZE_MB if args.scale else 350.0
+    if args.steps is None:
+        args.steps = SCALE_STEPS if args.scale else 10
     if args.steps < 0 or args.size_mb <= 0:
         p.error("--steps must be >= 0 and --size-mb > 0")
     if args.many_files < 0 or args.rounds < 1:

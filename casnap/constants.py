@@ -191,6 +191,11 @@ TEMP_PREFIX = ".casnap-tmp-"
 # still read) keeps a checkout of a large database to about one sequential read of it.
 SMOKE_QUICK_CHECK_ABOVE = 256 * 1024 * 1024
 
+# A staged database is checked through a memory map of at most this many bytes (the rest with
+# read calls): mapped pages count as the checkout's resident memory, which must not grow with
+# the database's size.
+SMOKE_MMAP_MAX = 64 * 1024 * 1024
+
 # Row counts (SELECT count(*) per table, a read of each table's smallest b-tree) are listed for
 # databases up to this size; above it tables are listed without counts.
 SMOKE_ROWCOUNT_MAX = 1024 * 1024 * 1024

@@ -21,8 +21,8 @@ from typing import Any
 from casnap import chunklist, compression, rollback, selection
 from casnap.chunkindex import DATA, TREE, id_matrix
 from casnap.errors import IntegrityError, InvalidArgument, RepositoryNotFound
+from casnap.filelists import store_list
 from casnap.ids import ObjectId
-from casnap.lists import store_list
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
 from casnap.packwriter import PackWriter
 from casnap.progress import ByteProgress, ProgressFn

@@ -172,31 +172,35 @@ class Sealer:
 
     def open_segments(
         self, name: str, header: Header, first: int, sealed: bytes | memoryview
-    ) -> bytes:
-        """The plaintext of consecutive sealed segments starting with segment first."""
+    ) -> bytearray:
+        """The plaintext of consecutive sealed segments starting with segment first, each
+        opened straight into one buffer (no pieces joined afterwards: one copy less in memory)."""
         from cryptography.exceptions import InvalidTag
 
         view = memoryview(sealed)
         cipher = self._cipher(header.salt)
         ad = header.raw + name.encode()
-        out = []
+        plain: list[int] = []  # plaintext size of each segment, as the header says
         pos = 0
-        index = first
         while pos < len(view):
-            size = min(SEGMENT, header.length - index * SEGMENT) + TAG
-            piece = view[pos : pos + size]
-            if len(piece) != size:
+            plain.append(max(0, min(SEGMENT, header.length - (first + len(plain)) * SEGMENT)))
+            pos += plain[-1] + TAG
+        out = bytearray(sum(plain))
+        at = pos = 0
+        for i, n in enumerate(plain):
+            piece = view[pos : pos + n + TAG]
+            if len(piece) != n + TAG:
                 raise IntegrityError(f"{name} is truncated (damaged)")
             try:
-                out.append(cipher.decrypt(_nonce(index), piece, ad))
+                out[at : at + n] = cipher.decrypt(_nonce(first + i), piece, ad)
             except InvalidTag as exc:
                 raise IntegrityError(
                     f"{name} fails authentication: damaged, tampered with, or stored under "
                     "another object's name"
                 ) from exc
-            pos += size
-            index += 1
-        return b"".join(out)
+            pos += n + TAG
+            at += n
+        return out
 
     def open(self, name: str, data: bytes) -> bytes:
         """The plaintext of a whole sealed object stored under name, authenticated."""
@@ -207,7 +211,7 @@ class Sealer:
                 f"{name} has {len(data)} bytes where its header promises "
                 f"{sealed_size(header.length)} (damaged)"
             )
-        return self.open_segments(name, header, 0, body)
+        return bytes(self.open_segments(name, header, 0, body))
 
     def salvage(self, name: str, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         """What can be read of a damaged sealed object: its plaintext with every segment that

@@ -35,10 +35,14 @@ _REMOTE_PACKS_IN_FLIGHT = 3
 
 
 class _OpenPack:
-    __slots__ = ("data", "records")
+    """A pack being filled: its frames as they came (joined once, by the writing thread, without
+    the GIL: growing one buffer frame by frame cost the adding thread a copy and fresh pages)."""
+
+    __slots__ = ("parts", "size", "records")
 
     def __init__(self) -> None:
-        self.data = bytearray(PACK_HEADER)  # grows in place: no second copy when written
+        self.parts: list[bytes] = [PACK_HEADER]
+        self.size = len(PACK_HEADER)
         self.records = bytearray()
 
 
@@ -149,15 +153,16 @@ class PackWriter:
         if self._pack is None:
             self._pack = _OpenPack()
         p = self._pack
-        offset = len(p.data)
+        offset = p.size
         pack_rec = DIR_RECORD.pack
         for cid, inner, plain in fresh:
             p.records += pack_rec(cid, btype, offset, len(encoded), plain, inner, frame_plain)
             pending.add(bytes(cid))
-        p.data += encoded
+        p.parts.append(encoded)
+        p.size += len(encoded)
         self.chunks_added += len(fresh)
         self.bytes_by_type[btype] += len(encoded)
-        if len(p.data) >= self.store.pack_target or len(p.records) >= MAX_PACK_DIRECTORY:
+        if p.size >= self.store.pack_target or len(p.records) >= MAX_PACK_DIRECTORY:
             self.flush()
         return len(fresh)
 
@@ -177,12 +182,12 @@ class PackWriter:
     def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
         start = time.perf_counter()
         records = bytes(p.records)
-        data = p.data
+        data = bytearray().join(p.parts)  # one copy, the GIL released (CPython joins >1 MiB so)
+        p.parts = []
         seal_pack(data, records)
         pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
         self.phases.since("write", start)
-        p.data = bytearray()
         return pack, records, len(data), made
 
     def _collect(self, fut: Future[tuple[ObjectId, bytes, int, bool]]) -> None:

@@ -1,15 +1,11 @@
-"""The data paths of commit and checkout: every core busy, memory bounded whatever the file size.
-
-Commit: the calling thread reads a file in blocks, lets its chunker cut them and feeds the
-whole-file hash; worker threads hash every piece, look a whole block's ids up in the index at once,
-group the new pieces into frames and compress them (BLAKE3, numpy and zstd release the GIL); the
-calling thread adds the frames to the pack writer in file order, which writes packs from its own
-thread. At most a few blocks are in flight.
+"""The data path of checkout (commit's is ingest.py): every core busy, memory bounded whatever
+the file size.
 
 Checkout: the refs of a file are located in the index in one batch and grouped into reads of
-adjacent frames; workers read and decode each frame once; the calling thread writes the bytes in
-order while computing their BLAKE3, which must equal the whole-file hash of the manifest before
-the file is put in place (a mismatch is traced to the damaged chunk).
+adjacent frames; workers read and decode each frame once; the bytes' BLAKE3, computed in order,
+must equal the whole-file hash of the manifest before the file is put in place (a mismatch is
+traced to the damaged chunk). Files are written by the workers themselves (writeout.py); a
+stream (`restore`, for `cat`) by the calling thread, in order.
 """
 
 from __future__ import annotations
@@ -19,21 +15,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
 from casnap import compression
-from casnap.chunkindex import DATA, id_matrix
-from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
-from casnap.constants import READ_BLOCK, REMOTE_WORKERS
+from casnap.constants import REMOTE_WORKERS
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
-from casnap.packwriter import PackWriter
 from casnap.phases import Phases
 from casnap.spans import Spans
 from casnap.store import Store
@@ -51,7 +43,7 @@ TASK_BYTES = 1024 * 1024
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
 # Output bytes of the tasks whose reads are fetched as spans at once, on a remote backend: the
-# compressed bytes of about two such stretches are in memory (one written, one fetched ahead).
+# compressed bytes of two or three such stretches are in memory (written, fetched ahead).
 SPAN_WINDOW = 32 * 1024 * 1024
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
@@ -66,158 +58,6 @@ _SAMPLE_STRIDE = 4093
 def cpu_workers() -> int:
     """Worker threads for hashing, compressing and decoding: one per core, at least two."""
     return max(2, os.cpu_count() or 2)
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What ingesting one stream produced."""
-
-    refs: bytes  # packed (id, length) refs, see chunklist.py
-    hash: ObjectId  # BLAKE3 of the whole stream
-    size: int
-
-
-@dataclass(frozen=True)
-class _Frame:
-    encoded: bytes
-    frame_plain: int  # 0 for a frame of one chunk
-    members: list[tuple[bytes, int, int]]  # id, offset in the frame, plain size
-
-
-@dataclass(frozen=True)
-class Encoded:
-    refs: bytes
-    frames: list[_Frame]
-
-
-class Ingest:
-    """Stores streams into a pack writer: chunk, hash, dedup, frame and compress in parallel."""
-
-    def __init__(
-        self,
-        store: Store,
-        writer: PackWriter,
-        pool: ThreadPoolExecutor,
-        workers: int,
-        *,
-        level: int,
-        float_level: int,
-        frame_target: int,
-        group_floats: bool,
-        read_block: int = READ_BLOCK,
-        phases: Phases | None = None,
-    ) -> None:
-        self.phases = phases or Phases()  # chunk (reading, cutting, hashing), compress
-        self.store = store
-        self.writer = writer
-        self.pool = pool
-        self.workers = max(1, workers)
-        self.level = level
-        self.float_level = float_level
-        self.frame_target = frame_target
-        self.group_floats = group_floats
-        self.read_block = read_block
-
-    def run(self, stream: BinaryIO, chunker: Chunker) -> Ingested:
-        """Ingest a stream cut by chunker; new frames go to the writer in stream order."""
-        hasher = Hasher()
-        refs: list[bytes] = []
-        inflight: deque[Future[Encoded]] = deque()
-        size = 0
-        try:
-            for block in self.phases.iterate("chunk", chunker.blocks(stream, self.read_block)):
-                with self.phases.timed("chunk"):
-                    hasher.update(block.data)
-                size += len(block.data)
-                inflight.append(self.pool.submit(self.encode_block, block))
-                while len(inflight) > self.workers:
-                    self._take(inflight.popleft(), refs)
-            while inflight:
-                self._take(inflight.popleft(), refs)
-        finally:
-            for fut in inflight:
-                fut.cancel()
-            for fut in inflight:
-                if not fut.cancelled():
-                    fut.exception()
-        return Ingested(b"".join(refs), hasher.digest(), size)
-
-    def _take(self, fut: Future[Encoded], refs: list[bytes]) -> None:
-        refs.append(self.add(fut.result()))
-
-    def add(self, done: Encoded) -> bytes:
-        """The packed refs of an encoded block (encode_block), once its new frames are queued in
-        the writer (call it in the order the blocks were read)."""
-        add = self.writer.add_frame
-        for f in done.frames:
-            add(DATA, f.encoded, f.frame_plain, f.members)
-        return done.refs
-
-    def encode_block(self, block: Block) -> Encoded:
-        """Worker: hash every piece of a block, frame and compress the new ones (the pieces of
-        several small files back to back, too: new ones are framed together); then `add` it."""
-        start = time.perf_counter()
-        data = block.data
-        lengths = block.lengths
-        kinds = block.kinds
-        h = self.store.ids.digest
-        ids: list[bytes] = []
-        pos = 0
-        for n in lengths:
-            ids.append(h(data[pos : pos + n]))
-            pos += n
-        rec = np.empty(len(ids), dtype=REF_DTYPE)
-        idm = id_matrix(b"".join(ids))
-        rec["id"] = idm
-        rec["length"] = lengths
-        stored = self.writer.known_many(ids)
-        hashed = self.phases.since("chunk", start)
-        local: set[bytes] = set()
-        frames: list[_Frame] = []
-        members: list[tuple[bytes, int, int]] = []
-        spans: list[tuple[int, int]] = []
-        fbytes = 0
-        fkind = 0
-        target = self.frame_target
-        pos = 0
-        for i, n in enumerate(lengths):
-            start = pos
-            pos += n
-            cid = ids[i]
-            if stored[i] or cid in local:
-                continue
-            local.add(cid)
-            kind = kinds[i] if kinds is not None else 0
-            if members and (fbytes + n > target or kind != fkind):
-                frames.append(self._frame(data, members, spans, fbytes, fkind))
-                members, spans, fbytes = [], [], 0
-            fkind = kind
-            members.append((cid, fbytes, n))
-            spans.append((start, n))
-            fbytes += n
-        if members:
-            frames.append(self._frame(data, members, spans, fbytes, fkind))
-        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return Encoded(rec.tobytes(), frames)
-
-    def _frame(
-        self,
-        data: memoryview,
-        members: list[tuple[bytes, int, int]],
-        spans: list[tuple[int, int]],
-        fbytes: int,
-        kind: int,
-    ) -> _Frame:
-        first = spans[0][0]
-        if spans[-1][0] + spans[-1][1] - first == fbytes:  # adjacent pieces: no copy
-            payload: bytes | memoryview = data[first : first + fbytes]
-        else:
-            payload = b"".join(data[s : s + n] for s, n in spans)
-        if kind == FLOAT32:
-            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
-        else:
-            encoded = compression.encode(payload, self.level)
-        return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
 
 
 # -- checkout ----------------------------------------------------------------------------------
@@ -237,7 +77,7 @@ class _Read:
         self.frames: list[list] = []
 
 
-class _Task:
+class Task:
     """One worker's share of a file: reads whose output (size bytes) starts at file offset
     `offset`; at most 2 x TASK_BYTES whatever the file's size or repetition. On a remote
     backend, `spans` holds the bytes its reads are sliced from."""
@@ -251,7 +91,7 @@ class _Task:
         self.spans: Spans | None = None
 
 
-def plan_tasks(store: Store, refs: bytes) -> Iterator[_Task]:
+def plan_tasks(store: Store, refs: bytes) -> Iterator[Task]:
     """The worker tasks that restore refs, in file order, planned PLAN_REFS refs at a time.
 
     Planning in slices bounds its memory whatever the file's size; each task's output is bounded
@@ -268,7 +108,7 @@ def plan_tasks(store: Store, refs: bytes) -> Iterator[_Task]:
             yield task
 
 
-def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
+def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:
     """Locate refs (whose bytes start at file offset `offset`) in the index and group them into
     tasks of reads of adjacent frames.
 
@@ -317,15 +157,15 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
     seg_flen, seg_fp = f["length"][pick].tolist(), frame_plain[pick].tolist()
     seg_inner_l, seg_len_l = seg_inner.tolist(), seg_len.tolist()
     seg_new_l, at_l = seg_new.tolist(), at.tolist()
-    tasks: list[_Task] = []
-    task = _Task(offset)
+    tasks: list[Task] = []
+    task = Task(offset)
     task_end = -1  # where the TASK_BYTES-aligned stretch of the file the task started in ends
     cur: _Read | None = None
     frame: list = []
     for i in range(len(seg_len_l)):
         # past its stretch, a task ends at the next frame, or at once when it is full already
         if at_l[i] >= task_end and (seg_new_l[i] or task.size >= TASK_BYTES or not tasks):
-            task = _Task(at_l[i])
+            task = Task(at_l[i])
             task_end = (at_l[i] // TASK_BYTES + 1) * TASK_BYTES
             tasks.append(task)
             cur = None
@@ -343,23 +183,25 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
     return tasks
 
 
-def _spans_ahead(
-    store: Store, tasks: Iterator[_Task], fetcher: ThreadPoolExecutor
-) -> Iterator[_Task]:
+def spans_ahead(store: Store, tasks: Iterator[Task], fetcher: ThreadPoolExecutor) -> Iterator[Task]:
     """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
-    ahead (when the first task of a stretch is asked for, the whole stretch starts fetching)."""
-    batch: list[_Task] = []
+    ahead: a stretch starts fetching before the first task of the stretch before it is handed
+    out, so the requests of one overlap the decoding and writing of the other."""
+    started: list[Task] = []
+    batch: list[Task] = []
     size = 0
     for task in tasks:
         batch.append(task)
         size += task.size
         if size >= SPAN_WINDOW:
-            yield from _with_spans(store, batch, fetcher)
+            started, previous = _with_spans(store, batch, fetcher), started
+            yield from previous
             batch, size = [], 0
+    yield from started
     yield from _with_spans(store, batch, fetcher)
 
 
-def _with_spans(store: Store, batch: list[_Task], fetcher: ThreadPoolExecutor) -> list[_Task]:
+def _with_spans(store: Store, batch: list[Task], fetcher: ThreadPoolExecutor) -> list[Task]:
     keys = store.index.packs
     reads = [(pack_key(keys[r.pack]), r.start, r.stop) for task in batch for r in task.reads]
     if len(reads) > 1:
@@ -408,10 +250,10 @@ def find_damaged(store: Store, refs: bytes) -> None:
         store.get(ObjectId(cid))
 
 
-_Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
+Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
 
 
-def fetch_many(store: Store, task: _Task, timer: Phases | None = None) -> list[_Piece]:
+def fetch_many(store: Store, task: Task, timer: Phases | None = None) -> list[Piece]:
     """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
     thread makes one large write and hash update (which release the GIL) per task; runs of
     zeros come back as their length, to become holes in the file.
@@ -443,7 +285,7 @@ def fetch_many(store: Store, task: _Task, timer: Phases | None = None) -> list[_
     return _zero_runs(out, task.offset) if out is not None else []
 
 
-def _fetch_timed(store: Store, task: _Task, phases: Phases) -> list[_Piece]:
+def fetch_timed(store: Store, task: Task, phases: Phases) -> list[Piece]:
     """Worker: fetch_many, its backend reads' seconds added to phases' `read` and the rest of
     its seconds (decoding, copying, finding holes) to `decode`."""
     timer = Phases()
@@ -455,7 +297,7 @@ def _fetch_timed(store: Store, task: _Task, phases: Phases) -> list[_Piece]:
     return pieces
 
 
-def _zero_runs(buf: np.ndarray, offset: int) -> list[_Piece]:
+def _zero_runs(buf: np.ndarray, offset: int) -> list[Piece]:
     """buf, the file's bytes from `offset` on, as pieces to write and lengths of zero runs.
 
     Every HOLE_BLOCK-aligned block of the file that holds only zeros is left to a seek; once one
@@ -478,7 +320,7 @@ def _zero_runs(buf: np.ndarray, offset: int) -> list[_Piece]:
     if not zero.any():
         return [buf]
     edges = [0, *(np.flatnonzero(zero[1:] != zero[:-1]) + 1).tolist(), count]
-    pieces: list[_Piece] = []
+    pieces: list[Piece] = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         lo, hi = head + a * HOLE_BLOCK, head + b * HOLE_BLOCK
         pieces.append(hi - lo if zero[a] else buf[lo:hi])
@@ -519,10 +361,10 @@ def restore(
     hasher = Hasher()
     size = 0
     holes = False
-    inflight: deque[Future[list[_Piece]]] = deque()
+    inflight: deque[Future[list[Piece]]] = deque()
     window = max(1, min(window, MAX_TASKS_IN_FLIGHT))
 
-    def write(pieces: list[_Piece]) -> int:
+    def write(pieces: list[Piece]) -> int:
         nonlocal holes
         done = 0
         for piece in pieces:
@@ -548,10 +390,10 @@ def restore(
     tasks = plan_tasks(store, refs)
     if store.backend.remote:  # a request per read would cost more than the reading
         fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
-        tasks = _spans_ahead(store, tasks, fetcher)
+        tasks = spans_ahead(store, tasks, fetcher)
     try:
         for task in phases.iterate("plan", tasks):
-            inflight.append(pool.submit(_fetch_timed, store, task, phases))
+            inflight.append(pool.submit(fetch_timed, store, task, phases))
             if len(inflight) >= window:
                 size += write(inflight.popleft().result())
         while inflight:

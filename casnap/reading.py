@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from casnap import capture, chunklist, lists, statcache
+from casnap import capture, chunklist, dbimage, filelists, statcache
 from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
@@ -36,7 +36,8 @@ from casnap.repository import Repository
 if TYPE_CHECKING:  # made for the first file read (storing)
     from concurrent.futures import ThreadPoolExecutor
 
-    from casnap import pipeline, smallingest
+    from casnap import smallingest
+    from casnap.ingest import Ingest
     from casnap.packwriter import PackWriter
 
 
@@ -131,7 +132,7 @@ class Reader:
             with self.phases.timed("index"):
                 self.repo.ensure_index()
             self.small = smallingest.SmallFiles(
-                self.repo, self._ingest(writer, pool), writer, pool, self.levels.zstd,
+                self.repo, self._ingester(writer, pool), writer, pool, self.levels.zstd,
                 self.start_ns, self.phases,
             )  # fmt: skip
         return self.small
@@ -179,12 +180,19 @@ class Reader:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     try:
-                        image_of = capture.database_image(
-                            src.abspath, self.repo.tmp_dir, self.repo.notify
+                        image_of = dbimage.open_image(
+                            src.abspath,
+                            self.repo.tmp_dir,
+                            self.repo.notify,
+                            unlocked=_attempt < SOURCE_RETRIES - 1,  # at last, through SQLite
                         )
-                        with self.phases.entered("capture", image_of) as (image, opened):
-                            entry, n = self._ingest_path(src, image, st, old)
-                        before = opened  # as SQLite's open of it left it: that is what stays
+                        with self.phases.entered("capture", image_of) as image:
+                            entry, n = self._ingest(src, image, st, old)
+                            intact = image.intact()
+                        if not intact:  # an idle database read without a lock changed
+                            read_total += n
+                            continue
+                        before = image.opened  # as SQLite's open of it left it: what stays
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
                         src = capture.SourceFile(src.path, src.abspath, "file")
@@ -211,22 +219,38 @@ class Reader:
         st: os.stat_result,
         old: FileEntry | None,
     ) -> tuple[FileEntry, int]:
+        # a data-dir file is opened without following a link swapped in since the scan
+        with os.fdopen(capture.open_source(path), "rb") as f:
+            done = self._ingest(src, f, st, old)
+            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        return done
+
+    def _ingest(
+        self,
+        src: capture.SourceFile,
+        f: BinaryIO | dbimage.Image,
+        st: os.stat_result,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        """Chunk and store the stream f of src (the file, or its database image)."""
         writer, pool = self.storing()
         with self.phases.timed("index"):
             self.repo.ensure_index()
-        ingest = self._ingest(writer, pool)
-        # a data-dir file is opened without following a link swapped in since the scan
-        fd = capture.open_source(path) if path == src.abspath else os.open(path, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:
-            header = f.read(SNIFF_BYTES)
-            f.seek(0)
-            layout = capture.record_layout(src.abspath)
-            chunker = choose_chunker(header, self.repo.config["chunker"], layout)
-            stream: BinaryIO = f
-            if self.read_tick is not None:
-                stream = cast(BinaryIO, CountingReader(f, self.read_tick))
-            done = ingest.run(stream, chunker)
-            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        ingest = self._ingester(writer, pool)
+        header = f.read(SNIFF_BYTES)
+        f.seek(0)
+        layout = capture.record_layout(src.abspath)
+        chunker = choose_chunker(header, self.repo.config["chunker"], layout)
+        stream = cast(BinaryIO, f)
+        if self.read_tick is not None:
+            stream = cast(BinaryIO, CountingReader(f, self.read_tick))  # type: ignore[arg-type]
+        with self.phases.timed("manifest"):  # the chunk list of the last version, read once
+            previous = filelists.previous_lists(self.repo, old)
+        done = ingest.run(stream, chunker, previous[0] if previous else None)
+        with self.phases.timed("manifest"):  # chunk lists are written with the manifest
+            lists = filelists.store_list(
+                self.repo, done.refs, old, writer, self.levels.zstd, previous
+            )
         entry = FileEntry(
             path=src.path,
             kind=src.kind,
@@ -235,17 +259,19 @@ class Reader:
             mtime_ns=st.st_mtime_ns,
             hash=done.hash.hex(),
             chunker=chunker.describe(),
-            lists=self._store_list(done.refs, old, writer),
+            lists=lists,
             chunks=chunklist.ref_count(done.refs),
             uid=st.st_uid,
             gid=st.st_gid,
         )
         return entry, done.size
 
-    def _ingest(self, writer: PackWriter, pool: ThreadPoolExecutor) -> pipeline.Ingest:
+    def _ingester(self, writer: PackWriter, pool: ThreadPoolExecutor) -> Ingest:
+        """The data path (ingest.py) over the commit's writer and worker threads."""
         from casnap import pipeline  # here: numpy, which a commit reading no file never loads
+        from casnap.ingest import Ingest
 
-        return pipeline.Ingest(
+        return Ingest(
             self.repo.store,
             writer,
             pool,
@@ -256,9 +282,3 @@ class Reader:
             group_floats=self.levels.group_floats,
             phases=self.phases,
         )
-
-    def _store_list(
-        self, refs: bytes, old: FileEntry | None, writer: PackWriter
-    ) -> tuple[str, ...]:
-        with self.phases.timed("manifest"):  # chunk lists are written with the manifest
-            return lists.store_list(self.repo, refs, old, writer, self.levels.zstd)

@@ -25,17 +25,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from casnap import capture, chunklist, lists, statcache
+from casnap import capture, chunklist, filelists, statcache
 from casnap.chunking import Block, choose_chunker
 from casnap.constants import SMALL_FILE, SNIFF_BYTES, STAT_SETTLE_NS
 from casnap.formats import hnsw
 from casnap.formats.faiss import faiss_kind
 from casnap.formats.sqlite import is_sqlite_header
 from casnap.ids import ID_SIZE, hash_bytes
+from casnap.ingest import Encoded, Ingest
 from casnap.manifest import FileEntry
 from casnap.packwriter import PackWriter
 from casnap.phases import Phases
-from casnap.pipeline import Encoded, Ingest
 from casnap.repository import Repository
 
 BATCH_FILES = 512
@@ -234,7 +234,7 @@ class SmallFiles:
             for i, (w, r) in enumerate(zip(batch.files, batch.reads, strict=True))
             if r is not None and w.old is None
         ]
-        full = lists.store_full_lists(
+        full = filelists.store_full_lists(
             self.repo, [per_file[i] for i in fresh], self.writer, self.level
         )
         names: dict[int, tuple[str, ...]] = dict(zip(fresh, full, strict=True))
@@ -244,7 +244,9 @@ class SmallFiles:
                 out.append((w, None, 0))
                 continue
             if i not in names:
-                names[i] = lists.store_list(self.repo, per_file[i], w.old, self.writer, self.level)
+                names[i] = filelists.store_list(
+                    self.repo, per_file[i], w.old, self.writer, self.level
+                )
             st = w.src.stat
             assert st is not None
             entry = FileEntry(

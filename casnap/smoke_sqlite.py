@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from casnap.constants import SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
+from casnap.constants import SMOKE_MMAP_MAX, SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
 from casnap.smoke_report import Check
 
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
@@ -71,7 +71,7 @@ def check_sqlite(
     Setting `cancel` interrupts a check under way (it then fails; for a checkout given up).
     private: nobody else can truncate the file (a staged copy), so SQLite may read it through
     a memory map (a quarter less CPU than read calls; on a shared file a truncation would kill
-    the process)."""
+    the process), of at most SMOKE_MMAP_MAX bytes (mapped pages count as resident memory)."""
     size = path.stat().st_size
     pragma = "quick_check" if size > SMOKE_QUICK_CHECK_ABOVE else "integrity_check"
     try:
@@ -79,7 +79,7 @@ def check_sqlite(
             if cancel is not None:
                 conn.set_progress_handler(cancel.is_set, _CANCEL_EVERY)
             if private:
-                conn.execute(f"PRAGMA mmap_size={size}")
+                conn.execute(f"PRAGMA mmap_size={min(size, SMOKE_MMAP_MAX)}")
             messages = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
             if messages != ["ok"]:
                 detail = f"PRAGMA {pragma}: " + "; ".join(messages[:3])

@@ -39,6 +39,7 @@ from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
 from casnap.smoke_cmd import run_command
 from casnap.smoke_report import SmokeReport
+from casnap.writeout import write_files
 
 Fingerprint = tuple[int, ...] | None
 
@@ -92,22 +93,45 @@ def stage_files(
     phases: Phases | None = None,
 ) -> dict[str, Fingerprint]:
     """Restore entries into the stage, each verified against its BLAKE3, owners restored as
-    root, hard links linked to their file staged before them; small files a batch at a time
-    (smallstage.py), the others one by one; each file's smoke checks start as soon as it is
-    staged. Every file is durable when this returns (durable.py: synced in batches, or each
-    fsynced). Returns the fingerprint of every staged file (a smoke command must not change
-    one). The time of each step goes to phases (see pipeline.restore; syncs to `write`)."""
+    root, hard links linked to their file staged before them: databases and FAISS indexes first
+    (stage_order), then small files a batch at a time (smallstage.py), then the others; each
+    file's smoke checks start as soon as it is staged. Every file is durable when this returns
+    (durable.py: synced together, or each fsynced). Returns the fingerprint of every staged file
+    (a smoke command must not change one). The time of each step goes to phases (see
+    writeout.write_files; syncs to `write`)."""
     phases = phases or Phases()
     repo.ensure_index()
-    ordered = sorted(entries, key=lambda e: (e.link is not None, e.path))
+    ordered = sorted(entries, key=stage_order)
     bar = ByteProgress(sum(e.size for e in ordered), progress)
     as_root = os.geteuid() == 0
     before: dict[str, Fingerprint] = {}
     names: dict[str, list[str]] = {}  # a staged file -> every name it has in the stage
+    full: list[FileEntry] = []
+    small: list[FileEntry] = []  # plain files up to SMALL_FILE: restored in batches
+    linked: list[FileEntry] = []  # links to a file staged before them: linked to it
+    seen: set[str] = set()
+    for entry in ordered:
+        if entry.link is not None and entry.link in seen:
+            linked.append(entry)
+        elif smallstage.fits(entry) and stage_order(entry)[0] == 2:
+            small.append(entry)
+        else:
+            full.append(entry)
+        seen.add(entry.path)
     with (
         ThreadPoolExecutor(max_workers=workers(repo)) as pool,
         Durable(stage.dir.fd, str(stage.parent_path / stage.name), phases) as durable,
     ):
+
+        def written(entry: FileEntry, dest: Path) -> None:
+            if as_root and entry.uid is not None and entry.gid is not None:
+                try:
+                    os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
+                except OSError as exc:
+                    raise from_oserror(exc, f"setting the owner of {dest}") from exc
+            durable.add(dest, entry.size)
+            before[entry.path] = fingerprint(dest)
+            checks.staged(entry.path, dest)
 
         def staged(entry: FileEntry, dest: Path, fp: Fingerprint, head: bytes) -> None:
             bar.add(entry.size)
@@ -116,44 +140,49 @@ def stage_files(
             checks.staged(entry.path, dest, head)
 
         window = 2 * workers(repo) + 2
-        small = [e for e in ordered if smallstage.fits(e)]
+        for entry in full:
+            _mkdirs((stage.path / entry.path).parent)
+        write_files(
+            repo, [(e, stage.path / e.path) for e in full], pool, window, written, bar.add, phases
+        )
         again, failed = smallstage.stage_small(
             repo, stage.dir.fd, stage.path, small, pool, window, staged, phases
         )
-        rest = sorted([e for e in ordered if not smallstage.fits(e)] + again, key=_link_order)
-        for entry in rest:
-            dest = stage.path / entry.path
-            _mkdirs(dest.parent)
-            if entry.link is not None and entry.link in before:
-                try:
-                    os.link(stage.path / entry.link, dest, follow_symlinks=False)
-                except OSError as exc:
-                    raise from_oserror(exc, f"linking {dest}") from exc
-                bar.add(entry.size)
-                group = names.setdefault(entry.link, [entry.link])
-                group.append(entry.path)
-                for name in group:  # a new link changes the ctime every name shows
-                    before[name] = fingerprint(dest)
-            else:
-                write_verified(repo, entry, dest, pool, bar.add, phases)
-                if as_root and entry.uid is not None and entry.gid is not None:
-                    try:
-                        os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
-                    except OSError as exc:
-                        raise from_oserror(exc, f"setting the owner of {dest}") from exc
-                durable.add(dest, entry.size)
-                before[entry.path] = fingerprint(dest)
-            checks.staged(entry.path, dest)
+        write_files(
+            repo, [(e, stage.path / e.path) for e in again], pool, window, written, bar.add, phases
+        )
         if failed is not None:  # its files restored when read again: the read had failed
             raise failed
+        for entry in linked:
+            dest = stage.path / entry.path
+            _mkdirs(dest.parent)
+            assert entry.link is not None
+            try:
+                os.link(stage.path / entry.link, dest, follow_symlinks=False)
+            except OSError as exc:
+                raise from_oserror(exc, f"linking {dest}") from exc
+            bar.add(entry.size)
+            group = names.setdefault(entry.link, [entry.link])
+            group.append(entry.path)
+            for name in group:  # a new link changes the ctime every name shows
+                before[name] = fingerprint(dest)
+            checks.staged(entry.path, dest)
         durable.finish()
     bar.finish()
     return before
 
 
-def _link_order(entry: FileEntry) -> tuple[bool, str]:
-    """Hard links after the files they link to, then by path."""
-    return (entry.link is not None, entry.path)
+def stage_order(entry: FileEntry) -> tuple[int, int, str]:
+    """Files whose checks take longest first, so those checks overlap the rest of the restore:
+    databases (integrity_check), then FAISS indexes (read in a child), each largest first, then
+    the other files by path, and hard links after the files they link to."""
+    if entry.link is not None:
+        return (3, 0, entry.path)
+    if entry.kind == "sqlite":
+        return (0, -entry.size, entry.path)
+    if smoke.may_be_faiss(entry.path, entry.chunker):
+        return (1, -entry.size, entry.path)
+    return (2, 0, entry.path)
 
 
 def write_verified(
@@ -165,25 +194,9 @@ def write_verified(
     phases: Phases | None = None,
 ) -> int:
     """Write a file's chunks to dest (new; not fsynced: callers that keep it do), its BLAKE3
-    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set;
-    reading its chunk list counts as `plan` in phases."""
-    phases = phases or Phases()
-    with phases.timed("plan"):
-        refs = repo.file_refs(entry)
-    try:
-        with open(dest, "xb") as f:
-            window = 2 * workers(repo) + 2
-            size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick, phases)
-    except OSError as exc:
-        raise from_oserror(exc, f"writing {dest.parent}") from exc
-    except IntegrityError as exc:
-        raise IntegrityError(f"{entry.path}: {exc}") from exc
-    if size != entry.size or whole.hex() != entry.hash:
-        smallstage.unverified(repo, entry, refs)
-    with contextlib.suppress(OSError):
-        os.chmod(dest, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
-        os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
-    return size
+    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set."""
+    write_files(repo, [(entry, dest)], pool, 2 * workers(repo) + 2, None, tick, phases)
+    return entry.size
 
 
 class _VerifiedStream:

@@ -96,7 +96,7 @@ def vouched(
     before: Fingerprint | None, after: Fingerprint | None, start_ns: int
 ) -> Fingerprint | None:
     """What to record with an entry just read: its fingerprint before the read (for a database:
-    once SQLite had it open, capture.database_image), when the file still had it after the read
+    once SQLite had it open, dbimage.Image.opened), when the file still had it after the read
     and it is not racy against the commit's start; None otherwise."""
     if before is None or after != before or capture.is_racy(before, start_ns):
         return None

@@ -373,7 +373,7 @@ def test_a_pack_directory_is_written_before_it_grows_past_its_limit(monkeypatch)
 def test_a_chunk_list_delta_past_the_chunk_limit_is_stored_as_a_full_list(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr("casnap.lists.MAX_CHUNK_SIZE", 8)  # any delta is too long
+    monkeypatch.setattr("casnap.filelists.MAX_CHUNK_SIZE", 8)  # any delta is too long
     data = tmp_path / "data"
     data.mkdir()
     body = bytearray(np.random.default_rng(1).bytes(300_000))

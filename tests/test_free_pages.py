@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from casnap import Repository, checkout, commit
-from casnap.capture import clear_unused_pages, sqlite_image
+from casnap.dbimage import clear_unused_pages, sqlite_image
 from casnap.formats.sqlite import SQLITE_HEADER_SIZE, unused_page_ranges
 
 SECRET = b"deleted-secret-"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import capture
+from casnap import capture, dbimage
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.repository import Repository
@@ -100,7 +100,7 @@ def test_database_images_in_tmp_are_private(tmp_path: Path, idle_wal: bool) -> N
     if idle_wal:
         Path(str(db) + "-wal").write_bytes(wal)
         Path(str(db) + "-shm").unlink(missing_ok=True)
-        assert capture._idle_wal_database(db)
+        assert dbimage.idle_wal_database(db)
     scratch = tmp_path / "repo" / "tmp"
     seen: dict[str, int] = {}
     with umask(0o022), capture.sqlite_image(db, scratch) as image:

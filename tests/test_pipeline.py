@@ -141,7 +141,7 @@ def test_flat_index_with_one_percent_more_vectors_adds_about_one_percent(tmp_pat
 
 
 def test_chunk_lists_are_deltas_and_chains_are_cut(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("casnap.lists.LIST_MAX_DELTAS", 2)
+    monkeypatch.setattr("casnap.filelists.LIST_MAX_DELTAS", 2)
     db = tmp_path / "d" / "app.db"
     db.parent.mkdir()
     h.make_db(db, rows=300)

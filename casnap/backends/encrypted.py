@@ -104,7 +104,7 @@ class EncryptedBackend(Backend):
             sealed = self.inner.get(key, start, size)
         plain = self.sealer.open_segments(key, header, first, sealed)
         skip = offset - first * SEGMENT
-        return plain[skip : skip + end - offset]
+        return bytes(memoryview(plain)[skip : skip + end - offset])
 
     def salvage(self, key: str) -> Salvaged:
         """The object under key read segment by segment: the segments that fail authentication

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,14 +58,18 @@ class Chunker(ABC):
         """
         return self.cut(buf), None
 
-    def blocks(self, stream: BinaryIO, block: int = READ_BLOCK) -> Iterator[Block]:
-        """The pieces of a stream in blocks of about `block` bytes, in order."""
+    def blocks(
+        self, stream: BinaryIO, block: int = READ_BLOCK, buffers: Buffers | None = None
+    ) -> Iterator[Block]:
+        """The pieces of a stream in blocks of about `block` bytes, in order. With `buffers`, a
+        block's memory comes from there (the caller gives it back once done with the block)."""
         carry = b""
         offset = 0
         while True:
-            buf = bytearray(len(carry) + block)
+            size = len(carry) + block
+            buf = buffers.take(size) if buffers is not None else bytearray(size)
             buf[: len(carry)] = carry
-            view = memoryview(buf)
+            view = memoryview(buf)[:size]
             got = _read_into(stream, view[len(carry) :])
             final = got < block
             if got < block:
@@ -97,6 +102,31 @@ class Chunker(ABC):
     def describe(self) -> dict[str, Any]:
         """Name and parameters, as recorded per file in a manifest."""
         return {"name": self.name, **self.params()}
+
+
+class Buffers:
+    """Read buffers used again once their block is done with: a fresh buffer costs a page
+    fault per 4 KiB on its first fill, which made reading from the page cache three times
+    slower than copying. Thread-safe; holds at most `keep` buffers."""
+
+    def __init__(self, keep: int) -> None:
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least size bytes (its contents are whatever it held last)."""
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return bytearray(size + size // 16)  # room for the carried piece of a later block
+
+    def give(self, buf: bytearray) -> None:
+        """buf is no longer read by anyone: it may serve a later block."""
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
 
 
 def _read_into(stream: BinaryIO, view: memoryview) -> int:

@@ -28,13 +28,17 @@ SQLITE_SAMPLE_HEADER = SQLITE_MAGIC + (4096).to_bytes(2, "big")
 
 # SQLite's lock bytes (os_unix.c): PENDING_BYTE, then RESERVED, then 510 SHARED bytes; a WAL
 # database's -shm holds its 8 lock slots at 120 and the "dead man switch" byte at 128.
-_DB_LOCKS = (0x40000000, 512)
+PENDING_BYTE = 0x40000000  # the page holding it is never used (nor copied by the backup API)
+_DB_LOCKS = (PENDING_BYTE, 512)
 _SHM_LOCKS = (120, 9)
 
 _PAGE_SIZE_AT = 16  # big-endian u16; 1 stands for 65536
 _WRITE_VERSION_AT, _READ_VERSION_AT = 18, 19  # 2 in both: WAL mode
 _WAL = 2
 _FREELIST_TRUNK_AT, _FREELIST_COUNT_AT = 32, 36  # big-endian u32 each
+# file change counter, database size in pages, schema cookie, version-valid-for number,
+# SQLITE_VERSION_NUMBER (big-endian u32 each)
+_COUNTER_AT, _SIZE_AT, _SCHEMA_AT, _VALID_FOR_AT, _VERSION_AT = 24, 28, 40, 92, 96
 
 
 def is_sqlite_header(head: bytes) -> bool:
@@ -138,3 +142,31 @@ def unused_page_ranges(
             out.append((leaf, 0))
         trunk = nxt
     return out if len(seen) == total else None
+
+
+def declared_pages(head: bytes) -> int | None:
+    """The database size in pages the header states, when SQLite would use it (non-zero, and
+    the version-valid-for number equal to the change counter); None otherwise (SQLite then
+    takes the file's size)."""
+    if len(head) < SQLITE_HEADER_SIZE:
+        return None
+    pages = int.from_bytes(head[_SIZE_AT : _SIZE_AT + 4], "big")
+    valid = head[_COUNTER_AT : _COUNTER_AT + 4] == head[_VALID_FOR_AT : _VALID_FOR_AT + 4]
+    return pages if pages and valid else None
+
+
+def backup_header(head: bytes, pages: int, version: int) -> bytes:
+    """The first 100 bytes SQLite's backup API writes into a fresh file from a database whose
+    header is head and that has `pages` pages: a change counter, a schema cookie and a
+    version-valid-for number of 1, the page count, and `version` (the copying library's
+    SQLITE_VERSION_NUMBER)."""
+    out = bytearray(head[:SQLITE_HEADER_SIZE])
+    for at, value in (
+        (_COUNTER_AT, 1),
+        (_SIZE_AT, pages),
+        (_SCHEMA_AT, 1),
+        (_VALID_FOR_AT, 1),
+        (_VERSION_AT, version),
+    ):
+        out[at : at + 4] = value.to_bytes(4, "big")
+    return bytes(out)

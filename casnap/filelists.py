@@ -1,11 +1,8 @@
-"""The chunk lists a commit stores: TREE blobs naming each file's chunks (chunklist.py).
-
-A file whose previous version is known gets a delta against it when that keeps the chain short
-and smaller than a full list; any other file its full list. The lists of many small files new to
-the snapshot are stored together (`store_full_lists`): one batch check of which are stored
-already, each still a frame of its own, queued one after the other so a restore reads them with
-one read.
-"""
+"""The chunk lists a snapshot names for a file: a delta against the file's previous version when
+that keeps the chain short and small, else the full list in pieces (TREE blobs, chunklist.py).
+Commit and copy store them the same way. The lists of many small files new to a snapshot are
+stored together (`store_full_lists`): one batch check of which are stored already, each still a
+frame of its own, queued one after the other so a restore reads them with one read."""
 
 from __future__ import annotations
 
@@ -18,17 +15,37 @@ from casnap.errors import IntegrityError
 from casnap.manifest import FileEntry
 from casnap.repository import Repository
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # storing a list needs a writer: a commit that reads no file makes none
     from casnap.packwriter import PackWriter
+
+#: A resolved chunk list: packed refs, the number of deltas in its chain and their bytes.
+Resolved = tuple[bytes, int, int]
+
+
+def previous_lists(repo: Repository, old: FileEntry | None) -> Resolved | None:
+    """The resolved chunk list of old, an entry of repo; None when it has none or it is damaged
+    (a damaged previous list must not block a new snapshot)."""
+    if old is None or not old.lists:
+        return None
+    try:
+        return repo.resolve_lists(old)
+    except IntegrityError:
+        return None
 
 
 def store_list(
-    repo: Repository, refs: bytes, old: FileEntry | None, writer: PackWriter, level: int
+    repo: Repository,
+    refs: bytes,
+    old: FileEntry | None,
+    writer: PackWriter,
+    level: int,
+    previous: Resolved | None = None,
 ) -> tuple[str, ...]:
     """TREE blobs for a file's chunk list: a delta against the previous version (old, an entry
-    of repo) when that keeps the chain short and smaller than one full list, else the full list.
-    New blobs go to writer, compressed at level; returns the ids the file entry names."""
-    from casnap.chunkindex import TREE  # here: loads numpy, which a no-change commit never needs
+    of repo; previous, its list when already resolved) when that keeps the chain short and
+    smaller than one full list, else the full list. New blobs go to writer, compressed at level;
+    returns the ids the file entry names."""
+    from casnap.chunkindex import TREE  # numpy: only once a list is stored
 
     def put_tree(body: bytes) -> str:
         lid = repo.ids(body)
@@ -36,18 +53,14 @@ def store_list(
             writer.add(lid, TREE, compression.encode(body, level), len(body))
         return lid.hex()
 
-    if old is not None and old.lists:
-        try:
-            base, deltas, delta_bytes = repo.resolve_lists(old)
-        except IntegrityError:
-            base = None  # a damaged previous list must not block a new snapshot
-        if base is not None:
-            if base == refs:
-                return old.lists
-            if deltas < LIST_MAX_DELTAS:
-                body = chunklist.encode_delta(base, refs)
-                if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
-                    return (*old.lists, put_tree(body))
+    if old is not None and (previous := previous or previous_lists(repo, old)) is not None:
+        base, deltas, delta_bytes = previous
+        if base == refs:
+            return old.lists
+        if deltas < LIST_MAX_DELTAS:
+            body = chunklist.encode_delta(base, refs)
+            if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
+                return (*old.lists, put_tree(body))
     return tuple(put_tree(body) for body in chunklist.pieces(refs))
 
 

@@ -1,0 +1,231 @@
+"""The data path of commit: every core busy, memory bounded whatever the file size.
+
+The calling thread reads a file in blocks, lets its chunker cut them and feeds the whole-file
+hash; worker threads hash every piece, tell which pieces the repository holds (those of the
+file's last version without an index lookup, the rest with one lookup per block), group the new
+pieces into frames and compress them (numpy and zstd release the GIL); the calling thread adds the
+frames to the pack writer in file order, which writes packs from its own thread. At most a few
+blocks are in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from casnap import compression
+from casnap.chunkindex import DATA, find_rows, id_keys, id_matrix
+from casnap.chunking import FLOAT32, Block, Chunker
+from casnap.chunking.base import Buffers
+from casnap.constants import READ_BLOCK
+from casnap.ids import ID_SIZE, Hasher, ObjectId
+from casnap.packwriter import PackWriter
+from casnap.phases import Phases
+from casnap.pipeline import REF_DTYPE
+from casnap.store import Store
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What ingesting one stream produced."""
+
+    refs: bytes  # packed (id, length) refs, see chunklist.py
+    hash: ObjectId  # BLAKE3 of the whole stream
+    size: int
+
+
+@dataclass(frozen=True)
+class _Frame:
+    encoded: bytes
+    frame_plain: int  # 0 for a frame of one chunk
+    members: list[tuple[bytes, int, int]]  # id, offset in the frame, plain size
+
+
+@dataclass(frozen=True)
+class Encoded:
+    refs: bytes
+    frames: list[_Frame]
+
+
+class Ingest:
+    """Stores streams into a pack writer: chunk, hash, dedup, frame and compress in parallel."""
+
+    def __init__(
+        self,
+        store: Store,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        workers: int,
+        *,
+        level: int,
+        float_level: int,
+        frame_target: int,
+        group_floats: bool,
+        read_block: int = READ_BLOCK,
+        phases: Phases | None = None,
+    ) -> None:
+        self.phases = phases or Phases()  # chunk (reading, cutting, hashing), compress
+        self.store = store
+        self.writer = writer
+        self.pool = pool
+        self.workers = max(1, workers)
+        self.level = level
+        self.float_level = float_level
+        self.frame_target = frame_target
+        self.group_floats = group_floats
+        self.read_block = read_block
+        # the ids of the stream's last stored version, sorted by key (see _unknown)
+        self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
+
+    def run(self, stream: BinaryIO, chunker: Chunker, previous: bytes | None = None) -> Ingested:
+        """Ingest a stream cut by chunker; new frames go to the writer in stream order.
+
+        previous, the refs of the stream's last stored version when known, lets a piece equal
+        to the one at the same place there count as stored without an index lookup.
+        """
+        hasher = Hasher()
+        refs: list[bytes] = []
+        inflight: deque[tuple[Future[Encoded], Block]] = deque()
+        buffers = Buffers(self.workers + 2)  # a block's buffer serves again once it is taken
+        size = 0
+        pieces = 0
+        before = np.frombuffer(previous or b"", dtype=REF_DTYPE)
+        order = np.argsort(id_keys(before["id"]), kind="stable")
+        self._held = (id_keys(before["id"])[order], before["id"][order])
+        try:
+            blocks = chunker.blocks(stream, self.read_block, buffers)
+            for block in self.phases.iterate("chunk", blocks):
+                with self.phases.timed("chunk"):
+                    hasher.update(block.data)
+                size += len(block.data)
+                at = before[pieces : pieces + len(block.lengths)]
+                pieces += len(block.lengths)
+                inflight.append((self.pool.submit(self._encode, block, at), block))
+                # more than one in flight (workers >= 1): the block the generator still reads
+                # its carried tail from is never the one taken
+                while len(inflight) > self.workers:
+                    self._take(*inflight.popleft(), refs, buffers)
+            while inflight:
+                self._take(*inflight.popleft(), refs, buffers)
+        finally:
+            for fut, _block in inflight:
+                fut.cancel()
+            for fut, _block in inflight:
+                if not fut.cancelled():
+                    fut.exception()
+        return Ingested(b"".join(refs), hasher.digest(), size)
+
+    def _take(
+        self, fut: Future[Encoded], block: Block, refs: list[bytes], buffers: Buffers
+    ) -> None:
+        refs.append(self.add(fut.result()))
+        if isinstance(buf := block.data.obj, bytearray):  # no one reads it now: frames are copies
+            buffers.give(buf)
+
+    def encode_block(self, block: Block) -> Encoded:
+        """Worker: hash, look up, frame and compress a block of whole pieces that has no last
+        stored version (the pieces of several small files back to back: the new ones are
+        framed together); then `add` it."""
+        return self._encode(block, np.zeros(0, dtype=REF_DTYPE))
+
+    def add(self, done: Encoded) -> bytes:
+        """The packed refs of an encoded block, once its new frames are queued in the writer
+        (call it in the order the blocks were read)."""
+        add = self.writer.add_frame
+        for f in done.frames:
+            add(DATA, f.encoded, f.frame_plain, f.members)
+        return done.refs
+
+    def _encode(self, block: Block, before: np.ndarray) -> Encoded:
+        """Worker: hash every piece of a block, frame and compress the new ones. before holds the
+        refs at the same places in the stream's last stored version (maybe fewer, or none)."""
+        start = time.perf_counter()
+        data = block.data
+        lengths = block.lengths
+        ids = self.store.ids.digests(data, lengths)
+        rec = np.empty(len(ids), dtype=REF_DTYPE)
+        rec["id"] = id_matrix(b"".join(ids))
+        rec["length"] = lengths
+        new = self._unknown(rec, ids, before)
+        hashed = self.phases.since("chunk", start)
+        frames: list[_Frame] = []
+        if len(new):
+            ends = np.cumsum(rec["length"], dtype=np.int64)
+            frames = self._frames(
+                data, ids, new.tolist(), (ends - rec["length"])[new].tolist(), block
+            )
+        self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
+        return Encoded(rec.tobytes(), frames)
+
+    def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
+        """Positions of the pieces of rec the repository does not hold. A piece of the last
+        stored version is held: equal to the one at its place there (a database's unchanged
+        pages: one pass over both arrays), or found among its ids (moved: a lookup in that
+        file's few ids, which stay in the cache), before the index's lookup (whose random reads
+        over every chunk of the repository miss it)."""
+        held = np.zeros(len(rec), dtype=bool)
+        k = min(len(rec), len(before))
+        if k:
+            held[:k] = (before["id"][:k] == rec["id"][:k]).all(axis=1)
+        rest = np.flatnonzero(~held)
+        if len(rest) and len(self._held[0]):
+            rest = rest[find_rows(*self._held, rec["id"][rest]) < 0]
+        if len(rest):
+            rest = rest[~self.writer.known_many([ids[i] for i in rest.tolist()])]
+        return rest
+
+    def _frames(
+        self, data: memoryview, ids: list[bytes], new: list[int], starts: list[int], block: Block
+    ) -> list[_Frame]:
+        """The new pieces (their positions in the block and offsets in data) in frames of about
+        frame_target bytes, compressed; a piece repeated in the block is framed once."""
+        lengths = block.lengths
+        kinds = block.kinds
+        local: set[bytes] = set()
+        frames: list[_Frame] = []
+        members: list[tuple[bytes, int, int]] = []
+        spans: list[tuple[int, int]] = []
+        fbytes = 0
+        fkind = 0
+        target = self.frame_target
+        for i, start in zip(new, starts, strict=True):
+            cid = ids[i]
+            if cid in local:
+                continue
+            local.add(cid)
+            n = lengths[i]
+            kind = kinds[i] if kinds is not None else 0
+            if members and (fbytes + n > target or kind != fkind):
+                frames.append(self._frame(data, members, spans, fbytes, fkind))
+                members, spans, fbytes = [], [], 0
+            fkind = kind
+            members.append((cid, fbytes, n))
+            spans.append((start, n))
+            fbytes += n
+        if members:
+            frames.append(self._frame(data, members, spans, fbytes, fkind))
+        return frames
+
+    def _frame(
+        self,
+        data: memoryview,
+        members: list[tuple[bytes, int, int]],
+        spans: list[tuple[int, int]],
+        fbytes: int,
+        kind: int,
+    ) -> _Frame:
+        first = spans[0][0]
+        if spans[-1][0] + spans[-1][1] - first == fbytes:  # adjacent pieces: no copy
+            payload: bytes | memoryview = data[first : first + fbytes]
+        else:
+            payload = b"".join(data[s : s + n] for s, n in spans)
+        if kind == FLOAT32:
+            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
+        else:
+            encoded = compression.encode(payload, self.level)
+        return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
