@@ -122,7 +122,7 @@ def checkout(
     with repo.lock("checkout"):
         repo.refresh(only_if_changed=True)
         sid = repo.resolve(ref)
-        snap = repo.load_snapshot(sid)
+        snap = repo.snapshot(sid)
         sources = (
             selection.newest_of_groups(repo.snapshots(), snap.source)
             if all_paths

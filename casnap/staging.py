@@ -320,7 +320,7 @@ def smoke_verify(
         repo.refresh(only_if_changed=True)
         t0 = time.perf_counter()
         sid = repo.resolve(ref)
-        snap = repo.load_snapshot(sid)
+        snap = repo.snapshot(sid)
         try:
             fsutil.make_dirs(repo.tmp_dir)
         except OSError as exc:
