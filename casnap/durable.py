@@ -47,11 +47,11 @@ class Durable:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, path: Path, size: int) -> None:
+    def add(self, path: str | Path, size: int) -> None:
         """A file is written (and will not be written again): make it durable soon."""
         self._raise_done()
         if not self.batched:
-            self._futures.append(self._pool.submit(self._timed, fsutil.fsync_file, path))
+            self._futures.append(self._pool.submit(self._timed, fsutil.fsync_file, Path(path)))
             return
         self._bytes += size
         self._files += 1

@@ -320,9 +320,13 @@ class _Checkout:
         unchanged: list[_Item] = []
         unsaved: list[str] = []
         places: dict[str, tuple[int, int] | None] = {}
+        missing: set[str] = set()  # folders the target lacks: looked for once, not per file
         for item in wanted:
             rel = item.entry.path
-            parent, name = tree.parent_of(rel)
+            head, name = split(rel)
+            parent = None if head in missing else tree.dir(head)
+            if parent is None:
+                missing.add(head)
             if parent is not None and self._in_repo(rel, os.fstat(parent.fd)):
                 self.result.warnings.append(
                     f"{rel}: lies inside the repository, which a checkout never touches; skipped"

@@ -18,7 +18,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn, cast
 
@@ -37,8 +36,8 @@ from casnap.repository import Repository
 from casnap.store import HASH_MISMATCH, ChunkDamaged
 
 Fingerprint = tuple[int, ...]
-# A file restored: its entry, where it is, its fingerprint and first bytes (for smoke checks).
-Done = Callable[[FileEntry, Path, Fingerprint, bytes], None]
+# A file restored: its entry, its path, fingerprint and first bytes (for smoke checks).
+Done = Callable[[FileEntry, str, Fingerprint, bytes], None]
 
 BATCH_FILES = 512
 BATCH_BYTES = 8 * 1024 * 1024  # a batch's bytes are in memory at once (two batches at most)
@@ -47,7 +46,7 @@ BATCH_BYTES = 8 * 1024 * 1024  # a batch's bytes are in memory at once (two batc
 LIST_BATCH_BYTES = 4 * 1024 * 1024
 WRITE_GROUP = 32  # files a worker task writes (a task per file cost more than the writing)
 MAX_OPEN_FOLDERS = 256
-WRITERS = 4  # threads creating files: mostly waiting for the kernel, which they overlap
+WRITERS = 2  # threads creating files: mostly waiting for the kernel (more only contend for the GIL)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -114,52 +113,65 @@ def chunk_lists(reader: _Reader, entries: Sequence[FileEntry]) -> list[bytes]:
     """The packed refs of each entry: its TREE blobs read together, each checked against its
     id, then resolved (pieces, then deltas) and counted against the entry."""
     repo = reader.repo
-    lids = [ObjectId.from_hex(x) for e in entries for x in e.lists]
-    bodies: dict[bytes, bytes] = {}
-    if lids:
+    names = [x for e in entries for x in e.lists]
+    bodies: dict[str, bytes] = {}
+    if names:
         store = repo.store
-        rows = store.index.lookup(id_matrix(b"".join(lids)))
+        ids = id_matrix(bytes.fromhex("".join(names)))
+        rows = store.index.lookup(ids)
         if (rows < 0).any():
-            missing = lids[int(np.flatnonzero(rows < 0)[0])]
-            owner = next(e for e in entries if missing.hex() in e.lists)
-            raise IntegrityError(f"{owner.path}: chunk {missing.hex()} is not in the index")
-        rec = np.empty(len(lids), dtype=REF_DTYPE)
-        rec["id"] = id_matrix(b"".join(lids))
-        rec["length"] = store.index.fields(rows)["plain"]
+            missing = names[int(np.flatnonzero(rows < 0)[0])]
+            owner = next(e for e in entries if missing in e.lists)
+            raise IntegrityError(f"{owner.path}: chunk {missing} is not in the index")
+        fields = store.index.fields(rows)
+        rec = np.empty(len(names), dtype=REF_DTYPE)
+        rec["id"] = ids
+        rec["length"] = fields["plain"]
         lengths = rec["length"].tolist()
         if sum(lengths) > LIST_BATCH_BYTES:  # lists far larger than small files need
             return [repo.file_refs(e) for e in entries]
-        data = reader.read(rec.tobytes(), sum(lengths))
-        packs = store.index.fields(rows)["pack"].tolist()
+        data = reader.read(rec.tobytes(), sum(lengths)).tobytes()
+        digest = repo.ids.digest
         pos = 0
-        for lid, n, pack in zip(lids, lengths, packs, strict=True):
-            body = data[pos : pos + n].tobytes()
+        for i, (name, n) in enumerate(zip(names, lengths, strict=True)):
+            body = data[pos : pos + n]
             pos += n
-            if repo.ids(body) != lid:
-                raise ChunkDamaged(lid, store.index.packs[pack], HASH_MISMATCH)
-            bodies[lid] = body
+            if digest(body).hex() != name:
+                pack = store.index.packs[int(fields["pack"][i])]
+                raise ChunkDamaged(ObjectId.from_hex(name), pack, HASH_MISMATCH)
+            bodies[name] = body
     out = []
     for entry in entries:
-        refs, _deltas = chunklist.resolve(
-            [bodies[ObjectId.from_hex(x)] for x in entry.lists], f"chunk list of {entry.path}"
-        )
+        parts = [bodies[x] for x in entry.lists]
+        body = parts[0] if len(parts) == 1 else b""
+        if body[:1] == _PIECE and (len(body) - 1) % chunklist.REF_SIZE == 0:
+            refs = body[1:]  # one piece, the list of most small files: nothing to resolve
+        else:
+            refs, _deltas = chunklist.resolve(parts, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
         out.append(refs)
     return out
 
 
-@dataclass(frozen=True)
+_PIECE = bytes([chunklist.TAG_PIECE])
+
+
 class _File:
     """A file a worker writes: its entry, its folder's descriptor and name in it, its path (for
-    messages and callers) and bytes."""
+    messages and callers), bytes and chunk list."""
 
-    entry: FileEntry
-    folder: int
-    name: str
-    path: str
-    data: np.ndarray
-    refs: bytes
+    __slots__ = ("entry", "folder", "name", "path", "data", "refs")
+
+    def __init__(
+        self, entry: FileEntry, folder: int, name: str, path: str, data: np.ndarray, refs: bytes
+    ) -> None:
+        self.entry = entry
+        self.folder = folder
+        self.name = name
+        self.path = path
+        self.data = data
+        self.refs = refs
 
 
 def _write(file: _File, as_root: bool, phases: Phases) -> Fingerprint | None:
@@ -304,7 +316,7 @@ def _stage_small(
             for f, fp in zip(files, fut.result(), strict=True):
                 if fp is None:
                     unverified(repo, f.entry, f.refs)
-                done(f.entry, Path(f.path), fp, f.data[:SNIFF_BYTES].tobytes())
+                done(f.entry, f.path, fp, f.data[:SNIFF_BYTES].tobytes())
         folders.release(number)
 
     reader = _Reader(repo, pool, window, phases)
@@ -312,7 +324,7 @@ def _stage_small(
         for number, batch in enumerate(batches(entries)):
             with phases.timed("plan"):
                 lists = chunk_lists(reader, batch)
-            sizes = [int(np.frombuffer(r, dtype=REF_DTYPE)["length"].sum()) for r in lists]
+            sizes = _sizes(lists)
             keep = [i for i, e in enumerate(batch) if sizes[i] == e.size]
             again += [batch[i] for i in range(len(batch)) if sizes[i] != batch[i].size]
             try:
@@ -346,6 +358,16 @@ def _stage_small(
                     fut.exception()
         folders.close()
     return again, failed
+
+
+def _sizes(lists: Sequence[bytes]) -> list[int]:
+    """The bytes each packed chunk list names, for many lists at once."""
+    counts = np.array([len(r) // chunklist.REF_SIZE for r in lists], dtype=np.int64)
+    lengths = np.frombuffer(b"".join(lists), dtype=REF_DTYPE)["length"].astype(np.int64)
+    total = np.concatenate([[0], np.cumsum(lengths)])
+    ends = np.cumsum(counts)
+    sizes: list[int] = (total[ends] - total[ends - counts]).tolist()
+    return sizes
 
 
 def unverified(repo: Repository, entry: FileEntry, refs: bytes) -> NoReturn:

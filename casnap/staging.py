@@ -133,7 +133,7 @@ def stage_files(
             before[entry.path] = fingerprint(dest)
             checks.staged(entry.path, dest)
 
-        def staged(entry: FileEntry, dest: Path, fp: Fingerprint, head: bytes) -> None:
+        def staged(entry: FileEntry, dest: str, fp: Fingerprint, head: bytes) -> None:
             bar.add(entry.size)
             durable.add(dest, entry.size)
             before[entry.path] = fp
