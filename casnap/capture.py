@@ -218,7 +218,10 @@ def record_layout(path: Path) -> tuple[int, int] | None:
 
 def estimated_size(src: SourceFile) -> int:
     """Bytes a commit will read for a file: its size, plus its -wal for a database (the backup
-    image holds the pages of both, so this bounds it from above)."""
+    image holds the pages of both, so this bounds it from above); a plain file's size as the scan
+    saw it."""
+    if src.kind == "file" and src.stat is not None:
+        return src.stat.st_size
     total = 0
     files = [src.abspath]
     if src.kind == "sqlite":
