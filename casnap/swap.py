@@ -13,8 +13,7 @@ per folder.
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from casnap import fsutil
 from casnap.errors import SourceError, from_oserror
@@ -65,10 +64,11 @@ def swap_in(
     return written, touched
 
 
-def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> list[str]:
+def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> dict[str, list[str]]:
     """The outermost folders the target lacks whose staged copy holds exactly files of rels
     (nothing else: no other file, link or special file), on the staging dir's filesystem:
-    each can be moved in whole."""
+    each can be moved in whole. Each comes with the folders it holds, itself first (outermost
+    first)."""
     stage_dev = os.fstat(staged.root.fd).st_dev
     missing: dict[str, bool] = {}
     found: dict[str, list[str]] = {}
@@ -80,32 +80,50 @@ def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> list[str]:
             if absent:
                 found.setdefault(folder, []).append(rel)
                 break
-    out = []
+    out = {}
     for folder, files in found.items():
         head = split(folder)[0]
         parent = tree.dir(head)
         if parent is None or os.fstat(parent.fd).st_dev != stage_dev:
             continue
-        held = set()
-        for rel, st in staged.walk(folder):
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                break
-            held.add(rel)
-        else:
-            if held == set(files):
-                out.append(folder)
+        listed = _listing(staged, folder)
+        if listed is not None and listed[1] == set(files):
+            out[folder] = listed[0]
     return out
 
 
-def move_folders(tree: Tree, staged: Tree, folders: Sequence[str], dir_attrs: DirAttrs) -> set[str]:
-    """Move each staged folder into the target whole, every folder in it given its mode and
-    owner (dir_attrs, outermost first) and made durable first; returns the folders renamed
-    into."""
+def _listing(staged: Tree, folder: str) -> tuple[list[str], set[str]] | None:
+    """(the folders, outermost first, and the regular files below a staged folder); None when
+    it holds anything else. Read by the file types the directories list (no stat per file)."""
+    folders, files = [folder], set()
+    for rel in folders:  # grows as subfolders are found
+        d = staged.dir(rel)
+        if d is None:
+            return None
+        try:
+            with os.scandir(d.fd) as listing:
+                for item in listing:
+                    path = f"{rel}/{item.name}"
+                    if item.is_dir(follow_symlinks=False):
+                        folders.append(path)
+                    elif item.is_file(follow_symlinks=False):
+                        files.add(path)
+                    else:
+                        return None
+        except OSError as exc:
+            raise from_oserror(exc, f"listing {d.path}") from exc
+    return folders, files
+
+
+def move_folders(
+    tree: Tree, staged: Tree, folders: Mapping[str, Sequence[str]], dir_attrs: DirAttrs
+) -> set[str]:
+    """Move each staged folder into the target whole (given with the folders it holds, see
+    new_folders), every folder in it given its mode and owner (dir_attrs, outermost first) and
+    made durable first; returns the folders renamed into."""
     if not folders:
         return set()
-    inside = [rel for folder in folders for rel in _folders_below(staged, folder)]
+    inside = [rel for below in folders.values() for rel in below]
     for rel in inside:
         d = staged.dir(rel)
         if d is None:
@@ -132,11 +150,6 @@ def move_folders(tree: Tree, staged: Tree, folders: Sequence[str], dir_attrs: Di
 def moved(rel: str, folders: Collection[str]) -> bool:
     """Whether rel lies in one of the folders moved whole."""
     return bool(folders) and any(a in folders for a in _ancestors(rel))
-
-
-def _folders_below(staged: Tree, folder: str) -> list[str]:
-    """folder and every folder below it, outermost first."""
-    return [folder, *(rel for rel, st in staged.walk(folder) if stat.S_ISDIR(st.st_mode))]
 
 
 def sync_folders(tree: Tree, folders: Iterable[str]) -> None:

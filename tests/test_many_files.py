@@ -166,3 +166,26 @@ def test_no_change_commit_of_many_files_opens_none_of_them(
     result = commit(repo, data)
     assert result.files_unchanged == 2000 and result.bytes_read == 0
     assert opened == []
+
+
+def test_new_folders_move_in_whole_with_their_modes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_files(data, 300, seed=3, folders=6)
+    (data / "d01" / "deep" / "er").mkdir(parents=True)
+    (data / "d01" / "deep" / "er" / "x.txt").write_text("deep")
+    modes = {"d00": 0o750, "d01": 0o700, "d01/deep": 0o755, "d01/deep/er": 0o710}
+    for rel, mode in modes.items():
+        os.chmod(data / rel, mode)
+    repo = Repository.init(tmp_path / "repo")
+    commit(repo, data)
+    # one folder is there already (with a file no snapshot holds): its files go in one by one
+    out = tmp_path / "out"
+    (out / "d02").mkdir(parents=True)
+    (out / "d02" / "stray.txt").write_text("not in the snapshot")
+    result = checkout(repo, "latest", out, safety_snapshot=False)
+    assert tree(out) == tree(data)
+    assert result.removed == ["d02/stray.txt"]
+    assert sorted(result.written) == sorted(tree(data))
+    for rel, mode in modes.items():
+        assert stat.S_IMODE((out / rel).stat().st_mode) == mode, rel
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".casnap-tmp")]
