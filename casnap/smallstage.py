@@ -23,12 +23,13 @@ from typing import BinaryIO, NoReturn, cast
 
 import numpy as np
 
-from casnap import chunklist
+from casnap import chunklist, compression
 from casnap.chunkindex import id_matrix
 from casnap.constants import SMALL_FILE, SNIFF_BYTES
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import FileEntry
+from casnap.packs import pack_key
 from casnap.phases import Phases
 from casnap.pipeline import REF_DTYPE, find_damaged
 from casnap.pipeline import restore as restore_stream
@@ -44,9 +45,13 @@ BATCH_BYTES = 8 * 1024 * 1024  # a batch's bytes are in memory at once (two batc
 # Chunk-list bytes read for a batch at once, at most (a small file's list is a few refs; a
 # manifest naming larger lists has them read one file at a time, as large files do)
 LIST_BATCH_BYTES = 4 * 1024 * 1024
-WRITE_GROUP = 32  # files a worker task writes (a task per file cost more than the writing)
+LIST_GAP = 64 * 1024  # bytes of other frames a read of lists spans rather than making two
+MAX_LIST_READ = 4 * 1024 * 1024
 MAX_OPEN_FOLDERS = 256
-WRITERS = 2  # threads creating files: mostly waiting for the kernel (more only contend for the GIL)
+# Threads creating files, each the files of one folder at a time (a task per file cost more than
+# the writing): creating a file is mostly the kernel's work, and two threads creating files in
+# the same folder only took turns at its lock (spinning on it, when allocating inodes was slow).
+WRITERS = 2
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -110,36 +115,13 @@ class _Reader:
 
 
 def chunk_lists(reader: _Reader, entries: Sequence[FileEntry]) -> list[bytes]:
-    """The packed refs of each entry: its TREE blobs read together, each checked against its
-    id, then resolved (pieces, then deltas) and counted against the entry."""
+    """The packed refs of each entry: its TREE blobs read together (_read_lists), each checked
+    against its id, then resolved (pieces, then deltas) and counted against the entry."""
     repo = reader.repo
     names = [x for e in entries for x in e.lists]
-    bodies: dict[str, bytes] = {}
-    if names:
-        store = repo.store
-        ids = id_matrix(bytes.fromhex("".join(names)))
-        rows = store.index.lookup(ids)
-        if (rows < 0).any():
-            missing = names[int(np.flatnonzero(rows < 0)[0])]
-            owner = next(e for e in entries if missing in e.lists)
-            raise IntegrityError(f"{owner.path}: chunk {missing} is not in the index")
-        fields = store.index.fields(rows)
-        rec = np.empty(len(names), dtype=REF_DTYPE)
-        rec["id"] = ids
-        rec["length"] = fields["plain"]
-        lengths = rec["length"].tolist()
-        if sum(lengths) > LIST_BATCH_BYTES:  # lists far larger than small files need
-            return [repo.file_refs(e) for e in entries]
-        data = reader.read(rec.tobytes(), sum(lengths)).tobytes()
-        digest = repo.ids.digest
-        pos = 0
-        for i, (name, n) in enumerate(zip(names, lengths, strict=True)):
-            body = data[pos : pos + n]
-            pos += n
-            if digest(body).hex() != name:
-                pack = store.index.packs[int(fields["pack"][i])]
-                raise ChunkDamaged(ObjectId.from_hex(name), pack, HASH_MISMATCH)
-            bodies[name] = body
+    bodies = _read_lists(repo, names, entries) if names else {}
+    if bodies is None:  # lists far larger than small files need
+        return [repo.file_refs(e) for e in entries]
     out = []
     for entry in entries:
         parts = [bodies[x] for x in entry.lists]
@@ -152,6 +134,60 @@ def chunk_lists(reader: _Reader, entries: Sequence[FileEntry]) -> list[bytes]:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
         out.append(refs)
     return out
+
+
+def _read_lists(
+    repo: Repository, names: Sequence[str], entries: Sequence[FileEntry]
+) -> dict[str, bytes] | None:
+    """The TREE blobs named (hex ids), each checked against its id. Their frames are read in
+    pack order, the frames of a stretch of a pack (a commit queues a batch's lists one after
+    the other) with one read: each is a frame of its own, too small to be worth a task of the
+    restore pipeline. None when they hold more than LIST_BATCH_BYTES."""
+    store = repo.store
+    ids = id_matrix(bytes.fromhex("".join(names)))
+    rows = store.index.lookup(ids)
+    if (rows < 0).any():
+        missing = names[int(np.flatnonzero(rows < 0)[0])]
+        owner = next(e for e in entries if missing in e.lists)
+        raise IntegrityError(f"{owner.path}: chunk {missing} is not in the index")
+    fields = store.index.fields(rows)
+    if int(fields["plain"].sum()) > LIST_BATCH_BYTES:
+        return None
+    order = np.lexsort((fields["offset"], fields["pack"])).tolist()
+    pack, offset = fields["pack"].tolist(), fields["offset"].tolist()
+    length, plain = fields["length"].tolist(), fields["plain"].tolist()
+    inner, frame_plain = fields["inner"].tolist(), fields["frame_plain"].tolist()
+    digest = repo.ids.digest
+    bodies: dict[str, bytes] = {}
+    k = 0
+    while k < len(order):  # one stretch of frames of one pack: one read
+        first = order[k]
+        end = k + 1
+        stop = offset[first] + length[first]
+        while end < len(order):
+            i = order[end]
+            if pack[i] != pack[first] or offset[i] > stop + LIST_GAP:
+                break
+            if offset[i] + length[i] - offset[first] > MAX_LIST_READ:
+                break
+            stop = max(stop, offset[i] + length[i])
+            end += 1
+        pack_id = store.index.packs[pack[first]]
+        key = pack_key(pack_id)
+        raw = memoryview(store.backend.get(key, offset[first], stop - offset[first]))
+        for i in order[k:end]:
+            at = offset[i] - offset[first]
+            size = frame_plain[i] or plain[i]
+            try:
+                frame = compression.decode_frame(raw[at : at + length[i]], size)
+            except IntegrityError as exc:
+                raise ChunkDamaged(ObjectId.from_hex(names[i]), pack_id, str(exc)) from exc
+            body = frame.read(inner[i], plain[i]) if inner[i] + plain[i] <= len(frame) else b""
+            if len(body) != plain[i] or digest(body).hex() != names[i]:
+                raise ChunkDamaged(ObjectId.from_hex(names[i]), pack_id, HASH_MISMATCH)
+            bodies[names[i]] = body
+        k = end
+    return bodies
 
 
 _PIECE = bytes([chunklist.TAG_PIECE])
@@ -343,7 +379,10 @@ def _stage_small(
                 path = f"{base}/{entry.path}"
                 fd = folders.fd(folder, number)
                 files.append(_File(entry, fd, name, path, view, lists[i]))
-            groups = [files[k : k + WRITE_GROUP] for k in range(0, len(files), WRITE_GROUP)]
+            by_folder: dict[int, list[_File]] = {}  # one task per folder: see WRITERS
+            for f in files:
+                by_folder.setdefault(f.folder, []).append(f)
+            groups = list(by_folder.values())
             jobs = [(g, writers.submit(_write_all, g, as_root, phases)) for g in groups]
             pending.append((number, jobs))
             while len(pending) > 1:
