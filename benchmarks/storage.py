@@ -17,12 +17,16 @@ Usage::
 
     python benchmarks/storage.py [--size-mb 350] [--steps 10] [--seed 0] [--scale]
         [--out benchmarks/results] [--tools casnap,copy,tarzstd,restic,borg,borg-fine]
+    python benchmarks/storage.py --many-files 20000 [--rounds 3] [--tools casnap,restic,borg]
 
 ``--scale`` is the large run: a ~1.7 GB data dir and 3 later steps (unless --size-mb or
 --steps say otherwise), where what grows with the data's size shows.
 
 A tool whose binary is missing is skipped with a note. Results go to ``<out>/storage.json`` and
-``<out>/storage.png``; see ``benchmarks/README.md`` for what the columns mean.
+``<out>/storage.png``; see ``benchmarks/README.md`` for what the columns mean. With
+``--many-files N`` the data is N small files instead (many_files.py: first, no-change and
+changed commits and a restore, medians over rounds) and the result goes to
+``<out>/many_files.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import many_files  # noqa: E402 - the benchmarks' own module, beside this script
 from phase_report import (  # noqa: E402 - the benchmarks' own module, beside this script
     LEGEND,
     median_phases,
@@ -605,8 +610,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tools",
         type=tool_list,
-        default=list(DEFAULT_TOOLS),
-        help=f"comma-separated subset of {','.join(DEFAULT_TOOLS)}",
+        default=None,
+        help=f"comma-separated subset of {','.join(DEFAULT_TOOLS)} (--many-files: "
+        f"{','.join(many_files.DEFAULT_TOOLS)})",
+    )
+    p.add_argument(
+        "--many-files",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the sample app: N small files from --seed, first, no-change and changed "
+        "commits and a restore, per tool (many_files.py)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="--many-files: rounds of the whole sequence, each on fresh data and repositories "
+        "(the table gives medians)",
     )
     p.add_argument(
         "--work",
@@ -628,6 +649,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.steps = SCALE_STEPS if args.scale else 10
     if args.steps < 0 or args.size_mb <= 0:
         p.error("--steps must be >= 0 and --size-mb > 0")
+    if args.many_files < 0 or args.rounds < 1:
+        p.error("--many-files must be >= 0 and --rounds >= 1")
+    if args.tools is None and not args.many_files:
+        args.tools = list(DEFAULT_TOOLS)
     return args
 
 
@@ -641,6 +666,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="casnap-storage-bench-", dir=args.work))
+    if args.many_files:
+        try:
+            result = many_files.main(args, work, log)
+        finally:
+            if args.keep:
+                log(f"kept work dir {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        if args.json_only:
+            print(json.dumps(result, indent=2))
+        return 0
     try:
         result = run_benchmark(args, work, log)
     finally:

@@ -22,10 +22,11 @@ from casnap.fingerprints import is_racy as is_racy
 from casnap.fingerprints import open_source as open_source
 from casnap.fingerprints import settled_fingerprint as settled_fingerprint
 from casnap.fingerprints import wait_for_truncate as wait_for_truncate
-from casnap.formats import hnsw
+from casnap.formats import hnsw, sniff
 from casnap.formats.sqlite import (
     SQLITE_SIDE_SUFFIXES,
     is_sqlite,
+    is_sqlite_header,
 )
 from casnap.manifest import check_path
 
@@ -37,6 +38,8 @@ class SourceFile:
     path: str  # relative, POSIX
     abspath: Path
     kind: str  # "file" or "sqlite"
+    stat: os.stat_result | None = None  # its lstat when the scan found it
+    head: bytes | None = None  # its first SNIFF_BYTES, when the scan read them
 
 
 def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
@@ -84,7 +87,8 @@ class ScanOptions:
     dir), and prune_ids the same folders by identity (reached another way: a bind mount);
     skipped: gets "<path>: why" for links and special files; dirs: gets the mode and owner of
     every folder visited ("." for the data dir) and of the folders above the given paths;
-    unreadable: when given, folders that cannot be listed are added to it instead of failing.
+    unreadable: when given, folders that cannot be listed are added to it instead of failing;
+    kind_of: see below.
     """
 
     prune: Sequence[Path] = ()
@@ -92,6 +96,9 @@ class ScanOptions:
     skipped: list[str] | None = None
     dirs: dict[str, tuple[int, int, int]] | None = None
     unreadable: list[str] | None = None
+    # the kind of a file the caller knows from its lstat alone (the stat cache: unchanged since
+    # a snapshot said), so it is not opened to read its header; None: read it
+    kind_of: Callable[[str, os.stat_result], str | None] | None = None
 
 
 def scan(
@@ -120,12 +127,12 @@ def scan(
                 st = os.lstat(data_dir / rel)
                 opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
-    def visit(full: Path) -> None:
-        rel = full.relative_to(data_dir).as_posix()
-        if is_ignored_name(full.name) or is_excluded(rel, excludes) or str(full) in pruned:
+    def visit(full: str, rel: str, entry: os.DirEntry[str] | None = None) -> None:
+        name = entry.name if entry is not None else os.path.basename(full)
+        if is_ignored_name(name) or is_excluded(rel, excludes) or full in pruned:
             return
         try:
-            st = full.lstat()
+            st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(full)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -136,7 +143,8 @@ def scan(
             if opts.dirs is not None:
                 opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
             try:
-                children = sorted(os.listdir(full))
+                with os.scandir(full) as listing:
+                    children = sorted(listing, key=lambda e: e.name)
             except PermissionError as exc:
                 if opts.unreadable is None:
                     raise from_oserror(exc, f"listing {full}") from exc
@@ -144,8 +152,8 @@ def scan(
                 return
             except OSError as exc:
                 raise from_oserror(exc, f"listing {full}") from exc
-            for name in children:
-                visit(full / name)
+            for child in children:
+                visit(child.path, child.name if rel == "." else f"{rel}/{child.name}", child)
         elif stat.S_ISREG(st.st_mode):
             try:
                 check_path(rel)
@@ -157,17 +165,21 @@ def scan(
                         "starting with a drive letter)"
                     )
                 return
-            base = side_file_base(full.name)
-            if base is not None and is_sqlite(full.parent / base):
+            base = side_file_base(name)
+            if base is not None and is_sqlite(os.path.join(os.path.dirname(full), base)):
                 return
-            kind = "sqlite" if is_sqlite(full) else "file"
-            found.append(SourceFile(rel, full, kind))
+            kind = opts.kind_of(rel, st) if opts.kind_of is not None else None
+            head = None
+            if kind is None:
+                head = sniff(full)
+                kind = "sqlite" if is_sqlite_header(head) else "file"
+            found.append(SourceFile(rel, Path(full), kind, st, head))
         elif opts.skipped is not None:
             what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
             opts.skipped.append(f"{rel}: {what} not stored (casnap stores regular files)")
 
     for root in roots:
-        visit(root)
+        visit(str(root), root.relative_to(data_dir).as_posix())
     found.sort(key=lambda s: s.path)
     return found
 
@@ -206,7 +218,10 @@ def record_layout(path: Path) -> tuple[int, int] | None:
 
 def estimated_size(src: SourceFile) -> int:
     """Bytes a commit will read for a file: its size, plus its -wal for a database (the backup
-    image holds the pages of both, so this bounds it from above)."""
+    image holds the pages of both, so this bounds it from above); a plain file's size as the scan
+    saw it."""
+    if src.kind == "file" and src.stat is not None:
+        return src.stat.st_size
     total = 0
     files = [src.abspath]
     if src.kind == "sqlite":

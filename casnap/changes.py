@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from casnap import capture
-from casnap.committer import chunk_file
+from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import IntegrityError, InvalidArgument, from_oserror
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
 from casnap.fsutil import FILE_MODE
-from casnap.ids import ObjectId
+from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
 from casnap.staging import restore_entry
@@ -366,3 +366,24 @@ def _table_diffs(
             return compare_tables(conn, "a" in attached, "b" in attached)
         except sqlite3.Error as exc:
             raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from exc
+
+
+def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:
+    """Chunk ids, whole-file hash and size of a file cut as commit would cut it (the same
+    chunker choice); nothing is stored. `diff` compares the live data dir with it."""
+    hasher = Hasher()
+    refs: list[tuple[ObjectId, int]] = []
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            header = f.read(SNIFF_BYTES)
+            f.seek(0)
+            layout = capture.record_layout(path)
+            chunker = choose_chunker(header, repo.config["chunker"], layout)
+            for piece in chunker.split(f):
+                hasher.update(piece)
+                refs.append((repo.ids(piece), len(piece)))
+                size += len(piece)
+    except OSError as exc:
+        raise from_oserror(exc, f"reading {path}") from exc
+    return refs, hasher.digest().hex(), size

@@ -150,6 +150,7 @@ def parse_config(raw: bytes, location: str) -> dict[str, Any]:
                 raise ValueError(f"{name} {level} is out of range")
     except CasnapError:
         raise
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as exc:
+        # OverflowError: a size or level of infinity (JSON's Infinity) cannot be an integer
         raise IntegrityError(f"{location}/config is damaged: {exc}") from exc
     return cfg

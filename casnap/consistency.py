@@ -19,12 +19,13 @@ stale header.bin): a commit never loads an index nor unpickles anything.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from casnap.formats import layouts
 from casnap.formats.faiss import (
+    faiss_header,
     file_count_problem,
     file_shortfall,
     read_faiss_header,
@@ -43,11 +44,16 @@ class Problem:
     refused: bool
 
 
-def consistency_problems(root: Path, files: Iterable[str]) -> list[Problem]:
+def consistency_problems(
+    root: Path, files: Iterable[str], heads: Mapping[str, bytes] | None = None
+) -> list[Problem]:
     """The problems of the FAISS indexes and framework stores among `files` (relative to root),
-    from header fields, metadata and counts."""
+    from header fields, metadata and counts. heads: the first bytes of files the caller read
+    already (b"" for one it knows is no FAISS index: statcache.not_faiss), so they are not read
+    again."""
     rels = sorted(set(files))
-    problems = [p for rel in rels for p in _faiss_problems(root, rel)]
+    known = heads or {}
+    problems = [p for rel in rels for p in _faiss_problems(root, rel, known.get(rel))]
     view = {rel: root / rel for rel in rels}
     for store in layouts.find_stores(rels):
         try:
@@ -64,9 +70,9 @@ def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
     return [p.text for p in consistency_problems(root, files)]
 
 
-def _faiss_problems(root: Path, rel: str) -> list[Problem]:
+def _faiss_problems(root: Path, rel: str, head: bytes | None = None) -> list[Problem]:
     """A FAISS index shorter than its header promises; a sidecar beside it that disagrees."""
-    header = read_faiss_header(root / rel)
+    header = read_faiss_header(root / rel) if head is None else faiss_header(head)
     if header is None and not rel.endswith(".index"):
         return []
     problems = []

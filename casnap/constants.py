@@ -129,6 +129,12 @@ MIN_COMPRESSION_GAIN = 0.03
 # memory whatever the file size (8 MiB blocks cost more memory and were no faster on 2 cores).
 READ_BLOCK = 4 * 1024 * 1024
 
+# Files up to this size are read (commit) and written (checkout) many at a time, in batches, not
+# one by one through the streaming pipeline: for small files the fixed cost per file (a plan, a
+# task per worker, a chunk list read on its own) outweighed the bytes. Above it a file is large
+# enough to fill the pipeline by itself.
+SMALL_FILE = 1024 * 1024
+
 # A file whose size or mtime changes while it is read is read again this many times, then the
 # commit fails naming it.
 SOURCE_RETRIES = 3

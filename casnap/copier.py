@@ -20,8 +20,8 @@ from typing import Any
 
 from casnap import chunklist, compression, rollback, selection
 from casnap.chunkindex import DATA, TREE, id_matrix
-from casnap.committer import store_list
 from casnap.errors import IntegrityError, InvalidArgument, RepositoryNotFound
+from casnap.filelists import store_list
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
 from casnap.packwriter import PackWriter

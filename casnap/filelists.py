@@ -1,9 +1,12 @@
 """The chunk lists a snapshot names for a file: a delta against the file's previous version when
 that keeps the chain short and small, else the full list in pieces (TREE blobs, chunklist.py).
-Commit and copy store them the same way."""
+Commit and copy store them the same way. The lists of many small files new to a snapshot are
+stored together (`store_full_lists`): one batch check of which are stored already, each still a
+frame of its own, queued one after the other so a restore reads them with one read."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from casnap import chunklist, compression
@@ -59,3 +62,39 @@ def store_list(
             if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
                 return (*old.lists, put_tree(body))
     return tuple(put_tree(body) for body in chunklist.pieces(refs))
+
+
+def store_full_lists(
+    repo: Repository, refs: Sequence[bytes], writer: PackWriter, level: int
+) -> list[tuple[str, ...]]:
+    """store_list for files without a previous version, many at once: each file's full list,
+    the blobs not stored yet queued together."""
+    from casnap.chunkindex import TREE
+
+    bodies = [list(chunklist.pieces(r)) for r in refs]
+    flat = [body for file_bodies in bodies for body in file_bodies]
+    lids = [repo.ids(body) for body in flat]
+    known = writer.known_many(lids).tolist() if lids else []
+    new = [
+        (lid, _encoded(body, level), len(body))
+        for lid, body, stored in zip(lids, flat, known, strict=True)
+        if not stored
+    ]
+    writer.add_many(TREE, new)
+    out = []
+    at = 0
+    for file_bodies in bodies:
+        out.append(tuple(lid.hex() for lid in lids[at : at + len(file_bodies)]))
+        at += len(file_bodies)
+    return out
+
+
+# A list of this many bytes or fewer (three refs) is stored raw without trying zstd: its ids do
+# not compress, and a frame's header would outweigh any gain.
+_RAW_LIST = 1 + 3 * chunklist.REF_SIZE
+
+
+def _encoded(body: bytes, level: int) -> bytes:
+    if len(body) <= _RAW_LIST:
+        return bytes([compression.RAW]) + body
+    return compression.encode(body, level)

@@ -17,7 +17,7 @@ def open_source(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
+def fingerprint(path: str | os.PathLike[str], kind: str) -> tuple[int, ...] | None:
     """size, mtime, ctime and inode of a file (and of a database's -wal); None when missing."""
     try:
         st = os.stat(path)
@@ -26,7 +26,7 @@ def fingerprint(path: Path, kind: str) -> tuple[int, ...] | None:
     fp: tuple[int, ...] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if kind == "sqlite":
         try:
-            w = os.stat(str(path) + "-wal")
+            w = os.stat(os.fspath(path) + "-wal")
             fp += (w.st_size, w.st_mtime_ns, w.st_ctime_ns, w.st_ino)
         except FileNotFoundError:
             fp += (0, 0, 0, 0)

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import os
 import socket
 import stat
+import sys
 import tempfile
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, InvalidArgument, from_oserror
@@ -108,6 +112,53 @@ def fsync_file(path: Path) -> None:
             os.close(fd)
     except OSError as exc:
         raise from_oserror(exc, f"writing {path}") from exc
+
+
+# syncfs reports a failed writeback (EIO, ENOSPC) of any file of the filesystem since Linux 5.8;
+# before that it returned 0 whatever happened, so it could not vouch for a file
+_SYNCFS_REPORTS_SINCE = (5, 8)
+
+
+@functools.cache
+def _syncfs_call() -> Callable[[int], int] | None:
+    """libc's syncfs when it can vouch for the files it syncs (Linux >= 5.8), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    release = os.uname().release.split(".")
+    try:
+        version = (int(release[0]), int("".join(c for c in release[1][:3] if c.isdigit()) or 0))
+    except (IndexError, ValueError):
+        return None
+    if version < _SYNCFS_REPORTS_SINCE:
+        return None
+    import ctypes  # only here: no other command needs it
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+    call.restype = ctypes.c_int
+    return cast(Callable[[int], int], call)
+
+
+def can_syncfs() -> bool:
+    """True when syncfs can make many files durable at once and report any failed write."""
+    return _syncfs_call() is not None
+
+
+def syncfs(fd: int, what: str) -> None:
+    """Make everything written to the filesystem holding fd durable (one call for any number
+    of files); a write that failed since fd was opened is raised as a CasnapError. Only where
+    can_syncfs() (callers fsync each file otherwise)."""
+    call = _syncfs_call()
+    if call is None:
+        raise CasnapError("syncfs cannot report failed writes here: fsync each file instead")
+    if call(fd) != 0:
+        import ctypes
+
+        code = ctypes.get_errno()
+        raise from_oserror(OSError(code, os.strerror(code)), f"syncing {what}")
 
 
 def hash_file(path: Path) -> ObjectId:

@@ -47,7 +47,7 @@ class _Frame:
 
 
 @dataclass(frozen=True)
-class _Encoded:
+class Encoded:
     refs: bytes
     frames: list[_Frame]
 
@@ -90,7 +90,7 @@ class Ingest:
         """
         hasher = Hasher()
         refs: list[bytes] = []
-        inflight: deque[tuple[Future[_Encoded], Block]] = deque()
+        inflight: deque[tuple[Future[Encoded], Block]] = deque()
         buffers = Buffers(self.workers + 2)  # a block's buffer serves again once it is taken
         size = 0
         pieces = 0
@@ -121,17 +121,27 @@ class Ingest:
         return Ingested(b"".join(refs), hasher.digest(), size)
 
     def _take(
-        self, fut: Future[_Encoded], block: Block, refs: list[bytes], buffers: Buffers
+        self, fut: Future[Encoded], block: Block, refs: list[bytes], buffers: Buffers
     ) -> None:
-        done = fut.result()
-        refs.append(done.refs)
-        add = self.writer.add_frame
-        for f in done.frames:
-            add(DATA, f.encoded, f.frame_plain, f.members)
+        refs.append(self.add(fut.result()))
         if isinstance(buf := block.data.obj, bytearray):  # no one reads it now: frames are copies
             buffers.give(buf)
 
-    def _encode(self, block: Block, before: np.ndarray) -> _Encoded:
+    def encode_block(self, block: Block) -> Encoded:
+        """Worker: hash, look up, frame and compress a block of whole pieces that has no last
+        stored version (the pieces of several small files back to back: the new ones are
+        framed together); then `add` it."""
+        return self._encode(block, np.zeros(0, dtype=REF_DTYPE))
+
+    def add(self, done: Encoded) -> bytes:
+        """The packed refs of an encoded block, once its new frames are queued in the writer
+        (call it in the order the blocks were read)."""
+        add = self.writer.add_frame
+        for f in done.frames:
+            add(DATA, f.encoded, f.frame_plain, f.members)
+        return done.refs
+
+    def _encode(self, block: Block, before: np.ndarray) -> Encoded:
         """Worker: hash every piece of a block, frame and compress the new ones. before holds the
         refs at the same places in the stream's last stored version (maybe fewer, or none)."""
         start = time.perf_counter()
@@ -150,7 +160,7 @@ class Ingest:
                 data, ids, new.tolist(), (ends - rec["length"])[new].tolist(), block
             )
         self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return _Encoded(rec.tobytes(), frames)
+        return Encoded(rec.tobytes(), frames)
 
     def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
         """Positions of the pieces of rec the repository does not hold. A piece of the last

@@ -124,8 +124,32 @@ class PackWriter:
         if fresh and len(self.written):
             done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
             fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
+        return self._append(btype, encoded, frame_plain, fresh)
+
+    def add_many(self, btype: int, chunks: Sequence[tuple[bytes, bytes, int]]) -> int:
+        """Queue chunks (id, encoded, plain size), each as a frame of its own, but those stored
+        or queued already: one batch check for all (the chunk lists of many small files).
+        Returns how many were new."""
+        known = self.known_many([c for c, _, _ in chunks]).tolist() if chunks else []
+        seen: set[bytes] = set()
+        added = 0
+        for (cid, encoded, plain), stored in zip(chunks, known, strict=True):
+            if not stored and cid not in seen:
+                seen.add(cid)
+                added += self._append(btype, encoded, 0, [(cid, 0, plain)])
+        return added
+
+    def _append(
+        self,
+        btype: int,
+        encoded: bytes,
+        frame_plain: int,
+        fresh: Sequence[tuple[bytes, int, int]],
+    ) -> int:
+        """Queue a frame whose members (fresh) are known to be new."""
         if not fresh:
             return 0
+        pending = self.pending
         if self._pack is None:
             self._pack = _OpenPack()
         p = self._pack

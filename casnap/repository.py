@@ -379,6 +379,13 @@ class Repository:
             raise IntegrityError(f"{key} does not match its id (damaged)")
         return self._ahead.noted(Snapshot.decode(raw, key))
 
+    def snapshot(self, sid: ObjectId) -> Snapshot:
+        """One snapshot: as the list read it when it is loaded (each manifest verified and
+        parsed once: one of tens of thousands of files takes a noticeable time), else read."""
+        if self._snapshots is not None and sid in self._snapshots:
+            return self._snapshots[sid]
+        return self.load_snapshot(sid)
+
     def snapshots(self) -> list[tuple[ObjectId, Snapshot]]:
         """Every snapshot, oldest first."""
         if self._snapshots is None:

@@ -46,7 +46,7 @@ def save(repo_id: str, record: Restored) -> None:
     body = json.dumps(
         {
             "source": record.source,
-            "files": {p: [list(fp), sid] for p, (fp, sid) in sorted(record.files.items())},
+            "files": {p: [fp, sid] for p, (fp, sid) in record.files.items()},
         },
         sort_keys=True,
     ).encode()
@@ -71,14 +71,21 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     passed yet. A file whose fingerprint is too fresh is left out."""
     if not placed:
         return
-    ctimes = [fp[2] for e, _ in placed if (fp := capture.fingerprint(target / e.path, e.kind))]
-    wait = max(ctimes, default=0) + STAT_SETTLE_NS - time.time_ns()
-    if wait > 0:
-        time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
+    base = str(target)
+    fps = [capture.fingerprint(os.path.join(base, e.path), e.kind) for e, _ in placed]
     now = time.time_ns()
+    ctimes = {i: fp[2] for i, fp in enumerate(fps) if fp is not None}
+    fresh = [i for i, ctime in ctimes.items() if ctime >= now - STAT_SETTLE_NS]
+    if fresh:  # only those changed within the settle time are waited out and looked at again
+        wait = max(ctimes[i] for i in fresh) + STAT_SETTLE_NS - now
+        if wait > 0:
+            time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
+        for i in fresh:
+            entry = placed[i][0]
+            fps[i] = capture.fingerprint(os.path.join(base, entry.path), entry.kind)
+        now = time.time_ns()
     files: dict[str, tuple[tuple[int, ...], str]] = {}
-    for entry, sid in placed:
-        fp = capture.fingerprint(target / entry.path, entry.kind)
+    for (entry, sid), fp in zip(placed, fps, strict=True):
         if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
             continue
         files[entry.path] = (fp, sid)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, inuse, selection, smoke, smoke_report
+from casnap import capture, inuse, selection, smoke, smoke_report, swap
 from casnap import restored as restored_files
 from casnap.constants import SAFETY_TAG
 from casnap.errors import (
@@ -122,7 +122,7 @@ def checkout(
     with repo.lock("checkout"):
         repo.refresh(only_if_changed=True)
         sid = repo.resolve(ref)
-        snap = repo.load_snapshot(sid)
+        snap = repo.snapshot(sid)
         sources = (
             selection.newest_of_groups(repo.snapshots(), snap.source)
             if all_paths
@@ -182,6 +182,7 @@ class _Checkout:
         self.repo_ids = repo.folder_ids()
         self.protected = self._protected()
         self.present = Present(repo, self.target)
+        self._given: dict[str, int] = {}  # mode given to each folder created, by path
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -253,10 +254,7 @@ class _Checkout:
                     parent.unlink(name + suffix)
             touched.add(split(rel)[0])
             self.result.removed.append(rel)
-        for rel in sorted(touched):
-            d = tree.dir(rel)
-            if d is not None:
-                d.fsync()
+        swap.sync_folders(tree, touched)
         self.result.files_written = len(plan)
         self.result.files_unchanged = len(unchanged)
         self.result.unchanged = sorted(i.entry.path for i in unchanged)
@@ -322,9 +320,13 @@ class _Checkout:
         unchanged: list[_Item] = []
         unsaved: list[str] = []
         places: dict[str, tuple[int, int] | None] = {}
+        missing: set[str] = set()  # folders the target lacks: looked for once, not per file
         for item in wanted:
             rel = item.entry.path
-            parent, name = tree.parent_of(rel)
+            head, name = split(rel)
+            parent = None if head in missing else tree.dir(head)
+            if parent is None:
+                missing.add(head)
             if parent is not None and self._in_repo(rel, os.fstat(parent.fd)):
                 self.result.warnings.append(
                     f"{rel}: lies inside the repository, which a checkout never touches; skipped"
@@ -414,15 +416,22 @@ class _Checkout:
         the folder above it (never more open than that) and no owner change."""
         rec = self.sel.dirs.get(rel)
         if rec is not None:
-            return rec[0], (rec[1], rec[2]) if os.geteuid() == 0 else None
-        head = split(rel)[0] or "."
-        above = self.sel.dirs.get(head)
-        if above is not None:
-            return above[0], None
-        try:
-            return stat.S_IMODE(os.stat(self.target / head).st_mode), None
-        except OSError:
-            return 0o700, None
+            mode, owner = rec[0], (rec[1], rec[2]) if os.geteuid() == 0 else None
+        else:
+            head = split(rel)[0] or "."
+            above = self.sel.dirs.get(head)
+            given = self._given.get(head)  # a folder above made now (by swap.py: not in place)
+            if above is not None:
+                mode, owner = above[0], None
+            elif given is not None:
+                mode, owner = given, None
+            else:
+                try:
+                    mode, owner = stat.S_IMODE(os.stat(self.target / head).st_mode), None
+                except OSError:
+                    mode, owner = 0o700, None
+        self._given[rel] = mode
+        return mode, owner
 
     # -- stage -----------------------------------------------------------------------------
 
@@ -498,7 +507,8 @@ class _Checkout:
         report = checks.finish(view, sorted(selected), staged_dir=stage.path)
         if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
             report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
-        changed = sorted(p for p in staged_paths if fingerprint(stage.path / p) != before[p])
+        base = str(stage.path)
+        changed = sorted(p for p in staged_paths if fingerprint(f"{base}/{p}") != before[p])
         if changed:
             detail = (
                 f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "
@@ -516,7 +526,6 @@ class _Checkout:
         Databases about to be replaced are locked the way SQLite locks them first, all before
         the first rename, so no app starts a transaction on one meanwhile (and one that holds a
         lock stops the checkout before anything changed)."""
-        touched: set[str] = set()
         with contextlib.ExitStack() as held:
             for item in plan:
                 if item.replaces_db:
@@ -527,20 +536,9 @@ class _Checkout:
                         held.enter_context(
                             inuse.held_sqlite_locks(parent, name, self.target / item.entry.path)
                         )
-            with Tree(stage.dir) as staged:
-                for item in plan:
-                    rel = item.entry.path
-                    head, name = split(rel)
-                    parent = tree.dir(head, create=True)
-                    source = staged.dir(head)
-                    if parent is None or source is None:
-                        raise SourceError(f"{self.target / head} vanished during the checkout")
-                    if item.replaces_db:
-                        for suffix in SQLITE_SIDE_SUFFIXES:  # a stale WAL would be replayed
-                            parent.unlink(name + suffix)
-                    source.rename(name, parent, name)
-                    touched.add(head)
-                    self.result.written.append(rel)
+            placing = [(item.entry.path, item.replaces_db) for item in plan]
+            written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs)
+            self.result.written += written
         return touched
 
     def _restore_attrs(self, tree: Tree, entry: FileEntry) -> None:

@@ -12,6 +12,7 @@ calls it.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,6 +83,7 @@ class SmokeSession:
         self._sqlite: dict[str, tuple[Path, Future[list[Check]]]] = {}
         self._child: ProbeChild | None = None
         self._sent: dict[tuple[Path, bool], int] = {}  # index handed to the child -> position
+        self._heads: dict[str, tuple[str, bytes]] = {}  # staged file -> (path, first bytes)
         if builtin and expect_faiss:
             with contextlib.suppress(SmokeCheckFailed):  # reported by finish, if ever needed
                 self._child = ProbeChild()
@@ -98,20 +100,23 @@ class SmokeSession:
             return rel in self.databases
         return is_sqlite_header(head)
 
-    def staged(self, rel: str, path: Path) -> None:
+    def staged(self, rel: str, path: str | Path, head: bytes | None = None) -> None:
         """A file is in place at path, in a staging dir of the caller's own that nobody else
-        writes, as it will be checked: start the checks it needs."""
+        writes, as it will be checked: start the checks it needs. head: its first SNIFF_BYTES,
+        when the caller has them (else they are read)."""
         if not self.builtin:
             return
-        head = sniff(path)
+        if head is None:
+            head = sniff(path)
+        self._heads[rel] = (os.fspath(path), head)
         if self._is_database(rel, head):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-smoke")
-            check = self._pool.submit(check_sqlite, path, rel, self._cancel, private=True)
-            self._sqlite[rel] = (path, check)
+            check = self._pool.submit(check_sqlite, Path(path), rel, self._cancel, private=True)
+            self._sqlite[rel] = (Path(path), check)
         header = faiss_header(head)
         if header is not None:
-            self._send(path, header.binary, private=True)
+            self._send(Path(path), header.binary, private=True)
 
     def present(self, path: Path) -> None:
         """A file the restore leaves where it is, outside the staging dir, that will be checked
@@ -144,7 +149,7 @@ class SmokeSession:
         """Check `files` as smoke_check does (view, databases and the command alike), using the
         checks already started on staged files that are still at the same path."""
         wanted = sorted(set(files)) if self.builtin else []
-        heads = {rel: sniff(view[rel]) for rel in wanted}
+        heads = {rel: self._head(rel, view[rel]) for rel in wanted}
         dbs = {rel for rel in wanted if self._is_database(rel, heads[rel])}
         checks: list[Check] = []
         if wanted:
@@ -168,6 +173,12 @@ class SmokeSession:
                 raise ValueError("a smoke command needs the staged dir")
             checks.append(run_command(smoke_cmd, staged_dir, env))
         return SmokeReport(tuple(checks))
+
+    def _head(self, rel: str, path: Path) -> bytes:
+        """The first bytes of the file at path: those staged() was given for it, when it is the
+        same staged file (nobody else writes a stage), else read."""
+        seen = self._heads.get(rel)
+        return seen[1] if seen is not None and seen[0] == os.fspath(path) else sniff(path)
 
     def _probed(
         self, child: ProbeChild | None, targets: Sequence[FaissTarget]

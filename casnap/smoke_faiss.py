@@ -78,8 +78,10 @@ def faiss_targets(view: Mapping[str, Path], heads: Mapping[str, bytes]) -> list[
     `ntotal` (an index damaged beyond recognition is then still checked, and fails)."""
     targets = []
     for rel, head in heads.items():
-        path = view[rel]
         header = faiss_header(head)
+        if header is None and not rel.endswith(".index"):
+            continue  # no index, whatever a sidecar says (most files: no sidecar looked for)
+        path = view[rel]
         side = sidecar_of(rel)
         side_path = view.get(side)
         meta: dict[str, Any] | None = None

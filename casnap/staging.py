@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from casnap import capture, fsutil, pipeline, smoke
+from casnap import capture, fsutil, pipeline, smallstage, smoke
 from casnap.checker import SmokeVerifyResult
 from casnap.chunklist import REF
 from casnap.constants import REMOTE_WORKERS
+from casnap.durable import Durable
 from casnap.errors import (
     CasnapError,
     CheckFailed,
@@ -91,11 +92,13 @@ def stage_files(
     progress: ProgressFn | None = None,
     phases: Phases | None = None,
 ) -> dict[str, Fingerprint]:
-    """Restore entries into the stage, each verified against its BLAKE3 and fsynced (on a
-    thread, while the next is written), owners restored as root, hard links linked to their
-    file staged before them; each file's smoke checks start as soon as it is staged. Returns
-    the fingerprint of every staged file (a smoke command must not change one). The time of
-    each step goes to phases (see pipeline.restore; fsyncs to `write`)."""
+    """Restore entries into the stage, each verified against its BLAKE3, owners restored as
+    root, hard links linked to their file staged before them: databases and FAISS indexes first
+    (stage_order), then small files a batch at a time (smallstage.py), then the others; each
+    file's smoke checks start as soon as it is staged. Every file is durable when this returns
+    (durable.py: synced together, or each fsynced). Returns the fingerprint of every staged file
+    (a smoke command must not change one). The time of each step goes to phases (see
+    writeout.write_files; syncs to `write`)."""
     phases = phases or Phases()
     repo.ensure_index()
     ordered = sorted(entries, key=stage_order)
@@ -104,16 +107,21 @@ def stage_files(
     before: dict[str, Fingerprint] = {}
     names: dict[str, list[str]] = {}  # a staged file -> every name it has in the stage
     full: list[FileEntry] = []
+    small: list[FileEntry] = []  # plain files up to SMALL_FILE: restored in batches
     linked: list[FileEntry] = []  # links to a file staged before them: linked to it
     seen: set[str] = set()
     for entry in ordered:
-        (linked if entry.link is not None and entry.link in seen else full).append(entry)
+        if entry.link is not None and entry.link in seen:
+            linked.append(entry)
+        elif smallstage.fits(entry) and stage_order(entry)[0] == 2:
+            small.append(entry)
+        else:
+            full.append(entry)
         seen.add(entry.path)
     with (
         ThreadPoolExecutor(max_workers=workers(repo)) as pool,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
+        Durable(stage.dir.fd, str(stage.parent_path / stage.name), phases) as durable,
     ):
-        synced = []
 
         def written(entry: FileEntry, dest: Path) -> None:
             if as_root and entry.uid is not None and entry.gid is not None:
@@ -121,15 +129,30 @@ def stage_files(
                     os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
                 except OSError as exc:
                     raise from_oserror(exc, f"setting the owner of {dest}") from exc
-            synced.append(syncer.submit(phases.timing("write", fsutil.fsync_file), dest))
+            durable.add(dest, entry.size)
             before[entry.path] = fingerprint(dest)
             checks.staged(entry.path, dest)
 
+        def staged(entry: FileEntry, dest: str, fp: Fingerprint, head: bytes) -> None:
+            bar.add(entry.size)
+            durable.add(dest, entry.size)
+            before[entry.path] = fp
+            checks.staged(entry.path, dest, head)
+
+        window = 2 * workers(repo) + 2
         for entry in full:
             _mkdirs((stage.path / entry.path).parent)
-        window = 2 * workers(repo) + 2
-        files = [(e, stage.path / e.path) for e in full]
-        write_files(repo, files, pool, window, written, bar.add, phases)
+        write_files(
+            repo, [(e, stage.path / e.path) for e in full], pool, window, written, bar.add, phases
+        )
+        again, failed = smallstage.stage_small(
+            repo, stage.dir.fd, stage.path, small, pool, window, staged, phases
+        )
+        write_files(
+            repo, [(e, stage.path / e.path) for e in again], pool, window, written, bar.add, phases
+        )
+        if failed is not None:  # its files restored when read again: the read had failed
+            raise failed
         for entry in linked:
             dest = stage.path / entry.path
             _mkdirs(dest.parent)
@@ -144,8 +167,7 @@ def stage_files(
             for name in group:  # a new link changes the ctime every name shows
                 before[name] = fingerprint(dest)
             checks.staged(entry.path, dest)
-        for fut in synced:
-            fut.result()
+        durable.finish()
     bar.finish()
     return before
 
@@ -298,7 +320,7 @@ def smoke_verify(
         repo.refresh(only_if_changed=True)
         t0 = time.perf_counter()
         sid = repo.resolve(ref)
-        snap = repo.load_snapshot(sid)
+        snap = repo.snapshot(sid)
         try:
             fsutil.make_dirs(repo.tmp_dir)
         except OSError as exc:
@@ -414,7 +436,7 @@ def raise_if_smoke_failed(results: Sequence[SmokeVerifyResult]) -> None:
         raise SmokeCheckFailed(f"smoke checks failed: {listed}", [ch for _, ch in bad])
 
 
-def fingerprint(path: Path) -> Fingerprint:
+def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """size, mtime, ctime and inode: any write to the file changes one of them."""
     try:
         st = os.stat(path)

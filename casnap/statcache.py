@@ -19,10 +19,13 @@ Anything else is read again by the next commit.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from casnap import capture
 from casnap import restored as restored_files
+from casnap.chunking.select import FAISS_CHUNKERS
 from casnap.formats.sqlite import hot_journal
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
@@ -72,8 +75,15 @@ def restored_entries(
 
 def reusable(src: capture.SourceFile, *known: FileEntry | None) -> FileEntry | None:
     """The first of the known entries of src (the parent's, the last checkout's) that the file
-    still holds by its fingerprint; None when it must be read."""
-    fp = capture.fingerprint(src.abspath, src.kind)
+    still holds by its fingerprint; None when it must be read. A plain file's is the lstat the
+    scan took, if it did (a regular file's lstat is its stat)."""
+    if not any(known):
+        return None
+    st = src.stat
+    if src.kind == "file" and st is not None:
+        fp: Fingerprint | None = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    else:
+        fp = capture.fingerprint(src.abspath, src.kind)
     if fp is None or (src.kind == "sqlite" and hot_journal(src.abspath)):
         return None
     for entry in known:
@@ -91,3 +101,52 @@ def vouched(
     if before is None or after != before or capture.is_racy(before, start_ns):
         return None
     return before
+
+
+def reused(
+    sources: Sequence[capture.SourceFile],
+    parent_files: Mapping[str, FileEntry],
+    restored: Mapping[str, FileEntry],
+) -> dict[str, FileEntry]:
+    """The entry each file of sources can take without being read (reusable), by path."""
+    out = {}
+    for src in sources:
+        entry = reusable(src, parent_files.get(src.path), restored.get(src.path))
+        if entry is not None:
+            out[src.path] = entry
+    return out
+
+
+def kind_of(
+    *known: Mapping[str, FileEntry],
+) -> Callable[[str, os.stat_result], str | None]:
+    """For capture.scan: the kind of a file whose own fingerprint (size, mtime, ctime, inode)
+    is the one an entry of known recorded: its bytes, and so its header, are those the entry
+    was read from. None for any other file (its header is read)."""
+
+    def of(rel: str, st: os.stat_result) -> str | None:
+        fp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        for files in known:
+            entry = files.get(rel)
+            if entry is not None and entry.source is not None and entry.source[:4] == fp:
+                return entry.kind
+        return None
+
+    return of
+
+
+def heads(
+    sources: Sequence[capture.SourceFile],
+    reuse: Mapping[str, FileEntry],
+    chunkers: Mapping[str, Any],
+) -> dict[str, bytes]:
+    """The first bytes of files for the FAISS checks (consistency.py), known without reading
+    them: those the scan read, and b"" for a reused file whose entry says it is no FAISS index
+    (chunked by another chunker in a repository whose config has a FAISS one, which takes
+    every file with a FAISS header)."""
+    out = {s.path: s.head for s in sources if s.head is not None}
+    if "faiss" in chunkers:
+        for path, entry in reuse.items():
+            if entry.chunker.get("name") not in FAISS_CHUNKERS:
+                out.setdefault(path, b"")
+    return out

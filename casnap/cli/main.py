@@ -4,6 +4,7 @@ where errors become a line on stderr and an exit code."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import sys
@@ -325,6 +326,16 @@ def cli(
     ctx.obj = Context(repo_path, Path(data), quiet, no_lock, passwords)
 
 
+# Allocations between two runs of the cyclic garbage collector's youngest generation (Python's
+# default: 700). A commit or checkout of a data dir of many files holds an entry, a dict and a
+# few tuples per file and per snapshot it reads, none of them in a cycle: at the default, every
+# few hundred of them set off a collection that walked them all again, a tenth of the time of
+# such a checkout. Reference counting frees them as before; cycles are still collected.
+GC_THRESHOLD = 50_000
+
+
 def main() -> None:
     """Console-script entry point."""
+    _first, second, third = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, second, third)
     cli.main(prog_name="casnap")

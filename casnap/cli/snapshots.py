@@ -298,10 +298,10 @@ def checkout(
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     if paths:  # read against the data dir; each must name a file or folder of the snapshot
-        paths = normalize_paths(paths, c.data, snapshot_holds(repo.load_snapshot(sid)))
+        paths = normalize_paths(paths, c.data, snapshot_holds(repo.snapshot(sid)))
     dest = (target if target is not None else c.data).absolute()
     if all_paths and not as_json:
-        source = repo.load_snapshot(sid).source
+        source = repo.snapshot(sid).source
         for group_id, snap in selection.newest_of_groups(repo.snapshots(), source):
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")

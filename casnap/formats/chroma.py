@@ -40,6 +40,8 @@ def find(files: Collection[str]) -> list[StoreLayout]:
     """Every `chroma.sqlite3` among files, with the segment files in the folders beside it."""
     stores = []
     for rel in sorted(files):
+        if not rel.endswith(DATABASE):  # cheap first: a data dir may hold many thousand files
+            continue
         p = PurePosixPath(rel)
         if p.name != DATABASE:
             continue

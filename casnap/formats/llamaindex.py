@@ -35,6 +35,8 @@ def find(files: Collection[str]) -> list[StoreLayout]:
     FAISS vector stores named `.json`) directly in it."""
     folders: dict[str, list[str]] = {}
     for rel in files:
+        if not rel.endswith(".json"):  # cheap first: a data dir may hold many thousand files
+            continue
         p = PurePosixPath(rel)
         parent = "" if p.parent.as_posix() == "." else p.parent.as_posix()
         if p.suffix == ".json":

@@ -1,0 +1,284 @@
+"""How a commit reads the data dir's files into the store.
+
+Nothing is made before the first file that must be read: a commit that reuses every entry
+(statcache.py) loads neither the index nor the data path (numpy). Then come the pack writer and
+the worker threads (pipeline.py), shared by every file of the commit. Small plain files are read
+in batches (smallingest.py); any other file on its own, consistently: a plain file waited for
+when it was written just now and read again when it changed meanwhile, a database through an
+image SQLite's backup API makes (capture.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from casnap import capture, chunklist, dbimage, filelists, statcache
+from casnap.chunking import choose_chunker
+from casnap.constants import SNIFF_BYTES, SOURCE_RETRIES
+from casnap.errors import (
+    AccessDenied,
+    NotADatabase,
+    SourceError,
+    UnreadableSource,
+    from_oserror,
+)
+from casnap.manifest import FileEntry
+from casnap.phases import Phases
+from casnap.progress import CountingReader
+from casnap.repository import Repository
+
+if TYPE_CHECKING:  # made for the first file read (storing)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from casnap import smallingest
+    from casnap.ingest import Ingest
+    from casnap.packwriter import PackWriter
+
+
+@dataclass(frozen=True)
+class Levels:
+    """How new chunks are compressed, from the repository config."""
+
+    zstd: int
+    floats: int
+    frame_target: int
+    group_floats: bool
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Levels:
+        zstd = int(config["zstd_level"])
+        return cls(
+            zstd,
+            int(config.get("float_level", zstd)),
+            int(config.get("frame_target", 0)),
+            bool(config.get("group_floats", False)),
+        )
+
+
+class Reader:
+    """The files one commit reads into its repository (the caller holds the lock), and what
+    reading them needs, made on first use and shut down with `stack`."""
+
+    def __init__(
+        self, repo: Repository, phases: Phases, start_ns: int, skip_unreadable: bool
+    ) -> None:
+        self.repo = repo
+        self.phases = phases
+        self.levels = Levels.of(repo.config)
+        self.start_ns = start_ns  # when the commit began (racy fingerprints are not recorded)
+        self.skip_unreadable = skip_unreadable
+        self.read_tick: Callable[[int], None] | None = None  # progress of the file being read
+        self.writer: PackWriter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.stack = contextlib.ExitStack()  # the worker threads, once made
+        self.small: smallingest.SmallFiles | None = None  # small files read in batches
+
+    def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
+        """The pack writer and the worker threads, made when the first file must be read: a
+        commit that reuses every entry loads neither the index nor the data path (numpy)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from casnap import pipeline
+
+            workers = ThreadPoolExecutor(max_workers=pipeline.cpu_workers())
+            self.stack.callback(setattr, self, "_pool", None)
+            self._pool = self.stack.enter_context(workers)
+        if self.writer is None:
+            from casnap.packwriter import PackWriter
+
+            self.writer = PackWriter(self.repo.store, phases=self.phases)
+        return self.writer, self._pool
+
+    def finish(self) -> tuple[int, int, int, int]:
+        """Write the last pack and the index file: (bytes added, chunks added, bytes of chunk
+        lists, bytes of the index file); all 0 when no file was read."""
+        if self.writer is None:
+            return 0, 0, 0, 0
+        from casnap.chunkindex import TREE
+
+        w = self.writer
+        added = w.finish()
+        return added, w.chunks_added, w.bytes_by_type[TREE], w.index_bytes
+
+    def batch(
+        self,
+        i: int,
+        src: capture.SourceFile,
+        old: FileEntry | None,
+        stored: Callable[[list[smallingest.Stored]], None],
+    ) -> bool:
+        """Queue sources[i] for a batch of small files when it is one (smallingest.py); stored
+        hears of the files of batches done meanwhile. False: read it on its own."""
+        from casnap import smallingest  # here: a file must be read, numpy is needed anyway
+
+        if not smallingest.batchable(src):
+            return False
+        stored(self._small_files().add(smallingest.Waiting(i, src, old)))
+        return True
+
+    def _small_files(self) -> smallingest.SmallFiles:
+        """The batches of small files, made for the first one (with the pack writer)."""
+        from casnap import smallingest
+
+        if self.small is None:
+            writer, pool = self.storing()
+            with self.phases.timed("index"):
+                self.repo.ensure_index()
+            self.small = smallingest.SmallFiles(
+                self.repo, self._ingester(writer, pool), writer, pool, self.levels.zstd,
+                self.start_ns, self.phases,
+            )  # fmt: skip
+        return self.small
+
+    def read_one(
+        self, src: capture.SourceFile, old: FileEntry | None, unreadable: list[str]
+    ) -> tuple[FileEntry | None, int]:
+        """One file read on its own (read_file); None for one that may not be read when the
+        commit leaves such files out (it goes to unreadable)."""
+        try:
+            return self.read_file(src, old)
+        except AccessDenied as exc:
+            if not self.skip_unreadable:
+                raise UnreadableSource(str(exc)) from exc
+            unreadable.append(src.path)
+            return None, 0
+
+    def entry(
+        self,
+        src: capture.SourceFile,
+        parent_files: dict[str, FileEntry],
+        restored: dict[str, FileEntry],
+    ) -> tuple[FileEntry, int]:
+        """The entry of one source file and the bytes read for it: reused from the parent
+        snapshot or from the last checkout when its fingerprint is unchanged, else read.
+
+        A reused entry costs neither a read of the file nor of the index: its chunks are
+        present, because gc cannot run while a commit holds its lock (repair-index: the caller
+        leaves out the entries of snapshots it left incomplete)."""
+        old = parent_files.get(src.path)
+        known = statcache.reusable(src, old, restored.get(src.path))
+        if known is not None:
+            return known, 0
+        return self.read_file(src, old)
+
+    def read_file(self, src: capture.SourceFile, old: FileEntry | None) -> tuple[FileEntry, int]:
+        """Read one file consistently into the store; returns its entry and bytes read."""
+        read_total = 0
+        for _attempt in range(max(1, SOURCE_RETRIES)):
+            with self.phases.timed("capture"):  # a file written just now is waited for
+                before, settled = capture.settled_fingerprint(src.abspath, src.kind)
+            if before is None:
+                raise SourceError(f"{src.abspath} vanished while committing")
+            try:
+                st = os.lstat(src.abspath)
+                if src.kind == "sqlite":
+                    try:
+                        image_of = dbimage.open_image(
+                            src.abspath,
+                            self.repo.tmp_dir,
+                            self.repo.notify,
+                            unlocked=_attempt < SOURCE_RETRIES - 1,  # at last, through SQLite
+                        )
+                        with self.phases.entered("capture", image_of) as image:
+                            entry, n = self._ingest(src, image, st, old)
+                            intact = image.intact()
+                        if not intact:  # an idle database read without a lock changed
+                            read_total += n
+                            continue
+                        before = image.opened  # as SQLite's open of it left it: what stays
+                    except NotADatabase:
+                        # SQLite's header but not a database SQLite can read: keep its bytes
+                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        continue
+                else:
+                    entry, n = self._ingest_path(src, src.abspath, st, old)
+            except FileNotFoundError as exc:
+                raise SourceError(f"{src.abspath} vanished while committing") from exc
+            except OSError as exc:
+                raise from_oserror(exc, f"reading {src.abspath}") from exc
+            read_total += n
+            after = capture.fingerprint(src.abspath, src.kind)
+            if src.kind == "sqlite" or (after == before and settled):
+                # a database image is consistent whatever happened meanwhile (before: once
+                # SQLite had it open); the fingerprint is recorded only for a quiet file
+                source = statcache.vouched(before, after, self.start_ns)
+                return statcache.with_source(entry, source), read_total
+        raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
+
+    def _ingest_path(
+        self,
+        src: capture.SourceFile,
+        path: Path,
+        st: os.stat_result,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        # a data-dir file is opened without following a link swapped in since the scan
+        with os.fdopen(capture.open_source(path), "rb") as f:
+            done = self._ingest(src, f, st, old)
+            capture.wait_for_truncate(f.fileno())  # before the stat that vouches for the read
+        return done
+
+    def _ingest(
+        self,
+        src: capture.SourceFile,
+        f: BinaryIO | dbimage.Image,
+        st: os.stat_result,
+        old: FileEntry | None,
+    ) -> tuple[FileEntry, int]:
+        """Chunk and store the stream f of src (the file, or its database image)."""
+        writer, pool = self.storing()
+        with self.phases.timed("index"):
+            self.repo.ensure_index()
+        ingest = self._ingester(writer, pool)
+        header = f.read(SNIFF_BYTES)
+        f.seek(0)
+        layout = capture.record_layout(src.abspath)
+        chunker = choose_chunker(header, self.repo.config["chunker"], layout)
+        stream = cast(BinaryIO, f)
+        if self.read_tick is not None:
+            stream = cast(BinaryIO, CountingReader(f, self.read_tick))  # type: ignore[arg-type]
+        with self.phases.timed("manifest"):  # the chunk list of the last version, read once
+            previous = filelists.previous_lists(self.repo, old)
+        done = ingest.run(stream, chunker, previous[0] if previous else None)
+        with self.phases.timed("manifest"):  # chunk lists are written with the manifest
+            lists = filelists.store_list(
+                self.repo, done.refs, old, writer, self.levels.zstd, previous
+            )
+        entry = FileEntry(
+            path=src.path,
+            kind=src.kind,
+            size=done.size,
+            mode=stat.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            hash=done.hash.hex(),
+            chunker=chunker.describe(),
+            lists=lists,
+            chunks=chunklist.ref_count(done.refs),
+            uid=st.st_uid,
+            gid=st.st_gid,
+        )
+        return entry, done.size
+
+    def _ingester(self, writer: PackWriter, pool: ThreadPoolExecutor) -> Ingest:
+        """The data path (ingest.py) over the commit's writer and worker threads."""
+        from casnap import pipeline  # here: numpy, which a commit reading no file never loads
+        from casnap.ingest import Ingest
+
+        return Ingest(
+            self.repo.store,
+            writer,
+            pool,
+            pipeline.cpu_workers(),
+            level=self.levels.zstd,
+            float_level=self.levels.floats,
+            frame_target=self.levels.frame_target,
+            group_floats=self.levels.group_floats,
+            phases=self.phases,
+        )

@@ -1,0 +1,175 @@
+"""Putting staged files in place: renamed one by one, or a whole new folder at once, then the
+folders that changed made durable.
+
+Every staged file is durable before it is renamed (staging.py, durable.py). A folder the target
+lacks whose staged copy holds exactly files being placed (a checkout into an empty or new dir,
+a new folder of a snapshot) is moved in with one rename, its folders given their recorded modes
+and owners first and made durable: its files appear together, each whole. Any other file is
+renamed into its folder, created as needed (fsdir.Tree). Last the folders renamed into are
+synced: one syncfs per filesystem where it reports failures (fsutil.can_syncfs), else one fsync
+per folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+from casnap import fsutil
+from casnap.errors import SourceError, from_oserror
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
+from casnap.fsdir import Dir, Tree, split
+
+DirAttrs = Callable[[str], tuple[int, tuple[int, int] | None]]
+
+
+def _ancestors(rel: str) -> list[str]:
+    """The folders above rel, outermost first ("a", "a/b" for "a/b/c")."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _inside(rel: str, folder: str) -> bool:
+    return rel.startswith(folder + "/")
+
+
+def swap_in(
+    tree: Tree, stage: Dir, placing: Sequence[tuple[str, bool]], dir_attrs: DirAttrs
+) -> tuple[list[str], set[str]]:
+    """Put every staged file of placing (path, whether it replaces a database) in place: new
+    folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal
+    beside a database it replaces removed first: SQLite would replay a stale WAL). Returns the
+    files placed, in order, and the folders renamed into (for sync_folders)."""
+    written: list[str] = []
+    touched: set[str] = set()
+    with Tree(stage) as staged:
+        whole = new_folders(tree, staged, [rel for rel, _ in placing])
+        touched |= move_folders(tree, staged, whole, dir_attrs)
+        moving = set(whole)
+        for rel, replaces_db in placing:
+            if moved(rel, moving):
+                written.append(rel)
+                continue
+            head, name = split(rel)
+            parent = tree.dir(head, create=True)
+            source = staged.dir(head)
+            if parent is None or source is None:
+                raise SourceError(f"{tree.root.path / head} vanished during the checkout")
+            if replaces_db:
+                for suffix in SQLITE_SIDE_SUFFIXES:
+                    parent.unlink(name + suffix)
+            source.rename(name, parent, name)
+            touched.add(head)
+            written.append(rel)
+    return written, touched
+
+
+def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> dict[str, list[str]]:
+    """The outermost folders the target lacks whose staged copy holds exactly files of rels
+    (nothing else: no other file, link or special file), on the staging dir's filesystem:
+    each can be moved in whole. Each comes with the folders it holds, itself first (outermost
+    first)."""
+    stage_dev = os.fstat(staged.root.fd).st_dev
+    missing: dict[str, bool] = {}
+    found: dict[str, list[str]] = {}
+    for rel in rels:
+        for folder in _ancestors(rel):
+            absent = missing.get(folder)
+            if absent is None:
+                absent = missing[folder] = tree.dir(folder) is None
+            if absent:
+                found.setdefault(folder, []).append(rel)
+                break
+    out = {}
+    for folder, files in found.items():
+        head = split(folder)[0]
+        parent = tree.dir(head)
+        if parent is None or os.fstat(parent.fd).st_dev != stage_dev:
+            continue
+        listed = _listing(staged, folder)
+        if listed is not None and listed[1] == set(files):
+            out[folder] = listed[0]
+    return out
+
+
+def _listing(staged: Tree, folder: str) -> tuple[list[str], set[str]] | None:
+    """(the folders, outermost first, and the regular files below a staged folder); None when
+    it holds anything else. Read by the file types the directories list (no stat per file)."""
+    folders, files = [folder], set()
+    for rel in folders:  # grows as subfolders are found
+        d = staged.dir(rel)
+        if d is None:
+            return None
+        try:
+            with os.scandir(d.fd) as listing:
+                for item in listing:
+                    path = f"{rel}/{item.name}"
+                    if item.is_dir(follow_symlinks=False):
+                        folders.append(path)
+                    elif item.is_file(follow_symlinks=False):
+                        files.add(path)
+                    else:
+                        return None
+        except OSError as exc:
+            raise from_oserror(exc, f"listing {d.path}") from exc
+    return folders, files
+
+
+def move_folders(
+    tree: Tree, staged: Tree, folders: Mapping[str, Sequence[str]], dir_attrs: DirAttrs
+) -> set[str]:
+    """Move each staged folder into the target whole (given with the folders it holds, see
+    new_folders), every folder in it given its mode and owner (dir_attrs, outermost first) and
+    made durable first; returns the folders renamed into."""
+    if not folders:
+        return set()
+    inside = [rel for below in folders.values() for rel in below]
+    for rel in inside:
+        d = staged.dir(rel)
+        if d is None:
+            raise SourceError(f"staged folder {rel} vanished")
+        mode, owner = dir_attrs(rel)
+        try:
+            if owner is not None:
+                os.chown(d.fd, *owner)
+            os.chmod(d.fd, mode & 0o7777)
+        except OSError as exc:
+            raise from_oserror(exc, f"setting the mode of {d.path}") from exc
+    _sync(staged, inside)
+    touched = set()
+    for folder in folders:
+        head, name = split(folder)
+        parent, source = tree.dir(head), staged.dir(head)
+        if parent is None or source is None:
+            raise SourceError(f"{tree.root.path / head} vanished during the checkout")
+        source.rename(name, parent, name)
+        touched.add(head)
+    return touched
+
+
+def moved(rel: str, folders: Collection[str]) -> bool:
+    """Whether rel lies in one of the folders moved whole."""
+    return bool(folders) and any(a in folders for a in _ancestors(rel))
+
+
+def sync_folders(tree: Tree, folders: Iterable[str]) -> None:
+    """Make what was renamed into folders (relative to the tree) durable."""
+    _sync(tree, sorted(folders))
+
+
+def _sync(tree: Tree, folders: Sequence[str]) -> None:
+    """fsync the folders of a tree: those on its root's filesystem with one syncfs when that
+    reports failures and there is more than one, the others one by one."""
+    batched = len(folders) > 1 and fsutil.can_syncfs()
+    dev = os.fstat(tree.root.fd).st_dev
+    whole = False
+    for rel in folders:
+        d = tree.dir(rel)
+        if d is None:
+            continue
+        if batched and os.fstat(d.fd).st_dev == dev:
+            whole = True
+        else:
+            d.fsync()
+    if whole:
+        fsutil.syncfs(tree.root.fd, str(tree.root.path))
