@@ -124,14 +124,16 @@ class ProbeChild:
     def _busy(self) -> bool:
         return not self._ready or len(self.results) < self.sent or self._closed
 
-    def send(self, path: Path, binary: bool) -> bool:
-        """Hand one index to the child; False when the child is gone (the index is not probed)."""
+    def send(self, path: Path, binary: bool, private: bool = False) -> bool:
+        """Hand one index to the child; False when the child is gone (the index is not probed).
+        private: nobody else writes the file (a staged copy), so the child may map it."""
         try:
             size = path.stat().st_size
         except OSError:
             size = 0
         self._limit = max(self._limit, FAISS_PROBE_MEMORY + 4 * size)
-        line = json.dumps({"path": str(path), "binary": binary, "limit": self._limit})
+        item = {"path": str(path), "binary": binary, "limit": self._limit, "mmap": private}
+        line = json.dumps(item)
         with self._cond:
             if self._eof or self._closed:
                 self._refused = True

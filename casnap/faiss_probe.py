@@ -5,11 +5,15 @@ casnap/faiss_child.py starts the child, feeds it and watches it; this is the scr
 Run as a script it imports nothing of casnap (only the standard library and FAISS), so the child
 starts fast. A damaged index can make the FAISS reader crash or ask for absurd allocations; run
 here, that fails one smoke check instead of the casnap process. Input on stdin: one JSON object
-per line, {"path": str, "binary": bool, "limit": int (optional)}, read as it arrives (a checkout
-hands over each index as soon as it is restored) until end of input; `limit` caps the child's
-address space in bytes while that index is read. Output on stdout: one JSON object per line:
-{"ready": true} once FAISS is loaded, {"start": i} before the i-th index (from 0) is read, then
-{"done": i, "ok": bool, "check": str, "detail": str, "ntotal", "d", "type"}.
+per line, {"path": str, "binary": bool, "limit": int (optional), "mmap": bool (optional)}, read
+as it arrives (a checkout hands over each index as soon as it is restored) until end of input;
+`limit` caps the child's address space in bytes while that index is read; `mmap` (for a file
+nobody else writes: a truncation under a map would kill the child) maps the index's arrays
+instead of copying them (FAISS's IO_FLAG_MMAP_IFC, where this FAISS has it: reading a large
+Flat index then costs a fraction of the CPU, and the same header and size checks are made).
+Output on stdout: one JSON object per line: {"ready": true} once FAISS is loaded, {"start": i}
+before the i-th index (from 0) is read, then {"done": i, "ok": bool, "check": str, "detail":
+str, "ntotal", "d", "type"}.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ def _query(index: Any, faiss: Any, np: Any, binary: bool) -> Any:
     return np.zeros((1, index.d), dtype="float32")
 
 
-def probe(path: str, binary: bool) -> dict[str, Any]:
-    """Read one index and run one k=1 search on it; the outcome as a JSON-ready dict."""
+def probe(path: str, binary: bool, mmap: bool = False) -> dict[str, Any]:
+    """Read one index (its arrays mapped with mmap) and run one k=1 search on it; the outcome as
+    a JSON-ready dict."""
     import faiss
     import numpy as np
 
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
     try:
-        index = faiss.read_index_binary(path) if binary else faiss.read_index(path)
+        index = faiss.read_index_binary(path, flags) if binary else faiss.read_index(path, flags)
     except (Exception, MemoryError) as exc:  # noqa: BLE001 - any reader failure is the answer
         return {"ok": False, "check": "faiss-read", "detail": f"cannot be read: {_short(exc)}"}
     out: dict[str, Any] = {"ntotal": int(index.ntotal), "d": int(index.d)}
@@ -111,7 +117,7 @@ def main() -> None:
             _limit_memory(wanted)
             limit = wanted
         print(json.dumps({"start": i}), flush=True)
-        result = probe(str(item["path"]), bool(item.get("binary", False)))
+        result = probe(str(item["path"]), bool(item.get("binary")), bool(item.get("mmap")))
         print(json.dumps({"done": i, **result}), flush=True)
         i += 1
 

@@ -2,9 +2,10 @@
 the file size.
 
 Checkout: the refs of a file are located in the index in one batch and grouped into reads of
-adjacent frames; workers read and decode each frame once; the calling thread writes the bytes in
-order while computing their BLAKE3, which must equal the whole-file hash of the manifest before
-the file is put in place (a mismatch is traced to the damaged chunk).
+adjacent frames; workers read and decode each frame once; the bytes' BLAKE3, computed in order,
+must equal the whole-file hash of the manifest before the file is put in place (a mismatch is
+traced to the damaged chunk). Files are written by the workers themselves (writeout.py); a
+stream (`restore`, for `cat`) by the calling thread, in order.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Read:
         self.frames: list[list] = []
 
 
-class _Task:
+class Task:
     """One worker's share of a file: reads whose output (size bytes) starts at file offset
     `offset`; at most 2 x TASK_BYTES whatever the file's size or repetition. On a remote
     backend, `spans` holds the bytes its reads are sliced from."""
@@ -90,7 +91,7 @@ class _Task:
         self.spans: Spans | None = None
 
 
-def plan_tasks(store: Store, refs: bytes) -> Iterator[_Task]:
+def plan_tasks(store: Store, refs: bytes) -> Iterator[Task]:
     """The worker tasks that restore refs, in file order, planned PLAN_REFS refs at a time.
 
     Planning in slices bounds its memory whatever the file's size; each task's output is bounded
@@ -107,7 +108,7 @@ def plan_tasks(store: Store, refs: bytes) -> Iterator[_Task]:
             yield task
 
 
-def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
+def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:
     """Locate refs (whose bytes start at file offset `offset`) in the index and group them into
     tasks of reads of adjacent frames.
 
@@ -156,15 +157,15 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
     seg_flen, seg_fp = f["length"][pick].tolist(), frame_plain[pick].tolist()
     seg_inner_l, seg_len_l = seg_inner.tolist(), seg_len.tolist()
     seg_new_l, at_l = seg_new.tolist(), at.tolist()
-    tasks: list[_Task] = []
-    task = _Task(offset)
+    tasks: list[Task] = []
+    task = Task(offset)
     task_end = -1  # where the TASK_BYTES-aligned stretch of the file the task started in ends
     cur: _Read | None = None
     frame: list = []
     for i in range(len(seg_len_l)):
         # past its stretch, a task ends at the next frame, or at once when it is full already
         if at_l[i] >= task_end and (seg_new_l[i] or task.size >= TASK_BYTES or not tasks):
-            task = _Task(at_l[i])
+            task = Task(at_l[i])
             task_end = (at_l[i] // TASK_BYTES + 1) * TASK_BYTES
             tasks.append(task)
             cur = None
@@ -182,14 +183,12 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[_Task]:
     return tasks
 
 
-def _spans_ahead(
-    store: Store, tasks: Iterator[_Task], fetcher: ThreadPoolExecutor
-) -> Iterator[_Task]:
+def spans_ahead(store: Store, tasks: Iterator[Task], fetcher: ThreadPoolExecutor) -> Iterator[Task]:
     """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
     ahead: a stretch starts fetching before the first task of the stretch before it is handed
     out, so the requests of one overlap the decoding and writing of the other."""
-    started: list[_Task] = []
-    batch: list[_Task] = []
+    started: list[Task] = []
+    batch: list[Task] = []
     size = 0
     for task in tasks:
         batch.append(task)
@@ -202,7 +201,7 @@ def _spans_ahead(
     yield from _with_spans(store, batch, fetcher)
 
 
-def _with_spans(store: Store, batch: list[_Task], fetcher: ThreadPoolExecutor) -> list[_Task]:
+def _with_spans(store: Store, batch: list[Task], fetcher: ThreadPoolExecutor) -> list[Task]:
     keys = store.index.packs
     reads = [(pack_key(keys[r.pack]), r.start, r.stop) for task in batch for r in task.reads]
     if len(reads) > 1:
@@ -251,10 +250,10 @@ def find_damaged(store: Store, refs: bytes) -> None:
         store.get(ObjectId(cid))
 
 
-_Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
+Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
 
 
-def fetch_many(store: Store, task: _Task, timer: Phases | None = None) -> list[_Piece]:
+def fetch_many(store: Store, task: Task, timer: Phases | None = None) -> list[Piece]:
     """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
     thread makes one large write and hash update (which release the GIL) per task; runs of
     zeros come back as their length, to become holes in the file.
@@ -286,7 +285,7 @@ def fetch_many(store: Store, task: _Task, timer: Phases | None = None) -> list[_
     return _zero_runs(out, task.offset) if out is not None else []
 
 
-def _fetch_timed(store: Store, task: _Task, phases: Phases) -> list[_Piece]:
+def fetch_timed(store: Store, task: Task, phases: Phases) -> list[Piece]:
     """Worker: fetch_many, its backend reads' seconds added to phases' `read` and the rest of
     its seconds (decoding, copying, finding holes) to `decode`."""
     timer = Phases()
@@ -298,7 +297,7 @@ def _fetch_timed(store: Store, task: _Task, phases: Phases) -> list[_Piece]:
     return pieces
 
 
-def _zero_runs(buf: np.ndarray, offset: int) -> list[_Piece]:
+def _zero_runs(buf: np.ndarray, offset: int) -> list[Piece]:
     """buf, the file's bytes from `offset` on, as pieces to write and lengths of zero runs.
 
     Every HOLE_BLOCK-aligned block of the file that holds only zeros is left to a seek; once one
@@ -321,7 +320,7 @@ def _zero_runs(buf: np.ndarray, offset: int) -> list[_Piece]:
     if not zero.any():
         return [buf]
     edges = [0, *(np.flatnonzero(zero[1:] != zero[:-1]) + 1).tolist(), count]
-    pieces: list[_Piece] = []
+    pieces: list[Piece] = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         lo, hi = head + a * HOLE_BLOCK, head + b * HOLE_BLOCK
         pieces.append(hi - lo if zero[a] else buf[lo:hi])
@@ -362,10 +361,10 @@ def restore(
     hasher = Hasher()
     size = 0
     holes = False
-    inflight: deque[Future[list[_Piece]]] = deque()
+    inflight: deque[Future[list[Piece]]] = deque()
     window = max(1, min(window, MAX_TASKS_IN_FLIGHT))
 
-    def write(pieces: list[_Piece]) -> int:
+    def write(pieces: list[Piece]) -> int:
         nonlocal holes
         done = 0
         for piece in pieces:
@@ -391,10 +390,10 @@ def restore(
     tasks = plan_tasks(store, refs)
     if store.backend.remote:  # a request per read would cost more than the reading
         fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
-        tasks = _spans_ahead(store, tasks, fetcher)
+        tasks = spans_ahead(store, tasks, fetcher)
     try:
         for task in phases.iterate("plan", tasks):
-            inflight.append(pool.submit(_fetch_timed, store, task, phases))
+            inflight.append(pool.submit(fetch_timed, store, task, phases))
             if len(inflight) >= window:
                 size += write(inflight.popleft().result())
         while inflight:

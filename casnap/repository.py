@@ -430,7 +430,8 @@ class Repository:
         self.ensure_index()
         read: Mapping[ObjectId, bytes] = {}
         if self.backend.remote:
-            read = self._ahead.bodies(self.store, entry, (self._snapshots or {}).values())
+            newest = [snap for _sid, snap in self.snapshots()] if self._snapshots else []
+            read = self._ahead.bodies(self.store, entry, newest)
         bodies = [read.get(i) or self.store.get(i) for i in map(ObjectId.from_hex, entry.lists)]
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:

@@ -66,11 +66,15 @@ def save(repo_id: str, record: Restored) -> None:
 
 def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) -> None:
     """Save the fingerprint of every file a checkout put in place in target (its entry, and the
-    id of the snapshot holding it), once any later write to one of them must change it: after
-    the settle time of the last rename. A file whose fingerprint is too fresh is left out."""
+    id of the snapshot holding it), once any later write to one of them must change it: the
+    settle time after the newest change (the last rename) is waited out, what of it has not
+    passed yet. A file whose fingerprint is too fresh is left out."""
     if not placed:
         return
-    time.sleep(STAT_SETTLE_NS / 1e9)
+    ctimes = [fp[2] for e, _ in placed if (fp := capture.fingerprint(target / e.path, e.kind))]
+    wait = max(ctimes, default=0) + STAT_SETTLE_NS - time.time_ns()
+    if wait > 0:
+        time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
     now = time.time_ns()
     files: dict[str, tuple[tuple[int, ...], str]] = {}
     for entry, sid in placed:

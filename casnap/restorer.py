@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, fsutil, inuse, selection, smoke, smoke_report
+from casnap import capture, inuse, selection, smoke, smoke_report
 from casnap import restored as restored_files
-from casnap.committer import CommitOptions, Committer
-from casnap.constants import SAFETY_TAG, SNIFF_BYTES
+from casnap.constants import SAFETY_TAG
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -31,14 +30,14 @@ from casnap.errors import (
     SnapshotNotFound,
     SourceError,
     StorageFull,
-    from_oserror,
 )
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
 from casnap.fsdir import Dir, Tree, resolve_trusted, split
-from casnap.ids import Hasher, ObjectId
+from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
 from casnap.phases import CHECKOUT_PHASES, Phases
+from casnap.present import Present, is_sqlite
 from casnap.progress import ProgressFn
 from casnap.repository import Repository
 from casnap.staging import (
@@ -75,7 +74,9 @@ class CheckoutResult:
     bytes_written: int = 0
     safety_snapshot: str | None = None
     seconds: float = 0.0
+    bytes_compared: int = 0  # bytes of target files read to compare them with the snapshot
     written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     smoke: dict[str, Any] | None = None  # the smoke report ({"ok", "checks"}); None when skipped
     sources: list[dict[str, Any]] = field(default_factory=list)  # snapshot, paths, files
@@ -180,7 +181,7 @@ class _Checkout:
         ]
         self.repo_ids = repo.folder_ids()
         self.protected = self._protected()
-        self._held: set[str] | None = None
+        self.present = Present(repo, self.target)
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -220,6 +221,9 @@ class _Checkout:
         with Stage(stage_parent(self.target), also_clean=self.target) as stage:
             self._stage(stage, plan, wanted, unchanged, removals)
             if unsaved and self.opts.safety_snapshot:
+                # the commit path (chunkers, capture): only when there is something to save
+                from casnap.committer import CommitOptions, Committer
+
                 what = ", ".join(sid.short for sid, _ in self.sel.sources)
                 safety = CommitOptions(
                     message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
@@ -242,7 +246,7 @@ class _Checkout:
             parent, name = tree.parent_of(rel)
             if parent is None:
                 continue
-            was_db = _is_sqlite(parent, name)
+            was_db = is_sqlite(parent, name)
             parent.unlink(name)
             if was_db:
                 for suffix in SQLITE_SIDE_SUFFIXES:
@@ -255,6 +259,8 @@ class _Checkout:
                 d.fsync()
         self.result.files_written = len(plan)
         self.result.files_unchanged = len(unchanged)
+        self.result.unchanged = sorted(i.entry.path for i in unchanged)
+        self.result.bytes_compared = self.present.bytes_read
         self.result.files_removed = len(removals)
         placed = [(i.entry, i.sid.hex()) for i in plan + unchanged]
         restored_files.record(self.repo.id, self.target, placed)
@@ -340,18 +346,18 @@ class _Checkout:
                     f"cannot restore {rel}: {self.target / rel} exists and is not a file"
                 )
             assert parent is not None
-            item.replaces_db = _is_sqlite(parent, name) or any(
+            item.replaces_db = is_sqlite(parent, name) or any(
                 parent.lstat(name + s) for s in SQLITE_SIDE_SUFFIXES
             )
             if item.replaces_db:
                 holder = inuse.sqlite_lock(parent, name)
                 if holder is not None:  # being written: do not even wait to read it
                     self._check_db(tree, rel)
-            current = self._current_hash(parent, name)
+            current = self.present.hash_of(parent, name, rel)
             if current == item.entry.hash:
                 unchanged.append(item)
                 continue
-            if current not in self._held_hashes():
+            if not self.present.held(current):
                 unsaved.append(rel)
             plan.append(item)
         # a hard link is in place only when it is the same file as its primary, in place too
@@ -387,45 +393,21 @@ class _Checkout:
             if parent is None:
                 continue  # its folder was moved away meanwhile: nothing of ours to remove
             base = capture.side_file_base(name)
-            if base is not None and _is_sqlite(parent, base):
+            if base is not None and is_sqlite(parent, base):
                 continue  # removed with its database, or kept with it
             out.append(rel)
-            if self._current_hash(parent, name) not in self._held_hashes():
+            if not self.present.held(self.present.hash_of(parent, name, rel)):
                 unsaved.append(rel)
         return out
 
     def _is_db_place(self, tree: Tree, rel: str) -> bool:
         parent, name = tree.parent_of(rel)
-        return parent is not None and _is_sqlite(parent, name)
+        return parent is not None and is_sqlite(parent, name)
 
     def _check_db(self, tree: Tree, rel: str) -> None:
         parent, name = tree.parent_of(rel)
         if parent is not None:
             inuse.refuse_if_in_use(parent, name, str(self.target / rel), self.opts.force)
-
-    def _held_hashes(self) -> set[str]:
-        if self._held is None:
-            self._held = {f.hash for _, s in self.repo.snapshots() for f in s.files}
-        return self._held
-
-    def _current_hash(self, parent: Dir, name: str) -> str:
-        """Hash of a target file as a snapshot would record it (a database: its backup image)."""
-        fd = parent.open_file(name)
-        with os.fdopen(fd, "rb") as f:
-            try:
-                if is_sqlite_header(f.read(SNIFF_BYTES)):
-                    with contextlib.suppress(CasnapError):  # unreadable as a database: raw bytes
-                        with capture.sqlite_image(
-                            parent.proc(name), self.repo.tmp_dir, self.repo.notify
-                        ) as image:
-                            return fsutil.hash_file(image).hex()
-                f.seek(0)
-                h = Hasher()
-                while block := f.read(1 << 20):
-                    h.update(block)
-            except OSError as exc:
-                raise from_oserror(exc, f"reading {parent.path / name}") from exc
-        return h.digest().hex()
 
     def _dir_attrs(self, rel: str) -> tuple[int, tuple[int, int] | None]:
         """Mode and owner (as root) of a folder checkout creates: as recorded, else the mode of
@@ -556,35 +538,33 @@ class _Checkout:
         return touched
 
     def _restore_attrs(self, tree: Tree, entry: FileEntry) -> None:
-        """Mode, mtime (and owner, as root) of a file left in place, through its descriptor."""
+        """Mode, mtime (and owner, as root) of a file left in place, through its descriptor;
+        none is set again when all are right (its ctime, and so its fingerprint, stays)."""
         parent, name = tree.parent_of(entry.path)
         if parent is None:
             return
+        owner = os.geteuid() == 0 and entry.uid is not None and entry.gid is not None
         with contextlib.suppress(OSError, CasnapError):
+            st = parent.lstat(name)
+            if (
+                st is not None
+                and stat.S_IMODE(st.st_mode) == entry.mode & 0o777
+                and st.st_mtime_ns == entry.mtime_ns
+                and (not owner or (st.st_uid, st.st_gid) == (entry.uid, entry.gid))
+            ):
+                return
             fd = parent.open_file(name)
             try:
                 os.chmod(fd, entry.mode & 0o777)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                if os.geteuid() == 0 and entry.uid is not None and entry.gid is not None:
+                if owner:
+                    assert entry.uid is not None and entry.gid is not None
                     os.chown(fd, entry.uid, entry.gid)
             finally:
                 os.close(fd)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _is_sqlite(parent: Dir, name: str) -> bool:
-    try:
-        fd = parent.open_file(name)
-    except CasnapError:
-        return False
-    try:
-        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _link_order(item: _Item) -> tuple[int, str]:

@@ -111,15 +111,15 @@ class SmokeSession:
             self._sqlite[rel] = (path, check)
         header = faiss_header(head)
         if header is not None:
-            self._send(path, header.binary)
+            self._send(path, header.binary, private=True)
 
-    def _send(self, path: Path, binary: bool) -> None:
+    def _send(self, path: Path, binary: bool, private: bool) -> None:
         if (path, binary) in self._sent:
             return
         if self._child is None:
             self._child = ProbeChild()
         position = self._child.sent
-        if self._child.send(path, binary):
+        if self._child.send(path, binary, private):
             self._sent[(path, binary)] = position
 
     def finish(
@@ -140,7 +140,8 @@ class SmokeSession:
         if wanted:
             targets = faiss_targets(view, heads)
             for t in targets:  # the indexes not handed over yet go to the child now
-                self._send(t.path, t.binary)
+                private = staged_dir is not None and t.path.is_relative_to(staged_dir)
+                self._send(t.path, t.binary, private)
             child, self._child = self._child, None
             for rel in wanted:  # meanwhile the child reads the indexes
                 if rel not in dbs:

@@ -37,6 +37,8 @@ SPAN_GAP = 512 * 1024
 SPAN_MAX = 16 * 1024 * 1024
 # Bytes of files whose chunk lists are read ahead at once (lists take ~1% of that).
 LISTS_AHEAD = 4 << 30
+# Snapshots whose files' lists may be read ahead: the last loaded, and the newest listed.
+SNAPSHOTS_AHEAD = 8
 
 
 class Spans:
@@ -125,36 +127,48 @@ def read_chunks(
 class ListsAhead:
     """Chunk lists of a remote repository read a batch at a time: when the list of one file of a
     snapshot is wanted, those of the files after it (up to LISTS_AHEAD bytes of files) are read
-    with it, as spans, rather than one request per list blob later on."""
+    with it, as spans, rather than one request per list blob later on.
+
+    The snapshots considered are the last few loaded and the newest few of the repository's
+    list; a file is found among them by its chunk list ids, through an index rebuilt only when
+    those snapshots change, so a file of no such snapshot costs one lookup."""
 
     def __init__(self) -> None:
-        self._recent: deque[Snapshot] = deque(maxlen=8)  # snapshots loaded last
+        self._recent: deque[Snapshot] = deque(maxlen=SNAPSHOTS_AHEAD)  # snapshots loaded last
         self._read: dict[ObjectId, bytes] = {}
+        self._where: dict[tuple[str, ...], tuple[Snapshot, int]] | None = None
+        self._token: tuple[int, ...] = ()
         self._lock = threading.Lock()
 
     def noted(self, snap: Snapshot) -> Snapshot:
         """snap, remembered as one whose files' lists may soon be wanted."""
-        self._recent.append(snap)
+        with self._lock:
+            self._recent.append(snap)
+            self._where = None
         return snap
 
     def bodies(
-        self, store: Store, entry: FileEntry, snapshots: Iterable[Snapshot]
+        self, store: Store, entry: FileEntry, newest: Sequence[Snapshot]
     ) -> Mapping[ObjectId, bytes]:
         """List blobs read ahead, holding entry's when it belongs to a snapshot loaded lately or
-        to snapshots (else nothing: its blobs are read one by one)."""
+        to the newest (else nothing: its blobs are read one by one)."""
         with self._lock:
             if all(ObjectId.from_hex(lid) in self._read for lid in entry.lists):
                 return self._read
-            for snap in (*reversed(self._recent), *snapshots):
-                k = next((k for k, e in enumerate(snap.files) if e is entry), None)
-                if k is None:
-                    continue
-                j, size = k, 0
-                while j < len(snap.files) and (j == k or size < LISTS_AHEAD):
-                    size += snap.files[j].size
-                    j += 1
-                ids = [ObjectId.from_hex(lid) for e in snap.files[k:j] for lid in e.lists]
-                with ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch") as pool:
-                    self._read = read_chunks(store, ids, pool)
-                return self._read
-            return {}
+            snaps = [*self._recent, *newest[-SNAPSHOTS_AHEAD:]]
+            token = tuple(id(s) for s in snaps)
+            if self._where is None or token != self._token:
+                self._where = {e.lists: (s, k) for s in snaps for k, e in enumerate(s.files)}
+                self._token = token
+            found = self._where.get(entry.lists)
+            if found is None:
+                return {}
+            snap, k = found
+            j, size = k, 0
+            while j < len(snap.files) and (j == k or size < LISTS_AHEAD):
+                size += snap.files[j].size
+                j += 1
+            ids = [ObjectId.from_hex(lid) for e in snap.files[k:j] for lid in e.lists]
+            with ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch") as pool:
+                self._read = read_chunks(store, ids, pool)
+            return self._read

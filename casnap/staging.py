@@ -38,6 +38,7 @@ from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
 from casnap.smoke_cmd import run_command
 from casnap.smoke_report import SmokeReport
+from casnap.writeout import write_files
 
 Fingerprint = tuple[int, ...] | None
 
@@ -97,43 +98,69 @@ def stage_files(
     each step goes to phases (see pipeline.restore; fsyncs to `write`)."""
     phases = phases or Phases()
     repo.ensure_index()
-    ordered = sorted(entries, key=lambda e: (e.link is not None, e.path))
+    ordered = sorted(entries, key=stage_order)
     bar = ByteProgress(sum(e.size for e in ordered), progress)
     as_root = os.geteuid() == 0
     before: dict[str, Fingerprint] = {}
     names: dict[str, list[str]] = {}  # a staged file -> every name it has in the stage
+    full: list[FileEntry] = []
+    linked: list[FileEntry] = []  # links to a file staged before them: linked to it
+    seen: set[str] = set()
+    for entry in ordered:
+        (linked if entry.link is not None and entry.link in seen else full).append(entry)
+        seen.add(entry.path)
     with (
         ThreadPoolExecutor(max_workers=workers(repo)) as pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="casnap-fsync") as syncer,
     ):
         synced = []
-        for entry in ordered:
+
+        def written(entry: FileEntry, dest: Path) -> None:
+            if as_root and entry.uid is not None and entry.gid is not None:
+                try:
+                    os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
+                except OSError as exc:
+                    raise from_oserror(exc, f"setting the owner of {dest}") from exc
+            synced.append(syncer.submit(phases.timing("write", fsutil.fsync_file), dest))
+            before[entry.path] = fingerprint(dest)
+            checks.staged(entry.path, dest)
+
+        for entry in full:
+            _mkdirs((stage.path / entry.path).parent)
+        window = 2 * workers(repo) + 2
+        files = [(e, stage.path / e.path) for e in full]
+        write_files(repo, files, pool, window, written, bar.add, phases)
+        for entry in linked:
             dest = stage.path / entry.path
             _mkdirs(dest.parent)
-            if entry.link is not None and entry.link in before:
-                try:
-                    os.link(stage.path / entry.link, dest, follow_symlinks=False)
-                except OSError as exc:
-                    raise from_oserror(exc, f"linking {dest}") from exc
-                bar.add(entry.size)
-                group = names.setdefault(entry.link, [entry.link])
-                group.append(entry.path)
-                for name in group:  # a new link changes the ctime every name shows
-                    before[name] = fingerprint(dest)
-            else:
-                write_verified(repo, entry, dest, pool, bar.add, phases)
-                if as_root and entry.uid is not None and entry.gid is not None:
-                    try:
-                        os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
-                    except OSError as exc:
-                        raise from_oserror(exc, f"setting the owner of {dest}") from exc
-                synced.append(syncer.submit(phases.timing("write", fsutil.fsync_file), dest))
-            before[entry.path] = fingerprint(dest)
+            assert entry.link is not None
+            try:
+                os.link(stage.path / entry.link, dest, follow_symlinks=False)
+            except OSError as exc:
+                raise from_oserror(exc, f"linking {dest}") from exc
+            bar.add(entry.size)
+            group = names.setdefault(entry.link, [entry.link])
+            group.append(entry.path)
+            for name in group:  # a new link changes the ctime every name shows
+                before[name] = fingerprint(dest)
             checks.staged(entry.path, dest)
         for fut in synced:
             fut.result()
     bar.finish()
     return before
+
+
+def stage_order(entry: FileEntry) -> tuple[int, int, str]:
+    """Files whose checks take longest first, so those checks overlap the rest of the restore:
+    databases (integrity_check), then FAISS indexes (read in a child), each largest first, then
+    the other files by path, and hard links after the files they link to."""
+    if entry.link is not None:
+        return (3, 0, entry.path)
+    if entry.kind == "sqlite":
+        return (0, -entry.size, entry.path)
+    if smoke.may_be_faiss(entry.path, entry.chunker):
+        return (1, -entry.size, entry.path)
+    return (2, 0, entry.path)
 
 
 def write_verified(
@@ -145,31 +172,9 @@ def write_verified(
     phases: Phases | None = None,
 ) -> int:
     """Write a file's chunks to dest (new; not fsynced: callers that keep it do), its BLAKE3
-    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set;
-    reading its chunk list counts as `plan` in phases."""
-    phases = phases or Phases()
-    with phases.timed("plan"):
-        refs = repo.file_refs(entry)
-    try:
-        with open(dest, "xb") as f:
-            window = 2 * workers(repo) + 2
-            size, whole = pipeline.restore(repo.store, refs, f, pool, window, tick, phases)
-        if size != entry.size or whole.hex() != entry.hash:
-            pipeline.find_damaged(repo.store, refs)
-    except OSError as exc:
-        raise from_oserror(exc, f"writing {dest.parent}") from exc
-    except IntegrityError as exc:
-        raise IntegrityError(f"{entry.path}: {exc}") from exc
-    if size != entry.size or whole.hex() != entry.hash:
-        # every chunk verified when read again: a read went wrong, or the manifest did
-        raise IntegrityError(
-            f"{entry.path}: restored file does not match its recorded hash, yet each of its "
-            "chunks verifies when read again (a failing read, or a damaged manifest)"
-        )
-    with contextlib.suppress(OSError):
-        os.chmod(dest, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
-        os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
-    return size
+    checked against the manifest's (a mismatch names the damaged chunk), mode and mtime set."""
+    write_files(repo, [(entry, dest)], pool, 2 * workers(repo) + 2, None, tick, phases)
+    return entry.size
 
 
 class _VerifiedStream:

@@ -4,6 +4,7 @@ one per alternation), byte-identical; the span planner merges near ranges and ne
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,3 +93,26 @@ def test_restore_from_a_remote_backend_reads_each_pack_in_few_requests(tmp_path:
     # one span per pack for the data, and one per pack for the chunk lists read ahead; a
     # read per run of adjacent frames would make hundreds
     assert len(backend.pack_reads) <= 2 * len(packs) + 2, len(backend.pack_reads)
+
+
+def test_chunk_lists_of_the_files_after_one_are_read_with_it(tmp_path: Path) -> None:
+    """On a remote backend the chunk lists of a snapshot's files are read in one batch; a file
+    entry of no known snapshot (built elsewhere) is read on its own, correctly."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        (data / f"f{i:02d}.bin").write_bytes(rng.bytes(300_000))
+    backend = RemoteMemory()
+    repo = Repository.init_backend(backend, default_config(), tmp_path / "tmp")
+    sid = commit(repo, data).id
+    snap = repo.load_snapshot(repo.resolve(sid))
+    backend.pack_reads.clear()
+    first = repo.file_refs(snap.files[0])
+    batch = len(backend.pack_reads)
+    assert batch >= 1
+    rest = [repo.file_refs(e) for e in snap.files[1:]]
+    assert len(backend.pack_reads) == batch  # read with the first
+    assert len({first, *rest}) == len(snap.files)
+    foreign = dataclasses.replace(snap.files[5], path="elsewhere.bin", lists=snap.files[5].lists)
+    assert repo.file_refs(foreign) == rest[4]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap.cli.main import Context, cli, pass_ctx, warn
+from casnap.cli.main import Context, cli, one_blas_thread, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.constants import ENCRYPTIONS
@@ -291,7 +291,9 @@ def checkout(
     """
     from casnap import selection
     from casnap.paths import normalize_paths, snapshot_holds
-    from casnap.restorer import checkout as checkout_snapshot
+
+    with one_blas_thread():
+        from casnap.restorer import checkout as checkout_snapshot
 
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)

@@ -1,0 +1,123 @@
+"""What a checkout's target holds already: the content hash of each file there.
+
+A file whose stat fingerprint (size, mtime, ctime, inode; a database's `-wal` too) equals one
+recorded for that path is known without reading it: recorded by the last checkout into that dir
+(restored.py) or by a commit of it (a snapshot entry's `source`, the stat cache; commit records
+none for a file too fresh to vouch for). Any write to the file changes its fingerprint, so a
+match means the content the record names. Any other file is read and hashed as a snapshot would
+record it (a database: the image of its backup API). Files are reached only through directory
+descriptors (fsdir.Dir), never by a path that could be redirected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from casnap import capture, fsutil
+from casnap import restored as restored_files
+from casnap.constants import SNIFF_BYTES
+from casnap.errors import CasnapError, from_oserror
+from casnap.formats.sqlite import is_sqlite_header
+from casnap.fsdir import Dir
+from casnap.ids import Hasher
+from casnap.repository import Repository
+
+Known = tuple[tuple[int, ...], str, str]  # fingerprint, content hash, kind ("sqlite", "file")
+
+
+class Present:
+    """The content of the files in one target dir, by relative path; counts the bytes read."""
+
+    def __init__(self, repo: Repository, target: Path) -> None:
+        self.repo = repo
+        self.target = target
+        self.bytes_read = 0
+        self._known: dict[str, list[Known]] | None = None
+        self._held: set[str] | None = None
+
+    def held(self, digest: str) -> bool:
+        """Whether some snapshot holds a file with this content."""
+        if self._held is None:
+            self._held = {f.hash for _, s in self.repo.snapshots() for f in s.files}
+        return digest in self._held
+
+    def known(self, rel: str) -> list[Known]:
+        """The fingerprints recorded for rel, with the content each vouches for."""
+        if self._known is None:
+            self._known = self._load()
+        return self._known.get(rel, [])
+
+    def _load(self) -> dict[str, list[Known]]:
+        source = str(self.target)
+        snaps = self.repo.snapshots()
+        out: dict[str, list[Known]] = {}
+        for _, snap in snaps:
+            if snap.source == source:
+                for f in snap.files:
+                    if f.source is not None:
+                        out.setdefault(f.path, []).append((f.source, f.hash, f.kind))
+        record = restored_files.load(self.repo.id, source)
+        if record is not None:
+            by_id = {sid.hex(): snap for sid, snap in snaps}
+            for path, (fp, sid) in record.files.items():
+                held = by_id.get(sid)
+                entry = next((f for f in held.files if f.path == path), None) if held else None
+                if entry is not None:
+                    out.setdefault(path, []).append((fp, entry.hash, entry.kind))
+        return out
+
+    def hash_of(self, parent: Dir, name: str, rel: str) -> str:
+        """The content hash of the file name in parent (at rel in the target): known by its
+        fingerprint when one recorded for rel matches, else read and hashed."""
+        for fp, digest, kind in self.known(rel):
+            if fingerprint(parent, name, kind) == fp:
+                return digest
+        return self._read_hash(parent, name)
+
+    def _read_hash(self, parent: Dir, name: str) -> str:
+        """Hash of a target file as a snapshot would record it (a database: its backup image)."""
+        fd = parent.open_file(name)
+        with os.fdopen(fd, "rb") as f:
+            try:
+                self.bytes_read += os.fstat(f.fileno()).st_size
+                if is_sqlite_header(f.read(SNIFF_BYTES)):
+                    with contextlib.suppress(CasnapError):  # unreadable as a database: raw bytes
+                        with capture.sqlite_image(
+                            parent.proc(name), self.repo.tmp_dir, self.repo.notify
+                        ) as image:
+                            return fsutil.hash_file(image).hex()
+                f.seek(0)
+                h = Hasher()
+                while block := f.read(1 << 20):
+                    h.update(block)
+            except OSError as exc:
+                raise from_oserror(exc, f"reading {parent.path / name}") from exc
+        return h.digest().hex()
+
+
+def fingerprint(parent: Dir, name: str, kind: str) -> tuple[int, ...] | None:
+    """capture.fingerprint of name in parent, through the descriptor (no link followed)."""
+    st = parent.lstat(name)
+    if st is None:
+        return None
+    fp: tuple[int, ...] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if kind == "sqlite":
+        w = parent.lstat(name + "-wal")
+        fp += (w.st_size, w.st_mtime_ns, w.st_ctime_ns, w.st_ino) if w is not None else (0,) * 4
+    return fp
+
+
+def is_sqlite(parent: Dir, name: str) -> bool:
+    """Whether the file name in parent starts like a SQLite database."""
+    try:
+        fd = parent.open_file(name)
+    except CasnapError:
+        return False
+    try:
+        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
