@@ -140,6 +140,14 @@ def find_rows(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarr
     return out
 
 
+def _rows(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """a's rows (32-byte ids, packed field records) in `order`: gathered as opaque items of a
+    row's size, several times faster than numpy's gather of rows or of packed records."""
+    row = a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
+    flat = np.ascontiguousarray(a).view(np.dtype((np.void, row))).reshape(-1)
+    return flat[order].view(a.dtype).reshape((len(order), *a.shape[1:]))
+
+
 class IdSet:
     """A growing set of chunk ids in a few sorted arrays (~40 bytes per id), tested in batches.
 
@@ -234,7 +242,7 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
                 fields = np.concatenate([fields0, *(f for _, f in self._pending)])
                 keys = id_keys(ids)
                 order = np.argsort(keys, kind="stable")
-                self._arrays = (keys[order], ids[order], fields[order])
+                self._arrays = (keys[order], _rows(ids, order), _rows(fields, order))
                 self._pending = []
             return self._arrays
 
