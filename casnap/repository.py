@@ -16,12 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, placement, rollback, selection
 from casnap.backends.base import Backend
-from casnap.backends.cached import (
-    CachingBackend,
-    cache_dir_for,
-    opened_cache,
-    opened_cache_dir,
-)
+from casnap.backends.cached import CachingBackend, cache_dir_for, opened_cache, opened_cache_dir
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
@@ -380,11 +375,9 @@ class Repository:
         return self._ahead.noted(Snapshot.decode(raw, key))
 
     def snapshot(self, sid: ObjectId) -> Snapshot:
-        """One snapshot: as the list read it when it is loaded (each manifest verified and
-        parsed once: one of tens of thousands of files takes a noticeable time), else read."""
-        if self._snapshots is not None and sid in self._snapshots:
-            return self._snapshots[sid]
-        return self.load_snapshot(sid)
+        """One snapshot: from the list when loaded (a big manifest is parsed once), else read."""
+        known = self._snapshots or {}
+        return known[sid] if sid in known else self.load_snapshot(sid)
 
     def snapshots(self) -> list[tuple[ObjectId, Snapshot]]:
         """Every snapshot, oldest first."""
