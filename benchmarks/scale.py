@@ -290,6 +290,7 @@ def many_files(work: Path, args: argparse.Namespace, out: dict[str, Any]) -> Non
         sizes = [p.stat().st_size for p in (repo_dir / "snapshots").iterdir()]
         rows[label] = {
             "files": count,
+            "snapshots": len(sizes),
             "first_commit": {"seconds": first_s, "peak_rss": first_peak},
             "no_change_commit": {"seconds": again_s, "peak_rss": again_peak},
             "log": {"seconds": log_s, "peak_rss": log_peak},
@@ -391,6 +392,11 @@ def report(out: dict[str, Any]) -> None:
                 f"      {key:<20} {f['one'][key]['peak_rss'] / MIB:10.1f} "
                 f"{f['many'][key]['peak_rss'] / MIB:9.1f} {f['rss_bytes_per_file'][key]:11.0f}"
             )
+        print(
+            f"      (log and ls read all {f['many']['snapshots']} snapshots: "
+            f"{f['rss_bytes_per_file']['log'] / f['many']['snapshots']:.0f} bytes per file of "
+            "each snapshot)"
+        )
         print(
             f"      manifest: {f['manifest_bytes_per_file']:.1f} stored bytes/file, "
             f"{f['many']['decoded_bytes_per_file']:.0f} bytes/file decoded (tracemalloc)"
