@@ -28,7 +28,7 @@ missing and `checkout`/`cat` of anything that used them could not work, and gc w
 
 Run:
 
-    .venv/bin/python benchmarks/scale.py                   # 10M chunks, ~10 minutes
+    .venv/bin/python benchmarks/scale.py                   # 10M chunks, 50k files: ~2 minutes
     .venv/bin/python benchmarks/scale.py --chunks 1000000  # a quick run
     .venv/bin/python benchmarks/scale.py --only log,files
 
