@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from casnap.chunkindex import EntryTable, IdSet, IndexEntry
+from casnap.chunkindex import IdSet, IndexEntry
+from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.ids import ObjectId, is_hex_prefix
 from casnap.manifest import Snapshot
@@ -276,10 +277,10 @@ class _Checker:
 
     def _index(self) -> None:
         parts = []
-        for key, _ in self.backend.list("index/"):
+        for key, size in self.backend.list("index/"):
             self.report.index_files += 1
             try:
-                parts.append(self.repo.store.load_index_file(key))
+                parts.append(self.repo.store.load_index_file(key, size))
             except CasnapError as exc:
                 why = str(exc)
                 message = why if why.startswith(key) else f"{key}: {why}"

@@ -1,11 +1,10 @@
-"""The chunk index: chunk id -> where its bytes live, held as sorted numpy arrays.
+"""The chunk index: chunk id -> where its bytes live, held as numpy arrays.
 
 SQLite databases are stored page by page, so a repository holds ~256k chunks per GiB. A dict of
 Python objects would cost ~300 bytes and a few microseconds of decoding per entry; these arrays
-cost ~65 bytes per entry, load with a handful of numpy calls, and answer a whole batch of
-lookups at once. Index files are columnar (all ids, then each field) so they compress well and
-decode without a per-entry loop.
-"""
+cost ~65 bytes per entry (loading 10M entries peaks at ~67), load with a handful of numpy calls,
+and answer a whole batch of lookups at once. Index files are columnar (all ids, then each field)
+so they compress well and decode without a per-entry loop."""
 
 from __future__ import annotations
 
@@ -42,6 +41,11 @@ FIELD_DTYPE = np.dtype(
     ]
 )
 MAX_INDEX_BYTES = 1 << 32  # decompression bound of one index file
+# Entries a ChunkIndex segment is made of at most when parts are joined (a larger part is one
+# segment as it is): joining copies, so this bounds what loading many small index files needs
+# beyond the index itself (~65 MB), while 10M entries still make ~10 segments to look in.
+SEGMENT_ENTRIES = 1 << 20
+_SLOT_STEP = 1 << 18  # entries per step when a segment's slots are computed
 
 
 class IndexEntry(NamedTuple):
@@ -140,14 +144,6 @@ def find_rows(keys: np.ndarray, stored: np.ndarray, ids: np.ndarray) -> np.ndarr
     return out
 
 
-def _rows(a: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """a's rows (32-byte ids, packed field records) in `order`: gathered as opaque items of a
-    row's size, several times faster than numpy's gather of rows or of packed records."""
-    row = a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
-    flat = np.ascontiguousarray(a).view(np.dtype((np.void, row))).reshape(-1)
-    return flat[order].view(a.dtype).reshape((len(order), *a.shape[1:]))
-
-
 class IdSet:
     """A growing set of chunk ids in a few sorted arrays (~40 bytes per id), tested in batches.
 
@@ -191,8 +187,75 @@ class IdSet:
         return sum(len(k) for k, _ in self._runs)
 
 
+class _Segment:
+    """Entries as they came (ids, fields), found through one sorted array of slots.
+
+    A slot is an id's sort key with its low bits replaced by the entry's row: sorting the
+    slots in place orders the entries without permuting the ids and fields (which would need
+    a second copy of them), and costs 8 bytes per entry, not the 16 of a key beside its row.
+    """
+
+    __slots__ = ("ids", "fields", "slots", "low")
+
+    def __init__(self, ids: np.ndarray, fields: np.ndarray) -> None:
+        self.ids = ids
+        self.fields = fields
+        n = len(ids)
+        self.low = max(1, (n - 1).bit_length())  # bits of a row
+        top = np.uint64(((1 << 64) - 1) ^ ((1 << self.low) - 1))
+        self.slots = np.empty(n, dtype=np.uint64)
+        for start in range(0, n, _SLOT_STEP):  # in steps: the temporaries stay small
+            stop = min(n, start + _SLOT_STEP)
+            part = self.slots[start:stop]
+            part[:] = id_keys(ids[start:stop])
+            part &= top
+            part |= np.arange(start, stop, dtype=np.uint64)
+        self.slots.sort()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def find(self, q: np.ndarray, qk: np.ndarray) -> np.ndarray:
+        """Row of each id of q (its sort keys qk) in this segment, -1 where absent."""
+        out = np.full(len(q), -1, dtype=np.int64)
+        n = len(self.slots)
+        if not n or not len(q):
+            return out
+        rowmask = np.uint64((1 << self.low) - 1)
+        want = qk & ~rowmask
+        pos = np.minimum(np.searchsorted(self.slots, want), n - 1)
+        slot = self.slots[pos]
+        near = (slot & ~rowmask) == want
+        rows = (slot & rowmask).astype(np.int64)
+        same = near.copy()
+        if near.any():
+            same[near] = (self.ids[rows[near]] == q[near]).all(axis=1)
+        out[same] = rows[same]
+        # another id whose key shares these bits sorts first: look at the slots after it
+        for j in np.nonzero(near & ~same)[0]:
+            i = int(pos[j]) + 1
+            while i < n and (self.slots[i] & ~rowmask) == want[j]:
+                row = int(self.slots[i] & rowmask)
+                if (self.ids[row] == q[j]).all():
+                    out[j] = row
+                    break
+                i += 1
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.fields.nbytes + self.slots.nbytes)
+
+
 class ChunkIndex(Mapping[ObjectId, IndexEntry]):
-    """Chunk id -> IndexEntry, as sorted arrays; also a read-only Mapping for simple callers.
+    """Chunk id -> IndexEntry, as arrays; also a read-only Mapping for simple callers.
+
+    Entries live in segments (_Segment: ids and fields as added, one sorted array to find
+    them), ~65 bytes per entry in all. Parts are never copied into one sorted whole: a part of
+    SEGMENT_ENTRIES or more (a large index file) is a segment of its own, smaller ones are
+    joined into segments of up to that size. So loading the index needs little more memory than
+    holding it, and a lookup asks a handful of segments. A row (as lookup returns it) numbers
+    the entries of every segment in turn.
 
     Lookups may run on several threads at once; rows returned by lookup stay valid until the
     next add.
@@ -201,22 +264,25 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
     def __init__(self) -> None:
         self.packs: list[ObjectId] = []
         self._pack_no: dict[bytes, int] = {}
-        # sorted keys, ids (n, 32) and fields, swapped together so a reader never mixes versions
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = (
-            np.zeros(0, dtype=np.uint64),
-            np.zeros((0, ID_SIZE), dtype=np.uint8),
-            np.zeros(0, dtype=FIELD_DTYPE),
-        )
+        # the segments and the row each starts at, swapped together so a reader never mixes
+        # versions
+        self._segments: tuple[tuple[_Segment, ...], np.ndarray] = ((), np.zeros(0, np.int64))
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._lock = threading.Lock()
 
     # -- building --------------------------------------------------------------------------
 
-    def add(self, parts: Iterable[tuple[Sequence[ObjectId], np.ndarray, np.ndarray]]) -> None:
+    def add(
+        self,
+        parts: Iterable[tuple[Sequence[ObjectId], np.ndarray, np.ndarray]],
+        owned: bool = False,
+    ) -> None:
         """Merge (pack table, ids (n, 32), fields) parts whose pack numbers index their table.
 
-        The arrays are re-sorted on the next lookup, not now: a commit that adds its entries
-        last and exits never pays for the sort.
+        The segments are made on the next lookup, not now: a commit that adds its entries
+        last and exits never pays for them. With owned, the parts' arrays become the index's
+        own (their pack numbers are rewritten in place, nothing is copied): the caller must not
+        use them afterwards.
         """
         with self._lock:
             for packs, ids, fields in parts:
@@ -225,26 +291,43 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
                 if len(fields) and int(fields["pack"].max()) >= len(packs):
                     raise IntegrityError("index entry names a pack outside its pack table")
                 mapping = np.array([self._pack_number(p) for p in packs], dtype=np.uint32)
-                fields = fields.copy()
-                if len(fields):
-                    fields["pack"] = mapping[fields["pack"]]
+                if not owned:
+                    fields = fields.copy()
+                if len(fields) and not np.array_equal(mapping, np.arange(len(mapping))):
+                    for start in range(0, len(fields), _SLOT_STEP):
+                        part = fields["pack"][start : start + _SLOT_STEP]
+                        part[:] = mapping[part]
                 ids = np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
                 self._pending.append((ids, fields))
 
-    def _state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The sorted arrays, with pending parts merged in."""
+    def _state(self) -> tuple[tuple[_Segment, ...], np.ndarray]:
+        """The segments, with pending parts made into segments."""
         if not self._pending:
-            return self._arrays
+            return self._segments
         with self._lock:
             if self._pending:
-                _, ids0, fields0 = self._arrays
-                ids = np.concatenate([ids0, *(i for i, _ in self._pending)])
-                fields = np.concatenate([fields0, *(f for _, f in self._pending)])
-                keys = id_keys(ids)
-                order = np.argsort(keys, kind="stable")
-                self._arrays = (keys[order], _rows(ids, order), _rows(fields, order))
-                self._pending = []
-            return self._arrays
+                segments = list(self._segments[0])
+                batch: list[tuple[np.ndarray, np.ndarray]] = []
+                size = 0
+                while self._pending:
+                    ids, fields = self._pending.pop(0)
+                    if not len(ids):
+                        continue
+                    if len(ids) >= SEGMENT_ENTRIES:
+                        segments.append(_Segment(ids, fields))
+                        continue
+                    if size + len(ids) > SEGMENT_ENTRIES:
+                        segments.append(_joined(batch))
+                        batch, size = [], 0
+                    batch.append((ids, fields))
+                    size += len(ids)
+                    del ids, fields
+                if batch:
+                    segments.append(_joined(batch))
+                segments = _merge_small(segments)
+                starts = np.cumsum([0, *(len(s) for s in segments)])[:-1].astype(np.int64)
+                self._segments = (tuple(segments), starts)
+            return self._segments
 
     def _pack_number(self, pack: bytes) -> int:
         n = self._pack_no.get(bytes(pack))
@@ -253,12 +336,37 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
             self.packs.append(ObjectId(bytes(pack)))
         return n
 
+    def _at(self, row: int) -> tuple[_Segment, int]:
+        """The segment of a row and the row within it."""
+        segments, starts = self._state()
+        if not 0 <= row < sum(len(s) for s in segments):
+            raise IndexError(row)
+        k = int(np.searchsorted(starts, row, side="right")) - 1
+        return segments[k], row - int(starts[k])
+
     # -- lookups ---------------------------------------------------------------------------
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id of an (m, 32) array in this index, -1 where absent."""
-        keys, stored, _ = self._state()
-        return find_rows(keys, stored, ids)
+        segments, starts = self._state()
+        q = np.ascontiguousarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+        out = np.full(len(q), -1, dtype=np.int64)
+        if not len(q):
+            return out
+        qk = id_keys(q)
+        for seg, start in zip(segments, starts.tolist(), strict=True):
+            todo = np.flatnonzero(out < 0)
+            if not len(todo):
+                break
+            if len(todo) == len(q):
+                rows = seg.find(q, qk)
+                hit = rows >= 0
+                out[hit] = rows[hit] + start
+            else:
+                rows = seg.find(q[todo], qk[todo])
+                hit = rows >= 0
+                out[todo[hit]] = rows[hit] + start
+        return out
 
     def contains_many(self, ids: np.ndarray) -> np.ndarray:
         """Boolean array: which ids of an (m, 32) array are in the index."""
@@ -270,19 +378,35 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
         wanted = [ObjectId(bytes(cid)) for cid in ids]
         if not wanted:
             return {}
-        rows = self.lookup(id_matrix(wanted)).tolist()
-        return {cid: self.entry_at(row) for cid, row in zip(wanted, rows, strict=True) if row >= 0}
+        rows = self.lookup(id_matrix(wanted))
+        found = np.flatnonzero(rows >= 0)
+        fields = self.fields(rows[found])
+        pairs = zip(found.tolist(), fields, strict=True)
+        return {wanted[j]: entry_of(self.packs, f) for j, f in pairs}
 
     def fields(self, rows: np.ndarray) -> np.ndarray:
         """The field records of the given rows (as returned by lookup)."""
-        return self._state()[2][rows]
+        segments, starts = self._state()
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(segments) == 1:
+            return segments[0].fields[rows]
+        out = np.zeros(len(rows), dtype=FIELD_DTYPE)
+        total = sum(len(s) for s in segments)
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= total):
+            raise IndexError("row out of range")
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for k in np.unique(which).tolist():
+            mine = which == k
+            out[mine] = segments[k].fields[rows[mine] - starts[k]]
+        return out
 
     def entry_at(self, row: int) -> IndexEntry:
-        f = self._state()[2][row]
-        return entry_of(self.packs, f)
+        seg, i = self._at(row)
+        return entry_of(self.packs, seg.fields[i])
 
     def id_at(self, row: int) -> ObjectId:
-        return ObjectId(self._state()[1][row].tobytes())
+        seg, i = self._at(row)
+        return ObjectId(seg.ids[i].tobytes())
 
     # -- Mapping ---------------------------------------------------------------------------
 
@@ -302,22 +426,55 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
         return self.get(cid) is not None
 
     def __iter__(self) -> Iterator[ObjectId]:
-        ids = self._state()[1]
         seen: set[bytes] = set()
-        for row in range(len(ids)):
-            raw = ids[row].tobytes()
-            if raw not in seen:
-                seen.add(raw)
-                yield ObjectId(raw)
+        for seg in self._state()[0]:
+            for row in range(len(seg)):
+                raw = seg.ids[row].tobytes()
+                if raw not in seen:
+                    seen.add(raw)
+                    yield ObjectId(raw)
 
     def __len__(self) -> int:
         """Number of entries (an id stored twice, e.g. by two concurrent commits, counts twice)."""
-        return len(self._arrays[0]) + sum(len(i) for i, _ in self._pending)
+        return sum(len(s) for s in self._segments[0]) + sum(len(i) for i, _ in self._pending)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays."""
-        return sum(a.nbytes for a in self._state())
+        return sum(s.nbytes for s in self._state()[0])
+
+
+def _joined(batch: list[tuple[np.ndarray, np.ndarray]]) -> _Segment:
+    """One segment of a batch of parts (copied together unless it is one part)."""
+    if len(batch) == 1:
+        return _Segment(*batch[0])
+    ids = np.concatenate([i for i, _ in batch])
+    fields = np.concatenate([f for _, f in batch])
+    batch.clear()
+    return _Segment(ids, fields)
+
+
+def _merge_small(segments: list[_Segment]) -> list[_Segment]:
+    """Segments below SEGMENT_ENTRIES joined while their sum stays within it, so the parts a
+    long-lived index gains one at a time (a commit's, a copy's) do not pile up."""
+    big = [s for s in segments if len(s) >= SEGMENT_ENTRIES]
+    small = sorted((s for s in segments if len(s) < SEGMENT_ENTRIES), key=len)
+    out: list[_Segment] = []
+    group: list[_Segment] = []
+    for seg in small:
+        if group and sum(len(s) for s in group) + len(seg) > SEGMENT_ENTRIES:
+            out.append(_regrouped(group))
+            group = []
+        group.append(seg)
+    if group:
+        out.append(_regrouped(group))
+    return big + out
+
+
+def _regrouped(group: list[_Segment]) -> _Segment:
+    if len(group) == 1:
+        return group[0]
+    return _joined([(s.ids, s.fields) for s in group])
 
 
 # -- index files -------------------------------------------------------------------------------
@@ -357,19 +514,29 @@ def decode_index(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.
         raise IntegrityError(f"{key}: truncated index file") from exc
     if len(body) != pos + n * (ID_SIZE + FIELD_DTYPE.itemsize):
         raise IntegrityError(f"{key}: index file has the wrong length")
+    # a copy: a view would keep the whole decoded file alive as long as the ids
     ids = np.frombuffer(body, dtype=np.uint8, count=n * ID_SIZE, offset=pos).reshape(-1, ID_SIZE)
+    ids = ids.copy()
     pos += n * ID_SIZE
     fields = np.zeros(n, dtype=FIELD_DTYPE)
     for name in FIELDS:
         dt = FIELD_DTYPE[name]
         fields[name] = np.frombuffer(body, dtype=dt, count=n, offset=pos)
         pos += n * dt.itemsize
-    if n and (int(fields["pack"].max()) >= npacks or int(fields["type"].max()) > TREE):
-        raise IntegrityError(f"{key}: index entry out of range")
-    why = past_limits(fields)
-    if why is not None:
-        raise IntegrityError(f"{key}: index entry of {why}")
+    check_entries(key, npacks, fields)
     return packs, ids, fields
+
+
+def check_entries(key: str, npacks: int, fields: np.ndarray) -> None:
+    """IntegrityError naming the index file when an entry names a pack outside its table, an
+    unknown type, or sizes past the limits; in steps, so the temporaries stay small."""
+    for start in range(0, len(fields), SEGMENT_ENTRIES):
+        part = fields[start : start + SEGMENT_ENTRIES]
+        if int(part["pack"].max()) >= npacks or int(part["type"].max()) > TREE:
+            raise IntegrityError(f"{key}: index entry out of range")
+        why = past_limits(part)
+        if why is not None:
+            raise IntegrityError(f"{key}: index entry of {why}")
 
 
 # -- every entry, for the tools that check or rewrite the index ---------------------------------
@@ -386,161 +553,6 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
     if not len(ids):
         return np.zeros((0, ID_SIZE), dtype=np.uint8)
     return np.unique(void_ids(ids)).view(np.uint8).reshape(-1, ID_SIZE)
-
-
-def merge_parts(
-    parts: Iterable[tuple[Sequence[ObjectId], np.ndarray, np.ndarray]],
-) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
-    """(pack table, ids, fields) parts as one index: a table of the packs in use, sorted by id,
-    and the entries in pack, frame and chunk order.
-
-    That is the order commits write (frame offsets grow, pack numbers repeat), which zstd
-    compresses far better than id order: the fields then cost ~3 bytes per entry, not ~20.
-    """
-    parts = [(list(p), np.asarray(i, np.uint8).reshape(-1, ID_SIZE), f) for p, i, f in parts]
-    used = sorted(
-        {bytes(packs[n]) for packs, _, fields in parts for n in np.unique(fields["pack"]).tolist()}
-    )
-    rank = {p: n for n, p in enumerate(used)}
-    ids_parts, field_parts = [], []
-    for packs, ids, fields in parts:
-        if not len(fields):
-            continue
-        mapping = np.array([rank.get(bytes(p), 0) for p in packs], dtype=np.uint32)
-        fields = fields.copy()
-        fields["pack"] = mapping[fields["pack"]]
-        ids_parts.append(ids)
-        field_parts.append(fields)
-    if not field_parts:
-        return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
-    ids = np.concatenate(ids_parts)
-    fields = np.concatenate(field_parts)
-    order = np.lexsort((fields["inner"], fields["offset"], fields["pack"]))
-    return [ObjectId(p) for p in used], ids[order], fields[order]
-
-
-def _repeated_rows(
-    ids: np.ndarray, fields: np.ndarray, order: np.ndarray, same_key: np.ndarray
-) -> list[int]:
-    """Rows that repeat an earlier row exactly (id and fields), given the rows in key order
-    (`order`, stable) and the positions in it whose key equals the next one's."""
-    drop: list[int] = []
-    seen: dict[bytes, None] = {}
-    previous = -2
-    for i in same_key.tolist():
-        if i != previous + 1:  # a new run of equal keys starts at position i
-            seen = {}
-            first = int(order[i])
-            seen[ids[first].tobytes() + fields[first].tobytes()] = None
-        row = int(order[i + 1])
-        entry = ids[row].tobytes() + fields[row].tobytes()
-        if entry in seen:
-            drop.append(row)
-        else:
-            seen[entry] = None
-        previous = i
-    return drop
-
-
-class EntryTable:
-    """Every distinct entry of several index files, as arrays in the order first seen, with all
-    the entries of an id found at once.
-
-    gc, verify and repair-index look at every copy of a chunk (a ChunkIndex answers with one);
-    as Python objects, 100k entries cost ~200 MB, as these arrays ~10 MB.
-    """
-
-    def __init__(self, parts: Iterable[tuple[Sequence[ObjectId], np.ndarray, np.ndarray]]) -> None:
-        self.packs: list[ObjectId] = []
-        numbers: dict[bytes, int] = {}
-        ids_parts, field_parts = [], []
-        for packs, ids, fields in parts:
-            if len(fields) and int(fields["pack"].max()) >= len(packs):
-                raise IntegrityError("index entry names a pack outside its pack table")
-            mapping = []
-            for p in packs:
-                n = numbers.get(bytes(p))
-                if n is None:
-                    n = numbers[bytes(p)] = len(self.packs)
-                    self.packs.append(ObjectId(bytes(p)))
-                mapping.append(n)
-            fields = fields.copy()
-            if len(fields):
-                fields["pack"] = np.array(mapping, dtype=np.uint32)[fields["pack"]]
-            ids_parts.append(np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE))
-            field_parts.append(fields)
-        ids = np.concatenate(ids_parts) if ids_parts else np.zeros((0, ID_SIZE), np.uint8)
-        fields = np.concatenate(field_parts) if field_parts else np.zeros(0, FIELD_DTYPE)
-        del ids_parts, field_parts
-        keys = id_keys(ids)
-        order = np.argsort(keys, kind="stable")  # an id's entries: adjacent, first seen first
-        sorted_keys = keys[order]
-        del keys
-        # the same entry in two index files counts once: look for it only among equal keys
-        same_key = np.nonzero(sorted_keys[1:] == sorted_keys[:-1])[0]
-        if len(same_key):
-            drop = _repeated_rows(ids, fields, order, same_key)
-            if len(drop):
-                keep = np.ones(len(ids), dtype=bool)
-                keep[drop] = False
-                renumber = np.cumsum(keep) - 1
-                order = renumber[order[keep[order]]]
-                ids, fields = ids[keep], fields[keep]
-                sorted_keys = id_keys(ids)[order]
-        self.ids: np.ndarray = ids
-        self.fields: np.ndarray = fields
-        self._order = order
-        self._keys = sorted_keys
-        self._sorted = ids[order]
-
-    def id_groups(self) -> tuple[np.ndarray, int]:
-        """(number of each row's id, counted from 0 in key order; number of distinct ids)."""
-        n = len(self.ids)
-        if not n:
-            return np.zeros(0, dtype=np.int64), 0
-        starts = np.ones(n, dtype=bool)
-        starts[1:] = self._keys[1:] != self._keys[:-1]
-        tied = np.nonzero(~starts[1:])[0] + 1  # same key as the row before: same id?
-        if len(tied):
-            starts[tied] = (self._sorted[tied] != self._sorted[tied - 1]).any(axis=1)
-        group = np.empty(n, dtype=np.int64)
-        group[self._order] = np.cumsum(starts) - 1
-        return group, int(starts.sum())
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows_of(self, cid: bytes) -> np.ndarray:
-        """The rows of every entry of one id, in the order first seen."""
-        q = id_matrix(bytes(cid))
-        k = id_keys(q)[0]
-        lo, hi = np.searchsorted(self._keys, k, "left"), np.searchsorted(self._keys, k, "right")
-        same = (self._sorted[lo:hi] == q).all(axis=1)
-        return self._order[lo:hi][same]
-
-    def first_rows(self, ids: np.ndarray) -> np.ndarray:
-        """Row of the first entry of each id of an (m, 32) array, -1 where it has none."""
-        if not len(self.ids):
-            return np.full(len(ids), -1, dtype=np.int64)
-        pos = find_rows(self._keys, self._sorted, ids)
-        return np.where(pos >= 0, self._order[np.maximum(pos, 0)], -1)
-
-    def by_pack(self) -> dict[int, np.ndarray]:
-        """Pack number -> its rows, in the order first seen."""
-        if not len(self.fields):
-            return {}
-        order = np.argsort(self.fields["pack"], kind="stable")
-        packs = self.fields["pack"][order]
-        cuts = np.nonzero(np.diff(packs))[0] + 1
-        starts = np.concatenate([[0], cuts]).tolist()
-        return {int(packs[s]): rows for s, rows in zip(starts, np.split(order, cuts), strict=True)}
-
-    def id_at(self, row: int) -> ObjectId:
-        return ObjectId(self.ids[row].tobytes())
-
-    def entry(self, row: int) -> IndexEntry:
-        f = self.fields[row]
-        return entry_of(self.packs, f)
 
 
 def entry_of(packs: list[ObjectId], f: np.void) -> IndexEntry:

@@ -21,16 +21,9 @@ from typing import Any
 import numpy as np
 
 from casnap.backends.local import LocalBackend
-from casnap.chunkindex import (
-    ChunkIndex,
-    EntryTable,
-    IndexEntry,
-    encode_index,
-    entry_of,
-    merge_parts,
-    stored_bytes,
-)
+from casnap.chunkindex import ChunkIndex, IndexEntry, encode_index, entry_of, stored_bytes
 from casnap.constants import DEFAULT_MAX_UNUSED
+from casnap.entrytable import EntryTable, merge_parts
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId
 from casnap.packs import (
@@ -222,9 +215,9 @@ def plan(
     # listing order matters for a shared-lock dry run: snapshots, then index, then packs
     index_keys = list(backend.list("index/"))
     parts = []
-    for key, _size in index_keys:
+    for key, size in index_keys:
         try:
-            parts.append(repo.store.load_index_file(key))
+            parts.append(repo.store.load_index_file(key, size))
         except IntegrityError as exc:
             raise IntegrityError(
                 f"gc stopped before changing anything: {exc}; run `casnap repair-index`"

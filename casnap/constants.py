@@ -55,6 +55,13 @@ FRAME_TARGET = 512 * 1024
 # used out of order (pages moved by VACUUM) is decoded once.
 FRAME_CACHE_BYTES = 64 * 1024 * 1024
 
+# An index file stored larger than this is read and decoded piece by piece on a local backend
+# (indexstream.py), so loading it costs the memory of its arrays only, not also its stored and
+# decoded bytes (~320 MB and ~570 MB for 10M entries). Smaller ones, most commits' (~32 bytes per
+# new chunk: 16 MiB is ~500k chunks), are read whole: one read, and a remote backend's cache
+# keeps them.
+INDEX_STREAM_BYTES = 16 * 1024 * 1024
+
 # Compress float32 vector data with its bytes grouped by position (sign/exponent bytes apart):
 # 6% smaller than plain zstd on the sample's embeddings (docs/TUNING.md).
 GROUP_FLOATS = True

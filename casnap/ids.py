@@ -86,6 +86,11 @@ class IdHasher:
             pos += n
         return out
 
+    def stream(self) -> Hasher:
+        """An incremental hasher giving the id of the pieces fed to it (an object read piece by
+        piece, never whole)."""
+        return Hasher(self.key)
+
 
 PLAIN_IDS = IdHasher()
 
@@ -95,8 +100,8 @@ class Hasher:
 
     __slots__ = ("_h",)
 
-    def __init__(self) -> None:
-        self._h = blake3.blake3(max_threads=1)
+    def __init__(self, key: bytes | None = None) -> None:
+        self._h = blake3.blake3(max_threads=1) if key is None else blake3.blake3(key=key)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)

@@ -43,7 +43,8 @@ class RepairReport:
 def repair_index(repo: Repository) -> RepairReport:
     """Rebuild the index from the packs; report skipped packs and what snapshots still miss."""
     # here: every commit reads the notes (repaired_snapshots) and must not pay for numpy
-    from casnap.chunkindex import IdSet, id_matrix, merge_parts
+    from casnap.chunkindex import IdSet, id_matrix
+    from casnap.entrytable import merge_parts
     from casnap.reachability import walk
 
     t0 = time.perf_counter()

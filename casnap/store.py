@@ -27,7 +27,7 @@ from casnap.chunkindex import (
     entry_of,
     void_ids,
 )
-from casnap.constants import FRAME_CACHE_BYTES
+from casnap.constants import FRAME_CACHE_BYTES, INDEX_STREAM_BYTES
 from casnap.errors import IntegrityError, ObjectMissing
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
@@ -89,18 +89,27 @@ class Store:
 
     def load_index(self) -> None:
         """Read every index file into memory."""
-        parts = []
-        files = []
-        for key, _size in self.backend.list("index/"):
-            parts.append(self.load_index_file(key))
-            files.append(key)
+        self.index = ChunkIndex()  # the old one goes first: both at once could double memory
         index = ChunkIndex()
-        index.add(parts)
+        files = []
+        for key, size in self.backend.list("index/"):
+            index.add([self.load_index_file(key, size)], owned=True)
+            files.append(key)
         self.index = index
         self.index_files = files
 
-    def load_index_file(self, key: str) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
-        """One index file as (pack table, ids, fields), checked against its name."""
+    def load_index_file(
+        self, key: str, size: int | None = None
+    ) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+        """One index file as (pack table, ids, fields), checked against its name.
+
+        A large one (size, as listed, past INDEX_STREAM_BYTES) on a local backend is read and
+        decoded piece by piece (indexstream.py): never whole in memory. One on a remote backend
+        is read whole, so the cache below keeps it for the next open."""
+        if size is not None and size > INDEX_STREAM_BYTES and not self.backend.remote:
+            from casnap.indexstream import read_index
+
+            return read_index(key, lambda o, n: self.backend.get(key, o, n), size, self.ids)
         blob = self.backend.get(key)
         if self.ids(blob).hex() != key.rsplit("/", 1)[-1]:
             raise IntegrityError(f"{key}: index file does not match its name (damaged)")

@@ -11,14 +11,8 @@ import pytest
 
 from casnap import collector, repair, retention
 from casnap.checker import verify
-from casnap.chunkindex import (
-    FIELD_DTYPE,
-    EntryTable,
-    decode_index,
-    encode_index,
-    merge_parts,
-    unique_ids,
-)
+from casnap.chunkindex import FIELD_DTYPE, decode_index, encode_index, unique_ids
+from casnap.entrytable import EntryTable, merge_parts
 from casnap.ids import ObjectId, hash_bytes
 from casnap.reachability import walk
 from casnap.repository import Repository
