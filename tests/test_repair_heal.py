@@ -31,6 +31,8 @@ def test_a_commit_after_a_lossy_repair_heals(password: str | None, tmp_path: Pat
     pack.write_bytes(bytes(raw))
     code, out, err = run(repo, data, "repair-index", "--json", password=password)
     assert json.loads(out)["missing"] > 0, err
+    assert code == 9, err  # as without --json: blobs the snapshots need are lost
+    assert err.startswith("casnap: error: repair-index:") and len(err.strip().splitlines()) == 1
     code, out, err = run(repo, data, "commit", "-m", "heal", "--json", password=password)
     assert code == 0, err
     healed = json.loads(out)

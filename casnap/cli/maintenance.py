@@ -415,14 +415,14 @@ def repair_index(c: Context, as_json: bool) -> None:
     r = repair.repair_index(c.open())
     if as_json:
         emit_json(r.to_json())
-        return
-    for key, reason in r.skipped:
-        click.echo(printable(f"{key}: {reason}", backslash=False))
-    c.say(
-        f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
-        f"{len(r.skipped)} pack(s) damaged, {r.index_files_removed} old index file(s) removed"
-    )
-    if r.missing:
+    else:
+        for key, reason in r.skipped:
+            click.echo(printable(f"{key}: {reason}", backslash=False))
+        c.say(
+            f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
+            f"{len(r.skipped)} pack(s) damaged, {r.index_files_removed} old index file(s) removed"
+        )
+    if r.missing:  # with --json too: the exit code, not only the report, says blobs are lost
         raise CheckFailed(
             f"repair-index: {r.missing} blob(s) the snapshots need are in no intact pack; "
             "run `casnap verify` to see which files they break"
