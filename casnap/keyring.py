@@ -143,7 +143,7 @@ def read_export(path: Path) -> KeyFile:
     try:
         doc = json.loads(raw)
         key_id = str(doc["id"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IntegrityError(f"{path} is not a casnap key export") from exc
     return keys.parse_key_file(key_id, raw, str(path))
 

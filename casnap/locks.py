@@ -162,7 +162,7 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
     except CasnapError:
         return None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         # a torn or foreign lock file: treat as held by an unknown process, exclusive
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
 

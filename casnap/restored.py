@@ -101,7 +101,7 @@ def load(repo_id: str, source: str) -> Restored | None:
         files = {
             str(p): (tuple(int(x) for x in fp), str(sid)) for p, (fp, sid) in d["files"].items()
         }
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return Restored(source, files)
 

@@ -18,7 +18,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casnap import chunkindex, chunklist, compression, manifest, packs
+from casnap import chunkindex, chunklist, compression, locks, manifest, packs
 from casnap.backends import LocalBackend, MemoryBackend
 from casnap.committer import commit
 from casnap.config import default_config
@@ -194,6 +194,26 @@ def test_deeply_nested_json_is_an_integrity_error() -> None:
     backend.put("config", b"[" * 100_000)
     with pytest.raises(CasnapError, match="config is damaged"):
         Repository.open_backend(backend)
+
+
+def test_deeply_nested_lock_key_and_checkout_record_are_no_internal_error(
+    tmp_path: Path,
+) -> None:
+    """Every JSON casnap reads from a repository or its own records meets a nesting bomb as
+    damage (an unreadable lock counts as held), never as a crash."""
+    from casnap import keys, restored
+
+    bomb = b"[" * 100_000 + b"]" * 100_000
+    backend = MemoryBackend()
+    backend.put("locks/" + "ab" * 32, bomb)
+    (held,) = locks.holders(backend)
+    assert not held.readable and held.exclusive
+    with pytest.raises(CasnapError, match="key"):
+        keys.parse_key_file("cd" * 32, bomb, "keys/" + "cd" * 32)
+    source = str(tmp_path / "data")
+    restored._path("ef" * 32, source).parent.mkdir(parents=True, exist_ok=True)
+    restored._path("ef" * 32, source).write_bytes(bomb)
+    assert restored.load("ef" * 32, source) is None
 
 
 @pytest.mark.parametrize(
