@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from casnap.backends.base import Backend
@@ -167,10 +167,20 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
 
 
+LOCKS = "locks/"
+Listing = dict[str, list[tuple[str, int]]]  # (key, size) of the objects of each folder listed
+
+
 def holders(backend: Backend, own: str | None = None) -> list[LockInfo]:
     """Every lock currently present (stale ones included) but own (not read: it is ours)."""
+    return _holders(backend, backend.list(LOCKS), own)
+
+
+def _holders(
+    backend: Backend, listing: Iterable[tuple[str, int]], own: str | None
+) -> list[LockInfo]:
     out = []
-    for key, _ in backend.list("locks/"):
+    for key, _ in listing:
         if key == own:
             continue
         info = _read(backend, key)
@@ -180,16 +190,29 @@ def holders(backend: Backend, own: str | None = None) -> list[LockInfo]:
 
 
 def _conflict(
-    backend: Backend, own: str, exclusive: bool, stale_after: float = LOCK_STALE_SECONDS
-) -> LockInfo | None:
-    """The first live lock that conflicts with ours; stale locks found on the way are removed."""
-    for info in holders(backend, own):
+    backend: Backend,
+    own: str,
+    exclusive: bool,
+    stale_after: float = LOCK_STALE_SECONDS,
+    along: Sequence[str] = (),
+) -> tuple[LockInfo | None, Listing]:
+    """The first live lock that conflicts with ours, stale locks found on the way removed; and
+    what the folders `along` held, listed in the same request as locks/ where the store can
+    (Backend.list_several)."""
+    listed: Listing = {folder: [] for folder in along}
+    found: list[tuple[str, int]] = []
+    for key, size in backend.list_several((LOCKS, *along)) if along else backend.list(LOCKS):
+        if key.startswith(LOCKS):
+            found.append((key, size))
+        else:
+            listed[next(f for f in along if key.startswith(f))].append((key, size))
+    for info in _holders(backend, found, own):
         if info.stale(stale_after):
             backend.delete(info.key)
             continue
         if exclusive or info.exclusive:
-            return info
-    return None
+            return info, listed
+    return None, listed
 
 
 def lock_wait() -> float:
@@ -279,6 +302,8 @@ def locked(
     notify: Callable[[str], None] | None = None,
     refresh: float = LOCK_REFRESH_SECONDS,
     stale: float = LOCK_STALE_SECONDS,
+    along: Sequence[str] = (),
+    listed: Callable[[Listing], None] | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
@@ -289,7 +314,12 @@ def locked(
     lock was removed (found stale, or `unlock --force`) raises LockError: a gc may have run.
 
     With unwritable, a shared lock that cannot be written for lack of permission or on a
-    read-only filesystem is skipped: unwritable is told so in one line and the block runs."""
+    read-only filesystem is skipped: unwritable is told so in one line and the block runs.
+
+    The folders `along` are listed with locks/, in one request where the store can, and
+    listed hears what they held before the block runs: that listing is made after our lock
+    was written and finds no conflicting one, so it sees the repository as the lock keeps it
+    (docs/FORMAT.md, "One listing for the lock and the snapshots")."""
     if not 0 < refresh < stale:
         raise ValueError(f"lock refresh every {refresh} s must be > 0 and below stale {stale} s")
     if wait is None:
@@ -317,7 +347,7 @@ def locked(
             yield
             return
         try:
-            conflict = _conflict(backend, key, exclusive, stale)
+            conflict, seen = _conflict(backend, key, exclusive, stale, along)
         except BaseException:
             # never leave our own lock behind: this process lives on and would block gc forever
             with contextlib.suppress(CasnapError):
@@ -335,6 +365,8 @@ def locked(
         delay = min(delay * 2, 1.0)
     held = _Held(backend, key, record, refresh, stale)
     try:
+        if listed is not None:
+            listed(seen)
         yield
     except BaseException:
         held.stop()

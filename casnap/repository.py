@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,8 @@ from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.opening import confirm, read_config
 from casnap.phases import opening
 from casnap.spans import ListsAhead
+
+SNAPSHOTS = "snapshots/"
 
 if TYPE_CHECKING:  # the store (numpy) is made on first use
     from casnap.store import Store
@@ -79,6 +81,8 @@ class Repository:
         self.no_lock = False
         self.on_unwritable: Callable[[str], None] | None = None
         self._snapshots: dict[ObjectId, Snapshot] | None = None
+        # folders listed with the lock held now (Repository.lock's listing): read from here
+        self._listed: locks.Listing = {}
         self._index_loaded = False
         self.opened_at: float | None = None  # perf_counter() when opening began (phases.py)
 
@@ -300,19 +304,51 @@ class Repository:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def lock(self, operation: str, dry_run: bool = False) -> contextlib.AbstractContextManager:
+    def lock(
+        self, operation: str, dry_run: bool = False, listing: Sequence[str] = ()
+    ) -> contextlib.AbstractContextManager:
         """Take the repository lock an operation needs (locks.MODES) for a block; a dry run of
-        an operation that deletes only reads, so it takes the shared lock."""
+        an operation that deletes only reads, so it takes the shared lock. The folders in
+        listing are listed with the lock's own check (one request on S3) and read from that
+        listing while the block runs (`listed`)."""
         exclusive = locks.exclusive(operation) and not dry_run
         if self.no_lock and not exclusive:
             return contextlib.nullcontext()
-        return locks.locked(
+        held = locks.locked(
             self.backend,
             operation + (" --dry-run" if dry_run else ""),
             exclusive,
             unwritable=self.on_unwritable,
             notify=self.notify,
+            along=listing,
+            listed=self._listed.update,
         )
+        return self._keeping_listing(held) if listing else held
+
+    @contextlib.contextmanager
+    def _keeping_listing(self, held: contextlib.AbstractContextManager) -> Iterator[None]:
+        """held, with what its lock listed forgotten when it ends."""
+        try:
+            with held:
+                yield
+        finally:
+            self._listed.clear()
+
+    def listed(self, folder: str) -> list[tuple[str, int]]:
+        """(key, size) of the objects in folder: as the listing made with the lock held now
+        found them when it covered folder (no request), else listed now."""
+        found = self._listed.get(folder)
+        return list(found) if found is not None else list(self.backend.list(folder))
+
+    def still_there(self) -> None:
+        """RepositoryNotFound when the repository was taken back since it was opened (a failed
+        first commit removes the repository it created); call it holding the lock. A snapshot
+        listed means the config is there (a repository is taken back only while it holds
+        none): only a repository without one has its config looked up."""
+        if self.snapshots():
+            return
+        if not self.backend.exists("config"):
+            raise RepositoryNotFound(f"no casnap repository at {self.backend.location}")
 
     def ensure_index(self) -> None:
         """Load the index files, once (refresh drops them when another process changed them)."""
@@ -336,7 +372,7 @@ class Repository:
             if present != set(self.store.index_files):
                 self._index_loaded = False
         if self._snapshots is not None:
-            names = (k.rsplit("/", 1)[-1] for k, _ in self.backend.list("snapshots/"))
+            names = (k.rsplit("/", 1)[-1] for k, _ in self.listed(SNAPSHOTS))
             present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
             if present != {sid.hex() for sid in self._snapshots}:
                 self._snapshots = None
@@ -364,6 +400,7 @@ class Repository:
         """A snapshot this process just stored joins the cached list."""
         if self._snapshots is not None:
             self._snapshots[sid] = snap
+        self._listed.pop(SNAPSHOTS, None)  # no longer what the folder holds
 
     def remove_snapshot(self, sid: ObjectId) -> None:
         """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
@@ -383,7 +420,7 @@ class Repository:
         """Every snapshot, oldest first."""
         if self._snapshots is None:
             found: dict[ObjectId, Snapshot] = {}
-            self._sizes = dict(self.backend.list("snapshots/"))
+            self._sizes = dict(self.listed(SNAPSHOTS))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
             for key in self._sizes:

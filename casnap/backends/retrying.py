@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from casnap.backends.base import Backend, Wrapper, check_key
@@ -107,12 +107,20 @@ class RetryingBackend(Wrapper):
         return self._call(lambda: self.inner.get(key, offset, length))
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return self._listing(lambda: self.inner.list(prefix))
+
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        return self._listing(lambda: self.inner.list_several(prefixes))
+
+    def _listing(self, start: Callable[[], Iterator[tuple[str, int]]]) -> Iterator[tuple[str, int]]:
+        """The listing start() makes, started again after a transient failure; keys already
+        yielded are skipped (see the module docstring)."""
         seen: set[str] = set()
         failures = 0
         while True:
             progress = False
             try:
-                for key, size in self.inner.list(prefix):
+                for key, size in start():
                     if key in seen:
                         continue
                     seen.add(key)

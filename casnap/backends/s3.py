@@ -27,10 +27,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from casnap.backends.base import Backend, check_key, check_prefix, check_range
+from casnap.backends.base import (
+    Backend,
+    check_key,
+    check_prefix,
+    check_range,
+    checked_prefixes,
+)
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -54,6 +60,9 @@ CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 READ_TIMEOUT = 60.0  # seconds without a byte from the store
 POOL_SIZE = 64  # connections: the restore pipeline reads ranges from many threads at once
 CONFLICT_TRIES = 5  # 409 ConditionalRequestConflict: another write of the key is under way
+# The folder holding most of a repository's objects: a listing of the folders around it rolls it
+# up into one entry instead of paging through every pack (list_several).
+BULK_FOLDER = "packs/"
 ENDPOINT_VARS = ("CASNAP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 _MISSING = {"NoSuchKey", "NotFound", "404"}
@@ -68,6 +77,8 @@ _DENIED = {
     "InvalidToken",
     "ExpiredToken",
 }
+# answers of a store that does not list a range with a delimiter of several characters
+_UNSUPPORTED = {"InvalidArgument", "NotImplemented", "InvalidRequest"}
 _TRANSIENT = {
     "SlowDown",
     "Throttling",
@@ -139,6 +150,7 @@ class S3Backend(Backend):
         self._root = f"{url.prefix}/" if url.prefix else ""
         self._client = client if client is not None else make_client()
         self._conditional = True  # False once the store said it has no conditional writes
+        self._ranged = True  # False once the store refused a listing of several folders
 
     remote = True
     checked_puts = True  # the checksum of every upload is checked by the store (make_client)
@@ -294,6 +306,49 @@ class S3Backend(Backend):
                     if key.endswith("/"):  # a folder marker another tool made
                         continue
                     yield key, int(item["Size"])
+
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        """One listing of the key range from the first folder to the end of the last, in place
+        of one per folder: `StartAfter` skips what lies before, the listing stops once past the
+        last folder, and the pack folder lying between (locks/ and snapshots/ around packs/)
+        is rolled up into one entry by naming it as the delimiter. Another key in the range is
+        passed over; a store that refuses such a listing gets one per folder from then on."""
+        folders = checked_prefixes(prefixes)
+        if not self._ranged:
+            yield from super().list_several(folders)
+            return
+        cut, last = len(self._root), folders[-1]
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self._root,
+            "StartAfter": self._root + folders[0],
+            "PaginationConfig": {"PageSize": 1000},
+        }
+        if folders[0] < BULK_FOLDER < last and BULK_FOLDER not in folders:
+            args["Delimiter"] = BULK_FOLDER
+        pages = self._client.get_paginator("list_objects_v2").paginate(**args)
+        listed = False
+        with self._mapped(f"listing {', '.join(folders)}"):
+            try:
+                for page in pages:
+                    listed = True
+                    for item in page.get("CommonPrefixes", ()):
+                        rolled = item["Prefix"][cut:]  # a key naming the delimiter inside a folder
+                        if rolled != BULK_FOLDER and rolled.startswith(tuple(folders)):
+                            yield from self.list(rolled)
+                    for item in page.get("Contents", ()):
+                        key = item["Key"][cut:]
+                        if key > last and not key.startswith(last):
+                            return  # past the last folder: keys come in order
+                        if key.startswith(tuple(folders)) and not key.endswith("/"):
+                            yield key, int(item["Size"])
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if listed or not (code in _UNSUPPORTED or status in (400, 501)):
+                    raise
+                self._ranged = False  # this store lists no ranges that way: folder by folder
+        if not self._ranged:
+            yield from super().list_several(folders)
 
     def delete(self, key: str) -> None:
         name = self._key(key)
