@@ -222,9 +222,9 @@ def lock_wait() -> float:
 
 class _Held:
     """Our lock while its block runs: the key of its current object, written afresh every
-    `refresh` seconds by a daemon thread (put the new object, check the old one is still there,
-    delete it). A lock found removed, or not refreshed for `stale` seconds, is lost: refreshing
-    stops, and `lost` says why."""
+    `refresh` seconds by a daemon thread (put the new object, then remove the old one, which
+    says whether it was still there). A lock found removed, or not refreshed for `stale`
+    seconds, is lost: refreshing stops, and `lost` says why."""
 
     def __init__(
         self, backend: Backend, key: str, record: dict[str, object], refresh: float, stale: float
@@ -257,30 +257,25 @@ class _Held:
                 self.lost = f"its lock could not be refreshed for {_duration(idle)} ({exc})"
                 return False
             return True  # the old object stands; try again next time
+        old = self.key
         try:
-            present = self.backend.exists(self.key)
+            present = self.backend.remove(old)
         except Exception:  # noqa: BLE001 - cannot tell: the new object is written, go on
             present = True
+            self.leftovers.append(old)  # removed again at release
         if not present:
             with contextlib.suppress(Exception):
                 self.backend.delete(new)
             self.lost = "its lock was removed while it ran"
             return False
-        old, self.key, self._last = self.key, new, time.monotonic()
-        try:
-            self.backend.delete(old)
-        except Exception:  # noqa: BLE001 - removed again at release
-            self.leftovers.append(old)
+        self.key, self._last = new, time.monotonic()
         return True
 
     def stop(self) -> str | None:
-        """Stop refreshing; why the lock was lost, None when it held to the end."""
+        """Stop refreshing; why the lock was lost so far (None: not known to be). Whether its
+        last object is still there is learnt when it is released (`_release`)."""
         self._stop.set()
         self._thread.join()
-        if self.lost is None:
-            with contextlib.suppress(CasnapError):
-                if not self.backend.exists(self.key):
-                    self.lost = "its lock was removed while it ran"
         return self.lost
 
 
@@ -370,10 +365,13 @@ def locked(
         yield
     except BaseException:
         held.stop()
-        _release(backend, [held.key, *held.leftovers])
+        _release(backend, held.key, held.leftovers)
         raise
     lost = held.stop()
-    _release(backend, [held.key, *held.leftovers])
+    # the lock must still be there now that the block's work is stored (its commit point):
+    # else a gc may have run meanwhile. Its removal says so, in one request where it can.
+    if not _release(backend, held.key, held.leftovers) and lost is None:
+        lost = "its lock was removed while it ran"
     if lost is not None:
         raise LockError(
             f"{operation} on {backend.location} finished, but {lost} (found stale by another "
@@ -382,18 +380,25 @@ def locked(
         )
 
 
-def _release(backend: Backend, keys: list[str], tries: int = 3) -> None:
-    """Remove our lock, retrying a failed delete: the work it guarded is done, and a lock left
-    by a live process blocks every gc until that process exits (or goes stale)."""
-    for key in keys:
+def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -> bool:
+    """Remove our lock (and old objects of it a refresh left), retrying a failed delete: the
+    work it guarded is done, and a lock left by a live process blocks every gc until that
+    process exits (or goes stale). Whether key was still there (after a failed try that may
+    have removed it: True)."""
+    present = True
+    for n, name in enumerate([key, *leftovers]):
         for attempt in range(tries):
             try:
-                backend.delete(key)
+                if n == 0:
+                    present = backend.remove(name) or attempt > 0
+                else:
+                    backend.delete(name)
                 break
             except CasnapError:
                 if attempt == tries - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+    return present
 
 
 def unlock(

@@ -13,6 +13,7 @@ differs drops the cached copies and says so.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from casnap import keys
 from casnap.backends.base import Backend
@@ -26,6 +27,13 @@ from casnap.errors import (
     UnsupportedFormat,
 )
 from casnap.keys import KEYS, KeyFile, PasswordSource
+
+if TYPE_CHECKING:
+    from casnap.backends.s3 import S3Backend
+
+# whether the store at a location honours a conditional delete (b"yes" / b"no"), kept with its
+# config so that each process does not ask it again
+DELETES = "store/conditional-deletes"
 
 
 def read_config(
@@ -70,3 +78,12 @@ def confirm(backend: Backend, kept: CachingBackend) -> None:
             f"the repository at {backend.location} is not the one this host opened there before "
             "(made anew?): its cached config was dropped; run the command again"
         )
+
+
+def remember_deletes(s3: S3Backend, kept: CachingBackend) -> None:
+    """Tell s3 what an earlier process learnt of its store's conditional deletes, and keep
+    what s3 learns (S3Backend.remove: a lock released in one request)."""
+    known = kept.kept(DELETES)
+    if known in (b"yes", b"no"):
+        s3.conditional_deletes = known == b"yes"
+    s3.learnt = lambda honours: kept.keep(DELETES, b"yes" if honours else b"no")

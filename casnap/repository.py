@@ -37,7 +37,7 @@ from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
-from casnap.opening import confirm, read_config
+from casnap.opening import confirm, read_config, remember_deletes
 from casnap.phases import opening
 from casnap.spans import ListsAhead
 
@@ -205,10 +205,14 @@ class Repository:
         if create and password is not None:
             keys.read_password(password)  # asked for (or missing) before anything is made
         kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
-        backend: Backend = RetryingBackend(repository_backend(url, create, check=not kept))
+        s3 = repository_backend(url, create, check=not kept)
+        backend: Backend = RetryingBackend(s3)
         try:
             if create:  # what was cached of an earlier repository at url is not this one's
                 shutil.rmtree(opened_cache_dir(url.url), ignore_errors=True)
+            if cache:
+                remember_deletes(s3, opened_cache(s3))
+            if create:
                 return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
             scratch = fsutil.private_scratch()
             return cls.open_backend(backend, scratch, password=password, cache=cache)

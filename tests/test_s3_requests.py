@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
+from casnap import locks
 from casnap.backends.base import Backend
 from casnap.committer import commit
 from casnap.errors import LockError
 from casnap.repository import Repository
 from casnap.stats import log_rows
 from tests.conftest import evolve_app, make_app
+from tests.helpers_reliability import wait_for
 from tests.test_s3 import run
 from tests.test_s3_hosts import _with_hostname
 from tests.util import snapshot_tree
@@ -28,13 +30,18 @@ from tests.util import snapshot_tree
 PW = "request counting"
 
 
-def s3_client(repo: Repository) -> Any:
-    """The boto3 client below the repository's retrying (and caching, encrypting) layers."""
+def s3_backend(repo: Repository) -> Any:
+    """The S3Backend below the repository's retrying (and caching, encrypting) layers."""
     layer: Backend | None = repo.raw_backend
     while layer is not None and not hasattr(layer, "_client"):
         layer = getattr(layer, "inner", None)
     assert layer is not None, "not an S3 repository"
-    return layer._client
+    return layer
+
+
+def s3_client(repo: Repository) -> Any:
+    """The boto3 client of the repository's S3Backend."""
+    return s3_backend(repo)._client
 
 
 class Requests:
@@ -85,8 +92,9 @@ def test_a_warm_no_change_commit_is_one_listing_and_no_download(
     ops = requests.operations()
     assert ops["ListObjectsV2"] == 1, requests.sent
     assert ops["GetObject"] == 0, requests.sent
-    # its lock and its manifest; the lock removed at the end
+    # its lock and its manifest; the lock removed at the end, which says it was still there
     assert ops["PutObject"] == 2 and ops["DeleteObject"] == 1, requests.sent
+    assert sum(ops.values()) == 4, requests.sent  # no HEAD of the config nor of the lock
 
 
 def test_a_warm_log_on_s3_is_one_listing(s3_bucket: str, tmp_path: Path) -> None:
@@ -174,3 +182,41 @@ def test_no_change_commits_of_two_hosts_racing_a_forget_and_gc_lose_nothing(
         code, _, err = run(url, d, "checkout", sid, "--to", str(target), "-q", password=PW)
         assert code == 0, err
         assert snapshot_tree(target) == snapshot_tree(d)
+
+
+def test_a_lock_taken_away_on_s3_is_noticed_by_its_release_alone(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """Refreshes and the release are conditional deletes of the lock's own objects, which
+    answer whether each was still there: a lock refreshed to the end is released without a HEAD,
+    one that `unlock --force` removed meanwhile still fails its holder."""
+    url = f"s3://{s3_bucket}/r"
+    committed_twice(url, tmp_path / "data")
+    repo, requests = open_s3(url)
+    with locks.locked(repo.backend, "commit", exclusive=False, refresh=0.05, stale=30):
+        wait_for(lambda: requests.operations()["PutObject"] >= 3, timeout=30)  # refreshed
+    assert locks.holders(repo.backend) == []
+    assert requests.operations()["HeadObject"] == 0, requests.sent
+    with pytest.raises(LockError, match="its lock was removed while it ran"):
+        with locks.locked(repo.backend, "commit", exclusive=False):
+            locks.unlock(repo.backend, force=True)
+    assert locks.holders(repo.backend) == []
+    repo.close()
+
+
+def test_a_store_without_conditional_deletes_gets_a_head_before_the_release(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """Where the store is known not to honour `If-Match` on a delete (a 204 would not say the
+    lock was there), the release looks first, and a lock taken away is still noticed."""
+    url = f"s3://{s3_bucket}/r"
+    committed_twice(url, tmp_path / "data")
+    repo, requests = open_s3(url)
+    s3_backend(repo).conditional_deletes = False
+    with locks.locked(repo.backend, "commit", exclusive=False):
+        pass
+    assert requests.operations()["HeadObject"] == 1, requests.sent
+    with pytest.raises(LockError, match="its lock was removed while it ran"):
+        with locks.locked(repo.backend, "commit", exclusive=False):
+            locks.unlock(repo.backend, force=True)
+    repo.close()

@@ -169,6 +169,15 @@ class Backend(ABC):
         for prefix in checked_prefixes(prefixes):
             yield from self.list(prefix)
 
+    def remove(self, key: str) -> bool:
+        """Delete key and say whether it was there: False when it was gone already (another
+        process deleted it), so a lock's holder learns with its release whether the lock was
+        taken from it (locks.py). The default looks first, one request more than delete where
+        each costs one; errors as delete's."""
+        present = self.exists(key)
+        self.delete(key)
+        return present
+
     def exists(self, key: str) -> bool:
         """True when key is stored (a folder of other keys is not). Raises ValueError for an
         invalid key; the default lists key's folder, backends answer it more cheaply."""

@@ -134,6 +134,11 @@ class CachingBackend(Wrapper):
         self.inner.delete(key)
         self._drop(check_key(key))
 
+    def remove(self, key: str) -> bool:
+        present = self.inner.remove(key)
+        self._drop(check_key(key))
+        return present
+
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 

@@ -129,6 +129,11 @@ class EncryptedBackend(Wrapper):
             self._headers.pop(key, None)
         self.inner.delete(key)
 
+    def remove(self, key: str) -> bool:
+        with self._lock:
+            self._headers.pop(key, None)
+        return self.inner.remove(key)
+
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 

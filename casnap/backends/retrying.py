@@ -19,6 +19,8 @@ Retrying must not change what a call means:
   skipped: each key is still yielded once. Failures count against `attempts` only while the new
   listing yields nothing new (a long listing that makes progress is never given up on).
 - delete of an absent key is no error, so a delete whose answer was lost is simply sent again.
+  remove says whether the key was there: after a lost answer the retry finds it gone, which the
+  lost attempt may have done, so a retried remove that finds nothing says it was there.
 """
 
 from __future__ import annotations
@@ -135,6 +137,18 @@ class RetryingBackend(Wrapper):
 
     def delete(self, key: str) -> None:
         self._call(lambda: self.inner.delete(key))
+
+    def remove(self, key: str) -> bool:
+        failed = False
+        for attempt in range(self.attempts):
+            try:
+                return self.inner.remove(key) or failed
+            except TransientError as exc:
+                if attempt == self.attempts - 1:
+                    raise self._give_up(exc) from exc
+                failed = True
+            self.sleep(self.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def exists(self, key: str) -> bool:
         return self._call(lambda: self.inner.exists(key))

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from casnap.backends.base import (
@@ -63,6 +66,8 @@ CONFLICT_TRIES = 5  # 409 ConditionalRequestConflict: another write of the key i
 # The folder holding most of a repository's objects: a listing of the folders around it rolls it
 # up into one entry instead of paging through every pack (list_several).
 BULK_FOLDER = "packs/"
+ETAG_MAX_SIZE = 64 * 1024  # the ETags of objects put up to this size are kept (locks: ~200 B)
+ETAGS_KEPT = 1024
 ENDPOINT_VARS = ("CASNAP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 _MISSING = {"NoSuchKey", "NotFound", "404"}
@@ -151,6 +156,13 @@ class S3Backend(Backend):
         self._client = client if client is not None else make_client()
         self._conditional = True  # False once the store said it has no conditional writes
         self._ranged = True  # False once the store refused a listing of several folders
+        # ETags of the small objects (locks) this backend put, for a conditional delete
+        self._etags: OrderedDict[str, str] = OrderedDict()
+        self._etag_lock = threading.Lock()
+        # whether the store honours If-Match on a delete (None: not known yet; remove learns
+        # it and tells learnt, which may keep it for the next process)
+        self.conditional_deletes: bool | None = None
+        self.learnt: Callable[[bool], None] | None = None
 
     remote = True
     checked_puts = True  # the checksum of every upload is checked by the store (make_client)
@@ -210,9 +222,10 @@ class S3Backend(Backend):
                 return self._put_unconditional(name, body)
             for attempt in range(CONFLICT_TRIES):
                 try:
-                    self._client.put_object(
+                    answer = self._client.put_object(
                         Bucket=self.bucket, Key=name, Body=body, IfNoneMatch="*"
                     )
+                    self._note_etag(name, body, answer)
                     return True
                 except botocore.exceptions.ClientError as exc:
                     code, status = _code(exc)
@@ -234,8 +247,18 @@ class S3Backend(Backend):
         """HEAD then PUT, for a store without conditional writes (racy: see the docstring)."""
         if self._head(name) is not None:
             return False
-        self._client.put_object(Bucket=self.bucket, Key=name, Body=body)
+        answer = self._client.put_object(Bucket=self.bucket, Key=name, Body=body)
+        self._note_etag(name, body, answer)
         return True
+
+    def _note_etag(self, name: str, body: bytes, answer: Any) -> None:
+        """Keep the ETag of a small object just put (a lock), for remove's conditional delete."""
+        etag = answer.get("ETag") if isinstance(answer, dict) else None
+        if etag and len(body) <= ETAG_MAX_SIZE:
+            with self._etag_lock:
+                self._etags[name] = str(etag)
+                if len(self._etags) > ETAGS_KEPT:
+                    self._etags.popitem(last=False)
 
     def _head(self, name: str) -> int | None:
         """The size of an object, None when absent."""
@@ -357,6 +380,45 @@ class S3Backend(Backend):
                 self._client.delete_object(Bucket=self.bucket, Key=name)
         except ObjectMissing:
             return  # deleting an absent key is no error
+
+    def remove(self, key: str) -> bool:
+        """A delete that says whether the object was there, in one request where it can: a
+        conditional delete (`If-Match` with the ETag of this backend's own put) answers 404
+        when the object is gone. Else (an object put elsewhere, a store that does not honour
+        the condition) a HEAD first."""
+        name = self._key(key)
+        with self._etag_lock:
+            etag = self._etags.pop(name, None)
+        with self._mapped(f"deleting {key}"):
+            if etag is None or not self._deletes_report():
+                return super().remove(key)
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=name, IfMatch=etag)
+                return True
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if code in _MISSING or status == 412:
+                    return False  # gone (412: another object under the key now, not ours)
+                raise
+
+    def _deletes_report(self) -> bool:
+        """Whether the store honours `If-Match` on a delete, learnt once by deleting an absent
+        key on a condition: a store that honours it answers 404 (or 412), one that ignores
+        it 204. `learnt` hears the answer (kept with the config: opening.py)."""
+        if self.conditional_deletes is None:
+            probe = f"{self._root}locks/{uuid.uuid4().hex}"
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=probe, IfMatch=f'"{"0" * 32}"')
+                honours = False
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if code == "NoSuchBucket" or not (code in _MISSING or status in (404, 412, 501)):
+                    raise
+                honours = status != 501
+            self.conditional_deletes = honours
+            if self.learnt is not None:
+                self.learnt(honours)
+        return self.conditional_deletes
 
     def exists(self, key: str) -> bool:
         name = self._key(key)
