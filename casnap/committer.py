@@ -55,7 +55,7 @@ from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.paths import commit_paths
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, CountingReader, ProgressFn
-from casnap.repository import SNAPSHOTS, Repository
+from casnap.repository import Repository
 
 if TYPE_CHECKING:  # made for the first file read (_storing)
     from concurrent.futures import ThreadPoolExecutor
@@ -185,10 +185,9 @@ def commit(
     committer = Committer(repo, options, progress)
     phases = committer.phases = Phases.begin(repo)  # counts the opening of a fresh repo
     try:
-        # the lock's check, the snapshots and the repair notes: one listing on S3
-        with repo.lock("commit", listing=(repair.REPAIRS, SNAPSHOTS)):
+        with repo.lock("commit"):  # its check lists the snapshots and repair notes too
             repo.refresh(only_if_changed=True)
-            repo.still_there()  # not taken back by a failed first commit
+            rollback.require_repository(repo)  # not taken back by a failed first commit
             phases.since("open", phases.start)
             result = committer.run(Path(data_dir), paths)
             repo.created = None  # in use now: never taken back

@@ -58,6 +58,11 @@ READ_ONLY_OPERATIONS = frozenset(
 )
 
 
+# The folders an operation reads first, listed with its lock's own check (one request on S3:
+# Backend.list_several): a commit's repair notes and snapshots (its parent, for the stat cache).
+LISTED_WITH_LOCK = {"commit": ("repairs/", "snapshots/")}
+
+
 def exclusive(operation: str) -> bool:
     """Whether an operation takes the exclusive lock; ValueError for an undeclared one."""
     if operation in EXCLUSIVE_OPERATIONS:
@@ -169,6 +174,24 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
 
 LOCKS = "locks/"
 Listing = dict[str, list[tuple[str, int]]]  # (key, size) of the objects of each folder listed
+
+
+class Listed:
+    """What the listing made with the lock held now found in the folders listed along with it
+    (LISTED_WITH_LOCK): a folder it covered is read from here at no request, any other listed
+    from backend when asked."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.found: Listing = {}
+
+    def __call__(self, folder: str) -> list[tuple[str, int]]:
+        found = self.found.get(folder)
+        return list(found) if found is not None else list(self.backend.list(folder))
+
+    def forget(self, folder: str) -> None:
+        """Drop folder's listing (this process changed the folder)."""
+        self.found.pop(folder, None)
 
 
 def holders(backend: Backend, own: str | None = None) -> list[LockInfo]:
@@ -297,8 +320,7 @@ def locked(
     notify: Callable[[str], None] | None = None,
     refresh: float = LOCK_REFRESH_SECONDS,
     stale: float = LOCK_STALE_SECONDS,
-    along: Sequence[str] = (),
-    listed: Callable[[Listing], None] | None = None,
+    listed: Listed | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
@@ -311,14 +333,15 @@ def locked(
     With unwritable, a shared lock that cannot be written for lack of permission or on a
     read-only filesystem is skipped: unwritable is told so in one line and the block runs.
 
-    The folders `along` are listed with locks/, in one request where the store can, and
-    listed hears what they held before the block runs: that listing is made after our lock
-    was written and finds no conflicting one, so it sees the repository as the lock keeps it
-    (docs/FORMAT.md, "One listing for the lock and the snapshots")."""
+    The folders LISTED_WITH_LOCK names for the operation are listed with locks/, in one
+    request where the store can, and kept in listed while the block runs: that listing is made
+    after our lock was written and finds no conflicting one, so it sees the repository as the
+    lock keeps it (docs/FORMAT.md, "One listing for the lock and the snapshots")."""
     if not 0 < refresh < stale:
         raise ValueError(f"lock refresh every {refresh} s must be > 0 and below stale {stale} s")
     if wait is None:
         wait = lock_wait()
+    along = LISTED_WITH_LOCK.get(operation, ()) if listed is not None else ()
     key = _new_key()
     pid = os.getpid()
     record: dict[str, object] = {
@@ -361,12 +384,15 @@ def locked(
     held = _Held(backend, key, record, refresh, stale)
     try:
         if listed is not None:
-            listed(seen)
+            listed.found = seen
         yield
     except BaseException:
         held.stop()
         _release(backend, held.key, held.leftovers)
         raise
+    finally:
+        if listed is not None:
+            listed.found = {}
     lost = held.stop()
     # the lock must still be there now that the block's work is stored (its commit point):
     # else a gc may have run meanwhile. Its removal says so, in one request where it can.

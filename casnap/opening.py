@@ -13,10 +13,10 @@ differs drops the cached copies and says so.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+import sys
 
 from casnap import keys
-from casnap.backends.base import Backend
+from casnap.backends.base import Backend, Wrapper
 from casnap.backends.cached import CachingBackend
 from casnap.crypto import MasterKey
 from casnap.errors import (
@@ -27,9 +27,6 @@ from casnap.errors import (
     UnsupportedFormat,
 )
 from casnap.keys import KEYS, KeyFile, PasswordSource
-
-if TYPE_CHECKING:
-    from casnap.backends.s3 import S3Backend
 
 # whether the store at a location honours a conditional delete (b"yes" / b"no"), kept with its
 # config so that each process does not ask it again
@@ -57,6 +54,7 @@ def read_config(
                 files.append(keys.parse_key_file(key.removeprefix(KEYS), blob, key))
     plain, opened = keys.open_config(backend, raw, password, trusted=trusted, kept=files)
     if kept is not None:
+        remember_deletes(backend, kept)
         if not trusted:
             kept.keep("config", raw)
         if opened is not None and opened[0].id not in {f.id for f in files}:
@@ -80,9 +78,15 @@ def confirm(backend: Backend, kept: CachingBackend) -> None:
         )
 
 
-def remember_deletes(s3: S3Backend, kept: CachingBackend) -> None:
-    """Tell s3 what an earlier process learnt of its store's conditional deletes, and keep
-    what s3 learns (S3Backend.remove: a lock released in one request)."""
+def remember_deletes(backend: Backend, kept: CachingBackend) -> None:
+    """On S3, tell the backend what an earlier process learnt of its store's conditional
+    deletes, and keep what it learns (S3Backend.remove: a lock released in one request)."""
+    s3 = backend
+    while isinstance(s3, Wrapper):
+        s3 = s3.inner
+    module = sys.modules.get("casnap.backends.s3")  # not imported: no S3 backend exists
+    if module is None or not isinstance(s3, module.S3Backend):
+        return
     known = kept.kept(DELETES)
     if known in (b"yes", b"no"):
         s3.conditional_deletes = known == b"yes"

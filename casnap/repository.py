@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +37,9 @@ from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
-from casnap.opening import confirm, read_config, remember_deletes
+from casnap.opening import confirm, read_config
 from casnap.phases import opening
 from casnap.spans import ListsAhead
-
-SNAPSHOTS = "snapshots/"
 
 if TYPE_CHECKING:  # the store (numpy) is made on first use
     from casnap.store import Store
@@ -66,6 +64,7 @@ class Repository:
             backend = EncryptedBackend(backend, crypto.Sealer(unlocked.master.encryption_key))
             self.ids = IdHasher(unlocked.master.id_key)
         self.backend = backend
+        self.listed = locks.Listed(backend)  # folders listed with the lock held now (lock)
         self.root = root  # the repository's directory, for a local repository
         self.config = config
         # scratch space: database images, verify --smoke restores
@@ -81,8 +80,6 @@ class Repository:
         self.no_lock = False
         self.on_unwritable: Callable[[str], None] | None = None
         self._snapshots: dict[ObjectId, Snapshot] | None = None
-        # folders listed with the lock held now (Repository.lock's listing): read from here
-        self._listed: locks.Listing = {}
         self._index_loaded = False
         self.opened_at: float | None = None  # perf_counter() when opening began (phases.py)
 
@@ -205,14 +202,10 @@ class Repository:
         if create and password is not None:
             keys.read_password(password)  # asked for (or missing) before anything is made
         kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
-        s3 = repository_backend(url, create, check=not kept)
-        backend: Backend = RetryingBackend(s3)
+        backend: Backend = RetryingBackend(repository_backend(url, create, check=not kept))
         try:
             if create:  # what was cached of an earlier repository at url is not this one's
                 shutil.rmtree(opened_cache_dir(url.url), ignore_errors=True)
-            if cache:
-                remember_deletes(s3, opened_cache(s3))
-            if create:
                 return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
             scratch = fsutil.private_scratch()
             return cls.open_backend(backend, scratch, password=password, cache=cache)
@@ -308,51 +301,20 @@ class Repository:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def lock(
-        self, operation: str, dry_run: bool = False, listing: Sequence[str] = ()
-    ) -> contextlib.AbstractContextManager:
+    def lock(self, operation: str, dry_run: bool = False) -> contextlib.AbstractContextManager:
         """Take the repository lock an operation needs (locks.MODES) for a block; a dry run of
-        an operation that deletes only reads, so it takes the shared lock. The folders in
-        listing are listed with the lock's own check (one request on S3) and read from that
-        listing while the block runs (`listed`)."""
+        an operation that deletes only reads, so it takes the shared lock."""
         exclusive = locks.exclusive(operation) and not dry_run
         if self.no_lock and not exclusive:
             return contextlib.nullcontext()
-        held = locks.locked(
+        return locks.locked(
             self.backend,
             operation + (" --dry-run" if dry_run else ""),
             exclusive,
             unwritable=self.on_unwritable,
             notify=self.notify,
-            along=listing,
-            listed=self._listed.update,
+            listed=self.listed,
         )
-        return self._keeping_listing(held) if listing else held
-
-    @contextlib.contextmanager
-    def _keeping_listing(self, held: contextlib.AbstractContextManager) -> Iterator[None]:
-        """held, with what its lock listed forgotten when it ends."""
-        try:
-            with held:
-                yield
-        finally:
-            self._listed.clear()
-
-    def listed(self, folder: str) -> list[tuple[str, int]]:
-        """(key, size) of the objects in folder: as the listing made with the lock held now
-        found them when it covered folder (no request), else listed now."""
-        found = self._listed.get(folder)
-        return list(found) if found is not None else list(self.backend.list(folder))
-
-    def still_there(self) -> None:
-        """RepositoryNotFound when the repository was taken back since it was opened (a failed
-        first commit removes the repository it created); call it holding the lock. A snapshot
-        listed means the config is there (a repository is taken back only while it holds
-        none): only a repository without one has its config looked up."""
-        if self.snapshots():
-            return
-        if not self.backend.exists("config"):
-            raise RepositoryNotFound(f"no casnap repository at {self.backend.location}")
 
     def ensure_index(self) -> None:
         """Load the index files, once (refresh drops them when another process changed them)."""
@@ -376,7 +338,7 @@ class Repository:
             if present != set(self.store.index_files):
                 self._index_loaded = False
         if self._snapshots is not None:
-            names = (k.rsplit("/", 1)[-1] for k, _ in self.listed(SNAPSHOTS))
+            names = (k.rsplit("/", 1)[-1] for k, _ in self.listed("snapshots/"))
             present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
             if present != {sid.hex() for sid in self._snapshots}:
                 self._snapshots = None
@@ -404,7 +366,7 @@ class Repository:
         """A snapshot this process just stored joins the cached list."""
         if self._snapshots is not None:
             self._snapshots[sid] = snap
-        self._listed.pop(SNAPSHOTS, None)  # no longer what the folder holds
+        self.listed.forget("snapshots/")  # no longer what the folder holds
 
     def remove_snapshot(self, sid: ObjectId) -> None:
         """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
@@ -424,7 +386,7 @@ class Repository:
         """Every snapshot, oldest first."""
         if self._snapshots is None:
             found: dict[ObjectId, Snapshot] = {}
-            self._sizes = dict(self.listed(SNAPSHOTS))
+            self._sizes = dict(self.listed("snapshots/"))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
             for key in self._sizes:
