@@ -225,10 +225,13 @@ def _conflict(
     listed: Listing = {folder: [] for folder in along}
     found: list[tuple[str, int]] = []
     for key, size in backend.list_several((LOCKS, *along)) if along else backend.list(LOCKS):
-        if key.startswith(LOCKS):
+        folder = (
+            LOCKS if key.startswith(LOCKS) else next((f for f in along if key.startswith(f)), None)
+        )
+        if folder == LOCKS:
             found.append((key, size))
-        else:
-            listed[next(f for f in along if key.startswith(f))].append((key, size))
+        elif folder is not None:
+            listed[folder].append((key, size))
     for info in _holders(backend, found, own):
         if info.stale(stale_after):
             backend.delete(info.key)

@@ -140,18 +140,14 @@ class LocalBackend(Backend):
                 yield key, size
 
     def delete(self, key: str) -> None:
-        self.remove(key)
-
-    def remove(self, key: str) -> bool:
         path = self._path(key)
         try:
             path.unlink()
         except (FileNotFoundError, NotADirectoryError):  # absent, or below an object: not there
-            return False
+            return
         except OSError as exc:
             raise from_oserror(exc, f"deleting {path}") from exc
         fsync_dir(path.parent)
-        return True
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
