@@ -1,7 +1,8 @@
 """What a warm `log` and a commit that finds nothing changed ask of S3, counted on the real moto
 server (tests/s3server.py) through the client's own event hooks, and the lock protocol that the
-commit's single listing still carries: a commit refused while an exclusive lock is held, and
-commits of two hosts racing a forget and a gc lose nothing."""
+commit's single listing and its one-request release still carry: a commit refused while an
+exclusive lock is held, commits of two hosts racing a forget and a gc lose nothing, and a lock
+taken away is noticed by its holder with or without conditional deletes."""
 
 from __future__ import annotations
 
