@@ -7,6 +7,9 @@ byte. Tools: casnap on local disk (the baseline), casnap on S3, restic on S3; al
 (restic always is; casnap's S3 default is ``repokey``). Then ``casnap copy`` of the local
 repository to a fresh S3 prefix, twice: the second copy must send about nothing.
 
+It also counts the requests a warm commit that finds nothing changed and a warm ``log`` send
+to S3 (``s3_requests.py``; printed and kept as ``requests`` in ``s3.json``).
+
 Why: casnap on S3 should cost little more than on local disk (the targets: commit and checkout
 within 1.5x, faster than restic on the same server) and store the same bytes.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from phase_report import LEGEND, median_phases, phase_table, phases_of
+from s3_requests import describe, environment, warm_requests
 from tools import Measured, ToolError, compare_trees, empty_dir, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +174,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="casnap-s3-bench-", dir=args.work))
     port = free_port()
     server = start_server(port)
-    result: dict[str, Any] = {"config": vars(args) | {"out": str(args.out)}, "tools": {}}
+    config = vars(args) | {"out": str(args.out), "work": args.work and str(args.work)}
+    result: dict[str, Any] = {"config": config, "tools": {}}
     try:
         bench = Bench(port, work)
         data = work / "data"
@@ -217,6 +222,10 @@ def main() -> None:
             print(
                 f"restore: {name:<13} {m.seconds:6.2f} s  {'ok' if ok else 'MISMATCH'}", flush=True
             )
+        with environment(bench.env):  # the data dir is as the last commits left it
+            result["requests"] = warm_requests(f"s3://{BUCKET}/casnap", data, PASSWORD)
+        for what in ("commit", "log"):
+            print(f"warm {what}: {describe(result['requests'][what])}", flush=True)
         copies = []
         for n in range(2):
             before = bench.stored("copy")
@@ -251,6 +260,10 @@ def print_table(result: dict[str, Any], out: Callable[[str], None]) -> None:
             f"{'-' if later is None else f'{later:.2f}'} | {r['restore_seconds']:.2f} | "
             f"{'yes' if r['restore_ok'] else 'NO'} |"
         )
+    requests = result.get("requests")
+    if requests:
+        out(f"warm no-change commit on S3: {describe(requests['commit'])}")
+        out(f"warm log on S3: {describe(requests['log'])}")
     for n, c in enumerate(result.get("copy", []), 1):
         out(f"copy {n}: {c['seconds']:.2f} s, {c['sent_bytes'] / MIB:.1f} MiB sent")
     timed = {n: r for n, r in result.get("tools", {}).items() if r.get("commit_phases_first")}

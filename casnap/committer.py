@@ -38,7 +38,6 @@ from casnap.errors import (
     EmptySnapshot,
     InconsistentData,
     InvalidArgument,
-    RepositoryNotFound,
     SourceError,
     UnreadableSource,
     from_oserror,
@@ -167,10 +166,9 @@ def commit(
     committer = Committer(repo, options, progress)
     phases = committer.phases = Phases.begin(repo)  # counts the opening of a fresh repo
     try:
-        with repo.lock("commit"):
-            if not repo.backend.exists("config"):  # taken back by a failed first commit
-                raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
+        with repo.lock("commit"):  # its check lists the snapshots and repair notes too
             repo.refresh(only_if_changed=True)
+            rollback.require_repository(repo)  # not taken back by a failed first commit
             phases.since("open", phases.start)
             result = committer.run(Path(data_dir), paths)
             repo.created = None  # in use now: never taken back

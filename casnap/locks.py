@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from casnap.backends.base import Backend
@@ -56,6 +56,11 @@ SHARED_OPERATIONS = frozenset(
 READ_ONLY_OPERATIONS = frozenset(
     {"verify", "diff", "stats", "checkout", "log", "show", "ls", "cat"}
 )
+
+
+# The folders an operation reads first, listed with its lock's own check (one request on S3:
+# Backend.list_several): a commit's repair notes and snapshots (its parent, for the stat cache).
+LISTED_WITH_LOCK = {"commit": ("repairs/", "snapshots/")}
 
 
 def exclusive(operation: str) -> bool:
@@ -167,10 +172,38 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
 
 
+LOCKS = "locks/"
+Listing = dict[str, list[tuple[str, int]]]  # (key, size) of the objects of each folder listed
+
+
+class Listed:
+    """What the listing made with the lock held now found in the folders listed along with it
+    (LISTED_WITH_LOCK): a folder it covered is read from here at no request, any other listed
+    from backend when asked."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.found: Listing = {}
+
+    def __call__(self, folder: str) -> list[tuple[str, int]]:
+        found = self.found.get(folder)
+        return list(found) if found is not None else list(self.backend.list(folder))
+
+    def forget(self, folder: str) -> None:
+        """Drop folder's listing (this process changed the folder)."""
+        self.found.pop(folder, None)
+
+
 def holders(backend: Backend, own: str | None = None) -> list[LockInfo]:
     """Every lock currently present (stale ones included) but own (not read: it is ours)."""
+    return _holders(backend, backend.list(LOCKS), own)
+
+
+def _holders(
+    backend: Backend, listing: Iterable[tuple[str, int]], own: str | None
+) -> list[LockInfo]:
     out = []
-    for key, _ in backend.list("locks/"):
+    for key, _ in listing:
         if key == own:
             continue
         info = _read(backend, key)
@@ -180,16 +213,32 @@ def holders(backend: Backend, own: str | None = None) -> list[LockInfo]:
 
 
 def _conflict(
-    backend: Backend, own: str, exclusive: bool, stale_after: float = LOCK_STALE_SECONDS
-) -> LockInfo | None:
-    """The first live lock that conflicts with ours; stale locks found on the way are removed."""
-    for info in holders(backend, own):
+    backend: Backend,
+    own: str,
+    exclusive: bool,
+    stale_after: float = LOCK_STALE_SECONDS,
+    along: Sequence[str] = (),
+) -> tuple[LockInfo | None, Listing]:
+    """The first live lock that conflicts with ours, stale locks found on the way removed; and
+    what the folders `along` held, listed in the same request as locks/ where the store can
+    (Backend.list_several)."""
+    listed: Listing = {folder: [] for folder in along}
+    found: list[tuple[str, int]] = []
+    for key, size in backend.list_several((LOCKS, *along)) if along else backend.list(LOCKS):
+        folder = (
+            LOCKS if key.startswith(LOCKS) else next((f for f in along if key.startswith(f)), None)
+        )
+        if folder == LOCKS:
+            found.append((key, size))
+        elif folder is not None:
+            listed[folder].append((key, size))
+    for info in _holders(backend, found, own):
         if info.stale(stale_after):
             backend.delete(info.key)
             continue
         if exclusive or info.exclusive:
-            return info
-    return None
+            return info, listed
+    return None, listed
 
 
 def lock_wait() -> float:
@@ -199,9 +248,9 @@ def lock_wait() -> float:
 
 class _Held:
     """Our lock while its block runs: the key of its current object, written afresh every
-    `refresh` seconds by a daemon thread (put the new object, check the old one is still there,
-    delete it). A lock found removed, or not refreshed for `stale` seconds, is lost: refreshing
-    stops, and `lost` says why."""
+    `refresh` seconds by a daemon thread (put the new object, then remove the old one, which
+    says whether it was still there). A lock found removed, or not refreshed for `stale`
+    seconds, is lost: refreshing stops, and `lost` says why."""
 
     def __init__(
         self, backend: Backend, key: str, record: dict[str, object], refresh: float, stale: float
@@ -234,30 +283,25 @@ class _Held:
                 self.lost = f"its lock could not be refreshed for {_duration(idle)} ({exc})"
                 return False
             return True  # the old object stands; try again next time
+        old = self.key
         try:
-            present = self.backend.exists(self.key)
+            present = self.backend.remove(old)
         except Exception:  # noqa: BLE001 - cannot tell: the new object is written, go on
             present = True
+            self.leftovers.append(old)  # removed again at release
         if not present:
             with contextlib.suppress(Exception):
                 self.backend.delete(new)
             self.lost = "its lock was removed while it ran"
             return False
-        old, self.key, self._last = self.key, new, time.monotonic()
-        try:
-            self.backend.delete(old)
-        except Exception:  # noqa: BLE001 - removed again at release
-            self.leftovers.append(old)
+        self.key, self._last = new, time.monotonic()
         return True
 
     def stop(self) -> str | None:
-        """Stop refreshing; why the lock was lost, None when it held to the end."""
+        """Stop refreshing; why the lock was lost so far (None: not known to be). Whether its
+        last object is still there is learnt when it is released (`_release`)."""
         self._stop.set()
         self._thread.join()
-        if self.lost is None:
-            with contextlib.suppress(CasnapError):
-                if not self.backend.exists(self.key):
-                    self.lost = "its lock was removed while it ran"
         return self.lost
 
 
@@ -279,6 +323,7 @@ def locked(
     notify: Callable[[str], None] | None = None,
     refresh: float = LOCK_REFRESH_SECONDS,
     stale: float = LOCK_STALE_SECONDS,
+    listed: Listed | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
@@ -289,11 +334,17 @@ def locked(
     lock was removed (found stale, or `unlock --force`) raises LockError: a gc may have run.
 
     With unwritable, a shared lock that cannot be written for lack of permission or on a
-    read-only filesystem is skipped: unwritable is told so in one line and the block runs."""
+    read-only filesystem is skipped: unwritable is told so in one line and the block runs.
+
+    The folders LISTED_WITH_LOCK names for the operation are listed with locks/, in one
+    request where the store can, and kept in listed while the block runs: that listing is made
+    after our lock was written and finds no conflicting one, so it sees the repository as the
+    lock keeps it (docs/FORMAT.md, "One listing for the lock and the snapshots")."""
     if not 0 < refresh < stale:
         raise ValueError(f"lock refresh every {refresh} s must be > 0 and below stale {stale} s")
     if wait is None:
         wait = lock_wait()
+    along = LISTED_WITH_LOCK.get(operation, ()) if listed is not None else ()
     key = _new_key()
     pid = os.getpid()
     record: dict[str, object] = {
@@ -317,7 +368,7 @@ def locked(
             yield
             return
         try:
-            conflict = _conflict(backend, key, exclusive, stale)
+            conflict, seen = _conflict(backend, key, exclusive, stale, along)
         except BaseException:
             # never leave our own lock behind: this process lives on and would block gc forever
             with contextlib.suppress(CasnapError):
@@ -335,13 +386,21 @@ def locked(
         delay = min(delay * 2, 1.0)
     held = _Held(backend, key, record, refresh, stale)
     try:
+        if listed is not None:
+            listed.found = seen
         yield
     except BaseException:
         held.stop()
-        _release(backend, [held.key, *held.leftovers])
+        _release(backend, held.key, held.leftovers)
         raise
+    finally:
+        if listed is not None:
+            listed.found = {}
     lost = held.stop()
-    _release(backend, [held.key, *held.leftovers])
+    # the lock must still be there now that the block's work is stored (its commit point):
+    # else a gc may have run meanwhile. Its removal says so, in one request where it can.
+    if not _release(backend, held.key, held.leftovers) and lost is None:
+        lost = "its lock was removed while it ran"
     if lost is not None:
         raise LockError(
             f"{operation} on {backend.location} finished, but {lost} (found stale by another "
@@ -350,18 +409,25 @@ def locked(
         )
 
 
-def _release(backend: Backend, keys: list[str], tries: int = 3) -> None:
-    """Remove our lock, retrying a failed delete: the work it guarded is done, and a lock left
-    by a live process blocks every gc until that process exits (or goes stale)."""
-    for key in keys:
+def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -> bool:
+    """Remove our lock (and old objects of it a refresh left), retrying a failed delete: the
+    work it guarded is done, and a lock left by a live process blocks every gc until that
+    process exits (or goes stale). Whether key was still there (after a failed try that may
+    have removed it: True)."""
+    present = True
+    for n, name in enumerate([key, *leftovers]):
         for attempt in range(tries):
             try:
-                backend.delete(key)
+                if n == 0:
+                    present = backend.remove(name) or attempt > 0
+                else:
+                    backend.delete(name)
                 break
             except CasnapError:
                 if attempt == tries - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+    return present
 
 
 def unlock(

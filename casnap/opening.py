@@ -13,9 +13,10 @@ differs drops the cached copies and says so.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 from casnap import keys
-from casnap.backends.base import Backend
+from casnap.backends.base import Backend, Wrapper
 from casnap.backends.cached import CachingBackend
 from casnap.crypto import MasterKey
 from casnap.errors import (
@@ -26,6 +27,10 @@ from casnap.errors import (
     UnsupportedFormat,
 )
 from casnap.keys import KEYS, KeyFile, PasswordSource
+
+# whether the store at a location honours a conditional delete (b"yes" / b"no"), kept with its
+# config so that each process does not ask it again
+DELETES = "store/conditional-deletes"
 
 
 def read_config(
@@ -49,6 +54,7 @@ def read_config(
                 files.append(keys.parse_key_file(key.removeprefix(KEYS), blob, key))
     plain, opened = keys.open_config(backend, raw, password, trusted=trusted, kept=files)
     if kept is not None:
+        remember_deletes(backend, kept)
         if not trusted:
             kept.keep("config", raw)
         if opened is not None and opened[0].id not in {f.id for f in files}:
@@ -70,3 +76,18 @@ def confirm(backend: Backend, kept: CachingBackend) -> None:
             f"the repository at {backend.location} is not the one this host opened there before "
             "(made anew?): its cached config was dropped; run the command again"
         )
+
+
+def remember_deletes(backend: Backend, kept: CachingBackend) -> None:
+    """On S3, tell the backend what an earlier process learnt of its store's conditional
+    deletes, and keep what it learns (S3Backend.remove: a lock released in one request)."""
+    s3 = backend
+    while isinstance(s3, Wrapper):
+        s3 = s3.inner
+    module = sys.modules.get("casnap.backends.s3")  # not imported: no S3 backend exists
+    if module is None or not isinstance(s3, module.S3Backend):
+        return
+    known = kept.kept(DELETES)
+    if known in (b"yes", b"no"):
+        s3.conditional_deletes = known == b"yes"
+    s3.learnt = lambda honours: kept.keep(DELETES, b"yes" if honours else b"no")

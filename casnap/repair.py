@@ -101,7 +101,7 @@ def repaired_snapshots(repo: Repository) -> frozenset[str]:
     """Ids of the snapshots a repair-index found incomplete (a repair note that cannot be read
     counts as naming every snapshot)."""
     found: set[str] = set()
-    for key, _size in repo.backend.list(REPAIRS):
+    for key, _size in repo.listed(REPAIRS):
         try:
             found.update(str(s) for s in json.loads(repo.backend.get(key))["snapshots"])
         except (CasnapError, ValueError, KeyError, TypeError, RecursionError):

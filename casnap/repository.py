@@ -59,6 +59,7 @@ class Repository:
             backend = EncryptedBackend(backend, crypto.Sealer(unlocked.master.encryption_key))
             self.ids = IdHasher(unlocked.master.id_key)
         self.backend = backend
+        self.listed = locks.Listed(backend)  # folders listed with the lock held now (lock)
         self.root = root  # the repository's directory, for a local repository
         self.config = config
         # scratch space: database images, verify --smoke restores
@@ -307,6 +308,7 @@ class Repository:
             exclusive,
             unwritable=self.on_unwritable,
             notify=self.notify,
+            listed=self.listed,
         )
 
     def ensure_index(self) -> None:
@@ -331,7 +333,7 @@ class Repository:
             if present != set(self.store.index_files):
                 self._index_loaded = False
         if self._snapshots is not None:
-            names = (k.rsplit("/", 1)[-1] for k, _ in self.backend.list("snapshots/"))
+            names = (k.rsplit("/", 1)[-1] for k, _ in self.listed("snapshots/"))
             present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
             if present != {sid.hex() for sid in self._snapshots}:
                 self._snapshots = None
@@ -359,6 +361,7 @@ class Repository:
         """A snapshot this process just stored joins the cached list."""
         if self._snapshots is not None:
             self._snapshots[sid] = snap
+        self.listed.forget("snapshots/")  # no longer what the folder holds
 
     def remove_snapshot(self, sid: ObjectId) -> None:
         """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
@@ -383,7 +386,7 @@ class Repository:
         """Every snapshot, oldest first."""
         if self._snapshots is None:
             found: dict[ObjectId, Snapshot] = {}
-            self._sizes = dict(self.backend.list("snapshots/"))
+            self._sizes = dict(self.listed("snapshots/"))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
             for key in self._sizes:

@@ -22,12 +22,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from casnap import locks
 from casnap.backends.base import Backend
 from casnap.constants import TEMP_PREFIX
-from casnap.errors import CasnapError
+from casnap.errors import CasnapError, RepositoryNotFound
 from casnap.ids import ObjectId
+
+if TYPE_CHECKING:
+    from casnap.repository import Repository
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,15 @@ def after_failed_commit(
         return
     if removed and created is not None:
         _remove_folders(created)
+
+
+def require_repository(repo: Repository) -> None:
+    """RepositoryNotFound when the repository was taken back since it was opened (by another
+    process's failed first commit); call it holding the lock. A snapshot listed means the config
+    is there (a repository is taken back only while it holds none): only a repository without
+    one has its config looked up."""
+    if not repo.snapshots() and not repo.backend.exists("config"):
+        raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
 
 
 def discard_packs(backend: Backend, packs: Sequence[ObjectId]) -> int:

@@ -332,6 +332,37 @@ def test_list_by_prefix(backend: Backend) -> None:
     assert listed("packs/") == {"packs/00/a": 100, "packs/00/b": 0}
 
 
+def test_list_several_lists_exactly_those_folders(backend: Backend) -> None:
+    """One listing of several folders (locks/, repairs/, snapshots/ around packs/) names each of
+    their objects once and nothing of the folders between, before or after them."""
+    objects = {
+        "config": 3,
+        "index/e": 4,
+        "keys/k": 5,
+        "locks/l1": 6,
+        "locks/l2": 7,
+        "locksx/n": 8,  # a sibling whose name starts like locks
+        "packs/00/a": 9,
+        "packs/ff/b": 10,
+        "repairs/r": 11,
+        "snapshots/s1": 12,
+        "snapshots/deep/packs/x": 13,  # names the folder between inside a listed one
+        "snapshotsz/t": 14,
+        "tmp/u": 15,
+    }
+    for i, (key, size) in enumerate(objects.items()):
+        assert backend.put(key, _blob(i, size))
+    folders = ("snapshots/", "locks/", "repairs/")
+    items = list(backend.list_several(folders))
+    assert len(items) == len({k for k, _ in items}), "a key listed twice"
+    assert dict(items) == {k: s for k, s in objects.items() if k.startswith(folders)}
+    assert dict(backend.list_several(["locks/"])) == {"locks/l1": 6, "locks/l2": 7}
+    assert dict(backend.list_several(["locks/", "nothing/"])) == {"locks/l1": 6, "locks/l2": 7}
+    for bad in ([""], ["packs/", "packs/00/"], ["locks"], ["locks/", "../"]):
+        with pytest.raises(ValueError):
+            list(backend.list_several(bad))
+
+
 def test_invalid_list_prefixes_are_refused(backend: Backend) -> None:
     """A prefix is "" (everything) or a folder ending in "/"; anything else is a caller's bug."""
     backend.put("packs/00/a", b"a")
@@ -406,6 +437,24 @@ def test_delete(backend: Backend) -> None:
     backend.delete("nowhere/at/all")
     assert backend.put("locks/l1", b"again") is True  # a deleted key can be put afresh
     assert backend.get("locks/l1") == b"again"
+
+
+def test_remove_says_whether_the_object_was_there(backend: Backend) -> None:
+    """remove deletes like delete and answers whether the key was stored: True for an object
+    put by this backend or another one on the same storage, False once it is gone."""
+    backend.put("locks/l1", b"lock")
+    backend.put("locks/l2", b"other")
+    assert backend.remove("locks/l1") is True
+    assert not backend.exists("locks/l1")
+    assert backend.remove("locks/l1") is False
+    assert backend.remove("locks/never") is False
+    backend.delete("locks/l2")
+    assert backend.remove("locks/l2") is False  # put here, then deleted: gone
+    assert backend.put("locks/l2", b"again") is True
+    assert backend.remove("locks/l2") is True
+    assert dict(backend.list("locks/")) == {}
+    with pytest.raises(ValueError):
+        backend.remove("../x")
 
 
 BAD_KEYS = ["", "/", "/etc/passwd", "..", ".", "../x", "a/../b", "a/./b", "a//b", "a/", "./a"]

@@ -20,8 +20,9 @@ above.
 from __future__ import annotations
 
 import functools
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from casnap.errors import IntegrityError, from_oserror
@@ -45,6 +46,18 @@ def check_prefix(prefix: str) -> str:
         except ValueError as exc:
             raise ValueError(f"invalid backend list prefix {prefix!r}") from exc
     return prefix
+
+
+def checked_prefixes(prefixes: Sequence[str]) -> list[str]:
+    """The folders of a list_several call, sorted and each once: ValueError for "" or a prefix
+    that is not a folder, or one folder inside another (its keys would be listed twice)."""
+    folders = sorted({check_prefix(p) for p in prefixes})
+    for outer, inner in itertools.pairwise(folders):
+        if not outer or inner.startswith(outer):
+            raise ValueError(f"list_several of {outer!r} with {inner!r} inside it")
+    if folders and not folders[0]:
+        raise ValueError("list_several needs folders, not the whole repository ('')")
+    return folders
 
 
 def check_range(offset: int, length: int | None) -> None:
@@ -146,6 +159,24 @@ class Backend(ABC):
         Raises ValueError for an invalid key, AccessDenied without permission, CasnapError for any
         other failure.
         """
+
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object in each of the folders prefixes, as list gives them, each
+        key once, in no promised order. A store that lists a range of keys in one request (S3)
+        answers with one listing where the default makes one per folder, so a lock's check and
+        the snapshots it guards are one request (locks.py). ValueError for a prefix that is not
+        a folder ("" included)."""
+        for prefix in checked_prefixes(prefixes):
+            yield from self.list(prefix)
+
+    def remove(self, key: str) -> bool:
+        """Delete key and say whether it was there: False when it was gone already (another
+        process deleted it), so a lock's holder learns with its release whether the lock was
+        taken from it (locks.py). The default looks first, one request more than delete where
+        each costs one; errors as delete's."""
+        present = self.exists(key)
+        self.delete(key)
+        return present
 
     def exists(self, key: str) -> bool:
         """True when key is stored (a folder of other keys is not). Raises ValueError for an

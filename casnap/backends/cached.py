@@ -23,11 +23,18 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from casnap import fsutil
-from casnap.backends.base import Backend, Wrapper, check_key, check_prefix, check_range
+from casnap.backends.base import (
+    Backend,
+    Wrapper,
+    check_key,
+    check_prefix,
+    check_range,
+    checked_prefixes,
+)
 from casnap.constants import TEMP_PREFIX
 from casnap.ids import Hasher, hash_bytes
 
@@ -103,9 +110,21 @@ class CachingBackend(Wrapper):
         return self.inner.get(key, offset, length)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        check_prefix(prefix)
-        stale = self._cached_keys(prefix)
-        for key, size in self.inner.list(prefix):
+        return self._listing([check_prefix(prefix)], self.inner.list(prefix))
+
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        folders = checked_prefixes(prefixes)
+        return self._listing(folders, self.inner.list_several(folders))
+
+    def _listing(
+        self, folders: Sequence[str], listing: Iterator[tuple[str, int]]
+    ) -> Iterator[tuple[str, int]]:
+        """listing of the folders, passed on; once it has ended, the copies kept of keys in
+        those folders that it did not name are dropped (another process deleted them)."""
+        stale: set[str] = set()
+        for folder in folders:
+            stale |= self._cached_keys(folder)
+        for key, size in listing:
             stale.discard(key)
             yield key, size
         for key in stale:  # the whole folder was listed: these objects are gone
@@ -114,6 +133,11 @@ class CachingBackend(Wrapper):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
         self._drop(check_key(key))
+
+    def remove(self, key: str) -> bool:
+        present = self.inner.remove(key)
+        self._drop(check_key(key))
+        return present
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)

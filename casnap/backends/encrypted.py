@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from casnap.backends.base import Backend, Salvaged, Wrapper, check_key, check_range
 from casnap.crypto import (
@@ -119,16 +119,29 @@ class EncryptedBackend(Wrapper):
                 self._headers.popitem(last=False)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        for key, size in self.inner.list(prefix):
-            yield key, size if key.startswith(KEYS_PREFIX) else plain_size(size)
+        return _plain_sizes(self.inner.list(prefix))
+
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        return _plain_sizes(self.inner.list_several(prefixes))
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._headers.pop(key, None)
         self.inner.delete(key)
 
+    def remove(self, key: str) -> bool:
+        with self._lock:
+            self._headers.pop(key, None)
+        return self.inner.remove(key)
+
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _plain_sizes(listing: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """A listing of sealed objects with the sizes of what they hold (key files: as stored)."""
+    for key, size in listing:
+        yield key, size if key.startswith(KEYS_PREFIX) else plain_size(size)

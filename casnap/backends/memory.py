@@ -51,8 +51,11 @@ class MemoryBackend(Backend):
         yield from items
 
     def delete(self, key: str) -> None:
+        self.remove(key)
+
+    def remove(self, key: str) -> bool:
         with self._lock:
-            self.objects.pop(check_key(key), None)
+            return self.objects.pop(check_key(key), None) is not None
 
     def exists(self, key: str) -> bool:
         with self._lock:

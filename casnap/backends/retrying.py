@@ -19,13 +19,15 @@ Retrying must not change what a call means:
   skipped: each key is still yielded once. Failures count against `attempts` only while the new
   listing yields nothing new (a long listing that makes progress is never given up on).
 - delete of an absent key is no error, so a delete whose answer was lost is simply sent again.
+  remove says whether the key was there: after a lost answer the retry finds it gone, which the
+  lost attempt may have done, so a retried remove that finds nothing says it was there.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from casnap.backends.base import Backend, Wrapper, check_key
@@ -107,12 +109,20 @@ class RetryingBackend(Wrapper):
         return self._call(lambda: self.inner.get(key, offset, length))
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return self._listing(lambda: self.inner.list(prefix))
+
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        return self._listing(lambda: self.inner.list_several(prefixes))
+
+    def _listing(self, start: Callable[[], Iterator[tuple[str, int]]]) -> Iterator[tuple[str, int]]:
+        """The listing start() makes, started again after a transient failure; keys already
+        yielded are skipped (see the module docstring)."""
         seen: set[str] = set()
         failures = 0
         while True:
             progress = False
             try:
-                for key, size in self.inner.list(prefix):
+                for key, size in start():
                     if key in seen:
                         continue
                     seen.add(key)
@@ -127,6 +137,18 @@ class RetryingBackend(Wrapper):
 
     def delete(self, key: str) -> None:
         self._call(lambda: self.inner.delete(key))
+
+    def remove(self, key: str) -> bool:
+        failed = False
+        for attempt in range(self.attempts):
+            try:
+                return self.inner.remove(key) or failed
+            except TransientError as exc:
+                if attempt == self.attempts - 1:
+                    raise self._give_up(exc) from exc
+                failed = True
+            self.sleep(self.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def exists(self, key: str) -> bool:
         return self._call(lambda: self.inner.exists(key))

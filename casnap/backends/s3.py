@@ -26,11 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from casnap.backends.base import Backend, check_key, check_prefix, check_range
+from casnap.backends.base import (
+    Backend,
+    check_key,
+    check_prefix,
+    check_range,
+    checked_prefixes,
+)
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -54,6 +63,11 @@ CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 READ_TIMEOUT = 60.0  # seconds without a byte from the store
 POOL_SIZE = 64  # connections: the restore pipeline reads ranges from many threads at once
 CONFLICT_TRIES = 5  # 409 ConditionalRequestConflict: another write of the key is under way
+# The folder holding most of a repository's objects: a listing of the folders around it rolls it
+# up into one entry instead of paging through every pack (list_several).
+BULK_FOLDER = "packs/"
+ETAG_MAX_SIZE = 64 * 1024  # the ETags of objects put up to this size are kept (locks: ~200 B)
+ETAGS_KEPT = 1024
 ENDPOINT_VARS = ("CASNAP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 _MISSING = {"NoSuchKey", "NotFound", "404"}
@@ -68,6 +82,8 @@ _DENIED = {
     "InvalidToken",
     "ExpiredToken",
 }
+# answers of a store that does not list a range with a delimiter of several characters
+_UNSUPPORTED = {"InvalidArgument", "NotImplemented", "InvalidRequest"}
 _TRANSIENT = {
     "SlowDown",
     "Throttling",
@@ -139,6 +155,14 @@ class S3Backend(Backend):
         self._root = f"{url.prefix}/" if url.prefix else ""
         self._client = client if client is not None else make_client()
         self._conditional = True  # False once the store said it has no conditional writes
+        self._ranged = True  # False once the store refused a listing of several folders
+        # ETags of the small objects (locks) this backend put, for a conditional delete
+        self._etags: OrderedDict[str, str] = OrderedDict()
+        self._etag_lock = threading.Lock()
+        # whether the store honours If-Match on a delete (None: not known yet; remove learns
+        # it and tells learnt, which may keep it for the next process)
+        self.conditional_deletes: bool | None = None
+        self.learnt: Callable[[bool], None] | None = None
 
     remote = True
     checked_puts = True  # the checksum of every upload is checked by the store (make_client)
@@ -198,9 +222,10 @@ class S3Backend(Backend):
                 return self._put_unconditional(name, body)
             for attempt in range(CONFLICT_TRIES):
                 try:
-                    self._client.put_object(
+                    answer = self._client.put_object(
                         Bucket=self.bucket, Key=name, Body=body, IfNoneMatch="*"
                     )
+                    self._note_etag(name, body, answer)
                     return True
                 except botocore.exceptions.ClientError as exc:
                     code, status = _code(exc)
@@ -222,8 +247,18 @@ class S3Backend(Backend):
         """HEAD then PUT, for a store without conditional writes (racy: see the docstring)."""
         if self._head(name) is not None:
             return False
-        self._client.put_object(Bucket=self.bucket, Key=name, Body=body)
+        answer = self._client.put_object(Bucket=self.bucket, Key=name, Body=body)
+        self._note_etag(name, body, answer)
         return True
+
+    def _note_etag(self, name: str, body: bytes, answer: Any) -> None:
+        """Keep the ETag of a small object just put (a lock), for remove's conditional delete."""
+        etag = answer.get("ETag") if isinstance(answer, dict) else None
+        if etag and len(body) <= ETAG_MAX_SIZE:
+            with self._etag_lock:
+                self._etags[name] = str(etag)
+                if len(self._etags) > ETAGS_KEPT:
+                    self._etags.popitem(last=False)
 
     def _head(self, name: str) -> int | None:
         """The size of an object, None when absent."""
@@ -295,6 +330,49 @@ class S3Backend(Backend):
                         continue
                     yield key, int(item["Size"])
 
+    def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
+        """One listing of the key range from the first folder to the end of the last, in place
+        of one per folder: `StartAfter` skips what lies before, the listing stops once past the
+        last folder, and the pack folder lying between (locks/ and snapshots/ around packs/)
+        is rolled up into one entry by naming it as the delimiter. Another key in the range is
+        passed over; a store that refuses such a listing gets one per folder from then on."""
+        folders = checked_prefixes(prefixes)
+        if not self._ranged:
+            yield from super().list_several(folders)
+            return
+        cut, last = len(self._root), folders[-1]
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self._root,
+            "StartAfter": self._root + folders[0],
+            "PaginationConfig": {"PageSize": 1000},
+        }
+        if folders[0] < BULK_FOLDER < last and BULK_FOLDER not in folders:
+            args["Delimiter"] = BULK_FOLDER
+        pages = self._client.get_paginator("list_objects_v2").paginate(**args)
+        listed = False
+        with self._mapped(f"listing {', '.join(folders)}"):
+            try:
+                for page in pages:
+                    listed = True
+                    for item in page.get("CommonPrefixes", ()):
+                        rolled = item["Prefix"][cut:]  # a key naming the delimiter inside a folder
+                        if rolled != BULK_FOLDER and rolled.startswith(tuple(folders)):
+                            yield from self.list(rolled)
+                    for item in page.get("Contents", ()):
+                        key = item["Key"][cut:]
+                        if key > last and not key.startswith(last):
+                            return  # past the last folder: keys come in order
+                        if key.startswith(tuple(folders)) and not key.endswith("/"):
+                            yield key, int(item["Size"])
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if listed or not (code in _UNSUPPORTED or status in (400, 501)):
+                    raise
+                self._ranged = False  # this store lists no ranges that way: folder by folder
+        if not self._ranged:
+            yield from super().list_several(folders)
+
     def delete(self, key: str) -> None:
         name = self._key(key)
         try:
@@ -302,6 +380,45 @@ class S3Backend(Backend):
                 self._client.delete_object(Bucket=self.bucket, Key=name)
         except ObjectMissing:
             return  # deleting an absent key is no error
+
+    def remove(self, key: str) -> bool:
+        """A delete that says whether the object was there, in one request where it can: a
+        conditional delete (`If-Match` with the ETag of this backend's own put) answers 404
+        when the object is gone. Else (an object put elsewhere, a store that does not honour
+        the condition) a HEAD first."""
+        name = self._key(key)
+        with self._etag_lock:
+            etag = self._etags.pop(name, None)
+        with self._mapped(f"deleting {key}"):
+            if etag is None or not self._deletes_report():
+                return super().remove(key)
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=name, IfMatch=etag)
+                return True
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if code in _MISSING or status == 412:
+                    return False  # gone (412: another object under the key now, not ours)
+                raise
+
+    def _deletes_report(self) -> bool:
+        """Whether the store honours `If-Match` on a delete, learnt once by deleting an absent
+        key on a condition: a store that honours it answers 404 (or 412), one that ignores
+        it 204. `learnt` hears the answer (kept with the config: opening.py)."""
+        if self.conditional_deletes is None:
+            probe = f"{self._root}locks/{uuid.uuid4().hex}"
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=probe, IfMatch=f'"{"0" * 32}"')
+                honours = False
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if code == "NoSuchBucket" or not (code in _MISSING or status in (404, 412, 501)):
+                    raise
+                honours = status != 501
+            self.conditional_deletes = honours
+            if self.learnt is not None:
+                self.learnt(honours)
+        return self.conditional_deletes
 
     def exists(self, key: str) -> bool:
         name = self._key(key)

@@ -1,0 +1,223 @@
+"""What a warm `log` and a commit that finds nothing changed ask of S3, counted on the real moto
+server (tests/s3server.py) through the client's own event hooks, and the lock protocol that the
+commit's single listing and its one-request release still carry: a commit refused while an
+exclusive lock is held, commits of two hosts racing a forget and a gc lose nothing, and a lock
+taken away is noticed by its holder with or without conditional deletes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casnap import locks
+from casnap.backends.base import Backend
+from casnap.committer import commit
+from casnap.errors import LockError
+from casnap.repository import Repository
+from casnap.stats import log_rows
+from tests.conftest import evolve_app, make_app
+from tests.helpers_reliability import wait_for
+from tests.test_s3 import run
+from tests.test_s3_hosts import _with_hostname
+from tests.util import snapshot_tree
+
+PW = "request counting"
+
+
+def s3_backend(repo: Repository) -> Any:
+    """The S3Backend below the repository's retrying (and caching, encrypting) layers."""
+    layer: Backend | None = repo.raw_backend
+    while layer is not None and not hasattr(layer, "_client"):
+        layer = getattr(layer, "inner", None)
+    assert layer is not None, "not an S3 repository"
+    return layer
+
+
+def s3_client(repo: Repository) -> Any:
+    """The boto3 client of the repository's S3Backend."""
+    return s3_backend(repo)._client
+
+
+class Requests:
+    """Every request the client sends, as (operation, key or listing prefix), recorded by a
+    botocore hook registered on that client (each API call passes it once)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.sent: list[tuple[str, str]] = []
+        s3_client(repo).meta.events.register("provide-client-params.s3", self._note)
+
+    def _note(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.sent.append((model.name, str(params.get("Key", params.get("Prefix", "")))))
+
+    def operations(self) -> Counter[str]:
+        return Counter(op for op, _ in self.sent)
+
+
+def open_s3(url: str) -> tuple[Repository, Requests]:
+    repo = Repository.open(url, password=lambda: PW)
+    return repo, Requests(repo)
+
+
+def committed_twice(url: str, data: Path) -> None:
+    """A repository at url holding data, and this host's cache warm: the first commit creates
+    it, the second (a new process's view) fetches and keeps the config, key file and
+    manifest, and records fingerprints old enough to vouch for the files."""
+    make_app(data, rows=60, vectors=120)
+    repo = Repository.open_or_init(url, password=lambda: PW, encryption="repokey")
+    commit(repo, data, message="first")
+    repo.close()
+    time.sleep(0.2)  # past the racy window: the next commit's fingerprints vouch for the files
+    repo = Repository.open(url, password=lambda: PW)
+    commit(repo, data, message="second")
+    repo.close()
+
+
+def test_a_warm_no_change_commit_is_one_listing_and_no_download(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    url = f"s3://{s3_bucket}/r"
+    data = tmp_path / "data"
+    committed_twice(url, data)
+    repo, requests = open_s3(url)
+    result = commit(repo, data, message="again")
+    repo.close()
+    assert result.files_unchanged == result.files_new + result.files_unchanged > 0
+    assert result.bytes_read == 0
+    ops = requests.operations()
+    assert ops["ListObjectsV2"] == 1, requests.sent
+    assert ops["GetObject"] == 0, requests.sent
+    # its lock and its manifest; the lock removed at the end, which says it was still there
+    assert ops["PutObject"] == 2 and ops["DeleteObject"] == 1, requests.sent
+    assert sum(ops.values()) == 4, requests.sent  # no HEAD of the config nor of the lock
+
+
+def test_a_warm_log_on_s3_is_one_listing(s3_bucket: str, tmp_path: Path) -> None:
+    url = f"s3://{s3_bucket}/r"
+    committed_twice(url, tmp_path / "data")
+    repo, requests = open_s3(url)
+    assert len(log_rows(repo)) == 2
+    repo.close()
+    assert requests.sent == [("ListObjectsV2", "r/snapshots/")]
+
+
+def test_a_commit_is_refused_while_an_exclusive_lock_is_held(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing that carries the snapshots is still the lock's check: a live exclusive lock
+    of another host stops the commit before it stores anything, and its own lock is gone."""
+    url = f"s3://{s3_bucket}/r"
+    data = tmp_path / "data"
+    committed_twice(url, data)
+    evolve_app(data, 1)
+    repo, requests = open_s3(url)
+    now = time.time()
+    held = {"host": "gc-host", "pid": 4242, "start": None, "exclusive": True}
+    held |= {"operation": "gc", "taken": now, "time": now}
+    assert repo.backend.put("locks/" + "e" * 32, json.dumps(held).encode())  # sealed
+    before = {key for key, _ in repo.raw_backend.list("")}
+    monkeypatch.setenv("CASNAP_LOCK_WAIT", "0")
+    with pytest.raises(LockError, match="exclusive lock held by gc"):
+        commit(repo, data, message="refused")
+    assert {key for key, _ in repo.raw_backend.list("")} == before  # nothing stored, nor left
+    repo.close()
+    assert ("ListObjectsV2", "r/") in requests.sent  # one listing for the lock and the rest
+
+
+def test_no_change_commits_of_two_hosts_racing_a_forget_and_gc_lose_nothing(
+    s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Each host commits data it committed before (a warm cache, entries reused from the parent
+    by fingerprint) while another host forgets those parents and runs gc: whichever order the
+    locks give them, every snapshot left reads back whole."""
+    url = f"s3://{s3_bucket}/shared"
+    env = dict(s3_env, CASNAP_PASSWORD=PW)
+    datas, parents = [], []
+    for n in range(2):
+        d = tmp_path / f"host{n}"
+        make_app(d, seed=20 + n, rows=80, vectors=160)
+        assert run(url, d, "commit", "-q", password=PW)[0] == 0
+        evolve_app(d, 1)  # the parent alone holds these chunks
+        time.sleep(0.2)  # past the racy window: the next commits reuse every entry
+        code, out, err = run(url, d, "commit", "-q", password=PW)
+        assert code == 0, err
+        datas.append(d)
+        parents.append(out.strip())
+    casnap = [sys.executable, "-m", "casnap", "--repo", url]
+    procs = [
+        subprocess.Popen(
+            _with_hostname(f"host-{n}", [*casnap, "--data", str(d), "commit", "-q"]),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n, d in enumerate(datas)
+    ]
+    forget = [*casnap, "forget", *parents, "--prune", "-q"]
+    procs.append(
+        subprocess.Popen(
+            _with_hostname("host-gc", forget),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    )
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+        outs.append(stdout.decode().strip())
+    code, out, err = run(url, datas[0], "log", "--json", password=PW)
+    assert code == 0, err
+    assert set(outs[:2]) <= {r["id"] for r in json.loads(out)}
+    code, _, err = run(url, datas[0], "verify", "--read-data", password=PW)
+    assert code == 0, err
+    for sid, d in zip(outs[:2], datas, strict=True):
+        target = tmp_path / f"out-{sid[:8]}"
+        code, _, err = run(url, d, "checkout", sid, "--to", str(target), "-q", password=PW)
+        assert code == 0, err
+        assert snapshot_tree(target) == snapshot_tree(d)
+
+
+def test_a_lock_taken_away_on_s3_is_noticed_by_its_release_alone(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """Refreshes and the release are conditional deletes of the lock's own objects, which
+    answer whether each was still there: a lock refreshed to the end is released without a HEAD,
+    one that `unlock --force` removed meanwhile still fails its holder."""
+    url = f"s3://{s3_bucket}/r"
+    committed_twice(url, tmp_path / "data")
+    repo, requests = open_s3(url)
+    with locks.locked(repo.backend, "commit", exclusive=False, refresh=0.05, stale=30):
+        wait_for(lambda: requests.operations()["PutObject"] >= 3, timeout=30)  # refreshed
+    assert locks.holders(repo.backend) == []
+    assert requests.operations()["HeadObject"] == 0, requests.sent
+    with pytest.raises(LockError, match="its lock was removed while it ran"):
+        with locks.locked(repo.backend, "commit", exclusive=False):
+            locks.unlock(repo.backend, force=True)
+    assert locks.holders(repo.backend) == []
+    repo.close()
+
+
+def test_a_store_without_conditional_deletes_gets_a_head_before_the_release(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """Where the store is known not to honour `If-Match` on a delete (a 204 would not say the
+    lock was there), the release looks first, and a lock taken away is still noticed."""
+    url = f"s3://{s3_bucket}/r"
+    committed_twice(url, tmp_path / "data")
+    repo, requests = open_s3(url)
+    s3_backend(repo).conditional_deletes = False
+    with locks.locked(repo.backend, "commit", exclusive=False):
+        pass
+    assert requests.operations()["HeadObject"] == 1, requests.sent
+    with pytest.raises(LockError, match="its lock was removed while it ran"):
+        with locks.locked(repo.backend, "commit", exclusive=False):
+            locks.unlock(repo.backend, force=True)
+    repo.close()
