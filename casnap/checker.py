@@ -24,7 +24,7 @@ import numpy as np
 from casnap.chunkindex import EntryTable, IdSet, IndexEntry
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.ids import ObjectId, is_hex_prefix
-from casnap.manifest import Snapshot
+from casnap.manifest import Snapshot, complete
 from casnap.packs import (
     check_pack_entries,
     pack_id_of,
@@ -236,7 +236,7 @@ class _Checker:
                 )
                 continue
             try:
-                good.append((sid, self.repo.load_snapshot(sid)))
+                good.append((sid, complete(self.repo.load_snapshot(sid))))
             except CasnapError as exc:
                 self.report.problems.append(
                     Problem(
