@@ -25,7 +25,7 @@ from casnap.chunkindex import IdSet, IndexEntry
 from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.ids import ObjectId, is_hex_prefix
-from casnap.manifest import Snapshot
+from casnap.manifest import Snapshot, complete
 from casnap.packs import (
     check_pack_entries,
     pack_id_of,
@@ -237,7 +237,7 @@ class _Checker:
                 )
                 continue
             try:
-                good.append((sid, self.repo.load_snapshot(sid)))
+                good.append((sid, complete(self.repo.load_snapshot(sid))))
             except CasnapError as exc:
                 self.report.problems.append(
                     Problem(

@@ -371,6 +371,7 @@ class Committer:
             },
             dirs=dirs,
             skipped=tuple(result.skipped),
+            totals=(len(entries), sum(e.size for e in entries)),
         )
         raw = snap.encode()
         sid = self.repo.ids(raw)

@@ -110,6 +110,14 @@ class Hasher:
         return ObjectId(self._h.digest())
 
 
+def named_id(key: str) -> ObjectId | None:
+    """The id a key's last part names (`snapshots/<hex>`), or None for any other name."""
+    try:
+        return ObjectId.from_hex(key.rsplit("/", 1)[-1])
+    except ValueError:
+        return None
+
+
 def is_hex_prefix(text: str) -> bool:
     """True when text could be (a prefix of) an object id."""
     return 0 < len(text) <= 2 * ID_SIZE and all(c in "0123456789abcdef" for c in text)

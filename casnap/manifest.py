@@ -4,17 +4,26 @@ A snapshot manifest is canonical JSON (sorted keys, no spaces); its id is the BL
 and it is stored zstd-compressed under `snapshots/<id>`. A file's chunk list is stored as TREE
 blobs in the chunk store (chunklist.py): a FileEntry names every TREE blob its list needs, so an
 unchanged file reuses its blobs and a changed one usually adds a single small delta.
+
+Listing snapshots reads only a manifest's head (every field but `files`, read_manifest); its file
+list is decoded and checked when something first uses it (LazyFiles), so a command that lists a
+history of big manifests costs in proportion to their metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, cast, overload
 
-from casnap.errors import HostileManifest, IntegrityError
+import orjson
+
+from casnap.canonical import canonical_json, plain_chunkers
+from casnap.errors import CasnapError, HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 
 MANIFEST_VERSION = 1
@@ -113,7 +122,7 @@ class Snapshot:
     message: str
     tags: tuple[str, ...]
     parent: str | None
-    files: tuple[FileEntry, ...]
+    files: Sequence[FileEntry]  # a tuple, or a LazyFiles for a manifest read back
     stats: dict[str, int] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
     # mode, uid and gid of the data dir (".") and of the folders below it, so a checkout that
@@ -122,6 +131,9 @@ class Snapshot:
     skipped: tuple[str, ...] = ()  # files left out because they could not be read
     # (repository id, snapshot id) this snapshot was copied from, when the copy has another id
     origin: tuple[str, str] | None = None
+    # (number of files, their bytes), so `log` shows them without reading the file list; None in
+    # manifests written before it was recorded
+    totals: tuple[int, int] | None = None
 
     def encode(self) -> bytes:
         """Canonical JSON bytes; the snapshot id is their BLAKE3."""
@@ -145,7 +157,9 @@ class Snapshot:
             d["skipped"] = list(self.skipped)
         if self.origin is not None:
             d["origin"] = {"repository": self.origin[0], "snapshot": self.origin[1]}
-        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        if self.totals is not None:
+            d["totals"] = {"files": self.totals[0], "bytes": self.totals[1]}
+        return canonical_json(d)
 
     @property
     def id(self) -> ObjectId:
@@ -153,24 +167,57 @@ class Snapshot:
 
     @property
     def logical_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        return self.totals[1] if self.totals is not None else sum(f.size for f in self.files)
+
+    @property
+    def file_count(self) -> int:
+        """Number of files, from the recorded totals when there are (no file list read)."""
+        return self.totals[0] if self.totals is not None else len(self.files)
 
     @classmethod
     def decode(cls, raw: bytes, name: str = "manifest") -> Snapshot:
-        """Parse and validate canonical JSON; IntegrityError/HostileManifest when malformed."""
+        """Parse and validate canonical JSON; IntegrityError/HostileManifest when malformed.
+
+        orjson parses it 3-4x quicker than json.loads, which stays the reference: orjson refuses
+        some JSON json.loads takes (NaN, lone surrogates) and reads integers past 64 bits as
+        floats, so what it refuses, what then fails a check and a `chunker` holding a float
+        (the one field of any type) are read again by json.loads."""
         try:
-            d = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IntegrityError(f"{name}: not valid JSON ({exc})") from exc
-        except RecursionError as exc:
-            raise IntegrityError(f"{name}: not a manifest (nested too deeply)") from exc
-        if not isinstance(d, dict):
-            raise IntegrityError(f"{name}: not a manifest object")
+            d = orjson.loads(raw)
+            if type(d) is dict and plain_chunkers(d.get("files")):
+                return cls._parse(d, name, None)
+        except (orjson.JSONDecodeError, CasnapError):
+            pass
+        return cls._parse(_document(raw, name), name, None)
+
+    @classmethod
+    def decode_head(cls, raw: bytes, name: str, reread: Callable[[], bytes]) -> Snapshot:
+        """Every field but the file list, which is decoded (and checked) on first use from the
+        bytes reread gives (the same, verified again): the file list of a manifest casnap wrote
+        is not parsed here. When the whole manifest reads otherwise than its head, the file list
+        raises IntegrityError."""
+        head = cls._parse(_head_document(raw, name), name, ())
+
+        def files() -> tuple[FileEntry, ...]:
+            snap = cls.decode(reread(), name)
+            if dataclasses.replace(snap, files=()) != head:
+                raise IntegrityError(f"{name}: its fields read otherwise with its file list")
+            return tuple(snap.files)
+
+        return dataclasses.replace(head, files=LazyFiles(files))
+
+    @classmethod
+    def _parse(cls, d: dict[str, Any], name: str, files: Sequence[FileEntry] | None) -> Snapshot:
+        """The snapshot d holds; its file list decoded and checked unless given (files)."""
         version = d.get("version")
         if version != MANIFEST_VERSION:
             raise IntegrityError(f"{name}: unsupported manifest version {version!r}")
+        full = files is None
         try:
-            files = _entries(d["files"])
+            if files is None:
+                files = _entries(d["files"])
+            elif "files" not in d:
+                raise KeyError("files")
             snap = cls(
                 time=_str(d["time"]),
                 host=_str(d["host"]),
@@ -186,9 +233,15 @@ class Snapshot:
                 dirs=_dirs(d.get("dirs", {})),
                 skipped=tuple(_str(p) for p in d.get("skipped", ())),
                 origin=_origin(d.get("origin")),
+                totals=_totals(d.get("totals")),
             )
-            check_paths([f.path for f in files], checked=True)
-            check_links(files)
+            if files:
+                check_paths([f.path for f in files], checked=True)
+                check_links(files)
+            if snap.totals is not None and full:
+                count, size = snap.totals
+                if count != len(files) or size != sum(f.size for f in files):
+                    raise IntegrityError("its totals do not match its files")
         except HostileManifest as exc:
             raise HostileManifest(f"{name}: {exc}") from exc
         except IntegrityError as exc:
@@ -196,6 +249,125 @@ class Snapshot:
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{name}: malformed manifest ({exc})") from exc
         return snap
+
+
+class LazyFiles(Sequence[FileEntry]):
+    """A snapshot's file list, decoded and checked on first use (then kept): listing snapshots
+    reads only their heads. Reading it raises IntegrityError/HostileManifest when it is damaged,
+    as decoding the whole manifest would."""
+
+    __slots__ = ("_load", "_files", "_lock")
+
+    def __init__(self, load: Callable[[], tuple[FileEntry, ...]]) -> None:
+        self._load: Callable[[], tuple[FileEntry, ...]] | None = load
+        self._files: tuple[FileEntry, ...] | None = None
+        self._lock = threading.Lock()  # restore threads may be first to ask
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the file list has been decoded."""
+        return self._files is not None
+
+    def _get(self) -> tuple[FileEntry, ...]:
+        files = self._files
+        if files is None:
+            with self._lock:
+                if self._files is None:
+                    assert self._load is not None
+                    self._files = self._load()
+                    self._load = None  # what it holds (the bytes of a small manifest) goes
+                files = self._files
+        return files
+
+    @overload
+    def __getitem__(self, i: int) -> FileEntry: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[FileEntry]: ...
+    def __getitem__(self, i: int | slice) -> FileEntry | Sequence[FileEntry]:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (tuple, LazyFiles)):
+            return NotImplemented
+        return self._get() == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LazyFiles({self._files!r})" if self._files is not None else "LazyFiles(...)"
+
+
+def complete(snap: Snapshot) -> Snapshot:
+    """snap with its file list read: IntegrityError/HostileManifest when it is damaged."""
+    len(snap.files)
+    return snap
+
+
+# a manifest this large is read again from the repository when its file list is wanted; a
+# smaller one keeps its bytes (no second request)
+KEEP_BYTES = 256 << 10
+
+
+def read_manifest(
+    get: Callable[[], bytes],
+    ids: Callable[[bytes], ObjectId],
+    sid: ObjectId,
+    name: str,
+    lazy: bool = False,
+) -> Snapshot:
+    """Read and verify (against sid) the manifest get gives, and parse it; lazy: its head only,
+    the file list decoded on first use, from bytes get gives again (verified again) when big."""
+
+    def verified() -> bytes:
+        raw = decompress_manifest(get(), name)
+        if ids(raw) != sid:
+            raise IntegrityError(f"{name} does not match its id (damaged)")
+        return raw
+
+    raw = verified()
+    if not lazy:
+        return Snapshot.decode(raw, name)
+    kept = raw if len(raw) <= KEEP_BYTES else None
+    return Snapshot.decode_head(raw, name, (lambda: kept) if kept is not None else verified)
+
+
+def _document(raw: bytes, name: str) -> dict[str, Any]:
+    """The JSON object of a whole manifest."""
+    try:
+        d = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{name}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise IntegrityError(f"{name}: not a manifest (nested too deeply)") from exc
+    if not isinstance(d, dict):
+        raise IntegrityError(f"{name}: not a manifest object")
+    return d
+
+
+def _head_document(raw: bytes, name: str) -> dict[str, Any]:
+    """A manifest's JSON object with an empty `files`: in canonical JSON `files` follows
+    `excludes` and precedes `host`, so its array is cut out and the rest parsed; a manifest laid
+    out otherwise is parsed whole (a crafted one that cuts otherwise reads back differently in
+    full, which LazyFiles refuses)."""
+    start = raw.find(b',"files":[')
+    end = raw.find(b'],"host":"', start) if start >= 0 else -1
+    if end >= 0:
+        try:
+            d = json.loads(raw[: start + 9] + b"[]" + raw[end + 1 :])
+        except (ValueError, RecursionError):
+            d = None
+        if type(d) is dict and d.get("files") == []:
+            return d
+    d = _document(raw, name)
+    if "files" in d:
+        d["files"] = []
+    return d
 
 
 def _entries(raw: Any) -> tuple[FileEntry, ...]:
@@ -342,6 +514,16 @@ def _dirs(raw: Any) -> dict[str, tuple[int, int, int]]:
             raise ValueError(f"folder {rel!r} has an out-of-range mode or owner")
         out[rel] = (mode, uid, gid)
     return out
+
+
+def _totals(raw: Any) -> tuple[int, int] | None:
+    """The `totals` field: number of files and their bytes."""
+    if raw is None:
+        return None
+    count, size = _int(raw["files"]), _int(raw["bytes"])
+    if count < 0 or size < 0:
+        raise ValueError("negative totals")
+    return count, size
 
 
 def _origin(raw: Any) -> tuple[str, str] | None:

@@ -17,7 +17,7 @@ from typing import Any
 from casnap.config import now_iso
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
-from casnap.manifest import Snapshot
+from casnap.manifest import Snapshot, complete
 from casnap.repository import Repository
 
 
@@ -71,7 +71,7 @@ def repair_index(repo: Repository) -> RepairReport:
         for key, _ in backend.list("snapshots/"):
             try:
                 sid = ObjectId.from_hex(key.rsplit("/", 1)[-1])
-                snaps.append((sid, repo.load_snapshot(sid)))
+                snaps.append((sid, complete(repo.load_snapshot(sid))))
             except (ValueError, CasnapError):
                 report.damaged_manifests += 1
         reach = walk(snaps, repo.store.get, strict=False, keep_lists=False)

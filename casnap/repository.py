@@ -8,9 +8,9 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
-import functools
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +28,10 @@ from casnap.errors import (
     RepositoryNotFound,
     from_oserror,
 )
-from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
+from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix, named_id
 from casnap.keys import PasswordSource, Unlocked
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
-from casnap.manifest import FileEntry, Snapshot, decompress_manifest
+from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.opening import confirm, read_config
 from casnap.phases import opening
 from casnap.spans import ListsAhead
@@ -80,7 +80,7 @@ class Repository:
 
     # -- opening -------------------------------------------------------------------------------
 
-    @functools.cached_property
+    @cached_property
     def store(self) -> Store:
         """The chunk store, made on first use: a command that reads no chunk (log) does without
         the index code (numpy)."""
@@ -369,44 +369,44 @@ class Repository:
         if self._snapshots is not None:
             self._snapshots.pop(sid, None)
 
-    def load_snapshot(self, sid: ObjectId) -> Snapshot:
-        """Read, verify and parse one manifest."""
+    def load_snapshot(self, sid: ObjectId, files: bool = True) -> Snapshot:
+        """Read, verify and parse one manifest (without files: its file list when first used)."""
         key = f"snapshots/{sid.hex()}"
-        raw = decompress_manifest(self.backend.get(key), key)
-        if self.ids(raw) != sid:
-            raise IntegrityError(f"{key} does not match its id (damaged)")
-        return self._ahead.noted(Snapshot.decode(raw, key))
+        snap = read_manifest(lambda: self.backend.get(key), self.ids, sid, key, lazy=not files)
+        return self._ahead.noted(snap)
 
     def snapshot(self, sid: ObjectId) -> Snapshot:
         """One snapshot: from the list when loaded (a big manifest is parsed once), else read."""
-        known = self._snapshots or {}
-        return known[sid] if sid in known else self.load_snapshot(sid)
+        return (self._snapshots or {}).get(sid) or self.load_snapshot(sid)
 
-    def snapshots(self) -> list[tuple[ObjectId, Snapshot]]:
-        """Every snapshot, oldest first."""
+    def snapshots(self, files: bool = False) -> list[tuple[ObjectId, Snapshot]]:
+        """Every snapshot, oldest first; with files, every file list read too (gc, prune and
+        forget: a damaged one stops them as a damaged manifest stops every listing)."""
         if self._snapshots is None:
-            found: dict[ObjectId, Snapshot] = {}
+            found: dict[ObjectId, Snapshot] = {}  # a file list is decoded when used
             self._sizes = dict(self.listed("snapshots/"))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
             for key in self._sizes:
-                name = key.rsplit("/", 1)[-1]
-                try:
-                    sid = ObjectId.from_hex(name)
-                except ValueError:
-                    continue
-                try:
-                    found[sid] = self.load_snapshot(sid)
-                except IntegrityError as exc:
-                    if self.kept_config is not None:
-                        confirm(self.raw_backend, self.kept_config)
-                    raise type(exc)(
-                        f"{exc} (every command that lists snapshots stops here, so that gc never "
-                        f"takes it for a forgotten one; remove {self.backend.location}/{key} to "
-                        "go on without that snapshot: `casnap verify` lists the files it held)"
-                    ) from exc
+                if (sid := named_id(key)) is not None:
+                    found[sid] = self._listed(key, partial(self.load_snapshot, sid, False))
             self._snapshots = found
-        return sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
+        listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
+        for sid, snap in listed if files else ():
+            self._listed(f"snapshots/{sid.hex()}", partial(complete, snap))
+        return listed
+
+    def _listed(self, key: str, read: Callable[[], Snapshot]) -> Snapshot:  # or why it stops
+        try:
+            return read()
+        except IntegrityError as exc:
+            if self.kept_config is not None:
+                confirm(self.raw_backend, self.kept_config)
+            raise type(exc)(
+                f"{exc} (every command that lists snapshots stops here, so that gc never "
+                f"takes it for a forgotten one; remove {self.backend.location}/{key} to "
+                "go on without that snapshot: `casnap verify` lists the files it held)"
+            ) from exc
 
     def manifest_sizes(self) -> dict[str, int]:
         """Stored size of every manifest, by snapshot id (hex)."""

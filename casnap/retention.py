@@ -326,7 +326,7 @@ def prune(
     report = PruneReport(dry_run=dry_run, policy=policy.describe())
     with repo.lock("prune", dry_run=dry_run):
         repo.refresh()
-        for key, members in group_snapshots(repo.snapshots()).items():
+        for key, members in group_snapshots(repo.snapshots(files=True)).items():
             if select is not None:
                 members = select.select(members)
                 if not members:
@@ -363,7 +363,7 @@ def forget(
     report = PruneReport(dry_run=dry_run, policy=f"forget {how}")
     with repo.lock("forget", dry_run=dry_run):
         repo.refresh()
-        snaps = repo.snapshots()
+        snaps = repo.snapshots(files=True)  # a damaged manifest stops it, as it stops gc
         if refs:
             targets: list[ObjectId] = []
             for ref in refs:

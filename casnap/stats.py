@@ -123,7 +123,7 @@ def repository_stats(repo: Repository) -> RepositoryStats:
         referenced = reach.referenced()
         index = repo.store.index.entries(referenced)  # one batch lookup
         out.snapshots = len(snaps)
-        out.files = sum(len(s.files) for _, s in snaps)
+        out.files = sum(s.file_count for _, s in snaps)
         out.logical_bytes = sum(s.logical_bytes for _, s in snaps)
         stored = repo.raw_backend  # bytes as stored: sealed sizes in an encrypted repository
         sizes = {k: s for k, s in stored.list("snapshots/")}
@@ -239,7 +239,7 @@ def log_rows(repo: Repository, select: SnapshotFilter | None = None) -> list[dic
             "tags": list(s.tags),
             "paths": list(s.paths),
             "host": s.host,
-            "files": len(s.files),
+            "files": s.file_count,
             "logical_bytes": s.logical_bytes,
             "bytes_added": commit_added(s, sizes.get(sid.hex(), 0)),
         }

@@ -92,6 +92,7 @@ def add_file(repo_dir: Path, sid: str, path: str, frame: bytes, claimed: int, n:
     d = json.loads(decompress_manifest(backend.get(f"snapshots/{sid}"), "m"))
     entry = dict(d["files"][0], path=path, size=claimed, hash=cid.hex(), lists=[lid.hex()])
     d["files"] = [*d["files"], entry]
+    d.pop("totals", None)  # as a manifest written before totals were recorded
     raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
     new = hash_bytes(raw).hex()
     backend.put(f"snapshots/{new}", compress_manifest(raw))
