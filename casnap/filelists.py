@@ -47,7 +47,9 @@ def store_list(
     def put_tree(body: bytes) -> str:
         lid = repo.ids(body)
         if not writer.known(lid):
-            writer.add(lid, TREE, compression.encode(body, level), len(body))
+            encoded = compression.encode(body, level)
+            if writer.add(lid, TREE, encoded, len(body)) and repo.lists is not None:
+                repo.lists.keep(lid, encoded)  # a checkout here then plans without a request
         return lid.hex()
 
     if old is not None and (previous := previous or previous_lists(repo, old)) is not None:

@@ -35,6 +35,7 @@ from casnap.errors import (
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
+from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, decompress_manifest
 from casnap.opening import confirm, read_config
@@ -60,9 +61,10 @@ class Repository:
         self.raw_backend = backend
         self.unlocked = unlocked
         self.ids: IdHasher = PLAIN_IDS
-        if unlocked is not None:
-            backend = EncryptedBackend(backend, crypto.Sealer(unlocked.master.encryption_key))
-            self.ids = IdHasher(unlocked.master.id_key)
+        sealer = crypto.Sealer(unlocked.master.encryption_key) if unlocked is not None else None
+        if unlocked is not None and sealer is not None:
+            backend, self.ids = EncryptedBackend(backend, sealer), IdHasher(unlocked.master.id_key)
+        self.lists = ListCache.of(self.raw_backend, sealer)  # chunk lists kept on this host
         self.backend = backend
         self.root = root  # the repository's directory, for a local repository
         self.config = config
@@ -438,8 +440,8 @@ class Repository:
         read: Mapping[ObjectId, bytes] = {}
         if self.backend.remote:
             newest = [snap for _sid, snap in self.snapshots()] if self._snapshots else []
-            read = self._ahead.bodies(self.store, entry, newest)
-        bodies = [read.get(i) or self.store.get(i) for i in map(ObjectId.from_hex, entry.lists)]
+            read = self._ahead.bodies(self.store, entry, newest, self.lists)
+        bodies = list_blobs(self.store, self.lists, entry.lists, read)
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")

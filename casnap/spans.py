@@ -16,7 +16,7 @@ import bisect
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 
 if TYPE_CHECKING:  # the store (numpy) is loaded by whoever reads chunks
+    from casnap.listcache import ListCache
     from casnap.store import Store
 
 # Bytes between two wanted ranges of one pack that are read rather than asked for separately: a
@@ -96,11 +97,15 @@ def _merge(wanted: list[tuple[int, int]], gap: int, limit: int) -> list[tuple[in
 
 
 def read_chunks(
-    store: Store, cids: Sequence[ObjectId], pool: ThreadPoolExecutor
+    store: Store,
+    cids: Sequence[ObjectId],
+    pool: ThreadPoolExecutor,
+    keep: Callable[[ObjectId, memoryview], None] | None = None,
 ) -> dict[ObjectId, bytes]:
     """The plain bytes of chunks, each verified against its id, their frames fetched as spans
-    on pool's threads. A chunk that cannot be read here (not indexed, missing, damaged) is left
-    out: reading it alone with Store.get then reports it as it always does."""
+    on pool's threads; keep, when given, gets each verified chunk's frame as stored. A chunk
+    that cannot be read here (not indexed, missing, damaged) is left out: reading it alone with
+    Store.get then reports it as it always does."""
     from casnap.packs import pack_key
 
     entries = {}
@@ -116,9 +121,10 @@ def read_chunks(
     try:
         for cid, e in entries.items():
             with contextlib.suppress(CasnapError):
-                found[cid] = store.decode_verified(
-                    cid, e, bytes(spans.get(pack_key(e.pack), e.offset, e.length))
-                )
+                encoded = spans.get(pack_key(e.pack), e.offset, e.length)
+                found[cid] = store.decode_verified(cid, e, bytes(encoded))
+                if keep is not None:
+                    keep(cid, encoded)
     finally:
         spans.cancel()
     return found
@@ -148,12 +154,20 @@ class ListsAhead:
         return snap
 
     def bodies(
-        self, store: Store, entry: FileEntry, newest: Sequence[Snapshot]
+        self,
+        store: Store,
+        entry: FileEntry,
+        newest: Sequence[Snapshot],
+        kept: ListCache | None = None,
     ) -> Mapping[ObjectId, bytes]:
         """List blobs read ahead, holding entry's when it belongs to a snapshot loaded lately or
-        to the newest (else nothing: its blobs are read one by one)."""
+        to the newest (else nothing: its blobs are read one by one). With kept, blobs it holds
+        are not read (the caller reads them from it) and those read are kept there."""
         with self._lock:
-            if all(ObjectId.from_hex(lid) in self._read for lid in entry.lists):
+            if all(
+                (i := ObjectId.from_hex(lid)) in self._read or (kept is not None and kept.has(i))
+                for lid in entry.lists
+            ):
                 return self._read
             snaps = [*self._recent, *newest[-SNAPSHOTS_AHEAD:]]
             token = tuple(id(s) for s in snaps)
@@ -168,7 +182,14 @@ class ListsAhead:
             while j < len(snap.files) and (j == k or size < LISTS_AHEAD):
                 size += snap.files[j].size
                 j += 1
-            ids = [ObjectId.from_hex(lid) for e in snap.files[k:j] for lid in e.lists]
-            with ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch") as pool:
-                self._read = read_chunks(store, ids, pool)
+            ids = {ObjectId.from_hex(lid) for e in snap.files[k:j] for lid in e.lists}
+            old, self._read = self._read, {}
+            for i in ids & old.keys():  # read already (an earlier file's window): not again
+                self._read[i] = old[i]
+            wanted = [i for i in ids - old.keys() if kept is None or not kept.has(i)]
+            if wanted:
+                with ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch") as pool:
+                    self._read.update(
+                        read_chunks(store, wanted, pool, None if kept is None else kept.keep)
+                    )
             return self._read
