@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from casnap.phases import Phases
 from casnap.spans import Spans
 from casnap.store import Store
 
+T = TypeVar("T")
 REF_DTYPE = np.dtype([("id", "u1", (ID_SIZE,)), ("length", "<u4")])
 assert REF_DTYPE.itemsize == REF_SIZE
 
@@ -42,9 +43,14 @@ TASK_BYTES = 1024 * 1024
 # Tasks whose output may wait to be written at once (on top of the window the caller asks for):
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
-# Output bytes of the tasks whose reads are fetched as spans at once, on a remote backend: the
-# compressed bytes of two or three such stretches are in memory (written, fetched ahead).
-SPAN_WINDOW = 32 * 1024 * 1024
+# Output bytes of the tasks whose reads are grouped into spans at once, on a remote backend: the
+# larger, the fewer requests for the packs a stretch reads a little of (a later commit's changes
+# are read once per stretch). Memory does not grow with it: spans are fetched at most SPANS_AHEAD
+# bytes ahead of their reads and dropped once read (spans.py).
+SPAN_WINDOW = 128 * 1024 * 1024
+# Items (tasks, ends of files) in one stretch at most: a stretch of many tiny files keeps each of
+# them open (a descriptor) until it is written.
+MAX_ITEMS_AHEAD = 256
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
 # Zero-filled blocks of this size, aligned in the file, are restored as holes (a seek, no write).
@@ -183,30 +189,53 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:
     return tasks
 
 
-def spans_ahead(store: Store, tasks: Iterator[Task], fetcher: ThreadPoolExecutor) -> Iterator[Task]:
-    """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
-    ahead: a stretch starts fetching before the first task of the stretch before it is handed
-    out, so the requests of one overlap the decoding and writing of the other."""
-    started: list[Task] = []
-    batch: list[Task] = []
+def spans_ahead(
+    store: Store,
+    items: Iterator[T],
+    fetcher: ThreadPoolExecutor,
+    task_of: Callable[[T], Task | None],
+) -> Iterator[T]:
+    """items (tasks, or things holding one: task_of finds it, None when an item holds none),
+    with the reads of every SPAN_WINDOW bytes of tasks grouped into spans fetched ahead: a
+    stretch starts fetching before the first item of the stretch before it is handed out, so
+    the requests of one overlap the decoding and writing of the other. A stretch spans as many
+    items (the tasks of many small files) as it takes to fill it, up to MAX_ITEMS_AHEAD."""
+    started: list[T] = []
+    batch: list[T] = []
     size = 0
-    for task in tasks:
-        batch.append(task)
-        size += task.size
-        if size >= SPAN_WINDOW:
-            started, previous = _with_spans(store, batch, fetcher), started
+    for item in items:
+        batch.append(item)
+        task = task_of(item)
+        size += task.size if task is not None else 0
+        if size >= SPAN_WINDOW or len(batch) >= MAX_ITEMS_AHEAD:
+            started, previous = _with_spans(store, batch, fetcher, task_of), started
             yield from previous
             batch, size = [], 0
     yield from started
-    yield from _with_spans(store, batch, fetcher)
+    yield from _with_spans(store, batch, fetcher, task_of)
 
 
-def _with_spans(store: Store, batch: list[Task], fetcher: ThreadPoolExecutor) -> list[Task]:
+def _itself(task: Task) -> Task:
+    return task
+
+
+def _with_spans(
+    store: Store,
+    batch: list[T],
+    fetcher: ThreadPoolExecutor,
+    task_of: Callable[[T], Task | None],
+) -> list[T]:
     keys = store.index.packs
-    reads = [(pack_key(keys[r.pack]), r.start, r.stop) for task in batch for r in task.reads]
-    if len(reads) > 1:
-        spans = Spans(store.backend, fetcher, reads)
-        for task in batch:
+    tasks = [task for task in map(task_of, batch) if task is not None]
+    if sum(len(task.reads) for task in tasks) > 1:
+        frames = [
+            (pack_key(keys[r.pack]), frame[0], frame[0] + frame[1])
+            for task in tasks
+            for r in task.reads
+            for frame in r.frames
+        ]
+        spans = Spans(store.backend, fetcher, frames)
+        for task in tasks:
             task.spans = spans
     return batch
 
@@ -221,6 +250,8 @@ def _frames(
     raw: bytes | memoryview | None = None
     for o, ln, fp, ranges, keep in read.frames:
         frame = store.cached_frame(pack, o)
+        if frame is not None and spans is not None:
+            spans.skip(key, o, ln)  # decoded for an earlier read: its span need not wait for it
         if frame is None:
             if spans is not None:
                 with timer.timed("read"):
@@ -390,7 +421,7 @@ def restore(
     tasks = plan_tasks(store, refs)
     if store.backend.remote:  # a request per read would cost more than the reading
         fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
-        tasks = spans_ahead(store, tasks, fetcher)
+        tasks = spans_ahead(store, tasks, fetcher, _itself)
     try:
         for task in phases.iterate("plan", tasks):
             inflight.append(pool.submit(fetch_timed, store, task, phases))

@@ -5,10 +5,10 @@ while a few hundred KiB more in one answer cost little. A file restored from a l
 reads from many packs in turn (its unchanged pages from the first commit's packs, the changed
 ones from each later commit's), so reads of adjacent frames alone make a request per few
 frames. Here the ranges wanted by a stretch of reads are grouped per pack, merged across gaps
-of up to SPAN_GAP bytes into spans of at most SPAN_MAX bytes, and every span is fetched at once
-on its own threads; reads then slice the span that holds them. Memory: the spans of a stretch
-live until its last read is done, and a stretch is bounded by its caller.
-"""
+of up to SPAN_GAP bytes into spans of at most SPAN_MAX bytes, and the spans fetched on their own
+threads in the order they are first read; reads then slice the span that holds them. Memory: at
+most SPANS_AHEAD bytes of spans are fetched ahead of their reads, and a span is dropped once
+every range wanted from it was read, so a long stretch costs requests saved, not memory."""
 
 from __future__ import annotations
 
@@ -36,14 +36,31 @@ SPAN_GAP = 512 * 1024
 # Largest span asked for in one request: big enough that a pack read whole is a request or two,
 # small enough that a few spans per fetching thread stay in memory.
 SPAN_MAX = 16 * 1024 * 1024
+# Bytes of spans fetched ahead of their reads, at most (a span needed at once is fetched anyway).
+SPANS_AHEAD = 32 * 1024 * 1024
 # Bytes of files whose chunk lists are read ahead at once (lists take ~1% of that).
 LISTS_AHEAD = 4 << 30
 # Snapshots whose files' lists may be read ahead: the last loaded, and the newest listed.
 SNAPSHOTS_AHEAD = 8
 
 
+class _Span:
+    """One range of an object fetched in one request, and the reads of it still to come."""
+
+    __slots__ = ("key", "start", "stop", "uses", "fut")
+
+    def __init__(self, key: str, start: int, stop: int) -> None:
+        self.key = key
+        self.start = start
+        self.stop = stop
+        self.uses = 0  # ranges wanted from it not read (nor skipped) yet
+        self.fut: Future[bytes] | None = None  # None: not fetched yet, or dropped
+
+
 class Spans:
-    """The spans covering a set of pack ranges, each fetched once in the background."""
+    """The spans covering a list of pack ranges, each fetched once in the background, in the
+    order of their first range, at most `ahead` bytes of them fetched and not yet read; a span
+    is dropped once each of its ranges was read (or skipped)."""
 
     def __init__(
         self,
@@ -52,33 +69,106 @@ class Spans:
         ranges: Iterable[tuple[str, int, int]],
         gap: int = SPAN_GAP,
         limit: int = SPAN_MAX,
+        ahead: int = SPANS_AHEAD,
     ) -> None:
-        """ranges: (object key, start, stop). Fetching starts at once, on pool's threads."""
+        """ranges: (object key, start, stop), in the order they will be read (each read once
+        with get, or passed over with skip). Fetching starts at once, on pool's threads."""
+        self._backend = backend
+        self._pool = pool
+        self._ahead = ahead
+        self._lock = threading.Lock()
+        listed = list(ranges)
         by_key: dict[str, list[tuple[int, int]]] = {}
-        for key, start, stop in ranges:
+        for key, start, stop in listed:
             by_key.setdefault(key, []).append((start, stop))
         self._starts: dict[str, list[int]] = {}
-        self._spans: dict[str, list[tuple[int, int, Future[bytes]]]] = {}
+        self._spans: dict[str, list[_Span]] = {}
         for key, wanted in by_key.items():
             merged = _merge(sorted(wanted), gap, limit)
             self._starts[key] = [a for a, _ in merged]
-            self._spans[key] = [(a, b, pool.submit(backend.get, key, a, b - a)) for a, b in merged]
+            self._spans[key] = [_Span(key, a, b) for a, b in merged]
+        self._queue: deque[_Span] = deque()  # spans to fetch, in the order of their first range
+        for key, start, stop in listed:
+            span = self._find(key, start, stop - start)
+            if span.uses == 0:
+                self._queue.append(span)
+            span.uses += 1
+        self._held = 0  # bytes of spans fetched (or being fetched) and not dropped
+        with self._lock:
+            self._fetch_more()
+
+    def _find(self, key: str, start: int, length: int) -> _Span:
+        spans = self._spans.get(key)
+        i = bisect.bisect_right(self._starts.get(key, []), start) - 1
+        if spans is None or i < 0 or not spans[i].start <= start <= start + length <= spans[i].stop:
+            raise KeyError(f"{key}: range {start}+{length} is in no span")
+        return spans[i]
+
+    def _fetch(self, span: _Span) -> Future[bytes]:
+        """Start fetching span (the lock held)."""
+        if span.fut is None:
+            fut = self._pool.submit(self._backend.get, span.key, span.start, span.stop - span.start)
+            span.fut = fut
+            self._held += span.stop - span.start
+        return span.fut
+
+    def _fetch_more(self) -> None:
+        """Start the next spans in line while under `ahead` bytes are held (the lock held)."""
+        while self._queue:
+            span = self._queue[0]
+            if span.uses == 0:  # every range skipped: never wanted
+                self._queue.popleft()
+                continue
+            if self._held and self._held + span.stop - span.start > self._ahead:
+                return
+            self._queue.popleft()
+            if span.fut is None:
+                self._fetch(span)
+
+    def _done(self, span: _Span) -> None:
+        """One range of span read or skipped (the lock held): the span is dropped after its
+        last, and the next spans in line are started."""
+        span.uses -= 1
+        if span.uses == 0:
+            if span.fut is not None:
+                span.fut = None
+                self._held -= span.stop - span.start
+            self._fetch_more()
 
     def get(self, key: str, start: int, length: int) -> memoryview:
         """Bytes [start, start + length) of an object, from the span holding them (waits for
-        it; raises what fetching it raised)."""
-        spans = self._spans.get(key)
-        i = bisect.bisect_right(self._starts.get(key, []), start) - 1
-        if spans is None or i < 0 or not spans[i][0] <= start <= start + length <= spans[i][1]:
-            raise KeyError(f"{key}: range {start}+{length} is in no span")
-        a, _b, fut = spans[i]
-        return memoryview(fut.result())[start - a : start - a + length]
+        it, fetching it now when it is not under way; raises what fetching it raised)."""
+        span = self._find(key, start, length)
+        with self._lock:
+            fut = self._fetch(span)
+        try:
+            data = fut.result()
+        finally:
+            with self._lock:
+                if span.uses > 0:
+                    self._done(span)
+        return memoryview(data)[start - span.start : start - span.start + length]
+
+    def skip(self, key: str, start: int, length: int) -> None:
+        """A range that will not be read (its bytes were found elsewhere)."""
+        span = self._find(key, start, length)
+        with self._lock:
+            if span.uses > 0:
+                self._done(span)
+
+    def held(self) -> int:
+        """Bytes of spans fetched, or being fetched, and not yet dropped."""
+        with self._lock:
+            return self._held
 
     def cancel(self) -> None:
         """Drop fetches not started yet (after a failure)."""
-        for spans in self._spans.values():
-            for _a, _b, fut in spans:
-                fut.cancel()
+        with self._lock:
+            self._queue.clear()
+            for spans in self._spans.values():
+                for span in spans:
+                    if span.fut is not None:
+                        span.fut.cancel()
 
 
 def _merge(wanted: list[tuple[int, int]], gap: int, limit: int) -> list[tuple[int, int]]:

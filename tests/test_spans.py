@@ -116,3 +116,59 @@ def test_chunk_lists_of_the_files_after_one_are_read_with_it(tmp_path: Path) -> 
     assert len({first, *rest}) == len(snap.files)
     foreign = dataclasses.replace(snap.files[5], path="elsewhere.bin", lists=snap.files[5].lists)
     assert repo.file_refs(foreign) == rest[4]
+
+
+def test_small_files_restored_from_a_remote_backend_share_their_requests(tmp_path: Path) -> None:
+    """Files smaller than a stretch of reads are planned together: their frames, side by side
+    in one pack, come in one span rather than one request per file."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        (data / ("sub" if i % 3 else ".") / f"f{i:02d}.bin").write_bytes(rng.bytes(300_000))
+    backend = RemoteMemory()
+    cfg = default_config()
+    cfg["pack_target"] = 64 * MiB
+    repo = Repository.init_backend(backend, cfg, tmp_path / "tmp")
+    commit(repo, data)
+    backend.pack_reads.clear()
+    out = tmp_path / "out"
+    checkout(repo, "latest", out, safety_snapshot=False, smoke=False)
+    for p in data.rglob("*.bin"):
+        assert (out / p.relative_to(data)).read_bytes() == p.read_bytes()
+    assert len({key for key, _, _ in backend.pack_reads}) == 1
+    # the chunk lists of every file in one span, the data of every file in another
+    assert len(backend.pack_reads) <= 2, backend.pack_reads
+
+
+def test_spans_are_fetched_a_bounded_amount_ahead_and_dropped_once_read() -> None:
+    """Spans are fetched in the order of their first read, no more than `ahead` bytes of them
+    waiting to be read; a span whose every range was read is dropped (its memory freed), and
+    one whose ranges were all skipped (served from elsewhere) is never fetched."""
+    backend = RemoteMemory()
+    blob = np.random.default_rng(2).bytes(1_000_000)
+    backend.put("packs/aa/x", blob)
+    key = "packs/aa/x"
+    # four spans of 100 kB, 200 kB apart; wanted last one first
+    order = [(key, 600_000, 700_000), (key, 0, 50_000), (key, 50_000, 100_000)]
+    order += [(key, 200_000, 300_000), (key, 400_000, 500_000)]
+    with ThreadPoolExecutor(1) as pool:  # fetches run in the order submitted
+        got = spans.Spans(backend, pool, order, gap=10, limit=1 << 20, ahead=150_000)
+        wait_idle(pool)
+        assert [r[1] for r in backend.pack_reads] == [600_000]  # one span ahead, no more
+        assert bytes(got.get(key, 600_000, 100_000)) == blob[600_000:700_000]
+        wait_idle(pool)
+        assert [r[1] for r in backend.pack_reads] == [600_000, 0]
+        assert got.held() == 100_000  # the first span was dropped once read
+        assert bytes(got.get(key, 0, 50_000)) == blob[:50_000]
+        assert got.held() == 100_000  # half of the second one is still wanted
+        got.skip(key, 200_000, 100_000)  # served from elsewhere: never fetched
+        assert bytes(got.get(key, 50_000, 50_000)) == blob[50_000:100_000]
+        assert bytes(got.get(key, 400_000, 100_000)) == blob[400_000:500_000]
+        assert [r[1] for r in backend.pack_reads] == [600_000, 0, 400_000]
+        assert got.held() == 0
+
+
+def wait_idle(pool: ThreadPoolExecutor) -> None:
+    """Wait until every task submitted to pool (of one thread) so far has run."""
+    pool.submit(lambda: None).result()
