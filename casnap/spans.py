@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from casnap.backends.base import Backend
+from casnap.backends.base import Backend, read_view
 from casnap.constants import REMOTE_WORKERS
 from casnap.errors import CasnapError
 from casnap.ids import ObjectId
@@ -54,7 +54,7 @@ class _Span:
         self.start = start
         self.stop = stop
         self.uses = 0  # ranges wanted from it not read (nor skipped) yet
-        self.fut: Future[bytes] | None = None  # None: not fetched yet, or dropped
+        self.fut: Future[bytes | memoryview] | None = None  # None: not fetched yet, or dropped
 
 
 class Spans:
@@ -104,10 +104,11 @@ class Spans:
             raise KeyError(f"{key}: range {start}+{length} is in no span")
         return spans[i]
 
-    def _fetch(self, span: _Span) -> Future[bytes]:
+    def _fetch(self, span: _Span) -> Future[bytes | memoryview]:
         """Start fetching span (the lock held)."""
         if span.fut is None:
-            fut = self._pool.submit(self._backend.get, span.key, span.start, span.stop - span.start)
+            size = span.stop - span.start
+            fut = self._pool.submit(read_view, self._backend, span.key, span.start, size)
             span.fut = fut
             self._held += span.stop - span.start
         return span.fut
