@@ -198,17 +198,21 @@ def spans_ahead(
     """items (tasks, or things holding one: task_of finds it, None when an item holds none),
     with the reads of every SPAN_WINDOW bytes of tasks grouped into spans fetched ahead: a
     stretch starts fetching before the first item of the stretch before it is handed out, so
-    the requests of one overlap the decoding and writing of the other. A stretch spans as many
-    items (the tasks of many small files) as it takes to fill it, up to MAX_ITEMS_AHEAD."""
+    the requests of one overlap the decoding and writing of the other (but the first stretch,
+    handed out at once: nothing is decoded yet). A stretch spans as many items (the tasks of
+    many small files) as it takes to fill it, up to MAX_ITEMS_AHEAD."""
     started: list[T] = []
     batch: list[T] = []
     size = 0
+    first = True  # the first stretch is handed out as soon as it is fetching: no wait at start
     for item in items:
         batch.append(item)
         task = task_of(item)
         size += task.size if task is not None else 0
         if size >= SPAN_WINDOW or len(batch) >= MAX_ITEMS_AHEAD:
             started, previous = _with_spans(store, batch, fetcher, task_of), started
+            if first:
+                started, previous, first = [], started, False
             yield from previous
             batch, size = [], 0
     yield from started

@@ -33,9 +33,9 @@ if TYPE_CHECKING:  # the store (numpy) is loaded by whoever reads chunks
 # Bytes between two wanted ranges of one pack that are read rather than asked for separately: a
 # round trip to an object store (tens of ms) costs more than this much transfer.
 SPAN_GAP = 512 * 1024
-# Largest span asked for in one request: big enough that a pack read whole is a request or two,
-# small enough that a few spans per fetching thread stay in memory.
-SPAN_MAX = 16 * 1024 * 1024
+# Largest span asked for in one request: a whole pack (16 MiB of frames by default, then its last
+# frame and its directory) is one request; a few spans per fetching thread stay in memory.
+SPAN_MAX = 20 * 1024 * 1024
 # Bytes of spans fetched ahead of their reads, at most (a span needed at once is fetched anyway).
 SPANS_AHEAD = 32 * 1024 * 1024
 # Bytes of files whose chunk lists are read ahead at once (lists take ~1% of that).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -201,3 +202,61 @@ def test_encrypted_views_hold_the_bytes_get_returns() -> None:
     inner.put("packs/aa/x", bytes(damaged))
     with pytest.raises(IntegrityError):
         read_view(sealed, "packs/aa/x", 90_000, 20_000)
+
+
+def test_a_whole_pack_is_one_request(tmp_path: Path) -> None:
+    """A pack holds pack_target bytes of frames and then some (its last frame, its directory):
+    a restore that needs all of it asks for it in one request, not one and a sliver."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "big.bin").write_bytes(np.random.default_rng(8).bytes(36 * MiB))
+    backend = RemoteMemory()
+    repo = Repository.init_backend(backend, default_config(), tmp_path / "tmp")
+    commit(repo, data)
+    packs = {key for key in backend.objects if key.startswith("packs/")}
+    assert len(packs) >= 3
+    for entry in repo.load_snapshot(repo.resolve("latest")).files:
+        repo.file_refs(entry)  # its chunk list read (and held) first: only data reads remain
+    backend.pack_reads.clear()
+    out = tmp_path / "out"
+    checkout(repo, "latest", out, safety_snapshot=False, smoke=False)
+    assert (out / "big.bin").read_bytes() == (data / "big.bin").read_bytes()
+    assert len(backend.pack_reads) == len(packs), backend.pack_reads
+
+
+def test_the_first_stretch_is_handed_out_as_soon_as_it_is_fetching() -> None:
+    """The tasks of the first stretch are handed out once its spans are under way, before the
+    next stretch is planned (later ones wait for the next to start: reads overlap work)."""
+    from casnap import pipeline
+
+    class FakeIndex:
+        packs = [bytes(32)]
+
+    class FakeStore:
+        index = FakeIndex()
+        backend = RemoteMemory()
+
+    FakeStore.backend.put("packs/00/" + bytes(32).hex(), bytes(1))
+    pulled = []
+
+    def tasks() -> Iterator[pipeline.Task]:
+        for i in range(400):
+            pulled.append(i)
+            task = pipeline.Task(i * MiB)
+            task.size = MiB
+            read = pipeline._Read(0, i * MiB)
+            read.frames.append([i * MiB, MiB, MiB, [(0, MiB)], False])
+            read.stop = (i + 1) * MiB
+            task.reads.append(read)
+            yield task
+
+    stretch = pipeline.SPAN_WINDOW // MiB
+    with ThreadPoolExecutor(1) as pool:
+        handed = pipeline.spans_ahead(FakeStore(), tasks(), pool, lambda t: t)  # type: ignore[arg-type]
+        first = next(handed)
+        assert len(pulled) == stretch  # the second stretch not planned yet
+        rest = [first, *handed]
+        for task in rest:
+            assert task.spans is not None
+            task.spans.cancel()
+    assert len(rest) == 400
