@@ -44,13 +44,14 @@ TASK_BYTES = 1024 * 1024
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
 # Output bytes of the tasks whose reads are grouped into spans at once, on a remote backend: the
-# larger, the fewer requests for the packs a stretch reads a little of (a later commit's changes
-# are read once per stretch). Memory does not grow with it: spans are fetched at most SPANS_AHEAD
-# bytes ahead of their reads and dropped once read (spans.py).
-SPAN_WINDOW = 128 * 1024 * 1024
-# Items (tasks, ends of files) in one stretch at most: a stretch of many tiny files keeps each of
-# them open (a descriptor) until it is written.
-MAX_ITEMS_AHEAD = 256
+# longer, the fewer requests for the packs a stretch reads a little of (a later commit's changes
+# are read once per stretch, not once per few MiB). Memory does not grow with it: spans are
+# fetched at most SPANS_AHEAD bytes ahead of their reads, at most SPANS_HELD bytes of them are
+# kept, and each is dropped once read (spans.py); the plan of a stretch is ~1% of its output.
+SPAN_WINDOW = 256 * 1024 * 1024
+# Ends of files in one stretch at most: a stretch of many tiny files keeps each of them open (a
+# descriptor) until it is written.
+MAX_ENDS_AHEAD = 128
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
 # Zero-filled blocks of this size, aligned in the file, are restored as holes (a seek, no write).
@@ -200,21 +201,25 @@ def spans_ahead(
     stretch starts fetching before the first item of the stretch before it is handed out, so
     the requests of one overlap the decoding and writing of the other (but the first stretch,
     handed out at once: nothing is decoded yet). A stretch spans as many items (the tasks of
-    many small files) as it takes to fill it, up to MAX_ITEMS_AHEAD."""
+    many small files) as it takes to fill it, up to MAX_ENDS_AHEAD items holding no task (ends
+    of files)."""
     started: list[T] = []
     batch: list[T] = []
-    size = 0
+    size = ends = 0
     first = True  # the first stretch is handed out as soon as it is fetching: no wait at start
     for item in items:
         batch.append(item)
         task = task_of(item)
-        size += task.size if task is not None else 0
-        if size >= SPAN_WINDOW or len(batch) >= MAX_ITEMS_AHEAD:
+        if task is None:
+            ends += 1
+        else:
+            size += task.size
+        if size >= SPAN_WINDOW or ends >= MAX_ENDS_AHEAD:
             started, previous = _with_spans(store, batch, fetcher, task_of), started
             if first:
                 started, previous, first = [], started, False
             yield from previous
-            batch, size = [], 0
+            batch, size, ends = [], 0, 0
     yield from started
     yield from _with_spans(store, batch, fetcher, task_of)
 

@@ -7,15 +7,17 @@ ones from each later commit's), so reads of adjacent frames alone make a request
 frames. Here the ranges wanted by a stretch of reads are grouped per pack, merged across gaps
 of up to SPAN_GAP bytes into spans of at most SPAN_MAX bytes, and the spans fetched on their own
 threads in the order they are first read; reads then slice the span that holds them. Memory: at
-most SPANS_AHEAD bytes of spans are fetched ahead of their reads, and a span is dropped once
-every range wanted from it was read, so a long stretch costs requests saved, not memory."""
+most SPANS_AHEAD bytes of spans are fetched ahead of their reads, a span is dropped once every
+range wanted from it was read, and past SPANS_HELD bytes the spans read from least recently are
+cut to what their reads to come need, or dropped and fetched again when wanted (a pack a long
+stretch reads a little of now and then), so a long stretch saves requests, not memory."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
 import threading
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -38,6 +40,9 @@ SPAN_GAP = 512 * 1024
 SPAN_MAX = 20 * 1024 * 1024
 # Bytes of spans fetched ahead of their reads, at most (a span needed at once is fetched anyway).
 SPANS_AHEAD = 32 * 1024 * 1024
+# Bytes of spans held at most, read from or not: past it the span read from least recently is
+# dropped (a later commit's pack a long stretch reads a little of now and then).
+SPANS_HELD = 96 * 1024 * 1024
 # Bytes of files whose chunk lists are read ahead at once (lists take ~1% of that).
 LISTS_AHEAD = 4 << 30
 # Snapshots whose files' lists may be read ahead: the last loaded, and the newest listed.
@@ -47,20 +52,25 @@ SNAPSHOTS_AHEAD = 8
 class _Span:
     """One range of an object fetched in one request, and the reads of it still to come."""
 
-    __slots__ = ("key", "start", "stop", "uses", "fut")
+    __slots__ = ("key", "start", "stop", "uses", "wanted", "fut", "base", "size", "started")
 
     def __init__(self, key: str, start: int, stop: int) -> None:
         self.key = key
         self.start = start
         self.stop = stop
         self.uses = 0  # ranges wanted from it not read (nor skipped) yet
+        self.wanted: Counter[tuple[int, int]] = Counter()  # those ranges
         self.fut: Future[bytes | memoryview] | None = None  # None: not fetched yet, or dropped
+        self.base = start  # where the bytes fetched start (a span fetched again: its rest only)
+        self.size = 0  # bytes fetched
+        self.started = False  # read from since it was fetched
 
 
 class Spans:
-    """The spans covering a list of pack ranges, each fetched once in the background, in the
-    order of their first range, at most `ahead` bytes of them fetched and not yet read; a span
-    is dropped once each of its ranges was read (or skipped)."""
+    """The spans covering a list of pack ranges, each fetched in the background in the order of
+    its first range, at most `ahead` bytes of them fetched and not read from yet; a span is
+    dropped once each of its ranges was read (or skipped), and past `held` bytes of spans the
+    one read from least recently is dropped early (fetched again when it is wanted again)."""
 
     def __init__(
         self,
@@ -70,12 +80,14 @@ class Spans:
         gap: int = SPAN_GAP,
         limit: int = SPAN_MAX,
         ahead: int = SPANS_AHEAD,
+        held: int = SPANS_HELD,
     ) -> None:
         """ranges: (object key, start, stop), in the order they will be read (each read once
         with get, or passed over with skip). Fetching starts at once, on pool's threads."""
         self._backend = backend
         self._pool = pool
-        self._ahead = ahead
+        self._ahead_max = ahead
+        self._held_max = held
         self._lock = threading.Lock()
         listed = list(ranges)
         by_key: dict[str, list[tuple[int, int]]] = {}
@@ -93,7 +105,10 @@ class Spans:
             if span.uses == 0:
                 self._queue.append(span)
             span.uses += 1
+            span.wanted[start, stop] += 1
         self._held = 0  # bytes of spans fetched (or being fetched) and not dropped
+        self._ahead = 0  # of which not read from yet
+        self._in_use: OrderedDict[int, _Span] = OrderedDict()  # read from, least recent first
         with self._lock:
             self._fetch_more()
 
@@ -104,36 +119,89 @@ class Spans:
             raise KeyError(f"{key}: range {start}+{length} is in no span")
         return spans[i]
 
+    # every method below but the public ones runs with the lock held
+
     def _fetch(self, span: _Span) -> Future[bytes | memoryview]:
-        """Start fetching span (the lock held)."""
+        """Start fetching span: whole, or when it was dropped early, what is still wanted."""
         if span.fut is None:
-            size = span.stop - span.start
-            fut = self._pool.submit(read_view, self._backend, span.key, span.start, size)
-            span.fut = fut
-            self._held += span.stop - span.start
+            a, b = span.start, span.stop
+            if span.started:  # dropped while read from: what its reads to come need
+                a = min(lo for lo, _hi in span.wanted)
+                b = max(hi for _lo, hi in span.wanted)
+            span.base, span.size = a, b - a
+            span.fut = self._pool.submit(read_view, self._backend, span.key, a, b - a)
+            span.started = False
+            self._held += span.size
+            self._ahead += span.size
         return span.fut
 
-    def _fetch_more(self) -> None:
-        """Start the next spans in line while under `ahead` bytes are held (the lock held)."""
+    def _drop(self, span: _Span) -> None:
+        if span.fut is not None:
+            span.fut = None
+            self._held -= span.size
+            if not span.started:
+                self._ahead -= span.size
+        self._in_use.pop(id(span), None)
+
+    def _make_room(self, size: int, keep: _Span | None = None) -> bool:
+        """Make size more bytes fit under `held`, from the spans read from least recently (but
+        keep): first each cut to what its reads to come need when that is at most half of it,
+        then dropped; whether they fit."""
+        for old in list(self._in_use.values()):
+            if self._held + size <= self._held_max:
+                return True
+            if old is not keep:
+                self._trim(old)
+        # then dropped, largest first: each costs a request when it is wanted again
+        for old in sorted(self._in_use.values(), key=lambda span: -span.size):
+            if self._held + size <= self._held_max:
+                return True
+            if old is not keep:
+                self._drop(old)
+        return self._held + size <= self._held_max
+
+    def _trim(self, span: _Span) -> bool:
+        """Keep only the bytes of span its reads to come need, when fetched and at most half of
+        it; whether it was cut."""
+        fut = span.fut
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return False
+        a = min(lo for lo, _hi in span.wanted)
+        b = max(hi for _lo, hi in span.wanted)
+        if 2 * (b - a) > span.size:
+            return False
+        kept: Future[bytes | memoryview] = Future()
+        kept.set_result(bytes(memoryview(fut.result())[a - span.base : b - span.base]))
+        self._held -= span.size - (b - a)
+        span.fut, span.base, span.size = kept, a, b - a
+        return True
+
+    def _fetch_more(self, keep: _Span | None = None) -> None:
+        """Start the next spans in line while they fit under `ahead` (and `held`: keep, a span
+        being read, stays)."""
         while self._queue:
             span = self._queue[0]
-            if span.uses == 0:  # every range skipped: never wanted
+            if span.uses == 0 or span.fut is not None:  # all skipped, or fetched when needed
                 self._queue.popleft()
                 continue
-            if self._held and self._held + span.stop - span.start > self._ahead:
+            size = span.stop - span.start
+            if self._ahead and self._ahead + size > self._ahead_max:
+                return
+            if not self._make_room(size, keep) and self._held:
                 return
             self._queue.popleft()
-            if span.fut is None:
-                self._fetch(span)
+            self._fetch(span)
 
-    def _done(self, span: _Span) -> None:
-        """One range of span read or skipped (the lock held): the span is dropped after its
-        last, and the next spans in line are started."""
+    def _done(self, span: _Span, start: int, stop: int) -> None:
+        """One range of span read or skipped: the span is dropped after its last."""
         span.uses -= 1
+        left = span.wanted[start, stop] - 1
+        if left > 0:
+            span.wanted[start, stop] = left
+        else:
+            del span.wanted[start, stop]
         if span.uses == 0:
-            if span.fut is not None:
-                span.fut = None
-                self._held -= span.stop - span.start
+            self._drop(span)
             self._fetch_more()
 
     def get(self, key: str, start: int, length: int) -> memoryview:
@@ -142,20 +210,30 @@ class Spans:
         span = self._find(key, start, length)
         with self._lock:
             fut = self._fetch(span)
+            if not span.started:
+                span.started = True
+                self._ahead -= span.size
+            self._in_use[id(span)] = span
+            self._in_use.move_to_end(id(span))
+            self._make_room(0, keep=span)
+            self._fetch_more(keep=span)
+            base = span.base
         try:
             data = fut.result()
         finally:
             with self._lock:
-                if span.uses > 0:
-                    self._done(span)
-        return memoryview(data)[start - span.start : start - span.start + length]
+                if span.wanted[start, start + length] > 0:
+                    self._done(span, start, start + length)
+        if not base <= start <= start + length <= base + len(data):  # a range not listed
+            return memoryview(read_view(self._backend, key, start, length))
+        return memoryview(data)[start - base : start - base + length]
 
     def skip(self, key: str, start: int, length: int) -> None:
         """A range that will not be read (its bytes were found elsewhere)."""
         span = self._find(key, start, length)
         with self._lock:
-            if span.uses > 0:
-                self._done(span)
+            if span.wanted[start, start + length] > 0:
+                self._done(span, start, start + length)
 
     def held(self) -> int:
         """Bytes of spans fetched, or being fetched, and not yet dropped."""

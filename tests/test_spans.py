@@ -144,7 +144,7 @@ def test_small_files_restored_from_a_remote_backend_share_their_requests(tmp_pat
 
 def test_spans_are_fetched_a_bounded_amount_ahead_and_dropped_once_read() -> None:
     """Spans are fetched in the order of their first read, no more than `ahead` bytes of them
-    waiting to be read; a span whose every range was read is dropped (its memory freed), and
+    not read from yet; a span whose every range was read is dropped (its memory freed), and
     one whose ranges were all skipped (served from elsewhere) is never fetched."""
     backend = RemoteMemory()
     blob = np.random.default_rng(2).bytes(1_000_000)
@@ -162,11 +162,13 @@ def test_spans_are_fetched_a_bounded_amount_ahead_and_dropped_once_read() -> Non
         assert [r[1] for r in backend.pack_reads] == [600_000, 0]
         assert got.held() == 100_000  # the first span was dropped once read
         assert bytes(got.get(key, 0, 50_000)) == blob[:50_000]
-        assert got.held() == 100_000  # half of the second one is still wanted
-        got.skip(key, 200_000, 100_000)  # served from elsewhere: never fetched
+        wait_idle(pool)
+        assert got.held() == 200_000  # half of the second one still wanted; the next ahead
+        got.skip(key, 400_000, 100_000)  # served from elsewhere: never fetched
         assert bytes(got.get(key, 50_000, 50_000)) == blob[50_000:100_000]
-        assert bytes(got.get(key, 400_000, 100_000)) == blob[400_000:500_000]
-        assert [r[1] for r in backend.pack_reads] == [600_000, 0, 400_000]
+        assert got.held() == 100_000
+        assert bytes(got.get(key, 200_000, 100_000)) == blob[200_000:300_000]
+        assert [r[1] for r in backend.pack_reads] == [600_000, 0, 200_000]
         assert got.held() == 0
 
 
@@ -237,10 +239,12 @@ def test_the_first_stretch_is_handed_out_as_soon_as_it_is_fetching() -> None:
         backend = RemoteMemory()
 
     FakeStore.backend.put("packs/00/" + bytes(32).hex(), bytes(1))
+    stretch = pipeline.SPAN_WINDOW // MiB
+    count = 2 * stretch + 5
     pulled = []
 
     def tasks() -> Iterator[pipeline.Task]:
-        for i in range(400):
+        for i in range(count):
             pulled.append(i)
             task = pipeline.Task(i * MiB)
             task.size = MiB
@@ -250,7 +254,6 @@ def test_the_first_stretch_is_handed_out_as_soon_as_it_is_fetching() -> None:
             task.reads.append(read)
             yield task
 
-    stretch = pipeline.SPAN_WINDOW // MiB
     with ThreadPoolExecutor(1) as pool:
         handed = pipeline.spans_ahead(FakeStore(), tasks(), pool, lambda t: t)  # type: ignore[arg-type]
         first = next(handed)
@@ -259,4 +262,35 @@ def test_the_first_stretch_is_handed_out_as_soon_as_it_is_fetching() -> None:
         for task in rest:
             assert task.spans is not None
             task.spans.cancel()
-    assert len(rest) == 400
+    assert len(rest) == count
+
+
+def test_spans_partly_read_are_cut_or_dropped_past_the_limit() -> None:
+    """A span read early and again much later (a later commit's pack, read a little per file)
+    does not hold memory for the whole stretch: past `held` bytes, the spans read from least
+    recently are cut to what their reads to come need (when that is at most half of them) or
+    dropped, and then fetched again from where those reads start."""
+    backend = RemoteMemory()
+    blob = np.random.default_rng(6).bytes(1_000_000)
+    backend.put("packs/aa/x", blob)
+    key = "packs/aa/x"
+    cut = [(key, 0, 60_000), (key, 90_000, 100_000)]  # one span: 10% of it wanted later
+    drop = [(key, 900_000, 910_000), (key, 910_000, 1_000_000)]  # one span: 90% wanted later
+    middle = [(key, a, a + 100_000) for a in (200_000, 400_000, 600_000)]
+    order = [cut[0], drop[0], *middle, cut[1], drop[1]]
+    with ThreadPoolExecutor(1) as pool:
+        got = spans.Spans(
+            backend, pool, order, gap=40_000, limit=1 << 20, ahead=100_000, held=250_000
+        )
+        peak = 0
+        for k, a, b in order:
+            assert bytes(got.get(k, a, b - a)) == blob[a:b]
+            peak = max(peak, got.held())
+        assert got.held() == 0
+    assert peak <= 250_000
+    assert backend.pack_reads == [
+        (key, 0, 100_000),
+        (key, 900_000, 100_000),
+        *((key, a, 100_000) for a in (200_000, 400_000, 600_000)),
+        (key, 910_000, 90_000),  # dropped, fetched again: the cut one never was
+    ]
