@@ -22,7 +22,7 @@ import numpy as np
 from casnap import compression
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
-from casnap.constants import REMOTE_WORKERS
+from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
@@ -429,7 +429,7 @@ def restore(
     fetcher = None
     tasks = plan_tasks(store, refs)
     if store.backend.remote:  # a request per read would cost more than the reading
-        fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
+        fetcher = ThreadPoolExecutor(SPAN_FETCHERS, thread_name_prefix="casnap-fetch")
         tasks = spans_ahead(store, tasks, fetcher, _itself)
     try:
         for task in phases.iterate("plan", tasks):

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from casnap import pipeline
-from casnap.constants import REMOTE_WORKERS
+from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import Hasher
 from casnap.manifest import FileEntry
@@ -112,7 +112,7 @@ def write_files(
     inflight: deque[tuple[_File, Future[list[pipeline.Piece]] | None]] = deque()
     fetcher = None
     if store.backend.remote:  # a request per read would cost more than the reading
-        fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
+        fetcher = ThreadPoolExecutor(SPAN_FETCHERS, thread_name_prefix="casnap-fetch")
 
     def planned() -> Iterator[tuple[_File, pipeline.Task | None]]:
         for entry, dest in files:
