@@ -213,7 +213,7 @@ SAFETY_TAG = "pre-checkout"
 # wait for small ranged reads of many packs at once.
 REMOTE_WORKERS = 8
 # Threads fetching the spans of a restore from such a repository (spans.py): at most SPANS_AHEAD
-# (32 MiB) of spans are fetched ahead, one or two of the largest, so a few threads keep it busy;
+# (48 MiB) of spans are fetched ahead, two or three of the largest, so a few threads keep it busy;
 # each thread more keeps a malloc arena of freed span buffers (~+20 MiB of RSS each, measured).
 SPAN_FETCHERS = 4
 

@@ -39,7 +39,7 @@ SPAN_GAP = 512 * 1024
 # frame and its directory) is one request; a few spans per fetching thread stay in memory.
 SPAN_MAX = 20 * 1024 * 1024
 # Bytes of spans fetched ahead of their reads, at most (a span needed at once is fetched anyway).
-SPANS_AHEAD = 32 * 1024 * 1024
+SPANS_AHEAD = 48 * 1024 * 1024
 # Bytes of spans held at most, read from or not: past it the span read from least recently is
 # dropped (a later commit's pack a long stretch reads a little of now and then).
 SPANS_HELD = 96 * 1024 * 1024
