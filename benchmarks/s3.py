@@ -96,6 +96,9 @@ class Bench:
             CASNAP_TO_PASSWORD=PASSWORD,
             RESTIC_PASSWORD=PASSWORD,
             RESTIC_CACHE_DIR=str(work / "restic-cache"),
+            # each tool's cache in the run's own folder: no other run on this host (same
+            # location, another server) shares or drops it
+            CASNAP_CACHE_DIR=str(work / "casnap-cache"),
         )
         import boto3
 

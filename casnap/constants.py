@@ -222,10 +222,13 @@ SNIFF_BYTES = 100
 # The tag of the snapshot a checkout takes of target data no snapshot holds before replacing it.
 SAFETY_TAG = "pre-checkout"
 
-# Restore threads for a repository that is not a local directory (S3): they mostly wait for
-# ranged reads, so more of them than cores keep the connection pool (64) busy; each holds at most
-# two tasks of ~1 MiB (pipeline.TASK_BYTES), so 8 stay within ~40 MiB.
+# Threads reading chunk lists ahead from a repository that is not a local directory (S3): they
+# wait for small ranged reads of many packs at once.
 REMOTE_WORKERS = 8
+# Threads fetching the spans of a restore from such a repository (spans.py): at most SPANS_AHEAD
+# (48 MiB) of spans are fetched ahead, two or three of the largest, so a few threads keep it busy;
+# each thread more keeps a malloc arena of freed span buffers (~+20 MiB of RSS each, measured).
+SPAN_FETCHERS = 4
 
 # Repack a pack when more than this share of its bytes is unreferenced (restic's default
 # --max-unused is 5%): rewriting a pack costs reading and writing all of it, so a little waste in

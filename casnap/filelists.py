@@ -50,7 +50,9 @@ def store_list(
     def put_tree(body: bytes) -> str:
         lid = repo.ids(body)
         if not writer.known(lid):
-            writer.add(lid, TREE, compression.encode(body, level), len(body))
+            encoded = compression.encode(body, level)
+            if writer.add(lid, TREE, encoded, len(body)) and repo.lists is not None:
+                repo.lists.keep(lid, encoded)  # a checkout here then plans without a request
         return lid.hex()
 
     if old is not None and (previous := previous or previous_lists(repo, old)) is not None:
@@ -81,6 +83,9 @@ def store_full_lists(
         if not stored
     ]
     writer.add_many(TREE, new)
+    if repo.lists is not None:  # a checkout here then plans without a request
+        for lid, encoded, _plain in new:
+            repo.lists.keep(lid, encoded)
     out = []
     at = 0
     for file_bodies in bodies:

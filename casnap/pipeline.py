@@ -15,14 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
 from casnap import compression
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
-from casnap.constants import REMOTE_WORKERS
+from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
@@ -30,6 +30,7 @@ from casnap.phases import Phases
 from casnap.spans import Spans
 from casnap.store import Store
 
+T = TypeVar("T")
 REF_DTYPE = np.dtype([("id", "u1", (ID_SIZE,)), ("length", "<u4")])
 assert REF_DTYPE.itemsize == REF_SIZE
 
@@ -42,9 +43,15 @@ TASK_BYTES = 1024 * 1024
 # Tasks whose output may wait to be written at once (on top of the window the caller asks for):
 # bounds a restore's buffers to ~128 MiB on any number of cores.
 MAX_TASKS_IN_FLIGHT = 64
-# Output bytes of the tasks whose reads are fetched as spans at once, on a remote backend: the
-# compressed bytes of two or three such stretches are in memory (written, fetched ahead).
-SPAN_WINDOW = 32 * 1024 * 1024
+# Output bytes of the tasks whose reads are grouped into spans at once, on a remote backend: the
+# longer, the fewer requests for the packs a stretch reads a little of (a later commit's changes
+# are read once per stretch, not once per few MiB). Memory does not grow with it: spans are
+# fetched at most SPANS_AHEAD bytes ahead of their reads, at most SPANS_HELD bytes of them are
+# kept, and each is dropped once read (spans.py); the plan of a stretch is ~1% of its output.
+SPAN_WINDOW = 256 * 1024 * 1024
+# Ends of files in one stretch at most: a stretch of many tiny files keeps each of them open (a
+# descriptor) until it is written.
+MAX_ENDS_AHEAD = 128
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
 # Zero-filled blocks of this size, aligned in the file, are restored as holes (a seek, no write).
@@ -183,30 +190,61 @@ def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:
     return tasks
 
 
-def spans_ahead(store: Store, tasks: Iterator[Task], fetcher: ThreadPoolExecutor) -> Iterator[Task]:
-    """tasks, with the reads of every SPAN_WINDOW bytes of them grouped into spans fetched
-    ahead: a stretch starts fetching before the first task of the stretch before it is handed
-    out, so the requests of one overlap the decoding and writing of the other."""
-    started: list[Task] = []
-    batch: list[Task] = []
-    size = 0
-    for task in tasks:
-        batch.append(task)
-        size += task.size
-        if size >= SPAN_WINDOW:
-            started, previous = _with_spans(store, batch, fetcher), started
+def spans_ahead(
+    store: Store,
+    items: Iterator[T],
+    fetcher: ThreadPoolExecutor,
+    task_of: Callable[[T], Task | None],
+) -> Iterator[T]:
+    """items (tasks, or things holding one: task_of finds it, None when an item holds none),
+    with the reads of every SPAN_WINDOW bytes of tasks grouped into spans fetched ahead: a
+    stretch starts fetching before the first item of the stretch before it is handed out, so
+    the requests of one overlap the decoding and writing of the other (but the first stretch,
+    handed out at once: nothing is decoded yet). A stretch spans as many items (the tasks of
+    many small files) as it takes to fill it, up to MAX_ENDS_AHEAD items holding no task (ends
+    of files)."""
+    started: list[T] = []
+    batch: list[T] = []
+    size = ends = 0
+    first = True  # the first stretch is handed out as soon as it is fetching: no wait at start
+    for item in items:
+        batch.append(item)
+        task = task_of(item)
+        if task is None:
+            ends += 1
+        else:
+            size += task.size
+        if size >= SPAN_WINDOW or ends >= MAX_ENDS_AHEAD:
+            started, previous = _with_spans(store, batch, fetcher, task_of), started
+            if first:
+                started, previous, first = [], started, False
             yield from previous
-            batch, size = [], 0
+            batch, size, ends = [], 0, 0
     yield from started
-    yield from _with_spans(store, batch, fetcher)
+    yield from _with_spans(store, batch, fetcher, task_of)
 
 
-def _with_spans(store: Store, batch: list[Task], fetcher: ThreadPoolExecutor) -> list[Task]:
+def _itself(task: Task) -> Task:
+    return task
+
+
+def _with_spans(
+    store: Store,
+    batch: list[T],
+    fetcher: ThreadPoolExecutor,
+    task_of: Callable[[T], Task | None],
+) -> list[T]:
     keys = store.index.packs
-    reads = [(pack_key(keys[r.pack]), r.start, r.stop) for task in batch for r in task.reads]
-    if len(reads) > 1:
-        spans = Spans(store.backend, fetcher, reads)
-        for task in batch:
+    tasks = [task for task in map(task_of, batch) if task is not None]
+    if sum(len(task.reads) for task in tasks) > 1:
+        frames = [
+            (pack_key(keys[r.pack]), frame[0], frame[0] + frame[1])
+            for task in tasks
+            for r in task.reads
+            for frame in r.frames
+        ]
+        spans = Spans(store.backend, fetcher, frames)
+        for task in tasks:
             task.spans = spans
     return batch
 
@@ -221,6 +259,8 @@ def _frames(
     raw: bytes | memoryview | None = None
     for o, ln, fp, ranges, keep in read.frames:
         frame = store.cached_frame(pack, o)
+        if frame is not None and spans is not None:
+            spans.skip(key, o, ln)  # decoded for an earlier read: its span need not wait for it
         if frame is None:
             if spans is not None:
                 with timer.timed("read"):
@@ -389,8 +429,8 @@ def restore(
     fetcher = None
     tasks = plan_tasks(store, refs)
     if store.backend.remote:  # a request per read would cost more than the reading
-        fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
-        tasks = spans_ahead(store, tasks, fetcher)
+        fetcher = ThreadPoolExecutor(SPAN_FETCHERS, thread_name_prefix="casnap-fetch")
+        tasks = spans_ahead(store, tasks, fetcher, _itself)
     try:
         for task in phases.iterate("plan", tasks):
             inflight.append(pool.submit(fetch_timed, store, task, phases))

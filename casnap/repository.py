@@ -30,6 +30,7 @@ from casnap.errors import (
 )
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix, named_id
 from casnap.keys import PasswordSource, Unlocked
+from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.opening import confirm, read_config
@@ -54,16 +55,14 @@ class Repository:
         # an encrypted repository: backend seals every object, raw_backend is what lies below
         self.raw_backend = backend
         self.unlocked = unlocked
-        self.ids: IdHasher = PLAIN_IDS
-        if unlocked is not None:
-            backend = EncryptedBackend(backend, crypto.Sealer(unlocked.master.encryption_key))
-            self.ids = IdHasher(unlocked.master.id_key)
-        self.backend = backend
-        self.listed = locks.Listed(backend)  # folders listed with the lock held now (lock)
+        sealer = None if unlocked is None else crypto.Sealer(unlocked.master.encryption_key)
+        self.ids: IdHasher = PLAIN_IDS if unlocked is None else IdHasher(unlocked.master.id_key)
+        self.backend = backend if sealer is None else EncryptedBackend(backend, sealer)
+        self.lists = ListCache.of(self.raw_backend, sealer)  # chunk lists kept on this host
+        self.listed = locks.Listed(self.backend)  # folders listed with the lock held (lock)
         self.root = root  # the repository's directory, for a local repository
         self.config = config
-        # scratch space: database images, verify --smoke restores
-        self.tmp_dir = tmp_dir or fsutil.system_tmp()
+        self.tmp_dir = tmp_dir or fsutil.system_tmp()  # database images, verify --smoke restores
         self._ahead = ListsAhead()  # chunk lists read ahead from a remote backend
         self._sizes: dict[str, int] | None = None  # manifest sizes, from the last listing
         self.kept_config: CachingBackend | None = None  # set when the config came from the cache
@@ -441,8 +440,8 @@ class Repository:
         read: Mapping[ObjectId, bytes] = {}
         if self.backend.remote:
             newest = [snap for _sid, snap in self.snapshots()] if self._snapshots else []
-            read = self._ahead.bodies(self.store, entry, newest)
-        bodies = [read.get(i) or self.store.get(i) for i in map(ObjectId.from_hex, entry.lists)]
+            read = self._ahead.bodies(self.store, entry, newest, self.lists)
+        bodies = list_blobs(self.store, self.lists, entry.lists, read)
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")

@@ -142,8 +142,17 @@ def _read_lists(
     """The TREE blobs named (hex ids), each checked against its id. Their frames are read in
     pack order, the frames of a stretch of a pack (a commit queues a batch's lists one after
     the other) with one read: each is a frame of its own, too small to be worth a task of the
-    restore pipeline. None when they hold more than LIST_BATCH_BYTES."""
-    store = repo.store
+    restore pipeline; those kept on this host (listcache.py) are not read. None when they hold
+    more than LIST_BATCH_BYTES."""
+    store, kept = repo.store, repo.lists
+    bodies: dict[str, bytes] = {}
+    if kept is not None:
+        bodies = {
+            c.hex(): b for c, b in kept.read_many(store, map(ObjectId.from_hex, names)).items()
+        }
+        names = [x for x in dict.fromkeys(names) if x not in bodies]
+        if not names:
+            return bodies
     ids = id_matrix(bytes.fromhex("".join(names)))
     rows = store.index.lookup(ids)
     if (rows < 0).any():
@@ -158,7 +167,6 @@ def _read_lists(
     length, plain = fields["length"].tolist(), fields["plain"].tolist()
     inner, frame_plain = fields["inner"].tolist(), fields["frame_plain"].tolist()
     digest = repo.ids.digest
-    bodies: dict[str, bytes] = {}
     k = 0
     while k < len(order):  # one stretch of frames of one pack: one read
         first = order[k]
@@ -186,6 +194,8 @@ def _read_lists(
             if len(body) != plain[i] or digest(body).hex() != names[i]:
                 raise ChunkDamaged(ObjectId.from_hex(names[i]), pack_id, HASH_MISMATCH)
             bodies[names[i]] = body
+            if kept is not None:
+                kept.keep(ObjectId.from_hex(names[i]), raw[at : at + length[i]])
         k = end
     return bodies
 

@@ -21,7 +21,6 @@ from typing import Any, BinaryIO, cast
 from casnap import capture, fsutil, pipeline, smallstage, smoke
 from casnap.checker import SmokeVerifyResult
 from casnap.chunklist import REF
-from casnap.constants import REMOTE_WORKERS
 from casnap.durable import Durable
 from casnap.errors import (
     CasnapError,
@@ -446,10 +445,10 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
 
 
 def workers(repo: Repository | None = None) -> int:
-    """Worker threads for restoring: one per core, at least two; for a repository that is not
-    a local directory (S3), at least REMOTE_WORKERS, since they mostly wait for requests."""
-    cores = pipeline.cpu_workers()
-    return max(cores, REMOTE_WORKERS) if repo is not None and repo.root is None else cores
+    """Worker threads for restoring: one per core, at least two. On a repository that is not a
+    local directory (S3) too: its reads are fetched as spans on threads of their own (spans.py),
+    so workers only decode and write, and more of them than cores would only contend."""
+    return pipeline.cpu_workers()
 
 
 def _mkdirs(folder: Path) -> None:

@@ -184,6 +184,16 @@ class Store:
         fits = e.inner + e.plain <= len(frame)  # else it fails verification as damaged
         return _verified(self.ids, cid, e, frame.read(e.inner, e.plain) if fits else b"")
 
+    def get_encoded(self, cid: ObjectId) -> tuple[bytes, bytes]:
+        """The plain bytes of a chunk stored in a frame of its own (a chunk list), verified
+        against its id, and that frame as stored."""
+        e = self.entry(cid)
+        try:
+            encoded = self.backend.get(pack_key(e.pack), e.offset, e.length)
+        except IntegrityError as exc:  # a missing, truncated or garbled pack: name the chunk
+            raise type(exc)(f"chunk {cid.hex()}: {exc}") from exc
+        return self.decode_verified(cid, e, encoded), encoded
+
     def decode_verified(self, cid: ObjectId, e: IndexEntry, encoded: bytes) -> bytes:
         """Decode the frame stored at e and return the chunk, checking its BLAKE3."""
         try:

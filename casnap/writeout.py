@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from casnap import pipeline
-from casnap.constants import REMOTE_WORKERS
+from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import Hasher
 from casnap.manifest import FileEntry
@@ -115,18 +115,19 @@ def write_files(
     inflight: deque[tuple[_File, Future[list[pipeline.Piece]] | None]] = deque()
     fetcher = None
     if store.backend.remote:  # a request per read would cost more than the reading
-        fetcher = ThreadPoolExecutor(REMOTE_WORKERS, thread_name_prefix="casnap-fetch")
+        fetcher = ThreadPoolExecutor(SPAN_FETCHERS, thread_name_prefix="casnap-fetch")
 
-    def tasks() -> Iterator[tuple[_File, pipeline.Task | None]]:
+    def planned() -> Iterator[tuple[_File, pipeline.Task | None]]:
         for entry, dest in files:
             f = _File(entry, dest, repo.file_refs(entry), writeback)
             opened.append(f)
-            planned = pipeline.plan_tasks(store, f.refs)
-            if fetcher is not None:
-                planned = pipeline.spans_ahead(store, planned, fetcher)
-            for task in planned:
+            for task in pipeline.plan_tasks(store, f.refs):
                 yield f, task
             yield f, None  # the file is complete once everything before this is hashed
+
+    tasks = planned()
+    if fetcher is not None:  # the reads of several files (small ones) share a stretch of spans
+        tasks = pipeline.spans_ahead(store, tasks, fetcher, _task_of)
 
     def take() -> int:
         """Hash the oldest task in flight, or finish the file whose end it marks; returns the
@@ -150,7 +151,7 @@ def write_files(
 
     try:
         running = 0
-        for f, task in phases.iterate("plan", tasks()):
+        for f, task in phases.iterate("plan", tasks):
             if task is None:
                 inflight.append((f, None))
                 continue
@@ -172,6 +173,10 @@ def write_files(
         writeback.stop()
         if fetcher is not None:
             fetcher.shutdown(wait=True, cancel_futures=True)
+
+
+def _task_of(item: tuple[_File, pipeline.Task | None]) -> pipeline.Task | None:
+    return item[1]
 
 
 def _hash(f: _File, pieces: list[pipeline.Piece]) -> int:

@@ -219,6 +219,22 @@ def salvage(backend: Backend, key: str) -> Salvaged | None:
     return None
 
 
+@runtime_checkable
+class Viewing(Protocol):
+    """A backend that builds the bytes of a read itself (EncryptedBackend decrypts them) and can
+    hand them out as a view of its own buffer rather than as a copy."""
+
+    def view(self, key: str, offset: int, length: int) -> memoryview: ...
+
+
+def read_view(backend: Backend, key: str, offset: int, length: int) -> bytes | memoryview:
+    """The bytes get(key, offset, length) returns, as a read-only view where backend can give
+    one without a copy: for large reads that are only sliced (spans.py)."""
+    if isinstance(backend, Viewing):
+        return backend.view(key, offset, length)
+    return backend.get(key, offset, length)
+
+
 # Bytes read back from the end of every object just written: a write that landed short fails it.
 _VERIFY_TAIL = 64
 

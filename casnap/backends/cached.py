@@ -156,6 +156,14 @@ class CachingBackend(Wrapper):
         """Keep a copy of key whole (for objects this class does not keep by itself)."""
         self._store(check_key(key), _WHOLE, 0, data)
 
+    def has_kept(self, key: str) -> bool:
+        """Whether a copy of key is kept whole (not checked: `kept` checks it)."""
+        return self._path(check_key(key), _WHOLE).is_file()
+
+    def drop(self, key: str) -> None:
+        """Drop every copy kept of key."""
+        self._drop(check_key(key))
+
     def kept_keys(self, prefix: str) -> set[str]:
         """The keys with a copy kept under the folder prefix."""
         return self._cached_keys(check_prefix(prefix))

@@ -58,6 +58,16 @@ class EncryptedBackend(Wrapper):
             return self.inner.get(key, offset, length)
         if offset == 0 and length is None:
             return self._whole(key)
+        return bytes(self._view(key, offset, length))
+
+    def view(self, key: str, offset: int, length: int) -> memoryview:
+        """get's bytes as a read-only view of the buffer they were decrypted into (no copy)."""
+        check_range(offset, length)
+        if check_key(key).startswith(KEYS_PREFIX):
+            return memoryview(self.inner.get(key, offset, length))
+        return self._view(key, offset, length)
+
+    def _view(self, key: str, offset: int, length: int | None) -> memoryview:
         try:
             return self._range(key, offset, length, self._header(key))
         except IntegrityError:
@@ -72,14 +82,14 @@ class EncryptedBackend(Wrapper):
         self._remember(key, object_header(key, data))
         return plain
 
-    def _range(self, key: str, offset: int, length: int | None, header: Header) -> bytes:
+    def _range(self, key: str, offset: int, length: int | None, header: Header) -> memoryview:
         end = header.length if length is None else offset + length
         if end > header.length or offset > header.length:
             raise IntegrityError(
                 f"{key} is truncated: wanted bytes up to {end}, it holds {header.length}"
             )
         if end == offset:
-            return b""
+            return memoryview(b"")
         first, start, size = segment_span(header, offset, end - offset)
         if end == header.length:  # a read to the end (a CachingBackend keeps those of packs)
             sealed = self.inner.get(key, start)
@@ -92,7 +102,7 @@ class EncryptedBackend(Wrapper):
             sealed = self.inner.get(key, start, size)
         plain = self.sealer.open_segments(key, header, first, sealed)
         skip = offset - first * SEGMENT
-        return bytes(memoryview(plain)[skip : skip + end - offset])
+        return memoryview(plain).toreadonly()[skip : skip + end - offset]
 
     def salvage(self, key: str) -> Salvaged:
         """The object under key read segment by segment: the segments that fail authentication
