@@ -20,7 +20,7 @@ from typing import Any
 
 from casnap import chunklist, compression, rollback, selection
 from casnap.chunkindex import DATA, TREE, id_matrix
-from casnap.errors import IntegrityError, InvalidArgument, RepositoryNotFound
+from casnap.errors import IntegrityError, InvalidArgument, RepositoryGone, RepositoryNotFound
 from casnap.filelists import store_list
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
@@ -93,7 +93,11 @@ def copy_snapshots(
         with src.lock("copy"), dst.lock("copy"):
             for repo in (src, dst):
                 if not repo.backend.exists("config"):  # taken back by a failed first commit
-                    raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
+                    where = f"no casnap repository at {repo.backend.location}"
+                    if repo.kept_config is not None:  # deleted since this host kept its config
+                        repo.kept_config.forget()
+                        raise RepositoryGone(where)
+                    raise RepositoryNotFound(where)
                 repo.refresh(only_if_changed=True)
             chosen = _chosen(src.snapshots(), refs, select or selection.SnapshotFilter())
             result = run.run(chosen)

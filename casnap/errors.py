@@ -23,6 +23,11 @@ class RepositoryNotFound(RepositoryError):
     """No repository at the given location."""
 
 
+class RepositoryGone(RepositoryNotFound):
+    """The repository this host kept a config of is no longer stored (its copies dropped): a
+    command that creates a missing repository (commit, copy) opens it again, once."""
+
+
 class NotARepository(RepositoryError):
     """The location exists and holds something that is not a casnap repository."""
 

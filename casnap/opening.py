@@ -23,6 +23,7 @@ from casnap.errors import (
     IntegrityError,
     NotARepository,
     ObjectMissing,
+    RepositoryGone,
     RepositoryNotFound,
     UnsupportedFormat,
 )
@@ -63,13 +64,13 @@ def read_config(
 
 
 def confirm(backend: Backend, kept: CachingBackend) -> None:
-    """Check that the config kept from an earlier open is still the stored one: RepositoryNotFound
+    """Check that the config kept from an earlier open is still the stored one: RepositoryGone
     when none is stored, NotARepository (the kept copies dropped) when it differs."""
     try:
         stored = backend.get("config")
     except (ObjectMissing, IntegrityError) as exc:
         kept.forget()
-        raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
+        raise RepositoryGone(f"no casnap repository at {backend.location}") from exc
     if stored != kept.kept("config"):
         kept.forget()
         raise NotARepository(

@@ -259,14 +259,8 @@ class Repository:
         where = as_location(location)
         if isinstance(where, S3Url):
             with contextlib.suppress(RepositoryNotFound):
-                repo = cls._on_s3(where, password)
-                try:  # a cached config: is the repository still there?
-                    if repo.kept_config is not None:
-                        confirm(repo.raw_backend, repo.kept_config)
-                except BaseException:
-                    repo.close()
-                    raise
-                return repo
+                # a cached config is confirmed by the first listing (snapshots): RepositoryGone
+                return cls._on_s3(where, password)  # there when it was deleted meanwhile
             repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
             repo.created = rollback.NewRepository(None, False, frozenset())
             return repo

@@ -223,3 +223,30 @@ def test_a_repository_deleted_after_its_config_was_cached_is_made_anew(
     code, out, err = run(repo, data, "log", "--json", password=PW)
     assert code == 0, err
     assert len(json.loads(out)) == 1
+
+
+def test_a_copy_into_a_repository_deleted_after_its_config_was_cached_makes_it_anew(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    data, local = tmp_path / "data", tmp_path / "local"
+    make_app(data, rows=40, vectors=30)
+    assert run(str(local), data, "commit", "-q")[0] == 0
+    dest = f"s3://{s3_bucket}/copygone"
+    secret = tmp_path / "pw"
+    secret.write_text(PW)
+    copy = ("copy", "--to", dest, "--to-password-file", str(secret))
+    for _ in range(2):  # the first copy creates it; the second finds it through the cache
+        code, _, err = run(str(local), data, *copy)
+        assert code == 0, err
+    from casnap.backends.s3 import make_client
+
+    client = make_client()
+    for key in bucket_objects(s3_bucket):
+        if key.startswith("copygone/"):
+            client.delete_object(Bucket=s3_bucket, Key=key)
+    client.close()
+    code, out, err = run(str(local), data, *copy)
+    assert code == 0, err
+    code, out, err = run(dest, data, "log", "--json", password=PW)
+    assert code == 0, err
+    assert len(json.loads(out)) == 1

@@ -65,6 +65,25 @@ def open_s3(url: str) -> tuple[Repository, Requests]:
     return repo, Requests(repo)
 
 
+def open_or_init_s3(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Repository, Requests]:
+    """As the commit command opens it (creating it when missing), counted from its first
+    request."""
+    import casnap.backends.s3 as s3
+
+    requests = Requests.__new__(Requests)
+    requests.sent = []
+    made = s3.make_client
+
+    def counted() -> Any:
+        client = made()
+        client.meta.events.register("provide-client-params.s3", requests._note)
+        return client
+
+    monkeypatch.setattr(s3, "make_client", counted)
+    repo = Repository.open_or_init(url, password=lambda: PW, encryption="repokey")
+    return repo, requests
+
+
 def committed_twice(url: str, data: Path) -> None:
     """A repository at url holding data, and this host's cache warm: the first commit creates
     it, the second (a new process's view) fetches and keeps the config, key file and
@@ -80,12 +99,12 @@ def committed_twice(url: str, data: Path) -> None:
 
 
 def test_a_warm_no_change_commit_is_one_listing_and_no_download(
-    s3_bucket: str, tmp_path: Path
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"s3://{s3_bucket}/r"
     data = tmp_path / "data"
     committed_twice(url, data)
-    repo, requests = open_s3(url)
+    repo, requests = open_or_init_s3(url, monkeypatch)  # as the commit command opens it
     result = commit(repo, data, message="again")
     repo.close()
     assert result.files_unchanged == result.files_new + result.files_unchanged > 0

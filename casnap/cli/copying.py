@@ -13,7 +13,7 @@ from casnap.cli.options import filter_options, snapshot_filter
 from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import InvalidArgument, NotARepository, RepositoryNotFound
+from casnap.errors import InvalidArgument, NotARepository, RepositoryGone, RepositoryNotFound
 from casnap.locations import Location, S3Url, parse_location
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def copy(
             raise InvalidArgument(f"--to {to_repo} is the repository at --repo")
         passwords = other_passwords("to", to_password_file, to_password_command, other)
         src = c.open()
-        dst = open_destination(c, other, passwords, to_encryption)
+        dst_at, dst_passwords = other, passwords
     else:
         assert from_repo is not None
         if to_password_file or to_password_command:
@@ -162,7 +162,8 @@ def copy(
             raise InvalidArgument(f"--from {from_repo} is the repository at --repo")
         passwords = other_passwords("from", from_password_file, from_password_command, other)
         src = open_source(c, other, passwords)
-        dst = open_destination(c, c.repo_path, c.passwords, to_encryption)
+        dst_at, dst_passwords = c.repo_path, c.passwords
+    dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
     if created and src.encrypted and not dst.encrypted:
         warn(
@@ -174,8 +175,17 @@ def copy(
     flt = snapshot_filter(c, src, filter_paths, filter_tags)
     from casnap.copier import copy_snapshots
 
-    with progress_bar(c, "copy") as progress:
-        r = copy_snapshots(src, dst, id, select=flt, progress=progress)
+    try:
+        with progress_bar(c, "copy") as progress:
+            r = copy_snapshots(src, dst, id, select=flt, progress=progress)
+    except RepositoryGone:  # the destination, deleted since this host kept its config: made anew
+        if dst.kept_config is None:
+            raise
+        dst.close()
+        dst = open_destination(c, dst_at, dst_passwords, to_encryption)
+        created = dst.created is not None
+        with progress_bar(c, "copy") as progress:
+            r = copy_snapshots(src, dst, id, select=flt, progress=progress)
     if created:
         kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
         c.say(f"created {kind} at {dst.backend.location}")

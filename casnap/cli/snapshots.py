@@ -20,11 +20,13 @@ from casnap.errors import (
     EmptySnapshot,
     InconsistentData,
     NotARepository,
+    RepositoryGone,
     StorageFull,
     UnreadableSource,
 )
 
 if TYPE_CHECKING:  # each command imports the operations it runs
+    from casnap.committer import CommitResult
     from casnap.repository import Repository
 
 
@@ -176,28 +178,36 @@ def commit(
     """
     from casnap.committer import commit as commit_snapshot
 
+    def attempt(repo: Repository) -> CommitResult:
+        with progress_bar(c, "commit") as progress:
+            try:
+                return commit_snapshot(
+                    repo,
+                    c.data,
+                    paths,
+                    excludes=excludes,
+                    message=message,
+                    tags=tags,
+                    strict=strict,
+                    progress=progress,
+                    allow_empty=allow_empty,
+                    skip_unreadable=skip_unreadable,
+                    time=when,
+                )
+            except UnreadableSource as exc:
+                raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
+            except EmptySnapshot as exc:
+                raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
+            except InconsistentData as exc:
+                raise InconsistentData(f"{exc} (--strict)") from exc
+
     repo, created = open_or_create(c)
-    with progress_bar(c, "commit") as progress:
-        try:
-            r = commit_snapshot(
-                repo,
-                c.data,
-                paths,
-                excludes=excludes,
-                message=message,
-                tags=tags,
-                strict=strict,
-                progress=progress,
-                allow_empty=allow_empty,
-                skip_unreadable=skip_unreadable,
-                time=when,
-            )
-        except UnreadableSource as exc:
-            raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
-        except EmptySnapshot as exc:
-            raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
-        except InconsistentData as exc:
-            raise InconsistentData(f"{exc} (--strict)") from exc
+    try:
+        r = attempt(repo)
+    except RepositoryGone:  # deleted since this host kept its config: made anew, once
+        repo.close()
+        repo, created = open_or_create(c)
+        r = attempt(repo)
     if created:  # said once the commit succeeded, so a failed one prints its error alone
         say_created(c, repo)
     for note in r.notes:
