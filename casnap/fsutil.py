@@ -30,7 +30,7 @@ from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, InvalidArgument, from_oserror
 from casnap.fsdir import Dir, remove_tree
 from casnap.ids import Hasher, ObjectId
-from casnap.procs import pid_alive
+from casnap.procs import pid_alive, pid_namespace
 
 FILE_MODE = 0o600  # every file casnap writes into a repository (objects, locks, scratch files)
 DIR_MODE = 0o700  # every folder, the repository root included
@@ -188,7 +188,15 @@ def seconds_from_env(name: str, default: float) -> float:
     return value
 
 
-HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+def host_tag(pidns: int | None) -> str:
+    """The tag of this host's temp names: its name and PID namespace (a container sharing the
+    host name has pids of its own), CRC-32; the name alone without a namespace."""
+    name = socket.gethostname() + ("" if pidns is None else f"\0{pidns}")
+    return f"{zlib.crc32(name.encode()):08x}"
+
+
+HOST_TAG = host_tag(pid_namespace())
+LEGACY_TAG = host_tag(None)  # of temp names made before the namespace was part of the tag
 # A checkout (or `verify --smoke`) stages files in `.casnap-tmp-stage-<pid>-<random>/`: skipped
 # by every scan as a casnap temp name, removed by the next run once that pid is gone.
 STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
@@ -204,7 +212,7 @@ def _owner(name: str) -> int | None:
     if not name.startswith(TEMP_PREFIX):
         return None
     parts = name[len(TEMP_PREFIX) :].split("-", 2)
-    if len(parts) < 3 or not parts[0].isdigit() or parts[1] != HOST_TAG:
+    if len(parts) < 3 or not parts[0].isdigit() or parts[1] not in (HOST_TAG, LEGACY_TAG):
         return None
     return int(parts[0])
 

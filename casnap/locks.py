@@ -27,7 +27,7 @@ from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
 from casnap.fsutil import seconds_from_env
-from casnap.procs import pid_alive, process_start_time
+from casnap.procs import pid_alive, pid_namespace, process_start_time
 
 # The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
 # packs and a manifest, never removes), exclusive for what deletes (gc would otherwise remove a
@@ -85,6 +85,7 @@ class LockInfo:
     time: float  # when this lock object was written: taken, or last refreshed
     readable: bool = True  # False: the file is not a lock casnap can read (damaged or foreign)
     taken: float | None = None  # when the holder took the lock (None: written before refreshes)
+    pidns: int | None = None  # the holder's PID namespace (None: written before it was recorded)
 
     def describe(self) -> str:
         if not self.readable:
@@ -100,11 +101,18 @@ class LockInfo:
         this host that no longer runs."""
         return self.stale_reason(stale_after) is not None
 
+    def local(self) -> bool:
+        """Whether the holder's pid means a process here: same host name and PID namespace (a
+        container sharing the host name has its own pids; a lock without a namespace is older
+        and judged by its host alone)."""
+        same_ns = self.pidns is None or self.pidns == pid_namespace()
+        return self.host == socket.gethostname() and same_ns
+
     def stale_reason(self, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
         """Why the lock is stale (see stale), None when it is not."""
         if not self.readable:
             return None
-        if self.host == socket.gethostname() and not pid_alive(self.pid, self.start):
+        if self.local() and not pid_alive(self.pid, self.start):
             return "its process no longer runs"
         age = time.time() - self.time
         if age > stale_after:
@@ -119,7 +127,7 @@ class LockInfo:
                 "read (damaged, or not written by casnap); `casnap unlock` removes it"
             )
         hint = ""
-        if self.host != socket.gethostname():
+        if not self.local():
             hint = (
                 "; a lock its holder stops refreshing is stale after "
                 f"{_duration(LOCK_STALE_SECONDS)}: if that process no longer runs, "
@@ -160,6 +168,7 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
             str(d.get("operation", "?")),
             float(d.get("time", 0)),
             taken=float(d["taken"]) if d.get("taken") is not None else None,
+            pidns=int(d["pidns"]) if d.get("pidns") is not None else None,
         )
     except ObjectMissing:
         return None  # removed meanwhile
@@ -351,6 +360,7 @@ def locked(
         "host": socket.gethostname(),
         "pid": pid,
         "start": process_start_time(pid),
+        "pidns": pid_namespace(),
         "exclusive": exclusive,
         "operation": operation,
         "taken": time.time(),

@@ -5,6 +5,16 @@ from __future__ import annotations
 import os
 
 
+def pid_namespace() -> int | None:
+    """This process's PID namespace (its inode; None where there is no /proc): processes of
+    another namespace, such as a container sharing the host name, have pids that mean nothing
+    here."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def process_start_time(pid: int) -> int | None:
     """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart."""
     try:

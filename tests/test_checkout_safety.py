@@ -154,3 +154,30 @@ def test_checkout_removes_database_images_a_killed_run_left(app: Path, tmp_path:
     left.write_bytes(b"image of a killed checkout")
     checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert not left.exists()
+
+
+def test_temp_files_of_another_pid_namespace_are_left_alone(app: Path, tmp_path: Path) -> None:
+    """A container sharing the host name has pids of its own: its temp files are not taken for
+    those of a dead process here; those of older casnap versions (tagged by host name alone)
+    still are."""
+    from casnap.fsutil import LEGACY_TAG, host_tag
+    from casnap.procs import pid_namespace
+
+    here = pid_namespace()
+    assert here is not None
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, app).id
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    scratch = tmp_path / "repo" / "tmp"
+    scratch.mkdir(exist_ok=True)
+    theirs = scratch / f".casnap-tmp-{int(dead.stdout)}-{host_tag(here + 1)}-abc.db"
+    legacy = scratch / f".casnap-tmp-{int(dead.stdout)}-{LEGACY_TAG}-abc.db"
+    for f in (theirs, legacy):
+        f.write_bytes(b"image")
+    checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
+    assert theirs.exists() and not legacy.exists()

@@ -13,6 +13,7 @@ import pytest
 from casnap import locks
 from casnap.backends import MemoryBackend
 from casnap.committer import commit
+from casnap.constants import LOCK_STALE_SECONDS
 from casnap.errors import AmbiguousSnapshot, LockError, SnapshotNotFound
 from casnap.manifest import compress_manifest
 from casnap.repository import Repository
@@ -98,3 +99,59 @@ def test_stale_lock_of_dead_process_is_cleared(tmp_path: Path) -> None:
     with locks.locked(backend, "commit", exclusive=False, wait=0):
         assert [h.key for h in locks.holders(backend)] != ["locks/deadbeef"]
     assert not backend.exists("locks/deadbeef")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(proc.stdout)
+
+
+def test_a_fresh_lock_of_another_pid_namespace_is_live_whatever_its_pid(tmp_path: Path) -> None:
+    """Containers may share a host name but not their processes (another PID namespace): a pid
+    that does not run here says nothing about a lock taken there, which stays live until it is
+    not refreshed; one of this namespace whose process is gone is stale at once."""
+    import socket
+    import time
+
+    from casnap.procs import pid_namespace
+
+    here = pid_namespace()
+    assert here is not None  # Linux: /proc/self/ns/pid
+    backend = MemoryBackend()
+    body = {
+        "host": socket.gethostname(),
+        "pid": _dead_pid(),
+        "start": None,
+        "exclusive": True,
+        "operation": "gc",
+        "taken": time.time(),
+        "time": time.time(),
+    }
+    backend.put("locks/" + "aa" * 16, json.dumps(dict(body, pidns=here + 1)).encode())
+    backend.put("locks/" + "bb" * 16, json.dumps(dict(body, pidns=here)).encode())
+    elsewhere, here_dead = sorted(locks.holders(backend), key=lambda h: h.key)
+    assert elsewhere.stale_reason() is None
+    assert here_dead.stale_reason() == "its process no longer runs"
+    with pytest.raises(LockError, match="exclusive lock held by gc"):
+        with locks.locked(backend, "commit", exclusive=False, wait=0):
+            pass
+    old = dict(body, pidns=here + 1, time=time.time() - 10 * LOCK_STALE_SECONDS)
+    backend.delete("locks/" + "aa" * 16)  # puts never overwrite: written again, not refreshed
+    backend.put("locks/" + "aa" * 16, json.dumps(old).encode())
+    with locks.locked(backend, "commit", exclusive=False, wait=0):  # not refreshed: stale
+        pass
+    assert not backend.exists("locks/" + "aa" * 16) and not backend.exists("locks/" + "bb" * 16)
+
+
+def test_a_lock_records_its_pid_namespace(tmp_path: Path) -> None:
+    from casnap.procs import pid_namespace
+
+    backend = MemoryBackend()
+    with locks.locked(backend, "commit", exclusive=False, wait=0):
+        (mine,) = locks.holders(backend)
+        assert json.loads(backend.get(mine.key))["pidns"] == pid_namespace()
