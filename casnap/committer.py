@@ -35,9 +35,11 @@ from casnap.backends.base import put_verified
 from casnap.config import iso_time, now_iso
 from casnap.errors import (
     AccessDenied,
+    CasnapError,
     EmptySnapshot,
     InconsistentData,
     InvalidArgument,
+    LockError,
     SourceError,
     UnreadableSource,
     from_oserror,
@@ -165,6 +167,7 @@ def commit(
     )
     committer = Committer(repo, options, progress)
     phases = committer.phases = Phases.begin(repo)  # counts the opening of a fresh repo
+    result: CommitResult | None = None
     try:
         with repo.lock("commit"):  # its check lists the snapshots and repair notes too
             repo.refresh(only_if_changed=True)
@@ -174,7 +177,16 @@ def commit(
             repo.created = None  # in use now: never taken back
         result.phases = phases.report(COMMIT_PHASES)
         return result
-    except BaseException:
+    except BaseException as exc:
+        lost: LockError | None = None
+        if isinstance(exc, LockError) and result is not None:
+            # its lock was taken away while it ran: a gc may have deleted data the snapshot
+            # names, which the next commit would take by fingerprint (and its chunks by the
+            # index file it wrote, which the rollback below takes back): it keeps no snapshot
+            with contextlib.suppress(CasnapError):
+                repo.backend.delete(f"snapshots/{result.id}")
+            lost = LockError(f"{exc}; its snapshot {result.id[:8]} was removed: commit again")
+            committer.written_index, committer.unindexed = committer.stored
         # without the lock: the packs it wrote and never indexed, the repository it created
         rollback.after_failed_commit(
             repo.backend,
@@ -183,6 +195,8 @@ def commit(
             committer.written_index,
             committer.snapshots_before,
         )
+        if lost is not None:
+            raise lost from exc
         raise
 
 
@@ -199,6 +213,7 @@ class Committer:
         self.progress = progress
         self.unindexed: list[ObjectId] = []  # packs of a failed run, for rollback
         self.written_index: str | None = None  # its index file, when only the manifest failed
+        self.stored: tuple[str | None, list[ObjectId]] = (None, [])  # index file, packs made
         self.snapshots_before: frozenset[str] = frozenset()
         self.tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
         # what reading the files needs, made for the first one read (reading.py)
@@ -384,6 +399,8 @@ class Committer:
                 self.unindexed = [pack for pack, _size in reader.writer.created]
             raise
         self.repo.remember_snapshot(sid, snap)
+        if reader.writer is not None:  # taken back if the lock turns out lost (commit)
+            self.stored = (reader.writer.index_key, [p for p, _size in reader.writer.created])
         if restored:
             restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve
         result.id = sid.hex()

@@ -61,7 +61,7 @@ def after_failed_commit(
     snapshots_before. Another commit could have used its chunks only after loading it, and would
     have finished (with a manifest of its own) before this rollback got the exclusive lock.
     """
-    if not packs and created is None:
+    if not packs and created is None and index_key is None:
         return
     removed = False
     try:

@@ -167,3 +167,37 @@ def test_a_lock_this_process_holds_carries_its_host_pid_and_times() -> None:
         assert info.pid == os.getpid() and info.exclusive and info.operation == "gc"
         assert info.taken is not None and before <= info.taken <= info.time
         assert not info.stale()
+
+
+def test_a_commit_whose_lock_was_taken_away_keeps_no_snapshot(tmp_path: Path) -> None:
+    """A commit that finds at its end that its lock was removed (found stale elsewhere, or
+    `unlock --force`) cannot vouch for its snapshot: a gc may have deleted data it names, and a
+    later commit would take that snapshot's entries by fingerprint. Its manifest is removed."""
+    from casnap.committer import commit
+    from tests.conftest import evolve_app, make_app
+
+    data = tmp_path / "data"
+    make_app(data, rows=60, vectors=80)
+    repo = Repository.open_or_init(tmp_path / "repo")
+    commit(repo, data, message="first")
+    before = {sid for sid, _ in repo.snapshots()}
+    index_before = set(os.listdir(tmp_path / "repo" / "index"))
+    evolve_app(data, 1)
+    taken: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if not taken:
+            taken.append(locks.unlock(repo.backend, force=True).__len__())
+
+    with pytest.raises(LockError, match="its snapshot .* was removed"):
+        commit(repo, data, message="lost its lock", progress=progress)
+    assert taken and taken[0] >= 1  # its lock (and any copy a refresh left) removed
+    fresh = Repository.open(tmp_path / "repo")
+    assert {sid for sid, _ in fresh.snapshots()} == before
+    # its index file taken back too: no later commit takes its chunks as stored
+    assert set(os.listdir(tmp_path / "repo" / "index")) == index_before
+    again = commit(fresh, data, message="again")
+    assert again.bytes_added > 0  # its new chunks stored again, not taken from the index
+    from casnap.checker import verify
+
+    assert verify(Repository.open(tmp_path / "repo"), read_data=True).ok
