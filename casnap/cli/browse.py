@@ -1,5 +1,5 @@
-"""Commands that look inside one snapshot without restoring it: ls (its files) and cat (one file
-on stdout, verified)."""
+"""Commands that look inside snapshots without restoring them: ls (its files), cat (one file on
+stdout, verified) and diff (what changed between two, or since one)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import datetime as dt
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import filter_options, resolve_ref
-from casnap.cli.output import emit_json, local_time, printable
+from casnap.cli.output import emit_json, human, local_time, printable
 from casnap.config import iso_time
 from casnap.errors import CasnapError
 
@@ -144,3 +144,104 @@ def cat(
         raise CasnapError(
             f"standard output was closed before {rel} was written whole (the reader stopped)"
         ) from exc
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@filter_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+@pass_ctx
+def diff(
+    c: Context,
+    a: str,
+    b: str | None,
+    filter_paths: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show what changed from snapshot A to snapshot B, or to the data dir as it is now.
+
+    Files added (A), removed (D) and changed (M), with the bytes and chunks the new side shares
+    with A and the new ones; for SQLite databases the tables whose rows or schema changed (+rows
+    added -rows removed, rows updated); for FAISS indexes the index type and the change of ntotal.
+    Without B, the data dir is read the way commit reads it (within A's paths and excludes) and
+    chunked with the repository's chunker; nothing is written to the repository.
+
+    Example: casnap diff pre-migration latest
+    """
+    from casnap.changes import diff as run_diff
+
+    repo = c.open()
+    a = resolve_ref(c, repo, a, filter_paths, filter_tags).hex()
+    if b is not None:
+        b = resolve_ref(c, repo, b, filter_paths, filter_tags).hex()
+    result = run_diff(repo, a, b, data_dir=c.data if b is None else None)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    _print_diff(result.to_json())
+
+
+def _signed(n: int | None) -> str:
+    return "?" if n is None else f"{n:+d}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+def _print_diff(d: dict[str, Any]) -> None:
+    right = d["b"]["id"][:8] if "id" in d["b"] else f"data dir {printable(d['b']['data_dir'])}"
+    click.echo(f"diff {d['a']['id'][:8]} -> {right}")
+    marks = {"added": "A", "removed": "D", "changed": "M"}
+    for f in d["files"]:
+        if f["status"] == "unchanged":
+            continue
+        size = (
+            f"{human(f['size_b'])}"
+            if f["size_a"] is None
+            else f"{human(f['size_a'])}"
+            if f["size_b"] is None
+            else f"{human(f['size_a'])} -> {human(f['size_b'])}"
+        )
+        line = f"  {marks[f['status']]} {printable(f['path']):<30} {size}"
+        if f["status"] != "removed":
+            line += (
+                f"  (shared {human(f['bytes_shared'])}, new {human(f['bytes_new'])} "
+                f"in {_plural(f['chunks_new'], 'chunk')})"
+            )
+        click.echo(line)
+        for t in f["tables"]:
+            if t["status"] == "changed":
+                rows = f"{t['rows_a']} -> {t['rows_b']} rows"
+                if t["added"] is not None:
+                    rows += f" (+{t['added']} -{t['removed']}"
+                    rows += f", {t['updated']} updated)" if t["updated"] is not None else ")"
+                schema = ", schema changed" if t["schema_changed"] else ""
+                click.echo(f"      table {printable(t['name'])}: {rows}{schema}")
+            else:
+                n = t["rows_b"] if t["status"] == "added" else t["rows_a"]
+                click.echo(f"      table {printable(t['name'])}: {t['status']} ({n} rows)")
+        ix = f["index"]
+        if ix is not None:
+            kind = ix["type_b"] or ix["type_a"]
+            if ix["type_a"] and ix["type_b"] and ix["type_a"] != ix["type_b"]:
+                kind = f"{ix['type_a']} -> {ix['type_b']}"
+            click.echo(
+                f"      index {kind}: ntotal {_count(ix['ntotal_a'])} -> {_count(ix['ntotal_b'])} "
+                f"({_signed(ix['ntotal_delta'])})"
+            )
+            for side, problem in (("old", ix["problem_a"]), ("new", ix["problem_b"])):
+                if problem:
+                    click.echo(f"      {side} side {problem}")
+    s = d["summary"]
+    click.echo(
+        f"{s['files_changed']} changed, {s['files_added']} added, {s['files_removed']} removed, "
+        f"{s['files_unchanged']} unchanged; {human(s['bytes_new'])} new in "
+        f"{_plural(s['chunks_new'], 'chunk')}, {human(s['bytes_shared'])} shared"
+    )
