@@ -189,3 +189,31 @@ def test_new_folders_move_in_whole_with_their_modes(tmp_path: Path) -> None:
     for rel, mode in modes.items():
         assert stat.S_IMODE((out / rel).stat().st_mode) == mode, rel
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".casnap-tmp")]
+
+
+@pytest.mark.parametrize("encryption", ["none", "repokey"])
+def test_whole_file_hash_of_one_chunk_files_verifies(tmp_path: Path, encryption: str) -> None:
+    """A small file of one chunk records the chunk's id as its whole-file hash where ids are
+    plain BLAKE3; where they are keyed it is hashed apart. Either way the entry holds the plain
+    BLAKE3 of the file, which checkout and cat verify."""
+    from blake3 import blake3
+
+    data = tmp_path / "data"
+    rng = random.Random(7)
+    files = {f"f{i:03d}.dat": rng.randbytes(int(50 * 200 ** rng.random())) for i in range(80)}
+    data.mkdir()
+    for rel, body in files.items():
+        (data / rel).write_bytes(body)
+    repo = Repository.open_or_init(
+        tmp_path / "repo", password=(lambda: "pw") if encryption == "repokey" else None,
+        encryption=encryption,
+    )  # fmt: skip
+    commit(repo, data)
+    snap = repo.snapshot(repo.resolve("latest"))
+    chunks = {e.path: e.chunks for e in snap.files}
+    assert min(chunks.values()) == 1 and max(chunks.values()) > 1  # both kinds present
+    for e in snap.files:
+        assert e.hash == blake3(files[e.path]).hexdigest(), e.path
+    out = tmp_path / "out"
+    checkout(repo, "latest", out, safety_snapshot=False)
+    assert {p: b for p, (b, _m, _t) in tree(out).items()} == files
