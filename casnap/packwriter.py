@@ -23,7 +23,7 @@ from casnap.packs import (
     directory_fields,
     index_key,
     pack_key,
-    seal_pack,
+    pack_tail,
 )
 from casnap.phases import Phases
 from casnap.store import Store
@@ -188,9 +188,9 @@ class PackWriter:
     def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
         start = time.perf_counter()
         records = bytes(p.records)
+        p.parts.append(pack_tail(records))  # sealed as it is joined: growing it would copy it
         data = bytearray().join(p.parts)  # one copy, the GIL released (CPython joins >1 MiB so)
         p.parts = []
-        seal_pack(data, records)
         pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
         self.phases.since("write", start)

@@ -195,7 +195,7 @@ class Reader:
                         before = image.opened  # as SQLite's open of it left it: what stays
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
-                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        src = capture.SourceFile(src.path, src.full, "file")
                         continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, old)

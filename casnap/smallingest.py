@@ -55,7 +55,7 @@ def batchable(src: capture.SourceFile) -> bool:
         and head is not None
         and st.st_size <= SMALL_FILE
         and st.st_nlink == 1
-        and src.abspath.name != hnsw.DATA
+        and os.path.basename(src.full) != hnsw.DATA
         and faiss_kind(head) is None
         and not is_sqlite_header(head)
     )
@@ -191,10 +191,10 @@ class SmallFiles:
         wait = st.st_ctime_ns + STAT_SETTLE_NS - time.time_ns()
         if wait > 0:  # written just now: waited for once, as capture.settled_fingerprint does
             time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
-            if capture.fingerprint(src.abspath, "file") != before:
+            if capture.fingerprint(src.full, "file") != before:
                 return None
         try:
-            fd = capture.open_source(src.abspath)
+            fd = capture.open_source(src.full)
         except OSError:
             return None
         try:
@@ -204,7 +204,7 @@ class SmallFiles:
             return None
         finally:
             os.close(fd)
-        after = capture.fingerprint(src.abspath, "file")
+        after = capture.fingerprint(src.full, "file")
         if after != before or len(data) != st.st_size:
             return None
         chunker = choose_chunker(data[:SNIFF_BYTES], self.config)
