@@ -61,6 +61,14 @@ class Levels:
         )
 
 
+def load_data_path() -> None:
+    """Import what reading files needs (numpy, the chunkers, the pack writer): a commit that
+    will read every file (it has no parent) runs this beside its scan. A failure is left to
+    the import that needs the module, where it is reported."""
+    with contextlib.suppress(Exception):
+        from casnap import pipeline, smallingest  # noqa: F401
+
+
 class Reader:
     """The files one commit reads into its repository (the caller holds the lock), and what
     reading them needs, made on first use and shut down with `stack`."""
