@@ -6,19 +6,21 @@ alone, where zstd has little to work with), a lookup for its chunk list. Here pl
 SMALL_FILE (not hard links, not a data_level0.bin that its header.bin describes, not a FAISS
 index or a file with SQLite's header) go in batches of
 up to BATCH_FILES files or BATCH_BYTES bytes: a worker reads each file whole (never following a
-link), checks it kept the fingerprint the scan saw (size, mtime, ctime, inode) and that it was
-settled by then, cuts it with the chunker its header chooses, then hashes the pieces of the
-whole batch, looks them up in one call, and frames and compresses the new ones together, so
-consecutive small files share frames. The calling thread queues each batch's frames in order,
-then the chunk lists of its files after them (a restore reads them with one read). A file that
-changed, was not settled, or could not be read is left to the usual one-by-one read, which waits
-for it, retries or reports it.
+link) into the batch's buffer, right after the one before (one batch read at a time, while other
+workers hash and compress theirs), checks it kept the fingerprint the scan saw (size, mtime,
+ctime, inode) and that it was settled by then, cuts it with the chunker its header chooses, then
+hashes the pieces of the whole batch, looks them up in one call, and frames and compresses the
+new ones together, so consecutive small files share frames. The calling thread queues each
+batch's frames in order, then the chunk lists of its files after them (a restore reads them with
+one read). A file that changed, was not settled, or could not be read is left to the usual
+one-by-one read, which waits for it, retries or reports it.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -125,6 +127,9 @@ class SmallFiles:
         self._depth = max(1, ingest.workers)
         # the batches' read buffers, used again: fresh memory costs a page fault per 4 KiB
         self._buffers = Buffers(self._depth + 2)
+        # reading a file is short syscalls between Python: two workers reading at once mostly
+        # handed the GIL to each other, one reading while another compresses overlaps better
+        self._reading = threading.Lock()
 
     def add(self, waiting: Waiting) -> list[Stored]:
         """Queue a file; the files of batches that are done meanwhile."""
@@ -173,11 +178,12 @@ class SmallFiles:
         view = memoryview(buffer)
         at = 0
         reads: list[_Read | None] = []
-        for w in files:
-            r = self._read(w, view[at:])
-            if r is not None:
-                at += len(r.data)
-            reads.append(r)
+        with self._reading:  # one batch read at a time, the others hash and compress meanwhile
+            for w in files:
+                r = self._read(w, view[at:])
+                if r is not None:
+                    at += len(r.data)
+                reads.append(r)
         lengths = [n for r in reads if r is not None for n in r.lengths]
         kinds = None
         if any(r is not None and r.kinds is not None for r in reads):
