@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -36,10 +37,16 @@ class SourceFile:
     """A file of the data dir to snapshot."""
 
     path: str  # relative, POSIX
-    abspath: Path
+    full: str  # absolute
     kind: str  # "file" or "sqlite"
     stat: os.stat_result | None = None  # its lstat when the scan found it
     head: bytes | None = None  # its first SNIFF_BYTES, when the scan read them
+
+    @functools.cached_property
+    def abspath(self) -> Path:
+        """`full` as a Path, made when first asked for: a scan of many files, and the reading of
+        small ones (through `full`), would spend more on making Paths than on the rest."""
+        return Path(self.full)
 
 
 def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
@@ -173,7 +180,7 @@ def scan(
             if kind is None:
                 head = sniff(full)
                 kind = "sqlite" if is_sqlite_header(head) else "file"
-            found.append(SourceFile(rel, Path(full), kind, st, head))
+            found.append(SourceFile(rel, full, kind, st, head))
         elif opts.skipped is not None:
             what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
             opts.skipped.append(f"{rel}: {what} not stored (casnap stores regular files)")

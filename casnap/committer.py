@@ -16,6 +16,7 @@ import datetime as dt
 import getpass
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from casnap.manifest import FileEntry, Snapshot, compress_manifest
 from casnap.paths import commit_paths
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, ProgressFn
-from casnap.reading import Reader
+from casnap.reading import Reader, load_data_path
 from casnap.repository import Repository
 
 if TYPE_CHECKING:  # made for the first file read (_storing)
@@ -246,6 +247,9 @@ class Committer:
         if opts.source is None:  # an import's source is no data dir a checkout restored into
             restored = statcache.restored_entries(self.repo, source_dir, self.tainted)
         known = {} if parent_id is not None and parent_id.hex() in self.tainted else parent_files
+        if not known and not restored:
+            # nothing to reuse: every file will be read, so the data path loads during the scan
+            threading.Thread(target=load_data_path, name="casnap-load", daemon=True).start()
         skipped: list[str] = []
         dirs: dict[str, tuple[int, int, int]] = {}
         unreadable: list[str] = []

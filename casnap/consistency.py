@@ -19,7 +19,7 @@ stale header.bin): a commit never loads an index nor unpickles anything.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def consistency_problems(
     rels = sorted(set(files))
     known = heads or {}
     problems = [p for rel in rels for p in _faiss_problems(root, rel, known.get(rel))]
-    view = {rel: root / rel for rel in rels}
+    view = _Under(root, frozenset(rels))
     for store in layouts.find_stores(rels):
         try:
             found = layouts.check_store(store, view, deep=False, private=False)
@@ -63,6 +63,29 @@ def consistency_problems(
             continue
         problems += [Problem(f"{f.path}: {f.detail}", True) for f in found if not f.ok]
     return problems
+
+
+class _Under(Mapping[str, Path]):
+    """root / rel for each of rels, made when a store's check asks for it: a data dir of many
+    files holds few stores, and a Path per file cost more than the checks."""
+
+    def __init__(self, root: Path, rels: frozenset[str]) -> None:
+        self.root = root
+        self.rels = rels
+
+    def __getitem__(self, rel: str) -> Path:
+        if rel not in self.rels:
+            raise KeyError(rel)
+        return self.root / rel
+
+    def __contains__(self, rel: object) -> bool:
+        return rel in self.rels
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rels)
+
+    def __len__(self) -> int:
+        return len(self.rels)
 
 
 def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:

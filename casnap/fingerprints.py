@@ -11,7 +11,7 @@ from pathlib import Path
 from casnap.constants import RACY_WINDOW_FINE_NS, RACY_WINDOW_NS, STAT_SETTLE_NS
 
 
-def open_source(path: Path) -> int:
+def open_source(path: str | os.PathLike[str]) -> int:
     """A descriptor for reading a data-dir file, never through a symbolic link swapped in since
     the scan (its last component)."""
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -50,6 +50,7 @@ class _Frame:
 class Encoded:
     refs: bytes
     frames: list[_Frame]
+    checked: int | None = None  # the writer's generation when its pieces were looked up
 
 
 class Ingest:
@@ -138,13 +139,14 @@ class Ingest:
         (call it in the order the blocks were read)."""
         add = self.writer.add_frame
         for f in done.frames:
-            add(DATA, f.encoded, f.frame_plain, f.members)
+            add(DATA, f.encoded, f.frame_plain, f.members, done.checked)
         return done.refs
 
     def _encode(self, block: Block, before: np.ndarray) -> Encoded:
         """Worker: hash every piece of a block, frame and compress the new ones. before holds the
         refs at the same places in the stream's last stored version (maybe fewer, or none)."""
         start = time.perf_counter()
+        checked = self.writer.generation  # before the lookup (PackWriter.add_frame)
         data = block.data
         lengths = block.lengths
         ids = self.store.ids.digests(data, lengths)
@@ -160,7 +162,7 @@ class Ingest:
                 data, ids, new.tolist(), (ends - rec["length"])[new].tolist(), block
             )
         self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return Encoded(rec.tobytes(), frames)
+        return Encoded(rec.tobytes(), frames, checked)
 
     def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
         """Positions of the pieces of rec the repository does not hold. A piece of the last

@@ -80,12 +80,11 @@ def check_pack_size(key: str, size: int) -> None:
         raise IntegrityError(f"{key}: pack of {size} bytes, past the limit of {MAX_PACK_SIZE}")
 
 
-def seal_pack(data: bytearray, records: bytes) -> None:
-    """Append the directory of these DIR_RECORD records and the trailer to a pack's header and
-    frames, in place (a pack is the largest object a commit holds: no second copy)."""
+def pack_tail(records: bytes) -> bytes:
+    """What follows a pack's frames: the directory of these DIR_RECORD records and the trailer
+    (joined with the frames at once, a pack is copied once, without the GIL)."""
     directory = zstandard.ZstdCompressor(level=_DIRECTORY_LEVEL).compress(records)
-    data += directory
-    data += _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
+    return directory + _TRAILER.pack(len(directory), bytes(hash_bytes(directory))[:16], PACK_END)
 
 
 def parse_pack_directory(key: str, data: bytes) -> np.ndarray:

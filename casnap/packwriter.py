@@ -23,7 +23,7 @@ from casnap.packs import (
     directory_fields,
     index_key,
     pack_key,
-    seal_pack,
+    pack_tail,
 )
 from casnap.phases import Phases
 from casnap.store import Store
@@ -83,6 +83,9 @@ class PackWriter:
         self.bytes_by_type = [0] * len(BLOB_TYPES)  # encoded bytes of frames added, per type
         self.index_bytes = 0
         self.index_key: str | None = None  # the index file finish wrote
+        # packs made durable so far: a check of the written set taken at this count is still
+        # current while it is unchanged (see add_frame's checked)
+        self.generation = 0
 
     def known(self, cid: bytes) -> bool:
         """True when the chunk is stored already or queued in this writer."""
@@ -111,17 +114,20 @@ class PackWriter:
         encoded: bytes,
         frame_plain: int,
         members: Sequence[tuple[bytes, int, int]],
+        checked: int | None = None,
     ) -> int:
         """Queue a frame holding members (id, offset in frame, plain size); returns how many of
         them were new. frame_plain is the frame's plain size, 0 for a frame of one chunk.
 
         Callers check the store's index beforehand (in batches, see known_many); members this
         writer has already queued keep their first copy, and a frame with no new member is
-        dropped.
+        dropped. checked: `generation` as read before the members were found unknown to
+        known_many; while no pack has become durable since, none of them can be in the written
+        set, and the set (a few sorted arrays: a costly lookup per frame) is not asked again.
         """
         pending = self.pending
         fresh = [m for m in members if m[0] not in pending]
-        if fresh and len(self.written):
+        if fresh and len(self.written) and checked != self.generation:
             done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
             fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
         return self._append(btype, encoded, frame_plain, fresh)
@@ -182,9 +188,9 @@ class PackWriter:
     def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
         start = time.perf_counter()
         records = bytes(p.records)
+        p.parts.append(pack_tail(records))  # sealed as it is joined: growing it would copy it
         data = bytearray().join(p.parts)  # one copy, the GIL released (CPython joins >1 MiB so)
         p.parts = []
-        seal_pack(data, records)
         pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
         self.phases.since("write", start)
@@ -203,6 +209,7 @@ class PackWriter:
         self.written.add(ids)  # first, so a concurrent check always finds them in one place
         for i in range(len(ids)):
             self.pending.discard(ids[i].tobytes())
+        self.generation += 1  # last: a check that read the old count is asked again
 
     def new_entries(self) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
         """(pack table, ids, fields) of the chunks in packs handed to the writing thread (waits

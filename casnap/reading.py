@@ -61,6 +61,14 @@ class Levels:
         )
 
 
+def load_data_path() -> None:
+    """Import what reading files needs (numpy, the chunkers, the pack writer): a commit that
+    will read every file (it has no parent) runs this beside its scan. A failure is left to
+    the import that needs the module, where it is reported."""
+    with contextlib.suppress(Exception):
+        from casnap import pipeline, smallingest  # noqa: F401
+
+
 class Reader:
     """The files one commit reads into its repository (the caller holds the lock), and what
     reading them needs, made on first use and shut down with `stack`."""
@@ -195,7 +203,7 @@ class Reader:
                         before = image.opened  # as SQLite's open of it left it: what stays
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
-                        src = capture.SourceFile(src.path, src.abspath, "file")
+                        src = capture.SourceFile(src.path, src.full, "file")
                         continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, old)

@@ -6,19 +6,21 @@ alone, where zstd has little to work with), a lookup for its chunk list. Here pl
 SMALL_FILE (not hard links, not a data_level0.bin that its header.bin describes, not a FAISS
 index or a file with SQLite's header) go in batches of
 up to BATCH_FILES files or BATCH_BYTES bytes: a worker reads each file whole (never following a
-link), checks it kept the fingerprint the scan saw (size, mtime, ctime, inode) and that it was
-settled by then, cuts it with the chunker its header chooses, then hashes the pieces of the
-whole batch, looks them up in one call, and frames and compresses the new ones together, so
-consecutive small files share frames. The calling thread queues each batch's frames in order,
-then the chunk lists of its files after them (a restore reads them with one read). A file that
-changed, was not settled, or could not be read is left to the usual one-by-one read, which waits
-for it, retries or reports it.
+link) into the batch's buffer, right after the one before (one batch read at a time, while other
+workers hash and compress theirs), checks it kept the fingerprint the scan saw (size, mtime,
+ctime, inode) and that it was settled by then, cuts it with the chunker its header chooses, then
+hashes the pieces of the whole batch, looks them up in one call, and frames and compresses the
+new ones together, so consecutive small files share frames. The calling thread queues each
+batch's frames in order, then the chunk lists of its files after them (a restore reads them with
+one read). A file that changed, was not settled, or could not be read is left to the usual
+one-by-one read, which waits for it, retries or reports it.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +29,7 @@ from typing import Any
 
 from casnap import capture, chunklist, filelists, statcache
 from casnap.chunking import Block, choose_chunker
+from casnap.chunking.base import Buffers
 from casnap.constants import SMALL_FILE, SNIFF_BYTES, STAT_SETTLE_NS
 from casnap.formats import hnsw
 from casnap.formats.faiss import faiss_kind
@@ -55,7 +58,7 @@ def batchable(src: capture.SourceFile) -> bool:
         and head is not None
         and st.st_size <= SMALL_FILE
         and st.st_nlink == 1
-        and src.abspath.name != hnsw.DATA
+        and os.path.basename(src.full) != hnsw.DATA
         and faiss_kind(head) is None
         and not is_sqlite_header(head)
     )
@@ -75,7 +78,7 @@ class Waiting:
 class _Read:
     """One file read whole by a worker."""
 
-    data: bytes
+    data: memoryview  # in the batch's buffer
     lengths: list[int]
     kinds: bytes | None
     hash: str
@@ -88,6 +91,7 @@ class _Batch:
     files: list[Waiting]
     reads: list[_Read | None]  # None: read it one by one
     encoded: Encoded | None
+    buffer: bytearray  # the files read, back to back (used again once the batch is stored)
 
 
 # (waiting file, its entry or None when it must be read one by one, bytes read for it)
@@ -121,6 +125,11 @@ class SmallFiles:
         self._bytes = 0
         self._inflight: deque[Future[_Batch]] = deque()
         self._depth = max(1, ingest.workers)
+        # the batches' read buffers, used again: fresh memory costs a page fault per 4 KiB
+        self._buffers = Buffers(self._depth + 2)
+        # reading a file is short syscalls between Python: two workers reading at once mostly
+        # handed the GIL to each other, one reading while another compresses overlaps better
+        self._reading = threading.Lock()
 
     def add(self, waiting: Waiting) -> list[Stored]:
         """Queue a file; the files of batches that are done meanwhile."""
@@ -163,8 +172,18 @@ class SmallFiles:
     def _work(self, files: list[Waiting]) -> _Batch:
         """Read every file of a batch, then hash, look up, frame and compress their pieces."""
         start = time.perf_counter()
-        reads = [self._read(w) for w in files]
-        data = [r.data for r in reads if r is not None]
+        # each file read straight into its place after the last one read (one more byte than
+        # the scan saw: a file that grew shows); nothing is joined or copied
+        buffer = self._buffers.take(sum(self._size(w) + 1 for w in files))
+        view = memoryview(buffer)
+        at = 0
+        reads: list[_Read | None] = []
+        with self._reading:  # one batch read at a time, the others hash and compress meanwhile
+            for w in files:
+                r = self._read(w, view[at:])
+                if r is not None:
+                    at += len(r.data)
+                reads.append(r)
         lengths = [n for r in reads if r is not None for n in r.lengths]
         kinds = None
         if any(r is not None and r.kinds is not None for r in reads):
@@ -176,14 +195,15 @@ class SmallFiles:
         self.phases.since("chunk", start)
         encoded = None
         if lengths:
-            block = Block(memoryview(b"".join(data)), 0, lengths, kinds)
+            block = Block(view[:at], 0, lengths, kinds)
             encoded = self.ingest.encode_block(block)
-        return _Batch(files, reads, encoded)
+        return _Batch(files, reads, encoded, buffer)
 
-    def _read(self, waiting: Waiting) -> _Read | None:
-        """A file read whole, when it still has the fingerprint of the scan and had it long
-        enough that a rewrite during the read must show (capture.settled_fingerprint: a file
-        changed just now is waited for once); None otherwise, or when it cannot be read."""
+    def _read(self, waiting: Waiting, room: memoryview) -> _Read | None:
+        """A file read whole into the start of room, when it still has the fingerprint of the
+        scan and had it long enough that a rewrite during the read must show
+        (capture.settled_fingerprint: a file changed just now is waited for once); None
+        otherwise, or when it cannot be read."""
         src = waiting.src
         st = src.stat
         assert st is not None
@@ -191,24 +211,25 @@ class SmallFiles:
         wait = st.st_ctime_ns + STAT_SETTLE_NS - time.time_ns()
         if wait > 0:  # written just now: waited for once, as capture.settled_fingerprint does
             time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
-            if capture.fingerprint(src.abspath, "file") != before:
+            if capture.fingerprint(src.full, "file") != before:
                 return None
         try:
-            fd = capture.open_source(src.abspath)
+            fd = capture.open_source(src.full)
         except OSError:
             return None
         try:
-            data = os.read(fd, st.st_size + 1)
+            got = os.readv(fd, [room[: st.st_size + 1]])
             capture.wait_for_truncate(fd)  # before the stat that vouches for the read
         except OSError:
             return None
         finally:
             os.close(fd)
-        after = capture.fingerprint(src.abspath, "file")
-        if after != before or len(data) != st.st_size:
+        after = capture.fingerprint(src.full, "file")
+        if after != before or got != st.st_size:
             return None
-        chunker = choose_chunker(data[:SNIFF_BYTES], self.config)
-        lengths, kinds = chunker.pieces(memoryview(data), 0, True)
+        data = room[:got]
+        chunker = choose_chunker(bytes(data[:SNIFF_BYTES]), self.config)
+        lengths, kinds = chunker.pieces(data, 0, True)
         if sum(lengths) != len(data):
             return None
         source = statcache.vouched(before, after, self.start_ns)
@@ -265,4 +286,5 @@ class SmallFiles:
             )
             out.append((w, entry, len(r.data)))
         self.phases.since("manifest", start)  # chunk lists are written with the manifest
+        self._buffers.give(batch.buffer)  # its frames are copies, its entries hold no bytes
         return out
