@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import uuid
 from typing import Any
 
@@ -60,8 +59,6 @@ def parse_time(text: str) -> dt.datetime:
 # is a typo, and older ones do not always survive (strftime writes years below 1000 without their
 # leading zeros, local time cannot reach before year 1, some systems refuse negative timestamps).
 EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-# the time every manifest records: a four-digit year, UTC, microseconds
-_TIME_FORMAT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 
 def snapshot_time(t: dt.datetime) -> str:
@@ -76,15 +73,6 @@ def snapshot_time(t: dt.datetime) -> str:
     if aware > dt.datetime.now(dt.UTC):
         raise InvalidArgument(f"snapshot time {iso_time(aware)} lies in the future")
     return iso_time(aware)
-
-
-def check_time(text: str) -> str:
-    """text, when it is a time as a manifest records it (a year from 1000 to 9998: what casnap
-    ever wrote, and what every local zone can show); ValueError otherwise."""
-    if not _TIME_FORMAT.fullmatch(text) or not 1000 <= int(text[:4]) <= 9998:
-        raise ValueError(f"time {text[:80]!r} is not a UTC time as casnap writes it")
-    parse_time(text)  # a real date (ValueError for 2025-02-30)
-    return text
 
 
 def fixed_faiss_chunker() -> dict[str, Any]:

@@ -13,6 +13,7 @@ history of big manifests costs in proportion to their metadata.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 import threading
@@ -219,7 +220,7 @@ class Snapshot:
             elif "files" not in d:
                 raise KeyError("files")
             snap = cls(
-                time=_str(d["time"]),
+                time=_time(d["time"]),
                 host=_str(d["host"]),
                 user=_str(d["user"]),
                 source=_str(d["source"]),
@@ -561,6 +562,23 @@ def _ints(xs: Any) -> tuple[int, ...]:
         if type(x) is not int:  # JSON gives int or bool: a bool is no integer here
             raise TypeError(f"expected an integer, got {type(x).__name__}")
     return out
+
+
+# the time every manifest records: a four-digit year, UTC, microseconds
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+
+def _time(x: Any) -> str:
+    """A manifest's `time`, as casnap writes it: a year from 1000 to 9998 (any casnap wrote in
+    this form, and what every local zone can show) that is a real date."""
+    s = _str(x)
+    try:
+        if not (_TIME.fullmatch(s) and 1000 <= int(s[:4]) <= 9998):
+            raise ValueError("not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+        dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError as exc:
+        raise ValueError(f"its time {s[:80]!r} is no UTC time as casnap writes it: {exc}") from exc
+    return s
 
 
 def _hex(x: Any) -> str:
