@@ -85,7 +85,7 @@ class FileEntry:
                 mode=_int(d["mode"]),
                 mtime_ns=_int(d["mtime_ns"]),
                 hash=_hex(d["hash"]),
-                chunker=dict(d["chunker"]),
+                chunker=_chunker(d["chunker"]),
                 lists=tuple([_hex(x) for x in d["lists"]]),
                 chunks=_int(d["chunks"]),
                 source=None if source is None else _ints(source),
@@ -414,6 +414,7 @@ def _quick_entry(d: Any) -> FileEntry | None:
         and type(mtime) is int
         and type(chunks) is int
         and type(chunker) is dict
+        and _flat_chunker(chunker)
         and type(lists) is list
         and all(type(x) is str for x in lists)
         and (source is None or (type(source) is list and all(type(x) is int for x in source)))
@@ -503,6 +504,31 @@ def check_links(files: Sequence[FileEntry]) -> None:
         primary = by_path.get(f.link)
         if primary is None or primary.link is not None or primary.hash != f.hash:
             raise HostileManifest(f"manifest links {f.path!r} to {f.link!r}, which it cannot be")
+
+
+# A file entry's `chunker` is its chunker's name and parameters (chunking.base describe): a flat
+# object of JSON scalars and short arrays of them (faiss-cdc's [min, avg, max]). Anything else is
+# no chunker casnap wrote, and is refused before it is copied, compared or encoded again.
+MAX_CHUNKER_FIELDS = 32
+MAX_CHUNKER_ARRAY = 16
+_SCALARS = frozenset([str, int, float, bool, type(None)])
+
+
+def _flat_chunker(c: dict[Any, Any]) -> bool:
+    """Whether c (an object) holds at most MAX_CHUNKER_FIELDS parameters, each a scalar or an
+    array of at most MAX_CHUNKER_ARRAY scalars."""
+    return len(c) <= MAX_CHUNKER_FIELDS and all(
+        type(v) in _SCALARS
+        or (type(v) is list and len(v) <= MAX_CHUNKER_ARRAY and all(type(x) in _SCALARS for x in v))
+        for v in c.values()
+    )
+
+
+def _chunker(raw: Any) -> dict[str, Any]:
+    """The `chunker` of a file entry, a copy; ValueError when it holds more than parameters."""
+    if type(raw) is not dict or not all(type(k) is str for k in raw) or not _flat_chunker(raw):
+        raise ValueError("its chunker is not an object of chunker parameters")
+    return dict(raw)
 
 
 def _dirs(raw: Any) -> dict[str, tuple[int, int, int]]:

@@ -86,3 +86,69 @@ def test_listing_commands_refuse_a_malformed_time(made: tuple[Path, Path, str], 
     bad = store(repo_dir, d)
     for args in (["log"], ["show", bad], ["stats"], ["prune", "--keep-last", "1"]):
         one_line(cli(repo_dir, data, *args), 5, f"snapshots/{bad}.*time")
+
+
+# -- a file entry's chunker -----------------------------------------------------------------------
+
+
+def nested(depth: int) -> dict:
+    value: dict = {"name": "fastcdc"}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "chunker",
+    [
+        nested(600),
+        nested(2),
+        {"name": "faiss-cdc", "vectors": [[4096]]},
+        {"name": "fastcdc", "extra": {"min": 1}},
+        {f"k{i}": i for i in range(200)},
+        {"name": "faiss-cdc", "vectors": list(range(100))},
+        ["name", "fastcdc"],
+    ],
+    ids=["deep", "nested", "list-in-list", "object", "many-fields", "long-list", "not-object"],
+)
+def test_a_chunker_holding_more_than_parameters_is_refused(
+    made: tuple[Path, Path, str], chunker: object
+) -> None:
+    repo_dir, _, sid = made
+    d = manifest_of(repo_dir, sid)
+    d["files"][0]["chunker"] = chunker
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(IntegrityError, match="chunker"):
+        Snapshot.decode(raw, "snapshots/x")
+
+
+def test_chunkers_casnap_writes_are_read(made: tuple[Path, Path, str]) -> None:
+    repo_dir, _, sid = made
+    d = manifest_of(repo_dir, sid)
+    kept = Snapshot.decode(json.dumps(d).encode())
+    assert {f.chunker["name"] for f in kept.files} >= {"sqlite", "faiss-cdc", "fastcdc"}
+    d["files"][0]["chunker"] = {"name": "x", "f": 0.5, "big": 1 << 70, "n": None, "l": [1, "a"]}
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    assert Snapshot.decode(raw).encode() == raw
+
+
+def test_a_deeply_nested_chunker_is_an_integrity_error_everywhere(
+    made: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    repo_dir, data, sid = made
+    d = manifest_of(repo_dir, sid)
+    d["files"][0]["chunker"] = nested(600)
+    bad = store(repo_dir, d)
+    target = tmp_path / "target"
+    first = d["files"][0]["path"]
+    for args in (
+        ["show", bad],
+        ["ls", bad],
+        ["cat", bad, first],
+        ["diff", sid, bad],
+        ["checkout", bad, "--to", str(target)],
+        ["gc"],
+    ):
+        one_line(cli(repo_dir, data, *args), 5, f"snapshots/{bad}.*chunker")
+    assert not target.exists()
+    one_line(cli(repo_dir, data, "verify"), 9, f"damaged snapshot.*{bad[:8]}")
