@@ -10,9 +10,14 @@ import pytest
 
 from casnap.backends import LocalBackend
 from casnap.committer import commit
-from casnap.errors import IntegrityError
-from casnap.ids import hash_bytes
-from casnap.manifest import Snapshot, compress_manifest, decompress_manifest
+from casnap.errors import HostileManifest, IntegrityError
+from casnap.ids import ObjectId, hash_bytes
+from casnap.manifest import (
+    Snapshot,
+    compress_manifest,
+    decompress_manifest,
+)
+from casnap.manifestfields import MAX_PATH_DEPTH
 from casnap.repository import Repository
 from tests.helpers_reliability import run_casnap, small_app, small_config
 from tests.test_hostile import one_line
@@ -152,3 +157,47 @@ def test_a_deeply_nested_chunker_is_an_integrity_error_everywhere(
         one_line(cli(repo_dir, data, *args), 5, f"snapshots/{bad}.*chunker")
     assert not target.exists()
     one_line(cli(repo_dir, data, "verify"), 9, f"damaged snapshot.*{bad[:8]}")
+
+
+# -- deep paths -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [MAX_PATH_DEPTH + 1, 3000])
+def test_a_path_nested_too_deeply_is_refused(
+    made: tuple[Path, Path, str], tmp_path: Path, depth: int
+) -> None:
+    repo_dir, data, sid = made
+    d = manifest_of(repo_dir, sid)
+    d["files"][0]["path"] = "/".join(["d"] * (depth - 1) + ["f"])
+    bad = store(repo_dir, d)
+    target = tmp_path / "target"
+    for args in (["checkout", bad, "--to", str(target)], ["ls", bad], ["show", bad]):
+        one_line(cli(repo_dir, data, *args), 5, "nested too deeply")
+    assert not target.exists()
+    with pytest.raises(HostileManifest):
+        Repository.open(repo_dir).load_snapshot(ObjectId.from_hex(bad))
+
+
+def test_the_deepest_path_allowed_is_committed_and_restored(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    deep = data.joinpath(*["d"] * (MAX_PATH_DEPTH - 1))
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"deep")
+    (data / "g").write_bytes(b"flat")
+    too_deep = deep / "e"
+    too_deep.mkdir()
+    (too_deep / "h").write_bytes(b"too deep")
+    repo = Repository.init(tmp_path / "repo", small_config())
+    r = commit(repo, data)
+    sid = r.id
+    snap = repo.load_snapshot(repo.resolve(sid))
+    assert sorted(f.path.count("/") + 1 for f in snap.files) == [1, MAX_PATH_DEPTH]
+    assert [w for w in r.warnings if "nested too deeply" in w] == [
+        "/".join(["d"] * (MAX_PATH_DEPTH - 1) + ["e"])
+        + ": not stored (folders nested too deeply: a manifest holds at most "
+        + f"{MAX_PATH_DEPTH} levels)"
+    ]
+    target = tmp_path / "target"
+    proc = cli(tmp_path / "repo", data, "checkout", sid, "--to", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert (target.joinpath(*["d"] * (MAX_PATH_DEPTH - 1)) / "f").read_bytes() == b"deep"
