@@ -62,13 +62,19 @@ def check_paths(paths: Sequence[str], checked: bool = False) -> None:
 
 
 def check_links(files: Sequence[FileEntry]) -> None:
-    """A hard link names an earlier file of the snapshot that is no link itself, same content."""
+    """A hard link names an earlier file of the snapshot that is no link itself, with the same
+    content: hash, size, chunk list and number of chunks (a checkout links it to that file)."""
     by_path = {f.path: f for f in files}
     for f in files:
         if f.link is None:
             continue
         primary = by_path.get(f.link)
-        if primary is None or primary.link is not None or primary.hash != f.hash:
+        if (
+            primary is None
+            or primary.link is not None
+            or (primary.hash, primary.size, primary.lists, primary.chunks)
+            != (f.hash, f.size, f.lists, f.chunks)
+        ):
             raise HostileManifest(f"manifest links {f.path!r} to {f.link!r}, which it cannot be")
 
 

@@ -4,6 +4,7 @@ documented exit code (never an internal error), and `verify` finds what `checkou
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,53 @@ def test_the_deepest_path_allowed_is_committed_and_restored(tmp_path: Path) -> N
     proc = cli(tmp_path / "repo", data, "checkout", sid, "--to", str(target))
     assert proc.returncode == 0, proc.stderr
     assert (target.joinpath(*["d"] * (MAX_PATH_DEPTH - 1)) / "f").read_bytes() == b"deep"
+
+
+# -- entries that disagree with their chunk lists ------------------------------------------------
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A repository with one snapshot of a.txt (6 bytes), b.txt (7 bytes), big.bin (200000)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"hello\n")
+    (data / "b.txt").write_bytes(b"world!\n")
+    (data / "big.bin").write_bytes(random.Random(7).randbytes(200_000))
+    repo = Repository.init(tmp_path / "repo", small_config())
+    sid = commit(repo, data).id
+    return tmp_path / "repo", data, sid
+
+
+def entry(d: dict, path: str) -> dict:
+    return next(f for f in d["files"] if f["path"] == path)
+
+
+@pytest.mark.parametrize("field", ["size", "lists", "chunks", "hash"])
+def test_a_link_must_equal_its_target(
+    plain: tuple[Path, Path, str], tmp_path: Path, field: str
+) -> None:
+    repo_dir, data, sid = plain
+    d = manifest_of(repo_dir, sid)
+    a, big = entry(d, "a.txt"), entry(d, "big.bin")
+    big.update({k: a[k] for k in ("size", "lists", "chunks", "hash") if k != field})
+    big["link"] = "a.txt"
+    d["totals"]["bytes"] = sum(f["size"] for f in d["files"])
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(HostileManifest, match="links 'big.bin' to 'a.txt'"):
+        Snapshot.decode(raw, "snapshots/x")
+    bad = store(repo_dir, d)
+    target = tmp_path / "t"
+    one_line(cli(repo_dir, data, "checkout", bad, "--to", str(target)), 5, "links 'big.bin'")
+    assert not target.exists()
+    one_line(cli(repo_dir, data, "verify"), 9, f"damaged snapshot.*{bad[:8]} \\(manifest\\)")
+
+
+def test_a_link_equal_to_its_target_is_read(plain: tuple[Path, Path, str]) -> None:
+    repo_dir, _, sid = plain
+    d = manifest_of(repo_dir, sid)
+    a, b = entry(d, "a.txt"), entry(d, "b.txt")
+    b.update({k: a[k] for k in ("size", "lists", "chunks", "hash")}, link="a.txt")
+    d["totals"]["bytes"] = sum(f["size"] for f in d["files"])
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    assert Snapshot.decode(raw).encode() == raw
