@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,64 @@ def plain(tmp_path: Path) -> tuple[Path, Path, str]:
 
 def entry(d: dict, path: str) -> dict:
     return next(f for f in d["files"] if f["path"] == path)
+
+
+def _more_chunks(d: dict) -> None:
+    entry(d, "a.txt")["chunks"] += 1
+
+
+def _list_of_another(d: dict) -> None:
+    entry(d, "a.txt")["lists"] = entry(d, "big.bin")["lists"]
+
+
+def _huge_size(d: dict) -> None:
+    entry(d, "a.txt")["size"] = 1 << 62
+    d["totals"]["bytes"] = sum(f["size"] for f in d["files"])
+
+
+def _hash_of_another(d: dict) -> None:
+    entry(d, "a.txt")["hash"] = entry(d, "b.txt")["hash"]
+
+
+@pytest.mark.parametrize(
+    ("change", "read_data", "pattern"),
+    [
+        (_more_chunks, False, "a.txt.*2 chunks"),
+        (_list_of_another, False, "a.txt.*6 bytes"),
+        (_huge_size, False, f"a.txt.*{1 << 62} bytes"),
+        (_hash_of_another, True, "a.txt.*hash"),
+    ],
+    ids=["chunks", "another-list", "size", "another-hash"],
+)
+def test_verify_finds_what_checkout_refuses(
+    plain: tuple[Path, Path, str], tmp_path: Path, change, read_data: bool, pattern: str
+) -> None:
+    repo_dir, data, sid = plain
+    d = manifest_of(repo_dir, sid)
+    change(d)
+    bad = store(repo_dir, d)
+    one_line(cli(repo_dir, data, "checkout", bad, "--to", str(tmp_path / "t")), 5, "a.txt")
+    args = ["verify", "--read-data"] if read_data else ["verify"]
+    proc = cli(repo_dir, data, *args, "--json")
+    assert proc.returncode == 9, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["damaged"] == {bad: ["a.txt"]}
+    (problem,) = report["problems"]
+    assert problem["kind"] == "file"
+    assert problem["affected"] == [{"snapshot": bad, "path": "a.txt"}]
+    assert re.search(pattern, problem["message"]), problem["message"]
+    one_line(cli(repo_dir, data, *args), 9, f"{bad[:8]} \\(a.txt\\)")
+    # the snapshot it was made from is whole
+    assert cli(repo_dir, data, "verify", "--read-data", sid).returncode == 0
+
+
+def test_verify_without_read_data_does_not_hash_files(plain: tuple[Path, Path, str]) -> None:
+    repo_dir, data, sid = plain
+    d = manifest_of(repo_dir, sid)
+    _hash_of_another(d)
+    store(repo_dir, d)
+    proc = cli(repo_dir, data, "verify")
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("field", ["size", "lists", "chunks", "hash"])
