@@ -41,12 +41,19 @@ def plain_chunkers(files: Any) -> bool:
     return all(type(f) is not dict or _plain_value(f.get("chunker")) for f in files)
 
 
-def _plain_value(v: Any) -> bool:
+# deeper values are never taken as plain (the json module writes them): what casnap writes is
+# flat, and a crafted manifest nested hundreds deep must not exhaust the stack here
+_PLAIN_DEPTH = 4
+
+
+def _plain_value(v: Any, depth: int = 0) -> bool:
     t = type(v)
     if t is str or t is int or t is bool or v is None:
         return True
+    if depth >= _PLAIN_DEPTH:
+        return False
     if t is dict:
-        return all(type(k) is str and _plain_value(x) for k, x in v.items())
+        return all(type(k) is str and _plain_value(x, depth + 1) for k, x in v.items())
     if t is list or t is tuple:
-        return all(_plain_value(x) for x in v)
+        return all(_plain_value(x, depth + 1) for x in v)
     return False

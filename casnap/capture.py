@@ -29,7 +29,7 @@ from casnap.formats.sqlite import (
     is_sqlite,
     is_sqlite_header,
 )
-from casnap.manifest import check_path
+from casnap.manifestfields import MAX_PATH_DEPTH, check_path
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,9 @@ def scan(
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
     Symbolic links, special files and files whose paths a manifest refuses (a backslash, a leading
-    drive letter) are skipped (their paths go to `skipped` when given); SQLite
-    side files are skipped when their database is present: the backup API captures their content.
+    drive letter, folders nested too deeply) are skipped (their paths go to `skipped` when given);
+    SQLite side files are skipped when their database is present: the backup API captures their
+    content.
     """
     require_data_dir(data_dir)
     opts = options or ScanOptions()
@@ -146,6 +147,13 @@ def scan(
             raise from_oserror(exc, f"reading {full}") from exc
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in opts.prune_ids:
+                return
+            if rel.count("/") + 1 >= MAX_PATH_DEPTH:  # what it holds no manifest can name
+                if opts.skipped is not None:
+                    opts.skipped.append(
+                        f"{rel}: not stored (folders nested too deeply: a manifest holds at most "
+                        f"{MAX_PATH_DEPTH} levels)"
+                    )
                 return
             if opts.dirs is not None:
                 opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)

@@ -8,6 +8,8 @@ and every chunk the index names in it must decode to its own hash; a pack that c
 whole but can be salvaged (an encrypted one with a damaged segment: Store.read_pack) is checked
 chunk by chunk, the chunks in its unreadable bytes damaged. Nothing stops at the first
 problem: each one becomes a line naming the chunk, the pack, and the snapshots and files it breaks.
+Each file's entry is checked against its chunk list, and with read_data its bytes against its
+whole-file hash (filecheck.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from casnap import filecheck
 from casnap.chunkindex import IdSet, IndexEntry
 from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
@@ -51,10 +54,11 @@ class Affected(NamedTuple):
 class Problem:
     """One thing found wrong: what it names as typed fields, and `message`, its text.
 
-    kind: manifest | index | pack | chunk | missing | object (docs/JSON.md). fault says what is
-    wrong with it: manifest and index: damaged | unreadable; object: bad-name; pack: missing |
-    too-large | truncated | bad-directory | disagrees | unreadable | damaged; chunk: damaged (a
-    copy of the blob cannot be read intact); missing: not-indexed.
+    kind: manifest | index | pack | chunk | missing | object | file (docs/JSON.md). fault says
+    what is wrong with it: manifest and index: damaged | unreadable; object: bad-name; pack:
+    missing | too-large | truncated | bad-directory | disagrees | unreadable | damaged; chunk:
+    damaged (a copy of the blob cannot be read intact); missing: not-indexed; file: disagrees
+    (its chunk list holds other chunks or bytes) | hash-mismatch (with read_data: its bytes).
     """
 
     kind: str
@@ -220,7 +224,10 @@ class _Checker:
         self.report.blobs_checked = len(needed)
         if self.report.read_data:
             self._read_data(needed if refs else None, subset_pct, seed)
+        self._entries(selected, reach)
         self._conclude(selected, reach, needed)
+        if self.report.read_data and subset_pct is None:
+            self._hashes(selected)
         return self.report
 
     # -- manifests ---------------------------------------------------------------------------------
@@ -534,6 +541,32 @@ class _Checker:
                     files.append(path)
         for files in self.report.damaged.values():
             files.sort()
+
+    # -- file entries ------------------------------------------------------------------------------
+
+    def file_problem(self, sid: ObjectId, path: str, fault: str, message: str) -> None:
+        """A file of a snapshot whose entry its chunk list or its bytes contradict."""
+        self.report.problems.append(
+            Problem(
+                "file",
+                f"{path} in snapshot {sid.short}: {message}",
+                affected=(Affected(sid.hex(), path),),
+                fault=fault,
+            )
+        )
+        files = self.report.damaged.setdefault(sid.hex(), [])
+        if path not in files:
+            files.append(path)
+            files.sort()
+
+    def _entries(self, selected: list[tuple[ObjectId, Snapshot]], reach: Reach) -> None:
+        for sid, path, message in filecheck.disagreeing(selected, reach):
+            self.file_problem(sid, path, "disagrees", message)
+
+    def _hashes(self, selected: list[tuple[ObjectId, Snapshot]]) -> None:
+        damaged = {(sid, path) for sid, paths in self.report.damaged.items() for path in paths}
+        for sid, path, message in filecheck.misread(self.repo, selected, damaged):
+            self.file_problem(sid, path, "hash-mismatch", message)
 
 
 def _fault(exc: CasnapError) -> str:

@@ -49,6 +49,16 @@ def ref_count(refs: bytes | bytearray | memoryview) -> int:
     return len(refs) // REF_SIZE
 
 
+def plain_size(refs: bytes) -> int:
+    """The bytes of the file packed refs describe: the sum of their plain lengths."""
+    if not refs:
+        return 0
+    import numpy as np
+
+    lengths = np.frombuffer(refs, dtype=np.uint8).reshape(-1, REF_SIZE)[:, ID_SIZE:]
+    return int(lengths.copy().view("<u4").sum(dtype=np.int64))
+
+
 def pieces(refs: bytes) -> Iterator[bytes]:
     """A full list as piece bodies, one at a time (one empty piece for an empty file)."""
     step = LIST_PIECE_REFS * REF_SIZE

@@ -33,7 +33,7 @@ from casnap import (
 )
 from casnap import restored as restored_files
 from casnap.backends.base import put_verified
-from casnap.config import iso_time, now_iso
+from casnap.config import now_iso, snapshot_time
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -143,13 +143,11 @@ def commit(
     progress gets (bytes done, bytes total). A commit that would store no file where the last
     snapshot of the same paths had some is refused unless allow_empty; with skip_unreadable,
     files and folders that cannot be read for lack of permission are left out (listed in the
-    result and the snapshot). time (naive: local time; never in the future) is recorded instead
-    of now, and source as the data dir instead of data_dir: a copy kept elsewhere is imported as
-    the snapshot it was.
+    result and the snapshot). time (naive: local time; never before 1970 or in the future) is
+    recorded instead of now, and source as the data dir instead of data_dir: a copy kept
+    elsewhere is imported as the snapshot it was.
     """
-    when = iso_time(time) if time is not None else None
-    if when is not None and when > now_iso():
-        raise InvalidArgument(f"snapshot time {when} lies in the future")
+    when = snapshot_time(time) if time is not None else None
     for tag in tags:
         if not tag or "," in tag or not tag.isprintable():
             raise InvalidArgument(

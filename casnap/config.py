@@ -34,7 +34,7 @@ from casnap.constants import (
     PACK_TARGET_SIZE,
     ZSTD_LEVEL,
 )
-from casnap.errors import CasnapError, IntegrityError, UnsupportedFormat
+from casnap.errors import CasnapError, IntegrityError, InvalidArgument, UnsupportedFormat
 
 # zstd's level range (ZSTD_minCLevel() .. ZSTD_maxCLevel()): a config outside it is damaged.
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -(1 << 17), 22
@@ -53,6 +53,26 @@ def iso_time(t: dt.datetime) -> str:
 def parse_time(text: str) -> dt.datetime:
     """The datetime of a snapshot time string."""
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+# A snapshot's time is never before the Unix epoch: a data dir has no copy older, a time before it
+# is a typo, and older ones do not always survive (strftime writes years below 1000 without their
+# leading zeros, local time cannot reach before year 1, some systems refuse negative timestamps).
+EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def snapshot_time(t: dt.datetime) -> str:
+    """t (naive: local time) as a snapshot records it; InvalidArgument before EARLIEST_TIME or
+    in the future (compared as times)."""
+    try:
+        aware = t.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:  # local year 1 lies before year 1 in UTC
+        raise InvalidArgument(f"snapshot time {t} lies before 1970") from exc
+    if aware < EARLIEST_TIME:
+        raise InvalidArgument(f"snapshot time {iso_time(aware)} lies before 1970")
+    if aware > dt.datetime.now(dt.UTC):
+        raise InvalidArgument(f"snapshot time {iso_time(aware)} lies in the future")
+    return iso_time(aware)
 
 
 def fixed_faiss_chunker() -> dict[str, Any]:

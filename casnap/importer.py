@@ -29,7 +29,7 @@ from typing import Any
 
 from casnap import capture, fsutil
 from casnap.committer import commit
-from casnap.config import iso_time
+from casnap.config import EARLIEST_TIME, iso_time
 from casnap.errors import HostileManifest, InvalidArgument, SourceError, from_oserror
 from casnap.formats.sqlite import is_sqlite
 from casnap.fsutil import STAGE_PREFIX
@@ -176,6 +176,9 @@ def plan(
                 continue
         if item.time > iso_time(now):
             result.skipped.append({"name": entry, "reason": "its time lies in the future"})
+            continue
+        if item.time < iso_time(EARLIEST_TIME):  # four-digit years: compared as times
+            result.skipped.append({"name": entry, "reason": "its time lies before 1970"})
             continue
         result.items.append(item)
     result.items.sort(key=lambda i: (i.time, i.name))

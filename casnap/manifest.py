@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,22 @@ import orjson
 from casnap.canonical import canonical_json, plain_chunkers
 from casnap.errors import CasnapError, HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
+from casnap.manifestfields import (
+    HEX_RUN,
+    check_links,
+    check_path,
+    check_paths,
+    chunker_field,
+    dirs_field,
+    flat_chunker,
+    integer,
+    integers,
+    object_id,
+    origin_field,
+    text,
+    time_field,
+    totals_field,
+)
 
 MANIFEST_VERSION = 1
 # Fields written only when set, so a manifest without them encodes to the same bytes as before.
@@ -78,19 +93,19 @@ class FileEntry:
                 raise TypeError(f"expected an object, got {type(d).__name__}")
             source, uid, gid, link = d.get("source"), d.get("uid"), d.get("gid"), d.get("link")
             entry = cls(
-                path=_str(d["path"]),
-                kind=_str(d["kind"]),
-                size=_int(d["size"]),
-                mode=_int(d["mode"]),
-                mtime_ns=_int(d["mtime_ns"]),
-                hash=_hex(d["hash"]),
-                chunker=dict(d["chunker"]),
-                lists=tuple([_hex(x) for x in d["lists"]]),
-                chunks=_int(d["chunks"]),
-                source=None if source is None else _ints(source),
-                uid=None if uid is None else _int(uid),
-                gid=None if gid is None else _int(gid),
-                link=None if link is None else _str(link),
+                path=text(d["path"]),
+                kind=text(d["kind"]),
+                size=integer(d["size"]),
+                mode=integer(d["mode"]),
+                mtime_ns=integer(d["mtime_ns"]),
+                hash=object_id(d["hash"]),
+                chunker=chunker_field(d["chunker"]),
+                lists=tuple([object_id(x) for x in d["lists"]]),
+                chunks=integer(d["chunks"]),
+                source=None if source is None else integers(source),
+                uid=None if uid is None else integer(uid),
+                gid=None if gid is None else integer(gid),
+                link=None if link is None else text(link),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed file entry in manifest: {exc}") from exc
@@ -219,21 +234,21 @@ class Snapshot:
             elif "files" not in d:
                 raise KeyError("files")
             snap = cls(
-                time=_str(d["time"]),
-                host=_str(d["host"]),
-                user=_str(d["user"]),
-                source=_str(d["source"]),
-                paths=tuple(_str(p) for p in d["paths"]),
-                excludes=tuple(_str(p) for p in d["excludes"]),
-                message=_str(d["message"]),
-                tags=tuple(_str(t) for t in d["tags"]),
-                parent=None if d["parent"] is None else _hex(d["parent"]),
+                time=time_field(d["time"]),
+                host=text(d["host"]),
+                user=text(d["user"]),
+                source=text(d["source"]),
+                paths=tuple(text(p) for p in d["paths"]),
+                excludes=tuple(text(p) for p in d["excludes"]),
+                message=text(d["message"]),
+                tags=tuple(text(t) for t in d["tags"]),
+                parent=None if d["parent"] is None else object_id(d["parent"]),
                 files=files,
-                stats={_str(k): _int(v) for k, v in dict(d["stats"]).items()},
-                dirs=_dirs(d.get("dirs", {})),
-                skipped=tuple(_str(p) for p in d.get("skipped", ())),
-                origin=_origin(d.get("origin")),
-                totals=_totals(d.get("totals")),
+                stats={text(k): integer(v) for k, v in dict(d["stats"]).items()},
+                dirs=dirs_field(d.get("dirs", {})),
+                skipped=tuple(text(p) for p in d.get("skipped", ())),
+                origin=origin_field(d.get("origin")),
+                totals=totals_field(d.get("totals")),
             )
             if files:
                 check_paths([f.path for f in files], checked=True)
@@ -380,7 +395,7 @@ def _entries(raw: Any) -> tuple[FileEntry, ...]:
         if None not in entries:
             ids = [x for e in entries if e is not None for x in (e.hash, *e.lists)]
             joined = "".join(ids)
-            if all(len(x) == 2 * ID_SIZE for x in ids) and _HEX_RUN.fullmatch(joined):
+            if all(len(x) == 2 * ID_SIZE for x in ids) and HEX_RUN.fullmatch(joined):
                 return tuple(cast(list[FileEntry], entries))
     return tuple(FileEntry.from_json(f) for f in raw)
 
@@ -413,6 +428,7 @@ def _quick_entry(d: Any) -> FileEntry | None:
         and type(mtime) is int
         and type(chunks) is int
         and type(chunker) is dict
+        and flat_chunker(chunker)
         and type(lists) is list
         and all(type(x) is str for x in lists)
         and (source is None or (type(source) is list and all(type(x) is int for x in source)))
@@ -454,117 +470,3 @@ def decompress_manifest(blob: bytes, name: str) -> bytes:
     from casnap.compression import decompress_object
 
     return decompress_object(blob, f"{name}: corrupt manifest", limit=1 << 30)
-
-
-# -- validation ------------------------------------------------------------------------------------
-
-
-def check_path(path: str) -> str:
-    """A manifest path must be relative, normalised and inside the target."""
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or "\\" in path
-        or "\x00" in path
-        or "" in parts
-        or "." in parts
-        or ".." in parts
-        or (len(path) >= 2 and path[1] == ":")
-    ):
-        raise HostileManifest(f"manifest holds an unsafe path: {path!r}")
-    return path
-
-
-def check_paths(paths: Sequence[str], checked: bool = False) -> None:
-    """Reject duplicate paths and a path that is also a folder of another (and each unsafe
-    path, unless the caller checked them: checked)."""
-    seen: set[str] = set()
-    for p in paths:
-        if not checked:
-            check_path(p)
-        if p in seen:
-            raise HostileManifest(f"manifest holds the path {p!r} twice")
-        seen.add(p)
-    for p in paths:
-        parts = p.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in seen:
-                raise HostileManifest(f"manifest holds {'/'.join(parts[:i])!r} as file and folder")
-
-
-def check_links(files: Sequence[FileEntry]) -> None:
-    """A hard link names an earlier file of the snapshot that is no link itself, same content."""
-    by_path = {f.path: f for f in files}
-    for f in files:
-        if f.link is None:
-            continue
-        primary = by_path.get(f.link)
-        if primary is None or primary.link is not None or primary.hash != f.hash:
-            raise HostileManifest(f"manifest links {f.path!r} to {f.link!r}, which it cannot be")
-
-
-def _dirs(raw: Any) -> dict[str, tuple[int, int, int]]:
-    out: dict[str, tuple[int, int, int]] = {}
-    for rel, value in dict(raw).items():
-        if rel != ".":
-            check_path(_str(rel))
-        mode, uid, gid = (_int(x) for x in value)
-        if not (0 <= mode <= 0o7777 and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32):
-            raise ValueError(f"folder {rel!r} has an out-of-range mode or owner")
-        out[rel] = (mode, uid, gid)
-    return out
-
-
-def _totals(raw: Any) -> tuple[int, int] | None:
-    """The `totals` field: number of files and their bytes."""
-    if raw is None:
-        return None
-    count, size = _int(raw["files"]), _int(raw["bytes"])
-    if count < 0 or size < 0:
-        raise ValueError("negative totals")
-    return count, size
-
-
-def _origin(raw: Any) -> tuple[str, str] | None:
-    """The `origin` field: the repository id (hex) and snapshot id a copy was made from."""
-    if raw is None:
-        return None
-    repository = _str(raw["repository"])
-    hexdigits = all(c in "0123456789abcdef" for c in repository)
-    if not (0 < len(repository) <= 2 * ID_SIZE and hexdigits):
-        raise ValueError(f"not a repository id: {repository[:80]!r}")
-    return repository, _hex(raw["snapshot"])
-
-
-# every entry names a few ids: checked as a set, in C (a generator over the characters took most
-# of the time a commit spends reading the snapshot list)
-_HEX_DIGITS = frozenset("0123456789abcdef")
-_HEX_RUN = re.compile("[0-9a-f]*")
-
-
-def _str(x: Any) -> str:
-    if not isinstance(x, str):
-        raise TypeError(f"expected a string, got {type(x).__name__}")
-    return x
-
-
-def _int(x: Any) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise TypeError(f"expected an integer, got {type(x).__name__}")
-    return x
-
-
-def _ints(xs: Any) -> tuple[int, ...]:
-    out = tuple(xs)
-    for x in out:
-        if type(x) is not int:  # JSON gives int or bool: a bool is no integer here
-            raise TypeError(f"expected an integer, got {type(x).__name__}")
-    return out
-
-
-def _hex(x: Any) -> str:
-    s = _str(x)
-    if len(s) != 2 * ID_SIZE or not _HEX_DIGITS.issuperset(s):
-        raise ValueError(f"not an object id: {s[:80]!r}")
-    return s

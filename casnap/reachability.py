@@ -46,6 +46,8 @@ class Reach:
     # Empty when the walk did not keep lists (keep_lists=False): only their union is kept.
     resolved: dict[tuple[ObjectId, ...], bytes | None] = field(default_factory=dict)
     lists_kept: bool = True
+    # each chain that resolved -> (chunks, bytes) of its list, kept whether or not lists are
+    totals: dict[tuple[ObjectId, ...], tuple[int, int]] = field(default_factory=dict)
     _union: _IdUnion = field(default_factory=lambda: _IdUnion())
 
     def chunks_of(self, use: FileUse) -> list[ObjectId]:
@@ -174,6 +176,7 @@ def walk(
                     reach.tree_errors.setdefault(use.lists[-1], str(exc))
             if refs is not None:
                 last[f.path] = (use.lists, refs)
+                reach.totals[use.lists] = (chunklist.ref_count(refs), chunklist.plain_size(refs))
                 ids = chunklist.ids_packed(refs)
                 reach._union.add(ids)
                 if keep_lists:

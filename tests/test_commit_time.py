@@ -143,3 +143,57 @@ def test_log_and_prune_order_by_the_recorded_time(data: Path, tmp_path: Path) ->
     assert code == 0, err
     removed = set(json.loads(out)["removed"])
     assert removed == {ids["2024-05-01 10:00:00"], ids["2024-05-02 09:00:00"]}
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "0001-01-01T00:00:00Z",
+        "0001-01-01 00:00:00",  # local: before year 1 in UTC west of Greenwich
+        "0010-06-01T00:00:00Z",
+        "0999-12-31T23:59:59Z",
+        "1000-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999999Z",
+    ],
+)
+def test_cli_times_before_1970_are_refused(data: Path, tmp_path: Path, given: str) -> None:
+    code, _, err = run(tmp_path, data, "commit", "-q", "--time", given, "-m", "old")
+    assert code == 2, err
+    assert "Traceback" not in err and "future" not in err
+    assert "before 1970" in err and "--time" in err
+    code, out, err = run(tmp_path, data, "log")
+    assert code in (0, 3) and "Traceback" not in err  # no snapshot (or no repository) to list
+
+
+def test_the_earliest_time_is_stored_and_read_back(data: Path, tmp_path: Path) -> None:
+    code, out, err = run(tmp_path, data, "commit", "-q", "--time", "1970-01-01T00:00:00Z")
+    assert code == 0, err
+    for args in (["log"], ["stats"], ["prune", "--keep-last", "1"]):
+        code, out, err = run(tmp_path, data, *args)
+        assert code == 0, (args, err)
+    code, out, _ = run(tmp_path, data, "log", "--json")
+    assert json.loads(out)[0]["time"] == "1970-01-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(1, 1, 1),  # naive: local time, which may not convert at all
+        dt.datetime(999, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(1969, 12, 31, 23, 59, tzinfo=dt.UTC),
+    ],
+)
+def test_library_refuses_times_before_1970(data: Path, tmp_path: Path, when: dt.datetime) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    with pytest.raises(InvalidArgument, match="before 1970"):
+        commit(repo, data, time=when)
+    assert repo.snapshots() == []
+
+
+def test_a_time_in_the_future_is_compared_as_a_time(data: Path, tmp_path: Path) -> None:
+    # in another zone, the same instant written with an offset is still no future time
+    repo = Repository.init(tmp_path / "repo")
+    now = dt.datetime.now(dt.timezone(dt.timedelta(hours=-11))) - dt.timedelta(minutes=1)
+    sid = commit(repo, data, time=now).id
+    assert MANIFEST_TIME.match(repo.load_snapshot(repo.resolve(sid)).time)

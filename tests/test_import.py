@@ -327,3 +327,21 @@ def test_import_refuses_the_repository_and_missing_folders(
     result = plan(Repository.open(tmp_path / "repo"), tmp_path, data)
     assert {"name": "data", "reason": "the data dir itself (commit it)"} in result.skipped
     assert "repo" in {s["name"] for s in result.skipped}
+
+
+def test_a_copy_dated_before_1970_is_skipped(tmp_path: Path) -> None:
+    """A name dated before 1970 (which no snapshot can record) is listed skipped, and importing
+    the folder imports the rest."""
+    data = make_app(tmp_path / "app-data")
+    backups = tmp_path / "old"
+    backups.mkdir()
+    shutil.copytree(data, backups / "snapshot-1969-12-30")
+    shutil.copytree(data, backups / "snapshot-2025-02-01")
+    repo = Repository.init(tmp_path / "repo")
+    planned = plan(repo, backups, data, data_names=["snapshot"])
+    assert [i.name for i in planned.items] == ["snapshot-2025-02-01"]
+    assert planned.skipped == [
+        {"name": "snapshot-1969-12-30", "reason": "its time lies before 1970"}
+    ]
+    result = import_copies(repo, backups, data, data_names=["snapshot"])
+    assert result.imported == 1

@@ -129,6 +129,9 @@ NAMES = [
 ]
 
 
+T0 = "2001-01-01T00:00:00.000000Z"  # a time as manifests record it
+
+
 def _entry(path: str, **chunker: Any) -> FileEntry:
     return FileEntry(
         path=path, kind="file", size=3, mode=0o644, mtime_ns=1, hash="a" * 64,
@@ -157,7 +160,7 @@ def test_numbers_orjson_reads_otherwise_are_read_as_json_reads_them() -> None:
     """Integers past 64 bits (orjson would make them floats) and floats in a chunker."""
     for extra in ({"big": 1 << 70, "neg": -(1 << 64)}, {"f": 1e16, "g": 0.1}):
         snap = Snapshot(
-            time="t", host="h", user="u", source="/d", paths=(), excludes=(), message="",
+            time=T0, host="h", user="u", source="/d", paths=(), excludes=(), message="",
             tags=(), parent=None, files=(_entry("a", **extra),), stats={"huge": 1 << 66},
         )  # fmt: skip
         raw = snap.encode()
@@ -185,7 +188,7 @@ def test_canonical_json_is_json_dumps_byte_for_byte(value: Any, key: str) -> Non
 
 def test_totals_that_do_not_match_the_files_are_refused() -> None:
     snap = Snapshot(
-        time="t", host="h", user="u", source="/d", paths=(), excludes=(), message="",
+        time=T0, host="h", user="u", source="/d", paths=(), excludes=(), message="",
         tags=(), parent=None, files=(_entry("a"),), totals=(2, 3),
     )  # fmt: skip
     raw = snap.encode()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casnap.cli.main import Context
+from casnap.config import EARLIEST_TIME
 from casnap.errors import CasnapError
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Number(click.FloatRange):
 
 class SnapshotTime(click.ParamType):
     """A point in time as ISO 8601 (`2025-01-01T12:00:00Z`, `+02:00`) or `YYYY-MM-DD HH:MM:SS`;
-    without an offset it is local time. Refuses times in the future."""
+    without an offset it is local time. Refuses times before 1970 and in the future."""
 
     name = "time"
 
@@ -91,7 +92,14 @@ class SnapshotTime(click.ParamType):
                 param,
                 ctx,
             )
-        aware = t if t.tzinfo is not None else t.astimezone()
+        try:  # compared as times (a year below 1000 has fewer digits)
+            aware: dt.datetime | None = t.astimezone(dt.UTC)
+        except (ValueError, OverflowError):  # local year 1 lies before year 1 in UTC
+            aware = None
+        if aware is None or aware < EARLIEST_TIME:
+            self.fail(
+                f"{value!r} lies before 1970 (the earliest time a snapshot records)", param, ctx
+            )
         if aware > dt.datetime.now(dt.UTC):
             self.fail(f"{value!r} lies in the future", param, ctx)
-        return aware
+        return t if t.tzinfo is not None else t.astimezone()

@@ -1,0 +1,186 @@
+"""Checks of a manifest's fields: safe paths, hard links, times, chunkers, ids and the typed
+values of its JSON, each raising what Snapshot.decode turns into an error naming the manifest
+(ValueError/TypeError: malformed; HostileManifest: a path or link that could do harm)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from casnap.errors import HostileManifest
+from casnap.ids import ID_SIZE
+
+if TYPE_CHECKING:
+    from casnap.manifest import FileEntry
+
+
+# Folders a manifest path may go down: no app data lies deeper, and restoring walks a path one
+# folder at a time (a crafted path thousands deep exhausted the stack).
+MAX_PATH_DEPTH = 256
+
+
+def check_path(path: str) -> str:
+    """A manifest path must be relative, normalised, inside the target, and no deeper than
+    MAX_PATH_DEPTH components."""
+    if path.count("/") >= MAX_PATH_DEPTH:
+        raise HostileManifest(
+            f"manifest holds a path nested too deeply ({path.count('/') + 1} levels, at most "
+            f"{MAX_PATH_DEPTH}): {path[:80]!r}..."
+        )
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or "" in parts
+        or "." in parts
+        or ".." in parts
+        or (len(path) >= 2 and path[1] == ":")
+    ):
+        raise HostileManifest(f"manifest holds an unsafe path: {path!r}")
+    return path
+
+
+def check_paths(paths: Sequence[str], checked: bool = False) -> None:
+    """Reject duplicate paths and a path that is also a folder of another (and each unsafe
+    path, unless the caller checked them: checked)."""
+    seen: set[str] = set()
+    for p in paths:
+        if not checked:
+            check_path(p)
+        if p in seen:
+            raise HostileManifest(f"manifest holds the path {p!r} twice")
+        seen.add(p)
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise HostileManifest(f"manifest holds {'/'.join(parts[:i])!r} as file and folder")
+
+
+def check_links(files: Sequence[FileEntry]) -> None:
+    """A hard link names an earlier file of the snapshot that is no link itself, with the same
+    content: hash, size, chunk list and number of chunks (a checkout links it to that file)."""
+    by_path = {f.path: f for f in files}
+    for f in files:
+        if f.link is None:
+            continue
+        primary = by_path.get(f.link)
+        if (
+            primary is None
+            or primary.link is not None
+            or (primary.hash, primary.size, primary.lists, primary.chunks)
+            != (f.hash, f.size, f.lists, f.chunks)
+        ):
+            raise HostileManifest(f"manifest links {f.path!r} to {f.link!r}, which it cannot be")
+
+
+# A file entry's `chunker` is its chunker's name and parameters (chunking.base describe): a flat
+# object of JSON scalars and short arrays of them (faiss-cdc's [min, avg, max]). Anything else is
+# no chunker casnap wrote, and is refused before it is copied, compared or encoded again.
+MAX_CHUNKER_FIELDS = 32
+MAX_CHUNKER_ARRAY = 16
+_SCALARS = frozenset([str, int, float, bool, type(None)])
+
+
+def flat_chunker(c: dict[Any, Any]) -> bool:
+    """Whether c (an object) holds at most MAX_CHUNKER_FIELDS parameters, each a scalar or an
+    array of at most MAX_CHUNKER_ARRAY scalars."""
+    return len(c) <= MAX_CHUNKER_FIELDS and all(
+        type(v) in _SCALARS
+        or (type(v) is list and len(v) <= MAX_CHUNKER_ARRAY and all(type(x) in _SCALARS for x in v))
+        for v in c.values()
+    )
+
+
+def chunker_field(raw: Any) -> dict[str, Any]:
+    """The `chunker` of a file entry, a copy; ValueError when it holds more than parameters."""
+    if type(raw) is not dict or not all(type(k) is str for k in raw) or not flat_chunker(raw):
+        raise ValueError("its chunker is not an object of chunker parameters")
+    return dict(raw)
+
+
+def dirs_field(raw: Any) -> dict[str, tuple[int, int, int]]:
+    out: dict[str, tuple[int, int, int]] = {}
+    for rel, value in dict(raw).items():
+        if rel != ".":
+            check_path(text(rel))
+        mode, uid, gid = (integer(x) for x in value)
+        if not (0 <= mode <= 0o7777 and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32):
+            raise ValueError(f"folder {rel!r} has an out-of-range mode or owner")
+        out[rel] = (mode, uid, gid)
+    return out
+
+
+def totals_field(raw: Any) -> tuple[int, int] | None:
+    """The `totals` field: number of files and their bytes."""
+    if raw is None:
+        return None
+    count, size = integer(raw["files"]), integer(raw["bytes"])
+    if count < 0 or size < 0:
+        raise ValueError("negative totals")
+    return count, size
+
+
+def origin_field(raw: Any) -> tuple[str, str] | None:
+    """The `origin` field: the repository id (hex) and snapshot id a copy was made from."""
+    if raw is None:
+        return None
+    repository = text(raw["repository"])
+    hexdigits = all(c in "0123456789abcdef" for c in repository)
+    if not (0 < len(repository) <= 2 * ID_SIZE and hexdigits):
+        raise ValueError(f"not a repository id: {repository[:80]!r}")
+    return repository, object_id(raw["snapshot"])
+
+
+# every entry names a few ids: checked as a set, in C (a generator over the characters took most
+# of the time a commit spends reading the snapshot list)
+_HEX_DIGITS = frozenset("0123456789abcdef")
+HEX_RUN = re.compile("[0-9a-f]*")
+
+
+def text(x: Any) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"expected a string, got {type(x).__name__}")
+    return x
+
+
+def integer(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"expected an integer, got {type(x).__name__}")
+    return x
+
+
+def integers(xs: Any) -> tuple[int, ...]:
+    out = tuple(xs)
+    for x in out:
+        if type(x) is not int:  # JSON gives int or bool: a bool is no integer here
+            raise TypeError(f"expected an integer, got {type(x).__name__}")
+    return out
+
+
+# the time every manifest records: a four-digit year, UTC, microseconds
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+
+def time_field(x: Any) -> str:
+    """A manifest's `time`, as casnap writes it: a year from 1000 to 9998 (any casnap wrote in
+    this form, and what every local zone can show) that is a real date."""
+    s = text(x)
+    try:
+        if not (_TIME.fullmatch(s) and 1000 <= int(s[:4]) <= 9998):
+            raise ValueError("not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+        dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError as exc:
+        raise ValueError(f"its time {s[:80]!r} is no UTC time as casnap writes it: {exc}") from exc
+    return s
+
+
+def object_id(x: Any) -> str:
+    s = text(x)
+    if len(s) != 2 * ID_SIZE or not _HEX_DIGITS.issuperset(s):
+        raise ValueError(f"not an object id: {s[:80]!r}")
+    return s
