@@ -37,6 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL_PACK = 8 * 1024
 
 
+def dead_pid() -> int:
+    """The pid of a process that ran and exited (not reused yet, as a dead holder's would be)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(proc.stdout)
+
+
 def small_config(pack_target: int = SMALL_PACK) -> dict:
     """A repository config like the default one, with small packs."""
     cfg = default_config()

@@ -16,6 +16,7 @@ from casnap.errors import DatabaseBusy, IntegrityError
 from casnap.repository import Repository
 from casnap.restorer import SAFETY_TAG, checkout
 from tests.conftest import evolve_app
+from tests.helpers_reliability import dead_pid
 from tests.util import raw_tree, snapshot_tree
 
 
@@ -142,15 +143,9 @@ def test_checkout_removes_database_images_a_killed_run_left(app: Path, tmp_path:
 
     repo = Repository.init(tmp_path / "repo")
     sid = commit(repo, app).id
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     scratch = tmp_path / "repo" / "tmp"
     scratch.mkdir(exist_ok=True)
-    left = scratch / f".casnap-tmp-{int(dead.stdout)}-{HOST_TAG}-abc.db"
+    left = scratch / f".casnap-tmp-{dead_pid()}-{HOST_TAG}-abc.db"
     left.write_bytes(b"image of a killed checkout")
     checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert not left.exists()
@@ -167,16 +162,10 @@ def test_temp_files_of_another_pid_namespace_are_left_alone(app: Path, tmp_path:
     assert here is not None
     repo = Repository.init(tmp_path / "repo")
     sid = commit(repo, app).id
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     scratch = tmp_path / "repo" / "tmp"
     scratch.mkdir(exist_ok=True)
-    theirs = scratch / f".casnap-tmp-{int(dead.stdout)}-{host_tag(here + 1)}-abc.db"
-    legacy = scratch / f".casnap-tmp-{int(dead.stdout)}-{LEGACY_TAG}-abc.db"
+    theirs = scratch / f".casnap-tmp-{dead_pid()}-{host_tag(here + 1)}-abc.db"
+    legacy = scratch / f".casnap-tmp-{dead_pid()}-{LEGACY_TAG}-abc.db"
     for f in (theirs, legacy):
         f.write_bytes(b"image")
     checkout(repo, sid, tmp_path / "out", safety_snapshot=False)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from casnap.constants import LOCK_STALE_SECONDS
 from casnap.errors import AmbiguousSnapshot, LockError, SnapshotNotFound
 from casnap.manifest import compress_manifest
 from casnap.repository import Repository
+from tests.helpers_reliability import dead_pid
 
 
 def test_resolve_full_prefix_latest_and_tag(app: Path, tmp_path: Path) -> None:
@@ -77,19 +76,12 @@ def test_exclusive_lock_conflicts_name_the_holder() -> None:
 
 
 def test_stale_lock_of_dead_process_is_cleared(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(proc.stdout)
     backend = MemoryBackend()
     import socket
 
     body = {
         "host": socket.gethostname(),
-        "pid": dead_pid,
+        "pid": dead_pid(),
         "start": None,
         "exclusive": True,
         "operation": "gc",
@@ -99,16 +91,6 @@ def test_stale_lock_of_dead_process_is_cleared(tmp_path: Path) -> None:
     with locks.locked(backend, "commit", exclusive=False, wait=0):
         assert [h.key for h in locks.holders(backend)] != ["locks/deadbeef"]
     assert not backend.exists("locks/deadbeef")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(proc.stdout)
 
 
 def test_a_fresh_lock_of_another_pid_namespace_is_live_whatever_its_pid(tmp_path: Path) -> None:
@@ -125,7 +107,7 @@ def test_a_fresh_lock_of_another_pid_namespace_is_live_whatever_its_pid(tmp_path
     backend = MemoryBackend()
     body = {
         "host": socket.gethostname(),
-        "pid": _dead_pid(),
+        "pid": dead_pid(),
         "start": None,
         "exclusive": True,
         "operation": "gc",

@@ -38,6 +38,7 @@ from tests.helpers_reliability import (
     Ledger,
     casnap_command,
     casnap_env,
+    dead_pid,
     file_hashes,
     run_casnap,
     small_app,
@@ -326,16 +327,6 @@ class GcBase:
         shutil.copytree(self.root / "repo", dest / "repo")
         shutil.copytree(self.root / "data", dest / "data")
         return dest / "repo", dest / "data"
-
-
-def dead_pid() -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(proc.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
+from tests.helpers_reliability import dead_pid
 from tests.helpers_smoke import evolve_app, make_app
 
 
@@ -38,16 +39,6 @@ def repo_data(tmp_path: Path) -> tuple[Path, Path]:
     evolve_app(data)
     commit(repo, data)
     return tmp_path / "repo", data
-
-
-def dead_pid() -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout)
 
 
 def write_lock(repo: Path, name: str, body: bytes | dict) -> Path:
