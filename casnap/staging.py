@@ -73,7 +73,16 @@ class Stage:
     def __enter__(self) -> Stage:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        shown = str(self.parent_path / self.name)
+        if (
+            isinstance(exc, CasnapError)
+            and type(exc).__str__ is BaseException.__str__
+            and len(exc.args) == 1
+            and isinstance(exc.args[0], str)
+            and shown != str(self.path)
+        ):  # a message names the folder as the user knows it, not its /proc descriptor path
+            exc.args = (exc.args[0].replace(str(self.path), shown),)
         self.dir.close()
         try:
             remove_tree(self.parent, self.name)

@@ -170,3 +170,23 @@ def test_temp_files_of_another_pid_namespace_are_left_alone(app: Path, tmp_path:
         f.write_bytes(b"image")
     checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert theirs.exists() and not legacy.exists()
+
+
+def test_an_error_inside_a_stage_names_the_folder_not_its_descriptor(tmp_path: Path) -> None:
+    """Files are staged through /proc/<pid>/fd/<n> (so swapping folders cannot redirect a
+    write), but a failure is reported with the staging folder's own path."""
+    from casnap.errors import CasnapError, StorageFull
+    from casnap.staging import Stage
+
+    with pytest.raises(StorageFull) as info:
+        with Stage(tmp_path) as stage:
+            assert str(stage.path).startswith("/proc/")
+            raise StorageFull(
+                f"writing {stage.path / 'faiss' / 'x.index'}: no space left on device"
+            )
+    message = str(info.value)
+    assert "/proc/" not in message
+    assert (
+        message.startswith(f"writing {tmp_path}/.casnap-tmp-stage-") and "faiss/x.index" in message
+    )
+    assert isinstance(info.value, CasnapError)
