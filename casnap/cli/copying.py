@@ -175,17 +175,17 @@ def copy(
     flt = snapshot_filter(c, src, filter_paths, filter_tags)
     from casnap.copier import copy_snapshots
 
-    try:
-        with progress_bar(c, "copy") as progress:
-            r = copy_snapshots(src, dst, id, select=flt, progress=progress)
-    except RepositoryGone:  # the destination, deleted since this host kept its config: made anew
-        if dst.kept_config is None:
-            raise
-        dst.close()
-        dst = open_destination(c, dst_at, dst_passwords, to_encryption)
-        created = dst.created is not None
-        with progress_bar(c, "copy") as progress:
-            r = copy_snapshots(src, dst, id, select=flt, progress=progress)
+    for last in (False, True):
+        try:
+            with progress_bar(c, "copy") as progress:
+                r = copy_snapshots(src, dst, id, select=flt, progress=progress)
+            break
+        except RepositoryGone:  # the destination, deleted since this host kept its config
+            if last or dst.kept_config is None:
+                raise
+            dst.close()  # made anew, once
+            dst = open_destination(c, dst_at, dst_passwords, to_encryption)
+            created = dst.created is not None
     if created:
         kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
         c.say(f"created {kind} at {dst.backend.location}")
