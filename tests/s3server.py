@@ -39,9 +39,9 @@ def _free_port() -> int:
 
 
 def have_s3() -> bool:
-    """True when boto3 and moto's server can be imported."""
+    """True when botocore and moto's server can be imported."""
     try:
-        import boto3  # noqa: F401
+        import botocore  # noqa: F401
         import moto.server  # noqa: F401
     except ImportError:
         return False

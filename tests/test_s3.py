@@ -182,10 +182,10 @@ def test_an_s3_prefix_holding_other_objects_is_not_touched(s3_bucket: str, tmp_p
 
 
 def test_without_the_client_s3_fails_in_one_line(tmp_path: Path) -> None:
-    """When boto3 cannot be imported, an s3:// repository says which extra to install."""
+    """When botocore cannot be imported, an s3:// repository says which extra to install."""
     blocker = tmp_path / "block"
     blocker.mkdir()
-    (blocker / "boto3.py").write_text("raise ImportError('boto3 is not installed')\n")
+    (blocker / "botocore.py").write_text("raise ImportError('botocore is not installed')\n")
     env = {"PYTHONPATH": f"{blocker}:{Path(__file__).parents[1]}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
         [sys.executable, "-m", "casnap", "--repo", "s3://some-bucket/x", "log"],

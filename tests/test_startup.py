@@ -94,3 +94,15 @@ def test_a_commit_that_finds_nothing_changed_loads_no_heavy_library(
     assert (result["files_unchanged"], result["bytes_read"]) == (8, 0)
     assert result["id"] != first.id  # a new snapshot all the same, as always
     assert (HEAVY - {"zstandard"}) & loaded == set()
+
+
+def test_a_command_on_s3_loads_botocore_but_not_boto3(
+    s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An s3:// command talks to the store through botocore's client alone: boto3's session
+    layer and its transfer manager (s3transfer) cost ~0.1 s of imports and serve no request."""
+    init, _ = run_cli(tmp_path, "--repo", f"s3://{s3_bucket}/x", "init", "--encryption", "none")
+    assert init.returncode == 0, init.stderr
+    proc, loaded = run_cli(tmp_path, "--repo", f"s3://{s3_bucket}/x", "log")
+    assert proc.returncode == 0, proc.stderr
+    assert "botocore" in loaded and {"boto3", "s3transfer"} & loaded == set()

@@ -1,4 +1,4 @@
-"""A backend on an S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...), through boto3.
+"""A backend on an S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...), through botocore.
 
 Objects live in one bucket under the repository's prefix: key `packs/ab/ab12…` of
 `s3://bucket/x` is the object `x/packs/ab/ab12…`. A PUT is atomic on S3 (an interrupted upload
@@ -52,12 +52,12 @@ from casnap.errors import (
 )
 from casnap.locations import S3Url
 
-try:
-    import boto3
+try:  # botocore's client alone: boto3's session layer and transfer manager cost ~0.1 s to import
     import botocore.config
     import botocore.exceptions
+    import botocore.session
 except ImportError:  # the s3 extra is not installed: S3Backend says so when made
-    boto3 = None
+    botocore = None
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 READ_TIMEOUT = 60.0  # seconds without a byte from the store
@@ -100,10 +100,10 @@ _TRANSIENT = {
 
 
 def require_client() -> None:
-    """RepositoryError (one line) when boto3 is not installed."""
-    if boto3 is None:
+    """RepositoryError (one line) when botocore is not installed."""
+    if botocore is None:
         raise RepositoryError(
-            "s3:// repositories need the S3 client: pip install 'casnap[s3]' (installs boto3)"
+            "s3:// repositories need the S3 client: pip install 'casnap[s3]' (installs botocore)"
         )
 
 
@@ -120,7 +120,7 @@ def make_client() -> Any:
     """An S3 client configured the standard AWS way, with timeouts, a connection pool for
     parallel ranged reads, and no retries of its own."""
     require_client()
-    session = boto3.session.Session()
+    session = botocore.session.get_session()  # reads AWS_PROFILE, ~/.aws/config, credentials
     url = endpoint()
     config = botocore.config.Config(
         connect_timeout=CONNECT_TIMEOUT,
@@ -133,9 +133,8 @@ def make_client() -> Any:
         request_checksum_calculation="when_supported",
         response_checksum_validation="when_supported",
     )
-    return session.client(
-        "s3", endpoint_url=url, region_name=session.region_name or "us-east-1", config=config
-    )
+    region = session.get_config_variable("region") or "us-east-1"
+    return session.create_client("s3", endpoint_url=url, region_name=region, config=config)
 
 
 def _code(exc: Any) -> tuple[str, int]:
@@ -498,7 +497,7 @@ class _Closed:
         raise CasnapError(f"the S3 backend of {self.location} is closed")
 
 
-if boto3 is not None:
+if botocore is not None:
     ClientErrors: tuple[type[Exception], ...] = (botocore.exceptions.BotoCoreError,)
     ClientErrors += (botocore.exceptions.ClientError,)
     TransientErrors: tuple[type[Exception], ...] = (
