@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import evolve_app, make_app
+from tests.helpers_hosts import assert_whole, race
 from tests.test_s3 import bucket_objects, run
 from tests.util import snapshot_tree
 
 PW = "shared secret"
-
-
-def _with_hostname(name: str, argv: list[str]) -> list[str]:
-    """argv run under its own host name (a UTS namespace) when this machine allows it."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return argv
-    probe = subprocess.run(
-        [unshare, "-u", "sh", "-c", "hostname probe-host"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        return argv
-    script = 'hostname "$0" && exec "$@"'
-    return [unshare, "-u", "sh", "-c", script, name, *argv]
 
 
 def test_commits_of_two_hosts_and_a_gc_race_into_one_bucket(
@@ -47,39 +31,8 @@ def test_commits_of_two_hosts_and_a_gc_race_into_one_bucket(
         make_app(d, seed=10 + n, rows=120, vectors=200)
         evolve_app(d, 1)
         datas.append(d)
-    casnap = [sys.executable, "-m", "casnap", "--repo", repo]
-    procs = [
-        subprocess.Popen(
-            _with_hostname(f"host-{n}", [*casnap, "--data", str(d), "commit", "-q"]),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for n, d in enumerate(datas)
-    ]
-    procs.append(
-        subprocess.Popen(
-            _with_hostname("host-gc", [*casnap, "gc", "-q"]),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    )
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        outs.append(out.decode().strip())
-    code, out, err = run(repo, seed, "log", "--json", password=PW)
-    assert code == 0, err
-    assert {r["id"] for r in json.loads(out)} == set(outs[:2])
-    code, _, err = run(repo, seed, "verify", "--read-data", password=PW)
-    assert code == 0, err
-    for sid, d in zip(outs[:2], datas, strict=True):
-        target = tmp_path / f"out-{sid[:8]}"
-        code, _, err = run(repo, d, "checkout", sid, "--to", str(target), "-q", password=PW)
-        assert code == 0, err
-        assert snapshot_tree(target) == snapshot_tree(d)
+    ids = race(repo, env, datas, ["gc", "-q"])
+    assert assert_whole(repo, PW, ids, datas, tmp_path) == set(ids)
 
 
 def test_copy_from_local_to_s3_sends_only_what_is_missing(

@@ -7,8 +7,6 @@ taken away is noticed by its holder with or without conditional deletes."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,10 +21,9 @@ from casnap.errors import LockError
 from casnap.repository import Repository
 from casnap.stats import log_rows
 from tests.conftest import evolve_app, make_app
+from tests.helpers_hosts import assert_whole, race
 from tests.helpers_reliability import wait_for
 from tests.test_s3 import run
-from tests.test_s3_hosts import _with_hostname
-from tests.util import snapshot_tree
 
 PW = "request counting"
 
@@ -168,40 +165,8 @@ def test_no_change_commits_of_two_hosts_racing_a_forget_and_gc_lose_nothing(
         assert code == 0, err
         datas.append(d)
         parents.append(out.strip())
-    casnap = [sys.executable, "-m", "casnap", "--repo", url]
-    procs = [
-        subprocess.Popen(
-            _with_hostname(f"host-{n}", [*casnap, "--data", str(d), "commit", "-q"]),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for n, d in enumerate(datas)
-    ]
-    forget = [*casnap, "forget", *parents, "--prune", "-q"]
-    procs.append(
-        subprocess.Popen(
-            _with_hostname("host-gc", forget),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    )
-    outs = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr
-        outs.append(stdout.decode().strip())
-    code, out, err = run(url, datas[0], "log", "--json", password=PW)
-    assert code == 0, err
-    assert set(outs[:2]) <= {r["id"] for r in json.loads(out)}
-    code, _, err = run(url, datas[0], "verify", "--read-data", password=PW)
-    assert code == 0, err
-    for sid, d in zip(outs[:2], datas, strict=True):
-        target = tmp_path / f"out-{sid[:8]}"
-        code, _, err = run(url, d, "checkout", sid, "--to", str(target), "-q", password=PW)
-        assert code == 0, err
-        assert snapshot_tree(target) == snapshot_tree(d)
+    ids = race(url, env, datas, ["forget", *parents, "--prune", "-q"])
+    assert set(ids) <= assert_whole(url, PW, ids, datas, tmp_path)
 
 
 def test_a_lock_taken_away_on_s3_is_noticed_by_its_release_alone(
