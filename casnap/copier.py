@@ -14,19 +14,31 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from casnap import chunklist, compression, rollback, selection
-from casnap.chunkindex import DATA, TREE, id_matrix
+from casnap.chunkindex import DATA, TREE, IndexEntry, id_matrix
 from casnap.errors import IntegrityError, InvalidArgument, RepositoryGone, RepositoryNotFound
 from casnap.filelists import store_list
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
 from casnap.packwriter import PackWriter
+from casnap.pipeline import cpu_workers
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
+
+# Chunks of a file whose source index entries are looked up at once (one numpy lookup per
+# chunk cost most of a copy's time; a batch's entries take ~200 B each).
+LOOKUP_BATCH = 1 << 16
+# Plain bytes of chunks read and held at once to name them with the destination's ids in one
+# lookup (copy between repositories that name chunks differently).
+MAP_BYTES = 8 << 20
+# Frames being compressed at once while a copy reads on (each up to frame_target plain bytes).
+FRAMES_IN_FLIGHT = 8
 
 
 @dataclass
@@ -124,41 +136,56 @@ def _chosen(
 
 class _Framer:
     """Groups a file's new chunks into frames as a commit does (up to the destination's
-    frame_target plain bytes, float32 pieces apart), compressed with its levels."""
+    frame_target plain bytes, float32 pieces apart), compressed with its levels on the pool's
+    threads (zstd releases the GIL) while the next frames are read; frames reach the pack
+    writer in the order they were made."""
 
-    def __init__(self, writer: PackWriter, config: dict[str, Any]) -> None:
+    def __init__(self, writer: PackWriter, config: dict[str, Any], pool: ThreadPoolExecutor):
         self.writer = writer
+        self.pool = pool
         self.level = int(config["zstd_level"])
         self.float_level = int(config.get("float_level", self.level))
         self.target = int(config.get("frame_target", 0))
         self.group_floats = bool(config.get("group_floats", False))
-        self.queued: set[bytes] = set()  # ids in the open frame
         self._parts: list[bytes] = []
         self._members: list[tuple[bytes, int, int]] = []
         self._size = 0
         self._floats = False
+        self._pending: deque[tuple[Future[bytes], int, list[tuple[bytes, int, int]]]] = deque()
 
     def add(self, cid: bytes, data: bytes, floats: bool) -> None:
         if self._members and (self._size + len(data) > self.target or floats != self._floats):
-            self.flush()
+            self._seal()
         self._floats = floats
         self._members.append((cid, self._size, len(data)))
         self._parts.append(data)
         self._size += len(data)
-        self.queued.add(cid)
+
+    def _seal(self) -> None:
+        """The open frame sent to be compressed; the oldest frames compressed go to the writer
+        (at most FRAMES_IN_FLIGHT wait: memory stays a few frames)."""
+        if self._members:
+            payload = b"".join(self._parts)
+            grouped = self._floats and self.group_floats
+            level = self.float_level if self._floats else self.level
+            fut = self.pool.submit(compression.encode, payload, level, grouped)
+            frame_plain = self._size if len(self._members) > 1 else 0
+            self._pending.append((fut, frame_plain, self._members))
+            self._parts, self._members, self._size = [], [], 0
+        while self._pending and (
+            len(self._pending) > FRAMES_IN_FLIGHT or self._pending[0][0].done()
+        ):
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        fut, frame_plain, members = self._pending.popleft()
+        self.writer.add_frame(DATA, fut.result(), frame_plain, members)
 
     def flush(self) -> None:
-        if not self._members:
-            return
-        payload = b"".join(self._parts)
-        if self._floats:
-            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
-        else:
-            encoded = compression.encode(payload, self.level)
-        frame_plain = self._size if len(self._members) > 1 else 0
-        self.writer.add_frame(DATA, encoded, frame_plain, self._members)
-        self._parts, self._members, self._size = [], [], 0
-        self.queued.clear()
+        """Every chunk added so far handed to the writer (a file's chunks precede its list)."""
+        self._seal()
+        while self._pending:
+            self._write_oldest()
 
 
 class _CopyRun:
@@ -177,6 +204,7 @@ class _CopyRun:
         self.snapshots_before: frozenset[str] = frozenset()
         self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
         self._origins: dict[str, str] = {}  # snapshot id a copy came from -> its dst id
+        self.pool: ThreadPoolExecutor  # compresses frames (run)
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -186,12 +214,14 @@ class _CopyRun:
             self._learn(sid.hex(), snap)
         todo = [(sid, snap) for sid, snap in chosen if self._found(sid.hex(), snap) is None]
         bar = ByteProgress(sum(s.logical_bytes for _, s in todo), self.progress)
-        for sid, snap in chosen:
-            found = self._found(sid.hex(), snap)
-            if found is not None:
-                result.snapshots.append(SnapshotCopy(sid.hex(), found, copied=False))
-            else:
-                result.snapshots.append(self._copy(sid, snap, bar))
+        with ThreadPoolExecutor(cpu_workers(), thread_name_prefix="casnap-copy") as pool:
+            self.pool = pool
+            for sid, snap in chosen:
+                found = self._found(sid.hex(), snap)
+                if found is not None:
+                    result.snapshots.append(SnapshotCopy(sid.hex(), found, copied=False))
+                else:
+                    result.snapshots.append(self._copy(sid, snap, bar))
         bar.finish()
         return result
 
@@ -221,7 +251,7 @@ class _CopyRun:
         self.snapshots_before = frozenset(self._present)
         out = SnapshotCopy(sid.hex(), "", copied=True)
         writer = PackWriter(dst.store)
-        framer = _Framer(writer, dst.config)
+        framer = _Framer(writer, dst.config, self.pool)
         base = self._base(snap)
         lists: dict[tuple[str, ...], tuple[tuple[str, ...], bytes]] = {}
         seen: set[bytes] = set()
@@ -292,19 +322,25 @@ class _CopyRun:
         """Send a file's missing chunks and chunk list; returns the list's blob ids in the
         destination and the refs they must resolve to."""
         refs = self.src.file_refs(entry)  # its TREE blobs read and verified
+        pairs = list(chunklist.REF.iter_unpack(refs))
+        batches = [pairs[i : i + LOOKUP_BATCH] for i in range(0, len(pairs), LOOKUP_BATCH)]
         if self.same_ids:
-            pairs = list(chunklist.REF.iter_unpack(refs))
-            stored = writer.known_many([cid for cid, _n in pairs])  # before any chunk is read
-            for (cid, n), there in zip(pairs, stored.tolist(), strict=True):
-                if cid in seen:  # sent or counted already (seen holds what this copy added)
-                    continue
-                seen.add(cid)
-                if there:
-                    out.chunks_present += 1
-                    continue
-                data, floats = self._read(ObjectId(cid))
-                framer.add(cid, data, floats)
-                out.bytes_sent += n
+            for batch in batches:
+                stored = writer.known_many([cid for cid, _n in batch])  # before it is read
+                todo = []
+                for (cid, n), there in zip(batch, stored.tolist(), strict=True):
+                    if cid in seen:  # sent or counted already (seen holds what this copy added)
+                        continue
+                    seen.add(cid)
+                    if there:
+                        out.chunks_present += 1
+                    else:
+                        todo.append((cid, n))
+                found = self.src.store.index.entries(cid for cid, _n in todo)
+                for cid, n in todo:
+                    data, floats = self._read(ObjectId(cid), found)
+                    framer.add(cid, data, floats)
+                    out.bytes_sent += n
             framer.flush()  # a file's chunks precede its list, as in a commit
             for lid in entry.lists:
                 oid = ObjectId.from_hex(lid)
@@ -314,19 +350,15 @@ class _CopyRun:
                     out.lists_sent += 1
             return entry.lists, refs
         mapped = bytearray()
-        for cid, n in chunklist.REF.iter_unpack(refs):
-            dcid = self.mapped.get(cid)
-            if dcid is None:
-                data, floats = self._read(ObjectId(cid))
-                dcid = self.mapped[cid] = self.dst.ids(data)
-                if not (writer.known(dcid) or dcid in framer.queued):
-                    framer.add(dcid, data, floats)
-                    out.bytes_sent += n
-                    seen.add(cid)
-            if cid not in seen:
-                seen.add(cid)
-                out.chunks_present += 1
-            mapped += chunklist.REF.pack(dcid, n)
+        for batch in batches:
+            found = self.src.store.index.entries(c for c, _n in batch if c not in self.mapped)
+            for part in _by_bytes(batch, MAP_BYTES):
+                self._map(part, found, writer, framer, seen, out)
+                for cid, n in part:
+                    if cid not in seen:
+                        seen.add(cid)
+                        out.chunks_present += 1
+                    mapped += chunklist.REF.pack(self.mapped[cid], n)
         framer.flush()
         new_refs = bytes(mapped)
         before = writer.chunks_added
@@ -334,12 +366,40 @@ class _CopyRun:
         out.lists_sent += writer.chunks_added - before
         return ids, new_refs
 
-    def _read(self, cid: ObjectId) -> tuple[bytes, bool]:
+    def _map(
+        self,
+        part: list[tuple[bytes, int]],
+        found: dict[ObjectId, IndexEntry],
+        writer: PackWriter,
+        framer: _Framer,
+        seen: set[bytes],
+        out: SnapshotCopy,
+    ) -> None:
+        """Read the chunks of part not mapped yet, name them with the destination's ids (one
+        lookup of all of them there) and send those it lacks; self.mapped then holds them all."""
+        read: dict[bytes, tuple[ObjectId, bytes, bool]] = {}
+        for cid, _n in part:
+            if cid not in self.mapped and cid not in read:
+                data, floats = self._read(ObjectId(cid), found)
+                read[cid] = (self.dst.ids(data), data, floats)
+        if not read:
+            return
+        # a chunk read here was never sent by this copy (its id would be mapped): only the
+        # destination's own index and this writer can hold it already
+        there = writer.known_many([dcid for dcid, _d, _f in read.values()]).tolist()
+        for (cid, (dcid, data, floats)), known in zip(read.items(), there, strict=True):
+            self.mapped[cid] = dcid
+            if not known:
+                framer.add(dcid, data, floats)
+                out.bytes_sent += len(data)
+                seen.add(cid)
+
+    def _read(self, cid: ObjectId, found: dict[ObjectId, IndexEntry]) -> tuple[bytes, bool]:
         """A chunk's plain bytes from the source, verified, and whether the source stored it as
-        float32 words (a byte-grouped frame), so the destination compresses it alike."""
+        float32 words (a byte-grouped frame), so the destination compresses it alike. found
+        holds the entries of a batch looked up at once (an absent chunk: the usual error)."""
         store = self.src.store
-        grouped = store.read_frame(store.entry(cid)).grouped  # decoded once: get reuses it
-        return store.get(cid), grouped
+        return store.chunk_at(cid, found.get(cid) or store.entry(cid))
 
     def _check_lists(
         self,
@@ -357,3 +417,17 @@ class _CopyRun:
             known = self.dst.store.index.contains_many(id_matrix(chunklist.ids_packed(got)))
             if not known.all():
                 raise IntegrityError(f"a chunk of {entry.path} is missing from the destination")
+
+
+def _by_bytes(refs: list[tuple[bytes, int]], limit: int) -> Iterator[list[tuple[bytes, int]]]:
+    """refs (id, length) in consecutive parts of at most `limit` bytes (or one ref)."""
+    part: list[tuple[bytes, int]] = []
+    size = 0
+    for ref in refs:
+        if part and size + ref[1] > limit:
+            yield part
+            part, size = [], 0
+        part.append(ref)
+        size += ref[1]
+    if part:
+        yield part

@@ -176,13 +176,18 @@ class Store:
 
     def get(self, cid: ObjectId) -> bytes:
         """The plain bytes of a chunk, verified against its id."""
-        e = self.entry(cid)
+        return self.chunk_at(cid, self.entry(cid))[0]
+
+    def chunk_at(self, cid: ObjectId, e: IndexEntry) -> tuple[bytes, bool]:
+        """get, for a chunk whose index entry e the caller looked up (many at once:
+        index.entries), and whether its frame holds byte-grouped float32 words."""
         try:
             frame = self.read_frame(e)
         except IntegrityError as exc:  # a missing, truncated or garbled pack: name the chunk
             raise type(exc)(f"chunk {cid.hex()}: {exc}") from exc
         fits = e.inner + e.plain <= len(frame)  # else it fails verification as damaged
-        return _verified(self.ids, cid, e, frame.read(e.inner, e.plain) if fits else b"")
+        plain = _verified(self.ids, cid, e, frame.read(e.inner, e.plain) if fits else b"")
+        return plain, frame.grouped
 
     def get_encoded(self, cid: ObjectId) -> tuple[bytes, bytes]:
         """The plain bytes of a chunk stored in a frame of its own (a chunk list), verified

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import Repository, copy_snapshots
+from casnap import Repository, copier, copy_snapshots
 from casnap.cli import cli
 from casnap.errors import InvalidArgument
 from casnap.manifest import Snapshot
@@ -307,3 +307,34 @@ def test_origin_is_written_only_when_present(tmp_path, history) -> None:
         assert origins == {(first.id, sid) for sid in ids}
         again = Snapshot.decode(next(iter(repo.snapshots()))[1].encode())
         assert again.origin in origins
+
+
+@pytest.mark.parametrize("to", ["plain", "encrypted"])
+def test_chunks_looked_up_and_named_in_many_small_batches_copy_the_same(
+    tmp_path, history, monkeypatch, to
+) -> None:
+    """A copy looks up the source's chunks a batch at a time and names them with the
+    destination's ids a few MiB at a time: with batches of a few chunks (every boundary inside
+    a file, chunks repeated across batches) it sends exactly what one batch per file sends,
+    and every snapshot restores whole."""
+    data, src, ids, trees = history
+    env = {} if to == "plain" else {"CASNAP_TO_PASSWORD": PW_DST}
+    sent = []
+    for name, batch, part in (("one", 1 << 16, 8 << 20), ("many", 7, 10_000)):
+        monkeypatch.setattr(copier, "LOOKUP_BATCH", batch)
+        monkeypatch.setattr(copier, "MAP_BYTES", part)
+        dst = tmp_path / f"{to}-{name}"
+        code, out, err = run(src, data, "copy", ids[0], "--to", str(dst), "--json", **env)
+        assert code == 0, err
+        code, out, err = run(src, data, "copy", "--to", str(dst), "--json", **env)
+        assert code == 0, err
+        second = json.loads(out)
+        sent.append([(s["chunks_sent"], s["chunks_present"]) for s in second["snapshots"]])
+        assert len(log_ids(dst, data, **({"CASNAP_PASSWORD": PW_DST} if env else {}))) == 3
+    assert sent[0] == sent[1] and all(p > 0 for _s, p in sent[1][1:])
+    pw = {"CASNAP_PASSWORD": PW_DST} if env else {}
+    again = json.loads(run(src, data, "copy", "--to", str(dst), "--json", **env)[1])
+    assert again["copied"] == 0
+    mapping = {s["source"]: s["destination"] for s in again["snapshots"]}
+    pairs = [(mapping[sid], tree) for sid, tree in zip(ids, trees, strict=True)]
+    check_restores(dst, data, tmp_path, pairs, **pw)
