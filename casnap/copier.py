@@ -12,6 +12,7 @@ first taken with), by which a later copy, in either direction, recognises it as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from typing import Any
 
 from casnap import chunklist, compression, rollback, selection
 from casnap.chunkindex import DATA, TREE, IndexEntry, id_matrix
+from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError, InvalidArgument, RepositoryGone, RepositoryNotFound
 from casnap.filelists import store_list
 from casnap.ids import ObjectId
@@ -30,6 +32,7 @@ from casnap.packwriter import PackWriter
 from casnap.pipeline import cpu_workers
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.repository import Repository
+from casnap.spans import FramesAhead
 
 # Chunks of a file whose source index entries are looked up at once (one numpy lookup per
 # chunk cost most of a copy's time; a batch's entries take ~200 B each).
@@ -205,6 +208,8 @@ class _CopyRun:
         self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
         self._origins: dict[str, str] = {}  # snapshot id a copy came from -> its dst id
         self.pool: ThreadPoolExecutor  # compresses frames (run)
+        self.fetcher: ThreadPoolExecutor | None = None  # fetches spans of a remote source (run)
+        self._ahead: FramesAhead | None = None
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -214,8 +219,16 @@ class _CopyRun:
             self._learn(sid.hex(), snap)
         todo = [(sid, snap) for sid, snap in chosen if self._found(sid.hex(), snap) is None]
         bar = ByteProgress(sum(s.logical_bytes for _, s in todo), self.progress)
-        with ThreadPoolExecutor(cpu_workers(), thread_name_prefix="casnap-copy") as pool:
+        fetchers = SPAN_FETCHERS if self.src.backend.remote else 0
+        with (
+            ThreadPoolExecutor(cpu_workers(), thread_name_prefix="casnap-copy") as pool,
+            contextlib.ExitStack() as stack,
+        ):
             self.pool = pool
+            if fetchers:
+                self.fetcher = stack.enter_context(
+                    ThreadPoolExecutor(fetchers, thread_name_prefix="casnap-fetch")
+                )
             for sid, snap in chosen:
                 found = self._found(sid.hex(), snap)
                 if found is not None:
@@ -337,10 +350,11 @@ class _CopyRun:
                     else:
                         todo.append((cid, n))
                 found = self.src.store.index.entries(cid for cid, _n in todo)
-                for cid, n in todo:
-                    data, floats = self._read(ObjectId(cid), found)
-                    framer.add(cid, data, floats)
-                    out.bytes_sent += n
+                with self._frames_ahead(found):
+                    for cid, n in todo:
+                        data, floats = self._read(ObjectId(cid), found)
+                        framer.add(cid, data, floats)
+                        out.bytes_sent += n
             framer.flush()  # a file's chunks precede its list, as in a commit
             for lid in entry.lists:
                 oid = ObjectId.from_hex(lid)
@@ -352,13 +366,14 @@ class _CopyRun:
         mapped = bytearray()
         for batch in batches:
             found = self.src.store.index.entries(c for c, _n in batch if c not in self.mapped)
-            for part in _by_bytes(batch, MAP_BYTES):
-                self._map(part, found, writer, framer, seen, out)
-                for cid, n in part:
-                    if cid not in seen:
-                        seen.add(cid)
-                        out.chunks_present += 1
-                    mapped += chunklist.REF.pack(self.mapped[cid], n)
+            with self._frames_ahead(found):
+                for part in _by_bytes(batch, MAP_BYTES):
+                    self._map(part, found, writer, framer, seen, out)
+                    for cid, n in part:
+                        if cid not in seen:
+                            seen.add(cid)
+                            out.chunks_present += 1
+                        mapped += chunklist.REF.pack(self.mapped[cid], n)
         framer.flush()
         new_refs = bytes(mapped)
         before = writer.chunks_added
@@ -399,7 +414,24 @@ class _CopyRun:
         float32 words (a byte-grouped frame), so the destination compresses it alike. found
         holds the entries of a batch looked up at once (an absent chunk: the usual error)."""
         store = self.src.store
-        return store.chunk_at(cid, found.get(cid) or store.entry(cid))
+        e = found.get(cid) or store.entry(cid)
+        if self._ahead is not None:
+            self._ahead.ready(e)
+        return store.chunk_at(cid, e)
+
+    @contextlib.contextmanager
+    def _frames_ahead(self, found: dict[ObjectId, IndexEntry]) -> Iterator[None]:
+        """From a remote source, the frames of the chunks found (in the order they are read)
+        fetched ahead as spans while they are read: a few large requests, not one per frame."""
+        if self.fetcher is None or not found:
+            yield
+            return
+        self._ahead = FramesAhead(self.src.store, self.fetcher, found.values())
+        try:
+            yield
+        finally:
+            self._ahead.close()
+            self._ahead = None
 
     def _check_lists(
         self,

@@ -29,6 +29,7 @@ from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 
 if TYPE_CHECKING:  # the store (numpy) is loaded by whoever reads chunks
+    from casnap.chunkindex import IndexEntry
     from casnap.listcache import ListCache
     from casnap.store import Store
 
@@ -362,3 +363,42 @@ class ListsAhead:
                         read_chunks(store, wanted, pool, None if kept is None else kept.keep)
                     )
             return self._read
+
+
+class FramesAhead:
+    """The frames a run of chunk reads from a remote store needs, fetched ahead as spans (a few
+    large requests, not one per frame) and each decoded once into the store's frame cache, where
+    Store.read_frame finds it. Only a shortcut: a frame that cannot be fetched or decoded here is
+    left to read_frame, which reads it alone and names the chunk in its error."""
+
+    def __init__(self, store: Store, pool: ThreadPoolExecutor, entries: Iterable[IndexEntry]):
+        from casnap.packs import pack_key
+
+        self._store = store
+        self._key = pack_key
+        self._waiting: set[tuple[bytes, int]] = set()
+        ranges = []
+        for e in entries:
+            if (e.pack, e.offset) not in self._waiting:
+                self._waiting.add((e.pack, e.offset))
+                ranges.append((pack_key(e.pack), e.offset, e.offset + e.length))
+        self._spans = Spans(store.backend, pool, ranges)
+
+    def ready(self, e: IndexEntry) -> None:
+        """The frame of e decoded into the frame cache (on its first chunk; then nothing)."""
+        if (e.pack, e.offset) not in self._waiting:
+            return
+        self._waiting.discard((e.pack, e.offset))
+        key = self._key(e.pack)
+        if self._store.cached_frame(e.pack, e.offset) is not None:
+            self._spans.skip(key, e.offset, e.length)
+            return
+        from casnap import compression
+
+        with contextlib.suppress(CasnapError):
+            frame = compression.decode_frame(self._spans.get(key, e.offset, e.length), e.frame_size)
+            self._store.cache_frame((bytes(e.pack), e.offset), frame)
+
+    def close(self) -> None:
+        """Stop fetching what was not read (spans not started are dropped)."""
+        self._spans.cancel()

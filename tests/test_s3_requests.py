@@ -12,11 +12,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from casnap import locks
+from casnap import checkout, copy_snapshots, locks
 from casnap.backends.base import Backend
 from casnap.committer import commit
+from casnap.constants import FRAME_TARGET
 from casnap.errors import LockError
 from casnap.repository import Repository
 from casnap.stats import log_rows
@@ -24,6 +26,7 @@ from tests.conftest import evolve_app, make_app
 from tests.helpers_hosts import assert_whole, race
 from tests.helpers_reliability import wait_for
 from tests.test_s3 import run
+from tests.util import snapshot_tree
 
 PW = "request counting"
 
@@ -205,3 +208,30 @@ def test_a_store_without_conditional_deletes_gets_a_head_before_the_release(
         with locks.locked(repo.backend, "commit", exclusive=False):
             locks.unlock(repo.backend, force=True)
     repo.close()
+
+
+def test_a_copy_out_of_s3_fetches_whole_packs_not_frame_by_frame(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """copy reads the frames it needs from an S3 source as spans, a pack or so per request,
+    not one ranged GET per 512 KiB frame; what it copies restores whole."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(9)
+    (data / "blob.bin").write_bytes(rng.integers(0, 256, 12 << 20, dtype=np.uint8).tobytes())
+    url = f"s3://{s3_bucket}/src"
+    repo = Repository.open_or_init(url, password=lambda: PW, encryption="repokey")
+    sid = commit(repo, data).id
+    repo.close()
+    src, requests = open_s3(url)
+    dst = Repository.open_or_init(tmp_path / "dst")
+    done = copy_snapshots(src, dst)
+    gets = [key for op, key in requests.sent if op == "GetObject" and "/packs/" in key]
+    frames = (12 << 20) // FRAME_TARGET
+    assert done.snapshots[0].copied and 0 < len(gets) < frames // 4
+    dsid = done.snapshots[0].destination
+    checkout(dst, dsid, tmp_path / "out", safety_snapshot=False)
+    assert snapshot_tree(tmp_path / "out") == snapshot_tree(data)
+    assert dsid != sid  # named with the plain destination's ids
+    src.close()
+    dst.close()
