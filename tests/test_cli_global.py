@@ -152,3 +152,16 @@ def test_an_error_stays_on_one_line(tmp_path: Path) -> None:
     code, _, err = invoke(*base, "checkout", "latest", "no\nsuch\x07", "--to", str(tmp_path))
     assert code == EXIT_CODES["not-found"]
     assert err.count("\n") == 1 and "\x07" not in err and "no\\nsuch\\x07" in err
+
+
+def test_check_help_reads_as_verify_help() -> None:
+    """`check --help` is verify's text under one line naming the alias: the same lines, none
+    indented by the docstring's own indentation."""
+    code, check_help, _ = invoke("check", "--help")
+    assert code == 0
+    code, verify_help, _ = invoke("verify", "--help")
+    assert code == 0
+    body = verify_help.split("\n\n", 1)[1]  # after the usage line
+    assert "restic's name for it" in check_help
+    assert body in check_help
+    assert not any(line.startswith("      Without") for line in check_help.splitlines())
