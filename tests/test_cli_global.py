@@ -165,3 +165,14 @@ def test_check_help_reads_as_verify_help() -> None:
     assert "restic's name for it" in check_help
     assert body in check_help
     assert not any(line.startswith("      Without") for line in check_help.splitlines())
+
+
+def test_quiet_is_accepted_after_a_key_subcommand(tmp_path: Path) -> None:
+    """`-q` after the command works for `key list` as for every other command (README)."""
+    env = {"CASNAP_PASSWORD": "pw of the keys test"}
+    repo = ["--repo", str(tmp_path / "repo")]
+    assert invoke(*repo, "init", "--encryption", "repokey", env=env)[0] == 0
+    for args in (["key", "list", "-q"], ["key", "list", "--quiet", "--json"]):
+        code, out, err = invoke(*repo, *args, env=env)
+        assert code == 0, err
+        assert out.startswith(("* ", "[")) and err == ""
