@@ -62,6 +62,7 @@ def key_add(c: Context, new_password_file: str | None, as_json: bool) -> None:
     from casnap import keyring
 
     repo = c.open()
+    keyring.require_keys(repo)  # a plain repository: said before a new password is asked for
     password = new_password(new_password_file)
     with repo.lock("key add"):
         kf = keyring.add_key(repo, password)
@@ -83,6 +84,7 @@ def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None
     from casnap import keyring
 
     repo = c.open()
+    keyring.require_keys(repo)  # a plain repository: said before a new password is asked for
     password = new_password(new_password_file)
     with repo.lock("key passwd"):
         old, new = keyring.change_password(repo, password)
