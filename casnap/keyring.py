@@ -45,6 +45,11 @@ class KeyInfo:
         return {"id": self.id, "created": self.created, "kdf": self.kdf, "current": self.current}
 
 
+def require_keys(repo: Repository) -> None:
+    """InvalidArgument when repo is plain: checked before a new password is asked for."""
+    _unlocked(repo)
+
+
 def _unlocked(repo: Repository) -> Unlocked:
     if repo.unlocked is None:
         raise InvalidArgument(

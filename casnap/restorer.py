@@ -300,7 +300,9 @@ class _Checkout:
             wanted = normalize_paths(self.paths, source, exists=holds)
             for rel in wanted:
                 if not holds(rel):
-                    raise SnapshotNotFound(f"{rel} is not in snapshot")
+                    ids = [sid.short for sid, _ in self.sel.sources]
+                    what = f"snapshot{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
+                    raise SnapshotNotFound(f"{rel} is not in {what}")
             entries = {k: v for k, v in entries.items() if capture.in_scope(k, wanted)}
         items = []
         for path in sorted(entries):

@@ -152,3 +152,38 @@ def test_an_error_stays_on_one_line(tmp_path: Path) -> None:
     code, _, err = invoke(*base, "checkout", "latest", "no\nsuch\x07", "--to", str(tmp_path))
     assert code == EXIT_CODES["not-found"]
     assert err.count("\n") == 1 and "\x07" not in err and "no\\nsuch\\x07" in err
+
+
+def test_quiet_is_accepted_after_a_key_subcommand(tmp_path: Path) -> None:
+    """`-q` after the command works for `key list` as for every other command (README)."""
+    env = {"CASNAP_PASSWORD": "pw of the keys test"}
+    repo = ["--repo", str(tmp_path / "repo")]
+    assert invoke(*repo, "init", "--encryption", "repokey", env=env)[0] == 0
+    for args in (["key", "list", "-q"], ["key", "list", "--quiet", "--json"]):
+        code, out, err = invoke(*repo, *args, env=env)
+        assert code == 0, err
+        assert out.startswith(("* ", "[")) and err == ""
+
+
+def test_check_help_reads_as_verify_help() -> None:
+    """`check --help` is verify's text under one line naming the alias: the same lines, none
+    indented by the docstring's own indentation."""
+    code, check_help, _ = invoke("check", "--help")
+    assert code == 0
+    code, verify_help, _ = invoke("verify", "--help")
+    assert code == 0
+    body = verify_help.split("\n\n", 1)[1]  # after the usage line
+    assert "restic's name for it" in check_help
+    assert body in check_help
+    assert not any(line.startswith("      Without") for line in check_help.splitlines())
+
+
+def test_a_checkout_path_not_in_the_snapshot_names_the_snapshot(tmp_path: Path) -> None:
+    data = make_app(tmp_path / "data")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    code, out, _ = invoke(*base, "commit")
+    assert code == 0
+    sid = out.strip()
+    code, _, err = invoke(*base, "checkout", "latest", "nothing-here", "--to", str(tmp_path / "o"))
+    assert code == EXIT_CODES["not-found"]
+    assert err.strip() == f"casnap: error: nothing-here is not in snapshot {sid[:8]}"

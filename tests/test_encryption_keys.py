@@ -12,7 +12,7 @@ import pytest
 
 from casnap import Repository
 from casnap.crypto import MasterKey
-from casnap.errors import PasswordError
+from casnap.errors import EXIT_CODES, PasswordError
 from casnap.keys import Kdf, make_key_file
 from tests.conftest import make_app
 from tests.test_encryption import PW, run
@@ -129,3 +129,15 @@ def test_key_list_and_export_take_no_lock(enc_repo: tuple[Path, Path], tmp_path:
     assert run(repo, data, "key", "list")[0] == 0
     assert run(repo, data, "key", "export", str(tmp_path / "k.json"))[0] == 0
     assert not any((repo / "locks").iterdir())
+
+
+def test_key_add_and_passwd_on_a_plain_repository_say_so_before_asking(tmp_path: Path) -> None:
+    """A plain repository has no keys: `key add` and `key passwd` say that (usage, exit 2) rather
+    than ask for a new password first (which, without one, was an exit-10 password error)."""
+    repo = tmp_path / "plain"
+    assert run(repo, tmp_path, "init", password=None)[0] == 0
+    for command in (["key", "add"], ["key", "passwd"]):
+        code, _, err = run(repo, tmp_path, *command, password=None)
+        assert code == EXIT_CODES["usage"], err
+        assert err.strip() == f"casnap: error: repository {repo} is not encrypted: it has no keys"
+    assert not (repo / "keys").exists()

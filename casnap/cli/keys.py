@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from casnap.cli.main import Context, cli, pass_ctx
+from casnap.cli.main import CommandGroup, Context, cli, pass_ctx
 from casnap.cli.output import emit_json, local_time, printable
 from casnap.cli.passwords import new_password
 
@@ -19,7 +19,7 @@ NEW_PASSWORD_FILE = click.option(
 JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 
 
-@cli.group(name="key")
+@cli.group(name="key", cls=CommandGroup)  # its commands take -q after their names too
 def key_group() -> None:
     """Manage the passwords of an encrypted repository.
 
@@ -62,6 +62,7 @@ def key_add(c: Context, new_password_file: str | None, as_json: bool) -> None:
     from casnap import keyring
 
     repo = c.open()
+    keyring.require_keys(repo)  # a plain repository: said before a new password is asked for
     password = new_password(new_password_file)
     with repo.lock("key add"):
         kf = keyring.add_key(repo, password)
@@ -83,6 +84,7 @@ def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None
     from casnap import keyring
 
     repo = c.open()
+    keyring.require_keys(repo)  # a plain repository: said before a new password is asked for
     password = new_password(new_password_file)
     with repo.lock("key passwd"):
         old, new = keyring.change_password(repo, password)

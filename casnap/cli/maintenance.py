@@ -3,6 +3,7 @@ stats."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -396,7 +397,9 @@ cli.add_command(
         "check",
         params=verify_cmd.params,
         callback=verify_cmd.callback,
-        help="The same as `casnap verify` (restic's name for it).\n\n" + (verify_cmd.help or ""),
+        # verify's docstring dedented first: after this unindented line, click would keep its indent
+        help="The same as `casnap verify` (restic's name for it).\n\n"
+        + inspect.cleandoc(verify_cmd.help or ""),
         short_help="The same as verify: check that the repository is whole.",
     )
 )

@@ -162,8 +162,9 @@ def commit(
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
 
-    SQLite databases are captured through SQLite's online backup API (consistent while the app
-    writes); files unchanged since the last snapshot of the same paths are not read again. The
+    Each SQLite database is captured as one committed state, read under SQLite's read
+    transaction (consistent while the app writes): the image SQLite's online backup API would
+    copy. Files unchanged since the last snapshot of the same paths are not read again. The
     repository is created on first use when --repo is missing or empty.
 
     What a checkout's smoke checks would find is checked first, from headers, metadata and
@@ -431,7 +432,7 @@ def show(
     """Show one snapshot: its metadata and files with sizes and hashes.
 
     SNAPSHOT is an id, a unique prefix of 4+ hex digits, `latest` or a tag. Lists every file with
-    its size, chunk count, kind (`sqlite` when captured through the backup API) and BLAKE3 hash.
+    its size, chunk count, kind (`sqlite`: a database, stored as its image) and BLAKE3 hash.
     Control characters in names are shown escaped (`\\n`, `\\x1b`); --json keeps them exact.
 
     Example: casnap show latest --path app.db
