@@ -206,6 +206,7 @@ class _Checker:
         self.bad: dict[int, str] = {}  # damaged copies (rows) and why
         self.checked = np.zeros(0, dtype=bool)  # copies (rows) read and found intact
         self.unindexed: dict[ObjectId, ObjectId] = {}  # blob -> an unindexed pack holding it
+        self.unnamed_notes: dict[ObjectId, int] = {}  # unindexed pack -> its note's place
         self.bad_directory: set[ObjectId] = set()
         self.oversized: set[ObjectId] = set()  # packs past MAX_PACK_SIZE: never read whole
 
@@ -319,6 +320,7 @@ class _Checker:
                         pack, "bad-directory", f"pack {pack.hex()[:12]} (named by no index): {exc}"
                     )
                     continue
+                self.unnamed_notes[pack] = len(self.report.notes)
                 self.report.notes.append(
                     f"pack {pack.hex()[:12]} is named by no index (left by an interrupted commit "
                     "or gc; the next gc removes it, repair-index would index it)"
@@ -499,9 +501,12 @@ class _Checker:
             if not copies:
                 hint = ""
                 if blob in self.unindexed:
-                    hint = (
-                        f" (pack {self.unindexed[blob].hex()[:12]} holds it: run "
-                        "`casnap repair-index`)"
+                    pack = self.unindexed[blob]
+                    hint = f" (pack {pack.hex()[:12]} holds it: run `casnap repair-index`)"
+                    self.report.notes[self.unnamed_notes[pack]] = (
+                        f"pack {pack.hex()[:12]} is named by no index but holds chunks snapshots "
+                        "need (an index file lost or damaged): run `casnap repair-index`; gc "
+                        "stops until then"
                     )
                 lines.append((blob, f"is not in the index{hint}", None))
                 broken.add(blob)
