@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from casnap.copier import CopyResult, copy_snapshots
     from casnap.errors import CasnapError
     from casnap.importer import import_copies
+    from casnap.repair import repair_index
     from casnap.repository import Repository
     from casnap.restorer import CheckoutResult, checkout
     from casnap.retention import Policy, forget, prune
@@ -48,6 +49,7 @@ _EXPORTS = {
     "forget": "casnap.retention",
     "import_copies": "casnap.importer",
     "prune": "casnap.retention",
+    "repair_index": "casnap.repair",
     "repository_stats": "casnap.stats",
     "smoke_verify": "casnap.staging",
     "snapshot_stats": "casnap.stats",
@@ -70,6 +72,7 @@ __all__ = [
     "forget",
     "import_copies",
     "prune",
+    "repair_index",
     "repository_stats",
     "smoke_verify",
     "snapshot_stats",

@@ -106,3 +106,20 @@ def test_a_command_on_s3_loads_botocore_but_not_boto3(
     proc, loaded = run_cli(tmp_path, "--repo", f"s3://{s3_bucket}/x", "log")
     assert proc.returncode == 0, proc.stderr
     assert "botocore" in loaded and {"boto3", "s3transfer"} & loaded == set()
+
+
+def test_repair_index_is_exported_as_the_other_operations(tmp_path: Path) -> None:
+    """`from casnap import repair_index` works as for commit or verify, and rebuilds an index
+    whose files were deleted."""
+    from casnap import repair_index, verify
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("hello\n")
+    repo = Repository.init(tmp_path / "repo")
+    commit(repo, data)
+    for p in (tmp_path / "repo" / "index").iterdir():
+        p.unlink()
+    repo = Repository.open(tmp_path / "repo")
+    assert repair_index(repo).chunks_indexed > 0
+    assert verify(Repository.open(tmp_path / "repo"), read_data=True).ok
