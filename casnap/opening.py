@@ -79,6 +79,21 @@ def confirm(backend: Backend, kept: CachingBackend) -> None:
         )
 
 
+def listing_stopped(
+    exc: IntegrityError, backend: Backend, kept: CachingBackend | None, location: str
+) -> IntegrityError:
+    """The error a listing of snapshots stops with at the manifest at location that does not
+    open (after confirm, when the config came from the cache: a repository made anew is then
+    the likelier cause)."""
+    if kept is not None:
+        confirm(backend, kept)
+    return type(exc)(
+        f"{exc} (every command that lists snapshots stops here, so that gc never takes it for "
+        f"a forgotten one; remove {location} to go on without that snapshot: `casnap verify` "
+        "lists the files it held)"
+    )
+
+
 def remember_deletes(backend: Backend, kept: CachingBackend) -> None:
     """On S3, tell the backend what an earlier process learnt of its store's conditional
     deletes, and keep what it learns (S3Backend.remove: a lock released in one request)."""

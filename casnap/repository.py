@@ -25,6 +25,7 @@ from casnap.errors import (
     IntegrityError,
     InvalidArgument,
     NotARepository,
+    ObjectMissing,
     RepositoryNotFound,
     from_oserror,
 )
@@ -33,7 +34,7 @@ from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
-from casnap.opening import confirm, read_config
+from casnap.opening import confirm, listing_stopped, read_config
 from casnap.phases import opening
 from casnap.spans import ListsAhead
 
@@ -381,25 +382,27 @@ class Repository:
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
             for key in self._sizes:
-                if (sid := named_id(key)) is not None:
-                    found[sid] = self._listed(key, partial(self.load_snapshot, sid, False))
+                if (sid := named_id(key)) is None:
+                    continue
+                snap = self._listed(key, partial(self.load_snapshot, sid, False), files)
+                if snap is not None:
+                    found[sid] = snap
             self._snapshots = found
         listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
         for sid, snap in listed if files else ():
             self._listed(f"snapshots/{sid.hex()}", partial(complete, snap))
         return listed
 
-    def _listed(self, key: str, read: Callable[[], Snapshot]) -> Snapshot:  # or why it stops
-        try:
+    def _listed(
+        self, key: str, read: Callable[[], Snapshot], strict: bool = True
+    ) -> Snapshot | None:
+        try:  # not strict: one deleted since listed (by prune, forget) is gone, not damaged
             return read()
         except IntegrityError as exc:
-            if self.kept_config is not None:
-                confirm(self.raw_backend, self.kept_config)
-            raise type(exc)(
-                f"{exc} (every command that lists snapshots stops here, so that gc never "
-                f"takes it for a forgotten one; remove {self.backend.location}/{key} to "
-                "go on without that snapshot: `casnap verify` lists the files it held)"
-            ) from exc
+            if isinstance(exc, ObjectMissing) and not strict:
+                return None
+            location = f"{self.backend.location}/{key}"
+            raise listing_stopped(exc, self.raw_backend, self.kept_config, location) from exc
 
     def manifest_sizes(self) -> dict[str, int]:
         """Stored size of every manifest, by snapshot id (hex)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,9 @@ import pytest
 from casnap import locks
 from casnap.backends import LocalBackend
 from casnap.committer import commit
+from casnap.errors import ObjectMissing
 from casnap.repository import Repository
+from tests import faults as F
 from tests.conftest import evolve_app
 from tests.helpers_reliability import (
     ROOT,
@@ -237,3 +240,41 @@ def test_commits_during_gc_and_prune_lose_nothing(tmp_path: Path) -> None:
     assert ledger.check(fresh, tmp_path / "check", [first, *newest]) == 3
     verify_repository(fresh)
     assert not temp_files(repo_dir) and not list((repo_dir / "locks").iterdir())
+
+
+def test_a_snapshot_forgotten_between_the_listing_and_its_read_is_not_there(
+    tmp_path: Path,
+) -> None:
+    """Reading the snapshots is a listing, then one read per manifest: a prune or forget that
+    ends in between (a checkout or show resolves its ref before it takes its lock) removes a
+    manifest already listed. That snapshot is gone, not damaged: the others are listed and
+    resolve, and no error asks to remove a manifest."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir, small_config())
+    ids = []
+    for step in range(3):
+        evolve_app(data, step)
+        ids.append(commit(repo, data, message=f"s{step}").id)
+    gc_view = tmp_path / "gc-view"
+    shutil.copytree(repo_dir, gc_view)
+
+    def forgetting(root: Path) -> F.FaultyBackend:
+        """root's backend, whose first listing of snapshots/ is followed by the deletion of
+        the second snapshot's manifest (a prune that ends right then)."""
+
+        def forgotten(_key: str) -> None:
+            (root / "snapshots" / ids[1]).unlink()
+
+        racing_list = F.call_after("list", 1, forgotten, prefix="snapshots/")
+        return F.FaultyBackend(LocalBackend(root), [racing_list])
+
+    racing = Repository.open_backend(forgetting(repo_dir), tmp_path / "tmp")
+    listed = [sid.hex() for sid, _snap in racing.snapshots()]
+    assert listed == [ids[0], ids[2]]
+    assert racing.resolve("latest").hex() == ids[2]
+    # gc, prune and forget read every file list under the exclusive lock, which no deleting
+    # command shares: a manifest that vanishes then is a damaged repository, and they stop
+    strict = Repository.open_backend(forgetting(gc_view), tmp_path / "tmp")
+    with pytest.raises(ObjectMissing, match="every command that lists snapshots stops here"):
+        strict.snapshots(files=True)
