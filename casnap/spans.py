@@ -372,10 +372,12 @@ class FramesAhead:
     left to read_frame, which reads it alone and names the chunk in its error."""
 
     def __init__(self, store: Store, pool: ThreadPoolExecutor, entries: Iterable[IndexEntry]):
+        from casnap.compression import decode_frame  # numpy: loaded by whoever reads chunks
         from casnap.packs import pack_key
 
         self._store = store
         self._key = pack_key
+        self._decode = decode_frame
         self._waiting: set[tuple[bytes, int]] = set()
         ranges = []
         for e in entries:
@@ -393,10 +395,8 @@ class FramesAhead:
         if self._store.cached_frame(e.pack, e.offset) is not None:
             self._spans.skip(key, e.offset, e.length)
             return
-        from casnap import compression
-
         with contextlib.suppress(CasnapError):
-            frame = compression.decode_frame(self._spans.get(key, e.offset, e.length), e.frame_size)
+            frame = self._decode(self._spans.get(key, e.offset, e.length), e.frame_size)
             self._store.cache_frame((bytes(e.pack), e.offset), frame)
 
     def close(self) -> None:
