@@ -96,13 +96,18 @@ def load(repo_id: str, source: str) -> Restored | None:
     """The record for source, or None when there is none or it cannot be parsed."""
     try:
         d = json.loads(_path(repo_id, source).read_bytes())
-        if d["source"] != source:
-            return None
-        files = {
-            str(p): (tuple(int(x) for x in fp), str(sid)) for p, (fp, sid) in d["files"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, ValueError, RecursionError):
         return None
+    if type(d) is not dict or d.get("source") != source or type(d.get("files")) is not dict:
+        return None  # a damaged or foreign file: the cache is safe to damage
+    files: dict[str, tuple[tuple[int, ...], str]] = {}
+    for path, value in d["files"].items():
+        if not (type(value) is list and len(value) == 2):
+            return None
+        fp, sid = value
+        if type(fp) is not list or type(sid) is not str or any(type(x) is not int for x in fp):
+            return None
+        files[path] = (tuple(fp), sid)
     return Restored(source, files)
 
 
