@@ -25,11 +25,13 @@ from casnap.canonical import canonical_json, plain_chunkers
 from casnap.errors import CasnapError, HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 from casnap.manifestfields import (
+    COUNT_LIMIT,
     HEX_RUN,
     check_links,
     check_path,
     check_paths,
     chunker_field,
+    count,
     dirs_field,
     flat_chunker,
     integer,
@@ -95,7 +97,7 @@ class FileEntry:
             entry = cls(
                 path=text(d["path"]),
                 kind=text(d["kind"]),
-                size=integer(d["size"]),
+                size=count(d["size"]),
                 mode=integer(d["mode"]),
                 mtime_ns=integer(d["mtime_ns"]),
                 hash=object_id(d["hash"]),
@@ -435,7 +437,7 @@ def _quick_entry(d: Any) -> FileEntry | None:
         and (uid is None or (type(uid) is int and 0 <= uid < 1 << 32))
         and (gid is None or (type(gid) is int and 0 <= gid < 1 << 32))
         and (link is None or type(link) is str)
-        and size >= 0
+        and 0 <= size < COUNT_LIMIT
         and chunks >= 0
         and 0 <= mode <= 0o7777
         and -(1 << 63) <= mtime < 1 << 63
