@@ -13,6 +13,7 @@ but the fingerprint; losing the file costs one full read, nothing else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -57,11 +58,17 @@ def save(repo_id: str, record: Restored) -> None:
         tmp = path.parent / temp_name(".json")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                if os.write(fd, body) != len(body):
+                    raise OSError(errno.ENOSPC, "short write", str(tmp))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:  # a full disk: no temp file is left behind for good
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) -> None:

@@ -46,3 +46,29 @@ def test_a_damaged_record_of_restored_files_costs_a_read_not_an_error(
     restored = tmp_path / "out"
     checkout(Repository.open(tmp_path / "repo"), new.hex(), restored, smoke=False)
     assert (restored / "a.txt").read_bytes() == b"changed after the checkout\n"
+
+
+FULL_CACHE = """
+import json, os, sys
+from pathlib import Path
+mount = Path(sys.argv[1])
+os.environ["CASNAP_CACHE_DIR"] = str(mount)
+from casnap import restored
+(mount / "rid" / "restored").mkdir(parents=True)
+fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, bytes(1 << 16))
+except OSError:
+    pass
+files = {f"f{i}": ((1, 2, 3, 4), "ab" * 32) for i in range(2000)}
+restored.save("rid", restored.Restored("/some/data", files))
+print(json.dumps({"left": sorted(p.name for p in (mount / "rid" / "restored").iterdir())}))
+"""
+
+
+def test_a_record_that_does_not_fit_in_the_cache_leaves_no_temp_file(tmp_path: Path) -> None:
+    """A full disk under the cache dir costs the record, not a temp file left for good."""
+    from tests.test_hostile import in_small_tmpfs
+
+    assert in_small_tmpfs(tmp_path / "cache", FULL_CACHE, str(tmp_path / "cache")) == {"left": []}
