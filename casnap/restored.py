@@ -23,7 +23,7 @@ from pathlib import Path
 
 from casnap import capture
 from casnap.constants import STAT_SETTLE_NS
-from casnap.fsutil import cache_dir, temp_name
+from casnap.fsutil import cache_dir, read_cached, temp_name
 from casnap.ids import hash_bytes
 from casnap.manifest import FileEntry
 
@@ -102,7 +102,7 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
 def load(repo_id: str, source: str) -> Restored | None:
     """The record for source, or None when there is none or it cannot be parsed."""
     try:
-        d = json.loads(_path(repo_id, source).read_bytes())
+        d = json.loads(read_cached(_path(repo_id, source)))
     except (OSError, ValueError, RecursionError):
         return None
     if type(d) is not dict or d.get("source") != source or type(d.get("files")) is not dict:
