@@ -31,7 +31,6 @@ from casnap.manifestfields import (
     check_path,
     check_paths,
     chunker_field,
-    count,
     dirs_field,
     flat_chunker,
     integer,
@@ -97,7 +96,7 @@ class FileEntry:
             entry = cls(
                 path=text(d["path"]),
                 kind=text(d["kind"]),
-                size=count(d["size"]),
+                size=integer(d["size"]),
                 mode=integer(d["mode"]),
                 mtime_ns=integer(d["mtime_ns"]),
                 hash=object_id(d["hash"]),
@@ -113,7 +112,7 @@ class FileEntry:
             raise IntegrityError(f"malformed file entry in manifest: {exc}") from exc
         if entry.kind not in ("file", "sqlite"):
             raise IntegrityError(f"unknown file kind {entry.kind!r} in manifest")
-        if not (0 <= entry.size and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):
+        if not (0 <= entry.size < COUNT_LIMIT and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):
             raise IntegrityError(f"file entry {entry.path!r} has out-of-range size, mode or chunks")
         if not -(1 << 63) <= entry.mtime_ns < 1 << 63:
             raise IntegrityError(f"file entry {entry.path!r} has an out-of-range mtime")

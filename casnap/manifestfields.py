@@ -159,7 +159,7 @@ COUNT_LIMIT = 1 << 63
 def count(x: Any) -> int:
     """A size or a counter: an integer from 0 to COUNT_LIMIT (excluded)."""
     if not 0 <= integer(x) < COUNT_LIMIT:
-        raise ValueError(f"{x if x < 1 << 80 else 'a number'} is out of range for a count")
+        raise ValueError(f"out-of-range count {x if abs(x) < 1 << 80 else '(over 80 bits)'}")
     return int(x)
 
 
