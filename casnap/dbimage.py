@@ -26,7 +26,7 @@ from pathlib import Path
 from casnap import fsutil
 from casnap.constants import SOURCE_RETRIES, SQLITE_BUSY_TIMEOUT, STAT_SETTLE_NS
 from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, from_oserror
-from casnap.fingerprints import fingerprint, open_source, wait_for_truncate
+from casnap.fingerprints import NotRegularFile, fingerprint, open_source, wait_for_truncate
 from casnap.formats import sniff
 from casnap.formats.sqlite import (
     PENDING_BYTE,
@@ -364,6 +364,8 @@ def _open(path: Path) -> int:
         return open_source(path)
     except FileNotFoundError as exc:
         raise SourceError(f"{path} vanished while committing") from exc
+    except NotRegularFile as exc:
+        raise SourceError(f"{path} was replaced while committing ({exc.strerror})") from exc
     except OSError as exc:
         raise from_oserror(exc, f"reading {path}") from exc
 

@@ -4,17 +4,41 @@ last snapshot, and that a read of it was not disturbed by a writer."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import time
 from pathlib import Path
 
 from casnap.constants import RACY_WINDOW_FINE_NS, RACY_WINDOW_NS, STAT_SETTLE_NS
 
 
+class NotRegularFile(OSError):
+    """A data-dir file found as something else when opened (a folder, a FIFO, a device, a
+    symbolic link): it was replaced since the scan."""
+
+
 def open_source(path: str | os.PathLike[str]) -> int:
     """A descriptor for reading a data-dir file, never through a symbolic link swapped in since
-    the scan (its last component)."""
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    the scan (its last component), nor anything but a regular file: opened without waiting, so a
+    FIFO swapped in is refused instead of waited on forever for a writer (NotRegularFile)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except BlockingIOError:  # a lease another process holds: only a regular file has one
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(exc.errno, "now a symbolic link", os.fspath(path)) from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "no longer a regular file", os.fspath(path))
+        os.set_blocking(fd, True)  # as any read of a file expects
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def fingerprint(path: str | os.PathLike[str], kind: str) -> tuple[int, ...] | None:

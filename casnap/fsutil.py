@@ -242,6 +242,22 @@ def remove_stale(root: Path, recursive: bool = True) -> list[Path]:
     return removed
 
 
+def read_cached(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The bytes of a file of the user's cache dir (all, or its first limit): OSError when it
+    is not a regular file. Opened without waiting, as a FIFO put in its place would make a
+    read wait for a writer forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+    finally:
+        os.close(fd)
+
+
 def cache_dir() -> Path:
     """casnap's folder in the user's cache dir (safe to delete at any time): `$CASNAP_CACHE_DIR`,
     else `$XDG_CACHE_HOME/casnap`, else `~/.cache/casnap`."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import socket
@@ -156,19 +157,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h"
 
 
+def _pid(x: object) -> int:
+    """A holder's pid: a process id (0 and negative ones name process groups to kill)."""
+    if type(x) is not int or not 0 < x < 1 << 31:
+        raise ValueError(f"not a process id: {x!r:.40}")
+    return x
+
+
+def _optional_int(x: object) -> int | None:
+    """An integer field that may be null (start time, PID namespace)."""
+    if x is not None and (type(x) is not int or not 0 <= x < 1 << 64):
+        raise ValueError(f"not an integer field: {x!r:.40}")
+    return x
+
+
+def _seconds(x: object) -> float:
+    """A time in seconds since the epoch: a finite number (a float raises OverflowError past
+    its range)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
+        raise ValueError(f"not a time: {x!r:.40}")
+    return float(x)
+
+
 def _read(backend: Backend, key: str) -> LockInfo | None:
     try:
         d = json.loads(backend.get(key))
         return LockInfo(
             key,
             str(d["host"]),
-            int(d["pid"]),
-            d.get("start"),
+            _pid(d["pid"]),
+            _optional_int(d.get("start")),
             bool(d["exclusive"]),
             str(d.get("operation", "?")),
-            float(d.get("time", 0)),
-            taken=float(d["taken"]) if d.get("taken") is not None else None,
-            pidns=int(d["pidns"]) if d.get("pidns") is not None else None,
+            _seconds(d.get("time", 0)),
+            taken=_seconds(d["taken"]) if d.get("taken") is not None else None,
+            pidns=_optional_int(d.get("pidns")),
         )
     except ObjectMissing:
         return None  # removed meanwhile
@@ -176,7 +199,7 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
     except CasnapError:
         return None
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError):
         # a torn or foreign lock file: treat as held by an unknown process, exclusive
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
 

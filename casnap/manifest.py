@@ -25,6 +25,7 @@ from casnap.canonical import canonical_json, plain_chunkers
 from casnap.errors import CasnapError, HostileManifest, IntegrityError
 from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 from casnap.manifestfields import (
+    COUNT_LIMIT,
     HEX_RUN,
     check_links,
     check_path,
@@ -111,7 +112,7 @@ class FileEntry:
             raise IntegrityError(f"malformed file entry in manifest: {exc}") from exc
         if entry.kind not in ("file", "sqlite"):
             raise IntegrityError(f"unknown file kind {entry.kind!r} in manifest")
-        if not (0 <= entry.size and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):
+        if not (0 <= entry.size < COUNT_LIMIT and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):
             raise IntegrityError(f"file entry {entry.path!r} has out-of-range size, mode or chunks")
         if not -(1 << 63) <= entry.mtime_ns < 1 << 63:
             raise IntegrityError(f"file entry {entry.path!r} has an out-of-range mtime")
@@ -435,7 +436,7 @@ def _quick_entry(d: Any) -> FileEntry | None:
         and (uid is None or (type(uid) is int and 0 <= uid < 1 << 32))
         and (gid is None or (type(gid) is int and 0 <= gid < 1 << 32))
         and (link is None or type(link) is str)
-        and size >= 0
+        and 0 <= size < COUNT_LIMIT
         and chunks >= 0
         and 0 <= mode <= 0o7777
         and -(1 << 63) <= mtime < 1 << 63

@@ -119,10 +119,7 @@ def totals_field(raw: Any) -> tuple[int, int] | None:
     """The `totals` field: number of files and their bytes."""
     if raw is None:
         return None
-    count, size = integer(raw["files"]), integer(raw["bytes"])
-    if count < 0 or size < 0:
-        raise ValueError("negative totals")
-    return count, size
+    return count(raw["files"]), count(raw["bytes"])
 
 
 def origin_field(raw: Any) -> tuple[str, str] | None:
@@ -152,6 +149,18 @@ def integer(x: Any) -> int:
     if not isinstance(x, int) or isinstance(x, bool):
         raise TypeError(f"expected an integer, got {type(x).__name__}")
     return x
+
+
+# sizes and counters fit in 63 bits as in the file system's own fields; larger ones can only be
+# crafted, and a sum or a size shown in KiB of them would overflow a float
+COUNT_LIMIT = 1 << 63
+
+
+def count(x: Any) -> int:
+    """A size or a counter: an integer from 0 to COUNT_LIMIT (excluded)."""
+    if not 0 <= integer(x) < COUNT_LIMIT:
+        raise ValueError(f"out-of-range count {x if abs(x) < 1 << 80 else '(over 80 bits)'}")
+    return int(x)
 
 
 def integers(xs: Any) -> tuple[int, ...]:

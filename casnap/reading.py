@@ -28,6 +28,7 @@ from casnap.errors import (
     UnreadableSource,
     from_oserror,
 )
+from casnap.fingerprints import NotRegularFile
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
 from casnap.progress import CountingReader
@@ -209,6 +210,9 @@ class Reader:
                     entry, n = self._ingest_path(src, src.abspath, st, old)
             except FileNotFoundError as exc:
                 raise SourceError(f"{src.abspath} vanished while committing") from exc
+            except NotRegularFile as exc:
+                why = f"{src.abspath} was replaced while committing ({exc.strerror})"
+                raise SourceError(why) from exc
             except OSError as exc:
                 raise from_oserror(exc, f"reading {src.abspath}") from exc
             read_total += n

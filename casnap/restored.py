@@ -13,6 +13,7 @@ but the fingerprint; losing the file costs one full read, nothing else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from casnap import capture
 from casnap.constants import STAT_SETTLE_NS
-from casnap.fsutil import cache_dir, temp_name
+from casnap.fsutil import cache_dir, read_cached, temp_name
 from casnap.ids import hash_bytes
 from casnap.manifest import FileEntry
 
@@ -57,11 +58,17 @@ def save(repo_id: str, record: Restored) -> None:
         tmp = path.parent / temp_name(".json")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                if os.write(fd, body) != len(body):
+                    raise OSError(errno.ENOSPC, "short write", str(tmp))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:  # a full disk: no temp file is left behind for good
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) -> None:
@@ -95,14 +102,19 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
 def load(repo_id: str, source: str) -> Restored | None:
     """The record for source, or None when there is none or it cannot be parsed."""
     try:
-        d = json.loads(_path(repo_id, source).read_bytes())
-        if d["source"] != source:
-            return None
-        files = {
-            str(p): (tuple(int(x) for x in fp), str(sid)) for p, (fp, sid) in d["files"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        d = json.loads(read_cached(_path(repo_id, source)))
+    except (OSError, ValueError, RecursionError):
         return None
+    if type(d) is not dict or d.get("source") != source or type(d.get("files")) is not dict:
+        return None  # a damaged or foreign file: the cache is safe to damage
+    files: dict[str, tuple[tuple[int, ...], str]] = {}
+    for path, value in d["files"].items():
+        if not (type(value) is list and len(value) == 2):
+            return None
+        fp, sid = value
+        if type(fp) is not list or type(sid) is not str or any(type(x) is not int for x in fp):
+            return None
+        files[path] = (tuple(fp), sid)
     return Restored(source, files)
 
 

@@ -639,3 +639,32 @@ def test_local_permission_denied_is_access_denied(tmp_path: Path) -> None:
         assert "Permission denied" in outcome[call]
     assert "packs/" in outcome["list"]
     assert not temp_files(root)
+
+
+def test_local_an_object_that_is_a_fifo_is_damage_not_a_wait(tmp_path: Path) -> None:
+    """A FIFO where an object should be (opening it to read would wait for a writer forever) is
+    read as damage: a manifest stops `log` with exit 5 naming it, an index file is a problem
+    `verify` reports, and a lock is an unreadable one `unlock` removes."""
+    from casnap.committer import commit
+    from casnap.repository import Repository
+    from tests.helpers_reliability import run_casnap, small_app, small_config
+
+    data = small_app(tmp_path / "data")
+    root = tmp_path / "repo"
+    commit(Repository.init(root, small_config()), data)
+    fake = "ab" * 32
+    for folder in ("snapshots", "index", "locks"):
+        (root / folder).mkdir(exist_ok=True)
+        os.mkfifo(root / folder / fake)
+    env = casnap_env(CASNAP_LOCK_WAIT="0")
+    where = ["--repo", str(root), "--data", str(data)]
+
+    log = run_casnap([*where, "--no-lock", "log"], env=env, timeout=60)
+    assert log.returncode == 5 and f"snapshots/{fake}" in log.stderr, log.stderr
+    os.unlink(root / "snapshots" / fake)
+    unlocked = run_casnap([*where, "unlock"], env=env, timeout=60)
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert not (root / "locks" / fake).exists()
+    verify = run_casnap([*where, "verify"], env=env, timeout=60)
+    assert verify.returncode == 9 and "Traceback" not in verify.stderr, verify.stderr
+    assert f"index/{fake}" in verify.stdout + verify.stderr

@@ -388,3 +388,50 @@ def test_a_repository_made_anew_where_a_cached_one_was_is_noticed(tmp_path: Path
     with pytest.raises(RepositoryNotFound):
         log_rows(repo)
     repo.close()
+
+
+def test_cache_files_swapped_for_fifos_or_folders_are_misses_not_waits(tmp_path: Path) -> None:
+    """A kept copy that is a FIFO (opening it to read waits for a writer forever) or a folder is
+    a miss like a damaged one: the object is fetched again and the command goes on. So is a
+    checkout's record of restored files swapped for a FIFO."""
+    data, root, ids = two_snapshots(tmp_path)
+    repo, _ = open_counted(root)
+    metadata_commands(repo, data, ids)
+    checkout(repo, ids[1], tmp_path / "out", safety_snapshot=False, smoke=False)
+    folder = cache_dir_for(repo.id)
+    repo.close()
+    manifests = sorted((folder / "snapshots").iterdir())
+    records = sorted(Path(os.environ["CASNAP_CACHE_DIR"]).glob("*/restored/*.json"))
+    assert manifests and records
+    fifos = [manifests[0], records[0]]
+    for path in fifos:
+        path.unlink()
+        os.mkfifo(path)
+    (folder / "index").rename(tmp_path / "index-copies")
+    (folder / "index").mkdir()
+    for copy in (tmp_path / "index-copies").iterdir():  # each copy a folder by its name
+        (folder / "index" / copy.name).mkdir()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        repo, _ = open_counted(root)
+        outcome["log"] = len(log_rows(repo))
+        target = tmp_path / "out"
+        (target / "extra.txt").write_bytes(b"unsaved\n")
+        checkout(repo, ids[0], target, smoke=False)
+        outcome["checkout"] = True
+        repo.close()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    stuck = worker.is_alive()
+    while worker.is_alive():  # a reader stuck on a FIFO gets its writer and ends
+        for path in fifos:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        worker.join(0.1)
+    assert not stuck, "a cache file that is a FIFO was waited on"
+    assert outcome == {"log": 3, "checkout": True}

@@ -311,3 +311,41 @@ def test_a_link_equal_to_its_target_is_read(plain: tuple[Path, Path, str]) -> No
     d["totals"]["bytes"] = sum(f["size"] for f in d["files"])
     raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
     assert Snapshot.decode(raw).encode() == raw
+
+
+# -- numbers past 64 bits ------------------------------------------------------------------------
+
+
+def _huge_totals(d: dict) -> None:
+    d["totals"] = {"files": 10**30, "bytes": 10**400}
+
+
+def _huge_size_without_totals(d: dict) -> None:
+    d["files"][0]["size"] = 10**400
+    del d["totals"]  # as a manifest written before totals were recorded
+
+
+@pytest.mark.parametrize(
+    "change", [_huge_totals, _huge_size_without_totals], ids=["totals", "size"]
+)
+def test_sizes_past_63_bits_are_an_integrity_error(made: tuple[Path, Path, str], change) -> None:
+    repo_dir, data, sid = made
+    d = manifest_of(repo_dir, sid)
+    change(d)
+    bad = store(repo_dir, d)
+    for args in (["log"], ["stats"], ["show", bad], ["prune", "--keep-last", "1"]):
+        one_line(cli(repo_dir, data, *args), 5, f"snapshots/{bad}.*range")
+
+
+def test_a_counter_too_large_for_a_float_is_still_listed(made: tuple[Path, Path, str]) -> None:
+    """The commit's counters are read as they are (any integer); log and stats show one past
+    what a float holds as the largest size instead of failing."""
+    repo_dir, data, sid = made
+    d = manifest_of(repo_dir, sid)
+    d["stats"]["bytes_added"] = 10**400
+    bad = store(repo_dir, d)
+    for args in (["log"], ["stats"]):
+        proc = cli(repo_dir, data, *args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    line = next(x for x in cli(repo_dir, data, "log").stdout.splitlines() if x.startswith(bad[:8]))
+    assert ">= 8 EiB" in line

@@ -356,3 +356,28 @@ def test_a_flat_index_whose_ntotal_disagrees_with_its_vectors_is_refused_at_comm
     raw[8:16] = (3).to_bytes(8, "little")  # ntotal, after the fourcc and d
     (data / "a.faiss").write_bytes(bytes(raw))
     assert_refused_everywhere(repo, data, "a.faiss")
+
+
+def test_a_fifo_named_as_a_database_beside_its_wal_is_skipped_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    """A `-wal` file makes the scan look at the file it belongs to; a FIFO by that name was
+    opened to read its header, which waits for a writer forever. It is skipped as a special file."""
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "db")
+    (data / "db-wal").write_bytes(b"not a wal")
+    (data / "a.txt").write_bytes(b"kept\n")
+    try:
+        result = cli(tmp_path / "repo", data, "commit", timeout=60)
+    finally:  # a reader stuck on the FIFO gets its writer and ends
+        try:
+            os.close(os.open(data / "db", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert result.returncode == 0, result.stderr
+    assert "db: special file not stored" in result.stderr
+    listed = cli(tmp_path / "repo", data, "ls", "latest").stdout.split()
+    assert listed == ["a.txt", "db-wal"]

@@ -137,3 +137,45 @@ def test_a_lock_records_its_pid_namespace(tmp_path: Path) -> None:
     with locks.locked(backend, "commit", exclusive=False, wait=0):
         (mine,) = locks.holders(backend)
         assert json.loads(backend.get(mine.key))["pidns"] == pid_namespace()
+
+
+CRAFTED_LOCKS = {
+    "pid-infinite": '{"host": "%(host)s", "pid": 1e400, "exclusive": true, "time": %(now)s}',
+    "pid-past-64-bits": '{"host": "%(host)s", "pid": 99999999999999999999, "exclusive": true, '
+    '"time": %(now)s}',
+    "time-past-a-float": '{"host": "%(host)s", "pid": 5, "exclusive": true, "time": 1'
+    + "0" * 400
+    + "}",
+    "pidns-infinite": '{"host": "%(host)s", "pid": 5, "exclusive": true, "pidns": 1e400, '
+    '"time": %(now)s}',
+    "pid-minus-one": '{"host": "%(host)s", "pid": -1, "exclusive": true, "time": %(now)s}',
+    "pid-zero": '{"host": "%(host)s", "pid": 0, "exclusive": true, "time": %(now)s}',
+    "start-a-string": '{"host": "%(host)s", "pid": 1, "start": "x", "exclusive": true, '
+    '"time": %(now)s}',
+}
+
+
+@pytest.mark.parametrize("body", CRAFTED_LOCKS.values(), ids=CRAFTED_LOCKS.keys())
+def test_a_lock_file_casnap_cannot_have_written_is_unreadable_and_unlock_removes_it(
+    tmp_path: Path, body: str
+) -> None:
+    """Numbers no lock holds (past 64 bits, a pid of 0 or -1, which signal a process group)
+    make the lock file unreadable: a locking command names it (exit 6) and `casnap unlock`
+    removes it, as it does a torn one."""
+    import socket
+    import time
+
+    from tests.helpers_reliability import casnap_env, run_casnap
+    from tests.test_hostile import one_line
+
+    repo_dir = tmp_path / "repo"
+    Repository.init(repo_dir)
+    (repo_dir / "locks").mkdir(exist_ok=True)
+    lock = repo_dir / "locks" / ("cd" * 16)
+    lock.write_text(body % {"host": socket.gethostname(), "now": time.time()})
+    env = ["--repo", str(repo_dir), "--data", str(tmp_path / "data")]
+    gc = run_casnap([*env, "gc"], env=casnap_env(CASNAP_LOCK_WAIT="0"))
+    one_line(gc, 6, "lock file .* cannot be read")
+    unlocked = run_casnap([*env, "unlock"])
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert not lock.exists()

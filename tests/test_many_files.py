@@ -263,3 +263,68 @@ def test_batch_hands_back_files_that_changed_and_reads_the_rest_right(tmp_path: 
         if entry is not None:
             assert n == entry.size == len(files[w.src.path])
             assert entry.hash == blake3(files[w.src.path]).hexdigest(), w.src.path
+
+
+def _unblock(fifo: Path) -> None:
+    """Open fifo for writing without waiting, so a reader stuck opening it returns."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def test_a_file_that_became_a_fifo_or_a_folder_since_the_scan_is_never_waited_on(
+    tmp_path: Path,
+) -> None:
+    """A file swapped for a FIFO after the scan is handed back by its batch and refused on its
+    own (SourceError, exit 7) at once: opening a FIFO to read waits for a writer forever. One
+    swapped for a folder or a symbolic link is refused the same way."""
+    import contextlib
+    import threading
+
+    from casnap import capture, smallingest
+    from casnap.errors import SourceError
+    from casnap.phases import Phases
+    from casnap.reading import Reader
+
+    data = tmp_path / "data"
+    make_files(data, 40, seed=4, folders=2)
+    repo = Repository.init(tmp_path / "repo")
+    sources = capture.scan(data)
+    fifo, folder, link = sources[3], sources[20], sources[30]
+    os.unlink(fifo.full)
+    os.mkfifo(fifo.full)
+    os.unlink(folder.full)
+    os.mkdir(folder.full)
+    os.unlink(link.full)
+    os.symlink(sources[0].full, link.full)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        reader = Reader(repo, Phases(), time.time_ns(), False)
+        with contextlib.ExitStack() as stack:
+            reader.stack = stack
+            small = reader._small_files()
+            done: list[smallingest.Stored] = []
+            for i, src in enumerate(sources):
+                done += small.add(smallingest.Waiting(i, src, None))
+            done += small.finish()
+            outcome["handed back"] = {w.src.path for w, entry, _n in done if entry is None}
+            for src in (fifo, folder, link):
+                try:
+                    reader.read_file(src, None)
+                except SourceError as exc:
+                    outcome[src.path] = str(exc)
+            reader.finish()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    stuck = worker.is_alive()
+    while worker.is_alive():  # let it end (and its repository's files close) before tmp goes
+        _unblock(Path(fifo.full))
+        worker.join(0.1)
+    assert not stuck, "a read of the FIFO waited for a writer"
+    assert outcome["handed back"] == {fifo.path, folder.path, link.path}
+    for src in (fifo, folder, link):
+        assert "was replaced while committing" in outcome[src.path], outcome

@@ -208,8 +208,7 @@ class CachingBackend(Wrapper):
         """The offset a kept copy starts at, from its file header alone (None: none kept); the
         copy itself is checked when it is used."""
         try:
-            with open(self._path(key, kind), "rb") as f:
-                head = f.read(_FILE_HEADER.size)
+            head = fsutil.read_cached(self._path(key, kind), _FILE_HEADER.size)
         except OSError:
             return None
         if len(head) != _FILE_HEADER.size:
@@ -227,8 +226,7 @@ class CachingBackend(Wrapper):
         checksum, or cannot be read, is removed with every other copy kept of key (a head and a
         tail are only used together when kept from the same object)."""
         try:
-            with open(self._path(key, kind), "rb") as f:
-                blob = f.read()
+            blob = fsutil.read_cached(self._path(key, kind))
         except FileNotFoundError:
             return None
         except OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,9 +94,14 @@ class LocalBackend(Backend):
         # pathlib plus a buffered file object cost more than the read itself
         path = os.path.join(self._root, check_key(key))
         check_range(offset, length)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:  # without waiting: a FIFO in an object's place would wait for a writer forever
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
             try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+                if not stat.S_ISREG(mode):
+                    raise IntegrityError(f"{key} is not a regular file (damaged)")
                 if not length:  # to the end, or nothing: a short read cannot show damage
                     size = os.fstat(fd).st_size
                     if offset > size:

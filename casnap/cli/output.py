@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 
 def human(n: float) -> str:
-    """Bytes as a short human-readable size (binary units)."""
+    """Bytes as a short human-readable size (binary units); 8 EiB and more (no file system
+    holds as much: only a crafted manifest's counter) as a bound, which no float overflows."""
+    if abs(n) >= 1 << 63:
+        return ">= 8 EiB" if n > 0 else "<= -8 EiB"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -11,6 +11,7 @@ or from what a layout module reads of a store; a Finding is one answer about one
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +19,17 @@ from casnap.constants import SNIFF_BYTES
 
 
 def sniff(path: str | os.PathLike[str]) -> bytes:
-    """The first SNIFF_BYTES of a file (all of a shorter one); b"" when it cannot be read.
+    """The first SNIFF_BYTES of a file (all of a shorter one); b"" when it cannot be read or
+    is no regular file (opened without waiting: a FIFO would wait for a writer forever).
     Through the descriptor calls alone: a scan of many files reads each one's head, and a
     buffered file object cost three times the reading."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return b""
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
         head = b""
         while len(head) < SNIFF_BYTES and (more := os.read(fd, SNIFF_BYTES - len(head))):
             head += more

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -446,12 +447,15 @@ def _on_file(
 ) -> str | None:
     """check(read, size) of a file on disk, read with a few small preads; None when it cannot
     be opened or read (whoever reads it next reports that)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:  # without waiting: a FIFO would wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        return check(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return check(lambda offset, n: os.pread(fd, n, offset), st.st_size)
     except OSError:
         return None
     finally:

@@ -1,0 +1,74 @@
+"""The user's cache dir is safe to damage: a record of what a checkout restored that does not
+parse as one costs a full read of the data dir, never an error (restored.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from casnap.committer import commit
+from casnap.repository import Repository
+from casnap.restorer import checkout
+from tests.helpers_reliability import run_casnap, small_app, small_config
+
+DAMAGED_RECORDS = {
+    "files-a-list": lambda source: {"source": source, "files": []},
+    "files-a-string": lambda source: {"source": source, "files": "x"},
+    "infinite-fingerprint": lambda source: {"source": source, "files": {"a": [[1e999], "ab"]}},
+    "record-a-list": lambda source: [source],
+    "fingerprint-a-dict": lambda source: {"source": source, "files": {"a": [{"x": 1}, "ab"]}},
+    "id-a-number": lambda source: {"source": source, "files": {"a": [[1, 2], 7]}},
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_RECORDS.values(), ids=DAMAGED_RECORDS.keys())
+def test_a_damaged_record_of_restored_files_costs_a_read_not_an_error(
+    tmp_path: Path, damage
+) -> None:
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo", small_config())
+    sid = commit(repo, data).id
+    checkout(repo, sid, data, safety_snapshot=False, smoke=False, force=True)
+    records = list(Path(os.environ["CASNAP_CACHE_DIR"]).glob("*/restored/*.json"))
+    assert len(records) == 1
+    source = json.loads(records[0].read_bytes())["source"]
+    records[0].write_text(json.dumps(damage(source)))
+    (data / "a.txt").write_bytes(b"changed after the checkout\n")
+
+    proc = run_casnap(["--repo", str(tmp_path / "repo"), "--data", str(data), "commit", "-q"])
+
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    new = Repository.open(tmp_path / "repo").resolve("latest")
+    restored = tmp_path / "out"
+    checkout(Repository.open(tmp_path / "repo"), new.hex(), restored, smoke=False)
+    assert (restored / "a.txt").read_bytes() == b"changed after the checkout\n"
+
+
+FULL_CACHE = """
+import json, os, sys
+from pathlib import Path
+mount = Path(sys.argv[1])
+os.environ["CASNAP_CACHE_DIR"] = str(mount)
+from casnap import restored
+(mount / "rid" / "restored").mkdir(parents=True)
+fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, bytes(1 << 16))
+except OSError:
+    pass
+files = {f"f{i}": ((1, 2, 3, 4), "ab" * 32) for i in range(2000)}
+restored.save("rid", restored.Restored("/some/data", files))
+print(json.dumps({"left": sorted(p.name for p in (mount / "rid" / "restored").iterdir())}))
+"""
+
+
+def test_a_record_that_does_not_fit_in_the_cache_leaves_no_temp_file(tmp_path: Path) -> None:
+    """A full disk under the cache dir costs the record, not a temp file left for good."""
+    from tests.test_hostile import in_small_tmpfs
+
+    assert in_small_tmpfs(tmp_path / "cache", FULL_CACHE, str(tmp_path / "cache")) == {"left": []}
