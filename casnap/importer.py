@@ -33,6 +33,7 @@ from casnap.config import EARLIEST_TIME, iso_time
 from casnap.errors import HostileManifest, InvalidArgument, SourceError, from_oserror
 from casnap.formats.sqlite import is_sqlite
 from casnap.fsutil import STAGE_PREFIX
+from casnap.locations import holds_repository
 from casnap.manifest import check_path
 from casnap.progress import ProgressFn
 from casnap.repository import Repository
@@ -212,7 +213,7 @@ def _classify(
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror})"
     if stat.S_ISDIR(st.st_mode):
-        if (repo is not None and repo.holds_path(full)) or _is_repository(full):
+        if (repo is not None and repo.holds_path(full)) or holds_repository(full):
             return None, "a casnap repository"
         newest = _newest_mtime(full)
         if newest is None:
@@ -245,15 +246,6 @@ def _classify(
     if is_sqlite(full):
         return ImportItem(name, "file", name, iso_time(_from_ns(st.st_mtime_ns)), "mtime"), ""
     return None, "no date in its name, and not a database"
-
-
-def _is_repository(folder: Path) -> bool:
-    """True for a folder holding a casnap repository (any: not only the one imported into)."""
-    try:
-        with open(folder / "config", "rb") as f:
-            return b'"casnap_format"' in f.read(64 << 10)
-    except OSError:
-        return False
 
 
 def import_copies(

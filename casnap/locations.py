@@ -10,12 +10,14 @@ scheme is refused.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from casnap.errors import InvalidArgument
+from casnap.errors import InvalidArgument, NotARepository
 
 if TYPE_CHECKING:
     from casnap.backends.base import Backend
@@ -26,6 +28,7 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
+CONFIG_HEAD = 64 << 10  # bytes of a config read to tell it is casnap's
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,47 @@ def is_placeholder_dir(path: Path) -> bool:
     if not path.exists():
         return True
     return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
+
+
+def is_config(head: bytes) -> bool:
+    """True when head, the first bytes of an object named config, is a casnap repository's
+    config: plain JSON naming its format, or sealed (an encrypted repository's)."""
+    from casnap.crypto import is_sealed
+
+    return is_sealed(head) or b'"casnap_format"' in head
+
+
+def holds_repository(folder: Path) -> bool:
+    """True when folder holds a casnap repository (its config), whichever one. The config is
+    opened without waiting and read only when a regular file (a FIFO named config never
+    stalls this)."""
+    try:
+        fd = os.open(folder / "config", os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and is_config(os.read(fd, CONFIG_HEAD))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def nested_message(where: Path | S3Url, outer: Path | S3Url) -> str:
+    """Why no repository is made at where, inside the repository at outer."""
+    return (
+        f"{where} lies inside the casnap repository {outer}; a repository is never made "
+        "inside another (the outer one would take its files for its own)"
+    )
+
+
+def not_nested(root: Path) -> None:
+    """NotARepository when a folder above root holds a casnap repository: a repository is
+    never made inside another, since the outer one lists every object below its folders as its
+    own (a config under snapshots/ stops its listings, an index under index/ its commits)."""
+    for folder in root.parents:
+        if holds_repository(folder):
+            raise NotARepository(nested_message(root, folder))
 
 
 def local_backend(root: Path) -> Backend:

@@ -32,7 +32,7 @@ from casnap.errors import (
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix, named_id
 from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
-from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend
+from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend, not_nested
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.opening import confirm, listing_stopped, read_config
 from casnap.phases import opening
@@ -114,6 +114,7 @@ class Repository:
             raise NotARepository(
                 f"{root} is not empty and not a casnap repository; not touching it"
             )
+        not_nested(root)
         try:
             root.mkdir(mode=fsutil.DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:

@@ -338,3 +338,23 @@ def test_chunks_looked_up_and_named_in_many_small_batches_copy_the_same(
     mapping = {s["source"]: s["destination"] for s in again["snapshots"]}
     pairs = [(mapping[sid], tree) for sid, tree in zip(ids, trees, strict=True)]
     check_restores(dst, data, tmp_path, pairs, **pw)
+
+
+@pytest.mark.parametrize("inner", ["snapshots/old", "index/old", "packs/old", "offsite"])
+def test_a_repository_inside_another_is_never_made(tmp_path, history, inner) -> None:
+    """A copy, an init or a first commit aimed at a folder inside a repository (`--to
+    backups/snapshots/old`) is refused before anything is written: the outer repository's
+    listings would take the inner one's files for its own (gc and every listing stopped on a
+    `snapshots/old/index/<id>` taken for a manifest)."""
+    data, src, ids, _trees = history
+    before = raw_tree(src)
+    nested = src / inner
+    for args in (["copy", "--to", str(nested)], ["init"], ["commit", "-q"]):
+        repo = src if args[0] == "copy" else nested
+        code, out, err = run(repo, data, *args)
+        assert code == 3, (args, out, err)
+        assert len(err.strip().splitlines()) == 1 and "inside the casnap repository" in err, err
+        assert raw_tree(src) == before
+    code, out, err = run(src, data, "gc")
+    assert code == 0, err
+    assert sorted(log_ids(src, data)) == sorted(ids)

@@ -250,3 +250,33 @@ def test_a_copy_into_a_repository_deleted_after_its_config_was_cached_makes_it_a
     code, out, err = run(dest, data, "log", "--json", password=PW)
     assert code == 0, err
     assert len(json.loads(out)) == 1
+
+
+def test_a_repository_inside_another_s3_repository_is_never_made(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """init, a first commit and a copy aimed at a prefix inside a repository's prefix
+    (`s3://b/app/snapshots/old`) are refused, nothing written: the outer repository would list
+    the inner one's objects as its own (its gc and every listing stopped)."""
+    data = tmp_path / "data"
+    make_app(data, rows=60, vectors=100)
+    outer = f"s3://{s3_bucket}/app"
+    assert run(outer, data, "init", "--encryption", "none")[0] == 0
+    assert run(outer, data, "commit", "-q")[0] == 0
+    before = bucket_objects(s3_bucket)
+    local = tmp_path / "local"
+    assert run(str(local), data, "commit", "-q")[0] == 0
+    for inner in (f"{outer}/snapshots/old", f"{outer}/packs/old"):
+        for repo, args in (
+            (inner, ["init", "--encryption", "none"]),
+            (inner, ["commit", "-q"]),
+            (str(local), ["copy", "--to", inner, "--to-encryption", "none"]),
+        ):
+            password = None if args[0] == "copy" else PW
+            code, out, err = run(repo, data, *args, password=password)
+            assert code == EXIT_CODES["repository"], (args, out, err)
+            assert len(err.strip().splitlines()) == 1, err
+            assert "inside the casnap repository" in err, err
+            assert bucket_objects(s3_bucket) == before
+    code, _, err = run(outer, data, "gc")
+    assert code == 0, err

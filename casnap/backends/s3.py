@@ -50,7 +50,7 @@ from casnap.errors import (
     RepositoryNotFound,
     TransientError,
 )
-from casnap.locations import S3Url
+from casnap.locations import CONFIG_HEAD, S3Url, is_config, nested_message
 
 try:  # botocore's client alone: boto3's session layer and transfer manager cost ~0.1 s to import
     import botocore.config
@@ -429,6 +429,20 @@ class S3Backend(Backend):
         if not isinstance(client, _Closed):
             client.close()
 
+    def enclosing_repository(self) -> S3Url | None:
+        """The repository whose prefix holds this one's (the nearest prefix above it holding a
+        casnap config), or None: a repository made there would have its objects listed as the
+        outer one's (see locations.not_nested)."""
+        parts = self.url.prefix.split("/") if self.url.prefix else []
+        for n in range(len(parts) - 1, -1, -1):
+            outer = S3Url(self.bucket, "/".join(parts[:n]))
+            name = f"{outer.prefix}/config" if outer.prefix else "config"
+            with self._mapped(f"reading {name}"):
+                size = self._head(name)
+                if size and is_config(self._get(name, name, 0, min(size, CONFIG_HEAD))):
+                    return outer
+        return None
+
     # -- the bucket ----------------------------------------------------------------------------
 
     def ensure_bucket(self) -> bool:
@@ -481,6 +495,9 @@ def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backen
             raise NotARepository(f"{url} {what if create else 'is not a casnap repository'}")
         if not create:
             raise RepositoryNotFound(f"no casnap repository at {url} (run `casnap init`)")
+        outer = backend.enclosing_repository()
+        if outer is not None:
+            raise NotARepository(nested_message(url, outer))
         return backend
     except BaseException:
         backend.close()
