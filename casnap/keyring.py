@@ -113,13 +113,17 @@ def remove_key(repo: Repository, ref: str) -> str:
 
 def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
     """Write the key file in use to dest (0600, atomically): still sealed by its password, so
-    the master key can be kept apart from the repository. An existing dest is kept unless
-    force."""
+    the master key can be kept apart from the repository (never inside it). An existing dest
+    is kept unless force."""
     u = _unlocked(repo)
     doc = json.loads(u.keyfile.encode())
     doc["id"] = u.keyfile.id
     doc["repository"] = repo.id
     body = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    if repo.holds_path(dest.parent):  # its config, or a file its listings take for an object
+        raise InvalidArgument(
+            f"{dest} lies inside the repository; keep the exported key apart from it"
+        )
     if dest.exists() and not force:
         raise InvalidArgument(f"{dest} exists; not overwriting it (give --force to replace it)")
     if dest.is_dir():

@@ -141,3 +141,20 @@ def test_key_add_and_passwd_on_a_plain_repository_say_so_before_asking(tmp_path:
         assert code == EXIT_CODES["usage"], err
         assert err.strip() == f"casnap: error: repository {repo} is not encrypted: it has no keys"
     assert not (repo / "keys").exists()
+
+
+@pytest.mark.parametrize("name", ["config", "index/key.json", "snapshots/key.json", "key.json"])
+def test_a_key_export_into_the_repository_is_refused(
+    enc_repo: tuple[Path, Path], name: str
+) -> None:
+    """`key export backups/config --force` replaced the repository's config with the export
+    (every command then refused it as tampered with); an export under index/ or snapshots/
+    was taken for one of the repository's objects. The export belongs apart from it."""
+    repo, data = enc_repo
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and "locks" not in p.parts}
+    code, _, err = run(repo, data, "key", "export", str(repo / name), "--force")
+    assert code == EXIT_CODES["usage"], err
+    assert len(err.strip().splitlines()) == 1 and "inside the repository" in err, err
+    after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and "locks" not in p.parts}
+    assert after == before
+    assert run(repo, data, "verify")[0] == 0
