@@ -170,9 +170,7 @@ def scan(
             for child in children:
                 visit(child.path, child.name if rel == "." else f"{rel}/{child.name}", child)
         elif stat.S_ISREG(st.st_mode):
-            try:
-                check_path(rel)
-            except HostileManifest:
+            if not storable(rel):
                 # a manifest holding it could not be read back: every later command would fail
                 if opts.skipped is not None:
                     opts.skipped.append(
@@ -197,6 +195,17 @@ def scan(
         visit(str(root), root.relative_to(data_dir).as_posix())
     found.sort(key=lambda s: s.path)
     return found
+
+
+def storable(rel: str) -> bool:
+    """True when a manifest can name the file at rel: no backslash, no leading drive letter,
+    not nested too deeply. No snapshot holds another one, nor can save it (a checkout leaves
+    it in place)."""
+    try:
+        check_path(rel)
+    except HostileManifest:
+        return False
+    return True
 
 
 def _ancestors(rel: str) -> list[str]:

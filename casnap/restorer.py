@@ -393,6 +393,8 @@ class _Checkout:
         for rel, st in tree.walk(skip=skip):
             if not stat.S_ISREG(st.st_mode) or rel in keep or not self.sel.covers(rel):
                 continue
+            if not capture.storable(rel):  # no snapshot could save it: left in place
+                continue
             parent, name = tree.parent_of(rel)
             if parent is None:
                 continue  # its folder was moved away meanwhile: nothing of ours to remove

@@ -13,6 +13,7 @@ import pytest
 
 from casnap.committer import commit
 from casnap.errors import DatabaseBusy, IntegrityError
+from casnap.manifestfields import MAX_PATH_DEPTH
 from casnap.repository import Repository
 from casnap.restorer import SAFETY_TAG, checkout
 from tests.conftest import evolve_app
@@ -64,6 +65,26 @@ def test_checkout_saves_unsaved_data_first(app: Path, tmp_path: Path) -> None:
     assert not (app / "notes.txt").exists()
     checkout(repo, SAFETY_TAG, app)  # the tag names the newest safety snapshot
     assert snapshot_tree(app) == unsaved
+
+
+def test_files_no_snapshot_can_hold_are_left_in_place(app: Path, tmp_path: Path) -> None:
+    """A file whose path a manifest refuses (a backslash, a drive letter, folders nested past
+    MAX_PATH_DEPTH) cannot be saved by the safety snapshot: a full checkout removed it all
+    the same, and it was lost. It is left where it is, as a folder or a link is."""
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, app).id
+    deep = app.joinpath(*["d"] * MAX_PATH_DEPTH)
+    deep.mkdir(parents=True)
+    odd = [app / "back\\slash.txt", app / "c:notes.txt", app / "faiss" / "x\\y", deep / "f"]
+    for n, path in enumerate(odd):
+        path.write_text(f"only copy {n}")
+    (app / "notes.txt").write_text("written after the last snapshot")
+    r = checkout(repo, first, app, smoke=False)
+    assert r.safety_snapshot is not None
+    for n, path in enumerate(odd):
+        assert path.read_text() == f"only copy {n}"
+    assert not (app / "notes.txt").exists()
+    assert "notes.txt" in {f.path for f in repo.load_snapshot(repo.resolve(SAFETY_TAG)).files}
 
 
 def test_no_safety_snapshot_when_everything_is_held(app: Path, tmp_path: Path) -> None:
