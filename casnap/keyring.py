@@ -16,6 +16,7 @@ from pathlib import Path
 
 from casnap import crypto, fsutil, keys
 from casnap.backends.base import Backend
+from casnap.backends.cached import opened_cache
 from casnap.backends.local import LocalBackend
 from casnap.config import now_iso
 from casnap.errors import (
@@ -85,7 +86,7 @@ def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
     new one is stored first, then the old one removed. (old id, new key file)."""
     u = _unlocked(repo)
     new = add_key(repo, password)
-    repo.raw_backend.delete(u.keyfile.key)
+    _delete_key(repo, u.keyfile.key)
     old = u.keyfile.id
     repo.unlocked = Unlocked(new, u.master)
     return old, new
@@ -107,8 +108,15 @@ def remove_key(repo: Repository, ref: str) -> str:
             f"key {key_id[:8]} is the one this password opens; `casnap key passwd` changes it, "
             "or remove it with another key's password"
         )
-    repo.raw_backend.delete(keys.KEYS + key_id)
+    _delete_key(repo, keys.KEYS + key_id)
     return key_id
+
+
+def _delete_key(repo: Repository, key: str) -> None:
+    """Delete a key file, and the copy an open on this host kept of it (opening.py): kept, it
+    went on opening the repository here with the password removed."""
+    repo.raw_backend.delete(key)
+    opened_cache(repo.raw_backend).drop(key)
 
 
 def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:

@@ -280,3 +280,28 @@ def test_a_repository_inside_another_s3_repository_is_never_made(
             assert bucket_objects(s3_bucket) == before
     code, _, err = run(outer, data, "gc")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("how", ["remove", "passwd"])
+def test_a_password_removed_on_this_host_stops_opening_it(
+    s3_bucket: str, tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key file an open used is kept in the local cache; `key remove` (and `key passwd`)
+    on this very host deleted it from the bucket but kept the copy, so the old password still
+    opened the repository here."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    repo = f"s3://{s3_bucket}/k"
+    assert run(repo, data, "commit", "-q", password=PW)[0] == 0
+    monkeypatch.setenv("CASNAP_NEW_PASSWORD", "second password")
+    if how == "remove":
+        assert run(repo, data, "key", "add", password=PW)[0] == 0
+        code, out, err = run(repo, data, "key", "list", "--json", password=PW)
+        old = next(k["id"] for k in json.loads(out) if k["current"])
+        code, _, err = run(repo, data, "key", "remove", old, password="second password")
+    else:
+        code, _, err = run(repo, data, "key", "passwd", password=PW)
+    assert code == 0, err
+    code, _, err = run(repo, data, "log", password=PW)
+    assert code == EXIT_CODES["password"], err
+    assert run(repo, data, "log", password="second password")[0] == 0
