@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from casnap.committer import commit
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
 from tests.helpers_gc import flip_byte
-from tests.helpers_reliability import casnap_env, run_casnap, small_app
+from tests.helpers_reliability import casnap_command, casnap_env, run_casnap, small_app
 from tests.test_hostile import one_line
 
 
@@ -27,6 +28,26 @@ def world(tmp_path: Path) -> tuple[list[str], Path]:
 def test_an_empty_data_dir_option_is_a_usage_error(world: tuple[list[str], Path]) -> None:
     base, _ = world
     one_line(run_casnap([base[0], base[1], "--data", "", "commit"]), 2, "--data is empty")
+
+
+def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]) -> None:
+    """`checkout X --to "$RESTORE_DIR"` with the variable unset restored into the working dir:
+    a full checkout, which removed every file there (saved first, but the working dir was
+    never meant)."""
+    base, tmp = world
+    cwd = tmp / "cwd"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("not data")
+    proc = subprocess.run(
+        casnap_command([*base, "checkout", "latest", "--to", "", "--no-smoke"], ""),
+        env=casnap_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+    one_line(proc, EXIT_CODES["usage"], "--to is empty")
+    assert [p.name for p in cwd.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from casnap.errors import (
     DatabaseBusy,
     EmptySnapshot,
     InconsistentData,
+    InvalidArgument,
     NotARepository,
     RepositoryGone,
     StorageFull,
@@ -233,7 +234,6 @@ def commit(
     "--to",
     "target",
     metavar="DIR",
-    type=click.Path(path_type=Path, readable=False),
     default=None,
     help="Restore into DIR instead of the data dir.",
 )
@@ -271,7 +271,7 @@ def checkout(
     c: Context,
     snapshot: str,
     paths: tuple[str, ...],
-    target: Path | None,
+    target: str | None,
     no_safety_snapshot: bool,
     force: bool,
     no_smoke: bool,
@@ -303,6 +303,8 @@ def checkout(
     from casnap import selection
     from casnap.paths import normalize_paths, snapshot_holds
 
+    if target == "":  # Path("") is the working dir: a full checkout would empty it
+        raise InvalidArgument("--to is empty; give the directory to restore into")
     with one_blas_thread():
         from casnap.restorer import checkout as checkout_snapshot
 
@@ -310,7 +312,7 @@ def checkout(
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     if paths:  # read against the data dir; each must name a file or folder of the snapshot
         paths = normalize_paths(paths, c.data, snapshot_holds(repo.snapshot(sid)))
-    dest = (target if target is not None else c.data).absolute()
+    dest = (Path(target) if target is not None else c.data).absolute()
     if all_paths and not as_json:
         source = repo.snapshot(sid).source
         for group_id, snap in selection.newest_of_groups(repo.snapshots(), source):
