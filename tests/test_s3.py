@@ -305,3 +305,25 @@ def test_a_password_removed_on_this_host_stops_opening_it(
     code, _, err = run(repo, data, "log", password=PW)
     assert code == EXIT_CODES["password"], err
     assert run(repo, data, "log", password="second password")[0] == 0
+
+
+def test_keys_no_object_can_have_are_passed_over(s3_bucket: str, tmp_path: Path) -> None:
+    """Keys with an empty, `.` or `..` component (S3 takes any key; another tool, or a hostile
+    one, wrote them) made verify and gc an internal error (exit 70) at `index/../x`, and a
+    `locks/..` locked the repository for good: unlock failed on it with exit 70 too. They are
+    no objects of the repository, as a folder marker is none."""
+    from casnap.backends.s3 import make_client
+
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    repo = f"s3://{s3_bucket}/odd"
+    assert run(repo, data, "init", "--encryption", "none")[0] == 0
+    assert run(repo, data, "commit", "-q")[0] == 0
+    client = make_client()
+    for key in ("index/../x", "locks/..", "packs/./y", "snapshots/a//b", "tmp/.."):
+        client.put_object(Bucket=s3_bucket, Key=f"odd/{key}", Body=b"planted")
+    client.close()
+    for args in (["log"], ["verify"], ["gc"], ["unlock"], ["prune", "--keep-last", "1"]):
+        code, out, err = run(repo, data, *args)
+        assert code == 0, (args, out, err)
+    assert run(repo, data, "checkout", "latest", "--to", str(tmp_path / "out"))[0] == 0

@@ -137,6 +137,13 @@ def make_client() -> Any:
     return session.create_client("s3", endpoint_url=url, region_name=region, config=config)
 
 
+def is_object_key(key: str) -> bool:
+    """True for a key a repository object can have (check_key passes it). S3 takes any key:
+    a folder marker another tool made (`packs/`) or a key with an empty, `.` or `..`
+    component (`index/../x`) is no object of the repository, and listings pass it over."""
+    return bool(key) and not any(part in ("", ".", "..") for part in key.split("/"))
+
+
 def _code(exc: Any) -> tuple[str, int]:
     """The error code and HTTP status of a botocore ClientError."""
     err = exc.response.get("Error", {})
@@ -325,9 +332,8 @@ class S3Backend(Backend):
             for page in pages:  # one page (<= 1000 keys) in memory at a time
                 for item in page.get("Contents", ()):
                     key = item["Key"][cut:]
-                    if key.endswith("/"):  # a folder marker another tool made
-                        continue
-                    yield key, int(item["Size"])
+                    if is_object_key(key):
+                        yield key, int(item["Size"])
 
     def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
         """One listing of the key range from the first folder to the end of the last, in place
@@ -362,7 +368,7 @@ class S3Backend(Backend):
                         key = item["Key"][cut:]
                         if key > last and not key.startswith(last):
                             return  # past the last folder: keys come in order
-                        if key.startswith(tuple(folders)) and not key.endswith("/"):
+                        if key.startswith(tuple(folders)) and is_object_key(key):
                             yield key, int(item["Size"])
             except botocore.exceptions.ClientError as exc:
                 code, status = _code(exc)
