@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from casnap import capture, fsutil
@@ -20,7 +21,7 @@ from casnap import restored as restored_files
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, from_oserror
 from casnap.formats.sqlite import is_sqlite_header
-from casnap.fsdir import Dir
+from casnap.fsdir import Dir, Tree
 from casnap.ids import Hasher
 from casnap.repository import Repository
 
@@ -36,6 +37,7 @@ class Present:
         self.bytes_read = 0
         self._known: dict[str, list[Known]] | None = None
         self._held: set[str] | None = None
+        self._seen: dict[str, tuple[int, ...] | None] = {}  # the stat each hash was taken under
 
     def held(self, digest: str) -> bool:
         """Whether some snapshot holds a file with this content."""
@@ -71,10 +73,22 @@ class Present:
     def hash_of(self, parent: Dir, name: str, rel: str) -> str:
         """The content hash of the file name in parent (at rel in the target): known by its
         fingerprint when one recorded for rel matches, else read and hashed."""
+        self._seen[rel] = fingerprint(parent, name, "sqlite")  # before: a later write shows
         for fp, digest, kind in self.known(rel):
             if fingerprint(parent, name, kind) == fp:
                 return digest
         return self._read_hash(parent, name)
+
+    def written_since(self, tree: Tree, rels: Iterable[str]) -> list[str]:
+        """Those of rels whose file is not as hash_of found it (written, or made where there
+        was none): a process wrote it meanwhile, so what it holds now may be held nowhere."""
+        out = []
+        for rel in rels:
+            parent, name = tree.parent_of(rel)
+            now = fingerprint(parent, name, "sqlite") if parent is not None else None
+            if now != self._seen.get(rel):
+                out.append(rel)
+        return out
 
     def _read_hash(self, parent: Dir, name: str) -> str:
         """Hash of a target file as a snapshot would record it (a database: its backup image)."""

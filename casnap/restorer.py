@@ -221,6 +221,8 @@ class _Checkout:
                 self._check_db(tree, rel)
         with Stage(stage_parent(self.target), also_clean=self.target) as stage:
             self._stage(stage, plan, wanted, unchanged, removals)
+            written = self.present.written_since(tree, [i.entry.path for i in plan] + removals)
+            unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
             if unsaved and self.opts.safety_snapshot:
                 # the commit path (chunkers, capture): only when there is something to save
                 from casnap.committer import CommitOptions, Committer

@@ -87,6 +87,30 @@ def test_files_no_snapshot_can_hold_are_left_in_place(app: Path, tmp_path: Path)
     assert "notes.txt" in {f.path for f in repo.load_snapshot(repo.resolve(SAFETY_TAG)).files}
 
 
+def test_data_written_while_a_checkout_runs_is_saved_first(app: Path, tmp_path: Path) -> None:
+    """Files a snapshot held when the checkout planned, written again while it staged (an app
+    still running): the swap replaced and removed them without saving the new content, since
+    the plan had found nothing to save. The smoke command writes them here, as such an app
+    would meanwhile."""
+    repo = Repository.init(tmp_path / "repo")
+    (app / "notes.txt").write_text("v1")
+    first = commit(repo, app).id
+    (app / "notes.txt").write_text("v2")
+    (app / "extra.txt").write_text("a file the first snapshot lacks")
+    commit(repo, app)
+    write = (
+        'printf "written during the checkout" > "$CASNAP_TARGET_DIR/notes.txt"; '
+        'printf "also written during it" > "$CASNAP_TARGET_DIR/extra.txt"'
+    )
+    r = checkout(repo, first, app, smoke=False, smoke_cmd=write)
+    assert (app / "notes.txt").read_text() == "v1" and not (app / "extra.txt").exists()
+    assert r.safety_snapshot is not None
+    out = tmp_path / "saved"
+    checkout(repo, r.safety_snapshot, out, smoke=False)
+    assert (out / "notes.txt").read_text() == "written during the checkout"
+    assert (out / "extra.txt").read_text() == "also written during it"
+
+
 def test_no_safety_snapshot_when_everything_is_held(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
     first = commit(repo, app).id
