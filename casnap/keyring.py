@@ -94,7 +94,8 @@ def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
 
 def remove_key(repo: Repository, ref: str) -> str:
     """Remove the key file whose id starts with ref; never the one in use (`key passwd`
-    changes that one), never the last one. The removed id."""
+    changes that one), never the last one stored (the one in use may be a copy this host
+    kept of a key removed elsewhere). The removed id."""
     u = _unlocked(repo)
     names = [key.removeprefix(keys.KEYS) for key, _ in repo.raw_backend.list(keys.KEYS)]
     found = [n for n in names if n.startswith(ref.lower())]
@@ -107,6 +108,13 @@ def remove_key(repo: Repository, ref: str) -> str:
         raise InvalidArgument(
             f"key {key_id[:8]} is the one this password opens; `casnap key passwd` changes it, "
             "or remove it with another key's password"
+        )
+    if not repo.raw_backend.exists(u.keyfile.key):  # opened with a copy this host kept
+        raise InvalidArgument(
+            f"key {u.keyfile.id[:8]}, the one this password opens, is no longer stored in "
+            f"{repo.backend.location} (removed elsewhere; this host kept a copy): removing "
+            f"key {key_id[:8]} could leave the repository without any; `casnap key passwd` "
+            "stores this password's key anew"
         )
     _delete_key(repo, keys.KEYS + key_id)
     return key_id

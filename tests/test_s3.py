@@ -327,3 +327,32 @@ def test_keys_no_object_can_have_are_passed_over(s3_bucket: str, tmp_path: Path)
         code, out, err = run(repo, data, *args)
         assert code == 0, (args, out, err)
     assert run(repo, data, "checkout", "latest", "--to", str(tmp_path / "out"))[0] == 0
+
+
+def test_key_remove_never_leaves_the_repository_without_a_key(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host 1 keeps the key file of password A (opening.py); host 2 removes it with password
+    B; host 1, still opening with its kept copy of A, removed B: the last key file stored, so
+    no host that had not kept one could open the repository any more."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    repo = f"s3://{s3_bucket}/keys"
+    host1, host2 = str(tmp_path / "cache1"), str(tmp_path / "cache2")
+    monkeypatch.setenv("CASNAP_CACHE_DIR", host1)
+    assert run(repo, data, "commit", "-q", password="A")[0] == 0
+    monkeypatch.setenv("CASNAP_NEW_PASSWORD", "B")
+    assert run(repo, data, "key", "add", password="A")[0] == 0
+    ids = {}
+    for pw in ("A", "B"):
+        out = run(repo, data, "key", "list", "--json", password=pw)[1]
+        ids[pw] = next(k["id"] for k in json.loads(out) if k["current"])
+    monkeypatch.setenv("CASNAP_CACHE_DIR", host2)
+    assert run(repo, data, "key", "remove", ids["A"], password="B")[0] == 0
+    monkeypatch.setenv("CASNAP_CACHE_DIR", host1)
+    assert run(repo, data, "log", password="A")[0] == 0  # the kept copy still opens it here
+    code, _, err = run(repo, data, "key", "remove", ids["B"], password="A")
+    assert code == EXIT_CODES["usage"], err
+    assert "no longer" in err and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setenv("CASNAP_CACHE_DIR", str(tmp_path / "cache3"))  # a host keeping nothing
+    assert run(repo, data, "log", password="B")[0] == 0
