@@ -199,7 +199,7 @@ def prune(
     if select is not None and not r.groups:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing pruned")
     gc_report = None
-    if dry_run:
+    if dry_run and not no_gc:  # what the real run's gc then frees (--no-gc: none)
         gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
         gc_report = collector.collect(
             repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
