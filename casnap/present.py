@@ -73,7 +73,7 @@ class Present:
     def hash_of(self, parent: Dir, name: str, rel: str) -> str:
         """The content hash of the file name in parent (at rel in the target): known by its
         fingerprint when one recorded for rel matches, else read and hashed."""
-        self._seen[rel] = fingerprint(parent, name, "sqlite")  # before: a later write shows
+        self._seen[rel] = _stamp(parent, name)  # before the read: a later write shows
         for fp, digest, kind in self.known(rel):
             if fingerprint(parent, name, kind) == fp:
                 return digest
@@ -85,7 +85,7 @@ class Present:
         out = []
         for rel in rels:
             parent, name = tree.parent_of(rel)
-            now = fingerprint(parent, name, "sqlite") if parent is not None else None
+            now = _stamp(parent, name) if parent is not None else None
             if now != self._seen.get(rel):
                 out.append(rel)
         return out
@@ -121,6 +121,13 @@ def fingerprint(parent: Dir, name: str, kind: str) -> tuple[int, ...] | None:
         w = parent.lstat(name + "-wal")
         fp += (w.st_size, w.st_mtime_ns, w.st_ctime_ns, w.st_ino) if w is not None else (0,) * 4
     return fp
+
+
+def _stamp(parent: Dir, name: str) -> tuple[int, ...] | None:
+    """Size, mtime and inode of the file and of its -wal: what a write changes. Not the ctimes:
+    SQLite run as root chowns a -wal it opens, as reading a database's image here does."""
+    fp = fingerprint(parent, name, "sqlite")
+    return None if fp is None else fp[:2] + fp[3:6] + fp[7:]
 
 
 def is_sqlite(parent: Dir, name: str) -> bool:

@@ -111,6 +111,28 @@ def test_data_written_while_a_checkout_runs_is_saved_first(app: Path, tmp_path: 
     assert (out / "extra.txt").read_text() == "also written during it"
 
 
+def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path) -> None:
+    """A database whose -wal an app left (killed) is read by the plan through SQLite, which
+    (as root) chowns the -wal, changing its ctime only: that is no write, and with everything
+    held no safety snapshot is made."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "w.db")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    app = "import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+    app += "db.execute('INSERT INTO t VALUES (2)'); db.commit(); os._exit(0)"
+    subprocess.run([sys.executable, "-c", app, str(data / "w.db")], check=True)
+    assert (data / "w.db-wal").exists()
+    commit(repo, data)
+    r = checkout(repo, first, data, smoke=False)
+    assert r.safety_snapshot is None and r.files_written == 1
+
+
 def test_no_safety_snapshot_when_everything_is_held(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
     first = commit(repo, app).id
