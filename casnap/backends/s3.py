@@ -438,12 +438,13 @@ class S3Backend(Backend):
     def enclosing_repository(self) -> S3Url | None:
         """The repository whose prefix holds this one's (the nearest prefix above it holding a
         casnap config), or None: a repository made there would have its objects listed as the
-        outer one's (see locations.not_nested)."""
+        outer one's (see locations.not_nested). A prefix this user may not read (credentials
+        granted one prefix only) is passed over."""
         parts = self.url.prefix.split("/") if self.url.prefix else []
         for n in range(len(parts) - 1, -1, -1):
             outer = S3Url(self.bucket, "/".join(parts[:n]))
             name = f"{outer.prefix}/config" if outer.prefix else "config"
-            with self._mapped(f"reading {name}"):
+            with contextlib.suppress(AccessDenied), self._mapped(f"reading {name}"):
                 size = self._head(name)
                 if size and is_config(self._get(name, name, 0, min(size, CONFIG_HEAD))):
                     return outer
