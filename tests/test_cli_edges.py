@@ -37,6 +37,22 @@ def test_nan_is_not_a_percentage(world: tuple[list[str], Path], args: list[str])
     one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "not a finite number")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["gc", "--dry-run", "--max-unused", "10%", "--json"],
+        ["verify", "--read-data-subset", "50%", "--json"],
+    ],
+)
+def test_a_percentage_may_carry_its_sign(world: tuple[list[str], Path], args: list[str]) -> None:
+    """restic takes `--read-data-subset 10%` and `--max-unused 5%`; so does casnap."""
+    base, _ = world
+    proc = run_casnap([*base, *args])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out.get("max_unused", 10.0) == 10.0 and out.get("read_data", True)
+
+
 @pytest.mark.parametrize("value", ["abc", "inf", "nan"])
 def test_a_wait_that_is_not_a_number_is_a_usage_error(
     world: tuple[list[str], Path], value: str

@@ -13,7 +13,7 @@ from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
-    Number,
+    Percent,
     filter_options,
     resolve_ref,
     snapshot_filter,
@@ -71,7 +71,7 @@ def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None)
 
 max_unused_option = click.option(
     "--max-unused",
-    type=Number(0, 100),
+    type=Percent(),
     default=DEFAULT_MAX_UNUSED,
     show_default=True,
     metavar="PCT",
@@ -292,7 +292,7 @@ def forget(
 @click.option("--read-data", is_flag=True, help="Read every pack and re-hash every chunk.")
 @click.option(
     "--read-data-subset",
-    type=Number(0, 100, min_open=True),
+    type=Percent(min_open=True),
     default=None,
     metavar="PCT",
     help="Read a random PCT% of the packs.",
