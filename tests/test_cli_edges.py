@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,26 @@ def test_a_percentage_may_carry_its_sign(world: tuple[list[str], Path], args: li
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out.get("max_unused", 10.0) == 10.0 and out.get("read_data", True)
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["restore", "latest"], "casnap checkout"),
+        (["backup"], "casnap commit"),
+        (["snapshots"], "casnap log"),
+        (["dump", "latest", "app.db"], "casnap cat"),
+        (["compact"], "casnap gc"),
+        (["forget", "--keep-last", "3"], "casnap prune --keep-last"),
+    ],
+)
+def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
+    world: tuple[list[str], Path], args: list[str], hint: str
+) -> None:
+    """What restic and borg call these is a usage error that names casnap's command."""
+    base, tmp = world
+    one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], re.escape(hint))
+    assert len(list((tmp / "repo" / "snapshots").iterdir())) == 1
 
 
 @pytest.mark.parametrize("value", ["abc", "inf", "nan"])

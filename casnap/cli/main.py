@@ -72,7 +72,10 @@ class CasnapGroup(click.Group):
             code = exc.exit_code
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "casnap"
-            say_error(f"{exc.format_message()} (see '{where} --help')")
+            message = exc.format_message()
+            if hint := _habit(exc):
+                message = f"{message.rstrip('.')}{hint}."
+            say_error(f"{message} (see '{where} --help')")
             code = exc.exit_code
         except click.ClickException as exc:
             say_error(exc.format_message())
@@ -98,6 +101,29 @@ class CasnapGroup(click.Group):
             )
             code = INTERNAL_ERROR
         sys.exit(code)
+
+
+# What restic and borg call a command casnap has under another name.
+OTHER_NAMES = {
+    "backup": "commit",
+    "create": "commit",
+    "restore": "checkout",
+    "extract": "checkout",
+    "snapshots": "log",
+    "list": "log",
+    "dump": "cat",
+    "delete": "forget",
+    "compact": "gc",
+    "info": "stats",
+    "rebuild-index": "repair-index",
+}
+
+
+def _habit(exc: click.UsageError) -> str:
+    """A pointer to prune when a retention rule is given to another command (restic's forget)."""
+    if isinstance(exc, click.NoSuchOption) and exc.option_name.startswith("--keep-"):
+        return f": retention rules go with `casnap prune {exc.option_name} N`"
+    return ""
 
 
 class Context:
@@ -260,6 +286,17 @@ class CommandGroup(CasnapGroup):
                 )
             )
         super().add_command(cmd, name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """A command restic or borg has under another name is a usage error naming casnap's."""
+        if args and args[0] in OTHER_NAMES and args[0] not in self.commands:
+            name = args[0]
+            raise click.UsageError(
+                f"No such command '{name}': casnap's is `casnap {OTHER_NAMES[name]}`.", ctx
+            )
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
