@@ -109,7 +109,7 @@ def _same_place(a: Location, b: Location) -> bool:
     "--to-encryption",
     type=click.Choice(ENCRYPTIONS),
     default=None,
-    help="Encryption of a destination this copy creates (default: repokey when the "
+    help="Encryption of a destination this copy creates (default: repokey on S3 or when the "
     "destination has a password source set, else none); an existing one keeps its own.",
 )
 @filter_options()
