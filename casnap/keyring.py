@@ -29,6 +29,7 @@ from casnap.errors import (
 )
 from casnap.keys import KeyFile, PasswordSource, Unlocked
 from casnap.locations import S3Url
+from casnap.opening import forget_key_file
 from casnap.repository import Repository
 
 
@@ -85,7 +86,7 @@ def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
     new one is stored first, then the old one removed. (old id, new key file)."""
     u = _unlocked(repo)
     new = add_key(repo, password)
-    repo.raw_backend.delete(u.keyfile.key)
+    forget_key_file(repo.raw_backend, u.keyfile.key)
     old = u.keyfile.id
     repo.unlocked = Unlocked(new, u.master)
     return old, new
@@ -107,7 +108,7 @@ def remove_key(repo: Repository, ref: str) -> str:
             f"key {key_id[:8]} is the one this password opens; `casnap key passwd` changes it, "
             "or remove it with another key's password"
         )
-    repo.raw_backend.delete(keys.KEYS + key_id)
+    forget_key_file(repo.raw_backend, keys.KEYS + key_id)
     return key_id
 
 

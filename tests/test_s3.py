@@ -250,3 +250,35 @@ def test_a_copy_into_a_repository_deleted_after_its_config_was_cached_makes_it_a
     code, out, err = run(dest, data, "log", "--json", password=PW)
     assert code == 0, err
     assert len(json.loads(out)) == 1
+
+
+def test_a_changed_or_removed_password_stops_working_on_the_host_that_changed_it(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """The key file an open used is kept in the cache so the next open needs no request; `key
+    passwd` and `key remove` must not leave the old key there to open the repository still."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=30)
+    repo = f"s3://{s3_bucket}/keys"
+    assert run(repo, data, "commit", "-q", password=PW)[0] == 0
+    new_pw = tmp_path / "new"
+    new_pw.write_text("a new password")
+    code, _, err = run(repo, data, "key", "passwd", "--new-password-file", str(new_pw), password=PW)
+    assert code == 0, err
+    code, _, err = run(repo, data, "log", password=PW)
+    assert code == EXIT_CODES["password"], err
+    assert run(repo, data, "log", password="a new password")[0] == 0
+
+    second = tmp_path / "second"
+    second.write_text("a colleague's password")
+    code, out, err = run(
+        repo, data, "key", "add", "--new-password-file", str(second), "--json",
+        password="a new password",
+    )  # fmt: skip
+    assert code == 0, err
+    assert run(repo, data, "log", password="a colleague's password")[0] == 0  # cached now
+    added = json.loads(out)["added"]
+    code, _, err = run(repo, data, "key", "remove", added, password="a new password")
+    assert code == 0, err
+    code, _, err = run(repo, data, "log", password="a colleague's password")
+    assert code == EXIT_CODES["password"], err
