@@ -120,6 +120,18 @@ def latest(pool: Snaps, flt: SnapshotFilter) -> ObjectId | None:
     return kept[-1] if kept else None
 
 
+def outside(rel: str, snaps: Sequence[Snapshot]) -> str:
+    """What to add when rel is not in snaps: when it lies outside the paths they were committed
+    with, how --path names the newest snapshot that holds it; else nothing."""
+    if any(capture.in_scope(rel, snap.paths) for snap in snaps):
+        return ""
+    paths = " ".join(sorted({p for snap in snaps for p in snap.paths}))
+    return (
+        f", committed with {paths} only: `--path {rel}` names the newest snapshot committed "
+        "with it (`--path .`: with the whole data dir)"
+    )
+
+
 def carrying(snaps: Snaps, tag: str, flt: SnapshotFilter | None = None) -> int:
     """How many snapshots (matching flt) carry tag."""
     flt = flt or SnapshotFilter()
