@@ -14,7 +14,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +233,7 @@ class _Checkout:
                     allow_empty=True,
                 )
                 try:
-                    with self.phases.timed("save"):
+                    with self.phases.timed("save"), self._commit_lock():
                         saved = Committer(self.repo, safety).run(self.target, ())
                 except (AccessDenied, StorageFull) as exc:
                     exc.add_note("safety-snapshot")  # the CLI names the option that skips it
@@ -288,6 +288,17 @@ class _Checkout:
         if p is not None and (rel == p or rel.startswith(p + "/")):
             return True
         return st is not None and (st.st_dev, st.st_ino) in self.repo_ids
+
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        """The lock the pre-checkout commit writes under: the checkout's own, or, when it reads
+        without one (--no-lock), a commit's, taken now (and what a gc changed meanwhile read)."""
+        if not self.repo.no_lock:
+            yield
+            return
+        with self.repo.lock("commit"):
+            self.repo.refresh(only_if_changed=True)
+            yield
 
     def _wanted(self) -> list[_Item]:
         """The entries to restore (all, or those under the given paths), repository excluded."""
