@@ -74,6 +74,18 @@ def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
     assert len(list((tmp / "repo" / "snapshots").iterdir())) == 1
 
 
+@pytest.mark.parametrize("option", ["--repo", "--data", "--password-file", "--no-lock"])
+def test_a_global_option_after_the_command_says_where_it_goes(
+    world: tuple[list[str], Path], option: str
+) -> None:
+    """restic takes its global flags anywhere; casnap's go before the command, and says so
+    (click alone suggested `--help` for `--repo`)."""
+    base, _ = world
+    args = ["log", option] if option == "--no-lock" else ["log", option, "x"]
+    line = one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "before the command")
+    assert f"casnap {option}" in line and "Did you mean" not in line
+
+
 @pytest.mark.parametrize("value", ["abc", "inf", "nan"])
 def test_a_wait_that_is_not_a_number_is_a_usage_error(
     world: tuple[list[str], Path], value: str

@@ -72,10 +72,7 @@ class CasnapGroup(click.Group):
             code = exc.exit_code
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "casnap"
-            message = exc.format_message()
-            if hint := _habit(exc):
-                message = f"{message.rstrip('.')}{hint}."
-            say_error(f"{message} (see '{where} --help')")
+            say_error(f"{_usage_message(exc)} (see '{where} --help')")
             code = exc.exit_code
         except click.ClickException as exc:
             say_error(exc.format_message())
@@ -119,11 +116,21 @@ OTHER_NAMES = {
 }
 
 
-def _habit(exc: click.UsageError) -> str:
-    """A pointer to prune when a retention rule is given to another command (restic's forget)."""
-    if isinstance(exc, click.NoSuchOption) and exc.option_name.startswith("--keep-"):
-        return f": retention rules go with `casnap prune {exc.option_name} N`"
-    return ""
+def _usage_message(exc: click.UsageError) -> str:
+    """Click's message, or where the option goes when it is a restic habit: a global option
+    after the command, a retention rule given to forget."""
+    message = exc.format_message()
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
+        return message
+    name = exc.option_name
+    if name.startswith("--keep-"):
+        return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
+    root = exc.ctx.find_root()
+    if exc.ctx is not root and any(name in p.opts for p in root.command.params):
+        command = exc.ctx.command_path.partition(" ")[2]
+        usage = f"casnap {name} ... {command}"
+        return f"{name} is a global option: give it before the command (`{usage}`)"
+    return message
 
 
 class Context:
