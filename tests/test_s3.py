@@ -131,6 +131,7 @@ def test_commit_creates_an_encrypted_s3_repository(s3_bucket: str, tmp_path: Pat
     code, _, err = run(repo, data, "commit")
     assert code == EXIT_CODES["password"], err
     assert err.count("\n") == 1 and "password" in err
+    assert "a new encrypted repository" in err  # there is none yet, to be "encrypted"
     code, out, err = run(repo, data, "commit", "-m", "first", password=PW)
     assert code == 0, err
     assert "created encrypted repository (repokey) at " + repo in err
