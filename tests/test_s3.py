@@ -283,3 +283,16 @@ def test_a_changed_or_removed_password_stops_working_on_the_host_that_changed_it
     assert code == 0, err
     code, _, err = run(repo, data, "log", password="a colleague's password")
     assert code == EXIT_CODES["password"], err
+
+
+def test_an_import_into_a_new_s3_prefix_without_a_password_names_the_new_repository(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    copies = tmp_path / "copies"
+    make_app(copies / "data_20250101", rows=40, vectors=30)
+    code, _, err = run(f"s3://{s3_bucket}/imported", data, "import", str(copies))
+    assert code == EXIT_CODES["password"], err
+    assert "a new encrypted repository" in err
+    code, _, err = run(f"s3://{s3_bucket}/imported", data, "log")
+    assert code == EXIT_CODES["repository"], err  # nothing was made
