@@ -108,7 +108,10 @@ def exclude_patterns(given: Iterable[str], data_dir: Path) -> tuple[str, ...]:
             continue
         n = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
         literal = "/".join(parts[:n]) or "/"
-        rel = _one(literal, data_dir, lambda r: os.path.lexists(data_dir / r))
+        try:
+            rel = _one(literal, data_dir, lambda r: os.path.lexists(data_dir / r))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"--exclude {pattern}: {exc}") from exc
         if rel == ALL and n == len(parts):
             raise InvalidArgument(f"--exclude {pattern} would leave out the whole data dir")
         out.append("/".join(([] if rel == ALL else [rel]) + parts[n:]))
