@@ -295,6 +295,10 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
                     kind = "faiss"
                     pa = a.shortfall(fa) if ha is not None and fa is not None else None
                     pb = b.shortfall(fb) if hb is not None and fb is not None else None
+                    if ha is None and fa is not None:  # the other side is an index
+                        pa = NO_HEADER
+                    if hb is None and fb is not None:
+                        pb = NO_HEADER
                     index = _index_diff(ha, hb, fa is None, fb is None, pa, pb)
         elif faiss_header(b.head(fb) if fb is not None else b"") is not None:
             kind = "faiss"
@@ -330,6 +334,9 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
         "bytes_dropped": sum(dropped.values()),
     }
     return files, summary
+
+
+NO_HEADER = "not a FAISS index: no FAISS header"
 
 
 def _index_diff(

@@ -39,7 +39,7 @@ from casnap.packs import (
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
-from casnap.selection import SnapshotFilter, resolve
+from casnap.selection import SnapshotFilter, latest, resolve
 from casnap.store import ChunkDamaged
 
 
@@ -274,8 +274,9 @@ class _Checker:
             hits = [kv for kv in snaps if is_hex_prefix(low) and kv[0].hex().startswith(low)]
             if not hits:
                 hits = [kv for kv in snaps if ref in kv[1].tags][-1:]
-            if ref == "latest" and snaps:
-                hits = snaps[-1:]
+            if ref == "latest":
+                newest = latest(snaps, self.select)
+                hits = [kv for kv in snaps if kv[0] == newest]
             if len(hits) != 1:
                 raise SnapshotNotFound(f"no single readable snapshot matches {ref!r}")
             chosen[hits[0][0]] = hits[0][1]

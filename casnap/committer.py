@@ -47,7 +47,7 @@ from casnap.errors import (
 )
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
-from casnap.paths import commit_paths
+from casnap.paths import commit_paths, exclude_patterns
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.reading import Reader, load_data_path
@@ -230,6 +230,7 @@ class Committer:
         prune = self.repo.nested_in(data_dir)
         self.repo.clean_scratch()
         rel_paths = commit_paths(paths, data_dir)
+        excludes = exclude_patterns(excludes, data_dir)
         for rel in rel_paths:
             if self.repo.holds_path(data_dir / rel):
                 raise InvalidArgument(

@@ -10,6 +10,7 @@ from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import ALL
 from casnap.repository import Repository
+from casnap.selection import outside
 from casnap.staging import stream_entry
 
 
@@ -20,7 +21,7 @@ def files_under(snap: Snapshot, rel: str = ALL, name: str = "the snapshot") -> l
         return sorted(snap.files, key=lambda e: e.path)
     found = [e for e in snap.files if e.path == rel or e.path.startswith(rel + "/")]
     if not found:
-        raise SnapshotNotFound(f"{rel} is not in {name}")
+        raise SnapshotNotFound(f"{rel} is not in {name}{outside(rel, [snap])}")
     return sorted(found, key=lambda e: e.path)
 
 

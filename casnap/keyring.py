@@ -16,7 +16,6 @@ from pathlib import Path
 
 from casnap import crypto, fsutil, keys
 from casnap.backends.base import Backend
-from casnap.backends.cached import opened_cache
 from casnap.backends.local import LocalBackend
 from casnap.config import now_iso
 from casnap.errors import (
@@ -30,6 +29,7 @@ from casnap.errors import (
 )
 from casnap.keys import KeyFile, PasswordSource, Unlocked
 from casnap.locations import S3Url
+from casnap.opening import forget_key_file
 from casnap.repository import Repository
 
 
@@ -86,7 +86,7 @@ def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
     new one is stored first, then the old one removed. (old id, new key file)."""
     u = _unlocked(repo)
     new = add_key(repo, password)
-    _delete_key(repo, u.keyfile.key)
+    forget_key_file(repo.raw_backend, u.keyfile.key)
     old = u.keyfile.id
     repo.unlocked = Unlocked(new, u.master)
     return old, new
@@ -116,15 +116,8 @@ def remove_key(repo: Repository, ref: str) -> str:
             f"key {key_id[:8]} could leave the repository without any; `casnap key passwd` "
             "stores this password's key anew"
         )
-    _delete_key(repo, keys.KEYS + key_id)
+    forget_key_file(repo.raw_backend, keys.KEYS + key_id)
     return key_id
-
-
-def _delete_key(repo: Repository, key: str) -> None:
-    """Delete a key file, and the copy an open on this host kept of it (opening.py): kept, it
-    went on opening the repository here with the password removed."""
-    repo.raw_backend.delete(key)
-    opened_cache(repo.raw_backend).drop(key)
 
 
 def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:

@@ -17,7 +17,7 @@ import sys
 
 from casnap import keys
 from casnap.backends.base import Backend, Wrapper
-from casnap.backends.cached import CachingBackend
+from casnap.backends.cached import CachingBackend, opened_cache
 from casnap.crypto import MasterKey
 from casnap.errors import (
     IntegrityError,
@@ -92,6 +92,13 @@ def listing_stopped(
         f"a forgotten one; remove {location} to go on without that snapshot: `casnap verify` "
         "lists the files it held)"
     )
+
+
+def forget_key_file(backend: Backend, key: str) -> None:
+    """Remove the key file key from backend and from the copies kept for the next open at its
+    location, so a password whose key was removed or replaced opens nothing here any more."""
+    backend.delete(key)
+    opened_cache(backend).drop(key)
 
 
 def remember_deletes(backend: Backend, kept: CachingBackend) -> None:

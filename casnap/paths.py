@@ -92,6 +92,32 @@ def normalize_paths(
     return tuple(sorted(p for p in out if not any(p.startswith(q + "/") for q in out)))
 
 
+def exclude_patterns(given: Iterable[str], data_dir: Path) -> tuple[str, ...]:
+    """--exclude globs with their leading components that hold no wildcard read as every path
+    is (`./faiss`, `data/faiss` beside the data dir, `/srv/app/data/faiss/*.tmp`), so they match
+    data-dir paths; a glob without `/` (`*.tmp`, `cache`) matches a name at any depth, as given.
+    InvalidArgument for one outside the data dir or naming all of it."""
+    out = []
+    for pattern in given:
+        if not pattern:
+            raise InvalidArgument("--exclude needs a pattern")
+        parts = (pattern.rstrip("/") or "/").split("/")
+        name = len(parts) == 1 and parts[0] not in (".", "..")
+        if name or any(c in parts[0] for c in "*?["):
+            out.append(pattern)  # a name, or a glob from its first component: as given
+            continue
+        n = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
+        literal = "/".join(parts[:n]) or "/"
+        try:
+            rel = _one(literal, data_dir, lambda r: os.path.lexists(data_dir / r))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"--exclude {pattern}: {exc}") from exc
+        if rel == ALL and n == len(parts):
+            raise InvalidArgument(f"--exclude {pattern} would leave out the whole data dir")
+        out.append("/".join(([] if rel == ALL else [rel]) + parts[n:]))
+    return tuple(out)
+
+
 def commit_paths(given: Sequence[str], data_dir: Path) -> tuple[str, ...]:
     """normalize_paths for commit: each path must exist in the data dir (SourceError if not)."""
     rels = normalize_paths(given, data_dir)

@@ -293,9 +293,10 @@ class Repository:
 
     def lock(self, operation: str, dry_run: bool = False) -> contextlib.AbstractContextManager:
         """Take the repository lock an operation needs (locks.MODES) for a block; a dry run of
-        an operation that deletes only reads, so it takes the shared lock."""
+        an operation that deletes only reads, so it takes the shared lock. With no_lock, an
+        operation that only reads takes none (a checkout's pre-checkout commit still does)."""
         exclusive = locks.exclusive(operation) and not dry_run
-        if self.no_lock and not exclusive:
+        if self.no_lock and operation in locks.READ_ONLY_OPERATIONS:
             return contextlib.nullcontext()
         return locks.locked(
             self.backend,

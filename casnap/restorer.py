@@ -14,7 +14,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,7 @@ class _Checkout:
                     allow_empty=True,
                 )
                 try:
-                    with self.phases.timed("save"):
+                    with self.phases.timed("save"), self._commit_lock():
                         saved = Committer(self.repo, safety).run(self.target, ())
                 except (AccessDenied, StorageFull) as exc:
                     exc.add_note("safety-snapshot")  # the CLI names the option that skips it
@@ -291,6 +291,17 @@ class _Checkout:
             return True
         return st is not None and (st.st_dev, st.st_ino) in self.repo_ids
 
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        """The lock the pre-checkout commit writes under: the checkout's own, or, when it reads
+        without one (--no-lock), a commit's, taken now (and what a gc changed meanwhile read)."""
+        if not self.repo.no_lock:
+            yield
+            return
+        with self.repo.lock("commit"):
+            self.repo.refresh(only_if_changed=True)
+            yield
+
     def _wanted(self) -> list[_Item]:
         """The entries to restore (all, or those under the given paths), repository excluded."""
         entries = self.sel.entries
@@ -304,7 +315,8 @@ class _Checkout:
                 if not holds(rel):
                     ids = [sid.short for sid, _ in self.sel.sources]
                     what = f"snapshot{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
-                    raise SnapshotNotFound(f"{rel} is not in {what}")
+                    hint = selection.outside(rel, [snap for _, snap in self.sel.sources])
+                    raise SnapshotNotFound(f"{rel} is not in {what}{hint}")
             entries = {k: v for k, v in entries.items() if capture.in_scope(k, wanted)}
         items = []
         for path in sorted(entries):

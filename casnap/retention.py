@@ -225,22 +225,24 @@ def apply_policy(
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """Snapshots are pruned per data dir and committed paths (() = the whole dir)."""
+    """Snapshots are pruned per host, data dir and committed paths (() = the whole dir), as
+    restic groups by host and paths: hosts sharing a repository keep their own snapshots."""
 
+    host: str
     source: str
     paths: tuple[str, ...]
 
     def describe(self) -> str:
-        return f"{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
+        return f"{self.host}:{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
 
 
 def group_snapshots(
     snaps: Iterable[tuple[ObjectId, Snapshot]],
 ) -> dict[GroupKey, list[tuple[ObjectId, Snapshot]]]:
-    """Snapshots by (source dir, paths), each group oldest first, groups sorted."""
+    """Snapshots by (host, source dir, paths), each group oldest first, groups sorted."""
     groups: dict[GroupKey, list[tuple[ObjectId, Snapshot]]] = {}
     for sid, snap in snaps:
-        groups.setdefault(GroupKey(snap.source, snap.paths), []).append((sid, snap))
+        groups.setdefault(GroupKey(snap.host, snap.source, snap.paths), []).append((sid, snap))
     return dict(sorted(groups.items()))
 
 
@@ -264,6 +266,7 @@ class GroupResult:
             }
 
         return {
+            "host": self.key.host,
             "source": self.key.source,
             "paths": list(self.key.paths),
             "keep": [row(d) for d in self.decisions if d.keep],

@@ -88,9 +88,11 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
         raise SnapshotNotFound("the repository holds no snapshots")
     pool = flt.select(snaps)
     if ref == "latest":
-        if not pool:
-            raise SnapshotNotFound(f"no snapshot{where}")
-        return Resolved(pool[-1][0], "latest")
+        newest = latest(pool, flt)
+        if newest is None:
+            but = f" but {SAFETY_TAG} ones (name them by the tag {SAFETY_TAG})" if pool else ""
+            raise SnapshotNotFound(f"no snapshot{where}{but}")
+        return Resolved(newest, "latest")
     ref_l = ref.lower()
     if is_hex_prefix(ref_l) and len(ref_l) >= 4:
         matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)]
@@ -108,6 +110,26 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
         resolve(snaps, ref)  # a ref that names nothing at all is reported as such
         raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")
     raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+
+
+def latest(pool: Snaps, flt: SnapshotFilter) -> ObjectId | None:
+    """The newest of pool (oldest first): a checkout's pre-checkout snapshot records a target's
+    replaced data, not a backup, so it is passed over unless flt asks for that tag."""
+    wanted = any(SAFETY_TAG in group for group in flt.tags)
+    kept = [sid for sid, snap in pool if wanted or SAFETY_TAG not in snap.tags]
+    return kept[-1] if kept else None
+
+
+def outside(rel: str, snaps: Sequence[Snapshot]) -> str:
+    """What to add when rel is not in snaps: when it lies outside the paths they were committed
+    with, how --path names the newest snapshot that holds it; else nothing."""
+    if any(capture.in_scope(rel, snap.paths) for snap in snaps):
+        return ""
+    paths = " ".join(sorted({p for snap in snaps for p in snap.paths}))
+    return (
+        f", committed with {paths} only: `--path {rel}` names the newest snapshot committed "
+        "with it (`--path .`: with the whole data dir)"
+    )
 
 
 def carrying(snaps: Snaps, tag: str, flt: SnapshotFilter | None = None) -> int:

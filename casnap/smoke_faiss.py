@@ -67,6 +67,8 @@ def faiss_checks(targets: Sequence[FaissTarget], probed: Sequence[dict[str, Any]
                 checks.append(Check("faiss-ntotal", t.rel, True, detail, info))
             else:
                 detail = f"index holds ntotal {r['ntotal']} but {t.sidecar} says {t.expected}"
+                if not warn:  # the target's sidecar, not the snapshot's
+                    detail += f" (the target's: restore {t.sidecar} with it)"
                 checks.append(Check("faiss-ntotal", t.rel, warn, detail, info, warn))
         checks.append(Check("faiss-search", t.rel, bool(r["ok"]), str(r.get("detail", "")), info))
     return checks

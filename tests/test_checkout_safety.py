@@ -133,6 +133,25 @@ def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path
     assert r.safety_snapshot is None and r.files_written == 1
 
 
+def test_latest_never_names_a_safety_snapshot(app: Path, tmp_path: Path) -> None:
+    """A restore test into a scratch dir holding other files saves them as a pre-checkout
+    snapshot; `latest` must still name the newest backup, or a later `checkout latest` of the
+    data dir would replace it with the scratch dir's files."""
+    repo = Repository.init(tmp_path / "repo")
+    nightly = commit(repo, app).id
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "stray.txt").write_text("a file of the scratch dir")
+    r = checkout(repo, nightly, scratch)
+    assert r.safety_snapshot is not None
+    assert repo.resolve("latest").hex() == nightly
+    assert repo.resolve("latest", paths=[]).hex() == nightly
+    assert repo.resolve("latest", tags=[SAFETY_TAG]).hex() == r.safety_snapshot
+    assert repo.resolve(SAFETY_TAG).hex() == r.safety_snapshot  # the undo is named by its tag
+    checkout(repo, "latest", app)
+    assert not (app / "stray.txt").exists() and (app / "app.db").exists()
+
+
 def test_no_safety_snapshot_when_everything_is_held(app: Path, tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo")
     first = commit(repo, app).id

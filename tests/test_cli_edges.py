@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -56,6 +57,54 @@ def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]
 def test_nan_is_not_a_percentage(world: tuple[list[str], Path], args: list[str]) -> None:
     base, _ = world
     one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "not a finite number")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["gc", "--dry-run", "--max-unused", "10%", "--json"],
+        ["verify", "--read-data-subset", "50%", "--json"],
+    ],
+)
+def test_a_percentage_may_carry_its_sign(world: tuple[list[str], Path], args: list[str]) -> None:
+    """restic takes `--read-data-subset 10%` and `--max-unused 5%`; so does casnap."""
+    base, _ = world
+    proc = run_casnap([*base, *args])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out.get("max_unused", 10.0) == 10.0 and out.get("read_data", True)
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["restore", "latest"], "casnap checkout"),
+        (["backup"], "casnap commit"),
+        (["snapshots"], "casnap log"),
+        (["dump", "latest", "app.db"], "casnap cat"),
+        (["compact"], "casnap gc"),
+        (["forget", "--keep-last", "3"], "casnap prune --keep-last"),
+    ],
+)
+def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
+    world: tuple[list[str], Path], args: list[str], hint: str
+) -> None:
+    """What restic and borg call these is a usage error that names casnap's command."""
+    base, tmp = world
+    one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], re.escape(hint))
+    assert len(list((tmp / "repo" / "snapshots").iterdir())) == 1
+
+
+@pytest.mark.parametrize("option", ["--repo", "--data", "--password-file", "--no-lock"])
+def test_a_global_option_after_the_command_says_where_it_goes(
+    world: tuple[list[str], Path], option: str
+) -> None:
+    """restic takes its global flags anywhere; casnap's go before the command, and says so
+    (click alone suggested `--help` for `--repo`)."""
+    base, _ = world
+    args = ["log", option] if option == "--no-lock" else ["log", option, "x"]
+    line = one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "before the command")
+    assert f"casnap {option}" in line and "Did you mean" not in line
 
 
 @pytest.mark.parametrize("value", ["abc", "inf", "nan"])

@@ -129,6 +129,8 @@ def test_plain_to_encrypted_and_back(tmp_path, history) -> None:
     assert code == 0, err
     assert not Repository.open(back).encrypted
     assert "into a new plain one" in err  # said, since the copy leaves the protection behind
+    # and how to avoid it: the destination is --repo, whose password is the global one
+    assert "--to-password" not in err and "--password-file" in err
     back_ids = log_ids(back, data)
     assert len(back_ids) == 3
     found = json.loads(

@@ -165,3 +165,14 @@ def test_unreadable_index_has_no_ntotal_delta(app: Path, repo: Repository) -> No
     index = files["faiss/hnsw.index"]["index"]
     assert index["ntotal_a"] == 100 and index["ntotal_b"] is None
     assert index["ntotal_delta"] is None
+
+
+def test_an_index_overwritten_by_other_bytes_says_why_it_has_no_ntotal(
+    app: Path, repo: Repository
+) -> None:
+    a = commit(repo, app).id
+    (app / "faiss" / "ivf.index").write_bytes(b"not an index any more\n")
+    files = by_path(diff(repo, a, data_dir=app).to_json())
+    index = files["faiss/ivf.index"]["index"]
+    assert index["ntotal_b"] is None and index["problem_a"] is None
+    assert index["problem_b"] == "not a FAISS index: no FAISS header"

@@ -171,3 +171,18 @@ def test_newest_per_path_group(mixed: dict[str, str], tmp_path: Path) -> None:
     assert repo.resolve("latest", paths=["app.db"]).hex() == mixed["db2"]
     assert repo.resolve("latest", tags=["nightly,keep"]).hex() == mixed["db2"]
     assert repo.resolve("latest", paths=[]).hex() == mixed["all2"]
+
+
+@pytest.mark.parametrize("command", ["checkout", "cat", "ls"])
+def test_a_file_outside_the_paths_of_latest_points_to_path(
+    mixed: dict[str, str], command: str, tmp_path: Path
+) -> None:
+    """`checkout latest app.db` while the newest snapshot was committed with faiss only: the
+    error says so and how to name the newest snapshot holding app.db."""
+    extra = ["--to", str(tmp_path / "out")] if command == "checkout" else []
+    code, out, err = run(command, "latest", "app.db", *extra)
+    assert code == EXIT_CODES["not-found"]
+    assert f"snapshot {mixed['faiss2'][:8]}, committed with faiss only" in err
+    assert "--path app.db" in err
+    code, _, err = run(command, "latest", "app.db", "--path", "app.db", *extra)
+    assert code == 0, err

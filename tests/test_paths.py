@@ -190,3 +190,24 @@ def test_prune_path_in_any_form_selects_the_group(data: Path) -> None:
     assert code == 0, err
     assert len(json.loads(out)["removed"]) == 1
     assert sorted(map(tuple, committed_paths())) == [("app.db",), ("faiss",), ("faiss",)]
+
+
+@pytest.mark.parametrize(
+    "form", ["faiss", "faiss/", "./faiss", "data/faiss", "ABS", "./faiss/*", "data/faiss/*"]
+)
+def test_an_exclude_is_read_as_paths_are(data: Path, form: str) -> None:
+    """`--exclude data/faiss` beside the data dir, or its absolute path (as restic takes one),
+    left out nothing: the glob was matched against data-dir paths as given."""
+    given = str(data / "faiss") if form == "ABS" else form
+    code, _, err = run("commit", "--exclude", given)
+    assert code == 0, err
+    assert [f["path"] for f in json.loads(run("ls", "latest", "--json")[1])["files"]] == ["app.db"]
+
+
+@pytest.mark.parametrize("given", ["../elsewhere", "/tmp", ".", "/"])
+def test_an_exclude_outside_the_data_dir_or_of_all_of_it_is_a_usage_error(
+    data: Path, given: str
+) -> None:
+    code, _, err = run("commit", "--exclude", given)
+    assert code == EXIT_CODES["usage"] and len(err.strip().splitlines()) == 1, err
+    assert given in err

@@ -342,6 +342,31 @@ def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> N
             assert same_content(out_dir, expected)
 
 
+def test_hosts_sharing_a_repository_are_pruned_apart(tmp_path: Path, monkeypatch) -> None:
+    """Two app servers, each with its /srv/app/data (here one path), commit into one repository:
+    as restic groups by host and paths, `--keep-last 1` keeps the newest of each host, not only
+    the newest of all (which would forget every snapshot of the other host)."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    host = {"name": "app-1"}
+    monkeypatch.setattr("socket.gethostname", lambda: host["name"])
+    ids = {}
+    for name in ("app-1", "app-2"):
+        host["name"] = name
+        for step in (1, 2):
+            evolve(data, step + (10 if name == "app-2" else 0))
+            ids[name, step] = commit(repo, data).id
+    code, out = run("--repo", str(root), "--data", str(data), "prune", "--keep-last", "1", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert sorted(report["removed"]) == sorted([ids["app-1", 1], ids["app-2", 1]])
+    assert [(g["host"], [k["id"] for k in g["keep"]]) for g in report["groups"]] == [
+        ("app-1", [ids["app-1", 2]]),
+        ("app-2", [ids["app-2", 2]]),
+    ]
+
+
 def test_prune_refuses_without_rules(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")

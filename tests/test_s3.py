@@ -131,6 +131,7 @@ def test_commit_creates_an_encrypted_s3_repository(s3_bucket: str, tmp_path: Pat
     code, _, err = run(repo, data, "commit")
     assert code == EXIT_CODES["password"], err
     assert err.count("\n") == 1 and "password" in err
+    assert "a new encrypted repository" in err  # there is none yet, to be "encrypted"
     code, out, err = run(repo, data, "commit", "-m", "first", password=PW)
     assert code == 0, err
     assert "created encrypted repository (repokey) at " + repo in err
@@ -356,3 +357,48 @@ def test_key_remove_never_leaves_the_repository_without_a_key(
     assert "no longer" in err and len(err.strip().splitlines()) == 1, err
     monkeypatch.setenv("CASNAP_CACHE_DIR", str(tmp_path / "cache3"))  # a host keeping nothing
     assert run(repo, data, "log", password="B")[0] == 0
+
+
+def test_a_changed_or_removed_password_stops_working_on_the_host_that_changed_it(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """The key file an open used is kept in the cache so the next open needs no request; `key
+    passwd` and `key remove` must not leave the old key there to open the repository still."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=30)
+    repo = f"s3://{s3_bucket}/keys"
+    assert run(repo, data, "commit", "-q", password=PW)[0] == 0
+    new_pw = tmp_path / "new"
+    new_pw.write_text("a new password")
+    code, _, err = run(repo, data, "key", "passwd", "--new-password-file", str(new_pw), password=PW)
+    assert code == 0, err
+    code, _, err = run(repo, data, "log", password=PW)
+    assert code == EXIT_CODES["password"], err
+    assert run(repo, data, "log", password="a new password")[0] == 0
+
+    second = tmp_path / "second"
+    second.write_text("a colleague's password")
+    code, out, err = run(
+        repo, data, "key", "add", "--new-password-file", str(second), "--json",
+        password="a new password",
+    )  # fmt: skip
+    assert code == 0, err
+    assert run(repo, data, "log", password="a colleague's password")[0] == 0  # cached now
+    added = json.loads(out)["added"]
+    code, _, err = run(repo, data, "key", "remove", added, password="a new password")
+    assert code == 0, err
+    code, _, err = run(repo, data, "log", password="a colleague's password")
+    assert code == EXIT_CODES["password"], err
+
+
+def test_an_import_into_a_new_s3_prefix_without_a_password_names_the_new_repository(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    copies = tmp_path / "copies"
+    make_app(copies / "data_20250101", rows=40, vectors=30)
+    code, _, err = run(f"s3://{s3_bucket}/imported", data, "import", str(copies))
+    assert code == EXIT_CODES["password"], err
+    assert "a new encrypted repository" in err
+    code, _, err = run(f"s3://{s3_bucket}/imported", data, "log")
+    assert code == EXIT_CODES["repository"], err  # nothing was made

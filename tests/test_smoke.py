@@ -249,6 +249,18 @@ def test_partial_checkout_checks_only_what_it_restores(app: Path, repo: Reposito
     assert {c["path"] for c in r.smoke["checks"]} == {"app.db"}
 
 
+def test_an_index_restored_beside_a_newer_sidecar_says_to_restore_the_sidecar_too(
+    app: Path, repo: Repository
+) -> None:
+    old = commit(repo, app).id
+    evolve_app(app)  # the indexes grow and their sidecars say so
+    commit(repo, app)
+    with pytest.raises(SmokeCheckFailed, match="restore faiss/ivf.meta.json with it"):
+        checkout(repo, old, app, ["faiss/ivf.index"])
+    r = checkout(repo, old, app, ["faiss/ivf.index", "faiss/ivf.meta.json"])
+    assert r.smoke is not None and r.smoke["ok"]
+
+
 def test_checkout_reports_checks_and_tables(app: Path, repo: Repository, tmp_path: Path) -> None:
     sid = commit(repo, app).id
     r = checkout(repo, sid, tmp_path / "fresh")

@@ -111,6 +111,20 @@ def test_unlock_keeps_a_lock_of_a_running_process(repo_data: tuple[Path, Path]) 
     assert f"pid {os.getpid()}" in out
 
 
+def test_no_lock_never_writes_a_snapshot_without_a_lock(repo_data: tuple[Path, Path]) -> None:
+    """--no-lock reads without a lock; a checkout that must first save the target's unsaved
+    data commits a snapshot, and that commit still takes its lock: with a gc holding the
+    exclusive lock it waits (here: fails at once, exit 6) instead of writing under it."""
+    repo, data = repo_data
+    (data / "notes.txt").write_text("no snapshot holds this")
+    write_lock(repo, "9c", lock_body(socket.gethostname(), os.getpid(), "gc"))
+    before = sorted(p.name for p in (repo / "snapshots").iterdir())
+    code, out, err = invoke(repo, data, "--no-lock", "checkout", "first")
+    assert code == EXIT_CODES["locked"], err
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == before
+    assert (data / "notes.txt").read_text() == "no snapshot holds this"
+
+
 # -- read-only repositories ------------------------------------------------------------------------
 
 

@@ -109,7 +109,7 @@ def _same_place(a: Location, b: Location) -> bool:
     "--to-encryption",
     type=click.Choice(ENCRYPTIONS),
     default=None,
-    help="Encryption of a destination this copy creates (default: repokey when the "
+    help="Encryption of a destination this copy creates (default: repokey on S3 or when the "
     "destination has a password source set, else none); an existing one keeps its own.",
 )
 @filter_options()
@@ -153,6 +153,7 @@ def copy(
         passwords = other_passwords("to", to_password_file, to_password_command, other)
         src = c.open()
         dst_at, dst_passwords = other, passwords
+        dst_password = "--to-password-file"
     else:
         assert from_repo is not None
         if to_password_file or to_password_command:
@@ -163,13 +164,14 @@ def copy(
         passwords = other_passwords("from", from_password_file, from_password_command, other)
         src = open_source(c, other, passwords)
         dst_at, dst_passwords = c.repo_path, c.passwords
+        dst_password = "--password-file"
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
     if created and src.encrypted and not dst.encrypted:
         warn(
             f"copying from an encrypted repository into a new plain one at "
-            f"{dst.backend.location} (--to-encryption repokey, or a --to-password source, "
-            "encrypts it)",
+            f"{dst.backend.location} (--to-encryption repokey, or a password for it such as "
+            f"{dst_password}, encrypts it)",
             always=True,
         )
     flt = snapshot_filter(c, src, filter_paths, filter_tags)

@@ -72,7 +72,7 @@ class CasnapGroup(click.Group):
             code = exc.exit_code
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "casnap"
-            say_error(f"{exc.format_message()} (see '{where} --help')")
+            say_error(f"{_usage_message(exc)} (see '{where} --help')")
             code = exc.exit_code
         except click.ClickException as exc:
             say_error(exc.format_message())
@@ -98,6 +98,39 @@ class CasnapGroup(click.Group):
             )
             code = INTERNAL_ERROR
         sys.exit(code)
+
+
+# What restic and borg call a command casnap has under another name.
+OTHER_NAMES = {
+    "backup": "commit",
+    "create": "commit",
+    "restore": "checkout",
+    "extract": "checkout",
+    "snapshots": "log",
+    "list": "log",
+    "dump": "cat",
+    "delete": "forget",
+    "compact": "gc",
+    "info": "stats",
+    "rebuild-index": "repair-index",
+}
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """Click's message, or where the option goes when it is a restic habit: a global option
+    after the command, a retention rule given to forget."""
+    message = exc.format_message()
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
+        return message
+    name = exc.option_name
+    if name.startswith("--keep-"):
+        return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
+    root = exc.ctx.find_root()
+    if exc.ctx is not root and any(name in p.opts for p in root.command.params):
+        command = exc.ctx.command_path.partition(" ")[2]
+        usage = f"casnap {name} ... {command}"
+        return f"{name} is a global option: give it before the command (`{usage}`)"
+    return message
 
 
 class Context:
@@ -260,6 +293,17 @@ class CommandGroup(CasnapGroup):
                 )
             )
         super().add_command(cmd, name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """A command restic or borg has under another name is a usage error naming casnap's."""
+        if args and args[0] in OTHER_NAMES and args[0] not in self.commands:
+            name = args[0]
+            raise click.UsageError(
+                f"No such command '{name}': casnap's is `casnap {OTHER_NAMES[name]}`.", ctx
+            )
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,7 +13,7 @@ from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
-    Number,
+    Percent,
     filter_options,
     resolve_ref,
     snapshot_filter,
@@ -71,7 +71,7 @@ def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None)
 
 max_unused_option = click.option(
     "--max-unused",
-    type=Number(0, 100),
+    type=Percent(),
     default=DEFAULT_MAX_UNUSED,
     show_default=True,
     metavar="PCT",
@@ -176,7 +176,7 @@ def prune(
 ) -> None:
     """Forget snapshots a retention policy does not keep, then gc.
 
-    Rules work as in restic, per group of snapshots with the same data dir and paths: each
+    Rules work as in restic, per group of snapshots with the same host, data dir and paths: each
     --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
     periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
     """
@@ -292,7 +292,7 @@ def forget(
 @click.option("--read-data", is_flag=True, help="Read every pack and re-hash every chunk.")
 @click.option(
     "--read-data-subset",
-    type=Number(0, 100, min_open=True),
+    type=Percent(min_open=True),
     default=None,
     metavar="PCT",
     help="Read a random PCT% of the packs.",

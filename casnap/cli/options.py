@@ -74,6 +74,18 @@ class Number(click.FloatRange):
         return number
 
 
+class Percent(Number):
+    """A percentage from 0 to 100, with or without its `%` (restic's `--max-unused 5%`)."""
+
+    def __init__(self, min_open: bool = False) -> None:
+        super().__init__(0, 100, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            value = value.strip()[:-1]
+        return super().convert(value, param, ctx)
+
+
 class SnapshotTime(click.ParamType):
     """A point in time as ISO 8601 (`2025-01-01T12:00:00Z`, `+02:00`) or `YYYY-MM-DD HH:MM:SS`;
     without an offset it is local time. Refuses times before 1970 and in the future."""
