@@ -239,7 +239,8 @@ class Committer:
                 )
         source_dir = opts.source or str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
-        parent_id, parent = statcache.parent(self.repo, source_dir, rel_paths)
+        host = socket.gethostname()
+        parent_id, parent = statcache.parent(self.repo, host, source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped
         restored: dict[str, FileEntry] = {}
@@ -367,7 +368,7 @@ class Committer:
         user = _user()
         snap = Snapshot(
             time=opts.time or now_iso(),
-            host=socket.gethostname(),
+            host=host,
             user=user,
             source=source_dir,
             paths=rel_paths,

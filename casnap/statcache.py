@@ -40,11 +40,13 @@ def with_source(entry: FileEntry, source: Fingerprint | None) -> FileEntry:
 
 
 def parent(
-    repo: Repository, source: str, paths: tuple[str, ...]
+    repo: Repository, host: str, source: str, paths: tuple[str, ...]
 ) -> tuple[ObjectId | None, Snapshot | None]:
-    """The newest snapshot of the same dir and paths: its files feed the stat cache."""
+    """The newest snapshot of the same host, dir and paths: its files feed the stat cache.
+    Another host's is none: hosts sharing a repository keep their data dirs at one path, and
+    its fingerprints describe files this host never read (restic picks a parent alike)."""
     for sid, snap in reversed(repo.snapshots()):
-        if snap.source == source and snap.paths == paths:
+        if snap.host == host and snap.source == source and snap.paths == paths:
             return sid, snap
     return None, None
 

@@ -195,3 +195,32 @@ def test_which_journals_are_hot(tmp_path: Path) -> None:
     journal.unlink()
     os.mkfifo(journal)
     assert hot_journal(db_path)  # not a regular file: never opened, never trusted
+
+
+def test_a_snapshot_of_another_host_is_no_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts sharing a repository keep their data dirs at the same path: a commit's parent (its
+    stat cache, its guard against an emptied data dir) is its own host's newest snapshot, as
+    restic's is. Another host's made the first commit of an empty data dir fail, and its
+    entries stood for files this host never read."""
+    host = {"name": "app-1"}
+    monkeypatch.setattr("socket.gethostname", lambda: host["name"])
+    data = tmp_path / "data"
+    data.mkdir()
+    make_db(data / "app.db", "DELETE")
+    age(data)
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data)
+    assert commit(repo, data).files_unchanged == 1  # its own parent: taken from it
+    host["name"] = "app-2"
+    second = commit(repo, data)
+    assert second.files_unchanged == 0
+    assert repo.load_snapshot(repo.resolve(second.id)).parent is None
+    assert commit(repo, data).files_unchanged == 1  # app-2's own snapshot is its parent now
+    host["name"] = "app-3"
+    (data / "app.db").unlink()
+    empty = commit(repo, data)  # app-3's first commit, of a data dir it keeps empty
+    assert repo.load_snapshot(repo.resolve(empty.id)).files == ()
+    host["name"] = "app-1"
+    assert repo.load_snapshot(repo.resolve(first.id)).files  # app-1's history is untouched
