@@ -120,3 +120,16 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path, args: list[s
     assert code == EXIT_CODES["usage"]
     assert len(err.strip().splitlines()) == 1 and err.startswith("casnap: error: ")
     assert not (tmp_path / "data").exists()
+
+
+def test_demo_on_its_own_sample_says_size_mb_is_not_used(tmp_path: Path) -> None:
+    """A second demo changes the sample already there (its seed drives the change); a --size-mb
+    given then makes nothing of that size, and demo says so rather than passing over it."""
+    repo, data = tmp_path / "backups", tmp_path / "data"
+    code, _, err = run(repo, data, "demo", "--size-mb", "1")
+    assert code == 0, err
+    code, _, err = run(repo, data, "demo", "--size-mb", "2")
+    assert code == 0, err
+    assert "--size-mb 2 is not used" in err
+    code, _, err = run(repo, data, "demo")
+    assert code == 0 and "not used" not in err

@@ -497,6 +497,11 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
             f"{c.data} holds data demo did not generate, and demo changes only its own sample "
             "data: point --data at an empty dir, or use `casnap commit`"
         )
+    elif ctx.get_parameter_source("size_mb") is not click.core.ParameterSource.DEFAULT:
+        c.say(
+            f"--size-mb {size_mb:g} is not used: {c.data} holds the sample an earlier demo "
+            "generated, which this one changes (an empty data dir gets a new sample)"
+        )
     repo, created = open_or_create(c)
     if created:
         say_created(c, repo)
