@@ -133,3 +133,20 @@ def test_demo_on_its_own_sample_says_size_mb_is_not_used(tmp_path: Path) -> None
     assert "--size-mb 2 is not used" in err
     code, _, err = run(repo, data, "demo")
     assert code == 0 and "not used" not in err
+
+
+def test_a_checkout_stopped_by_damage_says_what_to_do_next(app: Path, tmp_path: Path) -> None:
+    """A damaged pack stops a checkout (exit 5, the target untouched); the one line names the
+    damage and the way on: verify --read-data to see what it spoils, an older snapshot."""
+    repo = tmp_path / "backups"
+    assert run(repo, app, "commit", "-q")[0] == 0
+    for pack in (repo / "packs").rglob("*"):
+        if pack.is_file():
+            blob = bytearray(pack.read_bytes())
+            blob[len(blob) // 2] ^= 0xFF
+            pack.write_bytes(bytes(blob))
+    code, _, err = run(repo, app, "checkout", "latest", "--to", str(tmp_path / "out"))
+    assert code == EXIT_CODES["integrity"], err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "verify --read-data" in err and "older snapshot" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

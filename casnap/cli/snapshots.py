@@ -18,7 +18,9 @@ from casnap.errors import (
     AccessDenied,
     DatabaseBusy,
     EmptySnapshot,
+    HostileManifest,
     InconsistentData,
+    IntegrityError,
     InvalidArgument,
     NotARepository,
     RepositoryGone,
@@ -336,6 +338,13 @@ def checkout(
         except DatabaseBusy as exc:
             hint = "or use --force" if exc.overridable else "(--force does not override that)"
             raise DatabaseBusy(f"{exc} {hint}", exc.overridable) from exc
+        except HostileManifest:
+            raise
+        except IntegrityError as exc:  # damaged or missing data: the target is left as it was
+            raise IntegrityError(
+                f"{exc}; `casnap verify --read-data` names every snapshot and file the damage "
+                "spoils, and an older snapshot may hold these files intact"
+            ) from exc
         except (AccessDenied, StorageFull) as exc:
             if "safety-snapshot" not in getattr(exc, "__notes__", ()):
                 raise
