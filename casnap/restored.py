@@ -75,7 +75,8 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     """Save the fingerprint of every file a checkout put in place in target (its entry, and the
     id of the snapshot holding it), once any later write to one of them must change it: the
     settle time after the newest change (the last rename) is waited out, what of it has not
-    passed yet. A file whose fingerprint is too fresh is left out."""
+    passed yet. A file whose fingerprint is too fresh is left out, as is one whose size or mtime
+    is not its entry's (written after the swap: the entry no longer says what it holds)."""
     if not placed:
         return
     base = str(target)
@@ -93,8 +94,8 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
         now = time.time_ns()
     files: dict[str, tuple[tuple[int, ...], str]] = {}
     for (entry, sid), fp in zip(placed, fps, strict=True):
-        if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
-            continue
+        if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[:2] != (entry.size, entry.mtime_ns):
+            continue  # a file the checkout placed has the entry's size and mtime: written since
         files[entry.path] = (fp, sid)
     save(repo_id, Restored(str(target), files))
 
