@@ -94,10 +94,19 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
         now = time.time_ns()
     files: dict[str, tuple[tuple[int, ...], str]] = {}
     for (entry, sid), fp in zip(placed, fps, strict=True):
-        if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[:2] != (entry.size, entry.mtime_ns):
-            continue  # a file the checkout placed has the entry's size and mtime: written since
+        if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
+            continue
+        if not _placed_mtime(fp[1], entry.mtime_ns):  # written since the checkout placed it
+            continue
         files[entry.path] = (fp, sid)
     save(repo_id, Restored(str(target), files))
+
+
+def _placed_mtime(mtime_ns: int, entry_ns: int) -> bool:
+    """Whether a file's mtime is the one a checkout gave it: its entry's, or that cut down to
+    the whole second (FAT: two) a filesystem with coarse timestamps keeps."""
+    coarse = mtime_ns % 1_000_000_000 == 0 and 0 <= entry_ns - mtime_ns < 2_000_000_000
+    return mtime_ns == entry_ns or coarse
 
 
 def load(repo_id: str, source: str) -> Restored | None:
