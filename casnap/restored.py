@@ -75,7 +75,8 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     """Save the fingerprint of every file a checkout put in place in target (its entry, and the
     id of the snapshot holding it), once any later write to one of them must change it: the
     settle time after the newest change (the last rename) is waited out, what of it has not
-    passed yet. A file whose fingerprint is too fresh is left out."""
+    passed yet. A file whose fingerprint is too fresh is left out, as is one whose size or mtime
+    is not its entry's (written after the swap: the entry no longer says what it holds)."""
     if not placed:
         return
     base = str(target)
@@ -95,8 +96,17 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     for (entry, sid), fp in zip(placed, fps, strict=True):
         if fp is None or fp[2] >= now - STAT_SETTLE_NS or fp[0] != entry.size:
             continue
+        if not _placed_mtime(fp[1], entry.mtime_ns):  # written since the checkout placed it
+            continue
         files[entry.path] = (fp, sid)
     save(repo_id, Restored(str(target), files))
+
+
+def _placed_mtime(mtime_ns: int, entry_ns: int) -> bool:
+    """Whether a file's mtime is the one a checkout gave it: its entry's, or that cut down to
+    the whole second (FAT: two) a filesystem with coarse timestamps keeps."""
+    coarse = mtime_ns % 1_000_000_000 == 0 and 0 <= entry_ns - mtime_ns < 2_000_000_000
+    return mtime_ns == entry_ns or coarse
 
 
 def load(repo_id: str, source: str) -> Restored | None:

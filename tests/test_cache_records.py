@@ -72,3 +72,35 @@ def test_a_record_that_does_not_fit_in_the_cache_leaves_no_temp_file(tmp_path: P
     from tests.test_hostile import in_small_tmpfs
 
     assert in_small_tmpfs(tmp_path / "cache", FULL_CACHE, str(tmp_path / "cache")) == {"left": []}
+
+
+def test_a_write_right_after_the_swap_is_not_recorded_as_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app writing a restored file in place (same size) between the swap and the record of
+    what the checkout placed: the record took the new fingerprint for the snapshot's entry, and
+    the next commit reused that entry without reading the file, so no snapshot held the
+    write. A file the checkout placed has the entry's mtime; one with another was written."""
+    from casnap import restored
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_bytes(b"first")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    (data / "notes.txt").write_bytes(b"later")
+    commit(repo, data)
+    real = restored.record
+
+    def app_writes_first(repo_id: str, target: Path, placed: list) -> None:
+        with open(target / "notes.txt", "r+b") as f:
+            f.write(b"third")
+        real(repo_id, target, placed)
+
+    monkeypatch.setattr(restored, "record", app_writes_first)
+    checkout(repo, first, data, smoke=False)
+    monkeypatch.setattr(restored, "record", real)
+    sid = commit(repo, data).id
+    out = tmp_path / "out"
+    checkout(repo, sid, out, smoke=False)
+    assert (out / "notes.txt").read_bytes() == b"third"
