@@ -76,7 +76,8 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     id of the snapshot holding it), once any later write to one of them must change it: the
     settle time after the newest change (the last rename) is waited out, what of it has not
     passed yet. A file whose fingerprint is too fresh is left out, as is one whose size or mtime
-    is not its entry's (written after the swap: the entry no longer says what it holds)."""
+    is not its entry's, or a database beside a -wal holding frames (written after the swap: the
+    entry no longer says what it holds)."""
     if not placed:
         return
     base = str(target)
@@ -98,6 +99,8 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
             continue
         if not _placed_mtime(fp[1], entry.mtime_ns):  # written since the checkout placed it
             continue
+        if entry.kind == "sqlite" and len(fp) > 4 and fp[4] > 0:
+            continue  # a -wal holding frames, which no checkout leaves: written since the swap
         files[entry.path] = (fp, sid)
     save(repo_id, Restored(str(target), files))
 

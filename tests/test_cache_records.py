@@ -104,3 +104,47 @@ def test_a_write_right_after_the_swap_is_not_recorded_as_restored(
     out = tmp_path / "out"
     checkout(repo, sid, out, smoke=False)
     assert (out / "notes.txt").read_bytes() == b"third"
+
+
+def test_a_wal_write_right_after_the_swap_is_not_recorded_as_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app writing a restored WAL database between the swap and the record, then idle with
+    its connection open: the database file keeps the entry's size and mtime, the write lies in
+    a -wal no checkout leaves, and the record took that state for the snapshot's entry, so the
+    next commit reused the entry and no snapshot held the write."""
+    import contextlib
+    import sqlite3
+
+    from casnap import restored
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "w.db")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    real = restored.record
+    app: list[sqlite3.Connection] = []
+
+    def app_writes_first(repo_id: str, target: Path, placed: list) -> None:
+        db = sqlite3.connect(target / "w.db", isolation_level=None)
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("INSERT INTO t VALUES (2)")  # stays in the -wal: the app keeps it open
+        app.append(db)
+        real(repo_id, target, placed)
+
+    monkeypatch.setattr(restored, "record", app_writes_first)
+    checkout(repo, first, data, smoke=False)
+    monkeypatch.setattr(restored, "record", real)
+    try:
+        sid = commit(repo, data).id
+    finally:
+        app[0].close()
+    out = tmp_path / "out"
+    checkout(repo, sid, out, smoke=False)
+    with contextlib.closing(sqlite3.connect(out / "w.db")) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 2
