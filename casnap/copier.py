@@ -100,7 +100,9 @@ def copy_snapshots(
     total) over the files of the snapshots not yet in dst."""
     if src.id == dst.id:
         raise InvalidArgument(
-            f"{src.backend.location} and {dst.backend.location} are the same repository"
+            f"{src.backend.location} and {dst.backend.location} share the repository id "
+            f"{src.id[:8]}: they are one repository, or one was copied from the other outside "
+            "casnap (cp, rsync); copy takes two repositories of their own"
         )
     t0 = time.perf_counter()
     run = _CopyRun(src, dst, progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,12 +281,15 @@ def test_python_api_and_usage_errors(tmp_path, history) -> None:
     with Repository.open(src) as a, Repository.open_or_init(tmp_path / "b") as b:
         result = copy_snapshots(a, b, [ids[0]])
         assert [s.destination for s in result.snapshots] == [ids[0]]
-        with pytest.raises(InvalidArgument, match="same repository"):
+        with pytest.raises(InvalidArgument, match="share the repository id"):
             copy_snapshots(a, a)
     assert run(src, data, "copy")[0] == 2
     assert run(src, data, "copy", "--to", "x", "--from", "y")[0] == 2
     assert run(src, data, "copy", "--to", str(src))[0] == 2
     assert run(src, data, "copy", "--to", "gs://bucket/x")[0] == 2
+    shutil.copytree(src, tmp_path / "clone")  # two folders, one id: told as such
+    code, _, err = run(src, data, "copy", "--to", str(tmp_path / "clone"))
+    assert code == 2 and "copied from the other outside casnap" in err, err
 
 
 def test_origin_is_written_only_when_present(tmp_path, history) -> None:
