@@ -45,6 +45,7 @@ from casnap.staging import (
     copy_into,
     fingerprint,
     make_target,
+    refuse_broad_target,
     run_smoke_cmd,
     stage_files,
     stage_parent,
@@ -194,6 +195,8 @@ class _Checkout:
         wanted = self._wanted()
         if self.target.exists() and not self.target.is_dir():
             raise SourceError(f"checkout target {self.shown_target} is not a directory")
+        if not self.paths:
+            refuse_broad_target(self.target, self.shown_target)
         created_root = make_target(self.target, self.sel.dirs.get("."))
         try:
             root = Dir.open(self.target)

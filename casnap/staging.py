@@ -26,6 +26,7 @@ from casnap.errors import (
     CasnapError,
     CheckFailed,
     IntegrityError,
+    InvalidArgument,
     SmokeCheckFailed,
     from_oserror,
 )
@@ -478,6 +479,22 @@ def stage_parent(target: Path) -> Path:
     if same_fs and os.access(parent, os.W_OK | os.X_OK):
         return parent
     return target
+
+
+def refuse_broad_target(target: Path, shown: Path) -> None:
+    """InvalidArgument for a full checkout into the file system's root or the home folder: it
+    would save all of it as a pre-checkout snapshot, then remove every file the snapshot lacks;
+    no data dir lives there (a value left empty in `--to $HOME/$DIR` names it)."""
+    try:
+        home: Path | None = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no home folder known
+        home = None
+    if target == Path(target.anchor) or target == home:
+        where = "the file system's root" if target == Path(target.anchor) else "your home folder"
+        raise InvalidArgument(
+            f"checkout target {shown} is {where}: a full checkout would remove every file there "
+            "the snapshot lacks; restore into the data dir or an empty folder, or name the files"
+        )
 
 
 def make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Path]:

@@ -276,3 +276,27 @@ def test_an_error_inside_a_stage_names_the_folder_not_its_descriptor(tmp_path: P
         message.startswith(f"writing {tmp_path}/.casnap-tmp-stage-") and "faiss/x.index" in message
     )
     assert isinstance(info.value, CasnapError)
+
+
+def test_a_full_checkout_into_the_home_folder_is_refused(
+    app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--to ~` (or `/`, or an unset variable in `--to $HOME/$DIR`) would save the whole folder
+    as a pre-checkout snapshot, then remove every file the snapshot lacks: refused before any
+    of it, as no data dir lives there; naming files (a partial checkout removes nothing) is
+    allowed."""
+    from casnap.errors import InvalidArgument
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("HOME", str(home))
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, app).id
+    before = len(repo.snapshots())
+    with pytest.raises(InvalidArgument, match="home folder"):
+        checkout(repo, sid, home, smoke=False)
+    assert (home / "thesis.tex").read_text() == "years of work"
+    assert len(repo.snapshots()) == before  # nothing saved, nothing written
+    checkout(repo, sid, home, ["app.db"], smoke=False)
+    assert (home / "app.db").is_file() and (home / "thesis.tex").is_file()
