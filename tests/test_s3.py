@@ -402,3 +402,39 @@ def test_an_import_into_a_new_s3_prefix_without_a_password_names_the_new_reposit
     assert "a new encrypted repository" in err
     code, _, err = run(f"s3://{s3_bucket}/imported", data, "log")
     assert code == EXIT_CODES["repository"], err  # nothing was made
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("CASNAP_S3_ENDPOINT", "127.0.0.1:9000", "CASNAP_S3_ENDPOINT"),
+        ("CASNAP_S3_ENDPOINT", "ftp://127.0.0.1:9000", "CASNAP_S3_ENDPOINT"),
+        ("CASNAP_S3_ENDPOINT", "http://bad host:9000", "CASNAP_S3_ENDPOINT"),
+        ("AWS_PROFILE", "no-such-profile", "no-such-profile"),
+        ("AWS_DEFAULT_REGION", "bad region!", "bad region!"),
+        ("AWS_CONFIG_FILE", "{unparsable}", "config"),
+    ],
+    ids=["endpoint-no-scheme", "endpoint-ftp", "endpoint-space", "profile", "region", "config"],
+)
+def test_a_misconfigured_s3_client_is_a_usage_error(
+    variable: str,
+    value: str,
+    named: str,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """An endpoint that is not an http(s) URL, an unknown profile, a malformed region or an AWS
+    config file that cannot be parsed is the user's setting to fix: one line naming it, exit 2,
+    not an internal error."""
+    if value == "{unparsable}":
+        config = tmp_path / "aws-config"
+        config.write_text("[default\nregion = us-east-1\n")
+        value = str(config)
+    monkeypatch.setenv(variable, value)
+    data = tmp_path / "data"
+    data.mkdir()
+    code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
+    assert code == EXIT_CODES["usage"], err
+    assert err.count("\n") == 1 and err.startswith("casnap: error: "), err
+    assert named in err and "internal error" not in err, err

@@ -28,6 +28,7 @@ import contextlib
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ from casnap.errors import (
     AccessDenied,
     CasnapError,
     IntegrityError,
+    InvalidArgument,
     NotARepository,
     ObjectMissing,
     RepositoryError,
@@ -108,10 +110,22 @@ def require_client() -> None:
 
 
 def endpoint() -> str | None:
-    """The endpoint URL of a non-AWS store, from the environment; None for AWS itself."""
+    """The endpoint URL of a non-AWS store, from the environment; None for AWS itself.
+
+    InvalidArgument when it is not an http(s) URL with a host (`host:9000` without a scheme)."""
     for var in ENDPOINT_VARS:
         value = os.environ.get(var)
         if value:
+            parts = urllib.parse.urlsplit(value)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or value.split() != [value]
+            ):
+                raise InvalidArgument(
+                    f"{var}={value!r} is not an endpoint URL: give http://HOST[:PORT] or "
+                    "https://HOST[:PORT]"
+                )
             return value
     return None
 
@@ -133,8 +147,11 @@ def make_client() -> Any:
         request_checksum_calculation="when_supported",
         response_checksum_validation="when_supported",
     )
-    region = session.get_config_variable("region") or "us-east-1"
-    return session.create_client("s3", endpoint_url=url, region_name=region, config=config)
+    try:  # an unknown profile, a malformed region or AWS config file: the user's to fix
+        region = session.get_config_variable("region") or "us-east-1"
+        return session.create_client("s3", endpoint_url=url, region_name=region, config=config)
+    except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+        raise InvalidArgument(f"the S3 client cannot be set up: {exc}") from exc
 
 
 def is_object_key(key: str) -> bool:
