@@ -117,6 +117,33 @@ def test_a_warm_no_change_commit_is_one_listing_and_no_download(
     assert sum(ops.values()) == 4, requests.sent  # no HEAD of the config nor of the lock
 
 
+def test_a_warm_no_change_commit_command_given_a_password_asks_nothing_more(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command, not only the API: with a password given there is no prompt to make ask
+    twice, so it does not ask the store whether the repository is new (a HEAD of its config)."""
+    import casnap.backends.s3 as s3
+
+    url = f"s3://{s3_bucket}/r"
+    data = tmp_path / "data"
+    committed_twice(url, data)
+    requests = Requests.__new__(Requests)
+    requests.sent = []
+    made = s3.make_client
+
+    def counted() -> Any:
+        client = made()
+        client.meta.events.register("provide-client-params.s3", requests._note)
+        return client
+
+    monkeypatch.setattr(s3, "make_client", counted)
+    code, _, err = run(url, data, "commit", "-q", password=PW)
+    assert code == 0, err
+    ops = requests.operations()
+    assert ops["HeadObject"] == 0 and ops["ListObjectsV2"] == 1, requests.sent
+    assert sum(ops.values()) == 4, requests.sent
+
+
 def test_a_warm_log_on_s3_is_one_listing(s3_bucket: str, tmp_path: Path) -> None:
     url = f"s3://{s3_bucket}/r"
     committed_twice(url, tmp_path / "data")

@@ -50,7 +50,7 @@ def open_destination(
 
     on_s3 = isinstance(location, S3Url)
     chosen = encryption or ("repokey" if on_s3 or passwords.given() else "none")
-    passwords.creating = not holds_config(location)  # a prompt then asks twice
+    passwords.creating = lambda: not holds_config(location)  # a prompt then asks twice
     try:
         repo = Repository.open_or_init(location, password=passwords, encryption=chosen)
     except NotARepository:

@@ -32,7 +32,7 @@ def _existing(c: Context) -> Repository | None:
 def _create(c: Context) -> Repository:
     from casnap.repository import Repository
 
-    c.passwords.creating = not c.holds_config()  # a new repository: a prompt asks twice
+    c.passwords.creating = lambda: not c.holds_config()  # a new repository: a prompt asks twice
     try:
         repo = Repository.open_or_init(
             c.repo_path, password=c.passwords, encryption=c.auto_encryption()

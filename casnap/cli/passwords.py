@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -105,7 +106,9 @@ class Passwords:
         self.env = env
         self.sources = sources
         self._password: str | None = None
-        self.creating = False  # a new repository: a prompt asks twice
+        # a new repository (a prompt asks twice); a check is run only when a prompt or the
+        # missing-password message needs it, so a command given a password asks no storage
+        self.creating: bool | Callable[[], bool] = False
 
     def given(self) -> bool:
         """True when a source other than the prompt is set (commit then creates an encrypted
@@ -117,6 +120,12 @@ class Passwords:
             self._password = self._read()
         return self._password
 
+    def _new(self) -> bool:
+        """Whether the repository is being created, its check (if one was set) run once."""
+        if callable(self.creating):
+            self.creating = self.creating()
+        return self.creating
+
     def _read(self) -> str:
         if self.file:
             return read_password_file(self.file, "password file")
@@ -126,8 +135,8 @@ class Passwords:
         if self.command:
             return run_password_command(self.command)
         if sys.stdin.isatty():
-            return _prompt(f"password for repository {describe(self.location)}", self.creating)
-        if self.creating:
+            return _prompt(f"password for repository {describe(self.location)}", self._new())
+        if self._new():
             raise PasswordError(
                 f"a new encrypted repository at {describe(self.location)} needs a password: give "
                 f"it with {self.sources} (no terminal to ask on)"

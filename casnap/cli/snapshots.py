@@ -93,7 +93,7 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
     from casnap.repository import Repository
 
     c.refuse_no_lock()
-    c.passwords.creating = not c.holds_config()  # a new repository: a prompt asks twice
+    c.passwords.creating = lambda: not c.holds_config()  # a new repository: a prompt asks twice
     try:
         repo = Repository.open_or_init(
             c.repo_path, c.data, password=c.passwords, encryption=c.auto_encryption()
