@@ -177,6 +177,8 @@ def test_password_sources_in_order(app: Path, tmp_path: Path) -> None:
     cmd = f"printf '%s' '{PW}'"
     cmd = f'sh -c "{cmd}"'
     assert run(repo, app, "log", password=None, CASNAP_PASSWORD_COMMAND=cmd)[0] == 0
+    code, _, _ = run(repo, app, "--password-command", cmd, "log", password="wrong")
+    assert code == 0  # a command comes before CASNAP_PASSWORD, as restic's does
     code, _, err = run(repo, app, "log", password=None, CASNAP_PASSWORD_COMMAND="false")
     assert code == 10 and "password command" in err
     code, _, err = run(repo, app, "log", password=None, CASNAP_PASSWORD_FILE=str(tmp_path / "no"))

@@ -82,7 +82,7 @@ def _same_place(a: Location, b: Location) -> bool:
     envvar="CASNAP_FROM_PASSWORD_FILE",
     metavar="FILE",
     help="The password of the --from repository, read from FILE (env CASNAP_FROM_PASSWORD_FILE; "
-    "then CASNAP_FROM_PASSWORD, --from-password-command, a prompt on a terminal).",
+    "then --from-password-command, CASNAP_FROM_PASSWORD, a prompt on a terminal).",
 )
 @click.option(
     "--from-password-command",
@@ -96,7 +96,7 @@ def _same_place(a: Location, b: Location) -> bool:
     envvar="CASNAP_TO_PASSWORD_FILE",
     metavar="FILE",
     help="The password of the --to repository, read from FILE (env CASNAP_TO_PASSWORD_FILE; "
-    "then CASNAP_TO_PASSWORD, --to-password-command, a prompt on a terminal).",
+    "then --to-password-command, CASNAP_TO_PASSWORD, a prompt on a terminal).",
 )
 @click.option(
     "--to-password-command",

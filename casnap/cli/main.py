@@ -329,13 +329,14 @@ class CommandGroup(CasnapGroup):
     envvar="CASNAP_PASSWORD_FILE",
     metavar="FILE",
     help="Read the password of an encrypted repository from FILE (env CASNAP_PASSWORD_FILE; "
-    "then CASNAP_PASSWORD, --password-command, a prompt on a terminal).",
+    "then --password-command, CASNAP_PASSWORD, a prompt on a terminal).",
 )
 @click.option(
     "--password-command",
     envvar="CASNAP_PASSWORD_COMMAND",
     metavar="CMD",
-    help="Run CMD (no shell) and use what it prints as the password (env CASNAP_PASSWORD_COMMAND).",
+    help="Run CMD (no shell) and use what it prints as the password (env CASNAP_PASSWORD_COMMAND; "
+    "before CASNAP_PASSWORD).",
 )
 @click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.option(

@@ -1,6 +1,7 @@
-"""Where a password comes from: the first of --password-file, CASNAP_PASSWORD_FILE,
-CASNAP_PASSWORD, --password-command / CASNAP_PASSWORD_COMMAND, else a no-echo prompt on a
-terminal. Without any of them and without a terminal: one line naming the options, never a wait.
+"""Where a password comes from: the first of --password-file / CASNAP_PASSWORD_FILE,
+--password-command / CASNAP_PASSWORD_COMMAND, CASNAP_PASSWORD, else a no-echo prompt on a
+terminal (restic's order: an option given beats the password variable). Without any of them and
+without a terminal: one line naming the options, never a wait.
 
 A password is read only when a repository turns out to be encrypted (or one is created), once
 per command. One trailing newline of a file or a command's output is not part of the password.
@@ -20,8 +21,8 @@ from casnap.errors import PasswordError
 from casnap.locations import Location, describe
 
 SOURCES = (
-    "--password-file, CASNAP_PASSWORD_FILE, CASNAP_PASSWORD or --password-command "
-    "(CASNAP_PASSWORD_COMMAND)"
+    "--password-file (CASNAP_PASSWORD_FILE), --password-command (CASNAP_PASSWORD_COMMAND) "
+    "or CASNAP_PASSWORD"
 )
 NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
 MAX_PASSWORD_FILE = 4096  # bytes: a password file, not a device or a large file by mistake
@@ -129,11 +130,11 @@ class Passwords:
     def _read(self) -> str:
         if self.file:
             return read_password_file(self.file, "password file")
+        if self.command:
+            return run_password_command(self.command)
         env = os.environ.get(self.env)
         if env:
             return env
-        if self.command:
-            return run_password_command(self.command)
         if sys.stdin.isatty():
             return _prompt(f"password for repository {describe(self.location)}", self._new())
         if self._new():
@@ -151,11 +152,11 @@ def other_passwords(
     role: str, file: str | None, command: str | None, location: Location
 ) -> Passwords:
     """The password of the repository `copy` names with --from or --to (role "from" or "to"):
-    --ROLE-password-file, CASNAP_ROLE_PASSWORD_FILE, CASNAP_ROLE_PASSWORD,
-    --ROLE-password-command / CASNAP_ROLE_PASSWORD_COMMAND, else a prompt on a terminal."""
+    --ROLE-password-file / CASNAP_ROLE_PASSWORD_FILE, --ROLE-password-command /
+    CASNAP_ROLE_PASSWORD_COMMAND, CASNAP_ROLE_PASSWORD, else a prompt on a terminal."""
     env = f"CASNAP_{role.upper()}_PASSWORD"
     sources = (
-        f"--{role}-password-file, {env}_FILE, {env} or --{role}-password-command ({env}_COMMAND)"
+        f"--{role}-password-file ({env}_FILE), --{role}-password-command ({env}_COMMAND) or {env}"
     )
     return Passwords(file, command, location, env=env, sources=sources)
 
