@@ -20,7 +20,12 @@ class RepositoryError(CasnapError):
 
 
 class RepositoryNotFound(RepositoryError):
-    """No repository at the given location."""
+    """No repository at the given location. `why`: what is missing, when more than the
+    repository (an S3 bucket), for a message to name."""
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class RepositoryGone(RepositoryNotFound):

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from casnap.cli import cli
 from casnap.errors import EXIT_CODES
 from tests.conftest import evolve_app, make_app
+from tests.s3server import make_bucket
 from tests.util import snapshot_tree
 
 PW = "correct horse battery staple"
@@ -153,6 +154,10 @@ def test_missing_bucket_and_unreachable_endpoint_are_one_line(
     code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
     assert code == EXIT_CODES["repository"], err
     assert err.count("\n") == 1 and "no casnap repository at s3://" in err
+    assert f"bucket {s3_bucket} does not exist" in err, err
+    make_bucket(s3_bucket)  # the bucket there, the prefix empty: no word of the bucket
+    code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
+    assert code == EXIT_CODES["repository"] and "does not exist" not in err, err
 
     env = dict(s3_env, CASNAP_S3_ENDPOINT="http://127.0.0.1:9")  # the discard port: refused
     done = subprocess.run(
@@ -168,8 +173,6 @@ def test_missing_bucket_and_unreachable_endpoint_are_one_line(
 
 
 def test_an_s3_prefix_holding_other_objects_is_not_touched(s3_bucket: str, tmp_path: Path) -> None:
-    from tests.s3server import make_bucket
-
     make_bucket(s3_bucket)
     from casnap.backends.s3 import make_client
 

@@ -208,10 +208,10 @@ class S3Backend(Backend):
             if code in _MISSING or status == 404 and code != "NoSuchBucket":
                 return ObjectMissing(f"{what.split(' ', 1)[1]} is missing from the repository")
             if code == "NoSuchBucket":
-                return RepositoryNotFound(
-                    f"{where}: bucket {self.bucket} does not exist"
-                    + (f" at {endpoint()}" if endpoint() else "")
+                why = f"bucket {self.bucket} does not exist" + (
+                    f" at {endpoint()}" if endpoint() else ""
                 )
+                return RepositoryNotFound(f"{where}: {why}", why)
             if code in _DENIED or status == 403:
                 return AccessDenied(f"{where}: access denied ({code}: {message})")
             if code in ("InvalidRange", "416") or status == 416:

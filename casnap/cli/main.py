@@ -192,9 +192,11 @@ class Context:
             cache = command not in ("verify", "check")
             repo = Repository.open(self.repo_path, self.passwords, cache=cache)
         except RepositoryNotFound as exc:
+            why = f" ({exc.why})" if exc.why else ""
             raise RepositoryNotFound(
-                f"no casnap repository at {self.where}; give --repo DIR or set CASNAP_REPO "
-                "(casnap init creates one)"
+                f"no casnap repository at {self.where}{why}; give --repo DIR or set CASNAP_REPO "
+                "(casnap init creates one)",
+                exc.why,
             ) from exc
         if reading:
             repo.no_lock = self.no_lock
