@@ -13,6 +13,7 @@ from casnap.committer import commit
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests.helpers_reliability import run_casnap, small_app, small_config
+from tests.util import one_row_wal_db
 
 DAMAGED_RECORDS = {
     "files-a-list": lambda source: {"source": source, "files": []},
@@ -120,11 +121,7 @@ def test_a_wal_write_right_after_the_swap_is_not_recorded_as_restored(
 
     data = tmp_path / "data"
     data.mkdir()
-    with contextlib.closing(sqlite3.connect(data / "w.db")) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE t(x)")
-        db.execute("INSERT INTO t VALUES (1)")
-        db.commit()
+    one_row_wal_db(data / "w.db")
     repo = Repository.init(tmp_path / "repo")
     first = commit(repo, data).id
     real = restored.record

@@ -18,7 +18,7 @@ from casnap.repository import Repository
 from casnap.restorer import SAFETY_TAG, checkout
 from tests.conftest import evolve_app
 from tests.helpers_reliability import dead_pid
-from tests.util import raw_tree, snapshot_tree
+from tests.util import one_row_wal_db, raw_tree, snapshot_tree
 
 
 def flip_byte_in_packs(repo_dir: Path) -> None:
@@ -117,11 +117,7 @@ def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path
     held no safety snapshot is made."""
     data = tmp_path / "data"
     data.mkdir()
-    with contextlib.closing(sqlite3.connect(data / "w.db")) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE t(x)")
-        db.execute("INSERT INTO t VALUES (1)")
-        db.commit()
+    one_row_wal_db(data / "w.db")
     repo = Repository.init(tmp_path / "repo")
     first = commit(repo, data).id
     app = "import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,3 +61,12 @@ def write_entries(store: Store, entries: dict[ObjectId, IndexEntry]) -> str:
     """Store an index file holding these entries (a wrong or extra copy of a chunk); its key."""
     key, _size = store.write_index(*as_arrays(entries.items()))
     return key
+
+
+def one_row_wal_db(path: Path) -> None:
+    """A WAL database of one table t(x) holding one row, closed (no -wal left beside it)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
