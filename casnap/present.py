@@ -73,9 +73,10 @@ class Present:
     def hash_of(self, parent: Dir, name: str, rel: str) -> str:
         """The content hash of the file name in parent (at rel in the target): known by its
         fingerprint when one recorded for rel matches, else read and hashed."""
-        self._seen[rel] = _stamp(parent, name)  # before the read: a later write shows
+        now = fingerprint(parent, name, "sqlite")  # one stat of the file and its -wal serves all
+        self._seen[rel] = _stamp(now)  # before the read: a later write shows
         for fp, digest, kind in self.known(rel):
-            if fingerprint(parent, name, kind) == fp:
+            if (now if kind == "sqlite" or now is None else now[:4]) == fp:
                 return digest
         return self._read_hash(parent, name)
 
@@ -85,7 +86,7 @@ class Present:
         out = []
         for rel in rels:
             parent, name = tree.parent_of(rel)
-            now = _stamp(parent, name) if parent is not None else None
+            now = _stamp(fingerprint(parent, name, "sqlite")) if parent is not None else None
             if now != self._seen.get(rel):
                 out.append(rel)
         return out
@@ -123,10 +124,10 @@ def fingerprint(parent: Dir, name: str, kind: str) -> tuple[int, ...] | None:
     return fp
 
 
-def _stamp(parent: Dir, name: str) -> tuple[int, ...] | None:
-    """Size, mtime and inode of the file and of its -wal: what a write changes. Not the ctimes:
-    SQLite run as root chowns a -wal it opens, as reading a database's image here does."""
-    fp = fingerprint(parent, name, "sqlite")
+def _stamp(fp: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """Of a "sqlite" fingerprint, the size, mtime and inode of the file and of its -wal: what a
+    write changes. Not the ctimes: SQLite run as root chowns a -wal it opens, as reading a
+    database's image here does."""
     return None if fp is None else fp[:2] + fp[3:6] + fp[7:]
 
 
