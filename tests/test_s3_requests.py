@@ -65,9 +65,8 @@ def open_s3(url: str) -> tuple[Repository, Requests]:
     return repo, Requests(repo)
 
 
-def open_or_init_s3(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Repository, Requests]:
-    """As the commit command opens it (creating it when missing), counted from its first
-    request."""
+def count_new_clients(monkeypatch: pytest.MonkeyPatch) -> Requests:
+    """The requests of every S3 client made from now on, counted from its first one."""
     import casnap.backends.s3 as s3
 
     requests = Requests.__new__(Requests)
@@ -80,6 +79,13 @@ def open_or_init_s3(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Reposito
         return client
 
     monkeypatch.setattr(s3, "make_client", counted)
+    return requests
+
+
+def open_or_init_s3(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Repository, Requests]:
+    """As the commit command opens it (creating it when missing), counted from its first
+    request."""
+    requests = count_new_clients(monkeypatch)
     repo = Repository.open_or_init(url, password=lambda: PW, encryption="repokey")
     return repo, requests
 
@@ -122,21 +128,10 @@ def test_a_warm_no_change_commit_command_given_a_password_asks_nothing_more(
 ) -> None:
     """The command, not only the API: with a password given there is no prompt to make ask
     twice, so it does not ask the store whether the repository is new (a HEAD of its config)."""
-    import casnap.backends.s3 as s3
-
     url = f"s3://{s3_bucket}/r"
     data = tmp_path / "data"
     committed_twice(url, data)
-    requests = Requests.__new__(Requests)
-    requests.sent = []
-    made = s3.make_client
-
-    def counted() -> Any:
-        client = made()
-        client.meta.events.register("provide-client-params.s3", requests._note)
-        return client
-
-    monkeypatch.setattr(s3, "make_client", counted)
+    requests = count_new_clients(monkeypatch)
     code, _, err = run(url, data, "commit", "-q", password=PW)
     assert code == 0, err
     ops = requests.operations()
