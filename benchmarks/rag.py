@@ -56,6 +56,7 @@ from tools import (  # noqa: E402
     Tool,
     ToolError,
     capture,
+    compile_casnap,
     empty_dir,
     tree_size,
 )
@@ -301,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.tools = [t for t in args.tools.split(",") if t]
     quiet_frameworks()
+    compile_casnap()
     work = Path(tempfile.mkdtemp(prefix="casnap-rag-bench-", dir=args.work))
     missing = {t: TOOLS[t](work).missing() for t in args.tools}
     args.tools = [t for t in args.tools if missing[t] is None]

@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phase_report import LEGEND, median_phases, phase_table, phases_of  # noqa: E402
-from tools import ROOT, TOOLS, CasnapTool, Measured, Tool, empty_dir  # noqa: E402
+from tools import ROOT, TOOLS, CasnapTool, Measured, Tool, compile_casnap, empty_dir  # noqa: E402
 
 RUNS = ("casnap", "casnap --no-smoke", "restic", "tarzstd")
 
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     work = args.work.resolve()
+    compile_casnap()
     step = last_step(work)
     tools = {n: TOOLS[n](work) for n in ("casnap", "restic", "tarzstd")}
     runs = [r for r in RUNS if tools[r.split()[0]].repo.exists()]

@@ -42,7 +42,7 @@ from typing import Any
 
 from phase_report import LEGEND, median_phases, phase_table, phases_of
 from s3_requests import describe, environment, warm_requests
-from tools import Measured, ToolError, compare_trees, empty_dir, run
+from tools import Measured, ToolError, compare_trees, compile_casnap, empty_dir, run
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "casnap-bench"
@@ -197,6 +197,7 @@ def main() -> None:
     args = p.parse_args()
     from casnap import sample
 
+    compile_casnap()
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="casnap-s3-bench-", dir=args.work))
     port = free_port()

@@ -57,6 +57,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tools import compile_casnap  # noqa: E402
+
 from casnap.chunkindex import FIELD_DTYPE, encode_index  # noqa: E402
 from casnap.ids import ID_SIZE, ObjectId  # noqa: E402
 from casnap.manifest import Snapshot, decompress_manifest  # noqa: E402
@@ -433,6 +435,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_casnap()
     out: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},

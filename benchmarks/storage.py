@@ -68,6 +68,7 @@ from tools import (  # noqa: E402 - the benchmarks' own module, beside this scri
     Tool,
     ToolError,
     compare_trees,
+    compile_casnap,
     empty_dir,
     rss_floor,
     tarzstd_helper,
@@ -306,18 +307,9 @@ def add_ratios(summaries: list[Summary]) -> None:
                 setattr(s, attr, s.incr_bytes / base.incr_bytes)
 
 
-def compile_casnap(sample: ModuleType) -> None:
-    """casnap's modules compiled to bytecode first, as installing a package compiles them: a
-    source tree never imported before (or PYTHONDONTWRITEBYTECODE set) would make every casnap
-    command compile each module it imports (~0.15 s), and the benchmark would time that."""
-    import compileall
-
-    compileall.compile_dir(str(Path(sample.__file__).resolve().parent), quiet=1)
-
-
 def run_benchmark(args: argparse.Namespace, work: Path, log: Log) -> dict[str, Any]:
     sample = load_sample()
-    compile_casnap(sample)
+    compile_casnap()
     data = work / "data"
     started = time.perf_counter()
     log(f"work dir: {work}")
