@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from phase_report import LEGEND, median_phases, phase_table, phases_of
+from targets import as_json, format_targets, many_files_targets
 from tools import (
     MIB,
     TOOLS,
@@ -290,6 +291,7 @@ def main(args: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
     floor = rss_floor()
     raw = run_rounds(names, args.many_files, args.seed, args.rounds, work, log)
     rows = summarize(raw)
+    met = many_files_targets(rows)
     result = {
         "config": {
             "files": args.many_files,
@@ -305,6 +307,7 @@ def main(args: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
         "rss_floor": floor,
         **raw,
         "summary": rows,
+        "targets": as_json(met),
         "wall_seconds": time.perf_counter() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -316,6 +319,8 @@ def main(args: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
     log(f"median seconds of {args.rounds} round(s), each in fresh repositories")
     log()
     log(format_table(rows))
+    log()
+    log(format_targets(met))
     phases = casnap_phases(rows)
     if phases:
         log()

@@ -42,6 +42,7 @@ from typing import Any
 
 from phase_report import LEGEND, median_phases, phase_table, phases_of
 from s3_requests import describe, environment, warm_requests
+from targets import as_json, format_targets, s3_targets
 from tools import Measured, ToolError, compare_trees, compile_casnap, empty_dir, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,7 +298,10 @@ def main() -> None:
         server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     result["wall_seconds"] = time.perf_counter() - t_start
+    met = s3_targets(result)
+    result["targets"] = as_json(met)
     print_table(result, print)
+    print(f"\n{format_targets(met)}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "s3.json").write_text(json.dumps(result, indent=2))
 
