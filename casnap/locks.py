@@ -60,8 +60,12 @@ READ_ONLY_OPERATIONS = frozenset(
 
 
 # The folders an operation reads first, listed with its lock's own check (one request on S3:
-# Backend.list_several): a commit's repair notes and snapshots (its parent, for the stat cache).
-LISTED_WITH_LOCK = {"commit": ("repairs/", "snapshots/")}
+# Backend.list_several): a commit's repair notes and snapshots (its parent, for the stat cache),
+# a checkout's snapshots (checked again under its lock). Only folders after locks/ in key order:
+# a ranged listing returns keys in order, and a folder listed before locks/ could be seen in
+# the middle of an exclusive holder's changes (docs/FORMAT.md, "One listing for the lock and
+# the snapshots").
+LISTED_WITH_LOCK = {"commit": ("repairs/", "snapshots/"), "checkout": ("snapshots/",)}
 
 
 def exclusive(operation: str) -> bool:

@@ -148,6 +148,24 @@ def test_a_warm_log_on_s3_is_one_listing(s3_bucket: str, tmp_path: Path) -> None
     assert requests.sent == [("ListObjectsV2", "r/snapshots/")]
 
 
+def test_a_warm_checkout_lists_its_snapshots_again_with_its_lock_not_apart(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command resolves `latest` with one listing of snapshots/; with its lock taken, the
+    snapshots it checks again come in the lock's own listing (not in one more), then the index
+    files are listed (after the lock's check: see locks.LISTED_WITH_LOCK)."""
+    url = f"s3://{s3_bucket}/r"
+    data = tmp_path / "data"
+    committed_twice(url, data)
+    requests = count_new_clients(monkeypatch)
+    out = tmp_path / "out"
+    code, _, err = run(url, data, "checkout", "latest", "--to", str(out), "-q", password=PW)
+    assert code == 0, err
+    assert snapshot_tree(out) == snapshot_tree(data)
+    listings = [key for op, key in requests.sent if op == "ListObjectsV2"]
+    assert listings == ["r/snapshots/", "r/", "r/index/"], requests.sent
+
+
 def test_a_commit_is_refused_while_an_exclusive_lock_is_held(
     s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
