@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, placement, rollback, selection
 from casnap.backends.base import Backend
 from casnap.backends.cached import CachingBackend, cache_dir_for, opened_cache, opened_cache_dir
+from casnap.backends.deferred import DeferredBackend, made_for, s3_backend, unmade
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
@@ -192,22 +193,22 @@ class Repository:
     ) -> Repository:
         """Open (or with create, make) the repository at an S3 URL; scratch space is private.
         Requests that fail transiently are retried; metadata is cached unless cache is False
-        (verify reads everything from the bucket)."""
-        from casnap.backends.s3 import repository_backend
-
+        (verify reads everything from the bucket). With its config kept here, the client is made
+        while the key is derived (backends/deferred.py)."""
         if create and password is not None:
             keys.read_password(password)  # asked for (or missing) before anything is made
         kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
-        backend: Backend = RetryingBackend(repository_backend(url, create, check=not kept))
+        made = partial(s3_backend, url, create, check=not kept)
+        backend: Backend = RetryingBackend(DeferredBackend(url.url, made) if kept else made())
         try:
             if create:  # what was cached of an earlier repository at url is not this one's
                 shutil.rmtree(opened_cache_dir(url.url), ignore_errors=True)
                 return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
             scratch = fsutil.private_scratch()
-            return cls.open_backend(backend, scratch, password=password, cache=cache)
-        except BaseException:
+            return made_for(backend, cls.open_backend(backend, scratch, None, password, cache))
+        except BaseException as exc:
             backend.close()
-            raise
+            raise unmade(backend) or exc  # noqa: B904 - a client that cannot be made comes first
 
     @classmethod
     @opening

@@ -441,3 +441,21 @@ def test_a_misconfigured_s3_client_is_a_usage_error(
     assert code == EXIT_CODES["usage"], err
     assert err.count("\n") == 1 and err.startswith("casnap: error: "), err
     assert named in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("password", ["right", "wrong"])
+def test_a_misconfigured_client_is_the_error_also_when_this_host_keeps_the_config(
+    password: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the config and key file kept here, the client is made while the key is derived;
+    a client that cannot be made is still the command's one error (exit 2 naming the
+    setting), before a wrong password, and a good one opens the repository as before."""
+    url, data = f"s3://{s3_bucket}/kept", tmp_path / "data"
+    make_app(data, rows=20, vectors=40)
+    assert run(url, data, "commit", "-q", password="right")[0] == 0
+    code, out, err = run(url, data, "log", password=password)
+    assert code == (0 if password == "right" else EXIT_CODES["password"]), err
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    code, _, err = run(url, data, "log", password=password)
+    assert code == EXIT_CODES["usage"], err
+    assert err.count("\n") == 1 and "no-such-profile" in err, err
