@@ -131,3 +131,75 @@ def test_a_cancelled_database_check_stops_and_fails(tmp_path: Path) -> None:
     cancel.set()
     (failed,) = check_sqlite(db, "big.db", cancel, private=True)
     assert not failed.ok and "interrupt" in failed.detail
+
+
+def _record_children(
+    monkeypatch: pytest.MonkeyPatch, events: list[str]
+) -> list[faiss_child.ProbeChild]:
+    """Every FAISS probe child made from now on, and when (in events, beside the opens)."""
+    made: list[faiss_child.ProbeChild] = []
+    init = faiss_child.ProbeChild.__init__
+
+    def counted(self: faiss_child.ProbeChild) -> None:
+        init(self)
+        made.append(self)
+        events.append("child")
+
+    monkeypatch.setattr(faiss_child.ProbeChild, "__init__", counted)
+    open_ = Repository.open.__func__  # type: ignore[attr-defined]
+
+    def opened(cls: type[Repository], *args: object, **kwargs: object) -> Repository:
+        events.append("open")
+        return open_(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Repository, "open", classmethod(opened))
+    return made
+
+
+@pytest.mark.parametrize(
+    ("args", "children"),
+    [((), 1), (("--no-smoke",), 0), (("app.db",), 0), (("faiss",), 1)],
+    ids=["whole", "no-smoke", "database-only", "folder"],
+)
+def test_a_checkout_starts_its_faiss_checker_before_opening_the_repository(
+    args: tuple[str, ...], children: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checker's start (loading FAISS) overlaps the opening of the repository: one child,
+    made before the open, used by the checks; none when no index can be restored."""
+    from click.testing import CliRunner
+
+    from casnap.cli import cli
+
+    app, repo_dir = tmp_path / "app", tmp_path / "repo"
+    make_app(app)
+    repo = Repository.init(repo_dir)
+    commit(repo, app)
+    repo.close()
+    events: list[str] = []
+    made = _record_children(monkeypatch, events)
+    out = tmp_path / "out"
+    argv = ["--repo", str(repo_dir), "--data", str(app), "checkout", "latest", *args]
+    result = CliRunner().invoke(cli, [*argv, "--to", str(out), "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(made) == children, events
+    if children:
+        assert events[:2] == ["child", "open"], events
+        assert '"faiss-search"' in result.stdout  # its checks ran (in that child)
+    assert all(c.proc.poll() is not None for c in made)  # none left running
+
+
+def test_a_checker_started_for_a_checkout_that_fails_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from casnap.cli import cli
+
+    app, repo_dir = tmp_path / "app", tmp_path / "repo"
+    make_app(app)
+    Repository.init(repo_dir).close()
+    made = _record_children(monkeypatch, [])
+    argv = ["--repo", str(repo_dir), "--data", str(app), "checkout", "deadbeef", "--to"]
+    result = CliRunner().invoke(cli, [*argv, str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert len(made) == 1 and made[0].proc.poll() is not None

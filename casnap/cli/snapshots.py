@@ -308,6 +308,11 @@ def checkout(
 
     if target == "":  # Path("") is the working dir: a full checkout would empty it
         raise InvalidArgument("--to is empty; give the directory to restore into")
+    from casnap.smoke import probe_ahead
+
+    # a whole snapshot, a folder or an index may hold FAISS indexes: their checker starts now
+    faiss = not paths or any(p.endswith(".index") or not Path(p).suffix for p in paths)
+    click.get_current_context().with_resource(probe_ahead(not no_smoke and faiss))
     with one_blas_thread():
         from casnap.restorer import checkout as checkout_snapshot
 
