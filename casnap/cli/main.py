@@ -116,16 +116,29 @@ OTHER_NAMES = {
 }
 
 
+# What restic calls a checkout option casnap has under another form.
+OTHER_CHECKOUT_OPTIONS = {
+    "--target": "casnap checkout SNAPSHOT --to DIR",
+    "--include": "casnap checkout SNAPSHOT PATH... (the files or folders to restore)",
+}
+
+
 def _usage_message(exc: click.UsageError) -> str:
     """Click's message, or where the option goes when it is a restic habit: a global option
-    after the command, a retention rule given to forget."""
+    after the command, a retention rule given to forget or one prune lacks, restore's --target."""
     message = exc.format_message()
     if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
         return message
     name = exc.option_name
-    if name.startswith("--keep-"):
-        return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
     root = exc.ctx.find_root()
+    if name.startswith("--keep-"):
+        prune = getattr(root.command, "commands", {}).get("prune")
+        rules = [o for p in getattr(prune, "params", ()) for o in p.opts if o.startswith("--keep-")]
+        if name in rules:
+            return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
+        return f"No such option '{name}': prune's keep rules are {', '.join(rules)}."
+    if exc.ctx.info_name == "checkout" and name in OTHER_CHECKOUT_OPTIONS:
+        return f"No such option '{name}': casnap's is `{OTHER_CHECKOUT_OPTIONS[name]}`."
     if exc.ctx is not root and any(name in p.opts for p in root.command.params):
         command = exc.ctx.command_path.partition(" ")[2]
         usage = f"casnap {name} ... {command}"

@@ -83,6 +83,15 @@ class Percent(Number):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value.strip().endswith("%"):
             value = value.strip()[:-1]
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:  # restic's `1/5` subset among them
+                self.fail(
+                    f"{value!r} is not a percentage: give a percentage such as 10 or 10%",
+                    param,
+                    ctx,
+                )
         return super().convert(value, param, ctx)
 
 
