@@ -264,8 +264,8 @@ def commit(
     "--all-paths",
     is_flag=True,
     help="Restore the newest snapshot of each group of snapshots committed with the same paths "
-    "(e.g. `commit app.db` and `commit faiss` on their own schedules) at once; the plan is "
-    "printed first.",
+    "(e.g. `commit app.db` and `commit faiss` on their own schedules), of SNAPSHOT's data dir "
+    "and host, at once; the plan is printed first.",
 )
 @filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -317,8 +317,10 @@ def checkout(
         paths = normalize_paths(paths, c.data, snapshot_holds(repo.snapshot(sid)))
     dest = (Path(target) if target is not None else c.data).absolute()
     if all_paths and not as_json:
-        source = repo.snapshot(sid).source
-        for group_id, snap in selection.newest_of_groups(repo.snapshots(), source):
+        named = repo.snapshot(sid)
+        for group_id, snap in selection.newest_of_groups(
+            repo.snapshots(), named.source, named.host
+        ):
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
     with progress_bar(c, "restore") as progress:
@@ -387,6 +389,7 @@ def _smoke_summary(report: dict[str, Any]) -> str:
     "List only snapshots committed with path P (repeatable: with all of them; `.`: whole-dir "
     "snapshots).",
     "List only snapshots carrying tag T (repeatable: any of them; `a,b`: both).",
+    "List only snapshots taken on host H (repeatable: any of them).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as a JSON list.")
 @pass_ctx
@@ -395,9 +398,10 @@ def log(
 ) -> None:
     """List snapshots, newest first.
 
-    One line per snapshot: id prefix, local time, file count, total size, bytes its commit added
-    to the repository (packs, index and manifest), the paths it was committed with (`(all)`: the
-    whole data dir), tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
+    One line per snapshot: id prefix, local time, the host it was taken on (when the snapshots
+    listed come from more than one), file count, total size, bytes its commit added to the
+    repository (packs, index and manifest), the paths it was committed with (`(all)`: the whole
+    data dir), tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
     snapshot in the other commands.
 
     Example: casnap log --path app.db
@@ -415,15 +419,19 @@ def log(
         return
     labels = [paths_label(r["paths"]) for r in rows]
     width = min(max(len("PATHS"), *(len(x) for x in labels)), 32)
+    hosts = [printable(r["host"]) for r in rows]
+    host_width = max(len("HOST"), *(len(h) for h in hosts)) if len(set(hosts)) > 1 else 0
+    host_head = f"{'HOST':<{host_width}} " if host_width else ""
     click.echo(
-        f"{'ID':<9} {'TIME':<19} {'FILES':>5} {'SIZE':>10} {'ADDED':>10}  {'PATHS':<{width}}  "
-        "TAGS / MESSAGE"
+        f"{'ID':<9} {'TIME':<19} {host_head}{'FILES':>5} {'SIZE':>10} {'ADDED':>10}  "
+        f"{'PATHS':<{width}}  TAGS / MESSAGE"
     )
-    for r, where in zip(rows, labels, strict=True):
+    for r, where, host in zip(rows, labels, hosts, strict=True):
         label = " ".join(f"[{printable(t)}]" for t in r["tags"])
         text = " ".join(x for x in (label, printable(r["message"])) if x)
+        host_cell = f"{host:<{host_width}} " if host_width else ""
         click.echo(
-            f"{r['id'][:8]:<9} {local_time(r['time']):<19} {r['files']:>5} "
+            f"{r['id'][:8]:<9} {local_time(r['time']):<19} {host_cell}{r['files']:>5} "
             f"{human(r['logical_bytes']):>10} {human(r['bytes_added']):>10}  "
             f"{where:<{width}}  {text}".rstrip()
         )
