@@ -51,6 +51,8 @@ def open_destination(
     on_s3 = isinstance(location, S3Url)
     chosen = encryption or ("repokey" if on_s3 or passwords.given() else "none")
     passwords.creating = lambda: not holds_config(location)  # a prompt then asks twice
+    if encryption is None and on_s3:
+        passwords.plain_hint = "`--to-encryption none` makes a plain one"
     try:
         repo = Repository.open_or_init(location, password=passwords, encryption=chosen)
     except NotARepository:

@@ -13,6 +13,7 @@ import click
 from casnap.cli.main import Context, cli, one_blas_thread, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
+from casnap.cli.passwords import INIT_PLAIN
 from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     AccessDenied,
@@ -59,6 +60,7 @@ def init(c: Context, encryption: str | None, as_json: bool) -> None:
     c.passwords.creating = True
     if encryption is None:
         encryption = c.default_encryption()
+        c.passwords.plain_hint = "`--encryption none` makes a plain one"
     password = c.passwords if encryption == "repokey" else None
     repo = Repository.init(c.repo_path, password=password)
     where = c.where
@@ -94,6 +96,7 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
 
     c.refuse_no_lock()
     c.passwords.creating = lambda: not c.holds_config()  # a new repository: a prompt asks twice
+    c.passwords.plain_hint = INIT_PLAIN if c.on_s3 else ""
     try:
         repo = Repository.open_or_init(
             c.repo_path, c.data, password=c.passwords, encryption=c.auto_encryption()
