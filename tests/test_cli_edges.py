@@ -114,6 +114,17 @@ def test_a_restic_option_casnap_lacks_is_not_pointed_to_another_missing_one(
     assert "Did you mean" not in line and f"prune {args[1]}" not in line
 
 
+def test_max_unused_takes_restic_s_unlimited(world: tuple[list[str], Path]) -> None:
+    """restic's `prune --max-unused unlimited` repacks nothing for unused space (only wholly
+    unused packs go): casnap's 100; it was a usage error ("not a valid float range")."""
+    base, _ = world
+    proc = run_casnap([*base, "gc", "--dry-run", "--max-unused", "unlimited", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["max_unused"] == 100.0
+    proc = run_casnap([*base, "verify", "--read-data-subset", "unlimited"])
+    one_line(proc, EXIT_CODES["usage"], "not a percentage")
+
+
 @pytest.mark.parametrize("value", ["1/5", "ten"])
 def test_a_subset_that_is_no_percentage_says_how_to_write_one(
     world: tuple[list[str], Path], value: str

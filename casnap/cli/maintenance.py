@@ -74,11 +74,12 @@ def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None)
 
 max_unused_option = click.option(
     "--max-unused",
-    type=Percent(),
+    type=Percent(unlimited=True),
     default=DEFAULT_MAX_UNUSED,
     show_default=True,
     metavar="PCT",
-    help="Repack a pack when more than PCT% of it is unreferenced.",
+    help="Repack a pack when more than PCT% of it is unreferenced (`unlimited`, as restic "
+    "writes it, is 100: only packs wholly unreferenced go).",
 )
 
 

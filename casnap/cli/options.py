@@ -106,12 +106,16 @@ class Number(click.FloatRange):
 
 
 class Percent(Number):
-    """A percentage from 0 to 100, with or without its `%` (restic's `--max-unused 5%`)."""
+    """A percentage from 0 to 100, with or without its `%` (restic's `--max-unused 5%`); with
+    unlimited, restic's `unlimited` is 100."""
 
-    def __init__(self, min_open: bool = False) -> None:
+    def __init__(self, min_open: bool = False, unlimited: bool = False) -> None:
         super().__init__(0, 100, min_open=min_open)
+        self.unlimited = unlimited
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if self.unlimited and isinstance(value, str) and value.strip() == "unlimited":
+            return 100.0
         if isinstance(value, str) and value.strip().endswith("%"):
             value = value.strip()[:-1]
         if isinstance(value, str):
