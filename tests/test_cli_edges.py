@@ -101,6 +101,7 @@ def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
         (["prune", "--keep-within-daily", "7d"], "prune's keep rules are --keep-last, "),
         (["forget", "--keep-secondly", "3"], "prune's keep rules are --keep-last, "),
         (["checkout", "latest", "--target", "x"], r"casnap checkout SNAPSHOT --to DIR"),
+        (["prune", "--keep-last", "1", "--group-by", "host"], "groups by host, data dir and paths"),
         (["checkout", "latest", "--include", "app.db"], r"casnap checkout SNAPSHOT PATH\.\.\."),
     ],
 )

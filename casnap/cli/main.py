@@ -137,6 +137,11 @@ def _usage_message(exc: click.UsageError) -> str:
         if name in rules:
             return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
         return f"No such option '{name}': prune's keep rules are {', '.join(rules)}."
+    if exc.ctx.info_name in ("prune", "forget") and name == "--group-by":
+        return (
+            f"No such option '{name}': casnap groups by host, data dir and paths, always; "
+            "--host and --path narrow what is pruned."
+        )
     if exc.ctx.info_name == "checkout" and name in OTHER_CHECKOUT_OPTIONS:
         return f"No such option '{name}': casnap's is `{OTHER_CHECKOUT_OPTIONS[name]}`."
     if exc.ctx is not root and any(name in p.opts for p in root.command.params):
