@@ -85,3 +85,34 @@ def test_forget_and_prune_take_host(shared) -> None:
     assert json.loads(out)["removed"] == [ids["app-1"]]
     code, out = run(*base, "log", "--json")
     assert [r["id"] for r in json.loads(out)] == [ids["app-2"]]
+
+
+def test_commit_host_names_the_host_a_container_changes(tmp_path: Path, monkeypatch) -> None:
+    """A container gets a new host name each run: its snapshots formed a group per run, so
+    `prune --keep-last 1` kept them all, and each first commit found no parent and read every
+    file again. `commit --host app` (restic's `backup --host`) records one name for them."""
+    data = make_data(tmp_path / "data")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    ids = []
+    for run_no in range(2):
+        monkeypatch.setattr("socket.gethostname", lambda n=run_no: f"c0ffee{n}")
+        code, out = run(*base, "commit", "--host", "app", "--json")
+        assert code == 0, out
+        report = json.loads(out)
+        ids.append(report["id"])
+    assert report["files_new"] == 0  # the first run is its parent (none without --host)
+    code, out = run(*base, "show", "latest", "--json")
+    assert json.loads(out)["host"] == "app"
+    code, out = run(*base, "prune", "--keep-last", "1", "--json")
+    assert code == 0, out
+    assert json.loads(out)["removed"] == [ids[0]]
+
+
+@pytest.mark.parametrize("name", ["", "two\nlines"])
+def test_commit_host_must_be_a_name(tmp_path: Path, name: str) -> None:
+    data = make_data(tmp_path / "data")
+    code, out = run("--repo", str(tmp_path / "repo"), "--data", str(data), "commit", "--host", name)
+    assert code == 2 and "--host" in out and "not a host name" in out
+    assert not (tmp_path / "repo" / "snapshots").exists() or not any(
+        (tmp_path / "repo" / "snapshots").iterdir()
+    )

@@ -153,6 +153,14 @@ def say_created(c: Context, repo: Repository) -> None:
     help="Record T as the snapshot's time instead of now (importing an old copy): ISO 8601 or "
     "'YYYY-MM-DD HH:MM:SS' (local time without an offset); log, latest and prune order by it.",
 )
+@click.option(
+    "--host",
+    default=None,
+    metavar="NAME",
+    help="Record NAME as the host instead of this machine's name (as restic's backup --host), "
+    "for a container whose name changes each run: snapshots group, and find their parent, by "
+    "host.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def commit(
@@ -165,6 +173,7 @@ def commit(
     allow_empty: bool,
     skip_unreadable: bool,
     when: dt.datetime | None,
+    host: str | None,
     as_json: bool,
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
@@ -201,6 +210,7 @@ def commit(
                     allow_empty=allow_empty,
                     skip_unreadable=skip_unreadable,
                     time=when,
+                    host=host,
                 )
             except UnreadableSource as exc:
                 raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
