@@ -251,7 +251,9 @@ def commit(
     "target",
     metavar="DIR",
     default=None,
-    help="Restore into DIR instead of the data dir.",
+    help="Restore into DIR instead of the data dir. As there, a full checkout removes the "
+    "files DIR holds that the snapshot lacks (unlike restic's restore --target), saved first "
+    "as a pre-checkout snapshot.",
 )
 @click.option(
     "--no-safety-snapshot",
