@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,6 +96,9 @@ def test_plain_to_plain_keeps_ids_and_a_second_copy_writes_nothing(tmp_path, his
     for sid in ids:
         assert (dst / "snapshots" / sid).read_bytes() == (src / "snapshots" / sid).read_bytes()
         assert f"copied {sid[:8]} -> {sid[:8]}" in out
+    # the bytes are what was written (packs, index file, manifest), not the chunks' size: a
+    # snapshot sending 0 chunks read "0 chunks sent (2.4 KiB)"
+    assert re.search(r": \d+ chunks sent, [\d.]+ [KM]?i?B written, \d+ already there", out), out
     before = objects(dst)
     code, out, err = run(src, data, "copy", "--to", str(dst))
     assert code == 0, err

@@ -203,8 +203,8 @@ def _print(r: CopyResult) -> None:
     for s in r.snapshots:
         if s.copied:
             click.echo(
-                f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent "
-                f"({human(s.bytes_written)}), {s.chunks_present} already there"
+                f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent, "
+                f"{human(s.bytes_written)} written, {s.chunks_present} already there"
             )
         else:
             click.echo(f"{s.source[:8]} already in {r.destination} as {s.destination[:8]}")
