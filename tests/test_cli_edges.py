@@ -138,6 +138,17 @@ def test_a_subset_that_is_no_percentage_says_how_to_write_one(
     assert "give a percentage such as 10 or 10%" in line and "float range" not in line
 
 
+def test_restic_s_short_repo_option_names_the_repository(world: tuple[list[str], Path]) -> None:
+    """`restic -r REPO snapshots` is the habit of every restic user; `casnap -r` was a usage
+    error ("No such option '-r'")."""
+    base, _ = world
+    proc = run_casnap(["-r", base[1], "--data", base[3], "log", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 1
+    line = one_line(run_casnap([*base, "log", "-r", base[1]]), EXIT_CODES["usage"], "before")
+    assert "casnap -r ... log" in line
+
+
 @pytest.mark.parametrize("option", ["--repo", "--data", "--password-file", "--no-lock"])
 def test_a_global_option_after_the_command_says_where_it_goes(
     world: tuple[list[str], Path], option: str

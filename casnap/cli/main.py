@@ -328,6 +328,7 @@ class CommandGroup(CasnapGroup):
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
+    "-r",
     "--repo",
     envvar="CASNAP_REPO",
     default="./backups",
