@@ -167,6 +167,7 @@ def copy(
         src = open_source(c, other, passwords)
         dst_at, dst_passwords = c.repo_path, c.passwords
         dst_password = "--password-file"
+    src.on_unwritable = c.note_once  # only read: a read-only one is copied without its lock
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
     if created and src.encrypted and not dst.encrypted:
