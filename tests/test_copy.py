@@ -280,6 +280,19 @@ def test_wrong_destination_password_writes_nothing(tmp_path, history) -> None:
     assert raw_tree(enc) == before
 
 
+def test_to_encryption_an_existing_destination_does_not_have_is_said(tmp_path, history) -> None:
+    """`--to-encryption repokey` into an existing plain repository copied into it in plain, and
+    said nothing; it notes now that the destination keeps its own encryption."""
+    data, src, ids, _trees = history
+    plain = tmp_path / "plain"
+    assert run(plain, data, "init")[0] == 0
+    code, _, err = run(src, data, "copy", "--to", str(plain), "--to-encryption", "repokey", ids[0])
+    assert code == 0, err
+    assert "--to-encryption repokey: the existing repository" in err and "is not encrypted" in err
+    code, _, err = run(src, data, "copy", "--to", str(plain), "--to-encryption", "none", ids[1])
+    assert code == 0 and "--to-encryption" not in err, err
+
+
 def test_python_api_and_usage_errors(tmp_path, history) -> None:
     data, src, ids, _trees = history
     with Repository.open(src) as a, Repository.open_or_init(tmp_path / "b") as b:

@@ -170,6 +170,12 @@ def copy(
     src.on_unwritable = c.note_once  # only read: a read-only one is copied without its lock
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
+    if not created and to_encryption is not None and dst.encrypted != (to_encryption != "none"):
+        kind = "encrypted" if dst.encrypted else "not encrypted"
+        c.note_once(
+            f"--to-encryption {to_encryption}: the existing repository {dst.backend.location} "
+            f"is {kind} and keeps its own (the option applies to a destination the copy creates)"
+        )
     if created and src.encrypted and not dst.encrypted:
         warn(
             f"copying from an encrypted repository into a new plain one at "
