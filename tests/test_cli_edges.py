@@ -102,6 +102,7 @@ def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
         (["forget", "--keep-secondly", "3"], "prune's keep rules are --keep-last, "),
         (["checkout", "latest", "--target", "x"], r"casnap checkout SNAPSHOT --to DIR"),
         (["prune", "--keep-last", "1", "--group-by", "host"], "groups by host, data dir and paths"),
+        (["prune", "--keep-last", "1", "--prune"], "prune always runs gc afterwards"),
         (["checkout", "latest", "--include", "app.db"], r"casnap checkout SNAPSHOT PATH\.\.\."),
     ],
 )

@@ -116,16 +116,27 @@ OTHER_NAMES = {
 }
 
 
-# What restic calls a checkout option casnap has under another form.
-OTHER_CHECKOUT_OPTIONS = {
-    "--target": "casnap checkout SNAPSHOT --to DIR",
-    "--include": "casnap checkout SNAPSHOT PATH... (the files or folders to restore)",
+GROUPS = (
+    "casnap groups by host, data dir and paths, always; --host and --path narrow what is pruned"
+)
+
+# A restic option casnap lacks, by command: what casnap does instead.
+OTHER_OPTIONS = {
+    ("checkout", "--target"): "casnap's is `casnap checkout SNAPSHOT --to DIR`",
+    ("checkout", "--include"): (
+        "casnap's is `casnap checkout SNAPSHOT PATH...` (the files or folders to restore)"
+    ),
+    ("prune", "--group-by"): GROUPS,
+    ("forget", "--group-by"): GROUPS,
+    ("prune", "--prune"): (
+        "prune always runs gc afterwards, as restic's forget --prune does (--no-gc skips it)"
+    ),
 }
 
 
 def _usage_message(exc: click.UsageError) -> str:
     """Click's message, or where the option goes when it is a restic habit: a global option
-    after the command, a retention rule given to forget or one prune lacks, restore's --target."""
+    after the command, a retention rule given to forget or one prune lacks, OTHER_OPTIONS."""
     message = exc.format_message()
     if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
         return message
@@ -137,13 +148,9 @@ def _usage_message(exc: click.UsageError) -> str:
         if name in rules:
             return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
         return f"No such option '{name}': prune's keep rules are {', '.join(rules)}."
-    if exc.ctx.info_name in ("prune", "forget") and name == "--group-by":
-        return (
-            f"No such option '{name}': casnap groups by host, data dir and paths, always; "
-            "--host and --path narrow what is pruned."
-        )
-    if exc.ctx.info_name == "checkout" and name in OTHER_CHECKOUT_OPTIONS:
-        return f"No such option '{name}': casnap's is `{OTHER_CHECKOUT_OPTIONS[name]}`."
+    hint = OTHER_OPTIONS.get((exc.ctx.info_name or "", name))
+    if hint is not None:
+        return f"No such option '{name}': {hint}."
     if exc.ctx is not root and any(name in p.opts for p in root.command.params):
         command = exc.ctx.command_path.partition(" ")[2]
         usage = f"casnap {name} ... {command}"
