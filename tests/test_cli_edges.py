@@ -103,6 +103,11 @@ def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
         (["checkout", "latest", "--target", "x"], r"casnap checkout SNAPSHOT --to DIR"),
         (["prune", "--keep-last", "1", "--group-by", "host"], "groups by host, data dir and paths"),
         (["prune", "--keep-last", "1", "--prune"], "prune always runs gc afterwards"),
+        (["commit", "--exclude-file", "x"], "give each pattern with --exclude GLOB"),
+        (["commit", "--dry-run"], "`casnap diff latest` shows what a commit would store"),
+        (["checkout", "latest", "--dry-run"], "`casnap diff SNAPSHOT` lists"),
+        (["checkout", "latest", "--delete"], "a full checkout removes the files"),
+        (["checkout", "latest", "--exclude", "x"], r"casnap checkout SNAPSHOT PATH\.\.\."),
         (["checkout", "latest", "--include", "app.db"], r"casnap checkout SNAPSHOT PATH\.\.\."),
     ],
 )

@@ -126,6 +126,21 @@ OTHER_OPTIONS = {
     ("checkout", "--include"): (
         "casnap's is `casnap checkout SNAPSHOT PATH...` (the files or folders to restore)"
     ),
+    ("checkout", "--exclude"): (
+        "name what to restore instead: `casnap checkout SNAPSHOT PATH...` (files or folders)"
+    ),
+    ("checkout", "--delete"): (
+        "a full checkout removes the files the snapshot lacks, always (saved first as a "
+        "pre-checkout snapshot)"
+    ),
+    ("checkout", "--dry-run"): (
+        "`casnap diff SNAPSHOT` lists what differs between the snapshot and the data dir, "
+        "changing nothing"
+    ),
+    ("commit", "--dry-run"): (
+        "`casnap diff latest` shows what a commit would store, writing nothing"
+    ),
+    ("commit", "--exclude-file"): "give each pattern with --exclude GLOB (repeatable)",
     ("prune", "--group-by"): GROUPS,
     ("forget", "--group-by"): GROUPS,
     ("prune", "--prune"): (
