@@ -70,6 +70,7 @@ class CommitOptions:
     skip_unreadable: bool = False
     time: str | None = None  # recorded instead of now (an import of an old copy)
     source: str | None = None  # recorded as the data dir instead of the dir read (an import)
+    host: str | None = None  # recorded instead of this machine's name (a container's changes)
 
 
 @dataclass
@@ -133,6 +134,7 @@ def commit(
     skip_unreadable: bool = False,
     time: dt.datetime | None = None,
     source: Path | str | None = None,
+    host: str | None = None,
 ) -> CommitResult:
     """Snapshot data_dir (or paths inside it) into repo; returns what was stored.
 
@@ -145,7 +147,8 @@ def commit(
     files and folders that cannot be read for lack of permission are left out (listed in the
     result and the snapshot). time (naive: local time; never before 1970 or in the future) is
     recorded instead of now, and source as the data dir instead of data_dir: a copy kept
-    elsewhere is imported as the snapshot it was.
+    elsewhere is imported as the snapshot it was; host instead of this machine's name (its
+    snapshots then group, and find their parent, under host).
     """
     when = snapshot_time(time) if time is not None else None
     for tag in tags:
@@ -154,6 +157,11 @@ def commit(
                 f"tag {tag!r}: a tag is a non-empty name without commas (they join the tags a "
                 "filter requires together) or control characters"
             )
+    if host is not None and (not host or not host.isprintable() or host != host.strip()):
+        raise InvalidArgument(
+            f"--host {host!r} is not a host name: give a non-empty name without control "
+            "characters or surrounding spaces"
+        )
     options = CommitOptions(
         message=message,
         tags=tuple(tags),
@@ -163,6 +171,7 @@ def commit(
         skip_unreadable=skip_unreadable,
         time=when,
         source=str(Path(source).resolve()) if source is not None else None,
+        host=host,
     )
     committer = Committer(repo, options, progress)
     phases = committer.phases = Phases.begin(repo)  # counts the opening of a fresh repo
@@ -239,7 +248,7 @@ class Committer:
                 )
         source_dir = opts.source or str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
-        host = socket.gethostname()
+        host = opts.host or socket.gethostname()
         parent_id, parent = statcache.parent(self.repo, host, source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped

@@ -54,7 +54,8 @@ def require_keys(repo: Repository) -> None:
 def _unlocked(repo: Repository) -> Unlocked:
     if repo.unlocked is None:
         raise InvalidArgument(
-            f"repository {repo.backend.location} is not encrypted: it has no keys"
+            f"repository {repo.backend.location} is not encrypted: it has no keys; `casnap copy "
+            "--to NEW --to-encryption repokey` copies its snapshots into a new encrypted one"
         )
     return repo.unlocked
 

@@ -125,7 +125,7 @@ def checkout(
         sid = repo.resolve(ref)
         snap = repo.snapshot(sid)
         sources = (
-            selection.newest_of_groups(repo.snapshots(), snap.source)
+            selection.newest_of_groups(repo.snapshots(), snap.source, snap.host)
             if all_paths
             else [(sid, snap)]
         )

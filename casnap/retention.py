@@ -323,7 +323,8 @@ def prune(
         raise InvalidPolicy(
             "prune needs at least one keep rule (--keep-last, --keep-hourly, --keep-daily, "
             "--keep-weekly, --keep-monthly, --keep-yearly, --keep-within or --keep-tag); "
-            "to drop named snapshots use `casnap forget`"
+            "to drop named snapshots use `casnap forget`; `casnap gc` frees space without "
+            "forgetting any (what restic's bare prune does)"
         )
     t0 = time.perf_counter()
     report = PruneReport(dry_run=dry_run, policy=policy.describe())

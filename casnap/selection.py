@@ -1,11 +1,11 @@
 """Which snapshots a reference and a filter name: `latest`, an id or unique prefix, a tag; and the
---path / --tag filters that restrict them (as restic's `latest --path`).
+--path / --tag / --host filters that restrict them (as restic's `latest --path`).
 
 A filter's paths select snapshots committed with every one of them (`()` selects whole-dir
 snapshots); its tags select snapshots carrying every tag of any one group (`--tag a,b --tag c`:
-both a and b, or c). Every command that takes a snapshot reference resolves it here. A checkout
-of several path groups at once restores a `Selection`: per file, the newest snapshot whose scope
-covers it.
+both a and b, or c); its hosts, snapshots taken on any of them. Every command that takes a
+snapshot reference resolves it here. A checkout of several path groups at once restores a
+`Selection`: per file, the newest snapshot whose scope covers it.
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ class SnapshotFilter:
 
     paths: tuple[str, ...] | None = None  # None: any; (): whole-dir snapshots only
     tags: tuple[tuple[str, ...], ...] = ()
+    hosts: tuple[str, ...] = ()  # (): any host
 
     @property
     def active(self) -> bool:
-        return self.paths is not None or bool(self.tags)
+        return self.paths is not None or bool(self.tags) or bool(self.hosts)
 
     def matches(self, snap: Snapshot) -> bool:
-        return self.accepts(snap.paths, snap.tags)
+        return (not self.hosts or snap.host in self.hosts) and self.accepts(snap.paths, snap.tags)
 
     def accepts(self, paths: Sequence[str], tags: Sequence[str]) -> bool:
         """True for a snapshot committed with paths and carrying tags."""
@@ -68,6 +69,8 @@ class SnapshotFilter:
             )
         if self.tags:
             parts.append("tagged " + " or ".join(",".join(g) for g in self.tags))
+        if self.hosts:
+            parts.append("of host " + " or ".join(self.hosts))
         return ", ".join(parts)
 
 
@@ -151,10 +154,15 @@ def newest_per_path_group(
 
 
 def make_filter(
-    snaps: Snaps, data_dir: Path, paths: Sequence[str] = (), tags: Sequence[str] = ()
+    snaps: Snaps,
+    data_dir: Path,
+    paths: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    hosts: Sequence[str] = (),
 ) -> SnapshotFilter:
-    """The filter --path and --tag values give. Paths are read as paths.normalize_paths reads
-    them; a reading exists when a snapshot was committed with it or it exists in data_dir."""
+    """The filter --path, --tag and --host values give. Paths are read as
+    paths.normalize_paths reads them; a reading exists when a snapshot was committed with it or
+    it exists in data_dir."""
     rels = None
     if paths:
         committed = {p for _, s in snaps for p in s.paths}
@@ -163,7 +171,7 @@ def make_filter(
             return rel in committed or os.path.lexists(data_dir / rel)
 
         rels = normalize_paths(paths, data_dir, exists)
-    return SnapshotFilter(rels, parse_tags(tags))
+    return SnapshotFilter(rels, parse_tags(tags), tuple(dict.fromkeys(hosts)))
 
 
 @dataclass(frozen=True)
@@ -200,10 +208,10 @@ def covers(snap: Snapshot, path: str) -> bool:
     return capture.in_scope(path, snap.paths) and not capture.is_excluded(path, snap.excludes)
 
 
-def newest_of_groups(snaps: Snaps, source: str) -> list[tuple[ObjectId, Snapshot]]:
-    """The newest snapshot of each path group of the data dir source (checkout's safety
+def newest_of_groups(snaps: Snaps, source: str, host: str) -> list[tuple[ObjectId, Snapshot]]:
+    """The newest snapshot of each path group of the data dir source on host (checkout's safety
     snapshots left out: they record a target, not a schedule), newest first."""
-    kept = [(sid, snap) for sid, snap in snaps if SAFETY_TAG not in snap.tags]
+    kept = [(i, s) for i, s in snaps if SAFETY_TAG not in s.tags and s.host == host]
     groups = newest_per_path_group(kept, source)
     return sorted(groups.values(), key=lambda s: s[1].time, reverse=True)
 

@@ -95,6 +95,66 @@ def test_a_restic_or_borg_habit_is_pointed_to_casnap_s_way(
     assert len(list((tmp / "repo" / "snapshots").iterdir())) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["prune", "--keep-within-daily", "7d"], "prune's keep rules are --keep-last, "),
+        (["forget", "--keep-secondly", "3"], "prune's keep rules are --keep-last, "),
+        (["checkout", "latest", "--target", "x"], r"casnap checkout SNAPSHOT --to DIR"),
+        (["prune", "--keep-last", "1", "--group-by", "host"], "groups by host, data dir and paths"),
+        (["prune", "--keep-last", "1", "--prune"], "prune always runs gc afterwards"),
+        (["commit", "--exclude-file", "x"], "give each pattern with --exclude GLOB"),
+        (["commit", "--dry-run"], "`casnap diff latest` shows what a commit would store"),
+        (["checkout", "latest", "--dry-run"], "`casnap diff SNAPSHOT` lists"),
+        (["checkout", "latest", "--delete"], "a full checkout removes the files"),
+        (["checkout", "latest", "--exclude", "x"], r"casnap checkout SNAPSHOT PATH\.\.\."),
+        (["checkout", "latest", "--include", "app.db"], r"casnap checkout SNAPSHOT PATH\.\.\."),
+    ],
+)
+def test_a_restic_option_casnap_lacks_is_not_pointed_to_another_missing_one(
+    world: tuple[list[str], Path], args: list[str], hint: str
+) -> None:
+    """restic's --keep-within-daily was pointed to `casnap prune --keep-within-daily N`, which
+    does not exist either, and restore's --target drew click's `Did you mean '--tag'?`."""
+    base, _ = world
+    line = one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], hint)
+    assert "Did you mean" not in line and f"prune {args[1]}" not in line
+
+
+def test_max_unused_takes_restic_s_unlimited(world: tuple[list[str], Path]) -> None:
+    """restic's `prune --max-unused unlimited` repacks nothing for unused space (only wholly
+    unused packs go): casnap's 100; it was a usage error ("not a valid float range")."""
+    base, _ = world
+    proc = run_casnap([*base, "gc", "--dry-run", "--max-unused", "unlimited", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["max_unused"] == 100.0
+    proc = run_casnap([*base, "verify", "--read-data-subset", "unlimited"])
+    one_line(proc, EXIT_CODES["usage"], "not a percentage")
+
+
+@pytest.mark.parametrize("value", ["1/5", "ten"])
+def test_a_subset_that_is_no_percentage_says_how_to_write_one(
+    world: tuple[list[str], Path], value: str
+) -> None:
+    """restic's `--read-data-subset 1/5` drew click's "'1/5' is not a valid float range"."""
+    base, _ = world
+    line = one_line(
+        run_casnap([*base, "verify", "--read-data-subset", value]), EXIT_CODES["usage"], value
+    )
+    assert "give a percentage such as 10 or 10%" in line and "float range" not in line
+
+
+def test_restic_s_short_repo_option_names_the_repository(world: tuple[list[str], Path]) -> None:
+    """`restic -r REPO snapshots` is the habit of every restic user; `casnap -r` was a usage
+    error ("No such option '-r'")."""
+    base, _ = world
+    proc = run_casnap(["-r", base[1], "--data", base[3], "log", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 1
+    line = one_line(run_casnap([*base, "log", "-r", base[1]]), EXIT_CODES["usage"], "before")
+    assert "casnap -r ... log" in line
+
+
 @pytest.mark.parametrize("option", ["--repo", "--data", "--password-file", "--no-lock"])
 def test_a_global_option_after_the_command_says_where_it_goes(
     world: tuple[list[str], Path], option: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,6 +96,9 @@ def test_plain_to_plain_keeps_ids_and_a_second_copy_writes_nothing(tmp_path, his
     for sid in ids:
         assert (dst / "snapshots" / sid).read_bytes() == (src / "snapshots" / sid).read_bytes()
         assert f"copied {sid[:8]} -> {sid[:8]}" in out
+    # the bytes are what was written (packs, index file, manifest), not the chunks' size: a
+    # snapshot sending 0 chunks read "0 chunks sent (2.4 KiB)"
+    assert re.search(r": \d+ chunks sent, [\d.]+ [KM]?i?B written, \d+ already there", out), out
     before = objects(dst)
     code, out, err = run(src, data, "copy", "--to", str(dst))
     assert code == 0, err
@@ -274,6 +278,19 @@ def test_wrong_destination_password_writes_nothing(tmp_path, history) -> None:
     code, out, err = run(src, data, "copy", "--to", str(enc))  # no password source at all
     assert code == 10 and "--to-password-file" in err, err
     assert raw_tree(enc) == before
+
+
+def test_to_encryption_an_existing_destination_does_not_have_is_said(tmp_path, history) -> None:
+    """`--to-encryption repokey` into an existing plain repository copied into it in plain, and
+    said nothing; it notes now that the destination keeps its own encryption."""
+    data, src, ids, _trees = history
+    plain = tmp_path / "plain"
+    assert run(plain, data, "init")[0] == 0
+    code, _, err = run(src, data, "copy", "--to", str(plain), "--to-encryption", "repokey", ids[0])
+    assert code == 0, err
+    assert "--to-encryption repokey: the existing repository" in err and "is not encrypted" in err
+    code, _, err = run(src, data, "copy", "--to", str(plain), "--to-encryption", "none", ids[1])
+    assert code == 0 and "--to-encryption" not in err, err
 
 
 def test_python_api_and_usage_errors(tmp_path, history) -> None:

@@ -133,13 +133,17 @@ def test_key_list_and_export_take_no_lock(enc_repo: tuple[Path, Path], tmp_path:
 
 def test_key_add_and_passwd_on_a_plain_repository_say_so_before_asking(tmp_path: Path) -> None:
     """A plain repository has no keys: `key add` and `key passwd` say that (usage, exit 2) rather
-    than ask for a new password first (which, without one, was an exit-10 password error)."""
+    than ask for a new password first (which, without one, was an exit-10 password error), and
+    how to have an encrypted copy (it said nothing of what to do next)."""
     repo = tmp_path / "plain"
     assert run(repo, tmp_path, "init", password=None)[0] == 0
     for command in (["key", "add"], ["key", "passwd"]):
         code, _, err = run(repo, tmp_path, *command, password=None)
         assert code == EXIT_CODES["usage"], err
-        assert err.strip() == f"casnap: error: repository {repo} is not encrypted: it has no keys"
+        assert err.strip() == (
+            f"casnap: error: repository {repo} is not encrypted: it has no keys; `casnap copy "
+            "--to NEW --to-encryption repokey` copies its snapshots into a new encrypted one"
+        )
     assert not (repo / "keys").exists()
 
 

@@ -374,6 +374,8 @@ def test_prune_refuses_without_rules(tmp_path: Path) -> None:
     code, out = run("--repo", str(tmp_path / "repo"), "--data", str(data), "prune")
     assert code == InvalidPolicy.exit_code == 2
     assert "at least one keep rule" in out
+    # restic's bare `prune` only frees unreferenced data: casnap's is gc, and the line says so
+    assert "`casnap gc` frees space" in out
     with pytest.raises(InvalidPolicy):
         retention.prune(repo, Policy(within=Duration()))
     assert len(Repository.open(tmp_path / "repo").snapshots()) == 1

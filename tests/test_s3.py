@@ -394,6 +394,36 @@ def test_a_changed_or_removed_password_stops_working_on_the_host_that_changed_it
     assert code == EXIT_CODES["password"], err
 
 
+@pytest.mark.parametrize(
+    ("args", "plain"),
+    [
+        (["init"], "`--encryption none` makes a plain one"),
+        (["commit"], "`casnap init --encryption none` first makes a plain one"),
+        (["import", "copies"], "`casnap init --encryption none` first makes a plain one"),
+        (["copy", "--to", "DEST"], "`--to-encryption none` makes a plain one"),
+        (["--repo", "DEST", "copy", "--from", "SRC"], "`--to-encryption none` makes a plain one"),
+    ],
+)
+def test_a_new_s3_repository_without_a_password_names_the_plain_choice(
+    s3_bucket: str, tmp_path: Path, args: list[str], plain: str
+) -> None:
+    """S3 repositories are encrypted by default; a user without a password was told only to give
+    one, not that the option making a plain one exists."""
+    data = tmp_path / "data"
+    make_app(data, rows=20, vectors=20)
+    make_app(tmp_path / "copies" / "data_20250101", rows=20, vectors=20)
+    src = tmp_path / "src"
+    assert run(str(src), data, "commit", "-q")[0] == 0
+    dest = f"s3://{s3_bucket}/dest"
+    args = [
+        {"DEST": dest, "SRC": str(src), "copies": str(tmp_path / "copies")}.get(a, a) for a in args
+    ]
+    repo = str(src) if args[0] == "copy" else dest
+    code, _, err = run(repo, data, *args)
+    assert code == EXIT_CODES["password"], err
+    assert err.count("\n") == 1 and "a new encrypted repository" in err and plain in err
+
+
 def test_an_import_into_a_new_s3_prefix_without_a_password_names_the_new_repository(
     s3_bucket: str, tmp_path: Path
 ) -> None:

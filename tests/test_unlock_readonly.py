@@ -211,3 +211,27 @@ def test_a_read_only_repository_can_be_read(
     )
     assert done.returncode == EXIT_CODES["usage"] and "--no-lock" in done.stderr
     assert tree(repo) == before
+
+
+@pytest.mark.parametrize("direction", ["--to", "--from"])
+def test_a_read_only_repository_can_be_copied_from(
+    repo_data: tuple[Path, Path], tmp_path: Path, read_only: list[str], direction: str
+) -> None:
+    """An offsite repository mounted read-only is copied from as it is read: its shared lock is
+    skipped, saying so; copy stopped with exit 8 ("writing .../locks/...: Read-only file
+    system"), with nothing to say what to do."""
+    repo, data = repo_data
+    before = tree(repo)
+    dest = tmp_path / "dest"
+    env = {**os.environ, "CASNAP_LOCK_WAIT": "0"}
+    casnap = [sys.executable, "-m", "casnap", "--data", str(data)]
+    if direction == "--to":
+        args = [*casnap, "--repo", str(repo), "copy", "--to", str(dest)]
+    else:
+        args = [*casnap, "--repo", str(dest), "copy", "--from", str(repo)]
+    done = subprocess.run([*read_only, *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sum("reading without" in line for line in done.stderr.splitlines()) == 1
+    assert "2 snapshot(s) copied" in done.stdout
+    assert tree(repo) == before
+    assert len(Repository.open(dest).snapshots()) == 2

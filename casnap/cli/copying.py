@@ -51,6 +51,8 @@ def open_destination(
     on_s3 = isinstance(location, S3Url)
     chosen = encryption or ("repokey" if on_s3 or passwords.given() else "none")
     passwords.creating = lambda: not holds_config(location)  # a prompt then asks twice
+    if encryption is None and on_s3:
+        passwords.plain_hint = "`--to-encryption none` makes a plain one"
     try:
         repo = Repository.open_or_init(location, password=passwords, encryption=chosen)
     except NotARepository:
@@ -165,8 +167,15 @@ def copy(
         src = open_source(c, other, passwords)
         dst_at, dst_passwords = c.repo_path, c.passwords
         dst_password = "--password-file"
+    src.on_unwritable = c.note_once  # only read: a read-only one is copied without its lock
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
+    if not created and to_encryption is not None and dst.encrypted != (to_encryption != "none"):
+        kind = "encrypted" if dst.encrypted else "not encrypted"
+        c.note_once(
+            f"--to-encryption {to_encryption}: the existing repository {dst.backend.location} "
+            f"is {kind} and keeps its own (the option applies to a destination the copy creates)"
+        )
     if created and src.encrypted and not dst.encrypted:
         warn(
             f"copying from an encrypted repository into a new plain one at "
@@ -201,8 +210,8 @@ def _print(r: CopyResult) -> None:
     for s in r.snapshots:
         if s.copied:
             click.echo(
-                f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent "
-                f"({human(s.bytes_written)}), {s.chunks_present} already there"
+                f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent, "
+                f"{human(s.bytes_written)} written, {s.chunks_present} already there"
             )
         else:
             click.echo(f"{s.source[:8]} already in {r.destination} as {s.destination[:8]}")

@@ -10,6 +10,7 @@ import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
+from casnap.cli.passwords import INIT_PLAIN
 from casnap.errors import NotARepository, RepositoryNotFound
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def _create(c: Context) -> Repository:
     from casnap.repository import Repository
 
     c.passwords.creating = lambda: not c.holds_config()  # a new repository: a prompt asks twice
+    c.passwords.plain_hint = INIT_PLAIN if c.on_s3 else ""
     try:
         repo = Repository.open_or_init(
             c.repo_path, password=c.passwords, encryption=c.auto_encryption()

@@ -79,6 +79,9 @@ def key_add(c: Context, new_password_file: str | None, as_json: bool) -> None:
 def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None:
     """Change the password of the key this password opens (the old password stops working).
 
+    The master key stays: a copy of the old key file (an S3 repository's, kept in another host's
+    cache; a `key export`) still opens the repository with the old password (docs/USAGE.md).
+
     Example: casnap --password-file old.txt key passwd --new-password-file new.txt
     """
     from casnap import keyring
@@ -100,6 +103,9 @@ def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None
 @pass_ctx
 def key_remove(c: Context, key_id: str, as_json: bool) -> None:
     """Remove the key file ID (a unique prefix will do); never the one this password opens.
+
+    The master key stays: a copy of the removed key file (an S3 repository's, kept in another
+    host's cache; a `key export`) still opens the repository with its password (docs/USAGE.md).
 
     Example: casnap key remove 3f2a9c1e
     """

@@ -116,16 +116,56 @@ OTHER_NAMES = {
 }
 
 
+GROUPS = (
+    "casnap groups by host, data dir and paths, always; --host and --path narrow what is pruned"
+)
+
+# A restic option casnap lacks, by command: what casnap does instead.
+OTHER_OPTIONS = {
+    ("checkout", "--target"): "casnap's is `casnap checkout SNAPSHOT --to DIR`",
+    ("checkout", "--include"): (
+        "casnap's is `casnap checkout SNAPSHOT PATH...` (the files or folders to restore)"
+    ),
+    ("checkout", "--exclude"): (
+        "name what to restore instead: `casnap checkout SNAPSHOT PATH...` (files or folders)"
+    ),
+    ("checkout", "--delete"): (
+        "a full checkout removes the files the snapshot lacks, always (saved first as a "
+        "pre-checkout snapshot)"
+    ),
+    ("checkout", "--dry-run"): (
+        "`casnap diff SNAPSHOT` lists what differs between the snapshot and the data dir, "
+        "changing nothing"
+    ),
+    ("commit", "--dry-run"): (
+        "`casnap diff latest` shows what a commit would store, writing nothing"
+    ),
+    ("commit", "--exclude-file"): "give each pattern with --exclude GLOB (repeatable)",
+    ("prune", "--group-by"): GROUPS,
+    ("forget", "--group-by"): GROUPS,
+    ("prune", "--prune"): (
+        "prune always runs gc afterwards, as restic's forget --prune does (--no-gc skips it)"
+    ),
+}
+
+
 def _usage_message(exc: click.UsageError) -> str:
     """Click's message, or where the option goes when it is a restic habit: a global option
-    after the command, a retention rule given to forget."""
+    after the command, a retention rule given to forget or one prune lacks, OTHER_OPTIONS."""
     message = exc.format_message()
     if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
         return message
     name = exc.option_name
-    if name.startswith("--keep-"):
-        return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
     root = exc.ctx.find_root()
+    if name.startswith("--keep-"):
+        prune = getattr(root.command, "commands", {}).get("prune")
+        rules = [o for p in getattr(prune, "params", ()) for o in p.opts if o.startswith("--keep-")]
+        if name in rules:
+            return f"No such option '{name}': retention rules go with `casnap prune {name} N`."
+        return f"No such option '{name}': prune's keep rules are {', '.join(rules)}."
+    hint = OTHER_OPTIONS.get((exc.ctx.info_name or "", name))
+    if hint is not None:
+        return f"No such option '{name}': {hint}."
     if exc.ctx is not root and any(name in p.opts for p in root.command.params):
         command = exc.ctx.command_path.partition(" ")[2]
         usage = f"casnap {name} ... {command}"
@@ -310,6 +350,7 @@ class CommandGroup(CasnapGroup):
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
+    "-r",
     "--repo",
     envvar="CASNAP_REPO",
     default="./backups",

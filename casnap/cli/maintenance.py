@@ -11,10 +11,13 @@ import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import (
+    HOST_FILTER_HELP,
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
     Percent,
+    filter_hosts,
     filter_options,
+    host_option,
     resolve_ref,
     snapshot_filter,
 )
@@ -71,11 +74,12 @@ def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None)
 
 max_unused_option = click.option(
     "--max-unused",
-    type=Percent(),
+    type=Percent(unlimited=True),
     default=DEFAULT_MAX_UNUSED,
     show_default=True,
     metavar="PCT",
-    help="Repack a pack when more than PCT% of it is unreferenced.",
+    help="Repack a pack when more than PCT% of it is unreferenced (`unlimited`, as restic "
+    "writes it, is 100: only packs wholly unreferenced go).",
 )
 
 
@@ -151,6 +155,7 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     help="Only snapshots committed with path P (data-dir relative, ./P, or a path to it; "
     "repeatable: with all of them; `.`: whole-dir snapshots). Exit 4 when none is.",
 )
+@host_option("Only snapshots taken on host H (repeatable: any of them). Exit 4 when none is.")
 @click.option(
     "--dry-run", is_flag=True, help="List what would be kept and removed; change nothing."
 )
@@ -194,7 +199,7 @@ def prune(
         tags=selection.parse_tags(keep_tags),
     )
     repo = c.open()
-    select = snapshot_filter(c, repo, paths, ()) if paths else None
+    select = snapshot_filter(c, repo, paths, ()) if paths or filter_hosts() else None
     r = retention.prune(repo, policy, select=select, dry_run=dry_run)
     if select is not None and not r.groups:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing pruned")
@@ -227,6 +232,8 @@ def prune(
     "named.",
     "Forget every snapshot carrying tag T (repeatable: any of them; `a,b`: both); with "
     "SNAPSHOTS, only they may be named.",
+    "Forget every snapshot taken on host H (repeatable: any of them); with SNAPSHOTS, only "
+    "they may be named.",
 )
 @click.option("--prune", "run_gc", is_flag=True, help="Run gc afterwards to free the space.")
 @click.option("--dry-run", is_flag=True, help="Show what would be forgotten; change nothing.")
@@ -254,8 +261,10 @@ def forget(
     from casnap import collector, retention
     from casnap.ids import ObjectId
 
-    if not snapshots and not filter_paths and not filter_tags:
-        raise click.UsageError("name SNAPSHOTS to forget, or select them with --tag or --path")
+    if not snapshots and not filter_paths and not filter_tags and not filter_hosts():
+        raise click.UsageError(
+            "name SNAPSHOTS to forget, or select them with --tag, --path or --host"
+        )
     repo = c.open()
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     r = retention.forget(repo, snapshots, select=select, dry_run=dry_run)
@@ -476,6 +485,7 @@ def unlock(c: Context, force: bool, as_json: bool) -> None:
 @filter_options(
     PATH_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
     TAG_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
+    HOST_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
 @pass_ctx
@@ -516,7 +526,8 @@ def stats_cmd(
         return
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     r = stats.repository_stats(repo)
-    r.snapshots_added = [a for a in r.snapshots_added if select.accepts(a.paths, a.tags)]
+    listed = {sid.hex() for sid, _ in select.select(repo.snapshots())}
+    r.snapshots_added = [a for a in r.snapshots_added if a.id in listed]
     if as_json:
         emit_json(r.to_json())
         return

@@ -1,5 +1,5 @@
-"""Options several commands share: the --path / --tag snapshot filters and how a snapshot
-reference is resolved through them."""
+"""Options several commands share: the --path / --tag / --host snapshot filters and how a
+snapshot reference is resolved through them."""
 
 from __future__ import annotations
 
@@ -27,14 +27,42 @@ PATH_FILTER_HELP = (
 TAG_FILTER_HELP = (
     "Only snapshots carrying tag T may be named (repeatable: any of them; `a,b`: both)."
 )
+HOST_FILTER_HELP = "Only snapshots taken on host H (repeatable: any of them)."
+HOSTS_KEY = "casnap.hosts"
+
+
+def _keep_hosts(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    ctx.meta[HOSTS_KEY] = value
+
+
+def host_option(help_text: str = HOST_FILTER_HELP) -> Callable[[Callable[..., Any]], Any]:
+    """Add `--host H` to a command; snapshot_filter reads it from the command's context, so the
+    commands' own signatures stay as they are."""
+    return click.option(
+        "--host",
+        multiple=True,
+        metavar="H",
+        expose_value=False,
+        callback=_keep_hosts,
+        help=help_text,
+    )
+
+
+def filter_hosts() -> tuple[str, ...]:
+    """The --host values of the command running (none: any host)."""
+    ctx = click.get_current_context(silent=True)
+    return tuple(ctx.meta.get(HOSTS_KEY, ())) if ctx is not None else ()
 
 
 def filter_options(
-    path_help: str = PATH_FILTER_HELP, tag_help: str = TAG_FILTER_HELP
+    path_help: str = PATH_FILTER_HELP,
+    tag_help: str = TAG_FILTER_HELP,
+    host_help: str = HOST_FILTER_HELP,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add `--path P` and `--tag T` (as filter_paths and filter_tags) to a command."""
+    """Add `--path P`, `--tag T` (as filter_paths and filter_tags) and `--host H` to a command."""
 
     def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = host_option(host_help)(f)
         f = click.option("--tag", "filter_tags", multiple=True, metavar="T[,T]", help=tag_help)(f)
         return click.option("--path", "filter_paths", multiple=True, metavar="P", help=path_help)(f)
 
@@ -44,24 +72,27 @@ def filter_options(
 def snapshot_filter(
     c: Context, repo: Repository, paths: tuple[str, ...], tags: tuple[str, ...]
 ) -> selection.SnapshotFilter:
-    """The filter the --path and --tag values give, paths read against the data dir."""
+    """The filter the --path, --tag and --host values give, paths read against the data dir."""
     from casnap import selection
 
-    if not paths and not tags:
+    hosts = filter_hosts()
+    if not paths and not tags and not hosts:
         return selection.SnapshotFilter()
     try:
         snaps = repo.snapshots() if paths else []
     except CasnapError:
         snaps = []  # a damaged manifest (verify reports it): read paths against the data dir
-    return selection.make_filter(snaps, c.data, paths, tags)
+    return selection.make_filter(snaps, c.data, paths, tags, hosts)
 
 
 def resolve_ref(
     c: Context, repo: Repository, ref: str, paths: tuple[str, ...], tags: tuple[str, ...]
 ) -> ObjectId:
     """The snapshot ref names among those the filters let through."""
+    from casnap import selection
+
     flt = snapshot_filter(c, repo, paths, tags)
-    return repo.resolve(ref, flt.paths, tags)
+    return selection.resolve(repo.snapshots(), ref, flt).id
 
 
 class Number(click.FloatRange):
@@ -75,14 +106,27 @@ class Number(click.FloatRange):
 
 
 class Percent(Number):
-    """A percentage from 0 to 100, with or without its `%` (restic's `--max-unused 5%`)."""
+    """A percentage from 0 to 100, with or without its `%` (restic's `--max-unused 5%`); with
+    unlimited, restic's `unlimited` is 100."""
 
-    def __init__(self, min_open: bool = False) -> None:
+    def __init__(self, min_open: bool = False, unlimited: bool = False) -> None:
         super().__init__(0, 100, min_open=min_open)
+        self.unlimited = unlimited
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if self.unlimited and isinstance(value, str) and value.strip() == "unlimited":
+            return 100.0
         if isinstance(value, str) and value.strip().endswith("%"):
             value = value.strip()[:-1]
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:  # restic's `1/5` subset among them
+                self.fail(
+                    f"{value!r} is not a percentage: give a percentage such as 10 or 10%",
+                    param,
+                    ctx,
+                )
         return super().convert(value, param, ctx)
 
 

@@ -110,6 +110,8 @@ class Passwords:
         # a new repository (a prompt asks twice); a check is run only when a prompt or the
         # missing-password message needs it, so a command given a password asks no storage
         self.creating: bool | Callable[[], bool] = False
+        # how to make a plain repository instead, where encryption was chosen by default (S3)
+        self.plain_hint = ""
 
     def given(self) -> bool:
         """True when a source other than the prompt is set (commit then creates an encrypted
@@ -138,14 +140,18 @@ class Passwords:
         if sys.stdin.isatty():
             return _prompt(f"password for repository {describe(self.location)}", self._new())
         if self._new():
+            plain = f"; {self.plain_hint}" if self.plain_hint else ""
             raise PasswordError(
                 f"a new encrypted repository at {describe(self.location)} needs a password: give "
-                f"it with {self.sources} (no terminal to ask on)"
+                f"it with {self.sources} (no terminal to ask on){plain}"
             )
         raise PasswordError(
             f"repository {describe(self.location)} is encrypted: give its password with "
             f"{self.sources} (no terminal to ask on)"
         )
+
+
+INIT_PLAIN = "`casnap init --encryption none` first makes a plain one"
 
 
 def other_passwords(

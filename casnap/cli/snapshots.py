@@ -13,6 +13,7 @@ import click
 from casnap.cli.main import Context, cli, one_blas_thread, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
+from casnap.cli.passwords import INIT_PLAIN
 from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     AccessDenied,
@@ -59,6 +60,7 @@ def init(c: Context, encryption: str | None, as_json: bool) -> None:
     c.passwords.creating = True
     if encryption is None:
         encryption = c.default_encryption()
+        c.passwords.plain_hint = "`--encryption none` makes a plain one"
     password = c.passwords if encryption == "repokey" else None
     repo = Repository.init(c.repo_path, password=password)
     where = c.where
@@ -94,6 +96,7 @@ def open_or_create(c: Context) -> tuple[Repository, bool]:
 
     c.refuse_no_lock()
     c.passwords.creating = lambda: not c.holds_config()  # a new repository: a prompt asks twice
+    c.passwords.plain_hint = INIT_PLAIN if c.on_s3 else ""
     try:
         repo = Repository.open_or_init(
             c.repo_path, c.data, password=c.passwords, encryption=c.auto_encryption()
@@ -150,6 +153,14 @@ def say_created(c: Context, repo: Repository) -> None:
     help="Record T as the snapshot's time instead of now (importing an old copy): ISO 8601 or "
     "'YYYY-MM-DD HH:MM:SS' (local time without an offset); log, latest and prune order by it.",
 )
+@click.option(
+    "--host",
+    default=None,
+    metavar="NAME",
+    help="Record NAME as the host instead of this machine's name (as restic's backup --host), "
+    "for a container whose name changes each run: snapshots group, and find their parent, by "
+    "host.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
 def commit(
@@ -162,6 +173,7 @@ def commit(
     allow_empty: bool,
     skip_unreadable: bool,
     when: dt.datetime | None,
+    host: str | None,
     as_json: bool,
 ) -> None:
     """Snapshot the data dir, or PATHS inside it, into the repository.
@@ -198,6 +210,7 @@ def commit(
                     allow_empty=allow_empty,
                     skip_unreadable=skip_unreadable,
                     time=when,
+                    host=host,
                 )
             except UnreadableSource as exc:
                 raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
@@ -238,7 +251,9 @@ def commit(
     "target",
     metavar="DIR",
     default=None,
-    help="Restore into DIR instead of the data dir.",
+    help="Restore into DIR instead of the data dir. As there, a full checkout removes the "
+    "files DIR holds that the snapshot lacks (unlike restic's restore --target), saved first "
+    "as a pre-checkout snapshot.",
 )
 @click.option(
     "--no-safety-snapshot",
@@ -264,8 +279,8 @@ def commit(
     "--all-paths",
     is_flag=True,
     help="Restore the newest snapshot of each group of snapshots committed with the same paths "
-    "(e.g. `commit app.db` and `commit faiss` on their own schedules) at once; the plan is "
-    "printed first.",
+    "(e.g. `commit app.db` and `commit faiss` on their own schedules), of SNAPSHOT's data dir "
+    "and host, at once; the plan is printed first.",
 )
 @filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -322,8 +337,10 @@ def checkout(
         paths = normalize_paths(paths, c.data, snapshot_holds(repo.snapshot(sid)))
     dest = (Path(target) if target is not None else c.data).absolute()
     if all_paths and not as_json:
-        source = repo.snapshot(sid).source
-        for group_id, snap in selection.newest_of_groups(repo.snapshots(), source):
+        named = repo.snapshot(sid)
+        for group_id, snap in selection.newest_of_groups(
+            repo.snapshots(), named.source, named.host
+        ):
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
     with progress_bar(c, "restore") as progress:
@@ -392,6 +409,7 @@ def _smoke_summary(report: dict[str, Any]) -> str:
     "List only snapshots committed with path P (repeatable: with all of them; `.`: whole-dir "
     "snapshots).",
     "List only snapshots carrying tag T (repeatable: any of them; `a,b`: both).",
+    "List only snapshots taken on host H (repeatable: any of them).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as a JSON list.")
 @pass_ctx
@@ -400,9 +418,10 @@ def log(
 ) -> None:
     """List snapshots, newest first.
 
-    One line per snapshot: id prefix, local time, file count, total size, bytes its commit added
-    to the repository (packs, index and manifest), the paths it was committed with (`(all)`: the
-    whole data dir), tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
+    One line per snapshot: id prefix, local time, the host it was taken on (when the snapshots
+    listed come from more than one), file count, total size, bytes its commit added to the
+    repository (packs, index and manifest), the paths it was committed with (`(all)`: the whole
+    data dir), tags and message. Any id prefix of 4+ hex digits, a tag or `latest` names a
     snapshot in the other commands.
 
     Example: casnap log --path app.db
@@ -420,15 +439,19 @@ def log(
         return
     labels = [paths_label(r["paths"]) for r in rows]
     width = min(max(len("PATHS"), *(len(x) for x in labels)), 32)
+    hosts = [printable(r["host"]) for r in rows]
+    host_width = max(len("HOST"), *(len(h) for h in hosts)) if len(set(hosts)) > 1 else 0
+    host_head = f"{'HOST':<{host_width}} " if host_width else ""
     click.echo(
-        f"{'ID':<9} {'TIME':<19} {'FILES':>5} {'SIZE':>10} {'ADDED':>10}  {'PATHS':<{width}}  "
-        "TAGS / MESSAGE"
+        f"{'ID':<9} {'TIME':<19} {host_head}{'FILES':>5} {'SIZE':>10} {'ADDED':>10}  "
+        f"{'PATHS':<{width}}  TAGS / MESSAGE"
     )
-    for r, where in zip(rows, labels, strict=True):
+    for r, where, host in zip(rows, labels, hosts, strict=True):
         label = " ".join(f"[{printable(t)}]" for t in r["tags"])
         text = " ".join(x for x in (label, printable(r["message"])) if x)
+        host_cell = f"{host:<{host_width}} " if host_width else ""
         click.echo(
-            f"{r['id'][:8]:<9} {local_time(r['time']):<19} {r['files']:>5} "
+            f"{r['id'][:8]:<9} {local_time(r['time']):<19} {host_cell}{r['files']:>5} "
             f"{human(r['logical_bytes']):>10} {human(r['bytes_added']):>10}  "
             f"{where:<{width}}  {text}".rstrip()
         )
