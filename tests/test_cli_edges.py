@@ -238,3 +238,12 @@ def test_output_reaches_a_pipe_whole_and_the_exit_code_is_the_command_s(tmp_path
     ).read_text() == "1499\n"
     missing = run_casnap([*base, "checkout", "deadbeef", "--to", str(tmp_path / "none")])
     one_line(missing, EXIT_CODES["not-found"], "deadbeef")
+    closed = subprocess.run(  # started without a stdout at all: no output to flush, no traceback
+        casnap_command([*base, "log"]),
+        env=casnap_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child only closes a descriptor
+    )
+    assert "Traceback" not in closed.stderr, closed.stderr

@@ -407,11 +407,13 @@ def exit_now(code: str | int | None) -> None:
         sys.exit(code)
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when started with its descriptor closed
+            sys.stdout.flush()
     except (OSError, ValueError):  # a closed pipe: Python's own exit then ends with 120
         code = code or 120
     try:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
     except (OSError, ValueError):
         pass
     os._exit(code or 0)
