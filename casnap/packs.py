@@ -46,10 +46,13 @@ _DIRECTORY_LEVEL = 3  # zstd level of pack directories
 _ENTRY_FIELDS = ("type", "offset", "length", "plain", "inner", "frame_plain")
 
 
+PACKS = "packs/"  # the folder of every pack
+
+
 def pack_key(pack: ObjectId) -> str:
     """Backend key of a pack: fanned out by the first byte so no folder grows too large."""
     h = pack.hex()
-    return f"packs/{h[:2]}/{h}"
+    return f"{PACKS}{h[:2]}/{h}"
 
 
 def index_key(index_id: ObjectId) -> str:

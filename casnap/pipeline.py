@@ -54,6 +54,9 @@ SPAN_WINDOW = 256 * 1024 * 1024
 MAX_ENDS_AHEAD = 128
 # Refs located in the index and planned at a time: the plan's memory does not grow with the file.
 PLAN_REFS = 1 << 16
+# Refs of a file's first plan: the workers start on its first tasks while the calling thread
+# plans the rest (a whole 128 MB database planned at once kept them idle ~20 ms).
+FIRST_PLAN_REFS = 1 << 12
 # Zero-filled blocks of this size, aligned in the file, are restored as holes (a seek, no write).
 HOLE_BLOCK = 64 * 1024
 _ZEROS = bytes(TASK_BYTES)  # hashed in place of the zero runs that are not written
@@ -99,7 +102,8 @@ class Task:
 
 
 def plan_tasks(store: Store, refs: bytes) -> Iterator[Task]:
-    """The worker tasks that restore refs, in file order, planned PLAN_REFS refs at a time.
+    """The worker tasks that restore refs, in file order, planned PLAN_REFS refs at a time
+    (FIRST_PLAN_REFS first, so the first tasks go out early).
 
     Planning in slices bounds its memory whatever the file's size; each task's output is bounded
     by TASK_BYTES (and a range of TASK_BYTES at most), so however often a chunk repeats, no task
@@ -108,11 +112,13 @@ def plan_tasks(store: Store, refs: bytes) -> Iterator[Task]:
     view = memoryview(refs)
     n = len(refs) // REF_SIZE
     offset = 0
-    for lo in range(0, n, PLAN_REFS):
-        hi = min(n, lo + PLAN_REFS)
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + (min(FIRST_PLAN_REFS, PLAN_REFS) if lo == 0 else PLAN_REFS))
         for task in _plan_slice(store, view[lo * REF_SIZE : hi * REF_SIZE], offset):
             offset += task.size
             yield task
+        lo = hi
 
 
 def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:

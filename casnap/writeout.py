@@ -26,6 +26,7 @@ from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import Hasher
 from casnap.manifest import FileEntry
+from casnap.packs import PACKS
 from casnap.phases import Phases
 from casnap.repository import Repository
 from casnap.store import Store
@@ -149,30 +150,33 @@ def write_files(
             tick(n)
         return 1
 
-    try:
-        running = 0
-        for f, task in phases.iterate("plan", tasks):
-            if task is None:
-                inflight.append((f, None))
-                continue
-            inflight.append((f, pool.submit(_fetch_and_write, store, task, f.fd, phases)))
-            running += 1
-            while running >= window:
-                running -= take()
-        while inflight:
-            take()
-    finally:
-        futures = [fut for _, fut in inflight if fut is not None]
-        for fut in futures:
-            fut.cancel()
-        wait(futures)  # none may write to a descriptor closed (and reused) below
-        for f in opened:
-            writeback.close(f.wb)
-            if f.fd >= 0:
-                os.close(f.fd)
-        writeback.stop()
-        if fetcher is not None:
-            fetcher.shutdown(wait=True, cancel_futures=True)
+    # the packs stay open between reads (no gc removes one under the lock); the finally below
+    # waits for every read before they are closed
+    with store.backend.holding(PACKS):
+        try:
+            running = 0
+            for f, task in phases.iterate("plan", tasks):
+                if task is None:
+                    inflight.append((f, None))
+                    continue
+                inflight.append((f, pool.submit(_fetch_and_write, store, task, f.fd, phases)))
+                running += 1
+                while running >= window:
+                    running -= take()
+            while inflight:
+                take()
+        finally:
+            futures = [fut for _, fut in inflight if fut is not None]
+            for fut in futures:
+                fut.cancel()
+            wait(futures)  # none may write to a descriptor closed (and reused) below
+            for f in opened:
+                writeback.close(f.wb)
+                if f.fd >= 0:
+                    os.close(f.fd)
+            writeback.stop()
+            if fetcher is not None:
+                fetcher.shutdown(wait=True, cancel_futures=True)
 
 
 def _task_of(item: tuple[_File, pipeline.Task | None]) -> pipeline.Task | None:

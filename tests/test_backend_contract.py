@@ -300,6 +300,66 @@ def test_missing_keys(backend: Backend) -> None:
     assert isinstance(ObjectMissing("k"), IntegrityError)  # a reference to nothing is damage
 
 
+def test_reads_while_holding_answer_as_outside(backend: Backend) -> None:
+    """holding (a restore keeps its packs open between reads) changes no answer: the bytes of
+    every range read from several threads at once, a range past an object's end failing as
+    damage, a missing object as missing, other folders as ever."""
+    blobs = {f"packs/{i:02x}/p": _blob(40 + i, 50_000 + 7 * i) for i in range(4)}
+    for key, data in blobs.items():
+        assert backend.put(key, data)
+    backend.put("index/i", b"abc")
+    wrong: list[object] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(150):
+            key = rng.choice(sorted(blobs))
+            data = blobs[key]
+            offset = rng.randrange(len(data))
+            length = rng.randrange(1, len(data) - offset + 1)
+            if backend.get(key, offset, length) != data[offset : offset + length]:
+                wrong.append((key, offset, length))
+
+    with backend.holding("packs/"):
+        with backend.holding("packs/"):  # nested: the outer one holds, and closes
+            threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert wrong == []
+        for key, data in blobs.items():
+            with pytest.raises(IntegrityError, match=key) as info:
+                backend.get(key, len(data) - 5, 6)
+            assert not isinstance(info.value, ObjectMissing)
+            assert backend.get(key, 0, 10) == data[:10]
+        with pytest.raises(ObjectMissing, match="packs/ff/absent"):
+            backend.get("packs/ff/absent", 0, 1)
+        assert backend.get("index/i") == b"abc"
+    with pytest.raises(ValueError):
+        with backend.holding("packs"):  # a folder ends in "/"
+            pass
+
+
+def test_a_pack_truncated_while_held_open_is_damage(tmp_path: Path) -> None:
+    """An object cut short after holding opened it: a read of what it no longer holds fails as
+    damage, as without holding; once holding ends, no descriptor of it stays open."""
+    backend = LocalBackend(tmp_path / "repo")
+    data = _blob(50, 200_000)
+    backend.put("packs/ab/p", data)
+    before = sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with backend.holding("packs/"):
+        assert backend.get("packs/ab/p", 1000, 5000) == data[1000:6000]  # opened and kept
+        os.truncate(backend.root / "packs/ab/p", 100_000)
+        assert backend.get("packs/ab/p", 90_000, 10_000) == data[90_000:100_000]
+        with pytest.raises(IntegrityError, match="packs/ab/p is truncated"):
+            backend.get("packs/ab/p", 150_000, 1000)
+        if before is not None:
+            assert len(os.listdir("/proc/self/fd")) > len(before)  # held
+    if before is not None:
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 # -- list, exists, delete --------------------------------------------------------------------------
 
 

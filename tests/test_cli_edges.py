@@ -273,3 +273,37 @@ def test_the_api_exports_the_policy() -> None:
     import casnap
 
     assert casnap.Policy(last=1).last == 1
+
+
+def test_output_reaches_a_pipe_whole_and_the_exit_code_is_the_command_s(tmp_path: Path) -> None:
+    """The command line ends without the interpreter's teardown (cli.main.exit_now): output
+    larger than a pipe holds still arrives whole, the restored files are there, and a failing
+    command still ends with its own code and one line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(1500):
+        (data / f"note-with-a-long-name-to-make-the-listing-large-{i:05d}.txt").write_text(f"{i}\n")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    assert run_casnap([*base, "commit"]).returncode == 0
+    listing = run_casnap([*base, "ls", "latest", "--json"])
+    assert listing.returncode == 0, listing.stderr
+    assert len(listing.stdout) > 200_000  # past the pipe's 64 KiB and any stdout buffer
+    assert len(json.loads(listing.stdout)["files"]) == 1500
+    out = tmp_path / "out"
+    done = run_casnap([*base, "checkout", "latest", "--to", str(out), "--no-smoke", "--json"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["files_written"] == 1500
+    assert (
+        out / "note-with-a-long-name-to-make-the-listing-large-01499.txt"
+    ).read_text() == "1499\n"
+    missing = run_casnap([*base, "checkout", "deadbeef", "--to", str(tmp_path / "none")])
+    one_line(missing, EXIT_CODES["not-found"], "deadbeef")
+    closed = subprocess.run(  # started without a stdout at all: no output to flush, no traceback
+        casnap_command([*base, "log"]),
+        env=casnap_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child only closes a descriptor
+    )
+    assert "Traceback" not in closed.stderr, closed.stderr

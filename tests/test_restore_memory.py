@@ -105,10 +105,13 @@ def planned(repo: Repository, sid: str, path: str) -> tuple[bytes, list]:
     return refs, list(pipeline.plan_tasks(repo.store, refs))
 
 
-def test_tasks_of_repeated_chunks_stay_small(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("first", [10, 3])
+def test_tasks_of_repeated_chunks_stay_small(tmp_path: Path, monkeypatch, first: int) -> None:
     """However often a chunk repeats, no task outputs more than twice TASK_BYTES, and the tasks
-    cover the file in order; planning goes slice by slice."""
+    cover the file in order; planning goes slice by slice, the first one smaller (so the
+    workers start early) or not."""
     monkeypatch.setattr(pipeline, "PLAN_REFS", 10)  # several slices even for a small file
+    monkeypatch.setattr(pipeline, "FIRST_PLAN_REFS", first)
     data = tmp_path / "data"
     data.mkdir()
     block = np.random.default_rng(1).bytes(4096)

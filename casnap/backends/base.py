@@ -19,6 +19,7 @@ above.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from abc import ABC, abstractmethod
@@ -185,6 +186,15 @@ class Backend(ABC):
         folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
         return any(k == key for k, _ in self.list(folder))
 
+    @contextlib.contextmanager
+    def holding(self, prefix: str) -> Iterator[None]:
+        """Within it, ranged reads of objects under the folder prefix may keep what they opened
+        for the next read (a local backend's descriptors); the caller promises none of them is
+        replaced or removed meanwhile, and no read is under way when it ends. The default holds
+        nothing."""
+        check_prefix(prefix)
+        yield
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release what the backend holds (connections, handles); calling it again is harmless,
         and no other call is made after it. What was stored stays stored. The default holds
@@ -255,6 +265,11 @@ class Wrapper(Backend):
     @property
     def checked_puts(self) -> bool:  # type: ignore[override]
         return self.inner.checked_puts
+
+    @contextlib.contextmanager
+    def holding(self, prefix: str) -> Iterator[None]:
+        with self.inner.holding(prefix):
+            yield
 
 
 def put_verified(backend: Backend, key: str, data: bytes | memoryview) -> bool:

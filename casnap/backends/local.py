@@ -7,6 +7,7 @@ private to its owner.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import os
 import stat
@@ -43,12 +44,37 @@ def _unreadable(exc: OSError) -> None:
         raise exc
 
 
+# Descriptors a backend keeps open at most while holding (see LocalBackend.holding); objects
+# past them are opened and closed for each read, as outside it.
+HELD_MAX = 64
+
+
 class LocalBackend(Backend):
     """Objects as files under root; keys map to relative paths."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        self._held: dict[str, int] | None = None  # path -> descriptor, while holding
+        self._held_prefix = ""
+
+    @contextlib.contextmanager
+    def holding(self, prefix: str) -> Iterator[None]:
+        """Within it, an object under prefix opened for a ranged read stays open for the next
+        (a restore reads thousands of ranges of a few dozen packs: an open, fstat and close for
+        each cost twice the read); all are closed when it ends. The caller promises no object
+        under prefix is replaced or removed meanwhile and that no read is under way when it ends
+        (packs, under the repository's lock); each read still checks its range as outside."""
+        if self._held is not None:  # nested: the outer one holds and closes
+            yield
+            return
+        self._held, self._held_prefix = {}, check_prefix(prefix)
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for fd in held.values():
+                os.close(fd)
 
     @property
     def location(self) -> str:
@@ -94,8 +120,26 @@ class LocalBackend(Backend):
         # pathlib plus a buffered file object cost more than the read itself
         path = os.path.join(self._root, check_key(key))
         check_range(offset, length)
+        held = self._held if length and key.startswith(self._held_prefix) else None
+        fd = held.get(path, -1) if held is not None else -1
+        if fd >= 0:
+            data = _pread(fd, length or 0, offset)
+        else:
+            data = self._read(key, path, offset, length, held)
+        if length is not None and len(data) != length:
+            raise IntegrityError(
+                f"{key} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
+            )
+        return data
+
+    def _read(
+        self, key: str, path: str, offset: int, length: int | None, held: dict[str, int] | None
+    ) -> bytes:
+        """get's read of an object not held open: opened, checked to be a file, read, then
+        closed, or kept in held (while holding) when the read succeeded."""
         try:  # without waiting: a FIFO in an object's place would wait for a writer forever
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
+            keep = False
             try:
                 mode = os.fstat(fd).st_mode
                 if stat.S_ISDIR(mode):
@@ -114,18 +158,19 @@ class LocalBackend(Backend):
                     data += _pread(fd, 1 << 20, offset + len(data), whole=False)  # grown since
                 else:
                     data = _pread(fd, length, offset)
+                    if held is not None and len(held) < HELD_MAX:
+                        # one descriptor per path: of two threads opening it, the second closes
+                        # its own
+                        keep = held.setdefault(path, fd) == fd
             finally:
-                os.close(fd)
+                if not keep:
+                    os.close(fd)
         except (FileNotFoundError, NotADirectoryError) as exc:  # not there, or below an object
             raise ObjectMissing(f"{key} is missing from the repository") from exc
         except IsADirectoryError as exc:
             raise IntegrityError(f"{key} is a directory, expected a file") from exc
         except OSError as exc:
             raise from_oserror(exc, f"reading {path}") from exc
-        if length is not None and len(data) != length:
-            raise IntegrityError(
-                f"{key} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
-            )
         return data
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
