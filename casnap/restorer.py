@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, inuse, selection, smoke, smoke_report, swap
+from casnap import capture, inuse, locks, selection, smoke, smoke_report, swap
 from casnap import restored as restored_files
 from casnap.constants import SAFETY_TAG
 from casnap.errors import (
@@ -205,7 +205,8 @@ class _Checkout:
             raise
         with root, Tree(root, self._dir_attrs) as tree:
             try:
-                self._run(tree, wanted)
+                with locks.target_lock(root.fd, self.shown_target):  # one checkout at a time
+                    self._run(tree, wanted)
             except BaseException:
                 tree.undo_created()
                 undo_target(created_root)
