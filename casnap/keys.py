@@ -12,7 +12,6 @@ one cannot make casnap allocate gigabytes.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -254,11 +253,25 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     )
 
 
-def _open_kept(kept: Sequence[KeyFile], password: str) -> tuple[KeyFile, MasterKey] | None:
-    """The first of kept that the password opens, with its master key."""
+def _open_kept(
+    kept: Sequence[KeyFile],
+    password: str,
+    raw: bytes,
+    stale: Callable[[KeyFile], None] | None,
+) -> tuple[bytes, tuple[KeyFile, MasterKey]] | None:
+    """The plaintext of the sealed config raw and the first of kept that the password opens and
+    whose master key opens raw; one the password opens that does not open raw (another
+    repository's, sealed by the same password) goes to stale."""
     for kf in kept:
-        with contextlib.suppress(PasswordError):
-            return kf, kf.unseal(password)
+        try:
+            master = kf.unseal(password)
+        except PasswordError:
+            continue
+        try:
+            return Sealer(master.encryption_key).open("config", raw), (kf, master)
+        except IntegrityError:
+            if stale is not None:
+                stale(kf)
     return None
 
 
@@ -268,11 +281,13 @@ def open_config(
     password: PasswordSource | None,
     trusted: bool = False,
     kept: Sequence[KeyFile] = (),
+    stale: Callable[[KeyFile], None] | None = None,
 ) -> tuple[bytes, tuple[KeyFile, MasterKey] | None]:
     """The plaintext of a repository's stored config, and for an encrypted one the key file the
     password opened with its master key. A plain config beside key files is tampering (a
     downgrade) unless trusted (one this host opened before); an unknown scheme is
-    UnsupportedFormat; no password is PasswordError. Key files in kept are tried first."""
+    UnsupportedFormat; no password is PasswordError. Key files in kept are tried first; one
+    that does not open the config goes to stale, and the stored key files are tried."""
     if not is_sealed(raw):
         if not trusted and next(iter(backend.list(KEYS)), None) is not None:
             raise IntegrityError(
@@ -284,7 +299,10 @@ def open_config(
     if password is None:
         raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
     secret = read_password(password)
-    keyfile, master = _open_kept(kept, secret) or unlock(backend, secret)
+    found = _open_kept(kept, secret, raw, stale)
+    if found is not None:
+        return found
+    keyfile, master = unlock(backend, secret)
     try:
         plain = Sealer(master.encryption_key).open("config", raw)
     except IntegrityError as exc:

@@ -468,3 +468,38 @@ def test_a_pack_stored_again_with_a_new_salt_is_read_past_its_kept_header(
     assert tree_bytes(tmp_path / "out2") == tree_bytes(tmp_path / "out1")
     assert verify(reader, read_data=True).ok
     reader.close()
+
+
+def test_a_kept_key_file_of_another_repository_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """Two repositories with one password: a key file of the other one kept for this location
+    opened with the password but not the config, and every command stopped with an integrity
+    error (exit 5) until the cache was deleted. A kept key file that does not open the config
+    is dropped and the stored key files are used, as a kept copy that fails its checksum is.
+    (A kept config of another repository is found by the listing: "made anew?".)"""
+    from casnap.backends.cached import opened_cache_dir
+
+    data, root, ids = two_snapshots(tmp_path, PW)
+    other = tmp_path / "other"
+    fresh = Repository.open_or_init(other, password=lambda: PW, encryption="repokey")
+    commit(fresh, data, message="other")
+    fresh.close()
+    for where in (root, other):  # each location's config and key file kept
+        repo, _ = open_counted(where, PW)
+        assert log_rows(repo)
+        repo.close()
+    mine, theirs = opened_cache_dir(str(root)), opened_cache_dir(str(other))
+    assert list((mine / "keys").iterdir()) and list((theirs / "keys").iterdir())
+    shutil.rmtree(mine / "keys")
+    shutil.copytree(theirs / "keys", mine / "keys")
+
+    repo, _ = open_counted(root, PW)
+    assert [row["id"] for row in log_rows(repo)] == ids[::-1]
+    checkout(repo, ids[1], tmp_path / "out", safety_snapshot=False, smoke=False)
+    repo.close()
+    assert {p.name for p in (mine / "keys").iterdir()} == {
+        p.name for p in (root / "keys").iterdir()
+    }
+    repo, counting = open_counted(root, PW)  # kept anew: the next open asks for nothing
+    assert len(log_rows(repo)) == 2
+    assert [c for c in counting.calls if c[1] == "config" or c[1].startswith("keys/")] == []
+    repo.close()
