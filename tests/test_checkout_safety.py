@@ -254,6 +254,33 @@ def test_temp_files_of_another_pid_namespace_are_left_alone(app: Path, tmp_path:
     assert theirs.exists() and not legacy.exists()
 
 
+def test_staging_dirs_of_another_pid_namespace_are_left_alone(app: Path, tmp_path: Path) -> None:
+    """A container sharing the host name (or another host sharing the folder) stages its own
+    checkout beside a target in the same folder: its staging dir, named by a pid that means
+    nothing here, was removed whole as a killed run's while it ran, so its swap failed half
+    way. Staging dirs carry the host tag temp files carry; untagged ones of older casnap
+    versions and this host's of dead processes are still removed."""
+    from casnap.fsutil import HOST_TAG, STAGE_PREFIX, host_tag
+    from casnap.procs import pid_namespace
+
+    here = pid_namespace()
+    assert here is not None
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, app).id
+    gone = dead_pid()
+    theirs = tmp_path / f"{STAGE_PREFIX}{gone}-{host_tag(here + 1)}-0123456789ab"
+    ours = tmp_path / f"{STAGE_PREFIX}{gone}-{HOST_TAG}-0123456789ab"
+    legacy = tmp_path / f"{STAGE_PREFIX}{gone}-0123456789ab"
+    for stage in (theirs, ours, legacy):
+        stage.mkdir()
+        (stage / "app.db").write_bytes(b"staged by a checkout")
+    checkout(repo, sid, tmp_path / "out", safety_snapshot=False, smoke=False)
+    assert (theirs / "app.db").exists()
+    assert not ours.exists() and not legacy.exists()
+    staged = [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGE_PREFIX)]
+    assert staged == [theirs.name]  # the checkout's own is gone too
+
+
 def test_an_error_inside_a_stage_names_the_folder_not_its_descriptor(tmp_path: Path) -> None:
     """Files are staged through /proc/<pid>/fd/<n> (so swapping folders cannot redirect a
     write), but a failure is reported with the staging folder's own path."""
