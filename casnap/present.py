@@ -16,13 +16,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from casnap import capture, fsutil
+from casnap import capture, chunklist, fsutil
 from casnap import restored as restored_files
 from casnap.constants import SNIFF_BYTES
-from casnap.errors import CasnapError, from_oserror
+from casnap.errors import CasnapError, IntegrityError, from_oserror
 from casnap.formats.sqlite import is_sqlite_header
 from casnap.fsdir import Dir, Tree
 from casnap.ids import Hasher
+from casnap.manifest import FileEntry
 from casnap.repository import Repository
 
 Known = tuple[tuple[int, ...], str, str]  # fingerprint, content hash, kind ("sqlite", "file")
@@ -36,14 +37,54 @@ class Present:
         self.target = target
         self.bytes_read = 0
         self._known: dict[str, list[Known]] | None = None
-        self._held: set[str] | None = None
+        self._held: dict[str, list[tuple[str, FileEntry]]] | None = None
+        self._packs: set[str] | None = None  # the stored packs' ids (hex), listed once
         self._seen: dict[str, tuple[int, ...] | None] = {}  # the stat each hash was taken under
 
-    def held(self, digest: str) -> bool:
-        """Whether some snapshot holds a file with this content."""
+    def held(self, digest: str, rel: str) -> bool:
+        """Whether some snapshot holds a file with this content (the one at rel in the target).
+        IntegrityError when every entry that holds it names a blob that is not indexed or lies
+        in a pack that is gone: replacing or removing the file would lose its last copy."""
         if self._held is None:
-            self._held = {f.hash for _, s in self.repo.snapshots() for f in s.files}
-        return digest in self._held
+            self._held = {}
+            for sid, snap in self.repo.snapshots():
+                for f in snap.files:
+                    self._held.setdefault(f.hash, []).append((sid.short, f))
+        holders = self._held.get(digest, [])
+        lost = ""
+        for _short, entry in holders:
+            lost = self._lost(entry)
+            if not lost:
+                return True
+        if holders:
+            names = ", ".join(sorted({short for short, _ in holders}))
+            raise IntegrityError(
+                f"{rel}: the snapshots holding its content ({names}) lost part of it ({lost}), "
+                "so this checkout would replace or remove its last copy; run `casnap verify`, "
+                "then `casnap repair-index`, and commit the data dir again"
+            )
+        return False
+
+    def _lost(self, entry: FileEntry) -> str:
+        """What of entry's data is gone ("" when every blob it needs is indexed in a pack that
+        exists): a repository that lost a pack still names it in its index and manifests."""
+        from casnap.chunkindex import id_matrix
+
+        try:
+            refs = self.repo.file_refs(entry)  # its chunk-list blobs read and verified
+        except IntegrityError as exc:
+            return str(exc)
+        index = self.repo.store.index
+        rows = index.lookup(id_matrix(chunklist.ids_packed(refs)))
+        if (rows < 0).any():
+            return "a chunk is not in the index"
+        if self._packs is None:
+            self._packs = {key.rsplit("/", 1)[-1] for key, _ in self.repo.backend.list("packs/")}
+        for n in sorted(set(index.fields(rows)["pack"].tolist())):
+            pack = index.packs[n].hex()
+            if pack not in self._packs:
+                return f"pack {pack[:12]} is gone"
+        return ""
 
     def known(self, rel: str) -> list[Known]:
         """The fingerprints recorded for rel, with the content each vouches for."""

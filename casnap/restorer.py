@@ -379,7 +379,7 @@ class _Checkout:
             if current == item.entry.hash:
                 unchanged.append(item)
                 continue
-            if not self.present.held(current):
+            if not self.present.held(current, rel):
                 unsaved.append(rel)
             plan.append(item)
         # a hard link is in place only when it is the same file as its primary, in place too
@@ -420,7 +420,7 @@ class _Checkout:
             if base is not None and is_sqlite(parent, base):
                 continue  # removed with its database, or kept with it
             out.append(rel)
-            if not self.present.held(self.present.hash_of(parent, name, rel)):
+            if not self.present.held(self.present.hash_of(parent, name, rel), rel):
                 unsaved.append(rel)
         return out
 

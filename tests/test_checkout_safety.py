@@ -129,6 +129,40 @@ def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path
     assert r.safety_snapshot is None and r.files_written == 1
 
 
+def test_a_file_held_only_by_a_snapshot_whose_pack_is_gone_is_not_replaced(
+    app: Path, tmp_path: Path
+) -> None:
+    """A file counts as saved when a snapshot holds its content; with that snapshot's pack gone
+    (deleted by hand, expired by a bucket's lifecycle rule), a checkout removed the last copy of
+    it. It now stops before touching anything, naming the file and the pack, and once
+    repair-index and a commit stored the file again the checkout goes ahead."""
+    from casnap.repair import repair_index
+
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir)
+    old = commit(repo, app).id
+    packs_before = set((repo_dir / "packs").rglob("*"))
+    (app / "precious.txt").write_text("written once, committed once")
+    evolve_app(app, 1)
+    commit(repo, app)
+    for pack in set((repo_dir / "packs").rglob("*")) - packs_before:
+        if pack.is_file():
+            pack.unlink()  # the new snapshot's own chunks are gone
+    before = raw_tree(app)
+    repo = Repository.open(repo_dir)
+    with pytest.raises(IntegrityError, match="^(app.db|precious.txt): .*repair-index") as err:
+        checkout(repo, old, app)
+    assert "packs/" in str(err.value) or "pack " in str(err.value)
+    assert raw_tree(app) == before
+
+    repair_index(repo)
+    healed = commit(repo, app).id  # reads the files again: the lost chunks are stored afresh
+    checkout(repo, old, app)
+    assert not (app / "precious.txt").exists()
+    checkout(repo, healed, app)
+    assert (app / "precious.txt").read_text() == "written once, committed once"
+
+
 def test_latest_never_names_a_safety_snapshot(app: Path, tmp_path: Path) -> None:
     """A restore test into a scratch dir holding other files saves them as a pre-checkout
     snapshot; `latest` must still name the newest backup, or a later `checkout latest` of the
