@@ -41,6 +41,9 @@ SALT_BYTES = 16
 # tried last, if at all (a storage attacker can still deny service, never read or forge)
 KDF_BUDGET = 32 * KDF_MEMORY_KIB * KDF_ITERATIONS
 NONCE_BYTES = 12
+# a key file casnap writes is ~350 bytes: one listed larger is no key file and is not read (a
+# planted one of gigabytes would otherwise be read whole by every open)
+MAX_KEY_FILE = 64 * 1024
 
 # A password, or a function asked for it only when a repository turns out to be encrypted.
 PasswordSource = Callable[[], str] | str
@@ -204,8 +207,11 @@ def scan_key_files(backend: Backend) -> tuple[list[KeyFile], list[tuple[str, str
     never stops the others from being used."""
     files: list[KeyFile] = []
     unusable: list[tuple[str, str]] = []
-    for key, _size in backend.list(KEYS):
+    for key, size in backend.list(KEYS):
         key_id = key.removeprefix(KEYS)
+        if size > MAX_KEY_FILE:
+            unusable.append((key_id, f"{size} bytes: larger than any key file ({MAX_KEY_FILE})"))
+            continue
         try:
             raw = backend.get(key)
             files.append(parse_key_file(key_id, raw, f"{backend.location}/{key}"))
