@@ -294,8 +294,8 @@ def target_lock(fd: int, target: object) -> Iterator[None]:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 raise LockError(
-                    f"another checkout into {target} is running; wait for it to end "
-                    "(CASNAP_LOCK_WAIT sets how long to wait)"
+                    f"another checkout into {target} is running (or a process holds a lock on "
+                    "that folder); wait for it to end (CASNAP_LOCK_WAIT sets how long to wait)"
                 ) from None
             time.sleep(0.05)
         except OSError:
