@@ -182,7 +182,7 @@ class _Checkout:
         ]
         self.repo_ids = repo.folder_ids()
         self.protected = self._protected()
-        self.present = Present(repo, self.target)
+        self.present = Present(repo, self.target, strict=options.safety_snapshot)
         self._given: dict[str, int] = {}  # mode given to each folder created, by path
 
     # -- the whole run ---------------------------------------------------------------------

@@ -155,6 +155,10 @@ def test_a_file_held_only_by_a_snapshot_whose_pack_is_gone_is_not_replaced(
     assert "packs/" in str(err.value) or "pack " in str(err.value)
     assert raw_tree(app) == before
 
+    shutil.copytree(app, tmp_path / "copy", symlinks=True)
+    checkout(repo, old, tmp_path / "copy", safety_snapshot=False)  # told to save nothing
+    assert not (tmp_path / "copy" / "precious.txt").exists()
+
     repair_index(repo)
     healed = commit(repo, app).id  # reads the files again: the lost chunks are stored afresh
     checkout(repo, old, app)
