@@ -40,6 +40,8 @@ class Present:
         self._known: dict[str, list[Known]] | None = None
         self._held: dict[str, list[tuple[str, FileEntry]]] | None = None
         self._packs: set[str] | None = None  # the stored packs' ids (hex), listed once
+        self._whole = False  # the stored packs are exactly those the index names
+        self._tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
         self._seen: dict[str, tuple[int, ...] | None] = {}  # the stat each hash was taken under
 
     def held(self, digest: str, rel: str) -> bool:
@@ -48,19 +50,19 @@ class Present:
         in a pack that is gone: replacing or removing the file would lose its last copy."""
         if self._held is None:
             self._held = {}
-            for sid, snap in self.repo.snapshots():
+            for snap_id, snap in self.repo.snapshots():
                 for f in snap.files:
-                    self._held.setdefault(f.hash, []).append((sid.short, f))
+                    self._held.setdefault(f.hash, []).append((snap_id.hex(), f))
         holders = self._held.get(digest, [])
         if not self.strict:
             return bool(holders)
         lost = ""
-        for _short, entry in holders:
-            lost = self._lost(entry)
+        for sid, entry in holders:
+            lost = self._lost(sid, entry)
             if not lost:
                 return True
         if holders:
-            names = ", ".join(sorted({short for short, _ in holders}))
+            names = ", ".join(sorted({sid[:8] for sid, _ in holders}))
             raise IntegrityError(
                 f"{rel}: the snapshots holding its content ({names}) lost part of it ({lost}), "
                 "so this checkout would replace or remove its last copy; run `casnap verify`, "
@@ -68,21 +70,28 @@ class Present:
             )
         return False
 
-    def _lost(self, entry: FileEntry) -> str:
-        """What of entry's data is gone ("" when every blob it needs is indexed in a pack that
-        exists): a repository that lost a pack still names it in its index and manifests."""
+    def _lost(self, sid: str, entry: FileEntry) -> str:
+        """What of entry (of snapshot sid) is gone: "" when every blob it needs is indexed in a
+        pack that exists. A repository that lost a pack still names it in its index and
+        manifests; when the stored packs are exactly those the index names and no repair-index
+        found sid incomplete, nothing can be gone and no chunk list is read."""
         from casnap.chunkindex import id_matrix
+        from casnap.repair import repaired_snapshots
 
+        index = self.repo.store.index
+        if self._packs is None:
+            self._packs = {key.rsplit("/", 1)[-1] for key, _ in self.repo.backend.list("packs/")}
+            self._whole = self._packs == {p.hex() for p in index.packs}
+            self._tainted = repaired_snapshots(self.repo)
+        if self._whole and sid not in self._tainted:
+            return ""
         try:
             refs = self.repo.file_refs(entry)  # its chunk-list blobs read and verified
         except IntegrityError as exc:
             return str(exc)
-        index = self.repo.store.index
         rows = index.lookup(id_matrix(chunklist.ids_packed(refs)))
         if (rows < 0).any():
             return "a chunk is not in the index"
-        if self._packs is None:
-            self._packs = {key.rsplit("/", 1)[-1] for key, _ in self.repo.backend.list("packs/")}
         for n in sorted(set(index.fields(rows)["pack"].tolist())):
             pack = index.packs[n].hex()
             if pack not in self._packs:
