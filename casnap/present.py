@@ -116,9 +116,12 @@ class Present:
         record = restored_files.load(self.repo.id, source)
         if record is not None:
             by_id = {sid.hex(): snap for sid, snap in snaps}
+            paths: dict[str, dict[str, FileEntry]] = {}  # each snapshot's entries by path, once
             for path, (fp, sid) in record.files.items():
                 held = by_id.get(sid)
-                entry = next((f for f in held.files if f.path == path), None) if held else None
+                if held is not None and sid not in paths:
+                    paths[sid] = {f.path: f for f in held.files}
+                entry = paths[sid].get(path) if held is not None else None
                 if entry is not None:
                     out.setdefault(path, []).append((fp, entry.hash, entry.kind))
         return out
