@@ -197,8 +197,9 @@ def host_tag(pidns: int | None) -> str:
 
 HOST_TAG = host_tag(pid_namespace())
 LEGACY_TAG = host_tag(None)  # of temp names made before the namespace was part of the tag
-# A checkout (or `verify --smoke`) stages files in `.casnap-tmp-stage-<pid>-<random>/`: skipped
-# by every scan as a casnap temp name, removed by the next run once that pid is gone.
+# A checkout (or `verify --smoke`) stages files in `.casnap-tmp-stage-<pid>-<host tag>-<random>/`:
+# skipped by every scan as a casnap temp name, removed by the next run on this host once that pid
+# is gone.
 STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
 
 
@@ -293,16 +294,30 @@ def private_scratch() -> Path:
     return path
 
 
+def stage_name(tail: str = "") -> str:
+    """The name of a staging dir of this process: `.casnap-tmp-stage-<pid>-<host tag>-` then
+    tail (tagged as temp files are: another host's or container's pids mean nothing here)."""
+    return f"{STAGE_PREFIX}{os.getpid()}-{HOST_TAG}-{tail}"
+
+
+def _stage_owner(name: str) -> int | None:
+    """The pid that made the staging dir name on this host (or, untagged, with a casnap older
+    than the tag); None for another host's or PID namespace's, and for other names."""
+    if not name.startswith(STAGE_PREFIX):
+        return None
+    parts = name[len(STAGE_PREFIX) :].split("-")
+    if not parts[0].isdigit() or len(parts) not in (2, 3):
+        return None
+    if len(parts) == 3 and parts[1] not in (HOST_TAG, LEGACY_TAG):
+        return None
+    return int(parts[0])
+
+
 def remove_stale_stages_in(d: Dir) -> None:
     """Remove the staging dirs in d whose process no longer runs (never following a link)."""
     for name in d.names():
-        if not name.startswith(STAGE_PREFIX):
-            continue
-        try:
-            pid = int(name[len(STAGE_PREFIX) :].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or pid_alive(pid):
+        pid = _stage_owner(name)
+        if pid is None or pid == os.getpid() or pid_alive(pid):
             continue
         with contextlib.suppress(OSError, CasnapError):
             remove_tree(d, name)

@@ -32,7 +32,7 @@ from casnap.committer import commit
 from casnap.config import EARLIEST_TIME, iso_time
 from casnap.errors import HostileManifest, InvalidArgument, SourceError, from_oserror
 from casnap.formats.sqlite import is_sqlite
-from casnap.fsutil import STAGE_PREFIX
+from casnap.fsutil import stage_name
 from casnap.locations import holds_repository
 from casnap.manifest import check_path
 from casnap.progress import ProgressFn
@@ -301,7 +301,7 @@ def _staged(
         yield copy
         return
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=stage_name(), dir=parent))
     except OSError as exc:
         raise from_oserror(exc, f"creating a staging dir in {parent}") from exc
     try:

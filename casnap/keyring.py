@@ -156,9 +156,12 @@ def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
 def read_export(path: Path) -> KeyFile:
     """The key file an export wrote (IntegrityError when path holds none)."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(keys.MAX_KEY_FILE + 1)  # a device or a large file by mistake: bounded
     except OSError as exc:
         raise from_oserror(exc, f"reading {path}") from exc
+    if len(raw) > keys.MAX_KEY_FILE:
+        raise IntegrityError(f"{path} is not a casnap key export (over {keys.MAX_KEY_FILE} bytes)")
     try:
         doc = json.loads(raw)
         key_id = str(doc["id"])

@@ -12,7 +12,6 @@ one cannot make casnap allocate gigabytes.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -42,6 +41,9 @@ SALT_BYTES = 16
 # tried last, if at all (a storage attacker can still deny service, never read or forge)
 KDF_BUDGET = 32 * KDF_MEMORY_KIB * KDF_ITERATIONS
 NONCE_BYTES = 12
+# a key file casnap writes is ~350 bytes: one listed larger is no key file and is not read (a
+# planted one of gigabytes would otherwise be read whole by every open)
+MAX_KEY_FILE = 64 * 1024
 
 # A password, or a function asked for it only when a repository turns out to be encrypted.
 PasswordSource = Callable[[], str] | str
@@ -205,8 +207,11 @@ def scan_key_files(backend: Backend) -> tuple[list[KeyFile], list[tuple[str, str
     never stops the others from being used."""
     files: list[KeyFile] = []
     unusable: list[tuple[str, str]] = []
-    for key, _size in backend.list(KEYS):
+    for key, size in backend.list(KEYS):
         key_id = key.removeprefix(KEYS)
+        if size > MAX_KEY_FILE:
+            unusable.append((key_id, f"{size} bytes: larger than any key file ({MAX_KEY_FILE})"))
+            continue
         try:
             raw = backend.get(key)
             files.append(parse_key_file(key_id, raw, f"{backend.location}/{key}"))
@@ -254,11 +259,25 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     )
 
 
-def _open_kept(kept: Sequence[KeyFile], password: str) -> tuple[KeyFile, MasterKey] | None:
-    """The first of kept that the password opens, with its master key."""
+def _open_kept(
+    kept: Sequence[KeyFile],
+    password: str,
+    raw: bytes,
+    stale: Callable[[KeyFile], None] | None,
+) -> tuple[bytes, tuple[KeyFile, MasterKey]] | None:
+    """The plaintext of the sealed config raw and the first of kept that the password opens and
+    whose master key opens raw; one the password opens that does not open raw (another
+    repository's, sealed by the same password) goes to stale."""
     for kf in kept:
-        with contextlib.suppress(PasswordError):
-            return kf, kf.unseal(password)
+        try:
+            master = kf.unseal(password)
+        except PasswordError:
+            continue
+        try:
+            return Sealer(master.encryption_key).open("config", raw), (kf, master)
+        except IntegrityError:
+            if stale is not None:
+                stale(kf)
     return None
 
 
@@ -268,11 +287,13 @@ def open_config(
     password: PasswordSource | None,
     trusted: bool = False,
     kept: Sequence[KeyFile] = (),
+    stale: Callable[[KeyFile], None] | None = None,
 ) -> tuple[bytes, tuple[KeyFile, MasterKey] | None]:
     """The plaintext of a repository's stored config, and for an encrypted one the key file the
     password opened with its master key. A plain config beside key files is tampering (a
     downgrade) unless trusted (one this host opened before); an unknown scheme is
-    UnsupportedFormat; no password is PasswordError. Key files in kept are tried first."""
+    UnsupportedFormat; no password is PasswordError. Key files in kept are tried first; one
+    that does not open the config goes to stale, and the stored key files are tried."""
     if not is_sealed(raw):
         if not trusted and next(iter(backend.list(KEYS)), None) is not None:
             raise IntegrityError(
@@ -284,7 +305,10 @@ def open_config(
     if password is None:
         raise PasswordError(f"repository {backend.location} is encrypted: it needs a password")
     secret = read_password(password)
-    keyfile, master = _open_kept(kept, secret) or unlock(backend, secret)
+    found = _open_kept(kept, secret, raw, stale)
+    if found is not None:
+        return found
+    keyfile, master = unlock(backend, secret)
     try:
         plain = Sealer(master.encryption_key).open("config", raw)
     except IntegrityError as exc:

@@ -53,7 +53,14 @@ def read_config(
         with contextlib.suppress(IntegrityError, UnsupportedFormat):
             if blob is not None:
                 files.append(keys.parse_key_file(key.removeprefix(KEYS), blob, key))
-    plain, opened = keys.open_config(backend, raw, password, trusted=trusted, kept=files)
+
+    def stale(kf: KeyFile) -> None:  # a kept key file of another repository: tried no more
+        if kept is not None:
+            kept.drop(kf.key)
+
+    plain, opened = keys.open_config(
+        backend, raw, password, trusted=trusted, kept=files, stale=stale
+    )
     if kept is not None:
         remember_deletes(backend, kept)
         if not trusted:

@@ -16,13 +16,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from casnap import capture, fsutil
+from casnap import capture, chunklist, fsutil
 from casnap import restored as restored_files
 from casnap.constants import SNIFF_BYTES
-from casnap.errors import CasnapError, from_oserror
+from casnap.errors import CasnapError, IntegrityError, from_oserror
 from casnap.formats.sqlite import is_sqlite_header
 from casnap.fsdir import Dir, Tree
 from casnap.ids import Hasher
+from casnap.manifest import FileEntry
 from casnap.repository import Repository
 
 Known = tuple[tuple[int, ...], str, str]  # fingerprint, content hash, kind ("sqlite", "file")
@@ -31,19 +32,71 @@ Known = tuple[tuple[int, ...], str, str]  # fingerprint, content hash, kind ("sq
 class Present:
     """The content of the files in one target dir, by relative path; counts the bytes read."""
 
-    def __init__(self, repo: Repository, target: Path) -> None:
+    def __init__(self, repo: Repository, target: Path, strict: bool = True) -> None:
         self.repo = repo
+        self.strict = strict  # held() checks a holder's data is there (off: nothing is saved)
         self.target = target
         self.bytes_read = 0
         self._known: dict[str, list[Known]] | None = None
-        self._held: set[str] | None = None
+        self._held: dict[str, list[tuple[str, FileEntry]]] | None = None
+        self._packs: set[str] | None = None  # the stored packs' ids (hex), listed once
+        self._whole = False  # the stored packs are exactly those the index names
+        self._tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
         self._seen: dict[str, tuple[int, ...] | None] = {}  # the stat each hash was taken under
 
-    def held(self, digest: str) -> bool:
-        """Whether some snapshot holds a file with this content."""
+    def held(self, digest: str, rel: str) -> bool:
+        """Whether some snapshot holds a file with this content (the one at rel in the target).
+        IntegrityError when every entry that holds it names a blob that is not indexed or lies
+        in a pack that is gone: replacing or removing the file would lose its last copy."""
         if self._held is None:
-            self._held = {f.hash for _, s in self.repo.snapshots() for f in s.files}
-        return digest in self._held
+            self._held = {}
+            for snap_id, snap in self.repo.snapshots():
+                for f in snap.files:
+                    self._held.setdefault(f.hash, []).append((snap_id.hex(), f))
+        holders = self._held.get(digest, [])
+        if not self.strict:
+            return bool(holders)
+        lost = ""
+        for sid, entry in holders:
+            lost = self._lost(sid, entry)
+            if not lost:
+                return True
+        if holders:
+            names = ", ".join(sorted({sid[:8] for sid, _ in holders}))
+            raise IntegrityError(
+                f"{rel}: the snapshots holding its content ({names}) lost part of it ({lost}), "
+                "so this checkout would replace or remove its last copy; run `casnap verify`, "
+                "then `casnap repair-index`, and commit the data dir again"
+            )
+        return False
+
+    def _lost(self, sid: str, entry: FileEntry) -> str:
+        """What of entry (of snapshot sid) is gone: "" when every blob it needs is indexed in a
+        pack that exists. A repository that lost a pack still names it in its index and
+        manifests; when the stored packs are exactly those the index names and no repair-index
+        found sid incomplete, nothing can be gone and no chunk list is read."""
+        from casnap.chunkindex import id_matrix
+        from casnap.repair import repaired_snapshots
+
+        index = self.repo.store.index
+        if self._packs is None:
+            self._packs = {key.rsplit("/", 1)[-1] for key, _ in self.repo.backend.list("packs/")}
+            self._whole = self._packs == {p.hex() for p in index.packs}
+            self._tainted = repaired_snapshots(self.repo)
+        if self._whole and sid not in self._tainted:
+            return ""
+        try:
+            refs = self.repo.file_refs(entry)  # its chunk-list blobs read and verified
+        except IntegrityError as exc:
+            return str(exc)
+        rows = index.lookup(id_matrix(chunklist.ids_packed(refs)))
+        if (rows < 0).any():
+            return "a chunk is not in the index"
+        for n in sorted(set(index.fields(rows)["pack"].tolist())):
+            pack = index.packs[n].hex()
+            if pack not in self._packs:
+                return f"pack {pack[:12]} is gone"
+        return ""
 
     def known(self, rel: str) -> list[Known]:
         """The fingerprints recorded for rel, with the content each vouches for."""
@@ -63,9 +116,12 @@ class Present:
         record = restored_files.load(self.repo.id, source)
         if record is not None:
             by_id = {sid.hex(): snap for sid, snap in snaps}
+            paths: dict[str, dict[str, FileEntry]] = {}  # each snapshot's entries by path, once
             for path, (fp, sid) in record.files.items():
                 held = by_id.get(sid)
-                entry = next((f for f in held.files if f.path == path), None) if held else None
+                if held is not None and sid not in paths:
+                    paths[sid] = {f.path: f for f in held.files}
+                entry = paths[sid].get(path) if held is not None else None
                 if entry is not None:
                     out.setdefault(path, []).append((fp, entry.hash, entry.kind))
         return out

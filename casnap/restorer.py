@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, inuse, selection, smoke, smoke_report, swap
+from casnap import capture, inuse, locks, selection, smoke, smoke_report, swap
 from casnap import restored as restored_files
 from casnap.constants import SAFETY_TAG
 from casnap.errors import (
@@ -182,7 +182,7 @@ class _Checkout:
         ]
         self.repo_ids = repo.folder_ids()
         self.protected = self._protected()
-        self.present = Present(repo, self.target)
+        self.present = Present(repo, self.target, strict=options.safety_snapshot)
         self._given: dict[str, int] = {}  # mode given to each folder created, by path
 
     # -- the whole run ---------------------------------------------------------------------
@@ -205,7 +205,8 @@ class _Checkout:
             raise
         with root, Tree(root, self._dir_attrs) as tree:
             try:
-                self._run(tree, wanted)
+                with locks.target_lock(root.fd, self.shown_target):  # one checkout at a time
+                    self._run(tree, wanted)
             except BaseException:
                 tree.undo_created()
                 undo_target(created_root)
@@ -378,7 +379,7 @@ class _Checkout:
             if current == item.entry.hash:
                 unchanged.append(item)
                 continue
-            if not self.present.held(current):
+            if not self.present.held(current, rel):
                 unsaved.append(rel)
             plan.append(item)
         # a hard link is in place only when it is the same file as its primary, in place too
@@ -419,7 +420,7 @@ class _Checkout:
             if base is not None and is_sqlite(parent, base):
                 continue  # removed with its database, or kept with it
             out.append(rel)
-            if not self.present.held(self.present.hash_of(parent, name, rel)):
+            if not self.present.held(self.present.hash_of(parent, name, rel), rel):
                 unsaved.append(rel)
         return out
 

@@ -31,7 +31,6 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.fsdir import Dir, remove_tree
-from casnap.fsutil import STAGE_PREFIX
 from casnap.ids import IdHasher
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
@@ -56,7 +55,7 @@ class Stage:
             fsutil.remove_stale_stages_in(self.parent)
             if also_clean is not None and also_clean != parent:
                 fsutil.remove_stale_stages(also_clean)
-            self.name = f"{STAGE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            self.name = fsutil.stage_name(uuid.uuid4().hex[:12])
             try:
                 os.mkdir(self.name, 0o700, dir_fd=self.parent.fd)
             except OSError as exc:

@@ -62,6 +62,7 @@ def restored_entries(
         return {}
     snaps = dict(repo.snapshots())
     out: dict[str, FileEntry] = {}
+    paths: dict[str, dict[str, FileEntry]] = {}  # each snapshot's entries by path, made once
     for path, (fp, sid_hex) in record.files.items():
         try:
             snap = snaps.get(ObjectId.from_hex(sid_hex))
@@ -69,7 +70,9 @@ def restored_entries(
             continue
         if snap is None or sid_hex in tainted:
             continue
-        entry = next((f for f in snap.files if f.path == path), None)
+        if sid_hex not in paths:
+            paths[sid_hex] = {f.path: f for f in snap.files}
+        entry = paths[sid_hex].get(path)
         if entry is not None:
             out[path] = with_source(entry, fp)
     return out

@@ -141,8 +141,8 @@ def write_files(
             pieces = fut.result()
         except OSError as exc:
             raise from_oserror(exc, f"writing {f.dest.parent}") from exc
-        except IntegrityError as exc:
-            raise IntegrityError(f"{f.entry.path}: {exc}") from exc
+        except IntegrityError as exc:  # a frame that does not decode: which chunk, if any?
+            raise _damage(f, store, "a frame of it does not decode") from exc
         with phases.timed("verify"):
             n = _hash(f, pieces)
         f.written(writeback)
@@ -200,6 +200,20 @@ def _hash(f: _File, pieces: list[pipeline.Piece]) -> int:
     return n
 
 
+def _damage(f: _File, store: Store, what: str) -> IntegrityError:
+    """The error of a file whose restore went wrong (a frame that did not decode, or bytes that
+    do not match its hash): its chunks read again one by one, the first damaged one named."""
+    try:
+        pipeline.find_damaged(store, f.refs)
+    except IntegrityError as exc:
+        return IntegrityError(f"{f.entry.path}: {exc}")
+    # every chunk verified when read again: a read went wrong, or the manifest did
+    return IntegrityError(
+        f"{f.entry.path}: {what}, yet each of its chunks verifies when read again (a failing "
+        "read, or a damaged manifest)"
+    )
+
+
 def _finish(
     f: _File, store: Store, phases: Phases, done: Done | None, writeback: Writeback
 ) -> None:
@@ -213,15 +227,7 @@ def _finish(
     except OSError as exc:
         raise from_oserror(exc, f"writing {f.dest.parent}") from exc
     if f.size != entry.size or f.hasher.digest().hex() != entry.hash:
-        try:
-            pipeline.find_damaged(store, f.refs)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{entry.path}: {exc}") from exc
-        # every chunk verified when read again: a read went wrong, or the manifest did
-        raise IntegrityError(
-            f"{entry.path}: restored file does not match its recorded hash, yet each of its "
-            "chunks verifies when read again (a failing read, or a damaged manifest)"
-        )
+        raise _damage(f, store, "restored file does not match its recorded hash")
     try:
         os.chmod(f.fd, entry.mode & 0o777)  # never set-id bits a damaged manifest asks for
         os.utime(f.fd, ns=(entry.mtime_ns, entry.mtime_ns))

@@ -8,6 +8,7 @@ bucket name (created by the test or by `casnap init`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -58,14 +59,12 @@ def server_env(endpoint: str, home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The endpoint URL of a moto S3 server running for the whole session."""
-    if not have_s3():
-        pytest.skip("boto3 and moto[server] are not installed (pip install -e '.[dev]')")
+@contextlib.contextmanager
+def moto_server(log_dir: Path) -> Iterator[str]:
+    """A moto S3 server on a free port of 127.0.0.1 while the block runs: its endpoint URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    env = server_env("", log.parent)
+    log = log_dir / "server.log"
+    env = server_env("", log_dir)
     env.pop("CASNAP_S3_ENDPOINT")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -93,6 +92,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of a moto S3 server running for the whole session."""
+    if not have_s3():
+        pytest.skip("boto3 and moto[server] are not installed (pip install -e '.[dev]')")
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -173,6 +173,19 @@ def test_one_frame_per_worker_of_a_hostile_repository(tmp_path: Path) -> None:
     assert peak < 300 * MB, f"checkout peaked at {peak / MB:.0f} MB"
 
 
+def test_a_smoke_command_printing_without_bound_is_held_to_its_tail(tmp_path: Path) -> None:
+    """A smoke command's output was held whole (then its last 2000 characters kept): one that
+    printed 200 MB (a verbose test run) made the checkout take 600 MB. Only each
+    stream's tail is held now; the failure still names the command's last line."""
+    repo, data, sid = seed_repo(tmp_path)
+    loud = "head -c 200000000 /dev/zero | tr '\\0' x; echo; echo 'last words' >&2; exit 3"
+    out = tmp_path / "out"
+    proc, peak = cli(repo, data, "checkout", sid, "--to", str(out), "--smoke-cmd", loud)
+    one_line(proc, CHECK, r"exit code 3: last words")
+    assert not out.exists()
+    assert peak < 300 * MB, f"checkout peaked at {peak / MB:.0f} MB"
+
+
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [

@@ -129,6 +129,44 @@ def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path
     assert r.safety_snapshot is None and r.files_written == 1
 
 
+def test_a_file_held_only_by_a_snapshot_whose_pack_is_gone_is_not_replaced(
+    app: Path, tmp_path: Path
+) -> None:
+    """A file counts as saved when a snapshot holds its content; with that snapshot's pack gone
+    (deleted by hand, expired by a bucket's lifecycle rule), a checkout removed the last copy of
+    it. It now stops before touching anything, naming the file and the pack, and once
+    repair-index and a commit stored the file again the checkout goes ahead."""
+    from casnap.repair import repair_index
+
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir)
+    old = commit(repo, app).id
+    packs_before = set((repo_dir / "packs").rglob("*"))
+    (app / "precious.txt").write_text("written once, committed once")
+    evolve_app(app, 1)
+    commit(repo, app)
+    for pack in set((repo_dir / "packs").rglob("*")) - packs_before:
+        if pack.is_file():
+            pack.unlink()  # the new snapshot's own chunks are gone
+    before = raw_tree(app)
+    repo = Repository.open(repo_dir)
+    with pytest.raises(IntegrityError, match="^(app.db|precious.txt): .*repair-index") as err:
+        checkout(repo, old, app)
+    assert "packs/" in str(err.value) or "pack " in str(err.value)
+    assert raw_tree(app) == before
+
+    shutil.copytree(app, tmp_path / "copy", symlinks=True)
+    checkout(repo, old, tmp_path / "copy", safety_snapshot=False)  # told to save nothing
+    assert not (tmp_path / "copy" / "precious.txt").exists()
+
+    repair_index(repo)
+    healed = commit(repo, app).id  # reads the files again: the lost chunks are stored afresh
+    checkout(repo, old, app)
+    assert not (app / "precious.txt").exists()
+    checkout(repo, healed, app)
+    assert (app / "precious.txt").read_text() == "written once, committed once"
+
+
 def test_latest_never_names_a_safety_snapshot(app: Path, tmp_path: Path) -> None:
     """A restore test into a scratch dir holding other files saves them as a pre-checkout
     snapshot; `latest` must still name the newest backup, or a later `checkout latest` of the
@@ -252,6 +290,33 @@ def test_temp_files_of_another_pid_namespace_are_left_alone(app: Path, tmp_path:
         f.write_bytes(b"image")
     checkout(repo, sid, tmp_path / "out", safety_snapshot=False)
     assert theirs.exists() and not legacy.exists()
+
+
+def test_staging_dirs_of_another_pid_namespace_are_left_alone(app: Path, tmp_path: Path) -> None:
+    """A container sharing the host name (or another host sharing the folder) stages its own
+    checkout beside a target in the same folder: its staging dir, named by a pid that means
+    nothing here, was removed whole as a killed run's while it ran, so its swap failed half
+    way. Staging dirs carry the host tag temp files carry; untagged ones of older casnap
+    versions and this host's of dead processes are still removed."""
+    from casnap.fsutil import HOST_TAG, STAGE_PREFIX, host_tag
+    from casnap.procs import pid_namespace
+
+    here = pid_namespace()
+    assert here is not None
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, app).id
+    gone = dead_pid()
+    theirs = tmp_path / f"{STAGE_PREFIX}{gone}-{host_tag(here + 1)}-0123456789ab"
+    ours = tmp_path / f"{STAGE_PREFIX}{gone}-{HOST_TAG}-0123456789ab"
+    legacy = tmp_path / f"{STAGE_PREFIX}{gone}-0123456789ab"
+    for stage in (theirs, ours, legacy):
+        stage.mkdir()
+        (stage / "app.db").write_bytes(b"staged by a checkout")
+    checkout(repo, sid, tmp_path / "out", safety_snapshot=False, smoke=False)
+    assert (theirs / "app.db").exists()
+    assert not ours.exists() and not legacy.exists()
+    staged = [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGE_PREFIX)]
+    assert staged == [theirs.name]  # the checkout's own is gone too
 
 
 def test_an_error_inside_a_stage_names_the_folder_not_its_descriptor(tmp_path: Path) -> None:

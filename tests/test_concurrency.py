@@ -278,3 +278,48 @@ def test_a_snapshot_forgotten_between_the_listing_and_its_read_is_not_there(
     strict = Repository.open_backend(forgetting(gc_view), tmp_path / "tmp")
     with pytest.raises(ObjectMissing, match="every command that lists snapshots stops here"):
         strict.snapshots(files=True)
+
+
+def test_a_second_checkout_into_a_target_waits_for_the_first(tmp_path: Path) -> None:
+    """Two checkouts into one target at once each planned against what the target held before
+    the other's swap: both reported success and left a mix of the two snapshots. The second now
+    waits for the first (CASNAP_LOCK_WAIT) and, given up, exits 6 without touching the target;
+    run again, it restores its snapshot whole."""
+    repo_dir, target = tmp_path / "repo", tmp_path / "target"
+    a, b = small_app(tmp_path / "a", seed=1), small_app(tmp_path / "b", seed=2)
+    for i in range(20):
+        (a / f"only-a-{i}.txt").write_text("a" * i)
+        (b / f"only-b-{i}.txt").write_text("b" * i)
+    repo = Repository.init(repo_dir)
+    sid_a, sid_b = commit(repo, a).id, commit(repo, b).id
+    repo.close()
+    env = casnap_env()
+    base = ["--repo", str(repo_dir), "-q", "checkout", "--to", str(target), "--no-smoke"]
+    done = subprocess.run(casnap_command([*base, sid_a]), env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0
+    tree_a = snapshot_tree(target)
+    started, go = tmp_path / "started", tmp_path / "go"
+    pause = f"touch {started}; while [ ! -e {go} ]; do sleep 0.01; done"
+    first = subprocess.Popen(  # stopped in its smoke command, before its swap
+        casnap_command([*base, sid_b, "--smoke-cmd", pause]), env=env, cwd=ROOT
+    )
+    try:
+        wait_for(started.exists)
+        second = subprocess.run(
+            casnap_command([*base, sid_a]),
+            env=casnap_env(CASNAP_LOCK_WAIT="0"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert second.returncode == 6, second.stderr
+        assert "checkout" in second.stderr and str(target) in second.stderr
+        assert snapshot_tree(target) == tree_a  # not touched
+    finally:
+        go.touch()
+        assert first.wait(timeout=120) == 0
+    assert {p for p in snapshot_tree(target) if "only-a" in p} == set()
+    again = subprocess.run(casnap_command([*base, sid_a]), env=env, cwd=ROOT, check=False)
+    assert again.returncode == 0
+    assert snapshot_tree(target) == tree_a

@@ -7,6 +7,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,6 +185,28 @@ def test_password_sources_in_order(app: Path, tmp_path: Path) -> None:
     assert code == 10 and "password command" in err
     code, _, err = run(repo, app, "log", password=None, CASNAP_PASSWORD_FILE=str(tmp_path / "no"))
     assert code == 10 and "password file" in err
+
+
+def test_a_password_command_that_prints_without_end_is_stopped(app: Path, tmp_path: Path) -> None:
+    """A password file is read up to 4096 bytes; a password command's output was read whole, so
+    a command that prints without end (`yes`, `cat /dev/zero`) made casnap hold gigabytes
+    until it was killed. Past 4096 bytes the command is stopped and the command named."""
+    repo = tmp_path / "backups"
+    assert run(repo, app, "commit", "-q")[0] == 0
+    big = f"{sys.executable} -c \"print('x' * (1 << 20))\""
+    code, out, err = run(repo, app, "log", password=None, CASNAP_PASSWORD_COMMAND=big)
+    assert code == 10 and out == ""
+    assert "password command" in err and "4096 bytes" in err
+    endless = subprocess.run(  # never ends by itself: without the limit this waits for ever
+        [sys.executable, "-m", "casnap", "--repo", str(repo), "--password-command", "yes", "log"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CASNAP_PASSWORD")},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert endless.returncode == 10 and "4096 bytes" in endless.stderr
 
 
 def test_key_passwd_add_remove_export_import(app: Path, tmp_path: Path) -> None:

@@ -162,3 +162,28 @@ def test_a_key_export_into_the_repository_is_refused(
     after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and "locks" not in p.parts}
     assert after == before
     assert run(repo, data, "verify")[0] == 0
+
+
+def test_a_planted_huge_key_file_is_passed_over_unread(enc_repo: tuple[Path, Path]) -> None:
+    """A key file is a few hundred bytes, but every one listed was read whole: a 1 GB file
+    planted in keys/ made every command of the repository take over a gigabyte (a larger one
+    had it killed for memory). One past the key-file limit is passed over unread and listed as
+    unusable, as a damaged one is."""
+    from tests.helpers_memory import MB, run_measured
+
+    repo, data = enc_repo
+    huge = repo / "keys" / ("e" * 32)
+    with open(huge, "wb") as f:
+        f.truncate(1000 * MB)  # sparse: no disk needed
+    pw = repo.parent / "pw.txt"
+    pw.write_text(PW)
+    args = ["--repo", str(repo), "--data", str(data), "--password-file", str(pw), "log"]
+    proc, peak = run_measured(args)
+    assert proc.returncode == 0, proc.stderr
+    assert peak < 300 * MB, f"log peaked at {peak / MB:.0f} MB"
+    code, out, err = run(repo, data, "key", "list", "--json")
+    assert code == 0, err
+    listed = {k["id"]: k for k in json.loads(out)}
+    assert listed["e" * 32]["kdf"].startswith("unusable"), listed["e" * 32]
+    code, _, err = run(repo, data, "key", "import", "/dev/zero")  # read up to the limit only
+    assert code == EXIT_CODES["integrity"] and "not a casnap key export" in err, err

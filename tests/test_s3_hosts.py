@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import evolve_app, make_app
 from tests.helpers_hosts import assert_whole, race
+from tests.s3server import moto_server
 from tests.test_s3 import bucket_objects, run
 from tests.util import snapshot_tree
 
@@ -84,3 +85,30 @@ def test_a_warm_cache_makes_log_list_only(what: str, s3_bucket: str, tmp_path: P
     cache = Path(os.environ["CASNAP_CACHE_DIR"])
     cached = [p for p in cache.rglob("*") if p.is_file() and "snapshots" in p.parts]
     assert cached, "the manifest was not cached"
+
+
+def test_a_bucket_of_one_name_on_two_endpoints_is_two_repositories(
+    s3_bucket: str, s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backups to two stores (CASNAP_S3_ENDPOINT) that each hold a bucket of the same name: the
+    config and key kept for one were taken for the other's, so every command after a switch of
+    endpoint failed once with 'not the one this host opened there before' (exit 3). Each store
+    now keeps its own."""
+    data = tmp_path / "data"
+    make_app(data, rows=60, vectors=120)
+    repo = f"s3://{s3_bucket}/app"
+    first = s3_env["CASNAP_S3_ENDPOINT"]
+    (tmp_path / "moto2").mkdir()
+    with moto_server(tmp_path / "moto2") as second:
+        ids = {}
+        for url in (first, second):
+            monkeypatch.setenv("CASNAP_S3_ENDPOINT", url)
+            code, out, err = run(repo, data, "commit", "-q", password=PW)
+            assert code == 0, err
+            ids[url] = out.strip()
+        for _ in range(2):
+            for url in (first, second):
+                monkeypatch.setenv("CASNAP_S3_ENDPOINT", url)
+                code, out, err = run(repo, data, "log", "--json", password=PW)
+                assert code == 0, err
+                assert [row["id"] for row in json.loads(out)] == [ids[url]]

@@ -230,6 +230,26 @@ def salvage(backend: Backend, key: str) -> Salvaged | None:
 
 
 @runtime_checkable
+class Keeping(Protocol):
+    """A backend that keeps copies of objects it read (CachingBackend) and can drop them."""
+
+    def drop(self, key: str) -> None: ...
+
+
+def drop_kept(backend: Backend, key: str) -> bool:
+    """Drop the copies of key kept by backend or any backend it wraps, so the next read of key
+    asks the storage; whether some layer keeps copies at all."""
+    layer: object = backend
+    keeping = False
+    while isinstance(layer, Backend):
+        if isinstance(layer, Keeping):
+            layer.drop(key)
+            keeping = True
+        layer = getattr(layer, "inner", None)
+    return keeping
+
+
+@runtime_checkable
 class Viewing(Protocol):
     """A backend that builds the bytes of a read itself (EncryptedBackend decrypts them) and can
     hand them out as a view of its own buffer rather than as a copy."""

@@ -5,7 +5,8 @@ files (`keys/...`) pass through unsealed: they are sealed by a password, not by 
 they carry. Sizes listed are plaintext sizes, so the layers above see the same numbers as on a
 plain repository. Ranged reads open only the segments they cover; the header of each object
 read in part is kept (objects are immutable), and read again once when a segment fails to open
-(the object may have been deleted and stored again meanwhile, with a new salt). A read that
+(the object may have been deleted and stored again meanwhile, with a new salt), past any copy of
+it a CachingBackend below kept (its header and tail are the old object's then). A read that
 reaches an object's end asks the backend below for its sealed bytes to the end, as a pack
 directory's reads do (a CachingBackend below keeps those). A damaged object can be salvaged:
 read segment by segment, the ones that fail authentication zeroed and named, so a pack with one
@@ -18,7 +19,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
-from casnap.backends.base import Backend, Salvaged, Wrapper, check_key, check_range
+from casnap.backends.base import (
+    Backend,
+    Salvaged,
+    Wrapper,
+    check_key,
+    check_range,
+    drop_kept,
+)
 from casnap.crypto import (
     HEADER_SIZE,
     SEGMENT,
@@ -71,9 +79,12 @@ class EncryptedBackend(Wrapper):
         try:
             return self._range(key, offset, length, self._header(key))
         except IntegrityError:
+            # stored again meanwhile under its name (a new salt)? Read its header again, past
+            # any copy of the old object kept below; a header just fetched was no stale one
             with self._lock:
-                if self._headers.pop(key, None) is None:
-                    raise
+                remembered = self._headers.pop(key, None) is not None
+            if not drop_kept(self.inner, key) and not remembered:
+                raise
             return self._range(key, offset, length, self._header(key))
 
     def _whole(self, key: str) -> bytes:

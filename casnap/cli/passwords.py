@@ -63,15 +63,23 @@ def run_password_command(command: str) -> str:
     if not args:
         raise PasswordError("the password command is empty")
     try:
-        done = subprocess.run(args, stdout=subprocess.PIPE, check=False)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE)
     except OSError as exc:
         raise PasswordError(
             f"password command {args[0]!r} cannot be run: {exc.strerror or exc}"
         ) from exc
-    if done.returncode != 0:
-        raise PasswordError(f"password command {args[0]!r} failed (exit {done.returncode})")
+    with proc:  # read as a password file is: a command printing without end is stopped
+        assert proc.stdout is not None
+        raw = proc.stdout.read(MAX_PASSWORD_FILE + 1)
+        if len(raw) > MAX_PASSWORD_FILE:
+            proc.kill()
+            raise PasswordError(
+                f"password command {args[0]!r} printed more than {MAX_PASSWORD_FILE} bytes"
+            )
+    if proc.returncode != 0:
+        raise PasswordError(f"password command {args[0]!r} failed (exit {proc.returncode})")
     try:
-        text = done.stdout.decode()
+        text = raw.decode()
     except UnicodeDecodeError as exc:
         raise PasswordError(f"password command {args[0]!r} printed no UTF-8 text") from exc
     return _nonempty(_strip_newline(text), f"password command {args[0]!r}")
