@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,6 +163,31 @@ def not_nested(root: Path) -> None:
     for folder in root.parents:
         if holds_repository(folder):
             raise NotARepository(nested_message(root, folder))
+
+
+# where a non-AWS store is, first found first (CASNAP_S3_ENDPOINT, then the standard AWS ones)
+ENDPOINT_VARS = ("CASNAP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def endpoint() -> str | None:
+    """The endpoint URL of a non-AWS store, from the environment; None for AWS itself.
+
+    InvalidArgument when it is not an http(s) URL with a host (`host:9000` without a scheme)."""
+    for var in ENDPOINT_VARS:
+        value = os.environ.get(var)
+        if value:
+            parts = urllib.parse.urlsplit(value)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or value.split() != [value]
+            ):
+                raise InvalidArgument(
+                    f"{var}={value!r} is not an endpoint URL: give http://HOST[:PORT] or "
+                    "https://HOST[:PORT]"
+                )
+            return value
+    return None
 
 
 def local_backend(root: Path) -> Backend:

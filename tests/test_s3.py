@@ -5,6 +5,7 @@ and encrypted; no plaintext in any stored object; one line for a missing bucket 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -489,3 +490,36 @@ def test_a_misconfigured_client_is_the_error_also_when_this_host_keeps_the_confi
     code, _, err = run(url, data, "log", password=password)
     assert code == EXIT_CODES["usage"], err
     assert err.count("\n") == 1 and "no-such-profile" in err, err
+
+
+SPY_IMPORTS = """
+import sys, threading, importlib.abc
+first = {}
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        first.setdefault(name, threading.current_thread().name)
+sys.meta_path.insert(0, Spy())
+from casnap.repository import Repository
+Repository.open(sys.argv[1], password=lambda: "pw").close()
+print(first.get("botocore"))
+"""
+
+
+def test_with_the_config_kept_here_the_client_is_made_off_the_main_thread(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """Importing botocore and making the client (~0.2 s) runs on the open's own thread while
+    the key is derived; nothing on the main thread imports the client first."""
+    url, data = f"s3://{s3_bucket}/spy", tmp_path / "data"
+    make_app(data, rows=10, vectors=20)
+    assert run(url, data, "commit", "-q", password="pw")[0] == 0
+    assert run(url, data, "log", password="pw")[0] == 0  # an open keeps config and key here
+    done = subprocess.run(
+        [sys.executable, "-c", SPY_IMPORTS, url],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "casnap-open", done.stdout

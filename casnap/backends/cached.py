@@ -69,7 +69,7 @@ def opened_cache_dir(location: str) -> Path:
     """`locations/<hash of the location>` in the user's cache dir. An s3:// location on another
     store than AWS is hashed with its endpoint: two stores may each hold a bucket of that name."""
     if location.startswith("s3://"):
-        from casnap.backends.s3 import endpoint  # imported already: the location is open
+        from casnap.locations import endpoint  # read from the environment: no S3 client needed
 
         url = endpoint()
         location = location if url is None else f"{location}\0{url}"

@@ -25,10 +25,8 @@ retrying wrapper decides); anything else a CasnapError naming the key and the bu
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
-import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +50,7 @@ from casnap.errors import (
     RepositoryNotFound,
     TransientError,
 )
-from casnap.locations import CONFIG_HEAD, S3Url, is_config, nested_message
+from casnap.locations import CONFIG_HEAD, S3Url, endpoint, is_config, nested_message
 
 try:  # botocore's client alone: boto3's session layer and transfer manager cost ~0.1 s to import
     import botocore.config
@@ -70,7 +68,6 @@ CONFLICT_TRIES = 5  # 409 ConditionalRequestConflict: another write of the key i
 BULK_FOLDER = "packs/"
 ETAG_MAX_SIZE = 64 * 1024  # the ETags of objects put up to this size are kept (locks: ~200 B)
 ETAGS_KEPT = 1024
-ENDPOINT_VARS = ("CASNAP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 _MISSING = {"NoSuchKey", "NotFound", "404"}
 _DENIED = {
@@ -107,27 +104,6 @@ def require_client() -> None:
         raise RepositoryError(
             "s3:// repositories need the S3 client: pip install 'casnap[s3]' (installs botocore)"
         )
-
-
-def endpoint() -> str | None:
-    """The endpoint URL of a non-AWS store, from the environment; None for AWS itself.
-
-    InvalidArgument when it is not an http(s) URL with a host (`host:9000` without a scheme)."""
-    for var in ENDPOINT_VARS:
-        value = os.environ.get(var)
-        if value:
-            parts = urllib.parse.urlsplit(value)
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or value.split() != [value]
-            ):
-                raise InvalidArgument(
-                    f"{var}={value!r} is not an endpoint URL: give http://HOST[:PORT] or "
-                    "https://HOST[:PORT]"
-                )
-            return value
-    return None
 
 
 def make_client() -> Any:
