@@ -212,21 +212,27 @@ def snapshot_all(states: list[ToolState], data: Path, step: int, log: Log) -> No
         )
 
 
-def nochange_commit(states: list[ToolState], data: Path, step: int, log: Log) -> float | None:
-    """casnap's commit of the data dir just committed, unchanged: its seconds (the no-change
-    target; the snapshot it adds holds the same files, so the restore that follows is not
-    changed)."""
+def nochange_commit(
+    states: list[ToolState], data: Path, step: int, log: Log, rounds: int = 3
+) -> float | None:
+    """casnap's commit of the data dir just committed, unchanged, `rounds` times: the median
+    seconds (the no-change target; one such command is ~0.1 s, so one measurement is at the
+    mercy of a busy moment). The snapshots they add hold the same files, so the restore that
+    follows is not changed."""
     state = next((s for s in states if s.tool.name == "casnap" and not s.error), None)
     if state is None:
         return None
-    try:
-        measured = state.tool.snapshot(data, step)
-    except (ToolError, OSError) as exc:
-        log(f"  casnap no-change commit failed: {exc}")
-        return None
-    settle()
-    log(f"  casnap no-change commit {measured.seconds:8.3f} s")
-    return measured.seconds
+    seconds = []
+    for _ in range(rounds):
+        try:
+            seconds.append(state.tool.snapshot(data, step).seconds)
+        except (ToolError, OSError) as exc:
+            log(f"  casnap no-change commit failed: {exc}")
+            return None
+        settle()
+    shown = ", ".join(f"{s:.3f}" for s in seconds)
+    log(f"  casnap no-change commit {statistics.median(seconds):8.3f} s (median of {shown})")
+    return statistics.median(seconds)
 
 
 def restore_all(states: list[ToolState], data: Path, work: Path, log: Log) -> None:
