@@ -177,7 +177,8 @@ def commit(
     phases = committer.phases = Phases.begin(repo)  # counts the opening of a fresh repo
     result: CommitResult | None = None
     try:
-        with repo.lock("commit"):  # its check lists the snapshots and repair notes too
+        # its check lists the snapshots and repair notes too; waits for a checkout of data_dir
+        with repo.lock("commit", folder=Path(data_dir)):
             repo.refresh(only_if_changed=True)
             rollback.require_repository(repo)  # not taken back by a failed first commit
             phases.since("open", phases.start)

@@ -91,14 +91,30 @@ class LockInfo:
     readable: bool = True  # False: the file is not a lock casnap can read (damaged or foreign)
     taken: float | None = None  # when the holder took the lock (None: written before refreshes)
     pidns: int | None = None  # the holder's PID namespace (None: written before it was recorded)
+    folder: str | None = None  # the data dir a commit reads or a checkout writes (its real path)
 
     def describe(self) -> str:
         if not self.readable:
             return f"lock file {self.key} cannot be read (damaged, or not written by casnap)"
         kind = "exclusive" if self.exclusive else "shared"
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken or self.time))
+        of = f" of {self.folder}" if self.folder else ""
         return (
-            f"{kind} lock held by {self.operation} (pid {self.pid} on {self.host}, since {since})"
+            f"{kind} lock held by {self.operation}{of} (pid {self.pid} on {self.host}, since "
+            f"{since})"
+        )
+
+    def clashes(self, operation: str, folder: str | None) -> bool:
+        """Whether a shared holder and we may not run at once all the same: a checkout and a
+        commit or checkout of one folder, on one host, in two processes (a commit would store
+        a mix of the files the checkout swaps; the pre-checkout commit runs inside its own
+        checkout, in its process)."""
+        return (
+            folder is not None
+            and self.folder == folder
+            and "checkout" in (operation, self.operation)
+            and self.local()
+            and self.pid != os.getpid()
         )
 
     def stale(self, stale_after: float = LOCK_STALE_SECONDS) -> bool:
@@ -196,6 +212,7 @@ def _read(backend: Backend, key: str) -> LockInfo | None:
             _seconds(d.get("time", 0)),
             taken=_seconds(d["taken"]) if d.get("taken") is not None else None,
             pidns=_optional_int(d.get("pidns")),
+            folder=str(d["folder"]) if d.get("folder") is not None else None,
         )
     except ObjectMissing:
         return None  # removed meanwhile
@@ -254,6 +271,8 @@ def _conflict(
     exclusive: bool,
     stale_after: float = LOCK_STALE_SECONDS,
     along: Sequence[str] = (),
+    operation: str = "",
+    data_dir: str | None = None,
 ) -> tuple[LockInfo | None, Listing]:
     """The first live lock that conflicts with ours, stale locks found on the way removed; and
     what the folders `along` held, listed in the same request as locks/ where the store can
@@ -272,7 +291,7 @@ def _conflict(
         if info.stale(stale_after):
             backend.delete(info.key)
             continue
-        if exclusive or info.exclusive:
+        if exclusive or info.exclusive or info.clashes(operation, data_dir):
             return info, listed
     return None, listed
 
@@ -389,6 +408,7 @@ def locked(
     refresh: float = LOCK_REFRESH_SECONDS,
     stale: float = LOCK_STALE_SECONDS,
     listed: Listed | None = None,
+    folder: str | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
@@ -420,6 +440,7 @@ def locked(
         "exclusive": exclusive,
         "operation": operation,
         "taken": time.time(),
+        **({"folder": folder} if folder is not None else {}),
     }
     deadline = time.monotonic() + wait
     delay = 0.05
@@ -434,7 +455,7 @@ def locked(
             yield
             return
         try:
-            conflict, seen = _conflict(backend, key, exclusive, stale, along)
+            conflict, seen = _conflict(backend, key, exclusive, stale, along, operation, folder)
         except BaseException:
             # never leave our own lock behind: this process lives on and would block gc forever
             with contextlib.suppress(CasnapError):

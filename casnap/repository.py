@@ -292,10 +292,12 @@ class Repository:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def lock(self, operation: str, dry_run: bool = False) -> contextlib.AbstractContextManager:
-        """Take the repository lock an operation needs (locks.MODES) for a block; a dry run of
-        an operation that deletes only reads, so it takes the shared lock. With no_lock, an
-        operation that only reads takes none (a checkout's pre-checkout commit still does)."""
+    def lock(
+        self, operation: str, dry_run: bool = False, folder: Path | None = None
+    ) -> contextlib.AbstractContextManager:
+        """Take the lock an operation needs (locks.MODES) for a block (a dry run reads: shared);
+        with no_lock a read-only operation takes none (a pre-checkout commit still does). folder:
+        the data dir a commit reads or a checkout writes (locks.LockInfo.clashes)."""
         exclusive = locks.exclusive(operation) and not dry_run
         if self.no_lock and operation in locks.READ_ONLY_OPERATIONS:
             return contextlib.nullcontext()
@@ -306,6 +308,7 @@ class Repository:
             unwritable=self.on_unwritable,
             notify=self.notify,
             listed=self.listed,
+            folder=None if folder is None else str(folder.resolve()),
         )
 
     def ensure_index(self) -> None:

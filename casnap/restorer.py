@@ -120,7 +120,7 @@ def checkout(
         safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
     )
     phases = Phases.begin(repo)  # counts the opening of a fresh repo
-    with repo.lock("checkout"):
+    with repo.lock("checkout", folder=Path(target)):  # waits for a commit of target
         repo.refresh(only_if_changed=True)
         sid = repo.resolve(ref)
         snap = repo.snapshot(sid)
