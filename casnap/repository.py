@@ -191,10 +191,9 @@ class Repository:
         config: dict[str, Any] | None = None,
         cache: bool = True,
     ) -> Repository:
-        """Open (or with create, make) the repository at an S3 URL; scratch space is private.
-        Requests that fail transiently are retried; metadata is cached unless cache is False
-        (verify reads everything from the bucket). With its config kept here, the client is made
-        while the key is derived (backends/deferred.py)."""
+        """Open (or with create, make) the repository at an S3 URL, scratch space private; transient
+        failures retried; metadata cached unless cache is False (verify reads the bucket). With
+        its config kept here, the client is made while the key is derived (deferred.py)."""
         if create and password is not None:
             keys.read_password(password)  # asked for (or missing) before anything is made
         kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
@@ -295,9 +294,8 @@ class Repository:
     def lock(
         self, operation: str, dry_run: bool = False, folder: Path | None = None
     ) -> contextlib.AbstractContextManager:
-        """Take the lock an operation needs (locks.MODES) for a block (a dry run reads: shared);
-        with no_lock a read-only operation takes none (a pre-checkout commit still does). folder:
-        the data dir a commit reads or a checkout writes (locks.LockInfo.clashes)."""
+        """The lock an operation needs (locks.MODES; shared for a dry run; none for a read-only one
+        with no_lock) for a block; folder: what a commit reads or a checkout writes (clashes)."""
         exclusive = locks.exclusive(operation) and not dry_run
         if self.no_lock and operation in locks.READ_ONLY_OPERATIONS:
             return contextlib.nullcontext()
