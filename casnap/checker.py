@@ -215,7 +215,10 @@ class _Checker:
 
     def run(self, refs: Sequence[str], subset_pct: float | None, seed: int | None) -> VerifyReport:
         snaps = self._manifests()
-        selected = self._select(refs, snaps) if refs else snaps
+        narrowed = bool(refs) or self.select.active  # only some snapshots' chunks are followed
+        selected = self._select(refs, snaps) if refs else self.select.select(snaps)
+        if not refs and self.select.active and snaps and not selected:
+            raise SnapshotNotFound(f"no snapshot to verify: none is {self.select.describe()}")
         self.report.snapshots_checked = len(selected)
         # listing order: snapshots, index, packs, so a commit running meanwhile shows up whole
         self._index()
@@ -224,7 +227,7 @@ class _Checker:
         needed = reach.referenced_ids()
         self.report.blobs_checked = len(needed)
         if self.report.read_data:
-            self._read_data(needed if refs else None, subset_pct, seed)
+            self._read_data(needed if narrowed else None, subset_pct, seed)
         self._entries(selected, reach)
         self._conclude(selected, reach, needed)
         if self.report.read_data and subset_pct is None:

@@ -14,6 +14,7 @@ from casnap import checker, repair
 from casnap.checker import verify
 from casnap.chunkindex import DATA, IndexEntry
 from casnap.cli import cli
+from casnap.committer import commit
 from casnap.errors import CheckFailed
 from casnap.ids import ObjectId
 from casnap.packs import pack_key
@@ -255,3 +256,17 @@ def test_index_entry_disagreeing_with_its_pack(tmp_path: Path) -> None:
     assert "another copy is intact" in chunk[0].message and chunk[0].affected == ()
     assert full.damaged == {}
     assert "no snapshot is affected" in full.summary()
+
+
+def test_filters_without_snapshot_ids_narrow_what_verify_follows(tmp_path: Path) -> None:
+    """`verify --tag T` (no ids) follows the tagged snapshots only, as its help says, and one that
+    matches none is exit 4, as prune and forget are, not 'no problems found' of everything."""
+    repo, data, _ = build_history(tmp_path, 3)
+    commit(repo, data, message="tagged", tags=["kept"])
+    repo.close()
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    code, out = run(*base, "verify", "--tag", "kept", "--read-data", "--json")
+    assert code == 0, out
+    assert json.loads(out)["snapshots_checked"] == 1
+    code, out = run(*base, "verify", "--host", "no-such-host")
+    assert code == 4 and "no snapshot to verify" in out, out
