@@ -307,3 +307,23 @@ def test_output_reaches_a_pipe_whole_and_the_exit_code_is_the_command_s(tmp_path
         preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child only closes a descriptor
     )
     assert "Traceback" not in closed.stderr, closed.stderr
+
+
+def test_commands_started_without_a_stderr_run_as_with_one(tmp_path: Path) -> None:
+    """`casnap commit 2>&-` (cron jobs with closed descriptors): the progress bar asked the
+    missing stderr whether it was a terminal and the command died (exit 70)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("hello\n")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    for args in (["commit"], ["verify"], ["checkout", "latest", "--to", str(tmp_path / "out")]):
+        done = subprocess.run(
+            casnap_command([*base, *args]),
+            env=casnap_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: os.close(2),  # noqa: PLW1509 - the child only closes a descriptor
+        )
+        assert done.returncode == 0, (args, done.stdout)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "hello\n"

@@ -164,7 +164,7 @@ class ProgressBar:
 def progress_bar(c: Context, label: str, *more: str) -> Iterator[ProgressFn | None]:
     """A progress callback drawing a bar on stderr; None (no output) with -q or off a terminal.
     More labels name the runs that follow the first (see ProgressBar)."""
-    if c.quiet or not sys.stderr.isatty():
+    if c.quiet or sys.stderr is None or not sys.stderr.isatty():  # None: started without one
         yield None
         return
     bar = ProgressBar(label, *more)
