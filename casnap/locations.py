@@ -176,10 +176,15 @@ def endpoint() -> str | None:
     for var in ENDPOINT_VARS:
         value = os.environ.get(var)
         if value:
-            parts = urllib.parse.urlsplit(value)
+            try:
+                parts = urllib.parse.urlsplit(value)
+                port_ok = parts.port is None or parts.port > 0  # ValueError when out of range
+            except ValueError:  # `http://[::1` (an unclosed IPv6 address), `host:99999`
+                parts, port_ok = urllib.parse.urlsplit(""), False
             if (
                 parts.scheme not in ("http", "https")
                 or not parts.hostname
+                or not port_ok
                 or value.split() != [value]
             ):
                 raise InvalidArgument(

@@ -444,11 +444,22 @@ def test_an_import_into_a_new_s3_prefix_without_a_password_names_the_new_reposit
         ("CASNAP_S3_ENDPOINT", "127.0.0.1:9000", "CASNAP_S3_ENDPOINT"),
         ("CASNAP_S3_ENDPOINT", "ftp://127.0.0.1:9000", "CASNAP_S3_ENDPOINT"),
         ("CASNAP_S3_ENDPOINT", "http://bad host:9000", "CASNAP_S3_ENDPOINT"),
+        ("CASNAP_S3_ENDPOINT", "http://[::1", "CASNAP_S3_ENDPOINT"),
+        ("CASNAP_S3_ENDPOINT", "http://127.0.0.1:99999", "CASNAP_S3_ENDPOINT"),
         ("AWS_PROFILE", "no-such-profile", "no-such-profile"),
         ("AWS_DEFAULT_REGION", "bad region!", "bad region!"),
         ("AWS_CONFIG_FILE", "{unparsable}", "config"),
     ],
-    ids=["endpoint-no-scheme", "endpoint-ftp", "endpoint-space", "profile", "region", "config"],
+    ids=[
+        "endpoint-no-scheme",
+        "endpoint-ftp",
+        "endpoint-space",
+        "endpoint-ipv6-unclosed",
+        "endpoint-port-out-of-range",
+        "profile",
+        "region",
+        "config",
+    ],
 )
 def test_a_misconfigured_s3_client_is_a_usage_error(
     variable: str,
