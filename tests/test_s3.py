@@ -534,3 +534,41 @@ def test_with_the_config_kept_here_the_client_is_made_off_the_main_thread(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "casnap-open", done.stdout
+
+
+def test_an_endpoint_that_answers_404_to_everything_is_not_called_damage(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A URL that is no S3 store (a web server answering 404): `log` says the bucket is not
+    there, or the endpoint is no S3 store (exit 3), and `init` cannot make the bucket (exit 1);
+    it was exit 5, 'is missing from the repository' with an empty name."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("CASNAP_S3_ENDPOINT", url)
+        data = tmp_path / "data"
+        data.mkdir()
+        code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
+        assert code == EXIT_CODES["repository"], err
+        assert err.count("\n") == 1 and "not an S3 store" in err and url in err, err
+        code, _, err = run(f"s3://{s3_bucket}/x", data, "init", "--encryption", "none")
+        assert code == EXIT_CODES["error"], err
+        assert err.count("\n") == 1 and "S3 store" in err, err
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -181,13 +181,20 @@ class S3Backend(Backend):
         if isinstance(exc, botocore.exceptions.ClientError):
             code, status = _code(exc)
             message = exc.response.get("Error", {}).get("Message") or code
-            if code in _MISSING or status == 404 and code != "NoSuchBucket":
-                return ObjectMissing(f"{what.split(' ', 1)[1]} is missing from the repository")
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or status == 404 and what.startswith("listing"):
+                # a listing in a bucket that exists answers, if with nothing
                 why = f"bucket {self.bucket} does not exist" + (
                     f" at {endpoint()}" if endpoint() else ""
                 )
+                if code != "NoSuchBucket":
+                    why += " (or that endpoint is not an S3 store)"
                 return RepositoryNotFound(f"{where}: {why}", why)
+            if status == 404 and what.endswith("the bucket"):
+                return CasnapError(
+                    f"{where}: HTTP 404 (is {endpoint() or 'the endpoint'} an S3 store?)"
+                )
+            if code in _MISSING or status == 404:
+                return ObjectMissing(f"{what.split(' ', 1)[1]} is missing from the repository")
             if code in _DENIED or status == 403:
                 return AccessDenied(f"{where}: access denied ({code}: {message})")
             if code in ("InvalidRange", "416") or status == 416:
