@@ -302,19 +302,25 @@ def lock_wait() -> float:
 
 
 @contextlib.contextmanager
-def target_lock(fd: int, target: object) -> Iterator[None]:
+def target_lock(
+    fd: int, target: object, notify: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """An exclusive flock on a checkout target's folder (open as fd) while the block runs: two
     checkouts into one folder would each plan against what the other is about to replace and
-    leave a mix of both snapshots. Waits up to lock_wait(), then LockError; a filesystem that
-    cannot flock is used without."""
+    leave a mix of both snapshots. Waits up to lock_wait() (notify hears once that it waits),
+    then LockError; a filesystem that cannot flock is used without."""
     import fcntl
 
-    deadline = time.monotonic() + lock_wait()
+    wait = lock_wait()
+    deadline = time.monotonic() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
+            if notify is not None:
+                notify(f"waiting up to {wait:.0f} s for {target}: another checkout into it runs")
+                notify = None
             if time.monotonic() >= deadline:
                 raise LockError(
                     f"another checkout into {target} is running (or a process holds a lock on "

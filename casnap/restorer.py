@@ -205,7 +205,7 @@ class _Checkout:
             raise
         with root, Tree(root, self._dir_attrs) as tree:
             try:
-                with locks.target_lock(root.fd, self.shown_target):  # one checkout at a time
+                with locks.target_lock(root.fd, self.shown_target, self.repo.notify):  # one at once
                     self._run(tree, wanted)
             except BaseException:
                 tree.undo_created()

@@ -323,3 +323,44 @@ def test_a_second_checkout_into_a_target_waits_for_the_first(tmp_path: Path) -> 
     again = subprocess.run(casnap_command([*base, sid_a]), env=env, cwd=ROOT, check=False)
     assert again.returncode == 0
     assert snapshot_tree(target) == tree_a
+
+
+def test_a_checkout_waiting_for_its_target_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the target folder's flock (a checkout from another repository, or
+    an app that locks its data dir): the checkout says once that it waits, as it does for a
+    repository lock (the command line shows it on a terminal), then gives up (LockError, exit 6),
+    the target untouched."""
+    from casnap.errors import LockError
+    from casnap.restorer import checkout
+
+    app, target = small_app(tmp_path / "a", seed=1), tmp_path / "target"
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, app).id
+    target.mkdir()
+    heard: list[str] = []
+    repo.notify = heard.append
+    monkeypatch.setenv("CASNAP_LOCK_WAIT", "0.3")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FLOCK, str(target)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(LockError, match="another checkout into"):
+            checkout(repo, sid, target, smoke=False)
+    finally:
+        holder.communicate(timeout=60)
+    assert heard == [f"waiting up to 0 s for {target}: another checkout into it runs"]
+    assert list(target.iterdir()) == []
+
+
+HOLD_FLOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
