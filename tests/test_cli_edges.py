@@ -327,3 +327,33 @@ def test_commands_started_without_a_stderr_run_as_with_one(tmp_path: Path) -> No
         )
         assert done.returncode == 0, (args, done.stdout)
     assert (tmp_path / "out" / "notes.txt").read_text() == "hello\n"
+
+
+def test_an_encrypted_repository_without_a_stdin_asks_for_a_password_source(
+    tmp_path: Path,
+) -> None:
+    """`casnap log 0<&-` on an encrypted repository with no password given: one line naming the
+    password sources (exit 10); the missing stdin was asked whether it was a terminal (exit 70)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    env = casnap_env()
+    made = subprocess.run(
+        casnap_command([*base, "init", "--encryption", "repokey"]),
+        env={**env, "CASNAP_PASSWORD": "pw"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    env.pop("CASNAP_PASSWORD", None)
+    done = subprocess.run(
+        casnap_command([*base, "log"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(0),  # noqa: PLW1509 - the child only closes a descriptor
+    )
+    assert done.returncode == EXIT_CODES["password"], done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr

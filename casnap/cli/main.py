@@ -255,7 +255,7 @@ class Context:
 
     def notice(self, text: str) -> None:
         """A passing remark on stderr (a wait under way), on a terminal and unless -q."""
-        if not self.quiet and sys.stderr.isatty():
+        if not self.quiet and sys.stderr is not None and sys.stderr.isatty():
             click.echo(f"casnap: {text}", err=True)
 
     def refuse_no_lock(self) -> None:

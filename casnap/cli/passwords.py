@@ -145,7 +145,7 @@ class Passwords:
         env = os.environ.get(self.env)
         if env:
             return env
-        if sys.stdin.isatty():
+        if sys.stdin is not None and sys.stdin.isatty():
             return _prompt(f"password for repository {describe(self.location)}", self._new())
         if self._new():
             plain = f"; {self.plain_hint}" if self.plain_hint else ""
@@ -182,6 +182,6 @@ def new_password(file: str | None) -> str:
     env = os.environ.get("CASNAP_NEW_PASSWORD")
     if env:
         return env
-    if sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():
         return _prompt("new password", confirm=True)
     raise PasswordError(f"give the new password with {NEW_SOURCES} (no terminal to ask on)")
