@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap.cli.output import printable
+from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
 from casnap.locations import Location, S3Url, describe, parse_location
@@ -255,7 +255,7 @@ class Context:
 
     def notice(self, text: str) -> None:
         """A passing remark on stderr (a wait under way), on a terminal and unless -q."""
-        if not self.quiet and sys.stderr is not None and sys.stderr.isatty():
+        if not self.quiet and on_terminal(sys.stderr):
             click.echo(f"casnap: {text}", err=True)
 
     def refuse_no_lock(self) -> None:

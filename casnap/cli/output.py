@@ -160,11 +160,17 @@ class ProgressBar:
             self.drawn = False
 
 
+def on_terminal(stream: Any) -> bool:
+    """Whether a standard stream is a terminal; False for one the process was started without
+    (`2>&-` and the like: Python then holds None)."""
+    return stream is not None and stream.isatty()
+
+
 @contextlib.contextmanager
 def progress_bar(c: Context, label: str, *more: str) -> Iterator[ProgressFn | None]:
     """A progress callback drawing a bar on stderr; None (no output) with -q or off a terminal.
     More labels name the runs that follow the first (see ProgressBar)."""
-    if c.quiet or sys.stderr is None or not sys.stderr.isatty():  # None: started without one
+    if c.quiet or not on_terminal(sys.stderr):
         yield None
         return
     bar = ProgressBar(label, *more)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import click
 
+from casnap.cli.output import on_terminal
 from casnap.errors import PasswordError
 from casnap.locations import Location, describe
 
@@ -145,7 +146,7 @@ class Passwords:
         env = os.environ.get(self.env)
         if env:
             return env
-        if sys.stdin is not None and sys.stdin.isatty():
+        if on_terminal(sys.stdin):
             return _prompt(f"password for repository {describe(self.location)}", self._new())
         if self._new():
             plain = f"; {self.plain_hint}" if self.plain_hint else ""
@@ -182,6 +183,6 @@ def new_password(file: str | None) -> str:
     env = os.environ.get("CASNAP_NEW_PASSWORD")
     if env:
         return env
-    if sys.stdin is not None and sys.stdin.isatty():
+    if on_terminal(sys.stdin):
         return _prompt("new password", confirm=True)
     raise PasswordError(f"give the new password with {NEW_SOURCES} (no terminal to ask on)")
