@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -98,6 +99,15 @@ def private_cache(
 ) -> None:
     """casnap's user cache dir (checkout's record of restored files) inside the test's tmp."""
     monkeypatch.setenv("CASNAP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def host_name(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Sets the name of the host casnap runs on (socket.gethostname) from then on: hosts
+    sharing a repository, played in one process. It starts as app-1."""
+    now = {"name": "app-1"}
+    monkeypatch.setattr("socket.gethostname", lambda: now["name"])
+    return lambda name: now.__setitem__("name", name)
 
 
 # the S3 test server (a moto subprocess on 127.0.0.1) and its per-test environment and bucket

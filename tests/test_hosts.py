@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,20 +17,18 @@ from tests.helpers_gc import evolve, make_data
 
 
 @pytest.fixture
-def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, str]]:
+def shared(tmp_path: Path, host_name: Callable[[str], None]) -> tuple[list[str], dict[str, str]]:
     """app-1 commits its data dir, then app-2 commits the same path with other data: app-2's
     snapshot is the newest of the repository."""
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
     repo = Repository.init(root)
-    host = {"name": ""}
-    monkeypatch.setattr("socket.gethostname", lambda: host["name"])
     ids = {}
     for step, name in enumerate(("app-1", "app-2"), start=1):
-        host["name"] = name
+        host_name(name)
         evolve(data, step)
         ids[name] = commit(repo, data, tags=["nightly"]).id
-    host["name"] = "app-1"
+    host_name("app-1")
     return ["--repo", str(root), "--data", str(data)], ids
 
 

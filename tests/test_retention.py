@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -342,18 +343,18 @@ def test_seed_policy_per_path_groups(tmp_path: Path, monkeypatch, utc_zone) -> N
             assert same_content(out_dir, expected)
 
 
-def test_hosts_sharing_a_repository_are_pruned_apart(tmp_path: Path, monkeypatch) -> None:
+def test_hosts_sharing_a_repository_are_pruned_apart(
+    tmp_path: Path, host_name: Callable[[str], None]
+) -> None:
     """Two app servers, each with its /srv/app/data (here one path), commit into one repository:
     as restic groups by host and paths, `--keep-last 1` keeps the newest of each host, not only
     the newest of all (which would forget every snapshot of the other host)."""
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
     repo = Repository.init(root)
-    host = {"name": "app-1"}
-    monkeypatch.setattr("socket.gethostname", lambda: host["name"])
     ids = {}
     for name in ("app-1", "app-2"):
-        host["name"] = name
+        host_name(name)
         for step in (1, 2):
             evolve(data, step + (10 if name == "app-2" else 0))
             ids[name, step] = commit(repo, data).id

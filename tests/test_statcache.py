@@ -9,7 +9,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,12 +83,18 @@ def test_an_open_wal_database_nobody_writes_is_taken_from_the_parent(tmp_path: P
         assert third.bytes_read == 0
 
 
-def test_an_idle_rollback_journal_database_is_taken_from_the_parent(tmp_path: Path) -> None:
+def idle_database(tmp_path: Path) -> tuple[Repository, Path]:
+    """A new repository and a data dir holding one rollback-journal database, old enough for
+    its fingerprint to vouch for it."""
     data = tmp_path / "data"
     data.mkdir()
     make_db(data / "app.db", "DELETE")
     age(data)
-    repo = Repository.init(tmp_path / "repo")
+    return Repository.init(tmp_path / "repo"), data
+
+
+def test_an_idle_rollback_journal_database_is_taken_from_the_parent(tmp_path: Path) -> None:
+    repo, data = idle_database(tmp_path)
     first = commit(repo, data)
     second = commit(repo, data)
     assert first.bytes_read > 0 and second.bytes_read == 0
@@ -198,29 +204,23 @@ def test_which_journals_are_hot(tmp_path: Path) -> None:
 
 
 def test_a_snapshot_of_another_host_is_no_parent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, host_name: Callable[[str], None]
 ) -> None:
     """Hosts sharing a repository keep their data dirs at the same path: a commit's parent (its
     stat cache, its guard against an emptied data dir) is its own host's newest snapshot, as
     restic's is. Another host's made the first commit of an empty data dir fail, and its
     entries stood for files this host never read."""
-    host = {"name": "app-1"}
-    monkeypatch.setattr("socket.gethostname", lambda: host["name"])
-    data = tmp_path / "data"
-    data.mkdir()
-    make_db(data / "app.db", "DELETE")
-    age(data)
-    repo = Repository.init(tmp_path / "repo")
+    repo, data = idle_database(tmp_path)
     first = commit(repo, data)
     assert commit(repo, data).files_unchanged == 1  # its own parent: taken from it
-    host["name"] = "app-2"
+    host_name("app-2")
     second = commit(repo, data)
     assert second.files_unchanged == 0
     assert repo.load_snapshot(repo.resolve(second.id)).parent is None
     assert commit(repo, data).files_unchanged == 1  # app-2's own snapshot is its parent now
-    host["name"] = "app-3"
+    host_name("app-3")
     (data / "app.db").unlink()
     empty = commit(repo, data)  # app-3's first commit, of a data dir it keeps empty
     assert repo.load_snapshot(repo.resolve(empty.id)).files == ()
-    host["name"] = "app-1"
+    host_name("app-1")
     assert repo.load_snapshot(repo.resolve(first.id)).files  # app-1's history is untouched
