@@ -1,8 +1,26 @@
-"""Is a process still running? Used to tell stale locks and leftover temp files from live ones."""
+"""Processes: is one still running (to tell stale locks and leftover temp files from live ones),
+and the environment of the commands casnap runs for the user."""
 
 from __future__ import annotations
 
 import os
+
+# Settings the command line gives its own process's libraries at start (see set_own_environ).
+_OWN: dict[str, str] = {}
+
+
+def set_own_environ(key: str, value: str) -> None:
+    """Set an environment variable for this process's libraries unless the user set it; the
+    commands casnap runs for the user (user_environ) do not inherit it."""
+    if key not in os.environ:
+        os.environ[key] = value
+        _OWN[key] = value
+
+
+def user_environ() -> dict[str, str]:
+    """The environment as the user gave it, for the commands casnap runs on their behalf (a
+    smoke command, a password command): without the settings of set_own_environ."""
+    return {k: v for k, v in os.environ.items() if k not in _OWN or _OWN[k] != v}
 
 
 def pid_namespace() -> int | None:

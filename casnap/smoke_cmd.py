@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from casnap.procs import user_environ
 from casnap.smoke_report import Check
 
 STAGED_DIR_ENV = "CASNAP_STAGED_DIR"
@@ -21,7 +21,7 @@ TAIL_BYTES = 4096
 
 def run_command(cmd: str, staged_dir: Path, env: Mapping[str, str] | None = None) -> Check:
     """Run a user command through the shell with CASNAP_STAGED_DIR set; pass on exit code 0."""
-    full_env = {**os.environ, **(env or {}), STAGED_DIR_ENV: str(staged_dir.absolute())}
+    full_env = {**user_environ(), **(env or {}), STAGED_DIR_ENV: str(staged_dir.absolute())}
     try:
         proc = subprocess.Popen(
             cmd,

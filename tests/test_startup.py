@@ -123,3 +123,73 @@ def test_repair_index_is_exported_as_the_other_operations(tmp_path: Path) -> Non
     repo = Repository.open(tmp_path / "repo")
     assert repair_index(repo).chunks_indexed > 0
     assert verify(Repository.open(tmp_path / "repo"), read_data=True).ok
+
+
+# runs main() with ARGS; writes OPENBLAS_NUM_THREADS as it was when numpy was first imported
+BLAS_CHILD = """
+import os, sys
+out = sys.argv[1]
+def seen(event, args):
+    if event == "import" and args[0] == "numpy" and not os.path.exists(out):
+        open(out, "w").write(os.environ.get("OPENBLAS_NUM_THREADS", "unset"))
+sys.addaudithook(seen)
+sys.argv = ["casnap", *sys.argv[2:]]
+from casnap.cli import main
+main()
+"""
+
+
+def test_a_commit_loads_numpy_with_one_blas_thread(app: Path, tmp_path: Path) -> None:
+    """OpenBLAS starts one thread per core when numpy is loaded, each spinning ~0.1 s of CPU that
+    a commit on a small machine needs for hashing and compression (casnap does no linear
+    algebra): every command loads it with one."""
+    out = tmp_path / "blas.txt"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    args = ["--repo", str(tmp_path / "repo"), "--data", str(app), "commit", "-q"]
+    proc = subprocess.run(
+        [sys.executable, "-c", BLAS_CHILD, str(out), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "1"
+
+
+def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
+    app: Path, tmp_path: Path
+) -> None:
+    """The one-thread setting is casnap's own: a smoke command sees the environment the user
+    gave, with OPENBLAS_NUM_THREADS unset (or as set)."""
+    repo = tmp_path / "repo"
+    sid = commit(Repository.init(repo), app).id
+    seen = tmp_path / "seen.txt"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    cmd = f'echo "${{OPENBLAS_NUM_THREADS-unset}}" > {seen}'
+    for given, expected in ((None, "unset"), ("3", "3")):
+        run_env = env if given is None else {**env, "OPENBLAS_NUM_THREADS": given}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "casnap",
+                "--repo",
+                str(repo),
+                "checkout",
+                sid,
+                "--to",
+                str(tmp_path / f"out{expected}"),
+                "--smoke-cmd",
+                cmd,
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=run_env,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert seen.read_text().strip() == expected

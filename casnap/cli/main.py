@@ -3,18 +3,18 @@ where errors become a line on stderr and an exit code."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from casnap import procs
 from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
 from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
@@ -41,23 +41,6 @@ def warn(message: str, *, always: bool = False) -> None:
     if c is not None and c.quiet and not always:
         return
     click.echo(printable(f"casnap: warning: {message}", backslash=False), err=True)
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Imports in the block that first load numpy start one OpenBLAS thread instead of one per
-    core, each spinning ~0.1 s of CPU once loaded (casnap does no linear algebra; on a small
-    machine those threads take the cores a restore needs). The environment is the user's again
-    afterwards, so the commands casnap runs (--smoke-cmd) see their own setting."""
-    key = "OPENBLAS_NUM_THREADS"
-    if "numpy" in sys.modules or key in os.environ:
-        yield
-        return
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(key, None)
 
 
 class CasnapGroup(click.Group):
@@ -424,6 +407,9 @@ GC_THRESHOLD = 50_000
 
 def main() -> None:
     """Console-script entry point."""
+    # numpy's OpenBLAS starts one thread per core when loaded, each spinning ~0.1 s of CPU that
+    # a commit or checkout on a small machine needs (casnap does no linear algebra)
+    procs.set_own_environ("OPENBLAS_NUM_THREADS", "1")
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
     try:

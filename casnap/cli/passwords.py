@@ -20,6 +20,7 @@ import click
 from casnap.cli.output import on_terminal
 from casnap.errors import PasswordError
 from casnap.locations import Location, describe
+from casnap.procs import user_environ
 
 SOURCES = (
     "--password-file (CASNAP_PASSWORD_FILE), --password-command (CASNAP_PASSWORD_COMMAND) "
@@ -64,7 +65,7 @@ def run_password_command(command: str) -> str:
     if not args:
         raise PasswordError("the password command is empty")
     try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=user_environ())
     except OSError as exc:
         raise PasswordError(
             f"password command {args[0]!r} cannot be run: {exc.strerror or exc}"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap.cli.main import Context, cli, one_blas_thread, pass_ctx, warn
+from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
@@ -328,8 +328,7 @@ def checkout(
     # a whole snapshot, a folder or an index may hold FAISS indexes: their checker starts now
     faiss = not paths or any(p.endswith(".index") or not Path(p).suffix for p in paths)
     click.get_current_context().with_resource(probe_ahead(not no_smoke and faiss))
-    with one_blas_thread():
-        from casnap.restorer import checkout as checkout_snapshot
+    from casnap.restorer import checkout as checkout_snapshot
 
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
