@@ -80,6 +80,8 @@ class Ingest:
         self.frame_target = frame_target
         self.group_floats = group_floats
         self.read_block = read_block
+        # read buffers, used again by the next block and the next file once a block is taken
+        self._buffers = Buffers(self.workers + 2)
         # the ids of the stream's last stored version, sorted by key (see _unknown)
         self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
 
@@ -92,7 +94,7 @@ class Ingest:
         hasher = Hasher()
         refs: list[bytes] = []
         inflight: deque[tuple[Future[Encoded], Block]] = deque()
-        buffers = Buffers(self.workers + 2)  # a block's buffer serves again once it is taken
+        buffers = self._buffers
         size = 0
         pieces = 0
         before = np.frombuffer(previous or b"", dtype=REF_DTYPE)

@@ -87,6 +87,7 @@ class Reader:
         self._pool: ThreadPoolExecutor | None = None
         self.stack = contextlib.ExitStack()  # the worker threads, once made
         self.small: smallingest.SmallFiles | None = None  # small files read in batches
+        self._single: Ingest | None = None  # the data path of files read on their own
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
         """The pack writer and the worker threads, made when the first file must be read: a
@@ -248,7 +249,9 @@ class Reader:
         writer, pool = self.storing()
         with self.phases.timed("index"):
             self.repo.ensure_index()
-        ingest = self._ingester(writer, pool)
+        if self._single is None:  # one for every file: its read buffers serve them all
+            self._single = self._ingester(writer, pool)
+        ingest = self._single
         header = f.read(SNIFF_BYTES)
         f.seek(0)
         layout = capture.record_layout(src.abspath)

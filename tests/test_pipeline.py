@@ -302,3 +302,29 @@ def test_repeated_content_is_stored_once_across_blocks_and_packs(tmp_path: Path)
     out = tmp_path / "out"
     checkout(repo, "latest", out, safety_snapshot=False)
     assert (out / "repeats.bin").read_bytes() == pattern * 12
+
+
+def test_read_buffers_serve_every_file_of_a_commit(tmp_path: Path, monkeypatch) -> None:
+    """A fresh read buffer costs a page fault per 4 KiB on its first fill: the buffers of one
+    file serve the next, so a commit of many large files allocates a few, not a few per file."""
+    from casnap import pipeline
+    from casnap.chunking import base
+
+    made: list[bytearray] = []  # held, so no two count as one
+    take = base.Buffers.take
+
+    def counting_take(self: base.Buffers, size: int) -> bytearray:
+        buf = take(self, size)
+        if not any(b is buf for b in made):
+            made.append(buf)
+        return buf
+
+    monkeypatch.setattr(base.Buffers, "take", counting_take)
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(6):  # two read blocks each (READ_BLOCK is 4 MiB)
+        (data / f"f{i}.bin").write_bytes(rng.bytes(4 * 1024 * 1024 + 1000 * (i + 1)))
+    result = commit(Repository.init(tmp_path / "repo"), data)
+    assert result.files_new == 6
+    assert len(made) <= pipeline.cpu_workers() + 3, len(made)
