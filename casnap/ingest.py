@@ -69,6 +69,7 @@ class Ingest:
         group_floats: bool,
         read_block: int = READ_BLOCK,
         phases: Phases | None = None,
+        hashing: ThreadPoolExecutor | None = None,
     ) -> None:
         self.phases = phases or Phases()  # chunk (reading, cutting, hashing), compress
         self.store = store
@@ -80,6 +81,9 @@ class Ingest:
         self.frame_target = frame_target
         self.group_floats = group_floats
         self.read_block = read_block
+        # one thread feeding the whole-file hash, in order, beside the thread that reads and cuts
+        # (BLAKE3 of a whole block does not hold the GIL); None: the reading thread feeds it
+        self.hashing = hashing
         # read buffers, used again by the next block and the next file once a block is taken
         self._buffers = Buffers(self.workers + 2)
         # the ids of the stream's last stored version, sorted by key (see _unknown)
@@ -93,7 +97,7 @@ class Ingest:
         """
         hasher = Hasher()
         refs: list[bytes] = []
-        inflight: deque[tuple[Future[Encoded], Block]] = deque()
+        inflight: deque[tuple[Future[Encoded], Block, Future[None] | None]] = deque()
         buffers = self._buffers
         size = 0
         pieces = 0
@@ -103,12 +107,11 @@ class Ingest:
         try:
             blocks = chunker.blocks(stream, self.read_block, buffers)
             for block in self.phases.iterate("chunk", blocks):
-                with self.phases.timed("chunk"):
-                    hasher.update(block.data)
+                hashed = self._feed(hasher, block.data)
                 size += len(block.data)
                 at = before[pieces : pieces + len(block.lengths)]
                 pieces += len(block.lengths)
-                inflight.append((self.pool.submit(self._encode, block, at), block))
+                inflight.append((self.pool.submit(self._encode, block, at), block, hashed))
                 # more than one in flight (workers >= 1): the block the generator still reads
                 # its carried tail from is never the one taken
                 while len(inflight) > self.workers:
@@ -116,17 +119,40 @@ class Ingest:
             while inflight:
                 self._take(*inflight.popleft(), refs, buffers)
         finally:
-            for fut, _block in inflight:
+            for fut, _block, hashed in inflight:
                 fut.cancel()
-            for fut, _block in inflight:
-                if not fut.cancelled():
-                    fut.exception()
+                if hashed is not None:
+                    hashed.cancel()
+            for fut, _block, hashed in inflight:
+                for f in (fut, hashed):
+                    if f is not None and not f.cancelled():
+                        f.exception()
         return Ingested(b"".join(refs), hasher.digest(), size)
 
+    def _feed(self, hasher: Hasher, data: memoryview) -> Future[None] | None:
+        """Add a block to the whole-file hash: on the hashing thread when there is one (the
+        future says when it is done with data), else here."""
+        if self.hashing is not None:
+            return self.hashing.submit(self._hash, hasher, data)
+        self._hash(hasher, data)
+        return None
+
+    def _hash(self, hasher: Hasher, data: memoryview) -> None:
+        start = time.perf_counter()
+        hasher.update(data)
+        self.phases.since("chunk", start)
+
     def _take(
-        self, fut: Future[Encoded], block: Block, refs: list[bytes], buffers: Buffers
+        self,
+        fut: Future[Encoded],
+        block: Block,
+        hashed: Future[None] | None,
+        refs: list[bytes],
+        buffers: Buffers,
     ) -> None:
         refs.append(self.add(fut.result()))
+        if hashed is not None:
+            hashed.result()
         if isinstance(buf := block.data.obj, bytearray):  # no one reads it now: frames are copies
             buffers.give(buf)
 

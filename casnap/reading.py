@@ -88,6 +88,7 @@ class Reader:
         self.stack = contextlib.ExitStack()  # the worker threads, once made
         self.small: smallingest.SmallFiles | None = None  # small files read in batches
         self._single: Ingest | None = None  # the data path of files read on their own
+        self._hashing: ThreadPoolExecutor | None = None  # their whole-file hashes
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
         """The pack writer and the worker threads, made when the first file must be read: a
@@ -100,6 +101,7 @@ class Reader:
             workers = ThreadPoolExecutor(max_workers=pipeline.cpu_workers())
             self.stack.callback(setattr, self, "_pool", None)
             self._pool = self.stack.enter_context(workers)
+            self._hashing = self.stack.enter_context(ThreadPoolExecutor(max_workers=1))
         if self.writer is None:
             from casnap.packwriter import PackWriter
 
@@ -251,6 +253,7 @@ class Reader:
             self.repo.ensure_index()
         if self._single is None:  # one for every file: its read buffers serve them all
             self._single = self._ingester(writer, pool)
+            self._single.hashing = self._hashing
         ingest = self._single
         header = f.read(SNIFF_BYTES)
         f.seek(0)

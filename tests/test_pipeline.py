@@ -16,6 +16,7 @@ from casnap.backends.memory import MemoryBackend
 from casnap.committer import commit
 from casnap.config import default_config
 from casnap.errors import IntegrityError, UnsupportedFormat
+from casnap.ids import hash_bytes
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests import helpers_chunking as h
@@ -306,7 +307,8 @@ def test_repeated_content_is_stored_once_across_blocks_and_packs(tmp_path: Path)
 
 def test_read_buffers_serve_every_file_of_a_commit(tmp_path: Path, monkeypatch) -> None:
     """A fresh read buffer costs a page fault per 4 KiB on its first fill: the buffers of one
-    file serve the next, so a commit of many large files allocates a few, not a few per file."""
+    file serve the next, so a commit of many large files allocates a few, not a few per file.
+    Each file's hash, fed on its own thread as the blocks are read, is that of its bytes."""
     from casnap import pipeline
     from casnap.chunking import base
 
@@ -325,6 +327,9 @@ def test_read_buffers_serve_every_file_of_a_commit(tmp_path: Path, monkeypatch) 
     rng = np.random.default_rng(5)
     for i in range(6):  # two read blocks each (READ_BLOCK is 4 MiB)
         (data / f"f{i}.bin").write_bytes(rng.bytes(4 * 1024 * 1024 + 1000 * (i + 1)))
-    result = commit(Repository.init(tmp_path / "repo"), data)
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data)
     assert result.files_new == 6
     assert len(made) <= pipeline.cpu_workers() + 3, len(made)
+    for e in repo.snapshot(repo.resolve(result.id)).files:  # fed block by block, beside reading
+        assert e.hash == hash_bytes((data / e.path).read_bytes()).hex(), e.path
