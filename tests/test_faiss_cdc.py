@@ -341,3 +341,37 @@ def test_the_default_chunker_describes_itself_as_configured() -> None:
     assert spec["name"] == "faiss-cdc"
     assert make_chunker(spec).describe() == spec
     assert json.loads(json.dumps(spec)) == spec
+
+
+def _reference_hash(element: bytes) -> int:
+    """The element hash as chunking/elements.py defines it, one element in plain Python."""
+    mask = (1 << 64) - 1
+
+    def finalise(x: int) -> int:
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & mask
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    size = len(element)
+    word = 8 if size % 8 == 0 else 4 if size % 4 == 0 else 1
+    total = 0
+    for j in range(size // word):
+        key = finalise(((j + 1) * 0x9E3779B97F4A7C15) & mask) | 1
+        value = int.from_bytes(element[j * word : (j + 1) * word], "little")
+        total = (total + value * key) & mask
+    return finalise(total)
+
+
+@pytest.mark.parametrize("item", [1, 3, 4, 8, 12, 64, 1536])
+def test_element_hashes_are_the_defined_function(item: int) -> None:
+    """Where faiss-cdc cuts is part of its definition: the numpy pass gives each element the
+    hash defined word by word (a faster way to compute it must not move a single cut)."""
+    rng = np.random.default_rng(item)
+    count = 300_000 // item + 7  # more than one batch of words for the small elements
+    data = rng.bytes(item * count + item // 2)  # a partial element at the end is left out
+    got = element_hashes(memoryview(data), item)
+    assert len(got) == count
+    for i in [0, 1, count // 2, count - 1]:
+        assert int(got[i]) == _reference_hash(data[i * item : (i + 1) * item]), i

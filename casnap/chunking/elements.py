@@ -6,11 +6,11 @@ only between elements, where the elements' own content says, keeps every piece o
 elements byte-identical when a deletion shifts them: the cuts move with the content.
 
 Each element gets a 64-bit hash in one numpy pass (its little-endian words multiplied by fixed odd
-keys and summed modulo 2^64, then a finaliser). A piece ends after an element whose hash falls
-below a threshold, once it holds at least `low` elements, and after `high` elements at the latest;
-the threshold makes the mean piece `avg` elements. The keys, the finaliser and the threshold are
-part of the `faiss-cdc` chunker's definition: changing them changes where every repository using
-it cuts.
+keys and summed modulo 2^64, one integer matrix-vector product, then a finaliser). A piece ends
+after an element whose hash falls below a threshold, once it holds at least `low` elements, and
+after `high` elements at the latest; the threshold makes the mean piece `avg` elements. The
+keys, the finaliser and the threshold are part of the `faiss-cdc` chunker's definition: changing
+them changes where every repository using it cuts.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def element_hashes(view: memoryview, item: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         for i in range(0, n, rows):
             part = words[i : i + rows].astype(np.uint64, copy=False)
-            np.sum(part * keys, axis=1, dtype=np.uint64, out=out[i : i + rows])
+            # a product, not multiply-then-sum: no temporary, and no reduction along a short
+            # axis (4-byte elements: 4x faster), the same sums modulo 2^64
+            np.matmul(part, keys, out=out[i : i + rows])
         return _finalise(out)
 
 
