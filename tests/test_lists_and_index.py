@@ -248,3 +248,49 @@ def test_id_set_grows_in_runs_and_answers_in_batches() -> None:
     assert not s.contains_many(twin)[0]
     assert bytes(everything[42]) in s and bytes(twin[0]) not in s
     assert len(s._runs) <= 4  # runs are merged, not piled up
+
+
+def _positions_spec(base: bytes, new: bytes) -> list[int]:
+    """chunklist._positions as its docstring defines it, one ref at a time."""
+    size = chunklist.REF_SIZE
+    b = [base[i : i + size] for i in range(0, len(base), size)]
+    n = [new[i : i + size] for i in range(0, len(new), size)]
+    first: dict[bytes, int] = {}
+    for j, ref in enumerate(b):
+        first.setdefault(ref, j)
+    m0 = [first.get(ref, -1) for ref in n]
+    m = list(m0)
+    for i in range(1, len(n)):
+        p = m0[i - 1]
+        if p >= 0 and p + 1 < len(b) and m0[i] != p + 1 and b[p + 1] == n[i]:
+            j = m[i - 1] + 1
+            if j < len(b) and b[j] == n[i]:
+                m[i] = j
+    return m
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=refs_strategy, new=refs_strategy, edits=st.integers(0, 3))
+def test_delta_positions_follow_their_definition(base, new, edits) -> None:
+    """The matching behind a delta (first occurrence, runs continued through repeated refs),
+    also where most refs stay in place, as a database's pages do."""
+    if edits:  # mostly in place: new is base with a few refs replaced
+        new = list(base)
+        for k in range(min(edits, len(new))):
+            new[(k * 7) % len(new)] = (ALPHABET[k], 1)
+    b, n = chunklist.pack_refs(base), chunklist.pack_refs(new)
+    assert chunklist._positions(b, n).tolist() == _positions_spec(b, n)
+
+
+def test_delta_positions_of_a_large_list_mostly_in_place() -> None:
+    rng = np.random.default_rng(3)
+    zero = (hash_bytes(bytes(4096)), 4096)
+    refs = [(hash_bytes(int(i).to_bytes(4, "little")), 4096) for i in range(6000)]
+    for i in rng.choice(6000, 400, replace=False):  # repeated pages (zeroed, freed)
+        refs[int(i)] = zero
+    new = list(refs)
+    for i in rng.choice(6000, 60, replace=False):  # rewritten in place, moved, zeroed
+        new[int(i)] = [zero, refs[int(rng.integers(6000))], (ALPHABET[0], 9)][int(i) % 3]
+    new = new[:3000] + refs[10:40] + new[3000:]
+    b, n = chunklist.pack_refs(refs), chunklist.pack_refs(new)
+    assert chunklist._positions(b, n).tolist() == _positions_spec(b, n)
