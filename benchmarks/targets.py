@@ -147,13 +147,22 @@ def s3_targets(result: dict[str, Any]) -> list[Target]:
     for what, counts in (result.get("requests") or {}).items():
         if not isinstance(counts, dict):
             continue
-        sent = sum(counts.values())
+        # what the target limits is reading: a commit also writes its snapshot and puts and
+        # deletes its lock (docs/FORMAT.md, "Locks"), which no cache can spare; shown beside
+        reads = {op: n for op, n in counts.items() if op not in WRITES}
+        writes = {op: n for op, n in counts.items() if op in WRITES}
         gets = counts.get("GetObject", 0)
-        measured = ", ".join(f"{n} {op}" for op, n in counts.items()) or "none"
-        ok = sent == 1 and counts.get("ListObjectsV2", 0) == 1
-        out.append(Target(f"warm {what} on S3: requests", "1 listing", measured, ok))
+        measured = ", ".join(f"{n} {op}" for op, n in reads.items()) or "none"
+        if writes:
+            measured += " (writes: " + ", ".join(f"{n} {op}" for op, n in writes.items()) + ")"
+        ok = sum(reads.values()) == 1 and reads.get("ListObjectsV2", 0) == 1
+        out.append(Target(f"warm {what} on S3: requests that read", "1 listing", measured, ok))
         out.append(Target(f"warm {what} on S3: objects downloaded", "0", str(gets), gets == 0))
     return out
+
+
+# Requests that store or remove an object rather than read one.
+WRITES = frozenset({"PutObject", "DeleteObject", "DeleteObjects", "CopyObject"})
 
 
 def format_targets(targets: Iterable[Target]) -> str:
