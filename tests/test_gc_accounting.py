@@ -258,3 +258,14 @@ def test_dry_run_holds_no_more_memory_than_gc(tmp_path: Path) -> None:
     real = json.loads(out)
     assert dry["packs_repacked"] >= 9 and counters_json(dry) == counters_json(real)
     assert dry_peak <= real_peak + 3 * pack // 1024, (dry_peak, real_peak)
+
+
+def test_a_gc_that_grows_the_repository_says_so() -> None:
+    """gc may write an index file larger than those it replaces (nothing else to delete): the
+    repository then grew, and the report says by how much instead of "freed -13 B"."""
+    from casnap.cli.maintenance import freed_phrase
+
+    assert freed_phrase(48, dry_run=False) == f"freed {human(48)}"
+    assert freed_phrase(-13, dry_run=False) == f"grew by {human(13)}"
+    assert freed_phrase(-13, dry_run=True) == f"would grow by {human(13)}"
+    assert freed_phrase(0, dry_run=True) == f"would free {human(0)}"

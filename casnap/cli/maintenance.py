@@ -54,14 +54,20 @@ def _print_gc(c: Context, r: collector.GcReport, manifests: int = 0) -> None:
         f"{would}replace {r.index_files_removed} index file(s) with {r.index_files_written}, "
         f"{would}remove {r.temp_files_removed} temp file(s)"
     )
-    freed, deleted, wrote = ("freed", "deleted", "wrote")
-    if r.dry_run:
-        freed, deleted, wrote = ("would free", "would delete", "would write")
+    deleted, wrote = ("would delete", "would write") if r.dry_run else ("deleted", "wrote")
     detail = f"{deleted} {human(r.bytes_deleted + manifests)}"
     detail += f", {human(manifests)} of it snapshot manifests;" if manifests else ","
-    click.echo(
-        f"{freed} {human(r.bytes_freed + manifests)} ({detail} {wrote} {human(r.bytes_written)})"
-    )
+    net = freed_phrase(r.bytes_freed + manifests, dry_run=r.dry_run)
+    click.echo(f"{net} ({detail} {wrote} {human(r.bytes_written)})")
+
+
+def freed_phrase(net: int, *, dry_run: bool) -> str:
+    """ "freed 48 B", or "grew by 13 B" when gc wrote more than it deleted (an index file
+    larger than those it replaced)."""
+    would = "would " if dry_run else ""
+    if net < 0:
+        return f"{would}grow by {human(-net)}" if dry_run else f"grew by {human(-net)}"
+    return f"{would}free {human(net)}" if dry_run else f"freed {human(net)}"
 
 
 def _forget_json(r: retention.PruneReport, gc_report: collector.GcReport | None) -> dict[str, Any]:
