@@ -13,8 +13,26 @@ than a command like `casnap log` takes.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    """Ctrl-C while the command line loads its modules, before it has done anything: one line
+    and exit 130 (130: errors.EXIT_CODES), not a traceback of the import that was running."""
+    _os.write(2, b"casnap: interrupted\n")
+    _os._exit(130)
+
+
+if _sys.argv and _os.path.basename(_sys.argv[0]) == "casnap":  # the console script starting
+    try:  # cli.main.main puts Python's own handler back once it runs
+        _signal.signal(_signal.SIGINT, _interrupted_while_loading)
+    except ValueError:  # imported by a thread other than the main one
+        pass
+
+import importlib  # noqa: E402 - after the handler: importing is what it covers
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 if TYPE_CHECKING:
     from casnap.changes import diff

@@ -193,3 +193,34 @@ def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
         )
         assert proc.returncode == 0, proc.stderr
         assert seen.read_text().strip() == expected
+
+
+def test_an_interrupt_while_the_command_line_loads_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in the first tens of milliseconds, while modules load and nothing is written yet:
+    exit 130 with one line, not a traceback of the import that was running."""
+    code = (
+        "import os, signal, sys\n"
+        "sys.argv[0] = '/usr/local/bin/casnap'\n"  # as the console script starts
+        "import casnap\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "import casnap.cli\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
+
+
+def test_importing_casnap_elsewhere_leaves_interrupts_alone(tmp_path: Path) -> None:
+    """A program that imports casnap keeps Python's own KeyboardInterrupt."""
+    code = (
+        "import os, signal, casnap\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "caught\n", proc.stderr
