@@ -37,6 +37,7 @@ class Ingested:
     refs: bytes  # packed (id, length) refs, see chunklist.py
     hash: ObjectId  # BLAKE3 of the whole stream
     size: int
+    groups: bytes | None = None  # the digests of its page groups (groups.py), when grouped
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,17 @@ class Encoded:
     refs: bytes
     frames: list[_Frame]
     checked: int | None = None  # the writer's generation when its pieces were looked up
+    groups: bytes = b""  # the digests of the page groups starting in the block (groups.py)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """A stream of fixed-size pieces hashed a group at a time (groups.py): `per` pieces of
+    `piece` bytes to a group, and the digests its last stored version kept (b"": none)."""
+
+    piece: int
+    per: int
+    previous: bytes
 
 
 class Ingest:
@@ -86,17 +98,27 @@ class Ingest:
         self.hashing = hashing
         # read buffers, used again by the next block and the next file once a block is taken
         self._buffers = Buffers(self.workers + 2)
+        self._groups: list[bytes] = []  # the group digests of the stream's blocks taken so far
         # the ids of the stream's last stored version, sorted by key (see _unknown)
         self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
 
-    def run(self, stream: BinaryIO, chunker: Chunker, previous: bytes | None = None) -> Ingested:
+    def run(
+        self,
+        stream: BinaryIO,
+        chunker: Chunker,
+        previous: bytes | None = None,
+        grouping: Grouping | None = None,
+    ) -> Ingested:
         """Ingest a stream cut by chunker; new frames go to the writer in stream order.
 
         previous, the refs of the stream's last stored version when known, lets a piece equal
-        to the one at the same place there count as stored without an index lookup.
+        to the one at the same place there count as stored without an index lookup; grouping
+        (fixed-size pieces only) lets a group of them equal to the one at the same place there
+        take its refs without hashing each piece.
         """
         hasher = Hasher()
         refs: list[bytes] = []
+        self._groups = []
         inflight: deque[tuple[Future[Encoded], Block, Future[None] | None]] = deque()
         buffers = self._buffers
         size = 0
@@ -111,7 +133,8 @@ class Ingest:
                 size += len(block.data)
                 at = before[pieces : pieces + len(block.lengths)]
                 pieces += len(block.lengths)
-                inflight.append((self.pool.submit(self._encode, block, at), block, hashed))
+                job = (grouping, pieces - len(block.lengths)) if grouping else None
+                inflight.append((self.pool.submit(self._encode, block, at, job), block, hashed))
                 # more than one in flight (workers >= 1): the block the generator still reads
                 # its carried tail from is never the one taken
                 while len(inflight) > self.workers:
@@ -127,7 +150,8 @@ class Ingest:
                 for f in (fut, hashed):
                     if f is not None and not f.cancelled():
                         f.exception()
-        return Ingested(b"".join(refs), hasher.digest(), size)
+        kept = b"".join(self._groups) if grouping is not None else None
+        return Ingested(b"".join(refs), hasher.digest(), size, kept)
 
     def _feed(self, hasher: Hasher, data: memoryview) -> Future[None] | None:
         """Add a block to the whole-file hash: on the hashing thread when there is one (the
@@ -150,7 +174,9 @@ class Ingest:
         refs: list[bytes],
         buffers: Buffers,
     ) -> None:
-        refs.append(self.add(fut.result()))
+        done = fut.result()
+        refs.append(self.add(done))
+        self._groups.append(done.groups)
         if hashed is not None:
             hashed.result()
         if isinstance(buf := block.data.obj, bytearray):  # no one reads it now: frames are copies
@@ -170,16 +196,23 @@ class Ingest:
             add(DATA, f.encoded, f.frame_plain, f.members, done.checked)
         return done.refs
 
-    def _encode(self, block: Block, before: np.ndarray) -> Encoded:
+    def _encode(
+        self, block: Block, before: np.ndarray, job: tuple[Grouping, int] | None = None
+    ) -> Encoded:
         """Worker: hash every piece of a block, frame and compress the new ones. before holds the
-        refs at the same places in the stream's last stored version (maybe fewer, or none)."""
+        refs at the same places in the stream's last stored version (maybe fewer, or none); job,
+        when pieces are grouped: the grouping and the block's first piece in the stream."""
         start = time.perf_counter()
         checked = self.writer.generation  # before the lookup (PackWriter.add_frame)
         data = block.data
         lengths = block.lengths
-        ids = self.store.ids.digests(data, lengths)
-        rec = np.empty(len(ids), dtype=REF_DTYPE)
-        rec["id"] = id_matrix(b"".join(ids))
+        kept = b""
+        rec = np.empty(len(lengths), dtype=REF_DTYPE)
+        if job is None:
+            ids = self.store.ids.digests(data, lengths)
+            rec["id"] = id_matrix(b"".join(ids))
+        else:
+            ids, kept = self._grouped_ids(block, before, rec, *job)
         rec["length"] = lengths
         new = self._unknown(rec, ids, before)
         hashed = self.phases.since("chunk", start)
@@ -190,7 +223,47 @@ class Ingest:
                 data, ids, new.tolist(), (ends - rec["length"])[new].tolist(), block
             )
         self.phases.since("compress" if frames else "chunk", hashed)  # nothing new: no compress
-        return Encoded(rec.tobytes(), frames, checked)
+        return Encoded(rec.tobytes(), frames, checked, kept)
+
+    def _grouped_ids(
+        self, block: Block, before: np.ndarray, rec: np.ndarray, grouping: Grouping, first: int
+    ) -> tuple[list[bytes], bytes]:
+        """The ids of a block's fixed-size pieces, into rec, a group at a time: a group whose
+        digest is the one kept at its place for the last stored version holds the same bytes, so
+        its pieces are that version's (before, whose ids are taken as they are); the others are
+        hashed piece by piece. Returns the ids of those hashed (b"" at the places of the others,
+        which equal before's and so are never looked up nor framed) and the digests of the groups
+        that start in the block (zeros for one the block does not hold whole: never equal to a
+        digest, so hashed piece by piece next time)."""
+        digest, digests = self.store.ids.digest, self.store.ids.digests
+        data, lengths = block.data, block.lengths
+        per, piece, previous = grouping.per, grouping.piece, grouping.previous
+        n = len(lengths)
+        whole = n if lengths[-1] == piece else n - 1  # a fixed chunker's last piece may be short
+        lead = min(-first % per, whole)  # pieces before the first group that starts in the block
+        count = (whole - lead) // per  # groups the block holds whole
+        ids: list[bytes] = [b""] * n
+        known = min(len(before), n)
+        rec["id"][:known] = before["id"][:known]
+        full = before["length"][:known] == piece
+        kept = bytearray()
+        hashed: list[tuple[int, int]] = [(0, lead)] if lead else []
+        for k in range(count):
+            at = lead + k * per
+            d = digest(data[at * piece : (at + per) * piece])
+            kept += d
+            g = (first + at) // per * ID_SIZE
+            if previous[g : g + ID_SIZE] != d or at + per > known or not full[at : at + per].all():
+                hashed.append((at, at + per))
+        rest = lead + count * per
+        if rest < n:
+            hashed.append((rest, n))
+            if (first + rest) % per == 0:
+                kept += bytes(ID_SIZE)  # a group the next block finishes
+        for a, b in hashed:
+            ids[a:b] = digests(data[a * piece : b * piece], lengths[a:b])
+            rec["id"][a:b] = id_matrix(b"".join(ids[a:b]))
+        return ids, bytes(kept)
 
     def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
         """Positions of the pieces of rec the repository does not hold. A piece of the last

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from casnap import capture, chunklist, dbimage, filelists, statcache
-from casnap.chunking import choose_chunker
+from casnap import capture, chunklist, dbimage, filelists, groups, statcache
+from casnap.chunking import Chunker, choose_chunker
+from casnap.chunking.base import FixedChunker
 from casnap.constants import SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
     AccessDenied,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # made for the first file read (storing)
     from concurrent.futures import ThreadPoolExecutor
 
     from casnap import smallingest
-    from casnap.ingest import Ingest
+    from casnap.ingest import Grouping, Ingest
     from casnap.packwriter import PackWriter
 
 
@@ -264,7 +265,11 @@ class Reader:
             stream = cast(BinaryIO, CountingReader(f, self.read_tick))  # type: ignore[arg-type]
         with self.phases.timed("manifest"):  # the chunk list of the last version, read once
             previous = filelists.previous_lists(self.repo, old)
-        done = ingest.run(stream, chunker, previous[0] if previous else None)
+        grouping = self._grouping(chunker, old if previous else None)
+        done = ingest.run(stream, chunker, previous[0] if previous else None, grouping)
+        if grouping is not None and done.groups is not None:
+            replaced = old.hash if old is not None else None
+            groups.keep(self.repo.id, done.hash.hex(), grouping.piece, done.groups, replaced)
         with self.phases.timed("manifest"):  # chunk lists are written with the manifest
             lists = filelists.store_list(
                 self.repo, done.refs, old, writer, self.levels.zstd, previous
@@ -283,6 +288,17 @@ class Reader:
             gid=st.st_gid,
         )
         return entry, done.size
+
+    def _grouping(self, chunker: Chunker, old: FileEntry | None) -> Grouping | None:
+        """How a file of fixed-size pieces (a database's pages) is hashed a group at a time, with
+        the group digests kept for its last stored version (old) when there are; None for other
+        chunkers (groups.py)."""
+        from casnap.ingest import Grouping
+
+        if not isinstance(chunker, FixedChunker):
+            return None
+        kept = groups.read(self.repo.id, old.hash, chunker.size) if old is not None else None
+        return Grouping(chunker.size, groups.pieces_per_group(chunker.size), kept or b"")
 
     def _ingester(self, writer: PackWriter, pool: ThreadPoolExecutor) -> Ingest:
         """The data path (ingest.py) over the commit's writer and worker threads."""

@@ -1,0 +1,149 @@
+"""Group digests kept on this host: a later commit of a database hashes page by page only the
+groups of pages that changed, and stores exactly what a commit hashing every page stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from casnap import groups
+from casnap.committer import commit
+from casnap.fsutil import cache_dir
+from casnap.ids import IdHasher
+from casnap.repository import Repository
+from tests import helpers_chunking as h
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[int]:
+    """Counts the pieces hashed one by one (IdHasher.digests)."""
+    counts: list[int] = []
+    digests = IdHasher.digests
+
+    def counting(self: IdHasher, data: memoryview, lengths: list[int]) -> list[bytes]:
+        counts.append(len(lengths))
+        return digests(self, data, lengths)
+
+    monkeypatch.setattr(IdHasher, "digests", counting)
+    return counts
+
+
+def _two_versions(tmp_path: Path, change) -> tuple[Path, Path]:
+    """A data dir with a database of several read blocks, committed; then changed by change."""
+    data = tmp_path / "data"
+    data.mkdir()
+    h.make_db(data / "app.db", rows=9000)
+    assert (data / "app.db").stat().st_size > 6 * 1024 * 1024  # more than one 4 MiB block
+    repo_dir = tmp_path / "repo"
+    commit(Repository.init(repo_dir), data)
+    change(data / "app.db")
+    return data, repo_dir
+
+
+def _entry(repo: Repository, path: str = "app.db"):
+    snap = repo.snapshot(repo.resolve("latest"))
+    return next(e for e in snap.files if e.path == path)
+
+
+def _same_as_hashing_every_page(tmp_path: Path, data: Path, repo_dir: Path) -> None:
+    """The latest commit's entry for app.db is the one a commit without kept digests makes."""
+    twin = tmp_path / "twin"
+    shutil.copytree(repo_dir, twin)
+    repo = Repository.open(repo_dir)
+    other = Repository.open(twin)
+    other.refresh()
+    shutil.rmtree(cache_dir() / other.id / "groups", ignore_errors=True)
+    forget_latest = other.snapshots()[-1][0]
+    (twin / "snapshots" / forget_latest.hex()).unlink()
+    commit(Repository.open(twin), data)
+    mine, theirs = _entry(repo), _entry(Repository.open(twin))
+    assert (mine.hash, mine.lists, mine.chunks) == (theirs.hash, theirs.lists, theirs.chunks)
+
+
+def test_unchanged_page_groups_are_not_hashed_page_by_page(tmp_path: Path, hashed) -> None:
+    data, repo_dir = _two_versions(tmp_path, lambda p: h.update_rows(p, 5))
+    pages = (data / "app.db").stat().st_size // 4096
+    hashed.clear()
+    result = commit(Repository.open(repo_dir), data)
+    assert result.files_changed == 1
+    assert 0 < sum(hashed) < pages // 4, (sum(hashed), pages)
+    _same_as_hashing_every_page(tmp_path, data, repo_dir)
+
+
+def test_a_vacuumed_database_is_stored_as_when_every_page_is_hashed(tmp_path: Path) -> None:
+    def vacuum(p: Path) -> None:
+        h.update_rows(p, 40)
+        import contextlib
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(p)) as db:
+            db.execute("DELETE FROM docs WHERE id % 7 = 0")
+            db.commit()
+            db.execute("VACUUM")
+
+    data, repo_dir = _two_versions(tmp_path, vacuum)
+    commit(Repository.open(repo_dir), data)
+    _same_as_hashing_every_page(tmp_path, data, repo_dir)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign"])
+def test_damaged_kept_digests_are_not_used(tmp_path: Path, hashed, damage: str) -> None:
+    data, repo_dir = _two_versions(tmp_path, lambda p: h.update_rows(p, 5))
+    repo = Repository.open(repo_dir)
+    kept = next((cache_dir() / repo.id / "groups").rglob("*"))
+    while kept.is_dir():
+        kept = next(kept.iterdir())
+    body = bytearray(kept.read_bytes())
+    if damage == "flip":
+        body[len(body) // 2] ^= 1
+    elif damage == "truncate":
+        del body[len(body) // 2 :]
+    else:  # a valid file of other digests: every group differs, so every page is hashed
+        digests = bytes(len(body) - 24 - 32 - 32)
+        groups.keep(repo.id, kept.name, 4096, digests, None)
+        body = bytearray(kept.read_bytes())
+    kept.write_bytes(bytes(body))
+    pages = (data / "app.db").stat().st_size // 4096
+    hashed.clear()
+    commit(Repository.open(repo_dir), data)
+    assert sum(hashed) >= pages - 1
+    _same_as_hashing_every_page(tmp_path, data, repo_dir)
+
+
+def test_only_the_latest_version_keeps_its_digests(tmp_path: Path) -> None:
+    data, repo_dir = _two_versions(tmp_path, lambda p: h.update_rows(p, 5))
+    repo = Repository.open(repo_dir)
+    first = _entry(repo).hash
+    commit(repo, data)
+    second = _entry(Repository.open(repo_dir)).hash
+    folder = cache_dir() / repo.id / "groups"
+    kept = {p.name for p in folder.rglob("*") if p.is_file()}
+    assert kept == {second} and first != second
+    assert groups.read(repo.id, second, 4096) is not None
+
+
+def test_an_encrypted_repository_keeps_keyed_digests(tmp_path: Path, hashed) -> None:
+    """The digests are the repository's ids of the groups' bytes: keyed, they say nothing of
+    the data to whoever reads the cache."""
+    from casnap.ids import hash_bytes
+
+    data = tmp_path / "data"
+    data.mkdir()
+    h.make_db(data / "app.db", rows=9000)
+    repo = Repository.open_or_init(tmp_path / "repo", password=lambda: "pw", encryption="repokey")
+    commit(repo, data)
+    entry = _entry(repo)
+    kept = groups.read(repo.id, entry.hash, 4096)
+    assert kept is not None
+    span = groups.GROUP_BYTES  # the second group: the first holds the header the image sets
+    second = (data / "app.db").read_bytes()[span : 2 * span]
+    assert kept[32:64] != hash_bytes(second) and kept[32:64] == repo.ids(second)
+    h.update_rows(data / "app.db", 5)
+    pages = (data / "app.db").stat().st_size // 4096
+    hashed.clear()
+    commit(Repository.open(tmp_path / "repo", password=lambda: "pw"), data)
+    assert 0 < sum(hashed) < pages // 4
+    assert os.environ.get("CASNAP_CACHE_DIR")  # the suite's own cache dir, not the user's
