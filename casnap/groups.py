@@ -1,21 +1,23 @@
-"""Digests of a file's page groups, kept on this host so that a later commit of a database hashes
-one by one only the pages of the groups that changed.
+"""Digests of groups of a database's pages, kept on this host so that a later commit of the
+database hashes one by one only the pages of the groups that changed.
 
-A database's later version keeps most of its pages in place, yet a commit had to hash every page
-to learn which ones changed (BLAKE3 of 4 KiB pieces: ~1.8 us a page, most of it per call, each
-call handing the GIL over). A group is GROUP_BYTES of consecutive pieces of a fixed-size chunker
-(SQLite pages), aligned in the file; its digest is the repository's id hash of its bytes (keyed
-BLAKE3 in an encrypted repository, so the kept digests reveal nothing of the data). A commit that
-reads a file whose previous version has its group digests kept compares each group's digest with
-the one at the same place: equal bytes are equal pages, whose ids are the previous version's refs
-there; only the pages of the other groups are hashed, and every group's digest is kept for the
-next commit (ingest.py).
+A later version of a database keeps most of its pages in place, yet a commit had to hash every
+page to learn which ones changed: BLAKE3 of a 4 KiB page costs ~1.8 us, most of it per call, and
+every call hands the GIL to another thread and waits to get it back. A group is the pieces of an
+aligned GROUP_BYTES of a file of fixed-size pieces (16 pages of 4 KiB); its digest is the
+repository's id hash of its bytes (keyed BLAKE3 in an encrypted repository, so the kept digests
+reveal nothing of the data): one call for 16 pages. A commit that reads a file whose previous
+version kept its groups looks each group's digest up among them: a group of equal bytes cut into
+pieces of equal lengths is made of equal pieces, whose ids are the previous version's refs there
+(a group VACUUM moved whole is found too); only the pages of the other groups are hashed one by
+one (ingest.py). Files of pieces cut by content (FAISS indexes) are not grouped: digesting every
+byte once more cost as much as the per-piece calls it saved (docs/TUNING.md).
 
-Kept under `<repository id>/groups/<ab>/<file hash>` in the user's cache dir: a header naming the
-piece and group sizes, the digests, and a BLAKE3 of all of it. A file that does not check out is
-ignored, so the copies are safe to delete (the next commit then hashes every page and keeps the
-digests again). Only the latest version of a file is kept: storing a version's digests drops
-those of the version before.
+Kept under `<repository id>/groups/<ab>/<file hash>` in the user's cache dir: a header, one
+record per group (digest, first piece, piece count), and a BLAKE3 of all of it. A file that does
+not check out is ignored, so the copies are safe to delete (the next commit then hashes every
+page and keeps the groups again). A file keeps the groups of its latest version only: keeping a
+version's groups drops those of the version before.
 """
 
 from __future__ import annotations
@@ -23,15 +25,56 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from casnap.fsutil import cache_dir, read_cached, temp_name
 from casnap.ids import ID_SIZE, hash_bytes
 
+if TYPE_CHECKING:  # numpy: only a commit that reads a file groups its pieces
+    import numpy as np
+
 GROUP_BYTES = 64 * 1024  # 16 pages of 4 KiB: one digest call, the GIL handed over once
 
-_MAGIC = b"casnap-groups-1\n"
-_HEADER = struct.Struct("<16sII")  # magic, piece size, pieces per group
+_MAGIC = b"casnap-groups-2\n"
+_HEADER = struct.Struct("<16sI")  # magic, piece size
+RECORD = struct.Struct(f"<{ID_SIZE}sII")  # digest, first piece of the group, pieces in it
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The groups kept for a file's last stored version, sorted by their digests' first 8 bytes
+    for lookups (`find`)."""
+
+    keys: np.ndarray  # uint64, sorted
+    digests: np.ndarray  # (n, ID_SIZE) uint8, in keys' order
+    first: np.ndarray  # int64: the group's first piece in that version
+    count: np.ndarray  # int64: its pieces
+
+    def find(self, digests: np.ndarray) -> np.ndarray:
+        """For each row of digests, the index of a kept group with that digest, or -1."""
+        import numpy as np
+
+        out = np.full(len(digests), -1, dtype=np.int64)
+        if not len(self.keys) or not len(digests):
+            return out
+        keys = np.ascontiguousarray(digests[:, :8]).view("<u8").ravel()
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        same = (self.digests[at] == digests).all(axis=1)
+        out[same] = at[same]
+        return out
+
+
+def bounds(lengths: list[int], first: int, piece: int) -> list[tuple[int, int]]:
+    """The groups of a block of `piece`-byte pieces (lengths, the first being piece `first` of
+    the file), as (start, stop) piece ranges in the block: each whole GROUP_BYTES of the file the
+    block holds (the pieces around them belong to none)."""
+    n = len(lengths)
+    per = pieces_per_group(piece)
+    whole = n if lengths[-1] == piece else n - 1  # a fixed chunker's last piece may be short
+    lead = min(-first % per, whole)
+    return [(a, a + per) for a in range(lead, whole - per + 1, per)]
 
 
 def pieces_per_group(piece: int) -> int:
@@ -43,10 +86,11 @@ def _path(repo_id: str, file_hash: str) -> Path:
     return cache_dir() / repo_id / "groups" / file_hash[:2] / file_hash
 
 
-def read(repo_id: str, file_hash: str, piece: int) -> bytes | None:
-    """The group digests kept for the file version whose BLAKE3 is file_hash (hex), cut into
-    `piece`-byte pieces: ID_SIZE bytes per group, in file order; None when none are kept or the
-    copy does not check out."""
+def read(repo_id: str, file_hash: str, piece: int) -> Kept | None:
+    """The groups kept for the file version whose BLAKE3 is file_hash (hex), cut into `piece`-byte
+    pieces; None when none are kept or the copy does not check out."""
+    import numpy as np
+
     try:
         data = read_cached(_path(repo_id, file_hash))
     except OSError:
@@ -54,20 +98,29 @@ def read(repo_id: str, file_hash: str, piece: int) -> bytes | None:
     body, check = data[:-ID_SIZE], data[-ID_SIZE:]
     if len(data) < _HEADER.size + ID_SIZE or hash_bytes(body) != check:
         return None
-    magic, size, per = _HEADER.unpack_from(body)
-    digests = body[_HEADER.size :]
-    if magic != _MAGIC or size != piece or per != pieces_per_group(piece):
+    magic, size = _HEADER.unpack_from(body)
+    records = body[_HEADER.size :]
+    if magic != _MAGIC or size != piece or len(records) % RECORD.size:
         return None
-    if len(digests) % ID_SIZE:
-        return None
-    return digests
+    rows = np.frombuffer(
+        records, dtype=[("digest", np.uint8, ID_SIZE), ("first", "<u4"), ("count", "<u4")]
+    )
+    keys = np.ascontiguousarray(rows["digest"][:, :8]).view("<u8").ravel()
+    order = np.argsort(keys, kind="stable")
+    return Kept(
+        keys[order],
+        rows["digest"][order],
+        rows["first"][order].astype(np.int64),
+        rows["count"][order].astype(np.int64),
+    )
 
 
-def keep(repo_id: str, file_hash: str, piece: int, digests: bytes, replaces: str | None) -> None:
-    """Keep the group digests of the file version file_hash (hex), dropping those of the version
-    it replaces; a cache that cannot be written only costs the next commit its page hashing."""
+def keep(repo_id: str, file_hash: str, piece: int, records: bytes, replaces: str | None) -> None:
+    """Keep the groups (RECORD after RECORD) of the file version file_hash (hex), dropping those
+    of the version it replaces; a cache that cannot be written only costs the next commit its
+    page hashing."""
     path = _path(repo_id, file_hash)
-    body = _HEADER.pack(_MAGIC, piece, pieces_per_group(piece)) + digests
+    body = _HEADER.pack(_MAGIC, piece) + records
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.parent / temp_name()

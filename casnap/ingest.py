@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from casnap import compression
+from casnap import compression, groups
 from casnap.chunkindex import DATA, find_rows, id_keys, id_matrix
 from casnap.chunking import FLOAT32, Block, Chunker
 from casnap.chunking.base import Buffers
@@ -57,12 +57,11 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Grouping:
-    """A stream of fixed-size pieces hashed a group at a time (groups.py): `per` pieces of
-    `piece` bytes to a group, and the digests its last stored version kept (b"": none)."""
+    """A stream of fixed-size pieces hashed a group at a time (groups.py): `piece`, their size,
+    and the groups its last stored version kept."""
 
     piece: int
-    per: int
-    previous: bytes
+    kept: groups.Kept | None
 
 
 class Ingest:
@@ -99,8 +98,9 @@ class Ingest:
         # read buffers, used again by the next block and the next file once a block is taken
         self._buffers = Buffers(self.workers + 2)
         self._groups: list[bytes] = []  # the group digests of the stream's blocks taken so far
-        # the ids of the stream's last stored version, sorted by key (see _unknown)
+        # the ids of the stream's last stored version, sorted by key (see _unknown), and its refs
         self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
+        self._before = np.zeros(0, dtype=REF_DTYPE)
 
     def run(
         self,
@@ -113,8 +113,8 @@ class Ingest:
 
         previous, the refs of the stream's last stored version when known, lets a piece equal
         to the one at the same place there count as stored without an index lookup; grouping
-        (fixed-size pieces only) lets a group of them equal to the one at the same place there
-        take its refs without hashing each piece.
+        (fixed-size pieces only) lets a group of them equal to one that version kept take its
+        refs without hashing each piece.
         """
         hasher = Hasher()
         refs: list[bytes] = []
@@ -126,6 +126,7 @@ class Ingest:
         before = np.frombuffer(previous or b"", dtype=REF_DTYPE)
         order = np.argsort(id_keys(before["id"]), kind="stable")
         self._held = (id_keys(before["id"])[order], before["id"][order])
+        self._before = before
         try:
             blocks = chunker.blocks(stream, self.read_block, buffers)
             for block in self.phases.iterate("chunk", blocks):
@@ -208,12 +209,12 @@ class Ingest:
         lengths = block.lengths
         kept = b""
         rec = np.empty(len(lengths), dtype=REF_DTYPE)
+        rec["length"] = lengths
         if job is None:
             ids = self.store.ids.digests(data, lengths)
             rec["id"] = id_matrix(b"".join(ids))
         else:
-            ids, kept = self._grouped_ids(block, before, rec, *job)
-        rec["length"] = lengths
+            ids, kept = self._grouped_ids(block, rec, *job)
         new = self._unknown(rec, ids, before)
         hashed = self.phases.since("chunk", start)
         frames: list[_Frame] = []
@@ -226,44 +227,74 @@ class Ingest:
         return Encoded(rec.tobytes(), frames, checked, kept)
 
     def _grouped_ids(
-        self, block: Block, before: np.ndarray, rec: np.ndarray, grouping: Grouping, first: int
+        self, block: Block, rec: np.ndarray, grouping: Grouping, first: int
     ) -> tuple[list[bytes], bytes]:
-        """The ids of a block's fixed-size pieces, into rec, a group at a time: a group whose
-        digest is the one kept at its place for the last stored version holds the same bytes, so
-        its pieces are that version's (before, whose ids are taken as they are); the others are
-        hashed piece by piece. Returns the ids of those hashed (b"" at the places of the others,
-        which equal before's and so are never looked up nor framed) and the digests of the groups
-        that start in the block (zeros for one the block does not hold whole: never equal to a
-        digest, so hashed piece by piece next time)."""
-        digest, digests = self.store.ids.digest, self.store.ids.digests
+        """The ids of a block's pieces, into rec, a group at a time (groups.py; first: the block's
+        first piece in the stream). A group whose digest the last stored version kept, cut into
+        pieces of the same lengths, holds the same pieces: their ids are taken from that version's
+        refs; the pieces of other groups, and of none, are hashed one by one. Returns the ids of
+        those hashed (b"" at the places of the others, which the last version holds, so they are
+        never looked up nor framed) and the records of the block's groups."""
         data, lengths = block.data, block.lengths
-        per, piece, previous = grouping.per, grouping.piece, grouping.previous
         n = len(lengths)
-        whole = n if lengths[-1] == piece else n - 1  # a fixed chunker's last piece may be short
-        lead = min(-first % per, whole)  # pieces before the first group that starts in the block
-        count = (whole - lead) // per  # groups the block holds whole
+        ends = np.cumsum(rec["length"], dtype=np.int64)
+        offsets = [0, *ends.tolist()]
+        ranges = groups.bounds(lengths, first, grouping.piece)
+        digest = self.store.ids.digest
+        digests = [digest(data[offsets[a] : offsets[b]]) for a, b in ranges]
+        records = b"".join(
+            groups.RECORD.pack(d, first + a, b - a)
+            for (a, b), d in zip(ranges, digests, strict=True)
+        )
+        taken = self._take_kept(grouping.kept, digests, ranges, rec)
+        hashed: list[tuple[int, int]] = []
+        done = 0  # pieces before this one are either taken or queued for hashing
+        for (a, b), took in zip(ranges, taken, strict=True):
+            if a > done:
+                hashed.append((done, a))
+            done = b
+            if not took:
+                hashed.append((a, b))
+        if done < n:
+            hashed.append((done, n))
         ids: list[bytes] = [b""] * n
-        known = min(len(before), n)
-        rec["id"][:known] = before["id"][:known]
-        full = before["length"][:known] == piece
-        kept = bytearray()
-        hashed: list[tuple[int, int]] = [(0, lead)] if lead else []
-        for k in range(count):
-            at = lead + k * per
-            d = digest(data[at * piece : (at + per) * piece])
-            kept += d
-            g = (first + at) // per * ID_SIZE
-            if previous[g : g + ID_SIZE] != d or at + per > known or not full[at : at + per].all():
-                hashed.append((at, at + per))
-        rest = lead + count * per
-        if rest < n:
-            hashed.append((rest, n))
-            if (first + rest) % per == 0:
-                kept += bytes(ID_SIZE)  # a group the next block finishes
-        for a, b in hashed:
-            ids[a:b] = digests(data[a * piece : b * piece], lengths[a:b])
+        for a, b in _joined(hashed):
+            ids[a:b] = self.store.ids.digests(data[offsets[a] : offsets[b]], lengths[a:b])
             rec["id"][a:b] = id_matrix(b"".join(ids[a:b]))
-        return ids, bytes(kept)
+        return ids, records
+
+    def _take_kept(
+        self,
+        kept: groups.Kept | None,
+        digests: list[bytes],
+        ranges: list[tuple[int, int]],
+        rec: np.ndarray,
+    ) -> list[bool]:
+        """Which groups (their digests and piece ranges) the last stored version kept, cut into
+        pieces of the same lengths; their ids go into rec from that version's refs (all groups
+        at once: a few numpy calls per block, not per group)."""
+        if kept is None or not ranges:
+            return [False] * len(ranges)
+        j = kept.find(id_matrix(b"".join(digests)))
+        span = np.array(ranges, dtype=np.int64)
+        size = span[:, 1] - span[:, 0]
+        hit = np.flatnonzero((j >= 0) & (kept.count[j] == size))
+        if not len(hit):
+            return [False] * len(ranges)
+        first = kept.first[j[hit]]
+        old_end = first + size[hit]
+        hit = hit[old_end <= len(self._before)]  # a version's own groups: always inside it
+        first, n = kept.first[j[hit]], size[hit]
+        step = np.repeat(np.cumsum(n) - n, n)
+        new_at = np.repeat(span[hit, 0], n) + np.arange(int(n.sum())) - step
+        old_at = np.repeat(first, n) + np.arange(int(n.sum())) - step
+        same = self._before["length"][old_at] == rec["length"][new_at]
+        whole = np.minimum.reduceat(same, np.cumsum(n) - n) if len(n) else same
+        good = np.repeat(whole, n)
+        rec["id"][new_at[good]] = self._before["id"][old_at[good]]
+        out = np.zeros(len(ranges), dtype=bool)
+        out[hit[whole]] = True
+        return out.tolist()
 
     def _unknown(self, rec: np.ndarray, ids: list[bytes], before: np.ndarray) -> np.ndarray:
         """Positions of the pieces of rec the repository does not hold. A piece of the last
@@ -332,3 +363,14 @@ class Ingest:
         else:
             encoded = compression.encode(payload, self.level)
         return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
+
+
+def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent (start, stop) ranges joined: one hashing call for a run of changed groups."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out

@@ -291,14 +291,14 @@ class Reader:
 
     def _grouping(self, chunker: Chunker, old: FileEntry | None) -> Grouping | None:
         """How a file of fixed-size pieces (a database's pages) is hashed a group at a time, with
-        the group digests kept for its last stored version (old) when there are; None for other
+        the groups kept for its last stored version (old) when there are; None for other
         chunkers (groups.py)."""
         from casnap.ingest import Grouping
 
         if not isinstance(chunker, FixedChunker):
             return None
         kept = groups.read(self.repo.id, old.hash, chunker.size) if old is not None else None
-        return Grouping(chunker.size, groups.pieces_per_group(chunker.size), kept or b"")
+        return Grouping(chunker.size, kept)
 
     def _ingester(self, writer: PackWriter, pool: ThreadPoolExecutor) -> Ingest:
         """The data path (ingest.py) over the commit's writer and worker threads."""

@@ -48,7 +48,9 @@ def _entry(repo: Repository, path: str = "app.db"):
     return next(e for e in snap.files if e.path == path)
 
 
-def _same_as_hashing_every_page(tmp_path: Path, data: Path, repo_dir: Path) -> None:
+def _same_as_hashing_every_page(
+    tmp_path: Path, data: Path, repo_dir: Path, path: str = "app.db"
+) -> None:
     """The latest commit's entry for app.db is the one a commit without kept digests makes."""
     twin = tmp_path / "twin"
     shutil.copytree(repo_dir, twin)
@@ -59,7 +61,7 @@ def _same_as_hashing_every_page(tmp_path: Path, data: Path, repo_dir: Path) -> N
     forget_latest = other.snapshots()[-1][0]
     (twin / "snapshots" / forget_latest.hex()).unlink()
     commit(Repository.open(twin), data)
-    mine, theirs = _entry(repo), _entry(Repository.open(twin))
+    mine, theirs = _entry(repo, path), _entry(Repository.open(twin), path)
     assert (mine.hash, mine.lists, mine.chunks) == (theirs.hash, theirs.lists, theirs.chunks)
 
 
@@ -102,8 +104,9 @@ def test_damaged_kept_digests_are_not_used(tmp_path: Path, hashed, damage: str) 
     elif damage == "truncate":
         del body[len(body) // 2 :]
     else:  # a valid file of other digests: every group differs, so every page is hashed
-        digests = bytes(len(body) - 24 - 32 - 32)
-        groups.keep(repo.id, kept.name, 4096, digests, None)
+        count = (len(body) - 20 - 32) // groups.RECORD.size
+        records = b"".join(groups.RECORD.pack(bytes(32), 16 * i, 16) for i in range(count))
+        groups.keep(repo.id, kept.name, 4096, records, None)
         body = bytearray(kept.read_bytes())
     kept.write_bytes(bytes(body))
     pages = (data / "app.db").stat().st_size // 4096
@@ -140,10 +143,33 @@ def test_an_encrypted_repository_keeps_keyed_digests(tmp_path: Path, hashed) -> 
     assert kept is not None
     span = groups.GROUP_BYTES  # the second group: the first holds the header the image sets
     second = (data / "app.db").read_bytes()[span : 2 * span]
-    assert kept[32:64] != hash_bytes(second) and kept[32:64] == repo.ids(second)
+    digest = kept.digests[list(kept.first).index(16)].tobytes()
+    assert digest != hash_bytes(second) and digest == repo.ids(second)
     h.update_rows(data / "app.db", 5)
     pages = (data / "app.db").stat().st_size // 4096
     hashed.clear()
     commit(Repository.open(tmp_path / "repo", password=lambda: "pw"), data)
     assert 0 < sum(hashed) < pages // 4
     assert os.environ.get("CASNAP_CACHE_DIR")  # the suite's own cache dir, not the user's
+
+
+def _faiss_versions(tmp_path: Path, index, grow) -> tuple[Path, Path]:
+    data = tmp_path / "data"
+    data.mkdir()
+    h.write(index, data / "vectors.index")
+    repo_dir = tmp_path / "repo"
+    commit(Repository.init(repo_dir), data)
+    grow(index)
+    h.write(index, data / "vectors.index")
+    return data, repo_dir
+
+
+def test_faiss_indexes_are_not_grouped(tmp_path: Path) -> None:
+    """Pieces cut by content are not grouped: digesting every byte once more cost as much as
+    the per-piece calls it saved. Their commits keep nothing here."""
+    data, repo_dir = _faiss_versions(
+        tmp_path, h.ivf_flat(20000, nlist=16), lambda ix: ix.add(h.vectors(8, seed=5))
+    )
+    repo = Repository.open(repo_dir)
+    commit(repo, data)
+    assert not (cache_dir() / repo.id / "groups").exists()
