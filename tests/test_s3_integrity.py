@@ -7,6 +7,7 @@ in the bucket is caught by checkout and by `verify --read-data`."""
 from __future__ import annotations
 
 import base64
+import os
 import random
 import zlib
 from pathlib import Path
@@ -96,3 +97,35 @@ def test_a_pack_damaged_in_the_bucket_is_caught(
     code, out, _ = run(repo, data, "verify", "--read-data", password=pw)
     assert code == CheckFailed.exit_code, out
     assert "damaged" in out
+
+
+def test_the_client_is_made_without_listing_every_bundled_service_model(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore checks the name of the service a client is made for by listing all of its ~400
+    bundled models (a third of making the client); casnap's loader knows only S3's, and the
+    client still works."""
+    import botocore
+
+    data = str(Path(botocore.__file__).parent / "data")
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path: Any = ".") -> list[str]:
+        listed.append(os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    client = make_client()
+    monkeypatch.setattr(os, "listdir", real)
+    try:
+        bucket = "casnap-listing-check"
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="k", Body=b"v")
+        assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        assert [item["Key"] for page in pages for item in page["Contents"]] == ["k"]
+    finally:
+        client.close()
+    assert listed, "botocore lists no folder at all: this test no longer sees what it checks"
+    assert data not in {p.rstrip("/") for p in listed}
