@@ -273,7 +273,7 @@ class Ingest:
         """Which groups (their digests and piece ranges) the last stored version kept, cut into
         pieces of the same lengths; their ids go into rec from that version's refs (all groups
         at once: a few numpy calls per block, not per group)."""
-        if kept is None or not ranges:
+        if kept is None or not ranges or not len(kept.keys):
             return [False] * len(ranges)
         j = kept.find(id_matrix(b"".join(digests)))
         span = np.array(ranges, dtype=np.int64)

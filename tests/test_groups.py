@@ -173,3 +173,20 @@ def test_faiss_indexes_are_not_grouped(tmp_path: Path) -> None:
     repo = Repository.open(repo_dir)
     commit(repo, data)
     assert not (cache_dir() / repo.id / "groups").exists()
+
+
+def test_a_database_that_grows_past_its_first_group_commits_again(tmp_path: Path) -> None:
+    """A database of fewer pages than a group keeps an empty record; once it has grown, its next
+    commit finds none of its groups there and hashes its pages as before."""
+    data = tmp_path / "data"
+    data.mkdir()
+    h.make_db(data / "small.db", rows=5)
+    assert (data / "small.db").stat().st_size < groups.GROUP_BYTES
+    repo = Repository.init(tmp_path / "repo")
+    commit(repo, data)
+    h.make_db(data / "small.db.new", rows=400)
+    (data / "small.db.new").replace(data / "small.db")
+    assert (data / "small.db").stat().st_size > 2 * groups.GROUP_BYTES
+    result = commit(Repository.open(tmp_path / "repo"), data)
+    assert result.files_changed == 1
+    _same_as_hashing_every_page(tmp_path, data, tmp_path / "repo", "small.db")
