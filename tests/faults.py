@@ -239,8 +239,9 @@ def parse_spec(spec: str) -> list[Fault]:
     """Faults from `op:action:nth[:prefix]` items separated by commas (hooks cannot be given).
 
     Example: `put:kill:7` SIGKILLs the process after its 7th backend put; `get:kill:40:packs/`
-    after its 40th pack read; `replace:kill:2` after the 2nd file swapped into place by a
-    checkout; `put:enospc:3:packs/` makes the 3rd pack write and all later ones find a full disk.
+    after its 40th pack read; `replace:kill:2:/data/` after the 2nd rename into /data/ (a
+    file a checkout swapped into place there: a rename by descriptor counts under its full
+    path); `put:enospc:3:packs/` makes the 3rd pack write and all later ones find a full disk.
     """
     faults = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -279,10 +280,13 @@ def install(backend: Backend, spec: str) -> Backend:
         def replace(
             src: str | os.PathLike[str], dst: str | os.PathLike[str], **kwargs: Any
         ) -> None:
-            faults = plan.due("replace", os.fspath(dst))
-            plan.before(faults, os.fspath(dst))
+            where = os.fspath(dst)
+            if kwargs.get("dst_dir_fd") is not None:  # a rename by descriptor: its full path
+                where = os.path.join(os.readlink(f"/proc/self/fd/{kwargs['dst_dir_fd']}"), where)
+            faults = plan.due("replace", where)
+            plan.before(faults, where)
             real_replace(src, dst, **kwargs)
-            plan.after(faults, os.fspath(dst))
+            plan.after(faults, where)
 
         replace._casnap_fault = True  # type: ignore[attr-defined]
         os.replace = replace  # type: ignore[assignment]
