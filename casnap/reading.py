@@ -253,8 +253,7 @@ class Reader:
         with self.phases.timed("index"):
             self.repo.ensure_index()
         if self._single is None:  # one for every file: its read buffers serve them all
-            self._single = self._ingester(writer, pool)
-            self._single.hashing = self._hashing
+            self._single = self._ingester(writer, pool, self._hashing)
         ingest = self._single
         header = f.read(SNIFF_BYTES)
         f.seek(0)
@@ -300,8 +299,14 @@ class Reader:
         kept = groups.read(self.repo.id, old.hash, chunker.size) if old is not None else None
         return Grouping(chunker.size, kept)
 
-    def _ingester(self, writer: PackWriter, pool: ThreadPoolExecutor) -> Ingest:
-        """The data path (ingest.py) over the commit's writer and worker threads."""
+    def _ingester(
+        self,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        hashing: ThreadPoolExecutor | None = None,
+    ) -> Ingest:
+        """The data path (ingest.py) over the commit's writer and worker threads (and hashing,
+        the thread feeding whole-file hashes, for the files read on their own)."""
         from casnap import pipeline  # here: numpy, which a commit reading no file never loads
         from casnap.ingest import Ingest
 
@@ -315,4 +320,5 @@ class Reader:
             frame_target=self.levels.frame_target,
             group_floats=self.levels.group_floats,
             phases=self.phases,
+            hashing=hashing,
         )

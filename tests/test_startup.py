@@ -139,21 +139,23 @@ main()
 """
 
 
+def _run_without_blas_setting(
+    argv: list[str], blas: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run argv with OPENBLAS_NUM_THREADS unset in its environment, or set to blas."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if blas is not None:
+        env["OPENBLAS_NUM_THREADS"] = blas
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
 def test_a_commit_loads_numpy_with_one_blas_thread(app: Path, tmp_path: Path) -> None:
     """OpenBLAS starts one thread per core when numpy is loaded, each spinning ~0.1 s of CPU that
     a commit on a small machine needs for hashing and compression (casnap does no linear
     algebra): every command loads it with one."""
     out = tmp_path / "blas.txt"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     args = ["--repo", str(tmp_path / "repo"), "--data", str(app), "commit", "-q"]
-    proc = subprocess.run(
-        [sys.executable, "-c", BLAS_CHILD, str(out), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    proc = _run_without_blas_setting([sys.executable, "-c", BLAS_CHILD, str(out), *args])
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "1"
 
@@ -166,31 +168,11 @@ def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
     repo = tmp_path / "repo"
     sid = commit(Repository.init(repo), app).id
     seen = tmp_path / "seen.txt"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     cmd = f'echo "${{OPENBLAS_NUM_THREADS-unset}}" > {seen}'
     for given, expected in ((None, "unset"), ("3", "3")):
-        run_env = env if given is None else {**env, "OPENBLAS_NUM_THREADS": given}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "casnap",
-                "--repo",
-                str(repo),
-                "checkout",
-                sid,
-                "--to",
-                str(tmp_path / f"out{expected}"),
-                "--smoke-cmd",
-                cmd,
-                "-q",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=run_env,
-            timeout=120,
-        )
+        out = str(tmp_path / f"out{expected}")
+        argv = [sys.executable, "-m", "casnap", "--repo", str(repo), "checkout", sid, "--to", out]
+        proc = _run_without_blas_setting([*argv, "--smoke-cmd", cmd, "-q"], given)
         assert proc.returncode == 0, proc.stderr
         assert seen.read_text().strip() == expected
 
