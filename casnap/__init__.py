@@ -26,8 +26,10 @@ def _interrupted_while_loading(signum: int, frame: object) -> None:
 
 
 if _sys.argv and _os.path.basename(_sys.argv[0]) == "casnap":  # the console script starting
-    try:  # cli.main.main puts Python's own handler back once it runs
-        _signal.signal(_signal.SIGINT, _interrupted_while_loading)
+    try:  # cli.main.main puts Python's own handler back once it runs; an ignored SIGINT (a
+        # shell's background job) stays ignored
+        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+            _signal.signal(_signal.SIGINT, _interrupted_while_loading)
     except ValueError:  # imported by a thread other than the main one
         pass
 

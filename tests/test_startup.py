@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -224,3 +225,28 @@ def test_importing_casnap_elsewhere_leaves_interrupts_alone(tmp_path: Path) -> N
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout == "caught\n", proc.stderr
+
+
+def test_the_console_script_keeps_interrupts_ignored_when_started_so(tmp_path: Path) -> None:
+    """A command started with SIGINT ignored (a script's `casnap commit &`, whose shell ignores
+    it for background jobs) keeps ignoring it, while it loads and once it runs, as Python does."""
+    code = (
+        "import signal, sys\n"
+        "sys.argv = ['/usr/local/bin/casnap', '--help']\n"  # as the console script starts
+        "import casnap\n"
+        "loading = signal.getsignal(signal.SIGINT)\n"
+        "import atexit\n"
+        "ignored = lambda h: h == signal.SIG_IGN\n"
+        "atexit.register(lambda: print(ignored(loading), ignored(signal.getsignal(2))))\n"
+        "from casnap.cli import main\n"
+        "main()\n"  # ends the process once its exit handlers ran
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert proc.stdout.splitlines()[-1] == "True True", proc.stderr
