@@ -106,6 +106,13 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'casnap' has no attribute {name!r}")
+    # the library in use, not the command line loading (a program of its own named casnap):
+    # Ctrl-C is its KeyboardInterrupt again, so an operation releases its lock on the way out
+    if _signal.getsignal(_signal.SIGINT) is _interrupted_while_loading:
+        try:
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        except ValueError:  # a thread other than the main one
+            pass
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

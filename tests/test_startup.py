@@ -250,3 +250,24 @@ def test_the_console_script_keeps_interrupts_ignored_when_started_so(tmp_path: P
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert proc.stdout.splitlines()[-1] == "True True", proc.stderr
+
+
+def test_a_program_named_casnap_using_the_library_keeps_its_keyboard_interrupt(
+    tmp_path: Path,
+) -> None:
+    """A user's own script named `casnap` (a wrapper calling the library) is not the command
+    line: once casnap is imported, Ctrl-C is its KeyboardInterrupt, not an exit mid-operation
+    that skips the release of the repository's lock."""
+    script = tmp_path / "casnap"
+    script.write_text(
+        "import os, signal, casnap\n"
+        "casnap.Repository\n"  # an operation's module loads: the wrapper is past loading
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert proc.stdout == "caught\n", (proc.returncode, proc.stderr)
