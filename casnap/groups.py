@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from casnap.fsutil import cache_dir, read_cached, temp_name
+from casnap.fsutil import cache_dir, opener, read_cached, temp_name
 from casnap.ids import ID_SIZE, hash_bytes
 
 if TYPE_CHECKING:  # numpy: only a commit that reads a file groups its pieces
@@ -125,7 +125,7 @@ def keep(repo_id: str, file_hash: str, piece: int, records: bytes, replaces: str
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.parent / temp_name()
         try:
-            with open(tmp, "xb") as f:
+            with open(tmp, "xb", opener=opener) as f:  # 0600: plain digests of the data
                 f.write(body + hash_bytes(body))
             os.replace(tmp, path)  # a torn copy fails its check: no fsync for a cache
         finally:

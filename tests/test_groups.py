@@ -190,3 +190,21 @@ def test_a_database_that_grows_past_its_first_group_commits_again(tmp_path: Path
     result = commit(Repository.open(tmp_path / "repo"), data)
     assert result.files_changed == 1
     _same_as_hashing_every_page(tmp_path, data, tmp_path / "repo", "small.db")
+
+
+def test_kept_digests_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
+    """The group files are 0600 as FORMAT.md says, whatever the umask and even in a folder
+    another tool made readable: in a plain repository their digests are unkeyed hashes of the
+    database's bytes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    h.make_db(data / "app.db", rows=300)
+    repo = Repository.init(tmp_path / "repo")
+    old = os.umask(0o022)
+    try:
+        commit(repo, data)
+    finally:
+        os.umask(old)
+    files = [p for p in (cache_dir() / repo.id / "groups").rglob("*") if p.is_file()]
+    assert files
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o600)}
