@@ -25,13 +25,18 @@ def _interrupted_while_loading(signum: int, frame: object) -> None:
     _os._exit(130)
 
 
-if _sys.argv and _os.path.basename(_sys.argv[0]) == "casnap":  # the console script starting
-    try:  # cli.main.main puts Python's own handler back once it runs; an ignored SIGINT (a
-        # shell's background job) stays ignored
+def _quiet_interrupts_while_loading() -> None:
+    """Ctrl-C is _interrupted_while_loading until the command line runs (cli.main.main puts
+    Python's own handler back); an ignored SIGINT (a shell's background job) stays ignored."""
+    try:
         if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
             _signal.signal(_signal.SIGINT, _interrupted_while_loading)
     except ValueError:  # imported by a thread other than the main one
         pass
+
+
+if _sys.argv and _os.path.basename(_sys.argv[0]) == "casnap":  # the console script starting
+    _quiet_interrupts_while_loading()  # (`python -m casnap`: __main__.py)
 
 import importlib  # noqa: E402 - after the handler: importing is what it covers
 from typing import TYPE_CHECKING, Any  # noqa: E402

@@ -271,3 +271,25 @@ def test_a_program_named_casnap_using_the_library_keeps_its_keyboard_interrupt(
         [sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert proc.stdout == "caught\n", (proc.returncode, proc.stderr)
+
+
+def test_an_interrupt_while_python_m_casnap_loads_is_one_line(tmp_path: Path) -> None:
+    """`python -m casnap` is the command line too: Ctrl-C while it loads its modules (here as
+    click, the first of them, is looked for) is one line and exit 130, not a traceback."""
+    code = (
+        "import os, runpy, signal, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'click':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['-m', 'log']\n"  # as `python -m casnap log` starts
+        "runpy._run_module_as_main('casnap')\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
