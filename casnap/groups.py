@@ -14,10 +14,11 @@ one (ingest.py). Files of pieces cut by content (FAISS indexes) are not grouped:
 byte once more cost as much as the per-piece calls it saved (docs/TUNING.md).
 
 Kept under `<repository id>/groups/<ab>/<file hash>` in the user's cache dir: a header, one
-record per group (digest, first piece, piece count), and a BLAKE3 of all of it. A file that does
-not check out is ignored, so the copies are safe to delete (the next commit then hashes every
-page and keeps the groups again). A file keeps the groups of its latest version only: keeping a
-version's groups drops those of the version before.
+record per group (digest, first piece, piece count), and the id hash of the file hash and all of
+it (keyed in an encrypted repository: no copy can be made, nor one moved under another version's
+name, without the key). A file that does not check out is ignored, so the copies are safe to
+delete (the next commit then hashes every page and keeps the groups again). A file keeps the
+groups of its latest version only: keeping a version's groups drops those of the version before.
 """
 
 from __future__ import annotations
@@ -29,15 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from casnap.fsutil import cache_dir, read_cached, temp_name
-from casnap.ids import ID_SIZE, hash_bytes
+from casnap.fsutil import cache_dir, opener, read_cached, temp_name
+from casnap.ids import ID_SIZE
 
 if TYPE_CHECKING:  # numpy: only a commit that reads a file groups its pieces
+    from collections.abc import Callable
+
     import numpy as np
+
+    Digest = Callable[[bytes], bytes]  # the repository's id hash (IdHasher.digest)
 
 GROUP_BYTES = 64 * 1024  # 16 pages of 4 KiB: one digest call, the GIL handed over once
 
-_MAGIC = b"casnap-groups-2\n"
+_MAGIC = b"casnap-groups-3\n"
 _HEADER = struct.Struct("<16sI")  # magic, piece size
 RECORD = struct.Struct(f"<{ID_SIZE}sII")  # digest, first piece of the group, pieces in it
 
@@ -86,9 +91,10 @@ def _path(repo_id: str, file_hash: str) -> Path:
     return cache_dir() / repo_id / "groups" / file_hash[:2] / file_hash
 
 
-def read(repo_id: str, file_hash: str, piece: int) -> Kept | None:
+def read(repo_id: str, file_hash: str, piece: int, digest: Digest) -> Kept | None:
     """The groups kept for the file version whose BLAKE3 is file_hash (hex), cut into `piece`-byte
-    pieces; None when none are kept or the copy does not check out."""
+    pieces; None when none are kept or the copy does not check out (digest: the repository's id
+    hash, which made its check)."""
     import numpy as np
 
     try:
@@ -96,7 +102,7 @@ def read(repo_id: str, file_hash: str, piece: int) -> Kept | None:
     except OSError:
         return None
     body, check = data[:-ID_SIZE], data[-ID_SIZE:]
-    if len(data) < _HEADER.size + ID_SIZE or hash_bytes(body) != check:
+    if len(data) < _HEADER.size + ID_SIZE or _check(digest, file_hash, body) != check:
         return None
     magic, size = _HEADER.unpack_from(body)
     records = body[_HEADER.size :]
@@ -115,18 +121,20 @@ def read(repo_id: str, file_hash: str, piece: int) -> Kept | None:
     )
 
 
-def keep(repo_id: str, file_hash: str, piece: int, records: bytes, replaces: str | None) -> None:
+def keep(
+    repo_id: str, file_hash: str, piece: int, records: bytes, replaces: str | None, digest: Digest
+) -> None:
     """Keep the groups (RECORD after RECORD) of the file version file_hash (hex), dropping those
     of the version it replaces; a cache that cannot be written only costs the next commit its
-    page hashing."""
+    page hashing (digest: the repository's id hash, for the check)."""
     path = _path(repo_id, file_hash)
     body = _HEADER.pack(_MAGIC, piece) + records
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.parent / temp_name()
         try:
-            with open(tmp, "xb") as f:
-                f.write(body + hash_bytes(body))
+            with open(tmp, "xb", opener=opener) as f:  # 0600: plain digests of the data
+                f.write(body + _check(digest, file_hash, body))
             os.replace(tmp, path)  # a torn copy fails its check: no fsync for a cache
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -134,3 +142,8 @@ def keep(repo_id: str, file_hash: str, piece: int, records: bytes, replaces: str
     if replaces is not None and replaces != file_hash:
         with contextlib.suppress(OSError):
             _path(repo_id, replaces).unlink()
+
+
+def _check(digest: Digest, file_hash: str, body: bytes) -> bytes:
+    """A kept file's check: its body under its own name, hashed with the repository's id hash."""
+    return digest(bytes.fromhex(file_hash) + body)

@@ -267,8 +267,11 @@ class Reader:
         grouping = self._grouping(chunker, old if previous else None)
         done = ingest.run(stream, chunker, previous[0] if previous else None, grouping)
         if grouping is not None and done.groups is not None:
+            digest = self.repo.store.ids.digest
             replaced = old.hash if old is not None else None
-            groups.keep(self.repo.id, done.hash.hex(), grouping.piece, done.groups, replaced)
+            groups.keep(
+                self.repo.id, done.hash.hex(), grouping.piece, done.groups, replaced, digest
+            )
         with self.phases.timed("manifest"):  # chunk lists are written with the manifest
             lists = filelists.store_list(
                 self.repo, done.refs, old, writer, self.levels.zstd, previous
@@ -296,7 +299,9 @@ class Reader:
 
         if not isinstance(chunker, FixedChunker):
             return None
-        kept = groups.read(self.repo.id, old.hash, chunker.size) if old is not None else None
+        if old is None:
+            return Grouping(chunker.size, None)
+        kept = groups.read(self.repo.id, old.hash, chunker.size, self.repo.store.ids.digest)
         return Grouping(chunker.size, kept)
 
     def _ingester(

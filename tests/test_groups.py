@@ -14,6 +14,7 @@ from casnap.committer import commit
 from casnap.fsutil import cache_dir
 from casnap.ids import IdHasher
 from casnap.repository import Repository
+from casnap.restorer import checkout
 from tests import helpers_chunking as h
 
 
@@ -106,7 +107,7 @@ def test_damaged_kept_digests_are_not_used(tmp_path: Path, hashed, damage: str) 
     else:  # a valid file of other digests: every group differs, so every page is hashed
         count = (len(body) - 20 - 32) // groups.RECORD.size
         records = b"".join(groups.RECORD.pack(bytes(32), 16 * i, 16) for i in range(count))
-        groups.keep(repo.id, kept.name, 4096, records, None)
+        groups.keep(repo.id, kept.name, 4096, records, None, repo.store.ids.digest)
         body = bytearray(kept.read_bytes())
     kept.write_bytes(bytes(body))
     pages = (data / "app.db").stat().st_size // 4096
@@ -125,7 +126,7 @@ def test_only_the_latest_version_keeps_its_digests(tmp_path: Path) -> None:
     folder = cache_dir() / repo.id / "groups"
     kept = {p.name for p in folder.rglob("*") if p.is_file()}
     assert kept == {second} and first != second
-    assert groups.read(repo.id, second, 4096) is not None
+    assert groups.read(repo.id, second, 4096, repo.store.ids.digest) is not None
 
 
 def test_an_encrypted_repository_keeps_keyed_digests(tmp_path: Path, hashed) -> None:
@@ -139,7 +140,7 @@ def test_an_encrypted_repository_keeps_keyed_digests(tmp_path: Path, hashed) -> 
     repo = Repository.open_or_init(tmp_path / "repo", password=lambda: "pw", encryption="repokey")
     commit(repo, data)
     entry = _entry(repo)
-    kept = groups.read(repo.id, entry.hash, 4096)
+    kept = groups.read(repo.id, entry.hash, 4096, repo.store.ids.digest)
     assert kept is not None
     span = groups.GROUP_BYTES  # the second group: the first holds the header the image sets
     second = (data / "app.db").read_bytes()[span : 2 * span]
@@ -190,3 +191,44 @@ def test_a_database_that_grows_past_its_first_group_commits_again(tmp_path: Path
     result = commit(Repository.open(tmp_path / "repo"), data)
     assert result.files_changed == 1
     _same_as_hashing_every_page(tmp_path, data, tmp_path / "repo", "small.db")
+
+
+def test_kept_digests_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
+    """The group files are 0600 as FORMAT.md says, whatever the umask and even in a folder
+    another tool made readable: in a plain repository their digests are unkeyed hashes of the
+    database's bytes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    h.make_db(data / "app.db", rows=300)
+    repo = Repository.init(tmp_path / "repo")
+    old = os.umask(0o022)
+    try:
+        commit(repo, data)
+    finally:
+        os.umask(old)
+    files = [p for p in (cache_dir() / repo.id / "groups").rglob("*") if p.is_file()]
+    assert files
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o600)}
+
+
+def test_an_encrypted_repositorys_kept_digests_cannot_be_swapped(tmp_path: Path) -> None:
+    """In an encrypted repository no kept-digest file can be made without the key, nor one
+    moved under another version's name: the copy of another database's groups put in place of
+    app.db's is ignored, and the next commit of app.db stores what hashing every page stores
+    (were it used, app.db's old refs would be taken for the other database's groups)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    h.make_db(data / "app.db", rows=2000, seed=1)
+    h.make_db(data / "other.db", rows=2000, seed=2)
+    repo_dir = tmp_path / "repo"
+    repo = Repository.open_or_init(repo_dir, password=lambda: "pw", encryption="repokey")
+    commit(repo, data)
+    app, other = _entry(repo, "app.db"), _entry(repo, "other.db")
+    folder = cache_dir() / repo.id / "groups"
+    shutil.copyfile(folder / other.hash[:2] / other.hash, folder / app.hash[:2] / app.hash)
+    shutil.copyfile(data / "other.db", data / "app.db")  # app.db now holds other.db's groups
+    os.utime(data / "app.db", ns=(1, 1))
+    commit(Repository.open(repo_dir, password=lambda: "pw"), data)
+    out = tmp_path / "out"
+    checkout(Repository.open(repo_dir, password=lambda: "pw"), "latest", out, safety_snapshot=False)
+    assert (out / "app.db").read_bytes()[100:] == (data / "app.db").read_bytes()[100:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -206,3 +207,71 @@ def test_importing_casnap_elsewhere_leaves_interrupts_alone(tmp_path: Path) -> N
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout == "caught\n", proc.stderr
+
+
+def test_the_console_script_keeps_interrupts_ignored_when_started_so(tmp_path: Path) -> None:
+    """A command started with SIGINT ignored (a script's `casnap commit &`, whose shell ignores
+    it for background jobs) keeps ignoring it, while it loads and once it runs, as Python does."""
+    code = (
+        "import signal, sys\n"
+        "sys.argv = ['/usr/local/bin/casnap', '--help']\n"  # as the console script starts
+        "import casnap\n"
+        "loading = signal.getsignal(signal.SIGINT)\n"
+        "import atexit\n"
+        "ignored = lambda h: h == signal.SIG_IGN\n"
+        "atexit.register(lambda: print(ignored(loading), ignored(signal.getsignal(2))))\n"
+        "from casnap.cli import main\n"
+        "main()\n"  # ends the process once its exit handlers ran
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert proc.stdout.splitlines()[-1] == "True True", proc.stderr
+
+
+def test_a_program_named_casnap_using_the_library_keeps_its_keyboard_interrupt(
+    tmp_path: Path,
+) -> None:
+    """A user's own script named `casnap` (a wrapper calling the library) is not the command
+    line: once casnap is imported, Ctrl-C is its KeyboardInterrupt, not an exit mid-operation
+    that skips the release of the repository's lock."""
+    script = tmp_path / "casnap"
+    script.write_text(
+        "import os, signal, casnap\n"
+        "casnap.Repository\n"  # an operation's module loads: the wrapper is past loading
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert proc.stdout == "caught\n", (proc.returncode, proc.stderr)
+
+
+def test_an_interrupt_while_python_m_casnap_loads_is_one_line(tmp_path: Path) -> None:
+    """`python -m casnap` is the command line too: Ctrl-C while it loads its modules (here as
+    click, the first of them, is looked for) is one line and exit 130, not a traceback."""
+    code = (
+        "import os, runpy, signal, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'click':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['-m', 'log']\n"  # as `python -m casnap log` starts
+        "runpy._run_module_as_main('casnap')\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
