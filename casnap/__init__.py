@@ -13,33 +13,8 @@ than a command like `casnap log` takes.
 
 from __future__ import annotations
 
-import os as _os
-import signal as _signal
-import sys as _sys
-
-
-def _interrupted_while_loading(signum: int, frame: object) -> None:
-    """Ctrl-C while the command line loads its modules, before it has done anything: one line
-    and exit 130 (130: errors.EXIT_CODES), not a traceback of the import that was running."""
-    _os.write(2, b"casnap: interrupted\n")
-    _os._exit(130)
-
-
-def _quiet_interrupts_while_loading() -> None:
-    """Ctrl-C is _interrupted_while_loading until the command line runs (cli.main.main puts
-    Python's own handler back); an ignored SIGINT (a shell's background job) stays ignored."""
-    try:
-        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
-            _signal.signal(_signal.SIGINT, _interrupted_while_loading)
-    except ValueError:  # imported by a thread other than the main one
-        pass
-
-
-if _sys.argv and _os.path.basename(_sys.argv[0]) == "casnap":  # the console script starting
-    _quiet_interrupts_while_loading()  # (`python -m casnap`: __main__.py)
-
-import importlib  # noqa: E402 - after the handler: importing is what it covers
-from typing import TYPE_CHECKING, Any  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from casnap.changes import diff
@@ -111,13 +86,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'casnap' has no attribute {name!r}")
-    # the library in use, not the command line loading (a program of its own named casnap):
-    # Ctrl-C is its KeyboardInterrupt again, so an operation releases its lock on the way out
-    if _signal.getsignal(_signal.SIGINT) is _interrupted_while_loading:
-        try:
-            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-        except ValueError:  # a thread other than the main one
-            pass
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -1,9 +1,11 @@
 """Processes: is one still running (to tell stale locks and leftover temp files from live ones),
-and the environment of the commands casnap runs for the user."""
+the environment of the commands casnap runs for the user, and Ctrl-C while the command line
+loads."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 # Settings the command line gives its own process's libraries at start (see set_own_environ).
 _OWN: dict[str, str] = {}
@@ -56,3 +58,26 @@ def pid_alive(pid: int, start: int | None = None) -> bool:
         if now is not None and now != start:
             return False
     return True
+
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    """Ctrl-C while the command line loads its modules, before it has done anything: one line
+    and exit 130 (errors.EXIT_CODES: interrupted)."""
+    os.write(2, b"casnap: interrupted\n")
+    os._exit(130)
+
+
+def quiet_interrupts_while_loading() -> None:
+    """Ctrl-C ends the process quietly until interrupts_back; an ignored SIGINT (a shell's
+    background job) stays ignored."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupted_while_loading)
+    except ValueError:  # not the main thread
+        pass
+
+
+def interrupts_back() -> None:
+    """Ctrl-C is Python's KeyboardInterrupt again (where quiet_interrupts_while_loading set it)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -179,14 +179,20 @@ def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
 
 
 def test_an_interrupt_while_the_command_line_loads_is_one_line(tmp_path: Path) -> None:
-    """Ctrl-C in the first tens of milliseconds, while modules load and nothing is written yet:
-    exit 130 with one line, not a traceback of the import that was running."""
+    """Ctrl-C in the first tens of milliseconds, while modules load and nothing is written yet
+    (here as click, the first of them, is looked for): exit 130 with one line, not a traceback
+    of the import that was running."""
     code = (
         "import os, signal, sys\n"
-        "sys.argv[0] = '/usr/local/bin/casnap'\n"  # as the console script starts
-        "import casnap\n"
-        "os.kill(os.getpid(), signal.SIGINT)\n"
-        "import casnap.cli\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'click':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['casnap', 'log']\n"
+        "from casnap.start import main\n"  # the console script's entry point
+        "main()\n"
         "print('not reached')\n"
     )
     proc = subprocess.run(
@@ -214,13 +220,14 @@ def test_the_console_script_keeps_interrupts_ignored_when_started_so(tmp_path: P
     it for background jobs) keeps ignoring it, while it loads and once it runs, as Python does."""
     code = (
         "import signal, sys\n"
-        "sys.argv = ['/usr/local/bin/casnap', '--help']\n"  # as the console script starts
-        "import casnap\n"
+        "sys.argv = ['casnap', '--help']\n"
+        "from casnap import procs\n"
+        "procs.quiet_interrupts_while_loading()\n"  # what the entry point does first
         "loading = signal.getsignal(signal.SIGINT)\n"
         "import atexit\n"
         "ignored = lambda h: h == signal.SIG_IGN\n"
         "atexit.register(lambda: print(ignored(loading), ignored(signal.getsignal(2))))\n"
-        "from casnap.cli import main\n"
+        "from casnap.start import main\n"
         "main()\n"  # ends the process once its exit handlers ran
     )
     proc = subprocess.run(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -411,8 +410,7 @@ def main() -> None:
     # numpy's OpenBLAS starts one thread per core when loaded, each spinning ~0.1 s of CPU that
     # a commit or checkout on a small machine needs (casnap does no linear algebra)
     procs.set_own_environ("OPENBLAS_NUM_THREADS", "1")
-    if getattr(signal.getsignal(signal.SIGINT), "__module__", "") == "casnap":  # __init__.py
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: KeyboardInterrupt again
+    procs.interrupts_back()  # loaded (start.py): Ctrl-C is a KeyboardInterrupt again
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
     try:
