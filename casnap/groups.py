@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,10 @@ if TYPE_CHECKING:  # numpy: only a commit that reads a file groups its pieces
 
     Digest = Callable[[bytes], bytes]  # the repository's id hash (IdHasher.digest)
 
+# Groups untouched this long are removed by the next commit that keeps groups (see keep): a
+# database unchanged for a month costs its next commit one page hashing, which is all a kept
+# file saves, and leftovers cannot pile up.
+STALE_SECONDS = 30 * 24 * 3600
 GROUP_BYTES = 64 * 1024  # 16 pages of 4 KiB: one digest call, the GIL handed over once
 
 _MAGIC = b"casnap-groups-3\n"
@@ -142,6 +147,23 @@ def keep(
     if replaces is not None and replaces != file_hash:
         with contextlib.suppress(OSError):
             _path(repo_id, replaces).unlink()
+    _remove_stale(path.parent.parent)
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove the files of folder's subfolders untouched for STALE_SECONDS: the groups of versions
+    no commit took up again (a database deleted from the data dir, a commit that failed after
+    keeping them, another host's version) and temp files of killed commits."""
+    limit = time.time() - STALE_SECONDS
+    with contextlib.suppress(OSError), os.scandir(folder) as subfolders:
+        for sub in subfolders:
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError), os.scandir(sub.path) as files:
+                for f in files:
+                    if f.is_file(follow_symlinks=False) and f.stat().st_mtime < limit:
+                        with contextlib.suppress(OSError):
+                            os.unlink(f.path)
 
 
 def _check(digest: Digest, file_hash: str, body: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,23 @@ def test_an_encrypted_repositorys_kept_digests_cannot_be_swapped(tmp_path: Path)
     out = tmp_path / "out"
     checkout(Repository.open(repo_dir, password=lambda: "pw"), "latest", out, safety_snapshot=False)
     assert (out / "app.db").read_bytes()[100:] == (data / "app.db").read_bytes()[100:]
+
+
+def test_groups_of_versions_no_commit_took_up_again_are_removed(tmp_path: Path) -> None:
+    """Groups left behind (a database deleted from the data dir, a failed commit, another
+    host's version) do not pile up: a commit that keeps groups removes those unused for
+    groups.STALE_SECONDS."""
+    data, repo_dir = _two_versions(tmp_path, lambda p: h.update_rows(p, 5))
+    repo = Repository.open(repo_dir)
+    folder = cache_dir() / repo.id / "groups"
+    left = folder / "ab" / ("ab" + "0" * 62)
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(b"left behind")
+    recent = folder / "cd" / ("cd" + "0" * 62)
+    recent.parent.mkdir(parents=True, exist_ok=True)
+    recent.write_bytes(b"used lately")
+    old = time.time() - groups.STALE_SECONDS - 60
+    os.utime(left, (old, old))
+    commit(repo, data)
+    assert not left.exists() and recent.exists()
+    assert groups.read(repo.id, _entry(Repository.open(repo_dir)).hash, 4096, repo.ids) is not None
