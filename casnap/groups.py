@@ -18,7 +18,8 @@ record per group (digest, first piece, piece count), and the id hash of the file
 it (keyed in an encrypted repository: no copy can be made, nor one moved under another version's
 name, without the key). A file that does not check out is ignored, so the copies are safe to
 delete (the next commit then hashes every page and keeps the groups again). A file keeps the
-groups of its latest version only: keeping a version's groups drops those of the version before.
+groups of its latest version only: keeping a version's groups drops those of the version before,
+and any group file left untouched for STALE_SECONDS.
 """
 
 from __future__ import annotations
