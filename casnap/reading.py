@@ -90,6 +90,8 @@ class Reader:
         self.small: smallingest.SmallFiles | None = None  # small files read in batches
         self._single: Ingest | None = None  # the data path of files read on their own
         self._hashing: ThreadPoolExecutor | None = None  # their whole-file hashes
+        # the page groups of the file being read: (its hash, piece size, records, parent's hash)
+        self._groups: tuple[str, int, bytes, str | None] | None = None
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
         """The pack writer and the worker threads, made when the first file must be read: a
@@ -185,6 +187,7 @@ class Reader:
         """Read one file consistently into the store; returns its entry and bytes read."""
         read_total = 0
         for _attempt in range(max(1, SOURCE_RETRIES)):
+            self._groups = None  # an attempt that does not count keeps none and drops none
             with self.phases.timed("capture"):  # a file written just now is waited for
                 before, settled = capture.settled_fingerprint(src.abspath, src.kind)
             if before is None:
@@ -225,6 +228,7 @@ class Reader:
                 # a database image is consistent whatever happened meanwhile (before: once
                 # SQLite had it open); the fingerprint is recorded only for a quiet file
                 source = statcache.vouched(before, after, self.start_ns)
+                self._keep_groups()
                 return statcache.with_source(entry, source), read_total
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
 
@@ -266,12 +270,9 @@ class Reader:
             previous = filelists.previous_lists(self.repo, old)
         grouping = self._grouping(chunker, old if previous else None)
         done = ingest.run(stream, chunker, previous[0] if previous else None, grouping)
-        if grouping is not None and done.groups is not None:
-            digest = self.repo.store.ids.digest
+        if grouping is not None and done.groups is not None:  # kept once the read counts
             replaced = old.hash if old is not None else None
-            groups.keep(
-                self.repo.id, done.hash.hex(), grouping.piece, done.groups, replaced, digest
-            )
+            self._groups = (done.hash.hex(), grouping.piece, done.groups, replaced)
         with self.phases.timed("manifest"):  # chunk lists are written with the manifest
             lists = filelists.store_list(
                 self.repo, done.refs, old, writer, self.levels.zstd, previous
@@ -290,6 +291,14 @@ class Reader:
             gid=st.st_gid,
         )
         return entry, done.size
+
+    def _keep_groups(self) -> None:
+        """Keep the page groups of the read that counted (groups.py), dropping its parent's."""
+        if self._groups is not None:
+            file_hash, piece, records, replaced = self._groups
+            digest = self.repo.store.ids.digest
+            groups.keep(self.repo.id, file_hash, piece, records, replaced, digest)
+            self._groups = None
 
     def _grouping(self, chunker: Chunker, old: FileEntry | None) -> Grouping | None:
         """How a file of fixed-size pieces (a database's pages) is hashed a group at a time, with

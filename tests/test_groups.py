@@ -253,3 +253,22 @@ def test_groups_of_versions_no_commit_took_up_again_are_removed(tmp_path: Path) 
     commit(repo, data)
     assert not left.exists() and recent.exists()
     assert groups.read(repo.id, _entry(Repository.open(repo_dir)).hash, 4096, repo.ids) is not None
+
+
+def test_a_read_tried_again_still_finds_the_parents_groups(
+    tmp_path: Path, hashed, monkeypatch
+) -> None:
+    """A database that changed while it was read without a lock is read again; the attempt that
+    did not count keeps no groups and drops none, so the next attempt still finds the parent's."""
+    from casnap import dbimage
+
+    data, repo_dir = _two_versions(tmp_path, lambda p: h.update_rows(p, 5))
+    pages = (data / "app.db").stat().st_size // 4096
+    answers = iter([False])
+    intact = dbimage.Image.intact
+    monkeypatch.setattr(dbimage.Image, "intact", lambda self: next(answers, True) and intact(self))
+    hashed.clear()
+    commit(Repository.open(repo_dir), data)
+    assert next(answers, "done") == "done"  # the first read was refused
+    assert sum(hashed) < 2 * (pages // 4), (sum(hashed), pages)  # both reads used the groups
+    _same_as_hashing_every_page(tmp_path, data, repo_dir)
