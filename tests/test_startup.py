@@ -178,28 +178,33 @@ def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
         assert seen.read_text().strip() == expected
 
 
-def test_an_interrupt_while_the_command_line_loads_is_one_line(tmp_path: Path) -> None:
-    """Ctrl-C in the first tens of milliseconds, while modules load and nothing is written yet
-    (here as click, the first of them, is looked for): exit 130 with one line, not a traceback
-    of the import that was running."""
-    code = (
-        "import os, signal, sys\n"
-        "class Interrupt:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'click':\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, Interrupt())\n"
-        "sys.argv = ['casnap', 'log']\n"
-        "from casnap.start import main\n"  # the console script's entry point
-        "main()\n"
-        "print('not reached')\n"
-    )
+# Ctrl-C arrives as click, the first module of the command line, is looked for; then RUN
+INTERRUPT_AT_CLICK = """
+import os, runpy, signal, sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'click':
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Interrupt())
+"""
+
+
+def _assert_interrupted_while_loading(run: str, tmp_path: Path) -> None:
+    """Ctrl-C while the command line loads (nothing written yet): exit 130 with one line, not a
+    traceback of the import that was running."""
+    code = INTERRUPT_AT_CLICK + run + "\nprint('not reached')\n"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
+
+
+def test_an_interrupt_while_the_command_line_loads_is_one_line(tmp_path: Path) -> None:
+    """The console script's entry point, in the first tens of milliseconds."""
+    run = "sys.argv = ['casnap', 'log']\nfrom casnap.start import main\nmain()"
+    _assert_interrupted_while_loading(run, tmp_path)
 
 
 def test_importing_casnap_elsewhere_leaves_interrupts_alone(tmp_path: Path) -> None:
@@ -263,22 +268,6 @@ def test_a_program_named_casnap_using_the_library_keeps_its_keyboard_interrupt(
 
 
 def test_an_interrupt_while_python_m_casnap_loads_is_one_line(tmp_path: Path) -> None:
-    """`python -m casnap` is the command line too: Ctrl-C while it loads its modules (here as
-    click, the first of them, is looked for) is one line and exit 130, not a traceback."""
-    code = (
-        "import os, runpy, signal, sys\n"
-        "class Interrupt:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'click':\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, Interrupt())\n"
-        "sys.argv = ['-m', 'log']\n"  # as `python -m casnap log` starts
-        "runpy._run_module_as_main('casnap')\n"
-        "print('not reached')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
-    assert proc.returncode == 130, proc.stderr
-    assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
+    """`python -m casnap` is the command line too."""
+    run = "sys.argv = ['-m', 'log']\nrunpy._run_module_as_main('casnap')"  # python -m casnap log
+    _assert_interrupted_while_loading(run, tmp_path)
