@@ -97,7 +97,6 @@ class Ingest:
         self.hashing = hashing
         # read buffers, used again by the next block and the next file once a block is taken
         self._buffers = Buffers(self.workers + 2)
-        self._groups: list[bytes] = []  # the group digests of the stream's blocks taken so far
         # the ids of the stream's last stored version, sorted by key (see _unknown), and its refs
         self._held = (np.zeros(0, np.uint64), np.zeros((0, ID_SIZE), np.uint8))
         self._before = np.zeros(0, dtype=REF_DTYPE)
@@ -118,7 +117,7 @@ class Ingest:
         """
         hasher = Hasher()
         refs: list[bytes] = []
-        self._groups = []
+        kept: list[bytes] = []  # the records of the page groups of the blocks taken so far
         inflight: deque[tuple[Future[Encoded], Block, Future[None] | None]] = deque()
         buffers = self._buffers
         size = 0
@@ -139,9 +138,9 @@ class Ingest:
                 # more than one in flight (workers >= 1): the block the generator still reads
                 # its carried tail from is never the one taken
                 while len(inflight) > self.workers:
-                    self._take(*inflight.popleft(), refs, buffers)
+                    self._take(*inflight.popleft(), refs, kept, buffers)
             while inflight:
-                self._take(*inflight.popleft(), refs, buffers)
+                self._take(*inflight.popleft(), refs, kept, buffers)
         finally:
             for fut, _block, hashed in inflight:
                 fut.cancel()
@@ -151,8 +150,8 @@ class Ingest:
                 for f in (fut, hashed):
                     if f is not None and not f.cancelled():
                         f.exception()
-        kept = b"".join(self._groups) if grouping is not None else None
-        return Ingested(b"".join(refs), hasher.digest(), size, kept)
+        records = b"".join(kept) if grouping is not None else None
+        return Ingested(b"".join(refs), hasher.digest(), size, records)
 
     def _feed(self, hasher: Hasher, data: memoryview) -> Future[None] | None:
         """Add a block to the whole-file hash: on the hashing thread when there is one (the
@@ -173,11 +172,13 @@ class Ingest:
         block: Block,
         hashed: Future[None] | None,
         refs: list[bytes],
+        kept: list[bytes],
         buffers: Buffers,
     ) -> None:
+        """Take a block's result in stream order: its refs and group records, then its buffer."""
         done = fut.result()
         refs.append(self.add(done))
-        self._groups.append(done.groups)
+        kept.append(done.groups)
         if hashed is not None:
             hashed.result()
         if isinstance(buf := block.data.obj, bytearray):  # no one reads it now: frames are copies
