@@ -16,8 +16,9 @@ from pathlib import Path
 
 from casnap.backends.base import Backend, check_key, check_prefix, check_range
 from casnap.constants import TEMP_PREFIX
+from casnap.directio import write_new
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
-from casnap.fsutil import fsync_dir, make_dirs, opener, temp_name
+from casnap.fsutil import FILE_MODE, fsync_dir, make_dirs, temp_name
 
 
 def _pread(fd: int, length: int, offset: int, whole: bool = True) -> bytes:
@@ -43,6 +44,8 @@ def _unreadable(exc: OSError) -> None:
     if not isinstance(exc, FileNotFoundError):
         raise exc
 
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 # Descriptors a backend keeps open at most while holding (see LocalBackend.holding); objects
 # past them are opened and closed for each read, as outside it.
@@ -91,11 +94,13 @@ class LocalBackend(Backend):
         made = False
         try:
             make_dirs(final.parent)
-            with open(tmp, "xb", opener=opener) as f:
-                made = True
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(tmp, _NEW_FILE, FILE_MODE)
+            made = True
+            try:
+                write_new(fd, data)  # a pack past the page cache: see directio.py
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             try:
                 os.link(tmp, final)  # atomic and never overwrites: put-if-absent
             except FileExistsError:
