@@ -28,6 +28,9 @@ FAISS_LIST_BLOCK = 2 * 1024
 FAISS_GRAPH_BLOCK = 1024
 FAISS_IDS_BLOCK = 64 * 1024
 
+# The chunkers a config's "faiss" entry may name.
+FAISS_CHUNKERS = ("faiss", "faiss-cdc")
+
 # The `faiss-cdc` chunker (new repositories; repositories made before it keep `faiss` and the
 # blocks above): [min, avg, max] bytes per kind of array, rounded to whole elements; equal values
 # give fixed element blocks. Measured on evolving indexes (benchmarks/faiss_chunking.py,

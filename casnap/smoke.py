@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from casnap.chunking.select import FAISS_CHUNKERS
+from casnap.constants import FAISS_CHUNKERS
 from casnap.errors import SmokeCheckFailed
 from casnap.faiss_child import ProbeChild, probe_faiss, settle
 from casnap.formats import sniff
@@ -27,7 +27,6 @@ from casnap.formats.faiss import faiss_header
 from casnap.formats.sqlite import is_sqlite_header
 from casnap.smoke_cmd import run_command
 from casnap.smoke_faiss import FaissTarget, faiss_checks, faiss_targets
-from casnap.smoke_layouts import layout_checks
 from casnap.smoke_report import Check, SmokeReport
 from casnap.smoke_sqlite import check_sqlite
 
@@ -190,6 +189,8 @@ class SmokeSession:
                 else:
                     checks.extend(check_sqlite(view[rel], rel))
             checks.extend(faiss_checks(targets, self._probed(child, targets)))
+            from casnap.smoke_layouts import layout_checks  # framework stores: loaded for them
+
             checks.extend(layout_checks(view, wanted, staged_dir))
         if smoke_cmd and all(c.ok for c in checks):
             if staged_dir is None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from casnap import capture
 from casnap import restored as restored_files
-from casnap.chunking.select import FAISS_CHUNKERS
+from casnap.constants import FAISS_CHUNKERS
 from casnap.formats.sqlite import hot_journal
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot

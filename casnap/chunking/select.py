@@ -9,7 +9,7 @@ from casnap.chunking.cdc import FastCDCChunker
 from casnap.chunking.faiss import CDC_KINDS, FaissCDCChunker, FaissChunker
 from casnap.chunking.records import RecordChunker
 from casnap.chunking.sqlite import SQLitePageChunker
-from casnap.constants import MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
+from casnap.constants import FAISS_CHUNKERS, MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
 from casnap.formats.faiss import faiss_kind
 from casnap.formats.sqlite import sqlite_page_size
 
@@ -83,10 +83,6 @@ def _triple(spec: dict[str, Any], name: str) -> tuple[int, int, int]:
             f"chunker {spec.get('name')!r}: {name} needs min <= avg <= max, max a multiple of 8"
         )
     return low, avg, high
-
-
-#: The chunkers a config's "faiss" entry may name.
-FAISS_CHUNKERS = ("faiss", "faiss-cdc")
 
 
 #: The smallest record body worth a piece of its own: below it, records are cut by content.
