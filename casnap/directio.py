@@ -86,3 +86,49 @@ def write_new(fd: int, data: bytes | bytearray | memoryview) -> None:
                 _set_direct(fd, False)
         while pos < size:
             pos += _pwrite(fd, view[pos:], pos)
+
+
+def open_direct(path: str | os.PathLike[str]) -> int:
+    """A second, direct descriptor for writing the existing file at path (see write_at); -1
+    where the system or the filesystem has no direct writes."""
+    if not O_DIRECT:
+        return -1
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | O_DIRECT)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return -1
+        raise
+
+
+def write_at(fd: int, direct_fd: int, view: memoryview, pos: int, address: int) -> bool:
+    """Write view at offset pos of a file open twice: the whole BLOCKs of it through direct_fd
+    when their memory is aligned as their offset (address: that of view[0]), the unaligned ends
+    and everything else through fd. Direct and cached writes never share a block. Returns False
+    when the filesystem refused a direct write (what it refused went through fd)."""
+    head = min(len(view), -pos % BLOCK)
+    body = (len(view) - head) // BLOCK * BLOCK
+    if direct_fd < 0 or body == 0 or (address + head) % BLOCK:
+        _pwrite_all(fd, view, pos)
+        return True
+    if head:
+        _pwrite_all(fd, view[:head], pos)
+    done = head
+    ok = True
+    while done < head + body:
+        try:
+            done += _pwrite(direct_fd, view[done : head + body], pos + done)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            ok = False
+        if not ok or done % BLOCK:  # refused, or a short write left an unaligned offset
+            break
+    _pwrite_all(fd, view[done:], pos + done)
+    return ok
+
+
+def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
+    while len(view):
+        n = _pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
