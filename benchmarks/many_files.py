@@ -41,6 +41,7 @@ from tools import (
     ToolError,
     compare_trees,
     empty_dir,
+    evict,
     rss_floor,
 )
 
@@ -169,6 +170,7 @@ class _Run:
     def restore(self, tool: Tool) -> Measured:
         """Restore the last snapshot into an empty dir and compare it with the data dir."""
         target = empty_dir(self.base / "restore" / tool.name)
+        evict(tool.repo)  # every tool reads its repository from the disk (tools.evict)
         measured = tool.restore(self.data, 2, target)
         os.sync()
         self.rows[tool.name].problems = compare_trees(self.data, target).problems[:10]

@@ -31,7 +31,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phase_report import LEGEND, median_phases, phase_table, phases_of  # noqa: E402
-from tools import ROOT, TOOLS, CasnapTool, Measured, Tool, compile_casnap, empty_dir  # noqa: E402
+from tools import (  # noqa: E402
+    ROOT,
+    TOOLS,
+    CasnapTool,
+    Measured,
+    Tool,
+    compile_casnap,
+    empty_dir,
+    evict,
+)
 
 RUNS = ("casnap", "casnap --no-smoke", "restic", "tarzstd")
 
@@ -45,6 +54,7 @@ def last_step(work: Path) -> int:
 def restore(name: str, tools: dict[str, Tool], work: Path, step: int) -> Measured:
     target = empty_dir(work / "restore" / "repeat")
     os.sync()
+    evict(tools[name.split()[0]].repo)  # every tool reads its repository from the disk
     if name == "casnap --no-smoke":
         casnap = tools["casnap"]
         assert isinstance(casnap, CasnapTool)

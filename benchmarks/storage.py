@@ -69,6 +69,7 @@ from tools import (  # noqa: E402 - the benchmarks' own module, beside this scri
     compare_trees,
     compile_casnap,
     empty_dir,
+    evict,
     rss_floor,
     tarzstd_helper,
     tree_size,
@@ -241,6 +242,8 @@ def restore_all(states: list[ToolState], data: Path, work: Path, log: Log) -> No
             continue
         tool = state.tool
         target = empty_dir(work / "restore" / tool.name)
+        settle()
+        evict(tool.repo)  # every tool reads its repository from the disk
         try:
             state.restore = tool.restore(data, state.rows[-1].step, target)
         except (ToolError, OSError) as exc:
@@ -265,6 +268,8 @@ def restore_unchecked(state: ToolState, data: Path, work: Path, log: Log) -> Non
     tool = state.tool
     assert isinstance(tool, CasnapTool)
     target = empty_dir(work / "restore" / f"{tool.name}-no-smoke")
+    settle()
+    evict(tool.repo)
     try:
         state.restore_unchecked = tool.restore_unchecked(data, state.rows[-1].step, target)
     except (ToolError, OSError) as exc:
