@@ -82,10 +82,12 @@ def test_filesystem_refusing_direct_writes_gets_a_whole_object(
     assert (tmp_path / "packs/cd/y").read_bytes() == data
 
 
+@pytest.mark.parametrize("refusal", [errno.EINVAL, errno.EOPNOTSUPP])
 def test_direct_write_refused_midway_goes_on_through_the_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
 ) -> None:
-    """A filesystem asking more alignment than 4 KiB answers EINVAL to the write itself."""
+    """A filesystem asking more alignment than 4 KiB answers EINVAL to the write itself; some
+    network and user-space filesystems take the flag and refuse the write (EOPNOTSUPP)."""
     real = os.pwrite
     calls = []
 
@@ -93,7 +95,7 @@ def test_direct_write_refused_midway_goes_on_through_the_cache(
         direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
         calls.append(direct)
         if direct and len(calls) == 2:
-            raise OSError(errno.EINVAL, "misaligned")
+            raise OSError(refusal, "refused")
         return real(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
