@@ -125,23 +125,16 @@ def plan_tasks(store: Store, refs: bytes) -> Iterator[Task]:
 
 
 def _announce(store: Store, tasks: list[Task]) -> None:
-    """Tell the backend which stretch of each pack tasks will read from, as soon as they are
-    planned: a local one has the kernel read it while earlier tasks are decoded (packs are not
-    in the page cache, see directio.py). A remote backend's spans are fetched ahead already."""
+    """Tell the backend which pack ranges tasks will read, as soon as they are planned: a local
+    one has the kernel read them while earlier tasks are decoded (packs are not in the page
+    cache, see directio.py). A remote backend's spans are fetched ahead of the reads already."""
     if store.backend.remote:
         return
-    spans: dict[int, list[int]] = {}  # per pack, from the first byte read to the last
+    keys = store.index.packs
+    prefetch = store.backend.prefetch
     for task in tasks:
         for r in task.reads:
-            span = spans.get(r.pack)
-            if span is None:
-                spans[r.pack] = [r.start, r.stop]
-            else:
-                span[0] = min(span[0], r.start)
-                span[1] = max(span[1], r.stop)
-    keys = store.index.packs
-    for pack, (start, stop) in spans.items():  # a call per pack: a call per read cost ~5 us
-        store.backend.prefetch(pack_key(keys[pack]), start, stop - start)
+            prefetch(pack_key(keys[r.pack]), r.start, r.stop - r.start)
 
 
 def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:
