@@ -116,25 +116,10 @@ def plan_tasks(store: Store, refs: bytes) -> Iterator[Task]:
     lo = 0
     while lo < n:
         hi = min(n, lo + (min(FIRST_PLAN_REFS, PLAN_REFS) if lo == 0 else PLAN_REFS))
-        tasks = _plan_slice(store, view[lo * REF_SIZE : hi * REF_SIZE], offset)
-        _announce(store, tasks)
-        for task in tasks:
+        for task in _plan_slice(store, view[lo * REF_SIZE : hi * REF_SIZE], offset):
             offset += task.size
             yield task
         lo = hi
-
-
-def _announce(store: Store, tasks: list[Task]) -> None:
-    """Tell the backend which pack ranges tasks will read, as soon as they are planned: a local
-    one has the kernel read them while earlier tasks are decoded (packs are not in the page
-    cache, see directio.py). A remote backend's spans are fetched ahead of the reads already."""
-    if store.backend.remote:
-        return
-    keys = store.index.packs
-    prefetch = store.backend.prefetch
-    for task in tasks:
-        for r in task.reads:
-            prefetch(pack_key(keys[r.pack]), r.start, r.stop - r.start)
 
 
 def _plan_slice(store: Store, refs: memoryview, offset: int) -> list[Task]:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -216,49 +215,3 @@ def test_indexes_left_in_place_are_checked_while_the_rest_is_restored(
     assert result.smoke is not None and result.smoke["ok"]
     done, total = handed[str(out / "faiss" / "flat.index")]
     assert done < total, "the index in place was checked only once every file was written"
-
-
-@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
-def test_pack_ranges_are_announced_to_the_kernel_before_they_are_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A repository's packs are written past the page cache, so a restore reads them from disk:
-    each range a worker reads was handed to the kernel (WILLNEED) when its task was queued, so
-    the disk reads it while earlier tasks are decoded."""
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(5)
-    for n in range(3):
-        (data / f"f{n}.bin").write_bytes(rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes())
-    repo = Repository.init(tmp_path / "repo")
-    sid = commit(repo, data).id
-    packs = str(tmp_path / "repo" / "packs")
-    hinted: dict[str, list[tuple[int, int]]] = {}
-    unhinted: list[tuple[str, int, int]] = []
-    worker_reads: list[int] = []
-    real_fadvise, real_pread = os.posix_fadvise, os.pread
-
-    def where(fd: int) -> str:
-        return os.readlink(f"/proc/self/fd/{fd}")
-
-    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_WILLNEED:
-            hinted.setdefault(where(fd), []).append((offset, offset + length))
-        real_fadvise(fd, offset, length, advice)
-
-    def pread(fd: int, length: int, offset: int) -> bytes:
-        path = where(fd)
-        if path.startswith(packs) and threading.current_thread() is not threading.main_thread():
-            worker_reads.append(length)  # the data; the chunk lists are read as files are planned
-            spans = hinted.get(path, [])
-            if not any(a <= offset and offset + length <= b for a, b in spans):
-                unhinted.append((path, offset, length))
-        return real_pread(fd, length, offset)
-
-    monkeypatch.setattr(os, "posix_fadvise", fadvise)
-    monkeypatch.setattr(os, "pread", pread)
-    result = checkout(repo, sid, tmp_path / "out", safety_snapshot=False, smoke=False)
-    assert result.files_written == 3
-    assert sum(worker_reads) >= 9 << 20 and unhinted == []
-    for n in range(3):
-        assert (tmp_path / "out" / f"f{n}.bin").read_bytes() == (data / f"f{n}.bin").read_bytes()

@@ -195,11 +195,6 @@ class Backend(ABC):
         check_prefix(prefix)
         yield
 
-    def prefetch(self, key: str, offset: int, length: int) -> None:  # noqa: B027 - a hint
-        """A hint that bytes offset..offset+length of key will be read soon (within holding):
-        a local backend has the kernel start reading them. Never fails; the default does
-        nothing."""
-
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release what the backend holds (connections, handles); calling it again is harmless,
         and no other call is made after it. What was stored stays stored. The default holds
@@ -295,9 +290,6 @@ class Wrapper(Backend):
     def holding(self, prefix: str) -> Iterator[None]:
         with self.inner.holding(prefix):
             yield
-
-    def prefetch(self, key: str, offset: int, length: int) -> None:
-        self.inner.prefetch(key, offset, length)
 
 
 def put_verified(backend: Backend, key: str, data: bytes | memoryview) -> bool:

@@ -75,14 +75,6 @@ class EncryptedBackend(Wrapper):
             return memoryview(self.inner.get(key, offset, length))
         return self._view(key, offset, length)
 
-    def prefetch(self, key: str, offset: int, length: int) -> None:
-        """The stored segments of the range, once the object's header is known (no read for it)."""
-        with self._lock:
-            header = self._headers.get(key)
-        if header is not None and length > 0 and offset + length <= header.length:
-            _, start, size = segment_span(header, offset, length)
-            self.inner.prefetch(key, start, size)
-
     def _view(self, key: str, offset: int, length: int | None) -> memoryview:
         try:
             return self._range(key, offset, length, self._header(key))

@@ -47,8 +47,6 @@ def _unreadable(exc: OSError) -> None:
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
-_FADVISE = hasattr(os, "posix_fadvise")
-
 # Descriptors a backend keeps open at most while holding (see LocalBackend.holding); objects
 # past them are opened and closed for each read, as outside it.
 HELD_MAX = 64
@@ -138,31 +136,6 @@ class LocalBackend(Backend):
                 f"{key} is truncated: wanted {length} bytes at offset {offset}, got {len(data)}"
             )
         return data
-
-    def prefetch(self, key: str, offset: int, length: int) -> None:
-        """While holding, the kernel starts reading the range (POSIX_FADV_WILLNEED): packs are
-        written past the page cache (directio.py), so a restore reads them from the disk, and
-        a hint given when a task is queued has the disk busy while earlier ones are decoded.
-        The object is opened and held as a read would; any failure is left to that read."""
-        held = self._held
-        if held is None or length <= 0 or not key.startswith(self._held_prefix):
-            return
-        try:
-            path = os.path.join(self._root, check_key(key))
-            fd = held.get(path, -1)
-            if fd < 0:
-                if len(held) >= HELD_MAX or not _FADVISE:
-                    return
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
-                if not stat.S_ISREG(os.fstat(fd).st_mode) or held.setdefault(path, fd) != fd:
-                    os.close(fd)
-                    fd = held.get(path, -1)
-                    if fd < 0:
-                        return
-            if _FADVISE:
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-        except (OSError, ValueError):
-            return
 
     def _read(
         self, key: str, path: str, offset: int, length: int | None, held: dict[str, int] | None
