@@ -23,7 +23,6 @@ from casnap import compression
 from casnap.chunklist import REF as REF_STRUCT
 from casnap.chunklist import REF_SIZE
 from casnap.constants import SPAN_FETCHERS
-from casnap.directio import BLOCK
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, Hasher, ObjectId
 from casnap.packs import pack_key
@@ -300,9 +299,7 @@ def find_damaged(store: Store, refs: bytes) -> None:
 Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run of zeros
 
 
-def fetch_many(
-    store: Store, task: Task, timer: Phases | None = None, aligned: bool = False
-) -> list[Piece]:
+def fetch_many(store: Store, task: Task, timer: Phases | None = None) -> list[Piece]:
     """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
     thread makes one large write and hash update (which release the GIL) per task; runs of
     zeros come back as their length, to become holes in the file.
@@ -311,8 +308,7 @@ def fetch_many(
     GIL, unlike bytes.join), byte-grouped float frames put back in order on the way. Chunks are
     not hashed one by one here: the caller checks the whole-file BLAKE3, which covers every byte
     (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large runs does not); a
-    mismatch is then traced to its chunk by find_damaged. aligned: the bytes are always copied,
-    into a buffer whose memory is aligned as their offsets in the file (directio.write_at).
+    mismatch is then traced to its chunk by find_damaged.
     """
     timer = timer or Phases()
     reads = task.reads
@@ -322,36 +318,25 @@ def fetch_many(
         for frame, ranges in _frames(store, read, task.spans, timer):
             if out is None:
                 if (
-                    not aligned
-                    and len(ranges) == len(reads) == len(read.frames) == 1
+                    len(ranges) == len(reads) == len(read.frames) == 1
                     and not frame.grouped
                     and len(frame) <= 2 * TASK_BYTES  # a view keeps the whole frame alive
                 ):
                     start, n = ranges[0]  # one piece of a plain frame: no copy at all
                     return _zero_runs(np.frombuffer(frame.data, np.uint8, n, start), task.offset)
-                out = _buffer(task, aligned)
+                out = np.empty(task.size, dtype=np.uint8)
             for start, n in ranges:
                 frame.into(start, out[pos : pos + n])
                 pos += n
     return _zero_runs(out, task.offset) if out is not None else []
 
 
-def _buffer(task: Task, aligned: bool) -> np.ndarray:
-    """task.size bytes to fill; aligned: byte i at an address congruent to task.offset + i
-    modulo directio.BLOCK."""
-    if not aligned:
-        return np.empty(task.size, dtype=np.uint8)
-    raw = np.empty(task.size + BLOCK, dtype=np.uint8)
-    shift = (task.offset - raw.ctypes.data) % BLOCK
-    return raw[shift : shift + task.size]
-
-
-def fetch_timed(store: Store, task: Task, phases: Phases, aligned: bool = False) -> list[Piece]:
+def fetch_timed(store: Store, task: Task, phases: Phases) -> list[Piece]:
     """Worker: fetch_many, its backend reads' seconds added to phases' `read` and the rest of
     its seconds (decoding, copying, finding holes) to `decode`."""
     timer = Phases()
     start = time.perf_counter()
-    pieces = fetch_many(store, task, timer, aligned)
+    pieces = fetch_many(store, task, timer)
     read = timer.seconds("read")
     phases.add("read", read)
     phases.add("decode", time.perf_counter() - start - read)

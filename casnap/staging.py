@@ -126,10 +126,8 @@ def stage_files(
         else:
             full.append(entry)
         seen.add(entry.path)
-    # without the built-in checks nothing reads the staged files soon: past the page cache
-    direct = not checks.builtin
     with (
-        ThreadPoolExecutor(max_workers=workers(repo, direct)) as pool,
+        ThreadPoolExecutor(max_workers=workers(repo)) as pool,
         Durable(stage.dir.fd, str(stage.parent_path / stage.name), phases) as durable,
     ):
 
@@ -149,20 +147,18 @@ def stage_files(
             before[entry.path] = fp
             checks.staged(entry.path, dest, head)
 
-        window = 2 * workers(repo, direct) + 2
+        window = 2 * workers(repo) + 2
         for entry in full:
             _mkdirs((stage.path / entry.path).parent)
         write_files(
-            repo, [(e, stage.path / e.path) for e in full], pool, window, written, bar.add,
-            phases, direct,
-        )  # fmt: skip
+            repo, [(e, stage.path / e.path) for e in full], pool, window, written, bar.add, phases
+        )
         again, failed = smallstage.stage_small(
             repo, stage.dir.fd, stage.path, small, pool, window, staged, phases
         )
         write_files(
-            repo, [(e, stage.path / e.path) for e in again], pool, window, written, bar.add,
-            phases, direct,
-        )  # fmt: skip
+            repo, [(e, stage.path / e.path) for e in again], pool, window, written, bar.add, phases
+        )
         if failed is not None:  # its files restored when read again: the read had failed
             raise failed
         for entry in linked:
@@ -457,13 +453,11 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def workers(repo: Repository | None = None, direct: bool = False) -> int:
+def workers(repo: Repository | None = None) -> int:
     """Worker threads for restoring: one per core, at least two. On a repository that is not a
     local directory (S3) too: its reads are fetched as spans on threads of their own (spans.py),
-    so workers only decode and write, and more of them than cores would only contend. Writing
-    past the page cache, two more: a worker waiting for the disk to take its write leaves its
-    core to another (1.7 GB restore: 3.9 -> 3.5 s)."""
-    return pipeline.cpu_workers() + (2 if direct else 0)
+    so workers only decode and write, and more of them than cores would only contend."""
+    return pipeline.cpu_workers()
 
 
 def _mkdirs(folder: Path) -> None:

@@ -13,6 +13,7 @@ what is written start every few MiB on a thread of their own (writeback.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
@@ -20,14 +21,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from casnap import directio, pipeline
+from casnap import pipeline
 from casnap.constants import SPAN_FETCHERS
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import Hasher
 from casnap.manifest import FileEntry
 from casnap.packs import PACKS
 from casnap.phases import Phases
-from casnap.pipeline import Piece
 from casnap.repository import Repository
 from casnap.store import Store
 from casnap.writeback import STEP, Writeback
@@ -39,13 +39,9 @@ _ZEROS = bytes(pipeline.TASK_BYTES)  # hashed in place of the runs of zeros left
 class _File:
     """One file being written: its descriptor, chunk list and the hash of its bytes so far."""
 
-    __slots__ = (
-        "entry", "dest", "fd", "direct_fd", "refs", "hasher", "size", "holes", "wb", "flushed"
-    )  # fmt: skip
+    __slots__ = ("entry", "dest", "fd", "refs", "hasher", "size", "holes", "wb", "flushed")
 
-    def __init__(
-        self, entry: FileEntry, dest: Path, refs: bytes, writeback: Writeback, direct: bool
-    ) -> None:
+    def __init__(self, entry: FileEntry, dest: Path, refs: bytes, writeback: Writeback) -> None:
         self.entry = entry
         self.dest = dest
         self.refs = refs
@@ -53,23 +49,11 @@ class _File:
         self.size = 0
         self.holes = False
         self.flushed = 0  # bytes whose writeback was started
-        self.fd = self.direct_fd = -1
         try:
             self.fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            # its whole blocks past the page cache (directio.py), when asked and allowed
-            self.direct_fd = directio.open_direct(dest) if direct and entry.size else -1
         except OSError as exc:
-            if self.fd >= 0:
-                os.close(self.fd)
             raise from_oserror(exc, f"writing {dest.parent}") from exc
         self.wb = writeback.open(self.fd)
-
-    def close(self) -> None:
-        """Close its descriptors (both, once)."""
-        fd, dfd, self.fd, self.direct_fd = self.fd, self.direct_fd, -1, -1
-        for d in (fd, dfd):
-            if d >= 0:
-                os.close(d)
 
     def written(self, writeback: Writeback, last: bool = False) -> None:
         """Every byte before `size` is written: start its writeback every STEP bytes, and for
@@ -82,23 +66,29 @@ class _File:
             self.wb = -1
 
 
-def _fetch_and_write(store: Store, task: pipeline.Task, f: _File, phases: Phases) -> list[Piece]:
+def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
+    while len(view):
+        n = os.pwrite(fd, view, pos)
+        if n <= 0:  # never for a regular file with room; no endless loop if it ever happens
+            raise OSError(errno.EIO, "the write wrote nothing")
+        view, pos = view[n:], pos + n
+
+
+def _fetch_and_write(
+    store: Store, task: pipeline.Task, fd: int, phases: Phases
+) -> list[pipeline.Piece]:
     """Worker: a task's bytes read, decoded and written at their place in the file (runs of
-    zeros skipped: holes; whole blocks direct when the file has a direct descriptor); returns
-    them for the calling thread to hash."""
-    dfd = f.direct_fd
-    pieces = pipeline.fetch_timed(store, task, phases, aligned=dfd >= 0)
+    zeros skipped: holes); returns them for the calling thread to hash."""
+    pieces = pipeline.fetch_timed(store, task, phases)
     start = time.perf_counter()
     pos = task.offset
     for piece in pieces:
         if isinstance(piece, int):
             pos += piece
             continue
-        if isinstance(piece, memoryview):
-            directio.write_at(f.fd, -1, piece, pos, 0)
-        elif not directio.write_at(f.fd, dfd, piece.data, pos, piece.ctypes.data):
-            dfd = -1  # the filesystem refused: the rest of the task through the cache
-        pos += piece.nbytes
+        view = piece if isinstance(piece, memoryview) else piece.data
+        _pwrite_all(fd, view, pos)
+        pos += len(view)
     phases.since("write", start)
     return pieces
 
@@ -111,29 +101,26 @@ def write_files(
     done: Done | None = None,
     tick: Callable[[int], None] | None = None,
     phases: Phases | None = None,
-    direct: bool = False,
 ) -> None:
     """Write each entry's bytes to its dest (a new file; not fsynced: callers that keep it do),
     every file's BLAKE3 and size checked against its entry (IntegrityError naming the file, and
     the damaged chunk when one is), mode and mtime set; done(entry, dest) is called for each in
     order once it is complete. At most `window` tasks (under 2 MiB of output each) are in flight
     over all files. tick gets the bytes of every task hashed (progress). The time of each step
-    goes to phases: plan (chunk lists and the plan of reads), read, decode, write, verify.
-    direct: whole blocks are written past the page cache (nobody reads them soon: see
-    directio.py; the bytes are still hashed as they are written)."""
+    goes to phases: plan (chunk lists and the plan of reads), read, decode, write, verify."""
     phases = phases or Phases()
     store = repo.store
     window = max(1, min(window, pipeline.MAX_TASKS_IN_FLIGHT))
     opened: list[_File] = []
     writeback = Writeback()
-    inflight: deque[tuple[_File, Future[list[Piece]] | None]] = deque()
+    inflight: deque[tuple[_File, Future[list[pipeline.Piece]] | None]] = deque()
     fetcher = None
     if store.backend.remote:  # a request per read would cost more than the reading
         fetcher = ThreadPoolExecutor(SPAN_FETCHERS, thread_name_prefix="casnap-fetch")
 
     def planned() -> Iterator[tuple[_File, pipeline.Task | None]]:
         for entry, dest in files:
-            f = _File(entry, dest, repo.file_refs(entry), writeback, direct)
+            f = _File(entry, dest, repo.file_refs(entry), writeback)
             opened.append(f)
             for task in pipeline.plan_tasks(store, f.refs):
                 yield f, task
@@ -172,7 +159,7 @@ def write_files(
                 if task is None:
                     inflight.append((f, None))
                     continue
-                inflight.append((f, pool.submit(_fetch_and_write, store, task, f, phases)))
+                inflight.append((f, pool.submit(_fetch_and_write, store, task, f.fd, phases)))
                 running += 1
                 while running >= window:
                     running -= take()
@@ -185,7 +172,8 @@ def write_files(
             wait(futures)  # none may write to a descriptor closed (and reused) below
             for f in opened:
                 writeback.close(f.wb)
-                f.close()
+                if f.fd >= 0:
+                    os.close(f.fd)
             writeback.stop()
             if fetcher is not None:
                 fetcher.shutdown(wait=True, cancel_futures=True)
@@ -195,7 +183,7 @@ def _task_of(item: tuple[_File, pipeline.Task | None]) -> pipeline.Task | None:
     return item[1]
 
 
-def _hash(f: _File, pieces: list[Piece]) -> int:
+def _hash(f: _File, pieces: list[pipeline.Piece]) -> int:
     """Add a task's bytes (zero runs as zeros) to its file's hash; returns their count."""
     n = 0
     for piece in pieces:
@@ -246,7 +234,7 @@ def _finish(
     except OSError:
         pass
     f.written(writeback, last=True)
-    f.refs = b""
-    f.close()
+    fd, f.fd, f.refs = f.fd, -1, b""
+    os.close(fd)
     if done is not None:
         done(entry, f.dest)

@@ -8,7 +8,6 @@ import fcntl
 import os
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -121,80 +120,3 @@ def test_full_disk_during_a_direct_write_leaves_no_object(
         backend.put("packs/01/w", random.Random(3).randbytes(2 * directio.BUFFER_SIZE))
     assert not (tmp_path / "packs/01/w").exists()
     assert os.listdir(tmp_path / "packs/01") == []  # no temp file left either
-
-
-def _data_dir(root: Path) -> Path:
-    """Random bytes of no round size, a file with 64 KiB runs of zeros (holes), a tiny one."""
-    data = root / "data"
-    data.mkdir()
-    rng = random.Random(7)
-    (data / "a.bin").write_bytes(rng.randbytes(5 * 1024 * 1024 + 123))
-    sparse = bytearray(rng.randbytes(3 * 1024 * 1024))
-    sparse[1 << 20 : 2 << 20] = bytes(1 << 20)
-    (data / "b.bin").write_bytes(bytes(sparse))
-    (data / "c.txt").write_bytes(b"small")
-    return data
-
-
-def _restore(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke: bool
-) -> tuple[Path, Path, list[tuple[int, int, bool]]]:
-    from casnap.committer import commit
-    from casnap.repository import Repository
-    from casnap.restorer import checkout
-
-    data = _data_dir(tmp_path)
-    repo = Repository.init(tmp_path / "repo")
-    sid = commit(repo, data).id
-    seen = _writes(monkeypatch)
-    out = tmp_path / "out"
-    checkout(repo, sid, out, safety_snapshot=False, smoke=smoke)
-    for name in ("a.bin", "b.bin", "c.txt"):
-        assert (out / name).read_bytes() == (data / name).read_bytes()
-    return data, out, seen
-
-
-def test_checkout_without_smoke_checks_writes_whole_blocks_direct(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Nothing reads the restored files soon: their whole blocks go past the page cache."""
-    _, _, seen = _restore(tmp_path, monkeypatch, smoke=False)
-    direct = [(off, n) for off, n, d in seen if d]
-    assert sum(n for _, n in direct) >= 6.5 * 1024 * 1024  # nearly all of a.bin and b.bin
-    assert all(off % directio.BLOCK == 0 and n % directio.BLOCK == 0 for off, n in direct)
-
-
-def test_checkout_with_smoke_checks_writes_through_the_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The checks read every staged database and index right away: they stay cached."""
-    _, _, seen = _restore(tmp_path, monkeypatch, smoke=True)
-    assert seen and not [d for _, _, d in seen if d]
-
-
-def test_checkout_on_a_filesystem_refusing_direct_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Some refuse at open, some at the first write (more alignment than 4 KiB): each file
-    is still whole."""
-    real_open = os.open
-    opened = []
-
-    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & O_DIRECT and len(opened) % 2 == 0:
-            opened.append(path)
-            raise OSError(errno.EINVAL, "no direct I/O here")
-        opened.append(path)
-        return real_open(path, flags, *args, **kwargs)
-
-    real_pwrite = os.pwrite
-
-    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
-            raise OSError(errno.EINVAL, "misaligned")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(os, "open", open_)
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    _restore(tmp_path, monkeypatch, smoke=False)
-    assert opened
