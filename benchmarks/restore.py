@@ -40,6 +40,8 @@ from tools import (  # noqa: E402
     compile_casnap,
     empty_dir,
     evict,
+    free_memory_alike,
+    tree_size,
 )
 
 RUNS = ("casnap", "casnap --no-smoke", "restic", "tarzstd")
@@ -55,6 +57,7 @@ def restore(name: str, tools: dict[str, Tool], work: Path, step: int) -> Measure
     target = empty_dir(work / "restore" / "repeat")
     os.sync()
     evict(tools[name.split()[0]].repo)  # every tool reads its repository from the disk
+    free_memory_alike(work, 2 * tree_size(work / "data"))  # the first restore too
     if name == "casnap --no-smoke":
         casnap = tools["casnap"]
         assert isinstance(casnap, CasnapTool)

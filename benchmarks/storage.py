@@ -70,6 +70,7 @@ from tools import (  # noqa: E402 - the benchmarks' own module, beside this scri
     compile_casnap,
     empty_dir,
     evict,
+    free_memory_alike,
     rss_floor,
     tarzstd_helper,
     tree_size,
@@ -244,6 +245,7 @@ def restore_all(states: list[ToolState], data: Path, work: Path, log: Log) -> No
         target = empty_dir(work / "restore" / tool.name)
         settle()
         evict(tool.repo)  # every tool reads its repository from the disk
+        free_memory_alike(work, 2 * tree_size(data))  # as for every restore after the first
         try:
             state.restore = tool.restore(data, state.rows[-1].step, target)
         except (ToolError, OSError) as exc:
@@ -270,6 +272,7 @@ def restore_unchecked(state: ToolState, data: Path, work: Path, log: Log) -> Non
     target = empty_dir(work / "restore" / f"{tool.name}-no-smoke")
     settle()
     evict(tool.repo)
+    free_memory_alike(work, 2 * tree_size(data))
     try:
         state.restore_unchecked = tool.restore_unchecked(data, state.rows[-1].step, target)
     except (ToolError, OSError) as exc:

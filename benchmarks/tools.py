@@ -209,6 +209,21 @@ def evict(root: Path) -> None:
             os.close(fd)
 
 
+def free_memory_alike(scratch: Path, nbytes: int) -> None:
+    """Write nbytes to a scratch file under scratch and delete it, untimed, so the next command
+    finds that much memory freed a moment ago, as every restore but the first of a run does
+    (the one before it deleted its restored tree). On this virtual machine filling memory the
+    kernel has not used lately costs several times more than filling memory just freed
+    (docs/TUNING.md, "Packs past the page cache"): without this the first restore of a run,
+    casnap's, paid that alone."""
+    block = bytes(4 << 20)
+    path = scratch / ".memory-scratch"
+    with open(path, "wb") as f:
+        for _ in range(max(1, nbytes // len(block))):
+            f.write(block)
+    path.unlink()
+
+
 def tree_size(root: Path) -> int:
     """Sum of the sizes of the files below ``root`` (0 if it does not exist)."""
     if not root.exists():
