@@ -1,13 +1,14 @@
 """Writing a large new file past the page cache (O_DIRECT) when it is fsynced right after.
 
 A pack goes to disk once and is fsynced at once: the page cache holds nothing a reader wants
-soon, yet filling it costs the kernel a fresh cache page per 4 KiB. On a virtual machine whose
-idle memory the host takes back, that is ~2.4 ms of system CPU per MiB (measured here: 0.57 s
-for 240 MiB written, then 0.10 s to fsync; direct: 0.01 s of CPU, 0.13-0.17 s in all), as much as
-compressing it. Direct writes need offset, length and memory aligned: the data goes through one
-aligned buffer per thread, and the unaligned tail, a filesystem that refuses direct writes
-(EINVAL, EOPNOTSUPP) or one that asks more alignment than 4 KiB goes through the cache. The caller
-still fsyncs: that makes the file's size and blocks durable.
+soon, yet filling it costs the kernel fresh cache pages. On the virtual machine casnap is
+measured on, pages not used lately cost ~2.4 ms of system CPU per MiB (0.57 s for 240 MiB
+written, then 0.10 s to fsync; direct: 0.01 s of CPU, 0.13-0.17 s in all), as much as
+compressing them (docs/TUNING.md, "Packs past the page cache"). Direct writes need offset,
+length and memory aligned: the data goes through one aligned buffer per thread, and the
+unaligned tail, a filesystem that refuses direct writes (EINVAL, EOPNOTSUPP) or one that asks
+more alignment than 4 KiB goes through the cache. The caller still fsyncs: that makes the
+file's size and blocks durable.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _pwrite(fd: int, view: memoryview, offset: int) -> int:
 
 def _write_direct(fd: int, view: memoryview, end: int) -> int:
     """Write view[:end] (a multiple of BLOCK) directly; returns how far it got before the
-    filesystem refused a direct write (EINVAL) or a short write left an unaligned offset."""
+    filesystem refused a direct write or a short write left an unaligned offset."""
     buf = _buffer()
     pos = 0
     while pos < end:
