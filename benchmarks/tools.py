@@ -222,6 +222,7 @@ def free_memory_alike(scratch: Path, nbytes: int) -> None:
         for _ in range(max(1, nbytes // len(block))):
             f.write(block)
     path.unlink()
+    os.sync()  # no write-back of it left running into the timed command
 
 
 def tree_size(root: Path) -> int:
