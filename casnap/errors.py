@@ -98,7 +98,8 @@ class TransientError(CasnapError):
 
 
 class StorageFull(CasnapError):
-    """A write failed because the disk is full or over quota."""
+    """A write failed because the disk is full or over quota, or the file would pass the size
+    a process or filesystem allows."""
 
     exit_code = 8
 
@@ -180,6 +181,8 @@ def from_oserror(exc: OSError, what: str) -> CasnapError:
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(f"{what}: no space left on device")
+    if exc.errno == errno.EFBIG:  # the process's file size limit, or the filesystem's (FAT: 4 GiB)
+        return StorageFull(f"{what}: file too large for the file size limit or the filesystem")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AccessDenied(f"{what}: {reason}")
     return CasnapError(f"{what}: {reason}")

@@ -246,3 +246,30 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
     assert res["fourth"][0] == 0, res
     assert res["snapshots"] == 2
     assert left_by_first == []
+
+
+def test_a_commit_past_the_file_size_limit_is_a_storage_error(tmp_path: Path) -> None:
+    """A pack larger than the process may write (ulimit -f, or a filesystem's largest file, as
+    FAT's 4 GiB) is refused with EFBIG: one line and the storage exit code, as a full disk, and
+    the repository keeps its earlier snapshots."""
+    import resource
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "small.txt").write_text("kept\n")
+    repo = tmp_path / "repo"
+    base = [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data)]
+    assert subprocess.run([*base, "commit"], capture_output=True).returncode == 0
+    (data / "big.bin").write_bytes(os.urandom(3 << 20))  # a pack past the 1 MiB limit
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    p = subprocess.run([*base, "commit"], capture_output=True, text=True, preexec_fn=limit)
+    assert p.returncode == StorageFull.exit_code, p.stderr
+    assert p.stderr.count("\n") == 1 and "too large" in p.stderr and "Traceback" not in p.stderr
+    (data / "big.bin").unlink()
+    v = subprocess.run([*base, "verify"], capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr
