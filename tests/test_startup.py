@@ -178,6 +178,12 @@ def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
         assert seen.read_text().strip() == expected
 
 
+def _sigint_default() -> None:
+    """In the child: Ctrl-C as a terminal gives it, whatever the suite was started with (a
+    background job of a script ignores SIGINT, and its children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # Ctrl-C arrives as click, the first module of the command line, is looked for; then RUN
 INTERRUPT_AT_CLICK = """
 import os, runpy, signal, sys
@@ -195,7 +201,12 @@ def _assert_interrupted_while_loading(run: str, tmp_path: Path) -> None:
     traceback of the import that was running."""
     code = INTERRUPT_AT_CLICK + run + "\nprint('not reached')\n"
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        preexec_fn=_sigint_default,
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
@@ -216,7 +227,13 @@ def test_importing_casnap_elsewhere_leaves_interrupts_alone(tmp_path: Path) -> N
         "except KeyboardInterrupt:\n"
         "    print('caught')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_sigint_default,
+    )
     assert proc.stdout == "caught\n", proc.stderr
 
 
@@ -262,7 +279,12 @@ def test_a_program_named_casnap_using_the_library_keeps_its_keyboard_interrupt(
         "    print('caught')\n"
     )
     proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        preexec_fn=_sigint_default,
     )
     assert proc.stdout == "caught\n", (proc.returncode, proc.stderr)
 
