@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from casnap.committer import commit
 from casnap.repository import Repository
@@ -178,10 +179,19 @@ def test_commands_casnap_runs_for_the_user_see_the_users_blas_setting(
         assert seen.read_text().strip() == expected
 
 
-def _sigint_default() -> None:
-    """In the child: Ctrl-C as a terminal gives it, whatever the suite was started with (a
-    background job of a script ignores SIGINT, and its children inherit that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _child(
+    argv: list[str], cwd: Path, sigint: Any = signal.SIG_DFL
+) -> subprocess.CompletedProcess[str]:
+    """Run argv with SIGINT as given, by default as a terminal gives it, whatever the suite was
+    started with (a background job of a script ignores SIGINT, and its children inherit that)."""
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+    )
 
 
 # Ctrl-C arrives as click, the first module of the command line, is looked for; then RUN
@@ -200,14 +210,7 @@ def _assert_interrupted_while_loading(run: str, tmp_path: Path) -> None:
     """Ctrl-C while the command line loads (nothing written yet): exit 130 with one line, not a
     traceback of the import that was running."""
     code = INTERRUPT_AT_CLICK + run + "\nprint('not reached')\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-        preexec_fn=_sigint_default,
-    )
+    proc = _child([sys.executable, "-c", code], tmp_path)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
 
@@ -227,13 +230,7 @@ def test_importing_casnap_elsewhere_leaves_interrupts_alone(tmp_path: Path) -> N
         "except KeyboardInterrupt:\n"
         "    print('caught')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=_sigint_default,
-    )
+    proc = _child([sys.executable, "-c", code], tmp_path)
     assert proc.stdout == "caught\n", proc.stderr
 
 
@@ -252,14 +249,7 @@ def test_the_console_script_keeps_interrupts_ignored_when_started_so(tmp_path: P
         "from casnap.start import main\n"
         "main()\n"  # ends the process once its exit handlers ran
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    proc = _child([sys.executable, "-c", code], tmp_path, signal.SIG_IGN)
     assert proc.stdout.splitlines()[-1] == "True True", proc.stderr
 
 
@@ -278,14 +268,7 @@ def test_a_program_named_casnap_using_the_library_keeps_its_keyboard_interrupt(
         "except KeyboardInterrupt:\n"
         "    print('caught')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        preexec_fn=_sigint_default,
-    )
+    proc = _child([sys.executable, str(script)], ROOT)
     assert proc.stdout == "caught\n", (proc.returncode, proc.stderr)
 
 
