@@ -41,10 +41,8 @@ from tools import (
     ToolError,
     compare_trees,
     empty_dir,
-    evict,
-    free_memory_alike,
     rss_floor,
-    tree_size,
+    start_restore_alike,
 )
 
 DEFAULT_TOOLS = ("casnap", "restic", "borg")
@@ -172,8 +170,7 @@ class _Run:
     def restore(self, tool: Tool) -> Measured:
         """Restore the last snapshot into an empty dir and compare it with the data dir."""
         target = empty_dir(self.base / "restore" / tool.name)
-        evict(tool.repo)  # every tool reads its repository from the disk (tools.evict)
-        free_memory_alike(self.base, 2 * tree_size(self.data))  # the first restore too
+        start_restore_alike(tool.repo, self.base, self.data)
         measured = tool.restore(self.data, 2, target)
         os.sync()
         self.rows[tool.name].problems = compare_trees(self.data, target).problems[:10]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -39,9 +38,7 @@ from tools import (  # noqa: E402
     Tool,
     compile_casnap,
     empty_dir,
-    evict,
-    free_memory_alike,
-    tree_size,
+    start_restore_alike,
 )
 
 RUNS = ("casnap", "casnap --no-smoke", "restic", "tarzstd")
@@ -55,9 +52,7 @@ def last_step(work: Path) -> int:
 
 def restore(name: str, tools: dict[str, Tool], work: Path, step: int) -> Measured:
     target = empty_dir(work / "restore" / "repeat")
-    os.sync()
-    evict(tools[name.split()[0]].repo)  # every tool reads its repository from the disk
-    free_memory_alike(work, 2 * tree_size(work / "data"))  # the first restore too
+    start_restore_alike(tools[name.split()[0]].repo, work, work / "data")
     if name == "casnap --no-smoke":
         casnap = tools["casnap"]
         assert isinstance(casnap, CasnapTool)

@@ -69,9 +69,8 @@ from tools import (  # noqa: E402 - the benchmarks' own module, beside this scri
     compare_trees,
     compile_casnap,
     empty_dir,
-    evict,
-    free_memory_alike,
     rss_floor,
+    start_restore_alike,
     tarzstd_helper,
     tree_size,
 )
@@ -243,9 +242,7 @@ def restore_all(states: list[ToolState], data: Path, work: Path, log: Log) -> No
             continue
         tool = state.tool
         target = empty_dir(work / "restore" / tool.name)
-        settle()
-        evict(tool.repo)  # every tool reads its repository from the disk
-        free_memory_alike(work, 2 * tree_size(data))  # as for every restore after the first
+        start_restore_alike(tool.repo, work, data)
         try:
             state.restore = tool.restore(data, state.rows[-1].step, target)
         except (ToolError, OSError) as exc:
@@ -270,9 +267,7 @@ def restore_unchecked(state: ToolState, data: Path, work: Path, log: Log) -> Non
     tool = state.tool
     assert isinstance(tool, CasnapTool)
     target = empty_dir(work / "restore" / f"{tool.name}-no-smoke")
-    settle()
-    evict(tool.repo)
-    free_memory_alike(work, 2 * tree_size(data))
+    start_restore_alike(tool.repo, work, data)
     try:
         state.restore_unchecked = tool.restore_unchecked(data, state.rows[-1].step, target)
     except (ToolError, OSError) as exc:

@@ -225,6 +225,15 @@ def free_memory_alike(scratch: Path, nbytes: int) -> None:
     os.sync()  # no write-back of it left running into the timed command
 
 
+def start_restore_alike(repo: Path, scratch: Path, data: Path) -> None:
+    """What every timed restore starts from (benchmarks/README.md, "Clean start for each
+    tool"): nothing left to write back, the repository out of the page cache, and twice the
+    data dir's size of memory freed a moment ago."""
+    os.sync()
+    evict(repo)
+    free_memory_alike(scratch, 2 * tree_size(data))
+
+
 def tree_size(root: Path) -> int:
     """Sum of the sizes of the files below ``root`` (0 if it does not exist)."""
     if not root.exists():
