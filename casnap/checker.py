@@ -24,10 +24,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from casnap import filecheck
+from casnap.backends.local import LocalBackend
 from casnap.chunkindex import IdSet, IndexEntry
 from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
+from casnap.fsutil import left_by_dead_process
 from casnap.ids import ObjectId, is_hex_prefix
+from casnap.locks import LOCKS
 from casnap.manifest import Snapshot, complete
 from casnap.packs import (
     check_pack_entries,
@@ -179,8 +182,17 @@ def verify(
         repo.refresh()
         checker = _Checker(repo, read_data or subset_pct is not None, select, progress)
         report = checker.run(refs, subset_pct, seed)
+        report.notes += _leftovers(repo)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _leftovers(repo: Repository) -> list[str]:
+    """A note on the temp files writers killed on this host left (not a running writer's)."""
+    local = repo.raw_backend
+    found = local.temp_files(skip=LOCKS) if isinstance(local, LocalBackend) else []
+    n = sum(left_by_dead_process(p.name) for p in found)
+    return [f"{n} temp file(s) of interrupted writes: the next gc removes them"] if n else []
 
 
 class _Checker:

@@ -26,6 +26,7 @@ from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.entrytable import EntryTable, merge_parts
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId
+from casnap.locks import LOCKS
 from casnap.packs import (
     DIR_ENTRY_SIZE,
     check_pack_entries,
@@ -478,7 +479,4 @@ def _write_index(
 def _temp_files(repo: Repository) -> list[Path]:
     """Leftover temp files of interrupted writes; lock attempts of waiting processes excluded."""
     backend = repo.raw_backend
-    if not isinstance(backend, LocalBackend):
-        return []
-    locks_dir = backend.root / "locks"
-    return sorted(p for p in backend.temp_files() if locks_dir not in p.parents)
+    return backend.temp_files(skip=LOCKS) if isinstance(backend, LocalBackend) else []

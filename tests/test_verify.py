@@ -270,3 +270,28 @@ def test_filters_without_snapshot_ids_narrow_what_verify_follows(tmp_path: Path)
     assert json.loads(out)["snapshots_checked"] == 1
     code, out = run(*base, "verify", "--host", "no-such-host")
     assert code == 4 and "no snapshot to verify" in out, out
+
+
+def test_verify_names_the_temp_files_a_killed_writer_left(tmp_path: Path) -> None:
+    """A commit killed while it wrote a pack leaves its temp file: verify says so (a note, the
+    repository is whole) and that gc removes it; a running writer's temp file is not named."""
+    import subprocess
+    import sys
+
+    from casnap.fsutil import HOST_TAG, temp_name
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    repo = Repository.init(tmp_path / "repo")
+    commit(repo, data)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    folder = tmp_path / "repo" / "packs" / "ab"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f".casnap-tmp-{gone}-{HOST_TAG}-0123").write_bytes(b"x" * 3000)
+    (folder / temp_name()).write_bytes(b"y")  # this process's own: a writer still running
+    report = verify(Repository.open(tmp_path / "repo"))
+    assert report.ok
+    notes = [n for n in report.notes if "temp file" in n]
+    assert len(notes) == 1 and notes[0].startswith("1 temp file") and "gc" in notes[0], notes

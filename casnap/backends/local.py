@@ -208,6 +208,9 @@ class LocalBackend(Backend):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def temp_files(self) -> builtins.list[Path]:
-        """Leftover temp files of interrupted writes (safe to remove when no writer runs)."""
-        return [p for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
+    def temp_files(self, skip: str = "") -> builtins.list[Path]:
+        """Leftover temp files of interrupted writes (safe to remove when no writer runs), in
+        name order; skip: a folder (a prefix such as "locks/") whose temp files are left out."""
+        below = self.root / skip if skip else None
+        found = (p for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file())
+        return sorted(p for p in found if below is None or below not in p.parents)
