@@ -56,6 +56,13 @@ def _pwrite(fd: int, view: memoryview, offset: int) -> int:
     return n
 
 
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """Write all of view at offset of fd, however many calls it takes."""
+    while len(view):
+        n = _pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def _write_direct(fd: int, view: memoryview, end: int) -> int:
     """Write view[:end] (a multiple of BLOCK) directly; returns how far it got before the
     filesystem refused a direct write or a short write left an unaligned offset."""
@@ -88,5 +95,4 @@ def write_new(fd: int, data: bytes | bytearray | memoryview) -> None:
                 pos = _write_direct(fd, view, aligned)
             finally:
                 _set_direct(fd, False)
-        while pos < size:
-            pos += _pwrite(fd, view[pos:], pos)
+        pwrite_all(fd, view[pos:], pos)

@@ -13,7 +13,6 @@ what is written start every few MiB on a thread of their own (writeback.py).
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from casnap import pipeline
 from casnap.constants import SPAN_FETCHERS
+from casnap.directio import pwrite_all
 from casnap.errors import IntegrityError, from_oserror
 from casnap.ids import Hasher
 from casnap.manifest import FileEntry
@@ -66,14 +66,6 @@ class _File:
             self.wb = -1
 
 
-def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
-    while len(view):
-        n = os.pwrite(fd, view, pos)
-        if n <= 0:  # never for a regular file with room; no endless loop if it ever happens
-            raise OSError(errno.EIO, "the write wrote nothing")
-        view, pos = view[n:], pos + n
-
-
 def _fetch_and_write(
     store: Store, task: pipeline.Task, fd: int, phases: Phases
 ) -> list[pipeline.Piece]:
@@ -87,7 +79,7 @@ def _fetch_and_write(
             pos += piece
             continue
         view = piece if isinstance(piece, memoryview) else piece.data
-        _pwrite_all(fd, view, pos)
+        pwrite_all(fd, view, pos)
         pos += len(view)
     phases.since("write", start)
     return pieces
