@@ -24,13 +24,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from casnap import filecheck
-from casnap.backends.local import LocalBackend
 from casnap.chunkindex import IdSet, IndexEntry
 from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.fsutil import left_by_dead_process
 from casnap.ids import ObjectId, is_hex_prefix
-from casnap.locks import LOCKS
 from casnap.manifest import Snapshot, complete
 from casnap.packs import (
     check_pack_entries,
@@ -189,9 +187,9 @@ def verify(
 
 def _leftovers(repo: Repository) -> list[str]:
     """A note on the temp files writers killed on this host left (not a running writer's)."""
-    local = repo.raw_backend
-    found = local.temp_files(skip=LOCKS) if isinstance(local, LocalBackend) else []
-    n = sum(left_by_dead_process(p.name) for p in found)
+    from casnap.collector import temp_files  # gc's list: loaded by verify alone, not checkouts
+
+    n = sum(left_by_dead_process(p.name) for p in temp_files(repo))
     return [f"{n} temp file(s) of interrupted writes: the next gc removes them"] if n else []
 
 

@@ -337,7 +337,7 @@ def plan(
         or len(table) != distinct  # a blob with several entries
     )
     keep = _Keep(table.packs, kids, kf, spans)
-    return GcPlan(report, fates, keep, index_keys, _temp_files(repo), rewrite, packs)
+    return GcPlan(report, fates, keep, index_keys, temp_files(repo), rewrite, packs)
 
 
 def _new_index(
@@ -476,7 +476,8 @@ def _write_index(
     return key
 
 
-def _temp_files(repo: Repository) -> list[Path]:
-    """Leftover temp files of interrupted writes; lock attempts of waiting processes excluded."""
+def temp_files(repo: Repository) -> list[Path]:
+    """Leftover temp files of interrupted writes; lock attempts of waiting processes excluded
+    (what gc removes; verify names those whose writer is gone)."""
     backend = repo.raw_backend
     return backend.temp_files(skip=LOCKS) if isinstance(backend, LocalBackend) else []
