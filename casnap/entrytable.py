@@ -17,6 +17,8 @@ from casnap.chunkindex import (
     find_rows,
     id_keys,
     id_matrix,
+    join_fields,
+    take_fields,
 )
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, ObjectId
@@ -48,9 +50,9 @@ def merge_parts(
     if not field_parts:
         return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
     ids = np.concatenate(ids_parts)
-    fields = np.concatenate(field_parts)
+    fields = join_fields(field_parts)
     order = np.lexsort((fields["inner"], fields["offset"], fields["pack"]))
-    return [ObjectId(p) for p in used], ids[order], fields[order]
+    return [ObjectId(p) for p in used], ids[order], take_fields(fields, order)
 
 
 def _repeated_rows(
@@ -104,7 +106,7 @@ class EntryTable:
             ids_parts.append(np.asarray(ids, dtype=np.uint8).reshape(-1, ID_SIZE))
             field_parts.append(fields)
         ids = np.concatenate(ids_parts) if ids_parts else np.zeros((0, ID_SIZE), np.uint8)
-        fields = np.concatenate(field_parts) if field_parts else np.zeros(0, FIELD_DTYPE)
+        fields = join_fields(field_parts) if field_parts else np.zeros(0, FIELD_DTYPE)
         del ids_parts, field_parts
         keys = id_keys(ids)
         order = np.argsort(keys, kind="stable")  # an id's entries: adjacent, first seen first
@@ -119,7 +121,7 @@ class EntryTable:
                 keep[drop] = False
                 renumber = np.cumsum(keep) - 1
                 order = renumber[order[keep[order]]]
-                ids, fields = ids[keep], fields[keep]
+                ids, fields = ids[keep], take_fields(fields, keep)
                 sorted_keys = id_keys(ids)[order]
         self.ids: np.ndarray = ids
         self.fields: np.ndarray = fields

@@ -13,7 +13,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from casnap.chunkindex import BLOB_TYPES, FIELD_DTYPE, IdSet, encode_index, id_matrix
+from casnap.chunkindex import (
+    BLOB_TYPES,
+    FIELD_DTYPE,
+    IdSet,
+    encode_index,
+    id_matrix,
+    join_fields,
+)
 from casnap.constants import MAX_PACK_DIRECTORY
 from casnap.ids import ID_SIZE, ObjectId
 from casnap.packs import (
@@ -224,7 +231,7 @@ class PackWriter:
             field_parts.append(directory_fields(rec, n))
         if not ids_parts:
             return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
-        return packs, np.concatenate(ids_parts), np.concatenate(field_parts)
+        return packs, np.concatenate(ids_parts), join_fields(field_parts)
 
     def _drain(self) -> None:
         try:

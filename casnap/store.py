@@ -25,6 +25,8 @@ from casnap.chunkindex import (
     decode_index,
     encode_index,
     entry_of,
+    join_fields,
+    take_fields,
     void_ids,
 )
 from casnap.constants import FRAME_CACHE_BYTES, INDEX_STREAM_BYTES
@@ -351,10 +353,10 @@ class Store:
         if not ids_parts:
             return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
         ids = np.concatenate(ids_parts)
-        fields = np.concatenate(field_parts)
+        fields = join_fields(field_parts)
         _, first = np.unique(void_ids(ids), return_index=True)
         keep = np.sort(first)  # a chunk several packs hold: the first pack listed
-        return packs, ids[keep], fields[keep]
+        return packs, ids[keep], take_fields(fields, keep)
 
     # -- writing -------------------------------------------------------------------------------
 
