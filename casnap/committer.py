@@ -362,6 +362,7 @@ class Committer:
                 again, moving = instants.settle(watched, entries, lambda s: reader.entry(s, {}, {}))
                 result.bytes_read += again
                 result.warnings += moving
+                reader.complete(entries)
             bar.finish()
             result.files_removed = len(set(known) - {e.path for e in entries})
             added, result.chunks_new, list_bytes, index_bytes = reader.finish()

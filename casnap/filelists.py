@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from casnap import chunklist, compression
 from casnap.constants import LIST_MAX_DELTAS, MAX_CHUNK_SIZE
 from casnap.errors import IntegrityError
+from casnap.ids import ObjectId
 from casnap.manifest import FileEntry
 from casnap.repository import Repository
 
@@ -33,6 +34,11 @@ def previous_lists(repo: Repository, old: FileEntry | None) -> Resolved | None:
         return None
 
 
+#: A chunk list ready to store (plan_list): the ids of the previous version's blobs it keeps, and
+#: its new blobs as (id, encoded frame, plain size).
+Planned = tuple[tuple[str, ...], list[tuple[ObjectId, bytes, int]]]
+
+
 def store_list(
     repo: Repository,
     refs: bytes,
@@ -45,25 +51,43 @@ def store_list(
     of repo; previous, its list when already resolved) when that keeps the chain short and
     smaller than one full list, else the full list. New blobs go to writer, compressed at level;
     returns the ids the file entry names."""
-    from casnap.chunkindex import TREE  # numpy: only once a list is stored
+    return put_planned(repo, writer, plan_list(repo, refs, old, level, previous))
 
-    def put_tree(body: bytes) -> str:
-        lid = repo.ids(body)
-        if not writer.known(lid):
-            encoded = compression.encode(body, level)
-            if writer.add(lid, TREE, encoded, len(body)) and repo.lists is not None:
-                repo.lists.keep(lid, encoded)  # a checkout here then plans without a request
-        return lid.hex()
 
+def plan_list(
+    repo: Repository,
+    refs: bytes,
+    old: FileEntry | None,
+    level: int,
+    previous: Resolved | None = None,
+) -> Planned:
+    """The blobs store_list stores for refs, made without the writer: any thread may make them
+    (a commit makes them while it reads the next file) for put_planned to queue."""
     if old is not None and (previous := previous or previous_lists(repo, old)) is not None:
         base, deltas, delta_bytes = previous
         if base == refs:
-            return old.lists
+            return old.lists, []
         if deltas < LIST_MAX_DELTAS:
             body = chunklist.encode_delta(base, refs)
             if delta_bytes + len(body) <= len(refs) and len(body) <= MAX_CHUNK_SIZE:
-                return (*old.lists, put_tree(body))
-    return tuple(put_tree(body) for body in chunklist.pieces(refs))
+                return old.lists, [_blob(repo, body, level)]
+    return (), [_blob(repo, body, level) for body in chunklist.pieces(refs)]
+
+
+def _blob(repo: Repository, body: bytes, level: int) -> tuple[ObjectId, bytes, int]:
+    return repo.ids(body), compression.encode(body, level), len(body)
+
+
+def put_planned(repo: Repository, writer: PackWriter, planned: Planned) -> tuple[str, ...]:
+    """Queue a planned list's blobs the writer does not know yet; returns the ids the file
+    entry names. Called by the thread that adds to the writer, in file order."""
+    from casnap.chunkindex import TREE  # numpy: only once a list is stored
+
+    kept, blobs = planned
+    for lid, encoded, plain in blobs:
+        if writer.add(lid, TREE, encoded, plain) and repo.lists is not None:
+            repo.lists.keep(lid, encoded)  # a checkout here then plans without a request
+    return (*kept, *(lid.hex() for lid, _encoded, _plain in blobs))
 
 
 def store_full_lists(
