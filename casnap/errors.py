@@ -154,6 +154,13 @@ class PasswordError(CasnapError):
     exit_code = 10
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a service manager stopping casnap, `timeout`, `kill`): raised in the main
+    thread of the command line so the command unwinds as for Ctrl-C, its lock released."""
+
+    exit_code = 143  # 128 + SIGTERM, as the shell reports a process SIGTERM ended
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "error": CasnapError.exit_code,
@@ -167,6 +174,7 @@ EXIT_CODES: dict[str, int] = {
     "check-failed": CheckFailed.exit_code,
     "password": PasswordError.exit_code,
     "interrupted": 130,
+    "terminated": Terminated.exit_code,
 }
 
 

@@ -460,15 +460,17 @@ def locked(
             unwritable(f"cannot write a lock in {backend.location} ({reason}); reading without one")
             yield
             return
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) once it may have landed
+            _drop(backend, key)
+            raise
         try:
             conflict, seen = _conflict(backend, key, exclusive, stale, along, operation, folder)
+            if conflict is None:
+                held = _Held(backend, key, record, refresh, stale)
+                break
         except BaseException:
-            # never leave our own lock behind: this process lives on and would block gc forever
-            with contextlib.suppress(CasnapError):
-                backend.delete(key)
+            _drop(backend, key)
             raise
-        if conflict is None:
-            break
         backend.delete(key)
         if time.monotonic() >= deadline:
             raise LockError(conflict.conflict_message(backend.location))
@@ -477,7 +479,6 @@ def locked(
             notify = None
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 1.0)
-    held = _Held(backend, key, record, refresh, stale)
     try:
         if listed is not None:
             listed.found = seen
@@ -489,7 +490,11 @@ def locked(
     finally:
         if listed is not None:
             listed.found = {}
-    lost = held.stop()
+    try:
+        lost = held.stop()
+    except BaseException:  # interrupted while the refresh ends
+        _release(backend, held.key, held.leftovers)
+        raise
     # the lock must still be there now that the block's work is stored (its commit point):
     # else a gc may have run meanwhile. Its removal says so, in one request where it can.
     if not _release(backend, held.key, held.leftovers) and lost is None:
@@ -500,6 +505,13 @@ def locked(
             "process, or removed by `casnap unlock --force`): a gc may have run meanwhile; run "
             "`casnap verify`"
         )
+
+
+def _drop(backend: Backend, key: str) -> None:
+    """Remove our own lock on the way out of a failed or interrupted take: this process may live
+    on (a library caller) and would block gc until it exits."""
+    with contextlib.suppress(CasnapError):
+        backend.delete(key)
 
 
 def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -> bool:

@@ -1,11 +1,13 @@
 """Processes: is one still running (to tell stale locks and leftover temp files from live ones),
-the environment of the commands casnap runs for the user, and Ctrl-C while the command line
-loads."""
+the environment of the commands casnap runs for the user, Ctrl-C while the command line loads,
+and SIGTERM once it runs (Terminated: the command unwinds as for Ctrl-C)."""
 
 from __future__ import annotations
 
 import os
 import signal
+
+from casnap.errors import Terminated
 
 # Settings the command line gives its own process's libraries at start (see set_own_environ).
 _OWN: dict[str, str] = {}
@@ -73,6 +75,35 @@ def quiet_interrupts_while_loading() -> None:
     try:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _interrupted_while_loading)
+    except ValueError:  # not the main thread
+        pass
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: Terminated in the main thread, once (a second SIGTERM while the command unwinds
+    would cut its clean-up short; SIGKILL is for a clean-up that hangs)."""
+    global _terminating
+    if not _terminating:
+        _terminating = True
+        raise Terminated("terminated")
+
+
+_terminating = False
+
+
+def ending() -> None:
+    """The command is done and the process exits: a SIGTERM now changes nothing."""
+    global _terminating
+    _terminating = True
+
+
+def terminate_gracefully() -> None:
+    """SIGTERM ends the command line as Ctrl-C does (Terminated): its lock released, its temp
+    files removed, one line; an ignored SIGTERM stays ignored. The command line only: a program
+    that imports casnap keeps its own handling."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread
         pass
 

@@ -17,7 +17,13 @@ import click
 from casnap import procs
 from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
-from casnap.errors import CasnapError, InvalidArgument, RepositoryNotFound, from_oserror
+from casnap.errors import (
+    CasnapError,
+    InvalidArgument,
+    RepositoryNotFound,
+    Terminated,
+    from_oserror,
+)
 from casnap.locations import Location, S3Url, describe, parse_location
 
 if TYPE_CHECKING:  # imported by the commands that open one: --help does without it
@@ -69,6 +75,9 @@ class CasnapGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("casnap: interrupted", err=True)
             code = INTERRUPTED
+        except Terminated as exc:
+            click.echo("casnap: terminated", err=True)
+            code = exc.exit_code
         except OSError as exc:
             err = from_oserror(exc, exc.filename or "I/O")
             say_error(str(err))
@@ -411,6 +420,7 @@ def main() -> None:
     # a commit or checkout on a small machine needs (casnap does no linear algebra)
     procs.set_own_environ("OPENBLAS_NUM_THREADS", "1")
     procs.interrupts_back()  # loaded (start.py): Ctrl-C is a KeyboardInterrupt again
+    procs.terminate_gracefully()  # and SIGTERM unwinds the same way
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
     try:
@@ -429,6 +439,7 @@ def exit_now(code: str | int | None) -> None:
     import atexit
     import threading
 
+    procs.ending()
     if isinstance(code, str) or any(
         t is not threading.main_thread() and not t.daemon for t in threading.enumerate()
     ):
