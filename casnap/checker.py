@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from casnap import filecheck
-from casnap.chunkindex import IdSet, IndexEntry
+from casnap.chunkindex import IdSet, IndexEntry, take_fields
 from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.fsutil import left_by_dead_process
@@ -342,7 +342,7 @@ class _Checker:
         fields = self.table.fields
         for pack, rows in sorted(self.rows_by_pack.items()):
             short = pack.hex()[:12]
-            f = fields[rows]
+            f = take_fields(fields, rows)
             check = check_pack_entries(
                 self.backend, pack, self.packs.get(pack), self.table.ids[rows], f
             )
@@ -458,9 +458,9 @@ class _Checker:
             known_bad = np.isin(rows, bad_rows)
             bad_here = int(known_bad.sum())
             rows = rows[~known_bad & ~self.checked[rows]]
-            f = self.table.fields[rows]
+            f = take_fields(self.table.fields, rows)
             order = np.lexsort((f["length"], f["offset"]))  # stable: by frame, then as seen
-            rows, f = rows[order], f[order]
+            rows, f = rows[order], take_fields(f, order)
             cuts = np.nonzero((np.diff(f["offset"]) != 0) | (np.diff(f["length"]) != 0))[0] + 1
             for frame in np.split(rows, cuts) if len(rows) else []:
                 members = [(self.table.id_at(r), self.table.entry(r)) for r in frame.tolist()]
