@@ -28,7 +28,7 @@ from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
 from casnap.fsutil import seconds_from_env
-from casnap.procs import pid_alive, pid_namespace, process_start_time
+from casnap.procs import pid_alive, pid_namespace, process_start_time, uninterrupted
 
 # The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
 # packs and a manifest, never removes), exclusive for what deletes (gc would otherwise remove a
@@ -355,7 +355,8 @@ class _Held:
         self._last = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="casnap-lock-refresh", daemon=True)
-        self._thread.start()
+        with uninterrupted():  # else stop() could find it created but not started
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.refresh):
@@ -484,21 +485,24 @@ def locked(
             listed.found = seen
         yield
     except BaseException:
-        held.stop()
-        _release(backend, held.key, held.leftovers)
+        with uninterrupted():  # a SIGTERM meanwhile must not leave the lock behind
+            held.stop()
+            _release(backend, held.key, held.leftovers)
         raise
     finally:
         if listed is not None:
             listed.found = {}
-    try:
-        lost = held.stop()
-    except BaseException:  # interrupted while the refresh ends
-        _release(backend, held.key, held.leftovers)
-        raise
-    # the lock must still be there now that the block's work is stored (its commit point):
-    # else a gc may have run meanwhile. Its removal says so, in one request where it can.
-    if not _release(backend, held.key, held.leftovers) and lost is None:
-        lost = "its lock was removed while it ran"
+    with uninterrupted():
+        try:
+            lost = held.stop()
+        except BaseException:  # Ctrl-C in a program that lets it through (a library caller)
+            _release(backend, held.key, held.leftovers)
+            raise
+        # the lock must still be there now that the block's work is stored (its commit
+        # point): else a gc may have run meanwhile. Its removal says so, in one request where
+        # it can.
+        if not _release(backend, held.key, held.leftovers) and lost is None:
+            lost = "its lock was removed while it ran"
     if lost is not None:
         raise LockError(
             f"{operation} on {backend.location} finished, but {lost} (found stale by another "

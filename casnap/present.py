@@ -185,17 +185,3 @@ def _stamp(fp: tuple[int, ...] | None) -> tuple[int, ...] | None:
     write changes. Not the ctimes: SQLite run as root chowns a -wal it opens, as reading a
     database's image here does."""
     return None if fp is None else fp[:2] + fp[3:6] + fp[7:]
-
-
-def is_sqlite(parent: Dir, name: str) -> bool:
-    """Whether the file name in parent starts like a SQLite database."""
-    try:
-        fd = parent.open_file(name)
-    except CasnapError:
-        return False
-    try:
-        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

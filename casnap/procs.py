@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
 
 from casnap.errors import Terminated
+
+if TYPE_CHECKING:
+    import subprocess
 
 # Settings the command line gives its own process's libraries at start (see set_own_environ).
 _OWN: dict[str, str] = {}
@@ -85,16 +91,70 @@ def _terminated(signum: int, frame: object) -> None:
     global _terminating
     if not _terminating:
         _terminating = True
-        raise Terminated("terminated")
+        _deliver(Terminated("terminated"))
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C once the command line has loaded: KeyboardInterrupt, as Python's own handler."""
+    _deliver(KeyboardInterrupt())
+
+
+def _deliver(exc: BaseException) -> None:
+    """Raise exc now, or at the end of the uninterrupted block the main thread is in."""
+    global _held_back
+    if _depth:
+        _held_back = _held_back or exc
+        return
+    raise exc
 
 
 _terminating = False
+_depth = 0  # uninterrupted blocks the main thread is in
+_held_back: BaseException | None = None  # what a signal raised meanwhile
+
+
+class uninterrupted:  # noqa: N801 - used as a statement: `with uninterrupted():`
+    """A step that must not stop half-way (a lock's release, the renames of a checkout's swap):
+    SIGTERM and Ctrl-C, where the command line handles them, take effect when it ends. Python
+    runs signal handlers in the main thread only, so in other threads this does nothing."""
+
+    def __enter__(self) -> None:
+        global _depth
+        if threading.current_thread() is threading.main_thread():
+            _depth += 1
+            self.counted = True
+        else:
+            self.counted = False
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        global _depth, _held_back
+        if self.counted:
+            _depth -= 1
+            if not _depth and _held_back is not None:
+                held, _held_back = _held_back, None
+                raise held
 
 
 def ending() -> None:
     """The command is done and the process exits: a SIGTERM now changes nothing."""
     global _terminating
     _terminating = True
+
+
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """An exception Python could only print and drop (raised in a finalizer, such as a weakref
+    callback of importlib's module locks): a SIGTERM or Ctrl-C that raised it is sent again a
+    moment later, when the main thread has left the finalizer, instead of being lost."""
+    again = {Terminated: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(
+        type(args.exc_value)  # type: ignore[arg-type]
+    )
+    if again is None:
+        sys.__unraisablehook__(args)
+        return
+    if again == signal.SIGTERM:
+        global _terminating
+        _terminating = False
+    threading.Timer(0.01, os.kill, (os.getpid(), again)).start()
 
 
 def terminate_gracefully() -> None:
@@ -104,11 +164,37 @@ def terminate_gracefully() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _terminated)
+            sys.unraisablehook = _unraisable
     except ValueError:  # not the main thread
         pass
 
 
+def end_child(proc: subprocess.Popen[bytes], group: bool = False) -> None:
+    """Stop a command casnap runs for the user (a smoke or password command) when casnap is
+    interrupted while it waits for it: SIGTERM (to its process group, when it has its own),
+    SIGKILL after CHILD_GRACE seconds. Popen's own exit would wait for it without end."""
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, CHILD_GRACE), (signal.SIGKILL, None)):
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+CHILD_GRACE = 2.0  # seconds an interrupted child command has to end before it is killed
+
+
 def interrupts_back() -> None:
-    """Ctrl-C is Python's KeyboardInterrupt again (where quiet_interrupts_while_loading set it)."""
+    """Ctrl-C is a KeyboardInterrupt again (where quiet_interrupts_while_loading set it), held
+    back while the main thread is in an uninterrupted block."""
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _interrupted)

@@ -37,7 +37,8 @@ from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
 from casnap.phases import CHECKOUT_PHASES, Phases
-from casnap.present import Present, is_sqlite
+from casnap.present import Present
+from casnap.procs import uninterrupted
 from casnap.progress import ProgressFn
 from casnap.repository import Repository
 from casnap.staging import (
@@ -223,52 +224,45 @@ class _Checkout:
         for rel in removals:
             if self._is_db_place(tree, rel):
                 self._check_db(tree, rel)
-        with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-            self._stage(stage, plan, wanted, unchanged, removals)
-            written = self.present.written_since(tree, [i.entry.path for i in plan] + removals)
-            unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
-            if unsaved and self.opts.safety_snapshot:
-                # the commit path (chunkers, capture): only when there is something to save
-                from casnap.committer import CommitOptions, Committer
+        with contextlib.ExitStack() as swapping:
+            with Stage(stage_parent(self.target), also_clean=self.target) as stage:
+                self._stage(stage, plan, wanted, unchanged, removals)
+                written = self.present.written_since(tree, [i.entry.path for i in plan] + removals)
+                unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
+                if unsaved and self.opts.safety_snapshot:
+                    # the commit path (chunkers, capture): only when there is something to save
+                    from casnap.committer import CommitOptions, Committer
 
-                what = ", ".join(sid.short for sid, _ in self.sel.sources)
-                safety = CommitOptions(
-                    message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
-                    tags=(SAFETY_TAG,),
-                    check_pairs=False,
-                    allow_empty=True,
-                )
-                try:
-                    with self.phases.timed("save"), self._commit_lock():
-                        saved = Committer(self.repo, safety).run(self.target, ())
-                except (AccessDenied, StorageFull) as exc:
-                    exc.add_note("safety-snapshot")  # the CLI names the option that skips it
-                    raise
-                self.result.safety_snapshot = saved.id
-            swap_start = time.perf_counter()
-            touched = self._swap(tree, stage, plan)
-        for item in unchanged:
-            self._restore_attrs(tree, item.entry)
-        for rel in removals:
-            parent, name = tree.parent_of(rel)
-            if parent is None:
-                continue
-            was_db = is_sqlite(parent, name)
-            parent.unlink(name)
-            if was_db:
-                for suffix in SQLITE_SIDE_SUFFIXES:
-                    parent.unlink(name + suffix)
-            touched.add(split(rel)[0])
-            self.result.removed.append(rel)
-        swap.sync_folders(tree, touched)
-        self.result.files_written = len(plan)
-        self.result.files_unchanged = len(unchanged)
-        self.result.unchanged = sorted(i.entry.path for i in unchanged)
-        self.result.bytes_compared = self.present.bytes_read
-        self.result.files_removed = len(removals)
-        placed = [(i.entry, i.sid.hex()) for i in plan + unchanged]
-        restored_files.record(self.repo.id, self.target, placed)
-        self.phases.since("swap", swap_start)
+                    what = ", ".join(sid.short for sid, _ in self.sel.sources)
+                    safety = CommitOptions(
+                        message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
+                        tags=(SAFETY_TAG,),
+                        check_pairs=False,
+                        allow_empty=True,
+                    )
+                    try:
+                        with self.phases.timed("save"), self._commit_lock():
+                            saved = Committer(self.repo, safety).run(self.target, ())
+                    except (AccessDenied, StorageFull) as exc:
+                        exc.add_note("safety-snapshot")  # the CLI names the option that skips it
+                        raise
+                    self.result.safety_snapshot = saved.id
+                swap_start = time.perf_counter()
+                swapping.enter_context(uninterrupted())  # every file swapped in, not some
+                touched = self._swap(tree, stage, plan)
+            for item in unchanged:
+                self._restore_attrs(tree, item.entry)
+            removed, emptied = swap.remove_files(tree, removals)
+            self.result.removed += removed
+            swap.sync_folders(tree, touched | emptied)
+            self.result.files_written = len(plan)
+            self.result.files_unchanged = len(unchanged)
+            self.result.unchanged = sorted(i.entry.path for i in unchanged)
+            self.result.bytes_compared = self.present.bytes_read
+            self.result.files_removed = len(removals)
+            placed = [(i.entry, i.sid.hex()) for i in plan + unchanged]
+            restored_files.record(self.repo.id, self.target, placed)
+            self.phases.since("swap", swap_start)
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -368,7 +362,7 @@ class _Checkout:
                     f"cannot restore {rel}: {self.target / rel} exists and is not a file"
                 )
             assert parent is not None
-            item.replaces_db = is_sqlite(parent, name) or any(
+            item.replaces_db = swap.is_sqlite(parent, name) or any(
                 parent.lstat(name + s) for s in SQLITE_SIDE_SUFFIXES
             )
             if item.replaces_db:
@@ -417,7 +411,7 @@ class _Checkout:
             if parent is None:
                 continue  # its folder was moved away meanwhile: nothing of ours to remove
             base = capture.side_file_base(name)
-            if base is not None and is_sqlite(parent, base):
+            if base is not None and swap.is_sqlite(parent, base):
                 continue  # removed with its database, or kept with it
             out.append(rel)
             if not self.present.held(self.present.hash_of(parent, name, rel), rel):
@@ -426,7 +420,7 @@ class _Checkout:
 
     def _is_db_place(self, tree: Tree, rel: str) -> bool:
         parent, name = tree.parent_of(rel)
-        return parent is not None and is_sqlite(parent, name)
+        return parent is not None and swap.is_sqlite(parent, name)
 
     def _check_db(self, tree: Tree, rel: str) -> None:
         parent, name = tree.parent_of(rel)

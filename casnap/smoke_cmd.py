@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from casnap.procs import user_environ
+from casnap.procs import end_child, user_environ
 from casnap.smoke_report import Check
 
 STAGED_DIR_ENV = "CASNAP_STAGED_DIR"
@@ -30,17 +30,25 @@ def run_command(cmd: str, staged_dir: Path, env: Mapping[str, str] | None = None
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            process_group=0,  # its own: stopped whole (with what it started) on an interrupt
         )
     except OSError as exc:
         return Check("smoke-cmd", "", False, f"cannot run {cmd!r}: {exc}")
-    with proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        err_tail = bytearray()
+    assert proc.stdout is not None and proc.stderr is not None
+    err_tail = bytearray()
+    out_tail = bytearray()
+    try:
         reader = threading.Thread(target=_tail, args=(proc.stderr, err_tail), daemon=True)
         reader.start()
-        out_tail = bytearray()
         _tail(proc.stdout, out_tail)
         reader.join()
+        proc.wait()
+    except BaseException:  # SIGTERM or Ctrl-C: casnap ends, and the command with it
+        end_child(proc, group=True)
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
     output = bytes(out_tail + err_tail).decode(errors="replace").strip()
     info = {"command": cmd, "exit_code": proc.returncode, "output": output[-2000:]}
     if proc.returncode == 0:

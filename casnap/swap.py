@@ -16,8 +16,9 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from casnap import fsutil
-from casnap.errors import SourceError, from_oserror
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
+from casnap.constants import SNIFF_BYTES
+from casnap.errors import CasnapError, SourceError, from_oserror
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
 from casnap.fsdir import Dir, Tree, split
 
 DirAttrs = Callable[[str], tuple[int, tuple[int, int] | None]]
@@ -62,6 +63,39 @@ def swap_in(
             touched.add(head)
             written.append(rel)
     return written, touched
+
+
+def remove_files(tree: Tree, rels: Sequence[str]) -> tuple[list[str], set[str]]:
+    """Remove the files rels (a database's -wal, -shm and -journal with it): those removed, and
+    the folders removed from (for sync_folders)."""
+    removed: list[str] = []
+    touched: set[str] = set()
+    for rel in rels:
+        parent, name = tree.parent_of(rel)
+        if parent is None:
+            continue
+        was_db = is_sqlite(parent, name)
+        parent.unlink(name)
+        if was_db:
+            for suffix in SQLITE_SIDE_SUFFIXES:
+                parent.unlink(name + suffix)
+        touched.add(split(rel)[0])
+        removed.append(rel)
+    return removed, touched
+
+
+def is_sqlite(parent: Dir, name: str) -> bool:
+    """Whether the file name in parent starts like a SQLite database."""
+    try:
+        fd = parent.open_file(name)
+    except CasnapError:
+        return False
+    try:
+        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> dict[str, list[str]]:

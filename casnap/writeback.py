@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import cast
 
+from casnap.procs import uninterrupted
+
 STEP = 8 * 1024 * 1024  # bytes of a file written between two starts of its writeback
 _WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writing the range's dirty pages, do not wait
 
@@ -58,8 +60,10 @@ class Writeback:
         except OSError:
             return -1  # out of descriptors: this file is left to its fsync
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="casnap-writeback", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="casnap-writeback", daemon=True)
+            with uninterrupted():  # started whole, or stop() would join one never started
+                thread.start()
+                self._thread = thread
         return dup
 
     def start(self, fd: int, pos: int, n: int) -> None:

@@ -30,7 +30,7 @@ from casnap.backends.local import LocalBackend
 from casnap.errors import TransientError
 
 OPS = ("put", "get", "list", "delete", "replace")
-ACTIONS = ("fail", "enospc", "truncate", "flip", "transient", "lost", "kill", "call")
+ACTIONS = ("fail", "enospc", "truncate", "flip", "transient", "lost", "kill", "call", "term")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Fault:
     yields the first half of its keys first), "lost" makes the call and then raises
     TransientError (a put that landed, a delete that deleted, but whose answer never came back),
     "kill" SIGKILLs the process once the call has completed, "call" runs `hook(key)` once the
-    call has completed. times=None keeps acting on every later call.
+    call has completed, "term" sends the process SIGTERM just before the call (a service manager
+    stopping it at that step). times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -142,6 +143,8 @@ class FaultPlan:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
             if f.action == "transient":
                 raise TransientError(f"{key}: injected timeout ({f.describe()})")
+            if f.action == "term":
+                os.kill(os.getpid(), signal.SIGTERM)
 
     @staticmethod
     def after(faults: list[Fault], key: str) -> None:

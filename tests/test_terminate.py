@@ -4,6 +4,7 @@ otherwise wait for it to go stale), and prints one line; exit 143."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from tests.helpers_reliability import ROOT, run_casnap
 
 CASNAP = [sys.executable, "-m", "casnap"]
 
@@ -82,3 +85,171 @@ def test_a_terminated_checkout_releases_its_lock_and_leaves_the_target_untouched
     assert done == (143, "casnap: terminated\n")
     assert _locks(repo) == []
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_sigterm_while_the_lock_is_released_still_removes_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("first\n")
+    repo = tmp_path / "repo"
+    assert _casnap("--repo", repo, "init").returncode == 0
+    # the signal comes just before the lock object is removed: the commit itself has landed
+    args = ["--repo", str(repo), "--data", str(data), "commit", "-q"]
+    done = run_casnap(args, faults="delete:term:1:locks/")
+    assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
+    assert _locks(repo) == []
+    log = _casnap("--repo", repo, "log", "--json")
+    assert log.returncode == 0 and log.stdout.count('"id"') == 1, log.stdout
+
+
+def test_sigterm_during_the_swap_places_every_file_of_the_snapshot(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    repo = tmp_path / "repo"
+    assert _casnap("--repo", repo, "init").returncode == 0
+    ids = []
+    for version in (1, 2):
+        for n in range(5):
+            (data / f"f{n}.txt").write_text(f"file {n}, version {version}\n")
+        assert _casnap("--repo", repo, "--data", data, "commit", "-q").returncode == 0
+        ids.append(json.loads(_casnap("--repo", repo, "log", "--json").stdout)[0]["id"])
+    newest = _files(data)
+    target = tmp_path / "target"
+    assert _casnap("--repo", repo, "checkout", ids[0], "--to", target).returncode == 0
+    assert _files(target) != newest
+
+    # SIGTERM just before the second of the five renames into the target
+    args = ["--repo", str(repo), "checkout", "latest", "--to", str(target), "--no-smoke"]
+    done = run_casnap(args, faults=f"replace:term:2:{target}/")
+    assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
+    assert _files(target) == newest  # all five swapped in, never a mix of two snapshots
+    assert _locks(repo) == []
+
+
+def test_a_sigterm_swallowed_by_a_finalizer_is_delivered_again(tmp_path: Path) -> None:
+    # Python prints and drops an exception raised in a finalizer (__del__, a weakref callback
+    # such as importlib's module locks): the SIGTERM that raised it must still end the command
+    script = """
+import os, signal, sys, time
+from casnap import procs
+from casnap.errors import Terminated
+
+procs.terminate_gracefully()
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+
+try:
+    Finalized()
+    time.sleep(5)
+    print("slept on")
+except Terminated:
+    print("terminated")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (done.stdout, done.stderr) == ("terminated\n", "")
+
+
+def _started(mark: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mark.exists()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sigterm_ends_a_running_smoke_command_and_the_checkout(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("first\n")
+    repo = tmp_path / "repo"
+    assert _casnap("--repo", repo, "init").returncode == 0
+    assert _casnap("--repo", repo, "--data", data, "commit", "-q").returncode == 0
+    mark = tmp_path / "smoke.pid"
+    target = tmp_path / "target"
+    cmd = f"echo $$ > {mark}.tmp && mv {mark}.tmp {mark} && exec sleep 60"
+    proc = subprocess.Popen(
+        [*CASNAP, "--repo", str(repo), "checkout", "latest", "--to", str(target)]
+        + ["--smoke-cmd", cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _started(mark, proc)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)  # not the smoke command's 60 s
+    assert (proc.returncode, err) == (143, "casnap: terminated\n")
+    assert _gone(int(mark.read_text()))
+    assert not target.exists() and _locks(repo) == []
+
+
+def test_sigterm_ends_a_running_password_command(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {**os.environ, "CASNAP_PASSWORD": "pw"}
+    done = subprocess.run(
+        [*CASNAP, "--repo", str(repo), "init", "--encryption", "repokey"], env=env, timeout=60
+    )
+    assert done.returncode == 0
+    mark = tmp_path / "password.pid"
+    cmd = f"sh -c 'echo $$ > {mark}.tmp && mv {mark}.tmp {mark} && exec sleep 60'"
+    env.pop("CASNAP_PASSWORD")
+    proc = subprocess.Popen(
+        [*CASNAP, "--repo", str(repo), "--password-command", cmd, "log"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    _started(mark, proc)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)  # not the password command's 60 s
+    assert (proc.returncode, err) == (143, "casnap: terminated\n")
+    assert _gone(int(mark.read_text()))
+
+
+def test_an_error_raised_while_a_signal_unwound_the_command_is_the_signal() -> None:
+    # a SIGTERM during an import fails the class being defined with a RuntimeError whose
+    # cause is Terminated: that is the signal's exit, not an internal error
+    import click
+    import pytest
+
+    from casnap.cli.main import CasnapGroup
+    from casnap.errors import Terminated
+
+    @click.group(cls=CasnapGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def stop() -> None:
+        try:
+            raise Terminated("terminated")
+        except Terminated as exc:
+            raise RuntimeError("Error calling __set_name__") from exc
+
+    @group.command()
+    def fail() -> None:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(SystemExit) as stopped:
+        group.main(["stop"])
+    assert stopped.value.code == 143
+    with pytest.raises(SystemExit) as failed:
+        group.main(["fail"])
+    assert failed.value.code == 70

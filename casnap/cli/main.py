@@ -83,13 +83,32 @@ class CasnapGroup(click.Group):
             say_error(str(err))
             code = err.exit_code
         except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for a user
-            if os.environ.get("CASNAP_DEBUG"):
+            signalled = _signalled(exc)
+            if signalled is not None:  # raised by what a signal interrupted (a failed import)
+                click.echo(f"casnap: {signalled[0]}", err=True)
+                code = signalled[1]
+            elif os.environ.get("CASNAP_DEBUG"):
                 raise
-            click.echo(
-                printable(f"casnap: internal error: {type(exc).__name__}: {exc}", False), err=True
-            )
-            code = INTERNAL_ERROR
+            else:
+                message = f"casnap: internal error: {type(exc).__name__}: {exc}"
+                click.echo(printable(message, False), err=True)
+                code = INTERNAL_ERROR
         sys.exit(code)
+
+
+def _signalled(exc: BaseException) -> tuple[str, int] | None:
+    """What to say and the exit code when exc was raised while a SIGTERM or Ctrl-C unwound the
+    command (its cause or context, at any depth, is Terminated or KeyboardInterrupt)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, Terminated):
+            return "terminated", cause.exit_code
+        if isinstance(cause, KeyboardInterrupt):
+            return "interrupted", INTERRUPTED
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 # What restic and borg call a command casnap has under another name.
