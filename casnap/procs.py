@@ -154,7 +154,12 @@ def _unraisable(args: sys.UnraisableHookArgs) -> None:
     if again == signal.SIGTERM:
         global _terminating
         _terminating = False
-    threading.Timer(0.01, os.kill, (os.getpid(), again)).start()
+    timer = threading.Timer(0.01, os.kill, (os.getpid(), again))
+    timer.daemon = True
+    try:
+        timer.start()
+    except RuntimeError:  # the interpreter is shutting down: nothing is left to stop
+        pass
 
 
 def terminate_gracefully() -> None:
