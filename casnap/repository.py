@@ -37,6 +37,7 @@ from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backe
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.opening import confirm, listing_stopped, read_config
 from casnap.phases import opening
+from casnap.procs import uninterrupted
 from casnap.spans import ListsAhead
 
 if TYPE_CHECKING:  # the store (numpy) is made on first use
@@ -139,8 +140,8 @@ class Repository:
         root: Path | None = None,
         password: PasswordSource | None = None,
     ) -> Repository:
-        """Create a repository on any backend; encrypted (repokey) when a password is given:
-        a random master key, sealed by the password in a key file written before the config."""
+        """Create a repository on any backend; with a password, encrypted (repokey): key file, then
+        config, one step a SIGTERM or Ctrl-C waits for (a key file alone is an init half done)."""
         cfg = config or default_config()
         if password is None:
             if not backend.put("config", encode_config(cfg)):
@@ -150,11 +151,12 @@ class Repository:
             raise NotARepository(f"{backend.location} already holds a casnap repository")
         master = crypto.MasterKey.generate()
         keyfile = keys.make_key_file(master, keys.read_password(password), now_iso())
-        backend.put(keyfile.key, keyfile.encode())
-        repo = cls(backend, cfg, tmp_dir, root, Unlocked(keyfile, master))
-        if not repo.backend.put("config", encode_config(cfg)):
-            backend.delete(keyfile.key)
-            raise NotARepository(f"{backend.location} already holds a casnap repository")
+        with uninterrupted():
+            backend.put(keyfile.key, keyfile.encode())
+            repo = cls(backend, cfg, tmp_dir, root, Unlocked(keyfile, master))
+            if not repo.backend.put("config", encode_config(cfg)):
+                backend.delete(keyfile.key)
+                raise NotARepository(f"{backend.location} already holds a casnap repository")
         return repo
 
     @classmethod
@@ -247,11 +249,8 @@ class Repository:
     ) -> Repository:
         """Open the repository, creating it when the directory (or the S3 prefix) is missing or
         empty (`created` then says so, for a failed first commit to take it back); a new one is
-        encrypted when encryption is "repokey" (with password).
-
-        With data_dir, a missing data dir is reported first, so a failing first commit creates
-        no repository.
-        """
+        encrypted when encryption is "repokey" (with password). With data_dir, a missing data
+        dir is reported first, so a failing first commit creates no repository."""
         if encryption not in ENCRYPTIONS:
             raise InvalidArgument(f"unknown encryption {encryption!r} (want none or repokey)")
         if encryption == "repokey" and password is None:

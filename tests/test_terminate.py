@@ -253,3 +253,15 @@ def test_an_error_raised_while_a_signal_unwound_the_command_is_the_signal() -> N
     with pytest.raises(SystemExit) as failed:
         group.main(["fail"])
     assert failed.value.code == 70
+
+
+def test_sigterm_during_an_encrypted_init_leaves_a_whole_repository(tmp_path: Path) -> None:
+    # the signal comes after the key file, before the config: a key file alone would be an
+    # init half done, which every later command refuses
+    repo = tmp_path / "repo"
+    env = {**os.environ, "CASNAP_PASSWORD": "pw"}
+    args = ["--repo", str(repo), "init", "--encryption", "repokey"]
+    done = run_casnap(args, env=env, faults="put:term:1:config")
+    assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
+    log = subprocess.run([*CASNAP, "--repo", str(repo), "log"], env=env, capture_output=True)
+    assert log.returncode == 0, log.stderr
