@@ -155,10 +155,16 @@ class PasswordError(CasnapError):
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (a service manager stopping casnap, `timeout`, `kill`): raised in the main
-    thread of the command line so the command unwinds as for Ctrl-C, its lock released."""
+    """SIGTERM arrived (a service manager stopping casnap, `timeout`, `kill`), or SIGHUP (its
+    terminal closed): raised in the main thread of the command line so the command unwinds as
+    for Ctrl-C, its lock released. The exit code is the shell's for a process the signal ended."""
 
-    exit_code = 143  # 128 + SIGTERM, as the shell reports a process SIGTERM ended
+    exit_code = 143  # 128 + SIGTERM
+
+    def __init__(self, message: str = "terminated", signum: int = 15) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 EXIT_CODES: dict[str, int] = {
@@ -175,6 +181,7 @@ EXIT_CODES: dict[str, int] = {
     "password": PasswordError.exit_code,
     "interrupted": 130,
     "terminated": Terminated.exit_code,
+    "hung-up": 129,  # 128 + SIGHUP
 }
 
 

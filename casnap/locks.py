@@ -28,7 +28,8 @@ from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
 from casnap.fsutil import seconds_from_env
-from casnap.procs import pid_alive, pid_namespace, process_start_time, uninterrupted
+from casnap.procs import pid_alive, pid_namespace, process_start_time
+from casnap.signals import uninterrupted
 
 # The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
 # packs and a manifest, never removes), exclusive for what deletes (gc would otherwise remove a

@@ -37,7 +37,7 @@ from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backe
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.opening import confirm, listing_stopped, read_config
 from casnap.phases import opening
-from casnap.procs import uninterrupted
+from casnap.signals import uninterrupted
 from casnap.spans import ListsAhead
 
 if TYPE_CHECKING:  # the store (numpy) is made on first use

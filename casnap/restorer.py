@@ -38,9 +38,9 @@ from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
 from casnap.phases import CHECKOUT_PHASES, Phases
 from casnap.present import Present
-from casnap.procs import uninterrupted
 from casnap.progress import ProgressFn
 from casnap.repository import Repository
+from casnap.signals import uninterrupted
 from casnap.staging import (
     Stage,
     copy_into,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import selectors
 import subprocess
-import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
 
-from casnap.procs import end_child, user_environ
+from casnap.procs import child, user_environ
 from casnap.smoke_report import Check
 
 STAGED_DIR_ENV = "CASNAP_STAGED_DIR"
@@ -22,33 +22,23 @@ TAIL_BYTES = 4096
 def run_command(cmd: str, staged_dir: Path, env: Mapping[str, str] | None = None) -> Check:
     """Run a user command through the shell with CASNAP_STAGED_DIR set; pass on exit code 0."""
     full_env = {**user_environ(), **(env or {}), STAGED_DIR_ENV: str(staged_dir.absolute())}
+    err_tail = bytearray()
+    out_tail = bytearray()
     try:
-        proc = subprocess.Popen(
+        with child(
             cmd,
+            group=True,  # its own: stopped whole (with what it started) on an interrupt
             shell=True,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            process_group=0,  # its own: stopped whole (with what it started) on an interrupt
-        )
+        ) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            _tails({proc.stdout.fileno(): out_tail, proc.stderr.fileno(): err_tail})
+            proc.wait()
     except OSError as exc:
         return Check("smoke-cmd", "", False, f"cannot run {cmd!r}: {exc}")
-    assert proc.stdout is not None and proc.stderr is not None
-    err_tail = bytearray()
-    out_tail = bytearray()
-    try:
-        reader = threading.Thread(target=_tail, args=(proc.stderr, err_tail), daemon=True)
-        reader.start()
-        _tail(proc.stdout, out_tail)
-        reader.join()
-        proc.wait()
-    except BaseException:  # SIGTERM or Ctrl-C: casnap ends, and the command with it
-        end_child(proc, group=True)
-        raise
-    finally:
-        proc.stdout.close()
-        proc.stderr.close()
     output = bytes(out_tail + err_tail).decode(errors="replace").strip()
     info = {"command": cmd, "exit_code": proc.returncode, "output": output[-2000:]}
     if proc.returncode == 0:
@@ -59,8 +49,18 @@ def run_command(cmd: str, staged_dir: Path, env: Mapping[str, str] | None = None
     return Check("smoke-cmd", "", False, detail, info)
 
 
-def _tail(stream: IO[bytes], tail: bytearray) -> None:
-    """Read stream to its end, keeping its last TAIL_BYTES bytes in tail."""
-    while block := stream.read(1 << 16):
-        tail += block
-        del tail[:-TAIL_BYTES]
+def _tails(tails: dict[int, bytearray]) -> None:
+    """Read the pipes (by descriptor) to their ends, keeping the last TAIL_BYTES bytes of each in
+    its tail: on this thread, so an interrupt stops the reading with the command."""
+    with selectors.DefaultSelector() as selector:
+        for fd in tails:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _events in selector.select():
+                block = os.read(key.fd, 1 << 16)
+                if not block:
+                    selector.unregister(key.fd)
+                    continue
+                tail = tails[key.fd]
+                tail += block
+                del tail[:-TAIL_BYTES]

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import cast
 
-from casnap.procs import uninterrupted
+from casnap.signals import uninterrupted
 
 STEP = 8 * 1024 * 1024  # bytes of a file written between two starts of its writeback
 _WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writing the range's dirty pages, do not wait

@@ -240,8 +240,8 @@ def test_the_console_script_keeps_interrupts_ignored_when_started_so(tmp_path: P
     code = (
         "import signal, sys\n"
         "sys.argv = ['casnap', '--help']\n"
-        "from casnap import procs\n"
-        "procs.quiet_interrupts_while_loading()\n"  # what the entry point does first
+        "from casnap import signals\n"
+        "signals.quiet_while_loading()\n"  # what the entry point does first
         "loading = signal.getsignal(signal.SIGINT)\n"
         "import atexit\n"
         "ignored = lambda h: h == signal.SIG_IGN\n"

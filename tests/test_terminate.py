@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.helpers_reliability import ROOT, run_casnap
 
@@ -28,9 +29,11 @@ def _locks(repo: Path) -> list[str]:
     return os.listdir(folder) if folder.is_dir() else []
 
 
-def _terminated_mid_way(repo: Path, *args: str | Path) -> tuple[int, str]:
-    """Start casnap with args, and send it SIGTERM once it holds the repository's lock; its
-    exit code and stderr."""
+def _terminated_mid_way(
+    repo: Path, *args: str | Path, signum: int = signal.SIGTERM
+) -> tuple[int, str]:
+    """Start casnap with args, and send it SIGTERM (or signum) once it holds the repository's
+    lock; its exit code and stderr."""
     proc = subprocess.Popen(
         [*CASNAP, "--repo", str(repo), *map(str, args)],
         stdout=subprocess.PIPE,
@@ -40,14 +43,19 @@ def _terminated_mid_way(repo: Path, *args: str | Path) -> tuple[int, str]:
     deadline = time.monotonic() + 60
     while not _locks(repo) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _out, err = proc.communicate(timeout=120)
     return proc.returncode, err
 
 
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGTERM, 143, "casnap: terminated\n"), (signal.SIGHUP, 129, "casnap: hung up\n")],
+)
 def test_a_terminated_commit_releases_its_lock_and_keeps_earlier_snapshots(
-    tmp_path: Path,
+    tmp_path: Path, signum: int, code: int, said: str
 ) -> None:
+    # SIGHUP: the terminal of an interactive commit closed (a dropped SSH session)
     data = tmp_path / "data"
     data.mkdir()
     (data / "notes.txt").write_text("first\n")
@@ -58,7 +66,7 @@ def test_a_terminated_commit_releases_its_lock_and_keeps_earlier_snapshots(
     # enough data that the commit is still reading it when the signal comes
     (data / "big.bin").write_bytes(np.random.default_rng(7).bytes(48 << 20))
 
-    assert _terminated_mid_way(repo, "--data", data, "commit") == (143, "casnap: terminated\n")
+    assert _terminated_mid_way(repo, "--data", data, "commit", signum=signum) == (code, said)
     assert _locks(repo) == []
     log = _casnap("--repo", repo, "log", "--json")
     assert log.returncode == 0 and log.stdout.count('"id"') == 1, log.stdout
@@ -135,10 +143,10 @@ def test_a_sigterm_swallowed_by_a_finalizer_is_delivered_again(tmp_path: Path) -
     # such as importlib's module locks): the SIGTERM that raised it must still end the command
     script = """
 import os, signal, sys, time
-from casnap import procs
+from casnap import signals
 from casnap.errors import Terminated
 
-procs.terminate_gracefully()
+signals.handle()
 
 class Finalized:
     def __del__(self):
@@ -174,16 +182,28 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_sigterm_ends_a_running_smoke_command_and_the_checkout(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("smoke", "signums"),
+    [
+        ("exec sleep 60", [signal.SIGTERM]),
+        # a background job that ignores SIGTERM: killed 2 s later, as the command itself
+        ("(trap '' TERM; exec sleep 60) & wait", [signal.SIGTERM]),
+        # the same, with Ctrl-C pressed while casnap waits for it to end
+        ("trap '' TERM; sleep 60", [signal.SIGTERM, signal.SIGINT]),
+    ],
+)
+def test_a_signal_ends_a_running_smoke_command_and_the_checkout(
+    tmp_path: Path, smoke: str, signums: list[int]
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "notes.txt").write_text("first\n")
     repo = tmp_path / "repo"
     assert _casnap("--repo", repo, "init").returncode == 0
     assert _casnap("--repo", repo, "--data", data, "commit", "-q").returncode == 0
-    mark = tmp_path / "smoke.pid"
+    mark = tmp_path / "smoke.pgid"
     target = tmp_path / "target"
-    cmd = f"echo $$ > {mark}.tmp && mv {mark}.tmp {mark} && exec sleep 60"
+    cmd = f"echo $$ > {mark}.tmp && mv {mark}.tmp {mark} && {smoke}"
     proc = subprocess.Popen(
         [*CASNAP, "--repo", str(repo), "checkout", "latest", "--to", str(target)]
         + ["--smoke-cmd", cmd],
@@ -192,11 +212,31 @@ def test_sigterm_ends_a_running_smoke_command_and_the_checkout(tmp_path: Path) -
         text=True,
     )
     _started(mark, proc)
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)  # the background job started
+    for signum in signums:
+        proc.send_signal(signum)
+        time.sleep(0.3)
     _out, err = proc.communicate(timeout=30)  # not the smoke command's 60 s
-    assert (proc.returncode, err) == (143, "casnap: terminated\n")
-    assert _gone(int(mark.read_text()))
+    said = {signal.SIGTERM: "casnap: terminated\n", signal.SIGINT: "casnap: interrupted\n"}
+    assert err.endswith(said[signums[-1]]) and "Traceback" not in err, err
+    group = int(mark.read_text())  # the shell's pid: its process group's id
+    assert all(_gone(pid) for pid in _members(group)), _members(group)
     assert not target.exists() and _locks(repo) == []
+
+
+def _members(pgid: int) -> list[int]:
+    """The processes of a process group."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                found.append(int(name))
+    return found
 
 
 def test_sigterm_ends_a_running_password_command(tmp_path: Path) -> None:
@@ -265,3 +305,76 @@ def test_sigterm_during_an_encrypted_init_leaves_a_whole_repository(tmp_path: Pa
     assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
     log = subprocess.run([*CASNAP, "--repo", str(repo), "log"], env=env, capture_output=True)
     assert log.returncode == 0, log.stderr
+
+
+def test_a_signal_in_importlib_s_locking_is_sent_again_once_it_is_left(tmp_path: Path) -> None:
+    # raised between importlib's taking of its import lock and the `try` that releases it, the
+    # exception would leave the lock held: another thread importing then waits forever
+    script = """
+import os, signal, sys, time
+from casnap import signals
+from casnap.errors import Terminated
+
+signals.handle()
+code = compile(
+    "def locking(done):\\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\\n"
+    "    for _ in range(1000):\\n"
+    "        pass\\n"
+    "    done.append(True)\\n",
+    "<frozen importlib._bootstrap>",
+    "exec",
+)
+space = {"os": os, "signal": signal}
+exec(code, space)
+done = []
+try:
+    space["locking"](done)
+    time.sleep(5)
+    print("slept on")
+except Terminated:
+    print("terminated after the step" if done else "terminated inside it")
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (run.stdout, run.stderr) == ("terminated after the step\n", "")
+
+
+def test_a_signal_while_the_last_line_is_written_does_not_cut_it_short(tmp_path: Path) -> None:
+    # the command is over: a SIGTERM while its error goes to a slow reader (`2>&1 | less`) must
+    # not turn into a traceback
+    script = """
+import os, signal, sys
+import click
+from casnap import signals
+from casnap.cli.main import CasnapGroup
+from casnap.errors import SnapshotNotFound
+
+cli_main = sys.modules["casnap.cli.main"]
+
+signals.handle()
+real = cli_main.say_error
+
+def slow_say_error(message):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):
+        pass
+    real(message)
+
+cli_main.say_error = slow_say_error
+
+@click.group(cls=CasnapGroup)
+def group():
+    pass
+
+@group.command()
+def show():
+    raise SnapshotNotFound("no snapshot matches 'x'")
+
+group.main(["show"])
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (run.returncode, run.stderr) == (4, "casnap: error: no snapshot matches 'x'\n")

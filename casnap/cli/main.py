@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap import procs
+from casnap import procs, signals
 from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
 from casnap.errors import (
@@ -56,44 +56,49 @@ class CasnapGroup(click.Group):
         kwargs["standalone_mode"] = False
         try:
             rv = super().main(args, **kwargs)
+            signals.ending()  # done: a signal now would cut short what it says last
             code = rv if isinstance(rv, int) else 0
-        except click.exceptions.Exit as exc:
-            code = exc.exit_code
-        except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx is not None else "casnap"
-            say_error(f"{_usage_message(exc)} (see '{where} --help')")
-            code = exc.exit_code
-        except click.ClickException as exc:
-            say_error(exc.format_message())
-            code = exc.exit_code
-        except click.Abort:
-            click.echo("casnap: interrupted", err=True)
-            code = INTERRUPTED
-        except CasnapError as exc:
-            say_error(str(exc))
-            code = exc.exit_code
-        except KeyboardInterrupt:
-            click.echo("casnap: interrupted", err=True)
-            code = INTERRUPTED
-        except Terminated as exc:
-            click.echo("casnap: terminated", err=True)
-            code = exc.exit_code
-        except OSError as exc:
-            err = from_oserror(exc, exc.filename or "I/O")
-            say_error(str(err))
-            code = err.exit_code
-        except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for a user
-            signalled = _signalled(exc)
-            if signalled is not None:  # raised by what a signal interrupted (a failed import)
-                click.echo(f"casnap: {signalled[0]}", err=True)
-                code = signalled[1]
-            elif os.environ.get("CASNAP_DEBUG"):
-                raise
-            else:
-                message = f"casnap: internal error: {type(exc).__name__}: {exc}"
-                click.echo(printable(message, False), err=True)
-                code = INTERNAL_ERROR
+        except BaseException as exc:
+            signals.ending()
+            code = _report(exc)
         sys.exit(code)
+
+
+def _report(exc: BaseException) -> int:
+    """Say what ended the command, in one line on stderr; its exit code."""
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "casnap"
+        say_error(f"{_usage_message(exc)} (see '{where} --help')")
+        return exc.exit_code
+    if isinstance(exc, click.ClickException):
+        say_error(exc.format_message())
+        return exc.exit_code
+    if isinstance(exc, click.Abort | KeyboardInterrupt):
+        click.echo("casnap: interrupted", err=True)
+        return INTERRUPTED
+    if isinstance(exc, CasnapError):
+        say_error(str(exc))
+        return exc.exit_code
+    if isinstance(exc, Terminated):
+        click.echo(f"casnap: {exc}", err=True)
+        return exc.exit_code
+    if isinstance(exc, OSError):
+        err = from_oserror(exc, exc.filename or "I/O")
+        say_error(str(err))
+        return err.exit_code
+    if not isinstance(exc, Exception):  # SystemExit, GeneratorExit
+        raise exc
+    signalled = _signalled(exc)
+    if signalled is not None:  # raised by what a signal interrupted (a failed import)
+        click.echo(f"casnap: {signalled[0]}", err=True)
+        return signalled[1]
+    if os.environ.get("CASNAP_DEBUG"):
+        raise exc
+    # last resort: never a traceback for a user
+    click.echo(printable(f"casnap: internal error: {type(exc).__name__}: {exc}", False), err=True)
+    return INTERNAL_ERROR
 
 
 def _signalled(exc: BaseException) -> tuple[str, int] | None:
@@ -104,7 +109,7 @@ def _signalled(exc: BaseException) -> tuple[str, int] | None:
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, Terminated):
-            return "terminated", cause.exit_code
+            return str(cause), cause.exit_code
         if isinstance(cause, KeyboardInterrupt):
             return "interrupted", INTERRUPTED
         cause = cause.__cause__ or cause.__context__
@@ -438,8 +443,7 @@ def main() -> None:
     # numpy's OpenBLAS starts one thread per core when loaded, each spinning ~0.1 s of CPU that
     # a commit or checkout on a small machine needs (casnap does no linear algebra)
     procs.set_own_environ("OPENBLAS_NUM_THREADS", "1")
-    procs.interrupts_back()  # loaded (start.py): Ctrl-C is a KeyboardInterrupt again
-    procs.terminate_gracefully()  # and SIGTERM unwinds the same way
+    signals.handle()  # loaded (start.py): Ctrl-C, SIGTERM and SIGHUP unwind the command
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
     try:
@@ -458,7 +462,7 @@ def exit_now(code: str | int | None) -> None:
     import atexit
     import threading
 
-    procs.ending()
+    signals.ending()
     if isinstance(code, str) or any(
         t is not threading.main_thread() and not t.daemon for t in threading.enumerate()
     ):

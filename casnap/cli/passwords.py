@@ -20,7 +20,7 @@ import click
 from casnap.cli.output import on_terminal
 from casnap.errors import PasswordError
 from casnap.locations import Location, describe
-from casnap.procs import end_child, user_environ
+from casnap.procs import child, user_environ
 
 SOURCES = (
     "--password-file (CASNAP_PASSWORD_FILE), --password-command (CASNAP_PASSWORD_COMMAND) "
@@ -65,25 +65,18 @@ def run_password_command(command: str) -> str:
     if not args:
         raise PasswordError("the password command is empty")
     try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=user_environ())
+        with child(args, stdout=subprocess.PIPE, env=user_environ()) as proc:
+            assert proc.stdout is not None  # read as a password file is: stopped past its size
+            raw = proc.stdout.read(MAX_PASSWORD_FILE + 1)
+            if len(raw) > MAX_PASSWORD_FILE:
+                raise PasswordError(
+                    f"password command {args[0]!r} printed more than {MAX_PASSWORD_FILE} bytes"
+                )
+            proc.wait()
     except OSError as exc:
         raise PasswordError(
             f"password command {args[0]!r} cannot be run: {exc.strerror or exc}"
         ) from exc
-    assert proc.stdout is not None
-    try:  # read as a password file is: a command printing without end is stopped
-        raw = proc.stdout.read(MAX_PASSWORD_FILE + 1)
-        if len(raw) > MAX_PASSWORD_FILE:
-            proc.kill()
-            raise PasswordError(
-                f"password command {args[0]!r} printed more than {MAX_PASSWORD_FILE} bytes"
-            )
-        proc.wait()
-    except BaseException:  # and on SIGTERM or Ctrl-C: casnap ends, and the command with it
-        end_child(proc)
-        raise
-    finally:
-        proc.stdout.close()
     if proc.returncode != 0:
         raise PasswordError(f"password command {args[0]!r} failed (exit {proc.returncode})")
     try:

@@ -1,0 +1,152 @@
+"""The command line's signals: Ctrl-C, SIGTERM and SIGHUP end a command by unwinding it (its lock
+released, its temp files removed, one line), never in the middle of a step that must not stop
+half-way (`uninterrupted`).
+
+Python runs a signal's handler in the main thread between two bytecodes, wherever it is; an
+exception raised there can land where it is lost (a finalizer, which Python prints and drops) or
+where it leaves a lock held (between importlib's taking of its import lock and the `try` that
+releases it: another thread importing would then wait forever). In both places the signal is
+sent again a moment later instead. A program that imports casnap keeps its own handling: only
+the command line installs these handlers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from casnap.errors import Terminated
+
+# the signals that end the command line as Ctrl-C does, and what it says when one does
+STOPPING: dict[int, str] = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+_AGAIN_AFTER = 0.01  # seconds after which a signal that could not be raised is sent again
+
+_terminating = False  # a SIGTERM or SIGHUP was raised: the command unwinds
+_ended = False  # the command is done: what it says now is not cut short
+_depth = 0  # uninterrupted blocks the main thread is in
+_held_back: BaseException | None = None  # what a signal raised meanwhile
+
+
+def _loading(signum: int, frame: FrameType | None) -> None:
+    """A signal while the command line loads its modules, before it has done anything: one
+    line and the shell's exit code for it (130 for Ctrl-C)."""
+    os.write(2, f"casnap: {STOPPING.get(signum, 'interrupted')}\n".encode())
+    os._exit(128 + signum)
+
+
+def quiet_while_loading() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP end the process with one line until `handle`; an ignored one
+    (a shell's background job, `nohup`) stays ignored."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _loading)
+        for signum in STOPPING:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _loading)
+    except ValueError:  # not the main thread
+        pass
+
+
+def handle() -> None:
+    """Once the command line has loaded: Ctrl-C raises KeyboardInterrupt, SIGTERM and SIGHUP
+    Terminated (where quiet_while_loading set them, or they are at their defaults)."""
+    try:
+        if signal.getsignal(signal.SIGINT) in (_loading, signal.default_int_handler):
+            signal.signal(signal.SIGINT, _interrupted)
+        for signum in STOPPING:
+            if signal.getsignal(signum) in (_loading, signal.SIG_DFL):
+                signal.signal(signum, _terminated)
+        sys.unraisablehook = _unraisable
+    except ValueError:  # not the main thread
+        pass
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM or SIGHUP: Terminated in the main thread, once (a second signal while the command
+    unwinds would cut its clean-up short; SIGKILL is for a clean-up that hangs)."""
+    global _terminating
+    if _terminating or _ended:
+        return
+    if _unsafe(frame):
+        _send_again(signum)
+        return
+    _terminating = True
+    _deliver(Terminated(STOPPING[signum], signum))
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: KeyboardInterrupt, as Python's own handler."""
+    if _ended:
+        return
+    if _unsafe(frame):
+        _send_again(signum)
+        return
+    _deliver(KeyboardInterrupt())
+
+
+def _unsafe(frame: FrameType | None) -> bool:
+    """Whether an exception raised in frame could leave importlib's locks held."""
+    return frame is not None and frame.f_code.co_filename.startswith("<frozen importlib")
+
+
+def _deliver(exc: BaseException) -> None:
+    """Raise exc now, or at the end of the uninterrupted block the main thread is in."""
+    global _held_back
+    if _depth:
+        _held_back = _held_back or exc
+        return
+    raise exc
+
+
+def _send_again(signum: int) -> None:
+    """Send signum to this process again shortly (from a daemon timer, which cannot hold up the
+    exit); none is sent while the interpreter shuts down."""
+    timer = threading.Timer(_AGAIN_AFTER, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    try:
+        timer.start()
+    except RuntimeError:  # shutting down: nothing is left to stop
+        pass
+
+
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """An exception Python could only print and drop (raised in a finalizer): the SIGTERM or
+    Ctrl-C that raised it is sent again instead of being lost."""
+    global _terminating
+    exc = args.exc_value
+    if isinstance(exc, Terminated):
+        _terminating = False
+        _send_again(exc.signum)
+    elif isinstance(exc, KeyboardInterrupt):
+        _send_again(signal.SIGINT)
+    else:
+        sys.__unraisablehook__(args)
+
+
+class uninterrupted:  # noqa: N801 - used as a statement: `with uninterrupted():`
+    """A step that must not stop half-way (a lock's release, the renames of a checkout's swap):
+    SIGTERM and Ctrl-C, where the command line handles them, take effect when it ends. Python
+    runs signal handlers in the main thread only, so in other threads this does nothing."""
+
+    def __enter__(self) -> None:
+        global _depth
+        self.counted = threading.current_thread() is threading.main_thread()
+        if self.counted:
+            _depth += 1
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        global _depth, _held_back
+        if self.counted:
+            _depth -= 1
+            if not _depth and _held_back is not None:
+                held, _held_back = _held_back, None
+                raise held
+
+
+def ending() -> None:
+    """The command is done (or failed) and says so: a signal now changes nothing."""
+    global _ended
+    _ended = True
