@@ -12,6 +12,7 @@ its block: its protection was gone (docs/FORMAT.md, "Locks").
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -358,6 +359,7 @@ class _Held:
         self._thread = threading.Thread(target=self._run, name="casnap-lock-refresh", daemon=True)
         with uninterrupted():  # else stop() could find it created but not started
             self._thread.start()
+            _HOLDING.add(self)
 
     def _run(self) -> None:
         while not self._stop.wait(self.refresh):
@@ -395,6 +397,21 @@ class _Held:
         self._stop.set()
         self._thread.join()
         return self.lost
+
+
+# The locks this process holds: one whose block never ended (its generator was left suspended,
+# an interrupt having cut into the context manager's exit before it resumed it) is released
+# when the process exits.
+_HOLDING: set[_Held] = set()
+
+
+@atexit.register
+def _release_held() -> None:
+    for held in list(_HOLDING):
+        with uninterrupted(), contextlib.suppress(Exception):
+            held.stop()
+            _release(held.backend, held.key, held.leftovers)
+        _HOLDING.discard(held)
 
 
 def _new_key() -> str:
@@ -488,6 +505,7 @@ def locked(
     except BaseException:
         with uninterrupted():  # a SIGTERM meanwhile must not leave the lock behind
             held.stop()
+            _HOLDING.discard(held)
             _release(backend, held.key, held.leftovers)
         raise
     finally:
@@ -499,6 +517,7 @@ def locked(
         except BaseException:  # Ctrl-C in a program that lets it through (a library caller)
             _release(backend, held.key, held.leftovers)
             raise
+        _HOLDING.discard(held)
         # the lock must still be there now that the block's work is stored (its commit
         # point): else a gc may have run meanwhile. Its removal says so, in one request where
         # it can.

@@ -96,31 +96,78 @@ def child(args: str | list[str], group: bool = False, **popen: Any) -> Iterator[
 
 
 def stop(proc: Popen[bytes], group: bool) -> None:
-    """SIGTERM to a command (to its process group with group), SIGKILL to whatever of it still
-    runs after CHILD_GRACE seconds: the command, or with group any process left in its group
-    (a background job it started), which its ending would not stop."""
+    """SIGTERM to a command and all it started (with group, every process of its group; else its
+    descendants, found before the signal: once it ends they are another parent's), SIGKILL to
+    whatever of them still runs after CHILD_GRACE seconds: a process it started could otherwise
+    run on, holding casnap's stderr open for whoever reads it to its end."""
     import subprocess
 
-    signal_it = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        signal_it(signal.SIGTERM)
+    family = set() if group else _descendants(proc.pid)
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        for pid, start in family:
+            if process_start_time(pid) == start:  # not a pid reused since
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+
+    def running() -> bool:
+        if proc.poll() is None:
+            return True
+        if group:
+            return any(pgid == proc.pid for _pid, _ppid, pgid in _processes())
+        live = {pid for pid, _ppid, _pgid in _processes()}
+        return any(pid in live for pid, _start in family)
+
+    send(signal.SIGTERM)
     deadline = time.monotonic() + CHILD_GRACE
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(CHILD_GRACE)
-    while group and _group_lives(proc.pid) and time.monotonic() < deadline:
+    while running() and time.monotonic() < deadline:
         time.sleep(0.02)
-    if proc.poll() is None or (group and _group_lives(proc.pid)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            signal_it(signal.SIGKILL)
-        proc.wait()
+    if running():
+        send(signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(CHILD_GRACE)
 
 
-def _group_lives(pgid: int) -> bool:
+def _processes() -> list[tuple[int, int, int]]:
+    """(pid, parent's pid, process group) of every running process, zombies left out (a slow
+    init reaps them late); none where there is no /proc."""
+    found: list[tuple[int, int, int]] = []
     try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    data = f.read()
+                state, ppid, pgid = data[data.rindex(b")") + 2 :].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if state != b"Z":
+                found.append((int(name), int(ppid), int(pgid)))
+    return found
+
+
+def _descendants(pid: int) -> set[tuple[int, int | None]]:
+    """The processes below pid, with their start times (to tell a pid reused later apart)."""
+    children: dict[int, list[int]] = {}
+    for below, ppid, _pgid in _processes():
+        children.setdefault(ppid, []).append(below)
+    found: set[tuple[int, int | None]] = set()
+    todo = list(children.get(pid, ()))
+    while todo:
+        below = todo.pop()
+        found.add((below, process_start_time(below)))
+        todo += children.get(below, ())
+    return found
 
 
 CHILD_GRACE = 2.0  # seconds an interrupted child command has to end before it is killed

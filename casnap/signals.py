@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from casnap.errors import Terminated
@@ -24,10 +25,12 @@ from casnap.errors import Terminated
 STOPPING: dict[int, str] = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 _AGAIN_AFTER = 0.01  # seconds after which a signal that could not be raised is sent again
 
-_terminating = False  # a SIGTERM or SIGHUP was raised: the command unwinds
-_ended = False  # the command is done: what it says now is not cut short
+_stopping = False  # a signal raised its exception: the command unwinds
+_first = 0  # that signal
+_ended = False  # the command is done: a signal ends the process at once
 _depth = 0  # uninterrupted blocks the main thread is in
 _held_back: BaseException | None = None  # what a signal raised meanwhile
+_exit_code: int | None = None  # the exit a signal asked for once the command was done
 
 
 def _loading(signum: int, frame: FrameType | None) -> None:
@@ -65,26 +68,33 @@ def handle() -> None:
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM or SIGHUP: Terminated in the main thread, once (a second signal while the command
-    unwinds would cut its clean-up short; SIGKILL is for a clean-up that hangs)."""
-    global _terminating
-    if _terminating or _ended:
-        return
-    if _unsafe(frame):
-        _send_again(signum)
-        return
-    _terminating = True
-    _deliver(Terminated(STOPPING[signum], signum))
+    """SIGTERM or SIGHUP: Terminated in the main thread."""
+    _stop(signum, frame, lambda: Terminated(STOPPING[signum], signum))
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C: KeyboardInterrupt, as Python's own handler."""
+    _stop(signum, frame, KeyboardInterrupt)
+
+
+def _stop(signum: int, frame: FrameType | None, make: Callable[[], BaseException]) -> None:
+    """Raise the first signal's exception; ignore those after it, whichever they are (one
+    raised while the command unwinds would cut its clean-up short, such as a lock's release:
+    SIGKILL is for a clean-up that hangs). Once the command is done, a signal ends the process
+    at once: all that is left is its last line, perhaps to a pipe nobody reads."""
+    global _stopping, _exit_code, _first
     if _ended:
+        if _depth:
+            _exit_code = _exit_code or 128 + signum
+            return
+        os._exit(128 + signum)
+    if _stopping:
         return
     if _unsafe(frame):
         _send_again(signum)
         return
-    _deliver(KeyboardInterrupt())
+    _stopping, _first = True, signum
+    _deliver(make())
 
 
 def _unsafe(frame: FrameType | None) -> bool:
@@ -115,13 +125,11 @@ def _send_again(signum: int) -> None:
 def _unraisable(args: sys.UnraisableHookArgs) -> None:
     """An exception Python could only print and drop (raised in a finalizer): the SIGTERM or
     Ctrl-C that raised it is sent again instead of being lost."""
-    global _terminating
+    global _stopping
     exc = args.exc_value
-    if isinstance(exc, Terminated):
-        _terminating = False
-        _send_again(exc.signum)
-    elif isinstance(exc, KeyboardInterrupt):
-        _send_again(signal.SIGINT)
+    if isinstance(exc, Terminated | KeyboardInterrupt):
+        _stopping = False
+        _send_again(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     else:
         sys.__unraisablehook__(args)
 
@@ -141,12 +149,23 @@ class uninterrupted:  # noqa: N801 - used as a statement: `with uninterrupted():
         global _depth, _held_back
         if self.counted:
             _depth -= 1
+            if not _depth and _exit_code is not None:
+                os._exit(_exit_code)
             if not _depth and _held_back is not None:
                 held, _held_back = _held_back, None
                 raise held
 
 
 def ending() -> None:
-    """The command is done (or failed) and says so: a signal now changes nothing."""
+    """The command is done (or failed) and says so: a signal now ends the process at once. When
+    a signal ended it, its last line and output left to flush get SAY_LAST seconds (a pipe
+    nobody reads would hold them for ever), then the process ends with the signal's code."""
     global _ended
+    if _stopping and not _ended:
+        timer = threading.Timer(SAY_LAST, os._exit, (128 + _first,))
+        timer.daemon = True
+        timer.start()
     _ended = True
+
+
+SAY_LAST = 2.0

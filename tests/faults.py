@@ -30,7 +30,18 @@ from casnap.backends.local import LocalBackend
 from casnap.errors import TransientError
 
 OPS = ("put", "get", "list", "delete", "replace")
-ACTIONS = ("fail", "enospc", "truncate", "flip", "transient", "lost", "kill", "call", "term")
+ACTIONS = (
+    "fail",
+    "enospc",
+    "truncate",
+    "flip",
+    "transient",
+    "lost",
+    "kill",
+    "call",
+    "term",
+    "burst",
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,8 @@ class Fault:
     TransientError (a put that landed, a delete that deleted, but whose answer never came back),
     "kill" SIGKILLs the process once the call has completed, "call" runs `hook(key)` once the
     call has completed, "term" sends the process SIGTERM just before the call (a service manager
-    stopping it at that step). times=None keeps acting on every later call.
+    stopping it at that step), "burst" SIGINT and SIGTERM at once (the second is handled as the
+    first unwinds). times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -144,6 +156,9 @@ class FaultPlan:
             if f.action == "transient":
                 raise TransientError(f"{key}: injected timeout ({f.describe()})")
             if f.action == "term":
+                os.kill(os.getpid(), signal.SIGTERM)
+            if f.action == "burst":
+                os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)
 
     @staticmethod

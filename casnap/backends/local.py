@@ -19,6 +19,7 @@ from casnap.constants import TEMP_PREFIX
 from casnap.directio import write_new
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
 from casnap.fsutil import FILE_MODE, fsync_dir, make_dirs, temp_name
+from casnap.signals import uninterrupted
 
 
 def _pread(fd: int, length: int, offset: int, whole: bool = True) -> bytes:
@@ -94,8 +95,9 @@ class LocalBackend(Backend):
         made = False
         try:
             make_dirs(final.parent)
-            fd = os.open(tmp, _NEW_FILE, FILE_MODE)
-            made = True
+            with uninterrupted():  # made and known, so the `finally` below removes it
+                fd = os.open(tmp, _NEW_FILE, FILE_MODE)
+                made = True
             try:
                 write_new(fd, data)  # a pack past the page cache: see directio.py
                 os.fsync(fd)
