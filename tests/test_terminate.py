@@ -29,6 +29,20 @@ def _locks(repo: Path) -> list[str]:
     return os.listdir(folder) if folder.is_dir() else []
 
 
+def _notes_repo(tmp_path: Path, commit: bool = True) -> tuple[Path, Path]:
+    """A data dir holding notes.txt and an initialised repository (with its first snapshot);
+    (data, repo)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("first\n")
+    repo = tmp_path / "repo"
+    assert _casnap("--repo", repo, "init").returncode == 0
+    if commit:
+        first = _casnap("--repo", repo, "--data", data, "commit", "-q")
+        assert first.returncode == 0, first.stderr
+    return data, repo
+
+
 def _terminated_mid_way(
     repo: Path, *args: str | Path, signum: int = signal.SIGTERM
 ) -> tuple[int, str]:
@@ -56,13 +70,7 @@ def test_a_terminated_commit_releases_its_lock_and_keeps_earlier_snapshots(
     tmp_path: Path, signum: int, code: int, said: str
 ) -> None:
     # SIGHUP: the terminal of an interactive commit closed (a dropped SSH session)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "notes.txt").write_text("first\n")
-    repo = tmp_path / "repo"
-    assert _casnap("--repo", repo, "init").returncode == 0
-    first = _casnap("--repo", repo, "--data", data, "commit", "-q")
-    assert first.returncode == 0, first.stderr
+    data, repo = _notes_repo(tmp_path)
     # enough data that the commit is still reading it when the signal comes
     (data / "big.bin").write_bytes(np.random.default_rng(7).bytes(48 << 20))
 
@@ -100,11 +108,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_sigterm_while_the_lock_is_released_still_removes_it(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "notes.txt").write_text("first\n")
-    repo = tmp_path / "repo"
-    assert _casnap("--repo", repo, "init").returncode == 0
+    data, repo = _notes_repo(tmp_path, commit=False)
     # the signal comes just before the lock object is removed: the commit itself has landed
     args = ["--repo", str(repo), "--data", str(data), "commit", "-q"]
     done = run_casnap(args, faults="delete:term:1:locks/")
@@ -195,12 +199,7 @@ def _gone(pid: int) -> bool:
 def test_a_signal_ends_a_running_smoke_command_and_the_checkout(
     tmp_path: Path, smoke: str, signums: list[int]
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "notes.txt").write_text("first\n")
-    repo = tmp_path / "repo"
-    assert _casnap("--repo", repo, "init").returncode == 0
-    assert _casnap("--repo", repo, "--data", data, "commit", "-q").returncode == 0
+    _data, repo = _notes_repo(tmp_path)
     mark = tmp_path / "smoke.pgid"
     target = tmp_path / "target"
     cmd = f"echo $$ > {mark}.tmp && mv {mark}.tmp {mark} && {smoke}"
