@@ -156,8 +156,9 @@ class PasswordError(CasnapError):
 
 class Terminated(BaseException):
     """SIGTERM arrived (a service manager stopping casnap, `timeout`, `kill`), or SIGHUP (its
-    terminal closed): raised in the main thread of the command line so the command unwinds as
-    for Ctrl-C, its lock released. The exit code is the shell's for a process the signal ended."""
+    terminal closed), or Ctrl-C once a command runs: raised in the main thread of the command
+    line so the command unwinds, its lock released. The exit code is the shell's for a process
+    the signal ended."""
 
     exit_code = 143  # 128 + SIGTERM
 

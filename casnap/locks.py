@@ -490,7 +490,8 @@ def locked(
         except BaseException:
             _drop(backend, key)
             raise
-        backend.delete(key)
+        with uninterrupted():  # ours, found in conflict: removed before a signal unwinds
+            backend.delete(key)
         if time.monotonic() >= deadline:
             raise LockError(conflict.conflict_message(backend.location))
         if notify is not None:

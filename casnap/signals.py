@@ -12,10 +12,12 @@ the command line installs these handlers.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -27,6 +29,7 @@ _AGAIN_AFTER = 0.01  # seconds after which a signal that could not be raised is 
 
 _stopping = False  # a signal raised its exception: the command unwinds
 _first = 0  # that signal
+_deferred = 0  # a first signal that could not be raised where it landed, sent again meanwhile
 _ended = False  # the command is done: a signal ends the process at once
 _depth = 0  # uninterrupted blocks the main thread is in
 _held_back: BaseException | None = None  # what a signal raised meanwhile
@@ -35,9 +38,16 @@ _exit_code: int | None = None  # the exit a signal asked for once the command wa
 
 def _loading(signum: int, frame: FrameType | None) -> None:
     """A signal while the command line loads its modules, before it has done anything: one
-    line and the shell's exit code for it (130 for Ctrl-C)."""
+    line (given SAY_LAST seconds: stderr may be a pipe nobody reads) and the shell's exit code
+    for it (130 for Ctrl-C)."""
+    _thread.start_new_thread(_exit_later, (128 + signum,))
     os.write(2, f"casnap: {STOPPING.get(signum, 'interrupted')}\n".encode())
     os._exit(128 + signum)
+
+
+def _exit_later(code: int) -> None:
+    time.sleep(SAY_LAST)
+    os._exit(code)
 
 
 def quiet_while_loading() -> None:
@@ -82,18 +92,20 @@ def _stop(signum: int, frame: FrameType | None, make: Callable[[], BaseException
     raised while the command unwinds would cut its clean-up short, such as a lock's release:
     SIGKILL is for a clean-up that hangs). Once the command is done, a signal ends the process
     at once: all that is left is its last line, perhaps to a pipe nobody reads."""
-    global _stopping, _exit_code, _first
+    global _stopping, _exit_code, _first, _deferred
     if _ended:
+        code = 128 + (_first if _stopping else signum)
         if _depth:
-            _exit_code = _exit_code or 128 + signum
+            _exit_code = _exit_code or code
             return
-        os._exit(128 + signum)
-    if _stopping:
+        os._exit(code)
+    if _stopping or _deferred not in (0, signum):  # the first, deferred, is sent again soon
         return
     if _unsafe(frame):
+        _deferred = signum
         _send_again(signum)
         return
-    _stopping, _first = True, signum
+    _stopping, _first, _deferred = True, signum, 0
     _deliver(make())
 
 
@@ -125,11 +137,12 @@ def _send_again(signum: int) -> None:
 def _unraisable(args: sys.UnraisableHookArgs) -> None:
     """An exception Python could only print and drop (raised in a finalizer): the SIGTERM or
     Ctrl-C that raised it is sent again instead of being lost."""
-    global _stopping
+    global _stopping, _deferred
     exc = args.exc_value
     if isinstance(exc, Terminated | KeyboardInterrupt):
         _stopping = False
-        _send_again(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+        _deferred = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        _send_again(_deferred)
     else:
         sys.__unraisablehook__(args)
 
@@ -162,9 +175,7 @@ def ending() -> None:
     nobody reads would hold them for ever), then the process ends with the signal's code."""
     global _ended
     if _stopping and not _ended:
-        timer = threading.Timer(SAY_LAST, os._exit, (128 + _first,))
-        timer.daemon = True
-        timer.start()
+        _thread.start_new_thread(_exit_later, (128 + _first,))
     _ended = True
 
 

@@ -4,6 +4,7 @@ otherwise wait for it to go stale), and prints one line; exit 143."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers_reliability import ROOT, run_casnap
+from tests.helpers_reliability import ROOT, casnap_env, run_casnap
 
 CASNAP = [sys.executable, "-m", "casnap"]
 
@@ -445,3 +446,105 @@ def test_a_signal_while_output_waits_on_a_full_pipe_still_ends_casnap(tmp_path: 
         proc.kill()
         os.close(read)
     assert code == 143
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full and that nobody reads: (read end, write end)."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x" * 65536)
+    os.set_blocking(write, True)
+    return read, write
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_output_is_stuck_on_a_full_pipe_ends_casnap(
+    tmp_path: Path, signum: int
+) -> None:
+    # `casnap log 2>&1 | reader` with the reader stuck: the signal's unwinding, and the last
+    # line it says, must not wait on the pipe for ever (click's own Ctrl-C line did)
+    _data, repo = _notes_repo(tmp_path)
+    read, write = _full_pipe()
+    proc = subprocess.Popen([*CASNAP, "--repo", str(repo), "log"], stdout=write, stderr=write)
+    os.close(write)
+    try:
+        time.sleep(2)  # loaded, and stuck writing the listing
+        proc.send_signal(signum)
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        os.close(read)
+    assert code == 128 + signum
+
+
+def test_a_signal_while_loading_with_stderr_stuck_ends_casnap(tmp_path: Path) -> None:
+    script = """
+import os, signal, time
+from casnap import signals
+
+signals.quiet_while_loading()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(60)
+"""
+    read, write = _full_pipe()
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=write, cwd=ROOT)
+    os.close(write)
+    try:
+        code = proc.wait(timeout=30)  # not the 60 s: its one line waits 2 s at most
+    finally:
+        proc.kill()
+        os.close(read)
+    assert code == 143
+
+
+def test_the_first_signal_decides_the_exit_code() -> None:
+    # a second signal once the command is done ends the process with the first one's code;
+    # one that lands while the first, deferred out of importlib's locking, waits to be sent
+    # again is ignored
+    script = """
+import os, signal, sys, time
+from casnap import signals
+from casnap.errors import Terminated
+
+signals.handle()
+locking = compile(
+    "def locking():\\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\\n"
+    "    for _ in range(1000):\\n"
+    "        pass\\n",
+    "<frozen importlib._bootstrap>",
+    "exec",
+)
+space = {"os": os, "signal": signal}
+exec(locking, space)
+try:
+    space["locking"]()
+    os.kill(os.getpid(), signal.SIGINT)  # before the deferred SIGTERM is sent again
+    time.sleep(5)
+except (Terminated, KeyboardInterrupt) as exc:
+    print(type(exc).__name__, flush=True)
+    signals.ending()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (run.stdout, run.returncode) == ("Terminated\n", 143), run.stderr
+
+
+def test_sigterm_while_a_lock_in_conflict_is_removed_leaves_none(tmp_path: Path) -> None:
+    # a commit that finds gc's exclusive lock removes its own and waits: a signal there must
+    # not leave it (on S3 another host's gc would wait 30 minutes for it to go stale)
+    data, repo = _notes_repo(tmp_path)
+    from casnap.repository import Repository
+
+    with Repository.open(repo) as held, held.lock("gc"):
+        gc_lock = _locks(repo)
+        args = ["--repo", str(repo), "--data", str(data), "commit", "-q"]
+        env = casnap_env(CASNAP_LOCK_WAIT="5")
+        done = run_casnap(args, env=env, faults="delete:term:1:locks/")
+        assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
+        assert _locks(repo) == gc_lock

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from signal import SIGINT
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -62,6 +63,12 @@ class CasnapGroup(click.Group):
             signals.ending()
             code = _report(exc)
         sys.exit(code)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # past click, which would first write a blank line:
+            raise Terminated("interrupted", SIGINT) from exc  # unbounded on a full stderr pipe
 
 
 def _report(exc: BaseException) -> int:
