@@ -119,8 +119,8 @@ def stop(proc: Popen[bytes], group: bool) -> None:
         if proc.poll() is None:
             return True
         if group:
-            return any(pgid == proc.pid for _pid, _ppid, pgid in _processes())
-        live = {pid for pid, _ppid, _pgid in _processes()}
+            return any(pgid == proc.pid for _pid, _ppid, pgid, _start in _processes())
+        live = {pid for pid, _ppid, _pgid, _start in _processes()}
         return any(pid in live for pid, _start in family)
 
     send(signal.SIGTERM)
@@ -135,10 +135,10 @@ def stop(proc: Popen[bytes], group: bool) -> None:
         proc.wait(CHILD_GRACE)
 
 
-def _processes() -> list[tuple[int, int, int]]:
-    """(pid, parent's pid, process group) of every running process, zombies left out (a slow
-    init reaps them late); none where there is no /proc."""
-    found: list[tuple[int, int, int]] = []
+def _processes() -> list[tuple[int, int, int, int]]:
+    """(pid, parent's pid, process group, start time) of every running process, zombies left
+    out (a slow init reaps them late); none where there is no /proc."""
+    found: list[tuple[int, int, int, int]] = []
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -148,25 +148,25 @@ def _processes() -> list[tuple[int, int, int]]:
             try:
                 with open(f"/proc/{name}/stat", "rb") as f:
                     data = f.read()
-                state, ppid, pgid = data[data.rindex(b")") + 2 :].split()[:3]
-            except (OSError, ValueError):
+                fields = data[data.rindex(b")") + 2 :].split()
+                if fields[0] != b"Z":
+                    found.append((int(name), int(fields[1]), int(fields[2]), int(fields[19])))
+            except (OSError, ValueError, IndexError):
                 continue
-            if state != b"Z":
-                found.append((int(name), int(ppid), int(pgid)))
     return found
 
 
-def _descendants(pid: int) -> set[tuple[int, int | None]]:
+def _descendants(pid: int) -> set[tuple[int, int]]:
     """The processes below pid, with their start times (to tell a pid reused later apart)."""
-    children: dict[int, list[int]] = {}
-    for below, ppid, _pgid in _processes():
-        children.setdefault(ppid, []).append(below)
-    found: set[tuple[int, int | None]] = set()
-    todo = list(children.get(pid, ()))
+    children: dict[int, list[tuple[int, int]]] = {}
+    for other, ppid, _pgid, start in _processes():
+        children.setdefault(ppid, []).append((other, start))
+    found: set[tuple[int, int]] = set()
+    todo = list(children.get(pid, []))
     while todo:
         below = todo.pop()
-        found.add((below, process_start_time(below)))
-        todo += children.get(below, ())
+        found.add(below)
+        todo += children.get(below[0], [])
     return found
 
 

@@ -40,14 +40,23 @@ def _loading(signum: int, frame: FrameType | None) -> None:
     """A signal while the command line loads its modules, before it has done anything: one
     line (given SAY_LAST seconds: stderr may be a pipe nobody reads) and the shell's exit code
     for it (130 for Ctrl-C)."""
-    _thread.start_new_thread(_exit_later, (128 + signum,))
+    _after(SAY_LAST, os._exit, 128 + signum)
     os.write(2, f"casnap: {STOPPING.get(signum, 'interrupted')}\n".encode())
     os._exit(128 + signum)
 
 
-def _exit_later(code: int) -> None:
-    time.sleep(SAY_LAST)
-    os._exit(code)
+def _after(seconds: float, action: Callable[..., object], *args: int) -> None:
+    """Run action(*args) in seconds, on a bare thread of its own (nothing waits for it at exit);
+    nothing while the interpreter shuts down."""
+
+    def run() -> None:
+        time.sleep(seconds)
+        action(*args)
+
+    try:
+        _thread.start_new_thread(run, ())
+    except RuntimeError:  # shutting down: nothing is left to stop
+        pass
 
 
 def quiet_while_loading() -> None:
@@ -124,14 +133,8 @@ def _deliver(exc: BaseException) -> None:
 
 
 def _send_again(signum: int) -> None:
-    """Send signum to this process again shortly (from a daemon timer, which cannot hold up the
-    exit); none is sent while the interpreter shuts down."""
-    timer = threading.Timer(_AGAIN_AFTER, os.kill, (os.getpid(), signum))
-    timer.daemon = True
-    try:
-        timer.start()
-    except RuntimeError:  # shutting down: nothing is left to stop
-        pass
+    """Send signum to this process again shortly."""
+    _after(_AGAIN_AFTER, os.kill, os.getpid(), signum)
 
 
 def _unraisable(args: sys.UnraisableHookArgs) -> None:
@@ -175,7 +178,7 @@ def ending() -> None:
     nobody reads would hold them for ever), then the process ends with the signal's code."""
     global _ended
     if _stopping and not _ended:
-        _thread.start_new_thread(_exit_later, (128 + _first,))
+        _after(SAY_LAST, os._exit, 128 + _first)
     _ended = True
 
 
