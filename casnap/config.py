@@ -51,8 +51,11 @@ def iso_time(t: dt.datetime) -> str:
 
 
 def parse_time(text: str) -> dt.datetime:
-    """The datetime of a snapshot time string."""
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    """The datetime of a snapshot time string (fromisoformat: strptime costs ~10 us a call and
+    an import of its own)."""
+    if not text.endswith("Z"):
+        raise ValueError(f"time {text[:80]!r} is not in UTC")
+    return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.UTC)
 
 
 # A snapshot's time is never before the Unix epoch: a data dir has no copy older, a time before it

@@ -182,7 +182,7 @@ def time_field(x: Any) -> str:
     try:
         if not (_TIME.fullmatch(s) and 1000 <= int(s[:4]) <= 9998):
             raise ValueError("not YYYY-MM-DDTHH:MM:SS.ffffffZ")
-        dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
+        dt.datetime.fromisoformat(s[:-1])  # a real date: no 31 June, no hour 24
     except ValueError as exc:
         raise ValueError(f"its time {s[:80]!r} is no UTC time as casnap writes it: {exc}") from exc
     return s
