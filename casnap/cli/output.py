@@ -7,7 +7,6 @@ import json
 import shutil
 import sys
 import time
-import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,8 @@ def printable(text: str, backslash: bool = True) -> str:
     `ls -b` does). JSON output keeps names exact."""
     if text.isprintable() and not (backslash and "\\" in text):
         return text
+    import unicodedata  # only for text that needs escaping
+
     out = []
     for ch in text:
         code = ord(ch)

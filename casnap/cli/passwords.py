@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -64,6 +63,8 @@ def run_password_command(command: str) -> str:
         raise PasswordError(f"password command {command!r} cannot be parsed: {exc}") from exc
     if not args:
         raise PasswordError("the password command is empty")
+    import subprocess  # only when a command gives the password
+
     try:
         with child(args, stdout=subprocess.PIPE, env=user_environ()) as proc:
             assert proc.stdout is not None  # read as a password file is: stopped past its size
