@@ -294,3 +294,52 @@ def test_blocks_in_reused_buffers_are_the_blocks_of_fresh_ones(spec: str) -> Non
     fresh = cut(None)
     assert len(fresh) > 5 and b"".join(data for _, _, data in fresh) == raw
     assert cut(Buffers(keep=4)) == fresh
+
+
+def _pyfastcdc_accepts(mn: int, avg: int, mx: int) -> bool:
+    from pyfastcdc import FastCDC
+
+    try:
+        FastCDC(avg, min_size=mn, max_size=mx)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        (63, 256, 1024), (64, 256, 1024), (64, 255, 1024), (64, 256, 1023),
+        ((1 << 20) + 1, 4 << 20, 16 << 20), (1 << 20, 4 << 20, 16 << 20),
+        (1 << 20, (4 << 20) + 1, 16 << 20), (1 << 20, 4 << 20, (16 << 20) + 1),
+        (4096, 2048, 65536), (2048, 8192, 4096), (2048, 8192, 65536),
+    ],
+)  # fmt: skip
+def test_the_fastcdc_cutter_refuses_what_pyfastcdc_refuses_when_made(
+    sizes: tuple[int, int, int],
+) -> None:
+    """pyfastcdc loads at the first long buffer; a chunker it would refuse is refused at once."""
+    from casnap.chunking.cdc import Cutter
+
+    accepted = True
+    try:
+        Cutter(*sizes)
+    except ValueError:
+        accepted = False
+    assert accepted == _pyfastcdc_accepts(*sizes)
+
+
+@pytest.mark.parametrize("sizes", [(512, 2048, 8192), (2048, 8192, 65536)])
+def test_the_fastcdc_cutter_cuts_as_pyfastcdc_at_every_length(sizes: tuple[int, int, int]) -> None:
+    """Buffers up to the minimum are one piece without pyfastcdc; every length cuts as it does."""
+    from pyfastcdc import FastCDC
+
+    from casnap.chunking.cdc import Cutter
+
+    mn, avg, mx = sizes
+    data = np.random.default_rng(5).integers(0, 256, 4 * mx, dtype=np.uint8).tobytes()
+    cdc = FastCDC(avg, min_size=mn, max_size=mx)
+    cutter = Cutter(mn, avg, mx)
+    for n in [*range(0, 70), mn - 1, mn, mn + 1, avg, mx, 4 * mx]:
+        view = memoryview(data)[:n]
+        assert cutter.lengths(view) == [c.length for c in cdc.cut_buf(view)]

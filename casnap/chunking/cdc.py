@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from pyfastcdc import FastCDC
+from typing import TYPE_CHECKING, Any
 
 from casnap.chunking.base import Chunker
+
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
+
+# The sizes pyfastcdc accepts (its constructor's checks), checked here so that a chunker it
+# would refuse is refused when it is made, not at the first long buffer
+_MIN_SIZES = (64, 1 << 20)
+_AVG_SIZES = (256, 4 << 20)
+_MAX_SIZES = (1024, 16 << 20)
+
+
+class Cutter:
+    """FastCDC cut points with the given sizes. pyfastcdc (a few ms to import) is loaded at the
+    first buffer longer than min_size: a buffer no longer than that is one piece whatever it
+    holds, which is all that small files and the headers of FAISS indexes ever are."""
+
+    __slots__ = ("min_size", "avg_size", "max_size", "_cdc")
+
+    def __init__(self, min_size: int, avg_size: int, max_size: int) -> None:
+        for label, value, (low, high) in (
+            ("min", min_size, _MIN_SIZES),
+            ("avg", avg_size, _AVG_SIZES),
+            ("max", max_size, _MAX_SIZES),
+        ):
+            if not low <= value <= high:
+                raise ValueError(f"FastCDC {label} size {value} is outside [{low}, {high}]")
+        if not min_size <= avg_size <= max_size:
+            raise ValueError("FastCDC needs min <= avg <= max")
+        self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
+        self._cdc: FastCDC | None = None
+
+    def lengths(self, buf: memoryview) -> list[int]:
+        """The lengths of the pieces buf is cut into."""
+        n = len(buf)
+        if n <= self.min_size:
+            return [n] if n else []
+        if self._cdc is None:
+            from pyfastcdc import FastCDC
+
+            self._cdc = FastCDC(self.avg_size, min_size=self.min_size, max_size=self.max_size)
+        return [c.length for c in self._cdc.cut_buf(buf)]
 
 
 class FastCDCChunker(Chunker):
@@ -18,10 +57,10 @@ class FastCDCChunker(Chunker):
         self.min_size = min_size
         self.avg_size = avg_size
         self.max_size = max_size
-        self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size)
+        self._cut = Cutter(min_size, avg_size, max_size)
 
     def params(self) -> dict[str, Any]:
         return {"min": self.min_size, "avg": self.avg_size, "max": self.max_size}
 
     def cut(self, buf: memoryview) -> list[int]:
-        return [c.length for c in self._cdc.cut_buf(buf)]
+        return self._cut.lengths(buf)

@@ -22,9 +22,8 @@ from abc import abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pyfastcdc import FastCDC
-
 from casnap.chunking.base import FLOAT32, GENERIC, Chunker
+from casnap.chunking.cdc import Cutter
 from casnap.formats.faiss import (
     GRAPH,
     IDS,
@@ -129,7 +128,7 @@ class _LayoutChunker(Chunker):
 
     def __init__(self, min_size: int, avg_size: int, max_size: int) -> None:
         self.min_size, self.avg_size, self.cdc_max = min_size, avg_size, max_size
-        self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size)
+        self._cdc = Cutter(min_size, avg_size, max_size)
         self._layout = _Layout()
 
     def _fallback_params(self) -> dict[str, int]:
@@ -182,9 +181,9 @@ class _LayoutChunker(Chunker):
         return lengths, bytes(kinds) if FLOAT32 in kinds else None
 
     def _cdc_pieces(self, view: memoryview, lengths: list[int], kinds: bytearray) -> None:
-        for c in self._cdc.cut_buf(view):
-            lengths.append(c.length)
-            kinds.append(GENERIC)
+        cut = self._cdc.lengths(view)
+        lengths += cut
+        kinds += bytes([GENERIC]) * len(cut)
 
 
 class FaissChunker(_LayoutChunker):
