@@ -124,7 +124,7 @@ def test_a_llamaindex_store_without_an_id_map_counts_its_index_struct(tmp_path: 
         ]
         VectorStoreIndex(nodes, storage_context=context).storage_context.persist(str(tmp_path))
     view = files_of(tmp_path)
-    (store_layout,) = llamaindex.find(list(view))
+    (store_layout,) = layouts.find_stores(list(view))
     found = llamaindex.check(store_layout, view)
     (counts,) = [f for f in found if f.check == "llamaindex-counts"]
     assert counts.ok and counts.info["index_nodes"] == 30, counts
@@ -140,7 +140,7 @@ def test_the_langchain_check_reads_the_pickle_only(tmp_path: Path) -> None:
 
     make_langchain(tmp_path, n=50)
     view = files_of(tmp_path)
-    (store,) = langchain.find(list(view))
+    (store,) = layouts.find_stores(list(view))
     assert store.root == LANGCHAIN_DIR
     found = {f.check: f for f in langchain.check(store, view)}
     assert found["langchain-docstore"].info == {"documents": 50, "positions": 50}

@@ -18,6 +18,7 @@ from typing import Any
 
 from casnap.committer import commit
 from casnap.repository import Repository
+from tests.conftest import evolve_app
 
 HEAVY = {"numpy", "zstandard", "faiss", "boto3", "botocore", "cryptography"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +34,10 @@ main()
 """
 
 
-def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """The command's result and the top-level packages it imported."""
+def run_cli(
+    tmp_path: Path, *args: str, top: bool = True
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """The command's result and the top-level packages it imported (all modules: top=False)."""
     out = tmp_path / "modules.json"
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(out), *args],
@@ -43,8 +46,8 @@ def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str
         cwd=ROOT,
         timeout=120,
     )
-    loaded = {name.split(".")[0] for name in json.loads(out.read_text())}
-    return proc, loaded
+    names = json.loads(out.read_text())
+    return proc, {name.split(".")[0] for name in names} if top else set(names)
 
 
 def test_importing_the_package_loads_no_operation() -> None:
@@ -96,6 +99,38 @@ def test_a_commit_that_finds_nothing_changed_loads_no_heavy_library(
     assert (result["files_unchanged"], result["bytes_read"]) == (8, 0)
     assert result["id"] != first.id  # a new snapshot all the same, as always
     assert (HEAVY - {"zstandard"}) & loaded == set()
+
+
+# what a later commit of a database, FAISS indexes and small files needs none of: the parsers of
+# framework stores (there is none), FastCDC (each piece it would cut here is under its minimum),
+# strptime's module, subprocess (no password command), unicodedata (nothing unprintable shown)
+UNNEEDED = {
+    "casnap.formats.chroma",
+    "casnap.formats.langchain",
+    "casnap.formats.llamaindex",
+    "casnap.formats.pickles",
+    "pyfastcdc",
+    "_strptime",
+    "subprocess",
+    "unicodedata",
+}
+
+
+def test_a_later_commit_loads_only_what_its_files_need(app: Path, tmp_path: Path) -> None:
+    """A commit after the database, the indexes and a small JSON file changed reads them all
+    (numpy and the data path load), yet imports nothing those files do not call for."""
+    (app / "notes.json").write_text('{"n": 1}')
+    repo_dir = tmp_path / "repo"
+    commit(Repository.init(repo_dir), app)
+    evolve_app(app, 1)
+    (app / "notes.json").write_text('{"n": 22}')
+    args = ("--repo", str(repo_dir), "--data", str(app), "commit", "--json")
+    proc, loaded = run_cli(tmp_path, *args, top=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["files_changed"] >= 4 and result["bytes_read"] > 0
+    assert "numpy" in loaded
+    assert UNNEEDED & loaded == set()
 
 
 def test_a_command_on_s3_loads_botocore_but_not_boto3(

@@ -17,6 +17,15 @@ from typing import Any
 
 from casnap.constants import SNIFF_BYTES
 
+# The names that make a framework's store: formats/layouts.py finds stores by them alone, so a
+# data dir without one never loads the modules that read what such files hold.
+CHROMA_DATABASE = "chroma.sqlite3"  # with segment folders beside it
+CHROMA_METADATA = "index_metadata.pickle"  # in a segment folder, with hnswlib's files
+LANGCHAIN_INDEX = ".faiss"  # <name>.faiss with its <name>.pkl beside it
+LANGCHAIN_DOCSTORE = ".pkl"
+LLAMAINDEX_DOCSTORE = "docstore.json"  # either marks a folder as a persist dir
+LLAMAINDEX_INDEX_STORE = "index_store.json"
+
 
 def sniff(path: str | os.PathLike[str]) -> bytes:
     """The first SNIFF_BYTES of a file (all of a shorter one); b"" when it cannot be read or

@@ -23,39 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from casnap.formats import Finding, StoreLayout, hnsw
+from casnap.formats import CHROMA_METADATA, Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
 
 if TYPE_CHECKING:  # numpy is imported where labels are compared: finding a store needs none
     import numpy as np
 
-DATABASE = "chroma.sqlite3"
-METADATA = "index_metadata.pickle"
-SEGMENT_FILES = (*hnsw.FILES, METADATA)
+SEGMENT_FILES = (*hnsw.FILES, CHROMA_METADATA)
 _PERSISTENT_DATA = Global("chromadb.segment.impl.vector.local_persistent_hnsw", "PersistentData")
 _ADD, _UPDATE, _UPSERT, _DELETE = 0, 1, 2, 3
-
-
-def find(files: Collection[str]) -> list[StoreLayout]:
-    """Every `chroma.sqlite3` among files, with the segment files in the folders beside it."""
-    stores = []
-    for rel in sorted(files):
-        if not rel.endswith(DATABASE):  # cheap first: a data dir may hold many thousand files
-            continue
-        p = PurePosixPath(rel)
-        if p.name != DATABASE:
-            continue
-        root = "" if p.parent.as_posix() == "." else p.parent.as_posix()
-        prefix = f"{root}/" if root else ""
-        segs = []
-        for other in files:
-            if not other.startswith(prefix):
-                continue
-            parts = other[len(prefix) :].split("/")
-            if len(parts) == 2 and parts[1] in SEGMENT_FILES:
-                segs.append(other)
-        stores.append(StoreLayout("chroma", root, (rel, *sorted(segs))))
-    return stores
 
 
 def segments(store: StoreLayout) -> dict[str, str]:
@@ -318,13 +294,13 @@ def _check_segment(
             detail += f", {seg.level0.deleted} marked deleted, every neighbour id in range"
         found.append(Finding("hnsw-data", rel[hnsw.DATA], True, detail, info))
     found.append(_check_links(rel[hnsw.LINKS], paths[hnsw.LINKS], header, deep, seg))
-    meta_path = paths[METADATA]
+    meta_path = paths[CHROMA_METADATA]
     if meta_path is not None:
-        found.append(_check_metadata(rel[METADATA], meta_path, seg))
+        found.append(_check_metadata(rel[CHROMA_METADATA], meta_path, seg))
     elif header.elements:
         seg.ok = False
         detail = f"index_metadata.pickle is missing, yet the segment holds {header.elements}"
-        found.append(Finding("hnsw-metadata", rel[METADATA], False, detail + " elements"))
+        found.append(Finding("hnsw-metadata", rel[CHROMA_METADATA], False, detail + " elements"))
     return found
 
 

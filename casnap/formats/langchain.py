@@ -11,16 +11,13 @@ loaded: it may name only LangChain's docstore and document classes.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from casnap.formats import Finding, StoreLayout
 from casnap.formats.faiss import read_faiss_header
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
-
-INDEX_SUFFIX = ".faiss"
-PICKLE_SUFFIX = ".pkl"
 
 # The classes a LangChain docstore pickle names (in whichever LangChain package defines them),
 # and what Python's own pickling of plain objects adds; nothing else is expected.
@@ -41,20 +38,6 @@ def expected_global(g: Global) -> bool:
     """Whether a docstore pickle may name g: LangChain's docstore or document class, or what
     pickling a plain object adds."""
     return g in _PLAIN or (g.module.split(".")[0] in _PACKAGES and g.name in _CLASSES)
-
-
-def find(files: Collection[str]) -> list[StoreLayout]:
-    """Every `<name>.faiss` with a `<name>.pkl` beside it among files (relative paths)."""
-    present = set(files)
-    stores = []
-    for rel in sorted(present):
-        if not rel.endswith(INDEX_SUFFIX):
-            continue
-        pkl = rel[: -len(INDEX_SUFFIX)] + PICKLE_SUFFIX
-        if pkl in present:
-            parent = PurePosixPath(rel).parent.as_posix()
-            stores.append(StoreLayout("langchain", "" if parent == "." else parent, (rel, pkl)))
-    return stores
 
 
 @dataclass(frozen=True)

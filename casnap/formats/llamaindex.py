@@ -18,35 +18,13 @@ from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from casnap.formats import Finding, StoreLayout
+from casnap.formats import LLAMAINDEX_DOCSTORE, LLAMAINDEX_INDEX_STORE, Finding, StoreLayout
 from casnap.formats.faiss import IDMAP_FOURCCS, FaissHeader, read_faiss_header
 
 if TYPE_CHECKING:  # numpy is imported where ids are compared: finding a store needs none
     import numpy as np
 
-DOCSTORE = "docstore.json"
-INDEX_STORE = "index_store.json"
 ID_MAP = "id_map.json"
-_MARKERS = (DOCSTORE, INDEX_STORE)
-
-
-def find(files: Collection[str]) -> list[StoreLayout]:
-    """Every folder holding a `docstore.json` or `index_store.json`, with the JSON files (and
-    FAISS vector stores named `.json`) directly in it."""
-    folders: dict[str, list[str]] = {}
-    for rel in files:
-        if not rel.endswith(".json"):  # cheap first: a data dir may hold many thousand files
-            continue
-        p = PurePosixPath(rel)
-        parent = "" if p.parent.as_posix() == "." else p.parent.as_posix()
-        if p.suffix == ".json":
-            folders.setdefault(parent, []).append(rel)
-    stores = []
-    for root, rels in sorted(folders.items()):
-        names = {PurePosixPath(r).name for r in rels}
-        if any(m in names for m in _MARKERS):
-            stores.append(StoreLayout("llamaindex", root, tuple(sorted(rels))))
-    return stores
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -197,11 +175,16 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
     if any(not f.ok for f in found):
         return found
     try:
-        structs = _vector_nodes(values.get(INDEX_STORE))
+        structs = _vector_nodes(values.get(LLAMAINDEX_INDEX_STORE))
     except ValueError as exc:
         return [
             *found,
-            Finding("llamaindex-json", store.rel(INDEX_STORE), False, f"{INDEX_STORE}: {exc}"),
+            Finding(
+                "llamaindex-json",
+                store.rel(LLAMAINDEX_INDEX_STORE),
+                False,
+                f"{LLAMAINDEX_INDEX_STORE}: {exc}",
+            ),
         ]
     counts = _counts(store, view, values, structs, faiss_stores)
     if counts is not None:
@@ -261,8 +244,8 @@ def _counts(
             )
         else:
             said.append(f"{len(in_index)} nodes in index_store.json")
-        stored = _docstore_ids(values.get(DOCSTORE))
-        if stored is not None and DOCSTORE in values:
+        stored = _docstore_ids(values.get(LLAMAINDEX_DOCSTORE))
+        if stored is not None and LLAMAINDEX_DOCSTORE in values:
             missing = sum(1 for n in structs[0].values() if n not in stored)
             info["documents"] = len(stored)
             if missing:
