@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casnap import dbimage
-from casnap.constants import SKIP_NAMES, TEMP_PREFIX
+from casnap.constants import TEMP_PREFIX
 from casnap.errors import HostileManifest, SourceError, from_oserror
 from casnap.fingerprints import fingerprint as fingerprint
 from casnap.fingerprints import is_racy as is_racy
@@ -63,8 +63,8 @@ def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
 
 
 def is_ignored_name(name: str) -> bool:
-    """OS litter and casnap's own temp files, skipped everywhere."""
-    return name in SKIP_NAMES or name.startswith(TEMP_PREFIX)
+    """casnap's own temp files, skipped everywhere."""
+    return name.startswith(TEMP_PREFIX)
 
 
 def side_file_base(name: str) -> str | None:

@@ -191,8 +191,8 @@ RETRY_ATTEMPTS = 8
 RETRY_BASE_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0
 
-# Names skipped in every data dir: OS litter and casnap's own temporary files.
-SKIP_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+# casnap's own temporary files, passed over in every data dir (any other name is the user's:
+# even what looks like OS litter, such as Thumbs.db, may be a database)
 TEMP_PREFIX = ".casnap-tmp-"
 
 # Smoke checks of restored databases (casnap/smoke_sqlite.py). A database up to this size gets

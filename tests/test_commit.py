@@ -62,13 +62,38 @@ def test_paths_and_excludes(app: Path, tmp_path: Path) -> None:
     only_db = commit(repo, app, ["app.db"])
     snap = repo.load_snapshot(repo.resolve(only_db.id))
     assert [f.path for f in snap.files] == ["app.db"] and snap.paths == ("app.db",)
-    no_meta = commit(repo, app, excludes=["*.meta.json"])
+    no_meta = commit(repo, app, excludes=["*.meta.json", ".DS_Store"])
     names = [f.path for f in repo.load_snapshot(repo.resolve(no_meta.id)).files]
     assert names == ["app.db", "faiss/hnsw.index", "faiss/ivf.index", "faiss/shard_000.index"]
     with pytest.raises(SourceError):
         commit(repo, app, ["missing.db"])
     with pytest.raises(InvalidArgument):  # a usage error (exit 2), not a source error
         commit(repo, app, ["../outside"])
+
+
+def test_files_named_as_os_litter_are_stored_as_any_other(tmp_path: Path) -> None:
+    """`Thumbs.db`, `.DS_Store` and `desktop.ini` are the user's files like any other (a database
+    may be called Thumbs.db): stored and restored, as restic and borg do; only casnap's own
+    temp files are passed over."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(data / "Thumbs.db")) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES (42)")
+        db.commit()
+    (data / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (data / "sub" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (data / ".casnap-tmp-123-ab-cd").write_bytes(b"a temp file of casnap's own")
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data)
+    files = {f.path: f for f in repo.load_snapshot(repo.resolve(result.id)).files}
+    assert sorted(files) == [".DS_Store", "Thumbs.db", "sub/desktop.ini"]
+    assert files["Thumbs.db"].kind == "sqlite"
+    checkout(repo, result.id, tmp_path / "out")
+    assert (tmp_path / "out" / ".DS_Store").read_bytes() == (data / ".DS_Store").read_bytes()
+    assert (tmp_path / "out" / "sub" / "desktop.ini").read_text() == "[.ShellClassInfo]\n"
+    with contextlib.closing(sqlite3.connect(tmp_path / "out" / "Thumbs.db")) as db:
+        assert db.execute("SELECT x FROM t").fetchall() == [(42,)]
 
 
 def test_sqlite_detected_by_header_and_side_files_not_stored(tmp_path: Path) -> None:
