@@ -147,8 +147,9 @@ def heads(
 ) -> dict[str, bytes]:
     """The first bytes of files for the FAISS checks (consistency.py), known without reading
     them: those the scan read, and b"" for a reused file whose entry says it is no FAISS index
-    (chunked by another chunker in a repository whose config has a FAISS one, which takes
-    every file with a FAISS header)."""
+    of a layout the FAISS chunker parses (chunked by another chunker in a repository whose
+    config has a FAISS one); the checks read the header of such a file when a sidecar vouches
+    for an index (one of a layout not parsed, such as IndexPQ)."""
     out = {s.path: s.head for s in sources if s.head is not None}
     if "faiss" in chunkers:
         for path, entry in reuse.items():

@@ -4,6 +4,8 @@ warnings (kept by -q when a checkout would refuse the data), or --strict errors.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import faiss
@@ -93,3 +95,34 @@ def test_unreadable_index_header_is_a_warning(app: Path, tmp_path: Path) -> None
         "faiss/flat.index: cannot read the vector count from its header "
         "(faiss/flat.meta.json says ntotal 4000)"
     ]
+
+
+@pytest.mark.parametrize("factory", ["PQ4x8", "LSH", "OPQ4,PQ4x8"])
+def test_an_unchanged_index_of_a_layout_not_parsed_stays_clean_in_later_commits(
+    tmp_path: Path, factory: str
+) -> None:
+    """An index chunked by content (a layout the FAISS chunker does not parse) whose sidecar
+    agrees is clean in every commit, not only the one that read it: a later commit that reuses
+    its entry reads its header again instead of taking it for no index at all."""
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    x = np.random.default_rng(3).standard_normal((600, 16)).astype("float32")
+    index = faiss.index_factory(16, factory)
+    index.train(x)
+    index.add(x)
+    write_index(index, data / "pq.index")
+    (data / "pq.meta.json").write_text(json.dumps({"ntotal": 600}))
+    past = time.time() - 60  # written well before: the next commit reuses their entries
+    for p in data.iterdir():
+        os.utime(p, (past, past))
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data)
+    assert (first.warnings, first.damage) == ([], [])
+    (data / "notes.txt").write_text("another file\n")
+    later = commit(repo, data)
+    assert later.files_unchanged == 2
+    assert (later.warnings, later.damage) == ([], [])
+    code, _, err = run(tmp_path / "repo", data, "commit", "--strict")
+    assert code == 0, err
