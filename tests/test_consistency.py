@@ -126,3 +126,28 @@ def test_an_unchanged_index_of_a_layout_not_parsed_stays_clean_in_later_commits(
     assert (later.warnings, later.damage) == ([], [])
     code, _, err = run(tmp_path / "repo", data, "commit", "--strict")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("wrapper", ["IndexIDMap", "IndexIDMap2"])
+def test_an_id_map_index_with_bytes_after_its_ids_is_no_damage_but_a_wrong_id_count_is(
+    tmp_path: Path, wrapper: str
+) -> None:
+    """FAISS reads an index and ignores bytes after it (a file rewritten in place over a longer
+    one), as the checks do for Flat and IVF files; an id array whose count disagrees with the
+    header is still damage."""
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    x = np.random.default_rng(4).standard_normal((300, 16)).astype("float32")
+    index = getattr(faiss, wrapper)(faiss.IndexFlatL2(16))
+    index.add_with_ids(x, np.arange(1000, 1300, dtype="int64"))
+    blob = faiss.serialize_index(index).tobytes()
+    (data / "ids.index").write_bytes(blob + bytes(100))
+    assert faiss.read_index(str(data / "ids.index")).ntotal == 300
+    repo = Repository.init(tmp_path / "repo")
+    assert commit(repo, data).damage == []
+    at = len(blob) - 8 * 300 - 8  # the id array's count
+    bad = blob[:at] + (299).to_bytes(8, "little") + blob[at + 8 :]
+    (data / "ids.index").write_bytes(bad + bytes(100))
+    assert [d for d in commit(repo, data).damage if "ids" in d]

@@ -409,11 +409,17 @@ def count_problem(read_at: Callable[[int, int], bytes], size: int) -> str | None
     inner, inner_d, inner_n, inner_pos = _header_at(read_at, pos)
     if inner_n != ntotal:
         return f"its header counts {ntotal} vectors, the index inside it {inner_n}"
-    tail = size - 8 * ntotal - 8
+    if inner in FLAT_FOURCCS:  # the id array right after the vectors: bytes past it are ignored
+        if (problem := _flat_problem(read_at, inner_d, inner_n, inner_pos)) is not None:
+            return problem
+        at = inner_pos + 8 + 4 * inner_d * inner_n
+        raw = read_at(at, 8)
+        if len(raw) < 8 or int.from_bytes(raw, "little") != ntotal or at + 8 + 8 * ntotal > size:
+            return f"its header counts {ntotal} vectors, but its id array does not hold as many"
+        return None
+    tail = size - 8 * ntotal - 8  # another inner index: the id array is taken to end the file
     if tail < 0 or int.from_bytes(read_at(tail, 8), "little") != ntotal:
         return f"its header counts {ntotal} vectors, but the file does not end in as many ids"
-    if inner in FLAT_FOURCCS:
-        return _flat_problem(read_at, inner_d, inner_n, inner_pos)
     return None
 
 
