@@ -193,11 +193,18 @@ def _optional_int(x: object) -> int | None:
     return x
 
 
+# The times a lock may carry: from the epoch to the end of year 9999, what every clock can show
+# (a larger finite number made time.localtime fail while the lock was described)
+_LAST_TIME = 253402300799.0
+
+
 def _seconds(x: object) -> float:
-    """A time in seconds since the epoch: a finite number (a float raises OverflowError past
-    its range)."""
+    """A time in seconds since the epoch, within [0, _LAST_TIME]; ValueError for anything else
+    (a float raises OverflowError past its own range)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
         raise ValueError(f"not a time: {x!r:.40}")
+    if not 0 <= float(x) <= _LAST_TIME:
+        raise ValueError(f"a time no clock shows: {x!r:.40}")
     return float(x)
 
 

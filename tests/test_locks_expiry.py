@@ -201,3 +201,28 @@ def test_a_commit_whose_lock_was_taken_away_keeps_no_snapshot(tmp_path: Path) ->
     from casnap.checker import verify
 
     assert verify(Repository.open(tmp_path / "repo"), read_data=True).ok
+
+
+@pytest.mark.parametrize("when", [1e20, -1e20, 1e18, 253402300800.0])
+def test_a_lock_with_a_time_no_clock_can_show_is_an_unreadable_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: float
+) -> None:
+    """A lock whose times are finite but past any date (a damaged or hostile lock object) is a
+    lock that cannot be read: a command waits for it and says so (exit 6), `unlock` removes
+    it; never an internal error while it is shown."""
+    Repository.init(tmp_path / "repo")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    backend = LocalBackend(tmp_path / "repo")
+    body = {"host": "h2", "pid": 4242, "exclusive": True, "operation": "gc"}
+    backend.put("locks/" + "d" * 32, json.dumps({**body, "taken": when, "time": when}).encode())
+    repo_args = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    monkeypatch.setenv("CASNAP_LOCK_WAIT", "0")
+    held = CliRunner().invoke(cli, [*repo_args, "commit"])
+    assert held.exit_code == 6, held.stderr
+    assert "cannot be read" in held.stderr and "internal error" not in held.stderr
+    freed = CliRunner().invoke(cli, [*repo_args, "unlock", "--force"])
+    assert freed.exit_code == 0, freed.stderr
+    assert not backend.exists("locks/" + "d" * 32)
+    assert CliRunner().invoke(cli, [*repo_args, "commit"]).exit_code == 0
