@@ -514,7 +514,10 @@ def locked(
         with uninterrupted():  # a SIGTERM meanwhile must not leave the lock behind
             held.stop()
             _HOLDING.discard(held)
-            _release(backend, held.key, held.leftovers)
+            # one try, never hiding the block's error (a store gone waits out its retries on
+            # each try); a lock left goes stale, and this host's next command removes it
+            with contextlib.suppress(CasnapError):
+                _release(backend, held.key, held.leftovers, tries=1)
         raise
     finally:
         if listed is not None:

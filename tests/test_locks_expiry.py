@@ -153,6 +153,23 @@ def test_an_error_of_the_block_is_not_replaced_by_the_lost_lock() -> None:
     assert locks.holders(backend) == [] and refreshers() == []
 
 
+def test_an_error_of_the_block_is_not_replaced_by_a_release_that_fails(tmp_path: Path) -> None:
+    """The store fails the block (a server gone mid-upload) and then the lock's removal: the
+    command ends with the block's error, not the removal's, after one try at the removal (each
+    try of a store that is gone waits out its retries; the lock goes stale, and the next
+    command of this host removes it)."""
+    from tests import faults as F
+
+    backend = F.install(
+        LocalBackend(tmp_path / "repo"), "delete:fail:1:locks/,delete:fail:2:locks/"
+    )
+    with pytest.raises(KeyError, match="the block's own error"):
+        with locks.locked(backend, "commit", exclusive=False):
+            raise KeyError("the block's own error")
+    assert refreshers() == []
+    assert len(locks.holders(backend)) == 1  # left, for the next locker or unlock
+
+
 def test_lock_intervals_are_checked() -> None:
     with pytest.raises(ValueError, match="refresh"):
         with locks.locked(MemoryBackend(), "gc", exclusive=True, refresh=5, stale=5):
