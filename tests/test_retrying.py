@@ -151,6 +151,35 @@ def test_a_persistent_failure_fails_once_after_n_attempts(tmp_path: Path, op: st
     assert not local.exists("packs/aa/new")
 
 
+@pytest.mark.parametrize("op", ["put", "get", "list", "delete"])
+def test_once_a_call_gave_up_later_calls_get_one_attempt_until_one_succeeds(
+    tmp_path: Path, op: str
+) -> None:
+    """A store that is gone (a server killed mid-commit) made each later request wait out its
+    retries too, the lock's release after the failed upload among them: minutes of silence.
+    Once a call gave up, every later one is tried once, until one gets through."""
+    local = _stored(tmp_path)
+    faulty = F.FaultyBackend(local, [F.transient(op, 1, times=None)])
+    backend, slept = retrying(faulty, attempts=5)
+    calls = {
+        "put": lambda: backend.put("packs/aa/new", b"x"),
+        "get": lambda: backend.get("packs/00/obj0"),
+        "list": lambda: list(backend.list("packs/")),
+        "delete": lambda: backend.delete("packs/00/obj1"),
+    }
+    with pytest.raises(TransientError, match="gave up after 5 attempts"):
+        calls[op]()
+    assert len(slept) == 4 and len(faulty.fired) == 5
+    with pytest.raises(TransientError, match="gave up after 1 attempt"):
+        calls[op]()
+    assert len(slept) == 4  # tried once, no wait
+    backend.inner = local  # the store is back
+    calls[op]()
+    backend.inner = F.FaultyBackend(local, [F.transient(op, 1)])
+    calls[op]()  # once one got through, a failure is retried again
+    assert len(slept) == 5
+
+
 @pytest.mark.parametrize(
     "error", [ObjectMissing, IntegrityError, AccessDenied, StorageFull, ValueError, CasnapError]
 )

@@ -7,7 +7,9 @@ times in all, sleeping a random time between 0 and base_delay * 2**n (at most ma
 retry n+1 ("full jitter": hosts retrying together spread out). Every other error passes at once:
 a missing or damaged object, a lack of permission, a full storage and a caller's bug are not
 fixed by asking again. After the last attempt the last TransientError is raised, saying how many
-attempts were made.
+attempts were made. Once a call gave up so, every later call is tried once, until one gets
+through: a store that is gone (a server killed mid-commit) is not waited for again by each
+request that follows (the lock's release, the clean-up), which took minutes before the error.
 
 Retrying must not change what a call means:
 - put is put-if-absent. A put whose answer was lost may have landed, and its retry then answers
@@ -59,39 +61,51 @@ class RetryingBackend(Wrapper):
         self.max_delay = max_delay
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self.gone = False  # a call gave up: the next ones get one attempt until one succeeds
+
+    @property
+    def tries(self) -> int:
+        """Attempts the next call gets."""
+        return 1 if self.gone else self.attempts
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (0 for the first retry): full jitter."""
         cap = min(self.max_delay, self.base_delay * 2.0**retry)
         return self.rng.uniform(0.0, cap)
 
-    def _give_up(self, exc: TransientError) -> TransientError:
+    def _give_up(self, exc: TransientError, tries: int) -> TransientError:
         """The last failure, saying that retrying it did not help."""
-        return TransientError(f"{exc} (gave up after {self.attempts} attempts)")
+        self.gone = True
+        return TransientError(f"{exc} (gave up after {tries} attempt{'s' * (tries > 1)})")
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """fn(), tried up to `attempts` times while it raises TransientError."""
-        for attempt in range(self.attempts):
+        """fn(), tried up to `tries` times while it raises TransientError."""
+        tries = self.tries
+        for attempt in range(tries):
             try:
-                return fn()
+                done = fn()
+                self.gone = False
+                return done
             except TransientError as exc:
-                if attempt == self.attempts - 1:
-                    raise self._give_up(exc) from exc
+                if attempt == tries - 1:
+                    raise self._give_up(exc, tries) from exc
             self.sleep(self.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def put(self, key: str, data: bytes | memoryview) -> bool:
         check_key(key)
         failed = False
-        for attempt in range(self.attempts):
+        tries = self.tries
+        for attempt in range(tries):
             try:
                 stored = self.inner.put(key, data)
             except TransientError as exc:
-                if attempt == self.attempts - 1:
-                    raise self._give_up(exc) from exc
+                if attempt == tries - 1:
+                    raise self._give_up(exc, tries) from exc
                 failed = True
                 self.sleep(self.delay(attempt))
                 continue
+            self.gone = False
             if stored or not failed:
                 return stored
             return self._landed(key, data)
@@ -119,6 +133,7 @@ class RetryingBackend(Wrapper):
         yielded are skipped (see the module docstring)."""
         seen: set[str] = set()
         failures = 0
+        tries = self.tries
         while True:
             progress = False
             try:
@@ -127,12 +142,14 @@ class RetryingBackend(Wrapper):
                         continue
                     seen.add(key)
                     progress = True
+                    self.gone = False
                     yield key, size
+                self.gone = False
                 return
             except TransientError as exc:
                 failures = 1 if progress else failures + 1
-                if failures >= self.attempts:
-                    raise self._give_up(exc) from exc
+                if failures >= tries:
+                    raise self._give_up(exc, tries) from exc
                 self.sleep(self.delay(failures - 1))
 
     def delete(self, key: str) -> None:
@@ -140,12 +157,15 @@ class RetryingBackend(Wrapper):
 
     def remove(self, key: str) -> bool:
         failed = False
-        for attempt in range(self.attempts):
+        tries = self.tries
+        for attempt in range(tries):
             try:
-                return self.inner.remove(key) or failed
+                present = self.inner.remove(key) or failed
+                self.gone = False
+                return present
             except TransientError as exc:
-                if attempt == self.attempts - 1:
-                    raise self._give_up(exc) from exc
+                if attempt == tries - 1:
+                    raise self._give_up(exc, tries) from exc
                 failed = True
             self.sleep(self.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
