@@ -156,6 +156,8 @@ def test_missing_bucket_and_unreachable_endpoint_are_one_line(
     assert code == EXIT_CODES["repository"], err
     assert err.count("\n") == 1 and "no casnap repository at s3://" in err
     assert f"bucket {s3_bucket} does not exist" in err, err
+    code, _, err = run(str(tmp_path / "dest"), data, "copy", "--from", f"s3://{s3_bucket}/y")
+    assert code != 0 and err.count("\n") == 1 and "  " not in err, err
     make_bucket(s3_bucket)  # the bucket there, the prefix empty: no word of the bucket
     code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
     assert code == EXIT_CODES["repository"] and "does not exist" not in err, err

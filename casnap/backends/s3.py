@@ -336,7 +336,7 @@ class S3Backend(Backend):
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._root + prefix, PaginationConfig={"PageSize": 1000}
         )
-        with self._mapped(f"listing {prefix}"):
+        with self._mapped(f"listing {prefix or 'the repository'}"):
             for page in pages:  # one page (<= 1000 keys) in memory at a time
                 for item in page.get("Contents", ()):
                     key = item["Key"][cut:]
