@@ -310,7 +310,7 @@ def test_ids_compared_as_arrays_count_what_sets_would() -> None:
     assert llamaindex._compare_ids(held, np.array([1, 2, 3], dtype=np.int64)) == (4, 2, 1)
     assert llamaindex._compare_ids(held, np.array([1, 2, 5, 9], dtype=np.int64)) == (4, 0, 0)
     assert llamaindex._compare_ids(held[:0], np.array([7], dtype=np.int64)) == (0, 0, 1)
-    assert llamaindex._mapped_ids(["3", "1", "x"]).size == 0
+    assert llamaindex._mapped_ids(["3", "1", "x"]) is None
     assert list(llamaindex._mapped_ids(["3", "1", "3"])) == [1, 3]
 
 

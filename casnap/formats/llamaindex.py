@@ -6,8 +6,14 @@ JSON files in one folder: `docstore.json` (the nodes, under `docstore/data`), `i
 FAISS vector store that file is not JSON but a FAISS index; `FaissMapVectorStore` (an
 IndexIDMap2) writes `id_map.json` beside it: `faiss_id_to_node_id_map` holds exactly the ids the
 index holds, `node_id_to_faiss_id_map` one entry per node. LlamaIndex reuses a FAISS id after a
-deletion (the new id is the index's ntotal), so ntotal may exceed the distinct ids: what must
-agree are the id sets, and the nodes of the id map, the index struct and the docstore.
+deletion (the new id is the index's ntotal), so ntotal may exceed the distinct ids, and the
+node map may name ids the index no longer holds. What must agree are the ids the index holds
+and those `faiss_id_to_node_id_map` maps (a search answers ids, each looked up there), and each
+node of the index struct must be in the docstore. The id map's nodes and the index struct's
+need not: `delete_nodes` takes nodes from the vector store alone (unless given
+delete_from_docstore=True), `delete_ref_doc` and `refresh_ref_docs` take a document's nodes
+from the index struct and leave their vectors (this vector store deletes by node id only);
+LlamaIndex writes and reopens each of these states.
 """
 
 from __future__ import annotations
@@ -129,15 +135,26 @@ def idmap_ids(path: Path, header: FaissHeader) -> np.ndarray | None:
     return ids
 
 
-def _mapped_ids(keys: Collection[str]) -> np.ndarray:
-    """The FAISS ids id_map.json maps, as a sorted int64 array of distinct ids (empty when one
-    is not an int64 id)."""
+def _mapped_ids(keys: Collection[str]) -> np.ndarray | None:
+    """The FAISS ids id_map.json maps, as a sorted int64 array of distinct ids; None when one
+    is not an int64 id (LlamaIndex reads each key with int())."""
     import numpy as np
 
     try:
         return np.unique(np.fromiter((int(k) for k in keys), dtype=np.int64, count=len(keys)))
     except (ValueError, OverflowError):
-        return np.zeros(0, dtype=np.int64)
+        return None
+
+
+def _not_ids(values: Collection[Any]) -> int:
+    """How many of values LlamaIndex cannot read as a FAISS id (it reads each with int())."""
+    bad = 0
+    for v in values:
+        try:
+            int(v)
+        except (TypeError, ValueError, OverflowError):
+            bad += 1
+    return bad
 
 
 def _compare_ids(held: np.ndarray, mapped: np.ndarray) -> tuple[int, int, int]:
@@ -157,7 +174,7 @@ def _compare_ids(held: np.ndarray, mapped: np.ndarray) -> tuple[int, int, int]:
 
 def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
     """Each JSON file parsed (llamaindex-json), then the FAISS vector store's ids against the
-    id map, and the id map's nodes against the index struct and the docstore (llamaindex-counts)."""
+    id map, and the index struct's nodes against the docstore (llamaindex-counts)."""
     found: list[Finding] = []
     values: dict[str, Any] = {}
     faiss_stores: list[tuple[str, FaissHeader]] = []
@@ -207,7 +224,7 @@ def _counts(
     problems: list[str] = []
     said: list[str] = []
     info: dict[str, Any] = {"ntotal": header.ntotal}
-    nodes: set[str] | None = None
+    f2n: dict[str, Any] | None = None
     id_map = values.get(ID_MAP)
     if id_map is not None:
         f2n = id_map.get("faiss_id_to_node_id_map") if isinstance(id_map, dict) else None
@@ -216,29 +233,12 @@ def _counts(
             return Finding(
                 "llamaindex-counts", store.rel(ID_MAP), False, "id_map.json holds no id maps"
             )
-        nodes = set(n2f)
         info.update(ids=len(f2n), nodes=len(n2f))
-        ids = idmap_ids(Path(view[rel]), header)
-        if ids is None:
-            problems.append(f"{PurePosixPath(rel).name} is not an IndexIDMap ending in its ids")
-        else:
-            mapped = _mapped_ids(f2n)
-            distinct, unmapped, absent = _compare_ids(ids, mapped)
-            if unmapped or absent:
-                problems.append(
-                    f"the index holds {distinct} distinct ids, id_map.json maps {mapped.size} "
-                    f"({unmapped} unmapped, {absent} not in the index)"
-                )
-            else:
-                said.append(f"{distinct} ids match id_map.json")
+        _compare_id_map(Path(view[rel]), header, f2n, n2f, problems, said)
     if len(structs) == 1:
-        in_index = set(structs[0])
+        in_index = structs[0]
         info["index_nodes"] = len(in_index)
-        if nodes is not None and in_index != nodes:
-            problems.append(
-                f"id_map.json maps {len(nodes)} nodes, index_store.json {len(in_index)}"
-            )
-        elif nodes is None and header.ntotal is not None and len(in_index) != header.ntotal:
+        if f2n is None and header.ntotal is not None and len(in_index) != header.ntotal:
             problems.append(
                 f"the index holds {header.ntotal} vectors, index_store.json {len(in_index)}"
             )
@@ -246,14 +246,70 @@ def _counts(
             said.append(f"{len(in_index)} nodes in index_store.json")
         stored = _docstore_ids(values.get(LLAMAINDEX_DOCSTORE))
         if stored is not None and LLAMAINDEX_DOCSTORE in values:
-            missing = sum(1 for n in structs[0].values() if n not in stored)
+            missing = sum(1 for n in in_index.values() if n not in stored)
             info["documents"] = len(stored)
             if missing:
                 problems.append(f"{missing} node(s) of index_store.json missing from docstore.json")
             else:
                 said.append("each in docstore.json")
+        if f2n is not None and not problems:
+            said += _apart(f2n, in_index)
     if problems:
         return Finding("llamaindex-counts", rel, False, "; ".join(problems), info)
     if not said:
         return None
     return Finding("llamaindex-counts", rel, True, ", ".join(said), info)
+
+
+def _compare_id_map(
+    path: Path,
+    header: FaissHeader,
+    f2n: dict[str, Any],
+    n2f: dict[str, Any],
+    problems: list[str],
+    said: list[str],
+) -> None:
+    """The ids the index holds against those id_map.json maps (the two sets LlamaIndex keeps
+    equal: a search answers ids, each looked up in the map), and each id and node of the maps
+    one LlamaIndex reads."""
+    name = path.name
+    bad_nodes = sum(1 for n in f2n.values() if not isinstance(n, str))
+    if bad_nodes:
+        problems.append(f"id_map.json maps {bad_nodes} FAISS id(s) to something but a node id")
+    bad_ids = _not_ids(n2f.values())
+    if bad_ids:
+        problems.append(f"id_map.json maps {bad_ids} node(s) to something that is not a FAISS id")
+    ids = idmap_ids(path, header)
+    mapped = _mapped_ids(f2n)
+    if ids is None:
+        problems.append(f"{name} is not an IndexIDMap ending in its ids")
+    elif mapped is None:
+        problems.append("id_map.json maps something that is not a FAISS id")
+    else:
+        distinct, unmapped, absent = _compare_ids(ids, mapped)
+        if unmapped or absent:
+            problems.append(
+                f"the index holds {distinct} distinct ids, id_map.json maps {mapped.size} "
+                f"({unmapped} unmapped, {absent} not in the index)"
+            )
+        else:
+            said.append(f"{distinct} ids match id_map.json")
+
+
+def _apart(f2n: dict[str, Any], in_index: dict[str, str]) -> list[str]:
+    """Where the id map's nodes and the index struct's part, as LlamaIndex's own operations
+    leave them: delete_nodes (by default) takes nodes from the vector store alone,
+    delete_ref_doc and refresh_ref_docs take a document's nodes from the index struct alone
+    (this vector store deletes by node id only), so their vectors stay."""
+    found = []
+    answered = set(f2n.values())
+    kept = sum(1 for n in in_index if n not in answered)
+    if kept:
+        found.append(f"{kept} of them not answered by the vector store (deleted from it alone)")
+    stale = sum(1 for n in answered if n not in in_index)
+    if stale:
+        found.append(
+            f"{stale} node(s) the vector store answers not in index_store.json (their vectors "
+            "left by delete_ref_doc or refresh_ref_docs: a LlamaIndex query reaching one fails)"
+        )
+    return found

@@ -6,7 +6,9 @@ code. walk() instead replays the opcodes on a stack of plain values: a class or 
 pickle names becomes a Global that is never imported, and a call (REDUCE, NEWOBJ, INST, OBJ)
 becomes an Obj holding the callable, its arguments and its state, that is never made. Every
 global is checked against what the caller expects, so a pickle that names anything else (such
-as `os.system`) is reported, and nothing of it runs.
+as `os.system`) is reported, and nothing of it runs; a caller whose rule depends on where a
+global sits (LangChain's document metadata may hold any value) accepts all and looks at the
+value walked.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class Global:
 
 @dataclass(eq=False)
 class Obj:
-    """What a call in a pickle would have made: the callable, its arguments, the state BUILD
-    would have set, and the items a dict or list subclass would have been given. Never made."""
+    """What a call in a pickle would have made: the callable (a Global, or an Obj a call of
+    one made), its arguments, the state BUILD would have set, and the items a dict or list
+    subclass would have been given. Never made."""
 
     callable: Any
     args: Any = ()
@@ -307,10 +310,13 @@ def _as_dict(value: Any) -> dict[Any, Any]:
     return value.items if isinstance(value, Obj) else _target(value, dict)
 
 
-def _callable(value: Any) -> Global:
-    """What a call calls: always a global the pickle named (and the caller expected)."""
-    if not isinstance(value, Global):
-        raise PickleProblem("not a well-formed pickle: calls something that is not a global")
+def _callable(value: Any) -> Global | Obj:
+    """What a call calls: a global the pickle named (and the caller expected), or what a call
+    of one would have made (a classmethod pickles as `getattr(cls, name)`, then is called)."""
+    if not isinstance(value, Global | Obj):
+        raise PickleProblem(
+            "not a well-formed pickle: calls something that is not a global nor made by one"
+        )
     return value
 
 
