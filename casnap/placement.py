@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from casnap import capture
-from casnap.errors import SourceError
+from casnap.errors import InvalidArgument
 
 
 def folder_ids(root: Path | None) -> frozenset[tuple[int, int]]:
@@ -46,10 +46,11 @@ def holds_path(root: Path | None, path: Path) -> bool:
 
 def nested_in(root: Path | None, data_dir: Path) -> list[Path]:
     """The repository, when it lies inside data_dir (resolved): a commit never stores it, a
-    checkout never touches it. SourceError when the data dir lies inside the repository."""
+    checkout never touches it. InvalidArgument (a usage error) when the data dir lies inside
+    the repository."""
     if root is None:
         return []
     root = root.resolve()
     if capture.inside(data_dir, root):
-        raise SourceError(f"the data dir {data_dir} lies inside the repository {root}")
+        raise InvalidArgument(f"the data dir {data_dir} lies inside the repository {root}")
     return [root] if capture.inside(root, data_dir) else []

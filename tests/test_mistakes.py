@@ -380,6 +380,17 @@ def test_naming_the_repository_as_a_commit_path_is_refused(tmp_path: Path) -> No
     assert len(list((home / "data" / ".backups" / "snapshots").iterdir())) == 1
 
 
+def test_a_data_dir_inside_the_repository_is_a_usage_error(tmp_path: Path) -> None:
+    """`--data backups` (the repository given twice) is a mistake in the arguments, as naming
+    the repository as a commit path is: exit 2, nothing stored."""
+    home = tmp_path
+    small_app(home / "data")
+    assert run(home, "commit").returncode == 0
+    for data in ("backups", "backups/packs"):
+        one_line(run(home, "--data", data, "commit"), EXIT_CODES["usage"], "inside the repository")
+    assert len(list((home / "backups" / "snapshots").iterdir())) == 1
+
+
 def bind_mount_available() -> bool:
     unshare = shutil.which("unshare")
     if os.geteuid() != 0 or unshare is None:
