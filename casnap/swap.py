@@ -20,6 +20,7 @@ from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, SourceError, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
 from casnap.fsdir import Dir, Tree, split
+from casnap.swapundo import Journal
 
 DirAttrs = Callable[[str], tuple[int, tuple[int, int] | None]]
 
@@ -39,29 +40,38 @@ def swap_in(
 ) -> tuple[list[str], set[str]]:
     """Put every staged file of placing (path, whether it replaces a database) in place: new
     folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal
-    beside a database it replaces removed first: SQLite would replay a stale WAL). Returns the
-    files placed, in order, and the folders renamed into (for sync_folders)."""
+    beside a database it replaces moved aside first, removed once every file is in: SQLite would
+    replay a stale WAL; a failed rename puts them back, swapundo.py). Returns the files placed,
+    in order, and the folders renamed into (for sync_folders)."""
     written: list[str] = []
     touched: set[str] = set()
+    journal = Journal(tree, stage)
     with Tree(stage) as staged:
         whole = new_folders(tree, staged, [rel for rel, _ in placing])
         touched |= move_folders(tree, staged, whole, dir_attrs)
         moving = set(whole)
-        for rel, replaces_db in placing:
-            if moved(rel, moving):
+        try:
+            for rel, replaces_db in placing:
+                if moved(rel, moving):
+                    written.append(rel)
+                    continue
+                head, name = split(rel)
+                parent = tree.dir(head, create=True)
+                source = staged.dir(head)
+                if parent is None or source is None:
+                    raise SourceError(f"{tree.root.path / head} vanished during the checkout")
+                if replaces_db:
+                    for suffix in SQLITE_SIDE_SUFFIXES:
+                        journal.aside(parent, head, name + suffix)
+                source.rename(name, parent, name)
+                journal.side_done()
+                touched.add(head)
                 written.append(rel)
-                continue
-            head, name = split(rel)
-            parent = tree.dir(head, create=True)
-            source = staged.dir(head)
-            if parent is None or source is None:
-                raise SourceError(f"{tree.root.path / head} vanished during the checkout")
-            if replaces_db:
-                for suffix in SQLITE_SIDE_SUFFIXES:
-                    parent.unlink(name + suffix)
-            source.rename(name, parent, name)
-            touched.add(head)
-            written.append(rel)
+        except BaseException:
+            journal.undo()
+            journal.done()
+            raise
+    journal.done()
     return written, touched
 
 
