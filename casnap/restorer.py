@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casnap import capture, inuse, locks, selection, smoke, smoke_report, swap
+from casnap import capture, inuse, locks, preflight, selection, smoke, smoke_report, swap
 from casnap import restored as restored_files
 from casnap.constants import SAFETY_TAG
 from casnap.errors import (
@@ -218,6 +218,8 @@ class _Checkout:
     def _run(self, tree: Tree, wanted: list[_Item]) -> None:
         plan, unchanged, unsaved = self._plan(tree, wanted)
         removals = self._removals(tree, unsaved)
+        placing = [(i.entry.path, i.replaces_db) for i in plan]
+        preflight.check(tree, placing, removals)  # before the work; again before the swap
         for item in plan:
             if item.replaces_db:
                 self._check_db(tree, item.entry.path)
@@ -248,6 +250,7 @@ class _Checkout:
                         raise
                     self.result.safety_snapshot = saved.id
                 swap_start = time.perf_counter()
+                preflight.check(tree, placing, removals)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan)
             for item in unchanged:

@@ -5,9 +5,10 @@ Every staged file is durable before it is renamed (staging.py, durable.py). A fo
 lacks whose staged copy holds exactly files being placed (a checkout into an empty or new dir,
 a new folder of a snapshot) is moved in with one rename, its folders given their recorded modes
 and owners first and made durable: its files appear together, each whole. Any other file is
-renamed into its folder, created as needed (fsdir.Tree). Last the folders renamed into are
-synced: one syncfs per filesystem where it reports failures (fsutil.can_syncfs), else one fsync
-per folder.
+renamed into its folder, created as needed (fsdir.Tree). A rename failing part way undoes the
+others (swapundo.py: the files replaced were hard-linked first), so the target is left as it
+was. Last the folders renamed into are synced: one syncfs per filesystem where it reports
+failures (fsutil.can_syncfs), else one fsync per folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, SourceError, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
 from casnap.fsdir import Dir, Tree, split
+from casnap.swapundo import Journal, explain
 
 DirAttrs = Callable[[str], tuple[int, tuple[int, int] | None]]
 
@@ -39,29 +41,42 @@ def swap_in(
 ) -> tuple[list[str], set[str]]:
     """Put every staged file of placing (path, whether it replaces a database) in place: new
     folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal
-    beside a database it replaces removed first: SQLite would replay a stale WAL). Returns the
-    files placed, in order, and the folders renamed into (for sync_folders)."""
+    beside a database it replaces moved aside first, removed once every file is in: SQLite would
+    replay a stale WAL). Each file replaced is hard-linked first (swapundo.py), so a rename that
+    fails part way is undone, the error saying so; files whose old version cannot be linked go
+    last. Returns the files placed, in order, and the folders renamed into (for sync_folders)."""
     written: list[str] = []
     touched: set[str] = set()
+    journal = Journal(tree, stage)
     with Tree(stage) as staged:
-        whole = new_folders(tree, staged, [rel for rel, _ in placing])
-        touched |= move_folders(tree, staged, whole, dir_attrs)
-        moving = set(whole)
-        for rel, replaces_db in placing:
-            if moved(rel, moving):
+        try:
+            whole = new_folders(tree, staged, [rel for rel, _ in placing])
+            moving = set(whole)
+            last = {
+                rel for rel, _ in placing if not moved(rel, moving) and not journal.keep_old(rel)
+            }
+            touched |= move_folders(tree, staged, whole, dir_attrs, journal)
+            for rel, replaces_db in sorted(placing, key=lambda p: p[0] in last):
+                if moved(rel, moving):
+                    written.append(rel)
+                    continue
+                head, name = split(rel)
+                parent = tree.dir(head, create=True)
+                source = staged.dir(head)
+                if parent is None or source is None:
+                    raise SourceError(f"{tree.root.path / head} vanished during the checkout")
+                if replaces_db:
+                    for suffix in SQLITE_SIDE_SUFFIXES:
+                        journal.aside(parent, head, name + suffix)
+                source.rename(name, parent, name)
+                journal.placed(parent, rel)
+                touched.add(head)
                 written.append(rel)
-                continue
-            head, name = split(rel)
-            parent = tree.dir(head, create=True)
-            source = staged.dir(head)
-            if parent is None or source is None:
-                raise SourceError(f"{tree.root.path / head} vanished during the checkout")
-            if replaces_db:
-                for suffix in SQLITE_SIDE_SUFFIXES:
-                    parent.unlink(name + suffix)
-            source.rename(name, parent, name)
-            touched.add(head)
-            written.append(rel)
+        except BaseException as exc:
+            changed = journal.changed()
+            explain(exc, tree.root.path, journal.undo(), changed)
+            raise
+    journal.done()
     return written, touched
 
 
@@ -150,11 +165,15 @@ def _listing(staged: Tree, folder: str) -> tuple[list[str], set[str]] | None:
 
 
 def move_folders(
-    tree: Tree, staged: Tree, folders: Mapping[str, Sequence[str]], dir_attrs: DirAttrs
+    tree: Tree,
+    staged: Tree,
+    folders: Mapping[str, Sequence[str]],
+    dir_attrs: DirAttrs,
+    journal: Journal,
 ) -> set[str]:
     """Move each staged folder into the target whole (given with the folders it holds, see
     new_folders), every folder in it given its mode and owner (dir_attrs, outermost first) and
-    made durable first; returns the folders renamed into."""
+    made durable first, each move recorded in journal; returns the folders renamed into."""
     if not folders:
         return set()
     inside = [rel for below in folders.values() for rel in below]
@@ -177,6 +196,7 @@ def move_folders(
         if parent is None or source is None:
             raise SourceError(f"{tree.root.path / head} vanished during the checkout")
         source.rename(name, parent, name)
+        journal.folder_moved(folder)
         touched.add(head)
     return touched
 

@@ -568,7 +568,7 @@ def test_read_only_target(setup: tuple[Path, Path, str], tmp_path: Path) -> None
     finally:
         for d in folders:
             d.chmod(0o755)
-    one_line(proc, EXIT_CODES["storage"], "Permission denied")
+    one_line(proc, EXIT_CODES["storage"], "app.db: its folder .* is not writable by this user")
     assert raw_tree(target) == before
     no_temp_files(target, repo_dir)
 

@@ -1,0 +1,208 @@
+"""What a checkout's swap changes, kept so that a rename failing part way can be undone.
+
+Before the first rename each file about to be replaced is hard-linked into the staging dir (or,
+where that is another mount, beside itself under a temp name), and a database's stale `-wal`,
+`-shm` and `-journal` are moved aside there instead of removed. Every step is recorded; `undo`
+takes them back in reverse order (an old database back in place before its side files), `done`
+removes what was kept once every file is in. A kill leaves every path its old or its new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from casnap import fsutil
+from casnap.errors import CasnapError, from_oserror
+from casnap.fsdir import Dir, Tree, split
+
+# names in the staging dir's root no staged file can take: a manifest path holds no backslash
+_OLD, _SIDE, _OUT = "\\old-", "\\side-", "\\undone-"
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A file kept for the undo: its folder (relative to the target) and name there, and the
+    name it is kept under, in the staging dir's root or (in_stage False) beside it."""
+
+    head: str
+    name: str
+    kept: str
+    in_stage: bool
+
+
+class Journal:
+    """The steps of one swap, and what it keeps to take them back."""
+
+    def __init__(self, tree: Tree, stage: Dir) -> None:
+        self.tree = tree
+        self.stage = stage
+        self.steps: list[tuple[str, str, _Kept | int | None]] = []
+        self.old: dict[str, _Kept] = {}  # path -> its old version, kept
+        self.unkept: set[str] = set()  # paths whose old version could not be kept (no link)
+        self.side: list[_Kept] = []  # side files moved aside
+        self._count = 0
+        self._cleaned: set[str] = set()  # folders whose leftovers of killed runs were removed
+
+    # -- before the first rename -----------------------------------------------------------------
+
+    def keep_old(self, rel: str) -> bool:
+        """Hard-link the file at rel, if there is one, so it can be put back; False when it
+        exists and no link could be made (a filesystem without hard links, a file this user
+        may not link under fs.protected_hardlinks): its replacement cannot be undone."""
+        head, name = split(rel)
+        parent = self.tree.dir(head)
+        if parent is None:
+            return True
+        try:
+            self.old[rel] = self._keep(parent, head, name, _OLD, _link)
+        except FileNotFoundError:
+            return True  # nothing there to replace
+        except OSError:
+            self.unkept.add(rel)
+            return False
+        return True
+
+    # -- the swap ------------------------------------------------------------------------------
+
+    def aside(self, parent: Dir, head: str, name: str) -> None:
+        """Move a stale side file (name in parent) aside, not remove it: put back if the swap
+        fails, removed by done()."""
+        try:
+            kept = self._keep(parent, head, name, _SIDE, _move)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise from_oserror(exc, f"moving {parent.path / name} aside") from exc
+        self.side.append(kept)
+        self.steps.append(("aside", f"{head}/{name}" if head else name, kept))
+
+    def placed(self, parent: Dir, rel: str) -> None:
+        """rel was renamed into place: its inode, so the undo touches only that very file."""
+        st = parent.lstat(split(rel)[1])
+        self.steps.append(("file", rel, st.st_ino if st is not None else None))
+
+    def folder_moved(self, rel: str) -> None:
+        self.steps.append(("folder", rel, None))
+
+    def changed(self) -> bool:
+        """Whether a file or folder was put in place (not only side files moved aside)."""
+        return any(kind != "aside" for kind, _, _ in self.steps)
+
+    def done(self) -> None:
+        """Every file is in: remove the side files moved aside and the old versions kept
+        beside their files (those in the staging dir go with it)."""
+        for kept in [*self.side, *(k for k in self.old.values() if not k.in_stage)]:
+            where = self.stage if kept.in_stage else self.tree.dir(kept.head)
+            if where is not None:
+                with contextlib.suppress(CasnapError):
+                    where.unlink(kept.kept)
+
+    # -- a failure part way ----------------------------------------------------------------------
+
+    def undo(self) -> list[str]:
+        """Take every step back, newest first; the paths that could not be put back."""
+        failed = []
+        for kind, rel, what in reversed(self.steps):
+            try:
+                ok = self._back(kind, rel, what)
+            except (OSError, CasnapError):
+                ok = False
+            if not ok:
+                failed.append(rel)
+        with contextlib.suppress(OSError, CasnapError):
+            for head in sorted({split(rel)[0] for _, rel, _ in self.steps}):
+                d = self.tree.dir(head)
+                if d is not None:
+                    d.fsync()
+        self.steps.clear()
+        return failed
+
+    def _back(self, kind: str, rel: str, what: _Kept | int | None) -> bool:
+        head, name = split(rel)
+        parent = self.tree.dir(head)
+        if parent is None:
+            return False
+        if kind == "folder":  # out into the staging dir, removed with it
+            os.rename(name, self._name(_OUT), src_dir_fd=parent.fd, dst_dir_fd=self.stage.fd)
+            return True
+        if kind == "aside":
+            assert isinstance(what, _Kept)
+            source = self.stage if what.in_stage else parent
+            os.rename(what.kept, name, src_dir_fd=source.fd, dst_dir_fd=parent.fd)
+            return True
+        now = parent.lstat(name)
+        if now is not None and now.st_ino != what:
+            return False  # not the file this swap put there: left alone
+        old = self.old.get(rel)
+        if old is not None:
+            source = self.stage if old.in_stage else parent
+            os.rename(old.kept, name, src_dir_fd=source.fd, dst_dir_fd=parent.fd)
+            return True
+        if rel in self.unkept:
+            return False
+        if now is not None:
+            parent.unlink(name)  # the target had no file there
+        return True
+
+    # -- keeping -------------------------------------------------------------------------------
+
+    def _keep(
+        self, parent: Dir, head: str, name: str, prefix: str, how: Callable[..., None]
+    ) -> _Kept:
+        """Link or move name into the staging dir, else (another mount) beside itself under a
+        temp name; OSError when neither can be done."""
+        kept = self._name(prefix)
+        try:
+            how(name, kept, src_dir_fd=parent.fd, dst_dir_fd=self.stage.fd)
+            return _Kept(head, name, kept, True)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        self._clean(parent, head)
+        kept = fsutil.temp_name()
+        how(name, kept, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+        return _Kept(head, name, kept, False)
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def _clean(self, parent: Dir, head: str) -> None:
+        """Remove what a killed swap kept beside the files of this folder (temp files of dead
+        processes), once per folder: files are kept beside themselves only on another mount."""
+        if head in self._cleaned:
+            return
+        self._cleaned.add(head)
+        with contextlib.suppress(CasnapError):
+            for name in parent.names():
+                if fsutil.left_by_dead_process(name):
+                    parent.unlink(name)
+
+
+def _link(name: str, dest: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+    os.link(name, dest, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+
+
+def _move(name: str, dest: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+    os.rename(name, dest, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+
+def explain(exc: BaseException, root: object, failed: Collection[str], changed: bool) -> None:
+    """Add to a swap's error what became of the target: left as it was (the files already
+    swapped in put back), or which files could not be put back."""
+    if not (isinstance(exc, CasnapError) and len(exc.args) == 1 and isinstance(exc.args[0], str)):
+        return
+    if not failed:
+        what = "the files already swapped in were put back" if changed else "nothing was changed"
+        exc.args = (f"{exc.args[0]}; {what}, {root} left as it was",)
+        return
+    names = ", ".join(sorted(failed)[:3]) + (", ..." if len(failed) > 3 else "")
+    exc.args = (
+        f"{exc.args[0]}; {len(failed)} file(s) of {root} could not be put back as they were "
+        f"({names}) and hold what the checkout restored, the others were; rerun the checkout "
+        "to complete it",
+    )
