@@ -106,7 +106,10 @@ class Dir:
                 st = self.lstat(name)
                 if st is None or stat.S_ISLNK(st.st_mode):  # O_DIRECTORY may say ENOTDIR for one
                     raise HostileManifest(f"{self.path / name} is a symbolic link") from exc
-                raise SourceError(f"{self.path / name} exists and is not a folder") from exc
+                raise SourceError(
+                    f"{self.path / name} exists and is not a folder, where a folder is to be "
+                    "restored: move it away, or check out into another folder (--to)"
+                ) from exc
             raise from_oserror(exc, f"opening {self.path / name}") from exc
         return Dir(fd, self.path / name)
 

@@ -362,7 +362,8 @@ class _Checkout:
                 )
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(
-                    f"cannot restore {rel}: {self.target / rel} exists and is not a file"
+                    f"cannot restore {rel}: {self.target / rel} exists and is not a file: move "
+                    "it away, or check out into another folder (--to)"
                 )
             assert parent is not None
             item.replaces_db = swap.is_sqlite(parent, name) or any(

@@ -477,8 +477,13 @@ def test_a_file_where_the_snapshot_has_a_folder_is_a_source_problem(tmp_path: Pa
     target.mkdir()
     (target / "faiss").write_text("a file in the way")
     proc = run_casnap(["--repo", str(tmp_path / "repo"), "checkout", sid, "--to", str(target)])
-    one_line(proc, EXIT_CODES["source"], "exists and is not a folder")
+    one_line(proc, EXIT_CODES["source"], "exists and is not a folder.*move it away.*--to")
     assert (target / "faiss").read_text() == "a file in the way"
+    (target / "faiss").unlink()
+    (target / "app.db").mkdir()  # a folder where the snapshot has a file
+    proc = run_casnap(["--repo", str(tmp_path / "repo"), "checkout", sid, "--to", str(target)])
+    one_line(proc, EXIT_CODES["source"], "app.db exists and is not a file: move it away.*--to")
+    assert sorted(p.name for p in target.iterdir()) == ["app.db"]
 
 
 @pytest.mark.skipif(not bind_mount_available(), reason="needs root and unshare for a bind mount")
