@@ -8,9 +8,10 @@ rollback-journal mode, a WAL snapshot whose log is empty) the database file hold
 no writer can change it until the transaction ends. A WAL database nobody has open (no -shm, no
 frames in its -wal) is read without opening it through SQLite, which would create side files,
 and checked unchanged afterwards. Only a WAL database with frames in its log, or a file that is
-out of the ordinary (a trailing partial page, a header size SQLite would not use), goes through
-the backup API into a private file first: SQLite applies the log's pages. A database a crashed
-writer left with a hot journal is read from a private copy SQLite rolled back (hotjournal.py).
+out of the ordinary (bytes past its last page, a header size SQLite would not use), goes through
+the backup API into a private file first: SQLite applies the log's pages. A database cut short
+(formats/sqlite.cut_short) is read as it is, its damage said; one a crashed writer left with a
+hot journal, from a private copy SQLite rolled back (hotjournal.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from casnap.formats.sqlite import (
     SQLITE_HEADER_SIZE,
     SQLITE_SIDE_SUFFIXES,
     backup_header,
+    cut_short,
     declared_pages,
     sqlite_page_size,
     unused_page_ranges,
@@ -56,15 +58,16 @@ class Image:
     """A read-only stream of a database image: the file read with os.preadv straight into the
     caller's buffer, the header and the unused bytes of free pages patched on the way.
 
-    `how` says how it was taken: "read" (in place) or "backup" (the private file `file`, which
-    the backup API wrote). `intact()` is False when a database read without SQLite's lock changed
+    `how` says how it was taken: "read" (in place), "as-is" (a database cut short, its bytes
+    unchanged; `damage` says why) or "backup" (the private file `file`, which the backup API
+    wrote). `intact()` is False when a database read without SQLite's lock changed
     meanwhile (the read must then be taken again). `opened` is the database's fingerprint
     (fingerprint(path, "sqlite")) once SQLite had it open, before the read: what a commit
     records for the image when the database still has it afterwards (SQLite run as root gives a
     database's -wal to the database's owner when it opens it, which moves the -wal's ctime
     though nothing was written, so a fingerprint taken before the open would never match
     again); None when it could not be taken then (a writer held the database) or must not vouch
-    for it (read from a copy).
+    for it (a database cut short, or read from a copy).
     """
 
     def __init__(
@@ -78,12 +81,14 @@ class Image:
         check: Callable[[], bool] | None = None,
         file: Path | None = None,
         opened: Fingerprint | None = None,
+        damage: str | None = None,
     ) -> None:
         self.fd = fd
         self.size = size
         self.how = how
         self.file = file  # the private file the backup API wrote, when it did
         self.opened = opened
+        self.damage = damage
         self._short = False  # the file ended early (it changed under a read without a lock)
         self._head = head
         self._page_size = page_size
@@ -267,7 +272,7 @@ def _read_transaction(path: Path, on_wait: Callable[[str], None] | None) -> Iter
     lock (rollback-journal mode) or a WAL snapshot; yields "held". A locked database is tried
     again for at most the busy timeout (said once through on_wait), then DatabaseBusy. Yields,
     holding nothing, "hot" when SQLite must first roll back a journal a crashed writer left
-    (which read-only it cannot)."""
+    (which read-only it cannot), "cut" when it finds a database cut short (cut_short)."""
     wait = _BusyWait(path, on_wait)
     with _sqlite_errors(path):
         # no busy handler: the loop below retries, bounded by wait
@@ -290,6 +295,11 @@ def _read_transaction(path: Path, on_wait: Callable[[str], None] | None) -> Iter
                         raise
                     wait(sqlite3.SQLITE_BUSY)
                     time.sleep(_WAIT_STEP)
+                except sqlite3.DatabaseError:
+                    if cut_short(sniff(path), os.stat(path).st_size) is None:
+                        raise
+                    state = "cut"
+                    break
         yield state
     finally:
         # SQLite's lock goes with its connection: closed before any other descriptor of the
@@ -341,11 +351,11 @@ def open_image(
                     # finds) the snapshot is the file and some of them: SQLite's backup applies
                     # them. Without, the file holds the snapshot and no checkpoint can write
                     # into it while it is held.
-                    size = os.fstat(fd).st_size
-                    plan = _plan(fd, size) if _log_size(path) == 0 else None
-                    if plan is not None:
-                        yield Image(fd, size, *plan, "read", opened=opened)
-                        return
+                    if _log_size(path) == 0:
+                        image = _in_place(fd, os.fstat(fd).st_size, None, opened)
+                        if image is not None:
+                            yield image
+                            return
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -356,7 +366,7 @@ def open_image(
                     image.opened = None  # the copy's: it never vouches for the database
                 yield image
         return
-    if idle and unlocked and _log_size(path) == 0:  # read without SQLite
+    if state == "cut" or (idle and unlocked and _log_size(path) == 0):  # without SQLite
         before, settled = _quiet_fingerprint(path)
         if before is None:
             raise SourceError(f"{path} vanished while committing")
@@ -367,14 +377,28 @@ def open_image(
 
         fd = _open(path)
         try:
-            plan = _plan(fd, before[0])
-            if plan is not None:
-                yield Image(fd, before[0], *plan, "read", unchanged, opened=before)
+            image = _in_place(fd, before[0], unchanged, before)
+            if image is not None:
+                yield image
                 return
         finally:
             os.close(fd)
     with _backup_image(path, tmp_dir, on_wait) as image:
         yield image
+
+
+def _in_place(
+    fd: int, size: int, check: Callable[[], bool] | None, opened: Fingerprint | None
+) -> Image | None:
+    """The image of the database open at fd read in place: a database cut short as it is (its
+    damage said, its fingerprint never vouched for), else as _plan says; None when only the
+    backup API should read it."""
+    head = os.pread(fd, SQLITE_HEADER_SIZE, 0)
+    damage = cut_short(head, size)
+    if damage is not None:
+        return Image(fd, size, head, 512, [], "as-is", check, damage=damage)
+    plan = _plan(fd, size)
+    return None if plan is None else Image(fd, size, *plan, "read", check, opened=opened)
 
 
 def _open(path: Path) -> int:

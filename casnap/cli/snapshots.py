@@ -187,11 +187,11 @@ def commit(
 
     What a checkout's smoke checks would find is checked first, from headers, metadata and
     counts (nothing is loaded or unpickled): a FAISS index shorter than its header promises, a
-    Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree (a
-    checkout refuses these: warned of even with -q), a .meta.json sidecar stating another ntotal
-    (a checkout warns too). One warning line per problem on stderr; with --strict an error and
-    nothing is committed. A repository inside the data dir is never stored. Prints the new
-    snapshot id.
+    Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree, a
+    SQLite database cut short, found as it is read (a checkout refuses these: warned of even
+    with -q), a .meta.json sidecar stating another ntotal (a checkout warns too). One warning
+    line per problem on stderr; with --strict an error and nothing is committed. A repository
+    inside the data dir is never stored. Prints the new snapshot id.
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
