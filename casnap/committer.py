@@ -140,8 +140,9 @@ def commit(
 
     What a checkout's smoke checks would find wrong with the files (consistency.py: FAISS
     indexes shorter than their header promises, framework stores whose files disagree, sidecars
-    stating another ntotal) is listed in the result's warnings (those a checkout refuses in
-    `damage` too); with strict they are an error (InconsistentData) and nothing is committed.
+    stating another ntotal; and, found as they are read, databases cut short) is listed in the
+    result's warnings (those a checkout refuses in `damage` too); with strict they are an error
+    (InconsistentData) and nothing is committed.
     progress gets (bytes done, bytes total). A commit that would store no file where the last
     snapshot of the same paths had some is refused unless allow_empty; with skip_unreadable,
     files and folders that cannot be read for lack of permission are left out (listed in the
@@ -362,6 +363,13 @@ class Committer:
                 again, moving = instants.settle(watched, entries, lambda s: reader.entry(s, {}, {}))
                 result.bytes_read += again
                 result.warnings += moving
+                cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
+                if opts.strict and cut:
+                    raise InconsistentData(
+                        f"{len(cut)} consistency problem(s), nothing committed: " + "; ".join(cut)
+                    )
+                result.warnings += cut
+                result.damage += cut
                 reader.complete(entries)
             bar.finish()
             result.files_removed = len(set(known) - {e.path for e in entries})

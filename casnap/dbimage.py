@@ -8,8 +8,10 @@ rollback-journal mode, a WAL snapshot whose log is empty) the database file hold
 no writer can change it until the transaction ends. A WAL database nobody has open (no -shm, no
 frames in its -wal) is read without opening it through SQLite, which would create side files,
 and checked unchanged afterwards. Only a WAL database with frames in its log, or a file that is
-out of the ordinary (a trailing partial page, a header size SQLite would not use), goes through
-the backup API into a private file first: SQLite applies the log's pages.
+out of the ordinary (bytes past its last page, a header size SQLite would not use), goes through
+the backup API into a private file first: SQLite applies the log's pages. A database cut short
+(formats/sqlite.cut_short) is read as it is, its damage said; one a crashed writer left with a
+hot journal, from a private copy SQLite rolled back (hotjournal.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from casnap import fsutil
+from casnap import fsutil, hotjournal
 from casnap.constants import SOURCE_RETRIES, SQLITE_BUSY_TIMEOUT, STAT_SETTLE_NS
 from casnap.errors import DatabaseBusy, NotADatabase, SourceError, StorageFull, from_oserror
 from casnap.fingerprints import NotRegularFile, fingerprint, open_source, wait_for_truncate
@@ -33,6 +35,7 @@ from casnap.formats.sqlite import (
     SQLITE_HEADER_SIZE,
     SQLITE_SIDE_SUFFIXES,
     backup_header,
+    cut_short,
     declared_pages,
     sqlite_page_size,
     unused_page_ranges,
@@ -55,14 +58,16 @@ class Image:
     """A read-only stream of a database image: the file read with os.preadv straight into the
     caller's buffer, the header and the unused bytes of free pages patched on the way.
 
-    `how` says how it was taken: "read" (in place) or "backup" (the private file `file`, which
-    the backup API wrote). `intact()` is False when a database read without SQLite's lock changed
+    `how` says how it was taken: "read" (in place), "as-is" (a database cut short, its bytes
+    unchanged; `damage` says why) or "backup" (the private file `file`, which the backup API
+    wrote). `intact()` is False when a database read without SQLite's lock changed
     meanwhile (the read must then be taken again). `opened` is the database's fingerprint
     (fingerprint(path, "sqlite")) once SQLite had it open, before the read: what a commit
     records for the image when the database still has it afterwards (SQLite run as root gives a
     database's -wal to the database's owner when it opens it, which moves the -wal's ctime
     though nothing was written, so a fingerprint taken before the open would never match
-    again); None when it could not be taken then (a writer held the database).
+    again); None when it could not be taken then (a writer held the database) or must not vouch
+    for it (a database cut short, or read from a copy).
     """
 
     def __init__(
@@ -76,12 +81,14 @@ class Image:
         check: Callable[[], bool] | None = None,
         file: Path | None = None,
         opened: Fingerprint | None = None,
+        damage: str | None = None,
     ) -> None:
         self.fd = fd
         self.size = size
         self.how = how
         self.file = file  # the private file the backup API wrote, when it did
         self.opened = opened
+        self.damage = damage
         self._short = False  # the file ended early (it changed under a read without a lock)
         self._head = head
         self._page_size = page_size
@@ -244,7 +251,9 @@ def _sqlite_errors(path: Path, tmp_dir: Path | None = None) -> Iterator[None]:
         msg = str(exc)
         if "locked" in msg or "busy" in msg:
             raise DatabaseBusy(f"{path}: database is locked ({msg})") from exc
-        code = getattr(exc, "sqlite_errorcode", None)
+        code = exc.sqlite_errorcode
+        if code == sqlite3.SQLITE_READONLY_ROLLBACK:  # met where no copy is rolled back
+            raise hotjournal.refused(path) from exc
         if tmp_dir is not None and (code == sqlite3.SQLITE_FULL or "full" in msg):
             raise StorageFull(f"copying {path} into {tmp_dir}: no space left on device") from exc
         raise SourceError(f"{path}: cannot read database ({msg})") from exc
@@ -258,10 +267,12 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 
 
 @contextlib.contextmanager
-def _read_transaction(path: Path, on_wait: Callable[[str], None] | None) -> Iterator[None]:
+def _read_transaction(path: Path, on_wait: Callable[[str], None] | None) -> Iterator[str]:
     """A read transaction on the database at path, held until the block ends: SQLite's shared
-    lock (rollback-journal mode) or a WAL snapshot. A locked database is tried again for at most
-    the busy timeout (said once through on_wait), then DatabaseBusy."""
+    lock (rollback-journal mode) or a WAL snapshot; yields "held". A locked database is tried
+    again for at most the busy timeout (said once through on_wait), then DatabaseBusy. Yields,
+    holding nothing, "hot" when SQLite must first roll back a journal a crashed writer left
+    (which read-only it cannot), "cut" when it finds a database cut short (cut_short)."""
     wait = _BusyWait(path, on_wait)
     with _sqlite_errors(path):
         # no busy handler: the loop below retries, bounded by wait
@@ -272,15 +283,24 @@ def _read_transaction(path: Path, on_wait: Callable[[str], None] | None) -> Iter
                 try:
                     conn.execute("BEGIN")
                     conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+                    state = "held"
                     break
                 except sqlite3.OperationalError as exc:
-                    if not _busy(exc):
-                        raise
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    if exc.sqlite_errorcode == sqlite3.SQLITE_READONLY_ROLLBACK:
+                        state = "hot"
+                        break
+                    if not _busy(exc):
+                        raise
                     wait(sqlite3.SQLITE_BUSY)
                     time.sleep(_WAIT_STEP)
-        yield
+                except sqlite3.DatabaseError:
+                    if cut_short(sniff(path), os.stat(path).st_size) is None:
+                        raise
+                    state = "cut"
+                    break
+        yield state
     finally:
         # SQLite's lock goes with its connection: closed before any other descriptor of the
         # file (closing one drops every POSIX lock this process holds on it)
@@ -318,45 +338,67 @@ def open_image(
     kept being disturbed: someone has it open). A database locked by a writer is waited for at
     most the busy timeout (on_wait hears about the wait once), then DatabaseBusy.
     """
-    if idle_wal_database(path):
-        if unlocked and _log_size(path) == 0:
-            before, settled = _quiet_fingerprint(path)
-            if before is None:
-                raise SourceError(f"{path} vanished while committing")
-
-            def unchanged() -> bool:
-                wait_for_truncate(fd)  # a truncate in flight shows in the stat after
-                return settled and fingerprint(path, "sqlite") == before
-
-            fd = _open(path)
-            try:
-                plan = _plan(fd, before[0])
-                if plan is not None:
-                    yield Image(fd, before[0], *plan, "read", unchanged, opened=before)
-                    return
-            finally:
+    idle = idle_wal_database(path)
+    state = "idle"
+    if not idle:
+        fd = -1
+        try:
+            with _read_transaction(path, on_wait) as state:
+                if state == "held":
+                    opened = fingerprint(path, "sqlite")  # SQLite has it and its -wal open
+                    fd = _open(path)
+                    # with frames in a -wal (whatever the header says, SQLite opens a log it
+                    # finds) the snapshot is the file and some of them: SQLite's backup applies
+                    # them. Without, the file holds the snapshot and no checkpoint can write
+                    # into it while it is held.
+                    if _log_size(path) == 0:
+                        image = _in_place(fd, os.fstat(fd).st_size, None, opened)
+                        if image is not None:
+                            yield image
+                            return
+        finally:
+            if fd >= 0:
                 os.close(fd)
-        with _backup_image(path, tmp_dir, on_wait) as image:
-            yield image
+    if state == "hot":  # of a private copy SQLite rolled back (or, gone meanwhile, in place)
+        with hotjournal.rolled_back(path, tmp_dir) as copy:
+            with open_image(copy or path, tmp_dir, on_wait) as image:
+                if copy is not None:
+                    image.opened = None  # the copy's: it never vouches for the database
+                yield image
         return
-    fd = -1
-    try:
-        with _read_transaction(path, on_wait):
-            opened = fingerprint(path, "sqlite")  # SQLite has the database and its -wal open
-            fd = _open(path)
-            size = os.fstat(fd).st_size
-            # with frames in a -wal (whatever the header says, SQLite opens a log it finds) the
-            # snapshot is the file and some of them: SQLite's backup applies them. Without, the
-            # file holds the snapshot and no checkpoint can write into it while it is held.
-            plan = _plan(fd, size) if _log_size(path) == 0 else None
-            if plan is not None:
-                yield Image(fd, size, *plan, "read", opened=opened)
+    if state == "cut" or (idle and unlocked and _log_size(path) == 0):  # without SQLite
+        before, settled = _quiet_fingerprint(path)
+        if before is None:
+            raise SourceError(f"{path} vanished while committing")
+
+        def unchanged() -> bool:
+            wait_for_truncate(fd)  # a truncate in flight shows in the stat after
+            return settled and fingerprint(path, "sqlite") == before
+
+        fd = _open(path)
+        try:
+            image = _in_place(fd, before[0], unchanged, before)
+            if image is not None:
+                yield image
                 return
-    finally:
-        if fd >= 0:
+        finally:
             os.close(fd)
     with _backup_image(path, tmp_dir, on_wait) as image:
         yield image
+
+
+def _in_place(
+    fd: int, size: int, check: Callable[[], bool] | None, opened: Fingerprint | None
+) -> Image | None:
+    """The image of the database open at fd read in place: a database cut short as it is (its
+    damage said, its fingerprint never vouched for), else as _plan says; None when only the
+    backup API should read it."""
+    head = os.pread(fd, SQLITE_HEADER_SIZE, 0)
+    damage = cut_short(head, size)
+    if damage is not None:
+        return Image(fd, size, head, 512, [], "as-is", check, damage=damage)
+    plan = _plan(fd, size)
+    return None if plan is None else Image(fd, size, *plan, "read", check, opened=opened)
 
 
 def _open(path: Path) -> int:

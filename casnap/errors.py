@@ -92,6 +92,11 @@ class NotADatabase(SourceError):
     """A file carries SQLite's header but SQLite cannot read it; it is stored as plain bytes."""
 
 
+class HotJournal(SourceError):
+    """A database a crashed writer left with a hot rollback journal could not be captured as
+    SQLite shows it (rolled back in a private copy)."""
+
+
 class TransientError(CasnapError):
     """A storage request failed in a way a retry may fix: a timeout, a connection reset, a 5xx
     answer, throttling (backends raise it; backends/retrying.py retries it)."""

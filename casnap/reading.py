@@ -99,6 +99,8 @@ class Reader:
         # chunk lists being made on their own thread, by the mark an entry names until `complete`
         self._lists: dict[str, Future[filelists.Planned]] = {}
         self._listing: ThreadPoolExecutor | None = None
+        # databases read cut short, by path: "<path>: why" (a checkout's smoke checks refuse them)
+        self.damaged: dict[str, str] = {}
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
         """The pack writer and the worker threads, made when the first file must be read: a
@@ -216,6 +218,10 @@ class Reader:
                             read_total += n
                             continue
                         before = image.opened  # as SQLite's open of it left it: what stays
+                        if image.damage is not None:  # stored as it is, never vouched for
+                            self.damaged[src.path] = f"{src.path}: {image.damage}"
+                        else:
+                            self.damaged.pop(src.path, None)
                     except NotADatabase:
                         # SQLite's header but not a database SQLite can read: keep its bytes
                         src = capture.SourceFile(src.path, src.full, "file")

@@ -245,8 +245,8 @@ class _Checkout:
                     try:
                         with self.phases.timed("save"), self._commit_lock():
                             saved = Committer(self.repo, safety).run(self.target, ())
-                    except (AccessDenied, StorageFull) as exc:
-                        exc.add_note("safety-snapshot")  # the CLI names the option that skips it
+                    except (AccessDenied, StorageFull, SourceError) as exc:
+                        exc.add_note("safety-snapshot")  # the CLI names the step and the option
                         raise
                     self.result.safety_snapshot = saved.id
                 swap_start = time.perf_counter()

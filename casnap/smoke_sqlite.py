@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casnap.constants import SMOKE_MMAP_MAX, SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
+from casnap.formats import sniff
+from casnap.formats.sqlite import cut_short
 from casnap.smoke_report import Check
 
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
@@ -74,6 +76,9 @@ def check_sqlite(
     the process), of at most SMOKE_MMAP_MAX bytes (mapped pages count as resident memory)."""
     size = path.stat().st_size
     pragma = "quick_check" if size > SMOKE_QUICK_CHECK_ABOVE else "integrity_check"
+    short = cut_short(sniff(path), size)  # SQLite reads a last page cut short as zeros
+    if short is not None:
+        return [Check("sqlite-integrity", rel, False, short, {"pragma": pragma})]
     try:
         with contextlib.closing(open_immutable(path)) as conn:
             if cancel is not None:

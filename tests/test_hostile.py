@@ -667,14 +667,18 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cut", [16, 100, 3000, 20_000], ids=lambda n: f"first-{n}-bytes")
 def test_damaged_database_in_the_data_dir_is_kept_as_bytes(tmp_path: Path, cut: int) -> None:
     """A file that starts like SQLite but that SQLite cannot read is stored as it is: a backup
-    tool keeps what is there rather than refusing to snapshot anything."""
+    tool keeps what is there rather than refusing to snapshot anything. With a whole header it
+    is a database cut short (it ends inside a page): stored as a database, reported as damage."""
     data = small_app(tmp_path / "data")
     whole = (data / "app.db").read_bytes()
     (data / "broken.db").write_bytes(whole[:cut] + b"\xff" * 5000)
     repo = Repository.init_backend(MemoryBackend(), tmp_dir=tmp_path / "t")
-    sid = commit(repo, data).id
+    r = commit(repo, data)
+    sid = r.id
     kinds = {f.path: f.kind for f in repo.load_snapshot(repo.resolve(sid)).files}
-    assert kinds["broken.db"] == "file" and kinds["app.db"] == "sqlite"
+    header = cut >= 100
+    assert kinds["broken.db"] == ("sqlite" if header else "file") and kinds["app.db"] == "sqlite"
+    assert [d.split(":")[0] for d in r.damage] == (["broken.db"] if header else [])
     out = tmp_path / "out"
     checkout(repo, sid, out, safety_snapshot=False, smoke=False)
     assert (out / "broken.db").read_bytes() == (data / "broken.db").read_bytes()

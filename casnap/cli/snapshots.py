@@ -25,6 +25,7 @@ from casnap.errors import (
     InvalidArgument,
     NotARepository,
     RepositoryGone,
+    SourceError,
     StorageFull,
     UnreadableSource,
 )
@@ -180,16 +181,17 @@ def commit(
 
     Each SQLite database is captured as one committed state, read under SQLite's read
     transaction (consistent while the app writes): the image SQLite's online backup API would
-    copy. Files unchanged since the last snapshot of the same paths are not read again. The
-    repository is created on first use when --repo is missing or empty.
+    copy; one a crashed writer left with a hot journal, from a private copy SQLite rolls back
+    (the data dir is never written). Files unchanged since the last snapshot of the same paths
+    are not read again. The repository is created on first use when --repo is missing or empty.
 
     What a checkout's smoke checks would find is checked first, from headers, metadata and
     counts (nothing is loaded or unpickled): a FAISS index shorter than its header promises, a
-    Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree (a
-    checkout refuses these: warned of even with -q), a .meta.json sidecar stating another ntotal
-    (a checkout warns too). One warning line per problem on stderr; with --strict an error and
-    nothing is committed. A repository inside the data dir is never stored. Prints the new
-    snapshot id.
+    Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree, a
+    SQLite database cut short, found as it is read (a checkout refuses these: warned of even
+    with -q), a .meta.json sidecar stating another ntotal (a checkout warns too). One warning
+    line per problem on stderr; with --strict an error and nothing is committed. A repository
+    inside the data dir is never stored. Prints the new snapshot id.
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
@@ -366,12 +368,12 @@ def checkout(
                 f"{exc}; `casnap verify --read-data` names every snapshot and file the damage "
                 "spoils, and an older snapshot may hold these files intact"
             ) from exc
-        except (AccessDenied, StorageFull) as exc:
+        except (AccessDenied, StorageFull, SourceError) as exc:
             if "safety-snapshot" not in getattr(exc, "__notes__", ()):
                 raise
             raise type(exc)(
-                f"saving the data this checkout replaces failed: {exc} "
-                "(--no-safety-snapshot replaces it without saving)"
+                f"saving the pre-checkout snapshot of the data this checkout replaces failed, "
+                f"nothing was replaced: {exc} (--no-safety-snapshot replaces it without saving)"
             ) from exc
     for w in r.warnings:
         warn(w)

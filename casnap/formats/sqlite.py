@@ -35,6 +35,9 @@ _SHM_LOCKS = (120, 9)
 _PAGE_SIZE_AT = 16  # big-endian u16; 1 stands for 65536
 _WRITE_VERSION_AT, _READ_VERSION_AT = 18, 19  # 2 in both: WAL mode
 _WAL = 2
+_RESERVED_AT, _FRACTIONS_AT = 20, 21  # reserved bytes per page; 3 payload fractions
+_FRACTIONS = bytes((64, 32, 32))  # the only ones SQLite accepts
+_MIN_USABLE = 480  # the smallest usable page size (page size less reserved bytes) it accepts
 _FREELIST_TRUNK_AT, _FREELIST_COUNT_AT = 32, 36  # big-endian u32 each
 # file change counter, database size in pages, schema cookie, version-valid-for number,
 # SQLITE_VERSION_NUMBER (big-endian u32 each)
@@ -153,6 +156,36 @@ def declared_pages(head: bytes) -> int | None:
     pages = int.from_bytes(head[_SIZE_AT : _SIZE_AT + 4], "big")
     valid = head[_COUNTER_AT : _COUNTER_AT + 4] == head[_VALID_FOR_AT : _VALID_FOR_AT + 4]
     return pages if pages and valid else None
+
+
+def cut_short(head: bytes, size: int) -> str | None:
+    """Why a file of `size` bytes whose first bytes are `head` is a database cut short (a copy
+    or a write that stopped part-way): it ends inside one of its pages, or holds fewer pages
+    than its header declares where SQLite uses that count (bytes past the declared pages are
+    not the database's: SQLite never reads them). None for any other file, and for a header
+    SQLite would not read as a database's (a page size, file format versions, payload
+    fractions or reserved bytes it refuses)."""
+    page_size = sqlite_page_size(head)
+    if (
+        page_size is None
+        or len(head) < SQLITE_HEADER_SIZE
+        or head[_WRITE_VERSION_AT] not in (1, _WAL)
+        or head[_READ_VERSION_AT] not in (1, _WAL)
+        or head[_FRACTIONS_AT : _FRACTIONS_AT + 3] != _FRACTIONS
+        or page_size - head[_RESERVED_AT] < _MIN_USABLE
+    ):
+        return None
+    pages, rest = divmod(size, page_size)
+    declared = declared_pages(head)
+    if declared is not None and pages >= declared or declared is None and not rest:
+        return None
+    of = f" of the {declared} its header declares" if declared is not None else ""
+    if rest:
+        return (
+            f"SQLite database is cut short: its {size} bytes end inside page {pages + 1}{of} "
+            f"({page_size}-byte pages)"
+        )
+    return f"SQLite database is cut short: it holds {pages} pages{of} ({page_size}-byte pages)"
 
 
 def backup_header(head: bytes, pages: int, version: int) -> bytes:
