@@ -132,19 +132,24 @@ def test_commit_and_checkout_succeed_through_transient_faults(tmp_path: Path) ->
 # -- giving up -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op", ["put", "get", "list", "delete"])
-def test_a_persistent_failure_fails_once_after_n_attempts(tmp_path: Path, op: str) -> None:
-    local = _stored(tmp_path)
-    faulty = F.FaultyBackend(local, [F.transient(op, 1, times=None)])
-    backend, slept = retrying(faulty, attempts=5)
+def _call(backend: Backend, op: str) -> object:
+    """One call of the kind op on the objects _stored made."""
     calls = {
         "put": lambda: backend.put("packs/aa/new", b"x"),
         "get": lambda: backend.get("packs/00/obj0"),
         "list": lambda: list(backend.list("packs/")),
         "delete": lambda: backend.delete("packs/00/obj0"),
     }
+    return calls[op]()
+
+
+@pytest.mark.parametrize("op", ["put", "get", "list", "delete"])
+def test_a_persistent_failure_fails_once_after_n_attempts(tmp_path: Path, op: str) -> None:
+    local = _stored(tmp_path)
+    faulty = F.FaultyBackend(local, [F.transient(op, 1, times=None)])
+    backend, slept = retrying(faulty, attempts=5)
     with pytest.raises(TransientError, match=r"injected timeout.*gave up after 5 attempts") as info:
-        calls[op]()
+        _call(backend, op)
     assert "\n" not in str(info.value)
     assert isinstance(info.value.__cause__, TransientError)  # the last failure, kept as cause
     assert len(faulty.fired) == 5 and len(slept) == 4
@@ -161,22 +166,16 @@ def test_once_a_call_gave_up_later_calls_get_one_attempt_until_one_succeeds(
     local = _stored(tmp_path)
     faulty = F.FaultyBackend(local, [F.transient(op, 1, times=None)])
     backend, slept = retrying(faulty, attempts=5)
-    calls = {
-        "put": lambda: backend.put("packs/aa/new", b"x"),
-        "get": lambda: backend.get("packs/00/obj0"),
-        "list": lambda: list(backend.list("packs/")),
-        "delete": lambda: backend.delete("packs/00/obj1"),
-    }
     with pytest.raises(TransientError, match="gave up after 5 attempts"):
-        calls[op]()
+        _call(backend, op)
     assert len(slept) == 4 and len(faulty.fired) == 5
     with pytest.raises(TransientError, match="gave up after 1 attempt"):
-        calls[op]()
+        _call(backend, op)
     assert len(slept) == 4  # tried once, no wait
     backend.inner = local  # the store is back
-    calls[op]()
+    _call(backend, op)
     backend.inner = F.FaultyBackend(local, [F.transient(op, 1)])
-    calls[op]()  # once one got through, a failure is retried again
+    _call(backend, op)  # once one got through, a failure is retried again
     assert len(slept) == 5
 
 
