@@ -10,7 +10,6 @@ import decimal
 import enum
 import fractions
 import ipaddress
-import json
 import pathlib
 import pickle
 import pickletools
@@ -25,7 +24,7 @@ import pytest
 from casnap.formats import langchain, layouts
 from casnap.formats.pickles import PickleProblem
 from tests.helpers_rag import DIM, LANGCHAIN_DIR, Runs, quiet
-from tests.test_rag_layouts import checks_of, run
+from tests.test_rag_layouts import committed_and_restored, run
 
 
 class Colour(enum.Enum):
@@ -136,14 +135,8 @@ def test_a_store_with_every_kind_of_metadata_commits_and_restores(tmp_path: Path
     data, repo = tmp_path / "data", tmp_path / "repo"
     metadatas = [{"kind": k, "value": v} for k, v in sorted(METADATA.items())]
     save_store(data / LANGCHAIN_DIR, [*metadatas, dict(METADATA)])
-    code, out, err = run(repo, data, "commit", "--strict", "--json")
-    assert code == 0 and "warning" not in err, err
-    assert json.loads(out)["warnings"] == [] and json.loads(out)["damage"] == []
     target = tmp_path / "restored"
-    code, out, err = run(repo, data, "checkout", "latest", "--to", str(target), "--json")
-    assert code == 0, err
-    found = checks_of(out)
-    assert all(c["ok"] for group in found.values() for c in group), found
+    found = committed_and_restored(repo, data, target)
     (docstore,) = found["langchain-docstore"]
     assert "metadata name" in str(docstore["detail"])  # the classes metadata hold are told
     restored = load_metadata(target / LANGCHAIN_DIR)

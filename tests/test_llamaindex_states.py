@@ -17,7 +17,7 @@ import pytest
 
 from casnap.formats import layouts, llamaindex
 from tests.helpers_rag import DIM, LLAMAINDEX_DIR, K, query_vectors, quiet
-from tests.test_rag_layouts import checks_of, run
+from tests.test_rag_layouts import committed_and_restored, run
 
 NODES = 30
 DOCUMENTS = 4
@@ -202,14 +202,8 @@ def test_each_state_llamaindex_leaves_commits_and_restores(state: str, tmp_path:
         STATES[state](index)
         index.storage_context.persist(persist_dir=str(folder))
     expected = seen(folder)
-    code, out, err = run(repo, data, "commit", "--strict", "--json")
-    assert code == 0 and "warning" not in err, err
-    assert json.loads(out)["damage"] == []
     target = tmp_path / "restored"
-    code, out, err = run(repo, data, "checkout", "latest", "--to", str(target), "--json")
-    assert code == 0, err
-    found = checks_of(out)
-    assert all(c["ok"] for group in found.values() for c in group), found
+    found = committed_and_restored(repo, data, target)
     (counts,) = found["llamaindex-counts"]
     told = tuple(note for note in (KEPT, STALE) if note in str(counts["detail"]))
     assert told == APART[state], counts["detail"]

@@ -46,6 +46,21 @@ def checks_of(out: str) -> dict[str, list[dict[str, object]]]:
     return by
 
 
+def committed_and_restored(
+    repo: Path, data: Path, target: Path
+) -> dict[str, list[dict[str, object]]]:
+    """Commit data with --strict (no warning, no damage), check it out into target; every smoke
+    check passed. The checks, by name."""
+    code, out, err = run(repo, data, "commit", "--strict", "--json")
+    assert code == 0 and "warning" not in err, err
+    assert json.loads(out)["warnings"] == [] and json.loads(out)["damage"] == []
+    code, out, err = run(repo, data, "checkout", "latest", "--to", str(target), "--json")
+    assert code == 0, err
+    found = checks_of(out)
+    assert all(c["ok"] for group in found.values() for c in group), found
+    return found
+
+
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_a_clean_commit_of_each_layout_warns_of_nothing(name: str, tmp_path: Path) -> None:
     data, repo = tmp_path / "data", tmp_path / "repo"
