@@ -204,3 +204,28 @@ def test_a_database_being_written_is_never_reported(tmp_path: Path, mode: str) -
         out, _ = writer.communicate(timeout=60)
     assert writer.returncode == 0 and int(out.split()[-1]) > 0
     checkout(repo, r.id, tmp_path / "out")
+
+
+@pytest.mark.parametrize("size", [16, 17, 50, 99])
+def test_a_database_cut_inside_its_header_is_a_database_cut_short(
+    tmp_path: Path, size: int
+) -> None:
+    """A file of SQLite's magic and less than its 100-byte header is a database cut short too:
+    reported at commit, refused by a checkout, which leaves the good database in place."""
+    whole = tmp_path / "whole.db"
+    make_db(whole)
+    data = tmp_path / "data"
+    data.mkdir()
+    cut(whole, data / "app.db", size)
+    repo = Repository.init(tmp_path / "repo")
+    r = commit(repo, data)
+    assert len(r.damage) == 1 and r.damage[0].startswith("app.db: SQLite database is cut short")
+    (entry,) = repo.load_snapshot(repo.resolve(r.id)).files
+    assert entry.kind == "sqlite"
+    target = tmp_path / "target"
+    target.mkdir()
+    make_db(target / "app.db")
+    good = (target / "app.db").read_bytes()
+    with pytest.raises(SmokeCheckFailed):
+        checkout(repo, r.id, target)
+    assert (target / "app.db").read_bytes() == good

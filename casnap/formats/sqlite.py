@@ -160,11 +160,14 @@ def declared_pages(head: bytes) -> int | None:
 
 def cut_short(head: bytes, size: int) -> str | None:
     """Why a file of `size` bytes whose first bytes are `head` is a database cut short (a copy
-    or a write that stopped part-way): it ends inside one of its pages, or holds fewer pages
+    or a write that stopped part-way): it ends inside its 100-byte header (SQLite's magic and
+    less), or inside one of its pages, or holds fewer pages
     than its header declares where SQLite uses that count (bytes past the declared pages are
     not the database's: SQLite never reads them). None for any other file, and for a header
     SQLite would not read as a database's (a page size, file format versions, payload
     fractions or reserved bytes it refuses)."""
+    if is_sqlite_header(head) and size < SQLITE_HEADER_SIZE:
+        return f"SQLite database is cut short: its {size} bytes end inside its 100-byte header"
     page_size = sqlite_page_size(head)
     if (
         page_size is None
