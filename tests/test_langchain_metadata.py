@@ -131,6 +131,21 @@ def test_a_docstore_whose_metadata_holds_a_common_value_is_read(kind: str, tmp_p
         assert store.documents == frozenset({"d0", "d1", "d2"}), protocol
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_docstore_pickled_with_any_protocol_langchain_reads_is_read(
+    protocol: int, tmp_path: Path
+) -> None:
+    """Protocol 2 names builtins as Python 2 did (`__builtin__.set`, `copy_reg._reconstructor`,
+    mapped back by pickle on load): a store saved so reloads in LangChain and passes the check."""
+    save_store(tmp_path, [{"n": 1}, {"when": METADATA["datetime"]}])
+    docstore = pickle.loads((tmp_path / "index.pkl").read_bytes())
+    (tmp_path / "index.pkl").write_bytes(pickle.dumps(docstore, protocol=protocol))
+    assert load_metadata(tmp_path)["d0"] == {"n": 1}
+    found = check_folder(tmp_path)
+    assert found["langchain-docstore"].ok, found["langchain-docstore"].detail
+    assert found["langchain-docstore"].info == {"documents": 2, "positions": 2}
+
+
 def test_a_store_with_every_kind_of_metadata_commits_and_restores(tmp_path: Path) -> None:
     data, repo = tmp_path / "data", tmp_path / "repo"
     metadatas = [{"kind": k, "value": v} for k, v in sorted(METADATA.items())]

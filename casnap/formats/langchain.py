@@ -28,13 +28,19 @@ from casnap.formats.pickles import Global, Obj, PickleProblem, state_of, walk
 _CLASSES = frozenset({"InMemoryDocstore", "Document"})
 _PACKAGES = frozenset({"langchain", "langchain_core", "langchain_community"})
 _PLAIN = frozenset(
-    {
-        Global("copyreg", "_reconstructor"),
-        Global("builtins", "object"),
-        Global("builtins", "set"),
-        Global("builtins", "frozenset"),
-        Global("collections", "OrderedDict"),
-    }
+    Global(module, name)
+    for module, name in (
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("collections", "OrderedDict"),
+        # the same as protocols 0-2 name them (Python 2's modules; pickle maps them back on load)
+        ("copy_reg", "_reconstructor"),
+        ("__builtin__", "object"),
+        ("__builtin__", "set"),
+        ("__builtin__", "frozenset"),
+    )
 )
 # the types of the containers a walk builds (exactly these: their subclasses are Obj)
 _CONTAINERS = frozenset({tuple, list, dict, set, frozenset, Obj})
