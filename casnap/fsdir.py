@@ -34,6 +34,10 @@ def fsync_fd(fd: int, what: str) -> None:
             raise from_oserror(exc, f"syncing {what}") from exc
 
 
+# what a rename meets when the other kind of entry stands at its destination
+_IN_THE_WAY = frozenset({errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST})
+
+
 class Dir:
     """One open directory; names given to its methods are single path components."""
 
@@ -162,6 +166,12 @@ class Dir:
         try:
             os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=dest.fd)
         except OSError as exc:
+            if exc.errno in _IN_THE_WAY:  # a folder where a file goes, or the other way round
+                raise SourceError(
+                    f"cannot restore {dest.path / new_name}: a folder stands where a file goes, "
+                    "or a file where a folder goes; move it away, or check out into another "
+                    "folder (--to)"
+                ) from exc
             if exc.errno != errno.EXDEV:
                 raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
             self._copy_across(name, dest, new_name)

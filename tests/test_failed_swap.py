@@ -233,9 +233,10 @@ def test_a_rename_failing_part_way_puts_back_what_was_swapped_in(tmp_path: Path)
         (data / "new.txt" / "keep").write_text("someone else's")
 
     with after_renames_into(data / "c", 1, folder_in_the_way):
-        with pytest.raises(CasnapError, match="left as it was") as err:
+        with pytest.raises(SourceError, match="left as it was") as err:  # exit 7, as found first
             checkout(repo, sid, data)
     assert str(data / "new.txt") in str(err.value)
+    assert "a folder stands where a file goes" in str(err.value)
     assert (data / "new.txt" / "keep").read_text() == "someone else's"
     after = state(data)
     del after["new.txt/keep"]
