@@ -36,6 +36,8 @@ def fsync_fd(fd: int, what: str) -> None:
 
 # what a rename meets when the other kind of entry stands at its destination
 _IN_THE_WAY = frozenset({errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST})
+# the way forward when an entry of the other kind stands where a checkout restores one
+IN_THE_WAY_HINT = "move it away, or check out into another folder (--to)"
 
 
 class Dir:
@@ -112,7 +114,7 @@ class Dir:
                     raise HostileManifest(f"{self.path / name} is a symbolic link") from exc
                 raise SourceError(
                     f"{self.path / name} exists and is not a folder, where a folder is to be "
-                    "restored: move it away, or check out into another folder (--to)"
+                    f"restored: {IN_THE_WAY_HINT}"
                 ) from exc
             raise from_oserror(exc, f"opening {self.path / name}") from exc
         return Dir(fd, self.path / name)
@@ -169,8 +171,7 @@ class Dir:
             if exc.errno in _IN_THE_WAY:  # a folder where a file goes, or the other way round
                 raise SourceError(
                     f"cannot restore {dest.path / new_name}: a folder stands where a file goes, "
-                    "or a file where a folder goes; move it away, or check out into another "
-                    "folder (--to)"
+                    f"or a file where a folder goes; {IN_THE_WAY_HINT}"
                 ) from exc
             if exc.errno != errno.EXDEV:
                 raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc

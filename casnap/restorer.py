@@ -32,7 +32,7 @@ from casnap.errors import (
     StorageFull,
 )
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
-from casnap.fsdir import Dir, Tree, resolve_trusted, split
+from casnap.fsdir import IN_THE_WAY_HINT, Dir, Tree, resolve_trusted, split
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
@@ -362,8 +362,8 @@ class _Checkout:
                 )
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(
-                    f"cannot restore {rel}: {self.target / rel} exists and is not a file: move "
-                    "it away, or check out into another folder (--to)"
+                    f"cannot restore {rel}: {self.target / rel} exists and is not a file: "
+                    f"{IN_THE_WAY_HINT}"
                 )
             assert parent is not None
             item.replaces_db = swap.is_sqlite(parent, name) or any(
