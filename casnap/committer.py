@@ -210,6 +210,13 @@ def commit(
         raise
 
 
+def _inconsistent(problems: list[str]) -> InconsistentData:
+    """The error of a --strict commit that found problems: nothing is committed."""
+    return InconsistentData(
+        f"{len(problems)} consistency problem(s), nothing committed: " + "; ".join(problems)
+    )
+
+
 class Committer:
     """One commit run over a repository: the state its steps share. The caller holds the lock
     (`commit` does; checkout's safety snapshot runs under checkout's)."""
@@ -289,9 +296,7 @@ class Committer:
         )
         pairs = [p.text for p in problems]
         if opts.strict and pairs:
-            raise InconsistentData(
-                f"{len(pairs)} consistency problem(s), nothing committed: " + "; ".join(pairs)
-            )
+            raise _inconsistent(pairs)
         if not sources and parent_files and not opts.allow_empty:
             raise EmptySnapshot(
                 f"nothing to store in {data_dir}, while the last snapshot of these paths "
@@ -365,9 +370,7 @@ class Committer:
                 result.warnings += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
                 if opts.strict and cut:
-                    raise InconsistentData(
-                        f"{len(cut)} consistency problem(s), nothing committed: " + "; ".join(cut)
-                    )
+                    raise _inconsistent(cut)
                 result.warnings += cut
                 result.damage += cut
                 reader.complete(entries)
