@@ -173,6 +173,14 @@ class Terminated(BaseException):
         self.exit_code = 128 + signum
 
 
+class OutputClosed(Exception):
+    """The reader of the command line's output went away (`casnap log | head -1`): the command
+    ends quietly with the code a shell shows for a process SIGPIPE ended, as git and restic
+    end then (raised by the command line only, once the command has unwound)."""
+
+    exit_code = 141  # 128 + SIGPIPE
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "error": CasnapError.exit_code,
@@ -188,6 +196,7 @@ EXIT_CODES: dict[str, int] = {
     "interrupted": 130,
     "terminated": Terminated.exit_code,
     "hung-up": 129,  # 128 + SIGHUP
+    "output-closed": OutputClosed.exit_code,
 }
 
 

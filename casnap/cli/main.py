@@ -3,6 +3,7 @@ where errors become a line on stderr and an exit code."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import shutil
@@ -18,9 +19,11 @@ import click
 from casnap import procs, signals
 from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
+from casnap.cli.pipes import reader_gone, silence_closed, whole_writes
 from casnap.errors import (
     CasnapError,
     InvalidArgument,
+    OutputClosed,
     RepositoryNotFound,
     Terminated,
     from_oserror,
@@ -64,15 +67,29 @@ class CasnapGroup(click.Group):
             code = _report(exc)
         sys.exit(code)
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with reader_gone():  # --help, --version
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with reader_gone():
+                return super().invoke(ctx)
         except KeyboardInterrupt as exc:  # past click, which would first write a blank line:
             raise Terminated("interrupted", SIGINT) from exc  # unbounded on a full stderr pipe
 
 
 def _report(exc: BaseException) -> int:
     """Say what ended the command, in one line on stderr; its exit code."""
+    if isinstance(exc, OutputClosed):  # the reader has what it wanted: nothing to say
+        silence_closed()
+        return exc.exit_code
     if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
     if isinstance(exc, click.UsageError):
@@ -453,6 +470,7 @@ def main() -> None:
     signals.handle()  # loaded (start.py): Ctrl-C, SIGTERM and SIGHUP unwind the command
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
+    whole_writes()
     try:
         cli.main(prog_name="casnap")
     except SystemExit as exc:
@@ -478,8 +496,9 @@ def exit_now(code: str | int | None) -> None:
     try:
         if sys.stdout is not None:  # None when started with its descriptor closed
             sys.stdout.flush()
-    except (OSError, ValueError):  # a closed pipe: Python's own exit then ends with 120
-        code = code or 120
+    except (OSError, ValueError) as exc:  # Python's own exit then ends with 120
+        gone = isinstance(exc, OSError) and exc.errno == errno.EPIPE  # the reader left
+        code = code or (OutputClosed.exit_code if gone else 120)
     try:
         if sys.stderr is not None:
             sys.stderr.flush()
