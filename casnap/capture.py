@@ -7,6 +7,7 @@ fingerprints.py's (both reached through here too).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import functools
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from casnap import dbimage
 from casnap.constants import TEMP_PREFIX
-from casnap.errors import HostileManifest, SourceError, from_oserror
+from casnap.errors import HostileManifest, PathTooLong, SourceError, from_oserror, shortened
 from casnap.fingerprints import fingerprint as fingerprint
 from casnap.fingerprints import is_racy as is_racy
 from casnap.fingerprints import open_source as open_source
@@ -144,7 +145,12 @@ def scan(
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise from_oserror(exc, f"reading {full}") from exc
+            if exc.errno != errno.ENAMETOOLONG:
+                raise from_oserror(exc, f"reading {full}") from exc
+            if opts.unreadable is None:  # as for a file it may not read
+                raise PathTooLong(f"{shortened(full)}: {too_long(full)}") from exc
+            opts.unreadable.append(rel)
+            return
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in opts.prune_ids:
                 return
@@ -195,6 +201,29 @@ def scan(
         visit(str(root), root.relative_to(data_dir).as_posix())
     found.sort(key=lambda s: s.path)
     return found
+
+
+def too_long(full: str) -> str:
+    """Why full cannot be read: its length against the system's limit, and what to do."""
+    try:
+        limit = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = 4096
+    return (
+        f"its path is {len(os.fsencode(full))} bytes, longer than the system's limit ({limit}): "
+        "shorten it or --exclude it"
+    )
+
+
+def left_out(data_dir: Path, rel: str) -> str:
+    """The warning for a file or folder a commit left out because it could not be read."""
+    full = os.path.join(data_dir, rel)
+    try:
+        os.lstat(full)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return f"{shortened(rel)}: {too_long(full)}; left out of the snapshot"
+    return f"{shortened(rel)}: not readable, left out of the snapshot"
 
 
 def storable(rel: str) -> bool:

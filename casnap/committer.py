@@ -145,9 +145,10 @@ def commit(
     (InconsistentData) and nothing is committed.
     progress gets (bytes done, bytes total). A commit that would store no file where the last
     snapshot of the same paths had some is refused unless allow_empty; with skip_unreadable,
-    files and folders that cannot be read for lack of permission are left out (listed in the
-    result and the snapshot). time (naive: local time; never before 1970 or in the future) is
-    recorded instead of now, and source as the data dir instead of data_dir: a copy kept
+    files and folders that cannot be read for lack of permission, or whose path is longer than
+    the system's limit (else PathTooLong), are left out (listed in the result and the
+    snapshot). time (naive: local time; never before 1970 or in the future) is recorded
+    instead of now, and source as the data dir instead of data_dir: a copy kept
     elsewhere is imported as the snapshot it was; host instead of this machine's name (its
     snapshots then group, and find their parent, under host).
     """
@@ -385,7 +386,7 @@ class Committer:
                 self.written_index = reader.writer.index_key  # when the failure came after it
             raise
         manifest_start = time.perf_counter()
-        result.warnings += [f"{p}: not readable, left out of the snapshot" for p in unreadable]
+        result.warnings += [capture.left_out(data_dir, p) for p in unreadable]
         result.skipped = sorted(unreadable)
         user = _user()
         snap = Snapshot(

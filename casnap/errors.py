@@ -97,6 +97,11 @@ class HotJournal(SourceError):
     SQLite shows it (rolled back in a private copy)."""
 
 
+class PathTooLong(SourceError):
+    """A path in the data dir is longer than the system lets a program name a file (PATH_MAX):
+    it cannot be opened by its path (a commit can be told to leave such files out)."""
+
+
 class TransientError(CasnapError):
     """A storage request failed in a way a retry may fix: a timeout, a connection reset, a 5xx
     answer, throttling (backends raise it; backends/retrying.py retries it)."""
@@ -202,6 +207,12 @@ EXIT_CODES: dict[str, int] = {
 
 class ObjectMissing(IntegrityError):
     """An object the repository refers to is not in the backend."""
+
+
+def shortened(path: str, keep: int = 60) -> str:
+    """path as its first and last `keep` characters around '…' when it is longer: a line that
+    names a path of thousands of characters stays one readable line."""
+    return path if len(path) <= 2 * keep + 1 else f"{path[:keep]}…{path[-keep:]}"
 
 
 def from_oserror(exc: OSError, what: str) -> CasnapError:

@@ -24,6 +24,7 @@ from casnap.errors import (
     IntegrityError,
     InvalidArgument,
     NotARepository,
+    PathTooLong,
     RepositoryGone,
     SourceError,
     StorageFull,
@@ -142,8 +143,9 @@ def say_created(c: Context, repo: Repository) -> None:
 @click.option(
     "--skip-unreadable",
     is_flag=True,
-    help="Leave out files and folders that cannot be read for lack of permission (listed in the "
-    "summary and recorded in the snapshot) instead of failing.",
+    help="Leave out files and folders that cannot be read for lack of permission, or whose path "
+    "is longer than the system's limit (listed in the summary and recorded in the snapshot) "
+    "instead of failing.",
 )
 @click.option(
     "--time",
@@ -214,8 +216,8 @@ def commit(
                     time=when,
                     host=host,
                 )
-            except UnreadableSource as exc:
-                raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
+            except (UnreadableSource, PathTooLong) as exc:
+                raise type(exc)(f"{exc} (--skip-unreadable leaves such files out)") from exc
             except EmptySnapshot as exc:
                 raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
             except InconsistentData as exc:

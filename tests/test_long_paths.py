@@ -1,0 +1,85 @@
+"""A data dir holding a path longer than the system lets a program name (PATH_MAX, 4096 bytes on
+Linux), each of its names short: the commit is refused with one short line, as for a file it may
+not read, and `--skip-unreadable` leaves the folder out."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from casnap.errors import EXIT_CODES
+from casnap.repository import Repository
+from tests.helpers_reliability import run_casnap, verify_repository
+from tests.test_hostile import one_line
+
+PATH_MAX = 4096
+NAME = "d" * 200  # each name well under NAME_MAX (255)
+
+
+def deep_tree(data: Path) -> str:
+    """Folders named NAME nested below data until the path of the deepest passes PATH_MAX, a
+    file in it; made through descriptors (no path that long can be given). The relative path of
+    the first folder whose full path is too long."""
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    length = len(os.fsencode(data))
+    first = ""
+    rel: list[str] = []
+    try:
+        while length < PATH_MAX + 400:
+            os.mkdir(NAME, dir_fd=fd)
+            inner = os.open(NAME, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            length += 1 + len(NAME)
+            rel.append(NAME)
+            if length >= PATH_MAX and not first:
+                first = "/".join(rel)
+        out = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+        os.write(out, b"far down\n")
+        os.close(out)
+    finally:
+        os.close(fd)
+    return first
+
+
+def world(tmp_path: Path) -> tuple[list[str], Path, Path, str]:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("kept\n")
+    (data / "sub").mkdir()
+    (data / "sub" / "more.txt").write_text("kept too\n")
+    repo = tmp_path / "repo"
+    base = ["--repo", str(repo), "--data", str(data)]
+    first = run_casnap([*base, "commit"])
+    assert first.returncode == 0, first.stderr
+    too_long = deep_tree(data / "sub")
+    return base, repo, data, f"sub/{too_long}"
+
+
+def test_a_path_past_path_max_refuses_the_commit_in_one_short_line(tmp_path: Path) -> None:
+    base, repo, data, _too_long = world(tmp_path)
+    snapshots = {sid for sid, _ in Repository.open(repo).snapshots()}
+    line = one_line(run_casnap([*base, "commit"]), EXIT_CODES["source"], "longer than")
+    assert len(line) < 300, line
+    assert line.startswith(f"casnap: error: {str(data)[:40]}") and "…" in line
+    assert "--exclude" in line and "--skip-unreadable" in line
+    assert {sid for sid, _ in Repository.open(repo).snapshots()} == snapshots  # nothing written
+    verify_repository(Repository.open(repo))
+    assert not list((repo / "locks").iterdir())
+
+
+def test_skip_unreadable_leaves_out_the_folder_too_long_to_name(tmp_path: Path) -> None:
+    base, repo, data, too_long = world(tmp_path)
+    done = run_casnap([*base, "commit", "--skip-unreadable", "--json"])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["skipped"] == [too_long]
+    warnings = [x for x in done.stderr.splitlines() if x.startswith("casnap: warning:")]
+    assert len(warnings) == 1 and len(warnings[0]) < 300, done.stderr
+    assert "…" in warnings[0] and "longer than" in warnings[0]
+    repo_ = Repository.open(repo)
+    snap = repo_.load_snapshot(repo_.resolve(out["id"]))
+    assert {f.path for f in snap.files} == {"notes.txt", "sub/more.txt"}
+    assert snap.skipped == (too_long,)
+    verify_repository(Repository.open(repo))
