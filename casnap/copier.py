@@ -124,9 +124,19 @@ def copy_snapshots(
         rollback.after_failed_commit(
             dst.backend, run.unindexed, dst.created, run.written_index, run.snapshots_before
         )
+        dst.created = None  # taken back, or in use by another process: never again
         raise
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def abandon(dst: Repository) -> None:
+    """Take back the destination open_or_init created for a copy that stopped before
+    copy_snapshots ran (a Ctrl-C, a SIGTERM, an error meanwhile), while it holds no snapshot
+    and nothing but what casnap put there; copy_snapshots takes back its own failures."""
+    if dst.created is not None:
+        rollback.after_failed_commit(dst.backend, (), dst.created)
+        dst.created = None
 
 
 def _chosen(

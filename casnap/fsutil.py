@@ -22,7 +22,7 @@ import sys
 import tempfile
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -72,6 +72,38 @@ def make_dirs(path: Path) -> None:
                 raise
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def new_folder(path: Path) -> Iterator[None]:
+    """mkdir -p path (path 0700, its parents as the umask makes them) for the block to fill;
+    when the block fails (an error, a Ctrl-C or SIGTERM), the folders made here are removed
+    again, those left empty: an init stopped before its config leaves no empty folder."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p) and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, DIR_MODE if folder == path else 0o777)
+                made.append(folder)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+        if not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path))
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {path}") from exc
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(made):  # the deepest first; one something landed in stays
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
 
 
 def tighten_root(root: Path) -> bool:

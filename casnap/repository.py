@@ -117,13 +117,10 @@ class Repository:
                 f"{root} is not empty and not a casnap repository; not touching it"
             )
         not_nested(root)
-        try:
-            root.mkdir(mode=fsutil.DIR_MODE, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise from_oserror(exc, f"creating {root}") from exc
-        # _local_backend makes an existing empty root private too
-        tmp = root / "tmp" if password is None else fsutil.private_scratch()
-        repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
+        with fsutil.new_folder(root):  # removed again, while empty, when the init stops
+            # _local_backend makes an existing empty root private too
+            tmp = root / "tmp" if password is None else fsutil.private_scratch()
+            repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
         except OSError as exc:

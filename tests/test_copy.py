@@ -381,3 +381,73 @@ def test_a_repository_inside_another_is_never_made(tmp_path, history, inner) -> 
     code, out, err = run(src, data, "gc")
     assert code == 0, err
     assert sorted(log_ids(src, data)) == sorted(ids)
+
+
+def _copy_stopped_while_creating(
+    tmp_path: Path, data: Path, src: Path, dst: Path, signum: int
+) -> int:
+    """Run `copy --to dst` whose destination password command waits: the copy has made the
+    destination's directory and is deriving its key (no config yet) when signum reaches it."""
+    ready = tmp_path / "asked"
+    ready.unlink(missing_ok=True)
+    waiter = tmp_path / "password.py"
+    waiter.write_text(  # waits until casnap is gone (at most 2 min)
+        f"import os, pathlib, time\nparent = os.getppid()\npathlib.Path({str(ready)!r}).touch()\n"
+        "for _ in range(1200):\n    if os.getppid() != parent:\n        break\n"
+        "    time.sleep(0.1)\nprint('pw')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in PASSWORD_VARS}
+    env["PYTHONPATH"] = str(ROOT)
+    args = ["--repo", str(src), "--data", str(data), "copy", "--to", str(dst)]
+    command = f"{sys.executable} {waiter}"
+    with subprocess.Popen(
+        [sys.executable, "-m", "casnap", *args, "--to-password-command", command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        from tests.helpers_reliability import wait_for
+
+        wait_for(ready.exists, timeout=60)
+        assert dst.is_dir() and not any(dst.iterdir())  # made, its config not there yet
+        proc.send_signal(signum)
+        return proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_copy_interrupted_before_the_destination_s_config_takes_its_directory_back(
+    tmp_path, history, signum
+) -> None:
+    data, src, ids, _trees = history
+    dst = tmp_path / "new" / "dst"  # its parent is made too
+    code = _copy_stopped_while_creating(tmp_path, data, src, dst, signum)
+    assert code == 128 + signum
+    assert not (tmp_path / "new").exists()
+    code, _, err = run(src, data, "copy", "--to", str(dst), CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert len(log_ids(dst, data, CASNAP_PASSWORD=PW_DST)) == 3
+
+
+def test_a_copy_killed_before_the_destination_s_config_can_be_run_again(tmp_path, history) -> None:
+    """A SIGKILL leaves the empty directory: nothing in it stops a rerun of the copy, or an
+    init there."""
+    data, src, ids, _trees = history
+    dst = tmp_path / "dst"
+    assert _copy_stopped_while_creating(tmp_path, data, src, dst, signal.SIGKILL) == -9
+    assert dst.is_dir() and not any(dst.iterdir())
+    code, _, err = run(src, data, "copy", "--to", str(dst), CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert len(log_ids(dst, data, CASNAP_PASSWORD=PW_DST)) == 3
+    again = tmp_path / "again"
+    assert _copy_stopped_while_creating(tmp_path, data, src, again, signal.SIGKILL) == -9
+    assert run(again, data, "init")[0] == 0
+
+
+def test_a_copy_refused_after_its_destination_was_made_takes_it_back(tmp_path, history) -> None:
+    """A usage error found once the destination was created (a --path outside the data dir)."""
+    data, src, _ids, _trees = history
+    dst = tmp_path / "dst"
+    code, _, err = run(src, data, "copy", "--to", str(dst), "--path", str(tmp_path / "elsewhere"))
+    assert code == 2, err
+    assert not dst.exists()

@@ -168,7 +168,41 @@ def copy(
         dst_at, dst_passwords = c.repo_path, c.passwords
         dst_password = "--password-file"
     src.on_unwritable = c.note_once  # only read: a read-only one is copied without its lock
+    flt = snapshot_filter(c, src, filter_paths, filter_tags)  # refused before anything is made
+    from casnap import copier
+
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
+    created = dst.created is not None
+    try:
+        _say_encryption(c, src, dst, to_encryption, dst_password)
+        for last in (False, True):
+            try:
+                with progress_bar(c, "copy") as progress:
+                    r = copier.copy_snapshots(src, dst, id, select=flt, progress=progress)
+                break
+            except RepositoryGone:  # the destination, deleted since this host kept its config
+                if last or dst.kept_config is None:
+                    raise
+                dst.close()  # made anew, once
+                dst = open_destination(c, dst_at, dst_passwords, to_encryption)
+                created = dst.created is not None
+    except BaseException:
+        copier.abandon(dst)  # made for a copy that stopped before it stored anything: taken back
+        raise
+    if created:
+        kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
+        c.say(f"created {kind} at {dst.backend.location}")
+    if as_json:
+        emit_json(r.to_json())
+        return
+    _print(r)
+
+
+def _say_encryption(
+    c: Context, src: Repository, dst: Repository, to_encryption: str | None, password: str
+) -> None:
+    """Note an --to-encryption an existing destination does not follow; warn of a new plain
+    destination for an encrypted source."""
     created = dst.created is not None
     if not created and to_encryption is not None and dst.encrypted != (to_encryption != "none"):
         kind = "encrypted" if dst.encrypted else "not encrypted"
@@ -180,30 +214,9 @@ def copy(
         warn(
             f"copying from an encrypted repository into a new plain one at "
             f"{dst.backend.location} (--to-encryption repokey, or a password for it such as "
-            f"{dst_password}, encrypts it)",
+            f"{password}, encrypts it)",
             always=True,
         )
-    flt = snapshot_filter(c, src, filter_paths, filter_tags)
-    from casnap.copier import copy_snapshots
-
-    for last in (False, True):
-        try:
-            with progress_bar(c, "copy") as progress:
-                r = copy_snapshots(src, dst, id, select=flt, progress=progress)
-            break
-        except RepositoryGone:  # the destination, deleted since this host kept its config
-            if last or dst.kept_config is None:
-                raise
-            dst.close()  # made anew, once
-            dst = open_destination(c, dst_at, dst_passwords, to_encryption)
-            created = dst.created is not None
-    if created:
-        kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
-        c.say(f"created {kind} at {dst.backend.location}")
-    if as_json:
-        emit_json(r.to_json())
-        return
-    _print(r)
 
 
 def _print(r: CopyResult) -> None:
