@@ -11,7 +11,6 @@ it wrote and, when it created the repository, the repository (rollback.py).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import getpass
 import os
@@ -21,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from casnap import (
     capture,
@@ -57,8 +56,7 @@ if TYPE_CHECKING:  # made for the first file read (_storing)
     from casnap import smallingest
 
 
-@dataclass(frozen=True)
-class CommitOptions:
+class CommitOptions(NamedTuple):
     """What a commit records and how it behaves (see `commit`)."""
 
     message: str = ""
@@ -110,7 +108,7 @@ def _lstat(src: capture.SourceFile) -> os.stat_result:
 
 def _linked(primary: FileEntry, path: str) -> FileEntry:
     """The entry of a hard link to primary's file found at path: the same content and chunks."""
-    return dataclasses.replace(primary, path=path, link=primary.path)
+    return primary._replace(path=path, link=primary.path)
 
 
 def _user() -> str:

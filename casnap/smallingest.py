@@ -25,7 +25,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from casnap import capture, chunklist, filelists, statcache
 from casnap.chunking import Block, choose_chunker
@@ -74,8 +74,7 @@ class Waiting:
     old: FileEntry | None
 
 
-@dataclass(frozen=True)
-class _Read:
+class _Read(NamedTuple):
     """One file read whole by a worker."""
 
     data: memoryview  # in the batch's buffer
@@ -86,8 +85,7 @@ class _Read:
     source: tuple[int, ...] | None  # the fingerprint that vouches for it, if any
 
 
-@dataclass(frozen=True)
-class _Batch:
+class _Batch(NamedTuple):
     files: list[Waiting]
     reads: list[_Read | None]  # None: read it one by one
     encoded: Encoded | None
