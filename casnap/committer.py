@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import getpass
 import os
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from casnap import (
     capture,
     consistency,
+    fsutil,
     instants,
     repair,
     rollback,
@@ -255,7 +255,7 @@ class Committer:
                 )
         source_dir = opts.source or str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
-        host = opts.host or socket.gethostname()
+        host = opts.host or fsutil.hostname()
         parent_id, parent = statcache.parent(self.repo, host, source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped
