@@ -333,8 +333,8 @@ class Committer:
             for waiting, entry, read in done:
                 if entry is None:
                     entry, read = reader.read_one(waiting.src, waiting.old, unreadable)
-                place(waiting.index, waiting.src, entry, read)
-                bar.add(sizes[waiting.index])
+                place(waiting.slot, waiting.src, entry, read)
+                bar.add(sizes[waiting.slot])
 
         try:
             with contextlib.ExitStack() as stack:

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from casnap import capture, chunklist, filelists, statcache
@@ -64,12 +63,11 @@ def batchable(src: capture.SourceFile) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class Waiting:
+class Waiting(NamedTuple):
     """A small file queued for a batch: its place in the commit's entries, its source (with the
     lstat of the scan) and the parent snapshot's entry of it, if any."""
 
-    index: int
+    slot: int
     src: capture.SourceFile
     old: FileEntry | None
 
