@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import functools
 import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap import dbimage
 from casnap.constants import TEMP_PREFIX
@@ -33,8 +33,7 @@ from casnap.formats.sqlite import (
 from casnap.manifestfields import MAX_PATH_DEPTH, check_path
 
 
-@dataclass(frozen=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """A file of the data dir to snapshot."""
 
     path: str  # relative, POSIX
@@ -43,10 +42,10 @@ class SourceFile:
     stat: os.stat_result | None = None  # its lstat when the scan found it
     head: bytes | None = None  # its first SNIFF_BYTES, when the scan read them
 
-    @functools.cached_property
+    @property
     def abspath(self) -> Path:
-        """`full` as a Path, made when first asked for: a scan of many files, and the reading of
-        small ones (through `full`), would spend more on making Paths than on the rest."""
+        """`full` as a Path, made when asked for (a scan of many files, and the reading of small
+        ones through `full`, would spend more on making Paths than on the rest)."""
         return Path(self.full)
 
 

@@ -51,8 +51,7 @@ class Affected(NamedTuple):
     path: str
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing found wrong: what it names as typed fields, and `message`, its text.
 
     kind: manifest | index | pack | chunk | missing | object | file (docs/JSON.md). fault says

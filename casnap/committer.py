@@ -11,21 +11,20 @@ it wrote and, when it created the repository, the repository (rollback.py).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import getpass
 import os
-import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from casnap import (
     capture,
     consistency,
+    fsutil,
     instants,
     repair,
     rollback,
@@ -57,8 +56,7 @@ if TYPE_CHECKING:  # made for the first file read (_storing)
     from casnap import smallingest
 
 
-@dataclass(frozen=True)
-class CommitOptions:
+class CommitOptions(NamedTuple):
     """What a commit records and how it behaves (see `commit`)."""
 
     message: str = ""
@@ -110,7 +108,7 @@ def _lstat(src: capture.SourceFile) -> os.stat_result:
 
 def _linked(primary: FileEntry, path: str) -> FileEntry:
     """The entry of a hard link to primary's file found at path: the same content and chunks."""
-    return dataclasses.replace(primary, path=path, link=primary.path)
+    return primary._replace(path=path, link=primary.path)
 
 
 def _user() -> str:
@@ -258,7 +256,7 @@ class Committer:
                 )
         source_dir = opts.source or str(data_dir)
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
-        host = opts.host or socket.gethostname()
+        host = opts.host or fsutil.hostname()
         parent_id, parent = statcache.parent(self.repo, host, source_dir, rel_paths)
         parent_files = {f.path: f for f in parent.files} if parent else {}
         self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped
@@ -336,8 +334,8 @@ class Committer:
             for waiting, entry, read in done:
                 if entry is None:
                     entry, read = reader.read_one(waiting.src, waiting.old, unreadable)
-                place(waiting.index, waiting.src, entry, read)
-                bar.add(sizes[waiting.index])
+                place(waiting.slot, waiting.src, entry, read)
+                bar.add(sizes[waiting.slot])
 
         try:
             with contextlib.ExitStack() as stack:

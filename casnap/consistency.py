@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap.formats import layouts
 from casnap.formats.faiss import (
@@ -35,8 +35,7 @@ from casnap.formats.faiss import (
 )
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One consistency problem: its line (`<path>: ...`), and whether a checkout's smoke checks
     refuse a snapshot holding it (else they warn of it)."""
 

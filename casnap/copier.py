@@ -286,7 +286,7 @@ class _CopyRun:
                 if entry.lists not in lists:
                     lists[entry.lists] = self._file(entry, writer, framer, base, seen, out)
                     bar.add(entry.size)
-                files.append(dataclasses.replace(entry, lists=lists[entry.lists][0]))
+                files.append(entry._replace(lists=lists[entry.lists][0]))
             framer.flush()
             added = writer.finish()
             self._check_lists(files, lists)

@@ -16,7 +16,6 @@ import errno
 import functools
 import math
 import os
-import socket
 import stat
 import sys
 import tempfile
@@ -220,10 +219,16 @@ def seconds_from_env(name: str, default: float) -> float:
     return value
 
 
+def hostname() -> str:
+    """This machine's name, as socket.gethostname() gives it (uname's nodename), without
+    importing socket (~2 ms of every command's start)."""
+    return os.uname().nodename
+
+
 def host_tag(pidns: int | None) -> str:
     """The tag of this host's temp names: its name and PID namespace (a container sharing the
     host name has pids of its own), CRC-32; the name alone without a namespace."""
-    name = socket.gethostname() + ("" if pidns is None else f"\0{pidns}")
+    name = hostname() + ("" if pidns is None else f"\0{pidns}")
     return f"{zlib.crc32(name.encode()):08x}"
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -30,8 +29,7 @@ from casnap.pipeline import REF_DTYPE
 from casnap.store import Store
 
 
-@dataclass(frozen=True)
-class Ingested:
+class Ingested(NamedTuple):
     """What ingesting one stream produced."""
 
     refs: bytes  # packed (id, length) refs, see chunklist.py
@@ -40,23 +38,20 @@ class Ingested:
     groups: bytes | None = None  # the digests of its page groups (groups.py), when grouped
 
 
-@dataclass(frozen=True)
-class _Frame:
+class _Frame(NamedTuple):
     encoded: bytes
     frame_plain: int  # 0 for a frame of one chunk
     members: list[tuple[bytes, int, int]]  # id, offset in the frame, plain size
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     refs: bytes
     frames: list[_Frame]
     checked: int | None = None  # the writer's generation when its pieces were looked up
     groups: bytes = b""  # the digests of the page groups starting in the block (groups.py)
 
 
-@dataclass(frozen=True)
-class Grouping:
+class Grouping(NamedTuple):
     """A stream of fixed-size pieces hashed a group at a time (groups.py): `piece`, their size,
     and the groups its last stored version kept."""
 

@@ -17,8 +17,8 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap.errors import CasnapError, DatabaseBusy, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, sqlite_lock_ranges
@@ -27,8 +27,7 @@ from casnap.fsdir import Dir
 _FLOCK = "hhqqi4x"  # struct flock on Linux (x86_64 and aarch64): type, whence, start, len, pid
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """What was found about one database."""
 
     sqlite_lock_pid: int | None = None  # a process holding a SQLite lock on it (0: unknown pid)

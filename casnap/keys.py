@@ -15,7 +15,6 @@ import base64
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from casnap.backends.base import Backend
@@ -62,8 +61,7 @@ def read_password(source: PasswordSource) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Kdf:
+class Kdf(NamedTuple):
     """argon2id parameters of one key file."""
 
     salt: bytes
@@ -99,8 +97,7 @@ class Kdf:
         }
 
 
-@dataclass(frozen=True)
-class KeyFile:
+class KeyFile(NamedTuple):
     """A parsed key file (its master key still sealed)."""
 
     id: str

@@ -14,9 +14,8 @@ import os
 import re
 import stat
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from casnap.errors import InvalidArgument, NotARepository
 
@@ -32,8 +31,7 @@ PLACEHOLDER_NAMES = frozenset({"README.md", ".gitkeep"})
 CONFIG_HEAD = 64 << 10  # bytes of a config read to tell it is casnap's
 
 
-@dataclass(frozen=True)
-class S3Url:
+class S3Url(NamedTuple):
     """A repository in an S3 bucket, its objects under prefix ("" for the bucket's root)."""
 
     bucket: str

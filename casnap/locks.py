@@ -18,13 +18,13 @@ import json
 import math
 import os
 import random
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from casnap import fsutil
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
@@ -79,8 +79,7 @@ def exclusive(operation: str) -> bool:
     raise ValueError(f"operation {operation!r} declares no lock mode")
 
 
-@dataclass(frozen=True)
-class LockInfo:
+class LockInfo(NamedTuple):
     """Who holds a lock."""
 
     key: str
@@ -129,7 +128,7 @@ class LockInfo:
         container sharing the host name has its own pids; a lock without a namespace is older
         and judged by its host alone)."""
         same_ns = self.pidns is None or self.pidns == pid_namespace()
-        return self.host == socket.gethostname() and same_ns
+        return self.host == fsutil.hostname() and same_ns
 
     def stale_reason(self, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
         """Why the lock is stale (see stale), None when it is not."""
@@ -465,7 +464,7 @@ def locked(
     key = _new_key()
     pid = os.getpid()
     record: dict[str, object] = {
-        "host": socket.gethostname(),
+        "host": fsutil.hostname(),
         "pid": pid,
         "start": process_start_time(pid),
         "pidns": pid_namespace(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,8 +23,7 @@ from casnap.ids import ID_SIZE, ObjectId
 from casnap.manifest import Snapshot
 
 
-@dataclass(frozen=True)
-class FileUse:
+class FileUse(NamedTuple):
     """One file of one snapshot and the TREE blobs holding its chunk list."""
 
     snapshot: ObjectId

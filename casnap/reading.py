@@ -14,9 +14,8 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from casnap import capture, chunklist, dbimage, filelists, groups, statcache
 from casnap.chunking import Chunker, choose_chunker
@@ -47,8 +46,7 @@ if TYPE_CHECKING:  # made for the first file read (storing)
 _PENDING = "pending:"
 
 
-@dataclass(frozen=True)
-class Levels:
+class Levels(NamedTuple):
     """How new chunks are compressed, from the repository config."""
 
     zstd: int
@@ -338,7 +336,7 @@ class Reader:
         self._lists.clear()
         for i, e in enumerate(entries):
             if len(e.lists) == 1 and e.lists[0].startswith(_PENDING):
-                entries[i] = replace(e, lists=ids[e.lists[0]])
+                entries[i] = e._replace(lists=ids[e.lists[0]])
 
     def _keep_groups(self) -> None:
         """Keep the page groups of the read that counted (groups.py), dropping its parent's."""

@@ -18,8 +18,8 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap import capture
 from casnap.constants import STAT_SETTLE_NS
@@ -33,8 +33,7 @@ def _path(repo_id: str, source: str) -> Path:
     return cache_dir() / repo_id / "restored" / name
 
 
-@dataclass(frozen=True)
-class Restored:
+class Restored(NamedTuple):
     """Per relative path: (fingerprint, id of the snapshot whose entry the file holds)."""
 
     source: str

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from casnap import capture, inuse, locks, preflight, selection, smoke, smoke_report, swap
 from casnap import restored as restored_files
@@ -54,8 +54,7 @@ from casnap.staging import (
 )
 
 
-@dataclass(frozen=True)
-class CheckoutOptions:
+class CheckoutOptions(NamedTuple):
     """How a checkout behaves (see `checkout`)."""
 
     safety_snapshot: bool = True

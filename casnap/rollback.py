@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from casnap import locks
 from casnap.backends.base import Backend
@@ -34,8 +33,7 @@ if TYPE_CHECKING:
     from casnap.repository import Repository
 
 
-@dataclass(frozen=True)
-class NewRepository:
+class NewRepository(NamedTuple):
     """A repository directory a commit created: `made_dir` when the directory itself did not
     exist; `placeholders`, the files it held already (README.md, .gitkeep). root is None for a
     repository in an object store (S3), where only objects are looked at."""

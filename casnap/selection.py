@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap import capture
 from casnap.constants import SAFETY_TAG
@@ -31,8 +31,7 @@ def parse_tags(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
     return tuple(g for g in groups if g)
 
 
-@dataclass(frozen=True)
-class SnapshotFilter:
+class SnapshotFilter(NamedTuple):
     """Restricts which snapshots a reference may name; the default matches every snapshot."""
 
     paths: tuple[str, ...] | None = None  # None: any; (): whole-dir snapshots only
@@ -74,8 +73,7 @@ class SnapshotFilter:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class Resolved:
+class Resolved(NamedTuple):
     """What a reference resolved to, and how: `latest`, `id` (full or prefix) or `tag`."""
 
     id: ObjectId
@@ -174,8 +172,7 @@ def make_filter(
     return SnapshotFilter(rels, parse_tags(tags), tuple(dict.fromkeys(hosts)))
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     """The files a checkout restores, by path, with the snapshot each comes from, and the
     scopes (paths, excludes) inside which a target file no snapshot lists is removed."""
 

@@ -24,8 +24,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from casnap import capture, chunklist, filelists, statcache
 from casnap.chunking import Block, choose_chunker
@@ -64,18 +63,16 @@ def batchable(src: capture.SourceFile) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class Waiting:
+class Waiting(NamedTuple):
     """A small file queued for a batch: its place in the commit's entries, its source (with the
     lstat of the scan) and the parent snapshot's entry of it, if any."""
 
-    index: int
+    slot: int
     src: capture.SourceFile
     old: FileEntry | None
 
 
-@dataclass(frozen=True)
-class _Read:
+class _Read(NamedTuple):
     """One file read whole by a worker."""
 
     data: memoryview  # in the batch's buffer
@@ -86,8 +83,7 @@ class _Read:
     source: tuple[int, ...] | None  # the fingerprint that vouches for it, if any
 
 
-@dataclass(frozen=True)
-class _Batch:
+class _Batch(NamedTuple):
     files: list[Waiting]
     reads: list[_Read | None]  # None: read it one by one
     encoded: Encoded | None

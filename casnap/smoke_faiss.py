@@ -9,9 +9,8 @@ restore would pair an index with a sidecar from elsewhere (a partial checkout), 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from casnap.faiss_child import probe_faiss
 from casnap.formats.faiss import (
@@ -24,8 +23,7 @@ from casnap.formats.faiss import (
 from casnap.smoke_report import Check
 
 
-@dataclass(frozen=True)
-class FaissTarget:
+class FaissTarget(NamedTuple):
     """An index to check: where it is, its header, and the vector count its sidecar states."""
 
     rel: str

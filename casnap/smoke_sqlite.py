@@ -9,8 +9,8 @@ import contextlib
 import sqlite3
 import threading
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap.constants import SMOKE_MMAP_MAX, SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
 from casnap.formats import sniff
@@ -20,8 +20,7 @@ from casnap.smoke_report import Check
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
 
 
-@dataclass(frozen=True)
-class TableInfo:
+class TableInfo(NamedTuple):
     """A table of a database: its schema and row count (None when not counted)."""
 
     name: str

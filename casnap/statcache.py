@@ -18,7 +18,6 @@ Anything else is read again by the next commit.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -36,7 +35,7 @@ Fingerprint = tuple[int, ...]
 
 def with_source(entry: FileEntry, source: Fingerprint | None) -> FileEntry:
     """entry with the fingerprint that vouches for it (None: none does)."""
-    return dataclasses.replace(entry, source=source)
+    return entry._replace(source=source)
 
 
 def parent(

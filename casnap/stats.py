@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
@@ -20,8 +20,7 @@ if TYPE_CHECKING:  # reachability (numpy) is imported by the statistics, not by 
     from casnap.reachability import Reach
 
 
-@dataclass(frozen=True)
-class SnapshotAdded:
+class SnapshotAdded(NamedTuple):
     """What one snapshot brought into the repository."""
 
     id: str
@@ -35,7 +34,7 @@ class SnapshotAdded:
     bytes_added: int = 0  # what its commit added (commit_added): the figure log shows
 
     def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
+        d = self._asdict()
         d["paths"], d["tags"] = list(self.paths), list(self.tags)
         return d
 
@@ -80,8 +79,7 @@ class RepositoryStats:
         return d
 
 
-@dataclass(frozen=True)
-class FileAdded:
+class FileAdded(NamedTuple):
     """What one file of a snapshot added: chunks no older snapshot holds."""
 
     path: str
@@ -92,7 +90,7 @@ class FileAdded:
     new_bytes: int  # encoded, chunk lists included
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return self._asdict()
 
 
 @dataclass

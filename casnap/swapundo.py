@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from casnap import fsutil
 from casnap.errors import CasnapError, from_oserror
@@ -23,8 +23,7 @@ from casnap.fsdir import Dir, Tree, split
 _OLD, _SIDE, _OUT = "\\old-", "\\side-", "\\undone-"
 
 
-@dataclass(frozen=True)
-class _Kept:
+class _Kept(NamedTuple):
     """A file kept for the undo: its folder (relative to the target) and name there, and the
     name it is kept under, in the staging dir's root or (in_stage False) beside it."""
 

@@ -103,10 +103,10 @@ def private_cache(
 
 @pytest.fixture
 def host_name(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    """Sets the name of the host casnap runs on (socket.gethostname) from then on: hosts
+    """Sets the name of the host casnap runs on (fsutil.hostname) from then on: hosts
     sharing a repository, played in one process. It starts as app-1."""
     now = {"name": "app-1"}
-    monkeypatch.setattr("socket.gethostname", lambda: now["name"])
+    monkeypatch.setattr("casnap.fsutil.hostname", lambda: now["name"])
     return lambda name: now.__setitem__("name", name)
 
 

@@ -94,7 +94,7 @@ def test_commit_host_names_the_host_a_container_changes(tmp_path: Path, monkeypa
     base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
     ids = []
     for run_no in range(2):
-        monkeypatch.setattr("socket.gethostname", lambda n=run_no: f"c0ffee{n}")
+        monkeypatch.setattr("casnap.fsutil.hostname", lambda n=run_no: f"c0ffee{n}")
         code, out = run(*base, "commit", "--host", "app", "--json")
         assert code == 0, out
         report = json.loads(out)

@@ -4,7 +4,6 @@ one per alternation), byte-identical; the span planner merges near ranges and ne
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -115,7 +114,7 @@ def test_chunk_lists_of_the_files_after_one_are_read_with_it(tmp_path: Path) -> 
     rest = [repo.file_refs(e) for e in snap.files[1:]]
     assert len(backend.pack_reads) == batch  # read with the first
     assert len({first, *rest}) == len(snap.files)
-    foreign = dataclasses.replace(snap.files[5], path="elsewhere.bin", lists=snap.files[5].lists)
+    foreign = snap.files[5]._replace(path="elsewhere.bin", lists=snap.files[5].lists)
     assert repo.file_refs(foreign) == rest[4]
 
 

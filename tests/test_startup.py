@@ -103,7 +103,8 @@ def test_a_commit_that_finds_nothing_changed_loads_no_heavy_library(
 
 # what a later commit of a database, FAISS indexes and small files needs none of: the parsers of
 # framework stores (there is none), FastCDC (each piece it would cut here is under its minimum),
-# strptime's module, subprocess (no password command), unicodedata (nothing unprintable shown)
+# strptime's module, subprocess (no password command), unicodedata (nothing unprintable shown),
+# socket (the host name is uname's)
 UNNEEDED = {
     "casnap.formats.chroma",
     "casnap.formats.langchain",
@@ -111,6 +112,7 @@ UNNEEDED = {
     "casnap.formats.pickles",
     "pyfastcdc",
     "_strptime",
+    "socket",
     "subprocess",
     "unicodedata",
 }

@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from casnap.constants import READ_BLOCK
 
@@ -15,8 +14,7 @@ GENERIC = 0
 FLOAT32 = 1  # little-endian float32 words starting at the piece's first byte
 
 
-@dataclass(frozen=True)
-class Block:
+class Block(NamedTuple):
     """Consecutive whole pieces of a stream: `data` starts at stream offset `offset`.
 
     `kinds` holds one byte per piece (GENERIC, FLOAT32) or is None when every piece is GENERIC.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from casnap.constants import SNIFF_BYTES
 
@@ -61,8 +61,7 @@ class Finding:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class StoreLayout:
+class StoreLayout(NamedTuple):
     """The files of one store a framework keeps in the data dir: its kind (`chroma`,
     `langchain`, `llamaindex`), its folder (relative, "" for the data dir itself) and the files
     the layout knows, relative to the data dir."""

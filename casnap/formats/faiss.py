@@ -16,7 +16,6 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
@@ -111,8 +110,7 @@ FAISS_SAMPLE_HEADER = FLAT_FOURCCS[0]
 # -- recognising an index ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FaissHeader:
+class FaissHeader(NamedTuple):
     """What the first bytes of a FAISS index say: its class, dimension and vector count."""
 
     fourcc: str
@@ -196,15 +194,13 @@ class Unsupported(Exception):
     content)."""
 
 
-@dataclass(frozen=True)
-class Read:
+class Read(NamedTuple):
     """A request for the next n bytes of the file: a header field the parser needs to see."""
 
     n: int
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     """The next `length` bytes are one array of kind `kind`, stepped over unseen: elements of
     `item` bytes each (a vector, a code, an id, a graph entry), which the `faiss-cdc` chunker
     cuts between, never inside (unless one is larger than its largest piece)."""

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # numpy is imported by the scans of a segment's records, where they run
     import numpy as np
@@ -35,8 +34,7 @@ _SCAN_ELEMENTS = 8192  # elements read at a time when scanning data_level0.bin
 _MAX_COUNT = 0xFFFF  # a neighbour list's count is 16 bits: no list holds more
 
 
-@dataclass(frozen=True)
-class HnswHeader:
+class HnswHeader(NamedTuple):
     """The fields of header.bin."""
 
     version: int
@@ -177,8 +175,7 @@ def _check_lists(raw: bytes, header: HnswHeader, element: int) -> None:
         raise ValueError(f"link_lists.bin: element {element} links to an element that is not")
 
 
-@dataclass(frozen=True)
-class Level0:
+class Level0(NamedTuple):
     """What data_level0.bin's records hold: the deleted count and the labels of live elements."""
 
     deleted: int
