@@ -251,8 +251,9 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
     extra = f" ({len(unusable)} unusable key file(s) passed over)" if unusable else ""
     if skipped:
         extra += f" ({skipped} key file(s) too costly to try within the KDF budget)"
-    raise PasswordError(
-        f"wrong password: no key of repository {backend.location} opens with it{extra}"
+    raise PasswordError(  # a sealed key whose bytes were damaged fails as a wrong password does
+        f"wrong password: no key of repository {backend.location} opens with it{extra} (or "
+        "the key file is damaged: `casnap key import FILE` puts back an exported copy)"
     )
 
 

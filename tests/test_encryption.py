@@ -3,6 +3,7 @@ any stored byte."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -164,6 +165,23 @@ def test_wrong_and_missing_password_touch_nothing(app: Path, tmp_path: Path) -> 
     assert code == 10 and "--password-file" in err and "CASNAP_PASSWORD" in err
     with pytest.raises(PasswordError):
         Repository.open(repo)
+
+
+def test_a_damaged_sealed_key_is_named_as_a_possible_cause(app: Path, tmp_path: Path) -> None:
+    """A byte of the sealed key flipped fails exactly as a wrong password does (the AEAD tag
+    cannot tell which): the line says the key file may be damaged and how to put it back."""
+    repo = tmp_path / "backups"
+    assert run(repo, app, "commit")[0] == 0
+    (keyfile,) = (repo / "keys").iterdir()
+    doc = json.loads(keyfile.read_text())
+    sealed = bytearray(base64.b64decode(doc["sealed"]))
+    sealed[3] ^= 0x01
+    doc["sealed"] = base64.b64encode(bytes(sealed)).decode()
+    keyfile.write_text(json.dumps(doc))
+    code, out, err = run(repo, app, "log")
+    assert code == EXIT_CODES["password"] == 10
+    assert len(err.strip().splitlines()) == 1
+    assert "wrong password" in err and "key file is damaged" in err and "key import" in err
 
 
 def test_password_sources_in_order(app: Path, tmp_path: Path) -> None:
