@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from casnap import dbimage
-from casnap.constants import TEMP_PREFIX
 from casnap.errors import HostileManifest, PathTooLong, SourceError, from_oserror, shortened
 from casnap.fingerprints import fingerprint as fingerprint
 from casnap.fingerprints import is_racy as is_racy
@@ -30,6 +29,7 @@ from casnap.formats.sqlite import (
     is_sqlite,
     is_sqlite_header,
 )
+from casnap.fsutil import is_own_name
 from casnap.manifestfields import MAX_PATH_DEPTH, check_path
 
 
@@ -63,8 +63,9 @@ def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
 
 
 def is_ignored_name(name: str) -> bool:
-    """casnap's own temp files, skipped everywhere."""
-    return name.startswith(TEMP_PREFIX)
+    """casnap's own temp files and staging dirs, by the exact shapes of their names
+    (fsutil.is_own_name), skipped everywhere; a user's `.casnap-tmp-notes.md` is not."""
+    return is_own_name(name)
 
 
 def side_file_base(name: str) -> str | None:
@@ -137,7 +138,14 @@ def scan(
 
     def visit(full: str, rel: str, entry: os.DirEntry[str] | None = None) -> None:
         name = entry.name if entry is not None else os.path.basename(full)
-        if is_ignored_name(name) or is_excluded(rel, excludes) or full in pruned:
+        if is_excluded(rel, excludes) or full in pruned:
+            return
+        if is_ignored_name(name):
+            if opts.skipped is not None:
+                opts.skipped.append(
+                    f"{rel}: not stored (casnap's own temp file or staging dir, by its name: a "
+                    "running casnap's, or left by one that was killed)"
+                )
             return
         try:
             st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(full)

@@ -188,12 +188,12 @@ def collect(
         with repo.lock("gc", dry_run=True):
             repo.refresh()
             p = plan(repo, max_unused=max_unused, exclude=assume_forgotten)
-            _carry_out(repo, p, dry_run=True)
+            carry_out(repo, p, dry_run=True)
     else:
         with repo.lock("gc"):
             repo.refresh()
             p = plan(repo, max_unused=max_unused)
-            _carry_out(repo, p, dry_run=False)
+            carry_out(repo, p, dry_run=False)
             repo.refresh()
     report = p.report
     report.seconds = time.perf_counter() - t0
@@ -367,7 +367,7 @@ def _new_index(
     return merge_parts([(packs, ids[mask], take_fields(fields, mask)), *moved])
 
 
-def _carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:
+def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:
     """Carry out a plan in crash-safe order: new packs, new index, old index, old packs, temp
     files; counting exactly the bytes deleted and written.
 

@@ -28,6 +28,7 @@ from casnap import (
     instants,
     repair,
     rollback,
+    selection,
     statcache,
 )
 from casnap import restored as restored_files
@@ -152,11 +153,7 @@ def commit(
     """
     when = snapshot_time(time) if time is not None else None
     for tag in tags:
-        if not tag or "," in tag or not tag.isprintable():
-            raise InvalidArgument(
-                f"tag {tag!r}: a tag is a non-empty name without commas (they join the tags a "
-                "filter requires together) or control characters"
-            )
+        selection.check_tag(tag)
     if host is not None and (not host or not host.isprintable() or host != host.strip()):
         raise InvalidArgument(
             f"--host {host!r} is not a host name: give a non-empty name without control "

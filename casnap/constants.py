@@ -170,6 +170,14 @@ SQLITE_BUSY_TIMEOUT = 30.0
 # (CASNAP_LOCK_WAIT overrides it: 0 fails at once, for scripts that must not queue).
 LOCK_WAIT_SECONDS = 60.0
 
+# A first commit (or copy) that finds its repository folder being made by another process (a
+# temp file of the config, or an encrypted init's key file, and no config yet) waits this long
+# for the config, checking every INIT_POLL_SECONDS. An init writes its config within
+# milliseconds of either (the key is derived before its file is written), so only a folder an
+# init left when it was killed waits all of it, and then fails as before.
+INIT_WAIT_SECONDS = 10.0
+INIT_POLL_SECONDS = 0.02
+
 # A lock holder writes its lock afresh this often (a new object with a new time, then the old one
 # deleted: objects are immutable), and a lock whose last refresh is older than LOCK_STALE is
 # stale whatever host wrote it: a pid on another host cannot be checked, and a host that crashed

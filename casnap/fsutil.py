@@ -16,6 +16,7 @@ import errno
 import functools
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -238,6 +239,26 @@ LEGACY_TAG = host_tag(None)  # of temp names made before the namespace was part 
 # skipped by every scan as a casnap temp name, removed by the next run on this host once that pid
 # is gone.
 STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
+
+
+# Every name casnap gives what it makes beside a user's files, and only those (its shapes of
+# older versions too): a temp file (`.db`, `.json`, SQLite's side files of a `.db`), a staging
+# dir or its disposable copy (tail: 12 hex digits, or mkdtemp's 8 characters), a file copied
+# across mount points before its rename (`<pid>-move-<name>`), diff's scratch dir. A scan passes
+# over these and says so; any other name starting with TEMP_PREFIX is the user's.
+_OWN_NAME = re.compile(
+    re.escape(TEMP_PREFIX)
+    + r"(?:(?:[0-9]+-(?:[0-9a-f]{8}-)?)?[0-9a-f]{32}(?:\.db(?:-journal|-wal|-shm)?|\.json)?"
+    r"|stage-[0-9]+-(?:[0-9a-f]{8}-)?(?:[0-9a-f]{12}|[0-9a-z_]{8})"
+    r"|[0-9]+-move-.{1,80}"
+    r"|diff-[0-9a-z_]{8})",
+    re.DOTALL,
+)
+
+
+def is_own_name(name: str) -> bool:
+    """True for a name of the shape casnap gives its own temp files and staging dirs."""
+    return _OWN_NAME.fullmatch(name) is not None
 
 
 def temp_name(suffix: str = "") -> str:

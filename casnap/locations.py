@@ -122,6 +122,22 @@ def is_placeholder_dir(path: Path) -> bool:
     return path.is_dir() and all(p.name in PLACEHOLDER_NAMES for p in path.iterdir())
 
 
+def init_under_way(root: Path) -> bool:
+    """True when another process may be creating a repository in root: root holds its config,
+    or no config and, besides placeholders, only what an init writes before it (its temp files,
+    an encrypted init's keys/). A missing or empty root is not: nobody is making it."""
+    from casnap.constants import TEMP_PREFIX
+
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return False
+    if "config" in names:
+        return True
+    made = [n for n in names if n not in PLACEHOLDER_NAMES]
+    return bool(made) and all(n == "keys" or n.startswith(TEMP_PREFIX) for n in made)
+
+
 def is_config(head: bytes) -> bool:
     """True when head, the first bytes of an object named config, is a casnap repository's
     config: plain JSON naming its format, or sealed (an encrypted repository's)."""

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from casnap import keys
 from casnap.backends.base import Backend, Wrapper
 from casnap.backends.cached import CachingBackend, opened_cache
+from casnap.constants import INIT_POLL_SECONDS, INIT_WAIT_SECONDS
 from casnap.crypto import MasterKey
 from casnap.errors import (
     IntegrityError,
@@ -28,6 +33,9 @@ from casnap.errors import (
     UnsupportedFormat,
 )
 from casnap.keys import KEYS, KeyFile, PasswordSource
+from casnap.locations import init_under_way, is_placeholder_dir
+
+R = TypeVar("R")
 
 # whether the store at a location honours a conditional delete (b"yes" / b"no"), kept with its
 # config so that each process does not ask it again
@@ -121,3 +129,23 @@ def remember_deletes(backend: Backend, kept: CachingBackend) -> None:
     if known in (b"yes", b"no"):
         s3.conditional_deletes = known == b"yes"
     s3.learnt = lambda honours: kept.keep(DELETES, b"yes" if honours else b"no")
+
+
+def open_or_make(root: Path, make: Callable[[], R], open_: Callable[[], R]) -> R:
+    """The repository in a local folder: made (make) when the folder is missing or empty, else
+    opened (open_). A folder another process is making (locations.init_under_way) is waited for,
+    at most INIT_WAIT_SECONDS, and so is the config of an init that made finds got there first:
+    racing first commits all open the one repository whose config landed (put-if-absent)."""
+    deadline = time.monotonic() + INIT_WAIT_SECONDS
+    while True:
+        if not (root / "config").exists() and is_placeholder_dir(root):
+            try:
+                return make()
+            except NotARepository:  # another init's config or files landed meanwhile
+                if not init_under_way(root) or time.monotonic() > deadline:
+                    raise
+        elif not init_under_way(root) or (root / "config").exists():
+            return open_()
+        elif time.monotonic() > deadline:
+            return open_()  # what a killed init left: refused as before
+        time.sleep(INIT_POLL_SECONDS)

@@ -35,7 +35,7 @@ from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend, not_nested
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
-from casnap.opening import confirm, listing_stopped, read_config
+from casnap.opening import confirm, listing_stopped, open_or_make, read_config
 from casnap.phases import opening
 from casnap.signals import uninterrupted
 from casnap.spans import ListsAhead
@@ -263,13 +263,15 @@ class Repository:
             repo.created = rollback.NewRepository(None, False, frozenset())
             return repo
         root = where.resolve()
-        if not (root / "config").exists() and is_placeholder_dir(root):
+
+        def make() -> Repository:  # another process's init is waited for (opening.py)
             made_dir = not root.exists()
             found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
             repo = cls.init(root, password=password if encryption == "repokey" else None)
             repo.created = rollback.NewRepository(root, made_dir, found)
             return repo
-        return cls.open(root, password)
+
+        return open_or_make(root, make, partial(cls.open, root, password))
 
     @property
     def id(self) -> str:

@@ -14,15 +14,18 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casnap import selection
 from casnap.config import parse_time
-from casnap.errors import InvalidArgument, InvalidPolicy
+from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
 from casnap.repository import Repository
 from casnap.selection import SnapshotFilter
+
+if TYPE_CHECKING:  # gc (numpy) is imported when a prune runs it
+    from casnap.collector import GcReport
 
 UNLIMITED = -1  # a bucket count that keeps one snapshot in every bucket
 
@@ -288,6 +291,7 @@ class PruneReport:
     # tags named as snapshots that more snapshots carry: (tag, how many carry it, the newest's
     # id, the one forgotten); for stderr, not part of the JSON
     tags_named: list[tuple[str, int, str]] = field(default_factory=list)
+    gc: GcReport | None = None  # the gc that followed (with gc=PCT), not part of the JSON
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -312,12 +316,15 @@ def prune(
     select: SnapshotFilter | None = None,
     dry_run: bool = False,
     tz: dt.tzinfo | None = None,
+    gc: float | None = None,
 ) -> PruneReport:
     """Forget the snapshots policy does not keep, in every group (or the groups whose snapshots
     select matches: with paths, those committed with all of them; see selection.py).
 
     Refuses an empty policy: a prune that keeps nothing is always a mistake. Buckets use tz
-    (None: the local time zone, as restic does). Data is reclaimed by gc afterwards.
+    (None: the local time zone, as restic does). Data is reclaimed by gc afterwards: with gc
+    (its max-unused percentage), under the same lock, planned before anything is forgotten
+    (see _remove); not when select matches no snapshot.
     """
     if policy.empty:
         raise InvalidPolicy(
@@ -339,7 +346,7 @@ def prune(
             report.groups.append(GroupResult(key, tuple(decisions)))
             report.kept += sum(d.keep for d in decisions)
             report.removed.extend(d.item.id for d in decisions if not d.keep)
-        _remove(repo, report, dry_run)
+        _remove(repo, report, dry_run, gc if select is None or report.groups else None)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -350,10 +357,11 @@ def forget(
     *,
     select: SnapshotFilter | None = None,
     dry_run: bool = False,
+    gc: float | None = None,
 ) -> PruneReport:
     """Forget the named snapshots (ids, unique prefixes, `latest`, tags: their newest snapshot,
     as resolve() reads them), or without names every snapshot select matches. Names resolve only
-    among the snapshots select matches.
+    among the snapshots select matches; with gc, then gc as prune runs it (when any was named).
 
     Every name is resolved before anything is removed, so one bad name removes nothing. A tag
     named that more snapshots carry gets a note in the report's notes.
@@ -381,16 +389,44 @@ def forget(
             targets = [sid for sid, _ in select.select(snaps)]
         report.removed = [sid.hex() for sid in targets]
         report.kept = len(snaps) - len(targets)
-        _remove(repo, report, dry_run)
+        _remove(repo, report, dry_run, gc if targets else None)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _remove(repo: Repository, report: PruneReport, dry_run: bool) -> None:
+def _remove(repo: Repository, report: PruneReport, dry_run: bool, gc: float | None) -> None:
     """Delete the manifests of report.removed (a dry run only counts them), adding up their
-    stored size."""
+    stored size; with gc (max-unused), then gc, into report.gc. Hold the lock.
+
+    gc is planned first, as if they were forgotten already: it reads and checks everything it
+    needs (the manifests, the index files, the pack directories, every chunk list), so damage
+    that stops gc stops the prune before any snapshot is forgotten. A failure after that (a
+    pack gc repacks found damaged, a full disk) names the snapshots forgotten by then."""
+    from casnap import collector  # numpy: only for a prune that runs gc
+
+    t0 = time.perf_counter()
+    planned = None
+    if gc is not None:
+        gone = frozenset(ObjectId.from_hex(h) for h in report.removed)
+        try:
+            planned = collector.plan(repo, max_unused=gc, exclude=gone)
+        except CasnapError as exc:
+            raise type(exc)(f"{exc} (no snapshot forgotten)") from exc
     sizes = repo.manifest_sizes()
-    for hex_id in report.removed:
-        report.manifest_bytes_removed += sizes.get(hex_id, 0)
-        if not dry_run:
-            repo.remove_snapshot(ObjectId.from_hex(hex_id))
+    forgotten: list[str] = []
+    try:
+        for hex_id in report.removed:
+            report.manifest_bytes_removed += sizes.get(hex_id, 0)
+            if not dry_run:
+                repo.remove_snapshot(ObjectId.from_hex(hex_id))
+                forgotten.append(hex_id)
+        if planned is not None:
+            collector.carry_out(repo, planned, dry_run=dry_run)
+            repo.refresh()
+            planned.report.seconds = time.perf_counter() - t0
+            report.gc = planned.report
+    except CasnapError as exc:
+        if not forgotten:
+            raise
+        named = ", ".join(sorted(h[:8] for h in forgotten))
+        raise type(exc)(f"{exc} (forgot {len(forgotten)} snapshot(s) first: {named})") from exc

@@ -17,12 +17,31 @@ from typing import NamedTuple
 
 from casnap import capture
 from casnap.constants import SAFETY_TAG
-from casnap.errors import AmbiguousSnapshot, SnapshotNotFound
+from casnap.errors import AmbiguousSnapshot, InvalidArgument, SnapshotNotFound
 from casnap.ids import ObjectId, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
 
 Snaps = Sequence[tuple[ObjectId, Snapshot]]
+
+# words a snapshot reference gives a meaning of their own: a tag spelt so could never be named
+RESERVED = frozenset({"latest"})
+FULL_ID = 64  # hex digits of a full snapshot id: it names its snapshot, whatever tags say
+
+
+def check_tag(tag: str) -> None:
+    """InvalidArgument for a tag no filter or reference could name: empty, holding a comma
+    (`a,b` selects snapshots carrying both) or a control character, or a reserved word."""
+    if not tag or "," in tag or not tag.isprintable():
+        raise InvalidArgument(
+            f"tag {tag!r}: a tag is a non-empty name without commas (they join the tags a "
+            "filter requires together) or control characters"
+        )
+    if tag in RESERVED:
+        raise InvalidArgument(
+            f"tag {tag!r} is reserved: as a SNAPSHOT, {tag!r} names the newest snapshot, so a "
+            "snapshot tagged so could never be named by its tag"
+        )
 
 
 def parse_tags(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
@@ -95,14 +114,16 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
             raise SnapshotNotFound(f"no snapshot{where}{but}")
         return Resolved(newest, "latest")
     ref_l = ref.lower()
+    tagged = [sid for sid, s in pool if ref in s.tags]
     if is_hex_prefix(ref_l) and len(ref_l) >= 4:
         matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)]
+        if tagged and matches and len(ref_l) < FULL_ID and matches != tagged[-1:]:
+            raise AmbiguousSnapshot(_tag_or_id(ref, tagged[-1], matches, where))
         if len(matches) == 1:
             return Resolved(matches[0], "id")
         if len(matches) > 1:
             listed = ", ".join(m.short for m in matches[:5])
             raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots{where} ({listed})")
-    tagged = [sid for sid, s in pool if ref in s.tags]
     if tagged:
         return Resolved(tagged[-1], "tag")
     if is_hex_prefix(ref_l) and len(ref_l) < 4:
@@ -111,6 +132,19 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
         resolve(snaps, ref)  # a ref that names nothing at all is reported as such
         raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")
     raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+
+
+def _tag_or_id(ref: str, newest: ObjectId, ids: list[ObjectId], where: str) -> str:
+    """Why ref, both a tag and the start of snapshot ids, names neither; how to name each."""
+    if len(ids) == 1:
+        others = f"the other by its full id {ids[0].hex()}"
+    else:
+        listed = ", ".join(i.short for i in ids[:5])
+        others = f"the {len(ids)} others by more digits of their ids ({listed})"
+    return (
+        f"{ref!r} is ambiguous{where}: it is a tag and the start of a snapshot id; name the "
+        f"tagged snapshot by its full id {newest.hex()} (or as `latest --tag {ref}`), {others}"
+    )
 
 
 def latest(pool: Snaps, flt: SnapshotFilter) -> ObjectId | None:

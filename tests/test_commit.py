@@ -8,10 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from casnap import fsutil
+from casnap.changes import diff
 from casnap.committer import commit
 from casnap.errors import InvalidArgument, SourceError
 from casnap.repository import Repository
@@ -83,7 +86,7 @@ def test_files_named_as_os_litter_are_stored_as_any_other(tmp_path: Path) -> Non
         db.commit()
     (data / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (data / "sub" / "desktop.ini").write_text("[.ShellClassInfo]\n")
-    (data / ".casnap-tmp-123-ab-cd").write_bytes(b"a temp file of casnap's own")
+    (data / fsutil.temp_name(".db")).write_bytes(b"a temp file of casnap's own")
     repo = Repository.init(tmp_path / "repo")
     result = commit(repo, data)
     files = {f.path: f for f in repo.load_snapshot(repo.resolve(result.id)).files}
@@ -94,6 +97,46 @@ def test_files_named_as_os_litter_are_stored_as_any_other(tmp_path: Path) -> Non
     assert (tmp_path / "out" / "sub" / "desktop.ini").read_text() == "[.ShellClassInfo]\n"
     with contextlib.closing(sqlite3.connect(tmp_path / "out" / "Thumbs.db")) as db:
         assert db.execute("SELECT x FROM t").fetchall() == [(42,)]
+
+
+def test_only_names_casnap_makes_are_passed_over_and_each_is_said(tmp_path: Path) -> None:
+    """A user's file whose name merely starts like casnap's temp files (`.casnap-tmp-draft.md`)
+    is stored like any other; the names casnap itself makes (a temp file, a checkout's staging
+    dir, a file copied across mounts before its rename, a diff's scratch dir) are passed over,
+    each named in a warning, so nothing is left out without a word."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "notes.txt").write_text("kept")
+    user = ["sub/.casnap-tmp-draft.md", ".casnap-tmp-", ".casnap-tmp-1-2-3", ".casnap-tmp-stage-x"]
+    for name in user:
+        (data / name).write_text(f"the user's {name}")
+    own = [
+        fsutil.temp_name(),
+        f"sub/{fsutil.temp_name('.db')}",
+        fsutil.temp_name(".db") + "-journal",
+        f"{fsutil.stage_name(uuid.uuid4().hex[:12])}/app.db",
+        f".casnap-tmp-{os.getpid()}-move-notes.txt",
+        ".casnap-tmp-diff-k2j_x9a1",
+    ]
+    for name in own:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(b"casnap's own")
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data)
+    files = {f.path for f in repo.load_snapshot(repo.resolve(result.id)).files}
+    assert files == {"notes.txt", *user}
+    passed_over = sorted(w.split(":", 1)[0] for w in result.warnings)
+    assert passed_over == sorted(name.split("/app.db")[0] for name in own), result.warnings
+    assert all("casnap's own temp" in w for w in result.warnings), result.warnings
+    changes = diff(repo, "latest", data_dir=data)
+    counts = changes.summary
+    assert counts["files_added"] == counts["files_changed"] == counts["files_removed"] == 0
+    assert counts["files_unchanged"] == len(files)
+    out = tmp_path / "out"
+    checkout(repo, result.id, out)
+    assert (
+        out / "sub" / ".casnap-tmp-draft.md"
+    ).read_text() == "the user's sub/.casnap-tmp-draft.md"
 
 
 def test_sqlite_detected_by_header_and_side_files_not_stored(tmp_path: Path) -> None:

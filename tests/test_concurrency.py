@@ -3,7 +3,9 @@ of a lock that makes a process give up, and locks of killed processes recovered.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -17,6 +19,8 @@ import pytest
 from casnap import locks
 from casnap.backends import LocalBackend
 from casnap.committer import commit
+from casnap.config import encode_config
+from casnap.constants import TEMP_PREFIX
 from casnap.errors import ObjectMissing
 from casnap.repository import Repository
 from tests import faults as F
@@ -364,3 +368,93 @@ fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+# Started by the test, it loads the command line, says it is ready and waits for the word: the
+# commits it starts then open the missing repository within a few milliseconds of each other.
+TOGETHER = r"""
+import os, sys, time
+from casnap.cli.main import main
+import casnap.committer, casnap.repository
+ready, go, *args = sys.argv[1:]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.0005)
+sys.argv = ["casnap", *args]
+main()
+"""
+
+
+def test_first_commits_racing_into_a_missing_repository_all_land(tmp_path: Path) -> None:
+    """Four commits started together into a repository nobody made yet, several rounds: one
+    of them creates it, the others open that one (none sees a half-made folder as "not a casnap
+    repository"), and every snapshot lands in the one repository, which verifies."""
+    rng = random.Random(11)
+    dirs = []
+    for k in range(4):
+        d = tmp_path / f"d{k}"
+        (d / "sub").mkdir(parents=True)
+        (d / f"f{k}.txt").write_bytes(rng.randbytes(2000))
+        (d / "sub" / "g.bin").write_bytes(rng.randbytes(5000))
+        dirs.append(d)
+    for round_ in range(6):
+        repo_dir = tmp_path / f"repo{round_}"
+        go = tmp_path / f"go{round_}"
+        procs = []
+        for k, d in enumerate(dirs):
+            ready = tmp_path / f"ready{round_}-{k}"
+            args = ["-q", "--repo", str(repo_dir), "--data", str(d), "commit"]
+            cmd = [sys.executable, "-c", TOGETHER, str(ready), str(go), *args]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=casnap_env(),
+                    cwd=ROOT,
+                )
+            )
+            wait_for(ready.exists)
+        go.touch()
+        results = [finish(p) for p in procs]
+        assert [r[0] for r in results] == [0, 0, 0, 0], [r[2] for r in results]
+        repo = Repository.open(repo_dir)
+        assert {sid.hex() for sid, _ in repo.snapshots()} == {r[1].strip() for r in results}
+        verify_repository(repo)
+        assert not temp_files(repo_dir) and not list((repo_dir / "locks").iterdir())
+
+
+def test_a_first_commit_waits_for_a_repository_another_process_is_creating(
+    tmp_path: Path,
+) -> None:
+    """A repository folder that holds nothing but the temp file of a running init (its config
+    not linked yet) is being made: a first commit waits for its config and commits into that
+    repository, not a new one beside it, nor failing as "not a casnap repository"."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    repo_dir.mkdir(mode=0o700)
+    initer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        from casnap.fsutil import HOST_TAG
+
+        temp = repo_dir / f"{TEMP_PREFIX}{initer.pid}-{HOST_TAG}-{'0' * 32}"
+        cfg = small_config()
+        temp.write_bytes(encode_config(cfg))
+        proc = start(repo_dir, data, "commit")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)  # without waiting for the config, it would have failed by now
+        os.link(temp, repo_dir / "config")  # the init's config lands, as LocalBackend.put links it
+        temp.unlink()
+    finally:
+        assert initer.stdin is not None
+        initer.stdin.close()
+        initer.wait()
+    code, out, err = finish(proc)
+    assert code == 0, err
+    repo = Repository.open(repo_dir)
+    assert repo.id == cfg["id"]
+    assert [sid.hex() for sid, _ in repo.snapshots()] == [out.strip()]
+    verify_repository(repo)

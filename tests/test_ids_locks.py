@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from casnap import locks
 from casnap.backends import MemoryBackend
+from casnap.cli import cli
 from casnap.committer import commit
 from casnap.constants import LOCK_STALE_SECONDS
-from casnap.errors import AmbiguousSnapshot, LockError, SnapshotNotFound
+from casnap.errors import EXIT_CODES, AmbiguousSnapshot, LockError, SnapshotNotFound
 from casnap.manifest import compress_manifest
 from casnap.repository import Repository
 from tests.helpers_reliability import dead_pid
@@ -55,6 +57,52 @@ def test_ambiguous_prefix(app: Path, tmp_path: Path) -> None:
     fresh = Repository.open_backend(backend, tmp_path / "t")
     with pytest.raises(AmbiguousSnapshot, match="matches 2 snapshots"):
         fresh.resolve(prefix)
+
+
+def test_a_tag_that_is_also_an_id_prefix_is_ambiguous(app: Path, tmp_path: Path) -> None:
+    """A tag spelt like the start of another snapshot's id names neither: the command refuses
+    with one line (exit 4) giving the full id of each and the --tag filter for the tagged one;
+    a full id always names its snapshot, a filter settles it, and a hex-looking tag that starts
+    no id is a tag like any other."""
+    root = tmp_path / "repo"
+    base = ["--repo", str(root), "--data", str(app)]
+    first = CliRunner().invoke(cli, [*base, "-q", "commit"])
+    a = first.stdout.strip()
+    (app / "f").write_text("v2")
+    second = CliRunner().invoke(cli, [*base, "-q", "commit", "--tag", a[:4]])
+    assert second.exit_code == 0, second.output
+    b = second.stdout.strip()
+    result = CliRunner().invoke(cli, [*base, "forget", a[:4], "--dry-run"])
+    assert result.exit_code == EXIT_CODES["not-found"], result.output
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "ambiguous" in line and a in line and b in line and f"--tag {a[:4]}" in line, line
+    repo = Repository.open(root)
+    with pytest.raises(AmbiguousSnapshot):
+        repo.resolve(a[:4])
+    assert repo.resolve(a).hex() == a and repo.resolve(b).hex() == b
+    assert repo.resolve("latest", tags=[a[:4]]).hex() == b
+    assert repo.resolve(a[:4], tags=[a[:4]]).hex() == b  # a's id is outside the filter
+    result = CliRunner().invoke(cli, [*base, "show", "latest", "--tag", a[:4], "--json"])
+    assert json.loads(result.stdout)["id"] == b
+    free = next(t for t in ("2026", "1999", "abcd") if not a.startswith(t) and not b.startswith(t))
+    (app / "f").write_text("v3")
+    c = commit(repo, app, tags=[free]).id  # hex-looking, but no id starts with it
+    assert Repository.open(root).resolve(free).hex() == c
+
+
+@pytest.mark.parametrize("tag", ["latest"])
+def test_commit_refuses_a_tag_a_snapshot_name_reserves(app: Path, tmp_path: Path, tag: str) -> None:
+    """`latest` names the newest snapshot wherever a snapshot is named: a tag `latest` could
+    never be named, so commit refuses it (exit 2) and stores nothing."""
+    root = tmp_path / "repo"
+    base = ["--repo", str(root), "--data", str(app)]
+    assert CliRunner().invoke(cli, [*base, "-q", "commit"]).exit_code == 0
+    result = CliRunner().invoke(cli, [*base, "commit", "--tag", "nightly", "--tag", tag])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert repr(tag) in line and "reserved" in line, line
+    assert len(Repository.open(root).snapshots()) == 1
 
 
 def test_empty_repository_has_no_latest(tmp_path: Path) -> None:

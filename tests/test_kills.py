@@ -26,7 +26,7 @@ from casnap.backends import LocalBackend
 from casnap.checker import verify
 from casnap.collector import collect
 from casnap.committer import commit
-from casnap.constants import SAFETY_TAG, TEMP_PREFIX
+from casnap.constants import DEFAULT_MAX_UNUSED, SAFETY_TAG, TEMP_PREFIX
 from casnap.fsutil import HOST_TAG, STAGE_PREFIX
 from casnap.repository import Repository
 from casnap.restorer import checkout
@@ -95,8 +95,7 @@ def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str = "") -
     elif op == "gc":
         collect(repo, max_unused=0.0)
     elif op == "prune":
-        retention.prune(repo, retention.Policy(last=1))
-        collect(repo)
+        retention.prune(repo, retention.Policy(last=1), gc=DEFAULT_MAX_UNUSED)  # one lock
     else:
         checkout(repo, ref, scratch / "data", smoke=False)
     return backend.plan.counts

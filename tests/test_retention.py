@@ -18,10 +18,12 @@ from casnap.checker import verify
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import InvalidPolicy
+from casnap.ids import ObjectId
+from casnap.packs import pack_key
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from casnap.retention import Duration, Item, Policy, apply_policy
-from tests.helpers_gc import copy_state, evolve, make_data, same_content
+from tests.helpers_gc import copy_state, evolve, flip_byte, make_data, same_content
 
 UTC = dt.UTC
 
@@ -454,3 +456,65 @@ def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
     assert [s.hex() for s, _ in repo.snapshots()] == [ids[1], ids[3]]
     assert checker.verify(repo, read_data=True).ok
     assert collector.collect(repo).packs_deleted == 0  # forget --prune already collected
+
+
+def eight_snapshots(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    ids = []
+    for step in range(8):
+        evolve(data, step + 1, faiss_too=step % 2 == 0)
+        ids.append(commit(repo, data).id)
+    return root, data, ids
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prune", "--keep-last", "1"],
+        ["prune", "--keep-last", "1", "--json"],
+        ["forget", "FIRST", "SECOND", "--prune"],
+        ["forget", "FIRST", "--prune", "--json"],
+    ],
+)
+def test_a_damaged_index_stops_prune_before_any_snapshot_is_forgotten(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """prune (and forget --prune) reads and checks what its gc needs, the index files first,
+    before it forgets anything: an index file that no longer matches its name stops it with
+    every snapshot still there, and the error says nothing was forgotten."""
+    root, data, ids = eight_snapshots(tmp_path)
+    index_files = sorted((root / "index").iterdir())
+    flip_byte(index_files[3], index_files[3].stat().st_size // 2)
+    args = [{"FIRST": ids[0], "SECOND": ids[1][:8]}.get(a, a) for a in args]
+    result = CliRunner().invoke(cli, ["--repo", str(root), "--data", str(data), *args])
+    assert result.exit_code == 5, result.output
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "does not match its name" in line and "no snapshot forgotten" in line, line
+    assert {s.hex() for s, _ in Repository.open(root).snapshots()} == set(ids)
+
+
+@pytest.mark.parametrize("command", ["prune", "forget"])
+def test_gc_failing_after_snapshots_were_forgotten_names_them(tmp_path: Path, command: str) -> None:
+    """A failure gc meets only once it carries out its plan (a damaged frame of a pack it
+    repacks, read then) comes after the snapshots were forgotten: its error line says which."""
+    root, data, ids = eight_snapshots(tmp_path)
+    repo = Repository.open(root)
+    gone = frozenset(ObjectId.from_hex(i) for i in ids[:6])
+    planned = collector.plan(repo, exclude=gone)
+    pack = next(f.pack for f in planned.fates.values() if f.action == collector.REPACK)
+    _ids, fields = planned.keep.rows(pack)
+    frame = next(f for f in fields if f["type"] == 0)  # a data frame still needed
+    flip_byte(root / pack_key(pack), int(frame["offset"]) + int(frame["length"]) // 2)
+    if command == "prune":
+        args = ["prune", "--keep-last", "2"]
+    else:
+        args = ["forget", *(i[:12] for i in ids[:6]), "--prune"]
+    result = CliRunner().invoke(cli, ["--repo", str(root), "--data", str(data), *args])
+    assert result.exit_code == 5, result.output
+    (line,) = result.stderr.splitlines()
+    assert "gc stopped before deleting anything" in line, line
+    assert "forgot 6 snapshot(s) first: " + ", ".join(sorted(i[:8] for i in ids[:6])) in line
+    assert {s.hex() for s, _ in Repository.open(root).snapshots()} == set(ids[6:])

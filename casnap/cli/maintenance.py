@@ -191,8 +191,7 @@ def prune(
     --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
     periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
     """
-    from casnap import collector, retention, selection
-    from casnap.ids import ObjectId
+    from casnap import retention, selection
 
     policy = retention.Policy(
         last=keep_last,
@@ -206,17 +205,12 @@ def prune(
     )
     repo = c.open()
     select = snapshot_filter(c, repo, paths, ()) if paths or filter_hosts() else None
-    r = retention.prune(repo, policy, select=select, dry_run=dry_run)
+    # a dry run's gc: what the real run's then frees (--no-gc: none)
+    gc = None if no_gc else max_unused
+    r = retention.prune(repo, policy, select=select, dry_run=dry_run, gc=gc)
     if select is not None and not r.groups:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing pruned")
-    gc_report = None
-    if dry_run and not no_gc:  # what the real run's gc then frees (--no-gc: none)
-        gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
-        gc_report = collector.collect(
-            repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
-        )
-    elif not no_gc:
-        gc_report = collector.collect(repo, max_unused=max_unused)
+    gc_report = r.gc
     if as_json:
         emit_json(_forget_json(r, gc_report))
         return
@@ -264,8 +258,7 @@ def forget(
 
     Example: casnap forget --tag pre-checkout --prune
     """
-    from casnap import collector, retention
-    from casnap.ids import ObjectId
+    from casnap import retention
 
     if not snapshots and not filter_paths and not filter_tags and not filter_hosts():
         raise click.UsageError(
@@ -273,7 +266,8 @@ def forget(
         )
     repo = c.open()
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
-    r = retention.forget(repo, snapshots, select=select, dry_run=dry_run)
+    gc = max_unused if run_gc else None
+    r = retention.forget(repo, snapshots, select=select, dry_run=dry_run, gc=gc)
     for tag, carrying, newest in r.tags_named:
         warn(
             f"{carrying} snapshots carry the tag {tag}; forgetting only the newest "
@@ -281,14 +275,7 @@ def forget(
         )
     if not r.removed:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
-    gc_report = None
-    if run_gc and dry_run:
-        gone = frozenset(ObjectId.from_hex(i) for i in r.removed)
-        gc_report = collector.collect(
-            repo, dry_run=True, max_unused=max_unused, assume_forgotten=gone
-        )
-    elif run_gc:
-        gc_report = collector.collect(repo, max_unused=max_unused)
+    gc_report = r.gc
     if as_json:
         emit_json(_forget_json(r, gc_report))
         return
