@@ -100,6 +100,45 @@ def hot_journal(path: str | os.PathLike[str]) -> bool:
     return st.st_size > 0 and sniff(journal)[:1] != b"\x00"
 
 
+#: The 8 bytes that start a rollback journal's header and end a super-journal record (pager.c)
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+#: The longest super-journal name SQLite reads from a journal (the unix VFS's mxPathname)
+SUPER_JOURNAL_MAX = 512
+#: The bytes at a journal's end that can hold its super-journal record: length, checksum, magic
+#: and the longest name SQLite reads
+SUPER_JOURNAL_TAIL = SUPER_JOURNAL_MAX + 16
+# C's char is signed on x86 and unsigned on the other architectures Linux runs on: SQLite sums
+# a super-journal name's bytes as chars
+_SIGNED_CHAR = os.uname().machine in ("x86_64", "i386", "i486", "i586", "i686")
+
+
+def ends_in_super_journal(tail: bytes) -> bool:
+    """Whether a journal whose last bytes are tail ends with a super-journal record (the journal
+    magic after a 4-byte name length and checksum), whether or not SQLite would read its name:
+    zeroing the length (the 4 bytes 16 from its end) leaves SQLite no name to read."""
+    return len(tail) >= 16 and tail.endswith(JOURNAL_MAGIC)
+
+
+def super_journal(tail: bytes, journal_size: int) -> bytes | None:
+    """The super-journal a rollback journal of journal_size bytes names, as SQLite's
+    readSuperJournal (pager.c) reads it from the journal's last bytes, tail (at least
+    SUPER_JOURNAL_TAIL of them, or the whole journal): the name before its length, checksum
+    and the journal magic, up to its first NUL. None when SQLite reads none: no magic, a
+    length of 0 or over SUPER_JOURNAL_MAX or past the journal's start, a checksum that is not
+    the sum of the name's bytes, an empty name. A transaction across several databases
+    committed once its super-journal is gone; until then its journals are hot."""
+    if journal_size < 16 or not ends_in_super_journal(tail):
+        return None
+    length = int.from_bytes(tail[-16:-12], "big")
+    if not 0 < length <= min(SUPER_JOURNAL_MAX, journal_size - 16) or length > len(tail) - 16:
+        return None
+    name = tail[-16 - length : -16]
+    total = sum(b - 256 if _SIGNED_CHAR and b > 127 else b for b in name)
+    if total & 0xFFFFFFFF != int.from_bytes(tail[-12:-8], "big"):
+        return None
+    return name.split(b"\0", 1)[0] or None
+
+
 def sqlite_lock_ranges(name: str) -> tuple[tuple[str, int, int], ...]:
     """The byte ranges SQLite locks for database `name`: (file name, start, length) for the
     database itself and for its -shm (in WAL mode)."""
