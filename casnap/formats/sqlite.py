@@ -1,7 +1,9 @@
 """SQLite's file format: the database header, the side files beside a database, its lock bytes.
 
 Only what casnap needs to recognise a database by content and to leave it consistent: the header
-fields come from SQLite's file format description (fileformat2), the lock bytes from os_unix.c.
+fields come from SQLite's file format description (fileformat2), the lock bytes from os_unix.c,
+the super-journal record of a rollback journal from pager.c. Side files that are no regular file
+are refused here, in one place, before SQLite may open the database beside them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from casnap.errors import SourceError
 from casnap.formats import sniff
 
 #: The 16 bytes every SQLite database file starts with.
@@ -137,6 +140,39 @@ def super_journal(tail: bytes, journal_size: int) -> bytes | None:
     if total & 0xFFFFFFFF != int.from_bytes(tail[-12:-8], "big"):
         return None
     return name.split(b"\0", 1)[0] or None
+
+
+_ROLES = {"-journal": "rollback journal", "-wal": "write-ahead log", "-shm": "WAL index"}
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_side_files(path: str | os.PathLike[str], shown: str | os.PathLike[str] = "") -> None:
+    """SourceError (exit 7) naming the first side file of the database at path (-journal,
+    -wal, -shm) that exists as anything but a regular file, and what it is: called before
+    SQLite opens a database of the data dir, which would open that file (a FIFO blocks the
+    open for ever, inside C, where no signal reaches casnap) or create files beside it. Asked
+    with lstat alone. shown: the database's path in the message (path may be a /proc one)."""
+    for suffix in SQLITE_SIDE_SUFFIXES:
+        try:
+            st = os.lstat(os.fspath(path) + suffix)
+        except OSError:
+            continue  # absent (or out of reach: SQLite finds no file there either)
+        if stat.S_ISREG(st.st_mode):
+            continue
+        what = next((kind for test, kind in _KINDS if test(st.st_mode)), "of an unknown type")
+        db = os.fspath(shown or path)
+        raise SourceError(
+            f"refusing the database {db}: its {_ROLES[suffix]} {db}{suffix} is {what}, not a "
+            "regular file (SQLite would wait on it for ever or write beside it); move it away, "
+            "then run casnap again"
+        )
 
 
 def sqlite_lock_ranges(name: str) -> tuple[tuple[str, int, int], ...]:
