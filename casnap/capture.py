@@ -26,6 +26,7 @@ from casnap.fingerprints import wait_for_truncate as wait_for_truncate
 from casnap.formats import hnsw, sniff
 from casnap.formats.sqlite import (
     SQLITE_SIDE_SUFFIXES,
+    check_side_files,
     is_sqlite,
     is_sqlite_header,
 )
@@ -296,5 +297,7 @@ def sqlite_image(
     path: Path, tmp_dir: Path, on_wait: Callable[[str], None] | None = None
 ) -> contextlib.AbstractContextManager[Path]:
     """The image a commit stores of the database at path, in a fresh private file of tmp_dir
-    that is deleted afterwards (dbimage.py)."""
+    that is deleted afterwards (dbimage.py); SourceError when a side file of it is no regular
+    file (formats/sqlite.check_side_files)."""
+    check_side_files(path)
     return dbimage.sqlite_image(path, tmp_dir, on_wait)

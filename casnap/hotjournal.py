@@ -6,6 +6,12 @@ back first; a read-only one cannot, so SQLite refuses to read it (SQLITE_READONL
 casnap writes nothing in the data dir: it copies the database and its journal into a private
 file of the repository's tmp/ (both unchanged across the copy, as a reader would find them),
 lets SQLite roll the copy back, and captures that copy: the database's last committed state.
+
+A journal can name a super-journal (a transaction across several databases): SQLite rolling it
+back asks whether that file exists (gone: the transaction committed, nothing to roll back) and
+afterwards deletes it when no journal it lists is hot. The name may be any file anywhere, so
+SQLite never sees it: the copy's record is made one it reads no name from, and whether the
+named file exists is asked here, as SQLite asks it (a stat, never an open).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +28,13 @@ from pathlib import Path
 from casnap.constants import SOURCE_RETRIES, STAT_SETTLE_NS
 from casnap.errors import AccessDenied, CasnapError, HotJournal, StorageFull, from_oserror
 from casnap.fingerprints import fingerprint, open_source
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, hot_journal
+from casnap.formats.sqlite import (
+    SQLITE_SIDE_SUFFIXES,
+    SUPER_JOURNAL_TAIL,
+    ends_in_super_journal,
+    hot_journal,
+    super_journal,
+)
 from casnap.fsutil import create_file, make_dirs, temp_name
 
 State = tuple[tuple[int, ...], tuple[int, ...]]  # fingerprints of the database and its journal
@@ -71,7 +84,7 @@ def _rolled_back_copy(path: Path, tmp_dir: Path) -> Path | None:
             _copy(path, copy, path)
             _copy(journal, Path(f"{copy}-journal"), path)
             if _state(path, journal) == before:  # neither moved: what a reader finds
-                _roll_back(path, copy)
+                _settle(path, copy)
                 return copy
         except FileNotFoundError:
             pass  # rolled back meanwhile: look again
@@ -126,6 +139,49 @@ def _copy(src: Path, dest: Path, db: Path) -> None:
                 shutil.copyfileobj(fin, fout, 1 << 20)
         except OSError as exc:
             raise _failed(db, exc, f"copying {src} into {dest.parent}") from exc
+
+
+def _settle(path: Path, copy: Path) -> None:
+    """Bring copy to what SQLite shows of the database at path: rolled back, unless its journal
+    names a super-journal that is gone (the transaction committed: the journal is not hot, the
+    copy stays as it is, its journal removed as SQLite would remove it)."""
+    journal = Path(f"{copy}-journal")
+    named = _defuse(journal, path)
+    if named is not None and not _super_journal_exists(named):
+        try:
+            journal.unlink()
+        except OSError as exc:
+            raise _failed(path, exc, f"removing the copy of {path}-journal") from exc
+        return
+    _roll_back(path, copy)
+
+
+def _defuse(journal: Path, path: Path) -> bytes | None:
+    """The super-journal the copied journal names, as SQLite reads it, its record then made one
+    SQLite reads no name from (its length zeroed), so the rollback can neither ask for that
+    file nor delete it."""
+    try:
+        with open(journal, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = max(0, size - SUPER_JOURNAL_TAIL)
+            tail = os.pread(f.fileno(), size - start, start)
+            named = super_journal(tail, size)
+            if ends_in_super_journal(tail):
+                os.pwrite(f.fileno(), bytes(4), size - 16)
+    except OSError as exc:
+        raise _failed(path, exc, f"reading the copy of {path}-journal") from exc
+    return named
+
+
+def _super_journal_exists(name: bytes) -> bool:
+    """Whether SQLite takes a super-journal name for an existing file (os_unix.c's unixAccess):
+    a stat succeeds (a relative name from this process's folder) and finds no empty regular
+    file. Never opened: it may be anything (a FIFO would block an open), anywhere."""
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError):
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_size > 0
 
 
 def _roll_back(path: Path, copy: Path) -> None:

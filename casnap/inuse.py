@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from casnap.errors import CasnapError, DatabaseBusy, from_oserror
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, sqlite_lock_ranges
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, check_side_files, sqlite_lock_ranges
 from casnap.fsdir import Dir
 
 _FLOCK = "hhqqi4x"  # struct flock on Linux (x86_64 and aarch64): type, whence, start, len, pid
@@ -49,7 +49,9 @@ def lock_holder(fd: int, start: int, length: int) -> int | None:
 
 
 def sqlite_lock(parent: Dir, name: str) -> int | None:
-    """A process holding a SQLite lock on the database name in parent (or on its -shm)."""
+    """A process holding a SQLite lock on the database name in parent (or on its -shm).
+    SourceError when a side file of it is no regular file (opening a FIFO would wait)."""
+    check_side_files(parent.proc(name), parent.path / name)
     for fname, start, length in sqlite_lock_ranges(name):
         if parent.lstat(fname) is None:
             continue
@@ -196,7 +198,9 @@ def refuse_if_in_use(parent: Dir, name: str, shown: str, force: bool) -> None:
 def held_sqlite_locks(parent: Dir, name: str, shown: Path) -> Iterator[None]:
     """Hold write locks on the lock bytes of the live database (and of its -shm) as SQLite
     takes them, so no connection starts a transaction while it is replaced; DatabaseBusy when a
-    connection holds one. Closing the descriptors releases them."""
+    connection holds one. Closing the descriptors releases them. SourceError when a side file
+    of it is no regular file."""
+    check_side_files(parent.proc(name), shown)
     fds = []
     try:
         for fname, start, length in sqlite_lock_ranges(name):

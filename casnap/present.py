@@ -20,7 +20,7 @@ from casnap import capture, chunklist, fsutil
 from casnap import restored as restored_files
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, IntegrityError, from_oserror
-from casnap.formats.sqlite import is_sqlite_header
+from casnap.formats.sqlite import check_side_files, is_sqlite_header
 from casnap.fsdir import Dir, Tree
 from casnap.ids import Hasher
 from casnap.manifest import FileEntry
@@ -154,6 +154,7 @@ class Present:
             try:
                 self.bytes_read += os.fstat(f.fileno()).st_size
                 if is_sqlite_header(f.read(SNIFF_BYTES)):
+                    check_side_files(parent.proc(name), parent.path / name)  # never hashed raw
                     with contextlib.suppress(CasnapError):  # unreadable as a database: raw bytes
                         with capture.sqlite_image(
                             parent.proc(name), self.repo.tmp_dir, self.repo.notify

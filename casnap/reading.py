@@ -29,6 +29,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.fingerprints import NotRegularFile
+from casnap.formats.sqlite import check_side_files
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
 from casnap.progress import CountingReader
@@ -202,6 +203,7 @@ class Reader:
             try:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
+                    check_side_files(src.abspath)  # before SQLite opens it
                     try:
                         image_of = dbimage.open_image(
                             src.abspath,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from casnap.formats import CHROMA_METADATA, Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
+from casnap.formats.sqlite import check_side_files
 
 if TYPE_CHECKING:  # numpy is imported where labels are compared: finding a store needs none
     import numpy as np
@@ -130,7 +131,10 @@ def _database_size(path: Path) -> int:
 def read_database(path: Path, private: bool) -> list[CollectionRecord]:
     """The collections of a chroma.sqlite3, read only (private: a copy nobody else writes, read
     as immutable), with bounded work: NotChroma when it is not Chroma's schema or takes more
-    steps than its size allows; sqlite3.Error when SQLite cannot read it."""
+    steps than its size allows; sqlite3.Error when SQLite cannot read it; SourceError when a
+    side file of a shared one is no regular file (SQLite would open it)."""
+    if not private:
+        check_side_files(path)
     mode = "immutable=1" if private else "mode=ro"
     uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?{mode}"
     size = _database_size(Path(path))

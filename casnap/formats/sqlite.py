@@ -1,7 +1,9 @@
 """SQLite's file format: the database header, the side files beside a database, its lock bytes.
 
 Only what casnap needs to recognise a database by content and to leave it consistent: the header
-fields come from SQLite's file format description (fileformat2), the lock bytes from os_unix.c.
+fields come from SQLite's file format description (fileformat2), the lock bytes from os_unix.c,
+the super-journal record of a rollback journal from pager.c. Side files that are no regular file
+are refused here, in one place, before SQLite may open the database beside them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from casnap.errors import SourceError
 from casnap.formats import sniff
 
 #: The 16 bytes every SQLite database file starts with.
@@ -98,6 +101,78 @@ def hot_journal(path: str | os.PathLike[str]) -> bool:
     if not stat.S_ISREG(st.st_mode):
         return True
     return st.st_size > 0 and sniff(journal)[:1] != b"\x00"
+
+
+#: The 8 bytes that start a rollback journal's header and end a super-journal record (pager.c)
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+#: The longest super-journal name SQLite reads from a journal (the unix VFS's mxPathname)
+SUPER_JOURNAL_MAX = 512
+#: The bytes at a journal's end that can hold its super-journal record: length, checksum, magic
+#: and the longest name SQLite reads
+SUPER_JOURNAL_TAIL = SUPER_JOURNAL_MAX + 16
+# C's char is signed on x86 and unsigned on the other architectures Linux runs on: SQLite sums
+# a super-journal name's bytes as chars
+_SIGNED_CHAR = os.uname().machine in ("x86_64", "i386", "i486", "i586", "i686")
+
+
+def ends_in_super_journal(tail: bytes) -> bool:
+    """Whether a journal whose last bytes are tail ends with a super-journal record (the journal
+    magic after a 4-byte name length and checksum), whether or not SQLite would read its name:
+    zeroing the length (the 4 bytes 16 from its end) leaves SQLite no name to read."""
+    return len(tail) >= 16 and tail.endswith(JOURNAL_MAGIC)
+
+
+def super_journal(tail: bytes, journal_size: int) -> bytes | None:
+    """The super-journal a rollback journal of journal_size bytes names, as SQLite's
+    readSuperJournal (pager.c) reads it from the journal's last bytes, tail (at least
+    SUPER_JOURNAL_TAIL of them, or the whole journal): the name before its length, checksum
+    and the journal magic, up to its first NUL. None when SQLite reads none: no magic, a
+    length of 0 or over SUPER_JOURNAL_MAX or past the journal's start, a checksum that is not
+    the sum of the name's bytes, an empty name. A transaction across several databases
+    committed once its super-journal is gone; until then its journals are hot."""
+    if journal_size < 16 or not ends_in_super_journal(tail):
+        return None
+    length = int.from_bytes(tail[-16:-12], "big")
+    if not 0 < length <= min(SUPER_JOURNAL_MAX, journal_size - 16) or length > len(tail) - 16:
+        return None
+    name = tail[-16 - length : -16]
+    total = sum(b - 256 if _SIGNED_CHAR and b > 127 else b for b in name)
+    if total & 0xFFFFFFFF != int.from_bytes(tail[-12:-8], "big"):
+        return None
+    return name.split(b"\0", 1)[0] or None
+
+
+_ROLES = {"-journal": "rollback journal", "-wal": "write-ahead log", "-shm": "WAL index"}
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_side_files(path: str | os.PathLike[str], shown: str | os.PathLike[str] = "") -> None:
+    """SourceError (exit 7) naming the first side file of the database at path (-journal,
+    -wal, -shm) that exists as anything but a regular file, and what it is: called before
+    SQLite opens a database of the data dir, which would open that file (a FIFO blocks the
+    open for ever, inside C, where no signal reaches casnap) or create files beside it. Asked
+    with lstat alone. shown: the database's path in the message (path may be a /proc one)."""
+    for suffix in SQLITE_SIDE_SUFFIXES:
+        try:
+            st = os.lstat(os.fspath(path) + suffix)
+        except OSError:
+            continue  # absent (or out of reach: SQLite finds no file there either)
+        if stat.S_ISREG(st.st_mode):
+            continue
+        what = next((kind for test, kind in _KINDS if test(st.st_mode)), "of an unknown type")
+        db = os.fspath(shown or path)
+        raise SourceError(
+            f"refusing the database {db}: its {_ROLES[suffix]} {db}{suffix} is {what}, not a "
+            "regular file (SQLite would wait on it for ever or write beside it); move it away, "
+            "then run casnap again"
+        )
 
 
 def sqlite_lock_ranges(name: str) -> tuple[tuple[str, int, int], ...]:
