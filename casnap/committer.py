@@ -38,6 +38,7 @@ from casnap.errors import (
     CasnapError,
     EmptySnapshot,
     InconsistentData,
+    IntegrityError,
     InvalidArgument,
     LockError,
     SourceError,
@@ -207,6 +208,17 @@ def commit(
         if lost is not None:
             raise lost from exc
         raise
+
+
+def _readable(snap: Snapshot) -> None:
+    """Refuse a snapshot whose manifest casnap could not read back (a value no reader takes):
+    stored, it would stop every command that reads it, the next commit of its data dir first."""
+    try:
+        snap.check()
+    except IntegrityError as exc:
+        raise SourceError(
+            f"nothing committed: casnap could not read this snapshot back ({exc})"
+        ) from exc
 
 
 def _inconsistent(problems: list[str]) -> InconsistentData:
@@ -413,10 +425,11 @@ class Committer:
             skipped=tuple(result.skipped),
             totals=(len(entries), sum(e.size for e in entries)),
         )
-        raw = snap.encode()
-        sid = self.repo.ids(raw)
-        blob = compress_manifest(raw)
         try:
+            _readable(snap)
+            raw = snap.encode()
+            sid = self.repo.ids(raw)
+            blob = compress_manifest(raw)
             put_verified(self.repo.backend, f"snapshots/{sid.hex()}", blob)  # the commit point
         except BaseException:
             if reader.writer is not None:

@@ -118,8 +118,8 @@ class FileEntry(NamedTuple):
 
     def check(self) -> FileEntry:
         """self, when its values are in the ranges every reader of a manifest takes (from_json
-        and the quick reading of many entries both check them here), else IntegrityError.
-        Paths are check_path's."""
+        and the quick reading of many entries both check them here; a commit checks its entries
+        so before it stores them: Snapshot.check), else IntegrityError. Paths are check_path's."""
         if self.kind not in ("file", "sqlite"):
             raise IntegrityError(f"unknown file kind {self.kind!r} in manifest")
         if not (0 <= self.size < COUNT_LIMIT and 0 <= self.chunks and 0 <= self.mode <= 0o7777):
@@ -160,7 +160,25 @@ class Snapshot:
 
     def encode(self) -> bytes:
         """Canonical JSON bytes; the snapshot id is their BLAKE3."""
-        d = {
+        d = self._head_json()
+        d["files"] = [f.to_json() for f in self.files]
+        return canonical_json(d)
+
+    def check(self, name: str = "snapshot") -> Snapshot:
+        """self, when a reader of its manifest would take it: every field but the file list
+        parsed by the reader's own code (_parse), and each entry's values checked as the reader
+        checks them (FileEntry.check); else IntegrityError naming the first that fails. A commit
+        calls it before it stores a manifest. Paths are left out: a commit's passed check_path
+        when the data dir was scanned, and a scan finds each path once (checking 20k paths again
+        would cost more than all the rest)."""
+        Snapshot._parse(self._head_json(), name, ())
+        for f in self.files:
+            f.check()
+        return self
+
+    def _head_json(self) -> dict[str, Any]:
+        """The JSON object of the manifest, its file list left empty."""
+        d: dict[str, Any] = {
             "version": self.version,
             "time": self.time,
             "host": self.host,
@@ -171,7 +189,7 @@ class Snapshot:
             "message": self.message,
             "tags": list(self.tags),
             "parent": self.parent,
-            "files": [f.to_json() for f in self.files],
+            "files": [],
             "stats": self.stats,
         }
         if self.dirs:  # written only when present: older manifests keep their bytes and ids
@@ -182,7 +200,7 @@ class Snapshot:
             d["origin"] = {"repository": self.origin[0], "snapshot": self.origin[1]}
         if self.totals is not None:
             d["totals"] = {"files": self.totals[0], "bytes": self.totals[1]}
-        return canonical_json(d)
+        return d
 
     @property
     def id(self) -> ObjectId:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from casnap import manifest
 from casnap.backends import LocalBackend
 from casnap.canonical import canonical_json
 from casnap.cli import cli
@@ -165,3 +166,43 @@ def test_times_past_what_a_date_can_show_are_listed_and_restored(tmp_path: Path)
     code, _, err = run(repo, out, "checkout", sid)  # ext4 keeps what it can of such a time
     assert code == 0, err
     assert (out / "late").read_bytes() == b"late\n" and (out / "early").read_bytes() == b"early\n"
+
+
+def stored(repo: Path) -> dict[str, bytes]:
+    """The repository's objects (not its locks or scratch files)."""
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and p.relative_to(repo).parts[0] not in ("locks", "tmp")
+    }
+
+
+def test_a_commit_never_stores_a_manifest_its_reader_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the reader ever take less than a commit records (here: times up to 2262 only),
+    the commit fails with one line and stores nothing, and a checkout that would have to save
+    such a file first replaces nothing."""
+    repo, data = tmp_path / "repo", tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"v1\n")
+    assert run(repo, data, "commit")[0] == 0
+    before = stored(repo)
+    monkeypatch.setattr(manifest, "TIME_NS_LIMIT", 1 << 63)
+    (data / "b.txt").write_bytes(b"new\n")
+    set_mtime(data / "b.txt", FAR)
+    code, out, err = run(repo, data, "commit")
+    assert (code, out) == (7, ""), err
+    assert err.count("\n") == 1 and "nothing committed" in err and "'b.txt'" in err, err
+    assert stored(repo) == before
+    (data / "b.txt").unlink()
+    (data / "a.txt").write_bytes(b"precious\n")
+    set_mtime(data / "a.txt", FAR)
+    code, _, err = run(repo, data, "checkout", "latest")
+    assert code == 7 and err.count("\n") == 1 and "nothing committed" in err, err
+    assert (data / "a.txt").read_bytes() == b"precious\n"
+    assert [k for k in stored(repo) if k.startswith("snapshots/")] == [
+        k for k in before if k.startswith("snapshots/")
+    ]
+    monkeypatch.undo()
+    assert run(repo, data, "verify")[0] == 0
