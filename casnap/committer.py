@@ -171,7 +171,7 @@ def commit(
         allow_empty=allow_empty,
         skip_unreadable=skip_unreadable,
         time=when,
-        source=str(Path(source).resolve()) if source is not None else None,
+        source=str(fsutil.resolved(source, "source")) if source is not None else None,
         host=host,
     )
     committer = Committer(repo, options, progress)

@@ -150,18 +150,18 @@ def plan(
     """What importing folder would do: one item per copy, oldest first, each marked `already
     imported` when a snapshot of data_dir holds it; names that are no copy are listed skipped.
     repo None: a repository not created yet (nothing imported)."""
-    folder = folder.resolve()
+    folder = fsutil.resolved(folder, "folder of copies")
     if not folder.is_dir():
         raise SourceError(f"{folder} does not exist or is not a directory")
     if repo is not None and repo.holds_path(folder):
         raise InvalidArgument(f"{folder} lies inside the repository: nothing there is a copy")
-    data_dir = data_dir.resolve()
+    data_dir = fsutil.resolved(data_dir, "data dir")
     names = set(data_names) or {data_dir.name}
     result = ImportResult(str(folder), str(data_dir), dry_run=True)
     now = dt.datetime.now(dt.UTC)
     for entry in sorted(os.listdir(folder)):
         full = folder / entry
-        if full.resolve() == data_dir:
+        if os.path.realpath(full) == str(data_dir):  # a loop of links is none (and skipped)
             result.skipped.append({"name": entry, "reason": "the data dir itself (commit it)"})
             continue
         item, reason = _classify(full, names, repo)
