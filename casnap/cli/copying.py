@@ -169,6 +169,7 @@ def copy(
     flt = snapshot_filter(c, src, filter_paths, filter_tags)  # refused before anything is made
     from casnap import copier
 
+    copier.chosen(src, id, flt)  # so is a selection of no snapshot (copied, it is taken again)
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
     try:
