@@ -136,12 +136,21 @@ def _newest_mtime(folder: Path) -> int | None:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(dirpath, name))
                 if stat.S_ISREG(st.st_mode):
-                    newest = max(newest or 0, st.st_mtime_ns)
+                    mtime = st.st_mtime_ns  # before 1970 too (then the copy is skipped)
+                    newest = mtime if newest is None else max(newest, mtime)
     return newest
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _from_ns(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+    """The time of a file's mtime (ns), to the microsecond; past what a date holds (tmpfs and
+    btrfs keep any 64-bit second) the last or first one, in the future or before 1970 alike."""
+    try:
+        return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    except OverflowError:
+        return (dt.datetime.max if ns > 0 else dt.datetime.min).replace(tzinfo=dt.UTC)
 
 
 def plan(
