@@ -30,7 +30,7 @@ from casnap.formats.sqlite import (
     is_sqlite,
     is_sqlite_header,
 )
-from casnap.fsutil import is_own_name
+from casnap.fsutil import is_own_name, resolved
 from casnap.manifestfields import MAX_PATH_DEPTH, check_path
 
 
@@ -83,8 +83,9 @@ def in_scope(rel: str, paths: Sequence[str]) -> bool:
 
 
 def require_data_dir(data_dir: Path) -> None:
-    """SourceError unless data_dir is an existing directory."""
+    """SourceError unless data_dir is an existing directory (a loop of links said as one)."""
     if not data_dir.is_dir():
+        resolved(data_dir, "data dir")
         raise SourceError(f"data dir {data_dir} does not exist or is not a directory")
 
 

@@ -25,7 +25,7 @@ from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import IntegrityError, InvalidArgument, from_oserror
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
-from casnap.fsutil import FILE_MODE
+from casnap.fsutil import FILE_MODE, resolved
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
@@ -236,9 +236,9 @@ def diff(
             b_info: dict[str, Any] = {"id": b_id.hex(), "time": b_snap.time}
         else:
             assert data_dir is not None
-            root = Path(data_dir).resolve()
+            root = resolved(data_dir, "data dir")
             b = _data_side(repo, root, a_snap, scratch)
-            b_info = {"data_dir": str(root.resolve())}
+            b_info = {"data_dir": str(root)}
         files, summary = _compare(a, b)
         return DiffResult({"id": a_id.hex(), "time": a_snap.time}, b_info, tuple(files), summary)
 

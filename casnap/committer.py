@@ -39,6 +39,7 @@ from casnap.errors import (
     CasnapError,
     EmptySnapshot,
     InconsistentData,
+    IntegrityError,
     InvalidArgument,
     LockError,
     SourceError,
@@ -167,7 +168,7 @@ def commit(
         allow_empty=allow_empty,
         skip_unreadable=skip_unreadable,
         time=when,
-        source=str(Path(source).resolve()) if source is not None else None,
+        source=str(fsutil.resolved(source, "source")) if source is not None else None,
         host=host,
     )
     committer = Committer(repo, options, progress)
@@ -204,6 +205,17 @@ def commit(
         if lost is not None:
             raise lost from exc
         raise
+
+
+def _readable(snap: Snapshot) -> None:
+    """Refuse a snapshot whose manifest casnap could not read back (a value no reader takes):
+    stored, it would stop every command that reads it, the next commit of its data dir first."""
+    try:
+        snap.check()
+    except IntegrityError as exc:
+        raise SourceError(
+            f"nothing committed: casnap could not read this snapshot back ({exc})"
+        ) from exc
 
 
 def _inconsistent(problems: list[str]) -> InconsistentData:
@@ -410,10 +422,11 @@ class Committer:
             skipped=tuple(result.skipped),
             totals=(len(entries), sum(e.size for e in entries)),
         )
-        raw = snap.encode()
-        sid = self.repo.ids(raw)
-        blob = compress_manifest(raw)
         try:
+            _readable(snap)
+            raw = snap.encode()
+            sid = self.repo.ids(raw)
+            blob = compress_manifest(raw)
             put_verified(self.repo.backend, f"snapshots/{sid.hex()}", blob)  # the commit point
         except BaseException:
             if reader.writer is not None:

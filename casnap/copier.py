@@ -24,7 +24,13 @@ from typing import Any
 from casnap import chunklist, compression, rollback, selection
 from casnap.chunkindex import DATA, TREE, IndexEntry, id_matrix
 from casnap.constants import SPAN_FETCHERS
-from casnap.errors import IntegrityError, InvalidArgument, RepositoryGone, RepositoryNotFound
+from casnap.errors import (
+    IntegrityError,
+    InvalidArgument,
+    RepositoryGone,
+    RepositoryNotFound,
+    SnapshotNotFound,
+)
 from casnap.filelists import store_list
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_manifest
@@ -97,7 +103,8 @@ def copy_snapshots(
     """Copy the snapshots of src that refs name (ids, prefixes, `latest`, tags; none: every
     snapshot), among those select matches, into dst; oldest first, each one committed on its
     own. Both repositories are held under the shared lock. progress gets (plain bytes done,
-    total) over the files of the snapshots not yet in dst."""
+    total) over the files of the snapshots not yet in dst. A selection of no snapshot is
+    SnapshotNotFound (chosen), as for forget and prune."""
     if src.id == dst.id:
         raise InvalidArgument(
             f"{src.backend.location} and {dst.backend.location} share the repository id "
@@ -116,8 +123,7 @@ def copy_snapshots(
                         raise RepositoryGone(where)
                     raise RepositoryNotFound(where)
                 repo.refresh(only_if_changed=True)
-            chosen = _chosen(src.snapshots(), refs, select or selection.SnapshotFilter())
-            result = run.run(chosen)
+            result = run.run(chosen(src, refs, select))
             dst.created = None  # in use now: never taken back
     except BaseException:
         # without the locks: the packs the snapshot under way wrote, a destination made for it
@@ -139,12 +145,19 @@ def abandon(dst: Repository) -> None:
         dst.created = None
 
 
-def _chosen(
-    snaps: selection.Snaps, refs: Sequence[str], flt: selection.SnapshotFilter
+def chosen(
+    src: Repository, refs: Sequence[str] = (), select: selection.SnapshotFilter | None = None
 ) -> list[tuple[ObjectId, Snapshot]]:
-    """The snapshots refs name (every one flt matches when none is given), oldest first, once."""
+    """The snapshots of src refs name (every one select matches when none is given), oldest
+    first, once; SnapshotNotFound when a ref names none, or select matches none. copy_snapshots
+    takes them under its lock; the command line asks first, so that a copy of nothing makes no
+    destination."""
+    snaps, flt = src.snapshots(), select or selection.SnapshotFilter()
     if not refs:
-        return flt.select(snaps)
+        picked = flt.select(snaps)
+        if flt.active and not picked:
+            raise SnapshotNotFound(f"no snapshot {flt.describe()}: nothing copied")
+        return picked
     wanted = {selection.resolve(snaps, ref, flt).id for ref in refs}
     return [(sid, snap) for sid, snap in snaps if sid in wanted]
 

@@ -27,13 +27,30 @@ from pathlib import Path
 from typing import cast
 
 from casnap.constants import TEMP_PREFIX
-from casnap.errors import CasnapError, InvalidArgument, from_oserror
+from casnap.errors import CasnapError, InvalidArgument, SourceError, from_oserror, shortened
 from casnap.fsdir import Dir, remove_tree
 from casnap.ids import Hasher, ObjectId
 from casnap.procs import pid_alive, pid_namespace
 
 FILE_MODE = 0o600  # every file casnap writes into a repository (objects, locks, scratch files)
 DIR_MODE = 0o700  # every folder, the repository root included
+
+
+def resolved(
+    path: str | os.PathLike[str], what: str, error: type[CasnapError] = SourceError
+) -> Path:
+    """path made absolute with its symbolic links followed (Path.resolve; a part that does not
+    exist is kept as given). A loop of links on the way, which Python 3.11 reports as a
+    RuntimeError, is error in one line naming what the path is: the CasnapError of its role
+    (RepositoryError for a repository; SourceError for a data dir, a checkout target, copies)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError as exc:
+        shown = shortened(os.path.abspath(path))
+        raise error(
+            f"{what} {shown} cannot be reached: a loop of symbolic links (each leads to another, "
+            "none to a file or folder)"
+        ) from exc
 
 
 def opener(path: str, flags: int) -> int:

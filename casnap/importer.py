@@ -136,12 +136,21 @@ def _newest_mtime(folder: Path) -> int | None:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(dirpath, name))
                 if stat.S_ISREG(st.st_mode):
-                    newest = max(newest or 0, st.st_mtime_ns)
+                    mtime = st.st_mtime_ns  # before 1970 too (then the copy is skipped)
+                    newest = mtime if newest is None else max(newest, mtime)
     return newest
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _from_ns(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+    """The time of a file's mtime (ns), to the microsecond; past what a date holds (tmpfs and
+    btrfs keep any 64-bit second) the last or first one, in the future or before 1970 alike."""
+    try:
+        return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    except OverflowError:
+        return (dt.datetime.max if ns > 0 else dt.datetime.min).replace(tzinfo=dt.UTC)
 
 
 def plan(
@@ -150,18 +159,18 @@ def plan(
     """What importing folder would do: one item per copy, oldest first, each marked `already
     imported` when a snapshot of data_dir holds it; names that are no copy are listed skipped.
     repo None: a repository not created yet (nothing imported)."""
-    folder = folder.resolve()
+    folder = fsutil.resolved(folder, "folder of copies")
     if not folder.is_dir():
         raise SourceError(f"{folder} does not exist or is not a directory")
     if repo is not None and repo.holds_path(folder):
         raise InvalidArgument(f"{folder} lies inside the repository: nothing there is a copy")
-    data_dir = data_dir.resolve()
+    data_dir = fsutil.resolved(data_dir, "data dir")
     names = set(data_names) or {data_dir.name}
     result = ImportResult(str(folder), str(data_dir), dry_run=True)
     now = dt.datetime.now(dt.UTC)
     for entry in sorted(os.listdir(folder)):
         full = folder / entry
-        if full.resolve() == data_dir:
+        if os.path.realpath(full) == str(data_dir):  # a loop of links is none (and skipped)
             result.skipped.append({"name": entry, "reason": "the data dir itself (commit it)"})
             continue
         item, reason = _classify(full, names, repo)

@@ -28,7 +28,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.keys import KeyFile, PasswordSource, Unlocked
-from casnap.locations import S3Url
+from casnap.locations import S3Url, as_location
 from casnap.opening import forget_key_file
 from casnap.repository import Repository
 
@@ -176,12 +176,12 @@ def import_key(
     """Put an exported key file back into the encrypted repository at location (also when it
     has no key file left): it must open with password and its master key must open the
     repository's config. (key file, False when it was there already)."""
-    if isinstance(location, S3Url):
+    root = as_location(location)  # a local folder's links followed
+    if isinstance(root, S3Url):
         from casnap.backends.s3 import S3Backend
 
-        with contextlib.closing(S3Backend(location)) as s3:
-            return _import_key(s3, location.url, path, password)
-    root = Path(location).resolve()
+        with contextlib.closing(S3Backend(root)) as s3:
+            return _import_key(s3, root.url, path, password)
     if not (root / "config").is_file():
         raise RepositoryNotFound(f"no casnap repository at {root}")
     return _import_key(LocalBackend(root), str(root), path, password)

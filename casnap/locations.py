@@ -17,7 +17,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from casnap.errors import InvalidArgument, NotARepository
+from casnap.errors import InvalidArgument, NotARepository, RepositoryError
 
 if TYPE_CHECKING:
     from casnap.backends.base import Backend
@@ -101,12 +101,16 @@ def parse_location(text: str) -> Location:
 
 
 def as_location(location: Path | str | S3Url) -> Location:
-    """location as a Path or an S3Url (a string starting with s3:// is parsed as a URL)."""
+    """location as an S3Url (a string starting with s3:// is parsed as a URL), or as the folder
+    of a local repository: absolute, its symbolic links followed (a link to a repository is
+    followed once); RepositoryError when they make a loop."""
     if isinstance(location, S3Url):
         return location
     if isinstance(location, str) and location.startswith(S3_SCHEME):
         return parse_s3_url(location)
-    return Path(location)
+    from casnap.fsutil import resolved  # here: a light path that reads no folder does without
+
+    return resolved(location, "repository", RepositoryError)
 
 
 def describe(location: Location) -> str:

@@ -27,6 +27,7 @@ from casnap.ids import ID_SIZE, ObjectId, hash_bytes
 from casnap.manifestfields import (
     COUNT_LIMIT,
     HEX_RUN,
+    TIME_NS_LIMIT,
     check_links,
     check_path,
     check_paths,
@@ -109,19 +110,26 @@ class FileEntry(NamedTuple):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed file entry in manifest: {exc}") from exc
-        if entry.kind not in ("file", "sqlite"):
-            raise IntegrityError(f"unknown file kind {entry.kind!r} in manifest")
-        if not (0 <= entry.size < COUNT_LIMIT and 0 <= entry.chunks and 0 <= entry.mode <= 0o7777):
-            raise IntegrityError(f"file entry {entry.path!r} has out-of-range size, mode or chunks")
-        if not -(1 << 63) <= entry.mtime_ns < 1 << 63:
-            raise IntegrityError(f"file entry {entry.path!r} has an out-of-range mtime")
-        for owner in (entry.uid, entry.gid):
-            if owner is not None and not 0 <= owner < 1 << 32:
-                raise IntegrityError(f"file entry {entry.path!r} has an out-of-range owner")
+        entry.check()
         check_path(entry.path)
         if entry.link is not None:
             check_path(entry.link)
         return entry
+
+    def check(self) -> FileEntry:
+        """self, when its values are in the ranges every reader of a manifest takes (from_json
+        and the quick reading of many entries both check them here; a commit checks its entries
+        so before it stores them: Snapshot.check), else IntegrityError. Paths are check_path's."""
+        if self.kind not in ("file", "sqlite"):
+            raise IntegrityError(f"unknown file kind {self.kind!r} in manifest")
+        if not (0 <= self.size < COUNT_LIMIT and 0 <= self.chunks and 0 <= self.mode <= 0o7777):
+            raise IntegrityError(f"file entry {self.path!r} has out-of-range size, mode or chunks")
+        if not -TIME_NS_LIMIT <= self.mtime_ns < TIME_NS_LIMIT:
+            raise IntegrityError(f"file entry {self.path!r} has an out-of-range mtime")
+        for owner in (self.uid, self.gid):
+            if owner is not None and not 0 <= owner < 1 << 32:
+                raise IntegrityError(f"file entry {self.path!r} has an out-of-range owner")
+        return self
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,25 @@ class Snapshot:
 
     def encode(self) -> bytes:
         """Canonical JSON bytes; the snapshot id is their BLAKE3."""
-        d = {
+        d = self._head_json()
+        d["files"] = [f.to_json() for f in self.files]
+        return canonical_json(d)
+
+    def check(self, name: str = "snapshot") -> Snapshot:
+        """self, when a reader of its manifest would take it: every field but the file list
+        parsed by the reader's own code (_parse), and each entry's values checked as the reader
+        checks them (FileEntry.check); else IntegrityError naming the first that fails. A commit
+        calls it before it stores a manifest. Paths are left out: a commit's passed check_path
+        when the data dir was scanned, and a scan finds each path once (checking 20k paths again
+        would cost more than all the rest)."""
+        Snapshot._parse(self._head_json(), name, ())
+        for f in self.files:
+            f.check()
+        return self
+
+    def _head_json(self) -> dict[str, Any]:
+        """The JSON object of the manifest, its file list left empty."""
+        d: dict[str, Any] = {
             "version": self.version,
             "time": self.time,
             "host": self.host,
@@ -163,7 +189,7 @@ class Snapshot:
             "message": self.message,
             "tags": list(self.tags),
             "parent": self.parent,
-            "files": [f.to_json() for f in self.files],
+            "files": [],
             "stats": self.stats,
         }
         if self.dirs:  # written only when present: older manifests keep their bytes and ids
@@ -174,7 +200,7 @@ class Snapshot:
             d["origin"] = {"repository": self.origin[0], "snapshot": self.origin[1]}
         if self.totals is not None:
             d["totals"] = {"files": self.totals[0], "bytes": self.totals[1]}
-        return canonical_json(d)
+        return d
 
     @property
     def id(self) -> ObjectId:
@@ -432,25 +458,21 @@ def _quick_entry(d: Any) -> FileEntry | None:
         and type(lists) is list
         and all(type(x) is str for x in lists)
         and (source is None or (type(source) is list and all(type(x) is int for x in source)))
-        and (uid is None or (type(uid) is int and 0 <= uid < 1 << 32))
-        and (gid is None or (type(gid) is int and 0 <= gid < 1 << 32))
+        and (uid is None or type(uid) is int)
+        and (gid is None or type(gid) is int)
         and (link is None or type(link) is str)
-        and 0 <= size < COUNT_LIMIT
-        and chunks >= 0
-        and 0 <= mode <= 0o7777
-        and -(1 << 63) <= mtime < 1 << 63
     ):
         return None
     try:
         check_path(path)
         if link is not None:
             check_path(link)
-    except HostileManifest:
+        return FileEntry(
+            path, kind, size, mode, mtime, digest, dict(chunker), tuple(lists), chunks,
+            None if source is None else tuple(source), uid, gid, link,
+        ).check()  # fmt: skip
+    except IntegrityError:  # a path or a value out of range (HostileManifest is one too)
         return None
-    return FileEntry(
-        path, kind, size, mode, mtime, digest, dict(chunker), tuple(lists), chunks,
-        None if source is None else tuple(source), uid, gid, link,
-    )  # fmt: skip
 
 
 def compress_manifest(raw: bytes) -> bytes:

@@ -156,6 +156,12 @@ def integer(x: Any) -> int:
 COUNT_LIMIT = 1 << 63
 
 
+# a file time in nanoseconds, as Linux gives it: seconds in a signed 64 bits (timespec64), then
+# nanoseconds below 10**9. Past 2262-04-11 st_mtime_ns needs more than 63 bits (ext4 keeps times
+# to 2446, xfs's bigtime to 2486, tmpfs and btrfs any of this range); each one is restored as is
+TIME_NS_LIMIT = 10**9 << 63
+
+
 def count(x: Any) -> int:
     """A size or a counter: an integer from 0 to COUNT_LIMIT (excluded)."""
     if not 0 <= integer(x) < COUNT_LIMIT:

@@ -107,7 +107,7 @@ class Repository:
         where = as_location(location)
         if isinstance(where, S3Url):
             return cls._on_s3(where, password, create=True, config=config)
-        root = where.resolve()  # a symbolic link to the repository is followed once
+        root = where  # resolved: a symbolic link to the repository is followed once
         if (root / "config").exists():
             raise NotARepository(f"{root} already holds a casnap repository")
         if root.exists() and not root.is_dir():
@@ -168,7 +168,7 @@ class Repository:
         where = as_location(location)
         if isinstance(where, S3Url):
             return cls._on_s3(where, password, cache=cache)
-        root = where.resolve()  # a symbolic link to the repository is followed once
+        root = where  # resolved: a symbolic link to the repository is followed once
         if not (root / "config").is_file():
             if is_placeholder_dir(root):
                 raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
@@ -262,7 +262,7 @@ class Repository:
             repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
             repo.created = rollback.NewRepository(None, False, frozenset())
             return repo
-        root = where.resolve()
+        root = where  # resolved (as_location)
 
         def make() -> Repository:  # another process's init is waited for (opening.py)
             made_dir = not root.exists()
@@ -304,7 +304,7 @@ class Repository:
             unwritable=self.on_unwritable,
             notify=self.notify,
             listed=self.listed,
-            folder=None if folder is None else str(folder.resolve()),
+            folder=None if folder is None else str(fsutil.resolved(folder, "folder")),
         )
 
     def ensure_index(self) -> None:

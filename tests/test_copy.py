@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casnap import Repository, copier, copy_snapshots
+from casnap import Repository, copier, copy_snapshots, selection
 from casnap.cli import cli
-from casnap.errors import InvalidArgument
+from casnap.errors import InvalidArgument, SnapshotNotFound
 from casnap.manifest import Snapshot
 from tests.conftest import evolve_app, make_app
 from tests.util import raw_tree, snapshot_tree
@@ -451,3 +451,31 @@ def test_a_copy_refused_after_its_destination_was_made_takes_it_back(tmp_path, h
     code, _, err = run(src, data, "copy", "--to", str(dst), "--path", str(tmp_path / "elsewhere"))
     assert code == 2, err
     assert not dst.exists()
+
+
+def test_a_filter_that_selects_no_snapshot_copies_nothing_and_creates_nothing(
+    tmp_path, history
+) -> None:
+    """As forget and prune: exit code 4 and one line; no destination, not even its parent."""
+    data, src, _ids, _trees = history
+    for args in (
+        ["--tag", "none", "--to", str(tmp_path / "new" / "dst")],
+        ["--path", "faiss", "--to", str(tmp_path / "new" / "dst")],  # no snapshot of it alone
+        ["nosuchtag", "--to", str(tmp_path / "new" / "dst")],
+    ):
+        code, out, err = run(src, data, "copy", *args)
+        assert (code, out) == (4, ""), err
+        assert err.count("\n") == 1 and "no snapshot" in err, err
+        assert not (tmp_path / "new").exists()
+    code, _, err = run(tmp_path / "new" / "here", data, "copy", "--from", str(src), "--tag", "x")
+    assert code == 4 and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    assert run(existing, data, "init")[0] == 0
+    before = objects(existing)
+    code, _, err = run(src, data, "copy", "--tag", "none", "--to", str(existing))
+    assert code == 4 and "nothing copied" in err, err
+    assert objects(existing) == before
+    with Repository.open(src) as a, Repository.open(existing) as b:
+        with pytest.raises(SnapshotNotFound, match="tagged none"):
+            copy_snapshots(a, b, select=selection.SnapshotFilter(tags=(("none",),)))

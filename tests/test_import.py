@@ -345,3 +345,28 @@ def test_a_copy_dated_before_1970_is_skipped(tmp_path: Path) -> None:
     ]
     result = import_copies(repo, backups, data, data_names=["snapshot"])
     assert result.imported == 1
+
+
+def test_a_copy_dated_past_what_a_date_holds_is_skipped(tmp_path: Path) -> None:
+    """tmpfs and btrfs keep any 64-bit second: an undated copy whose mtime lies past the year
+    9999 (or before the year 1) is listed as in the future (before 1970), not a crash."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm) as where:
+        backups = Path(where)
+        for name, ns in (("app_latest.db", 1 << 80), ("faiss", -(1 << 80))):
+            path = backups / name
+            if name == "faiss":
+                path.mkdir()
+                path = path / "ivf.index"
+            path.write_bytes(b"SQLite format 3\x00" + bytes(84))
+            os.utime(path, ns=(ns, ns))
+            if path.stat().st_mtime_ns != ns:
+                pytest.skip("/dev/shm does not keep such a time (not tmpfs)")
+        planned = plan(None, backups, tmp_path / "data", data_names=["data"])
+    assert planned.items == []
+    assert sorted(planned.skipped, key=lambda s: s["name"]) == [
+        {"name": "app_latest.db", "reason": "its time lies in the future"},
+        {"name": "faiss", "reason": "its time lies before 1970"},
+    ]

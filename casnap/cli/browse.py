@@ -12,8 +12,7 @@ import click
 
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import filter_options, resolve_ref
-from casnap.cli.output import emit_json, human, local_time, printable
-from casnap.config import iso_time
+from casnap.cli.output import emit_json, human, printable
 
 if TYPE_CHECKING:
     from casnap.manifest import FileEntry, Snapshot
@@ -30,8 +29,33 @@ def _read_path(c: Context, given: str | None, snap: Snapshot) -> str:
     return rels[0] if rels else ALL
 
 
-def _mtime(entry: FileEntry) -> str:
-    return iso_time(dt.datetime.fromtimestamp(entry.mtime_ns / 1e9, dt.UTC))
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _mtime(entry: FileEntry) -> dt.datetime | None:
+    """The file's mtime (UTC, to the microsecond); None outside the years 1 to 9999, which
+    datetime cannot show (tmpfs and btrfs keep any 64-bit second; mtime_ns holds it)."""
+    try:
+        return _EPOCH + dt.timedelta(microseconds=entry.mtime_ns // 1000)
+    except OverflowError:
+        return None
+
+
+def _iso_mtime(entry: FileEntry) -> str | None:
+    """The mtime as snapshots write times (UTC, microseconds, a four-digit year), for JSON."""
+    t = _mtime(entry)
+    return None if t is None else t.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _local_mtime(entry: FileEntry) -> str:
+    """The mtime in local time for `ls -l`, or which way it lies outside what can be shown."""
+    t = _mtime(entry)
+    try:
+        if t is not None:
+            return t.astimezone().replace(tzinfo=None).isoformat(" ", "seconds")
+    except OverflowError:  # year 1 or 9999 moved past by the local offset
+        pass
+    return "after year 9999" if entry.mtime_ns > 0 else "before year 1"
 
 
 def _entry_json(e: FileEntry) -> dict[str, object]:
@@ -40,7 +64,7 @@ def _entry_json(e: FileEntry) -> dict[str, object]:
         "kind": e.kind,
         "size": e.size,
         "mode": e.mode,
-        "mtime": _mtime(e),
+        "mtime": _iso_mtime(e),
         "mtime_ns": e.mtime_ns,
         "hash": e.hash,
         "chunks": e.chunks,
@@ -94,8 +118,7 @@ def ls(
     for e in entries:
         if long_:
             mode = stat.filemode(stat.S_IFREG | (e.mode & 0o7777))
-            when = local_time(_mtime(e))
-            click.echo(f"{mode} {e.size:>12} {when}  {printable(e.path)}")
+            click.echo(f"{mode} {e.size:>12} {_local_mtime(e):<19}  {printable(e.path)}")
         else:
             click.echo(printable(e.path))
 

@@ -14,7 +14,7 @@ from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
 from casnap.constants import ENCRYPTIONS
 from casnap.errors import InvalidArgument, NotARepository, RepositoryGone, RepositoryNotFound
-from casnap.locations import Location, S3Url, parse_location
+from casnap.locations import Location, S3Url, as_location, parse_location
 
 if TYPE_CHECKING:
     from casnap.copier import CopyResult
@@ -70,9 +70,7 @@ def _listen(c: Context, repo: Repository, passwords: Passwords) -> Repository:
 
 
 def _same_place(a: Location, b: Location) -> bool:
-    if isinstance(a, S3Url) or isinstance(b, S3Url):
-        return a == b
-    return a.resolve() == b.resolve()
+    return as_location(a) == as_location(b)  # folders with their links followed
 
 
 @cli.command()
@@ -171,6 +169,7 @@ def copy(
     flt = snapshot_filter(c, src, filter_paths, filter_tags)  # refused before anything is made
     from casnap import copier
 
+    copier.chosen(src, id, flt)  # so is a selection of no snapshot (copied, it is taken again)
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
     try:
