@@ -54,3 +54,18 @@ def nested_in(root: Path | None, data_dir: Path) -> list[Path]:
     if capture.inside(data_dir, root):
         raise InvalidArgument(f"the data dir {data_dir} lies inside the repository {root}")
     return [root] if capture.inside(root, data_dir) else []
+
+
+def refuse_other_repository(target: Path, shown: Path | str) -> None:
+    """InvalidArgument when target, or a folder above it, holds a casnap repository (another
+    one than the checkout reads: that one is refused before): a checkout there would take its
+    config, packs and snapshots for data files and replace them with a snapshot's."""
+    from casnap.locations import holds_repository  # here: only a checkout asks
+
+    for folder in (target, *target.parents):
+        if holds_repository(folder):
+            where = "is" if folder == target else f"lies inside {folder}, which is"
+            raise InvalidArgument(
+                f"refusing to check out into {shown}: it {where} a casnap repository, whose "
+                "files a checkout would replace (check out into a data dir, or an empty dir)"
+            )

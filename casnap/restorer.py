@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from casnap import capture, inuse, locks, preflight, selection, smoke, smoke_report, swap
+from casnap import capture, inuse, locks, placement, preflight, selection, smoke, smoke_report, swap
 from casnap import restored as restored_files
 from casnap.constants import SAFETY_TAG
 from casnap.errors import (
@@ -270,15 +270,16 @@ class _Checkout:
 
     def _protected(self) -> str | None:
         """The repository's path relative to the target when it lies inside it; InvalidArgument when
-        the target is the repository or lies inside it."""
-        if self.repo.root is None:
-            return None
-        repo_root = self.repo.root.resolve()
-        if self.repo.holds_path(self.target):
+        the target is the repository or lies inside it, or holds (or lies inside) another one."""
+        if self.repo.root is not None and self.repo.holds_path(self.target):
             raise InvalidArgument(
                 f"refusing to check out into {self.shown_target}: it is the repository or lies "
                 "inside it"
             )
+        placement.refuse_other_repository(self.target, self.shown_target)
+        if self.repo.root is None:
+            return None
+        repo_root = self.repo.root.resolve()
         if capture.inside(repo_root, self.target):
             return repo_root.relative_to(self.target).as_posix()
         return None

@@ -107,6 +107,25 @@ def test_checkout_into_the_repository_is_refused(tmp_path: Path, where: str) -> 
     verify_repository(Repository.open(repo_dir))
 
 
+@pytest.mark.parametrize("where", [".", "packs", "snapshots", "deeper/new"])
+def test_checkout_into_another_repository_is_refused(tmp_path: Path, where: str) -> None:
+    """A target that is (or lies inside) another casnap repository: a checkout would save its
+    config, packs and snapshots in a pre-checkout snapshot and then remove them."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "backups"
+    sid = commit(Repository.init(repo_dir), data).id
+    other = tmp_path / "other"
+    commit(Repository.init(other), data)
+    before = raw_tree(other)
+    target = other if where == "." else other / where
+    proc = run_casnap(
+        ["--repo", str(repo_dir), "--data", str(data), "checkout", sid, "--to", str(target)]
+    )
+    one_line(proc, EXIT_CODES["usage"], "casnap repository")
+    assert raw_tree(other) == before
+    verify_repository(Repository.open(other))
+
+
 def test_a_checkout_into_a_folder_holding_the_repository_leaves_it_alone(tmp_path: Path) -> None:
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "backups"
