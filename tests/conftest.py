@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,17 @@ import numpy as np
 import pytest
 
 from casnap.repository import Repository
+
+
+@pytest.fixture(autouse=True)
+def _interrupts_as_a_terminal_gives_them() -> None:
+    """The commands a test starts get Ctrl-C as a terminal gives it, however the suite was
+    started: a suite run as a shell script's background job (`pytest ... &`) ignores SIGINT,
+    every process it starts inherits that, and the tests that send casnap a SIGINT saw it
+    ignored."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 DIM = 16
 WORDS = [f"w{i:03d}" for i in range(400)]
