@@ -92,11 +92,20 @@ def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
     return [p.text for p in consistency_problems(root, files)]
 
 
+def _is_file(path: Path) -> bool:
+    """Whether path is a file; False where it cannot be (a sidecar name past NAME_MAX, which
+    Path.is_file raises on)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _faiss_problems(root: Path, rel: str, head: bytes | None = None) -> list[Problem]:
     """A FAISS index shorter than its header promises; a sidecar beside it that disagrees."""
     header = read_faiss_header(root / rel) if head is None else faiss_header(head)
     side = sidecar_of(rel)
-    if header is None and head == b"" and side != rel and (root / side).is_file():
+    if header is None and head == b"" and side != rel and _is_file(root / side):
         # taken for no index by its entry (an index whose layout the FAISS chunker does not
         # parse is chunked by content too), yet a sidecar vouches for one: its header is read
         header = read_faiss_header(root / rel)
@@ -108,7 +117,7 @@ def _faiss_problems(root: Path, rel: str, head: bytes | None = None) -> list[Pro
         problems.append(Problem(f"{rel}: FAISS index is {short}", True))
     elif header is not None and (miscount := file_count_problem(root / rel)) is not None:
         problems.append(Problem(f"{rel}: FAISS index cannot be read: {miscount}", True))
-    if side == rel or not (root / side).is_file():
+    if side == rel or not _is_file(root / side):
         return problems
     try:
         expected = sidecar_ntotal(read_sidecar(root / side))

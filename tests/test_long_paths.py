@@ -83,3 +83,19 @@ def test_skip_unreadable_leaves_out_the_folder_too_long_to_name(tmp_path: Path) 
     assert {f.path for f in snap.files} == {"notes.txt", "sub/more.txt"}
     assert snap.skipped == (too_long,)
     verify_repository(Repository.open(repo))
+
+
+def test_a_name_whose_sidecar_name_would_be_too_long_commits_again(tmp_path: Path) -> None:
+    """A 250-byte name: the `.meta.json` sidecar name its FAISS check looks for would pass
+    NAME_MAX (255), and asking for it raised ENAMETOOLONG, so every commit after the first
+    (whose check runs on the reused entry) failed with exit 1. Such a sidecar cannot exist."""
+    data = tmp_path / "data"
+    data.mkdir()
+    long_name = "x" * 250
+    (data / long_name).write_text("hi\n")
+    (data / ("y" * 246 + ".index")).write_bytes(b"not an index\n")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    for _ in range(2):
+        proc = run_casnap([*base, "commit", "-q"])
+        assert proc.returncode == 0, proc.stderr
+    verify_repository(Repository.open(tmp_path / "repo"))
