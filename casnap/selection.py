@@ -24,8 +24,15 @@ from casnap.paths import normalize_paths
 
 Snaps = Sequence[tuple[ObjectId, Snapshot]]
 
-# words a snapshot reference gives a meaning of their own: a tag spelt so could never be named
-RESERVED = frozenset({"latest"})
+# tags a user may not give, and why: a word a snapshot reference gives a meaning of its own (a
+# tag spelt so could never be named), and the tag of the snapshots a checkout saves (which
+# `latest` passes over: a snapshot the user tagged so would be passed over too)
+RESERVED = {
+    "latest": "as a SNAPSHOT, 'latest' names the newest snapshot, so a snapshot tagged so could "
+    "never be named by its tag",
+    SAFETY_TAG: f"casnap tags the snapshots a checkout saves {SAFETY_TAG!r}, and `latest` "
+    "passes over them: a snapshot tagged so would be passed over too",
+}
 FULL_ID = 64  # hex digits of a full snapshot id: it names its snapshot, whatever tags say
 
 
@@ -38,10 +45,7 @@ def check_tag(tag: str) -> None:
             "filter requires together) or control characters"
         )
     if tag in RESERVED:
-        raise InvalidArgument(
-            f"tag {tag!r} is reserved: as a SNAPSHOT, {tag!r} names the newest snapshot, so a "
-            "snapshot tagged so could never be named by its tag"
-        )
+        raise InvalidArgument(f"tag {tag!r} is reserved: {RESERVED[tag]}")
 
 
 def parse_tags(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:

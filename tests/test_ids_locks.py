@@ -91,10 +91,12 @@ def test_a_tag_that_is_also_an_id_prefix_is_ambiguous(app: Path, tmp_path: Path)
     assert Repository.open(root).resolve(free).hex() == c
 
 
-@pytest.mark.parametrize("tag", ["latest"])
+@pytest.mark.parametrize("tag", ["latest", "pre-checkout"])
 def test_commit_refuses_a_tag_a_snapshot_name_reserves(app: Path, tmp_path: Path, tag: str) -> None:
     """`latest` names the newest snapshot wherever a snapshot is named: a tag `latest` could
-    never be named, so commit refuses it (exit 2) and stores nothing."""
+    never be named; `pre-checkout` marks the snapshots a checkout saves, which `latest` passes
+    over (a user's snapshot tagged so was passed over: a checkout of latest restored an older
+    one). commit refuses both (exit 2) and stores nothing."""
     root = tmp_path / "repo"
     base = ["--repo", str(root), "--data", str(app)]
     assert CliRunner().invoke(cli, [*base, "-q", "commit"]).exit_code == 0
