@@ -124,3 +124,22 @@ def test_stderr_gone_too_ends_the_command_quietly(world: list[str]) -> None:
         os.close(write_end)
     assert done.returncode == 141
     _no_lock_left(world)
+
+
+def test_cat_with_stdout_closed_says_so(world: list[str]) -> None:
+    """`casnap cat SNAPSHOT FILE >&-`: no descriptor to write the file to (Python then has no
+    sys.stdout at all): one line and exit 2, not an internal error."""
+    name = "note-with-a-long-name-to-make-the-listing-large-00001.txt"
+    done = subprocess.run(
+        casnap_command([*world, "cat", "latest", name]),
+        env=casnap_env(),
+        cwd=ROOT,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=120,
+    )
+    assert done.returncode == EXIT_CODES["usage"], done.stderr
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith("casnap: error: ") and "standard output" in line, line
+    _no_lock_left(world)

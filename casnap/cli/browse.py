@@ -13,6 +13,7 @@ import click
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import filter_options, resolve_ref
 from casnap.cli.output import emit_json, human, printable
+from casnap.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from casnap.manifest import FileEntry, Snapshot
@@ -148,6 +149,10 @@ def cat(
     """
     from casnap.contents import dump, file_at
 
+    if sys.stdout is None:  # started with its descriptor closed (`>&-`)
+        raise InvalidArgument(
+            "standard output is closed: there is nowhere to write the file (`> FILE` keeps it)"
+        )
     repo = c.open()
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     snap = repo.load_snapshot(sid)
