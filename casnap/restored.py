@@ -80,7 +80,7 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
     if not placed:
         return
     base = str(target)
-    fps = [capture.fingerprint(os.path.join(base, e.path), e.kind) for e, _ in placed]
+    fps = [_fingerprint(os.path.join(base, e.path), e.kind) for e, _ in placed]
     now = time.time_ns()
     ctimes = {i: fp[2] for i, fp in enumerate(fps) if fp is not None}
     fresh = [i for i, ctime in ctimes.items() if ctime >= now - STAT_SETTLE_NS]
@@ -90,7 +90,7 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
             time.sleep(min(wait, STAT_SETTLE_NS) / 1e9)
         for i in fresh:
             entry = placed[i][0]
-            fps[i] = capture.fingerprint(os.path.join(base, entry.path), entry.kind)
+            fps[i] = _fingerprint(os.path.join(base, entry.path), entry.kind)
         now = time.time_ns()
     files: dict[str, tuple[tuple[int, ...], str]] = {}
     for (entry, sid), fp in zip(placed, fps, strict=True):
@@ -102,6 +102,15 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
             continue  # a -wal holding frames, which no checkout leaves: written since the swap
         files[entry.path] = (fp, sid)
     save(repo_id, Restored(str(target), files))
+
+
+def _fingerprint(path: str, kind: str) -> tuple[int, ...] | None:
+    """A placed file's fingerprint; None (left out of the record: a later commit reads it) when
+    it cannot be taken, such as for a path longer than the system's limit."""
+    try:
+        return capture.fingerprint(path, kind)
+    except OSError:
+        return None
 
 
 def _placed_mtime(mtime_ns: int, entry_ns: int) -> bool:
