@@ -7,6 +7,7 @@ stages into the repository's scratch space, checks, and deletes it. Both use `St
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -447,10 +448,33 @@ def raise_if_smoke_failed(results: Sequence[SmokeVerifyResult]) -> None:
 def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """size, mtime, ctime and inode: any write to the file changes one of them."""
     try:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            st = _stat_by_parts(os.fspath(path))
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _stat_by_parts(path: str) -> os.stat_result:
+    """os.stat of a path longer than the system lets one call name (PATH_MAX): its folders
+    opened one by one, the file stat'ed in the last (a staged file deep in a data dir whose own
+    path is just under the limit, reached through /proc/<pid>/fd/<n>)."""
+    head, name = os.path.split(path)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open("/" if head.startswith("/") else ".", flags)
+    try:
+        for part in head.split("/"):
+            if part:
+                inner = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+        return os.stat(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def workers(repo: Repository | None = None) -> int:

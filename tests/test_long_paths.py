@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from casnap.errors import EXIT_CODES
@@ -148,5 +150,41 @@ def test_a_checkout_whose_target_path_passes_path_max_ends_as_it_swapped(tmp_pat
         last = os.open(rel.split("/")[-1], os.O_RDONLY, dir_fd=fd)
         assert os.read(last, 10) == b"v1\n"
         os.close(last)
+    finally:
+        os.close(fd)
+
+
+def test_a_checkout_of_a_file_near_path_max_passes_its_own_checks(tmp_path: Path) -> None:
+    """Staged beside the data dir, a file whose path there is just under PATH_MAX lies past it
+    in the stage: the check that nothing changed the staged files since they were verified
+    stat'ed it by path, failed, and took it for modified (exit 9, "the smoke command modified",
+    with no smoke command). It is stat'ed folder by folder. The data dir's own path is short,
+    shorter than /proc/<pid>/fd/<n> through which the stage is reached."""
+    data = Path(tempfile.mkdtemp(prefix="c", dir="/tmp"))  # 14 bytes
+    try:
+        _check_out_near_path_max(data, tmp_path)
+    finally:
+        shutil.rmtree(data)  # by descriptors: the tree is deeper than PATH_MAX
+
+
+def _check_out_near_path_max(data: Path, tmp_path: Path) -> None:
+    rel = _file_at_path_length(data, PATH_MAX - 1)
+    repo = tmp_path / "repo"
+    done = run_casnap(["--repo", str(repo), "--data", str(data), "commit", "-q"])
+    assert done.returncode == 0, done.stderr
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.split("/")[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open(rel.split("/")[-1], os.O_WRONLY | os.O_TRUNC, dir_fd=fd)
+        os.write(out, b"v2\n")
+        os.close(out)
+        done = run_casnap(["--repo", str(repo), "--data", str(data), "checkout", "latest"])
+        assert done.returncode == 0, done.stderr
+        back = os.open(rel.split("/")[-1], os.O_RDONLY, dir_fd=fd)
+        assert os.read(back, 10) == b"v1\n"
+        os.close(back)
     finally:
         os.close(fd)
