@@ -226,4 +226,9 @@ def from_oserror(exc: OSError, what: str) -> CasnapError:
         return StorageFull(f"{what}: file too large for the file size limit or the filesystem")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AccessDenied(f"{what}: {reason}")
+    if exc.errno == errno.ENAMETOOLONG:  # what names the path: thousands of characters
+        return PathTooLong(
+            f"{shortened(what)}: a path longer than the system lets a program name (PATH_MAX), "
+            "or a name longer than its folder allows"
+        )
     return CasnapError(f"{what}: {reason}")

@@ -4,6 +4,7 @@ not read, and `--skip-unreadable` leaves the folder out."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -188,3 +189,14 @@ def _check_out_near_path_max(data: Path, tmp_path: Path) -> None:
         os.close(back)
     finally:
         os.close(fd)
+
+
+def test_any_path_too_long_for_the_system_is_one_short_line() -> None:
+    """A data dir, repository or target whose own path passes PATH_MAX (a run from deep inside
+    a tree): whatever call meets ENAMETOOLONG, its line names the path shortened, exit 7."""
+    from casnap.errors import PathTooLong, from_oserror
+
+    path = "/" + "/".join(["d" * 200] * 25)
+    err = from_oserror(OSError(errno.ENAMETOOLONG, "File name too long", path), f"reading {path}")
+    assert isinstance(err, PathTooLong) and err.exit_code == EXIT_CODES["source"] == 7
+    assert len(str(err)) < 300 and "PATH_MAX" in str(err)
