@@ -1,7 +1,8 @@
 """What to store of the data dir: files found, SQLite databases told by their header.
 
-Knows nothing of the repository. The image of a database is dbimage.py's, stat fingerprints are
-fingerprints.py's (both reached through here too).
+Knows nothing of the repository it stores into, but never enters a folder holding a casnap
+repository (any: locations.holds_repository), whose files are no data. The image of a database
+is dbimage.py's, stat fingerprints are fingerprints.py's (both reached through here too).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from casnap.formats.sqlite import (
     is_sqlite_header,
 )
 from casnap.fsutil import is_own_name, resolved
+from casnap.locations import holds_repository
 from casnap.manifestfields import MAX_PATH_DEPTH, check_path
 
 
@@ -98,7 +100,8 @@ class ScanOptions:
     skipped: gets "<path>: why" for links and special files; dirs: gets the mode and owner of
     every folder visited ("." for the data dir) and of the folders above the given paths;
     unreadable: when given, folders that cannot be listed are added to it instead of failing;
-    kind_of: see below.
+    repositories: gets the path of every folder left out because it holds a casnap repository
+    (another one than a pruned folder); kind_of: see below.
     """
 
     prune: Sequence[Path] = ()
@@ -106,6 +109,7 @@ class ScanOptions:
     skipped: list[str] | None = None
     dirs: dict[str, tuple[int, int, int]] | None = None
     unreadable: list[str] | None = None
+    repositories: list[str] | None = None
     # the kind of a file the caller knows from its lstat alone (the stat cache: unchanged since
     # a snapshot said), so it is not opened to read its header; None: read it
     kind_of: Callable[[str, os.stat_result], str | None] | None = None
@@ -120,10 +124,11 @@ def scan(
 ) -> list[SourceFile]:
     """Every file to snapshot under data_dir (within paths), sorted by path.
 
-    Symbolic links, special files and files whose paths a manifest refuses (a backslash, a leading
-    drive letter, folders nested too deeply) are skipped (their paths go to `skipped` when given);
-    SQLite side files are skipped when their database is present: the backup API captures their
-    content.
+    Folders holding a casnap repository are not entered (their paths go to
+    `options.repositories` when given). Symbolic links, special files and files whose paths a
+    manifest refuses (a backslash, a leading drive letter, folders nested too deeply) are skipped
+    (their paths go to `skipped` when given); SQLite side files are skipped when their database
+    is present: the backup API captures their content.
     """
     require_data_dir(data_dir)
     opts = options or ScanOptions()
@@ -162,6 +167,10 @@ def scan(
             return
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in opts.prune_ids:
+                return
+            if rel != "." and holds_repository(full):  # never its data: one failed open else
+                if opts.repositories is not None:
+                    opts.repositories.append(rel)
                 return
             if rel.count("/") + 1 >= MAX_PATH_DEPTH:  # what it holds no manifest can name
                 if opts.skipped is not None:

@@ -279,12 +279,14 @@ class Committer:
         skipped: list[str] = []
         dirs: dict[str, tuple[int, int, int]] = {}
         unreadable: list[str] = []
+        others: list[str] = []  # folders holding another casnap repository
         scan = capture.ScanOptions(
             prune=prune,
             prune_ids=self.repo.folder_ids(),
             skipped=skipped,
             dirs=dirs,
             unreadable=unreadable if opts.skip_unreadable else None,
+            repositories=others,
             kind_of=statcache.kind_of(known, restored),  # unchanged files are not opened
         )
         try:
@@ -315,6 +317,10 @@ class Committer:
         result.damage = [p.text for p in problems if p.refused]
         result.notes = [
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune
+        ] + [
+            f"{data_dir / rel} holds another casnap repository: not stored (a checkout leaves it "
+            "alone)"
+            for rel in others
         ]
         slots: list[FileEntry | None] = []
         links: dict[tuple[int, int], FileEntry] = {}

@@ -150,12 +150,13 @@ def is_config(head: bytes) -> bool:
     return is_sealed(head) or b'"casnap_format"' in head
 
 
-def holds_repository(folder: Path) -> bool:
+def holds_repository(folder: Path | str) -> bool:
     """True when folder holds a casnap repository (its config), whichever one. The config is
     opened without waiting and read only when a regular file (a FIFO named config never
-    stalls this)."""
+    stalls this); a folder without one costs a single failed open (a scan asks of each)."""
+    config = os.path.join(folder, "config")
     try:
-        fd = os.open(folder / "config", os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(config, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from casnap import capture
 from casnap.errors import InvalidArgument
+from casnap.locations import holds_repository
 
 
 def folder_ids(root: Path | None) -> frozenset[tuple[int, int]]:
@@ -60,8 +61,6 @@ def refuse_other_repository(target: Path, shown: Path | str) -> None:
     """InvalidArgument when target, or a folder above it, holds a casnap repository (another
     one than the checkout reads: that one is refused before): a checkout there would take its
     config, packs and snapshots for data files and replace them with a snapshot's."""
-    from casnap.locations import holds_repository  # here: only a checkout asks
-
     for folder in (target, *target.parents):
         if holds_repository(folder):
             where = "is" if folder == target else f"lies inside {folder}, which is"
@@ -69,3 +68,25 @@ def refuse_other_repository(target: Path, shown: Path | str) -> None:
                 f"refusing to check out into {shown}: it {where} a casnap repository, whose "
                 "files a checkout would replace (check out into a data dir, or an empty dir)"
             )
+
+
+class OtherRepositories:
+    """The folders of a checkout target that hold a casnap repository (another one, or this
+    one reached any way), each looked for once: a checkout neither removes nor writes anything
+    inside them (a full checkout would take their config, packs and snapshots for data files
+    no snapshot holds, and remove them)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = str(target)
+        self._holds: dict[str, bool] = {}  # by folder path relative to the target
+
+    def holds(self, rel: str) -> bool:
+        """True when a folder above rel, below the target, holds a casnap repository."""
+        head = rel.rpartition("/")[0]
+        if not head:
+            return False
+        found = self._holds.get(head)
+        if found is None:
+            found = self.holds(head) or holds_repository(os.path.join(self.target, head))
+            self._holds[head] = found
+        return found

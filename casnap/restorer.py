@@ -5,7 +5,7 @@ verified against its BLAKE3, then smoke-checked there; only when everything pass
 target holds and no snapshot does saved as a `pre-checkout` snapshot, and each file renamed into
 place. The target is reached only through directory descriptors opened without following
 symbolic links (fsdir.py), so a folder swapped for a link between check and use cannot redirect
-a write or a removal; the repository, when it lies inside the target, is never touched.
+a write or a removal; any casnap repository inside the target is never touched.
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ class _Checkout:
         ]
         self.repo_ids = repo.folder_ids()
         self.protected = self._protected()
+        self.others = placement.OtherRepositories(self.target)  # any repository inside it
         self.present = Present(repo, self.target, strict=options.safety_snapshot)
         self._given: dict[str, int] = {}  # mode given to each folder created, by path
 
@@ -286,9 +287,9 @@ class _Checkout:
 
     def _in_repo(self, rel: str, st: os.stat_result | None = None) -> bool:
         """Whether rel lies in the repository: by path, or (given its lstat) a folder of the
-        repository reached another way, such as a bind mount."""
+        repository reached another way, such as a bind mount; or in a folder holding any other."""
         p = self.protected
-        if p is not None and (rel == p or rel.startswith(p + "/")):
+        if (p is not None and (rel == p or rel.startswith(p + "/"))) or self.others.holds(rel):
             return True
         return st is not None and (st.st_dev, st.st_ino) in self.repo_ids
 
@@ -324,7 +325,7 @@ class _Checkout:
             entry, sid = entries[path]
             if self._in_repo(path):
                 self.result.warnings.append(
-                    f"{path}: lies inside the repository, which a checkout never touches; skipped"
+                    f"{path}: lies inside a repository, which a checkout never touches; skipped"
                 )
                 continue
             items.append(_Item(entry, sid))
@@ -346,7 +347,7 @@ class _Checkout:
                 missing.add(head)
             if parent is not None and self._in_repo(rel, os.fstat(parent.fd)):
                 self.result.warnings.append(
-                    f"{rel}: lies inside the repository, which a checkout never touches; skipped"
+                    f"{rel}: lies inside a repository, which a checkout never touches; skipped"
                 )
                 continue
             st = parent.lstat(name) if parent is not None else None

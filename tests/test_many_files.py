@@ -152,11 +152,21 @@ def test_no_change_commit_of_many_files_opens_none_of_them(
 
     def watching(real: Callable[..., Any]) -> Callable[..., Any]:
         def watched(path: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                opened_now = real(path, *args, **kwargs)
+            except FileNotFoundError:
+                raise  # no such file: nothing opened (a folder's `config`, looked for by a scan)
+            except OSError:
+                note(path)
+                raise
+            note(path)
+            return opened_now
+
+        def note(path: Any) -> None:
             if isinstance(path, (str, bytes, os.PathLike)):
                 name = os.fsdecode(path)
                 if name.startswith(str(data)) and not os.path.isdir(name):
                     opened.append(name)
-            return real(path, *args, **kwargs)
 
         return watched
 
