@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from casnap import selection
 from casnap.cli import cli
-from casnap.committer import commit
+from casnap.committer import CommitOptions, Committer, commit
+from casnap.constants import SAFETY_TAG
 from casnap.errors import EXIT_CODES
 from casnap.repository import Repository
 from tests.helpers_smoke import evolve_app, make_app
@@ -131,10 +132,18 @@ def test_forget_tag_takes_every_snapshot_carrying_it(mixed: dict[str, str]) -> N
     assert log_ids() == [m["faiss2"], m["all2"], m["all1"]]
 
 
+def _saved_by_a_checkout(repo: Repository, data: Path) -> str:
+    """A snapshot as a checkout saves what it replaces: tagged pre-checkout, a tag a user's
+    commit may not give."""
+    options = CommitOptions(tags=(SAFETY_TAG,), check_pairs=False, allow_empty=True)
+    with repo.lock("commit"):
+        return Committer(repo, options).run(data, ()).id
+
+
 def test_forget_positional_tag_is_its_newest_and_says_so(tmp_path: Path) -> None:
     data = make_app(tmp_path / "data")
     repo = Repository.init(tmp_path / "repo")
-    saved = [commit(repo, data, tags=["pre-checkout"]).id for _ in range(6)]
+    saved = [_saved_by_a_checkout(repo, data) for _ in range(6)]
     base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
     result = CliRunner().invoke(cli, [*base, "forget", "pre-checkout"])
     assert result.exit_code == 0, result.stderr
