@@ -126,6 +126,17 @@ def _file_at_path_length(data: Path, length: int) -> str:
     return "/".join([*rel, name])
 
 
+def _folder_of(root: Path, rel: str) -> int:
+    """A descriptor of the folder holding root/rel, opened folder by folder (its path may be
+    longer than one call can name)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for part in rel.split("/")[:-1]:
+        inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    return fd
+
+
 def test_a_checkout_whose_target_path_passes_path_max_ends_as_it_swapped(tmp_path: Path) -> None:
     """A file whose path in the data dir is just under PATH_MAX commits; checked out into a
     target with a longer path, every file is swapped in through descriptors, and the record
@@ -142,12 +153,8 @@ def test_a_checkout_whose_target_path_passes_path_max_ends_as_it_swapped(tmp_pat
     done = run_casnap(["--repo", str(repo), "checkout", "latest", "--to", str(target)])
     assert done.returncode == 0, done.stderr
     assert (target / "short.txt").read_text() == "short\n"
-    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _folder_of(target, rel)
     try:
-        for part in rel.split("/")[:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
         last = os.open(rel.split("/")[-1], os.O_RDONLY, dir_fd=fd)
         assert os.read(last, 10) == b"v1\n"
         os.close(last)
@@ -173,12 +180,8 @@ def _check_out_near_path_max(data: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     done = run_casnap(["--repo", str(repo), "--data", str(data), "commit", "-q"])
     assert done.returncode == 0, done.stderr
-    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _folder_of(data, rel)
     try:
-        for part in rel.split("/")[:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
         out = os.open(rel.split("/")[-1], os.O_WRONLY | os.O_TRUNC, dir_fd=fd)
         os.write(out, b"v2\n")
         os.close(out)

@@ -6,25 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 from casnap.ids import ObjectId
 from casnap.repository import Repository
-from tests.helpers_reliability import casnap_env, verify_repository
+from tests.helpers_reliability import verify_repository
+from tests.test_mistakes import run
 from tests.util import raw_tree
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI run from cwd (default repository ./backups, data dir ./data)."""
-    return subprocess.run(
-        [os.environ.get("PYTHON", os.sys.executable), "-m", "casnap", *args],
-        cwd=cwd,
-        env=casnap_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def ok(cwd: Path, *args: str) -> str:
