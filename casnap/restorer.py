@@ -44,7 +44,6 @@ from casnap.signals import uninterrupted
 from casnap.staging import (
     Stage,
     copy_into,
-    fingerprint,
     make_target,
     refuse_broad_target,
     run_smoke_cmd,
@@ -528,8 +527,8 @@ class _Checkout:
         report = checks.finish(view, sorted(selected), staged_dir=stage.path)
         if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
             report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
-        base = str(stage.path)
-        changed = sorted(p for p in staged_paths if fingerprint(f"{base}/{p}") != before[p])
+        now = stage.fingerprints(sorted(staged_paths))
+        changed = sorted(p for p in staged_paths if now[p] != before[p])
         if changed:
             detail = (
                 f"the smoke command modified {', '.join(changed[:3])}; restored files must stay "

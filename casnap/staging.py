@@ -7,7 +7,6 @@ stages into the repository's scratch space, checks, and deletes it. Both use `St
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import shutil
@@ -31,7 +30,7 @@ from casnap.errors import (
     SmokeCheckFailed,
     from_oserror,
 )
-from casnap.fsdir import Dir, remove_tree
+from casnap.fsdir import Dir, Tree, remove_tree
 from casnap.ids import IdHasher
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
@@ -70,6 +69,23 @@ class Stage:
             raise
         proc = Path(f"/proc/{os.getpid()}/fd/{self.dir.fd}")
         self.path = proc if proc.is_dir() else parent / self.name
+
+    def fingerprints(self, rels: Sequence[str]) -> dict[str, Fingerprint]:
+        """fingerprint of each staged file, reached folder by folder from the stage's descriptor
+        (a path through /proc can pass PATH_MAX where the file's path in the data dir did not);
+        None for one that cannot be reached."""
+        out: dict[str, Fingerprint] = {}
+        with Tree(self.dir) as tree:
+            for rel in rels:
+                try:
+                    parent, name = tree.parent_of(rel)
+                    st = parent.lstat(name) if parent is not None else None
+                except CasnapError:  # a folder on the way replaced (by a smoke command)
+                    st = None
+                out[rel] = (
+                    None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                )
+        return out
 
     def __enter__(self) -> Stage:
         return self
@@ -448,33 +464,10 @@ def raise_if_smoke_failed(results: Sequence[SmokeVerifyResult]) -> None:
 def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """size, mtime, ctime and inode: any write to the file changes one of them."""
     try:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:
-                raise
-            st = _stat_by_parts(os.fspath(path))
+        st = os.stat(path)
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def _stat_by_parts(path: str) -> os.stat_result:
-    """os.stat of a path longer than the system lets one call name (PATH_MAX): its folders
-    opened one by one, the file stat'ed in the last (a staged file deep in a data dir whose own
-    path is just under the limit, reached through /proc/<pid>/fd/<n>)."""
-    head, name = os.path.split(path)
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    fd = os.open("/" if head.startswith("/") else ".", flags)
-    try:
-        for part in head.split("/"):
-            if part:
-                inner = os.open(part, flags, dir_fd=fd)
-                os.close(fd)
-                fd = inner
-        return os.stat(name, dir_fd=fd)
-    finally:
-        os.close(fd)
 
 
 def workers(repo: Repository | None = None) -> int:
