@@ -17,6 +17,7 @@ import pytest
 from casnap import Repository, checkout, commit
 from casnap.errors import EXIT_CODES, SourceError
 from casnap.formats.sqlite import (
+    JOURNAL_MAGIC,
     SUPER_JOURNAL_TAIL,
     ends_in_super_journal,
     hot_journal,
@@ -174,9 +175,9 @@ def test_a_hot_journal_that_cannot_be_rolled_back_aside_is_named(tmp_path: Path)
     assert raw_tree(data) == before
 
 
-def test_a_checkout_says_it_failed_saving_the_pre_checkout_snapshot(tmp_path: Path) -> None:
-    """A journal casnap may not read (another user's app crashed): one line naming the database
-    and the step that failed; nothing is replaced."""
+def committed_then_changed(tmp_path: Path) -> tuple[Path, str]:
+    """data/app.db committed into tmp_path/repo, then changed and committed by SQLite (half its
+    rows deleted): the data dir and the first snapshot's id."""
     data = tmp_path / "data"
     data.mkdir()
     committed_state(data)
@@ -186,12 +187,19 @@ def test_a_checkout_says_it_failed_saving_the_pre_checkout_snapshot(tmp_path: Pa
     with contextlib.closing(sqlite3.connect(data / "app.db")) as conn:
         conn.execute("DELETE FROM t WHERE id % 2 = 0")
         conn.commit()
+    return data, first.stdout.strip()
+
+
+def test_a_checkout_says_it_failed_saving_the_pre_checkout_snapshot(tmp_path: Path) -> None:
+    """A journal casnap may not read (another user's app crashed): one line naming the database
+    and the step that failed; nothing is replaced."""
+    data, first = committed_then_changed(tmp_path)
     crash_writer(data / "app.db")
     journal = data / "app.db-journal"
     journal.chmod(0)
     before = raw_tree(data)
     try:
-        proc = cli_unprivileged(tmp_path / "repo", data, "checkout", first.stdout.strip())
+        proc = cli_unprivileged(tmp_path / "repo", data, "checkout", first)
     finally:
         journal.chmod(0o644)
     line = one_line(proc, EXIT_CODES["storage"], "saving the pre-checkout snapshot")
@@ -201,8 +209,6 @@ def test_a_checkout_says_it_failed_saving_the_pre_checkout_snapshot(tmp_path: Pa
 
 
 # -- a journal that names a super-journal ---------------------------------------------------------
-
-JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 
 
 def name_super_journal(journal: Path, name: bytes) -> None:
@@ -223,19 +229,11 @@ def hostile_journal(tmp_path: Path, named: Path) -> tuple[Path, str, list[tuple[
     """data/app.db committed (a first snapshot in tmp_path/repo), changed and committed by
     SQLite since, then left with a hot journal naming `named` as its super-journal: the data
     dir, the first snapshot's id and the rows SQLite committed last."""
-    data = tmp_path / "data"
-    data.mkdir()
-    committed_state(data)
-    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
-    first = run_casnap([*base, "commit", "-q"])
-    assert first.returncode == 0, first.stderr
-    with contextlib.closing(sqlite3.connect(data / "app.db")) as conn:
-        conn.execute("DELETE FROM t WHERE id % 2 = 0")
-        conn.commit()
+    data, first = committed_then_changed(tmp_path)
     newer = rows(data / "app.db")
     crash_writer(data / "app.db")
     name_super_journal(data / "app.db-journal", os.fsencode(named))
-    return data, first.stdout.strip(), newer[1]
+    return data, first, newer[1]
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo"])
