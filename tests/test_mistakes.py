@@ -92,38 +92,27 @@ def test_a_repository_inside_the_data_dir_is_never_stored_or_touched(
         assert not (restored / "backups").exists() and not (restored / ".backups").exists()
 
 
+@pytest.mark.parametrize("which", ["own", "other"])
 @pytest.mark.parametrize("where", [".", "packs", "snapshots", "deeper/new"])
-def test_checkout_into_the_repository_is_refused(tmp_path: Path, where: str) -> None:
+def test_checkout_into_a_repository_is_refused(tmp_path: Path, where: str, which: str) -> None:
+    """A target that is (or lies inside) the repository read, or another casnap repository: a
+    checkout would save its config, packs and snapshots in a pre-checkout snapshot and then
+    remove them."""
     data = small_app(tmp_path / "data")
     repo_dir = tmp_path / "backups"
     sid = commit(Repository.init(repo_dir), data).id
-    before = raw_tree(repo_dir)
-    target = repo_dir if where == "." else repo_dir / where
+    hit = repo_dir
+    if which == "other":
+        hit = tmp_path / "other"
+        commit(Repository.init(hit), data)
+    before = raw_tree(hit)
+    target = hit if where == "." else hit / where
     proc = run_casnap(
         ["--repo", str(repo_dir), "--data", str(data), "checkout", sid, "--to", str(target)]
     )
-    one_line(proc, EXIT_CODES["usage"], "repository")
-    assert raw_tree(repo_dir) == before
-    verify_repository(Repository.open(repo_dir))
-
-
-@pytest.mark.parametrize("where", [".", "packs", "snapshots", "deeper/new"])
-def test_checkout_into_another_repository_is_refused(tmp_path: Path, where: str) -> None:
-    """A target that is (or lies inside) another casnap repository: a checkout would save its
-    config, packs and snapshots in a pre-checkout snapshot and then remove them."""
-    data = small_app(tmp_path / "data")
-    repo_dir = tmp_path / "backups"
-    sid = commit(Repository.init(repo_dir), data).id
-    other = tmp_path / "other"
-    commit(Repository.init(other), data)
-    before = raw_tree(other)
-    target = other if where == "." else other / where
-    proc = run_casnap(
-        ["--repo", str(repo_dir), "--data", str(data), "checkout", sid, "--to", str(target)]
-    )
-    one_line(proc, EXIT_CODES["usage"], "casnap repository")
-    assert raw_tree(other) == before
-    verify_repository(Repository.open(other))
+    one_line(proc, EXIT_CODES["usage"], "casnap repository" if which == "other" else "repository")
+    assert raw_tree(hit) == before
+    verify_repository(Repository.open(hit))
 
 
 def test_a_checkout_into_a_folder_holding_the_repository_leaves_it_alone(tmp_path: Path) -> None:
