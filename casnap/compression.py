@@ -82,6 +82,39 @@ def _inflate(payload: bytes | memoryview, size: int) -> bytes | bytearray:
     return out
 
 
+def _inflate_into(payload: bytes | memoryview, dest: memoryview | np.ndarray) -> None:
+    """Decode one zstd frame straight into dest, which it must fill exactly (IntegrityError
+    otherwise): no buffer of its own, so no fresh pages to fault in, and no copy after it.
+
+    A frame declaring another size is refused before any decoding. One more byte read after
+    dest is full also makes zstd finish the frame, checking what it declared."""
+    size = len(dest)
+    declared = zstandard.frame_content_size(payload)
+    if declared not in (size, -1):
+        raise IntegrityError(f"frame declares {declared} bytes, expected {size}")
+    view = memoryview(dest).cast("B") if isinstance(dest, memoryview) else dest
+    got = 0
+    with _decompressor().stream_reader(payload, read_across_frames=False) as reader:
+        while got < size:
+            n = reader.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got == size and reader.read(1):
+            raise IntegrityError(f"frame decodes past its {size} bytes")
+    if got != size:
+        raise IntegrityError(f"chunk decodes to {got} bytes, expected {size}")
+
+
+def _scratch(size: int) -> memoryview:
+    """This thread's reusable decoding buffer, at least size bytes (a decoded frame that is
+    not kept lives here until the thread decodes the next one)."""
+    buf: bytearray | None = getattr(_local, "scratch", None)
+    if buf is None or len(buf) < size:
+        buf = _local.scratch = bytearray(max(size, 1 << 20))
+    return memoryview(buf)[:size]
+
+
 def group4(data: bytes | memoryview) -> bytes:
     """Group byte k of every 4-byte word together; a tail of <4 bytes stays last."""
     import numpy as np
@@ -106,7 +139,7 @@ def ungroup4(data: bytes | bytearray | memoryview) -> bytearray:
     return out
 
 
-def ungroup_range(grouped: bytes | bytearray, start: int, out: np.ndarray) -> None:
+def ungroup_range(grouped: bytes | bytearray | memoryview, start: int, out: np.ndarray) -> None:
     """Write bytes start..start+len(out) of the frame group4 made `grouped` from into the uint8
     array out, without ungrouping the rest: a restore then puts each range of a float frame in
     its place with one strided copy (numpy copies of any size release the GIL; building the
@@ -142,7 +175,7 @@ class Frame:
 
     __slots__ = ("data", "grouped")
 
-    def __init__(self, data: bytes | bytearray, grouped: bool) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, grouped: bool) -> None:
         self.data = data
         self.grouped = grouped
 
@@ -169,26 +202,57 @@ class Frame:
         return out.tobytes()
 
 
-def decode_frame(blob: bytes | memoryview, plain_size: int) -> Frame:
-    """decode, but a byte-grouped frame is left grouped (see Frame)."""
+def _codec(blob: bytes | memoryview, plain_size: int) -> tuple[int, memoryview]:
+    """The codec and payload of an encoded frame whose plain size is within the limit."""
     if len(blob) < 1:
         raise IntegrityError("empty encoded chunk")
     if not 0 <= plain_size <= MAX_FRAME_SIZE:
         raise IntegrityError(f"frame of {plain_size} bytes is past the limit of {MAX_FRAME_SIZE}")
     codec = blob[0]
-    payload = memoryview(blob)[1:]  # no copy of the compressed bytes
+    if codec not in CODEC_NAMES:
+        raise IntegrityError(f"unknown codec {codec}")
+    return codec, memoryview(blob)[1:]  # no copy of the compressed bytes
+
+
+def decode_frame(blob: bytes | memoryview, plain_size: int, scratch: bool = False) -> Frame:
+    """decode, but a byte-grouped frame is left grouped (see Frame). With scratch, a zstd
+    frame is decoded into this thread's reusable buffer: the Frame is then valid only until the
+    thread decodes its next scratch frame (a restore copies from it at once)."""
+    codec, payload = _codec(blob, plain_size)
     try:
         if codec == RAW:
-            out: bytes | bytearray = bytes(payload)
-        elif codec in (ZSTD, ZSTD_GROUPED4):
-            out = _inflate(payload, plain_size)
+            out: bytes | bytearray | memoryview = bytes(payload)
+        elif scratch:
+            out = _scratch(plain_size)
+            _inflate_into(payload, out)
         else:
-            raise IntegrityError(f"unknown codec {codec}")
+            out = _inflate(payload, plain_size)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"corrupt compressed chunk: {exc}") from exc
     if len(out) != plain_size:
         raise IntegrityError(f"chunk decodes to {len(out)} bytes, expected {plain_size}")
     return Frame(out, codec == ZSTD_GROUPED4)
+
+
+def decode_into(blob: bytes | memoryview, out: np.ndarray) -> None:
+    """Decode a frame of len(out) plain bytes straight into the uint8 array out (a byte-grouped
+    one through this thread's scratch buffer, put back in order on the copy)."""
+    import numpy as np
+
+    codec, payload = _codec(blob, len(out))
+    try:
+        if codec == RAW:
+            if len(payload) != len(out):
+                raise IntegrityError(f"chunk decodes to {len(payload)} bytes, expected {len(out)}")
+            out[:] = np.frombuffer(payload, dtype=np.uint8)
+        elif codec == ZSTD:
+            _inflate_into(payload, out)
+        else:
+            grouped = _scratch(len(out))
+            _inflate_into(payload, grouped)
+            ungroup_range(grouped, 0, out)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt compressed chunk: {exc}") from exc
 
 
 # A grouped frame of at least this many bytes gets one zstd block (or more) per byte plane: zstd
@@ -271,4 +335,7 @@ def decompress_object(blob: bytes, label: str, limit: int | None = None) -> byte
 def decode(blob: bytes | memoryview, plain_size: int) -> bytes | bytearray:
     """Decode one encoded frame of known plain size; IntegrityError on any malformed input."""
     frame = decode_frame(blob, plain_size)
-    return ungroup4(frame.data) if frame.grouped else frame.data
+    if frame.grouped:
+        return ungroup4(frame.data)
+    assert not isinstance(frame.data, memoryview)  # only a scratch frame is a view
+    return frame.data

@@ -11,7 +11,9 @@ stream (`restore`, for `cat`) by the calling thread, in order.
 from __future__ import annotations
 
 import os
+import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -255,19 +257,27 @@ def _with_spans(
     return batch
 
 
-def _frames(
-    store: Store, read: _Read, spans: Spans | None, timer: Phases
-) -> Iterator[tuple[compression.Frame, list[tuple[int, int]]]]:
-    """The decoded frames of one read with the (start, length) ranges wanted from each; the
-    backend reads' time (or the wait for the span holding them) goes to timer's `read`."""
+def _fill(
+    store: Store, read: _Read, spans: Spans | None, timer: Phases, out: np.ndarray, pos: int
+) -> int:
+    """Copy the ranges one read wants into out from pos on; returns the position after them.
+
+    A frame a later read of the plan wants again is decoded once, cached, and dropped from the
+    cache at its last read (its memory then holds the next frames: fresh pages cost a fault
+    each); any other is decoded straight into out when all of it is wanted, else into this
+    thread's scratch buffer and copied from it at once. The backend reads' time (or the wait
+    for the span holding them) goes to timer's `read`."""
     pack = store.index.packs[read.pack]
     key = pack_key(pack)
     raw: bytes | memoryview | None = None
     for o, ln, fp, ranges, keep in read.frames:
         frame = store.cached_frame(pack, o)
-        if frame is not None and spans is not None:
-            spans.skip(key, o, ln)  # decoded for an earlier read: its span need not wait for it
-        if frame is None:
+        if frame is not None:
+            if spans is not None:  # decoded for an earlier read: its span need not wait for it
+                spans.skip(key, o, ln)
+            if not keep:  # its last read in this plan: its memory goes to the next frames
+                store.forget_frame(pack, o)
+        else:
             if spans is not None:
                 with timer.timed("read"):
                     encoded: bytes | memoryview = spans.get(key, o, ln)
@@ -280,14 +290,21 @@ def _frames(
                         raw = memoryview(store.backend.get(key, read.start, read.stop - read.start))
                 encoded = raw[o - read.start : o - read.start + ln]
             try:
-                frame = compression.decode_frame(encoded, fp)
+                if not keep and len(ranges) == 1 and ranges[0] == (0, fp):  # all of it, once
+                    compression.decode_into(encoded, out[pos : pos + fp])
+                    pos += fp
+                    continue
+                frame = compression.decode_frame(encoded, fp, scratch=not keep)
             except IntegrityError as exc:
                 raise IntegrityError(f"frame at {o} in pack {pack.hex()}: {exc}") from exc
-            if keep or sum(n for _, n in ranges) < fp:  # some of it is wanted again later
+            if keep:  # a later read of this plan wants it again
                 store.cache_frame((bytes(pack), o), frame)
         if any(start + n > len(frame) for start, n in ranges):
             raise IntegrityError(f"frame at {o} in pack {pack.hex()} is shorter than indexed")
-        yield frame, ranges
+        for start, n in ranges:
+            frame.into(start, out[pos : pos + n])
+            pos += n
+    return pos
 
 
 def find_damaged(store: Store, refs: bytes) -> None:
@@ -302,33 +319,58 @@ Piece = memoryview | np.ndarray | int  # bytes to write, or the length of a run 
 def fetch_many(store: Store, task: Task, timer: Phases | None = None) -> list[Piece]:
     """Worker: the bytes several consecutive reads contribute, in one buffer, so the writing
     thread makes one large write and hash update (which release the GIL) per task; runs of
-    zeros come back as their length, to become holes in the file.
+    zeros come back as their length, to become holes in the file. Hand the pieces to release
+    once they are written and hashed: their buffer is then reused.
 
-    Each range is copied from its frame straight into the buffer with numpy (which releases the
-    GIL, unlike bytes.join), byte-grouped float frames put back in order on the way. Chunks are
-    not hashed one by one here: the caller checks the whole-file BLAKE3, which covers every byte
-    (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large runs does not); a
-    mismatch is then traced to its chunk by find_damaged.
+    Frames are decoded into the buffer, or copied from a decoded frame into it with numpy
+    (which releases the GIL, unlike bytes.join), byte-grouped float frames put back in order on
+    the way. Chunks are not hashed one by one here: the caller checks the whole-file BLAKE3,
+    which covers every byte (BLAKE3 of 4 KiB pieces holds the GIL, the whole-file hash of large
+    runs does not); a mismatch is then traced to its chunk by find_damaged.
     """
     timer = timer or Phases()
-    reads = task.reads
-    out: np.ndarray | None = None
+    out = _BUFFERS.take(task.size)
     pos = 0
-    for read in reads:
-        for frame, ranges in _frames(store, read, task.spans, timer):
-            if out is None:
-                if (
-                    len(ranges) == len(reads) == len(read.frames) == 1
-                    and not frame.grouped
-                    and len(frame) <= 2 * TASK_BYTES  # a view keeps the whole frame alive
-                ):
-                    start, n = ranges[0]  # one piece of a plain frame: no copy at all
-                    return _zero_runs(np.frombuffer(frame.data, np.uint8, n, start), task.offset)
-                out = np.empty(task.size, dtype=np.uint8)
-            for start, n in ranges:
-                frame.into(start, out[pos : pos + n])
-                pos += n
-    return _zero_runs(out, task.offset) if out is not None else []
+    for read in task.reads:
+        pos = _fill(store, read, task.spans, timer, out, pos)
+    return _zero_runs(out, task.offset)
+
+
+class _Buffers:
+    """The output buffers of tasks, reused once their bytes are written and hashed: a fresh
+    buffer costs the kernel a page fault for every 4 KiB of it (the largest part of a restore's
+    system time, docs/TUNING.md). A buffer never released is simply freed."""
+
+    SIZE = 2 * TASK_BYTES  # what a task outputs at most
+    KEEP = 16  # free buffers kept at most
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[np.ndarray] = []
+        self._lent: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+    def take(self, n: int) -> np.ndarray:
+        """A buffer of n bytes (a view of a pooled one when n fits)."""
+        if n > self.SIZE:
+            return np.empty(n, dtype=np.uint8)
+        with self._lock:
+            buf = self._free.pop() if self._free else np.empty(self.SIZE, dtype=np.uint8)
+            self._lent[id(buf)] = buf
+        return buf[:n]
+
+    def release(self, pieces: list[Piece]) -> None:
+        """Take back the buffer pieces of fetch_many are views of: none of them is read again."""
+        with self._lock:
+            for piece in pieces:
+                base = piece.base if isinstance(piece, np.ndarray) else None
+                if isinstance(base, np.ndarray) and self._lent.get(id(base)) is base:
+                    del self._lent[id(base)]
+                    if len(self._free) < self.KEEP:
+                        self._free.append(base)
+
+
+_BUFFERS = _Buffers()
+release = _BUFFERS.release
 
 
 def fetch_timed(store: Store, task: Task, phases: Phases) -> list[Piece]:
@@ -441,9 +483,9 @@ def restore(
         for task in phases.iterate("plan", tasks):
             inflight.append(pool.submit(fetch_timed, store, task, phases))
             if len(inflight) >= window:
-                size += write(inflight.popleft().result())
+                size += _written(write, inflight.popleft().result())
         while inflight:
-            size += write(inflight.popleft().result())
+            size += _written(write, inflight.popleft().result())
         if holes:
             out.truncate()  # at the current position: a file that ends in a hole gets its size
     finally:
@@ -452,3 +494,10 @@ def restore(
         if fetcher is not None:
             fetcher.shutdown(wait=True, cancel_futures=True)
     return size, hasher.digest()
+
+
+def _written(write: Callable[[list[Piece]], int], pieces: list[Piece]) -> int:
+    """write(pieces), then their buffer released for the next task."""
+    n = write(pieces)
+    release(pieces)
+    return n

@@ -163,6 +163,13 @@ class Store:
                 self._frames.move_to_end(key)
             return frame
 
+    def forget_frame(self, pack: bytes, offset: int) -> None:
+        """Drop a frame from the cache (its last use is under way)."""
+        with self._frames_lock:
+            frame = self._frames.pop((bytes(pack), offset), None)
+            if frame is not None:
+                self._frames_bytes -= len(frame)
+
     def cache_frame(self, key: tuple[bytes, int], frame: compression.Frame) -> None:
         """Remember a decoded frame (least recently used ones leave past FRAME_CACHE_BYTES)."""
         if len(frame) > FRAME_CACHE_BYTES // 4:

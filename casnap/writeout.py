@@ -137,6 +137,7 @@ def write_files(
             raise _damage(f, store, "a frame of it does not decode") from exc
         with phases.timed("verify"):
             n = _hash(f, pieces)
+        pipeline.release(pieces)  # written by the worker, hashed: its buffer is free
         f.written(writeback)
         if tick is not None:
             tick(n)
