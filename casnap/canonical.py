@@ -38,7 +38,20 @@ def plain_chunkers(files: Any) -> bool:
     """Whether the `chunker` of every entry of files (a list, else True) holds no float."""
     if type(files) is not list:
         return True
-    return all(type(f) is not dict or _plain_value(f.get("chunker")) for f in files)
+    return all(type(f) is not dict or _plain_chunker(f.get("chunker")) for f in files)
+
+
+_PLAIN_SCALARS = frozenset([str, int, bool, type(None)])
+_STR = frozenset([str])
+
+
+def _plain_chunker(c: Any) -> bool:
+    """_plain_value of one entry's chunker; one of scalars alone (nearly every one) told at
+    once."""
+    if type(c) is dict and _STR.issuperset(map(type, c)):
+        if _PLAIN_SCALARS.issuperset(map(type, c.values())):
+            return True
+    return _plain_value(c)
 
 
 # deeper values are never taken as plain (the json module writes them): what casnap writes is

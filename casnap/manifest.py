@@ -426,6 +426,10 @@ def _entries(raw: Any) -> tuple[FileEntry, ...]:
     return tuple(FileEntry.from_json(f) for f in raw)
 
 
+_STR = frozenset([str])
+_INT = frozenset([int])
+
+
 def _quick_entry(d: Any) -> FileEntry | None:
     """from_json without the hex checks (made for all entries at once), for an entry of plain
     JSON types only; None when anything is not as casnap writes it (from_json then decides)."""
@@ -456,8 +460,8 @@ def _quick_entry(d: Any) -> FileEntry | None:
         and type(chunker) is dict
         and flat_chunker(chunker)
         and type(lists) is list
-        and all(type(x) is str for x in lists)
-        and (source is None or (type(source) is list and all(type(x) is int for x in source)))
+        and _STR.issuperset(map(type, lists))
+        and (source is None or (type(source) is list and _INT.issuperset(map(type, source))))
         and (uid is None or type(uid) is int)
         and (gid is None or type(gid) is int)
         and (link is None or type(link) is str)

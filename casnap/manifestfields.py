@@ -88,10 +88,13 @@ _SCALARS = frozenset([str, int, float, bool, type(None)])
 
 def flat_chunker(c: dict[Any, Any]) -> bool:
     """Whether c (an object) holds at most MAX_CHUNKER_FIELDS parameters, each a scalar or an
-    array of at most MAX_CHUNKER_ARRAY scalars."""
-    return len(c) <= MAX_CHUNKER_FIELDS and all(
+    array of at most MAX_CHUNKER_ARRAY scalars (all scalars, the common case, told at once: a
+    manifest holds one per file)."""
+    if len(c) > MAX_CHUNKER_FIELDS:
+        return False
+    return _SCALARS.issuperset(map(type, c.values())) or all(
         type(v) in _SCALARS
-        or (type(v) is list and len(v) <= MAX_CHUNKER_ARRAY and all(type(x) in _SCALARS for x in v))
+        or (type(v) is list and len(v) <= MAX_CHUNKER_ARRAY and _SCALARS.issuperset(map(type, v)))
         for v in c.values()
     )
 
