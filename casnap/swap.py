@@ -52,12 +52,11 @@ def swap_in(
         try:
             whole = new_folders(tree, staged, [rel for rel, _ in placing])
             moving = set(whole)
-            last = {
-                rel for rel, _ in placing if not moved(rel, moving) and not journal.keep_old(rel)
-            }
+            inside = {rel for rel, _ in placing if moved(rel, moving)}
+            last = {rel for rel, _ in placing if rel not in inside and not journal.keep_old(rel)}
             touched |= move_folders(tree, staged, whole, dir_attrs, journal)
             for rel, replaces_db in sorted(placing, key=lambda p: p[0] in last):
-                if moved(rel, moving):
+                if rel in inside:
                     written.append(rel)
                     continue
                 head, name = split(rel)
@@ -203,7 +202,14 @@ def move_folders(
 
 def moved(rel: str, folders: Collection[str]) -> bool:
     """Whether rel lies in one of the folders moved whole."""
-    return bool(folders) and any(a in folders for a in _ancestors(rel))
+    if not folders:
+        return False
+    cut = rel.find("/")
+    while cut != -1:  # each folder above rel, outermost first, without building the list
+        if rel[:cut] in folders:
+            return True
+        cut = rel.find("/", cut + 1)
+    return False
 
 
 def sync_folders(tree: Tree, folders: Iterable[str]) -> None:
