@@ -121,7 +121,13 @@ def say_created(c: Context, repo: Repository) -> None:
 @click.option(
     "-m", "--message", default="", metavar="MSG", help="Message stored with the snapshot."
 )
-@click.option("--tag", "tags", multiple=True, metavar="T", help="Tag the snapshot (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="T",
+    help="Tag the snapshot (repeatable); not 4+ hex digits alone (`2026`), read as an id.",
+)
 @click.option(
     "--exclude",
     "excludes",
