@@ -223,8 +223,12 @@ def commit(
                     time=when,
                     host=host,
                 )
-            except (UnreadableSource, PathTooLong) as exc:
-                raise type(exc)(f"{exc} (--skip-unreadable leaves such files out)") from exc
+            except UnreadableSource as exc:
+                raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
+            except PathTooLong as exc:
+                raise PathTooLong(
+                    f"{exc}, or --exclude it (--skip-unreadable leaves such files out)"
+                ) from exc
             except EmptySnapshot as exc:
                 raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
             except InconsistentData as exc:
