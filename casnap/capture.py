@@ -222,14 +222,15 @@ def scan(
 
 
 def too_long(full: str) -> str:
-    """Why full cannot be read: its length against the system's limit, and what to do."""
+    """Why full cannot be read: its length against the system's limit, and what to do (the
+    options of the command that met it are its own to add)."""
     try:
         limit = os.pathconf("/", "PC_PATH_MAX")
     except (OSError, ValueError):
         limit = 4096
     return (
         f"its path is {len(os.fsencode(full))} bytes, longer than the system's limit ({limit}): "
-        "shorten it or --exclude it"
+        "shorten it"
     )
 
 

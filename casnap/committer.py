@@ -152,14 +152,19 @@ def commit(
     elsewhere is imported as the snapshot it was; host instead of this machine's name (its
     snapshots then group, and find their parent, under host).
     """
-    when = snapshot_time(time) if time is not None else None
-    for tag in tags:
-        selection.check_tag(tag)
-    if host is not None and (not host or not host.isprintable() or host != host.strip()):
-        raise InvalidArgument(
-            f"--host {host!r} is not a host name: give a non-empty name without control "
-            "characters or surrounding spaces"
-        )
+    try:  # before anything is stored: a repository made for this commit is taken back
+        when = snapshot_time(time) if time is not None else None
+        for tag in tags:
+            selection.check_tag(tag)
+        if host is not None and (not host or not host.isprintable() or host != host.strip()):
+            raise InvalidArgument(
+                f"--host {host!r} is not a host name: give a non-empty name without control "
+                "characters or surrounding spaces"
+            )
+    except BaseException:
+        rollback.after_failed_commit(repo.backend, (), repo.created)
+        repo.created = None
+        raise
     options = CommitOptions(
         message=message,
         tags=tuple(tags),

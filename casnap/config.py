@@ -138,7 +138,7 @@ def parse_config(raw: bytes, location: str) -> dict[str, Any]:
 
     try:
         cfg = json.loads(raw)
-        version = cfg["casnap_format"]
+        version = _field(cfg, "casnap_format")
         if not isinstance(version, int):
             raise TypeError("format version is not an integer")
         if version > FORMAT_VERSION:
@@ -152,28 +152,70 @@ def parse_config(raw: bytes, location: str) -> dict[str, Any]:
                 f"this casnap reads format {FORMAT_VERSION}: create a new repository and commit "
                 "again"
             )
-        chunker = cfg["chunker"]["default"]
+        chunkers = _field(cfg, "chunker")
+        chunker = _field(cfg, "chunker", "default")
         if not isinstance(chunker, dict):
             raise TypeError("the default chunker is not an object")
         make_chunker(chunker)
-        choose_chunker(b"", cfg["chunker"])
+        choose_chunker(b"", chunkers)
         for sample in (SQLITE_SAMPLE_HEADER, FAISS_SAMPLE_HEADER):
-            choose_chunker(sample, cfg["chunker"])
-        choose_chunker(b"", cfg["chunker"], HNSW_SAMPLE_RECORDS)
+            choose_chunker(sample, chunkers)
+        choose_chunker(b"", chunkers, HNSW_SAMPLE_RECORDS)
         sizes = {
-            "pack_target": (cfg["pack_target"], 1, MAX_PACK_TARGET),
+            "pack_target": (_field(cfg, "pack_target"), 1, MAX_PACK_TARGET),
             "frame_target": (cfg.get("frame_target", 0), 0, MAX_FRAME_SIZE),
         }
         for name, (value, low, high) in sizes.items():
             if not low <= int(value) <= high:
                 raise ValueError(f"{name} {value} is outside the limits [{low}, {high}]")
-        levels = {"zstd_level": cfg["zstd_level"], "float_level": cfg.get("float_level", 0)}
+        levels = {"zstd_level": _field(cfg, "zstd_level"), "float_level": cfg.get("float_level", 0)}
         for name, level in levels.items():
             if not MIN_ZSTD_LEVEL <= int(level) <= MAX_ZSTD_LEVEL:
                 raise ValueError(f"{name} {level} is out of range")
     except CasnapError:
         raise
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{location}/config is damaged: it is not JSON ({exc})") from exc
     except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as exc:
         # OverflowError: a size or level of infinity (JSON's Infinity) cannot be an integer
-        raise IntegrityError(f"{location}/config is damaged: {exc}") from exc
+        raise IntegrityError(f"{location}/config is damaged: {_in_words(exc)}") from exc
     return cfg
+
+
+# What the fields a config must hold are, for a line saying one is missing.
+FIELDS = {
+    "casnap_format": "the format version",
+    "chunker": "the chunker section",
+    "chunker.default": "the chunker of plain files",
+    "pack_target": "the pack size",
+    "zstd_level": "the compression level",
+}
+
+
+def _field(cfg: Any, *path: str) -> Any:
+    """cfg[path[0]][path[1]]...; a ValueError saying in words which field is missing, or which
+    one is not a JSON object, where a KeyError would say only the key."""
+    value = cfg
+    for n, key in enumerate(path):
+        if not isinstance(value, dict):
+            raise ValueError(f"{_named(path[:n])} is not a JSON object")
+        if key not in value:
+            raise ValueError(f"{_named(path[: n + 1])} is missing")
+        value = value[key]
+    return value
+
+
+def _named(path: tuple[str, ...]) -> str:
+    """A field in words, with its name: `the pack size (pack_target)`; `it`: the config."""
+    if not path:
+        return "it"
+    name = ".".join(path)
+    return f"{FIELDS.get(name, 'the field')} ({name})"
+
+
+def _in_words(exc: BaseException) -> str:
+    """What a parse failure says: a KeyError's text is the bare key, said here as the field
+    that is missing."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"the field {exc.args[0]!r} is missing"
+    return str(exc)

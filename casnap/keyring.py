@@ -123,8 +123,9 @@ def remove_key(repo: Repository, ref: str) -> str:
 
 def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
     """Write the key file in use to dest (0600, atomically): still sealed by its password, so
-    the master key can be kept apart from the repository (never inside it). An existing dest
-    is kept unless force."""
+    the master key can be kept apart from the repository (never inside it). An existing dest,
+    or a symbolic link there (dangling or not), is kept unless force, which replaces it (a link
+    itself: never the file it points to)."""
     u = _unlocked(repo)
     doc = json.loads(u.keyfile.encode())
     doc["id"] = u.keyfile.id
@@ -134,9 +135,15 @@ def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
         raise InvalidArgument(
             f"{dest} lies inside the repository; keep the exported key apart from it"
         )
+    link = dest.is_symlink()
+    if link and not force:
+        raise InvalidArgument(
+            f"{dest} is a symbolic link; not writing through it or replacing it (give --force "
+            "to replace the link itself)"
+        )
     if dest.exists() and not force:
         raise InvalidArgument(f"{dest} exists; not overwriting it (give --force to replace it)")
-    if dest.is_dir():
+    if dest.is_dir() and not link:
         raise InvalidArgument(f"{dest} is a directory; give a file name")
     tmp = dest.parent / fsutil.temp_name()
     try:

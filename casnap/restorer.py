@@ -14,22 +14,30 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from casnap import capture, inuse, locks, placement, preflight, selection, smoke, smoke_report, swap
+from casnap import (
+    capture,
+    inuse,
+    locks,
+    placement,
+    preflight,
+    presave,
+    selection,
+    smoke,
+    smoke_report,
+    swap,
+)
 from casnap import restored as restored_files
-from casnap.constants import SAFETY_TAG
 from casnap.errors import (
-    AccessDenied,
     CasnapError,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
     SourceError,
-    StorageFull,
 )
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
 from casnap.fsdir import IN_THE_WAY_HINT, Dir, Tree, resolve_trusted, split
@@ -231,23 +239,15 @@ class _Checkout:
                 written = self.present.written_since(tree, [i.entry.path for i in plan] + removals)
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
                 if unsaved and self.opts.safety_snapshot:
-                    # the commit path (chunkers, capture): only when there is something to save
-                    from casnap.committer import CommitOptions, Committer
-
-                    what = ", ".join(sid.short for sid, _ in self.sel.sources)
-                    safety = CommitOptions(
-                        message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
-                        tags=(SAFETY_TAG,),
-                        check_pairs=False,
-                        allow_empty=True,
-                    )
-                    try:
-                        with self.phases.timed("save"), self._commit_lock():
-                            saved = Committer(self.repo, safety).run(self.target, ())
-                    except (AccessDenied, StorageFull, SourceError) as exc:
-                        exc.add_note("safety-snapshot")  # the CLI names the step and the option
-                        raise
-                    self.result.safety_snapshot = saved.id
+                    with self.phases.timed("save"):
+                        self.result.safety_snapshot = presave.save(
+                            self.repo,
+                            self.target,
+                            self.sel.sources,
+                            unsaved,
+                            bool(self.paths),
+                            self.result.warnings,
+                        )
                 swap_start = time.perf_counter()
                 preflight.check(tree, placing, removals)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
@@ -291,17 +291,6 @@ class _Checkout:
         if (p is not None and (rel == p or rel.startswith(p + "/"))) or self.others.holds(rel):
             return True
         return st is not None and (st.st_dev, st.st_ino) in self.repo_ids
-
-    @contextlib.contextmanager
-    def _commit_lock(self) -> Iterator[None]:
-        """The lock the pre-checkout commit writes under: the checkout's own, or, when it reads
-        without one (--no-lock), a commit's, taken now (and what a gc changed meanwhile read)."""
-        if not self.repo.no_lock:
-            yield
-            return
-        with self.repo.lock("commit"):
-            self.repo.refresh(only_if_changed=True)
-            yield
 
     def _wanted(self) -> list[_Item]:
         """The entries to restore (all, or those under the given paths), repository excluded."""
@@ -508,8 +497,8 @@ class _Checkout:
         selected = {i.entry.path for i in wanted}
         removed = set(removals)
         if self.target.is_dir():
-            seen = capture.ScanOptions(
-                prune=self.repo.nested_in(self.target), prune_ids=self.repo_ids
+            seen = capture.ScanOptions(  # what cannot be read by path (PATH_MAX) is not shown
+                prune=self.repo.nested_in(self.target), prune_ids=self.repo_ids, unreadable=[]
             )
             for src in capture.scan(self.target, options=seen):
                 if src.path in selected or src.path in removed or self._in_repo(src.path):

@@ -34,11 +34,13 @@ RESERVED = {
     "passes over them: a snapshot tagged so would be passed over too",
 }
 FULL_ID = 64  # hex digits of a full snapshot id: it names its snapshot, whatever tags say
+MIN_PREFIX = 4  # hex digits a SNAPSHOT needs to be read as (the start of) an id
 
 
 def check_tag(tag: str) -> None:
     """InvalidArgument for a tag no filter or reference could name: empty, holding a comma
-    (`a,b` selects snapshots carrying both) or a control character, or a reserved word."""
+    (`a,b` selects snapshots carrying both) or a control character, a reserved word, or spelt
+    like the start of an id (any snapshot's id may start so, now or once stored)."""
     if not tag or "," in tag or not tag.isprintable():
         raise InvalidArgument(
             f"tag {tag!r}: a tag is a non-empty name without commas (they join the tags a "
@@ -46,6 +48,12 @@ def check_tag(tag: str) -> None:
         )
     if tag in RESERVED:
         raise InvalidArgument(f"tag {tag!r} is reserved: {RESERVED[tag]}")
+    if len(tag) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in tag.lower()):
+        raise InvalidArgument(
+            f"tag {tag!r} is {MIN_PREFIX} or more hex digits, which a SNAPSHOT reads as the start "
+            "of an id: it would be ambiguous once any snapshot's id starts so; give it a "
+            f"character past f or a separator (`v{tag}`, `{tag}-1`)"
+        )
 
 
 def parse_tags(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
@@ -119,7 +127,7 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
         return Resolved(newest, "latest")
     ref_l = ref.lower()
     tagged = [sid for sid, s in pool if ref in s.tags]
-    if is_hex_prefix(ref_l) and len(ref_l) >= 4:
+    if is_hex_prefix(ref_l) and len(ref_l) >= MIN_PREFIX:
         matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)]
         if tagged and matches and len(ref_l) < FULL_ID and matches != tagged[-1:]:
             raise AmbiguousSnapshot(_tag_or_id(ref, tagged[-1], matches, where))
@@ -130,8 +138,8 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
             raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots{where} ({listed})")
     if tagged:
         return Resolved(tagged[-1], "tag")
-    if is_hex_prefix(ref_l) and len(ref_l) < 4:
-        raise SnapshotNotFound(f"{ref!r}: give at least 4 hex digits of a snapshot id")
+    if is_hex_prefix(ref_l) and len(ref_l) < MIN_PREFIX:
+        raise SnapshotNotFound(f"{ref!r}: give at least {MIN_PREFIX} hex digits of a snapshot id")
     if flt.active:
         resolve(snaps, ref)  # a ref that names nothing at all is reported as such
         raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")

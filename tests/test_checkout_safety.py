@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from casnap.committer import commit
+from casnap.constants import SAFETY_TAG
 from casnap.errors import DatabaseBusy, IntegrityError
 from casnap.manifestfields import MAX_PATH_DEPTH
 from casnap.repository import Repository
-from casnap.restorer import SAFETY_TAG, checkout
+from casnap.restorer import checkout
 from tests.conftest import evolve_app
 from tests.helpers_reliability import dead_pid
 from tests.util import one_row_wal_db, raw_tree, snapshot_tree

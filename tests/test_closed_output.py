@@ -143,3 +143,110 @@ def test_cat_with_stdout_closed_says_so(world: list[str]) -> None:
     (line,) = done.stderr.decode().splitlines()
     assert line.startswith("casnap: error: ") and "standard output" in line, line
     _no_lock_left(world)
+
+
+def _stdout_closed(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run casnap started with its stdout closed (`>&-`)."""
+    return subprocess.run(
+        casnap_command(args),
+        env=casnap_env(),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child only closes a descriptor
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [["log"], ["log", "--json"], ["ls", "latest"], ["show", "latest"], ["stats"]]
+)
+def test_a_listing_with_stdout_closed_fails_as_cat_does(world: list[str], args: list[str]) -> None:
+    """`casnap log >&-` exited 0 having printed nothing: with no stdout to write its output to,
+    it fails as cat does then (one line, exit 2), its lock released."""
+    done = _stdout_closed([*world, *args])
+    assert done.returncode == EXIT_CODES["usage"], done.stderr
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith("casnap: error: standard output is closed"), line
+    _no_lock_left(world)
+
+
+def _small_world(tmp_path: Path) -> tuple[list[str], Path]:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("hello\n")
+    repo = tmp_path / "repo"
+    return ["--repo", str(repo), "--data", str(data)], repo
+
+
+def _stored(repo: Path) -> list[str]:
+    return sorted(p.name for p in (repo / "snapshots").iterdir())
+
+
+@pytest.mark.parametrize("flags", [[], ["-q"], ["--json"]])
+def test_a_commit_with_stdout_closed_says_its_snapshot_is_stored(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    """`casnap commit >&-` exited 0 and its snapshot's id went nowhere. It fails as cat does
+    then (one line, exit 2), after the snapshot is stored, and the line names it. `commit -q`
+    prints the id too (a result, not a message), so it has the same to say."""
+    base, repo = _small_world(tmp_path)
+    done = _stdout_closed([*base, "commit", *flags])
+    assert done.returncode == EXIT_CODES["usage"], done.stderr
+    (line,) = [x for x in done.stderr.decode().splitlines() if "created repository" not in x]
+    (sid,) = _stored(repo)
+    assert line.startswith("casnap: error: standard output is closed"), line
+    assert f"snapshot {sid} is stored" in line, line
+    assert not list((repo / "locks").iterdir())
+    after = run_casnap([*base, "log", "--json"])
+    assert after.returncode == 0 and sid in after.stdout, after.stderr
+
+
+FULL = Path("/dev/full")
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="no /dev/full")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["commit", "-q"],
+        ["commit"],
+        ["commit", "--json"],
+        ["log"],
+        ["show", "latest", "--json"],
+        ["cat", "latest", "notes.txt"],
+        ["checkout", "latest", "--to", "OUT", "--json"],
+    ],
+)
+def test_output_to_a_full_disk_says_writing_it_failed(tmp_path: Path, args: list[str]) -> None:
+    """`casnap commit -q > /dev/full` said "I/O: no space left on device" (exit 8) after its
+    snapshot was saved: the line says that writing the output failed and, for a commit, that
+    its snapshot is stored (by its id); for a checkout, that it restored the snapshot."""
+    base, repo = _small_world(tmp_path)
+    out = tmp_path / "out"
+    args = [str(out) if a == "OUT" else a for a in args]
+    if args[0] != "commit":
+        assert run_casnap([*base, "commit", "-q"]).returncode == 0
+    before = set(_stored(repo)) if repo.exists() else set()
+    with FULL.open("wb") as full:
+        done = subprocess.run(
+            casnap_command([*base, *args]),
+            env=casnap_env(),
+            cwd=ROOT,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert done.returncode == EXIT_CODES["storage"], done.stderr
+    lines = done.stderr.decode().splitlines()
+    errors = [x for x in lines if x.startswith("casnap: error:")]
+    assert errors == lines[-1:], lines
+    assert errors[0].startswith(
+        "casnap: error: writing the output to standard output failed: no space left on device"
+    ), errors
+    if args[0] == "commit":
+        (sid,) = set(_stored(repo)) - before
+        assert errors[0].endswith(f"; snapshot {sid} is stored"), errors
+    if args[0] == "checkout":
+        assert errors[0].endswith(f"restored into {out}"), errors
+        assert (out / "notes.txt").read_text() == "hello\n"
+    assert not list((repo / "locks").iterdir())

@@ -187,3 +187,33 @@ def test_a_planted_huge_key_file_is_passed_over_unread(enc_repo: tuple[Path, Pat
     assert listed["e" * 32]["kdf"].startswith("unusable"), listed["e" * 32]
     code, _, err = run(repo, data, "key", "import", "/dev/zero")  # read up to the limit only
     assert code == EXIT_CODES["integrity"] and "not a casnap key export" in err, err
+
+
+def test_a_key_export_onto_a_symbolic_link_is_refused_as_onto_a_file(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`key export FILE` where FILE was a dangling symbolic link replaced the link with the
+    export (a link to a file that exists was refused, as any existing FILE is). A link, dangling
+    or not, is refused the same way, and --force replaces the link itself, never writing
+    through it."""
+    repo, data = enc_repo
+    dangling = tmp_path / "dangling.json"
+    pointed = tmp_path / "elsewhere" / "key.json"
+    dangling.symlink_to(pointed)
+    code, _, err = run(repo, data, "key", "export", str(dangling))
+    assert code == EXIT_CODES["usage"], err
+    assert len(err.strip().splitlines()) == 1 and "symbolic link" in err and "--force" in err, err
+    assert dangling.is_symlink() and os.readlink(dangling) == str(pointed)
+    assert not pointed.parent.exists()
+    live = tmp_path / "live.json"
+    kept = tmp_path / "kept.txt"
+    kept.write_text("someone's file\n")
+    live.symlink_to(kept)
+    code, _, err = run(repo, data, "key", "export", str(live))
+    assert code == EXIT_CODES["usage"] and "symbolic link" in err, err
+    assert live.is_symlink() and kept.read_text() == "someone's file\n"
+    for link in (dangling, live):
+        code, _, err = run(repo, data, "key", "export", str(link), "--force")
+        assert code == 0, err
+        assert not link.is_symlink() and json.loads(link.read_text())["repository"]
+    assert kept.read_text() == "someone's file\n" and not pointed.parent.exists()

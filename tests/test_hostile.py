@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -437,6 +438,65 @@ def test_damaged_repository_gives_an_integrity_error_naming_the_object(
     one_line(proc, EXIT_CODES["integrity"], pattern)
     assert raw_tree(target) == before
     no_temp_files(target, repo_dir)
+
+
+def _config_changed(change) -> Callable[[Path], None]:
+    """A spoiler that rewrites the repository's config as change(its JSON) returns it."""
+
+    def spoil(repo_dir: Path) -> None:
+        cfg = json.loads((repo_dir / "config").read_text())
+        (repo_dir / "config").write_text(json.dumps(change(cfg)))
+
+    return spoil
+
+
+def _without(cfg: dict, *path: str) -> dict:
+    inner = cfg
+    for key in path[:-1]:
+        inner = inner[key]
+    del inner[path[-1]]
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (lambda cfg: {}, r"the format version \(casnap_format\) is missing"),
+        (lambda cfg: [], r"it is not a JSON object"),
+        (lambda cfg: _without(cfg, "chunker"), r"the chunker section \(chunker\) is missing"),
+        (
+            lambda cfg: _without(cfg, "chunker", "default"),
+            r"the chunker of plain files \(chunker.default\) is missing",
+        ),
+        (
+            lambda cfg: {**cfg, "chunker": "fastcdc"},
+            r"the chunker section \(chunker\) is not a JSON",
+        ),
+        (lambda cfg: _without(cfg, "pack_target"), r"the pack size \(pack_target\) is missing"),
+        (
+            lambda cfg: _without(cfg, "zstd_level"),
+            r"the compression level \(zstd_level\) is missing",
+        ),
+    ],
+    ids=[
+        "empty",
+        "list",
+        "no-chunker",
+        "no-default-chunker",
+        "chunker-text",
+        "no-pack",
+        "no-level",
+    ],
+)
+def test_a_config_missing_a_field_says_which_in_words(
+    setup: tuple[Path, Path, str], change: Callable[[dict], object], pattern: str
+) -> None:
+    """A config reading `{}` said "config is damaged: 'casnap_format'", a KeyError's bare text:
+    the line names what is missing (or of the wrong kind) in words."""
+    repo_dir, data, _sid = setup
+    _config_changed(change)(repo_dir)
+    line = one_line(cli(repo_dir, data, "log"), EXIT_CODES["integrity"], "config is damaged: ")
+    assert re.search(pattern, line), line
 
 
 def test_unknown_and_ambiguous_ids(setup: tuple[Path, Path, str], tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from casnap import locks
-from casnap.backends import MemoryBackend
+from casnap.backends import LocalBackend, MemoryBackend
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.constants import LOCK_STALE_SECONDS
@@ -59,19 +59,28 @@ def test_ambiguous_prefix(app: Path, tmp_path: Path) -> None:
         fresh.resolve(prefix)
 
 
+def _tagged(root: Path, sid: str, tag: str) -> str:
+    """A snapshot as sid but carrying tag, stored beside it as a repository made before commit
+    refused hex tags holds one (or a copy brings one in); its id."""
+    repo = Repository.open(root)
+    snap = dataclasses.replace(repo.load_snapshot(repo.resolve(sid)), tags=(tag,))
+    LocalBackend(root).put(f"snapshots/{snap.id.hex()}", compress_manifest(snap.encode()))
+    return snap.id.hex()
+
+
 def test_a_tag_that_is_also_an_id_prefix_is_ambiguous(app: Path, tmp_path: Path) -> None:
     """A tag spelt like the start of another snapshot's id names neither: the command refuses
     with one line (exit 4) giving the full id of each and the --tag filter for the tagged one;
     a full id always names its snapshot, a filter settles it, and a hex-looking tag that starts
-    no id is a tag like any other."""
+    no id is a tag like any other (commit refuses such tags now: these were stored before)."""
     root = tmp_path / "repo"
     base = ["--repo", str(root), "--data", str(app)]
     first = CliRunner().invoke(cli, [*base, "-q", "commit"])
     a = first.stdout.strip()
     (app / "f").write_text("v2")
-    second = CliRunner().invoke(cli, [*base, "-q", "commit", "--tag", a[:4]])
+    second = CliRunner().invoke(cli, [*base, "-q", "commit"])
     assert second.exit_code == 0, second.output
-    b = second.stdout.strip()
+    b = _tagged(root, second.stdout.strip(), a[:4])
     result = CliRunner().invoke(cli, [*base, "forget", a[:4], "--dry-run"])
     assert result.exit_code == EXIT_CODES["not-found"], result.output
     assert result.stdout == ""
@@ -85,10 +94,59 @@ def test_a_tag_that_is_also_an_id_prefix_is_ambiguous(app: Path, tmp_path: Path)
     assert repo.resolve(a[:4], tags=[a[:4]]).hex() == b  # a's id is outside the filter
     result = CliRunner().invoke(cli, [*base, "show", "latest", "--tag", a[:4], "--json"])
     assert json.loads(result.stdout)["id"] == b
-    free = next(t for t in ("2026", "1999", "abcd") if not a.startswith(t) and not b.startswith(t))
-    (app / "f").write_text("v3")
-    c = commit(repo, app, tags=[free]).id  # hex-looking, but no id starts with it
+    ids = [sid.hex() for sid, _ in repo.snapshots()]
+    free = next(t for t in ("2026", "1999", "abcd") if not any(i.startswith(t) for i in ids))
+    c = _tagged(root, a, free)  # hex-looking, but no id starts with it
     assert Repository.open(root).resolve(free).hex() == c
+
+
+@pytest.mark.parametrize("how", ["prefix-of-one", "no-id-yet", "upper-case", "full-id", "new-repo"])
+def test_commit_refuses_a_tag_spelt_like_the_start_of_an_id(
+    app: Path, tmp_path: Path, how: str
+) -> None:
+    """`commit --tag 0000` where a snapshot's id starts with 0000 was accepted, and every later
+    use of the tag was refused as ambiguous (exit 4). A SNAPSHOT of 4 or more hex digits is read
+    as an id first, so a tag spelt so is a trap whether or not an id starts so yet (each new
+    snapshot's id may): commit refuses it (exit 2, one line), stores nothing, and a first commit
+    leaves no repository behind."""
+    root = tmp_path / "repo"
+    base = ["--repo", str(root), "--data", str(app)]
+    if how != "new-repo":
+        made = CliRunner().invoke(cli, [*base, "-q", "commit"])
+        assert made.exit_code == 0, made.output
+        first = made.stdout.strip()
+    else:
+        first = "0123456789abcdef" * 4
+    tag = {
+        "prefix-of-one": first[:4],
+        "no-id-yet": "2026",
+        "upper-case": "DEADBEEF",
+        "full-id": first,
+        "new-repo": "cafe",
+    }[how]
+    (app / "f").write_text("v2")
+    result = CliRunner().invoke(cli, [*base, "commit", "--tag", "nightly", "--tag", tag])
+    assert result.exit_code == EXIT_CODES["usage"], result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("casnap: error: ") and repr(tag) in line and "hex" in line, line
+    assert result.stdout == ""
+    if how == "new-repo":
+        assert not root.exists()
+    else:
+        assert [sid.hex() for sid, _ in Repository.open(root).snapshots()] == [first]
+
+
+def test_commit_takes_tags_that_cannot_be_read_as_an_id(app: Path, tmp_path: Path) -> None:
+    """Fewer than 4 hex digits never name an id, and a character past f or a separator makes a
+    tag no id could start with: these are tags like any other."""
+    root = tmp_path / "repo"
+    base = ["--repo", str(root), "--data", str(app)]
+    tags = ["abc", "v2026", "2026-01-31", "deadbeefx", "1"]
+    done = CliRunner().invoke(cli, [*base, "-q", "commit", *(f"--tag={t}" for t in tags)])
+    assert done.exit_code == 0, done.output
+    sid = done.stdout.strip()
+    repo = Repository.open(root)
+    assert all(repo.resolve(t).hex() == sid for t in tags)
 
 
 @pytest.mark.parametrize("tag", ["latest", "pre-checkout"])

@@ -203,3 +203,38 @@ def test_any_path_too_long_for_the_system_is_one_short_line() -> None:
     err = from_oserror(OSError(errno.ENAMETOOLONG, "File name too long", path), f"reading {path}")
     assert isinstance(err, PathTooLong) and err.exit_code == EXIT_CODES["source"] == 7
     assert len(str(err)) < 300 and "PATH_MAX" in str(err)
+
+
+def test_a_checkout_of_some_paths_passes_over_a_path_too_long_elsewhere(tmp_path: Path) -> None:
+    """One path past PATH_MAX anywhere in the data dir made even `checkout ID notes.txt` fail
+    (exit 7): the smoke checks' view of the data dir and the pre-checkout snapshot read the
+    whole dir by path, and the line advised `--exclude`, which checkout does not have. A
+    checkout of some paths touches nothing else: it restores them, and the pre-checkout
+    snapshot saves what it replaced."""
+    base, repo, data, too_long = world(tmp_path)
+    sid = Repository.open(repo).snapshots()[-1][0].hex()
+    for n, smoke in enumerate((["--no-smoke"], [])):
+        (data / "notes.txt").write_text(f"changed {n}\n")
+        done = run_casnap([*base, "checkout", sid, "notes.txt", *smoke, "--json"])
+        assert done.returncode == 0, done.stderr
+        assert (data / "notes.txt").read_text() == "kept\n"
+        saved = json.loads(done.stdout)["safety_snapshot"]
+        repo_ = Repository.open(repo)
+        snap = repo_.load_snapshot(repo_.resolve(saved))
+        assert {f.path for f in snap.files} >= {"notes.txt", "sub/more.txt"}
+        assert snap.skipped == (too_long,)
+    verify_repository(Repository.open(repo))
+
+
+def test_a_full_checkout_refused_for_a_path_too_long_names_only_its_own_options(
+    tmp_path: Path,
+) -> None:
+    """A full checkout removes what the snapshot lacks, the deep file too, which no
+    pre-checkout snapshot can read by its path: refused (exit 7), naming no option of commit's
+    (`--exclude`, `--skip-unreadable`), and nothing changed."""
+    base, _repo, data, _too_long = world(tmp_path)
+    (data / "notes.txt").write_text("changed\n")
+    line = one_line(run_casnap([*base, "checkout", "latest"]), EXIT_CODES["source"], "longer than")
+    assert "--exclude" not in line and "--skip-unreadable" not in line, line
+    assert "--no-safety-snapshot" in line, line
+    assert (data / "notes.txt").read_text() == "changed\n"

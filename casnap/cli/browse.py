@@ -13,6 +13,7 @@ import click
 from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import filter_options, resolve_ref
 from casnap.cli.output import emit_json, human, printable
+from casnap.cli.pipes import stdout_closed
 from casnap.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def cat(
     """
     from casnap.contents import dump, file_at
 
-    if sys.stdout is None:  # started with its descriptor closed (`>&-`)
+    if stdout_closed():  # started with its descriptor closed (`>&-`): before any reading
         raise InvalidArgument(
             "standard output is closed: there is nowhere to write the file (`> FILE` keeps it)"
         )

@@ -122,7 +122,11 @@ def key_remove(c: Context, key_id: str, as_json: bool) -> None:
 
 @key_group.command(name="export")
 @click.argument("dest", metavar="FILE", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Replace FILE when it exists.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace FILE when it exists (a symbolic link: the link itself, never what it names).",
+)
 @JSON
 @pass_ctx
 def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:

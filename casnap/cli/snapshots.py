@@ -14,6 +14,7 @@ from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
+from casnap.cli.pipes import printing
 from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     AccessDenied,
@@ -121,7 +122,13 @@ def say_created(c: Context, repo: Repository) -> None:
 @click.option(
     "-m", "--message", default="", metavar="MSG", help="Message stored with the snapshot."
 )
-@click.option("--tag", "tags", multiple=True, metavar="T", help="Tag the snapshot (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="T",
+    help="Tag the snapshot (repeatable); not 4+ hex digits alone (`2026`), read as an id.",
+)
 @click.option(
     "--exclude",
     "excludes",
@@ -216,8 +223,12 @@ def commit(
                     time=when,
                     host=host,
                 )
-            except (UnreadableSource, PathTooLong) as exc:
-                raise type(exc)(f"{exc} (--skip-unreadable leaves such files out)") from exc
+            except UnreadableSource as exc:
+                raise UnreadableSource(f"{exc} (--skip-unreadable leaves such files out)") from exc
+            except PathTooLong as exc:
+                raise PathTooLong(
+                    f"{exc}, or --exclude it (--skip-unreadable leaves such files out)"
+                ) from exc
             except EmptySnapshot as exc:
                 raise EmptySnapshot(f"{exc} (--allow-empty stores it)") from exc
             except InconsistentData as exc:
@@ -236,15 +247,16 @@ def commit(
         c.note_once(note)
     for w in r.warnings:
         warn(w, always=w in r.damage)
-    if as_json:
-        emit_json(r.to_json())
-        return
-    c.say(
-        f"snapshot {r.id[:8]} saved: {r.files_new} new, {r.files_changed} changed, "
-        f"{r.files_unchanged} unchanged files; {human(r.bytes_read)} read, "
-        f"{human(r.bytes_added)} added ({r.seconds:.2f} s)"
-    )
-    click.echo(r.id)
+    with printing(f"snapshot {r.id} is stored"):  # a stdout closed or full: said so, with it
+        if as_json:
+            emit_json(r.to_json())
+            return
+        c.say(
+            f"snapshot {r.id[:8]} saved: {r.files_new} new, {r.files_changed} changed, "
+            f"{r.files_unchanged} unchanged files; {human(r.bytes_read)} read, "
+            f"{human(r.bytes_added)} added ({r.seconds:.2f} s)"
+        )
+        click.echo(r.id)
 
 
 @cli.command()
@@ -382,13 +394,14 @@ def checkout(
     for ch in (r.smoke or {}).get("checks", []):
         if ch.get("warning"):
             warn(f"{ch['check']} on {ch['path']}: {ch['detail']}")
+    ids = [src["id"][:8] for src in r.sources] or [r.id[:8]]
+    what = f"snapshots {', '.join(ids)}" if len(ids) > 1 else f"snapshot {ids[0]}"
     if as_json:
-        emit_json(r.to_json())
+        with printing(f"{what} restored into {r.target}"):
+            emit_json(r.to_json())
         return
     if r.safety_snapshot:
         c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
-    ids = [src["id"][:8] for src in r.sources] or [r.id[:8]]
-    what = f"snapshots {', '.join(ids)}" if len(ids) > 1 else f"snapshot {ids[0]}"
     c.say(
         f"restored {what} into {r.target}: {r.files_written} written, "
         f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"

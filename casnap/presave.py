@@ -1,0 +1,88 @@
+"""The pre-checkout snapshot: what a checkout replaces or removes that no snapshot holds, saved
+(tagged pre-checkout) before its first rename, as a snapshot of the whole target.
+
+A checkout of some paths touches nothing else, so what the commit cannot read elsewhere in the
+target (a path past PATH_MAX, a folder it may not list) is left out of that snapshot, said in a
+warning, instead of refusing the checkout; what the checkout replaces must be saved, or it is
+refused before anything is replaced. A full checkout removes what its snapshot lacks, so there
+every file must be read."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from casnap import capture
+from casnap.constants import SAFETY_TAG
+from casnap.errors import AccessDenied, PathTooLong, SourceError, StorageFull, shortened
+from casnap.ids import ObjectId
+from casnap.manifest import Snapshot
+from casnap.repository import Repository
+
+NOTE = "safety-snapshot"  # added to the error that stops it: the CLI names the step and option
+
+
+def save(
+    repo: Repository,
+    target: Path,
+    sources: Sequence[tuple[ObjectId, Snapshot]],
+    unsaved: Sequence[str],
+    some_paths: bool,
+    warnings: list[str],
+) -> str:
+    """Commit target as a pre-checkout snapshot that holds every path of unsaved (the target's
+    files the checkout replaces or removes that no snapshot holds); its id. With some_paths
+    (a checkout of some paths), what cannot be read elsewhere is left out, said in warnings.
+    AccessDenied, StorageFull and SourceError carry NOTE."""
+    # the commit path (chunkers, capture): only when there is something to save
+    from casnap.committer import CommitOptions, Committer
+
+    what = ", ".join(sid.short for sid, _ in sources)
+    options = CommitOptions(
+        message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
+        tags=(SAFETY_TAG,),
+        check_pairs=False,
+        allow_empty=True,
+        skip_unreadable=some_paths,
+    )
+    try:
+        for rel in unsaved if some_paths else ():
+            _refuse_too_long(target, rel)  # before anything is stored
+        with _commit_lock(repo):
+            saved = Committer(repo, options).run(target, ())
+        for rel in unsaved if some_paths else ():
+            if any(rel == s or rel.startswith(s + "/") for s in saved.skipped):
+                raise AccessDenied(f"{shortened(str(target / rel))}: it could not be read")
+    except (AccessDenied, StorageFull, SourceError) as exc:
+        exc.add_note(NOTE)
+        raise
+    warnings += [
+        f"pre-checkout snapshot {saved.id[:8]}: {capture.left_out(target, rel)}"
+        for rel in saved.skipped
+    ]
+    return saved.id
+
+
+def _refuse_too_long(target: Path, rel: str) -> None:
+    """PathTooLong when target/rel is too long to be read by its path, as a commit reads."""
+    full = os.path.join(target, rel)
+    try:
+        os.lstat(full)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise PathTooLong(f"{shortened(full)}: {capture.too_long(full)}") from exc
+
+
+@contextlib.contextmanager
+def _commit_lock(repo: Repository) -> Iterator[None]:
+    """The lock the pre-checkout commit writes under: the checkout's own, or, when it reads
+    without one (--no-lock), a commit's, taken now (and what a gc changed meanwhile read)."""
+    if not repo.no_lock:
+        yield
+        return
+    with repo.lock("commit"):
+        repo.refresh(only_if_changed=True)
+        yield
