@@ -207,7 +207,9 @@ class Spans:
 
     def get(self, key: str, start: int, length: int) -> memoryview:
         """Bytes [start, start + length) of an object, from the span holding them (waits for
-        it, fetching it now when it is not under way; raises what fetching it raised)."""
+        it, fetching it now when it is not under way). When the span could not be fetched (an
+        object cut short before its end, a failing request), the range is read alone: the
+        bytes before a cut still come back, and an error is about this range's own bytes."""
         span = self._find(key, start, length)
         with self._lock:
             fut = self._fetch(span)
@@ -221,6 +223,8 @@ class Spans:
             base = span.base
         try:
             data = fut.result()
+        except CasnapError:
+            data = b""  # read alone below
         finally:
             with self._lock:
                 if span.wanted[start, start + length] > 0:
