@@ -1,5 +1,5 @@
-"""A file whose chunk list cannot be read (its pack cut short, or damaged) is named by checkout,
-cat and diff: the error says which file it spoils, not only which chunk."""
+"""Damage is named by the file it spoils, not only by its chunk: a chunk list that cannot be read
+(its pack cut short, or damaged) in checkout, cat and diff, a damaged chunk in copy."""
 
 from __future__ import annotations
 
@@ -57,3 +57,28 @@ def test_an_unreadable_chunk_list_names_its_file(tmp_path: Path, size: int, dama
         assert code == IntegrityError.exit_code, (args, err)
         assert "spoilt.bin: its chunk list: chunk " in err, (args, err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_copy_names_the_file_of_a_damaged_chunk(tmp_path: Path, encrypted: bool) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spoilt.bin").write_bytes(random.Random(4).randbytes(300_000))
+    root = tmp_path / "repo"
+    repo = Repository.init(root, password="pw" if encrypted else None)
+    commit(repo, data)
+    repo.ensure_index()
+    (entry,) = [
+        e for e in repo.load_snapshot(repo.resolve("latest")).files if e.path == "spoilt.bin"
+    ]
+    e = repo.store.entry(repo.chunk_refs(entry)[1][0])
+    repo.close()
+    flip_byte(root / pack_key(e.pack), e.offset + e.length // 2)
+    env = {"CASNAP_PASSWORD": "pw", "CASNAP_TO_PASSWORD": "pw"} if encrypted else {}
+    result = CliRunner().invoke(
+        cli,
+        ["-q", "--repo", str(root), "copy", "--to", str(tmp_path / "other")],
+        env={**env, "CASNAP_TO_PASSWORD_FILE": None, "CASNAP_PASSWORD_FILE": None},
+    )
+    assert result.exit_code == IntegrityError.exit_code, result.stderr
+    assert "spoilt.bin" in result.stderr, result.stderr
