@@ -274,7 +274,7 @@ def plan(
     def read_tree(lid: ObjectId) -> bytes:
         e = chosen.get(lid)
         if e is None:
-            raise IntegrityError(f"chunk {lid.hex()} is not in the index")
+            raise IntegrityError(f"chunk {lid.hex()} {_untrusted(table, packs, lid)}")
         return repo.store.decode_verified(lid, e, backend.get(pack_key(e.pack), e.offset, e.length))
 
     try:
@@ -488,3 +488,21 @@ def temp_files(repo: Repository) -> list[Path]:
     (what gc removes; verify names those whose writer is gone)."""
     backend = repo.raw_backend
     return backend.temp_files(skip=LOCKS) if isinstance(backend, LocalBackend) else []
+
+
+def _untrusted(table: EntryTable, packs: dict[ObjectId, int], cid: ObjectId) -> str:
+    """Why a chunk has no trusted entry: not indexed at all, or where its entry points (a pack
+    missing, cut short before it, or whose directory does not hold it)."""
+    rows = table.rows_of(cid)
+    if not len(rows):
+        return "is not in the index"
+    e = table.entry(int(rows[0]))
+    size = packs.get(e.pack)
+    if size is None:
+        return f"is indexed in pack {e.pack.hex()}, which is missing"
+    if e.offset + e.length > size:
+        return (
+            f"lies at {e.offset}+{e.length}, past the end of pack {e.pack.hex()} "
+            f"({size} bytes; truncated)"
+        )
+    return f"is indexed in pack {e.pack.hex()}, whose directory does not confirm it (damaged)"

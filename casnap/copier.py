@@ -358,8 +358,23 @@ class _CopyRun:
         out: SnapshotCopy,
     ) -> tuple[tuple[str, ...], bytes]:
         """Send a file's missing chunks and chunk list; returns the list's blob ids in the
-        destination and the refs they must resolve to."""
-        refs = self.src.file_refs(entry)  # its TREE blobs read and verified
+        destination and the refs they must resolve to. A damaged chunk names the file."""
+        refs = self.src.file_refs(entry)  # its TREE blobs read and verified (errors name it)
+        try:
+            return self._send(entry, refs, writer, framer, base, seen, out)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{entry.path}: {exc}") from exc
+
+    def _send(
+        self,
+        entry: FileEntry,
+        refs: bytes,
+        writer: PackWriter,
+        framer: _Framer,
+        base: dict[str, FileEntry],
+        seen: set[bytes],
+        out: SnapshotCopy,
+    ) -> tuple[tuple[str, ...], bytes]:
         pairs = list(chunklist.REF.iter_unpack(refs))
         batches = [pairs[i : i + LOOKUP_BATCH] for i in range(0, len(pairs), LOOKUP_BATCH)]
         if self.same_ids:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from casnap.backends.base import Backend
 from casnap.backends.cached import CachingBackend
 from casnap.crypto import Sealer
-from casnap.errors import CasnapError
+from casnap.errors import CasnapError, IntegrityError
 from casnap.ids import ObjectId
 
 if TYPE_CHECKING:  # the store (numpy) is loaded by whoever reads chunks
@@ -86,11 +86,19 @@ class ListCache:
 
 
 def list_blobs(
-    store: Store, kept: ListCache | None, ids: Iterable[str], read: Mapping[ObjectId, bytes]
+    store: Store,
+    kept: ListCache | None,
+    ids: Iterable[str],
+    read: Mapping[ObjectId, bytes],
+    path: str,
 ) -> list[bytes]:
-    """The chunk-list blobs ids (hex) names, each verified: from read (read ahead), else from
-    its copy in kept, else from the storage (and then kept)."""
-    return [read.get(cid) or _blob(store, kept, cid) for cid in map(ObjectId.from_hex, ids)]
+    """The chunk-list blobs ids (hex) names, the list of the file at path, each verified: from
+    read (read ahead), else from its copy in kept, else from the storage (and then kept). A
+    blob that cannot be read names the file it spoils."""
+    try:
+        return [read.get(cid) or _blob(store, kept, cid) for cid in map(ObjectId.from_hex, ids)]
+    except IntegrityError as exc:
+        raise IntegrityError(f"{path}: its chunk list: {exc}") from exc
 
 
 def _blob(store: Store, kept: ListCache | None, cid: ObjectId) -> bytes:

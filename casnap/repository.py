@@ -440,7 +440,7 @@ class Repository:
         if self.backend.remote:
             newest = [snap for _sid, snap in self.snapshots()] if self._snapshots else []
             read = self._ahead.bodies(self.store, entry, newest, self.lists)
-        bodies = list_blobs(self.store, self.lists, entry.lists, read)
+        bodies = list_blobs(self.store, self.lists, entry.lists, read, entry.path)
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")

@@ -34,7 +34,6 @@ from casnap.phases import Phases
 from casnap.pipeline import REF_DTYPE, find_damaged
 from casnap.pipeline import restore as restore_stream
 from casnap.repository import Repository
-from casnap.store import HASH_MISMATCH, ChunkDamaged
 
 Fingerprint = tuple[int, ...]
 # A file restored: its entry, its path, fingerprint and first bytes (for smoke checks).
@@ -143,7 +142,8 @@ def _read_lists(
     pack order, the frames of a stretch of a pack (a commit queues a batch's lists one after
     the other) with one read: each is a frame of its own, too small to be worth a task of the
     restore pipeline; those kept on this host (listcache.py) are not read. None when they hold
-    more than LIST_BATCH_BYTES."""
+    more than LIST_BATCH_BYTES, or when one cannot be read: each file's are then read on their
+    own, and the error names the file whose list is damaged."""
     store, kept = repo.store, repo.lists
     bodies: dict[str, bytes] = {}
     if kept is not None:
@@ -180,19 +180,21 @@ def _read_lists(
                 break
             stop = max(stop, offset[i] + length[i])
             end += 1
-        pack_id = store.index.packs[pack[first]]
-        key = pack_key(pack_id)
-        raw = memoryview(store.backend.get(key, offset[first], stop - offset[first]))
+        key = pack_key(store.index.packs[pack[first]])
+        try:
+            raw = memoryview(store.backend.get(key, offset[first], stop - offset[first]))
+        except IntegrityError:  # cut short: read on their own, each names its file
+            return None
         for i in order[k:end]:
             at = offset[i] - offset[first]
             size = frame_plain[i] or plain[i]
             try:
                 frame = compression.decode_frame(raw[at : at + length[i]], size)
-            except IntegrityError as exc:
-                raise ChunkDamaged(ObjectId.from_hex(names[i]), pack_id, str(exc)) from exc
+            except IntegrityError:
+                return None
             body = frame.read(inner[i], plain[i]) if inner[i] + plain[i] <= len(frame) else b""
             if len(body) != plain[i] or digest(body).hex() != names[i]:
-                raise ChunkDamaged(ObjectId.from_hex(names[i]), pack_id, HASH_MISMATCH)
+                return None
             bodies[names[i]] = body
             if kept is not None:
                 kept.keep(ObjectId.from_hex(names[i]), raw[at : at + length[i]])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from casnap.backends.base import Backend, read_view
 from casnap.constants import REMOTE_WORKERS
-from casnap.errors import CasnapError
+from casnap.errors import CasnapError, IntegrityError
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot
 
@@ -207,7 +207,9 @@ class Spans:
 
     def get(self, key: str, start: int, length: int) -> memoryview:
         """Bytes [start, start + length) of an object, from the span holding them (waits for
-        it, fetching it now when it is not under way; raises what fetching it raised)."""
+        it, fetching it now when it is not under way; raises what fetching it raised). When
+        the span was damaged (an object cut short before its end), the range is read alone:
+        the bytes before a cut still come back, and an error is about this range's own bytes."""
         span = self._find(key, start, length)
         with self._lock:
             fut = self._fetch(span)
@@ -221,11 +223,13 @@ class Spans:
             base = span.base
         try:
             data = fut.result()
+        except IntegrityError:
+            data = b""  # read alone below
         finally:
             with self._lock:
                 if span.wanted[start, start + length] > 0:
                     self._done(span, start, start + length)
-        if not base <= start <= start + length <= base + len(data):  # a range not listed
+        if not base <= start <= start + length <= base + len(data):  # not listed, or damaged
             return memoryview(read_view(self._backend, key, start, length))
         return memoryview(data)[start - base : start - base + length]
 

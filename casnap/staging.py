@@ -236,6 +236,7 @@ class _VerifiedStream:
         self.refs = REF.iter_unpack(refs)
         self.pending = bytearray()
         self.want: tuple[bytes, int] | None = next(self.refs, None)
+        self.named = False  # whether it raised naming a damaged chunk
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -257,6 +258,7 @@ class _VerifiedStream:
 
     def _emit(self, cid: bytes, chunk: memoryview) -> None:
         if self.ids(chunk) != cid:
+            self.named = True
             raise IntegrityError(f"chunk {cid.hex()} is damaged: its bytes do not match its id")
         self.out.write(chunk)
         self.want = next(self.refs, None)
@@ -289,7 +291,8 @@ def write_verified_stream(
 ) -> int:
     """write_verified for a stream that cannot seek or be taken back (stdout): the file's bytes
     in order, each chunk checked against its id before it is written (a damaged chunk raises
-    IntegrityError with the bytes before it written), then the whole-file BLAKE3 and size
+    IntegrityError with the bytes before it written; a frame that does not decode, the first
+    damaged chunk found by reading them again), then the whole-file BLAKE3 and size
     against the manifest's (IntegrityError after every byte was written). Memory stays bounded
     whatever the file's size: the restore pipeline's window of tasks, plus one chunk."""
     refs = repo.file_refs(entry)
@@ -300,6 +303,11 @@ def write_verified_stream(
         )
         sink.finish()
     except IntegrityError as exc:
+        if not sink.named:  # a frame that did not decode names no chunk: which one is it?
+            try:
+                pipeline.find_damaged(repo.store, refs)
+            except IntegrityError as found:
+                raise IntegrityError(f"{entry.path}: {found}") from exc
         raise IntegrityError(f"{entry.path}: {exc}") from exc
     if size != entry.size or whole.hex() != entry.hash:
         raise IntegrityError(

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from casnap import compression
 from casnap.cli import cli
-from casnap.errors import EXIT_CODES
+from casnap.errors import EXIT_CODES, IntegrityError
 from casnap.packs import pack_key
 from casnap.repository import Repository
 from tests.helpers_memory import MB
@@ -193,6 +194,38 @@ def test_cat_stops_at_a_damaged_chunk_with_only_the_bytes_before_it(
     assert cid.hex() in err and "blob.bin" in err and "damaged" in err
     assert out == body[: len(out)]  # nothing written that is not the file's
     assert len(out) <= start  # the damaged chunk itself never reached stdout
+
+
+def test_cat_names_the_chunk_of_a_frame_that_does_not_decode(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "log.txt").write_bytes(b"".join(b"entry %d of the log\n" % i for i in range(300_000)))
+    repo_dir = tmp_path / "repo"
+    code, _, err = run(repo_dir, data, "commit")
+    assert code == 0, err
+    repo = Repository.open(repo_dir)
+    repo.ensure_index()
+    (entry,) = repo.load_snapshot(repo.resolve("latest")).files
+    refs = repo.chunk_refs(entry)
+    e = repo.store.entry(refs[len(refs) // 2][0])
+    first = next(cid for cid, _ in refs if repo.store.entry(cid).offset == e.offset)
+    repo.close()
+    pack = repo_dir / pack_key(e.pack)
+    raw = bytearray(pack.read_bytes())
+    assert raw[e.offset] == 1  # zstd
+    for at in range(e.offset + 5, e.offset + e.length):  # a flip that makes it fail to decode
+        raw[at] ^= 0x40
+        try:
+            compression.decode(bytes(raw[e.offset : e.offset + e.length]), e.frame_size)
+        except IntegrityError:
+            break
+        raw[at] ^= 0x40
+    os.chmod(pack, 0o600)
+    pack.write_bytes(bytes(raw))
+
+    code, _, err = run(repo_dir, data, "cat", "latest", "log.txt")
+    assert code == 5, err
+    assert f"log.txt: chunk {first.hex()}" in err, err
 
 
 def test_cat_checks_the_whole_file_hash(tmp_path: Path) -> None:

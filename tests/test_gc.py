@@ -191,6 +191,29 @@ def test_gc_refuses_on_a_damaged_chunk_list(tmp_path: Path) -> None:
     assert pack_files(root) == before
 
 
+def test_gc_names_the_pack_a_chunk_list_lies_past_the_end_of(tmp_path: Path) -> None:
+    """A chunk list indexed in a pack cut short is not "not in the index": gc says where it
+    lies and that the pack is truncated."""
+    repo, _, _ = build_history(tmp_path, 2)
+    root = tmp_path / "repo"
+    repo.store.load_index()
+    lid = bytes.fromhex(repo.snapshots()[-1][1].files[0].lists[0])
+    e = next(e for cid, e in repo.store.index.items() if cid == lid)
+    with open(root / pack_key(e.pack), "r+b") as f:
+        f.truncate(e.offset + 1)
+    before = pack_files(root)
+    with pytest.raises(IntegrityError) as caught:
+        collector.collect(Repository.open(root))
+    message = str(caught.value)
+    assert "not in the index" not in message
+    assert f"past the end of pack {e.pack.hex()}" in message and "truncated" in message
+    missing = root / pack_key(e.pack)
+    missing.unlink()
+    with pytest.raises(IntegrityError, match=f"pack {e.pack.hex()}, which is missing"):
+        collector.collect(Repository.open(root))
+    assert pack_files(root) == before - {missing.name}
+
+
 def test_gc_killed_at_any_step_leaves_every_snapshot_checkable(tmp_path: Path) -> None:
     """Crash gc at its n-th write or delete for every n; each time every snapshot still checks
     out and verifies, and the next gc finishes the job."""

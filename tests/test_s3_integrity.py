@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from casnap import Repository
 from casnap.backends.s3 import S3Backend, make_client
-from casnap.errors import CheckFailed
+from casnap.errors import CheckFailed, IntegrityError
 from casnap.locations import S3Url
 from tests.conftest import make_app
 from tests.s3server import make_bucket
@@ -129,3 +130,39 @@ def test_the_client_is_made_without_listing_every_bundled_service_model(
         client.close()
     assert listed, "botocore lists no folder at all: this test no longer sees what it checks"
     assert data not in {p.rstrip("/") for p in listed}
+
+
+def test_a_pack_cut_short_in_the_bucket_names_the_file_past_the_cut(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """A span of a pack is fetched in one request; when the pack was cut short, the files whose
+    frames lie before the cut still restore, and the error names the file past it, with its
+    damaged chunk, not the first file whose span failed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = random.Random(8)
+    (data / "a.bin").write_bytes(rng.randbytes(2 * 1024 * 1024))
+    (data / "b.bin").write_bytes(rng.randbytes(2 * 1024 * 1024))
+    repo = f"s3://{s3_bucket}/x"
+    assert run(repo, data, "init", "--encryption", "none")[0] == 0
+    code, _, err = run(repo, data, "commit", "-q")
+    assert code == 0, err
+    code, _, err = run(repo, data, "checkout", "latest", "--to", str(tmp_path / "warm"), "-q")
+    assert code == 0, err  # the chunk lists are now kept in the local cache
+    with Repository.open(repo) as opened:
+        opened.ensure_index()
+        snap = opened.load_snapshot(opened.resolve("latest"))
+        (b,) = [e for e in snap.files if e.path == "b.bin"]
+        first = opened.store.entry(opened.chunk_refs(b)[0][0])
+    client = make_client()
+    try:
+        key = f"x/packs/{first.pack.hex()[:2]}/{first.pack.hex()}"
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        client.put_object(Bucket=s3_bucket, Key=key, Body=body[: first.offset + 100])
+    finally:
+        client.close()
+    target = tmp_path / "cut"
+    code, _, err = run(repo, data, "checkout", "latest", "--to", str(target), "-q")
+    assert code == IntegrityError.exit_code, err
+    assert "b.bin: chunk " in err and "a.bin" not in err, err
+    assert "truncated" in err, err
