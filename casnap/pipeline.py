@@ -338,8 +338,8 @@ def fetch_many(store: Store, task: Task, timer: Phases | None = None) -> list[Pi
 
 class _Buffers:
     """The output buffers of tasks, reused once their bytes are written and hashed: a fresh
-    buffer costs the kernel a page fault for every 4 KiB of it (the largest part of a restore's
-    system time, docs/TUNING.md). A buffer never released is simply freed."""
+    buffer costs a page fault for every 4 KiB of it and adds to the peak memory (docs/TUNING.md,
+    "Decoded frames into reused memory"). A buffer never released is simply freed."""
 
     SIZE = 2 * TASK_BYTES  # what a task outputs at most
     KEEP = 16  # free buffers kept at most
