@@ -68,14 +68,15 @@ def init(c: Context, encryption: str | None, as_json: bool) -> None:
     repo = Repository.init(c.repo_path, password=password)
     where = c.where
     if as_json:
-        emit_json(
-            {
-                "id": repo.config["id"],
-                "path": where,
-                "format": repo.config["casnap_format"],
-                "encryption": encryption,
-            }
-        )
+        with printing(f"repository {repo.config['id'][:8]} is created at {where}"):
+            emit_json(
+                {
+                    "id": repo.config["id"],
+                    "path": where,
+                    "format": repo.config["casnap_format"],
+                    "encryption": encryption,
+                }
+            )
         return
     kind = "encrypted " if repo.encrypted else ""
     c.say(f"created {kind}casnap repository {repo.config['id'][:8]} at {where}")
