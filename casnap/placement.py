@@ -90,3 +90,30 @@ class OtherRepositories:
             found = self.holds(head) or holds_repository(os.path.join(self.target, head))
             self._holds[head] = found
         return found
+
+
+def refuse_overlap(target: Path, data_dir: Path, shown: str, *, whole: bool) -> None:
+    """InvalidArgument when a checkout's --to lies inside the data dir (the snapshot's whole
+    tree would land in that folder, and a full checkout would remove what it held) or, for a
+    full checkout (whole), holds the data dir (whose files it would remove as files the
+    snapshot lacks). A data dir that is not there overlaps nothing."""
+    if not data_dir.is_dir():
+        return
+    # realpath, not resolve: a loop of links is not an error here (the checkout names it)
+    into, data = Path(os.path.realpath(target)), Path(os.path.realpath(data_dir))
+    if into == data:
+        return
+    if capture.inside(into, data):
+        rel = into.relative_to(data).as_posix()
+        raise InvalidArgument(
+            f"refusing to check out into {shown}: it lies inside the data dir {data}, so the "
+            f"snapshot's whole tree would land in it ({rel}/{rel}/...); to restore {rel} in "
+            f"place, name it (`casnap checkout SNAPSHOT {rel}`); to restore a copy, give --to "
+            "a folder outside the data dir"
+        )
+    if whole and capture.inside(data, into):
+        raise InvalidArgument(
+            f"refusing to check out into {shown}: the data dir {data} lies inside it, and a "
+            "full checkout would remove the data dir's files; check out into the data dir "
+            "(without --to) or into a folder outside it"
+        )

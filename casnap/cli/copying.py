@@ -12,6 +12,7 @@ from casnap.cli.main import Context, cli, holds_config, pass_ctx, warn
 from casnap.cli.options import filter_options, snapshot_filter
 from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
+from casnap.cli.pipes import printing
 from casnap.constants import ENCRYPTIONS
 from casnap.errors import InvalidArgument, NotARepository, RepositoryGone, RepositoryNotFound
 from casnap.locations import Location, S3Url, as_location, parse_location
@@ -191,10 +192,12 @@ def copy(
     if created:
         kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
         c.say(f"created {kind} at {dst.backend.location}")
-    if as_json:
-        emit_json(r.to_json())
-        return
-    _print(r)
+    t = r.to_json()
+    with printing(f"{t['copied']} snapshot(s) copied into {r.destination}"):
+        if as_json:
+            emit_json(t)
+            return
+        _print(r)
 
 
 def _say_encryption(

@@ -11,6 +11,7 @@ import click
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
+from casnap.cli.pipes import printing
 from casnap.errors import NotARepository, RepositoryNotFound
 
 if TYPE_CHECKING:
@@ -105,10 +106,14 @@ def import_(
     result.dry_run = dry_run
     for w in result.warnings:
         warn(w)
-    if as_json:
-        emit_json(result.to_json())
-        return
-    _print(c, result)
+    done = (
+        "nothing was changed (--dry-run)" if dry_run else f"{result.imported} snapshot(s) imported"
+    )
+    with printing(done):  # a stdout closed or full: said so, with what was imported
+        if as_json:
+            emit_json(result.to_json())
+            return
+        _print(c, result)
 
 
 def _print(c: Context, result: ImportResult) -> None:

@@ -10,6 +10,7 @@ import click
 from casnap.cli.main import CommandGroup, Context, cli, pass_ctx
 from casnap.cli.output import emit_json, local_time, printable
 from casnap.cli.passwords import new_password
+from casnap.cli.pipes import printing
 
 NEW_PASSWORD_FILE = click.option(
     "--new-password-file",
@@ -67,7 +68,8 @@ def key_add(c: Context, new_password_file: str | None, as_json: bool) -> None:
     with repo.lock("key add"):
         kf = keyring.add_key(repo, password)
     if as_json:
-        emit_json({"added": kf.id})
+        with printing(f"key {kf.id[:8]} is added"):
+            emit_json({"added": kf.id})
         return
     c.say(f"added key {kf.id[:8]}")
 
@@ -92,7 +94,8 @@ def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None
     with repo.lock("key passwd"):
         old, new = keyring.change_password(repo, password)
     if as_json:
-        emit_json({"removed": old, "added": new.id})
+        with printing(f"the password is changed: key {old[:8]} replaced by {new.id[:8]}"):
+            emit_json({"removed": old, "added": new.id})
         return
     c.say(f"password changed: key {old[:8]} replaced by {new.id[:8]}")
 
@@ -115,7 +118,8 @@ def key_remove(c: Context, key_id: str, as_json: bool) -> None:
     with repo.lock("key remove"):
         removed = keyring.remove_key(repo, key_id)
     if as_json:
-        emit_json({"removed": removed})
+        with printing(f"key {removed[:8]} is removed"):
+            emit_json({"removed": removed})
         return
     c.say(f"removed key {removed[:8]}")
 
@@ -140,7 +144,8 @@ def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:
     repo = c.open()
     kf = keyring.export_key(repo, dest, force)  # reads the key in use only: no lock
     if as_json:
-        emit_json({"exported": kf.id, "path": str(dest)})
+        with printing(f"key {kf.id[:8]} is exported to {dest}"):
+            emit_json({"exported": kf.id, "path": str(dest)})
         return
     c.say(f"exported key {kf.id[:8]} to {dest} (it opens with this password)")
 
@@ -160,6 +165,9 @@ def key_import(c: Context, src: Path, as_json: bool) -> None:
     c.refuse_no_lock()
     kf, added = keyring.import_key(c.repo_path, src, c.passwords)
     if as_json:
-        emit_json({"imported": kf.id, "added": added})
+        with printing(
+            f"key {kf.id[:8]} is imported" if added else f"key {kf.id[:8]} is there already"
+        ):
+            emit_json({"imported": kf.id, "added": added})
         return
     c.say(f"imported key {kf.id[:8]}" if added else f"key {kf.id[:8]} is there already")

@@ -22,6 +22,7 @@ from casnap.cli.options import (
     snapshot_filter,
 )
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
+from casnap.cli.pipes import printing
 from casnap.cli.snapshots import _smoke_summary
 from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.errors import CheckFailed, SnapshotNotFound
@@ -59,6 +60,24 @@ def _print_gc(c: Context, r: collector.GcReport, manifests: int = 0) -> None:
     detail += f", {human(manifests)} of it snapshot manifests;" if manifests else ","
     net = freed_phrase(r.bytes_freed + manifests, dry_run=r.dry_run)
     click.echo(f"{net} ({detail} {wrote} {human(r.bytes_written)})")
+
+
+DRY_RUN_DONE = "nothing was changed (--dry-run)"
+
+
+def gc_done(r: collector.GcReport, manifests: int = 0) -> str:
+    """What a gc did, for the line of an output that then failed (cli/pipes.printing)."""
+    if r.dry_run:
+        return DRY_RUN_DONE
+    return f"gc is done: {freed_phrase(r.bytes_freed + manifests, dry_run=False)}"
+
+
+def forgot_done(r: retention.PruneReport, gc_report: collector.GcReport | None, dry: bool) -> str:
+    """What prune or forget did, for the line of an output that then failed."""
+    if dry:
+        return DRY_RUN_DONE
+    done = f"{len(r.removed)} snapshot(s) forgotten"
+    return f"{done}, {gc_done(gc_report, r.manifest_bytes_removed)}" if gc_report else done
 
 
 def freed_phrase(net: int, *, dry_run: bool) -> str:
@@ -103,10 +122,11 @@ def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
     from casnap import collector
 
     r = collector.collect(c.open(), dry_run=dry_run, max_unused=max_unused)
-    if as_json:
-        emit_json(r.to_json())
-        return
-    _print_gc(c, r)
+    with printing(gc_done(r)):  # a stdout closed or full: said so, with what gc did
+        if as_json:
+            emit_json(r.to_json())
+            return
+        _print_gc(c, r)
 
 
 def _print_groups(report: retention.PruneReport) -> None:
@@ -211,17 +231,18 @@ def prune(
     if select is not None and not r.groups:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing pruned")
     gc_report = r.gc
-    if as_json:
-        emit_json(_forget_json(r, gc_report))
-        return
-    _print_groups(r)
-    verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
-    c.say(
-        f"{verbs[0]} {len(r.removed)} snapshot(s) ({human(r.manifest_bytes_removed)} of "
-        f"manifests), {verbs[1]} {r.kept} ({r.policy})"
-    )
-    if gc_report is not None:
-        _print_gc(c, gc_report, r.manifest_bytes_removed)
+    with printing(forgot_done(r, gc_report, dry_run)):
+        if as_json:
+            emit_json(_forget_json(r, gc_report))
+            return
+        _print_groups(r)
+        verbs = ("would remove", "would keep") if dry_run else ("removed", "kept")
+        c.say(
+            f"{verbs[0]} {len(r.removed)} snapshot(s) ({human(r.manifest_bytes_removed)} of "
+            f"manifests), {verbs[1]} {r.kept} ({r.policy})"
+        )
+        if gc_report is not None:
+            _print_gc(c, gc_report, r.manifest_bytes_removed)
 
 
 @cli.command()
@@ -276,17 +297,18 @@ def forget(
     if not r.removed:
         raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
     gc_report = r.gc
-    if as_json:
-        emit_json(_forget_json(r, gc_report))
-        return
-    for sid in r.removed:
-        click.echo(sid)
-    c.say(
-        f"{'would forget' if dry_run else 'forgot'} {len(r.removed)} snapshot(s) "
-        f"({human(r.manifest_bytes_removed)} of manifests)"
-    )
-    if gc_report is not None:
-        _print_gc(c, gc_report, r.manifest_bytes_removed)
+    with printing(forgot_done(r, gc_report, dry_run)):
+        if as_json:
+            emit_json(_forget_json(r, gc_report))
+            return
+        for sid in r.removed:
+            click.echo(sid)
+        c.say(
+            f"{'would forget' if dry_run else 'forgot'} {len(r.removed)} snapshot(s) "
+            f"({human(r.manifest_bytes_removed)} of manifests)"
+        )
+        if gc_report is not None:
+            _print_gc(c, gc_report, r.manifest_bytes_removed)
 
 
 @cli.command(name="verify")

@@ -68,14 +68,15 @@ def init(c: Context, encryption: str | None, as_json: bool) -> None:
     repo = Repository.init(c.repo_path, password=password)
     where = c.where
     if as_json:
-        emit_json(
-            {
-                "id": repo.config["id"],
-                "path": where,
-                "format": repo.config["casnap_format"],
-                "encryption": encryption,
-            }
-        )
+        with printing(f"repository {repo.config['id'][:8]} is created at {where}"):
+            emit_json(
+                {
+                    "id": repo.config["id"],
+                    "path": where,
+                    "format": repo.config["casnap_format"],
+                    "encryption": encryption,
+                }
+            )
         return
     kind = "encrypted " if repo.encrypted else ""
     c.say(f"created {kind}casnap repository {repo.config['id'][:8]} at {where}")
@@ -267,7 +268,8 @@ def commit(
     "target",
     metavar="DIR",
     default=None,
-    help="Restore into DIR instead of the data dir. As there, a full checkout removes the "
+    help="Restore into DIR instead of the data dir (not a folder inside it, nor, for a full "
+    "checkout, one holding it: refused). As there, a full checkout removes the "
     "files DIR holds that the snapshot lacks (unlike restic's restore --target), saved first "
     "as a pre-checkout snapshot.",
 )
@@ -339,6 +341,10 @@ def checkout(
 
     if target == "":  # Path("") is the working dir: a full checkout would empty it
         raise InvalidArgument("--to is empty; give the directory to restore into")
+    if target is not None:  # inside the data dir, or holding it: refused before anything
+        from casnap.placement import refuse_overlap
+
+        refuse_overlap(Path(target).absolute(), c.data.absolute(), target, whole=not paths)
     from casnap.smoke import probe_ahead
 
     # a whole snapshot, a folder or an index may hold FAISS indexes: their checker starts now
