@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -140,6 +141,66 @@ def init_under_way(root: Path) -> bool:
         return True
     made = [n for n in names if n not in PLACEHOLDER_NAMES]
     return bool(made) and all(n == "keys" or n.startswith(TEMP_PREFIX) for n in made)
+
+
+def stale_init(root: Path) -> list[Path] | None:
+    """The key files an encrypted init left in root when it was killed between its key file and
+    its config, once that init is surely over (every file older than INIT_WAIT_SECONDS: an init
+    writes its config right after its key file); None when root holds anything else (besides
+    placeholders and temp files), a config, no key file, or one written lately. They seal a key
+    that encrypts nothing: an init may replace them."""
+    import time
+
+    from casnap.constants import INIT_WAIT_SECONDS, TEMP_PREFIX
+
+    try:
+        names = os.listdir(root)
+        if "config" in names or "keys" not in names:
+            return None
+        if any(n not in PLACEHOLDER_NAMES and n != "keys" and not n.startswith(TEMP_PREFIX)
+               for n in names):  # fmt: skip
+            return None
+        found = [root / "keys" / n for n in os.listdir(root / "keys")]
+        old = time.time() - INIT_WAIT_SECONDS
+        for path in [root / "keys", *found]:
+            st = os.lstat(path)
+            if path != root / "keys" and not stat.S_ISREG(st.st_mode):
+                return None
+            if st.st_mtime > old:
+                return None
+    except OSError:
+        return None
+    return found or None
+
+
+def init_folder(root: Path) -> Callable[[], None]:
+    """Where an init may make a repository: root missing or holding only placeholders, or the
+    key files an init killed before its config left (stale_init), never inside another
+    repository (not_nested); NotARepository otherwise. Returns what to call once the new config
+    is in: it removes those key files (they seal a key that encrypts nothing)."""
+    stale: list[Path] = []
+    if not is_placeholder_dir(root):
+        found = stale_init(root)
+        if found is None and (root / "keys").is_dir() and not (root / "config").exists():
+            raise NotARepository(
+                f"{root} holds key files but no config: an init is under way, or was stopped in "
+                "the last seconds; try again in a few seconds"
+            )
+        if found is None:
+            raise NotARepository(
+                f"{root} is not empty and not a casnap repository; not touching it"
+            )
+        stale = found
+    not_nested(root)
+
+    def finish() -> None:
+        for path in stale:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    return finish
 
 
 def is_config(head: bytes) -> bool:

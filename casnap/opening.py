@@ -33,7 +33,7 @@ from casnap.errors import (
     UnsupportedFormat,
 )
 from casnap.keys import KEYS, KeyFile, PasswordSource
-from casnap.locations import init_under_way, is_placeholder_dir
+from casnap.locations import init_under_way, is_placeholder_dir, stale_init
 
 R = TypeVar("R")
 
@@ -138,7 +138,7 @@ def open_or_make(root: Path, make: Callable[[], R], open_: Callable[[], R]) -> R
     racing first commits all open the one repository whose config landed (put-if-absent)."""
     deadline = time.monotonic() + INIT_WAIT_SECONDS
     while True:
-        if not (root / "config").exists() and is_placeholder_dir(root):
+        if not (root / "config").exists() and (is_placeholder_dir(root) or stale_init(root)):
             try:
                 return make()
             except NotARepository:  # another init's config or files landed meanwhile

@@ -33,7 +33,7 @@ from casnap.errors import (
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix, named_id
 from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
-from casnap.locations import S3Url, as_location, is_placeholder_dir, local_backend, not_nested
+from casnap.locations import S3Url, as_location, init_folder, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.opening import confirm, listing_stopped, open_or_make, read_config
 from casnap.phases import opening
@@ -112,15 +112,12 @@ class Repository:
             raise NotARepository(f"{root} already holds a casnap repository")
         if root.exists() and not root.is_dir():
             raise NotARepository(f"{root} is not a directory")
-        if not is_placeholder_dir(root):
-            raise NotARepository(
-                f"{root} is not empty and not a casnap repository; not touching it"
-            )
-        not_nested(root)
+        finish = init_folder(root)  # may take over what an init killed before its config left
         with fsutil.new_folder(root):  # removed again, while empty, when the init stops
             # _local_backend makes an existing empty root private too
             tmp = root / "tmp" if password is None else fsutil.private_scratch()
             repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
+            finish()  # the config is in: that init's key files go
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
         except OSError as exc:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -479,3 +480,49 @@ def test_a_filter_that_selects_no_snapshot_copies_nothing_and_creates_nothing(
     with Repository.open(src) as a, Repository.open(existing) as b:
         with pytest.raises(SnapshotNotFound, match="tagged none"):
             copy_snapshots(a, b, select=selection.SnapshotFilter(tags=(("none",),)))
+
+
+def test_an_encrypted_copy_killed_between_key_file_and_config_can_be_run_again(
+    tmp_path, history
+) -> None:
+    """A SIGKILL after the new destination's key file, before its config: while that key file is
+    fresh an init there is refused in one line (the init may be under way); once it is surely
+    over, a rerun of the copy takes the folder over (its own key and config; the killed init's
+    key file, which encrypts nothing, removed), and so does an init."""
+    data, src, ids, _trees = history
+    env = {k: v for k, v in os.environ.items() if k not in PASSWORD_VARS}
+    env["CASNAP_TO_PASSWORD"] = PW_DST
+
+    def killed(dst: Path) -> Path:
+        args = ["--repo", str(src), "--data", str(data), "copy", "--to", str(dst)]
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.faulty_cli", "put:kill:1", *args, "--to-encryption",
+             "repokey"],
+            cwd=ROOT, env=env, capture_output=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert not (dst / "config").exists()
+        (stale,) = (dst / "keys").iterdir()
+        return stale
+
+    def aged(stale: Path) -> None:  # as an init killed a minute ago left it
+        then = time.time() - 60
+        os.utime(stale, (then, then))
+        os.utime(stale.parent, (then, then))
+
+    dst = tmp_path / "dst"
+    stale = killed(dst)
+    code, _, err = run(dst, data, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)
+    assert code == 3 and "try again in a few seconds" in err and err.count("\n") == 1, err
+    aged(stale)
+    code, _, err = run(src, data, "copy", "--to", str(dst), CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert len(log_ids(dst, data, CASNAP_PASSWORD=PW_DST)) == len(ids)  # keyed ids: new ones
+    assert not stale.exists() and len(list((dst / "keys").iterdir())) == 1
+    code, out, err = run(dst, data, "verify", "--read-data", CASNAP_PASSWORD=PW_DST)
+    assert code == 0, out + err
+    again = tmp_path / "again"
+    aged(killed(again))
+    code, _, err = run(again, data, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert len(list((again / "keys").iterdir())) == 1
