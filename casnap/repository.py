@@ -172,7 +172,7 @@ class Repository:
             if (root / "keys").is_dir():
                 raise NotARepository(
                     f"{root} holds key files but no config (an encrypted init interrupted?): "
-                    "not a casnap repository; remove it to start again"
+                    "not a casnap repository yet; an init there takes it over in a few seconds"
                 )
             raise NotARepository(f"{root} is not a casnap repository")
         return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
