@@ -38,8 +38,8 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
-# Output a streaming decode produces per step: a frame that declares no size is decoded this
-# much at a time, never further than the bytes asked for.
+# Output a streaming decode of a whole stored object produces per step: one that declares no size
+# is decoded this much at a time, never further than its bound.
 DECODE_STEP = 1024 * 1024
 
 
@@ -56,29 +56,14 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 def _inflate(payload: bytes | memoryview, size: int) -> bytes | bytearray:
     """The `size` plain bytes of one zstd frame; IntegrityError when it holds more or fewer.
 
-    A frame that declares its size (all casnap writes) is decoded in one call after the
-    declared size is checked; one that declares none is decoded as a stream, DECODE_STEP at a
-    time, into a buffer of exactly `size` bytes, and one byte more means it is damaged.
+    A frame that declares its size (all casnap writes) is decoded in one call; any other into a
+    buffer of exactly `size` bytes (_inflate_into: one declaring another size is refused before
+    anything is decoded, one decoding a byte more is damaged).
     """
-    declared = zstandard.frame_content_size(payload)
-    dctx = _decompressor()
-    if declared == size:
-        return dctx.decompress(payload)
-    if declared != -1:  # refused before allocating what it declares
-        raise IntegrityError(f"frame declares {declared} bytes, expected {size}")
+    if zstandard.frame_content_size(payload) == size:
+        return _decompressor().decompress(payload)
     out = bytearray(size)
-    view = memoryview(out)
-    got = 0
-    with dctx.stream_reader(payload, read_across_frames=False) as reader:
-        while got < size:
-            n = reader.readinto(view[got : got + DECODE_STEP])
-            if not n:
-                break
-            got += n
-        if got == size and reader.read(1):
-            raise IntegrityError(f"frame decodes past its {size} bytes")
-    if got != size:
-        raise IntegrityError(f"chunk decodes to {got} bytes, expected {size}")
+    _inflate_into(payload, memoryview(out))  # another declared size: refused before decoding
     return out
 
 
