@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from casnap.errors import EXIT_CODES
+from casnap.errors import EXIT_CODES, CheckFailed
 from tests.helpers_reliability import ROOT, casnap_command, casnap_env, run_casnap
 
 PW = "correct horse"
@@ -111,3 +111,32 @@ def test_a_failed_output_says_the_work_is_done(tmp_path: Path, case: str, how: s
         where, count = held[case]
         assert len(_snapshots(tmp / where)) == count
     assert not list((tmp / "repo" / "locks").iterdir())
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_verify_of_a_damaged_repository_keeps_its_exit_code_when_the_report_cannot_be_written(
+    tmp_path: Path, closed: bool
+) -> None:
+    """verify's exit code says whether the repository is whole: a stdout it cannot write its
+    report to (closed, or a full disk) must not turn damage found into a usage error."""
+    base, _ = _world(tmp_path)
+    packs = [p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()]
+    pack = max(packs, key=lambda p: p.stat().st_size)
+    blob = bytearray(pack.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    pack.write_bytes(bytes(blob))
+    args = [*base, "verify", "--read-data"]
+    with FULL.open("wb") as full:
+        done = subprocess.run(
+            casnap_command(args),
+            env=casnap_env(),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL if closed else full,
+            stderr=subprocess.PIPE,
+            preexec_fn=(lambda: os.close(1)) if closed else None,
+            timeout=120,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == CheckFailed.exit_code == 9, err
+    assert "verify:" in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("casnap: error: verify:"), err

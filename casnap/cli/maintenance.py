@@ -3,6 +3,7 @@ stats."""
 
 from __future__ import annotations
 
+import errno
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from casnap.cli.options import (
     snapshot_filter,
 )
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
-from casnap.cli.pipes import printing
+from casnap.cli.pipes import StdoutFailed, output_failed, printing
 from casnap.cli.snapshots import _smoke_summary
 from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.errors import CheckFailed, SnapshotNotFound
@@ -389,9 +390,22 @@ def verify_cmd(
                         repo, sid.hex(), smoke_checks=smoke, smoke_cmd=smoke_cmd, progress=progress
                     )
                 )
+    try:
+        _print_verify(c, r, smoked, as_json, bool(smoke or smoke_cmd))
+    except StdoutFailed as exc:  # damage found outranks a report that cannot be written
+        if r.ok or exc.errno == errno.EPIPE:
+            raise
+        raise CheckFailed(f"verify: {r.summary()} ({output_failed(exc)})") from exc
+    if not r.ok:
+        raise CheckFailed(f"verify: {r.summary()}")
+    raise_if_smoke_failed(smoked)
+
+
+def _print_verify(c: Context, r: Any, smoked: list[Any], as_json: bool, smoking: bool) -> None:
+    """verify's report: its problems and summary, then each snapshot's smoke checks."""
     if as_json:
         out = r.to_json()
-        if smoke or smoke_cmd:
+        if smoking:
             out["smoke"] = [s.to_json() for s in smoked] if r.ok else None
         emit_json(out)
     else:
@@ -401,7 +415,7 @@ def verify_cmd(
             c.say(f"note: {note}")
         if r.ok:
             click.echo(f"verify: {r.summary()}")
-        elif smoke or smoke_cmd:
+        elif smoking:
             c.say("smoke checks not run: the repository has the problems above")
         for s in smoked:
             click.echo(
@@ -411,9 +425,6 @@ def verify_cmd(
             if s.smoke is not None:
                 _print_checks(s.smoke)
                 click.echo(_smoke_summary(s.smoke))
-    if not r.ok:
-        raise CheckFailed(f"verify: {r.summary()}")
-    raise_if_smoke_failed(smoked)
 
 
 cli.add_command(
