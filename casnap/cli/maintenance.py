@@ -30,6 +30,7 @@ from casnap.errors import CheckFailed, SnapshotNotFound
 
 if TYPE_CHECKING:  # the operations are imported by the command that runs them
     from casnap import collector, retention
+    from casnap.checker import SmokeVerifyResult, VerifyReport
 
 # -- maintenance: gc, prune, forget, verify, repair-index, stats ----------------------------------
 
@@ -401,7 +402,9 @@ def verify_cmd(
     raise_if_smoke_failed(smoked)
 
 
-def _print_verify(c: Context, r: Any, smoked: list[Any], as_json: bool, smoking: bool) -> None:
+def _print_verify(
+    c: Context, r: VerifyReport, smoked: list[SmokeVerifyResult], as_json: bool, smoking: bool
+) -> None:
     """verify's report: its problems and summary, then each snapshot's smoke checks."""
     if as_json:
         out = r.to_json()
