@@ -234,14 +234,20 @@ def too_long(full: str) -> str:
     )
 
 
-def left_out(data_dir: Path, rel: str) -> str:
-    """The warning for a file or folder a commit left out because it could not be read."""
-    full = os.path.join(data_dir, rel)
+def path_too_long(full: str) -> bool:
+    """True when the path full is too long to be reached by its path (ENAMETOOLONG)."""
     try:
         os.lstat(full)
     except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            return f"{shortened(rel)}: {too_long(full)}; left out of the snapshot"
+        return exc.errno == errno.ENAMETOOLONG
+    return False
+
+
+def left_out(data_dir: Path, rel: str) -> str:
+    """The warning for a file or folder a commit left out because it could not be read."""
+    full = os.path.join(data_dir, rel)
+    if path_too_long(full):
+        return f"{shortened(rel)}: {too_long(full)}; left out of the snapshot"
     return f"{shortened(rel)}: not readable, left out of the snapshot"
 
 

@@ -10,7 +10,6 @@ every file must be read."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -69,11 +68,8 @@ def save(
 def _refuse_too_long(target: Path, rel: str) -> None:
     """PathTooLong when target/rel is too long to be read by its path, as a commit reads."""
     full = os.path.join(target, rel)
-    try:
-        os.lstat(full)
-    except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            raise PathTooLong(f"{shortened(full)}: {capture.too_long(full)}") from exc
+    if capture.path_too_long(full):
+        raise PathTooLong(f"{shortened(full)}: {capture.too_long(full)}")
 
 
 @contextlib.contextmanager
