@@ -164,19 +164,25 @@ def big_random_file(data: Path, size: int, seed: int = 3) -> bytes:
     return body
 
 
-def test_cat_stops_at_a_damaged_chunk_with_only_the_bytes_before_it(
-    tmp_path: Path,
-) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    body = big_random_file(data, 3 * MiB)  # random: stored raw, so damage decodes fine
+def _committed_one(tmp_path: Path, data: Path) -> tuple[Path, Repository, list]:
+    """A commit of data (one file) into tmp_path/repo: the repository folder, the repository
+    opened with its index, and the file's chunk refs."""
     repo_dir = tmp_path / "repo"
     code, _, err = run(repo_dir, data, "commit")
     assert code == 0, err
     repo = Repository.open(repo_dir)
     repo.ensure_index()
     (entry,) = repo.load_snapshot(repo.resolve("latest")).files
-    refs = repo.chunk_refs(entry)
+    return repo_dir, repo, repo.chunk_refs(entry)
+
+
+def test_cat_stops_at_a_damaged_chunk_with_only_the_bytes_before_it(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    body = big_random_file(data, 3 * MiB)  # random: stored raw, so damage decodes fine
+    repo_dir, repo, refs = _committed_one(tmp_path, data)
     assert len(refs) > 8
     k = len(refs) // 2
     cid, n = refs[k]
@@ -200,13 +206,7 @@ def test_cat_names_the_chunk_of_a_frame_that_does_not_decode(tmp_path: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     (data / "log.txt").write_bytes(b"".join(b"entry %d of the log\n" % i for i in range(300_000)))
-    repo_dir = tmp_path / "repo"
-    code, _, err = run(repo_dir, data, "commit")
-    assert code == 0, err
-    repo = Repository.open(repo_dir)
-    repo.ensure_index()
-    (entry,) = repo.load_snapshot(repo.resolve("latest")).files
-    refs = repo.chunk_refs(entry)
+    repo_dir, repo, refs = _committed_one(tmp_path, data)
     e = repo.store.entry(refs[len(refs) // 2][0])
     first = next(cid for cid, _ in refs if repo.store.entry(cid).offset == e.offset)
     repo.close()
