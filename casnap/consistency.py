@@ -18,6 +18,7 @@ stale header.bin): a commit never loads an index nor unpickles anything.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import NamedTuple
 
 from casnap.formats import layouts
 from casnap.formats.faiss import (
+    SIDECAR_SUFFIX,
     faiss_header,
     file_count_problem,
     file_shortfall,
@@ -52,7 +54,8 @@ def consistency_problems(
     again."""
     rels = sorted(set(files))
     known = heads or {}
-    problems = [p for rel in rels for p in _faiss_problems(root, rel, known.get(rel))]
+    files_in = _Listings(root)
+    problems = [p for rel in rels for p in _faiss_problems(root, rel, known.get(rel), files_in)]
     view = _Under(root, frozenset(rels))
     for store in layouts.find_stores(rels):
         try:
@@ -92,20 +95,45 @@ def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
     return [p.text for p in consistency_problems(root, files)]
 
 
-def _is_file(path: Path) -> bool:
-    """Whether path is a file; False where it cannot be (a sidecar name past NAME_MAX, which
-    Path.is_file raises on)."""
+class _Listings:
+    """Whether a sidecar is a file (Path.is_file: a symbolic link to one counts), from one
+    listing of each folder asked about: a stat per file, for a sidecar most files never have,
+    cost more than every other check of a commit of many small files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._sidecars: dict[str, frozenset[str]] = {}
+
+    def is_file(self, rel: str) -> bool:
+        folder, _, name = rel.rpartition("/")
+        names = self._sidecars.get(folder)
+        if names is None:
+            names = self._sidecars[folder] = self._list(folder)
+        return name in names
+
+    def _list(self, folder: str) -> frozenset[str]:
+        """The names of the sidecar-named files in folder (none when it cannot be listed)."""
+        try:
+            with os.scandir(self.root / folder) as found:
+                return frozenset(
+                    e.name for e in found if e.name.endswith(SIDECAR_SUFFIX) and _is_file(e)
+                )
+        except OSError:
+            return frozenset()
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
     try:
-        return path.is_file()
+        return entry.is_file()
     except OSError:
         return False
 
 
-def _faiss_problems(root: Path, rel: str, head: bytes | None = None) -> list[Problem]:
+def _faiss_problems(root: Path, rel: str, head: bytes | None, files_in: _Listings) -> list[Problem]:
     """A FAISS index shorter than its header promises; a sidecar beside it that disagrees."""
     header = read_faiss_header(root / rel) if head is None else faiss_header(head)
     side = sidecar_of(rel)
-    if header is None and head == b"" and side != rel and _is_file(root / side):
+    if header is None and head == b"" and side != rel and files_in.is_file(side):
         # taken for no index by its entry (an index whose layout the FAISS chunker does not
         # parse is chunked by content too), yet a sidecar vouches for one: its header is read
         header = read_faiss_header(root / rel)
@@ -117,7 +145,7 @@ def _faiss_problems(root: Path, rel: str, head: bytes | None = None) -> list[Pro
         problems.append(Problem(f"{rel}: FAISS index is {short}", True))
     elif header is not None and (miscount := file_count_problem(root / rel)) is not None:
         problems.append(Problem(f"{rel}: FAISS index cannot be read: {miscount}", True))
-    if side == rel or not _is_file(root / side):
+    if side == rel or not files_in.is_file(side):
         return problems
     try:
         expected = sidecar_ntotal(read_sidecar(root / side))

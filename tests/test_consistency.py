@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import faiss
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import InconsistentData
+from casnap.formats.faiss import sidecar_of
 from casnap.repository import Repository
 from tests.helpers_smoke import CHECK_FAILED, make_app, write_index
 
@@ -151,3 +154,38 @@ def test_an_id_map_index_with_bytes_after_its_ids_is_no_damage_but_a_wrong_id_co
     bad = blob[:at] + (299).to_bytes(8, "little") + blob[at + 8 :]
     (data / "ids.index").write_bytes(bad + bytes(100))
     assert [d for d in commit(repo, data).damage if "ids" in d]
+
+
+@given(
+    st.lists(
+        st.text(st.characters(blacklist_characters="/\x00"), min_size=1, max_size=12).filter(
+            lambda part: part not in (".", "..")
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_sidecar_of_replaces_the_suffix_as_pathlib_does(parts: list[str]) -> None:
+    rel = "/".join(parts)
+    assert sidecar_of(rel) == PurePosixPath(rel).with_suffix(".meta.json").as_posix()
+
+
+def test_a_sidecar_is_found_through_a_link_and_a_folder_named_like_one_is_none(
+    app: Path, tmp_path: Path
+) -> None:
+    """Sidecars are found from a listing of their folder: one that is a symbolic link to a file
+    is read (a stale count warns), a folder with a sidecar's name is no sidecar, and a folder
+    of many other files is listed once for all of them."""
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"ntotal": 299}))
+    (app / "faiss" / "ivf.meta.json").unlink()
+    (app / "faiss" / "ivf.meta.json").symlink_to(elsewhere)
+    (app / "faiss" / "hnsw.meta.json").unlink()
+    (app / "faiss" / "hnsw.meta.json").mkdir()
+    for i in range(50):
+        (app / "faiss" / f"note{i}.txt").write_text(f"{i}\n")
+    r = commit(Repository.init(tmp_path / "repo"), app)
+    assert sorted(r.warnings) == [
+        "faiss/ivf.index: faiss/ivf.meta.json says ntotal 299 but the index holds 300",
+        "faiss/ivf.meta.json: symbolic link not stored (casnap stores regular files)",
+    ]

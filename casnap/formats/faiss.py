@@ -16,7 +16,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Generator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from casnap.formats import sniff
@@ -482,8 +482,13 @@ SIDECAR_SUFFIX = ".meta.json"
 
 
 def sidecar_of(rel: str) -> str:
-    """The relative path of an index's sidecar: `faiss/a.index` -> `faiss/a.meta.json`."""
-    return PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX).as_posix()
+    """The relative path of an index's sidecar: `faiss/a.index` -> `faiss/a.meta.json` (the
+    suffix replaced as PurePosixPath.with_suffix does, in string operations: it is asked for
+    every file of a commit)."""
+    folder, slash, name = rel.rpartition("/")
+    dot = name.rfind(".")
+    stem = name[:dot] if 0 < dot < len(name) - 1 else name
+    return f"{folder}{slash}{stem}{SIDECAR_SUFFIX}"
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
