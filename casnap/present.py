@@ -140,8 +140,12 @@ class Present:
         """Those of rels whose file is not as hash_of found it (written, or made where there
         was none): a process wrote it meanwhile, so what it holds now may be held nowhere."""
         out = []
+        missing: set[str] = set()  # folders found missing (a checkout into an empty dir: all)
         for rel in rels:
-            parent, name = tree.parent_of(rel)
+            folder = rel.rpartition("/")[0]
+            parent, name = (None, "") if folder in missing else tree.parent_of(rel)
+            if parent is None:
+                missing.add(folder)
             now = _stamp(fingerprint(parent, name, "sqlite")) if parent is not None else None
             if now != self._seen.get(rel):
                 out.append(rel)

@@ -112,6 +112,29 @@ def test_data_written_while_a_checkout_runs_is_saved_first(app: Path, tmp_path: 
     assert (out / "extra.txt").read_text() == "also written during it"
 
 
+def test_files_written_meanwhile_into_folders_the_target_lacked_are_saved_first(
+    tmp_path: Path,
+) -> None:
+    """A checkout into a dir that lacks the snapshot's folders looks each folder up once; a
+    process that makes one and writes files there while the checkout stages is still seen, and
+    what it wrote is saved before the swap replaces it."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (data / "sub" / name).write_text(f"snapshot {name}")
+    repo = Repository.init(tmp_path / "repo")
+    snap = commit(repo, data).id
+    target = tmp_path / "target"
+    target.mkdir()
+    write = 'mkdir "$CASNAP_TARGET_DIR/sub" && printf late > "$CASNAP_TARGET_DIR/sub/c.txt"'
+    r = checkout(repo, snap, target, smoke=False, smoke_cmd=write)
+    assert (target / "sub" / "c.txt").read_text() == "snapshot c.txt"
+    assert r.safety_snapshot is not None
+    out = tmp_path / "saved"
+    checkout(repo, r.safety_snapshot, out, smoke=False)
+    assert (out / "sub" / "c.txt").read_text() == "late"
+
+
 def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path) -> None:
     """A database whose -wal an app left (killed) is read by the plan through SQLite, which
     (as root) chowns the -wal, changing its ctime only: that is no write, and with everything

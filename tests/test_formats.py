@@ -130,3 +130,13 @@ def test_the_chunker_streams_the_layout_the_format_describes(name: str) -> None:
             for at in range(0, len(cut), block):
                 layout.feed(memoryview(cut)[at : at + block], at)
             assert [s[:3] for s in layout.sections] == expected, (end, block)
+
+
+def test_every_known_fourcc_is_taken_for_an_index_whatever_follows() -> None:
+    """A known fourcc alone makes a FAISS header (a damaged index is still checked, and fails),
+    whatever its first byte: the quick refusal of other files passes none of them over."""
+    from casnap.formats.faiss import FOURCC_TYPES
+
+    for fourcc in FOURCC_TYPES:
+        header = faiss_header(fourcc.encode() + bytes(60))
+        assert header is not None and header.fourcc == fourcc

@@ -89,6 +89,8 @@ FOURCC_TYPES: dict[str, str] = {
     "IBHh": "IndexBinaryHash",
     "IBHm": "IndexBinaryMultiHash",
 }
+# the first byte of every fourcc faiss_header takes: the known ones, and unknown ones ("I...")
+_FIRST_BYTES = frozenset({b"I"} | {name[:1].encode() for name in FOURCC_TYPES})
 
 _NO_COMMON_HEADER = frozenset({"IxLa", "IS48", "IS44", "ISVD"})
 _COMMON_HEADER = struct.Struct("<4siqqq")  # fourcc, d, ntotal, dummy, dummy (dummy == 1 << 20)
@@ -126,7 +128,7 @@ def faiss_header(head: bytes) -> FaissHeader | None:
     A known fourcc is enough to recognise an index (so a damaged one is still checked, and fails);
     an unknown fourcc counts only when the common header follows it with its two marker fields.
     """
-    if len(head) < 4:
+    if len(head) < 4 or head[:1] not in _FIRST_BYTES:  # most files: one comparison
         return None
     try:
         fourcc = head[:4].decode("ascii")
