@@ -137,14 +137,16 @@ class Present:
         return self._read_hash(parent, name)
 
     def written_since(self, tree: Tree, rels: Iterable[str]) -> list[str]:
-        """Those of rels whose file is not as hash_of found it (written, or made where there
-        was none): a process wrote it meanwhile, so what it holds now may be held nowhere."""
+        """Those of rels whose file is not as hash_of, or the last call, found it (written, or
+        made where there was none): a process wrote it meanwhile, so what it holds now may be
+        held nowhere. Each is stamped as it is now, for the next call."""
         out = []
         for rel in rels:
             parent, name = tree.parent_of(rel)
             now = _stamp(fingerprint(parent, name, "sqlite")) if parent is not None else None
             if now != self._seen.get(rel):
                 out.append(rel)
+            self._seen[rel] = now
         return out
 
     def _read_hash(self, parent: Dir, name: str) -> str:

@@ -236,7 +236,8 @@ class _Checkout:
         with contextlib.ExitStack() as swapping:
             with Stage(stage_parent(self.target), also_clean=self.target) as stage:
                 self._stage(stage, plan, wanted, unchanged, removals)
-                written = self.present.written_since(tree, [i.entry.path for i in plan] + removals)
+                replaced = [i.entry.path for i in plan] + removals
+                written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
                 if unsaved and self.opts.safety_snapshot:
                     with self.phases.timed("save"):
@@ -251,7 +252,7 @@ class _Checkout:
                 swap_start = time.perf_counter()
                 preflight.check(tree, placing, removals)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
-                touched = self._swap(tree, stage, plan)
+                touched = self._swap(tree, stage, plan, replaced)
             for item in unchanged:
                 self._restore_attrs(tree, item.entry)
             removed, emptied = swap.remove_files(tree, removals)
@@ -529,12 +530,14 @@ class _Checkout:
 
     # -- swap ------------------------------------------------------------------------------
 
-    def _swap(self, tree: Tree, stage: Stage, plan: list[_Item]) -> set[str]:
+    def _swap(self, tree: Tree, stage: Stage, plan: list[_Item], replaced: list[str]) -> set[str]:
         """Rename every staged file of the plan into place; returns the folders touched.
 
         Databases about to be replaced are locked the way SQLite locks them first, all before
         the first rename, so no app starts a transaction on one meanwhile (and one that holds a
-        lock stops the checkout before anything changed)."""
+        lock stops the checkout before anything changed). A file it replaces or removes that
+        was written since the pre-checkout snapshot read it (an app still saving) stops it
+        then too: that content is in no snapshot."""
         with contextlib.ExitStack() as held:
             for item in plan:
                 if item.replaces_db:
@@ -545,6 +548,13 @@ class _Checkout:
                         held.enter_context(
                             inuse.held_sqlite_locks(parent, name, self.target / item.entry.path)
                         )
+            written_now = self.present.written_since(tree, replaced)
+            if written_now and self.opts.safety_snapshot:
+                raise SourceError(
+                    f"{self.target / written_now[0]} was written while the checkout ran, after "
+                    "the data it replaces was saved (an app still writing there?): nothing "
+                    "restored; stop the app and check out again"
+                )
             placing = [(item.entry.path, item.replaces_db) for item in plan]
             written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs)
             self.result.written += written
