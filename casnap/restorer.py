@@ -33,7 +33,6 @@ from casnap import (
 )
 from casnap import restored as restored_files
 from casnap.errors import (
-    CasnapError,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
@@ -254,7 +253,7 @@ class _Checkout:
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
             for item in unchanged:
-                self._restore_attrs(tree, item.entry)
+                swap.restore_attrs(tree, item.entry)
             removed, emptied = swap.remove_files(tree, removals)
             self.result.removed += removed
             swap.sync_folders(tree, touched | emptied)
@@ -559,32 +558,6 @@ class _Checkout:
             written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs)
             self.result.written += written
         return touched
-
-    def _restore_attrs(self, tree: Tree, entry: FileEntry) -> None:
-        """Mode, mtime (and owner, as root) of a file left in place, through its descriptor;
-        none is set again when all are right (its ctime, and so its fingerprint, stays)."""
-        parent, name = tree.parent_of(entry.path)
-        if parent is None:
-            return
-        owner = os.geteuid() == 0 and entry.uid is not None and entry.gid is not None
-        with contextlib.suppress(OSError, CasnapError):
-            st = parent.lstat(name)
-            if (
-                st is not None
-                and stat.S_IMODE(st.st_mode) == entry.mode & 0o777
-                and st.st_mtime_ns == entry.mtime_ns
-                and (not owner or (st.st_uid, st.st_gid) == (entry.uid, entry.gid))
-            ):
-                return
-            fd = parent.open_file(name)
-            try:
-                os.chmod(fd, entry.mode & 0o777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                if owner:
-                    assert entry.uid is not None and entry.gid is not None
-                    os.chown(fd, entry.uid, entry.gid)
-            finally:
-                os.close(fd)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
