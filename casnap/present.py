@@ -136,6 +136,13 @@ class Present:
                 return digest
         return self._read_hash(parent, name)
 
+    def hash_at(self, tree: Tree, rel: str) -> str | None:
+        """hash_of the file at rel in the target; None when there is none."""
+        parent, name = tree.parent_of(rel)
+        if parent is None or parent.lstat(name) is None:
+            return None
+        return self.hash_of(parent, name, rel)
+
     def written_since(self, tree: Tree, rels: Iterable[str]) -> list[str]:
         """Those of rels whose file is not as hash_of, or the last call, found it (written, or
         made where there was none): a process wrote it meanwhile, so what it holds now may be

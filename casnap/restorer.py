@@ -29,6 +29,7 @@ from casnap import (
     selection,
     smoke,
     smoke_report,
+    storeparts,
     swap,
 )
 from casnap import restored as restored_files
@@ -234,7 +235,7 @@ class _Checkout:
                 self._check_db(tree, rel)
         with contextlib.ExitStack() as swapping:
             with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-                self._stage(stage, plan, wanted, unchanged, removals)
+                self._stage(tree, stage, plan, wanted, unchanged, removals)
                 replaced = [i.entry.path for i in plan] + removals
                 written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
@@ -446,6 +447,7 @@ class _Checkout:
 
     def _stage(
         self,
+        tree: Tree,
         stage: Stage,
         plan: list[_Item],
         wanted: list[_Item],
@@ -477,12 +479,15 @@ class _Checkout:
             self.result.bytes_written = sum(i.entry.size for i in plan)
             if opts.smoke or opts.smoke_cmd:
                 with self.phases.timed("smoke"):
-                    report = self._smoke(stage, wanted, staged, unchanged, removals, checks, before)
+                    report = self._smoke(
+                        tree, stage, wanted, staged, unchanged, removals, checks, before
+                    )
                 report.raise_if_failed(f"nothing restored, {self.shown_target} untouched")
                 self.result.smoke = report.to_json()
 
     def _smoke(
         self,
+        tree: Tree,
         stage: Stage,
         wanted: list[_Item],
         staged: list[_Item],
@@ -514,6 +519,8 @@ class _Checkout:
             view[item.entry.path] = stage.path / item.entry.path
         env = {"CASNAP_TARGET_DIR": str(self.target), "CASNAP_SNAPSHOT": self.result.id}
         report = checks.finish(view, sorted(selected), staged_dir=stage.path)
+        if self.opts.smoke and (self.paths or any(s.paths for _, s in self.sel.sources)):
+            report = self._whole_stores(tree, report, view, selected, unchanged)
         if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
             report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
         now = stage.fingerprints(sorted(staged_paths))
@@ -526,6 +533,28 @@ class _Checkout:
             extra = smoke_report.Check("staged-unchanged", changed[0], False, detail)
             report = smoke_report.SmokeReport((*report.checks, extra))
         return report
+
+    def _whole_stores(
+        self,
+        tree: Tree,
+        report: smoke_report.SmokeReport,
+        view: dict[str, Path],
+        selected: set[str],
+        unchanged: list[_Item],
+    ) -> smoke_report.SmokeReport:
+        """report with store-whole, for each framework store this checkout of some files writes
+        some of, and leaves others (storeparts.py)."""
+        written = selected - {i.entry.path for i in unchanged}
+        held = {path: entry.hash for path, (entry, _) in self.sel.entries.items()}
+        more = storeparts.checks(
+            view,
+            selected,
+            written,
+            held,
+            lambda rel: self.present.hash_at(tree, rel),
+            self.sel.sources[-1][0].short,
+        )
+        return smoke_report.SmokeReport((*report.checks, *more))
 
     # -- swap ------------------------------------------------------------------------------
 
