@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -299,6 +300,7 @@ class Committer:
         except AccessDenied as exc:
             raise UnreadableSource(str(exc)) from exc
         reuse = statcache.reused(sources, known, restored)
+        watched = instants.watch(sources)  # framework stores: checked and read at one instant
         # FAISS indexes and framework stores, before anything is read or stored
         problems = (
             consistency.consistency_problems(
@@ -361,7 +363,6 @@ class Committer:
             with contextlib.ExitStack() as stack:
                 stack.callback(setattr, reader, "read_tick", None)
                 reader.stack = stack.enter_context(contextlib.ExitStack())  # the worker threads
-                watched = instants.watch(sources)  # framework stores: read at one instant
                 for i, (src, estimate) in enumerate(zip(sources, sizes, strict=True)):
                     slots.append(None)
                     st = src.stat or _lstat(src)
@@ -384,8 +385,21 @@ class Committer:
                 if reader.small is not None:
                     stored(reader.small.finish())
                 entries = [e for e in slots if e is not None]
-                again, moving = instants.settle(watched, entries, lambda s: reader.entry(s, {}, {}))
+                again, moving, judged = instants.settle(
+                    watched,
+                    entries,
+                    lambda s: reader.entry(s, {}, {}),
+                    partial(consistency.consistency_problems, data_dir)
+                    if opts.check_pairs
+                    else None,
+                )
                 result.bytes_read += again
+                if judged:  # stores that moved: checked before the read is not what was stored
+                    problems = consistency.rejudged(problems, judged)
+                    result.warnings = [p.text for p in problems] + skipped
+                    result.damage = [p.text for p in problems if p.refused]
+                    if opts.strict and problems:  # any found before the read was refused then
+                        raise _inconsistent([p.text for p in problems])
                 result.warnings += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
                 if opts.strict and cut:

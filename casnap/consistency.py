@@ -1,7 +1,9 @@
 """Commit-time consistency of FAISS indexes and of the framework stores a data dir holds.
 
 A commit reports, before it reads anything else, what a checkout's smoke checks would find wrong
-with the files it is about to store, so both judge a snapshot alike:
+with the files it is about to store, so both judge a snapshot alike (a framework store whose
+files changed while the commit read them is checked again once read, `rejudged`: what was
+found before is not what was stored):
 
 - refused: a FAISS index shorter than its header promises (a write cut short); a store of a
   known layout (formats/layouts.py) whose files are damaged or whose counts disagree (Chroma's
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,11 +40,13 @@ from casnap.formats.faiss import (
 
 
 class Problem(NamedTuple):
-    """One consistency problem: its line (`<path>: ...`), and whether a checkout's smoke checks
-    refuse a snapshot holding it (else they warn of it)."""
+    """One consistency problem: its line (`<path>: ...`), whether a checkout's smoke checks
+    refuse a snapshot holding it (else they warn of it), and the file (or store folder) it is
+    about."""
 
     text: str
     refused: bool
+    path: str = ""
 
 
 def consistency_problems(
@@ -61,9 +65,21 @@ def consistency_problems(
         try:
             found = layouts.check_store(store, view, deep=False, private=False)
         except (OSError, sqlite3.Error) as exc:  # a file that changed under the check
-            problems.append(Problem(f"{store.root or '.'}: cannot be checked: {exc}", True))
+            where = store.root or "."
+            problems.append(Problem(f"{where}: cannot be checked: {exc}", True, store.files[0]))
             continue
-        problems += [Problem(f"{f.path}: {f.detail}", True) for f in found if not f.ok]
+        problems += [Problem(f"{f.path}: {f.detail}", True, f.path) for f in found if not f.ok]
+    return problems
+
+
+def rejudged(
+    problems: list[Problem], judged: Iterable[tuple[Collection[str], list[Problem]]]
+) -> list[Problem]:
+    """problems, with those about the files of each store judged again (its files and what its
+    checks found then: a store that changed while a commit read it, checked as stored) in place
+    of what was found before."""
+    for files, found in judged:
+        problems = [p for p in problems if p.path not in files] + found
     return problems
 
 
@@ -142,23 +158,23 @@ def _faiss_problems(root: Path, rel: str, head: bytes | None, files_in: _Listing
     problems = []
     short = file_shortfall(root / rel) if header is not None else None
     if short is not None:
-        problems.append(Problem(f"{rel}: FAISS index is {short}", True))
+        problems.append(Problem(f"{rel}: FAISS index is {short}", True, rel))
     elif header is not None and (miscount := file_count_problem(root / rel)) is not None:
-        problems.append(Problem(f"{rel}: FAISS index cannot be read: {miscount}", True))
+        problems.append(Problem(f"{rel}: FAISS index cannot be read: {miscount}", True, rel))
     if side == rel or not files_in.is_file(side):
         return problems
     try:
         expected = sidecar_ntotal(read_sidecar(root / side))
     except ValueError as exc:
-        return [*problems, Problem(f"{rel}: sidecar {side}: {exc}", False)]
+        return [*problems, Problem(f"{rel}: sidecar {side}: {exc}", False, rel)]
     if expected is None:
         return problems
     if header is None or header.ntotal is None:
         text = (
             f"{rel}: cannot read the vector count from its header ({side} says ntotal {expected})"
         )
-        problems.append(Problem(text, True))
+        problems.append(Problem(text, True, rel))
     elif header.ntotal != expected:
         text = f"{rel}: {side} says ntotal {expected} but the index holds {header.ntotal}"
-        problems.append(Problem(text, False))
+        problems.append(Problem(text, False, rel))
     return problems

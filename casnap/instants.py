@@ -8,13 +8,16 @@ and a database from after (or the reverse), a pair the smoke checks refuse at ch
 database is captured at one instant by SQLite's backup API; the other files are watched from
 before the commit reads the store until after: when any of them changed, no such rewrite can be
 ruled out, so the store's files are all read again (a few times), and a store that keeps moving
-is named in a warning.
+is named in a warning. The checks of a store that moved are made again once it is read, and it
+is read again if it moved while they ran: what they found before the read may not be what was
+stored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from casnap.capture import SourceFile, fingerprint
 from casnap.formats import layouts
@@ -25,6 +28,7 @@ from casnap.manifest import FileEntry
 STORE_TRIES = 3
 
 Fingerprint = tuple[int, ...] | None
+P = TypeVar("P")  # what the checks of a store find
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Watched:
     sources: list[SourceFile]
     moving: list[SourceFile]
     before: list[Fingerprint] = field(default_factory=list)
+    changed: bool = False  # moved since watched: what its checks saw before may not be stored
 
     def mark(self) -> None:
         self.before = [fingerprint(s.abspath, s.kind) for s in self.moving]
@@ -45,7 +50,7 @@ class Watched:
 
 def watch(sources: Sequence[SourceFile]) -> list[Watched]:
     """The framework stores among sources with files other than databases, fingerprinted now
-    (call it before the commit reads them)."""
+    (call it before the commit checks and reads them)."""
     by_path = {s.path: s for s in sources}
     found = []
     for store in layouts.find_stores(list(by_path)):
@@ -62,15 +67,38 @@ def settle(
     watched: Sequence[Watched],
     entries: list[FileEntry],
     read_again: Callable[[SourceFile], tuple[FileEntry, int]],
-) -> tuple[int, list[str]]:
+    judge: Callable[[list[str]], list[P]] | None = None,
+) -> tuple[int, list[str], list[tuple[list[str], list[P]]]]:
     """Read again, in entries, the files of every store whose moving files changed since they
-    were fingerprinted; (bytes read, warnings for stores still moving after STORE_TRIES)."""
+    were fingerprinted. With judge (the checks of some files, as they are now), the checks of
+    each store that changed are made again once it is read, and the store read again if it
+    moved while they ran. (bytes read, warnings for stores still moving after STORE_TRIES
+    reads, the files and findings of each store judged again)."""
     read = 0
     warnings = []
+    judged: list[tuple[list[str], list[P]]] = []
     for w in watched:
-        for _try in range(STORE_TRIES):
+        files = [s.path for s in w.sources]
+        tries = 0
+        while True:
             if not w.moved():
+                if judge is None or not w.changed:
+                    break
+                found = judge(files)
+                if not w.moved():  # checked as read
+                    judged.append((files, found))
+                    break
+            if tries == STORE_TRIES:
+                warnings.append(
+                    f"{w.root or '.'}: its files kept changing while they were read; the "
+                    "snapshot may hold them from different moments (a checkout's smoke checks "
+                    "tell)"
+                )
+                if judge is not None:
+                    judged.append((files, judge(files)))
                 break
+            tries += 1
+            w.changed = True
             w.mark()
             at = {e.path: i for i, e in enumerate(entries)}
             for src in w.sources:
@@ -78,11 +106,4 @@ def settle(
                     entry, n = read_again(src)
                     entries[at[src.path]] = entry
                     read += n
-        else:
-            if w.moved():
-                warnings.append(
-                    f"{w.root or '.'}: its files kept changing while they were read; the "
-                    "snapshot may hold them from different moments (a checkout's smoke checks "
-                    "tell)"
-                )
-    return read, warnings
+    return read, warnings, judged

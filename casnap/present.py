@@ -136,9 +136,17 @@ class Present:
                 return digest
         return self._read_hash(parent, name)
 
+    def hash_at(self, tree: Tree, rel: str) -> str | None:
+        """hash_of the file at rel in the target; None when there is none."""
+        parent, name = tree.parent_of(rel)
+        if parent is None or parent.lstat(name) is None:
+            return None
+        return self.hash_of(parent, name, rel)
+
     def written_since(self, tree: Tree, rels: Iterable[str]) -> list[str]:
-        """Those of rels whose file is not as hash_of found it (written, or made where there
-        was none): a process wrote it meanwhile, so what it holds now may be held nowhere."""
+        """Those of rels whose file is not as hash_of, or the last call, found it (written, or
+        made where there was none): a process wrote it meanwhile, so what it holds now may be
+        held nowhere. Each is stamped as it is now, for the next call."""
         out = []
         missing: set[str] = set()  # folders found missing (a checkout into an empty dir: all)
         for rel in rels:
@@ -149,6 +157,7 @@ class Present:
             now = _stamp(fingerprint(parent, name, "sqlite")) if parent is not None else None
             if now != self._seen.get(rel):
                 out.append(rel)
+            self._seen[rel] = now
         return out
 
     def _read_hash(self, parent: Dir, name: str) -> str:

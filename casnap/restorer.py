@@ -29,11 +29,11 @@ from casnap import (
     selection,
     smoke,
     smoke_report,
+    storeparts,
     swap,
 )
 from casnap import restored as restored_files
 from casnap.errors import (
-    CasnapError,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
@@ -235,8 +235,9 @@ class _Checkout:
                 self._check_db(tree, rel)
         with contextlib.ExitStack() as swapping:
             with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-                self._stage(stage, plan, wanted, unchanged, removals)
-                written = self.present.written_since(tree, [i.entry.path for i in plan] + removals)
+                self._stage(tree, stage, plan, wanted, unchanged, removals)
+                replaced = [i.entry.path for i in plan] + removals
+                written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
                 if unsaved and self.opts.safety_snapshot:
                     with self.phases.timed("save"):
@@ -251,9 +252,9 @@ class _Checkout:
                 swap_start = time.perf_counter()
                 preflight.check(tree, placing, removals)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
-                touched = self._swap(tree, stage, plan)
+                touched = self._swap(tree, stage, plan, replaced)
             for item in unchanged:
-                self._restore_attrs(tree, item.entry)
+                swap.restore_attrs(tree, item.entry)
             removed, emptied = swap.remove_files(tree, removals)
             self.result.removed += removed
             swap.sync_folders(tree, touched | emptied)
@@ -446,6 +447,7 @@ class _Checkout:
 
     def _stage(
         self,
+        tree: Tree,
         stage: Stage,
         plan: list[_Item],
         wanted: list[_Item],
@@ -477,12 +479,15 @@ class _Checkout:
             self.result.bytes_written = sum(i.entry.size for i in plan)
             if opts.smoke or opts.smoke_cmd:
                 with self.phases.timed("smoke"):
-                    report = self._smoke(stage, wanted, staged, unchanged, removals, checks, before)
+                    report = self._smoke(
+                        tree, stage, wanted, staged, unchanged, removals, checks, before
+                    )
                 report.raise_if_failed(f"nothing restored, {self.shown_target} untouched")
                 self.result.smoke = report.to_json()
 
     def _smoke(
         self,
+        tree: Tree,
         stage: Stage,
         wanted: list[_Item],
         staged: list[_Item],
@@ -514,6 +519,8 @@ class _Checkout:
             view[item.entry.path] = stage.path / item.entry.path
         env = {"CASNAP_TARGET_DIR": str(self.target), "CASNAP_SNAPSHOT": self.result.id}
         report = checks.finish(view, sorted(selected), staged_dir=stage.path)
+        if self.opts.smoke and (self.paths or any(s.paths for _, s in self.sel.sources)):
+            report = self._whole_stores(tree, report, view, selected, unchanged)
         if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
             report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
         now = stage.fingerprints(sorted(staged_paths))
@@ -527,14 +534,38 @@ class _Checkout:
             report = smoke_report.SmokeReport((*report.checks, extra))
         return report
 
+    def _whole_stores(
+        self,
+        tree: Tree,
+        report: smoke_report.SmokeReport,
+        view: dict[str, Path],
+        selected: set[str],
+        unchanged: list[_Item],
+    ) -> smoke_report.SmokeReport:
+        """report with store-whole, for each framework store this checkout of some files writes
+        some of, and leaves others (storeparts.py)."""
+        written = selected - {i.entry.path for i in unchanged}
+        held = {path: entry.hash for path, (entry, _) in self.sel.entries.items()}
+        more = storeparts.checks(
+            view,
+            selected,
+            written,
+            held,
+            lambda rel: self.present.hash_at(tree, rel),
+            self.sel.sources[-1][0].short,
+        )
+        return smoke_report.SmokeReport((*report.checks, *more))
+
     # -- swap ------------------------------------------------------------------------------
 
-    def _swap(self, tree: Tree, stage: Stage, plan: list[_Item]) -> set[str]:
+    def _swap(self, tree: Tree, stage: Stage, plan: list[_Item], replaced: list[str]) -> set[str]:
         """Rename every staged file of the plan into place; returns the folders touched.
 
         Databases about to be replaced are locked the way SQLite locks them first, all before
         the first rename, so no app starts a transaction on one meanwhile (and one that holds a
-        lock stops the checkout before anything changed)."""
+        lock stops the checkout before anything changed). A file it replaces or removes that
+        was written since the pre-checkout snapshot read it (an app still saving) stops it
+        then too: that content is in no snapshot."""
         with contextlib.ExitStack() as held:
             for item in plan:
                 if item.replaces_db:
@@ -545,36 +576,17 @@ class _Checkout:
                         held.enter_context(
                             inuse.held_sqlite_locks(parent, name, self.target / item.entry.path)
                         )
+            written_now = self.present.written_since(tree, replaced)
+            if written_now and self.opts.safety_snapshot:
+                raise SourceError(
+                    f"{self.target / written_now[0]} was written while the checkout ran, after "
+                    "the data it replaces was saved (an app still writing there?): nothing "
+                    "restored; stop the app and check out again"
+                )
             placing = [(item.entry.path, item.replaces_db) for item in plan]
             written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs)
             self.result.written += written
         return touched
-
-    def _restore_attrs(self, tree: Tree, entry: FileEntry) -> None:
-        """Mode, mtime (and owner, as root) of a file left in place, through its descriptor;
-        none is set again when all are right (its ctime, and so its fingerprint, stays)."""
-        parent, name = tree.parent_of(entry.path)
-        if parent is None:
-            return
-        owner = os.geteuid() == 0 and entry.uid is not None and entry.gid is not None
-        with contextlib.suppress(OSError, CasnapError):
-            st = parent.lstat(name)
-            if (
-                st is not None
-                and stat.S_IMODE(st.st_mode) == entry.mode & 0o777
-                and st.st_mtime_ns == entry.mtime_ns
-                and (not owner or (st.st_uid, st.st_gid) == (entry.uid, entry.gid))
-            ):
-                return
-            fd = parent.open_file(name)
-            try:
-                os.chmod(fd, entry.mode & 0o777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                if owner:
-                    assert entry.uid is not None and entry.gid is not None
-                    os.chown(fd, entry.uid, entry.gid)
-            finally:
-                os.close(fd)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ failures (fsutil.can_syncfs), else one fsync per folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from casnap import fsutil
@@ -21,6 +23,7 @@ from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, SourceError, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
 from casnap.fsdir import Dir, Tree, split
+from casnap.manifest import FileEntry
 from casnap.swapundo import Journal, explain
 
 DirAttrs = Callable[[str], tuple[int, tuple[int, int] | None]]
@@ -210,6 +213,33 @@ def moved(rel: str, folders: Collection[str]) -> bool:
             return True
         cut = rel.find("/", cut + 1)
     return False
+
+
+def restore_attrs(tree: Tree, entry: FileEntry) -> None:
+    """Mode, mtime (and owner, as root) of a file left in place, through its descriptor;
+    none is set again when all are right (its ctime, and so its fingerprint, stays)."""
+    parent, name = tree.parent_of(entry.path)
+    if parent is None:
+        return
+    owner = os.geteuid() == 0 and entry.uid is not None and entry.gid is not None
+    with contextlib.suppress(OSError, CasnapError):
+        st = parent.lstat(name)
+        if (
+            st is not None
+            and stat.S_IMODE(st.st_mode) == entry.mode & 0o777
+            and st.st_mtime_ns == entry.mtime_ns
+            and (not owner or (st.st_uid, st.st_gid) == (entry.uid, entry.gid))
+        ):
+            return
+        fd = parent.open_file(name)
+        try:
+            os.chmod(fd, entry.mode & 0o777)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            if owner:
+                assert entry.uid is not None and entry.gid is not None
+                os.chown(fd, entry.uid, entry.gid)
+        finally:
+            os.close(fd)
 
 
 def sync_folders(tree: Tree, folders: Iterable[str]) -> None:

@@ -8,16 +8,19 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from casnap import presave
 from casnap.committer import commit
 from casnap.constants import SAFETY_TAG
-from casnap.errors import DatabaseBusy, IntegrityError
+from casnap.errors import DatabaseBusy, IntegrityError, SourceError
 from casnap.manifestfields import MAX_PATH_DEPTH
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests.conftest import evolve_app
+from tests.helpers_rag import evolve_langchain, make_langchain, query_langchain
 from tests.helpers_reliability import dead_pid
 from tests.util import one_row_wal_db, raw_tree, snapshot_tree
 
@@ -133,6 +136,41 @@ def test_files_written_meanwhile_into_folders_the_target_lacked_are_saved_first(
     out = tmp_path / "saved"
     checkout(repo, r.safety_snapshot, out, smoke=False)
     assert (out / "sub" / "c.txt").read_text() == "late"
+
+
+def test_a_save_after_the_pre_checkout_snapshot_stops_the_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app that saves its LangChain store (and its app.db) once more after the checkout took
+    its pre-checkout snapshot and before the swap: the swap replaced that save, which no
+    snapshot held. The checkout now stops before its first rename, the save left in place."""
+    data = tmp_path / "data"
+    make_langchain(data)
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    evolve_langchain(data, 1)
+    real = presave.save
+    last: dict[str, bytes] = {}
+    answers: list[list[list[str]]] = []
+
+    def then_the_app_saves(*args: Any, **kwargs: Any) -> str:
+        saved = real(*args, **kwargs)
+        evolve_langchain(data, 2)  # the app's last save, after which it stops
+        last.update(snapshot_tree(data))
+        answers.append(query_langchain(data))
+        return saved
+
+    monkeypatch.setattr(presave, "save", then_the_app_saves)
+    with pytest.raises(SourceError, match="written while the checkout ran"):
+        checkout(repo, first, data)
+    monkeypatch.undo()
+    assert snapshot_tree(data) == last  # the last save is still there
+    r = checkout(repo, first, data)  # the app stopped: it is saved, then replaced
+    assert r.safety_snapshot is not None
+    saved = tmp_path / "saved"
+    checkout(repo, r.safety_snapshot, saved, safety_snapshot=False)
+    assert snapshot_tree(saved) == last and query_langchain(saved) == answers[0]
+    assert query_langchain(data) != answers[0]
 
 
 def test_a_leftover_wal_read_by_the_plan_is_not_taken_for_a_write(tmp_path: Path) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 
-from casnap import Repository, commit
+from casnap import Repository, checkout, commit
+from casnap.errors import InconsistentData
 from casnap.ids import hash_bytes
+from tests.helpers_rag import LANGCHAIN_DIR, make_langchain, query_langchain
 
 
 def _index_bytes(n: int) -> bytes:
@@ -42,3 +46,60 @@ def test_a_store_rewritten_during_the_commit_is_read_again(tmp_path: Path) -> No
     (entry,) = [f for f in snap.files if f.path == "store/index.faiss"]
     assert entry.hash == hash_bytes(newer).hex()  # not the bytes from before the rewrite
     assert not any("kept changing" in w for w in result.warnings)
+
+
+def _langchain_beside_a_big_file(data: Path) -> bytes:
+    """A LangChain store in data, read after data/a.bin (4 MiB: the commit is still reading it
+    when the test changes the store); the store's index.pkl as saved."""
+    make_langchain(data)
+    (data / "a.bin").write_bytes(os.urandom(4 << 20))
+    return (data / LANGCHAIN_DIR / "index.pkl").read_bytes()
+
+
+def _while_a_bin_is_read(change: Callable[[], None]) -> Callable[[int, int], None]:
+    fired: list[int] = []
+
+    def once(done: int, total: int) -> None:
+        if done > (1 << 20) and not fired:
+            fired.append(done)
+            change()
+
+    return once
+
+
+def test_a_store_torn_when_checked_and_whole_when_stored_is_not_reported(tmp_path: Path) -> None:
+    """A writer mid-save when the commit checked the store, done before it read it: the
+    snapshot holds the whole store, and its checks, made again on what was stored, find nothing
+    (they reported the torn pickle they saw first, as damage a checkout would refuse)."""
+    data = tmp_path / "data"
+    saved = _langchain_beside_a_big_file(data)
+    pickle_path = data / LANGCHAIN_DIR / "index.pkl"
+    pickle_path.write_bytes(saved[: len(saved) // 2])  # the save under way
+
+    def finish_the_save() -> None:
+        pickle_path.write_bytes(saved)
+
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data, progress=_while_a_bin_is_read(finish_the_save))
+    assert result.damage == [] and result.warnings == [], result.warnings
+    checkout(repo, result.id, tmp_path / "out")  # its smoke checks pass
+    assert query_langchain(tmp_path / "out") == query_langchain(data)
+
+
+def test_a_store_whole_when_checked_and_torn_when_stored_is_reported(tmp_path: Path) -> None:
+    """The reverse: whole when checked, torn by the time it was read (a writer that stopped
+    mid-save): the commit said nothing, and only the checkout refused the snapshot."""
+    data = tmp_path / "data"
+    saved = _langchain_beside_a_big_file(data)
+    pickle_path = data / LANGCHAIN_DIR / "index.pkl"
+
+    def tear() -> None:
+        pickle_path.write_bytes(saved[: len(saved) // 2])
+
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data, progress=_while_a_bin_is_read(tear))
+    assert [d.split(":")[0] for d in result.damage] == [f"{LANGCHAIN_DIR}/index.pkl"]
+    pickle_path.write_bytes(saved)
+    with pytest.raises(InconsistentData, match="index.pkl"):
+        commit(repo, data, strict=True, progress=_while_a_bin_is_read(tear))
+    assert len(repo.snapshots()) == 1

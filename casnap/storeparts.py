@@ -1,0 +1,70 @@
+"""A checkout that would take a framework store apart (the smoke check `store-whole`).
+
+A checkout of some paths (`checkout ID faiss_index/index.faiss`, or of a snapshot committed with
+some of a store's files) writes those files and leaves the store's others as they are. When
+those others are not the snapshot's, the store then holds files of two moments: a LangChain
+index whose positions the docstore maps to other documents, a Chroma database beside a segment
+whose vectors moved since. The count checks of each layout cannot always tell (as many vectors,
+the same ids), and the framework opens such a store and answers wrongly. So for each store the
+checkout writes some files of but not all, each file of the snapshot's store it leaves must be
+in place with the snapshot's content (a damaged file restored beside the snapshot's own others
+passes). Files the snapshot does not hold at all (a segment of a collection made since), and
+files of the snapshot's store the target lacks (a checkout of one file into an empty folder),
+are the layout checks' to judge: they mix nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+
+from casnap.formats import StoreLayout, layouts
+from casnap.smoke_report import Check
+
+
+def checks(
+    present: Collection[str],
+    selected: Collection[str],
+    written: Collection[str],
+    held: Mapping[str, str],
+    current: Callable[[str], str | None],
+    snapshot: str,
+) -> list[Check]:
+    """store-whole of each store among present (the target's files as the checkout leaves
+    them) with some files written and some not selected (selected: the files the checkout
+    restores, those already in place included; written: those of them it writes). held maps
+    each path of the snapshot to its content hash, current gives the content hash of a target
+    file left in place (None: none there), snapshot names the snapshot in the detail."""
+    out = []
+    snapshots = {_key(s): s for s in layouts.find_stores(list(held))}
+    for store in layouts.find_stores(list(present)):
+        wrote = [f for f in store.files if f in written]
+        theirs = snapshots.get(_key(store))
+        if not wrote or theirs is None:
+            continue
+        left = [f for f in theirs.files if f not in selected and f in present]
+        if not left:
+            continue
+        stale = [f for f in left if current(f) != held[f]]
+        where = store.root or "."
+        if stale:
+            whole = f"`checkout {snapshot} {store.root}`" if store.root else "a full checkout"
+            detail = (
+                f"writes {wrote[0]}{_more(wrote)} but leaves {stale[0]}{_more(stale)} as it is, "
+                f"not as snapshot {snapshot} holds it: the store would mix two moments; restore "
+                f"it whole ({whole}), or --no-smoke to write only these files"
+            )
+            out.append(Check("store-whole", where, False, detail, {"stale": stale}))
+        else:
+            detail = f"writes {len(wrote)} of its files, the other {len(left)} are the snapshot's"
+            out.append(Check("store-whole", where, True, detail))
+    return out
+
+
+def _key(store: StoreLayout) -> tuple[str, str]:
+    """One store of a data dir: a folder holds one Chroma or LlamaIndex store, and a LangChain
+    store per `<name>.faiss`."""
+    return store.kind, store.files[0] if store.kind == "langchain" else store.root
+
+
+def _more(files: list[str]) -> str:
+    return f" (and {len(files) - 1} more)" if len(files) > 1 else ""
