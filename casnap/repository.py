@@ -265,10 +265,10 @@ class Repository:
         root = where  # resolved (as_location)
 
         def make() -> Repository:  # another process's init is waited for (opening.py)
-            made_dir = not root.exists()
-            found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
+            made = fsutil.missing(root)  # root and the folders above it init makes
+            found = frozenset(p.name for p in root.iterdir()) if not made else frozenset()
             repo = cls.init(root, password=password if encryption == "repokey" else None)
-            repo.created = rollback.NewRepository(root, made_dir, found)
+            repo.created = rollback.NewRepository(root, bool(made), found, tuple(made[1:]))
             return repo
 
         return open_or_make(root, make, partial(cls.open, root, password))
