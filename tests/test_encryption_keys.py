@@ -217,3 +217,23 @@ def test_a_key_export_onto_a_symbolic_link_is_refused_as_onto_a_file(
         assert code == 0, err
         assert not link.is_symlink() and json.loads(link.read_text())["repository"]
     assert kept.read_text() == "someone's file\n" and not pointed.parent.exists()
+
+
+@pytest.mark.parametrize("body", [b"garbage{", b'{"casnap_key": 1}'], ids=["not-json", "no-fields"])
+def test_a_key_file_that_does_not_parse_is_one_clear_line(
+    enc_repo: tuple[Path, Path], body: bytes
+) -> None:
+    """The repository's only key file damaged past parsing: the line said "wrong password",
+    that an unusable key file was passed over, and that the key file might be damaged, all at
+    once, though the password was never tried. It now says which key file cannot be used and
+    why, that the password was not tried, and how to put the key back."""
+    repo, data = enc_repo
+    (keyfile,) = (repo / "keys").iterdir()
+    keyfile.write_bytes(body)
+    code, out, err = run(repo, data, "log")
+    assert code == EXIT_CODES["password"], err
+    (line,) = err.splitlines()
+    assert "wrong password" not in line and "passed over" not in line, line
+    assert f"key file {keyfile.name[:8]}" in line and "damaged" in line, line
+    assert "password was not tried" in line and "`casnap key import FILE`" in line, line
+    assert out == ""
