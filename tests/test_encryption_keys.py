@@ -237,3 +237,28 @@ def test_a_key_file_that_does_not_parse_is_one_clear_line(
     assert f"key file {keyfile.name[:8]}" in line and "damaged" in line, line
     assert "password was not tried" in line and "`casnap key import FILE`" in line, line
     assert out == ""
+
+
+def test_key_export_and_import_on_a_plain_repository_are_the_same_usage_error(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`key export` on a plain repository exited 2 (usage, as every other key command there)
+    and `key import` 3 ("not a casnap repository", which it is). Both are asked of a repository
+    that has no keys: exit 2, with the same line."""
+    repo, data = enc_repo
+    exported = tmp_path / "k.json"
+    assert run(repo, data, "key", "export", str(exported))[0] == 0
+    plain = tmp_path / "plain"
+    assert run(plain, data, "init", password=None)[0] == 0
+    lines = []
+    for command in (["export", str(tmp_path / "out.json")], ["import", str(exported)]):
+        code, _, err = run(plain, data, "key", *command, password=None)
+        assert code == EXIT_CODES["usage"], (command, err)
+        (line,) = err.splitlines()
+        lines.append(line)
+    said = (
+        f"casnap: error: repository {plain} is not encrypted: it has no keys; `casnap copy "
+        "--to NEW --to-encryption repokey` copies its snapshots into a new encrypted one"
+    )
+    assert lines == [said, said]
+    assert not (plain / "keys").exists() and not (tmp_path / "out.json").exists()
