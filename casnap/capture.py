@@ -109,6 +109,8 @@ class ScanOptions:
     skipped: list[str] | None = None
     dirs: dict[str, tuple[int, int, int]] | None = None
     unreadable: list[str] | None = None
+    # when given, paths too long to name (ENAMETOOLONG) go here rather than to unreadable
+    too_long: list[str] | None = None
     repositories: list[str] | None = None
     # the kind of a file the caller knows from its lstat alone (the stat cache: unchanged since
     # a snapshot said), so it is not opened to read its header; None: read it
@@ -161,9 +163,10 @@ def scan(
         except OSError as exc:
             if exc.errno != errno.ENAMETOOLONG:
                 raise from_oserror(exc, f"reading {full}") from exc
-            if opts.unreadable is None:  # as for a file it may not read
+            passed = opts.unreadable if opts.too_long is None else opts.too_long
+            if passed is None:  # as for a file it may not read
                 raise PathTooLong(f"{shortened(full)}: {too_long(full)}") from exc
-            opts.unreadable.append(rel)
+            passed.append(rel)
             return
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in opts.prune_ids:
@@ -243,12 +246,13 @@ def path_too_long(full: str) -> bool:
     return False
 
 
-def left_out(data_dir: Path, rel: str) -> str:
-    """The warning for a file or folder a commit left out because it could not be read."""
+def left_out(data_dir: Path, rel: str, of: str = "the snapshot") -> str:
+    """The warning for a file or folder a commit (or what `of` names) left out because it
+    could not be read."""
     full = os.path.join(data_dir, rel)
     if path_too_long(full):
-        return f"{shortened(rel)}: {too_long(full)}; left out of the snapshot"
-    return f"{shortened(rel)}: not readable, left out of the snapshot"
+        return f"{shortened(rel)}: {too_long(full)}; left out of {of}"
+    return f"{shortened(rel)}: not readable, left out of {of}"
 
 
 def storable(rel: str) -> bool:

@@ -91,6 +91,10 @@ class DiffResult:
     b: dict[str, Any]
     files: tuple[FileDiff, ...]
     summary: dict[str, int] = field(default_factory=dict)
+    # paths of the data dir too long to name (PATH_MAX), left out of both sides, and a warning
+    # line for each
+    skipped: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +102,7 @@ class DiffResult:
             "b": self.b,
             "files": [f.to_json() for f in self.files],
             "summary": self.summary,
+            "skipped": list(self.skipped),
         }
 
 
@@ -184,13 +189,16 @@ def _snapshot_side(repo: Repository, snap: Snapshot, scratch: Path) -> _Side:
     return side
 
 
-def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) -> _Side:
+def _data_side(
+    repo: Repository, data_dir: Path, like: Snapshot, scratch: Path, too_long: list[str]
+) -> _Side:
     """The data dir within the paths and excludes of `like`; a file whose stat fingerprint
-    matches like's record is taken from it unread, the rest is read and chunked (not stored)."""
+    matches like's record is taken from it unread, the rest is read and chunked (not stored).
+    Paths too long to name (past PATH_MAX) are left out, added to too_long."""
     side = _Side(repo, scratch)
     same_source = str(data_dir.resolve()) == like.source
     recorded = {e.path: e for e in like.files} if same_source else {}
-    prune = capture.ScanOptions(prune=repo.nested_in(data_dir.resolve()))
+    prune = capture.ScanOptions(prune=repo.nested_in(data_dir.resolve()), too_long=too_long)
     for src in capture.scan(data_dir, like.paths, like.excludes, options=prune):
         old = recorded.get(src.path)
         if (
@@ -221,9 +229,13 @@ def _data_side(repo: Repository, data_dir: Path, like: Snapshot, scratch: Path) 
 def diff(
     repo: Repository, a_ref: str, b_ref: str | None = None, data_dir: Path | str | None = None
 ) -> DiffResult:
-    """Compare snapshot a_ref with snapshot b_ref, or (b_ref None) with data_dir as it is now."""
+    """Compare snapshot a_ref with snapshot b_ref, or (b_ref None) with data_dir as it is now:
+    a path of it too long to name (past PATH_MAX) is left out of both sides, with a warning,
+    as a commit with skip_unreadable leaves it out."""
     if b_ref is None and data_dir is None:
         raise InvalidArgument("diff needs a second snapshot or a data dir")
+    skipped: list[str] = []  # paths of the data dir too long to name
+    warnings: list[str] = []
     with repo.lock("diff"), _scratch(repo) as scratch:
         repo.refresh(only_if_changed=True)
         a_id = repo.resolve(a_ref)
@@ -237,10 +249,18 @@ def diff(
         else:
             assert data_dir is not None
             root = resolved(data_dir, "data dir")
-            b = _data_side(repo, root, a_snap, scratch)
+            b = _data_side(repo, root, a_snap, scratch, skipped)
             b_info = {"data_dir": str(root)}
+            warnings = [capture.left_out(root, p, "the diff") for p in skipped]
+            for path in [p for p in a.files if any(_at_or_under(p, q) for q in skipped)]:
+                del a.files[path]  # left out of both sides: not reported as removed
         files, summary = _compare(a, b)
-        return DiffResult({"id": a_id.hex(), "time": a_snap.time}, b_info, tuple(files), summary)
+        a_info = {"id": a_id.hex(), "time": a_snap.time}
+        return DiffResult(a_info, b_info, tuple(files), summary, tuple(skipped), tuple(warnings))
+
+
+def _at_or_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
 
 
 @contextlib.contextmanager

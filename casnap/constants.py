@@ -177,6 +177,9 @@ LOCK_WAIT_SECONDS = 60.0
 # init left when it was killed waits all of it, and then fails as before.
 INIT_WAIT_SECONDS = 10.0
 INIT_POLL_SECONDS = 0.02
+# the same on S3, where each check is a few requests (an S3 object's time is in whole seconds:
+# a key file there is known to be old one second later than in a folder)
+INIT_POLL_REMOTE_SECONDS = 0.5
 
 # A lock holder writes its lock afresh this often (a new object with a new time, then the old one
 # deleted: objects are immutable), and a lock whose last refresh is older than LOCK_STALE is

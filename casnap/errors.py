@@ -37,6 +37,11 @@ class NotARepository(RepositoryError):
     """The location exists and holds something that is not a casnap repository."""
 
 
+class InitUnderWay(NotARepository):
+    """The location holds an encrypted init's key file but no config, written in the last
+    INIT_WAIT_SECONDS: that init may be about to write its config (a first commit waits)."""
+
+
 class UnsupportedFormat(RepositoryError):
     """The repository was written by a newer casnap (format version too high)."""
 

@@ -91,19 +91,24 @@ def make_dirs(path: Path) -> None:
             os.close(fd)
 
 
+def missing(path: Path) -> list[Path]:
+    """path and the folders above it that do not exist, deepest first: what `mkdir -p path`
+    makes."""
+    out: list[Path] = []
+    while not os.path.lexists(path) and path.parent != path:
+        out.append(path)
+        path = path.parent
+    return out
+
+
 @contextlib.contextmanager
 def new_folder(path: Path) -> Iterator[None]:
     """mkdir -p path (path 0700, its parents as the umask makes them) for the block to fill;
     when the block fails (an error, a Ctrl-C or SIGTERM), the folders made here are removed
     again, those left empty: an init stopped before its config leaves no empty folder."""
-    missing: list[Path] = []
-    p = path
-    while not os.path.lexists(p) and p.parent != p:
-        missing.append(p)
-        p = p.parent
     made: list[Path] = []
     try:
-        for folder in reversed(missing):
+        for folder in reversed(missing(path)):
             try:
                 os.mkdir(folder, DIR_MODE if folder == path else 0o777)
                 made.append(folder)

@@ -22,7 +22,6 @@ from casnap.errors import (
     CasnapError,
     IntegrityError,
     InvalidArgument,
-    NotARepository,
     PasswordError,
     RepositoryNotFound,
     from_oserror,
@@ -53,11 +52,17 @@ def require_keys(repo: Repository) -> None:
 
 def _unlocked(repo: Repository) -> Unlocked:
     if repo.unlocked is None:
-        raise InvalidArgument(
-            f"repository {repo.backend.location} is not encrypted: it has no keys; `casnap copy "
-            "--to NEW --to-encryption repokey` copies its snapshots into a new encrypted one"
-        )
+        raise _not_encrypted(repo.backend.location)
     return repo.unlocked
+
+
+def _not_encrypted(location: str) -> InvalidArgument:
+    """What every key command says of a plain repository: a usage error (exit 2), the
+    repository being fine, the command not one for it."""
+    return InvalidArgument(
+        f"repository {location} is not encrypted: it has no keys; `casnap copy --to NEW "
+        "--to-encryption repokey` copies its snapshots into a new encrypted one"
+    )
 
 
 def list_keys(repo: Repository) -> list[KeyInfo]:
@@ -199,10 +204,10 @@ def _import_key(
 ) -> tuple[KeyFile, bool]:
     if not backend.exists("config"):
         raise RepositoryNotFound(f"no casnap repository at {root}")
-    kf = read_export(path)
     raw = backend.get("config")
-    if not crypto.is_sealed(raw):
-        raise NotARepository(f"repository {root} is not encrypted: it takes no key")
+    if not crypto.is_sealed(raw):  # said before the export is read, as key add says it first
+        raise _not_encrypted(root)
+    kf = read_export(path)
     master = kf.unseal(keys.read_password(password))
     try:
         crypto.Sealer(master.encryption_key).open("config", raw)

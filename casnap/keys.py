@@ -248,12 +248,32 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
             return kf, kf.unseal(password)
         except PasswordError:
             continue
-    extra = f" ({len(unusable)} unusable key file(s) passed over)" if unusable else ""
-    if skipped:
-        extra += f" ({skipped} key file(s) too costly to try within the KDF budget)"
+    if not files:  # every key file is unusable: the password was never tried
+        raise PasswordError(_none_usable(backend.location, unusable))
+    passed = [f"{len(unusable)} unusable key file(s)"] if unusable else []
+    passed += [f"{skipped} key file(s) too costly to try within the KDF budget"] if skipped else []
+    extra = f"; passed over: {' and '.join(passed)}" if passed else ""
     raise PasswordError(  # a sealed key whose bytes were damaged fails as a wrong password does
-        f"wrong password: no key of repository {backend.location} opens with it{extra} (or "
-        "the key file is damaged: `casnap key import FILE` puts back an exported copy)"
+        f"wrong password: no key of repository {backend.location} opens with it (or the key "
+        f"file is damaged: `casnap key import FILE` puts back an exported copy){extra}"
+    )
+
+
+def _none_usable(location: str, unusable: list[tuple[str, str]]) -> str:
+    """Why no key file of the repository at location can be used, in one line: the first
+    unusable one and what is wrong with it (its own path left out), how many more there are,
+    and how to put an exported key back."""
+    key_id, why = min(unusable)
+    what = why.removeprefix(f"{location}/{KEYS}{key_id}").lstrip(": ")
+    named = (
+        f"key file {key_id[:8]} {what}"
+        if what.startswith("is ")
+        else f"key file {key_id[:8]}: {what}"
+    )
+    more = f" (and {len(unusable) - 1} more unusable key file(s))" if len(unusable) > 1 else ""
+    return (
+        f"no key file of repository {location} can be used, so the password was not tried: "
+        f"{named}{more}; `casnap key import FILE` puts back an exported copy"
     )
 
 

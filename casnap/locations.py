@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from casnap.errors import InvalidArgument, NotARepository, RepositoryError
+from casnap.errors import InitUnderWay, InvalidArgument, NotARepository, RepositoryError
 
 if TYPE_CHECKING:
     from casnap.backends.base import Backend
@@ -173,6 +173,14 @@ def stale_init(root: Path) -> list[Path] | None:
     return found or None
 
 
+def under_way_message(where: Path | S3Url) -> str:
+    """Why an init refuses a location holding only key files younger than INIT_WAIT_SECONDS."""
+    return (
+        f"{where} holds key files but no config: an init is under way, or was stopped in the "
+        "last seconds; try again in a few seconds"
+    )
+
+
 def init_folder(root: Path) -> Callable[[], None]:
     """Where an init may make a repository: root missing or holding only placeholders, or the
     key files an init killed before its config left (stale_init), never inside another
@@ -182,10 +190,7 @@ def init_folder(root: Path) -> Callable[[], None]:
     if not is_placeholder_dir(root):
         found = stale_init(root)
         if found is None and (root / "keys").is_dir() and not (root / "config").exists():
-            raise NotARepository(
-                f"{root} holds key files but no config: an init is under way, or was stopped in "
-                "the last seconds; try again in a few seconds"
-            )
+            raise InitUnderWay(under_way_message(root))
         if found is None:
             raise NotARepository(
                 f"{root} is not empty and not a casnap repository; not touching it"

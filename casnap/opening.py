@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from casnap import keys
+from casnap import constants, keys
 from casnap.backends.base import Backend, Wrapper
 from casnap.backends.cached import CachingBackend, opened_cache
-from casnap.constants import INIT_POLL_SECONDS, INIT_WAIT_SECONDS
+from casnap.constants import INIT_POLL_REMOTE_SECONDS, INIT_POLL_SECONDS, INIT_WAIT_SECONDS
 from casnap.crypto import MasterKey
 from casnap.errors import (
+    InitUnderWay,
     IntegrityError,
     NotARepository,
     ObjectMissing,
@@ -149,3 +150,22 @@ def open_or_make(root: Path, make: Callable[[], R], open_: Callable[[], R]) -> R
         elif time.monotonic() > deadline:
             return open_()  # what a killed init left: refused as before
         time.sleep(INIT_POLL_SECONDS)
+
+
+def open_or_make_remote(open_: Callable[[], R], make: Callable[[], R]) -> R:
+    """The repository at an S3 URL: opened (open_), else made (make) when the prefix holds
+    nothing, or only the old key file of a killed init (s3prefix.py). A key file written in the
+    last INIT_WAIT_SECONDS (InitUnderWay: an init may be about to write its config) is waited
+    for, as open_or_make waits for a folder: until the config lands or the key file is old
+    enough to take over, at most INIT_WAIT_SECONDS and the second S3's times are rounded to."""
+    deadline = time.monotonic() + constants.INIT_WAIT_SECONDS + 1
+    while True:
+        try:
+            try:
+                return open_()
+            except RepositoryNotFound:
+                return make()
+        except InitUnderWay:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(INIT_POLL_REMOTE_SECONDS)

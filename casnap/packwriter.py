@@ -33,6 +33,7 @@ from casnap.packs import (
     pack_tail,
 )
 from casnap.phases import Phases
+from casnap.signals import uninterrupted
 from casnap.store import Store
 
 # Packs queued for writing at once: bounds memory to about (1 + this) x pack_target. A remote
@@ -190,7 +191,10 @@ class PackWriter:
             self._io = ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="casnap-pack")
         while len(self._inflight) >= inflight:
             self._collect(self._inflight.popleft())
-        self._inflight.append(self._io.submit(self._write_pack, p))
+        # a signal raised inside submit (it may start the thread, and wait for it) would leave
+        # the pack on its way unnoted: abort, and a rollback after it, would not wait for it
+        with uninterrupted():
+            self._inflight.append(self._io.submit(self._write_pack, p))
 
     def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
         start = time.perf_counter()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, placement, rollback, selection
 from casnap.backends.base import Backend
 from casnap.backends.cached import CachingBackend, cache_dir_for, opened_cache, opened_cache_dir
-from casnap.backends.deferred import DeferredBackend, made_for, s3_backend, unmade
+from casnap.backends.deferred import DeferredBackend, made_for, s3_backend, taken_over, unmade
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import default_config, encode_config, now_iso, parse_config
@@ -35,7 +35,7 @@ from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, init_folder, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
-from casnap.opening import confirm, listing_stopped, open_or_make, read_config
+from casnap.opening import confirm, listing_stopped, open_or_make, open_or_make_remote, read_config
 from casnap.phases import opening
 from casnap.signals import uninterrupted
 from casnap.spans import ListsAhead
@@ -198,7 +198,8 @@ class Repository:
         try:
             if create:  # what was cached of an earlier repository at url is not this one's
                 shutil.rmtree(opened_cache_dir(url.url), ignore_errors=True)
-                return cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
+                repo = cls.init_backend(backend, config, fsutil.private_scratch(), None, password)
+                return taken_over(backend, repo)  # a killed init's key files it took over
             scratch = fsutil.private_scratch()
             return made_for(backend, cls.open_backend(backend, scratch, None, password, cache))
         except BaseException as exc:
@@ -253,19 +254,21 @@ class Repository:
             capture.require_data_dir(Path(data_dir))
         where = as_location(location)
         if isinstance(where, S3Url):
-            with contextlib.suppress(RepositoryNotFound):
-                # a cached config is confirmed by the first listing (snapshots): RepositoryGone
-                return cls._on_s3(where, password)  # there when it was deleted meanwhile
-            repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
-            repo.created = rollback.NewRepository(None, False, frozenset())
-            return repo
+
+            def make_s3() -> Repository:  # an init under way there is waited for (opening.py)
+                repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
+                repo.created = rollback.NewRepository(None, False, frozenset())
+                return repo
+
+            # a cached config is confirmed by the first listing (snapshots): RepositoryGone
+            return open_or_make_remote(partial(cls._on_s3, where, password), make_s3)
         root = where  # resolved (as_location)
 
         def make() -> Repository:  # another process's init is waited for (opening.py)
-            made_dir = not root.exists()
-            found = frozenset(p.name for p in root.iterdir()) if not made_dir else frozenset()
+            made = fsutil.missing(root)  # root and the folders above it init makes
+            found = frozenset(p.name for p in root.iterdir()) if not made else frozenset()
             repo = cls.init(root, password=password if encryption == "repokey" else None)
-            repo.created = rollback.NewRepository(root, made_dir, found)
+            repo.created = rollback.NewRepository(root, bool(made), found, tuple(made[1:]))
             return repo
 
         return open_or_make(root, make, partial(cls.open, root, password))

@@ -35,12 +35,14 @@ if TYPE_CHECKING:
 
 class NewRepository(NamedTuple):
     """A repository directory a commit created: `made_dir` when the directory itself did not
-    exist; `placeholders`, the files it held already (README.md, .gitkeep). root is None for a
-    repository in an object store (S3), where only objects are looked at."""
+    exist; `placeholders`, the files it held already (README.md, .gitkeep); `parents`, the
+    folders above it that did not exist either, deepest first. root is None for a repository
+    in an object store (S3), where only objects are looked at."""
 
     root: Path | None
     made_dir: bool
     placeholders: frozenset[str]
+    parents: tuple[Path, ...] = ()
 
 
 def after_failed_commit(
@@ -147,13 +149,19 @@ def _only_casnap_files(root: Path, placeholders: frozenset[str]) -> bool:
 
 def _remove_folders(new: NewRepository) -> None:
     """Remove the emptied folders of a taken-back repository (a folder something was written
-    into meanwhile stays), and the repository directory when the commit made it."""
+    into meanwhile stays), the repository directory when the commit made it, and then the
+    folders it made above it, deepest first, while each is empty (as an init stopped before
+    its config leaves none: fsutil.new_folder)."""
     if new.root is None:
         return
     for dirpath, _dirs, _files in os.walk(new.root, topdown=False):
         if Path(dirpath) != new.root:
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
-    if new.made_dir:
-        with contextlib.suppress(OSError):
-            new.root.rmdir()
+    if not new.made_dir:
+        return
+    for folder in (new.root, *new.parents):
+        try:
+            os.rmdir(folder)
+        except OSError:  # something landed in it: it stays, and so does every folder above
+            return

@@ -217,3 +217,48 @@ def test_a_key_export_onto_a_symbolic_link_is_refused_as_onto_a_file(
         assert code == 0, err
         assert not link.is_symlink() and json.loads(link.read_text())["repository"]
     assert kept.read_text() == "someone's file\n" and not pointed.parent.exists()
+
+
+@pytest.mark.parametrize("body", [b"garbage{", b'{"casnap_key": 1}'], ids=["not-json", "no-fields"])
+def test_a_key_file_that_does_not_parse_is_one_clear_line(
+    enc_repo: tuple[Path, Path], body: bytes
+) -> None:
+    """The repository's only key file damaged past parsing: the line said "wrong password",
+    that an unusable key file was passed over, and that the key file might be damaged, all at
+    once, though the password was never tried. It now says which key file cannot be used and
+    why, that the password was not tried, and how to put the key back."""
+    repo, data = enc_repo
+    (keyfile,) = (repo / "keys").iterdir()
+    keyfile.write_bytes(body)
+    code, out, err = run(repo, data, "log")
+    assert code == EXIT_CODES["password"], err
+    (line,) = err.splitlines()
+    assert "wrong password" not in line and "passed over" not in line, line
+    assert f"key file {keyfile.name[:8]}" in line and "damaged" in line, line
+    assert "password was not tried" in line and "`casnap key import FILE`" in line, line
+    assert out == ""
+
+
+def test_key_export_and_import_on_a_plain_repository_are_the_same_usage_error(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`key export` on a plain repository exited 2 (usage, as every other key command there)
+    and `key import` 3 ("not a casnap repository", which it is). Both are asked of a repository
+    that has no keys: exit 2, with the same line."""
+    repo, data = enc_repo
+    exported = tmp_path / "k.json"
+    assert run(repo, data, "key", "export", str(exported))[0] == 0
+    plain = tmp_path / "plain"
+    assert run(plain, data, "init", password=None)[0] == 0
+    lines = []
+    for command in (["export", str(tmp_path / "out.json")], ["import", str(exported)]):
+        code, _, err = run(plain, data, "key", *command, password=None)
+        assert code == EXIT_CODES["usage"], (command, err)
+        (line,) = err.splitlines()
+        lines.append(line)
+    said = (
+        f"casnap: error: repository {plain} is not encrypted: it has no keys; `casnap copy "
+        "--to NEW --to-encryption repokey` copies its snapshots into a new encrypted one"
+    )
+    assert lines == [said, said]
+    assert not (plain / "keys").exists() and not (tmp_path / "out.json").exists()

@@ -238,3 +238,55 @@ def test_a_full_checkout_refused_for_a_path_too_long_names_only_its_own_options(
     assert "--exclude" not in line and "--skip-unreadable" not in line, line
     assert "--no-safety-snapshot" in line, line
     assert (data / "notes.txt").read_text() == "changed\n"
+
+
+def test_a_diff_with_the_data_dir_leaves_out_a_path_too_long_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    """`diff latest` (against the data dir) refused the whole diff, exit 7, for one path past
+    PATH_MAX anywhere in the data dir. As commit with `--skip-unreadable` does, it warns in one
+    line and leaves that path out; the rest of the diff is printed."""
+    base, _repo, data, too_long = world(tmp_path)
+    (data / "notes.txt").write_text("changed\n")
+    (data / "new.txt").write_text("added\n")
+    done = run_casnap([*base, "diff", "latest"])
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("casnap: warning: ") and len(line) < 300, line
+    assert "longer than" in line and "…" in line and "left out of the diff" in line, line
+    assert "--skip-unreadable" not in line and "--exclude" not in line, line
+    listed = [x.split()[:2] for x in done.stdout.splitlines() if x.startswith("  ")]
+    assert listed == [["A", "new.txt"], ["M", "notes.txt"]], done.stdout
+    assert "1 changed, 1 added, 0 removed, 1 unchanged" in done.stdout, done.stdout
+    done = run_casnap([*base, "diff", "latest", "--json"])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["skipped"] == [too_long]
+    assert {f["path"]: f["status"] for f in out["files"]} == {
+        "new.txt": "added",
+        "notes.txt": "changed",
+        "sub/more.txt": "unchanged",
+    }
+
+
+def test_a_file_the_snapshot_holds_at_a_path_now_too_long_is_not_called_removed(
+    tmp_path: Path,
+) -> None:
+    """A data dir moved to a longer path: a file just under PATH_MAX before is past it now. The
+    diff leaves it out with its warning, on both sides: it is not reported as removed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rel = _file_at_path_length(data, PATH_MAX - 1)
+    (data / "short.txt").write_text("short\n")
+    repo = tmp_path / "repo"
+    done = run_casnap(["--repo", str(repo), "--data", str(data), "commit", "-q"])
+    assert done.returncode == 0, done.stderr
+    moved = tmp_path / "data-moved-a-little-further"
+    os.rename(data, moved)
+    done = run_casnap(["--repo", str(repo), "--data", str(moved), "diff", "latest", "--json"])
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "longer than" in line and "left out of the diff" in line, line
+    out = json.loads(done.stdout)
+    assert [f["path"] for f in out["files"]] == ["short.txt"]
+    assert out["skipped"] == [rel]

@@ -3,11 +3,17 @@ pack that became durable between the worker's check and the frame's turn to be a
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
+
+import pytest
 
 from casnap import compression
 from casnap.chunkindex import DATA
 from casnap.ids import hash_bytes
+from casnap.packs import pack_key
 from casnap.packwriter import PackWriter
 from casnap.repository import Repository
 
@@ -36,3 +42,47 @@ def test_frame_checked_before_its_chunk_became_durable_is_not_stored_twice(
     repo.ensure_index()
     assert len(repo.store.index) == 1
     assert writer.chunks_added == 1
+
+
+def test_a_signal_while_a_pack_s_thread_starts_still_has_abort_wait_for_that_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (or Ctrl-C) handled while `flush` hands a pack to the writing thread, as that
+    thread starts: the pack was on its way, but the writer had not noted it, so `abort` neither
+    waited for it nor listed it, and a first commit stopped then had its rollback race the
+    pack's put (the repository it made, and the pack, stayed behind). abort now waits for it
+    and lists it, as every pack put."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from casnap import signals
+    from casnap.errors import Terminated
+
+    repo = Repository.init(tmp_path / "repo")
+    repo.ensure_index()
+    writer = PackWriter(repo.store)
+    body = b"a pack on its way when the signal comes" * 50
+    cid = bytes(hash_bytes(body))
+    writer.add_frame(DATA, compression.encode(body), 0, [(cid, 0, len(body))])
+
+    starting = ThreadPoolExecutor._adjust_thread_count
+
+    def signalled(pool: ThreadPoolExecutor) -> None:
+        starting(pool)  # the thread runs; the signal is handled before submit returns
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # as at the start of a command line's command (a command run in this process before may
+    # have ended: a signal then would end the process at once), restored afterwards
+    fresh = {"_stopping": False, "_first": 0, "_deferred": 0, "_ended": False, "_depth": 0}
+    for name, value in {**fresh, "_held_back": None, "_exit_code": None}.items():
+        monkeypatch.setattr(signals, name, value)
+    monkeypatch.setattr(ThreadPoolExecutor, "_adjust_thread_count", signalled)
+    previous = signal.signal(signal.SIGTERM, signals._terminated)
+    try:
+        with pytest.raises(Terminated):
+            writer.flush()
+            time.sleep(1)  # a signal not raised inside flush is raised here at the latest
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    made = writer.abort()
+    assert len(made) == 1, "abort did not wait for the pack on its way"
+    assert (tmp_path / "repo" / pack_key(made[0])).is_file()

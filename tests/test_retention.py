@@ -518,3 +518,37 @@ def test_gc_failing_after_snapshots_were_forgotten_names_them(tmp_path: Path, co
     assert "gc stopped before deleting anything" in line, line
     assert "forgot 6 snapshot(s) first: " + ", ".join(sorted(i[:8] for i in ids[:6])) in line
     assert {s.hex() for s, _ in Repository.open(root).snapshots()} == set(ids[6:])
+
+
+@pytest.mark.parametrize("how", ["id", "tag"])
+def test_a_forget_prune_stopped_before_its_gc_says_how_to_finish(tmp_path: Path, how: str) -> None:
+    """`forget X --prune` killed between the forget and its gc: X is gone, its data not. The
+    same command run again said only that no snapshot matches X (exit 4), leaving the user no
+    way to tell the space is still taken; its line now names `casnap gc` as the step that
+    frees it, and gc does."""
+    import signal
+    import subprocess
+    import sys
+
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    ids = []
+    for step in range(3):
+        evolve(data, step + 1)
+        ids.append(commit(repo, data, tags=("old",) if step == 0 else ()).id)
+    base = ["--repo", str(root), "--data", str(data)]
+    args = ["forget", ids[0][:10] if how == "id" else "--tag", *([] if how == "id" else ["old"])]
+    args.append("--prune")
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.faulty_cli", "delete:kill:1:snapshots/", *base, *args],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert [s.hex() for s, _ in Repository.open(root).snapshots()] == ids[1:]
+    result = CliRunner().invoke(cli, [*base, *args])
+    assert result.exit_code == 4, result.output
+    (line,) = result.stderr.splitlines()
+    assert "nothing forgotten" in line and "`casnap gc`" in line, line
+    assert collector.collect(Repository.open(root)).bytes_freed > 0
+    assert verify(Repository.open(root), read_data=True).ok

@@ -548,3 +548,30 @@ def test_sigterm_while_a_lock_in_conflict_is_removed_leaves_none(tmp_path: Path)
         done = run_casnap(args, env=env, faults="delete:term:1:locks/")
         assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
         assert _locks(repo) == gc_lock
+
+
+@pytest.mark.parametrize("command", ["commit", "copy"])
+def test_a_stopped_first_commit_or_copy_takes_back_the_parent_folders_it_made(
+    tmp_path: Path, command: str
+) -> None:
+    """`--repo /tmp/x/a/b/repo` with /tmp/x absent: a first commit (or a copy creating its
+    destination) stopped by SIGTERM took back the repository folder it made and left x/a/b
+    behind, empty. Each folder it made goes too, deepest first, while empty; one that was there
+    before, or that holds something by then, stays."""
+    data, src = _notes_repo(tmp_path)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "a").mkdir()
+    (tmp_path / "kept" / "a" / "mine.txt").write_text("mine\n")
+    for top, new in ((tmp_path / "x", "x/a/b/repo"), (tmp_path / "kept" / "a", "kept/a/b/repo")):
+        where = tmp_path / new
+        if command == "commit":
+            args = ["--repo", str(where), "--data", str(data), "commit", "-q"]
+        else:
+            args = ["--repo", str(src), "--data", str(data), "copy", "--to", str(where)]
+        done = run_casnap(args, faults="put:term:1:packs/")
+        assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
+        if top.name == "x":
+            assert not top.exists()
+        else:
+            assert sorted(p.name for p in top.iterdir()) == ["mine.txt"]
+    assert _casnap("--repo", src, "verify").returncode == 0

@@ -90,9 +90,21 @@ def unmade(backend: Backend) -> BaseException | None:
 def s3_backend(url: S3Url, create: bool, check: bool) -> Backend:
     """The S3 backend of url (backends/s3.py, imported here: on a DeferredBackend's thread the
     import runs there too)."""
-    from casnap.backends.s3 import repository_backend
+    from casnap.backends.s3prefix import repository_backend
 
     return repository_backend(url, create, check=check)
+
+
+def taken_over(backend: Backend, made: T) -> T:
+    """made, a repository just made on backend, once the key files of a killed init the S3
+    backend below took over (s3prefix.repository_backend) are removed: its config is in, and
+    they seal a key that encrypts nothing."""
+    layer = backend
+    while isinstance(layer, Wrapper):
+        layer = layer.inner
+    for key in getattr(layer, "leftover", None) or ():
+        backend.delete(key)
+    return made
 
 
 def made_for(backend: Backend, opened: T) -> T:

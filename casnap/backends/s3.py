@@ -25,6 +25,7 @@ retrying wrapper decides); anything else a CasnapError naming the key and the bu
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import threading
 import time
 import uuid
@@ -44,13 +45,12 @@ from casnap.errors import (
     CasnapError,
     IntegrityError,
     InvalidArgument,
-    NotARepository,
     ObjectMissing,
     RepositoryError,
     RepositoryNotFound,
     TransientError,
 )
-from casnap.locations import CONFIG_HEAD, S3Url, endpoint, is_config, nested_message
+from casnap.locations import CONFIG_HEAD, S3Url, endpoint, is_config
 
 try:  # botocore's client alone: boto3's session layer and transfer manager cost ~0.1 s to import
     import botocore.config
@@ -170,6 +170,8 @@ class S3Backend(Backend):
         # it and tells learnt, which may keep it for the next process)
         self.conditional_deletes: bool | None = None
         self.learnt: Callable[[bool], None] | None = None
+        # the key files of a killed init a new repository takes over (s3prefix.py)
+        self.leftover: list[str] | None = []
 
     remote = True
     checked_puts = True  # the checksum of every upload is checked by the store (make_client)
@@ -343,6 +345,27 @@ class S3Backend(Backend):
                     if is_object_key(key):
                         yield key, int(item["Size"])
 
+    def list_aged(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, age in seconds) of the objects list gives, the age by the store's clock: the
+        Date of its answer less the object's LastModified, both in whole seconds, so one second
+        is taken off (an age is never more than it is); by this host's clock without a Date."""
+        check_prefix(prefix)
+        cut = len(self._root)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._root + prefix, PaginationConfig={"PageSize": 1000}
+        )
+        with self._mapped(f"listing {prefix or 'the repository'}"):
+            for page in pages:
+                date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+                try:
+                    now = email.utils.parsedate_to_datetime(date).timestamp()
+                except (TypeError, ValueError):  # no Date, or one that does not parse
+                    now = time.time()
+                for item in page.get("Contents", ()):
+                    key = item["Key"][cut:]
+                    if is_object_key(key):
+                        yield key, now - item["LastModified"].timestamp() - 1
+
     def list_several(self, prefixes: Sequence[str]) -> Iterator[tuple[str, int]]:
         """One listing of the key range from the first folder to the end of the last, in place
         of one per folder: `StartAfter` skips what lies before, the listing stops once past the
@@ -488,35 +511,6 @@ class S3Backend(Backend):
                 raise self._error(exc, "creating the bucket") from exc
             raise
         return True
-
-
-def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backend:
-    """The backend of the repository at url: one holding a config (RepositoryNotFound when the
-    bucket or the prefix holds nothing, NotARepository when it holds something else); with
-    create, one for a new repository: the bucket made when missing, the prefix holding nothing
-    (NotARepository otherwise). Without check (a config of url is cached), no request is made."""
-    backend = S3Backend(url)
-    if not check and not create:
-        return backend
-    try:
-        if create:
-            backend.ensure_bucket()
-        if backend.exists("config"):
-            if create:
-                raise NotARepository(f"{url} already holds a casnap repository")
-            return backend
-        if next(iter(backend.list("")), None) is not None:
-            what = "is not empty and not a casnap repository; not touching it"
-            raise NotARepository(f"{url} {what if create else 'is not a casnap repository'}")
-        if not create:
-            raise RepositoryNotFound(f"no casnap repository at {url} (run `casnap init`)")
-        outer = backend.enclosing_repository()
-        if outer is not None:
-            raise NotARepository(nested_message(url, outer))
-        return backend
-    except BaseException:
-        backend.close()
-        raise
 
 
 class _Closed:

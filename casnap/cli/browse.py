@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap.cli.main import Context, cli, pass_ctx
+from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.options import filter_options, resolve_ref
 from casnap.cli.output import emit_json, human, printable
 from casnap.cli.pipes import stdout_closed
@@ -195,6 +195,8 @@ def diff(
     if b is not None:
         b = resolve_ref(c, repo, b, filter_paths, filter_tags).hex()
     result = run_diff(repo, a, b, data_dir=c.data if b is None else None)
+    for line in result.warnings:  # paths too long to name, left out
+        warn(line)
     if as_json:
         emit_json(result.to_json())
         return

@@ -26,7 +26,7 @@ from casnap.cli.output import emit_json, human, local_time, paths_label, printab
 from casnap.cli.pipes import StdoutFailed, output_failed, printing
 from casnap.cli.snapshots import _smoke_summary
 from casnap.constants import DEFAULT_MAX_UNUSED
-from casnap.errors import CheckFailed, SnapshotNotFound
+from casnap.errors import AmbiguousSnapshot, CheckFailed, SnapshotNotFound
 
 if TYPE_CHECKING:  # the operations are imported by the command that runs them
     from casnap import collector, retention
@@ -290,14 +290,19 @@ def forget(
     repo = c.open()
     select = snapshot_filter(c, repo, filter_paths, filter_tags)
     gc = max_unused if run_gc else None
-    r = retention.forget(repo, snapshots, select=select, dry_run=dry_run, gc=gc)
+    try:
+        r = retention.forget(repo, snapshots, select=select, dry_run=dry_run, gc=gc)
+        if not r.removed:
+            raise SnapshotNotFound(f"no snapshot {select.describe()}")
+    except SnapshotNotFound as exc:  # a rerun of a `forget --prune` stopped before its gc?
+        if isinstance(exc, AmbiguousSnapshot):
+            raise
+        raise SnapshotNotFound(f"{exc}: nothing forgotten{UNPRUNED if run_gc else ''}") from exc
     for tag, carrying, newest in r.tags_named:
         warn(
             f"{carrying} snapshots carry the tag {tag}; forgetting only the newest "
             f"({newest[:8]}): --tag {tag} selects them all"
         )
-    if not r.removed:
-        raise SnapshotNotFound(f"no snapshot {select.describe()}: nothing forgotten")
     gc_report = r.gc
     with printing(forgot_done(r, gc_report, dry_run)):
         if as_json:
@@ -311,6 +316,13 @@ def forget(
         )
         if gc_report is not None:
             _print_gc(c, gc_report, r.manifest_bytes_removed)
+
+
+# what the rerun of a `forget --prune` stopped between its forget and its gc is told
+UNPRUNED = (
+    " (if an earlier `forget --prune` was stopped between its forget and its gc, `casnap gc` "
+    "frees the space)"
+)
 
 
 @cli.command(name="verify")
