@@ -23,15 +23,27 @@ import re
 import sys
 from typing import Any
 
+# FAISS's check of each read: "'ret == (size)' failed: read error in NAME: GOT != WANTED (errno
+# text)", NAME empty when the file is mapped; GOT and WANTED count values, not bytes
+_SHORT_READ = re.compile(r"'\w+ == \(\w+\)' failed: read error in .*: (\d+) != (\d+) \(([^)]*)\)")
+
 
 def _short(exc: BaseException) -> str:
-    """FAISS error text without the C++ function signature and source location."""
+    """FAISS error text without the C++ function signature and source location; a read that
+    came up short said in plain words (the end of the file, or the system's error)."""
     text = str(exc).strip() or type(exc).__name__
     if "Error: " in text:
         text = text.rsplit("Error: ", 1)[1]
     else:
         text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text, flags=re.S)
-    return " ".join(text.split())[:300]
+    text = " ".join(text.split())
+    short = _SHORT_READ.search(text)
+    if short is not None:
+        got, wanted, why = short.groups()
+        if why in ("Success", ""):  # no error: the end of the file came first
+            return f"the file ends early: FAISS read {got} of the {wanted} values it expected next"
+        return f"a read failed ({why}): FAISS read {got} of the {wanted} values it expected next"
+    return text[:300]
 
 
 def _query(index: Any, faiss: Any, np: Any, binary: bool) -> Any:

@@ -329,7 +329,8 @@ def prune(
     if policy.empty:
         raise InvalidPolicy(
             "prune needs at least one keep rule (--keep-last, --keep-hourly, --keep-daily, "
-            "--keep-weekly, --keep-monthly, --keep-yearly, --keep-within or --keep-tag); "
+            "--keep-weekly, --keep-monthly, --keep-yearly, --keep-within or --keep-tag; a count "
+            "or duration of 0 is no rule, as in restic); "
             "to drop named snapshots use `casnap forget`; `casnap gc` frees space without "
             "forgetting any (what restic's bare prune does)"
         )

@@ -117,3 +117,25 @@ def test_every_json_field_is_documented(run: str, tmp_path: Path) -> None:
     rows = out if isinstance(out, list) else [out]
     for key in rows[0]:
         assert f"`{key}`" in section, f"{command} --json field {key} is not in docs/JSON.md"
+
+
+def option_help(command: click.Command, name: str) -> str:
+    return " ".join(next(p.help for p in command.params if p.name == name).split())
+
+
+def test_strict_help_names_a_database_cut_short_which_it_refuses_too() -> None:
+    """commit --strict refuses a SQLite database cut short (exit 9), as README's exit codes
+    say; its help listed only the index, framework store and sidecar problems."""
+    text = option_help(cli.commands["commit"], "strict")
+    for problem in ("FAISS index is shorter", "framework store", "sidecar", "database cut short"):
+        assert problem in text, problem
+
+
+def test_no_lock_help_names_the_commands_that_take_it() -> None:
+    """The global --no-lock's help lists the commands its refusal names (check among them)."""
+    text = option_help(cli, "no_lock")
+    refusal = CliRunner().invoke(cli, ["--no-lock", "--repo", "/nonexistent", "gc"]).stderr
+    names = re.search(r"\(([a-z, -]+)\)", refusal)
+    assert names is not None, refusal
+    for name in names.group(1).split(", "):
+        assert re.search(rf"\b{name}\b", text), name

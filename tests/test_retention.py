@@ -384,6 +384,19 @@ def test_prune_refuses_without_rules(tmp_path: Path) -> None:
     assert len(Repository.open(tmp_path / "repo").snapshots()) == 1
 
 
+@pytest.mark.parametrize("rule", [["--keep-last", "0"], ["--keep-within", "0d"]])
+def test_prune_with_only_a_zero_rule_says_zero_is_no_rule(tmp_path: Path, rule: list[str]) -> None:
+    """--keep-last 0 is accepted by the option (as restic's, 0 means the rule is unused), so a
+    refusal saying only that a keep rule is needed contradicts what the user just gave."""
+    data = make_data(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    commit(repo, data)
+    code, out = run("--repo", str(tmp_path / "repo"), "--data", str(data), "prune", *rule)
+    assert code == 2
+    assert "at least one keep rule" in out and "0 is no rule" in out
+    assert len(Repository.open(tmp_path / "repo").snapshots()) == 1
+
+
 def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"

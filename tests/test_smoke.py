@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from casnap.cli import cli
 from casnap.committer import commit
 from casnap.errors import SmokeCheckFailed
-from casnap.faiss_child import probe_faiss
+from casnap.faiss_child import ProbeChild, probe_faiss
 from casnap.formats.faiss import faiss_header, sidecar_of
 from casnap.repository import Repository
 from casnap.restorer import checkout
@@ -415,3 +415,24 @@ def test_faiss_reader_that_does_not_finish_fails_the_check(
         checkout(repo, first, app, safety_snapshot=False)
     assert {c["check"] for c in err.value.checks} == {"faiss-read"}
     assert raw_tree(app) == before and leftovers(app.parent) == []
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["read", "mapped"])
+def test_an_index_cut_short_is_said_to_end_early_in_plain_words(
+    tmp_path: Path, private: bool
+) -> None:
+    """FAISS's own text for a short read ("'ret == (size)' failed: read error in : 3998 != 65536
+    (Success)", the file name empty when mapped, a staging path otherwise) names neither the
+    file the user knows nor what went wrong; the check says the file ends early."""
+    path = tmp_path / "ivf.index"
+    index = faiss.IndexFlatL2(DIM)
+    index.add(np.random.default_rng(5).random((300, DIM), dtype="float32"))
+    write_index(index, path)
+    break_index(path, "truncate")
+    child = ProbeChild()
+    assert child.send(path, False, private=private)
+    results, *_ = child.finish()
+    detail = next(iter(results.values()))["detail"]
+    assert detail.startswith("cannot be read: the file ends early"), detail
+    assert "read error in" not in detail and "(Success)" not in detail
+    assert str(tmp_path) not in detail

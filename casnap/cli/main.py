@@ -426,7 +426,7 @@ class CommandGroup(CasnapGroup):
     "--no-lock",
     is_flag=True,
     help="Read the repository without taking a lock (log, show, ls, cat, diff, stats, verify, "
-    "checkout): for a read-only repository; nothing may write to it meanwhile.",
+    "check, checkout): for a read-only repository; nothing may write to it meanwhile.",
 )
 @click.version_option(package_name="casnap")
 @click.pass_context

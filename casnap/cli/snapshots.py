@@ -141,7 +141,8 @@ def say_created(c: Context, repo: Repository) -> None:
     "--strict",
     is_flag=True,
     help="Refuse to commit (exit 9) when a FAISS index is shorter than its header promises, a "
-    "framework store's files disagree, or a .meta.json sidecar's ntotal disagrees with its index.",
+    "framework store's files disagree, a SQLite database cut short is found as it is read, or a "
+    ".meta.json sidecar's ntotal disagrees with its index.",
 )
 @click.option(
     "--allow-empty",
