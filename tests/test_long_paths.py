@@ -137,11 +137,9 @@ def _folder_of(root: Path, rel: str) -> int:
     return fd
 
 
-def test_a_checkout_whose_target_path_passes_path_max_ends_as_it_swapped(tmp_path: Path) -> None:
-    """A file whose path in the data dir is just under PATH_MAX commits; checked out into a
-    target with a longer path, every file is swapped in through descriptors, and the record
-    of what was placed (taken by path) failed after the swap: exit 1 for a complete checkout.
-    Such a file is left out of the record (the next commit reads it); the checkout exits 0."""
+def _committed_near_path_max(tmp_path: Path) -> tuple[Path, str, Path]:
+    """A data dir holding a file whose path is just under PATH_MAX and a short one, committed:
+    the data dir, the long file's relative path and the repository."""
     data = tmp_path / "data"
     data.mkdir()
     rel = _file_at_path_length(data, PATH_MAX - 1)
@@ -149,6 +147,15 @@ def test_a_checkout_whose_target_path_passes_path_max_ends_as_it_swapped(tmp_pat
     repo = tmp_path / "repo"
     done = run_casnap(["--repo", str(repo), "--data", str(data), "commit", "-q"])
     assert done.returncode == 0, done.stderr
+    return data, rel, repo
+
+
+def test_a_checkout_whose_target_path_passes_path_max_ends_as_it_swapped(tmp_path: Path) -> None:
+    """A file whose path in the data dir is just under PATH_MAX commits; checked out into a
+    target with a longer path, every file is swapped in through descriptors, and the record
+    of what was placed (taken by path) failed after the swap: exit 1 for a complete checkout.
+    Such a file is left out of the record (the next commit reads it); the checkout exits 0."""
+    data, rel, repo = _committed_near_path_max(tmp_path)
     target = tmp_path / "a_longer_target"
     done = run_casnap(["--repo", str(repo), "checkout", "latest", "--to", str(target)])
     assert done.returncode == 0, done.stderr
@@ -274,13 +281,7 @@ def test_a_file_the_snapshot_holds_at_a_path_now_too_long_is_not_called_removed(
 ) -> None:
     """A data dir moved to a longer path: a file just under PATH_MAX before is past it now. The
     diff leaves it out with its warning, on both sides: it is not reported as removed."""
-    data = tmp_path / "data"
-    data.mkdir()
-    rel = _file_at_path_length(data, PATH_MAX - 1)
-    (data / "short.txt").write_text("short\n")
-    repo = tmp_path / "repo"
-    done = run_casnap(["--repo", str(repo), "--data", str(data), "commit", "-q"])
-    assert done.returncode == 0, done.stderr
+    data, rel, repo = _committed_near_path_max(tmp_path)
     moved = tmp_path / "data-moved-a-little-further"
     os.rename(data, moved)
     done = run_casnap(["--repo", str(repo), "--data", str(moved), "diff", "latest", "--json"])
