@@ -160,7 +160,10 @@ def stale_init(root: Path) -> list[Path] | None:
         if any(n not in PLACEHOLDER_NAMES and n != "keys" and not n.startswith(TEMP_PREFIX)
                for n in names):  # fmt: skip
             return None
-        found = [root / "keys" / n for n in os.listdir(root / "keys")]
+        listed = os.listdir(root / "keys")
+        if not all(is_key_name(n) or n.startswith(TEMP_PREFIX) for n in listed):
+            return None  # not a killed init's: a user's own keys/ folder
+        found = [root / "keys" / n for n in listed]
         old = time.time() - INIT_WAIT_SECONDS
         for path in [root / "keys", *found]:
             st = os.lstat(path)
@@ -173,12 +176,32 @@ def stale_init(root: Path) -> list[Path] | None:
     return found or None
 
 
+def is_key_name(name: str) -> bool:
+    """Whether name (below keys/) is one a key file gets: its id, 32 lowercase hex digits
+    (keys.ID_HEX). Anything else there is no killed init's, and no init takes it over."""
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
+
+
 def under_way_message(where: Path | S3Url) -> str:
     """Why an init refuses a location holding only key files younger than INIT_WAIT_SECONDS."""
     return (
         f"{where} holds key files but no config: an init is under way, or was stopped in the "
         "last seconds; try again in a few seconds"
     )
+
+
+def _only_key_names(root: Path) -> bool:
+    """Whether root, without a config, holds a keys/ folder of key file names only (one of
+    them written lately, when stale_init refused it: an init may be under way), or of the
+    temp files of one being written."""
+    from casnap.constants import TEMP_PREFIX
+
+    try:
+        return not (root / "config").exists() and all(
+            is_key_name(n) or n.startswith(TEMP_PREFIX) for n in os.listdir(root / "keys")
+        )
+    except OSError:
+        return False
 
 
 def init_folder(root: Path) -> Callable[[], None]:
@@ -189,7 +212,7 @@ def init_folder(root: Path) -> Callable[[], None]:
     stale: list[Path] = []
     if not is_placeholder_dir(root):
         found = stale_init(root)
-        if found is None and (root / "keys").is_dir() and not (root / "config").exists():
+        if found is None and _only_key_names(root):
             raise InitUnderWay(under_way_message(root))
         if found is None:
             raise NotARepository(

@@ -526,3 +526,23 @@ def test_an_encrypted_copy_killed_between_key_file_and_config_can_be_run_again(
     code, _, err = run(again, data, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)
     assert code == 0, err
     assert len(list((again / "keys").iterdir())) == 1
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_folder_holding_other_files_under_keys_is_not_taken_over(
+    tmp_path: Path, fresh: bool
+) -> None:
+    """A folder whose only content is keys/ with files no casnap init writes (`keys/<32 hex
+    digits>`), such as a user's own keys: no killed init's, so an init refuses it as not empty
+    (not "under way", even while fresh) and removes nothing."""
+    dst = tmp_path / "secrets"
+    (dst / "keys").mkdir(parents=True)
+    mine = dst / "keys" / "deploy.pem"
+    mine.write_text("mine\n")
+    if not fresh:
+        then = time.time() - 60
+        os.utime(mine, (then, then))
+        os.utime(mine.parent, (then, then))
+    code, _, err = run(dst, tmp_path, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)
+    assert code == 3 and "not empty and not a casnap repository" in err, err
+    assert mine.read_text() == "mine\n" and sorted(os.listdir(dst)) == ["keys"]

@@ -13,6 +13,7 @@ import pytest
 from casnap import constants
 from casnap.errors import EXIT_CODES
 from tests.conftest import make_app
+from tests.s3server import make_bucket
 from tests.test_s3 import bucket_objects, run
 
 PW = "half made"
@@ -105,3 +106,24 @@ def test_a_first_commit_waits_for_an_init_under_way(
     assert code == 0, err
     assert time.monotonic() - start >= 0.9
     assert stale not in bucket_objects(s3_bucket)
+
+
+@pytest.mark.parametrize("name", ["deploy.pem", "0123456789abcdef0123456789abcdef/x"])
+def test_a_prefix_holding_other_objects_under_keys_is_not_taken_over(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A prefix whose only objects lie under keys/ but are no key file a casnap init writes
+    (`keys/<32 hex digits>`), such as a user's own keys: not a killed init's, so an init
+    refuses the prefix as not empty, and deletes nothing."""
+    from casnap.backends.s3 import make_client
+
+    make_bucket(s3_bucket)
+    client = make_client()
+    client.put_object(Bucket=s3_bucket, Key=f"x/keys/{name}", Body=b"mine\n")
+    client.close()
+    aged(monkeypatch)
+    before = bucket_objects(s3_bucket)
+    code, _, err = run(f"s3://{s3_bucket}/x", tmp_path, "init", password=PW)
+    assert code == EXIT_CODES["repository"], err
+    assert "not empty and not a casnap repository" in err, err
+    assert bucket_objects(s3_bucket) == before

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from casnap.backends.s3 import S3Backend
 from casnap.errors import InitUnderWay, NotARepository, RepositoryNotFound
-from casnap.locations import S3Url, nested_message, under_way_message
+from casnap.locations import S3Url, is_key_name, nested_message, under_way_message
 
 
 def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backend:
@@ -48,17 +48,18 @@ def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backen
 
 def init_leftover(backend: S3Backend) -> list[str] | None:
     """What a prefix without a config holds, for an init: [] for nothing; the key files an
-    encrypted init killed between its key file and its config left, when it holds only those
-    and each is older than INIT_WAIT_SECONDS (an init writes its config right after its key
-    file; locations.stale_init for a folder); None when it holds anything else. InitUnderWay
-    when a key file is younger: its init may be about to write the config."""
+    encrypted init killed between its key file and its config left (keys/<id>), when it holds
+    only those and each is older than INIT_WAIT_SECONDS (an init writes its config right after
+    its key file; locations.stale_init for a folder); None when it holds anything else, such as
+    another object under keys/. InitUnderWay when a key file is younger: its init may be about
+    to write the config."""
     from casnap import constants  # read when called: tests shorten the wait
 
     found: list[str] = []
     young = False
     for key, age in backend.list_aged(""):
-        if not key.startswith("keys/"):
-            return None
+        if not key.startswith("keys/") or not is_key_name(key.removeprefix("keys/")):
+            return None  # not a key file a casnap init writes (a user's own keys/ folder)
         found.append(key)
         young = young or age < constants.INIT_WAIT_SECONDS
     if young:
