@@ -253,7 +253,8 @@ class _Checkout:
                 preflight.check(tree, placing, removals)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
-            for item in unchanged:
+            moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
+            for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)
             removed, emptied = swap.remove_files(tree, removals)
             self.result.removed += removed
@@ -263,7 +264,7 @@ class _Checkout:
             self.result.unchanged = sorted(i.entry.path for i in unchanged)
             self.result.bytes_compared = self.present.bytes_read
             self.result.files_removed = len(removals)
-            placed = [(i.entry, i.sid.hex()) for i in plan + unchanged]
+            placed = [(i.entry, i.sid.hex()) for i in plan + unchanged if i.entry.path not in moved]
             restored_files.record(self.repo.id, self.target, placed)
             self.phases.since("swap", swap_start)
 

@@ -423,3 +423,28 @@ def test_a_full_checkout_into_the_home_folder_is_refused(
     assert len(repo.snapshots()) == before  # nothing saved, nothing written
     checkout(repo, sid, home, ["app.db"], smoke=False)
     assert (home / "app.db").is_file() and (home / "thesis.tex").is_file()
+
+
+def test_a_file_left_in_place_and_written_during_the_checkout_keeps_its_times(
+    tmp_path: Path,
+) -> None:
+    """A file the checkout found already as the snapshot holds it, written by an app while the
+    checkout ran (here by the smoke command, once the plan is made): the checkout set its mtime
+    back to the snapshot's, so the next commit took it for the snapshot's content (no byte
+    read) and no snapshot held the app's write. It is left with its own times now, and the next
+    commit reads it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "conf.txt").write_text("aaaa\n")
+    (data / "other.txt").write_text("one\n")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    (data / "other.txt").write_text("two\n")
+    commit(repo, data)
+    app_writes = f"printf 'BBBB\\n' > {data / 'conf.txt'}"
+    r = checkout(repo, first, data, smoke_cmd=app_writes)
+    assert r.unchanged == ["conf.txt"] and (data / "conf.txt").read_text() == "BBBB\n"
+    latest = commit(repo, data).id
+    saved = tmp_path / "saved"
+    checkout(repo, latest, saved, safety_snapshot=False)
+    assert (saved / "conf.txt").read_text() == "BBBB\n"
