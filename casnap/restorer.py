@@ -554,6 +554,7 @@ class _Checkout:
             held,
             lambda rel: self.present.hash_at(tree, rel),
             self.sel.sources[-1][0].short,
+            self.sel.covers,
         )
         return smoke_report.SmokeReport((*report.checks, *more))
 

@@ -8,9 +8,12 @@ whose vectors moved since. The count checks of each layout cannot always tell (a
 the same ids), and the framework opens such a store and answers wrongly. So for each store the
 checkout writes some files of but not all, each file of the snapshot's store it leaves must be
 in place with the snapshot's content (a damaged file restored beside the snapshot's own others
-passes). Files the snapshot does not hold at all (a segment of a collection made since), and
-files of the snapshot's store the target lacks (a checkout of one file into an empty folder),
-are the layout checks' to judge: they mix nothing.
+passes). Files the snapshot does not hold at all though it was taken of their place (a segment
+of a collection made since), and files of the snapshot's store the target lacks (a checkout of
+one file into an empty folder), are the layout checks' to judge: they mix nothing. A file of the
+store outside what the snapshot was taken of (one committed with `faiss_index/index.faiss`
+alone, or with the rest excluded) is of a moment the snapshot cannot vouch for: it counts as
+left as it is.
 """
 
 from __future__ import annotations
@@ -28,30 +31,39 @@ def checks(
     held: Mapping[str, str],
     current: Callable[[str], str | None],
     snapshot: str,
+    covers: Callable[[str], bool] = lambda _rel: True,
 ) -> list[Check]:
     """store-whole of each store among present (the target's files as the checkout leaves
     them) with some files written and some not selected (selected: the files the checkout
     restores, those already in place included; written: those of them it writes). held maps
     each path of the snapshot to its content hash, current gives the content hash of a target
-    file left in place (None: none there), snapshot names the snapshot in the detail."""
+    file left in place (None: none there), snapshot names the snapshot in the detail, covers
+    whether the snapshot was taken of a path's place."""
     out = []
     snapshots = {_key(s): s for s in layouts.find_stores(list(held))}
     for store in layouts.find_stores(list(present)):
         wrote = [f for f in store.files if f in written]
+        if not wrote:
+            continue
         theirs = snapshots.get(_key(store))
-        if not wrote or theirs is None:
+        left = [f for f in theirs.files if f not in selected and f in present] if theirs else []
+        unknown = [f for f in store.files if f not in selected and f not in held and not covers(f)]
+        if not left and not unknown:
             continue
-        left = [f for f in theirs.files if f not in selected and f in present]
-        if not left:
-            continue
-        stale = [f for f in left if current(f) != held[f]]
+        stale = unknown + [f for f in left if current(f) != held[f]]
         where = store.root or "."
         if stale:
             whole = f"`checkout {snapshot} {store.root}`" if store.root else "a full checkout"
+            if unknown:  # no checkout of this snapshot restores the store whole
+                how, way = f"which snapshot {snapshot} was not taken of", ""
+            else:
+                how, way = (
+                    f"not as snapshot {snapshot} holds it",
+                    f"restore it whole ({whole}), or ",
+                )
             detail = (
                 f"writes {wrote[0]}{_more(wrote)} but leaves {stale[0]}{_more(stale)} as it is, "
-                f"not as snapshot {snapshot} holds it: the store would mix two moments; restore "
-                f"it whole ({whole}), or --no-smoke to write only these files"
+                f"{how}: the store would mix two moments; {way}--no-smoke to write only these files"
             )
             out.append(Check("store-whole", where, False, detail, {"stale": stale}))
         else:

@@ -115,3 +115,26 @@ def test_chromas_database_is_not_restored_beside_a_segment_of_another_moment(
     code, _, err = run(repo, data, "checkout", first, CHROMA_DIR)
     assert code == 0, err
     assert query_chroma(data) == expected
+
+
+def test_a_snapshot_of_part_of_a_store_is_not_restored_beside_the_rest(tmp_path: Path) -> None:
+    """A snapshot committed with faiss_index/index.faiss alone does not hold index.pkl: the
+    check found no store in it and passed, and a full checkout of it wrote that index beside a
+    docstore of a later moment. The store's files it was not taken of count as of another
+    moment: refused, --no-smoke writes it all the same."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    make_langchain(data)
+    code, out, err = run(repo, data, "commit", f"{LANGCHAIN_DIR}/index.faiss", "--json")
+    assert code == 0, err
+    part = str(json.loads(out)["id"])
+    replace_langchain_documents(data)
+    commit(repo, data)
+    before = raw_tree(data)
+    for args in ([], [f"{LANGCHAIN_DIR}/index.faiss"]):
+        code, _, err = run(repo, data, "checkout", part, *args)
+        assert code == CHECK_FAILED, err
+        assert "store-whole on faiss_index" in err and "index.pkl" in err, err
+        assert "was not taken of" in err and "nothing restored" in err, err
+        assert raw_tree(data) == before
+    code, _, err = run(repo, data, "checkout", part, "--no-smoke")
+    assert code == 0, err
