@@ -521,7 +521,11 @@ class _Checkout:
         env = {"CASNAP_TARGET_DIR": str(self.target), "CASNAP_SNAPSHOT": self.result.id}
         report = checks.finish(view, sorted(selected), staged_dir=stage.path)
         if self.opts.smoke and (self.paths or any(s.paths for _, s in self.sel.sources)):
-            report = self._whole_stores(tree, report, view, selected, unchanged)
+            kept = {i.entry.path for i in unchanged}
+            whole = storeparts.whole_stores(
+                self.sel, view, selected, kept, lambda rel: self.present.hash_at(tree, rel)
+            )
+            report = smoke_report.SmokeReport((*report.checks, *whole))
         if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
             report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
         now = stage.fingerprints(sorted(staged_paths))
@@ -534,29 +538,6 @@ class _Checkout:
             extra = smoke_report.Check("staged-unchanged", changed[0], False, detail)
             report = smoke_report.SmokeReport((*report.checks, extra))
         return report
-
-    def _whole_stores(
-        self,
-        tree: Tree,
-        report: smoke_report.SmokeReport,
-        view: dict[str, Path],
-        selected: set[str],
-        unchanged: list[_Item],
-    ) -> smoke_report.SmokeReport:
-        """report with store-whole, for each framework store this checkout of some files writes
-        some of, and leaves others (storeparts.py)."""
-        written = selected - {i.entry.path for i in unchanged}
-        held = {path: entry.hash for path, (entry, _) in self.sel.entries.items()}
-        more = storeparts.checks(
-            view,
-            selected,
-            written,
-            held,
-            lambda rel: self.present.hash_at(tree, rel),
-            self.sel.sources[-1][0].short,
-            self.sel.covers,
-        )
-        return smoke_report.SmokeReport((*report.checks, *more))
 
     # -- swap ------------------------------------------------------------------------------
 

@@ -19,9 +19,14 @@ left as it is.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from casnap.formats import StoreLayout, layouts
 from casnap.smoke_report import Check
+
+if TYPE_CHECKING:
+    from casnap.selection import Selection
 
 
 def checks(
@@ -80,3 +85,19 @@ def _key(store: StoreLayout) -> tuple[str, str]:
 
 def _more(files: list[str]) -> str:
     return f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+
+
+def whole_stores(
+    sel: Selection,
+    view: Mapping[str, Path],
+    selected: Collection[str],
+    kept: Collection[str],
+    current: Callable[[str], str | None],
+) -> list[Check]:
+    """checks for a checkout of the files `selected` of sel (a checkout of some paths): view
+    maps the target's files as it leaves them, kept names the selected files already in place
+    (not written), current gives a left file's content hash."""
+    held = {path: entry.hash for path, (entry, _) in sel.entries.items()}
+    written = set(selected) - set(kept)
+    snapshot = sel.sources[-1][0].short
+    return checks(view, selected, written, held, current, snapshot, sel.covers)
