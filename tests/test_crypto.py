@@ -174,3 +174,34 @@ def test_a_terminal_is_asked_without_echo(tmp_path: Path) -> None:
     assert code == 0 and "typed-pw" not in seen, seen
     code, seen = _run_on_terminal(["--repo", repo, "log"], ["wrong"], env)
     assert code == 10 and "wrong password" in seen
+
+
+def test_a_read_retried_past_a_stale_header_fetches_the_header_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An object stored again under its name (a new salt) fails the first read with the header
+    this backend remembered; the retry must take the header from the storage, not from the
+    memory another reading thread may have filled again with the old one meanwhile (a checkout
+    reading one pack from several threads failed so, now and then)."""
+    from casnap.backends import encrypted
+    from casnap.backends.base import Backend
+
+    storage = MemoryBackend()
+    reader = EncryptedBackend(storage, SEALER)
+    key = "packs/ab/" + "ab" * 32
+    body = bytes(range(256)) * 1024
+    reader.put(key, body)
+    assert reader.get(key, 100, 1000) == body[100:1100]  # its header remembered
+    old = reader._headers[key]
+    writer = EncryptedBackend(storage, SEALER)  # another host stores it again: a new salt
+    writer.delete(key)
+    writer.put(key, body)
+    real = encrypted.drop_kept
+
+    def another_thread_remembers_the_old_header(backend: Backend, name: str) -> bool:
+        dropped = real(backend, name)
+        reader._headers[name] = old
+        return dropped
+
+    monkeypatch.setattr(encrypted, "drop_kept", another_thread_remembers_the_old_header)
+    assert reader.get(key, 5000, 3000) == body[5000:8000]

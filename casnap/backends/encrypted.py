@@ -79,13 +79,17 @@ class EncryptedBackend(Wrapper):
         try:
             return self._range(key, offset, length, self._header(key))
         except IntegrityError:
-            # stored again meanwhile under its name (a new salt)? Read its header again, past
-            # any copy of the old object kept below; a header just fetched was no stale one
+            # stored again meanwhile under its name (a new salt)? Read its header again from the
+            # storage, past any copy of the old object kept below and past the remembered one
+            # (another thread reading the object may have remembered the old header again
+            # meanwhile); a header just fetched was no stale one
             with self._lock:
                 remembered = self._headers.pop(key, None) is not None
             if not drop_kept(self.inner, key) and not remembered:
                 raise
-            return self._range(key, offset, length, self._header(key))
+            header = object_header(key, self.inner.get(key, 0, HEADER_SIZE))
+            self._remember(key, header)
+            return self._range(key, offset, length, header)
 
     def _whole(self, key: str) -> bytes:
         data = self.inner.get(key)
