@@ -269,9 +269,21 @@ def _compress_grouped(data: bytes | memoryview, level: int) -> bytes:
 
 def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = False) -> bytes:
     """Compress data with the best of the allowed codecs; raw when compression does not pay."""
+    return b"".join(encode_parts(data, level, grouped))
+
+
+_CODEC_BYTES = [bytes([c]) for c in range(3)]
+
+
+def encode_parts(
+    data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = False
+) -> tuple[bytes, bytes]:
+    """encode's result as its codec byte and the payload, not joined: joining copies the
+    payload while holding the GIL (bytes.join lets it go only past 1 MiB), which a pack's
+    writer does anyway, without it, when it joins the pack."""
     size = len(data)
     if size == 0:
-        return bytes([RAW])
+        return _CODEC_BYTES[RAW], b""
     if grouped and size >= 64:
         payload = _compress_grouped(data, level)
         codec = ZSTD_GROUPED4
@@ -279,8 +291,8 @@ def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = Fa
         payload = _compressor(level).compress(data)
         codec = ZSTD
     if len(payload) > size * (1.0 - MIN_COMPRESSION_GAIN):
-        return b"".join((bytes([RAW]), data))
-    return b"".join((bytes([codec]), payload))
+        return _CODEC_BYTES[RAW], bytes(data)
+    return _CODEC_BYTES[codec], payload
 
 
 # Whole objects (manifests, index files, pack directories) are mostly ids and hashes, which do

@@ -63,6 +63,14 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _copy(buf: mmap.mmap, view: memoryview, pos: int, n: int) -> None:
+    """buf[:n] = view[pos : pos + n], without the GIL (a slice assignment holds it throughout
+    the copy, which the threads compressing the next frames then wait for)."""
+    import numpy as np
+
+    np.copyto(np.frombuffer(buf, np.uint8, n), np.frombuffer(view, np.uint8, n, pos))
+
+
 def _write_direct(fd: int, view: memoryview, end: int) -> int:
     """Write view[:end] (a multiple of BLOCK) directly; returns how far it got before the
     filesystem refused a direct write or a short write left an unaligned offset."""
@@ -70,7 +78,7 @@ def _write_direct(fd: int, view: memoryview, end: int) -> int:
     pos = 0
     while pos < end:
         n = min(BUFFER_SIZE, end - pos)
-        buf[:n] = view[pos : pos + n]
+        _copy(buf, view, pos, n)
         with memoryview(buf) as whole, whole[:n] as part:
             try:
                 pos += _pwrite(fd, part, pos)

@@ -39,7 +39,7 @@ class Ingested(NamedTuple):
 
 
 class _Frame(NamedTuple):
-    encoded: bytes
+    encoded: tuple[bytes, bytes]  # codec byte, payload (compression.encode_parts)
     frame_plain: int  # 0 for a frame of one chunk
     members: list[tuple[bytes, int, int]]  # id, offset in the frame, plain size
 
@@ -355,9 +355,9 @@ class Ingest:
         else:
             payload = b"".join(data[s : s + n] for s, n in spans)
         if kind == FLOAT32:
-            encoded = compression.encode(payload, self.float_level, grouped=self.group_floats)
+            encoded = compression.encode_parts(payload, self.float_level, self.group_floats)
         else:
-            encoded = compression.encode(payload, self.level)
+            encoded = compression.encode_parts(payload, self.level)
         return _Frame(encoded, fbytes if len(members) > 1 else 0, members)
 
 

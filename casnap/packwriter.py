@@ -40,6 +40,16 @@ from casnap.store import Store
 # backend writes several at once, each upload waiting mostly on the network and the store.
 _PACKS_IN_FLIGHT = 1
 _REMOTE_PACKS_IN_FLIGHT = 3
+# Packs made durable whose ids stay in `recent` as well as in `written`: a frame checked that
+# few packs ago is told apart by set lookups, not by the written set's searches.
+_RECENT_GENERATIONS = 8
+
+# Frames of at least this many pieces get their directory records from numpy, not one by one.
+_RECORDS_AS_ARRAY = 16
+
+# A frame as stored: whole, or its codec byte and payload (compression.encode_parts), which the
+# pack's writer joins with the rest of the pack instead of the adding thread joining them.
+Frame = bytes | tuple[bytes, bytes]
 
 
 class _OpenPack:
@@ -94,6 +104,9 @@ class PackWriter:
         # packs made durable so far: a check of the written set taken at this count is still
         # current while it is unchanged (see add_frame's checked)
         self.generation = 0
+        # the ids of the last _RECENT_GENERATIONS durable packs, oldest first, and all of them
+        self._retired: deque[list[bytes]] = deque()
+        self.recent: set[bytes] = set()
 
     def known(self, cid: bytes) -> bool:
         """True when the chunk is stored already or queued in this writer."""
@@ -106,7 +119,10 @@ class PackWriter:
         durable) is then found in one of them.
         """
         pending = self.pending
-        found = np.fromiter((cid in pending for cid in ids), dtype=bool, count=len(ids))
+        if pending.isdisjoint(ids):  # one pass in C: the usual case, new chunks queued nowhere
+            found = np.zeros(len(ids), dtype=bool)
+        else:
+            found = np.fromiter((cid in pending for cid in ids), dtype=bool, count=len(ids))
         matrix = id_matrix(b"".join(ids))
         return found | self.written.contains_many(matrix) | self.store.index.contains_many(matrix)
 
@@ -119,7 +135,7 @@ class PackWriter:
     def add_frame(
         self,
         btype: int,
-        encoded: bytes,
+        encoded: Frame,
         frame_plain: int,
         members: Sequence[tuple[bytes, int, int]],
         checked: int | None = None,
@@ -131,13 +147,22 @@ class PackWriter:
         writer has already queued keep their first copy, and a frame with no new member is
         dropped. checked: `generation` as read before the members were found unknown to
         known_many; while no pack has become durable since, none of them can be in the written
-        set, and the set (a few sorted arrays: a costly lookup per frame) is not asked again.
+        set, and the set (a few sorted arrays: a costly lookup per frame) is not asked again;
+        while at most _RECENT_GENERATIONS have, only the ids those packs moved there (`recent`).
         """
         pending = self.pending
-        fresh = [m for m in members if m[0] not in pending]
+        ids = [m[0] for m in members]
+        fresh = members
+        if not pending.isdisjoint(ids):  # one pass in C: the usual case, no member queued
+            fresh = [m for m in members if m[0] not in pending]
         if fresh and len(self.written) and checked != self.generation:
-            done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
-            fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
+            if checked is not None and self.generation - checked <= len(self._retired):
+                recent = self.recent
+                if not recent.isdisjoint(ids):
+                    fresh = [m for m in fresh if m[0] not in recent]
+            else:
+                done = self.written.contains_many(id_matrix([bytes(m[0]) for m in fresh]))
+                fresh = [m for m, d in zip(fresh, done, strict=True) if not d]
         return self._append(btype, encoded, frame_plain, fresh)
 
     def add_many(self, btype: int, chunks: Sequence[tuple[bytes, bytes, int]]) -> int:
@@ -156,7 +181,7 @@ class PackWriter:
     def _append(
         self,
         btype: int,
-        encoded: bytes,
+        encoded: Frame,
         frame_plain: int,
         fresh: Sequence[tuple[bytes, int, int]],
     ) -> int:
@@ -168,14 +193,32 @@ class PackWriter:
             self._pack = _OpenPack()
         p = self._pack
         offset = p.size
-        pack_rec = DIR_RECORD.pack
-        for cid, inner, plain in fresh:
-            p.records += pack_rec(cid, btype, offset, len(encoded), plain, inner, frame_plain)
-            pending.add(bytes(cid))
-        p.parts.append(encoded)
-        p.size += len(encoded)
+        if isinstance(encoded, tuple):
+            p.parts += encoded
+            length = len(encoded[0]) + len(encoded[1])
+        else:
+            p.parts.append(encoded)
+            length = len(encoded)
+        if len(fresh) < _RECORDS_AS_ARRAY:
+            pack_rec = DIR_RECORD.pack
+            for cid, inner, plain in fresh:
+                p.records += pack_rec(cid, btype, offset, length, plain, inner, frame_plain)
+                pending.add(bytes(cid))
+        else:  # a frame of many pieces (pages): its records in a few numpy calls
+            ids, inners, plains = zip(*fresh, strict=True)
+            rec = np.empty(len(fresh), dtype=DIR_DTYPE)
+            rec["id"] = id_matrix(b"".join(ids))
+            rec["type"] = btype
+            rec["offset"] = offset
+            rec["length"] = length
+            rec["plain"] = plains
+            rec["inner"] = inners
+            rec["frame_plain"] = frame_plain
+            p.records += rec.tobytes()
+            pending.update(map(bytes, ids))
+        p.size += length
         self.chunks_added += len(fresh)
-        self.bytes_by_type[btype] += len(encoded)
+        self.bytes_by_type[btype] += length
         if p.size >= self.store.pack_target or len(p.records) >= MAX_PACK_DIRECTORY:
             self.flush()
         return len(fresh)
@@ -216,10 +259,14 @@ class PackWriter:
         if made:
             self.created.append((pack, size))
             self._unindexed.append(pack)
-        ids = np.frombuffer(records, dtype=DIR_DTYPE)["id"]
-        self.written.add(ids)  # first, so a concurrent check always finds them in one place
-        for i in range(len(ids)):
-            self.pending.discard(ids[i].tobytes())
+        # into the written set first, so a concurrent check always finds them in one place
+        self.written.add(np.frombuffer(records, dtype=DIR_DTYPE)["id"])
+        ids = [records[i : i + ID_SIZE] for i in range(0, len(records), DIR_RECORD.size)]
+        self.pending.difference_update(ids)
+        self.recent.update(ids)
+        self._retired.append(ids)
+        if len(self._retired) > _RECENT_GENERATIONS:
+            self.recent.difference_update(self._retired.popleft())
         self.generation += 1  # last: a check that read the old count is asked again
 
     def new_entries(self) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:

@@ -44,6 +44,36 @@ def test_frame_checked_before_its_chunk_became_durable_is_not_stored_twice(
     assert writer.chunks_added == 1
 
 
+@pytest.mark.parametrize("later_packs", [3, 12])
+def test_a_frame_checked_several_packs_ago_is_not_stored_again(
+    tmp_path: Path, later_packs: int
+) -> None:
+    """The chunk went into the first of several packs made durable after the frame's check:
+    found among the last packs' ids while few have (3), in the written set past that (12)."""
+    repo = Repository.init(tmp_path / "repo")
+    repo.ensure_index()
+    writer = PackWriter(repo.store)
+    body = b"a chunk framed twice, checked long ago" * 50
+    cid = bytes(hash_bytes(body))
+    checked = writer.generation
+    assert writer.add_frame(DATA, compression.encode_parts(body), 0, [(cid, 0, len(body))]) == 1
+    writer.flush()
+    for i in range(later_packs):
+        other = b"another chunk %d" % i * 40
+        writer.add_frame(
+            DATA, compression.encode(other), 0, [(bytes(hash_bytes(other)), 0, len(other))]
+        )
+        writer.flush()
+    writer.new_entries()
+    assert writer.generation - checked == later_packs + 1
+    assert writer.add_frame(DATA, compression.encode(body), 0, [(cid, 0, len(body))], checked) == 0
+    writer.finish()
+    assert writer.chunks_added == later_packs + 1
+    repo = Repository.open(tmp_path / "repo")
+    repo.ensure_index()
+    assert len(repo.store.index) == later_packs + 1
+
+
 def test_a_signal_while_a_pack_s_thread_starts_still_has_abort_wait_for_that_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
