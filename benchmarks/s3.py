@@ -57,11 +57,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# moto spools every object past 5 MiB to a temporary file on the machine's own disk and cores,
+# which a real store does on its own hardware: objects up to this size stay in its memory
+# (every tool's alike; benchmarks/README.md, "s3.py").
+SERVER_BUFFER = 128 * MIB
+
+
 def start_server(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=dict(os.environ, MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=str(SERVER_BUFFER)),
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
