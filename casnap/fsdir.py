@@ -15,6 +15,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, HostileManifest, SourceError, from_oserror
@@ -32,6 +33,44 @@ def fsync_fd(fd: int, what: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise from_oserror(exc, f"syncing {what}") from exc
+
+
+_RENAME_NOREPLACE = 1  # renameat2's flag: fail with EEXIST rather than replace
+
+
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2, or None where it has none."""
+    import ctypes  # only here: a swap that moves a folder in whole needs it
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return cast(Callable[..., int], call)
+
+
+def rename_noreplace(src_fd: int, name: str, dst_fd: int, new_name: str) -> None:
+    """Rename name (in the folder src_fd) to new_name (in dst_fd), FileExistsError when anything
+    stands there: atomic with renameat2 (a plain rename replaces an empty folder, and anything
+    an app wrote through a descriptor of it would be lost with it); where the kernel or the
+    filesystem has none, by a look first."""
+    call = _renameat2()
+    if call is not None:
+        if call(src_fd, os.fsencode(name), dst_fd, os.fsencode(new_name), _RENAME_NOREPLACE) == 0:
+            return
+        import ctypes
+
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), new_name)
+    try:
+        os.lstat(new_name, dir_fd=dst_fd)
+    except FileNotFoundError:
+        os.rename(name, new_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new_name)
 
 
 # what a rename meets when the other kind of entry stands at its destination
@@ -176,6 +215,18 @@ class Dir:
             if exc.errno != errno.EXDEV:
                 raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
             self._copy_across(name, dest, new_name)
+
+    def move_new(self, name: str, dest: Dir, new_name: str) -> None:
+        """Move name (a folder) to new_name in dest, where nothing may stand (SourceError)."""
+        try:
+            rename_noreplace(self.fd, name, dest.fd, new_name)
+        except FileExistsError as exc:
+            raise SourceError(
+                f"cannot restore {dest.path / new_name}: it appeared during the checkout (an "
+                "app making it?); check out again"
+            ) from exc
+        except OSError as exc:
+            raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
 
     def _copy_across(self, name: str, dest: Dir, new_name: str) -> None:
         tmp = f"{TEMP_PREFIX}{os.getpid()}-move-{new_name[:80]}"

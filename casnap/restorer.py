@@ -567,7 +567,8 @@ class _Checkout:
                     "restored; stop the app and check out again"
                 )
             placing = [(item.entry.path, item.replaces_db) for item in plan]
-            written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs)
+            entries = [item.entry for item in plan]
+            written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs, entries)
             self.result.written += written
         return touched
 

@@ -24,7 +24,7 @@ from casnap.errors import CasnapError, SourceError, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
 from casnap.fsdir import Dir, Tree, split
 from casnap.manifest import FileEntry
-from casnap.swapundo import Journal, explain
+from casnap.swapundo import Journal, Moving, explain
 
 DirAttrs = Callable[[str], tuple[int, tuple[int, int] | None]]
 
@@ -40,17 +40,23 @@ def _inside(rel: str, folder: str) -> bool:
 
 
 def swap_in(
-    tree: Tree, stage: Dir, placing: Sequence[tuple[str, bool]], dir_attrs: DirAttrs
+    tree: Tree,
+    stage: Dir,
+    placing: Sequence[tuple[str, bool]],
+    dir_attrs: DirAttrs,
+    entries: Sequence[FileEntry] = (),
 ) -> tuple[list[str], set[str]]:
     """Put every staged file of placing (path, whether it replaces a database) in place: new
     folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal
     beside a database it replaces moved aside first, removed once every file is in: SQLite would
     replay a stale WAL). Each file replaced is hard-linked first (swapundo.py), so a rename that
     fails part way is undone, the error saying so; files whose old version cannot be linked go
-    last. Returns the files placed, in order, and the folders renamed into (for sync_folders)."""
+    last. entries, those of the files placed, tell the undo which files in a folder moved in
+    are still as restored. Returns the files placed, in order, and the folders renamed into
+    (for sync_folders)."""
     written: list[str] = []
     touched: set[str] = set()
-    journal = Journal(tree, stage)
+    journal = Journal(tree, stage, entries)
     with Tree(stage) as staged:
         try:
             whole = new_folders(tree, staged, [rel for rel, _ in placing])
@@ -115,11 +121,11 @@ def is_sqlite(parent: Dir, name: str) -> bool:
         os.close(fd)
 
 
-def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> dict[str, list[str]]:
+def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> dict[str, Moving]:
     """The outermost folders the target lacks whose staged copy holds exactly files of rels
     (nothing else: no other file, link or special file), on the staging dir's filesystem:
     each can be moved in whole. Each comes with the folders it holds, itself first (outermost
-    first)."""
+    first), and the inode of each file in it."""
     stage_dev = os.fstat(staged.root.fd).st_dev
     missing: dict[str, bool] = {}
     found: dict[str, list[str]] = {}
@@ -138,15 +144,17 @@ def new_folders(tree: Tree, staged: Tree, rels: Sequence[str]) -> dict[str, list
         if parent is None or os.fstat(parent.fd).st_dev != stage_dev:
             continue
         listed = _listing(staged, folder)
-        if listed is not None and listed[1] == set(files):
-            out[folder] = listed[0]
+        if listed is not None and listed.files.keys() == set(files):
+            out[folder] = listed
     return out
 
 
-def _listing(staged: Tree, folder: str) -> tuple[list[str], set[str]] | None:
-    """(the folders, outermost first, and the regular files below a staged folder); None when
-    it holds anything else. Read by the file types the directories list (no stat per file)."""
-    folders, files = [folder], set()
+def _listing(staged: Tree, folder: str) -> Moving | None:
+    """The folders (outermost first) and the regular files (with their inodes) below a staged
+    folder; None when it holds anything else. Read by the file types and inodes the
+    directories list (no stat per file)."""
+    folders: list[str] = [folder]
+    files: dict[str, int] = {}
     for rel in folders:  # grows as subfolders are found
         d = staged.dir(rel)
         if d is None:
@@ -158,18 +166,18 @@ def _listing(staged: Tree, folder: str) -> tuple[list[str], set[str]] | None:
                     if item.is_dir(follow_symlinks=False):
                         folders.append(path)
                     elif item.is_file(follow_symlinks=False):
-                        files.add(path)
+                        files[path] = item.inode()
                     else:
                         return None
         except OSError as exc:
             raise from_oserror(exc, f"listing {d.path}") from exc
-    return folders, files
+    return Moving(folders, files)
 
 
 def move_folders(
     tree: Tree,
     staged: Tree,
-    folders: Mapping[str, Sequence[str]],
+    folders: Mapping[str, Moving],
     dir_attrs: DirAttrs,
     journal: Journal,
 ) -> set[str]:
@@ -178,7 +186,7 @@ def move_folders(
     made durable first, each move recorded in journal; returns the folders renamed into."""
     if not folders:
         return set()
-    inside = [rel for below in folders.values() for rel in below]
+    inside = [rel for below in folders.values() for rel in below.folders]
     for rel in inside:
         d = staged.dir(rel)
         if d is None:
@@ -192,13 +200,13 @@ def move_folders(
             raise from_oserror(exc, f"setting the mode of {d.path}") from exc
     _sync(staged, inside)
     touched = set()
-    for folder in folders:
+    for folder, moving in folders.items():
         head, name = split(folder)
         parent, source = tree.dir(head), staged.dir(head)
         if parent is None or source is None:
             raise SourceError(f"{tree.root.path / head} vanished during the checkout")
-        source.rename(name, parent, name)
-        journal.folder_moved(folder)
+        source.move_new(name, parent, name)  # never over a folder an app just made
+        journal.folder_moved(folder, moving)
         touched.add(head)
     return touched
 

@@ -5,6 +5,9 @@ where that is another mount, beside itself under a temp name), and a database's 
 `-shm` and `-journal` are moved aside there instead of removed. Every step is recorded; `undo`
 takes them back in reverse order (an old database back in place before its side files), `done`
 removes what was kept once every file is in. A kill leaves every path its old or its new file.
+A folder moved in whole is taken back file by file: only the files still as restored (the same
+inode, size and mtime) are removed, and its folders once empty, so whatever an app wrote there
+meanwhile stays.
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple
 
 from casnap import fsutil
 from casnap.errors import CasnapError, from_oserror
 from casnap.fsdir import Dir, Tree, split
+from casnap.manifest import FileEntry
 
 # names in the staging dir's root no staged file can take: a manifest path holds no backslash
-_OLD, _SIDE, _OUT = "\\old-", "\\side-", "\\undone-"
+_OLD, _SIDE = "\\old-", "\\side-"
 
 
 class _Kept(NamedTuple):
@@ -33,13 +37,23 @@ class _Kept(NamedTuple):
     in_stage: bool
 
 
-class Journal:
-    """The steps of one swap, and what it keeps to take them back."""
+class Moving(NamedTuple):
+    """A staged folder moved in whole: the folders in it, itself first (outermost first), and
+    the inode of every file in it (all paths relative to the target)."""
 
-    def __init__(self, tree: Tree, stage: Dir) -> None:
+    folders: list[str]
+    files: dict[str, int]
+
+
+class Journal:
+    """The steps of one swap, and what it keeps to take them back. entries: those of the files
+    placed (what a file in a folder moved in looks like while still as restored)."""
+
+    def __init__(self, tree: Tree, stage: Dir, entries: Sequence[FileEntry] = ()) -> None:
         self.tree = tree
         self.stage = stage
-        self.steps: list[tuple[str, str, _Kept | int | None]] = []
+        self.entries = entries
+        self.steps: list[tuple[str, str, _Kept | Moving | int | None]] = []
         self.old: dict[str, _Kept] = {}  # path -> its old version, kept
         self.unkept: set[str] = set()  # paths whose old version could not be kept (no link)
         self.side: list[_Kept] = []  # side files moved aside
@@ -84,8 +98,8 @@ class Journal:
         st = parent.lstat(split(rel)[1])
         self.steps.append(("file", rel, st.st_ino if st is not None else None))
 
-    def folder_moved(self, rel: str) -> None:
-        self.steps.append(("folder", rel, None))
+    def folder_moved(self, rel: str, moving: Moving) -> None:
+        self.steps.append(("folder", rel, moving))
 
     def changed(self) -> bool:
         """Whether a file or folder was put in place (not only side files moved aside)."""
@@ -104,13 +118,15 @@ class Journal:
 
     def undo(self) -> list[str]:
         """Take every step back, newest first; the paths that could not be put back."""
-        failed = []
+        failed: list[str] = []
         for kind, rel, what in reversed(self.steps):
             try:
-                ok = self._back(kind, rel, what)
+                if kind == "folder":
+                    assert isinstance(what, Moving)
+                    failed += self._take_out(what)
+                elif not self._back(kind, rel, what):
+                    failed.append(rel)
             except (OSError, CasnapError):
-                ok = False
-            if not ok:
                 failed.append(rel)
         with contextlib.suppress(OSError, CasnapError):
             for head in sorted({split(rel)[0] for _, rel, _ in self.steps}):
@@ -120,14 +136,36 @@ class Journal:
         self.steps.clear()
         return failed
 
-    def _back(self, kind: str, rel: str, what: _Kept | int | None) -> bool:
+    def _take_out(self, moving: Moving) -> list[str]:
+        """A folder moved in, taken back: each of its files still as restored removed, then
+        each of its folders left empty; returns the files that were changed meanwhile (left,
+        with what an app made of them). A file an app put in their place, or beside them,
+        stays."""
+        shapes = {e.path: (e.size, e.mtime_ns) for e in self.entries}
+        changed = []
+        for rel, ino in moving.files.items():
+            head, name = split(rel)
+            parent = self.tree.dir(head)
+            st = parent.lstat(name) if parent is not None else None
+            if parent is None or st is None or st.st_ino != ino:
+                continue  # gone, or another file now: not this swap's
+            if (st.st_size, st.st_mtime_ns) != shapes.get(rel):
+                changed.append(rel)  # written since it was restored: left as written
+                continue
+            parent.unlink(name)
+        for folder in reversed(moving.folders):  # innermost first
+            head, name = split(folder)
+            parent = self.tree.dir(head)
+            if parent is not None:
+                with contextlib.suppress(OSError):
+                    parent.rmdir(name)  # only when empty: what else is there stays
+        return changed
+
+    def _back(self, kind: str, rel: str, what: _Kept | Moving | int | None) -> bool:
         head, name = split(rel)
         parent = self.tree.dir(head)
         if parent is None:
             return False
-        if kind == "folder":  # out into the staging dir, removed with it
-            os.rename(name, self._name(_OUT), src_dir_fd=parent.fd, dst_dir_fd=self.stage.fd)
-            return True
         if kind == "aside":
             assert isinstance(what, _Kept)
             source = self.stage if what.in_stage else parent

@@ -215,8 +215,10 @@ def mixed_case(tmp_path: Path, extra: tuple[str, ...] = ()) -> tuple[Repository,
     (data / "c" / "d.txt").write_text("d v2")
     for name in ("new.txt", *extra):
         (data / name).unlink()
-        if "/" in name:
-            (data / name).parent.rmdir()
+    for folder in sorted({(data / name).parent for name in extra}, key=lambda p: -len(p.parts)):
+        while folder != data and folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
     assert rows(data / "a.db") == 3500
     return repo, sid, data
 
@@ -377,3 +379,71 @@ def test_a_folder_mounted_from_elsewhere_keeps_old_versions_beside_them(tmp_path
         checkout(repo, sid, data)
         assert (data / "c" / "d.txt").read_text() == "c/d.txt v1"
         assert not temp_names(data, tmp_path)
+
+
+# -- bug: a failed swap's undo deleted what an app wrote into a folder the swap moved in ----------
+
+
+def test_a_file_an_app_writes_into_a_folder_moved_in_whole_survives_the_undo(
+    tmp_path: Path,
+) -> None:
+    """zz/ is moved in whole; an app then writes zz/app.log (and appends to zz/y.txt, one of
+    the restored files) before a later rename fails. The undo took zz/ out whole with them:
+    the app's file, no snapshot's, was deleted. Now only the restored files the app left
+    untouched are taken out; what it wrote stays, and the error names the file it changed."""
+    repo, sid, data = mixed_case(tmp_path, extra=("zz/z.txt", "zz/y.txt", "zz/sub/w.txt"))
+    before = state(data)
+
+    def app_writes_then_a_folder_is_in_the_way() -> None:
+        (data / "zz" / "app.log").write_text("the app's own")
+        with open(data / "zz" / "y.txt", "a") as f:
+            f.write(" and the app's line")
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data / "c", 1, app_writes_then_a_folder_is_in_the_way):
+        with pytest.raises(CasnapError) as err:
+            checkout(repo, sid, data, safety_snapshot=False)
+    assert "zz/y.txt" in str(err.value)
+    assert (data / "zz" / "app.log").read_text() == "the app's own"
+    assert (data / "zz" / "y.txt").read_text() == "zz/y.txt v1 and the app's line"
+    assert not (data / "zz" / "z.txt").exists()
+    assert not (data / "zz" / "sub").exists()
+    after = state(data)
+    del after["zz/app.log"], after["zz/y.txt"]
+    assert after == before
+    assert not temp_names(data, tmp_path / "repo", tmp_path)
+
+
+def test_a_folder_made_where_a_new_folder_goes_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app makes zz/ (empty, and holds it open) right before the swap moves the staged zz/
+    in whole: the move replaced it (a rename replaces an empty folder), so what the app then
+    wrote through its descriptor went into a folder no longer in the target. Now the move
+    fails as the folder is there, the checkout is undone, and the app's folder stays."""
+    import casnap.fsdir as fsdir
+
+    repo, sid, data = mixed_case(tmp_path, extra=("zz/z.txt",))
+    before = state(data)
+    real = fsdir.rename_noreplace
+    held: list[int] = []
+
+    def app_first(src: int, name: str, dst: int, new_name: str) -> None:
+        if new_name == "zz" and not held:
+            (data / "zz").mkdir()
+            held.append(os.open(data / "zz", os.O_RDONLY | os.O_DIRECTORY))
+        real(src, name, dst, new_name)
+
+    monkeypatch.setattr(fsdir, "rename_noreplace", app_first)
+    try:
+        with pytest.raises(CasnapError, match="left as it was") as err:
+            checkout(repo, sid, data, safety_snapshot=False)
+        assert str(data / "zz") in str(err.value)
+        fd = os.open("written-by-the-app", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=held[0])
+        os.close(fd)
+        assert (data / "zz" / "written-by-the-app").exists()  # the app's folder is the one there
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert sorted(p.name for p in (data / "zz").iterdir()) == ["written-by-the-app"]
+    assert state(data) == {**before, "zz/written-by-the-app": state(data)["zz/written-by-the-app"]}
