@@ -460,6 +460,8 @@ def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:
     code, out = run(*base, "forget", ids[0][:10], "nosuchsnapshot")
     assert code == 4, out
     assert len(Repository.open(root).snapshots()) == 4  # one bad name: nothing forgotten
+    # a rerun of `forget A B` after A went (an earlier run, stopped): the way on is named
+    assert "forgotten already" in out and "`casnap log`" in out, out
     code, out = run(*base, "forget", ids[0][:10], "nightly", "--prune", "--json")
     assert code == 0, out
     report = json.loads(out)

@@ -297,7 +297,12 @@ def forget(
     except SnapshotNotFound as exc:  # a rerun of a `forget --prune` stopped before its gc?
         if isinstance(exc, AmbiguousSnapshot):
             raise
-        raise SnapshotNotFound(f"{exc}: nothing forgotten{UNPRUNED if run_gc else ''}") from exc
+        hint = UNPRUNED if run_gc else ""
+        if len(snapshots) > 1:  # every name must match; one may be gone since an earlier run
+            hint += (
+                " (every name must match: forgotten already? name only those `casnap log` lists)"
+            )
+        raise SnapshotNotFound(f"{exc}: nothing forgotten{hint}") from exc
     for tag, carrying, newest in r.tags_named:
         warn(
             f"{carrying} snapshots carry the tag {tag}; forgetting only the newest "
