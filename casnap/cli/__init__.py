@@ -6,6 +6,7 @@ from __future__ import annotations
 from casnap.cli import (  # noqa: F401 - registers the commands
     browse,
     copying,
+    forgetting,
     importing,
     keys,
     maintenance,
