@@ -6,8 +6,9 @@ where that is another mount, beside itself under a temp name), and a database's 
 takes them back in reverse order (an old database back in place before its side files), `done`
 removes what was kept once every file is in. A kill leaves every path its old or its new file.
 A folder moved in whole is taken back file by file: only the files still as restored (the same
-inode, size and mtime) are removed, and its folders once empty, so whatever an app wrote there
-meanwhile stays.
+inode, size and mtime, and no SQLite side file beside them that no snapshot file is) are
+removed, and its folders once empty, so whatever an app wrote there meanwhile stays. So is a
+file the target lacked, renamed in alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 from casnap import fsutil
 from casnap.errors import CasnapError, from_oserror
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
 from casnap.fsdir import Dir, Tree, split
 from casnap.manifest import FileEntry
 
@@ -53,6 +55,7 @@ class Journal:
         self.tree = tree
         self.stage = stage
         self.entries = entries
+        self._shapes: dict[str, tuple[int, int]] | None = None  # path -> size, mtime (undo)
         self.steps: list[tuple[str, str, _Kept | Moving | int | None]] = []
         self.old: dict[str, _Kept] = {}  # path -> its old version, kept
         self.unkept: set[str] = set()  # paths whose old version could not be kept (no link)
@@ -141,7 +144,6 @@ class Journal:
         each of its folders left empty; returns the files that were changed meanwhile (left,
         with what an app made of them). A file an app put in their place, or beside them,
         stays."""
-        shapes = {e.path: (e.size, e.mtime_ns) for e in self.entries}
         changed = []
         for rel, ino in moving.files.items():
             head, name = split(rel)
@@ -149,7 +151,7 @@ class Journal:
             st = parent.lstat(name) if parent is not None else None
             if parent is None or st is None or st.st_ino != ino:
                 continue  # gone, or another file now: not this swap's
-            if (st.st_size, st.st_mtime_ns) != shapes.get(rel):
+            if not self._as_restored(parent, rel, st):
                 changed.append(rel)  # written since it was restored: left as written
                 continue
             parent.unlink(name)
@@ -182,8 +184,24 @@ class Journal:
         if rel in self.unkept:
             return False
         if now is not None:
+            if not self._as_restored(parent, rel, now):
+                return False  # written since it was restored: left as written
             parent.unlink(name)  # the target had no file there
         return True
+
+    def _as_restored(self, parent: Dir, rel: str, st: os.stat_result) -> bool:
+        """Whether the file at rel (st, in parent) is still as this swap restored it: the size
+        and mtime of its entry, and no SQLite side file beside it that is no entry's (an app
+        opened it as a database: what it committed since is in its -wal or -journal)."""
+        if self._shapes is None:
+            self._shapes = {e.path: (e.size, e.mtime_ns) for e in self.entries}
+        if (st.st_size, st.st_mtime_ns) != self._shapes.get(rel):
+            return False
+        name = split(rel)[1]
+        return not any(
+            rel + suffix not in self._shapes and parent.lstat(name + suffix) is not None
+            for suffix in SQLITE_SIDE_SUFFIXES
+        )
 
     # -- keeping -------------------------------------------------------------------------------
 
