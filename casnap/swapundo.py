@@ -56,6 +56,7 @@ class Journal:
         self.stage = stage
         self.entries = entries
         self._shapes: dict[str, tuple[int, int]] | None = None  # path -> size, mtime (undo)
+        self.written: list[str] = []  # files the undo left as an app wrote them since
         self.steps: list[tuple[str, str, _Kept | Moving | int | None]] = []
         self.old: dict[str, _Kept] = {}  # path -> its old version, kept
         self.unkept: set[str] = set()  # paths whose old version could not be kept (no link)
@@ -153,6 +154,7 @@ class Journal:
                 continue  # gone, or another file now: not this swap's
             if not self._as_restored(parent, rel, st):
                 changed.append(rel)  # written since it was restored: left as written
+                self.written.append(rel)
                 continue
             parent.unlink(name)
         for folder in reversed(moving.folders):  # innermost first
@@ -185,7 +187,8 @@ class Journal:
             return False
         if now is not None:
             if not self._as_restored(parent, rel, now):
-                return False  # written since it was restored: left as written
+                self.written.append(rel)  # written since it was restored: left as written
+                return False
             parent.unlink(name)  # the target had no file there
         return True
 
@@ -246,18 +249,39 @@ def _move(name: str, dest: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
     os.rename(name, dest, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
 
-def explain(exc: BaseException, root: object, failed: Collection[str], changed: bool) -> None:
+def explain(
+    exc: BaseException,
+    root: object,
+    failed: Collection[str],
+    changed: bool,
+    written: Collection[str] = (),
+) -> None:
     """Add to a swap's error what became of the target: left as it was (the files already
-    swapped in put back), or which files could not be put back."""
+    swapped in put back), or which files could not be put back (of failed), and which were left
+    as an app wrote them after they were restored (written, also in failed)."""
     if not (isinstance(exc, CasnapError) and len(exc.args) == 1 and isinstance(exc.args[0], str)):
         return
     if not failed:
         what = "the files already swapped in were put back" if changed else "nothing was changed"
         exc.args = (f"{exc.args[0]}; {what}, {root} left as it was",)
         return
-    names = ", ".join(sorted(failed)[:3]) + (", ..." if len(failed) > 3 else "")
+    stuck = sorted(set(failed) - set(written))
+    said = []
+    if stuck:
+        said.append(
+            f"{len(stuck)} file(s) of {root} could not be put back as they were ({_names(stuck)}) "
+            "and hold what the checkout restored"
+        )
+    if written:
+        said.append(
+            f"{len(written)} file(s) of {root} written since restored (an app at work there?) "
+            f"were left as written ({_names(sorted(written))})"
+        )
     exc.args = (
-        f"{exc.args[0]}; {len(failed)} file(s) of {root} could not be put back as they were "
-        f"({names}) and hold what the checkout restored, the others were; rerun the checkout "
-        "to complete it",
+        f"{exc.args[0]}; {'; '.join(said)}, the others put back; rerun the checkout to "
+        "complete it",
     )
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
