@@ -82,7 +82,7 @@ def swap_in(
                 written.append(rel)
         except BaseException as exc:
             changed = journal.changed()
-            explain(exc, tree.root.path, journal.undo(), changed)
+            explain(exc, tree.root.path, journal.undo(), changed, journal.written)
             raise
     journal.done()
     return written, touched

@@ -6,8 +6,9 @@ where that is another mount, beside itself under a temp name), and a database's 
 takes them back in reverse order (an old database back in place before its side files), `done`
 removes what was kept once every file is in. A kill leaves every path its old or its new file.
 A folder moved in whole is taken back file by file: only the files still as restored (the same
-inode, size and mtime) are removed, and its folders once empty, so whatever an app wrote there
-meanwhile stays.
+inode, size and mtime, and no SQLite side file beside them that no snapshot file is) are
+removed, and its folders once empty, so whatever an app wrote there meanwhile stays. So is a
+file the target lacked, renamed in alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 from casnap import fsutil
 from casnap.errors import CasnapError, from_oserror
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
 from casnap.fsdir import Dir, Tree, split
 from casnap.manifest import FileEntry
 
@@ -53,6 +55,8 @@ class Journal:
         self.tree = tree
         self.stage = stage
         self.entries = entries
+        self._shapes: dict[str, tuple[int, int]] | None = None  # path -> size, mtime (undo)
+        self.written: list[str] = []  # files the undo left as an app wrote them since
         self.steps: list[tuple[str, str, _Kept | Moving | int | None]] = []
         self.old: dict[str, _Kept] = {}  # path -> its old version, kept
         self.unkept: set[str] = set()  # paths whose old version could not be kept (no link)
@@ -141,7 +145,6 @@ class Journal:
         each of its folders left empty; returns the files that were changed meanwhile (left,
         with what an app made of them). A file an app put in their place, or beside them,
         stays."""
-        shapes = {e.path: (e.size, e.mtime_ns) for e in self.entries}
         changed = []
         for rel, ino in moving.files.items():
             head, name = split(rel)
@@ -149,8 +152,9 @@ class Journal:
             st = parent.lstat(name) if parent is not None else None
             if parent is None or st is None or st.st_ino != ino:
                 continue  # gone, or another file now: not this swap's
-            if (st.st_size, st.st_mtime_ns) != shapes.get(rel):
+            if not self._as_restored(parent, rel, st):
                 changed.append(rel)  # written since it was restored: left as written
+                self.written.append(rel)
                 continue
             parent.unlink(name)
         for folder in reversed(moving.folders):  # innermost first
@@ -182,8 +186,25 @@ class Journal:
         if rel in self.unkept:
             return False
         if now is not None:
+            if not self._as_restored(parent, rel, now):
+                self.written.append(rel)  # written since it was restored: left as written
+                return False
             parent.unlink(name)  # the target had no file there
         return True
+
+    def _as_restored(self, parent: Dir, rel: str, st: os.stat_result) -> bool:
+        """Whether the file at rel (st, in parent) is still as this swap restored it: the size
+        and mtime of its entry, and no SQLite side file beside it that is no entry's (an app
+        opened it as a database: what it committed since is in its -wal or -journal)."""
+        if self._shapes is None:
+            self._shapes = {e.path: (e.size, e.mtime_ns) for e in self.entries}
+        if (st.st_size, st.st_mtime_ns) != self._shapes.get(rel):
+            return False
+        name = split(rel)[1]
+        return not any(
+            rel + suffix not in self._shapes and parent.lstat(name + suffix) is not None
+            for suffix in SQLITE_SIDE_SUFFIXES
+        )
 
     # -- keeping -------------------------------------------------------------------------------
 
@@ -228,18 +249,39 @@ def _move(name: str, dest: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
     os.rename(name, dest, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
 
-def explain(exc: BaseException, root: object, failed: Collection[str], changed: bool) -> None:
+def explain(
+    exc: BaseException,
+    root: object,
+    failed: Collection[str],
+    changed: bool,
+    written: Collection[str] = (),
+) -> None:
     """Add to a swap's error what became of the target: left as it was (the files already
-    swapped in put back), or which files could not be put back."""
+    swapped in put back), or which files could not be put back (of failed), and which were left
+    as an app wrote them after they were restored (written, also in failed)."""
     if not (isinstance(exc, CasnapError) and len(exc.args) == 1 and isinstance(exc.args[0], str)):
         return
     if not failed:
         what = "the files already swapped in were put back" if changed else "nothing was changed"
         exc.args = (f"{exc.args[0]}; {what}, {root} left as it was",)
         return
-    names = ", ".join(sorted(failed)[:3]) + (", ..." if len(failed) > 3 else "")
+    stuck = sorted(set(failed) - set(written))
+    said = []
+    if stuck:
+        said.append(
+            f"{len(stuck)} file(s) of {root} could not be put back as they were ({_names(stuck)}) "
+            "and hold what the checkout restored"
+        )
+    if written:
+        said.append(
+            f"{len(written)} file(s) of {root} written since restored (an app at work there?) "
+            f"were left as written ({_names(sorted(written))})"
+        )
     exc.args = (
-        f"{exc.args[0]}; {len(failed)} file(s) of {root} could not be put back as they were "
-        f"({names}) and hold what the checkout restored, the others were; rerun the checkout "
-        "to complete it",
+        f"{exc.args[0]}; {'; '.join(said)}, the others put back; rerun the checkout to "
+        "complete it",
     )
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")

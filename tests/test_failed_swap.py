@@ -447,3 +447,79 @@ def test_a_folder_made_where_a_new_folder_goes_is_not_replaced(
             os.close(fd)
     assert sorted(p.name for p in (data / "zz").iterdir()) == ["written-by-the-app"]
     assert state(data) == {**before, "zz/written-by-the-app": state(data)["zz/written-by-the-app"]}
+
+
+def test_a_database_an_app_writes_to_in_a_folder_moved_in_whole_survives_the_undo(
+    tmp_path: Path,
+) -> None:
+    """zz/ (holding a WAL database) is moved in whole; an app opens zz/w.db and commits a row
+    (into zz/w.db-wal: the database file itself keeps its size and mtime) before a later rename
+    fails. The undo took w.db out as untouched and left the app's -wal beside nothing: the
+    row it committed was lost. Now a database with a side file beside it stays, named."""
+    repo, _, data = db_with_committed_wal(tmp_path)
+    for suffix in ("-wal", "-shm"):
+        (data / f"w.db{suffix}").unlink()
+    (data / "zz").mkdir()
+    (data / "w.db").rename(data / "zz" / "w.db")
+    (data / "c").mkdir()
+    (data / "c" / "d.txt").write_text("d v1")
+    (data / "new.txt").write_text("new v1")
+    sid = commit(repo, data).id
+    (data / "zz" / "w.db").unlink()
+    (data / "zz").rmdir()
+    (data / "new.txt").unlink()
+    (data / "c" / "d.txt").write_text("d v2")
+    conns: list[sqlite3.Connection] = []
+
+    def app_commits_then_a_folder_is_in_the_way() -> None:
+        conn = sqlite3.connect(data / "zz" / "w.db", isolation_level=None)
+        conn.execute("INSERT INTO k(v) VALUES ('the app''s row')")
+        conns.append(conn)
+        (data / "new.txt").mkdir()
+
+    try:
+        with after_renames_into(data / "c", 1, app_commits_then_a_folder_is_in_the_way):
+            with pytest.raises(CasnapError) as err:
+                checkout(repo, sid, data, safety_snapshot=False)
+        assert "written since restored (an app at work there?) were left as written (zz/w.db)" in (
+            str(err.value)
+        )
+        assert rows(data / "zz" / "w.db") == 3001
+    finally:
+        for conn in conns:
+            conn.close()
+    assert (data / "c" / "d.txt").read_text() == "d v2"
+
+
+def test_a_new_file_an_app_writes_to_after_its_rename_survives_the_undo(tmp_path: Path) -> None:
+    """c/e.txt, which the target lacked, is renamed into c/ (a folder it has); an app appends
+    to it before a later rename fails. The undo removed it, the app's line with it. Now a file
+    changed since it was restored stays as written, and the error names it."""
+    repo, sid, data = mixed_case(tmp_path, extra=("c/e.txt",))
+
+    def app_writes_then_a_folder_is_in_the_way() -> None:
+        with open(data / "c" / "e.txt", "a") as f:
+            f.write(" and the app's line")
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data / "c", 2, app_writes_then_a_folder_is_in_the_way):
+        with pytest.raises(CasnapError) as err:
+            checkout(repo, sid, data, safety_snapshot=False)
+    assert str(err.value).endswith(
+        f"; 1 file(s) of {data} written since restored (an app at work there?) were left as "
+        "written (c/e.txt), the others put back; rerun the checkout to complete it"
+    )
+    assert (data / "c" / "e.txt").read_text() == "c/e.txt v1 and the app's line"
+    assert (data / "c" / "d.txt").read_text() == "d v2"
+    assert rows(data / "a.db") == 3500
+
+
+def test_a_new_file_left_untouched_is_still_taken_out(tmp_path: Path) -> None:
+    """The same swap without the app's write: c/e.txt is taken out, the target as it was."""
+    repo, sid, data = mixed_case(tmp_path, extra=("c/e.txt",))
+    before = state(data)
+    with after_renames_into(data / "c", 2, lambda: (data / "new.txt").mkdir()):
+        with pytest.raises(CasnapError, match="left as it was"):
+            checkout(repo, sid, data, safety_snapshot=False)
+    (data / "new.txt").rmdir()
+    assert state(data) == before
