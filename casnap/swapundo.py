@@ -278,8 +278,7 @@ def explain(
             f"were left as written ({_names(sorted(written))})"
         )
     exc.args = (
-        f"{exc.args[0]}; {'; '.join(said)}, the others put back; rerun the checkout to "
-        "complete it",
+        f"{exc.args[0]}; {'; '.join(said)}, the others put back; rerun the checkout to complete it",
     )
 
 
