@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
-from casnap import fsutil
+from casnap import fsutil, inuse
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, SourceError, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
@@ -57,7 +57,9 @@ def swap_in(
     written: list[str] = []
     touched: set[str] = set()
     journal = Journal(tree, stage, entries)
-    with Tree(stage) as staged:
+    # restored databases locked as SQLite locks until the swap is done: an app that opened one
+    # and committed before a failing rename's undo put the old one back lost its commit
+    with Tree(stage) as staged, contextlib.ExitStack() as held:
         try:
             whole = new_folders(tree, staged, [rel for rel, _ in placing])
             moving = set(whole)
@@ -74,6 +76,7 @@ def swap_in(
                 if parent is None or source is None:
                     raise SourceError(f"{tree.root.path / head} vanished during the checkout")
                 if replaces_db:
+                    held.enter_context(inuse.held_sqlite_locks(source, name, parent.path / name))
                     for suffix in SQLITE_SIDE_SUFFIXES:
                         journal.aside(parent, head, name + suffix)
                 source.rename(name, parent, name)

@@ -523,3 +523,47 @@ def test_a_new_file_left_untouched_is_still_taken_out(tmp_path: Path) -> None:
             checkout(repo, sid, data, safety_snapshot=False)
     (data / "new.txt").rmdir()
     assert state(data) == before
+
+
+# -- bug: an app's commit to a restored database was lost when the swap was undone --------------
+
+APP_WRITE = """
+import sqlite3, sys
+try:
+    conn = sqlite3.connect(sys.argv[1], timeout=0)
+    conn.execute("INSERT INTO k(v) VALUES ('written by the app during the swap')")
+    conn.commit()
+    print("written")
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+
+
+def test_an_app_cannot_write_a_restored_database_until_the_swap_is_done(tmp_path: Path) -> None:
+    """a.db is renamed over the live one, then a later rename fails and the old a.db is put
+    back. An app that opened the restored a.db in between and committed a row lost it with the
+    undo, told nothing. The restored database is now locked as SQLite locks (as the live one
+    was) from before its rename until the swap is done: the app's write is refused (busy), so
+    it knows; afterwards the database is the app's again."""
+    repo, sid, data = mixed_case(tmp_path)
+    attempts: list[str] = []
+
+    def app_writes_then_a_folder_is_in_the_way() -> None:  # another process: locks are per process
+        done = subprocess.run(
+            [sys.executable, "-c", APP_WRITE, str(data / "a.db")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        attempts.append(done.stdout.strip())
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data, 1, app_writes_then_a_folder_is_in_the_way):
+        with pytest.raises(CasnapError, match="left as it was"):
+            checkout(repo, sid, data, safety_snapshot=False)
+    assert attempts == ["database is locked"]
+    assert rows(data / "a.db") == 3500  # the live database, as it was
+    (data / "new.txt").rmdir()
+    checkout(Repository.open(tmp_path / "repo"), sid, data, safety_snapshot=False)
+    with contextlib.closing(sqlite3.connect(data / "a.db", timeout=0)) as conn:
+        conn.execute("INSERT INTO k(v) VALUES ('the app, once the checkout is done')")
+        conn.commit()
+    assert rows(data / "a.db") == 3001
