@@ -50,18 +50,22 @@ _RECORDS_AS_ARRAY = 16
 # A frame as stored: whole, or its codec byte and payload (compression.encode_parts), which the
 # pack's writer joins with the rest of the pack instead of the adding thread joining them.
 Frame = bytes | tuple[bytes, bytes]
+# A pack made durable: its id, directory records, size, whether this writer made it, and the
+# ids of its chunks as `pending` holds them.
+_Written = tuple[ObjectId, bytes, int, bool, list[bytes]]
 
 
 class _OpenPack:
     """A pack being filled: its frames as they came (joined once, by the writing thread, without
     the GIL: growing one buffer frame by frame cost the adding thread a copy and fresh pages)."""
 
-    __slots__ = ("parts", "size", "records")
+    __slots__ = ("parts", "size", "records", "ids")
 
     def __init__(self) -> None:
         self.parts: list[bytes] = [PACK_HEADER]
         self.size = len(PACK_HEADER)
         self.records = bytearray()
+        self.ids: list[bytes] = []  # as in `pending` (their hashes computed once, kept)
 
 
 class PackWriter:
@@ -89,7 +93,7 @@ class PackWriter:
         self.pending: set[bytes] = set()  # ids in the open pack and in packs being written
         self.written = IdSet()  # ids in this writer's durable packs (compact: 40 bytes each)
         self._pack: _OpenPack | None = None
-        self._inflight: deque[Future[tuple[ObjectId, bytes, int, bool]]] = deque()
+        self._inflight: deque[Future[_Written]] = deque()
         self._done: list[tuple[ObjectId, bytes]] = []  # (pack, directory records)
         # packs this writer made (not those it found stored already) and their sizes
         self.created: list[tuple[ObjectId, int]] = []
@@ -203,7 +207,9 @@ class PackWriter:
             pack_rec = DIR_RECORD.pack
             for cid, inner, plain in fresh:
                 p.records += pack_rec(cid, btype, offset, length, plain, inner, frame_plain)
-                pending.add(bytes(cid))
+                key = bytes(cid)
+                pending.add(key)
+                p.ids.append(key)
         else:  # a frame of many pieces (pages): its records in a few numpy calls
             ids, inners, plains = zip(*fresh, strict=True)
             rec = np.empty(len(fresh), dtype=DIR_DTYPE)
@@ -215,7 +221,9 @@ class PackWriter:
             rec["inner"] = inners
             rec["frame_plain"] = frame_plain
             p.records += rec.tobytes()
-            pending.update(map(bytes, ids))
+            keys = list(map(bytes, ids))
+            pending.update(keys)
+            p.ids += keys
         p.size += length
         self.chunks_added += len(fresh)
         self.bytes_by_type[btype] += length
@@ -239,7 +247,7 @@ class PackWriter:
         with uninterrupted():
             self._inflight.append(self._io.submit(self._write_pack, p))
 
-    def _write_pack(self, p: _OpenPack) -> tuple[ObjectId, bytes, int, bool]:
+    def _write_pack(self, p: _OpenPack) -> _Written:
         start = time.perf_counter()
         records = bytes(p.records)
         p.parts.append(pack_tail(records))  # sealed as it is joined: growing it would copy it
@@ -248,11 +256,11 @@ class PackWriter:
         pack = self.store.ids(data)
         made = self._put(pack_key(pack), memoryview(data))
         self.phases.since("write", start)
-        return pack, records, len(data), made
+        return pack, records, len(data), made, p.ids
 
-    def _collect(self, fut: Future[tuple[ObjectId, bytes, int, bool]]) -> None:
+    def _collect(self, fut: Future[_Written]) -> None:
         """A pack is durable: its ids move from `pending` to the compact `written` set."""
-        pack, records, size, made = fut.result()
+        pack, records, size, made, ids = fut.result()
         self.bytes_added += size
         self.packs_written += 1
         self._done.append((pack, records))
@@ -261,7 +269,6 @@ class PackWriter:
             self._unindexed.append(pack)
         # into the written set first, so a concurrent check always finds them in one place
         self.written.add(np.frombuffer(records, dtype=DIR_DTYPE)["id"])
-        ids = [records[i : i + ID_SIZE] for i in range(0, len(records), DIR_RECORD.size)]
         self.pending.difference_update(ids)
         self.recent.update(ids)
         self._retired.append(ids)
