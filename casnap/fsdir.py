@@ -15,8 +15,8 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
 
+from casnap import libc
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, HostileManifest, SourceError, from_oserror
 
@@ -38,31 +38,16 @@ def fsync_fd(fd: int, what: str) -> None:
 _RENAME_NOREPLACE = 1  # renameat2's flag: fail with EEXIST rather than replace
 
 
-def _renameat2() -> Callable[..., int] | None:
-    """libc's renameat2, or None where it has none."""
-    import ctypes  # only here: a swap that moves a folder in whole needs it
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return cast(Callable[..., int], call)
-
-
 def rename_noreplace(src_fd: int, name: str, dst_fd: int, new_name: str) -> None:
     """Rename name (in the folder src_fd) to new_name (in dst_fd), FileExistsError when anything
     stands there: atomic with renameat2 (a plain rename replaces an empty folder, and anything
     an app wrote through a descriptor of it would be lost with it); where the kernel or the
     filesystem has none, by a look first."""
-    call = _renameat2()
+    call = libc.function("renameat2", "c_int", "c_char_p", "c_int", "c_char_p", "c_uint")
     if call is not None:
         if call(src_fd, os.fsencode(name), dst_fd, os.fsencode(new_name), _RENAME_NOREPLACE) == 0:
             return
-        import ctypes
-
-        code = ctypes.get_errno()
+        code = libc.last_errno()
         if code not in (errno.ENOSYS, errno.EINVAL):
             raise OSError(code, os.strerror(code), new_name)
     try:

@@ -24,8 +24,8 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
 
+from casnap import libc
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, InvalidArgument, SourceError, from_oserror, shortened
 from casnap.fsdir import Dir, remove_tree
@@ -185,15 +185,7 @@ def _syncfs_call() -> Callable[[int], int] | None:
         return None
     if version < _SYNCFS_REPORTS_SINCE:
         return None
-    import ctypes  # only here: no other command needs it
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int]
-    call.restype = ctypes.c_int
-    return cast(Callable[[int], int], call)
+    return libc.function("syncfs", "c_int")
 
 
 def can_syncfs() -> bool:
@@ -209,9 +201,7 @@ def syncfs(fd: int, what: str) -> None:
     if call is None:
         raise CasnapError("syncfs cannot report failed writes here: fsync each file instead")
     if call(fd) != 0:
-        import ctypes
-
-        code = ctypes.get_errno()
+        code = libc.last_errno()
         raise from_oserror(OSError(code, os.strerror(code)), f"syncing {what}")
 
 

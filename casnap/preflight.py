@@ -6,15 +6,15 @@ stopping the swap part way (swap.py undoes what it did when a rename fails all t
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import stat
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from casnap import libc
 from casnap.errors import AccessDenied, CasnapError, SourceError
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
 from casnap.fsdir import Dir, Tree, split
@@ -165,18 +165,9 @@ def statx_buffer() -> Any:
     return ctypes.create_string_buffer(256)
 
 
-@functools.cache
 def _statx_call() -> Callable[..., int] | None:
     """libc's statx (glibc 2.28, Linux 4.11), else None: the attributes are then not asked."""
-    import ctypes  # only here, as fsutil's syncfs: no other command needs it
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).statx
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
-    call.restype = ctypes.c_int
-    return cast(Callable[..., int], call)
+    return libc.function("statx", "c_int", "c_char_p", "c_int", "c_uint", "c_void_p")
 
 
 def mounts_below(root: Path, table: str | None = None) -> set[str]:

@@ -16,8 +16,8 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import cast
 
+from casnap import libc
 from casnap.signals import uninterrupted
 
 STEP = 8 * 1024 * 1024  # bytes of a file written between two starts of its writeback
@@ -28,15 +28,10 @@ def _sync_file_range() -> Callable[[int, int, int], object] | None:
     """sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE), or None where libc lacks it."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError, ImportError):
+    fn = libc.function("sync_file_range", "c_int", "c_longlong", "c_longlong", "c_uint")
+    if fn is None:
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast(Callable[[int, int, int], object], lambda fd, pos, n: fn(fd, pos, n, _WRITE))
+    return lambda fd, pos, n: fn(fd, pos, n, _WRITE)
 
 
 _start = _sync_file_range()
