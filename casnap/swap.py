@@ -44,7 +44,7 @@ def swap_in(
     stage: Dir,
     placing: Sequence[tuple[str, bool]],
     dir_attrs: DirAttrs,
-    entries: Sequence[FileEntry] = (),
+    entries: Sequence[FileEntry],
 ) -> tuple[list[str], set[str]]:
     """Put every staged file of placing (path, whether it replaces a database) in place: new
     folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal

@@ -51,7 +51,7 @@ class Journal:
     """The steps of one swap, and what it keeps to take them back. entries: those of the files
     placed (what a file in a folder moved in looks like while still as restored)."""
 
-    def __init__(self, tree: Tree, stage: Dir, entries: Sequence[FileEntry] = ()) -> None:
+    def __init__(self, tree: Tree, stage: Dir, entries: Sequence[FileEntry]) -> None:
         self.tree = tree
         self.stage = stage
         self.entries = entries
