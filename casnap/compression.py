@@ -269,7 +269,7 @@ def _compress_grouped(data: bytes | memoryview, level: int) -> bytes:
 
 def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, grouped: bool = False) -> bytes:
     """Compress data with the best of the allowed codecs; raw when compression does not pay."""
-    return b"".join(encode_parts(data, level, grouped))
+    return b"".join(_codec_and_payload(data, level, grouped))
 
 
 _CODEC_BYTES = [bytes([c]) for c in range(3)]
@@ -280,7 +280,15 @@ def encode_parts(
 ) -> tuple[bytes, bytes]:
     """encode's result as its codec byte and the payload, not joined: joining copies the
     payload while holding the GIL (bytes.join lets it go only past 1 MiB), which a pack's
-    writer does anyway, without it, when it joins the pack."""
+    writer does anyway, without it, when it joins the pack. A raw payload is a copy of data."""
+    codec, payload = _codec_and_payload(data, level, grouped)
+    return codec, payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def _codec_and_payload(
+    data: bytes | memoryview, level: int, grouped: bool
+) -> tuple[bytes, bytes | memoryview]:
+    """The codec byte and the payload of data's frame; a raw payload is data itself."""
     size = len(data)
     if size == 0:
         return _CODEC_BYTES[RAW], b""
@@ -291,7 +299,7 @@ def encode_parts(
         payload = _compressor(level).compress(data)
         codec = ZSTD
     if len(payload) > size * (1.0 - MIN_COMPRESSION_GAIN):
-        return _CODEC_BYTES[RAW], bytes(data)
+        return _CODEC_BYTES[RAW], data
     return _CODEC_BYTES[codec], payload
 
 
