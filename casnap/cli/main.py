@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap import procs, signals
+from casnap import libc, procs, signals
 from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
 from casnap.cli.pipes import reader_gone, silence_closed, whole_writes
@@ -470,6 +470,7 @@ def main() -> None:
     signals.handle()  # loaded (start.py): Ctrl-C, SIGTERM and SIGHUP unwind the command
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
+    libc.keep_freed_memory()  # before any thread: a page freed is the next block's, no fault
     whole_writes()
     try:
         cli.main(prog_name="casnap")
