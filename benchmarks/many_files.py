@@ -174,8 +174,26 @@ class _Run:
         measured = tool.restore(self.data, 2, target)
         os.sync()
         self.rows[tool.name].problems = compare_trees(self.data, target).problems[:10]
-        shutil.rmtree(target, ignore_errors=True)
-        return measured
+        return measured  # the tree stays until the run ends (see run_rounds)
+
+
+def _steps(run: _Run, count: int, seed: int) -> tuple[int, dict[str, int]]:
+    """One round's data generated, and its four steps with each tool in turn; returns the data's
+    bytes and the changes made before the third step."""
+    t0 = time.perf_counter()
+    data_bytes = generate(run.data, count, seed)
+    os.sync()
+    run.log(f"  {count} files, {data_bytes / MIB:.1f} MiB in {time.perf_counter() - t0:.1f} s")
+    run.step("init", lambda t: t.init() and None)
+    run.step("first", lambda t: t.snapshot(run.data, 0))
+    time.sleep(0.2)  # past casnap's racy window: a later commit, not one at the same instant
+    run.step("nochange", lambda t: t.snapshot(run.data, 1))
+    changes = mutate(run.data, count, seed)
+    os.sync()
+    time.sleep(0.2)
+    run.step("changed", lambda t: t.snapshot(run.data, 2))
+    run.step("restore", run.restore)
+    return data_bytes, changes
 
 
 def run_rounds(
@@ -197,28 +215,25 @@ def run_rounds(
     errors: dict[str, str] = {}
     data_bytes = 0
     changes: dict[str, int] = {}
-    for r in range(rounds):
-        run = _Run(empty_dir(work / f"round{r}"), tools, errors, log)
-        t0 = time.perf_counter()
-        data_bytes = generate(run.data, count, seed)
-        os.sync()
-        took = time.perf_counter() - t0
-        log(f"round {r + 1}/{rounds}: {count} files, {data_bytes / MIB:.1f} MiB in {took:.1f} s")
-        run.step("init", lambda t: t.init() and None)
-        run.step("first", lambda t: t.snapshot(run.data, 0))  # noqa: B023 - called at once
-        time.sleep(0.2)  # past casnap's racy window: a later commit, not one at the same instant
-        run.step("nochange", lambda t: t.snapshot(run.data, 1))  # noqa: B023
-        changes = mutate(run.data, count, seed)
-        os.sync()
-        time.sleep(0.2)
-        run.step("changed", lambda t: t.snapshot(run.data, 2))  # noqa: B023
-        run.step("restore", run.restore)
-        for name, row in run.rows.items():
-            if name in run.live:
-                results[name].append(row)
-                for problem in row.problems:
-                    log(f"  {name}: {problem}")
-        shutil.rmtree(run.base, ignore_errors=True)
+    # Nothing is removed before the run ends: on ext4 without a journal each new inode passes over
+    # every inode freed recently (whose inode table block is still cached), so a restore right
+    # after 20k files were removed spent most of its time there, and which tool came after a
+    # removal decided the ratio (benchmarks/README.md, "Many small files").
+    bases: list[Path] = []
+    try:
+        for r in range(rounds):
+            run = _Run(empty_dir(work / f"round{r}"), tools, errors, log)
+            bases.append(run.base)
+            log(f"round {r + 1}/{rounds}:")
+            data_bytes, changes = _steps(run, count, seed)
+            for name, row in run.rows.items():
+                if name in run.live:
+                    results[name].append(row)
+                    for problem in row.problems:
+                        log(f"  {name}: {problem}")
+    finally:
+        for base in bases:
+            shutil.rmtree(base, ignore_errors=True)
     return {
         "versions": versions,
         "notes": notes,
