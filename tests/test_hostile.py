@@ -285,6 +285,8 @@ HOSTILE_PATHS = {
     "backslash": "..\\evil",
     "nul": "evil\x00.db",
     "drive": "C:evil",
+    # no file name decodes to it (names are read with surrogateescape): not a name to write
+    "lone-surrogate": "evil\ud800.db",
 }
 
 
