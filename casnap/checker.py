@@ -289,6 +289,9 @@ class _Checker:
             if ref == "latest":
                 newest = latest(snaps, self.select)
                 hits = [kv for kv in snaps if kv[0] == newest]
+            damaged = [h for h in self.report.damaged if is_hex_prefix(low) and h.startswith(low)]
+            if not hits and len(damaged) == 1:
+                continue  # a snapshot whose manifest's damage is in the report: nothing to follow
             if len(hits) != 1:
                 raise SnapshotNotFound(f"no single readable snapshot matches {ref!r}")
             chosen[hits[0][0]] = hits[0][1]

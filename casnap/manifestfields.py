@@ -5,6 +5,7 @@ values of its JSON, each raising what Snapshot.decode turns into an error naming
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,42 @@ def check_path(path: str) -> str:
         or "." in parts
         or ".." in parts
         or (len(path) >= 2 and path[1] == ":")
+        or not _encodable(path)
     ):
         raise HostileManifest(f"manifest holds an unsafe path: {path!r}")
     return path
+
+
+def check_scope(path: str) -> str:
+    """A path a commit was given (a manifest's `paths`) must name a place in the data dir:
+    relative, without empty, `.` or `..` components, NUL or what no file name holds. Unlike a
+    file's path it may hold a backslash or a drive letter: a commit given such a folder skips
+    its files, yet records it."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\x00" in path
+        or "" in parts
+        or "." in parts
+        or ".." in parts
+        or not _encodable(path)
+    ):
+        raise HostileManifest(f"manifest holds an unsafe path among its committed paths: {path!r}")
+    return path
+
+
+def _encodable(path: str) -> bool:
+    """Whether path turns into a file name (os.fsencode): a name read from a folder holds no
+    surrogate but those surrogateescape makes of undecodable bytes, a lone one such as
+    \\ud800 only a crafted manifest, on which each write would fail."""
+    if path.isascii():
+        return True
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return False
+    return True
 
 
 def check_paths(paths: Sequence[str], checked: bool = False) -> None:

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from casnap.backends import LocalBackend
 from casnap.cli import ProgressBar, cli
 from casnap.cli.output import printable
+from casnap.ids import hash_bytes
+from casnap.manifest import compress_manifest, decompress_manifest
 from tests.helpers_smoke import make_app
 
 MIB = 1024 * 1024
@@ -94,3 +97,31 @@ def test_show_escapes_names_and_json_keeps_them(tmp_path: Path) -> None:
     assert set(NAMES) <= {f["path"] for f in out["files"]}
     result = CliRunner().invoke(cli, [*base, "log"])
     assert len(result.stdout.splitlines()) == 2 and "multi\\nline" in result.stdout
+
+
+def _craft(repo_dir: Path, **fields: object) -> str:
+    """Store a copy of the repository's one manifest with fields replaced (as another program
+    could write it); its id."""
+    backend = LocalBackend(repo_dir)
+    (key, _size), *_ = backend.list("snapshots/")
+    d = json.loads(decompress_manifest(backend.get(key), key))
+    d.update(fields)
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    new = hash_bytes(raw).hex()
+    backend.put(f"snapshots/{new}", compress_manifest(raw))
+    return new
+
+
+def test_show_and_prune_escape_a_snapshot_s_host_user_and_tags(tmp_path: Path) -> None:
+    """Fields of a manifest casnap did not write (a bell, a carriage return, a lone surrogate
+    no terminal can print) are shown escaped, as its names are, not written raw or failing."""
+    data = make_app(tmp_path / "data")
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    assert CliRunner().invoke(cli, [*base, "commit"]).exit_code == 0
+    sid = _craft(tmp_path / "repo", host="h\a\r\ud800", user="u\a", tags=["t\a\ud800"])
+    result = CliRunner().invoke(cli, [*base, "show", sid[:8]])
+    assert result.exit_code == 0, result.output
+    assert "(u\\x07@h\\x07\\r\\ud800)" in result.stdout and "\a" not in result.stdout
+    result = CliRunner().invoke(cli, [*base, "prune", "--keep-last", "1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "[t\\x07\\ud800]" in result.stdout and "\a" not in result.stdout

@@ -285,6 +285,8 @@ HOSTILE_PATHS = {
     "backslash": "..\\evil",
     "nul": "evil\x00.db",
     "drive": "C:evil",
+    # no file name decodes to it (names are read with surrogateescape): not a name to write
+    "lone-surrogate": "evil\ud800.db",
 }
 
 
@@ -302,6 +304,27 @@ def test_hostile_manifest_paths_are_refused_before_anything_is_written(
     with pytest.raises(HostileManifest):
         Repository.open(repo_dir).load_snapshot(ObjectId.from_hex(bad))
     no_temp_files(repo_dir, tmp_path)
+
+
+@pytest.mark.parametrize("path", ["../evil", "faiss/../..", "/ABS/evil", ""])
+def test_committed_paths_outside_the_data_dir_are_refused(
+    setup: tuple[Path, Path, str], tmp_path: Path, path: str
+) -> None:
+    """A manifest's `paths` (what its commit was given) name places in the data dir: one that
+    leaves it is refused as a file path is, before diff or checkout reads or writes there."""
+    repo_dir, data, sid = setup
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "secret.txt").write_text("outside\n")
+
+    def change(d: dict) -> None:
+        d["paths"] = [path.replace("/ABS", str(tmp_path))]
+
+    bad = craft(repo_dir, sid, change)
+    target = tmp_path / "target"
+    for args in (["diff", bad], ["ls", bad], ["checkout", bad, "--to", str(target)]):
+        one_line(cli(repo_dir, data, *args), EXIT_CODES["integrity"], "unsafe path")
+    assert not target.exists()
+    assert (tmp_path / "evil" / "secret.txt").read_text() == "outside\n"
 
 
 def _duplicate(d: dict) -> None:

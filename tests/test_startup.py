@@ -318,6 +318,21 @@ def test_an_interrupt_while_python_m_casnap_loads_is_one_line(tmp_path: Path) ->
     _assert_interrupted_while_loading(run, tmp_path)
 
 
+# Ctrl-C arrives as ctypes, which the entry point loads for mallopt once the command line's
+# modules are in, is looked for; then RUN
+INTERRUPT_AT_CTYPES = INTERRUPT_AT_CLICK.replace("'click'", "'ctypes'")
+
+
+def test_an_interrupt_while_the_entry_point_sets_up_malloc_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C between the loading of the command line and the start of the command (as the
+    entry point loads ctypes for glibc's mallopt): exit 130 with one line, not a traceback."""
+    run = "sys.argv = ['casnap', 'log']\nfrom casnap.start import main\nmain()"
+    code = INTERRUPT_AT_CTYPES + run + "\nprint('not reached')\n"
+    proc = _child([sys.executable, "-c", code], tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
+
+
 # runs main() with ARGS (or, with "-", nothing casnap), then frees a 64 MiB block it filled and
 # writes how much of it the process still holds (KiB of VmRSS gained over before the block)
 FREED_CHILD = """

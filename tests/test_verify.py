@@ -295,3 +295,17 @@ def test_verify_names_the_temp_files_a_killed_writer_left(tmp_path: Path) -> Non
     assert report.ok
     notes = [n for n in report.notes if "temp file" in n]
     assert len(notes) == 1 and notes[0].startswith("1 temp file") and "gc" in notes[0], notes
+
+
+def test_verify_naming_a_damaged_snapshot_reports_its_damage(tmp_path: Path) -> None:
+    """A snapshot named by id whose manifest is damaged is what verify found, not one missing:
+    exit 9 naming it, as when verify names another snapshot or none."""
+    repo, data, _ = build_history(tmp_path, 2)
+    root = tmp_path / "repo"
+    sid = repo.snapshots()[0][0].hex()
+    flip_byte(root / "snapshots" / sid, 10)
+    report = verify(Repository.open(root), [sid[:8]])
+    assert not report.ok and sid in report.damaged and report.snapshots_checked == 0
+    code, out = run("--repo", str(root), "--data", str(data), "verify", sid[:8])
+    assert code == CheckFailed.exit_code, out
+    assert f"snapshots/{sid}" in out and "matches" not in out

@@ -41,7 +41,7 @@ def _print_groups(report: retention.PruneReport) -> None:
         where = printable(g.key.describe(), backslash=False)
         click.echo(f"{where}: keep {keep}, remove {len(g.decisions) - keep} snapshot(s)")
         for d in g.decisions:
-            label = " ".join(f"[{t}]" for t in d.item.tags)
+            label = " ".join(f"[{printable(t)}]" for t in d.item.tags)
             why = ", ".join(d.reasons)
             when = d.item.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
             verb = "keep  " if d.keep else "remove"

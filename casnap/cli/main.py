@@ -467,11 +467,14 @@ def main() -> None:
     # numpy's OpenBLAS starts one thread per core when loaded, each spinning ~0.1 s of CPU that
     # a commit or checkout on a small machine needs (casnap does no linear algebra)
     procs.set_own_environ("OPENBLAS_NUM_THREADS", "1")
-    signals.handle()  # loaded (start.py): Ctrl-C, SIGTERM and SIGHUP unwind the command
     _first, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
     libc.keep_freed_memory()  # before any thread: a page freed is the next block's, no fault
     whole_writes()
+    # last before the command: until here a signal ends the process with one line (start.py),
+    # from here it unwinds the command, whose errors the group reports (ctypes, which mallopt
+    # loads, took long enough for a Ctrl-C to land between the two: a traceback)
+    signals.handle()
     try:
         cli.main(prog_name="casnap")
     except SystemExit as exc:

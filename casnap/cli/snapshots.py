@@ -509,7 +509,7 @@ def show(
         emit_json(d)
         return
     click.echo(f"snapshot {sid.hex()}")
-    click.echo(f"  time     {local_time(s.time)}  ({s.user}@{s.host})")
+    click.echo(f"  time     {local_time(s.time)}  ({printable(s.user)}@{printable(s.host)})")
     click.echo(f"  source   {printable(s.source)}")
     click.echo(f"  paths    {paths_label(s.paths)}")
     if s.message:
