@@ -35,19 +35,26 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 # Blocks under this size come from the heap, not from a mapping of their own (glibc: 128 KiB,
-# raised as blocks are freed up to 32 MiB); freed memory at the heap's top is kept up to KEEP.
-MMAP_ABOVE = 256 << 20
+# raised as blocks are freed up to 32 MiB, the most older glibc accepts here); freed memory at
+# the heap's top is kept up to KEEP. A restore's largest blocks, its spans, are at most 20 MiB.
+MMAP_ABOVE = 32 << 20
 KEEP = 1 << 30
 
 
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the memory freed for the next blocks (docs/TUNING.md, "Memory
-    kept for the next block"): one arena, blocks under MMAP_ABOVE from it, and freed memory kept
-    up to KEEP. A restore fills a new block of some MiB per span or frame; handed back to the
-    kernel at each free, every one of them cost a page fault and a zeroed page per 4 KiB.
-    Call it before any thread starts; False where the C library has no such settings."""
+    kept for the next block"): blocks under MMAP_ABOVE from the heap, one arena, and freed
+    memory kept up to KEEP. A restore fills a new block of some MiB per span or frame; handed
+    back to the kernel at each free, every one of them cost a page fault and a zeroed page per
+    4 KiB. Call it before any thread starts. False where the C library has no such settings or
+    refuses the threshold; the other two are then left as they are (alone, they made more
+    faults, not fewer)."""
     mallopt = function("mallopt", "c_int", "c_int")
-    if mallopt is None:
+    if mallopt is None or mallopt(_M_MMAP_THRESHOLD, MMAP_ABOVE) != 1:
         return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, MMAP_ABOVE), (_M_TRIM_THRESHOLD, KEEP))
-    return all([mallopt(param, value) == 1 for param, value in settings])
+    return all(
+        [
+            mallopt(param, value) == 1
+            for param, value in ((_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, KEEP))
+        ]
+    )
