@@ -132,6 +132,7 @@ class Journal:
                     failed.append(rel)
             except (OSError, CasnapError):
                 failed.append(rel)
+        self._drop_unused_old()
         with contextlib.suppress(OSError, CasnapError):
             for head in sorted({split(rel)[0] for _, rel, _ in self.steps}):
                 d = self.tree.dir(head)
@@ -139,6 +140,21 @@ class Journal:
                     d.fsync()
         self.steps.clear()
         return failed
+
+    def _drop_unused_old(self) -> None:
+        """Remove the old versions kept beside files the swap never reached: each is a second
+        link to the file still in place (the same inode), so nothing is lost. One that is the
+        only copy left of a file (its put-back failed) stays."""
+        for kept in self.old.values():
+            if kept.in_stage:
+                continue  # goes with the staging dir
+            parent = self.tree.dir(kept.head)
+            if parent is None:
+                continue
+            with contextlib.suppress(OSError, CasnapError):
+                was, now = parent.lstat(kept.kept), parent.lstat(kept.name)
+                if was is not None and now is not None and was.st_ino == now.st_ino:
+                    parent.unlink(kept.kept)
 
     def _take_out(self, moving: Moving) -> list[str]:
         """A folder moved in, taken back: each of its files still as restored removed, then

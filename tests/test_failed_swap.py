@@ -381,6 +381,54 @@ def test_a_folder_mounted_from_elsewhere_keeps_old_versions_beside_them(tmp_path
         assert not temp_names(data, tmp_path)
 
 
+@contextlib.contextmanager
+def tmpfs_mounted(onto: Path, size: str) -> Iterator[None]:
+    """A tmpfs of size mounted on the folder onto for the block; skips the test where mounting
+    is not allowed."""
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(onto)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(onto)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Write into folder until its filesystem is full."""
+    with (folder / "filler").open("wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(bytes(65536))
+                out.flush()
+
+
+# -- bug: a failed swap left the old versions it kept beside files it never reached ---------------
+
+
+@pytest.mark.skipif(not ROOT, reason="only root may mount")
+def test_old_versions_kept_beside_files_the_swap_never_reached_are_removed(
+    tmp_path: Path,
+) -> None:
+    """c/ is a small filesystem of its own: c/d.txt is copied in, then the filesystem fills up
+    and c/e.txt cannot be. The undo put c/d.txt back but left the hard link it had kept of
+    c/e.txt's old version beside it under a temp name (no step of the swap named it). Now the
+    folder holds only what it held before."""
+    repo, sid, data = mixed_case(tmp_path, extra=("c/e.txt",))
+    with tmpfs_mounted(data / "c", "1m"):
+        (data / "c" / "d.txt").write_text("d v2")
+        (data / "c" / "e.txt").write_text("e v2")
+        before = state(data)
+        with after_renames_into(data / "c", 1, lambda: fill(data / "c")):
+            with pytest.raises(CasnapError, match="left as it was"):
+                checkout(repo, sid, data, safety_snapshot=False)
+        (data / "c" / "filler").unlink()
+        assert state(data) == before
+        assert not temp_names(data, tmp_path)
+
+
 # -- bug: a failed swap's undo deleted what an app wrote into a folder the swap moved in ----------
 
 
