@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from casnap import libc
-from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, HostileManifest, SourceError, from_oserror
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -183,12 +182,13 @@ class Dir:
     def rmdir(self, name: str) -> None:
         os.rmdir(name, dir_fd=self.fd)
 
-    def rename(self, name: str, dest: Dir, new_name: str) -> None:
+    def rename(self, name: str, dest: Dir, new_name: str, temp: str) -> None:
         """Atomically move name in this dir to new_name in dest (replacing a file there).
 
         Across mount points (a bind mount, a filesystem mounted on a folder of the target) a
-        rename fails with EXDEV: the file is then copied into dest under a temp name, made
-        durable, and renamed within dest, which is atomic there too."""
+        rename fails with EXDEV: the file is then copied into dest under the temp name temp (one
+        that names this process and host, so a later run removes it once this one was killed),
+        made durable, and renamed within dest, which is atomic there too."""
         try:
             os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=dest.fd)
         except OSError as exc:
@@ -199,7 +199,7 @@ class Dir:
                 ) from exc
             if exc.errno != errno.EXDEV:
                 raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
-            self._copy_across(name, dest, new_name)
+            self._copy_across(name, dest, new_name, temp)
 
     def move_new(self, name: str, dest: Dir, new_name: str) -> None:
         """Move name (a folder) to new_name in dest, where nothing may stand (SourceError)."""
@@ -213,8 +213,7 @@ class Dir:
         except OSError as exc:
             raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
 
-    def _copy_across(self, name: str, dest: Dir, new_name: str) -> None:
-        tmp = f"{TEMP_PREFIX}{os.getpid()}-move-{new_name[:80]}"
+    def _copy_across(self, name: str, dest: Dir, new_name: str, tmp: str) -> None:
         src = self.open_file(name)
         try:
             st = os.fstat(src)

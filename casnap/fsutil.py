@@ -256,8 +256,9 @@ STAGE_PREFIX = f"{TEMP_PREFIX}stage-"
 # Every name casnap gives what it makes beside a user's files, and only those (its shapes of
 # older versions too): a temp file (`.db`, `.json`, SQLite's side files of a `.db`), a staging
 # dir or its disposable copy (tail: 12 hex digits, or mkdtemp's 8 characters), a file copied
-# across mount points before its rename (`<pid>-move-<name>`), diff's scratch dir. A scan passes
-# over these and says so; any other name starting with TEMP_PREFIX is the user's.
+# across mount points before its rename (a temp file; `<pid>-move-<name>` in older versions),
+# diff's scratch dir. A scan passes over these and says so; any other name starting with
+# TEMP_PREFIX is the user's.
 _OWN_NAME = re.compile(
     re.escape(TEMP_PREFIX)
     + r"(?:(?:[0-9]+-(?:[0-9a-f]{8}-)?)?[0-9a-f]{32}(?:\.db(?:-journal|-wal|-shm)?|\.json)?"

@@ -429,6 +429,49 @@ def test_old_versions_kept_beside_files_the_swap_never_reached_are_removed(
         assert not temp_names(data, tmp_path)
 
 
+KILLED_MID_COPY = """
+import os, signal, sys
+from casnap.repository import Repository
+from casnap.restorer import checkout
+repo, sid, data, folder = sys.argv[1:]
+real = os.replace
+def replace(src, dst, **kwargs):
+    fd = kwargs.get("dst_dir_fd")
+    into = fd is not None and os.readlink(f"/proc/self/fd/{fd}") == folder
+    if into and kwargs.get("src_dir_fd") == fd:  # the copy made in folder, about to be renamed
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst, **kwargs)
+os.replace = replace
+checkout(Repository.open(repo), sid, data, safety_snapshot=False)
+"""
+
+
+# -- bug: the copy a checkout killed mid-way left in a folder on another mount stayed for good -----
+
+
+@pytest.mark.skipif(not ROOT, reason="only root may mount")
+def test_a_copy_into_another_mount_left_by_a_killed_checkout_is_removed_next_time(
+    tmp_path: Path,
+) -> None:
+    """c/ is another mount than the staging dir, so c/d.txt is copied in under a temp name and
+    then renamed. A checkout killed between the two left that copy, named without the host
+    tag the cleanup of dead processes' temp files looks for: no later checkout removed it. Now
+    the next checkout does."""
+    repo, sid, data = mixed_case(tmp_path)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "d.txt").write_text("d v2")
+    (data / "c" / "d.txt").unlink()
+    with bind_mounted(vol, data / "c"):
+        args = [str(tmp_path / "repo"), sid, str(data), str(data / "c")]
+        killed = subprocess.run([sys.executable, "-c", KILLED_MID_COPY, *args], check=False)
+        assert killed.returncode == -9
+        assert len(temp_names(data / "c")) == 2  # the copy, and the old version kept beside it
+        checkout(Repository.open(tmp_path / "repo"), sid, data)
+        assert (data / "c" / "d.txt").read_text() == "c/d.txt v1"
+        assert not temp_names(data, tmp_path)
+
+
 # -- bug: a failed swap's undo deleted what an app wrote into a folder the swap moved in ----------
 
 
