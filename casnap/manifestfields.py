@@ -30,18 +30,7 @@ def check_path(path: str) -> str:
             f"manifest holds a path nested too deeply ({path.count('/') + 1} levels, at most "
             f"{MAX_PATH_DEPTH}): {path[:80]!r}..."
         )
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or "\\" in path
-        or "\x00" in path
-        or "" in parts
-        or "." in parts
-        or ".." in parts
-        or (len(path) >= 2 and path[1] == ":")
-        or not _encodable(path)
-    ):
+    if _outside(path) or "\\" in path or (len(path) >= 2 and path[1] == ":"):
         raise HostileManifest(f"manifest holds an unsafe path: {path!r}")
     return path
 
@@ -51,8 +40,16 @@ def check_scope(path: str) -> str:
     relative, without empty, `.` or `..` components, NUL or what no file name holds. Unlike a
     file's path it may hold a backslash or a drive letter: a commit given such a folder skips
     its files, yet records it."""
+    if _outside(path):
+        raise HostileManifest(f"manifest holds an unsafe path among its committed paths: {path!r}")
+    return path
+
+
+def _outside(path: str) -> bool:
+    """Whether path fails to name a place below the data dir: empty, absolute, with NUL, an
+    empty, `.` or `..` component, or what no file name holds."""
     parts = path.split("/")
-    if (
+    return (
         not path
         or path.startswith("/")
         or "\x00" in path
@@ -60,9 +57,7 @@ def check_scope(path: str) -> str:
         or "." in parts
         or ".." in parts
         or not _encodable(path)
-    ):
-        raise HostileManifest(f"manifest holds an unsafe path among its committed paths: {path!r}")
-    return path
+    )
 
 
 def _encodable(path: str) -> bool:
