@@ -182,13 +182,13 @@ class Dir:
     def rmdir(self, name: str) -> None:
         os.rmdir(name, dir_fd=self.fd)
 
-    def rename(self, name: str, dest: Dir, new_name: str, temp: str) -> None:
+    def rename(self, name: str, dest: Dir, new_name: str, temp: Callable[[], str]) -> None:
         """Atomically move name in this dir to new_name in dest (replacing a file there).
 
         Across mount points (a bind mount, a filesystem mounted on a folder of the target) a
-        rename fails with EXDEV: the file is then copied into dest under the temp name temp (one
-        that names this process and host, so a later run removes it once this one was killed),
-        made durable, and renamed within dest, which is atomic there too."""
+        rename fails with EXDEV: the file is then copied into dest under a name temp() gives
+        (one that names this process and host, so a later run removes it once this one was
+        killed), made durable, and renamed within dest, which is atomic there too."""
         try:
             os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=dest.fd)
         except OSError as exc:
@@ -199,7 +199,7 @@ class Dir:
                 ) from exc
             if exc.errno != errno.EXDEV:
                 raise from_oserror(exc, f"renaming into {dest.path / new_name}") from exc
-            self._copy_across(name, dest, new_name, temp)
+            self._copy_across(name, dest, new_name, temp())
 
     def move_new(self, name: str, dest: Dir, new_name: str) -> None:
         """Move name (a folder) to new_name in dest, where nothing may stand (SourceError)."""

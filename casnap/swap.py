@@ -79,7 +79,7 @@ def swap_in(
                     held.enter_context(inuse.held_sqlite_locks(source, name, parent.path / name))
                     for suffix in SQLITE_SIDE_SUFFIXES:
                         journal.aside(parent, head, name + suffix)
-                source.rename(name, parent, name, fsutil.temp_name())
+                source.rename(name, parent, name, fsutil.temp_name)
                 journal.placed(parent, rel)
                 touched.add(head)
                 written.append(rel)
