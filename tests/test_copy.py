@@ -281,6 +281,41 @@ def test_wrong_destination_password_writes_nothing(tmp_path, history) -> None:
     assert raw_tree(enc) == before
 
 
+def test_the_other_repository_s_password_options_beat_its_variables(tmp_path, history) -> None:
+    """As for --repo: an option given (--to-password-command) beats CASNAP_TO_PASSWORD_FILE,
+    which was taken before it; a file and a command both given are refused (exit 2)."""
+    data, src, ids, _trees = history
+    enc = tmp_path / "enc"
+    assert run(enc, data, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)[0] == 0
+    good, wrong = tmp_path / "good.txt", tmp_path / "wrong.txt"
+    good.write_text(PW_DST)
+    wrong.write_text("wrong")
+    to = ["copy", "--to", str(enc), ids[0]]
+    code, _, err = run(
+        src, data, *to, "--to-password-command", f"cat {good}", CASNAP_TO_PASSWORD_FILE=str(wrong)
+    )
+    assert code == 0, err
+    back = ["copy", "--from", str(enc), "latest"]
+    code, _, err = run(
+        tmp_path / "back", data, *back, "--from-password-command", f"cat {good}",
+        CASNAP_FROM_PASSWORD_FILE=str(wrong),
+    )  # fmt: skip
+    assert code == 0, err
+    # the variables of the role not in use are not options given: a copy --to is not refused
+    code, _, err = run(
+        src, data, "copy", "--to", str(enc), ids[1], CASNAP_TO_PASSWORD=PW_DST,
+        CASNAP_FROM_PASSWORD_FILE=str(wrong),
+    )  # fmt: skip
+    assert code == 0, err
+    before = raw_tree(enc)
+    for role, args in (("to", to), ("from", back)):
+        both = [f"--{role}-password-file", str(good), f"--{role}-password-command", f"cat {good}"]
+        code, out, err = run(tmp_path / "other", data, *args, *both)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"--{role}-password-file" in err and f"--{role}-password-command" in err, err
+    assert raw_tree(enc) == before and not (tmp_path / "other").exists()
+
+
 def test_to_encryption_an_existing_destination_does_not_have_is_said(tmp_path, history) -> None:
     """`--to-encryption repokey` into an existing plain repository copied into it in plain, and
     said nothing; it notes now that the destination keeps its own encryption."""

@@ -205,6 +205,41 @@ def test_password_sources_in_order(app: Path, tmp_path: Path) -> None:
     assert code == 10 and "password file" in err
 
 
+def test_a_password_option_beats_every_password_variable(app: Path, tmp_path: Path) -> None:
+    """CASNAP_PASSWORD_FILE was taken before an explicit --password-command (exit 10, the
+    option silently ignored), and --password-file with --password-command was accepted, the
+    command ignored. An option given beats every variable; both options are refused."""
+    repo = tmp_path / "backups"
+    assert run(repo, app, "commit", "-q")[0] == 0
+    good, wrong = tmp_path / "good.txt", tmp_path / "wrong.txt"
+    good.write_text(PW)
+    wrong.write_text("wrong")
+    good_cmd = f"cat {good}"
+    wrong_cmd = f"cat {wrong}"
+    for args, env in [
+        (["--password-command", good_cmd], {"CASNAP_PASSWORD_FILE": str(wrong)}),
+        (["--password-command", good_cmd], {"CASNAP_PASSWORD_COMMAND": wrong_cmd}),
+        (["--password-file", str(good)], {"CASNAP_PASSWORD_COMMAND": wrong_cmd}),
+        (["--password-file", str(good)], {"CASNAP_PASSWORD_FILE": str(wrong)}),
+    ]:
+        code, out, err = run(repo, app, *args, "log", password="wrong", **env)
+        assert code == 0, (args, env, err)
+    # among the variables alone: the file, then the command, then the password itself
+    env = {"CASNAP_PASSWORD_FILE": str(good), "CASNAP_PASSWORD_COMMAND": wrong_cmd}
+    assert run(repo, app, "log", password="wrong", **env)[0] == 0
+    env = {"CASNAP_PASSWORD_COMMAND": good_cmd}
+    assert run(repo, app, "log", password="wrong", **env)[0] == 0
+    both = ["--password-file", str(good), "--password-command", good_cmd]
+    for password in (PW, None):
+        code, out, err = run(repo, app, *both, "log", password=password)
+        assert code == 2 and out == "", err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "--password-file" in err and "--password-command" in err, err
+    plain = tmp_path / "plain"  # refused before any repository is looked at
+    code, _, err = run(plain, app, *both, "commit", password=None)
+    assert code == 2 and not plain.exists(), err
+
+
 def test_a_password_command_that_prints_without_end_is_stopped(app: Path, tmp_path: Path) -> None:
     """A password file is read up to 4096 bytes; a password command's output was read whole, so
     a command that prints without end (`yes`, `cat /dev/zero`) made casnap hold gigabytes

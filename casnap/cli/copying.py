@@ -80,31 +80,29 @@ def _same_place(a: Location, b: Location) -> bool:
 @click.option("--from", "from_repo", metavar="REPO", help="Copy from REPO into --repo.")
 @click.option(
     "--from-password-file",
-    envvar="CASNAP_FROM_PASSWORD_FILE",
     metavar="FILE",
-    help="The password of the --from repository, read from FILE (env CASNAP_FROM_PASSWORD_FILE; "
-    "then --from-password-command, CASNAP_FROM_PASSWORD, a prompt on a terminal).",
+    help="The password of the --from repository, read from FILE. Without this option or "
+    "--from-password-command (not both): CASNAP_FROM_PASSWORD_FILE, "
+    "CASNAP_FROM_PASSWORD_COMMAND, CASNAP_FROM_PASSWORD, a prompt on a terminal.",
 )
 @click.option(
     "--from-password-command",
-    envvar="CASNAP_FROM_PASSWORD_COMMAND",
     metavar="CMD",
-    help="Run CMD (no shell) for the password of the --from repository "
-    "(env CASNAP_FROM_PASSWORD_COMMAND).",
+    help="Run CMD (no shell) for the password of the --from repository (not with "
+    "--from-password-file; beats every CASNAP_FROM_PASSWORD* variable).",
 )
 @click.option(
     "--to-password-file",
-    envvar="CASNAP_TO_PASSWORD_FILE",
     metavar="FILE",
-    help="The password of the --to repository, read from FILE (env CASNAP_TO_PASSWORD_FILE; "
-    "then --to-password-command, CASNAP_TO_PASSWORD, a prompt on a terminal).",
+    help="The password of the --to repository, read from FILE. Without this option or "
+    "--to-password-command (not both): CASNAP_TO_PASSWORD_FILE, CASNAP_TO_PASSWORD_COMMAND, "
+    "CASNAP_TO_PASSWORD, a prompt on a terminal.",
 )
 @click.option(
     "--to-password-command",
-    envvar="CASNAP_TO_PASSWORD_COMMAND",
     metavar="CMD",
-    help="Run CMD (no shell) for the password of the --to repository "
-    "(env CASNAP_TO_PASSWORD_COMMAND).",
+    help="Run CMD (no shell) for the password of the --to repository (not with "
+    "--to-password-file; beats every CASNAP_TO_PASSWORD* variable).",
 )
 @click.option(
     "--to-encryption",

@@ -409,17 +409,16 @@ class CommandGroup(CasnapGroup):
 )
 @click.option(
     "--password-file",
-    envvar="CASNAP_PASSWORD_FILE",
     metavar="FILE",
-    help="Read the password of an encrypted repository from FILE (env CASNAP_PASSWORD_FILE; "
-    "then --password-command, CASNAP_PASSWORD, a prompt on a terminal).",
+    help="Read the password of an encrypted repository from FILE. Without this option or "
+    "--password-command (not both): CASNAP_PASSWORD_FILE, CASNAP_PASSWORD_COMMAND, "
+    "CASNAP_PASSWORD, a prompt on a terminal; an option given beats every variable.",
 )
 @click.option(
     "--password-command",
-    envvar="CASNAP_PASSWORD_COMMAND",
     metavar="CMD",
-    help="Run CMD (no shell) and use what it prints as the password (env CASNAP_PASSWORD_COMMAND; "
-    "before CASNAP_PASSWORD).",
+    help="Run CMD (no shell) and use what it prints as the password (not with --password-file; "
+    "beats every CASNAP_PASSWORD* variable).",
 )
 @click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.option(

@@ -1,7 +1,8 @@
-"""Where a password comes from: the first of --password-file / CASNAP_PASSWORD_FILE,
---password-command / CASNAP_PASSWORD_COMMAND, CASNAP_PASSWORD, else a no-echo prompt on a
-terminal (restic's order: an option given beats the password variable). Without any of them and
-without a terminal: one line naming the options, never a wait.
+"""Where a password comes from: an option given on the command line (--password-file or
+--password-command; both is a usage error, as in restic), else the variables in order
+(CASNAP_PASSWORD_FILE, CASNAP_PASSWORD_COMMAND, CASNAP_PASSWORD), else a no-echo prompt on a
+terminal: an option given always beats every variable. Without any of them and without a
+terminal: one line naming the options, never a wait.
 
 A password is read only when a repository turns out to be encrypted (or one is created), once
 per command. One trailing newline of a file or a command's output is not part of the password.
@@ -25,6 +26,7 @@ SOURCES = (
     "--password-file (CASNAP_PASSWORD_FILE), --password-command (CASNAP_PASSWORD_COMMAND) "
     "or CASNAP_PASSWORD"
 )
+
 NEW_SOURCES = "--new-password-file or CASNAP_NEW_PASSWORD"
 MAX_PASSWORD_FILE = 4096  # bytes: a password file, not a device or a large file by mistake
 
@@ -100,8 +102,11 @@ def _prompt(text: str, confirm: bool) -> str:
 class Passwords:
     """The password of the repository at --repo, asked for at most once per command.
 
-    `env` names the variable holding the password itself and `sources` the options a missing
-    one is asked for: the other repository of `copy` has its own (see `other_passwords`)."""
+    `file` and `command` are the options given on the command line (at most one of them);
+    `env` names the variable holding the password itself, and with `_FILE` and `_COMMAND` the
+    variables consulted when no option is given; `option` is the options' common prefix and
+    `sources` the sources a missing password is asked for: the other repository of `copy` has
+    its own (see `other_passwords`)."""
 
     def __init__(
         self,
@@ -110,8 +115,13 @@ class Passwords:
         location: Location,
         env: str = "CASNAP_PASSWORD",
         sources: str = SOURCES,
+        option: str = "--password",
     ) -> None:
-        self.file = file
+        if file and command:  # restic refuses them too: which one was meant cannot be told
+            raise click.UsageError(
+                f"{option}-file and {option}-command both given: give one password source"
+            )
+        self.file = file or None
         self.command = command or None
         self.location = location
         self.env = env
@@ -123,10 +133,20 @@ class Passwords:
         # how to make a plain repository instead, where encryption was chosen by default (S3)
         self.plain_hint = ""
 
+    def _given(self) -> tuple[str | None, str | None]:
+        """The password file or command to use: the option given, else the first variable set
+        (the file's before the command's)."""
+        if self.file or self.command:
+            return self.file, self.command
+        file = os.environ.get(f"{self.env}_FILE")
+        if file:
+            return file, None
+        return None, os.environ.get(f"{self.env}_COMMAND") or None
+
     def given(self) -> bool:
         """True when a source other than the prompt is set (commit then creates an encrypted
         repository)."""
-        return bool(self.file or os.environ.get(self.env) or self.command)
+        return any(self._given()) or bool(os.environ.get(self.env))
 
     def __call__(self) -> str:
         if self._password is None:
@@ -140,10 +160,11 @@ class Passwords:
         return self.creating
 
     def _read(self) -> str:
-        if self.file:
-            return read_password_file(self.file, "password file")
-        if self.command:
-            return run_password_command(self.command)
+        file, command = self._given()
+        if file:
+            return read_password_file(file, "password file")
+        if command:
+            return run_password_command(command)
         env = os.environ.get(self.env)
         if env:
             return env
@@ -168,13 +189,13 @@ def other_passwords(
     role: str, file: str | None, command: str | None, location: Location
 ) -> Passwords:
     """The password of the repository `copy` names with --from or --to (role "from" or "to"):
-    --ROLE-password-file / CASNAP_ROLE_PASSWORD_FILE, --ROLE-password-command /
+    --ROLE-password-file or --ROLE-password-command (not both), else CASNAP_ROLE_PASSWORD_FILE,
     CASNAP_ROLE_PASSWORD_COMMAND, CASNAP_ROLE_PASSWORD, else a prompt on a terminal."""
     env = f"CASNAP_{role.upper()}_PASSWORD"
     sources = (
         f"--{role}-password-file ({env}_FILE), --{role}-password-command ({env}_COMMAND) or {env}"
     )
-    return Passwords(file, command, location, env=env, sources=sources)
+    return Passwords(file, command, location, env=env, sources=sources, option=f"--{role}-password")
 
 
 def new_password(file: str | None) -> str:
