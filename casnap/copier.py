@@ -8,6 +8,10 @@ chunk is looked up before it is read, and the copied manifest is byte-identical,
 keeps its id. Otherwise each chunk is read, named with the destination's ids, chunk lists and
 manifest are rebuilt, and the manifest records `origin` (the repository and id the snapshot was
 first taken with), by which a later copy, in either direction, recognises it as copied already.
+
+A snapshot whose data cannot be read whole from the source (a chunk or chunk list missing or
+damaged there: errors.DamagedSource) is passed over: its packs are taken back, its manifest is
+never written, and the copy goes on with the next one; the result lists it in `damaged`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from casnap import chunklist, compression, rollback, selection
 from casnap.chunkindex import DATA, TREE, IndexEntry, id_matrix
 from casnap.constants import SPAN_FETCHERS
 from casnap.errors import (
+    DamagedSource,
     IntegrityError,
     InvalidArgument,
     RepositoryGone,
@@ -68,12 +73,25 @@ class SnapshotCopy:
 
 
 @dataclass
+class DamagedCopy:
+    """A snapshot not copied: its data cannot be read whole from the source."""
+
+    source: str  # the snapshot's id in the source
+    error: str  # what cannot be read: the file and the chunk
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
 class CopyResult:
-    """What a copy did, snapshot by snapshot (oldest first), as `copy --json` prints it."""
+    """What a copy did, snapshot by snapshot (oldest first), as `copy --json` prints it;
+    `damaged`: the snapshots not copied because the source cannot give them whole."""
 
     source: str  # repository locations
     destination: str
     snapshots: list[SnapshotCopy] = field(default_factory=list)
+    damaged: list[DamagedCopy] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +100,7 @@ class CopyResult:
             "source": self.source,
             "destination": self.destination,
             "snapshots": [s.to_json() for s in self.snapshots],
+            "damaged": [d.to_json() for d in self.damaged],
             "copied": len(done),
             "present": len(self.snapshots) - len(done),
             "chunks_sent": sum(s.chunks_sent for s in done),
@@ -104,7 +123,12 @@ def copy_snapshots(
     snapshot), among those select matches, into dst; oldest first, each one committed on its
     own. Both repositories are held under the shared lock. progress gets (plain bytes done,
     total) over the files of the snapshots not yet in dst. A selection of no snapshot is
-    SnapshotNotFound (chosen), as for forget and prune."""
+    SnapshotNotFound (chosen), as for forget and prune.
+
+    A snapshot the source cannot give whole (a chunk or chunk list missing or damaged) is not
+    copied and leaves nothing in dst; the others are, and the result lists it in `damaged`
+    (the caller reports it: the command line exits 5). When no snapshot was copied, a
+    destination made for this copy is taken back, as after a failure."""
     if src.id == dst.id:
         raise InvalidArgument(
             f"{src.backend.location} and {dst.backend.location} share the repository id "
@@ -124,14 +148,22 @@ def copy_snapshots(
                     raise RepositoryNotFound(where)
                 repo.refresh(only_if_changed=True)
             result = run.run(chosen(src, refs, select))
-            dst.created = None  # in use now: never taken back
+            if not result.damaged or any(s.copied for s in result.snapshots):
+                dst.created = None  # in use now: never taken back
     except BaseException:
         # without the locks: the packs the snapshot under way wrote, a destination made for it
         rollback.after_failed_commit(
-            dst.backend, run.unindexed, dst.created, run.written_index, run.snapshots_before
+            dst.backend,
+            run.unindexed + run.abandoned,
+            dst.created,
+            run.written_index,
+            run.snapshots_before,
         )
         dst.created = None  # taken back, or in use by another process: never again
         raise
+    # without the locks: the packs of the snapshots passed over, a destination that holds none
+    rollback.after_failed_commit(dst.backend, run.abandoned, dst.created)
+    dst.created = None
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -228,6 +260,7 @@ class _CopyRun:
         self.same_ids = src.ids.key == dst.ids.key
         self.mapped: dict[bytes, ObjectId] = {}  # source chunk id -> destination chunk id
         self.unindexed: list[ObjectId] = []
+        self.abandoned: list[ObjectId] = []  # packs of snapshots passed over (DamagedSource)
         self.written_index: str | None = None
         self.snapshots_before: frozenset[str] = frozenset()
         self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
@@ -258,8 +291,13 @@ class _CopyRun:
                 found = self._found(sid.hex(), snap)
                 if found is not None:
                     result.snapshots.append(SnapshotCopy(sid.hex(), found, copied=False))
-                else:
+                    continue
+                start = bar.done
+                try:
                     result.snapshots.append(self._copy(sid, snap, bar))
+                except DamagedSource as exc:  # nothing of it stays: on with the next one
+                    result.damaged.append(DamagedCopy(sid.hex(), str(exc)))
+                    bar.advance_to(start + snap.logical_bytes)
         bar.finish()
         return result
 
@@ -286,6 +324,7 @@ class _CopyRun:
         src, dst = self.src, self.dst
         src.ensure_index()
         dst.ensure_index()
+        raw = self._manifest(sid) if self.same_ids else b""  # before anything is written
         self.snapshots_before = frozenset(self._present)
         out = SnapshotCopy(sid.hex(), "", copied=True)
         writer = PackWriter(dst.store)
@@ -294,6 +333,7 @@ class _CopyRun:
         lists: dict[tuple[str, ...], tuple[tuple[str, ...], bytes]] = {}
         seen: set[bytes] = set()
         files: list[FileEntry] = []
+        mapped_before = len(self.mapped)
         try:
             for entry in snap.files:
                 if entry.lists not in lists:
@@ -303,16 +343,16 @@ class _CopyRun:
             framer.flush()
             added = writer.finish()
             self._check_lists(files, lists)
+        except DamagedSource:  # a source read, before any index file: only packs to take back
+            self.abandoned += writer.abort()
+            for cid in list(self.mapped)[mapped_before:]:  # named, but never stored
+                del self.mapped[cid]
+            raise
         except BaseException:
             self.unindexed = writer.abort()
             self.written_index = writer.index_key  # when the failure came after it was written
             raise
-        if self.same_ids:
-            key = f"snapshots/{sid.hex()}"
-            raw = decompress_manifest(src.backend.get(key), key)
-            if src.ids(raw) != sid:
-                raise IntegrityError(f"{key} does not match its id (damaged)")
-        else:
+        if not self.same_ids:
             parent = self._found(snap.parent, None) if snap.parent else None
             origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
             new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
@@ -336,6 +376,17 @@ class _CopyRun:
         out.bytes_written = added + len(blob)
         return out
 
+    def _manifest(self, sid: ObjectId) -> bytes:
+        """The source's manifest of sid as stored, checked against its id (copied unchanged)."""
+        key = f"snapshots/{sid.hex()}"
+        try:
+            raw = decompress_manifest(self.src.backend.get(key), key)
+        except IntegrityError as exc:
+            raise DamagedSource(str(exc)) from exc
+        if self.src.ids(raw) != sid:
+            raise DamagedSource(f"{key} does not match its id (damaged)")
+        return raw
+
     def _base(self, snap: Snapshot) -> dict[str, FileEntry]:
         """Entries of the destination's newest snapshot of the same data dir and paths: chunk
         lists rebuilt with destination ids are stored as deltas against them."""
@@ -358,12 +409,17 @@ class _CopyRun:
         out: SnapshotCopy,
     ) -> tuple[tuple[str, ...], bytes]:
         """Send a file's missing chunks and chunk list; returns the list's blob ids in the
-        destination and the refs they must resolve to. A damaged chunk names the file."""
-        refs = self.src.file_refs(entry)  # its TREE blobs read and verified (errors name it)
+        destination and the refs they must resolve to. A damaged chunk names the file; one of
+        the source is DamagedSource."""
+        try:
+            refs = self.src.file_refs(entry)  # its TREE blobs read and verified (errors name it)
+        except IntegrityError as exc:
+            raise DamagedSource(str(exc)) from exc
         try:
             return self._send(entry, refs, writer, framer, base, seen, out)
         except IntegrityError as exc:
-            raise IntegrityError(f"{entry.path}: {exc}") from exc
+            damaged = isinstance(exc, DamagedSource)
+            raise (DamagedSource if damaged else IntegrityError)(f"{entry.path}: {exc}") from exc
 
     def _send(
         self,
@@ -399,7 +455,10 @@ class _CopyRun:
             for lid in entry.lists:
                 oid = ObjectId.from_hex(lid)
                 if not writer.known(oid):
-                    body = self.src.store.get(oid)
+                    try:
+                        body = self.src.store.get(oid)
+                    except IntegrityError as exc:
+                        raise DamagedSource(str(exc)) from exc
                     writer.add(oid, TREE, compression.encode(body, framer.level), len(body))
                     out.lists_sent += 1
             return entry.lists, refs
@@ -454,10 +513,13 @@ class _CopyRun:
         float32 words (a byte-grouped frame), so the destination compresses it alike. found
         holds the entries of a batch looked up at once (an absent chunk: the usual error)."""
         store = self.src.store
-        e = found.get(cid) or store.entry(cid)
-        if self._ahead is not None:
-            self._ahead.ready(e)
-        return store.chunk_at(cid, e)
+        try:
+            e = found.get(cid) or store.entry(cid)
+            if self._ahead is not None:
+                self._ahead.ready(e)
+            return store.chunk_at(cid, e)
+        except IntegrityError as exc:
+            raise DamagedSource(str(exc)) from exc
 
     @contextlib.contextmanager
     def _frames_ahead(self, found: dict[ObjectId, IndexEntry]) -> Iterator[None]:

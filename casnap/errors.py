@@ -214,6 +214,11 @@ class ObjectMissing(IntegrityError):
     """An object the repository refers to is not in the backend."""
 
 
+class DamagedSource(IntegrityError):
+    """A snapshot a copy reads cannot be read whole from its source repository (a chunk or chunk
+    list missing or damaged there): the copy passes over it and copies the others."""
+
+
 def shortened(path: str, keep: int = 60) -> str:
     """path as its first and last `keep` characters around '…' when it is longer: a line that
     names a path of thousands of characters stays one readable line."""

@@ -14,7 +14,13 @@ from casnap.cli.output import emit_json, human, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
 from casnap.cli.pipes import printing
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import InvalidArgument, NotARepository, RepositoryGone, RepositoryNotFound
+from casnap.errors import (
+    IntegrityError,
+    InvalidArgument,
+    NotARepository,
+    RepositoryGone,
+    RepositoryNotFound,
+)
 from casnap.locations import Location, S3Url, as_location, parse_location
 
 if TYPE_CHECKING:
@@ -136,7 +142,8 @@ def copy(
     before) is skipped, so running a copy again, or after it was interrupted, completes it. Each
     snapshot is committed on its own (packs, index file, then its manifest); between two plain
     repositories it keeps its id. A missing destination is created. Both repositories are held
-    under the shared lock.
+    under the shared lock. A snapshot the source cannot give whole (damaged) is passed over and
+    named, the others copied, and the copy exits 5.
 
     Example: casnap --repo ./backups copy --to /mnt/offsite/backups latest
     """
@@ -187,15 +194,17 @@ def copy(
     except BaseException:
         copier.abandon(dst)  # made for a copy that stopped before it stored anything: taken back
         raise
-    if created:
+    t = r.to_json()
+    if created and (t["copied"] or not r.damaged):  # else taken back: it would hold nothing
         kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
         c.say(f"created {kind} at {dst.backend.location}")
-    t = r.to_json()
     with printing(f"{t['copied']} snapshot(s) copied into {r.destination}"):
         if as_json:
             emit_json(t)
-            return
-        _print(r)
+        else:
+            _print(r)
+    if r.damaged:
+        raise IntegrityError(_damaged(r))
 
 
 def _say_encryption(
@@ -228,9 +237,25 @@ def _print(r: CopyResult) -> None:
             )
         else:
             click.echo(f"{s.source[:8]} already in {r.destination} as {s.destination[:8]}")
+    for d in r.damaged:
+        click.echo(f"not copied {d.source[:8]}: damaged in the source: {d.error}")
     t = r.to_json()
+    damaged = f", {len(r.damaged)} not copied (damaged in the source)" if r.damaged else ""
     click.echo(
-        f"{t['copied']} snapshot(s) copied, {t['present']} already there; "
+        f"{t['copied']} snapshot(s) copied, {t['present']} already there{damaged}; "
         f"{t['chunks_sent']} chunks sent, {human(t['bytes_written'])} written "
         f"({r.seconds:.2f} s)"
+    )
+
+
+def _damaged(r: CopyResult) -> str:
+    """The one line of a copy that passed over snapshots damaged in the source: the first one
+    and its file, how many more, what became of the others."""
+    first = r.damaged[0]
+    more = f" (and {len(r.damaged) - 1} more)" if len(r.damaged) > 1 else ""
+    t = r.to_json()
+    return (
+        f"{len(r.damaged)} snapshot(s) not copied, damaged in the source: snapshot "
+        f"{first.source[:8]}: {first.error}{more}; {t['copied']} copied, {t['present']} already "
+        "there (`casnap verify` the source)"
     )

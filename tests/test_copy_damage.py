@@ -1,0 +1,140 @@
+"""casnap copy from a source with one damaged snapshot among intact ones: the error names the
+snapshot and its file, every intact snapshot is copied, the damaged one leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from casnap.cli import cli
+from casnap.copier import copy_snapshots
+from casnap.errors import IntegrityError
+from casnap.packs import pack_key
+from casnap.repository import Repository
+from tests.helpers_gc import flip_byte
+from tests.util import snapshot_tree
+
+PASSWORD_VARS = [
+    f"CASNAP_{role}PASSWORD{tail}"
+    for role in ("", "FROM_", "TO_")
+    for tail in ("", "_FILE", "_COMMAND")
+]
+PW = "destination password"
+
+
+def run(repo: Path, data: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    full: dict[str, str | None] = dict.fromkeys(PASSWORD_VARS)
+    full.update(env)
+    result = CliRunner().invoke(cli, ["--repo", str(repo), "--data", str(data), *args], env=full)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def stored(repo: Path, folder: str) -> set[Path]:
+    return {p for p in (repo / folder).rglob("*") if p.is_file()}
+
+
+def objects(repo: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and p.relative_to(repo).parts[0] not in ("locks", "tmp")
+    }
+
+
+@pytest.fixture
+def damaged(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, Path, list[str], dict]:
+    """A plain source of three snapshots, the second the only one holding b.bin, whose new pack
+    (or index file) is deleted, or a byte of one of its data chunks flipped; the data dir's
+    files at each."""
+    data, src = tmp_path / "data", tmp_path / "src"
+    data.mkdir()
+    rng = random.Random(7)
+    ids, trees, added = [], {}, []
+    for name in ("a.bin", "b.bin", "c.bin"):
+        if name == "c.bin":
+            (data / "b.bin").unlink()
+        (data / name).write_bytes(rng.randbytes(200_000))
+        packs, index = stored(src, "packs"), stored(src, "index")
+        code, out, err = run(src, data, "commit", "-q")
+        assert code == 0, err
+        ids.append(out.strip())
+        trees[out.strip()] = snapshot_tree(data)
+        added.append((stored(src, "packs") - packs, stored(src, "index") - index))
+    new_packs, new_index = added[1]
+    if request.param == "flipped":  # a data chunk of b.bin, its chunk list intact
+        with Repository.open(src) as repo:
+            repo.ensure_index()
+            snap = repo.load_snapshot(repo.resolve(ids[1]))
+            (entry,) = [e for e in snap.files if e.path == "b.bin"]
+            e = repo.store.entry(repo.chunk_refs(entry)[0][0])
+        flip_byte(src / pack_key(e.pack), e.offset + e.length // 2)
+    for lost in {"pack": new_packs, "index": new_index}.get(request.param, ()):
+        lost.unlink()
+    return data, src, ids, trees
+
+
+@pytest.mark.parametrize("damaged", ["pack", "index", "flipped"], indirect=True)
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_damaged_snapshot_is_named_and_the_intact_ones_are_copied(
+    tmp_path: Path, damaged: tuple[Path, Path, list[str], dict], encrypted: bool
+) -> None:
+    """The copy stopped at the damaged second snapshot with `b.bin: chunk ... is not in the
+    index`, naming no snapshot, and never copied the intact third one."""
+    data, src, ids, trees = damaged
+    dst = tmp_path / "dst"
+    env = {"CASNAP_TO_PASSWORD": PW} if encrypted else {}
+    enc = ["--to-encryption", "repokey" if encrypted else "none"]
+    code, out, err = run(src, data, "copy", "--to", str(dst), *enc, **env)
+    assert code == IntegrityError.exit_code, err
+    error = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(error) == 1 and ids[1][:8] in error[0] and "b.bin" in error[0], err
+    assert f"not copied {ids[1][:8]}" in out and "b.bin" in out, out
+    assert "2 snapshot(s) copied, 0 already there, 1 not copied (damaged in the source)" in out
+
+    dst_env = {"CASNAP_PASSWORD": PW} if encrypted else {}
+    code, out, err = run(dst, data, "log", "--json", **dst_env)
+    assert code == 0, err
+    copied = [row["id"] for row in json.loads(out)][::-1]  # log: newest first
+    assert len(copied) == 2
+    if not encrypted:
+        assert copied == [ids[0], ids[2]]
+    for n, sid in enumerate(copied):
+        target = tmp_path / f"out{n}"
+        code, _, err = run(dst, data, "checkout", sid, "--to", str(target), "--no-smoke", **dst_env)
+        assert code == 0, err
+        assert snapshot_tree(target) == trees[(ids[0], ids[2])[n]]
+    # nothing of the damaged snapshot stays: no pack that no index file names
+    code, out, err = run(dst, data, "verify", "--read-data", "--json", **dst_env)
+    assert code == 0, out + err
+    assert json.loads(out)["notes"] == [], out
+
+    # a rerun tries the damaged snapshot again, and again leaves nothing of it
+    before = objects(dst)
+    code, out, err = run(src, data, "copy", "--to", str(dst), "--json", **env)
+    assert code == IntegrityError.exit_code, err
+    result = json.loads(out)
+    assert result["copied"] == 0 and result["present"] == 2, result
+    (bad,) = result["damaged"]
+    assert bad["source"] == ids[1] and "b.bin" in bad["error"], result
+    assert objects(dst) == before
+
+
+@pytest.mark.parametrize("damaged", ["pack"], indirect=True)
+def test_a_copy_of_only_a_damaged_snapshot_takes_its_new_destination_back(
+    tmp_path: Path, damaged: tuple[Path, Path, list[str], dict]
+) -> None:
+    data, src, ids, _trees = damaged
+    dst = tmp_path / "dst"
+    code, out, err = run(src, data, "copy", "--to", str(dst), ids[1][:8])
+    assert code == IntegrityError.exit_code, err
+    assert ids[1][:8] in err and "b.bin" in err and len(err.strip().splitlines()) == 1, err
+    assert "created" not in err
+    assert not dst.exists()
+    with Repository.open(src) as a, Repository.open_or_init(dst) as b:  # the Python API
+        result = copy_snapshots(a, b)
+    assert [d.source for d in result.damaged] == [ids[1]] and "b.bin" in result.damaged[0].error
+    assert [s.source for s in result.snapshots if s.copied] == [ids[0], ids[2]]
