@@ -20,7 +20,7 @@ from casnap.backends.cached import CachingBackend, cache_dir_for, opened_cache, 
 from casnap.backends.deferred import DeferredBackend, made_for, s3_backend, taken_over, unmade
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
-from casnap.config import default_config, encode_config, now_iso, parse_config
+from casnap.config import encode_config, new_config, now_iso, parse_config
 from casnap.constants import ENCRYPTIONS
 from casnap.errors import (
     IntegrityError,
@@ -136,7 +136,7 @@ class Repository:
     ) -> Repository:
         """Create a repository on any backend; with a password, encrypted (repokey): key file, then
         config, one step a SIGTERM or Ctrl-C waits for (a key file alone is an init half done)."""
-        cfg = config or default_config()
+        cfg = new_config(config)  # checked: never a repository that no open would take
         if password is None:
             if not backend.put("config", encode_config(cfg)):
                 raise NotARepository(f"{backend.location} already holds a casnap repository")

@@ -10,10 +10,9 @@ if TYPE_CHECKING:
     from pyfastcdc import FastCDC
 
 # The sizes pyfastcdc accepts (its constructor's checks), checked here so that a chunker it
-# would refuse is refused when it is made, not at the first long buffer
-_MIN_SIZES = (64, 1 << 20)
-_AVG_SIZES = (256, 4 << 20)
-_MAX_SIZES = (1024, 16 << 20)
+# would refuse is refused when it is made, not at the first long buffer (a config states them
+# within casnap's own limits: chunking/select.py)
+FASTCDC_SIZES = {"min": (64, 1 << 20), "avg": (256, 4 << 20), "max": (1024, 16 << 20)}
 
 
 class Cutter:
@@ -24,11 +23,8 @@ class Cutter:
     __slots__ = ("min_size", "avg_size", "max_size", "_cdc")
 
     def __init__(self, min_size: int, avg_size: int, max_size: int) -> None:
-        for label, value, (low, high) in (
-            ("min", min_size, _MIN_SIZES),
-            ("avg", avg_size, _AVG_SIZES),
-            ("max", max_size, _MAX_SIZES),
-        ):
+        for label, value in (("min", min_size), ("avg", avg_size), ("max", max_size)):
+            low, high = FASTCDC_SIZES[label]
             if not low <= value <= high:
                 raise ValueError(f"FastCDC {label} size {value} is outside [{low}, {high}]")
         if not min_size <= avg_size <= max_size:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from casnap.chunking.base import Chunker, FixedChunker
-from casnap.chunking.cdc import FastCDCChunker
+from casnap.chunking.cdc import FASTCDC_SIZES, FastCDCChunker
 from casnap.chunking.faiss import CDC_KINDS, FaissCDCChunker, FaissChunker
 from casnap.chunking.records import RecordChunker
 from casnap.chunking.sqlite import SQLitePageChunker
@@ -13,11 +13,20 @@ from casnap.constants import FAISS_CHUNKERS, MAX_CHUNK_SIZE, MIN_CHUNKER_SIZE
 from casnap.formats.faiss import faiss_kind
 from casnap.formats.sqlite import sqlite_page_size
 
+# The limits of a chunker's sizes: [MIN_CHUNKER_SIZE, MAX_CHUNK_SIZE] (a 1-byte chunker would
+# make a commit hold far more bookkeeping than data; a chunk past the limit is one no reader
+# accepts), narrowed for FastCDC's min, avg and max to what it takes, so each size has one range.
+SIZE_LIMITS = (MIN_CHUNKER_SIZE, MAX_CHUNK_SIZE)
+CDC_LIMITS = {
+    label: (max(low, MIN_CHUNKER_SIZE), min(high, MAX_CHUNK_SIZE))
+    for label, (low, high) in FASTCDC_SIZES.items()
+}
+
 
 def make_chunker(spec: dict[str, Any]) -> Chunker:
-    """Build the chunker a config or manifest describes; ValueError for an unknown one, or for
-    sizes outside [MIN_CHUNKER_SIZE, MAX_CHUNK_SIZE] (a 1-byte chunker would make a commit hold
-    far more bookkeeping than data; a chunk past the limit is one no reader accepts)."""
+    """Build the chunker a config describes; ValueError for an unknown one, or for a size that
+    is no integer (JSON's true is none, nor is 1.5) or lies outside its limits (SIZE_LIMITS;
+    CDC_LIMITS for FastCDC's sizes)."""
     name = spec.get("name")
     try:
         if name == "fastcdc":
@@ -57,19 +66,23 @@ def make_chunker(spec: dict[str, Any]) -> Chunker:
 
 
 def _sizes(spec: dict[str, Any], *names: str) -> dict[str, int]:
-    """The named size parameters of a chunker spec, each checked against the limits."""
-    return {name: _size(spec, name, spec[name]) for name in names}
+    """The named size parameters of a chunker spec, each checked against its limits (min, avg
+    and max are FastCDC's)."""
+    limits = {name: CDC_LIMITS.get(name, SIZE_LIMITS) for name in names}
+    return {name: _size(spec, name, spec[name], limits[name]) for name in names}
 
 
-def _size(spec: dict[str, Any], label: str, raw: Any) -> int:
-    """One size parameter, within [MIN_CHUNKER_SIZE, MAX_CHUNK_SIZE]."""
-    value = int(raw)
-    if not MIN_CHUNKER_SIZE <= value <= MAX_CHUNK_SIZE:
+def _size(spec: dict[str, Any], label: str, raw: Any, limits: tuple[int, int] = SIZE_LIMITS) -> int:
+    """One size parameter: an integer within limits."""
+    if type(raw) is not int:
+        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+        raise ValueError(f"chunker {spec.get('name')!r}: {label} {shown} is not an integer")
+    low, high = limits
+    if not low <= raw <= high:
         raise ValueError(
-            f"chunker {spec.get('name')!r}: {label} {value} is outside the limits "
-            f"[{MIN_CHUNKER_SIZE}, {MAX_CHUNK_SIZE}]"
+            f"chunker {spec.get('name')!r}: {label} {raw} is outside the limits [{low}, {high}]"
         )
-    return value
+    return raw
 
 
 def _triple(spec: dict[str, Any], name: str) -> tuple[int, int, int]:
