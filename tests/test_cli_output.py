@@ -125,3 +125,53 @@ def test_show_and_prune_escape_a_snapshot_s_host_user_and_tags(tmp_path: Path) -
     result = CliRunner().invoke(cli, [*base, "prune", "--keep-last", "1", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "[t\\x07\\ud800]" in result.stdout and "\a" not in result.stdout
+
+
+ODD = "we\nird\x1b[2J"  # a newline and a terminal's clear-screen in a folder's name
+SHOWN = "we\\nird\\x1b[2J"
+
+
+def _one_line_each(text: str) -> list[str]:
+    """The lines of some output, none of them the torn-off half of a name, none moving the
+    cursor."""
+    assert "\x1b" not in text and "\r" not in text, text
+    lines = text.splitlines()
+    assert not [line for line in lines if line.startswith("ird")], text
+    return lines
+
+
+def test_success_and_info_lines_escape_paths_as_error_lines_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`created repository at <path>` and `restored snapshot ... into <path>` wrote a newline
+    in the path as it is (and a terminal's escape sequences), where an error line escapes
+    them: every line that names a path or a string from a repository escapes it the same way."""
+    monkeypatch.chdir(tmp_path)
+    data = make_app(tmp_path / f"data{ODD}")
+    (data / f"faiss/odd{ODD}.index").write_bytes((data / "faiss" / "ivf.index").read_bytes())
+    repo, out, copy = (tmp_path / f"{name}{ODD}" for name in ("repo", "out", "copy"))
+    base = ["--repo", str(repo), "--data", str(data)]
+    runner = CliRunner()
+
+    def run(*args: str, at: list[str] = base) -> tuple[list[str], list[str]]:
+        result = runner.invoke(cli, [*at, *args])
+        assert result.exit_code == 0, result.output
+        return _one_line_each(result.stdout), _one_line_each(result.stderr)
+
+    _, err = run("init")
+    assert err[0].endswith(f" at {tmp_path}/repo{SHOWN}"), err
+    _, err = run("commit", at=["--repo", str(tmp_path / f"first{ODD}"), "--data", str(data)])
+    assert err[0] == f"created repository at {tmp_path}/first{SHOWN}", err
+    run("commit")
+    _, err = run("checkout", "latest", "--to", str(out))
+    assert any(f" into {tmp_path}/out{SHOWN}: " in line for line in err), err
+    _, err = run("copy", "latest", "--to", str(copy))
+    assert err[0] == f"created repository at {tmp_path}/copy{SHOWN}", err
+    lines, _ = run("copy", "latest", "--to", str(copy))
+    assert any(f" already in {tmp_path}/copy{SHOWN} as " in line for line in lines), lines
+    lines, _ = run("verify", "--smoke")
+    assert any(f"odd{SHOWN}.index" in line for line in lines), lines
+    stale = {"host": f"host{ODD}", "pid": 1, "exclusive": False, "operation": f"op{ODD}"}
+    (repo / "locks" / ("ab" * 32)).write_text(json.dumps(stale))
+    lines, err = run("unlock")
+    assert any(f"on host{SHOWN}" in line for line in lines + err), (lines, err)

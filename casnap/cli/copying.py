@@ -10,7 +10,7 @@ import click
 
 from casnap.cli.main import Context, cli, holds_config, pass_ctx, warn
 from casnap.cli.options import filter_options, snapshot_filter
-from casnap.cli.output import emit_json, human, progress_bar
+from casnap.cli.output import emit_json, human, printable, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
 from casnap.cli.pipes import printing
 from casnap.constants import ENCRYPTIONS
@@ -236,9 +236,11 @@ def _print(r: CopyResult) -> None:
                 f"{human(s.bytes_written)} written, {s.chunks_present} already there"
             )
         else:
-            click.echo(f"{s.source[:8]} already in {r.destination} as {s.destination[:8]}")
-    for d in r.damaged:
-        click.echo(f"not copied {d.source[:8]}: damaged in the source: {d.error}")
+            dest = printable(str(r.destination), backslash=False)
+            click.echo(f"{s.source[:8]} already in {dest} as {s.destination[:8]}")
+    for d in r.damaged:  # what cannot be read names a file of the source's snapshot
+        why = printable(f"damaged in the source: {d.error}", backslash=False)
+        click.echo(f"not copied {d.source[:8]}: {why}")
     t = r.to_json()
     damaged = f", {len(r.damaged)} not copied (damaged in the source)" if r.damaged else ""
     click.echo(

@@ -296,7 +296,7 @@ class Context:
     def notice(self, text: str) -> None:
         """A passing remark on stderr (a wait under way), on a terminal and unless -q."""
         if not self.quiet and on_terminal(sys.stderr):
-            click.echo(f"casnap: {text}", err=True)
+            click.echo(printable(f"casnap: {text}", backslash=False), err=True)
 
     def refuse_no_lock(self) -> None:
         """--no-lock is for commands that only read the repository; a usage error otherwise."""
@@ -315,9 +315,10 @@ class Context:
         return self._private_tmp
 
     def say(self, text: str) -> None:
-        """A human message on stderr, unless -q."""
+        """A human message on stderr, unless -q: one line, control characters escaped as in an
+        error line (the paths and names it gives are the user's or a repository's)."""
         if not self.quiet:
-            click.echo(text, err=True)
+            click.echo(printable(text, backslash=False), err=True)
 
     def note_once(self, text: str) -> None:
         """A remark on stderr, unless -q or already made: `casnap: note: ...`."""

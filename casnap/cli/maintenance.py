@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # the operations are imported by the command that runs them
 def _print_checks(report: dict[str, Any]) -> None:
     for ch in report["checks"]:
         mark = "FAIL" if not ch["ok"] else "warn" if ch.get("warning") else "ok  "
-        where = ch["path"] or "-"
-        click.echo(f"  {mark} {ch['check']:<17} {where:<28} {ch['detail']}")
+        where = printable(ch["path"]) if ch["path"] else "-"
+        detail = printable(str(ch["detail"]), backslash=False)
+        click.echo(f"  {mark} {ch['check']:<17} {where:<28} {detail}")
 
 
 def _print_gc(c: Context, r: collector.GcReport, manifests: int = 0) -> None:
@@ -302,7 +303,7 @@ def unlock(c: Context, force: bool, as_json: bool) -> None:
         )
         return
     for info, why in removed:
-        click.echo(f"removed {info.key}: {info.describe()} ({why})")
+        click.echo(printable(f"removed {info.key}: {info.describe()} ({why})", backslash=False))
     for info in kept:
         c.say(f"kept {info.key}: {info.describe()} (--force removes it)")
     c.say(f"removed {len(removed)} lock(s)")
