@@ -7,8 +7,10 @@ directory, lies inside the data dir (an absolute path, or `data/app.db` run besi
 turned into its data-dir-relative form. `.` and the data dir itself mean all of it. When both
 readings of a relative path lie inside the data dir, the one naming something that exists wins
 (the caller says what exists: the data dir on disk, a snapshot's files); the data-dir reading
-first. A path outside the data dir (absolute, `../x`, or a relative path that names nothing
-inside it but a file beside the working dir outside it) is an InvalidArgument naming it.
+first. A relative path whose reading from the working directory lies outside the data dir has
+only the data-dir reading, whatever lies beside the working directory (`nonexist` run beside
+`data/` is `data/nonexist`, then not found there). A path that has no reading inside the data
+dir (absolute outside it, or `../x` from outside it) is an InvalidArgument naming it.
 """
 
 from __future__ import annotations
@@ -58,11 +60,9 @@ def _one(given: str, data_dir: Path, exists: Callable[[str], bool]) -> str:
     for rel in (in_dir, from_cwd):
         if rel is not None and (rel == ALL or exists(rel)):
             return rel
-    if os.path.lexists(given):  # names something beside the working dir: that is what is meant
-        if from_cwd is None:
-            raise InvalidArgument(f"{given} is outside the data dir {data_dir}")
+    if from_cwd is not None and os.path.lexists(given):  # names a file in the data dir on disk
         return from_cwd
-    if in_dir is not None:
+    if in_dir is not None:  # what the working dir holds outside the data dir is no reading
         return in_dir
     if from_cwd is not None:
         return from_cwd

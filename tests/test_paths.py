@@ -170,12 +170,41 @@ def test_checkout_path_need_only_exist_in_the_snapshot(data: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("command", ["commit", "checkout latest", "prune --keep-last 1 --path"])
-def test_a_path_outside_the_data_dir_is_a_usage_error(data: Path, command: str) -> None:
+@pytest.mark.parametrize("form", ["../other.db", "ABS"])
+def test_a_path_outside_the_data_dir_is_a_usage_error(data: Path, command: str, form: str) -> None:
     assert run("commit")[0] == 0
     (data.parent / "other.db").write_bytes(b"x")
-    code, _, err = run(*command.split(), "other.db")
+    given = str(data.parent / "other.db") if form == "ABS" else form
+    code, _, err = run(*command.split(), given)
     assert code == EXIT_CODES["usage"], err
-    assert "other.db is outside the data dir" in err and len(err.strip().splitlines()) == 1
+    assert f"{given} is outside the data dir" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [
+        ("ls latest", "not-found", "nonexist is not in snapshot"),
+        ("checkout latest", "not-found", "nonexist is not in snapshot"),
+        ("show latest --path", "not-found", "no snapshot committed with nonexist"),
+        ("log --path", "ok", "no snapshots committed with nonexist"),
+        ("prune --keep-last 1 --path", "not-found", "no snapshot committed with nonexist"),
+        ("forget latest --path", "not-found", "no snapshot committed with nonexist"),
+        ("commit", "source", "nonexist does not exist in the data dir"),
+    ],
+)
+def test_a_bare_name_the_data_dir_lacks_is_read_in_the_data_dir(
+    data: Path, command: str, code: str, message: str
+) -> None:
+    """Run from the data dir's parent, a name the data dir and its snapshots lack was said to
+    be "outside the data dir" (exit 2) when something of that name lay beside the working
+    dir. From the working dir it names nothing inside the data dir, so the only reading is the
+    data dir's: the name is not in the snapshot (exit 4), as `faiss/x` is."""
+    assert run("commit")[0] == 0
+    (data.parent / "nonexist").write_bytes(b"beside the working dir, not in the data dir")
+    got, out, err = run(*command.split(), "nonexist")
+    assert got == EXIT_CODES[code], err
+    assert message in out + err and "outside" not in err, err
+    assert len((out + err).strip().splitlines()) == 1
 
 
 def test_prune_path_in_any_form_selects_the_group(data: Path) -> None:
