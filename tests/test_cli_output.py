@@ -175,3 +175,22 @@ def test_success_and_info_lines_escape_paths_as_error_lines_do(
     (repo / "locks" / ("ab" * 32)).write_text(json.dumps(stale))
     lines, err = run("unlock")
     assert any(f"on host{SHOWN}" in line for line in lines + err), (lines, err)
+
+
+def test_copy_escapes_the_file_a_damaged_snapshot_names(tmp_path: Path) -> None:
+    """The `not copied ID: damaged in the source: FILE: ...` line names a file of the source's
+    snapshot: escaped, so a newline in its name cannot start a line of its own."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / f"b{ODD}.bin").write_bytes(bytes(range(256)) * 400)
+    src = tmp_path / "src"
+    base = ["--repo", str(src), "--data", str(data)]
+    assert CliRunner().invoke(cli, [*base, "commit"]).exit_code == 0
+    for pack in (src / "packs").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
+    result = CliRunner().invoke(cli, [*base, "copy", "latest", "--to", str(tmp_path / "dst")])
+    assert result.exit_code != 0
+    lines = _one_line_each(result.stdout)
+    assert any(line.startswith("not copied ") and f"b{SHOWN}.bin" in line for line in lines), lines
+    assert len(_one_line_each(result.stderr)) == 1, result.stderr
