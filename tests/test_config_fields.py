@@ -285,3 +285,12 @@ def test_casnap_itself_takes_what_it_writes() -> None:
     for _ in range(3):
         cfg = default_config()
         assert parse_config(encode_config(cfg), os.devnull) == cfg
+
+
+def test_the_records_chunker_s_max_is_said_as_the_config_gives_it() -> None:
+    """An hnsw max of 513 was refused with the sizes of a sample record casnap checks it on
+    (`records chunker needs 0 < split < size ... (size 1676, split 132, max 513)`), which no
+    config holds: the line says what is wrong with the field itself."""
+    line = refused(changed("chunker.hnsw.max", 513))
+    assert "max 513 is not a multiple of 4" in line and "split" not in line, line
+    parse_config(encode_config(changed("chunker.hnsw.max", 516)), "repo")

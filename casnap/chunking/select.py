@@ -59,6 +59,8 @@ def make_chunker(spec: dict[str, Any]) -> Chunker:
             return FaissCDCChunker(arrays, sizes["min"], sizes["avg"], sizes["max"])
         if name == "records":
             high = _size(spec, "max", spec["max"])
+            if high % 4:  # pieces of 4-byte words (records.py)
+                raise ValueError(f"chunker {name!r}: max {high} is not a multiple of 4")
             return RecordChunker(int(spec["size"]), int(spec["split"]), high)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"chunker {name!r} lacks a parameter: {exc}") from exc
