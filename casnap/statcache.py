@@ -79,8 +79,12 @@ def restored_entries(
 
 def reusable(src: capture.SourceFile, *known: FileEntry | None) -> FileEntry | None:
     """The first of the known entries of src (the parent's, the last checkout's) that the file
-    still holds by its fingerprint; None when it must be read. A plain file's is the lstat the
-    scan took, if it did (a regular file's lstat is its stat)."""
+    still holds by its fingerprint, without the `link` it had there; None when it must be read.
+    A plain file's is the lstat the scan took, if it did (a regular file's lstat is its stat).
+
+    A link names a path of the snapshot the entry came from, which this commit may leave out
+    (an exclude, other paths) or hold as another file now: the commit links the names of one
+    file anew, as it does for the files it reads (committer.py)."""
     if not any(known):
         return None
     st = src.stat
@@ -92,7 +96,7 @@ def reusable(src: capture.SourceFile, *known: FileEntry | None) -> FileEntry | N
         return None
     for entry in known:
         if entry is not None and entry.kind == src.kind and entry.source == fp:
-            return entry
+            return entry if entry.link is None else entry._replace(link=None)
     return None
 
 

@@ -1,0 +1,110 @@
+"""Hard links in a snapshot: a commit whose scope leaves out a file's other names (an exclude,
+committed paths, a checkout of some paths) records its links as a fresh commit would, and a
+manifest casnap would refuse is never stored."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from casnap.committer import commit
+from casnap.ids import ObjectId
+from casnap.repository import Repository
+from casnap.restorer import checkout
+
+
+def linked(data: Path, *names: str) -> Path:
+    """data holding one file under each of names, all hard links of one inode, written a minute
+    ago (so the stat cache trusts it)."""
+    first = data / names[0]
+    first.parent.mkdir(parents=True, exist_ok=True)
+    first.write_bytes(b"data\n")
+    for name in names[1:]:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        os.link(first, data / name)
+    age(data / names[0])
+    return data
+
+
+def age(path: Path) -> None:
+    past = time.time() - 60
+    os.utime(path, (past, past))
+
+
+def links(repo_dir: Path, sid: str) -> dict[str, str | None]:
+    """Each file of the snapshot and the earlier path it links to, read back as every command
+    reads it (a repository opened afresh, every file list checked)."""
+    repo = Repository.open(repo_dir)
+    repo.snapshots(files=True)
+    return {f.path: f.link for f in repo.load_snapshot(ObjectId.from_hex(sid)).files}
+
+
+def fresh(
+    tmp_path: Path, data: Path, paths: Sequence[str] = (), excludes: Sequence[str] = ()
+) -> dict[str, str | None]:
+    """What a commit of the same files into a new repository records."""
+    where = tmp_path / f"fresh-{len(list(tmp_path.glob('fresh-*')))}"
+    sid = commit(Repository.init(where), data, paths, excludes=excludes).id
+    return links(where, sid)
+
+
+def test_a_commit_excluding_the_first_name_of_a_link_drops_the_link(tmp_path: Path) -> None:
+    data = linked(tmp_path / "data", "x/a", "y/b")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    assert links(tmp_path / "repo", first) == {"x/a": None, "y/b": "x/a"}
+    second = commit(repo, data, excludes=["x"])
+    assert second.files_unchanged == 1 and second.bytes_read == 0  # y/b from the parent
+    assert links(tmp_path / "repo", second.id) == {"y/b": None}
+    assert links(tmp_path / "repo", second.id) == fresh(tmp_path, data, excludes=["x"])
+    third = commit(Repository.open(tmp_path / "repo"), data)  # refused the manifest before
+    assert links(tmp_path / "repo", third.id) == {"x/a": None, "y/b": "x/a"}
+    out = tmp_path / "out"
+    checkout(Repository.open(tmp_path / "repo"), second.id, out, safety_snapshot=False)
+    assert (out / "y" / "b").read_bytes() == b"data\n"
+
+
+def test_a_reused_link_is_pointed_at_the_first_name_this_snapshot_holds(tmp_path: Path) -> None:
+    data = linked(tmp_path / "data", "x/a", "y/b", "z/c")
+    repo = Repository.init(tmp_path / "repo")
+    commit(repo, data)
+    second = commit(repo, data, excludes=["x"])
+    assert second.files_unchanged == 2
+    assert links(tmp_path / "repo", second.id) == {"y/b": None, "z/c": "y/b"}
+    assert links(tmp_path / "repo", second.id) == fresh(tmp_path, data, excludes=["x"])
+    out = tmp_path / "out"
+    checkout(Repository.open(tmp_path / "repo"), second.id, out, safety_snapshot=False)
+    assert (out / "y" / "b").stat().st_ino == (out / "z" / "c").stat().st_ino
+
+
+def test_a_link_restored_alone_is_committed_as_a_file_of_its_own(tmp_path: Path) -> None:
+    data = linked(tmp_path / "data", "x/a", "y/b")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    (data / "x" / "a").write_bytes(b"changed\n")  # both names: one file
+    age(data / "x" / "a")
+    checkout(repo, first, data, ["y/b"], safety_snapshot=False)
+    assert (data / "y" / "b").stat().st_ino != (data / "x" / "a").stat().st_ino
+    again = commit(Repository.open(tmp_path / "repo"), data)
+    assert again.files_changed == 1 and again.files_unchanged == 1  # y/b by the checkout's record
+    assert links(tmp_path / "repo", again.id) == {"x/a": None, "y/b": None}
+    assert links(tmp_path / "repo", again.id) == fresh(tmp_path, data)
+    assert commit(Repository.open(tmp_path / "repo"), data).files_unchanged == 2
+
+
+def test_a_commit_of_some_paths_after_a_checkout_drops_a_link_it_leaves_out(
+    tmp_path: Path,
+) -> None:
+    data = linked(tmp_path / "data", "x/a", "y/b")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    (data / "x" / "a").write_bytes(b"changed\n")
+    checkout(repo, first, data, safety_snapshot=False)
+    assert (data / "y" / "b").stat().st_ino == (data / "x" / "a").stat().st_ino
+    only_y = commit(Repository.open(tmp_path / "repo"), data, ["y"])
+    assert only_y.files_unchanged == 0 and only_y.bytes_read == 0  # by the checkout's record
+    assert links(tmp_path / "repo", only_y.id) == {"y/b": None}
+    assert links(tmp_path / "repo", only_y.id) == fresh(tmp_path, data, ["y"])
+    assert commit(Repository.open(tmp_path / "repo"), data, ["y"]).files_unchanged == 1
