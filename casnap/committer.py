@@ -41,6 +41,7 @@ from casnap.errors import (
     EmptySnapshot,
     InconsistentData,
     IntegrityError,
+    InternalError,
     InvalidArgument,
     LockError,
     SourceError,
@@ -48,7 +49,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.ids import ObjectId
-from casnap.manifest import FileEntry, Snapshot, compress_manifest
+from casnap.manifest import FileEntry, Snapshot, check_file_list, compress_manifest
 from casnap.paths import commit_paths, exclude_patterns
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, ProgressFn
@@ -214,13 +215,22 @@ def commit(
 
 
 def _readable(snap: Snapshot) -> None:
-    """Refuse a snapshot whose manifest casnap could not read back (a value no reader takes):
-    stored, it would stop every command that reads it, the next commit of its data dir first."""
+    """Refuse a snapshot whose manifest casnap could not read back: stored, it would stop
+    every command that reads it, the next commit of its data dir first. A value no reader
+    takes comes from the data dir (a folder's name, a file's time); a file list no reader
+    takes (a path twice, a link to a file it lacks) is a fault of casnap's own."""
     try:
-        snap.check()
+        snap.check_fields()
     except IntegrityError as exc:
         raise SourceError(
             f"nothing committed: casnap could not read this snapshot back ({exc})"
+        ) from exc
+    try:
+        check_file_list(snap.files, snap.totals)  # the rest of Snapshot.check
+    except IntegrityError as exc:
+        raise InternalError(
+            f"internal error, nothing committed: casnap made a manifest it would refuse ({exc}); "
+            "please report it"
         ) from exc
 
 

@@ -31,6 +31,7 @@ from casnap.constants import SPAN_FETCHERS
 from casnap.errors import (
     DamagedSource,
     IntegrityError,
+    InternalError,
     InvalidArgument,
     RepositoryGone,
     RepositoryNotFound,
@@ -194,6 +195,19 @@ def chosen(
     return [(sid, snap) for sid, snap in snaps if sid in wanted]
 
 
+def _readable(snap: Snapshot, sid: ObjectId) -> None:
+    """Refuse a copy of snapshot sid its readers would refuse (made of a manifest they took,
+    only a fault of casnap's own can make one): stored, it would stop every command that
+    lists the destination's snapshots."""
+    try:
+        snap.check()
+    except IntegrityError as exc:
+        raise InternalError(
+            f"internal error, snapshot {sid.short} not copied: casnap made a manifest it would "
+            f"refuse ({exc}); please report it"
+        ) from exc
+
+
 class _Framer:
     """Groups a file's new chunks into frames as a commit does (up to the destination's
     frame_target plain bytes, float32 pieces apart), compressed with its levels on the pool's
@@ -352,14 +366,15 @@ class _CopyRun:
             self.unindexed = writer.abort()
             self.written_index = writer.index_key  # when the failure came after it was written
             raise
-        if not self.same_ids:
-            parent = self._found(snap.parent, None) if snap.parent else None
-            origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
-            new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
-            raw = new.encode()
-        dsid = dst.ids(raw)
-        blob = compress_manifest(raw)
-        try:
+        try:  # a failure from here on takes back the index file and packs too
+            if not self.same_ids:
+                parent = self._found(snap.parent, None) if snap.parent else None
+                origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
+                new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
+                _readable(new, sid)
+                raw = new.encode()
+            dsid = dst.ids(raw)
+            blob = compress_manifest(raw)
             dst.store.put_verified(f"snapshots/{dsid.hex()}", blob)  # last: the commit point
             copied = dst.load_snapshot(dsid)  # read back through the destination
             if copied.encode() != raw:

@@ -169,6 +169,13 @@ class PasswordError(CasnapError):
     exit_code = 10
 
 
+class InternalError(CasnapError):
+    """casnap found a fault of its own before it did harm (a manifest it made that its readers
+    would refuse: nothing stored); what any other unexpected exception is reported as too."""
+
+    exit_code = 70
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a service manager stopping casnap, `timeout`, `kill`), or SIGHUP (its
     terminal closed), or Ctrl-C once a command runs: raised in the main thread of the command
@@ -203,6 +210,7 @@ EXIT_CODES: dict[str, int] = {
     "storage": StorageFull.exit_code,
     "check-failed": CheckFailed.exit_code,
     "password": PasswordError.exit_code,
+    "internal": InternalError.exit_code,
     "interrupted": 130,
     "terminated": Terminated.exit_code,
     "hung-up": 129,  # 128 + SIGHUP

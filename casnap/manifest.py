@@ -166,12 +166,24 @@ class Snapshot:
         return canonical_json(d)
 
     def check(self, name: str = "snapshot") -> Snapshot:
-        """self, when a reader of its manifest would take it: every field but the file list
-        parsed by the reader's own code (_parse), and each entry's values checked as the reader
-        checks them (FileEntry.check); else IntegrityError naming the first that fails. A commit
-        calls it before it stores a manifest. Paths are left out: a commit's passed check_path
-        when the data dir was scanned, and a scan finds each path once (checking 20k paths again
-        would cost more than all the rest)."""
+        """self, when a reader of its manifest would take it: check_fields, then the file list
+        as a whole as the reader checks it (check_file_list: ids, each path once, no file below
+        another, links, totals); else IntegrityError (HostileManifest for paths and links)
+        naming the first that fails. Every writer of a manifest calls it before it stores one."""
+        self.check_fields(name)
+        try:
+            check_file_list(self.files, self.totals)
+        except IntegrityError as exc:
+            raise type(exc)(f"{name}: {exc}") from exc
+        return self
+
+    def check_fields(self, name: str = "snapshot") -> Snapshot:
+        """self, when a reader takes every field but the file list as a whole: each parsed by
+        the reader's own code (_parse), each entry's values checked as the reader checks them
+        (FileEntry.check); else IntegrityError naming the first that fails. Each path's
+        check_path is left out: a commit's passed it when the data dir was scanned, a copy's
+        when its source was read (checking 20k paths again would cost more than all the rest);
+        a link names one of them (check_links)."""
         Snapshot._parse(self._head_json(), name, ())
         for f in self.files:
             f.check()
@@ -277,13 +289,7 @@ class Snapshot:
                 origin=origin_field(d.get("origin")),
                 totals=totals_field(d.get("totals")),
             )
-            if files:
-                check_paths([f.path for f in files], checked=True)
-                check_links(files)
-            if snap.totals is not None and full:
-                count, size = snap.totals
-                if count != len(files) or size != sum(f.size for f in files):
-                    raise IntegrityError("its totals do not match its files")
+            check_file_list(files, snap.totals if full else None, ids=False)
         except HostileManifest as exc:
             raise HostileManifest(f"{name}: {exc}") from exc
         except IntegrityError as exc:
@@ -291,6 +297,27 @@ class Snapshot:
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{name}: malformed manifest ({exc})") from exc
         return snap
+
+
+def check_file_list(
+    files: Sequence[FileEntry], totals: tuple[int, int] | None, ids: bool = True
+) -> None:
+    """What a reader checks of a manifest's file list as a whole, each entry's values checked
+    already (FileEntry.check): with ids, every id they name (hash, lists) one as object_id
+    reads it (the reader checked them as it made the entries: _entries); no path twice, no file
+    below another, each link to a file of the list with its content (HostileManifest); the
+    totals, when given, those of the files (IntegrityError)."""
+    if ids and not _ids_hex(files):
+        for f in files:  # the first that is not, named as from_json names it
+            try:
+                [object_id(x) for x in (f.hash, *f.lists)]
+            except ValueError as exc:
+                raise IntegrityError(f"malformed file entry in manifest: {exc}") from exc
+    if files:
+        check_paths([f.path for f in files], checked=True)
+        check_links(files)
+    if totals is not None and totals != (len(files), sum(f.size for f in files)):
+        raise IntegrityError("its totals do not match its files")
 
 
 class LazyFiles(Sequence[FileEntry]):
@@ -419,12 +446,16 @@ def _entries(raw: Any) -> tuple[FileEntry, ...]:
     doubt every entry goes through from_json, which names what is wrong."""
     if type(raw) is list:
         entries = [_quick_entry(d) for d in raw]
-        if None not in entries:
-            ids = [x for e in entries if e is not None for x in (e.hash, *e.lists)]
-            joined = "".join(ids)
-            if all(len(x) == 2 * ID_SIZE for x in ids) and HEX_RUN.fullmatch(joined):
-                return tuple(cast(list[FileEntry], entries))
+        if None not in entries and _ids_hex(cast(list[FileEntry], entries)):
+            return tuple(cast(list[FileEntry], entries))
     return tuple(FileEntry.from_json(f) for f in raw)
+
+
+def _ids_hex(entries: Sequence[FileEntry]) -> bool:
+    """Whether every id the entries name (hash, lists) is one as object_id reads it: 64 hex
+    digits, all checked at once."""
+    ids = [x for e in entries for x in (e.hash, *e.lists)]
+    return all(len(x) == 2 * ID_SIZE for x in ids) and bool(HEX_RUN.fullmatch("".join(ids)))
 
 
 _STR = frozenset([str])

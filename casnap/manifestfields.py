@@ -76,28 +76,39 @@ def _encodable(path: str) -> bool:
 def check_paths(paths: Sequence[str], checked: bool = False) -> None:
     """Reject duplicate paths and a path that is also a folder of another (and each unsafe
     path, unless the caller checked them: checked)."""
-    seen: set[str] = set()
-    for p in paths:
-        if not checked:
+    if not checked:
+        for p in paths:
             check_path(p)
-        if p in seen:
-            raise HostileManifest(f"manifest holds the path {p!r} twice")
-        seen.add(p)
+    seen = set(paths)
+    if len(seen) != len(paths):
+        once: set[str] = set()
+        for p in paths:
+            if p in once:
+                raise HostileManifest(f"manifest holds the path {p!r} twice")
+            once.add(p)
+    # each folder looked up once (checked with its own folders): files share their folders, so
+    # most paths cost one lookup (a commit checks each manifest it stores too)
+    folders: set[str] = set()
     for p in paths:
-        parts = p.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in seen:
-                raise HostileManifest(f"manifest holds {'/'.join(parts[:i])!r} as file and folder")
+        while (cut := p.rfind("/")) > 0:
+            p = p[:cut]
+            if p in folders:
+                break
+            if p in seen:
+                raise HostileManifest(f"manifest holds {p!r} as file and folder")
+            folders.add(p)
 
 
 def check_links(files: Sequence[FileEntry]) -> None:
-    """A hard link names an earlier file of the snapshot that is no link itself, with the same
-    content: hash, size, chunk list and number of chunks (a checkout links it to that file)."""
+    """A hard link names another file of the snapshot that is no link itself, with the same
+    content: hash, size, chunk list and number of chunks (a checkout links it to that file,
+    restored first)."""
+    linked = [f for f in files if f.link is not None]
+    if not linked:
+        return
     by_path = {f.path: f for f in files}
-    for f in files:
-        if f.link is None:
-            continue
-        primary = by_path.get(f.link)
+    for f in linked:
+        primary = by_path.get(f.link or "")
         if (
             primary is None
             or primary.link is not None

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from casnap import Repository, copier, copy_snapshots, selection
 from casnap.cli import cli
-from casnap.errors import InvalidArgument, SnapshotNotFound
+from casnap.errors import InternalError, InvalidArgument, SnapshotNotFound
 from casnap.manifest import Snapshot
 from tests.conftest import evolve_app, make_app
 from tests.util import raw_tree, snapshot_tree
@@ -581,3 +581,29 @@ def test_a_folder_holding_other_files_under_keys_is_not_taken_over(
     code, _, err = run(dst, tmp_path, "init", "--encryption", "repokey", CASNAP_PASSWORD=PW_DST)
     assert code == 3 and "not empty and not a casnap repository" in err, err
     assert mine.read_text() == "mine\n" and sorted(os.listdir(dst)) == ["keys"]
+
+
+def test_a_copy_stores_no_manifest_casnap_would_refuse(tmp_path, history, monkeypatch) -> None:
+    """A manifest made anew (another repository's ids) that its readers would refuse, here by
+    an injected fault naming no snapshot as its parent, is a fault of casnap's own: refused
+    before it is stored, its packs taken back, the snapshots copied before it kept."""
+    data, src, ids, _trees = history
+    dst = tmp_path / "enc"
+    Repository.init(dst, password=PW_DST).close()
+    real = copier._CopyRun._found
+    monkeypatch.setattr(
+        copier._CopyRun,
+        "_found",
+        lambda self, sid, snap: real(self, sid, snap) if snap is not None else "no id",
+    )
+    with Repository.open(src) as a, Repository.open(dst, PW_DST) as b:
+        with pytest.raises(InternalError, match=f"{ids[1][:8]} not copied.*not an object id"):
+            copy_snapshots(a, b)
+    monkeypatch.undo()
+    with Repository.open(dst, PW_DST) as b:
+        assert len(b.snapshots(files=True)) == 1
+        b.ensure_index()
+        assert len(b.store.index_files) == 1  # the first snapshot's
+    code, _, err = run(src, data, "copy", "--to", str(dst), CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    assert len(log_ids(dst, data, CASNAP_PASSWORD=PW_DST)) == 3

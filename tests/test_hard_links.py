@@ -9,7 +9,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
+from casnap import committer
 from casnap.committer import commit
+from casnap.errors import InternalError
 from casnap.ids import ObjectId
 from casnap.repository import Repository
 from casnap.restorer import checkout
@@ -108,3 +112,23 @@ def test_a_commit_of_some_paths_after_a_checkout_drops_a_link_it_leaves_out(
     assert links(tmp_path / "repo", only_y.id) == {"y/b": None}
     assert links(tmp_path / "repo", only_y.id) == fresh(tmp_path, data, ["y"])
     assert commit(Repository.open(tmp_path / "repo"), data, ["y"]).files_unchanged == 1
+
+
+def test_a_manifest_casnap_would_refuse_is_never_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that makes a manifest its readers refuse (here a link to a path it lacks, as
+    a reused entry once kept) fails as a bug does, and stores nothing: every later command of
+    the repository goes on."""
+    data = linked(tmp_path / "data", "x/a", "y/b")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    monkeypatch.setattr(
+        committer, "_linked", lambda primary, path: primary._replace(path=path, link="gone")
+    )
+    with pytest.raises(InternalError, match="nothing committed.*links 'y/b' to 'gone'"):
+        commit(repo, data)
+    monkeypatch.undo()
+    again = Repository.open(tmp_path / "repo")
+    assert [sid.hex() for sid, _ in again.snapshots(files=True)] == [first]
+    assert links(tmp_path / "repo", commit(again, data).id) == {"x/a": None, "y/b": "x/a"}

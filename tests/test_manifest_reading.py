@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,44 @@ def test_totals_that_do_not_match_the_files_are_refused() -> None:
     head = Snapshot.decode_head(hostile, "m", lambda: hostile)
     with pytest.raises(HostileManifest):
         list(head.files)
+
+
+def _linked_to(path: str, target: str, **changed: Any) -> FileEntry:
+    return _entry(path)._replace(link=target, **changed)
+
+
+REFUSED_FILE_LISTS = {
+    "a path twice": [_entry("a"), _entry("a")],
+    "a file and a folder": [_entry("a"), _entry("a/b")],
+    "a file below a file": [_entry("a/b"), _entry("a/b/c/d")],
+    "a link to a path it lacks": [_entry("y/b")._replace(link="x/a")],
+    "a link to a link": [_entry("a"), _linked_to("b", "a"), _linked_to("c", "b")],
+    "a link to other content": [_entry("a"), _linked_to("b", "a", hash="c" * 64)],
+}
+
+
+@pytest.mark.parametrize("files", REFUSED_FILE_LISTS.values(), ids=REFUSED_FILE_LISTS.keys())
+def test_the_check_before_a_manifest_is_stored_refuses_what_a_reader_refuses(
+    files: list[FileEntry],
+) -> None:
+    snap = Snapshot(
+        time=T0, host="h", user="u", source="/d", paths=(), excludes=(), message="",
+        tags=(), parent=None, files=tuple(files), totals=(len(files), 3 * len(files)),
+    )  # fmt: skip
+    with pytest.raises(HostileManifest):
+        Snapshot.decode(snap.encode())
+    with pytest.raises(HostileManifest):
+        snap.check()
+
+
+def test_the_check_before_a_manifest_is_stored_refuses_totals_that_do_not_match() -> None:
+    snap = Snapshot(
+        time=T0, host="h", user="u", source="/d", paths=(), excludes=(), message="",
+        tags=(), parent=None, files=(_entry("a"),), totals=(1, 4),
+    )  # fmt: skip
+    with pytest.raises(CasnapError, match="totals"):
+        snap.check()
+    assert dataclasses.replace(snap, totals=(1, 3)).check()
 
 
 def _big(d: dict, i: int, count: int) -> None:

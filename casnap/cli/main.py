@@ -22,6 +22,7 @@ from casnap.cli.passwords import Passwords
 from casnap.cli.pipes import reader_gone, silence_closed, whole_writes
 from casnap.errors import (
     CasnapError,
+    InternalError,
     InvalidArgument,
     OutputClosed,
     RepositoryNotFound,
@@ -33,7 +34,7 @@ from casnap.locations import Location, S3Url, describe, parse_location
 if TYPE_CHECKING:  # imported by the commands that open one: --help does without it
     from casnap.repository import Repository
 
-INTERNAL_ERROR = 70
+INTERNAL_ERROR = InternalError.exit_code
 ENVIRONMENT = click.core.ParameterSource.ENVIRONMENT
 INTERRUPTED = 130
 
