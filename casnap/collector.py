@@ -217,7 +217,7 @@ def plan(
         raise ValueError("max_unused is a percentage between 0 and 100")
     report = GcReport(dry_run=True, max_unused=max_unused)
     backend = repo.backend
-    snaps = [(sid, s) for sid, s in repo.snapshots(files=True) if sid not in exclude]
+    snaps = [(sid, s) for sid, s in repo.snapshots(files=True, but=exclude) if sid not in exclude]
     report.snapshots = len(snaps)
 
     # listing order matters for a shared-lock dry run: snapshots, then index, then packs

@@ -50,6 +50,7 @@ from casnap.errors import (
 )
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, check_file_list, compress_manifest
+from casnap.opening import with_way_out
 from casnap.paths import commit_paths, exclude_patterns
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, ProgressFn
@@ -283,7 +284,11 @@ class Committer:
         self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
         host = opts.host or fsutil.hostname()
         parent_id, parent = statcache.parent(self.repo, host, source_dir, rel_paths)
-        parent_files = {f.path: f for f in parent.files} if parent else {}
+        try:
+            parent_files = {f.path: f for f in parent.files} if parent else {}
+        except IntegrityError as exc:
+            short = parent_id.short if parent_id else "?"
+            raise with_way_out(exc, short, "the parent of this commit") from exc
         self.tainted = repair.repaired_snapshots(self.repo)  # may name chunks repair dropped
         restored: dict[str, FileEntry] = {}
         if opts.source is None:  # an import's source is no data dir a checkout restored into

@@ -100,13 +100,24 @@ def listing_stopped(
 ) -> IntegrityError:
     """The error a listing of snapshots stops with at the manifest at location that does not
     open (after confirm, when the config came from the cache: a repository made anew is then
-    the likelier cause)."""
+    the likelier cause). forget takes a snapshot whose head reads (its file list does not
+    stop it, retention.forget); one whose head does not read stops forget too."""
     if kept is not None:
         confirm(backend, kept)
+    short = location.rsplit("/", 1)[-1][:8]
     return type(exc)(
         f"{exc} (every command that lists snapshots stops here, so that gc never takes it for "
-        f"a forgotten one; remove {location} to go on without that snapshot: `casnap verify` "
-        "lists the files it held)"
+        f"a forgotten one: `casnap forget {short}` removes that snapshot, or, where forget stops "
+        f"here too, removing {location} does; `casnap verify` lists the files it held)"
+    )
+
+
+def with_way_out(exc: IntegrityError, short: str, what: str) -> IntegrityError:
+    """exc, of the file list of snapshot short (what it is to the command) that does not read,
+    saying the way out: forget takes a snapshot whose head reads."""
+    return type(exc)(
+        f"{exc} ({what}: `casnap forget {short}` removes that snapshot, `casnap verify` lists "
+        "the files it held)"
     )
 
 

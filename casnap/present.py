@@ -23,7 +23,8 @@ from casnap.errors import CasnapError, IntegrityError, from_oserror
 from casnap.formats.sqlite import check_side_files, is_sqlite_header
 from casnap.fsdir import Dir, Tree
 from casnap.ids import Hasher
-from casnap.manifest import FileEntry
+from casnap.manifest import FileEntry, complete
+from casnap.opening import with_way_out
 from casnap.repository import Repository
 
 Known = tuple[tuple[int, ...], str, str]  # fingerprint, content hash, kind ("sqlite", "file")
@@ -108,8 +109,12 @@ class Present:
         source = str(self.target)
         snaps = self.repo.snapshots()
         out: dict[str, list[Known]] = {}
-        for _, snap in snaps:
+        for snap_id, snap in snaps:
             if snap.source == source:
+                try:
+                    complete(snap)
+                except IntegrityError as exc:
+                    raise with_way_out(exc, snap_id.short, "a snapshot of this target") from exc
                 for f in snap.files:
                     if f.source is not None:
                         out.setdefault(f.path, []).append((f.source, f.hash, f.kind))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -375,9 +375,11 @@ class Repository:
         """One snapshot: from the list when loaded (a big manifest is parsed once), else read."""
         return (self._snapshots or {}).get(sid) or self.load_snapshot(sid)
 
-    def snapshots(self, files: bool = False) -> list[tuple[ObjectId, Snapshot]]:
-        """Every snapshot, oldest first; with files, every file list read too (gc, prune and
-        forget: a damaged one stops them as a damaged manifest stops every listing)."""
+    def snapshots(
+        self, files: bool = False, but: Collection[ObjectId] = ()
+    ) -> list[tuple[ObjectId, Snapshot]]:
+        """Every snapshot, oldest first; with files, every file list read too but those of `but`
+        (gc, prune, forget: a damaged one stops them as a damaged manifest stops every listing)."""
         if self._snapshots is None:
             found: dict[ObjectId, Snapshot] = {}  # a file list is decoded when used
             self._sizes = dict(self.listed("snapshots/"))
@@ -391,7 +393,7 @@ class Repository:
                     found[sid] = snap
             self._snapshots = found
         listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
-        for sid, snap in listed if files else ():
+        for sid, snap in [(s, n) for s, n in listed if s not in but] if files else ():
             self._listed(f"snapshots/{sid.hex()}", partial(complete, snap))
         return listed
 

@@ -376,7 +376,7 @@ def forget(
     report = PruneReport(dry_run=dry_run, policy=f"forget {how}")
     with repo.lock("forget", dry_run=dry_run):
         repo.refresh()
-        snaps = repo.snapshots(files=True)  # a damaged manifest stops it, as it stops gc
+        snaps = repo.snapshots()  # the heads name them; what each snapshot holds is not read
         if refs:
             targets: list[ObjectId] = []
             for ref in refs:
@@ -388,6 +388,9 @@ def forget(
             targets = list(dict.fromkeys(targets))
         else:
             targets = [sid for sid, _ in select.select(snaps)]
+        # a damaged manifest of a snapshot it keeps stops it, as it stops gc; one it forgets
+        # (a file list casnap cannot read) goes
+        repo.snapshots(files=True, but=targets)
         report.removed = [sid.hex() for sid in targets]
         report.kept = len(snaps) - len(targets)
         _remove(repo, report, dry_run, gc if targets else None)

@@ -4,6 +4,7 @@ manifest casnap would refuse is never stored."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -12,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from casnap import committer
+from casnap.backends import LocalBackend
 from casnap.committer import commit
-from casnap.errors import InternalError
-from casnap.ids import ObjectId
+from casnap.errors import EXIT_CODES, InternalError
+from casnap.ids import ObjectId, hash_bytes
+from casnap.manifest import compress_manifest, decompress_manifest
 from casnap.repository import Repository
 from casnap.restorer import checkout
+from tests.helpers_reliability import run_casnap
 
 
 def linked(data: Path, *names: str) -> Path:
@@ -132,3 +136,37 @@ def test_a_manifest_casnap_would_refuse_is_never_stored(
     again = Repository.open(tmp_path / "repo")
     assert [sid.hex() for sid, _ in again.snapshots(files=True)] == [first]
     assert links(tmp_path / "repo", commit(again, data).id) == {"x/a": None, "y/b": "x/a"}
+
+
+def test_forget_removes_a_snapshot_whose_links_casnap_refuses(tmp_path: Path) -> None:
+    """A repository holding the manifest a reused link once made (y/b linked to an x/a the
+    snapshot lacks, an --exclude x commit): every command that reads it stops with the way out,
+    and `forget` of that snapshot (with --prune too) takes it, after which all commands go on."""
+    data = linked(tmp_path / "data", "x/a", "y/b")
+    repo_dir = tmp_path / "repo"
+    base = ["--repo", str(repo_dir), "--data", str(data)]
+    good = commit(Repository.init(repo_dir), data).id
+    d = json.loads(decompress_manifest(LocalBackend(repo_dir).get(f"snapshots/{good}"), "m"))
+    d["files"] = [f for f in d["files"] if f["path"] == "y/b"]
+    d["totals"] = {"files": 1, "bytes": d["files"][0]["size"]}
+    d["time"] = "2099-01-01T00:00:00.000000Z"  # the latest: the next commit's parent
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    bad = hash_bytes(raw).hex()
+    LocalBackend(repo_dir).put(f"snapshots/{bad}", compress_manifest(raw))
+    for args in (["commit"], ["checkout", good], ["gc"], ["forget", good]):
+        proc = run_casnap([*base, *args])
+        assert proc.returncode == EXIT_CODES["integrity"], proc.stderr
+        assert "links 'y/b' to 'x/a'" in proc.stderr and f"forget {bad[:8]}" in proc.stderr
+    assert len(Repository.open(repo_dir).snapshots()) == 2  # nothing forgotten
+    proc = run_casnap([*base, "forget", bad[:8], "--prune"])
+    assert proc.returncode == 0, proc.stderr
+    for args in (
+        ["commit"],
+        ["checkout", "latest"],
+        ["gc"],
+        ["verify"],
+        ["prune", "--keep-last", "1"],
+    ):
+        proc = run_casnap([*base, *args])
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert [sid.hex() for sid, _ in Repository.open(repo_dir).snapshots()] != [good]
