@@ -116,6 +116,27 @@ def _linked(primary: FileEntry, path: str) -> FileEntry:
     return primary._replace(path=path, link=primary.path)
 
 
+def _relinked(
+    entries: list[FileEntry], before: list[FileEntry], inodes: dict[str, tuple[int, int]]
+) -> None:
+    """entries after some were read again (framework stores that moved, instants.settle),
+    before holding them as they were: the names of one file (inodes: device and inode of the
+    paths with more than one) all take what was read last of it, the first name as the file,
+    the others as links to it."""
+    names: dict[tuple[int, int], list[int]] = {}
+    for i, e in enumerate(entries):
+        if (key := inodes.get(e.path)) is not None:
+            names.setdefault(key, []).append(i)
+    for at in names.values():
+        again = [i for i in at if entries[i] is not before[i]]
+        if len(at) < 2 or not again:
+            continue
+        first = entries[again[-1]]._replace(path=entries[at[0]].path, link=None)
+        entries[at[0]] = first
+        for i in at[1:]:
+            entries[i] = _linked(first, entries[i].path)
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -346,6 +367,7 @@ class Committer:
         ]
         slots: list[FileEntry | None] = []
         links: dict[tuple[int, int], FileEntry] = {}
+        inodes: dict[str, tuple[int, int]] = {}  # of the paths with other names
         sizes = [capture.estimated_size(src) for src in sources]
         bar = ByteProgress(sum(sizes), self.progress)
         reader = self.reader
@@ -392,14 +414,16 @@ class Committer:
                         file_start = bar.done
                         entry, read = reader.read_one(src, known.get(src.path), unreadable)
                         bar.advance_to(file_start + estimate)
-                    if entry is not None and st.st_nlink > 1 and key not in links:
-                        links[key] = entry  # the first name read: the others link to it
+                    if entry is not None and st.st_nlink > 1:
+                        inodes[src.path] = key
+                        links.setdefault(key, entry)  # the first name read: the others link to it
                     place(i, src, entry, read)
                     if not read:
                         bar.add(estimate)
                 if reader.small is not None:
                     stored(reader.small.finish())
                 entries = [e for e in slots if e is not None]
+                before = list(entries) if watched else entries
                 again, moving, judged = instants.settle(
                     watched,
                     entries,
@@ -409,6 +433,8 @@ class Committer:
                     else None,
                 )
                 result.bytes_read += again
+                if watched:  # a file read again: its other names are the same file
+                    _relinked(entries, before, inodes)
                 if judged:  # stores that moved: checked before the read is not what was stored
                     problems = consistency.rejudged(problems, judged)
                     result.warnings = [p.text for p in problems] + skipped

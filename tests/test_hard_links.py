@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,3 +171,49 @@ def test_forget_removes_a_snapshot_whose_links_casnap_refuses(tmp_path: Path) ->
         proc = run_casnap([*base, *args])
         assert proc.returncode == 0, (args, proc.stderr)
     assert [sid.hex() for sid, _ in Repository.open(repo_dir).snapshots()] != [good]
+
+
+def _index_bytes(n: int) -> bytes:
+    import faiss
+    import numpy as np
+
+    index = faiss.IndexFlatL2(8)
+    index.add(np.random.default_rng(n).standard_normal((n, 8)).astype("float32"))
+    return bytes(faiss.serialize_index(index))
+
+
+@pytest.mark.parametrize("other", ["zzz/copy.faiss", "a/copy.faiss"])
+def test_a_link_to_a_store_file_read_again_takes_what_was_read_again(
+    tmp_path: Path, other: str
+) -> None:
+    """A framework store rewritten while the commit reads it is read again (instants.py): a hard
+    link elsewhere to one of its files, the same file, is stored with what was read again,
+    whichever of the two names comes first."""
+    data = tmp_path / "data"
+    store = data / "store"
+    store.mkdir(parents=True)
+    (store / "index.faiss").write_bytes(_index_bytes(100))
+    (store / "index.pkl").write_bytes(pickle.dumps(({}, {})))
+    (data / "zz.bin").write_bytes(os.urandom(4 << 20))  # read after the store (path order)
+    (data / other).parent.mkdir()
+    os.link(store / "index.faiss", data / other)
+    newer = _index_bytes(120)
+    fired: list[int] = []
+
+    def rewrite_once(done: int, total: int) -> None:
+        if done > total // 2 and not fired:  # while zz.bin is read: the store was read already
+            fired.append(done)
+            with open(store / "index.faiss", "r+b") as f:  # in place: both names
+                f.write(newer)
+
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data, progress=rewrite_once)
+    assert fired
+    files = {
+        f.path: f for f in Repository.open(tmp_path / "repo").snapshots(files=True)[0][1].files
+    }
+    first, second = sorted(["store/index.faiss", other])
+    assert (files[first].link, files[second].link) == (None, first)
+    assert files[first].hash == files[second].hash == hash_bytes(newer).hex()
+    assert (data / other).read_bytes() == newer
+    assert not any("kept changing" in w for w in result.warnings)
