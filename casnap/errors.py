@@ -183,6 +183,19 @@ class Terminated(BaseException):
         self.exit_code = 128 + signum
 
 
+def landed(exc: BaseException, result: object) -> None:
+    """Mark exc, the exception of a signal (Terminated, or KeyboardInterrupt for Ctrl-C), as
+    raised once the operation's work had landed (a checkout's swap begun, a commit's manifest
+    stored), result being what the operation would have returned: nothing is taken back, the
+    command stops as for any signal, and its line says what completed (`what_landed`)."""
+    exc.landed = result  # type: ignore[attr-defined]
+
+
+def what_landed(exc: BaseException) -> object | None:
+    """What the operation exc stopped had completed (`landed`), or None."""
+    return getattr(exc, "landed", None)
+
+
 class OutputClosed(Exception):
     """The reader of the command line's output went away (`casnap log | head -1`): the command
     ends quietly with the code a shell shows for a process SIGPIPE ended, as git and restic

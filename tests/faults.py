@@ -40,6 +40,7 @@ ACTIONS = (
     "kill",
     "call",
     "term",
+    "int",
     "burst",
 )
 
@@ -55,8 +56,8 @@ class Fault:
     TransientError (a put that landed, a delete that deleted, but whose answer never came back),
     "kill" SIGKILLs the process once the call has completed, "call" runs `hook(key)` once the
     call has completed, "term" sends the process SIGTERM just before the call (a service manager
-    stopping it at that step), "burst" SIGINT and SIGTERM at once (the second is handled as the
-    first unwinds). times=None keeps acting on every later call.
+    stopping it at that step), "int" SIGINT there (Ctrl-C), "burst" SIGINT and SIGTERM at once
+    (the second is handled as the first unwinds). times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -157,6 +158,8 @@ class FaultPlan:
                 raise TransientError(f"{key}: injected timeout ({f.describe()})")
             if f.action == "term":
                 os.kill(os.getpid(), signal.SIGTERM)
+            if f.action == "int":
+                os.kill(os.getpid(), signal.SIGINT)
             if f.action == "burst":
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)

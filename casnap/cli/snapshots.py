@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap.cli.main import Context, cli, pass_ctx, warn
+from casnap.cli.main import Context, after_landing, cli, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
@@ -35,6 +35,7 @@ from casnap.errors import (
 if TYPE_CHECKING:  # each command imports the operations it runs
     from casnap.committer import CommitResult
     from casnap.repository import Repository
+    from casnap.restorer import CheckoutResult
 
 
 @cli.command()
@@ -365,7 +366,7 @@ def checkout(
         ):
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
-    with progress_bar(c, "restore") as progress:
+    with progress_bar(c, "restore") as progress, after_landing(_checkout_done):
         try:
             r = checkout_snapshot(
                 repo,
@@ -396,25 +397,39 @@ def checkout(
                 f"saving the pre-checkout snapshot of the data this checkout replaces failed, "
                 f"nothing was replaced: {exc} (--no-safety-snapshot replaces it without saving)"
             ) from exc
-    for w in r.warnings:
-        warn(w)
-    for ch in (r.smoke or {}).get("checks", []):
-        if ch.get("warning"):
-            warn(f"{ch['check']} on {ch['path']}: {ch['detail']}")
+    with after_landing(_checkout_done, r):
+        for w in r.warnings:
+            warn(w)
+        for ch in (r.smoke or {}).get("checks", []):
+            if ch.get("warning"):
+                warn(f"{ch['check']} on {ch['path']}: {ch['detail']}")
+        if as_json:
+            with printing(_restored(r)):
+                emit_json(r.to_json())
+            return
+        if r.safety_snapshot:
+            c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
+        c.say(
+            f"restored {_restored(r, into=False)} into {r.target}: {r.files_written} written, "
+            f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
+        )
+        if r.smoke is not None:
+            c.say(_smoke_summary(r.smoke))
+
+
+def _restored(r: CheckoutResult, into: bool = True) -> str:
+    """`snapshot X restored into DIR` (into=False: `snapshot X`), for the lines saying so."""
     ids = [src["id"][:8] for src in r.sources] or [r.id[:8]]
     what = f"snapshots {', '.join(ids)}" if len(ids) > 1 else f"snapshot {ids[0]}"
-    if as_json:
-        with printing(f"{what} restored into {r.target}"):
-            emit_json(r.to_json())
-        return
-    if r.safety_snapshot:
-        c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
-    c.say(
-        f"restored {what} into {r.target}: {r.files_written} written, "
-        f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
+    return f"{what} restored into {r.target}" if into else what
+
+
+def _checkout_done(r: CheckoutResult) -> str:
+    """What a checkout a signal stopped once its swap had begun completed."""
+    saved = r.safety_snapshot and f"snapshot {r.safety_snapshot[:8]} (tag pre-checkout)"
+    return f"the checkout completed: {_restored(r)}" + (
+        f", the replaced data saved as {saved}" if saved else ""
     )
-    if r.smoke is not None:
-        c.say(_smoke_summary(r.smoke))
 
 
 def _smoke_summary(report: dict[str, Any]) -> str:
