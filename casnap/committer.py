@@ -44,8 +44,10 @@ from casnap.errors import (
     InvalidArgument,
     LockError,
     SourceError,
+    Terminated,
     UnreadableSource,
     from_oserror,
+    landed,
 )
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, compress_manifest
@@ -191,6 +193,9 @@ def commit(
         result.phases = phases.report(COMMIT_PHASES)
         return result
     except BaseException as exc:
+        if isinstance(exc, Terminated | KeyboardInterrupt) and committer.landed is not None:
+            landed(exc, committer.landed)  # its snapshot stands: the command line names it
+            raise
         lost: LockError | None = None
         if isinstance(exc, LockError) and result is not None:
             # its lock was taken away while it ran: a gc may have deleted data the snapshot
@@ -245,6 +250,7 @@ class Committer:
         self.unindexed: list[ObjectId] = []  # packs of a failed run, for rollback
         self.written_index: str | None = None  # its index file, when only the manifest failed
         self.stored: tuple[str | None, list[ObjectId]] = (None, [])  # index file, packs made
+        self.landed: CommitResult | None = None  # once its manifest is stored
         self.snapshots_before: frozenset[str] = frozenset()
         self.tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
         # what reading the files needs, made for the first one read (reading.py)
@@ -453,6 +459,8 @@ class Committer:
             sid = self.repo.ids(raw)
             blob = compress_manifest(raw)
             put_verified(self.repo.backend, f"snapshots/{sid.hex()}", blob)  # the commit point
+            result.id = sid.hex()
+            self.landed = result
         except BaseException:
             if reader.writer is not None:
                 self.written_index = reader.writer.index_key
@@ -463,7 +471,6 @@ class Committer:
             self.stored = (reader.writer.index_key, [p for p, _size in reader.writer.created])
         if restored:
             restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve
-        result.id = sid.hex()
         result.bytes_added = added + len(blob)
         result.logical_bytes = snap.logical_bytes
         self.phases.since("manifest", manifest_start)

@@ -1,7 +1,7 @@
-"""A signal that lands once a command's work has landed (a checkout's swap begun): the work is
-not taken back, the command ends with the signal's exit code (130, 143) as for any signal, and
-its one line says what completed, so a script or service manager that sees the exit code is not
-misled into thinking the data dir was left as it was.
+"""A signal that lands once a command's work has landed (a checkout's swap begun, a commit's
+manifest stored): the work is not taken back, the command ends with the signal's exit code (130,
+143) as for any signal, and its one line says what completed, so a script or service manager
+that sees the exit code is not misled into thinking the data dir was left as it was.
 
 The signal is sent by the process itself at a chosen call (tests.faults: just before the nth
 rename into the target, or the removal of the lock): a real signal, at a precise point, with no
@@ -99,6 +99,30 @@ def test_a_signal_while_the_checkout_releases_its_lock_reports_it_completed(
     assert _files(data) == first
     said = f"casnap: terminated; the checkout completed: snapshot {first_id[:8]} restored into"
     assert (done.returncode, done.stderr.splitlines()) == (143, [f"{said} {data}"])
+    assert not os.listdir(repo / "locks")
+
+
+@pytest.mark.parametrize(("action", "code", "said"), SIGNALS)
+def test_a_signal_once_the_manifest_is_stored_names_the_snapshot(
+    tmp_path: Path, action: str, code: int, said: str
+) -> None:
+    """A commit whose manifest is stored when the signal comes (here: while its lock is
+    removed) keeps its snapshot; its line says so and names it, as the line of a commit whose
+    stdout is closed does, where it said only "terminated"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("notes\n")
+    repo = tmp_path / "repo"
+    _ok("--repo", repo, "init")
+    args = ["--repo", str(repo), "--data", str(data), "commit", "-q"]
+    done = run_casnap(args, faults=f"delete:{action}:1:locks/")
+
+    (snap,) = _snapshots(repo)
+    assert (done.returncode, done.stderr.splitlines()) == (
+        code,
+        [f"casnap: {said}; the commit completed: snapshot {snap['id']} is stored"],
+    )
+    assert done.stdout == ""
     assert not os.listdir(repo / "locks")
 
 

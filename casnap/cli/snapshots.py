@@ -238,28 +238,31 @@ def commit(
                 raise InconsistentData(f"{exc} (--strict)") from exc
 
     repo, created = open_or_create(c)
-    try:
-        r = attempt(repo)
-    except RepositoryGone:  # deleted since this host kept its config: made anew, once
-        repo.close()
-        repo, created = open_or_create(c)
-        r = attempt(repo)
-    if created:  # said once the commit succeeded, so a failed one prints its error alone
-        say_created(c, repo)
-    for note in r.notes:
-        c.note_once(note)
-    for w in r.warnings:
-        warn(w, always=w in r.damage)
-    with printing(f"snapshot {r.id} is stored"):  # a stdout closed or full: said so, with it
-        if as_json:
-            emit_json(r.to_json())
-            return
-        c.say(
-            f"snapshot {r.id[:8]} saved: {r.files_new} new, {r.files_changed} changed, "
-            f"{r.files_unchanged} unchanged files; {human(r.bytes_read)} read, "
-            f"{human(r.bytes_added)} added ({r.seconds:.2f} s)"
-        )
-        click.echo(r.id)
+    stored = lambda r: f"the commit completed: snapshot {r.id} is stored"  # noqa: E731
+    with after_landing(stored):  # a signal once its manifest is stored: said so, with its id
+        try:
+            r = attempt(repo)
+        except RepositoryGone:  # deleted since this host kept its config: made anew, once
+            repo.close()
+            repo, created = open_or_create(c)
+            r = attempt(repo)
+    with after_landing(stored, r):
+        if created:  # said once the commit succeeded, so a failed one prints its error alone
+            say_created(c, repo)
+        for note in r.notes:
+            c.note_once(note)
+        for w in r.warnings:
+            warn(w, always=w in r.damage)
+        with printing(f"snapshot {r.id} is stored"):  # a stdout closed or full: said so
+            if as_json:
+                emit_json(r.to_json())
+                return
+            c.say(
+                f"snapshot {r.id[:8]} saved: {r.files_new} new, {r.files_changed} changed, "
+                f"{r.files_unchanged} unchanged files; {human(r.bytes_read)} read, "
+                f"{human(r.bytes_added)} added ({r.seconds:.2f} s)"
+            )
+            click.echo(r.id)
 
 
 @cli.command()
