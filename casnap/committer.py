@@ -320,12 +320,13 @@ class Committer:
         pairs = [p.text for p in problems]
         if opts.strict and pairs:
             raise _inconsistent(pairs)
+        empty = EmptySnapshot(
+            f"nothing to store in {data_dir}, while the last snapshot of these paths "
+            f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
+            "refusing an empty snapshot"
+        )
         if not sources and parent_files and not opts.allow_empty:
-            raise EmptySnapshot(
-                f"nothing to store in {data_dir}, while the last snapshot of these paths "
-                f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
-                "refusing an empty snapshot"
-            )
+            raise empty
         result = CommitResult(id="", warnings=pairs + skipped)
         result.damage = [p.text for p in problems if p.refused]
         result.notes = [
@@ -391,6 +392,10 @@ class Committer:
                 if reader.small is not None:
                     stored(reader.small.finish())
                 entries = [e for e in slots if e is not None]
+                gone = frozenset(reader.vanished)  # as if the scan had not seen them
+                if gone:
+                    if not entries and parent_files and not opts.allow_empty:
+                        raise empty
                 again, moving, judged = instants.settle(
                     watched,
                     entries,
@@ -408,9 +413,10 @@ class Committer:
                         raise _inconsistent([p.text for p in problems])
                 result.warnings += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
-                if opts.strict and cut:
-                    raise _inconsistent(cut)
-                result.warnings += cut
+                lost = [capture.vanished(p) for p in sorted(gone)]
+                if opts.strict and (cut or lost):
+                    raise _inconsistent(cut + lost)
+                result.warnings += cut + lost
                 result.damage += cut
                 reader.complete(entries)
             bar.finish()

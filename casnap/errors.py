@@ -89,6 +89,11 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class FileVanished(SourceError):
+    """A plain file of the data dir was deleted between the scan and its read (or while it was
+    read): a commit leaves it out, as if the scan had not seen it (reading.Reader.read_one)."""
+
+
 class EmptySnapshot(SourceError):
     """A commit would store no file where the last snapshot of the same paths held some."""
 

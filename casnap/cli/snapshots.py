@@ -142,8 +142,8 @@ def say_created(c: Context, repo: Repository) -> None:
     "--strict",
     is_flag=True,
     help="Refuse to commit (exit 9) when a FAISS index is shorter than its header promises, a "
-    "framework store's files disagree, a SQLite database cut short is found as it is read, or a "
-    ".meta.json sidecar's ntotal disagrees with its index.",
+    "framework store's files disagree, a SQLite database cut short is found as it is read, a "
+    ".meta.json sidecar's ntotal disagrees with its index, or a file vanished before its read.",
 )
 @click.option(
     "--allow-empty",
@@ -202,8 +202,9 @@ def commit(
     Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree, a
     SQLite database cut short, found as it is read (a checkout refuses these: warned of even
     with -q), a .meta.json sidecar stating another ntotal (a checkout warns too). One warning
-    line per problem on stderr; with --strict an error and nothing is committed. A repository
-    inside the data dir is never stored. Prints the new snapshot id.
+    line per problem on stderr; with --strict an error and nothing is committed. A plain file
+    deleted before it is read is left out, with a warning (with --strict, an error). A
+    repository inside the data dir is never stored. Prints the new snapshot id.
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
