@@ -396,6 +396,10 @@ class Committer:
                 if gone:
                     if not entries and parent_files and not opts.allow_empty:
                         raise empty
+                    instants.forget(watched, gone)
+                    problems = consistency.without(data_dir, problems, gone)
+                    result.warnings = [p.text for p in problems] + skipped
+                    result.damage = [p.text for p in problems if p.refused]
                 again, moving, judged = instants.settle(
                     watched,
                     entries,

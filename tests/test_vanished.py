@@ -17,6 +17,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ from casnap.errors import EXIT_CODES, EmptySnapshot, SourceError
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests import faults as F
+from tests.helpers_rag import LANGCHAIN_DIR, make_langchain
 from tests.helpers_reliability import casnap_env, run_casnap, small_config
 
 PACK = 4096  # small packs: the first is written while the first large file is read
@@ -140,6 +142,52 @@ def test_a_database_deleted_before_its_read_still_stops_the_commit(tmp_path: Pat
     assert repo.snapshots() == []
 
 
+def _index_and_sidecar(data: Path, stated: int) -> None:
+    """faiss/flat.index (8000 vectors: read on its own, packs written as it is) and its sidecar
+    stating ntotal `stated`."""
+    (data / "faiss").mkdir(parents=True)
+    index = faiss.IndexFlatL2(16)
+    index.add(np.random.default_rng(3).standard_normal((8000, 16)).astype("float32"))
+    faiss.write_index(index, str(data / "faiss" / "flat.index"))
+    (data / "faiss" / "flat.meta.json").write_text(json.dumps({"ntotal": stated}))
+
+
+def test_a_sidecar_deleted_before_its_read_leaves_the_index_alone_judged(tmp_path: Path) -> None:
+    """The commit checked the index against a sidecar that disagrees (a warning), then the
+    sidecar went before it was read: the snapshot holds the index alone, which a checkout's
+    smoke checks find nothing wrong with, so the warning about the pair goes too."""
+    data = tmp_path / "data"
+    _index_and_sidecar(data, stated=7999)
+    repo = _repo(tmp_path, _unlink(data / "faiss" / "flat.meta.json"))
+
+    result = commit(repo, data)
+
+    assert result.warnings == [f"faiss/flat.meta.json: {GONE}"]
+    files = [e.path for e in repo.load_snapshot(repo.resolve(result.id)).files]
+    assert files == ["faiss/flat.index"]
+    out = tmp_path / "out"
+    done = checkout(repo, result.id, out, safety_snapshot=False)
+    assert done.smoke is not None and done.smoke["ok"], done.smoke
+
+
+def test_an_index_deleted_before_its_read_takes_its_problems_along(tmp_path: Path) -> None:
+    """An index cut short (damage a checkout refuses, said even with -q) that the app then
+    deleted: the snapshot does not hold it, so neither its damage nor its pair's warning
+    stands."""
+    data = tmp_path / "data"
+    (data / "a.bin").parent.mkdir(parents=True)
+    (data / "a.bin").write_bytes(np.random.default_rng(4).bytes(3 << 20))
+    _index_and_sidecar(data / "z", stated=8000)
+    index = data / "z" / "faiss" / "flat.index"
+    index.write_bytes(index.read_bytes()[:100_000])  # cut short
+    repo = _repo(tmp_path, _unlink(index))
+
+    result = commit(repo, data)
+
+    assert result.warnings == [f"z/faiss/flat.index: {GONE}"]
+    assert result.damage == []
+
+
 def _cli_world(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     data = tmp_path / "data"
     _churn(data)
@@ -179,6 +227,25 @@ def test_strict_refuses_a_snapshot_a_file_vanished_from(tmp_path: Path) -> None:
     ]
     assert not (repo / "snapshots").exists() or not list((repo / "snapshots").iterdir())
     assert not list((repo / "locks").iterdir())
+
+
+def test_a_store_file_deleted_before_its_read_leaves_the_store_judged_as_stored(
+    tmp_path: Path,
+) -> None:
+    """A LangChain store whose index.pkl the app deleted after the scan: the commit says of the
+    store what it says of one found without that file, where its check of the store as the
+    scan saw it said the file could not be read."""
+    data = tmp_path / "data"
+    make_langchain(data)
+    (data / "a.bin").write_bytes(np.random.default_rng(6).bytes(3 << 20))  # read first
+    pkl = data / LANGCHAIN_DIR / "index.pkl"
+    repo = _repo(tmp_path, _unlink(pkl))
+
+    result = commit(repo, data)
+
+    found_without = commit(Repository.init(tmp_path / "without"), data)
+    assert result.warnings == [*found_without.warnings, f"{LANGCHAIN_DIR}/index.pkl: {GONE}"]
+    assert result.damage == found_without.damage
 
 
 def test_a_commit_whose_every_file_vanished_is_refused_as_empty(tmp_path: Path) -> None:
