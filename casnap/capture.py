@@ -255,6 +255,13 @@ def left_out(data_dir: Path, rel: str, of: str = "the snapshot") -> str:
     return f"{shortened(rel)}: not readable, left out of {of}"
 
 
+def vanished(rel: str) -> str:
+    """The warning for a plain file a commit left out because it was deleted before its read
+    (or while it was read: what was read of it is not stored)."""
+    gone = "vanished before it was read (deleted meanwhile); left out of the snapshot"
+    return f"{shortened(rel)}: {gone}"
+
+
 def storable(rel: str) -> bool:
     """True when a manifest can name the file at rel: no backslash, no leading drive letter,
     not nested too deeply. No snapshot holds another one, nor can save it (a checkout leaves

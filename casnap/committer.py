@@ -45,8 +45,10 @@ from casnap.errors import (
     InvalidArgument,
     LockError,
     SourceError,
+    Terminated,
     UnreadableSource,
     from_oserror,
+    landed,
 )
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, check_file_list, compress_manifest
@@ -214,6 +216,9 @@ def commit(
         result.phases = phases.report(COMMIT_PHASES)
         return result
     except BaseException as exc:
+        if isinstance(exc, Terminated | KeyboardInterrupt) and committer.landed is not None:
+            landed(exc, committer.landed)  # its snapshot stands: the command line names it
+            raise
         lost: LockError | None = None
         if isinstance(exc, LockError) and result is not None:
             # its lock was taken away while it ran: a gc may have deleted data the snapshot
@@ -277,6 +282,7 @@ class Committer:
         self.unindexed: list[ObjectId] = []  # packs of a failed run, for rollback
         self.written_index: str | None = None  # its index file, when only the manifest failed
         self.stored: tuple[str | None, list[ObjectId]] = (None, [])  # index file, packs made
+        self.landed: CommitResult | None = None  # once its manifest is stored
         self.snapshots_before: frozenset[str] = frozenset()
         self.tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
         # what reading the files needs, made for the first one read (reading.py)
@@ -350,12 +356,13 @@ class Committer:
         pairs = [p.text for p in problems]
         if opts.strict and pairs:
             raise _inconsistent(pairs)
+        empty = EmptySnapshot(
+            f"nothing to store in {data_dir}, while the last snapshot of these paths "
+            f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
+            "refusing an empty snapshot"
+        )
         if not sources and parent_files and not opts.allow_empty:
-            raise EmptySnapshot(
-                f"nothing to store in {data_dir}, while the last snapshot of these paths "
-                f"({parent_id.short if parent_id else '?'}) holds {len(parent_files)} file(s); "
-                "refusing an empty snapshot"
-            )
+            raise empty
         result = CommitResult(id="", warnings=pairs + skipped)
         result.damage = [p.text for p in problems if p.refused]
         result.notes = [
@@ -423,6 +430,14 @@ class Committer:
                 if reader.small is not None:
                     stored(reader.small.finish())
                 entries = [e for e in slots if e is not None]
+                gone = frozenset(reader.vanished)  # as if the scan had not seen them
+                if gone:
+                    if not entries and parent_files and not opts.allow_empty:
+                        raise empty
+                    instants.forget(watched, gone)
+                    problems = consistency.without(data_dir, problems, gone)
+                    result.warnings = [p.text for p in problems] + skipped
+                    result.damage = [p.text for p in problems if p.refused]
                 before = list(entries) if watched else entries
                 again, moving, judged = instants.settle(
                     watched,
@@ -443,9 +458,10 @@ class Committer:
                         raise _inconsistent([p.text for p in problems])
                 result.warnings += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
-                if opts.strict and cut:
-                    raise _inconsistent(cut)
-                result.warnings += cut
+                lost = [capture.vanished(p) for p in sorted(gone)]
+                if opts.strict and (cut or lost):
+                    raise _inconsistent(cut + lost)
+                result.warnings += cut + lost
                 result.damage += cut
                 reader.complete(entries)
             bar.finish()
@@ -494,6 +510,8 @@ class Committer:
             sid = self.repo.ids(raw)
             blob = compress_manifest(raw)
             put_verified(self.repo.backend, f"snapshots/{sid.hex()}", blob)  # the commit point
+            result.id = sid.hex()
+            self.landed = result
         except BaseException:
             if reader.writer is not None:
                 self.written_index = reader.writer.index_key
@@ -504,7 +522,6 @@ class Committer:
             self.stored = (reader.writer.index_key, [p for p, _size in reader.writer.created])
         if restored:
             restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve
-        result.id = sid.hex()
         result.bytes_added = added + len(blob)
         result.logical_bytes = snap.logical_bytes
         self.phases.since("manifest", manifest_start)

@@ -72,6 +72,18 @@ def consistency_problems(
     return problems
 
 
+def without(root: Path, problems: list[Problem], gone: Collection[str]) -> list[Problem]:
+    """problems as if the files of gone (deleted before the commit read them: not in the
+    snapshot) had never been there: those about them dropped, and the checks of an index whose
+    sidecar is among them made again without it (the stores that lost one are judged again as
+    they are read: instants.forget)."""
+    alone = {p.path for p in problems if p.path not in gone and sidecar_of(p.path) in gone}
+    listing = _Listings(root, absent=gone)
+    return [p for p in problems if p.path not in gone and p.path not in alone] + [
+        p for rel in sorted(alone) for p in _faiss_problems(root, rel, None, listing)
+    ]
+
+
 def rejudged(
     problems: list[Problem], judged: Iterable[tuple[Collection[str], list[Problem]]]
 ) -> list[Problem]:
@@ -116,8 +128,9 @@ class _Listings:
     listing of each folder asked about: a stat per file, for a sidecar most files never have,
     cost more than every other check of a commit of many small files."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, absent: Collection[str] = ()) -> None:
         self.root = root
+        self.absent = absent  # taken for missing (deleted before the commit read them)
         self._sidecars: dict[str, frozenset[str]] = {}
 
     def is_file(self, rel: str) -> bool:
@@ -125,7 +138,7 @@ class _Listings:
         names = self._sidecars.get(folder)
         if names is None:
             names = self._sidecars[folder] = self._list(folder)
-        return name in names
+        return name in names and rel not in self.absent
 
     def _list(self, folder: str) -> frozenset[str]:
         """The names of the sidecar-named files in folder (none when it cannot be listed)."""

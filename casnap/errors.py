@@ -89,6 +89,11 @@ class SourceError(CasnapError):
     exit_code = 7
 
 
+class FileVanished(SourceError):
+    """A plain file of the data dir was deleted between the scan and its read (or while it was
+    read): a commit leaves it out, as if the scan had not seen it (reading.Reader.read_one)."""
+
+
 class EmptySnapshot(SourceError):
     """A commit would store no file where the last snapshot of the same paths held some."""
 
@@ -188,6 +193,19 @@ class Terminated(BaseException):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def landed(exc: BaseException, result: object) -> None:
+    """Mark exc, the exception of a signal (Terminated, or KeyboardInterrupt for Ctrl-C), as
+    raised once the operation's work had landed (a checkout's swap begun, a commit's manifest
+    stored), result being what the operation would have returned: nothing is taken back, the
+    command stops as for any signal, and its line says what completed (`what_landed`)."""
+    exc.landed = result  # type: ignore[attr-defined]
+
+
+def what_landed(exc: BaseException) -> object | None:
+    """What the operation exc stopped had completed (`landed`), or None."""
+    return getattr(exc, "landed", None)
 
 
 class OutputClosed(Exception):

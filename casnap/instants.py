@@ -15,7 +15,7 @@ stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -61,6 +61,17 @@ def watch(sources: Sequence[SourceFile]) -> list[Watched]:
             w.mark()
             found.append(w)
     return found
+
+
+def forget(watched: Sequence[Watched], gone: Collection[str]) -> None:
+    """Leave the files of gone (deleted before the commit read them: not in the snapshot) out
+    of the stores watched: a store that lost one is judged again as it is stored."""
+    for w in watched:
+        if any(s.path in gone for s in w.sources):
+            w.sources = [s for s in w.sources if s.path not in gone]
+            kept = [i for i, s in enumerate(w.moving) if s.path not in gone]
+            w.moving, w.before = [w.moving[i] for i in kept], [w.before[i] for i in kept]
+            w.changed = True
 
 
 def settle(

@@ -23,6 +23,7 @@ from casnap.chunking.base import FixedChunker
 from casnap.constants import SNIFF_BYTES, SOURCE_RETRIES
 from casnap.errors import (
     AccessDenied,
+    FileVanished,
     NotADatabase,
     SourceError,
     UnreadableSource,
@@ -100,6 +101,7 @@ class Reader:
         self._listing: ThreadPoolExecutor | None = None
         # databases read cut short, by path: "<path>: why" (a checkout's smoke checks refuse them)
         self.damaged: dict[str, str] = {}
+        self.vanished: list[str] = []  # plain files deleted before they were read: left out
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
         """The pack writer and the worker threads, made when the first file must be read: a
@@ -164,9 +166,13 @@ class Reader:
         self, src: capture.SourceFile, old: FileEntry | None, unreadable: list[str]
     ) -> tuple[FileEntry | None, int]:
         """One file read on its own (read_file); None for one that may not be read when the
-        commit leaves such files out (it goes to unreadable)."""
+        commit leaves such files out (it goes to unreadable), and for a plain file deleted
+        before it was read (to `vanished`: as if the scan had not seen it)."""
         try:
             return self.read_file(src, old)
+        except FileVanished:
+            self.vanished.append(src.path)
+            return None, 0
         except AccessDenied as exc:
             if not self.skip_unreadable:
                 raise UnreadableSource(str(exc)) from exc
@@ -192,14 +198,18 @@ class Reader:
         return self.read_file(src, old)
 
     def read_file(self, src: capture.SourceFile, old: FileEntry | None) -> tuple[FileEntry, int]:
-        """Read one file consistently into the store; returns its entry and bytes read."""
+        """Read one file consistently into the store; returns its entry and bytes read.
+        FileVanished when a plain file is gone (deleted before its read, or while it was read:
+        the read through its descriptor is then not checked and does not count); a database
+        gone is a SourceError."""
         read_total = 0
         for _attempt in range(max(1, SOURCE_RETRIES)):
             self._groups = None  # an attempt that does not count keeps none and drops none
             with self.phases.timed("capture"):  # a file written just now is waited for
                 before, settled = capture.settled_fingerprint(src.abspath, src.kind)
             if before is None:
-                raise SourceError(f"{src.abspath} vanished while committing")
+                gone = FileVanished if src.kind == "file" else SourceError
+                raise gone(f"{src.abspath} vanished while committing")
             try:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
@@ -229,6 +239,8 @@ class Reader:
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, old)
             except FileNotFoundError as exc:
+                if src.kind == "file":  # gone, or made again: the next attempt tells
+                    continue
                 raise SourceError(f"{src.abspath} vanished while committing") from exc
             except NotRegularFile as exc:
                 why = f"{src.abspath} was replaced while committing ({exc.strerror})"
@@ -243,6 +255,8 @@ class Reader:
                 source = statcache.vouched(before, after, self.start_ns)
                 self._keep_groups()
                 return statcache.with_source(entry, source), read_total
+        if src.kind == "file" and capture.fingerprint(src.abspath, "file") is None:
+            raise FileVanished(f"{src.abspath} vanished while committing")  # at the last try
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
 
     def _ingest_path(

@@ -38,11 +38,13 @@ from casnap.errors import (
     InvalidArgument,
     SnapshotNotFound,
     SourceError,
+    Terminated,
+    landed,
 )
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
 from casnap.fsdir import IN_THE_WAY_HINT, Dir, Tree, resolve_trusted, split
 from casnap.ids import ObjectId
-from casnap.manifest import FileEntry, Snapshot
+from casnap.manifest import FileEntry
 from casnap.paths import normalize_paths
 from casnap.phases import CHECKOUT_PHASES, Phases
 from casnap.present import Present
@@ -122,41 +124,36 @@ def checkout(
     progress gets (bytes done, bytes total). With all_paths, the newest snapshot of each group of
     snapshots committed with the same paths (of the data dir ref was taken of) is restored at
     once, a newer one winning where they overlap.
+
+    A signal the command line handles (Terminated, KeyboardInterrupt) waits for the end of a
+    swap begun; raised once every file is in place, it carries the result (errors.landed):
+    the checkout completed, and nothing is taken back.
     """
     options = CheckoutOptions(
         safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
     )
     phases = Phases.begin(repo)  # counts the opening of a fresh repo
-    with repo.lock("checkout", folder=Path(target)):  # waits for a commit of target
-        repo.refresh(only_if_changed=True)
-        sid = repo.resolve(ref)
-        snap = repo.snapshot(sid)
-        sources = (
-            selection.newest_of_groups(repo.snapshots(), snap.source, snap.host)
-            if all_paths
-            else [(sid, snap)]
-        )
-        phases.since("open", phases.start)
-        result = restore(repo, sources, Path(target), paths, options, progress, phases)
-    result.phases = phases.report(CHECKOUT_PHASES)
+    run: _Checkout | None = None
+    try:
+        with repo.lock("checkout", folder=Path(target)):  # waits for a commit of target
+            repo.refresh(only_if_changed=True)
+            sid = repo.resolve(ref)
+            snap = repo.snapshot(sid)
+            sources = (
+                selection.newest_of_groups(repo.snapshots(), snap.source, snap.host)
+                if all_paths
+                else [(sid, snap)]
+            )
+            phases.since("open", phases.start)
+            chosen = selection.Selection.of(sources)
+            run = _Checkout(repo, chosen, Path(target), paths, options, progress, phases)
+            result = run.run()
+        result.phases = phases.report(CHECKOUT_PHASES)
+    except (Terminated, KeyboardInterrupt) as exc:
+        if run is not None and run.swapped:  # such as while the lock is released
+            landed(exc, run.result)
+        raise
     return result
-
-
-def restore(
-    repo: Repository,
-    sources: Sequence[tuple[ObjectId, Snapshot]],
-    target: Path,
-    paths: Sequence[str] = (),
-    options: CheckoutOptions | None = None,
-    progress: ProgressFn | None = None,
-    phases: Phases | None = None,
-) -> CheckoutResult:
-    """Restore the selection of sources (usually one snapshot) into target; the caller holds
-    the repository lock. With paths, only those files (no removals). The time of each step goes
-    to phases (CHECKOUT_PHASES but `open`)."""
-    chosen = selection.Selection.of(sources)
-    run = _Checkout(repo, chosen, target, paths, options or CheckoutOptions(), progress, phases)
-    return run.run()
 
 
 class _Checkout:
@@ -192,6 +189,7 @@ class _Checkout:
         self.others = placement.OtherRepositories(self.target)  # any repository inside it
         self.present = Present(repo, self.target, strict=options.safety_snapshot)
         self._given: dict[str, int] = {}  # mode given to each folder created, by path
+        self.swapped = False  # every file is in place (a signal now stops a completed checkout)
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -253,6 +251,7 @@ class _Checkout:
                 preflight.check(tree, placing, removals)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
+                self.swapped = True
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)

@@ -15,6 +15,7 @@ subprocess for crash tests. casnap itself has no test hook: the faults come from
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -29,6 +30,7 @@ from casnap.backends.base import Backend, convert_oserrors
 from casnap.backends.local import LocalBackend
 from casnap.errors import TransientError
 
+UNLINK = "CASNAP_FAULT_UNLINK"  # the files an "unlink" fault removes
 OPS = ("put", "get", "list", "delete", "replace")
 ACTIONS = (
     "fail",
@@ -40,7 +42,9 @@ ACTIONS = (
     "kill",
     "call",
     "term",
+    "int",
     "burst",
+    "unlink",
 )
 
 
@@ -55,8 +59,10 @@ class Fault:
     TransientError (a put that landed, a delete that deleted, but whose answer never came back),
     "kill" SIGKILLs the process once the call has completed, "call" runs `hook(key)` once the
     call has completed, "term" sends the process SIGTERM just before the call (a service manager
-    stopping it at that step), "burst" SIGINT and SIGTERM at once (the second is handled as the
-    first unwinds). times=None keeps acting on every later call.
+    stopping it at that step), "int" SIGINT there (Ctrl-C), "burst" SIGINT and SIGTERM at once
+    (the second is handled as the first unwinds), "unlink" removes the files $CASNAP_FAULT_UNLINK
+    names (os.pathsep between them) just before the call (an app deleting them at that step).
+    times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -157,6 +163,12 @@ class FaultPlan:
                 raise TransientError(f"{key}: injected timeout ({f.describe()})")
             if f.action == "term":
                 os.kill(os.getpid(), signal.SIGTERM)
+            if f.action == "int":
+                os.kill(os.getpid(), signal.SIGINT)
+            if f.action == "unlink":
+                for path in filter(None, os.environ.get(UNLINK, "").split(os.pathsep)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
             if f.action == "burst":
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)

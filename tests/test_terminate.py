@@ -113,10 +113,12 @@ def test_sigterm_while_the_lock_is_released_still_removes_it(tmp_path: Path) -> 
     # the signal comes just before the lock object is removed: the commit itself has landed
     args = ["--repo", str(repo), "--data", str(data), "commit", "-q"]
     done = run_casnap(args, faults="delete:term:1:locks/")
-    assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
     assert _locks(repo) == []
     log = _casnap("--repo", repo, "log", "--json")
     assert log.returncode == 0 and log.stdout.count('"id"') == 1, log.stdout
+    sid = json.loads(log.stdout)[0]["id"]  # the line names it (tests/test_late_signals.py)
+    said = f"casnap: terminated; the commit completed: snapshot {sid} is stored\n"
+    assert (done.returncode, done.stderr) == (143, said)
 
 
 def test_sigterm_during_the_swap_places_every_file_of_the_snapshot(tmp_path: Path) -> None:
@@ -138,7 +140,8 @@ def test_sigterm_during_the_swap_places_every_file_of_the_snapshot(tmp_path: Pat
     # SIGTERM just before the second of the five renames into the target
     args = ["--repo", str(repo), "checkout", "latest", "--to", str(target), "--no-smoke"]
     done = run_casnap(args, faults=f"replace:term:2:{target}/")
-    assert (done.returncode, done.stderr) == (143, "casnap: terminated\n")
+    said = f"casnap: terminated; the checkout completed: snapshot {ids[1][:8]} restored into"
+    assert (done.returncode, done.stderr) == (143, f"{said} {target}\n")
     assert _files(target) == newest  # all five swapped in, never a mix of two snapshots
     assert _locks(repo) == []
 

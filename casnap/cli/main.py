@@ -9,7 +9,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from signal import SIGINT
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from casnap.errors import (
     RepositoryNotFound,
     Terminated,
     from_oserror,
+    what_landed,
 )
 from casnap.locations import Location, S3Url, describe, parse_location
 
@@ -52,6 +54,24 @@ def warn(message: str, *, always: bool = False) -> None:
     if c is not None and c.quiet and not always:
         return
     click.echo(printable(f"casnap: warning: {message}", backslash=False), err=True)
+
+
+@contextmanager
+def after_landing(done: Callable[[Any], str], result: object = None) -> Iterator[None]:
+    """A signal (SIGTERM, Ctrl-C, SIGHUP) that lands once the command's work has landed (result
+    given: the operation returned it; else what the operation recorded on the signal's exception,
+    errors.landed) stops the command as any signal does (exit 130, 143), and its line says what
+    completed: `casnap: terminated; ` and done(result). Any other signal passes as it is."""
+    try:
+        yield
+    except (Terminated, KeyboardInterrupt) as exc:
+        work = result if result is not None else what_landed(exc)
+        if work is None:
+            raise
+        said, signum = "interrupted", int(SIGINT)
+        if isinstance(exc, Terminated):
+            said, signum = str(exc), exc.signum
+        raise Terminated(f"{said}; {done(work)}", signum) from exc
 
 
 class CasnapGroup(click.Group):
@@ -106,8 +126,8 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, CasnapError):
         say_error(str(exc))
         return exc.exit_code
-    if isinstance(exc, Terminated):
-        click.echo(f"casnap: {exc}", err=True)
+    if isinstance(exc, Terminated):  # its line may name a target: one line all the same
+        click.echo(printable(f"casnap: {exc}", backslash=False), err=True)
         return exc.exit_code
     if isinstance(exc, OSError):
         err = from_oserror(exc, exc.filename or "I/O")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casnap.cli.main import Context, cli, pass_ctx, warn
+from casnap.cli.main import Context, after_landing, cli, pass_ctx, warn
 from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
@@ -35,6 +35,7 @@ from casnap.errors import (
 if TYPE_CHECKING:  # each command imports the operations it runs
     from casnap.committer import CommitResult
     from casnap.repository import Repository
+    from casnap.restorer import CheckoutResult
 
 
 @cli.command()
@@ -141,8 +142,8 @@ def say_created(c: Context, repo: Repository) -> None:
     "--strict",
     is_flag=True,
     help="Refuse to commit (exit 9) when a FAISS index is shorter than its header promises, a "
-    "framework store's files disagree, a SQLite database cut short is found as it is read, or a "
-    ".meta.json sidecar's ntotal disagrees with its index.",
+    "framework store's files disagree, a SQLite database cut short is found as it is read, a "
+    ".meta.json sidecar's ntotal disagrees with its index, or a file vanished before its read.",
 )
 @click.option(
     "--allow-empty",
@@ -201,8 +202,9 @@ def commit(
     Chroma, LangChain or LlamaIndex store whose files are damaged or whose counts disagree, a
     SQLite database cut short, found as it is read (a checkout refuses these: warned of even
     with -q), a .meta.json sidecar stating another ntotal (a checkout warns too). One warning
-    line per problem on stderr; with --strict an error and nothing is committed. A repository
-    inside the data dir is never stored. Prints the new snapshot id.
+    line per problem on stderr; with --strict an error and nothing is committed. A plain file
+    deleted before it is read is left out, with a warning (with --strict, an error). A
+    repository inside the data dir is never stored. Prints the new snapshot id.
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
@@ -237,28 +239,31 @@ def commit(
                 raise InconsistentData(f"{exc} (--strict)") from exc
 
     repo, created = open_or_create(c)
-    try:
-        r = attempt(repo)
-    except RepositoryGone:  # deleted since this host kept its config: made anew, once
-        repo.close()
-        repo, created = open_or_create(c)
-        r = attempt(repo)
-    if created:  # said once the commit succeeded, so a failed one prints its error alone
-        say_created(c, repo)
-    for note in r.notes:
-        c.note_once(note)
-    for w in r.warnings:
-        warn(w, always=w in r.damage)
-    with printing(f"snapshot {r.id} is stored"):  # a stdout closed or full: said so, with it
-        if as_json:
-            emit_json(r.to_json())
-            return
-        c.say(
-            f"snapshot {r.id[:8]} saved: {r.files_new} new, {r.files_changed} changed, "
-            f"{r.files_unchanged} unchanged files; {human(r.bytes_read)} read, "
-            f"{human(r.bytes_added)} added ({r.seconds:.2f} s)"
-        )
-        click.echo(r.id)
+    stored = lambda r: f"the commit completed: snapshot {r.id} is stored"  # noqa: E731
+    with after_landing(stored):  # a signal once its manifest is stored: said so, with its id
+        try:
+            r = attempt(repo)
+        except RepositoryGone:  # deleted since this host kept its config: made anew, once
+            repo.close()
+            repo, created = open_or_create(c)
+            r = attempt(repo)
+    with after_landing(stored, r):
+        if created:  # said once the commit succeeded, so a failed one prints its error alone
+            say_created(c, repo)
+        for note in r.notes:
+            c.note_once(note)
+        for w in r.warnings:
+            warn(w, always=w in r.damage)
+        with printing(f"snapshot {r.id} is stored"):  # a stdout closed or full: said so
+            if as_json:
+                emit_json(r.to_json())
+                return
+            c.say(
+                f"snapshot {r.id[:8]} saved: {r.files_new} new, {r.files_changed} changed, "
+                f"{r.files_unchanged} unchanged files; {human(r.bytes_read)} read, "
+                f"{human(r.bytes_added)} added ({r.seconds:.2f} s)"
+            )
+            click.echo(r.id)
 
 
 @cli.command()
@@ -365,7 +370,7 @@ def checkout(
         ):
             what = " ".join(snap.paths) or "(all)"
             c.say(f"plan: {what} from snapshot {group_id.short} ({local_time(snap.time)})")
-    with progress_bar(c, "restore") as progress:
+    with progress_bar(c, "restore") as progress, after_landing(_checkout_done):
         try:
             r = checkout_snapshot(
                 repo,
@@ -396,25 +401,39 @@ def checkout(
                 f"saving the pre-checkout snapshot of the data this checkout replaces failed, "
                 f"nothing was replaced: {exc} (--no-safety-snapshot replaces it without saving)"
             ) from exc
-    for w in r.warnings:
-        warn(w)
-    for ch in (r.smoke or {}).get("checks", []):
-        if ch.get("warning"):
-            warn(f"{ch['check']} on {ch['path']}: {ch['detail']}")
+    with after_landing(_checkout_done, r):
+        for w in r.warnings:
+            warn(w)
+        for ch in (r.smoke or {}).get("checks", []):
+            if ch.get("warning"):
+                warn(f"{ch['check']} on {ch['path']}: {ch['detail']}")
+        if as_json:
+            with printing(_restored(r)):
+                emit_json(r.to_json())
+            return
+        if r.safety_snapshot:
+            c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
+        c.say(
+            f"restored {_restored(r, into=False)} into {r.target}: {r.files_written} written, "
+            f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
+        )
+        if r.smoke is not None:
+            c.say(_smoke_summary(r.smoke))
+
+
+def _restored(r: CheckoutResult, into: bool = True) -> str:
+    """`snapshot X restored into DIR` (into=False: `snapshot X`), for the lines saying so."""
     ids = [src["id"][:8] for src in r.sources] or [r.id[:8]]
     what = f"snapshots {', '.join(ids)}" if len(ids) > 1 else f"snapshot {ids[0]}"
-    if as_json:
-        with printing(f"{what} restored into {r.target}"):
-            emit_json(r.to_json())
-        return
-    if r.safety_snapshot:
-        c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
-    c.say(
-        f"restored {what} into {r.target}: {r.files_written} written, "
-        f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
+    return f"{what} restored into {r.target}" if into else what
+
+
+def _checkout_done(r: CheckoutResult) -> str:
+    """What a checkout a signal stopped once its swap had begun completed."""
+    saved = r.safety_snapshot and f"snapshot {r.safety_snapshot[:8]} (tag pre-checkout)"
+    return f"the checkout completed: {_restored(r)}" + (
+        f", the replaced data saved as {saved}" if saved else ""
     )
-    if r.smoke is not None:
-        c.say(_smoke_summary(r.smoke))
 
 
 def _smoke_summary(report: dict[str, Any]) -> str:
