@@ -158,7 +158,7 @@ def test_failed_first_commit_leaves_no_repository(
         root.mkdir()
         (root / placeholder).write_text("backups of the app\n")
     # small packs, so the commit writes several
-    monkeypatch.setattr("casnap.repository.default_config", small_config)
+    monkeypatch.setattr("casnap.config.default_config", small_config)
     with F.faulty_local_backends("put:enospc:2:packs/"):
         code, out = _commit(root, data)
     assert code == 8, out
