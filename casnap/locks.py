@@ -15,21 +15,20 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
 import os
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
 
 from casnap import fsutil
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
-from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
+from casnap.errors import AccessDenied, CasnapError, LockError
 from casnap.fsutil import seconds_from_env
-from casnap.procs import pid_alive, pid_namespace, process_start_time
+from casnap.lockinfo import LockInfo, duration, read_lock
+from casnap.procs import pid_namespace, process_start_time
 from casnap.signals import uninterrupted
 
 # The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
@@ -79,160 +78,6 @@ def exclusive(operation: str) -> bool:
     raise ValueError(f"operation {operation!r} declares no lock mode")
 
 
-class LockInfo(NamedTuple):
-    """Who holds a lock."""
-
-    key: str
-    host: str
-    pid: int
-    start: int | None
-    exclusive: bool
-    operation: str
-    time: float  # when this lock object was written: taken, or last refreshed
-    readable: bool = True  # False: the file is not a lock casnap can read (damaged or foreign)
-    taken: float | None = None  # when the holder took the lock (None: written before refreshes)
-    pidns: int | None = None  # the holder's PID namespace (None: written before it was recorded)
-    folder: str | None = None  # the data dir a commit reads or a checkout writes (its real path)
-
-    def describe(self) -> str:
-        if not self.readable:
-            return f"lock file {self.key} cannot be read (damaged, or not written by casnap)"
-        kind = "exclusive" if self.exclusive else "shared"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken or self.time))
-        of = f" of {self.folder}" if self.folder else ""
-        return (
-            f"{kind} lock held by {self.operation}{of} (pid {self.pid} on {self.host}, since "
-            f"{since})"
-        )
-
-    def clashes(self, operation: str, folder: str | None) -> bool:
-        """Whether a shared holder and we may not run at once all the same: a checkout and a
-        commit or checkout of one folder, on one host, in two processes (a commit would store
-        a mix of the files the checkout swaps; the pre-checkout commit runs inside its own
-        checkout, in its process)."""
-        return (
-            folder is not None
-            and self.folder == folder
-            and "checkout" in (operation, self.operation)
-            and self.local()
-            and self.pid != os.getpid()
-        )
-
-    def stale(self, stale_after: float = LOCK_STALE_SECONDS) -> bool:
-        """True for a lock not refreshed for stale_after seconds (any host), or of a process of
-        this host that no longer runs."""
-        return self.stale_reason(stale_after) is not None
-
-    def local(self) -> bool:
-        """Whether the holder's pid means a process here: same host name and PID namespace (a
-        container sharing the host name has its own pids; a lock without a namespace is older
-        and judged by its host alone)."""
-        same_ns = self.pidns is None or self.pidns == pid_namespace()
-        return self.host == fsutil.hostname() and same_ns
-
-    def stale_reason(self, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
-        """Why the lock is stale (see stale), None when it is not."""
-        if not self.readable:
-            return None
-        if self.local() and not pid_alive(self.pid, self.start):
-            return "its process no longer runs"
-        age = time.time() - self.time
-        if age > stale_after:
-            return f"not refreshed for {_duration(age)}"
-        return None
-
-    def conflict_message(self, location: str) -> str:
-        """Why a repository is locked, and what to do if the holder is gone."""
-        if not self.readable:
-            return (
-                f"repository {location} is locked: lock file {location}/{self.key} cannot be "
-                "read (damaged, or not written by casnap); `casnap unlock` removes it"
-            )
-        hint = ""
-        if not self.local():
-            hint = (
-                "; a lock its holder stops refreshing is stale after "
-                f"{_duration(LOCK_STALE_SECONDS)}: if that process no longer runs, "
-                "`casnap unlock --force` removes the lock now"
-            )
-        return f"repository {location} is locked: {self.describe()}{hint}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "key": self.key,
-            "readable": self.readable,
-            "host": self.host if self.readable else None,
-            "pid": self.pid if self.readable else None,
-            "operation": self.operation if self.readable else None,
-            "exclusive": self.exclusive,
-            "time": self.time if self.readable else None,
-        }
-
-
-def _duration(seconds: float) -> str:
-    """A duration for messages: "45 s", "31 min", "26 h"."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
-
-
-def _pid(x: object) -> int:
-    """A holder's pid: a process id (0 and negative ones name process groups to kill)."""
-    if type(x) is not int or not 0 < x < 1 << 31:
-        raise ValueError(f"not a process id: {x!r:.40}")
-    return x
-
-
-def _optional_int(x: object) -> int | None:
-    """An integer field that may be null (start time, PID namespace)."""
-    if x is not None and (type(x) is not int or not 0 <= x < 1 << 64):
-        raise ValueError(f"not an integer field: {x!r:.40}")
-    return x
-
-
-# The times a lock may carry: from the epoch to the end of year 9999, what every clock can show
-# (a larger finite number made time.localtime fail while the lock was described)
-_LAST_TIME = 253402300799.0
-
-
-def _seconds(x: object) -> float:
-    """A time in seconds since the epoch, within [0, _LAST_TIME]; ValueError for anything else
-    (a float raises OverflowError past its own range)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
-        raise ValueError(f"not a time: {x!r:.40}")
-    if not 0 <= float(x) <= _LAST_TIME:
-        raise ValueError(f"a time no clock shows: {x!r:.40}")
-    return float(x)
-
-
-def _read(backend: Backend, key: str) -> LockInfo | None:
-    try:
-        d = json.loads(backend.get(key))
-        return LockInfo(
-            key,
-            str(d["host"]),
-            _pid(d["pid"]),
-            _optional_int(d.get("start")),
-            bool(d["exclusive"]),
-            str(d.get("operation", "?")),
-            _seconds(d.get("time", 0)),
-            taken=_seconds(d["taken"]) if d.get("taken") is not None else None,
-            pidns=_optional_int(d.get("pidns")),
-            folder=str(d["folder"]) if d.get("folder") is not None else None,
-        )
-    except ObjectMissing:
-        return None  # removed meanwhile
-    except IntegrityError:  # damaged, or a sealed lock that fails to open: held, as below
-        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
-    except CasnapError:
-        return None
-    except (ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError):
-        # a torn or foreign lock file: treat as held by an unknown process, exclusive
-        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
-
-
 LOCKS = "locks/"
 Listing = dict[str, list[tuple[str, int]]]  # (key, size) of the objects of each folder listed
 
@@ -267,7 +112,7 @@ def _holders(
     for key, _ in listing:
         if key == own:
             continue
-        info = _read(backend, key)
+        info = read_lock(backend, key)
         if info is not None:
             out.append(info)
     return out
@@ -380,7 +225,7 @@ class _Held:
         except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
             idle = time.monotonic() - self._last
             if idle > self.stale:
-                self.lost = f"its lock could not be refreshed for {_duration(idle)} ({exc})"
+                self.lost = f"its lock could not be refreshed for {duration(idle)} ({exc})"
                 return False
             return True  # the old object stands; try again next time
         old = self.key
