@@ -1,6 +1,12 @@
 """Who holds a lock: the fields of a lock object, read back checked, and what they say of their
-holder: whether it is a process of this host (its pid can then be checked here), whether the
+holder: whether it is a process of this machine (its pid can then be checked here), whether the
 lock is stale, how it is described in messages (docs/FORMAT.md, "Locks").
+
+A lock names a process of this machine only when its host name, its PID namespace and its boot
+id are this machine's: a pid means nothing under another kernel (another machine of the same
+name, such as a cloned VM; this machine before a reboot) nor in another PID namespace (a
+container sharing the host name). Fields a lock of an older casnap lacks (`pidns`, `boot`) are
+not compared.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from casnap import fsutil
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_STALE_SECONDS
 from casnap.errors import CasnapError, IntegrityError, ObjectMissing
-from casnap.procs import pid_alive, pid_namespace
+from casnap.procs import boot_id, pid_alive, pid_namespace
 
 
 class LockInfo(NamedTuple):
@@ -32,6 +38,7 @@ class LockInfo(NamedTuple):
     taken: float | None = None  # when the holder took the lock (None: written before refreshes)
     pidns: int | None = None  # the holder's PID namespace (None: written before it was recorded)
     folder: str | None = None  # the data dir a commit reads or a checkout writes (its real path)
+    boot: str | None = None  # the holder's kernel boot id (None: written before it was recorded)
 
     def describe(self) -> str:
         if not self.readable:
@@ -40,9 +47,20 @@ class LockInfo(NamedTuple):
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken or self.time))
         of = f" of {self.folder}" if self.folder else ""
         return (
-            f"{kind} lock held by {self.operation}{of} (pid {self.pid} on {self.host}, since "
-            f"{since})"
+            f"{kind} lock held by {self.operation}{of} (pid {self.pid} on {self.host}"
+            f"{self._elsewhere()}, since {since})"
         )
+
+    def _elsewhere(self) -> str:
+        """What tells a holder of this host name apart from this machine's processes, when
+        something does: a lock that names this host and is not judged by its pid says why."""
+        if self.host != fsutil.hostname():
+            return ""
+        if self.boot is not None and self.boot != boot_id():
+            return " under another boot"  # another machine of this name, or before a reboot
+        if self.pidns is not None and self.pidns != pid_namespace():
+            return " in another PID namespace"
+        return ""
 
     def clashes(self, operation: str, folder: str | None) -> bool:
         """Whether a shared holder and we may not run at once all the same: a checkout and a
@@ -59,15 +77,17 @@ class LockInfo(NamedTuple):
 
     def stale(self, stale_after: float = LOCK_STALE_SECONDS) -> bool:
         """True for a lock not refreshed for stale_after seconds (any host), or of a process of
-        this host that no longer runs."""
+        this machine that no longer runs."""
         return self.stale_reason(stale_after) is not None
 
     def local(self) -> bool:
-        """Whether the holder's pid means a process here: same host name and PID namespace (a
-        container sharing the host name has pids of its own; a lock without a namespace is older
-        and judged by its host alone)."""
+        """Whether the holder's pid means a process here: same host name, PID namespace and
+        boot (a container sharing the host name has pids of its own; another machine of the
+        same name, or this one before a reboot, another kernel). A field the lock lacks
+        (written by an older casnap) is not compared."""
         same_ns = self.pidns is None or self.pidns == pid_namespace()
-        return self.host == fsutil.hostname() and same_ns
+        same_boot = self.boot is None or self.boot == boot_id()
+        return self.host == fsutil.hostname() and same_ns and same_boot
 
     def stale_reason(self, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
         """Why the lock is stale (see stale), None when it is not."""
@@ -131,6 +151,13 @@ def _optional_int(x: object) -> int | None:
     return x
 
 
+def _boot(x: object) -> str | None:
+    """A boot id, which may be null: a short printable string (Linux's is a UUID)."""
+    if x is not None and (type(x) is not str or not 0 < len(x) <= 64 or not x.isprintable()):
+        raise ValueError(f"not a boot id: {x!r:.40}")
+    return x
+
+
 # The times a lock may carry: from the epoch to the end of year 9999, what every clock can show
 # (a larger finite number made time.localtime fail while the lock was described)
 _LAST_TIME = 253402300799.0
@@ -163,6 +190,7 @@ def read_lock(backend: Backend, key: str) -> LockInfo | None:
             taken=_seconds(d["taken"]) if d.get("taken") is not None else None,
             pidns=_optional_int(d.get("pidns")),
             folder=str(d["folder"]) if d.get("folder") is not None else None,
+            boot=_boot(d.get("boot")),
         )
     except ObjectMissing:
         return None  # removed meanwhile
@@ -173,3 +201,8 @@ def read_lock(backend: Backend, key: str) -> LockInfo | None:
     except (ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError):
         # a torn or foreign lock file: treat as held by an unknown process, exclusive
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
+
+
+def this_machine() -> dict[str, object]:
+    """The fields of a lock that name this process's machine: host name, PID namespace, boot."""
+    return {"host": fsutil.hostname(), "pidns": pid_namespace(), "boot": boot_id()}

@@ -5,9 +5,10 @@ first and then looks at the others; on conflict it removes its own and waits. Bo
 therefore see each other and neither proceeds alone. Several hosts may share a repository: while
 the block runs, a thread writes the lock afresh every LOCK_REFRESH_SECONDS (a new object with the
 new time, then the old one deleted: objects are immutable). A lock not refreshed for
-LOCK_STALE_SECONDS is stale whatever its host, as is one of a dead process on this host; whoever
-finds a stale lock removes it. A holder whose own lock was removed meanwhile fails at the end of
-its block: its protection was gone (docs/FORMAT.md, "Locks").
+LOCK_STALE_SECONDS is stale whatever its host, as is one of a dead process of this machine (its
+host name, PID namespace and boot: lockinfo.py); whoever finds a stale lock removes it, and says
+so. A holder whose own lock was removed meanwhile fails at the end of its block: its protection
+was gone (docs/FORMAT.md, "Locks").
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from casnap import fsutil
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
 from casnap.errors import AccessDenied, CasnapError, LockError
 from casnap.fsutil import seconds_from_env
-from casnap.lockinfo import LockInfo, duration, read_lock
-from casnap.procs import pid_namespace, process_start_time
+from casnap.lockinfo import LockInfo, duration, read_lock, this_machine
+from casnap.procs import process_start_time
 from casnap.signals import uninterrupted
 
 # The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
@@ -126,10 +126,11 @@ def _conflict(
     along: Sequence[str] = (),
     operation: str = "",
     data_dir: str | None = None,
+    removed: Callable[[LockInfo, str], None] | None = None,
 ) -> tuple[LockInfo | None, Listing]:
-    """The first live lock that conflicts with ours, stale locks found on the way removed; and
-    what the folders `along` held, listed in the same request as locks/ where the store can
-    (Backend.list_several)."""
+    """The first live lock that conflicts with ours, stale locks found on the way removed (and
+    removed told of each, with why it was stale); and what the folders `along` held, listed in
+    the same request as locks/ where the store can (Backend.list_several)."""
     listed: Listing = {folder: [] for folder in along}
     found: list[tuple[str, int]] = []
     for key, size in backend.list_several((LOCKS, *along)) if along else backend.list(LOCKS):
@@ -141,8 +142,11 @@ def _conflict(
         elif folder is not None:
             listed[folder].append((key, size))
     for info in _holders(backend, found, own):
-        if info.stale(stale_after):
+        why = info.stale_reason(stale_after)
+        if why is not None:
             backend.delete(info.key)
+            if removed is not None:
+                removed(info, why)
             continue
         if exclusive or info.exclusive or info.clashes(operation, data_dir):
             return info, listed
@@ -285,13 +289,15 @@ def locked(
     stale: float = LOCK_STALE_SECONDS,
     listed: Listed | None = None,
     folder: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
     notify hears once what it waits for.
 
     The lock is written afresh every `refresh` seconds while the block runs, and other locks not
-    refreshed for `stale` seconds are removed as stale. A block that ends normally after its
+    refreshed for `stale` seconds (or of a process of this machine that no longer runs) are
+    removed as stale: warn hears of each, in one line. A block that ends normally after its
     lock was removed (found stale, or `unlock --force`) raises LockError: a gc may have run.
 
     With unwritable, a shared lock that cannot be written for lack of permission or on a
@@ -309,10 +315,9 @@ def locked(
     key = _new_key()
     pid = os.getpid()
     record: dict[str, object] = {
-        "host": fsutil.hostname(),
+        **this_machine(),  # host, pidns, boot
         "pid": pid,
         "start": process_start_time(pid),
-        "pidns": pid_namespace(),
         "exclusive": exclusive,
         "operation": operation,
         "taken": time.time(),
@@ -334,7 +339,9 @@ def locked(
             _drop(backend, key)
             raise
         try:
-            conflict, seen = _conflict(backend, key, exclusive, stale, along, operation, folder)
+            conflict, seen = _conflict(
+                backend, key, exclusive, stale, along, operation, folder, _removed(warn)
+            )
             if conflict is None:
                 held = _Held(backend, key, record, refresh, stale)
                 break
@@ -414,11 +421,18 @@ def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -
     return present
 
 
+def _removed(warn: Callable[[str], None] | None) -> Callable[[LockInfo, str], None] | None:
+    """What tells warn of a stale lock removed: one line naming it, its holder and why."""
+    if warn is None:
+        return None
+    return lambda info, why: warn(f"removed stale lock {info.key}: {info.describe()} ({why})")
+
+
 def unlock(
     backend: Backend, force: bool = False, stale: float = LOCK_STALE_SECONDS
 ) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
     """Remove stale locks: those not refreshed for `stale` seconds (on any host), those of
-    processes of this host that no longer run, and lock files that cannot be read; with force,
+    processes of this machine that no longer run, and lock files that cannot be read; with force,
     every lock. Returns (removed, why) pairs and the locks kept.
 
     Only force removes a lock whose holder may be running (here, or on another host: its pid
