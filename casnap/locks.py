@@ -8,7 +8,8 @@ new time, then the old one deleted: objects are immutable). A lock not refreshed
 LOCK_STALE_SECONDS is stale whatever its host, as is one of a dead process of this machine (its
 host name, PID namespace and boot: lockinfo.py); whoever finds a stale lock removes it, and says
 so. A holder whose own lock was removed meanwhile fails at the end of its block: its protection
-was gone (docs/FORMAT.md, "Locks").
+was gone. One whose lock cannot be removed at the end (the store unreachable) has done its work:
+it says so and succeeds, and the lock left goes stale (docs/FORMAT.md, "Locks").
 """
 
 from __future__ import annotations
@@ -246,6 +247,10 @@ class _Held:
         self.key, self._last = new, time.monotonic()
         return True
 
+    def unwritten(self) -> float:
+        """Seconds since the lock was last written (taken or refreshed)."""
+        return time.monotonic() - self._last
+
     def stop(self) -> str | None:
         """Stop refreshing; why the lock was lost so far (None: not known to be). Whether its
         last object is still there is learnt when it is released (`_release`)."""
@@ -299,6 +304,10 @@ def locked(
     refreshed for `stale` seconds (or of a process of this machine that no longer runs) are
     removed as stale: warn hears of each, in one line. A block that ends normally after its
     lock was removed (found stale, or `unlock --force`) raises LockError: a gc may have run.
+    One whose lock cannot be removed at its end (the store unreachable, a read-only folder)
+    has done its work: warn hears of the lock left, and the block's end is not an error (the
+    lock was written within `stale` seconds, so no other process can have found it stale; a
+    lock not written for longer may have been, and is lost as above).
 
     With unwritable, a shared lock that cannot be written for lack of permission or on a
     read-only filesystem is skipped: unwritable is told so in one line and the block runs.
@@ -367,8 +376,7 @@ def locked(
             _HOLDING.discard(held)
             # one try, never hiding the block's error (a store gone waits out its retries on
             # each try); a lock left goes stale, and this host's next command removes it
-            with contextlib.suppress(CasnapError):
-                _release(backend, held.key, held.leftovers, tries=1)
+            _release(backend, held.key, held.leftovers, tries=1)
         raise
     finally:
         if listed is not None:
@@ -382,9 +390,25 @@ def locked(
         _HOLDING.discard(held)
         # the lock must still be there now that the block's work is stored (its commit
         # point): else a gc may have run meanwhile. Its removal says so, in one request where
-        # it can.
-        if not _release(backend, held.key, held.leftovers) and lost is None:
+        # it can. A removal that fails cannot tell: the lock is taken as still there while it
+        # was written within the stale age (only `unlock --force` removes a lock so fresh).
+        present, left = _release(backend, held.key, held.leftovers)
+        unwritten = held.unwritten()
+        if left is not None and unwritten > stale and lost is None:
+            lost = (
+                f"its lock could not be removed ({left[1]}) and was last written "
+                f"{duration(unwritten)} ago: it may have been"
+            )
+        if not present and lost is None:
             lost = "its lock was removed while it ran"
+        if left is not None and lost is None and warn is not None:  # said before any signal
+            name, why = left
+            warn(
+                f"could not remove lock {name} of {operation} on {backend.location} ({why}); "
+                "its work is done: the lock goes stale when no longer refreshed (for this "
+                f"machine once this process ends, for others after {duration(stale)}), and "
+                "`casnap unlock` removes it then"
+            )
     if lost is not None:
         raise LockError(
             f"{operation} on {backend.location} finished, but {lost} (found stale by another "
@@ -400,12 +424,16 @@ def _drop(backend: Backend, key: str) -> None:
         backend.delete(key)
 
 
-def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -> bool:
+def _release(
+    backend: Backend, key: str, leftovers: list[str], tries: int = 3
+) -> tuple[bool, tuple[str, CasnapError] | None]:
     """Remove our lock (and old objects of it a refresh left), retrying a failed delete: the
     work it guarded is done, and a lock left by a live process blocks every gc until that
-    process exits (or goes stale). Whether key was still there (after a failed try that may
-    have removed it: True)."""
+    process exits (or goes stale). Whether key was still there (True when that cannot be told:
+    after a failed try that may have removed it, or when every try failed), and the first
+    object of ours left, with the error that left it."""
     present = True
+    left: tuple[str, CasnapError] | None = None
     for n, name in enumerate([key, *leftovers]):
         for attempt in range(tries):
             try:
@@ -414,11 +442,12 @@ def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -
                 else:
                     backend.delete(name)
                 break
-            except CasnapError:
+            except CasnapError as exc:
                 if attempt == tries - 1:
-                    raise
+                    left = left or (name, exc)
+                    break
                 time.sleep(0.05 * (attempt + 1))
-    return present
+    return present, left
 
 
 def _removed(warn: Callable[[str], None] | None) -> Callable[[LockInfo, str], None] | None:

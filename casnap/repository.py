@@ -69,7 +69,7 @@ class Repository:
         self._ahead = ListsAhead()  # chunk lists read ahead from a remote backend
         self._sizes: dict[str, int] | None = None  # manifest sizes, from the last listing
         self.kept_config: CachingBackend | None = None  # set when the config came from the cache
-        # told of waits (a locked database or lock), warn of stale locks it removed; or None
+        # told of waits (a locked database or lock), warn of locks left or found stale; or None
         self.notify: Callable[[str], None] | None = None
         self.warn: Callable[[str], None] | None = None
         self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it

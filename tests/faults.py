@@ -5,7 +5,7 @@ layers above. A `Fault` watches one operation (put, get, list, delete) on keys u
 counts the matching calls and acts on the nth one (and on every later one when `times` is None):
 it raises an I/O error, reports a full disk, lands a write truncated, flips a byte of what a read
 returns, fails transiently (before the call, or after it landed with its answer lost), calls a
-test hook, or SIGKILLs the whole process.
+test hook, makes the key's folder refuse changes, or SIGKILLs the whole process.
 
 `FaultyBackend` is the wrapper tests build by hand. `faulty_local_backends` gives every
 LocalBackend opened while it is active the faults of a spec (see `parse_spec`): tests use it around
@@ -15,9 +15,11 @@ subprocess for crash tests. casnap itself has no test hook: the faults come from
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
+import subprocess
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +43,7 @@ ACTIONS = (
     "call",
     "term",
     "burst",
+    "seal",
 )
 
 
@@ -56,7 +59,10 @@ class Fault:
     "kill" SIGKILLs the process once the call has completed, "call" runs `hook(key)` once the
     call has completed, "term" sends the process SIGTERM just before the call (a service manager
     stopping it at that step), "burst" SIGINT and SIGTERM at once (the second is handled as the
-    first unwinds). times=None keeps acting on every later call.
+    first unwinds), "seal" makes the folder of the key (of a local backend, through `install`)
+    refuse new and removed entries once the call has completed (`seal`: immutable as root,
+    else without write permission; `unseal` undoes it). times=None keeps acting on every later
+    call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -125,8 +131,9 @@ def call_after(op: str, nth: int, hook: Callable[[str], None], prefix: str = "")
 class FaultPlan:
     """Counts calls per fault and applies the faults; thread-safe (checkout reads in parallel)."""
 
-    def __init__(self, faults: Iterable[Fault]) -> None:
+    def __init__(self, faults: Iterable[Fault], root: str | None = None) -> None:
         self.faults = list(faults)
+        self.root = root  # the local backend's directory, for "seal"
         self.counts = [0] * len(self.faults)
         self.fired: list[tuple[Fault, str]] = []
         self._lock = threading.Lock()
@@ -161,10 +168,11 @@ class FaultPlan:
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    @staticmethod
-    def after(faults: list[Fault], key: str) -> None:
+    def after(self, faults: list[Fault], key: str) -> None:
         """Run the faults that act once the call has completed."""
         for f in faults:
+            if f.action == "seal" and self.root is not None:
+                seal(os.path.join(self.root, os.path.dirname(key)))
             if f.action == "lost":
                 raise TransientError(f"{key}: injected lost answer ({f.describe()})")
             if f.action == "call" and f.hook is not None:
@@ -282,7 +290,8 @@ def install(backend: Backend, spec: str) -> Backend:
     """
     if not spec:
         return backend
-    plan = FaultPlan(parse_spec(spec))
+    root = getattr(backend, "root", None)
+    plan = FaultPlan(parse_spec(spec), None if root is None else os.fspath(root))
     put, get, lst, delete = backend.put, backend.get, backend.list, backend.delete
     wrapped: dict[str, Callable[..., Any]] = {
         "put": lambda _self, key, data: plan.put(put, key, data),
@@ -309,6 +318,23 @@ def install(backend: Backend, spec: str) -> Backend:
         replace._casnap_fault = True  # type: ignore[attr-defined]
         os.replace = replace  # type: ignore[assignment]
     return backend
+
+
+def seal(folder: str | os.PathLike[str]) -> None:
+    """Make folder refuse new and removed entries (a read-only folder, whoever asks): immutable
+    as root (`chattr +i`), else without write permission."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", os.fspath(folder)], check=True, capture_output=True)
+    else:
+        os.chmod(folder, 0o555)
+
+
+def unseal(folder: str | os.PathLike[str]) -> None:
+    """Undo seal (nothing for a folder not sealed, or gone)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", os.fspath(folder)], check=False, capture_output=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(folder, 0o755)
 
 
 @contextmanager

@@ -287,8 +287,8 @@ class Context:
 
     def listen(self, repo: Repository) -> Repository:
         """Let the repository say what it waits for (a lock, a locked database) on a terminal,
-        and warn of another's stale lock it removed; say once when a password was given for a
-        repository that is not encrypted."""
+        and warn of a lock it could not remove or another's stale lock it removed; say once
+        when a password was given for a repository that is not encrypted."""
         repo.notify = self.notice
         repo.warn = warn
         if not repo.encrypted and self.passwords.given():
