@@ -5,9 +5,11 @@ first and then looks at the others; on conflict it removes its own and waits. Bo
 therefore see each other and neither proceeds alone. Several hosts may share a repository: while
 the block runs, a thread writes the lock afresh every LOCK_REFRESH_SECONDS (a new object with the
 new time, then the old one deleted: objects are immutable). A lock not refreshed for
-LOCK_STALE_SECONDS is stale whatever its host, as is one of a dead process on this host; whoever
-finds a stale lock removes it. A holder whose own lock was removed meanwhile fails at the end of
-its block: its protection was gone (docs/FORMAT.md, "Locks").
+LOCK_STALE_SECONDS is stale whatever its host, as is one of a dead process of this machine (its
+host name, PID namespace and boot: lockinfo.py); whoever finds a stale lock removes it, and says
+so. A holder whose own lock was removed meanwhile fails at the end of its block: its protection
+was gone. One whose lock cannot be removed at the end (the store unreachable) has done its work:
+it says so and succeeds, and the lock left goes stale (docs/FORMAT.md, "Locks").
 """
 
 from __future__ import annotations
@@ -15,21 +17,19 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
 import os
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
 
-from casnap import fsutil
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
-from casnap.errors import AccessDenied, CasnapError, IntegrityError, LockError, ObjectMissing
+from casnap.errors import AccessDenied, CasnapError, LockError
 from casnap.fsutil import seconds_from_env
-from casnap.procs import pid_alive, pid_namespace, process_start_time
+from casnap.lockinfo import LockInfo, duration, read_lock, this_machine
+from casnap.procs import process_start_time
 from casnap.signals import uninterrupted
 
 # The lock every operation takes, declared once: shared for what only adds or reads (a commit adds
@@ -79,160 +79,6 @@ def exclusive(operation: str) -> bool:
     raise ValueError(f"operation {operation!r} declares no lock mode")
 
 
-class LockInfo(NamedTuple):
-    """Who holds a lock."""
-
-    key: str
-    host: str
-    pid: int
-    start: int | None
-    exclusive: bool
-    operation: str
-    time: float  # when this lock object was written: taken, or last refreshed
-    readable: bool = True  # False: the file is not a lock casnap can read (damaged or foreign)
-    taken: float | None = None  # when the holder took the lock (None: written before refreshes)
-    pidns: int | None = None  # the holder's PID namespace (None: written before it was recorded)
-    folder: str | None = None  # the data dir a commit reads or a checkout writes (its real path)
-
-    def describe(self) -> str:
-        if not self.readable:
-            return f"lock file {self.key} cannot be read (damaged, or not written by casnap)"
-        kind = "exclusive" if self.exclusive else "shared"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken or self.time))
-        of = f" of {self.folder}" if self.folder else ""
-        return (
-            f"{kind} lock held by {self.operation}{of} (pid {self.pid} on {self.host}, since "
-            f"{since})"
-        )
-
-    def clashes(self, operation: str, folder: str | None) -> bool:
-        """Whether a shared holder and we may not run at once all the same: a checkout and a
-        commit or checkout of one folder, on one host, in two processes (a commit would store
-        a mix of the files the checkout swaps; the pre-checkout commit runs inside its own
-        checkout, in its process)."""
-        return (
-            folder is not None
-            and self.folder == folder
-            and "checkout" in (operation, self.operation)
-            and self.local()
-            and self.pid != os.getpid()
-        )
-
-    def stale(self, stale_after: float = LOCK_STALE_SECONDS) -> bool:
-        """True for a lock not refreshed for stale_after seconds (any host), or of a process of
-        this host that no longer runs."""
-        return self.stale_reason(stale_after) is not None
-
-    def local(self) -> bool:
-        """Whether the holder's pid means a process here: same host name and PID namespace (a
-        container sharing the host name has its own pids; a lock without a namespace is older
-        and judged by its host alone)."""
-        same_ns = self.pidns is None or self.pidns == pid_namespace()
-        return self.host == fsutil.hostname() and same_ns
-
-    def stale_reason(self, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
-        """Why the lock is stale (see stale), None when it is not."""
-        if not self.readable:
-            return None
-        if self.local() and not pid_alive(self.pid, self.start):
-            return "its process no longer runs"
-        age = time.time() - self.time
-        if age > stale_after:
-            return f"not refreshed for {_duration(age)}"
-        return None
-
-    def conflict_message(self, location: str) -> str:
-        """Why a repository is locked, and what to do if the holder is gone."""
-        if not self.readable:
-            return (
-                f"repository {location} is locked: lock file {location}/{self.key} cannot be "
-                "read (damaged, or not written by casnap); `casnap unlock` removes it"
-            )
-        hint = ""
-        if not self.local():
-            hint = (
-                "; a lock its holder stops refreshing is stale after "
-                f"{_duration(LOCK_STALE_SECONDS)}: if that process no longer runs, "
-                "`casnap unlock --force` removes the lock now"
-            )
-        return f"repository {location} is locked: {self.describe()}{hint}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "key": self.key,
-            "readable": self.readable,
-            "host": self.host if self.readable else None,
-            "pid": self.pid if self.readable else None,
-            "operation": self.operation if self.readable else None,
-            "exclusive": self.exclusive,
-            "time": self.time if self.readable else None,
-        }
-
-
-def _duration(seconds: float) -> str:
-    """A duration for messages: "45 s", "31 min", "26 h"."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
-
-
-def _pid(x: object) -> int:
-    """A holder's pid: a process id (0 and negative ones name process groups to kill)."""
-    if type(x) is not int or not 0 < x < 1 << 31:
-        raise ValueError(f"not a process id: {x!r:.40}")
-    return x
-
-
-def _optional_int(x: object) -> int | None:
-    """An integer field that may be null (start time, PID namespace)."""
-    if x is not None and (type(x) is not int or not 0 <= x < 1 << 64):
-        raise ValueError(f"not an integer field: {x!r:.40}")
-    return x
-
-
-# The times a lock may carry: from the epoch to the end of year 9999, what every clock can show
-# (a larger finite number made time.localtime fail while the lock was described)
-_LAST_TIME = 253402300799.0
-
-
-def _seconds(x: object) -> float:
-    """A time in seconds since the epoch, within [0, _LAST_TIME]; ValueError for anything else
-    (a float raises OverflowError past its own range)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
-        raise ValueError(f"not a time: {x!r:.40}")
-    if not 0 <= float(x) <= _LAST_TIME:
-        raise ValueError(f"a time no clock shows: {x!r:.40}")
-    return float(x)
-
-
-def _read(backend: Backend, key: str) -> LockInfo | None:
-    try:
-        d = json.loads(backend.get(key))
-        return LockInfo(
-            key,
-            str(d["host"]),
-            _pid(d["pid"]),
-            _optional_int(d.get("start")),
-            bool(d["exclusive"]),
-            str(d.get("operation", "?")),
-            _seconds(d.get("time", 0)),
-            taken=_seconds(d["taken"]) if d.get("taken") is not None else None,
-            pidns=_optional_int(d.get("pidns")),
-            folder=str(d["folder"]) if d.get("folder") is not None else None,
-        )
-    except ObjectMissing:
-        return None  # removed meanwhile
-    except IntegrityError:  # damaged, or a sealed lock that fails to open: held, as below
-        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
-    except CasnapError:
-        return None
-    except (ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError):
-        # a torn or foreign lock file: treat as held by an unknown process, exclusive
-        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
-
-
 LOCKS = "locks/"
 Listing = dict[str, list[tuple[str, int]]]  # (key, size) of the objects of each folder listed
 
@@ -267,7 +113,7 @@ def _holders(
     for key, _ in listing:
         if key == own:
             continue
-        info = _read(backend, key)
+        info = read_lock(backend, key)
         if info is not None:
             out.append(info)
     return out
@@ -281,10 +127,11 @@ def _conflict(
     along: Sequence[str] = (),
     operation: str = "",
     data_dir: str | None = None,
+    removed: Callable[[LockInfo, str], None] | None = None,
 ) -> tuple[LockInfo | None, Listing]:
-    """The first live lock that conflicts with ours, stale locks found on the way removed; and
-    what the folders `along` held, listed in the same request as locks/ where the store can
-    (Backend.list_several)."""
+    """The first live lock that conflicts with ours, stale locks found on the way removed (and
+    removed told of each, with why it was stale); and what the folders `along` held, listed in
+    the same request as locks/ where the store can (Backend.list_several)."""
     listed: Listing = {folder: [] for folder in along}
     found: list[tuple[str, int]] = []
     for key, size in backend.list_several((LOCKS, *along)) if along else backend.list(LOCKS):
@@ -296,8 +143,11 @@ def _conflict(
         elif folder is not None:
             listed[folder].append((key, size))
     for info in _holders(backend, found, own):
-        if info.stale(stale_after):
+        why = info.stale_reason(stale_after)
+        if why is not None:
             backend.delete(info.key)
+            if removed is not None:
+                removed(info, why)
             continue
         if exclusive or info.exclusive or info.clashes(operation, data_dir):
             return info, listed
@@ -380,7 +230,7 @@ class _Held:
         except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
             idle = time.monotonic() - self._last
             if idle > self.stale:
-                self.lost = f"its lock could not be refreshed for {_duration(idle)} ({exc})"
+                self.lost = f"its lock could not be refreshed for {duration(idle)} ({exc})"
                 return False
             return True  # the old object stands; try again next time
         old = self.key
@@ -396,6 +246,10 @@ class _Held:
             return False
         self.key, self._last = new, time.monotonic()
         return True
+
+    def unwritten(self) -> float:
+        """Seconds since the lock was last written (taken or refreshed)."""
+        return time.monotonic() - self._last
 
     def stop(self) -> str | None:
         """Stop refreshing; why the lock was lost so far (None: not known to be). Whether its
@@ -440,14 +294,20 @@ def locked(
     stale: float = LOCK_STALE_SECONDS,
     listed: Listed | None = None,
     folder: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
     notify hears once what it waits for.
 
     The lock is written afresh every `refresh` seconds while the block runs, and other locks not
-    refreshed for `stale` seconds are removed as stale. A block that ends normally after its
+    refreshed for `stale` seconds (or of a process of this machine that no longer runs) are
+    removed as stale: warn hears of each, in one line. A block that ends normally after its
     lock was removed (found stale, or `unlock --force`) raises LockError: a gc may have run.
+    One whose lock cannot be removed at its end (the store unreachable, a read-only folder)
+    has done its work: warn hears of the lock left, and the block's end is not an error (the
+    lock was written within `stale` seconds, so no other process can have found it stale; a
+    lock not written for longer may have been, and is lost as above).
 
     With unwritable, a shared lock that cannot be written for lack of permission or on a
     read-only filesystem is skipped: unwritable is told so in one line and the block runs.
@@ -464,10 +324,9 @@ def locked(
     key = _new_key()
     pid = os.getpid()
     record: dict[str, object] = {
-        "host": fsutil.hostname(),
+        **this_machine(),  # host, pidns, boot
         "pid": pid,
         "start": process_start_time(pid),
-        "pidns": pid_namespace(),
         "exclusive": exclusive,
         "operation": operation,
         "taken": time.time(),
@@ -489,7 +348,9 @@ def locked(
             _drop(backend, key)
             raise
         try:
-            conflict, seen = _conflict(backend, key, exclusive, stale, along, operation, folder)
+            conflict, seen = _conflict(
+                backend, key, exclusive, stale, along, operation, folder, _removed(warn)
+            )
             if conflict is None:
                 held = _Held(backend, key, record, refresh, stale)
                 break
@@ -515,8 +376,7 @@ def locked(
             _HOLDING.discard(held)
             # one try, never hiding the block's error (a store gone waits out its retries on
             # each try); a lock left goes stale, and this host's next command removes it
-            with contextlib.suppress(CasnapError):
-                _release(backend, held.key, held.leftovers, tries=1)
+            _release(backend, held.key, held.leftovers, tries=1)
         raise
     finally:
         if listed is not None:
@@ -530,9 +390,25 @@ def locked(
         _HOLDING.discard(held)
         # the lock must still be there now that the block's work is stored (its commit
         # point): else a gc may have run meanwhile. Its removal says so, in one request where
-        # it can.
-        if not _release(backend, held.key, held.leftovers) and lost is None:
+        # it can. A removal that fails cannot tell: the lock is taken as still there while it
+        # was written within the stale age (only `unlock --force` removes a lock so fresh).
+        present, left = _release(backend, held.key, held.leftovers)
+        unwritten = held.unwritten()
+        if left is not None and unwritten > stale and lost is None:
+            lost = (
+                f"its lock could not be removed ({left[1]}) and was last written "
+                f"{duration(unwritten)} ago: it may have been"
+            )
+        if not present and lost is None:
             lost = "its lock was removed while it ran"
+        if left is not None and lost is None and warn is not None:  # said before any signal
+            name, why = left
+            warn(
+                f"could not remove lock {name} of {operation} on {backend.location} ({why}); "
+                "its work is done: the lock goes stale when no longer refreshed (for this "
+                f"machine once this process ends, for others after {duration(stale)}), and "
+                "`casnap unlock` removes it then"
+            )
     if lost is not None:
         raise LockError(
             f"{operation} on {backend.location} finished, but {lost} (found stale by another "
@@ -548,12 +424,16 @@ def _drop(backend: Backend, key: str) -> None:
         backend.delete(key)
 
 
-def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -> bool:
+def _release(
+    backend: Backend, key: str, leftovers: list[str], tries: int = 3
+) -> tuple[bool, tuple[str, CasnapError] | None]:
     """Remove our lock (and old objects of it a refresh left), retrying a failed delete: the
     work it guarded is done, and a lock left by a live process blocks every gc until that
-    process exits (or goes stale). Whether key was still there (after a failed try that may
-    have removed it: True)."""
+    process exits (or goes stale). Whether key was still there (True when that cannot be told:
+    after a failed try that may have removed it, or when every try failed), and the first
+    object of ours left, with the error that left it."""
     present = True
+    left: tuple[str, CasnapError] | None = None
     for n, name in enumerate([key, *leftovers]):
         for attempt in range(tries):
             try:
@@ -562,18 +442,26 @@ def _release(backend: Backend, key: str, leftovers: list[str], tries: int = 3) -
                 else:
                     backend.delete(name)
                 break
-            except CasnapError:
+            except CasnapError as exc:
                 if attempt == tries - 1:
-                    raise
+                    left = left or (name, exc)
+                    break
                 time.sleep(0.05 * (attempt + 1))
-    return present
+    return present, left
+
+
+def _removed(warn: Callable[[str], None] | None) -> Callable[[LockInfo, str], None] | None:
+    """What tells warn of a stale lock removed: one line naming it, its holder and why."""
+    if warn is None:
+        return None
+    return lambda info, why: warn(f"removed stale lock {info.key}: {info.describe()} ({why})")
 
 
 def unlock(
     backend: Backend, force: bool = False, stale: float = LOCK_STALE_SECONDS
 ) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
     """Remove stale locks: those not refreshed for `stale` seconds (on any host), those of
-    processes of this host that no longer run, and lock files that cannot be read; with force,
+    processes of this machine that no longer run, and lock files that cannot be read; with force,
     every lock. Returns (removed, why) pairs and the locks kept.
 
     Only force removes a lock whose holder may be running (here, or on another host: its pid

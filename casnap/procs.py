@@ -1,6 +1,7 @@
 """Processes: is one still running (to tell stale locks and leftover temp files from live ones),
-and the commands casnap runs for the user (a smoke or a password command): their environment,
-and stopping them with casnap."""
+which kernel runs them (its boot id: a pid means a process here only under it), and the
+commands casnap runs for the user (a smoke or a password command): their environment, and
+stopping them with casnap."""
 
 from __future__ import annotations
 
@@ -42,6 +43,24 @@ def pid_namespace() -> int | None:
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
+
+
+_BOOT: list[str | None] = []  # read once: it changes only with the kernel
+
+
+def boot_id() -> str | None:
+    """The running kernel's boot id (Linux: /proc/sys/kernel/random/boot_id, a random UUID drawn
+    at each boot; None where there is none): two machines of one host name, or one machine
+    before and after a reboot, have different ones, so a pid means a process here only under
+    this one. Containers share their host's."""
+    if not _BOOT:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                text = f.read(100).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        _BOOT.append(text if 0 < len(text) <= 64 and text.isprintable() else None)
+    return _BOOT[0]
 
 
 def process_start_time(pid: int) -> int | None:

@@ -69,8 +69,9 @@ class Repository:
         self._ahead = ListsAhead()  # chunk lists read ahead from a remote backend
         self._sizes: dict[str, int] | None = None  # manifest sizes, from the last listing
         self.kept_config: CachingBackend | None = None  # set when the config came from the cache
-        # told about waits (a locked database, a lock another process holds); None: silent
+        # told of waits (a locked database or lock), warn of locks left or found stale; or None
         self.notify: Callable[[str], None] | None = None
+        self.warn: Callable[[str], None] | None = None
         self.created: rollback.NewRepository | None = None  # set by open_or_init when it made it
         # reading a repository that cannot be written: shared locks are skipped with no_lock, or
         # when on_unwritable is set and a lock cannot be written (it is told why, in one line)
@@ -305,6 +306,7 @@ class Repository:
             notify=self.notify,
             listed=self.listed,
             folder=None if folder is None else str(fsutil.resolved(folder, "folder")),
+            warn=self.warn,
         )
 
     def ensure_index(self) -> None:

@@ -5,7 +5,7 @@ layers above. A `Fault` watches one operation (put, get, list, delete) on keys u
 counts the matching calls and acts on the nth one (and on every later one when `times` is None):
 it raises an I/O error, reports a full disk, lands a write truncated, flips a byte of what a read
 returns, fails transiently (before the call, or after it landed with its answer lost), calls a
-test hook, or SIGKILLs the whole process.
+test hook, makes the key's folder refuse changes, or SIGKILLs the whole process.
 
 `FaultyBackend` is the wrapper tests build by hand. `faulty_local_backends` gives every
 LocalBackend opened while it is active the faults of a spec (see `parse_spec`): tests use it around
@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,7 @@ ACTIONS = (
     "int",
     "burst",
     "unlink",
+    "seal",
 )
 
 
@@ -61,8 +63,10 @@ class Fault:
     call has completed, "term" sends the process SIGTERM just before the call (a service manager
     stopping it at that step), "int" SIGINT there (Ctrl-C), "burst" SIGINT and SIGTERM at once
     (the second is handled as the first unwinds), "unlink" removes the files $CASNAP_FAULT_UNLINK
-    names (os.pathsep between them) just before the call (an app deleting them at that step).
-    times=None keeps acting on every later call.
+    names (os.pathsep between them) just before the call (an app deleting them at that step),
+    "seal" makes the folder of the key (of a local backend, through `install`) refuse new and
+    removed entries once the call has completed (`seal`: immutable as root, else without write
+    permission; `unseal` undoes it). times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
     restored files into place.
     """
@@ -131,8 +135,9 @@ def call_after(op: str, nth: int, hook: Callable[[str], None], prefix: str = "")
 class FaultPlan:
     """Counts calls per fault and applies the faults; thread-safe (checkout reads in parallel)."""
 
-    def __init__(self, faults: Iterable[Fault]) -> None:
+    def __init__(self, faults: Iterable[Fault], root: str | None = None) -> None:
         self.faults = list(faults)
+        self.root = root  # the local backend's directory, for "seal"
         self.counts = [0] * len(self.faults)
         self.fired: list[tuple[Fault, str]] = []
         self._lock = threading.Lock()
@@ -173,10 +178,11 @@ class FaultPlan:
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    @staticmethod
-    def after(faults: list[Fault], key: str) -> None:
+    def after(self, faults: list[Fault], key: str) -> None:
         """Run the faults that act once the call has completed."""
         for f in faults:
+            if f.action == "seal" and self.root is not None:
+                seal(os.path.join(self.root, os.path.dirname(key)))
             if f.action == "lost":
                 raise TransientError(f"{key}: injected lost answer ({f.describe()})")
             if f.action == "call" and f.hook is not None:
@@ -294,7 +300,8 @@ def install(backend: Backend, spec: str) -> Backend:
     """
     if not spec:
         return backend
-    plan = FaultPlan(parse_spec(spec))
+    root = getattr(backend, "root", None)
+    plan = FaultPlan(parse_spec(spec), None if root is None else os.fspath(root))
     put, get, lst, delete = backend.put, backend.get, backend.list, backend.delete
     wrapped: dict[str, Callable[..., Any]] = {
         "put": lambda _self, key, data: plan.put(put, key, data),
@@ -321,6 +328,23 @@ def install(backend: Backend, spec: str) -> Backend:
         replace._casnap_fault = True  # type: ignore[attr-defined]
         os.replace = replace  # type: ignore[assignment]
     return backend
+
+
+def seal(folder: str | os.PathLike[str]) -> None:
+    """Make folder refuse new and removed entries (a read-only folder, whoever asks): immutable
+    as root (`chattr +i`), else without write permission."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", os.fspath(folder)], check=True, capture_output=True)
+    else:
+        os.chmod(folder, 0o555)
+
+
+def unseal(folder: str | os.PathLike[str]) -> None:
+    """Undo seal (nothing for a folder not sealed, or gone)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", os.fspath(folder)], check=False, capture_output=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(folder, 0o755)
 
 
 @contextmanager

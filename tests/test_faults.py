@@ -148,7 +148,8 @@ SCENARIOS = [
     S("delete-fails-pack-2", F.fail("delete", 2, "packs/"), "- - - IO - -"),
     S("delete-fails-manifest", F.fail("delete", 1, "snapshots/"), "- - - - IO -"),
     S("delete-fails-lock-once", F.fail("delete", 1, "locks/"), "OK OK OK OK OK OK"),
-    S("delete-fails-lock-always", F.fail("delete", 1, "locks/", None), "IO IO IO IO IO IO"),
+    # the lock cannot be removed once the work is done: left behind (a warning), not a failure
+    S("delete-fails-lock-always", F.fail("delete", 1, "locks/", None), "OK OK OK OK OK OK"),
 ]
 
 BACKENDS = ("local", "memory")
@@ -240,7 +241,7 @@ def test_operation_under_fault(
         assert re.search(pattern, str(outcome)), str(outcome)
         assert "\n" not in str(outcome)
 
-    late = sc.name == "delete-fails-lock-always"  # fails after the work is done
+    late = sc.name == "delete-fails-lock-always"  # its lock left after the work is done
     healthy = Repository.open_backend(backend, tmp_path / "tmp")
     if op == "commit" and (outcome == OK or late):
         sid = result if outcome == OK else healthy.resolve("latest").hex()

@@ -71,6 +71,7 @@ def open_destination(
 
 def _listen(c: Context, repo: Repository, passwords: Passwords) -> Repository:
     repo.notify = c.notice
+    repo.warn = warn
     if not repo.encrypted and passwords.given():
         c.note_once(f"repository {repo.backend.location} is not encrypted; no password used")
     return repo

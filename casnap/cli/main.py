@@ -307,9 +307,11 @@ class Context:
         return self.listen(repo)
 
     def listen(self, repo: Repository) -> Repository:
-        """Let the repository say what it waits for (a lock, a locked database) on a terminal;
-        say once when a password was given for a repository that is not encrypted."""
+        """Let the repository say what it waits for (a lock, a locked database) on a terminal,
+        and warn of a lock it could not remove or another's stale lock it removed; say once
+        when a password was given for a repository that is not encrypted."""
         repo.notify = self.notice
+        repo.warn = warn
         if not repo.encrypted and self.passwords.given():
             self.note_once(f"repository {repo.backend.location} is not encrypted; no password used")
         return repo
