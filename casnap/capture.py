@@ -140,7 +140,7 @@ def scan(
     found: list[SourceFile] = []
     roots = [data_dir / p for p in paths] if paths else [data_dir]
     if opts.dirs is not None:
-        for rel in {"."} | {q for p in paths for q in _ancestors(p)}:
+        for rel in {"."} | {q for p in paths for q in _ancestors(p) if storable(q)}:
             with contextlib.suppress(OSError):
                 st = os.lstat(data_dir / rel)
                 opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
@@ -175,6 +175,10 @@ def scan(
                 if opts.repositories is not None:
                     opts.repositories.append(rel)
                 return
+            if rel != "." and not storable(rel):  # nor what it holds: all skipped, as one
+                if opts.skipped is not None:
+                    opts.skipped.append(_unstorable(rel))
+                return
             if rel.count("/") + 1 >= MAX_PATH_DEPTH:  # what it holds no manifest can name
                 if opts.skipped is not None:
                     opts.skipped.append(
@@ -200,10 +204,7 @@ def scan(
             if not storable(rel):
                 # a manifest holding it could not be read back: every later command would fail
                 if opts.skipped is not None:
-                    opts.skipped.append(
-                        f"{rel}: not stored (manifests refuse a path with a backslash or one "
-                        "starting with a drive letter)"
-                    )
+                    opts.skipped.append(_unstorable(rel))
                 return
             base = side_file_base(name)
             if base is not None and is_sqlite(os.path.join(os.path.dirname(full), base)):
@@ -260,6 +261,14 @@ def vanished(rel: str) -> str:
     (or while it was read: what was read of it is not stored)."""
     gone = "vanished before it was read (deleted meanwhile); left out of the snapshot"
     return f"{shortened(rel)}: {gone}"
+
+
+def _unstorable(rel: str) -> str:
+    """The warning for a file or folder skipped because no manifest may name it."""
+    return (
+        f"{rel}: not stored (manifests refuse a path with a backslash or one starting with a "
+        "drive letter)"
+    )
 
 
 def storable(rel: str) -> bool:

@@ -263,3 +263,25 @@ def test_names_a_manifest_refuses_are_skipped_with_a_warning(app: Path, tmp_path
     assert r.files_new == 7
     assert sum("not stored" in w for w in r.warnings) == 2
     assert [len(s.files) for _, s in Repository.open(tmp_path / "repo").snapshots()] == [7]
+
+
+@pytest.mark.parametrize("name", ["back\\slash", "c:notes"])
+def test_folders_a_manifest_refuses_are_skipped_with_a_warning(
+    app: Path, tmp_path: Path, name: str
+) -> None:
+    """A folder whose name a manifest refuses held only files it skipped, yet its mode went
+    into the manifest's folders: the check before storing refused the snapshot, and every
+    commit of the data dir failed. The folder is skipped whole, with one warning."""
+    odd = app / name / "inner"
+    odd.mkdir(parents=True)
+    (odd / "f.txt").write_bytes(b"x")
+    repo = Repository.init(tmp_path / "repo")
+    r = commit(repo, app)
+    assert r.files_new == 7
+    assert [w for w in r.warnings if "not stored" in w] == [
+        f"{name}: not stored (manifests refuse a path with a backslash or one starting with a "
+        "drive letter)"
+    ]
+    snap = Repository.open(tmp_path / "repo").load_snapshot(repo.resolve(r.id))
+    assert len(snap.files) == 7 and not any(name in d for d in snap.dirs)
+    assert commit(repo, app, allow_empty=True).id
