@@ -26,6 +26,7 @@ from casnap import (
     placement,
     preflight,
     presave,
+    removals,
     selection,
     smoke,
     smoke_report,
@@ -68,6 +69,7 @@ class CheckoutOptions(NamedTuple):
     force: bool = False
     smoke: bool = True
     smoke_cmd: str | None = None
+    data_dir: Path | None = None
 
 
 @dataclass
@@ -114,6 +116,7 @@ def checkout(
     smoke_cmd: str | None = None,
     progress: ProgressFn | None = None,
     all_paths: bool = False,
+    data_dir: Path | str | None = None,
 ) -> CheckoutResult:
     """Restore a snapshot into target: staged and verified beside it, smoke-checked, then
     swapped in atomically per file. A failed check raises SmokeCheckFailed and leaves target
@@ -122,9 +125,19 @@ def checkout(
     progress gets (bytes done, bytes total). With all_paths, the newest snapshot of each group of
     snapshots committed with the same paths (of the data dir ref was taken of) is restored at
     once, a newer one winning where they overlap.
+
+    A full checkout (no paths) removes the target's files the snapshot lacks only from a folder
+    known to hold this data (data_dir, the caller's data dir; one a full checkout went into or
+    a snapshot was committed from: removals.py); anywhere else it raises InvalidArgument before
+    anything is read or written, unless force (which also lets a database some process holds
+    open be replaced).
     """
     options = CheckoutOptions(
-        safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
+        safety_snapshot=safety_snapshot,
+        force=force,
+        smoke=smoke,
+        smoke_cmd=smoke_cmd,
+        data_dir=Path(data_dir) if data_dir is not None else None,
     )
     phases = Phases.begin(repo)  # counts the opening of a fresh repo
     with repo.lock("checkout", folder=Path(target)):  # waits for a commit of target
@@ -214,7 +227,8 @@ class _Checkout:
         with root, Tree(root, self._dir_attrs) as tree:
             try:
                 with locks.target_lock(root.fd, self.shown_target, self.repo.notify):  # one at once
-                    self._run(tree, wanted)
+                    removing = self._removals(tree)  # from listings, before any file is read
+                    self._run(tree, wanted, removing)
             except BaseException:
                 tree.undo_created()
                 undo_target(created_root)
@@ -222,21 +236,22 @@ class _Checkout:
         self.result.seconds = time.perf_counter() - t0
         return self.result
 
-    def _run(self, tree: Tree, wanted: list[_Item]) -> None:
+    def _run(self, tree: Tree, wanted: list[_Item], removing: list[str]) -> None:
+        whole = not self.paths or restored_files.whole_checkout(self.repo.id, str(self.target))
         plan, unchanged, unsaved = self._plan(tree, wanted)
-        removals = self._removals(tree, unsaved)
+        unsaved += removals.unsaved(tree, self.present, removing)
         placing = [(i.entry.path, i.replaces_db) for i in plan]
-        preflight.check(tree, placing, removals)  # before the work; again before the swap
+        preflight.check(tree, placing, removing)  # before the work; again before the swap
         for item in plan:
             if item.replaces_db:
                 self._check_db(tree, item.entry.path)
-        for rel in removals:
+        for rel in removing:
             if self._is_db_place(tree, rel):
                 self._check_db(tree, rel)
         with contextlib.ExitStack() as swapping:
             with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-                self._stage(tree, stage, plan, wanted, unchanged, removals)
-                replaced = [i.entry.path for i in plan] + removals
+                self._stage(tree, stage, plan, wanted, unchanged, removing)
+                replaced = [i.entry.path for i in plan] + removing
                 written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
                 if unsaved and self.opts.safety_snapshot:
@@ -250,22 +265,22 @@ class _Checkout:
                             self.result.warnings,
                         )
                 swap_start = time.perf_counter()
-                preflight.check(tree, placing, removals)
+                preflight.check(tree, placing, removing)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)
-            removed, emptied = swap.remove_files(tree, removals)
+            removed, emptied = swap.remove_files(tree, removing)
             self.result.removed += removed
             swap.sync_folders(tree, touched | emptied)
             self.result.files_written = len(plan)
             self.result.files_unchanged = len(unchanged)
             self.result.unchanged = sorted(i.entry.path for i in unchanged)
             self.result.bytes_compared = self.present.bytes_read
-            self.result.files_removed = len(removals)
+            self.result.files_removed = len(removing)
             placed = [(i.entry, i.sid.hex()) for i in plan + unchanged if i.entry.path not in moved]
-            restored_files.record(self.repo.id, self.target, placed)
+            restored_files.record(self.repo.id, self.target, placed, whole)
             self.phases.since("swap", swap_start)
 
     # -- plan ------------------------------------------------------------------------------
@@ -382,35 +397,16 @@ class _Checkout:
                 plan.append(item)
         return sorted(plan, key=_link_order), unchanged, unsaved
 
-    def _removals(self, tree: Tree, unsaved: list[str]) -> list[str]:
-        """Target files the snapshots' scopes cover but do not hold (full checkouts only)."""
+    def _removals(self, tree: Tree) -> list[str]:
+        """Target files the snapshots' scopes cover but do not hold (full checkouts only), from
+        the listings alone; InvalidArgument when there are some and the target is not known to
+        hold this data, unless forced."""
         if self.paths:
             return []
-        keep = set(self.sel.entries)
-        excludes = sorted(self.sel.excludes())
-        out = []
-
-        def skip(rel: str, name: str, st: os.stat_result) -> bool:
-            return (
-                capture.is_ignored_name(name)
-                or self._in_repo(rel, st)
-                or capture.is_excluded(rel, excludes)
-            )
-
-        for rel, st in tree.walk(skip=skip):
-            if not stat.S_ISREG(st.st_mode) or rel in keep or not self.sel.covers(rel):
-                continue
-            if not capture.storable(rel):  # no snapshot could save it: left in place
-                continue
-            parent, name = tree.parent_of(rel)
-            if parent is None:
-                continue  # its folder was moved away meanwhile: nothing of ours to remove
-            base = capture.side_file_base(name)
-            if base is not None and swap.is_sqlite(parent, base):
-                continue  # removed with its database, or kept with it
-            out.append(rel)
-            if not self.present.held(self.present.hash_of(parent, name, rel), rel):
-                unsaved.append(rel)
+        out = removals.listed(tree, self.sel, self._in_repo)
+        if out and not self.opts.force:
+            if not removals.known(self.repo, self.target, tree.root.fd, self.opts.data_dir):
+                removals.refuse(out, self.sel, self.shown_target)
         return out
 
     def _is_db_place(self, tree: Tree, rel: str) -> bool:
