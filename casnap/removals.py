@@ -2,9 +2,10 @@
 
 A full checkout removes the target's files that the snapshots' scopes cover but none of them
 holds: what an app wrote since, in the data dir. It leaves alone casnap's own temp files, any
-repository inside the target, what a snapshot excluded, and what no manifest can name. The
-list comes from the folders' listings alone (and a database's header, whose side files go with
-it), before any file is read.
+repository inside the target, what a snapshot excluded or recorded as skipped (a file or folder
+`commit --skip-unreadable` could not read: no snapshot says what it should hold), and what no
+manifest can name. The list comes from the folders' listings alone (and a database's header,
+whose side files go with it), before any file is read.
 
 Removing a file the snapshot lacks is what a checkout into the data dir is for; anywhere else it
 would delete what the checkout did not write (a restic or borg restore never does). So a full
@@ -25,51 +26,80 @@ from pathlib import Path
 from casnap import capture, fsutil, selection, swap
 from casnap import restored as restored_files
 from casnap.constants import SAFETY_TAG
-from casnap.errors import InvalidArgument
+from casnap.errors import AccessDenied, InvalidArgument
 from casnap.fsdir import Tree
 from casnap.present import Present
 from casnap.repository import Repository
 
-UNKNOWN_TARGET = "unknown-target"  # a note on the refusal, for the CLI to name --force
+# notes on the errors below, for the CLI to name its options: --force for the refusal,
+# --no-safety-snapshot for a file the checkout must read to save it
+UNKNOWN_TARGET = "unknown-target"
+UNREADABLE_REMOVED = "unreadable-removed"
+UNREADABLE_REPLACED = "unreadable-replaced"
 
 
 def listed(
-    tree: Tree, sel: selection.Selection, in_repo: Callable[[str, os.stat_result], bool]
+    tree: Tree,
+    sel: selection.Selection,
+    in_repo: Callable[[str, os.stat_result], bool],
+    denied: list[AccessDenied],
 ) -> list[str]:
-    """The files of the target (held open as tree) a full checkout of sel removes, sorted."""
+    """The files of the target (held open as tree) a full checkout of sel removes, sorted. The
+    folders it may not list are added to denied (see unlisted)."""
     keep = set(sel.entries)
     excludes = sorted(sel.excludes())
+    skipped = sorted(sel.skipped())
 
     def skip(rel: str, name: str, st: os.stat_result) -> bool:
         return (
-            capture.is_ignored_name(name) or in_repo(rel, st) or capture.is_excluded(rel, excludes)
+            capture.is_ignored_name(name)
+            or in_repo(rel, st)
+            or capture.is_excluded(rel, excludes)
+            or (bool(skipped) and capture.in_scope(rel, skipped))
         )
 
     out = []
-    for rel, st in tree.walk(skip=skip):
-        if not stat.S_ISREG(st.st_mode) or rel in keep or not sel.covers(rel):
-            continue
-        if not capture.storable(rel):  # no snapshot could save it: left in place
-            continue
-        parent, name = tree.parent_of(rel)
-        if parent is None:
-            continue  # its folder was moved away meanwhile: nothing of ours to remove
-        base = capture.side_file_base(name)
-        if base is not None and swap.is_sqlite(parent, base):
-            continue  # removed with its database, or kept with it
-        out.append(rel)
+    try:
+        for rel, st in tree.walk(skip=skip, denied=denied):
+            if not stat.S_ISREG(st.st_mode) or rel in keep or not sel.covers(rel):
+                continue
+            if not capture.storable(rel):  # no snapshot could save it: left in place
+                continue
+            parent, name = tree.parent_of(rel)
+            if parent is None:
+                continue  # its folder was moved away meanwhile: nothing of ours to remove
+            base = capture.side_file_base(name)
+            if base is not None and swap.is_sqlite(parent, base):
+                continue  # removed with its database, or kept with it
+            out.append(rel)
+    except AccessDenied as exc:
+        raise unlisted(exc) from exc
     return out
+
+
+def unlisted(exc: AccessDenied) -> AccessDenied:
+    """The error for a folder of the target a full checkout may not list (exc): it cannot tell
+    which of the files there the snapshot lacks."""
+    return AccessDenied(
+        f"{exc}: a full checkout looks in every folder it covers for the files the snapshot "
+        "lacks, to remove them; nothing was changed"
+    )
 
 
 def unsaved(tree: Tree, present: Present, removing: list[str]) -> list[str]:
     """Those of removing (of the target held open as tree) that no snapshot holds: read and
-    hashed unless their fingerprint is known."""
+    hashed unless their fingerprint is known; one that cannot be read stops the checkout
+    (unreadable: saying why it was read)."""
     out = []
     for rel in removing:
         parent, name = tree.parent_of(rel)
         if parent is None:
             continue  # its folder was moved away meanwhile
-        if not present.held(present.hash_of(parent, name, rel), rel):
+        try:
+            digest = present.hash_of(parent, name, rel)
+        except AccessDenied as exc:
+            raise unreadable(exc, removed=True) from exc
+        if not present.held(digest, rel):
             out.append(rel)
     return out
 
@@ -125,3 +155,21 @@ def _beside_restored_db(rel: str, sel: selection.Selection) -> bool:
         return False
     held = sel.entries.get(f"{head}/{base}" if head else base)
     return held is not None and held[0].kind == "sqlite"
+
+
+def unreadable(exc: AccessDenied, removed: bool) -> AccessDenied:
+    """The error for a target file a checkout must read and cannot: exc, with why it reads it
+    (noted UNREADABLE_REMOVED or UNREADABLE_REPLACED)."""
+    if removed:
+        why = (
+            "the snapshot lacks it, so this full checkout removes it, and reads it first to "
+            "save it in a pre-checkout snapshot"
+        )
+    else:
+        why = (
+            "the snapshot holds a file there, and this checkout reads this one to compare the "
+            "two, and to save it in a pre-checkout snapshot before replacing it"
+        )
+    err = AccessDenied(f"{exc}: {why}; nothing was changed")
+    err.add_note(UNREADABLE_REMOVED if removed else UNREADABLE_REPLACED)
+    return err

@@ -35,6 +35,7 @@ from casnap import (
 )
 from casnap import restored as restored_files
 from casnap.errors import (
+    AccessDenied,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
@@ -239,7 +240,8 @@ class _Checkout:
     def _run(self, tree: Tree, wanted: list[_Item], removing: list[str]) -> None:
         whole = not self.paths or restored_files.whole_checkout(self.repo.id, str(self.target))
         plan, unchanged, unsaved = self._plan(tree, wanted)
-        unsaved += removals.unsaved(tree, self.present, removing)
+        if self.opts.safety_snapshot:  # what it removes is read only to be saved
+            unsaved += removals.unsaved(tree, self.present, removing)
         placing = [(i.entry.path, i.replaces_db) for i in plan]
         preflight.check(tree, placing, removing)  # before the work; again before the swap
         for item in plan:
@@ -261,7 +263,6 @@ class _Checkout:
                             self.target,
                             self.sel.sources,
                             unsaved,
-                            bool(self.paths),
                             self.result.warnings,
                         )
                 swap_start = time.perf_counter()
@@ -379,7 +380,13 @@ class _Checkout:
                 holder = inuse.sqlite_lock(parent, name)
                 if holder is not None:  # being written: do not even wait to read it
                     self._check_db(tree, rel)
-            current = self.present.hash_of(parent, name, rel)
+            try:
+                current = self.present.hash_of(parent, name, rel)
+            except AccessDenied as exc:
+                if self.opts.safety_snapshot:
+                    raise removals.unreadable(exc, removed=False) from exc
+                plan.append(item)  # replaced unread, as asked: nothing is saved
+                continue
             if current == item.entry.hash:
                 unchanged.append(item)
                 continue
@@ -400,13 +407,16 @@ class _Checkout:
     def _removals(self, tree: Tree) -> list[str]:
         """Target files the snapshots' scopes cover but do not hold (full checkouts only), from
         the listings alone; InvalidArgument when there are some and the target is not known to
-        hold this data, unless forced."""
+        hold this data, unless forced; AccessDenied for a folder it may not list."""
         if self.paths:
             return []
-        out = removals.listed(tree, self.sel, self._in_repo)
-        if out and not self.opts.force:
+        denied: list[AccessDenied] = []  # folders it may not list: refused, or said
+        out = removals.listed(tree, self.sel, self._in_repo, denied)
+        if (out or denied) and not self.opts.force:
             if not removals.known(self.repo, self.target, tree.root.fd, self.opts.data_dir):
                 removals.refuse(out, self.sel, self.shown_target)
+        if denied:
+            raise removals.unlisted(denied[0]) from denied[0]
         return out
 
     def _is_db_place(self, tree: Tree, rel: str) -> bool:
@@ -506,7 +516,11 @@ class _Checkout:
                 if src.path in selected or src.path in removed or self._in_repo(src.path):
                     continue
                 if self.opts.smoke_cmd:  # the data dir's other files, so the command sees them
-                    copy_into(src, stage.path / src.path)
+                    try:
+                        copy_into(src, stage.path / src.path)
+                    except AccessDenied as exc:  # a file it leaves alone (skipped at commit)
+                        self.result.warnings.append(f"{exc}: left out of the smoke command's copy")
+                        continue
                     view[src.path] = stage.path / src.path
                 else:
                     view[src.path] = src.abspath

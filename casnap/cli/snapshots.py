@@ -337,10 +337,11 @@ def checkout(
     untouched and the failed check and file are named (exit 9). Files absent
     from the snapshot are removed (full checkout only; from a --to DIR only when an earlier
     full checkout went into it or a snapshot was committed from it, else refused unless
-    --force). Data that no snapshot holds is first saved as a snapshot tagged `pre-checkout`.
-    With PATHS, only those files are restored (and checked). A database in use is refused
-    (exit 6): --force overrides open descriptors, never a SQLite lock. A repository inside the
-    target is never touched; a target inside the repository is refused.
+    --force), but for those its commit excluded or could not read. Data that no snapshot holds
+    is first saved as a snapshot tagged `pre-checkout`. With PATHS, only those files are
+    restored (and checked). A database in use is refused (exit 6): --force overrides open
+    descriptors, never a SQLite lock. A repository inside the target is never touched; a
+    target inside the repository is refused.
 
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
@@ -406,7 +407,12 @@ def checkout(
                 how = "without saving them"
             raise InvalidArgument(f"{exc}; --force removes them, {how}") from exc
         except (AccessDenied, StorageFull, SourceError) as exc:
-            if "safety-snapshot" not in getattr(exc, "__notes__", ()):
+            notes = getattr(exc, "__notes__", ())
+            if any(n in notes for n in (removals.UNREADABLE_REMOVED, removals.UNREADABLE_REPLACED)):
+                what = "removes" if removals.UNREADABLE_REMOVED in notes else "replaces"
+                hint = f"--no-safety-snapshot {what} it without saving it"
+                raise type(exc)(f"{exc} ({hint})") from exc
+            if "safety-snapshot" not in notes:
                 raise
             raise type(exc)(
                 f"saving the pre-checkout snapshot of the data this checkout replaces failed, "
