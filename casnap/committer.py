@@ -73,6 +73,8 @@ class CommitOptions(NamedTuple):
     strict: bool = False
     allow_empty: bool = False
     skip_unreadable: bool = False
+    # read even so: one that cannot be read stops the commit (what a checkout replaces)
+    must_read: frozenset[str] = frozenset()
     time: str | None = None  # recorded instead of now (an import of an old copy)
     source: str | None = None  # recorded as the data dir instead of the dir read (an import)
     host: str | None = None  # recorded instead of this machine's name (a container's changes)
@@ -286,7 +288,7 @@ class Committer:
         self.snapshots_before: frozenset[str] = frozenset()
         self.tainted: frozenset[str] = frozenset()  # snapshots repair-index found incomplete
         # what reading the files needs, made for the first one read (reading.py)
-        self.reader = Reader(repo, self.phases, 0, options.skip_unreadable)
+        self.reader = Reader(repo, self.phases, 0, options.skip_unreadable, options.must_read)
 
     def run(self, data_dir: Path, paths: Sequence[str]) -> CommitResult:
         """Store data_dir (or paths inside it) and its manifest; the caller holds the lock."""

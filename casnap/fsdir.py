@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from casnap import libc
-from casnap.errors import CasnapError, HostileManifest, SourceError, from_oserror
+from casnap.errors import AccessDenied, CasnapError, HostileManifest, SourceError, from_oserror
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Directories kept open at once; others are opened again (still component by component) on use.
@@ -374,18 +374,25 @@ class Tree:
         self.created.clear()
 
     def walk(
-        self, rel: str = "", skip: Callable[[str, str, os.stat_result], bool] | None = None
+        self,
+        rel: str = "",
+        skip: Callable[[str, str, os.stat_result], bool] | None = None,
+        denied: list[AccessDenied] | None = None,
     ) -> Iterator[tuple[str, os.stat_result]]:
         """(relative path, lstat) of every entry below rel, sorted, without following symbolic
         links; a directory comes before what it holds. skip(path, name, lstat) leaves an entry
-        out (and, for a directory, all it holds)."""
+        out (and, for a directory, all it holds). A folder below rel that may not be opened raises
+        AccessDenied, or, given denied, is added to it and passed over."""
         d = self.dir(rel)
         if d is not None:
-            yield from _walk(d, rel, skip)
+            yield from _walk(d, rel, skip, denied)
 
 
 def _walk(
-    d: Dir, rel: str, skip: Callable[[str, str, os.stat_result], bool] | None
+    d: Dir,
+    rel: str,
+    skip: Callable[[str, str, os.stat_result], bool] | None,
+    denied: list[AccessDenied] | None,
 ) -> Iterator[tuple[str, os.stat_result]]:
     for name in d.names():
         path = f"{rel}/{name}" if rel else name
@@ -398,9 +405,14 @@ def _walk(
                 sub = d.sub(name)
             except (HostileManifest, SourceError):
                 continue  # swapped for a link or a file meanwhile: not ours to follow
+            except AccessDenied as exc:
+                if denied is None:
+                    raise
+                denied.append(exc)
+                continue
             if sub is not None:
                 with sub:
-                    yield from _walk(sub, path, skip)
+                    yield from _walk(sub, path, skip, denied)
 
 
 def remove_tree(parent: Dir, name: str) -> None:

@@ -1,11 +1,12 @@
 """The pre-checkout snapshot: what a checkout replaces or removes that no snapshot holds, saved
 (tagged pre-checkout) before its first rename, as a snapshot of the whole target.
 
-A checkout of some paths touches nothing else, so what the commit cannot read elsewhere in the
-target (a path past PATH_MAX, a folder it may not list) is left out of that snapshot, said in a
-warning, instead of refusing the checkout; what the checkout replaces must be saved, or it is
-refused before anything is replaced. A full checkout removes what its snapshot lacks, so there
-every file must be read."""
+What the commit cannot read in the target (a path past PATH_MAX, a file or folder it may not
+read) is left out of that snapshot, said in a warning, where the checkout leaves it alone: a
+checkout of some paths touches nothing else, and a full one leaves alone what its snapshot
+excluded or recorded as skipped (removals.py). What the checkout replaces or removes is never
+left out (one that cannot be read stops the commit with its own error), so it is saved, or the
+checkout is refused before anything is replaced."""
 
 from __future__ import annotations
 
@@ -29,13 +30,12 @@ def save(
     target: Path,
     sources: Sequence[tuple[ObjectId, Snapshot]],
     unsaved: Sequence[str],
-    some_paths: bool,
     warnings: list[str],
 ) -> str:
     """Commit target as a pre-checkout snapshot that holds every path of unsaved (the target's
-    files the checkout replaces or removes that no snapshot holds); its id. With some_paths
-    (a checkout of some paths), what cannot be read elsewhere is left out, said in warnings.
-    AccessDenied, StorageFull and SourceError carry NOTE."""
+    files the checkout replaces or removes that no snapshot holds); its id. What cannot be
+    read elsewhere is left out, said in warnings. AccessDenied, StorageFull and SourceError
+    carry NOTE."""
     # the commit path (chunkers, capture): only when there is something to save
     from casnap.committer import CommitOptions, Committer
 
@@ -45,14 +45,15 @@ def save(
         tags=(SAFETY_TAG,),
         check_pairs=False,
         allow_empty=True,
-        skip_unreadable=some_paths,
+        skip_unreadable=True,
+        must_read=frozenset(unsaved),  # its own error, naming why it cannot be read
     )
     try:
-        for rel in unsaved if some_paths else ():
+        for rel in unsaved:
             _refuse_too_long(target, rel)  # before anything is stored
         with _commit_lock(repo):
             saved = Committer(repo, options).run(target, ())
-        for rel in unsaved if some_paths else ():
+        for rel in unsaved:
             if any(rel == s or rel.startswith(s + "/") for s in saved.skipped):
                 raise AccessDenied(f"{shortened(str(target / rel))}: it could not be read")
     except (AccessDenied, StorageFull, SourceError) as exc:

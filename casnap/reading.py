@@ -80,13 +80,19 @@ class Reader:
     reading them needs, made on first use and shut down with `stack`."""
 
     def __init__(
-        self, repo: Repository, phases: Phases, start_ns: int, skip_unreadable: bool
+        self,
+        repo: Repository,
+        phases: Phases,
+        start_ns: int,
+        skip_unreadable: bool,
+        must_read: frozenset[str] = frozenset(),
     ) -> None:
         self.repo = repo
         self.phases = phases
         self.levels = Levels.of(repo.config)
         self.start_ns = start_ns  # when the commit began (racy fingerprints are not recorded)
         self.skip_unreadable = skip_unreadable
+        self.must_read = must_read  # paths never left out, whatever skip_unreadable says
         self.read_tick: Callable[[int], None] | None = None  # progress of the file being read
         self.writer: PackWriter | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -166,15 +172,15 @@ class Reader:
         self, src: capture.SourceFile, old: FileEntry | None, unreadable: list[str]
     ) -> tuple[FileEntry | None, int]:
         """One file read on its own (read_file); None for one that may not be read when the
-        commit leaves such files out (it goes to unreadable), and for a plain file deleted
-        before it was read (to `vanished`: as if the scan had not seen it)."""
+        commit leaves such files out (it goes to unreadable) and it need not be read, and for a
+        plain file deleted before it was read (to `vanished`: as if the scan had not seen it)."""
         try:
             return self.read_file(src, old)
         except FileVanished:
             self.vanished.append(src.path)
             return None, 0
         except AccessDenied as exc:
-            if not self.skip_unreadable:
+            if not self.skip_unreadable or src.path in self.must_read:
                 raise UnreadableSource(str(exc)) from exc
             unreadable.append(src.path)
             return None, 0

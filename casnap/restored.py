@@ -8,6 +8,10 @@ under `<repository id>/restored/<key>.json`. A commit of that dir reuses such a 
 entry from that snapshot while the fingerprint still matches and the snapshot still exists (so
 gc has kept its chunks). Only the manifest's own entry is trusted, never anything in this file
 but the fingerprint; losing the file costs one full read, nothing else.
+
+The record also says whether a full checkout went into that dir (`whole`): a later full checkout
+into a folder other than the data dir removes the files its snapshot lacks only from a folder
+known to hold this data (removals.py). A checkout of some paths keeps what the record said.
 """
 
 from __future__ import annotations
@@ -38,18 +42,19 @@ class Restored(NamedTuple):
 
     source: str
     files: dict[str, tuple[tuple[int, ...], str]]
+    whole: bool = False  # a full checkout from the repository went into source
 
 
 def save(repo_id: str, record: Restored) -> None:
     """Write the record atomically (temp, fsync, rename); a failure only costs a later read."""
     path = _path(repo_id, record.source)
-    body = json.dumps(
-        {
-            "source": record.source,
-            "files": {p: [fp, sid] for p, (fp, sid) in record.files.items()},
-        },
-        sort_keys=True,
-    ).encode()
+    fields: dict[str, object] = {
+        "source": record.source,
+        "files": {p: [fp, sid] for p, (fp, sid) in record.files.items()},
+    }
+    if record.whole:
+        fields["whole"] = True
+    body = json.dumps(fields, sort_keys=True).encode()
     with contextlib.suppress(OSError):
         path.parent.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         for folder in (path.parent.parent, path.parent):
@@ -70,14 +75,17 @@ def save(repo_id: str, record: Restored) -> None:
             raise
 
 
-def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) -> None:
+def record(
+    repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]], whole: bool = False
+) -> None:
     """Save the fingerprint of every file a checkout put in place in target (its entry, and the
-    id of the snapshot holding it), once any later write to one of them must change it: the
-    settle time after the newest change (the last rename) is waited out, what of it has not
-    passed yet. A file whose fingerprint is too fresh is left out, as is one whose size or mtime
-    is not its entry's, or a database beside a -wal holding frames (written after the swap: the
-    entry no longer says what it holds)."""
-    if not placed:
+    id of the snapshot holding it), and whether a full checkout went into target (whole), once
+    any later write to one of them must change it: the settle time after the newest change
+    (the last rename) is waited out, what of it has not passed yet. A file whose fingerprint is
+    too fresh is left out, as is one whose size or mtime is not its entry's, or a database
+    beside a -wal holding frames (written after the swap: the entry no longer says what it
+    holds)."""
+    if not placed and not whole:
         return
     base = str(target)
     fps = [_fingerprint(os.path.join(base, e.path), e.kind) for e, _ in placed]
@@ -101,7 +109,7 @@ def record(repo_id: str, target: Path, placed: Sequence[tuple[FileEntry, str]]) 
         if entry.kind == "sqlite" and len(fp) > 4 and fp[4] > 0:
             continue  # a -wal holding frames, which no checkout leaves: written since the swap
         files[entry.path] = (fp, sid)
-    save(repo_id, Restored(str(target), files))
+    save(repo_id, Restored(str(target), files, whole))
 
 
 def _fingerprint(path: str, kind: str) -> tuple[int, ...] | None:
@@ -136,7 +144,13 @@ def load(repo_id: str, source: str) -> Restored | None:
         if type(fp) is not list or type(sid) is not str or any(type(x) is not int for x in fp):
             return None
         files[path] = (tuple(fp), sid)
-    return Restored(source, files)
+    return Restored(source, files, d.get("whole") is True)
+
+
+def whole_checkout(repo_id: str, source: str) -> bool:
+    """Whether the record for source says a full checkout went into it."""
+    record = load(repo_id, source)
+    return record is not None and record.whole
 
 
 def drop(repo_id: str, source: str) -> None:

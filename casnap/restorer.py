@@ -26,6 +26,7 @@ from casnap import (
     placement,
     preflight,
     presave,
+    removals,
     selection,
     smoke,
     smoke_report,
@@ -34,6 +35,7 @@ from casnap import (
 )
 from casnap import restored as restored_files
 from casnap.errors import (
+    AccessDenied,
     HostileManifest,
     InvalidArgument,
     SnapshotNotFound,
@@ -70,6 +72,7 @@ class CheckoutOptions(NamedTuple):
     force: bool = False
     smoke: bool = True
     smoke_cmd: str | None = None
+    data_dir: Path | None = None
 
 
 @dataclass
@@ -116,6 +119,7 @@ def checkout(
     smoke_cmd: str | None = None,
     progress: ProgressFn | None = None,
     all_paths: bool = False,
+    data_dir: Path | str | None = None,
 ) -> CheckoutResult:
     """Restore a snapshot into target: staged and verified beside it, smoke-checked, then
     swapped in atomically per file. A failed check raises SmokeCheckFailed and leaves target
@@ -125,12 +129,22 @@ def checkout(
     snapshots committed with the same paths (of the data dir ref was taken of) is restored at
     once, a newer one winning where they overlap.
 
+    A full checkout (no paths) removes the target's files the snapshot lacks only from a folder
+    known to hold this data (data_dir, the caller's data dir; one a full checkout went into or
+    a snapshot was committed from: removals.py); anywhere else it raises InvalidArgument before
+    anything is read or written, unless force (which also lets a database some process holds
+    open be replaced).
+
     A signal the command line handles (Terminated, KeyboardInterrupt) waits for the end of a
     swap begun; raised once every file is in place, it carries the result (errors.landed):
     the checkout completed, and nothing is taken back.
     """
     options = CheckoutOptions(
-        safety_snapshot=safety_snapshot, force=force, smoke=smoke, smoke_cmd=smoke_cmd
+        safety_snapshot=safety_snapshot,
+        force=force,
+        smoke=smoke,
+        smoke_cmd=smoke_cmd,
+        data_dir=Path(data_dir) if data_dir is not None else None,
     )
     phases = Phases.begin(repo)  # counts the opening of a fresh repo
     run: _Checkout | None = None
@@ -212,7 +226,8 @@ class _Checkout:
         with root, Tree(root, self._dir_attrs) as tree:
             try:
                 with locks.target_lock(root.fd, self.shown_target, self.repo.notify):  # one at once
-                    self._run(tree, wanted)
+                    removing = self._removals(tree)  # from listings, before any file is read
+                    self._run(tree, wanted, removing)
             except BaseException:
                 tree.undo_created()
                 undo_target(created_root)
@@ -220,21 +235,23 @@ class _Checkout:
         self.result.seconds = time.perf_counter() - t0
         return self.result
 
-    def _run(self, tree: Tree, wanted: list[_Item]) -> None:
+    def _run(self, tree: Tree, wanted: list[_Item], removing: list[str]) -> None:
+        whole = not self.paths or restored_files.whole_checkout(self.repo.id, str(self.target))
         plan, unchanged, unsaved = self._plan(tree, wanted)
-        removals = self._removals(tree, unsaved)
+        if self.opts.safety_snapshot:  # what it removes is read only to be saved
+            unsaved += removals.unsaved(tree, self.present, removing)
         placing = [(i.entry.path, i.replaces_db) for i in plan]
-        preflight.check(tree, placing, removals)  # before the work; again before the swap
+        preflight.check(tree, placing, removing)  # before the work; again before the swap
         for item in plan:
             if item.replaces_db:
                 self._check_db(tree, item.entry.path)
-        for rel in removals:
+        for rel in removing:
             if self._is_db_place(tree, rel):
                 self._check_db(tree, rel)
         with contextlib.ExitStack() as swapping:
             with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-                self._stage(tree, stage, plan, wanted, unchanged, removals)
-                replaced = [i.entry.path for i in plan] + removals
+                self._stage(tree, stage, plan, wanted, unchanged, removing)
+                replaced = [i.entry.path for i in plan] + removing
                 written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
                 if unsaved and self.opts.safety_snapshot:
@@ -244,27 +261,26 @@ class _Checkout:
                             self.target,
                             self.sel.sources,
                             unsaved,
-                            bool(self.paths),
                             self.result.warnings,
                         )
                 swap_start = time.perf_counter()
-                preflight.check(tree, placing, removals)
+                preflight.check(tree, placing, removing)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
                 self.swapped = True
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)
-            removed, emptied = swap.remove_files(tree, removals)
+            removed, emptied = swap.remove_files(tree, removing)
             self.result.removed += removed
             swap.sync_folders(tree, touched | emptied)
             self.result.files_written = len(plan)
             self.result.files_unchanged = len(unchanged)
             self.result.unchanged = sorted(i.entry.path for i in unchanged)
             self.result.bytes_compared = self.present.bytes_read
-            self.result.files_removed = len(removals)
+            self.result.files_removed = len(removing)
             placed = [(i.entry, i.sid.hex()) for i in plan + unchanged if i.entry.path not in moved]
-            restored_files.record(self.repo.id, self.target, placed)
+            restored_files.record(self.repo.id, self.target, placed, whole)
             self.phases.since("swap", swap_start)
 
     # -- plan ------------------------------------------------------------------------------
@@ -363,7 +379,13 @@ class _Checkout:
                 holder = inuse.sqlite_lock(parent, name)
                 if holder is not None:  # being written: do not even wait to read it
                     self._check_db(tree, rel)
-            current = self.present.hash_of(parent, name, rel)
+            try:
+                current = self.present.hash_of(parent, name, rel)
+            except AccessDenied as exc:
+                if self.opts.safety_snapshot:
+                    raise removals.unreadable(exc, removed=False) from exc
+                plan.append(item)  # replaced unread, as asked: nothing is saved
+                continue
             if current == item.entry.hash:
                 unchanged.append(item)
                 continue
@@ -381,35 +403,19 @@ class _Checkout:
                 plan.append(item)
         return sorted(plan, key=_link_order), unchanged, unsaved
 
-    def _removals(self, tree: Tree, unsaved: list[str]) -> list[str]:
-        """Target files the snapshots' scopes cover but do not hold (full checkouts only)."""
+    def _removals(self, tree: Tree) -> list[str]:
+        """Target files the snapshots' scopes cover but do not hold (full checkouts only), from
+        the listings alone; InvalidArgument when there are some and the target is not known to
+        hold this data, unless forced; AccessDenied for a folder it may not list."""
         if self.paths:
             return []
-        keep = set(self.sel.entries)
-        excludes = sorted(self.sel.excludes())
-        out = []
-
-        def skip(rel: str, name: str, st: os.stat_result) -> bool:
-            return (
-                capture.is_ignored_name(name)
-                or self._in_repo(rel, st)
-                or capture.is_excluded(rel, excludes)
-            )
-
-        for rel, st in tree.walk(skip=skip):
-            if not stat.S_ISREG(st.st_mode) or rel in keep or not self.sel.covers(rel):
-                continue
-            if not capture.storable(rel):  # no snapshot could save it: left in place
-                continue
-            parent, name = tree.parent_of(rel)
-            if parent is None:
-                continue  # its folder was moved away meanwhile: nothing of ours to remove
-            base = capture.side_file_base(name)
-            if base is not None and swap.is_sqlite(parent, base):
-                continue  # removed with its database, or kept with it
-            out.append(rel)
-            if not self.present.held(self.present.hash_of(parent, name, rel), rel):
-                unsaved.append(rel)
+        denied: list[AccessDenied] = []  # folders it may not list: refused, or said
+        out = removals.listed(tree, self.sel, self._in_repo, denied)
+        if (out or denied) and not self.opts.force:
+            if not removals.known(self.repo, self.target, tree.root.fd, self.opts.data_dir):
+                removals.refuse(out, self.sel, self.shown_target)
+        if denied:
+            raise removals.unlisted(denied[0]) from denied[0]
         return out
 
     def _is_db_place(self, tree: Tree, rel: str) -> bool:
@@ -509,7 +515,11 @@ class _Checkout:
                 if src.path in selected or src.path in removed or self._in_repo(src.path):
                     continue
                 if self.opts.smoke_cmd:  # the data dir's other files, so the command sees them
-                    copy_into(src, stage.path / src.path)
+                    try:
+                        copy_into(src, stage.path / src.path)
+                    except AccessDenied as exc:  # a file it leaves alone (skipped at commit)
+                        self.result.warnings.append(f"{exc}: left out of the smoke command's copy")
+                        continue
                     view[src.path] = stage.path / src.path
                 else:
                     view[src.path] = src.abspath

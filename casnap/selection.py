@@ -220,7 +220,7 @@ def make_filter(
 
 class Selection(NamedTuple):
     """The files a checkout restores, by path, with the snapshot each comes from, and the
-    scopes (paths, excludes) inside which a target file no snapshot lists is removed."""
+    scopes (paths, excludes, skipped) inside which a target file no snapshot lists is removed."""
 
     sources: tuple[tuple[ObjectId, Snapshot], ...]
     entries: dict[str, tuple[FileEntry, ObjectId]]
@@ -244,6 +244,11 @@ class Selection(NamedTuple):
 
     def excludes(self) -> set[str]:
         return {x for _, snap in self.sources for x in snap.excludes}
+
+    def skipped(self) -> set[str]:
+        """The paths a snapshot recorded as left out, unreadable (`commit --skip-unreadable`):
+        as for an excluded one, no snapshot says what they should hold."""
+        return {x for _, snap in self.sources for x in snap.skipped}
 
 
 def covers(snap: Snapshot, path: str) -> bool:

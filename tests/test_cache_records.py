@@ -93,10 +93,10 @@ def test_a_write_right_after_the_swap_is_not_recorded_as_restored(
     commit(repo, data)
     real = restored.record
 
-    def app_writes_first(repo_id: str, target: Path, placed: list) -> None:
+    def app_writes_first(repo_id: str, target: Path, placed: list, *rest: bool) -> None:
         with open(target / "notes.txt", "r+b") as f:
             f.write(b"third")
-        real(repo_id, target, placed)
+        real(repo_id, target, placed, *rest)
 
     monkeypatch.setattr(restored, "record", app_writes_first)
     checkout(repo, first, data, smoke=False)
@@ -127,12 +127,12 @@ def test_a_wal_write_right_after_the_swap_is_not_recorded_as_restored(
     real = restored.record
     app: list[sqlite3.Connection] = []
 
-    def app_writes_first(repo_id: str, target: Path, placed: list) -> None:
+    def app_writes_first(repo_id: str, target: Path, placed: list, *rest: bool) -> None:
         db = sqlite3.connect(target / "w.db", isolation_level=None)
         db.execute("PRAGMA wal_autocheckpoint=0")
         db.execute("INSERT INTO t VALUES (2)")  # stays in the -wal: the app keeps it open
         app.append(db)
-        real(repo_id, target, placed)
+        real(repo_id, target, placed, *rest)
 
     monkeypatch.setattr(restored, "record", app_writes_first)
     checkout(repo, first, data, smoke=False)

@@ -218,7 +218,7 @@ def test_a_file_held_only_by_a_snapshot_whose_pack_is_gone_is_not_replaced(
     assert raw_tree(app) == before
 
     shutil.copytree(app, tmp_path / "copy", symlinks=True)
-    checkout(repo, old, tmp_path / "copy", safety_snapshot=False)  # told to save nothing
+    checkout(repo, old, tmp_path / "copy", safety_snapshot=False, force=True)  # save nothing
     assert not (tmp_path / "copy" / "precious.txt").exists()
 
     repair_index(repo)
@@ -230,15 +230,15 @@ def test_a_file_held_only_by_a_snapshot_whose_pack_is_gone_is_not_replaced(
 
 
 def test_latest_never_names_a_safety_snapshot(app: Path, tmp_path: Path) -> None:
-    """A restore test into a scratch dir holding other files saves them as a pre-checkout
-    snapshot; `latest` must still name the newest backup, or a later `checkout latest` of the
-    data dir would replace it with the scratch dir's files."""
+    """A restore test forced into a scratch dir holding other files saves them as a
+    pre-checkout snapshot; `latest` must still name the newest backup, or a later `checkout
+    latest` of the data dir would replace it with the scratch dir's files."""
     repo = Repository.init(tmp_path / "repo")
     nightly = commit(repo, app).id
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "stray.txt").write_text("a file of the scratch dir")
-    r = checkout(repo, nightly, scratch)
+    r = checkout(repo, nightly, scratch, force=True)  # a folder no checkout went into before
     assert r.safety_snapshot is not None
     assert repo.resolve("latest").hex() == nightly
     assert repo.resolve("latest", paths=[]).hex() == nightly

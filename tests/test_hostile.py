@@ -391,7 +391,7 @@ def test_symlinks_in_the_target_are_never_followed(
     (target / "notes.txt").write_text("unsaved")  # would force a safety snapshot first
     before = raw_tree(target)
     snaps_before = sorted((repo_dir / "snapshots").iterdir())
-    proc = cli(repo_dir, data, "checkout", sid, "--to", str(target))
+    proc = cli(repo_dir, data, "checkout", sid, "--to", str(target), "--force")  # notes.txt
     if trick == "dangling":
         one_line(proc, EXIT_CODES["source"], "exists and is not a file")
     else:

@@ -97,7 +97,7 @@ def _counts(repo_dir: Path, data: Path, scratch: Path, op: str, ref: str = "") -
     elif op == "prune":
         retention.prune(repo, retention.Policy(last=1), gc=DEFAULT_MAX_UNUSED)  # one lock
     else:
-        checkout(repo, ref, scratch / "data", smoke=False)
+        checkout(repo, ref, scratch / "data", smoke=False, data_dir=scratch / "data")
     return backend.plan.counts
 
 
@@ -240,7 +240,7 @@ def check_checkout_kill(base: Base, repo_dir: Path, data: Path, scratch: Path) -
         assert now.get(path) in allowed, f"{path} is torn: neither its old nor its new version"
     repo = after_kill(base, repo_dir, data, scratch)
     # rerun the checkout: it completes, and removes what the killed one staged
-    checkout(Repository.open(repo_dir), base.first, data, smoke=False)
+    checkout(Repository.open(repo_dir), base.first, data, smoke=False, data_dir=data)
     assert file_hashes(data) == base.new
     assert not temp_files(data), "staged files of the killed checkout are left in the target"
     # nothing lost: the data the checkout replaced is held by a pre-checkout snapshot

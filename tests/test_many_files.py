@@ -192,7 +192,7 @@ def test_new_folders_move_in_whole_with_their_modes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "d02").mkdir(parents=True)
     (out / "d02" / "stray.txt").write_text("not in the snapshot")
-    result = checkout(repo, "latest", out, safety_snapshot=False)
+    result = checkout(repo, "latest", out, safety_snapshot=False, force=True)  # stray.txt goes
     assert tree(out) == tree(data)
     assert result.removed == ["d02/stray.txt"]
     assert sorted(result.written) == sorted(tree(data))

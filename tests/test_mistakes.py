@@ -120,7 +120,9 @@ def test_a_checkout_into_a_folder_holding_the_repository_leaves_it_alone(tmp_pat
     repo_dir = tmp_path / "backups"
     sid = commit(Repository.init(repo_dir), data).id
     before = raw_tree(repo_dir)
-    proc = run_casnap(["--repo", str(repo_dir), "checkout", sid, "--to", str(tmp_path)])
+    # forced: the data dir's files there, which this full checkout removes, are no reason to stop
+    to = ["--to", str(tmp_path), "--force"]
+    proc = run_casnap(["--repo", str(repo_dir), "checkout", sid, *to])
     assert proc.returncode == 0, proc.stderr
     assert raw_tree(repo_dir) == before  # not "removed" as absent from the snapshot
     assert (tmp_path / "app.db").is_file()
@@ -176,7 +178,7 @@ def test_the_target_swapped_for_a_link_while_staging_redirects_nothing(tmp_path:
     backend = FaultyBackend(LocalBackend(tmp_path / "repo"), [call_after("get", 1, swap, "packs/")])
     attacked = Repository.open_backend(backend, tmp_path / "repo" / "tmp", root=tmp_path / "repo")
     try:
-        checkout(attacked, sid, target, safety_snapshot=False)
+        checkout(attacked, sid, target, safety_snapshot=False, force=True)  # extra.txt goes
     except Exception:  # noqa: BLE001 - refusing is fine; writing outside is not
         pass
     assert raw_tree(victims) == before
@@ -460,7 +462,8 @@ def test_a_target_behind_another_users_link_is_refused(tmp_path: Path) -> None:
     one_line(proc, EXIT_CODES["integrity"], "symbolic link owned by another user")
     assert raw_tree(victim) == before
     os.lchown(home / "target", 0, 0)  # root's own link is followed, as a user expects
-    assert checkout(repo, sid, home / "target", safety_snapshot=False).files_written == 7
+    done = checkout(repo, sid, home / "target", safety_snapshot=False, force=True)
+    assert done.files_written == 7 and done.removed == ["keep.txt"]
 
 
 @pytest.mark.parametrize("length", [247, 251, 255])

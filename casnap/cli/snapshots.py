@@ -275,16 +275,22 @@ def commit(
     metavar="DIR",
     default=None,
     help="Restore into DIR instead of the data dir (not a folder inside it, nor, for a full "
-    "checkout, one holding it: refused). As there, a full checkout removes the "
-    "files DIR holds that the snapshot lacks (unlike restic's restore --target), saved first "
-    "as a pre-checkout snapshot.",
+    "checkout, one holding it: refused). A full checkout removes the files DIR holds that the "
+    "snapshot lacks (saved first as a pre-checkout snapshot) only when DIR is known to hold "
+    "this data: an earlier full checkout went into it, or a snapshot was committed from it; "
+    "elsewhere it is refused unless --force.",
 )
 @click.option(
     "--no-safety-snapshot",
     is_flag=True,
     help="Do not save target files that no snapshot holds before replacing them.",
 )
-@click.option("--force", is_flag=True, help="Restore a database even while a process has it open.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Restore a database even while a process has it open; in a --to DIR not known to hold "
+    "this data, remove the files the snapshot lacks (saved first as a pre-checkout snapshot).",
+)
 @click.option(
     "--no-smoke",
     is_flag=True,
@@ -334,11 +340,13 @@ def checkout(
     compared; then --smoke-cmd, if given, runs on a disposable copy of the staged dir. Only when
     all pass is each file swapped in with an atomic rename; otherwise the target is left
     untouched and the failed check and file are named (exit 9). Files absent
-    from the snapshot are removed (full checkout only). Data that no snapshot holds is first
-    saved as a snapshot tagged `pre-checkout`. With PATHS, only those files are restored (and
-    checked). A database in use is refused (exit 6): --force overrides open descriptors, never
-    a SQLite lock. A repository inside the target is never touched; a target inside the
-    repository is refused.
+    from the snapshot are removed (full checkout only; from a --to DIR only when an earlier
+    full checkout went into it or a snapshot was committed from it, else refused unless
+    --force), but for those its commit excluded or could not read. Data that no snapshot holds
+    is first saved as a snapshot tagged `pre-checkout`. With PATHS, only those files are
+    restored (and checked). A database in use is refused (exit 6): --force overrides open
+    descriptors, never a SQLite lock. A repository inside the target is never touched; a
+    target inside the repository is refused.
 
     Example: casnap checkout pre-migration --smoke-cmd './scripts/search-test.sh'
     """
@@ -356,6 +364,7 @@ def checkout(
     # a whole snapshot, a folder or an index may hold FAISS indexes: their checker starts now
     faiss = not paths or any(p.endswith(".index") or not Path(p).suffix for p in paths)
     click.get_current_context().with_resource(probe_ahead(not no_smoke and faiss))
+    from casnap import removals
     from casnap.restorer import checkout as checkout_snapshot
 
     repo = c.open()
@@ -383,6 +392,7 @@ def checkout(
                 smoke_cmd=smoke_cmd,
                 progress=progress,
                 all_paths=all_paths,
+                data_dir=c.data,
             )
         except DatabaseBusy as exc:
             hint = "or use --force" if exc.overridable else "(--force does not override that)"
@@ -394,8 +404,20 @@ def checkout(
                 f"{exc}; `casnap verify --read-data` names every snapshot and file the damage "
                 "spoils, and an older snapshot may hold these files intact"
             ) from exc
+        except InvalidArgument as exc:
+            if removals.UNKNOWN_TARGET not in getattr(exc, "__notes__", ()):
+                raise
+            how = "after saving them in a pre-checkout snapshot"
+            if no_safety_snapshot:
+                how = "without saving them"
+            raise InvalidArgument(f"{exc}; --force removes them, {how}") from exc
         except (AccessDenied, StorageFull, SourceError) as exc:
-            if "safety-snapshot" not in getattr(exc, "__notes__", ()):
+            notes = getattr(exc, "__notes__", ())
+            if any(n in notes for n in (removals.UNREADABLE_REMOVED, removals.UNREADABLE_REPLACED)):
+                what = "removes" if removals.UNREADABLE_REMOVED in notes else "replaces"
+                hint = f"--no-safety-snapshot {what} it without saving it"
+                raise type(exc)(f"{exc} ({hint})") from exc
+            if "safety-snapshot" not in notes:
                 raise
             raise type(exc)(
                 f"saving the pre-checkout snapshot of the data this checkout replaces failed, "
