@@ -85,8 +85,7 @@ class Repository:
 
     @cached_property
     def store(self) -> Store:
-        """The chunk store, made on first use: a command that reads no chunk (log) does without
-        the index code (numpy)."""
+        """The chunk store, made on first use: a command reading no chunk (log) skips numpy."""
         from casnap.store import Store
 
         return Store(self.backend, int(self.config["pack_target"]), self.ids)
@@ -161,8 +160,7 @@ class Repository:
         password: PasswordSource | None = None,
         cache: bool = True,
     ) -> Repository:
-        """Open the repository in a local directory or at an S3 URL (password: asked for only
-        when it is encrypted)."""
+        """Open the repository in a folder or at an S3 URL (a password asked only if encrypted)."""
         where = as_location(location)
         if isinstance(where, S3Url):
             return cls._on_s3(where, password, cache=cache)

@@ -10,6 +10,7 @@ from casnap.cli import (  # noqa: F401 - registers the commands
     importing,
     keys,
     maintenance,
+    restoring,
     snapshots,
 )
 from casnap.cli.main import CasnapGroup, Context, cli, main

@@ -21,7 +21,7 @@ from casnap.cli.options import (
 )
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.cli.pipes import StdoutFailed, output_failed, printing
-from casnap.cli.snapshots import _smoke_summary
+from casnap.cli.restoring import _smoke_summary
 from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.errors import CheckFailed
 
