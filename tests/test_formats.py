@@ -18,6 +18,7 @@ import pytest
 import casnap
 from casnap.chunking import choose_chunker
 from casnap.chunking.faiss import _Layout
+from casnap.config import default_config
 from casnap.constants import SNIFF_BYTES
 from casnap.formats import sniff
 from casnap.formats.faiss import (
@@ -36,7 +37,6 @@ from casnap.formats.sqlite import (
     sqlite_page_size,
     wal_mode,
 )
-from casnap.repository import default_config
 from tests import helpers_chunking as h
 
 PACKAGE = Path(casnap.__file__).parent
