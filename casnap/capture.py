@@ -256,9 +256,12 @@ def left_out(data_dir: Path, rel: str, of: str = "the snapshot") -> str:
     return f"{shortened(rel)}: not readable, left out of {of}"
 
 
-def vanished(rel: str) -> str:
+def vanished(rel: str, strict: bool = False) -> str:
     """The warning for a plain file a commit left out because it was deleted before its read
-    (or while it was read: what was read of it is not stored)."""
+    (or while it was read: what was read of it is not stored); strict: the problem for which a
+    --strict commit stores nothing."""
+    if strict:
+        return f"{shortened(rel)}: deleted while committing"
     gone = "vanished before it was read (deleted meanwhile); left out of the snapshot"
     return f"{shortened(rel)}: {gone}"
 

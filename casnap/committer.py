@@ -263,10 +263,14 @@ def _readable(snap: Snapshot) -> None:
         ) from exc
 
 
-def _inconsistent(problems: list[str]) -> InconsistentData:
-    """The error of a --strict commit that found problems: nothing is committed."""
+def _inconsistent(problems: list[str], shown: int = 5) -> InconsistentData:
+    """The error of a --strict commit that found problems: nothing is committed. One line: the
+    first `shown` problems, and how many more."""
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
     return InconsistentData(
-        f"{len(problems)} consistency problem(s), nothing committed: " + "; ".join(problems)
+        f"{len(problems)} consistency problem(s), nothing committed: "
+        + "; ".join(problems[:shown])
+        + more
     )
 
 
@@ -460,7 +464,7 @@ class Committer:
                         raise _inconsistent([p.text for p in problems])
                 result.warnings += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
-                lost = [capture.vanished(p) for p in sorted(gone)]
+                lost = [capture.vanished(p, opts.strict) for p in sorted(gone)]
                 if opts.strict and (cut or lost):
                     raise _inconsistent(cut + lost)
                 result.warnings += cut + lost

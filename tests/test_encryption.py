@@ -238,6 +238,16 @@ def test_a_password_option_beats_every_password_variable(app: Path, tmp_path: Pa
     plain = tmp_path / "plain"  # refused before any repository is looked at
     code, _, err = run(plain, app, *both, "commit", password=None)
     assert code == 2 and not plain.exists(), err
+    # an empty value (an unset variable) is given all the same: both refused, one alone said
+    for empty in (["--password-file", str(good), "--password-command", ""],
+                  ["--password-file", "", "--password-command", good_cmd]):  # fmt: skip
+        code, out, err = run(repo, app, *empty, "log", password=None)
+        assert code == 2 and out == "" and "both given" in err, (empty, err)
+    for option in ("--password-file", "--password-command"):
+        code, out, err = run(repo, app, option, "", "log", password=PW)
+        assert code == 2 and out == "", err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"casnap: error: {option} is empty: give a password source"), err
 
 
 def test_a_password_command_that_prints_without_end_is_stopped(app: Path, tmp_path: Path) -> None:

@@ -117,10 +117,13 @@ class Passwords:
         sources: str = SOURCES,
         option: str = "--password",
     ) -> None:
-        if file and command:  # restic refuses them too: which one was meant cannot be told
-            raise click.UsageError(
+        if file is not None and command is not None:  # restic refuses them too: which one
+            raise click.UsageError(  # was meant cannot be told (an empty one: an unset variable)
                 f"{option}-file and {option}-command both given: give one password source"
             )
+        for value, kind in ((file, "file"), (command, "command")):
+            if value == "":  # an unset variable: never the prompt or a variable in its place
+                raise click.UsageError(f"{option}-{kind} is empty: give a password source")
         self.file = file or None
         self.command = command or None
         self.location = location
