@@ -108,15 +108,15 @@ def known(repo: Repository, target: Path, fd: int, data_dir: Path | None) -> boo
     """Whether target (open as fd) is known to hold repo's data: the data dir (by identity,
     whatever path names it), a folder with a record of a full checkout from repo, or one a
     snapshot of repo was committed from on this host."""
+    here = os.fstat(fd)
     if data_dir is not None:
-        here = os.fstat(fd)
         try:
             st = os.stat(data_dir)
         except (OSError, ValueError):
             st = None
         if st is not None and (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
             return True
-    if restored_files.whole_checkout(repo.id, str(target)):
+    if restored_files.whole_checkout(repo.id, str(target), (here.st_dev, here.st_ino)):
         return True
     source, host = str(target), fsutil.hostname()
     return any(

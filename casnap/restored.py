@@ -9,7 +9,9 @@ entry from that snapshot while the fingerprint still matches and the snapshot st
 gc has kept its chunks). Only the manifest's own entry is trusted, never anything in this file
 but the fingerprint; losing the file costs one full read, nothing else.
 
-The record also says whether a full checkout went into that dir (`whole`): a later full checkout
+The record also says whether a full checkout went into that dir (`whole`: the folder's device
+and inode then, so another folder put at that path is not taken for it, unless it got the inode
+number of one removed): a later full checkout
 into a folder other than the data dir removes the files its snapshot lacks only from a folder
 known to hold this data (removals.py). A checkout of some paths keeps what the record said.
 """
@@ -42,7 +44,7 @@ class Restored(NamedTuple):
 
     source: str
     files: dict[str, tuple[tuple[int, ...], str]]
-    whole: bool = False  # a full checkout from the repository went into source
+    whole: tuple[int, int] | None = None  # device, inode of source when a full checkout went in
 
 
 def save(repo_id: str, record: Restored) -> None:
@@ -52,8 +54,8 @@ def save(repo_id: str, record: Restored) -> None:
         "source": record.source,
         "files": {p: [fp, sid] for p, (fp, sid) in record.files.items()},
     }
-    if record.whole:
-        fields["whole"] = True
+    if record.whole is not None:
+        fields["whole"] = list(record.whole)
     body = json.dumps(fields, sort_keys=True).encode()
     with contextlib.suppress(OSError):
         path.parent.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -88,6 +90,11 @@ def record(
     if not placed and not whole:
         return
     base = str(target)
+    ident = None
+    if whole:
+        with contextlib.suppress(OSError):
+            st = os.stat(base)
+            ident = (st.st_dev, st.st_ino)
     fps = [_fingerprint(os.path.join(base, e.path), e.kind) for e, _ in placed]
     now = time.time_ns()
     ctimes = {i: fp[2] for i, fp in enumerate(fps) if fp is not None}
@@ -109,7 +116,7 @@ def record(
         if entry.kind == "sqlite" and len(fp) > 4 and fp[4] > 0:
             continue  # a -wal holding frames, which no checkout leaves: written since the swap
         files[entry.path] = (fp, sid)
-    save(repo_id, Restored(str(target), files, whole))
+    save(repo_id, Restored(str(target), files, ident))
 
 
 def _fingerprint(path: str, kind: str) -> tuple[int, ...] | None:
@@ -144,13 +151,18 @@ def load(repo_id: str, source: str) -> Restored | None:
         if type(fp) is not list or type(sid) is not str or any(type(x) is not int for x in fp):
             return None
         files[path] = (tuple(fp), sid)
-    return Restored(source, files, d.get("whole") is True)
+    whole = d.get("whole")
+    ident = None
+    if type(whole) is list and len(whole) == 2 and all(type(x) is int for x in whole):
+        ident = (whole[0], whole[1])
+    return Restored(source, files, ident)
 
 
-def whole_checkout(repo_id: str, source: str) -> bool:
-    """Whether the record for source says a full checkout went into it."""
+def whole_checkout(repo_id: str, source: str, ident: tuple[int, int]) -> bool:
+    """Whether the record for source says a full checkout went into it while it was the folder
+    ident (device, inode) names."""
     record = load(repo_id, source)
-    return record is not None and record.whole
+    return record is not None and record.whole == ident
 
 
 def drop(repo_id: str, source: str) -> None:

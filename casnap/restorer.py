@@ -236,7 +236,11 @@ class _Checkout:
         return self.result
 
     def _run(self, tree: Tree, wanted: list[_Item], removing: list[str]) -> None:
-        whole = not self.paths or restored_files.whole_checkout(self.repo.id, str(self.target))
+        here = os.fstat(tree.root.fd)
+        ident = (here.st_dev, here.st_ino)
+        whole = not self.paths or restored_files.whole_checkout(
+            self.repo.id, str(self.target), ident
+        )
         plan, unchanged, unsaved = self._plan(tree, wanted)
         if self.opts.safety_snapshot:  # what it removes is read only to be saved
             unsaved += removals.unsaved(tree, self.present, removing)

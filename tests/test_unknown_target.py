@@ -118,6 +118,23 @@ def test_force_removes_them_saved_first_and_the_folder_is_known_from_then_on(hom
     assert files_of(home / "shared") == DATA
 
 
+def test_a_folder_made_anew_where_a_checkout_target_was_is_not_known(home: Path) -> None:
+    """The record of a full checkout named its target by path: another folder put at that path,
+    holding other files, counted as known and lost them unasked. The record keeps the folder's
+    identity (device and inode), as the data dir is known by its own. (The old folder is kept
+    aside here: a folder removed, its inode number free, may give it to the next one made.)"""
+    ok(home, "checkout", "latest", "--to", "restored")
+    (home / "restored").rename(home / "aside")
+    write(home / "restored", {"precious.txt": "not this data\n"})
+    before = raw_tree(home / "restored")
+    one_line(run(home, "checkout", "latest", "--to", "restored"), EXIT_CODES["usage"], "--force")
+    assert raw_tree(home / "restored") == before
+    ok(home, "checkout", "latest", "--to", "restored", "--force")
+    write(home / "restored", {"later.txt": "made by the restored app\n"})
+    ok(home, "checkout", "latest", "--to", "restored")  # the folder the full checkout went into
+    assert files_of(home / "restored") == DATA
+
+
 def test_a_folder_holding_only_the_snapshots_files_needs_no_force(home: Path) -> None:
     for to in ("fresh", "fresh/deeper"):  # missing, then inside one just restored
         ok(home, "checkout", "latest", "--to", to)
