@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,15 +172,6 @@ def test_forget_removes_a_snapshot_whose_links_casnap_refuses(tmp_path: Path) ->
     assert [sid.hex() for sid, _ in Repository.open(repo_dir).snapshots()] != [good]
 
 
-def _index_bytes(n: int) -> bytes:
-    import faiss
-    import numpy as np
-
-    index = faiss.IndexFlatL2(8)
-    index.add(np.random.default_rng(n).standard_normal((n, 8)).astype("float32"))
-    return bytes(faiss.serialize_index(index))
-
-
 @pytest.mark.parametrize("other", ["zzz/copy.faiss", "a/copy.faiss"])
 def test_a_link_to_a_store_file_read_again_takes_what_was_read_again(
     tmp_path: Path, other: str
@@ -189,12 +179,10 @@ def test_a_link_to_a_store_file_read_again_takes_what_was_read_again(
     """A framework store rewritten while the commit reads it is read again (instants.py): a hard
     link elsewhere to one of its files, the same file, is stored with what was read again,
     whichever of the two names comes first."""
+    from tests.test_instants import _index_bytes, store_before_a_big_file
+
     data = tmp_path / "data"
-    store = data / "store"
-    store.mkdir(parents=True)
-    (store / "index.faiss").write_bytes(_index_bytes(100))
-    (store / "index.pkl").write_bytes(pickle.dumps(({}, {})))
-    (data / "zz.bin").write_bytes(os.urandom(4 << 20))  # read after the store (path order)
+    store = store_before_a_big_file(data)
     (data / other).parent.mkdir()
     os.link(store / "index.faiss", data / other)
     newer = _index_bytes(120)

@@ -24,13 +24,20 @@ def _index_bytes(n: int) -> bytes:
     return bytes(faiss.serialize_index(index))
 
 
-def test_a_store_rewritten_during_the_commit_is_read_again(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def store_before_a_big_file(data: Path) -> Path:
+    """A LangChain-layout store (index.faiss, index.pkl) in data/store, read before data/zz.bin
+    (4 MiB: a commit is still reading it when a test rewrites the store); the store's folder."""
     store = data / "store"
     store.mkdir(parents=True)
     (store / "index.faiss").write_bytes(_index_bytes(100))
     (store / "index.pkl").write_bytes(pickle.dumps(({}, {})))
     (data / "zz.bin").write_bytes(os.urandom(4 << 20))  # read after the store (path order)
+    return store
+
+
+def test_a_store_rewritten_during_the_commit_is_read_again(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    store = store_before_a_big_file(data)
     newer = _index_bytes(120)
     fired = []
 

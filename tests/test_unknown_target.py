@@ -16,7 +16,6 @@ import contextlib
 import json
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,21 +26,9 @@ from casnap.constants import SAFETY_TAG
 from casnap.errors import EXIT_CODES, InvalidArgument
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from tests.helpers_reliability import casnap_env
 from tests.test_hostile import one_line
+from tests.test_target_overlap import run
 from tests.util import raw_tree
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI run from cwd with the default --repo (./backups) and --data (./data)."""
-    return subprocess.run(
-        [sys.executable, "-m", "casnap", *args],
-        cwd=cwd,
-        env=casnap_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def ok(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
