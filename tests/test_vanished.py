@@ -32,6 +32,8 @@ from tests.helpers_rag import LANGCHAIN_DIR, make_langchain
 from tests.helpers_reliability import casnap_env, run_casnap, small_config
 
 PACK = 4096  # small packs: the first is written while the first large file is read
+VECTORS = 64_000  # a 4 MiB index: 8000 vectors (0.5 MiB) were read whole, sidecar too, before a
+# busy machine ran the first pack's put
 GONE = "vanished before it was read (deleted meanwhile); left out of the snapshot"
 
 
@@ -143,11 +145,12 @@ def test_a_database_deleted_before_its_read_still_stops_the_commit(tmp_path: Pat
 
 
 def _index_and_sidecar(data: Path, stated: int) -> None:
-    """faiss/flat.index (8000 vectors: read on its own, packs written as it is) and its sidecar
+    """faiss/flat.index (VECTORS: read on its own, the first of many packs written early in its
+    read, so a hook on that put runs long before the sidecar is read) and its sidecar
     stating ntotal `stated`."""
     (data / "faiss").mkdir(parents=True)
     index = faiss.IndexFlatL2(16)
-    index.add(np.random.default_rng(3).standard_normal((8000, 16)).astype("float32"))
+    index.add(np.random.default_rng(3).standard_normal((VECTORS, 16)).astype("float32"))
     faiss.write_index(index, str(data / "faiss" / "flat.index"))
     (data / "faiss" / "flat.meta.json").write_text(json.dumps({"ntotal": stated}))
 
@@ -157,7 +160,7 @@ def test_a_sidecar_deleted_before_its_read_leaves_the_index_alone_judged(tmp_pat
     sidecar went before it was read: the snapshot holds the index alone, which a checkout's
     smoke checks find nothing wrong with, so the warning about the pair goes too."""
     data = tmp_path / "data"
-    _index_and_sidecar(data, stated=7999)
+    _index_and_sidecar(data, stated=VECTORS - 1)
     repo = _repo(tmp_path, _unlink(data / "faiss" / "flat.meta.json"))
 
     result = commit(repo, data)
@@ -177,7 +180,7 @@ def test_an_index_deleted_before_its_read_takes_its_problems_along(tmp_path: Pat
     data = tmp_path / "data"
     (data / "a.bin").parent.mkdir(parents=True)
     (data / "a.bin").write_bytes(np.random.default_rng(4).bytes(3 << 20))
-    _index_and_sidecar(data / "z", stated=8000)
+    _index_and_sidecar(data / "z", stated=VECTORS)
     index = data / "z" / "faiss" / "flat.index"
     index.write_bytes(index.read_bytes()[:100_000])  # cut short
     repo = _repo(tmp_path, _unlink(index))
