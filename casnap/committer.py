@@ -31,6 +31,7 @@ from casnap import (
     rollback,
     selection,
     statcache,
+    swapmark,
 )
 from casnap import restored as restored_files
 from casnap.backends.base import put_verified
@@ -303,6 +304,7 @@ class Committer:
         self.reader.phases = self.phases  # the caller may have given the commit its own
         capture.require_data_dir(data_dir)
         data_dir = data_dir.resolve()  # a data dir reached through a symbolic link is stored
+        mixed = swapmark.interrupted(data_dir)  # a checkout killed as it put files in place
         prune = self.repo.nested_in(data_dir)
         self.repo.clean_scratch()
         rel_paths = commit_paths(paths, data_dir)
@@ -481,7 +483,7 @@ class Committer:
                 self.written_index = reader.writer.index_key  # when the failure came after it
             raise
         manifest_start = time.perf_counter()
-        result.warnings += [capture.left_out(data_dir, p) for p in unreadable]
+        result.warnings += [capture.left_out(data_dir, p) for p in unreadable] + mixed
         result.skipped = sorted(unreadable)
         user = _user()
         snap = Snapshot(

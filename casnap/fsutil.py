@@ -384,14 +384,18 @@ def _stage_owner(name: str) -> int | None:
     return int(parts[0])
 
 
+def left_stage(name: str) -> bool:
+    """True for the name of a staging dir a process of this host made and no longer runs."""
+    pid = _stage_owner(name)
+    return pid is not None and pid != os.getpid() and not pid_alive(pid)
+
+
 def remove_stale_stages_in(d: Dir) -> None:
     """Remove the staging dirs in d whose process no longer runs (never following a link)."""
     for name in d.names():
-        pid = _stage_owner(name)
-        if pid is None or pid == os.getpid() or pid_alive(pid):
-            continue
-        with contextlib.suppress(OSError, CasnapError):
-            remove_tree(d, name)
+        if left_stage(name):
+            with contextlib.suppress(OSError, CasnapError):
+                remove_tree(d, name)
 
 
 def remove_stale_stages(folder: Path) -> None:

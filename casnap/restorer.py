@@ -32,6 +32,7 @@ from casnap import (
     smoke_report,
     storeparts,
     swap,
+    swapmark,
 )
 from casnap import restored as restored_files
 from casnap.errors import (
@@ -60,9 +61,9 @@ from casnap.staging import (
     refuse_broad_target,
     run_smoke_cmd,
     stage_files,
-    stage_parent,
     undo_target,
 )
+from casnap.swapmark import stage_parent
 
 
 class CheckoutOptions(NamedTuple):
@@ -581,6 +582,8 @@ class _Checkout:
                 )
             placing = [(item.entry.path, item.replaces_db) for item in plan]
             entries = [item.entry for item in plan]
+            if plan:  # a kill from here on leaves the target part old, part new: said later
+                swapmark.mark(stage.dir, self.result.id, self.target)
             written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs, entries)
             self.result.written += written
         return touched

@@ -492,19 +492,6 @@ def _mkdirs(folder: Path) -> None:
         raise from_oserror(exc, f"creating {folder}") from exc
 
 
-def stage_parent(target: Path) -> Path:
-    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
-    when that is the same filesystem and writable; else inside target."""
-    parent = target.parent
-    try:
-        same_fs = parent != target and os.stat(parent).st_dev == os.stat(target).st_dev
-    except OSError:
-        return target
-    if same_fs and os.access(parent, os.W_OK | os.X_OK):
-        return parent
-    return target
-
-
 def refuse_broad_target(target: Path, shown: Path) -> None:
     """InvalidArgument for a full checkout into the file system's root or the home folder: it
     would save all of it as a pre-checkout snapshot, then remove every file the snapshot lacks;

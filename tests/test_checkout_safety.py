@@ -448,3 +448,36 @@ def test_a_file_left_in_place_and_written_during_the_checkout_keeps_its_times(
     saved = tmp_path / "saved"
     checkout(repo, latest, saved, safety_snapshot=False)
     assert (saved / "conf.txt").read_text() == "BBBB\n"
+
+
+def test_only_a_whole_mark_of_a_dead_checkout_into_the_data_dir_is_said(tmp_path: Path) -> None:
+    """The mark a killed swap leaves is read with care: made by hand, a link, a FIFO, for
+    another target, or in a live process's staging dir, it says nothing (and never hangs)."""
+    import json
+    import os
+
+    from casnap import swapmark
+    from casnap.fsutil import HOST_TAG, STAGE_PREFIX
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sid = "ab" * 32
+
+    def stage(pid: int, tail: str) -> Path:
+        made = tmp_path / f"{STAGE_PREFIX}{pid}-{HOST_TAG}-{tail}"
+        made.mkdir()
+        return made
+
+    def body(target: Path) -> str:
+        return json.dumps({"snapshot": sid, "target": str(target), "time": 1.7e9})
+
+    (stage(dead_pid(), "0000000000a1") / swapmark.MARK).write_text(body(tmp_path / "other"))
+    (stage(dead_pid(), "0000000000a2") / swapmark.MARK).write_text("{not json")
+    (stage(dead_pid(), "0000000000a3") / swapmark.MARK).symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text(body(data))
+    os.mkfifo(stage(dead_pid(), "0000000000a4") / swapmark.MARK)
+    (stage(os.getppid(), "0000000000a5") / swapmark.MARK).write_text(body(data))  # alive
+    assert swapmark.interrupted(data) == []
+    (stage(dead_pid(), "0000000000a6") / swapmark.MARK).write_text(body(data))
+    [line] = swapmark.interrupted(data)
+    assert f"snapshot {sid[:8]} into {data}" in line and "two snapshots" in line

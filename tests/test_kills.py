@@ -445,3 +445,36 @@ def test_smoke_verify_killed_after_get(base: Base, frac: float, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert not temp_files(repo_dir), "the killed verify's staging dir is left behind"
     assert file_hashes(data) == before  # the data dir is never touched
+
+
+def test_a_commit_after_a_checkout_killed_mid_swap_says_the_data_dir_is_mixed(
+    base: Base, tmp_path: Path
+) -> None:
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"replace:kill:2:{data}/")
+    assert rc == -9  # two files of the snapshot in place, the rest as they were
+    args = ["--repo", str(repo_dir), "--data", str(data)]
+    done = run_casnap([*args, "commit"])
+    assert done.returncode == 0, done.stderr  # what is there is saved all the same
+    warned = [line for line in done.stderr.splitlines() if "interrupted" in line]
+    assert len(warned) == 1, done.stderr
+    assert base.first[:8] in warned[0] and str(data) in warned[0]
+    assert "two snapshots" in warned[0] and f"casnap checkout {base.first[:8]}" in warned[0]
+    again = run_casnap([*args, "commit"])  # said until a checkout finishes the job
+    assert again.returncode == 0 and "interrupted" in again.stderr
+    finish = run_casnap([*args, "checkout", base.first])
+    assert finish.returncode == 0, finish.stderr
+    assert file_hashes(data) == base.new
+    after = run_casnap([*args, "commit"])
+    assert after.returncode == 0 and "interrupted" not in after.stderr, after.stderr
+
+
+def test_a_checkout_killed_before_its_swap_leaves_no_such_warning(
+    base: Base, tmp_path: Path
+) -> None:
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, "get:kill:3")
+    assert rc == -9
+    assert file_hashes(data) == base.old
+    done = run_casnap(["--repo", str(repo_dir), "--data", str(data), "commit"])
+    assert done.returncode == 0 and "interrupted" not in done.stderr, done.stderr

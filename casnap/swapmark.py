@@ -1,0 +1,111 @@
+"""The mark of a checkout swapping files in: a kill part way is said, not silent.
+
+A checkout renames its staged files into the target one by one (swap.py); killed part way, the
+target holds some files of the snapshot and the rest as they were, and its staging dir stays
+behind. Before the first rename the checkout writes a mark into that staging dir naming the
+snapshot and the target; the staging dir, and the mark with it, is removed once the swap is
+done. A staging dir of a process that no longer runs and holds a mark for a data dir means its
+files may come from two snapshots: a commit of that data dir says so (interrupted) until a
+checkout, which removes the staging dirs killed runs left, puts a whole snapshot in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+from casnap import fsutil
+from casnap.errors import CasnapError, from_oserror
+from casnap.fsdir import Dir
+
+# the mark's name in the staging dir's root: no manifest path holds a backslash
+MARK = "\\swapping"
+_MAX_MARK = 4096  # bytes of a mark read at most (one made by hand is not parsed whole)
+
+
+def stage_parent(target: Path) -> Path:
+    """Where a checkout stages: beside target, so a refused checkout changes nothing inside it,
+    when that is the same filesystem and writable; else inside target."""
+    parent = target.parent
+    try:
+        same_fs = parent != target and os.stat(parent).st_dev == os.stat(target).st_dev
+    except OSError:
+        return target
+    if same_fs and os.access(parent, os.W_OK | os.X_OK):
+        return parent
+    return target
+
+
+def mark(stage: Dir, snapshot: str, target: Path) -> None:
+    """Write the mark of a swap of snapshot (hex id) into target, durable, into stage."""
+    body = json.dumps({"snapshot": snapshot, "target": str(target), "time": time.time()})
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(MARK, flags, 0o600, dir_fd=stage.fd)
+        try:
+            os.write(fd, body.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(stage.fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"writing {stage.path}") from exc
+
+
+def interrupted(target: Path) -> list[str]:
+    """A line for each swap into target (absolute, links resolved) that a killed checkout left
+    part way (its staging dir and mark still there), naming its snapshot; [] for none."""
+    found: list[str] = []
+    for folder in dict.fromkeys((stage_parent(target), target)):
+        with contextlib.suppress(OSError, CasnapError), Dir.open(folder) as d:
+            for name in d.names():
+                if fsutil.left_stage(name):
+                    line = _read(d, name, target)
+                    if line is not None:
+                        found.append(line)
+    return found
+
+
+def _read(parent: Dir, name: str, target: Path) -> str | None:
+    """The line for the mark in parent/name when it names target; None without one."""
+    try:
+        stage = parent.sub(name)
+    except (OSError, CasnapError):
+        return None
+    if stage is None:
+        return None
+    with stage:
+        try:
+            fd = os.open(MARK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=stage.fd)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            raw = os.read(fd, _MAX_MARK)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+    try:
+        body = json.loads(raw)
+        snapshot, where, when = body["snapshot"], body["target"], body["time"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(snapshot, str) or not isinstance(where, str) or where != str(target):
+        return None
+    short = snapshot[:8] if snapshot.isalnum() and snapshot.isascii() else "?"
+    stamp = (
+        time.strftime(" on %Y-%m-%d at %H:%M", time.localtime(when))
+        if isinstance(when, (int, float)) and 0 < when < 1e11
+        else ""
+    )
+    return (
+        f"a checkout of snapshot {short} into {target} was interrupted while it put files in "
+        f"place{stamp}: {target} may hold files of two snapshots; `casnap checkout {short}` "
+        "finishes it"
+    )
