@@ -100,15 +100,14 @@ def listing_stopped(
 ) -> IntegrityError:
     """The error a listing of snapshots stops with at the manifest at location that does not
     open (after confirm, when the config came from the cache: a repository made anew is then
-    the likelier cause). forget takes a snapshot whose head reads (its file list does not
-    stop it, retention.forget); one whose head does not read stops forget too."""
+    the likelier cause). forget takes such a snapshot by its id (heads.py, retention.forget)."""
     if kept is not None:
         confirm(backend, kept)
     short = location.rsplit("/", 1)[-1][:8]
     return type(exc)(
-        f"{exc} (every command that lists snapshots stops here, so that gc never takes it for "
-        f"a forgotten one: `casnap forget {short}` removes that snapshot, or, where forget stops "
-        f"here too, removing {location} does; `casnap verify` lists the files it held)"
+        f"{exc} (gc, prune and forget stop here, so that gc never takes it for a forgotten "
+        f"one: `casnap forget {short}` removes that snapshot; `casnap verify` lists the files "
+        "it held)"
     )
 
 

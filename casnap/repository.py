@@ -26,11 +26,11 @@ from casnap.errors import (
     IntegrityError,
     InvalidArgument,
     NotARepository,
-    ObjectMissing,
     RepositoryNotFound,
     from_oserror,
 )
-from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix, named_id
+from casnap.heads import Damage, read_heads, stopping
+from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, init_folder, is_placeholder_dir, local_backend
@@ -78,6 +78,9 @@ class Repository:
         self.no_lock = False
         self.on_unwritable: Callable[[str], None] | None = None
         self._snapshots: dict[ObjectId, Snapshot] | None = None
+        # manifests whose head does not read: they stop a listing, or unless skip_damaged
+        self.damaged: dict[ObjectId, Damage] = {}
+        self.skip_damaged = False
         self._index_loaded = False
         self.opened_at: float | None = None  # perf_counter() when opening began (phases.py)
 
@@ -331,7 +334,7 @@ class Repository:
         if self._snapshots is not None:
             names = (k.rsplit("/", 1)[-1] for k, _ in self.listed("snapshots/"))
             present = {n for n in names if len(n) == 64 and is_hex_prefix(n)}
-            if present != {sid.hex() for sid in self._snapshots}:
+            if present != {sid.hex() for sid in [*self._snapshots, *self.damaged]}:
                 self._snapshots = None
 
     def clean_scratch(self) -> None:
@@ -362,6 +365,7 @@ class Repository:
     def remove_snapshot(self, sid: ObjectId) -> None:
         """Delete one snapshot manifest; its data stays until gc. Hold the exclusive lock."""
         self.backend.delete(f"snapshots/{sid.hex()}")
+        self.damaged.pop(sid, None)
         if self._snapshots is not None:
             self._snapshots.pop(sid, None)
 
@@ -376,37 +380,31 @@ class Repository:
         return (self._snapshots or {}).get(sid) or self.load_snapshot(sid)
 
     def snapshots(
-        self, files: bool = False, but: Collection[ObjectId] = ()
+        self, files: bool = False, but: Collection[ObjectId] = (), skip_damaged: bool = False
     ) -> list[tuple[ObjectId, Snapshot]]:
         """Every snapshot, oldest first; with files, every file list read too but those of `but`
-        (gc, prune, forget: a damaged one stops them as a damaged manifest stops every listing)."""
+        (gc, prune, forget). A manifest that does not read (heads.py) stops the listing unless
+        it is in `but`, or skip_damaged (or the repository's) and not files: then it is left
+        out, and kept in `damaged` (the command warns of it once it is done)."""
         if self._snapshots is None:
-            found: dict[ObjectId, Snapshot] = {}  # a file list is decoded when used
             self._sizes = dict(self.listed("snapshots/"))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
-            for key in self._sizes:
-                if (sid := named_id(key)) is None:
-                    continue
-                snap = self._listed(key, partial(self.load_snapshot, sid, False), files)
-                if snap is not None:
-                    found[sid] = snap
-            self._snapshots = found
+            load = partial(self.load_snapshot, files=False)  # a file list is decoded when used
+            where = self.backend.location
+            self._snapshots, self.damaged = read_heads(self._sizes, load, files, where)
+        stops = stopping(self.damaged, but)
+        if stops and (files or not (skip_damaged or self.skip_damaged)):
+            exc, where = self.damaged[stops[0]]
+            raise listing_stopped(exc, self.raw_backend, self.kept_config, where) from exc
         listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
         for sid, snap in [(s, n) for s, n in listed if s not in but] if files else ():
-            self._listed(f"snapshots/{sid.hex()}", partial(complete, snap))
+            try:
+                complete(snap)
+            except IntegrityError as exc:
+                where = f"{self.backend.location}/snapshots/{sid.hex()}"
+                raise listing_stopped(exc, self.raw_backend, self.kept_config, where) from exc
         return listed
-
-    def _listed(
-        self, key: str, read: Callable[[], Snapshot], strict: bool = True
-    ) -> Snapshot | None:
-        try:  # not strict: one deleted since listed (by prune, forget) is gone, not damaged
-            return read()
-        except IntegrityError as exc:
-            if isinstance(exc, ObjectMissing) and not strict:
-                return None
-            location = f"{self.backend.location}/{key}"
-            raise listing_stopped(exc, self.raw_backend, self.kept_config, location) from exc
 
     def manifest_sizes(self) -> dict[str, int]:
         """Stored size of every manifest, by snapshot id (hex)."""
@@ -422,7 +420,7 @@ class Repository:
         flt = selection.SnapshotFilter(
             None if paths is None else tuple(paths), selection.parse_tags(tags)
         )
-        return selection.resolve(self.snapshots(), ref, flt).id
+        return selection.resolve(self.snapshots(), ref, flt, self.damaged).id
 
     # -- chunk lists ---------------------------------------------------------------------------
 

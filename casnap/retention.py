@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from casnap import selection
+from casnap import heads, selection
 from casnap.config import parse_time
 from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy
 from casnap.ids import ObjectId
@@ -376,11 +376,17 @@ def forget(
     report = PruneReport(dry_run=dry_run, policy=f"forget {how}")
     with repo.lock("forget", dry_run=dry_run):
         repo.refresh()
-        snaps = repo.snapshots()  # the heads name them; what each snapshot holds is not read
+        # the heads name them (what each snapshot holds is not read); a snapshot whose manifest
+        # does not read is forgotten by its id, and stops any other forget (below)
+        snaps = repo.snapshots(skip_damaged=True)
         if refs:
             targets: list[ObjectId] = []
             for ref in refs:
-                hit = selection.resolve(snaps, ref, select)
+                bad = heads.named(repo.damaged, ref) if not select.active else []
+                if len(bad) == 1 and not any(s.hex().startswith(ref.lower()) for s, _ in snaps):
+                    targets.append(bad[0])
+                    continue
+                hit = selection.resolve(snaps, ref, select, repo.damaged)
                 targets.append(hit.id)
                 carrying = selection.carrying(snaps, ref, select)
                 if hit.by == "tag" and carrying > 1:
@@ -392,7 +398,7 @@ def forget(
         # (a file list casnap cannot read) goes
         repo.snapshots(files=True, but=targets)
         report.removed = [sid.hex() for sid in targets]
-        report.kept = len(snaps) - len(targets)
+        report.kept = len(snaps) + len(repo.damaged) - len(targets)
         _remove(repo, report, dry_run, gc if targets else None)
     report.seconds = time.perf_counter() - t0
     return report

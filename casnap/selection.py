@@ -11,13 +11,14 @@ snapshot reference resolves it here. A checkout of several path groups at once r
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from casnap import capture
 from casnap.constants import SAFETY_TAG
 from casnap.errors import AmbiguousSnapshot, InvalidArgument, SnapshotNotFound
+from casnap.heads import Damage, named
 from casnap.ids import ObjectId, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
@@ -111,11 +112,21 @@ class Resolved(NamedTuple):
     by: str
 
 
-def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolved:
+def resolve(
+    snaps: Snaps,
+    ref: str,
+    flt: SnapshotFilter | None = None,
+    damaged: Mapping[ObjectId, Damage] | None = None,
+) -> Resolved:
     """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest snapshot),
-    among snaps (oldest first) that match flt."""
+    among snaps (oldest first) that match flt. An id of damaged (manifests that do not read,
+    left out of snaps) is its error when ref names it alone, and counts when ref is ambiguous."""
     flt = flt or SnapshotFilter()
     where = f" {flt.describe()}" if flt.active else ""
+    bad = named(damaged or {}, ref)
+    if bad and not any(sid.hex().startswith(ref.lower()) or ref in s.tags for sid, s in snaps):
+        exc = (damaged or {})[bad[0]][0]
+        raise type(exc)(f"{exc} (`casnap forget {bad[0].short}` removes that snapshot)")
     if not snaps:
         raise SnapshotNotFound("the repository holds no snapshots")
     pool = flt.select(snaps)
@@ -128,7 +139,7 @@ def resolve(snaps: Snaps, ref: str, flt: SnapshotFilter | None = None) -> Resolv
     ref_l = ref.lower()
     tagged = [sid for sid, s in pool if ref in s.tags]
     if is_hex_prefix(ref_l) and len(ref_l) >= MIN_PREFIX:
-        matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)]
+        matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)] + bad
         if tagged and matches and len(ref_l) < FULL_ID and matches != tagged[-1:]:
             raise AmbiguousSnapshot(_tag_or_id(ref, tagged[-1], matches, where))
         if len(matches) == 1:

@@ -703,7 +703,8 @@ def test_local_permission_denied_is_access_denied(tmp_path: Path) -> None:
 
 def test_local_an_object_that_is_a_fifo_is_damage_not_a_wait(tmp_path: Path) -> None:
     """A FIFO where an object should be (opening it to read would wait for a writer forever) is
-    read as damage: a manifest stops `log` with exit 5 naming it, an index file is a problem
+    read as damage: a manifest is passed over by `log`, which names it, and stops gc with exit 5,
+    an index file is a problem
     `verify` reports, and a lock is an unreadable one `unlock` removes."""
     from casnap.committer import commit
     from casnap.repository import Repository
@@ -720,11 +721,13 @@ def test_local_an_object_that_is_a_fifo_is_damage_not_a_wait(tmp_path: Path) -> 
     where = ["--repo", str(root), "--data", str(data)]
 
     log = run_casnap([*where, "--no-lock", "log"], env=env, timeout=60)
-    assert log.returncode == 5 and f"snapshots/{fake}" in log.stderr, log.stderr
-    os.unlink(root / "snapshots" / fake)
+    assert log.returncode == 0 and f"snapshots/{fake}" in log.stderr, log.stderr
     unlocked = run_casnap([*where, "unlock"], env=env, timeout=60)
     assert unlocked.returncode == 0, unlocked.stderr
     assert not (root / "locks" / fake).exists()
+    gc = run_casnap([*where, "gc"], env=env, timeout=60)
+    assert gc.returncode == 5 and f"snapshots/{fake}" in gc.stderr, gc.stderr
+    os.unlink(root / "snapshots" / fake)
     verify = run_casnap([*where, "verify"], env=env, timeout=60)
     assert verify.returncode == 9 and "Traceback" not in verify.stderr, verify.stderr
     assert f"index/{fake}" in verify.stdout + verify.stderr

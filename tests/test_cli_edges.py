@@ -242,8 +242,12 @@ def test_a_damaged_manifest_says_how_to_go_on(world: tuple[list[str], Path]) -> 
     base, tmp = world
     bad = tmp / "repo" / "snapshots" / ("ab" * 32)
     bad.write_bytes(b"not a manifest")
-    line = one_line(run_casnap([*base, "log"]), EXIT_CODES["integrity"], "remove")
-    assert str(bad) in line and "casnap verify" in line
+    line = one_line(run_casnap([*base, "gc"]), EXIT_CODES["integrity"], "removes that snapshot")
+    assert f"snapshots/{'ab' * 32}" in line and "casnap verify" in line
+    assert "casnap forget abababab" in line
+    listed = run_casnap([*base, "log"])  # deletes nothing: lists the others, and says why not it
+    assert listed.returncode == 0, listed.stderr
+    assert "casnap forget abababab" in listed.stderr and "casnap verify" in listed.stderr
     proc = run_casnap([*base, "verify"])
     assert proc.stdout.count(f"snapshots/{'ab' * 32}") == 1  # named once per problem line
 

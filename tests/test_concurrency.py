@@ -280,7 +280,7 @@ def test_a_snapshot_forgotten_between_the_listing_and_its_read_is_not_there(
     # gc, prune and forget read every file list under the exclusive lock, which no deleting
     # command shares: a manifest that vanishes then is a damaged repository, and they stop
     strict = Repository.open_backend(forgetting(gc_view), tmp_path / "tmp")
-    with pytest.raises(ObjectMissing, match="every command that lists snapshots stops here"):
+    with pytest.raises(ObjectMissing, match="gc, prune and forget stop here"):
         strict.snapshots(files=True)
 
 

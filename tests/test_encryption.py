@@ -353,13 +353,17 @@ def test_swapped_packs_and_replayed_manifest_are_detected(app: Path, tmp_path: P
     snaps = sorted((repo / "snapshots").iterdir())
     replay = repo / "snapshots" / ("f" * 64)
     replay.write_bytes(snaps[0].read_bytes())
-    code, _, err = run(repo, app, "log")
+    code, _, err = run(repo, app, "gc")
     assert code == EXIT_CODES["integrity"] and "ffffffff" in err
+    code, out, err = run(repo, app, "log")  # deletes nothing: lists the others, names it
+    assert code == 0 and "ffffffff left out" in err and "ffffffff" not in out
     replay.unlink()
     old = snaps[0].read_bytes()
     snaps[0].write_bytes(snaps[1].read_bytes())  # one manifest's bytes under the other's name
-    code, _, err = run(repo, app, "log")
+    code, _, err = run(repo, app, "gc")
     assert code == EXIT_CODES["integrity"], err
+    code, _, err = run(repo, app, "log")
+    assert code == 0 and f"{snaps[0].name[:8]} left out" in err, err
     snaps[0].write_bytes(old)
     assert run(repo, app, "log")[0] == 0
 

@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # imported by the commands that open one: --help does without
 INTERNAL_ERROR = InternalError.exit_code
 ENVIRONMENT = click.core.ParameterSource.ENVIRONMENT
 INTERRUPTED = 130
+# commands that list the snapshots past one whose manifest does not read (none of them deletes)
+PASSING_DAMAGED = frozenset(
+    {"commit", "checkout", "log", "show", "ls", "cat", "diff", "stats", "demo", "import"}
+)
 
 
 def say_error(message: str) -> None:
@@ -101,7 +105,14 @@ class CasnapGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with reader_gone():
-                return super().invoke(ctx)
+                done = super().invoke(ctx)
+                c = ctx.find_object(Context)
+                for repo in c.opened if c is not None else ():  # passed over, now said
+                    for sid, (exc, _where) in repo.damaged.items():
+                        from casnap.heads import damaged_warning
+
+                        warn(damaged_warning(sid, exc), always=True)
+                return done
         except KeyboardInterrupt as exc:  # past click, which would first write a blank line:
             raise Terminated("interrupted", SIGINT) from exc  # unbounded on a full stderr pipe
 
@@ -250,6 +261,7 @@ class Context:
         self.data = data
         self.quiet = quiet
         self.no_lock = no_lock
+        self.opened: list[Repository] = []  # the repositories the command opened (listen)
         self._private_tmp: Path | None = None
         self._noted: set[str] = set()
 
@@ -312,6 +324,11 @@ class Context:
         when a password was given for a repository that is not encrypted."""
         repo.notify = self.notice
         repo.warn = warn
+        # a command that deletes nothing passes over a snapshot whose manifest does not read,
+        # with a warning (heads.py): one damaged snapshot must not stop the backups
+        command = click.get_current_context().info_name or ""
+        repo.skip_damaged = command in PASSING_DAMAGED
+        self.opened.append(repo)
         if not repo.encrypted and self.passwords.given():
             self.note_once(f"repository {repo.backend.location} is not encrypted; no password used")
         return repo

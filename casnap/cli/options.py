@@ -92,7 +92,7 @@ def resolve_ref(
     from casnap import selection
 
     flt = snapshot_filter(c, repo, paths, tags)
-    return selection.resolve(repo.snapshots(), ref, flt).id
+    return selection.resolve(repo.snapshots(), ref, flt, repo.damaged).id
 
 
 class Number(click.FloatRange):

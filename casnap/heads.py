@@ -1,0 +1,62 @@
+"""The snapshot list of a repository: each manifest's head read once, damaged ones held apart.
+
+A manifest whose head does not read (a flipped bit, a truncated object) names a snapshot whose
+chunks gc must not take for unused. Commands that may delete (gc, prune, forget, and whatever
+reads every file list) stop at it; commands that delete nothing (commit, checkout, log, ...:
+Repository.skip_damaged) list the others with a warning, so one damaged snapshot does not stop
+the backups. Either way the way out is named: `casnap forget ID` removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from casnap.errors import IntegrityError, ObjectMissing
+from casnap.ids import ObjectId, named_id
+
+if TYPE_CHECKING:
+    from casnap.manifest import Snapshot
+
+#: a manifest that does not read: the error, and where it lies (the location shown)
+Damage = tuple[IntegrityError, str]
+
+
+def read_heads(
+    keys: Iterable[str], load: Callable[[ObjectId], Snapshot], strict: bool, location: str
+) -> tuple[dict[ObjectId, Snapshot], dict[ObjectId, Damage]]:
+    """The heads of the manifests listed as keys, and those that did not read. A manifest gone
+    since the listing (prune or forget in another process) is gone, unless strict (listed under
+    the exclusive lock, where no other deleting command runs: then it is damage)."""
+    found: dict[ObjectId, Snapshot] = {}
+    damaged: dict[ObjectId, Damage] = {}
+    for key in keys:
+        if (sid := named_id(key)) is None:
+            continue
+        try:
+            found[sid] = load(sid)
+        except IntegrityError as exc:
+            if strict or not isinstance(exc, ObjectMissing):
+                damaged[sid] = (exc, f"{location}/{key}")
+    return found, damaged
+
+
+def stopping(damaged: Mapping[ObjectId, Damage], but: Collection[ObjectId]) -> list[ObjectId]:
+    """The damaged snapshots a listing must not pass over: all but those being forgotten."""
+    return [sid for sid in damaged if sid not in but]
+
+
+def damaged_warning(sid: ObjectId, exc: IntegrityError) -> str:
+    """The warning of a command that lists the snapshots past a damaged one."""
+    return (
+        f"snapshot {sid.short} left out: {exc} (gc and prune stop until `casnap forget "
+        f"{sid.short}` removes it; `casnap verify` lists the files it held)"
+    )
+
+
+def named(damaged: Mapping[ObjectId, Damage], ref: str) -> list[ObjectId]:
+    """The damaged snapshots whose id starts with ref (a hex prefix of 4 or more digits)."""
+    low = ref.lower()
+    if len(low) < 4 or any(c not in "0123456789abcdef" for c in low):
+        return []
+    return [sid for sid in damaged if sid.hex().startswith(low)]
