@@ -316,7 +316,8 @@ class Committer:
                     "stored in itself"
                 )
         source_dir = opts.source or str(data_dir)
-        self.snapshots_before = frozenset(sid.hex() for sid, _ in self.repo.snapshots())
+        listed = [sid for sid, _ in self.repo.snapshots()] + list(self.repo.damaged)
+        self.snapshots_before = frozenset(sid.hex() for sid in listed)
         host = opts.host or fsutil.hostname()
         parent_id, parent = statcache.parent(self.repo, host, source_dir, rel_paths)
         try:
