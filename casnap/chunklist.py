@@ -211,7 +211,11 @@ def _literal(new: bytes, start: int, stop: int, out: bytearray) -> None:
 
 
 def apply_delta(base: bytes, body: bytes, name: str = "chunk list") -> bytes:
-    """The refs a delta body makes of `base`; IntegrityError when it does not fit."""
+    """The refs a delta body makes of `base`; IntegrityError when it does not fit.
+
+    Walked op by op in Python (a database's delta holds thousands): one-byte varints, nearly
+    all of them, are read in place, and the output is joined once from views of base and body.
+    """
     if not is_delta(body):
         raise IntegrityError(f"{name}: not a chunk-list delta")
     nb, pos = _read_uvarint(body, 1, name)
@@ -220,35 +224,46 @@ def apply_delta(base: bytes, body: bytes, name: str = "chunk list") -> bytes:
         raise IntegrityError(
             f"{name}: delta expects {nb} refs in its base, found {ref_count(base)}"
         )
-    out = bytearray()
-    limit = nn * REF_SIZE
+    parts: list[memoryview] = []
+    body_view, base_view = memoryview(body), memoryview(base)
+    end = len(body)
+    made = 0  # refs so far
     expected = 0
-    while pos < len(body):
-        head, pos = _read_uvarint(body, pos, name)
+    while pos < end:
+        head = body[pos]
+        if head < 0x80:
+            pos += 1
+        else:
+            head, pos = _read_uvarint(body, pos, name)
         count = head >> 1
-        if count == 0 or len(out) + count * REF_SIZE > limit:
+        made += count
+        if count == 0 or made > nn:
             raise IntegrityError(f"{name}: delta operation out of range")
         if head & 1:
-            end = pos + count * REF_SIZE
-            if end > len(body):
+            stop = pos + count * REF_SIZE
+            if stop > end:
                 raise IntegrityError(f"{name}: truncated delta")
-            out += body[pos:end]
-            pos = end
+            parts.append(body_view[pos:stop])
+            pos = stop
+            continue
+        z = body[pos] if pos < end else 0x80
+        if z < 0x80:
+            pos += 1
         else:
             z, pos = _read_uvarint(body, pos, name)
-            start = expected + ((z >> 1) if not z & 1 else -((z + 1) >> 1))
-            if start < 0 or start + count > nb:
-                raise IntegrityError(f"{name}: delta copies outside its base")
-            out += base[start * REF_SIZE : (start + count) * REF_SIZE]
-            expected = start + count
-    if len(out) != limit:
-        raise IntegrityError(f"{name}: delta yields {ref_count(out)} refs, expected {nn}")
-    return bytes(out)
+        start = expected + ((z >> 1) if not z & 1 else -((z + 1) >> 1))
+        if start < 0 or start + count > nb:
+            raise IntegrityError(f"{name}: delta copies outside its base")
+        parts.append(base_view[start * REF_SIZE : (start + count) * REF_SIZE])
+        expected = start + count
+    if made != nn:
+        raise IntegrityError(f"{name}: delta yields {made} refs, expected {nn}")
+    return b"".join(parts)
 
 
 def resolve(bodies: Sequence[bytes], name: str = "chunk list") -> tuple[bytes, int]:
     """The packed refs a sequence of TREE bodies describes, and how many of them are deltas."""
-    refs = bytearray()
+    refs: bytes | bytearray = bytearray()
     deltas = 0
     for body in bodies:
         if not body:
@@ -260,7 +275,7 @@ def resolve(bodies: Sequence[bytes], name: str = "chunk list") -> tuple[bytes, i
                 raise IntegrityError(f"{name}: malformed chunk list piece")
             refs += memoryview(body)[1:]
         elif body[0] == TAG_DELTA:
-            refs = bytearray(apply_delta(bytes(refs), body, name))
+            refs = apply_delta(bytes(refs), body, name)  # bytes: no copy after the first
             deltas += 1
         else:
             raise IntegrityError(f"{name}: unknown chunk list blob tag {body[0]}")
