@@ -124,9 +124,18 @@ def resolve(
     flt = flt or SnapshotFilter()
     where = f" {flt.describe()}" if flt.active else ""
     bad = named(damaged or {}, ref)
-    if bad and not any(sid.hex().startswith(ref.lower()) or ref in s.tags for sid, s in snaps):
+    ids = [
+        sid for sid, _ in snaps if is_hex_prefix(ref.lower()) and sid.hex().startswith(ref.lower())
+    ]
+    if bad and not ids:
         exc = (damaged or {})[bad[0]][0]
         raise type(exc)(f"{exc} (`casnap forget {bad[0].short}` removes that snapshot)")
+    if damaged and not (ids and len(ref) >= MIN_PREFIX):  # its time and tags do not read
+        sid, (exc, _where) = next(iter(damaged.items()))
+        raise type(exc)(
+            f"{exc} (it may be the newest snapshot or carry that tag: name a snapshot by its id "
+            f"(`casnap log` lists the others), or `casnap forget {sid.short}` removes that one)"
+        )
     if not snaps:
         raise SnapshotNotFound("the repository holds no snapshots")
     pool = flt.select(snaps)

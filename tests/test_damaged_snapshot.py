@@ -8,12 +8,14 @@ take its chunks for unused; `forget ID` removes it; naming it is its error.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from casnap.committer import commit
 from casnap.errors import IntegrityError
+from casnap.ids import ObjectId
 from casnap.repository import Repository
 from tests.conftest import evolve_app
 from tests.helpers_reliability import small_app, small_config
@@ -62,9 +64,8 @@ def test_commands_that_delete_nothing_pass_over_it(
     done = cli(repo_dir, data, "commit", "--json")
     assert done.returncode == 0, done.stderr  # the backups go on
     _warned(done.stderr, bad)
-    new = Repository.open(repo_dir)
-    new.skip_damaged = True
-    assert new.snapshot(new.resolve("latest")).parent == ids[2]  # the newest that reads
+    made = json.loads(done.stdout)["id"]
+    assert Repository.open(repo_dir).load_snapshot(ObjectId.from_hex(made)).parent == ids[2]
     out = tmp_path / "out"
     restored = cli(repo_dir, data, "checkout", ids[0], "--to", str(out))
     assert restored.returncode == 0, restored.stderr
@@ -104,3 +105,17 @@ def test_the_python_api_stops_unless_asked_and_never_for_file_lists(
     repo.skip_damaged = True
     with pytest.raises(IntegrityError, match="gc, prune and forget stop here"):
         repo.snapshots(files=True)  # what gc and prune read
+
+
+def test_latest_and_tags_are_not_guessed_past_it(
+    spoiled: tuple[Path, Path, list[str], str], tmp_path: Path
+) -> None:
+    """Its time and tags do not read: it may be the newest, or carry the tag. A reference that
+    needs them is its error; the others are named by their ids."""
+    repo_dir, data, ids, bad = spoiled
+    for ref in ("latest", "nightly"):
+        proc = cli(repo_dir, data, "checkout", ref, "--to", str(tmp_path / ref))
+        one_line(proc, 5, rf"snapshots/{bad}.*name a snapshot by its id.*casnap forget {bad[:8]}")
+        assert not (tmp_path / ref).exists()
+    proc = cli(repo_dir, data, "checkout", ids[2][:8], "--to", str(tmp_path / "named"))
+    assert proc.returncode == 0, proc.stderr
