@@ -333,18 +333,15 @@ def test_an_interrupt_while_the_entry_point_sets_up_malloc_is_one_line(tmp_path:
     assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
 
 
-# Ctrl-C arrives as the entry point's own first module, the signal handling, is looked for
-# (its `import signal` takes ~10 ms); then RUN
-INTERRUPT_AT_SIGNALS = INTERRUPT_AT_CLICK.replace("'click'", "'casnap.signals'")
-
-
+@pytest.mark.parametrize("module", ["typing", "casnap.signals"])
 def test_an_interrupt_while_the_entry_point_loads_its_signal_handling_is_one_line(
-    tmp_path: Path,
+    tmp_path: Path, module: str
 ) -> None:
-    """Ctrl-C in the first milliseconds, while the entry point loads the module that makes
-    signals one line: exit 130 with one line, not a traceback of that import."""
+    """Ctrl-C in the first milliseconds, as `typing` (~5 ms) or the module that makes signals
+    one line (its `import signal` takes ~10 ms) is looked for: exit 130 with one line, not a
+    traceback of that import. The entry point sets its handler before either loads."""
     run = "sys.argv = ['casnap', 'log']\nfrom casnap.start import main\nmain()"
-    code = INTERRUPT_AT_SIGNALS + run + "\nprint('not reached')\n"
+    code = INTERRUPT_AT_CLICK.replace("'click'", repr(module)) + run + "\nprint('not reached')\n"
     proc = _child([sys.executable, "-c", code], tmp_path)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
