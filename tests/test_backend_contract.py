@@ -776,3 +776,16 @@ def test_local_a_snapshots_folder_or_manifest_gone_behind_a_link_is_damage_not_a
     gc = run_casnap([*where, "gc"], env=env, timeout=60)
     assert gc.returncode == 5 and "Traceback" not in gc.stderr, gc.stderr
     assert sorted(p.name for p in (root / "packs").rglob("*") if p.is_file()) == packs
+
+
+def test_local_a_file_where_a_folder_of_objects_belongs_is_damage_named_on_put(
+    tmp_path: Path,
+) -> None:
+    """A regular file in place of `index/` (or `packs/ab/`): a put there is damage naming the
+    folder (exit 5), not an operating system's "File exists" (exit 1)."""
+    backend = LocalBackend(tmp_path / "repo")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "index").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match=r"index is not a folder"):
+        backend.put("index/" + "ab" * 32, b"data")
+    assert (tmp_path / "repo" / "index").read_bytes() == b"x"

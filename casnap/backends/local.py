@@ -94,7 +94,12 @@ class LocalBackend(Backend):
         tmp = final.parent / temp_name()
         made = False
         try:
-            make_dirs(final.parent)
+            try:
+                make_dirs(final.parent)
+            except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder belongs
+                where = Path(exc.filename) if exc.filename else final.parent
+                msg = f"{where} is not a folder (damaged): cannot store {key}"
+                raise IntegrityError(msg) from exc
             with uninterrupted():  # made and known, so the `finally` below removes it
                 fd = os.open(tmp, _NEW_FILE, FILE_MODE)
                 made = True
