@@ -59,11 +59,13 @@ def _after(seconds: float, action: Callable[..., object], *args: int) -> None:
         pass
 
 
-def quiet_while_loading() -> None:
+def quiet_while_loading(early: object = None) -> None:
     """Ctrl-C, SIGTERM and SIGHUP end the process with one line until `handle`; an ignored one
-    (a shell's background job, `nohup`) stays ignored."""
+    (a shell's background job, `nohup`) stays ignored. early: a handler the entry point set
+    for Ctrl-C while it loaded this module, replaced as Python's own is."""
     try:
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        current = signal.getsignal(signal.SIGINT)
+        if current is signal.default_int_handler or (early is not None and current is early):
             signal.signal(signal.SIGINT, _loading)
         for signum in STOPPING:
             if signal.getsignal(signum) is signal.SIG_DFL:

@@ -731,3 +731,61 @@ def test_local_an_object_that_is_a_fifo_is_damage_not_a_wait(tmp_path: Path) -> 
     verify = run_casnap([*where, "verify"], env=env, timeout=60)
     assert verify.returncode == 9 and "Traceback" not in verify.stderr, verify.stderr
     assert f"index/{fake}" in verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("damage", ["folder-dangling-link", "folder-is-a-fifo", "object-dangling"])
+def test_local_a_snapshots_folder_or_manifest_gone_behind_a_link_is_damage_not_absence(
+    tmp_path: Path, damage: str
+) -> None:
+    """`snapshots/` turned into a link to nothing (a disk not mounted) or a FIFO is a listing
+    that cannot be read, never an empty folder: `log` stops with exit 5. A manifest that is a
+    link to nothing is a damaged one, never a forgotten one: `log` names it as it passes over
+    it. Either way gc stops before it deletes the packs the snapshots it cannot see need."""
+    from casnap.committer import commit
+    from casnap.repository import Repository
+    from tests.helpers_reliability import run_casnap, small_app, small_config
+
+    data = small_app(tmp_path / "data")
+    root = tmp_path / "repo"
+    sid = commit(Repository.init(root, small_config()), data).id
+    snapshots = root / "snapshots"
+    if damage == "object-dangling":
+        (snapshots / sid).rename(tmp_path / "moved")
+        os.symlink(tmp_path / "elsewhere" / sid, snapshots / sid)
+    else:
+        snapshots.rename(tmp_path / "moved")
+        if damage == "folder-is-a-fifo":
+            os.mkfifo(snapshots)
+        else:
+            os.symlink(tmp_path / "unmounted" / "snapshots", snapshots)
+    packs = sorted(p.name for p in (root / "packs").rglob("*") if p.is_file())
+    backend = LocalBackend(root)
+    with pytest.raises(IntegrityError):
+        if damage == "object-dangling":  # listed, and its read says why it cannot be read
+            assert [k for k, _ in backend.list("snapshots/")] == [f"snapshots/{sid}"]
+            backend.get(f"snapshots/{sid}")
+        list(backend.list("snapshots/"))
+
+    where = ["--repo", str(root), "--data", str(data)]
+    env = casnap_env(CASNAP_LOCK_WAIT="0")
+    log = run_casnap([*where, "log"], env=env, timeout=60)
+    assert log.returncode == (0 if damage == "object-dangling" else 5), log.stderr
+    assert "Traceback" not in log.stderr, log.stderr
+    said = [line for line in log.stderr.splitlines() if line.startswith("casnap: ")]
+    assert len(said) == 1 and "snapshots" in said[0], log.stderr
+    gc = run_casnap([*where, "gc"], env=env, timeout=60)
+    assert gc.returncode == 5 and "Traceback" not in gc.stderr, gc.stderr
+    assert sorted(p.name for p in (root / "packs").rglob("*") if p.is_file()) == packs
+
+
+def test_local_a_file_where_a_folder_of_objects_belongs_is_damage_named_on_put(
+    tmp_path: Path,
+) -> None:
+    """A regular file in place of `index/` (or `packs/ab/`): a put there is damage naming the
+    folder (exit 5), not an operating system's "File exists" (exit 1)."""
+    backend = LocalBackend(tmp_path / "repo")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "index").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match=r"index is not a folder"):
+        backend.put("index/" + "ab" * 32, b"data")
+    assert (tmp_path / "repo" / "index").read_bytes() == b"x"

@@ -333,6 +333,20 @@ def test_an_interrupt_while_the_entry_point_sets_up_malloc_is_one_line(tmp_path:
     assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
 
 
+@pytest.mark.parametrize("module", ["typing", "casnap.signals"])
+def test_an_interrupt_while_the_entry_point_loads_its_signal_handling_is_one_line(
+    tmp_path: Path, module: str
+) -> None:
+    """Ctrl-C in the first milliseconds, as `typing` (~5 ms) or the module that makes signals
+    one line (its `import signal` takes ~10 ms) is looked for: exit 130 with one line, not a
+    traceback of that import. The entry point sets its handler before either loads."""
+    run = "sys.argv = ['casnap', 'log']\nfrom casnap.start import main\nmain()"
+    code = INTERRUPT_AT_CLICK.replace("'click'", repr(module)) + run + "\nprint('not reached')\n"
+    proc = _child([sys.executable, "-c", code], tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "casnap: interrupted\n" and proc.stdout == ""
+
+
 # runs main() with ARGS (or, with "-", nothing casnap), then frees a 16 MiB block it filled and
 # writes how much of it the process still holds (KiB of VmRSS gained over before the block)
 FREED_CHILD = """

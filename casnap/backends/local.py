@@ -94,7 +94,12 @@ class LocalBackend(Backend):
         tmp = final.parent / temp_name()
         made = False
         try:
-            make_dirs(final.parent)
+            try:
+                make_dirs(final.parent)
+            except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder belongs
+                where = Path(exc.filename) if exc.filename else final.parent
+                msg = f"{where} is not a folder (damaged): cannot store {key}"
+                raise IntegrityError(msg) from exc
             with uninterrupted():  # made and known, so the `finally` below removes it
                 fd = os.open(tmp, _NEW_FILE, FILE_MODE)
                 made = True
@@ -173,6 +178,8 @@ class LocalBackend(Backend):
                 if not keep:
                     os.close(fd)
         except (FileNotFoundError, NotADirectoryError) as exc:  # not there, or below an object
+            if os.path.islink(path):  # a link to nothing: listed, so damaged, never gone
+                raise IntegrityError(f"{key} is a symbolic link to nothing (damaged)") from exc
             raise ObjectMissing(f"{key} is missing from the repository") from exc
         except IsADirectoryError as exc:
             raise IntegrityError(f"{key} is a directory, expected a file") from exc
@@ -182,8 +189,20 @@ class LocalBackend(Backend):
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         folder = self.root / check_prefix(prefix).rstrip("/") if prefix else self.root
-        if not folder.is_dir():
-            return
+        try:
+            mode = os.stat(folder).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.islink(folder):
+                return  # no such folder: nothing stored there yet
+            mode = 0  # a link to nothing (a disk not mounted)
+        if not stat.S_ISDIR(mode):
+            if stat.S_ISREG(mode):
+                return  # an object: not a folder
+            # a folder that cannot be read (a link to nothing, a FIFO), never an empty one
+            raise IntegrityError(
+                f"{folder} is not a folder (damaged, or a link to a disk not mounted): "
+                "its objects cannot be listed"
+            )
         for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.root).as_posix()
@@ -191,10 +210,13 @@ class LocalBackend(Backend):
                 if name.startswith(TEMP_PREFIX):
                     continue
                 key = name if rel == "." else f"{rel}/{name}"
+                path = os.path.join(dirpath, name)
                 try:
-                    size = os.stat(os.path.join(dirpath, name)).st_size
+                    size = os.stat(path).st_size
                 except FileNotFoundError:
-                    continue
+                    if not os.path.islink(path):
+                        continue  # removed while the walk ran
+                    size = 0  # a link to nothing: listed, so its read says it is damaged
                 yield key, size
 
     def delete(self, key: str) -> None:
