@@ -319,6 +319,9 @@ class Tree:
         self.dir_attrs = dir_attrs or (lambda _rel: (0o700, None))
         self.created: list[str] = []
         self._open: OrderedDict[str, Dir] = OrderedDict()
+        # files a full checkout removes that stand where its snapshot has a folder: taken for
+        # absent folders until the swap moves them aside
+        self.vacating: set[str] = set()
 
     def close(self) -> None:
         for d in self._open.values():
@@ -342,6 +345,8 @@ class Tree:
         head, name = split(rel)
         parent = self.dir(head, create)
         if parent is None:
+            return None
+        if rel in self.vacating and not create:
             return None
         found = parent.sub(name)
         if found is None:

@@ -63,6 +63,13 @@ def swap_in(
         try:
             whole = new_folders(tree, staged, [rel for rel, _ in placing])
             moving = set(whole)
+            for rel in sorted(tree.vacating):  # removed files where folders go: aside first
+                head, name = split(rel)
+                parent = tree.dir(head)
+                if parent is not None:
+                    for suffix in ("", *SQLITE_SIDE_SUFFIXES):
+                        journal.aside(parent, head, name + suffix)
+            tree.vacating.clear()
             inside = {rel for rel, _ in placing if moved(rel, moving)}
             last = {rel for rel, _ in placing if rel not in inside and not journal.keep_old(rel)}
             touched |= move_folders(tree, staged, whole, dir_attrs, journal)
@@ -89,6 +96,13 @@ def swap_in(
             raise
     journal.done()
     return written, touched
+
+
+def in_the_way(removing: Iterable[str], rels: Iterable[str]) -> set[str]:
+    """The files of removing (a full checkout removes them) that stand where a folder above
+    one of rels goes: moved aside by swap_in before the folders are made."""
+    gone = set(removing)
+    return {folder for rel in rels for folder in _ancestors(rel) if folder in gone}
 
 
 def remove_files(tree: Tree, rels: Sequence[str]) -> tuple[list[str], set[str]]:

@@ -271,6 +271,26 @@ def test_a_folder_moved_in_whole_is_taken_out_again(tmp_path: Path) -> None:
     assert state(data) == before
 
 
+def test_a_file_moved_aside_for_a_folder_is_put_back(tmp_path: Path) -> None:
+    """A file standing where the snapshot has a folder (zz) is moved aside for it; a later
+    failure takes the folder out and puts the file back."""
+    repo, sid, data = mixed_case(tmp_path, extra=("zz/z.txt",))
+    (data / "zz").write_text("a file where the folder was")
+    before = state(data)
+
+    def folder_in_the_way() -> None:
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data / "c", 1, folder_in_the_way):
+        with pytest.raises(CasnapError, match="left as it was"):
+            checkout(repo, sid, data)
+    assert (data / "zz").read_text() == "a file where the folder was"
+    assert state(data) == before
+    (data / "new.txt").rmdir()
+    checkout(Repository.open(tmp_path / "repo"), sid, data)
+    assert (data / "zz" / "z.txt").read_text() == "zz/z.txt v1"
+
+
 def test_a_folder_this_user_may_not_write_is_refused_before_the_first_rename(
     tmp_path: Path,
 ) -> None:

@@ -497,6 +497,25 @@ def test_a_file_where_the_snapshot_has_a_folder_is_a_source_problem(tmp_path: Pa
     assert sorted(p.name for p in target.iterdir()) == ["app.db"]
 
 
+def test_a_full_checkout_puts_a_folder_back_where_a_file_stands_now(tmp_path: Path) -> None:
+    """A store's folder replaced by a file since (an app that changed its layout): a full
+    checkout of the older snapshot into the data dir removes that file, as it removes every
+    file the snapshot lacks (saved first, no snapshot holding it), and puts the folder back.
+    Into a folder not known to hold this data it is still refused (above)."""
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    old = commit(repo, data).id
+    before = snapshot_tree(data)
+    shutil.rmtree(data / "faiss")
+    (data / "faiss").write_text("a file now")
+    result = checkout(repo, old, data)
+    assert snapshot_tree(data) == before
+    assert result.files_removed == 1 and result.safety_snapshot is not None
+    out = tmp_path / "out"
+    checkout(repo, result.safety_snapshot, out, paths=["faiss"], smoke=False)
+    assert (out / "faiss").read_text() == "a file now"  # the file it replaced, saved first
+
+
 @pytest.mark.skipif(not bind_mount_available(), reason="needs root and unshare for a bind mount")
 def test_a_target_across_mount_points_checks_out(tmp_path: Path) -> None:
     """A bind-mounted target, and a filesystem mounted on a folder of the target: a rename
