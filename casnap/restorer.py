@@ -242,8 +242,9 @@ class _Checkout:
         whole = not self.paths or restored_files.whole_checkout(
             self.repo.id, str(self.target), ident
         )
-        vacating = swap.in_the_way(removing if self.clears_the_way else [], self.sel.entries)
-        tree.vacating = set(vacating)  # taken for absent folders until swap_in moves them aside
+        cleared = swap.clear_the_way(
+            tree, removing if self.clears_the_way else [], self.sel.entries
+        )
         plan, unchanged, unsaved = self._plan(tree, wanted)
         if self.opts.safety_snapshot:  # what it removes is read only to be saved
             unsaved += removals.unsaved(tree, self.present, removing)
@@ -278,8 +279,8 @@ class _Checkout:
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)
-            removed, emptied = swap.remove_files(tree, [r for r in removing if r not in vacating])
-            self.result.removed += sorted(vacating) + removed
+            removed, emptied = swap.remove_files(tree, [r for r in removing if r not in cleared])
+            self.result.removed += sorted(cleared) + removed
             swap.sync_folders(tree, touched | emptied)
             self.result.files_written = len(plan)
             self.result.files_unchanged = len(unchanged)
@@ -362,7 +363,7 @@ class _Checkout:
                     f"{rel}: lies inside a repository, which a checkout never touches; skipped"
                 )
                 continue
-            st = parent.lstat(name) if parent is not None else None
+            st = parent.lstat(name) if parent is not None and rel not in tree.clearing else None
             places[rel] = (st.st_dev, st.st_ino) if st is not None else None
             if st is None:
                 if parent is not None and any(parent.lstat(name + s) for s in SQLITE_SIDE_SUFFIXES):

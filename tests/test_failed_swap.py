@@ -291,6 +291,26 @@ def test_a_file_moved_aside_for_a_folder_is_put_back(tmp_path: Path) -> None:
     assert (data / "zz" / "z.txt").read_text() == "zz/z.txt v1"
 
 
+def test_a_folder_moved_aside_for_a_file_is_put_back(tmp_path: Path) -> None:
+    """The other way round: a folder standing where the snapshot has a file (zz), moved aside
+    whole for it, is put back with what it holds when a later rename fails."""
+    repo, sid, data = mixed_case(tmp_path, extra=("zz",))
+    (data / "zz" / "in").mkdir(parents=True)
+    (data / "zz" / "in" / "q.txt").write_text("a folder where the file was")
+    before = state(data)
+
+    def folder_in_the_way() -> None:
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data / "c", 1, folder_in_the_way):
+        with pytest.raises(CasnapError, match="left as it was"):
+            checkout(repo, sid, data)
+    assert state(data) == before
+    (data / "new.txt").rmdir()
+    checkout(Repository.open(tmp_path / "repo"), sid, data)
+    assert (data / "zz").read_text() == "zz v1"
+
+
 def test_a_folder_this_user_may_not_write_is_refused_before_the_first_rename(
     tmp_path: Path,
 ) -> None:
