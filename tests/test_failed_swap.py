@@ -421,6 +421,22 @@ def test_a_folder_mounted_from_elsewhere_keeps_old_versions_beside_them(tmp_path
         assert not temp_names(data, tmp_path)
 
 
+@pytest.mark.skipif(not ROOT, reason="only root may mount")
+def test_a_folder_moved_aside_beside_itself_is_removed(tmp_path: Path) -> None:
+    """c/ is another mount than the staging dir: a folder standing where the snapshot has a
+    file (c/zz) is moved aside beside itself under a temp name, and removed once it is in."""
+    repo, sid, data = mixed_case(tmp_path, extra=("c/zz",))
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "d.txt").write_text("d v2")
+    (vol / "zz" / "in").mkdir(parents=True)
+    (vol / "zz" / "in" / "q.txt").write_text("a folder where the file was")
+    with bind_mounted(vol, data / "c"):
+        checkout(repo, sid, data)
+        assert (data / "c" / "zz").read_text() == "c/zz v1"
+        assert not temp_names(data, tmp_path)
+
+
 @contextlib.contextmanager
 def tmpfs_mounted(onto: Path, size: str) -> Iterator[None]:
     """A tmpfs of size mounted on the folder onto for the block; skips the test where mounting
