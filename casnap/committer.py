@@ -465,7 +465,10 @@ class Committer:
                     result.damage = [p.text for p in problems if p.refused]
                     if opts.strict and problems:  # any found before the read was refused then
                         raise _inconsistent([p.text for p in problems])
+                if opts.strict and moving:  # unchecked: what it holds could not be judged
+                    raise _inconsistent(moving)
                 result.warnings += moving
+                result.damage += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
                 lost = [capture.vanished(p, opts.strict) for p in sorted(gone)]
                 if opts.strict and (cut or lost):

@@ -319,6 +319,11 @@ class Tree:
         self.dir_attrs = dir_attrs or (lambda _rel: (0o700, None))
         self.created: list[str] = []
         self._open: OrderedDict[str, Dir] = OrderedDict()
+        # files a full checkout removes that stand where its snapshot has a folder: taken for
+        # absent folders until the swap moves them aside; and folders standing where it has a
+        # file, holding only files it removes: moved aside whole
+        self.vacating: set[str] = set()
+        self.clearing: set[str] = set()
 
     def close(self) -> None:
         for d in self._open.values():
@@ -343,6 +348,8 @@ class Tree:
         parent = self.dir(head, create)
         if parent is None:
             return None
+        if rel in self.vacating and not create:
+            return None
         found = parent.sub(name)
         if found is None:
             if not create:
@@ -357,6 +364,11 @@ class Tree:
             _, old = self._open.popitem(last=False)
             old.close()
         return found
+
+    def drop(self, rel: str) -> None:
+        """Close the folders open at or below rel (moved away)."""
+        for key in [k for k in self._open if k == rel or k.startswith(rel + "/")]:
+            self._open.pop(key).close()
 
     def parent_of(self, rel: str, create: bool = False) -> tuple[Dir | None, str]:
         """(the directory holding rel, its last component)."""

@@ -10,7 +10,8 @@ before the commit reads the store until after: when any of them changed, no such
 ruled out, so the store's files are all read again (a few times), and a store that keeps moving
 is named in a warning. The checks of a store that moved are made again once it is read, and it
 is read again if it moved while they ran: what they found before the read may not be what was
-stored.
+stored. A store still moving after STORE_TRIES reads is not judged at all (its files then are
+not those stored): the commit names it as damage a checkout may refuse.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def settle(
     were fingerprinted. With judge (the checks of some files, as they are now), the checks of
     each store that changed are made again once it is read, and the store read again if it
     moved while they ran. (bytes read, warnings for stores still moving after STORE_TRIES
-    reads, the files and findings of each store judged again)."""
+    reads, the files and findings of each store judged again: none for a store still moving,
+    whose files as they are now were not stored)."""
     read = 0
     warnings = []
     judged: list[tuple[list[str], list[P]]] = []
@@ -102,11 +104,12 @@ def settle(
             if tries == STORE_TRIES:
                 warnings.append(
                     f"{w.root or '.'}: its files kept changing while they were read; the "
-                    "snapshot may hold them from different moments (a checkout's smoke checks "
-                    "tell)"
+                    "snapshot may hold them from different moments, which its checks could not "
+                    "rule out (they would judge files saved since): a checkout's smoke checks "
+                    "tell"
                 )
-                if judge is not None:
-                    judged.append((files, judge(files)))
+                if judge is not None:  # what the checks find now is not what was stored
+                    judged.append((files, []))
                 break
             tries += 1
             w.changed = True

@@ -143,6 +143,27 @@ def init_under_way(root: Path) -> bool:
     return bool(made) and all(n == "keys" or n.startswith(TEMP_PREFIX) for n in made)
 
 
+def clear_killed_init(root: Path) -> None:
+    """Remove the temp files an init killed before its config landed left in root (made on
+    this host by a process no longer running), when root holds no config and nothing else
+    besides placeholders and keys/: no init is under way there, and an init (or a first
+    commit) may make the repository. A live process's temp file is left: its init goes on."""
+    from casnap.fsutil import left_by_dead_process
+
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    left = [n for n in names if n not in PLACEHOLDER_NAMES and n != "keys"]
+    if "config" in names or not left or not all(left_by_dead_process(n) for n in left):
+        return
+    for name in left:
+        try:
+            os.unlink(root / name)
+        except OSError:
+            return  # gone meanwhile, or not a file: the folder is judged as it is
+
+
 def stale_init(root: Path) -> list[Path] | None:
     """The key files an encrypted init left in root when it was killed between its key file and
     its config, once that init is surely over (every file older than INIT_WAIT_SECONDS: an init
@@ -210,6 +231,7 @@ def init_folder(root: Path) -> Callable[[], None]:
     repository (not_nested); NotARepository otherwise. Returns what to call once the new config
     is in: it removes those key files (they seal a key that encrypts nothing)."""
     stale: list[Path] = []
+    clear_killed_init(root)
     if not is_placeholder_dir(root):
         found = stale_init(root)
         if found is None and _only_key_names(root):

@@ -34,7 +34,7 @@ from casnap.errors import (
     UnsupportedFormat,
 )
 from casnap.keys import KEYS, KeyFile, PasswordSource
-from casnap.locations import init_under_way, is_placeholder_dir, stale_init
+from casnap.locations import clear_killed_init, init_under_way, is_placeholder_dir, stale_init
 
 R = TypeVar("R")
 
@@ -149,6 +149,7 @@ def open_or_make(root: Path, make: Callable[[], R], open_: Callable[[], R]) -> R
     racing first commits all open the one repository whose config landed (put-if-absent)."""
     deadline = time.monotonic() + INIT_WAIT_SECONDS
     while True:
+        clear_killed_init(root)  # the temp file of an init killed before its config
         if not (root / "config").exists() and (is_placeholder_dir(root) or stale_init(root)):
             try:
                 return make()

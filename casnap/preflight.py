@@ -56,7 +56,8 @@ def check(tree: Tree, placing: Sequence[tuple[str, bool]], removing: Sequence[st
                 continue
             mounted = bool(mounts) and str(folder.dir.path / n) in mounts
             flags = attributes(folder.dir.fd, n, buf) if stat.S_ISREG(st.st_mode) else None
-            why = refusal(st, folder.st, mounted, flags, euid) or folder.attributes()
+            whole = n == name and rel in tree.clearing  # a folder moved aside for a file
+            why = refusal(st, folder.st, mounted, flags, euid, whole) or folder.attributes()
             if why is not None:
                 what = f"{root / rel}" if n == name else f"{root / rel} (its {n})"
                 _refuse(why[0], f"cannot {verb} {what}: {why[1]}")
@@ -101,13 +102,15 @@ def refusal(
     mounted: bool,
     flags: int | None,
     euid: int,
+    folder_too: bool = False,
 ) -> tuple[type[CasnapError], str] | None:
     """Why a rename cannot replace (or move, or remove) the file of lstat st in a folder of
     lstat folder (with the error to raise), or None: mounted says the mount table lists it as a
-    mount point, flags are its attributes (None when unknown), euid the user who renames."""
+    mount point, flags are its attributes (None when unknown), euid the user who renames;
+    folder_too: a folder may stand there (moved aside whole)."""
     if st.st_dev != folder.st_dev or mounted:
         return SourceError, "it is a mount point (a file mounted over it): no rename can replace it"
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) and not (folder_too and stat.S_ISDIR(st.st_mode)):
         return SourceError, "it is not a file"
     if flags is not None and flags & IMMUTABLE_FL:
         return AccessDenied, "it has the immutable attribute (lsattr shows i)"

@@ -205,6 +205,7 @@ class _Checkout:
         self.present = Present(repo, self.target, strict=options.safety_snapshot)
         self._given: dict[str, int] = {}  # mode given to each folder created, by path
         self.swapped = False  # every file is in place (a signal now stops a completed checkout)
+        self.clears_the_way = True  # may remove a file where a folder goes (known or forced)
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -242,6 +243,9 @@ class _Checkout:
         whole = not self.paths or restored_files.whole_checkout(
             self.repo.id, str(self.target), ident
         )
+        cleared = swap.clear_the_way(
+            tree, removing if self.clears_the_way else [], self.sel.entries
+        )
         plan, unchanged, unsaved = self._plan(tree, wanted)
         if self.opts.safety_snapshot:  # what it removes is read only to be saved
             unsaved += removals.unsaved(tree, self.present, removing)
@@ -276,8 +280,8 @@ class _Checkout:
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)
-            removed, emptied = swap.remove_files(tree, removing)
-            self.result.removed += removed
+            removed, emptied = swap.remove_files(tree, [r for r in removing if r not in cleared])
+            self.result.removed += sorted(cleared) + removed
             swap.sync_folders(tree, touched | emptied)
             self.result.files_written = len(plan)
             self.result.files_unchanged = len(unchanged)
@@ -360,7 +364,7 @@ class _Checkout:
                     f"{rel}: lies inside a repository, which a checkout never touches; skipped"
                 )
                 continue
-            st = parent.lstat(name) if parent is not None else None
+            st = parent.lstat(name) if parent is not None and rel not in tree.clearing else None
             places[rel] = (st.st_dev, st.st_ino) if st is not None else None
             if st is None:
                 if parent is not None and any(parent.lstat(name + s) for s in SQLITE_SIDE_SUFFIXES):
@@ -419,6 +423,7 @@ class _Checkout:
         if (out or denied) and not self.opts.force:
             if not removals.known(self.repo, self.target, tree.root.fd, self.opts.data_dir):
                 removals.refuse(out, self.sel, self.shown_target)
+                self.clears_the_way = False  # a file where a folder goes: refused by the plan
         if denied:
             raise removals.unlisted(denied[0]) from denied[0]
         return out

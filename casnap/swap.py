@@ -63,6 +63,15 @@ def swap_in(
         try:
             whole = new_folders(tree, staged, [rel for rel, _ in placing])
             moving = set(whole)
+            for rel in sorted(tree.vacating | tree.clearing):  # in the way, removed: aside
+                head, name = split(rel)
+                parent = tree.dir(head)
+                if parent is not None:
+                    for suffix in ("", *SQLITE_SIDE_SUFFIXES):
+                        journal.aside(parent, head, name + suffix)
+                tree.drop(rel)
+            tree.vacating.clear()
+            tree.clearing.clear()
             inside = {rel for rel, _ in placing if moved(rel, moving)}
             last = {rel for rel, _ in placing if rel not in inside and not journal.keep_old(rel)}
             touched |= move_folders(tree, staged, whole, dir_attrs, journal)
@@ -89,6 +98,22 @@ def swap_in(
             raise
     journal.done()
     return written, touched
+
+
+def clear_the_way(tree: Tree, removing: Collection[str], rels: Collection[str]) -> set[str]:
+    """What stands where the snapshot's files rels go and is removed by this full checkout
+    anyway (removing), for swap_in to move aside before it places them: a file of removing
+    where a folder above one of rels goes (tree.vacating), a folder where one of rels goes
+    holding nothing but files of removing and folders (tree.clearing; one holding anything
+    else, a link or a file the snapshot excluded, is refused as in the way). Returns the files
+    of removing moved aside so."""
+    gone = set(removing)
+    tree.vacating = {folder for rel in rels for folder in _ancestors(rel) if folder in gone}
+    found = {folder for rel in gone for folder in _ancestors(rel) if folder in rels}
+    tree.clearing = {
+        f for f in found if all(stat.S_ISDIR(st.st_mode) or p in gone for p, st in tree.walk(f))
+    }
+    return set(tree.vacating) | {r for r in gone for f in tree.clearing if _inside(r, f)}
 
 
 def remove_files(tree: Tree, rels: Sequence[str]) -> tuple[list[str], set[str]]:

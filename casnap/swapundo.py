@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple
 
 from casnap import fsutil
 from casnap.errors import CasnapError, from_oserror
 from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES
-from casnap.fsdir import Dir, Tree, split
+from casnap.fsdir import Dir, Tree, remove_tree, split
 from casnap.manifest import FileEntry
 
 # names in the staging dir's root no staged file can take: a manifest path holds no backslash
@@ -115,8 +116,12 @@ class Journal:
         for kept in [*self.side, *(k for k in self.old.values() if not k.in_stage)]:
             where = self.stage if kept.in_stage else self.tree.dir(kept.head)
             if where is not None:
-                with contextlib.suppress(CasnapError):
-                    where.unlink(kept.kept)
+                with contextlib.suppress(CasnapError, OSError):
+                    st = where.lstat(kept.kept)
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        remove_tree(where, kept.kept)  # a folder moved aside for a file
+                    else:
+                        where.unlink(kept.kept)
 
     # -- a failure part way ----------------------------------------------------------------------
 

@@ -458,3 +458,25 @@ def test_a_first_commit_waits_for_a_repository_another_process_is_creating(
     assert repo.id == cfg["id"]
     assert [sid.hex() for sid, _ in repo.snapshots()] == [out.strip()]
     verify_repository(repo)
+
+
+def test_a_first_commit_takes_over_what_a_killed_init_left(tmp_path: Path) -> None:
+    """The temp file of an init killed before its config landed (its process gone, on this
+    host), alone in the folder: no init is under way, so a first commit (and an init) makes the
+    repository there at once, the temp file removed, instead of waiting and then refusing the
+    folder as "not a casnap repository" for ever (the temp file is hidden from `ls`)."""
+    from casnap.fsutil import HOST_TAG
+
+    data = small_app(tmp_path / "data")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name, cmd in (("repo", "commit"), ("inited", "init")):
+        repo_dir = tmp_path / name
+        repo_dir.mkdir(mode=0o700)
+        temp = repo_dir / f"{TEMP_PREFIX}{dead.pid}-{HOST_TAG}-{'0' * 32}"
+        temp.write_bytes(encode_config(small_config()))
+        code, out, err = finish(start(repo_dir, data, cmd))
+        assert code == 0, err
+        assert not temp.exists()
+        repo = Repository.open(repo_dir)
+        assert len(repo.snapshots()) == (1 if cmd == "commit" else 0)

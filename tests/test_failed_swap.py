@@ -271,6 +271,46 @@ def test_a_folder_moved_in_whole_is_taken_out_again(tmp_path: Path) -> None:
     assert state(data) == before
 
 
+def test_a_file_moved_aside_for_a_folder_is_put_back(tmp_path: Path) -> None:
+    """A file standing where the snapshot has a folder (zz) is moved aside for it; a later
+    failure takes the folder out and puts the file back."""
+    repo, sid, data = mixed_case(tmp_path, extra=("zz/z.txt",))
+    (data / "zz").write_text("a file where the folder was")
+    before = state(data)
+
+    def folder_in_the_way() -> None:
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data / "c", 1, folder_in_the_way):
+        with pytest.raises(CasnapError, match="left as it was"):
+            checkout(repo, sid, data)
+    assert (data / "zz").read_text() == "a file where the folder was"
+    assert state(data) == before
+    (data / "new.txt").rmdir()
+    checkout(Repository.open(tmp_path / "repo"), sid, data)
+    assert (data / "zz" / "z.txt").read_text() == "zz/z.txt v1"
+
+
+def test_a_folder_moved_aside_for_a_file_is_put_back(tmp_path: Path) -> None:
+    """The other way round: a folder standing where the snapshot has a file (zz), moved aside
+    whole for it, is put back with what it holds when a later rename fails."""
+    repo, sid, data = mixed_case(tmp_path, extra=("zz",))
+    (data / "zz" / "in").mkdir(parents=True)
+    (data / "zz" / "in" / "q.txt").write_text("a folder where the file was")
+    before = state(data)
+
+    def folder_in_the_way() -> None:
+        (data / "new.txt").mkdir()
+
+    with after_renames_into(data / "c", 1, folder_in_the_way):
+        with pytest.raises(CasnapError, match="left as it was"):
+            checkout(repo, sid, data)
+    assert state(data) == before
+    (data / "new.txt").rmdir()
+    checkout(Repository.open(tmp_path / "repo"), sid, data)
+    assert (data / "zz").read_text() == "zz v1"
+
+
 def test_a_folder_this_user_may_not_write_is_refused_before_the_first_rename(
     tmp_path: Path,
 ) -> None:
@@ -378,6 +418,22 @@ def test_a_folder_mounted_from_elsewhere_keeps_old_versions_beside_them(tmp_path
         assert not temp_names(data, tmp_path)
         checkout(repo, sid, data)
         assert (data / "c" / "d.txt").read_text() == "c/d.txt v1"
+        assert not temp_names(data, tmp_path)
+
+
+@pytest.mark.skipif(not ROOT, reason="only root may mount")
+def test_a_folder_moved_aside_beside_itself_is_removed(tmp_path: Path) -> None:
+    """c/ is another mount than the staging dir: a folder standing where the snapshot has a
+    file (c/zz) is moved aside beside itself under a temp name, and removed once it is in."""
+    repo, sid, data = mixed_case(tmp_path, extra=("c/zz",))
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "d.txt").write_text("d v2")
+    (vol / "zz" / "in").mkdir(parents=True)
+    (vol / "zz" / "in" / "q.txt").write_text("a folder where the file was")
+    with bind_mounted(vol, data / "c"):
+        checkout(repo, sid, data)
+        assert (data / "c" / "zz").read_text() == "c/zz v1"
         assert not temp_names(data, tmp_path)
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
-from casnap import Repository, checkout, commit
+from casnap import Repository, capture, checkout, commit, instants
+from casnap.consistency import consistency_problems
 from casnap.errors import InconsistentData
 from casnap.ids import hash_bytes
+from casnap.manifest import FileEntry
 from tests.helpers_rag import LANGCHAIN_DIR, make_langchain, query_langchain
 
 
@@ -110,3 +113,36 @@ def test_a_store_whole_when_checked_and_torn_when_stored_is_reported(tmp_path: P
     with pytest.raises(InconsistentData, match="index.pkl"):
         commit(repo, data, strict=True, progress=_while_a_bin_is_read(tear))
     assert len(repo.snapshots()) == 1
+
+
+def test_a_store_still_moving_is_not_judged_by_files_it_did_not_store(tmp_path: Path) -> None:
+    """A writer that saves the store again after every read of it: the files the checks find
+    at the end are not those stored, so what they say is not reported as the snapshot's (here a
+    torn pickle the snapshot does not hold; as well nothing where it holds one); the store is
+    named as still moving, which the commit reports as damage (even with -q; --strict refuses)."""
+    data = tmp_path / "data"
+    make_langchain(data)
+    pickle_path = data / LANGCHAIN_DIR / "index.pkl"
+    whole = pickle_path.read_bytes()
+    torn = whole[: len(whole) // 2]
+    repo = Repository.init(tmp_path / "repo")
+    snap = repo.load_snapshot(repo.resolve(commit(repo, data).id))
+    entries = list(snap.files)
+    watched = instants.watch(capture.scan(data))
+    stored: dict[str, bytes] = {}
+
+    def read_then_saved_again(src: capture.SourceFile) -> tuple[FileEntry, int]:
+        """The file read (what is stored), then the app saves the pickle again."""
+        (entry,) = [e for e in entries if e.path == src.path]
+        stored[src.path] = src.abspath.read_bytes()
+        if src.path == f"{LANGCHAIN_DIR}/index.pkl":
+            pickle_path.write_bytes(torn if stored[src.path] == whole else whole)
+        return entry, len(stored[src.path])
+
+    os.utime(pickle_path, ns=(1, 1))  # a save since the store was watched
+    _, moving, judged = instants.settle(
+        watched, entries, read_then_saved_again, partial(consistency_problems, data)
+    )
+    assert stored[f"{LANGCHAIN_DIR}/index.pkl"] == whole and pickle_path.read_bytes() == torn
+    assert [m.split(":")[0] for m in moving] == [LANGCHAIN_DIR]
+    assert judged == [([f"{LANGCHAIN_DIR}/index.faiss", f"{LANGCHAIN_DIR}/index.pkl"], [])]

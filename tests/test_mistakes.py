@@ -497,6 +497,52 @@ def test_a_file_where_the_snapshot_has_a_folder_is_a_source_problem(tmp_path: Pa
     assert sorted(p.name for p in target.iterdir()) == ["app.db"]
 
 
+def test_a_full_checkout_puts_a_folder_back_where_a_file_stands_now(tmp_path: Path) -> None:
+    """A store's folder replaced by a file since (an app that changed its layout): a full
+    checkout of the older snapshot into the data dir removes that file, as it removes every
+    file the snapshot lacks (saved first, no snapshot holding it), and puts the folder back.
+    Into a folder not known to hold this data it is still refused (above)."""
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    old = commit(repo, data).id
+    before = snapshot_tree(data)
+    shutil.rmtree(data / "faiss")
+    (data / "faiss").write_text("a file now")
+    result = checkout(repo, old, data)
+    assert snapshot_tree(data) == before
+    assert result.files_removed == 1 and result.safety_snapshot is not None
+    out = tmp_path / "out"
+    checkout(repo, result.safety_snapshot, out, paths=["faiss"], smoke=False)
+    assert (out / "faiss").read_text() == "a file now"  # the file it replaced, saved first
+
+
+def test_a_full_checkout_puts_a_file_back_where_a_folder_stands_now(tmp_path: Path) -> None:
+    """The other way round: a folder where the snapshot has a file, holding only files the
+    checkout removes (saved first), is moved aside whole for the file; one holding anything
+    else (a symbolic link, which no snapshot could save) is refused with nothing changed."""
+    data = small_app(tmp_path / "data")
+    (data / "store").write_text("a file, once")
+    repo = Repository.init(tmp_path / "repo")
+    old = commit(repo, data).id
+    before = snapshot_tree(data)
+    (data / "store").unlink()
+    (data / "store" / "sub").mkdir(parents=True)
+    (data / "store" / "a.json").write_text("{}")
+    (data / "store" / "sub" / "b.json").write_text("[]")
+    os.symlink("a.json", data / "store" / "link")
+    proc = run_casnap(["--repo", str(tmp_path / "repo"), "--data", str(data), "checkout", old])
+    one_line(proc, EXIT_CODES["source"], "store exists and is not a file: move it away")
+    assert (data / "store" / "sub" / "b.json").read_text() == "[]"
+    (data / "store" / "link").unlink()
+    result = checkout(repo, old, data)
+    assert snapshot_tree(data) == before
+    assert sorted(result.removed) == ["store/a.json", "store/sub/b.json"]
+    assert result.safety_snapshot is not None
+    out = tmp_path / "out"
+    checkout(repo, result.safety_snapshot, out, paths=["store"], smoke=False)
+    assert (out / "store" / "sub" / "b.json").read_text() == "[]"
+
+
 @pytest.mark.skipif(not bind_mount_available(), reason="needs root and unshare for a bind mount")
 def test_a_target_across_mount_points_checks_out(tmp_path: Path) -> None:
     """A bind-mounted target, and a filesystem mounted on a folder of the target: a rename
