@@ -243,9 +243,8 @@ class _Checkout:
         whole = not self.paths or restored_files.whole_checkout(
             self.repo.id, str(self.target), ident
         )
-        cleared = swap.clear_the_way(
-            tree, removing if self.clears_the_way else [], self.sel.entries
-        )
+        in_way = removing if self.clears_the_way else []  # moved aside for what goes there
+        cleared = swap.clear_the_way(tree, in_way, self.sel.entries)
         plan, unchanged, unsaved = self._plan(tree, wanted)
         if self.opts.safety_snapshot:  # what it removes is read only to be saved
             unsaved += removals.unsaved(tree, self.present, removing)
@@ -410,7 +409,12 @@ class _Checkout:
             ):
                 unchanged.remove(item)
                 plan.append(item)
-        return sorted(plan, key=_link_order), unchanged, unsaved
+        # hard links after the files they link to, then by path
+        return (
+            sorted(plan, key=lambda i: (i.entry.link is not None, i.entry.path)),
+            unchanged,
+            unsaved,
+        )
 
     def _removals(self, tree: Tree) -> list[str]:
         """Target files the snapshots' scopes cover but do not hold (full checkouts only), from
@@ -592,11 +596,3 @@ class _Checkout:
             written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs, entries)
             self.result.written += written
         return touched
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def _link_order(item: _Item) -> tuple[int, str]:
-    """Hard links after the files they link to, then by path."""
-    return (item.entry.link is not None, item.entry.path)
