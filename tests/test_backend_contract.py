@@ -789,3 +789,26 @@ def test_local_a_file_where_a_folder_of_objects_belongs_is_damage_named_on_put(
     with pytest.raises(IntegrityError, match=r"index is not a folder"):
         backend.put("index/" + "ab" * 32, b"data")
     assert (tmp_path / "repo" / "index").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("folder", ["snapshots", "index", "packs"])
+def test_local_a_file_where_a_folder_of_objects_belongs_is_damage_not_emptiness(
+    tmp_path: Path, folder: str
+) -> None:
+    """A regular file standing where the repository's snapshots/, index/ or packs/ belongs
+    listed as an empty folder: `gc` then took every pack for unused and deleted them all."""
+    from casnap.committer import commit
+    from casnap.repository import Repository
+    from tests.helpers_reliability import run_casnap, small_app, small_config
+
+    data = small_app(tmp_path / "data")
+    root = tmp_path / "repo"
+    commit(Repository.init(root, small_config()), data)
+    packs = sorted(p.relative_to(root) for p in (root / "packs").rglob("*") if p.is_file())
+    os.rename(root / folder, tmp_path / "moved")
+    (root / folder).write_bytes(b"not a folder")
+    gc = run_casnap(["--repo", str(root), "--data", str(data), "gc"], timeout=60)
+    assert gc.returncode == 5 and f"{root / folder} is not a folder" in gc.stderr, gc.stderr
+    (root / folder).unlink()
+    os.rename(tmp_path / "moved", root / folder)
+    assert sorted(p.relative_to(root) for p in (root / "packs").rglob("*") if p.is_file()) == packs

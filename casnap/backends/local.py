@@ -51,6 +51,9 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "
 # Descriptors a backend keeps open at most while holding (see LocalBackend.holding); objects
 # past them are opened and closed for each read, as outside it.
 HELD_MAX = 64
+# the repository's folders of objects: a file standing where one belongs is damage, not an empty
+# folder (gc would take every pack for unused); another object listed as a folder holds nothing
+OBJECT_FOLDERS = frozenset({"snapshots", "index", "packs", "locks", "keys"})
 
 
 class LocalBackend(Backend):
@@ -196,7 +199,7 @@ class LocalBackend(Backend):
                 return  # no such folder: nothing stored there yet
             mode = 0  # a link to nothing (a disk not mounted)
         if not stat.S_ISDIR(mode):
-            if stat.S_ISREG(mode):
+            if stat.S_ISREG(mode) and prefix.rstrip("/") not in OBJECT_FOLDERS:
                 return  # an object: not a folder
             # a folder that cannot be read (a link to nothing, a FIFO), never an empty one
             raise IntegrityError(
