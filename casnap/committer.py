@@ -98,6 +98,8 @@ class CommitResult:
     warnings: list[str] = field(default_factory=list)
     # the warnings about files a checkout's smoke checks refuse (said even with -q)
     damage: list[str] = field(default_factory=list)
+    # the warnings about checkouts into the data dir killed part way (said even with -q)
+    interrupted: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
     skipped: list[str] = field(default_factory=list)  # left out: could not be read
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, and "wall"
@@ -488,6 +490,7 @@ class Committer:
             raise
         manifest_start = time.perf_counter()
         result.warnings += [capture.left_out(data_dir, p) for p in unreadable] + mixed
+        result.interrupted = mixed
         result.skipped = sorted(unreadable)
         user = _user()
         snap = Snapshot(

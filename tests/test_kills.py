@@ -12,6 +12,7 @@ and no temp file outlives the next run.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -454,10 +455,11 @@ def test_a_commit_after_a_checkout_killed_mid_swap_says_the_data_dir_is_mixed(
     rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"replace:kill:2:{data}/")
     assert rc == -9  # two files of the snapshot in place, the rest as they were
     args = ["--repo", str(repo_dir), "--data", str(data)]
-    done = run_casnap([*args, "commit"])
+    done = run_casnap([*args, "-q", "commit", "--json"])  # said even with -q (a nightly job)
     assert done.returncode == 0, done.stderr  # what is there is saved all the same
     warned = [line for line in done.stderr.splitlines() if "interrupted" in line]
     assert len(warned) == 1, done.stderr
+    assert json.loads(done.stdout)["interrupted"] == [warned[0].split("warning: ", 1)[1]]
     assert base.first[:8] in warned[0] and str(data) in warned[0]
     assert "two snapshots" in warned[0] and f"casnap checkout {base.first[:8]}" in warned[0]
     again = run_casnap([*args, "commit"])  # said until a checkout finishes the job
