@@ -134,7 +134,10 @@ class Dir:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 st = self.lstat(name)
                 if st is None or stat.S_ISLNK(st.st_mode):  # O_DIRECTORY may say ENOTDIR for one
-                    raise HostileManifest(f"{self.path / name} is a symbolic link") from exc
+                    raise HostileManifest(
+                        f"{self.path / name} is a symbolic link, which casnap never writes "
+                        f"through: {IN_THE_WAY_HINT} (what it points to is left alone)"
+                    ) from exc
                 raise SourceError(
                     f"{self.path / name} exists and is not a folder, where a folder is to be "
                     f"restored: {IN_THE_WAY_HINT}"

@@ -372,7 +372,8 @@ class _Checkout:
                 continue
             if stat.S_ISLNK(st.st_mode) and (self.target / rel).exists():
                 raise HostileManifest(
-                    f"refusing to restore {rel}: {self.target / rel} is a symbolic link"
+                    f"refusing to restore {rel}: {self.target / rel} is a symbolic link, which "
+                    f"casnap never writes through: {IN_THE_WAY_HINT}"
                 )
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(
