@@ -565,3 +565,17 @@ def test_a_target_across_mount_points_checks_out(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (real / "app.db").is_file()  # through the bind mount, into the real folder
+
+
+def test_a_folder_replaced_by_a_link_says_how_to_go_on(tmp_path: Path) -> None:
+    """A store's folder moved elsewhere and linked back: the checkout refuses to write through
+    the link (exit 5) and says what to do, leaving what the link points to alone."""
+    (tmp_path / "data" / "store").mkdir(parents=True)
+    (tmp_path / "data" / "store" / "x").write_text("a")
+    assert run(tmp_path, "commit").returncode == 0
+    (tmp_path / "data" / "store").rename(tmp_path / "moved")
+    (tmp_path / "data" / "store").symlink_to(tmp_path / "moved")
+    (tmp_path / "moved" / "x").write_text("changed")
+    line = one_line(run(tmp_path, "checkout", "latest"), 5, "store is a symbolic link")
+    assert "move it away, or check out into another folder (--to)" in line
+    assert (tmp_path / "moved" / "x").read_text() == "changed"
