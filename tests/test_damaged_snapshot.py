@@ -119,3 +119,25 @@ def test_latest_and_tags_are_not_guessed_past_it(
         assert not (tmp_path / ref).exists()
     proc = cli(repo_dir, data, "checkout", ids[2][:8], "--to", str(tmp_path / "named"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_two_damaged_snapshots_are_forgotten_as_the_error_says(
+    spoiled: tuple[Path, Path, list[str], str],
+) -> None:
+    """With two damaged manifests, `forget` of one stops at the other: the way out each error
+    and warning names is one forget of both, which removes them (not one each, which the other
+    stops, each naming the other in turn)."""
+    repo_dir, data, ids, bad = spoiled
+    other = repo_dir / "snapshots" / ids[0]
+    raw = bytearray(other.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    other.write_bytes(bytes(raw))
+    both = " ".join(sorted([bad[:8], ids[0][:8]]))
+    proc = cli(repo_dir, data, "forget", bad[:8])
+    one_line(proc, 5, rf"gc, prune and forget stop.*`casnap forget {both}` removes those")
+    listed = cli(repo_dir, data, "log")
+    warnings = [line for line in listed.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all(f"`casnap forget {both}`" in w for w in warnings)
+    gone = cli(repo_dir, data, "forget", *both.split())
+    assert gone.returncode == 0, gone.stderr
+    assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == [ids[2]]
