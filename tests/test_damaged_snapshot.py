@@ -141,3 +141,22 @@ def test_two_damaged_snapshots_are_forgotten_as_the_error_says(
     gone = cli(repo_dir, data, "forget", *both.split())
     assert gone.returncode == 0, gone.stderr
     assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == [ids[2]]
+
+
+def test_a_filter_never_names_a_damaged_snapshot_by_a_shared_prefix(
+    spoiled: tuple[Path, Path, list[str], str],
+) -> None:
+    """A prefix that a good snapshot the filter leaves out shares with a damaged one does not
+    name the damaged one: whether it carries the tag does not read. `forget --tag T PREFIX`
+    removed it (as `forget --tag T` with its whole id refuses to)."""
+    repo_dir, data, ids, bad = spoiled
+    assert cli(repo_dir, data, "forget", bad[:8]).returncode == 0
+    crafted = ids[0][:4] + ("0" if ids[0][4] != "0" else "1") * 60
+    (repo_dir / "snapshots" / crafted).write_bytes(b"not a manifest")
+    held = sorted(p.name for p in (repo_dir / "snapshots").iterdir())
+    for args in (
+        ("forget", "--tag", "nightly", ids[0][:4]),
+        ("show", "--tag", "nightly", ids[0][:4]),
+    ):
+        one_line(cli(repo_dir, data, *args), 5, f"snapshots/{crafted}.*casnap forget {crafted[:8]}")
+        assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == held
