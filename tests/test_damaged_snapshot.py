@@ -9,6 +9,7 @@ take its chunks for unused; `forget ID` removes it; naming it is its error.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,34 @@ def test_a_filter_never_names_a_damaged_snapshot_by_a_shared_prefix(
     ):
         one_line(cli(repo_dir, data, *args), 5, f"snapshots/{crafted}.*casnap forget {crafted[:8]}")
         assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == held
+
+
+@pytest.mark.parametrize("kind", ["folder", "link to a folder"])
+def test_a_folder_in_a_manifests_place_is_damage_not_absence(
+    spoiled: tuple[Path, Path, list[str], str], tmp_path: Path, kind: str
+) -> None:
+    """The newest manifest replaced by a folder (or a link to one): `latest` named the older
+    snapshot without a word, and gc would have taken the newest one's chunks for unused."""
+    repo_dir, data, ids, bad = spoiled
+    assert cli(repo_dir, data, "forget", bad[:8]).returncode == 0
+    newest = repo_dir / "snapshots" / ids[2]
+    newest.unlink()
+    if kind == "folder":
+        newest.mkdir()
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        newest.symlink_to(tmp_path / "elsewhere")
+    proc = cli(repo_dir, data, "checkout", "latest", "--to", str(tmp_path / "out"))
+    one_line(proc, 5, rf"snapshots/{ids[2]}.*casnap forget {ids[2][:8]}")
+    assert not (tmp_path / "out").exists()
+    one_line(cli(repo_dir, data, "gc"), 5, f"snapshots/{ids[2]}.*gc, prune and forget stop")
+    _warned(cli(repo_dir, data, "log").stderr, ids[2])
+    if kind == "folder":
+        (newest / "a file").write_text("not casnap's")
+        one_line(cli(repo_dir, data, "forget", ids[2][:8]), 5, "folder holding files.*move it")
+        assert (newest / "a file").read_text() == "not casnap's"
+        (newest / "a file").unlink()
+    assert cli(repo_dir, data, "forget", ids[2][:8]).returncode == 0
+    assert not os.path.lexists(newest)
+    assert kind == "folder" or (tmp_path / "elsewhere").is_dir()  # the link went, not its folder
+    assert cli(repo_dir, data, "gc").returncode == 0
