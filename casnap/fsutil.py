@@ -27,7 +27,14 @@ from pathlib import Path
 
 from casnap import libc
 from casnap.constants import TEMP_PREFIX
-from casnap.errors import CasnapError, InvalidArgument, SourceError, from_oserror, shortened
+from casnap.errors import (
+    CasnapError,
+    HostileManifest,
+    InvalidArgument,
+    SourceError,
+    from_oserror,
+    shortened,
+)
 from casnap.fsdir import Dir, remove_tree
 from casnap.ids import Hasher, ObjectId
 from casnap.procs import pid_alive, pid_namespace
@@ -390,11 +397,28 @@ def left_stage(name: str) -> bool:
     return pid is not None and pid != os.getpid() and not pid_alive(pid)
 
 
+# the mark of a checkout swapping files in (swapmark.py): no manifest path holds a backslash
+SWAP_MARK = "\\swapping"
+
+
 def remove_stale_stages_in(d: Dir) -> None:
-    """Remove the staging dirs in d whose process no longer runs (never following a link)."""
+    """Remove the staging dirs in d whose process no longer runs (never following a link). One
+    holding a swap mark keeps it, and nothing else: the target it names may hold files of two
+    snapshots until a full checkout into it is done (swapmark.finished removes it then)."""
     for name in d.names():
         if left_stage(name):
             with contextlib.suppress(OSError, CasnapError):
+                try:
+                    stage = d.sub(name)
+                except (HostileManifest, SourceError):  # a link or a file: unlinked below
+                    stage = None
+                if stage is not None:
+                    with stage:
+                        if stage.lstat(SWAP_MARK) is not None:
+                            for child in stage.names():
+                                if child != SWAP_MARK:
+                                    remove_tree(stage, child)
+                            continue
                 remove_tree(d, name)
 
 

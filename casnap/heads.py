@@ -46,11 +46,21 @@ def stopping(damaged: Mapping[ObjectId, Damage], but: Collection[ObjectId]) -> l
     return [sid for sid in damaged if sid not in but]
 
 
-def damaged_warning(sid: ObjectId, exc: IntegrityError) -> str:
-    """The warning of a command that lists the snapshots past a damaged one."""
+def way_out(damaged: Iterable[ObjectId]) -> str:
+    """The forget that removes the damaged snapshots: all of them at once, since a forget of
+    one stops at the others."""
+    shorts = sorted(sid.short for sid in damaged)
+    what = "that snapshot" if len(shorts) == 1 else "those snapshots"
+    return f"`casnap forget {' '.join(shorts)}` removes {what}"
+
+
+def damaged_warning(sid: ObjectId, exc: IntegrityError, damaged: Iterable[ObjectId] = ()) -> str:
+    """The warning of a command that lists the snapshots past a damaged one (damaged: every
+    one it passed over, named together in the way out)."""
     return (
-        f"snapshot {sid.short} left out: {exc} (gc and prune stop until `casnap forget "
-        f"{sid.short}` removes it; `casnap verify` lists the files it held)"
+        f"snapshot {sid.short} left out: {exc} (gc and prune stop until "
+        f"{way_out([sid, *(d for d in damaged if d != sid)])}; `casnap verify` lists the "
+        "files it held)"
     )
 
 

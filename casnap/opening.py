@@ -96,18 +96,23 @@ def confirm(backend: Backend, kept: CachingBackend) -> None:
 
 
 def listing_stopped(
-    exc: IntegrityError, backend: Backend, kept: CachingBackend | None, location: str
+    exc: IntegrityError,
+    backend: Backend,
+    kept: CachingBackend | None,
+    location: str,
+    way_out: str | None = None,
 ) -> IntegrityError:
     """The error a listing of snapshots stops with at the manifest at location that does not
     open (after confirm, when the config came from the cache: a repository made anew is then
-    the likelier cause). forget takes such a snapshot by its id (heads.py, retention.forget)."""
+    the likelier cause). forget takes such a snapshot by its id (heads.py, retention.forget);
+    way_out, the forget that removes every damaged one, when several are."""
     if kept is not None:
         confirm(backend, kept)
     short = location.rsplit("/", 1)[-1][:8]
+    out = way_out or f"`casnap forget {short}` removes that snapshot"
     return type(exc)(
         f"{exc} (gc, prune and forget stop here, so that gc never takes it for a forgotten "
-        f"one: `casnap forget {short}` removes that snapshot; `casnap verify` lists the files "
-        "it held)"
+        f"one: {out}; `casnap verify` lists the files it held)"
     )
 
 

@@ -29,7 +29,7 @@ from casnap.errors import (
     RepositoryNotFound,
     from_oserror,
 )
-from casnap.heads import Damage, read_heads, stopping
+from casnap.heads import Damage, read_heads, stopping, way_out
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
@@ -396,7 +396,8 @@ class Repository:
         stops = stopping(self.damaged, but)
         if stops and (files or not (skip_damaged or self.skip_damaged)):
             exc, where = self.damaged[stops[0]]
-            raise listing_stopped(exc, self.raw_backend, self.kept_config, where) from exc
+            out = way_out(self.damaged)  # a forget of one alone stops at the others
+            raise listing_stopped(exc, self.raw_backend, self.kept_config, where, out) from exc
         listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
         for sid, snap in [(s, n) for s, n in listed if s not in but] if files else ():
             try:

@@ -276,6 +276,8 @@ class _Checkout:
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
                 self.swapped = True
+                if not self.paths:  # a killed swap into it finished: said no more (swapmark.py)
+                    swapmark.finished(self.target, self.sel.sources)
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)

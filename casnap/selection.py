@@ -128,8 +128,7 @@ def resolve(
         sid for sid, _ in snaps if is_hex_prefix(ref.lower()) and sid.hex().startswith(ref.lower())
     ]
     if bad and not ids:
-        exc = (damaged or {})[bad[0]][0]
-        raise type(exc)(f"{exc} (`casnap forget {bad[0].short}` removes that snapshot)")
+        raise _damaged(damaged or {}, bad[0])
     if damaged and not (ids and len(ref) >= MIN_PREFIX):  # its time and tags do not read
         sid, (exc, _where) = next(iter(damaged.items()))
         raise type(exc)(
@@ -151,6 +150,8 @@ def resolve(
         matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)] + bad
         if tagged and matches and len(ref_l) < FULL_ID and matches != tagged[-1:]:
             raise AmbiguousSnapshot(_tag_or_id(ref, tagged[-1], matches, where))
+        if len(matches) == 1 and matches[0] in bad:  # whether it matches flt does not read
+            raise _damaged(damaged or {}, matches[0])
         if len(matches) == 1:
             return Resolved(matches[0], "id")
         if len(matches) > 1:
@@ -164,6 +165,12 @@ def resolve(
         resolve(snaps, ref)  # a ref that names nothing at all is reported as such
         raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")
     raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+
+
+def _damaged(damaged: Mapping[ObjectId, Damage], sid: ObjectId) -> Exception:
+    """The error of a reference that names the damaged snapshot sid alone."""
+    exc = damaged[sid][0]
+    return type(exc)(f"{exc} (`casnap forget {sid.short}` removes that snapshot)")
 
 
 def _tag_or_id(ref: str, newest: ObjectId, ids: list[ObjectId], where: str) -> str:

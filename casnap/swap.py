@@ -67,7 +67,11 @@ def swap_in(
                 head, name = split(rel)
                 parent = tree.dir(head)
                 if parent is not None:
-                    for suffix in ("", *SQLITE_SIDE_SUFFIXES):
+                    # a database's side files go with it (as remove_files removes them); beside
+                    # any other file, a name like theirs is a file of its own (one excluded)
+                    st = parent.lstat(name)
+                    db = st is not None and stat.S_ISREG(st.st_mode) and is_sqlite(parent, name)
+                    for suffix in ("", *SQLITE_SIDE_SUFFIXES) if db else ("",):
                         journal.aside(parent, head, name + suffix)
                 tree.drop(rel)
             tree.vacating.clear()

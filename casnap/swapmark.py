@@ -16,14 +16,19 @@ import json
 import os
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from casnap import fsutil
 from casnap.errors import CasnapError, from_oserror
-from casnap.fsdir import Dir
+from casnap.fsdir import Dir, remove_tree
 
-# the mark's name in the staging dir's root: no manifest path holds a backslash
-MARK = "\\swapping"
+if TYPE_CHECKING:
+    from casnap.ids import ObjectId
+    from casnap.manifest import Snapshot
+
+MARK = fsutil.SWAP_MARK  # its name in the staging dir's root
 _MAX_MARK = 4096  # bytes of a mark read at most (one made by hand is not parsed whole)
 
 
@@ -63,15 +68,28 @@ def interrupted(target: Path) -> list[str]:
     for folder in dict.fromkeys((stage_parent(target), target)):
         with contextlib.suppress(OSError, CasnapError), Dir.open(folder) as d:
             for name in d.names():
-                if fsutil.left_stage(name):
-                    line = _read(d, name, target)
-                    if line is not None:
-                        found.append(line)
+                if fsutil.left_stage(name) and (marked := _read(d, name, target)) is not None:
+                    found.append(_line(*marked, target))
     return found
 
 
-def _read(parent: Dir, name: str, target: Path) -> str | None:
-    """The line for the mark in parent/name when it names target; None without one."""
+def finished(target: Path, sources: Sequence[tuple[ObjectId, Snapshot]]) -> None:
+    """A full checkout of sources into target is done: the marks of killed swaps into it that
+    it finishes go (all, when a source is of the whole data dir; else those of its sources),
+    and the staging dirs that held them."""
+    whole = any(not snap.paths for _, snap in sources)
+    done = {sid.hex() for sid, _ in sources}
+    for folder in dict.fromkeys((stage_parent(target), target)):
+        with contextlib.suppress(OSError, CasnapError), Dir.open(folder) as d:
+            for name in d.names():
+                if fsutil.left_stage(name) and (marked := _read(d, name, target)) is not None:
+                    if whole or marked[0] in done:
+                        with contextlib.suppress(OSError, CasnapError):
+                            remove_tree(d, name)
+
+
+def _read(parent: Dir, name: str, target: Path) -> tuple[str, object] | None:
+    """The snapshot and time of the mark in parent/name when it names target; None without."""
     try:
         stage = parent.sub(name)
     except (OSError, CasnapError):
@@ -98,6 +116,11 @@ def _read(parent: Dir, name: str, target: Path) -> str | None:
         return None
     if not isinstance(snapshot, str) or not isinstance(where, str) or where != str(target):
         return None
+    return snapshot, when
+
+
+def _line(snapshot: str, when: object, target: Path) -> str:
+    """The warning of a commit of target that a checkout of snapshot killed part way left."""
     short = snapshot[:8] if snapshot.isalnum() and snapshot.isascii() else "?"
     stamp = (
         time.strftime(" on %Y-%m-%d at %H:%M", time.localtime(when))

@@ -9,6 +9,7 @@ take its chunks for unused; `forget ID` removes it; naming it is its error.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,75 @@ def test_latest_and_tags_are_not_guessed_past_it(
         assert not (tmp_path / ref).exists()
     proc = cli(repo_dir, data, "checkout", ids[2][:8], "--to", str(tmp_path / "named"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_two_damaged_snapshots_are_forgotten_as_the_error_says(
+    spoiled: tuple[Path, Path, list[str], str],
+) -> None:
+    """With two damaged manifests, `forget` of one stops at the other: the way out each error
+    and warning names is one forget of both, which removes them (not one each, which the other
+    stops, each naming the other in turn)."""
+    repo_dir, data, ids, bad = spoiled
+    other = repo_dir / "snapshots" / ids[0]
+    raw = bytearray(other.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    other.write_bytes(bytes(raw))
+    both = " ".join(sorted([bad[:8], ids[0][:8]]))
+    proc = cli(repo_dir, data, "forget", bad[:8])
+    one_line(proc, 5, rf"gc, prune and forget stop.*`casnap forget {both}` removes those")
+    listed = cli(repo_dir, data, "log")
+    warnings = [line for line in listed.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all(f"`casnap forget {both}`" in w for w in warnings)
+    gone = cli(repo_dir, data, "forget", *both.split())
+    assert gone.returncode == 0, gone.stderr
+    assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == [ids[2]]
+
+
+def test_a_filter_never_names_a_damaged_snapshot_by_a_shared_prefix(
+    spoiled: tuple[Path, Path, list[str], str],
+) -> None:
+    """A prefix that a good snapshot the filter leaves out shares with a damaged one does not
+    name the damaged one: whether it carries the tag does not read. `forget --tag T PREFIX`
+    removed it (as `forget --tag T` with its whole id refuses to)."""
+    repo_dir, data, ids, bad = spoiled
+    assert cli(repo_dir, data, "forget", bad[:8]).returncode == 0
+    crafted = ids[0][:4] + ("0" if ids[0][4] != "0" else "1") * 60
+    (repo_dir / "snapshots" / crafted).write_bytes(b"not a manifest")
+    held = sorted(p.name for p in (repo_dir / "snapshots").iterdir())
+    for args in (
+        ("forget", "--tag", "nightly", ids[0][:4]),
+        ("show", "--tag", "nightly", ids[0][:4]),
+    ):
+        one_line(cli(repo_dir, data, *args), 5, f"snapshots/{crafted}.*casnap forget {crafted[:8]}")
+        assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == held
+
+
+@pytest.mark.parametrize("kind", ["folder", "link to a folder"])
+def test_a_folder_in_a_manifests_place_is_damage_not_absence(
+    spoiled: tuple[Path, Path, list[str], str], tmp_path: Path, kind: str
+) -> None:
+    """The newest manifest replaced by a folder (or a link to one): `latest` named the older
+    snapshot without a word, and gc would have taken the newest one's chunks for unused."""
+    repo_dir, data, ids, bad = spoiled
+    assert cli(repo_dir, data, "forget", bad[:8]).returncode == 0
+    newest = repo_dir / "snapshots" / ids[2]
+    newest.unlink()
+    if kind == "folder":
+        newest.mkdir()
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        newest.symlink_to(tmp_path / "elsewhere")
+    proc = cli(repo_dir, data, "checkout", "latest", "--to", str(tmp_path / "out"))
+    one_line(proc, 5, rf"snapshots/{ids[2]}.*casnap forget {ids[2][:8]}")
+    assert not (tmp_path / "out").exists()
+    one_line(cli(repo_dir, data, "gc"), 5, f"snapshots/{ids[2]}.*gc, prune and forget stop")
+    _warned(cli(repo_dir, data, "log").stderr, ids[2])
+    if kind == "folder":
+        (newest / "a file").write_text("not casnap's")
+        one_line(cli(repo_dir, data, "forget", ids[2][:8]), 5, "folder holding files.*move it")
+        assert (newest / "a file").read_text() == "not casnap's"
+        (newest / "a file").unlink()
+    assert cli(repo_dir, data, "forget", ids[2][:8]).returncode == 0
+    assert not os.path.lexists(newest)
+    assert kind == "folder" or (tmp_path / "elsewhere").is_dir()  # the link went, not its folder
+    assert cli(repo_dir, data, "gc").returncode == 0

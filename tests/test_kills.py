@@ -471,6 +471,33 @@ def test_a_commit_after_a_checkout_killed_mid_swap_says_the_data_dir_is_mixed(
     assert after.returncode == 0 and "interrupted" not in after.stderr, after.stderr
 
 
+def test_the_mixed_data_dir_is_said_until_a_full_checkout_into_it(
+    base: Base, tmp_path: Path
+) -> None:
+    """A checkout into another folder beside the data dir, or of some paths only, removes the
+    staging dirs killed runs left there; the killed swap's mark stays with its data dir, which
+    still holds files of two snapshots (before, the warning went with the staging dir)."""
+    repo_dir, data = base.copy(tmp_path)
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"replace:kill:2:{data}/")
+    assert rc == -9
+    args = ["--repo", str(repo_dir), "--data", str(data)]
+    beside = run_casnap([*args, "checkout", base.first, "--to", str(tmp_path / "beside")])
+    assert beside.returncode == 0, beside.stderr
+    some = run_casnap([*args, "checkout", base.first, sorted(base.new)[0]])
+    assert some.returncode == 0, some.stderr
+    done = run_casnap([*args, "commit"])
+    assert done.returncode == 0 and "interrupted" in done.stderr, done.stderr
+    assert not [
+        p
+        for p in tmp_path.iterdir()
+        if p.name.startswith(".casnap") and any(c.name != "\\swapping" for c in p.iterdir())
+    ], "a killed run's staged files are left"
+    finish = run_casnap([*args, "checkout", base.first])
+    assert finish.returncode == 0, finish.stderr
+    after = run_casnap([*args, "commit"])
+    assert after.returncode == 0 and "interrupted" not in after.stderr, after.stderr
+
+
 def test_a_checkout_killed_before_its_swap_leaves_no_such_warning(
     base: Base, tmp_path: Path
 ) -> None:

@@ -516,6 +516,24 @@ def test_a_full_checkout_puts_a_folder_back_where_a_file_stands_now(tmp_path: Pa
     assert (out / "faiss").read_text() == "a file now"  # the file it replaced, saved first
 
 
+def test_a_file_moved_aside_for_a_folder_takes_no_excluded_file_beside_it(tmp_path: Path) -> None:
+    """The file a full checkout moves aside for a folder (removed anyway) is no database: a
+    file beside it named like its -shm or -wal, which the snapshot excluded (so no snapshot
+    says what it should hold), stays, as it stays beside a file the checkout only removes."""
+    data = small_app(tmp_path / "data")
+    repo = Repository.init(tmp_path / "repo")
+    old = commit(repo, data, excludes=["faiss-shm", "faiss-wal"]).id
+    shutil.rmtree(data / "faiss")
+    (data / "faiss").write_text("a file now")
+    (data / "faiss-shm").write_text("the app's own, excluded")
+    (data / "faiss-wal").write_text("excluded too")
+    result = checkout(repo, old, data, safety_snapshot=False)
+    assert (data / "faiss").is_dir()
+    assert (data / "faiss-shm").read_text() == "the app's own, excluded"
+    assert (data / "faiss-wal").read_text() == "excluded too"
+    assert result.removed == ["faiss"]
+
+
 def test_a_full_checkout_puts_a_file_back_where_a_folder_stands_now(tmp_path: Path) -> None:
     """The other way round: a folder where the snapshot has a file, holding only files the
     checkout removes (saved first), is moved aside whole for the file; one holding anything

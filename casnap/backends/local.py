@@ -56,6 +56,11 @@ HELD_MAX = 64
 OBJECT_FOLDERS = frozenset({"snapshots", "index", "packs", "locks", "keys"})
 
 
+def _is_object_name(name: str) -> bool:
+    """Whether name is one an object gets: its id, 64 lowercase hex digits."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 class LocalBackend(Backend):
     """Objects as files under root; keys map to relative paths."""
 
@@ -206,9 +211,14 @@ class LocalBackend(Backend):
                 f"{folder} is not a folder (damaged, or a link to a disk not mounted): "
                 "its objects cannot be listed"
             )
+        manifests = prefix.rstrip("/") == "snapshots"
         for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.root).as_posix()
+            if manifests:  # a folder (or a link to one) in a manifest's place: listed, so damage
+                named = [n for n in dirnames if _is_object_name(n)]
+                dirnames[:] = [n for n in dirnames if n not in named]
+                filenames = sorted([*filenames, *named])
             for name in sorted(filenames):
                 if name.startswith(TEMP_PREFIX):
                     continue
@@ -228,6 +238,14 @@ class LocalBackend(Backend):
             path.unlink()
         except (FileNotFoundError, NotADirectoryError):  # absent, or below an object: not there
             return
+        except IsADirectoryError as exc:  # a folder in a manifest's place: removed when empty
+            try:
+                path.rmdir()
+            except OSError:
+                raise IntegrityError(
+                    f"{path} is a folder holding files where an object belongs (damaged): "
+                    "move it away"
+                ) from exc
         except OSError as exc:
             raise from_oserror(exc, f"deleting {path}") from exc
         fsync_dir(path.parent)

@@ -111,7 +111,7 @@ class CasnapGroup(click.Group):
                     for sid, (exc, _where) in repo.damaged.items():
                         from casnap.heads import damaged_warning
 
-                        warn(damaged_warning(sid, exc), always=True)
+                        warn(damaged_warning(sid, exc, repo.damaged), always=True)
                 return done
         except KeyboardInterrupt as exc:  # past click, which would first write a blank line:
             raise Terminated("interrupted", SIGINT) from exc  # unbounded on a full stderr pipe
