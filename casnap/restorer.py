@@ -373,10 +373,7 @@ class _Checkout:
                 plan.append(item)
                 continue
             if stat.S_ISLNK(st.st_mode) and (self.target / rel).exists():
-                raise HostileManifest(
-                    f"refusing to restore {rel}: {self.target / rel} is a symbolic link, which "
-                    f"casnap never writes through: {IN_THE_WAY_HINT}"
-                )
+                raise HostileManifest(f"{self.target / rel} is a symbolic link: {IN_THE_WAY_HINT}")
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(
                     f"cannot restore {rel}: {self.target / rel} exists and is not a file: "
