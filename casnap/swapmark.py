@@ -5,8 +5,9 @@ target holds some files of the snapshot and the rest as they were, and its stagi
 behind. Before the first rename the checkout writes a mark into that staging dir naming the
 snapshot and the target; the staging dir, and the mark with it, is removed once the swap is
 done. A staging dir of a process that no longer runs and holds a mark for a data dir means its
-files may come from two snapshots: a commit of that data dir says so (interrupted) until a
-checkout, which removes the staging dirs killed runs left, puts a whole snapshot in place.
+files may come from two snapshots: a commit of that data dir says so (interrupted). Removing the
+staging dirs killed runs left keeps their marks (fsutil.remove_stale_stages_in); a full checkout
+into the data dir of that snapshot, or of a whole-dir one, removes them (finished).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,13 +65,7 @@ def mark(stage: Dir, snapshot: str, target: Path) -> None:
 def interrupted(target: Path) -> list[str]:
     """A line for each swap into target (absolute, links resolved) that a killed checkout left
     part way (its staging dir and mark still there), naming its snapshot; [] for none."""
-    found: list[str] = []
-    for folder in dict.fromkeys((stage_parent(target), target)):
-        with contextlib.suppress(OSError, CasnapError), Dir.open(folder) as d:
-            for name in d.names():
-                if fsutil.left_stage(name) and (marked := _read(d, name, target)) is not None:
-                    found.append(_line(*marked, target))
-    return found
+    return [_line(snapshot, when, target) for _d, _name, snapshot, when in _marks(target)]
 
 
 def finished(target: Path, sources: Sequence[tuple[ObjectId, Snapshot]]) -> None:
@@ -79,13 +74,20 @@ def finished(target: Path, sources: Sequence[tuple[ObjectId, Snapshot]]) -> None
     and the staging dirs that held them."""
     whole = any(not snap.paths for _, snap in sources)
     done = {sid.hex() for sid, _ in sources}
+    for d, name, snapshot, _when in _marks(target):
+        if whole or snapshot in done:
+            with contextlib.suppress(OSError, CasnapError):
+                remove_tree(d, name)
+
+
+def _marks(target: Path) -> Iterator[tuple[Dir, str, str, object]]:
+    """(folder, staging dir name, snapshot, time) of each mark a killed swap into target left,
+    in the folders a checkout into it stages in."""
     for folder in dict.fromkeys((stage_parent(target), target)):
         with contextlib.suppress(OSError, CasnapError), Dir.open(folder) as d:
             for name in d.names():
                 if fsutil.left_stage(name) and (marked := _read(d, name, target)) is not None:
-                    if whole or marked[0] in done:
-                        with contextlib.suppress(OSError, CasnapError):
-                            remove_tree(d, name)
+                    yield d, name, *marked
 
 
 def _read(parent: Dir, name: str, target: Path) -> tuple[str, object] | None:
