@@ -18,7 +18,7 @@ from typing import NamedTuple
 from casnap import capture
 from casnap.constants import SAFETY_TAG
 from casnap.errors import AmbiguousSnapshot, InvalidArgument, SnapshotNotFound
-from casnap.heads import Damage, named
+from casnap.heads import Damage, named, way_out
 from casnap.ids import ObjectId, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot
 from casnap.paths import normalize_paths
@@ -130,10 +130,10 @@ def resolve(
     if bad and not ids:
         raise _damaged(damaged or {}, bad[0])
     if damaged and not (ids and len(ref) >= MIN_PREFIX):  # its time and tags do not read
-        sid, (exc, _where) = next(iter(damaged.items()))
+        exc = next(iter(damaged.values()))[0]
         raise type(exc)(
             f"{exc} (it may be the newest snapshot or carry that tag: name a snapshot by its id "
-            f"(`casnap log` lists the others), or `casnap forget {sid.short}` removes that one)"
+            f"(`casnap log` lists the others), or {way_out(damaged)})"
         )
     if not snaps:
         raise SnapshotNotFound("the repository holds no snapshots")
