@@ -149,6 +149,10 @@ def copy_snapshots(
                     raise RepositoryNotFound(where)
                 repo.refresh(only_if_changed=True)
             result = run.run(chosen(src, refs, select))
+            result.damaged += [  # passed over by chosen: not copied, named (exit 5)
+                DamagedCopy(sid.hex(), str(exc))
+                for sid, (exc, _where) in (src.damaged.items() if not refs else ())
+            ]
             if not result.damaged or any(s.copied for s in result.snapshots):
                 dst.created = None  # in use now: never taken back
     except BaseException:
@@ -185,13 +189,14 @@ def chosen(
     first, once; SnapshotNotFound when a ref names none, or select matches none. copy_snapshots
     takes them under its lock; the command line asks first, so that a copy of nothing makes no
     destination."""
-    snaps, flt = src.snapshots(), select or selection.SnapshotFilter()
+    # one whose manifest does not read is passed over (copy_snapshots names it), or its error
+    snaps, flt = src.snapshots(skip_damaged=True), select or selection.SnapshotFilter()
     if not refs:
         picked = flt.select(snaps)
-        if flt.active and not picked:
+        if flt.active and not picked and not src.damaged:
             raise SnapshotNotFound(f"no snapshot {flt.describe()}: nothing copied")
         return picked
-    wanted = {selection.resolve(snaps, ref, flt).id for ref in refs}
+    wanted = {selection.resolve(snaps, ref, flt, src.damaged).id for ref in refs}
     return [(sid, snap) for sid, snap in snaps if sid in wanted]
 
 
