@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from casnap.errors import IntegrityError, ObjectMissing
-from casnap.ids import ObjectId, named_id
+from casnap.ids import ObjectId, is_hex_prefix, named_id
 
 if TYPE_CHECKING:
     from casnap.manifest import Snapshot
@@ -67,6 +67,6 @@ def damaged_warning(sid: ObjectId, exc: IntegrityError, damaged: Iterable[Object
 def named(damaged: Mapping[ObjectId, Damage], ref: str) -> list[ObjectId]:
     """The damaged snapshots whose id starts with ref (a hex prefix of 4 or more digits)."""
     low = ref.lower()
-    if len(low) < 4 or any(c not in "0123456789abcdef" for c in low):
+    if len(low) < 4 or not is_hex_prefix(low):  # selection.MIN_PREFIX digits at least
         return []
     return [sid for sid in damaged if sid.hex().startswith(low)]

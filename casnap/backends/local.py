@@ -19,6 +19,7 @@ from casnap.constants import TEMP_PREFIX
 from casnap.directio import write_new
 from casnap.errors import IntegrityError, ObjectMissing, from_oserror
 from casnap.fsutil import FILE_MODE, fsync_dir, make_dirs, temp_name
+from casnap.ids import ID_SIZE, is_hex_prefix
 from casnap.signals import uninterrupted
 
 
@@ -58,7 +59,7 @@ OBJECT_FOLDERS = frozenset({"snapshots", "index", "packs", "locks", "keys"})
 
 def _is_object_name(name: str) -> bool:
     """Whether name is one an object gets: its id, 64 lowercase hex digits."""
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+    return len(name) == 2 * ID_SIZE and is_hex_prefix(name)
 
 
 class LocalBackend(Backend):
