@@ -277,11 +277,7 @@ def test_a_file_moved_aside_for_a_folder_is_put_back(tmp_path: Path) -> None:
     repo, sid, data = mixed_case(tmp_path, extra=("zz/z.txt",))
     (data / "zz").write_text("a file where the folder was")
     before = state(data)
-
-    def folder_in_the_way() -> None:
-        (data / "new.txt").mkdir()
-
-    with after_renames_into(data / "c", 1, folder_in_the_way):
+    with after_renames_into(data / "c", 1, lambda: (data / "new.txt").mkdir()):
         with pytest.raises(CasnapError, match="left as it was"):
             checkout(repo, sid, data)
     assert (data / "zz").read_text() == "a file where the folder was"
@@ -298,11 +294,7 @@ def test_a_folder_moved_aside_for_a_file_is_put_back(tmp_path: Path) -> None:
     (data / "zz" / "in").mkdir(parents=True)
     (data / "zz" / "in" / "q.txt").write_text("a folder where the file was")
     before = state(data)
-
-    def folder_in_the_way() -> None:
-        (data / "new.txt").mkdir()
-
-    with after_renames_into(data / "c", 1, folder_in_the_way):
+    with after_renames_into(data / "c", 1, lambda: (data / "new.txt").mkdir()):
         with pytest.raises(CasnapError, match="left as it was"):
             checkout(repo, sid, data)
     assert state(data) == before
