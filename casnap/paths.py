@@ -128,7 +128,7 @@ def commit_paths(given: Sequence[str], data_dir: Path) -> tuple[str, ...]:
 
 
 def snapshot_holds(snap: Snapshot) -> Callable[[str], bool]:
-    """exists() for paths of a snapshot: rel is one of its files or a folder above one."""
+    """exists() for paths of a snapshot: rel is one of its files or folders."""
     names = {f.path for f in snap.files}
     folders: set[str] = set()
     for name in names:
@@ -136,4 +136,5 @@ def snapshot_holds(snap: Snapshot) -> Callable[[str], bool]:
         while folder and folder not in folders:
             folders.add(folder)
             folder = posixpath.dirname(folder)
+    folders |= set(snap.dirs) - {"."}
     return lambda rel: rel in names or rel in folders

@@ -92,6 +92,7 @@ class CheckoutResult:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    folders_created: list[str] = field(default_factory=list)  # folders made for no file
     smoke: dict[str, Any] | None = None  # the smoke report ({"ok", "checks"}); None when skipped
     sources: list[dict[str, Any]] = field(default_factory=list)  # snapshot, paths, files
     warnings: list[str] = field(default_factory=list)
@@ -203,7 +204,8 @@ class _Checkout:
         self.protected = self._protected()
         self.others = placement.OtherRepositories(self.target)  # any repository inside it
         self.present = Present(repo, self.target, strict=options.safety_snapshot)
-        self._given: dict[str, int] = {}  # mode given to each folder created, by path
+        self.modes = selection.FolderModes(chosen, self.target)  # of each folder it creates
+        self.scope: Sequence[str] = ()  # the paths checked out (none: all)
         self.swapped = False  # every file is in place (a signal now stops a completed checkout)
         self.clears_the_way = True  # may remove a file where a folder goes (known or forced)
 
@@ -225,7 +227,7 @@ class _Checkout:
         except BaseException:
             undo_target(created_root)
             raise
-        with root, Tree(root, self._dir_attrs) as tree:
+        with root, Tree(root, self.modes) as tree:
             try:
                 with locks.target_lock(root.fd, self.shown_target, self.repo.notify):  # one at once
                     removing = self._removals(tree)  # from listings, before any file is read
@@ -283,6 +285,8 @@ class _Checkout:
                 swap.restore_attrs(tree, item.entry)
             removed, emptied = swap.remove_files(tree, [r for r in removing if r not in cleared])
             self.result.removed += sorted(cleared) + removed
+            folders = [f for f in self.sel.empty_folders(self.scope) if not self._in_repo(f)]
+            self.result.folders_created = swap.make_folders(tree, folders, self.result.warnings)
             swap.sync_folders(tree, touched | emptied)
             self.result.files_written = len(plan)
             self.result.files_unchanged = len(unchanged)
@@ -325,9 +329,9 @@ class _Checkout:
         if self.paths:
             # read as every command reads paths, against the data dir the snapshot was taken of;
             # each must name a file or folder of the snapshot (not of any data dir)
-            holds = selection.holds(entries)
+            holds = selection.holds(entries, self.sel.folders)
             source = Path(self.sel.sources[-1][1].source)
-            wanted = normalize_paths(self.paths, source, exists=holds)
+            wanted = self.scope = normalize_paths(self.paths, source, exists=holds)
             for rel in wanted:
                 if not holds(rel):
                     ids = [sid.short for sid, _ in self.sel.sources]
@@ -440,28 +444,6 @@ class _Checkout:
         parent, name = tree.parent_of(rel)
         if parent is not None:
             inuse.refuse_if_in_use(parent, name, str(self.target / rel), self.opts.force)
-
-    def _dir_attrs(self, rel: str) -> tuple[int, tuple[int, int] | None]:
-        """Mode and owner (as root) of a folder checkout creates: as recorded, else the mode of
-        the folder above it (never more open than that) and no owner change."""
-        rec = self.sel.dirs.get(rel)
-        if rec is not None:
-            mode, owner = rec[0], (rec[1], rec[2]) if os.geteuid() == 0 else None
-        else:
-            head = split(rel)[0] or "."
-            above = self.sel.dirs.get(head)
-            given = self._given.get(head)  # a folder above made now (by swap.py: not in place)
-            if above is not None:
-                mode, owner = above[0], None
-            elif given is not None:
-                mode, owner = given, None
-            else:
-                try:
-                    mode, owner = stat.S_IMODE(os.stat(self.target / head).st_mode), None
-                except OSError:
-                    mode, owner = 0o700, None
-        self._given[rel] = mode
-        return mode, owner
 
     # -- stage -----------------------------------------------------------------------------
 
@@ -593,6 +575,6 @@ class _Checkout:
             entries = [item.entry for item in plan]
             if plan:  # a kill from here on leaves the target part old, part new: said later
                 swapmark.mark(stage.dir, self.result.id, self.target)
-            written, touched = swap.swap_in(tree, stage.dir, placing, self._dir_attrs, entries)
+            written, touched = swap.swap_in(tree, stage.dir, placing, self.modes, entries)
             self.result.written += written
         return touched

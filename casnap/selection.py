@@ -247,11 +247,13 @@ def make_filter(
 
 class Selection(NamedTuple):
     """The files a checkout restores, by path, with the snapshot each comes from, and the
-    scopes (paths, excludes, skipped) inside which a target file no snapshot lists is removed."""
+    scopes (paths, excludes, skipped) inside which a target file no snapshot lists is removed;
+    the recorded modes of folders (dirs), and the folders the snapshots hold (folders)."""
 
     sources: tuple[tuple[ObjectId, Snapshot], ...]
     entries: dict[str, tuple[FileEntry, ObjectId]]
     dirs: dict[str, tuple[int, int, int]]
+    folders: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, sources: Sequence[tuple[ObjectId, Snapshot]]) -> Selection:
@@ -259,12 +261,28 @@ class Selection(NamedTuple):
         ordered = sorted(sources, key=lambda s: (s[1].time, s[0].hex()))
         entries: dict[str, tuple[FileEntry, ObjectId]] = {}
         dirs: dict[str, tuple[int, int, int]] = {}
+        folders: set[str] = set()
         for sid, snap in ordered:
             for path in [p for p in entries if covers(snap, p)]:
                 del entries[path]
             entries.update((f.path, (f, sid)) for f in snap.files)
             dirs.update(snap.dirs)
-        return cls(tuple(ordered), entries, dirs)
+            folders = {p for p in folders if not covers(snap, p)} | set(snap.dirs) - {"."}
+        return cls(tuple(ordered), entries, dirs, frozenset(folders))
+
+    def empty_folders(self, scope: Sequence[str]) -> list[str]:
+        """The folders the snapshots hold that no restored file lies in (an app's empty
+        `uploads/`), within scope (all when empty), none skipped unread at a commit: outermost
+        first, so each comes after the folder holding it."""
+        full = self.entries.keys() | _above(self.entries)
+        skipped = self.skipped()
+        return sorted(
+            f
+            for f in self.folders
+            if f not in full
+            and (not scope or capture.in_scope(f, scope))
+            and not any(f == s or f.startswith(s + "/") for s in skipped)
+        )
 
     def covers(self, path: str) -> bool:
         return any(covers(snap, path) for _, snap in self.sources)
@@ -291,7 +309,49 @@ def newest_of_groups(snaps: Snaps, source: str, host: str) -> list[tuple[ObjectI
     return sorted(groups.values(), key=lambda s: s[1].time, reverse=True)
 
 
-def holds(entries: dict[str, tuple[FileEntry, ObjectId]]) -> Callable[[str], bool]:
-    """Whether a relative path is one of the files or a folder above one."""
-    folders = {"/".join(p.split("/")[:i]) for p in entries for i in range(1, p.count("/") + 1)}
+def _above(paths: Iterable[str]) -> set[str]:
+    """The folders above paths ("a" and "a/b" for "a/b/c"): each folder climbed from once."""
+    out: set[str] = set()
+    for parent in {p.rpartition("/")[0] for p in paths}:
+        while parent and parent not in out:
+            out.add(parent)
+            parent = parent.rpartition("/")[0]
+    return out
+
+
+def holds(
+    entries: dict[str, tuple[FileEntry, ObjectId]], held: Iterable[str] = ()
+) -> Callable[[str], bool]:
+    """Whether a relative path is one of the files, a folder above one, or one of held."""
+    folders = _above(entries) | set(held)
     return lambda rel: rel in entries or rel in folders
+
+
+class FolderModes:
+    """Mode and owner (as root) of each folder a checkout creates: as recorded, else the mode of
+    the folder above it (never more open than that) and no owner change."""
+
+    def __init__(self, sel: Selection, target: Path) -> None:
+        self.dirs = sel.dirs
+        self.target = target
+        self.given: dict[str, int] = {}  # mode given to each folder created, by path
+
+    def __call__(self, rel: str) -> tuple[int, tuple[int, int] | None]:
+        rec = self.dirs.get(rel)
+        if rec is not None:
+            mode, owner = rec[0], (rec[1], rec[2]) if os.geteuid() == 0 else None
+        else:
+            head = os.path.dirname(rel) or "."
+            above = self.dirs.get(head)
+            given = self.given.get(head)  # a folder above made now (by swap.py: not in place)
+            if above is not None:
+                mode, owner = above[0], None
+            elif given is not None:
+                mode, owner = given, None
+            else:
+                try:
+                    mode, owner = os.stat(self.target / head).st_mode & 0o7777, None
+                except OSError:
+                    mode, owner = 0o700, None
+        self.given[rel] = mode
+        return mode, owner

@@ -282,6 +282,21 @@ def restore_attrs(tree: Tree, entry: FileEntry) -> None:
             os.close(fd)
 
 
+def make_folders(tree: Tree, rels: Sequence[str], warnings: list[str]) -> list[str]:
+    """Create the folders rels (outermost first) the target lacks, with the modes the tree
+    gives, each durable; returns those created. Where something else stands (a file, a link) or
+    one cannot be made, a warning names it and nothing is replaced: the files are in place."""
+    made: list[str] = []
+    for rel in rels:
+        before = len(tree.created)
+        try:
+            tree.dir(rel, create=True)
+        except CasnapError as exc:
+            warnings.append(f"{rel}: folder of the snapshot not restored: {exc}")
+        made += tree.created[before:]
+    return made
+
+
 def sync_folders(tree: Tree, folders: Iterable[str]) -> None:
     """Make what was renamed into folders (relative to the tree) durable."""
     _sync(tree, sorted(folders))

@@ -1,0 +1,115 @@
+"""Folders a snapshot holds without files (an app's empty `uploads/`, a store's folder not yet
+written to) come back with a checkout, as restic and borg restore them: with their recorded
+modes, within the paths checked out, never where a file of the snapshot or of the target
+stands."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from casnap.cli import cli
+
+
+def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--repo", str(repo), "--data", str(data), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def make_data(data: Path) -> None:
+    (data / "docs").mkdir(parents=True)
+    (data / "docs" / "a.txt").write_text("a")
+    (data / "uploads").mkdir(0o750)
+    (data / "store" / "segments" / "empty").mkdir(parents=True)
+    (data / "store" / "kept.txt").write_text("k")
+    os.chmod(data / "uploads", 0o750)  # whatever the umask
+    os.chmod(data / "store" / "segments", 0o700)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_checkout_into_a_new_folder_restores_empty_folders_with_their_modes(
+    tmp_path: Path,
+) -> None:
+    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
+    make_data(data)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    code, stdout, stderr = run(repo, data, "checkout", "latest", "--to", str(out), "--json")
+    assert code == 0, stderr
+    assert (out / "uploads").is_dir() and mode(out / "uploads") == 0o750
+    assert (out / "store" / "segments" / "empty").is_dir()
+    assert mode(out / "store" / "segments") == 0o700
+    assert (out / "docs" / "a.txt").read_text() == "a"
+    report = json.loads(stdout)
+    assert report["folders_created"] == ["store/segments", "store/segments/empty", "uploads"]
+
+
+def test_a_checkout_of_some_paths_restores_the_empty_folders_below_them_only(
+    tmp_path: Path,
+) -> None:
+    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
+    make_data(data)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    code, _, stderr = run(repo, data, "checkout", "latest", "store", "--to", str(out))
+    assert code == 0, stderr
+    assert (out / "store" / "segments" / "empty").is_dir()
+    assert not (out / "uploads").exists()
+    assert not (out / "docs").exists()
+
+
+def test_a_full_checkout_into_the_data_dir_puts_back_a_removed_empty_folder(
+    tmp_path: Path,
+) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    make_data(data)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    (data / "uploads").rmdir()
+    (data / "other").mkdir()  # one the snapshot does not name: left as it is
+    code, _, stderr = run(repo, data, "checkout", "latest")
+    assert code == 0, stderr
+    assert (data / "uploads").is_dir() and mode(data / "uploads") == 0o750
+    assert (data / "other").is_dir()
+
+
+def test_a_file_standing_where_an_empty_folder_goes_is_saved_then_replaced(
+    tmp_path: Path,
+) -> None:
+    """In the data dir the file is one the snapshot does not hold: saved in the pre-checkout
+    snapshot, removed, and the folder made in its place."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    make_data(data)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    (data / "uploads").rmdir()
+    (data / "uploads").write_text("written by the app since")
+    code, stdout, stderr = run(repo, data, "checkout", "latest", "--json")
+    assert code == 0, stderr
+    assert (data / "uploads").is_dir()
+    saved = json.loads(stdout)["safety_snapshot"]
+    assert saved is not None
+    code, content, _ = run(repo, data, "cat", saved, "uploads")
+    assert code == 0 and content == "written by the app since"
+
+
+def test_a_checkout_into_a_folder_holding_a_file_where_an_empty_folder_goes_says_so(
+    tmp_path: Path,
+) -> None:
+    """In a checkout of some paths nothing is removed: the folder is not made, and the
+    warning names it; every file is restored."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    make_data(data)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    (data / "uploads").rmdir()
+    (data / "uploads").write_text("mine")
+    (data / "docs" / "a.txt").write_text("changed")
+    code, stdout, stderr = run(repo, data, "checkout", "latest", "docs", "uploads", "--json")
+    assert code == 0, stderr
+    assert (data / "uploads").read_text() == "mine"
+    assert (data / "docs" / "a.txt").read_text() == "a"
+    warnings = json.loads(stdout)["warnings"]
+    assert any("uploads" in w and "folder" in w for w in warnings), warnings
