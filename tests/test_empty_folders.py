@@ -56,8 +56,9 @@ def test_a_checkout_of_some_paths_restores_the_empty_folders_below_them_only(
     data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
     make_data(data)
     assert run(repo, data, "commit", "-q")[0] == 0
-    code, _, stderr = run(repo, data, "checkout", "latest", "store", "--to", str(out))
+    code, stdout, stderr = run(repo, data, "checkout", "latest", "store", "--to", str(out))
     assert code == 0, stderr
+    assert "0 removed, 2 empty folders created; all hashes verified" in stdout + stderr
     assert (out / "store" / "segments" / "empty").is_dir()
     assert not (out / "uploads").exists()
     assert not (out / "docs").exists()

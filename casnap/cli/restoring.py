@@ -195,9 +195,12 @@ def checkout(
             return
         if r.safety_snapshot:
             c.say(f"saved the replaced data as snapshot {r.safety_snapshot[:8]} (tag pre-checkout)")
+        made = len(r.folders_created)
+        folders = f", {made} empty folder{'s' if made > 1 else ''} created" if made else ""
         c.say(
             f"restored {_restored(r, into=False)} into {r.target}: {r.files_written} written, "
-            f"{r.files_unchanged} unchanged, {r.files_removed} removed; all hashes verified"
+            f"{r.files_unchanged} unchanged, {r.files_removed} removed{folders}; all hashes "
+            "verified"
         )
         if r.smoke is not None:
             c.say(_smoke_summary(r.smoke))
