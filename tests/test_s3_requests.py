@@ -275,3 +275,28 @@ def test_a_copy_out_of_s3_fetches_whole_packs_not_frame_by_frame(
     assert dsid != sid  # named with the plain destination's ids
     src.close()
     dst.close()
+
+
+@pytest.mark.parametrize(
+    "kind,name",
+    [
+        ("data", "endpoints"),
+        ("data", "partitions"),
+        ("data", "sdk-default-configuration"),
+        ("service", "service-2"),
+        ("service", "endpoint-rule-set-1"),
+    ],
+)
+def test_the_client_reads_botocores_model_files_as_botocore_does(kind: str, name: str) -> None:
+    """casnap's loader parses botocore's bundled files with orjson (the endpoints file and the S3
+    model are 2.7 MB of JSON at each start): the same data as botocore's own loader, plain
+    (.json) and compressed (.json.gz) files alike."""
+    import botocore.loaders
+
+    from casnap.backends.s3 import S3Loader
+
+    ours, theirs = S3Loader(), botocore.loaders.Loader()
+    if kind == "data":
+        assert ours.load_data(name) == theirs.load_data(name)
+    else:
+        assert ours.load_service_model("s3", name) == theirs.load_service_model("s3", name)
