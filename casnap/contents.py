@@ -3,6 +3,7 @@ repository (`cat`), every chunk and the whole-file hash verified, in bounded mem
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from casnap.errors import InvalidArgument, SnapshotNotFound
@@ -14,20 +15,25 @@ from casnap.selection import outside
 from casnap.staging import stream_entry
 
 
-def files_under(snap: Snapshot, rel: str = ALL, name: str = "the snapshot") -> list[FileEntry]:
+def files_under(
+    snap: Snapshot, rel: str = ALL, name: str = "the snapshot", others: Sequence[Snapshot] = ()
+) -> list[FileEntry]:
     """The files of snap that are rel or lie below it (rel: a data-dir relative path, `.` for
-    all), sorted by path; SnapshotNotFound when rel names none of them."""
+    all), sorted by path; SnapshotNotFound when rel names none of them (its message says which
+    --path names one of others, the repository's snapshots, that may hold it)."""
     if rel in (ALL, ""):
         return sorted(snap.files, key=lambda e: e.path)
     found = [e for e in snap.files if e.path == rel or e.path.startswith(rel + "/")]
     if not found:
-        raise SnapshotNotFound(f"{rel} is not in {name}{outside(rel, [snap])}")
+        raise SnapshotNotFound(f"{rel} is not in {name}{outside(rel, [snap], others)}")
     return sorted(found, key=lambda e: e.path)
 
 
-def file_at(snap: Snapshot, rel: str, name: str = "the snapshot") -> FileEntry:
+def file_at(
+    snap: Snapshot, rel: str, name: str = "the snapshot", others: Sequence[Snapshot] = ()
+) -> FileEntry:
     """The file of snap at rel; InvalidArgument for a folder, SnapshotNotFound for nothing."""
-    under = files_under(snap, rel, name)
+    under = files_under(snap, rel, name, others)
     for entry in under:
         if entry.path == rel:
             return entry

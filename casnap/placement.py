@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from casnap import capture
 from casnap.errors import InvalidArgument
 from casnap.locations import holds_repository
+from casnap.paths import normalize_paths
 
 
 def folder_ids(root: Path | None) -> frozenset[tuple[int, int]]:
@@ -92,24 +94,36 @@ class OtherRepositories:
         return found
 
 
-def refuse_overlap(target: Path, data_dir: Path, shown: str, *, whole: bool) -> None:
-    """InvalidArgument when a checkout's --to lies inside the data dir (the snapshot's whole
-    tree would land in that folder, and a full checkout would remove what it held) or, for a
-    full checkout (whole), holds the data dir (whose files it would remove as files the
-    snapshot lacks). A data dir that is not there overlaps nothing."""
+def refuse_overlap(target: Path, data_dir: Path, shown: str, paths: Sequence[str] = ()) -> None:
+    """InvalidArgument when a checkout's --to lies inside the data dir (what it restores would
+    land in that folder, and a full checkout would remove what it held) or, for a full checkout
+    (no paths), holds the data dir (whose files it would remove as files the snapshot lacks).
+    A data dir that is not there overlaps nothing."""
     if not data_dir.is_dir():
         return
     # realpath, not resolve: a loop of links is not an error here (the checkout names it)
     into, data = Path(os.path.realpath(target)), Path(os.path.realpath(data_dir))
     if into == data:
         return
+    try:
+        named = normalize_paths(paths, data) if paths else ()
+    except InvalidArgument:  # a path outside the data dir: that error comes later
+        named = ("...",)
+    whole = not named
     if capture.inside(into, data):
         rel = into.relative_to(data).as_posix()
+        if not whole:  # `checkout ID app.db --to data/sub`: not the tree, nor sub, is meant
+            lands = f"what it restores would land in it ({rel}/{named[0]})"
+            way = "to restore it in place, check out without --to"
+        elif os.path.lexists(into):
+            lands = f"the snapshot's whole tree would land in it ({rel}/{rel}/...)"
+            way = f"to restore {rel} in place, name it (`casnap checkout SNAPSHOT {rel}`)"
+        else:
+            lands = f"the snapshot's whole tree would land in it ({rel}/...)"
+            way = "to restore the data dir in place, check out without --to"
         raise InvalidArgument(
-            f"refusing to check out into {shown}: it lies inside the data dir {data}, so the "
-            f"snapshot's whole tree would land in it ({rel}/{rel}/...); to restore {rel} in "
-            f"place, name it (`casnap checkout SNAPSHOT {rel}`); to restore a copy, give --to "
-            "a folder outside the data dir"
+            f"refusing to check out into {shown}: it lies inside the data dir {data}, so "
+            f"{lands}; {way}; to restore a copy, give --to a folder outside the data dir"
         )
     if whole and capture.inside(data, into):
         raise InvalidArgument(

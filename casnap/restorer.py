@@ -336,7 +336,8 @@ class _Checkout:
                 if not holds(rel):
                     ids = [sid.short for sid, _ in self.sel.sources]
                     what = f"snapshot{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
-                    hint = selection.outside(rel, [snap for _, snap in self.sel.sources])
+                    others = [snap for _, snap in self.repo.snapshots()]
+                    hint = selection.outside(rel, [snap for _, snap in self.sel.sources], others)
                     raise SnapshotNotFound(f"{rel} is not in {what}{hint}")
             entries = {k: v for k, v in entries.items() if capture.in_scope(k, wanted)}
         items = []

@@ -194,15 +194,25 @@ def latest(pool: Snaps, flt: SnapshotFilter) -> ObjectId | None:
     return kept[-1] if kept else None
 
 
-def outside(rel: str, snaps: Sequence[Snapshot]) -> str:
+def outside(rel: str, snaps: Sequence[Snapshot], others: Sequence[Snapshot] = ()) -> str:
     """What to add when rel is not in snaps: when it lies outside the paths they were committed
-    with, how --path names the newest snapshot that holds it; else nothing."""
+    with, which --path names the newest of others (the repository's snapshots) committed with
+    rel or a folder holding it, or with the whole data dir; that none was, when none was (a
+    mistyped name: `--path` with it would name nothing); else nothing."""
     if any(capture.in_scope(rel, snap.paths) for snap in snaps):
         return ""
     paths = " ".join(sorted({p for snap in snaps for p in snap.paths}))
-    return (
-        f", committed with {paths} only: `--path {rel}` names the newest snapshot committed "
-        "with it (`--path .`: with the whole data dir)"
+    covering = sorted({p for snap in others for p in snap.paths if capture.in_scope(rel, (p,))})
+    whole = any(not snap.paths for snap in others)
+    if not covering:
+        said = f", committed with {paths} only; no snapshot was committed with {rel}"
+        return said + (": `--path .` names the newest of the whole data dir" if whole else "")
+    named = "; ".join(
+        f"`--path {p}` names the newest snapshot committed with {'it' if p == rel else p}"
+        for p in covering
+    )
+    return f", committed with {paths} only: {named}" + (
+        " (`--path .`: with the whole data dir)" if whole else ""
     )
 
 

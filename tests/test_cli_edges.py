@@ -361,3 +361,24 @@ def test_an_encrypted_repository_without_a_stdin_asks_for_a_password_source(
     )
     assert done.returncode == EXIT_CODES["password"], done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["checkout", "latest", "--to"], "casnap checkout"),
+        (["prune", "--keep-daily"], "casnap prune"),
+        (["commit", "-m"], "casnap commit"),
+        (["key", "passwd", "--new-password-file"], "casnap key passwd"),
+        (["-r"], "casnap"),
+    ],
+)
+def test_an_option_missing_its_value_points_to_its_command_s_help(
+    world: tuple[list[str], Path], args: list[str], where: str
+) -> None:
+    """`casnap checkout latest --to` said "Option '--to' requires an argument. (see 'casnap
+    --help')": the top-level help, which does not describe --to, as a misspelt option of the
+    command points to the command's."""
+    base, _ = world
+    line = one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "requires an argument")
+    assert line.endswith(f"(see '{where} --help')"), line

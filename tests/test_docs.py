@@ -139,3 +139,19 @@ def test_no_lock_help_names_the_commands_that_take_it() -> None:
     assert names is not None, refusal
     for name in names.group(1).split(", "):
         assert re.search(rf"\b{name}\b", text), name
+
+
+def test_naming_snapshots_lists_every_command_that_takes_the_filters() -> None:
+    """USAGE's "Naming snapshots" lists the commands that take --path, --tag and --host with a
+    SNAPSHOT; it left out ls, cat and copy, which take them too."""
+    text = (Path(__file__).parent.parent / "docs" / "USAGE.md").read_text()
+    found = re.search(r"Every command that takes one \(([a-z, \n]+)\)", text)
+    assert found is not None
+    listed = {name.strip() for name in found.group(1).split(",")}
+    taking = {
+        name
+        for name, command in cli.commands.items()
+        if {"filter_paths", "filter_tags", "host"} <= {p.name for p in command.params}
+        and any(isinstance(p, click.Argument) for p in command.params)
+    }
+    assert taking - {"log"} <= listed, sorted(taking - listed)

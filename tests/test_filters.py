@@ -195,3 +195,23 @@ def test_a_file_outside_the_paths_of_latest_points_to_path(
     assert "--path app.db" in err
     code, _, err = run(command, "latest", "app.db", "--path", "app.db", *extra)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["checkout", "cat", "ls"])
+def test_a_path_no_snapshot_was_committed_with_is_not_offered_as_a_path_filter(
+    mixed: dict[str, str], command: str, tmp_path: Path
+) -> None:
+    """A mistyped file (`app.dbb`) outside the paths of latest: the error pointed to `--path
+    app.dbb`, which names no snapshot ("no snapshot committed with app.dbb"); a file inside a
+    folder committed on its own (`faiss/flat.index` while latest holds app.db only) pointed to
+    `--path faiss/flat.index`, which names none either: `--path faiss` does."""
+    extra = ["--to", str(tmp_path / "out")] if command == "checkout" else []
+    code, _, err = run(command, "latest", "app.dbb", *extra)
+    assert code == EXIT_CODES["not-found"]
+    assert "--path app.dbb" not in err and "no snapshot was committed with app.dbb" in err, err
+    assert "`--path .`" in err  # whole-dir snapshots exist: one of them may hold it
+    code, _, err = run(command, "latest", "faiss/flat.index", "--path", "app.db", *extra)
+    assert code == EXIT_CODES["not-found"]
+    assert "--path faiss/flat.index" not in err and "`--path faiss`" in err, err
+    code, _, err = run(command, "latest", "faiss/flat.index", "--path", "faiss", *extra)
+    assert code == 0, err

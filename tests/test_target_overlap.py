@@ -41,7 +41,12 @@ def home(tmp_path: Path) -> Path:
     ("to", "paths", "hint"),
     [
         ("data/faiss", [], "casnap checkout SNAPSHOT faiss"),
-        ("data/faiss", ["app.db"], "casnap checkout SNAPSHOT faiss"),
+        (
+            "data/faiss",
+            ["app.db"],
+            "(faiss/app.db); to restore it in place, check out without --to",
+        ),
+        ("data/sub", ["app.db"], "(sub/app.db); to restore it in place, check out without --to"),
         ("./data/faiss/", [], "casnap checkout SNAPSHOT faiss"),
         (".", [], "lies inside"),
     ],
@@ -55,6 +60,9 @@ def test_a_target_overlapping_the_data_dir_is_refused(
     (line,) = done.stderr.splitlines()
     assert line.startswith("casnap: error: refusing to check out into"), line
     assert hint in line, line
+    if paths:  # `checkout latest app.db --to data/sub` said "(sub/sub/...); to restore sub in
+        # place, name it (`casnap checkout SNAPSHOT sub`)": a folder the snapshot lacks
+        assert "whole tree" not in line and "SNAPSHOT" not in line, line
     assert raw_tree(home / "data") == before
     assert len(list((home / "backups" / "snapshots").iterdir())) == 1  # nothing saved
 

@@ -106,7 +106,8 @@ def ls(
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     snap = repo.load_snapshot(sid)
     rel = _read_path(c, path, snap)
-    entries = files_under(snap, rel, f"snapshot {sid.short}")
+    others = [s for _, s in repo.snapshots()]  # for the hint of a path it lacks
+    entries = files_under(snap, rel, f"snapshot {sid.short}", others)
     if as_json:
         emit_json(
             {
@@ -158,7 +159,8 @@ def cat(
     sid = resolve_ref(c, repo, snapshot, filter_paths, filter_tags)
     snap = repo.load_snapshot(sid)
     rel = _read_path(c, path, snap)
-    file_at(snap, rel, f"snapshot {sid.short}")  # a folder or a missing file: before any output
+    others = [s for _, s in repo.snapshots()]  # for the hint of a path it lacks
+    file_at(snap, rel, f"snapshot {sid.short}", others)  # a folder, no file: before any output
     out = sys.stdout.buffer
     dump(repo, sid, rel, out)  # a reader that stops early (`| head`): exit 141, as for any command
     out.flush()

@@ -78,8 +78,33 @@ def after_landing(done: Callable[[Any], str], result: object = None) -> Iterator
         raise Terminated(f"{said}; {done(work)}", signum) from exc
 
 
+def _parse_args(
+    parse: Callable[[click.Context, list[str]], list[str]], ctx: click.Context, args: list[str]
+) -> list[str]:
+    """parse(ctx, args), a usage error it raises tied to ctx: click raises an option missing
+    its value with no context, so the line pointed to `casnap --help`, not the command's."""
+    try:
+        return parse(ctx, args)
+    except click.UsageError as exc:
+        if exc.ctx is None:
+            exc.ctx = ctx
+        raise
+
+
+class CasnapCommand(click.Command):
+    """A command whose usage errors point to its own help."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return _parse_args(super().parse_args, ctx, args)
+
+
 class CasnapGroup(click.Group):
     """A click group that turns every error into one line on stderr and its exit code."""
+
+    command_class = CasnapCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return _parse_args(super().parse_args, ctx, args)
 
     def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs["standalone_mode"] = False

@@ -118,7 +118,7 @@ def checkout(
     if target is not None:  # inside the data dir, or holding it: refused before anything
         from casnap.placement import refuse_overlap
 
-        refuse_overlap(Path(target).absolute(), c.data.absolute(), target, whole=not paths)
+        refuse_overlap(Path(target).absolute(), c.data.absolute(), target, paths)
     from casnap.smoke import probe_ahead
 
     # a whole snapshot, a folder or an index may hold FAISS indexes: their checker starts now
