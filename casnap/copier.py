@@ -173,15 +173,6 @@ def copy_snapshots(
     return result
 
 
-def abandon(dst: Repository) -> None:
-    """Take back the destination open_or_init created for a copy that stopped before
-    copy_snapshots ran (a Ctrl-C, a SIGTERM, an error meanwhile), while it holds no snapshot
-    and nothing but what casnap put there; copy_snapshots takes back its own failures."""
-    if dst.created is not None:
-        rollback.after_failed_commit(dst.backend, (), dst.created)
-        dst.created = None
-
-
 def chosen(
     src: Repository, refs: Sequence[str] = (), select: selection.SnapshotFilter | None = None
 ) -> list[tuple[ObjectId, Snapshot]]:

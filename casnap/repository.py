@@ -255,12 +255,12 @@ class Repository:
         if data_dir is not None:
             capture.require_data_dir(Path(data_dir))
         where = as_location(location)
+        key = password if encryption == "repokey" else None  # what the new one is made with
         if isinstance(where, S3Url):
 
             def make_s3() -> Repository:  # an init under way there is waited for (opening.py)
-                repo = cls._on_s3(where, password if encryption == "repokey" else None, create=True)
-                repo.created = rollback.NewRepository(None, False, frozenset())
-                return repo
+                init = partial(cls._on_s3, where, create=True)  # given the password read
+                return rollback.made_for_commit(init, key, rollback.NewRepository(None, False))
 
             # a cached config is confirmed by the first listing (snapshots): RepositoryGone
             return open_or_make_remote(partial(cls._on_s3, where, password), make_s3)
@@ -269,9 +269,8 @@ class Repository:
         def make() -> Repository:  # another process's init is waited for (opening.py)
             made = fsutil.missing(root)  # root and the folders above it init makes
             found = frozenset(p.name for p in root.iterdir()) if not made else frozenset()
-            repo = cls.init(root, password=password if encryption == "repokey" else None)
-            repo.created = rollback.NewRepository(root, bool(made), found, tuple(made[1:]))
-            return repo
+            created = rollback.NewRepository(root, bool(made), found, tuple(made[1:]))
+            return rollback.made_for_commit(lambda pw: cls.init(root, password=pw), key, created)
 
         return open_or_make(root, make, partial(cls.open, root, password))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -28,6 +28,8 @@ from casnap.backends.base import Backend
 from casnap.constants import TEMP_PREFIX
 from casnap.errors import CasnapError, RepositoryNotFound
 from casnap.ids import ObjectId
+from casnap.keys import PasswordSource, read_password
+from casnap.signals import uninterrupted
 
 if TYPE_CHECKING:
     from casnap.repository import Repository
@@ -41,8 +43,38 @@ class NewRepository(NamedTuple):
 
     root: Path | None
     made_dir: bool
-    placeholders: frozenset[str]
+    placeholders: frozenset[str] = frozenset()
     parents: tuple[Path, ...] = ()
+
+
+def made_for_commit(
+    init: Callable[[str | None], Repository],
+    password: PasswordSource | None,
+    created: NewRepository,
+) -> Repository:
+    """init(the password), the repository it makes marked `created` in the same step: its
+    password is read first (a prompt or a command may wait: a signal ends the command there, with
+    nothing made), then a signal waits for the init, and once it lands, before any commit has the
+    repository in hand, the repository is taken back."""
+    given = None if password is None else read_password(password)
+    repo: Repository | None = None
+    try:
+        with uninterrupted():
+            repo = init(given)
+            repo.created = created
+        return repo
+    except BaseException:
+        if repo is not None:
+            take_back(repo)
+        raise
+
+
+def take_back(repo: Repository) -> None:
+    """Take back the repository made for a commit (`created`) that never ran: a signal landed
+    before it started. Nothing when it was not made so, or a commit has it in hand."""
+    if repo.created is not None:
+        after_failed_commit(repo.backend, (), repo.created)
+        repo.created = None
 
 
 def after_failed_commit(

@@ -174,7 +174,7 @@ def copy(
         dst_password = "--password-file"
     src.on_unwritable = c.note_once  # only read: a read-only one is copied without its lock
     flt = snapshot_filter(c, src, filter_paths, filter_tags)  # refused before anything is made
-    from casnap import copier
+    from casnap import copier, rollback
 
     copier.chosen(src, id, flt)  # so is a selection of no snapshot (copied, it is taken again)
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
@@ -193,7 +193,7 @@ def copy(
                 dst = open_destination(c, dst_at, dst_passwords, to_encryption)
                 created = dst.created is not None
     except BaseException:
-        copier.abandon(dst)  # made for a copy that stopped before it stored anything: taken back
+        rollback.take_back(dst)  # made for a copy that stopped before it stored anything
         raise
     t = r.to_json()
     if created and (t["copied"] or not r.damaged):  # else taken back: it would hold nothing

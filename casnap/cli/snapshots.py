@@ -199,6 +199,7 @@ def commit(
 
     Example: casnap commit -m "before migration" --tag pre-migration
     """
+    from casnap import rollback
     from casnap.committer import commit as commit_snapshot
 
     def attempt(repo: Repository) -> CommitResult:
@@ -233,11 +234,15 @@ def commit(
     stored = lambda r: f"the commit completed: snapshot {r.id} is stored"  # noqa: E731
     with after_landing(stored):  # a signal once its manifest is stored: said so, with its id
         try:
-            r = attempt(repo)
-        except RepositoryGone:  # deleted since this host kept its config: made anew, once
-            repo.close()
-            repo, created = open_or_create(c)
-            r = attempt(repo)
+            try:
+                r = attempt(repo)
+            except RepositoryGone:  # deleted since this host kept its config: made anew, once
+                repo.close()
+                repo, created = open_or_create(c)
+                r = attempt(repo)
+        except BaseException:
+            rollback.take_back(repo)  # made for a commit a signal stopped before it began
+            raise
     with after_landing(stored, r):
         if created:  # said once the commit succeeded, so a failed one prints its error alone
             say_created(c, repo)
