@@ -1,0 +1,132 @@
+"""A deleting command that stalls past the stale age (a suspended VM, a SIGSTOP) while another
+host finds its lock stale and commits: what it then deletes must not break that commit.
+
+The stall is simulated where it matters: at gc's listing of packs/ (its plan is made from
+listings taken before), its lock object is aged past LOCK_STALE_SECONDS, as a real stall would
+leave it, and a commit of the same data runs: it removes the lock as stale and reuses the chunks
+the plan is about to delete. The deleting command must then stop before its first delete."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from casnap import collector, retention
+from casnap.backends import LocalBackend
+from casnap.committer import commit
+from casnap.constants import LOCK_STALE_SECONDS
+from casnap.errors import LockError, StorageFull
+from casnap.repository import Repository
+from casnap.restorer import checkout
+from tests import faults as F
+from tests.conftest import evolve_app
+from tests.helpers_reliability import small_app, small_config, verify_repository
+from tests.util import snapshot_tree
+
+
+def _age_locks(repo_dir: Path) -> None:
+    """Every lock object's time pushed back past the stale age, as a stall of its holder leaves
+    it (its refresh thread stopped with it)."""
+    for path in (repo_dir / "locks").iterdir():
+        record = json.loads(path.read_text())
+        record["time"] -= LOCK_STALE_SECONDS + 60
+        path.write_text(json.dumps(record))
+
+
+def _stalled_at_plan(repo_dir: Path, tmp: Path, during: Callable[[], None]) -> Repository:
+    """The repository, opened so that `during` runs once its holder listed packs/ (its plan is
+    made), after its lock was aged past the stale age."""
+
+    def stall(_key: str) -> None:
+        _age_locks(repo_dir)
+        during()
+
+    backend = F.FaultyBackend(LocalBackend(repo_dir), [F.call_after("list", 1, stall, "packs/")])
+    return Repository.open_backend(backend, tmp)
+
+
+@pytest.mark.parametrize("how", ["gc", "forget --prune"])
+def test_a_stalled_gc_deletes_nothing_a_commit_made_meanwhile_needs(
+    tmp_path: Path, how: str
+) -> None:
+    """A gc (or forget --prune) stalled after its plan, past the stale age: a commit on another
+    host removed its lock as stale and stored a snapshot whose chunks only the forgotten snapshot
+    held. Resumed, the gc deleted them (the commit had reported success; verify then found its
+    snapshot broken) and only then failed on its lost lock. It now stops before deleting
+    anything, with the lock error, and the commit's snapshot reads back whole."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    first = Repository.init(repo_dir, small_config())
+    old = commit(first, data).id
+    if how == "gc":
+        retention.forget(first, [old])
+    first.close()
+    made: list[str] = []
+
+    def other_host_commits() -> None:
+        other = Repository.open(repo_dir)
+        made.append(commit(other, data, host="other-host").id)
+        other.close()
+
+    stalled = _stalled_at_plan(repo_dir, tmp_path / "tmp", other_host_commits)
+    with pytest.raises(LockError, match="lock was removed"):
+        if how == "gc":
+            collector.collect(stalled)
+        else:
+            retention.forget(stalled, [old], gc=5.0)
+    stalled.close()
+    assert made
+    fresh = Repository.open(repo_dir)
+    verify_repository(fresh)
+    target = tmp_path / "out"
+    checkout(fresh, made[0], target, safety_snapshot=False, smoke=False)
+    assert snapshot_tree(target) == snapshot_tree(data)
+
+
+def _full_disk_after(key: str) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
+
+
+def test_a_stalled_rollback_deletes_no_pack_a_commit_made_meanwhile_indexed(
+    tmp_path: Path,
+) -> None:
+    """A commit that failed once its index file landed takes back that file and its packs under
+    the exclusive lock. Stalled past the stale age after it listed index/ (what it checks the
+    packs against), its lock was removed by a commit of the same data on another host, which
+    found the same packs stored and indexed them. Resumed, the rollback deleted them, breaking
+    the other host's snapshot; it now stops (leaving them to gc)."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    first = Repository.init(repo_dir, small_config(4096))
+    commit(first, data)
+    first.close()
+    evolve_app(data, 1)
+    made: list[str] = []
+
+    def stall(_key: str) -> None:
+        _age_locks(repo_dir)
+        other = Repository.open(repo_dir)
+        made.append(commit(other, data, host="other-host").id)
+        other.close()
+
+    backend = F.FaultyBackend(
+        LocalBackend(repo_dir),
+        [
+            F.call_after("put", 1, _full_disk_after, "index/"),
+            # the commit's own load of the index, then the rollback's check of the packs
+            F.call_after("list", 2, stall, "index/"),
+        ],
+    )
+    with pytest.raises(StorageFull):
+        commit(Repository.open_backend(backend, tmp_path / "tmp"), data)
+    assert made
+    fresh = Repository.open(repo_dir)
+    verify_repository(fresh)
+    target = tmp_path / "out"
+    checkout(fresh, made[0], target, safety_snapshot=False, smoke=False)
+    assert snapshot_tree(target) == snapshot_tree(data)
