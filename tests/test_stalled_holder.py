@@ -4,7 +4,8 @@ host finds its lock stale and commits: what it then deletes must not break that 
 The stall is simulated where it matters: at gc's listing of packs/ (its plan is made from
 listings taken before), its lock object is aged past LOCK_STALE_SECONDS, as a real stall would
 leave it, and a commit of the same data runs: it removes the lock as stale and reuses the chunks
-the plan is about to delete. The deleting command must then stop before its first delete."""
+the plan is about to delete. The deleting command must then stop before its first delete. And a
+lock it cannot read is no lock it may pass over."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from casnap import collector, retention
 from casnap.backends import LocalBackend
 from casnap.committer import commit
 from casnap.constants import LOCK_STALE_SECONDS
-from casnap.errors import LockError, StorageFull
+from casnap.errors import CasnapError, LockError, StorageFull
 from casnap.repository import Repository
 from casnap.restorer import checkout
 from tests import faults as F
 from tests.conftest import evolve_app
 from tests.helpers_reliability import small_app, small_config, verify_repository
+from tests.test_concurrency import Holder
 from tests.util import snapshot_tree
 
 
@@ -130,3 +132,26 @@ def test_a_stalled_rollback_deletes_no_pack_a_commit_made_meanwhile_indexed(
     target = tmp_path / "out"
     checkout(fresh, made[0], target, safety_snapshot=False, smoke=False)
     assert snapshot_tree(target) == snapshot_tree(data)
+
+
+def test_a_lock_that_cannot_be_fetched_stops_a_gc(tmp_path: Path) -> None:
+    """A commit holds its shared lock; gc lists it but its read of the lock object fails (an
+    I/O error, a store that keeps failing). gc took such a lock for one removed meanwhile and
+    went on, deleting what the running commit may need; it now stops, deleting nothing, and
+    the lock of the commit is left as it was."""
+    data = small_app(tmp_path / "data")
+    repo_dir = tmp_path / "repo"
+    first = Repository.init(repo_dir, small_config())
+    old = commit(first, data).id
+    retention.forget(first, [old])
+    first.close()
+    before = sorted(p.name for p in (repo_dir / "packs").rglob("*") if p.is_file())
+    holder = Holder(repo_dir, "commit", exclusive=False)
+    try:
+        unreadable = F.FaultyBackend(LocalBackend(repo_dir), [F.fail("get", 1, "locks/")])
+        with pytest.raises(CasnapError):
+            collector.collect(Repository.open_backend(unreadable, tmp_path / "tmp"))
+        assert sorted(p.name for p in (repo_dir / "packs").rglob("*") if p.is_file()) == before
+        assert len(list((repo_dir / "locks").iterdir())) == 1
+    finally:
+        holder.release()
