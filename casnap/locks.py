@@ -204,7 +204,8 @@ class Held:
     `refresh` seconds by a daemon thread (put the new object, then remove the old one, which
     says whether it was still there). A lock found removed, or not refreshed for `stale`
     seconds, is lost: refreshing stops, and `lost` says why. A holder about to delete asks
-    `before_delete` first: a lost lock stops it there."""
+    `before_delete` first, a checkout `confirm` before it replaces a file: a lost lock stops
+    it there."""
 
     def __init__(
         self,
@@ -276,25 +277,37 @@ class Held:
 
     def before_delete(self) -> None:
         """Called before each delete of a holder that deletes (gc, prune, forget, a commit's
-        rollback): LockError when the lock is lost. A holder stalled past the stale age (a
-        suspended machine, a stopped process) may have had its lock removed as stale, as may
-        one whose clock runs behind another host's, and that host may since have stored a
-        snapshot needing what this one planned to delete (docs/FORMAT.md, "Locks"). So the
-        first call, and any call once the lock was last written LOCK_CONFIRM_SECONDS ago,
-        writes it afresh (which tells whether it was removed meanwhile); any other looks it up,
-        as does one whose write fails while the lock is still far from stale."""
+        rollback): LockError when the lock is lost (see confirm); the first call writes the
+        lock afresh, so the deletes after it run a full stale age from a write found kept."""
+        self.confirm(
+            "deleting anything more",
+            "what it was about to delete may be in use by another process's snapshot; run it again",
+            write=not self._confirmed,
+        )
+
+    def confirm(self, doing: str, then: str, write: bool = False) -> None:
+        """LockError, saying the holder stopped before `doing` and `then`, when the lock is lost.
+
+        A holder stalled past the stale age (a suspended machine, a stopped process) may have
+        had its lock removed as stale, as may one whose clock runs behind another host's, and
+        that host may since have changed the repository: stored a snapshot needing what this
+        one planned to delete, or deleted what this one just reused (docs/FORMAT.md, "Locks").
+        So a lock last written LOCK_CONFIRM_SECONDS ago or more (or with write) is written
+        afresh, which tells whether it was removed meanwhile; any other is looked up (a look-up
+        that fails cannot tell: so fresh a lock counts as there, as at its release)."""
         with self._mutex:
             if self.lost is None:
-                if not self._confirmed or self.unwritten() > LOCK_CONFIRM_SECONDS:
+                if write or self.unwritten() > LOCK_CONFIRM_SECONDS:
                     self._confirm()
-                elif not self.backend.exists(self.key):
-                    self.lost = "its lock was removed while it ran"
+                else:
+                    with contextlib.suppress(CasnapError):
+                        if not self.backend.exists(self.key):
+                            self.lost = "its lock was removed while it ran"
             if self.lost is not None:
                 raise LockError(
-                    f"{self.operation} on {self.backend.location} stopped before deleting "
-                    f"anything more: {self.lost} (found stale by another process, or removed by "
-                    "`casnap unlock --force`): what it was about to delete may be in use by "
-                    "another process's snapshot; run it again"
+                    f"{self.operation} on {self.backend.location} stopped before {doing}: "
+                    f"{self.lost} (found stale by another process, or removed by `casnap unlock "
+                    f"--force`): {then}"
                 )
 
     def _confirm(self) -> None:
@@ -332,6 +345,12 @@ def _release_held() -> None:
             held.stop()
             _release(held.backend, held.key, held.leftovers)
         _HOLDING.discard(held)
+
+
+def holding(backend: Backend) -> Held | None:
+    """This process's lock on backend while its block runs (one command holds one on each
+    repository it opens), None without one."""
+    return next((held for held in _HOLDING if held.backend is backend), None)
 
 
 def _new_key() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def _age_locks(repo_dir: Path) -> None:
         record = json.loads(path.read_text())
         record["time"] -= LOCK_STALE_SECONDS + 60
         path.write_text(json.dumps(record))
+
+
+def _stall(repo_dir: Path, during: Callable[[], None]) -> None:
+    """A stall of every lock holder of repo_dir past the stale age, during which `during` runs."""
+    _age_locks(repo_dir)
+    during()
 
 
 def _stalled_at_plan(repo_dir: Path, tmp: Path, during: Callable[[], None]) -> Repository:
@@ -155,3 +162,45 @@ def test_a_lock_that_cannot_be_fetched_stops_a_gc(tmp_path: Path) -> None:
         assert len(list((repo_dir / "locks").iterdir())) == 1
     finally:
         holder.release()
+
+
+def test_a_stalled_checkout_replaces_nothing_its_broken_safety_snapshot_held(
+    tmp_path: Path,
+) -> None:
+    """A checkout saves what it replaces as a pre-checkout snapshot, reusing the chunks an older
+    snapshot holds. Stalled past the stale age right then, its lock was removed by a forget
+    --prune of that older snapshot on another host, which deleted those chunks. Resumed, the
+    checkout swapped its files in and failed only at the end: the data it replaced survived
+    only in a pre-checkout snapshot that no longer verifies. It now stops before replacing any
+    file, removes that snapshot, and leaves the target as it was."""
+    old_data = small_app(tmp_path / "old")
+    new_data = small_app(tmp_path / "new", seed=1)
+    repo_dir = tmp_path / "repo"
+    first = Repository.init(repo_dir, small_config())
+    old = commit(first, old_data).id
+    new = commit(first, new_data).id
+    first.close()
+    target = tmp_path / "target"
+    shutil.copytree(old_data, target)
+    (target / "notes.txt").write_text("in no snapshot\n")
+    before = snapshot_tree(target)
+    pruned: list[int] = []
+
+    def other_host_prunes() -> None:
+        other = Repository.open(repo_dir)
+        pruned.append(len(retention.forget(other, [old], gc=5.0).removed))
+        other.close()
+
+    backend = F.FaultyBackend(
+        LocalBackend(repo_dir),
+        [F.call_after("put", 1, lambda _key: _stall(repo_dir, other_host_prunes), "packs/")],
+    )
+    stalled = Repository.open_backend(backend, tmp_path / "tmp")
+    with pytest.raises(LockError, match="replacing any file"):
+        checkout(stalled, new, target, smoke=False, force=True)
+    stalled.close()
+    assert pruned == [1]
+    assert snapshot_tree(target) == before
+    fresh = Repository.open(repo_dir)
+    assert [sid.hex() for sid, _ in fresh.snapshots()] == [new]
+    verify_repository(fresh)
