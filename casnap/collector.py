@@ -33,7 +33,7 @@ from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.entrytable import EntryTable, merge_parts
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId
-from casnap.locks import LOCKS
+from casnap.locks import LOCKS, Held
 from casnap.packs import (
     DIR_ENTRY_SIZE,
     check_pack_entries,
@@ -190,10 +190,10 @@ def collect(
             p = plan(repo, max_unused=max_unused, exclude=assume_forgotten)
             carry_out(repo, p, dry_run=True)
     else:
-        with repo.lock("gc"):
+        with repo.lock("gc") as held:
             repo.refresh()
             p = plan(repo, max_unused=max_unused)
-            carry_out(repo, p, dry_run=False)
+            carry_out(repo, p, dry_run=False, held=held)
             repo.refresh()
     report = p.report
     report.seconds = time.perf_counter() - t0
@@ -367,9 +367,11 @@ def _new_index(
     return merge_parts([(packs, ids[mask], take_fields(fields, mask)), *moved])
 
 
-def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:
+def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool, held: Held | None = None) -> None:
     """Carry out a plan in crash-safe order: new packs, new index, old index, old packs, temp
-    files; counting exactly the bytes deleted and written.
+    files; counting exactly the bytes deleted and written. held, the exclusive lock the plan
+    was made under, is confirmed before each delete (Held.before_delete): a gc stalled past the
+    stale age whose lock another process removed stops before deleting anything more.
 
     A dry run does the same work in memory (packs read one at a time, frames verified and
     compressed again, each new pack built to learn its size and id, the index encoded) but
@@ -390,6 +392,7 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:
         for key, size in p.index_keys:
             if key != new_key:
                 if not dry_run:
+                    _before_delete(held)
                     backend.delete(key)
                 report.index_files_removed += 1
                 report.index_bytes_removed += size
@@ -398,17 +401,24 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool) -> None:
     for fate in p.fates.values():
         if fate.action != KEEP and fate.pack not in new_packs:
             if not dry_run:
+                _before_delete(held)
                 backend.delete(pack_key(fate.pack))
             report.pack_bytes_removed += fate.size
     for path in p.temp_files:
         try:
             size = path.stat().st_size
             if not dry_run:
+                _before_delete(held)
                 path.unlink()
         except FileNotFoundError:
             continue  # gone meanwhile
         report.temp_files_removed += 1
         report.temp_bytes_removed += size
+
+
+def _before_delete(held: Held | None) -> None:
+    if held is not None:
+        held.before_delete()
 
 
 def _repack(

@@ -190,6 +190,13 @@ INIT_POLL_REMOTE_SECONDS = 0.5
 # within LOCK_STALE - LOCK_REFRESH (docs/FORMAT.md, "Locks").
 LOCK_REFRESH_SECONDS = 5 * 60.0
 LOCK_STALE_SECONDS = 30 * 60.0
+# A holder that deletes (gc, prune, forget, a commit's rollback) writes its lock afresh before its
+# first delete, and before any later one once the lock was last written this long ago (else it
+# looks the lock up: one request): a lock found removed then (its holder stalled past
+# LOCK_STALE, or another host's clock runs ahead, and another process found it stale) stops it
+# before it deletes what a commit made meanwhile may need. A minute keeps every delete well
+# inside LOCK_STALE of a write found still there.
+LOCK_CONFIRM_SECONDS = 60.0
 
 # Storage requests that fail transiently (TransientError: timeouts, resets, 5xx, throttling) are
 # tried this many times in all (backends/retrying.py), waiting a random time between 0 and

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from casnap import fsutil
 from casnap.backends.base import Backend
 from casnap.constants import LOCK_STALE_SECONDS
-from casnap.errors import CasnapError, IntegrityError, ObjectMissing
+from casnap.errors import IntegrityError, ObjectMissing
 from casnap.procs import boot_id, pid_alive, pid_namespace
 
 
@@ -174,9 +174,11 @@ def _seconds(x: object) -> float:
 
 
 def read_lock(backend: Backend, key: str) -> LockInfo | None:
-    """The lock object at key; None when it is gone (removed meanwhile) or cannot be fetched; a
-    file that is no lock casnap wrote (damaged, torn, foreign) is an unreadable lock, held by an
-    unknown process, exclusive."""
+    """The lock object at key; None when it is gone (removed meanwhile); a file that is no lock
+    casnap wrote (damaged, torn, foreign) is an unreadable lock, held by an unknown process,
+    exclusive. One that cannot be fetched (an I/O error, a store that keeps failing, no
+    permission) raises: its holder may be running, and a gc that went on without it would
+    delete what that holder's commit needs."""
     try:
         d = json.loads(backend.get(key))
         return LockInfo(
@@ -196,8 +198,6 @@ def read_lock(backend: Backend, key: str) -> LockInfo | None:
         return None  # removed meanwhile
     except IntegrityError:  # damaged, or a sealed lock that fails to open: held, as below
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
-    except CasnapError:
-        return None
     except (ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError):
         # a torn or foreign lock file: treat as held by an unknown process, exclusive
         return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)

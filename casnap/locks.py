@@ -25,7 +25,12 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from casnap.backends.base import Backend
-from casnap.constants import LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, LOCK_WAIT_SECONDS
+from casnap.constants import (
+    LOCK_CONFIRM_SECONDS,
+    LOCK_REFRESH_SECONDS,
+    LOCK_STALE_SECONDS,
+    LOCK_WAIT_SECONDS,
+)
 from casnap.errors import AccessDenied, CasnapError, LockError
 from casnap.fsutil import seconds_from_env
 from casnap.lockinfo import LockInfo, duration, read_lock, this_machine
@@ -194,23 +199,35 @@ def target_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-class _Held:
+class Held:
     """Our lock while its block runs: the key of its current object, written afresh every
     `refresh` seconds by a daemon thread (put the new object, then remove the old one, which
     says whether it was still there). A lock found removed, or not refreshed for `stale`
-    seconds, is lost: refreshing stops, and `lost` says why."""
+    seconds, is lost: refreshing stops, and `lost` says why. A holder about to delete asks
+    `before_delete` first, a checkout `confirm` before it replaces a file: a lost lock stops
+    it there."""
 
     def __init__(
-        self, backend: Backend, key: str, record: dict[str, object], refresh: float, stale: float
+        self,
+        backend: Backend,
+        key: str,
+        record: dict[str, object],
+        refresh: float,
+        stale: float,
+        operation: str = "",
     ) -> None:
         self.backend = backend
         self.key = key
         self.record = record
         self.refresh = refresh
         self.stale = stale
+        self.operation = operation
         self.lost: str | None = None
         self.leftovers: list[str] = []  # old objects of ours a failed delete left behind
         self._last = time.monotonic()
+        self._last_wall = time.time()
+        self._confirmed = False  # by before_delete, at least once
+        self._mutex = threading.Lock()  # one refresh at a time: the thread's or before_delete's
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="casnap-lock-refresh", daemon=True)
         with uninterrupted():  # else stop() could find it created but not started
@@ -219,16 +236,21 @@ class _Held:
 
     def _run(self) -> None:
         while not self._stop.wait(self.refresh):
-            if not self._refresh_once():
-                return
+            with self._mutex:
+                if self.lost is not None or not self._refresh_once():
+                    return
 
-    def _refresh_once(self) -> bool:
-        """Write the lock afresh; False once it is lost."""
+    def _refresh_once(self, strict: bool = False) -> bool:
+        """Write the lock afresh; False once it is lost. A put that fails leaves the old object
+        standing (lost only once it was not written for `stale` seconds); strict: raises."""
         new = _new_key()
+        mono, wall = time.monotonic(), time.time()
         try:
-            self.backend.put(new, _body(self.record, time.time()))
+            self.backend.put(new, _body(self.record, wall))
         except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
-            idle = time.monotonic() - self._last
+            if strict:
+                raise
+            idle = self.unwritten()
             if idle > self.stale:
                 self.lost = f"its lock could not be refreshed for {duration(idle)} ({exc})"
                 return False
@@ -244,12 +266,63 @@ class _Held:
                 self.backend.delete(new)
             self.lost = "its lock was removed while it ran"
             return False
-        self.key, self._last = new, time.monotonic()
+        self.key, self._last, self._last_wall = new, mono, wall
         return True
 
     def unwritten(self) -> float:
-        """Seconds since the lock was last written (taken or refreshed)."""
-        return time.monotonic() - self._last
+        """Seconds since the lock was last written (taken or refreshed): by the monotonic clock
+        (it runs on while the process is stopped) or the wall clock (it catches up after the
+        machine was suspended), whichever says longer."""
+        return max(time.monotonic() - self._last, time.time() - self._last_wall)
+
+    def before_delete(self) -> None:
+        """Called before each delete of a holder that deletes (gc, prune, forget, a commit's
+        rollback): LockError when the lock is lost (see confirm); the first call writes the
+        lock afresh, so the deletes after it run a full stale age from a write found kept."""
+        self.confirm(
+            "deleting anything more",
+            "what it was about to delete may be in use by another process's snapshot; run it again",
+            write=not self._confirmed,
+        )
+
+    def confirm(self, doing: str, then: str, write: bool = False) -> None:
+        """LockError, saying the holder stopped before `doing` and `then`, when the lock is lost.
+
+        A holder stalled past the stale age (a suspended machine, a stopped process) may have
+        had its lock removed as stale, as may one whose clock runs behind another host's, and
+        that host may since have changed the repository: stored a snapshot needing what this
+        one planned to delete, or deleted what this one just reused (docs/FORMAT.md, "Locks").
+        So a lock last written LOCK_CONFIRM_SECONDS ago or more (or with write) is written
+        afresh, which tells whether it was removed meanwhile; any other is looked up (a look-up
+        that fails cannot tell: so fresh a lock counts as there, as at its release)."""
+        with self._mutex:
+            if self.lost is None:
+                if write or self.unwritten() > LOCK_CONFIRM_SECONDS:
+                    self._confirm()
+                else:
+                    with contextlib.suppress(CasnapError):
+                        if not self.backend.exists(self.key):
+                            self.lost = "its lock was removed while it ran"
+            if self.lost is not None:
+                raise LockError(
+                    f"{self.operation} on {self.backend.location} stopped before {doing}: "
+                    f"{self.lost} (found stale by another process, or removed by `casnap unlock "
+                    f"--force`): {then}"
+                )
+
+    def _confirm(self) -> None:
+        """Write the lock afresh for before_delete (hold _mutex). A write that fails (a
+        read-only locks/ folder) leaves the old object: still there, and written less than
+        LOCK_STALE - LOCK_REFRESH ago, it holds; else the lock counts as lost."""
+        try:
+            self._refresh_once(strict=True)
+        except CasnapError as exc:
+            idle = self.unwritten()
+            if idle > self.stale - self.refresh:
+                self.lost = f"its lock could not be written afresh ({exc}) for {duration(idle)}"
+            elif not self.backend.exists(self.key):
+                self.lost = "its lock was removed while it ran"
+        self._confirmed = True
 
     def stop(self) -> str | None:
         """Stop refreshing; why the lock was lost so far (None: not known to be). Whether its
@@ -262,7 +335,7 @@ class _Held:
 # The locks this process holds: one whose block never ended (its generator was left suspended,
 # an interrupt having cut into the context manager's exit before it resumed it) is released
 # when the process exits.
-_HOLDING: set[_Held] = set()
+_HOLDING: set[Held] = set()
 
 
 @atexit.register
@@ -272,6 +345,12 @@ def _release_held() -> None:
             held.stop()
             _release(held.backend, held.key, held.leftovers)
         _HOLDING.discard(held)
+
+
+def holding(backend: Backend) -> Held | None:
+    """This process's lock on backend while its block runs (one command holds one on each
+    repository it opens), None without one."""
+    return next((held for held in _HOLDING if held.backend is backend), None)
 
 
 def _new_key() -> str:
@@ -295,7 +374,7 @@ def locked(
     listed: Listed | None = None,
     folder: str | None = None,
     warn: Callable[[str], None] | None = None,
-) -> Iterator[None]:
+) -> Iterator[Held | None]:
     """Hold a repository lock for the duration of the block, waiting at most `wait` seconds for
     a conflicting one (default: CASNAP_LOCK_WAIT from the environment, else LOCK_WAIT_SECONDS);
     notify hears once what it waits for.
@@ -308,6 +387,9 @@ def locked(
     has done its work: warn hears of the lock left, and the block's end is not an error (the
     lock was written within `stale` seconds, so no other process can have found it stale; a
     lock not written for longer may have been, and is lost as above).
+
+    The block gets the Held lock (None when it runs without one, below): a holder that deletes
+    calls its before_delete before each delete.
 
     With unwritable, a shared lock that cannot be written for lack of permission or on a
     read-only filesystem is skipped: unwritable is told so in one line and the block runs.
@@ -342,7 +424,7 @@ def locked(
                 raise
             reason = str(exc).rsplit(": ", 1)[-1]  # "Read-only file system", "Permission denied"
             unwritable(f"cannot write a lock in {backend.location} ({reason}); reading without one")
-            yield
+            yield None
             return
         except BaseException:  # interrupted (Ctrl-C, SIGTERM) once it may have landed
             _drop(backend, key)
@@ -352,7 +434,7 @@ def locked(
                 backend, key, exclusive, stale, along, operation, folder, _removed(warn)
             )
             if conflict is None:
-                held = _Held(backend, key, record, refresh, stale)
+                held = Held(backend, key, record, refresh, stale, operation)
                 break
         except BaseException:
             _drop(backend, key)
@@ -369,7 +451,7 @@ def locked(
     try:
         if listed is not None:
             listed.found = seen
-        yield
+        yield held
     except BaseException:
         with uninterrupted():  # a SIGTERM meanwhile must not leave the lock behind
             held.stop()

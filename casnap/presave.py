@@ -17,8 +17,17 @@ from pathlib import Path
 
 from casnap import capture
 from casnap.constants import SAFETY_TAG
-from casnap.errors import AccessDenied, PathTooLong, SourceError, StorageFull, shortened
+from casnap.errors import (
+    AccessDenied,
+    CasnapError,
+    LockError,
+    PathTooLong,
+    SourceError,
+    StorageFull,
+    shortened,
+)
 from casnap.ids import ObjectId
+from casnap.locks import holding
 from casnap.manifest import Snapshot
 from casnap.repository import Repository
 
@@ -83,3 +92,25 @@ def _commit_lock(repo: Repository) -> Iterator[None]:
     with repo.lock("commit"):
         repo.refresh(only_if_changed=True)
         yield
+
+
+def confirm_lock(repo: Repository, saved: str | None) -> None:
+    """LockError, before a checkout replaces its first file, when its lock was lost meanwhile
+    (the checkout stalled past the stale age, and another host found its lock stale): a gc may
+    have deleted what its pre-checkout snapshot `saved` reused, then the only copy of the files
+    the swap would replace. That snapshot is removed, and the target left as it was."""
+    held = holding(repo.backend)
+    if held is None:  # --no-lock
+        return
+    try:
+        held.confirm(
+            "replacing any file",
+            "the target is left as it was"
+            + (f", its pre-checkout snapshot {saved[:8]} removed" if saved else "")
+            + " (a gc may have deleted data it reused); run the checkout again",
+        )
+    except LockError:
+        if saved:
+            with contextlib.suppress(CasnapError):
+                repo.backend.delete(f"snapshots/{saved}")
+        raise

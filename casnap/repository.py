@@ -292,7 +292,7 @@ class Repository:
 
     def lock(
         self, operation: str, dry_run: bool = False, folder: Path | None = None
-    ) -> contextlib.AbstractContextManager:
+    ) -> contextlib.AbstractContextManager[locks.Held | None]:
         """The lock an operation needs (locks.MODES; shared for a dry run; none for a read-only one
         with no_lock) for a block; folder: what a commit reads or a checkout writes (clashes)."""
         exclusive = locks.exclusive(operation) and not dry_run

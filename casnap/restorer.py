@@ -273,6 +273,7 @@ class _Checkout:
                             unsaved,
                             self.result.warnings,
                         )
+                presave.confirm_lock(self.repo, self.result.safety_snapshot)  # before a rename
                 swap_start = time.perf_counter()
                 preflight.check(tree, placing, removing)
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some

@@ -26,6 +26,7 @@ from casnap.selection import SnapshotFilter
 
 if TYPE_CHECKING:  # gc (numpy) is imported when a prune runs it
     from casnap.collector import GcReport
+    from casnap.locks import Held
 
 UNLIMITED = -1  # a bucket count that keeps one snapshot in every bucket
 
@@ -336,7 +337,7 @@ def prune(
         )
     t0 = time.perf_counter()
     report = PruneReport(dry_run=dry_run, policy=policy.describe())
-    with repo.lock("prune", dry_run=dry_run):
+    with repo.lock("prune", dry_run=dry_run) as held:
         repo.refresh()
         for key, members in group_snapshots(repo.snapshots(files=True)).items():
             if select is not None:
@@ -347,7 +348,7 @@ def prune(
             report.groups.append(GroupResult(key, tuple(decisions)))
             report.kept += sum(d.keep for d in decisions)
             report.removed.extend(d.item.id for d in decisions if not d.keep)
-        _remove(repo, report, dry_run, gc if select is None or report.groups else None)
+        _remove(repo, report, dry_run, gc if select is None or report.groups else None, held)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -374,7 +375,7 @@ def forget(
     named = " ".join(refs)
     how = " ".join(x for x in (named, select.describe()) if x)
     report = PruneReport(dry_run=dry_run, policy=f"forget {how}")
-    with repo.lock("forget", dry_run=dry_run):
+    with repo.lock("forget", dry_run=dry_run) as held:
         repo.refresh()
         # the heads name them (what each snapshot holds is not read); a snapshot whose manifest
         # does not read is forgotten by its id, and stops any other forget (below)
@@ -399,14 +400,21 @@ def forget(
         repo.snapshots(files=True, but=targets)
         report.removed = [sid.hex() for sid in targets]
         report.kept = len(snaps) + len(repo.damaged) - len(targets)
-        _remove(repo, report, dry_run, gc if targets else None)
+        _remove(repo, report, dry_run, gc if targets else None, held)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _remove(repo: Repository, report: PruneReport, dry_run: bool, gc: float | None) -> None:
+def _remove(
+    repo: Repository,
+    report: PruneReport,
+    dry_run: bool,
+    gc: float | None,
+    held: Held | None = None,
+) -> None:
     """Delete the manifests of report.removed (a dry run only counts them), adding up their
-    stored size; with gc (max-unused), then gc, into report.gc. Hold the lock.
+    stored size; with gc (max-unused), then gc, into report.gc. Hold the lock (held: confirmed
+    before each delete, Held.before_delete).
 
     gc is planned first, as if they were forgotten already: it reads and checks everything it
     needs (the manifests, the index files, the pack directories, every chunk list), so damage
@@ -428,10 +436,12 @@ def _remove(repo: Repository, report: PruneReport, dry_run: bool, gc: float | No
         for hex_id in report.removed:
             report.manifest_bytes_removed += sizes.get(hex_id, 0)
             if not dry_run:
+                if held is not None:
+                    held.before_delete()
                 repo.remove_snapshot(ObjectId.from_hex(hex_id))
                 forgotten.append(hex_id)
         if planned is not None:
-            collector.carry_out(repo, planned, dry_run=dry_run)
+            collector.carry_out(repo, planned, dry_run=dry_run, held=held)
             repo.refresh()
             planned.report.seconds = time.perf_counter() - t0
             report.gc = planned.report

@@ -97,14 +97,15 @@ def after_failed_commit(
         return
     removed = False
     try:
-        with locks.locked(backend, "commit rollback", exclusive=True, wait=0):
+        with locks.locked(backend, "commit rollback", exclusive=True, wait=0) as held:
             if index_key is not None:
                 now = frozenset(k.rsplit("/", 1)[-1] for k, _ in backend.list("snapshots/"))
                 if now == snapshots_before:
+                    _before_delete(held)
                     backend.delete(index_key)
-            discard_packs(backend, packs)
+            discard_packs(backend, packs, held)
             if created is not None:
-                removed = _empty_new_repository(backend, created)
+                removed = _empty_new_repository(backend, created, held)
     except (CasnapError, OSError):
         return
     if removed and created is not None:
@@ -120,8 +121,11 @@ def require_repository(repo: Repository) -> None:
         raise RepositoryNotFound(f"no casnap repository at {repo.backend.location}")
 
 
-def discard_packs(backend: Backend, packs: Sequence[ObjectId]) -> int:
-    """Delete the packs no index file names; returns how many. Hold the exclusive lock.
+def discard_packs(
+    backend: Backend, packs: Sequence[ObjectId], held: locks.Held | None = None
+) -> int:
+    """Delete the packs no index file names; returns how many. Hold the exclusive lock (held:
+    confirmed before each delete, a stalled holder's lost lock stops it).
 
     An index file that cannot be read raises (CasnapError) before anything is deleted: it might
     name one of them.
@@ -137,18 +141,27 @@ def discard_packs(backend: Backend, packs: Sequence[ObjectId]) -> int:
     count = 0
     for pack in packs:
         if bytes(pack) not in named:
+            _before_delete(held)
             backend.delete(pack_key(pack))
             count += 1
     return count
 
 
-def _empty_new_repository(backend: Backend, new: NewRepository) -> bool:
+def _before_delete(held: locks.Held | None) -> None:
+    if held is not None:
+        held.before_delete()
+
+
+def _empty_new_repository(
+    backend: Backend, new: NewRepository, held: locks.Held | None = None
+) -> bool:
     """Under the exclusive lock: delete the objects of a repository that holds no snapshot, then
     its config when nothing but casnap's own files was left; True when it did."""
     if next(iter(backend.list("snapshots/")), None) is not None:
         return False  # another commit succeeded meanwhile: the repository is in use
     for prefix in ("packs/", "index/"):  # no snapshot: nobody needs any of them
         for key, _size in backend.list(prefix):
+            _before_delete(held)
             backend.delete(key)
     if new.root is None:
         for key, _size in backend.list(""):
@@ -156,6 +169,7 @@ def _empty_new_repository(backend: Backend, new: NewRepository) -> bool:
                 return False  # something casnap did not put there: keep the repository
     elif not _only_casnap_files(new.root, new.placeholders):
         return False
+    _before_delete(held)
     backend.delete("config")
     for key, _size in backend.list("keys/"):  # after the config: a repository is never keyless
         backend.delete(key)
