@@ -14,7 +14,6 @@ import itertools
 import os
 import sqlite3
 import tempfile
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import IntegrityError, InvalidArgument, from_oserror
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
+from casnap.formats.sqlite import file_uri
 from casnap.fsutil import FILE_MODE, resolved
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
@@ -387,7 +387,7 @@ def _table_diffs(
         try:
             for alias, side, f in (("a", a, fa), ("b", b, fb)):
                 if f is not None and f.kind == "sqlite":
-                    uri = f"file:{urllib.parse.quote(str(side.db_copy(f).absolute()))}?immutable=1"
+                    uri = file_uri(side.db_copy(f), "immutable=1")
                     conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
             attached = {row[1] for row in conn.execute("PRAGMA database_list")}
             return compare_tables(conn, "a" in attached, "b" in attached)

@@ -21,7 +21,6 @@ import contextlib
 import os
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from casnap.formats.sqlite import (
     backup_header,
     cut_short,
     declared_pages,
+    file_uri,
     sqlite_page_size,
     unused_page_ranges,
     wal_mode,
@@ -181,8 +181,9 @@ def _plan(fd: int, file_size: int) -> tuple[bytes, int, list[tuple[int, int]]] |
 
 
 def _ro_uri(path: Path) -> str:
-    """A read-only SQLite URI for path, quoted so any file name is safe."""
-    return f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    """A read-only SQLite URI for path, quoted so any file name is safe (its bytes: a name
+    that is no UTF-8 too)."""
+    return file_uri(path, "mode=ro")
 
 
 def _side(path: Path, suffix: str) -> Path:

@@ -11,7 +11,8 @@ ruled out, so the store's files are all read again (a few times), and a store th
 is named in a warning. The checks of a store that moved are made again once it is read, and it
 is read again if it moved while they ran: what they found before the read may not be what was
 stored. A store still moving after STORE_TRIES reads is not judged at all (its files then are
-not those stored): the commit names it as damage a checkout may refuse.
+not those stored): the commit names it as damage a checkout may refuse. A FAISS index and its
+`.meta.json` sidecar, which an app saves one after the other, are watched alike.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from casnap.capture import SourceFile, fingerprint
 from casnap.formats import layouts
+from casnap.formats.faiss import faiss_header, read_faiss_header, sidecar_of
 from casnap.manifest import FileEntry
 
 # reads of a store whose files moved meanwhile, after the first: a framework rewrites them every
@@ -50,7 +52,8 @@ class Watched:
 
 
 def watch(sources: Sequence[SourceFile]) -> list[Watched]:
-    """The framework stores among sources with files other than databases, fingerprinted now
+    """The framework stores among sources with files other than databases, and the FAISS
+    indexes with a `.meta.json` sidecar (an app saves one, then the other), fingerprinted now
     (call it before the commit checks and reads them)."""
     by_path = {s.path: s for s in sources}
     found = []
@@ -58,10 +61,24 @@ def watch(sources: Sequence[SourceFile]) -> list[Watched]:
         members = [by_path[f] for f in store.files if f in by_path]
         moving = [s for s in members if s.kind != "sqlite"]
         if moving:
-            w = Watched(store.root, members, moving)
-            w.mark()
-            found.append(w)
+            found.append(Watched(store.root, members, moving))
+    for src in sources:
+        side = by_path.get(sidecar_of(src.path))
+        if side is not None and side is not src and src.kind != "sqlite" and _index(src):
+            found.append(Watched(src.path, [src, side], [src, side]))
+    for w in found:
+        w.mark()
     return found
+
+
+def _index(src: SourceFile) -> bool:
+    """Whether src is judged as a FAISS index beside its sidecar (consistency.py): named
+    `.index`, or starting with a FAISS header."""
+    if src.path.endswith(".index"):
+        return True
+    return (
+        faiss_header(src.head) if src.head is not None else read_faiss_header(src.abspath)
+    ) is not None
 
 
 def forget(watched: Sequence[Watched], gone: Collection[str]) -> None:

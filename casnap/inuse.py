@@ -16,7 +16,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,6 +192,60 @@ def refuse_if_in_use(parent: Dir, name: str, shown: str, force: bool) -> None:
             "could not be inspected; run as root or as the app's user",
             True,
         )
+
+
+class Replaced(NamedTuple):
+    """A database a swap renamed over: its path, its stat before the rename, and the processes
+    that may have it open (when the checkout was forced, those that had before, unless it was
+    a WAL database: see refuse_opened)."""
+
+    shown: Path
+    old: os.stat_result
+    allowed: frozenset[int]
+
+
+def openers(st: os.stat_result) -> frozenset[int]:
+    """The processes (but this one) with the file of stat st open, by its inode, as far as they
+    can be inspected."""
+    me = os.getpid()
+    found: set[int] = set()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    except OSError:
+        return frozenset()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                fst = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+                found.add(pid)
+                break
+    return frozenset(found)
+
+
+def refuse_opened(replaced: Sequence[Replaced]) -> None:
+    """DatabaseBusy naming a process that has one of the databases a swap just renamed over
+    open by its old inode (and may not), seen while the locks on them are still held.
+
+    Such a process opened the database after the last look for users (a connection per
+    request) and waits on those locks. Released, it would go on with the old file: in WAL mode
+    it opens the -wal and -shm by their names, beside the restored database, and commits pages
+    of the old one into that log, which the restored database then reads as its own. So
+    --force lets be only the processes that had a rollback-journal database open before (a
+    write of theirs fails: SQLite sees its file moved)."""
+    for item in replaced:
+        new = sorted(openers(item.old) - item.allowed)
+        if new:
+            raise DatabaseBusy(
+                f"{item.shown} was opened by process {new[0]} while the checkout swapped it in "
+                "(an app still at work?); stop the app first"
+            )
 
 
 @contextlib.contextmanager

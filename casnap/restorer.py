@@ -577,6 +577,8 @@ class _Checkout:
             entries = [item.entry for item in plan]
             if plan:  # a kill from here on leaves the target part old, part new: said later
                 swapmark.mark(stage.dir, self.result.id, self.target)
-            written, touched = swap.swap_in(tree, stage.dir, placing, self.modes, entries)
+            written, touched = swap.swap_in(
+                tree, stage.dir, placing, self.modes, entries, self.opts.force
+            )
             self.result.written += written
         return touched

@@ -8,13 +8,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import urllib.parse
 from pathlib import Path
 from typing import NamedTuple
 
 from casnap.constants import SMOKE_MMAP_MAX, SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
 from casnap.formats import sniff
-from casnap.formats.sqlite import cut_short
+from casnap.formats.sqlite import cut_short, file_uri
 from casnap.smoke_report import Check
 
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
@@ -36,8 +35,7 @@ def quote_ident(name: str) -> str:
 
 def open_immutable(path: Path) -> sqlite3.Connection:
     """A read-only connection to a file nobody writes (a staged copy, an image): no side files."""
-    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?immutable=1"
-    return sqlite3.connect(uri, uri=True)
+    return sqlite3.connect(file_uri(path, "immutable=1"), uri=True)
 
 
 def list_tables(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from casnap import fsutil, inuse
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import CasnapError, SourceError, from_oserror
-from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header
+from casnap.formats.sqlite import SQLITE_SIDE_SUFFIXES, is_sqlite_header, wal_mode
 from casnap.fsdir import Dir, Tree, split
 from casnap.manifest import FileEntry
 from casnap.swapundo import Journal, Moving, explain
@@ -45,6 +45,7 @@ def swap_in(
     placing: Sequence[tuple[str, bool]],
     dir_attrs: DirAttrs,
     entries: Sequence[FileEntry],
+    force: bool = False,
 ) -> tuple[list[str], set[str]]:
     """Put every staged file of placing (path, whether it replaces a database) in place: new
     folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal
@@ -52,11 +53,14 @@ def swap_in(
     replay a stale WAL). Each file replaced is hard-linked first (swapundo.py), so a rename that
     fails part way is undone, the error saying so; files whose old version cannot be linked go
     last. entries, those of the files placed, tell the undo which files in a folder moved in
-    are still as restored. Returns the files placed, in order, and the folders renamed into
-    (for sync_folders)."""
+    are still as restored. A database replaced that a process has open once it is renamed over
+    undoes the swap too (inuse.refuse_opened): one that opened it meanwhile, or with force, one
+    that did not have it open before its rename, or had a WAL database open. Returns
+    the files placed, in order, and the folders renamed into (for sync_folders)."""
     written: list[str] = []
     touched: set[str] = set()
     journal = Journal(tree, stage, entries)
+    replaced: list[inuse.Replaced] = []  # databases renamed over, as they were
     # restored databases locked as SQLite locks until the swap is done: an app that opened one
     # and committed before a failing rename's undo put the old one back lost its commit
     with Tree(stage) as staged, contextlib.ExitStack() as held:
@@ -90,12 +94,19 @@ def swap_in(
                     raise SourceError(f"{tree.root.path / head} vanished during the checkout")
                 if replaces_db:
                     held.enter_context(inuse.held_sqlite_locks(source, name, parent.path / name))
+                    old = parent.lstat(name)
+                    if old is not None:
+                        # forced: who has it open now is let be, unless its WAL would be taken
+                        let_be = force and not wal_mode(_head(parent, name))
+                        allowed = inuse.openers(old) if let_be else frozenset()
+                        replaced.append(inuse.Replaced(parent.path / name, old, allowed))
                     for suffix in SQLITE_SIDE_SUFFIXES:
                         journal.aside(parent, head, name + suffix)
                 source.rename(name, parent, name, fsutil.temp_name)
                 journal.placed(parent, rel)
                 touched.add(head)
                 written.append(rel)
+            inuse.refuse_opened(replaced)  # while both files are still locked
         except BaseException as exc:
             changed = journal.changed()
             explain(exc, tree.root.path, journal.undo(), changed, journal.written)
@@ -141,14 +152,19 @@ def remove_files(tree: Tree, rels: Sequence[str]) -> tuple[list[str], set[str]]:
 
 def is_sqlite(parent: Dir, name: str) -> bool:
     """Whether the file name in parent starts like a SQLite database."""
+    return is_sqlite_header(_head(parent, name))
+
+
+def _head(parent: Dir, name: str) -> bytes:
+    """The first bytes of the file name in parent (none when it does not open or read)."""
     try:
         fd = parent.open_file(name)
     except CasnapError:
-        return False
+        return b""
     try:
-        return is_sqlite_header(os.pread(fd, SNIFF_BYTES, 0))
+        return os.pread(fd, SNIFF_BYTES, 0)
     except OSError:
-        return False
+        return b""
     finally:
         os.close(fd)
 

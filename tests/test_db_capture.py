@@ -5,6 +5,7 @@ app writes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,3 +216,33 @@ def test_a_checkout_smoke_check_maps_a_bounded_part_of_a_large_database(
         assert proc.returncode == 0, proc.stderr
     assert '"sqlite-integrity"' in proc.stdout  # the smoke check ran
     assert peaks["--json"] < peaks["--no-smoke"] + 100 * MB, peaks
+
+
+@pytest.mark.parametrize("mode", ["DELETE", "WAL", "WAL-open"])
+def test_a_database_whose_name_is_not_utf8_is_captured(tmp_path: Path, mode: str) -> None:
+    """A file name is bytes: one that is no UTF-8 (read as a lone surrogate) stopped the commit
+    with an internal error where the database's name went into SQLite's URI."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / os.fsdecode(b"caf\xe9.db")  # latin-1 bytes
+    make_db(data / "plain.db", mode.split("-")[0], rows=50)
+    os.rename(data / "plain.db", db)
+    with contextlib.ExitStack() as stack:
+        if mode == "WAL-open":  # frames in its log: SQLite's backup API reads it
+            conn = stack.enter_context(contextlib.closing(sqlite3.connect(os.fsencode(db))))
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute("DELETE FROM t WHERE id % 5 = 0")
+            conn.commit()
+        repo = Repository.init(tmp_path / "repo")
+        sid = commit(repo, data).id
+        expected = named_rows(db)
+    out = tmp_path / "out"
+    checkout(repo, sid, out)  # its smoke checks open it too
+    assert named_rows(out / db.name) == expected and expected[0] == "ok"
+
+
+def named_rows(path: Path) -> tuple[str, list[tuple[int, bytes]]]:
+    """rows() for any file name (bytes, no URI)."""
+    with contextlib.closing(sqlite3.connect(os.fsencode(path))) as conn:
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        return check, conn.execute("SELECT id, body FROM t ORDER BY id").fetchall()

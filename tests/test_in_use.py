@@ -230,3 +230,76 @@ def test_an_app_of_another_user_is_detected(tmp_path: Path) -> None:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+OPENS_THEN_WRITES = r"""
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)  # opens the file now
+print("open", flush=True)
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO t VALUES ('the app''s row')")
+db.execute("COMMIT")
+print("committed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_a_database_opened_while_it_is_swapped_out_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """An app opens the WAL database (a connection per request) after the checkout's last look
+    for users of it and before the rename, and waits on the locks casnap holds. Once they were
+    released it went on with the old file it had open: it took the -wal and -shm by their
+    names, beside the database just restored, and committed its pages into that log, so the
+    restored database read pages of the one it replaced (integrity_check failed). Now the
+    opener is seen before the locks go: the swap is undone and the app writes into its own
+    database. --force lets be only what had it open before."""
+    from casnap import swap
+    from casnap.restorer import checkout
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db_path = data / "app.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE a(y)")
+        db.executemany("INSERT INTO a VALUES (?)", [("a" * 300,) for _ in range(200)])
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES ('v1')")
+        db.commit()
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    with contextlib.closing(sqlite3.connect(db_path)) as db:  # other pages, other roots
+        db.execute("DROP TABLE a")
+        db.execute("INSERT INTO t VALUES ('v2')")
+        db.commit()
+        db.execute("VACUUM")
+        db.execute("CREATE TABLE b(y)")
+        db.executemany("INSERT INTO b VALUES (?)", [("b" * 300,) for _ in range(200)])
+        db.commit()
+    commit(repo, data)
+    real = swap.swap_in
+    apps: list[subprocess.Popen[str]] = []
+
+    def app_opens_first(*args: object, **kwargs: object) -> object:
+        app = subprocess.Popen(
+            [sys.executable, "-c", OPENS_THEN_WRITES, str(db_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        apps.append(app)
+        assert app.stdout is not None and app.stdout.readline().strip() == "open"
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(swap, "swap_in", app_opens_first)
+    try:
+        with pytest.raises(DatabaseBusy, match="left as it was") as err:
+            checkout(repo, sid, data, smoke=False, force=force)
+        assert f"process {apps[0].pid}" in str(err.value)
+    finally:
+        out, _ = apps[0].communicate(timeout=60)
+    assert out.split() == ["committed"]
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT x FROM t").fetchall() == [("v1",), ("v2",), ("the app's row",)]
+        assert db.execute("SELECT count(*) FROM b").fetchone()[0] == 200

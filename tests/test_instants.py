@@ -146,3 +146,54 @@ def test_a_store_still_moving_is_not_judged_by_files_it_did_not_store(tmp_path: 
     assert stored[f"{LANGCHAIN_DIR}/index.pkl"] == whole and pickle_path.read_bytes() == torn
     assert [m.split(":")[0] for m in moving] == [LANGCHAIN_DIR]
     assert judged == [([f"{LANGCHAIN_DIR}/index.faiss", f"{LANGCHAIN_DIR}/index.pkl"], [])]
+
+
+def _index_and_sidecar_after_a_big_file(data: Path, n: int, said: int) -> Path:
+    """data/vec.index holding n vectors and data/vec.meta.json saying `said`, read after
+    data/a.bin (4 MiB: the commit is still reading it when the test saves the pair)."""
+    data.mkdir()
+    (data / "a.bin").write_bytes(os.urandom(4 << 20))
+    (data / "vec.index").write_bytes(_index_bytes(n))
+    (data / "vec.meta.json").write_text(f'{{"ntotal": {said}}}')
+    return data / "vec.index"
+
+
+def _save_pair(index: Path, n: int, which: str) -> None:
+    """What an app saving an index and then its sidecar does, each by a rename."""
+    if which in ("index", "both"):
+        (index.parent / "vec.index.tmp").write_bytes(_index_bytes(n))
+        os.replace(index.parent / "vec.index.tmp", index)
+    if which in ("sidecar", "both"):
+        (index.parent / "vec.meta.json.tmp").write_text(f'{{"ntotal": {n}}}')
+        os.replace(index.parent / "vec.meta.json.tmp", index.parent / "vec.meta.json")
+
+
+def test_an_index_saved_before_its_sidecar_during_the_commit_is_judged_as_stored(
+    tmp_path: Path,
+) -> None:
+    """The app saved the index, not yet its sidecar, while the commit read other files: the
+    commit had checked the pair as it was before (in step) and stored the new index beside the
+    old sidecar without a word, even with --strict; a checkout then warned of it."""
+    index = _index_and_sidecar_after_a_big_file(tmp_path / "data", 100, 100)
+    repo = Repository.init(tmp_path / "repo")
+    progress = _while_a_bin_is_read(partial(_save_pair, index, 120, "index"))
+    result = commit(repo, tmp_path / "data", progress=progress)
+    assert result.warnings == ["vec.index: vec.meta.json says ntotal 100 but the index holds 120"]
+    _save_pair(index, 100, "index")
+    progress = _while_a_bin_is_read(partial(_save_pair, index, 120, "index"))
+    with pytest.raises(InconsistentData, match="says ntotal 100 but the index holds 120"):
+        commit(repo, tmp_path / "data", strict=True, progress=progress)
+    assert len(repo.snapshots()) == 1
+
+
+def test_a_sidecar_saved_during_the_commit_is_judged_as_stored(tmp_path: Path) -> None:
+    """The reverse: the commit found the app between its two saves (the index new, the sidecar
+    not yet) and warned of a disagreement the pair it stored no longer had."""
+    index = _index_and_sidecar_after_a_big_file(tmp_path / "data", 120, 100)
+    repo = Repository.init(tmp_path / "repo")
+    progress = _while_a_bin_is_read(partial(_save_pair, index, 120, "sidecar"))
+    result = commit(repo, tmp_path / "data", progress=progress)
+    assert result.warnings == [] and result.damage == []
+    out = tmp_path / "out"
+    checkout(repo, result.id, out)
+    assert (out / "vec.meta.json").read_text() == '{"ntotal": 120}'

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from casnap.formats import CHROMA_METADATA, Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
-from casnap.formats.sqlite import check_side_files
+from casnap.formats.sqlite import check_side_files, file_uri
 
 if TYPE_CHECKING:  # numpy is imported where labels are compared: finding a store needs none
     import numpy as np
@@ -136,7 +135,7 @@ def read_database(path: Path, private: bool) -> list[CollectionRecord]:
     if not private:
         check_side_files(path)
     mode = "immutable=1" if private else "mode=ro"
-    uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?{mode}"
+    uri = file_uri(path, mode)
     size = _database_size(Path(path))
     budget = (STEPS_BASE + STEPS_PER_BYTE * size) // _STEPS_CHECK
     spent = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import urllib.parse
 from collections.abc import Callable
 
 from casnap.errors import SourceError
@@ -45,6 +46,12 @@ _FREELIST_TRUNK_AT, _FREELIST_COUNT_AT = 32, 36  # big-endian u32 each
 # file change counter, database size in pages, schema cookie, version-valid-for number,
 # SQLITE_VERSION_NUMBER (big-endian u32 each)
 _COUNTER_AT, _SIZE_AT, _SCHEMA_AT, _VALID_FOR_AT, _VERSION_AT = 24, 28, 40, 92, 96
+
+
+def file_uri(path: str | os.PathLike[str], query: str) -> str:
+    """A SQLite URI naming the file at path (made absolute) with query (`mode=ro`,
+    `immutable=1`): its name's bytes quoted, so any name is safe, one that is no UTF-8 too."""
+    return f"file:{urllib.parse.quote(os.fsencode(os.path.abspath(path)))}?{query}"
 
 
 def is_sqlite_header(head: bytes) -> bool:
