@@ -23,6 +23,10 @@ from casnap.constants import LOCK_STALE_SECONDS
 from casnap.errors import IntegrityError, ObjectMissing
 from casnap.procs import boot_id, pid_alive, pid_namespace
 
+# A lock dated further ahead of this machine's clock than this is said to be (a skew that
+# small is usual between hosts, and a lock is refreshed every few minutes anyway)
+CLOCK_AHEAD_SECONDS = 60
+
 
 class LockInfo(NamedTuple):
     """Who holds a lock."""
@@ -108,7 +112,14 @@ class LockInfo(NamedTuple):
                 "read (damaged, or not written by casnap); `casnap unlock` removes it"
             )
         hint = ""
-        if not self.local():
+        ahead = self.time - time.time()
+        if ahead > CLOCK_AHEAD_SECONDS:  # not stale before then: the clocks, not the holder
+            hint = (
+                f"; its time is {duration(ahead)} ahead of this machine's clock (one of the two "
+                "clocks is wrong), so it is not found stale before then: if that process no "
+                "longer runs, `casnap unlock --force` removes the lock now"
+            )
+        elif not self.local():
             hint = (
                 "; a lock its holder stops refreshing is stale after "
                 f"{duration(LOCK_STALE_SECONDS)}: if that process no longer runs, "

@@ -194,3 +194,15 @@ def test_copy_escapes_the_file_a_damaged_snapshot_names(tmp_path: Path) -> None:
     lines = _one_line_each(result.stdout)
     assert any(line.startswith("not copied ") and f"b{SHOWN}.bin" in line for line in lines), lines
     assert len(_one_line_each(result.stderr)) == 1, result.stderr
+
+
+def test_the_smoke_summary_counts_in_words_that_agree() -> None:
+    """One check on one file is said so ("1 checks on 1 files" before)."""
+    from casnap.cli.restoring import _smoke_summary
+
+    one = {"ok": True, "checks": [{"check": "faiss-read", "path": "a.index"}]}
+    assert _smoke_summary(one) == "smoke checks passed: 1 check on 1 file"
+    two = {"ok": True, "checks": [{"check": "sqlite-integrity", "path": "a.db"}] * 2}
+    assert _smoke_summary(two) == "smoke checks passed: 2 checks on 1 file"
+    cmd = {"ok": False, "checks": [{"check": "smoke-cmd", "path": ""}]}
+    assert _smoke_summary(cmd) == "smoke checks FAILED: 1 check on 0 files, smoke command included"

@@ -243,3 +243,16 @@ def test_a_lock_with_a_time_no_clock_can_show_is_an_unreadable_lock(
     assert freed.exit_code == 0, freed.stderr
     assert not backend.exists("locks/" + "d" * 32)
     assert CliRunner().invoke(cli, [*repo_args, "commit"]).exit_code == 0
+
+
+def test_a_lock_dated_ahead_of_this_clock_is_said_to_be(tmp_path: Path) -> None:
+    """A lock another host wrote with its clock hours ahead is not found stale before that time
+    has passed here: the message says its time is ahead, so the clocks are looked at."""
+    from casnap.lockinfo import LockInfo
+
+    ahead = LockInfo("locks/x", "other-host", 7, None, True, "gc", time.time() + 3 * 3600)
+    message = ahead.conflict_message("/r")
+    assert "3 h ahead of this machine's clock" in message
+    assert "`casnap unlock --force`" in message
+    now = ahead._replace(time=time.time())
+    assert "ahead" not in now.conflict_message("/r")

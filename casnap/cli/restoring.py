@@ -226,6 +226,9 @@ def _smoke_summary(report: dict[str, Any]) -> str:
     files = {ch["path"] for ch in checks if ch["path"]}
     cmd = any(ch["check"] == "smoke-cmd" for ch in checks)
     state = "passed" if report["ok"] else "FAILED"
-    return f"smoke checks {state}: {len(checks)} checks on {len(files)} files" + (
-        ", smoke command included" if cmd else ""
-    )
+    counted = f"{_count(len(checks), 'check')} on {_count(len(files), 'file')}"
+    return f"smoke checks {state}: {counted}" + (", smoke command included" if cmd else "")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
