@@ -199,11 +199,8 @@ def _log_size(path: Path) -> int:
 
 
 def idle_wal_database(path: Path) -> bool:
-    """True for a WAL-mode database that no connection has open (its -wal or -shm is missing).
-
-    Opening such a database, even read-only, creates the missing side files beside it; casnap
-    must not leave files behind in a data dir it only reads.
-    """
+    """True for a WAL-mode database that no connection has open (its -wal or -shm is missing):
+    opening it, even read-only, would create them in a data dir casnap only reads."""
     if not wal_mode(sniff(path)):
         return False
     return not all(os.path.exists(str(path) + s) for s in ("-wal", "-shm"))
@@ -257,7 +254,10 @@ def _sqlite_errors(path: Path, tmp_dir: Path | None = None) -> Iterator[None]:
             raise hotjournal.refused(path) from exc
         if tmp_dir is not None and (code == sqlite3.SQLITE_FULL or "full" in msg):
             raise StorageFull(f"copying {path} into {tmp_dir}: no space left on device") from exc
-        raise SourceError(f"{path}: cannot read database ({msg})") from exc
+        what = f"cannot read database ({msg})"
+        if not os.path.lexists(path):  # SQLite says only that it cannot open it
+            what = "deleted while the commit read it (an app replacing it?); commit again"
+        raise SourceError(f"{path}: {what}") from exc
     except sqlite3.DatabaseError as exc:
         raise NotADatabase(f"{path}: not a readable SQLite database ({exc})") from exc
 

@@ -246,3 +246,18 @@ def named_rows(path: Path) -> tuple[str, list[tuple[int, bytes]]]:
     with contextlib.closing(sqlite3.connect(os.fsencode(path))) as conn:
         check = conn.execute("PRAGMA integrity_check").fetchone()[0]
         return check, conn.execute("SELECT id, body FROM t ORDER BY id").fetchall()
+
+
+def test_a_database_deleted_before_sqlite_opens_it_is_said_to_be(tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file" of a database deleted between the scan
+    and its read (an app's `VACUUM INTO` copy replaced meanwhile): the error says it is gone."""
+    from casnap.errors import SourceError
+
+    path = tmp_path / "copy.db"
+    with pytest.raises(SourceError, match=r"copy\.db: deleted while the commit read it"):
+        with dbimage._sqlite_errors(path):
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    path.mkdir()  # there, and no database: SQLite's own words
+    with pytest.raises(SourceError, match="cannot read database"):
+        with dbimage._sqlite_errors(path):
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True)
