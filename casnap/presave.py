@@ -85,11 +85,19 @@ def _refuse_too_long(target: Path, rel: str) -> None:
 @contextlib.contextmanager
 def _commit_lock(repo: Repository) -> Iterator[None]:
     """The lock the pre-checkout commit writes under: the checkout's own, or, when it reads
-    without one (--no-lock), a commit's, taken now (and what a gc changed meanwhile read)."""
-    if not repo.no_lock:
+    without one (--no-lock, or a lock it could not write: a read-only locks/ folder), a
+    commit's, taken now (and what a gc changed meanwhile read). That one is written or the
+    commit refused (AccessDenied): a snapshot stored under no lock may lose the chunks it
+    reused to a gc of another host or user."""
+    if holding(repo.backend) is not None:
         yield
         return
-    with repo.lock("commit"):
+    unwritable, repo.on_unwritable = repo.on_unwritable, None
+    try:
+        lock = repo.lock("commit")
+    finally:
+        repo.on_unwritable = unwritable
+    with lock:
         repo.refresh(only_if_changed=True)
         yield
 

@@ -35,7 +35,8 @@ from casnap.manifest import FileEntry
 
 
 def _path(repo_id: str, source: str) -> Path:
-    name = f"{hash_bytes(source.encode()).hex()[:32]}.json"
+    """The record's file: named by a hash of source's bytes (a name that is no UTF-8 too)."""
+    name = f"{hash_bytes(os.fsencode(source)).hex()[:32]}.json"
     return cache_dir() / repo_id / "restored" / name
 
 

@@ -301,15 +301,46 @@ def restore_attrs(tree: Tree, entry: FileEntry) -> None:
 def make_folders(tree: Tree, rels: Sequence[str], warnings: list[str]) -> list[str]:
     """Create the folders rels (outermost first) the target lacks, with the modes the tree
     gives, each durable; returns those created. Where something else stands (a file, a link) or
-    one cannot be made, a warning names it and nothing is replaced: the files are in place."""
+    one cannot be made, a warning names it and nothing is replaced: the files are in place.
+
+    A folder whose mode shuts its owner out (0o500: a user who is not root could not make the
+    folders below it, nor open one of 0o000 once made) is made open to its owner and given its
+    mode once the folders below it are made, innermost first."""
     made: list[str] = []
-    for rel in rels:
-        before = len(tree.created)
-        try:
-            tree.dir(rel, create=True)
-        except CasnapError as exc:
-            warnings.append(f"{rel}: folder of the snapshot not restored: {exc}")
-        made += tree.created[before:]
+    modes: dict[str, int] = {}  # those folders' modes, by path
+    shut: list[tuple[str, int, int]] = []  # each made so: path, a descriptor, mode; in order
+    given = tree.dir_attrs
+
+    def opened(rel: str) -> tuple[int, tuple[int, int] | None]:
+        mode, owner = given(rel)
+        if mode & 0o700 != 0o700:
+            modes[rel] = mode
+            return mode | 0o700, owner
+        return mode, owner
+
+    tree.dir_attrs = opened
+    try:
+        for rel in rels:
+            before = len(tree.created)
+            try:
+                tree.dir(rel, create=True)
+            except CasnapError as exc:
+                warnings.append(f"{rel}: folder of the snapshot not restored: {exc}")
+            for new in tree.created[before:]:
+                found = tree.dir(new) if new in modes else None
+                if found is not None:
+                    shut.append((new, os.dup(found.fd), modes[new]))
+            made += tree.created[before:]
+    finally:
+        tree.dir_attrs = given
+        for rel, fd, mode in reversed(shut):  # innermost first
+            try:
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            except OSError as exc:
+                warnings.append(f"{rel}: folder of the snapshot made, its mode not given: {exc}")
+            finally:
+                os.close(fd)
     return made
 
 

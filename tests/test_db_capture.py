@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from casnap import Repository, checkout, commit, dbimage
+from casnap import Repository, checkout, commit, dbimage, restored
 from tests.helpers_memory import MB, run_measured
 
 
@@ -261,3 +261,23 @@ def test_a_database_deleted_before_sqlite_opens_it_is_said_to_be(tmp_path: Path)
     with pytest.raises(SourceError, match="cannot read database"):
         with dbimage._sqlite_errors(path):
             sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def test_a_data_dir_whose_name_is_not_utf8_is_checked_out_into(tmp_path: Path) -> None:
+    """The record of what a checkout restored is kept under a hash of the target's name: one
+    that is no UTF-8 stopped the checkout with an internal error once its files were in place
+    (into the data dir, its pre-checkout snapshot saved)."""
+    data = tmp_path / os.fsdecode(b"d\xe9ta")
+    data.mkdir()
+    make_db(data / "app.db", "WAL", rows=50)
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    expected = named_rows(data / "app.db")
+    with contextlib.closing(sqlite3.connect(os.fsencode(data / "app.db"))) as conn:
+        conn.execute("DELETE FROM t WHERE id % 5 = 0")
+        conn.commit()
+    for target in (tmp_path / os.fsdecode(b"out\xff"), data):
+        checkout(repo, sid, target)
+        record = restored.load(repo.id, str(target))  # what the next commit need not read
+        assert record is not None and list(record.files) == ["app.db"]
+        assert named_rows(target / "app.db") == expected

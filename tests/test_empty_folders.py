@@ -13,6 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from casnap.cli import cli
+from tests.test_hostile import cli_unprivileged
 
 
 def run(repo: Path, data: Path, *args: str) -> tuple[int, str, str]:
@@ -114,3 +115,32 @@ def test_a_checkout_into_a_folder_holding_a_file_where_an_empty_folder_goes_says
     assert (data / "docs" / "a.txt").read_text() == "a"
     warnings = json.loads(stdout)["warnings"]
     assert any("uploads" in w and "folder" in w for w in warnings), warnings
+
+
+def test_empty_folders_below_a_read_only_folder_are_restored_by_its_owner(
+    tmp_path: Path,
+) -> None:
+    """A user who may not write into a folder of mode 0o500 made it so, then the folders below
+    it: they were not restored (a warning each) and one of mode 0o000 was made but said not
+    restored. Each is made open to its owner and given its recorded mode once what it holds
+    is made."""
+    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
+    (data / "ro" / "inner" / "deeper").mkdir(parents=True)
+    (data / "ro" / "shut").mkdir()
+    (data / "a.txt").write_text("a")
+    bits = {"ro/inner/deeper": 0o750, "ro/inner": 0o500, "ro/shut": 0, "ro": 0o500}
+    for folder, given in bits.items():  # innermost first
+        os.chmod(data / folder, given)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    os.chmod(tmp_path, 0o777)  # the checkout below runs without root's capabilities
+    try:
+        proc = cli_unprivileged(repo, data, "checkout", "latest", "--to", str(out), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["warnings"] == []
+        assert (out / "ro" / "inner" / "deeper").is_dir()
+        assert {f: mode(out / f) for f in bits} == bits
+    finally:
+        for root in (data, out):
+            for folder in ("ro", "ro/inner", "ro/shut"):
+                if (root / folder).exists():
+                    os.chmod(root / folder, 0o755)

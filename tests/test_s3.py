@@ -574,3 +574,35 @@ def test_an_endpoint_that_answers_404_to_everything_is_not_called_damage(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "[]",
+        '"model"',
+        '{"metadata": 5}',
+        "{}",
+        '{"metadata": {"serviceId": "S3"}}',
+        '{"metadata": {"serviceId": "S3", "endpointPrefix": "s3", "protocol": "rest-xml",'
+        ' "signatureVersion": "s3"}, "operations": {}, "shapes": {}}',
+        '{"metadata": ',
+    ],
+    ids=["array", "string", "metadata-number", "empty", "no-prefix", "no-operations", "cut"],
+)
+def test_a_malformed_s3_model_in_aws_data_path_is_a_usage_error(
+    model: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """AWS_DATA_PATH names folders of models botocore reads before its own: an S3 model there
+    that is no model (or lacks what casnap asks of the store) is the user's setting to fix,
+    one line naming it, exit 2, never an internal error at the client's setup or first use."""
+    folder = tmp_path / "models" / "s3" / "2006-03-01"
+    folder.mkdir(parents=True)
+    (folder / "service-2.json").write_text(model)
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path / "models"))
+    data = tmp_path / "data"
+    data.mkdir()
+    code, _, err = run(f"s3://{s3_bucket}/x", data, "log")
+    assert code == EXIT_CODES["usage"], err
+    assert err.count("\n") == 1 and err.startswith("casnap: error: "), err
+    assert "AWS_DATA_PATH" in err and "internal error" not in err, err

@@ -293,7 +293,7 @@ def test_the_client_reads_botocores_model_files_as_botocore_does(kind: str, name
     (.json) and compressed (.json.gz) files alike."""
     import botocore.loaders
 
-    from casnap.backends.s3 import S3Loader
+    from casnap.backends.s3models import S3Loader
 
     ours, theirs = S3Loader(), botocore.loaders.Loader()
     if kind == "data":

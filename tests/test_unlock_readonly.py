@@ -235,3 +235,28 @@ def test_a_read_only_repository_can_be_copied_from(
     assert "2 snapshot(s) copied" in done.stdout
     assert tree(repo) == before
     assert len(Repository.open(dest).snapshots()) == 2
+
+
+def test_a_checkout_that_cannot_write_its_lock_saves_no_snapshot_without_one(
+    repo_data: tuple[Path, Path],
+) -> None:
+    """A checkout reads a repository whose locks/ it may not write without a lock; the
+    pre-checkout snapshot of the data it would replace was then stored with none at all, so a
+    gc of another user could delete the chunks it reused meanwhile. It takes a commit's lock,
+    which it must write: refused, the data dir is left as it was."""
+    from tests.test_hostile import cli_unprivileged
+
+    repo, data = repo_data
+    evolve_app(data)  # data no snapshot holds: a checkout would save it first
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    snapshots = sorted((repo / "snapshots").iterdir())
+    (repo / "locks").mkdir(exist_ok=True)
+    (repo / "locks").chmod(0o500)
+    try:
+        proc = cli_unprivileged(repo, data, "checkout", "first")
+    finally:
+        (repo / "locks").chmod(0o700)
+    assert proc.returncode == EXIT_CODES["storage"], proc.stderr
+    assert "Permission denied" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted((repo / "snapshots").iterdir()) == snapshots
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before

@@ -26,16 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import gzip
-import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-
-import orjson
 
 from casnap.backends.base import (
     Backend,
@@ -115,6 +111,8 @@ def make_client() -> Any:
     """An S3 client configured the standard AWS way, with timeouts, a connection pool for
     parallel ranged reads, and no retries of its own."""
     require_client()
+    from casnap.backends import s3models  # botocore's: imported with it
+
     session = botocore.session.get_session()  # reads AWS_PROFILE, ~/.aws/config, credentials
     url = endpoint()
     config = botocore.config.Config(
@@ -135,11 +133,30 @@ def make_client() -> Any:
     try:  # an unknown profile, a malformed region or AWS config file: the user's to fix
         region = session.get_config_variable("region") or "us-east-1"
         paths = list(session.get_component("data_loader").search_paths)  # AWS_DATA_PATH's too
-        loader = S3Loader(extra_search_paths=paths, include_default_search_paths=False)
+        loader = s3models.S3Loader(extra_search_paths=paths, include_default_search_paths=False)
         session.register_component("data_loader", loader)
-        return session.create_client("s3", endpoint_url=url, region_name=region, config=config)
+        client = session.create_client("s3", endpoint_url=url, region_name=region, config=config)
+        lacking = sorted(s3models.OPERATIONS - set(client.meta.service_model.operation_names))
     except (botocore.exceptions.BotoCoreError, ValueError) as exc:
-        raise InvalidArgument(f"the S3 client cannot be set up: {exc}") from exc
+        raise InvalidArgument(f"the S3 client cannot be set up: {exc}{s3models.hint(exc)}") from exc
+    except (
+        TypeError,
+        AttributeError,
+        KeyError,
+        botocore.exceptions.UndefinedModelAttributeError,
+    ) as exc:
+        # from the structure of a model file read whole: one of AWS_DATA_PATH's, as a rule
+        raise InvalidArgument(
+            f"the S3 client cannot be set up: the S3 model it read is malformed "
+            f"({type(exc).__name__}: {exc}){s3models.hint(exc, True)}"
+        ) from exc
+    if lacking:
+        client.close()
+        raise InvalidArgument(
+            f"the S3 client cannot be set up: the S3 model it read lacks the operation "
+            f"{lacking[0]}{s3models.hint(None, True)}"
+        )
+    return client
 
 
 def is_object_key(key: str) -> bool:
@@ -528,43 +545,6 @@ class _Closed:
 
 
 if botocore is not None:
-
-    class ModelFiles:
-        """botocore's bundled JSON data files read with orjson: json.loads with an OrderedDict
-        for every object took ~45 ms of each S3 command's start for the endpoints file (1.2 MB)
-        and the S3 model (1.5 MB) alone; dicts keep their order too, and botocore copies what
-        it keeps into its own types. The file loader interface botocore's Loader takes."""
-
-        OPENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
-            (".json", open),
-            (".json.gz", gzip.open),
-        )
-
-        def exists(self, file_path: str) -> bool:
-            return any(os.path.isfile(file_path + ext) for ext, _ in self.OPENERS)
-
-        def load_file(self, file_path: str) -> Any:
-            for ext, opener in self.OPENERS:
-                if os.path.isfile(file_path + ext):
-                    with opener(file_path + ext, "rb") as f:
-                        return orjson.loads(f.read())
-            return None
-
-    class S3Loader(botocore.loaders.Loader):
-        """botocore's loader of models, knowing S3 alone: botocore checks the service a client
-        is made for against every model it bundles (listing ~400 folders: ~25 ms, a third of
-        making the client); S3 is the only one casnap makes a client for. Its files are read
-        by ModelFiles."""
-
-        FILE_LOADER_CLASS = ModelFiles
-
-        def list_available_services(self, type_name: str) -> list[str]:
-            try:
-                self.list_api_versions("s3", type_name)
-            except botocore.exceptions.DataNotFoundError:
-                return []
-            return ["s3"]
-
     ClientErrors: tuple[type[Exception], ...] = (botocore.exceptions.BotoCoreError,)
     ClientErrors += (botocore.exceptions.ClientError,)
     TransientErrors: tuple[type[Exception], ...] = (
