@@ -31,6 +31,14 @@ def make_data(data: Path) -> None:
     os.chmod(data / "store" / "segments", 0o700)
 
 
+def committed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """make_data's data dir committed once: (data, repo, a folder to check out --to)."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    make_data(data)
+    assert run(repo, data, "commit", "-q")[0] == 0
+    return data, repo, tmp_path / "out"
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -38,9 +46,7 @@ def mode(path: Path) -> int:
 def test_a_checkout_into_a_new_folder_restores_empty_folders_with_their_modes(
     tmp_path: Path,
 ) -> None:
-    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
-    make_data(data)
-    assert run(repo, data, "commit", "-q")[0] == 0
+    data, repo, out = committed(tmp_path)
     code, stdout, stderr = run(repo, data, "checkout", "latest", "--to", str(out), "--json")
     assert code == 0, stderr
     assert (out / "uploads").is_dir() and mode(out / "uploads") == 0o750
@@ -54,9 +60,7 @@ def test_a_checkout_into_a_new_folder_restores_empty_folders_with_their_modes(
 def test_a_checkout_of_some_paths_restores_the_empty_folders_below_them_only(
     tmp_path: Path,
 ) -> None:
-    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
-    make_data(data)
-    assert run(repo, data, "commit", "-q")[0] == 0
+    data, repo, out = committed(tmp_path)
     code, stdout, stderr = run(repo, data, "checkout", "latest", "store", "--to", str(out))
     assert code == 0, stderr
     assert "0 removed, 2 empty folders created; all hashes verified" in stdout + stderr
@@ -68,9 +72,7 @@ def test_a_checkout_of_some_paths_restores_the_empty_folders_below_them_only(
 def test_a_full_checkout_into_the_data_dir_puts_back_a_removed_empty_folder(
     tmp_path: Path,
 ) -> None:
-    data, repo = tmp_path / "data", tmp_path / "repo"
-    make_data(data)
-    assert run(repo, data, "commit", "-q")[0] == 0
+    data, repo, _ = committed(tmp_path)
     (data / "uploads").rmdir()
     (data / "other").mkdir()  # one the snapshot does not name: left as it is
     code, _, stderr = run(repo, data, "checkout", "latest")
@@ -84,9 +86,7 @@ def test_a_file_standing_where_an_empty_folder_goes_is_saved_then_replaced(
 ) -> None:
     """In the data dir the file is one the snapshot does not hold: saved in the pre-checkout
     snapshot, removed, and the folder made in its place."""
-    data, repo = tmp_path / "data", tmp_path / "repo"
-    make_data(data)
-    assert run(repo, data, "commit", "-q")[0] == 0
+    data, repo, _ = committed(tmp_path)
     (data / "uploads").rmdir()
     (data / "uploads").write_text("written by the app since")
     code, stdout, stderr = run(repo, data, "checkout", "latest", "--json")
@@ -103,9 +103,7 @@ def test_a_checkout_into_a_folder_holding_a_file_where_an_empty_folder_goes_says
 ) -> None:
     """In a checkout of some paths nothing is removed: the folder is not made, and the
     warning names it; every file is restored."""
-    data, repo = tmp_path / "data", tmp_path / "repo"
-    make_data(data)
-    assert run(repo, data, "commit", "-q")[0] == 0
+    data, repo, _ = committed(tmp_path)
     (data / "uploads").rmdir()
     (data / "uploads").write_text("mine")
     (data / "docs" / "a.txt").write_text("changed")

@@ -89,10 +89,15 @@ def test_a_stalled_gc_deletes_nothing_a_commit_made_meanwhile_needs(
         else:
             retention.forget(stalled, [old], gc=5.0)
     stalled.close()
+    _whole(repo_dir, made, data, tmp_path / "out")
+
+
+def _whole(repo_dir: Path, made: list[str], data: Path, target: Path) -> None:
+    """The other host's snapshot (made) landed, the repository verifies, and it restores as
+    the data dir."""
     assert made
     fresh = Repository.open(repo_dir)
     verify_repository(fresh)
-    target = tmp_path / "out"
     checkout(fresh, made[0], target, safety_snapshot=False, smoke=False)
     assert snapshot_tree(target) == snapshot_tree(data)
 
@@ -133,12 +138,7 @@ def test_a_stalled_rollback_deletes_no_pack_a_commit_made_meanwhile_indexed(
     )
     with pytest.raises(StorageFull):
         commit(Repository.open_backend(backend, tmp_path / "tmp"), data)
-    assert made
-    fresh = Repository.open(repo_dir)
-    verify_repository(fresh)
-    target = tmp_path / "out"
-    checkout(fresh, made[0], target, safety_snapshot=False, smoke=False)
-    assert snapshot_tree(target) == snapshot_tree(data)
+    _whole(repo_dir, made, data, tmp_path / "out")
 
 
 def test_a_lock_that_cannot_be_fetched_stops_a_gc(tmp_path: Path) -> None:
