@@ -33,7 +33,7 @@ from casnap.constants import DEFAULT_MAX_UNUSED
 from casnap.entrytable import EntryTable, merge_parts
 from casnap.errors import IntegrityError
 from casnap.ids import ObjectId
-from casnap.locks import LOCKS, Held
+from casnap.locks import LOCKS, Held, before_delete
 from casnap.packs import (
     DIR_ENTRY_SIZE,
     check_pack_entries,
@@ -392,7 +392,7 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool, held: Held | None =
         for key, size in p.index_keys:
             if key != new_key:
                 if not dry_run:
-                    _before_delete(held)
+                    before_delete(held)
                     backend.delete(key)
                 report.index_files_removed += 1
                 report.index_bytes_removed += size
@@ -401,24 +401,19 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool, held: Held | None =
     for fate in p.fates.values():
         if fate.action != KEEP and fate.pack not in new_packs:
             if not dry_run:
-                _before_delete(held)
+                before_delete(held)
                 backend.delete(pack_key(fate.pack))
             report.pack_bytes_removed += fate.size
     for path in p.temp_files:
         try:
             size = path.stat().st_size
             if not dry_run:
-                _before_delete(held)
+                before_delete(held)
                 path.unlink()
         except FileNotFoundError:
             continue  # gone meanwhile
         report.temp_files_removed += 1
         report.temp_bytes_removed += size
-
-
-def _before_delete(held: Held | None) -> None:
-    if held is not None:
-        held.before_delete()
 
 
 def _repack(

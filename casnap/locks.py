@@ -347,6 +347,12 @@ def _release_held() -> None:
         _HOLDING.discard(held)
 
 
+def before_delete(held: Held | None) -> None:
+    """held.before_delete() (see Held), for a holder that may run without a lock (None)."""
+    if held is not None:
+        held.before_delete()
+
+
 def holding(backend: Backend) -> Held | None:
     """This process's lock on backend while its block runs (one command holds one on each
     repository it opens), None without one."""

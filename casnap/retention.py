@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from casnap import heads, selection
+from casnap import heads, locks, selection
 from casnap.config import parse_time
 from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy
 from casnap.ids import ObjectId
@@ -436,8 +436,7 @@ def _remove(
         for hex_id in report.removed:
             report.manifest_bytes_removed += sizes.get(hex_id, 0)
             if not dry_run:
-                if held is not None:
-                    held.before_delete()
+                locks.before_delete(held)
                 repo.remove_snapshot(ObjectId.from_hex(hex_id))
                 forgotten.append(hex_id)
         if planned is not None:

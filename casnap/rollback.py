@@ -101,7 +101,7 @@ def after_failed_commit(
             if index_key is not None:
                 now = frozenset(k.rsplit("/", 1)[-1] for k, _ in backend.list("snapshots/"))
                 if now == snapshots_before:
-                    _before_delete(held)
+                    locks.before_delete(held)
                     backend.delete(index_key)
             discard_packs(backend, packs, held)
             if created is not None:
@@ -141,15 +141,10 @@ def discard_packs(
     count = 0
     for pack in packs:
         if bytes(pack) not in named:
-            _before_delete(held)
+            locks.before_delete(held)
             backend.delete(pack_key(pack))
             count += 1
     return count
-
-
-def _before_delete(held: locks.Held | None) -> None:
-    if held is not None:
-        held.before_delete()
 
 
 def _empty_new_repository(
@@ -161,7 +156,7 @@ def _empty_new_repository(
         return False  # another commit succeeded meanwhile: the repository is in use
     for prefix in ("packs/", "index/"):  # no snapshot: nobody needs any of them
         for key, _size in backend.list(prefix):
-            _before_delete(held)
+            locks.before_delete(held)
             backend.delete(key)
     if new.root is None:
         for key, _size in backend.list(""):
@@ -169,7 +164,7 @@ def _empty_new_repository(
                 return False  # something casnap did not put there: keep the repository
     elif not _only_casnap_files(new.root, new.placeholders):
         return False
-    _before_delete(held)
+    locks.before_delete(held)
     backend.delete("config")
     for key, _size in backend.list("keys/"):  # after the config: a repository is never keyless
         backend.delete(key)
