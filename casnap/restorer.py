@@ -556,6 +556,8 @@ class _Checkout:
         lock stops the checkout before anything changed). A file it replaces or removes that
         was written since the pre-checkout snapshot read it (an app still saving) stops it
         then too: that content is in no snapshot."""
+        dbs = [item.entry.path for item in plan if item.replaces_db]
+        let_be = {rel: swap.let_be(tree, rel) for rel in dbs} if self.opts.force else {}
         with contextlib.ExitStack() as held:
             for item in plan:
                 if item.replaces_db:
@@ -577,8 +579,6 @@ class _Checkout:
             entries = [item.entry for item in plan]
             if plan:  # a kill from here on leaves the target part old, part new: said later
                 swapmark.mark(stage.dir, self.result.id, self.target)
-            written, touched = swap.swap_in(
-                tree, stage.dir, placing, self.modes, entries, self.opts.force
-            )
+            written, touched = swap.swap_in(tree, stage.dir, placing, self.modes, entries, let_be)
             self.result.written += written
         return touched

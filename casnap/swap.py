@@ -45,7 +45,7 @@ def swap_in(
     placing: Sequence[tuple[str, bool]],
     dir_attrs: DirAttrs,
     entries: Sequence[FileEntry],
-    force: bool = False,
+    let_be: Mapping[str, frozenset[int]] | None = None,
 ) -> tuple[list[str], set[str]]:
     """Put every staged file of placing (path, whether it replaces a database) in place: new
     folders moved whole, the other files renamed one by one (the stale -wal, -shm and -journal
@@ -54,9 +54,9 @@ def swap_in(
     fails part way is undone, the error saying so; files whose old version cannot be linked go
     last. entries, those of the files placed, tell the undo which files in a folder moved in
     are still as restored. A database replaced that a process has open once it is renamed over
-    undoes the swap too (inuse.refuse_opened): one that opened it meanwhile, or with force, one
-    that did not have it open before its rename, or had a WAL database open. Returns
-    the files placed, in order, and the folders renamed into (for sync_folders)."""
+    undoes the swap too (inuse.refuse_opened), but the processes let_be names for it (a forced
+    checkout's: see let_be). Returns the files placed, in order, and the folders renamed into
+    (for sync_folders)."""
     written: list[str] = []
     touched: set[str] = set()
     journal = Journal(tree, stage, entries)
@@ -96,9 +96,7 @@ def swap_in(
                     held.enter_context(inuse.held_sqlite_locks(source, name, parent.path / name))
                     old = parent.lstat(name)
                     if old is not None:
-                        # forced: who has it open now is let be, unless its WAL would be taken
-                        let_be = force and not wal_mode(_head(parent, name))
-                        allowed = inuse.openers(old) if let_be else frozenset()
+                        allowed = (let_be or {}).get(rel, frozenset())
                         replaced.append(inuse.Replaced(parent.path / name, old, allowed))
                     for suffix in SQLITE_SIDE_SUFFIXES:
                         journal.aside(parent, head, name + suffix)
@@ -148,6 +146,18 @@ def remove_files(tree: Tree, rels: Sequence[str]) -> tuple[list[str], set[str]]:
         touched.add(split(rel)[0])
         removed.append(rel)
     return removed, touched
+
+
+def let_be(tree: Tree, rel: str) -> frozenset[int]:
+    """The processes a forced checkout lets keep the database rel open across its swap: those
+    that have it open now, unless it is in WAL mode (its -wal would be taken by the restored
+    one). Call it before the database is locked: a descriptor of it opened and closed by this
+    process afterwards would drop every lock the process holds on it (POSIX record locks)."""
+    parent, name = tree.parent_of(rel)
+    st = parent.lstat(name) if parent is not None else None
+    if parent is None or st is None or wal_mode(_head(parent, name)):
+        return frozenset()
+    return inuse.openers(st)
 
 
 def is_sqlite(parent: Dir, name: str) -> bool:
