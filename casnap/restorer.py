@@ -204,7 +204,7 @@ class _Checkout:
         self.protected = self._protected()
         self.others = placement.OtherRepositories(self.target)  # any repository inside it
         self.present = Present(repo, self.target, strict=options.safety_snapshot)
-        self.modes = selection.FolderModes(chosen, self.target)  # of each folder it creates
+        self.modes = swap.OwnerFirst(selection.FolderModes(chosen, self.target))  # folders made
         self.scope: Sequence[str] = ()  # the paths checked out (none: all)
         self.swapped = False  # every file is in place (a signal now stops a completed checkout)
         self.clears_the_way = True  # may remove a file where a folder goes (known or forced)
@@ -288,6 +288,7 @@ class _Checkout:
             self.result.removed += sorted(cleared) + removed
             folders = [f for f in self.sel.empty_folders(self.scope) if not self._in_repo(f)]
             self.result.folders_created = swap.make_folders(tree, folders, self.result.warnings)
+            self.modes.finish(tree, self.result.warnings)  # the folders are filled
             swap.sync_folders(tree, touched | emptied)
             self.result.files_written = len(plan)
             self.result.files_unchanged = len(unchanged)

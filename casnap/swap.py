@@ -311,47 +311,47 @@ def restore_attrs(tree: Tree, entry: FileEntry) -> None:
 def make_folders(tree: Tree, rels: Sequence[str], warnings: list[str]) -> list[str]:
     """Create the folders rels (outermost first) the target lacks, with the modes the tree
     gives, each durable; returns those created. Where something else stands (a file, a link) or
-    one cannot be made, a warning names it and nothing is replaced: the files are in place.
-
-    A folder whose mode shuts its owner out (0o500: a user who is not root could not make the
-    folders below it, nor open one of 0o000 once made) is made open to its owner and given its
-    mode once the folders below it are made, innermost first."""
+    one cannot be made, a warning names it and nothing is replaced: the files are in place."""
     made: list[str] = []
-    modes: dict[str, int] = {}  # those folders' modes, by path
-    shut: list[tuple[str, int, int]] = []  # each made so: path, a descriptor, mode; in order
-    given = tree.dir_attrs
+    for rel in rels:
+        before = len(tree.created)
+        try:
+            tree.dir(rel, create=True)
+        except CasnapError as exc:
+            warnings.append(f"{rel}: folder of the snapshot not restored: {exc}")
+        made += tree.created[before:]
+    return made
 
-    def opened(rel: str) -> tuple[int, tuple[int, int] | None]:
-        mode, owner = given(rel)
+
+class OwnerFirst:
+    """The modes a checkout gives the folders it makes (given: mode and owner by path), but a
+    mode that shuts the owner out (0o500: a user who is not root could neither fill such a
+    folder nor move it in whole) is given only by finish, once the checkout has filled them,
+    innermost first; meanwhile the folder is open to its owner."""
+
+    def __init__(self, given: DirAttrs) -> None:
+        self.given = given
+        self.shut: dict[str, int] = {}  # the modes finish gives, by path
+
+    def __call__(self, rel: str) -> tuple[int, tuple[int, int] | None]:
+        mode, owner = self.given(rel)
         if mode & 0o700 != 0o700:
-            modes[rel] = mode
+            self.shut[rel] = mode
             return mode | 0o700, owner
         return mode, owner
 
-    tree.dir_attrs = opened
-    try:
-        for rel in rels:
-            before = len(tree.created)
+    def finish(self, tree: Tree, warnings: list[str]) -> None:
+        """Give each folder made open its mode, innermost first, durable (one the checkout
+        took back is gone: nothing to give); a folder that cannot take it is named."""
+        for rel in sorted(self.shut, key=lambda r: r.count("/"), reverse=True):
+            mode = self.shut.pop(rel)
             try:
-                tree.dir(rel, create=True)
-            except CasnapError as exc:
-                warnings.append(f"{rel}: folder of the snapshot not restored: {exc}")
-            for new in tree.created[before:]:
-                found = tree.dir(new) if new in modes else None
-                if found is not None:
-                    shut.append((new, os.dup(found.fd), modes[new]))
-            made += tree.created[before:]
-    finally:
-        tree.dir_attrs = given
-        for rel, fd, mode in reversed(shut):  # innermost first
-            try:
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            except OSError as exc:
-                warnings.append(f"{rel}: folder of the snapshot made, its mode not given: {exc}")
-            finally:
-                os.close(fd)
-    return made
+                d = tree.dir(rel)
+                if d is not None:
+                    os.fchmod(d.fd, mode)
+                    os.fsync(d.fd)
+            except (OSError, CasnapError) as exc:
+                warnings.append(f"{rel}: folder restored, its mode not given: {exc}")
 
 
 def sync_folders(tree: Tree, folders: Iterable[str]) -> None:

@@ -142,3 +142,32 @@ def test_empty_folders_below_a_read_only_folder_are_restored_by_its_owner(
             for folder in ("ro", "ro/inner", "ro/shut"):
                 if (root / folder).exists():
                     os.chmod(root / folder, 0o755)
+
+
+def test_a_read_only_folder_holding_files_is_restored_by_its_owner(tmp_path: Path) -> None:
+    """A user who is not root could not restore a folder of mode 0o500 holding files: moving
+    it in whole needs write permission on it, and so does a rename into it (exit 8, nothing
+    restored). A folder whose mode shuts its owner out is given that mode once the checkout
+    has filled it, innermost first: into a new folder and into the data dir alike."""
+    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
+    (data / "ro" / "sub").mkdir(parents=True)
+    (data / "ro" / "x.txt").write_text("x")
+    (data / "ro" / "sub" / "y.txt").write_text("y")
+    (data / "ro" / "sub" / "empty").mkdir()
+    bits = {"ro/sub/empty": 0o500, "ro/sub": 0o500, "ro": 0o555}
+    for folder, given in bits.items():  # innermost first
+        os.chmod(data / folder, given)
+    os.chmod(tmp_path, 0o777)  # what follows runs without root's capabilities
+    try:
+        proc = cli_unprivileged(repo, data, "commit", "-q")
+        assert proc.returncode == 0, proc.stderr
+        proc = cli_unprivileged(repo, data, "checkout", "latest", "--to", str(out), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["warnings"] == []
+        assert (out / "ro" / "sub" / "y.txt").read_text() == "y"
+        assert {f: mode(out / f) for f in bits} == bits
+    finally:
+        for root in (data, out):
+            for folder in ("ro", "ro/sub", "ro/sub/empty"):
+                if (root / folder).exists():
+                    os.chmod(root / folder, 0o755)
