@@ -5,9 +5,11 @@ stands."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -37,6 +39,27 @@ def committed(tmp_path: Path) -> tuple[Path, Path, Path]:
     make_data(data)
     assert run(repo, data, "commit", "-q")[0] == 0
     return data, repo, tmp_path / "out"
+
+
+@contextlib.contextmanager
+def reopened(roots: list[Path], folders: list[str]) -> Iterator[None]:
+    """At the end, the folders (below each root) a test shut given 0o755 again, so that its
+    tmp_path can be removed."""
+    try:
+        yield
+    finally:
+        for root in roots:
+            for folder in folders:
+                if (root / folder).exists():
+                    os.chmod(root / folder, 0o755)
+
+
+def checkout_unprivileged(repo: Path, data: Path, out: Path) -> None:
+    """The latest snapshot checked out --to out by a process without root's capabilities:
+    without a warning."""
+    proc = cli_unprivileged(repo, data, "checkout", "latest", "--to", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["warnings"] == []
 
 
 def mode(path: Path) -> int:
@@ -131,24 +154,17 @@ def test_empty_folders_below_a_read_only_folder_are_restored_by_its_owner(
         os.chmod(data / folder, given)
     assert run(repo, data, "commit", "-q")[0] == 0
     os.chmod(tmp_path, 0o777)  # the checkout below runs without root's capabilities
-    try:
-        proc = cli_unprivileged(repo, data, "checkout", "latest", "--to", str(out), "--json")
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["warnings"] == []
+    with reopened([data, out], ["ro", "ro/inner", "ro/shut"]):
+        checkout_unprivileged(repo, data, out)
         assert (out / "ro" / "inner" / "deeper").is_dir()
         assert {f: mode(out / f) for f in bits} == bits
-    finally:
-        for root in (data, out):
-            for folder in ("ro", "ro/inner", "ro/shut"):
-                if (root / folder).exists():
-                    os.chmod(root / folder, 0o755)
 
 
 def test_a_read_only_folder_holding_files_is_restored_by_its_owner(tmp_path: Path) -> None:
     """A user who is not root could not restore a folder of mode 0o500 holding files: moving
     it in whole needs write permission on it, and so does a rename into it (exit 8, nothing
     restored). A folder whose mode shuts its owner out is given that mode once the checkout
-    has filled it, innermost first: into a new folder and into the data dir alike."""
+    has filled it, innermost first."""
     data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
     (data / "ro" / "sub").mkdir(parents=True)
     (data / "ro" / "x.txt").write_text("x")
@@ -158,16 +174,9 @@ def test_a_read_only_folder_holding_files_is_restored_by_its_owner(tmp_path: Pat
     for folder, given in bits.items():  # innermost first
         os.chmod(data / folder, given)
     os.chmod(tmp_path, 0o777)  # what follows runs without root's capabilities
-    try:
+    with reopened([data, out], ["ro", "ro/sub", "ro/sub/empty"]):
         proc = cli_unprivileged(repo, data, "commit", "-q")
         assert proc.returncode == 0, proc.stderr
-        proc = cli_unprivileged(repo, data, "checkout", "latest", "--to", str(out), "--json")
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["warnings"] == []
+        checkout_unprivileged(repo, data, out)
         assert (out / "ro" / "sub" / "y.txt").read_text() == "y"
         assert {f: mode(out / f) for f in bits} == bits
-    finally:
-        for root in (data, out):
-            for folder in ("ro", "ro/sub", "ro/sub/empty"):
-                if (root / folder).exists():
-                    os.chmod(root / folder, 0o755)
