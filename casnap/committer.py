@@ -193,8 +193,7 @@ def commit(
                 "characters or surrounding spaces"
             )
     except BaseException:
-        rollback.after_failed_commit(repo.backend, (), repo.created)
-        repo.created = None
+        rollback.take_back(repo)
         raise
     options = CommitOptions(
         message=message,

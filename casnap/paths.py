@@ -130,11 +130,15 @@ def commit_paths(given: Sequence[str], data_dir: Path) -> tuple[str, ...]:
 def snapshot_holds(snap: Snapshot) -> Callable[[str], bool]:
     """exists() for paths of a snapshot: rel is one of its files or folders."""
     names = {f.path for f in snap.files}
-    folders: set[str] = set()
-    for name in names:
-        folder = posixpath.dirname(name)
-        while folder and folder not in folders:
-            folders.add(folder)
-            folder = posixpath.dirname(folder)
-    folders |= set(snap.dirs) - {"."}
+    folders = folders_above(names) | (set(snap.dirs) - {"."})
     return lambda rel: rel in names or rel in folders
+
+
+def folders_above(paths: Iterable[str]) -> set[str]:
+    """The folders above paths ("a" and "a/b" for "a/b/c"): each folder climbed from once."""
+    out: set[str] = set()
+    for parent in {p.rpartition("/")[0] for p in paths}:
+        while parent and parent not in out:
+            out.add(parent)
+            parent = parent.rpartition("/")[0]
+    return out

@@ -21,7 +21,7 @@ from casnap.errors import AmbiguousSnapshot, InvalidArgument, SnapshotNotFound
 from casnap.heads import Damage, named, way_out
 from casnap.ids import ObjectId, is_hex_prefix
 from casnap.manifest import FileEntry, Snapshot
-from casnap.paths import normalize_paths
+from casnap.paths import folders_above, normalize_paths
 
 Snaps = Sequence[tuple[ObjectId, Snapshot]]
 
@@ -284,7 +284,7 @@ class Selection(NamedTuple):
         """The folders the snapshots hold that no restored file lies in (an app's empty
         `uploads/`), within scope (all when empty), none skipped unread at a commit: outermost
         first, so each comes after the folder holding it."""
-        full = self.entries.keys() | _above(self.entries)
+        full = self.entries.keys() | folders_above(self.entries)
         skipped = self.skipped()
         return sorted(
             f
@@ -319,21 +319,11 @@ def newest_of_groups(snaps: Snaps, source: str, host: str) -> list[tuple[ObjectI
     return sorted(groups.values(), key=lambda s: s[1].time, reverse=True)
 
 
-def _above(paths: Iterable[str]) -> set[str]:
-    """The folders above paths ("a" and "a/b" for "a/b/c"): each folder climbed from once."""
-    out: set[str] = set()
-    for parent in {p.rpartition("/")[0] for p in paths}:
-        while parent and parent not in out:
-            out.add(parent)
-            parent = parent.rpartition("/")[0]
-    return out
-
-
 def holds(
     entries: dict[str, tuple[FileEntry, ObjectId]], held: Iterable[str] = ()
 ) -> Callable[[str], bool]:
     """Whether a relative path is one of the files, a folder above one, or one of held."""
-    folders = _above(entries) | set(held)
+    folders = folders_above(entries) | set(held)
     return lambda rel: rel in entries or rel in folders
 
 
