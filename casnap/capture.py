@@ -52,17 +52,31 @@ class SourceFile(NamedTuple):
         return Path(self.full)
 
 
-def is_excluded(rel: str, excludes: Sequence[str]) -> bool:
-    """True when rel (or its file name, or a folder above it) matches an exclude glob."""
+def is_excluded(rel: str, excludes: Sequence[str], folder: bool | None = None) -> bool:
+    """True when rel (or its file name, or a folder above it) matches an exclude glob. A glob
+    ending in `/` matches folders only (as in .gitignore) when folder says rel is none; when
+    it is not known (None), rel itself may match it too: what reads a snapshot's excludes
+    (those written before the rule too) errs on leaving a file alone."""
     parts = rel.split("/")
     for pattern in excludes:
+        folders_only = pattern.endswith("/") and folder is False
         pattern = pattern.rstrip("/")
-        for i in range(len(parts)):
+        for i in range(len(parts) - 1 if folders_only else len(parts)):
             if fnmatch.fnmatchcase("/".join(parts[: i + 1]), pattern):
                 return True
             if fnmatch.fnmatchcase(parts[i], pattern):
                 return True
     return False
+
+
+def _is_folder(full: str, entry: os.DirEntry[str] | None) -> bool | None:
+    """Whether full is a folder (not a link to one); None when that cannot be told."""
+    try:
+        if entry is not None:
+            return entry.is_dir(follow_symlinks=False)
+        return stat.S_ISDIR(os.lstat(full).st_mode)
+    except OSError:
+        return None
 
 
 def is_ignored_name(name: str) -> bool:
@@ -147,7 +161,8 @@ def scan(
 
     def visit(full: str, rel: str, entry: os.DirEntry[str] | None = None) -> None:
         name = entry.name if entry is not None else os.path.basename(full)
-        if is_excluded(rel, excludes) or full in pruned:
+        folder = _is_folder(full, entry)
+        if is_excluded(rel, excludes, folder) or full in pruned:
             return
         if is_ignored_name(name):
             if opts.skipped is not None:

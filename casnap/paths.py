@@ -114,7 +114,8 @@ def exclude_patterns(given: Iterable[str], data_dir: Path) -> tuple[str, ...]:
             raise InvalidArgument(f"--exclude {pattern}: {exc}") from exc
         if rel == ALL and n == len(parts):
             raise InvalidArgument(f"--exclude {pattern} would leave out the whole data dir")
-        out.append("/".join(([] if rel == ALL else [rel]) + parts[n:]))
+        slash = "/" if pattern.endswith("/") else ""  # folders only
+        out.append("/".join(([] if rel == ALL else [rel]) + parts[n:]) + slash)
     return tuple(out)
 
 

@@ -233,6 +233,20 @@ def test_an_exclude_is_read_as_paths_are(data: Path, form: str) -> None:
     assert [f["path"] for f in json.loads(run("ls", "latest", "--json")[1])["files"]] == ["app.db"]
 
 
+@pytest.mark.parametrize("form", ["notes.txt/", "./notes.txt/", "data/notes.txt/", "*.txt/"])
+def test_an_exclude_ending_in_a_slash_leaves_out_folders_only(data: Path, form: str) -> None:
+    """`--exclude notes.txt/` (as in .gitignore: folders of that name) left out the file
+    notes.txt too: a file the user meant to keep was in no snapshot."""
+    (data / "notes.txt").write_text("keep me")
+    (data / "sub" / "notes.txt").mkdir(parents=True)
+    (data / "sub" / "notes.txt" / "inner").write_text("leave me out")
+    code, _, err = run("commit", "--exclude", form)
+    assert code == 0, err
+    files = [f["path"] for f in json.loads(run("ls", "latest", "--json")[1])["files"]]
+    assert "notes.txt" in files
+    assert "sub/notes.txt/inner" not in files or form in ("./notes.txt/", "data/notes.txt/")
+
+
 @pytest.mark.parametrize("given", ["../elsewhere", "/tmp", ".", "/"])
 def test_an_exclude_outside_the_data_dir_or_of_all_of_it_is_a_usage_error(
     data: Path, given: str
