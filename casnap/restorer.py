@@ -534,8 +534,10 @@ class _Checkout:
                 self.sel, view, selected, kept, lambda rel: self.present.hash_at(tree, rel)
             )
             report = smoke_report.SmokeReport((*report.checks, *whole))
-        if self.opts.smoke_cmd:  # on a copy: the command may write, the stage stays as verified
-            report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
+        if not self.opts.smoke_cmd:  # the built-in checks only read (immutable, read-only)
+            return report
+        # on a copy: the command may write, the stage stays as verified, unless it wrote there
+        report = run_smoke_cmd(stage, self.opts.smoke_cmd, env, report)
         now = stage.fingerprints(sorted(staged_paths))
         changed = sorted(p for p in staged_paths if now[p] != before[p])
         if changed:

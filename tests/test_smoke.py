@@ -436,3 +436,26 @@ def test_an_index_cut_short_is_said_to_end_early_in_plain_words(
     assert detail.startswith("cannot be read: the file ends early"), detail
     assert "read error in" not in detail and "(Success)" not in detail
     assert str(tmp_path) not in detail
+
+
+def test_a_smoke_command_that_writes_into_the_stage_itself_fails_the_checkout(
+    tmp_path: Path,
+) -> None:
+    """The command runs on a copy of the stage; one that finds the stage beside its copy and
+    writes there would put bytes no hash verified in place: the checkout fails instead,
+    naming the file, and the target keeps what it held."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("v1")
+    repo = Repository.init(tmp_path / "repo")
+    first = commit(repo, data).id
+    (data / "notes.txt").write_text("v2")
+    commit(repo, data)
+    cmd = (
+        'for d in "$CASNAP_STAGED_DIR"/../.casnap-tmp-stage-*; do '
+        '[ "$(cd "$d" && pwd -P)" = "$(cd "$CASNAP_STAGED_DIR" && pwd -P)" ] || '
+        'printf tampered > "$d/notes.txt"; done'
+    )
+    with pytest.raises(SmokeCheckFailed, match="modified notes.txt"):
+        checkout(repo, first, data, smoke=False, smoke_cmd=cmd, safety_snapshot=False)
+    assert (data / "notes.txt").read_text() == "v2"
