@@ -392,7 +392,7 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool, held: Held | None =
         for key, size in p.index_keys:
             if key != new_key:
                 if not dry_run:
-                    before_delete(held)
+                    before_delete(held, in_a_row=True)
                     backend.delete(key)
                 report.index_files_removed += 1
                 report.index_bytes_removed += size
@@ -401,14 +401,14 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool, held: Held | None =
     for fate in p.fates.values():
         if fate.action != KEEP and fate.pack not in new_packs:
             if not dry_run:
-                before_delete(held)
+                before_delete(held, in_a_row=True)
                 backend.delete(pack_key(fate.pack))
             report.pack_bytes_removed += fate.size
     for path in p.temp_files:
         try:
             size = path.stat().st_size
             if not dry_run:
-                before_delete(held)
+                before_delete(held, in_a_row=True)
                 path.unlink()
         except FileNotFoundError:
             continue  # gone meanwhile

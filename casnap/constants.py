@@ -197,6 +197,11 @@ LOCK_STALE_SECONDS = 30 * 60.0
 # before it deletes what a commit made meanwhile may need. A minute keeps every delete well
 # inside LOCK_STALE of a write found still there.
 LOCK_CONFIRM_SECONDS = 60.0
+# Between those writes, in a loop that only deletes (gc's packs, forget's manifests), a look-up
+# that found the lock there this recently does for the next delete: a gc deleting hundreds of
+# objects on a remote store pays a request a second, not one per delete, and a lock removed
+# meanwhile (`unlock --force`) still stops it within a second.
+LOCK_LOOKUP_SECONDS = 1.0
 
 # Storage requests that fail transiently (TransientError: timeouts, resets, 5xx, throttling) are
 # tried this many times in all (backends/retrying.py), waiting a random time between 0 and

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from casnap.backends.base import Backend
 from casnap.constants import (
     LOCK_CONFIRM_SECONDS,
+    LOCK_LOOKUP_SECONDS,
     LOCK_REFRESH_SECONDS,
     LOCK_STALE_SECONDS,
     LOCK_WAIT_SECONDS,
@@ -227,6 +228,7 @@ class Held:
         self._last = time.monotonic()
         self._last_wall = time.time()
         self._confirmed = False  # by before_delete, at least once
+        self._looked = (self._last, self._last_wall)  # the lock last seen there (both clocks)
         self._mutex = threading.Lock()  # one refresh at a time: the thread's or before_delete's
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="casnap-lock-refresh", daemon=True)
@@ -267,6 +269,7 @@ class Held:
             self.lost = "its lock was removed while it ran"
             return False
         self.key, self._last, self._last_wall = new, mono, wall
+        self._looked = (mono, wall)
         return True
 
     def unwritten(self) -> float:
@@ -275,17 +278,20 @@ class Held:
         machine was suspended), whichever says longer."""
         return max(time.monotonic() - self._last, time.time() - self._last_wall)
 
-    def before_delete(self) -> None:
+    def before_delete(self, in_a_row: bool = False) -> None:
         """Called before each delete of a holder that deletes (gc, prune, forget, a commit's
         rollback): LockError when the lock is lost (see confirm); the first call writes the
-        lock afresh, so the deletes after it run a full stale age from a write found kept."""
+        lock afresh, so the deletes after it run a full stale age from a write found kept.
+        in_a_row: a delete of a loop doing nothing else (gc's packs, forget's manifests), for
+        which a look-up of the lock at most every LOCK_LOOKUP_SECONDS does."""
         self.confirm(
             "deleting anything more",
             "what it was about to delete may be in use by another process's snapshot; run it again",
             write=not self._confirmed,
+            seen_within=LOCK_LOOKUP_SECONDS if in_a_row else 0.0,
         )
 
-    def confirm(self, doing: str, then: str, write: bool = False) -> None:
+    def confirm(self, doing: str, then: str, write: bool = False, seen_within: float = 0.0) -> None:
         """LockError, saying the holder stopped before `doing` and `then`, when the lock is lost.
 
         A holder stalled past the stale age (a suspended machine, a stopped process) may have
@@ -294,15 +300,19 @@ class Held:
         one planned to delete, or deleted what this one just reused (docs/FORMAT.md, "Locks").
         So a lock last written LOCK_CONFIRM_SECONDS ago or more (or with write) is written
         afresh, which tells whether it was removed meanwhile; any other is looked up (a look-up
-        that fails cannot tell: so fresh a lock counts as there, as at its release)."""
+        that fails cannot tell: so fresh a lock counts as there, as at its release), unless it
+        was seen there (written or looked up) less than seen_within seconds ago by both clocks:
+        a gc deleting hundreds of objects on a remote store then pays a request a second, not
+        one per delete."""
         with self._mutex:
             if self.lost is None:
                 if write or self.unwritten() > LOCK_CONFIRM_SECONDS:
                     self._confirm()
-                else:
+                elif _since(self._looked) >= seen_within:
                     with contextlib.suppress(CasnapError):
                         if not self.backend.exists(self.key):
                             self.lost = "its lock was removed while it ran"
+                    self._looked = (time.monotonic(), time.time())
             if self.lost is not None:
                 raise LockError(
                     f"{self.operation} on {self.backend.location} stopped before {doing}: "
@@ -347,10 +357,15 @@ def _release_held() -> None:
         _HOLDING.discard(held)
 
 
-def before_delete(held: Held | None) -> None:
+def _since(when: tuple[float, float]) -> float:
+    """Seconds since when (monotonic, wall), by whichever clock says longer (Held.unwritten)."""
+    return max(time.monotonic() - when[0], time.time() - when[1])
+
+
+def before_delete(held: Held | None, in_a_row: bool = False) -> None:
     """held.before_delete() (see Held), for a holder that may run without a lock (None)."""
     if held is not None:
-        held.before_delete()
+        held.before_delete(in_a_row)
 
 
 def holding(backend: Backend) -> Held | None:

@@ -436,7 +436,7 @@ def _remove(
         for hex_id in report.removed:
             report.manifest_bytes_removed += sizes.get(hex_id, 0)
             if not dry_run:
-                locks.before_delete(held)
+                locks.before_delete(held, in_a_row=True)
                 repo.remove_snapshot(ObjectId.from_hex(hex_id))
                 forgotten.append(hex_id)
         if planned is not None:

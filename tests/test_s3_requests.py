@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from casnap import checkout, copy_snapshots, locks
+from casnap import checkout, collector, copy_snapshots, locks, retention
 from casnap.backends.base import Backend
 from casnap.committer import commit
 from casnap.constants import FRAME_TARGET
@@ -275,6 +275,33 @@ def test_a_copy_out_of_s3_fetches_whole_packs_not_frame_by_frame(
     assert dsid != sid  # named with the plain destination's ids
     src.close()
     dst.close()
+
+
+def test_a_gc_on_s3_looks_its_lock_up_far_less_often_than_it_deletes(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """A gc confirmed its lock with a HEAD request before each delete: as many requests again
+    as objects deleted on a remote store. It looks the lock up at most once a second now (and
+    writes it afresh before the first delete, as before); what it keeps still restores."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = f"s3://{s3_bucket}/gc"
+    repo = Repository.open_or_init(url, password=lambda: PW, encryption="repokey")
+    rng = np.random.default_rng(4)
+    for _ in range(12):  # a pack of its own for each snapshot
+        (data / "blob.bin").write_bytes(rng.integers(0, 256, 64 << 10, dtype=np.uint8).tobytes())
+        last = commit(repo, data).id
+    retention.forget(repo, [s.hex() for s, _ in repo.snapshots() if s.hex() != last])
+    repo.close()
+    repo, requests = open_s3(url)
+    collector.collect(repo, max_unused=0)
+    deletes = [key for op, key in requests.sent if op == "DeleteObject" and "/locks/" not in key]
+    heads = [key for op, key in requests.sent if op == "HeadObject" and "/locks/" in key]
+    assert len(deletes) >= 11, requests.operations()
+    assert len(heads) <= 2 + len(deletes) // 4, requests.operations()
+    checkout(repo, last, tmp_path / "out", safety_snapshot=False)
+    assert snapshot_tree(tmp_path / "out") == snapshot_tree(data)
+    repo.close()
 
 
 @pytest.mark.parametrize(
