@@ -291,6 +291,7 @@ def idmap_store_peak(tmp_path: Path, n: int) -> int:
     maps["node_id_to_faiss_id_map"] = {"n0": 0, "n1": 1}
     (folder / "id_map.json").write_text(json.dumps(maps))
     (folder / "docstore.json").write_text(json.dumps({"docstore/data": {"n0": {}, "n1": {}}}))
+    (folder / "index_store.json").write_text(json.dumps({"index_store/data": {}}))
     result, peak = run_measured(["--repo", str(repo), "--data", str(data), "commit"])
     assert result.returncode == 0, result.stderr
     assert f"the index holds {n} distinct ids" in result.stderr, result.stderr

@@ -5,6 +5,7 @@ range, a pickle naming a class of its own, a small store Chroma has not persiste
 from __future__ import annotations
 
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -145,3 +146,30 @@ def test_the_langchain_check_reads_the_pickle_only(tmp_path: Path) -> None:
     found = {f.check: f for f in langchain.check(store, view)}
     assert found["langchain-docstore"].info == {"documents": 50, "positions": 50}
     assert found["langchain-counts"].ok
+
+
+def test_chroma_segments_without_their_database_fail_their_checks(tmp_path: Path) -> None:
+    """Segment folders whose chroma.sqlite3 is gone (excluded, deleted): Chroma opens an empty
+    store there and the collections are lost to the app, so the store's check fails."""
+    data = tmp_path / "data"
+    make_chroma(data)
+    (data / CHROMA_DIR / "chroma.sqlite3").unlink()
+    shutil.copytree(data / CHROMA_DIR, tmp_path / "copy")
+    with quiet():
+        import chromadb
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+        settings = chromadb.Settings(anonymized_telemetry=False)
+        client = chromadb.PersistentClient(path=str(tmp_path / "copy"), settings=settings)
+        assert client.list_collections() == []  # what Chroma makes of the folder
+        SharedSystemClient.clear_system_cache()
+    view = files_of(data)
+    (store,) = layouts.find_stores(list(view))
+    assert store.kind == "chroma" and store.root == CHROMA_DIR
+    found = layouts.check_store(store, view, deep=True, private=True)
+    failed = [(f.check, f.path) for f in found if not f.ok]
+    assert failed == [("chroma-counts", f"{CHROMA_DIR}/chroma.sqlite3")], found
+    assert "chroma.sqlite3 is missing" in next(f.detail for f in found if not f.ok)
+    report = smoke_check(view, view)
+    assert {c.check for c in report.failures} == {"chroma-counts"}

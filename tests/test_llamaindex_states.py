@@ -260,3 +260,37 @@ def test_what_llamaindex_cannot_read_is_still_refused(case: str, tmp_path: Path)
     found = counts(tmp_path)
     assert not found.ok
     assert re.search(why, found.detail), found.detail
+
+
+# A file of the persist dir gone (excluded at commit, deleted by hand, a persist cut short):
+# LlamaIndex cannot open the store, so its check must not pass either.
+MISSING = {
+    "docstore.json": r"docstore.json is missing, yet index_store.json names \d+ node",
+    "index_store.json": r"index_store.json is missing",
+    "default__vector_store.json": r"id_map.json maps \d+ FAISS id\(s\), yet .* no FAISS",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_a_file_llamaindex_needs_missing_is_refused(name: str, tmp_path: Path) -> None:
+    make_store(tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises((OSError, ValueError)):
+        load(tmp_path)  # LlamaIndex itself cannot open what is left
+    found = counts(tmp_path)
+    assert not found.ok
+    assert re.search(MISSING[name], found.detail), found.detail
+
+
+def test_a_docstore_persisted_alone_passes(tmp_path: Path) -> None:
+    """An ingestion pipeline's persist dir holds docstore.json alone: nothing is missing."""
+    with quiet():
+        from llama_index.core.ingestion import IngestionPipeline
+        from llama_index.core.storage.docstore import SimpleDocumentStore
+
+        pipeline = IngestionPipeline(transformations=[], docstore=SimpleDocumentStore())
+        pipeline.run(documents=documents())
+        pipeline.persist(str(tmp_path))
+    view = {p.relative_to(tmp_path).as_posix(): p for p in tmp_path.rglob("*") if p.is_file()}
+    (store,) = layouts.find_stores(list(view))
+    assert all(f.ok for f in llamaindex.check(store, view))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from casnap.formats import CHROMA_METADATA, Finding, StoreLayout, hnsw
+from casnap.formats import CHROMA_DATABASE, CHROMA_METADATA, Finding, StoreLayout, hnsw
 from casnap.formats.pickles import Global, PickleProblem, state_of, walk
 from casnap.formats.sqlite import check_side_files, file_uri
 
@@ -37,7 +37,9 @@ _ADD, _UPDATE, _UPSERT, _DELETE = 0, 1, 2, 3
 def segments(store: StoreLayout) -> dict[str, str]:
     """The segment folders of a store: segment id -> relative folder."""
     out = {}
-    for rel in store.files[1:]:
+    for rel in store.files:
+        if rel == store.rel(CHROMA_DATABASE):
+            continue
         folder = PurePosixPath(rel).parent
         out[folder.name] = folder.as_posix()
     return out
@@ -240,7 +242,13 @@ def check(store: StoreLayout, view: Mapping[str, Path], deep: bool, private: boo
         seg = _Segment()
         found += _check_segment(folder, view, deep, seg)
         segs[sid] = seg
-    db_rel = store.files[0]
+    db_rel = store.rel(CHROMA_DATABASE)
+    if db_rel not in store.files:  # segment folders whose database is gone
+        detail = (
+            f"{CHROMA_DATABASE} is missing, yet {len(segs)} HNSW segment folder(s) lie beside "
+            "its place: Chroma opens an empty store without it"
+        )
+        return [*found, Finding("chroma-counts", db_rel, False, detail)]
     try:
         records = read_database(Path(view[db_rel]), private)
     except sqlite3.OperationalError as exc:

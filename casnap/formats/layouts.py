@@ -1,11 +1,11 @@
 """Which framework stores a data dir holds, and the checks of each, by layout.
 
 A layout is recognised here by its file names alone (a `chroma.sqlite3` with segment folders
-beside it, a `<name>.faiss` with its `<name>.pkl`, a folder with `docstore.json` or
-`index_store.json`); what its files must hold, and how their counts must agree, lives in its own
-module (formats/chroma.py, formats/langchain.py, formats/llamaindex.py), loaded only to check a
-store found. FAISS indexes are checked as FAISS indexes wherever they are (formats/faiss.py);
-these checks come on top.
+beside it, or Chroma's segment folders without it; a `<name>.faiss` with its `<name>.pkl`; a
+folder with `docstore.json` or `index_store.json`); what its files must hold, and how their
+counts must agree, lives in its own module (formats/chroma.py, formats/langchain.py,
+formats/llamaindex.py), loaded only to check a store found. FAISS indexes are checked as FAISS
+indexes wherever they are (formats/faiss.py); these checks come on top.
 """
 
 from __future__ import annotations
@@ -53,7 +53,26 @@ def _chroma_stores(files: Collection[str]) -> list[StoreLayout]:
             if len(parts) == 2 and parts[1] in _CHROMA_SEGMENT_FILES:
                 segs.append(other)
         stores.append(StoreLayout("chroma", root, (rel, *sorted(segs))))
-    return stores
+    return stores + _chroma_without_database(files, {s.root for s in stores})
+
+
+def _chroma_without_database(files: Collection[str], found: Collection[str]) -> list[StoreLayout]:
+    """Every folder holding Chroma's segment folders (an `index_metadata.pickle` among
+    hnswlib's files) without the `chroma.sqlite3` beside them, with those segment files: a
+    store that lost its database, which its check names."""
+    if not any(rel.endswith(CHROMA_METADATA) for rel in files):  # cheap first, as above
+        return []
+    roots: dict[str, list[str]] = {}
+    for rel in files:
+        p = PurePosixPath(rel)
+        if p.name in _CHROMA_SEGMENT_FILES and len(p.parts) >= 2:
+            root = p.parent.parent.as_posix()
+            roots.setdefault("" if root == "." else root, []).append(rel)
+    return [
+        StoreLayout("chroma", root, tuple(sorted(segs)))
+        for root, segs in sorted(roots.items())
+        if root not in found and any(PurePosixPath(r).name == CHROMA_METADATA for r in segs)
+    ]
 
 
 def _langchain_stores(files: Collection[str]) -> list[StoreLayout]:

@@ -13,7 +13,9 @@ node of the index struct must be in the docstore. The id map's nodes and the ind
 need not: `delete_nodes` takes nodes from the vector store alone (unless given
 delete_from_docstore=True), `delete_ref_doc` and `refresh_ref_docs` take a document's nodes
 from the index struct and leave their vectors (this vector store deletes by node id only);
-LlamaIndex writes and reopens each of these states.
+LlamaIndex writes and reopens each of these states. What it cannot open is a persist dir
+missing a file it reads: the docstore of an index struct that names nodes, the index store
+beside a vector store, the FAISS index an id map maps into.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # numpy is imported where ids are compared: finding a store n
     import numpy as np
 
 ID_MAP = "id_map.json"
+VECTOR_STORE_SUFFIX = "__vector_store.json"  # <namespace>__vector_store.json
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -203,10 +206,49 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
                 f"{LLAMAINDEX_INDEX_STORE}: {exc}",
             ),
         ]
+    missing = _missing(store, values, structs, faiss_stores)
+    if missing is not None:
+        return [*found, missing]
     counts = _counts(store, view, values, structs, faiss_stores)
     if counts is not None:
         found.append(counts)
     return found
+
+
+def _missing(
+    store: StoreLayout,
+    values: Mapping[str, Any],
+    structs: list[dict[str, str]],
+    faiss_stores: list[tuple[str, FaissHeader]],
+) -> Finding | None:
+    """A failed llamaindex-counts finding when a file LlamaIndex needs to open the store is
+    not there (excluded at commit, deleted, a persist cut short): the docstore of an index
+    struct naming nodes, the index store beside a vector store, the FAISS index an id map maps
+    into. None when nothing is missing. A docstore alone (an ingestion pipeline's) needs none."""
+    nodes = sum(len(s) for s in structs)
+    vector_stores = [r for r in store.files if r.endswith(VECTOR_STORE_SUFFIX)]
+    if nodes and LLAMAINDEX_DOCSTORE not in values:
+        detail = (
+            f"{LLAMAINDEX_DOCSTORE} is missing, yet {LLAMAINDEX_INDEX_STORE} names {nodes} "
+            "node(s): LlamaIndex cannot open the index without it"
+        )
+        return Finding("llamaindex-counts", store.rel(LLAMAINDEX_DOCSTORE), False, detail)
+    if vector_stores and LLAMAINDEX_INDEX_STORE not in values:
+        detail = (
+            f"{LLAMAINDEX_INDEX_STORE} is missing beside {PurePosixPath(vector_stores[0]).name}: "
+            "LlamaIndex cannot open the store without it"
+        )
+        return Finding("llamaindex-counts", store.rel(LLAMAINDEX_INDEX_STORE), False, detail)
+    id_map = values.get(ID_MAP)
+    if id_map is not None and not faiss_stores:
+        f2n = id_map.get("faiss_id_to_node_id_map") if isinstance(id_map, dict) else None
+        ids = len(f2n) if isinstance(f2n, dict) else 0
+        detail = (
+            f"{ID_MAP} maps {ids} FAISS id(s), yet the folder holds no FAISS vector store "
+            f"(default{VECTOR_STORE_SUFFIX}): LlamaIndex cannot open the store without it"
+        )
+        return Finding("llamaindex-counts", store.rel(ID_MAP), False, detail)
+    return None
 
 
 def _counts(
