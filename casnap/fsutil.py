@@ -71,9 +71,9 @@ def create_file(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
 
 
-def make_dirs(path: Path) -> None:
-    """mkdir -p path, every folder it creates 0700 and durable in its parent (fsynced);
-    existing folders are left as they are."""
+def make_dirs(path: Path, durable: bool = True) -> None:
+    """mkdir -p path, every folder it creates 0700 and (durable) made durable in its parent
+    (fsynced); existing folders are left as they are."""
     missing = []
     p = Path(path)
     while not p.is_dir():
@@ -87,6 +87,8 @@ def make_dirs(path: Path) -> None:
         except FileExistsError:
             if not folder.is_dir():
                 raise
+            continue
+        if not durable:
             continue
         fd = os.open(folder.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
