@@ -57,6 +57,8 @@ def is_excluded(rel: str, excludes: Sequence[str], folder: bool | None = None) -
     ending in `/` matches folders only (as in .gitignore) when folder says rel is none; when
     it is not known (None), rel itself may match it too: what reads a snapshot's excludes
     (those written before the rule too) errs on leaving a file alone."""
+    if rel == ".":  # the data dir itself: `*` or `*/` leave out what it holds, not all of it
+        return False
     parts = rel.split("/")
     for pattern in excludes:
         folders_only = pattern.endswith("/") and folder is False

@@ -247,6 +247,14 @@ def test_an_exclude_ending_in_a_slash_leaves_out_folders_only(data: Path, form: 
     assert "sub/notes.txt/inner" not in files or form in ("./notes.txt/", "data/notes.txt/")
 
 
+@pytest.mark.parametrize("form", ["*/", "**/", "?*/"])
+def test_an_exclude_of_every_folder_keeps_the_files_at_the_top(data: Path, form: str) -> None:
+    """`--exclude '*/'` matched the data dir itself (`.`), so the snapshot held nothing."""
+    code, _, err = run("commit", "--exclude", form)
+    assert code == 0, err
+    assert [f["path"] for f in json.loads(run("ls", "latest", "--json")[1])["files"]] == ["app.db"]
+
+
 @pytest.mark.parametrize("given", ["../elsewhere", "/tmp", ".", "/"])
 def test_an_exclude_outside_the_data_dir_or_of_all_of_it_is_a_usage_error(
     data: Path, given: str
