@@ -4,7 +4,8 @@ The policy is restic's: snapshots are taken newest first; each bucket rule (last
 weekly, monthly, yearly) keeps the newest snapshot of each of its N most recent distinct buckets;
 keep-within keeps everything newer than the newest snapshot minus a duration; keep-tag keeps what
 carries the tags. A snapshot is kept when any rule keeps it. The decision functions are pure, over
-(id, time, tags); `prune` and `forget` apply them to a repository, group by group.
+(id, time, tags); `prune` and `forget` apply them to a repository, group by group (the
+pre-checkout snapshots of a group are a group of their own: GroupKey).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from casnap import heads, locks, selection
 from casnap.config import parse_time
+from casnap.constants import SAFETY_TAG
 from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
@@ -230,23 +232,30 @@ def apply_policy(
 @dataclass(frozen=True, order=True)
 class GroupKey:
     """Snapshots are pruned per host, data dir and committed paths (() = the whole dir), as
-    restic groups by host and paths: hosts sharing a repository keep their own snapshots."""
+    restic groups by host and paths: hosts sharing a repository keep their own snapshots. The
+    pre-checkout snapshots a checkout saves (SAFETY_TAG) are a group of their own beside them:
+    newer than the commits they follow, among them they took the places of `--keep-last N` and
+    of each day's `--keep-daily` and displaced the commits the user made."""
 
     host: str
     source: str
     paths: tuple[str, ...]
+    pre_checkout: bool = False
 
     def describe(self) -> str:
-        return f"{self.host}:{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
+        where = f"{self.host}:{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
+        return f"{where} ({SAFETY_TAG})" if self.pre_checkout else where
 
 
 def group_snapshots(
     snaps: Iterable[tuple[ObjectId, Snapshot]],
 ) -> dict[GroupKey, list[tuple[ObjectId, Snapshot]]]:
-    """Snapshots by (host, source dir, paths), each group oldest first, groups sorted."""
+    """Snapshots by (host, source dir, paths, pre-checkout or not), each group oldest first,
+    groups sorted (a pre-checkout group after the commits' group it sits beside)."""
     groups: dict[GroupKey, list[tuple[ObjectId, Snapshot]]] = {}
     for sid, snap in snaps:
-        groups.setdefault(GroupKey(snap.host, snap.source, snap.paths), []).append((sid, snap))
+        key = GroupKey(snap.host, snap.source, snap.paths, SAFETY_TAG in snap.tags)
+        groups.setdefault(key, []).append((sid, snap))
     return dict(sorted(groups.items()))
 
 
@@ -273,6 +282,7 @@ class GroupResult:
             "host": self.key.host,
             "source": self.key.source,
             "paths": list(self.key.paths),
+            "pre_checkout": self.key.pre_checkout,
             "keep": [row(d) for d in self.decisions if d.keep],
             "remove": [row(d) for d in self.decisions if not d.keep],
         }

@@ -423,29 +423,45 @@ def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     assert len(Repository.open(root).snapshots()) == 2
 
 
-def test_pre_checkout_snapshots_follow_the_rules(tmp_path: Path) -> None:
+def test_pre_checkout_snapshots_are_a_group_of_their_own(tmp_path: Path) -> None:
+    """Each checkout over unsaved data saves a pre-checkout snapshot, newer than every commit:
+    in the commits' group `--keep-last 3` kept three of them and removed every real commit. They
+    are a group of their own, where each rule applies to them apart, and never displace one."""
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
     repo = Repository.init(root)
-    first = commit(repo, data).id
-    evolve(data, 1)
-    commit(repo, data)
-    evolve(data, 2)  # unsaved: checkout saves it first
-    result = checkout(repo, first, data)
-    assert result.safety_snapshot is not None
-    evolve(data, 3)
-    newest = commit(repo, data).id
+    commits = []
+    for step in range(4):
+        evolve(data, step + 1)
+        commits.append(commit(repo, data).id)
+    saved = []
+    for step in range(3):
+        evolve(data, step + 10)  # unsaved: the checkout saves it first
+        saved.append(checkout(repo, commits[step], data).safety_snapshot)
+    assert None not in saved
     base = ["--repo", str(root), "--data", str(data)]
-    code, out = run(*base, "prune", "--keep-last", "1", "--dry-run", "--json")
-    assert json.loads(out)["groups"][0]["keep"][0]["id"] == newest
-    assert result.safety_snapshot in json.loads(out)["removed"]
-    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pre-checkout", "--json")
+    code, out = run(*base, "prune", "--keep-last", "3", "--dry-run", "--json")
     assert code == 0, out
-    kept_ids = {k["id"] for k in json.loads(out)["groups"][0]["keep"]}
-    assert kept_ids == {newest, result.safety_snapshot}
+    groups = json.loads(out)["groups"]
+    assert [(g["pre_checkout"], [k["id"] for k in g["keep"]]) for g in groups] == [
+        (False, commits[:0:-1]),
+        (True, saved[::-1]),
+    ]
+    assert json.loads(out)["removed"] == [commits[0]]
+    code, out = run(*base, "prune", "--keep-last", "3", "--dry-run")
+    assert code == 0, out
+    headers = [line for line in out.splitlines() if line.endswith("snapshot(s)")]
+    assert len(headers) == 2 and "pre-checkout" not in headers[0], out
+    assert "pre-checkout" in headers[1] and "keep 3, remove 0" in headers[1], out
+    # --keep-daily 1: the day's newest commit, and the newest pre-checkout snapshot apart
+    code, out = run(*base, "prune", "--keep-daily", "1", "--json")
+    assert code == 0, out
     repo = Repository.open(root)
-    assert {s.hex() for s, _ in repo.snapshots()} == kept_ids
+    assert {s.hex() for s, _ in repo.snapshots()} == {commits[-1], saved[-1]}
     assert verify(repo, read_data=True).ok
+    keys = list(retention.group_snapshots(repo.snapshots()))
+    assert [k.pre_checkout for k in keys] == [False, True]
+    assert keys[0].describe() + " (pre-checkout)" == keys[1].describe()
 
 
 def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:

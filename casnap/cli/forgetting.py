@@ -113,7 +113,8 @@ def prune(
 ) -> None:
     """Forget snapshots a retention policy does not keep, then gc.
 
-    Rules work as in restic, per group of snapshots with the same host, data dir and paths: each
+    Rules work as in restic, per group of snapshots with the same host, data dir and paths (the
+    pre-checkout snapshots a checkout saved are a group of their own): each
     --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
     periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
     """
