@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from casnap import heads, locks, selection
 from casnap.config import parse_time
 from casnap.constants import SAFETY_TAG
-from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy
+from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy, SnapshotNotFound
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
 from casnap.repository import Repository
@@ -332,7 +332,8 @@ def prune(
     """Forget the snapshots policy does not keep, in every group (or the groups whose snapshots
     select matches: with paths, those committed with all of them; see selection.py).
 
-    Refuses an empty policy: a prune that keeps nothing is always a mistake. Buckets use tz
+    Refuses an empty policy: a prune that keeps nothing is always a mistake; so is a keep-tag
+    naming a tag no snapshot carries (SnapshotNotFound, nothing removed). Buckets use tz
     (None: the local time zone, as restic does). Data is reclaimed by gc afterwards: with gc
     (its max-unused percentage), under the same lock, planned before anything is forgotten
     (see _remove); not when select matches no snapshot.
@@ -349,7 +350,9 @@ def prune(
     report = PruneReport(dry_run=dry_run, policy=policy.describe())
     with repo.lock("prune", dry_run=dry_run) as held:
         repo.refresh()
-        for key, members in group_snapshots(repo.snapshots(files=True)).items():
+        snaps = repo.snapshots(files=True)
+        _refuse_unknown_tags(policy, snaps)
+        for key, members in group_snapshots(snaps).items():
             if select is not None:
                 members = select.select(members)
                 if not members:
@@ -361,6 +364,22 @@ def prune(
         _remove(repo, report, dry_run, gc if select is None or report.groups else None, held)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _refuse_unknown_tags(policy: Policy, snaps: Iterable[tuple[ObjectId, Snapshot]]) -> None:
+    """SnapshotNotFound when a keep-tag names a tag no snapshot of the repository carries (but
+    SAFETY_TAG, casnap's own, carried by none before the first checkout saves one): a typo
+    that keeps nothing, so the prune would remove every snapshot of a group it was to keep. As
+    a --path no snapshot was committed with, it stops the prune with nothing removed."""
+    carried = {tag for _, snap in snaps for tag in snap.tags} | {SAFETY_TAG}
+    named = dict.fromkeys(tag for wanted in policy.tags for tag in wanted)
+    missing = [tag for tag in named if tag not in carried]
+    if missing:
+        what = f"tags {', '.join(missing)}" if len(missing) > 1 else f"tag {missing[0]}"
+        raise SnapshotNotFound(
+            f"--keep-tag: no snapshot in the repository carries the {what} (mistyped?): "
+            "nothing pruned"
+        )
 
 
 def forget(

@@ -17,7 +17,7 @@ from casnap import checker, collector, retention
 from casnap.checker import verify
 from casnap.cli import cli
 from casnap.committer import commit
-from casnap.errors import InvalidPolicy
+from casnap.errors import EXIT_CODES, InvalidPolicy, SnapshotNotFound
 from casnap.ids import ObjectId
 from casnap.packs import pack_key
 from casnap.repository import Repository
@@ -395,6 +395,48 @@ def test_prune_with_only_a_zero_rule_says_zero_is_no_rule(tmp_path: Path, rule: 
     assert code == 2
     assert "at least one keep rule" in out and "0 is no rule" in out
     assert len(Repository.open(tmp_path / "repo").snapshots()) == 1
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [["--keep-tag", "nosuch"], ["--keep-last", "1", "--keep-tag", "pin,nosuch"]],
+    ids=["alone", "beside-a-tag-that-is-carried"],
+)
+def test_prune_keep_tag_no_snapshot_carries_is_an_error(tmp_path: Path, rules: list[str]) -> None:
+    """A mistyped `--keep-tag` kept nothing, so the prune removed every snapshot of the group
+    (`--path` of a path no snapshot has exits 4): it is that error now, and nothing is removed."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(3):
+        evolve(data, step + 1)
+        commit(repo, data, tags=("pin",) if step == 0 else ())
+    before = sorted(p.name for p in root.rglob("*") if p.is_file())
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", *rules)
+    assert code == SnapshotNotFound.exit_code == EXIT_CODES["not-found"], out
+    code_path, out_path = run(*base, "prune", "--keep-last", "1", "--path", "nosuch")
+    assert code == code_path, out_path
+    assert len(out.splitlines()) == 1 and "nosuch" in out and "nothing pruned" in out, out
+    assert "pin" not in out.replace("pin,nosuch", ""), out  # only the tag no snapshot carries
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == before
+    with pytest.raises(SnapshotNotFound):
+        retention.prune(repo, Policy(tags=(("nosuch",),)), dry_run=True)
+
+
+def test_prune_keep_tag_pre_checkout_before_any_checkout_is_no_error(tmp_path: Path) -> None:
+    """pre-checkout is casnap's own tag, no typo: a scheduled prune that keeps those snapshots
+    runs before the first checkout has saved one."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(2):
+        evolve(data, step + 1)
+        commit(repo, data)
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pre-checkout", "--json")
+    assert code == 0, out
+    assert len(json.loads(out)["removed"]) == 1
 
 
 def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:

@@ -77,7 +77,8 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     "keep_tags",
     multiple=True,
     metavar="TAG[,TAG]",
-    help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them).",
+    help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them). Exit 4, nothing "
+    "pruned, when no snapshot in the repository carries one of them (a typo).",
 )
 @click.option(
     "--path",
