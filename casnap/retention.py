@@ -49,12 +49,14 @@ class Duration:
 
     @classmethod
     def parse(cls, text: str) -> Duration:
-        """Parse `1y2m3d4h` style text (units y, m, w, d, h, each at most once, in any order)."""
+        """Parse `1y2m3d4h` style text (units y, m = months, w, d, h, each at most once, in
+        any order; restic's: no minutes)."""
         s = text.strip().lower()
         parts = _DURATION.findall(s)
         if not s or "".join(n + u for n, u in parts) != s:
             raise InvalidPolicy(
-                f"invalid duration {text!r}: use numbers with units y, m, w, d, h (e.g. 2d, 1y2m)"
+                f"invalid duration {text!r}: use numbers with units y, m (months), w, d, h "
+                "(e.g. 2d, 1y2m; no minutes, as in restic)"
             )
         units = [u for _, u in parts]
         if len(set(units)) != len(units):
@@ -76,6 +78,7 @@ class Duration:
             return dt.datetime.min.replace(tzinfo=t.tzinfo)
 
     def __str__(self) -> str:
+        """Largest unit first, weeks as days: `2h30m` (30 months) is `30m2h`."""
         out = "".join(
             f"{n}{u}"
             for n, u in ((self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h"))

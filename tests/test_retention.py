@@ -253,6 +253,25 @@ def test_duration_rejects(text: str) -> None:
         Duration.parse(text)
 
 
+def test_keep_within_m_is_months_shown_largest_unit_first() -> None:
+    """As in restic, `m` is months and minutes are no unit: `2h30m` is 2 hours and 30 months,
+    shown largest unit first (`30m2h`), which reads as minutes to one who took `m` for them. The
+    option's help and USAGE say what `m` is."""
+    assert Duration.parse("2h30m") == Duration(months=30, hours=2)
+    assert str(Duration.parse("2h30m")) == "30m2h"
+    assert str(Duration.parse("4h3d2m1y")) == "1y2m3d4h"
+    assert str(Duration.parse("1w2h")) == "7d2h"
+    help_text = " ".join(
+        next(p.help or "" for p in cli.commands["prune"].params if p.name == "keep_within").split()
+    )
+    assert "m (months)" in help_text and "no minutes" in help_text, help_text
+    usage = (Path(__file__).resolve().parent.parent / "docs" / "USAGE.md").read_text()
+    section = usage[usage.index("## casnap prune") :].split("\n## ")[0]
+    assert "`m` is months" in " ".join(section.split()), section[:400]
+    with pytest.raises(InvalidPolicy, match=r"m \(months\)"):
+        Duration.parse("30min")
+
+
 def test_duration_before_normalises_like_go() -> None:
     assert Duration.parse("1m").before(t("2024-03-31 00:00")) == t("2024-03-02 00:00")
     assert Duration.parse("1y").before(t("2024-02-29 12:00")) == t("2023-03-01 12:00")

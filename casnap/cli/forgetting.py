@@ -70,7 +70,9 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     "--keep-within",
     default=None,
     metavar="DURATION",
-    help="Keep snapshots newer than the group's newest minus DURATION (2d, 1w, 1y2m3h).",
+    help="Keep snapshots newer than the group's newest minus DURATION: numbers with units y, "
+    "m (months), w, d, h, e.g. 2d, 1w, 1y2m3h. As in restic, m is months and there are no "
+    "minutes: 2h30m is 30 months and 2 hours.",
 )
 @click.option(
     "--keep-tag",
