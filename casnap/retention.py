@@ -4,7 +4,8 @@ The policy is restic's: snapshots are taken newest first; each bucket rule (last
 weekly, monthly, yearly) keeps the newest snapshot of each of its N most recent distinct buckets;
 keep-within keeps everything newer than the newest snapshot minus a duration; keep-tag keeps what
 carries the tags. A snapshot is kept when any rule keeps it. The decision functions are pure, over
-(id, time, tags); `prune` and `forget` apply them to a repository, group by group.
+(id, time, tags); `prune` and `forget` apply them to a repository, group by group (the
+pre-checkout snapshots of a group are a group of their own: GroupKey).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from casnap import heads, locks, selection
 from casnap.config import parse_time
-from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy
+from casnap.constants import SAFETY_TAG
+from casnap.errors import CasnapError, InvalidArgument, InvalidPolicy, SnapshotNotFound
 from casnap.ids import ObjectId
 from casnap.manifest import Snapshot
 from casnap.repository import Repository
@@ -47,12 +49,14 @@ class Duration:
 
     @classmethod
     def parse(cls, text: str) -> Duration:
-        """Parse `1y2m3d4h` style text (units y, m, w, d, h, each at most once, in any order)."""
+        """Parse `1y2m3d4h` style text (units y, m = months, w, d, h, each at most once, in
+        any order; restic's: no minutes)."""
         s = text.strip().lower()
         parts = _DURATION.findall(s)
         if not s or "".join(n + u for n, u in parts) != s:
             raise InvalidPolicy(
-                f"invalid duration {text!r}: use numbers with units y, m, w, d, h (e.g. 2d, 1y2m)"
+                f"invalid duration {text!r}: use numbers with units y, m (months), w, d, h "
+                "(e.g. 2d, 1y2m; no minutes, as in restic)"
             )
         units = [u for _, u in parts]
         if len(set(units)) != len(units):
@@ -74,6 +78,7 @@ class Duration:
             return dt.datetime.min.replace(tzinfo=t.tzinfo)
 
     def __str__(self) -> str:
+        """Largest unit first, weeks as days: `2h30m` (30 months) is `30m2h`."""
         out = "".join(
             f"{n}{u}"
             for n, u in ((self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h"))
@@ -230,23 +235,30 @@ def apply_policy(
 @dataclass(frozen=True, order=True)
 class GroupKey:
     """Snapshots are pruned per host, data dir and committed paths (() = the whole dir), as
-    restic groups by host and paths: hosts sharing a repository keep their own snapshots."""
+    restic groups by host and paths: hosts sharing a repository keep their own snapshots. The
+    pre-checkout snapshots a checkout saves (SAFETY_TAG) are a group of their own beside them:
+    newer than the commits they follow, among them they took the places of `--keep-last N` and
+    of each day's `--keep-daily` and displaced the commits the user made."""
 
     host: str
     source: str
     paths: tuple[str, ...]
+    pre_checkout: bool = False
 
     def describe(self) -> str:
-        return f"{self.host}:{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
+        where = f"{self.host}:{self.source} [{' '.join(self.paths) if self.paths else 'whole dir'}]"
+        return f"{where} ({SAFETY_TAG})" if self.pre_checkout else where
 
 
 def group_snapshots(
     snaps: Iterable[tuple[ObjectId, Snapshot]],
 ) -> dict[GroupKey, list[tuple[ObjectId, Snapshot]]]:
-    """Snapshots by (host, source dir, paths), each group oldest first, groups sorted."""
+    """Snapshots by (host, source dir, paths, pre-checkout or not), each group oldest first,
+    groups sorted (a pre-checkout group after the commits' group it sits beside)."""
     groups: dict[GroupKey, list[tuple[ObjectId, Snapshot]]] = {}
     for sid, snap in snaps:
-        groups.setdefault(GroupKey(snap.host, snap.source, snap.paths), []).append((sid, snap))
+        key = GroupKey(snap.host, snap.source, snap.paths, SAFETY_TAG in snap.tags)
+        groups.setdefault(key, []).append((sid, snap))
     return dict(sorted(groups.items()))
 
 
@@ -273,6 +285,7 @@ class GroupResult:
             "host": self.key.host,
             "source": self.key.source,
             "paths": list(self.key.paths),
+            "pre_checkout": self.key.pre_checkout,
             "keep": [row(d) for d in self.decisions if d.keep],
             "remove": [row(d) for d in self.decisions if not d.keep],
         }
@@ -322,7 +335,8 @@ def prune(
     """Forget the snapshots policy does not keep, in every group (or the groups whose snapshots
     select matches: with paths, those committed with all of them; see selection.py).
 
-    Refuses an empty policy: a prune that keeps nothing is always a mistake. Buckets use tz
+    Refuses an empty policy: a prune that keeps nothing is always a mistake; so is a keep-tag
+    naming a tag no snapshot carries (SnapshotNotFound, nothing removed). Buckets use tz
     (None: the local time zone, as restic does). Data is reclaimed by gc afterwards: with gc
     (its max-unused percentage), under the same lock, planned before anything is forgotten
     (see _remove); not when select matches no snapshot.
@@ -339,7 +353,9 @@ def prune(
     report = PruneReport(dry_run=dry_run, policy=policy.describe())
     with repo.lock("prune", dry_run=dry_run) as held:
         repo.refresh()
-        for key, members in group_snapshots(repo.snapshots(files=True)).items():
+        snaps = repo.snapshots(files=True)
+        _refuse_unknown_tags(policy, snaps)
+        for key, members in group_snapshots(snaps).items():
             if select is not None:
                 members = select.select(members)
                 if not members:
@@ -351,6 +367,22 @@ def prune(
         _remove(repo, report, dry_run, gc if select is None or report.groups else None, held)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _refuse_unknown_tags(policy: Policy, snaps: Iterable[tuple[ObjectId, Snapshot]]) -> None:
+    """SnapshotNotFound when a keep-tag names a tag no snapshot of the repository carries (but
+    SAFETY_TAG, casnap's own, carried by none before the first checkout saves one): a typo
+    that keeps nothing, so the prune would remove every snapshot of a group it was to keep. As
+    a --path no snapshot was committed with, it stops the prune with nothing removed."""
+    carried = {tag for _, snap in snaps for tag in snap.tags} | {SAFETY_TAG}
+    named = dict.fromkeys(tag for wanted in policy.tags for tag in wanted)
+    missing = [tag for tag in named if tag not in carried]
+    if missing:
+        what = f"tags {', '.join(missing)}" if len(missing) > 1 else f"tag {missing[0]}"
+        raise SnapshotNotFound(
+            f"--keep-tag: no snapshot in the repository carries the {what} (mistyped?): "
+            "nothing pruned"
+        )
 
 
 def forget(

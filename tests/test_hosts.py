@@ -72,18 +72,25 @@ def test_log_shows_and_filters_hosts(shared) -> None:
     assert [r["id"] for r in json.loads(out)] == [ids["app-2"]]
 
 
-def test_forget_and_prune_take_host(shared) -> None:
+def test_forget_and_prune_take_host(shared, host_name: Callable[[str], None]) -> None:
     base, ids = shared
     code, out = run(*base, "forget", "--host", "app-2", "--dry-run", "--json")
     assert code == 0, out
     assert json.loads(out)["removed"] == [ids["app-2"]]
     code, out = run(*base, "prune", "--keep-last", "1", "--host", "nowhere")
     assert code == 4 and "of host nowhere" in out
-    code, out = run(*base, "prune", "--keep-tag", "none", "--host", "app-1", "--json")
+    # a tag no snapshot carries is a typo (exit 4); one only app-2's carry keeps none of app-1's
+    code, out = run(*base, "prune", "--keep-tag", "none", "--host", "app-1")
+    assert code == 4 and "tag none" in out
+    host_name("app-2")
+    evolve(Path(base[3]), 3)
+    weekly = commit(Repository.open(Path(base[1])), Path(base[3]), tags=["weekly"]).id
+    host_name("app-1")
+    code, out = run(*base, "prune", "--keep-tag", "weekly", "--host", "app-1", "--json")
     assert code == 0, out
     assert json.loads(out)["removed"] == [ids["app-1"]]
     code, out = run(*base, "log", "--json")
-    assert [r["id"] for r in json.loads(out)] == [ids["app-2"]]
+    assert [r["id"] for r in json.loads(out)] == [weekly, ids["app-2"]]
 
 
 def test_commit_host_names_the_host_a_container_changes(tmp_path: Path, monkeypatch) -> None:

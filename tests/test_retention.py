@@ -17,7 +17,7 @@ from casnap import checker, collector, retention
 from casnap.checker import verify
 from casnap.cli import cli
 from casnap.committer import commit
-from casnap.errors import InvalidPolicy
+from casnap.errors import EXIT_CODES, InvalidPolicy, SnapshotNotFound
 from casnap.ids import ObjectId
 from casnap.packs import pack_key
 from casnap.repository import Repository
@@ -253,6 +253,25 @@ def test_duration_rejects(text: str) -> None:
         Duration.parse(text)
 
 
+def test_keep_within_m_is_months_shown_largest_unit_first() -> None:
+    """As in restic, `m` is months and minutes are no unit: `2h30m` is 2 hours and 30 months,
+    shown largest unit first (`30m2h`), which reads as minutes to one who took `m` for them. The
+    option's help and USAGE say what `m` is."""
+    assert Duration.parse("2h30m") == Duration(months=30, hours=2)
+    assert str(Duration.parse("2h30m")) == "30m2h"
+    assert str(Duration.parse("4h3d2m1y")) == "1y2m3d4h"
+    assert str(Duration.parse("1w2h")) == "7d2h"
+    help_text = " ".join(
+        next(p.help or "" for p in cli.commands["prune"].params if p.name == "keep_within").split()
+    )
+    assert "m (months)" in help_text and "no minutes" in help_text, help_text
+    usage = (Path(__file__).resolve().parent.parent / "docs" / "USAGE.md").read_text()
+    section = usage[usage.index("## casnap prune") :].split("\n## ")[0]
+    assert "`m` is months" in " ".join(section.split()), section[:400]
+    with pytest.raises(InvalidPolicy, match=r"m \(months\)"):
+        Duration.parse("30min")
+
+
 def test_duration_before_normalises_like_go() -> None:
     assert Duration.parse("1m").before(t("2024-03-31 00:00")) == t("2024-03-02 00:00")
     assert Duration.parse("1y").before(t("2024-02-29 12:00")) == t("2023-03-01 12:00")
@@ -397,6 +416,48 @@ def test_prune_with_only_a_zero_rule_says_zero_is_no_rule(tmp_path: Path, rule: 
     assert len(Repository.open(tmp_path / "repo").snapshots()) == 1
 
 
+@pytest.mark.parametrize(
+    "rules",
+    [["--keep-tag", "nosuch"], ["--keep-last", "1", "--keep-tag", "pin,nosuch"]],
+    ids=["alone", "beside-a-tag-that-is-carried"],
+)
+def test_prune_keep_tag_no_snapshot_carries_is_an_error(tmp_path: Path, rules: list[str]) -> None:
+    """A mistyped `--keep-tag` kept nothing, so the prune removed every snapshot of the group
+    (`--path` of a path no snapshot has exits 4): it is that error now, and nothing is removed."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(3):
+        evolve(data, step + 1)
+        commit(repo, data, tags=("pin",) if step == 0 else ())
+    before = sorted(p.name for p in root.rglob("*") if p.is_file())
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", *rules)
+    assert code == SnapshotNotFound.exit_code == EXIT_CODES["not-found"], out
+    code_path, out_path = run(*base, "prune", "--keep-last", "1", "--path", "nosuch")
+    assert code == code_path, out_path
+    assert len(out.splitlines()) == 1 and "nosuch" in out and "nothing pruned" in out, out
+    assert "pin" not in out.replace("pin,nosuch", ""), out  # only the tag no snapshot carries
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == before
+    with pytest.raises(SnapshotNotFound):
+        retention.prune(repo, Policy(tags=(("nosuch",),)), dry_run=True)
+
+
+def test_prune_keep_tag_pre_checkout_before_any_checkout_is_no_error(tmp_path: Path) -> None:
+    """pre-checkout is casnap's own tag, no typo: a scheduled prune that keeps those snapshots
+    runs before the first checkout has saved one."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(2):
+        evolve(data, step + 1)
+        commit(repo, data)
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pre-checkout", "--json")
+    assert code == 0, out
+    assert len(json.loads(out)["removed"]) == 1
+
+
 def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
@@ -423,29 +484,45 @@ def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     assert len(Repository.open(root).snapshots()) == 2
 
 
-def test_pre_checkout_snapshots_follow_the_rules(tmp_path: Path) -> None:
+def test_pre_checkout_snapshots_are_a_group_of_their_own(tmp_path: Path) -> None:
+    """Each checkout over unsaved data saves a pre-checkout snapshot, newer than every commit:
+    in the commits' group `--keep-last 3` kept three of them and removed every real commit. They
+    are a group of their own, where each rule applies to them apart, and never displace one."""
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
     repo = Repository.init(root)
-    first = commit(repo, data).id
-    evolve(data, 1)
-    commit(repo, data)
-    evolve(data, 2)  # unsaved: checkout saves it first
-    result = checkout(repo, first, data)
-    assert result.safety_snapshot is not None
-    evolve(data, 3)
-    newest = commit(repo, data).id
+    commits = []
+    for step in range(4):
+        evolve(data, step + 1)
+        commits.append(commit(repo, data).id)
+    saved = []
+    for step in range(3):
+        evolve(data, step + 10)  # unsaved: the checkout saves it first
+        saved.append(checkout(repo, commits[step], data).safety_snapshot)
+    assert None not in saved
     base = ["--repo", str(root), "--data", str(data)]
-    code, out = run(*base, "prune", "--keep-last", "1", "--dry-run", "--json")
-    assert json.loads(out)["groups"][0]["keep"][0]["id"] == newest
-    assert result.safety_snapshot in json.loads(out)["removed"]
-    code, out = run(*base, "prune", "--keep-last", "1", "--keep-tag", "pre-checkout", "--json")
+    code, out = run(*base, "prune", "--keep-last", "3", "--dry-run", "--json")
     assert code == 0, out
-    kept_ids = {k["id"] for k in json.loads(out)["groups"][0]["keep"]}
-    assert kept_ids == {newest, result.safety_snapshot}
+    groups = json.loads(out)["groups"]
+    assert [(g["pre_checkout"], [k["id"] for k in g["keep"]]) for g in groups] == [
+        (False, commits[:0:-1]),
+        (True, saved[::-1]),
+    ]
+    assert json.loads(out)["removed"] == [commits[0]]
+    code, out = run(*base, "prune", "--keep-last", "3", "--dry-run")
+    assert code == 0, out
+    headers = [line for line in out.splitlines() if line.endswith("snapshot(s)")]
+    assert len(headers) == 2 and "pre-checkout" not in headers[0], out
+    assert "pre-checkout" in headers[1] and "keep 3, remove 0" in headers[1], out
+    # --keep-daily 1: the day's newest commit, and the newest pre-checkout snapshot apart
+    code, out = run(*base, "prune", "--keep-daily", "1", "--json")
+    assert code == 0, out
     repo = Repository.open(root)
-    assert {s.hex() for s, _ in repo.snapshots()} == kept_ids
+    assert {s.hex() for s, _ in repo.snapshots()} == {commits[-1], saved[-1]}
     assert verify(repo, read_data=True).ok
+    keys = list(retention.group_snapshots(repo.snapshots()))
+    assert [k.pre_checkout for k in keys] == [False, True]
+    assert keys[0].describe() + " (pre-checkout)" == keys[1].describe()
 
 
 def test_forget_by_prefix_and_tag_then_gc(tmp_path: Path) -> None:

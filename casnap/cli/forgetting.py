@@ -70,14 +70,17 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     "--keep-within",
     default=None,
     metavar="DURATION",
-    help="Keep snapshots newer than the group's newest minus DURATION (2d, 1w, 1y2m3h).",
+    help="Keep snapshots newer than the group's newest minus DURATION: numbers with units y, "
+    "m (months), w, d, h, e.g. 2d, 1w, 1y2m3h. As in restic, m is months and there are no "
+    "minutes: 2h30m is 30 months and 2 hours.",
 )
 @click.option(
     "--keep-tag",
     "keep_tags",
     multiple=True,
     metavar="TAG[,TAG]",
-    help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them).",
+    help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them). Exit 4, nothing "
+    "pruned, when no snapshot in the repository carries one of them (a typo).",
 )
 @click.option(
     "--path",
@@ -113,7 +116,8 @@ def prune(
 ) -> None:
     """Forget snapshots a retention policy does not keep, then gc.
 
-    Rules work as in restic, per group of snapshots with the same host, data dir and paths: each
+    Rules work as in restic, per group of snapshots with the same host, data dir and paths (the
+    pre-checkout snapshots a checkout saved are a group of their own): each
     --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
     periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
     """
