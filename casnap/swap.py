@@ -121,6 +121,9 @@ def clear_the_way(tree: Tree, removing: Collection[str], rels: Collection[str]) 
     else, a link or a file the snapshot excluded, is refused as in the way). Returns the files
     of removing moved aside so."""
     gone = set(removing)
+    if not gone:  # nothing removed (a checkout into an empty dir): no path to climb
+        tree.vacating, tree.clearing = set(), set()
+        return set()
     tree.vacating = {folder for rel in rels for folder in _ancestors(rel) if folder in gone}
     found = {folder for rel in gone for folder in _ancestors(rel) if folder in rels}
     tree.clearing = {

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from casnap import restored
 from casnap.committer import commit
 from casnap.repository import Repository
 from casnap.restorer import checkout
@@ -145,3 +146,21 @@ def test_a_wal_write_right_after_the_swap_is_not_recorded_as_restored(
     checkout(repo, sid, out, smoke=False)
     with contextlib.closing(sqlite3.connect(out / "w.db")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+def test_a_record_naming_files_whose_names_are_no_utf8_is_kept(tmp_path: Path) -> None:
+    """A checkout of files whose names are no UTF-8 (read as lone surrogates) records them as
+    restored like any other, so the next commit does not read them again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [os.fsdecode(b"caf\xe9.txt"), "plain.txt"]
+    for name in names:
+        (data / name).write_text(f"content of {name!r}")
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    target = tmp_path / "out"
+    checkout(repo, sid, target, safety_snapshot=False)
+    kept = restored.load(repo.id, str(target))
+    assert kept is not None and sorted(kept.files) == sorted(names)
+    again = commit(repo, target)
+    assert again.bytes_read == 0
