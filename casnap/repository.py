@@ -391,7 +391,10 @@ class Repository:
                 confirm(self.raw_backend, self.kept_config)
             load = partial(self.load_snapshot, files=False)  # a file list is decoded when used
             where = self.backend.location
-            self._snapshots, self.damaged = read_heads(self._sizes, load, files, where)
+            heads, damaged = read_heads(self._sizes, load, files, where)
+            if damaged and self.kept_config is not None:  # made anew, with another key?
+                confirm(self.raw_backend, self.kept_config)
+            self._snapshots, self.damaged = heads, damaged
         stops = stopping(self.damaged, but)
         if stops and (files or not (skip_damaged or self.skip_damaged)):
             exc, where = self.damaged[stops[0]]
