@@ -202,11 +202,26 @@ def test_without_the_client_s3_fails_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and "casnap[s3]" in done.stderr
 
 
+def delete_repository(bucket: str, prefix: str, what: str) -> None:
+    """Delete the objects under prefix/ and, when what is "bucket", the bucket too."""
+    from casnap.backends.s3 import make_client
+
+    client = make_client()
+    for key in bucket_objects(bucket):
+        if key.startswith(f"{prefix}/"):
+            client.delete_object(Bucket=bucket, Key=key)
+    if what == "bucket":
+        client.delete_bucket(Bucket=bucket)
+    client.close()
+
+
+@pytest.mark.parametrize("what", ["prefix", "bucket"])
 def test_a_repository_deleted_after_its_config_was_cached_is_made_anew(
-    s3_bucket: str, tmp_path: Path
+    s3_bucket: str, tmp_path: Path, what: str
 ) -> None:
     """The config kept in the cache from an earlier open does not make a deleted repository
-    look present: a first commit (or a copy) there creates it again."""
+    look present: a first commit (or a copy) there creates it again, its bucket too when that
+    was deleted (as on a host that keeps nothing of it), and a log says there is none."""
     data = tmp_path / "data"
     make_app(data, rows=40, vectors=30)
     repo = f"s3://{s3_bucket}/gone"
@@ -214,13 +229,9 @@ def test_a_repository_deleted_after_its_config_was_cached_is_made_anew(
     assert code == 0, err
     code, _, err = run(repo, data, "log", password=PW)  # the config and key are cached now
     assert code == 0, err
-    from casnap.backends.s3 import make_client
-
-    client = make_client()
-    for key in bucket_objects(s3_bucket):
-        if key.startswith("gone/"):
-            client.delete_object(Bucket=s3_bucket, Key=key)
-    client.close()
+    delete_repository(s3_bucket, "gone", what)
+    code, out, err = run(repo, data, "log", password=PW)
+    assert code == EXIT_CODES["repository"], out + err
     code, out, err = run(repo, data, "commit", "-q", password=PW)
     assert code == 0, err
     code, out, err = run(repo, data, "log", "--json", password=PW)
@@ -228,8 +239,9 @@ def test_a_repository_deleted_after_its_config_was_cached_is_made_anew(
     assert len(json.loads(out)) == 1
 
 
+@pytest.mark.parametrize("what", ["prefix", "bucket"])
 def test_a_copy_into_a_repository_deleted_after_its_config_was_cached_makes_it_anew(
-    s3_bucket: str, tmp_path: Path
+    s3_bucket: str, tmp_path: Path, what: str
 ) -> None:
     data, local = tmp_path / "data", tmp_path / "local"
     make_app(data, rows=40, vectors=30)
@@ -241,13 +253,7 @@ def test_a_copy_into_a_repository_deleted_after_its_config_was_cached_makes_it_a
     for _ in range(2):  # the first copy creates it; the second finds it through the cache
         code, _, err = run(str(local), data, *copy)
         assert code == 0, err
-    from casnap.backends.s3 import make_client
-
-    client = make_client()
-    for key in bucket_objects(s3_bucket):
-        if key.startswith("copygone/"):
-            client.delete_object(Bucket=s3_bucket, Key=key)
-    client.close()
+    delete_repository(s3_bucket, "copygone", what)
     code, out, err = run(str(local), data, *copy)
     assert code == 0, err
     code, out, err = run(dest, data, "log", "--json", password=PW)
