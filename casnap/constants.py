@@ -209,7 +209,8 @@ LOCK_LOOKUP_SECONDS = 1.0
 # hosts retrying at once spread out instead of hammering a throttled endpoint together). 8
 # attempts wait at most 0.5+1+2+4+8+16+30 = 61.5 s, about 31 s on average: a commit that has
 # uploaded for an hour rides out a minute-long outage or a burst of S3 "SlowDown" answers,
-# while a storage that stays down surfaces as one clear error within about a minute.
+# while a storage that stays down surfaces as one clear error within about a minute (plus
+# each attempt's own timeout: 8 x 60 s more when the endpoint accepts and never answers).
 RETRY_ATTEMPTS = 8
 RETRY_BASE_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0

@@ -556,7 +556,13 @@ class _CopyRun:
         by_lists = {f.lists: f for f in files}
         for ids, refs in lists.values():
             entry = by_lists[ids]
-            got = self.dst.file_refs(entry)
+            try:
+                got = self.dst.file_refs(entry)
+            except IntegrityError as exc:  # the index names what is gone (a pack lost)
+                raise IntegrityError(
+                    f"in the destination {self.dst.backend.location}: {exc} (`casnap verify` "
+                    "it; `casnap repair-index` drops the index entries of a pack lost)"
+                ) from exc
             if got != refs:
                 raise IntegrityError(f"chunk list of {entry.path} reads back other than written")
             known = self.dst.store.index.contains_many(id_matrix(chunklist.ids_packed(got)))

@@ -7,7 +7,8 @@ on every read like every cache file), so the next open at that location makes no
 cached config is the one this host opened before; should the repository at that location have
 been made anew (another config, another master key), the first sign is a snapshot listing that
 is empty or a manifest that does not open: `confirm` then reads the stored config, and when it
-differs drops the cached copies and says so.
+differs drops the cached copies and says so. Should its bucket have been deleted, the first
+request (the lock, the listing) finds it missing: `gone_when_missing` drops them too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,6 +95,32 @@ def confirm(backend: Backend, kept: CachingBackend) -> None:
             f"the repository at {backend.location} is not the one this host opened there before "
             "(made anew?): its cached config was dropped; run the command again"
         )
+
+
+@contextlib.contextmanager
+def gone_when_missing(kept: CachingBackend | None) -> Iterator[None]:
+    """The block's RepositoryNotFound (a bucket missing) as RepositoryGone, the kept copies
+    dropped, when the config came from the cache (kept): the repository this host opened
+    there is gone, and commit and copy make it anew, once, as on a host that kept nothing."""
+    try:
+        yield
+    except RepositoryGone:
+        raise
+    except RepositoryNotFound as exc:
+        if kept is None:
+            raise
+        kept.forget()
+        raise RepositoryGone(str(exc), exc.why) from exc
+
+
+@contextlib.contextmanager
+def entered_or_gone(held: AbstractContextManager[R], kept: CachingBackend | None) -> Iterator[R]:
+    """held (a lock) for the block, its entry (the first request of most commands) under
+    gone_when_missing; what the block raises passes as it is."""
+    with contextlib.ExitStack() as stack:
+        with gone_when_missing(kept):
+            entered = stack.enter_context(held)
+        yield entered
 
 
 def listing_stopped(

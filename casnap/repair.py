@@ -28,6 +28,7 @@ class RepairReport:
     packs: int = 0
     chunks_indexed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (pack key, what happened)
+    others: int = 0  # of skipped: objects under packs/ whose name is no pack's
     index_written: str | None = None
     index_files_removed: int = 0
     missing: int = 0  # blobs the snapshots need that no pack holds intact
@@ -45,6 +46,7 @@ def repair_index(repo: Repository) -> RepairReport:
     # here: every commit reads the notes (repaired_snapshots) and must not pay for numpy
     from casnap.chunkindex import IdSet, id_matrix
     from casnap.entrytable import merge_parts
+    from casnap.packs import pack_id_of
     from casnap.reachability import walk
 
     t0 = time.perf_counter()
@@ -52,7 +54,9 @@ def repair_index(repo: Repository) -> RepairReport:
     backend = repo.backend
     with repo.lock("repair-index"):
         repo.refresh()
-        report.packs = sum(1 for _ in backend.list("packs/"))
+        listed = [key for key, _ in backend.list("packs/")]
+        report.packs = sum(1 for key in listed if pack_id_of(key) is not None)
+        report.others = len(listed) - report.packs
         rebuilt = repo.store.rebuild_index(report.skipped)
         report.chunks_indexed = len(rebuilt[1])
         old = [key for key, _ in backend.list("index/")]

@@ -35,7 +35,15 @@ from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
 from casnap.locations import S3Url, as_location, init_folder, is_placeholder_dir, local_backend
 from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
-from casnap.opening import confirm, listing_stopped, open_or_make, open_or_make_remote, read_config
+from casnap.opening import (
+    confirm,
+    entered_or_gone,
+    gone_when_missing,
+    listing_stopped,
+    open_or_make,
+    open_or_make_remote,
+    read_config,
+)
 from casnap.phases import opening
 from casnap.signals import uninterrupted
 from casnap.spans import ListsAhead
@@ -298,7 +306,7 @@ class Repository:
         exclusive = locks.exclusive(operation) and not dry_run
         if self.no_lock and operation in locks.READ_ONLY_OPERATIONS:
             return contextlib.nullcontext()
-        return locks.locked(
+        held = locks.locked(
             self.backend,
             operation + (" --dry-run" if dry_run else ""),
             exclusive,
@@ -308,6 +316,7 @@ class Repository:
             folder=None if folder is None else str(fsutil.resolved(folder, "folder")),
             warn=self.warn,
         )
+        return entered_or_gone(held, self.kept_config)  # its bucket deleted since it was kept
 
     def ensure_index(self) -> None:
         """Load the index files, once (refresh drops them when another process changed them)."""
@@ -386,12 +395,16 @@ class Repository:
         it is in `but`, or skip_damaged (or the repository's) and not files: then it is left
         out, and kept in `damaged` (the command warns of it once it is done)."""
         if self._snapshots is None:
-            self._sizes = dict(self.listed("snapshots/"))
+            with gone_when_missing(self.kept_config):  # its bucket deleted since it was kept
+                self._sizes = dict(self.listed("snapshots/"))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
                 confirm(self.raw_backend, self.kept_config)
             load = partial(self.load_snapshot, files=False)  # a file list is decoded when used
             where = self.backend.location
-            self._snapshots, self.damaged = read_heads(self._sizes, load, files, where)
+            heads, damaged = read_heads(self._sizes, load, files, where)
+            if damaged and self.kept_config is not None:  # made anew, with another key?
+                confirm(self.raw_backend, self.kept_config)
+            self._snapshots, self.damaged = heads, damaged
         stops = stopping(self.damaged, but)
         if stops and (files or not (skip_damaged or self.skip_damaged)):
             exc, where = self.damaged[stops[0]]

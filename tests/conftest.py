@@ -123,4 +123,4 @@ def host_name(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
 
 
 # the S3 test server (a moto subprocess on 127.0.0.1) and its per-test environment and bucket
-from tests.s3server import s3_bucket, s3_env, s3_server  # noqa: E402, F401
+from tests.s3server import quick_retries, s3_bucket, s3_env, s3_server  # noqa: E402, F401

@@ -3,7 +3,8 @@
 `s3_server` (session) starts `python -m moto.server` on a free port and stops it at the end;
 `s3_env` (per test) points casnap at it through the environment (CASNAP_S3_ENDPOINT and fake
 credentials, so no request reaches any other host) and `s3_bucket` gives each test a fresh
-bucket name (created by the test or by `casnap init`).
+bucket name (created by the test or by `casnap init`); `quick_retries` keeps the retry policy's
+attempts but makes its waits milliseconds long.
 """
 
 from __future__ import annotations
@@ -119,6 +120,19 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> d
 def s3_bucket(s3_env: dict[str, str]) -> str:
     """A bucket name no other test uses (not created: `init` or the test creates it)."""
     return f"casnap-test-{os.getpid()}-{next(_buckets)}"
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry policy's attempts, with waits of milliseconds: a store gone is given up on
+    after as many tries as in production, without a minute of sleeping."""
+    from casnap.backends.retrying import RetryingBackend
+    from casnap.constants import RETRY_ATTEMPTS
+
+    init = RetryingBackend.__init__
+    defaults = init.__defaults__
+    assert defaults is not None and defaults[0] == RETRY_ATTEMPTS
+    monkeypatch.setattr(init, "__defaults__", (RETRY_ATTEMPTS, 0.001, 0.005, *defaults[3:]))
 
 
 def make_bucket(name: str) -> None:

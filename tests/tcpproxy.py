@@ -4,7 +4,9 @@
 the server. Armed with a pattern (`cut_at`), it cuts the network at the first request whose
 bytes match it: that request is never forwarded, every open connection is closed, and every
 later connection is closed as soon as it is accepted (the client sees "Connection was closed
-before we received a valid response", as behind a proxy or NAT that dropped its state).
+before we received a valid response", as behind a proxy or NAT that dropped its state). Armed
+with `drop_once`, it drops the connection of the first request matching the pattern only (that
+request is never forwarded) and forwards every other one: a network failing for a moment.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class CuttingProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.pattern: re.Pattern[bytes] | None = None
+        self.once = False  # drop_once: the pattern drops one request, not the network
+        self.dropped: list[bytes] = []  # the first line of each request dropped so
         self.cut = threading.Event()
         self.requests: list[bytes] = []  # the first line of each request forwarded
         self.refused = 0  # connections closed at once, the network being cut
@@ -33,6 +37,11 @@ class CuttingProxy:
     def cut_at(self, pattern: bytes) -> None:
         """Cut the network at the first request matching pattern (a regular expression over the
         bytes a client sends)."""
+        self.pattern = re.compile(pattern)
+
+    def drop_once(self, pattern: bytes) -> None:
+        """Drop the connection of the first request matching pattern (never forwarded), once."""
+        self.once = True
         self.pattern = re.compile(pattern)
 
     def close(self) -> None:
@@ -75,10 +84,15 @@ class CuttingProxy:
                 if from_client:
                     if self.cut.is_set():
                         break
-                    if self.pattern is not None and self.pattern.search(data):
-                        self.cut.set()
-                        self._cut_all()
-                        return
+                    pattern = self.pattern
+                    if pattern is not None and pattern.search(data):
+                        if self.once:
+                            if self._drop_first(data):
+                                break
+                        else:
+                            self.cut.set()
+                            self._cut_all()
+                            return
                     head = data.split(b"\r\n", 1)[0]
                     if re.match(rb"[A-Z]+ /", head):
                         self.requests.append(head)
@@ -86,6 +100,15 @@ class CuttingProxy:
         except OSError:
             pass
         self._close_pair(src, dst)
+
+    def _drop_first(self, data: bytes) -> bool:
+        """True for the first request drop_once's pattern matched (its connection is dropped)."""
+        with self._lock:
+            if self.pattern is None:
+                return False
+            self.pattern = None
+            self.dropped.append(data.split(b"\r\n", 1)[0])
+            return True
 
     def _close_pair(self, *socks: socket.socket) -> None:
         for s in socks:

@@ -390,6 +390,41 @@ def test_a_repository_made_anew_where_a_cached_one_was_is_noticed(tmp_path: Path
     repo.close()
 
 
+@pytest.mark.parametrize("command", ["log", "commit"])
+def test_a_repository_made_anew_is_noticed_by_the_commands_that_pass_over_damage(
+    tmp_path: Path, command: str
+) -> None:
+    """log, commit and the other commands that list snapshots past a damaged manifest (with a
+    warning) see every manifest of a repository made anew fail to open with the kept key: that
+    is the config to check, not damage to report ("`casnap forget ID` removes that snapshot"
+    would have a user delete the new repository's snapshots). Said once, the next run reads
+    the new repository."""
+    data, root, _ids = two_snapshots(tmp_path, PW)
+    repo, _ = open_counted(root, PW)
+    assert len(log_rows(repo)) == 2
+    repo.close()
+    shutil.rmtree(root)
+    fresh = Repository.open_or_init(root, password=lambda: PW, encryption="repokey")
+    new_id = commit(fresh, data, message="anew").id
+    fresh.close()
+    repo, _ = open_counted(root, PW)
+    repo.skip_damaged = True  # as the command line sets it for these commands
+    with pytest.raises(CasnapError, match="made anew"):
+        if command == "log":
+            log_rows(repo)
+        else:
+            commit(repo, data, message="after")
+    assert not repo.damaged
+    repo.close()
+    repo, _ = open_counted(root, PW)
+    repo.skip_damaged = True
+    if command == "commit":
+        commit(repo, data, message="after")
+    assert new_id in {row["id"] for row in log_rows(repo)}
+    assert not repo.damaged
+    repo.close()
+
+
 def test_cache_files_swapped_for_fifos_or_folders_are_misses_not_waits(tmp_path: Path) -> None:
     """A kept copy that is a FIFO (opening it to read waits for a writer forever) or a folder is
     a miss like a damaged one: the object is fetched again and the command goes on. So is a

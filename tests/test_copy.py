@@ -152,6 +152,35 @@ def test_plain_to_encrypted_and_back(tmp_path, history) -> None:
     assert "0 snapshot(s) copied, 3 already there" in out
 
 
+def test_a_plain_destination_asked_for_is_not_told_a_password_would_encrypt_it(
+    tmp_path, history
+) -> None:
+    """With `--to-encryption none` a password set for the destination encrypts nothing: the
+    warning of a plain copy of an encrypted source says the option chose it, and does not
+    suggest giving a password."""
+    data, src, _ids, _trees = history
+    enc = tmp_path / "enc"
+    code, _, err = run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD=PW_DST)
+    assert code == 0, err
+    plain = tmp_path / "plain"
+    code, _, err = run(
+        enc,
+        data,
+        "copy",
+        "--to",
+        str(plain),
+        "--to-encryption",
+        "none",
+        CASNAP_PASSWORD=PW_DST,
+        CASNAP_TO_PASSWORD=PW_DST,
+    )
+    assert code == 0, err
+    assert not Repository.open(plain).encrypted
+    (warning,) = [line for line in err.splitlines() if "warning" in line]
+    assert "into a new plain one" in warning and "--to-encryption none" in warning, err
+    assert "password" not in warning, err
+
+
 def test_encrypted_to_encrypted_with_another_key(tmp_path, history) -> None:
     data, src, ids, trees = history
     one, two = tmp_path / "one", tmp_path / "two"

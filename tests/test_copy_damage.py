@@ -167,3 +167,48 @@ def test_a_snapshot_whose_manifest_does_not_read_is_named_and_the_others_are_cop
     assert code == IntegrityError.exit_code and f"snapshots/{ids[1]}" in err, err
     code, out, err = run(src, data, "copy", "--to", str(dst), ids[2][:8])  # another: no matter
     assert code == 0, out + err
+
+
+def test_a_snapshot_whose_pack_was_lost_is_mended_by_a_copy_back_as_the_usage_says(
+    tmp_path: Path,
+) -> None:
+    """docs/USAGE.md, "casnap copy": a pack lost from a repository whose snapshots another one
+    holds too. A copy back alone skips the damaged snapshot (already there); after `forget` it
+    stops, naming the destination, whose index still names the lost chunks; after
+    `repair-index` too it is copied back whole, under its own id, and reads back."""
+    data, repo, other = tmp_path / "data", tmp_path / "repo", tmp_path / "other"
+    data.mkdir()
+    rng = random.Random(11)
+    ids, trees = [], {}
+    for name in ("a.bin", "b.bin"):
+        (data / name).write_bytes(rng.randbytes(200_000))
+        packs = stored(repo, "packs")
+        code, out, err = run(repo, data, "commit", "-q")
+        assert code == 0, err
+        ids.append(out.strip())
+        trees[ids[-1]] = snapshot_tree(data)
+    (lost,) = stored(repo, "packs") - packs
+    code, _, err = run(repo, data, "copy", "--to", str(other))
+    assert code == 0, err
+    lost.unlink()
+    code, _, err = run(repo, data, "verify")
+    assert code == 9 and ids[1][:8] in err, err
+
+    code, out, err = run(repo, data, "copy", "--from", str(other))
+    assert code == 0 and "0 snapshot(s) copied, 2 already there" in out, out + err
+    code, _, err = run(repo, data, "forget", ids[1])
+    assert code == 0, err
+    code, out, err = run(repo, data, "copy", "--from", str(other))  # the index names them still
+    assert code == IntegrityError.exit_code, out + err
+    (line,) = err.strip().splitlines()
+    assert f"in the destination {repo}" in line and "repair-index" in line, err
+    code, _, err = run(repo, data, "repair-index")
+    assert code == 0, err
+    code, out, err = run(repo, data, "copy", "--from", str(other))
+    assert code == 0 and f"copied {ids[1][:8]} -> {ids[1][:8]}" in out, out + err
+    code, out, err = run(repo, data, "verify", "--read-data")
+    assert code == 0, out + err
+    target = tmp_path / "out"
+    code, _, err = run(repo, data, "checkout", ids[1], "--to", str(target), "--no-smoke")
+    assert code == 0, err
+    assert snapshot_tree(target) == trees[ids[1]]

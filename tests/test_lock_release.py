@@ -32,18 +32,6 @@ LEFT = re.compile(
 )
 
 
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The retry policy's attempts, with waits of milliseconds: a store gone is given up on
-    after as many tries as in production, without a minute of sleeping."""
-    from casnap.backends.retrying import RetryingBackend
-
-    init = RetryingBackend.__init__
-    defaults = init.__defaults__
-    assert defaults is not None and defaults[0] == RETRY_ATTEMPTS
-    monkeypatch.setattr(init, "__defaults__", (RETRY_ATTEMPTS, 0.001, 0.005, *defaults[3:]))
-
-
 def _cli(repo: str, data: Path, *args: str) -> tuple[int, str, str]:
     env = {"CASNAP_PASSWORD": PW, "CASNAP_PASSWORD_FILE": None, "CASNAP_PASSWORD_COMMAND": None}
     result = CliRunner().invoke(cli, ["--repo", repo, "--data", str(data), *args], env=env)

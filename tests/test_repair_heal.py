@@ -46,3 +46,24 @@ def test_a_commit_after_a_lossy_repair_heals(password: str | None, tmp_path: Pat
     code, out, err = run(repo, data, "commit", "--json", password=password)
     again = json.loads(out)
     assert again["bytes_read"] == 0, again  # and the next commit reuses entries again
+
+
+def test_objects_under_packs_that_are_no_packs_are_not_counted_as_packs(tmp_path: Path) -> None:
+    """Files another tool left under packs/ are left out and named, and the summary counts the
+    packs read and the packs damaged apart from them: none is damaged here."""
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=60)
+    repo = tmp_path / "backups"
+    assert run(repo, data, "commit", "-q", password=None)[0] == 0
+    packs = sum(1 for p in (repo / "packs").rglob("*") if p.is_file())
+    (repo / "packs" / "notes.txt").write_text("mine\n")
+    (repo / "packs" / "ab").mkdir(exist_ok=True)
+    (repo / "packs" / "ab" / "abcdef").write_text("mine too\n")
+    code, out, err = run(repo, data, "repair-index", password=None)
+    assert code == 0, err
+    assert "packs/notes.txt: not a pack name; left out" in out, out
+    assert f"from {packs} packs, 0 pack(s) damaged, 2 other object(s) left out" in err, err
+    code, out, err = run(repo, data, "repair-index", "--json", password=None)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["packs"] == packs and len(report["skipped"]) == 2, report

@@ -78,8 +78,9 @@ class RetryingBackend(Wrapper):
         self.gone = True
         return TransientError(f"{exc} (gave up after {tries} attempt{'s' * (tries > 1)})")
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        """fn(), tried up to `tries` times while it raises TransientError."""
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn(), tried up to `tries` times while it raises TransientError: a request of the
+        backend below that is not a Backend call (the S3 checks of what a prefix holds)."""
         tries = self.tries
         for attempt in range(tries):
             try:
@@ -120,7 +121,7 @@ class RetryingBackend(Wrapper):
             return False  # deleted meanwhile: it was there, so it was not ours to report
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self._call(lambda: self.inner.get(key, offset, length))
+        return self.call(lambda: self.inner.get(key, offset, length))
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         return self._listing(lambda: self.inner.list(prefix))
@@ -153,7 +154,7 @@ class RetryingBackend(Wrapper):
                 self.sleep(self.delay(failures - 1))
 
     def delete(self, key: str) -> None:
-        self._call(lambda: self.inner.delete(key))
+        self.call(lambda: self.inner.delete(key))
 
     def remove(self, key: str) -> bool:
         failed = False
@@ -171,7 +172,7 @@ class RetryingBackend(Wrapper):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def exists(self, key: str) -> bool:
-        return self._call(lambda: self.inner.exists(key))
+        return self.call(lambda: self.inner.exists(key))
 
     def close(self) -> None:
         self.inner.close()

@@ -5,6 +5,7 @@ left (taken over once old, as in a local folder: locations.stale_init), or anyth
 
 from __future__ import annotations
 
+from casnap.backends.retrying import RetryingBackend
 from casnap.backends.s3 import S3Backend
 from casnap.errors import InitUnderWay, NotARepository, RepositoryNotFound
 from casnap.locations import S3Url, is_key_name, nested_message, under_way_message
@@ -17,18 +18,20 @@ def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backen
     prefix holding nothing, or only the old key files of a killed init (`leftover`: removed
     once the new config is in, deferred.taken_over); NotARepository otherwise. A key file
     alone younger than INIT_WAIT_SECONDS is InitUnderWay (init_leftover). Without check (a
-    config of url is cached), no request is made."""
+    config of url is cached), no request is made. Each request is retried as the repository's
+    are (backends/retrying.py): on a host that keeps nothing of url they are its first."""
     backend = S3Backend(url)
     if not check and not create:
         return backend
+    retried = RetryingBackend(backend).call  # these requests may be a command's first
     try:
         if create:
-            backend.ensure_bucket()
-        if backend.exists("config"):
+            retried(backend.ensure_bucket)
+        if retried(lambda: backend.exists("config")):
             if create:
                 raise NotARepository(f"{url} already holds a casnap repository")
             return backend
-        backend.leftover = leftover = init_leftover(backend)
+        backend.leftover = leftover = retried(lambda: init_leftover(backend))
         if leftover is None:
             what = "is not empty and not a casnap repository; not touching it"
             raise NotARepository(f"{url} {what if create else 'is not a casnap repository'}")
@@ -37,7 +40,7 @@ def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backen
             raise RepositoryNotFound(
                 f"no casnap repository at {url} (run `casnap init`{what if leftover else ''})"
             )
-        outer = backend.enclosing_repository()
+        outer = retried(backend.enclosing_repository)
         if outer is not None:
             raise NotARepository(nested_message(url, outer))
         return backend

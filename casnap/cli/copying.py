@@ -221,10 +221,14 @@ def _say_encryption(
             f"is {kind} and keeps its own (the option applies to a destination the copy creates)"
         )
     if created and src.encrypted and not dst.encrypted:
+        how = (  # a password set for it encrypts nothing once none was asked for
+            "as --to-encryption none asks"
+            if to_encryption == "none"
+            else f"--to-encryption repokey, or a password for it such as {password}, encrypts it"
+        )
         warn(
             f"copying from an encrypted repository into a new plain one at "
-            f"{dst.backend.location} (--to-encryption repokey, or a password for it such as "
-            f"{password}, encrypts it)",
+            f"{dst.backend.location} ({how})",
             always=True,
         )
 

@@ -259,9 +259,11 @@ def repair_index(c: Context, as_json: bool) -> None:
     else:
         for key, reason in r.skipped:
             click.echo(printable(f"{key}: {reason}", backslash=False))
+        others = f", {r.others} other object(s) left out" if r.others else ""
         c.say(
             f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
-            f"{len(r.skipped)} pack(s) damaged, {r.index_files_removed} old index file(s) removed"
+            f"{len(r.skipped) - r.others} pack(s) damaged{others}, "
+            f"{r.index_files_removed} old index file(s) removed"
         )
     if r.missing:  # with --json too: the exit code, not only the report, says blobs are lost
         raise CheckFailed(
