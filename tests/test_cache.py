@@ -363,10 +363,10 @@ def test_a_warm_log_is_one_listing_and_nothing_else(tmp_path: Path, password: st
     repo.close()
 
 
-def test_a_repository_made_anew_where_a_cached_one_was_is_noticed(tmp_path: Path) -> None:
-    """A cached config is only trusted until the snapshot listing disagrees: a repository
-    deleted and made anew at the same location (another master key) is reported once, the
-    cached copies dropped, and the next open reads the new one."""
+def made_anew_after_a_log(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A repository of two snapshots whose config this host keeps (a log read it), then
+    deleted and made anew at the same location with one snapshot: (the data dir, its root,
+    that id)."""
     data, root, _ids = two_snapshots(tmp_path, PW)
     repo, _ = open_counted(root, PW)
     assert len(log_rows(repo)) == 2
@@ -375,6 +375,14 @@ def test_a_repository_made_anew_where_a_cached_one_was_is_noticed(tmp_path: Path
     fresh = Repository.open_or_init(root, password=lambda: PW, encryption="repokey")
     new_id = commit(fresh, data, message="anew").id
     fresh.close()
+    return data, root, new_id
+
+
+def test_a_repository_made_anew_where_a_cached_one_was_is_noticed(tmp_path: Path) -> None:
+    """A cached config is only trusted until the snapshot listing disagrees: a repository
+    deleted and made anew at the same location (another master key) is reported once, the
+    cached copies dropped, and the next open reads the new one."""
+    _data, root, new_id = made_anew_after_a_log(tmp_path)
     repo, _ = open_counted(root, PW)
     with pytest.raises(CasnapError, match="made anew"):
         log_rows(repo)
@@ -399,14 +407,7 @@ def test_a_repository_made_anew_is_noticed_by_the_commands_that_pass_over_damage
     is the config to check, not damage to report ("`casnap forget ID` removes that snapshot"
     would have a user delete the new repository's snapshots). Said once, the next run reads
     the new repository."""
-    data, root, _ids = two_snapshots(tmp_path, PW)
-    repo, _ = open_counted(root, PW)
-    assert len(log_rows(repo)) == 2
-    repo.close()
-    shutil.rmtree(root)
-    fresh = Repository.open_or_init(root, password=lambda: PW, encryption="repokey")
-    new_id = commit(fresh, data, message="anew").id
-    fresh.close()
+    data, root, new_id = made_anew_after_a_log(tmp_path)
     repo, _ = open_counted(root, PW)
     repo.skip_damaged = True  # as the command line sets it for these commands
     with pytest.raises(CasnapError, match="made anew"):
