@@ -210,10 +210,14 @@ LOCK_LOOKUP_SECONDS = 1.0
 # attempts wait at most 0.5+1+2+4+8+16+30 = 61.5 s, about 31 s on average: a commit that has
 # uploaded for an hour rides out a minute-long outage or a burst of S3 "SlowDown" answers,
 # while a storage that stays down surfaces as one clear error within about a minute (plus
-# each attempt's own timeout: 8 x 60 s more when the endpoint accepts and never answers).
+# each attempt's own timeout).
 RETRY_ATTEMPTS = 8
 RETRY_BASE_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0
+# ...but a request the store left unanswered for a whole read timeout (it accepts connections
+# and sends nothing: a hung server) this many times is given up on: 2 minutes at S3's 60 s
+# timeout, not 8.5 (a store that answers slowly, or fails otherwise, keeps every attempt).
+RETRY_SILENT_ATTEMPTS = 2
 
 # casnap's own temporary files, passed over in every data dir (any other name is the user's:
 # even what looks like OS litter, such as Thumbs.db, may be a database)

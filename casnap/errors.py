@@ -114,7 +114,10 @@ class PathTooLong(SourceError):
 
 class TransientError(CasnapError):
     """A storage request failed in a way a retry may fix: a timeout, a connection reset, a 5xx
-    answer, throttling (backends raise it; backends/retrying.py retries it)."""
+    answer, throttling (backends raise it; backends/retrying.py retries it). silent: the store
+    sent nothing for a whole read timeout (retried less: see RETRY_SILENT_ATTEMPTS)."""
+
+    silent = False
 
 
 class StorageFull(CasnapError):

@@ -79,3 +79,29 @@ def test_a_request_dropped_while_a_host_without_a_cache_opens_the_repository_is_
         code, out, err = _cli(repo, data, command)
         assert proxy.dropped, proxy.requests
         assert code == 0, err
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_store_that_accepts_connections_and_never_answers_is_given_up_on_after_two_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that accepts connections and sends nothing (a hung server, a stopped
+    process behind a live socket) had each request wait its whole read timeout 8 times over
+    (8.5 minutes at 60 s): a store silent for two whole timeouts in a row is given up on, with
+    one line saying so; one that fails in other ways keeps every attempt."""
+    import socket
+
+    import casnap.backends.s3 as s3
+
+    monkeypatch.setattr(s3, "READ_TIMEOUT", 0.3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel accepts; nobody ever answers
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("CASNAP_S3_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        code, _, err = _cli("s3://bucket/app", tmp_path / "data", "log")
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert "2 of them unanswered" in err and "gave up after 2 attempts" in err, err

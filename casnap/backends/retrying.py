@@ -33,7 +33,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from casnap.backends.base import Backend, Wrapper, check_key
-from casnap.constants import RETRY_ATTEMPTS, RETRY_BASE_DELAY, RETRY_MAX_DELAY
+from casnap.constants import (
+    RETRY_ATTEMPTS,
+    RETRY_BASE_DELAY,
+    RETRY_MAX_DELAY,
+    RETRY_SILENT_ATTEMPTS,
+)
 from casnap.errors import ObjectMissing, TransientError
 
 T = TypeVar("T")
@@ -73,36 +78,44 @@ class RetryingBackend(Wrapper):
         cap = min(self.max_delay, self.base_delay * 2.0**retry)
         return self.rng.uniform(0.0, cap)
 
-    def _give_up(self, exc: TransientError, tries: int) -> TransientError:
-        """The last failure, saying that retrying it did not help."""
+    def _give_up(self, exc: TransientError, tries: int, silent: int = 0) -> TransientError:
+        """The last failure, saying that retrying it did not help (and, silent, how many of the
+        attempts the store left unanswered)."""
         self.gone = True
-        return TransientError(f"{exc} (gave up after {tries} attempt{'s' * (tries > 1)})")
+        why = f"{silent} of them unanswered for the whole read timeout; " if silent > 1 else ""
+        return TransientError(f"{exc} ({why}gave up after {tries} attempt{'s' * (tries > 1)})")
+
+    def _last(self, exc: TransientError, attempt: int, tries: int, silent: list[int]) -> bool:
+        """Whether the failed attempt number `attempt` (from 0) of a call is its last: it had
+        `tries`, or the store left RETRY_SILENT_ATTEMPTS of them unanswered (silent counts)."""
+        silent[0] += exc.silent
+        return attempt >= tries - 1 or silent[0] >= RETRY_SILENT_ATTEMPTS
 
     def call(self, fn: Callable[[], T]) -> T:
         """fn(), tried up to `tries` times while it raises TransientError: a request of the
         backend below that is not a Backend call (the S3 checks of what a prefix holds)."""
-        tries = self.tries
+        tries, silent = self.tries, [0]
         for attempt in range(tries):
             try:
                 done = fn()
                 self.gone = False
                 return done
             except TransientError as exc:
-                if attempt == tries - 1:
-                    raise self._give_up(exc, tries) from exc
+                if self._last(exc, attempt, tries, silent):
+                    raise self._give_up(exc, attempt + 1, silent[0]) from exc
             self.sleep(self.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def put(self, key: str, data: bytes | memoryview) -> bool:
         check_key(key)
         failed = False
-        tries = self.tries
+        tries, silent = self.tries, [0]
         for attempt in range(tries):
             try:
                 stored = self.inner.put(key, data)
             except TransientError as exc:
-                if attempt == tries - 1:
-                    raise self._give_up(exc, tries) from exc
+                if self._last(exc, attempt, tries, silent):
+                    raise self._give_up(exc, attempt + 1, silent[0]) from exc
                 failed = True
                 self.sleep(self.delay(attempt))
                 continue
@@ -134,7 +147,7 @@ class RetryingBackend(Wrapper):
         yielded are skipped (see the module docstring)."""
         seen: set[str] = set()
         failures = 0
-        tries = self.tries
+        tries, silent = self.tries, [0]
         while True:
             progress = False
             try:
@@ -149,8 +162,10 @@ class RetryingBackend(Wrapper):
                 return
             except TransientError as exc:
                 failures = 1 if progress else failures + 1
-                if failures >= tries:
-                    raise self._give_up(exc, tries) from exc
+                if progress:
+                    silent[0] = 0
+                if self._last(exc, failures - 1, tries, silent):
+                    raise self._give_up(exc, failures, silent[0]) from exc
                 self.sleep(self.delay(failures - 1))
 
     def delete(self, key: str) -> None:
@@ -158,15 +173,15 @@ class RetryingBackend(Wrapper):
 
     def remove(self, key: str) -> bool:
         failed = False
-        tries = self.tries
+        tries, silent = self.tries, [0]
         for attempt in range(tries):
             try:
                 present = self.inner.remove(key) or failed
                 self.gone = False
                 return present
             except TransientError as exc:
-                if attempt == tries - 1:
-                    raise self._give_up(exc, tries) from exc
+                if self._last(exc, attempt, tries, silent):
+                    raise self._give_up(exc, attempt + 1, silent[0]) from exc
                 failed = True
             self.sleep(self.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover

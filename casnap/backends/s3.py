@@ -236,7 +236,9 @@ class S3Backend(Backend):
         if isinstance(exc, (botocore.exceptions.NoCredentialsError, *NoRegionErrors)):
             return AccessDenied(f"{where}: {exc} (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
         if isinstance(exc, TransientErrors):
-            return TransientError(f"{where}: {exc}")
+            err = TransientError(f"{where}: {exc}")
+            err.silent = isinstance(exc, botocore.exceptions.ReadTimeoutError)
+            return err
         return CasnapError(f"{where}: {type(exc).__name__}: {exc}")
 
     @contextlib.contextmanager
