@@ -368,3 +368,27 @@ def test_a_counter_too_large_for_a_float_is_still_listed(made: tuple[Path, Path,
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     line = next(x for x in cli(repo_dir, data, "log").stdout.splitlines() if x.startswith(bad[:8]))
     assert ">= 8 EiB" in line
+
+
+# -- a small file whose size disagrees with its chunks, in a folder of its own ---------------------
+
+
+def test_a_small_file_whose_size_lies_is_an_integrity_error_in_a_new_folder(
+    made: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """A small file that the batched restore passes over (its chunks do not add up to its size)
+    is restored on its own; its folder, which no other file made, is made first, so the checkout
+    names the damaged manifest (exit 5) rather than a missing folder of the stage (exit 1)."""
+    repo_dir, data, _ = made
+    (data / "notes" / "deep").mkdir(parents=True)
+    (data / "notes" / "deep" / "a.txt").write_text("a small file of its own folder\n")
+    sid = commit(Repository.open(repo_dir), data).id
+    d = manifest_of(repo_dir, sid)
+    entry = next(f for f in d["files"] if f["path"] == "notes/deep/a.txt")
+    d["totals"]["bytes"] -= entry["size"] - 1
+    entry["size"] = 1
+    bad = store(repo_dir, d)
+    target = tmp_path / "target"
+    proc = cli(repo_dir, data, "checkout", bad, "--to", str(target), "--no-smoke")
+    one_line(proc, 5, "notes/deep/a.txt")
+    assert not target.exists()
