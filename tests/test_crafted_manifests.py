@@ -392,3 +392,25 @@ def test_a_small_file_whose_size_lies_is_an_integrity_error_in_a_new_folder(
     proc = cli(repo_dir, data, "checkout", bad, "--to", str(target), "--no-smoke")
     one_line(proc, 5, "notes/deep/a.txt")
     assert not target.exists()
+
+
+def test_small_files_of_a_frame_that_does_not_decode_name_the_damage(tmp_path: Path) -> None:
+    """The same path from real damage: a flipped byte in the zstd frame holding a batch of small
+    files, all in a folder of their own; they are restored again one by one, which names the
+    chunk and its pack (exit 5), not the stage's folder."""
+    data = tmp_path / "data"
+    (data / "a" / "b").mkdir(parents=True)
+    for i in range(20):
+        (data / "a" / "b" / f"f{i}.txt").write_text(f"line {i} of some text\n" * 300)
+    repo_dir = tmp_path / "repo"
+    commit(Repository.init(repo_dir, small_config()), data)
+    [pack] = [p for p in (repo_dir / "packs").rglob("*") if p.is_file()]
+    raw = bytearray(pack.read_bytes())
+    assert raw[16] == 1  # the first frame, right after the pack's header, is zstd
+    raw[20] ^= 0xFF  # inside the zstd frame's header
+    pack.chmod(0o600)
+    pack.write_bytes(bytes(raw))
+    target = tmp_path / "target"
+    proc = cli(repo_dir, data, "checkout", "latest", "--to", str(target), "--no-smoke")
+    one_line(proc, 5, r"a/b/f\d+\.txt: chunk [0-9a-f]{64}: frame at 16 in pack [0-9a-f]{64}")
+    assert not target.exists()
