@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,35 @@ def test_an_interrupted_encrypted_init_is_named(enc_repo: tuple[Path, Path]) -> 
         (repo / sub).rmdir()
     code, _, err = run(repo, data, "log")
     assert code == 3 and "key files but no config" in err
+
+
+def test_an_empty_keys_folder_an_init_left_is_taken_over_once_old(tmp_path: Path) -> None:
+    """An encrypted init stopped after it made keys/ and before its key file was in (a full
+    disk, a kill) leaves keys/ empty. Once older than INIT_WAIT_SECONDS no init is under way
+    there: an init, and a first commit, make the repository in that folder. Every init refused
+    it for ever as "an init is under way ... try again in a few seconds"."""
+    from casnap.constants import INIT_WAIT_SECONDS
+
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    old = time.time() - INIT_WAIT_SECONDS - 5
+    for name, command in (("inited", ["init", "--encryption", "repokey"]), ("repo", ["commit"])):
+        repo = tmp_path / name
+        (repo / "keys").mkdir(parents=True, mode=0o700)
+        os.utime(repo / "keys", (old, old))
+        code, _, err = run(repo, data, *command)
+        assert code == 0, err
+        assert run(repo, data, "log")[0] == 0
+        assert len(list((repo / "keys").iterdir())) == 1
+
+
+def test_a_fresh_empty_keys_folder_is_an_init_under_way(tmp_path: Path) -> None:
+    """keys/ just made, still empty: another init may be about to write its key file."""
+    repo = tmp_path / "repo"
+    (repo / "keys").mkdir(parents=True, mode=0o700)
+    code, _, err = run(repo, tmp_path, "init", "--encryption", "repokey")
+    assert code == EXIT_CODES["repository"] and "init is under way" in err, err
+    assert not any((repo / "keys").iterdir())
 
 
 def test_key_list_and_export_take_no_lock(enc_repo: tuple[Path, Path], tmp_path: Path) -> None:
