@@ -8,6 +8,7 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import cached_property, partial
@@ -119,7 +120,14 @@ class Repository:
         with fsutil.new_folder(root):  # removed again, while empty, when the init stops
             # _local_backend makes an existing empty root private too
             tmp = root / "tmp" if password is None else fsutil.private_scratch()
-            repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
+            try:
+                repo = cls.init_backend(
+                    local_backend(root), config, tmp, root=root, password=password
+                )
+            except BaseException:  # the keys/ its key file did not land in (a full disk) goes
+                with contextlib.suppress(OSError):  # too: alone, it reads as an init under way
+                    os.rmdir(root / "keys")
+                raise
             finish()  # the config is in: that init's key files go
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700

@@ -292,3 +292,40 @@ def test_key_export_and_import_on_a_plain_repository_are_the_same_usage_error(
     )
     assert lines == [said, said]
     assert not (plain / "keys").exists() and not (tmp_path / "out.json").exists()
+
+
+FULL_INIT = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+small = Path(sys.argv[1])
+fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)
+try:  # every block of the filesystem taken
+    while os.write(fd, b"x" * 4096):
+        pass
+except OSError:
+    pass
+os.close(fd)
+env = dict(os.environ, CASNAP_PASSWORD="pw")
+res = []
+for name in ("made", "empty"):
+    if name == "empty":
+        (small / name).mkdir()  # an empty folder the user made for it
+    p = subprocess.run([sys.executable, "-m", "casnap", "--repo", str(small / name), "init",
+                        "--encryption", "repokey"], capture_output=True, text=True, env=env)
+    left = sorted(str(q.relative_to(small)) for q in small.rglob("*") if q.name != "filler")
+    res.append([name, p.returncode, p.stderr, left])
+print(json.dumps(res))
+"""
+
+
+def test_an_encrypted_init_on_a_full_disk_takes_back_its_keys_folder(tmp_path: Path) -> None:
+    """An encrypted init whose key file does not fit fails with exit 8 and leaves nothing it made:
+    no keys/ (which then stood alone in the folder: every command called it an interrupted init),
+    and no folder it created."""
+    from tests.test_hostile import in_small_tmpfs
+
+    small = tmp_path / "small"
+    made, empty = in_small_tmpfs(small, FULL_INIT, str(small))
+    assert made[1] == empty[1] == EXIT_CODES["storage"], (made, empty)
+    assert "no space left on device" in made[2] and made[2].count("\n") == 1, made
+    assert made[3] == [] and empty[3] == ["empty"], (made, empty)
