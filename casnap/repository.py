@@ -452,5 +452,16 @@ class Repository:
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
+        check_size(entry, refs)
         delta_bytes = sum(len(b) for b in bodies if chunklist.is_delta(b))
         return refs, deltas, delta_bytes
+
+
+def check_size(entry: FileEntry, refs: bytes) -> None:
+    """IntegrityError when the chunks of packed refs do not add up to the entry's size (a
+    damaged or crafted manifest: verify reports it, every reader refuses it)."""
+    size = chunklist.plain_size(refs)
+    if size != entry.size:
+        raise IntegrityError(
+            f"chunk list of {entry.path} holds {size} bytes, its entry says {entry.size}"
+        )
