@@ -43,7 +43,7 @@ from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_m
 from casnap.packwriter import PackWriter
 from casnap.pipeline import cpu_workers
 from casnap.progress import ByteProgress, ProgressFn
-from casnap.repository import Repository
+from casnap.repository import Repository, check_size
 from casnap.spans import FramesAhead
 
 # Chunks of a file whose source index entries are looked up at once (one numpy lookup per
@@ -349,6 +349,11 @@ class _CopyRun:
                 if entry.lists not in lists:
                     lists[entry.lists] = self._file(entry, writer, framer, base, seen, out)
                     bar.add(entry.size)
+                else:  # the same chunk list: checked against this entry's size too
+                    try:
+                        check_size(entry, lists[entry.lists][1])
+                    except IntegrityError as exc:
+                        raise DamagedSource(str(exc)) from exc
                 files.append(entry._replace(lists=lists[entry.lists][0]))
             framer.flush()
             added = writer.finish()

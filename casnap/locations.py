@@ -166,10 +166,12 @@ def clear_killed_init(root: Path) -> None:
 
 def stale_init(root: Path) -> list[Path] | None:
     """The key files an encrypted init left in root when it was killed between its key file and
-    its config, once that init is surely over (every file older than INIT_WAIT_SECONDS: an init
-    writes its config right after its key file); None when root holds anything else (besides
-    placeholders and temp files), a config, no key file, or one written lately. They seal a key
-    that encrypts nothing: an init may replace them."""
+    its config, once that init is surely over (keys/ and every file in it older than
+    INIT_WAIT_SECONDS: an init writes its config right after its key file); None when root
+    holds anything else (besides placeholders and temp files), a config, no keys/, or a key
+    file or keys/ written lately. They seal a key that encrypts nothing: an init may replace
+    them. An old keys/ left empty (an init stopped before its key file was in: a full disk, a
+    kill) is taken over too: an empty list."""
     import time
 
     from casnap.constants import INIT_WAIT_SECONDS, TEMP_PREFIX
@@ -194,7 +196,7 @@ def stale_init(root: Path) -> list[Path] | None:
                 return None
     except OSError:
         return None
-    return found or None
+    return found
 
 
 def is_key_name(name: str) -> bool:

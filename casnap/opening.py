@@ -183,7 +183,9 @@ def open_or_make(root: Path, make: Callable[[], R], open_: Callable[[], R]) -> R
     deadline = time.monotonic() + INIT_WAIT_SECONDS
     while True:
         clear_killed_init(root)  # the temp file of an init killed before its config
-        if not (root / "config").exists() and (is_placeholder_dir(root) or stale_init(root)):
+        if not (root / "config").exists() and (
+            is_placeholder_dir(root) or stale_init(root) is not None
+        ):
             try:
                 return make()
             except NotARepository:  # another init's config or files landed meanwhile

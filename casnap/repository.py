@@ -8,6 +8,7 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import cached_property, partial
@@ -127,7 +128,14 @@ class Repository:
         with fsutil.new_folder(root):  # removed again, while empty, when the init stops
             # _local_backend makes an existing empty root private too
             tmp = root / "tmp" if password is None else fsutil.private_scratch()
-            repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
+            try:
+                repo = cls.init_backend(
+                    local_backend(root), config, tmp, root=root, password=password
+                )
+            except BaseException:  # the keys/ its key file did not land in (a full disk) goes
+                with contextlib.suppress(OSError):  # too: alone, it reads as an init under way
+                    os.rmdir(root / "keys")
+                raise
             finish()  # the config is in: that init's key files go
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
@@ -457,5 +465,16 @@ class Repository:
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
+        check_size(entry, refs)
         delta_bytes = sum(len(b) for b in bodies if chunklist.is_delta(b))
         return refs, deltas, delta_bytes
+
+
+def check_size(entry: FileEntry, refs: bytes) -> None:
+    """IntegrityError when the chunks of packed refs do not add up to the entry's size (a
+    damaged or crafted manifest: verify reports it, every reader refuses it)."""
+    size = chunklist.plain_size(refs)
+    if size != entry.size:
+        raise IntegrityError(
+            f"chunk list of {entry.path} holds {size} bytes, its entry says {entry.size}"
+        )

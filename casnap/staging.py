@@ -173,6 +173,8 @@ def stage_files(
         again, failed = smallstage.stage_small(
             repo, stage.dir.fd, stage.path, small, pool, window, staged, phases
         )
+        for entry in again:  # passed over by the batches: its folder may not be made yet
+            _mkdirs((stage.path / entry.path).parent)
         write_files(
             repo, [(e, stage.path / e.path) for e in again], pool, window, written, bar.add, phases
         )

@@ -368,3 +368,96 @@ def test_a_counter_too_large_for_a_float_is_still_listed(made: tuple[Path, Path,
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     line = next(x for x in cli(repo_dir, data, "log").stdout.splitlines() if x.startswith(bad[:8]))
     assert ">= 8 EiB" in line
+
+
+# -- a small file whose size disagrees with its chunks, in a folder of its own ---------------------
+
+
+def test_a_small_file_whose_size_lies_is_an_integrity_error_in_a_new_folder(
+    made: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """A small file that the batched restore passes over (its chunks do not add up to its size)
+    is restored on its own; its folder, which no other file made, is made first, so the checkout
+    names the damaged manifest (exit 5) rather than a missing folder of the stage (exit 1)."""
+    repo_dir, data, _ = made
+    (data / "notes" / "deep").mkdir(parents=True)
+    (data / "notes" / "deep" / "a.txt").write_text("a small file of its own folder\n")
+    sid = commit(Repository.open(repo_dir), data).id
+    d = manifest_of(repo_dir, sid)
+    entry = next(f for f in d["files"] if f["path"] == "notes/deep/a.txt")
+    d["totals"]["bytes"] -= entry["size"] - 1
+    entry["size"] = 1
+    bad = store(repo_dir, d)
+    target = tmp_path / "target"
+    proc = cli(repo_dir, data, "checkout", bad, "--to", str(target), "--no-smoke")
+    one_line(proc, 5, "notes/deep/a.txt")
+    assert not target.exists()
+
+
+def test_small_files_of_a_frame_that_does_not_decode_name_the_damage(tmp_path: Path) -> None:
+    """The same path from real damage: a flipped byte in the zstd frame holding a batch of small
+    files, all in a folder of their own; they are restored again one by one, which names the
+    chunk and its pack (exit 5), not the stage's folder."""
+    data = tmp_path / "data"
+    (data / "a" / "b").mkdir(parents=True)
+    for i in range(20):
+        (data / "a" / "b" / f"f{i}.txt").write_text(f"line {i} of some text\n" * 300)
+    repo_dir = tmp_path / "repo"
+    commit(Repository.init(repo_dir, small_config()), data)
+    [pack] = [p for p in (repo_dir / "packs").rglob("*") if p.is_file()]
+    raw = bytearray(pack.read_bytes())
+    assert raw[16] == 1  # the first frame, right after the pack's header, is zstd
+    raw[20] ^= 0xFF  # inside the zstd frame's header
+    pack.chmod(0o600)
+    pack.write_bytes(bytes(raw))
+    target = tmp_path / "target"
+    proc = cli(repo_dir, data, "checkout", "latest", "--to", str(target), "--no-smoke")
+    one_line(proc, 5, r"a/b/f\d+\.txt: chunk [0-9a-f]{64}: frame at 16 in pack [0-9a-f]{64}")
+    assert not target.exists()
+
+
+def _size_lie(repo_dir: Path, sid: str, path: str) -> str:
+    d = manifest_of(repo_dir, sid)
+    entry = next(f for f in d["files"] if f["path"] == path)
+    d["totals"]["bytes"] -= entry["size"] - 1
+    entry["size"] = 1
+    return store(repo_dir, d)
+
+
+def test_a_copy_passes_over_a_snapshot_whose_sizes_lie(
+    made: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """A file entry whose chunks add up to more bytes than its size (verify calls the snapshot
+    damaged) is damage in the source: the copy names that snapshot and passes it over (exit 5),
+    as for a chunk list that does not decode; it copied it, manifest and all, and the copy
+    failed verify. cat says the same of the file."""
+    repo_dir, data, sid = made
+    path = next(f["path"] for f in manifest_of(repo_dir, sid)["files"] if f["size"] > 1)
+    bad = _size_lie(repo_dir, sid, path)
+    dst = tmp_path / "dst"
+    Repository.init(dst, small_config())
+    proc = cli(repo_dir, data, "copy", "--to", str(dst))
+    line = one_line(proc, 5, f"{bad[:8]}.*{path}")
+    assert sid[:8] not in line
+    assert sorted(p.name for p in (dst / "snapshots").iterdir()) == [sid]
+    assert cli(dst, data, "verify").returncode == 0
+    one_line(cli(repo_dir, data, "cat", bad, path), 5, f"chunk list of {path} holds \\d+ bytes")
+
+
+def test_a_copy_checks_the_size_of_every_entry_sharing_a_chunk_list(
+    made: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """Two entries of one chunk list (the same content at two paths): the list is sent once,
+    and the second entry's size, which lies, is checked against it all the same."""
+    repo_dir, data, sid = made
+    d = manifest_of(repo_dir, sid)
+    first = next(f for f in d["files"] if f["size"] > 1)
+    twin = dict(first, path=first["path"] + ".twin", size=1, source=None)
+    d["files"] = sorted([*d["files"], twin], key=lambda f: f["path"])
+    d["totals"] = {"files": d["totals"]["files"] + 1, "bytes": d["totals"]["bytes"] + 1}
+    bad = store(repo_dir, d)
+    dst = tmp_path / "dst"
+    Repository.init(dst, small_config())
+    proc = cli(repo_dir, data, "copy", bad, "--to", str(dst))
+    one_line(proc, 5, f"{bad[:8]}.*{twin['path']} holds \\d+ bytes, its entry says 1")
+    assert not list(dst.glob("snapshots/*"))

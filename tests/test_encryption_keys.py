@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,35 @@ def test_an_interrupted_encrypted_init_is_named(enc_repo: tuple[Path, Path]) -> 
         (repo / sub).rmdir()
     code, _, err = run(repo, data, "log")
     assert code == 3 and "key files but no config" in err
+
+
+def test_an_empty_keys_folder_an_init_left_is_taken_over_once_old(tmp_path: Path) -> None:
+    """An encrypted init stopped after it made keys/ and before its key file was in (a full
+    disk, a kill) leaves keys/ empty. Once older than INIT_WAIT_SECONDS no init is under way
+    there: an init, and a first commit, make the repository in that folder. Every init refused
+    it for ever as "an init is under way ... try again in a few seconds"."""
+    from casnap.constants import INIT_WAIT_SECONDS
+
+    data = tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    old = time.time() - INIT_WAIT_SECONDS - 5
+    for name, command in (("inited", ["init", "--encryption", "repokey"]), ("repo", ["commit"])):
+        repo = tmp_path / name
+        (repo / "keys").mkdir(parents=True, mode=0o700)
+        os.utime(repo / "keys", (old, old))
+        code, _, err = run(repo, data, *command)
+        assert code == 0, err
+        assert run(repo, data, "log")[0] == 0
+        assert len(list((repo / "keys").iterdir())) == 1
+
+
+def test_a_fresh_empty_keys_folder_is_an_init_under_way(tmp_path: Path) -> None:
+    """keys/ just made, still empty: another init may be about to write its key file."""
+    repo = tmp_path / "repo"
+    (repo / "keys").mkdir(parents=True, mode=0o700)
+    code, _, err = run(repo, tmp_path, "init", "--encryption", "repokey")
+    assert code == EXIT_CODES["repository"] and "init is under way" in err, err
+    assert not any((repo / "keys").iterdir())
 
 
 def test_key_list_and_export_take_no_lock(enc_repo: tuple[Path, Path], tmp_path: Path) -> None:
@@ -262,3 +292,40 @@ def test_key_export_and_import_on_a_plain_repository_are_the_same_usage_error(
     )
     assert lines == [said, said]
     assert not (plain / "keys").exists() and not (tmp_path / "out.json").exists()
+
+
+FULL_INIT = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+small = Path(sys.argv[1])
+fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)
+try:  # every block of the filesystem taken
+    while os.write(fd, b"x" * 4096):
+        pass
+except OSError:
+    pass
+os.close(fd)
+env = dict(os.environ, CASNAP_PASSWORD="pw")
+res = []
+for name in ("made", "empty"):
+    if name == "empty":
+        (small / name).mkdir()  # an empty folder the user made for it
+    p = subprocess.run([sys.executable, "-m", "casnap", "--repo", str(small / name), "init",
+                        "--encryption", "repokey"], capture_output=True, text=True, env=env)
+    left = sorted(str(q.relative_to(small)) for q in small.rglob("*") if q.name != "filler")
+    res.append([name, p.returncode, p.stderr, left])
+print(json.dumps(res))
+"""
+
+
+def test_an_encrypted_init_on_a_full_disk_takes_back_its_keys_folder(tmp_path: Path) -> None:
+    """An encrypted init whose key file does not fit fails with exit 8 and leaves nothing it made:
+    no keys/ (which then stood alone in the folder: every command called it an interrupted init),
+    and no folder it created."""
+    from tests.test_hostile import in_small_tmpfs
+
+    small = tmp_path / "small"
+    made, empty = in_small_tmpfs(small, FULL_INIT, str(small))
+    assert made[1] == empty[1] == EXIT_CODES["storage"], (made, empty)
+    assert "no space left on device" in made[2] and made[2].count("\n") == 1, made
+    assert made[3] == [] and empty[3] == ["empty"], (made, empty)
