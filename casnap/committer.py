@@ -36,6 +36,7 @@ from casnap import (
 from casnap import restored as restored_files
 from casnap.backends.base import put_verified
 from casnap.config import now_iso, snapshot_time
+from casnap.constants import SAFETY_TAG
 from casnap.errors import (
     AccessDenied,
     CasnapError,
@@ -534,7 +535,11 @@ class Committer:
         self.repo.remember_snapshot(sid, snap)
         if reader.writer is not None:  # taken back if the lock turns out lost (commit)
             self.stored = (reader.writer.index_key, [p for p, _size in reader.writer.created])
-        if restored:
+        if opts.source is None and SAFETY_TAG not in opts.tags:  # a data dir committed from
+            with contextlib.suppress(OSError):
+                here = os.stat(data_dir)
+                restored_files.committed(self.repo.id, source_dir, (here.st_dev, here.st_ino))
+        elif restored:
             restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve
         result.bytes_added = added + len(blob)
         result.logical_bytes = snap.logical_bytes

@@ -10,9 +10,10 @@ whose side files go with it), before any file is read.
 Removing a file the snapshot lacks is what a checkout into the data dir is for; anywhere else it
 would delete what the checkout did not write (a restic or borg restore never does). So a full
 checkout removes files only from a folder known to hold this repository's data (`known`): the
-data dir, one an earlier full checkout from this repository went into (its record,
-restored.py), or one a snapshot of this repository was committed from on this host (not a
-pre-checkout snapshot: a checkout of some paths saves one of any folder it writes into).
+data dir, or one this host's record (restored.py, in the user's cache dir) says an earlier full
+checkout from this repository went into, or a commit into it was made from (not a pre-checkout
+snapshot: a checkout of some paths saves one of any folder it writes into). Never a manifest's
+`source` and `host`: a repository someone else made can name any folder there.
 Anywhere else it is refused before anything is read or written unless forced (`refuse`).
 """
 
@@ -23,9 +24,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from casnap import capture, fsutil, selection, swap
+from casnap import capture, selection, swap
 from casnap import restored as restored_files
-from casnap.constants import SAFETY_TAG
 from casnap.errors import AccessDenied, InvalidArgument
 from casnap.fsdir import Tree
 from casnap.present import Present
@@ -106,8 +106,8 @@ def unsaved(tree: Tree, present: Present, removing: list[str]) -> list[str]:
 
 def known(repo: Repository, target: Path, fd: int, data_dir: Path | None) -> bool:
     """Whether target (open as fd) is known to hold repo's data: the data dir (by identity,
-    whatever path names it), a folder with a record of a full checkout from repo, or one a
-    snapshot of repo was committed from on this host."""
+    whatever path names it), or a folder this host's record (restored.py) says a full checkout
+    from repo went into or a commit into repo was made from."""
     here = os.fstat(fd)
     if data_dir is not None:
         try:
@@ -116,13 +116,9 @@ def known(repo: Repository, target: Path, fd: int, data_dir: Path | None) -> boo
             st = None
         if st is not None and (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
             return True
-    if restored_files.whole_checkout(repo.id, str(target), (here.st_dev, here.st_ino)):
-        return True
-    source, host = str(target), fsutil.hostname()
-    return any(
-        snap.source == source and snap.host == host and SAFETY_TAG not in snap.tags
-        for _, snap in repo.snapshots()
-    )
+    # this host's own record, never a manifest's source and host: a repository made elsewhere
+    # can name any folder in them
+    return restored_files.whole_checkout(repo.id, str(target), (here.st_dev, here.st_ino))
 
 
 def refuse(removing: list[str], sel: selection.Selection, shown: object) -> None:

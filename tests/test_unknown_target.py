@@ -253,3 +253,24 @@ def restored_as_committed(target: Path) -> None:
     with contextlib.closing(sqlite3.connect(target / "app.db")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 50
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_manifest_naming_a_folder_as_its_source_does_not_make_it_known(tmp_path: Path) -> None:
+    """Whether a snapshot was committed from a folder was read from the manifests' `source` and
+    `host`, which a repository someone else made can say anything in: a manifest naming
+    `--to`'s folder as its source had a full checkout remove that folder's own files. What
+    this host committed from is its own record now (the user's cache dir, as for checkouts)."""
+    from tests.test_crafted_manifests import manifest_of, store
+
+    write(tmp_path / "data", DATA)
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, tmp_path / "data").id
+    victim = tmp_path / "victim"
+    write(victim, {"my_thesis.txt": "in no snapshot\n"})
+    forged = manifest_of(tmp_path / "repo", sid)
+    forged["source"] = str(victim)
+    store(tmp_path / "repo", forged)
+    repo = Repository.open(tmp_path / "repo")
+    with pytest.raises(InvalidArgument, match="would remove 1 file"):
+        checkout(repo, sid, victim, smoke=False, safety_snapshot=False)
+    assert files_of(victim) == {"my_thesis.txt": "in no snapshot\n"}
