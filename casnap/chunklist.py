@@ -59,6 +59,14 @@ def plain_size(refs: bytes) -> int:
     return int(lengths.copy().view("<u4").sum(dtype=np.int64))
 
 
+def check_size(refs: bytes, size: int, path: str) -> None:
+    """IntegrityError when the chunks of packed refs do not add up to size, the entry's of the
+    file at path (a damaged or crafted manifest: verify reports it, every reader refuses it)."""
+    found = plain_size(refs)
+    if found != size:
+        raise IntegrityError(f"chunk list of {path} holds {found} bytes, its entry says {size}")
+
+
 def pieces(refs: bytes) -> Iterator[bytes]:
     """A full list as piece bodies, one at a time (one empty piece for an empty file)."""
     step = LIST_PIECE_REFS * REF_SIZE

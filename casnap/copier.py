@@ -43,7 +43,7 @@ from casnap.manifest import FileEntry, Snapshot, compress_manifest, decompress_m
 from casnap.packwriter import PackWriter
 from casnap.pipeline import cpu_workers
 from casnap.progress import ByteProgress, ProgressFn
-from casnap.repository import Repository, check_size
+from casnap.repository import Repository
 from casnap.spans import FramesAhead
 
 # Chunks of a file whose source index entries are looked up at once (one numpy lookup per
@@ -351,7 +351,7 @@ class _CopyRun:
                     bar.add(entry.size)
                 else:  # the same chunk list: checked against this entry's size too
                     try:
-                        check_size(entry, lists[entry.lists][1])
+                        chunklist.check_size(lists[entry.lists][1], entry.size, entry.path)
                     except IntegrityError as exc:
                         raise DamagedSource(str(exc)) from exc
                 files.append(entry._replace(lists=lists[entry.lists][0]))

@@ -10,15 +10,22 @@ scheme is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from casnap.errors import InitUnderWay, InvalidArgument, NotARepository, RepositoryError
+from casnap.errors import (
+    InitUnderWay,
+    InvalidArgument,
+    NotARepository,
+    RepositoryError,
+    RepositoryNotFound,
+)
 
 if TYPE_CHECKING:
     from casnap.backends.base import Backend
@@ -253,6 +260,33 @@ def init_folder(root: Path) -> Callable[[], None]:
                 pass
 
     return finish
+
+
+def require_config(root: Path) -> None:
+    """RepositoryNotFound (an empty or missing folder) or NotARepository (anything else, key
+    files left by an interrupted init said so) unless root holds a config."""
+    if (root / "config").is_file():
+        return
+    if is_placeholder_dir(root):
+        raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
+    if (root / "keys").is_dir():
+        raise NotARepository(
+            f"{root} holds key files but no config (an encrypted init interrupted?): "
+            "not a casnap repository yet; an init there takes it over in a few seconds"
+        )
+    raise NotARepository(f"{root} is not a casnap repository")
+
+
+@contextlib.contextmanager
+def keys_taken_back(root: Path) -> Iterator[None]:
+    """An init in root that fails in the block takes the keys/ folder its key file did not
+    land in (a full disk) with it: alone, that folder reads as an init under way."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(root / "keys")
+        raise
 
 
 def is_config(head: bytes) -> bool:

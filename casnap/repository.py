@@ -8,7 +8,6 @@ imports none of them.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import cached_property, partial
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from casnap import capture, chunklist, crypto, fsutil, keys, locks, placement, rollback, selection
+from casnap import opening as op
 from casnap.backends.base import Backend
 from casnap.backends.cached import CachingBackend, cache_dir_for, opened_cache, opened_cache_dir
 from casnap.backends.deferred import DeferredBackend, made_for, s3_backend, taken_over, unmade
@@ -23,28 +23,20 @@ from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import encode_config, new_config, now_iso, parse_config
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import (
-    IntegrityError,
-    InvalidArgument,
-    NotARepository,
-    RepositoryNotFound,
-    from_oserror,
-)
+from casnap.errors import IntegrityError, InvalidArgument, NotARepository, from_oserror
 from casnap.heads import Damage, read_heads, stopping, way_out
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
-from casnap.locations import S3Url, as_location, init_folder, is_placeholder_dir, local_backend
-from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
-from casnap.opening import (
-    confirm,
-    entered_or_gone,
-    gone_when_missing,
-    listing_stopped,
-    open_or_make,
-    open_or_make_remote,
-    read_config,
+from casnap.locations import (
+    S3Url,
+    as_location,
+    init_folder,
+    keys_taken_back,
+    local_backend,
+    require_config,
 )
+from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
 from casnap.phases import opening
 from casnap.signals import uninterrupted
 from casnap.spans import ListsAhead
@@ -125,17 +117,10 @@ class Repository:
         if root.exists() and not root.is_dir():
             raise NotARepository(f"{root} is not a directory")
         finish = init_folder(root)  # may take over what an init killed before its config left
-        with fsutil.new_folder(root):  # removed again, while empty, when the init stops
+        with fsutil.new_folder(root), keys_taken_back(root):  # both go, when the init fails
             # _local_backend makes an existing empty root private too
             tmp = root / "tmp" if password is None else fsutil.private_scratch()
-            try:
-                repo = cls.init_backend(
-                    local_backend(root), config, tmp, root=root, password=password
-                )
-            except BaseException:  # the keys/ its key file did not land in (a full disk) goes
-                with contextlib.suppress(OSError):  # too: alone, it reads as an init under way
-                    os.rmdir(root / "keys")
-                raise
+            repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
             finish()  # the config is in: that init's key files go
         try:
             fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
@@ -184,15 +169,7 @@ class Repository:
         if isinstance(where, S3Url):
             return cls._on_s3(where, password, cache=cache)
         root = where  # resolved: a symbolic link to the repository is followed once
-        if not (root / "config").is_file():
-            if is_placeholder_dir(root):
-                raise RepositoryNotFound(f"no casnap repository at {root} (run `casnap init`)")
-            if (root / "keys").is_dir():
-                raise NotARepository(
-                    f"{root} holds key files but no config (an encrypted init interrupted?): "
-                    "not a casnap repository yet; an init there takes it over in a few seconds"
-                )
-            raise NotARepository(f"{root} is not a casnap repository")
+        require_config(root)
         return cls.open_backend(local_backend(root), root / "tmp", root=root, password=password)
 
     @classmethod
@@ -242,7 +219,7 @@ class Repository:
         dir (backends/cached.py), for a backend where each request costs: sealed, below the
         encryption; so are the config and the key file that opened it (opening.py)."""
         kept = opened_cache(backend) if cache else None
-        plain, opened, from_kept = read_config(backend, password, kept)
+        plain, opened, from_kept = op.read_config(backend, password, kept)
         cfg = parse_config(plain, backend.location)
         if cache:  # below the EncryptedBackend Repository puts on top: it keeps sealed bytes
             backend = CachingBackend(backend, cache_dir_for(str(cfg["id"])))
@@ -279,7 +256,7 @@ class Repository:
                 return rollback.made_for_commit(init, key, rollback.NewRepository(None, False))
 
             # a cached config is confirmed by the first listing (snapshots): RepositoryGone
-            return open_or_make_remote(partial(cls._on_s3, where, password), make_s3)
+            return op.open_or_make_remote(partial(cls._on_s3, where, password), make_s3)
         root = where  # resolved (as_location)
 
         def make() -> Repository:  # another process's init is waited for (opening.py)
@@ -288,7 +265,7 @@ class Repository:
             created = rollback.NewRepository(root, bool(made), found, tuple(made[1:]))
             return rollback.made_for_commit(lambda pw: cls.init(root, password=pw), key, created)
 
-        return open_or_make(root, make, partial(cls.open, root, password))
+        return op.open_or_make(root, make, partial(cls.open, root, password))
 
     @property
     def id(self) -> str:
@@ -324,7 +301,7 @@ class Repository:
             folder=None if folder is None else str(fsutil.resolved(folder, "folder")),
             warn=self.warn,
         )
-        return entered_or_gone(held, self.kept_config)  # its bucket deleted since it was kept
+        return op.entered_or_gone(held, self.kept_config)  # its bucket deleted since it was kept
 
     def ensure_index(self) -> None:
         """Load the index files, once (refresh drops them when another process changed them)."""
@@ -403,28 +380,28 @@ class Repository:
         it is in `but`, or skip_damaged (or the repository's) and not files: then it is left
         out, and kept in `damaged` (the command warns of it once it is done)."""
         if self._snapshots is None:
-            with gone_when_missing(self.kept_config):  # its bucket deleted since it was kept
+            with op.gone_when_missing(self.kept_config):  # its bucket deleted since it was kept
                 self._sizes = dict(self.listed("snapshots/"))
             if not self._sizes and self.kept_config is not None:  # none, or another repository?
-                confirm(self.raw_backend, self.kept_config)
+                op.confirm(self.raw_backend, self.kept_config)
             load = partial(self.load_snapshot, files=False)  # a file list is decoded when used
             where = self.backend.location
             heads, damaged = read_heads(self._sizes, load, files, where)
             if damaged and self.kept_config is not None:  # made anew, with another key?
-                confirm(self.raw_backend, self.kept_config)
+                op.confirm(self.raw_backend, self.kept_config)
             self._snapshots, self.damaged = heads, damaged
         stops = stopping(self.damaged, but)
         if stops and (files or not (skip_damaged or self.skip_damaged)):
             exc, where = self.damaged[stops[0]]
             out = way_out(self.damaged)  # a forget of one alone stops at the others
-            raise listing_stopped(exc, self.raw_backend, self.kept_config, where, out) from exc
+            raise op.listing_stopped(exc, self.raw_backend, self.kept_config, where, out) from exc
         listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
         for sid, snap in [(s, n) for s, n in listed if s not in but] if files else ():
             try:
                 complete(snap)
             except IntegrityError as exc:
                 where = f"{self.backend.location}/snapshots/{sid.hex()}"
-                raise listing_stopped(exc, self.raw_backend, self.kept_config, where) from exc
+                raise op.listing_stopped(exc, self.raw_backend, self.kept_config, where) from exc
         return listed
 
     def manifest_sizes(self) -> dict[str, int]:
@@ -465,16 +442,6 @@ class Repository:
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
         if chunklist.ref_count(refs) != entry.chunks:
             raise IntegrityError(f"chunk list of {entry.path} does not hold {entry.chunks} chunks")
-        check_size(entry, refs)
+        chunklist.check_size(refs, entry.size, entry.path)
         delta_bytes = sum(len(b) for b in bodies if chunklist.is_delta(b))
         return refs, deltas, delta_bytes
-
-
-def check_size(entry: FileEntry, refs: bytes) -> None:
-    """IntegrityError when the chunks of packed refs do not add up to the entry's size (a
-    damaged or crafted manifest: verify reports it, every reader refuses it)."""
-    size = chunklist.plain_size(refs)
-    if size != entry.size:
-        raise IntegrityError(
-            f"chunk list of {entry.path} holds {size} bytes, its entry says {entry.size}"
-        )
