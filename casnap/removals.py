@@ -137,7 +137,7 @@ def refuse(removing: list[str], sel: selection.Selection, shown: object) -> None
         f"refusing a full checkout into {shown}: it would remove {n} file{'s' if n > 1 else ''} "
         f"there that the snapshot lacks ({which}), and nothing says that folder holds this "
         "data (it is not the data dir; no full checkout from this repository went into it, "
-        "no snapshot of it was committed on this host)"
+        "no commit into it was made from there on this host)"
     )
     err.add_note(UNKNOWN_TARGET)
     raise err

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the command imports the operation it runs
     help="Restore into DIR instead of the data dir (not a folder inside it, nor, for a full "
     "checkout, one holding it: refused). A full checkout removes the files DIR holds that the "
     "snapshot lacks (saved first as a pre-checkout snapshot) only when DIR is known to hold "
-    "this data: an earlier full checkout went into it, or a snapshot was committed from it; "
+    "this data: an earlier full checkout went into it, or a commit was made from it, here; "
     "elsewhere it is refused unless --force.",
 )
 @click.option(
@@ -101,7 +101,7 @@ def checkout(
     all pass is each file swapped in with an atomic rename; otherwise the target is left
     untouched and the failed check and file are named (exit 9). Files absent
     from the snapshot are removed (full checkout only; from a --to DIR only when an earlier
-    full checkout went into it or a snapshot was committed from it, else refused unless
+    full checkout went into it or a commit was made from it, on this host, else refused unless
     --force), but for those its commit excluded or could not read. Data that no snapshot holds
     is first saved as a snapshot tagged `pre-checkout`. With PATHS, only those files are
     restored (and checked). A database in use is refused (exit 6): --force overrides open
