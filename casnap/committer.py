@@ -359,6 +359,7 @@ class Committer:
                 data_dir,
                 [s.path for s in sources],
                 statcache.heads(sources, reuse, self.repo.config["chunker"]),
+                rel_paths,
             )
             if opts.check_pairs
             else []
@@ -453,7 +454,7 @@ class Committer:
                     watched,
                     entries,
                     lambda s: reader.entry(s, {}, {}),
-                    partial(consistency.consistency_problems, data_dir)
+                    partial(consistency.consistency_problems, data_dir, scope=rel_paths)
                     if opts.check_pairs
                     else None,
                 )
