@@ -255,6 +255,22 @@ def test_an_exclude_of_every_folder_keeps_the_files_at_the_top(data: Path, form:
     assert [f["path"] for f in json.loads(run("ls", "latest", "--json")[1])["files"]] == ["app.db"]
 
 
+@pytest.mark.parametrize(
+    ("paths", "form"),
+    [(["faiss"], "*/"), (["faiss"], "faiss"), (["faiss"], "**/"), (["app.db"], "*")],
+)
+def test_an_exclude_of_all_a_commit_of_paths_takes_is_a_usage_error(
+    data: Path, paths: list[str], form: str
+) -> None:
+    """`commit faiss --exclude '*/'` (the files at the top of faiss/, one would think) matched
+    faiss itself, so the snapshot held nothing, exit 0, not a word: the data dir is never
+    matched so, and a commit's own path left out whole is the usage error of the data dir's."""
+    code, _, err = run("commit", *paths, "--exclude", form)
+    assert code == EXIT_CODES["usage"] and len(err.strip().splitlines()) == 1, err
+    assert form in err and paths[0] in err
+    assert run("log", "--json")[1].strip() in ("", "[]")
+
+
 @pytest.mark.parametrize("given", ["../elsewhere", "/tmp", ".", "/"])
 def test_an_exclude_outside_the_data_dir_or_of_all_of_it_is_a_usage_error(
     data: Path, given: str
