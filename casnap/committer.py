@@ -55,7 +55,7 @@ from casnap.errors import (
 from casnap.ids import ObjectId
 from casnap.manifest import FileEntry, Snapshot, check_file_list, compress_manifest
 from casnap.opening import with_way_out
-from casnap.paths import commit_paths, exclude_patterns
+from casnap.paths import commit_paths, exclude_patterns, refuse_excluded_paths
 from casnap.phases import COMMIT_PHASES, Phases
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.reading import Reader, load_data_path
@@ -310,7 +310,8 @@ class Committer:
         prune = self.repo.nested_in(data_dir)
         self.repo.clean_scratch()
         rel_paths = commit_paths(paths, data_dir)
-        excludes = exclude_patterns(excludes, data_dir)
+        excludes = exclude_patterns(opts.excludes, data_dir)
+        refuse_excluded_paths(opts.excludes, excludes, rel_paths, data_dir)
         for rel in rel_paths:
             if self.repo.holds_path(data_dir / rel):
                 raise InvalidArgument(
@@ -360,6 +361,7 @@ class Committer:
                 data_dir,
                 [s.path for s in sources],
                 statcache.heads(sources, reuse, self.repo.config["chunker"]),
+                rel_paths,
             )
             if opts.check_pairs
             else []
@@ -454,7 +456,7 @@ class Committer:
                     watched,
                     entries,
                     lambda s: reader.entry(s, {}, {}),
-                    partial(consistency.consistency_problems, data_dir)
+                    partial(consistency.consistency_problems, data_dir, scope=rel_paths)
                     if opts.check_pairs
                     else None,
                 )

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from casnap import capture
 from casnap.formats import layouts
 from casnap.formats.faiss import (
     SIDECAR_SUFFIX,
@@ -50,12 +51,17 @@ class Problem(NamedTuple):
 
 
 def consistency_problems(
-    root: Path, files: Iterable[str], heads: Mapping[str, bytes] | None = None
+    root: Path,
+    files: Iterable[str],
+    heads: Mapping[str, bytes] | None = None,
+    scope: Sequence[str] = (),
 ) -> list[Problem]:
     """The problems of the FAISS indexes and framework stores among `files` (relative to root),
     from header fields, metadata and counts. heads: the first bytes of files the caller read
     already (b"" for one it knows is no FAISS index: statcache.not_faiss), so they are not read
-    again."""
+    again. scope: the paths a commit of some paths takes (all when empty); a file of a store
+    found missing that lies outside them, in root, is not missing: that commit leaves it where
+    it is, and a checkout of those paths into the data dir finds it there (storeparts.py)."""
     rels = sorted(set(files))
     known = heads or {}
     files_in = _Listings(root)
@@ -68,8 +74,20 @@ def consistency_problems(
             where = store.root or "."
             problems.append(Problem(f"{where}: cannot be checked: {exc}", True, store.files[0]))
             continue
-        problems += [Problem(f"{f.path}: {f.detail}", True, f.path) for f in found if not f.ok]
+        problems += [
+            Problem(f"{f.path}: {f.detail}", True, f.path)
+            for f in found
+            if not f.ok and not _left_where_it_is(root, f.path, rels, scope)
+        ]
     return problems
+
+
+def _left_where_it_is(root: Path, rel: str, rels: Collection[str], scope: Sequence[str]) -> bool:
+    """Whether rel, which a store's check found missing among rels, is a file in root a commit
+    of the paths scope does not take (as opposed to one excluded, or gone)."""
+    if not scope or rel in rels or capture.in_scope(rel, scope):
+        return False
+    return os.path.lexists(root / rel)
 
 
 def without(root: Path, problems: list[Problem], gone: Collection[str]) -> list[Problem]:

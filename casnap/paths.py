@@ -128,6 +128,25 @@ def commit_paths(given: Sequence[str], data_dir: Path) -> tuple[str, ...]:
     return rels
 
 
+def refuse_excluded_paths(
+    given: Sequence[str], excludes: Sequence[str], rels: Sequence[str], data_dir: Path
+) -> None:
+    """InvalidArgument when an exclude (excludes: exclude_patterns of given, in order) leaves
+    out a path the commit is given, whole (`commit faiss --exclude '*/'`): the snapshot would
+    hold nothing of it. The data dir itself is never matched (capture.is_excluded)."""
+    from casnap import capture
+
+    for rel in rels:
+        full = data_dir / rel
+        folder = full.is_dir() and not full.is_symlink()
+        for shown, pattern in zip(given, excludes, strict=True):
+            if capture.is_excluded(rel, (pattern,), folder):
+                raise InvalidArgument(
+                    f"--exclude {shown} would leave out {rel}, which the commit is given: "
+                    "nothing of it would be stored"
+                )
+
+
 def snapshot_holds(snap: Snapshot) -> Callable[[str], bool]:
     """exists() for paths of a snapshot: rel is one of its files or folders."""
     names = {f.path for f in snap.files}

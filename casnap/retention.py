@@ -373,8 +373,10 @@ def _refuse_unknown_tags(policy: Policy, snaps: Iterable[tuple[ObjectId, Snapsho
     """SnapshotNotFound when a keep-tag names a tag no snapshot of the repository carries (but
     SAFETY_TAG, casnap's own, carried by none before the first checkout saves one): a typo
     that keeps nothing, so the prune would remove every snapshot of a group it was to keep. As
-    a --path no snapshot was committed with, it stops the prune with nothing removed."""
-    carried = {tag for _, snap in snaps for tag in snap.tags} | {SAFETY_TAG}
+    a --path no snapshot was committed with, it stops the prune with nothing removed. So does a
+    list (`a,b`: all of them) whose tags no snapshot carries together."""
+    tag_sets = {frozenset(snap.tags) for _, snap in snaps}
+    carried = set().union(*tag_sets) | {SAFETY_TAG}
     named = dict.fromkeys(tag for wanted in policy.tags for tag in wanted)
     missing = [tag for tag in named if tag not in carried]
     if missing:
@@ -382,6 +384,18 @@ def _refuse_unknown_tags(policy: Policy, snaps: Iterable[tuple[ObjectId, Snapsho
         raise SnapshotNotFound(
             f"--keep-tag: no snapshot in the repository carries the {what} (mistyped?): "
             "nothing pruned"
+        )
+    # `a,b` keeps what carries both: each carried, but never together, keeps nothing either
+    apart = [
+        ",".join(wanted)
+        for wanted in policy.tags
+        if len(wanted) > 1 and not any(set(wanted) <= tags for tags in tag_sets)
+    ]
+    if apart:
+        raise SnapshotNotFound(
+            f"--keep-tag {' '.join(apart)}: no snapshot in the repository carries all of "
+            "those tags together (a comma means all of them; repeat --keep-tag for any of "
+            "them): nothing pruned"
         )
 
 

@@ -273,11 +273,12 @@ class Selection(NamedTuple):
         dirs: dict[str, tuple[int, int, int]] = {}
         folders: set[str] = set()
         for sid, snap in ordered:
-            for path in [p for p in entries if covers(snap, p)]:
+            for path in [p for p in entries if covers(snap, p, folder=False)]:
                 del entries[path]
             entries.update((f.path, (f, sid)) for f in snap.files)
             dirs.update(snap.dirs)
-            folders = {p for p in folders if not covers(snap, p)} | set(snap.dirs) - {"."}
+            kept = {p for p in folders if not covers(snap, p, folder=True)}
+            folders = kept | set(snap.dirs) - {"."}
         return cls(tuple(ordered), entries, dirs, frozenset(folders))
 
     def empty_folders(self, scope: Sequence[str]) -> list[str]:
@@ -306,9 +307,14 @@ class Selection(NamedTuple):
         return {x for _, snap in self.sources for x in snap.skipped}
 
 
-def covers(snap: Snapshot, path: str) -> bool:
-    """True when snap was taken of path's place: inside its paths and not excluded."""
-    return capture.in_scope(path, snap.paths) and not capture.is_excluded(path, snap.excludes)
+def covers(snap: Snapshot, path: str, folder: bool | None = None) -> bool:
+    """True when snap was taken of path's place: inside its paths and not excluded. folder:
+    whether path is a folder (None: not known, see capture.is_excluded); a file an older
+    snapshot holds is one (Selection.of), so a newer snapshot's `x/` (folders only) does not
+    keep it as left out when the newer one was taken of its place and found it gone."""
+    return capture.in_scope(path, snap.paths) and not capture.is_excluded(
+        path, snap.excludes, folder
+    )
 
 
 def newest_of_groups(snaps: Snaps, source: str, host: str) -> list[tuple[ObjectId, Snapshot]]:

@@ -247,12 +247,47 @@ def test_an_exclude_ending_in_a_slash_leaves_out_folders_only(data: Path, form: 
     assert "sub/notes.txt/inner" not in files or form in ("./notes.txt/", "data/notes.txt/")
 
 
+def test_a_file_a_newer_snapshot_with_a_folder_exclude_lacks_is_not_brought_back(
+    data: Path,
+) -> None:
+    """A newer whole-dir snapshot committed with `--exclude notes.txt/` (folders only) was
+    taken of sub/notes.txt's place, a file: the user had deleted it. `checkout latest
+    --all-paths` still took it from an older snapshot of sub/ as if the newer one had left
+    it out, and brought the deleted file back."""
+    (data / "sub").mkdir()
+    (data / "sub" / "notes.txt").write_text("deleted since")
+    (data / "sub" / "kept").write_text("kept")
+    assert run("commit", "sub")[0] == 0
+    (data / "sub" / "notes.txt").unlink()
+    code, _, err = run("commit", "--exclude", "notes.txt/")
+    assert code == 0, err
+    code, _, err = run("checkout", "latest", "--all-paths")
+    assert code == 0, err
+    assert sorted(p.name for p in (data / "sub").iterdir()) == ["kept"]
+
+
 @pytest.mark.parametrize("form", ["*/", "**/", "?*/"])
 def test_an_exclude_of_every_folder_keeps_the_files_at_the_top(data: Path, form: str) -> None:
     """`--exclude '*/'` matched the data dir itself (`.`), so the snapshot held nothing."""
     code, _, err = run("commit", "--exclude", form)
     assert code == 0, err
     assert [f["path"] for f in json.loads(run("ls", "latest", "--json")[1])["files"]] == ["app.db"]
+
+
+@pytest.mark.parametrize(
+    ("paths", "form"),
+    [(["faiss"], "*/"), (["faiss"], "faiss"), (["faiss"], "**/"), (["app.db"], "*")],
+)
+def test_an_exclude_of_all_a_commit_of_paths_takes_is_a_usage_error(
+    data: Path, paths: list[str], form: str
+) -> None:
+    """`commit faiss --exclude '*/'` (the files at the top of faiss/, one would think) matched
+    faiss itself, so the snapshot held nothing, exit 0, not a word: the data dir is never
+    matched so, and a commit's own path left out whole is the usage error of the data dir's."""
+    code, _, err = run("commit", *paths, "--exclude", form)
+    assert code == EXIT_CODES["usage"] and len(err.strip().splitlines()) == 1, err
+    assert form in err and paths[0] in err
+    assert run("log", "--json")[1].strip() in ("", "[]")
 
 
 @pytest.mark.parametrize("given", ["../elsewhere", "/tmp", ".", "/"])

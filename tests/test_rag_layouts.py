@@ -244,3 +244,38 @@ def test_a_pickle_that_would_run_code_is_reported_and_never_run(tmp_path: Path) 
     code, _, _ = run(repo, data, "verify", "--smoke", "hostile")
     assert code == CHECK_FAILED
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "part", "left_out"),
+    [
+        ("llamaindex", f"{LLAMAINDEX_DIR}/index_store.json", "docstore.json"),
+        ("llamaindex", f"{LLAMAINDEX_DIR}/id_map.json", "id_map.json"),
+        ("chroma", "segment", "chroma.sqlite3"),
+    ],
+    ids=["llamaindex-index-store", "llamaindex-no-faiss", "chroma-segment"],
+)
+def test_a_commit_of_part_of_a_store_is_not_told_the_rest_is_missing(
+    tmp_path: Path, name: str, part: str, left_out: str
+) -> None:
+    """`commit storage/index_store.json` (or a Chroma segment folder) warned that the files of
+    the store it does not take were missing, though they lie in the data dir, and --strict
+    refused it: a checkout of those paths into the data dir finds them there and passes. A
+    store whose file an --exclude leaves out is still told (what the check is for)."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build(name, data)
+    if part == "segment":
+        (seg,) = [p for p in (data / CHROMA_DIR).iterdir() if p.is_dir()]
+        part = seg.relative_to(data).as_posix()
+    paths = [part, f"{LLAMAINDEX_DIR}/docstore.json"] if part.endswith("id_map.json") else [part]
+    code, out, err = run(repo, data, "commit", "--strict", "--json", *paths)
+    assert code == 0 and "missing" not in err, err
+    assert json.loads(out)["warnings"] == []
+    code, _, err = run(repo, data, "checkout", "latest", *paths)
+    assert code == 0, err
+    store = LLAMAINDEX_DIR if name == "llamaindex" else CHROMA_DIR
+    glob = "*.sqlite3" if name == "chroma" else left_out
+    if left_out == "id_map.json":  # the FAISS index id_map.json maps into
+        glob = "default__vector_store.json"
+    code, _, err = run(repo, data, "commit", "--strict", store, "--exclude", glob)
+    assert code != 0 and ("FAISS" if left_out == "id_map.json" else "missing") in err, err

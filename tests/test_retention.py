@@ -443,6 +443,27 @@ def test_prune_keep_tag_no_snapshot_carries_is_an_error(tmp_path: Path, rules: l
         retention.prune(repo, Policy(tags=(("nosuch",),)), dry_run=True)
 
 
+def test_prune_keep_tag_list_no_snapshot_carries_whole_is_an_error(tmp_path: Path) -> None:
+    """`--keep-tag a,b` keeps the snapshots carrying both: when each tag is carried, but by no
+    snapshot together (one who took the comma for `or`), it kept nothing and the prune removed
+    every snapshot, exit 0. It is the error of a tag no snapshot carries, nothing removed."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(3):
+        evolve(data, step + 1)
+        commit(repo, data, tags=(("daily",), ("weekly",), ())[step])
+    before = sorted(p.name for p in root.rglob("*") if p.is_file())
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", "--keep-tag", "daily,weekly")
+    assert code == SnapshotNotFound.exit_code, out
+    assert len(out.splitlines()) == 1 and "daily,weekly" in out and "nothing pruned" in out, out
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == before
+    code, out = run(*base, "prune", "--keep-tag", "daily", "--keep-tag", "weekly", "--json")
+    assert code == 0, out
+    assert len(json.loads(out)["removed"]) == 1
+
+
 def test_prune_keep_tag_pre_checkout_before_any_checkout_is_no_error(tmp_path: Path) -> None:
     """pre-checkout is casnap's own tag, no typo: a scheduled prune that keeps those snapshots
     runs before the first checkout has saved one."""

@@ -80,7 +80,7 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     multiple=True,
     metavar="TAG[,TAG]",
     help="Keep snapshots carrying the tag(s) (repeatable; comma: all of them). Exit 4, nothing "
-    "pruned, when no snapshot in the repository carries one of them (a typo).",
+    "pruned, when no snapshot in the repository carries one of them (a typo), or a list whole.",
 )
 @click.option(
     "--path",

@@ -247,7 +247,8 @@ def _missing(
             f"{ID_MAP} maps {ids} FAISS id(s), yet the folder holds no FAISS vector store "
             f"(default{VECTOR_STORE_SUFFIX}): LlamaIndex cannot open the store without it"
         )
-        return Finding("llamaindex-counts", store.rel(ID_MAP), False, detail)
+        faiss_rel = store.rel(f"default{VECTOR_STORE_SUFFIX}")  # the file missing
+        return Finding("llamaindex-counts", faiss_rel, False, detail)
     return None
 
 
