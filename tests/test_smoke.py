@@ -94,6 +94,10 @@ def test_cli_checkout_of_unreadable_index_exits_9_naming_check(app: Path, tmp_pa
     assert "faiss-read on faiss/ivf.index" in err and "untouched" in err
     assert len(err.strip().splitlines()) == 1
     assert raw_tree(app) == before and leftovers(app.parent) == []
+    # the way past a check the user judges wrong (a store casnap misreads) is named
+    assert "--no-smoke restores it without these checks" in err, err
+    code, _, err = run(repo_dir, app, "checkout", broken.strip(), "--no-smoke")
+    assert code == 0, err
 
 
 def test_index_already_in_place_is_checked_too(app: Path, repo: Repository) -> None:

@@ -18,6 +18,7 @@ from casnap.errors import (
     HostileManifest,
     IntegrityError,
     InvalidArgument,
+    SmokeCheckFailed,
     SourceError,
     StorageFull,
 )
@@ -163,6 +164,14 @@ def checkout(
             raise IntegrityError(
                 f"{exc}; `casnap verify --read-data` names every snapshot and file the damage "
                 "spoils, and an older snapshot may hold these files intact"
+            ) from exc
+        except SmokeCheckFailed as exc:
+            if no_smoke or any(ch.get("check") == "smoke-cmd" for ch in exc.checks):
+                raise
+            raise SmokeCheckFailed(
+                f"{exc} (--no-smoke restores it without these checks; every hash is still "
+                "verified)",
+                exc.checks,
             ) from exc
         except InvalidArgument as exc:
             if removals.UNKNOWN_TARGET not in getattr(exc, "__notes__", ()):
