@@ -32,7 +32,7 @@ from casnap.constants import (
     LOCK_STALE_SECONDS,
     LOCK_WAIT_SECONDS,
 )
-from casnap.errors import AccessDenied, CasnapError, LockError
+from casnap.errors import AccessDenied, CasnapError, LockError, StorageFull
 from casnap.fsutil import seconds_from_env
 from casnap.lockinfo import LockInfo, duration, read_lock, this_machine
 from casnap.procs import process_start_time
@@ -412,8 +412,9 @@ def locked(
     The block gets the Held lock (None when it runs without one, below): a holder that deletes
     calls its before_delete before each delete.
 
-    With unwritable, a shared lock that cannot be written for lack of permission or on a
-    read-only filesystem is skipped: unwritable is told so in one line and the block runs.
+    With unwritable, a shared lock that cannot be written for lack of permission, on a
+    read-only filesystem or a full one is skipped: unwritable is told so in one line and the
+    block runs.
 
     The folders LISTED_WITH_LOCK names for the operation are listed with locks/, in one
     request where the store can, and kept in listed while the block runs: that listing is made
@@ -440,7 +441,7 @@ def locked(
     while True:
         try:
             backend.put(key, _body(record, time.time()))
-        except AccessDenied as exc:
+        except (AccessDenied, StorageFull) as exc:  # no permission, a read-only or full disk
             if unwritable is None or exclusive:
                 raise
             reason = str(exc).rsplit(": ", 1)[-1]  # "Read-only file system", "Permission denied"

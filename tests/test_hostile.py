@@ -747,6 +747,44 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
     assert res["snapshots"] == 1
 
 
+FULL_VERIFY = r"""
+import json, shutil, subprocess, sys
+from pathlib import Path
+small, seed, data = (Path(p) for p in sys.argv[1:4])
+repo = small / "repo"
+shutil.copytree(seed, repo)
+with open(small / "filler", "wb") as f:  # the disk full, as the backups' disk often is
+    try:
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
+    except OSError:
+        pass
+res = {}
+for command in (["verify", "--read-data"], ["log"], ["ls", "latest"]):
+    p = subprocess.run([sys.executable, "-m", "casnap", "--repo", str(repo), "--data",
+                        str(data), *command], capture_output=True, text=True)
+    res[command[0]] = [p.returncode, p.stderr]
+print(json.dumps(res))
+"""
+
+
+def test_a_repository_on_a_full_disk_is_still_read(tmp_path: Path) -> None:
+    """verify (and every command that only reads) stopped with exit 8 on a full disk: its
+    lock could not be written. The disk holding the backups is full more often than not when
+    a user checks them: a lock that cannot be written for lack of space is skipped as one
+    that cannot be written for lack of permission, saying so in one line."""
+    data = small_app(tmp_path / "data")
+    seed = tmp_path / "seed"
+    commit(Repository.init(seed, small_config(256 * 1024)), data)
+    res = in_small_tmpfs(tmp_path / "small", FULL_VERIFY, str(tmp_path / "small"), str(seed),
+                         str(data))  # fmt: skip
+    for command, (code, err) in res.items():
+        assert code == 0, (command, err)
+        assert "Traceback" not in err, err
+    assert "cannot write a lock" in res["verify"][1] and "reading without one" in res["verify"][1]
+
+
 @pytest.mark.parametrize("cut", [16, 100, 3000, 20_000], ids=lambda n: f"first-{n}-bytes")
 def test_damaged_database_in_the_data_dir_is_kept_as_bytes(tmp_path: Path, cut: int) -> None:
     """A file that starts like SQLite but that SQLite cannot read is stored as it is: a backup
