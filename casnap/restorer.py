@@ -41,6 +41,7 @@ from casnap.errors import (
     InvalidArgument,
     SnapshotNotFound,
     SourceError,
+    StorageFull,
     Terminated,
     landed,
 )
@@ -260,7 +261,11 @@ class _Checkout:
                 self._check_db(tree, rel)
         with contextlib.ExitStack() as swapping:
             with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-                self._stage(tree, stage, plan, wanted, unchanged, removing)
+                try:
+                    self._stage(tree, stage, plan, wanted, unchanged, removing)
+                except StorageFull as exc:  # named the stage: say the target's fate too
+                    untouched = f"nothing restored, {self.shown_target} untouched"
+                    raise StorageFull(f"{exc}: {untouched}") from exc
                 replaced = [i.entry.path for i in plan] + removing
                 written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too

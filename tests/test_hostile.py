@@ -741,6 +741,7 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
         assert code == EXIT_CODES["storage"], (step, err)
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert re.search(pattern, err), (step, err)
+    assert "untouched" in res["checkout"][1], res["checkout"]  # not only the stage named
     assert res["temps_pack"] == res["temps_image"] == res["temps"] == []
     assert res["earlier"][0] == 0, res["earlier"]
     assert res["target"] == []  # what the failed checkout created is gone again
