@@ -147,10 +147,15 @@ def chunker_field(raw: Any) -> dict[str, Any]:
 
 
 def dirs_field(raw: Any) -> dict[str, tuple[int, int, int]]:
+    """The `dirs` field: each folder's [mode, uid, gid]; ValueError naming what is wrong."""
+    if type(raw) is not dict:
+        raise ValueError("its dirs is not an object of folders")
     out: dict[str, tuple[int, int, int]] = {}
-    for rel, value in dict(raw).items():
+    for rel, value in raw.items():
         if rel != ".":
             check_path(text(rel))
+        if type(value) is not list or len(value) != 3:
+            raise ValueError(f"folder {rel!r} has no [mode, uid, gid] but {str(value)[:40]!r}")
         mode, uid, gid = (integer(x) for x in value)
         if not (0 <= mode <= 0o7777 and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32):
             raise ValueError(f"folder {rel!r} has an out-of-range mode or owner")

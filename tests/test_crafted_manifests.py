@@ -461,3 +461,23 @@ def test_a_copy_checks_the_size_of_every_entry_sharing_a_chunk_list(
     proc = cli(repo_dir, data, "copy", bad, "--to", str(dst))
     one_line(proc, 5, f"{bad[:8]}.*{twin['path']} holds \\d+ bytes, its entry says 1")
     assert not list(dst.glob("snapshots/*"))
+
+
+@pytest.mark.parametrize(
+    "dirs",
+    [{"sub": [493]}, {"sub": "rwx"}, {"sub": [493, 0, 0, 1]}, {"sub": {"mode": 493}}, ["sub"]],
+    ids=["one-value", "a-string", "four-values", "an-object", "a-list"],
+)
+def test_a_malformed_folder_entry_is_named_as_such(made: tuple[Path, Path, str], dirs) -> None:
+    """A `dirs` value that is no (mode, uid, gid) triple was reported with Python's own words
+    ("not enough values to unpack (expected 3, got 1)"): the folder and what is wrong are
+    named now."""
+    repo_dir, _, sid = made
+    d = manifest_of(repo_dir, sid)
+    d["dirs"] = dirs
+    raw = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(IntegrityError) as info:
+        Snapshot.decode(raw, "snapshots/x")
+    message = str(info.value)
+    assert "unpack" not in message and "object is not" not in message, message
+    assert "folder" in message or "dirs" in message, message
