@@ -540,7 +540,8 @@ class Committer:
         if opts.source is None and SAFETY_TAG not in opts.tags:  # a data dir committed from
             with contextlib.suppress(OSError):
                 here = os.stat(data_dir)
-                restored_files.committed(self.repo.id, source_dir, (here.st_dev, here.st_ino))
+                ident = (here.st_dev, here.st_ino)
+                restored_files.committed(self.repo.id, source_dir, ident, bool(restored))
         elif restored:
             restored_files.drop(self.repo.id, source_dir)  # the new snapshot's fingerprints serve
         result.bytes_added = added + len(blob)

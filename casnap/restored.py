@@ -183,13 +183,16 @@ def whole_checkout(repo_id: str, source: str, ident: tuple[int, int]) -> bool:
     return record is not None and record.whole == ident and record.host in (None, fsutil.hostname())
 
 
-def committed(repo_id: str, source: str, ident: tuple[int, int]) -> None:
+def committed(
+    repo_id: str, source: str, ident: tuple[int, int], fingerprints: bool = False
+) -> None:
     """Record that a commit was made from source, the folder ident names, on this host: a full
     checkout into it may remove what its snapshot lacks (removals.known). The fingerprints a
-    checkout recorded there go: the new snapshot's serve. Written only when it says more."""
-    record = load(repo_id, source)
-    if record != Restored(source, {}, ident, fsutil.hostname()):
-        save(repo_id, Restored(source, {}, ident, fsutil.hostname()))
+    checkout recorded there go: the new snapshot's serve. Written only when it says more; with
+    fingerprints (the commit used some of the record's: it holds them) without reading it again."""
+    record = Restored(source, {}, ident, fsutil.hostname())
+    if fingerprints or load(repo_id, source) != record:
+        save(repo_id, record)
 
 
 def drop(repo_id: str, source: str) -> None:
