@@ -99,6 +99,7 @@ class Reader:
         self.stack = contextlib.ExitStack()  # the worker threads, once made
         self.small: smallingest.SmallFiles | None = None  # small files read in batches
         self._single: Ingest | None = None  # the data path of files read on their own
+        self._indexed = False  # the index loaded and its packs found present
         self._hashing: ThreadPoolExecutor | None = None  # their whole-file hashes
         # the page groups of the file being read: (its hash, piece size, records, parent's hash)
         self._groups: tuple[str, int, bytes, str | None] | None = None
@@ -154,14 +155,21 @@ class Reader:
         stored(self._small_files().add(smallingest.Waiting(i, src, old)))
         return True
 
+    def _index(self) -> None:
+        """Load the index for the first file read, and check the packs it names are there."""
+        if not self._indexed:
+            with self.phases.timed("index"):
+                self.repo.ensure_index()
+                self.repo.store.require_packs()
+            self._indexed = True
+
     def _small_files(self) -> smallingest.SmallFiles:
         """The batches of small files, made for the first one (with the pack writer)."""
         from casnap import smallingest
 
         if self.small is None:
             writer, pool = self.storing()
-            with self.phases.timed("index"):
-                self.repo.ensure_index()
+            self._index()
             self.small = smallingest.SmallFiles(
                 self.repo, self._ingester(writer, pool), writer, pool, self.levels.zstd,
                 self.start_ns, self.phases,
@@ -287,8 +295,7 @@ class Reader:
     ) -> tuple[FileEntry, int]:
         """Chunk and store the stream f of src (the file, or its database image)."""
         writer, pool = self.storing()
-        with self.phases.timed("index"):
-            self.repo.ensure_index()
+        self._index()
         if self._single is None:  # one for every file: its read buffers serve them all
             self._single = self._ingester(writer, pool, self._hashing)
         ingest = self._single

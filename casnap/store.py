@@ -100,6 +100,21 @@ class Store:
         self.index = index
         self.index_files = files
 
+    def require_packs(self) -> None:
+        """Stop when a pack the index names is gone from a local repository (deleted by hand, or
+        lost): a commit would reuse its chunks and save a snapshot that cannot be restored. On
+        object storage each check would cost a request; verify finds it there."""
+        if self.backend.remote:
+            return
+        for pack in self.index.packs:
+            if not self.backend.exists(pack_key(pack)):
+                raise IntegrityError(
+                    f"pack {pack.hex()} is missing, yet the index names chunks in it (deleted "
+                    "outside casnap, or lost): nothing committed, a snapshot reusing them would "
+                    "not restore; `casnap verify` names what it breaks, `casnap repair-index` "
+                    "drops it, and the next commit stores those chunks again"
+                )
+
     def load_index_file(
         self, key: str, size: int | None = None
     ) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
