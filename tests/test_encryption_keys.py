@@ -329,3 +329,35 @@ def test_an_encrypted_init_on_a_full_disk_takes_back_its_keys_folder(tmp_path: P
     assert made[1] == empty[1] == EXIT_CODES["storage"], (made, empty)
     assert "no space left on device" in made[2] and made[2].count("\n") == 1, made
     assert made[3] == [] and empty[3] == ["empty"], (made, empty)
+
+
+def test_a_key_file_of_another_repository_with_the_same_password_is_passed_over(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    """Two repositories' keys/ merged by mistake: the other's key file opens with this password
+    (tried first: cheaper), yet its master key opens nothing here; the repository's own key
+    file still opens it, and the stray one can be listed and removed."""
+    repo, data = enc_repo
+    stray = make_key_file(MasterKey.generate(), PW, "0000", Kdf(os.urandom(16), 8, 1, 1))
+    _plant(repo, stray.id, stray.encode())
+    code, out, err = run(repo, data, "log")
+    assert code == 0, err
+    code, out, err = run(repo, data, "key", "list", "--json")
+    assert code == 0, err
+    assert stray.id in {k["id"] for k in json.loads(out)}
+    code, _, err = run(repo, data, "key", "remove", stray.id[:8])
+    assert code == 0, err
+    assert not (repo / "keys" / stray.id).exists()
+
+
+def test_a_repository_whose_only_key_file_is_another_repositorys_says_so(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    repo, data = enc_repo
+    for old in (repo / "keys").iterdir():
+        old.unlink()
+    stray = make_key_file(MasterKey.generate(), PW, "0000", Kdf(os.urandom(16), 8, 1, 1))
+    _plant(repo, stray.id, stray.encode())
+    code, _, err = run(repo, data, "log")
+    assert code == 5, err
+    assert "another repository's" in err and stray.id[:8] in err
