@@ -87,15 +87,43 @@ def add_key(repo: Repository, password: str) -> KeyFile:
     return kf
 
 
-def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
+def change_password(
+    repo: Repository, password: str, old_password: str | None = None
+) -> tuple[str, KeyFile, list[str]]:
     """Replace the key file this command's password opened with one sealed by password: the
-    new one is stored first, then the old one removed. (old id, new key file)."""
+    new one is stored first, then the old one removed. With old_password (the password this
+    command opened the repository with), every other key file it opens that seals this master
+    key (a `key add` given the same password) is removed too, so the old password stops
+    working. (old id, new key file, the ids of those others)."""
     u = _unlocked(repo)
     new = add_key(repo, password)
     forget_key_file(repo.raw_backend, u.keyfile.key)
     old = u.keyfile.id
     repo.unlocked = Unlocked(new, u.master)
-    return old, new
+    others = []
+    if old_password is not None and old_password != password:
+        for kf in _opened_by(repo, old_password, skip={old, new.id}):
+            forget_key_file(repo.raw_backend, kf.key)
+            others.append(kf.id)
+    return old, new, others
+
+
+def _opened_by(repo: Repository, password: str, skip: set[str]) -> list[KeyFile]:
+    """The stored key files but skip that password opens and that seal this repository's
+    master key, tried cheapest first within the KDF budget an open has."""
+    master = _unlocked(repo).master
+    usable, _ = keys.scan_key_files(repo.raw_backend)
+    found, spent = [], 0
+    for kf in usable:
+        if kf.id in skip or spent + kf.kdf.cost > keys.KDF_BUDGET:
+            continue
+        spent += kf.kdf.cost
+        try:
+            if kf.unseal(password).raw == master.raw:
+                found.append(kf)
+        except PasswordError:
+            continue
+    return found
 
 
 def remove_key(repo: Repository, ref: str) -> str:

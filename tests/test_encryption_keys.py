@@ -361,3 +361,21 @@ def test_a_repository_whose_only_key_file_is_another_repositorys_says_so(
     code, _, err = run(repo, data, "log")
     assert code == 5, err
     assert "another repository's" in err and stray.id[:8] in err
+
+
+def test_key_passwd_stops_the_old_password_where_two_key_files_hold_it(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    """`key add` given the password in use by mistake makes a second key file sealed by it: a
+    later `key passwd` must not leave the old password opening the repository through it."""
+    repo, data = enc_repo
+    code, _, err = run(repo, data, "key", "add", CASNAP_NEW_PASSWORD=PW)
+    assert code == 0, err
+    code, out, err = run(repo, data, "key", "passwd", "--json", CASNAP_NEW_PASSWORD="fresh")
+    assert code == 0, err
+    done = json.loads(out)
+    assert len(done["also_removed"]) == 1
+    code, _, err = run(repo, data, "log")
+    assert code == 10, err  # the old password no longer opens it
+    assert run(repo, data, "log", password="fresh")[0] == 0
+    assert len(list((repo / "keys").iterdir())) == 1
