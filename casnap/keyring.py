@@ -17,7 +17,7 @@ from pathlib import Path
 from casnap import crypto, fsutil, keys
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend
-from casnap.config import now_iso
+from casnap.config import now_iso, parse_time
 from casnap.errors import (
     CasnapError,
     IntegrityError,
@@ -74,10 +74,20 @@ def list_keys(repo: Repository) -> list[KeyInfo]:
     for kf in sorted(usable, key=lambda k: (k.created, k.id)):
         k = kf.kdf
         kdf = f"argon2id m={k.memory_kib} KiB t={k.iterations} p={k.lanes}"
-        out.append(KeyInfo(kf.id, kf.created, kdf, kf.id == current))
+        out.append(KeyInfo(kf.id, _time_or_none(kf.created), kdf, kf.id == current))
     for key_id, why in sorted(unusable):
         out.append(KeyInfo(key_id, "", f"unusable: {why}", False))
     return out
+
+
+def _time_or_none(created: str) -> str:
+    """A key file's `created` when it is a time casnap writes, else "": the field is not
+    sealed, so an edited one is shown as no time rather than trusted or stopping `key list`."""
+    try:
+        parse_time(created).astimezone()  # as key list shows it: in local time
+    except (ValueError, OverflowError):
+        return ""
+    return created
 
 
 def add_key(repo: Repository, password: str) -> KeyFile:

@@ -379,3 +379,26 @@ def test_key_passwd_stops_the_old_password_where_two_key_files_hold_it(
     assert code == 10, err  # the old password no longer opens it
     assert run(repo, data, "log", password="fresh")[0] == 0
     assert len(list((repo / "keys").iterdir())) == 1
+
+
+def test_a_key_file_whose_time_was_edited_still_opens_and_is_listed(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    """`created` is not sealed: an edited one (a hand edit, a planted key file) changes nothing
+    the key opens, and key list shows the key without a time rather than stopping."""
+    repo, data = enc_repo
+    path = next((repo / "keys").iterdir())
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(doc | {"created": "9999-12-31T23:59:59.999999Z"}))
+    env = dict(os.environ, CASNAP_PASSWORD=PW, TZ="Asia/Tokyo")  # past year 9999 in local time
+    argv = [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data)]
+    done = subprocess.run([*argv, "key", "list"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0 and path.name[:8].encode() in done.stdout, done.stderr
+    path.write_text(json.dumps(doc | {"created": "yesterday"}))
+    assert run(repo, data, "log")[0] == 0
+    code, out, err = run(repo, data, "key", "list")
+    assert code == 0, err
+    assert path.name[:8] in out and "yesterday" not in out
+    code, out, err = run(repo, data, "key", "list", "--json")
+    assert code == 0, err
+    assert [k["created"] for k in json.loads(out)] == [""]
