@@ -96,6 +96,10 @@ def _prompt(text: str, confirm: bool) -> str:
         )
     except UnicodeDecodeError as exc:
         raise PasswordError("the password typed is not text in the terminal's encoding") from exc
+    except click.Abort as exc:  # click's for Ctrl-C and for Ctrl-D (end of input) alike
+        if isinstance(exc.__context__, EOFError):
+            raise PasswordError("no password given: the input ended at the prompt") from exc
+        raise
     return _nonempty(str(password), "the prompt")
 
 
