@@ -246,7 +246,14 @@ def _import_key(
     if not crypto.is_sealed(raw):  # said before the export is read, as key add says it first
         raise _not_encrypted(root)
     kf = read_export(path)
-    master = kf.unseal(keys.read_password(password))
+    secret = keys.read_password(password)
+    try:
+        master = kf.unseal(secret)
+    except PasswordError as exc:
+        raise PasswordError(
+            f"key {kf.id[:8]} in {path} does not open with this password (the password it was "
+            "exported with; or the file was edited: its id is sealed with the key)"
+        ) from exc
     try:
         crypto.Sealer(master.encryption_key).open("config", raw)
     except CasnapError as exc:

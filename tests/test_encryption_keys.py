@@ -402,3 +402,17 @@ def test_a_key_file_whose_time_was_edited_still_opens_and_is_listed(
     code, out, err = run(repo, data, "key", "list", "--json")
     assert code == 0, err
     assert [k["created"] for k in json.loads(out)] == [""]
+
+
+def test_key_import_of_a_wrong_password_or_an_edited_export_names_the_file(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repo, data = enc_repo
+    export = tmp_path / "key.json"
+    assert run(repo, data, "key", "export", str(export))[0] == 0
+    code, _, err = run(repo, data, "key", "import", str(export), password="not it")
+    assert code == 10 and str(export) in err, err
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(json.loads(export.read_text()) | {"id": "0" * 32}))
+    code, _, err = run(repo, data, "key", "import", str(edited))
+    assert code == 10 and str(edited) in err, err
