@@ -17,7 +17,7 @@ from pathlib import Path
 from casnap import crypto, fsutil, keys
 from casnap.backends.base import Backend
 from casnap.backends.local import LocalBackend
-from casnap.config import now_iso
+from casnap.config import now_iso, parse_time
 from casnap.errors import (
     CasnapError,
     IntegrityError,
@@ -74,10 +74,20 @@ def list_keys(repo: Repository) -> list[KeyInfo]:
     for kf in sorted(usable, key=lambda k: (k.created, k.id)):
         k = kf.kdf
         kdf = f"argon2id m={k.memory_kib} KiB t={k.iterations} p={k.lanes}"
-        out.append(KeyInfo(kf.id, kf.created, kdf, kf.id == current))
+        out.append(KeyInfo(kf.id, _time_or_none(kf.created), kdf, kf.id == current))
     for key_id, why in sorted(unusable):
         out.append(KeyInfo(key_id, "", f"unusable: {why}", False))
     return out
+
+
+def _time_or_none(created: str) -> str:
+    """A key file's `created` when it is a time casnap writes, else "": the field is not
+    sealed, so an edited one is shown as no time rather than trusted or stopping `key list`."""
+    try:
+        parse_time(created).astimezone()  # as key list shows it: in local time
+    except (ValueError, OverflowError):
+        return ""
+    return created
 
 
 def add_key(repo: Repository, password: str) -> KeyFile:
@@ -87,15 +97,43 @@ def add_key(repo: Repository, password: str) -> KeyFile:
     return kf
 
 
-def change_password(repo: Repository, password: str) -> tuple[str, KeyFile]:
+def change_password(
+    repo: Repository, password: str, old_password: str | None = None
+) -> tuple[str, KeyFile, list[str]]:
     """Replace the key file this command's password opened with one sealed by password: the
-    new one is stored first, then the old one removed. (old id, new key file)."""
+    new one is stored first, then the old one removed. With old_password (the password this
+    command opened the repository with), every other key file it opens that seals this master
+    key (a `key add` given the same password) is removed too, so the old password stops
+    working. (old id, new key file, the ids of those others)."""
     u = _unlocked(repo)
     new = add_key(repo, password)
     forget_key_file(repo.raw_backend, u.keyfile.key)
     old = u.keyfile.id
     repo.unlocked = Unlocked(new, u.master)
-    return old, new
+    others = []
+    if old_password is not None and old_password != password:
+        for kf in _opened_by(repo, old_password, skip={old, new.id}):
+            forget_key_file(repo.raw_backend, kf.key)
+            others.append(kf.id)
+    return old, new, others
+
+
+def _opened_by(repo: Repository, password: str, skip: set[str]) -> list[KeyFile]:
+    """The stored key files but skip that password opens and that seal this repository's
+    master key, tried cheapest first within the KDF budget an open has."""
+    master = _unlocked(repo).master
+    usable, _ = keys.scan_key_files(repo.raw_backend)
+    found, spent = [], 0
+    for kf in usable:
+        if kf.id in skip or spent + kf.kdf.cost > keys.KDF_BUDGET:
+            continue
+        spent += kf.kdf.cost
+        try:
+            if kf.unseal(password).raw == master.raw:
+                found.append(kf)
+        except PasswordError:
+            continue
+    return found
 
 
 def remove_key(repo: Repository, ref: str) -> str:
@@ -208,7 +246,14 @@ def _import_key(
     if not crypto.is_sealed(raw):  # said before the export is read, as key add says it first
         raise _not_encrypted(root)
     kf = read_export(path)
-    master = kf.unseal(keys.read_password(password))
+    secret = keys.read_password(password)
+    try:
+        master = kf.unseal(secret)
+    except PasswordError as exc:
+        raise PasswordError(
+            f"key {kf.id[:8]} in {path} does not open with this password (the password it was "
+            "exported with; or the file was edited: its id is sealed with the key)"
+        ) from exc
     try:
         crypto.Sealer(master.encryption_key).open("config", raw)
     except CasnapError as exc:

@@ -227,10 +227,15 @@ class Unlocked(NamedTuple):
     master: MasterKey
 
 
-def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
+def unlock(
+    backend: Backend, password: str, opens: Callable[[KeyFile, MasterKey], object] | None = None
+) -> tuple[KeyFile, MasterKey]:
     """The key file the password opens and the master key it seals; PasswordError when none
     does. Key files are tried cheapest first within a total KDF budget, so key files planted
-    with costly parameters cannot stall a command for long."""
+    with costly parameters cannot stall a command for long. With opens (raising IntegrityError
+    for a master key that does not open the repository), a key file the password opens whose
+    master key is another repository's is passed over; when no other one opens, the first
+    such one's IntegrityError is raised."""
     files, unusable = scan_key_files(backend)
     if not files and not unusable:
         raise PasswordError(
@@ -239,15 +244,26 @@ def unlock(backend: Backend, password: str) -> tuple[KeyFile, MasterKey]:
         )
     spent = 0
     skipped = 0
+    foreign: IntegrityError | None = None
     for kf in files:
         if spent + kf.kdf.cost > KDF_BUDGET:
             skipped += 1
             continue
         spent += kf.kdf.cost
         try:
-            return kf, kf.unseal(password)
+            master = kf.unseal(password)
         except PasswordError:
             continue
+        if opens is None:
+            return kf, master
+        try:
+            opens(kf, master)
+        except IntegrityError as exc:
+            foreign = foreign or exc  # another repository's key sealed by the same password
+            continue
+        return kf, master
+    if foreign is not None:
+        raise foreign
     if not files:  # every key file is unusable: the password was never tried
         raise PasswordError(_none_usable(backend.location, unusable))
     passed = [f"{len(unusable)} unusable key file(s)"] if unusable else []
@@ -326,12 +342,16 @@ def open_config(
     found = _open_kept(kept, secret, raw, stale)
     if found is not None:
         return found
-    keyfile, master = unlock(backend, secret)
-    try:
-        plain = Sealer(master.encryption_key).open("config", raw)
-    except IntegrityError as exc:
-        raise IntegrityError(
-            f"{backend.location}/config does not open with key {keyfile.id[:8]}: the config "
-            "is damaged or tampered with, or the key file is another repository's"
-        ) from exc
-    return plain, (keyfile, master)
+    opened: dict[str, bytes] = {}
+
+    def opens(keyfile: KeyFile, master: MasterKey) -> None:
+        try:
+            opened["config"] = Sealer(master.encryption_key).open("config", raw)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{backend.location}/config does not open with key {keyfile.id[:8]}: the config "
+                "is damaged or tampered with, or the key file is another repository's"
+            ) from exc
+
+    keyfile, master = unlock(backend, secret, opens)
+    return opened["config"], (keyfile, master)

@@ -205,3 +205,19 @@ def test_a_read_retried_past_a_stale_header_fetches_the_header_again(
 
     monkeypatch.setattr(encrypted, "drop_kept", another_thread_remembers_the_old_header)
     assert reader.get(key, 5000, 3000) == body[5000:8000]
+
+
+def test_end_of_input_at_the_password_prompt_is_no_password_not_an_interrupt(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-D at the prompt gives no password (exit 10), as no terminal does; exit 130 says a
+    Ctrl-C the user never pressed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASNAP_PASSWORD")}
+    repo = str(tmp_path / "repo")
+    code, seen = _run_on_terminal(
+        ["--repo", repo, "init", "--encryption", "repokey"], ["typed-pw", "typed-pw"], env
+    )
+    assert code == 0, seen
+    code, seen = _run_on_terminal(["--repo", repo, "log"], ["\x04"], env)
+    assert code == 10 and "interrupted" not in seen, seen
+    assert "no password" in seen

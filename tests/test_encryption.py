@@ -201,8 +201,16 @@ def test_password_sources_in_order(app: Path, tmp_path: Path) -> None:
     assert code == 0  # a command comes before CASNAP_PASSWORD, as restic's does
     code, _, err = run(repo, app, "log", password=None, CASNAP_PASSWORD_COMMAND="false")
     assert code == 10 and "password command" in err
+    assert "CASNAP_PASSWORD_COMMAND" in err  # a variable set long ago: named, so it is found
     code, _, err = run(repo, app, "log", password=None, CASNAP_PASSWORD_FILE=str(tmp_path / "no"))
-    assert code == 10 and "password file" in err
+    assert code == 10 and "password file" in err and "CASNAP_PASSWORD_FILE" in err
+    code, _, err = run(repo, app, "--password-file", str(tmp_path / "no"), "log")
+    assert code == 10 and "--password-file" in err
+    other = tmp_path / "other"
+    code, _, err = run(
+        repo, app, "copy", "--to", str(other), CASNAP_TO_PASSWORD_FILE=str(tmp_path / "no")
+    )
+    assert code == 10 and "CASNAP_TO_PASSWORD_FILE" in err and str(other) in err, err
 
 
 def test_a_password_option_beats_every_password_variable(app: Path, tmp_path: Path) -> None:

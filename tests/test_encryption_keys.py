@@ -329,3 +329,90 @@ def test_an_encrypted_init_on_a_full_disk_takes_back_its_keys_folder(tmp_path: P
     assert made[1] == empty[1] == EXIT_CODES["storage"], (made, empty)
     assert "no space left on device" in made[2] and made[2].count("\n") == 1, made
     assert made[3] == [] and empty[3] == ["empty"], (made, empty)
+
+
+def test_a_key_file_of_another_repository_with_the_same_password_is_passed_over(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    """Two repositories' keys/ merged by mistake: the other's key file opens with this password
+    (tried first: cheaper), yet its master key opens nothing here; the repository's own key
+    file still opens it, and the stray one can be listed and removed."""
+    repo, data = enc_repo
+    stray = make_key_file(MasterKey.generate(), PW, "0000", Kdf(os.urandom(16), 8, 1, 1))
+    _plant(repo, stray.id, stray.encode())
+    code, out, err = run(repo, data, "log")
+    assert code == 0, err
+    code, out, err = run(repo, data, "key", "list", "--json")
+    assert code == 0, err
+    assert stray.id in {k["id"] for k in json.loads(out)}
+    code, _, err = run(repo, data, "key", "remove", stray.id[:8])
+    assert code == 0, err
+    assert not (repo / "keys" / stray.id).exists()
+
+
+def test_a_repository_whose_only_key_file_is_another_repositorys_says_so(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    repo, data = enc_repo
+    for old in (repo / "keys").iterdir():
+        old.unlink()
+    stray = make_key_file(MasterKey.generate(), PW, "0000", Kdf(os.urandom(16), 8, 1, 1))
+    _plant(repo, stray.id, stray.encode())
+    code, _, err = run(repo, data, "log")
+    assert code == 5, err
+    assert "another repository's" in err and stray.id[:8] in err
+
+
+def test_key_passwd_stops_the_old_password_where_two_key_files_hold_it(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    """`key add` given the password in use by mistake makes a second key file sealed by it: a
+    later `key passwd` must not leave the old password opening the repository through it."""
+    repo, data = enc_repo
+    code, _, err = run(repo, data, "key", "add", CASNAP_NEW_PASSWORD=PW)
+    assert code == 0, err
+    code, out, err = run(repo, data, "key", "passwd", "--json", CASNAP_NEW_PASSWORD="fresh")
+    assert code == 0, err
+    done = json.loads(out)
+    assert len(done["also_removed"]) == 1
+    code, _, err = run(repo, data, "log")
+    assert code == 10, err  # the old password no longer opens it
+    assert run(repo, data, "log", password="fresh")[0] == 0
+    assert len(list((repo / "keys").iterdir())) == 1
+
+
+def test_a_key_file_whose_time_was_edited_still_opens_and_is_listed(
+    enc_repo: tuple[Path, Path],
+) -> None:
+    """`created` is not sealed: an edited one (a hand edit, a planted key file) changes nothing
+    the key opens, and key list shows the key without a time rather than stopping."""
+    repo, data = enc_repo
+    path = next((repo / "keys").iterdir())
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(doc | {"created": "9999-12-31T23:59:59.999999Z"}))
+    env = dict(os.environ, CASNAP_PASSWORD=PW, TZ="Asia/Tokyo")  # past year 9999 in local time
+    argv = [sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data)]
+    done = subprocess.run([*argv, "key", "list"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0 and path.name[:8].encode() in done.stdout, done.stderr
+    path.write_text(json.dumps(doc | {"created": "yesterday"}))
+    assert run(repo, data, "log")[0] == 0
+    code, out, err = run(repo, data, "key", "list")
+    assert code == 0, err
+    assert path.name[:8] in out and "yesterday" not in out
+    code, out, err = run(repo, data, "key", "list", "--json")
+    assert code == 0, err
+    assert [k["created"] for k in json.loads(out)] == [""]
+
+
+def test_key_import_of_a_wrong_password_or_an_edited_export_names_the_file(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repo, data = enc_repo
+    export = tmp_path / "key.json"
+    assert run(repo, data, "key", "export", str(export))[0] == 0
+    code, _, err = run(repo, data, "key", "import", str(export), password="not it")
+    assert code == 10 and str(export) in err, err
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(json.loads(export.read_text()) | {"id": "0" * 32}))
+    code, _, err = run(repo, data, "key", "import", str(edited))
+    assert code == 10 and str(edited) in err, err

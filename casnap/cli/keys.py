@@ -92,12 +92,14 @@ def key_passwd(c: Context, new_password_file: str | None, as_json: bool) -> None
     keyring.require_keys(repo)  # a plain repository: said before a new password is asked for
     password = new_password(new_password_file)
     with repo.lock("key passwd"):
-        old, new = keyring.change_password(repo, password)
+        old, new, others = keyring.change_password(repo, password, c.passwords())
+    also = ", ".join(k[:8] for k in others)
+    also = f" (key {also}, sealed by the old password too, removed)" if others else ""
     if as_json:
-        with printing(f"the password is changed: key {old[:8]} replaced by {new.id[:8]}"):
-            emit_json({"removed": old, "added": new.id})
+        with printing(f"the password is changed: key {old[:8]} replaced by {new.id[:8]}{also}"):
+            emit_json({"removed": old, "added": new.id, "also_removed": others})
         return
-    c.say(f"password changed: key {old[:8]} replaced by {new.id[:8]}")
+    c.say(f"password changed: key {old[:8]} replaced by {new.id[:8]}{also}")
 
 
 @key_group.command(name="remove")

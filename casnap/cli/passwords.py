@@ -96,6 +96,10 @@ def _prompt(text: str, confirm: bool) -> str:
         )
     except UnicodeDecodeError as exc:
         raise PasswordError("the password typed is not text in the terminal's encoding") from exc
+    except click.Abort as exc:  # click's for Ctrl-C and for Ctrl-D (end of input) alike
+        if isinstance(exc.__context__, EOFError):
+            raise PasswordError("no password given: the input ended at the prompt") from exc
+        raise
     return _nonempty(str(password), "the prompt")
 
 
@@ -128,6 +132,7 @@ class Passwords:
         self.command = command or None
         self.location = location
         self.env = env
+        self.option = option
         self.sources = sources
         self._password: str | None = None
         # a new repository (a prompt asks twice); a check is run only when a prompt or the
@@ -164,10 +169,18 @@ class Passwords:
 
     def _read(self) -> str:
         file, command = self._given()
-        if file:
-            return read_password_file(file, "password file")
-        if command:
-            return run_password_command(command)
+        if file or command:
+            kind = "file" if file else "command"
+            given = self.file or self.command  # an option, else the variable named here
+            source = f"{self.option}-{kind}" if given else f"{self.env}_{kind.upper()}"
+            try:
+                if file:
+                    return read_password_file(file, "password file")
+                return run_password_command(str(command))
+            except PasswordError as exc:  # a variable set long ago is found by its name
+                raise PasswordError(
+                    f"{exc} (given by {source}, for repository {describe(self.location)})"
+                ) from exc
         env = os.environ.get(self.env)
         if env:
             return env
