@@ -11,6 +11,7 @@ or that another host made, is never touched.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
@@ -366,12 +367,26 @@ def private_scratch() -> Path:
         raise from_oserror(exc, f"creating {path}") from exc
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        # someone else's (or a link): never used; a folder of this process instead
-        try:
-            return Path(tempfile.mkdtemp(prefix=f"casnap-{os.getuid()}-"))
-        except OSError as exc:
-            raise from_oserror(exc, f"creating a scratch folder in {path.parent}") from exc
+        # someone else's (or a link): never used; a folder of this process instead, removed
+        # when it ends (one a kill -9 leaves holds sealed or scratch files of that process only)
+        if not _own_scratch:
+            try:
+                _own_scratch.append(Path(tempfile.mkdtemp(prefix=f"casnap-{os.getuid()}-")))
+            except OSError as exc:
+                raise from_oserror(exc, f"creating a scratch folder in {path.parent}") from exc
+            atexit.register(_remove_own_scratch, _own_scratch[0])
+        return _own_scratch[0]
     return path
+
+
+_own_scratch: list[Path] = []  # this process's own scratch folder, made when first needed
+
+
+def _remove_own_scratch(path: Path) -> None:
+    """Remove this process's own scratch folder as it ends (what cannot be removed stays)."""
+    import shutil  # only here: most commands never need it
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def stage_name(tail: str = "") -> str:
