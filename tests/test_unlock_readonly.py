@@ -71,6 +71,7 @@ def test_an_unreadable_lock_file_is_named_and_unlock_removes_it(
     code, out, err = invoke(repo, data, "unlock")
     assert code == 0, err
     assert "locks/0badc0de" in out and "cannot be read" in out
+    assert out.count("cannot be read") == 1, out  # said once, not again as the reason
     assert not bad.exists()
     assert invoke(repo, data, "gc")[0] == 0
 

@@ -304,8 +304,9 @@ def unlock(c: Context, force: bool, as_json: bool) -> None:
             }
         )
         return
-    for info, why in removed:
-        click.echo(printable(f"removed {info.key}: {info.describe()} ({why})", backslash=False))
+    for info, why in removed:  # an unreadable lock's description says why already
+        said = info.describe() if not info.readable else f"{info.describe()} ({why})"
+        click.echo(printable(f"removed {info.key}: {said}", backslash=False))
     for info in kept:
         c.say(f"kept {info.key}: {info.describe()} (--force removes it)")
     c.say(f"removed {len(removed)} lock(s)")
