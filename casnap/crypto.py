@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import blake3
 
-from casnap.errors import IntegrityError, UnsupportedFormat
+from casnap.errors import IntegrityError, SealedUnderPlainConfig, UnsupportedFormat
 
 if TYPE_CHECKING:  # cryptography is imported where objects are sealed or opened
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -75,6 +75,16 @@ class MasterKey:
 def is_sealed(data: bytes) -> bool:
     """True when data starts like a sealed object (whatever its scheme)."""
     return data[: len(MAGIC)] == MAGIC
+
+
+def refuse_sealed(data: bytes | memoryview, what: str) -> None:
+    """SealedUnderPlainConfig when data, read as a plain object, is a sealed one."""
+    if is_sealed(bytes(data[: len(MAGIC)])):
+        raise SealedUnderPlainConfig(
+            f"{what}: the object is encrypted, but the repository's config is plain (the config "
+            "was replaced, or objects were copied in from an encrypted repository): put the "
+            "repository's own config and keys/ back"
+        )
 
 
 def sealed_size(plain: int) -> int:

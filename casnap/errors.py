@@ -66,6 +66,11 @@ class HostileManifest(IntegrityError):
     """A manifest names a path outside the target (absolute, `..`, duplicate, through a symlink)."""
 
 
+class SealedUnderPlainConfig(IntegrityError):
+    """An encrypted object in a repository whose config is plain: the config was replaced (a
+    downgrade), so nothing of it is read as damage of one snapshot."""
+
+
 class LockError(CasnapError):
     """The repository is locked by another process, or a database is in use."""
 

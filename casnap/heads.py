@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from casnap.errors import IntegrityError, ObjectMissing
+from casnap.errors import IntegrityError, ObjectMissing, SealedUnderPlainConfig
 from casnap.ids import ObjectId, is_hex_prefix, named_id
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ def read_heads(
         try:
             found[sid] = load(sid)
         except IntegrityError as exc:
+            if isinstance(exc, SealedUnderPlainConfig):
+                raise  # every snapshot is: not the damage of this one
             if strict or not isinstance(exc, ObjectMissing):
                 damaged[sid] = (exc, f"{location}/{key}")
     return found, damaged

@@ -523,5 +523,7 @@ def compress_manifest(raw: bytes) -> bytes:
 
 def decompress_manifest(blob: bytes, name: str) -> bytes:
     from casnap.compression import decompress_object
+    from casnap.crypto import refuse_sealed
 
+    refuse_sealed(blob, name)  # an encrypted manifest never decodes: said as such
     return decompress_object(blob, f"{name}: corrupt manifest", limit=1 << 30)

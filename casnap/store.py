@@ -30,6 +30,7 @@ from casnap.chunkindex import (
     void_ids,
 )
 from casnap.constants import FRAME_CACHE_BYTES, INDEX_STREAM_BYTES
+from casnap.crypto import refuse_sealed
 from casnap.errors import IntegrityError, ObjectMissing
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
@@ -129,6 +130,8 @@ class Store:
             return read_index(key, lambda o, n: self.backend.get(key, o, n), size, self.ids)
         blob = self.backend.get(key)
         if self.ids(blob).hex() != key.rsplit("/", 1)[-1]:
+            if self.ids is PLAIN_IDS:
+                refuse_sealed(blob, key)
             raise IntegrityError(f"{key}: index file does not match its name (damaged)")
         return decode_index(key, blob)
 
