@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from casnap import (
     capture,
     consistency,
+    folderlocks,
     fsutil,
     instants,
     repair,
@@ -212,11 +213,13 @@ def commit(
     result: CommitResult | None = None
     try:
         # its check lists the snapshots and repair notes too; waits for a checkout of data_dir
+        # made through this repository, and the folder's flock for one from any other
         with repo.lock("commit", folder=Path(data_dir)):
             repo.refresh(only_if_changed=True)
             rollback.require_repository(repo)  # not taken back by a failed first commit
             phases.since("open", phases.start)
-            result = committer.run(Path(data_dir), paths)
+            with folderlocks.data_dir_lock(Path(data_dir), data_dir, repo.notify):
+                result = committer.run(Path(data_dir), paths)
             repo.created = None  # in use now: never taken back
         result.phases = phases.report(COMMIT_PHASES)
         return result

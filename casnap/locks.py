@@ -165,41 +165,6 @@ def lock_wait() -> float:
     return seconds_from_env("CASNAP_LOCK_WAIT", LOCK_WAIT_SECONDS)
 
 
-@contextlib.contextmanager
-def target_lock(
-    fd: int, target: object, notify: Callable[[str], None] | None = None
-) -> Iterator[None]:
-    """An exclusive flock on a checkout target's folder (open as fd) while the block runs: two
-    checkouts into one folder would each plan against what the other is about to replace and
-    leave a mix of both snapshots. Waits up to lock_wait() (notify hears once that it waits),
-    then LockError; a filesystem that cannot flock is used without."""
-    import fcntl
-
-    wait = lock_wait()
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if notify is not None:
-                notify(f"waiting up to {wait:.0f} s for {target}: another checkout into it runs")
-                notify = None
-            if time.monotonic() >= deadline:
-                raise LockError(
-                    f"another checkout into {target} is running (or a process holds a lock on "
-                    "that folder); wait for it to end (CASNAP_LOCK_WAIT sets how long to wait)"
-                ) from None
-            time.sleep(0.05)
-        except OSError:
-            break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
 class Held:
     """Our lock while its block runs: the key of its current object, written afresh every
     `refresh` seconds by a daemon thread (put the new object, then remove the old one, which

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 from casnap import (
     capture,
+    folderlocks,
     inuse,
-    locks,
     placement,
     preflight,
     presave,
@@ -230,7 +230,8 @@ class _Checkout:
             raise
         with root, Tree(root, self.modes) as tree:
             try:
-                with locks.target_lock(root.fd, self.shown_target, self.repo.notify):  # one at once
+                # one checkout into it at once, and no commit of it meanwhile
+                with folderlocks.target_lock(root.fd, self.shown_target, self.repo.notify):
                     removing = self._removals(tree)  # from listings, before any file is read
                     self._run(tree, wanted, removing)
             except BaseException:

@@ -357,8 +357,93 @@ def test_a_checkout_waiting_for_its_target_says_so(
             checkout(repo, sid, target, smoke=False)
     finally:
         holder.communicate(timeout=60)
-    assert heard == [f"waiting up to 0 s for {target}: another checkout into it runs"]
+    assert heard == [
+        f"waiting up to 0 s for {target}: another checkout into it or a commit of it runs"
+    ]
     assert list(target.iterdir()) == []
+
+
+def test_a_commit_waits_for_a_checkout_into_its_data_dir_from_another_repository(
+    tmp_path: Path,
+) -> None:
+    """A checkout from one repository swapping files into the data dir while a commit of it into
+    another repository read it: the commit stored the database of one snapshot beside the
+    indexes of the other, a state the data dir never held, and said nothing (each repository's
+    lock sees only its own holders). The checkout's flock on its target now stops the commit
+    too: it waits for the checkout (CASNAP_LOCK_WAIT, then exit 6, nothing stored) and, run
+    again, stores the snapshot whole."""
+    data, other = small_app(tmp_path / "data", seed=1), small_app(tmp_path / "b", seed=2)
+    repo_b = Repository.init(tmp_path / "repo-b")
+    sid_b = commit(repo_b, other).id
+    repo_b.close()
+    tree_b = snapshot_tree(other)
+    started, go = tmp_path / "started", tmp_path / "go"
+    pause = f"touch {started}; while [ ! -e {go} ]; do sleep 0.01; done"
+    checkout = subprocess.Popen(  # holds its target's flock, stopped before its swap
+        casnap_command(
+            ["--repo", str(tmp_path / "repo-b"), "-q", "checkout", "--to", str(data), "--force"]
+            + [sid_b, "--smoke-cmd", pause]
+        ),
+        env=casnap_env(),
+        cwd=ROOT,
+    )
+    base = ["--repo", str(tmp_path / "repo-a"), "--data", str(data), "-q", "commit"]
+    try:
+        wait_for(started.exists)
+        waited = subprocess.run(
+            casnap_command(base),
+            env=casnap_env(CASNAP_LOCK_WAIT="0"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert waited.returncode == 6, waited.stderr
+        assert "checkout" in waited.stderr and str(data) in waited.stderr
+    finally:
+        go.touch()
+        assert checkout.wait(timeout=120) == 0
+    repo_a = Repository.open(tmp_path / "repo-a") if (tmp_path / "repo-a").exists() else None
+    assert repo_a is None or repo_a.snapshots() == []
+    done = subprocess.run(casnap_command(base), env=casnap_env(), cwd=ROOT, check=False)
+    assert done.returncode == 0
+    restored = tmp_path / "restored"
+    repo_a = Repository.open(tmp_path / "repo-a")
+    from casnap.restorer import checkout as check_out
+
+    check_out(repo_a, repo_a.snapshots()[0][0].hex(), restored, smoke=False)
+    assert snapshot_tree(restored) == tree_b
+
+
+def test_a_checkout_waits_for_a_commit_of_its_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a commit reads its data dir it holds a shared flock on it: a checkout into that
+    folder (from any repository) cannot take its own, so it waits instead of swapping files
+    the commit is reading."""
+    import fcntl
+
+    data = small_app(tmp_path / "data", seed=1)
+    repo = Repository.init(tmp_path / "repo")
+    tried: list[bool] = []
+
+    def progress(done: int, total: int) -> None:
+        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tried.append(False)
+        except BlockingIOError:
+            tried.append(True)
+        finally:
+            os.close(fd)
+
+    commit(repo, data, progress=progress)
+    assert tried and all(tried)
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)  # released once the commit is done
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
 
 
 HOLD_FLOCK = """
