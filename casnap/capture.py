@@ -273,10 +273,14 @@ def left_out(data_dir: Path, rel: str, of: str = "the snapshot") -> str:
     return f"{shortened(rel)}: not readable, left out of {of}"
 
 
-def vanished(rel: str, strict: bool = False) -> str:
+def vanished(rel: str, strict: bool = False, renamed: str | None = None) -> str:
     """The warning for a plain file a commit left out because it was deleted before its read
-    (or while it was read: what was read of it is not stored); strict: the problem for which a
-    --strict commit stores nothing."""
+    (or while it was read: what was read of it is not stored), or a database renamed over
+    another file the commit reads; strict: the problem for which a --strict commit stores
+    nothing."""
+    if renamed is not None:
+        gone = f"renamed to {shortened(renamed)} meanwhile"
+        return f"{shortened(rel)}: {gone}" + ("" if strict else "; left out of the snapshot")
     if strict:
         return f"{shortened(rel)}: deleted while committing"
     gone = "vanished before it was read (deleted meanwhile); left out of the snapshot"

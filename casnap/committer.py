@@ -356,6 +356,7 @@ class Committer:
             sources = capture.scan(data_dir, rel_paths, excludes, options=scan)
         except AccessDenied as exc:
             raise UnreadableSource(str(exc)) from exc
+        self.reader.scanned = frozenset(s.path for s in sources)
         reuse = statcache.reused(sources, known, restored)
         watched = instants.watch(sources)  # framework stores: checked and read at one instant
         # FAISS indexes and framework stores, before anything is read or stored
@@ -477,7 +478,9 @@ class Committer:
                 result.warnings += moving
                 result.damage += moving
                 cut = [reader.damaged[p] for p in sorted(reader.damaged)]  # found as read
-                lost = [capture.vanished(p, opts.strict) for p in sorted(gone)]
+                lost = [
+                    capture.vanished(p, opts.strict, reader.renamed.get(p)) for p in sorted(gone)
+                ]
                 if opts.strict and (cut or lost):
                     raise _inconsistent(cut + lost)
                 result.warnings += cut + lost

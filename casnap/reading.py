@@ -109,6 +109,8 @@ class Reader:
         # databases read cut short, by path: "<path>: why" (a checkout's smoke checks refuse them)
         self.damaged: dict[str, str] = {}
         self.vanished: list[str] = []  # plain files deleted before they were read: left out
+        self.renamed: dict[str, str] = {}  # of those, databases renamed over another: new name
+        self.scanned: frozenset[str] = frozenset()  # every path the scan found
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
         """The pack writer and the worker threads, made when the first file must be read: a
@@ -222,7 +224,7 @@ class Reader:
             with self.phases.timed("capture"):  # a file written just now is waited for
                 before, settled = capture.settled_fingerprint(src.abspath, src.kind)
             if before is None:
-                gone = FileVanished if src.kind == "file" else SourceError
+                gone = FileVanished if src.kind == "file" else self._gone_database(src)
                 raise gone(f"{src.abspath} vanished while committing")
             try:
                 st = os.lstat(src.abspath)
@@ -255,7 +257,8 @@ class Reader:
             except FileNotFoundError as exc:
                 if src.kind == "file":  # gone, or made again: the next attempt tells
                     continue
-                raise SourceError(f"{src.abspath} vanished while committing") from exc
+                gone = self._gone_database(src)
+                raise gone(f"{src.abspath} vanished while committing") from exc
             except NotRegularFile as exc:
                 why = f"{src.abspath} was replaced while committing ({exc.strerror})"
                 raise SourceError(why) from exc
@@ -272,6 +275,26 @@ class Reader:
         if src.kind == "file" and capture.fingerprint(src.abspath, "file") is None:
             raise FileVanished(f"{src.abspath} vanished while committing")  # at the last try
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
+
+    def _gone_database(self, src: capture.SourceFile) -> type[SourceError]:
+        """What a database gone since the scan is: renamed over another file the commit reads
+        (an app saving by rename: its bytes are stored under that name), FileVanished, noted in
+        renamed; else SourceError (a snapshot of an app without its database)."""
+        if src.stat is None:
+            return SourceError
+        folder, _, _name = src.path.rpartition("/")
+        try:
+            with os.scandir(src.abspath.parent) as entries:
+                for e in entries:
+                    rel = f"{folder}/{e.name}" if folder else e.name
+                    st = e.stat(follow_symlinks=False)
+                    same = (st.st_dev, st.st_ino) == (src.stat.st_dev, src.stat.st_ino)
+                    if same and rel in self.scanned:
+                        self.renamed[src.path] = rel
+                        return FileVanished
+        except OSError:
+            pass
+        return SourceError
 
     def _ingest_path(
         self,

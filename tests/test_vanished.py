@@ -144,6 +144,55 @@ def test_a_database_deleted_before_its_read_still_stops_the_commit(tmp_path: Pat
     assert repo.snapshots() == []
 
 
+def test_a_database_renamed_over_another_meanwhile_is_left_out_under_its_old_name(
+    tmp_path: Path,
+) -> None:
+    """An app that saves by writing a new database beside its own (`VACUUM INTO`, a copy) and
+    renaming it over: the scan saw both, the new one is gone by its read. Its bytes are the
+    database's under the name it was renamed to, which the commit reads: the old name is left
+    out with a warning saying where it went, and the commit succeeds."""
+    data = tmp_path / "data"
+    _churn(data)
+    for name, rows in (("app.db", 1), ("app.db.tmp", 5)):
+        with contextlib.closing(sqlite3.connect(data / "churn" / name)) as db:
+            db.execute("CREATE TABLE t(x)")
+            db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(rows)])
+            db.commit()
+
+    def renamed(_key: str) -> None:
+        os.rename(data / "churn" / "app.db.tmp", data / "churn" / "app.db")
+
+    repo = _repo(tmp_path, F.call_after("put", 1, renamed, "packs/"))
+    result = commit(repo, data)
+
+    (warning,) = result.warnings
+    assert warning.startswith("churn/app.db.tmp: renamed to churn/app.db meanwhile"), warning
+    restored = _restored(repo, result.id, tmp_path / "out")
+    assert "churn/app.db.tmp" not in restored
+    with contextlib.closing(sqlite3.connect(tmp_path / "out" / "churn" / "app.db")) as db:
+        (rows,) = db.execute("SELECT count(*) FROM t").fetchone()
+    assert rows == 5  # read after the rename: the new database
+    assert verify(repo).ok
+
+
+def test_a_database_renamed_out_of_the_data_dir_still_stops_the_commit(tmp_path: Path) -> None:
+    """Renamed to a name the commit does not read (outside the data dir): the database is gone
+    from the snapshot, as if deleted, so the commit stops as for a deleted one."""
+    data = tmp_path / "data"
+    _churn(data)
+    with contextlib.closing(sqlite3.connect(data / "churn" / "z.db")) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.commit()
+
+    def moved(_key: str) -> None:
+        os.rename(data / "churn" / "z.db", tmp_path / "z.db")
+
+    repo = _repo(tmp_path, F.call_after("put", 1, moved, "packs/"))
+    with pytest.raises(SourceError, match=r"churn/z\.db vanished while committing"):
+        commit(repo, data)
+    assert repo.snapshots() == []
+
+
 def _index_and_sidecar(data: Path, stated: int) -> None:
     """faiss/flat.index (VECTORS: read on its own, the first of many packs written early in its
     read, so a hook on that put runs long before the sidecar is read) and its sidecar
