@@ -22,3 +22,20 @@ def test_scale_refuses_an_unknown_part(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "log" in done.stderr and "commit, files, slope" in done.stderr, done.stderr
     assert not (tmp_path / "benchmarks").exists()
+
+
+def test_rag_refuses_an_unknown_tool_or_store(tmp_path: Path) -> None:
+    """rag.py took any name: an unknown tool or store was a KeyError's traceback, the first
+    after its scratch dir was made and left behind."""
+    for option in ("--tools", "--stores"):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "rag.py"), option, "nope"]
+            + ["--work", str(tmp_path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "nope" in done.stderr, done.stderr
+        assert not list(tmp_path.iterdir())
