@@ -1,5 +1,5 @@
 """The commands that change a repository before they print (gc, prune, forget, copy, import,
-key, init, repair-index, unlock): a stdout closed from the start (`>&-`) or one whose write
+key, init, repair-index, unlock, demo): a stdout closed from the start (`>&-`) or one whose write
 fails (a full disk) fails them in one line that says what was already done, as it does for
 commit and checkout."""
 
@@ -54,6 +54,7 @@ CASES = {
     "key passwd": (["--repo", "TMP/secret", "key", "passwd", "--json"], "the password is changed"),
     "repair-index": (["repair-index", "--json"], "the index is rebuilt"),
     "unlock": (["unlock"], "1 lock(s) removed"),
+    "demo": (["--data", "TMP/sample", "--repo", "TMP/demo", "demo", "--size-mb", "1"], "stored"),
 }
 
 
