@@ -131,7 +131,8 @@ def key_remove(c: Context, key_id: str, as_json: bool) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Replace FILE when it exists (a symbolic link: the link itself, never what it names).",
+    help="Replace FILE when it exists (a symbolic link: the link itself, never what it names; "
+    "never a device, FIFO or socket).",
 )
 @JSON
 @pass_ctx
