@@ -131,7 +131,7 @@ def prune(
         monthly=keep_monthly,
         yearly=keep_yearly,
         within=retention.Duration.parse(keep_within) if keep_within else None,
-        tags=selection.parse_tags(keep_tags),
+        tags=selection.parse_tags(keep_tags, "--keep-tag"),
     )
     repo = c.open()
     select = snapshot_filter(c, repo, paths, ()) if paths or filter_hosts() else None
