@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from casnap.cli.main import CommandGroup, Context, cli, pass_ctx
+from casnap.cli.options import Given
 from casnap.cli.output import emit_json, local_time, printable
 from casnap.cli.passwords import new_password
 from casnap.cli.pipes import printing
@@ -127,7 +128,7 @@ def key_remove(c: Context, key_id: str, as_json: bool) -> None:
 
 
 @key_group.command(name="export")
-@click.argument("dest", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("dest", metavar="FILE", type=Given("a file name", path=True))
 @click.option(
     "--force",
     is_flag=True,
@@ -154,7 +155,7 @@ def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:
 
 
 @key_group.command(name="import")
-@click.argument("src", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("src", metavar="FILE", type=Given("the exported key file", path=True))
 @JSON
 @pass_ctx
 def key_import(c: Context, src: Path, as_json: bool) -> None:

@@ -15,6 +15,7 @@ from casnap.cli.options import (
     HOST_FILTER_HELP,
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
+    Given,
     Percent,
     filter_options,
     resolve_ref,
@@ -135,6 +136,7 @@ def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
     "--smoke-cmd",
     metavar="CMD",
     default=None,
+    type=Given("a command"),
     help="Also run CMD on each restored snapshot, with $CASNAP_STAGED_DIR naming a disposable "
     "copy of it (CMD may write there).",
 )
