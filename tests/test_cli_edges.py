@@ -59,8 +59,9 @@ def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]
         ["verify", "--smoke-cmd", ""],
         ["key", "export", ""],
         ["key", "import", ""],
+        ["key", "add", "--new-password-file", ""],
     ],
-    ids=["import", "checkout-smoke-cmd", "verify-smoke-cmd", "key-export", "key-import"],
+    ids=["import", "checkout-smoke-cmd", "verify-smoke-cmd", "key-export", "key-import", "key-add"],
 )
 def test_an_empty_path_or_command_is_a_usage_error(
     world: tuple[list[str], Path], args: list[str]

@@ -16,6 +16,7 @@ from casnap.cli.pipes import printing
 NEW_PASSWORD_FILE = click.option(
     "--new-password-file",
     metavar="FILE",
+    type=Given("a file name"),
     help="Read the new password from FILE (else CASNAP_NEW_PASSWORD, else a prompt asked twice).",
 )
 JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
