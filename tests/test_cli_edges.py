@@ -60,8 +60,17 @@ def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]
         ["key", "export", ""],
         ["key", "import", ""],
         ["key", "add", "--new-password-file", ""],
+        ["import", "old", "--data-name", ""],
     ],
-    ids=["import", "checkout-smoke-cmd", "verify-smoke-cmd", "key-export", "key-import", "key-add"],
+    ids=[
+        "import",
+        "checkout-smoke-cmd",
+        "verify-smoke-cmd",
+        "key-export",
+        "key-import",
+        "key-add",
+        "import-data-name",
+    ],
 )
 def test_an_empty_path_or_command_is_a_usage_error(
     world: tuple[list[str], Path], args: list[str]

@@ -68,6 +68,7 @@ def _line(item: ImportItem) -> str:
     "data_names",
     multiple=True,
     metavar="NAME",
+    type=Given("a folder name"),
     help="A dated folder named NAME_<date> is a copy of the whole data dir (repeatable; default: "
     "the data dir's own name, e.g. data_20250101/; a folder named by a date alone is one too).",
 )
