@@ -61,6 +61,7 @@ def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]
         ["key", "import", ""],
         ["key", "add", "--new-password-file", ""],
         ["import", "old", "--data-name", ""],
+        ["prune", "--keep-within", "", "--keep-last", "1"],
     ],
     ids=[
         "import",
@@ -70,6 +71,7 @@ def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]
         "key-import",
         "key-add",
         "import-data-name",
+        "prune-keep-within",
     ],
 )
 def test_an_empty_path_or_command_is_a_usage_error(
