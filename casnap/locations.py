@@ -85,7 +85,7 @@ def parse_s3_url(text: str) -> S3Url:
     if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
         raise InvalidArgument(
             f"repository {text!r}: the prefix must be a path of non-empty components, none "
-            "'.' or '..' (no leading, doubled or trailing '/')"
+            "'.' or '..' (no leading or doubled '/'; one trailing '/' is dropped)"
         )
     if any(ord(ch) < 32 or ch in "\\\x7f" for ch in prefix):
         raise InvalidArgument(f"repository {text!r}: the prefix holds a control character or '\\'")
