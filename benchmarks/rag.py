@@ -301,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     args.tools = [t for t in args.tools.split(",") if t]
+    stores = [s for s in args.stores.split(",") if s]
+    for option, names, known in (("--tools", args.tools, TOOLS), ("--stores", stores, STORES)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            p.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     quiet_frameworks()
     compile_casnap()
     work = Path(tempfile.mkdtemp(prefix="casnap-rag-bench-", dir=args.work))
@@ -313,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        results = [run_store(s, args, work, log) for s in args.stores.split(",") if s]
+        results = [run_store(s, args, work, log) for s in stores]
         live = live_chroma(args, work, log) if args.live else None
     finally:
         if not args.keep:

@@ -31,7 +31,7 @@ Run:
 
     .venv/bin/python benchmarks/scale.py                   # 10M chunks, 50k files: ~2 minutes
     .venv/bin/python benchmarks/scale.py --chunks 1000000  # a quick run
-    .venv/bin/python benchmarks/scale.py --only log,files
+    .venv/bin/python benchmarks/scale.py --only commit,files   # (a) and (b), then (c)
 
 Results: a table on stdout and `benchmarks/results/scale.json`; docs/TUNING.md ("Scale: 10M
 chunks") has the numbers of the development machine.
@@ -72,6 +72,7 @@ MIB = 1 << 20
 PAGE = 4096
 PAGES_PER_FRAME = 128  # FRAME_TARGET (512 KiB) of 4 KiB pages
 FRAMES_PER_PACK = 80  # ~200 KB stored per frame, ~16 MiB packs
+PARTS = ("commit", "files", "slope")  # (a) and (b); (c); (d)
 
 # Runs a casnap command and prints its peak RSS (VmHWM: the process's own high-water mark) on
 # stderr's last line after it exits.
@@ -424,7 +425,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size-mb", type=float, default=40.0, help="size of the real sample data dir")
     p.add_argument("--sizes", default=None, help="index sizes for (d), comma-separated")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", default="commit,files,slope", help="parts: commit,files,slope")
+    p.add_argument("--only", default=",".join(PARTS), help="parts: " + ",".join(PARTS))
     p.add_argument("--work", type=Path, default=None, help="parent of the scratch dir")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
@@ -432,7 +433,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.sizes = sorted({n for n in (1_000_000, 3_000_000, args.chunks) if n <= args.chunks})
     else:
         args.sizes = [int(s) for s in args.sizes.split(",")]
-    args.only = set(args.only.split(","))
+    args.only = {part for part in args.only.split(",") if part}
+    unknown = args.only - set(PARTS)
+    if unknown:
+        p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
     return args
 
 

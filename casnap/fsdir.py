@@ -278,6 +278,8 @@ def resolve_trusted(path: Path) -> Path:
             st = os.lstat(candidate)
         except FileNotFoundError:
             return candidate.joinpath(*todo)
+        except NotADirectoryError as exc:  # a file on the way: the same mistake as a file there
+            raise SourceError(f"{path} cannot be a folder: {resolved} is not a directory") from exc
         except OSError as exc:
             raise from_oserror(exc, f"reading {candidate}") from exc
         if not stat.S_ISLNK(st.st_mode):

@@ -164,6 +164,13 @@ def plan(
         raise SourceError(f"{folder} does not exist or is not a directory")
     if repo is not None and repo.holds_path(folder):
         raise InvalidArgument(f"{folder} lies inside the repository: nothing there is a copy")
+    for outer in (folder, *folder.parents):  # its packs/, index/ ... are no copies of data
+        if holds_repository(outer):
+            where = "is" if outer == folder else f"lies inside {outer},"
+            raise InvalidArgument(
+                f"{folder} {where} a casnap repository, not a folder of copies: "
+                f"`casnap copy --from {outer}` copies its snapshots into --repo"
+            )
     data_dir = fsutil.resolved(data_dir, "data dir")
     names = set(data_names) or {data_dir.name}
     result = ImportResult(str(folder), str(data_dir), dry_run=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,15 @@ def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
             f"{dest} lies inside the repository; keep the exported key apart from it"
         )
     link = dest.is_symlink()
+    try:
+        mode: int | None = dest.lstat().st_mode
+    except OSError:
+        mode = None  # nothing there (or nothing this user may see): the write says which
+    if mode is not None and stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR):
+        raise InvalidArgument(  # a FIFO, a socket, a device (`/dev/full`): never replaced
+            f"{dest} is not a regular file (a device, a FIFO or a socket); not writing to it "
+            "or replacing it, --force or not: give a file name"
+        )
     if link and not force:
         raise InvalidArgument(
             f"{dest} is a symbolic link; not writing through it or replacing it (give --force "

@@ -85,7 +85,7 @@ def parse_s3_url(text: str) -> S3Url:
     if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
         raise InvalidArgument(
             f"repository {text!r}: the prefix must be a path of non-empty components, none "
-            "'.' or '..' (no leading, doubled or trailing '/')"
+            "'.' or '..' (no leading or doubled '/'; one trailing '/' is dropped)"
         )
     if any(ord(ch) < 32 or ch in "\\\x7f" for ch in prefix):
         raise InvalidArgument(f"repository {text!r}: the prefix holds a control character or '\\'")
@@ -325,10 +325,14 @@ def nested_message(where: Path | S3Url, outer: Path | S3Url) -> str:
 def not_nested(root: Path) -> None:
     """NotARepository when a folder above root holds a casnap repository: a repository is
     never made inside another, since the outer one lists every object below its folders as its
-    own (a config under snapshots/ stops its listings, an index under index/ its commits)."""
+    own (a config under snapshots/ stops its listings, an index under index/ its commits); and
+    when a file stands on the way, below which no folder can be made."""
     for folder in root.parents:
         if holds_repository(folder):
             raise NotARepository(nested_message(root, folder))
+    above = next((p for p in root.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():  # a file on the way: no folder below it
+        raise NotARepository(f"{root} cannot be made: {above} is not a directory")
 
 
 # where a non-AWS store is, first found first (CASNAP_S3_ENDPOINT, then the standard AWS ones)

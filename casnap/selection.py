@@ -57,10 +57,20 @@ def check_tag(tag: str) -> None:
         )
 
 
-def parse_tags(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
-    """`--tag` values as tag groups: `a,b` is one group (all of them), each value another."""
-    groups = (tuple(dict.fromkeys(t.strip() for t in v.split(",") if t.strip())) for v in values)
-    return tuple(g for g in groups if g)
+def parse_tags(values: Iterable[str], option: str = "--tag") -> tuple[tuple[str, ...], ...]:
+    """`--tag` values as tag groups: `a,b` is one group (all of them), each value another. A
+    value naming no tag (`--tag "$UNSET"`) is refused: dropped, it would widen the selection
+    to every snapshot (a forget of all of them)."""
+    groups = []
+    for v in values:
+        group = tuple(dict.fromkeys(t.strip() for t in v.split(",") if t.strip()))
+        if not group:
+            raise InvalidArgument(
+                f"{option} {v!r} names no tag (an unset variable?); give a tag, or leave "
+                f"{option} out"
+            )
+        groups.append(group)
+    return tuple(groups)
 
 
 class SnapshotFilter(NamedTuple):

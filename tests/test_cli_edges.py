@@ -52,6 +52,54 @@ def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["import", ""],
+        ["checkout", "latest", "--to", "out", "--smoke-cmd", ""],
+        ["verify", "--smoke-cmd", ""],
+        ["key", "export", ""],
+        ["key", "import", ""],
+        ["key", "add", "--new-password-file", ""],
+        ["import", "old", "--data-name", ""],
+        ["prune", "--keep-within", "", "--keep-last", "1"],
+    ],
+    ids=[
+        "import",
+        "checkout-smoke-cmd",
+        "verify-smoke-cmd",
+        "key-export",
+        "key-import",
+        "key-add",
+        "import-data-name",
+        "prune-keep-within",
+    ],
+)
+def test_an_empty_path_or_command_is_a_usage_error(
+    world: tuple[list[str], Path], args: list[str]
+) -> None:
+    """`casnap import "$OLD"` with OLD unset imported every folder of the working dir as a copy
+    of the data dir; `--smoke-cmd "$CHECK"` ran nothing and passed; `key export ""` and `key
+    import ""` named the working dir. An empty one is refused, as `--to ""` is, before anything
+    is read or written."""
+    base, tmp = world
+    cwd = tmp / "cwd"
+    (cwd / "faiss_20250101").mkdir(parents=True)
+    (cwd / "faiss_20250101" / "x.index").write_text("not a copy meant")
+    before = sorted(p.name for p in (tmp / "repo" / "snapshots").iterdir())
+    proc = subprocess.run(
+        casnap_command([*base, *args], ""),
+        env=casnap_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+    one_line(proc, EXIT_CODES["usage"], "is empty")
+    assert sorted(p.name for p in (tmp / "repo" / "snapshots").iterdir()) == before
+    assert [p.name for p in cwd.iterdir()] == ["faiss_20250101"]
+
+
+@pytest.mark.parametrize(
     "args", [["gc", "--max-unused", "nan"], ["verify", "--read-data-subset", "nan"]]
 )
 def test_nan_is_not_a_percentage(world: tuple[list[str], Path], args: list[str]) -> None:

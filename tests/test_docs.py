@@ -155,3 +155,21 @@ def test_naming_snapshots_lists_every_command_that_takes_the_filters() -> None:
         and any(isinstance(p, click.Argument) for p in command.params)
     }
     assert taking - {"log"} <= listed, sorted(taking - listed)
+
+
+def test_the_docs_name_only_files_and_tests_that_exist() -> None:
+    """Every `casnap/...py`, `tests/...py` and `benchmarks/...py` the README and docs/ name is
+    there, and so is every test function they name (`tests/test_gc.py::test_...`); FORMAT.md
+    sent gc's reader to `casnap/collect.py`, which never existed (the module is collector.py)."""
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").glob("*.md")]
+    stale = []
+    for page in pages:
+        for ref in re.findall(
+            r"\b((?:casnap|tests|benchmarks)/[\w/]+\.py)(?:::(\w+))?", page.read_text()
+        ):
+            path, function = ref
+            if not (ROOT / path).is_file():
+                stale.append(f"{page.name}: {path}")
+            elif function and f"def {function}(" not in (ROOT / path).read_text():
+                stale.append(f"{page.name}: {path}::{function}")
+    assert not stale, stale

@@ -249,6 +249,24 @@ def test_a_key_export_onto_a_symbolic_link_is_refused_as_onto_a_file(
     assert kept.read_text() == "someone's file\n" and not pointed.parent.exists()
 
 
+def test_a_key_export_never_replaces_a_special_file_even_with_force(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`key export /dev/full --force`, run as root to see a write to a full disk fail, renamed
+    the export over the device node: --force replaced whatever stood at FILE. It replaces a
+    file or a symbolic link; a FIFO, a socket or a device is refused, --force or not, and left
+    in place (no temp file either)."""
+    repo, data = enc_repo
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for force in ([], ["--force"]):
+        code, _, err = run(repo, data, "key", "export", str(fifo), *force)
+        assert code == EXIT_CODES["usage"], err
+        assert len(err.strip().splitlines()) == 1 and "not a regular file" in err, err
+        assert fifo.exists() and not fifo.is_file() and fifo.lstat().st_mode & 0o170000 == 0o010000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".casnap-tmp-")]
+
+
 @pytest.mark.parametrize("body", [b"garbage{", b'{"casnap_key": 1}'], ids=["not-json", "no-fields"])
 def test_a_key_file_that_does_not_parse_is_one_clear_line(
     enc_repo: tuple[Path, Path], body: bytes

@@ -215,3 +215,31 @@ def test_a_path_no_snapshot_was_committed_with_is_not_offered_as_a_path_filter(
     assert "--path faiss/flat.index" not in err and "`--path faiss`" in err, err
     code, _, err = run(command, "latest", "faiss/flat.index", "--path", "faiss", *extra)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("empty", ["", ",", " , "])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["log"],
+        ["forget", "--path", "app.db", "--dry-run"],
+        ["verify"],
+        ["checkout", "latest", "--to", "out"],
+        ["prune", "--keep-last", "1", "--dry-run"],
+    ],
+    ids=["log", "forget", "verify", "checkout", "prune-keep-tag"],
+)
+def test_an_empty_tag_is_a_usage_error_not_no_filter(
+    mixed: dict[str, str], empty: str, args: list[str]
+) -> None:
+    """`--tag "$TAG"` with TAG unset was dropped as no filter at all: `forget --tag '' --path
+    app.db` forgot every snapshot of app.db, `log` listed every snapshot. A --tag (or
+    --keep-tag) value naming no tag is refused, as an empty --path is, before anything runs."""
+    option = "--keep-tag" if args[0] == "prune" else "--tag"
+    before = sorted(p.name for p in Path("repo/snapshots").iterdir())
+    code, out, err = run(*args, option, empty)
+    assert code == EXIT_CODES["usage"], (out, err)
+    assert "names no tag" in err and option in err, err
+    assert out == ""
+    assert sorted(p.name for p in Path("repo/snapshots").iterdir()) == before
+    assert not Path("out").exists()

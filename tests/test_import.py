@@ -329,6 +329,26 @@ def test_import_refuses_the_repository_and_missing_folders(
     assert "repo" in {s["name"] for s in result.skipped}
 
 
+def test_import_refuses_another_casnap_repository_and_its_folders(
+    seed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`mv backups old-backups && casnap import old-backups` (the README's retention example)
+    where backups/ was already casnap's own default repository: its packs/, index/ and
+    snapshots/ were planned as copies of data-dir folders of those names. A folder that is a
+    casnap repository, or lies inside one, is refused before anything is made: `copy --from`
+    is what takes its snapshots."""
+    data, _ = seed
+    other = tmp_path / "old-backups"
+    CliRunner().invoke(cli, ["--repo", str(other), "--data", str(data), "commit", "-q"])
+    assert (other / "config").is_file()
+    for folder in (other, other / "snapshots"):
+        code, out, err = run(tmp_path, data, "import", str(folder), "--dry-run")
+        assert code == 2, (out, err)
+        assert "casnap repository" in err and "copy --from" in err, err
+        assert out == ""
+    assert not (tmp_path / "repo").exists()
+
+
 def test_a_copy_dated_before_1970_is_skipped(tmp_path: Path) -> None:
     """A name dated before 1970 (which no snapshot can record) is listed skipped, and importing
     the folder imports the rest."""

@@ -597,3 +597,37 @@ def test_a_folder_replaced_by_a_link_says_how_to_go_on(tmp_path: Path) -> None:
     line = one_line(run(tmp_path, "checkout", "latest"), 5, "store is a symbolic link")
     assert "move it away, or check out into another folder (--to)" in line
     assert (tmp_path / "moved" / "x").read_text() == "changed"
+
+
+@pytest.mark.parametrize("to", ["afile", "afile/sub"])
+def test_a_target_that_is_or_lies_below_a_file_is_one_source_problem(
+    tmp_path: Path, to: str
+) -> None:
+    """`--to afile` said the target is not a directory (exit 7); `--to afile/sub` failed as
+    `reading afile/sub: Not a directory`, an error of no kind (exit 1). Both are the same
+    mistake: the line names the file in the way, exit 7, nothing made."""
+    small_app(tmp_path / "data")
+    assert run(tmp_path, "commit", "-q").returncode == 0
+    (tmp_path / "afile").write_text("mine\n")
+    done = run(tmp_path, "checkout", "latest", "--to", to)
+    assert done.returncode == EXIT_CODES["source"], done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "not a directory" in line and "afile" in line and "reading" not in line, line
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", [["init"], ["commit", "-q"], ["copy", "--from", "backups"]])
+def test_a_repository_below_a_file_is_refused_as_one_on_a_file(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`--repo afile` is "not a directory" (exit 3) for init; `--repo afile/sub` failed as
+    `creating afile/sub: Not a directory`, exit 1, for init, a first commit and a copy that
+    creates its destination. The same refusal now, naming the file in the way."""
+    small_app(tmp_path / "data")
+    assert run(tmp_path, "commit", "-q").returncode == 0
+    (tmp_path / "afile").write_text("mine\n")
+    done = run(tmp_path, "--repo", "afile/sub", *command)
+    assert done.returncode == EXIT_CODES["repository"], done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "afile is not a directory" in line and "creating" not in line, line
+    assert (tmp_path / "afile").read_text() == "mine\n"

@@ -1,6 +1,7 @@
 """The commands that change a repository before they print (gc, prune, forget, copy, import,
-key, init): a stdout closed from the start (`>&-`) or one whose write fails (a full disk) fails
-them in one line that says what was already done, as it does for commit and checkout."""
+key, init, repair-index, unlock, demo): a stdout closed from the start (`>&-`) or one whose write
+fails (a full disk) fails them in one line that says what was already done, as it does for
+commit and checkout."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ CASES = {
     "init": (["--repo", "TMP/fresh", "init", "--json"], "is created at TMP/fresh"),
     "key add": (["--repo", "TMP/secret", "key", "add", "--json"], "is added"),
     "key passwd": (["--repo", "TMP/secret", "key", "passwd", "--json"], "the password is changed"),
+    "repair-index": (["repair-index", "--json"], "the index is rebuilt"),
+    "unlock": (["unlock"], "1 lock(s) removed"),
+    "demo": (["--data", "TMP/sample", "--repo", "TMP/demo", "demo", "--size-mb", "1"], "stored"),
 }
 
 
@@ -97,6 +101,8 @@ def test_a_failed_output_says_the_work_is_done(tmp_path: Path, case: str, how: s
     if case == "gc":  # something for gc to free
         forgot = run_casnap(_args("forget", tmp, base)[0])
         assert forgot.returncode == 0, forgot.stderr
+    if case == "unlock":  # a lock file no casnap wrote, for unlock to remove
+        (tmp / "repo" / "locks" / "0badc0de").write_text("not a lock\n")
     done = _run(args, how)
     expected = "usage" if how == "closed" else "storage"
     assert done.returncode == EXIT_CODES[expected], done.stderr
@@ -140,3 +146,31 @@ def test_verify_of_a_damaged_repository_keeps_its_exit_code_when_the_report_cann
     assert done.returncode == CheckFailed.exit_code == 9, err
     assert "verify:" in err and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("casnap: error: verify:"), err
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_repair_index_that_finds_blobs_lost_keeps_its_exit_code_when_the_report_cannot_be_written(
+    tmp_path: Path, closed: bool
+) -> None:
+    """repair-index exits 9 when blobs the snapshots need are in no pack, with --json too: a
+    stdout it cannot write its report to must not turn that into a usage or disk error, and the
+    line says the index was rebuilt all the same (as verify's keeps its exit code)."""
+    base, _ = _world(tmp_path)
+    packs = [p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()]
+    max(packs, key=lambda p: p.stat().st_size).unlink()
+    args = [*base, "repair-index", "--json"]
+    with FULL.open("wb") as full:
+        done = subprocess.run(
+            casnap_command(args),
+            env=casnap_env(),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL if closed else full,
+            stderr=subprocess.PIPE,
+            preexec_fn=(lambda: os.close(1)) if closed else None,
+            timeout=120,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == CheckFailed.exit_code == 9, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("casnap: error: repair-index:") and "no intact pack" in last, err
+    assert "the index is rebuilt" in last and "Traceback" not in err, err

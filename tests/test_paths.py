@@ -134,6 +134,16 @@ def test_bad_s3_urls_are_refused(text: str) -> None:
         parse_location(text)
 
 
+def test_a_bad_s3_prefix_is_told_without_refusing_the_trailing_slash_it_takes() -> None:
+    """The refusal of `s3://bucket/x//` said "no trailing '/'", while `s3://bucket/x/` is taken
+    (one trailing slash is dropped): it says what is refused, and that one trailing slash is
+    fine."""
+    with pytest.raises(InvalidArgument) as caught:
+        parse_location("s3://bucket/x//")
+    message = str(caught.value)
+    assert "doubled" in message and "one trailing '/' is dropped" in message, message
+
+
 # -- through the CLI, from the data dir's parent ------------------------------------------------
 
 

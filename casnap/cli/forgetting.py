@@ -10,7 +10,7 @@ import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.maintenance import DRY_RUN_DONE, _print_gc, gc_done, max_unused_option
-from casnap.cli.options import filter_hosts, filter_options, host_option, snapshot_filter
+from casnap.cli.options import Given, filter_hosts, filter_options, host_option, snapshot_filter
 from casnap.cli.output import emit_json, human, printable
 from casnap.cli.pipes import printing
 from casnap.errors import AmbiguousSnapshot, SnapshotNotFound
@@ -70,6 +70,7 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     "--keep-within",
     default=None,
     metavar="DURATION",
+    type=Given("a duration"),
     help="Keep snapshots newer than the group's newest minus DURATION: numbers with units y, "
     "m (months), w, d, h, e.g. 2d, 1w, 1y2m3h. As in restic, m is months and there are no "
     "minutes: 2h30m is 30 months and 2 hours.",
@@ -131,7 +132,7 @@ def prune(
         monthly=keep_monthly,
         yearly=keep_yearly,
         within=retention.Duration.parse(keep_within) if keep_within else None,
-        tags=selection.parse_tags(keep_tags),
+        tags=selection.parse_tags(keep_tags, "--keep-tag"),
     )
     repo = c.open()
     select = snapshot_filter(c, repo, paths, ()) if paths or filter_hosts() else None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
+from casnap.cli.options import Given
 from casnap.cli.output import emit_json, human, local_time, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
 from casnap.cli.pipes import printing
@@ -61,12 +62,13 @@ def _line(item: ImportItem) -> str:
 
 
 @cli.command(name="import")
-@click.argument("dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("dir", metavar="DIR", type=Given("the folder of copies", path=True))
 @click.option(
     "--data-name",
     "data_names",
     multiple=True,
     metavar="NAME",
+    type=Given("a folder name"),
     help="A dated folder named NAME_<date> is a copy of the whole data dir (repeatable; default: "
     "the data dir's own name, e.g. data_20250101/; a folder named by a date alone is one too).",
 )

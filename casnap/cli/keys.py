@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from casnap.cli.main import CommandGroup, Context, cli, pass_ctx
+from casnap.cli.options import Given
 from casnap.cli.output import emit_json, local_time, printable
 from casnap.cli.passwords import new_password
 from casnap.cli.pipes import printing
@@ -15,6 +16,7 @@ from casnap.cli.pipes import printing
 NEW_PASSWORD_FILE = click.option(
     "--new-password-file",
     metavar="FILE",
+    type=Given("a file name"),
     help="Read the new password from FILE (else CASNAP_NEW_PASSWORD, else a prompt asked twice).",
 )
 JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -127,11 +129,12 @@ def key_remove(c: Context, key_id: str, as_json: bool) -> None:
 
 
 @key_group.command(name="export")
-@click.argument("dest", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("dest", metavar="FILE", type=Given("a file name", path=True))
 @click.option(
     "--force",
     is_flag=True,
-    help="Replace FILE when it exists (a symbolic link: the link itself, never what it names).",
+    help="Replace FILE when it exists (a symbolic link: the link itself, never what it names; "
+    "never a device, FIFO or socket).",
 )
 @JSON
 @pass_ctx
@@ -153,7 +156,7 @@ def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:
 
 
 @key_group.command(name="import")
-@click.argument("src", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("src", metavar="FILE", type=Given("the exported key file", path=True))
 @JSON
 @pass_ctx
 def key_import(c: Context, src: Path, as_json: bool) -> None:

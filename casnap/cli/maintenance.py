@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,6 +15,7 @@ from casnap.cli.options import (
     HOST_FILTER_HELP,
     PATH_FILTER_HELP,
     TAG_FILTER_HELP,
+    Given,
     Percent,
     filter_options,
     resolve_ref,
@@ -23,11 +25,12 @@ from casnap.cli.output import emit_json, human, local_time, paths_label, printab
 from casnap.cli.pipes import StdoutFailed, output_failed, printing
 from casnap.cli.restoring import _smoke_summary
 from casnap.constants import DEFAULT_MAX_UNUSED
-from casnap.errors import CheckFailed
+from casnap.errors import CasnapError, CheckFailed
 
 if TYPE_CHECKING:  # the operations are imported by the command that runs them
     from casnap import collector
     from casnap.checker import SmokeVerifyResult, VerifyReport
+    from casnap.repair import RepairReport
 
 # -- maintenance: gc, verify, repair-index, stats -------------------------------------------------
 
@@ -133,6 +136,7 @@ def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
     "--smoke-cmd",
     metavar="CMD",
     default=None,
+    type=Given("a command"),
     help="Also run CMD on each restored snapshot, with $CASNAP_STAGED_DIR naming a disposable "
     "copy of it (CMD may write there).",
 )
@@ -254,22 +258,36 @@ def repair_index(c: Context, as_json: bool) -> None:
     from casnap import repair
 
     r = repair.repair_index(c.open())
+    lost = (
+        f"repair-index: {r.missing} blob(s) the snapshots need are in no intact pack; "
+        "run `casnap verify` to see which files they break"
+    )
+    done = f"the index is rebuilt: {r.chunks_indexed} chunks indexed from {r.packs} packs"
+    try:
+        # stdout takes the report, and without --json the packs left out: a stdout closed or
+        # full fails in one line saying what is done
+        with printing(done) if as_json or r.skipped else nullcontext():
+            _print_repair(c, r, as_json)
+    except CasnapError as exc:  # blobs lost outrank a report that cannot be written
+        if r.missing:
+            raise CheckFailed(f"{lost} ({exc})") from exc
+        raise
+    if r.missing:  # with --json too: the exit code, not only the report, says blobs are lost
+        raise CheckFailed(lost)
+
+
+def _print_repair(c: Context, r: RepairReport, as_json: bool) -> None:
     if as_json:
         emit_json(r.to_json())
-    else:
-        for key, reason in r.skipped:
-            click.echo(printable(f"{key}: {reason}", backslash=False))
-        others = f", {r.others} other object(s) left out" if r.others else ""
-        c.say(
-            f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
-            f"{len(r.skipped) - r.others} pack(s) damaged{others}, "
-            f"{r.index_files_removed} old index file(s) removed"
-        )
-    if r.missing:  # with --json too: the exit code, not only the report, says blobs are lost
-        raise CheckFailed(
-            f"repair-index: {r.missing} blob(s) the snapshots need are in no intact pack; "
-            "run `casnap verify` to see which files they break"
-        )
+        return
+    for key, reason in r.skipped:
+        click.echo(printable(f"{key}: {reason}", backslash=False))
+    others = f", {r.others} other object(s) left out" if r.others else ""
+    c.say(
+        f"repair-index: {r.chunks_indexed} chunks indexed from {r.packs} packs, "
+        f"{len(r.skipped) - r.others} pack(s) damaged{others}, "
+        f"{r.index_files_removed} old index file(s) removed"
+    )
 
 
 @cli.command()
@@ -296,17 +314,20 @@ def unlock(c: Context, force: bool, as_json: bool) -> None:
 
     repo = c.open()
     removed, kept = locks.unlock(repo.backend, force=force)
-    if as_json:
-        emit_json(
-            {
-                "removed": [info.to_json() | {"reason": why} for info, why in removed],
-                "kept": [info.to_json() for info in kept],
-            }
-        )
-        return
-    for info, why in removed:  # an unreadable lock's description says why already
-        said = info.describe() if not info.readable else f"{info.describe()} ({why})"
-        click.echo(printable(f"removed {info.key}: {said}", backslash=False))
+    # stdout takes the report, or the locks removed: a stdout closed or full fails in one line
+    # saying how many were removed
+    with printing(f"{len(removed)} lock(s) removed") if as_json or removed else nullcontext():
+        if as_json:
+            emit_json(
+                {
+                    "removed": [info.to_json() | {"reason": why} for info, why in removed],
+                    "kept": [info.to_json() for info in kept],
+                }
+            )
+            return
+        for info, why in removed:  # an unreadable lock's description says why already
+            said = info.describe() if not info.readable else f"{info.describe()} ({why})"
+            click.echo(printable(f"removed {info.key}: {said}", backslash=False))
     for info in kept:
         c.say(f"kept {info.key}: {info.describe()} (--force removes it)")
     c.say(f"removed {len(removed)} lock(s)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -93,6 +94,22 @@ def resolve_ref(
 
     flt = snapshot_filter(c, repo, paths, tags)
     return selection.resolve(repo.snapshots(), ref, flt, repo.damaged).id
+
+
+class Given(click.ParamType):
+    """A string that must not be empty: `--smoke-cmd "$CHECK"` with CHECK unset would run
+    nothing and pass. With path, a Path, never `""` (which would name the working dir)."""
+
+    name = "text"
+
+    def __init__(self, what: str, path: bool = False) -> None:
+        self.what = what
+        self.path = path
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"{value!r} is empty (an unset variable?): give {self.what}", param, ctx)
+        return Path(value) if self.path and isinstance(value, str) else value
 
 
 class Number(click.FloatRange):

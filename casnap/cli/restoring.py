@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casnap.cli.main import Context, after_landing, cli, pass_ctx, warn
-from casnap.cli.options import filter_options, resolve_ref
+from casnap.cli.options import Given, filter_options, resolve_ref
 from casnap.cli.output import emit_json, local_time, progress_bar
 from casnap.cli.pipes import printing
 from casnap.errors import (
@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # the command imports the operation it runs
     "--smoke-cmd",
     metavar="CMD",
     default=None,
+    type=Given("a command"),
     help="Also run CMD through the shell with $CASNAP_STAGED_DIR naming a disposable copy of "
     "the restored files (CMD may write there, as Chroma does when it opens a store: the files "
     "swapped in are the verified ones); a non-zero exit aborts the checkout.",

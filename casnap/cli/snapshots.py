@@ -410,4 +410,6 @@ def demo(ctx: click.Context, size_mb: float, seed: int) -> None:
         f"commit 2: snapshot {second.id[:8]}, {human(second.bytes_read)} read, "
         f"{human(second.bytes_added)} added for {human(second.logical_bytes)} of data"
     )
-    ctx.invoke(log)
+    # the log last: a stdout closed or full fails in one line saying the commits are stored
+    with printing(f"snapshots {first.id[:8]} and {second.id[:8]} are stored"):
+        ctx.invoke(log)
