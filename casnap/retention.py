@@ -14,7 +14,7 @@ import datetime as dt
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from casnap import heads, locks, selection
@@ -376,7 +376,14 @@ def _refuse_unknown_tags(policy: Policy, snaps: Iterable[tuple[ObjectId, Snapsho
     a --path no snapshot was committed with, it stops the prune with nothing removed. So does a
     list (`a,b`: all of them) whose tags no snapshot carries together."""
     tag_sets = {frozenset(snap.tags) for _, snap in snaps}
-    carried = set().union(*tag_sets) | {SAFETY_TAG}
+    carried = set().union(*tag_sets)
+    others = replace(policy, tags=tuple(t for t in policy.tags if t != (SAFETY_TAG,)))
+    if SAFETY_TAG not in carried and others.empty:  # alone, before a checkout saved one
+        raise SnapshotNotFound(
+            f"--keep-tag {SAFETY_TAG}: no snapshot carries it yet (a checkout that replaces "
+            "files saves the first), so as the only rule it keeps nothing: nothing pruned"
+        )
+    carried.add(SAFETY_TAG)
     named = dict.fromkeys(tag for wanted in policy.tags for tag in wanted)
     missing = [tag for tag in named if tag not in carried]
     if missing:

@@ -479,6 +479,25 @@ def test_prune_keep_tag_pre_checkout_before_any_checkout_is_no_error(tmp_path: P
     assert len(json.loads(out)["removed"]) == 1
 
 
+def test_prune_keep_tag_pre_checkout_alone_before_any_checkout_is_an_error(
+    tmp_path: Path,
+) -> None:
+    """As the only rule, before any checkout saved a pre-checkout snapshot, it keeps nothing:
+    the prune would remove every snapshot, so it is the error of a tag no snapshot carries."""
+    data = make_data(tmp_path / "data")
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    for step in range(2):
+        evolve(data, step + 1)
+        commit(repo, data)
+    before = sorted(p.name for p in root.rglob("*") if p.is_file())
+    base = ["--repo", str(root), "--data", str(data)]
+    code, out = run(*base, "prune", "--keep-tag", "pre-checkout")
+    assert code == SnapshotNotFound.exit_code, out
+    assert "pre-checkout" in out and "nothing pruned" in out, out
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == before
+
+
 def test_prune_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     root = tmp_path / "repo"
