@@ -22,7 +22,7 @@ from typing import Any
 from casnap import capture
 from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
-from casnap.errors import IntegrityError, InvalidArgument, from_oserror
+from casnap.errors import IntegrityError, InvalidArgument, NotADatabase, from_oserror
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
 from casnap.formats.sqlite import file_uri
 from casnap.fsutil import FILE_MODE, resolved
@@ -211,15 +211,17 @@ def _data_side(
                 src.path, old.kind, old.size, old.hash, repo.chunk_refs(old), entry=old
             )
             continue
-        if src.kind == "sqlite":
+        kind, local = src.kind, src.abspath
+        if kind == "sqlite":
             keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
-            with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
-                image.replace(keep)
-            local = keep
-        else:
-            local = src.abspath
+            try:
+                with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
+                    image.replace(keep)
+                local = keep
+            except NotADatabase:  # SQLite's header, but SQLite cannot read it: commit keeps
+                kind = "file"  # its bytes, so these are compared
         refs, whole, size = chunk_file(repo, local)
-        side.files[src.path] = _File(src.path, src.kind, size, whole, refs, local=local)
+        side.files[src.path] = _File(src.path, kind, size, whole, refs, local=local)
     return side
 
 

@@ -176,3 +176,21 @@ def test_an_index_overwritten_by_other_bytes_says_why_it_has_no_ntotal(
     index = files["faiss/ivf.index"]["index"]
     assert index["ntotal_b"] is None and index["problem_a"] is None
     assert index["problem_b"] == "not a FAISS index: no FAISS header"
+
+
+def test_a_file_with_sqlite_header_sqlite_cannot_open_is_compared_as_bytes(
+    app: Path, repo: Repository
+) -> None:
+    # a page size SQLite refuses (768, no power of two): commit keeps such a file's bytes
+    damaged = app / "odd.db"
+    with contextlib.closing(sqlite3.connect(damaged)) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.commit()
+    raw = bytearray(damaged.read_bytes())
+    raw[16:18] = (768).to_bytes(2, "big")
+    damaged.write_bytes(bytes(raw))
+    a = commit(repo, app).id
+    assert by_path(diff(repo, a, data_dir=app).to_json())["odd.db"]["status"] == "unchanged"
+    damaged.write_bytes(bytes(raw) + b"\0" * 512)
+    odd = by_path(diff(repo, a, data_dir=app).to_json())["odd.db"]
+    assert odd["status"] == "changed" and odd["kind"] == "file"
