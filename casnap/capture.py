@@ -177,6 +177,11 @@ def scan(
             st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(full)
         except FileNotFoundError:
             return
+        except PermissionError as exc:  # in a folder that may be listed, not entered
+            if opts.unreadable is None:
+                raise from_oserror(exc, f"reading {full}") from exc
+            opts.unreadable.append(rel)
+            return
         except OSError as exc:
             if exc.errno != errno.ENAMETOOLONG:
                 raise from_oserror(exc, f"reading {full}") from exc

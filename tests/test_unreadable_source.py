@@ -1,0 +1,44 @@
+"""Files and folders of the data dir that the user running casnap may not read or enter: a
+commit stops on them, naming --skip-unreadable, and with it leaves them out, said so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from casnap.errors import EXIT_CODES
+from tests.helpers_reliability import casnap_env, small_app
+from tests.test_hostile import one_line, unprivileged
+
+
+def as_user(repo: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [*unprivileged(), sys.executable, "-m", "casnap", "--repo", str(repo)]
+    return subprocess.run(
+        [*cmd, "--data", str(data), *args],
+        env=casnap_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_folder_that_may_be_listed_but_not_entered_is_left_out(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    shut = data / "shut"
+    shut.mkdir()
+    (shut / "inside.txt").write_text("its name can be listed, the file not reached")
+    shut.chmod(0o644)  # read (list the names), no execute (stat or open what it holds)
+    repo = tmp_path / "repo"
+    try:
+        one_line(as_user(repo, data, "commit"), EXIT_CODES["storage"], "skip-unreadable")
+        proc = as_user(repo, data, "commit", "--skip-unreadable", "--json")
+    finally:
+        shut.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["skipped"] == ["shut/inside.txt"]
+    assert "shut/inside.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert os.path.exists(shut / "inside.txt")
