@@ -22,7 +22,13 @@ from typing import Any
 from casnap import capture
 from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
-from casnap.errors import IntegrityError, InvalidArgument, NotADatabase, from_oserror
+from casnap.errors import (
+    AccessDenied,
+    IntegrityError,
+    InvalidArgument,
+    NotADatabase,
+    from_oserror,
+)
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
 from casnap.formats.sqlite import file_uri
 from casnap.fsutil import FILE_MODE, resolved
@@ -194,11 +200,14 @@ def _data_side(
 ) -> _Side:
     """The data dir within the paths and excludes of `like`; a file whose stat fingerprint
     matches like's record is taken from it unread, the rest is read and chunked (not stored).
-    Paths too long to name (past PATH_MAX) are left out, added to too_long."""
+    Paths too long to name (past PATH_MAX) and files or folders this user may not read are
+    left out, added to too_long."""
     side = _Side(repo, scratch)
     same_source = str(data_dir.resolve()) == like.source
     recorded = {e.path: e for e in like.files} if same_source else {}
-    prune = capture.ScanOptions(prune=repo.nested_in(data_dir.resolve()), too_long=too_long)
+    prune = capture.ScanOptions(
+        prune=repo.nested_in(data_dir.resolve()), too_long=too_long, unreadable=too_long
+    )
     for src in capture.scan(data_dir, like.paths, like.excludes, options=prune):
         old = recorded.get(src.path)
         if (
@@ -212,15 +221,19 @@ def _data_side(
             )
             continue
         kind, local = src.kind, src.abspath
-        if kind == "sqlite":
-            keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
-            try:
-                with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
-                    image.replace(keep)
-                local = keep
-            except NotADatabase:  # SQLite's header, but SQLite cannot read it: commit keeps
-                kind = "file"  # its bytes, so these are compared
-        refs, whole, size = chunk_file(repo, local)
+        try:
+            if kind == "sqlite":
+                keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
+                try:
+                    with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
+                        image.replace(keep)
+                    local = keep
+                except NotADatabase:  # SQLite's header, but SQLite cannot read it: commit
+                    kind = "file"  # keeps its bytes, so these are compared
+            refs, whole, size = chunk_file(repo, local)
+        except AccessDenied:  # as a commit with skip_unreadable leaves it out
+            too_long.append(src.path)
+            continue
         side.files[src.path] = _File(src.path, kind, size, whole, refs, local=local)
     return side
 
@@ -232,11 +245,11 @@ def diff(
     repo: Repository, a_ref: str, b_ref: str | None = None, data_dir: Path | str | None = None
 ) -> DiffResult:
     """Compare snapshot a_ref with snapshot b_ref, or (b_ref None) with data_dir as it is now:
-    a path of it too long to name (past PATH_MAX) is left out of both sides, with a warning,
-    as a commit with skip_unreadable leaves it out."""
+    a path of it too long to name (past PATH_MAX), or a file or folder this user may not read,
+    is left out of both sides, with a warning, as a commit with skip_unreadable leaves it out."""
     if b_ref is None and data_dir is None:
         raise InvalidArgument("diff needs a second snapshot or a data dir")
-    skipped: list[str] = []  # paths of the data dir too long to name
+    skipped: list[str] = []  # paths of the data dir too long to name, or not readable
     warnings: list[str] = []
     with repo.lock("diff"), _scratch(repo) as scratch:
         repo.refresh(only_if_changed=True)

@@ -42,3 +42,25 @@ def test_a_folder_that_may_be_listed_but_not_entered_is_left_out(tmp_path: Path)
     assert out["skipped"] == ["shut/inside.txt"]
     assert "shut/inside.txt" in proc.stderr and "Traceback" not in proc.stderr
     assert os.path.exists(shut / "inside.txt")
+
+
+def test_diff_against_the_data_dir_leaves_out_what_it_cannot_read(tmp_path: Path) -> None:
+    data = small_app(tmp_path / "data")
+    (data / "secret.txt").write_text("for its owner only")
+    (data / "secret.txt").chmod(0)
+    (data / "closed").mkdir()
+    (data / "closed" / "x.txt").write_text("in a folder nobody may list")
+    repo = tmp_path / "repo"
+    try:
+        (data / "closed").chmod(0o311)  # enter, not list
+        assert as_user(repo, data, "commit", "--skip-unreadable").returncode == 0
+        (data / "faiss" / "notes.txt").write_text("added since")
+        proc = as_user(repo, data, "diff", "latest", "--json")
+    finally:
+        (data / "closed").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    changed = {f["path"]: f["status"] for f in out["files"] if f["status"] != "unchanged"}
+    assert changed == {"faiss/notes.txt": "added"}
+    assert sorted(out["skipped"]) == ["closed", "secret.txt"]
+    assert "secret.txt: not readable, left out of the diff" in proc.stderr
