@@ -211,7 +211,10 @@ def _row_changes(conn: sqlite3.Connection, table: str, key: tuple[str, ...] | No
     updated = None
     names = [n for n, _ in _columns(conn, "a", table)]
     if names and names == [n for n, _ in _columns(conn, "b", table)]:
-        differ = " OR ".join(f"x.{quote_ident(n)} IS NOT y.{quote_ident(n)}" for n in names)
+        # byte for byte: a column's own collation (NOCASE) would take 'A' -> 'a' for no change
+        differ = " OR ".join(
+            f"x.{quote_ident(n)} COLLATE BINARY IS NOT y.{quote_ident(n)}" for n in names
+        )
         updated = conn.execute(
             f"SELECT count(*) FROM a.{t} AS x JOIN b.{t} AS y ON {join} WHERE {differ}"
         ).fetchone()[0]

@@ -194,3 +194,21 @@ def test_a_file_with_sqlite_header_sqlite_cannot_open_is_compared_as_bytes(
     damaged.write_bytes(bytes(raw) + b"\0" * 512)
     odd = by_path(diff(repo, a, data_dir=app).to_json())["odd.db"]
     assert odd["status"] == "changed" and odd["kind"] == "file"
+
+
+def test_an_update_that_only_changes_case_in_a_nocase_column_is_counted(
+    app: Path, repo: Repository
+) -> None:
+    with contextlib.closing(sqlite3.connect(app / "app.db")) as db:
+        db.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT COLLATE NOCASE)")
+        db.executemany("INSERT INTO users(email) VALUES (?)", [(f"U{i}@X.org",) for i in range(9)])
+        db.commit()
+    a = commit(repo, app).id
+    with contextlib.closing(sqlite3.connect(app / "app.db")) as db:
+        db.execute("UPDATE users SET email = lower(email) WHERE id <= 4")
+        db.commit()
+    tables = {
+        t["name"]: t for t in by_path(diff(repo, a, data_dir=app).to_json())["app.db"]["tables"]
+    }
+    users = tables["users"]
+    assert (users["added"], users["removed"], users["updated"]) == (0, 0, 4)
