@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from casnap.smoke_sqlite import TableInfo, list_tables, quote_ident
+from casnap.smoke_sqlite import TableInfo, list_tables, needs_app_sql, quote_ident
 
 # Shadow-table suffixes of SQLite's own virtual-table modules, for a SQLite too old to type them
 # in PRAGMA table_list (before 3.37).
@@ -135,8 +135,13 @@ def _table_diff(
         if key is None:
             unmatched_change = any(_shadow_changed(conn, s) for s in shadows)
     else:
-        key = _match_key(conn, ta.name)
-        added, removed, updated = _row_changes(conn, ta.name, key)
+        try:
+            key = _match_key(conn, ta.name)
+            added, removed, updated = _row_changes(conn, ta.name, key)
+        except sqlite3.Error as exc:
+            if not needs_app_sql(exc):  # its key sorts by the app's collation: not matched
+                raise
+            key, (added, removed, updated) = None, (None, None, None)
     changed = (
         schema_changed
         or unmatched_change
