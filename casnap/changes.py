@@ -24,7 +24,6 @@ from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
 from casnap.errors import (
     AccessDenied,
-    IntegrityError,
     InvalidArgument,
     NotADatabase,
     from_oserror,
@@ -35,6 +34,7 @@ from casnap.fsutil import FILE_MODE, resolved
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
+from casnap.smoke_sqlite import list_tables, open_immutable
 from casnap.staging import restore_entry
 from casnap.table_changes import TableDiff, compare_tables
 
@@ -81,6 +81,7 @@ class FileDiff:
     bytes_new: int = 0
     tables: tuple[TableDiff, ...] = ()
     index: IndexDiff | None = None
+    tables_problem: str | None = None  # why a changed database's tables were not compared
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -320,9 +321,10 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
         kind = "sqlite" if "sqlite" in (fa and fa.kind, fb and fb.kind) else "file"
         tables: tuple[TableDiff, ...] = ()
         index = None
+        problem = None
         if status != "unchanged":
             if kind == "sqlite":
-                tables = _table_diffs(a, fa, b, fb, path)
+                tables, problem = _table_diffs(a, fa, b, fb)
             else:
                 ha = faiss_header(a.head(fa)) if fa is not None else None
                 hb = faiss_header(b.head(fb)) if fb is not None else None
@@ -351,6 +353,7 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
                 bytes_shared=shared_bytes,
                 bytes_new=new_bytes,
                 tables=tables,
+                tables_problem=problem,
                 index=index,
             )
         )
@@ -395,19 +398,38 @@ def _index_diff(
 
 
 def _table_diffs(
-    a: _Side, fa: _File | None, b: _Side, fb: _File | None, path: str
-) -> tuple[TableDiff, ...]:
-    """The tables that differ between two versions of a database (either may be absent)."""
+    a: _Side, fa: _File | None, b: _Side, fb: _File | None
+) -> tuple[tuple[TableDiff, ...], str | None]:
+    """The tables that differ between two versions of a database (either may be absent), or
+    none and why they cannot be compared (a side SQLite finds malformed: what was committed,
+    or is in the data dir, not damage to the repository)."""
+    sides = [
+        (n, side, f) for n, side, f in (("a", a, fa), ("b", b, fb)) if f and f.kind == "sqlite"
+    ]
     with contextlib.closing(sqlite3.connect("file::memory:", uri=True)) as conn:
         try:
-            for alias, side, f in (("a", a, fa), ("b", b, fb)):
-                if f is not None and f.kind == "sqlite":
-                    uri = file_uri(side.db_copy(f), "immutable=1")
-                    conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
+            for alias, side, f in sides:
+                uri = file_uri(side.db_copy(f), "immutable=1")
+                conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
             attached = {row[1] for row in conn.execute("PRAGMA database_list")}
-            return compare_tables(conn, "a" in attached, "b" in attached)
+            return compare_tables(conn, "a" in attached, "b" in attached), None
         except sqlite3.Error as exc:
-            raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from exc
+            failed = [
+                f"{'old' if alias == 'a' else 'new'} side: {why}"
+                for alias, side, f in sides
+                if (why := _unreadable(side.db_copy(f))) is not None
+            ]
+            return (), "; ".join(failed) or str(exc)
+
+
+def _unreadable(db: Path) -> str | None:
+    """Why SQLite cannot list and count the tables of the database at db, or None."""
+    try:
+        with contextlib.closing(open_immutable(db)) as conn:
+            list_tables(conn)
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
 
 
 def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:

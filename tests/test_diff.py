@@ -212,3 +212,20 @@ def test_an_update_that_only_changes_case_in_a_nocase_column_is_counted(
     }
     users = tables["users"]
     assert (users["added"], users["removed"], users["updated"]) == (0, 0, 4)
+
+
+def test_a_malformed_database_is_named_as_such_not_as_repository_damage(
+    app: Path, repo: Repository, tmp_path: Path
+) -> None:
+    a = commit(repo, app).id
+    db = app / "app.db"
+    raw = bytearray(db.read_bytes())
+    page = int.from_bytes(raw[16:18], "big")
+    raw[page : 2 * page] = bytes(page)  # page 2 zeroed: SQLite opens it, reads no table
+    db.write_bytes(bytes(raw))
+    f = by_path(diff(repo, a, data_dir=app).to_json())["app.db"]
+    assert f["status"] == "changed" and f["tables"] == []
+    assert f["tables_problem"] == "new side: database disk image is malformed"
+    code, out, err = run(tmp_path / "repo", app, "diff", a)
+    assert code == 0, err
+    assert "tables not compared: new side: database disk image is malformed" in out
