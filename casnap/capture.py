@@ -28,6 +28,7 @@ from casnap.formats import hnsw, sniff
 from casnap.formats.sqlite import (
     SQLITE_SIDE_SUFFIXES,
     check_side_files,
+    check_side_files_readable,
     is_sqlite,
     is_sqlite_header,
 )
@@ -362,4 +363,5 @@ def sqlite_image(
     that is deleted afterwards (dbimage.py); SourceError when a side file of it is no regular
     file (formats/sqlite.check_side_files)."""
     check_side_files(path)
+    check_side_files_readable(path)
     return dbimage.sqlite_image(path, tmp_dir, on_wait)

@@ -30,7 +30,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.fingerprints import NotRegularFile
-from casnap.formats.sqlite import check_side_files
+from casnap.formats.sqlite import check_side_files, check_side_files_readable
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
 from casnap.progress import CountingReader
@@ -220,6 +220,7 @@ class Reader:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     check_side_files(src.abspath)  # before SQLite opens it
+                    check_side_files_readable(src.abspath)
                     try:
                         image_of = dbimage.open_image(
                             src.abspath,

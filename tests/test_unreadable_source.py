@@ -64,3 +64,28 @@ def test_diff_against_the_data_dir_leaves_out_what_it_cannot_read(tmp_path: Path
     assert changed == {"faiss/notes.txt": "added"}
     assert sorted(out["skipped"]) == ["closed", "secret.txt"]
     assert "secret.txt: not readable, left out of the diff" in proc.stderr
+
+
+def test_a_database_whose_wal_may_not_be_read_is_named_and_can_be_left_out(
+    tmp_path: Path,
+) -> None:
+    import contextlib
+    import sqlite3
+
+    data = small_app(tmp_path / "data")
+    db = data / "w.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as app:
+        app.execute("PRAGMA journal_mode=WAL")
+        app.execute("PRAGMA wal_autocheckpoint=0")
+        app.execute("CREATE TABLE t(x)")
+        app.execute("INSERT INTO t VALUES (1)")
+        wal = data / "w.db-wal"
+        wal.chmod(0)
+        repo = tmp_path / "repo"
+        proc = as_user(repo, data, "commit")
+        one_line(proc, EXIT_CODES["storage"], "w.db-wal")
+        assert "skip-unreadable" in proc.stderr
+        proc = as_user(repo, data, "commit", "--skip-unreadable", "--json")
+        wal.chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["skipped"] == ["w.db"]
