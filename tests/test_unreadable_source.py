@@ -89,3 +89,25 @@ def test_a_database_whose_wal_may_not_be_read_is_named_and_can_be_left_out(
         wal.chmod(0o644)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["skipped"] == ["w.db"]
+
+
+def test_a_full_checkout_passes_over_a_file_its_snapshot_could_not_read(tmp_path: Path) -> None:
+    """A file in a folder that may be listed but not entered, left out of the snapshot: a full
+    checkout into the data dir leaves it, without asking its lstat (which that folder refuses
+    too); it stopped the checkout, unable to tell whether the snapshot lacked it."""
+    data = small_app(tmp_path / "data")
+    shut = data / "shut"
+    shut.mkdir()
+    (shut / "inside.txt").write_text("kept")
+    (data / "notes.txt").write_text("v1")
+    repo = tmp_path / "repo"
+    try:
+        shut.chmod(0o644)
+        assert as_user(repo, data, "commit", "--skip-unreadable").returncode == 0
+        (data / "notes.txt").write_text("v2")
+        proc = as_user(repo, data, "checkout", "latest")
+    finally:
+        shut.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    assert (data / "notes.txt").read_text() == "v1"
+    assert (shut / "inside.txt").read_text() == "kept"
