@@ -29,7 +29,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
-from casnap.formats.sqlite import file_uri
+from casnap.formats.sqlite import file_uri, is_sqlite_header
 from casnap.fsutil import FILE_MODE, resolved
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
@@ -397,15 +397,24 @@ def _index_diff(
     )
 
 
+_SIDE = {"a": "old", "b": "new"}
+
+
 def _table_diffs(
     a: _Side, fa: _File | None, b: _Side, fb: _File | None
 ) -> tuple[tuple[TableDiff, ...], str | None]:
     """The tables that differ between two versions of a database (either may be absent), or
     none and why they cannot be compared (a side SQLite finds malformed: what was committed,
     or is in the data dir, not damage to the repository)."""
-    sides = [
-        (n, side, f) for n, side, f in (("a", a, fa), ("b", b, fb)) if f and f.kind == "sqlite"
+    both = (("a", a, fa), ("b", b, fb))
+    garbled = [  # SQLite's header, stored as bytes: its tables are unknown, not removed
+        f"{_SIDE[alias]} side: SQLite's header, but no database SQLite can open"
+        for alias, side, f in both
+        if f is not None and f.kind != "sqlite" and is_sqlite_header(side.head(f))
     ]
+    if garbled:
+        return (), "; ".join(garbled)
+    sides = [(n, side, f) for n, side, f in both if f and f.kind == "sqlite"]
     with contextlib.closing(sqlite3.connect("file::memory:", uri=True)) as conn:
         try:
             for alias, side, f in sides:
@@ -415,7 +424,7 @@ def _table_diffs(
             return compare_tables(conn, "a" in attached, "b" in attached), None
         except sqlite3.Error as exc:
             failed = [
-                f"{'old' if alias == 'a' else 'new'} side: {why}"
+                f"{_SIDE[alias]} side: {why}"
                 for alias, side, f in sides
                 if (why := _unreadable(side.db_copy(f))) is not None
             ]

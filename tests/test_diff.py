@@ -229,3 +229,16 @@ def test_a_malformed_database_is_named_as_such_not_as_repository_damage(
     code, out, err = run(tmp_path / "repo", app, "diff", a)
     assert code == 0, err
     assert "tables not compared: new side: database disk image is malformed" in out
+
+
+def test_a_database_sqlite_can_no_longer_open_is_not_said_to_have_lost_its_tables(
+    app: Path, repo: Repository
+) -> None:
+    a = commit(repo, app).id
+    db = app / "app.db"
+    raw = bytearray(db.read_bytes())
+    raw[16:18] = (768).to_bytes(2, "big")  # a page size SQLite refuses: stored as bytes
+    db.write_bytes(bytes(raw))
+    f = by_path(diff(repo, a, data_dir=app).to_json())["app.db"]
+    assert f["status"] == "changed" and f["tables"] == []
+    assert f["tables_problem"] == "new side: SQLite's header, but no database SQLite can open"
