@@ -499,6 +499,7 @@ class Committer:
                 if opts.strict and (cut or lost):
                     raise _inconsistent(cut + lost)
                 result.warnings += cut + lost
+                result.warnings += [reader.unopened[p] for p in sorted(reader.unopened)]
                 result.damage += cut
                 reader.complete(entries)
             bar.finish()

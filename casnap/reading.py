@@ -107,6 +107,8 @@ class Reader:
         self._listing: ThreadPoolExecutor | None = None
         # databases read cut short, by path: "<path>: why" (a checkout's smoke checks refuse them)
         self.damaged: dict[str, str] = {}
+        # files with SQLite's header SQLite cannot open, stored as bytes, by path: "<path>: why"
+        self.unopened: dict[str, str] = {}
         self.vanished: list[str] = []  # plain files deleted before they were read: left out
 
     def storing(self) -> tuple[PackWriter, ThreadPoolExecutor]:
@@ -239,8 +241,13 @@ class Reader:
                             self.damaged[src.path] = f"{src.path}: {image.damage}"
                         else:
                             self.damaged.pop(src.path, None)
-                    except NotADatabase:
+                    except NotADatabase as exc:
                         # SQLite's header but not a database SQLite can read: keep its bytes
+                        why = str(exc).rpartition(" (")[2].rstrip(")")
+                        self.unopened[src.path] = (
+                            f"{src.path}: SQLite's header, but SQLite cannot open it ({why}): "
+                            "stored as plain bytes, unchecked"
+                        )
                         src = capture.SourceFile(src.path, src.full, "file")
                         continue
                 else:
