@@ -37,7 +37,8 @@ class TableInfo(NamedTuple):
 
 def needs_app_sql(exc: sqlite3.Error) -> bool:
     """True when SQLite could not run a statement for lack of a collation, a function or a
-    virtual-table module the app defines when it opens the database: no sign of damage."""
+    virtual-table module the app defines when it opens the database (or a newer SQLite has
+    built in): no sign of damage."""
     if getattr(exc, "sqlite_errorcode", None) == _MISSING_COLLSEQ:
         return True
     return str(exc).startswith(_APP_SQL_ERRORS)
@@ -116,8 +117,9 @@ def check_sqlite(
                 if not needs_app_sql(exc):
                     raise
                 detail = (
-                    f"PRAGMA {pragma} not run: the schema needs SQL the app defines ({exc}); "
-                    "--smoke-cmd can check the database with the app's own code"
+                    f"PRAGMA {pragma} not run: the schema needs SQL this SQLite "
+                    f"({sqlite3.sqlite_version}) lacks, its app's own or a newer SQLite's "
+                    f"({exc}); --smoke-cmd can check the database with the app's own code"
                 )
                 integrity = Check("sqlite-integrity", rel, True, detail, {"pragma": pragma}, True)
             else:
