@@ -416,6 +416,7 @@ def _table_diffs(
         return (), "; ".join(garbled)
     sides = [(n, side, f) for n, side, f in both if f and f.kind == "sqlite"]
     with contextlib.closing(sqlite3.connect("file::memory:", uri=True)) as conn:
+        conn.execute("PRAGMA writable_schema=ON")  # a newer SQLite's view stops no count
         try:
             for alias, side, f in sides:
                 uri = file_uri(side.db_copy(f), "immutable=1")

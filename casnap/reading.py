@@ -243,7 +243,7 @@ class Reader:
                             self.damaged.pop(src.path, None)
                     except NotADatabase as exc:
                         # SQLite's header but not a database SQLite can read: keep its bytes
-                        why = str(exc).rpartition(" (")[2].rstrip(")")
+                        why = str(exc.__cause__ or exc)  # SQLite's own words
                         self.unopened[src.path] = (
                             f"{src.path}: SQLite's header, but SQLite cannot open it ({why}): "
                             "stored as plain bytes, unchecked"

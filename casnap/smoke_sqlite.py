@@ -9,7 +9,7 @@ import contextlib
 import sqlite3
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from casnap.constants import SMOKE_MMAP_MAX, SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
 from casnap.formats import sniff
@@ -18,6 +18,7 @@ from casnap.smoke_report import Check
 
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
 _MISSING_COLLSEQ = 257  # SQLITE_ERROR_MISSING_COLLSEQ
+_UNPARSED = "malformed database schema"
 _APP_SQL_ERRORS = (
     "no such collation sequence:",
     "unknown function:",
@@ -91,6 +92,29 @@ def _count(conn: sqlite3.Connection, table: str, virtual: bool) -> int | None:
         return None
 
 
+def _integrity(
+    conn: sqlite3.Connection, query: str
+) -> tuple[list[Any], sqlite3.Error | None, sqlite3.Error | None]:
+    """What the integrity pragma query returns, with the error of a schema it had to leave
+    unparsed (SQL a newer SQLite wrote, in a view: a syntax error to this one), and, instead
+    of rows, the error of SQL this SQLite lacks (needs_app_sql)."""
+    try:
+        return conn.execute(query).fetchall(), None, None
+    except sqlite3.Error as exc:
+        if needs_app_sql(exc):
+            return [], None, exc
+        if not (str(exc).startswith(_UNPARSED) and "syntax error" in str(exc)):
+            raise
+        unparsed = exc
+    conn.execute("PRAGMA writable_schema=ON")
+    try:
+        return conn.execute(query).fetchall(), unparsed, None
+    except sqlite3.Error as exc:
+        if needs_app_sql(exc):
+            return [], unparsed, exc
+        raise
+
+
 def check_sqlite(
     path: Path, rel: str, cancel: threading.Event | None = None, *, private: bool = False
 ) -> list[Check]:
@@ -111,15 +135,12 @@ def check_sqlite(
                 conn.set_progress_handler(cancel.is_set, _CANCEL_EVERY)
             if private:
                 conn.execute(f"PRAGMA mmap_size={min(size, SMOKE_MMAP_MAX)}")
-            try:
-                rows = conn.execute(f"PRAGMA {pragma}(20)").fetchall()
-            except sqlite3.Error as exc:
-                if not needs_app_sql(exc):
-                    raise
+            rows, unparsed, missing = _integrity(conn, f"PRAGMA {pragma}(20)")
+            if missing is not None:
                 detail = (
                     f"PRAGMA {pragma} not run: the schema needs SQL this SQLite "
                     f"({sqlite3.sqlite_version}) lacks, its app's own or a newer SQLite's "
-                    f"({exc}); --smoke-cmd can check the database with the app's own code"
+                    f"({missing}); --smoke-cmd can check the database with the app's own code"
                 )
                 integrity = Check("sqlite-integrity", rel, True, detail, {"pragma": pragma}, True)
             else:
@@ -127,9 +148,14 @@ def check_sqlite(
                 if messages != ["ok"]:
                     detail = f"PRAGMA {pragma}: " + "; ".join(messages[:3])
                     return [Check("sqlite-integrity", rel, False, detail, {"pragma": pragma})]
-                integrity = Check(
-                    "sqlite-integrity", rel, True, f"PRAGMA {pragma}: ok", {"pragma": pragma}
-                )
+                detail = f"PRAGMA {pragma}: ok"
+                if unparsed is not None:
+                    detail += (
+                        f", its schema left unparsed: it holds SQL this SQLite "
+                        f"({sqlite3.sqlite_version}) cannot read, a newer SQLite's? ({unparsed})"
+                    )
+                info = {"pragma": pragma}
+                integrity = Check("sqlite-integrity", rel, True, detail, info, unparsed is not None)
             try:
                 tables = list_tables(conn, count_rows=size <= SMOKE_ROWCOUNT_MAX)
             except sqlite3.Error as exc:
