@@ -69,3 +69,34 @@ def test_diff_compares_the_tables_of_a_database_with_a_newer_schema(tmp_path: Pa
     (f,) = diff(repo, a, data_dir=data).to_json()["files"]
     (t,) = f["tables"]
     assert (t["name"], t["rows_a"], t["rows_b"], t["removed"]) == ("t", 30, 27, 3)
+
+
+def test_a_hot_journal_of_a_database_with_a_newer_schema_is_rolled_back_aside(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_hot_journal import CRASH
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "app.db", isolation_level=None)) as app:
+        app.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
+        app.executemany("INSERT INTO t(body) VALUES (randomblob(?))", [(700,)] * 300)
+        newer_view(app)
+    with contextlib.closing(sqlite3.connect(data / "app.db")) as app:
+        app.execute("PRAGMA writable_schema=ON")
+        expected = app.execute("SELECT count(*), sum(length(body)) FROM t").fetchone()
+    crash = CRASH.replace(
+        "isolation_level=None)", "isolation_level=None)\nconn.execute('PRAGMA writable_schema=ON')"
+    )
+    proc = subprocess.run([sys.executable, "-c", crash, str(data / "app.db"), "DELETE"])
+    assert proc.returncode == -9 and (data / "app.db-journal").stat().st_size > 0
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, data).id
+    out = tmp_path / "out"
+    checkout(repo, sid, out, safety_snapshot=False)
+    with contextlib.closing(sqlite3.connect(out / "app.db")) as db:
+        db.execute("PRAGMA writable_schema=ON")
+        assert db.execute("SELECT count(*), sum(length(body)) FROM t").fetchone() == expected
