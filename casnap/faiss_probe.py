@@ -19,6 +19,7 @@ str, "ntotal", "d", "type"}.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -46,6 +47,13 @@ def _short(exc: BaseException) -> str:
             return f"the file ends early: FAISS read {got} of the {wanted} values it expected next"
         return f"a read failed ({why}): FAISS read {got} of the {wanted} values it expected next"
     return text[:300]
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False  # the reader says why
 
 
 def _without_lists(read: Any, path: str, faiss: Any) -> Any:
@@ -83,6 +91,12 @@ def probe(path: str, binary: bool, mmap: bool = False) -> dict[str, Any]:
     import faiss
     import numpy as np
 
+    if _empty(path):  # FAISS would say it cannot map it, or that it read no header
+        return {
+            "ok": False,
+            "check": "faiss-read",
+            "detail": "cannot be read: the file is empty (0 bytes)",
+        }
     read = faiss.read_index_binary if binary else faiss.read_index
     # inverted lists kept in a file of their own (OnDiskInvertedLists) are read from the one
     # beside this copy, never from the path the index names (the live data dir's)
