@@ -28,6 +28,7 @@ from casnap.formats import hnsw, sniff
 from casnap.formats.sqlite import (
     SQLITE_SIDE_SUFFIXES,
     check_side_files,
+    check_side_files_readable,
     is_sqlite,
     is_sqlite_header,
 )
@@ -176,6 +177,11 @@ def scan(
         try:
             st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(full)
         except FileNotFoundError:
+            return
+        except PermissionError as exc:  # in a folder that may be listed, not entered
+            if opts.unreadable is None:
+                raise from_oserror(exc, f"reading {full}") from exc
+            opts.unreadable.append(rel)
             return
         except OSError as exc:
             if exc.errno != errno.ENAMETOOLONG:
@@ -361,4 +367,5 @@ def sqlite_image(
     that is deleted afterwards (dbimage.py); SourceError when a side file of it is no regular
     file (formats/sqlite.check_side_files)."""
     check_side_files(path)
+    check_side_files_readable(path)
     return dbimage.sqlite_image(path, tmp_dir, on_wait)

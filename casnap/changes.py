@@ -22,13 +22,19 @@ from typing import Any
 from casnap import capture
 from casnap.chunking import choose_chunker
 from casnap.constants import SNIFF_BYTES
-from casnap.errors import IntegrityError, InvalidArgument, from_oserror
+from casnap.errors import (
+    AccessDenied,
+    InvalidArgument,
+    NotADatabase,
+    from_oserror,
+)
 from casnap.formats.faiss import FaissHeader, faiss_header, file_shortfall, shortfall
-from casnap.formats.sqlite import file_uri
+from casnap.formats.sqlite import file_uri, is_sqlite_header
 from casnap.fsutil import FILE_MODE, resolved
 from casnap.ids import Hasher, ObjectId
 from casnap.manifest import FileEntry, Snapshot
 from casnap.repository import Repository
+from casnap.smoke_sqlite import list_tables, open_immutable
 from casnap.staging import restore_entry
 from casnap.table_changes import TableDiff, compare_tables
 
@@ -75,6 +81,7 @@ class FileDiff:
     bytes_new: int = 0
     tables: tuple[TableDiff, ...] = ()
     index: IndexDiff | None = None
+    tables_problem: str | None = None  # why a changed database's tables were not compared
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -194,11 +201,14 @@ def _data_side(
 ) -> _Side:
     """The data dir within the paths and excludes of `like`; a file whose stat fingerprint
     matches like's record is taken from it unread, the rest is read and chunked (not stored).
-    Paths too long to name (past PATH_MAX) are left out, added to too_long."""
+    Paths too long to name (past PATH_MAX) and files or folders this user may not read are
+    left out, added to too_long."""
     side = _Side(repo, scratch)
     same_source = str(data_dir.resolve()) == like.source
     recorded = {e.path: e for e in like.files} if same_source else {}
-    prune = capture.ScanOptions(prune=repo.nested_in(data_dir.resolve()), too_long=too_long)
+    prune = capture.ScanOptions(
+        prune=repo.nested_in(data_dir.resolve()), too_long=too_long, unreadable=too_long
+    )
     for src in capture.scan(data_dir, like.paths, like.excludes, options=prune):
         old = recorded.get(src.path)
         if (
@@ -211,15 +221,21 @@ def _data_side(
                 src.path, old.kind, old.size, old.hash, repo.chunk_refs(old), entry=old
             )
             continue
-        if src.kind == "sqlite":
-            keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
-            with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
-                image.replace(keep)
-            local = keep
-        else:
-            local = src.abspath
-        refs, whole, size = chunk_file(repo, local)
-        side.files[src.path] = _File(src.path, src.kind, size, whole, refs, local=local)
+        kind, local = src.kind, src.abspath
+        try:
+            if kind == "sqlite":
+                keep = Path(tempfile.mkdtemp(dir=scratch)) / "db"
+                try:
+                    with capture.sqlite_image(src.abspath, scratch, repo.notify) as image:
+                        image.replace(keep)
+                    local = keep
+                except NotADatabase:  # SQLite's header, but SQLite cannot read it: commit
+                    kind = "file"  # keeps its bytes, so these are compared
+            refs, whole, size = chunk_file(repo, local)
+        except AccessDenied:  # as a commit with skip_unreadable leaves it out
+            too_long.append(src.path)
+            continue
+        side.files[src.path] = _File(src.path, kind, size, whole, refs, local=local)
     return side
 
 
@@ -230,11 +246,11 @@ def diff(
     repo: Repository, a_ref: str, b_ref: str | None = None, data_dir: Path | str | None = None
 ) -> DiffResult:
     """Compare snapshot a_ref with snapshot b_ref, or (b_ref None) with data_dir as it is now:
-    a path of it too long to name (past PATH_MAX) is left out of both sides, with a warning,
-    as a commit with skip_unreadable leaves it out."""
+    a path of it too long to name (past PATH_MAX), or a file or folder this user may not read,
+    is left out of both sides, with a warning, as a commit with skip_unreadable leaves it out."""
     if b_ref is None and data_dir is None:
         raise InvalidArgument("diff needs a second snapshot or a data dir")
-    skipped: list[str] = []  # paths of the data dir too long to name
+    skipped: list[str] = []  # paths of the data dir too long to name, or not readable
     warnings: list[str] = []
     with repo.lock("diff"), _scratch(repo) as scratch:
         repo.refresh(only_if_changed=True)
@@ -305,9 +321,10 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
         kind = "sqlite" if "sqlite" in (fa and fa.kind, fb and fb.kind) else "file"
         tables: tuple[TableDiff, ...] = ()
         index = None
+        problem = None
         if status != "unchanged":
             if kind == "sqlite":
-                tables = _table_diffs(a, fa, b, fb, path)
+                tables, problem = _table_diffs(a, fa, b, fb)
             else:
                 ha = faiss_header(a.head(fa)) if fa is not None else None
                 hb = faiss_header(b.head(fb)) if fb is not None else None
@@ -336,6 +353,7 @@ def _compare(a: _Side, b: _Side) -> tuple[list[FileDiff], dict[str, int]]:
                 bytes_shared=shared_bytes,
                 bytes_new=new_bytes,
                 tables=tables,
+                tables_problem=problem,
                 index=index,
             )
         )
@@ -379,20 +397,49 @@ def _index_diff(
     )
 
 
+_SIDE = {"a": "old", "b": "new"}
+
+
 def _table_diffs(
-    a: _Side, fa: _File | None, b: _Side, fb: _File | None, path: str
-) -> tuple[TableDiff, ...]:
-    """The tables that differ between two versions of a database (either may be absent)."""
+    a: _Side, fa: _File | None, b: _Side, fb: _File | None
+) -> tuple[tuple[TableDiff, ...], str | None]:
+    """The tables that differ between two versions of a database (either may be absent), or
+    none and why they cannot be compared (a side SQLite finds malformed: what was committed,
+    or is in the data dir, not damage to the repository)."""
+    both = (("a", a, fa), ("b", b, fb))
+    garbled = [  # SQLite's header, stored as bytes: its tables are unknown, not removed
+        f"{_SIDE[alias]} side: SQLite's header, but no database SQLite can open"
+        for alias, side, f in both
+        if f is not None and f.kind != "sqlite" and is_sqlite_header(side.head(f))
+    ]
+    if garbled:
+        return (), "; ".join(garbled)
+    sides = [(n, side, f) for n, side, f in both if f and f.kind == "sqlite"]
     with contextlib.closing(sqlite3.connect("file::memory:", uri=True)) as conn:
+        conn.execute("PRAGMA writable_schema=ON")  # a newer SQLite's view stops no count
         try:
-            for alias, side, f in (("a", a, fa), ("b", b, fb)):
-                if f is not None and f.kind == "sqlite":
-                    uri = file_uri(side.db_copy(f), "immutable=1")
-                    conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
+            for alias, side, f in sides:
+                uri = file_uri(side.db_copy(f), "immutable=1")
+                conn.execute(f"ATTACH DATABASE ? AS {alias}", (uri,))
             attached = {row[1] for row in conn.execute("PRAGMA database_list")}
-            return compare_tables(conn, "a" in attached, "b" in attached)
+            return compare_tables(conn, "a" in attached, "b" in attached), None
         except sqlite3.Error as exc:
-            raise IntegrityError(f"{path}: cannot compare the databases ({exc})") from exc
+            failed = [
+                f"{_SIDE[alias]} side: {why}"
+                for alias, side, f in sides
+                if (why := _unreadable(side.db_copy(f))) is not None
+            ]
+            return (), "; ".join(failed) or str(exc)
+
+
+def _unreadable(db: Path) -> str | None:
+    """Why SQLite cannot list and count the tables of the database at db, or None."""
+    try:
+        with contextlib.closing(open_immutable(db)) as conn:
+            list_tables(conn)
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
 
 
 def chunk_file(repo: Repository, path: Path) -> tuple[list[tuple[ObjectId, int]], str, int]:

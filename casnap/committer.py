@@ -125,6 +125,28 @@ def _linked(primary: FileEntry, path: str) -> FileEntry:
     return primary._replace(path=path, link=primary.path)
 
 
+def _same_state(
+    links: dict[tuple[int, int], FileEntry],
+    key: tuple[int, int],
+    src: capture.SourceFile,
+    entry: FileEntry,
+    inodes: dict[str, tuple[int, int]],
+) -> FileEntry:
+    """The entry of a name of a file with several (key: its device and inode): the first
+    name read is the file, the others links to it. A database is read through each of its
+    names, SQLite showing through each what that name's own `-wal` holds: a link only when
+    it shows the same state."""
+    first = links.get(key)
+    if first is None:
+        links[key] = entry
+    elif src.kind == "sqlite":
+        if first.hash != entry.hash:
+            return entry  # a state of its own: stored as a file
+        entry = _linked(first, src.path)
+    inodes[src.path] = key
+    return entry
+
+
 def _relinked(
     entries: list[FileEntry], before: list[FileEntry], inodes: dict[str, tuple[int, int]]
 ) -> None:
@@ -430,7 +452,7 @@ class Committer:
                     key = (st.st_dev, st.st_ino)
                     entry = reuse.get(src.path)
                     read = 0
-                    if st.st_nlink > 1 and key in links:
+                    if st.st_nlink > 1 and key in links and src.kind != "sqlite":
                         entry = _linked(links[key], src.path)
                     elif entry is None and reader.batch(i, src, known.get(src.path), stored):
                         continue
@@ -439,8 +461,7 @@ class Committer:
                         entry, read = reader.read_one(src, known.get(src.path), unreadable)
                         bar.advance_to(file_start + estimate)
                     if entry is not None and st.st_nlink > 1:
-                        inodes[src.path] = key
-                        links.setdefault(key, entry)  # the first name read: the others link to it
+                        entry = _same_state(links, key, src, entry, inodes)
                     place(i, src, entry, read)
                     if not read:
                         bar.add(estimate)
@@ -484,6 +505,7 @@ class Committer:
                 if opts.strict and (cut or lost):
                     raise _inconsistent(cut + lost)
                 result.warnings += cut + lost
+                result.warnings += [reader.unopened[p] for p in sorted(reader.unopened)]
                 result.damage += cut
                 reader.complete(entries)
             bar.finish()

@@ -280,6 +280,7 @@ def _read_transaction(path: Path, on_wait: Callable[[str], None] | None) -> Iter
         conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=0, isolation_level=None)
     try:
         with _sqlite_errors(path):
+            conn.execute("PRAGMA writable_schema=ON")  # a schema it cannot parse: still pages
             while True:
                 try:
                     conn.execute("BEGIN")

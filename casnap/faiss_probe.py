@@ -19,12 +19,15 @@ str, "ntotal", "d", "type"}.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
 
 # FAISS's check of each read: "'ret == (size)' failed: read error in NAME: GOT != WANTED (errno
 # text)", NAME empty when the file is mapped; GOT and WANTED count values, not bytes
+# OnDiskInvertedLists opening its lists file: "'f' failed: could not open PATH in mode r+"
+_ONDISK_LISTS = re.compile(r"could not open (.+) in mode r\+")
 _SHORT_READ = re.compile(r"'\w+ == \(\w+\)' failed: read error in .*: (\d+) != (\d+) \(([^)]*)\)")
 
 
@@ -44,6 +47,22 @@ def _short(exc: BaseException) -> str:
             return f"the file ends early: FAISS read {got} of the {wanted} values it expected next"
         return f"a read failed ({why}): FAISS read {got} of the {wanted} values it expected next"
     return text[:300]
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False  # the reader says why
+
+
+def _without_lists(read: Any, path: str, faiss: Any) -> Any:
+    """The index at path read without its inverted lists (FAISS's IO_FLAG_SKIP_IVF_DATA), or
+    None when even that fails."""
+    try:
+        return read(path, getattr(faiss, "IO_FLAG_SKIP_IVF_DATA", 8))
+    except (Exception, MemoryError):  # noqa: BLE001
+        return None
 
 
 def _query(index: Any, faiss: Any, np: Any, binary: bool) -> Any:
@@ -72,11 +91,40 @@ def probe(path: str, binary: bool, mmap: bool = False) -> dict[str, Any]:
     import faiss
     import numpy as np
 
+    if _empty(path):  # FAISS would say it cannot map it, or that it read no header
+        return {
+            "ok": False,
+            "check": "faiss-read",
+            "detail": "cannot be read: the file is empty (0 bytes)",
+        }
+    read = faiss.read_index_binary if binary else faiss.read_index
+    # inverted lists kept in a file of their own (OnDiskInvertedLists) are read from the one
+    # beside this copy, never from the path the index names (the live data dir's)
+    beside = getattr(faiss, "IO_FLAG_ONDISK_SAME_DIR", 0)
     flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
     try:
-        index = faiss.read_index_binary(path, flags) if binary else faiss.read_index(path, flags)
+        try:
+            index = read(path, flags | beside)
+        except RuntimeError as exc:
+            if not (flags and "IO_FLAG_ONDISK_SAME_DIR" in str(exc)):
+                raise
+            index = read(path, beside)  # FAISS looks beside only a file it reads (no map)
     except (Exception, MemoryError) as exc:  # noqa: BLE001 - any reader failure is the answer
-        return {"ok": False, "check": "faiss-read", "detail": f"cannot be read: {_short(exc)}"}
+        lists = _ONDISK_LISTS.search(str(exc))
+        bare = _without_lists(read, path, faiss) if lists is not None else None
+        if lists is None or bare is None:
+            return {"ok": False, "check": "faiss-read", "detail": f"cannot be read: {_short(exc)}"}
+        name = lists[1].rsplit("/", 1)[-1]
+        return {
+            "ntotal": int(bare.ntotal),
+            "d": int(bare.d),
+            "type": type(bare).__name__,
+            "ok": True,
+            "warning": True,
+            "check": "faiss-search",
+            "detail": f"its inverted lists, kept in {name}, are not beside it: read without "
+            "them, not searched",
+        }
     out: dict[str, Any] = {"ntotal": int(index.ntotal), "d": int(index.d)}
     out["type"] = type(index).__name__
     if index.ntotal == 0:

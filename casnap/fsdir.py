@@ -15,6 +15,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from casnap import libc
 from casnap.errors import AccessDenied, CasnapError, HostileManifest, SourceError, from_oserror
@@ -395,26 +396,31 @@ class Tree:
         rel: str = "",
         skip: Callable[[str, str, os.stat_result], bool] | None = None,
         denied: list[AccessDenied] | None = None,
+        leave: Callable[[str], bool] | None = None,
     ) -> Iterator[tuple[str, os.stat_result]]:
         """(relative path, lstat) of every entry below rel, sorted, without following symbolic
         links; a directory comes before what it holds. skip(path, name, lstat) leaves an entry
-        out (and, for a directory, all it holds). A folder below rel that may not be opened raises
-        AccessDenied, or, given denied, is added to it and passed over."""
+        out (and, for a directory, all it holds); leave(path) does so before its lstat (which a
+        folder that may be listed, not entered, refuses). A folder below rel that may not be
+        opened raises AccessDenied, or, given denied, is added to it and passed over."""
         d = self.dir(rel)
         if d is not None:
-            yield from _walk(d, rel, skip, denied)
+            yield from _walk(d, rel, _Filters(skip, denied, leave))
 
 
-def _walk(
-    d: Dir,
-    rel: str,
-    skip: Callable[[str, str, os.stat_result], bool] | None,
-    denied: list[AccessDenied] | None,
-) -> Iterator[tuple[str, os.stat_result]]:
+class _Filters(NamedTuple):
+    skip: Callable[[str, str, os.stat_result], bool] | None
+    denied: list[AccessDenied] | None
+    leave: Callable[[str], bool] | None
+
+
+def _walk(d: Dir, rel: str, f: _Filters) -> Iterator[tuple[str, os.stat_result]]:
     for name in d.names():
         path = f"{rel}/{name}" if rel else name
+        if f.leave is not None and f.leave(path):
+            continue
         st = d.lstat(name)
-        if st is None or (skip is not None and skip(path, name, st)):
+        if st is None or (f.skip is not None and f.skip(path, name, st)):
             continue
         yield path, st
         if stat.S_ISDIR(st.st_mode):
@@ -423,13 +429,13 @@ def _walk(
             except (HostileManifest, SourceError):
                 continue  # swapped for a link or a file meanwhile: not ours to follow
             except AccessDenied as exc:
-                if denied is None:
+                if f.denied is None:
                     raise
-                denied.append(exc)
+                f.denied.append(exc)
                 continue
             if sub is not None:
                 with sub:
-                    yield from _walk(sub, path, skip, denied)
+                    yield from _walk(sub, path, f)
 
 
 def remove_tree(parent: Dir, name: str) -> None:

@@ -188,6 +188,7 @@ def _roll_back(path: Path, copy: Path) -> None:
     """Let SQLite roll back the hot journal beside copy, as it does on opening a database."""
     try:
         with contextlib.closing(sqlite3.connect(copy, isolation_level=None)) as conn:
+            conn.execute("PRAGMA writable_schema=ON")  # a schema it cannot parse rolls back too
             conn.execute("PRAGMA synchronous = OFF")  # a scratch file: no fsync
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # rolls back first
     except sqlite3.Error as exc:

@@ -30,7 +30,7 @@ from casnap.errors import (
     from_oserror,
 )
 from casnap.fingerprints import NotRegularFile
-from casnap.formats.sqlite import check_side_files
+from casnap.formats.sqlite import check_side_files, check_side_files_readable
 from casnap.manifest import FileEntry
 from casnap.phases import Phases
 from casnap.progress import CountingReader
@@ -108,6 +108,8 @@ class Reader:
         self._listing: ThreadPoolExecutor | None = None
         # databases read cut short, by path: "<path>: why" (a checkout's smoke checks refuse them)
         self.damaged: dict[str, str] = {}
+        # files with SQLite's header SQLite cannot open, stored as bytes, by path: "<path>: why"
+        self.unopened: dict[str, str] = {}
         self.vanished: list[str] = []  # plain files deleted before they were read: left out
         self.renamed: dict[str, str] = {}  # of those, databases renamed over another: new name
         self.scanned: frozenset[str] = frozenset()  # every path the scan found
@@ -230,6 +232,7 @@ class Reader:
                 st = os.lstat(src.abspath)
                 if src.kind == "sqlite":
                     check_side_files(src.abspath)  # before SQLite opens it
+                    check_side_files_readable(src.abspath)
                     try:
                         image_of = dbimage.open_image(
                             src.abspath,
@@ -248,8 +251,13 @@ class Reader:
                             self.damaged[src.path] = f"{src.path}: {image.damage}"
                         else:
                             self.damaged.pop(src.path, None)
-                    except NotADatabase:
+                    except NotADatabase as exc:
                         # SQLite's header but not a database SQLite can read: keep its bytes
+                        why = str(exc.__cause__ or exc)  # SQLite's own words
+                        self.unopened[src.path] = (
+                            f"{src.path}: SQLite's header, but SQLite cannot open it ({why}): "
+                            "stored as plain bytes, unchecked"
+                        )
                         src = capture.SourceFile(src.path, src.full, "file")
                         continue
                 else:

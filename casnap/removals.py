@@ -52,15 +52,15 @@ def listed(
 
     def skip(rel: str, name: str, st: os.stat_result) -> bool:
         return (
-            capture.is_ignored_name(name)
-            or in_repo(rel, st)
-            or capture.is_excluded(rel, excludes)
-            or (bool(skipped) and capture.in_scope(rel, skipped))
+            capture.is_ignored_name(name) or in_repo(rel, st) or capture.is_excluded(rel, excludes)
         )
+
+    def unread(rel: str) -> bool:  # before its lstat, which its folder may refuse too
+        return bool(skipped) and capture.in_scope(rel, skipped)
 
     out = []
     try:
-        for rel, st in tree.walk(skip=skip, denied=denied):
+        for rel, st in tree.walk(skip=skip, denied=denied, leave=unread):
             if not stat.S_ISREG(st.st_mode) or rel in keep or not sel.covers(rel):
                 continue
             if not capture.storable(rel):  # no snapshot could save it: left in place

@@ -222,7 +222,7 @@ class _Checkout:
             raise SourceError(f"checkout target {self.shown_target} is not a directory")
         if not self.paths:
             refuse_broad_target(self.target, self.shown_target)
-        created_root = make_target(self.target, self.sel.dirs.get("."))
+        created_root = make_target(self.target, self.sel.dirs.get("."), self.modes.shut)
         try:
             root = Dir.open(self.target)
         except BaseException:

@@ -68,7 +68,8 @@ def faiss_checks(targets: Sequence[FaissTarget], probed: Sequence[dict[str, Any]
                 if not warn:  # the target's sidecar, not the snapshot's
                     detail += f" (the target's: restore {t.sidecar} with it)"
                 checks.append(Check("faiss-ntotal", t.rel, warn, detail, info, warn))
-        checks.append(Check("faiss-search", t.rel, bool(r["ok"]), str(r.get("detail", "")), info))
+        detail, warned = str(r.get("detail", "")), bool(r.get("warning"))
+        checks.append(Check("faiss-search", t.rel, bool(r["ok"]), detail, info, warned))
     return checks
 
 

@@ -9,7 +9,7 @@ import contextlib
 import sqlite3
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from casnap.constants import SMOKE_MMAP_MAX, SMOKE_QUICK_CHECK_ABOVE, SMOKE_ROWCOUNT_MAX
 from casnap.formats import sniff
@@ -17,6 +17,14 @@ from casnap.formats.sqlite import cut_short, file_uri
 from casnap.smoke_report import Check
 
 _CANCEL_EVERY = 100_000  # SQLite VM steps between looks at a check's cancel flag
+_MISSING_COLLSEQ = 257  # SQLITE_ERROR_MISSING_COLLSEQ
+_UNPARSED = "malformed database schema"
+_APP_SQL_ERRORS = (
+    "no such collation sequence:",
+    "unknown function:",
+    "no such function:",
+    "no such module:",
+)
 
 
 class TableInfo(NamedTuple):
@@ -26,6 +34,15 @@ class TableInfo(NamedTuple):
     sql: str
     rows: int | None
     virtual: bool
+
+
+def needs_app_sql(exc: sqlite3.Error) -> bool:
+    """True when SQLite could not run a statement for lack of a collation, a function or a
+    virtual-table module the app defines when it opens the database (or a newer SQLite has
+    built in): no sign of damage."""
+    if getattr(exc, "sqlite_errorcode", None) == _MISSING_COLLSEQ:
+        return True
+    return str(exc).startswith(_APP_SQL_ERRORS)
 
 
 def quote_ident(name: str) -> str:
@@ -52,14 +69,50 @@ def list_tables(
         virtual = text.lstrip().upper().startswith("CREATE VIRTUAL")
         count: int | None = None
         if count_rows:
-            try:
-                q = f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name)}"
-                count = int(conn.execute(q).fetchone()[0])
-            except sqlite3.Error:
-                if not virtual:  # a virtual table whose module is missing is not a failure
-                    raise
+            count = _count(conn, f"{quote_ident(schema)}.{quote_ident(name)}", virtual)
         out[name] = TableInfo(name, text, count, virtual)
     return out
+
+
+def _count(conn: sqlite3.Connection, table: str, virtual: bool) -> int | None:
+    """The rows of table; None for a virtual table whose module is missing (no failure), or
+    a table only SQL the app defines could count."""
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.Error as exc:
+        if virtual:
+            return None
+        if not needs_app_sql(exc):
+            raise
+    try:  # the index count(*) picked sorts by the app's collation: the table itself
+        return int(conn.execute(f"SELECT count(*) FROM {table} NOT INDEXED").fetchone()[0])
+    except sqlite3.Error as exc:
+        if not needs_app_sql(exc):
+            raise
+        return None
+
+
+def _integrity(
+    conn: sqlite3.Connection, query: str
+) -> tuple[list[Any], sqlite3.Error | None, sqlite3.Error | None]:
+    """What the integrity pragma query returns, with the error of a schema it had to leave
+    unparsed (SQL a newer SQLite wrote, in a view: a syntax error to this one), and, instead
+    of rows, the error of SQL this SQLite lacks (needs_app_sql)."""
+    try:
+        return conn.execute(query).fetchall(), None, None
+    except sqlite3.Error as exc:
+        if needs_app_sql(exc):
+            return [], None, exc
+        if not (str(exc).startswith(_UNPARSED) and "syntax error" in str(exc)):
+            raise
+        unparsed = exc
+    conn.execute("PRAGMA writable_schema=ON")
+    try:
+        return conn.execute(query).fetchall(), unparsed, None
+    except sqlite3.Error as exc:
+        if needs_app_sql(exc):
+            return [], unparsed, exc
+        raise
 
 
 def check_sqlite(
@@ -82,13 +135,27 @@ def check_sqlite(
                 conn.set_progress_handler(cancel.is_set, _CANCEL_EVERY)
             if private:
                 conn.execute(f"PRAGMA mmap_size={min(size, SMOKE_MMAP_MAX)}")
-            messages = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
-            if messages != ["ok"]:
-                detail = f"PRAGMA {pragma}: " + "; ".join(messages[:3])
-                return [Check("sqlite-integrity", rel, False, detail, {"pragma": pragma})]
-            integrity = Check(
-                "sqlite-integrity", rel, True, f"PRAGMA {pragma}: ok", {"pragma": pragma}
-            )
+            rows, unparsed, missing = _integrity(conn, f"PRAGMA {pragma}(20)")
+            if missing is not None:
+                detail = (
+                    f"PRAGMA {pragma} not run: the schema needs SQL this SQLite "
+                    f"({sqlite3.sqlite_version}) lacks, its app's own or a newer SQLite's "
+                    f"({missing}); --smoke-cmd can check the database with the app's own code"
+                )
+                integrity = Check("sqlite-integrity", rel, True, detail, {"pragma": pragma}, True)
+            else:
+                messages = [str(r[0]) for r in rows]
+                if messages != ["ok"]:
+                    detail = f"PRAGMA {pragma}: " + "; ".join(messages[:3])
+                    return [Check("sqlite-integrity", rel, False, detail, {"pragma": pragma})]
+                detail = f"PRAGMA {pragma}: ok"
+                if unparsed is not None:
+                    detail += (
+                        f", its schema left unparsed: it holds SQL this SQLite "
+                        f"({sqlite3.sqlite_version}) cannot read, a newer SQLite's? ({unparsed})"
+                    )
+                info = {"pragma": pragma}
+                integrity = Check("sqlite-integrity", rel, True, detail, info, unparsed is not None)
             try:
                 tables = list_tables(conn, count_rows=size <= SMOKE_ROWCOUNT_MAX)
             except sqlite3.Error as exc:

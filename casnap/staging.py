@@ -510,9 +510,13 @@ def refuse_broad_target(target: Path, shown: Path) -> None:
         )
 
 
-def make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Path]:
+def make_target(
+    target: Path, recorded: tuple[int, int, int] | None, shut: dict[str, int] | None = None
+) -> list[Path]:
     """Create the target and its missing parents; the target gets the data dir's recorded mode
-    (and owner, as root). Returns the folders created, outermost first."""
+    (and owner, as root), but one that shuts its owner out (0o555) is put in shut (under "")
+    for the checkout to give once it has filled the target, which stays open to its owner
+    meanwhile. Returns the folders created, outermost first."""
     missing = []
     cur = target
     while not cur.exists() and cur.parent != cur:
@@ -535,8 +539,11 @@ def make_target(target: Path, recorded: tuple[int, int, int] | None) -> list[Pat
             finally:
                 os.close(fd)
     if created and created[-1] == target and recorded is not None:
+        mode = recorded[0]
+        if shut is not None and mode & 0o700 != 0o700:
+            shut[""], mode = mode, mode | 0o700
         with contextlib.suppress(OSError):
-            os.chmod(target, recorded[0])
+            os.chmod(target, mode)
             if os.geteuid() == 0:
                 os.chown(target, recorded[1], recorded[2])
     return created

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from casnap.smoke_sqlite import TableInfo, list_tables, quote_ident
+from casnap.smoke_sqlite import TableInfo, list_tables, needs_app_sql, quote_ident
 
 # Shadow-table suffixes of SQLite's own virtual-table modules, for a SQLite too old to type them
 # in PRAGMA table_list (before 3.37).
@@ -135,8 +135,13 @@ def _table_diff(
         if key is None:
             unmatched_change = any(_shadow_changed(conn, s) for s in shadows)
     else:
-        key = _match_key(conn, ta.name)
-        added, removed, updated = _row_changes(conn, ta.name, key)
+        try:
+            key = _match_key(conn, ta.name)
+            added, removed, updated = _row_changes(conn, ta.name, key)
+        except sqlite3.Error as exc:
+            if not needs_app_sql(exc):  # its key sorts by the app's collation: not matched
+                raise
+            key, (added, removed, updated) = None, (None, None, None)
     changed = (
         schema_changed
         or unmatched_change
@@ -211,7 +216,10 @@ def _row_changes(conn: sqlite3.Connection, table: str, key: tuple[str, ...] | No
     updated = None
     names = [n for n, _ in _columns(conn, "a", table)]
     if names and names == [n for n, _ in _columns(conn, "b", table)]:
-        differ = " OR ".join(f"x.{quote_ident(n)} IS NOT y.{quote_ident(n)}" for n in names)
+        # byte for byte: a column's own collation (NOCASE) would take 'A' -> 'a' for no change
+        differ = " OR ".join(
+            f"x.{quote_ident(n)} COLLATE BINARY IS NOT y.{quote_ident(n)}" for n in names
+        )
         updated = conn.execute(
             f"SELECT count(*) FROM a.{t} AS x JOIN b.{t} AS y ON {join} WHERE {differ}"
         ).fetchone()[0]

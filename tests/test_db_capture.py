@@ -281,3 +281,25 @@ def test_a_data_dir_whose_name_is_not_utf8_is_checked_out_into(tmp_path: Path) -
         record = restored.load(repo.id, str(target))  # what the next commit need not read
         assert record is not None and list(record.files) == ["app.db"]
         assert named_rows(target / "app.db") == expected
+
+
+def test_a_file_with_sqlite_header_sqlite_cannot_open_is_stored_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "app.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE t(x)")
+        conn.commit()
+    raw = bytearray(db.read_bytes())
+    raw[16:18] = (768).to_bytes(2, "big")  # a page size SQLite refuses
+    db.write_bytes(bytes(raw))
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data)
+    (entry,) = repo.load_snapshot(repo.resolve(result.id)).files
+    assert entry.kind == "file"  # its bytes, as they are
+    assert result.warnings == [
+        "app.db: SQLite's header, but SQLite cannot open it (file is not a database): "
+        "stored as plain bytes, unchecked"
+    ]

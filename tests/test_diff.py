@@ -176,3 +176,69 @@ def test_an_index_overwritten_by_other_bytes_says_why_it_has_no_ntotal(
     index = files["faiss/ivf.index"]["index"]
     assert index["ntotal_b"] is None and index["problem_a"] is None
     assert index["problem_b"] == "not a FAISS index: no FAISS header"
+
+
+def test_a_file_with_sqlite_header_sqlite_cannot_open_is_compared_as_bytes(
+    app: Path, repo: Repository
+) -> None:
+    # a page size SQLite refuses (768, no power of two): commit keeps such a file's bytes
+    damaged = app / "odd.db"
+    with contextlib.closing(sqlite3.connect(damaged)) as db:
+        db.execute("CREATE TABLE t(x)")
+        db.commit()
+    raw = bytearray(damaged.read_bytes())
+    raw[16:18] = (768).to_bytes(2, "big")
+    damaged.write_bytes(bytes(raw))
+    a = commit(repo, app).id
+    assert by_path(diff(repo, a, data_dir=app).to_json())["odd.db"]["status"] == "unchanged"
+    damaged.write_bytes(bytes(raw) + b"\0" * 512)
+    odd = by_path(diff(repo, a, data_dir=app).to_json())["odd.db"]
+    assert odd["status"] == "changed" and odd["kind"] == "file"
+
+
+def test_an_update_that_only_changes_case_in_a_nocase_column_is_counted(
+    app: Path, repo: Repository
+) -> None:
+    with contextlib.closing(sqlite3.connect(app / "app.db")) as db:
+        db.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT COLLATE NOCASE)")
+        db.executemany("INSERT INTO users(email) VALUES (?)", [(f"U{i}@X.org",) for i in range(9)])
+        db.commit()
+    a = commit(repo, app).id
+    with contextlib.closing(sqlite3.connect(app / "app.db")) as db:
+        db.execute("UPDATE users SET email = lower(email) WHERE id <= 4")
+        db.commit()
+    tables = {
+        t["name"]: t for t in by_path(diff(repo, a, data_dir=app).to_json())["app.db"]["tables"]
+    }
+    users = tables["users"]
+    assert (users["added"], users["removed"], users["updated"]) == (0, 0, 4)
+
+
+def test_a_malformed_database_is_named_as_such_not_as_repository_damage(
+    app: Path, repo: Repository, tmp_path: Path
+) -> None:
+    a = commit(repo, app).id
+    db = app / "app.db"
+    raw = bytearray(db.read_bytes())
+    page = int.from_bytes(raw[16:18], "big")
+    raw[page : 2 * page] = bytes(page)  # page 2 zeroed: SQLite opens it, reads no table
+    db.write_bytes(bytes(raw))
+    f = by_path(diff(repo, a, data_dir=app).to_json())["app.db"]
+    assert f["status"] == "changed" and f["tables"] == []
+    assert f["tables_problem"] == "new side: database disk image is malformed"
+    code, out, err = run(tmp_path / "repo", app, "diff", a)
+    assert code == 0, err
+    assert "tables not compared: new side: database disk image is malformed" in out
+
+
+def test_a_database_sqlite_can_no_longer_open_is_not_said_to_have_lost_its_tables(
+    app: Path, repo: Repository
+) -> None:
+    a = commit(repo, app).id
+    db = app / "app.db"
+    raw = bytearray(db.read_bytes())
+    raw[16:18] = (768).to_bytes(2, "big")  # a page size SQLite refuses: stored as bytes
+    db.write_bytes(bytes(raw))
+    f = by_path(diff(repo, a, data_dir=app).to_json())["app.db"]
+    assert f["status"] == "changed" and f["tables"] == []
+    assert f["tables_problem"] == "new side: SQLite's header, but no database SQLite can open"

@@ -180,3 +180,21 @@ def test_a_read_only_folder_holding_files_is_restored_by_its_owner(tmp_path: Pat
         checkout_unprivileged(repo, data, out)
         assert (out / "ro" / "sub" / "y.txt").read_text() == "y"
         assert {f: mode(out / f) for f in bits} == bits
+
+
+def test_a_read_only_data_dir_is_restored_into_a_new_folder_by_its_owner(tmp_path: Path) -> None:
+    """The target a checkout creates gets the data dir's recorded mode: given 0o555 at once,
+    a user who is not root could put nothing in it (exit 8, naming a folder the refused
+    checkout then removed). It is given that mode once the checkout has filled it."""
+    data, repo, out = tmp_path / "data", tmp_path / "repo", tmp_path / "out"
+    (data / "sub").mkdir(parents=True)
+    (data / "x.txt").write_text("x")
+    (data / "sub" / "y.txt").write_text("y")
+    os.chmod(data, 0o555)
+    os.chmod(tmp_path, 0o777)  # what follows runs without root's capabilities
+    with reopened([tmp_path], ["data", "out"]):
+        proc = cli_unprivileged(repo, data, "commit", "-q")
+        assert proc.returncode == 0, proc.stderr
+        checkout_unprivileged(repo, data, out)
+        assert (out / "sub" / "y.txt").read_text() == "y"
+        assert mode(out) == 0o555

@@ -205,3 +205,31 @@ def test_a_link_to_a_store_file_read_again_takes_what_was_read_again(
     assert files[first].hash == files[second].hash == hash_bytes(newer).hex()
     assert (data / other).read_bytes() == newer
     assert not any("kept changing" in w for w in result.warnings)
+
+
+def test_a_database_with_another_name_keeps_what_its_own_wal_holds(tmp_path: Path) -> None:
+    """A WAL database whose file has a second name: SQLite shows through each name what that
+    name's `-wal` holds. Captured once through the first name (`alias.db`, no `-wal`), both
+    were stored without the transactions in `w.db-wal`: the table they made was lost."""
+    import contextlib
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "w.db", isolation_level=None)) as app:
+        app.execute("PRAGMA journal_mode=WAL")
+        app.execute("PRAGMA wal_autocheckpoint=0")
+        app.execute("CREATE TABLE t(x)")
+        app.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)])
+        os.link(data / "w.db", data / "alias.db")
+        assert (data / "w.db-wal").stat().st_size > 0
+        repo = Repository.init(tmp_path / "repo")
+        sid = commit(repo, data).id
+    out = tmp_path / "out"
+    checkout(repo, sid, out, safety_snapshot=False)
+    with contextlib.closing(sqlite3.connect(out / "w.db")) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (50,)
+    # once checkpointed, both names show one state again: stored as one file and a link
+    again = commit(repo, data).id
+    by_path = {e.path: e for e in repo.load_snapshot(repo.resolve(again)).files}
+    assert by_path["w.db"].link == "alias.db" and by_path["w.db"].hash == by_path["alias.db"].hash

@@ -463,3 +463,15 @@ def test_a_smoke_command_that_writes_into_the_stage_itself_fails_the_checkout(
     with pytest.raises(SmokeCheckFailed, match="modified notes.txt"):
         checkout(repo, first, data, smoke=False, smoke_cmd=cmd, safety_snapshot=False)
     assert (data / "notes.txt").read_text() == "v2"
+
+
+def test_an_empty_file_taken_for_an_index_is_said_to_be_empty(tmp_path: Path) -> None:
+    """A 0-byte `.index` beside a sidecar: FAISS's words were 'could not mmap(): Invalid
+    argument' where the checkout maps it."""
+    from casnap.faiss_probe import probe
+
+    empty = tmp_path / "empty.index"
+    empty.write_bytes(b"")
+    for mapped in (False, True):
+        r = probe(str(empty), False, mapped)
+        assert not r["ok"] and r["detail"] == "cannot be read: the file is empty (0 bytes)"

@@ -249,6 +249,8 @@ def _print_diff(d: dict[str, Any]) -> None:
             else:
                 n = t["rows_b"] if t["status"] == "added" else t["rows_a"]
                 click.echo(f"      table {printable(t['name'])}: {t['status']} ({n} rows)")
+        if f.get("tables_problem"):
+            click.echo(f"      tables not compared: {f['tables_problem']}")
         ix = f["index"]
         if ix is not None:
             kind = ix["type_b"] or ix["type_a"]

@@ -13,7 +13,7 @@ import stat
 import urllib.parse
 from collections.abc import Callable
 
-from casnap.errors import SourceError
+from casnap.errors import AccessDenied, SourceError
 from casnap.formats import sniff
 
 #: The 16 bytes every SQLite database file starts with.
@@ -180,6 +180,20 @@ def check_side_files(path: str | os.PathLike[str], shown: str | os.PathLike[str]
             "regular file (SQLite would wait on it for ever or write beside it); move it away, "
             "then run casnap again"
         )
+
+
+def check_side_files_readable(path: str | os.PathLike[str]) -> None:
+    """AccessDenied naming the -wal or -shm of the database at path when this user may not
+    read it: SQLite, which must read it to show the database, says only that it cannot open
+    the database (a -journal is hotjournal.py's: it says what to do with a crashed writer's).
+    Called before a commit or a diff opens a database of the data dir."""
+    for suffix in ("-wal", "-shm"):
+        side = os.fspath(path) + suffix
+        if os.path.isfile(side) and not os.access(side, os.R_OK):
+            raise AccessDenied(
+                f"reading {side}: Permission denied (the {_ROLES[suffix]} of the database "
+                f"{os.fspath(path)}, which SQLite must read to show it)"
+            )
 
 
 def sqlite_lock_ranges(name: str) -> tuple[tuple[str, int, int], ...]:
