@@ -243,3 +243,20 @@ def test_an_empty_tag_is_a_usage_error_not_no_filter(
     assert out == ""
     assert sorted(p.name for p in Path("repo/snapshots").iterdir()) == before
     assert not Path("out").exists()
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+@pytest.mark.parametrize(
+    "args",
+    [["log"], ["forget", "--path", "app.db", "--dry-run"], ["verify"]],
+    ids=["log", "forget", "verify"],
+)
+def test_an_empty_host_is_a_usage_error_as_an_empty_tag_is(
+    mixed: dict[str, str], empty: str, args: list[str]
+) -> None:
+    """`--host "$HOST"` with HOST unset selected no snapshot (exit 4, or "no snapshots" with
+    exit 0 from log): a value naming no host is a usage error, as `--tag ''` is."""
+    code, out, err = run(*args, "--host", empty)
+    assert code == EXIT_CODES["usage"], (out, err)
+    assert "names no host" in err and "--host" in err, err
+    assert out == ""

@@ -33,6 +33,14 @@ HOSTS_KEY = "casnap.hosts"
 
 
 def _keep_hosts(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    """Keep the --host values; one naming no host (`--host "$UNSET"`) is a usage error, as an
+    empty --tag is: it would select no snapshot, or widen a forget's filter if dropped."""
+    for v in value:
+        if not v.strip():
+            raise click.BadParameter(
+                f"{v!r} names no host (an unset variable?); give a host name, or leave --host out",
+                param_hint="--host",
+            )
     ctx.meta[HOSTS_KEY] = value
 
 
