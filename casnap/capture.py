@@ -155,6 +155,7 @@ def scan(
         opts.skipped = skipped
     pruned = {str(p) for p in opts.prune}
     found: list[SourceFile] = []
+    kinds: dict[str, str] = {}  # of the files found so far, by path
     roots = [data_dir / p for p in paths] if paths else [data_dir]
     if opts.dirs is not None:
         for rel in {"."} | {q for p in paths for q in _ancestors(p) if storable(q)}:
@@ -231,13 +232,17 @@ def scan(
                 return
             base = side_file_base(name)
             if base is not None and is_sqlite(os.path.join(os.path.dirname(full), base)):
-                return
+                base_rel = rel[: len(rel) - len(name)] + base
+                # a database stored as bytes (SQLite cannot open it) keeps its -wal or -journal
+                if kinds.get(base_rel) != "file" or name.endswith("-shm"):
+                    return
             kind = opts.kind_of(rel, st) if opts.kind_of is not None else None
             head = None
             if kind is None:
                 head = sniff(full)
                 kind = "sqlite" if is_sqlite_header(head) else "file"
             found.append(SourceFile(rel, full, kind, st, head))
+            kinds[rel] = kind
         elif opts.skipped is not None:
             what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
             opts.skipped.append(f"{rel}: {what} not stored (casnap stores regular files)")

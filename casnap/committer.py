@@ -467,7 +467,14 @@ class Committer:
                         bar.add(estimate)
                 if reader.small is not None:
                     stored(reader.small.finish())
+                sides = reader.sides_of_unopened()  # the -wal of a database stored as bytes
+                for src in sides:
+                    slots.append(None)
+                    entry, read = reader.read_one(src, known.get(src.path), unreadable)
+                    place(len(slots) - 1, src, entry, read)
                 entries = [e for e in slots if e is not None]
+                if sides:
+                    entries.sort(key=lambda e: e.path)
                 gone = frozenset(reader.vanished)  # as if the scan had not seen them
                 if gone:
                     if not entries and parent_files and not opts.allow_empty:

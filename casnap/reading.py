@@ -110,6 +110,7 @@ class Reader:
         self.damaged: dict[str, str] = {}
         # files with SQLite's header SQLite cannot open, stored as bytes, by path: "<path>: why"
         self.unopened: dict[str, str] = {}
+        self._unopened_full: dict[str, str] = {}  # their absolute paths
         self.vanished: list[str] = []  # plain files deleted before they were read: left out
         self.renamed: dict[str, str] = {}  # of those, databases renamed over another: new name
         self.scanned: frozenset[str] = frozenset()  # every path the scan found
@@ -259,6 +260,7 @@ class Reader:
                             "stored as plain bytes, unchecked"
                         )
                         src = capture.SourceFile(src.path, src.full, "file")
+                        self._unopened_full[src.path] = src.full
                         continue
                 else:
                     entry, n = self._ingest_path(src, src.abspath, st, old)
@@ -283,6 +285,23 @@ class Reader:
         if src.kind == "file" and capture.fingerprint(src.abspath, "file") is None:
             raise FileVanished(f"{src.abspath} vanished while committing")  # at the last try
         raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
+
+    def sides_of_unopened(self) -> list[capture.SourceFile]:
+        """The -wal and -journal of the files stored as bytes though their header says SQLite
+        (unopened): a scan leaves them out beside a database, yet they may hold its last
+        transactions. Read as plain files too, the files are kept as they lie."""
+        found = []
+        for rel in sorted(self._unopened_full):
+            full = self._unopened_full[rel]
+            for suffix in ("-wal", "-journal"):
+                try:
+                    st = os.lstat(full + suffix)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and rel + suffix not in self.scanned:
+                    found.append(capture.SourceFile(rel + suffix, full + suffix, "file", st))
+                    self.unopened[rel] += f", with its {suffix}"
+        return found
 
     def _gone_database(self, src: capture.SourceFile) -> type[SourceError]:
         """What a database gone since the scan is: renamed over another file the commit reads

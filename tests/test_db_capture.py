@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -303,3 +305,52 @@ def test_a_file_with_sqlite_header_sqlite_cannot_open_is_stored_with_a_warning(
         "app.db: SQLite's header, but SQLite cannot open it (file is not a database): "
         "stored as plain bytes, unchecked"
     ]
+
+
+def test_the_wal_of_a_file_sqlite_cannot_open_is_stored_beside_its_bytes(tmp_path: Path) -> None:
+    """A WAL database whose header went bad (SQLite refuses it) with transactions still in its
+    -wal: the file is stored as plain bytes, and so is its -wal, which a scan leaves out beside
+    a database. It held the last transactions, lost else; restored, the pair reads as before
+    once the header is mended."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "app.db"
+    writer = (
+        "import os, signal, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "c.execute('CREATE TABLE t(x)'); c.execute('INSERT INTO t VALUES (1)')\n"
+        "c.execute('PRAGMA wal_checkpoint(TRUNCATE)')\n"
+        "c.execute('INSERT INTO t VALUES (2)')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(db)], check=False)
+    wal = (data / "app.db-wal").read_bytes()
+    assert len(wal) > 0  # the second row lives there only
+    raw = bytearray(db.read_bytes())
+    good = bytes(raw[16:18])
+    raw[16:18] = (768).to_bytes(2, "big")  # a page size SQLite refuses
+    db.write_bytes(bytes(raw))
+    for f in data.iterdir():  # older than any racy window: the next commit reuses entries
+        os.utime(f, (1_600_000_000, 1_600_000_000))
+    repo = Repository.init(tmp_path / "repo")
+    result = commit(repo, data)
+    stored = {e.path: e for e in repo.load_snapshot(repo.resolve(result.id)).files}
+    assert sorted(stored) == ["app.db", "app.db-wal"]
+    assert result.warnings == [
+        "app.db: SQLite's header, but SQLite cannot open it (file is not a database): "
+        "stored as plain bytes, unchecked, with its -wal"
+    ]
+    again = commit(repo, data)  # unchanged: the entries are reused
+    assert again.bytes_read == 0
+    assert sorted(e.path for e in repo.load_snapshot(repo.resolve(again.id)).files) == sorted(
+        stored
+    )
+    target = tmp_path / "out"
+    checkout(repo, again.id, target, smoke=False)
+    assert (target / "app.db-wal").read_bytes() == wal
+    mended = bytearray((target / "app.db").read_bytes())
+    mended[16:18] = good
+    (target / "app.db").write_bytes(bytes(mended))
+    with contextlib.closing(sqlite3.connect(target / "app.db")) as conn:
+        assert conn.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]
