@@ -36,18 +36,27 @@ def data_dir_lock(
     """A shared flock on the data dir a commit reads while the block runs: a checkout into it
     holds an exclusive one (target_lock) from its plan to its last removal, from whichever
     repository it restores, which the repository locks of the commit's own repository do not
-    show: the commit would store files of two states. A folder that cannot be opened is left
-    to the commit to report; one that cannot be flocked is read without."""
-    try:
-        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+    show: the commit would store files of two states. So does a checkout into a folder that
+    holds the data dir (another repository's data dir around this one): each folder above it
+    is flocked shared too. A folder that cannot be opened is left to the commit to report (one
+    above it, passed over); one that cannot be flocked is read without."""
+    above = ("a checkout into {} (a folder holding the data dir)", "it")
+    with contextlib.ExitStack() as stack:
+        folders = (data_dir, *Path(os.path.realpath(data_dir)).parents)
+        for depth, folder in enumerate(folders):
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                if depth == 0:
+                    break
+                continue
+            stack.callback(os.close, fd)
+            if depth == 0:
+                holder, named = ("a checkout into {}", "it"), target
+            else:
+                holder, named = above, folder
+            stack.enter_context(_flocked(fd, fcntl.LOCK_SH, named, holder, notify))
         yield
-        return
-    try:
-        with _flocked(fd, fcntl.LOCK_SH, target, ("a checkout into {}", "it"), notify):
-            yield
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

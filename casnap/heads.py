@@ -27,9 +27,13 @@ def read_heads(
 ) -> tuple[dict[ObjectId, Snapshot], dict[ObjectId, Damage]]:
     """The heads of the manifests listed as keys, and those that did not read. A manifest gone
     since the listing (prune or forget in another process) is gone, unless strict (listed under
-    the exclusive lock, where no other deleting command runs: then it is damage)."""
+    the exclusive lock, where no other deleting command runs: then it is damage). Encrypted
+    manifests under a plain config stop the listing when no manifest reads (the config was
+    replaced); beside plain ones that do, they are damaged snapshots (copied in from an
+    encrypted repository), which `casnap forget` removes."""
     found: dict[ObjectId, Snapshot] = {}
     damaged: dict[ObjectId, Damage] = {}
+    sealed: SealedUnderPlainConfig | None = None
     for key in keys:
         if (sid := named_id(key)) is None:
             continue
@@ -37,9 +41,11 @@ def read_heads(
             found[sid] = load(sid)
         except IntegrityError as exc:
             if isinstance(exc, SealedUnderPlainConfig):
-                raise  # every snapshot is: not the damage of this one
+                sealed = sealed or exc
             if strict or not isinstance(exc, ObjectMissing):
                 damaged[sid] = (exc, f"{location}/{key}")
+    if sealed is not None and not found:
+        raise sealed  # every snapshot is: not the damage of one
     return found, damaged
 
 

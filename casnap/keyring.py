@@ -194,10 +194,10 @@ def export_key(repo: Repository, dest: Path, force: bool = False) -> KeyFile:
             f"{dest} is a symbolic link; not writing through it or replacing it (give --force "
             "to replace the link itself)"
         )
+    if dest.is_dir() and not link:  # never replaced: said before --force is offered
+        raise InvalidArgument(f"{dest} is a directory; give a file name")
     if dest.exists() and not force:
         raise InvalidArgument(f"{dest} exists; not overwriting it (give --force to replace it)")
-    if dest.is_dir() and not link:
-        raise InvalidArgument(f"{dest} is a directory; give a file name")
     tmp = dest.parent / fsutil.temp_name()
     try:
         with open(tmp, "xb", opener=fsutil.opener) as f:

@@ -309,18 +309,25 @@ class Reader:
         renamed; else SourceError (a snapshot of an app without its database)."""
         if src.stat is None:
             return SourceError
+        inode = (src.stat.st_dev, src.stat.st_ino)
         folder, _, _name = src.path.rpartition("/")
-        try:
+        with contextlib.suppress(OSError):
             with os.scandir(src.abspath.parent) as entries:
                 for e in entries:
                     rel = f"{folder}/{e.name}" if folder else e.name
                     st = e.stat(follow_symlinks=False)
-                    same = (st.st_dev, st.st_ino) == (src.stat.st_dev, src.stat.st_ino)
-                    if same and rel in self.scanned:
+                    if (st.st_dev, st.st_ino) == inode and rel in self.scanned:
                         self.renamed[src.path] = rel
                         return FileVanished
-        except OSError:
-            pass
+        # renamed into another folder (an app staging its save in a folder of its own): each
+        # path the scan found is asked, once, as a database is seldom gone
+        root = src.full[: len(src.full) - len(src.path)]
+        for rel in sorted(self.scanned):
+            with contextlib.suppress(OSError):
+                st = os.lstat(root + rel)
+                if rel != src.path and (st.st_dev, st.st_ino) == inode:
+                    self.renamed[src.path] = rel
+                    return FileVanished
         return SourceError
 
     def _ingest_path(

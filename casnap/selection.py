@@ -40,12 +40,13 @@ MIN_PREFIX = 4  # hex digits a SNAPSHOT needs to be read as (the start of) an id
 
 def check_tag(tag: str) -> None:
     """InvalidArgument for a tag no filter or reference could name: empty, holding a comma
-    (`a,b` selects snapshots carrying both) or a control character, a reserved word, or spelt
-    like the start of an id (any snapshot's id may start so, now or once stored)."""
-    if not tag or "," in tag or not tag.isprintable():
+    (`a,b` selects snapshots carrying both) or a control character, blank at either end (a
+    filter's `--tag " x"` selects `x`), a reserved word, or spelt like the start of an id (any
+    snapshot's id may start so, now or once stored)."""
+    if not tag.strip() or tag != tag.strip() or "," in tag or not tag.isprintable():
         raise InvalidArgument(
             f"tag {tag!r}: a tag is a non-empty name without commas (they join the tags a "
-            "filter requires together) or control characters"
+            "filter requires together), control characters or blanks at either end"
         )
     if tag in RESERVED:
         raise InvalidArgument(f"tag {tag!r} is reserved: {RESERVED[tag]}")

@@ -31,7 +31,7 @@ from casnap.chunkindex import (
 )
 from casnap.constants import FRAME_CACHE_BYTES, INDEX_STREAM_BYTES
 from casnap.crypto import refuse_sealed
-from casnap.errors import IntegrityError, ObjectMissing
+from casnap.errors import IntegrityError, ObjectMissing, SealedUnderPlainConfig
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
     check_pack_size,
@@ -328,6 +328,7 @@ class Store:
         packs: list[ObjectId] = []
         ids_parts: list[np.ndarray] = []
         field_parts: list[np.ndarray] = []
+        sealed: SealedUnderPlainConfig | None = None
         for key, size in self.backend.list("packs/"):
             pack = pack_id_of(key)
             if pack is None:
@@ -339,10 +340,14 @@ class Store:
                 check_pack_size(key, size)
                 read = self.read_pack(key)
                 data = read.data
+                if self.ids is PLAIN_IDS:
+                    refuse_sealed(data, key)
                 rec = parse_pack_directory(key, data)
             except IntegrityError as exc:
                 if skipped is None:
                     raise
+                if isinstance(exc, SealedUnderPlainConfig):
+                    sealed = sealed or exc  # a config replaced, or one pack copied in
                 skipped.append((key, f"{str(exc).removeprefix(key + ': ')}; left out"))
                 continue
             intact = read.damage is None and self.ids(data) == pack
@@ -375,6 +380,8 @@ class Store:
             ids_parts.append(rec["id"])
             field_parts.append(directory_fields(rec, len(packs)))
             packs.append(pack)
+        if sealed is not None and not packs:
+            raise sealed  # every pack is: no index file is replaced by an empty one
         if not ids_parts:
             return [], np.zeros((0, ID_SIZE), np.uint8), np.zeros(0, FIELD_DTYPE)
         ids = np.concatenate(ids_parts)

@@ -226,8 +226,10 @@ def test_a_wait_that_is_not_a_number_is_a_usage_error(
         one_line(proc, EXIT_CODES["usage"], var)
 
 
-@pytest.mark.parametrize("tag", ["", "a,b", "bell\x07"])
+@pytest.mark.parametrize("tag", ["", "a,b", "bell\x07", " ", " nightly", "nightly "])
 def test_a_tag_no_filter_could_select_is_refused(world: tuple[list[str], Path], tag: str) -> None:
+    """Blanks at either end too: a filter strips them (`log --tag " nightly"` looks for
+    nightly, `--tag " "` names no tag), so such a tag was stored and never selected."""
     base, tmp = world
     one_line(run_casnap([*base, "commit", "--tag", tag]), EXIT_CODES["usage"], "tag")
     assert len(list((tmp / "repo" / "snapshots").iterdir())) == 1

@@ -446,6 +446,33 @@ def test_a_checkout_waits_for_a_commit_of_its_target(
         os.close(fd)
 
 
+def test_a_checkout_into_a_folder_holding_the_data_dir_waits_for_its_commit(
+    tmp_path: Path,
+) -> None:
+    """A data dir inside another's (one repository backs up app/, another app/vectors/): a
+    checkout into app/ replaces what a commit of app/vectors/ reads. The commit's shared flock
+    is on each folder above its data dir too, so that checkout's (on app/) waits."""
+    import fcntl
+
+    outer = tmp_path / "app"
+    data = small_app(outer / "vectors", seed=1)
+    repo = Repository.init(tmp_path / "repo")
+    tried: list[bool] = []
+
+    def progress(done: int, total: int) -> None:
+        fd = os.open(outer, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tried.append(False)
+        except BlockingIOError:
+            tried.append(True)
+        finally:
+            os.close(fd)
+
+    commit(repo, data, progress=progress)
+    assert tried and all(tried)
+
+
 HOLD_FLOCK = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)

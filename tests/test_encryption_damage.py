@@ -274,3 +274,55 @@ def test_a_plain_config_put_over_an_encrypted_repository_is_named(tmp_path: Path
         assert code == EXIT_CODES["integrity"] or code == 9, (args, out, err)
         said = out + err  # verify lists its problems on stdout
         assert "encrypted" in said and "config" in said and "plain" in said, (args, said)
+
+
+def _downgraded(tmp_path: Path) -> tuple[Path, Path]:
+    """An encrypted repository of one snapshot, its config replaced by a plain one, keys/ gone."""
+    data, repo, plain = tmp_path / "data", tmp_path / "repo", tmp_path / "plain"
+    make_app(data, rows=50, vectors=100)
+    assert run(repo, data, "init", "--encryption", "repokey")[0] == 0
+    assert run(repo, data, "commit", "-q")[0] == 0
+    assert run(plain, data, "init", password=None)[0] == 0
+    (repo / "config").write_bytes((plain / "config").read_bytes())
+    for key in (repo / "keys").iterdir():
+        key.unlink()
+    (repo / "keys").rmdir()
+    return data, repo
+
+
+def test_repair_index_under_a_plain_config_stops_and_keeps_the_index(tmp_path: Path) -> None:
+    """repair-index over a downgraded repository: its packs are encrypted, not damaged. It
+    stops as the other commands do (exit 5) and removes no index file; it left every pack out
+    as 'not a casnap pack', removed the index and said so with exit 0."""
+    data, repo = _downgraded(tmp_path)
+    before = sorted(p.name for p in (repo / "index").iterdir())
+    code, out, err = run(repo, data, "repair-index", password=None)
+    assert code == EXIT_CODES["integrity"], (code, out, err)
+    assert "encrypted" in err and "plain" in err, err
+    assert sorted(p.name for p in (repo / "index").iterdir()) == before
+
+
+def test_an_encrypted_manifest_copied_into_a_plain_repository_is_one_damaged_snapshot(
+    tmp_path: Path,
+) -> None:
+    """One manifest of an encrypted repository copied into a plain one beside its own: that
+    snapshot is damaged (left out with a warning, forget removes it), not a downgrade of the
+    whole repository that stopped every command, forget included."""
+    data, enc = tmp_path / "data", tmp_path / "enc"
+    make_app(data, rows=50, vectors=100)
+    assert run(enc, data, "init", "--encryption", "repokey")[0] == 0
+    assert run(enc, data, "commit", "-q")[0] == 0
+    repo = tmp_path / "repo"
+    assert run(repo, data, "init", password=None)[0] == 0
+    assert run(repo, data, "commit", "-q", password=None)[0] == 0
+    (stray,) = (enc / "snapshots").iterdir()
+    (repo / "snapshots" / stray.name).write_bytes(stray.read_bytes())
+    code, out, err = run(repo, data, "log", password=None)
+    assert code == 0, err
+    assert stray.name[:8] in err and "encrypted" in err and "forget" in err, err
+    evolve_app(data, 1)
+    assert run(repo, data, "commit", "-q", password=None)[0] == 0
+    code, out, err = run(repo, data, "forget", stray.name[:8], password=None)
+    assert code == 0, err
+    assert not (repo / "snapshots" / stray.name).exists()
+    assert run(repo, data, "gc", password=None)[0] == 0

@@ -267,6 +267,22 @@ def test_a_key_export_never_replaces_a_special_file_even_with_force(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".casnap-tmp-")]
 
 
+def test_a_key_export_onto_a_folder_says_so_without_offering_force(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`key export DIR` said 'DIR exists; not overwriting it (give --force to replace it)', and
+    with --force, that DIR is a directory: a folder is never replaced, so both say that."""
+    repo, data = enc_repo
+    folder = tmp_path / "keys-out"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("kept")
+    for force in ([], ["--force"]):
+        code, _, err = run(repo, data, "key", "export", str(folder), *force)
+        assert code == EXIT_CODES["usage"], err
+        assert "is a directory" in err and "--force" not in err, err
+    assert (folder / "kept.txt").read_text() == "kept"
+
+
 @pytest.mark.parametrize("body", [b"garbage{", b'{"casnap_key": 1}'], ids=["not-json", "no-fields"])
 def test_a_key_file_that_does_not_parse_is_one_clear_line(
     enc_repo: tuple[Path, Path], body: bytes

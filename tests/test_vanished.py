@@ -175,6 +175,35 @@ def test_a_database_renamed_over_another_meanwhile_is_left_out_under_its_old_nam
     assert verify(repo).ok
 
 
+def test_a_database_renamed_from_a_folder_of_its_own_is_left_out_under_its_old_name(
+    tmp_path: Path,
+) -> None:
+    """The app writes its new database in a folder of its own inside the data dir (staging/)
+    and renames it over the live one: as for a rename within one folder, the old name is left
+    out with a warning naming where it went; it stopped the commit (exit 7) as a deleted
+    database, the new name being looked for in the old one's folder alone."""
+    data = tmp_path / "data"
+    _churn(data)
+    (data / "churn" / "staging").mkdir()
+    for name, rows in (("app.db", 1), ("staging/app.db", 5)):
+        with contextlib.closing(sqlite3.connect(data / "churn" / name)) as db:
+            db.execute("CREATE TABLE t(x)")
+            db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(rows)])
+            db.commit()
+
+    def renamed(_key: str) -> None:
+        os.rename(data / "churn" / "staging" / "app.db", data / "churn" / "app.db")
+
+    repo = _repo(tmp_path, F.call_after("put", 1, renamed, "packs/"))
+    result = commit(repo, data)
+
+    (warning,) = result.warnings
+    assert warning.startswith("churn/staging/app.db: renamed to churn/app.db meanwhile"), warning
+    restored = _restored(repo, result.id, tmp_path / "out")
+    assert "churn/staging/app.db" not in restored
+    assert verify(repo).ok
+
+
 def test_a_database_renamed_out_of_the_data_dir_still_stops_the_commit(tmp_path: Path) -> None:
     """Renamed to a name the commit does not read (outside the data dir): the database is gone
     from the snapshot, as if deleted, so the commit stops as for a deleted one."""
