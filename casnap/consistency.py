@@ -136,11 +136,6 @@ class _Under(Mapping[str, Path]):
         return len(self.rels)
 
 
-def consistency_warnings(root: Path, files: Iterable[str]) -> list[str]:
-    """consistency_problems as lines."""
-    return [p.text for p in consistency_problems(root, files)]
-
-
 class _Listings:
     """Whether a sidecar is a file (Path.is_file: a symbolic link to one counts), from one
     listing of each folder asked about: a stat per file, for a sidecar most files never have,
