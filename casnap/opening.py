@@ -6,9 +6,10 @@ used are kept in the user's cache dir by location (backends/cached.py, `opened_c
 on every read like every cache file), so the next open at that location makes no request. The
 cached config is the one this host opened before; should the repository at that location have
 been made anew (another config, another master key), the first sign is a snapshot listing that
-is empty or a manifest that does not open: `confirm` then reads the stored config, and when it
-differs drops the cached copies and says so. Should its bucket have been deleted, the first
-request (the lock, the listing) finds it missing: `gone_when_missing` drops them too.
+is empty or a manifest that does not open (or is encrypted under a kept plain config): `confirm`
+then reads the stored config, and when it differs drops the cached copies and says so. Should
+its bucket have been deleted, the first request (the lock, the listing) finds it missing:
+`gone_when_missing` drops them too.
 """
 
 from __future__ import annotations

@@ -23,7 +23,13 @@ from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import encode_config, new_config, now_iso, parse_config
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import IntegrityError, InvalidArgument, NotARepository, from_oserror
+from casnap.errors import (
+    IntegrityError,
+    InvalidArgument,
+    NotARepository,
+    SealedUnderPlainConfig,
+    from_oserror,
+)
 from casnap.heads import Damage, read_heads, stopping, way_out
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
@@ -386,7 +392,12 @@ class Repository:
                 op.confirm(self.raw_backend, self.kept_config)
             load = partial(self.load_snapshot, files=False)  # a file list is decoded when used
             where = self.backend.location
-            heads, damaged = read_heads(self._sizes, load, files, where)
+            try:
+                heads, damaged = read_heads(self._sizes, load, files, where)
+            except SealedUnderPlainConfig:  # a kept plain config, the repository made anew?
+                if self.kept_config is not None:
+                    op.confirm(self.raw_backend, self.kept_config)
+                raise
             if damaged and self.kept_config is not None:  # made anew, with another key?
                 op.confirm(self.raw_backend, self.kept_config)
             self._snapshots, self.damaged = heads, damaged

@@ -285,13 +285,17 @@ class _Checkout:
                 swapping.enter_context(uninterrupted())  # every file swapped in, not some
                 touched = self._swap(tree, stage, plan, replaced)
                 self.swapped = True
+                # the mark stays while files the snapshot lacks are removed: a kill among them
+                # leaves files of two snapshots as well
+                removed, emptied = swap.remove_files(
+                    tree, [r for r in removing if r not in cleared]
+                )
                 if not self.paths:  # a killed swap into it finished: said no more (swapmark.py)
                     swapmark.finished(self.target, self.sel.sources)
+            self.result.removed += sorted(cleared) + removed
             moved = set(self.present.written_since(tree, [i.entry.path for i in unchanged]))
             for item in (i for i in unchanged if i.entry.path not in moved):  # not an app's write
                 swap.restore_attrs(tree, item.entry)
-            removed, emptied = swap.remove_files(tree, [r for r in removing if r not in cleared])
-            self.result.removed += sorted(cleared) + removed
             folders = [f for f in self.sel.empty_folders(self.scope) if not self._in_repo(f)]
             self.result.folders_created = swap.make_folders(tree, folders, self.result.warnings)
             self.modes.finish(tree, self.result.warnings)  # the folders are filled

@@ -4,10 +4,12 @@ A checkout renames its staged files into the target one by one (swap.py); killed
 target holds some files of the snapshot and the rest as they were, and its staging dir stays
 behind. Before the first rename the checkout writes a mark into that staging dir naming the
 snapshot and the target; the staging dir, and the mark with it, is removed once the swap is
-done. A staging dir of a process that no longer runs and holds a mark for a data dir means its
-files may come from two snapshots: a commit of that data dir says so (interrupted). Removing the
-staging dirs killed runs left keeps their marks (fsutil.remove_stale_stages_in); a full checkout
-into the data dir of that snapshot, or of a whole-dir one, removes them (finished).
+done and the files the snapshot lacks are removed (a kill among those removals leaves files of
+two snapshots too). A staging dir of a process that no longer runs and holds a mark for a data
+dir means its files may come from two snapshots: a commit of that data dir says so
+(interrupted). Removing the staging dirs killed runs left keeps their marks
+(fsutil.remove_stale_stages_in); a full checkout into the data dir of that snapshot, or of a
+whole-dir one, removes them (finished).
 """
 
 from __future__ import annotations

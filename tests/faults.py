@@ -32,7 +32,7 @@ from casnap.backends.local import LocalBackend
 from casnap.errors import TransientError
 
 UNLINK = "CASNAP_FAULT_UNLINK"  # the files an "unlink" fault removes
-OPS = ("put", "get", "list", "delete", "replace")
+OPS = ("put", "get", "list", "delete", "replace", "remove")
 ACTIONS = (
     "fail",
     "enospc",
@@ -68,7 +68,8 @@ class Fault:
     removed entries once the call has completed (`seal`: immutable as root, else without write
     permission; `unseal` undoes it). times=None keeps acting on every later call.
     The op "replace" (only through `install`) counts os.replace calls, i.e. the renames that swap
-    restored files into place.
+    restored files into place; "remove" counts os.unlink calls (a checkout removing the files its
+    snapshot lacks).
     """
 
     op: str
@@ -296,7 +297,8 @@ def install(backend: Backend, spec: str) -> Backend:
 
     An empty spec leaves backend untouched. Otherwise the instance's own methods are wrapped (so
     its type stays what it is for code that asks, such as gc's test for a local repository), and
-    a "replace" fault wraps os.replace in this process (once: the first backend's plan counts).
+    a "replace" fault wraps os.replace in this process, a "remove" fault os.unlink (once: the
+    first backend's plan counts).
     """
     if not spec:
         return backend
@@ -327,7 +329,27 @@ def install(backend: Backend, spec: str) -> Backend:
 
         replace._casnap_fault = True  # type: ignore[attr-defined]
         os.replace = replace  # type: ignore[assignment]
+    if any(f.op == "remove" for f in plan.faults) and not hasattr(os.unlink, "_casnap_fault"):
+        real_unlink = os.unlink
+
+        def unlink(path: str | os.PathLike[str], **kwargs: Any) -> None:
+            where = _full(path, kwargs.get("dir_fd"))
+            faults = plan.due("remove", where)
+            plan.before(faults, where)
+            real_unlink(path, **kwargs)
+            plan.after(faults, where)
+
+        unlink._casnap_fault = True  # type: ignore[attr-defined]
+        os.unlink = unlink  # type: ignore[assignment]
     return backend
+
+
+def _full(path: str | os.PathLike[str], dir_fd: int | None) -> str:
+    """The full path of a call's path, relative to dir_fd when given (a call by descriptor)."""
+    where = os.fsdecode(path)
+    if dir_fd is not None:
+        where = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), where)
+    return where
 
 
 def seal(folder: str | os.PathLike[str]) -> None:

@@ -427,6 +427,33 @@ def test_a_repository_made_anew_is_noticed_by_the_commands_that_pass_over_damage
     repo.close()
 
 
+@pytest.mark.parametrize("command", ["log", "commit"])
+def test_a_plain_repository_made_anew_encrypted_is_noticed(tmp_path: Path, command: str) -> None:
+    """A host keeps a plain repository's config; the repository is deleted and made anew,
+    encrypted, at that location. Its manifests are sealed, which under the kept plain config
+    read as a downgrade ("put the repository's own config and keys/ back", exit 5, on every
+    run while the cache lasted): the stored config is the one to check, and it differs."""
+    data, root, _ids = two_snapshots(tmp_path)
+    repo, _ = open_counted(root)
+    assert len(log_rows(repo)) == 2  # the plain config is kept
+    repo.close()
+    shutil.rmtree(root)
+    fresh = Repository.open_or_init(root, password=lambda: PW, encryption="repokey")
+    new_id = commit(fresh, data, message="anew").id
+    fresh.close()
+    repo, _ = open_counted(root, PW)
+    repo.skip_damaged = True  # as the command line sets it for these commands
+    with pytest.raises(CasnapError, match="made anew"):
+        if command == "log":
+            log_rows(repo)
+        else:
+            commit(repo, data, message="after")
+    repo.close()
+    repo, _ = open_counted(root, PW)  # the next run reads the new repository
+    assert [row["id"] for row in log_rows(repo)] == [new_id]
+    repo.close()
+
+
 def test_cache_files_swapped_for_fifos_or_folders_are_misses_not_waits(tmp_path: Path) -> None:
     """A kept copy that is a FIFO (opening it to read waits for a writer forever) or a folder is
     a miss like a damaged one: the object is fetched again and the command goes on. So is a

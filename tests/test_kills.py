@@ -498,6 +498,30 @@ def test_the_mixed_data_dir_is_said_until_a_full_checkout_into_it(
     assert after.returncode == 0 and "interrupted" not in after.stderr, after.stderr
 
 
+def test_a_checkout_killed_while_it_removes_what_the_snapshot_lacks_is_said_too(
+    base: Base, tmp_path: Path
+) -> None:
+    """Every file of the snapshot is in place, but of two files it lacks one is still there: the
+    data dir holds files of two snapshots until the removals are done, so the mark stays until
+    then (it went with the staging dir before the first removal, and no commit said it)."""
+    repo_dir, data = base.copy(tmp_path)
+    (data / "more-notes.txt").write_text("another file the snapshot lacks")
+    rc = run_killed(checkout_args(repo_dir, data, base), repo_dir, f"remove:kill:1:{data}/")
+    assert rc == -9
+    now = file_hashes(data)
+    assert {p: now[p] for p in base.new} == base.new  # every file of the snapshot swapped in
+    assert len(set(now) - set(base.new)) == 1  # one of the two it lacks removed, one left
+    args = ["--repo", str(repo_dir), "--data", str(data)]
+    done = run_casnap([*args, "commit"])
+    assert done.returncode == 0, done.stderr
+    assert "interrupted" in done.stderr and "two snapshots" in done.stderr, done.stderr
+    finish = run_casnap([*args, "checkout", base.first])
+    assert finish.returncode == 0, finish.stderr
+    assert file_hashes(data) == base.new
+    after = run_casnap([*args, "commit"])
+    assert after.returncode == 0 and "interrupted" not in after.stderr, after.stderr
+
+
 def test_a_checkout_killed_before_its_swap_leaves_no_such_warning(
     base: Base, tmp_path: Path
 ) -> None:
