@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING
 
 from casnap.errors import IntegrityError, ObjectMissing, SealedUnderPlainConfig
 from casnap.ids import ObjectId, is_hex_prefix, named_id
+from casnap.opening import confirm
 
 if TYPE_CHECKING:
+    from casnap.backends.base import Backend
+    from casnap.backends.cached import CachingBackend
     from casnap.manifest import Snapshot
 
 #: a manifest that does not read: the error, and where it lies (the location shown)
@@ -47,6 +50,30 @@ def read_heads(
     if sealed is not None and not found:
         raise sealed  # every snapshot is: not the damage of one
     return found, damaged
+
+
+def read_heads_checked(
+    backend: Backend,
+    kept: CachingBackend | None,
+    sizes: Mapping[str, int],
+    load: Callable[[ObjectId], Snapshot],
+    strict: bool,
+    where: str,
+) -> tuple[dict[ObjectId, Snapshot], dict[ObjectId, Damage]]:
+    """read_heads, with a config kept from an earlier open confirmed (opening.confirm) at the
+    first sign of a repository made anew: no manifest listed, one that does not read, or
+    encrypted ones under a kept plain config."""
+    if not sizes and kept is not None:  # none, or another repository?
+        confirm(backend, kept)
+    try:
+        heads, damaged = read_heads(sizes, load, strict, where)
+    except SealedUnderPlainConfig:
+        if kept is not None:
+            confirm(backend, kept)
+        raise
+    if damaged and kept is not None:  # made anew, with another key?
+        confirm(backend, kept)
+    return heads, damaged
 
 
 def stopping(damaged: Mapping[ObjectId, Damage], but: Collection[ObjectId]) -> list[ObjectId]:

@@ -23,14 +23,8 @@ from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import encode_config, new_config, now_iso, parse_config
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import (
-    IntegrityError,
-    InvalidArgument,
-    NotARepository,
-    SealedUnderPlainConfig,
-    from_oserror,
-)
-from casnap.heads import Damage, read_heads, stopping, way_out
+from casnap.errors import IntegrityError, InvalidArgument, NotARepository, from_oserror
+from casnap.heads import Damage, read_heads_checked, stopping, way_out
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
 from casnap.listcache import ListCache, list_blobs
@@ -388,19 +382,10 @@ class Repository:
         if self._snapshots is None:
             with op.gone_when_missing(self.kept_config):  # its bucket deleted since it was kept
                 self._sizes = dict(self.listed("snapshots/"))
-            if not self._sizes and self.kept_config is not None:  # none, or another repository?
-                op.confirm(self.raw_backend, self.kept_config)
             load = partial(self.load_snapshot, files=False)  # a file list is decoded when used
-            where = self.backend.location
-            try:
-                heads, damaged = read_heads(self._sizes, load, files, where)
-            except SealedUnderPlainConfig:  # a kept plain config, the repository made anew?
-                if self.kept_config is not None:
-                    op.confirm(self.raw_backend, self.kept_config)
-                raise
-            if damaged and self.kept_config is not None:  # made anew, with another key?
-                op.confirm(self.raw_backend, self.kept_config)
-            self._snapshots, self.damaged = heads, damaged
+            self._snapshots, self.damaged = read_heads_checked(
+                self.raw_backend, self.kept_config, self._sizes, load, files, self.backend.location
+            )
         stops = stopping(self.damaged, but)
         if stops and (files or not (skip_damaged or self.skip_damaged)):
             exc, where = self.damaged[stops[0]]
