@@ -155,6 +155,16 @@ def swap_faiss_index(data: Path) -> None:
     faiss.write_index(index, str(data / LANGCHAIN_DIR / "index.faiss"))
 
 
+def empty_faiss_index(data: Path) -> None:
+    """index.faiss emptied (a save cut short before its first byte): no FAISS header, so no
+    FAISS check reads it, and LangChain's load_local cannot open the store."""
+    (data / LANGCHAIN_DIR / "index.faiss").write_bytes(b"")
+
+
+def not_a_faiss_index(data: Path) -> None:
+    (data / LANGCHAIN_DIR / "index.faiss").write_bytes(b"not an index\n" * 40)
+
+
 def break_docstore_json(data: Path) -> None:
     path = data / LLAMAINDEX_DIR / "docstore.json"
     path.write_bytes(path.read_bytes()[:-40])
@@ -173,6 +183,8 @@ DAMAGE = {
     "chroma-counts": ("chroma", lose_an_embedding, "chroma-counts"),
     "langchain-corrupt-pickle": ("langchain", garble_pickle, "langchain-docstore"),
     "langchain-counts": ("langchain", swap_faiss_index, "langchain-counts"),
+    "langchain-empty-index": ("langchain", empty_faiss_index, "langchain-counts"),
+    "langchain-not-an-index": ("langchain", not_a_faiss_index, "langchain-counts"),
     "llamaindex-not-json": ("llamaindex", break_docstore_json, "llamaindex-json"),
     "llamaindex-counts": ("llamaindex", drop_from_id_map, "llamaindex-counts"),
 }

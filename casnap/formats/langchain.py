@@ -201,9 +201,14 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
     )
     found = [Finding("langchain-docstore", pkl_rel, True, detail, info)]
     header = read_faiss_header(view[index_rel])
-    if header is None or header.ntotal is None:
-        return found  # the FAISS checks report an unreadable index
     name = os.path.basename(index_rel)
+    if header is None:  # no FAISS check reads a file without a FAISS header: this one must
+        size = _size(view[index_rel])
+        detail = f"{name} ({size}) holds no FAISS index: LangChain's load_local cannot read it"
+        found.append(Finding("langchain-counts", index_rel, False, detail, info))
+        return found
+    if header.ntotal is None:
+        return found  # the FAISS checks report an index whose header is damaged
     problems = count_problems(header.ntotal, docs, name)
     counts = {**info, "ntotal": header.ntotal}
     if problems:
@@ -212,3 +217,11 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
         agree = f"{header.ntotal} vectors, positions and documents agree"
         found.append(Finding("langchain-counts", index_rel, True, agree, counts))
     return found
+
+
+def _size(path: str | os.PathLike[str]) -> str:
+    """A file's size, for a message: `0 bytes`, or `unreadable` when it cannot be stat'ed."""
+    try:
+        return f"{os.stat(path).st_size} bytes"
+    except OSError:
+        return "unreadable"
