@@ -170,6 +170,12 @@ def break_docstore_json(data: Path) -> None:
     path.write_bytes(path.read_bytes()[:-40])
 
 
+def lose_id_map(data: Path) -> None:
+    """id_map.json gone beside its IndexIDMap2: FaissMapVectorStore then maps no FAISS id to a
+    node, and LlamaIndex's queries find nothing."""
+    (data / LLAMAINDEX_DIR / "id_map.json").unlink()
+
+
 def drop_from_id_map(data: Path) -> None:
     path = data / LLAMAINDEX_DIR / "id_map.json"
     maps = json.loads(path.read_text())
@@ -187,6 +193,7 @@ DAMAGE = {
     "langchain-not-an-index": ("langchain", not_a_faiss_index, "langchain-counts"),
     "llamaindex-not-json": ("llamaindex", break_docstore_json, "llamaindex-json"),
     "llamaindex-counts": ("llamaindex", drop_from_id_map, "llamaindex-counts"),
+    "llamaindex-id-map-gone": ("llamaindex", lose_id_map, "llamaindex-counts"),
 }
 
 
