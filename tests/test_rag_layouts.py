@@ -161,6 +161,12 @@ def empty_faiss_index(data: Path) -> None:
     (data / LANGCHAIN_DIR / "index.faiss").write_bytes(b"")
 
 
+def lose_faiss_index(data: Path) -> None:
+    """index.faiss deleted: index.pkl alone is no `<name>.faiss` beside a `<name>.pkl`, yet
+    LangChain cannot open it."""
+    (data / LANGCHAIN_DIR / "index.faiss").unlink()
+
+
 def not_a_faiss_index(data: Path) -> None:
     (data / LANGCHAIN_DIR / "index.faiss").write_bytes(b"not an index\n" * 40)
 
@@ -190,6 +196,7 @@ DAMAGE = {
     "langchain-corrupt-pickle": ("langchain", garble_pickle, "langchain-docstore"),
     "langchain-counts": ("langchain", swap_faiss_index, "langchain-counts"),
     "langchain-empty-index": ("langchain", empty_faiss_index, "langchain-counts"),
+    "langchain-index-gone": ("langchain", lose_faiss_index, "langchain-counts"),
     "langchain-not-an-index": ("langchain", not_a_faiss_index, "langchain-counts"),
     "llamaindex-not-json": ("llamaindex", break_docstore_json, "llamaindex-json"),
     "llamaindex-counts": ("llamaindex", drop_from_id_map, "llamaindex-counts"),
@@ -298,3 +305,22 @@ def test_a_commit_of_part_of_a_store_is_not_told_the_rest_is_missing(
         glob = "default__vector_store.json"
     code, _, err = run(repo, data, "commit", "--strict", store, "--exclude", glob)
     assert code != 0 and ("FAISS" if left_out == "id_map.json" else "missing") in err, err
+
+
+def test_a_langchain_pickle_left_without_its_index_by_an_exclude_is_told(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build("langchain", data)
+    code, _, err = run(repo, data, "-q", "commit", "--exclude", f"{LANGCHAIN_DIR}/index.faiss")
+    assert code == 0 and "index.faiss is missing beside" in err, err
+
+
+def test_another_pickle_alone_is_no_langchain_store(tmp_path: Path) -> None:
+    """A `.pkl` without a `.faiss` beside it that is no LangChain docstore is nobody's store."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    data.mkdir()
+    (data / "model.pkl").write_bytes(pickle.dumps({"weights": list(range(50)), "docstore": 1}))
+    (data / "index.pkl").write_bytes(pickle.dumps(("langchain docstore", {0: "a"})))
+    code, out, err = run(repo, data, "commit", "--strict", "--json")
+    assert code == 0 and "warning" not in err, err
+    code, out, err = run(repo, data, "checkout", "latest", "--to", str(tmp_path / "to"))
+    assert code == 0, err

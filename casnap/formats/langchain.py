@@ -178,6 +178,8 @@ def count_problems(ntotal: int, store: Docstore, index_name: str) -> list[str]:
 def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
     """The pickle read without running it (langchain-docstore) and the counts of the index,
     the position map and the docstore compared (langchain-counts)."""
+    if len(store.files) == 1:
+        return _without_index(store.files[0], view)
     index_rel, pkl_rel = store.files
     try:
         data = Path(view[pkl_rel]).read_bytes()
@@ -225,3 +227,29 @@ def _size(path: str | os.PathLike[str]) -> str:
         return f"{os.stat(path).st_size} bytes"
     except OSError:
         return "unreadable"
+
+
+#: The first bytes of a pickle LangChain's save_local writes name its docstore's module here.
+_SNIFF = 256
+
+
+def _without_index(pkl_rel: str, view: Mapping[str, Path]) -> list[Finding]:
+    """A `<name>.pkl` without its `<name>.faiss`: nothing when it is not a LangChain docstore
+    pickle (any other pickle; only one whose first bytes name LangChain's docstore is walked),
+    else a failed langchain-counts: load_local cannot open the store without its index."""
+    try:
+        with open(view[pkl_rel], "rb") as f:
+            head = f.read(_SNIFF)
+            if b"langchain" not in head or b"docstore" not in head:
+                return []
+            data = head + f.read()
+        docs = read_docstore(data)
+    except (OSError, PickleProblem):
+        return []
+    index = os.path.basename(pkl_rel)[: -len(".pkl")] + ".faiss"
+    detail = (
+        f"{index} is missing beside this LangChain docstore pickle ({len(docs.documents)} "
+        f"documents, {len(docs.positions)} positions): load_local cannot open the store"
+    )
+    info = {"documents": len(docs.documents), "positions": len(docs.positions)}
+    return [Finding("langchain-counts", pkl_rel, False, detail, info)]
