@@ -277,9 +277,17 @@ def test_a_pickle_that_would_run_code_is_reported_and_never_run(tmp_path: Path) 
     [
         ("llamaindex", f"{LLAMAINDEX_DIR}/index_store.json", "docstore.json"),
         ("llamaindex", f"{LLAMAINDEX_DIR}/id_map.json", "id_map.json"),
+        ("llamaindex", f"{LLAMAINDEX_DIR}/default__vector_store.json", "id_map.json"),
         ("chroma", "segment", "chroma.sqlite3"),
+        ("langchain", f"{LANGCHAIN_DIR}/index.pkl", "index.faiss"),
     ],
-    ids=["llamaindex-index-store", "llamaindex-no-faiss", "chroma-segment"],
+    ids=[
+        "llamaindex-index-store",
+        "llamaindex-no-faiss",
+        "llamaindex-no-id-map",
+        "chroma-segment",
+        "langchain-no-index",
+    ],
 )
 def test_a_commit_of_part_of_a_store_is_not_told_the_rest_is_missing(
     tmp_path: Path, name: str, part: str, left_out: str
@@ -299,19 +307,19 @@ def test_a_commit_of_part_of_a_store_is_not_told_the_rest_is_missing(
     assert json.loads(out)["warnings"] == []
     code, _, err = run(repo, data, "checkout", "latest", *paths)
     assert code == 0, err
-    store = LLAMAINDEX_DIR if name == "llamaindex" else CHROMA_DIR
+    store = {"llamaindex": LLAMAINDEX_DIR, "chroma": CHROMA_DIR, "langchain": LANGCHAIN_DIR}[name]
     glob = "*.sqlite3" if name == "chroma" else left_out
-    if left_out == "id_map.json":  # the FAISS index id_map.json maps into
+    if part.endswith("id_map.json"):  # the FAISS index id_map.json maps into
         glob = "default__vector_store.json"
     code, _, err = run(repo, data, "commit", "--strict", store, "--exclude", glob)
-    assert code != 0 and ("FAISS" if left_out == "id_map.json" else "missing") in err, err
+    assert code != 0 and ("FAISS" if part.endswith("id_map.json") else "missing") in err, err
 
 
 def test_a_langchain_pickle_left_without_its_index_by_an_exclude_is_told(tmp_path: Path) -> None:
     data, repo = tmp_path / "data", tmp_path / "repo"
     build("langchain", data)
     code, _, err = run(repo, data, "-q", "commit", "--exclude", f"{LANGCHAIN_DIR}/index.faiss")
-    assert code == 0 and "index.faiss is missing beside" in err, err
+    assert code == 0 and "index.faiss is missing beside the LangChain docstore pickle" in err, err
 
 
 def test_another_pickle_alone_is_no_langchain_store(tmp_path: Path) -> None:

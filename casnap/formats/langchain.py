@@ -246,10 +246,12 @@ def _without_index(pkl_rel: str, view: Mapping[str, Path]) -> list[Finding]:
         docs = read_docstore(data)
     except (OSError, PickleProblem):
         return []
-    index = os.path.basename(pkl_rel)[: -len(".pkl")] + ".faiss"
+    index_rel = pkl_rel[: -len(".pkl")] + ".faiss"  # the file missing, as a commit of some
+    # paths tells it apart from one it leaves where it is (consistency._left_where_it_is)
     detail = (
-        f"{index} is missing beside this LangChain docstore pickle ({len(docs.documents)} "
-        f"documents, {len(docs.positions)} positions): load_local cannot open the store"
+        f"{os.path.basename(index_rel)} is missing beside the LangChain docstore pickle "
+        f"{os.path.basename(pkl_rel)} ({len(docs.documents)} documents, "
+        f"{len(docs.positions)} positions): load_local cannot open the store"
     )
     info = {"documents": len(docs.documents), "positions": len(docs.positions)}
-    return [Finding("langchain-counts", pkl_rel, False, detail, info)]
+    return [Finding("langchain-counts", index_rel, False, detail, info)]
