@@ -18,6 +18,7 @@ left as it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,8 +80,10 @@ def checks(
 
 def _key(store: StoreLayout) -> tuple[str, str]:
     """One store of a data dir: a folder holds one Chroma or LlamaIndex store, and a LangChain
-    store per `<name>.faiss`."""
-    return store.kind, store.files[0] if store.kind == "langchain" else store.root
+    store per `<name>` (its `<name>.faiss` and `<name>.pkl`, or the pickle alone)."""
+    return store.kind, os.path.splitext(store.files[0])[
+        0
+    ] if store.kind == "langchain" else store.root
 
 
 def _more(files: list[str]) -> str:

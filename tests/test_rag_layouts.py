@@ -155,9 +155,31 @@ def swap_faiss_index(data: Path) -> None:
     faiss.write_index(index, str(data / LANGCHAIN_DIR / "index.faiss"))
 
 
+def empty_faiss_index(data: Path) -> None:
+    """index.faiss emptied (a save cut short before its first byte): no FAISS header, so no
+    FAISS check reads it, and LangChain's load_local cannot open the store."""
+    (data / LANGCHAIN_DIR / "index.faiss").write_bytes(b"")
+
+
+def lose_faiss_index(data: Path) -> None:
+    """index.faiss deleted: index.pkl alone is no `<name>.faiss` beside a `<name>.pkl`, yet
+    LangChain cannot open it."""
+    (data / LANGCHAIN_DIR / "index.faiss").unlink()
+
+
+def not_a_faiss_index(data: Path) -> None:
+    (data / LANGCHAIN_DIR / "index.faiss").write_bytes(b"not an index\n" * 40)
+
+
 def break_docstore_json(data: Path) -> None:
     path = data / LLAMAINDEX_DIR / "docstore.json"
     path.write_bytes(path.read_bytes()[:-40])
+
+
+def lose_id_map(data: Path) -> None:
+    """id_map.json gone beside its IndexIDMap2: FaissMapVectorStore then maps no FAISS id to a
+    node, and LlamaIndex's queries find nothing."""
+    (data / LLAMAINDEX_DIR / "id_map.json").unlink()
 
 
 def drop_from_id_map(data: Path) -> None:
@@ -173,8 +195,12 @@ DAMAGE = {
     "chroma-counts": ("chroma", lose_an_embedding, "chroma-counts"),
     "langchain-corrupt-pickle": ("langchain", garble_pickle, "langchain-docstore"),
     "langchain-counts": ("langchain", swap_faiss_index, "langchain-counts"),
+    "langchain-empty-index": ("langchain", empty_faiss_index, "langchain-counts"),
+    "langchain-index-gone": ("langchain", lose_faiss_index, "langchain-counts"),
+    "langchain-not-an-index": ("langchain", not_a_faiss_index, "langchain-counts"),
     "llamaindex-not-json": ("llamaindex", break_docstore_json, "llamaindex-json"),
     "llamaindex-counts": ("llamaindex", drop_from_id_map, "llamaindex-counts"),
+    "llamaindex-id-map-gone": ("llamaindex", lose_id_map, "llamaindex-counts"),
 }
 
 
@@ -251,9 +277,17 @@ def test_a_pickle_that_would_run_code_is_reported_and_never_run(tmp_path: Path) 
     [
         ("llamaindex", f"{LLAMAINDEX_DIR}/index_store.json", "docstore.json"),
         ("llamaindex", f"{LLAMAINDEX_DIR}/id_map.json", "id_map.json"),
+        ("llamaindex", f"{LLAMAINDEX_DIR}/default__vector_store.json", "id_map.json"),
         ("chroma", "segment", "chroma.sqlite3"),
+        ("langchain", f"{LANGCHAIN_DIR}/index.pkl", "index.faiss"),
     ],
-    ids=["llamaindex-index-store", "llamaindex-no-faiss", "chroma-segment"],
+    ids=[
+        "llamaindex-index-store",
+        "llamaindex-no-faiss",
+        "llamaindex-no-id-map",
+        "chroma-segment",
+        "langchain-no-index",
+    ],
 )
 def test_a_commit_of_part_of_a_store_is_not_told_the_rest_is_missing(
     tmp_path: Path, name: str, part: str, left_out: str
@@ -273,9 +307,28 @@ def test_a_commit_of_part_of_a_store_is_not_told_the_rest_is_missing(
     assert json.loads(out)["warnings"] == []
     code, _, err = run(repo, data, "checkout", "latest", *paths)
     assert code == 0, err
-    store = LLAMAINDEX_DIR if name == "llamaindex" else CHROMA_DIR
+    store = {"llamaindex": LLAMAINDEX_DIR, "chroma": CHROMA_DIR, "langchain": LANGCHAIN_DIR}[name]
     glob = "*.sqlite3" if name == "chroma" else left_out
-    if left_out == "id_map.json":  # the FAISS index id_map.json maps into
+    if part.endswith("id_map.json"):  # the FAISS index id_map.json maps into
         glob = "default__vector_store.json"
     code, _, err = run(repo, data, "commit", "--strict", store, "--exclude", glob)
-    assert code != 0 and ("FAISS" if left_out == "id_map.json" else "missing") in err, err
+    assert code != 0 and ("FAISS" if part.endswith("id_map.json") else "missing") in err, err
+
+
+def test_a_langchain_pickle_left_without_its_index_by_an_exclude_is_told(tmp_path: Path) -> None:
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    build("langchain", data)
+    code, _, err = run(repo, data, "-q", "commit", "--exclude", f"{LANGCHAIN_DIR}/index.faiss")
+    assert code == 0 and "index.faiss is missing beside the LangChain docstore pickle" in err, err
+
+
+def test_another_pickle_alone_is_no_langchain_store(tmp_path: Path) -> None:
+    """A `.pkl` without a `.faiss` beside it that is no LangChain docstore is nobody's store."""
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    data.mkdir()
+    (data / "model.pkl").write_bytes(pickle.dumps({"weights": list(range(50)), "docstore": 1}))
+    (data / "index.pkl").write_bytes(pickle.dumps(("langchain docstore", {0: "a"})))
+    code, out, err = run(repo, data, "commit", "--strict", "--json")
+    assert code == 0 and "warning" not in err, err
+    code, out, err = run(repo, data, "checkout", "latest", "--to", str(tmp_path / "to"))
+    assert code == 0, err

@@ -178,6 +178,8 @@ def count_problems(ntotal: int, store: Docstore, index_name: str) -> list[str]:
 def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
     """The pickle read without running it (langchain-docstore) and the counts of the index,
     the position map and the docstore compared (langchain-counts)."""
+    if len(store.files) == 1:
+        return _without_index(store.files[0], view)
     index_rel, pkl_rel = store.files
     try:
         data = Path(view[pkl_rel]).read_bytes()
@@ -201,9 +203,14 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
     )
     found = [Finding("langchain-docstore", pkl_rel, True, detail, info)]
     header = read_faiss_header(view[index_rel])
-    if header is None or header.ntotal is None:
-        return found  # the FAISS checks report an unreadable index
     name = os.path.basename(index_rel)
+    if header is None:  # no FAISS check reads a file without a FAISS header: this one must
+        size = _size(view[index_rel])
+        detail = f"{name} ({size}) holds no FAISS index: LangChain's load_local cannot read it"
+        found.append(Finding("langchain-counts", index_rel, False, detail, info))
+        return found
+    if header.ntotal is None:
+        return found  # the FAISS checks report an index whose header is damaged
     problems = count_problems(header.ntotal, docs, name)
     counts = {**info, "ntotal": header.ntotal}
     if problems:
@@ -212,3 +219,39 @@ def check(store: StoreLayout, view: Mapping[str, Path]) -> list[Finding]:
         agree = f"{header.ntotal} vectors, positions and documents agree"
         found.append(Finding("langchain-counts", index_rel, True, agree, counts))
     return found
+
+
+def _size(path: str | os.PathLike[str]) -> str:
+    """A file's size, for a message: `0 bytes`, or `unreadable` when it cannot be stat'ed."""
+    try:
+        return f"{os.stat(path).st_size} bytes"
+    except OSError:
+        return "unreadable"
+
+
+#: The first bytes of a pickle LangChain's save_local writes name its docstore's module here.
+_SNIFF = 256
+
+
+def _without_index(pkl_rel: str, view: Mapping[str, Path]) -> list[Finding]:
+    """A `<name>.pkl` without its `<name>.faiss`: nothing when it is not a LangChain docstore
+    pickle (any other pickle; only one whose first bytes name LangChain's docstore is walked),
+    else a failed langchain-counts: load_local cannot open the store without its index."""
+    try:
+        with open(view[pkl_rel], "rb") as f:
+            head = f.read(_SNIFF)
+            if b"langchain" not in head or b"docstore" not in head:
+                return []
+            data = head + f.read()
+        docs = read_docstore(data)
+    except (OSError, PickleProblem):
+        return []
+    index_rel = pkl_rel[: -len(".pkl")] + ".faiss"  # the file missing, as a commit of some
+    # paths tells it apart from one it leaves where it is (consistency._left_where_it_is)
+    detail = (
+        f"{os.path.basename(index_rel)} is missing beside the LangChain docstore pickle "
+        f"{os.path.basename(pkl_rel)} ({len(docs.documents)} documents, "
+        f"{len(docs.positions)} positions): load_local cannot open the store"
+    )
+    info = {"documents": len(docs.documents), "positions": len(docs.positions)}
+    return [Finding("langchain-counts", index_rel, False, detail, info)]

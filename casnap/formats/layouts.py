@@ -76,17 +76,25 @@ def _chroma_without_database(files: Collection[str], found: Collection[str]) -> 
 
 
 def _langchain_stores(files: Collection[str]) -> list[StoreLayout]:
-    """Every `<name>.faiss` with a `<name>.pkl` beside it among files."""
+    """Every `<name>.faiss` with a `<name>.pkl` beside it among files; and every `<name>.pkl`
+    without its `<name>.faiss`, alone: a LangChain store that lost its index, if its pickle is
+    one (its check tells, and says nothing of any other pickle)."""
     present = set(files)
     stores = []
     for rel in sorted(present):
-        if not rel.endswith(LANGCHAIN_INDEX):
-            continue
-        pkl = rel[: -len(LANGCHAIN_INDEX)] + LANGCHAIN_DOCSTORE
-        if pkl in present:
-            parent = PurePosixPath(rel).parent.as_posix()
-            stores.append(StoreLayout("langchain", "" if parent == "." else parent, (rel, pkl)))
+        if rel.endswith(LANGCHAIN_INDEX):
+            pkl = rel[: -len(LANGCHAIN_INDEX)] + LANGCHAIN_DOCSTORE
+            if pkl in present:
+                stores.append(StoreLayout("langchain", _parent(rel), (rel, pkl)))
+        elif rel.endswith(LANGCHAIN_DOCSTORE):
+            if rel[: -len(LANGCHAIN_DOCSTORE)] + LANGCHAIN_INDEX not in present:
+                stores.append(StoreLayout("langchain", _parent(rel), (rel,)))
     return stores
+
+
+def _parent(rel: str) -> str:
+    parent = PurePosixPath(rel).parent.as_posix()
+    return "" if parent == "." else parent
 
 
 def _llamaindex_stores(files: Collection[str]) -> list[StoreLayout]:

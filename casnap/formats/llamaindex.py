@@ -15,7 +15,8 @@ delete_from_docstore=True), `delete_ref_doc` and `refresh_ref_docs` take a docum
 from the index struct and leave their vectors (this vector store deletes by node id only);
 LlamaIndex writes and reopens each of these states. What it cannot open is a persist dir
 missing a file it reads: the docstore of an index struct that names nodes, the index store
-beside a vector store, the FAISS index an id map maps into.
+beside a vector store, the FAISS index an id map maps into; and without the id map beside an
+IndexIDMap holding vectors, it opens a store whose queries find nothing.
 """
 
 from __future__ import annotations
@@ -240,6 +241,15 @@ def _missing(
         )
         return Finding("llamaindex-counts", store.rel(LLAMAINDEX_INDEX_STORE), False, detail)
     id_map = values.get(ID_MAP)
+    mapped = [(r, h) for r, h in faiss_stores if h.fourcc.encode() in IDMAP_FOURCCS]
+    if id_map is None and any(h.ntotal for _, h in mapped):
+        rel, header = next((r, h) for r, h in mapped if h.ntotal)
+        detail = (
+            f"{ID_MAP} is missing beside {PurePosixPath(rel).name}, an IndexIDMap of "
+            f"{header.ntotal} vector(s) (FaissMapVectorStore's): without it no FAISS id maps "
+            "to a node, and LlamaIndex's queries find nothing"
+        )
+        return Finding("llamaindex-counts", store.rel(ID_MAP), False, detail)
     if id_map is not None and not faiss_stores:
         f2n = id_map.get("faiss_id_to_node_id_map") if isinstance(id_map, dict) else None
         ids = len(f2n) if isinstance(f2n, dict) else 0
