@@ -421,29 +421,12 @@ def test_a_checkout_waits_for_a_commit_of_its_target(
     """While a commit reads its data dir it holds a shared flock on it: a checkout into that
     folder (from any repository) cannot take its own, so it waits instead of swapping files
     the commit is reading."""
-    import fcntl
-
     data = small_app(tmp_path / "data", seed=1)
     repo = Repository.init(tmp_path / "repo")
     tried: list[bool] = []
-
-    def progress(done: int, total: int) -> None:
-        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tried.append(False)
-        except BlockingIOError:
-            tried.append(True)
-        finally:
-            os.close(fd)
-
-    commit(repo, data, progress=progress)
+    commit(repo, data, progress=lambda done, total: tried.append(_flocked(data)))
     assert tried and all(tried)
-    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)  # released once the commit is done
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
+    assert not _flocked(data)  # released once the commit is done
 
 
 def test_a_checkout_into_a_folder_holding_the_data_dir_waits_for_its_commit(
@@ -452,25 +435,26 @@ def test_a_checkout_into_a_folder_holding_the_data_dir_waits_for_its_commit(
     """A data dir inside another's (one repository backs up app/, another app/vectors/): a
     checkout into app/ replaces what a commit of app/vectors/ reads. The commit's shared flock
     is on each folder above its data dir too, so that checkout's (on app/) waits."""
-    import fcntl
-
     outer = tmp_path / "app"
     data = small_app(outer / "vectors", seed=1)
     repo = Repository.init(tmp_path / "repo")
     tried: list[bool] = []
-
-    def progress(done: int, total: int) -> None:
-        fd = os.open(outer, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tried.append(False)
-        except BlockingIOError:
-            tried.append(True)
-        finally:
-            os.close(fd)
-
-    commit(repo, data, progress=progress)
+    commit(repo, data, progress=lambda done, total: tried.append(_flocked(outer)))
     assert tried and all(tried)
+
+
+def _flocked(folder: Path) -> bool:
+    """True when another open of folder holds a flock on it now (an exclusive one is refused)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 HOLD_FLOCK = """
