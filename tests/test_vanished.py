@@ -144,63 +144,37 @@ def test_a_database_deleted_before_its_read_still_stops_the_commit(tmp_path: Pat
     assert repo.snapshots() == []
 
 
+@pytest.mark.parametrize("new", ["app.db.tmp", "staging/app.db"], ids=["beside", "staging"])
 def test_a_database_renamed_over_another_meanwhile_is_left_out_under_its_old_name(
-    tmp_path: Path,
+    tmp_path: Path, new: str
 ) -> None:
-    """An app that saves by writing a new database beside its own (`VACUUM INTO`, a copy) and
-    renaming it over: the scan saw both, the new one is gone by its read. Its bytes are the
-    database's under the name it was renamed to, which the commit reads: the old name is left
-    out with a warning saying where it went, and the commit succeeds."""
-    data = tmp_path / "data"
-    _churn(data)
-    for name, rows in (("app.db", 1), ("app.db.tmp", 5)):
-        with contextlib.closing(sqlite3.connect(data / "churn" / name)) as db:
-            db.execute("CREATE TABLE t(x)")
-            db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(rows)])
-            db.commit()
-
-    def renamed(_key: str) -> None:
-        os.rename(data / "churn" / "app.db.tmp", data / "churn" / "app.db")
-
-    repo = _repo(tmp_path, F.call_after("put", 1, renamed, "packs/"))
-    result = commit(repo, data)
-
-    (warning,) = result.warnings
-    assert warning.startswith("churn/app.db.tmp: renamed to churn/app.db meanwhile"), warning
-    restored = _restored(repo, result.id, tmp_path / "out")
-    assert "churn/app.db.tmp" not in restored
-    with contextlib.closing(sqlite3.connect(tmp_path / "out" / "churn" / "app.db")) as db:
-        (rows,) = db.execute("SELECT count(*) FROM t").fetchone()
-    assert rows == 5  # read after the rename: the new database
-    assert verify(repo).ok
-
-
-def test_a_database_renamed_from_a_folder_of_its_own_is_left_out_under_its_old_name(
-    tmp_path: Path,
-) -> None:
-    """The app writes its new database in a folder of its own inside the data dir (staging/)
-    and renames it over the live one: as for a rename within one folder, the old name is left
-    out with a warning naming where it went; it stopped the commit (exit 7) as a deleted
-    database, the new name being looked for in the old one's folder alone."""
+    """An app that saves by writing a new database beside its own (`VACUUM INTO`, a copy), or in
+    a folder of its own inside the data dir, and renaming it over: the scan saw both, the new
+    one is gone by its read. Its bytes are the database's under the name it was renamed to,
+    which the commit reads: the old name is left out with a warning saying where it went, and
+    the commit succeeds (it stopped with exit 7, as for a deleted database)."""
     data = tmp_path / "data"
     _churn(data)
     (data / "churn" / "staging").mkdir()
-    for name, rows in (("app.db", 1), ("staging/app.db", 5)):
+    for name, rows in (("app.db", 1), (new, 5)):
         with contextlib.closing(sqlite3.connect(data / "churn" / name)) as db:
             db.execute("CREATE TABLE t(x)")
             db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(rows)])
             db.commit()
 
     def renamed(_key: str) -> None:
-        os.rename(data / "churn" / "staging" / "app.db", data / "churn" / "app.db")
+        os.rename(data / "churn" / new, data / "churn" / "app.db")
 
     repo = _repo(tmp_path, F.call_after("put", 1, renamed, "packs/"))
     result = commit(repo, data)
 
     (warning,) = result.warnings
-    assert warning.startswith("churn/staging/app.db: renamed to churn/app.db meanwhile"), warning
+    assert warning.startswith(f"churn/{new}: renamed to churn/app.db meanwhile"), warning
     restored = _restored(repo, result.id, tmp_path / "out")
-    assert "churn/staging/app.db" not in restored
+    assert f"churn/{new}" not in restored
+    with contextlib.closing(sqlite3.connect(tmp_path / "out" / "churn" / "app.db")) as db:
+        (rows,) = db.execute("SELECT count(*) FROM t").fetchone()
+    assert rows == 5  # read after the rename: the new database
     assert verify(repo).ok
 
 
