@@ -259,15 +259,7 @@ def test_a_plain_config_put_over_an_encrypted_repository_is_named(tmp_path: Path
     """A downgrade: an encrypted repository's config replaced by a plain one and keys/ removed.
     Its sealed objects then fail to read; the message says they are encrypted under a plain
     config, not that a manifest or index file is merely corrupt."""
-    data, repo, plain = tmp_path / "data", tmp_path / "repo", tmp_path / "plain"
-    make_app(data, rows=50, vectors=100)
-    assert run(repo, data, "init", "--encryption", "repokey")[0] == 0
-    assert run(repo, data, "commit", "-q")[0] == 0
-    assert run(plain, data, "init", password=None)[0] == 0
-    (repo / "config").write_bytes((plain / "config").read_bytes())
-    for key in (repo / "keys").iterdir():
-        key.unlink()
-    (repo / "keys").rmdir()
+    data, repo = _downgraded(tmp_path)
     evolve_app(data, 1)
     for args in (("log",), ("commit", "-q"), ("verify",)):
         code, out, err = run(repo, data, *args, password=None)
