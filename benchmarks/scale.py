@@ -22,10 +22,11 @@ to a 16 MiB pack). By default they form one index file, as gc and repair-index l
 largest a single read has to handle); `--index-files K` splits them. Beside them lies a real
 data dir (`casnap.sample`: a SQLite database and FAISS indexes) committed normally into the same
 repository, so the commit measured in (a) is a real commit whose chunks are looked up among the
-10M synthetic entries. The packs the synthetic entries name are empty files (a commit checks
-that every pack the index names is there): `verify` reports them damaged and `checkout`/`cat` of
-anything that used them could not work, and gc would refuse (no snapshot needs them, it would
-drop them); only the real snapshots' chunks can be read back.
+10M synthetic entries. The packs the synthetic entries name are files of a pack's least size
+holding nothing (a commit checks that every pack the index names is there): `verify` reports
+them damaged and `checkout`/`cat` of anything that used them could not work, and gc would
+refuse (no snapshot needs them, it would drop them); only the real snapshots' chunks can be
+read back.
 
 Run:
 
@@ -63,7 +64,7 @@ from tools import compile_casnap  # noqa: E402
 from casnap.chunkindex import FIELD_DTYPE, encode_index  # noqa: E402
 from casnap.ids import ID_SIZE, ObjectId  # noqa: E402
 from casnap.manifest import Snapshot, decompress_manifest  # noqa: E402
-from casnap.packs import index_key, pack_key  # noqa: E402
+from casnap.packs import MIN_PACK_SIZE, index_key, pack_key  # noqa: E402
 from casnap.repository import Repository  # noqa: E402
 from casnap.sample import evolve, generate  # noqa: E402
 
@@ -187,8 +188,8 @@ def write_synthetic_index(repo: Repository, n: int, files: int, seed: int) -> li
         del ids, fields
         key = index_key(repo.ids(blob))
         repo.store.put_verified(key, blob)
-        for pack in packs:  # an empty file: there, as a commit checks, holding nothing
-            repo.raw_backend.put(pack_key(pack), b"")
+        for pack in packs:  # of a pack's least size: there, as a commit checks, holding nothing
+            repo.raw_backend.put(pack_key(pack), bytes(MIN_PACK_SIZE))
         keys.append(key)
         done += m
     return keys

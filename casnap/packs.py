@@ -47,6 +47,7 @@ _ENTRY_FIELDS = ("type", "offset", "length", "plain", "inner", "frame_plain")
 
 
 PACKS = "packs/"  # the folder of every pack
+MIN_PACK_SIZE = len(PACK_HEADER) + _TRAILER.size  # a pack of no frame, stored plain
 
 
 def pack_key(pack: ObjectId) -> str:

@@ -34,6 +34,8 @@ from casnap.crypto import refuse_sealed
 from casnap.errors import IntegrityError, ObjectMissing, SealedUnderPlainConfig
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
+    MIN_PACK_SIZE,
+    PACKS,
     check_pack_size,
     directory_fields,
     index_key,
@@ -107,10 +109,13 @@ class Store:
         object storage each check would cost a request; verify finds it there."""
         if self.backend.remote:
             return
+        sizes = dict(self.backend.list(PACKS))
         for pack in self.index.packs:
-            if not self.backend.exists(pack_key(pack)):
+            size = sizes.get(pack_key(pack))
+            if size is None or size < MIN_PACK_SIZE:
+                what = "is missing" if size is None else f"holds {size} bytes, no pack"
                 raise IntegrityError(
-                    f"pack {pack.hex()} is missing, yet the index names chunks in it (deleted "
+                    f"pack {pack.hex()} {what}, yet the index names chunks in it (deleted "
                     "outside casnap, or lost): nothing committed, a snapshot reusing them would "
                     "not restore; `casnap verify` names what it breaks, `casnap repair-index` "
                     "drops it, and the next commit stores those chunks again"

@@ -14,7 +14,7 @@ from casnap.chunkindex import FIELD_DTYPE, ChunkIndex, decode_index, encode_inde
 from casnap.errors import IntegrityError
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.indexstream import read_index
-from casnap.packs import index_key, pack_key
+from casnap.packs import MIN_PACK_SIZE, index_key, pack_key
 from casnap.repository import Repository
 from tests.conftest import evolve_app, make_app
 from tests.helpers_memory import MB, run_measured
@@ -40,7 +40,7 @@ def synthetic(
 
 def store_synthetic(repo_dir: Path, n: int, seed: int) -> str:
     """An index file naming n synthetic chunks, stored in the repository; its key. The packs it
-    names are empty files: there, as a commit checks, but holding nothing."""
+    names are files of a pack's least size: there, as a commit checks, but holding nothing."""
     with Repository.open(repo_dir) as repo:
         packs, ids, fields = synthetic(n, seed)
         blob = encode_index(packs, ids, fields)
@@ -49,7 +49,7 @@ def store_synthetic(repo_dir: Path, n: int, seed: int) -> str:
     for pack in packs:
         path = repo_dir / pack_key(pack)
         path.parent.mkdir(exist_ok=True)
-        path.touch()
+        path.write_bytes(bytes(MIN_PACK_SIZE))
     return key
 
 
