@@ -124,11 +124,8 @@ def _opened_by(repo: Repository, password: str, skip: set[str]) -> list[KeyFile]
     master key, tried cheapest first within the KDF budget an open has."""
     master = _unlocked(repo).master
     usable, _ = keys.scan_key_files(repo.raw_backend)
-    found, spent = [], 0
-    for kf in usable:
-        if kf.id in skip or spent + kf.kdf.cost > keys.KDF_BUDGET:
-            continue
-        spent += kf.kdf.cost
+    found = []
+    for kf in keys.within_budget([k for k in usable if k.id not in skip]):
         try:
             if kf.unseal(password).raw == master.raw:
                 found.append(kf)

@@ -227,6 +227,17 @@ class Unlocked(NamedTuple):
     master: MasterKey
 
 
+def within_budget(files: Sequence[KeyFile]) -> list[KeyFile]:
+    """The key files an open tries, in their order (cheapest KDF first), as many as KDF_BUDGET
+    allows in all: key files planted with costly parameters cannot stall a command for long."""
+    tried, spent = [], 0
+    for kf in files:
+        if spent + kf.kdf.cost <= KDF_BUDGET:
+            spent += kf.kdf.cost
+            tried.append(kf)
+    return tried
+
+
 def unlock(
     backend: Backend, password: str, opens: Callable[[KeyFile, MasterKey], object] | None = None
 ) -> tuple[KeyFile, MasterKey]:
@@ -242,14 +253,10 @@ def unlock(
             f"repository {backend.location} is encrypted but holds no key file; "
             "`casnap key import FILE` puts back an exported one"
         )
-    spent = 0
-    skipped = 0
+    tried = within_budget(files)
+    skipped = len(files) - len(tried)
     foreign: IntegrityError | None = None
-    for kf in files:
-        if spent + kf.kdf.cost > KDF_BUDGET:
-            skipped += 1
-            continue
-        spent += kf.kdf.cost
+    for kf in tried:
         try:
             master = kf.unseal(password)
         except PasswordError:
