@@ -100,6 +100,33 @@ def test_an_empty_path_or_command_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["checkout", "", "--to", "out"],
+        ["diff", "latest", ""],
+        ["diff", ""],
+        ["cat", "", "app.db"],
+        ["ls", ""],
+        ["show", ""],
+        ["stats", ""],
+        ["verify", ""],
+        ["forget", ""],
+        ["copy", "", "--to", "other"],
+    ],
+    ids=["checkout", "diff-b", "diff-a", "cat", "ls", "show", "stats", "verify", "forget", "copy"],
+)
+def test_an_empty_snapshot_argument_is_a_usage_error(
+    world: tuple[list[str], Path], args: list[str]
+) -> None:
+    """`casnap checkout "$ID"` with ID unset said "no snapshot matches ''" (exit 4, the code of
+    an id that is simply not there): an empty argument is a usage error, as an empty option is."""
+    base, tmp = world
+    proc = run_casnap([*base, *args])
+    one_line(proc, EXIT_CODES["usage"], "is empty")
+    assert not (tmp / "other").exists()
+
+
+@pytest.mark.parametrize(
     "args", [["gc", "--max-unused", "nan"], ["verify", "--read-data-subset", "nan"]]
 )
 def test_nan_is_not_a_percentage(world: tuple[list[str], Path], args: list[str]) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
-from casnap.cli.options import filter_options, resolve_ref
+from casnap.cli.options import SNAPSHOT, filter_options, resolve_ref
 from casnap.cli.output import emit_json, human, printable
 from casnap.cli.pipes import stdout_closed
 from casnap.errors import InvalidArgument
@@ -75,7 +75,7 @@ def _entry_json(e: FileEntry) -> dict[str, object]:
 
 
 @cli.command(name="ls")
-@click.argument("snapshot")
+@click.argument("snapshot", type=SNAPSHOT)
 @click.argument("path", required=False)
 @click.option("-l", "--long", "long_", is_flag=True, help="Show mode, size in bytes and mtime.")
 @filter_options()
@@ -127,7 +127,7 @@ def ls(
 
 
 @cli.command(name="cat")
-@click.argument("snapshot")
+@click.argument("snapshot", type=SNAPSHOT)
 @click.argument("path")
 @filter_options()
 @pass_ctx
@@ -167,8 +167,8 @@ def cat(
 
 
 @cli.command()
-@click.argument("a")
-@click.argument("b", required=False)
+@click.argument("a", type=SNAPSHOT)
+@click.argument("b", required=False, type=SNAPSHOT)
 @filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
 @pass_ctx

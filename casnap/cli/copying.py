@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from casnap.cli.main import Context, cli, holds_config, pass_ctx, warn
-from casnap.cli.options import filter_options, snapshot_filter
+from casnap.cli.options import SNAPSHOT, filter_options, snapshot_filter
 from casnap.cli.output import emit_json, human, printable, progress_bar
 from casnap.cli.passwords import Passwords, other_passwords
 from casnap.cli.pipes import printing
@@ -82,7 +82,7 @@ def _same_place(a: Location, b: Location) -> bool:
 
 
 @cli.command()
-@click.argument("id", nargs=-1)
+@click.argument("id", nargs=-1, type=SNAPSHOT)
 @click.option("--to", "to_repo", metavar="REPO", help="Copy from --repo into REPO.")
 @click.option("--from", "from_repo", metavar="REPO", help="Copy from REPO into --repo.")
 @click.option(

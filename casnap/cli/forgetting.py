@@ -10,7 +10,14 @@ import click
 
 from casnap.cli.main import Context, cli, pass_ctx, warn
 from casnap.cli.maintenance import DRY_RUN_DONE, _print_gc, gc_done, max_unused_option
-from casnap.cli.options import Given, filter_hosts, filter_options, host_option, snapshot_filter
+from casnap.cli.options import (
+    SNAPSHOT,
+    Given,
+    filter_hosts,
+    filter_options,
+    host_option,
+    snapshot_filter,
+)
 from casnap.cli.output import emit_json, human, printable
 from casnap.cli.pipes import printing
 from casnap.errors import AmbiguousSnapshot, SnapshotNotFound
@@ -157,7 +164,7 @@ def prune(
 
 
 @cli.command()
-@click.argument("snapshots", nargs=-1)
+@click.argument("snapshots", nargs=-1, type=SNAPSHOT)
 @filter_options(
     "Forget every snapshot committed with path P (data-dir relative, ./P, or a path to it; "
     "repeatable: with all of them; `.`: whole-dir snapshots); with SNAPSHOTS, only they may be "

@@ -14,6 +14,7 @@ from casnap.cli.main import Context, cli, pass_ctx
 from casnap.cli.options import (
     HOST_FILTER_HELP,
     PATH_FILTER_HELP,
+    SNAPSHOT,
     TAG_FILTER_HELP,
     Given,
     Percent,
@@ -117,7 +118,7 @@ def gc(c: Context, dry_run: bool, max_unused: float, as_json: bool) -> None:
 
 
 @cli.command(name="verify")
-@click.argument("snapshots", nargs=-1)
+@click.argument("snapshots", nargs=-1, type=SNAPSHOT)
 @click.option("--read-data", is_flag=True, help="Read every pack and re-hash every chunk.")
 @click.option(
     "--read-data-subset",
@@ -334,7 +335,7 @@ def unlock(c: Context, force: bool, as_json: bool) -> None:
 
 
 @cli.command(name="stats")
-@click.argument("snapshot", required=False)
+@click.argument("snapshot", required=False, type=SNAPSHOT)
 @filter_options(
     PATH_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",
     TAG_FILTER_HELP + " Without SNAPSHOT: list only those in the per-snapshot table.",

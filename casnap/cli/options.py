@@ -120,6 +120,10 @@ class Given(click.ParamType):
         return Path(value) if self.path and isinstance(value, str) else value
 
 
+SNAPSHOT = Given("a snapshot id, a prefix of one, a tag or latest")
+"""A snapshot argument: `checkout "$ID"` with ID unset is a usage error, not an unknown id."""
+
+
 class Number(click.FloatRange):
     """A float range that refuses nan (which passes every range comparison) and infinities."""
 

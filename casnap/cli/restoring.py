@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casnap.cli.main import Context, after_landing, cli, pass_ctx, warn
-from casnap.cli.options import Given, filter_options, resolve_ref
+from casnap.cli.options import SNAPSHOT, Given, filter_options, resolve_ref
 from casnap.cli.output import emit_json, local_time, progress_bar
 from casnap.cli.pipes import printing
 from casnap.errors import (
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the command imports the operation it runs
 
 
 @cli.command()
-@click.argument("snapshot")
+@click.argument("snapshot", type=SNAPSHOT)
 @click.argument("paths", nargs=-1)
 @click.option(
     "--to",

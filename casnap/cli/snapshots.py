@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 import click
 
 from casnap.cli.main import Context, after_landing, cli, pass_ctx, warn
-from casnap.cli.options import Number, SnapshotTime, filter_options, resolve_ref, snapshot_filter
+from casnap.cli.options import (
+    SNAPSHOT,
+    Number,
+    SnapshotTime,
+    filter_options,
+    resolve_ref,
+    snapshot_filter,
+)
 from casnap.cli.output import emit_json, human, local_time, paths_label, printable, progress_bar
 from casnap.cli.passwords import INIT_PLAIN
 from casnap.cli.pipes import printing
@@ -316,7 +323,7 @@ def log(
 
 
 @cli.command()
-@click.argument("snapshot")
+@click.argument("snapshot", type=SNAPSHOT)
 @filter_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 @pass_ctx
