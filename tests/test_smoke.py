@@ -322,6 +322,22 @@ def test_verify_smoke_reports_without_touching_data(app: Path, tmp_path: Path) -
     assert leftovers(repo_dir) == []
 
 
+def test_verify_smoke_restores_each_snapshot_once(app: Path, tmp_path: Path) -> None:
+    """`verify --smoke-cmd CMD ID latest` naming one snapshot twice restored it and ran CMD twice
+    (a long restore paid twice, and a report with the snapshot in it twice)."""
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(repo_dir)
+    sid = commit(repo, app).id
+    log = tmp_path / "ran.log"
+    cmd = f"echo ran >> {log}"
+    code, out, _ = run(
+        repo_dir, app, "verify", sid, sid[:8], "latest", "--smoke-cmd", cmd, "--json"
+    )
+    assert code == 0
+    assert log.read_text() == "ran\n"
+    assert [s["id"] for s in json.loads(out)["smoke"]] == [sid]
+
+
 def test_faiss_header_recognises_indexes_by_content(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((50, DIM)).astype("float32")
     indexes = {

@@ -188,8 +188,12 @@ def verify_cmd(
         )
     smoked = []
     if (smoke or smoke_cmd) and r.ok:
+        done = set()  # `verify ID latest` naming one snapshot twice restores it once
         for ref in snapshots or ("latest",):
             sid = resolve_ref(c, repo, ref, filter_paths, filter_tags)
+            if sid in done:
+                continue
+            done.add(sid)
             with progress_bar(c, f"restore {sid.short}") as progress:
                 smoked.append(
                     smoke_verify(
