@@ -453,7 +453,7 @@ class _Checker:
             where = f" {read.describe()}" if read.damage is not None else ""
             if not intact and pack not in self.bad_directory:
                 try:
-                    parse_pack_directory(key, data)
+                    parse_pack_directory(key, read.usable())
                 except IntegrityError as exc:
                     where += f"; {exc}"
             rows = self.rows_by_pack[pack]

@@ -35,6 +35,7 @@ from casnap.errors import IntegrityError, ObjectMissing, SealedUnderPlainConfig
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
     MIN_PACK_SIZE,
+    PACK_HEADER,
     PACKS,
     check_pack_size,
     directory_fields,
@@ -75,6 +76,14 @@ class PackRead(NamedTuple):
         more = f" and {len(self.failed) - 4} more" if len(self.failed) > 4 else ""
         where = f"; bytes {spans}{more} unreadable" if self.failed else ""
         return f"{self.damage}{where}"
+
+    def usable(self) -> bytes:
+        """The bytes, with the pack's header put back where it lay in bytes that could not be
+        read: it is a constant, and every chunk is still checked against its id, so one damaged
+        segment does not cost the chunks its directory names elsewhere."""
+        if any(start < len(PACK_HEADER) for start, _ in self.failed):
+            return PACK_HEADER + self.data[len(PACK_HEADER) :]
+        return self.data
 
 
 class Store:
@@ -344,7 +353,7 @@ class Store:
             try:
                 check_pack_size(key, size)
                 read = self.read_pack(key)
-                data = read.data
+                data = read.usable()
                 if self.ids is PLAIN_IDS:
                     refuse_sealed(data, key)
                 rec = parse_pack_directory(key, data)

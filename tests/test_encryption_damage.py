@@ -60,9 +60,10 @@ def _open(root: Path, password: str | None) -> Repository:
     return Repository.open(root, (lambda: password) if password else None, cache=False)
 
 
-def _damage(tmp_path: Path, password: str | None) -> Damaged:
-    """Flip one byte in a middle segment (64 KiB of plaintext) of the largest pack; in a plain
-    repository the same plaintext range's middle byte."""
+def _damage(tmp_path: Path, password: str | None, first: bool = False) -> Damaged:
+    """Flip one byte in a middle segment (64 KiB of plaintext) of the largest pack, or in its
+    first (the one holding the pack's header); in a plain repository the same plaintext range's
+    middle byte."""
     root, data = _history(tmp_path, password)
     repo = _open(root, password)
     repo.store.load_index()
@@ -72,7 +73,7 @@ def _damage(tmp_path: Path, password: str | None) -> Damaged:
     plain_len = len(repo.backend.get(pack_key(pack)))
     segments = -(-plain_len // SEGMENT)
     assert segments >= 6, segments
-    k = segments // 2
+    k = 0 if first else segments // 2
     lo, hi = k * SEGMENT, (k + 1) * SEGMENT
     users: dict[ObjectId, set[tuple[str, str]]] = {}
     hashes: dict[str, dict[str, str]] = {}
@@ -107,9 +108,11 @@ def _damage(tmp_path: Path, password: str | None) -> Damaged:
     return Damaged(root, data, pack, len(index), lost, broken, intact)
 
 
-@pytest.fixture
-def damaged(tmp_path: Path) -> Damaged:
-    return _damage(tmp_path, PW)
+@pytest.fixture(params=["middle", "first"])
+def damaged(tmp_path: Path, request: pytest.FixtureRequest) -> Damaged:
+    """The first segment holds the pack's header: its chunks are lost with it, the others kept
+    (the pack was left out whole as "bad header", and verify sent the user back to repair-index)."""
+    return _damage(tmp_path, PW, first=request.param == "first")
 
 
 def test_repair_index_keeps_every_chunk_outside_the_damaged_segment(damaged: Damaged) -> None:
