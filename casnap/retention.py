@@ -1,11 +1,13 @@
 """Retention: which snapshots a keep policy keeps, and forgetting the others.
 
 The policy is restic's: snapshots are taken newest first; each bucket rule (last, hourly, daily,
-weekly, monthly, yearly) keeps the newest snapshot of each of its N most recent distinct buckets;
-keep-within keeps everything newer than the newest snapshot minus a duration; keep-tag keeps what
-carries the tags. A snapshot is kept when any rule keeps it. The decision functions are pure, over
-(id, time, tags); `prune` and `forget` apply them to a repository, group by group (the
-pre-checkout snapshots of a group are a group of their own: GroupKey).
+weekly, monthly, yearly) keeps the newest snapshot of each of its N most recent distinct buckets,
+and the oldest snapshot when it has buckets left at the end (as restic 0.16+ and borg 1.2+ do:
+the first snapshot is not lost before the rule has its N); keep-within keeps everything newer
+than the newest snapshot minus a duration; keep-tag keeps what carries the tags. A snapshot is
+kept when any rule keeps it. The decision functions are pure, over (id, time, tags); `prune`
+and `forget` apply them to a repository, group by group (the pre-checkout snapshots of a group
+are a group of their own: GroupKey).
 """
 
 from __future__ import annotations
@@ -220,11 +222,14 @@ def apply_policy(
             if left == 0:
                 continue
             value = bucket(local)
-            if value != last_seen[name]:
+            # the oldest snapshot is kept too while the rule has buckets left (restic 0.16+,
+            # borg 1.2+): the history reaches as far back as it can until the rule is met
+            oldest = nr == len(ordered) - 1 and value == last_seen[name]
+            if value != last_seen[name] or oldest:
                 last_seen[name] = value
                 if left > 0:
                     counts[name] = left - 1
-                reasons.append(name)
+                reasons.append(f"oldest {name}" if oldest else name)
         out.append(Decision(item, bool(reasons), tuple(reasons)))
     return out
 

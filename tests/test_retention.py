@@ -137,10 +137,28 @@ CASES = [
         ["s3", "s2"],
     ),
     (
-        "unlimited daily keeps one per day for every day",
+        "unlimited daily keeps one per day for every day, and the oldest (never exhausted)",
         Policy(daily=retention.UNLIMITED),
         items("2024-01-01 08:00", "2024-01-01 09:00", "2024-01-02 08:00", "2024-01-03 08:00"),
-        ["s3", "s2", "s1"],
+        ["s3", "s2", "s1", "s0"],
+    ),
+    (
+        "a rule with buckets left keeps the oldest snapshot too (restic 0.16+, borg 1.2+)",
+        Policy(yearly=5),
+        items("2024-01-10 10:00", "2024-06-01 10:00", "2025-03-01 10:00", "2025-04-01 10:00"),
+        ["s3", "s1", "s0"],
+    ),
+    (
+        "a rule whose buckets are all used keeps no oldest",
+        Policy(daily=2),
+        items("2024-01-01 08:00", "2024-01-01 20:00", "2024-01-02 09:00"),
+        ["s2", "s1"],
+    ),
+    (
+        "keep-last never needs the oldest: each snapshot is its own bucket",
+        Policy(last=1, monthly=3),
+        items("2024-01-01 08:00", "2024-01-01 20:00", "2024-01-02 09:00"),
+        ["s2", "s0"],
     ),
     (
         "keep-within is measured from the newest snapshot, strictly after the cutoff",
@@ -224,12 +242,32 @@ def test_reasons_name_every_rule_that_kept() -> None:
     assert by_id["s0"] == ("daily",)
 
 
+def test_the_oldest_kept_for_a_rule_with_buckets_left_says_so() -> None:
+    """A user who starts with `--keep-daily 7 --keep-monthly 12` loses the very first snapshot
+    in restic 0.14 (another of its month is newer); restic 0.16+ and borg 1.2+ keep it while
+    a rule has buckets left, and name why (`oldest daily snapshot`, `daily[oldest]`)."""
+    decisions = apply_policy(
+        items("2024-01-01 08:00", "2024-01-01 20:00", "2024-01-02 09:00"),
+        Policy(daily=7, monthly=12, last=1),
+        tz=UTC,
+    )
+    by_id = {d.item.id: d.reasons for d in decisions}
+    assert by_id == {
+        "s2": ("last", "daily", "monthly"),
+        "s1": ("daily",),
+        "s0": ("oldest daily", "oldest monthly"),
+    }
+    # the oldest in a bucket of its own is kept by the rule itself, named as usual
+    decisions = apply_policy(items("2024-01-01 08:00", "2024-01-02 09:00"), Policy(daily=7))
+    assert [d.reasons for d in decisions] == [("daily",), ("daily",)]
+
+
 def test_buckets_follow_the_time_zone() -> None:
     # 23:30 and 00:30 UTC fall on the same day at UTC+2 but on two days at UTC
     snaps = items("2024-01-01 21:30", "2024-01-01 23:30", "2024-01-02 00:30")
-    assert kept(apply_policy(snaps, Policy(daily=5), tz=UTC)) == ["s2", "s1"]
+    assert kept(apply_policy(snaps, Policy(daily=2), tz=UTC)) == ["s2", "s1"]
     plus2 = dt.timezone(dt.timedelta(hours=2))
-    assert kept(apply_policy(snaps, Policy(daily=5), tz=plus2)) == ["s2", "s0"]
+    assert kept(apply_policy(snaps, Policy(daily=2), tz=plus2)) == ["s2", "s0"]
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,9 @@ def prune(
     Rules work as in restic, per group of snapshots with the same host, data dir and paths (the
     pre-checkout snapshots a checkout saved are a group of their own): each
     --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of each of the last N
-    periods that have one; a snapshot is kept when any rule keeps it. At least one rule is needed.
+    periods that have one, and the group's oldest snapshot while fewer than N periods have one
+    (as restic 0.16+ and borg 1.2+ do); a snapshot is kept when any rule keeps it. At least one
+    rule is needed.
     """
     from casnap import retention, selection
 
