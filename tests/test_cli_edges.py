@@ -31,6 +31,29 @@ def test_an_empty_data_dir_option_is_a_usage_error(world: tuple[list[str], Path]
     one_line(run_casnap([base[0], base[1], "--data", "", "commit"]), 2, "--data is empty")
 
 
+@pytest.mark.parametrize("variable", ["CASNAP_REPO", "CASNAP_DATA"])
+def test_an_empty_repo_or_data_variable_is_a_usage_error(tmp_path: Path, variable: str) -> None:
+    """`export CASNAP_REPO="$BACKUP_REPO"` with the variable unset committed into ./backups of
+    the working dir (a repository made there, the real one left without the night's snapshot),
+    and an empty CASNAP_DATA took ./data: an empty variable names no place, as an empty --repo
+    or --data does not; the default is for a variable that is not set."""
+    data = small_app(tmp_path / "cwd" / "data")
+    cwd = data.parent
+    env = casnap_env() | {"CASNAP_REPO": str(tmp_path / "repo"), "CASNAP_DATA": str(data)}
+    env[variable] = ""
+    proc = subprocess.run(
+        casnap_command(["commit"], ""),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+    one_line(proc, EXIT_CODES["usage"], f"{variable} is set but empty")
+    assert sorted(p.name for p in cwd.iterdir()) == ["data"]
+    assert not (tmp_path / "repo").exists()
+
+
 def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]) -> None:
     """`checkout X --to "$RESTORE_DIR"` with the variable unset restored into the working dir:
     a full checkout, which removed every file there (saved first, but the working dir was

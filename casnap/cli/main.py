@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # imported by the commands that open one: --help does without
 
 INTERNAL_ERROR = InternalError.exit_code
 ENVIRONMENT = click.core.ParameterSource.ENVIRONMENT
+DEFAULT = click.core.ParameterSource.DEFAULT
 INTERRUPTED = 130
 # commands that list the snapshots past one whose manifest does not read (none of them deletes)
 PASSING_DAMAGED = frozenset(
@@ -505,9 +506,9 @@ def cli(
     no_lock: bool,
 ) -> None:
     """casnap: deduplicating, verified snapshots of a SQLite + FAISS data directory."""
+    _refuse_empty_variables(ctx)
     if not data:  # Path("") would be the working directory: never what an empty value meant
-        where = "CASNAP_DATA" if ctx.get_parameter_source("data") == ENVIRONMENT else "--data"
-        raise InvalidArgument(f"{where} is empty; give the data directory")
+        raise InvalidArgument("--data is empty; give the data directory")
     try:
         repo_path = parse_location(repo)
     except InvalidArgument as exc:
@@ -517,6 +518,21 @@ def cli(
         raise
     passwords = Passwords(password_file, password_command, repo_path)
     ctx.obj = Context(repo_path, Path(data), quiet, no_lock, passwords)
+
+
+def _refuse_empty_variables(ctx: click.Context) -> None:
+    """An empty CASNAP_REPO or CASNAP_DATA (`export CASNAP_REPO="$REPO"` with REPO unset) is a
+    usage error, as an empty --repo or --data is: click passes over an empty variable, so the
+    default (./backups, ./data of the working dir) took its place and a commit made a repository
+    there. The default is for a variable that is not set."""
+    for name, variable, what in (
+        ("repo", "CASNAP_REPO", "the repository"),
+        ("data", "CASNAP_DATA", "the data directory"),
+    ):
+        if ctx.get_parameter_source(name) == DEFAULT and os.environ.get(variable) == "":
+            raise InvalidArgument(
+                f"{variable} is set but empty; give {what} (or unset it for the default)"
+            )
 
 
 # Allocations between two runs of the cyclic garbage collector's youngest generation (Python's
