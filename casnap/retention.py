@@ -193,15 +193,27 @@ def newest_first(items: Iterable[Item]) -> list[Item]:
 
 
 def apply_policy(
-    items: Iterable[Item], policy: Policy, tz: dt.tzinfo | None = dt.UTC
+    items: Iterable[Item],
+    policy: Policy,
+    tz: dt.tzinfo | None = dt.UTC,
+    now: dt.datetime | None = None,
 ) -> list[Decision]:
-    """Decide every item, newest first. Buckets are computed in tz (None: the local zone)."""
+    """Decide every item, newest first. Buckets are computed in tz (None: the local zone).
+
+    keep-within is measured from the newest item not later than now (default: the current
+    time), as restic does: one dated years ahead by a wrong clock would otherwise take the
+    cutoff with it and leave every real snapshot older than it. With none, all are within."""
     ordered = newest_first(items)
     if not ordered:
         return []
     cutoff = None
     if policy.within is not None and not policy.within.zero:
-        cutoff = policy.within.before(ordered[0].time)
+        now = now or dt.datetime.now(dt.UTC)
+        newest = next((i.time for i in ordered if i.time <= now), None)
+        if newest is None:  # every one in the future
+            cutoff = dt.datetime.min.replace(tzinfo=dt.UTC)
+        else:
+            cutoff = policy.within.before(newest)
     counts = {"last": policy.last} | {name: getattr(policy, name) for name, _ in _BUCKETS}
     last_seen: dict[str, int | None] = dict.fromkeys(counts)
     out = []

@@ -262,6 +262,22 @@ def test_the_oldest_kept_for_a_rule_with_buckets_left_says_so() -> None:
     assert [d.reasons for d in decisions] == [("daily",), ("daily",)]
 
 
+def test_keep_within_is_measured_from_the_newest_snapshot_not_in_the_future() -> None:
+    """A snapshot dated in the future (a host whose clock ran years ahead, copied in from
+    such a repository) moved keep-within's cutoff with it: `--keep-within 7d` kept it alone and
+    removed every real snapshot. restic measures from the newest snapshot not in the future
+    (a future one is still kept: it lies after the cutoff)."""
+    snaps = items("2024-03-01 10:00", "2024-03-05 10:00", "2024-03-07 10:00", "2031-01-01 10:00")
+    now = t("2024-03-08 00:00")
+    decisions = apply_policy(snaps, Policy(within=Duration.parse("3d")), tz=UTC, now=now)
+    assert kept(decisions) == ["s3", "s2", "s1"]
+    # every snapshot in the future: none to measure from, so none is older than the cutoff
+    decisions = apply_policy(
+        snaps, Policy(within=Duration.parse("3d")), tz=UTC, now=t("2020-01-01 00:00")
+    )
+    assert kept(decisions) == ["s3", "s2", "s1", "s0"]
+
+
 def test_buckets_follow_the_time_zone() -> None:
     # 23:30 and 00:30 UTC fall on the same day at UTC+2 but on two days at UTC
     snaps = items("2024-01-01 21:30", "2024-01-01 23:30", "2024-01-02 00:30")

@@ -78,7 +78,8 @@ def keep_option(period: str, text: str) -> Callable[[Any], Any]:
     default=None,
     metavar="DURATION",
     type=Given("a duration"),
-    help="Keep snapshots newer than the group's newest minus DURATION: numbers with units y, "
+    help="Keep snapshots newer than the group's newest (not dated in the future) minus "
+    "DURATION: numbers with units y, "
     "m (months), w, d, h, e.g. 2d, 1w, 1y2m3h. As in restic, m is months and there are no "
     "minutes: 2h30m is 30 months and 2 hours.",
 )
