@@ -29,7 +29,7 @@ from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.fsutil import left_by_dead_process
 from casnap.ids import ObjectId, is_hex_prefix
-from casnap.manifest import Snapshot, complete
+from casnap.manifest import Snapshot, chronological, complete
 from casnap.packs import (
     check_pack_entries,
     pack_id_of,
@@ -269,7 +269,7 @@ class _Checker:
                     )
                 )
                 self.report.damaged[sid.hex()] = []
-        good.sort(key=lambda kv: (kv[1].time, kv[0].hex()))
+        good = chronological(good)
         return good
 
     def _select(

@@ -13,9 +13,10 @@ history of big manifests costs in proportion to their metadata.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast, overload
 
@@ -299,6 +300,47 @@ class Snapshot:
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{name}: malformed manifest ({exc})") from exc
         return snap
+
+
+def chronological(
+    pairs: Iterable[tuple[ObjectId, Snapshot]],
+) -> list[tuple[ObjectId, Snapshot]]:
+    """Snapshots oldest first: by time; of equal times (commits given one `--time`), each after
+    its parent (the snapshot committed before it), else by id, so `latest` is the last made."""
+    ordered = sorted(pairs, key=lambda kv: (kv[1].time, kv[0].hex()))
+    out: list[tuple[ObjectId, Snapshot]] = []
+    start = 0
+    for end in range(1, len(ordered) + 1):
+        if end == len(ordered) or ordered[end][1].time != ordered[start][1].time:
+            run = ordered[start:end]
+            out.extend(_parents_first(run) if len(run) > 1 else run)
+            start = end
+    return out
+
+
+def _parents_first(run: list[tuple[ObjectId, Snapshot]]) -> list[tuple[ObjectId, Snapshot]]:
+    """run (by id) with each snapshot after its parent when both are in it; among those ready,
+    the lowest id first. A loop of parents (which no commit writes) falls back to id order."""
+    by_hex = {sid.hex(): n for n, (sid, _) in enumerate(run)}
+    children: dict[int, list[int]] = {}
+    ready = []
+    for n, (_, snap) in enumerate(run):
+        parent = by_hex.get(snap.parent) if snap.parent is not None else None
+        if parent is None or parent == n:
+            ready.append(n)
+        else:
+            children.setdefault(parent, []).append(n)
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        n = heapq.heappop(ready)
+        order.append(n)
+        for child in children.pop(n, ()):
+            heapq.heappush(ready, child)
+    if len(order) < len(run):  # a loop: what it holds, by id
+        placed = set(order)
+        order += [n for n in range(len(run)) if n not in placed]
+    return [run[n] for n in order]
 
 
 def check_file_list(

@@ -36,7 +36,7 @@ from casnap.locations import (
     local_backend,
     require_config,
 )
-from casnap.manifest import FileEntry, Snapshot, complete, read_manifest
+from casnap.manifest import FileEntry, Snapshot, chronological, complete, read_manifest
 from casnap.phases import opening
 from casnap.signals import uninterrupted
 from casnap.spans import ListsAhead
@@ -391,7 +391,7 @@ class Repository:
             exc, where = self.damaged[stops[0]]
             out = way_out(self.damaged)  # a forget of one alone stops at the others
             raise op.listing_stopped(exc, self.raw_backend, self.kept_config, where, out) from exc
-        listed = sorted(self._snapshots.items(), key=lambda kv: (kv[1].time, kv[0].hex()))
+        listed = chronological(self._snapshots.items())
         for sid, snap in [(s, n) for s, n in listed if s not in but] if files else ():
             try:
                 complete(snap)

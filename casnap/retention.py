@@ -99,6 +99,7 @@ class Item:
     id: str
     time: dt.datetime  # timezone-aware
     tags: tuple[str, ...] = ()
+    order: int = 0  # place in the repository's listing: of equal times, the later made is newer
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,9 @@ _BUCKETS: tuple[tuple[str, Callable[[dt.datetime], int]], ...] = (
 
 
 def newest_first(items: Iterable[Item]) -> list[Item]:
-    """Items sorted newest first; equal times are ordered by id so the result is deterministic."""
-    return sorted(items, key=lambda i: (i.time, i.id), reverse=True)
+    """Items sorted newest first; equal times by their order in the repository's listing (a
+    snapshot after its parent: manifest.chronological), then by id, deterministic either way."""
+    return sorted(items, key=lambda i: (i.time, i.order, i.id), reverse=True)
 
 
 def apply_policy(
@@ -336,8 +338,8 @@ class PruneReport:
         }
 
 
-def item_of(sid: ObjectId, snap: Snapshot) -> Item:
-    return Item(sid.hex(), parse_time(snap.time), snap.tags)
+def item_of(sid: ObjectId, snap: Snapshot, order: int = 0) -> Item:
+    return Item(sid.hex(), parse_time(snap.time), snap.tags, order)
 
 
 def prune(
@@ -377,7 +379,9 @@ def prune(
                 members = select.select(members)
                 if not members:
                     continue
-            decisions = apply_policy((item_of(s, snap) for s, snap in members), policy, tz)
+            decisions = apply_policy(
+                (item_of(s, snap, n) for n, (s, snap) in enumerate(members)), policy, tz
+            )
             report.groups.append(GroupResult(key, tuple(decisions)))
             report.kept += sum(d.keep for d in decisions)
             report.removed.extend(d.item.id for d in decisions if not d.keep)

@@ -20,7 +20,7 @@ from casnap.constants import SAFETY_TAG
 from casnap.errors import AmbiguousSnapshot, InvalidArgument, SnapshotNotFound
 from casnap.heads import Damage, named, way_out
 from casnap.ids import ObjectId, is_hex_prefix
-from casnap.manifest import FileEntry, Snapshot
+from casnap.manifest import FileEntry, Snapshot, chronological
 from casnap.paths import folders_above, normalize_paths
 
 Snaps = Sequence[tuple[ObjectId, Snapshot]]
@@ -279,7 +279,7 @@ class Selection(NamedTuple):
     @classmethod
     def of(cls, sources: Sequence[tuple[ObjectId, Snapshot]]) -> Selection:
         """Oldest first: a newer snapshot covering a path decides whether and how it exists."""
-        ordered = sorted(sources, key=lambda s: (s[1].time, s[0].hex()))
+        ordered = chronological(sources)
         entries: dict[str, tuple[FileEntry, ObjectId]] = {}
         dirs: dict[str, tuple[int, int, int]] = {}
         folders: set[str] = set()

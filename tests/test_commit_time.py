@@ -197,3 +197,24 @@ def test_a_time_in_the_future_is_compared_as_a_time(data: Path, tmp_path: Path) 
     now = dt.datetime.now(dt.timezone(dt.timedelta(hours=-11))) - dt.timedelta(minutes=1)
     sid = commit(repo, data, time=now).id
     assert MANIFEST_TIME.match(repo.load_snapshot(repo.resolve(sid)).time)
+
+
+def test_commits_given_one_time_keep_the_order_they_were_made(data: Path, tmp_path: Path) -> None:
+    """Several commits a day with `--time YYYY-MM-DD` share one time: they were ordered by id,
+    so `latest` named an older state and `prune --keep-last` removed a newer one. Of equal
+    times, a snapshot comes after its parent (the one committed before it)."""
+    made = []
+    for n in range(6):
+        (data / "notes.txt").write_text(f"v{n}")
+        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01")
+        assert code == 0, err
+        made.append(out.strip())
+    code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
+    assert (code, out) == (0, "v5")
+    code, out, _ = run(tmp_path, data, "log", "--json")
+    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    repo = Repository.open(tmp_path / "repo")
+    assert [repo.load_snapshot(repo.resolve(s)).parent for s in made[1:]] == made[:-1]
+    code, out, _ = run(tmp_path, data, "prune", "--keep-last", "3", "--dry-run", "--json")
+    (group,) = json.loads(out)["groups"]
+    assert [k["id"] for k in group["keep"]] == made[:2:-1]

@@ -15,7 +15,7 @@ from casnap.canonical import canonical_json
 from casnap.committer import commit
 from casnap.errors import EXIT_CODES, CasnapError, HostileManifest
 from casnap.ids import ObjectId, hash_bytes
-from casnap.manifest import FileEntry, LazyFiles, Snapshot, compress_manifest
+from casnap.manifest import FileEntry, LazyFiles, Snapshot, chronological, compress_manifest
 from casnap.repository import Repository
 from tests.helpers_memory import MB, run_measured
 from tests.helpers_reliability import run_casnap, small_app
@@ -267,3 +267,26 @@ def test_the_peak_memory_of_log_does_not_grow_with_the_number_of_big_manifests(
     assert len(six.stdout.splitlines()) > len(one.stdout.splitlines())
     # each such manifest decoded takes ~30 MB; read for its head, nothing stays
     assert six_peak - one_peak < 40 * MB, (one_peak, six_peak)
+
+
+def test_chronological_puts_a_snapshot_after_its_parent_among_equal_times() -> None:
+    """Of equal times each snapshot follows its parent, the others by id; a loop of parents
+    (no commit writes one) and a parent at another time leave id order."""
+
+    def snap(time: str, parent: ObjectId | None) -> Snapshot:
+        return Snapshot(
+            time=time, host="h", user="u", source="/d", paths=(), excludes=(), message="",
+            tags=(), parent=None if parent is None else parent.hex(), files=(),
+        )  # fmt: skip
+
+    t, earlier = "2026-01-01T00:00:00.000000Z", "2025-12-31T00:00:00.000000Z"
+    ids = sorted(ObjectId(bytes([b]) * 32) for b in (9, 1, 5, 3, 7, 2))
+    old = (ids[5], snap(earlier, None))
+    a = (ids[4], snap(t, old[0]))  # the first of the day: its parent is older
+    b = (ids[0], snap(t, a[0]))
+    c = (ids[3], snap(t, b[0]))
+    other = (ids[2], snap(t, None))  # another group's, unrelated
+    assert chronological([c, other, b, old, a]) == [old, other, a, b, c]
+    x = (ids[1], snap(t, ids[0]))
+    loop = [(ids[0], snap(t, ids[1])), x]
+    assert chronological(loop) == sorted(loop, key=lambda kv: kv[0].hex())
