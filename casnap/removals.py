@@ -136,8 +136,8 @@ def refuse(removing: list[str], sel: selection.Selection, shown: object) -> None
     err = InvalidArgument(
         f"refusing a full checkout into {shown}: it would remove {n} file{'s' if n > 1 else ''} "
         f"there that the snapshot lacks ({which}), and nothing says that folder holds this "
-        "data (it is not the data dir; no full checkout from this repository went into it, "
-        "no commit into it was made from there on this host)"
+        "data (it is not the data dir, and this host has no record of a full checkout from this "
+        "repository into it, nor of a commit into it made from there)"
     )
     err.add_note(UNKNOWN_TARGET)
     raise err

@@ -274,3 +274,27 @@ def test_a_manifest_naming_a_folder_as_its_source_does_not_make_it_known(tmp_pat
     with pytest.raises(InvalidArgument, match="would remove 1 file"):
         checkout(repo, sid, victim, smoke=False, safety_snapshot=False)
     assert files_of(victim) == {"my_thesis.txt": "in no snapshot\n"}
+
+
+def test_the_refusal_does_not_deny_a_full_checkout_an_older_record_cannot_tell(
+    tmp_path: Path,
+) -> None:
+    """A record older versions wrote does not say whether its checkout was full: the refusal
+    said "no full checkout from this repository went into it", when one may have. It says what
+    this host knows: it has no record of one."""
+    from casnap import restored
+
+    write(tmp_path / "data", DATA)
+    repo = Repository.init(tmp_path / "repo")
+    sid = commit(repo, tmp_path / "data").id
+    aside = tmp_path / "aside"
+    checkout(repo, sid, aside, smoke=False)
+    path = restored._path(repo.id, str(aside))
+    record = json.loads(path.read_text())
+    del record["host"], record["whole"]  # the shape versions before `whole` wrote
+    path.write_text(json.dumps(record))
+    write(aside, {"stray.txt": "x\n"})
+    with pytest.raises(InvalidArgument, match="would remove 1 file") as refused:
+        checkout(repo, sid, aside, smoke=False)
+    assert "went into it" not in str(refused.value)
+    assert "no record of a full checkout from this repository into it" in str(refused.value)
