@@ -113,11 +113,9 @@ class Store:
         self.index_files = files
 
     def require_packs(self) -> None:
-        """Stop when a pack the index names is gone from a local repository (deleted by hand, or
-        lost): a commit would reuse its chunks and save a snapshot that cannot be restored. On
-        object storage each check would cost a request; verify finds it there."""
-        if self.backend.remote:
-            return
+        """Stop when a pack the index names is gone from the repository (deleted by hand or by
+        another tool, or lost): a commit would reuse its chunks and save a snapshot that cannot
+        be restored. One listing of packs/ (on object storage a request per 1000 packs)."""
         sizes = dict(self.backend.list(PACKS))
         for pack in self.index.packs:
             size = sizes.get(pack_key(pack))
