@@ -25,6 +25,8 @@ class CuttingProxy:
         self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.pattern: re.Pattern[bytes] | None = None
         self.once = False  # drop_once: the pattern drops one request, not the network
+        self.edit: tuple[re.Pattern[bytes], bytes] | None = None  # rewrite's
+        self.rewritten = 0  # requests rewrite changed
         self.dropped: list[bytes] = []  # the first line of each request dropped so
         self.cut = threading.Event()
         self.requests: list[bytes] = []  # the first line of each request forwarded
@@ -43,6 +45,10 @@ class CuttingProxy:
         """Drop the connection of the first request matching pattern (never forwarded), once."""
         self.once = True
         self.pattern = re.compile(pattern)
+
+    def rewrite(self, pattern: bytes, repl: bytes) -> None:
+        """Replace what pattern matches in each request's bytes with repl before forwarding."""
+        self.edit = (re.compile(pattern), repl)
 
     def close(self) -> None:
         self._closed = True
@@ -96,6 +102,9 @@ class CuttingProxy:
                     head = data.split(b"\r\n", 1)[0]
                     if re.match(rb"[A-Z]+ /", head):
                         self.requests.append(head)
+                    if self.edit is not None:
+                        data, n = self.edit[0].subn(self.edit[1], data)
+                        self.rewritten += n
                 dst.sendall(data)
         except OSError:
             pass
