@@ -36,9 +36,11 @@ from casnap.backends.base import (
     checked_prefixes,
 )
 from casnap.constants import TEMP_PREFIX
+from casnap.errors import CasnapError
 from casnap.ids import Hasher, hash_bytes
 
-WHOLE_PREFIXES = ("index/", "snapshots/")  # read whole, kept whole
+SNAPSHOTS = "snapshots/"
+WHOLE_PREFIXES = ("index/", SNAPSHOTS)  # read whole, kept whole
 PACKS = "packs/"
 HEAD_MAX = 64  # a ranged read at a pack's start of at most this many bytes is kept (its header)
 TAIL_MAX = 32 * 1024 * 1024  # a longer read to a pack's end passes through (a directory is less)
@@ -126,14 +128,23 @@ class CachingBackend(Wrapper):
         self, folders: Sequence[str], listing: Iterator[tuple[str, int]]
     ) -> Iterator[tuple[str, int]]:
         """listing of the folders, passed on; once it has ended, the copies kept of keys in
-        those folders that it did not name are dropped (another process deleted them)."""
+        those folders that it did not name are dropped (another process deleted them). A
+        manifest among them is looked up first: found stored, the listing left it out, and a
+        command trusting it would take that snapshot for forgotten (gc would delete its data),
+        so it stops (CasnapError) instead."""
         stale: set[str] = set()
         for folder in folders:
             stale |= self._cached_keys(folder)
         for key, size in listing:
             stale.discard(key)
             yield key, size
-        for key in stale:  # the whole folder was listed: these objects are gone
+        for key in sorted(stale):  # the whole folder was listed: these objects are gone
+            if key.startswith(SNAPSHOTS) and self.inner.exists(key):
+                raise CasnapError(
+                    f"the listing of {SNAPSHOTS} in {self.location} left out {key}, which is "
+                    "stored: the store's listings are incomplete, so nothing that relies on "
+                    "them (gc, prune, forget, latest) can be trusted; nothing was changed"
+                )
             self._drop(key)
 
     def delete(self, key: str) -> None:
