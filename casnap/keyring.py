@@ -221,9 +221,16 @@ def read_export(path: Path) -> KeyFile:
         raise IntegrityError(f"{path} is not a casnap key export (over {keys.MAX_KEY_FILE} bytes)")
     try:
         doc = json.loads(raw)
-        key_id = str(doc["id"])
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        key_id = str(doc["id"]) if "id" in doc else None
+    except (ValueError, TypeError, RecursionError) as exc:
         raise IntegrityError(f"{path} is not a casnap key export") from exc
+    if key_id is None:  # a key file copied out of keys/ names itself by its file name
+        if not keys.is_key_id(path.name):
+            raise IntegrityError(
+                f"{path} is not a casnap key export: it holds no id (a key file copied from a "
+                "repository's keys/ folder is named by it: give it its name there again)"
+            )
+        key_id = path.name
     return keys.parse_key_file(key_id, raw, str(path))
 
 

@@ -160,6 +160,11 @@ def make_key_file(
     return KeyFile(key_id, created, kdf, nonce, sealed)
 
 
+def is_key_id(name: str) -> bool:
+    """Whether name is a key file's id (its name in keys/): ID_HEX lowercase hex digits."""
+    return len(name) == ID_HEX and all(c in "0123456789abcdef" for c in name)
+
+
 def parse_key_file(key_id: str, raw: bytes, where: str) -> KeyFile:
     """A key file's fields, checked against the limits; IntegrityError when damaged,
     UnsupportedFormat for a newer key format or another KDF."""
@@ -193,7 +198,7 @@ def parse_key_file(key_id: str, raw: bytes, where: str) -> KeyFile:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
         raise IntegrityError(f"{where} is damaged: {exc}") from exc
-    if len(key_id) != ID_HEX or any(c not in "0123456789abcdef" for c in key_id):
+    if not is_key_id(key_id):
         raise IntegrityError(f"{where}: not a key file name")
     return KeyFile(key_id, created, kdf, nonce, sealed)
 

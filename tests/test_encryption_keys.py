@@ -450,3 +450,28 @@ def test_key_import_of_a_wrong_password_or_an_edited_export_names_the_file(
     edited.write_text(json.dumps(json.loads(export.read_text()) | {"id": "0" * 32}))
     code, _, err = run(repo, data, "key", "import", str(edited))
     assert code == 10 and str(edited) in err, err
+
+
+def test_key_import_of_a_key_file_copied_from_keys(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A key file copied out of the repository's keys/ folder (`cp backups/keys/* safe/`, the
+    way one keeps a key apart without `key export`) has no id inside: its name is its id. Put
+    back under its name it opens the repository again; renamed, the refusal says what is
+    missing (it said "not a casnap key export" and nothing more)."""
+    repo, data = enc_repo
+    (kept,) = (repo / "keys").iterdir()
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    copy = safe / kept.name
+    copy.write_bytes(kept.read_bytes())
+    renamed = safe / "my-key.json"
+    renamed.write_bytes(kept.read_bytes())
+    kept.unlink()  # the keys/ folder lost
+    assert run(repo, data, "log")[0] == EXIT_CODES["password"]
+    code, _, err = run(repo, data, "key", "import", str(renamed))
+    assert code == EXIT_CODES["integrity"] and "keys/" in err and "its name" in err, err
+    code, _, err = run(repo, data, "key", "import", str(copy))
+    assert code == 0, err
+    assert (repo / "keys" / kept.name).read_bytes() == copy.read_bytes()
+    assert run(repo, data, "log")[0] == 0
