@@ -47,6 +47,10 @@ LIST_BATCH_BYTES = 4 * 1024 * 1024
 LIST_GAP = 64 * 1024  # bytes of other frames a read of lists spans rather than making two
 MAX_LIST_READ = 4 * 1024 * 1024
 MAX_OPEN_FOLDERS = 256
+# Folders one batch writes into, at most: a batch holds each open until it is written, two
+# batches at once, so a tree of many folders holding a file or two each stays within
+# MAX_OPEN_FOLDERS + BATCH_FOLDERS descriptors (not 2 * BATCH_FILES, past `ulimit -n` 1024)
+BATCH_FOLDERS = MAX_OPEN_FOLDERS // 2
 # Threads creating files, each the files of one folder at a time (a task per file cost more than
 # the writing): creating a file is mostly the kernel's work, and two threads creating files in
 # the same folder only took turns at its lock (spinning on it, when allocating inodes was slow).
@@ -60,15 +64,24 @@ def fits(entry: FileEntry) -> bool:
 
 
 def batches(entries: Sequence[FileEntry]) -> Iterator[list[FileEntry]]:
-    """entries in order, cut into batches of at most BATCH_FILES files and BATCH_BYTES bytes."""
+    """entries in order, cut into batches of at most BATCH_FILES files, BATCH_BYTES bytes and
+    BATCH_FOLDERS folders."""
     batch: list[FileEntry] = []
     size = 0
+    folders: set[str] = set()
     for entry in entries:
-        if batch and (len(batch) >= BATCH_FILES or size + entry.size > BATCH_BYTES):
+        folder = entry.path.rpartition("/")[0]
+        if batch and (
+            len(batch) >= BATCH_FILES
+            or size + entry.size > BATCH_BYTES
+            or (folder not in folders and len(folders) >= BATCH_FOLDERS)
+        ):
             yield batch
             batch, size = [], 0
+            folders.clear()
         batch.append(entry)
         size += entry.size
+        folders.add(folder)
     if batch:
         yield batch
 
