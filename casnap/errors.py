@@ -143,6 +143,31 @@ class UnreadableSource(AccessDenied):
     told to leave such files out)."""
 
 
+class OutOfMemory(CasnapError):
+    """An allocation failed (MemoryError), or a thread could not be started: the machine's
+    memory, or a limit of the process (`ulimit -v`, `ulimit -u`), is too small for the command.
+    Not a bug of casnap, so not an internal error."""
+
+
+def out_of_memory(exc: BaseException) -> OutOfMemory | None:
+    """The OutOfMemory exc means (a MemoryError, or the RuntimeError of a thread that could not
+    start), or None."""
+    import resource
+
+    if isinstance(exc, MemoryError):
+        what = str(exc)
+    elif isinstance(exc, RuntimeError) and str(exc) == "can't start new thread":
+        what = "cannot start a thread"
+    else:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    limit = "" if soft == resource.RLIM_INFINITY else f" (ulimit -v: {soft >> 20} MiB)"
+    return OutOfMemory(
+        f"out of memory{f' ({what})' if what else ''}: the machine's free memory or this "
+        f"process's address space limit{limit} is too small for the command"
+    )
+
+
 class InvalidArgument(CasnapError):
     """A user-given argument cannot be used: a path outside the data dir, a repository URL, a
     checkout into the repository itself."""

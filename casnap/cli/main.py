@@ -29,6 +29,7 @@ from casnap.errors import (
     RepositoryNotFound,
     Terminated,
     from_oserror,
+    out_of_memory,
     what_landed,
 )
 from casnap.locations import Location, S3Url, describe, parse_location
@@ -170,6 +171,10 @@ def _report(exc: BaseException) -> int:
         err = from_oserror(exc, exc.filename or "I/O")
         say_error(str(err))
         return err.exit_code
+    short = out_of_memory(exc)
+    if short is not None:
+        say_error(str(short))
+        return short.exit_code
     if not isinstance(exc, Exception):  # SystemExit, GeneratorExit
         raise exc
     signalled = _signalled(exc)

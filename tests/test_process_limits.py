@@ -1,15 +1,18 @@
-"""The descriptors a command holds at once stay well below the usual limit of open files (1024,
-`ulimit -n`), whatever the shape of the data dir: a checkout of many folders holding a file
-each restores them all, and a limit too small for any command is one line naming the limit."""
+"""The limits a process runs under (`ulimit -n`, `ulimit -v`): the descriptors a command holds at
+once stay well below the usual limit of open files (1024), whatever the shape of the data dir;
+a command that runs out of memory says so in one line, with a documented exit code, and leaves
+the repository as it was."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 from casnap.committer import commit
+from casnap.errors import OutOfMemory
 from casnap.repository import Repository
 from tests.conftest import tree_bytes
 
@@ -51,3 +54,26 @@ def test_checkout_of_many_folders_holding_a_file_each_under_a_small_limit(
     assert tree_bytes(target) == tree_bytes(data)
     v = cli(repo_dir, data, "verify", "--smoke", "-q", nofile=512)
     assert v.returncode == 0, v.stderr
+
+
+def test_a_commit_out_of_memory_is_one_line_and_leaves_the_repository_whole(
+    tmp_path: Path,
+) -> None:
+    """An allocation that fails (MemoryError) or a thread that cannot get its stack ended the
+    command as an internal error, exit 70 ('please report it'), with an empty message."""
+    data, repo_dir = tmp_path / "data", tmp_path / "repo"
+    one_file_per_folder(data, 3)
+    first = commit(Repository.init(repo_dir), data).id
+    (data / "big.bin").write_bytes(os.urandom(64 << 20))
+    base = [sys.executable, "-m", "tests.limited_cli", "32", "--repo", str(repo_dir)]
+    p = subprocess.run([*base, "--data", str(data), "commit"], capture_output=True, text=True)
+    assert p.returncode == OutOfMemory.exit_code, p.stderr
+    assert p.stderr.count("\n") == 1 and "out of memory" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and "internal error" not in p.stderr
+    repo = Repository.open(repo_dir)
+    assert [sid.hex() for sid, _ in repo.snapshots()] == [first]
+    (data / "big.bin").unlink()
+    v = cli(repo_dir, data, "verify", "--read-data", nofile=1024)
+    assert v.returncode == 0 and "pack" not in v.stderr, v.stderr
+    again = cli(repo_dir, data, "commit", "-q", nofile=1024)
+    assert again.returncode == 0, again.stderr
