@@ -6,6 +6,8 @@ part of the interface and are documented in README.md.
 
 from __future__ import annotations
 
+import resource  # here: its import opens a file, which may be what the process lacks
+
 
 class CasnapError(Exception):
     """Base of every error casnap reports to a user."""
@@ -152,8 +154,6 @@ class OutOfMemory(CasnapError):
 def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     """The OutOfMemory exc means (a MemoryError, or the RuntimeError of a thread that could not
     start), or None."""
-    import resource
-
     if isinstance(exc, MemoryError):
         what = str(exc)
     elif isinstance(exc, RuntimeError) and str(exc) == "can't start new thread":
@@ -295,6 +295,14 @@ def from_oserror(exc: OSError, what: str) -> CasnapError:
         return StorageFull(f"{what}: file too large for the file size limit or the filesystem")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AccessDenied(f"{what}: {reason}")
+    if exc.errno == errno.EMFILE:  # not the file's fault, nor the disk's: the process's limit
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return CasnapError(
+            f"{what}: too many open files (this process may hold {soft} at once: raise the "
+            "limit, ulimit -n)"
+        )
+    if exc.errno == errno.ENFILE:
+        return CasnapError(f"{what}: too many open files in the system (its file table is full)")
     if exc.errno == errno.ENAMETOOLONG:  # what names the path: thousands of characters
         return PathTooLong(
             f"{shortened(what)}: a path longer than the system lets a program name (PATH_MAX), "

@@ -15,6 +15,7 @@ from casnap.committer import commit
 from casnap.errors import OutOfMemory
 from casnap.repository import Repository
 from tests.conftest import tree_bytes
+from tests.s3server import make_bucket
 
 
 def limited(n: int):  # noqa: ANN201 - a preexec_fn
@@ -77,3 +78,40 @@ def test_a_commit_out_of_memory_is_one_line_and_leaves_the_repository_whole(
     assert v.returncode == 0 and "pack" not in v.stderr, v.stderr
     again = cli(repo_dir, data, "commit", "-q", nofile=1024)
     assert again.returncode == 0, again.stderr
+
+
+def test_too_few_descriptors_is_said_as_such_also_on_s3(
+    tmp_path: Path, s3_env: dict[str, str], s3_bucket: str
+) -> None:
+    """A socket that cannot be made for lack of descriptors was reported (after 8 attempts)
+    as an endpoint that could not be reached: the limit, not the store, is what to change."""
+    make_bucket(s3_bucket)
+    script = f"""
+import os, sys
+from casnap.backends.s3 import S3Backend
+from casnap.errors import CasnapError
+from casnap.locations import parse_location
+backend = S3Backend(parse_location("s3://{s3_bucket}/app"))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    backend.get("config")
+except CasnapError as exc:
+    for fd in held:
+        os.close(fd)
+    print(type(exc).__name__, exc)
+"""
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=s3_env,
+        preexec_fn=limited(64),
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("CasnapError ") and "too many open files" in p.stdout, p.stdout
+    assert "ulimit -n" in p.stdout and "connect" not in p.stdout, p.stdout

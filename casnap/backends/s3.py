@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ from casnap.errors import (
     RepositoryError,
     RepositoryNotFound,
     TransientError,
+    from_oserror,
 )
 from casnap.locations import CONFIG_HEAD, S3Url, endpoint, is_config
 
@@ -173,6 +175,25 @@ def _code(exc: Any) -> tuple[str, int]:
     return str(err.get("Code") or status), status
 
 
+def _local_cause(exc: BaseException) -> OSError | None:
+    """The OSError of this process's own limits (no descriptor left for a socket) behind a
+    connection error, or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
+            return cause
+        kwargs = getattr(cause, "kwargs", None)  # botocore keeps urllib3's error there
+        todo += [cause.__cause__, cause.__context__]
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("error"), BaseException):
+            todo.append(kwargs["error"])
+    return None
+
+
 class S3Backend(Backend):
     """Objects in an S3 bucket under a prefix (see the module docstring)."""
 
@@ -235,6 +256,9 @@ class S3Backend(Backend):
             return CasnapError(f"{where}: {code} (HTTP {status}): {message}")
         if isinstance(exc, (botocore.exceptions.NoCredentialsError, *NoRegionErrors)):
             return AccessDenied(f"{where}: {exc} (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
+        local = _local_cause(exc)
+        if local is not None:  # a socket not made: this process's limits, not the store
+            return from_oserror(local, where)
         if isinstance(exc, TransientErrors):
             err = TransientError(f"{where}: {exc}")
             err.silent = isinstance(exc, botocore.exceptions.ReadTimeoutError)
