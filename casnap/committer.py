@@ -102,6 +102,9 @@ class CommitResult:
     damage: list[str] = field(default_factory=list)
     # the warnings about checkouts into the data dir killed part way (said even with -q)
     interrupted: list[str] = field(default_factory=list)
+    # the warnings about what the scan left out, names no manifest can hold and folders nested
+    # too deeply (said even with -q: a nightly `commit -q` lost them in silence)
+    left_out: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said on stderr unless -q; not problems
     skipped: list[str] = field(default_factory=list)  # left out: could not be read
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, and "wall"
@@ -402,7 +405,7 @@ class Committer:
         )
         if not sources and parent_files and not opts.allow_empty:
             raise empty
-        result = CommitResult(id="", warnings=pairs + skipped)
+        result = CommitResult(id="", warnings=pairs + skipped, left_out=list(skipped))
         result.damage = [p.text for p in problems if p.refused]
         result.notes = [
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune

@@ -216,6 +216,10 @@ def test_the_deepest_path_allowed_is_committed_and_restored(tmp_path: Path) -> N
     proc = cli(tmp_path / "repo", data, "checkout", sid, "--to", str(target))
     assert proc.returncode == 0, proc.stderr
     assert (target.joinpath(*["d"] * (MAX_PATH_DEPTH - 1)) / "f").read_bytes() == b"deep"
+    # what a commit leaves out is said even with -q (a nightly `commit -q` lost it in silence)
+    (data / "g").write_bytes(b"changed")
+    proc = cli(tmp_path / "repo", data, "-q", "commit")
+    assert proc.returncode == 0 and "nested too deeply" in proc.stderr, proc.stderr
 
 
 # -- entries that disagree with their chunk lists ------------------------------------------------

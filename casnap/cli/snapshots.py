@@ -256,7 +256,7 @@ def commit(
         for note in r.notes:
             c.note_once(note)
         for w in r.warnings:
-            warn(w, always=w in r.damage or w in r.interrupted)
+            warn(w, always=w in r.damage or w in r.interrupted or w in r.left_out)
         with printing(f"snapshot {r.id} is stored"):  # a stdout closed or full: said so
             if as_json:
                 emit_json(r.to_json())
