@@ -329,9 +329,12 @@ def _staged(
             _link_tree(copy, dest, item.name, warnings)
         else:
             _link(copy, dest)
-            wal = Path(f"{copy}-wal")  # committed transactions a WAL copy may still hold
-            if wal.is_file():
-                _link(wal, Path(f"{dest}-wal"))
+            # committed transactions a WAL copy may still hold, and the pages a hot journal
+            # restores: a copy taken mid-transaction is rolled back, as SQLite reads the pair
+            for suffix in ("-wal", "-journal"):
+                side = Path(f"{copy}{suffix}")
+                if side.is_file():
+                    _link(side, Path(f"{dest}{suffix}"))
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # names only: the copies stay as they were
