@@ -48,6 +48,8 @@ _STAMP = re.compile(
     r"(?![0-9])"
 )
 _LATEST = re.compile(r"^(?P<base>.+?)[_-]latest(?P<ext>(?:\.[A-Za-z0-9]+)*)$", re.IGNORECASE)
+# A database copy's side files staged with it: what SQLite reads from the copy includes them.
+_STAGED_SIDES = ("-wal", "-journal")
 _ARCHIVES = (".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
 
 
@@ -250,18 +252,27 @@ def _classify(
     if name.lower().endswith(_ARCHIVES):
         return None, "an archive: unpack it and import the folder"
     stamped = stamp_of(name)
+    mtime = iso_time(_from_ns(st.st_mtime_ns))
     if stamped is not None:
         base = stamped[1]
         if not base or base.startswith("."):
             return None, "its name holds a date but no file name (name it like app_<date>.db)"
-        return ImportItem(name, "file", base, iso_time(stamped[0]), "name"), ""
-    latest = _LATEST.match(name)
-    if latest is not None:
-        base = latest["base"] + latest["ext"]
-        return ImportItem(name, "file", base, iso_time(_from_ns(st.st_mtime_ns)), "mtime"), ""
-    if is_sqlite(full):
-        return ImportItem(name, "file", name, iso_time(_from_ns(st.st_mtime_ns)), "mtime"), ""
-    return None, "no date in its name, and not a database"
+        item = ImportItem(name, "file", base, iso_time(stamped[0]), "name")
+    elif (latest := _LATEST.match(name)) is not None:
+        item = ImportItem(name, "file", latest["base"] + latest["ext"], mtime, "mtime")
+    elif is_sqlite(full):
+        item = ImportItem(name, "file", name, mtime, "mtime")
+    else:
+        return None, "no date in its name, and not a database"
+    for suffix in _STAGED_SIDES:  # staged with the copy: each must be a file SQLite can read
+        side = f"{name}{suffix}"
+        with contextlib.suppress(OSError):
+            mode = os.lstat(full.parent / side).st_mode
+            if not stat.S_ISREG(mode):
+                what = "a symbolic link" if stat.S_ISLNK(mode) else "a folder"
+                what = what if stat.S_ISLNK(mode) or stat.S_ISDIR(mode) else "a special file"
+                return None, f"{side} is {what}, not a regular file: move it away"
+    return item, ""
 
 
 def import_copies(
@@ -331,9 +342,9 @@ def _staged(
             _link(copy, dest)
             # committed transactions a WAL copy may still hold, and the pages a hot journal
             # restores: a copy taken mid-transaction is rolled back, as SQLite reads the pair
-            for suffix in ("-wal", "-journal"):
+            for suffix in _STAGED_SIDES:
                 side = Path(f"{copy}{suffix}")
-                if side.is_file():
+                if side.is_file() and not side.is_symlink():  # plan refused any other kind
                     _link(side, Path(f"{dest}{suffix}"))
         yield stage
     finally:

@@ -62,3 +62,26 @@ def test_a_copy_with_its_hot_journal_is_imported_rolled_back(tmp_path: Path) -> 
     assert changed_rows(out, tmp_path) == 0
     assert {p.name: p.read_bytes() for p in backups.iterdir()} == pair  # the copies untouched
     assert not [n for n in os.listdir(backups) if n.startswith(".casnap")]
+
+
+def test_a_copy_whose_side_file_is_no_regular_file_is_skipped_by_name(tmp_path: Path) -> None:
+    """A copy whose -wal is a symbolic link (or whose -journal is a folder) cannot be read as
+    SQLite reads the pair: it is listed as skipped, naming that side file in the folder of
+    copies, and the other copies are imported; the import stopped at it (exit 7) with an error
+    naming the file in a private stage that no longer exists."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for day in (1, 2, 3):
+        with contextlib.closing(sqlite3.connect(backups / f"app_2025010{day}_120000.db")) as conn:
+            conn.execute("CREATE TABLE t(x)")
+    (tmp_path / "elsewhere").write_bytes(b"")
+    os.symlink(tmp_path / "elsewhere", backups / "app_20250101_120000.db-wal")
+    (backups / "app_20250102_120000.db-journal").mkdir()
+    repo = Repository.init(tmp_path / "repo")
+    result = import_copies(repo, backups, tmp_path / "data")
+    assert [i.name for i in result.items] == ["app_20250103_120000.db"]
+    assert result.imported == 1
+    reasons = {s["name"]: s["reason"] for s in result.skipped}
+    assert set(reasons) == {"app_20250101_120000.db", "app_20250102_120000.db"}
+    assert "app_20250101_120000.db-wal is a symbolic link" in reasons["app_20250101_120000.db"]
+    assert "app_20250102_120000.db-journal is a folder" in reasons["app_20250102_120000.db"]
