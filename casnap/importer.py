@@ -130,17 +130,39 @@ def stamp_of(name: str) -> tuple[dt.datetime, str] | None:
     return None
 
 
-def _newest_mtime(folder: Path) -> int | None:
-    """The newest mtime (ns) of the regular files under folder; None when it holds none."""
+def _readable(path: str) -> OSError | None:
+    """None when path (a regular file) can be opened for reading, else why not."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)))
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _scan_folder(folder: Path) -> tuple[int | None, str]:
+    """The newest mtime (ns) of the regular files under folder (None when it holds none), and
+    what in it cannot be read ("" when all can): a folder copy is imported whole or not at all."""
     newest = None
-    for dirpath, _dirs, files in os.walk(folder):  # links are not followed
-        for name in files:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISREG(st.st_mode):
-                    mtime = st.st_mtime_ns  # before 1970 too (then the copy is skipped)
-                    newest = mtime if newest is None else max(newest, mtime)
-    return newest
+    problems: list[str] = []
+
+    def unreadable(path: str, exc: OSError) -> None:
+        rel = Path(path).relative_to(folder.parent).as_posix()
+        problems.append(f"{rel} ({exc.strerror})")
+
+    for dirpath, _dirs, files in os.walk(folder, onerror=lambda e: unreadable(e.filename, e)):
+        for name in files:  # links are not followed
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except OSError as exc:
+                unreadable(full, exc)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                if (denied := _readable(full)) is not None:
+                    unreadable(full, denied)
+                mtime = st.st_mtime_ns  # before 1970 too (then the copy is skipped)
+                newest = mtime if newest is None else max(newest, mtime)
+    return newest, problems[0] if problems else ""
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -233,7 +255,9 @@ def _classify(
     if stat.S_ISDIR(st.st_mode):
         if (repo is not None and repo.holds_path(full)) or holds_repository(full):
             return None, "a casnap repository"
-        newest = _newest_mtime(full)
+        newest, problem = _scan_folder(full)
+        if problem:
+            return None, f"cannot be read: {problem}"
         if newest is None:
             return None, "holds no file"
         stamped = stamp_of(name)
@@ -251,6 +275,8 @@ def _classify(
         return None, "not a regular file or folder"
     if name.lower().endswith(_ARCHIVES):
         return None, "an archive: unpack it and import the folder"
+    if (denied := _readable(str(full))) is not None:
+        return None, f"cannot be read ({denied.strerror})"
     stamped = stamp_of(name)
     mtime = iso_time(_from_ns(st.st_mtime_ns))
     if stamped is not None:
@@ -272,6 +298,8 @@ def _classify(
                 what = "a symbolic link" if stat.S_ISLNK(mode) else "a folder"
                 what = what if stat.S_ISLNK(mode) or stat.S_ISDIR(mode) else "a special file"
                 return None, f"{side} is {what}, not a regular file: move it away"
+            if (denied := _readable(str(full.parent / side))) is not None:
+                return None, f"{side} cannot be read ({denied.strerror})"
     return item, ""
 
 

@@ -5,6 +5,7 @@ file. What is imported is what SQLite reads from the copy, and the copies stay a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -85,3 +86,56 @@ def test_a_copy_whose_side_file_is_no_regular_file_is_skipped_by_name(tmp_path: 
     assert set(reasons) == {"app_20250101_120000.db", "app_20250102_120000.db"}
     assert "app_20250101_120000.db-wal is a symbolic link" in reasons["app_20250101_120000.db"]
     assert "app_20250102_120000.db-journal is a folder" in reasons["app_20250102_120000.db"]
+
+
+def test_copies_the_user_may_not_read_are_skipped_by_name(tmp_path: Path) -> None:
+    """A copy the user running import may not read (a file, a file or a folder inside a folder
+    copy) is listed as skipped in the plan, naming what cannot be read, and the others are
+    imported: the import stopped at it (exit 8) naming a file in its private stage, and a
+    folder it could not enter was left out of a folder copy without a word."""
+    from casnap.sample import generate
+    from tests.test_unreadable_source import as_user
+
+    data = tmp_path / "data"
+    generate(data, size_mb=0.2, seed=3)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for day in (1, 2, 6):
+        shutil.copyfile(data / "app.db", backups / f"app_2025010{day}_120000.db")
+    (backups / "app_20250106_120000.db-wal").write_bytes(b"")
+    for day in (3, 4):
+        shutil.copytree(data / "faiss", backups / f"faiss_2025010{day}")
+    shutil.copytree(data, backups / "data_20250105")
+    shut = [
+        backups / "app_20250101_120000.db",
+        backups / "faiss_20250103" / "ivf.index",
+        backups / "data_20250105" / "faiss",
+        backups / "app_20250106_120000.db-wal",
+    ]
+    (backups / "faiss_20250104" / "sub").mkdir()
+    (backups / "faiss_20250104" / "sub" / "x.index").write_bytes(b"shard")
+    shut.append(backups / "faiss_20250104" / "sub")
+    repo = tmp_path / "repo"
+    try:
+        for p in shut:
+            p.chmod(0)
+        planned = as_user(repo, data, "import", str(backups), "--dry-run", "--json")
+        done = as_user(repo, data, "import", str(backups), "--json")
+    finally:
+        for p in shut:
+            p.chmod(0o755)
+    for proc in (planned, done):
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+    reasons = {s["name"]: s["reason"] for s in json.loads(planned.stdout)["skipped"]}
+    assert reasons == {
+        "app_20250101_120000.db": "cannot be read (Permission denied)",
+        "faiss_20250103": "cannot be read: faiss_20250103/ivf.index (Permission denied)",
+        "faiss_20250104": "cannot be read: faiss_20250104/sub (Permission denied)",
+        "data_20250105": "cannot be read: data_20250105/faiss (Permission denied)",
+        "app_20250106_120000.db": "app_20250106_120000.db-wal cannot be read (Permission denied)",
+    }
+    out = json.loads(done.stdout)
+    assert [i["name"] for i in out["items"]] == ["app_20250102_120000.db"]
+    assert out["imported"] == 1
+    assert not [n for n in os.listdir(backups) if n.startswith(".casnap")]
