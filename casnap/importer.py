@@ -66,9 +66,10 @@ class ImportItem:
     snapshot: str | None = None  # the snapshot it became (or had become)
     files: int = 0
     bytes_added: int = 0
+    seen: tuple[tuple[str, int, int, int], ...] = field(default=(), repr=False)  # by the plan
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "seen"}
 
 
 @dataclass
@@ -221,6 +222,7 @@ def plan(
         if item.time < iso_time(EARLIEST_TIME):  # four-digit years: compared as times
             result.skipped.append({"name": entry, "reason": "its time lies before 1970"})
             continue
+        item.seen = _state(full)
         result.items.append(item)
     result.items.sort(key=lambda i: (i.time, i.name))
     done = {
@@ -233,6 +235,30 @@ def plan(
         if key in done:
             item.status, item.snapshot = "already imported", done[key]
     return result
+
+
+def _state(copy: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What a copy is made of as stat sees it (name, size, mtime, inode of each file, a database
+    copy's side files included): a copy the old procedure is still writing changes it."""
+    if copy.is_dir() and not copy.is_symlink():
+        names = [
+            os.path.join(dirpath, name)
+            for dirpath, dirs, files in os.walk(copy)
+            for name in sorted(dirs + files)
+        ]
+    else:
+        names = [str(copy), *(f"{copy}{suffix}" for suffix in _STAGED_SIDES)]
+    state = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = os.lstat(name)
+            state.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(state)
+
+
+CHANGED = (
+    "changed while the import ran (a copy still being written?): import again once it is complete"
+)
 
 
 def _paths(item: ImportItem) -> tuple[str, ...]:
@@ -327,6 +353,9 @@ def import_copies(
         if item.status != "planned":
             continue
         copy = source / item.name
+        if _state(copy) != item.seen:  # the old procedure's cp or rsync still at work
+            result.skipped.append({"name": item.name, "reason": CHANGED})
+            continue
         with _staged(copy, item, parent, Path(result.data_dir), result.warnings) as root:
             r = commit(
                 repo,
@@ -339,9 +368,16 @@ def import_copies(
                 progress=progress,
             )
         item.status, item.snapshot = "imported", r.id
+        if _state(copy) != item.seen:
+            result.warnings.append(
+                f"{item.name}: changed while it was imported (a copy still being written?): "
+                f"snapshot {r.id[:8]} may hold it incomplete (`casnap forget {r.id[:8]}`, then "
+                "import again once it is complete)"
+            )
         item.files = r.files_new + r.files_changed + r.files_unchanged
         item.bytes_added = r.bytes_added
         result.warnings += [f"{item.name}: {w}" for w in r.warnings]
+    result.items = [i for i in result.items if i.status != "planned"]
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -139,3 +139,68 @@ def test_copies_the_user_may_not_read_are_skipped_by_name(tmp_path: Path) -> Non
     assert [i["name"] for i in out["items"]] == ["app_20250102_120000.db"]
     assert out["imported"] == 1
     assert not [n for n in os.listdir(backups) if n.startswith(".casnap")]
+
+
+def test_a_copy_still_being_written_is_skipped_until_it_is_complete(tmp_path: Path) -> None:
+    """The old procedure's cron job still runs: a `cp` into the folder is half-way when the
+    import plans, and finishes while earlier copies are committed. That copy is skipped, said
+    so, and a later import takes it whole: it was stored cut short, and every later import
+    called it `already` imported."""
+    data = tmp_path / "data"
+    data.mkdir()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    live = data / "app.db"
+    with contextlib.closing(sqlite3.connect(live)) as conn:
+        conn.execute("CREATE TABLE t(x TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("a" * 500,)] * 400)
+        conn.commit()
+    shutil.copyfile(live, backups / "app_20250101_120000.db")
+    whole = live.read_bytes()
+    writing = backups / "app_20250102_120000.db"
+    writing.write_bytes(whole[: len(whole) // 2])  # the cp is half-way
+
+    def cp_goes_on(done: int, total: int) -> None:
+        if writing.stat().st_size < len(whole):
+            with open(writing, "ab") as f:
+                f.write(whole[len(whole) // 2 :])
+
+    repo = Repository.init(tmp_path / "repo")
+    result = import_copies(repo, backups, data, progress=cp_goes_on)
+    assert writing.stat().st_size == len(whole)  # the cp ended during the import
+    assert [i.name for i in result.items if i.status == "imported"] == ["app_20250101_120000.db"]
+    (skipped,) = result.skipped
+    assert skipped["name"] == "app_20250102_120000.db"
+    assert "changed while" in skipped["reason"]
+    again = import_copies(repo, backups, data)
+    assert [i.name for i in again.items if i.status == "imported"] == ["app_20250102_120000.db"]
+    (entry,) = repo.load_snapshot(repo.resolve("latest", ["app.db"])).files
+    out = tmp_path / "restored.db"
+    restore_entry(repo, entry, out)
+    with contextlib.closing(sqlite3.connect(out)) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (400,)
+
+
+def test_a_copy_that_changes_while_it_is_imported_is_named(tmp_path: Path) -> None:
+    """A copy written to while its own commit runs: the snapshot is stored as read, and a
+    warning names the copy and the snapshot that may hold it incomplete."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    copy = backups / "app_20250101_120000.db"
+    with contextlib.closing(sqlite3.connect(copy)) as conn:
+        conn.execute("CREATE TABLE t(x TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("a" * 500,)] * 2000)
+        conn.commit()
+
+    def cp_goes_on(done: int, total: int) -> None:
+        with open(copy, "ab") as f:
+            f.write(bytes(4096))
+
+    repo = Repository.init(tmp_path / "repo")
+    result = import_copies(repo, backups, tmp_path / "data", progress=cp_goes_on)
+    assert result.imported == 1
+    (sid,) = [i.snapshot for i in result.items]
+    assert sid is not None
+    (warning,) = result.warnings
+    assert warning.startswith("app_20250101_120000.db: changed while it was imported")
+    assert f"casnap forget {sid[:8]}" in warning
