@@ -40,11 +40,15 @@ from casnap.repository import Repository
 
 IMPORTED_TAG = "imported"
 MESSAGE = "imported from {name}"
-# A date (YYYYMMDD or YYYY-MM-DD) and optionally a time (HHMM[SS], separators - : or .), not
-# part of a longer run of digits.
+# A date (YYYYMMDD or YYYY-MM-DD) and optionally a time (HHMM[SS], separators - : or .), its
+# seconds' fraction (3 to 9 digits: `date +%N`, isoformat) and its zone (Z, +HH:MM, -HHMM: an
+# offset of whole, half or three-quarter hours, so a counter such as -0001 is none), not part
+# of a longer run of digits.
 _STAMP = re.compile(
     r"(?<![0-9])(?P<y>(?:19|20)[0-9]{2})(?P<ds>-?)(?P<mo>[0-9]{2})(?P=ds)(?P<d>[0-9]{2})"
-    r"(?:[T_ -]?(?P<h>[0-9]{2})(?P<ts>[-:.]?)(?P<mi>[0-9]{2})(?:(?P=ts)(?P<s>[0-9]{2}))?)?"
+    r"(?:[T_ -]?(?P<h>[0-9]{2})(?P<ts>[-:.]?)(?P<mi>[0-9]{2})"
+    r"(?:(?P=ts)(?P<s>[0-9]{2})(?:[.,](?P<f>[0-9]{3,9})(?![0-9]))?)?"
+    r"(?P<z>Z(?![A-Za-z])|(?P<zs>[+-])(?P<zh>0[0-9]|1[0-4]):?(?P<zm>00|30|45)(?![0-9]))?)?"
     r"(?![0-9])"
 )
 _LATEST = re.compile(r"^(?P<base>.+?)[_-]latest(?P<ext>(?:\.[A-Za-z0-9]+)*)$", re.IGNORECASE)
@@ -118,9 +122,14 @@ def stamp_of(name: str) -> tuple[dt.datetime, str] | None:
                 int(m["h"] or 0),
                 int(m["mi"] or 0),
                 int(m["s"] or 0),
+                int((m["f"] or "0")[:6].ljust(6, "0")),
             )
         except ValueError:
             continue  # 2025-13-45: not a date
+        if m["z"]:
+            offset = dt.timedelta(hours=int(m["zh"] or 0), minutes=int(m["zm"] or 0))
+            zone = dt.timezone(-offset if m["zs"] == "-" else offset)
+            t = t.replace(tzinfo=zone)
         head = name[: m.start()].rstrip("_-. ")
         tail = name[m.end() :]
         if not tail.startswith("."):

@@ -204,3 +204,36 @@ def test_a_copy_that_changes_while_it_is_imported_is_named(tmp_path: Path) -> No
     (warning,) = result.warnings
     assert warning.startswith("app_20250101_120000.db: changed while it was imported")
     assert f"casnap forget {sid[:8]}" in warning
+
+
+def test_stamps_with_a_zone_or_fractions_keep_the_data_dir_name() -> None:
+    """`date -Iseconds` (2025-01-01T12:00:00+01:00), `date -u +%Y%m%dT%H%M%SZ` and
+    `date +%FT%T.%N` stamps: the zone gives the time (not local time) and, like the fraction
+    of a second, is part of the stamp; these copies were committed as `app_+01:00.db`,
+    `app_Z.db` and `app.123456.db`, beside the history of app.db, at the wrong time."""
+    import datetime as dt
+
+    from casnap.importer import stamp_of
+
+    utc = dt.UTC
+    cases = {
+        "app_2025-01-01T12:00:00+01:00.db": (dt.datetime(2025, 1, 1, 11, tzinfo=utc), "app.db"),
+        "app_20250101T120000Z.db": (dt.datetime(2025, 1, 1, 12, tzinfo=utc), "app.db"),
+        "app_20250101_120000+0530.db": (dt.datetime(2025, 1, 1, 6, 30, tzinfo=utc), "app.db"),
+        "faiss_2025-01-01T12:00:00-05:00": (dt.datetime(2025, 1, 1, 17, tzinfo=utc), "faiss"),
+        "app_2025-01-01T12:00:00.123456789Z.db": (
+            dt.datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=utc),
+            "app.db",
+        ),
+    }
+    for name, (when, base) in cases.items():
+        got = stamp_of(name)
+        assert got is not None, name
+        assert (got[0].astimezone(utc), got[1]) == (when, base), name
+    local = stamp_of("app_2025-01-01T12:00:00.250.db")
+    assert local is not None and local[1] == "app.db"
+    assert local[0] == dt.datetime(2025, 1, 1, 12, 0, 0, 250000).astimezone()
+    # a counter after the stamp is no zone nor fraction
+    assert stamp_of("app_20250101_120000-0001.db") is not None
+    assert stamp_of("app_20250101_120000-0001.db")[1] == "app_0001.db"  # type: ignore[index]
+    assert stamp_of("app_20250101_120000.1.db")[1] == "app.1.db"  # type: ignore[index]
