@@ -395,11 +395,8 @@ def import_copies(
 def _staged(
     copy: Path, item: ImportItem, parent: Path, data_dir: Path, warnings: list[str]
 ) -> Iterator[Path]:
-    """The dir to commit a copy from: the copy itself for a whole data dir, else a stage in
-    parent holding the copy under its data-dir name (hard links; copies across filesystems)."""
-    if item.path is None:
-        yield copy
-        return
+    """The dir to commit a copy from: a stage in parent holding the copy under its data-dir
+    name (hard links; copies across filesystems), a whole data dir's copy as a folder in it."""
     try:
         stage = Path(tempfile.mkdtemp(prefix=stage_name(), dir=parent))
     except OSError as exc:
@@ -408,8 +405,9 @@ def _staged(
         like = data_dir if data_dir.is_dir() else copy.parent
         with contextlib.suppress(OSError):  # the mode a checkout gives a data dir it creates
             os.chmod(stage, stat.S_IMODE(os.stat(like).st_mode))
-        dest = stage / item.path
-        if item.kind == "folder":
+        root = stage if item.path is not None else stage / "data"  # a name of no temp file
+        dest = root if item.path is None else root / item.path
+        if item.kind != "file":
             _link_tree(copy, dest, item.name, warnings)
         else:
             _link(copy, dest)
@@ -419,7 +417,7 @@ def _staged(
                 side = Path(f"{copy}{suffix}")
                 if side.is_file() and not side.is_symlink():  # plan refused any other kind
                     _link(side, Path(f"{dest}{suffix}"))
-        yield stage
+        yield root
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # names only: the copies stay as they were
 
@@ -439,7 +437,9 @@ def _link(src: Path, dest: Path) -> None:
 
 
 def _link_tree(src: Path, dest: Path, name: str, warnings: list[str]) -> None:
-    """A folder copy's tree at dest: folders with their modes, regular files linked."""
+    """A folder copy's tree at dest: folders with their modes, regular files linked, but for a
+    database's -shm: SQLite writes its index there when it reads the database, and it rebuilds
+    it from the -wal, so the stage gets one of its own and the copy's is left as it was."""
     for dirpath, dirs, files in os.walk(src):
         rel = Path(dirpath).relative_to(src)
         target = dest / rel
@@ -449,6 +449,8 @@ def _link_tree(src: Path, dest: Path, name: str, warnings: list[str]) -> None:
         except OSError as exc:
             raise from_oserror(exc, f"staging {dirpath}") from exc
         for entry in sorted(dirs + files):
+            if entry.endswith("-shm") and capture.side_file_base(entry) in files:
+                continue
             full = Path(dirpath, entry)
             st = os.lstat(full)
             if stat.S_ISREG(st.st_mode):

@@ -237,3 +237,41 @@ def test_stamps_with_a_zone_or_fractions_keep_the_data_dir_name() -> None:
     assert stamp_of("app_20250101_120000-0001.db") is not None
     assert stamp_of("app_20250101_120000-0001.db")[1] == "app_0001.db"  # type: ignore[index]
     assert stamp_of("app_20250101_120000.1.db")[1] == "app.1.db"  # type: ignore[index]
+
+
+def test_a_dated_copy_of_the_data_dir_with_a_wal_database_is_only_read(tmp_path: Path) -> None:
+    """`cp -a data backups/data_<date>` while the app ran copies its database's -wal and -shm:
+    reading that database wrote to the copy's -shm (SQLite rebuilds its index there), so the
+    folder of copies was modified, and the copy called changed while it was imported."""
+    backups = tmp_path / "backups"
+    copy = backups / "data_20250120"
+    copy.mkdir(parents=True)
+    live = tmp_path / "live.db"
+    with contextlib.closing(sqlite3.connect(live)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE t(x)")
+        conn.execute("INSERT INTO t VALUES ('in the wal')")
+        conn.commit()
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copy2(f"{live}{suffix}", f"{copy / 'app.db'}{suffix}")
+    (copy / "notes.txt").write_text("beside it")
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in copy.iterdir() if p.is_file()
+        }
+
+    before = files()
+    repo = Repository.init(tmp_path / "repo")
+    result = import_copies(repo, backups, tmp_path / "data")
+    assert result.imported == 1 and result.warnings == []
+    assert files() == before
+    snap = repo.load_snapshot(repo.resolve("latest"))
+    assert sorted(f.path for f in snap.files) == ["app.db", "notes.txt"]
+    entry = next(f for f in snap.files if f.path == "app.db")
+    out = tmp_path / "restored.db"
+    restore_entry(repo, entry, out)
+    with contextlib.closing(sqlite3.connect(out)) as conn:
+        assert conn.execute("SELECT x FROM t").fetchall() == [("in the wal",)]
+    assert not [n for n in os.listdir(backups) if n.startswith(".casnap")]
