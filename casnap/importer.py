@@ -296,7 +296,8 @@ def _classify(
         if newest is None:
             return None, "holds no file"
         stamped = stamp_of(name)
-        base = stamped[1] if stamped else name
+        latest = None if stamped else _LATEST.match(name)  # faiss_latest/ as app_latest.db
+        base = stamped[1] if stamped else latest["base"] + latest["ext"] if latest else name
         whole = not base or base in data_names
         t, source = (stamped[0], "name") if stamped else (_from_ns(newest), "mtime")
         return ImportItem(

@@ -275,3 +275,29 @@ def test_a_dated_copy_of_the_data_dir_with_a_wal_database_is_only_read(tmp_path:
     with contextlib.closing(sqlite3.connect(out)) as conn:
         assert conn.execute("SELECT x FROM t").fetchall() == [("in the wal",)]
     assert not [n for n in os.listdir(backups) if n.startswith(".casnap")]
+
+
+def test_a_latest_folder_is_a_copy_of_its_folder_as_app_latest_db_is_of_app_db(
+    tmp_path: Path,
+) -> None:
+    """`rsync data/faiss/ backups/faiss_latest/` and `cp -a data backups/data_latest` are named
+    as `cp app.db backups/app_latest.db` is: they were committed as folders named
+    `faiss_latest` and `data_latest` inside the data dir."""
+    from casnap.importer import plan
+
+    backups = tmp_path / "backups"
+    for name in ("faiss_latest", "data-latest", "app_latest.db"):
+        target = backups / name
+        if name.endswith(".db"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"SQLite format 3\x00" + bytes(84))
+        else:
+            target.mkdir(parents=True)
+            (target / "x.index").write_bytes(b"shard")
+    planned = plan(None, backups, tmp_path / "data")
+    kinds = {i.name: (i.kind, i.path, i.time_from) for i in planned.items}
+    assert kinds == {
+        "faiss_latest": ("folder", "faiss", "mtime"),
+        "data-latest": ("data dir", None, "mtime"),
+        "app_latest.db": ("file", "app.db", "mtime"),
+    }
