@@ -441,9 +441,17 @@ def _link_tree(src: Path, dest: Path, name: str, warnings: list[str]) -> None:
     """A folder copy's tree at dest: folders with their modes, regular files linked, but for a
     database's -shm: SQLite writes its index there when it reads the database, and it rebuilds
     it from the -wal, so the stage gets one of its own and the copy's is left as it was."""
+    temps: list[str] = []
     for dirpath, dirs, files in os.walk(src):
         rel = Path(dirpath).relative_to(src)
         target = dest / rel
+        for entry in sorted(f for f in files if _rsync_temp(f, files)):
+            files.remove(entry)
+            temps.append((rel / entry).as_posix())
+        for entry in [d for d in dirs if d == _RSYNC_DELAYED]:
+            dirs.remove(entry)
+            for sub, _, held in os.walk(Path(dirpath, entry)):
+                temps += [Path(sub, f).relative_to(src).as_posix() for f in sorted(held)]
         try:
             target.mkdir(mode=0o700, exist_ok=True)
             os.chmod(target, stat.S_IMODE(os.stat(dirpath).st_mode))
@@ -459,3 +467,25 @@ def _link_tree(src: Path, dest: Path, name: str, warnings: list[str]) -> None:
             elif not stat.S_ISDIR(st.st_mode):
                 what = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
                 warnings.append(f"{name}/{(rel / entry).as_posix()}: {what} not imported")
+    if temps:
+        shown = ", ".join(temps[:5]) + (f" and {len(temps) - 5} more" if len(temps) > 5 else "")
+        warnings.append(
+            f"{name}: left out {len(temps)} temp file{'s' if len(temps) > 1 else ''} of an "
+            f"rsync that did not finish ({shown})"
+        )
+
+
+_RSYNC_DELAYED = ".~tmp~"  # rsync --delay-updates: the new files wait here until the end
+# rsync writes a file as `.<name>.XXXXXX` (mkstemp's 6 letters and digits), then renames it
+_RSYNC_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9]{6}$")
+
+
+def _rsync_temp(entry: str, files: list[str]) -> bool:
+    """Whether entry is a temp file an rsync that did not finish left: its name, and either the
+    file it was to replace beside it or a digit or capital in its suffix (an app's own hidden
+    `.notes.backup` has neither)."""
+    m = _RSYNC_TEMP.match(entry)
+    if m is None:
+        return False
+    suffix = entry[-6:]
+    return m["name"] in files or not (suffix.isalpha() and suffix.islower())
