@@ -306,37 +306,43 @@ def chronological(
     pairs: Iterable[tuple[ObjectId, Snapshot]],
 ) -> list[tuple[ObjectId, Snapshot]]:
     """Snapshots oldest first: by time; of equal times (commits given one `--time`), each after
-    its parent (the snapshot committed before it), else by id, so `latest` is the last made."""
+    its parent (the snapshot committed before it), else by id, so `latest` is the last made. One
+    whose parent is not among pairs (forgotten) was made after it, so after those of its time
+    whose parent is there or none: forgetting one of a time leaves the others in order."""
     ordered = sorted(pairs, key=lambda kv: (kv[1].time, kv[0].hex()))
+    held = {sid.hex() for sid, _ in ordered}
     out: list[tuple[ObjectId, Snapshot]] = []
     start = 0
     for end in range(1, len(ordered) + 1):
         if end == len(ordered) or ordered[end][1].time != ordered[start][1].time:
             run = ordered[start:end]
-            out.extend(_parents_first(run) if len(run) > 1 else run)
+            out.extend(_parents_first(run, held) if len(run) > 1 else run)
             start = end
     return out
 
 
-def _parents_first(run: list[tuple[ObjectId, Snapshot]]) -> list[tuple[ObjectId, Snapshot]]:
+def _parents_first(
+    run: list[tuple[ObjectId, Snapshot]], held: set[str]
+) -> list[tuple[ObjectId, Snapshot]]:
     """run (by id) with each snapshot after its parent when both are in it; among those ready,
-    the lowest id first. A loop of parents (which no commit writes) falls back to id order."""
+    the lowest id first, a chain starting after a parent not held (forgotten) after the others.
+    A loop of parents (which no commit writes) falls back to id order."""
     by_hex = {sid.hex(): n for n, (sid, _) in enumerate(run)}
     children: dict[int, list[int]] = {}
-    ready = []
+    ready: list[tuple[bool, int]] = []
     for n, (_, snap) in enumerate(run):
         parent = by_hex.get(snap.parent) if snap.parent is not None else None
         if parent is None or parent == n:
-            ready.append(n)
+            ready.append((snap.parent is not None and snap.parent not in held, n))
         else:
             children.setdefault(parent, []).append(n)
     heapq.heapify(ready)
     order: list[int] = []
     while ready:
-        n = heapq.heappop(ready)
+        after_gap, n = heapq.heappop(ready)
         order.append(n)
         for child in children.pop(n, ()):
-            heapq.heappush(ready, child)
+            heapq.heappush(ready, (after_gap, child))
     if len(order) < len(run):  # a loop: what it holds, by id
         placed = set(order)
         order += [n for n in range(len(run)) if n not in placed]

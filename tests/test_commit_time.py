@@ -218,3 +218,25 @@ def test_commits_given_one_time_keep_the_order_they_were_made(data: Path, tmp_pa
     code, out, _ = run(tmp_path, data, "prune", "--keep-last", "3", "--dry-run", "--json")
     (group,) = json.loads(out)["groups"]
     assert [k["id"] for k in group["keep"]] == made[:2:-1]
+
+
+def test_forgetting_one_of_a_time_leaves_the_others_in_the_order_they_were_made(
+    data: Path, tmp_path: Path
+) -> None:
+    """The snapshot after a forgotten one names a parent the repository no longer holds: it was
+    taken for the first of its time and sorted by id among the first, so `latest` could name an
+    older state and `prune --keep-last 1` remove the newest."""
+    made = []
+    for n in range(8):
+        (data / "notes.txt").write_text(f"v{n}")
+        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01")
+        assert code == 0, err
+        made.append(out.strip())
+    after = min(made[2:])  # the lowest id after a gap: sorted by id, it came first
+    gone = made.pop(made.index(after) - 1)
+    code, _, err = run(tmp_path, data, "forget", "-q", gone)
+    assert code == 0, err
+    code, out, _ = run(tmp_path, data, "log", "--json")
+    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
+    assert (code, out) == (0, "v7")

@@ -290,3 +290,24 @@ def test_chronological_puts_a_snapshot_after_its_parent_among_equal_times() -> N
     x = (ids[1], snap(t, ids[0]))
     loop = [(ids[0], snap(t, ids[1])), x]
     assert chronological(loop) == sorted(loop, key=lambda kv: kv[0].hex())
+
+
+def test_chronological_puts_a_snapshot_whose_parent_was_forgotten_after_the_first_ones() -> None:
+    """A snapshot naming a parent the repository no longer holds (forgotten) was made after
+    that parent, so after the snapshots of its time whose parent is held or none: sorted by id
+    among them, it could come first, and `latest` name an older state."""
+
+    def snap(parent: ObjectId | None) -> Snapshot:
+        return Snapshot(
+            time="2026-01-01T00:00:00.000000Z", host="h", user="u", source="/d", paths=(),
+            excludes=(), message="", tags=(), parent=None if parent is None else parent.hex(),
+            files=(),
+        )  # fmt: skip
+
+    ids = [ObjectId(bytes([b]) * 32) for b in (9, 5, 7, 1, 3)]
+    first = (ids[0], snap(None))
+    second = (ids[1], snap(first[0]))
+    # ids[2], made third, forgotten
+    fourth = (ids[3], snap(ids[2]))
+    fifth = (ids[4], snap(fourth[0]))
+    assert chronological([fifth, second, first, fourth]) == [first, second, fourth, fifth]
