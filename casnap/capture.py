@@ -114,8 +114,9 @@ class ScanOptions:
 
     prune: absolute, resolved folders never entered (the repository when it lies in the data
     dir), and prune_ids the same folders by identity (reached another way: a bind mount);
-    skipped: gets "<path>: why" for links and special files; dirs: gets the mode and owner of
-    every folder visited ("." for the data dir) and of the folders above the given paths;
+    skipped: gets "<path>: why" for links, special files and what left_out gets; dirs: gets the
+    mode and owner of every folder visited ("." for the data dir) and of the folders above the
+    given paths;
     unreadable: when given, folders that cannot be listed are added to it instead of failing;
     repositories: gets the path of every folder left out because it holds a casnap repository
     (another one than a pruned folder); kind_of: see below.
@@ -124,6 +125,9 @@ class ScanOptions:
     prune: Sequence[Path] = ()
     prune_ids: frozenset[tuple[int, int]] = frozenset()  # (device, inode) of folders to skip
     skipped: list[str] | None = None
+    # when given, also gets the entries of skipped that no snapshot can hold (a name a manifest
+    # refuses, folders nested too deeply), which are lost, not chosen as a link is
+    left_out: list[str] | None = None
     dirs: dict[str, tuple[int, int, int]] | None = None
     unreadable: list[str] | None = None
     # when given, paths too long to name (ENAMETOOLONG) go here rather than to unreadable
@@ -132,6 +136,12 @@ class ScanOptions:
     # the kind of a file the caller knows from its lstat alone (the stat cache: unchanged since
     # a snapshot said), so it is not opened to read its header; None: read it
     kind_of: Callable[[str, os.stat_result], str | None] | None = None
+
+    def lose(self, warning: str) -> None:
+        """Note what no snapshot can hold in skipped and left_out (those given)."""
+        for out in (self.skipped, self.left_out):
+            if out is not None:
+                out.append(warning)
 
 
 def scan(
@@ -200,15 +210,13 @@ def scan(
                     opts.repositories.append(rel)
                 return
             if rel != "." and not storable(rel):  # nor what it holds: all skipped, as one
-                if opts.skipped is not None:
-                    opts.skipped.append(_unstorable(rel))
+                opts.lose(_unstorable(rel))
                 return
             if rel.count("/") + 1 >= MAX_PATH_DEPTH:  # what it holds no manifest can name
-                if opts.skipped is not None:
-                    opts.skipped.append(
-                        f"{rel}: not stored (folders nested too deeply: a manifest holds at most "
-                        f"{MAX_PATH_DEPTH} levels)"
-                    )
+                opts.lose(
+                    f"{rel}: not stored (folders nested too deeply: a manifest holds at most "
+                    f"{MAX_PATH_DEPTH} levels)"
+                )
                 return
             if opts.dirs is not None:
                 opts.dirs[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
@@ -227,8 +235,7 @@ def scan(
         elif stat.S_ISREG(st.st_mode):
             if not storable(rel):
                 # a manifest holding it could not be read back: every later command would fail
-                if opts.skipped is not None:
-                    opts.skipped.append(_unstorable(rel))
+                opts.lose(_unstorable(rel))
                 return
             base = side_file_base(name)
             if base is not None and is_sqlite(os.path.join(os.path.dirname(full), base)):

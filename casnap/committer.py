@@ -365,6 +365,7 @@ class Committer:
             # nothing to reuse: every file will be read, so the data path loads during the scan
             threading.Thread(target=load_data_path, name="casnap-load", daemon=True).start()
         skipped: list[str] = []
+        left_out: list[str] = []
         dirs: dict[str, tuple[int, int, int]] = {}
         unreadable: list[str] = []
         others: list[str] = []  # folders holding another casnap repository
@@ -372,6 +373,7 @@ class Committer:
             prune=prune,
             prune_ids=self.repo.folder_ids(),
             skipped=skipped,
+            left_out=left_out,
             dirs=dirs,
             unreadable=unreadable if opts.skip_unreadable else None,
             repositories=others,
@@ -405,7 +407,7 @@ class Committer:
         )
         if not sources and parent_files and not opts.allow_empty:
             raise empty
-        result = CommitResult(id="", warnings=pairs + skipped, left_out=list(skipped))
+        result = CommitResult(id="", warnings=pairs + skipped, left_out=left_out)
         result.damage = [p.text for p in problems if p.refused]
         result.notes = [
             f"{p} lies inside the data dir: the repository is not stored in itself" for p in prune

@@ -252,6 +252,8 @@ def test_symbolic_links_are_skipped_with_a_warning(app: Path, tmp_path: Path) ->
     r = commit(Repository.init(tmp_path / "repo"), app)
     assert any(w.startswith("linked: symbolic link not stored") for w in r.warnings)
     assert r.files_new == 7  # the seven regular files, nothing through the link
+    # a link is the user's choice, not something lost: `commit -q` keeps it quiet
+    assert r.left_out == []
 
 
 def test_names_a_manifest_refuses_are_skipped_with_a_warning(app: Path, tmp_path: Path) -> None:
@@ -262,6 +264,7 @@ def test_names_a_manifest_refuses_are_skipped_with_a_warning(app: Path, tmp_path
     r = commit(repo, app)
     assert r.files_new == 7
     assert sum("not stored" in w for w in r.warnings) == 2
+    assert sorted(w.split(":")[0] for w in r.left_out) == ["back\\slash.txt", "c"]
     assert [len(s.files) for _, s in Repository.open(tmp_path / "repo").snapshots()] == [7]
 
 
