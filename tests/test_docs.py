@@ -173,3 +173,11 @@ def test_the_docs_name_only_files_and_tests_that_exist() -> None:
             elif function and f"def {function}(" not in (ROOT / path).read_text():
                 stale.append(f"{page.name}: {path}::{function}")
     assert not stale, stale
+
+
+def test_readme_exit_code_4_names_a_keep_tag_no_snapshot_carries() -> None:
+    """prune exits 4 when a `--keep-tag` names a tag no snapshot carries (docs/USAGE.md,
+    "casnap prune"); README's table of exit codes listed only its `--path` filter there."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| 4 |"))
+    assert "--keep-tag" in row, row
