@@ -54,7 +54,7 @@ from casnap.errors import (
     landed,
 )
 from casnap.ids import ObjectId
-from casnap.manifest import FileEntry, Snapshot, check_file_list, compress_manifest
+from casnap.manifest import MADE_NS, FileEntry, Snapshot, check_file_list, compress_manifest
 from casnap.opening import with_way_out
 from casnap.paths import commit_paths, exclude_patterns, refuse_excluded_paths
 from casnap.phases import COMMIT_PHASES, Phases
@@ -556,6 +556,9 @@ class Committer:
                 "chunks_new": result.chunks_new,
                 "list_bytes": list_bytes,
                 "index_bytes": index_bytes,
+                # when it was made, whatever time it records (--time): orders snapshots of one
+                # time (manifest.chronological)
+                MADE_NS: time.time_ns(),
             },
             dirs=dirs,
             skipped=tuple(result.skipped),

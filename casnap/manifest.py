@@ -302,6 +302,9 @@ class Snapshot:
         return snap
 
 
+MADE_NS = "made_ns"  # stats: when a commit made the snapshot (ns since the epoch), --time or not
+
+
 def chronological(
     pairs: Iterable[tuple[ObjectId, Snapshot]],
 ) -> list[tuple[ObjectId, Snapshot]]:
@@ -325,24 +328,26 @@ def _parents_first(
     run: list[tuple[ObjectId, Snapshot]], held: set[str]
 ) -> list[tuple[ObjectId, Snapshot]]:
     """run (by id) with each snapshot after its parent when both are in it; among those ready,
-    the lowest id first, a chain starting after a parent not held (forgotten) after the others.
-    A loop of parents (which no commit writes) falls back to id order."""
+    the first made (stats' MADE_NS, recorded since it was added), then a chain starting after a
+    parent not held (forgotten) after the others, then the lowest id. A loop of parents (which
+    no commit writes) falls back to id order."""
     by_hex = {sid.hex(): n for n, (sid, _) in enumerate(run)}
     children: dict[int, list[int]] = {}
-    ready: list[tuple[bool, int]] = []
+    ready: list[tuple[int, bool, int]] = []
     for n, (_, snap) in enumerate(run):
         parent = by_hex.get(snap.parent) if snap.parent is not None else None
         if parent is None or parent == n:
-            ready.append((snap.parent is not None and snap.parent not in held, n))
+            gap = snap.parent is not None and snap.parent not in held
+            ready.append((snap.stats.get(MADE_NS, 0), gap, n))
         else:
             children.setdefault(parent, []).append(n)
     heapq.heapify(ready)
     order: list[int] = []
     while ready:
-        after_gap, n = heapq.heappop(ready)
+        _, after_gap, n = heapq.heappop(ready)
         order.append(n)
         for child in children.pop(n, ()):
-            heapq.heappush(ready, (after_gap, child))
+            heapq.heappush(ready, (run[child][1].stats.get(MADE_NS, 0), after_gap, child))
     if len(order) < len(run):  # a loop: what it holds, by id
         placed = set(order)
         order += [n for n in range(len(run)) if n not in placed]

@@ -240,3 +240,27 @@ def test_forgetting_one_of_a_time_leaves_the_others_in_the_order_they_were_made(
     assert [s["id"] for s in json.loads(out)] == made[::-1]
     code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
     assert (code, out) == (0, "v7")
+
+
+def test_commits_of_one_time_in_several_groups_or_after_gaps_keep_their_order(
+    data: Path, tmp_path: Path
+) -> None:
+    """A parent is chosen within one group (host, data dir, paths): commits of the whole dir and
+    of one file given one --time, in turn, were ordered by id across the groups, and so was a
+    chain after two forgotten ones; `latest` named an older state. Each manifest records when it
+    was made (`stats.made_ns`), which orders them."""
+    made = []
+    for n in range(6):
+        (data / "notes.txt").write_text(f"v{n}")
+        paths = ["notes.txt"] if n % 2 else []
+        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01", *paths)
+        assert code == 0, err
+        made.append(out.strip())
+    code, out, _ = run(tmp_path, data, "log", "--json")
+    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
+    assert (code, out) == (0, "v5")
+    for gone in (made.pop(1), made.pop(2)):
+        assert run(tmp_path, data, "forget", "-q", gone)[0] == 0
+    code, out, _ = run(tmp_path, data, "log", "--json")
+    assert [s["id"] for s in json.loads(out)] == made[::-1]
