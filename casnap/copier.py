@@ -283,7 +283,9 @@ class _CopyRun:
 
     def run(self, chosen: list[tuple[ObjectId, Snapshot]]) -> CopyResult:
         result = CopyResult(str(self.src.backend.location), str(self.dst.backend.location))
-        for sid, snap in self.dst.snapshots():
+        # a destination manifest that does not read is passed over, as a commit passes over it
+        # (the caller warns of it): one damaged snapshot must not stop the copies
+        for sid, snap in self.dst.snapshots(skip_damaged=True):
             self._learn(sid.hex(), snap)
         todo = [(sid, snap) for sid, snap in chosen if self._found(sid.hex(), snap) is None]
         bar = ByteProgress(sum(s.logical_bytes for _, s in todo), self.progress)
@@ -335,7 +337,7 @@ class _CopyRun:
         src.ensure_index()
         dst.ensure_index()
         raw = self._manifest(sid) if self.same_ids else b""  # before anything is written
-        self.snapshots_before = frozenset(self._present)
+        self.snapshots_before = frozenset([*self._present, *(s.hex() for s in dst.damaged)])
         out = SnapshotCopy(sid.hex(), "", copied=True)
         writer = PackWriter(dst.store)
         framer = _Framer(writer, dst.config, self.pool)
@@ -408,7 +410,7 @@ class _CopyRun:
         lists rebuilt with destination ids are stored as deltas against them."""
         if self.same_ids:
             return {}
-        for _sid, other in reversed(self.dst.snapshots()):
+        for _sid, other in reversed(self.dst.snapshots(skip_damaged=True)):
             if other.source == snap.source and other.paths == snap.paths:
                 return {f.path: f for f in other.files if f.link is None}
         return {}

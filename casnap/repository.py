@@ -350,7 +350,9 @@ class Repository:
     # -- snapshots -----------------------------------------------------------------------------
 
     def remember_snapshot(self, sid: ObjectId, snap: Snapshot) -> None:
-        """A snapshot this process just stored joins the cached list."""
+        """A snapshot this process just stored (and read back) joins the cached list; one it
+        stored over a damaged manifest of the same id (a copy) is damaged no more."""
+        self.damaged.pop(sid, None)
         if self._snapshots is not None:
             self._snapshots[sid] = snap
         self.listed.forget("snapshots/")  # no longer what the folder holds

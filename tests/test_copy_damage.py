@@ -212,3 +212,60 @@ def test_a_snapshot_whose_pack_was_lost_is_mended_by_a_copy_back_as_the_usage_sa
     code, _, err = run(repo, data, "checkout", ids[1], "--to", str(target), "--no-smoke")
     assert code == 0, err
     assert snapshot_tree(target) == trees[ids[1]]
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_destination_with_a_manifest_that_does_not_read_still_takes_new_snapshots(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    """One flipped bit in an old manifest of the destination stopped every later copy into it
+    (exit 5, "gc, prune and forget stop here"), while a commit into it goes on past it: the
+    nightly copy to another repository stopped for good. Now the copy passes over it with a
+    warning, as a commit does; between plain repositories the source's intact manifest of the
+    same id is copied over it, which mends it."""
+    data, src, dst = tmp_path / "data", tmp_path / "src", tmp_path / "dst"
+    data.mkdir()
+    rng = random.Random(5)
+    ids, trees = [], {}
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (data / name).write_bytes(rng.randbytes(100_000))
+        code, out, err = run(src, data, "commit", "-q")
+        assert code == 0, err
+        ids.append(out.strip())
+        trees[ids[-1]] = snapshot_tree(data)
+        if len(ids) == 2:
+            env = {"CASNAP_TO_PASSWORD": PW} if encrypted else {}
+            enc = ["--to-encryption", "repokey" if encrypted else "none"]
+            code, out, err = run(src, data, "copy", "--to", str(dst), *enc, **env)
+            assert code == 0, out + err
+    dst_env = {"CASNAP_PASSWORD": PW} if encrypted else {}
+    code, out, err = run(dst, data, "log", "--json", **dst_env)
+    assert code == 0, err
+    first = json.loads(out)[-1]["id"]  # the destination's copy of the oldest one
+    other = tmp_path / "other"  # and a snapshot of its own, which no copy brings again
+    other.mkdir()
+    (other / "o.bin").write_bytes(rng.randbytes(1000))
+    code, own, err = run(dst, other, "commit", "-q", **dst_env)
+    assert code == 0, err
+    for sid in (first, own.strip()):
+        manifest = dst / "snapshots" / sid
+        flip_byte(manifest, manifest.stat().st_size // 2)
+
+    code, out, err = run(src, data, "copy", "--to", str(dst), "--json", **env)
+    assert code == 0, out + err
+    result = json.loads(out)
+    assert ids[2] in [s["source"] for s in result["snapshots"] if s["copied"]], result
+    copied = {s["source"]: s["destination"] for s in result["snapshots"] if s["copied"]}
+    assert encrypted or copied[ids[0]] == first  # between plain ones: the same id, always
+    warned = [line for line in err.splitlines() if "warning" in line and "forget" in line]
+    assert any(own[:8] in line for line in warned), err  # passed over, a way out named
+    if copied.get(ids[0]) == first:  # the intact manifest of that id replaced the damaged one
+        assert first[:8] not in err, err
+    else:  # named, and left for `casnap forget`
+        assert f"snapshot {first[:8]}" in err, err
+    code, out, err = run(dst, data, "log", "--json", **dst_env)
+    newest = json.loads(out)[0]["id"]
+    target = tmp_path / "out"
+    code, _, err = run(dst, data, "checkout", newest, "--to", str(target), "--no-smoke", **dst_env)
+    assert code == 0, err
+    assert snapshot_tree(target) == trees[ids[2]]

@@ -72,6 +72,7 @@ def open_destination(
 def _listen(c: Context, repo: Repository, passwords: Passwords) -> Repository:
     repo.notify = c.notice
     repo.warn = warn
+    c.opened.append(repo)  # a snapshot whose manifest does not read is warned of at the end
     if not repo.encrypted and passwords.given():
         c.note_once(f"repository {repo.backend.location} is not encrypted; no password used")
     return repo
@@ -190,6 +191,7 @@ def copy(
                 if last or dst.kept_config is None:
                     raise
                 dst.close()  # made anew, once
+                c.opened.remove(dst)
                 dst = open_destination(c, dst_at, dst_passwords, to_encryption)
                 created = dst.created is not None
     except BaseException:
