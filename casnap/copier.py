@@ -119,6 +119,7 @@ def copy_snapshots(
     *,
     select: selection.SnapshotFilter | None = None,
     progress: ProgressFn | None = None,
+    result: CopyResult | None = None,
 ) -> CopyResult:
     """Copy the snapshots of src that refs name (ids, prefixes, `latest`, tags; none: every
     snapshot), among those select matches, into dst; oldest first, each one committed on its
@@ -129,7 +130,8 @@ def copy_snapshots(
     A snapshot the source cannot give whole (a chunk or chunk list missing or damaged) is not
     copied and leaves nothing in dst; the others are, and the result lists it in `damaged`
     (the caller reports it: the command line exits 5). When no snapshot was copied, a
-    destination made for this copy is taken back, as after a failure."""
+    destination made for this copy is taken back, as after a failure. A result given is the
+    one filled, snapshot by snapshot: after a failure it holds those copied before it."""
     if src.id == dst.id:
         raise InvalidArgument(
             f"{src.backend.location} and {dst.backend.location} share the repository id "
@@ -137,7 +139,8 @@ def copy_snapshots(
             "casnap (cp, rsync); copy takes two repositories of their own"
         )
     t0 = time.perf_counter()
-    run = _CopyRun(src, dst, progress)
+    result = result or CopyResult(str(src.backend.location), str(dst.backend.location))
+    run = _CopyRun(src, dst, progress, result)
     try:
         with src.lock("copy"), dst.lock("copy"):
             for repo in (src, dst):
@@ -148,7 +151,7 @@ def copy_snapshots(
                         raise RepositoryGone(where)
                     raise RepositoryNotFound(where)
                 repo.refresh(only_if_changed=True)
-            result = run.run(chosen(src, refs, select))
+            run.run(chosen(src, refs, select))
             result.damaged += [  # passed over by chosen: not copied, named (exit 5)
                 DamagedCopy(sid.hex(), str(exc))
                 for sid, (exc, _where) in (src.damaged.items() if not refs else ())
@@ -262,10 +265,13 @@ class _CopyRun:
     """One copy between two repositories: the state its snapshots share, and what a rollback
     needs to know about the snapshot under way."""
 
-    def __init__(self, src: Repository, dst: Repository, progress: ProgressFn | None) -> None:
+    def __init__(
+        self, src: Repository, dst: Repository, progress: ProgressFn | None, result: CopyResult
+    ) -> None:
         self.src = src
         self.dst = dst
         self.progress = progress
+        self.result = result
         # both sides name chunks, lists and manifests alike: ids carry over unchanged
         self.same_ids = src.ids.key == dst.ids.key
         self.mapped: dict[bytes, ObjectId] = {}  # source chunk id -> destination chunk id
@@ -281,8 +287,8 @@ class _CopyRun:
 
     # -- snapshots -----------------------------------------------------------------------------
 
-    def run(self, chosen: list[tuple[ObjectId, Snapshot]]) -> CopyResult:
-        result = CopyResult(str(self.src.backend.location), str(self.dst.backend.location))
+    def run(self, chosen: list[tuple[ObjectId, Snapshot]]) -> None:
+        result = self.result
         # a destination manifest that does not read is passed over, as a commit passes over it
         # (the caller warns of it): one damaged snapshot must not stop the copies
         for sid, snap in self.dst.snapshots(skip_damaged=True):
@@ -311,7 +317,6 @@ class _CopyRun:
                     result.damaged.append(DamagedCopy(sid.hex(), str(exc)))
                     bar.advance_to(start + snap.logical_bytes)
         bar.finish()
-        return result
 
     def _learn(self, dsid: str, snap: Snapshot) -> None:
         self._present[dsid] = snap

@@ -268,8 +268,8 @@ def test_a_killed_copy_leaves_the_destination_intact_and_a_rerun_completes(
 
 
 def test_a_failed_copy_takes_back_its_packs(tmp_path, history) -> None:
-    """A storage failure writing the second snapshot's manifest: the first snapshot stays, the
-    second one's packs and index file are taken back, and a rerun completes."""
+    """A storage failure writing the second snapshot's manifest: the first snapshot stays (and
+    is said to), the second one's packs and index file are taken back, and a rerun completes."""
     data, src, ids, _trees = history
     dst = tmp_path / "dst"
     env = {k: v for k, v in os.environ.items() if k not in PASSWORD_VARS}
@@ -285,6 +285,10 @@ def test_a_failed_copy_takes_back_its_packs(tmp_path, history) -> None:
     assert done.returncode not in (0, 70) and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert log_ids(dst, data) == [ids[0]]
+    # what stays is said (it printed nothing of it: the stored snapshot looked lost too)
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith(f"copied {ids[0][:8]} -> {ids[0][:8]}: "), done.stdout
+    assert lines[1].startswith(f"1 snapshot(s) copied into {dst} before the copy stopped"), lines
     with Repository.open(dst) as repo:
         repo.ensure_index()
         assert len(repo.store.index_files) == 1  # the first snapshot's

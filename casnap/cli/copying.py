@@ -4,6 +4,7 @@ into it (--from REPO). The other repository has its own password sources (--to-p
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import click
@@ -24,7 +25,7 @@ from casnap.errors import (
 from casnap.locations import Location, S3Url, as_location, parse_location
 
 if TYPE_CHECKING:
-    from casnap.copier import CopyResult
+    from casnap.copier import CopyResult, SnapshotCopy
     from casnap.repository import Repository
 
 
@@ -180,12 +181,13 @@ def copy(
     copier.chosen(src, id, flt)  # so is a selection of no snapshot (copied, it is taken again)
     dst = open_destination(c, dst_at, dst_passwords, to_encryption)
     created = dst.created is not None
+    r = copier.CopyResult(str(src.backend.location), str(dst.backend.location))
     try:
         _say_encryption(c, src, dst, to_encryption, dst_password)
         for last in (False, True):
             try:
                 with progress_bar(c, "copy") as progress:
-                    r = copier.copy_snapshots(src, dst, id, select=flt, progress=progress)
+                    copier.copy_snapshots(src, dst, id, select=flt, progress=progress, result=r)
                 break
             except RepositoryGone:  # the destination, deleted since this host kept its config
                 if last or dst.kept_config is None:
@@ -194,8 +196,11 @@ def copy(
                 c.opened.remove(dst)
                 dst = open_destination(c, dst_at, dst_passwords, to_encryption)
                 created = dst.created is not None
+                r = copier.CopyResult(str(src.backend.location), str(dst.backend.location))
     except BaseException:
         rollback.take_back(dst)  # made for a copy that stopped before it stored anything
+        if not as_json:
+            _print_stored(r)
         raise
     t = r.to_json()
     if created and (t["copied"] or not r.damaged):  # else taken back: it would hold nothing
@@ -238,10 +243,7 @@ def _say_encryption(
 def _print(r: CopyResult) -> None:
     for s in r.snapshots:
         if s.copied:
-            click.echo(
-                f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent, "
-                f"{human(s.bytes_written)} written, {s.chunks_present} already there"
-            )
+            click.echo(_copied(s))
         else:
             dest = printable(str(r.destination), backslash=False)
             click.echo(f"{s.source[:8]} already in {dest} as {s.destination[:8]}")
@@ -255,6 +257,29 @@ def _print(r: CopyResult) -> None:
         f"{t['chunks_sent']} chunks sent, {human(t['bytes_written'])} written "
         f"({r.seconds:.2f} s)"
     )
+
+
+def _copied(s: SnapshotCopy) -> str:
+    return (
+        f"copied {s.source[:8]} -> {s.destination[:8]}: {s.chunks_sent} chunks sent, "
+        f"{human(s.bytes_written)} written, {s.chunks_present} already there"
+    )
+
+
+def _print_stored(r: CopyResult) -> None:
+    """The snapshots a copy that stopped (an error, a signal) stored before it, which stay: the
+    error line alone said nothing of them. Best effort: what stopped the copy is reported."""
+    stored = [s for s in r.snapshots if s.copied]
+    if not stored:
+        return
+    dest = printable(str(r.destination), backslash=False)
+    with contextlib.suppress(Exception):
+        for s in stored:
+            click.echo(_copied(s))
+        click.echo(
+            f"{len(stored)} snapshot(s) copied into {dest} before the copy stopped; they stay, "
+            "and a rerun copies the rest"
+        )
 
 
 def _damaged(r: CopyResult) -> str:
