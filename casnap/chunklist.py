@@ -324,3 +324,17 @@ def named_refs(body: bytes, name: str = "chunk list") -> bytes:
         else:
             _z, pos = _read_uvarint(body, pos, name)
     return bytes(out)
+
+
+def by_bytes(refs: list[tuple[bytes, int]], limit: int) -> Iterator[list[tuple[bytes, int]]]:
+    """refs (id, length) in consecutive parts of at most `limit` bytes (or one ref)."""
+    part: list[tuple[bytes, int]] = []
+    size = 0
+    for ref in refs:
+        if part and size + ref[1] > limit:
+            yield part
+            part, size = [], 0
+        part.append(ref)
+        size += ref[1]
+    if part:
+        yield part

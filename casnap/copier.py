@@ -281,6 +281,7 @@ class _CopyRun:
         self.snapshots_before: frozenset[str] = frozenset()
         self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
         self._origins: dict[str, str] = {}  # snapshot id a copy came from -> its dst id
+        self._source: dict[str, Snapshot] = {}  # source snapshots, by id (parents looked up)
         self.pool: ThreadPoolExecutor  # compresses frames (run)
         self.fetcher: ThreadPoolExecutor | None = None  # fetches spans of a remote source (run)
         self._ahead: FramesAhead | None = None
@@ -293,6 +294,7 @@ class _CopyRun:
         # (the caller warns of it): one damaged snapshot must not stop the copies
         for sid, snap in self.dst.snapshots(skip_damaged=True):
             self._learn(sid.hex(), snap)
+        self._source = {sid.hex(): snap for sid, snap in self.src.snapshots(skip_damaged=True)}
         todo = [(sid, snap) for sid, snap in chosen if self._found(sid.hex(), snap) is None]
         bar = ByteProgress(sum(s.logical_bytes for _, s in todo), self.progress)
         fetchers = SPAN_FETCHERS if self.src.backend.remote else 0
@@ -335,6 +337,10 @@ class _CopyRun:
                 return self._origins[key]
         return None
 
+    def _parent(self, sid: str | None) -> str | None:
+        """The destination's copy of source snapshot sid, or the snapshot it was copied from."""
+        return self._found(sid, self._source.get(sid)) if sid else None
+
     def _copy(self, sid: ObjectId, snap: Snapshot, bar: ByteProgress) -> SnapshotCopy:
         """Store one snapshot in the destination: packs, index file, manifest (the commit
         point), each read back before it counts as copied."""
@@ -376,7 +382,7 @@ class _CopyRun:
             raise
         try:  # a failure from here on takes back the index file and packs too
             if not self.same_ids:
-                parent = self._found(snap.parent, None) if snap.parent else None
+                parent = self._parent(snap.parent)
                 origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
                 new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
                 _readable(new, sid)
@@ -489,7 +495,7 @@ class _CopyRun:
         for batch in batches:
             found = self.src.store.index.entries(c for c, _n in batch if c not in self.mapped)
             with self._frames_ahead(found):
-                for part in _by_bytes(batch, MAP_BYTES):
+                for part in chunklist.by_bytes(batch, MAP_BYTES):
                     self._map(part, found, writer, framer, seen, out)
                     for cid, n in part:
                         if cid not in seen:
@@ -580,17 +586,3 @@ class _CopyRun:
             known = self.dst.store.index.contains_many(id_matrix(chunklist.ids_packed(got)))
             if not known.all():
                 raise IntegrityError(f"a chunk of {entry.path} is missing from the destination")
-
-
-def _by_bytes(refs: list[tuple[bytes, int]], limit: int) -> Iterator[list[tuple[bytes, int]]]:
-    """refs (id, length) in consecutive parts of at most `limit` bytes (or one ref)."""
-    part: list[tuple[bytes, int]] = []
-    size = 0
-    for ref in refs:
-        if part and size + ref[1] > limit:
-            yield part
-            part, size = [], 0
-        part.append(ref)
-        size += ref[1]
-    if part:
-        yield part

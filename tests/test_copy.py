@@ -378,6 +378,29 @@ def test_python_api_and_usage_errors(tmp_path, history) -> None:
     assert code == 2 and "copied from the other outside casnap" in err, err
 
 
+def test_a_copied_snapshot_s_parent_is_found_by_its_origin(tmp_path, history) -> None:
+    """FORMAT.md, "Copies": `parent` names the destination's copy of the parent when there is
+    one. A snapshot committed into an encrypted copy, copied back, had parent null, though the
+    first repository holds the snapshot its parent was copied from."""
+    data, src, ids, _trees = history
+    enc = tmp_path / "enc"
+    assert run(src, data, "copy", "--to", str(enc), CASNAP_TO_PASSWORD=PW_DST)[0] == 0
+    evolve_app(data, 3)
+    code, out, err = run(enc, data, "commit", "-q", CASNAP_PASSWORD=PW_DST)
+    assert code == 0, err
+    new = out.strip()
+    with Repository.open(enc, password=PW_DST) as repo:
+        parent = repo.load_snapshot(repo.resolve(new)).parent
+        assert parent is not None and parent != ids[2]  # the copy of ids[2] there
+    code, out, err = run(
+        src, data, "copy", "--from", str(enc), "--json", CASNAP_FROM_PASSWORD=PW_DST
+    )
+    assert code == 0, err
+    (back,) = [s["destination"] for s in json.loads(out)["snapshots"] if s["copied"]]
+    with Repository.open(src) as repo:
+        assert repo.load_snapshot(repo.resolve(back)).parent == ids[2]
+
+
 def test_origin_is_written_only_when_present(tmp_path, history) -> None:
     """A manifest without `origin` encodes as before (its id unchanged); one with it
     round-trips, and a copy into a plain repository records it."""
@@ -623,12 +646,7 @@ def test_a_copy_stores_no_manifest_casnap_would_refuse(tmp_path, history, monkey
     data, src, ids, _trees = history
     dst = tmp_path / "enc"
     Repository.init(dst, password=PW_DST).close()
-    real = copier._CopyRun._found
-    monkeypatch.setattr(
-        copier._CopyRun,
-        "_found",
-        lambda self, sid, snap: real(self, sid, snap) if snap is not None else "no id",
-    )
+    monkeypatch.setattr(copier._CopyRun, "_parent", lambda self, sid: "no id" if sid else None)
     with Repository.open(src) as a, Repository.open(dst, PW_DST) as b:
         with pytest.raises(InternalError, match=f"{ids[1][:8]} not copied.*not an object id"):
             copy_snapshots(a, b)
