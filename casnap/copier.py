@@ -345,8 +345,14 @@ class _CopyRun:
         """Store one snapshot in the destination: packs, index file, manifest (the commit
         point), each read back before it counts as copied."""
         src, dst = self.src, self.dst
-        src.ensure_index()
-        dst.ensure_index()
+        src.ensure_index(skip_damaged=True)  # what a damaged index file names: not copied
+        try:
+            dst.ensure_index()
+        except IntegrityError as exc:  # which of the two: said
+            raise IntegrityError(
+                f"in the destination {dst.backend.location}: {exc} (`casnap verify` it; "
+                "`casnap repair-index` rebuilds its index)"
+            ) from exc
         raw = self._manifest(sid) if self.same_ids else b""  # before anything is written
         self.snapshots_before = frozenset([*self._present, *(s.hex() for s in dst.damaged)])
         out = SnapshotCopy(sid.hex(), "", copied=True)

@@ -303,10 +303,10 @@ class Repository:
         )
         return op.entered_or_gone(held, self.kept_config)  # its bucket deleted since it was kept
 
-    def ensure_index(self) -> None:
-        """Load the index files, once (refresh drops them when another process changed them)."""
+    def ensure_index(self, skip_damaged: bool = False) -> None:
+        """Load the index files once (refresh drops them); skip_damaged: see Store.load_index."""
         if not self._index_loaded:
-            self.store.load_index()
+            self.store.load_index(skip_damaged)
             self._index_loaded = True
 
     def refresh(self, *, only_if_changed: bool = False) -> None:
@@ -350,8 +350,7 @@ class Repository:
     # -- snapshots -----------------------------------------------------------------------------
 
     def remember_snapshot(self, sid: ObjectId, snap: Snapshot) -> None:
-        """A snapshot this process just stored (and read back) joins the cached list; one it
-        stored over a damaged manifest of the same id (a copy) is damaged no more."""
+        """A snapshot this process just stored joins the cached list (damaged no more: a copy)."""
         self.damaged.pop(sid, None)
         if self._snapshots is not None:
             self._snapshots[sid] = snap

@@ -95,19 +95,28 @@ class Store:
         self.pack_target = pack_target
         self.index = ChunkIndex()
         self.index_files: list[str] = []
+        self.index_damaged: dict[str, str] = {}  # index files left out (load_index), their error
         self._frames: OrderedDict[tuple[bytes, int], compression.Frame] = OrderedDict()
         self._frames_bytes = 0
         self._frames_lock = threading.Lock()
 
     # -- the index -----------------------------------------------------------------------------
 
-    def load_index(self) -> None:
-        """Read every index file into memory."""
+    def load_index(self, skip_damaged: bool = False) -> None:
+        """Read every index file into memory. With skip_damaged (a copy's source, only read),
+        one that does not read is left out, its error kept in index_damaged: the chunks it
+        names are then not in the index, so what needs them reads as damaged."""
         self.index = ChunkIndex()  # the old one goes first: both at once could double memory
         index = ChunkIndex()
         files = []
+        self.index_damaged = {}
         for key, size in self.backend.list("index/"):
-            index.add([self.load_index_file(key, size)], owned=True)
+            try:
+                index.add([self.load_index_file(key, size)], owned=True)
+            except IntegrityError as exc:
+                if not skip_damaged or isinstance(exc, SealedUnderPlainConfig):
+                    raise
+                self.index_damaged[key] = str(exc)
             files.append(key)
         self.index = index
         self.index_files = files

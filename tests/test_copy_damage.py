@@ -72,6 +72,9 @@ def damaged(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, Path,
             (entry,) = [e for e in snap.files if e.path == "b.bin"]
             e = repo.store.entry(repo.chunk_refs(entry)[0][0])
         flip_byte(src / pack_key(e.pack), e.offset + e.length // 2)
+    if request.param == "index-flipped":  # its index file does not match its name
+        (index,) = new_index
+        flip_byte(index, index.stat().st_size // 2)
     if request.param == "manifest":  # its head does not read: its time, tags and files unknown
         manifest = src / "snapshots" / ids[1]
         flip_byte(manifest, manifest.stat().st_size // 2)
@@ -80,13 +83,15 @@ def damaged(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, Path,
     return data, src, ids, trees
 
 
-@pytest.mark.parametrize("damaged", ["pack", "index", "flipped"], indirect=True)
+@pytest.mark.parametrize("damaged", ["pack", "index", "index-flipped", "flipped"], indirect=True)
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_a_damaged_snapshot_is_named_and_the_intact_ones_are_copied(
     tmp_path: Path, damaged: tuple[Path, Path, list[str], dict], encrypted: bool
 ) -> None:
     """The copy stopped at the damaged second snapshot with `b.bin: chunk ... is not in the
-    index`, naming no snapshot, and never copied the intact third one."""
+    index`, naming no snapshot, and never copied the intact third one; an index file that does
+    not match its name stopped it before it copied anything, naming neither the snapshots it
+    spoils nor which of the two repositories holds it."""
     data, src, ids, trees = damaged
     dst = tmp_path / "dst"
     env = {"CASNAP_TO_PASSWORD": PW} if encrypted else {}
@@ -269,3 +274,23 @@ def test_a_destination_with_a_manifest_that_does_not_read_still_takes_new_snapsh
     code, _, err = run(dst, data, "checkout", newest, "--to", str(target), "--no-smoke", **dst_env)
     assert code == 0, err
     assert snapshot_tree(target) == trees[ids[2]]
+
+
+def test_a_damaged_index_file_of_the_destination_is_said_to_be_the_destination_s(
+    tmp_path: Path,
+) -> None:
+    """`index/...: index file does not match its name` named neither repository: the user
+    could not tell which one to repair."""
+    data, src, dst = tmp_path / "data", tmp_path / "src", tmp_path / "dst"
+    data.mkdir()
+    (data / "a.bin").write_bytes(random.Random(3).randbytes(50_000))
+    assert run(src, data, "commit", "-q")[0] == 0
+    assert run(src, data, "copy", "--to", str(dst))[0] == 0
+    (index,) = stored(dst, "index")
+    flip_byte(index, index.stat().st_size // 2)
+    (data / "b.bin").write_bytes(random.Random(4).randbytes(50_000))
+    assert run(src, data, "commit", "-q")[0] == 0
+    code, out, err = run(src, data, "copy", "--to", str(dst))
+    assert code == IntegrityError.exit_code, out + err
+    (line,) = err.strip().splitlines()
+    assert f"in the destination {dst}" in line and "repair-index" in line, err

@@ -202,6 +202,11 @@ def copy(
         if not as_json:
             _print_stored(r)
         raise
+    for why in src.store.index_damaged.values():  # left out: what needs it is not copied
+        warn(
+            f"{why} in {src.backend.location}: left out, so what needs the chunks it names "
+            "reads as damaged (`casnap repair-index` rebuilds the index)"
+        )
     t = r.to_json()
     if created and (t["copied"] or not r.damaged):  # else taken back: it would hold nothing
         kind = "encrypted repository (repokey)" if dst.encrypted else "repository"
