@@ -23,7 +23,7 @@ from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import encode_config, new_config, now_iso, parse_config
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import IntegrityError, InvalidArgument, NotARepository, from_oserror
+from casnap.errors import CasnapError, IntegrityError, InvalidArgument, NotARepository, from_oserror
 from casnap.heads import Damage, read_heads_checked, stopping, way_out
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
@@ -152,7 +152,13 @@ class Repository:
         with uninterrupted():
             backend.put(keyfile.key, keyfile.encode())
             repo = cls(backend, cfg, tmp_dir, root, Unlocked(keyfile, master))
-            if not repo.backend.put("config", encode_config(cfg)):
+            try:
+                written = repo.backend.put("config", encode_config(cfg))
+            except BaseException:  # a full disk: alone, the key file reads as an init under way
+                with contextlib.suppress(CasnapError, OSError):
+                    backend.delete(keyfile.key)
+                raise
+            if not written:
                 backend.delete(keyfile.key)
                 raise NotARepository(f"{backend.location} already holds a casnap repository")
         return repo

@@ -521,6 +521,27 @@ def test_a_copy_interrupted_before_the_destination_s_config_takes_its_directory_
     assert len(log_ids(dst, data, CASNAP_PASSWORD=PW_DST)) == 3
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_copy_whose_destination_s_config_does_not_fit_takes_it_back(
+    tmp_path, history, encrypted
+) -> None:
+    """A full disk as the new destination's config is written (its key file fitted): the copy
+    took back the folders it made but for the key file, which stood alone in keys/, read as an
+    init under way by the next commands."""
+    from tests.faults import faulty_local_backends
+
+    data, src, _ids, _trees = history
+    dst = tmp_path / "new" / "dst"
+    env = {"CASNAP_TO_PASSWORD": PW_DST} if encrypted else {}
+    with faulty_local_backends("put:enospc:1:config"):
+        code, out, err = run(src, data, "copy", "--to", str(dst), **env)
+    assert code == 8 and "no space left on device" in err, out + err
+    assert not (tmp_path / "new").exists(), list((tmp_path / "new").rglob("*"))
+    code, _, err = run(src, data, "copy", "--to", str(dst), **env)
+    assert code == 0, err
+    assert len(log_ids(dst, data, CASNAP_PASSWORD=PW_DST)) == 3
+
+
 def test_a_copy_killed_before_the_destination_s_config_can_be_run_again(tmp_path, history) -> None:
     """A SIGKILL while the password is read leaves nothing: a rerun of the copy, or an init
     there, proceeds."""
