@@ -282,6 +282,7 @@ class _CopyRun:
         self._present: dict[str, Snapshot] = {}  # destination snapshots, by id
         self._origins: dict[str, str] = {}  # snapshot id a copy came from -> its dst id
         self._source: dict[str, Snapshot] = {}  # source snapshots, by id (parents looked up)
+        self.packs_checked = False  # the destination holds every pack its index names
         self.pool: ThreadPoolExecutor  # compresses frames (run)
         self.fetcher: ThreadPoolExecutor | None = None  # fetches spans of a remote source (run)
         self._ahead: FramesAhead | None = None
@@ -346,13 +347,15 @@ class _CopyRun:
         point), each read back before it counts as copied."""
         src, dst = self.src, self.dst
         src.ensure_index(skip_damaged=True)  # what a damaged index file names: not copied
-        try:
+        try:  # which of the two: said
             dst.ensure_index()
-        except IntegrityError as exc:  # which of the two: said
-            raise IntegrityError(
-                f"in the destination {dst.backend.location}: {exc} (`casnap verify` it; "
-                "`casnap repair-index` rebuilds its index)"
-            ) from exc
+            if not self.packs_checked:  # once: a chunk of a pack lost would be taken for stored
+                dst.store.require_packs("copied", "copy")
+        except IntegrityError as exc:
+            way = "`casnap verify` it; `casnap repair-index` rebuilds its index"
+            why = str(exc) if "repair-index" in str(exc) else f"{exc} ({way})"
+            raise IntegrityError(f"in the destination {dst.backend.location}: {why}") from exc
+        self.packs_checked = True
         raw = self._manifest(sid) if self.same_ids else b""  # before anything is written
         self.snapshots_before = frozenset([*self._present, *(s.hex() for s in dst.damaged)])
         out = SnapshotCopy(sid.hex(), "", copied=True)

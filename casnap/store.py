@@ -121,10 +121,11 @@ class Store:
         self.index = index
         self.index_files = files
 
-    def require_packs(self) -> None:
+    def require_packs(self, done: str = "committed", then: str = "commit") -> None:
         """Stop when a pack the index names is gone from the repository (deleted by hand or by
-        another tool, or lost): a commit would reuse its chunks and save a snapshot that cannot
-        be restored. One listing of packs/ (on object storage a request per 1000 packs)."""
+        another tool, or lost): a commit (or a copy into it: done, then) would reuse its chunks
+        and save a snapshot that cannot be restored. One listing of packs/ (on object storage a
+        request per 1000 packs)."""
         sizes = dict(self.backend.list(PACKS))
         for pack in self.index.packs:
             size = sizes.get(pack_key(pack))
@@ -132,9 +133,9 @@ class Store:
                 what = "is missing" if size is None else f"holds {size} bytes, no pack"
                 raise IntegrityError(
                     f"pack {pack.hex()} {what}, yet the index names chunks in it (deleted "
-                    "outside casnap, or lost): nothing committed, a snapshot reusing them would "
+                    f"outside casnap, or lost): nothing {done}, a snapshot reusing them would "
                     "not restore; `casnap verify` names what it breaks, `casnap repair-index` "
-                    "drops it, and the next commit stores those chunks again"
+                    f"drops it, and the next {then} stores those chunks again"
                 )
 
     def load_index_file(

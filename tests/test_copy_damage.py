@@ -294,3 +294,38 @@ def test_a_damaged_index_file_of_the_destination_is_said_to_be_the_destination_s
     assert code == IntegrityError.exit_code, out + err
     (line,) = err.strip().splitlines()
     assert f"in the destination {dst}" in line and "repair-index" in line, err
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_copy_stops_at_a_pack_the_destination_s_index_names_and_it_lacks(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    """A pack of the destination lost (deleted by hand, a disk's damage) while its index names
+    it: the copy took its chunks for stored, sent none of them, read the new snapshot's chunk
+    list back from another pack and stored a snapshot that does not restore, exit 0. A commit
+    stops there; so does a copy now, naming the pack and the way out, before it writes."""
+    data, src, dst = tmp_path / "data", tmp_path / "src", tmp_path / "dst"
+    data.mkdir()
+    rng = random.Random(9)
+    first = rng.randbytes(200_000)
+    (data / "a.bin").write_bytes(first)
+    ids = [run(src, data, "commit", "-q")[1].strip()]
+    (data / "b.bin").write_bytes(first + rng.randbytes(50_000))  # a.bin's chunks, and more
+    ids.append(run(src, data, "commit", "-q")[1].strip())
+    env = {"CASNAP_TO_PASSWORD": PW} if encrypted else {}
+    enc = ["--to-encryption", "repokey" if encrypted else "none"]
+    assert run(src, data, "copy", "--to", str(dst), *enc, ids[0], **env)[0] == 0
+    (lost,) = stored(dst, "packs")  # a.bin's chunks and its list
+    assert run(src, data, "copy", "--to", str(dst), **env)[0] == 0
+    lost.unlink()
+    (data / "a.bin").unlink()  # its list, in the lost pack, would be read back
+    (data / "c.bin").write_bytes((data / "b.bin").read_bytes())  # b.bin's list, kept intact
+    assert run(src, data, "commit", "-q")[0] == 0
+    before = objects(dst)
+
+    code, out, err = run(src, data, "copy", "--to", str(dst), **env)
+    assert code == IntegrityError.exit_code, out + err
+    (line,) = err.strip().splitlines()
+    assert f"in the destination {dst}" in line and lost.name in line, line
+    assert "repair-index" in line, line
+    assert objects(dst) == before
