@@ -206,3 +206,28 @@ def test_the_smoke_summary_counts_in_words_that_agree() -> None:
     assert _smoke_summary(two) == "smoke checks passed: 2 checks on 1 file"
     cmd = {"ok": False, "checks": [{"check": "smoke-cmd", "path": ""}]}
     assert _smoke_summary(cmd) == "smoke checks FAILED: 1 check on 0 files, smoke command included"
+
+
+def test_a_terminal_that_cannot_show_a_name_gets_it_escaped(tmp_path: Path) -> None:
+    """Under a locale whose encoding lacks a name's characters (latin-1, PYTHONIOENCODING),
+    `ls` and `log` stopped with "internal error: UnicodeEncodeError" (exit 70): what the
+    output's encoding cannot hold is written as a Python escape instead, as stderr does."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "caf\u00e9 \U0001f600.txt").write_text("x")
+    base = [sys.executable, "-m", "casnap", "--repo", str(tmp_path / "r"), "--data", str(data)]
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run([*base, "commit", "-m", "\U0001f600"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    for args in (["ls", "latest"], ["log"]):
+        done = subprocess.run([*base, *args], env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        assert b"\\U0001f600" in done.stdout
+    assert (
+        "caf\u00e9".encode("latin-1")
+        in subprocess.run([*base, "ls", "latest"], env=env, capture_output=True).stdout
+    )

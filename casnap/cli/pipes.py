@@ -145,7 +145,8 @@ class _Closed(io.RawIOBase):
 
 def whole_writes() -> None:
     """Make sys.stdout write through _WholeWrites, with the same encoding and buffering (or,
-    started without one, through _Closed)."""
+    started without one, through _Closed); what its encoding cannot hold (a name of emoji under
+    a latin-1 locale) is written escaped, as Python writes stderr, not an error."""
     out = sys.stdout
     if out is None:
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Closed()), encoding="utf-8")
@@ -160,6 +161,6 @@ def whole_writes() -> None:
     sys.stdout = io.TextIOWrapper(
         io.BufferedWriter(raw),
         encoding=out.encoding,
-        errors=out.errors,
+        errors="backslashreplace" if out.errors == "strict" else out.errors,
         line_buffering=out.line_buffering,
     )
