@@ -199,20 +199,36 @@ def test_a_time_in_the_future_is_compared_as_a_time(data: Path, tmp_path: Path) 
     assert MANIFEST_TIME.match(repo.load_snapshot(repo.resolve(sid)).time)
 
 
+def one_time_commits(
+    tmp_path: Path, data: Path, n: int, every_other_file: bool = False
+) -> list[str]:
+    """The ids of n commits given one --time, notes.txt holding v0, v1, ... in turn; with
+    every_other_file, every other one commits notes.txt alone (another group of snapshots)."""
+    made = []
+    for k in range(n):
+        (data / "notes.txt").write_text(f"v{k}")
+        paths = ["notes.txt"] if every_other_file and k % 2 else []
+        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01", *paths)
+        assert code == 0, err
+        made.append(out.strip())
+    return made
+
+
+def logged(tmp_path: Path, data: Path) -> list[str]:
+    """The snapshot ids `log --json` lists, newest first."""
+    code, out, err = run(tmp_path, data, "log", "--json")
+    assert code == 0, err
+    return [s["id"] for s in json.loads(out)]
+
+
 def test_commits_given_one_time_keep_the_order_they_were_made(data: Path, tmp_path: Path) -> None:
     """Several commits a day with `--time YYYY-MM-DD` share one time: they were ordered by id,
     so `latest` named an older state and `prune --keep-last` removed a newer one. Of equal
     times, a snapshot comes after its parent (the one committed before it)."""
-    made = []
-    for n in range(6):
-        (data / "notes.txt").write_text(f"v{n}")
-        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01")
-        assert code == 0, err
-        made.append(out.strip())
+    made = one_time_commits(tmp_path, data, 6)
     code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
     assert (code, out) == (0, "v5")
-    code, out, _ = run(tmp_path, data, "log", "--json")
-    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    assert logged(tmp_path, data) == made[::-1]
     repo = Repository.open(tmp_path / "repo")
     assert [repo.load_snapshot(repo.resolve(s)).parent for s in made[1:]] == made[:-1]
     code, out, _ = run(tmp_path, data, "prune", "--keep-last", "3", "--dry-run", "--json")
@@ -226,18 +242,12 @@ def test_forgetting_one_of_a_time_leaves_the_others_in_the_order_they_were_made(
     """The snapshot after a forgotten one names a parent the repository no longer holds: it was
     taken for the first of its time and sorted by id among the first, so `latest` could name an
     older state and `prune --keep-last 1` remove the newest."""
-    made = []
-    for n in range(8):
-        (data / "notes.txt").write_text(f"v{n}")
-        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01")
-        assert code == 0, err
-        made.append(out.strip())
+    made = one_time_commits(tmp_path, data, 8)
     after = min(made[2:])  # the lowest id after a gap: sorted by id, it came first
     gone = made.pop(made.index(after) - 1)
     code, _, err = run(tmp_path, data, "forget", "-q", gone)
     assert code == 0, err
-    code, out, _ = run(tmp_path, data, "log", "--json")
-    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    assert logged(tmp_path, data) == made[::-1]
     code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
     assert (code, out) == (0, "v7")
 
@@ -249,18 +259,10 @@ def test_commits_of_one_time_in_several_groups_or_after_gaps_keep_their_order(
     of one file given one --time, in turn, were ordered by id across the groups, and so was a
     chain after two forgotten ones; `latest` named an older state. Each manifest records when it
     was made (`stats.made_ns`), which orders them."""
-    made = []
-    for n in range(6):
-        (data / "notes.txt").write_text(f"v{n}")
-        paths = ["notes.txt"] if n % 2 else []
-        code, out, err = run(tmp_path, data, "commit", "-q", "--time", "2026-01-01", *paths)
-        assert code == 0, err
-        made.append(out.strip())
-    code, out, _ = run(tmp_path, data, "log", "--json")
-    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    made = one_time_commits(tmp_path, data, 6, every_other_file=True)
+    assert logged(tmp_path, data) == made[::-1]
     code, out, _ = run(tmp_path, data, "cat", "latest", "notes.txt")
     assert (code, out) == (0, "v5")
     for gone in (made.pop(1), made.pop(2)):
         assert run(tmp_path, data, "forget", "-q", gone)[0] == 0
-    code, out, _ = run(tmp_path, data, "log", "--json")
-    assert [s["id"] for s in json.loads(out)] == made[::-1]
+    assert logged(tmp_path, data) == made[::-1]
