@@ -1,6 +1,6 @@
 """Commit: one consistent snapshot of a data dir into a repository.
 
-scan -> capture (SQLite through its backup API) -> chunk, hash, dedup and compress (pipeline.py)
+scan -> read (a database's image: dbimage.py) -> chunk, hash, dedup and compress (ingest.py)
 -> packs, index file -> chunk lists (deltas against the previous version) -> manifest, written
 last: the commit point. A file whose stat fingerprint matches the parent snapshot's (or what the
 last checkout put in place) is not read (statcache.py); the index, the pack writer and the data

@@ -1,11 +1,11 @@
 """The data path of commit: every core busy, memory bounded whatever the file size.
 
 The calling thread reads a file in blocks, lets its chunker cut them and feeds the whole-file
-hash; worker threads hash every piece, tell which pieces the repository holds (those of the
-file's last version without an index lookup, the rest with one lookup per block), group the new
-pieces into frames and compress them (numpy and zstd release the GIL); the calling thread adds the
-frames to the pack writer in file order, which writes packs from its own thread. At most a few
-blocks are in flight.
+hash (on a thread of its own when given one); worker threads hash every piece, tell which pieces
+the repository holds (those of the file's last version without an index lookup, the rest with one
+lookup per block), group the new pieces into frames and compress them (numpy and zstd release the
+GIL); the calling thread adds the frames to the pack writer in file order, which writes packs from
+its own thread. At most a few blocks are in flight.
 """
 
 from __future__ import annotations

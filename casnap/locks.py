@@ -1,4 +1,6 @@
-"""Repository locks: shared for commit/checkout, exclusive for gc and prune.
+"""Repository locks: shared for what adds or reads (commit, checkout, copy, ...), exclusive for what
+deletes (gc, prune, forget, repair-index, ...): EXCLUSIVE_OPERATIONS and SHARED_OPERATIONS
+below declare each.
 
 A lock is an object `locks/<random>` naming its holder. To take one, a process writes its own lock
 first and then looks at the others; on conflict it removes its own and waits. Both sides of a race

@@ -1,4 +1,4 @@
-"""Snapshot and FileEntry values, their canonical encoding, and chunk lists.
+"""Snapshot and FileEntry values, their canonical encoding, and the chunk-list blobs an entry names.
 
 A snapshot manifest is canonical JSON (sorted keys, no spaces); its id is the BLAKE3 of those bytes
 and it is stored zstd-compressed under `snapshots/<id>`. A file's chunk list is stored as TREE

@@ -1,7 +1,7 @@
 """Repository: open or create one, its config, its locks, its snapshot list and id resolution.
 
 The core every operation works over: commit (committer.py), checkout (restorer.py), gc
-(collect.py), verify, retention, stats and diff are functions taking a Repository. The core
+(collector.py), verify, retention, stats and diff are functions taking a Repository. The core
 imports none of them.
 """
 

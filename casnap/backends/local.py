@@ -1,6 +1,6 @@
 """A backend on a local directory: every object written temp + fsync + link, so none is torn.
 
-Every folder is created 0700 and every object 0600 (casnap/private.py): the repository is
+Every folder is created 0700 and every object 0600 (fsutil.py): the repository is
 private to its owner.
 """
 

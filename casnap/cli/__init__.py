@@ -1,5 +1,6 @@
 """The casnap command line: parse, call the Repository API, print. Errors are mapped in one place
-(main.CasnapGroup.main); each module holds one group of commands."""
+(main.CasnapGroup.main); each of the other modules holds one group of commands, or what they
+share (options.py, output.py, passwords.py, pipes.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Commands that maintain and check the repository: gc, verify, repair-index, stats (prune and
-forget, which end with gc, are in forgetting.py)."""
+"""Commands that maintain and check the repository: gc, verify (and its alias check), repair-index,
+unlock, stats (prune and forget, which end with gc, are in forgetting.py)."""
 
 from __future__ import annotations
 
