@@ -16,14 +16,19 @@ from casnap.repository import Repository
 from casnap.staging import restore_entry
 
 
+def rows_db(path: Path, rows: int) -> None:
+    """A database at path of one table of `rows` rows of 500 bytes, committed."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t(x TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("a" * 500,)] * rows)
+        conn.commit()
+
+
 def copy_mid_transaction(tmp_path: Path, dest: Path) -> None:
     """dest (and its -journal): a `cp` of a rollback-journal database taken while a writer was
     half-way through a transaction that spilled pages into the file, as a crash leaves it."""
     live = tmp_path / "live.db"
-    with contextlib.closing(sqlite3.connect(live)) as conn:
-        conn.execute("CREATE TABLE t(x TEXT)")
-        conn.executemany("INSERT INTO t VALUES (?)", [("a" * 500,)] * 400)
-        conn.commit()
+    rows_db(live, 400)
     with contextlib.closing(sqlite3.connect(live, isolation_level=None)) as conn:
         conn.execute("PRAGMA cache_size=2")  # the changed pages spill into the file
         conn.execute("BEGIN")
@@ -151,10 +156,7 @@ def test_a_copy_still_being_written_is_skipped_until_it_is_complete(tmp_path: Pa
     backups = tmp_path / "backups"
     backups.mkdir()
     live = data / "app.db"
-    with contextlib.closing(sqlite3.connect(live)) as conn:
-        conn.execute("CREATE TABLE t(x TEXT)")
-        conn.executemany("INSERT INTO t VALUES (?)", [("a" * 500,)] * 400)
-        conn.commit()
+    rows_db(live, 400)
     shutil.copyfile(live, backups / "app_20250101_120000.db")
     whole = live.read_bytes()
     writing = backups / "app_20250102_120000.db"
@@ -187,10 +189,7 @@ def test_a_copy_that_changes_while_it_is_imported_is_named(tmp_path: Path) -> No
     backups = tmp_path / "backups"
     backups.mkdir()
     copy = backups / "app_20250101_120000.db"
-    with contextlib.closing(sqlite3.connect(copy)) as conn:
-        conn.execute("CREATE TABLE t(x TEXT)")
-        conn.executemany("INSERT INTO t VALUES (?)", [("a" * 500,)] * 2000)
-        conn.commit()
+    rows_db(copy, 2000)
 
     def cp_goes_on(done: int, total: int) -> None:
         with open(copy, "ab") as f:
