@@ -330,6 +330,11 @@ class ChunkIndex(Mapping[ObjectId, IndexEntry]):
                 self._segments = (tuple(segments), starts)
             return self._segments
 
+    def field_parts(self) -> list[np.ndarray]:
+        """The field arrays held (segments and parts not yet made into segments), not copied."""
+        with self._lock:
+            return [s.fields for s in self._segments[0]] + [f for _, f in self._pending]
+
     def _pack_number(self, pack: bytes) -> int:
         n = self._pack_no.get(bytes(pack))
         if n is None:

@@ -46,6 +46,7 @@ from casnap.packs import (
 )
 
 HASH_MISMATCH = "does not match its hash (damaged)"
+_END_STEP = 1 << 18  # index entries looked at a time by frame_ends
 
 
 class ChunkDamaged(IntegrityError):
@@ -123,17 +124,24 @@ class Store:
 
     def require_packs(self, done: str = "committed", then: str = "commit") -> None:
         """Stop when a pack the index names is gone from the repository (deleted by hand or by
-        another tool, or lost): a commit (or a copy into it: done, then) would reuse its chunks
-        and save a snapshot that cannot be restored. One listing of packs/ (on object storage a
-        request per 1000 packs)."""
+        another tool, or lost) or cut short of the frames it names: a commit (or a copy into
+        it: done, then) would reuse its chunks and save a snapshot that cannot be restored. One
+        listing of packs/ (on object storage a request per 1000 packs)."""
         sizes = dict(self.backend.list(PACKS))
-        for pack in self.index.packs:
+        ends = frame_ends(self.index)
+        for pack, end in zip(self.index.packs, ends.tolist(), strict=True):
             size = sizes.get(pack_key(pack))
-            if size is None or size < MIN_PACK_SIZE:
-                what = "is missing" if size is None else f"holds {size} bytes, no pack"
+            if size is None or size < max(MIN_PACK_SIZE, end):
+                if size is None:
+                    what, why = "is missing", "deleted outside casnap, or lost"
+                elif size < MIN_PACK_SIZE:
+                    what, why = f"holds {size} bytes, no pack", "emptied outside casnap, or lost"
+                else:
+                    what = f"holds {size} bytes, short of the {end} its frames need"
+                    why = "cut short outside casnap, or damaged"
                 raise IntegrityError(
-                    f"pack {pack.hex()} {what}, yet the index names chunks in it (deleted "
-                    f"outside casnap, or lost): nothing {done}, a snapshot reusing them would "
+                    f"pack {pack.hex()} {what}, yet the index names chunks in it ({why}): "
+                    f"nothing {done}, a snapshot reusing them would "
                     "not restore; `casnap verify` names what it breaks, `casnap repair-index` "
                     f"drops it, and the next {then} stores those chunks again"
                 )
@@ -423,3 +431,17 @@ def _verified(ids: IdHasher, cid: ObjectId, e: IndexEntry, plain: bytes | bytear
     if len(plain) != e.plain or ids(plain) != cid:
         raise ChunkDamaged(cid, e.pack, HASH_MISMATCH)
     return plain if isinstance(plain, bytes) else bytes(plain)
+
+
+def frame_ends(index: ChunkIndex) -> np.ndarray:
+    """Per pack of the index (by number), the end of the last frame it names in it: a pack
+    shorter than that lost frames. Computed a step of entries at a time (bounded memory)."""
+    ends = np.zeros(len(index.packs), dtype=np.int64)
+    for fields in index.field_parts():
+        for lo in range(0, len(fields), _END_STEP):
+            part = fields[lo : lo + _END_STEP]
+            pack = part["pack"]
+            end = part["offset"].astype(np.int64) + part["length"]
+            starts = np.concatenate([[0], np.flatnonzero(pack[1:] != pack[:-1]) + 1])
+            np.maximum.at(ends, pack[starts], np.maximum.reduceat(end, starts))
+    return ends

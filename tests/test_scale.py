@@ -40,16 +40,19 @@ def synthetic(
 
 def store_synthetic(repo_dir: Path, n: int, seed: int) -> str:
     """An index file naming n synthetic chunks, stored in the repository; its key. The packs it
-    names are files of a pack's least size: there, as a commit checks, but holding nothing."""
+    names are sparse files as long as the frames it names in them: there, as a commit checks,
+    but holding nothing."""
     with Repository.open(repo_dir) as repo:
         packs, ids, fields = synthetic(n, seed)
         blob = encode_index(packs, ids, fields)
         key = index_key(repo.ids(blob))
         repo.store.put_verified(key, blob)
+    ends = fields["offset"].astype(np.int64) + fields["length"]
     for pack in packs:
         path = repo_dir / pack_key(pack)
         path.parent.mkdir(exist_ok=True)
-        path.write_bytes(bytes(MIN_PACK_SIZE))
+        with path.open("wb") as f:
+            f.truncate(max(MIN_PACK_SIZE, int(ends.max())))
     return key
 
 
