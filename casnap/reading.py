@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import stat
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
@@ -284,7 +286,11 @@ class Reader:
                 return statcache.with_source(entry, source), read_total
         if src.kind == "file" and capture.fingerprint(src.abspath, "file") is None:
             raise FileVanished(f"{src.abspath} vanished while committing")  # at the last try
-        raise SourceError(f"{src.abspath} kept changing while it was read; commit aborted")
+        glob = shlex.quote(glob_escape(src.path))  # a name's * ? [ matched as themselves
+        raise SourceError(
+            f"{src.abspath} kept changing while it was read ({SOURCE_RETRIES} tries): nothing "
+            f"committed; stop what writes it, or leave it out with --exclude {glob}"
+        )
 
     def sides_of_unopened(self) -> list[capture.SourceFile]:
         """The -wal and -journal of the files stored as bytes though their header says SQLite
