@@ -54,6 +54,42 @@ def test_an_empty_repo_or_data_variable_is_a_usage_error(tmp_path: Path, variabl
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize(
+    ("env", "args"),
+    [
+        ({"CASNAP_REPO": ""}, ["log", "--help"]),
+        ({"CASNAP_DATA": ""}, ["commit", "-h"]),
+        ({}, ["--repo", "ftp://host/x", "key", "list", "--help"]),
+        ({}, ["--password-file", "f", "--password-command", "c", "checkout", "--help"]),
+    ],
+)
+def test_a_bad_global_value_does_not_block_a_commands_help(
+    tmp_path: Path, env: dict[str, str], args: list[str]
+) -> None:
+    """`casnap log --help` prints the help whatever CASNAP_REPO holds, as restic's does: the
+    help reads no repository, and the bad value is said by the command that would use it."""
+    proc = subprocess.run(
+        casnap_command(args, ""),
+        env=casnap_env() | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: casnap "), proc.stdout
+    assert proc.stderr == ""
+    bad = subprocess.run(
+        casnap_command([a for a in args if a not in ("--help", "-h")], ""),
+        env=casnap_env() | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == EXIT_CODES["usage"], bad.stderr
+
+
 def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]) -> None:
     """`checkout X --to "$RESTORE_DIR"` with the variable unset restored into the working dir:
     a full checkout, which removed every file there (saved first, but the working dir was

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from signal import SIGINT
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from casnap import libc, procs, signals
 from casnap.cli.output import on_terminal, printable
 from casnap.cli.passwords import Passwords
 from casnap.cli.pipes import reader_gone, silence_closed, whole_writes
+from casnap.cli.settings import keep_bad_global, parse_command_args, read_location
 from casnap.errors import (
     CasnapError,
     InternalError,
@@ -32,14 +34,12 @@ from casnap.errors import (
     out_of_memory,
     what_landed,
 )
-from casnap.locations import Location, S3Url, describe, parse_location
+from casnap.locations import Location, S3Url, describe
 
 if TYPE_CHECKING:  # imported by the commands that open one: --help does without it
     from casnap.repository import Repository
 
 INTERNAL_ERROR = InternalError.exit_code
-ENVIRONMENT = click.core.ParameterSource.ENVIRONMENT
-DEFAULT = click.core.ParameterSource.DEFAULT
 INTERRUPTED = 130
 # commands that list the snapshots past one whose manifest does not read (none of them deletes)
 PASSING_DAMAGED = frozenset(
@@ -97,7 +97,7 @@ class CasnapCommand(click.Command):
     """A command whose usage errors point to its own help."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return _parse_args(super().parse_args, ctx, args)
+        return parse_command_args(partial(_parse_args, super().parse_args), ctx, args)
 
 
 class CasnapGroup(click.Group):
@@ -511,33 +511,13 @@ def cli(
     no_lock: bool,
 ) -> None:
     """casnap: deduplicating, verified snapshots of a SQLite + FAISS data directory."""
-    _refuse_empty_variables(ctx)
-    if not data:  # Path("") would be the working directory: never what an empty value meant
-        raise InvalidArgument("--data is empty; give the data directory")
     try:
-        repo_path = parse_location(repo)
-    except InvalidArgument as exc:
-        source = ctx.get_parameter_source("repo")
-        if source == ENVIRONMENT:
-            raise InvalidArgument(f"CASNAP_REPO: {exc}") from exc
-        raise
-    passwords = Passwords(password_file, password_command, repo_path)
+        repo_path = read_location(ctx, repo, data)
+        passwords = Passwords(password_file, password_command, repo_path)
+    except (InvalidArgument, click.UsageError) as exc:  # said after the command's --help
+        keep_bad_global(ctx, exc)
+        return
     ctx.obj = Context(repo_path, Path(data), quiet, no_lock, passwords)
-
-
-def _refuse_empty_variables(ctx: click.Context) -> None:
-    """An empty CASNAP_REPO or CASNAP_DATA (`export CASNAP_REPO="$REPO"` with REPO unset) is a
-    usage error, as an empty --repo or --data is: click passes over an empty variable, so the
-    default (./backups, ./data of the working dir) took its place and a commit made a repository
-    there. The default is for a variable that is not set."""
-    for name, variable, what in (
-        ("repo", "CASNAP_REPO", "the repository"),
-        ("data", "CASNAP_DATA", "the data directory"),
-    ):
-        if ctx.get_parameter_source(name) == DEFAULT and os.environ.get(variable) == "":
-            raise InvalidArgument(
-                f"{variable} is set but empty; give {what} (or unset it for the default)"
-            )
 
 
 # Allocations between two runs of the cyclic garbage collector's youngest generation (Python's
