@@ -284,13 +284,16 @@ def shortened(path: str, keep: int = 60) -> str:
     return path if len(path) <= 2 * keep + 1 else f"{path[:keep]}…{path[-keep:]}"
 
 
+NO_SPACE = "no space left on device"  # ENOSPC: blocks, or inodes (swapmark.untouched tells)
+
+
 def from_oserror(exc: OSError, what: str) -> CasnapError:
     """Turn an OSError into the CasnapError a user should see, naming what was being done."""
     import errno
 
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(f"{what}: no space left on device")
+        return StorageFull(f"{what}: {NO_SPACE}")
     if exc.errno == errno.EFBIG:  # the process's file size limit, or the filesystem's (FAT: 4 GiB)
         return StorageFull(f"{what}: file too large for the file size limit or the filesystem")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -41,7 +41,6 @@ from casnap.errors import (
     InvalidArgument,
     SnapshotNotFound,
     SourceError,
-    StorageFull,
     Terminated,
     landed,
 )
@@ -64,7 +63,7 @@ from casnap.staging import (
     stage_files,
     undo_target,
 )
-from casnap.swapmark import stage_parent
+from casnap.swapmark import stage_parent, untouched
 
 
 class CheckoutOptions(NamedTuple):
@@ -261,12 +260,11 @@ class _Checkout:
             if self._is_db_place(tree, rel):
                 self._check_db(tree, rel)
         with contextlib.ExitStack() as swapping:
-            with Stage(stage_parent(self.target), also_clean=self.target) as stage:
-                try:
+            with untouched(self.target, self.shown_target):  # a full disk: say so
+                stage = Stage(stage_parent(self.target), also_clean=self.target)
+            with stage:
+                with untouched(self.target, self.shown_target):
                     self._stage(tree, stage, plan, wanted, unchanged, removing)
-                except StorageFull as exc:  # named the stage: say the target's fate too
-                    untouched = f"nothing restored, {self.shown_target} untouched"
-                    raise StorageFull(f"{exc}: {untouched}") from exc
                 replaced = [i.entry.path for i in plan] + removing
                 written = self.present.written_since(tree, replaced)  # and stamped again
                 unsaved += [rel for rel in written if rel not in unsaved]  # meanwhile: save it too
@@ -591,7 +589,8 @@ class _Checkout:
             placing = [(item.entry.path, item.replaces_db) for item in plan]
             entries = [item.entry for item in plan]
             if plan:  # a kill from here on leaves the target part old, part new: said later
-                swapmark.mark(stage.dir, self.result.id, self.target)
+                with untouched(self.target, self.shown_target):
+                    swapmark.mark(stage.dir, self.result.id, self.target)
             written, touched = swap.swap_in(tree, stage.dir, placing, self.modes, entries, let_be)
             self.result.written += written
         return touched

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from casnap import fsutil
-from casnap.errors import CasnapError, from_oserror
+from casnap.errors import NO_SPACE, CasnapError, StorageFull, from_oserror
 from casnap.fsdir import Dir, remove_tree
 
 if TYPE_CHECKING:
@@ -46,6 +46,22 @@ def stage_parent(target: Path) -> Path:
     if same_fs and os.access(parent, os.W_OK | os.X_OK):
         return parent
     return target
+
+
+@contextlib.contextmanager
+def untouched(target: Path, shown: Path | str) -> Iterator[None]:
+    """A disk full while a checkout stages, before its first rename: the line names the target's
+    fate, not only the stage, and inodes when the file system ran out of those (a full inode
+    table fails a new file with the errno of a full disk: free space, yet nothing fits)."""
+    try:
+        yield
+    except StorageFull as exc:
+        said = str(exc)
+        with contextlib.suppress(OSError):
+            st = os.statvfs(target)  # the stage's file system (stage_parent)
+            if st.f_files and (st.f_ffree if os.geteuid() == 0 else st.f_favail) == 0:
+                said = said.replace(NO_SPACE, "no free inodes left on device (see df -i)")
+        raise StorageFull(f"{said}: nothing restored, {shown} untouched") from exc
 
 
 def mark(stage: Dir, snapshot: str, target: Path) -> None:

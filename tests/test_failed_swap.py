@@ -706,3 +706,43 @@ def test_an_app_cannot_write_a_restored_database_until_the_swap_is_done(tmp_path
         conn.execute("INSERT INTO k(v) VALUES ('the app, once the checkout is done')")
         conn.commit()
     assert rows(data / "a.db") == 3001
+
+
+@pytest.mark.skipif(not ROOT, reason="only root may mount")
+def test_a_checkout_short_of_inodes_says_so_and_that_nothing_was_restored(tmp_path: Path) -> None:
+    """A filesystem with free blocks but no free inode fails at the first new file: the staged
+    files, or the mark a swap writes before its first rename. Either way nothing is restored,
+    and the line says so (not only the stage it named), and that inodes ran out, not space."""
+    data = tmp_path / "vol" / "data"
+    data.mkdir(parents=True)
+    repo = Repository.init(tmp_path / "repo")
+    for i in range(6):
+        (data / f"f{i}.txt").write_text(f"v1 {i}\n")
+    sid = commit(repo, data).id
+    vol = data.parent
+    with tmpfs_mounted(vol, "8m,nr_inodes=64"):
+        data.mkdir()
+        for i in range(6):
+            (data / f"f{i}.txt").write_text(f"v2 {i}\n")
+        (vol / "filler").mkdir()
+        failures = []
+        for free in range(12):
+            fillers = sorted((vol / "filler").iterdir())
+            while os.statvfs(vol).f_ffree > free:
+                (vol / "filler" / str(len(fillers))).touch()
+                fillers.append(vol / "filler" / str(len(fillers)))
+            while os.statvfs(vol).f_ffree < free:
+                fillers.pop().unlink()
+            before = state(data)
+            try:
+                checkout(repo, sid, data, smoke=False, safety_snapshot=False)
+            except CasnapError as exc:
+                failures.append(str(exc))
+                assert f"nothing restored, {data} untouched" in str(exc), (free, str(exc))
+                assert "inode" in str(exc) and "no space left" not in str(exc), (free, str(exc))
+                assert state(data) == before
+                assert not temp_names(vol)
+                continue
+            assert (data / "f0.txt").read_text() == "v1 0\n"
+            break
+        assert len(failures) >= 2, failures  # the stage's files, then the swap's mark
