@@ -161,6 +161,21 @@ def test_key_list_and_export_take_no_lock(enc_repo: tuple[Path, Path], tmp_path:
     assert not any((repo / "locks").iterdir())
 
 
+def test_key_list_and_export_take_no_lock_option(
+    enc_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """They only read key files, as restic's `key list` does under --no-lock: the option is
+    taken, not refused as for a command that writes; `key add` still refuses it."""
+    repo, data = enc_repo
+    code, out, err = run(repo, data, "--no-lock", "key", "list")
+    assert code == 0 and out.startswith("*"), err
+    code, _, err = run(repo, data, "--no-lock", "key", "export", str(tmp_path / "k.json"))
+    assert code == 0, err
+    code, _, err = run(repo, data, "--no-lock", "key", "add")
+    assert code == EXIT_CODES["usage"] and "--no-lock" in err, err
+    assert not any((repo / "locks").iterdir())
+
+
 def test_key_add_and_passwd_on_a_plain_repository_say_so_before_asking(tmp_path: Path) -> None:
     """A plain repository has no keys: `key add` and `key passwd` say that (usage, exit 2) rather
     than ask for a new password first (which, without one, was an exit-10 password error), and

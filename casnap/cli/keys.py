@@ -42,7 +42,7 @@ def key_list(c: Context, as_json: bool) -> None:
     """
     from casnap import keyring  # here: --help and the other commands do without it
 
-    repo = c.open()
+    repo = c.open(reads_keys=True)
     found = keyring.list_keys(repo)  # reads key files only: no lock, so a read-only copy works
     if as_json:
         emit_json([k.to_json() for k in found])
@@ -146,7 +146,7 @@ def key_export(c: Context, dest: Path, force: bool, as_json: bool) -> None:
     """
     from casnap import keyring
 
-    repo = c.open()
+    repo = c.open(reads_keys=True)
     kf = keyring.export_key(repo, dest, force)  # reads the key in use only: no lock
     if as_json:
         with printing(f"key {kf.id[:8]} is exported to {dest}"):

@@ -319,16 +319,17 @@ class Context:
         """True when the repository location holds a config (another process created it)."""
         return holds_config(self.repo_path)
 
-    def open(self) -> Repository:
+    def open(self, reads_keys: bool = False) -> Repository:
         """The repository at --repo, for the command running. A command whose operation only
-        reads (locks.READ_ONLY_OPERATIONS) then runs without a lock under --no-lock, or (saying
-        so) when a lock cannot be written, and keeps its scratch files in a private temp dir
-        when the repository is not writable."""
+        reads (locks.READ_ONLY_OPERATIONS; reads_keys: `key list` and `key export`, which read
+        key files and take no lock) then runs without a lock under --no-lock, or (saying so)
+        when a lock cannot be written, and keeps its scratch files in a private temp dir when
+        the repository is not writable."""
         from casnap import locks
         from casnap.repository import Repository
 
         command = click.get_current_context().info_name or ""
-        reading = command in locks.READ_ONLY_OPERATIONS or command == "check"
+        reading = reads_keys or command in locks.READ_ONLY_OPERATIONS or command == "check"
         if not reading:
             self.refuse_no_lock()
         try:
@@ -374,7 +375,7 @@ class Context:
         if self.no_lock:
             raise click.UsageError(
                 "--no-lock is only for commands that only read the repository (log, show, ls, cat, "
-                "diff, stats, verify, check, checkout)"
+                "diff, stats, verify, check, checkout, key list, key export)"
             )
 
     def private_tmp(self) -> Path:
@@ -497,7 +498,8 @@ class CommandGroup(CasnapGroup):
     "--no-lock",
     is_flag=True,
     help="Read the repository without taking a lock (log, show, ls, cat, diff, stats, verify, "
-    "check, checkout): for a read-only repository; nothing may write to it meanwhile.",
+    "check, checkout, key list, key export): for a read-only repository; nothing may write to "
+    "it meanwhile.",
 )
 @click.version_option(package_name="casnap")
 @click.pass_context
