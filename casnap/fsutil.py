@@ -342,12 +342,19 @@ def read_cached(path: str | os.PathLike[str], limit: int | None = None) -> bytes
 
 def cache_dir() -> Path:
     """casnap's folder in the user's cache dir (safe to delete at any time): `$CASNAP_CACHE_DIR`,
-    else `$XDG_CACHE_HOME/casnap`, else `~/.cache/casnap`."""
+    else `$XDG_CACHE_HOME/casnap`, else `~/.cache/casnap`; when the home folder does not exist
+    (a service user's HOME=/nonexistent), `cache` in the user's private scratch folder: a home
+    folder is never made (its parents would have been, to keep a cache)."""
     explicit = os.environ.get("CASNAP_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "casnap"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "casnap"
+    home = os.path.expanduser("~")
+    if not os.path.isdir(home):
+        return private_scratch() / "cache"
+    return Path(home) / ".cache" / "casnap"
 
 
 def system_tmp() -> Path:

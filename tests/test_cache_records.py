@@ -13,7 +13,7 @@ from casnap import restored
 from casnap.committer import commit
 from casnap.repository import Repository
 from casnap.restorer import checkout
-from tests.helpers_reliability import run_casnap, small_app, small_config
+from tests.helpers_reliability import casnap_env, run_casnap, small_app, small_config
 from tests.util import one_row_wal_db
 
 DAMAGED_RECORDS = {
@@ -164,3 +164,22 @@ def test_a_record_naming_files_whose_names_are_no_utf8_is_kept(tmp_path: Path) -
     assert kept is not None and sorted(kept.files) == sorted(names)
     again = commit(repo, target)
     assert again.bytes_read == 0
+
+
+def test_a_home_that_does_not_exist_is_never_created(tmp_path: Path) -> None:
+    """A service user's HOME=/nonexistent (no XDG_CACHE_HOME, no CASNAP_CACHE_DIR): a commit
+    and a checkout made that folder, and ~/.cache/casnap in it, to keep their records. The cache
+    goes to the user's private temp folder instead, and the records still work there."""
+    data = small_app(tmp_path / "data")
+    home = tmp_path / "nonexistent"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in casnap_env().items() if k not in ("CASNAP_CACHE_DIR", "XDG_CACHE_HOME")}
+    env |= {"HOME": str(home), "TMPDIR": str(scratch)}
+    base = ["--repo", str(tmp_path / "repo"), "--data", str(data)]
+    for args in (["commit"], ["checkout", "latest", "--to", str(tmp_path / "out"), "--no-smoke"]):
+        done = run_casnap([*base, *args], env=env)
+        assert done.returncode == 0, done.stderr
+    assert not home.exists()
+    cache = scratch / f"casnap-{os.getuid()}" / "cache"
+    assert any(p.name == "restored" for p in cache.rglob("*")), list(scratch.rglob("*"))
