@@ -166,6 +166,12 @@ RACY_WINDOW_FINE_NS = 100_000_000
 # Seconds to wait for a busy SQLite source database before failing.
 SQLITE_BUSY_TIMEOUT = 30.0
 
+# Seconds a password command may take to print the password and end (CASNAP_PASSWORD_TIMEOUT
+# overrides it; 0: no limit). Long enough for a person to answer a pinentry or touch a hardware
+# key; short enough that a command with nobody to answer it (a vault that does not reply, a
+# prompt a cron job cannot see) fails the backup with a line instead of hanging it for ever.
+PASSWORD_COMMAND_TIMEOUT = 120.0
+
 # Seconds to wait for a conflicting repository lock before failing with the holder's name
 # (CASNAP_LOCK_WAIT overrides it: 0 fails at once, for scripts that must not queue).
 LOCK_WAIT_SECONDS = 60.0

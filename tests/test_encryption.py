@@ -22,6 +22,7 @@ from casnap.errors import EXIT_CODES, PasswordError
 from casnap.ids import hash_bytes
 from casnap.manifest import decompress_manifest
 from tests.conftest import evolve_app, make_app
+from tests.helpers_reliability import casnap_env
 from tests.util import raw_tree, snapshot_tree
 
 PW = "correct horse battery staple"
@@ -211,6 +212,37 @@ def test_password_sources_in_order(app: Path, tmp_path: Path) -> None:
         repo, app, "copy", "--to", str(other), CASNAP_TO_PASSWORD_FILE=str(tmp_path / "no")
     )
     assert code == 10 and "CASNAP_TO_PASSWORD_FILE" in err and str(other) in err, err
+
+
+def test_a_password_command_that_hangs_is_stopped(app: Path, tmp_path: Path) -> None:
+    """A password command that never ends (a pinentry with nobody there, a vault that does not
+    answer) hung the command for ever: it is stopped, with what it started, after
+    CASNAP_PASSWORD_TIMEOUT seconds, one line naming it, exit 10 as for a command that fails."""
+    repo = tmp_path / "backups"
+    assert run(repo, app, "init", "--encryption", "repokey")[0] == 0
+    pid = tmp_path / "pid"
+    command = f"sh -c 'echo $$ > {pid}; sleep 600 & wait'"
+    env = casnap_env(CASNAP_PASSWORD_COMMAND=command, CASNAP_PASSWORD_TIMEOUT="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "casnap", "--repo", str(repo), "log"],
+        env={k: v for k, v in env.items() if k != "CASNAP_PASSWORD"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_CODES["password"], done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "gave no password within 1 s" in done.stderr and "CASNAP_PASSWORD_TIMEOUT" in done.stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid.read_text()), 0)
+    bad = subprocess.run(
+        [sys.executable, "-m", "casnap", "--repo", str(repo), "log"],
+        env=env | {"CASNAP_PASSWORD_TIMEOUT": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == EXIT_CODES["usage"] and "CASNAP_PASSWORD_TIMEOUT" in bad.stderr
 
 
 def test_a_password_option_beats_every_password_variable(app: Path, tmp_path: Path) -> None:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 
 import click
 
 from casnap.cli.output import on_terminal
+from casnap.constants import PASSWORD_COMMAND_TIMEOUT
 from casnap.errors import PasswordError
+from casnap.fsutil import seconds_from_env
 from casnap.locations import Location, describe
 from casnap.procs import child, user_environ
 
@@ -67,15 +70,24 @@ def run_password_command(command: str) -> str:
         raise PasswordError("the password command is empty")
     import subprocess  # only when a command gives the password
 
+    limit = seconds_from_env("CASNAP_PASSWORD_TIMEOUT", PASSWORD_COMMAND_TIMEOUT) or None
+    late = PasswordError(
+        f"password command {args[0]!r} gave no password within {limit or 0:g} s, stopped "
+        "(CASNAP_PASSWORD_TIMEOUT sets how long to wait; 0: no limit)"
+    )
+    deadline = time.monotonic() + limit if limit is not None else None
     try:
         with child(args, stdout=subprocess.PIPE, env=user_environ()) as proc:
             assert proc.stdout is not None  # read as a password file is: stopped past its size
-            raw = proc.stdout.read(MAX_PASSWORD_FILE + 1)
+            raw = _read_until(proc.stdout.fileno(), MAX_PASSWORD_FILE + 1, deadline, late)
             if len(raw) > MAX_PASSWORD_FILE:
                 raise PasswordError(
                     f"password command {args[0]!r} printed more than {MAX_PASSWORD_FILE} bytes"
                 )
-            proc.wait()
+            try:
+                proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise late from None  # child() stops it, and what it started
     except OSError as exc:
         raise PasswordError(
             f"password command {args[0]!r} cannot be run: {exc.strerror or exc}"
@@ -87,6 +99,24 @@ def run_password_command(command: str) -> str:
     except UnicodeDecodeError as exc:
         raise PasswordError(f"password command {args[0]!r} printed no UTF-8 text") from exc
     return _nonempty(_strip_newline(text), f"password command {args[0]!r}")
+
+
+def _read_until(fd: int, limit: int, deadline: float | None, late: Exception) -> bytes:
+    """Up to limit bytes read from fd until its end; late raised once deadline (monotonic) has
+    passed first."""
+    import select
+
+    raw = b""
+    while len(raw) < limit:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise late
+        piece = os.read(fd, limit - len(raw))
+        if not piece:
+            break
+        raw += piece
+    return raw
 
 
 def _prompt(text: str, confirm: bool) -> str:
