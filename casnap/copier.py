@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from casnap import chunklist, compression, rollback, selection
+from casnap import chunklist, compression, presave, rollback, selection
 from casnap.chunkindex import DATA, TREE, IndexEntry, id_matrix
 from casnap.constants import SPAN_FETCHERS
 from casnap.errors import (
@@ -393,7 +393,10 @@ class _CopyRun:
             if not self.same_ids:
                 parent = self._parent(snap.parent)
                 origin = snap.origin or (src.id, sid.hex())  # a copy of a copy: the first one
-                new = dataclasses.replace(snap, files=tuple(files), parent=parent, origin=origin)
+                message = presave.copied_message(snap, self._source, self._parent)
+                new = dataclasses.replace(
+                    snap, files=tuple(files), parent=parent, origin=origin, message=message
+                )
                 _readable(new, sid)
                 raw = new.encode()
             dsid = dst.ids(raw)

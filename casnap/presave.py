@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from casnap import capture
@@ -34,6 +35,30 @@ from casnap.repository import Repository
 NOTE = "safety-snapshot"  # added to the error that stops it: the CLI names the step and option
 
 
+SAVED_PREFIX = "before checkout of "  # then the short ids of the snapshots checked out
+_SAVED = re.compile(r"before checkout of ([0-9a-f]{8}(?:, [0-9a-f]{8})*)( \(saved \d+ file\(s\)\))")
+
+
+def copied_message(
+    snap: Snapshot, source_ids: Iterable[str], copy_of: Callable[[str], str | None]
+) -> str:
+    """The message of a copy of snap that gets another id (copier.py): a pre-checkout
+    snapshot's names the snapshots checked out by the ids of their copies in the destination
+    (copy_of: a source snapshot's id there, None when it holds none), not by the source's ids,
+    which name nothing there; one it holds no copy of keeps the source's id."""
+    found = _SAVED.fullmatch(snap.message)
+    if found is None or SAFETY_TAG not in snap.tags:
+        return snap.message
+
+    def here(short: str) -> str:
+        full = [sid for sid in source_ids if sid.startswith(short)]
+        copy = copy_of(full[0]) if len(full) == 1 else None
+        return copy[:8] if copy else short
+
+    names = ", ".join(here(short) for short in found.group(1).split(", "))
+    return f"{SAVED_PREFIX}{names}{found.group(2)}"
+
+
 def save(
     repo: Repository,
     target: Path,
@@ -50,7 +75,7 @@ def save(
 
     what = ", ".join(sid.short for sid, _ in sources)
     options = CommitOptions(
-        message=f"before checkout of {what} (saved {len(unsaved)} file(s))",
+        message=f"{SAVED_PREFIX}{what} (saved {len(unsaved)} file(s))",
         tags=(SAFETY_TAG,),
         check_pairs=False,
         allow_empty=True,

@@ -152,6 +152,29 @@ def test_plain_to_encrypted_and_back(tmp_path, history) -> None:
     assert "0 snapshot(s) copied, 3 already there" in out
 
 
+def test_a_pre_checkout_copy_names_the_snapshot_by_its_id_in_the_destination(
+    tmp_path, history
+) -> None:
+    """A pre-checkout snapshot's message names the snapshot checked out ("before checkout of
+    1a2b3c4d"). A copy that gives every snapshot another id (into an encrypted repository)
+    kept the source's id there, which names nothing in the destination: it names the
+    destination's copy now, as the copy's `parent` does."""
+    data, src, ids, _ = history
+    (data / "stray.txt").write_text("no snapshot holds this")
+    code, _, err = run(src, data, "checkout", ids[1], "--no-smoke", "-q")
+    assert code == 0, err
+    enc = tmp_path / "enc"
+    copied = run(src, data, "copy", "--to", str(enc), "--json", CASNAP_TO_PASSWORD=PW_DST)
+    assert copied[0] == 0, copied[2]
+    mapping = {s["source"]: s["destination"] for s in json.loads(copied[1])["snapshots"]}
+    code, out, err = run(
+        enc, data, "log", "--json", "--tag", "pre-checkout", CASNAP_PASSWORD=PW_DST
+    )
+    assert code == 0, err
+    (saved,) = json.loads(out)
+    assert saved["message"] == f"before checkout of {mapping[ids[1]][:8]} (saved 1 file(s))"
+
+
 def test_a_plain_destination_asked_for_is_not_told_a_password_would_encrypt_it(
     tmp_path, history
 ) -> None:
