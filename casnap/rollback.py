@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from casnap import locks
 from casnap.backends.base import Backend
 from casnap.constants import TEMP_PREFIX
-from casnap.errors import CasnapError, RepositoryNotFound
+from casnap.errors import CasnapError, RepositoryNotFound, StorageFull
 from casnap.ids import ObjectId
 from casnap.keys import PasswordSource, read_password
 from casnap.signals import uninterrupted
@@ -106,10 +106,35 @@ def after_failed_commit(
             discard_packs(backend, packs, held)
             if created is not None:
                 removed = _empty_new_repository(backend, created, held)
+    except StorageFull:  # the disk too full for this lock too: for the first one, most often
+        if not _unlocked_take_back(backend, packs, created, index_key):
+            return
+        removed = True
     except (CasnapError, OSError):
         return
     if removed and created is not None:
         _remove_folders(created)
+
+
+def _unlocked_take_back(
+    backend: Backend,
+    packs: Sequence[ObjectId],
+    created: NewRepository | None,
+    index_key: str | None,
+) -> bool:
+    """Take back, without a lock, a local repository made for a commit that failed before it
+    wrote anything but the config (and keys): on a disk too full for the rollback's exclusive
+    lock, as for the commit's first lock. Only when no process holds a lock on it: a lock needs
+    the space too, and one written once the config is gone finds no repository
+    (require_repository). True when it was taken back."""
+    if created is None or created.root is None or packs or index_key is not None:
+        return False
+    try:
+        if next(iter(backend.list("locks/")), None) is not None:
+            return False  # another process holds it: it may be committing into it
+        return _empty_new_repository(backend, created)
+    except (CasnapError, OSError):
+        return False
 
 
 def require_repository(repo: Repository) -> None:

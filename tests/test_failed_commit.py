@@ -22,7 +22,7 @@ from casnap.packs import pack_key
 from casnap.repository import Repository
 from tests import faults as F
 from tests.conftest import evolve_app
-from tests.helpers_reliability import Ledger, check_healthy, small_app, small_config
+from tests.helpers_reliability import Ledger, check_healthy, run_casnap, small_app, small_config
 from tests.test_hostile import in_small_tmpfs
 
 
@@ -246,6 +246,50 @@ def test_full_disk_for_real(tmp_path: Path) -> None:
     assert res["fourth"][0] == 0, res
     assert res["snapshots"] == 2
     assert left_by_first == []
+
+
+NEARLY_FULL = r"""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+small, data, src = (Path(p) for p in sys.argv[1:4])
+def run(repo, *args):
+    p = subprocess.run([sys.executable, "-m", "casnap", "--repo", str(repo), "--data", str(data),
+                        *args], capture_output=True, text=True)
+    return [p.returncode, p.stderr]
+res = []
+for free_pages in range(0, 4):  # room for the config, not for the first lock, or neither
+    filler = small / "filler"
+    filler.unlink(missing_ok=True)
+    st = os.statvfs(small)
+    with open(filler, "wb") as f:
+        f.write(bytes(st.f_bavail * st.f_frsize - free_pages * 4096))
+    new = small / f"new{free_pages}"
+    commit = run(new, "commit")
+    res.append([free_pages, "commit", commit, sorted(str(p) for p in small.rglob("*"))])
+    copy = run(src, "copy", "--to", str(new))
+    res.append([free_pages, "copy", copy, sorted(str(p) for p in small.rglob("*"))])
+print(json.dumps(res))
+"""
+
+
+def test_a_disk_full_at_the_first_lock_leaves_no_repository(tmp_path: Path) -> None:
+    """A first commit, or a copy into a missing repository, on a disk with room for the new
+    repository's config but not for its first lock left config, keys/ and locks/ behind: the
+    rollback that takes a new repository back needs the exclusive lock, which did not fit
+    either. A repository made for the command, holding no lock and no snapshot, is now taken
+    back without one."""
+    data = small_app(tmp_path / "data")
+    src = tmp_path / "src"
+    assert run_casnap(["--repo", str(src), "--data", str(data), "commit"]).returncode == 0
+    small = tmp_path / "small"
+    res = in_small_tmpfs(small, NEARLY_FULL, str(small), str(data), str(src))
+    failed = 0
+    for free_pages, what, (code, err), left in res:
+        assert code == StorageFull.exit_code, (free_pages, what, err)
+        assert err.count("\n") == 1 and "no space left" in err, err
+        assert left == [str(small / "filler")], (free_pages, what, err, left)
+        failed += "locks/" in err
+    assert failed, res  # the lock's write was reached
 
 
 def test_a_commit_past_the_file_size_limit_is_a_storage_error(tmp_path: Path) -> None:
