@@ -7,7 +7,10 @@ on every read like every cache file), so the next open at that location makes no
 cached config is the one this host opened before; should the repository at that location have
 been made anew (another config, another master key), the first sign is a snapshot listing that
 is empty or a manifest that does not open (or is encrypted under a kept plain config): `confirm`
-then reads the stored config, and when it differs drops the cached copies and says so. Should
+then reads the stored config, and when it differs drops the cached copies and says so. A kept
+config that does not open (no password, or none that opens it: made anew plain or with another
+password) has `read_config` read the stored one before anything is done: when it differs the
+cached copies are dropped and the stored one is opened. Should
 its bucket have been deleted, the first request (the lock, the listing) finds it missing:
 `gone_when_missing` drops them too.
 """
@@ -28,10 +31,12 @@ from casnap.backends.cached import CachingBackend, opened_cache
 from casnap.constants import INIT_POLL_REMOTE_SECONDS, INIT_POLL_SECONDS, INIT_WAIT_SECONDS
 from casnap.crypto import MasterKey
 from casnap.errors import (
+    CasnapError,
     InitUnderWay,
     IntegrityError,
     NotARepository,
     ObjectMissing,
+    PasswordError,
     RepositoryGone,
     RepositoryNotFound,
     UnsupportedFormat,
@@ -53,12 +58,48 @@ def read_config(
     from kept). With kept, the config and key files an earlier open kept there are tried first,
     and what this open used is kept."""
     raw = kept.kept("config") if kept is not None else None
-    trusted = raw is not None
+    if raw is not None and kept is not None:
+        try:
+            return _open_config(backend, password, kept, raw, trusted=True)
+        except (PasswordError, IntegrityError) as exc:
+            # a password missing or opening nothing, a config no key file opens: of the kept
+            # config, which may be of a repository deleted and made anew at this location
+            # (plain, or with another password); read the stored one, as a host keeping
+            # nothing would, when it differs
+            try:
+                stored = _stored_config(backend)
+            except CasnapError:  # the store cannot say: the error stands as it was
+                raise exc from None
+            if stored == raw:
+                raise
+            kept.forget()
+            if stored is None:
+                raise RepositoryGone(f"no casnap repository at {backend.location}") from None
+            raw = stored
     if raw is None:
         try:
             raw = backend.get("config")
         except IntegrityError as exc:
             raise RepositoryNotFound(f"no casnap repository at {backend.location}") from exc
+    return _open_config(backend, password, kept, raw, trusted=False)
+
+
+def _stored_config(backend: Backend) -> bytes | None:
+    """The stored config's bytes, None when there is none (or it does not read)."""
+    try:
+        return backend.get("config")
+    except (ObjectMissing, IntegrityError):
+        return None
+
+
+def _open_config(
+    backend: Backend,
+    password: PasswordSource | None,
+    kept: CachingBackend | None,
+    raw: bytes,
+    trusted: bool,
+) -> tuple[bytes, tuple[KeyFile, MasterKey] | None, bool]:
+    """read_config of raw, the kept config (trusted) or the stored one."""
     files: list[KeyFile] = []
     for key in sorted(kept.kept_keys(KEYS)) if kept is not None and trusted else ():
         blob = kept.kept(key) if kept is not None else None

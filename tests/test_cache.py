@@ -18,7 +18,13 @@ from casnap.backends.cached import CachingBackend, cache_dir_for
 from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.local import LocalBackend
 from casnap.backends.memory import MemoryBackend
-from casnap.errors import CasnapError, IntegrityError, InvalidArgument, RepositoryNotFound
+from casnap.errors import (
+    CasnapError,
+    IntegrityError,
+    InvalidArgument,
+    PasswordError,
+    RepositoryNotFound,
+)
 from casnap.stats import log_rows
 from tests.conftest import evolve_app, make_app, tree_bytes
 
@@ -451,6 +457,59 @@ def test_a_plain_repository_made_anew_encrypted_is_noticed(tmp_path: Path, comma
     repo.close()
     repo, _ = open_counted(root, PW)  # the next run reads the new repository
     assert [row["id"] for row in log_rows(repo)] == [new_id]
+    repo.close()
+
+
+def test_an_encrypted_repository_made_anew_with_another_password_opens_with_it(
+    tmp_path: Path,
+) -> None:
+    """A host keeps an encrypted repository's config; the repository is deleted and made anew
+    at that location with another password. Opened with the new password, the kept config (of
+    the old master key) did not open with the new key file: "config is damaged or tampered
+    with" (exit 5) on every run while the cache lasted, of a healthy repository. The stored
+    config is the one to check: it differs, so the kept copies go and the new one is read."""
+    data, root, _ids = two_snapshots(tmp_path, PW)
+    repo, _ = open_counted(root, PW)
+    assert len(log_rows(repo)) == 2  # the config and the key file are kept
+    repo.close()
+    shutil.rmtree(root)
+    fresh = Repository.open_or_init(root, password=lambda: "another", encryption="repokey")
+    new_id = commit(fresh, data, message="anew").id
+    fresh.close()
+    repo, _ = open_counted(root, "another")
+    assert [row["id"] for row in log_rows(repo)] == [new_id]
+    repo.close()
+
+
+def test_a_repository_made_anew_plain_opens_without_a_password(tmp_path: Path) -> None:
+    """A host keeps an encrypted repository's config; the repository is deleted and made anew,
+    plain, at that location. Without a password the kept config asked for one ("repository is
+    encrypted", exit 10) of a repository that is not: the stored config is read, and used."""
+    data, root, _ids = two_snapshots(tmp_path, PW)
+    repo, _ = open_counted(root, PW)
+    assert len(log_rows(repo)) == 2
+    repo.close()
+    shutil.rmtree(root)
+    fresh = Repository.open_or_init(root, encryption="none")
+    new_id = commit(fresh, data, message="anew").id
+    fresh.close()
+    repo, _ = open_counted(root)
+    assert [row["id"] for row in log_rows(repo)] == [new_id]
+    repo.close()
+
+
+def test_a_wrong_password_is_still_one_with_a_kept_config(tmp_path: Path) -> None:
+    """The stored config is only read to tell a repository made anew from a wrong password or
+    a missing one: for the repository the host kept, both are still exit 10."""
+    _data, root, _ids = two_snapshots(tmp_path, PW)
+    repo, _ = open_counted(root, PW)
+    assert len(log_rows(repo)) == 2
+    repo.close()
+    for password in ("wrong", None):
+        with pytest.raises(PasswordError):
+            open_counted(root, password)
+    repo, _ = open_counted(root, PW)  # the kept copies stay
+    assert len(log_rows(repo)) == 2
     repo.close()
 
 

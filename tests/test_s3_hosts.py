@@ -112,3 +112,38 @@ def test_a_bucket_of_one_name_on_two_endpoints_is_two_repositories(
                 code, out, err = run(repo, data, "log", "--json", password=PW)
                 assert code == 0, err
                 assert [row["id"] for row in json.loads(out)] == [ids[url]]
+
+
+@pytest.mark.parametrize("anew", ["plain", "another password"])
+def test_a_repository_made_anew_in_the_bucket_opens_on_a_host_keeping_the_old_one(
+    anew: str, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A host keeps the config of an encrypted repository; its objects are deleted and a
+    repository made anew at that prefix, plain or with another password. The host's commands
+    stopped on the kept config: 'repository ... is encrypted' (exit 10) without a password,
+    'config is damaged or tampered with' (exit 5) with the new one, on every run until its
+    cache was deleted. They now read the stored config and use the new repository."""
+    from casnap.backends.s3 import make_client
+
+    data = tmp_path / "data"
+    make_app(data, rows=60, vectors=120)
+    repo = f"s3://{s3_bucket}/app"
+    assert run(repo, data, "commit", "-q", password=PW)[0] == 0
+    assert run(repo, data, "log", password=PW)[0] == 0  # the config and key file are kept
+    client = make_client()
+    for key in bucket_objects(s3_bucket):
+        client.delete_object(Bucket=s3_bucket, Key=key)
+    client.close()
+    password = None if anew == "plain" else "another"
+    other = dict(s3_env, CASNAP_CACHE_DIR=str(tmp_path / "other-host"))
+    encryption = "none" if password is None else "repokey"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASNAP_CACHE_DIR", other["CASNAP_CACHE_DIR"])
+        assert run(repo, data, "init", "--encryption", encryption, password=password)[0] == 0
+        code, out, err = run(repo, data, "commit", "-q", password=password)
+        assert code == 0, err
+    new_id = out.strip()
+    for _ in range(2):
+        code, out, err = run(repo, data, "log", "--json", password=password)
+        assert code == 0, err
+        assert [row["id"] for row in json.loads(out)] == [new_id]
