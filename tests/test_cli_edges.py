@@ -90,6 +90,20 @@ def test_a_bad_global_value_does_not_block_a_commands_help(
     assert bad.returncode == EXIT_CODES["usage"], bad.stderr
 
 
+@pytest.mark.parametrize("args", [[], ["key"]])
+def test_a_group_without_its_command_prints_its_help(args: list[str]) -> None:
+    """`casnap` or `casnap key` alone printed the whole help folded into one error line, each
+    newline written as a literal backslash-n: the help, readable, on stderr, exit 2 (usage)."""
+    proc = run_casnap(args)
+    assert proc.returncode == EXIT_CODES["usage"]
+    assert proc.stdout == ""
+    assert "\\n" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"Usage: {' '.join(['casnap', *args])} [OPTIONS] COMMAND [ARGS]..."
+    assert "Commands:" in lines
+    assert any(line.split()[:1] == ["list" if args else "commit"] for line in lines)
+
+
 def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]) -> None:
     """`checkout X --to "$RESTORE_DIR"` with the variable unset restored into the working dir:
     a full checkout, which removed every file there (saved first, but the working dir was

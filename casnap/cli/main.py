@@ -151,6 +151,9 @@ def _report(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and exc.ctx is not None:
+        click.echo(exc.ctx.get_help(), err=True)  # a group given no command: its help, as is
+        return exc.exit_code
     if isinstance(exc, click.UsageError):
         where = exc.ctx.command_path if exc.ctx is not None else "casnap"
         say_error(f"{_usage_message(exc)} (see '{where} --help')")
