@@ -456,14 +456,15 @@ def forget(
         snaps = repo.snapshots(skip_damaged=True)
         if refs:
             targets: list[ObjectId] = []
+            resolver = selection.Resolver(snaps, select, repo.damaged)  # made once: many names
             for ref in refs:
                 bad = heads.named(repo.damaged, ref) if not select.active else []
                 if len(bad) == 1 and not any(s.hex().startswith(ref.lower()) for s, _ in snaps):
                     targets.append(bad[0])
                     continue
-                hit = selection.resolve(snaps, ref, select, repo.damaged)
+                hit = resolver.resolve(ref)
                 targets.append(hit.id)
-                carrying = selection.carrying(snaps, ref, select)
+                carrying = resolver.carrying(ref)
                 if hit.by == "tag" and carrying > 1:
                     report.tags_named.append((ref, carrying, hit.id.hex()))
             targets = list(dict.fromkeys(targets))
@@ -471,7 +472,7 @@ def forget(
             targets = [sid for sid, _ in select.select(snaps)]
         # a damaged manifest of a snapshot it keeps stops it, as it stops gc; one it forgets
         # (a file list casnap cannot read) goes
-        repo.snapshots(files=True, but=targets)
+        repo.snapshots(files=True, but=set(targets))  # a set: looked up per snapshot
         report.removed = [sid.hex() for sid in targets]
         report.kept = len(snaps) + len(repo.damaged) - len(targets)
         _remove(repo, report, dry_run, gc if targets else None, held)
