@@ -508,12 +508,13 @@ def _remove(
     sizes = repo.manifest_sizes()
     forgotten: list[str] = []
     try:
-        for hex_id in report.removed:
-            report.manifest_bytes_removed += sizes.get(hex_id, 0)
-            if not dry_run:
-                locks.before_delete(held, in_a_row=True)
-                repo.remove_snapshot(ObjectId.from_hex(hex_id))
-                forgotten.append(hex_id)
+        with repo.backend.deleting():  # durable together, before gc deletes what they used
+            for hex_id in report.removed:
+                report.manifest_bytes_removed += sizes.get(hex_id, 0)
+                if not dry_run:
+                    locks.before_delete(held, in_a_row=True)
+                    repo.remove_snapshot(ObjectId.from_hex(hex_id))
+                    forgotten.append(hex_id)
         if planned is not None:
             collector.carry_out(repo, planned, dry_run=dry_run, held=held)
             repo.refresh()

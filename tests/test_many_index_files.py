@@ -5,6 +5,8 @@ bad file in listing order decides the error, whatever made it bad."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,35 @@ def test_the_first_bad_file_listed_decides(store: Store, mismatch_first: bool) -
     assert first in str(caught.value)
     store.load_index(skip_damaged=True)
     assert set(store.index_damaged) == {entry_bad, mismatch}
+
+
+def test_deletes_in_a_row_sync_each_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local repository's deletes inside deleting() are made durable when the block ends, one
+    sync of each folder they emptied (gc deleting thousands of index files and packs), not one
+    per delete; a delete outside it is durable when it returns."""
+    from casnap.backends import local
+
+    synced: list[Path] = []
+    real = local.fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(local, "fsync_dir", spy)
+    backend = local.LocalBackend(tmp_path)
+    keys = [f"index/{i:064x}" for i in range(5)] + [f"packs/ab/ab{i:062x}" for i in range(5)]
+    for key in keys:
+        backend.put(key, b"x")
+    synced.clear()
+    backend.delete(keys[0])
+    assert synced == [tmp_path / "index"]
+    synced.clear()
+    with backend.deleting():
+        for key in keys[1:]:
+            backend.delete(key)
+        assert synced == []
+    assert sorted(synced) == [tmp_path / "index", tmp_path / "packs" / "ab"]
+    assert list(backend.list("")) == []
