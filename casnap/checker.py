@@ -40,7 +40,7 @@ from casnap.packs import (
 from casnap.progress import ByteProgress, ProgressFn
 from casnap.reachability import FileUse, Reach, walk
 from casnap.repository import Repository
-from casnap.selection import SnapshotFilter, latest, resolve
+from casnap.selection import Resolver, SnapshotFilter, latest
 from casnap.store import ChunkDamaged
 
 
@@ -277,7 +277,8 @@ class _Checker:
     ) -> list[tuple[ObjectId, Snapshot]]:
         """The snapshots refs name, read from the manifests that parsed (as resolve() reads)."""
         if not any(p.kind == "manifest" for p in self.report.problems):
-            wanted = {resolve(snaps, r, self.select).id for r in refs}
+            resolver = Resolver(snaps, self.select)
+            wanted = {resolver.resolve(r).id for r in refs}
             return [kv for kv in snaps if kv[0] in wanted]
         snaps = self.select.select(snaps)
         chosen: dict[ObjectId, Snapshot] = {}

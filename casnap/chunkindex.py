@@ -516,8 +516,11 @@ def encode_index(packs: Sequence[ObjectId], ids: np.ndarray, fields: np.ndarray)
     return b"".join(out)
 
 
-def decode_index(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
-    """Parse an index file into (pack table, ids (n, 32), fields); IntegrityError naming it."""
+def decode_index(
+    key: str, blob: bytes, check: bool = True
+) -> tuple[list[ObjectId], np.ndarray, np.ndarray]:
+    """Parse an index file into (pack table, ids (n, 32), fields); IntegrityError naming it.
+    Without check, its entries are left for the caller to check_entries."""
     body = decompress_object(blob, f"{key}: corrupt index file", limit=MAX_INDEX_BYTES)
     if not body.startswith(INDEX_MAGIC):
         raise IntegrityError(f"{key}: not a casnap index file (or one of an older format)")
@@ -542,7 +545,8 @@ def decode_index(key: str, blob: bytes) -> tuple[list[ObjectId], np.ndarray, np.
         dt = FIELD_DTYPE[name]
         fields[name] = np.frombuffer(body, dtype=dt, count=n, offset=pos)
         pos += n * dt.itemsize
-    check_entries(key, npacks, fields)
+    if check:
+        check_entries(key, npacks, fields)
     return packs, ids, fields
 
 

@@ -386,24 +386,28 @@ def carry_out(repo: Repository, p: GcPlan, *, dry_run: bool, held: Held | None =
     report.packs_written = len(created)
     report.pack_bytes_written = sum(size for _, size in created)
 
-    # 2. one index naming exactly the needed blobs, then 3. drop the old index files
+    # 2. one index naming exactly the needed blobs, then 3. drop the old index files: durable
+    # together (backend.deleting) before any pack goes, as a pack is deleted only when no index
+    # file names it (in any order among themselves: the new index names every needed blob)
     if p.rewrite or len(moved[1]):
         new_key = _write_index(repo, p, moved, dry_run)
-        for key, size in p.index_keys:
-            if key != new_key:
+        with backend.deleting():
+            for key, size in p.index_keys:
+                if key != new_key:
+                    if not dry_run:
+                        before_delete(held, in_a_row=True)
+                        backend.delete(key)
+                    report.index_files_removed += 1
+                    report.index_bytes_removed += size
+
+    # 4. packs no index names any more (durable together), then leftover temp files
+    with backend.deleting():
+        for fate in p.fates.values():
+            if fate.action != KEEP and fate.pack not in new_packs:
                 if not dry_run:
                     before_delete(held, in_a_row=True)
-                    backend.delete(key)
-                report.index_files_removed += 1
-                report.index_bytes_removed += size
-
-    # 4. packs no index names any more, then leftover temp files
-    for fate in p.fates.values():
-        if fate.action != KEEP and fate.pack not in new_packs:
-            if not dry_run:
-                before_delete(held, in_a_row=True)
-                backend.delete(pack_key(fate.pack))
-            report.pack_bytes_removed += fate.size
+                    backend.delete(pack_key(fate.pack))
+                report.pack_bytes_removed += fate.size
     for path in p.temp_files:
         try:
             size = path.stat().st_size

@@ -190,7 +190,8 @@ def chosen(
         if flt.active and not picked and not src.damaged:
             raise SnapshotNotFound(f"no snapshot {flt.describe()}: nothing copied")
         return picked
-    wanted = {selection.resolve(snaps, ref, flt, src.damaged).id for ref in refs}
+    resolver = selection.Resolver(snaps, flt, src.damaged)
+    wanted = {resolver.resolve(ref).id for ref in refs}
     return [(sid, snap) for sid, snap in snaps if sid in wanted]
 
 

@@ -456,14 +456,15 @@ def forget(
         snaps = repo.snapshots(skip_damaged=True)
         if refs:
             targets: list[ObjectId] = []
+            resolver = selection.Resolver(snaps, select, repo.damaged)  # made once: many names
             for ref in refs:
                 bad = heads.named(repo.damaged, ref) if not select.active else []
                 if len(bad) == 1 and not any(s.hex().startswith(ref.lower()) for s, _ in snaps):
                     targets.append(bad[0])
                     continue
-                hit = selection.resolve(snaps, ref, select, repo.damaged)
+                hit = resolver.resolve(ref)
                 targets.append(hit.id)
-                carrying = selection.carrying(snaps, ref, select)
+                carrying = resolver.carrying(ref)
                 if hit.by == "tag" and carrying > 1:
                     report.tags_named.append((ref, carrying, hit.id.hex()))
             targets = list(dict.fromkeys(targets))
@@ -471,7 +472,7 @@ def forget(
             targets = [sid for sid, _ in select.select(snaps)]
         # a damaged manifest of a snapshot it keeps stops it, as it stops gc; one it forgets
         # (a file list casnap cannot read) goes
-        repo.snapshots(files=True, but=targets)
+        repo.snapshots(files=True, but=set(targets))  # a set: looked up per snapshot
         report.removed = [sid.hex() for sid in targets]
         report.kept = len(snaps) + len(repo.damaged) - len(targets)
         _remove(repo, report, dry_run, gc if targets else None, held)
@@ -507,12 +508,13 @@ def _remove(
     sizes = repo.manifest_sizes()
     forgotten: list[str] = []
     try:
-        for hex_id in report.removed:
-            report.manifest_bytes_removed += sizes.get(hex_id, 0)
-            if not dry_run:
-                locks.before_delete(held, in_a_row=True)
-                repo.remove_snapshot(ObjectId.from_hex(hex_id))
-                forgotten.append(hex_id)
+        with repo.backend.deleting():  # durable together, before gc deletes what they used
+            for hex_id in report.removed:
+                report.manifest_bytes_removed += sizes.get(hex_id, 0)
+                if not dry_run:
+                    locks.before_delete(held, in_a_row=True)
+                    repo.remove_snapshot(ObjectId.from_hex(hex_id))
+                    forgotten.append(hex_id)
         if planned is not None:
             collector.carry_out(repo, planned, dry_run=dry_run, held=held)
             repo.refresh()

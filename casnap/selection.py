@@ -10,6 +10,7 @@ snapshot reference resolves it here. A checkout of several path groups at once r
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -131,51 +132,106 @@ def resolve(
 ) -> Resolved:
     """A full id, a unique prefix of >= 4 hex digits, `latest`, or a tag (its newest snapshot),
     among snaps (oldest first) that match flt. An id of damaged (manifests that do not read,
-    left out of snaps) is its error when ref names it alone, and counts when ref is ambiguous."""
-    flt = flt or SnapshotFilter()
-    where = f" {flt.describe()}" if flt.active else ""
-    bad = named(damaged or {}, ref)
-    ids = [
-        sid for sid, _ in snaps if is_hex_prefix(ref.lower()) and sid.hex().startswith(ref.lower())
-    ]
-    if bad and not ids:
-        raise _damaged(damaged or {}, bad[0])
-    if damaged and not (ids and len(ref) >= MIN_PREFIX):  # its time and tags do not read
-        exc = next(iter(damaged.values()))[0]
-        raise type(exc)(
-            f"{exc} (it may be the newest snapshot or carry that tag: name a snapshot by its id "
-            f"(`casnap log` lists the others), or {way_out(damaged)})"
-        )
-    if not snaps:
-        raise SnapshotNotFound("the repository holds no snapshots")
-    pool = flt.select(snaps)
-    if ref == "latest":
-        newest = latest(pool, flt)
-        if newest is None:
-            but = f" but {SAFETY_TAG} ones (name them by the tag {SAFETY_TAG})" if pool else ""
-            raise SnapshotNotFound(f"no snapshot{where}{but}")
-        return Resolved(newest, "latest")
-    ref_l = ref.lower()
-    tagged = [sid for sid, s in pool if ref in s.tags]
-    if is_hex_prefix(ref_l) and len(ref_l) >= MIN_PREFIX:
-        matches = [sid for sid, _ in pool if sid.hex().startswith(ref_l)] + bad
-        if tagged and matches and len(ref_l) < FULL_ID and matches != tagged[-1:]:
-            raise AmbiguousSnapshot(_tag_or_id(ref, tagged[-1], matches, where))
-        if len(matches) == 1 and matches[0] in bad:  # whether it matches flt does not read
-            raise _damaged(damaged or {}, matches[0])
-        if len(matches) == 1:
-            return Resolved(matches[0], "id")
-        if len(matches) > 1:
-            listed = ", ".join(m.short for m in matches[:5])
-            raise AmbiguousSnapshot(f"{ref!r} matches {len(matches)} snapshots{where} ({listed})")
-    if tagged:
-        return Resolved(tagged[-1], "tag")
-    if is_hex_prefix(ref_l) and len(ref_l) < MIN_PREFIX:
-        raise SnapshotNotFound(f"{ref!r}: give at least {MIN_PREFIX} hex digits of a snapshot id")
-    if flt.active:
-        resolve(snaps, ref)  # a ref that names nothing at all is reported as such
-        raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")
-    raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+    left out of snaps) is its error when ref names it alone, and counts when ref is ambiguous.
+    Many names: one Resolver."""
+    return Resolver(snaps, flt, damaged).resolve(ref)
+
+
+class Resolver:
+    """Names resolved among snaps (oldest first) that match flt, as resolve() reads each: the
+    snapshots' ids sorted once and their tags mapped once, so each name costs a binary search
+    and a look-up, not a scan of every snapshot (a forget of thousands of ids)."""
+
+    def __init__(
+        self,
+        snaps: Snaps,
+        flt: SnapshotFilter | None = None,
+        damaged: Mapping[ObjectId, Damage] | None = None,
+    ) -> None:
+        self.snaps = snaps
+        self.flt = flt or SnapshotFilter()
+        self.damaged = damaged or {}
+        self.where = f" {self.flt.describe()}" if self.flt.active else ""
+        self.pool = self.flt.select(snaps)
+        self.order = {sid: i for i, (sid, _) in enumerate(self.pool)}  # place in pool
+        self.all_hex = sorted(sid.hex() for sid, _ in snaps)
+        self.pool_hex = sorted((sid.hex(), sid) for sid, _ in self.pool)
+        self.tagged: dict[str, list[ObjectId]] = {}  # tag: its snapshots in pool, oldest first
+        for sid, snap in self.pool:
+            for tag in dict.fromkeys(snap.tags):
+                self.tagged.setdefault(tag, []).append(sid)
+        self._unfiltered: Resolver | None = None
+
+    def carrying(self, tag: str) -> int:
+        """How many snapshots that match the filter carry tag."""
+        return len(self.tagged.get(tag, ()))
+
+    def _starting(self, low: str) -> list[ObjectId]:
+        """The pool's ids that start with low, in pool order."""
+        i = bisect.bisect_left(self.pool_hex, (low,))
+        found = []
+        while i < len(self.pool_hex) and self.pool_hex[i][0].startswith(low):
+            found.append(self.pool_hex[i][1])
+            i += 1
+        return sorted(found, key=self.order.__getitem__)
+
+    def _any_starts(self, low: str) -> bool:
+        """True when any snapshot's id (filter or not) starts with low."""
+        i = bisect.bisect_left(self.all_hex, low)
+        return i < len(self.all_hex) and self.all_hex[i].startswith(low)
+
+    def resolve(self, ref: str) -> Resolved:
+        """One name, as resolve() reads it."""
+        damaged, where, ref_l = self.damaged, self.where, ref.lower()
+        bad = named(damaged, ref)
+        hex_ref = is_hex_prefix(ref_l)
+        ids = hex_ref and self._any_starts(ref_l)
+        if bad and not ids:
+            raise _damaged(damaged, bad[0])
+        if damaged and not (ids and len(ref) >= MIN_PREFIX):  # its time and tags do not read
+            exc = next(iter(damaged.values()))[0]
+            raise type(exc)(
+                f"{exc} (it may be the newest snapshot or carry that tag: name a snapshot by its "
+                f"id (`casnap log` lists the others), or {way_out(damaged)})"
+            )
+        if not self.snaps:
+            raise SnapshotNotFound("the repository holds no snapshots")
+        if ref == "latest":
+            newest = latest(self.pool, self.flt)
+            if newest is None:
+                but = (
+                    f" but {SAFETY_TAG} ones (name them by the tag {SAFETY_TAG})"
+                    if self.pool
+                    else ""
+                )
+                raise SnapshotNotFound(f"no snapshot{where}{but}")
+            return Resolved(newest, "latest")
+        tagged = self.tagged.get(ref, [])
+        if hex_ref and len(ref_l) >= MIN_PREFIX:
+            matches = self._starting(ref_l) + bad
+            if tagged and matches and len(ref_l) < FULL_ID and matches != tagged[-1:]:
+                raise AmbiguousSnapshot(_tag_or_id(ref, tagged[-1], matches, where))
+            if len(matches) == 1 and matches[0] in bad:  # whether it matches flt does not read
+                raise _damaged(damaged, matches[0])
+            if len(matches) == 1:
+                return Resolved(matches[0], "id")
+            if len(matches) > 1:
+                listed = ", ".join(m.short for m in matches[:5])
+                raise AmbiguousSnapshot(
+                    f"{ref!r} matches {len(matches)} snapshots{where} ({listed})"
+                )
+        if tagged:
+            return Resolved(tagged[-1], "tag")
+        if hex_ref and len(ref_l) < MIN_PREFIX:
+            raise SnapshotNotFound(
+                f"{ref!r}: give at least {MIN_PREFIX} hex digits of a snapshot id"
+            )
+        if self.flt.active:
+            if self._unfiltered is None:
+                self._unfiltered = Resolver(self.snaps)
+            self._unfiltered.resolve(ref)  # a ref that names nothing at all is reported as such
+            raise SnapshotNotFound(f"{ref!r} names no snapshot{where}")
+        raise SnapshotNotFound(f"no snapshot matches {ref!r}")
 
 
 def _damaged(damaged: Mapping[ObjectId, Damage], sid: ObjectId) -> Exception:

@@ -499,6 +499,23 @@ def test_delete(backend: Backend) -> None:
     assert backend.get("locks/l1") == b"again"
 
 
+def test_deletes_in_a_row_are_done_when_the_block_ends(backend: Backend) -> None:
+    """deleting() (gc's and forget's deletes, made durable together) changes no answer: each
+    delete is done when it returns, the block nests, and one that raises still ends it."""
+    for i in range(6):
+        backend.put(f"index/{i:064x}", b"entry %d" % i)
+    with backend.deleting():
+        backend.delete(f"index/{0:064x}")
+        assert not backend.exists(f"index/{0:064x}")
+        with backend.deleting():  # nested: the outer one makes them durable
+            backend.delete(f"index/{1:064x}")
+        backend.delete("index/never")
+    with pytest.raises(KeyError), backend.deleting():
+        backend.delete(f"index/{2:064x}")
+        raise KeyError("a failure part way")
+    assert sorted(k for k, _ in backend.list("index/")) == [f"index/{i:064x}" for i in (3, 4, 5)]
+
+
 def test_remove_says_whether_the_object_was_there(backend: Backend) -> None:
     """remove deletes like delete and answers whether the key was stored: True for an object
     put by this backend or another one on the same storage, False once it is gone."""

@@ -195,6 +195,14 @@ class Backend(ABC):
         check_prefix(prefix)
         yield
 
+    @contextlib.contextmanager
+    def deleting(self) -> Iterator[None]:
+        """Within it, a delete is done when it returns but may become durable only when the
+        block ends (however it ends): deletes whose order among themselves does not matter
+        (gc's index files, then its packs; forget's manifests) pay for durability once per
+        block, not once each. The default makes each durable as it returns."""
+        yield
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release what the backend holds (connections, handles); calling it again is harmless,
         and no other call is made after it. What was stored stays stored. The default holds
@@ -289,6 +297,11 @@ class Wrapper(Backend):
     @contextlib.contextmanager
     def holding(self, prefix: str) -> Iterator[None]:
         with self.inner.holding(prefix):
+            yield
+
+    @contextlib.contextmanager
+    def deleting(self) -> Iterator[None]:
+        with self.inner.deleting():
             yield
 
 

@@ -11,13 +11,14 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from casnap.backends.base import Backend, check_key, check_prefix, check_range
 from casnap.constants import TEMP_PREFIX
 from casnap.directio import write_new
-from casnap.errors import IntegrityError, ObjectMissing, from_oserror
+from casnap.errors import CasnapError, IntegrityError, ObjectMissing, from_oserror
 from casnap.fsutil import FILE_MODE, fsync_dir, make_dirs, temp_name
 from casnap.ids import ID_SIZE, is_hex_prefix
 from casnap.signals import uninterrupted
@@ -70,6 +71,40 @@ class LocalBackend(Backend):
         self._root = str(self.root)
         self._held: dict[str, int] | None = None  # path -> descriptor, while holding
         self._held_prefix = ""
+        self._unsynced: set[Path] | None = None  # folders deletes emptied, while deleting
+        self._unsynced_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def deleting(self) -> Iterator[None]:
+        """Within it, the folders deletes removed files from are synced once, when it ends (a
+        gc of thousands of index files and packs paid a folder sync for each)."""
+        with self._unsynced_lock:
+            if self._unsynced is not None:  # nested: the outer one syncs
+                outer = True
+            else:
+                outer, self._unsynced = False, set()
+        if outer:
+            yield
+            return
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(CasnapError):  # the failure that ended it comes first
+                self._sync_unsynced()
+            raise
+        self._sync_unsynced()
+
+    def _sync_unsynced(self) -> None:
+        """Sync the folders deletes removed files from since deleting began; stop keeping them."""
+        with self._unsynced_lock:
+            folders, self._unsynced = self._unsynced or set(), None
+        for folder in sorted(folders):
+            try:
+                fsync_dir(folder)
+            except FileNotFoundError:  # removed meanwhile: nothing left to make durable
+                continue
+            except OSError as exc:
+                raise from_oserror(exc, f"syncing {folder}") from exc
 
     @contextlib.contextmanager
     def holding(self, prefix: str) -> Iterator[None]:
@@ -249,6 +284,10 @@ class LocalBackend(Backend):
                 ) from exc
         except OSError as exc:
             raise from_oserror(exc, f"deleting {path}") from exc
+        with self._unsynced_lock:
+            if self._unsynced is not None:
+                self._unsynced.add(path.parent)
+                return
         fsync_dir(path.parent)
 
     def exists(self, key: str) -> bool:
