@@ -179,10 +179,9 @@ def copy_snapshots(
 def chosen(
     src: Repository, refs: Sequence[str] = (), select: selection.SnapshotFilter | None = None
 ) -> list[tuple[ObjectId, Snapshot]]:
-    """The snapshots of src refs name (every one select matches when none is given), oldest
-    first, once; SnapshotNotFound when a ref names none, or select matches none. copy_snapshots
-    takes them under its lock; the command line asks first, so that a copy of nothing makes no
-    destination."""
+    """The snapshots of src refs name (all select matches when none is given), oldest first,
+    once; SnapshotNotFound when a ref names none, or select matches none. copy_snapshots takes
+    them under its lock; the command line asks first: a copy of nothing makes no destination."""
     # one whose manifest does not read is passed over (copy_snapshots names it), or its error
     snaps, flt = src.snapshots(skip_damaged=True), select or selection.SnapshotFilter()
     if not refs:
