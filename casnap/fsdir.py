@@ -22,7 +22,21 @@ from casnap.errors import AccessDenied, CasnapError, HostileManifest, SourceErro
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Directories kept open at once; others are opened again (still component by component) on use.
-_MAX_OPEN = 256
+MAX_OPEN_FOLDERS = 256
+# Descriptors a command holds besides folders: packs, pipes, threads' wake-ups, SQLite's files.
+_OTHER_DESCRIPTORS = 48
+
+
+def open_folder_budget() -> int:
+    """Folders one part of a restore may hold open at once: MAX_OPEN_FOLDERS, or, under a low
+    `ulimit -n` (a service started so), a third of what the limit leaves past the command's
+    other descriptors, at least 4 (a stage holds up to 1.5 times this, a Tree this many more)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_FOLDERS
+    return max(4, min(MAX_OPEN_FOLDERS, (soft - _OTHER_DESCRIPTORS) // 3))
 
 
 def fsync_fd(fd: int, what: str) -> None:
@@ -325,6 +339,7 @@ class Tree:
         self.dir_attrs = dir_attrs or (lambda _rel: (0o700, None))
         self.created: list[str] = []
         self._open: OrderedDict[str, Dir] = OrderedDict()
+        self._max_open = open_folder_budget()
         # files a full checkout removes that stand where its snapshot has a folder: taken for
         # absent folders until the swap moves them aside; and folders standing where it has a
         # file, holding only files it removes: moved aside whole
@@ -366,7 +381,7 @@ class Tree:
             if found is None:
                 raise CasnapError(f"{parent.path / name} vanished as it was created")
         self._open[rel] = found
-        while len(self._open) > _MAX_OPEN:
+        while len(self._open) > self._max_open:
             _, old = self._open.popitem(last=False)
             old.close()
         return found

@@ -27,6 +27,7 @@ from casnap import chunklist, compression
 from casnap.chunkindex import id_matrix
 from casnap.constants import SMALL_FILE, SNIFF_BYTES
 from casnap.errors import IntegrityError, from_oserror
+from casnap.fsdir import open_folder_budget
 from casnap.ids import ObjectId, hash_bytes
 from casnap.manifest import FileEntry
 from casnap.packs import pack_key
@@ -46,11 +47,10 @@ BATCH_BYTES = 8 * 1024 * 1024  # a batch's bytes are in memory at once (two batc
 LIST_BATCH_BYTES = 4 * 1024 * 1024
 LIST_GAP = 64 * 1024  # bytes of other frames a read of lists spans rather than making two
 MAX_LIST_READ = 4 * 1024 * 1024
-MAX_OPEN_FOLDERS = 256
-# Folders one batch writes into, at most: a batch holds each open until it is written, two
-# batches at once, so a tree of many folders holding a file or two each stays within
-# MAX_OPEN_FOLDERS + BATCH_FOLDERS descriptors (not 2 * BATCH_FILES, past `ulimit -n` 1024)
-BATCH_FOLDERS = MAX_OPEN_FOLDERS // 2
+# Folders held open, at most: open_folder_budget() (256 under the usual `ulimit -n` of 1024);
+# one batch writes into half as many at most: a batch holds each open until it is written, two
+# batches at once, so a tree of many folders holding a file or two each stays within 1.5 times
+# the budget (not 2 * BATCH_FILES descriptors, past `ulimit -n` 1024)
 # Threads creating files, each the files of one folder at a time (a task per file cost more than
 # the writing): creating a file is mostly the kernel's work, and two threads creating files in
 # the same folder only took turns at its lock (spinning on it, when allocating inodes was slow).
@@ -65,7 +65,8 @@ def fits(entry: FileEntry) -> bool:
 
 def batches(entries: Sequence[FileEntry]) -> Iterator[list[FileEntry]]:
     """entries in order, cut into batches of at most BATCH_FILES files, BATCH_BYTES bytes and
-    BATCH_FOLDERS folders."""
+    half the open-folder budget's folders."""
+    most_folders = max(1, open_folder_budget() // 2)
     batch: list[FileEntry] = []
     size = 0
     folders: set[str] = set()
@@ -74,7 +75,7 @@ def batches(entries: Sequence[FileEntry]) -> Iterator[list[FileEntry]]:
         if batch and (
             len(batch) >= BATCH_FILES
             or size + entry.size > BATCH_BYTES
-            or (folder not in folders and len(folders) >= BATCH_FOLDERS)
+            or (folder not in folders and len(folders) >= most_folders)
         ):
             yield batch
             batch, size = [], 0
@@ -279,7 +280,7 @@ def _write_all(files: list[_File], as_root: bool, phases: Phases) -> list[Finger
 class _Folders:
     """The folders of a stage, created as needed and held open by descriptor (workers create
     files relative to them: a path through /proc, looked up for every file, cost more than the
-    writing). At most MAX_OPEN_FOLDERS are open; one is closed only when no batch still being
+    writing). At most open_folder_budget() are open; one is closed only when no batch still being
     written uses it."""
 
     def __init__(self, stage: int, root: Path) -> None:
@@ -287,6 +288,7 @@ class _Folders:
         self.root = root
         self.made: set[str] = set()
         self.open: dict[str, tuple[int, int]] = {}  # folder -> (descriptor, batch last using it)
+        self.max_open = open_folder_budget()
 
     def fd(self, folder: str, batch: int) -> int:
         held = self.open.get(folder)
@@ -316,7 +318,7 @@ class _Folders:
 
     def release(self, done: int) -> None:
         """Close folders past the limit that no batch after `done` uses."""
-        if len(self.open) <= MAX_OPEN_FOLDERS:
+        if len(self.open) <= self.max_open:
             return
         for folder, (fd, last) in list(self.open.items()):
             if last <= done:

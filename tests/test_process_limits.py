@@ -57,6 +57,26 @@ def test_checkout_of_many_folders_holding_a_file_each_under_a_small_limit(
     assert v.returncode == 0, v.stderr
 
 
+def test_commit_and_checkout_size_their_open_folders_from_a_low_limit(tmp_path: Path) -> None:
+    """A checkout held up to 384 folders open while staging and 256 more while swapping in,
+    whatever `ulimit -n` allowed: under 128 (a service started so, or macOS's 256) a checkout
+    of 300 folders holding a file each failed ('too many open files'). The folders held open
+    are sized from the limit."""
+    data, repo_dir = tmp_path / "data", tmp_path / "repo"
+    one_file_per_folder(data, 300)
+    c = cli(repo_dir, data, "commit", "-q", nofile=96)
+    assert c.returncode == 0, c.stderr
+    target = tmp_path / "restored"
+    p = cli(repo_dir, data, "checkout", "latest", "--to", str(target), nofile=96)
+    assert p.returncode == 0, p.stderr
+    assert tree_bytes(target) == tree_bytes(data)
+    for i in range(0, 300, 2):  # an in-place checkout swaps files into every other folder
+        (data / f"f{i:04d}" / "doc.txt").write_text("changed\n")
+    q = cli(repo_dir, data, "checkout", "latest", "--force", nofile=96)
+    assert q.returncode == 0, q.stderr
+    assert tree_bytes(data) == tree_bytes(target)
+
+
 def test_a_commit_out_of_memory_is_one_line_and_leaves_the_repository_whole(
     tmp_path: Path,
 ) -> None:
