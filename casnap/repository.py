@@ -191,10 +191,10 @@ class Repository:
         """Open (or with create, make) the repository at an S3 URL, scratch space private; transient
         failures retried; metadata cached unless cache is False (verify reads the bucket). With
         its config kept here, the client is made while the key is derived (deferred.py)."""
-        if create and password is not None:
-            keys.read_password(password)  # asked for (or missing) before anything is made
+        # the password asked for (or missing) before anything is made, a refused prefix first
+        ask = partial(keys.read_password, password) if create and password is not None else None
         kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
-        made = partial(s3_backend, url, create, check=not kept)
+        made = partial(s3_backend, url, create, check=not kept, first=ask)
         backend: Backend = RetryingBackend(DeferredBackend(url.url, made) if kept else made())
         try:
             if create:  # what was cached of an earlier repository at url is not this one's

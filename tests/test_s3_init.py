@@ -127,3 +127,30 @@ def test_a_prefix_holding_other_objects_under_keys_is_not_taken_over(
     assert code == EXIT_CODES["repository"], err
     assert "not empty and not a casnap repository" in err, err
     assert bucket_objects(s3_bucket) == before
+
+
+@pytest.mark.parametrize("where", ["inside", "holding", "not empty"])
+def test_a_prefix_refused_whatever_the_password_is_said_before_it_is_asked_for(
+    s3_bucket: str, tmp_path: Path, where: str
+) -> None:
+    """An encrypted init (the default on S3) asked for the password first: with none to give
+    it stopped saying a password was needed (exit 10), and on a terminal it asked twice before
+    saying that no repository could be made there (inside another, one already there, objects
+    of something else). The refusal comes first; nothing is written."""
+    from casnap.backends.s3 import make_client
+
+    data = tmp_path / "data"
+    outer = f"s3://{s3_bucket}/app"
+    assert run(outer, data, "init", "--encryption", "none")[0] == 0
+    if where == "not empty":
+        client = make_client()
+        client.put_object(Bucket=s3_bucket, Key="other/notes.txt", Body=b"mine")
+        client.close()
+    repo = {"inside": f"{outer}/sub", "holding": outer, "not empty": f"s3://{s3_bucket}/other"}
+    before = bucket_objects(s3_bucket)
+    code, _, err = run(repo[where], data, "init", password=None)
+    assert code == EXIT_CODES["repository"], err
+    said = {"inside": "inside the casnap repository", "holding": "already holds"}
+    assert said.get(where, "is not empty and not a casnap repository") in err, err
+    assert err.count("\n") == 1, err
+    assert bucket_objects(s3_bucket) == before

@@ -87,12 +87,14 @@ def unmade(backend: Backend) -> BaseException | None:
     return None
 
 
-def s3_backend(url: S3Url, create: bool, check: bool) -> Backend:
+def s3_backend(
+    url: S3Url, create: bool, check: bool, first: Callable[[], object] | None = None
+) -> Backend:
     """The S3 backend of url (backends/s3.py, imported here: on a DeferredBackend's thread the
-    import runs there too)."""
+    import runs there too); first: s3prefix.repository_backend's."""
     from casnap.backends.s3prefix import repository_backend
 
-    return repository_backend(url, create, check=check)
+    return repository_backend(url, create, check=check, first=first)
 
 
 def taken_over(backend: Backend, made: T) -> T:

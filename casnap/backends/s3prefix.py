@@ -5,13 +5,20 @@ left (taken over once old, as in a local folder: locations.stale_init), or anyth
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from casnap.backends.retrying import RetryingBackend
 from casnap.backends.s3 import S3Backend
-from casnap.errors import InitUnderWay, NotARepository, RepositoryNotFound
+from casnap.errors import CasnapError, InitUnderWay, NotARepository, RepositoryNotFound
 from casnap.locations import S3Url, is_key_name, nested_message, under_way_message
 
+HOLDS_ONE = "already holds a casnap repository"
+NOT_OURS = "is not empty and not a casnap repository; not touching it"
 
-def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backend:
+
+def repository_backend(
+    url: S3Url, create: bool, check: bool = True, first: Callable[[], object] | None = None
+) -> S3Backend:
     """The backend of the repository at url: one holding a config (RepositoryNotFound when the
     bucket or the prefix holds nothing, or only an old key file; NotARepository when it holds
     something else); with create, one for a new repository: the bucket made when missing, the
@@ -19,22 +26,26 @@ def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backen
     once the new config is in, deferred.taken_over); NotARepository otherwise. A key file
     alone younger than INIT_WAIT_SECONDS is InitUnderWay (init_leftover). Without check (a
     config of url is cached), no request is made. Each request is retried as the repository's
-    are (backends/retrying.py): on a host that keeps nothing of url they are its first."""
+    are (backends/retrying.py): on a host that keeps nothing of url they are its first. With
+    create, first (asking for a password) is called before anything is made, once a prefix
+    refused whatever it answers has been said (refuse_early)."""
     backend = S3Backend(url)
     if not check and not create:
         return backend
     retried = RetryingBackend(backend).call  # these requests may be a command's first
     try:
         if create:
+            if first is not None:
+                refuse_early(backend)
+                first()
             retried(backend.ensure_bucket)
         if retried(lambda: backend.exists("config")):
             if create:
-                raise NotARepository(f"{url} already holds a casnap repository")
+                raise NotARepository(f"{url} {HOLDS_ONE}")
             return backend
         backend.leftover = leftover = retried(lambda: init_leftover(backend))
         if leftover is None:
-            what = "is not empty and not a casnap repository; not touching it"
-            raise NotARepository(f"{url} {what if create else 'is not a casnap repository'}")
+            raise NotARepository(f"{url} {NOT_OURS if create else 'is not a casnap repository'}")
         if not create:
             what = ", which takes over the key file of an init stopped before its config"
             raise RepositoryNotFound(
@@ -47,6 +58,27 @@ def repository_backend(url: S3Url, create: bool, check: bool = True) -> S3Backen
     except BaseException:
         backend.close()
         raise
+
+
+def refuse_early(backend: S3Backend) -> None:
+    """NotARepository (InitUnderWay) when no repository can be made at the backend's prefix
+    whatever the password: one is there, or above it, or other objects; said before the
+    password is asked for, which the refusal would waste (asked twice on a terminal, or a
+    missing one said instead). One attempt a request and nothing made: a bucket that does not
+    exist, or a request that fails, leaves the checks to the init itself."""
+    url = backend.url
+    try:
+        if backend.exists("config"):
+            raise NotARepository(f"{url} {HOLDS_ONE}")
+        if init_leftover(backend) is None:
+            raise NotARepository(f"{url} {NOT_OURS}")
+        outer = backend.enclosing_repository()
+    except (NotARepository, InitUnderWay):
+        raise
+    except CasnapError:
+        return
+    if outer is not None:
+        raise NotARepository(nested_message(url, outer))
 
 
 def init_leftover(backend: S3Backend) -> list[str] | None:
