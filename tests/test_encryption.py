@@ -245,6 +245,19 @@ def test_a_password_command_that_hangs_is_stopped(app: Path, tmp_path: Path) -> 
     assert bad.returncode == EXIT_CODES["usage"] and "CASNAP_PASSWORD_TIMEOUT" in bad.stderr
 
 
+def test_a_password_timeout_past_what_select_takes_waits_for_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CASNAP_PASSWORD_TIMEOUT of 1e10 s (no limit in practice) was passed to select() whole,
+    which takes no wait past the platform's time_t: an internal error (exit 70), no password
+    read. The command's password is read as under any other limit."""
+    from casnap.cli.passwords import run_password_command
+
+    for limit in ("1e10", "1e300"):
+        monkeypatch.setenv("CASNAP_PASSWORD_TIMEOUT", limit)
+        assert run_password_command("echo s3cret") == "s3cret"
+
+
 def test_a_password_option_beats_every_password_variable(app: Path, tmp_path: Path) -> None:
     """CASNAP_PASSWORD_FILE was taken before an explicit --password-command (exit 10, the
     option silently ignored), and --password-file with --password-command was accepted, the

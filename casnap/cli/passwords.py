@@ -104,19 +104,29 @@ def run_password_command(command: str) -> str:
 def _read_until(fd: int, limit: int, deadline: float | None, late: Exception) -> bytes:
     """Up to limit bytes read from fd until its end; late raised once deadline (monotonic) has
     passed first."""
-    import select
-
     raw = b""
     while len(raw) < limit:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise late
+        if deadline is not None and not _ready(fd, deadline):
+            raise late
         piece = os.read(fd, limit - len(raw))
         if not piece:
             break
         raw += piece
     return raw
+
+
+def _ready(fd: int, deadline: float) -> bool:
+    """True once fd has something to read (or its end), False when deadline passes first;
+    waited for a day at most at a time: select() takes no wait past the platform's time_t (a
+    CASNAP_PASSWORD_TIMEOUT of 1e10, no limit in practice, was an OverflowError)."""
+    import select
+
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if select.select([fd], [], [], min(left, 86400.0))[0]:
+            return True
 
 
 def _prompt(text: str, confirm: bool) -> str:
