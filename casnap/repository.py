@@ -122,10 +122,13 @@ class Repository:
             tmp = root / "tmp" if password is None else fsutil.private_scratch()
             repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
             finish()  # the config is in: that init's key files go
-        try:
-            fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch space finds it 0700
-        except OSError as exc:
-            raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
+            try:
+                fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch finds it 0700
+            except OSError as exc:
+                if password is None:  # tmp/ did not fit: the config goes too, the init is undone
+                    with contextlib.suppress(OSError):
+                        (root / "config").unlink()
+                raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
         return repo
 
     @classmethod

@@ -317,3 +317,38 @@ def test_a_commit_past_the_file_size_limit_is_a_storage_error(tmp_path: Path) ->
     (data / "big.bin").unlink()
     v = subprocess.run([*base, "verify"], capture_output=True, text=True)
     assert v.returncode == 0, v.stderr
+
+
+@pytest.mark.parametrize("placeholder", [None, "README.md"])
+def test_a_disk_full_at_a_new_repository_s_tmp_leaves_no_repository(
+    placeholder: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk with room for a new repository's config but not for its tmp/ folder (an inode
+    short): an init, or a first commit that made the repository, failed (exit 8) and left the
+    config alone behind, so the commit's failure took nothing back and an init retried once
+    there was room said the location already held a repository (exit 3). The init is taken
+    back whole: the folder is as it was, and an init then succeeds."""
+    from casnap import fsutil
+
+    real = fsutil.make_dirs
+
+    def full(path: Path, durable: bool = True) -> None:
+        if Path(path).name == "tmp":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, durable)
+
+    data = small_app(tmp_path / "data")
+    for command in ("init", "commit"):
+        root = tmp_path / command
+        if placeholder:
+            root.mkdir()
+            (root / placeholder).write_text("backups of the app\n")
+        monkeypatch.setattr(fsutil, "make_dirs", full)
+        result = CliRunner().invoke(cli, ["--repo", str(root), "--data", str(data), command])
+        assert result.exit_code == StorageFull.exit_code, result.output
+        assert "no space left" in result.output and "tmp" in result.output, result.output
+        left = sorted(p.name for p in root.iterdir()) if root.exists() else None
+        assert left == ([placeholder] if placeholder else None), (command, left)
+        monkeypatch.setattr(fsutil, "make_dirs", real)
+        again = CliRunner().invoke(cli, ["--repo", str(root), "--data", str(data), command])
+        assert again.exit_code == 0, again.output
