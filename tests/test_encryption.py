@@ -258,6 +258,27 @@ def test_a_password_timeout_past_what_select_takes_waits_for_the_command(
         assert run_password_command("echo s3cret") == "s3cret"
 
 
+def test_a_password_command_whose_output_a_started_process_holds_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A password command that prints the password and ends, leaving a process it started
+    with its output (an agent it launched), was stopped past CASNAP_PASSWORD_TIMEOUT as one
+    that 'gave no password': the line now says that the command ended and what held its
+    output open, and how to start such a process."""
+    from casnap.cli.passwords import run_password_command
+
+    pid = tmp_path / "pid"
+    monkeypatch.setenv("CASNAP_PASSWORD_TIMEOUT", "1")
+    try:
+        with pytest.raises(PasswordError) as caught:
+            run_password_command(f"sh -c 'echo s3cret; sleep 600 & echo $! > {pid}'")
+    finally:
+        if pid.exists():
+            os.kill(int(pid.read_text()), 9)
+    said = str(caught.value)
+    assert "ended" in said and "held its output open" in said and "gave no password" not in said
+
+
 def test_a_password_option_beats_every_password_variable(app: Path, tmp_path: Path) -> None:
     """CASNAP_PASSWORD_FILE was taken before an explicit --password-command (exit 10, the
     option silently ignored), and --password-file with --password-command was accepted, the

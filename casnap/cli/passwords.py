@@ -79,7 +79,17 @@ def run_password_command(command: str) -> str:
     try:
         with child(args, stdout=subprocess.PIPE, env=user_environ()) as proc:
             assert proc.stdout is not None  # read as a password file is: stopped past its size
-            raw = _read_until(proc.stdout.fileno(), MAX_PASSWORD_FILE + 1, deadline, late)
+            try:
+                raw = _read_until(proc.stdout.fileno(), MAX_PASSWORD_FILE + 1, deadline, late)
+            except PasswordError as exc:
+                if exc is late and proc.poll() is not None:  # it ended: not it, what it started
+                    raise PasswordError(
+                        f"password command {args[0]!r} ended, but a process it started held its "
+                        f"output open for {limit or 0:g} s: its password was not taken (start "
+                        "such a process with its output elsewhere, `... >/dev/null &`; "
+                        "CASNAP_PASSWORD_TIMEOUT sets how long to wait)"
+                    ) from None
+                raise
             if len(raw) > MAX_PASSWORD_FILE:
                 raise PasswordError(
                     f"password command {args[0]!r} printed more than {MAX_PASSWORD_FILE} bytes"
