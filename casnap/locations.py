@@ -25,6 +25,7 @@ from casnap.errors import (
     NotARepository,
     RepositoryError,
     RepositoryNotFound,
+    from_oserror,
 )
 
 if TYPE_CHECKING:
@@ -287,6 +288,21 @@ def keys_taken_back(root: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.rmdir(root / "keys")
         raise
+
+
+def make_scratch(tmp: Path, config: Path | None) -> None:
+    """Make a new repository's scratch folder tmp (0700, for whatever uses scratch space);
+    when it does not fit (a disk an inode short), config goes too (a plain repository's, whose
+    tmp/ it is): the init is undone, not left with a config a retried init calls taken."""
+    from casnap import fsutil
+
+    try:
+        fsutil.make_dirs(tmp)
+    except OSError as exc:
+        if config is not None:
+            with contextlib.suppress(OSError):
+                config.unlink()
+        raise from_oserror(exc, f"creating {tmp}") from exc
 
 
 def is_config(head: bytes) -> bool:

@@ -23,7 +23,7 @@ from casnap.backends.encrypted import EncryptedBackend
 from casnap.backends.retrying import RetryingBackend
 from casnap.config import encode_config, new_config, now_iso, parse_config
 from casnap.constants import ENCRYPTIONS
-from casnap.errors import CasnapError, IntegrityError, InvalidArgument, NotARepository, from_oserror
+from casnap.errors import CasnapError, IntegrityError, InvalidArgument, NotARepository
 from casnap.heads import Damage, read_heads_checked, stopping, way_out
 from casnap.ids import PLAIN_IDS, IdHasher, ObjectId, is_hex_prefix
 from casnap.keys import PasswordSource, Unlocked
@@ -34,6 +34,7 @@ from casnap.locations import (
     init_folder,
     keys_taken_back,
     local_backend,
+    make_scratch,
     require_config,
 )
 from casnap.manifest import FileEntry, Snapshot, chronological, complete, read_manifest
@@ -122,13 +123,7 @@ class Repository:
             tmp = root / "tmp" if password is None else fsutil.private_scratch()
             repo = cls.init_backend(local_backend(root), config, tmp, root=root, password=password)
             finish()  # the config is in: that init's key files go
-            try:
-                fsutil.make_dirs(repo.tmp_dir)  # here, so whatever uses scratch finds it 0700
-            except OSError as exc:
-                if password is None:  # tmp/ did not fit: the config goes too, the init is undone
-                    with contextlib.suppress(OSError):
-                        (root / "config").unlink()
-                raise from_oserror(exc, f"creating {repo.tmp_dir}") from exc
+            make_scratch(repo.tmp_dir, root / "config" if password is None else None)
         return repo
 
     @classmethod
