@@ -6,6 +6,7 @@ part of the interface and are documented in README.md.
 
 from __future__ import annotations
 
+import os
 import resource  # here: its import opens a file, which may be what the process lacks
 
 
@@ -284,7 +285,23 @@ def shortened(path: str, keep: int = 60) -> str:
     return path if len(path) <= 2 * keep + 1 else f"{path[:keep]}…{path[-keep:]}"
 
 
-NO_SPACE = "no space left on device"  # ENOSPC: blocks, or inodes (swapmark.untouched tells)
+NO_SPACE = "no space left on device"  # ENOSPC: blocks, or inodes (out_of_inodes tells)
+NO_INODES = "no free inodes left on device (see df -i)"
+
+
+def out_of_inodes(path: str | bytes | os.PathLike[str] | None) -> bool:
+    """True when the file system of path (absolute; or of its folder, for a file not made) has
+    no free inode: a full inode table fails a new file with the errno of a full disk, and
+    `df` then shows free space."""
+    if path is None or not os.path.isabs(path):
+        return False
+    for place in (path, os.path.dirname(path)):
+        try:
+            st = os.statvfs(place)
+        except (OSError, ValueError):
+            continue
+        return bool(st.f_files) and (st.f_ffree if os.geteuid() == 0 else st.f_favail) == 0
+    return False
 
 
 def from_oserror(exc: OSError, what: str) -> CasnapError:
@@ -292,6 +309,8 @@ def from_oserror(exc: OSError, what: str) -> CasnapError:
     import errno
 
     reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC and out_of_inodes(exc.filename):
+        return StorageFull(f"{what}: {NO_INODES}")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(f"{what}: {NO_SPACE}")
     if exc.errno == errno.EFBIG:  # the process's file size limit, or the filesystem's (FAT: 4 GiB)

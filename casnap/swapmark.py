@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from casnap import fsutil
-from casnap.errors import NO_SPACE, CasnapError, StorageFull, from_oserror
+from casnap.errors import NO_INODES, NO_SPACE, CasnapError, StorageFull, from_oserror, out_of_inodes
 from casnap.fsdir import Dir, remove_tree
 
 if TYPE_CHECKING:
@@ -57,10 +57,8 @@ def untouched(target: Path, shown: Path | str) -> Iterator[None]:
         yield
     except StorageFull as exc:
         said = str(exc)
-        with contextlib.suppress(OSError):
-            st = os.statvfs(target)  # the stage's file system (stage_parent)
-            if st.f_files and (st.f_ffree if os.geteuid() == 0 else st.f_favail) == 0:
-                said = said.replace(NO_SPACE, "no free inodes left on device (see df -i)")
+        if out_of_inodes(os.path.abspath(target)):  # the stage's file system (stage_parent)
+            said = said.replace(NO_SPACE, NO_INODES)
         raise StorageFull(f"{said}: nothing restored, {shown} untouched") from exc
 
 

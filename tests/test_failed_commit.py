@@ -352,3 +352,29 @@ def test_a_disk_full_at_a_new_repository_s_tmp_leaves_no_repository(
         monkeypatch.setattr(fsutil, "make_dirs", real)
         again = CliRunner().invoke(cli, ["--repo", str(root), "--data", str(data), command])
         assert again.exit_code == 0, again.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may mount")
+def test_a_commit_short_of_inodes_says_inodes_ran_out(tmp_path: Path) -> None:
+    """A repository's file system with free blocks but no free inode failed a commit with
+    'no space left on device', which `df` contradicts: the line says the inodes ran out."""
+    from tests.test_failed_swap import tmpfs_mounted
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("first\n")
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    with tmpfs_mounted(vol, "8m,nr_inodes=64"):
+        repo_dir = vol / "repo"
+        commit(Repository.init(repo_dir), data)
+        (data / "notes.txt").write_text("second\n")
+        n = 0
+        while os.statvfs(vol).f_ffree > 0:
+            (vol / f"filler{n}").touch()
+            n += 1
+        with pytest.raises(StorageFull) as caught:
+            commit(Repository.open(repo_dir), data)
+        said = str(caught.value)
+        assert "no free inodes left on device (see df -i)" in said, said
+        assert "no space left" not in said, said
