@@ -457,7 +457,7 @@ def forget(
         if refs:
             targets: list[ObjectId] = []
             resolver = selection.Resolver(snaps, select, repo.damaged)  # made once: many names
-            for ref in refs:
+            for ref in dict.fromkeys(refs):  # a name given twice is one name
                 bad = heads.named(repo.damaged, ref) if not select.active else []
                 if len(bad) == 1 and not any(s.hex().startswith(ref.lower()) for s, _ in snaps):
                     targets.append(bad[0])
