@@ -90,7 +90,7 @@ def test_a_bad_global_value_does_not_block_a_commands_help(
     assert bad.returncode == EXIT_CODES["usage"], bad.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["key"]])
+@pytest.mark.parametrize("args", [[], ["key"], ["-q"], ["--repo=x"]])
 def test_a_group_without_its_command_prints_its_help(args: list[str]) -> None:
     """`casnap` or `casnap key` alone printed the whole help folded into one error line, each
     newline written as a literal backslash-n: the help, readable, on stderr, exit 2 (usage)."""
@@ -99,9 +99,10 @@ def test_a_group_without_its_command_prints_its_help(args: list[str]) -> None:
     assert proc.stdout == ""
     assert "\\n" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert lines[0] == f"Usage: {' '.join(['casnap', *args])} [OPTIONS] COMMAND [ARGS]..."
+    group = "casnap key" if args == ["key"] else "casnap"
+    assert lines[0] == f"Usage: {group} [OPTIONS] COMMAND [ARGS]...", lines[0]
     assert "Commands:" in lines
-    assert any(line.split()[:1] == ["list" if args else "commit"] for line in lines)
+    assert any(line.split()[:1] == ["list" if args == ["key"] else "commit"] for line in lines)
 
 
 def test_an_empty_checkout_target_is_a_usage_error(world: tuple[list[str], Path]) -> None:
@@ -532,3 +533,13 @@ def test_an_option_missing_its_value_points_to_its_command_s_help(
     base, _ = world
     line = one_line(run_casnap([*base, *args]), EXIT_CODES["usage"], "requires an argument")
     assert line.endswith(f"(see '{where} --help')"), line
+
+
+def test_a_tag_named_twice_is_noted_once(world: tuple[list[str], Path]) -> None:
+    """`forget t1 t1` printed its note that more snapshots carry the tag twice."""
+    base, _ = world
+    for _ in range(2):
+        assert run_casnap([*base, "commit", "--tag", "t1", "--allow-empty"]).returncode == 0
+    proc = run_casnap([*base, "forget", "t1", "t1"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("snapshots carry the tag t1") == 1, proc.stderr

@@ -151,8 +151,9 @@ def _report(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
-    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and exc.ctx is not None:
-        click.echo(exc.ctx.get_help(), err=True)  # a group given no command: its help, as is
+    if _no_command(exc):  # a group given no command (`casnap`, `casnap -q`): its help, as is
+        assert isinstance(exc, click.UsageError) and exc.ctx is not None
+        click.echo(exc.ctx.get_help(), err=True)
         return exc.exit_code
     if isinstance(exc, click.UsageError):
         where = exc.ctx.command_path if exc.ctx is not None else "casnap"
@@ -253,6 +254,18 @@ OTHER_OPTIONS = {
         "prune always runs gc afterwards, as restic's forget --prune does (--no-gc skips it)"
     ),
 }
+
+
+def _no_command(exc: BaseException) -> bool:
+    """True for the usage error of a group given options but no command (click's own words)."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc.ctx is not None
+    return (
+        isinstance(exc, click.UsageError)
+        and exc.ctx is not None
+        and isinstance(exc.ctx.command, click.Group)
+        and exc.message == "Missing command."
+    )
 
 
 def _usage_message(exc: click.UsageError) -> str:
