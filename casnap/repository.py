@@ -437,7 +437,10 @@ class Repository:
         self.ensure_index()
         read: Mapping[ObjectId, bytes] = {}
         if self.backend.remote:
-            newest = [snap for _sid, snap in self.snapshots()] if self._snapshots else []
+            # what to read ahead: a manifest that does not read is passed over (the command
+            # that lists the snapshots decides whether it stops there, not this read)
+            listed = self.snapshots(skip_damaged=True) if self._snapshots else []
+            newest = [snap for _sid, snap in listed]
             read = self._ahead.bodies(self.store, entry, newest, self.lists)
         bodies = list_blobs(self.store, self.lists, entry.lists, read, entry.path)
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
