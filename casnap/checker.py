@@ -28,7 +28,7 @@ from casnap.chunkindex import IdSet, IndexEntry, take_fields
 from casnap.entrytable import EntryTable
 from casnap.errors import CasnapError, IntegrityError, SnapshotNotFound
 from casnap.fsutil import left_by_dead_process
-from casnap.ids import ObjectId, is_hex_prefix
+from casnap.ids import ObjectId, is_hex_prefix, named_id
 from casnap.manifest import Snapshot, chronological, complete
 from casnap.packs import (
     check_pack_entries,
@@ -248,10 +248,8 @@ class _Checker:
     def _manifests(self) -> list[tuple[ObjectId, Snapshot]]:
         good = []
         for key, _ in self.backend.list("snapshots/"):
-            name = key.rsplit("/", 1)[-1]
-            try:
-                sid = ObjectId.from_hex(name)
-            except ValueError:
+            sid = named_id(key)
+            if sid is None:
                 self.report.problems.append(
                     Problem("object", f"{key}: not a snapshot name", fault="bad-name", key=key)
                 )

@@ -111,11 +111,13 @@ class Hasher:
 
 
 def named_id(key: str) -> ObjectId | None:
-    """The id a key's last part names (`snapshots/<hex>`), or None for any other name."""
-    try:
-        return ObjectId.from_hex(key.rsplit("/", 1)[-1])
-    except ValueError:
+    """The id a key's last part names (`snapshots/<hex>`), or None for any other name. Only
+    lowercase hex names an object, as casnap writes it: `<HEX>` is another key (S3 keys and
+    most filesystems tell case apart), which reads and deletes by the id's name would miss."""
+    name = key.rsplit("/", 1)[-1]
+    if len(name) != 2 * ID_SIZE or not is_hex_prefix(name):
         return None
+    return ObjectId.from_hex(name)
 
 
 def is_hex_prefix(text: str) -> bool:

@@ -18,7 +18,7 @@ from casnap.chunkindex import FIELD_DTYPE, TREE, find_rows, id_keys, past_limits
 from casnap.compression import decompress_object
 from casnap.constants import MAX_PACK_SIZE
 from casnap.errors import CasnapError, IntegrityError
-from casnap.ids import ID_SIZE, ObjectId, hash_bytes
+from casnap.ids import ID_SIZE, ObjectId, hash_bytes, named_id
 
 PACK_MAGIC = b"CASNPACK"
 PACK_END = b"CASNPEND"
@@ -66,11 +66,8 @@ def pack_id_of(key: str) -> ObjectId | None:
     parts = key.split("/")
     if len(parts) != 3 or parts[0] != "packs":
         return None
-    try:
-        pack = ObjectId.from_hex(parts[2])
-    except ValueError:
-        return None
-    return pack if parts[1] == parts[2][:2] else None
+    pack = named_id(parts[2])  # lowercase hex alone: another key would never be deleted
+    return pack if pack is not None and parts[1] == parts[2][:2] else None
 
 
 def pack_overhead(dir_len: int) -> int:

@@ -1,0 +1,54 @@
+"""Objects another tool (or a hostile one) put in an S3 repository under names casnap never
+writes: each command passes over them, and none stops gc, prune or forget for good."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import evolve_app, make_app
+from tests.test_s3 import run
+
+
+def test_an_uppercase_snapshot_or_pack_name_is_no_object_of_the_repository(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """A manifest moved to its id in uppercase hex (S3 keys tell case apart) was taken for that
+    snapshot and read under the lowercase key: gc, prune and forget stopped at it as 'missing
+    from the repository' (exit 5), and the way out they named, `casnap forget ID`, answered 'no
+    snapshot matches'. An object under an uppercase pack name was an unindexed pack each gc
+    said it deleted (by its lowercase name, which no object has), freeing its bytes again each
+    time, and verify named it by that lowercase name."""
+    from casnap.backends.s3 import make_client
+
+    data, repo = tmp_path / "data", f"s3://{s3_bucket}/up"
+    make_app(data, rows=60, vectors=120)
+    assert run(repo, data, "init", "--encryption", "none")[0] == 0
+    ids = []
+    for step in range(2):
+        if step:
+            evolve_app(data, step)
+        code, out, err = run(repo, data, "commit", "-q")
+        assert code == 0, err
+        ids.append(out.strip())
+    client = make_client()
+    old = f"up/snapshots/{ids[0]}"
+    body = client.get_object(Bucket=s3_bucket, Key=old)["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key=f"up/snapshots/{ids[0].upper()}", Body=body)
+    client.delete_object(Bucket=s3_bucket, Key=old)
+    planted = "up/packs/AB/AB" + "C" * 62  # no index names it
+    client.put_object(Bucket=s3_bucket, Key=planted, Body=b"not a pack")
+    client.close()
+
+    code, out, err = run(repo, data, "log", "--json")
+    assert code == 0, err
+    assert ids[1][:8] in out and ids[0][:8] not in out
+    for again in (False, True):
+        code, out, err = run(repo, data, "gc")
+        assert code == 0, err
+        assert not again or "delete 0 pack(s)" in out + err, out + err
+    code, out, err = run(repo, data, "prune", "--keep-last", "1")
+    assert code == 0, err
+    code, out, err = run(repo, data, "verify", "--read-data")
+    assert code == 9, err  # the planted manifest is named, and only it
+    assert f"snapshots/{ids[0].upper()}: not a snapshot name" in out + err
+    assert "missing" not in out + err and "abcccc" not in out + err
