@@ -23,6 +23,11 @@ from casnap.constants import LOCK_STALE_SECONDS
 from casnap.errors import IntegrityError, ObjectMissing
 from casnap.procs import boot_id, pid_alive, pid_namespace
 
+# A lock object casnap writes is a few hundred bytes (a folder path of PATH_MAX at most, sealed
+# when the repository is encrypted); one listed larger is not fetched: another tool put it there,
+# and every command taking a lock would download it whole.
+LOCK_MAX_BYTES = 64 * 1024
+
 # A lock dated further ahead of this machine's clock than this is said to be (a skew that
 # small is usual between hosts, and a lock is refreshed every few minutes anyway)
 CLOCK_AHEAD_SECONDS = 60
@@ -184,12 +189,14 @@ def _seconds(x: object) -> float:
     return float(x)
 
 
-def read_lock(backend: Backend, key: str) -> LockInfo | None:
+def read_lock(backend: Backend, key: str, size: int | None = None) -> LockInfo | None:
     """The lock object at key; None when it is gone (removed meanwhile); a file that is no lock
-    casnap wrote (damaged, torn, foreign) is an unreadable lock, held by an unknown process,
-    exclusive. One that cannot be fetched (an I/O error, a store that keeps failing, no
-    permission) raises: its holder may be running, and a gc that went on without it would
-    delete what that holder's commit needs."""
+    casnap wrote (damaged, torn, foreign, or listed as larger than LOCK_MAX_BYTES: not fetched)
+    is an unreadable lock, held by an unknown process, exclusive. One that cannot be fetched (an
+    I/O error, a store that keeps failing, no permission) raises: its holder may be running, and
+    a gc that went on without it would delete what that holder's commit needs."""
+    if size is not None and size > LOCK_MAX_BYTES:
+        return LockInfo(key, "?", -1, None, True, "unknown", 0.0, readable=False)
     try:
         d = json.loads(backend.get(key))
         return LockInfo(

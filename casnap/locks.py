@@ -118,10 +118,10 @@ def _holders(
     backend: Backend, listing: Iterable[tuple[str, int]], own: str | None
 ) -> list[LockInfo]:
     out = []
-    for key, _ in listing:
+    for key, size in listing:
         if key == own:
             continue
-        info = read_lock(backend, key)
+        info = read_lock(backend, key, size)
         if info is not None:
             out.append(info)
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import evolve_app, make_app
 from tests.test_s3 import run
 
@@ -52,3 +54,36 @@ def test_an_uppercase_snapshot_or_pack_name_is_no_object_of_the_repository(
     assert code == 9, err  # the planted manifest is named, and only it
     assert f"snapshots/{ids[0].upper()}: not a snapshot name" in out + err
     assert "missing" not in out + err and "abcccc" not in out + err
+
+
+def test_a_lock_object_larger_than_any_lock_is_not_downloaded(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object of megabytes under locks/ was downloaded whole by every command taking a lock
+    (and by unlock), only to be found no lock; its listed size now tells it is none."""
+    from casnap.backends import s3
+    from casnap.backends.s3 import make_client
+
+    data, repo = tmp_path / "data", f"s3://{s3_bucket}/big"
+    make_app(data, rows=40, vectors=80)
+    assert run(repo, data, "init", "--encryption", "none")[0] == 0
+    client = make_client()
+    client.put_object(Bucket=s3_bucket, Key="big/locks/planted", Body=b" " * (1 << 20))
+    client.close()
+    fetched: list[str] = []
+    get = s3.S3Backend.get
+
+    def counting(self: s3.S3Backend, key: str, *args: object, **kwargs: object) -> bytes:
+        fetched.append(key)
+        return get(self, key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(s3.S3Backend, "get", counting)
+    monkeypatch.setenv("CASNAP_LOCK_WAIT", "0")
+    code, _, err = run(repo, data, "commit", "-q")
+    assert code == 6, err
+    assert "locks/planted cannot be read" in err
+    code, out, err = run(repo, data, "unlock")
+    assert code == 0, err
+    assert "removed locks/planted" in out
+    assert "locks/planted" not in fetched
+    assert run(repo, data, "commit", "-q")[0] == 0
