@@ -437,10 +437,7 @@ class Repository:
         self.ensure_index()
         read: Mapping[ObjectId, bytes] = {}
         if self.backend.remote:
-            # what to read ahead: a manifest that does not read is passed over (the command
-            # that lists the snapshots decides whether it stops there, not this read)
-            listed = self.snapshots(skip_damaged=True) if self._snapshots else []
-            newest = [snap for _sid, snap in listed]
+            newest = [s for _, s in self.snapshots(skip_damaged=True)] if self._snapshots else []
             read = self._ahead.bodies(self.store, entry, newest, self.lists)
         bodies = list_blobs(self.store, self.lists, entry.lists, read, entry.path)
         refs, deltas = chunklist.resolve(bodies, f"chunk list of {entry.path}")
