@@ -65,6 +65,11 @@ class IntegrityError(CasnapError):
     exit_code = 5
 
 
+class DamagedIndex(IntegrityError):
+    """An index file does not read: every snapshot's chunks are looked up in the index, so
+    `casnap repair-index` (which rebuilds it from the packs) is the way out, not another one."""
+
+
 class HostileManifest(IntegrityError):
     """A manifest names a path outside the target (absolute, `..`, duplicate, through a symlink)."""
 

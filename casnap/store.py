@@ -32,7 +32,7 @@ from casnap.chunkindex import (
 )
 from casnap.constants import FRAME_CACHE_BYTES, INDEX_STREAM_BYTES
 from casnap.crypto import refuse_sealed
-from casnap.errors import IntegrityError, ObjectMissing, SealedUnderPlainConfig
+from casnap.errors import DamagedIndex, IntegrityError, ObjectMissing, SealedUnderPlainConfig
 from casnap.ids import ID_SIZE, PLAIN_IDS, IdHasher, ObjectId
 from casnap.packs import (
     MIN_PACK_SIZE,
@@ -169,7 +169,16 @@ class Store:
     def load_index(self, skip_damaged: bool = False) -> None:
         """Read every index file into memory. With skip_damaged (a copy's source, only read),
         one that does not read is left out, its error kept in index_damaged: the chunks it
-        names are then not in the index, so what needs them reads as damaged."""
+        names are then not in the index, so what needs them reads as damaged. Without, it is
+        DamagedIndex (one missing since the listing stays ObjectMissing)."""
+        try:
+            self._load_index(skip_damaged)
+        except (ObjectMissing, SealedUnderPlainConfig, DamagedIndex):
+            raise
+        except IntegrityError as exc:
+            raise DamagedIndex(str(exc)) from exc
+
+    def _load_index(self, skip_damaged: bool) -> None:
         self.index = ChunkIndex()  # the old one goes first: both at once could double memory
         index = ChunkIndex()
         files = []

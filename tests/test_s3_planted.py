@@ -87,3 +87,29 @@ def test_a_lock_object_larger_than_any_lock_is_not_downloaded(
     assert "removed locks/planted" in out
     assert "locks/planted" not in fetched
     assert run(repo, data, "commit", "-q")[0] == 0
+
+
+def test_a_checkout_stopped_by_an_index_file_names_repair_index(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """A garbage object under an index file's name stopped every checkout (exit 5) saying that
+    `casnap verify --read-data` names what the damage spoils and that an older snapshot may
+    hold the files intact, though no snapshot reads without the index: repair-index does."""
+    from casnap.backends.s3 import make_client
+
+    data, repo = tmp_path / "data", f"s3://{s3_bucket}/idx"
+    make_app(data, rows=40, vectors=80)
+    assert run(repo, data, "init", "--encryption", "none")[0] == 0
+    code, out, err = run(repo, data, "commit", "-q")
+    assert code == 0, err
+    client = make_client()
+    client.put_object(Bucket=s3_bucket, Key="idx/index/" + "b" * 64, Body=b"garbage")
+    client.close()
+    target = tmp_path / "out"
+    code, _, err = run(repo, data, "checkout", out.strip(), "--to", str(target), "-q")
+    assert code == 5, err
+    assert "index/" + "b" * 64 in err and "`casnap repair-index` rebuilds it" in err
+    assert "an older snapshot may hold" not in err
+    assert run(repo, data, "repair-index")[0] == 0
+    code, _, err = run(repo, data, "checkout", out.strip(), "--to", str(target), "-q")
+    assert code == 0, err

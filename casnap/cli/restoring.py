@@ -14,6 +14,7 @@ from casnap.cli.output import emit_json, local_time, progress_bar
 from casnap.cli.pipes import printing
 from casnap.errors import (
     AccessDenied,
+    DamagedIndex,
     DatabaseBusy,
     HostileManifest,
     IntegrityError,
@@ -161,6 +162,11 @@ def checkout(
             raise DatabaseBusy(f"{exc} {hint}", exc.overridable) from exc
         except HostileManifest:
             raise
+        except DamagedIndex as exc:  # no older snapshot reads without the index either
+            raise DamagedIndex(
+                f"{exc}; every checkout reads the index: `casnap repair-index` rebuilds it from "
+                "the packs, then `casnap verify` names what the damage spoils"
+            ) from exc
         except IntegrityError as exc:  # damaged or missing data: the target is left as it was
             raise IntegrityError(
                 f"{exc}; `casnap verify --read-data` names every snapshot and file the damage "
