@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import evolve_app, make_app
+from tests.conftest import make_app
 from tests.test_s3 import run
+from tests.test_s3_copy import two_snapshots
 
 
 def test_an_uppercase_snapshot_or_pack_name_is_no_object_of_the_repository(
@@ -23,15 +24,8 @@ def test_an_uppercase_snapshot_or_pack_name_is_no_object_of_the_repository(
     from casnap.backends.s3 import make_client
 
     data, repo = tmp_path / "data", f"s3://{s3_bucket}/up"
-    make_app(data, rows=60, vectors=120)
     assert run(repo, data, "init", "--encryption", "none")[0] == 0
-    ids = []
-    for step in range(2):
-        if step:
-            evolve_app(data, step)
-        code, out, err = run(repo, data, "commit", "-q")
-        assert code == 0, err
-        ids.append(out.strip())
+    ids = two_snapshots(repo, data)
     client = make_client()
     old = f"up/snapshots/{ids[0]}"
     body = client.get_object(Bucket=s3_bucket, Key=old)["Body"].read()
