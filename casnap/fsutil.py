@@ -340,6 +340,12 @@ def read_cached(path: str | os.PathLike[str], limit: int | None = None) -> bytes
         os.close(fd)
 
 
+def is_cached(path: str | os.PathLike[str]) -> bool:
+    """Whether a cache file is there; one this user may not look at (a cache folder another
+    user made: one `sudo casnap`) is a miss, as one that does not read is: never an error."""
+    return os.path.isfile(path)  # False on any OSError, a permission denied included
+
+
 def cache_dir() -> Path:
     """casnap's folder in the user's cache dir (safe to delete at any time): `$CASNAP_CACHE_DIR`,
     else `$XDG_CACHE_HOME/casnap`, else `~/.cache/casnap`; when the home folder does not exist

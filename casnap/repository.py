@@ -191,7 +191,7 @@ class Repository:
         its config kept here, the client is made while the key is derived (deferred.py)."""
         # the password asked for (or missing) before anything is made, a refused prefix first
         ask = partial(keys.read_password, password) if create and password is not None else None
-        kept = cache and not create and (opened_cache_dir(url.url) / "config").is_file()
+        kept = cache and not create and fsutil.is_cached(opened_cache_dir(url.url) / "config")
         made = partial(s3_backend, url, create, check=not kept, first=ask)
         backend: Backend = RetryingBackend(DeferredBackend(url.url, made) if kept else made())
         try:

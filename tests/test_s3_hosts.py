@@ -147,3 +147,36 @@ def test_a_repository_made_anew_in_the_bucket_opens_on_a_host_keeping_the_old_on
         code, out, err = run(repo, data, "log", "--json", password=password)
         assert code == 0, err
         assert [row["id"] for row in json.loads(out)] == [new_id]
+
+
+def test_a_cache_this_user_cannot_read_is_passed_over(
+    s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A cache folder left unreadable (made by another user: one `sudo casnap`) failed every
+    command on the repository with exit 8 naming a file in it; the cache is a shortcut, and one
+    that does not read is a miss, as the docs say."""
+    import subprocess
+    import sys
+
+    from tests.test_hostile import unprivileged
+
+    repo, data = f"s3://{s3_bucket}/c", tmp_path / "data"
+    make_app(data, rows=40, vectors=80)
+    env = dict(s3_env, CASNAP_PASSWORD=PW, CASNAP_CACHE_DIR=str(tmp_path / "cache"))
+    base = [sys.executable, "-m", "casnap", "--repo", repo, "--data", str(data)]
+    first = subprocess.run([*base, "commit", "-q"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    kept = subprocess.run([*base, "log"], env=env, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr  # an open keeps the config in the cache
+    locked = tmp_path / "cache" / "locations"
+    assert locked.is_dir()
+    locked.chmod(0)
+    try:
+        for args in (["commit", "-q", "--allow-empty"], ["log", "--json"]):
+            p = subprocess.run(
+                [*unprivileged(), *base, *args], env=env, capture_output=True, text=True
+            )
+            assert p.returncode == 0, (args, p.stderr)
+    finally:
+        locked.chmod(0o700)
+    assert first.stdout.strip() in {row["id"] for row in json.loads(p.stdout)}

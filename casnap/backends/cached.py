@@ -175,7 +175,7 @@ class CachingBackend(Wrapper):
 
     def has_kept(self, key: str) -> bool:
         """Whether a copy of key is kept whole (not checked: `kept` checks it)."""
-        return self._path(check_key(key), _WHOLE).is_file()
+        return fsutil.is_cached(self._path(check_key(key), _WHOLE))
 
     def drop(self, key: str) -> None:
         """Drop every copy kept of key."""
