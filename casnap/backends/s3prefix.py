@@ -6,6 +6,7 @@ left (taken over once old, as in a local folder: locations.stale_init), or anyth
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from casnap.backends.retrying import RetryingBackend
 from casnap.backends.s3 import S3Backend
@@ -14,6 +15,17 @@ from casnap.locations import S3Url, is_key_name, nested_message, under_way_messa
 
 HOLDS_ONE = "already holds a casnap repository"
 NOT_OURS = "is not empty and not a casnap repository; not touching it"
+T = TypeVar("T")
+
+
+class _Caller(Protocol):
+    """How a request is made: retried (RetryingBackend.call), or once (_once)."""
+
+    def __call__(self, fn: Callable[[], T]) -> T: ...
+
+
+def _once(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def repository_backend(
@@ -39,22 +51,17 @@ def repository_backend(
                 refuse_early(backend)
                 first()
             retried(backend.ensure_bucket)
-        if retried(lambda: backend.exists("config")):
-            if create:
-                raise NotARepository(f"{url} {HOLDS_ONE}")
+            backend.leftover = _new_prefix(backend, retried)
             return backend
-        backend.leftover = leftover = retried(lambda: init_leftover(backend))
+        if retried(lambda: backend.exists("config")):
+            return backend
+        leftover = retried(lambda: init_leftover(backend))
         if leftover is None:
-            raise NotARepository(f"{url} {NOT_OURS if create else 'is not a casnap repository'}")
-        if not create:
-            what = ", which takes over the key file of an init stopped before its config"
-            raise RepositoryNotFound(
-                f"no casnap repository at {url} (run `casnap init`{what if leftover else ''})"
-            )
-        outer = retried(backend.enclosing_repository)
-        if outer is not None:
-            raise NotARepository(nested_message(url, outer))
-        return backend
+            raise NotARepository(f"{url} is not a casnap repository")
+        what = ", which takes over the key file of an init stopped before its config"
+        raise RepositoryNotFound(
+            f"no casnap repository at {url} (run `casnap init`{what if leftover else ''})"
+        )
     except BaseException:
         backend.close()
         raise
@@ -66,19 +73,28 @@ def refuse_early(backend: S3Backend) -> None:
     password is asked for, which the refusal would waste (asked twice on a terminal, or a
     missing one said instead). One attempt a request and nothing made: a bucket that does not
     exist, or a request that fails, leaves the checks to the init itself."""
-    url = backend.url
     try:
-        if backend.exists("config"):
-            raise NotARepository(f"{url} {HOLDS_ONE}")
-        if init_leftover(backend) is None:
-            raise NotARepository(f"{url} {NOT_OURS}")
-        outer = backend.enclosing_repository()
+        _new_prefix(backend, _once)
     except (NotARepository, InitUnderWay):
         raise
     except CasnapError:
         return
+
+
+def _new_prefix(backend: S3Backend, call: _Caller) -> list[str]:
+    """The old key files of a killed init that a new repository at the backend's prefix takes
+    over (init_leftover); NotARepository when one is there, other objects are, or a repository
+    above it holds its prefix. Each request made through call (retried, or once)."""
+    url = backend.url
+    if call(lambda: backend.exists("config")):
+        raise NotARepository(f"{url} {HOLDS_ONE}")
+    leftover = call(lambda: init_leftover(backend))
+    if leftover is None:
+        raise NotARepository(f"{url} {NOT_OURS}")
+    outer = call(backend.enclosing_repository)
     if outer is not None:
         raise NotARepository(nested_message(url, outer))
+    return leftover
 
 
 def init_leftover(backend: S3Backend) -> list[str] | None:
